@@ -1,0 +1,64 @@
+"""rtml: real-time ML features.
+
+Define window features once, in Python; one Rust engine computes them offline
+(`FeatureSet.backfill`, point-in-time correct) and online (`FeatureSet.online()`),
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import warnings as _warnings
+
+from ._core import OnlineEngine, __version__
+from ._core import debug_build as _debug_build
+from .exceptions import QueryError, RtmlError, SchemaError, SnapshotError, SpecError
+from .features import (
+    Feature,
+    FeatureSet,
+    count,
+    decayed_sum,
+    distinct_count,
+    first,
+    last,
+    max,
+    mean,
+    min,
+    quantile,
+    std,
+    sum,
+    time_since_last,
+    var,
+)
+
+__all__ = [
+    "FeatureSet",
+    "Feature",
+    "OnlineEngine",
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "var",
+    "std",
+    "first",
+    "last",
+    "distinct_count",
+    "quantile",
+    "decayed_sum",
+    "time_since_last",
+    "RtmlError",
+    "SpecError",
+    "SchemaError",
+    "QueryError",
+    "SnapshotError",
+    "__version__",
+]
+
+if _debug_build():
+    _warnings.warn(
+        "rtml was built without optimizations (debug build): expect it to be much slower. "
+        "Build with `maturin develop --release` or `pip install .`.",
+        RuntimeWarning,
+        stacklevel=2,
+    )

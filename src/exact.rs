@@ -1,0 +1,477 @@
+//! Exact summation of f64 values.
+//!
+//! [`ExactSum`] holds `int * 2^exp` where `int` is a two's-complement integer of as many 64-bit
+//! limbs as the data needs (three inline, more on the heap). Adding or removing an f64 is exact,
+//! so the state after any sequence of additions and removals is the exact sum of the multiset,
+//! whatever the order. Reading it rounds once (round-to-nearest-even), which is what makes the
+//! online and offline paths agree bit for bit, and makes `sum` equal to `math.fsum`.
+
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+type Limbs = SmallVec<[u64; 3]>;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExactSum {
+    /// Weight of bit 0 of limb 0.
+    exp: i32,
+    /// Little-endian two's complement; empty means zero.
+    limbs: Limbs,
+}
+
+/// Split a finite non-zero f64 into (negative, odd mantissa, exponent): |x| = m * 2^e.
+#[inline]
+fn decompose(x: f64) -> Option<(bool, u64, i32)> {
+    let bits = x.to_bits();
+    let neg = bits >> 63 == 1;
+    let biased = ((bits >> 52) & 0x7FF) as i32;
+    let frac = bits & ((1u64 << 52) - 1);
+    let (mut m, mut e) = if biased == 0 {
+        if frac == 0 {
+            return None;
+        }
+        (frac, -1074)
+    } else {
+        (frac | (1u64 << 52), biased - 1075)
+    };
+    let tz = m.trailing_zeros();
+    m >>= tz;
+    e += tz as i32;
+    Some((neg, m, e))
+}
+
+impl ExactSum {
+    pub fn new() -> Self {
+        ExactSum { exp: 0, limbs: SmallVec::new() }
+    }
+
+    #[inline]
+    pub fn is_zero(&self) -> bool {
+        self.limbs.is_empty()
+    }
+
+    #[inline]
+    fn is_negative(&self) -> bool {
+        self.limbs.last().is_some_and(|&top| top >> 63 == 1)
+    }
+
+    #[inline]
+    fn sign_fill(&self) -> u64 {
+        if self.is_negative() {
+            u64::MAX
+        } else {
+            0
+        }
+    }
+
+    /// Sign-extend to at least `len` limbs.
+    #[inline]
+    fn extend_to(&mut self, len: usize) {
+        let fill = self.sign_fill();
+        while self.limbs.len() < len {
+            self.limbs.push(fill);
+        }
+    }
+
+    /// Multiply by 2^k (k >= 0) while lowering `exp` by k: the value is unchanged.
+    fn lower_exp(&mut self, k: u32) {
+        if k == 0 || self.limbs.is_empty() {
+            self.exp -= k as i32;
+            return;
+        }
+        let whole = (k / 64) as usize;
+        let bits = k % 64;
+        if bits != 0 {
+            let fill = self.sign_fill();
+            self.limbs.push(fill);
+            let mut carry = 0u64;
+            for limb in self.limbs.iter_mut() {
+                let v = *limb;
+                *limb = (v << bits) | carry;
+                carry = v >> (64 - bits);
+            }
+        }
+        if whole > 0 {
+            self.limbs.insert_many(0, std::iter::repeat_n(0u64, whole));
+        }
+        self.exp -= k as i32;
+        self.trim_top();
+    }
+
+    /// Drop redundant sign limbs at the top.
+    fn trim_top(&mut self) {
+        while self.limbs.len() >= 2 {
+            let n = self.limbs.len();
+            let top = self.limbs[n - 1];
+            let next_neg = self.limbs[n - 2] >> 63 == 1;
+            if (top == 0 && !next_neg) || (top == u64::MAX && next_neg) {
+                self.limbs.pop();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Drop redundant sign limbs at the top and zero limbs at the bottom.
+    fn trim(&mut self) {
+        self.trim_top();
+        if self.limbs.len() == 1 && self.limbs[0] == 0 {
+            self.limbs.clear();
+            return;
+        }
+        let zeros = self.limbs.iter().take_while(|&&l| l == 0).count();
+        if zeros > 0 && zeros < self.limbs.len() {
+            self.limbs.drain(0..zeros);
+            self.exp += 64 * zeros as i32;
+        }
+    }
+
+    /// Add (or subtract) `m * 2^e`.
+    fn add_scaled(&mut self, negative: bool, m: u64, e: i32) {
+        if m == 0 {
+            return;
+        }
+        if self.limbs.is_empty() {
+            self.exp = e;
+        } else if e < self.exp {
+            self.lower_exp((self.exp - e) as u32);
+        }
+        let p = (e - self.exp) as u32;
+        let at = (p / 64) as usize;
+        let v = (m as u128) << (p % 64);
+        let needed = self.limbs.len().max(at + 2) + 1;
+        self.extend_to(needed);
+        let parts = [v as u64, (v >> 64) as u64];
+        if !negative {
+            let mut carry = false;
+            for (i, limb) in self.limbs[at..].iter_mut().enumerate() {
+                let add = if i < 2 { parts[i] } else { 0 };
+                if i >= 2 && !carry {
+                    break;
+                }
+                let (s1, c1) = limb.overflowing_add(add);
+                let (s2, c2) = s1.overflowing_add(carry as u64);
+                *limb = s2;
+                carry = c1 || c2;
+            }
+        } else {
+            let mut borrow = false;
+            for (i, limb) in self.limbs[at..].iter_mut().enumerate() {
+                let sub = if i < 2 { parts[i] } else { 0 };
+                if i >= 2 && !borrow {
+                    break;
+                }
+                let (s1, b1) = limb.overflowing_sub(sub);
+                let (s2, b2) = s1.overflowing_sub(borrow as u64);
+                *limb = s2;
+                borrow = b1 || b2;
+            }
+        }
+        self.trim();
+    }
+
+    /// Add a finite f64 exactly.
+    #[inline]
+    pub fn add(&mut self, x: f64) {
+        if let Some((neg, m, e)) = decompose(x) {
+            self.add_scaled(neg, m, e);
+        }
+    }
+
+    /// Subtract a finite f64 exactly.
+    #[inline]
+    pub fn sub(&mut self, x: f64) {
+        if let Some((neg, m, e)) = decompose(x) {
+            self.add_scaled(!neg, m, e);
+        }
+    }
+
+    /// Add `x * x` exactly (as the error-free pair `p + e`, `p = fl(x*x)`).
+    #[inline]
+    pub fn add_square(&mut self, x: f64) {
+        let p = x * x;
+        let e = x.mul_add(x, -p);
+        self.add(p);
+        self.add(e);
+    }
+
+    #[inline]
+    pub fn sub_square(&mut self, x: f64) {
+        let p = x * x;
+        let e = x.mul_add(x, -p);
+        self.sub(p);
+        self.sub(e);
+    }
+
+    /// Multiply by 2^k exactly.
+    #[inline]
+    pub fn scale_pow2(&mut self, k: i32) {
+        if !self.limbs.is_empty() {
+            self.exp += k;
+        }
+    }
+
+    /// Sign and magnitude (little-endian, unsigned).
+    fn sign_magnitude(&self) -> (bool, Vec<u64>) {
+        let neg = self.is_negative();
+        let mut mag: Vec<u64> = self.limbs.to_vec();
+        if neg {
+            let mut carry = true;
+            for limb in mag.iter_mut() {
+                let (v, c) = (!*limb).overflowing_add(carry as u64);
+                *limb = v;
+                carry = c;
+            }
+        }
+        while mag.last() == Some(&0) {
+            mag.pop();
+        }
+        (neg, mag)
+    }
+
+    fn from_sign_magnitude(neg: bool, mut mag: Vec<u64>, exp: i32) -> Self {
+        mag.push(0);
+        if neg {
+            let mut carry = true;
+            for limb in mag.iter_mut() {
+                let (v, c) = (!*limb).overflowing_add(carry as u64);
+                *limb = v;
+                carry = c;
+            }
+        }
+        let mut out = ExactSum { exp, limbs: SmallVec::from_vec(mag) };
+        out.trim();
+        out
+    }
+
+    /// `self += other`, exactly.
+    pub fn add_assign(&mut self, other: &ExactSum) {
+        if other.is_zero() {
+            return;
+        }
+        if self.is_zero() {
+            *self = other.clone();
+            return;
+        }
+        let mut o = other.clone();
+        if o.exp < self.exp {
+            self.lower_exp((self.exp - o.exp) as u32);
+        } else if o.exp > self.exp {
+            o.lower_exp((o.exp - self.exp) as u32);
+        }
+        let len = self.limbs.len().max(o.limbs.len()) + 1;
+        self.extend_to(len);
+        o.extend_to(len);
+        let mut carry = false;
+        for (a, b) in self.limbs.iter_mut().zip(o.limbs.iter()) {
+            let (s1, c1) = a.overflowing_add(*b);
+            let (s2, c2) = s1.overflowing_add(carry as u64);
+            *a = s2;
+            carry = c1 || c2;
+        }
+        self.trim();
+    }
+
+    pub fn negated(&self) -> ExactSum {
+        let (neg, mag) = self.sign_magnitude();
+        ExactSum::from_sign_magnitude(!neg && !mag.is_empty(), mag, self.exp)
+    }
+
+    /// `self * n`, exactly.
+    pub fn mul_u64(&self, n: u64) -> ExactSum {
+        let (neg, mag) = self.sign_magnitude();
+        let mut out = Vec::with_capacity(mag.len() + 1);
+        let mut carry = 0u128;
+        for &limb in &mag {
+            let v = limb as u128 * n as u128 + carry;
+            out.push(v as u64);
+            carry = v >> 64;
+        }
+        out.push(carry as u64);
+        ExactSum::from_sign_magnitude(neg, out, self.exp)
+    }
+
+    /// `self * self`, exactly.
+    pub fn square(&self) -> ExactSum {
+        let (_, mag) = self.sign_magnitude();
+        let mut out = vec![0u64; 2 * mag.len() + 1];
+        for (i, &a) in mag.iter().enumerate() {
+            let mut carry = 0u128;
+            for (j, &b) in mag.iter().enumerate() {
+                let v = a as u128 * b as u128 + out[i + j] as u128 + carry;
+                out[i + j] = v as u64;
+                carry = v >> 64;
+            }
+            let mut k = i + mag.len();
+            while carry != 0 {
+                let v = out[k] as u128 + carry;
+                out[k] = v as u64;
+                carry = v >> 64;
+                k += 1;
+            }
+        }
+        ExactSum::from_sign_magnitude(false, out, self.exp.saturating_mul(2))
+    }
+
+    /// The exact value rounded to the nearest f64 (ties to even); +-inf on overflow.
+    pub fn to_f64(&self) -> f64 {
+        let (neg, mag) = self.sign_magnitude();
+        let Some(&top_limb) = mag.last() else {
+            return 0.0;
+        };
+        let i = mag.len() - 1;
+        let hb = 63 - top_limb.leading_zeros() as i64;
+        let h = 64 * i as i64 + hb; // bit index of the leading one
+        // 64-bit window whose bit 63 is bit h of the magnitude, and a sticky bit below it.
+        let lo = h - 63;
+        let window = if lo >= 0 {
+            let (li, lb) = ((lo / 64) as usize, (lo % 64) as u32);
+            let low = mag[li] >> lb;
+            let high = if lb == 0 || li + 1 >= mag.len() { 0 } else { mag[li + 1] << (64 - lb) };
+            low | high
+        } else {
+            // fewer than 64 significant bits: they all sit in limb 0
+            mag[0] << (-lo) as u32
+        };
+        let sticky = if lo > 0 {
+            let (li, lb) = ((lo / 64) as usize, (lo % 64) as u32);
+            mag[..li].iter().any(|&l| l != 0) || (lb > 0 && (mag[li] & ((1u64 << lb) - 1)) != 0)
+        } else {
+            false
+        };
+        let scale = lo + self.exp as i64; // value = (window + frac) * 2^scale
+        round_window(neg, window, scale, sticky)
+    }
+
+    /// The exact value as an unevaluated pair `hi + lo` (both correctly rounded).
+    pub fn to_f64_pair(&self) -> (f64, f64) {
+        let hi = self.to_f64();
+        if !hi.is_finite() {
+            return (hi, 0.0);
+        }
+        let mut rest = self.clone();
+        rest.sub(hi);
+        (hi, rest.to_f64())
+    }
+
+    /// Approximate heap + inline size in bytes.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + if self.limbs.spilled() { 8 * self.limbs.capacity() } else { 0 }
+    }
+}
+
+/// Round `(window + sticky fraction) * 2^scale` (window has bit 63 set) to f64.
+fn round_window(neg: bool, window: u64, scale: i64, sticky: bool) -> f64 {
+    let sign = (neg as u64) << 63;
+    let e = scale + 63; // exponent of the leading bit
+    if e > 1023 {
+        return f64::from_bits(sign | 0x7FF0_0000_0000_0000);
+    }
+    let round = |q: u64, rem: u64, half: u64| -> u64 {
+        if rem > half || (rem == half && (sticky || q & 1 == 1)) {
+            q + 1
+        } else {
+            q
+        }
+    };
+    let bits = if e >= -1022 {
+        let q = round(window >> 11, window & 0x7FF, 0x400);
+        (((e + 1022) as u64) << 52) + q
+    } else {
+        // Subnormal: count units of 2^-1074.
+        let sh = -(scale + 1074); // right shift of the window, > 11 here
+        if sh > 64 {
+            0
+        } else if sh == 64 {
+            (window > (1u64 << 63) || (window == (1u64 << 63) && sticky)) as u64
+        } else {
+            let sh = sh as u32;
+            round(window >> sh, window & ((1u64 << sh) - 1), 1u64 << (sh - 1))
+        }
+    };
+    if bits >= 0x7FF0_0000_0000_0000 {
+        return f64::from_bits(sign | 0x7FF0_0000_0000_0000);
+    }
+    f64::from_bits(sign | bits)
+}
+
+/// `(hi + lo) / d` in double-double arithmetic, rounded to f64.
+#[inline]
+pub fn dd_div(hi: f64, lo: f64, d: f64) -> f64 {
+    if !hi.is_finite() {
+        return hi / d;
+    }
+    let q1 = hi / d;
+    let r = (-q1).mul_add(d, hi) + lo;
+    q1 + r / d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum_of(xs: &[f64]) -> f64 {
+        let mut s = ExactSum::new();
+        for &x in xs {
+            s.add(x);
+        }
+        s.to_f64()
+    }
+
+    #[test]
+    fn small_sums() {
+        assert_eq!(sum_of(&[]), 0.0);
+        assert_eq!(sum_of(&[1.5]), 1.5);
+        assert_eq!(sum_of(&[0.1, 0.2]), 0.30000000000000004);
+        assert_eq!(sum_of(&[1e100, 1.0, -1e100]), 1.0);
+        assert_eq!(sum_of(&[-3.25, 1.0]), -2.25);
+        assert_eq!(sum_of(&[f64::MIN_POSITIVE / 8.0, f64::MIN_POSITIVE / 8.0]), f64::MIN_POSITIVE / 4.0);
+        assert_eq!(sum_of(&[f64::MAX, f64::MAX]), f64::INFINITY);
+        assert_eq!(sum_of(&[-f64::MAX, -f64::MAX]), f64::NEG_INFINITY);
+        assert_eq!(sum_of(&[5e-324]), 5e-324);
+    }
+
+    #[test]
+    fn ties_round_to_even() {
+        // 2^53 + 1 is a tie between 2^53 and 2^53 + 2: even is 2^53.
+        assert_eq!(sum_of(&[9007199254740992.0, 1.0]), 9007199254740992.0);
+        // 2^53 + 3 -> 2^53 + 4
+        assert_eq!(sum_of(&[9007199254740992.0, 3.0]), 9007199254740996.0);
+        // a tie broken by a tiny sticky bit
+        assert_eq!(sum_of(&[9007199254740992.0, 1.0, 1e-300]), 9007199254740994.0);
+    }
+
+    #[test]
+    fn add_then_remove_returns_to_zero() {
+        let xs = [1e-300, 3.5, -7e200, 123456.789, 5e-324];
+        let mut s = ExactSum::new();
+        for &x in &xs {
+            s.add(x);
+        }
+        for &x in xs.iter().rev() {
+            s.sub(x);
+        }
+        assert!(s.is_zero());
+    }
+
+    #[test]
+    fn square_and_mul() {
+        let mut s = ExactSum::new();
+        s.add(3.0);
+        s.add(0.5);
+        assert_eq!(s.square().to_f64(), 12.25);
+        assert_eq!(s.mul_u64(4).to_f64(), 14.0);
+        assert_eq!(s.negated().to_f64(), -3.5);
+        let mut t = s.clone();
+        t.add_assign(&s.negated());
+        assert!(t.is_zero());
+    }
+
+    #[test]
+    fn pair_is_exact_remainder() {
+        let mut s = ExactSum::new();
+        s.add(1.0);
+        s.add(1e-30);
+        assert_eq!(s.to_f64_pair(), (1.0, 1e-30));
+    }
+}

@@ -1,0 +1,423 @@
+//! Arrow record batches in, engine columns out: keys, nanosecond times and value words.
+//! Every check on user data happens here, before anything touches engine state.
+
+use std::hash::{Hash, Hasher};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::*;
+use arrow_array::{Array, ArrayRef, LargeStringArray, RecordBatch, StringArray, StringViewArray};
+use arrow_schema::{DataType, TimeUnit};
+
+use crate::error::{Error, Result};
+use crate::plan::{ColKind, Plan};
+use crate::state::NULL;
+use crate::time::{unit_factor, NS_PER_MS, NS_PER_S, NS_PER_US};
+
+/// A borrowed entity key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyRef<'a> {
+    Int(i64),
+    Str(&'a str),
+}
+
+/// An owned entity key (online state, snapshots).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Key {
+    Int(i64),
+    Str(Box<str>),
+}
+
+impl Key {
+    pub fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            Key::Int(i) => KeyRef::Int(*i),
+            Key::Str(s) => KeyRef::Str(s),
+        }
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state)
+    }
+}
+
+impl From<&KeyRef<'_>> for Key {
+    fn from(k: &KeyRef<'_>) -> Key {
+        k.to_key()
+    }
+}
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        *self == key.as_ref()
+    }
+}
+
+impl KeyRef<'_> {
+    pub fn to_key(self) -> Key {
+        match self {
+            KeyRef::Int(i) => Key::Int(i),
+            KeyRef::Str(s) => Key::Str(s.into()),
+        }
+    }
+    pub fn is_int(&self) -> bool {
+        matches!(self, KeyRef::Int(_))
+    }
+}
+
+/// A string column of any Arrow layout.
+pub enum StrArr<'a> {
+    Utf8(&'a StringArray),
+    Large(&'a LargeStringArray),
+    View(&'a StringViewArray),
+    Dict { keys: Vec<usize>, values: Box<StrArr<'a>> },
+}
+
+impl<'a> StrArr<'a> {
+    #[inline]
+    pub fn get(&self, i: usize) -> &'a str {
+        match self {
+            StrArr::Utf8(a) => a.value(i),
+            StrArr::Large(a) => a.value(i),
+            StrArr::View(a) => a.value(i),
+            StrArr::Dict { keys, values } => values.get(keys[i]),
+        }
+    }
+}
+
+/// An entity-key column.
+pub enum KeyArr<'a> {
+    Int(Vec<i64>),
+    Str(StrArr<'a>),
+    Owned(Vec<String>),
+}
+
+impl KeyArr<'_> {
+    #[inline]
+    pub fn get(&self, i: usize) -> KeyRef<'_> {
+        match self {
+            KeyArr::Int(v) => KeyRef::Int(v[i]),
+            KeyArr::Str(s) => KeyRef::Str(s.get(i)),
+            KeyArr::Owned(v) => KeyRef::Str(&v[i]),
+        }
+    }
+    pub fn is_int(&self) -> bool {
+        matches!(self, KeyArr::Int(_))
+    }
+}
+
+/// Events ready for the engine: flat time and value columns, key columns per input batch.
+pub struct Events<'a> {
+    /// Key arrays, the i-th covering rows `starts[i]..starts[i + 1]` (or to the end).
+    pub keys: Vec<KeyArr<'a>>,
+    pub starts: Vec<usize>,
+    pub ts: Vec<i64>,
+    /// One vector per plan column: f64 bits, string identity, or [`NULL`].
+    pub values: Vec<Vec<u64>>,
+}
+
+impl<'a> Events<'a> {
+    pub fn empty(n_columns: usize) -> Self {
+        Events { keys: Vec::new(), starts: Vec::new(), ts: Vec::new(), values: vec![Vec::new(); n_columns] }
+    }
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+    /// Whether keys are integers (`None` when there are no events).
+    pub fn key_is_int(&self) -> Option<bool> {
+        self.keys.first().map(KeyArr::is_int)
+    }
+    /// Visit every event's key in row order.
+    pub fn for_each_key<'s>(&'s self, mut f: impl FnMut(usize, KeyRef<'s>)) {
+        for (b, keys) in self.keys.iter().enumerate() {
+            let start = self.starts[b];
+            let end = self.starts.get(b + 1).copied().unwrap_or(self.ts.len());
+            for i in start..end {
+                f(i, keys.get(i - start));
+            }
+        }
+    }
+    /// Append the columns of one more batch.
+    pub fn push(&mut self, keys: KeyArr<'a>, ts: Vec<i64>, values: Vec<Vec<u64>>) -> Result<(), KeyArr<'a>> {
+        if let Some(k) = self.key_is_int() {
+            if k != keys.is_int() {
+                return Err(keys);
+            }
+        }
+        self.starts.push(self.ts.len());
+        self.keys.push(keys);
+        self.ts.extend_from_slice(&ts);
+        for (dst, src) in self.values.iter_mut().zip(values) {
+            dst.extend_from_slice(&src);
+        }
+        Ok(())
+    }
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str, what: &str) -> Result<&'a ArrayRef> {
+    batch.column_by_name(name).ok_or_else(|| {
+        let have: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+        Error::schema(name, format!("not found in {what} (columns: {})", have.join(", ")))
+    })
+}
+
+fn first_null(a: &dyn Array) -> Option<usize> {
+    if a.null_count() == 0 {
+        return None;
+    }
+    (0..a.len()).find(|&i| a.is_null(i))
+}
+
+macro_rules! ints_to_i64 {
+    ($a:expr, $name:expr, $($dt:ident => $ty:ty),*) => {
+        match $a.data_type() {
+            $(DataType::$dt => Some($a.as_primitive::<$ty>().values().iter().map(|&v| v as i64).collect::<Vec<i64>>()),)*
+            DataType::UInt64 => {
+                let v = $a.as_primitive::<UInt64Type>().values();
+                if let Some(p) = v.iter().position(|&x| x > i64::MAX as u64) {
+                    if !$a.is_null(p) {
+                        return Err(Error::schema($name, format!("value {} at row {p} does not fit in int64", v[p])));
+                    }
+                }
+                Some(v.iter().map(|&x| x as i64).collect())
+            }
+            _ => None,
+        }
+    };
+}
+
+fn int_values(a: &dyn Array, name: &str) -> Result<Option<Vec<i64>>> {
+    Ok(ints_to_i64!(a, name,
+        Int8 => Int8Type, Int16 => Int16Type, Int32 => Int32Type, Int64 => Int64Type,
+        UInt8 => UInt8Type, UInt16 => UInt16Type, UInt32 => UInt32Type))
+}
+
+fn str_arr<'a>(a: &'a dyn Array, name: &str) -> Result<Option<StrArr<'a>>> {
+    Ok(Some(match a.data_type() {
+        DataType::Utf8 => StrArr::Utf8(a.as_string::<i32>()),
+        DataType::LargeUtf8 => StrArr::Large(a.as_string::<i64>()),
+        DataType::Utf8View => StrArr::View(a.as_string_view()),
+        DataType::Dictionary(kt, _) => {
+            macro_rules! dict {
+                ($($dt:ident => $ty:ty),*) => {
+                    match kt.as_ref() {
+                        $(DataType::$dt => {
+                            let d = a.as_dictionary::<$ty>();
+                            let keys: Vec<usize> = d.keys().values().iter().map(|&k| k as usize).collect();
+                            (keys, d.values())
+                        })*
+                        _ => return Ok(None),
+                    }
+                };
+            }
+            let (keys, values) = dict!(Int8 => Int8Type, Int16 => Int16Type, Int32 => Int32Type,
+                Int64 => Int64Type, UInt8 => UInt8Type, UInt16 => UInt16Type, UInt32 => UInt32Type,
+                UInt64 => UInt64Type);
+            let Some(values) = str_arr(values.as_ref(), name)? else {
+                return Ok(None);
+            };
+            StrArr::Dict { keys, values: Box::new(values) }
+        }
+        _ => return Ok(None),
+    }))
+}
+
+pub fn read_keys<'a>(a: &'a ArrayRef, name: &str, offset: usize) -> Result<KeyArr<'a>> {
+    if let Some(i) = first_null(a.as_ref()) {
+        return Err(Error::schema(name, format!("null key at row {}", offset + i)));
+    }
+    if let Some(v) = int_values(a.as_ref(), name)? {
+        return Ok(KeyArr::Int(v));
+    }
+    if let Some(s) = str_arr(a.as_ref(), name)? {
+        return Ok(KeyArr::Str(s));
+    }
+    Err(Error::schema(name, format!("entity keys must be integers or strings, got {}", a.data_type())))
+}
+
+fn scale(v: &[i64], factor: i64, name: &str, offset: usize) -> Result<Vec<i64>> {
+    if factor == 1 {
+        return Ok(v.to_vec());
+    }
+    v.iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            x.checked_mul(factor).ok_or_else(|| {
+                Error::schema(
+                    name,
+                    format!("timestamp at row {} is outside the representable range (years 1677..2262)", offset + i),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Read a time column as int64 nanoseconds since the epoch (UTC).
+pub fn read_times(a: &ArrayRef, name: &str, unit: Option<&str>, offset: usize) -> Result<Vec<i64>> {
+    if let Some(i) = first_null(a.as_ref()) {
+        return Err(Error::schema(name, format!("null timestamp at row {}", offset + i)));
+    }
+    let factor = |u: &TimeUnit| match u {
+        TimeUnit::Second => NS_PER_S,
+        TimeUnit::Millisecond => NS_PER_MS,
+        TimeUnit::Microsecond => NS_PER_US,
+        TimeUnit::Nanosecond => 1,
+    };
+    match a.data_type() {
+        DataType::Timestamp(u, _) => {
+            let v: &[i64] = match u {
+                TimeUnit::Second => a.as_primitive::<TimestampSecondType>().values(),
+                TimeUnit::Millisecond => a.as_primitive::<TimestampMillisecondType>().values(),
+                TimeUnit::Microsecond => a.as_primitive::<TimestampMicrosecondType>().values(),
+                TimeUnit::Nanosecond => a.as_primitive::<TimestampNanosecondType>().values(),
+            };
+            scale(v, factor(u), name, offset)
+        }
+        DataType::Date32 => {
+            let v: Vec<i64> = a.as_primitive::<Date32Type>().values().iter().map(|&d| d as i64).collect();
+            scale(&v, 86_400 * NS_PER_S, name, offset)
+        }
+        DataType::Date64 => scale(a.as_primitive::<Date64Type>().values(), NS_PER_MS, name, offset),
+        dt => match int_values(a.as_ref(), name)? {
+            Some(v) => match unit {
+                Some(u) => scale(&v, unit_factor(u, "timestamp_unit")?, name, offset),
+                None => Err(Error::schema(
+                    name,
+                    "integer timestamps need a declared unit: FeatureSet(..., timestamp_unit='s'|'ms'|'us'|'ns')",
+                )),
+            },
+            None => Err(Error::schema(
+                name,
+                format!("expected a timestamp, date or integer column, got {dt}"),
+            )),
+        },
+    }
+}
+
+/// Hash of a string value for distinct counting (xxh3-64, never [`NULL`]).
+#[inline]
+pub fn string_identity(s: &str) -> u64 {
+    let h = xxhash_rust::xxh3::xxh3_64(s.as_bytes());
+    if h == NULL {
+        h ^ 1
+    } else {
+        h
+    }
+}
+
+/// Check a numeric value; `Ok(None)` = treat as null.
+#[inline]
+pub fn check_number(x: f64, skip_nonfinite: bool, name: &str, row: usize) -> Result<Option<f64>> {
+    if x.is_finite() {
+        Ok(Some(x))
+    } else if skip_nonfinite {
+        Ok(None)
+    } else {
+        Err(Error::schema(
+            name,
+            format!(
+                "{x} at row {row}: NaN and infinite values are rejected (FeatureSet(on_nonfinite='skip') treats them as null)"
+            ),
+        ))
+    }
+}
+
+fn read_values(a: &ArrayRef, name: &str, kind: ColKind, skip: bool, offset: usize) -> Result<Vec<u64>> {
+    let n = a.len();
+    let mut out = Vec::with_capacity(n);
+    let floats: Option<Vec<f64>> = match a.data_type() {
+        DataType::Float64 => Some(a.as_primitive::<Float64Type>().values().to_vec()),
+        DataType::Float32 => Some(a.as_primitive::<Float32Type>().values().iter().map(|&x| x as f64).collect()),
+        DataType::Float16 => Some(a.as_primitive::<Float16Type>().values().iter().map(|x| x.to_f64()).collect()),
+        DataType::Boolean => {
+            let b = a.as_boolean();
+            Some((0..n).map(|i| if b.value(i) { 1.0 } else { 0.0 }).collect())
+        }
+        _ => int_values(a.as_ref(), name)?.map(|v| v.into_iter().map(|x| x as f64).collect()),
+    };
+    if let Some(xs) = floats {
+        for (i, x) in xs.into_iter().enumerate() {
+            if a.is_null(i) {
+                out.push(NULL);
+                continue;
+            }
+            match check_number(x, skip, name, offset + i)? {
+                Some(x) => out.push(x.to_bits()),
+                None => out.push(NULL),
+            }
+        }
+        return Ok(out);
+    }
+    if let Some(s) = str_arr(a.as_ref(), name)? {
+        if kind == ColKind::Numeric {
+            return Err(Error::schema(
+                name,
+                format!("is a string column ({}); sum/mean/min/max/var/std/first/last/quantile/decayed_sum need numbers", a.data_type()),
+            ));
+        }
+        for i in 0..n {
+            out.push(if a.is_null(i) { NULL } else { string_identity(s.get(i)) });
+        }
+        return Ok(out);
+    }
+    if matches!(a.data_type(), DataType::Null) {
+        return Ok(vec![NULL; n]);
+    }
+    Err(Error::schema(name, format!("unsupported value type {}", a.data_type())))
+}
+
+/// Validate and convert event batches. Nothing is applied anywhere until all of them pass.
+pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events<'a>> {
+    let spec = &plan.spec;
+    let mut events = Events::empty(plan.columns.len());
+    let mut offset = 0;
+    for batch in batches {
+        if batch.num_rows() == 0 {
+            // still check the schema
+            column(batch, &spec.entity, "events")?;
+            column(batch, &spec.timestamp, "events")?;
+            for c in &plan.columns {
+                column(batch, &c.name, "events")?;
+            }
+            continue;
+        }
+        let keys = read_keys(column(batch, &spec.entity, "events")?, &spec.entity, offset)?;
+        let ts = read_times(
+            column(batch, &spec.timestamp, "events")?,
+            &spec.timestamp,
+            spec.timestamp_unit.as_deref(),
+            offset,
+        )?;
+        let mut values = Vec::with_capacity(plan.columns.len());
+        for c in &plan.columns {
+            values.push(read_values(column(batch, &c.name, "events")?, &c.name, c.kind, spec.skip_nonfinite, offset)?);
+        }
+        offset += batch.num_rows();
+        if events.push(keys, ts, values).is_err() {
+            return Err(Error::schema(&spec.entity, "key type changes between batches (integers and strings)"));
+        }
+    }
+    Ok(events)
+}
+
+/// A spine: keys and query times, one chunk per batch.
+pub fn read_spine<'a>(
+    plan: &Plan,
+    batches: &'a [RecordBatch],
+    key: &str,
+    time: &str,
+) -> Result<Vec<(KeyArr<'a>, Vec<i64>)>> {
+    let mut out = Vec::with_capacity(batches.len());
+    let mut offset = 0;
+    for batch in batches {
+        let k = read_keys(column(batch, key, "spine")?, key, offset)?;
+        let t = read_times(column(batch, time, "spine")?, time, plan.spec.timestamp_unit.as_deref(), offset)?;
+        offset += batch.num_rows();
+        out.push((k, t));
+    }
+    Ok(out)
+}

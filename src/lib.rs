@@ -1,0 +1,30 @@
+//! # rtml: real-time ML features
+//!
+//! Define window features once; compute them with one engine in two places:
+//! * [`offline::backfill`]: historical events x a spine of (entity, time) rows -> a
+//!   point-in-time-correct training table;
+//! * [`online::Engine`]: a live event stream -> the same features at request time, bit for bit.
+//!
+//! The engine is plain Rust. The Python bindings live in `src/python` behind the `python`
+//! feature; `cargo test --no-default-features` builds and tests the engine without Python.
+//! Semantics: `docs/semantics.md`.
+
+pub mod error;
+pub mod exact;
+pub mod input;
+pub mod offline;
+pub mod online;
+pub mod plan;
+pub mod snapshot;
+pub mod spec;
+pub mod state;
+pub mod time;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{Error, Result};
+pub use offline::{backfill, FeatureColumn};
+pub use online::Engine;
+pub use plan::Plan;
+pub use spec::Spec;

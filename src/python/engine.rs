@@ -1,0 +1,293 @@
+//! `rtml.OnlineEngine`: the online engine behind a reader-writer lock.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3_arrow::{PyRecordBatch, PyTable};
+
+use super::convert::{self, PyKey};
+use super::errors::IntoPy;
+use super::{feature_columns_to_batch, PySpec};
+use crate::input::read_events;
+use crate::offline::FeatureColumn;
+use crate::online::Engine;
+use crate::plan::Plan;
+use crate::spec::Spec;
+
+/// The online feature engine: ingest a live event stream, read features at request time.
+///
+/// Create one with `FeatureSet.online()`, `OnlineEngine(feature_set)` or
+/// `OnlineEngine.restore(path)`. Safe to share between threads: reads run concurrently,
+/// an ingest excludes them only while it applies its (already validated) batch.
+#[pyclass(frozen, name = "OnlineEngine", module = "rtml")]
+pub struct OnlineEngine {
+    inner: RwLock<Engine>,
+    plan: Arc<Plan>,
+    names: Vec<Py<PyString>>,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl OnlineEngine {
+    fn from_engine(py: Python<'_>, engine: Engine) -> OnlineEngine {
+        let plan = Arc::clone(&engine.plan);
+        let names = plan.spec.features.iter().map(|f| PyString::intern(py, &f.name).unbind()).collect();
+        OnlineEngine { inner: RwLock::new(engine), plan, names }
+    }
+
+    fn read(&self, py: Python<'_>) -> RwLockReadGuard<'_, Engine> {
+        loop {
+            if let Some(g) = self.inner.try_read() {
+                return g;
+            }
+            // Wait for the writer without holding the GIL.
+            py.detach(|| drop(self.inner.read()));
+        }
+    }
+
+    fn write(&self, py: Python<'_>) -> RwLockWriteGuard<'_, Engine> {
+        loop {
+            if let Some(g) = self.inner.try_write() {
+                return g;
+            }
+            py.detach(|| drop(self.inner.write()));
+        }
+    }
+
+    fn at(&self, at: Option<&Bound<'_, PyAny>>) -> PyResult<i64> {
+        match at {
+            None => Ok(now_ns()),
+            Some(a) if a.is_none() => Ok(now_ns()),
+            Some(a) => convert::instant(a, self.plan.spec.timestamp_unit.as_deref(), "at").py_err(),
+        }
+    }
+
+    fn row_dict<'py>(&self, py: Python<'py>, values: &[f64]) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for ((name, out), v) in self.names.iter().zip(&self.plan.outputs).zip(values) {
+            if out.integer {
+                d.set_item(name.bind(py), *v as i64)?;
+            } else if v.is_nan() {
+                d.set_item(name.bind(py), py.None())?;
+            } else {
+                d.set_item(name.bind(py), *v)?;
+            }
+        }
+        Ok(d)
+    }
+}
+
+#[pymethods]
+impl OnlineEngine {
+    /// `OnlineEngine(feature_set)`: an empty engine for a FeatureSet, `_core.Spec` or JSON text.
+    #[new]
+    fn new(py: Python<'_>, spec: &Bound<'_, PyAny>) -> PyResult<OnlineEngine> {
+        let spec_obj = if spec.hasattr("_spec")? { spec.getattr("_spec")? } else { spec.clone() };
+        let plan = if let Ok(s) = spec_obj.cast::<PySpec>() {
+            Arc::clone(&s.get().plan)
+        } else if let Ok(text) = spec_obj.extract::<String>() {
+            Arc::new(Plan::new(Spec::from_json(&text).py_err()?))
+        } else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "OnlineEngine(spec): expected a FeatureSet or its JSON document",
+            ));
+        };
+        Ok(OnlineEngine::from_engine(py, Engine::new(plan)))
+    }
+
+    /// Ingest events: a row dict, a list of row dicts, or anything `FeatureSet.backfill` takes
+    /// as events (pyarrow, pandas, polars, Parquet paths). Validates the whole input first: on
+    /// error nothing is applied. Returns the number of events accepted (late ones are dropped
+    /// and counted in `stats()`).
+    fn ingest(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let rows: Option<Vec<Bound<'_, PyAny>>> = if data.is_instance_of::<PyDict>() {
+            Some(vec![data.clone()])
+        } else if let Ok(list) = data.cast::<PyList>() {
+            if list.is_empty() || list.get_item(0)?.is_instance_of::<PyDict>() {
+                Some(list.iter().collect())
+            } else {
+                None
+            }
+        } else if let Ok(t) = data.cast::<PyTuple>() {
+            if !t.is_empty() && t.get_item(0)?.is_instance_of::<PyDict>() { Some(t.iter().collect()) } else { None }
+        } else {
+            None
+        };
+        if let Some(rows) = rows {
+            let events = convert::rows(&self.plan, &rows).py_err()?;
+            let mut engine = self.write(py);
+            return Ok(engine.ingest(&events).py_err()?.accepted);
+        }
+        let table = py.import("rtml._io")?.call_method1("events_table", (data, &self.plan.spec.timestamp))?;
+        let table: PyTable = table.extract()?;
+        let (batches, _) = table.into_inner();
+        let plan = Arc::clone(&self.plan);
+        let inner = &self.inner;
+        py.detach(|| {
+            let events = read_events(&plan, &batches)?;
+            let mut engine = inner.write();
+            engine.ingest(&events).map(|r| r.accepted)
+        })
+        .py_err()
+    }
+
+    /// Features of one entity at instant `at` (default: now, UTC) as a dict.
+    #[pyo3(signature = (key, at=None))]
+    fn get<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>, at: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+        let k = convert::key(key, &self.plan.spec.entity).py_err()?;
+        let t = self.at(at)?;
+        let mut out = [0f64; 32];
+        let mut heap;
+        let buf: &mut [f64] = if self.plan.n_features() <= 32 {
+            &mut out[..self.plan.n_features()]
+        } else {
+            heap = vec![0f64; self.plan.n_features()];
+            &mut heap
+        };
+        self.read(py).get(k.as_ref(), t, buf).py_err()?;
+        self.row_dict(py, buf)
+    }
+
+    /// Features of many entities as a pyarrow.Table (key column first). `at` is one instant
+    /// for all keys, or a list with one instant per key.
+    #[pyo3(signature = (keys, at=None))]
+    fn get_many<'py>(&self, py: Python<'py>, keys: &Bound<'py, PyAny>, at: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let entity = &self.plan.spec.entity;
+        let keys: Vec<PyKey> = keys
+            .try_iter()?
+            .map(|k| k.and_then(|k| convert::key(&k, entity).py_err()))
+            .collect::<PyResult<_>>()?;
+        let times: Vec<i64> = match at {
+            Some(a) if a.is_instance_of::<PyList>() || a.is_instance_of::<PyTuple>() => {
+                let ts: Vec<i64> = a
+                    .try_iter()?
+                    .map(|t| t.and_then(|t| convert::instant(&t, self.plan.spec.timestamp_unit.as_deref(), "at").py_err()))
+                    .collect::<PyResult<_>>()?;
+                if ts.len() != keys.len() {
+                    return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                        "at has {} instants for {} keys",
+                        ts.len(),
+                        keys.len()
+                    )));
+                }
+                ts
+            }
+            other => vec![self.at(other)?; keys.len()],
+        };
+        let nf = self.plan.n_features();
+        let mut cols = vec![Vec::with_capacity(keys.len()); nf];
+        {
+            let engine = self.read(py);
+            let mut row = vec![0f64; nf];
+            for (k, &t) in keys.iter().zip(&times) {
+                engine.get(k.as_ref(), t, &mut row).py_err()?;
+                for (c, v) in cols.iter_mut().zip(&row) {
+                    c.push(*v);
+                }
+            }
+        }
+        let feature_cols = cols
+            .into_iter()
+            .zip(&self.plan.outputs)
+            .map(|(c, o)| if o.integer { FeatureColumn::Int(c.iter().map(|&v| v as i64).collect()) } else { FeatureColumn::Float(c) })
+            .collect();
+        let feats = feature_columns_to_batch(&self.plan, feature_cols)?;
+        let key_array: ArrayRef = if keys.iter().all(|k| matches!(k, PyKey::Int(_))) {
+            Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| match k {
+                PyKey::Int(i) => *i,
+                PyKey::Str(_) => 0,
+            })))
+        } else {
+            Arc::new(StringArray::from_iter_values(keys.iter().map(|k| match k {
+                PyKey::Str(s) => s.clone(),
+                PyKey::Int(i) => i.to_string(),
+            })))
+        };
+        let mut fields = vec![Field::new(entity, key_array.data_type().clone(), false)];
+        fields.extend(feats.schema().fields().iter().map(|f| f.as_ref().clone()));
+        let mut arrays = vec![key_array];
+        arrays.extend(feats.columns().iter().cloned());
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        let rb = PyRecordBatch::new(batch).into_pyarrow(py)?;
+        py.import("pyarrow")?.getattr("Table")?.call_method1("from_batches", (vec![rb],))
+    }
+
+    /// Write the whole state to `path` atomically (temporary file, fsync, rename), checksummed.
+    fn snapshot(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let engine = self.read(py);
+        let result = py.detach(|| engine.snapshot(&path));
+        result.py_err()
+    }
+
+    /// Load an engine written by `snapshot`. Raises `rtml.SnapshotError` for a truncated,
+    /// corrupted or foreign file.
+    #[staticmethod]
+    fn restore(py: Python<'_>, path: PathBuf) -> PyResult<OnlineEngine> {
+        let engine = py.detach(|| Engine::restore(&path)).py_err()?;
+        Ok(OnlineEngine::from_engine(py, engine))
+    }
+
+    /// Counters and sizes: keys, events_ingested, late_events_dropped, keys_evicted,
+    /// state_bytes (approximate bytes of per-key state and the key table), watermark (ns or None).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.read(py).stats();
+        let d = PyDict::new(py);
+        d.set_item("keys", s.keys)?;
+        d.set_item("events_ingested", s.counters.events_ingested)?;
+        d.set_item("late_events_dropped", s.counters.late_events_dropped)?;
+        d.set_item("keys_evicted", s.counters.keys_evicted)?;
+        d.set_item("state_bytes", s.state_bytes)?;
+        d.set_item("watermark", s.watermark)?;
+        Ok(d)
+    }
+
+    /// Evict keys idle longer than the feature set's ttl now (it also happens during ingest).
+    fn evict_idle(&self, py: Python<'_>) -> usize {
+        self.write(py).evict_idle()
+    }
+
+    /// Output column names, in order.
+    #[getter]
+    fn feature_names(&self) -> Vec<String> {
+        self.plan.spec.feature_names()
+    }
+
+    /// The feature-set document this engine computes.
+    #[getter]
+    fn spec_json(&self) -> String {
+        self.plan.spec.to_json()
+    }
+
+    /// Largest event time seen, as int nanoseconds since the epoch (None before any event).
+    #[getter]
+    fn watermark(&self, py: Python<'_>) -> Option<i64> {
+        self.read(py).stats().watermark
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let s = self.read(py).stats();
+        format!(
+            "OnlineEngine(entity={:?}, features={}, keys={}, events_ingested={})",
+            self.plan.spec.entity,
+            self.plan.n_features(),
+            s.keys,
+            s.counters.events_ingested
+        )
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_types() {
+    let _ = DataType::Int64;
+}

@@ -1,0 +1,148 @@
+//! Snapshot files of the online engine.
+//!
+//! Layout: `RTMLSNAP` magic (8 bytes), format version (u32 LE), payload length (u64 LE),
+//! CRC-32 of the payload (u32 LE), then the payload (bincode): the feature-set document,
+//! the watermark, counters and every key's state. Written to a temporary file in the same
+//! folder, fsynced, then renamed over the target, so a crash at any moment leaves either the
+//! old file or the new one, never a torn one.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::input::Key;
+use crate::online::{Counters, Engine};
+use crate::plan::Plan;
+use crate::spec::Spec;
+use crate::state::KeyState;
+
+const MAGIC: &[u8; 8] = b"RTMLSNAP";
+pub const SNAPSHOT_VERSION: u32 = 1;
+const HEADER: usize = 8 + 4 + 8 + 4;
+
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    spec: String,
+    key_is_int: Option<bool>,
+    watermark: i64,
+    counters: &'a Counters,
+    last_sweep: i64,
+    keys: Vec<(&'a Key, &'a KeyState)>,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    spec: String,
+    key_is_int: Option<bool>,
+    watermark: i64,
+    counters: Counters,
+    last_sweep: i64,
+    keys: Vec<(Key, KeyState)>,
+}
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new().with_little_endian().with_varint_encoding()
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+pub fn write(engine: &Engine, path: &Path) -> Result<()> {
+    let body = BodyRef {
+        spec: engine.plan.spec.to_json(),
+        key_is_int: engine.key_is_int,
+        watermark: engine.watermark,
+        counters: &engine.counters,
+        last_sweep: engine.last_sweep,
+        keys: engine.keys.iter().collect(),
+    };
+    let payload = options()
+        .serialize(&body)
+        .map_err(|e| Error::snapshot(path, format!("cannot encode: {e}")))?;
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    drop(payload);
+
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+        // Make the rename itself durable.
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn read(path: &Path) -> Result<Engine> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let bad = |m: &str| Error::snapshot(path, m);
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err(bad("not an rtml snapshot (bad magic bytes or file too short)"));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().map_err(|_| bad("bad header"))?);
+    if version > SNAPSHOT_VERSION {
+        return Err(Error::snapshot(
+            path,
+            format!("format version {version} was written by a newer rtml (this one reads up to {SNAPSHOT_VERSION})"),
+        ));
+    }
+    if version == 0 {
+        return Err(bad("format version 0 does not exist"));
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into().map_err(|_| bad("bad header"))?);
+    let crc = u32::from_le_bytes(bytes[20..24].try_into().map_err(|_| bad("bad header"))?);
+    let payload = &bytes[HEADER..];
+    if payload.len() as u64 != len {
+        return Err(Error::snapshot(
+            path,
+            format!("truncated or extended: header says {len} payload bytes, file has {}", payload.len()),
+        ));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(bad("checksum mismatch: the file is corrupted"));
+    }
+    let body: Body = options()
+        .with_limit(len)
+        .deserialize(payload)
+        .map_err(|e| Error::snapshot(path, format!("cannot decode: {e}")))?;
+    let spec = Spec::from_json(&body.spec)
+        .map_err(|e| Error::snapshot(path, format!("embedded feature set is invalid: {e}")))?;
+    let plan = Arc::new(Plan::new(spec));
+    let mut engine = Engine::new(plan);
+    engine.key_is_int = body.key_is_int;
+    engine.watermark = body.watermark;
+    engine.counters = body.counters;
+    engine.last_sweep = body.last_sweep;
+    engine.keys.reserve(body.keys.len());
+    for (k, s) in body.keys {
+        if !s.consistent_with(&engine.plan) {
+            return Err(bad("key state does not match the embedded feature set"));
+        }
+        engine.keys.insert(k, s);
+    }
+    Ok(engine)
+}

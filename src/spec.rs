@@ -1,0 +1,459 @@
+//! What a feature set is: the versioned JSON document and its validation.
+//!
+//! The document is the one artifact shared by a notebook and a service:
+//! ```json
+//! {"format": "rtml.FeatureSet", "version": 1, "entity": "driver_id", "timestamp": "ts",
+//!  "timestamp_unit": null, "allowed_lateness": "5m", "ttl": null, "on_nonfinite": "error",
+//!  "features": [{"agg": "sum", "column": "fare", "window": "1h", "name": "fare_sum_1h"}]}
+//! ```
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::time::{format_duration, parse_duration, unit_factor};
+
+pub const FORMAT: &str = "rtml.FeatureSet";
+pub const VERSION: u64 = 1;
+
+/// An aggregation with its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Agg {
+    Count,
+    Sum,
+    Mean,
+    Min,
+    Max,
+    Var,
+    Std,
+    First,
+    Last,
+    DistinctCount,
+    Quantile(f64),
+    DecayedSum(i64),
+    TimeSinceLast,
+}
+
+pub const AGG_NAMES: &[&str] = &[
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "var",
+    "std",
+    "first",
+    "last",
+    "distinct_count",
+    "quantile",
+    "decayed_sum",
+    "time_since_last",
+];
+
+impl Agg {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Agg::Count => "count",
+            Agg::Sum => "sum",
+            Agg::Mean => "mean",
+            Agg::Min => "min",
+            Agg::Max => "max",
+            Agg::Var => "var",
+            Agg::Std => "std",
+            Agg::First => "first",
+            Agg::Last => "last",
+            Agg::DistinctCount => "distinct_count",
+            Agg::Quantile(_) => "quantile",
+            Agg::DecayedSum(_) => "decayed_sum",
+            Agg::TimeSinceLast => "time_since_last",
+        }
+    }
+
+    /// Needs a numeric column (as opposed to any column, or none).
+    pub fn is_numeric(&self) -> bool {
+        !matches!(self, Agg::Count | Agg::DistinctCount | Agg::TimeSinceLast)
+    }
+
+    /// Output is an integer count.
+    pub fn is_integer(&self) -> bool {
+        matches!(self, Agg::Count | Agg::DistinctCount)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Feature {
+    pub name: String,
+    pub agg: Agg,
+    pub column: Option<String>,
+    /// Window length in ns; `None` is a lifetime feature.
+    pub window: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    pub entity: String,
+    pub timestamp: String,
+    /// Unit of integer timestamps ("s", "ms", "us", "ns"), if declared.
+    pub timestamp_unit: Option<String>,
+    pub allowed_lateness: i64,
+    pub ttl: Option<i64>,
+    /// NaN / inf values are treated as null instead of being rejected.
+    pub skip_nonfinite: bool,
+    pub features: Vec<Feature>,
+}
+
+/// Default output name, e.g. `fare_sum_1h`, `count_1h`, `fare_p90_1h`, `fare_last`.
+pub fn default_name(agg: &Agg, column: Option<&str>, window: Option<i64>) -> String {
+    let base = match (agg, column) {
+        (Agg::Count, None) => "count".to_string(),
+        (Agg::TimeSinceLast, _) => "time_since_last".to_string(),
+        (Agg::Quantile(q), Some(c)) => format!("{c}_p{}", percent_label(*q)),
+        (Agg::DecayedSum(h), Some(c)) => format!("{c}_decayed_sum_hl{}", format_duration(*h)),
+        (a, Some(c)) => format!("{c}_{}", a.name()),
+        (a, None) => a.name().to_string(),
+    };
+    match window {
+        Some(w) => format!("{base}_{}", format_duration(w)),
+        None => base,
+    }
+}
+
+/// 0.9 -> "90", 0.5 -> "50", 0.999 -> "99_9", 0.05 -> "5", 1.0 -> "100".
+fn percent_label(q: f64) -> String {
+    let text = format!("{q}");
+    let (int, frac) = text.split_once('.').unwrap_or((text.as_str(), ""));
+    let mut digits: String = frac.chars().collect();
+    while digits.len() < 2 {
+        digits.push('0');
+    }
+    let whole: u64 = format!("{int}{}", &digits[..2]).parse().unwrap_or(0);
+    let rest = &digits[2..];
+    if rest.is_empty() {
+        whole.to_string()
+    } else {
+        format!("{whole}_{rest}")
+    }
+}
+
+fn get_str(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Option<String>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(Error::spec(field, format!("expected a string, got {other}"))),
+    }
+}
+
+fn req_str(obj: &Map<String, Value>, key: &str, field: &str) -> Result<String> {
+    match get_str(obj, key, field)? {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(Error::spec(field, "is required (a non-empty string)")),
+    }
+}
+
+fn get_duration(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Option<i64>> {
+    match get_str(obj, key, field)? {
+        None => Ok(None),
+        Some(s) => parse_duration(&s, field).map(Some),
+    }
+}
+
+fn check_keys(obj: &Map<String, Value>, allowed: &[&str], field: &str) -> Result<()> {
+    for k in obj.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(Error::spec(
+                format!("{field}.{k}"),
+                format!("unknown field (expected one of: {})", allowed.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Spec {
+    /// Parse and validate a feature-set document.
+    pub fn from_json(text: &str) -> Result<Spec> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::spec("document", format!("not valid JSON: {e}")))?;
+        Spec::from_value(&value)
+    }
+
+    pub fn from_value(value: &Value) -> Result<Spec> {
+        let obj = value
+            .as_object()
+            .ok_or_else(|| Error::spec("document", "expected a JSON object"))?;
+        match obj.get("format") {
+            Some(Value::String(f)) if f == FORMAT => {}
+            None => {}
+            Some(other) => {
+                return Err(Error::spec("format", format!("expected {FORMAT:?}, got {other}")))
+            }
+        }
+        let version = match obj.get("version") {
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .ok_or_else(|| Error::spec("version", format!("expected a positive integer, got {n}")))?,
+            None => return Err(Error::spec("version", "is required")),
+            Some(other) => {
+                return Err(Error::spec("version", format!("expected an integer, got {other}")))
+            }
+        };
+        if version > VERSION {
+            return Err(Error::spec(
+                "version",
+                format!(
+                    "this document has version {version}, written by a newer rtml; this rtml reads versions up to {VERSION}: upgrade rtml"
+                ),
+            ));
+        }
+        if version == 0 {
+            return Err(Error::spec("version", "version 0 does not exist"));
+        }
+        check_keys(
+            obj,
+            &[
+                "format",
+                "version",
+                "entity",
+                "timestamp",
+                "timestamp_unit",
+                "allowed_lateness",
+                "ttl",
+                "on_nonfinite",
+                "features",
+                "metadata",
+            ],
+            "document",
+        )?;
+        let entity = req_str(obj, "entity", "entity")?;
+        let timestamp = req_str(obj, "timestamp", "timestamp")?;
+        let timestamp_unit = get_str(obj, "timestamp_unit", "timestamp_unit")?;
+        if let Some(u) = &timestamp_unit {
+            unit_factor(u, "timestamp_unit")?;
+        }
+        let allowed_lateness = match obj.get("allowed_lateness") {
+            Some(Value::String(s)) if s == "0" || s == "0s" => 0,
+            _ => get_duration(obj, "allowed_lateness", "allowed_lateness")?.unwrap_or(0),
+        };
+        let ttl = get_duration(obj, "ttl", "ttl")?;
+        let skip_nonfinite = match get_str(obj, "on_nonfinite", "on_nonfinite")?.as_deref() {
+            None | Some("error") => false,
+            Some("skip") => true,
+            Some(other) => {
+                return Err(Error::spec(
+                    "on_nonfinite",
+                    format!("expected 'error' or 'skip', got {other:?}"),
+                ))
+            }
+        };
+        let feats = match obj.get("features") {
+            Some(Value::Array(a)) => a,
+            _ => return Err(Error::spec("features", "is required (a list of features)")),
+        };
+        if feats.is_empty() {
+            return Err(Error::spec("features", "a feature set needs at least one feature"));
+        }
+        let mut features = Vec::with_capacity(feats.len());
+        for (i, f) in feats.iter().enumerate() {
+            features.push(parse_feature(f, &format!("features[{i}]"))?);
+        }
+        let spec = Spec { entity, timestamp, timestamp_unit, allowed_lateness, ttl, skip_nonfinite, features };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, f) in self.features.iter().enumerate() {
+            if !seen.insert(f.name.as_str()) {
+                return Err(Error::spec(
+                    format!("features[{i}].name"),
+                    format!("duplicate feature name {:?}: give one of them name=...", f.name),
+                ));
+            }
+            if f.name == self.entity || f.name == self.timestamp {
+                return Err(Error::spec(
+                    format!("features[{i}].name"),
+                    format!("feature name {:?} collides with the entity or timestamp column", f.name),
+                ));
+            }
+        }
+        if let Some(ttl) = self.ttl {
+            let max_w = self.features.iter().filter_map(|f| f.window).max().unwrap_or(0);
+            if ttl < max_w.saturating_add(self.allowed_lateness) {
+                return Err(Error::spec(
+                    "ttl",
+                    format!(
+                        "ttl {} is shorter than the largest window plus allowed_lateness ({}): keys would be evicted while their windows still hold events",
+                        format_duration(ttl),
+                        format_duration(max_w.saturating_add(self.allowed_lateness))
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The canonical document (stable key order, canonical durations, every name explicit).
+    pub fn to_value(&self) -> Value {
+        let features: Vec<Value> = self
+            .features
+            .iter()
+            .map(|f| {
+                let mut m = Map::new();
+                m.insert("agg".into(), json!(f.agg.name()));
+                if let Some(c) = &f.column {
+                    m.insert("column".into(), json!(c));
+                }
+                m.insert("window".into(), json!(f.window.map(format_duration)));
+                match f.agg {
+                    Agg::Quantile(q) => {
+                        m.insert("q".into(), json!(q));
+                    }
+                    Agg::DecayedSum(h) => {
+                        m.insert("half_life".into(), json!(format_duration(h)));
+                    }
+                    _ => {}
+                }
+                m.insert("name".into(), json!(f.name));
+                Value::Object(m)
+            })
+            .collect();
+        json!({
+            "format": FORMAT,
+            "version": VERSION,
+            "entity": self.entity,
+            "timestamp": self.timestamp,
+            "timestamp_unit": self.timestamp_unit,
+            "allowed_lateness": if self.allowed_lateness == 0 { "0s".to_string() } else { format_duration(self.allowed_lateness) },
+            "ttl": self.ttl.map(format_duration),
+            "on_nonfinite": if self.skip_nonfinite { "skip" } else { "error" },
+            "features": features,
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.to_value()).unwrap_or_default()
+    }
+
+    pub fn feature_names(&self) -> Vec<String> {
+        self.features.iter().map(|f| f.name.clone()).collect()
+    }
+}
+
+fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| Error::spec(field, "expected a JSON object"))?;
+    check_keys(obj, &["agg", "column", "window", "name", "q", "half_life"], field)?;
+    let agg_name = req_str(obj, "agg", &format!("{field}.agg"))?;
+    let column = get_str(obj, "column", &format!("{field}.column"))?;
+    let window = get_duration(obj, "window", &format!("{field}.window"))?;
+    let agg = match agg_name.as_str() {
+        "count" => Agg::Count,
+        "sum" => Agg::Sum,
+        "mean" => Agg::Mean,
+        "min" => Agg::Min,
+        "max" => Agg::Max,
+        "var" => Agg::Var,
+        "std" => Agg::Std,
+        "first" => Agg::First,
+        "last" => Agg::Last,
+        "distinct_count" => Agg::DistinctCount,
+        "time_since_last" => Agg::TimeSinceLast,
+        "quantile" => {
+            let q = obj
+                .get("q")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| Error::spec(format!("{field}.q"), "quantile needs q, a number in [0, 1]"))?;
+            if !(0.0..=1.0).contains(&q) {
+                return Err(Error::spec(format!("{field}.q"), format!("q must be in [0, 1], got {q}")));
+            }
+            Agg::Quantile(q)
+        }
+        "decayed_sum" => {
+            let h = get_duration(obj, "half_life", &format!("{field}.half_life"))?.ok_or_else(|| {
+                Error::spec(format!("{field}.half_life"), "decayed_sum needs half_life, e.g. '1h'")
+            })?;
+            if h > i64::MAX / 64 {
+                return Err(Error::spec(format!("{field}.half_life"), "half_life is too large"));
+            }
+            Agg::DecayedSum(h)
+        }
+        other => {
+            return Err(Error::spec(
+                format!("{field}.agg"),
+                format!("unknown aggregation {other:?} (expected one of: {})", AGG_NAMES.join(", ")),
+            ))
+        }
+    };
+    if agg != Agg::Quantile(0.0) && !matches!(agg, Agg::Quantile(_)) && obj.get("q").is_some_and(|v| !v.is_null()) {
+        return Err(Error::spec(format!("{field}.q"), format!("q applies to quantile, not {agg_name}")));
+    }
+    match (&agg, &column) {
+        (Agg::Count | Agg::TimeSinceLast, _) => {}
+        (_, None) => {
+            return Err(Error::spec(
+                format!("{field}.column"),
+                format!("{agg_name} needs a column"),
+            ))
+        }
+        _ => {}
+    }
+    if agg == Agg::TimeSinceLast && column.is_some() {
+        return Err(Error::spec(format!("{field}.column"), "time_since_last takes no column"));
+    }
+    let name = match get_str(obj, "name", &format!("{field}.name"))? {
+        Some(n) if n.is_empty() => return Err(Error::spec(format!("{field}.name"), "must not be empty")),
+        Some(n) => n,
+        None => default_name(&agg, column.as_deref(), window),
+    };
+    Ok(Feature { name, agg, column, window })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let h = 3_600_000_000_000;
+        assert_eq!(default_name(&Agg::Count, None, Some(h)), "count_1h");
+        assert_eq!(default_name(&Agg::Sum, Some("fare"), Some(h)), "fare_sum_1h");
+        assert_eq!(default_name(&Agg::Quantile(0.9), Some("fare"), Some(h)), "fare_p90_1h");
+        assert_eq!(default_name(&Agg::Quantile(0.999), Some("x"), None), "x_p99_9");
+        assert_eq!(default_name(&Agg::Quantile(0.05), Some("x"), None), "x_p5");
+        assert_eq!(default_name(&Agg::Quantile(1.0), Some("x"), None), "x_p100");
+        assert_eq!(
+            default_name(&Agg::DistinctCount, Some("driver_id"), Some(24 * h)),
+            "driver_id_distinct_count_1d"
+        );
+        assert_eq!(default_name(&Agg::TimeSinceLast, None, None), "time_since_last");
+    }
+
+    #[test]
+    fn round_trip() {
+        let doc = r#"{"version": 1, "entity": "k", "timestamp": "ts", "allowed_lateness": "5m",
+            "features": [{"agg": "sum", "column": "v", "window": "90m"},
+                         {"agg": "quantile", "column": "v", "q": 0.5},
+                         {"agg": "decayed_sum", "column": "v", "half_life": "1h", "window": "1d"}]}"#;
+        let spec = Spec::from_json(doc).unwrap();
+        assert_eq!(spec.feature_names(), ["v_sum_90m", "v_p50", "v_decayed_sum_hl1h_1d"]);
+        let again = Spec::from_json(&spec.to_json()).unwrap();
+        assert_eq!(spec, again);
+    }
+
+    #[test]
+    fn rejects() {
+        let bad = [
+            r#"{"version": 2, "entity": "k", "timestamp": "t", "features": [{"agg": "count"}]}"#,
+            r#"{"version": 1, "entity": "k", "timestamp": "t", "features": [{"agg": "median", "column": "v"}]}"#,
+            r#"{"version": 1, "entity": "k", "timestamp": "t", "features": [{"agg": "sum"}]}"#,
+            r#"{"version": 1, "entity": "k", "timestamp": "t", "features": [{"agg": "count", "window": "1x"}]}"#,
+            r#"{"version": 1, "entity": "k", "timestamp": "t", "features": [{"agg": "count"}, {"agg": "count"}]}"#,
+            r#"{"version": 1, "entity": "k", "timestamp": "t", "features": []}"#,
+            r#"{"version": 1, "entity": "k", "timestamp": "t", "features": [{"agg": "quantile", "column": "v", "q": 1.5}]}"#,
+        ];
+        for doc in bad {
+            assert!(matches!(Spec::from_json(doc), Err(Error::Spec { .. })), "{doc}");
+        }
+    }
+}

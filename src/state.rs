@@ -1,0 +1,779 @@
+//! Per-entity window state: the one piece of code that both backfill and the online engine run.
+//!
+//! A key's state holds
+//! * `buf`: its recent events sorted by time (ties in any order), one row of
+//!   `1 + columns` u64 words each: the timestamp, then each value (f64 bits, or a 64-bit
+//!   identity for strings; [`NULL`] for null);
+//! * `settled`: the instant `S` up to which the accumulators are folded: each window group
+//!   holds exactly the events with `S - W <= ts < S` (lifetime: `ts < S`). Events only enter
+//!   that region in time order (an out-of-order event has `ts >= S`), which is what lets
+//!   min / max use monotonic deques;
+//! * per window group, accumulators over that region. Every accumulator is a function of the
+//!   multiset of events it covers (exact sums, bucket counts, multisets), never of the order
+//!   in which they came.
+//!
+//! A query at `t >= S` reads the settled accumulators and corrects them with the few buffered
+//! events between the settled region and the query window, without mutating anything. Backfill
+//! settles at each spine time and queries there; the online engine settles lazily to
+//! `watermark - allowed_lateness`. Both read the same multiset, hence the same bits.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::exact::{dd_div, ExactSum};
+use crate::plan::{AccPlan, OutKind, Plan};
+use crate::time::floor_div;
+
+/// The stored value of a null (a NaN pattern: real NaNs never reach the state).
+pub const NULL: u64 = 0x7FF8_0000_DEAD_0001;
+
+#[inline]
+fn num(v: u64) -> Option<f64> {
+    (v != NULL).then(|| f64::from_bits(v))
+}
+
+/// Events of one key, sorted by time, stored row-major with a movable front.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Buf {
+    stride: usize,
+    data: Vec<u64>,
+    /// Dead rows at the front of `data`.
+    off: usize,
+    /// Absolute position of the first live row.
+    base: u64,
+}
+
+impl Buf {
+    fn new(stride: usize) -> Buf {
+        Buf { stride, data: Vec::new(), off: 0, base: 0 }
+    }
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.data.len() / self.stride - self.off
+    }
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    #[inline]
+    fn row(&self, abs: u64) -> &[u64] {
+        let i = (abs - self.base) as usize + self.off;
+        &self.data[i * self.stride..(i + 1) * self.stride]
+    }
+    #[inline]
+    fn ts(&self, abs: u64) -> i64 {
+        self.data[((abs - self.base) as usize + self.off) * self.stride] as i64
+    }
+    #[inline]
+    fn end(&self) -> u64 {
+        self.base + self.len() as u64
+    }
+    /// First absolute position `>= from` whose time is `>= t` (rows are sorted).
+    fn seek(&self, from: u64, t: i64) -> u64 {
+        let (mut lo, mut hi) = (from, self.end());
+        // Gallop: most seeks move a few rows.
+        let mut step = 1;
+        while lo < hi {
+            let probe = (lo + step - 1).min(hi - 1);
+            if self.ts(probe) >= t {
+                hi = probe;
+                break;
+            }
+            lo = probe + 1;
+            step *= 2;
+        }
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.ts(mid) >= t {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        lo
+    }
+    /// Insert keeping time order; a new row goes after every row with time `<= ts`.
+    fn insert(&mut self, ts: i64, values: &[u64]) {
+        let end = self.end();
+        let mut pos = end;
+        while pos > self.base && self.ts(pos - 1) > ts {
+            pos -= 1;
+            if end - pos > 16 {
+                // far back: binary search the rest
+                let (mut lo, mut hi) = (self.base, pos);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if self.ts(mid) > ts {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                pos = lo;
+                break;
+            }
+        }
+        let at = ((pos - self.base) as usize + self.off) * self.stride;
+        if pos == end {
+            self.data.push(ts as u64);
+            self.data.extend_from_slice(values);
+        } else {
+            self.data.splice(at..at, std::iter::once(ts as u64).chain(values.iter().copied()));
+        }
+    }
+    /// Drop live rows before absolute position `abs`.
+    fn evict_before(&mut self, abs: u64) {
+        if abs <= self.base {
+            return;
+        }
+        let n = (abs - self.base) as usize;
+        self.off += n;
+        self.base = abs;
+        if self.off > 32 && self.off * 2 >= self.data.len() / self.stride {
+            self.data.drain(0..self.off * self.stride);
+            self.off = 0;
+        }
+        if self.len() == 0 && self.data.capacity() > 64 {
+            self.data.shrink_to(16 * self.stride);
+        }
+    }
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + 8 * self.data.capacity()
+    }
+}
+
+/// Bucket of a value for quantiles: sign, exponent and the top 7 mantissa bits.
+#[inline]
+fn bucket(x: f64) -> i32 {
+    if x == 0.0 {
+        return 0;
+    }
+    let b = ((x.abs().to_bits() >> 45) + 1) as i32;
+    if x < 0.0 {
+        -b
+    } else {
+        b
+    }
+}
+
+/// The midpoint of a bucket: relative error at most 2^-8 for every value in it.
+#[inline]
+fn bucket_value(k: i32) -> f64 {
+    if k == 0 {
+        return 0.0;
+    }
+    let m = f64::from_bits(((k.unsigned_abs() as u64 - 1) << 45) | (1u64 << 44));
+    if k < 0 {
+        -m
+    } else {
+        m
+    }
+}
+
+const DECAY_PERIOD_HALF_LIVES: i64 = 32;
+const DECAY_MAX_AGE_PERIODS: i64 = 40;
+
+#[inline]
+fn decay_cell(ts: i64, h: i64) -> (i64, f64) {
+    let p = DECAY_PERIOD_HALF_LIVES * h;
+    let c = floor_div(ts, p);
+    let offset = (ts as i128 - c as i128 * p as i128) as f64;
+    (c, libm::exp2(offset / h as f64))
+}
+
+#[inline]
+fn total_lt(a: (i64, f64), b: (i64, f64)) -> bool {
+    a.0 < b.0 || (a.0 == b.0 && a.1.total_cmp(&b.1).is_lt())
+}
+
+/// One accumulator's state over the settled region.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Acc {
+    NonNull(i64),
+    Moments { n: i64, s1: ExactSum, s2: ExactSum },
+    /// Monotonic deque of (ts, value): increasing values for min, decreasing for max.
+    Extreme(VecDeque<(i64, f64)>),
+    Distinct(HashMap<u64, u32>),
+    Sketch { n: i64, buckets: BTreeMap<i32, u32> },
+    Decay(BTreeMap<i64, ExactSum>),
+    Edges { first: Option<(i64, f64)>, last: Option<(i64, f64)> },
+}
+
+impl Acc {
+    fn new(p: &AccPlan) -> Acc {
+        match p {
+            AccPlan::NonNull { .. } => Acc::NonNull(0),
+            AccPlan::Moments { .. } => Acc::Moments { n: 0, s1: ExactSum::new(), s2: ExactSum::new() },
+            AccPlan::Extreme { .. } => Acc::Extreme(VecDeque::new()),
+            AccPlan::Distinct { .. } => Acc::Distinct(HashMap::new()),
+            AccPlan::Sketch { .. } => Acc::Sketch { n: 0, buckets: BTreeMap::new() },
+            AccPlan::Decay { .. } => Acc::Decay(BTreeMap::new()),
+            AccPlan::Edges { .. } => Acc::Edges { first: None, last: None },
+        }
+    }
+
+    /// Fold one event in (`sign = 1`) or out (`sign = -1`). Extremes are expired by time.
+    fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, lifetime: bool) {
+        let ts = row[0] as i64;
+        let val = |c: usize| row[1 + c];
+        match (self, p) {
+            (Acc::NonNull(n), AccPlan::NonNull { col }) => {
+                if val(*col) != NULL {
+                    *n += sign;
+                }
+            }
+            (Acc::Moments { n, s1, s2 }, AccPlan::Moments { col, squares }) => {
+                if let Some(x) = num(val(*col)) {
+                    *n += sign;
+                    if sign > 0 {
+                        s1.add(x);
+                        if *squares {
+                            s2.add_square(x);
+                        }
+                    } else {
+                        s1.sub(x);
+                        if *squares {
+                            s2.sub_square(x);
+                        }
+                    }
+                }
+            }
+            (Acc::Extreme(dq), AccPlan::Extreme { col, max }) => {
+                if sign < 0 {
+                    return;
+                }
+                if let Some(x) = num(val(*col)) {
+                    let dominated = |old: f64| {
+                        let o = old.total_cmp(&x);
+                        if *max {
+                            o.is_le()
+                        } else {
+                            o.is_ge()
+                        }
+                    };
+                    if lifetime {
+                        if dq.front().is_none_or(|&(_, old)| dominated(old)) {
+                            dq.clear();
+                            dq.push_back((ts, x));
+                        }
+                    } else {
+                        while dq.back().is_some_and(|&(_, old)| dominated(old)) {
+                            dq.pop_back();
+                        }
+                        dq.push_back((ts, x));
+                    }
+                }
+            }
+            (Acc::Distinct(map), AccPlan::Distinct { col }) => {
+                let v = val(*col);
+                if v != NULL {
+                    let key = if v == (-0.0f64).to_bits() { 0 } else { v };
+                    if sign > 0 {
+                        *map.entry(key).or_insert(0) += 1;
+                    } else if let Some(c) = map.get_mut(&key) {
+                        *c -= 1;
+                        if *c == 0 {
+                            map.remove(&key);
+                        }
+                    }
+                }
+            }
+            (Acc::Sketch { n, buckets }, AccPlan::Sketch { col }) => {
+                if let Some(x) = num(val(*col)) {
+                    let b = bucket(x);
+                    *n += sign;
+                    if sign > 0 {
+                        *buckets.entry(b).or_insert(0) += 1;
+                    } else if let Some(c) = buckets.get_mut(&b) {
+                        *c -= 1;
+                        if *c == 0 {
+                            buckets.remove(&b);
+                        }
+                    }
+                }
+            }
+            (Acc::Decay(cells), AccPlan::Decay { col, half_life }) => {
+                if let Some(x) = num(val(*col)) {
+                    let (c, w) = decay_cell(ts, *half_life);
+                    let term = x * w;
+                    let cell = cells.entry(c).or_default();
+                    if sign > 0 {
+                        cell.add(term);
+                    } else {
+                        cell.sub(term);
+                        if cell.is_zero() {
+                            cells.remove(&c);
+                        }
+                    }
+                }
+            }
+            (Acc::Edges { first, last }, AccPlan::Edges { col }) => {
+                let x = match col {
+                    Some(c) => match num(val(*c)) {
+                        Some(x) => x,
+                        None => return,
+                    },
+                    None => 0.0,
+                };
+                if first.is_none_or(|f| total_lt((ts, x), f)) {
+                    *first = Some((ts, x));
+                }
+                if last.is_none_or(|l| total_lt(l, (ts, x))) {
+                    *last = Some((ts, x));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let base = std::mem::size_of::<Acc>();
+        base + match self {
+            Acc::NonNull(_) => 0,
+            Acc::Moments { s1, s2, .. } => s1.bytes() + s2.bytes() - 2 * std::mem::size_of::<ExactSum>(),
+            Acc::Extreme(dq) => dq.capacity() * 16,
+            Acc::Distinct(m) => m.capacity() * 13 + 16,
+            Acc::Sketch { buckets, .. } => buckets.len() * 24,
+            Acc::Decay(cells) => cells.values().map(|c| c.bytes() + 24).sum(),
+            Acc::Edges { .. } => 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Group {
+    /// Absolute positions: the settled region is rows `lo..hi` (lifetime: everything before `hi`).
+    lo: u64,
+    hi: u64,
+    accs: Vec<Acc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyState {
+    pub settled: i64,
+    /// Latest event time seen for this key (for TTL).
+    pub last_ts: i64,
+    buf: Buf,
+    groups: Vec<Group>,
+}
+
+impl KeyState {
+    pub fn new(plan: &Plan, settled: i64) -> KeyState {
+        KeyState {
+            settled,
+            last_ts: i64::MIN,
+            buf: Buf::new(1 + plan.columns.len()),
+            groups: plan
+                .groups
+                .iter()
+                .map(|g| Group { lo: 0, hi: 0, accs: g.accs.iter().map(Acc::new).collect() })
+                .collect(),
+        }
+    }
+
+    /// Add an event with `ts >= self.settled`. `values` has one word per plan column.
+    pub fn insert(&mut self, ts: i64, values: &[u64]) {
+        debug_assert!(ts >= self.settled);
+        self.buf.insert(ts, values);
+        self.last_ts = self.last_ts.max(ts);
+    }
+
+    /// Move the settled point forward to `s` (no-op if `s <= settled`).
+    pub fn settle(&mut self, plan: &Plan, s: i64) {
+        if s <= self.settled {
+            return;
+        }
+        let mut keep_from = self.buf.end();
+        for (g, gp) in self.groups.iter_mut().zip(&plan.groups) {
+            let lifetime = gp.window.is_none();
+            while g.hi < self.buf.end() && self.buf.ts(g.hi) < s {
+                let row = self.buf.row(g.hi);
+                for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
+                    acc.apply(ap, row, 1, lifetime);
+                }
+                g.hi += 1;
+            }
+            match gp.window {
+                Some(w) => {
+                    let start = s.saturating_sub(w);
+                    while g.lo < g.hi && self.buf.ts(g.lo) < start {
+                        let row = self.buf.row(g.lo);
+                        for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
+                            acc.apply(ap, row, -1, false);
+                        }
+                        g.lo += 1;
+                    }
+                    for acc in g.accs.iter_mut() {
+                        if let Acc::Extreme(dq) = acc {
+                            while dq.front().is_some_and(|&(ts, _)| ts < start) {
+                                dq.pop_front();
+                            }
+                        }
+                    }
+                    keep_from = keep_from.min(g.lo);
+                }
+                None => {
+                    g.lo = g.hi;
+                    keep_from = keep_from.min(g.hi);
+                    for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
+                        if let (Acc::Decay(cells), AccPlan::Decay { half_life, .. }) = (acc, ap) {
+                            let (cs, _) = decay_cell(s, *half_life);
+                            cells.retain(|&c, _| cs - c <= DECAY_MAX_AGE_PERIODS);
+                        }
+                    }
+                }
+            }
+        }
+        self.buf.evict_before(keep_from);
+        self.settled = s;
+    }
+
+    /// Feature values at instant `t` (NaN = null), in plan output order.
+    pub fn query(&self, plan: &Plan, t: i64, out: &mut [f64]) -> Result<()> {
+        if t < self.settled {
+            return Err(Error::Query(format!(
+                "cannot answer at {t} ns: this key's state is settled up to {} ns (watermark - allowed_lateness); raise allowed_lateness to query further back",
+                self.settled
+            )));
+        }
+        self.fill(plan, t, out);
+        Ok(())
+    }
+
+    pub fn evaluate(&self, plan: &Plan, t: i64) -> Vec<f64> {
+        let mut out = vec![f64::NAN; plan.n_features()];
+        self.fill(plan, t.max(self.settled), &mut out);
+        out
+    }
+
+    fn fill(&self, plan: &Plan, t: i64, out: &mut [f64]) {
+        let buf = &self.buf;
+        // Per group: rows to take out of the settled region, and rows to add.
+        let ranges: Vec<(u64, u64, u64, u64, u64, u64)> = self
+            .groups
+            .iter()
+            .zip(&plan.groups)
+            .map(|(g, gp)| {
+                let hi_q = buf.seek(g.hi, t);
+                match gp.window {
+                    Some(w) => {
+                        let start = t.saturating_sub(w);
+                        let lo_q = buf.seek(g.lo, start);
+                        // removed: lo..min(lo_q, hi); added: max(hi, lo_q)..hi_q
+                        (g.lo, lo_q.min(g.hi), g.hi.max(lo_q), hi_q, lo_q, hi_q)
+                    }
+                    None => (0, 0, g.hi, hi_q, 0, hi_q),
+                }
+            })
+            .collect();
+        for (o, slot) in plan.outputs.iter().zip(out.iter_mut()) {
+            let g = &self.groups[o.group];
+            let gp = &plan.groups[o.group];
+            let (r0, r1, a0, a1, lo_q, hi_q) = ranges[o.group];
+            let removed = (r0..r1).map(|p| buf.row(p));
+            let added = (a0..a1).map(|p| buf.row(p));
+            let lifetime = gp.window.is_none();
+            let adjusted = |i: usize| -> std::borrow::Cow<'_, Acc> {
+                if r0 == r1 && a0 == a1 {
+                    std::borrow::Cow::Borrowed(&g.accs[i])
+                } else {
+                    let mut acc = g.accs[i].clone();
+                    for row in (r0..r1).map(|p| buf.row(p)) {
+                        acc.apply(&gp.accs[i], row, -1, lifetime);
+                    }
+                    for row in (a0..a1).map(|p| buf.row(p)) {
+                        acc.apply(&gp.accs[i], row, 1, lifetime);
+                    }
+                    std::borrow::Cow::Owned(acc)
+                }
+            };
+            *slot = match &o.kind {
+                OutKind::Count => {
+                    // Absolute positions count every row ever stored, evicted ones included,
+                    // so for a lifetime group `hi` is the number of settled events.
+                    if lifetime {
+                        (g.hi + (a1 - a0)) as f64
+                    } else {
+                        ((g.hi - g.lo) - (r1 - r0) + (a1 - a0)) as f64
+                    }
+                }
+                OutKind::CountCol(i) => match &*adjusted(*i) {
+                    Acc::NonNull(n) => *n as f64,
+                    _ => f64::NAN,
+                },
+                OutKind::Sum(i) | OutKind::Mean(i) | OutKind::Var(i) | OutKind::Std(i) => {
+                    match &*adjusted(*i) {
+                        Acc::Moments { n, s1, s2 } => moments_output(&o.kind, *n, s1, s2),
+                        _ => f64::NAN,
+                    }
+                }
+                OutKind::Min(i) | OutKind::Max(i) => {
+                    let max = matches!(o.kind, OutKind::Max(_));
+                    let col = match &gp.accs[*i] {
+                        AccPlan::Extreme { col, .. } => *col,
+                        _ => 0,
+                    };
+                    let start = gp.window.map(|w| t.saturating_sub(w)).unwrap_or(i64::MIN);
+                    let mut best: Option<f64> = match &g.accs[*i] {
+                        Acc::Extreme(dq) => {
+                            let k = dq.partition_point(|&(ts, _)| ts < start);
+                            dq.get(k).map(|&(_, v)| v)
+                        }
+                        _ => None,
+                    };
+                    for row in added {
+                        if let Some(x) = num(row[1 + col]) {
+                            let better = best.is_none_or(|b| {
+                                let c = x.total_cmp(&b);
+                                if max {
+                                    c.is_gt()
+                                } else {
+                                    c.is_lt()
+                                }
+                            });
+                            if better {
+                                best = Some(x);
+                            }
+                        }
+                    }
+                    drop(removed);
+                    best.unwrap_or(f64::NAN)
+                }
+                OutKind::First { col, edges } => {
+                    if let Some(e) = edges {
+                        let settled_first = match &g.accs[*e] {
+                            Acc::Edges { first, .. } => *first,
+                            _ => None,
+                        };
+                        match settled_first {
+                            Some((_, v)) => v,
+                            None => scan_first(buf, a0, a1, *col),
+                        }
+                    } else {
+                        scan_first(buf, lo_q, hi_q, *col)
+                    }
+                }
+                OutKind::Last { col, edges } => {
+                    let v = scan_last(buf, if edges.is_some() { a0 } else { lo_q }, hi_q, Some(*col));
+                    match (v, edges) {
+                        (Some((_, v)), _) => v,
+                        (None, Some(e)) => match &g.accs[*e] {
+                            Acc::Edges { last: Some((_, v)), .. } => *v,
+                            _ => f64::NAN,
+                        },
+                        (None, None) => f64::NAN,
+                    }
+                }
+                OutKind::TimeSinceLast { edges } => {
+                    let from = if edges.is_some() { a0 } else { lo_q };
+                    let last_ts = if hi_q > from {
+                        Some(buf.ts(hi_q - 1))
+                    } else {
+                        match edges.map(|e| &g.accs[e]) {
+                            Some(Acc::Edges { last: Some((ts, _)), .. }) => Some(*ts),
+                            _ => None,
+                        }
+                    };
+                    match last_ts {
+                        Some(ts) => (t as i128 - ts as i128) as f64 / 1e9,
+                        None => f64::NAN,
+                    }
+                }
+                OutKind::Distinct(i) => match &g.accs[*i] {
+                    Acc::Distinct(map) => {
+                        let col = match &gp.accs[*i] {
+                            AccPlan::Distinct { col } => *col,
+                            _ => 0,
+                        };
+                        distinct_output(map, removed, added, col)
+                    }
+                    _ => f64::NAN,
+                },
+                OutKind::Quantile(i, q) => match &*adjusted(*i) {
+                    Acc::Sketch { n, buckets } => quantile_output(*n, buckets, *q),
+                    _ => f64::NAN,
+                },
+                OutKind::Decayed(i) => match (&*adjusted(*i), &gp.accs[*i]) {
+                    (Acc::Decay(cells), AccPlan::Decay { half_life, .. }) => {
+                        decayed_output(cells, *half_life, t)
+                    }
+                    _ => f64::NAN,
+                },
+            };
+        }
+    }
+
+    /// Whether a deserialized state fits `plan` and its own invariants (guards snapshot loading
+    /// against documents that decode but were not written by this engine).
+    pub fn consistent_with(&self, plan: &Plan) -> bool {
+        let b = &self.buf;
+        if b.stride != 1 + plan.columns.len() || b.data.len() % b.stride != 0 || b.off > b.data.len() / b.stride {
+            return false;
+        }
+        let end = b.end();
+        let sorted = (b.base + 1..end).all(|p| b.ts(p - 1) <= b.ts(p));
+        if !sorted || self.groups.len() != plan.groups.len() {
+            return false;
+        }
+        self.groups.iter().zip(&plan.groups).all(|(g, gp)| {
+            let bounds = g.lo <= g.hi && g.hi <= end && (gp.window.is_none() || g.lo >= b.base)
+                && (gp.window.is_some() || g.hi >= b.base);
+            bounds
+                && g.accs.len() == gp.accs.len()
+                && g.accs.iter().zip(&gp.accs).all(|(a, p)| {
+                    matches!(
+                        (a, p),
+                        (Acc::NonNull(_), AccPlan::NonNull { .. })
+                            | (Acc::Moments { .. }, AccPlan::Moments { .. })
+                            | (Acc::Extreme(_), AccPlan::Extreme { .. })
+                            | (Acc::Distinct(_), AccPlan::Distinct { .. })
+                            | (Acc::Sketch { .. }, AccPlan::Sketch { .. })
+                            | (Acc::Decay(_), AccPlan::Decay { .. })
+                            | (Acc::Edges { .. }, AccPlan::Edges { .. })
+                    )
+                })
+        })
+    }
+
+    /// Approximate bytes held by this key's state.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.buf.bytes()
+            + self
+                .groups
+                .iter()
+                .map(|g| std::mem::size_of::<Group>() + g.accs.iter().map(Acc::bytes).sum::<usize>())
+                .sum::<usize>()
+    }
+}
+
+fn moments_output(kind: &OutKind, n: i64, s1: &ExactSum, s2: &ExactSum) -> f64 {
+    match kind {
+        OutKind::Sum(_) => s1.to_f64(),
+        OutKind::Mean(_) => {
+            if n == 0 {
+                return f64::NAN;
+            }
+            let (hi, lo) = s1.to_f64_pair();
+            dd_div(hi, lo, n as f64)
+        }
+        OutKind::Var(_) | OutKind::Std(_) => {
+            if n < 2 {
+                return f64::NAN;
+            }
+            // var = (n * S2 - S1^2) / (n (n - 1)), numerator exact.
+            let mut num = s2.mul_u64(n as u64);
+            num.add_assign(&s1.square().negated());
+            let (hi, lo) = num.to_f64_pair();
+            let var = dd_div(hi, lo, n as f64 * (n - 1) as f64).max(0.0);
+            if matches!(kind, OutKind::Std(_)) {
+                var.sqrt()
+            } else {
+                var
+            }
+        }
+        _ => f64::NAN,
+    }
+}
+
+fn scan_first(buf: &Buf, from: u64, to: u64, col: usize) -> f64 {
+    let mut best: Option<(i64, f64)> = None;
+    for p in from..to {
+        let row = buf.row(p);
+        let ts = row[0] as i64;
+        if let Some((bts, _)) = best {
+            if ts > bts {
+                break;
+            }
+        }
+        if let Some(x) = num(row[1 + col]) {
+            if best.is_none_or(|b| total_lt((ts, x), b)) {
+                best = Some((ts, x));
+            }
+        }
+    }
+    best.map(|b| b.1).unwrap_or(f64::NAN)
+}
+
+/// Latest non-null (ts, value) in rows `from..to` (ties: largest value); `col = None`: any row.
+fn scan_last(buf: &Buf, from: u64, to: u64, col: Option<usize>) -> Option<(i64, f64)> {
+    let mut best: Option<(i64, f64)> = None;
+    let mut p = to;
+    while p > from {
+        p -= 1;
+        let row = buf.row(p);
+        let ts = row[0] as i64;
+        if let Some((bts, _)) = best {
+            if ts < bts {
+                break;
+            }
+        }
+        let x = match col {
+            Some(c) => num(row[1 + c]),
+            None => Some(0.0),
+        };
+        if let Some(x) = x {
+            if best.is_none_or(|b| total_lt(b, (ts, x))) {
+                best = Some((ts, x));
+            }
+        }
+    }
+    best
+}
+
+fn distinct_output<'a>(
+    map: &HashMap<u64, u32>,
+    removed: impl Iterator<Item = &'a [u64]>,
+    added: impl Iterator<Item = &'a [u64]>,
+    col: usize,
+) -> f64 {
+    let mut delta: HashMap<u64, i64> = HashMap::new();
+    let norm = |v: u64| if v == (-0.0f64).to_bits() { 0 } else { v };
+    for row in removed {
+        if row[1 + col] != NULL {
+            *delta.entry(norm(row[1 + col])).or_insert(0) -= 1;
+        }
+    }
+    for row in added {
+        if row[1 + col] != NULL {
+            *delta.entry(norm(row[1 + col])).or_insert(0) += 1;
+        }
+    }
+    let mut n = map.len() as i64;
+    for (k, d) in delta {
+        let old = map.get(&k).copied().unwrap_or(0) as i64;
+        let new = old + d;
+        n += (new > 0) as i64 - (old > 0) as i64;
+    }
+    n as f64
+}
+
+fn quantile_output(n: i64, buckets: &BTreeMap<i32, u32>, q: f64) -> f64 {
+    if n <= 0 {
+        return f64::NAN;
+    }
+    let rank = ((q * n as f64).ceil() as i64).clamp(1, n);
+    let mut seen = 0i64;
+    for (&k, &c) in buckets {
+        seen += c as i64;
+        if seen >= rank {
+            return bucket_value(k);
+        }
+    }
+    f64::NAN
+}
+
+fn decayed_output(cells: &BTreeMap<i64, ExactSum>, h: i64, t: i64) -> f64 {
+    let (ct, w) = decay_cell(t, h);
+    let mut total = ExactSum::new();
+    for (&c, cell) in cells.range(ct - DECAY_MAX_AGE_PERIODS..) {
+        let mut scaled = cell.clone();
+        scaled.scale_pow2((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32);
+        total.add_assign(&scaled);
+    }
+    // w = 2^((t - ct*P)/h) >= 1: dividing by it is the decay from the cell start to t.
+    total.to_f64() / w
+}

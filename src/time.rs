@@ -1,0 +1,98 @@
+//! Durations and time units. Internally every instant is i64 nanoseconds since the epoch.
+
+use crate::error::{Error, Result};
+
+pub const NS_PER_US: i64 = 1_000;
+pub const NS_PER_MS: i64 = 1_000_000;
+pub const NS_PER_S: i64 = 1_000_000_000;
+
+const UNITS: &[(&str, i64)] = &[
+    ("w", 7 * 86_400 * NS_PER_S),
+    ("d", 86_400 * NS_PER_S),
+    ("h", 3_600 * NS_PER_S),
+    ("m", 60 * NS_PER_S),
+    ("s", NS_PER_S),
+    ("ms", NS_PER_MS),
+    ("us", NS_PER_US),
+    ("ns", 1),
+];
+
+/// Parse a duration such as `30s`, `5m`, `1h30m`, `7d`, `250ms` into nanoseconds.
+/// `field` names the spec field in the error.
+pub fn parse_duration(text: &str, field: &str) -> Result<i64> {
+    let bad = |why: &str| {
+        Error::spec(
+            field,
+            format!(
+                "invalid duration {text:?}: {why} (expected e.g. '30s', '5m', '1h', '7d', '1h30m'; units: ns us ms s m h d w)"
+            ),
+        )
+    };
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(bad("empty"));
+    }
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut total: i64 = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if start == i {
+            return Err(bad("each part must start with a whole number"));
+        }
+        let number: i64 = s[start..i].parse().map_err(|_| bad("number too large"))?;
+        let ustart = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let unit = &s[ustart..i];
+        let Some(&(_, factor)) = UNITS.iter().find(|(u, _)| *u == unit) else {
+            return Err(bad(&format!("unknown unit {unit:?}")));
+        };
+        let part = number.checked_mul(factor).ok_or_else(|| bad("too large"))?;
+        total = total.checked_add(part).ok_or_else(|| bad("too large"))?;
+    }
+    if total <= 0 {
+        return Err(bad("must be positive"));
+    }
+    Ok(total)
+}
+
+/// The shortest canonical spelling of a duration in nanoseconds, e.g. 5400e9 -> "90m",
+/// 86400e9 -> "1d". Round-trips through [`parse_duration`].
+pub fn format_duration(ns: i64) -> String {
+    for &(unit, factor) in UNITS {
+        if ns % factor == 0 {
+            return format!("{}{}", ns / factor, unit);
+        }
+    }
+    format!("{ns}ns")
+}
+
+/// A unit for integer timestamps.
+pub fn unit_factor(unit: &str, field: &str) -> Result<i64> {
+    match unit {
+        "s" => Ok(NS_PER_S),
+        "ms" => Ok(NS_PER_MS),
+        "us" => Ok(NS_PER_US),
+        "ns" => Ok(1),
+        other => Err(Error::spec(
+            field,
+            format!("unknown timestamp unit {other:?} (expected 's', 'ms', 'us' or 'ns')"),
+        )),
+    }
+}
+
+/// Floor division for possibly negative instants.
+#[inline]
+pub fn floor_div(a: i64, b: i64) -> i64 {
+    let q = a / b;
+    if (a % b != 0) && ((a < 0) != (b < 0)) {
+        q - 1
+    } else {
+        q
+    }
+}

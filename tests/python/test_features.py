@@ -1,0 +1,648 @@
+"""Feature semantics: hand-checked cases and hypothesis tests of FeatureSet.backfill
+against the pure-Python reference (tests/python/reference.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reference as ref
+from helpers import (
+    NS_PER_UNIT,
+    check_backfill_against_reference,
+    event_sets,
+    events_table,
+    feature_lists,
+    make_feature_set,
+    same_exact,
+    spine_table,
+    spines,
+)
+from reference import Feat
+
+rtml = pytest.importorskip("rtml")
+
+S = NS_PER_UNIT["s"]
+BASE = 1_700_000_000 * S
+
+# --------------------------------------------------------------------------
+# names
+
+
+def test_default_feature_names_follow_api_doc():
+    fs = rtml.FeatureSet(
+        entity="driver_id",
+        timestamp="ts",
+        features=[
+            rtml.count(window="1h"),
+            rtml.count("fare", window="1h"),
+            rtml.sum("fare", window="1h"),
+            rtml.mean("fare", window="1h"),
+            rtml.min("fare", window="1h"),
+            rtml.max("fare", window="1h"),
+            rtml.var("fare", window="1h"),
+            rtml.std("fare", window="1h"),
+            rtml.first("fare", window="1h"),
+            rtml.last("fare"),
+            rtml.distinct_count("rider_id", window="24h"),
+            rtml.quantile("fare", 0.9, window="1h"),
+            rtml.decayed_sum("fare", half_life="30m", window="1d"),
+            rtml.time_since_last(),
+        ],
+    )
+    assert fs.feature_names == [
+        "count_1h",
+        "fare_count_1h",
+        "fare_sum_1h",
+        "fare_mean_1h",
+        "fare_min_1h",
+        "fare_max_1h",
+        "fare_var_1h",
+        "fare_std_1h",
+        "fare_first_1h",
+        "fare_last",
+        "rider_id_distinct_count_24h",
+        "fare_p90_1h",
+        "fare_decayed_sum_hl30m_1d",
+        "time_since_last",
+    ]
+
+
+def test_lifetime_names_have_no_window_suffix():
+    fs = rtml.FeatureSet(
+        entity="k",
+        timestamp="ts",
+        features=[rtml.count(), rtml.sum("v"), rtml.quantile("v", 0.5)],
+    )
+    assert fs.feature_names == ["count", "v_sum", "v_p50"]
+
+
+def test_name_override():
+    fs = rtml.FeatureSet(
+        entity="k",
+        timestamp="ts",
+        features=[rtml.sum("v", window="1h", name="spend"), rtml.count(name="n_events")],
+    )
+    assert fs.feature_names == ["spend", "n_events"]
+
+
+def test_json_roundtrip_preserves_names_and_results():
+    feats = [
+        Feat("sum", "x", window=10 * S, name="a"),
+        Feat("quantile", "x", window=None, q=0.25, name="b"),
+        Feat("decayed_sum", "x", window=20 * S, half_life=5 * S, name="c"),
+        Feat("time_since_last", None, window=10 * S, name="d"),
+        Feat("count", None, name="e"),
+    ]
+    fs = make_feature_set(feats, allowed_lateness="5s", ttl="7d")
+    fs2 = rtml.FeatureSet.from_json(fs.to_json())
+    assert fs2.feature_names == fs.feature_names == ["a", "b", "c", "d", "e"]
+    assert fs2.to_json() == fs.to_json()
+    events = HAND_EVENTS
+    ev = events_table(events, "int", "ts", "ns")
+    sp = spine_table(HAND_QUERIES, "int", "ts", "ns")
+    r1 = fs.backfill(ev, sp)
+    r2 = fs2.backfill(ev, sp)
+    assert r1.equals(r2)
+
+
+# --------------------------------------------------------------------------
+# hand-checked window semantics
+#
+# key 1: ts 0 -> 1.0, ts 10 -> 2.0, ts 20 -> null, ts 30 -> 4.0 and -1.0 (tie)
+# key 2: ts 5 -> 100.0        (seconds after BASE)
+
+HAND_EVENTS = [
+    {"key": 1, "ts": BASE + 30 * S, "x": 4.0},
+    {"key": 2, "ts": BASE + 5 * S, "x": 100.0},
+    {"key": 1, "ts": BASE + 10 * S, "x": 2.0},
+    {"key": 1, "ts": BASE + 0 * S, "x": 1.0},
+    {"key": 1, "ts": BASE + 30 * S, "x": -1.0},
+    {"key": 1, "ts": BASE + 20 * S, "x": None},
+]
+
+W = 10 * S
+HAND_FEATS = [
+    Feat("count", None, W, name="cnt"),
+    Feat("count", "x", W, name="xcnt"),
+    Feat("sum", "x", W, name="sum"),
+    Feat("mean", "x", W, name="mean"),
+    Feat("min", "x", W, name="min"),
+    Feat("max", "x", W, name="max"),
+    Feat("var", "x", W, name="var"),
+    Feat("std", "x", W, name="std"),
+    Feat("first", "x", W, name="first"),
+    Feat("last", "x", W, name="last"),
+    Feat("distinct_count", "x", W, name="dist"),
+    Feat("time_since_last", None, W, name="tsl"),
+    Feat("count", None, None, name="cnt_all"),
+    Feat("sum", "x", None, name="sum_all"),
+    Feat("first", "x", None, name="first_all"),
+    Feat("last", "x", None, name="last_all"),
+    Feat("time_since_last", None, None, name="tsl_all"),
+]
+
+_EMPTY_W = dict(cnt=0, xcnt=0, sum=0.0, mean=None, min=None, max=None, var=None, std=None,
+                first=None, last=None, dist=0, tsl=None)
+_EMPTY_ALL = dict(cnt_all=0, sum_all=0.0, first_all=None, last_all=None, tsl_all=None)
+
+
+def _one(v, **kw):
+    d = dict(cnt=1, xcnt=1, sum=v, mean=v, min=v, max=v, var=None, std=None, first=v, last=v, dist=1, tsl=10.0)
+    d.update(kw)
+    return d
+
+
+# (key, seconds after BASE) -> expected row, checked by hand
+HAND_EXPECTED = [
+    ((1, 0), {**_EMPTY_W, **_EMPTY_ALL}),
+    ((1, 10), {**_one(1.0), **dict(cnt_all=1, sum_all=1.0, first_all=1.0, last_all=1.0, tsl_all=10.0)}),
+    # the event at t - W = 10 is in, the one at t = 20 is out
+    ((1, 20), {**_one(2.0), **dict(cnt_all=2, sum_all=3.0, first_all=1.0, last_all=2.0, tsl_all=10.0)}),
+    # only the null-valued event at 20: count() sees it, value aggregations do not
+    ((1, 30), {**_EMPTY_W, "cnt": 1, "tsl": 10.0,
+               **dict(cnt_all=3, sum_all=3.0, first_all=1.0, last_all=2.0, tsl_all=10.0)}),
+    # the two tied events at 30: first = smallest, last = largest
+    ((1, 31), dict(cnt=2, xcnt=2, sum=3.0, mean=1.5, min=-1.0, max=4.0, var=12.5, std=math.sqrt(12.5),
+                   first=-1.0, last=4.0, dist=2, tsl=1.0,
+                   cnt_all=5, sum_all=6.0, first_all=1.0, last_all=4.0, tsl_all=1.0)),
+    ((1, 40), dict(cnt=2, xcnt=2, sum=3.0, mean=1.5, min=-1.0, max=4.0, var=12.5, std=math.sqrt(12.5),
+                   first=-1.0, last=4.0, dist=2, tsl=10.0,
+                   cnt_all=5, sum_all=6.0, first_all=1.0, last_all=4.0, tsl_all=10.0)),
+    ((1, 41), {**_EMPTY_W, **dict(cnt_all=5, sum_all=6.0, first_all=1.0, last_all=4.0, tsl_all=11.0)}),
+    ((2, 15), {**_one(100.0), **dict(cnt_all=1, sum_all=100.0, first_all=100.0, last_all=100.0, tsl_all=10.0)}),
+    ((2, 5), {**_EMPTY_W, **_EMPTY_ALL}),
+    ((3, 100), {**_EMPTY_W, **_EMPTY_ALL}),
+]
+# spine deliberately not sorted by time or key
+_ORDER = [4, 0, 9, 2, 7, 1, 8, 6, 3, 5]
+HAND_QUERIES = [(HAND_EXPECTED[i][0][0], BASE + HAND_EXPECTED[i][0][1] * S) for i in _ORDER]
+HAND_ROWS = [HAND_EXPECTED[i][1] for i in _ORDER]
+
+
+def test_reference_agrees_with_hand_expectations():
+    got = ref.evaluate(HAND_FEATS, HAND_EVENTS, HAND_QUERIES)
+    for q, g, w in zip(HAND_QUERIES, got, HAND_ROWS):
+        for f in HAND_FEATS:
+            assert ref.check_value(f, g[f.name], w[f.name]) is None, (q, f.name, g[f.name], w[f.name])
+
+
+HAND_REPRS = [
+    ("int", "s", None),
+    ("int", "ns", None),
+    ("ts", "ns", None),
+    ("ts", "s", "UTC"),
+    ("ts", "ms", "America/New_York"),
+    ("ts", "us", "Asia/Kolkata"),
+]
+
+
+@pytest.mark.parametrize("mode,unit,tz", HAND_REPRS)
+def test_hand_checked_windows(mode, unit, tz):
+    kw = {"timestamp_unit": unit} if mode == "int" else {}
+    fs = make_feature_set(HAND_FEATS, **kw)
+    ev = events_table(HAND_EVENTS, "int", mode, unit, tz, columns=("x",))
+    sp = spine_table(HAND_QUERIES, "int", mode, unit, tz)
+    out = fs.backfill(ev, sp)
+    errors = []
+    for i, (q, w) in enumerate(zip(HAND_QUERIES, HAND_ROWS)):
+        for f in HAND_FEATS:
+            g = out.column(f.name)[i].as_py()
+            msg = ref.check_value(f, g, w[f.name])
+            if msg:
+                errors.append(f"query {q[0]}@{(q[1] - BASE) // S}s {f.name}: {msg}")
+    assert not errors, "\n".join(errors)
+    check_backfill_against_reference(out, sp, HAND_FEATS, HAND_EVENTS, HAND_QUERIES)
+
+
+def test_string_keys_hand_checked():
+    events = [dict(e, key=f"k{e['key']}") for e in HAND_EVENTS]
+    queries = [(f"k{k}", t) for k, t in HAND_QUERIES]
+    fs = make_feature_set(HAND_FEATS)
+    sp = spine_table(queries, "str", "ts", "ns")
+    out = fs.backfill(events_table(events, "str", "ts", "ns", columns=("x",)), sp)
+    check_backfill_against_reference(out, sp, HAND_FEATS, events, queries)
+    # identical to the integer-key answer, bit for bit
+    out_int = make_feature_set(HAND_FEATS).backfill(
+        events_table(HAND_EVENTS, "int", "ts", "ns", columns=("x",)), spine_table(HAND_QUERIES, "int", "ts", "ns")
+    )
+    for f in HAND_FEATS:
+        a, b = out.column(f.name).to_pylist(), out_int.column(f.name).to_pylist()
+        assert all(same_exact(x, y) for x, y in zip(a, b)), f.name
+
+
+def test_nanosecond_window_edges():
+    # 1ns resolution: the event at t - W is in, t - W - 1ns is out, t - 1ns is in, t is out
+    t = BASE + 1000
+    events = [
+        {"key": 7, "ts": t - 10, "x": 1.0},  # t - W
+        {"key": 7, "ts": t - 11, "x": 10.0},  # just outside
+        {"key": 7, "ts": t - 1, "x": 100.0},  # just inside
+        {"key": 7, "ts": t, "x": 1000.0},  # the query instant: excluded
+    ]
+    feats = [
+        Feat("sum", "x", 10, name="s10ns"),
+        Feat("count", None, 10, name="c10ns"),
+        Feat("time_since_last", None, 10, name="tsl"),
+        Feat("last", "x", 10, name="last"),
+        Feat("first", "x", 10, name="first"),
+    ]
+    fs = make_feature_set(feats)
+    sp = spine_table([(7, t)], "int", "ts", "ns")
+    out = fs.backfill(events_table(events, "int", "ts", "ns", columns=("x",)), sp)
+    row = out.to_pylist()[0]
+    assert row["s10ns"] == 101.0
+    assert row["c10ns"] == 2
+    assert row["tsl"] == pytest.approx(1e-9, rel=1e-12)
+    assert row["last"] == 100.0
+    assert row["first"] == 1.0
+    check_backfill_against_reference(out, sp, feats, events, [(7, t)])
+
+
+def test_timedelta_and_compound_windows_equal_strings():
+    events = [{"key": 1, "ts": BASE + i * 60 * S, "x": float(i)} for i in range(200)]
+    queries = [(1, BASE + i * 37 * S) for i in range(0, 330)]
+    ev = events_table(events, "int", "ts", "s", columns=("x",))
+    sp = spine_table(queries, "int", "ts", "s")
+    fss = [
+        rtml.FeatureSet(entity="key", timestamp="ts", features=[rtml.sum("x", window=w, name="v")])
+        for w in ("90m", "1h30m", dt.timedelta(minutes=90), "5400s")
+    ]
+    outs = [fs.backfill(ev, sp).column("v").to_pylist() for fs in fss]
+    for o in outs[1:]:
+        assert o == outs[0]
+    want = ref.evaluate([Feat("sum", "x", 90 * 60 * S, name="v")], events, queries)
+    assert outs[0] == [r["v"] for r in want]
+
+
+# --------------------------------------------------------------------------
+# individual aggregations
+
+
+def _backfill_rows(feats, events, queries, columns=("x",), key_kind="int", **fs_kw):
+    fs = make_feature_set(feats, **fs_kw)
+    sp = spine_table(queries, key_kind, "ts", "ns")
+    out = fs.backfill(events_table(events, key_kind, "ts", "ns", columns=columns), sp)
+    check_backfill_against_reference(out, sp, feats, events, queries)
+    return out.to_pylist()
+
+
+def test_quantile_nearest_rank():
+    events = [{"key": 1, "ts": BASE + i * S, "x": float(v)} for i, v in enumerate([7, 3, 10, 1, 5, 9, 2, 8, 6, 4])]
+    qs = {0.0: 1, 0.05: 1, 0.1: 1, 0.25: 3, 0.5: 5, 0.7: 7, 0.9: 9, 0.99: 10, 1.0: 10}
+    feats = [Feat("quantile", "x", None, q=q, name=f"q{i}") for i, q in enumerate(qs)]
+    row = _backfill_rows(feats, events, [(1, BASE + 100 * S)])[0]
+    for i, (q, rank_value) in enumerate(qs.items()):
+        got = row[f"q{i}"]
+        assert got is not None and abs(got - rank_value) <= rank_value * 2**-8, (q, got, rank_value)
+
+
+def test_quantile_zero_is_exact_and_negatives():
+    events = [{"key": 1, "ts": BASE + i * S, "x": v} for i, v in enumerate([-3.0, 0.0, -0.0, 5.0, None])]
+    feats = [Feat("quantile", "x", None, q=q, name=f"q{i}") for i, q in enumerate([0.25, 0.5, 0.75, 1.0])]
+    row = _backfill_rows(feats, events, [(1, BASE + 100 * S)])[0]
+    assert abs(row["q0"] - (-3.0)) <= 3.0 * 2**-8 and row["q0"] < 0
+    assert row["q1"] == 0.0
+    assert row["q2"] == 0.0
+    assert abs(row["q3"] - 5.0) <= 5.0 * 2**-8
+
+
+def test_quantile_relative_error_bound_on_awkward_values():
+    vals = [1.0 + 2**-8, 1.0 + 2**-7 - 2**-40, 3.14159, 1e-8, 123456789.123, 1e12, -7.77e-5, 1.5]
+    events = [{"key": 1, "ts": BASE + i * S, "x": v} for i, v in enumerate(vals)]
+    queries = [(1, BASE + (i + 1) * S) for i in range(len(vals))]
+    feats = [Feat("quantile", "x", 1 * S, q=1.0, name="q")]  # window of one event: q = that value
+    _backfill_rows(feats, events, queries)
+
+
+def test_decayed_sum_hand_checked():
+    events = [{"key": 1, "ts": BASE, "x": 8.0}, {"key": 1, "ts": BASE + 10 * S, "x": 1.0}]
+    feats = [
+        Feat("decayed_sum", "x", None, half_life=10 * S, name="life"),
+        Feat("decayed_sum", "x", 15 * S, half_life=10 * S, name="w15"),
+    ]
+    qs = [(1, BASE), (1, BASE + 5 * S), (1, BASE + 10 * S), (1, BASE + 15 * S), (1, BASE + 20 * S), (2, BASE + 20 * S)]
+    rows = _backfill_rows(feats, events, qs)
+    want_life = [0.0, 8 * 2**-0.5, 4.0, 8 * 2**-1.5 + 2**-0.5, 2.5, 0.0]
+    want_w15 = [0.0, 8 * 2**-0.5, 4.0, 8 * 2**-1.5 + 2**-0.5, 0.5, 0.0]
+    for r, a, b in zip(rows, want_life, want_w15):
+        assert r["life"] == pytest.approx(a, rel=1e-12, abs=1e-300)
+        assert r["w15"] == pytest.approx(b, rel=1e-12, abs=1e-300)
+
+
+def test_decayed_sum_across_many_periods_and_negative_times():
+    # P = 32 h: events spread over several cells, some before the epoch
+    h = 1 * S
+    events = [{"key": 1, "ts": -100 * S + i * 7 * S, "x": (-1.0) ** i * (i + 1)} for i in range(40)]
+    feats = [
+        Feat("decayed_sum", "x", None, half_life=h, name="life"),
+        Feat("decayed_sum", "x", 64 * S, half_life=h, name="w"),
+    ]
+    qs = [(1, -100 * S + k * 5 * S) for k in range(0, 70)]
+    _backfill_rows(feats, events, qs)
+
+
+def test_min_max_total_order_and_distinct_signed_zero():
+    events = [{"key": 1, "ts": BASE, "x": 0.0}, {"key": 1, "ts": BASE, "x": -0.0}]
+    feats = [
+        Feat("min", "x", None, name="mn"),
+        Feat("max", "x", None, name="mx"),
+        Feat("distinct_count", "x", None, name="d"),
+        Feat("sum", "x", None, name="s"),
+    ]
+    row = _backfill_rows(feats, events, [(1, BASE + 1)])[0]
+    assert math.copysign(1.0, row["mn"]) == -1.0 and row["mn"] == 0.0
+    assert math.copysign(1.0, row["mx"]) == 1.0 and row["mx"] == 0.0
+    assert row["d"] == 1
+    assert row["s"] == 0.0
+
+
+def test_ties_first_last_do_not_depend_on_row_order():
+    base_events = [{"key": 1, "ts": BASE + (i // 4) * S, "x": float((i * 7) % 11) - 5.0} for i in range(16)]
+    feats = [Feat("first", "x", None, name="f"), Feat("last", "x", None, name="l"),
+             Feat("first", "x", 2 * S, name="f2"), Feat("last", "x", 2 * S, name="l2")]
+    qs = [(1, BASE + k * S) for k in range(0, 6)]
+    first = None
+    rng = random.Random(1)
+    for _ in range(5):
+        evs = list(base_events)
+        rng.shuffle(evs)
+        rows = _backfill_rows(feats, evs, qs)
+        if first is None:
+            first = rows
+        assert rows == first
+
+
+def test_sum_is_correctly_rounded():
+    # naive left-to-right summation gets these wrong
+    vals = [1e12, 1e-8, -1e12, 1e-8, 3.0, 1e16, -1e16, 0.1, 0.2, 0.3]
+    events = [{"key": 1, "ts": BASE + i, "x": v} for i, v in enumerate(vals)]
+    feats = [Feat("sum", "x", None, name="s"), Feat("mean", "x", None, name="m"),
+             Feat("var", "x", None, name="v"), Feat("std", "x", None, name="sd")]
+    row = _backfill_rows(feats, events, [(1, BASE + 100)])[0]
+    assert row["s"] == math.fsum(vals)
+
+
+def test_var_of_equal_values_is_zero():
+    for v in (0.1, 1e12 / 3, -7.3e-8, 123.456):
+        events = [{"key": 1, "ts": BASE + i, "x": v} for i in range(5)]
+        feats = [Feat("var", "x", None, name="v"), Feat("std", "x", None, name="sd"),
+                 Feat("mean", "x", None, name="m")]
+        row = _backfill_rows(feats, events, [(1, BASE + 100)])[0]
+        assert row["v"] == 0.0 and row["sd"] == 0.0, (v, row)
+        assert row["m"] == v
+
+
+def test_var_below_two_values_is_null():
+    events = [{"key": 1, "ts": BASE, "x": 5.0}, {"key": 1, "ts": BASE + S, "x": None}]
+    feats = [Feat("var", "x", None, name="v"), Feat("std", "x", None, name="sd")]
+    rows = _backfill_rows(feats, events, [(1, BASE + 2 * S), (1, BASE)])
+    assert rows[0]["v"] is None and rows[0]["sd"] is None
+    assert rows[1]["v"] is None and rows[1]["sd"] is None
+
+
+def test_string_column_count_and_distinct():
+    events = [{"key": 1, "ts": BASE + i * S, "s": v} for i, v in enumerate(["a", "b", "a", None, "", "é", "e"])]
+    feats = [Feat("count", "s", None, name="c"), Feat("distinct_count", "s", None, name="d"),
+             Feat("distinct_count", "s", 3 * S, name="d3"), Feat("count", None, None, name="n")]
+    rows = _backfill_rows(feats, events, [(1, BASE + 10 * S), (1, BASE + 3 * S)], columns=("s",))
+    assert rows[0]["c"] == 6 and rows[0]["d"] == 5 and rows[0]["n"] == 7
+    assert rows[1]["d3"] == 2  # "a", "b", "a"
+
+
+def test_numeric_columns_read_as_float64():
+    big = 2**53 + 1
+    ev = pa.table({
+        "key": pa.array([1, 1, 1], pa.int64()),
+        "ts": pa.array([BASE, BASE + S, BASE + 2 * S], pa.timestamp("ns")),
+        "i32": pa.array([1, None, 2], pa.int32()),
+        "u8": pa.array([200, 3, None], pa.uint8()),
+        "b": pa.array([True, False, True], pa.bool_()),
+        "big": pa.array([big, 1, None], pa.int64()),
+        "f32": pa.array([0.1, 0.5, None], pa.float32()),
+    })
+    fs = rtml.FeatureSet(entity="key", timestamp="ts", features=[
+        rtml.sum("i32", name="a"), rtml.mean("u8", name="b"), rtml.sum("b", name="c"),
+        rtml.max("big", name="d"), rtml.sum("f32", name="e"), rtml.distinct_count("big", name="f"),
+    ])
+    sp = pa.table({"key": pa.array([1], pa.int64()), "ts": pa.array([BASE + 3 * S], pa.timestamp("ns"))})
+    out = fs.backfill(ev, sp)
+    row = out.to_pylist()[0]
+    assert row["a"] == 3.0
+    assert row["b"] == 101.5
+    assert row["c"] == 2.0
+    assert row["d"] == float(big) == 9007199254740992.0
+    assert row["e"] == math.fsum([float(pa.scalar(0.1, pa.float32()).as_py()), 0.5])
+    assert row["f"] == 2
+    for n in "abcde":
+        assert out.schema.field(n).type == pa.float64()
+    assert out.schema.field("f").type == pa.int64()
+
+
+def test_on_nonfinite_skip_treats_nan_inf_as_null():
+    vals = [1.0, float("nan"), 2.0, float("inf"), float("-inf"), None, 4.0]
+    events = [{"key": 1, "ts": BASE + i * S, "x": v} for i, v in enumerate(vals)]
+    feats = [Feat("count", "x", None, name="c"), Feat("sum", "x", None, name="s"), Feat("max", "x", None, name="mx"),
+             Feat("last", "x", None, name="l"), Feat("count", None, None, name="n"),
+             Feat("mean", "x", 3 * S, name="m3")]
+    fs = make_feature_set(feats, on_nonfinite="skip")
+    qs = [(1, BASE + 10 * S), (1, BASE + 5 * S), (1, BASE + 6 * S)]
+    sp = spine_table(qs, "int", "ts", "ns")
+    out = fs.backfill(events_table(events, "int", "ts", "ns", columns=("x",)), sp)
+    cleaned = [dict(e, x=ref.nonfinite_to_none(e["x"])) for e in events]
+    check_backfill_against_reference(out, sp, feats, cleaned, qs)
+    row = out.to_pylist()[0]
+    assert row["c"] == 3 and row["s"] == 7.0 and row["mx"] == 4.0 and row["l"] == 4.0 and row["n"] == 7
+
+
+# --------------------------------------------------------------------------
+# spine handling and input forms
+
+
+def test_spine_passthrough_order_and_custom_names():
+    fs = make_feature_set(HAND_FEATS)
+    ev = events_table(HAND_EVENTS, "int", "ts", "ns", columns=("x",))
+    sp = pa.table({
+        "label": pa.array([i % 2 == 0 for i in range(len(HAND_QUERIES))]),
+        "at": pa.array([t for _, t in HAND_QUERIES], pa.timestamp("ns")),
+        "uid": pa.array([k for k, _ in HAND_QUERIES], pa.int64()),
+        "note": pa.array([f"n{i}" for i in range(len(HAND_QUERIES))]),
+    })
+    out = fs.backfill(ev, sp, key="uid", time="at")
+    assert out.column_names == ["label", "at", "uid", "note"] + [f.name for f in HAND_FEATS]
+    assert out.select(sp.column_names).equals(sp)
+    std = fs.backfill(ev, spine_table(HAND_QUERIES, "int", "ts", "ns", extra=False))
+    for f in HAND_FEATS:
+        assert out.column(f.name).equals(std.column(f.name)), f.name
+
+
+def test_duplicate_spine_rows_give_duplicate_answers():
+    qs = HAND_QUERIES + HAND_QUERIES[::-1]
+    _backfill_rows(HAND_FEATS, HAND_EVENTS, qs)
+
+
+def test_spine_time_unit_may_differ_from_events():
+    fs = make_feature_set(HAND_FEATS)
+    ev = events_table(HAND_EVENTS, "int", "ts", "ns", columns=("x",))
+    a = fs.backfill(ev, spine_table(HAND_QUERIES, "int", "ts", "ns", extra=False))
+    b = fs.backfill(ev, spine_table(HAND_QUERIES, "int", "ts", "s", "Europe/Paris", extra=False))
+    for f in HAND_FEATS:
+        assert a.column(f.name).equals(b.column(f.name)), f.name
+
+
+def _feature_columns(t, feats):
+    return {f.name: t.column(f.name).to_pylist() for f in feats}
+
+
+def test_key_encodings_are_equivalent():
+    events = [dict(e, key=f"k{e['key']}") for e in HAND_EVENTS]
+    queries = [(f"k{k}", t) for k, t in HAND_QUERIES]
+    fs = make_feature_set(HAND_FEATS)
+    base_ev = events_table(events, "str", "ts", "ns", columns=("x",))
+    sp = spine_table(queries, "str", "ts", "ns", extra=False)
+    want = _feature_columns(fs.backfill(base_ev, sp), HAND_FEATS)
+    keys = base_ev.column("key")
+    variants = {
+        "large_string": keys.cast(pa.large_string()),
+        "dictionary": keys.dictionary_encode(),
+        "string_view": keys.cast(pa.string_view()),
+    }
+    for name, arr in variants.items():
+        ev = base_ev.set_column(0, "key", arr)
+        assert _feature_columns(fs.backfill(ev, sp), HAND_FEATS) == want, name
+        # the spine key may use another string encoding too
+        sp2 = sp.set_column(0, "key", sp.column("key").cast(pa.large_string()))
+        assert _feature_columns(fs.backfill(ev, sp2), HAND_FEATS) == want, name
+
+
+def test_integer_key_widths_are_widened():
+    fs = make_feature_set(HAND_FEATS)
+    ev = events_table(HAND_EVENTS, "int", "ts", "ns", columns=("x",))
+    sp = spine_table(HAND_QUERIES, "int", "ts", "ns", extra=False)
+    want = _feature_columns(fs.backfill(ev, sp), HAND_FEATS)
+    for t in (pa.int8(), pa.int16(), pa.int32(), pa.uint32(), pa.uint64()):
+        ev2 = ev.set_column(0, "key", ev.column("key").cast(t))
+        assert _feature_columns(fs.backfill(ev2, sp), HAND_FEATS) == want, t
+    sp2 = sp.set_column(0, "key", sp.column("key").cast(pa.int16()))
+    assert _feature_columns(fs.backfill(ev, sp2), HAND_FEATS) == want
+
+
+def test_pandas_and_polars_inputs():
+    pd = pytest.importorskip("pandas")
+    pl = pytest.importorskip("polars")
+    fs = make_feature_set(HAND_FEATS)
+    ev = events_table(HAND_EVENTS, "int", "ts", "ns", columns=("x",))
+    sp = spine_table(HAND_QUERIES, "int", "ts", "ns", extra=False)
+    want = _feature_columns(fs.backfill(ev, sp), HAND_FEATS)
+
+    # pandas, naive datetime64[ns] (taken as UTC); nullable Float64 keeps the null a null
+    to_pd = {"types_mapper": {pa.float64(): pd.Float64Dtype()}.get}
+    out = fs.backfill(ev.to_pandas(**to_pd), sp.to_pandas())
+    assert isinstance(out, pa.Table)
+    assert _feature_columns(out, HAND_FEATS) == want
+    # pandas, tz-aware in another zone: same instants
+    pev = ev.to_pandas(**to_pd)
+    pev["ts"] = pev["ts"].dt.tz_localize("UTC").dt.tz_convert("Asia/Tokyo")
+    assert _feature_columns(fs.backfill(pev, sp.to_pandas()), HAND_FEATS) == want
+    # polars
+    out = fs.backfill(pl.from_arrow(ev), pl.from_arrow(sp))
+    assert _feature_columns(out, HAND_FEATS) == want
+    # RecordBatch
+    out = fs.backfill(ev.to_batches()[0], sp.to_batches()[0])
+    assert _feature_columns(out, HAND_FEATS) == want
+
+
+def test_naive_timestamps_are_utc_wall_time():
+    fs = make_feature_set(HAND_FEATS)
+    sp = spine_table(HAND_QUERIES, "int", "ts", "ns", extra=False)
+    naive = fs.backfill(events_table(HAND_EVENTS, "int", "ts", "ns", None, columns=("x",)), sp)
+    aware = fs.backfill(events_table(HAND_EVENTS, "int", "ts", "ns", "UTC", columns=("x",)), sp)
+    other = fs.backfill(events_table(HAND_EVENTS, "int", "ts", "ns", "Pacific/Chatham", columns=("x",)), sp)
+    assert _feature_columns(naive, HAND_FEATS) == _feature_columns(aware, HAND_FEATS)
+    assert _feature_columns(naive, HAND_FEATS) == _feature_columns(other, HAND_FEATS)
+
+
+def test_key_with_no_events_gets_empty_values():
+    feats = [Feat(a, None if a in ("count", "time_since_last") else "x", 10 * S,
+                  q=0.5 if a == "quantile" else None,
+                  half_life=S if a == "decayed_sum" else None, name=a) for a in ref.ALL_AGGS]
+    rows = _backfill_rows(feats, HAND_EVENTS, [(12345, BASE + 10 * S)])
+    assert rows[0] == {
+        "key": 12345, "ts": rows[0]["ts"], "row_id": 0, "label": None,
+        "count": 0, "sum": 0.0, "mean": None, "min": None, "max": None, "var": None, "std": None,
+        "first": None, "last": None, "distinct_count": 0, "quantile": None, "decayed_sum": 0.0,
+        "time_since_last": None,
+    }
+
+
+# --------------------------------------------------------------------------
+# hypothesis: backfill == reference
+
+
+@st.composite
+def backfill_cases(draw):
+    key_kind, unit, step, base, keys, events = draw(event_sets())
+    feats = draw(feature_lists(step))
+    queries = draw(spines(keys, events, feats, base, step, key_kind))
+    mode = draw(st.sampled_from(["ts", "int"]))
+    if mode == "ts":
+        arrow_unit = draw(st.sampled_from([unit, "ns"]))
+        tz = draw(st.sampled_from([None, "UTC", "Asia/Kolkata"]))
+    else:
+        arrow_unit, tz = unit, None
+    return key_kind, mode, arrow_unit, tz, keys, events, feats, queries
+
+
+@settings(max_examples=100)
+@given(backfill_cases())
+def test_backfill_matches_reference(case):
+    key_kind, mode, unit, tz, keys, events, feats, queries = case
+    kw = {"timestamp_unit": unit} if mode == "int" else {}
+    fs = make_feature_set(feats, **kw)
+    assert fs.feature_names == [f.name for f in feats]
+    ev = events_table(events, key_kind, mode, unit, tz)
+    sp = spine_table(queries, key_kind, mode, unit, tz)
+    out = fs.backfill(ev, sp)
+    check_backfill_against_reference(out, sp, feats, events, queries)
+
+
+@settings(max_examples=60)
+@given(backfill_cases(), st.randoms(use_true_random=False))
+def test_backfill_independent_of_event_order_and_spine_order(case, rnd):
+    key_kind, mode, unit, tz, keys, events, feats, queries = case
+    kw = {"timestamp_unit": unit} if mode == "int" else {}
+    fs = make_feature_set(feats, **kw)
+    sp = spine_table(queries, key_kind, mode, unit, tz)
+    a = fs.backfill(events_table(events, key_kind, mode, unit, tz), sp)
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    perm = list(range(len(queries)))
+    rnd.shuffle(perm)
+    sp2 = sp.take(pa.array(perm, pa.int64()))
+    b = fs.backfill(events_table(shuffled, key_kind, mode, unit, tz), sp2)
+    for f in feats:
+        ca, cb = a.column(f.name).to_pylist(), b.column(f.name).to_pylist()
+        for j, i in enumerate(perm):
+            assert same_exact(ca[i], cb[j]), (f.name, queries[i], ca[i], cb[j])
+
+
+@settings(max_examples=60)
+@given(event_sets(key_kind="int"), st.data())
+def test_string_and_int_keys_give_identical_bits(es, data):
+    key_kind, unit, step, base, keys, events = es
+    feats = data.draw(feature_lists(step))
+    queries = data.draw(spines(keys, events, feats, base, step, key_kind))
+    fs = make_feature_set(feats)
+    a = fs.backfill(events_table(events, "int", "ts", "ns"), spine_table(queries, "int", "ts", "ns"))
+    sev = [dict(e, key=str(e["key"])) for e in events]
+    sq = [(str(k), t) for k, t in queries]
+    b = fs.backfill(events_table(sev, "str", "ts", "ns"), spine_table(sq, "str", "ts", "ns"))
+    for f in feats:
+        ca, cb = a.column(f.name).to_pylist(), b.column(f.name).to_pylist()
+        assert all(same_exact(x, y) for x, y in zip(ca, cb)), f.name

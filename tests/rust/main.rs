@@ -1,0 +1,2 @@
+//! The one Rust integration-test binary (builds once). Modules per area.
+mod engine;
