@@ -50,7 +50,6 @@ def test_default_feature_names_follow_api_doc():
             rtml.std("fare", window="1h"),
             rtml.first("fare", window="1h"),
             rtml.last("fare"),
-            rtml.distinct_count("rider_id", window="24h"),
             rtml.quantile("fare", 0.9, window="1h"),
             rtml.decayed_sum("fare", half_life="30m", window="1d"),
             rtml.time_since_last(),
@@ -67,11 +66,16 @@ def test_default_feature_names_follow_api_doc():
         "fare_std_1h",
         "fare_first_1h",
         "fare_last",
-        "rider_id_distinct_count_24h",
         "fare_p90_1h",
         "fare_decayed_sum_hl30m_1d",
         "time_since_last",
     ]
+
+
+def test_default_name_of_24h_window_follows_api_doc():
+    # docs/api.md: rtml.distinct_count("rider_id", window="24h") -> rider_id_distinct_count_24h
+    fs = rtml.FeatureSet(entity="k", timestamp="ts", features=[rtml.distinct_count("rider_id", window="24h")])
+    assert fs.feature_names == ["rider_id_distinct_count_24h"]
 
 
 def test_lifetime_names_have_no_window_suffix():

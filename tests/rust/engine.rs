@@ -1,1 +1,271 @@
+//! Engine tests without Python: every aggregation against a brute-force reference, and
+//! online-vs-offline parity over random arrival orders (proptest).
 
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use proptest::prelude::*;
+use rtml::input::{read_events, read_spine};
+use rtml::{backfill, Engine, FeatureColumn, Plan, Spec};
+
+const H: i64 = 3_600_000_000_000;
+const M: i64 = 60_000_000_000;
+
+fn spec(lateness: &str) -> Spec {
+    let doc = format!(
+        r#"{{"version": 1, "entity": "k", "timestamp": "ts", "allowed_lateness": "{lateness}",
+        "features": [
+          {{"agg": "count", "window": "1h"}},
+          {{"agg": "count", "column": "v", "window": "1h"}},
+          {{"agg": "sum", "column": "v", "window": "1h"}},
+          {{"agg": "mean", "column": "v", "window": "30m"}},
+          {{"agg": "var", "column": "v", "window": "1h"}},
+          {{"agg": "std", "column": "v"}},
+          {{"agg": "min", "column": "v", "window": "1h"}},
+          {{"agg": "max", "column": "v"}},
+          {{"agg": "first", "column": "v", "window": "30m"}},
+          {{"agg": "last", "column": "v", "window": "1h"}},
+          {{"agg": "first", "column": "v"}},
+          {{"agg": "last", "column": "v"}},
+          {{"agg": "distinct_count", "column": "c", "window": "1h"}},
+          {{"agg": "quantile", "column": "v", "q": 0.5, "window": "1h"}},
+          {{"agg": "decayed_sum", "column": "v", "half_life": "10m", "window": "1h"}},
+          {{"agg": "decayed_sum", "column": "v", "half_life": "20m"}},
+          {{"agg": "time_since_last", "window": "30m"}},
+          {{"agg": "time_since_last"}},
+          {{"agg": "count"}}
+        ]}}"#
+    );
+    Spec::from_json(&doc).unwrap()
+}
+
+#[derive(Clone, Debug)]
+struct Ev {
+    k: i64,
+    ts: i64,
+    v: Option<f64>,
+    c: Option<&'static str>,
+}
+
+fn batch(evs: &[Ev]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+        Field::new("v", DataType::Float64, true),
+        Field::new("c", DataType::Utf8, true),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.k))),
+        Arc::new(TimestampNanosecondArray::from_iter_values(evs.iter().map(|e| e.ts))),
+        Arc::new(Float64Array::from_iter(evs.iter().map(|e| e.v))),
+        Arc::new(StringArray::from_iter(evs.iter().map(|e| e.c))),
+    ];
+    RecordBatch::try_new(schema, cols).unwrap()
+}
+
+fn spine(qs: &[(i64, i64)]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(qs.iter().map(|q| q.0))),
+        Arc::new(TimestampNanosecondArray::from_iter_values(qs.iter().map(|q| q.1))),
+    ];
+    RecordBatch::try_new(schema, cols).unwrap()
+}
+
+/// Feature rows (NaN = null) from backfill.
+fn offline(plan: &Plan, evs: &[Ev], qs: &[(i64, i64)]) -> Vec<Vec<f64>> {
+    let eb = [batch(evs)];
+    let sb = [spine(qs)];
+    let events = read_events(plan, &eb).unwrap();
+    let sp = read_spine(plan, &sb, "k", "ts").unwrap();
+    let cols = backfill(plan, &events, &sp, &mut |_, _| true).unwrap();
+    (0..qs.len())
+        .map(|r| {
+            cols.iter()
+                .map(|c| match c {
+                    FeatureColumn::Int(v) => v[r] as f64,
+                    FeatureColumn::Float(v) => v[r],
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn bits(row: &[f64]) -> Vec<u64> {
+    row.iter().map(|x| if x.is_nan() { u64::MAX } else { x.to_bits() }).collect()
+}
+
+/// Brute force over the window of one query, for the features whose reference is simple and exact.
+fn reference(evs: &[Ev], k: i64, t: i64) -> Vec<(usize, Option<f64>)> {
+    let win = |w: Option<i64>| -> Vec<&Ev> {
+        evs.iter().filter(|e| e.k == k && e.ts < t && w.is_none_or(|w| e.ts >= t - w)).collect()
+    };
+    let vals = |es: &[&Ev]| -> Vec<(i64, f64)> { es.iter().filter_map(|e| e.v.map(|v| (e.ts, v))).collect() };
+    let h1 = win(Some(H));
+    let m30 = win(Some(30 * M));
+    let all = win(None);
+    let v1 = vals(&h1);
+    let vall = vals(&all);
+    let v30 = vals(&m30);
+    let first = |vs: &[(i64, f64)]| {
+        vs.iter().copied().min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1))).map(|x| x.1)
+    };
+    let last = |vs: &[(i64, f64)]| {
+        vs.iter().copied().max_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1))).map(|x| x.1)
+    };
+    let mut distinct: Vec<&str> = h1.iter().filter_map(|e| e.c).collect();
+    distinct.sort();
+    distinct.dedup();
+    vec![
+        (0, Some(h1.len() as f64)),
+        (1, Some(v1.len() as f64)),
+        // values are small dyadic numbers: any summation order is exact
+        (2, Some(v1.iter().fold(0.0, |a, x| a + x.1))),
+        (6, v1.iter().map(|x| x.1).min_by(|a, b| a.total_cmp(b))),
+        (7, vall.iter().map(|x| x.1).max_by(|a, b| a.total_cmp(b))),
+        (8, first(&v30)),
+        (9, last(&v1)),
+        (10, first(&vall)),
+        (11, last(&vall)),
+        (12, Some(distinct.len() as f64)),
+        (16, m30.iter().map(|e| e.ts).max().map(|ts| (t - ts) as f64 / 1e9)),
+        (17, all.iter().map(|e| e.ts).max().map(|ts| (t - ts) as f64 / 1e9)),
+        (18, Some(all.len() as f64)),
+    ]
+}
+
+fn ev_strategy() -> impl Strategy<Value = Vec<Ev>> {
+    let cats = ["a", "b", "c", "d"];
+    prop::collection::vec(
+        (
+            0i64..3,
+            0i64..(4 * H / M),
+            prop::option::weighted(0.85, -64i32..64),
+            prop::option::weighted(0.9, 0usize..4),
+        )
+            .prop_map(move |(k, minute, v, c)| Ev {
+                k,
+                ts: minute * M,
+                v: v.map(|v| v as f64 / 4.0),
+                c: c.map(|i| cats[i]),
+            }),
+        0..60,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn backfill_matches_brute_force(evs in ev_strategy(), qmins in prop::collection::vec((0i64..3, 0i64..(5 * H / M)), 1..30)) {
+        let plan = Plan::new(spec("0s"));
+        let mut qs: Vec<(i64, i64)> = qmins.iter().map(|&(k, m)| (k, m * M)).collect();
+        // include exact event times and window edges
+        for e in evs.iter().take(5) {
+            qs.push((e.k, e.ts));
+            qs.push((e.k, e.ts + H));
+            qs.push((e.k, e.ts + 30 * M));
+        }
+        let rows = offline(&plan, &evs, &qs);
+        for (q, row) in qs.iter().zip(&rows) {
+            for (i, want) in reference(&evs, q.0, q.1) {
+                let got = row[i];
+                match want {
+                    None => prop_assert!(got.is_nan(), "feature {} at {:?}: want null, got {}", i, q, got),
+                    Some(w) => prop_assert_eq!(got.to_bits(), w.to_bits(), "feature {} at {:?}: {} vs {}", i, q, got, w),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn online_equals_backfill(evs in ev_strategy(), jitter in prop::collection::vec(0i64..=10, 60), qmins in prop::collection::vec((0i64..3, 0i64..(5 * H / M)), 1..20)) {
+        let plan = Arc::new(Plan::new(spec("10m")));
+        let mut qs: Vec<(i64, i64)> = qmins.iter().map(|&(k, m)| (k, m * M)).collect();
+        for e in evs.iter().take(4) {
+            qs.push((e.k, e.ts));
+            qs.push((e.k, e.ts + H));
+        }
+        qs.sort_by_key(|q| q.1);
+        let want = offline(&plan, &evs, &qs);
+        // arrival order: by ts + jitter in [0, lateness]: never late
+        let mut arrival: Vec<(i64, usize)> = evs.iter().enumerate().map(|(i, e)| (e.ts + jitter[i] * M, i)).collect();
+        arrival.sort();
+        let mut eng = Engine::new(Arc::clone(&plan));
+        let mut next = 0;
+        let mut row = vec![0.0; plan.n_features()];
+        for (qi, q) in qs.iter().enumerate() {
+            // ingest until every event with ts < t is in
+            while evs.iter().enumerate().any(|(i, e)| e.ts < q.1 && !arrival[..next].iter().any(|a| a.1 == i)) {
+                let b = batch(&[evs[arrival[next].1].clone()]);
+                let bs = [b];
+                let events = read_events(&plan, &bs).unwrap();
+                eng.ingest(&events).unwrap();
+                next += 1;
+            }
+            eng.get(rtml::input::KeyRef::Int(q.0), q.1, &mut row).unwrap();
+            prop_assert_eq!(bits(&row), bits(&want[qi]), "query {:?}", q);
+        }
+        prop_assert_eq!(eng.stats().counters.late_events_dropped, 0);
+    }
+}
+
+#[test]
+fn snapshot_round_trip_and_corruption() {
+    let plan = Arc::new(Plan::new(spec("10m")));
+    let evs: Vec<Ev> = (0..200)
+        .map(|i| Ev { k: i % 7, ts: i * 3 * M, v: Some((i % 13) as f64 - 6.0), c: Some(["a", "b"][(i % 2) as usize]) })
+        .collect();
+    let mut eng = Engine::new(Arc::clone(&plan));
+    let bs = [batch(&evs)];
+    eng.ingest(&read_events(&plan, &bs).unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("rtml-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.snap");
+    eng.snapshot(&path).unwrap();
+    let back = Engine::restore(&path).unwrap();
+    let t = 600 * M;
+    for k in 0..8 {
+        let mut a = vec![0.0; plan.n_features()];
+        let mut b = a.clone();
+        eng.get(rtml::input::KeyRef::Int(k), t, &mut a).unwrap();
+        back.get(rtml::input::KeyRef::Int(k), t, &mut b).unwrap();
+        assert_eq!(bits(&a), bits(&b));
+    }
+    assert_eq!(eng.stats().counters, back.stats().counters);
+    // truncated
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    assert!(matches!(Engine::restore(&path), Err(rtml::Error::Snapshot { .. })));
+    // one flipped bit
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x10;
+    std::fs::write(&path, &flipped).unwrap();
+    assert!(matches!(Engine::restore(&path), Err(rtml::Error::Snapshot { .. })));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn late_events_are_dropped_and_counted() {
+    let plan = Arc::new(Plan::new(spec("10m")));
+    let mut eng = Engine::new(Arc::clone(&plan));
+    let evs = vec![
+        Ev { k: 1, ts: 60 * M, v: Some(1.0), c: None },
+        Ev { k: 1, ts: 55 * M, v: Some(2.0), c: None }, // 5m late: accepted
+        Ev { k: 1, ts: 40 * M, v: Some(4.0), c: None }, // 20m late: dropped
+    ];
+    let bs = [batch(&evs)];
+    let r = eng.ingest(&read_events(&plan, &bs).unwrap()).unwrap();
+    assert_eq!((r.accepted, r.late), (2, 1));
+    let mut row = vec![0.0; plan.n_features()];
+    eng.get(rtml::input::KeyRef::Int(1), 61 * M, &mut row).unwrap();
+    assert_eq!(row[0], 2.0);
+    assert_eq!(row[2], 3.0);
+    // before the settled point: refused
+    assert!(matches!(eng.get(rtml::input::KeyRef::Int(1), 10 * M, &mut row), Err(rtml::Error::Query(_))));
+}
