@@ -1,0 +1,31 @@
+# The only entry points: CI (.ci/run) and people use the same targets.
+PYTHON ?= python3
+
+.PHONY: develop test rust-test py-test demo bench lint fmt
+
+## Build the extension (release) and install rtml with its test dependencies, editable.
+develop:
+	$(PYTHON) -m pip install --quiet 'maturin>=1.9.4,<2'
+	$(PYTHON) -m pip install --quiet --no-build-isolation -e '.[test]'
+
+## Everything CI runs: Rust engine tests (no Python needed) and the Python suite.
+test: develop rust-test py-test
+
+rust-test:
+	cargo test --no-default-features
+
+py-test:
+	$(PYTHON) -m pytest tests/python -q
+
+demo: develop
+	rtml demo
+
+bench: develop
+	$(PYTHON) bench/bench_core.py
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --no-default-features -- -D warnings
+
+fmt:
+	cargo fmt
