@@ -80,9 +80,9 @@ pub fn write(engine: &Engine, path: &Path) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| -> Result<()> {
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+        let mut f = File::create(&tmp).map_err(io(path))?;
+        f.write_all(&bytes).map_err(io(path))?;
+        f.sync_all().map_err(io(path))?;
         drop(f);
         std::fs::rename(&tmp, path).map_err(io(path))?;
         // Make the rename itself durable.

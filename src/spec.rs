@@ -86,6 +86,20 @@ pub struct Feature {
     pub column: Option<String>,
     /// Window length in ns; `None` is a lifetime feature.
     pub window: Option<i64>,
+    /// The window as the user spelled it ("24h" stays "24h"), used in names and documents.
+    pub window_label: Option<String>,
+}
+
+/// How a duration is shown: a simple `<number><unit>` as written, anything else canonical.
+pub fn duration_label(text: &str, ns: i64) -> String {
+    let t = text.trim();
+    let digits = t.chars().take_while(|c| c.is_ascii_digit()).count();
+    let unit = &t[digits..];
+    if digits > 0 && !t.starts_with('0') && ["w", "d", "h", "m", "s", "ms", "us"].contains(&unit) {
+        t.to_string()
+    } else {
+        format_duration(ns)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -102,7 +116,7 @@ pub struct Spec {
 }
 
 /// Default output name, e.g. `fare_sum_1h`, `count_1h`, `fare_p90_1h`, `fare_last`.
-pub fn default_name(agg: &Agg, column: Option<&str>, window: Option<i64>) -> String {
+pub fn default_name(agg: &Agg, column: Option<&str>, window: Option<&str>) -> String {
     let base = match (agg, column) {
         (Agg::Count, None) => "count".to_string(),
         (Agg::TimeSinceLast, _) => "time_since_last".to_string(),
@@ -112,7 +126,7 @@ pub fn default_name(agg: &Agg, column: Option<&str>, window: Option<i64>) -> Str
         (a, None) => a.name().to_string(),
     };
     match window {
-        Some(w) => format!("{base}_{}", format_duration(w)),
+        Some(w) => format!("{base}_{w}"),
         None => base,
     }
 }
@@ -303,7 +317,7 @@ impl Spec {
                 if let Some(c) = &f.column {
                     m.insert("column".into(), json!(c));
                 }
-                m.insert("window".into(), json!(f.window.map(format_duration)));
+                m.insert("window".into(), json!(f.window_label));
                 match f.agg {
                     Agg::Quantile(q) => {
                         m.insert("q".into(), json!(q));
@@ -347,6 +361,10 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
     let agg_name = req_str(obj, "agg", &format!("{field}.agg"))?;
     let column = get_str(obj, "column", &format!("{field}.column"))?;
     let window = get_duration(obj, "window", &format!("{field}.window"))?;
+    let window_label = match (get_str(obj, "window", "window")?, window) {
+        (Some(text), Some(ns)) => Some(duration_label(&text, ns)),
+        _ => None,
+    };
     let agg = match agg_name.as_str() {
         "count" => Agg::Count,
         "sum" => Agg::Sum,
@@ -404,9 +422,9 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
     let name = match get_str(obj, "name", &format!("{field}.name"))? {
         Some(n) if n.is_empty() => return Err(Error::spec(format!("{field}.name"), "must not be empty")),
         Some(n) => n,
-        None => default_name(&agg, column.as_deref(), window),
+        None => default_name(&agg, column.as_deref(), window_label.as_deref()),
     };
-    Ok(Feature { name, agg, column, window })
+    Ok(Feature { name, agg, column, window, window_label })
 }
 
 #[cfg(test)]
@@ -415,18 +433,21 @@ mod tests {
 
     #[test]
     fn names() {
-        let h = 3_600_000_000_000;
-        assert_eq!(default_name(&Agg::Count, None, Some(h)), "count_1h");
-        assert_eq!(default_name(&Agg::Sum, Some("fare"), Some(h)), "fare_sum_1h");
-        assert_eq!(default_name(&Agg::Quantile(0.9), Some("fare"), Some(h)), "fare_p90_1h");
+        let h = Some("1h");
+        assert_eq!(default_name(&Agg::Count, None, h), "count_1h");
+        assert_eq!(default_name(&Agg::Sum, Some("fare"), h), "fare_sum_1h");
+        assert_eq!(default_name(&Agg::Quantile(0.9), Some("fare"), h), "fare_p90_1h");
         assert_eq!(default_name(&Agg::Quantile(0.999), Some("x"), None), "x_p99_9");
         assert_eq!(default_name(&Agg::Quantile(0.05), Some("x"), None), "x_p5");
         assert_eq!(default_name(&Agg::Quantile(1.0), Some("x"), None), "x_p100");
         assert_eq!(
-            default_name(&Agg::DistinctCount, Some("driver_id"), Some(24 * h)),
-            "driver_id_distinct_count_1d"
+            default_name(&Agg::DistinctCount, Some("driver_id"), Some("24h")),
+            "driver_id_distinct_count_24h"
         );
         assert_eq!(default_name(&Agg::TimeSinceLast, None, None), "time_since_last");
+        assert_eq!(duration_label("5400000000000ns", 5_400_000_000_000), "90m");
+        assert_eq!(duration_label("1h30m", 5_400_000_000_000), "90m");
+        assert_eq!(duration_label(" 24h", 86_400_000_000_000), "24h");
     }
 
     #[test]

@@ -110,8 +110,15 @@ impl OnlineEngine {
     /// error nothing is applied. Returns the number of events accepted (late ones are dropped
     /// and counted in `stats()`).
     fn ingest(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let is_row = |d: &Bound<'_, PyAny>| -> bool {
+            // A dict whose key field is a sequence is a dict of columns, not a row.
+            match d.cast::<PyDict>().ok().and_then(|d| d.get_item(&self.plan.spec.entity).ok().flatten()) {
+                Some(v) => v.is_instance_of::<PyString>() || !v.hasattr("__len__").unwrap_or(false),
+                None => true,
+            }
+        };
         let rows: Option<Vec<Bound<'_, PyAny>>> = if data.is_instance_of::<PyDict>() {
-            Some(vec![data.clone()])
+            if is_row(data) { Some(vec![data.clone()]) } else { None }
         } else if let Ok(list) = data.cast::<PyList>() {
             if list.is_empty() || list.get_item(0)?.is_instance_of::<PyDict>() {
                 Some(list.iter().collect())

@@ -27,6 +27,13 @@ def get_rtml():
 
 
 UTC = dt.timezone.utc
+
+
+def n_examples(n: int) -> int:
+    """max_examples, scaled by RTML_HYPOTHESIS_SCALE for long local bug hunts (CI: 1)."""
+    import os
+
+    return max(1, int(n * float(os.environ.get("RTML_HYPOTHESIS_SCALE", "1"))))
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 
 # --------------------------------------------------------------------------

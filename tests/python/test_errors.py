@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import reference as ref
 from helpers import (
+    n_examples,
     NS_PER_UNIT,
     assert_not_panic,
     events_table,
@@ -572,7 +573,7 @@ def test_failed_multi_batch_ingest_changes_nothing():
 # queries before the settled point
 
 
-@settings(max_examples=60)
+@settings(max_examples=n_examples(60))
 @given(
     st.lists(st.tuples(st.integers(0, 2), st.integers(0, 200), st.floats(-1e6, 1e6)), min_size=1, max_size=40),
     st.lists(st.tuples(st.integers(0, 3), st.integers(-20, 260)), min_size=1, max_size=15),
@@ -677,7 +678,7 @@ def test_garbage_inputs_never_panic(tmp_path):
     assert eng.stats()["events_ingested"] == 6
 
 
-@settings(max_examples=60)
+@settings(max_examples=n_examples(60))
 @given(st.lists(st.fixed_dictionaries({}, optional={
     ENTITY: st.one_of(st.none(), st.integers(-(2**64), 2**64), st.text(max_size=3), st.floats()),
     TS: st.one_of(st.none(), st.integers(-(2**64), 2**64), st.datetimes(), st.text(max_size=3)),

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import reference as ref
 from helpers import (
+    n_examples,
     NS_PER_UNIT,
     check_backfill_against_reference,
     event_sets,
@@ -603,7 +604,7 @@ def backfill_cases(draw):
     return key_kind, mode, arrow_unit, tz, keys, events, feats, queries
 
 
-@settings(max_examples=100)
+@settings(max_examples=n_examples(100))
 @given(backfill_cases())
 def test_backfill_matches_reference(case):
     key_kind, mode, unit, tz, keys, events, feats, queries = case
@@ -616,7 +617,7 @@ def test_backfill_matches_reference(case):
     check_backfill_against_reference(out, sp, feats, events, queries)
 
 
-@settings(max_examples=60)
+@settings(max_examples=n_examples(60))
 @given(backfill_cases(), st.randoms(use_true_random=False))
 def test_backfill_independent_of_event_order_and_spine_order(case, rnd):
     key_kind, mode, unit, tz, keys, events, feats, queries = case
@@ -636,7 +637,7 @@ def test_backfill_independent_of_event_order_and_spine_order(case, rnd):
             assert same_exact(ca[i], cb[j]), (f.name, queries[i], ca[i], cb[j])
 
 
-@settings(max_examples=60)
+@settings(max_examples=n_examples(60))
 @given(event_sets(key_kind="int"), st.data())
 def test_string_and_int_keys_give_identical_bits(es, data):
     key_kind, unit, step, base, keys, events = es
@@ -650,3 +651,144 @@ def test_string_and_int_keys_give_identical_bits(es, data):
     for f in feats:
         ca, cb = a.column(f.name).to_pylist(), b.column(f.name).to_pylist()
         assert all(same_exact(x, y) for x, y in zip(ca, cb)), f.name
+
+
+# --------------------------------------------------------------------------
+# the whole float64 range and the whole int64-nanosecond time range
+
+
+def _one_key_rows(feats, vals, spacing=1):
+    events = [{"key": 1, "ts": BASE + i * spacing, "x": v} for i, v in enumerate(vals)]
+    qs = [(1, BASE + len(vals) * spacing)]
+    fs = make_feature_set(feats)
+    sp = spine_table(qs, "int", "ts", "ns")
+    out = fs.backfill(events_table(events, "int", "ts", "ns", columns=("x",)), sp)
+    return out, sp, events, qs
+
+
+_finite_wide = st.floats(min_value=-1e300, max_value=1e300, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=n_examples(100))
+@given(st.lists(_finite_wide, min_size=1, max_size=12))
+def test_sum_min_max_exact_over_whole_float_range(vals):
+    """sum == math.fsum exactly, subnormals and 1e300 included; min/max bitwise."""
+    feats = [Feat("sum", "x", None, name="s"), Feat("min", "x", None, name="mn"), Feat("max", "x", None, name="mx"),
+             Feat("distinct_count", "x", None, name="d"), Feat("first", "x", None, name="f"),
+             Feat("last", "x", None, name="l")]
+    out, sp, events, qs = _one_key_rows(feats, vals)
+    check_backfill_against_reference(out, sp, feats, events, qs)
+
+
+_normal_wide = st.one_of(
+    st.just(0.0),
+    st.floats(min_value=1e-300, max_value=1e300).flatmap(lambda m: st.sampled_from([m, -m])),
+)
+
+
+@settings(max_examples=n_examples(100))
+@given(st.lists(_normal_wide, min_size=1, max_size=12))
+def test_mean_and_quantile_over_whole_normal_range(vals):
+    feats = [Feat("mean", "x", None, name="m")] + [
+        Feat("quantile", "x", None, q=q, name=f"q{i}") for i, q in enumerate((0.0, 0.25, 0.5, 0.9, 1.0))
+    ]
+    out, sp, events, qs = _one_key_rows(feats, vals)
+    check_backfill_against_reference(out, sp, feats, events, qs)
+
+
+@settings(max_examples=n_examples(100))
+@given(st.lists(st.one_of(st.just(0.0), st.floats(min_value=1e-140, max_value=1e140).flatmap(
+    lambda m: st.sampled_from([m, -m]))), min_size=1, max_size=12))
+def test_var_std_over_wide_range(vals):
+    """var / std within 1e-12 relative where squares neither overflow nor lose their error term."""
+    feats = [Feat("var", "x", None, name="v"), Feat("std", "x", None, name="sd")]
+    out, sp, events, qs = _one_key_rows(feats, vals)
+    check_backfill_against_reference(out, sp, feats, events, qs)
+
+
+@settings(max_examples=n_examples(60))
+@given(st.lists(st.tuples(st.integers(-5, 5), st.integers(0, 2 ** 52)), min_size=2, max_size=10),
+       st.floats(min_value=1e-3, max_value=1e12))
+def test_var_of_nearly_equal_values(parts, scale):
+    """Catastrophic cancellation: values c + k * ulp(c). The exact accumulators must still give var
+    to 1e-12 relative (the naive formula gives garbage or 0 here)."""
+    c = scale
+    ulp = math.ulp(c)
+    vals = [c + k * ulp for k, _ in parts]
+    feats = [Feat("var", "x", None, name="v"), Feat("std", "x", None, name="sd"), Feat("mean", "x", None, name="m")]
+    out, sp, events, qs = _one_key_rows(feats, vals)
+    check_backfill_against_reference(out, sp, feats, events, qs)
+
+
+@pytest.mark.parametrize("v", [5e-324, -1e-320, 1e-310, -2.2250738585072e-308])
+def test_quantile_relative_error_on_subnormals(v):
+    """semantics.md states a 2^-8 relative error bound for quantile with no exception for
+    subnormal values."""
+    feats = [Feat("quantile", "x", None, q=0.5, name="q")]
+    out, sp, events, qs = _one_key_rows(feats, [v])
+    check_backfill_against_reference(out, sp, feats, events, qs)
+
+
+def test_quantile_largest_finite_values():
+    big = 1.7976931348623157e308
+    feats = [Feat("quantile", "x", None, q=q, name=f"q{i}") for i, q in enumerate((0.0, 1.0))]
+    out, sp, events, qs = _one_key_rows(feats, [big, -big])
+    check_backfill_against_reference(out, sp, feats, events, qs)
+    row = out.to_pylist()[0]
+    assert math.isfinite(row["q0"]) and math.isfinite(row["q1"])
+
+
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+
+
+@pytest.mark.parametrize("events_at,queries_at", [
+    ([I64_MIN + 5, I64_MIN + 10], [I64_MIN + 6, I64_MIN + 11, I64_MIN + 1]),
+    ([I64_MAX - 10, I64_MAX - 5], [I64_MAX, I64_MAX - 1, I64_MAX - 6]),
+    ([I64_MIN + 10], [I64_MAX - 1, I64_MAX]),  # t - ts does not fit in int64
+])
+def test_times_at_the_ends_of_the_int64_range(events_at, queries_at):
+    feats = [Feat("count", None, 3600 * S, name="c1h"), Feat("sum", "x", 3600 * S, name="s1h"),
+             Feat("time_since_last", None, None, name="tsl"),
+             Feat("time_since_last", None, 7 * 86400 * S, name="tslw"),
+             Feat("decayed_sum", "x", None, half_life=86400 * S, name="ds"),
+             Feat("decayed_sum", "x", 2 * 86400 * S, half_life=3600 * S, name="dsw"),
+             Feat("first", "x", 3600 * S, name="f"), Feat("count", None, None, name="n")]
+    events = [{"key": 1, "ts": t, "x": float(i + 1)} for i, t in enumerate(events_at)]
+    qs = [(1, t) for t in queries_at]
+    fs = make_feature_set(feats, timestamp_unit="ns")
+    sp = spine_table(qs, "int", "int", "ns")
+    out = fs.backfill(events_table(events, "int", "int", "ns", columns=("x",)), sp)
+    check_backfill_against_reference(out, sp, feats, events, qs)
+
+
+def test_string_value_encodings_are_equivalent():
+    events = [{"key": 1, "ts": BASE + i * S, "s": v} for i, v in enumerate(["a", "b", "a", None, "", "é", "e", "b"])]
+    feats = [Feat("count", "s", None, name="c"), Feat("distinct_count", "s", None, name="d"),
+             Feat("distinct_count", "s", 3 * S, name="d3")]
+    qs = [(1, BASE + k * S) for k in range(10)]
+    fs = make_feature_set(feats)
+    ev = events_table(events, "int", "ts", "ns", columns=("s",))
+    sp = spine_table(qs, "int", "ts", "ns")
+    base = fs.backfill(ev, sp)
+    check_backfill_against_reference(base, sp, feats, events, qs)
+    col = ev.column("s")
+    for arr in (col.cast(pa.large_string()), col.dictionary_encode(), col.cast(pa.string_view())):
+        out = fs.backfill(ev.set_column(ev.schema.get_field_index("s"), "s", arr), sp)
+        assert _feature_columns(out, feats) == _feature_columns(base, feats), arr.type
+
+
+def test_float16_and_float32_columns():
+    np = pytest.importorskip("numpy")
+    ev = pa.table({
+        "key": pa.array([1, 1, 1], pa.int64()),
+        "ts": pa.array([BASE, BASE + S, BASE + 2 * S], pa.timestamp("ns")),
+        "h": pa.array(np.array([0.5, 1.25, -3.0], dtype=np.float16)),
+        "f": pa.array([0.1, None, 1e30], pa.float32()),
+    })
+    fs = rtml.FeatureSet(entity="key", timestamp="ts", features=[
+        rtml.sum("h", name="a"), rtml.max("f", name="b"), rtml.count("f", name="c")])
+    sp = pa.table({"key": pa.array([1], pa.int64()), "ts": pa.array([BASE + 3 * S], pa.timestamp("ns"))})
+    row = fs.backfill(ev, sp).to_pylist()[0]
+    assert row["a"] == -1.25
+    assert row["b"] == float(np.float32(1e30))
+    assert row["c"] == 2

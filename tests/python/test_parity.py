@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import reference as ref
 from helpers import (
+    n_examples,
     NS_PER_UNIT,
     event_rows,
     event_sets,
@@ -125,7 +126,7 @@ def _at(case, t):
     return time_scalar(t, case["mode"], case["unit"])
 
 
-@settings(max_examples=100)
+@settings(max_examples=n_examples(100))
 @given(parity_cases())
 def test_online_equals_backfill_bit_for_bit(case):
     fs = _fs(case)
@@ -150,7 +151,7 @@ def test_online_equals_backfill_bit_for_bit(case):
     assert st_["events_ingested"] == len(case["events"])
 
 
-@settings(max_examples=60)
+@settings(max_examples=n_examples(60))
 @given(parity_cases())
 def test_get_many_matches_backfill(case):
     fs = _fs(case)
@@ -174,7 +175,7 @@ def test_get_many_matches_backfill(case):
             assert not _diff(eng.get(k, at=_at(case, t)), w, names)
 
 
-@settings(max_examples=50)
+@settings(max_examples=n_examples(50))
 @given(parity_cases(), st.integers(0, 10**6))
 def test_snapshot_restore_preserves_answers_and_continues(case, cut_seed):
     fs = _fs(case)
@@ -229,7 +230,7 @@ def _simulate_late(arrival, lateness):
     return kept, late
 
 
-@settings(max_examples=60)
+@settings(max_examples=n_examples(60))
 @given(event_sets(unit="s", max_events=25), st.sampled_from([0, 1, 3]), st.randoms(use_true_random=False))
 def test_late_events_are_dropped_and_counted(es, late_s, rnd):
     key_kind, unit, step, base, keys, events = es
@@ -316,7 +317,14 @@ def test_at_accepts_naive_and_aware_datetimes():
     assert a["n"] == 4 and a["tsl"] == pytest.approx(6.5, rel=1e-12)
 
 
-def test_ingest_forms_are_equivalent():
+INGEST_FORMS = ["table", "batches", "reader", "pandas", "polars", "parquet", "parquet_list", "rows", "row_by_row",
+                "dict_of_columns"]
+
+
+@pytest.mark.parametrize("form", INGEST_FORMS)
+def test_ingest_forms_are_equivalent(form, tmp_path):
+    """Every input form of docs/api.md ("pyarrow Table / RecordBatch(Reader), pandas, polars,
+    Parquet path(s), a dict of columns, a list of row dicts, or one row dict") ingests the same."""
     pd = pytest.importorskip("pandas")
     pl = pytest.importorskip("polars")
     import pyarrow.parquet as pq
@@ -327,34 +335,164 @@ def test_ingest_forms_are_equivalent():
     fs = make_feature_set(feats)
     tbl = events_table(events, "int", "ts", "ns", columns=("x",))
     t = BASE + 31 * S
-    want = [fs.online(history=tbl).get(k, at=ns_to_datetime(t)) for k in range(4)]
-    with tempfile.TemporaryDirectory() as d:
-        p1, p2 = os.path.join(d, "a.parquet"), os.path.join(d, "b.parquet")
-        pq.write_table(tbl.slice(0, 10), p1)
-        pq.write_table(tbl.slice(10), p2)
-        forms = {
-            "table": [tbl],
-            "batches": tbl.to_batches(max_chunksize=7),
-            "reader": [pa.RecordBatchReader.from_batches(tbl.schema, tbl.to_batches(max_chunksize=4))],
-            "pandas": [tbl.to_pandas(types_mapper={pa.float64(): pd.Float64Dtype()}.get)],
-            "polars": [pl.from_arrow(tbl)],
-            "parquet": [p1, p2],
-            "parquet_list": [[p1, p2]],
-            "dict_of_columns": [{
-                "key": [e["key"] for e in events],
-                "ts": [ns_to_datetime(e["ts"]) for e in events],
-                "x": [e["x"] for e in events],
-            }],
-            "rows": [event_rows(events, "int", "ns", columns=("x",))],
-        }
-        for name, parts in forms.items():
-            if name == "rows":
-                fs_i = make_feature_set(feats, timestamp_unit="ns")  # row dicts carry int ns here
-            else:
-                fs_i = fs
-            eng = fs_i.online()
-            for p in parts:
-                eng.ingest(p)
-            for k in range(4):
-                at = t if name == "rows" else ns_to_datetime(t)
-                assert not _diff(eng.get(k, at=at), want[k], fs.feature_names), name
+    want = fs.backfill(tbl, spine_table([(k, t) for k in range(4)], "int", "ts", "ns", extra=False)).to_pylist()
+    p1, p2 = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
+    pq.write_table(tbl.slice(0, 10), p1)
+    pq.write_table(tbl.slice(10), p2)
+    rows = [{"key": e["key"], "ts": ns_to_datetime(e["ts"]), "x": e["x"]} for e in events]
+    parts = {
+        "table": lambda: [tbl],
+        "batches": lambda: tbl.to_batches(max_chunksize=7),
+        "reader": lambda: [pa.RecordBatchReader.from_batches(tbl.schema, tbl.to_batches(max_chunksize=4))],
+        "pandas": lambda: [tbl.to_pandas(types_mapper={pa.float64(): pd.Float64Dtype()}.get)],
+        "polars": lambda: [pl.from_arrow(tbl)],
+        "parquet": lambda: [p1, p2],
+        "parquet_list": lambda: [[p1, p2]],
+        "rows": lambda: [rows],
+        "row_by_row": lambda: rows,
+        "dict_of_columns": lambda: [{
+            "key": [e["key"] for e in events],
+            "ts": [ns_to_datetime(e["ts"]) for e in events],
+            "x": [e["x"] for e in events],
+        }],
+    }[form]()
+    eng = fs.online()
+    for p in parts:
+        eng.ingest(p)
+    assert eng.stats()["events_ingested"] == len(events)
+    for k in range(4):
+        assert not _diff(eng.get(k, at=ns_to_datetime(t)), want[k], fs.feature_names), (form, k)
+
+
+def test_get_without_at_uses_wall_clock():
+    import datetime as dt
+
+    events = [{"key": 1, "ts": BASE + i * S, "x": 1.0} for i in range(10)]
+    fs = make_feature_set([Feat("count", None, 10 * S, name="n10"), Feat("count", None, None, name="n"),
+                           Feat("time_since_last", None, None, name="tsl")])
+    eng = fs.online(history=events_table(events, "int", "ts", "ns", columns=("x",)))
+    before = dt.datetime.now(dt.timezone.utc).timestamp()
+    got = eng.get(1)
+    after = dt.datetime.now(dt.timezone.utc).timestamp()
+    last = (BASE + 9 * S) / 1e9
+    assert got["n10"] == 0 and got["n"] == 10
+    assert before - last - 1e-3 <= got["tsl"] <= after - last + 1e-3
+    tbl = eng.get_many([1, 2])
+    assert tbl.column("n").to_pylist() == [10, 0]
+
+
+@settings(max_examples=n_examples(60))
+@given(parity_cases())
+def test_parity_with_ttl_on_windowed_features(case):
+    """With ttl = largest window + allowed_lateness (the smallest allowed), evicting idle keys
+    never changes a windowed feature: parity still holds bit for bit."""
+    feats = [f for f in case["feats"] if f.window is not None]
+    if not feats:
+        return
+    case = dict(case, feats=feats)
+    ttl = max(f.window for f in feats) + case["lateness"]
+    kw = {"ttl": f"{ttl}ns"}
+    if case["mode"] == "int":
+        kw["timestamp_unit"] = case["unit"]
+    if case["lateness"]:
+        kw["allowed_lateness"] = f"{case['lateness'] // case['step']}{case['unit']}"
+    fs = make_feature_set(feats, **kw)
+    names = fs.feature_names
+    queries = case["queries"]
+    want = _backfill_rows(fs, case, queries)
+    eng = fs.online()
+    feeder = Feeder(case, [eng])
+    errors = []
+    for i in sorted(range(len(queries)), key=lambda i: queries[i][1]):
+        k, t = queries[i]
+        feeder.advance_to(_needed(case["arrival"], t))
+        got = eng.get(k, at=_at(case, t))
+        for d in _diff(got, want[i], names):
+            errors.append(f"get({k!r}, at={t}) after {feeder.pos} arrivals: {d}")
+    assert not errors, "\n".join(errors[:20])
+
+
+def test_nanosecond_precision_of_at_and_row_times():
+    """pandas / NumPy instants keep their nanoseconds, in get(at=) and in row dicts."""
+    np = pytest.importorskip("numpy")
+    pd = pytest.importorskip("pandas")
+    feats = [Feat("count", None, 10, name="c"), Feat("time_since_last", None, None, name="tsl"),
+             Feat("sum", "x", 7, name="s7")]
+    fs = make_feature_set(feats)
+    events = [{"key": 1, "ts": BASE + i, "x": float(i)} for i in range(0, 30, 3)]
+    t = BASE + 31
+    want = fs.backfill(events_table(events, "int", "ts", "ns", columns=("x",)),
+                       spine_table([(1, t)], "int", "ts", "ns", extra=False)).to_pylist()[0]
+    assert want["c"] == 3 and want["s7"] == 27.0 + 24.0
+    engines = {"table": fs.online(history=events_table(events, "int", "ts", "ns", columns=("x",)))}
+    for name, conv in {"pd.Timestamp": lambda ns: pd.Timestamp(ns, unit="ns"),
+                       "np.datetime64": lambda ns: np.datetime64(ns, "ns")}.items():
+        eng = fs.online()
+        eng.ingest([{"key": 1, "ts": conv(e["ts"]), "x": e["x"]} for e in events])
+        engines[name] = eng
+    for ename, eng in engines.items():
+        for aname, at in {"np": np.datetime64(t, "ns"), "pd": pd.Timestamp(t, unit="ns"),
+                          "pd_utc": pd.Timestamp(t, unit="ns", tz="UTC")}.items():
+            assert not _diff(eng.get(1, at=at), want, fs.feature_names), (ename, aname)
+
+
+def test_key_kind_is_fixed_per_engine():
+    fs = make_feature_set([Feat("count", None, None, name="n")])
+    eng = fs.online()
+    eng.ingest(events_table([{"key": 1, "ts": BASE, "x": 1.0}], "int", "ts", "ns", columns=("x",)))
+    before = eng.stats()
+    with pytest.raises(rtml.SchemaError, match="key"):
+        eng.ingest(events_table([{"key": "a", "ts": BASE + S, "x": 1.0}], "str", "ts", "ns", columns=("x",)))
+    assert eng.stats() == before
+    with pytest.raises(rtml.SchemaError):
+        eng.get("1", at=ns_to_datetime(BASE + 2 * S))
+
+
+def test_get_many_edge_cases():
+    fs = make_feature_set([Feat("count", None, None, name="n"), Feat("sum", "x", None, name="s")])
+    eng = fs.online(history=events_table([{"key": 1, "ts": BASE, "x": 2.0}], "int", "ts", "ns", columns=("x",)))
+    at = ns_to_datetime(BASE + S)
+    empty = eng.get_many([], at=at)
+    assert empty.num_rows == 0 and empty.column_names == ["key", "n", "s"]
+    assert empty.schema.field("n").type == pa.int64() and empty.schema.field("s").type == pa.float64()
+    dup = eng.get_many([1, 2, 1], at=at).to_pylist()
+    assert [r["n"] for r in dup] == [1, 0, 1]
+    assert [r["s"] for r in dup] == [2.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize("form", ["shuffled_table", "pandas", "row_dicts"])
+def test_online_history_any_order_and_form(form):
+    """fs.online(history=events) bootstraps from a history in any row order: nothing is late,
+    and every answer equals backfill."""
+    import random
+
+    pd = pytest.importorskip("pandas")
+    events = [{"key": i % 4, "ts": BASE + (i * 7919 % 101) * S, "x": float(i % 13) - 6.0} for i in range(120)]
+    random.Random(3).shuffle(events)
+    feats = [Feat("sum", "x", 10 * S, name="s"), Feat("last", "x", None, name="l"),
+             Feat("var", "x", 30 * S, name="v"), Feat("count", None, None, name="n")]
+    fs = make_feature_set(feats)
+    tbl = events_table(events, "int", "ts", "ns", columns=("x",))
+    hist = {
+        "shuffled_table": lambda: tbl,
+        "pandas": lambda: tbl.to_pandas(),
+        "row_dicts": lambda: [{"key": e["key"], "ts": ns_to_datetime(e["ts"]), "x": e["x"]} for e in events],
+    }[form]()
+    eng = fs.online(history=hist)
+    assert eng.stats()["late_events_dropped"] == 0
+    assert eng.stats()["events_ingested"] == len(events)
+    t = BASE + 101 * S
+    want = fs.backfill(tbl, spine_table([(k, t) for k in range(5)], "int", "ts", "ns", extra=False)).to_pylist()
+    for k in range(5):
+        assert not _diff(eng.get(k, at=ns_to_datetime(t)), want[k], fs.feature_names), k
+
+
+def test_durations_as_timedelta():
+    import datetime as dt
+
+    fs1 = rtml.FeatureSet(entity="k", timestamp="t", features=[rtml.sum("v", window=dt.timedelta(hours=1))],
+                          allowed_lateness=dt.timedelta(seconds=10), ttl=dt.timedelta(days=7))
+    fs2 = rtml.FeatureSet(entity="k", timestamp="t", features=[rtml.sum("v", window="1h")],
+                          allowed_lateness="10s", ttl="7d")
+    assert fs1.to_json() == fs2.to_json()
+    assert fs1.feature_names == ["v_sum_1h"]
