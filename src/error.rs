@@ -39,12 +39,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn spec(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Spec { field: field.into(), message: message.into() }
+        Error::Spec {
+            field: field.into(),
+            message: message.into(),
+        }
     }
     pub fn schema(column: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Schema { column: column.into(), message: message.into() }
+        Error::Schema {
+            column: column.into(),
+            message: message.into(),
+        }
     }
     pub fn snapshot(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Snapshot { path: path.into(), message: message.into() }
+        Error::Snapshot {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }

@@ -42,7 +42,10 @@ fn decompose(x: f64) -> Option<(bool, u64, i32)> {
 
 impl ExactSum {
     pub fn new() -> Self {
-        ExactSum { exp: 0, limbs: SmallVec::new() }
+        ExactSum {
+            exp: 0,
+            limbs: SmallVec::new(),
+        }
     }
 
     #[inline]
@@ -239,7 +242,10 @@ impl ExactSum {
                 carry = c;
             }
         }
-        let mut out = ExactSum { exp, limbs: SmallVec::from_vec(mag) };
+        let mut out = ExactSum {
+            exp,
+            limbs: SmallVec::from_vec(mag),
+        };
         out.trim();
         out
     }
@@ -322,12 +328,16 @@ impl ExactSum {
         let i = mag.len() - 1;
         let hb = 63 - top_limb.leading_zeros() as i64;
         let h = 64 * i as i64 + hb; // bit index of the leading one
-        // 64-bit window whose bit 63 is bit h of the magnitude, and a sticky bit below it.
+                                    // 64-bit window whose bit 63 is bit h of the magnitude, and a sticky bit below it.
         let lo = h - 63;
         let window = if lo >= 0 {
             let (li, lb) = ((lo / 64) as usize, (lo % 64) as u32);
             let low = mag[li] >> lb;
-            let high = if lb == 0 || li + 1 >= mag.len() { 0 } else { mag[li + 1] << (64 - lb) };
+            let high = if lb == 0 || li + 1 >= mag.len() {
+                0
+            } else {
+                mag[li + 1] << (64 - lb)
+            };
             low | high
         } else {
             // fewer than 64 significant bits: they all sit in limb 0
@@ -356,7 +366,12 @@ impl ExactSum {
 
     /// Approximate heap + inline size in bytes.
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + if self.limbs.spilled() { 8 * self.limbs.capacity() } else { 0 }
+        std::mem::size_of::<Self>()
+            + if self.limbs.spilled() {
+                8 * self.limbs.capacity()
+            } else {
+                0
+            }
     }
 }
 
@@ -425,7 +440,10 @@ mod tests {
         assert_eq!(sum_of(&[0.1, 0.2]), 0.30000000000000004);
         assert_eq!(sum_of(&[1e100, 1.0, -1e100]), 1.0);
         assert_eq!(sum_of(&[-3.25, 1.0]), -2.25);
-        assert_eq!(sum_of(&[f64::MIN_POSITIVE / 8.0, f64::MIN_POSITIVE / 8.0]), f64::MIN_POSITIVE / 4.0);
+        assert_eq!(
+            sum_of(&[f64::MIN_POSITIVE / 8.0, f64::MIN_POSITIVE / 8.0]),
+            f64::MIN_POSITIVE / 4.0
+        );
         assert_eq!(sum_of(&[f64::MAX, f64::MAX]), f64::INFINITY);
         assert_eq!(sum_of(&[-f64::MAX, -f64::MAX]), f64::NEG_INFINITY);
         assert_eq!(sum_of(&[5e-324]), 5e-324);
@@ -438,7 +456,10 @@ mod tests {
         // 2^53 + 3 -> 2^53 + 4
         assert_eq!(sum_of(&[9007199254740992.0, 3.0]), 9007199254740996.0);
         // a tie broken by a tiny sticky bit
-        assert_eq!(sum_of(&[9007199254740992.0, 1.0, 1e-300]), 9007199254740994.0);
+        assert_eq!(
+            sum_of(&[9007199254740992.0, 1.0, 1e-300]),
+            9007199254740994.0
+        );
     }
 
     #[test]

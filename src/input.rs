@@ -71,7 +71,10 @@ pub enum StrArr<'a> {
     Utf8(&'a StringArray),
     Large(&'a LargeStringArray),
     View(&'a StringViewArray),
-    Dict { keys: Vec<usize>, values: Box<StrArr<'a>> },
+    Dict {
+        keys: Vec<usize>,
+        values: Box<StrArr<'a>>,
+    },
 }
 
 impl<'a> StrArr<'a> {
@@ -119,7 +122,12 @@ pub struct Events<'a> {
 
 impl<'a> Events<'a> {
     pub fn empty(n_columns: usize) -> Self {
-        Events { keys: Vec::new(), starts: Vec::new(), ts: Vec::new(), values: vec![Vec::new(); n_columns] }
+        Events {
+            keys: Vec::new(),
+            starts: Vec::new(),
+            ts: Vec::new(),
+            values: vec![Vec::new(); n_columns],
+        }
     }
     pub fn len(&self) -> usize {
         self.ts.len()
@@ -142,7 +150,12 @@ impl<'a> Events<'a> {
         }
     }
     /// Append the columns of one more batch.
-    pub fn push(&mut self, keys: KeyArr<'a>, ts: Vec<i64>, values: Vec<Vec<u64>>) -> Result<(), KeyArr<'a>> {
+    pub fn push(
+        &mut self,
+        keys: KeyArr<'a>,
+        ts: Vec<i64>,
+        values: Vec<Vec<u64>>,
+    ) -> Result<(), KeyArr<'a>> {
         if let Some(k) = self.key_is_int() {
             if k != keys.is_int() {
                 return Err(keys);
@@ -160,8 +173,16 @@ impl<'a> Events<'a> {
 
 fn column<'a>(batch: &'a RecordBatch, name: &str, what: &str) -> Result<&'a ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| {
-        let have: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
-        Error::schema(name, format!("not found in {what} (columns: {})", have.join(", ")))
+        let have: Vec<&str> = batch
+            .schema_ref()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        Error::schema(
+            name,
+            format!("not found in {what} (columns: {})", have.join(", ")),
+        )
     })
 }
 
@@ -220,7 +241,10 @@ fn str_arr<'a>(a: &'a dyn Array, name: &str) -> Result<Option<StrArr<'a>>> {
             let Some(values) = str_arr(values.as_ref(), name)? else {
                 return Ok(None);
             };
-            StrArr::Dict { keys, values: Box::new(values) }
+            StrArr::Dict {
+                keys,
+                values: Box::new(values),
+            }
         }
         _ => return Ok(None),
     }))
@@ -228,7 +252,10 @@ fn str_arr<'a>(a: &'a dyn Array, name: &str) -> Result<Option<StrArr<'a>>> {
 
 pub fn read_keys<'a>(a: &'a ArrayRef, name: &str, offset: usize) -> Result<KeyArr<'a>> {
     if let Some(i) = first_null(a.as_ref()) {
-        return Err(Error::schema(name, format!("null key at row {}", offset + i)));
+        return Err(Error::schema(
+            name,
+            format!("null key at row {}", offset + i),
+        ));
     }
     if let Some(v) = int_values(a.as_ref(), name)? {
         return Ok(KeyArr::Int(v));
@@ -236,7 +263,13 @@ pub fn read_keys<'a>(a: &'a ArrayRef, name: &str, offset: usize) -> Result<KeyAr
     if let Some(s) = str_arr(a.as_ref(), name)? {
         return Ok(KeyArr::Str(s));
     }
-    Err(Error::schema(name, format!("entity keys must be integers or strings, got {}", a.data_type())))
+    Err(Error::schema(
+        name,
+        format!(
+            "entity keys must be integers or strings, got {}",
+            a.data_type()
+        ),
+    ))
 }
 
 fn scale(v: &[i64], factor: i64, name: &str, offset: usize) -> Result<Vec<i64>> {
@@ -249,7 +282,10 @@ fn scale(v: &[i64], factor: i64, name: &str, offset: usize) -> Result<Vec<i64>> 
             x.checked_mul(factor).ok_or_else(|| {
                 Error::schema(
                     name,
-                    format!("timestamp at row {} is outside the representable range (years 1677..2262)", offset + i),
+                    format!(
+                        "timestamp at row {} is outside the representable range (years 1677..2262)",
+                        offset + i
+                    ),
                 )
             })
         })
@@ -259,7 +295,10 @@ fn scale(v: &[i64], factor: i64, name: &str, offset: usize) -> Result<Vec<i64>> 
 /// Read a time column as int64 nanoseconds since the epoch (UTC).
 pub fn read_times(a: &ArrayRef, name: &str, unit: Option<&str>, offset: usize) -> Result<Vec<i64>> {
     if let Some(i) = first_null(a.as_ref()) {
-        return Err(Error::schema(name, format!("null timestamp at row {}", offset + i)));
+        return Err(Error::schema(
+            name,
+            format!("null timestamp at row {}", offset + i),
+        ));
     }
     let factor = |u: &TimeUnit| match u {
         TimeUnit::Second => NS_PER_S,
@@ -326,13 +365,31 @@ pub fn check_number(x: f64, skip_nonfinite: bool, name: &str, row: usize) -> Res
     }
 }
 
-fn read_values(a: &ArrayRef, name: &str, kind: ColKind, skip: bool, offset: usize) -> Result<Vec<u64>> {
+fn read_values(
+    a: &ArrayRef,
+    name: &str,
+    kind: ColKind,
+    skip: bool,
+    offset: usize,
+) -> Result<Vec<u64>> {
     let n = a.len();
     let mut out = Vec::with_capacity(n);
     let floats: Option<Vec<f64>> = match a.data_type() {
         DataType::Float64 => Some(a.as_primitive::<Float64Type>().values().to_vec()),
-        DataType::Float32 => Some(a.as_primitive::<Float32Type>().values().iter().map(|&x| x as f64).collect()),
-        DataType::Float16 => Some(a.as_primitive::<Float16Type>().values().iter().map(|x| x.to_f64()).collect()),
+        DataType::Float32 => Some(
+            a.as_primitive::<Float32Type>()
+                .values()
+                .iter()
+                .map(|&x| x as f64)
+                .collect(),
+        ),
+        DataType::Float16 => Some(
+            a.as_primitive::<Float16Type>()
+                .values()
+                .iter()
+                .map(|x| x.to_f64())
+                .collect(),
+        ),
         DataType::Boolean => {
             let b = a.as_boolean();
             Some((0..n).map(|i| if b.value(i) { 1.0 } else { 0.0 }).collect())
@@ -360,14 +417,21 @@ fn read_values(a: &ArrayRef, name: &str, kind: ColKind, skip: bool, offset: usiz
             ));
         }
         for i in 0..n {
-            out.push(if a.is_null(i) { NULL } else { string_identity(s.get(i)) });
+            out.push(if a.is_null(i) {
+                NULL
+            } else {
+                string_identity(s.get(i))
+            });
         }
         return Ok(out);
     }
     if matches!(a.data_type(), DataType::Null) {
         return Ok(vec![NULL; n]);
     }
-    Err(Error::schema(name, format!("unsupported value type {}", a.data_type())))
+    Err(Error::schema(
+        name,
+        format!("unsupported value type {}", a.data_type()),
+    ))
 }
 
 /// Validate and convert event batches. Nothing is applied anywhere until all of them pass.
@@ -394,11 +458,20 @@ pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events
         )?;
         let mut values = Vec::with_capacity(plan.columns.len());
         for c in &plan.columns {
-            values.push(read_values(column(batch, &c.name, "events")?, &c.name, c.kind, spec.skip_nonfinite, offset)?);
+            values.push(read_values(
+                column(batch, &c.name, "events")?,
+                &c.name,
+                c.kind,
+                spec.skip_nonfinite,
+                offset,
+            )?);
         }
         offset += batch.num_rows();
         if events.push(keys, ts, values).is_err() {
-            return Err(Error::schema(&spec.entity, "key type changes between batches (integers and strings)"));
+            return Err(Error::schema(
+                &spec.entity,
+                "key type changes between batches (integers and strings)",
+            ));
         }
     }
     Ok(events)
@@ -415,7 +488,12 @@ pub fn read_spine<'a>(
     let mut offset = 0;
     for batch in batches {
         let k = read_keys(column(batch, key, "spine")?, key, offset)?;
-        let t = read_times(column(batch, time, "spine")?, time, plan.spec.timestamp_unit.as_deref(), offset)?;
+        let t = read_times(
+            column(batch, time, "spine")?,
+            time,
+            plan.spec.timestamp_unit.as_deref(),
+            offset,
+        )?;
         offset += batch.num_rows();
         out.push((k, t));
     }

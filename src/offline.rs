@@ -46,7 +46,10 @@ fn bucket(groups: &[u32], ts: &[i64], n_groups: usize) -> (Vec<usize>, Vec<Entry
     let mut entries = vec![Entry { ts: 0, idx: 0 }; starts[n_groups]];
     for (i, &g) in groups.iter().enumerate() {
         if g != NO_GROUP {
-            entries[fill[g as usize]] = Entry { ts: ts[i], idx: i as u32 };
+            entries[fill[g as usize]] = Entry {
+                ts: ts[i],
+                idx: i as u32,
+            };
             fill[g as usize] += 1;
         }
     }
@@ -90,14 +93,24 @@ pub fn backfill(
 ) -> Result<Vec<FeatureColumn>> {
     let n_spine: usize = spine.iter().map(|(_, t)| t.len()).sum();
     if events.len() >= u32::MAX as usize || n_spine >= u32::MAX as usize {
-        return Err(Error::schema(&plan.spec.entity, "more than 4 billion rows in one backfill: split it"));
+        return Err(Error::schema(
+            &plan.spec.entity,
+            "more than 4 billion rows in one backfill: split it",
+        ));
     }
-    if let (Some(ek), Some((sk, _))) = (events.key_is_int(), spine.iter().find(|(_, t)| !t.is_empty())) {
+    if let (Some(ek), Some((sk, _))) = (
+        events.key_is_int(),
+        spine.iter().find(|(_, t)| !t.is_empty()),
+    ) {
         if ek != sk.is_int() {
             let kind = |int: bool| if int { "integers" } else { "strings" };
             return Err(Error::schema(
                 &plan.spec.entity,
-                format!("spine keys are {} but event keys are {}", kind(sk.is_int()), kind(ek)),
+                format!(
+                    "spine keys are {} but event keys are {}",
+                    kind(sk.is_int()),
+                    kind(ek)
+                ),
             ));
         }
     }
@@ -134,7 +147,10 @@ pub fn backfill(
     }
     drop(spine_group);
     drop(spine_ts);
-    let shared = Out { ptr: out.as_mut_ptr(), rows: n_spine };
+    let shared = Out {
+        ptr: out.as_mut_ptr(),
+        rows: n_spine,
+    };
 
     let run_group = |g: usize| {
         let evs = &ev[ev_starts[g]..ev_starts[g + 1]];

@@ -69,7 +69,8 @@ impl Engine {
 
     /// The earliest instant every key can still be queried at.
     pub fn settle_point(&self) -> i64 {
-        self.watermark.saturating_sub(self.plan.spec.allowed_lateness)
+        self.watermark
+            .saturating_sub(self.plan.spec.allowed_lateness)
     }
 
     /// Check that a key kind matches what this engine holds.
@@ -79,7 +80,11 @@ impl Engine {
                 let kind = |int: bool| if int { "integer" } else { "string" };
                 Err(Error::schema(
                     &self.plan.spec.entity,
-                    format!("this engine holds {} keys, got {} keys", kind(k), kind(is_int)),
+                    format!(
+                        "this engine holds {} keys, got {} keys",
+                        kind(k),
+                        kind(is_int)
+                    ),
                 ))
             }
             _ => Ok(()),
@@ -108,7 +113,9 @@ impl Engine {
             }
             watermark = watermark.max(ts);
             let settle = watermark.saturating_sub(lateness);
-            let state = keys.entry_ref(&key).or_insert_with(|| KeyState::new(&plan, settle));
+            let state = keys
+                .entry_ref(&key)
+                .or_insert_with(|| KeyState::new(&plan, settle));
             state.settle(&plan, settle);
             for (c, v) in vals.iter_mut().enumerate() {
                 *v = events.values[c][i];
@@ -125,7 +132,9 @@ impl Engine {
 
     /// Evict keys idle for longer than the TTL (amortized: at most every ttl/4 of event time).
     fn maybe_sweep(&mut self) {
-        let Some(ttl) = self.plan.spec.ttl else { return };
+        let Some(ttl) = self.plan.spec.ttl else {
+            return;
+        };
         if self.watermark == i64::MIN {
             return;
         }
@@ -137,7 +146,9 @@ impl Engine {
 
     /// Evict every key whose latest event is older than `watermark - ttl`. Returns how many.
     pub fn evict_idle(&mut self) -> usize {
-        let Some(ttl) = self.plan.spec.ttl else { return 0 };
+        let Some(ttl) = self.plan.spec.ttl else {
+            return 0;
+        };
         let cutoff = self.watermark.saturating_sub(ttl);
         let before = self.keys.len();
         self.keys.retain(|_, s| s.last_ts >= cutoff);
@@ -170,7 +181,8 @@ impl Engine {
 
     /// Approximate bytes of online state: per-key state plus the hash table.
     pub fn state_bytes(&self) -> usize {
-        let table = self.keys.capacity() * (std::mem::size_of::<Key>() + std::mem::size_of::<KeyState>() + 1);
+        let table = self.keys.capacity()
+            * (std::mem::size_of::<Key>() + std::mem::size_of::<KeyState>() + 1);
         let keys: usize = self
             .keys
             .iter()

@@ -21,14 +21,31 @@ pub struct ColumnPlan {
 /// One accumulator inside a window group. `col` indexes [`Plan::columns`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum AccPlan {
-    NonNull { col: usize },
-    Moments { col: usize, squares: bool },
-    Extreme { col: usize, max: bool },
-    Distinct { col: usize },
-    Sketch { col: usize },
-    Decay { col: usize, half_life: i64 },
+    NonNull {
+        col: usize,
+    },
+    Moments {
+        col: usize,
+        squares: bool,
+    },
+    Extreme {
+        col: usize,
+        max: bool,
+    },
+    Distinct {
+        col: usize,
+    },
+    Sketch {
+        col: usize,
+    },
+    Decay {
+        col: usize,
+        half_life: i64,
+    },
     /// Lifetime windows only: earliest and latest (ts, value) of a column, or of any event.
-    Edges { col: Option<usize> },
+    Edges {
+        col: Option<usize>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -85,7 +102,10 @@ impl Plan {
                 }
                 i
             } else {
-                columns.push(ColumnPlan { name: name.to_string(), kind });
+                columns.push(ColumnPlan {
+                    name: name.to_string(),
+                    kind,
+                });
                 columns.len() - 1
             }
         };
@@ -95,12 +115,22 @@ impl Plan {
             let g = match groups.iter().position(|g| g.window == f.window) {
                 Some(g) => g,
                 None => {
-                    groups.push(GroupPlan { window: f.window, accs: Vec::new() });
+                    groups.push(GroupPlan {
+                        window: f.window,
+                        accs: Vec::new(),
+                    });
                     groups.len() - 1
                 }
             };
             let col = f.column.as_deref().map(|c| {
-                col_index(c, if f.agg.is_numeric() { ColKind::Numeric } else { ColKind::Any })
+                col_index(
+                    c,
+                    if f.agg.is_numeric() {
+                        ColKind::Numeric
+                    } else {
+                        ColKind::Any
+                    },
+                )
             });
             let lifetime = f.window.is_none();
             let group = &mut groups[g];
@@ -125,10 +155,22 @@ impl Plan {
             let kind = match (&f.agg, col) {
                 (Agg::Count, None) => OutKind::Count,
                 (Agg::Count, Some(c)) => OutKind::CountCol(acc(AccPlan::NonNull { col: c })),
-                (Agg::Sum, Some(c)) => OutKind::Sum(acc(AccPlan::Moments { col: c, squares: false })),
-                (Agg::Mean, Some(c)) => OutKind::Mean(acc(AccPlan::Moments { col: c, squares: false })),
-                (Agg::Var, Some(c)) => OutKind::Var(acc(AccPlan::Moments { col: c, squares: true })),
-                (Agg::Std, Some(c)) => OutKind::Std(acc(AccPlan::Moments { col: c, squares: true })),
+                (Agg::Sum, Some(c)) => OutKind::Sum(acc(AccPlan::Moments {
+                    col: c,
+                    squares: false,
+                })),
+                (Agg::Mean, Some(c)) => OutKind::Mean(acc(AccPlan::Moments {
+                    col: c,
+                    squares: false,
+                })),
+                (Agg::Var, Some(c)) => OutKind::Var(acc(AccPlan::Moments {
+                    col: c,
+                    squares: true,
+                })),
+                (Agg::Std, Some(c)) => OutKind::Std(acc(AccPlan::Moments {
+                    col: c,
+                    squares: true,
+                })),
                 (Agg::Min, Some(c)) => OutKind::Min(acc(AccPlan::Extreme { col: c, max: false })),
                 (Agg::Max, Some(c)) => OutKind::Max(acc(AccPlan::Extreme { col: c, max: true })),
                 (Agg::First, Some(c)) => OutKind::First {
@@ -139,21 +181,42 @@ impl Plan {
                     col: c,
                     edges: lifetime.then(|| acc(AccPlan::Edges { col: Some(c) })),
                 },
-                (Agg::DistinctCount, Some(c)) => OutKind::Distinct(acc(AccPlan::Distinct { col: c })),
-                (Agg::Quantile(q), Some(c)) => OutKind::Quantile(acc(AccPlan::Sketch { col: c }), *q),
-                (Agg::DecayedSum(h), Some(c)) => {
-                    OutKind::Decayed(acc(AccPlan::Decay { col: c, half_life: *h }))
+                (Agg::DistinctCount, Some(c)) => {
+                    OutKind::Distinct(acc(AccPlan::Distinct { col: c }))
                 }
+                (Agg::Quantile(q), Some(c)) => {
+                    OutKind::Quantile(acc(AccPlan::Sketch { col: c }), *q)
+                }
+                (Agg::DecayedSum(h), Some(c)) => OutKind::Decayed(acc(AccPlan::Decay {
+                    col: c,
+                    half_life: *h,
+                })),
                 (Agg::TimeSinceLast, _) => OutKind::TimeSinceLast {
                     edges: lifetime.then(|| acc(AccPlan::Edges { col: None })),
                 },
                 // Spec validation guarantees a column for every other aggregation.
                 (_, None) => OutKind::Count,
             };
-            outputs.push(Output { group: g, kind, integer: f.agg.is_integer() });
+            outputs.push(Output {
+                group: g,
+                kind,
+                integer: f.agg.is_integer(),
+            });
         }
-        let max_window = spec.features.iter().filter_map(|f| f.window).max().unwrap_or(0);
-        let mut plan = Plan { spec, columns, groups, outputs, max_window, empty: Vec::new() };
+        let max_window = spec
+            .features
+            .iter()
+            .filter_map(|f| f.window)
+            .max()
+            .unwrap_or(0);
+        let mut plan = Plan {
+            spec,
+            columns,
+            groups,
+            outputs,
+            max_window,
+            empty: Vec::new(),
+        };
         plan.empty = crate::state::KeyState::new(&plan, i64::MIN).evaluate(&plan, 0);
         plan
     }

@@ -46,11 +46,16 @@ struct Body {
 }
 
 fn options() -> impl Options {
-    bincode::DefaultOptions::new().with_little_endian().with_varint_encoding()
+    bincode::DefaultOptions::new()
+        .with_little_endian()
+        .with_varint_encoding()
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub fn write(engine: &Engine, path: &Path) -> Result<()> {
@@ -77,7 +82,10 @@ pub fn write(engine: &Engine, path: &Path) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| -> Result<()> {
         let mut f = File::create(&tmp).map_err(io(path))?;
@@ -101,7 +109,9 @@ pub fn read(path: &Path) -> Result<Engine> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let bad = |m: &str| Error::snapshot(path, m);
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
-        return Err(bad("not an rtml snapshot (bad magic bytes or file too short)"));
+        return Err(bad(
+            "not an rtml snapshot (bad magic bytes or file too short)",
+        ));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().map_err(|_| bad("bad header"))?);
     if version > SNAPSHOT_VERSION {
@@ -119,7 +129,10 @@ pub fn read(path: &Path) -> Result<Engine> {
     if payload.len() as u64 != len {
         return Err(Error::snapshot(
             path,
-            format!("truncated or extended: header says {len} payload bytes, file has {}", payload.len()),
+            format!(
+                "truncated or extended: header says {len} payload bytes, file has {}",
+                payload.len()
+            ),
         ));
     }
     if crc32fast::hash(payload) != crc {

@@ -152,7 +152,10 @@ fn get_str(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Option<St
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(Error::spec(field, format!("expected a string, got {other}"))),
+        Some(other) => Err(Error::spec(
+            field,
+            format!("expected a string, got {other}"),
+        )),
     }
 }
 
@@ -198,16 +201,22 @@ impl Spec {
             Some(Value::String(f)) if f == FORMAT => {}
             None => {}
             Some(other) => {
-                return Err(Error::spec("format", format!("expected {FORMAT:?}, got {other}")))
+                return Err(Error::spec(
+                    "format",
+                    format!("expected {FORMAT:?}, got {other}"),
+                ))
             }
         }
         let version = match obj.get("version") {
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .ok_or_else(|| Error::spec("version", format!("expected a positive integer, got {n}")))?,
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
+                Error::spec("version", format!("expected a positive integer, got {n}"))
+            })?,
             None => return Err(Error::spec("version", "is required")),
             Some(other) => {
-                return Err(Error::spec("version", format!("expected an integer, got {other}")))
+                return Err(Error::spec(
+                    "version",
+                    format!("expected an integer, got {other}"),
+                ))
             }
         };
         if version > VERSION {
@@ -263,13 +272,24 @@ impl Spec {
             _ => return Err(Error::spec("features", "is required (a list of features)")),
         };
         if feats.is_empty() {
-            return Err(Error::spec("features", "a feature set needs at least one feature"));
+            return Err(Error::spec(
+                "features",
+                "a feature set needs at least one feature",
+            ));
         }
         let mut features = Vec::with_capacity(feats.len());
         for (i, f) in feats.iter().enumerate() {
             features.push(parse_feature(f, &format!("features[{i}]"))?);
         }
-        let spec = Spec { entity, timestamp, timestamp_unit, allowed_lateness, ttl, skip_nonfinite, features };
+        let spec = Spec {
+            entity,
+            timestamp,
+            timestamp_unit,
+            allowed_lateness,
+            ttl,
+            skip_nonfinite,
+            features,
+        };
         spec.validate()?;
         Ok(spec)
     }
@@ -280,18 +300,29 @@ impl Spec {
             if !seen.insert(f.name.as_str()) {
                 return Err(Error::spec(
                     format!("features[{i}].name"),
-                    format!("duplicate feature name {:?}: give one of them name=...", f.name),
+                    format!(
+                        "duplicate feature name {:?}: give one of them name=...",
+                        f.name
+                    ),
                 ));
             }
             if f.name == self.entity || f.name == self.timestamp {
                 return Err(Error::spec(
                     format!("features[{i}].name"),
-                    format!("feature name {:?} collides with the entity or timestamp column", f.name),
+                    format!(
+                        "feature name {:?} collides with the entity or timestamp column",
+                        f.name
+                    ),
                 ));
             }
         }
         if let Some(ttl) = self.ttl {
-            let max_w = self.features.iter().filter_map(|f| f.window).max().unwrap_or(0);
+            let max_w = self
+                .features
+                .iter()
+                .filter_map(|f| f.window)
+                .max()
+                .unwrap_or(0);
             if ttl < max_w.saturating_add(self.allowed_lateness) {
                 return Err(Error::spec(
                     "ttl",
@@ -357,7 +388,11 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
     let obj = value
         .as_object()
         .ok_or_else(|| Error::spec(field, "expected a JSON object"))?;
-    check_keys(obj, &["agg", "column", "window", "name", "q", "half_life"], field)?;
+    check_keys(
+        obj,
+        &["agg", "column", "window", "name", "q", "half_life"],
+        field,
+    )?;
     let agg_name = req_str(obj, "agg", &format!("{field}.agg"))?;
     let column = get_str(obj, "column", &format!("{field}.column"))?;
     let window = get_duration(obj, "window", &format!("{field}.window"))?;
@@ -378,33 +413,52 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
         "distinct_count" => Agg::DistinctCount,
         "time_since_last" => Agg::TimeSinceLast,
         "quantile" => {
-            let q = obj
-                .get("q")
-                .and_then(Value::as_f64)
-                .ok_or_else(|| Error::spec(format!("{field}.q"), "quantile needs q, a number in [0, 1]"))?;
+            let q = obj.get("q").and_then(Value::as_f64).ok_or_else(|| {
+                Error::spec(format!("{field}.q"), "quantile needs q, a number in [0, 1]")
+            })?;
             if !(0.0..=1.0).contains(&q) {
-                return Err(Error::spec(format!("{field}.q"), format!("q must be in [0, 1], got {q}")));
+                return Err(Error::spec(
+                    format!("{field}.q"),
+                    format!("q must be in [0, 1], got {q}"),
+                ));
             }
             Agg::Quantile(q)
         }
         "decayed_sum" => {
-            let h = get_duration(obj, "half_life", &format!("{field}.half_life"))?.ok_or_else(|| {
-                Error::spec(format!("{field}.half_life"), "decayed_sum needs half_life, e.g. '1h'")
-            })?;
+            let h = get_duration(obj, "half_life", &format!("{field}.half_life"))?.ok_or_else(
+                || {
+                    Error::spec(
+                        format!("{field}.half_life"),
+                        "decayed_sum needs half_life, e.g. '1h'",
+                    )
+                },
+            )?;
             if h > i64::MAX / 64 {
-                return Err(Error::spec(format!("{field}.half_life"), "half_life is too large"));
+                return Err(Error::spec(
+                    format!("{field}.half_life"),
+                    "half_life is too large",
+                ));
             }
             Agg::DecayedSum(h)
         }
         other => {
             return Err(Error::spec(
                 format!("{field}.agg"),
-                format!("unknown aggregation {other:?} (expected one of: {})", AGG_NAMES.join(", ")),
+                format!(
+                    "unknown aggregation {other:?} (expected one of: {})",
+                    AGG_NAMES.join(", ")
+                ),
             ))
         }
     };
-    if agg != Agg::Quantile(0.0) && !matches!(agg, Agg::Quantile(_)) && obj.get("q").is_some_and(|v| !v.is_null()) {
-        return Err(Error::spec(format!("{field}.q"), format!("q applies to quantile, not {agg_name}")));
+    if agg != Agg::Quantile(0.0)
+        && !matches!(agg, Agg::Quantile(_))
+        && obj.get("q").is_some_and(|v| !v.is_null())
+    {
+        return Err(Error::spec(
+            format!("{field}.q"),
+            format!("q applies to quantile, not {agg_name}"),
+        ));
     }
     match (&agg, &column) {
         (Agg::Count | Agg::TimeSinceLast, _) => {}
@@ -417,14 +471,25 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
         _ => {}
     }
     if agg == Agg::TimeSinceLast && column.is_some() {
-        return Err(Error::spec(format!("{field}.column"), "time_since_last takes no column"));
+        return Err(Error::spec(
+            format!("{field}.column"),
+            "time_since_last takes no column",
+        ));
     }
     let name = match get_str(obj, "name", &format!("{field}.name"))? {
-        Some(n) if n.is_empty() => return Err(Error::spec(format!("{field}.name"), "must not be empty")),
+        Some(n) if n.is_empty() => {
+            return Err(Error::spec(format!("{field}.name"), "must not be empty"))
+        }
         Some(n) => n,
         None => default_name(&agg, column.as_deref(), window_label.as_deref()),
     };
-    Ok(Feature { name, agg, column, window, window_label })
+    Ok(Feature {
+        name,
+        agg,
+        column,
+        window,
+        window_label,
+    })
 }
 
 #[cfg(test)]
@@ -436,15 +501,24 @@ mod tests {
         let h = Some("1h");
         assert_eq!(default_name(&Agg::Count, None, h), "count_1h");
         assert_eq!(default_name(&Agg::Sum, Some("fare"), h), "fare_sum_1h");
-        assert_eq!(default_name(&Agg::Quantile(0.9), Some("fare"), h), "fare_p90_1h");
-        assert_eq!(default_name(&Agg::Quantile(0.999), Some("x"), None), "x_p99_9");
+        assert_eq!(
+            default_name(&Agg::Quantile(0.9), Some("fare"), h),
+            "fare_p90_1h"
+        );
+        assert_eq!(
+            default_name(&Agg::Quantile(0.999), Some("x"), None),
+            "x_p99_9"
+        );
         assert_eq!(default_name(&Agg::Quantile(0.05), Some("x"), None), "x_p5");
         assert_eq!(default_name(&Agg::Quantile(1.0), Some("x"), None), "x_p100");
         assert_eq!(
             default_name(&Agg::DistinctCount, Some("driver_id"), Some("24h")),
             "driver_id_distinct_count_24h"
         );
-        assert_eq!(default_name(&Agg::TimeSinceLast, None, None), "time_since_last");
+        assert_eq!(
+            default_name(&Agg::TimeSinceLast, None, None),
+            "time_since_last"
+        );
         assert_eq!(duration_label("5400000000000ns", 5_400_000_000_000), "90m");
         assert_eq!(duration_label("1h30m", 5_400_000_000_000), "90m");
         assert_eq!(duration_label(" 24h", 86_400_000_000_000), "24h");
@@ -457,7 +531,10 @@ mod tests {
                          {"agg": "quantile", "column": "v", "q": 0.5},
                          {"agg": "decayed_sum", "column": "v", "half_life": "1h", "window": "1d"}]}"#;
         let spec = Spec::from_json(doc).unwrap();
-        assert_eq!(spec.feature_names(), ["v_sum_90m", "v_p50", "v_decayed_sum_hl1h_1d"]);
+        assert_eq!(
+            spec.feature_names(),
+            ["v_sum_90m", "v_p50", "v_decayed_sum_hl1h_1d"]
+        );
         let again = Spec::from_json(&spec.to_json()).unwrap();
         assert_eq!(spec, again);
     }
@@ -474,7 +551,10 @@ mod tests {
             r#"{"version": 1, "entity": "k", "timestamp": "t", "features": [{"agg": "quantile", "column": "v", "q": 1.5}]}"#,
         ];
         for doc in bad {
-            assert!(matches!(Spec::from_json(doc), Err(Error::Spec { .. })), "{doc}");
+            assert!(
+                matches!(Spec::from_json(doc), Err(Error::Spec { .. })),
+                "{doc}"
+            );
         }
     }
 }

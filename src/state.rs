@@ -48,7 +48,12 @@ pub struct Buf {
 
 impl Buf {
     fn new(stride: usize) -> Buf {
-        Buf { stride, data: Vec::new(), off: 0, base: 0 }
+        Buf {
+            stride,
+            data: Vec::new(),
+            off: 0,
+            base: 0,
+        }
     }
     #[inline]
     pub fn len(&self) -> usize {
@@ -121,7 +126,10 @@ impl Buf {
             self.data.push(ts as u64);
             self.data.extend_from_slice(values);
         } else {
-            self.data.splice(at..at, std::iter::once(ts as u64).chain(values.iter().copied()));
+            self.data.splice(
+                at..at,
+                std::iter::once(ts as u64).chain(values.iter().copied()),
+            );
         }
     }
     /// Drop live rows before absolute position `abs`.
@@ -193,25 +201,45 @@ fn total_lt(a: (i64, f64), b: (i64, f64)) -> bool {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Acc {
     NonNull(i64),
-    Moments { n: i64, s1: ExactSum, s2: ExactSum },
+    Moments {
+        n: i64,
+        s1: ExactSum,
+        s2: ExactSum,
+    },
     /// Monotonic deque of (ts, value): increasing values for min, decreasing for max.
     Extreme(VecDeque<(i64, f64)>),
     Distinct(HashMap<u64, u32>),
-    Sketch { n: i64, buckets: BTreeMap<i32, u32> },
+    Sketch {
+        n: i64,
+        buckets: BTreeMap<i32, u32>,
+    },
     Decay(BTreeMap<i64, ExactSum>),
-    Edges { first: Option<(i64, f64)>, last: Option<(i64, f64)> },
+    Edges {
+        first: Option<(i64, f64)>,
+        last: Option<(i64, f64)>,
+    },
 }
 
 impl Acc {
     fn new(p: &AccPlan) -> Acc {
         match p {
             AccPlan::NonNull { .. } => Acc::NonNull(0),
-            AccPlan::Moments { .. } => Acc::Moments { n: 0, s1: ExactSum::new(), s2: ExactSum::new() },
+            AccPlan::Moments { .. } => Acc::Moments {
+                n: 0,
+                s1: ExactSum::new(),
+                s2: ExactSum::new(),
+            },
             AccPlan::Extreme { .. } => Acc::Extreme(VecDeque::new()),
             AccPlan::Distinct { .. } => Acc::Distinct(HashMap::new()),
-            AccPlan::Sketch { .. } => Acc::Sketch { n: 0, buckets: BTreeMap::new() },
+            AccPlan::Sketch { .. } => Acc::Sketch {
+                n: 0,
+                buckets: BTreeMap::new(),
+            },
             AccPlan::Decay { .. } => Acc::Decay(BTreeMap::new()),
-            AccPlan::Edges { .. } => Acc::Edges { first: None, last: None },
+            AccPlan::Edges { .. } => Acc::Edges {
+                first: None,
+                last: None,
+            },
         }
     }
 
@@ -333,7 +361,9 @@ impl Acc {
         let base = std::mem::size_of::<Acc>();
         base + match self {
             Acc::NonNull(_) => 0,
-            Acc::Moments { s1, s2, .. } => s1.bytes() + s2.bytes() - 2 * std::mem::size_of::<ExactSum>(),
+            Acc::Moments { s1, s2, .. } => {
+                s1.bytes() + s2.bytes() - 2 * std::mem::size_of::<ExactSum>()
+            }
             Acc::Extreme(dq) => dq.capacity() * 16,
             Acc::Distinct(m) => m.capacity() * 13 + 16,
             Acc::Sketch { buckets, .. } => buckets.len() * 24,
@@ -369,7 +399,11 @@ impl KeyState {
             groups: plan
                 .groups
                 .iter()
-                .map(|g| Group { lo: 0, hi: 0, accs: g.accs.iter().map(Acc::new).collect() })
+                .map(|g| Group {
+                    lo: 0,
+                    hi: 0,
+                    accs: g.accs.iter().map(Acc::new).collect(),
+                })
                 .collect(),
         }
     }
@@ -557,11 +591,18 @@ impl KeyState {
                     }
                 }
                 OutKind::Last { col, edges } => {
-                    let v = scan_last(buf, if edges.is_some() { a0 } else { lo_q }, hi_q, Some(*col));
+                    let v = scan_last(
+                        buf,
+                        if edges.is_some() { a0 } else { lo_q },
+                        hi_q,
+                        Some(*col),
+                    );
                     match (v, edges) {
                         (Some((_, v)), _) => v,
                         (None, Some(e)) => match &g.accs[*e] {
-                            Acc::Edges { last: Some((_, v)), .. } => *v,
+                            Acc::Edges {
+                                last: Some((_, v)), ..
+                            } => *v,
                             _ => f64::NAN,
                         },
                         (None, None) => f64::NAN,
@@ -573,7 +614,10 @@ impl KeyState {
                         Some(buf.ts(hi_q - 1))
                     } else {
                         match edges.map(|e| &g.accs[e]) {
-                            Some(Acc::Edges { last: Some((ts, _)), .. }) => Some(*ts),
+                            Some(Acc::Edges {
+                                last: Some((ts, _)),
+                                ..
+                            }) => Some(*ts),
                             _ => None,
                         }
                     };
@@ -610,7 +654,10 @@ impl KeyState {
     /// against documents that decode but were not written by this engine).
     pub fn consistent_with(&self, plan: &Plan) -> bool {
         let b = &self.buf;
-        if b.stride != 1 + plan.columns.len() || b.data.len() % b.stride != 0 || b.off > b.data.len() / b.stride {
+        if b.stride != 1 + plan.columns.len()
+            || b.data.len() % b.stride != 0
+            || b.off > b.data.len() / b.stride
+        {
             return false;
         }
         let end = b.end();
@@ -619,7 +666,9 @@ impl KeyState {
             return false;
         }
         self.groups.iter().zip(&plan.groups).all(|(g, gp)| {
-            let bounds = g.lo <= g.hi && g.hi <= end && (gp.window.is_none() || g.lo >= b.base)
+            let bounds = g.lo <= g.hi
+                && g.hi <= end
+                && (gp.window.is_none() || g.lo >= b.base)
                 && (gp.window.is_some() || g.hi >= b.base);
             bounds
                 && g.accs.len() == gp.accs.len()
@@ -645,7 +694,9 @@ impl KeyState {
             + self
                 .groups
                 .iter()
-                .map(|g| std::mem::size_of::<Group>() + g.accs.iter().map(Acc::bytes).sum::<usize>())
+                .map(|g| {
+                    std::mem::size_of::<Group>() + g.accs.iter().map(Acc::bytes).sum::<usize>()
+                })
                 .sum::<usize>()
     }
 }

@@ -48,6 +48,8 @@ def to_table(data: Any, what: str = "events") -> pa.Table:
         return pa.concat_tables([_read_path(d) for d in data], promote_options="default")
     if isinstance(data, dict):
         return pa.table(data)
+    if isinstance(data, (list, tuple)) and data and all(isinstance(d, dict) for d in data):
+        return pa.Table.from_pylist(list(data))
     module = type(data).__module__.split(".")[0]
     if module == "pandas":
         return pa.Table.from_pandas(data, preserve_index=False)

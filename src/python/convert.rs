@@ -1,7 +1,10 @@
 //! Python values -> engine values: keys, instants, and event rows given as dicts.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDate, PyDateAccess, PyDateTime, PyDict, PyFloat, PyInt, PyString, PyTimeAccess, PyTzInfoAccess};
+use pyo3::types::{
+    PyBool, PyDate, PyDateAccess, PyDateTime, PyDict, PyFloat, PyInt, PyString, PyTimeAccess,
+    PyTzInfoAccess,
+};
 
 use crate::error::{Error, Result};
 use crate::input::{check_number, string_identity, Events, KeyArr, KeyRef};
@@ -26,19 +29,32 @@ impl PyKey {
 
 pub fn key(obj: &Bound<'_, PyAny>, entity: &str) -> Result<PyKey> {
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(PyKey::Str(s.to_str().map_err(|e| Error::schema(entity, e.to_string()))?.to_string()));
+        return Ok(PyKey::Str(
+            s.to_str()
+                .map_err(|e| Error::schema(entity, e.to_string()))?
+                .to_string(),
+        ));
     }
     if obj.is_instance_of::<PyBool>() || obj.is_none() {
-        return Err(Error::schema(entity, format!("keys must be int or str, got {}", type_name(obj))));
+        return Err(Error::schema(
+            entity,
+            format!("keys must be int or str, got {}", type_name(obj)),
+        ));
     }
     match obj.extract::<i64>() {
         Ok(i) => Ok(PyKey::Int(i)),
-        Err(_) => Err(Error::schema(entity, format!("keys must be int or str, got {}", type_name(obj)))),
+        Err(_) => Err(Error::schema(
+            entity,
+            format!("keys must be int or str, got {}", type_name(obj)),
+        )),
     }
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
@@ -55,7 +71,12 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// An instant from Python: datetime / date / pandas.Timestamp / numpy.datetime64 / ISO string,
 /// or an int in the feature set's timestamp unit. Returns ns since the epoch (UTC).
 pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Result<i64> {
-    let range = || Error::schema(field, "instant outside the representable range (years 1677..2262)");
+    let range = || {
+        Error::schema(
+            field,
+            "instant outside the representable range (years 1677..2262)",
+        )
+    };
     let py_err = |e: PyErr| Error::schema(field, e.to_string());
     if let Ok(dt) = obj.cast::<PyDateTime>() {
         // pandas.Timestamp carries exact nanoseconds in `.value` (UTC for tz-aware ones).
@@ -66,8 +87,15 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
                 }
             }
         }
-        let days = days_from_civil(dt.get_year() as i64, dt.get_month() as i64, dt.get_day() as i64);
-        let secs = days * 86_400 + dt.get_hour() as i64 * 3600 + dt.get_minute() as i64 * 60 + dt.get_second() as i64;
+        let days = days_from_civil(
+            dt.get_year() as i64,
+            dt.get_month() as i64,
+            dt.get_day() as i64,
+        );
+        let secs = days * 86_400
+            + dt.get_hour() as i64 * 3600
+            + dt.get_minute() as i64 * 60
+            + dt.get_second() as i64;
         let mut ns = secs
             .checked_mul(NS_PER_S)
             .and_then(|v| v.checked_add(dt.get_microsecond() as i64 * NS_PER_US))
@@ -75,7 +103,11 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
         if dt.get_tzinfo().is_some() {
             let off = obj.call_method0("utcoffset").map_err(py_err)?;
             if !off.is_none() {
-                let total: f64 = off.call_method0("total_seconds").map_err(py_err)?.extract().map_err(py_err)?;
+                let total: f64 = off
+                    .call_method0("total_seconds")
+                    .map_err(py_err)?
+                    .extract()
+                    .map_err(py_err)?;
                 let us = (total * 1e6).round() as i64;
                 ns = ns.checked_sub(us * NS_PER_US).ok_or_else(range)?;
             }
@@ -83,7 +115,11 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
         return Ok(ns);
     }
     if let Ok(d) = obj.cast::<PyDate>() {
-        let days = days_from_civil(d.get_year() as i64, d.get_month() as i64, d.get_day() as i64);
+        let days = days_from_civil(
+            d.get_year() as i64,
+            d.get_month() as i64,
+            d.get_day() as i64,
+        );
         return days.checked_mul(86_400 * NS_PER_S).ok_or_else(range);
     }
     if obj.is_instance_of::<PyInt>() && !obj.is_instance_of::<PyBool>() {
@@ -120,7 +156,10 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
     if obj.is_none() {
         return Err(Error::schema(field, "null timestamp"));
     }
-    Err(Error::schema(field, format!("expected a datetime, date, ISO string or integer, got {tname}")))
+    Err(Error::schema(
+        field,
+        format!("expected a datetime, date, ISO string or integer, got {tname}"),
+    ))
 }
 
 /// One value cell from Python.
@@ -130,20 +169,35 @@ fn value(obj: &Bound<'_, PyAny>, kind: ColKind, skip: bool, name: &str, row: usi
     }
     if let Ok(s) = obj.cast::<PyString>() {
         if kind == ColKind::Numeric {
-            return Err(Error::schema(name, format!("row {row}: got a string, this column needs numbers")));
+            return Err(Error::schema(
+                name,
+                format!("row {row}: got a string, this column needs numbers"),
+            ));
         }
-        return Ok(string_identity(s.to_str().map_err(|e| Error::schema(name, e.to_string()))?));
+        return Ok(string_identity(
+            s.to_str().map_err(|e| Error::schema(name, e.to_string()))?,
+        ));
     }
     let x: f64 = if let Ok(f) = obj.cast::<PyFloat>() {
         f.value()
     } else if obj.is_instance_of::<PyBool>() {
-        if obj.is_truthy().unwrap_or(false) { 1.0 } else { 0.0 }
+        if obj.is_truthy().unwrap_or(false) {
+            1.0
+        } else {
+            0.0
+        }
     } else if let Ok(i) = obj.extract::<i64>() {
         i as f64
     } else if let Ok(f) = obj.extract::<f64>() {
         f
     } else {
-        return Err(Error::schema(name, format!("row {row}: expected a number, string or None, got {}", type_name(obj))));
+        return Err(Error::schema(
+            name,
+            format!(
+                "row {row}: expected a number, string or None, got {}",
+                type_name(obj)
+            ),
+        ));
     };
     Ok(match check_number(x, skip, name, row)? {
         Some(x) => x.to_bits(),
@@ -160,27 +214,54 @@ pub fn rows<'py>(plan: &Plan, rows: &[Bound<'py, PyAny>]) -> Result<Events<'stat
     let mut ts = Vec::with_capacity(n);
     let mut values: Vec<Vec<u64>> = vec![Vec::with_capacity(n); plan.columns.len()];
     for (i, row) in rows.iter().enumerate() {
-        let d = row
-            .cast::<PyDict>()
-            .map_err(|_| Error::schema(&spec.entity, format!("row {i}: expected a dict, got {}", type_name(row))))?;
+        let d = row.cast::<PyDict>().map_err(|_| {
+            Error::schema(
+                &spec.entity,
+                format!("row {i}: expected a dict, got {}", type_name(row)),
+            )
+        })?;
         let get = |name: &str| -> Result<Bound<'py, PyAny>> {
             d.get_item(name)
                 .map_err(|e| Error::schema(name, e.to_string()))?
-                .ok_or_else(|| Error::schema(name, format!("missing from row {i} (use None for a null value)")))
+                .ok_or_else(|| {
+                    Error::schema(
+                        name,
+                        format!("missing from row {i} (use None for a null value)"),
+                    )
+                })
         };
         match key(&get(&spec.entity)?, &spec.entity)? {
             PyKey::Int(k) if strs.is_empty() => ints.push(k),
             PyKey::Str(k) if ints.is_empty() => strs.push(k),
-            _ => return Err(Error::schema(&spec.entity, format!("row {i}: mixes integer and string keys"))),
+            _ => {
+                return Err(Error::schema(
+                    &spec.entity,
+                    format!("row {i}: mixes integer and string keys"),
+                ))
+            }
         }
-        ts.push(instant(&get(&spec.timestamp)?, spec.timestamp_unit.as_deref(), &spec.timestamp)?);
+        ts.push(instant(
+            &get(&spec.timestamp)?,
+            spec.timestamp_unit.as_deref(),
+            &spec.timestamp,
+        )?);
         for (c, col) in plan.columns.iter().enumerate() {
-            values[c].push(value(&get(&col.name)?, col.kind, spec.skip_nonfinite, &col.name, i)?);
+            values[c].push(value(
+                &get(&col.name)?,
+                col.kind,
+                spec.skip_nonfinite,
+                &col.name,
+                i,
+            )?);
         }
     }
     let mut events = Events::empty(plan.columns.len());
     if n > 0 {
-        let keys = if ints.is_empty() { KeyArr::Owned(strs) } else { KeyArr::Int(ints) };
+        let keys = if ints.is_empty() {
+            KeyArr::Owned(strs)
+        } else {
+            KeyArr::Int(ints)
+        };
         let _ = events.push(keys, ts, values);
     }
     Ok(events)

@@ -41,8 +41,17 @@ fn now_ns() -> i64 {
 impl OnlineEngine {
     fn from_engine(py: Python<'_>, engine: Engine) -> OnlineEngine {
         let plan = Arc::clone(&engine.plan);
-        let names = plan.spec.features.iter().map(|f| PyString::intern(py, &f.name).unbind()).collect();
-        OnlineEngine { inner: RwLock::new(engine), plan, names }
+        let names = plan
+            .spec
+            .features
+            .iter()
+            .map(|f| PyString::intern(py, &f.name).unbind())
+            .collect();
+        OnlineEngine {
+            inner: RwLock::new(engine),
+            plan,
+            names,
+        }
     }
 
     fn read(&self, py: Python<'_>) -> RwLockReadGuard<'_, Engine> {
@@ -92,7 +101,11 @@ impl OnlineEngine {
     /// `OnlineEngine(feature_set)`: an empty engine for a FeatureSet, `_core.Spec` or JSON text.
     #[new]
     fn new(py: Python<'_>, spec: &Bound<'_, PyAny>) -> PyResult<OnlineEngine> {
-        let spec_obj = if spec.hasattr("_spec")? { spec.getattr("_spec")? } else { spec.clone() };
+        let spec_obj = if spec.hasattr("_spec")? {
+            spec.getattr("_spec")?
+        } else {
+            spec.clone()
+        };
         let plan = if let Ok(s) = spec_obj.cast::<PySpec>() {
             Arc::clone(&s.get().plan)
         } else if let Ok(text) = spec_obj.extract::<String>() {
@@ -112,13 +125,21 @@ impl OnlineEngine {
     fn ingest(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<u64> {
         let is_row = |d: &Bound<'_, PyAny>| -> bool {
             // A dict whose key field is a sequence is a dict of columns, not a row.
-            match d.cast::<PyDict>().ok().and_then(|d| d.get_item(&self.plan.spec.entity).ok().flatten()) {
+            match d
+                .cast::<PyDict>()
+                .ok()
+                .and_then(|d| d.get_item(&self.plan.spec.entity).ok().flatten())
+            {
                 Some(v) => v.is_instance_of::<PyString>() || !v.hasattr("__len__").unwrap_or(false),
                 None => true,
             }
         };
         let rows: Option<Vec<Bound<'_, PyAny>>> = if data.is_instance_of::<PyDict>() {
-            if is_row(data) { Some(vec![data.clone()]) } else { None }
+            if is_row(data) {
+                Some(vec![data.clone()])
+            } else {
+                None
+            }
         } else if let Ok(list) = data.cast::<PyList>() {
             if list.is_empty() || list.get_item(0)?.is_instance_of::<PyDict>() {
                 Some(list.iter().collect())
@@ -126,7 +147,11 @@ impl OnlineEngine {
                 None
             }
         } else if let Ok(t) = data.cast::<PyTuple>() {
-            if !t.is_empty() && t.get_item(0)?.is_instance_of::<PyDict>() { Some(t.iter().collect()) } else { None }
+            if !t.is_empty() && t.get_item(0)?.is_instance_of::<PyDict>() {
+                Some(t.iter().collect())
+            } else {
+                None
+            }
         } else {
             None
         };
@@ -135,7 +160,9 @@ impl OnlineEngine {
             let mut engine = self.write(py);
             return Ok(engine.ingest(&events).py_err()?.accepted);
         }
-        let table = py.import("rtml._io")?.call_method1("events_table", (data, &self.plan.spec.timestamp))?;
+        let table = py
+            .import("rtml._io")?
+            .call_method1("events_table", (data, &self.plan.spec.timestamp))?;
         let table: PyTable = table.extract()?;
         let (batches, _) = table.into_inner();
         let plan = Arc::clone(&self.plan);
@@ -150,7 +177,12 @@ impl OnlineEngine {
 
     /// Features of one entity at instant `at` (default: now, UTC) as a dict.
     #[pyo3(signature = (key, at=None))]
-    fn get<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>, at: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let k = convert::key(key, &self.plan.spec.entity).py_err()?;
         let t = self.at(at)?;
         let mut out = [0f64; 32];
@@ -168,7 +200,12 @@ impl OnlineEngine {
     /// Features of many entities as a pyarrow.Table (key column first). `at` is one instant
     /// for all keys, or a list with one instant per key.
     #[pyo3(signature = (keys, at=None))]
-    fn get_many<'py>(&self, py: Python<'py>, keys: &Bound<'py, PyAny>, at: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let entity = &self.plan.spec.entity;
         let keys: Vec<PyKey> = keys
             .try_iter()?
@@ -178,7 +215,12 @@ impl OnlineEngine {
             Some(a) if a.is_instance_of::<PyList>() || a.is_instance_of::<PyTuple>() => {
                 let ts: Vec<i64> = a
                     .try_iter()?
-                    .map(|t| t.and_then(|t| convert::instant(&t, self.plan.spec.timestamp_unit.as_deref(), "at").py_err()))
+                    .map(|t| {
+                        t.and_then(|t| {
+                            convert::instant(&t, self.plan.spec.timestamp_unit.as_deref(), "at")
+                                .py_err()
+                        })
+                    })
                     .collect::<PyResult<_>>()?;
                 if ts.len() != keys.len() {
                     return Err(pyo3::exceptions::PyValueError::new_err(format!(
@@ -206,7 +248,13 @@ impl OnlineEngine {
         let feature_cols = cols
             .into_iter()
             .zip(&self.plan.outputs)
-            .map(|(c, o)| if o.integer { FeatureColumn::Int(c.iter().map(|&v| v as i64).collect()) } else { FeatureColumn::Float(c) })
+            .map(|(c, o)| {
+                if o.integer {
+                    FeatureColumn::Int(c.iter().map(|&v| v as i64).collect())
+                } else {
+                    FeatureColumn::Float(c)
+                }
+            })
             .collect();
         let feats = feature_columns_to_batch(&self.plan, feature_cols)?;
         let key_array: ArrayRef = if keys.iter().all(|k| matches!(k, PyKey::Int(_))) {
@@ -215,10 +263,12 @@ impl OnlineEngine {
                 PyKey::Str(_) => 0,
             })))
         } else {
-            Arc::new(StringArray::from_iter_values(keys.iter().map(|k| match k {
-                PyKey::Str(s) => s.clone(),
-                PyKey::Int(i) => i.to_string(),
-            })))
+            Arc::new(StringArray::from_iter_values(keys.iter().map(
+                |k| match k {
+                    PyKey::Str(s) => s.clone(),
+                    PyKey::Int(i) => i.to_string(),
+                },
+            )))
         };
         let mut fields = vec![Field::new(entity, key_array.data_type().clone(), false)];
         fields.extend(feats.schema().fields().iter().map(|f| f.as_ref().clone()));
@@ -227,7 +277,9 @@ impl OnlineEngine {
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
             .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
         let rb = PyRecordBatch::new(batch).into_pyarrow(py)?;
-        py.import("pyarrow")?.getattr("Table")?.call_method1("from_batches", (vec![rb],))
+        py.import("pyarrow")?
+            .getattr("Table")?
+            .call_method1("from_batches", (vec![rb],))
     }
 
     /// Write the whole state to `path` atomically (temporary file, fsync, rename), checksummed.

@@ -29,7 +29,11 @@ pub fn to_py(e: Error) -> PyErr {
             Error::Query(_) => raise(py, &QUERY, "QueryError", message),
             Error::Snapshot { .. } => raise(py, &SNAPSHOT, "SnapshotError", message),
             Error::Io { path, source } => {
-                let args = (source.raw_os_error().unwrap_or(0), source.to_string(), path.display().to_string());
+                let args = (
+                    source.raw_os_error().unwrap_or(0),
+                    source.to_string(),
+                    path.display().to_string(),
+                );
                 if source.kind() == std::io::ErrorKind::NotFound {
                     PyFileNotFoundError::new_err(args)
                 } else {

@@ -44,8 +44,12 @@ fn feature_columns_to_batch(plan: &Plan, cols: Vec<FeatureColumn>) -> PyResult<R
     }
     let schema = Arc::new(Schema::new(fields));
     let n = arrays.first().map(|a| a.len()).unwrap_or(0);
-    RecordBatch::try_new_with_options(schema, arrays, &arrow_array::RecordBatchOptions::new().with_row_count(Some(n)))
-        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    RecordBatch::try_new_with_options(
+        schema,
+        arrays,
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(n)),
+    )
+    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
 }
 
 #[pymethods]
@@ -54,7 +58,9 @@ impl PySpec {
     #[staticmethod]
     fn from_json(text: &str) -> PyResult<PySpec> {
         let spec = Spec::from_json(text).py_err()?;
-        Ok(PySpec { plan: Arc::new(Plan::new(spec)) })
+        Ok(PySpec {
+            plan: Arc::new(Plan::new(spec)),
+        })
     }
 
     /// The canonical JSON document.
@@ -70,7 +76,11 @@ impl PySpec {
     /// "int64" or "float64" per feature.
     #[getter]
     fn feature_dtypes(&self) -> Vec<&'static str> {
-        self.plan.outputs.iter().map(|o| if o.integer { "int64" } else { "float64" }).collect()
+        self.plan
+            .outputs
+            .iter()
+            .map(|o| if o.integer { "int64" } else { "float64" })
+            .collect()
     }
 
     #[getter]
@@ -91,7 +101,11 @@ impl PySpec {
     /// Value columns the features read, and whether each must be numeric.
     #[getter]
     fn value_columns(&self) -> Vec<(String, bool)> {
-        self.plan.columns.iter().map(|c| (c.name.clone(), c.kind == crate::plan::ColKind::Numeric)).collect()
+        self.plan
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.kind == crate::plan::ColKind::Numeric))
+            .collect()
     }
 
     /// Compute features for every spine row. `events` and `spine` provide
@@ -142,7 +156,11 @@ impl PySpec {
     }
 
     fn __repr__(&self) -> String {
-        format!("Spec(entity={:?}, features={:?})", self.plan.spec.entity, self.plan.spec.feature_names())
+        format!(
+            "Spec(entity={:?}, features={:?})",
+            self.plan.spec.entity,
+            self.plan.spec.feature_names()
+        )
     }
 }
 

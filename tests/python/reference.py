@@ -20,7 +20,8 @@ answer with the reference answer using the tolerances of the test contract:
 * min / max: exact, float bits included (IEEE total order, -0.0 < 0.0)
 * first / last: exact (==)
 * mean / var / std: relative error <= 1e-12
-* quantile: relative error <= 2**-8 of the nearest-rank value, exact when it is 0
+* quantile: relative error <= 2**-8 of the nearest-rank value, exact when it is 0;
+  for a subnormal value, absolute error <= 2**-1030 with the right sign
 * decayed_sum: |got - want| <= 1e-12 * (|want| + sum of |terms|) + 1e-300
 * time_since_last: relative error <= 1e-12
 """
@@ -348,6 +349,10 @@ def check_value(feat: Feat, got, want, scale: float = 0.0):
     if agg == "quantile":
         if want == 0.0:
             return None if got == 0.0 else f"expected exactly 0, got {got!r}"
+        if abs(want) < 2.0 ** -1022:
+            # semantics.md: subnormals sit in buckets of absolute width 2^-1029
+            ok = abs(got - want) <= 2.0 ** -1030 and math.copysign(1.0, got) == math.copysign(1.0, want)
+            return None if ok else f"expected ~{want!r} (subnormal, abs err <= 2^-1030), got {got!r}"
         err = abs(got - want) / abs(want)
         # a hair of slack for the midpoint's own rounding
         return None if err <= QUANTILE_REL * (1 + 1e-9) else f"expected ~{want!r}, got {got!r} (rel err {err:.3g})"

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use arrow_array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray,
+};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use proptest::prelude::*;
 use rtml::input::{read_events, read_spine};
@@ -57,7 +59,9 @@ fn batch(evs: &[Ev]) -> RecordBatch {
     ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.k))),
-        Arc::new(TimestampNanosecondArray::from_iter_values(evs.iter().map(|e| e.ts))),
+        Arc::new(TimestampNanosecondArray::from_iter_values(
+            evs.iter().map(|e| e.ts),
+        )),
         Arc::new(Float64Array::from_iter(evs.iter().map(|e| e.v))),
         Arc::new(StringArray::from_iter(evs.iter().map(|e| e.c))),
     ];
@@ -71,7 +75,9 @@ fn spine(qs: &[(i64, i64)]) -> RecordBatch {
     ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(qs.iter().map(|q| q.0))),
-        Arc::new(TimestampNanosecondArray::from_iter_values(qs.iter().map(|q| q.1))),
+        Arc::new(TimestampNanosecondArray::from_iter_values(
+            qs.iter().map(|q| q.1),
+        )),
     ];
     RecordBatch::try_new(schema, cols).unwrap()
 }
@@ -96,15 +102,21 @@ fn offline(plan: &Plan, evs: &[Ev], qs: &[(i64, i64)]) -> Vec<Vec<f64>> {
 }
 
 fn bits(row: &[f64]) -> Vec<u64> {
-    row.iter().map(|x| if x.is_nan() { u64::MAX } else { x.to_bits() }).collect()
+    row.iter()
+        .map(|x| if x.is_nan() { u64::MAX } else { x.to_bits() })
+        .collect()
 }
 
 /// Brute force over the window of one query, for the features whose reference is simple and exact.
 fn reference(evs: &[Ev], k: i64, t: i64) -> Vec<(usize, Option<f64>)> {
     let win = |w: Option<i64>| -> Vec<&Ev> {
-        evs.iter().filter(|e| e.k == k && e.ts < t && w.is_none_or(|w| e.ts >= t - w)).collect()
+        evs.iter()
+            .filter(|e| e.k == k && e.ts < t && w.is_none_or(|w| e.ts >= t - w))
+            .collect()
     };
-    let vals = |es: &[&Ev]| -> Vec<(i64, f64)> { es.iter().filter_map(|e| e.v.map(|v| (e.ts, v))).collect() };
+    let vals = |es: &[&Ev]| -> Vec<(i64, f64)> {
+        es.iter().filter_map(|e| e.v.map(|v| (e.ts, v))).collect()
+    };
     let h1 = win(Some(H));
     let m30 = win(Some(30 * M));
     let all = win(None);
@@ -112,10 +124,16 @@ fn reference(evs: &[Ev], k: i64, t: i64) -> Vec<(usize, Option<f64>)> {
     let vall = vals(&all);
     let v30 = vals(&m30);
     let first = |vs: &[(i64, f64)]| {
-        vs.iter().copied().min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1))).map(|x| x.1)
+        vs.iter()
+            .copied()
+            .min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)))
+            .map(|x| x.1)
     };
     let last = |vs: &[(i64, f64)]| {
-        vs.iter().copied().max_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1))).map(|x| x.1)
+        vs.iter()
+            .copied()
+            .max_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)))
+            .map(|x| x.1)
     };
     let mut distinct: Vec<&str> = h1.iter().filter_map(|e| e.c).collect();
     distinct.sort();
@@ -132,8 +150,20 @@ fn reference(evs: &[Ev], k: i64, t: i64) -> Vec<(usize, Option<f64>)> {
         (10, first(&vall)),
         (11, last(&vall)),
         (12, Some(distinct.len() as f64)),
-        (16, m30.iter().map(|e| e.ts).max().map(|ts| (t - ts) as f64 / 1e9)),
-        (17, all.iter().map(|e| e.ts).max().map(|ts| (t - ts) as f64 / 1e9)),
+        (
+            16,
+            m30.iter()
+                .map(|e| e.ts)
+                .max()
+                .map(|ts| (t - ts) as f64 / 1e9),
+        ),
+        (
+            17,
+            all.iter()
+                .map(|e| e.ts)
+                .max()
+                .map(|ts| (t - ts) as f64 / 1e9),
+        ),
         (18, Some(all.len() as f64)),
     ]
 }
@@ -218,7 +248,12 @@ proptest! {
 fn snapshot_round_trip_and_corruption() {
     let plan = Arc::new(Plan::new(spec("10m")));
     let evs: Vec<Ev> = (0..200)
-        .map(|i| Ev { k: i % 7, ts: i * 3 * M, v: Some((i % 13) as f64 - 6.0), c: Some(["a", "b"][(i % 2) as usize]) })
+        .map(|i| Ev {
+            k: i % 7,
+            ts: i * 3 * M,
+            v: Some((i % 13) as f64 - 6.0),
+            c: Some(["a", "b"][(i % 2) as usize]),
+        })
         .collect();
     let mut eng = Engine::new(Arc::clone(&plan));
     let bs = [batch(&evs)];
@@ -240,13 +275,19 @@ fn snapshot_round_trip_and_corruption() {
     // truncated
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
-    assert!(matches!(Engine::restore(&path), Err(rtml::Error::Snapshot { .. })));
+    assert!(matches!(
+        Engine::restore(&path),
+        Err(rtml::Error::Snapshot { .. })
+    ));
     // one flipped bit
     let mut flipped = bytes.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x10;
     std::fs::write(&path, &flipped).unwrap();
-    assert!(matches!(Engine::restore(&path), Err(rtml::Error::Snapshot { .. })));
+    assert!(matches!(
+        Engine::restore(&path),
+        Err(rtml::Error::Snapshot { .. })
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -255,17 +296,36 @@ fn late_events_are_dropped_and_counted() {
     let plan = Arc::new(Plan::new(spec("10m")));
     let mut eng = Engine::new(Arc::clone(&plan));
     let evs = vec![
-        Ev { k: 1, ts: 60 * M, v: Some(1.0), c: None },
-        Ev { k: 1, ts: 55 * M, v: Some(2.0), c: None }, // 5m late: accepted
-        Ev { k: 1, ts: 40 * M, v: Some(4.0), c: None }, // 20m late: dropped
+        Ev {
+            k: 1,
+            ts: 60 * M,
+            v: Some(1.0),
+            c: None,
+        },
+        Ev {
+            k: 1,
+            ts: 55 * M,
+            v: Some(2.0),
+            c: None,
+        }, // 5m late: accepted
+        Ev {
+            k: 1,
+            ts: 40 * M,
+            v: Some(4.0),
+            c: None,
+        }, // 20m late: dropped
     ];
     let bs = [batch(&evs)];
     let r = eng.ingest(&read_events(&plan, &bs).unwrap()).unwrap();
     assert_eq!((r.accepted, r.late), (2, 1));
     let mut row = vec![0.0; plan.n_features()];
-    eng.get(rtml::input::KeyRef::Int(1), 61 * M, &mut row).unwrap();
+    eng.get(rtml::input::KeyRef::Int(1), 61 * M, &mut row)
+        .unwrap();
     assert_eq!(row[0], 2.0);
     assert_eq!(row[2], 3.0);
     // before the settled point: refused
-    assert!(matches!(eng.get(rtml::input::KeyRef::Int(1), 10 * M, &mut row), Err(rtml::Error::Query(_))));
+    assert!(matches!(
+        eng.get(rtml::input::KeyRef::Int(1), 10 * M, &mut row),
+        Err(rtml::Error::Query(_))
+    ));
 }
