@@ -503,6 +503,36 @@ impl KeyState {
                 }
             })
             .collect();
+        // Settled accumulators corrected to the query window, once per accumulator. Extremes,
+        // distinct counts and first/last read the corrections directly instead.
+        let views: Vec<Vec<std::borrow::Cow<'_, Acc>>> = self
+            .groups
+            .iter()
+            .zip(&plan.groups)
+            .zip(&ranges)
+            .map(|((g, gp), &(r0, r1, a0, a1, _, _))| {
+                let lifetime = gp.window.is_none();
+                g.accs
+                    .iter()
+                    .zip(&gp.accs)
+                    .map(|(acc, ap)| {
+                        let invertible =
+                            matches!(acc, Acc::NonNull(_) | Acc::Moments { .. } | Acc::Sketch { .. } | Acc::Decay(_));
+                        if (r0 == r1 && a0 == a1) || !invertible {
+                            return std::borrow::Cow::Borrowed(acc);
+                        }
+                        let mut acc = acc.clone();
+                        for p in r0..r1 {
+                            acc.apply(ap, buf.row(p), -1, lifetime);
+                        }
+                        for p in a0..a1 {
+                            acc.apply(ap, buf.row(p), 1, lifetime);
+                        }
+                        std::borrow::Cow::Owned(acc)
+                    })
+                    .collect()
+            })
+            .collect();
         for (o, slot) in plan.outputs.iter().zip(out.iter_mut()) {
             let g = &self.groups[o.group];
             let gp = &plan.groups[o.group];
@@ -510,20 +540,7 @@ impl KeyState {
             let removed = (r0..r1).map(|p| buf.row(p));
             let added = (a0..a1).map(|p| buf.row(p));
             let lifetime = gp.window.is_none();
-            let adjusted = |i: usize| -> std::borrow::Cow<'_, Acc> {
-                if r0 == r1 && a0 == a1 {
-                    std::borrow::Cow::Borrowed(&g.accs[i])
-                } else {
-                    let mut acc = g.accs[i].clone();
-                    for row in (r0..r1).map(|p| buf.row(p)) {
-                        acc.apply(&gp.accs[i], row, -1, lifetime);
-                    }
-                    for row in (a0..a1).map(|p| buf.row(p)) {
-                        acc.apply(&gp.accs[i], row, 1, lifetime);
-                    }
-                    std::borrow::Cow::Owned(acc)
-                }
-            };
+            let adjusted = |i: usize| -> &Acc { views[o.group][i].as_ref() };
             *slot = match &o.kind {
                 OutKind::Count => {
                     // Absolute positions count every row ever stored, evicted ones included,
@@ -534,12 +551,12 @@ impl KeyState {
                         ((g.hi - g.lo) - (r1 - r0) + (a1 - a0)) as f64
                     }
                 }
-                OutKind::CountCol(i) => match &*adjusted(*i) {
+                OutKind::CountCol(i) => match adjusted(*i) {
                     Acc::NonNull(n) => *n as f64,
                     _ => f64::NAN,
                 },
                 OutKind::Sum(i) | OutKind::Mean(i) | OutKind::Var(i) | OutKind::Std(i) => {
-                    match &*adjusted(*i) {
+                    match adjusted(*i) {
                         Acc::Moments { n, s1, s2 } => moments_output(&o.kind, *n, s1, s2),
                         _ => f64::NAN,
                     }
@@ -636,11 +653,11 @@ impl KeyState {
                     }
                     _ => f64::NAN,
                 },
-                OutKind::Quantile(i, q) => match &*adjusted(*i) {
+                OutKind::Quantile(i, q) => match adjusted(*i) {
                     Acc::Sketch { n, buckets } => quantile_output(*n, buckets, *q),
                     _ => f64::NAN,
                 },
-                OutKind::Decayed(i) => match (&*adjusted(*i), &gp.accs[*i]) {
+                OutKind::Decayed(i) => match (adjusted(*i), &gp.accs[*i]) {
                     (Acc::Decay(cells), AccPlan::Decay { half_life, .. }) => {
                         decayed_output(cells, *half_life, t)
                     }

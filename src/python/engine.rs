@@ -193,7 +193,16 @@ impl OnlineEngine {
             heap = vec![0f64; self.plan.n_features()];
             &mut heap
         };
-        self.read(py).get(k.as_ref(), t, buf).py_err()?;
+        let engine = self.read(py);
+        if engine.would_settle(k.as_ref(), t) {
+            // The key lags the stream: settle it once (write lock), then answer from it.
+            drop(engine);
+            let mut w = self.write(py);
+            w.settle_key(k.as_ref(), t);
+            RwLockWriteGuard::downgrade(w).get(k.as_ref(), t, buf).py_err()?;
+        } else {
+            engine.get(k.as_ref(), t, buf).py_err()?;
+        }
         self.row_dict(py, buf)
     }
 
@@ -236,6 +245,16 @@ impl OnlineEngine {
         let nf = self.plan.n_features();
         let mut cols = vec![Vec::with_capacity(keys.len()); nf];
         {
+            let stale = {
+                let engine = self.read(py);
+                keys.iter().zip(&times).any(|(k, &t)| engine.would_settle(k.as_ref(), t))
+            };
+            if stale {
+                let mut w = self.write(py);
+                for (k, &t) in keys.iter().zip(&times) {
+                    w.settle_key(k.as_ref(), t);
+                }
+            }
             let engine = self.read(py);
             let mut row = vec![0f64; nf];
             for (k, &t) in keys.iter().zip(&times) {

@@ -187,8 +187,71 @@ fn ev_strategy() -> impl Strategy<Value = Vec<Ev>> {
     )
 }
 
+/// Approximate features: (index, expected, tolerance); `None` = null expected.
+fn reference_approx(evs: &[Ev], k: i64, t: i64) -> Vec<(usize, Option<f64>, f64)> {
+    let vals = |w: Option<i64>| -> Vec<(i64, f64)> {
+        evs.iter()
+            .filter(|e| e.k == k && e.ts < t && w.is_none_or(|w| e.ts >= t - w))
+            .filter_map(|e| e.v.map(|v| (e.ts, v)))
+            .collect()
+    };
+    // values are multiples of 1/4: exact integer arithmetic on 4v
+    let var = |vs: &[(i64, f64)]| -> Option<f64> {
+        let n = vs.len() as i128;
+        if n < 2 {
+            return None;
+        }
+        let s1: i128 = vs.iter().map(|x| (x.1 * 4.0) as i128).sum();
+        let s2: i128 = vs.iter().map(|x| ((x.1 * 4.0) as i128).pow(2)).sum();
+        Some((n * s2 - s1 * s1) as f64 / (16 * n * (n - 1)) as f64)
+    };
+    let decayed = |vs: &[(i64, f64)], h: i64| -> (f64, f64) {
+        let terms: Vec<f64> = vs.iter().map(|&(ts, v)| v * 2f64.powf(-((t - ts) as f64) / h as f64)).collect();
+        (terms.iter().sum(), terms.iter().map(|x| x.abs()).sum::<f64>())
+    };
+    let m30 = vals(Some(30 * M));
+    let h1 = vals(Some(H));
+    let all = vals(None);
+    let mean = if m30.is_empty() { None } else { Some(m30.iter().map(|x| x.1).sum::<f64>() / m30.len() as f64) };
+    let mut sorted: Vec<f64> = h1.iter().map(|x| x.1).collect();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median = if sorted.is_empty() {
+        None
+    } else {
+        let rank = ((0.5 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        Some(sorted[rank - 1])
+    };
+    let (d1, d1abs) = decayed(&h1, 10 * M);
+    let (d2, d2abs) = decayed(&all, 20 * M);
+    vec![
+        (3, mean, 1e-15),
+        (4, var(&h1), 1e-14),
+        (5, var(&all).map(f64::sqrt), 1e-14),
+        (13, median, 1.0 / 256.0),
+        (14, Some(d1), 1e-12 * d1abs.max(1e-300) / d1.abs().max(1e-300)),
+        (15, Some(d2), 1e-12 * d2abs.max(1e-300) / d2.abs().max(1e-300)),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn approximate_features_match_brute_force(evs in ev_strategy(), qmins in prop::collection::vec((0i64..3, 0i64..(5 * H / M)), 1..30)) {
+        let plan = Plan::new(spec("0s"));
+        let qs: Vec<(i64, i64)> = qmins.iter().map(|&(k, m)| (k, m * M)).collect();
+        let rows = offline(&plan, &evs, &qs);
+        for (q, row) in qs.iter().zip(&rows) {
+            for (i, want, tol) in reference_approx(&evs, q.0, q.1) {
+                let got = row[i];
+                match want {
+                    None => prop_assert!(got.is_nan(), "feature {} at {:?}: want null, got {}", i, q, got),
+                    Some(w) if w == 0.0 => prop_assert!(got.abs() <= tol.max(1e-12), "feature {} at {:?}: {} vs 0", i, q, got),
+                    Some(w) => prop_assert!(((got - w) / w).abs() <= tol, "feature {} at {:?}: {} vs {} (tol {})", i, q, got, w, tol),
+                }
+            }
+        }
+    }
 
     #[test]
     fn backfill_matches_brute_force(evs in ev_strategy(), qmins in prop::collection::vec((0i64..3, 0i64..(5 * H / M)), 1..30)) {
