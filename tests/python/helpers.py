@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import math
 import struct
 
 import pyarrow as pa
@@ -280,9 +279,12 @@ def event_sets(draw, max_events=25, key_kind=None, unit=None, max_offset=40):
     base = draw(st.sampled_from(BASES_NS))
     n_keys = draw(st.integers(1, 3))
     if key_kind == "int":
-        keys = draw(st.lists(st.integers(-(2**62), 2**62), min_size=n_keys, max_size=n_keys, unique=True))
+        ints = st.one_of(st.integers(-50, 50), st.integers(-(2**63), 2**63 - 1),
+                         st.sampled_from([-(2**63), 2**63 - 1, 0, -1, 2**53 + 1]))
+        keys = draw(st.lists(ints, min_size=n_keys, max_size=n_keys, unique=True))
     else:
-        keys = draw(st.lists(st.text(min_size=0, max_size=4), min_size=n_keys, max_size=n_keys, unique=True))
+        texts = st.one_of(st.text(min_size=0, max_size=4), st.text(min_size=20, max_size=40))
+        keys = draw(st.lists(texts, min_size=n_keys, max_size=n_keys, unique=True))
     n = draw(st.integers(0, max_events))
     events = []
     for _ in range(n):
@@ -336,6 +338,19 @@ def feature_lists(draw, step: int):
     return feats
 
 
+def absent_key(keys, key_kind):
+    """A key of the right kind that has no events."""
+    if key_kind == "int":
+        for c in (max(keys) + 1, min(keys) - 1, 12345):
+            if -(2**63) <= c < 2**63 and c not in keys:
+                return c
+        return next(c for c in range(len(keys) + 1) if c not in keys)
+    k = "<absent>"
+    while k in keys:
+        k += "!"
+    return k
+
+
 def spine_candidates(events, feats, base, step):
     """Instants that stress the window edges: event times, ts + W, ts + W +- 1 step..."""
     cands = {base, base + 50 * step}
@@ -351,7 +366,7 @@ def spine_candidates(events, feats, base, step):
 @st.composite
 def spines(draw, keys, events, feats, base, step, key_kind, max_size=20):
     cands = spine_candidates(events, feats, base, step)
-    absent = (max(keys) + 1) if key_kind == "int" else "<absent>"  # generated str keys have <= 4 chars
+    absent = absent_key(keys, key_kind)
     qkeys = list(keys) + [absent]
     return draw(
         st.lists(st.tuples(st.sampled_from(qkeys), st.sampled_from(cands)), min_size=0, max_size=max_size)

@@ -4,8 +4,6 @@ panics, and a call that raises changes nothing in the engine."""
 from __future__ import annotations
 
 import json
-import math
-import os
 
 import pyarrow as pa
 import pytest

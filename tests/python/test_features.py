@@ -22,6 +22,7 @@ from helpers import (
     events_table,
     feature_lists,
     make_feature_set,
+    ns_to_datetime,
     same_exact,
     spine_table,
     spines,
@@ -860,3 +861,44 @@ def test_chunked_and_sliced_inputs(case, ev_sizes, sp_sizes):
         got = eng.get(k, at=at)
         for f in feats:
             assert same_exact(got[f.name], w[f.name]), (k, f.name, got[f.name], w[f.name])
+
+
+def test_unused_columns_of_any_type_are_ignored():
+    fs = make_feature_set([Feat("count", None, None, name="n"), Feat("sum", "x", None, name="s"),
+                           Feat("distinct_count", "key", None, name="dk")])
+    ev = pa.table({
+        "key": pa.array([1, 1, 2], pa.int64()),
+        "ts": pa.array([BASE, BASE + S, BASE], pa.timestamp("ns")),
+        "x": pa.array([1.0, 2.0, 3.0]),
+        "lst": pa.array([[1], [], None], pa.list_(pa.int64())),
+        "st": pa.array([{"a": 1}, {"a": 2}, None]),
+        "bin": pa.array([b"\x00", None, b"zz"]),
+        "nan": pa.array([float("nan")] * 3),
+    })
+    sp = pa.table({"key": pa.array([1, 2], pa.int64()), "ts": pa.array([BASE + 2 * S] * 2, pa.timestamp("ns"))})
+    rows = fs.backfill(ev, sp).to_pylist()
+    assert [(r["n"], r["s"], r["dk"]) for r in rows] == [(2, 3.0, 1), (1, 3.0, 1)]
+    eng = fs.online(history=ev)
+    eng.ingest([{"key": 2, "ts": ns_to_datetime(BASE + S), "x": 4.0, "extra": [1, 2], "obj": object()}])
+    got = eng.get(2, at=ns_to_datetime(BASE + 2 * S))
+    assert (got["n"], got["s"], got["dk"]) == (2, 7.0, 1)
+
+
+def test_uint64_values_beyond_int64_are_read_as_float64():
+    """semantics.md: numeric columns of any integer type are read as float64 (integers beyond 2^53
+    lose precision), identically on both paths. A uint64 value >= 2^63 is a valid number."""
+    vals = [2**64 - 1, 2**63 + 5, 7]
+    fs = rtml.FeatureSet(entity="k", timestamp="ts", features=[rtml.sum("v", name="s"), rtml.max("v", name="mx")])
+    ev = pa.table({"k": pa.array([1] * 3, pa.int64()),
+                   "ts": pa.array([BASE + i * S for i in range(3)], pa.timestamp("ns")),
+                   "v": pa.array(vals, pa.uint64())})
+    sp = pa.table({"k": pa.array([1], pa.int64()), "ts": pa.array([BASE + 10 * S], pa.timestamp("ns"))})
+    want = {"s": math.fsum(float(v) for v in vals), "mx": float(2**64 - 1)}
+    row = fs.backfill(ev, sp).to_pylist()[0]
+    assert (row["s"], row["mx"]) == (want["s"], want["mx"])
+    at = ns_to_datetime(BASE + 10 * S)
+    got_table = fs.online(history=ev).get(1, at=at)
+    eng = fs.online()
+    eng.ingest([{"k": 1, "ts": ns_to_datetime(BASE + i * S), "v": v} for i, v in enumerate(vals)])
+    got_rows = eng.get(1, at=at)
+    assert got_table == got_rows == want
