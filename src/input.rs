@@ -250,6 +250,11 @@ fn str_arr<'a>(a: &'a dyn Array, name: &str) -> Result<Option<StrArr<'a>>> {
     }))
 }
 
+/// A dictionary-encoded string column, if `a` is one.
+pub fn read_dictionary_strings(a: &ArrayRef) -> Option<StrArr<'_>> {
+    str_arr(a.as_ref(), "").ok().flatten()
+}
+
 pub fn read_keys<'a>(a: &'a ArrayRef, name: &str, offset: usize) -> Result<KeyArr<'a>> {
     if let Some(i) = first_null(a.as_ref()) {
         return Err(Error::schema(

@@ -19,6 +19,7 @@ pub mod snapshot;
 pub mod spec;
 pub mod state;
 pub mod time;
+pub mod transform;
 
 #[cfg(feature = "python")]
 mod python;

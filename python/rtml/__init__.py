@@ -12,6 +12,37 @@ import warnings as _warnings
 from ._core import OnlineEngine, __version__
 from ._core import debug_build as _debug_build
 from .exceptions import QueryError, RtmlError, SchemaError, SnapshotError, SpecError
+from . import transforms as _transforms
+from .transforms import (
+    Step,
+    Transforms,
+    TransformsEstimator,
+    add,
+    bucketize,
+    clip,
+    day_of_month,
+    day_of_week,
+    fill_null,
+    hash_bucket,
+    hour_of_day,
+    impute,
+    is_null,
+    log1p,
+    min_max_scale,
+    month,
+    mul,
+    one_hot,
+    ordinal,
+    passthrough,
+    power,
+    quantile_bucketize,
+    ratio,
+    robust_scale,
+    standard_scale,
+    sub,
+    target_encode,
+)
+from .transforms import abs  # noqa: A004
 from .features import (
     Feature,
     FeatureSet,
@@ -47,6 +78,7 @@ __all__ = [
     "quantile",
     "decayed_sum",
     "time_since_last",
+    *_transforms.__all__,
     "RtmlError",
     "SpecError",
     "SchemaError",

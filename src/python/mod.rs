@@ -3,6 +3,7 @@
 mod convert;
 mod engine;
 mod errors;
+mod transforms;
 
 use std::sync::Arc;
 
@@ -10,7 +11,6 @@ use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use arrow_buffer::{NullBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema};
 use pyo3::prelude::*;
-use pyo3::types::PyList;
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
 use crate::input::{read_events, read_spine};
@@ -174,10 +174,10 @@ fn debug_build() -> bool {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySpec>()?;
     m.add_class::<engine::OnlineEngine>()?;
+    m.add_class::<transforms::PyTransforms>()?;
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("SNAPSHOT_VERSION", crate::snapshot::SNAPSHOT_VERSION)?;
     m.add("SPEC_VERSION", crate::spec::VERSION)?;
-    let _ = PyList::empty(m.py());
     Ok(())
 }

@@ -1,0 +1,170 @@
+//! `rtml._core.Transforms`: the fitted-transform pipeline behind a lock (fit mutates it).
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, NullArray, RecordBatch, StringArray, TimestampNanosecondArray};
+use arrow_buffer::{NullBuffer, ScalarBuffer};
+use arrow_schema::{DataType, Field, Schema};
+use numpy::PyArray1;
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDate, PyDict, PyFloat, PyInt, PyString};
+use pyo3_arrow::{PyRecordBatch, PyTable};
+
+use super::convert;
+use super::errors::IntoPy;
+use crate::error::Error;
+use crate::transform::Transforms;
+
+#[pyclass(frozen, name = "Transforms", module = "rtml._core")]
+pub struct PyTransforms {
+    inner: RwLock<Transforms>,
+}
+
+fn one_batch(table: PyTable) -> PyResult<RecordBatch> {
+    let (batches, schema) = table.into_inner();
+    if batches.len() == 1 {
+        return Ok(batches.into_iter().next().unwrap_or_else(|| RecordBatch::new_empty(schema.clone())));
+    }
+    arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+}
+
+fn to_batch(names: &[String], cols: Vec<Vec<f64>>) -> PyResult<RecordBatch> {
+    let fields: Vec<Field> = names.iter().map(|n| Field::new(n, DataType::Float64, true)).collect();
+    let arrays: Vec<ArrayRef> = cols
+        .into_iter()
+        .map(|v| {
+            let nulls = NullBuffer::from_iter(v.iter().map(|x| !x.is_nan()));
+            let nulls = (nulls.null_count() > 0).then_some(nulls);
+            Arc::new(Float64Array::new(ScalarBuffer::from(v), nulls)) as ArrayRef
+        })
+        .collect();
+    let n = arrays.first().map(|a| a.len()).unwrap_or(0);
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &arrow_array::RecordBatchOptions::new().with_row_count(Some(n)))
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+}
+
+/// One request row (dict) as a one-row record batch, so it runs the table code path.
+fn row_batch(t: &Transforms, row: &Bound<'_, PyAny>) -> PyResult<RecordBatch> {
+    let d = row.cast::<PyDict>().map_err(|_| pyo3::exceptions::PyTypeError::new_err("expected a dict (one request row)"))?;
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for name in t.required_inputs() {
+        let Some(v) = d.get_item(&name)? else {
+            let step = t.steps.iter().find(|s| s.column == name).map(|s| s.name.clone()).unwrap_or_default();
+            return Err(super::errors::to_py(Error::schema(&name, format!("missing from the request row (needed by step '{step}')"))));
+        };
+        let a: ArrayRef = if v.is_none() {
+            Arc::new(NullArray::new(1))
+        } else if v.is_instance_of::<PyBool>() {
+            Arc::new(BooleanArray::from(vec![v.is_truthy()?]))
+        } else if v.is_instance_of::<PyInt>() {
+            match v.extract::<i64>() {
+                Ok(i) => Arc::new(Int64Array::from(vec![i])),
+                Err(_) => Arc::new(Float64Array::from(vec![v.extract::<f64>()?])),
+            }
+        } else if let Ok(f) = v.cast::<PyFloat>() {
+            Arc::new(Float64Array::from(vec![f.value()]))
+        } else if let Ok(s) = v.cast::<PyString>() {
+            Arc::new(StringArray::from(vec![s.to_str()?]))
+        } else if v.is_instance_of::<PyDate>() || v.get_type().name()?.to_string() == "datetime64" {
+            let ns = convert::instant(&v, None, &name).py_err()?;
+            Arc::new(TimestampNanosecondArray::from(vec![ns]))
+        } else if let Ok(f) = v.extract::<f64>() {
+            Arc::new(Float64Array::from(vec![f]))
+        } else {
+            return Err(super::errors::to_py(Error::schema(&name, format!("unsupported value of type {}", v.get_type().name()?))));
+        };
+        fields.push(Field::new(&name, a.data_type().clone(), true));
+        arrays.push(a);
+    }
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &arrow_array::RecordBatchOptions::new().with_row_count(Some(1)))
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+}
+
+#[pymethods]
+impl PyTransforms {
+    #[staticmethod]
+    fn from_json(text: &str) -> PyResult<PyTransforms> {
+        Ok(PyTransforms { inner: RwLock::new(Transforms::from_json(text).py_err()?) })
+    }
+
+    fn to_json(&self) -> String {
+        self.inner.read().to_json()
+    }
+
+    #[getter]
+    fn feature_names(&self) -> Vec<String> {
+        self.inner.read().feature_names()
+    }
+
+    #[getter]
+    fn required_inputs(&self) -> Vec<String> {
+        self.inner.read().required_inputs()
+    }
+
+    #[getter]
+    fn is_fitted(&self) -> bool {
+        self.inner.read().is_fitted()
+    }
+
+    /// Fit unfitted steps on a table (in parallel, GIL released). On error nothing changes.
+    fn fit(&self, py: Python<'_>, table: PyTable) -> PyResult<()> {
+        let batch = one_batch(table)?;
+        let current = self.inner.read().clone();
+        let fitted = py.detach(move || {
+            let mut t = current;
+            t.fit(&batch).map(|_| t)
+        });
+        *self.inner.write() = fitted.py_err()?;
+        Ok(())
+    }
+
+    /// Fit, then return the transformed table with out-of-fold target encodings.
+    fn fit_transform<'py>(&self, py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyAny>> {
+        let batch = one_batch(table)?;
+        let current = self.inner.read().clone();
+        let (t, cols) = py
+            .detach(move || {
+                let mut t = current;
+                t.fit_transform(&batch).map(|c| (t, c))
+            })
+            .py_err()?;
+        let names = t.feature_names();
+        *self.inner.write() = t;
+        PyRecordBatch::new(to_batch(&names, cols)?).into_pyarrow(py)
+    }
+
+    fn transform<'py>(&self, py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyAny>> {
+        let batch = one_batch(table)?;
+        let t = self.inner.read().clone();
+        let names = t.feature_names();
+        let cols = py.detach(move || t.transform(&batch)).py_err()?;
+        PyRecordBatch::new(to_batch(&names, cols)?).into_pyarrow(py)
+    }
+
+    /// One request row -> dict of outputs (None for null).
+    fn transform_one<'py>(&self, py: Python<'py>, row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+        let t = self.inner.read();
+        let batch = row_batch(&t, row)?;
+        let cols = t.transform(&batch).py_err()?;
+        let out = PyDict::new(py);
+        for (name, c) in t.feature_names().iter().zip(cols) {
+            let v = c[0];
+            if v.is_nan() {
+                out.set_item(name, py.None())?;
+            } else {
+                out.set_item(name, v)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One request row -> float64 vector in feature_names order (NaN = null).
+    fn vector<'py>(&self, py: Python<'py>, row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let t = self.inner.read();
+        let batch = row_batch(&t, row)?;
+        let cols = t.transform(&batch).py_err()?;
+        Ok(PyArray1::from_vec(py, cols.into_iter().map(|c| c[0]).collect()))
+    }
+}

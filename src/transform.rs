@@ -1,0 +1,1161 @@
+//! Feature transforms: fitted once, applied by the same code to a table and to one row.
+//!
+//! A pipeline is an ordered list of [`Step`]s. Applying it to a record batch computes every step
+//! row by row with scalar functions; a single request row is a one-row record batch, so it runs
+//! exactly the same code and gets the same bits. Semantics: `docs/transforms.md`.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::*;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::DataType;
+use chrono::{Datelike, TimeZone, Timelike};
+use rayon::prelude::*;
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::exact::{dd_div, ExactSum};
+use crate::input::read_times;
+
+pub const FORMAT: &str = "rtml.Transforms";
+pub const VERSION: u64 = 1;
+
+/// A category value: an integer or a string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cat {
+    Int(i64),
+    Str(String),
+}
+
+impl Cat {
+    fn label(&self) -> String {
+        match self {
+            Cat::Int(i) => i.to_string(),
+            Cat::Str(s) => s.clone(),
+        }
+    }
+    fn to_json(&self) -> Value {
+        match self {
+            Cat::Int(i) => json!(i),
+            Cat::Str(s) => json!(s),
+        }
+    }
+    fn from_json(v: &Value, field: &str) -> Result<Cat> {
+        match v {
+            Value::String(s) => Ok(Cat::Str(s.clone())),
+            Value::Number(n) if n.as_i64().is_some() => Ok(Cat::Int(n.as_i64().unwrap_or(0))),
+            other => Err(Error::spec(field, format!("a category must be a string or an integer, got {other}"))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TimePart {
+    Hour,
+    DayOfWeek,
+    DayOfMonth,
+    Month,
+}
+
+impl TimePart {
+    fn name(&self) -> &'static str {
+        match self {
+            TimePart::Hour => "hour",
+            TimePart::DayOfWeek => "day_of_week",
+            TimePart::DayOfMonth => "day_of_month",
+            TimePart::Month => "month",
+        }
+    }
+    fn op(&self) -> &'static str {
+        match self {
+            TimePart::Hour => "hour_of_day",
+            TimePart::DayOfWeek => "day_of_week",
+            TimePart::DayOfMonth => "day_of_month",
+            TimePart::Month => "month",
+        }
+    }
+    /// (value, period) for cyclical encodings: position in [0, period).
+    fn of(&self, dt: &chrono::DateTime<chrono_tz::Tz>) -> (f64, f64) {
+        match self {
+            TimePart::Hour => (dt.hour() as f64, 24.0),
+            TimePart::DayOfWeek => (dt.weekday().num_days_from_monday() as f64, 7.0),
+            TimePart::DayOfMonth => (dt.day() as f64, 31.0),
+            TimePart::Month => (dt.month() as f64, 12.0),
+        }
+    }
+    fn offset(&self) -> f64 {
+        match self {
+            TimePart::Hour | TimePart::DayOfWeek => 0.0,
+            TimePart::DayOfMonth | TimePart::Month => 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Impute {
+    Mean,
+    Median,
+    MostFrequent,
+    Constant,
+}
+
+/// Vocabulary of a categorical encoder: kept categories, sorted.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Vocab {
+    pub cats: Vec<Cat>,
+    index: HashMap<Cat, usize>,
+}
+
+impl Vocab {
+    fn new(cats: Vec<Cat>) -> Vocab {
+        let index = cats.iter().cloned().enumerate().map(|(i, c)| (c, i)).collect();
+        Vocab { cats, index }
+    }
+    fn get(&self, c: &CatRef<'_>) -> Option<usize> {
+        // Categories are few; an owned probe key keeps this simple and exact.
+        self.index.get(&(*c).to_cat()).copied()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Log1p,
+    Abs,
+    Clip { lo: f64, hi: f64 },
+    Power { p: f64 },
+    Binary { kind: char, other: String, on_zero: Option<f64> },
+    IsNull,
+    FillNull { value: f64 },
+    HashBucket { n: u64 },
+    Time { part: TimePart, tz: String, cyclical: bool },
+    StandardScale { fitted: Option<(f64, f64)> },
+    MinMaxScale { fitted: Option<(f64, f64)> },
+    RobustScale { fitted: Option<(f64, f64)> },
+    Bucketize { boundaries: Vec<f64> },
+    QuantileBucketize { n: usize, edges: Option<Vec<f64>> },
+    OneHot { min_frequency: u64, max_categories: Option<usize>, vocab: Option<Vocab> },
+    Ordinal { min_frequency: u64, max_categories: Option<usize>, vocab: Option<Vocab> },
+    Impute { strategy: Impute, value: Option<f64> },
+    TargetEncode { target: String, smooth: f64, folds: usize, fitted: Option<(Vec<(Cat, f64)>, f64)> },
+    Passthrough,
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Log1p => "log1p",
+            Op::Abs => "abs",
+            Op::Clip { .. } => "clip",
+            Op::Power { .. } => "power",
+            Op::Binary { kind: '+', .. } => "add",
+            Op::Binary { kind: '-', .. } => "sub",
+            Op::Binary { kind: '*', .. } => "mul",
+            Op::Binary { .. } => "ratio",
+            Op::IsNull => "is_null",
+            Op::FillNull { .. } => "fill_null",
+            Op::HashBucket { .. } => "hash_bucket",
+            Op::Time { part, .. } => part.op(),
+            Op::StandardScale { .. } => "standard_scale",
+            Op::MinMaxScale { .. } => "min_max_scale",
+            Op::RobustScale { .. } => "robust_scale",
+            Op::Bucketize { .. } => "bucketize",
+            Op::QuantileBucketize { .. } => "quantile_bucketize",
+            Op::OneHot { .. } => "one_hot",
+            Op::Ordinal { .. } => "ordinal",
+            Op::Impute { .. } => "impute",
+            Op::TargetEncode { .. } => "target_encode",
+            Op::Passthrough => "passthrough",
+        }
+    }
+    fn is_fitted(&self) -> bool {
+        match self {
+            Op::StandardScale { fitted } | Op::MinMaxScale { fitted } | Op::RobustScale { fitted } => fitted.is_some(),
+            Op::QuantileBucketize { edges, .. } => edges.is_some(),
+            Op::OneHot { vocab, .. } | Op::Ordinal { vocab, .. } => vocab.is_some(),
+            Op::Impute { strategy, value } => *strategy == Impute::Constant || value.is_some(),
+            Op::TargetEncode { fitted, .. } => fitted.is_some(),
+            _ => true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub op: Op,
+    pub column: String,
+    /// Output name (for one_hot: the prefix of `{name}={category}` columns).
+    pub name: String,
+}
+
+impl Step {
+    /// Output column names of this step (one_hot: one per category plus `__other__`).
+    pub fn outputs(&self) -> Vec<String> {
+        match &self.op {
+            Op::OneHot { vocab: Some(v), .. } => v
+                .cats
+                .iter()
+                .map(|c| format!("{}={}", self.name, c.label()))
+                .chain(std::iter::once(format!("{}=__other__", self.name)))
+                .collect(),
+            Op::OneHot { vocab: None, .. } => Vec::new(),
+            Op::Time { cyclical: true, part, .. } => {
+                vec![format!("{}_{}_sin", self.column, part.name()), format!("{}_{}_cos", self.column, part.name())]
+                    .into_iter()
+                    .map(|n| if self.name == self.column { n } else { n.replacen(&self.column, &self.name, 1) })
+                    .collect()
+            }
+            _ => vec![self.name.clone()],
+        }
+    }
+    fn field(&self, i: usize) -> String {
+        format!("steps[{i}] ({} of '{}')", self.op.name(), self.column)
+    }
+}
+
+/// A borrowed category value read from Arrow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CatRef<'a> {
+    Int(i64),
+    Str(&'a str),
+}
+
+impl CatRef<'_> {
+    fn to_cat(self) -> Cat {
+        match self {
+            CatRef::Int(i) => Cat::Int(i),
+            CatRef::Str(s) => Cat::Str(s.to_string()),
+        }
+    }
+}
+
+/// Columns of one batch as the pipeline sees them: inputs from the batch, outputs of steps.
+struct Frame<'a> {
+    batch: &'a RecordBatch,
+    computed: Vec<(String, Vec<f64>)>,
+}
+
+fn numeric_of(a: &ArrayRef, name: &str, step: &str) -> Result<Vec<f64>> {
+    let n = a.len();
+    let f: Vec<f64> = match a.data_type() {
+        DataType::Float64 => a.as_primitive::<Float64Type>().values().to_vec(),
+        DataType::Float32 => a.as_primitive::<Float32Type>().values().iter().map(|&x| x as f64).collect(),
+        DataType::Int64 => a.as_primitive::<Int64Type>().values().iter().map(|&x| x as f64).collect(),
+        DataType::Int32 => a.as_primitive::<Int32Type>().values().iter().map(|&x| x as f64).collect(),
+        DataType::Int16 => a.as_primitive::<Int16Type>().values().iter().map(|&x| x as f64).collect(),
+        DataType::Int8 => a.as_primitive::<Int8Type>().values().iter().map(|&x| x as f64).collect(),
+        DataType::UInt64 => a.as_primitive::<UInt64Type>().values().iter().map(|&x| x as f64).collect(),
+        DataType::UInt32 => a.as_primitive::<UInt32Type>().values().iter().map(|&x| x as f64).collect(),
+        DataType::UInt16 => a.as_primitive::<UInt16Type>().values().iter().map(|&x| x as f64).collect(),
+        DataType::UInt8 => a.as_primitive::<UInt8Type>().values().iter().map(|&x| x as f64).collect(),
+        DataType::Boolean => {
+            let b = a.as_boolean();
+            (0..n).map(|i| if b.value(i) { 1.0 } else { 0.0 }).collect()
+        }
+        DataType::Null => return Ok(vec![f64::NAN; n]),
+        dt => {
+            return Err(Error::schema(name, format!("{step} needs a numeric column, got {dt}")));
+        }
+    };
+    let mut out = f;
+    for (i, x) in out.iter_mut().enumerate() {
+        if a.is_null(i) {
+            *x = f64::NAN;
+        } else if !x.is_finite() {
+            return Err(Error::schema(name, format!("{step}: {x} at row {i}: NaN and infinite inputs are rejected")));
+        }
+    }
+    Ok(out)
+}
+
+fn cats_of<'a>(a: &'a ArrayRef, name: &str, step: &str) -> Result<Vec<Option<CatRef<'a>>>> {
+    let n = a.len();
+    let null = |i: usize| a.is_null(i);
+    let out: Vec<Option<CatRef<'a>>> = match a.data_type() {
+        DataType::Utf8 => {
+            let s = a.as_string::<i32>();
+            (0..n).map(|i| (!null(i)).then(|| CatRef::Str(s.value(i)))).collect()
+        }
+        DataType::LargeUtf8 => {
+            let s = a.as_string::<i64>();
+            (0..n).map(|i| (!null(i)).then(|| CatRef::Str(s.value(i)))).collect()
+        }
+        DataType::Utf8View => {
+            let s = a.as_string_view();
+            (0..n).map(|i| (!null(i)).then(|| CatRef::Str(s.value(i)))).collect()
+        }
+        DataType::Dictionary(_, _) => {
+            let keys = crate::input::read_dictionary_strings(a).ok_or_else(|| {
+                Error::schema(name, format!("{step} needs strings or integers, got {}", a.data_type()))
+            })?;
+            (0..n).map(|i| (!null(i)).then(|| CatRef::Str(keys.get(i)))).collect()
+        }
+        DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 | DataType::UInt32
+        | DataType::UInt16 | DataType::UInt8 | DataType::Boolean => {
+            let v = numeric_of(a, name, step)?;
+            v.iter().enumerate().map(|(i, x)| (!null(i)).then_some(CatRef::Int(*x as i64))).collect()
+        }
+        DataType::Null => vec![None; n],
+        dt => return Err(Error::schema(name, format!("{step} needs strings or integers, got {dt}"))),
+    };
+    Ok(out)
+}
+
+impl<'a> Frame<'a> {
+    fn input(&self, name: &str, step: &str) -> Result<&'a ArrayRef> {
+        self.batch.column_by_name(name).ok_or_else(|| {
+            let have: Vec<String> = self
+                .batch
+                .schema_ref()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .chain(self.computed.iter().map(|c| c.0.clone()))
+                .collect();
+            Error::schema(name, format!("{step}: column not found (available: {})", have.join(", ")))
+        })
+    }
+    fn num(&self, name: &str, step: &str) -> Result<std::borrow::Cow<'_, [f64]>> {
+        if let Some((_, v)) = self.computed.iter().rev().find(|(n, _)| n == name) {
+            return Ok(std::borrow::Cow::Borrowed(v));
+        }
+        Ok(std::borrow::Cow::Owned(numeric_of(self.input(name, step)?, name, step)?))
+    }
+    fn cats(&self, name: &str, step: &str) -> Result<Vec<Option<CatRef<'a>>>> {
+        if self.computed.iter().any(|(n, _)| n == name) {
+            return Err(Error::schema(name, format!("{step} needs the raw categorical input, but an earlier step rewrote it as numbers")));
+        }
+        cats_of(self.input(name, step)?, name, step)
+    }
+    fn times(&self, name: &str, step: &str) -> Result<Vec<Option<i64>>> {
+        let a = self.input(name, step)?;
+        if a.null_count() == 0 {
+            return Ok(read_times(a, name, None, 0)?.into_iter().map(Some).collect());
+        }
+        // fill nulls with 0 for conversion, then restore them
+        let valid: Vec<bool> = (0..a.len()).map(|i| a.is_valid(i)).collect();
+        let filled = arrow_select_fill(a);
+        let t = read_times(&filled, name, None, 0)?;
+        Ok(t.into_iter().zip(valid).map(|(t, v)| v.then_some(t)).collect())
+    }
+    fn is_null(&self, name: &str, step: &str) -> Result<Vec<f64>> {
+        if let Some((_, v)) = self.computed.iter().rev().find(|(n, _)| n == name) {
+            return Ok(v.iter().map(|x| if x.is_nan() { 1.0 } else { 0.0 }).collect());
+        }
+        let a = self.input(name, step)?;
+        Ok((0..a.len()).map(|i| if a.is_null(i) { 1.0 } else { 0.0 }).collect())
+    }
+    fn set(&mut self, name: String, v: Vec<f64>) {
+        self.computed.push((name, v));
+    }
+}
+
+/// A time array with nulls replaced by zero (same type), for conversion.
+fn arrow_select_fill(a: &ArrayRef) -> ArrayRef {
+    let data = a.to_data();
+    let no_nulls = data.into_builder().nulls(None).build();
+    match no_nulls {
+        Ok(d) => arrow_array::make_array(d),
+        Err(_) => Arc::clone(a),
+    }
+}
+
+#[inline]
+fn apply_num(op: &Op, x: f64) -> f64 {
+    if x.is_nan() {
+        return match op {
+            Op::FillNull { value } => *value,
+            Op::Impute { value: Some(v), .. } => *v,
+            _ => f64::NAN,
+        };
+    }
+    match op {
+        Op::Log1p => {
+            if x > -1.0 {
+                x.ln_1p()
+            } else {
+                f64::NAN
+            }
+        }
+        Op::Abs => x.abs(),
+        Op::Clip { lo, hi } => x.max(*lo).min(*hi),
+        Op::Power { p } => libm::pow(x, *p),
+        Op::FillNull { .. } | Op::Impute { .. } => x,
+        Op::StandardScale { fitted: Some((m, s)) }
+        | Op::RobustScale { fitted: Some((m, s)) } => (x - m) / s,
+        Op::MinMaxScale { fitted: Some((lo, range)) } => (x - lo) / range,
+        Op::Bucketize { boundaries } => boundaries.partition_point(|b| *b <= x) as f64,
+        Op::QuantileBucketize { edges: Some(e), .. } => {
+            let inner = if e.len() >= 2 { &e[1..e.len() - 1] } else { &e[0..0] };
+            inner.partition_point(|b| *b <= x) as f64
+        }
+        _ => f64::NAN,
+    }
+}
+
+fn sorted_values(v: &[f64]) -> Vec<f64> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    s.par_sort_unstable_by(|a, b| a.total_cmp(b));
+    s
+}
+
+/// numpy's default ('linear') percentile of sorted values, q in [0, 1].
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let pos = q * (n - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = (lo + 1).min(n - 1);
+    let t = pos - lo as f64;
+    let (a, b) = (sorted[lo], sorted[hi]);
+    // numpy's _lerp: symmetric form for t >= 0.5
+    let d = b - a;
+    if t >= 0.5 {
+        b - d * (1.0 - t)
+    } else {
+        a + d * t
+    }
+}
+
+/// Exact mean and population variance of the non-null values (parallel, thread-count independent).
+fn moments(v: &[f64]) -> (usize, f64, f64) {
+    let (n, s1, s2) = v
+        .par_chunks(1 << 16)
+        .map(|c| {
+            let (mut s1, mut s2, mut n) = (ExactSum::new(), ExactSum::new(), 0usize);
+            for &x in c {
+                if !x.is_nan() {
+                    s1.add(x);
+                    s2.add_square(x);
+                    n += 1;
+                }
+            }
+            (n, s1, s2)
+        })
+        .reduce(
+            || (0, ExactSum::new(), ExactSum::new()),
+            |mut a, b| {
+                a.0 += b.0;
+                a.1.add_assign(&b.1);
+                a.2.add_assign(&b.2);
+                a
+            },
+        );
+    if n == 0 {
+        return (0, f64::NAN, f64::NAN);
+    }
+    let (hi, lo) = s1.to_f64_pair();
+    let mean = dd_div(hi, lo, n as f64);
+    let mut num = s2.mul_u64(n as u64);
+    num.add_assign(&s1.square().negated());
+    let (vh, vl) = num.to_f64_pair();
+    let var = dd_div(vh, vl, (n as f64) * (n as f64)).max(0.0);
+    (n, mean, var)
+}
+
+fn vocabulary(cats: &[Option<CatRef<'_>>], min_frequency: u64, max_categories: Option<usize>) -> Vocab {
+    let mut counts: HashMap<CatRef<'_>, u64> = HashMap::new();
+    for c in cats.iter().flatten() {
+        *counts.entry(*c).or_insert(0) += 1;
+    }
+    let mut kept: Vec<(Cat, u64)> =
+        counts.into_iter().filter(|(_, n)| *n >= min_frequency).map(|(c, n)| (c.to_cat(), n)).collect();
+    kept.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    if let Some(m) = max_categories {
+        kept.truncate(m.saturating_sub(1).max(1).min(kept.len()));
+    }
+    let mut cats: Vec<Cat> = kept.into_iter().map(|(c, _)| c).collect();
+    cats.sort();
+    Vocab::new(cats)
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Transforms {
+    pub steps: Vec<Step>,
+}
+
+impl Transforms {
+    pub fn is_fitted(&self) -> bool {
+        self.steps.iter().all(|s| s.op.is_fitted())
+    }
+
+    /// Output columns, in order of first write.
+    pub fn feature_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for s in &self.steps {
+            for o in s.outputs() {
+                if !out.contains(&o) {
+                    out.push(o);
+                }
+            }
+        }
+        out
+    }
+
+    /// Input columns a request row must carry (read before any step writes them).
+    pub fn required_inputs(&self) -> Vec<String> {
+        let mut written: Vec<String> = Vec::new();
+        let mut need: Vec<String> = Vec::new();
+        for s in &self.steps {
+            let mut reads = vec![s.column.clone()];
+            if let Op::Binary { other, .. } = &s.op {
+                reads.push(other.clone());
+            }
+            for r in reads {
+                if !written.contains(&r) && !need.contains(&r) {
+                    need.push(r);
+                }
+            }
+            written.extend(s.outputs());
+        }
+        need
+    }
+
+    /// Run every step on one batch. `fit`: fit unfitted steps on this batch first.
+    /// `oof`: target encodings out of fold (fit_transform).
+    fn run(&mut self, batch: &RecordBatch, fit: bool, oof: bool) -> Result<Vec<Vec<f64>>> {
+        if !fit && !self.is_fitted() {
+            return Err(Error::spec("transforms", "not fitted: call fit(table) first"));
+        }
+        let mut frame = Frame { batch, computed: Vec::new() };
+        let n = batch.num_rows();
+        for (i, step) in self.steps.iter_mut().enumerate() {
+            let field = step.field(i);
+            let col = step.column.clone();
+            match &mut step.op {
+                Op::Passthrough => {
+                    let v = frame.num(&col, &field)?.into_owned();
+                    frame.set(step.name.clone(), v);
+                }
+                Op::IsNull => {
+                    let v = frame.is_null(&col, &field)?;
+                    frame.set(step.name.clone(), v);
+                }
+                Op::Binary { kind, other, on_zero } => {
+                    let a = frame.num(&col, &field)?.into_owned();
+                    let b = frame.num(other, &field)?;
+                    let v = a
+                        .iter()
+                        .zip(b.iter())
+                        .map(|(&x, &y)| binary(*kind, x, y, *on_zero))
+                        .collect();
+                    frame.set(step.name.clone(), v);
+                }
+                Op::HashBucket { n: buckets } => {
+                    let c = frame.cats(&col, &field)?;
+                    let v = c.iter().map(|c| c.map(|c| hash_bucket(&c, *buckets)).unwrap_or(f64::NAN)).collect();
+                    frame.set(step.name.clone(), v);
+                }
+                Op::Time { part, tz, cyclical } => {
+                    let zone = chrono_tz::Tz::from_str(tz).map_err(|_| Error::spec(&field, format!("unknown time zone {tz:?}")))?;
+                    let t = frame.times(&col, &field)?;
+                    let parts: Vec<Option<(f64, f64)>> = t
+                        .iter()
+                        .map(|t| t.map(|ns| part.of(&zone.timestamp_nanos(ns))))
+                        .collect();
+                    let off = part.offset();
+                    if *cyclical {
+                        let outs = step.outputs();
+                        let ang = |p: &Option<(f64, f64)>| p.map(|(v, per)| 2.0 * std::f64::consts::PI * (v - off) / per);
+                        let s = parts.iter().map(|p| ang(p).map(libm::sin).unwrap_or(f64::NAN)).collect();
+                        let c = parts.iter().map(|p| ang(p).map(libm::cos).unwrap_or(f64::NAN)).collect();
+                        frame.set(outs[0].clone(), s);
+                        frame.set(outs[1].clone(), c);
+                    } else {
+                        frame.set(step.name.clone(), parts.iter().map(|p| p.map(|p| p.0).unwrap_or(f64::NAN)).collect());
+                    }
+                }
+                Op::OneHot { min_frequency, max_categories, vocab } | Op::Ordinal { min_frequency, max_categories, vocab } => {
+                    let c = frame.cats(&col, &field)?;
+                    if fit && vocab.is_none() {
+                        *vocab = Some(vocabulary(&c, *min_frequency, *max_categories));
+                    }
+                    let voc = vocab.as_ref().ok_or_else(|| Error::spec(&field, "not fitted"))?;
+                    let idx: Vec<Option<usize>> =
+                        c.iter().map(|c| c.map(|c| voc.get(&c).unwrap_or(voc.cats.len()))).collect();
+                    if matches!(step.op, Op::OneHot { .. }) {
+                        for (k, out) in step.outputs().into_iter().enumerate() {
+                            frame.set(out, idx.iter().map(|i| if *i == Some(k) { 1.0 } else { 0.0 }).collect());
+                        }
+                    } else {
+                        frame.set(step.name.clone(), idx.iter().map(|i| i.map(|i| i as f64).unwrap_or(f64::NAN)).collect());
+                    }
+                }
+                Op::TargetEncode { target, smooth, folds, fitted } => {
+                    let c = frame.cats(&col, &field)?;
+                    let stats = |rows: &mut dyn Iterator<Item = usize>, y: &[f64]| {
+                        let mut per: HashMap<CatRef<'_>, (ExactSum, u64)> = HashMap::new();
+                        let (mut all, mut n) = (ExactSum::new(), 0u64);
+                        for r in rows {
+                            if let (Some(cat), false) = (c[r], y[r].is_nan()) {
+                                let e = per.entry(cat).or_insert((ExactSum::new(), 0));
+                                e.0.add(y[r]);
+                                e.1 += 1;
+                                all.add(y[r]);
+                                n += 1;
+                            }
+                        }
+                        let (h, l) = all.to_f64_pair();
+                        let mean = if n == 0 { 0.0 } else { dd_div(h, l, n as f64) };
+                        let enc: HashMap<Cat, f64> = per
+                            .into_iter()
+                            .map(|(k, (s, cnt))| {
+                                let mut s = s;
+                                s.add(*smooth * mean);
+                                let (h, l) = s.to_f64_pair();
+                                (k.to_cat(), dd_div(h, l, cnt as f64 + *smooth))
+                            })
+                            .collect();
+                        (enc, mean)
+                    };
+                    let mut oof_values: Option<Vec<f64>> = None;
+                    if fit && fitted.is_none() {
+                        let y = frame.num(target, &field)?.into_owned();
+                        let (enc, mean) = stats(&mut (0..n), &y);
+                        if oof && *folds >= 2 && n >= *folds {
+                            let mut v = vec![f64::NAN; n];
+                            for f in 0..*folds {
+                                let (lo, hi) = fold_bounds(n, *folds, f);
+                                let (fe, fm) = stats(&mut (0..lo).chain(hi..n), &y);
+                                for r in lo..hi {
+                                    v[r] = c[r].map(|cat| fe.get(&cat.to_cat()).copied().unwrap_or(fm)).unwrap_or(f64::NAN);
+                                }
+                            }
+                            oof_values = Some(v);
+                        }
+                        let mut table: Vec<(Cat, f64)> = enc.into_iter().collect();
+                        table.sort_by(|a, b| a.0.cmp(&b.0));
+                        *fitted = Some((table, mean));
+                    }
+                    let (table, mean) = fitted.as_ref().ok_or_else(|| Error::spec(&field, "not fitted"))?;
+                    let lookup: HashMap<&Cat, f64> = table.iter().map(|(c, v)| (c, *v)).collect();
+                    let v = match oof_values {
+                        Some(v) => v,
+                        None => c
+                            .iter()
+                            .map(|c| c.map(|c| lookup.get(&c.to_cat()).copied().unwrap_or(*mean)).unwrap_or(f64::NAN))
+                            .collect(),
+                    };
+                    frame.set(step.name.clone(), v);
+                }
+                op => {
+                    let x = frame.num(&col, &field)?.into_owned();
+                    if fit && !op.is_fitted() {
+                        fit_numeric(op, &x, &field)?;
+                    }
+                    let v = x.iter().map(|&x| apply_num(op, x)).collect();
+                    frame.set(step.name.clone(), v);
+                }
+            }
+        }
+        let names = self.feature_names();
+        names
+            .iter()
+            .map(|name| {
+                frame
+                    .computed
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| Error::spec(name, "output was not computed"))
+            })
+            .collect()
+    }
+
+    /// Fit every unfitted step on `batch` (steps see the outputs of the steps before them).
+    pub fn fit(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut trial = self.clone();
+        trial.run(batch, true, false)?;
+        *self = trial;
+        Ok(())
+    }
+
+    /// Fit, and return the transformed batch with out-of-fold target encodings.
+    pub fn fit_transform(&mut self, batch: &RecordBatch) -> Result<Vec<Vec<f64>>> {
+        let mut trial = self.clone();
+        let out = trial.run(batch, true, true)?;
+        *self = trial;
+        Ok(out)
+    }
+
+    /// Apply the fitted pipeline: one column per feature name (NaN = null).
+    pub fn transform(&self, batch: &RecordBatch) -> Result<Vec<Vec<f64>>> {
+        let rows = batch.num_rows();
+        let chunk = 1 << 15;
+        if rows <= chunk {
+            return self.clone_run(batch);
+        }
+        let parts: Vec<Result<Vec<Vec<f64>>>> = (0..rows)
+            .step_by(chunk)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|start| self.clone_run(&batch.slice(start, chunk.min(rows - start))))
+            .collect();
+        let mut out: Vec<Vec<f64>> = vec![Vec::with_capacity(rows); self.feature_names().len()];
+        for p in parts {
+            for (o, c) in out.iter_mut().zip(p?) {
+                o.extend_from_slice(&c);
+            }
+        }
+        Ok(out)
+    }
+
+    fn clone_run(&self, batch: &RecordBatch) -> Result<Vec<Vec<f64>>> {
+        // `run` takes &mut for fitting; applying never changes fitted state.
+        let mut me = self.clone();
+        me.run(batch, false, false)
+    }
+}
+
+fn fold_bounds(n: usize, k: usize, f: usize) -> (usize, usize) {
+    // like numpy.array_split / sklearn KFold(shuffle=False): the first n % k folds get one more
+    let base = n / k;
+    let extra = n % k;
+    let lo = f * base + f.min(extra);
+    let hi = lo + base + usize::from(f < extra);
+    (lo, hi)
+}
+
+#[inline]
+fn binary(kind: char, x: f64, y: f64, on_zero: Option<f64>) -> f64 {
+    if x.is_nan() || y.is_nan() {
+        return f64::NAN;
+    }
+    match kind {
+        '+' => x + y,
+        '-' => x - y,
+        '*' => x * y,
+        _ => {
+            if y == 0.0 {
+                on_zero.unwrap_or(f64::NAN)
+            } else {
+                x / y
+            }
+        }
+    }
+}
+
+#[inline]
+fn hash_bucket(c: &CatRef<'_>, n: u64) -> f64 {
+    let h = match c {
+        CatRef::Str(s) => xxhash_rust::xxh3::xxh3_64(s.as_bytes()),
+        CatRef::Int(i) => xxhash_rust::xxh3::xxh3_64(i.to_string().as_bytes()),
+    };
+    (h % n) as f64
+}
+
+fn fit_numeric(op: &mut Op, x: &[f64], field: &str) -> Result<()> {
+    let empty = || Error::schema(field, "cannot fit on a column with no non-null values");
+    match op {
+        Op::StandardScale { fitted } => {
+            let (n, mean, var) = moments(x);
+            if n == 0 {
+                return Err(empty());
+            }
+            let sd = var.sqrt();
+            *fitted = Some((mean, if sd == 0.0 { 1.0 } else { sd }));
+        }
+        Op::MinMaxScale { fitted } => {
+            let (lo, hi) = x
+                .par_iter()
+                .filter(|v| !v.is_nan())
+                .fold(|| (f64::INFINITY, f64::NEG_INFINITY), |a, &v| (a.0.min(v), a.1.max(v)))
+                .reduce(|| (f64::INFINITY, f64::NEG_INFINITY), |a, b| (a.0.min(b.0), a.1.max(b.1)));
+            if lo > hi {
+                return Err(empty());
+            }
+            let range = hi - lo;
+            *fitted = Some((lo, if range == 0.0 { 1.0 } else { range }));
+        }
+        Op::RobustScale { fitted } => {
+            let s = sorted_values(x);
+            if s.is_empty() {
+                return Err(empty());
+            }
+            let iqr = percentile(&s, 0.75) - percentile(&s, 0.25);
+            *fitted = Some((percentile(&s, 0.5), if iqr == 0.0 { 1.0 } else { iqr }));
+        }
+        Op::QuantileBucketize { n, edges } => {
+            let s = sorted_values(x);
+            if s.is_empty() {
+                return Err(empty());
+            }
+            let raw: Vec<f64> = (0..=*n).map(|k| percentile(&s, k as f64 / *n as f64)).collect();
+            let mut kept = vec![raw[0]];
+            for &e in &raw[1..] {
+                if e - kept[kept.len() - 1] > 1e-8 {
+                    kept.push(e);
+                }
+            }
+            *edges = Some(kept);
+        }
+        Op::Impute { strategy, value } => {
+            *value = Some(match strategy {
+                Impute::Mean => {
+                    let (n, mean, _) = moments(x);
+                    if n == 0 {
+                        return Err(empty());
+                    }
+                    mean
+                }
+                Impute::Median => {
+                    let s = sorted_values(x);
+                    if s.is_empty() {
+                        return Err(empty());
+                    }
+                    let m = s.len() / 2;
+                    if s.len() % 2 == 1 {
+                        s[m]
+                    } else {
+                        (s[m - 1] + s[m]) / 2.0
+                    }
+                }
+                Impute::MostFrequent => {
+                    let s = sorted_values(x);
+                    let mut best: Option<(f64, usize)> = None;
+                    let mut i = 0;
+                    while i < s.len() {
+                        let mut j = i;
+                        while j < s.len() && s[j] == s[i] {
+                            j += 1;
+                        }
+                        if best.is_none_or(|b| j - i > b.1) {
+                            best = Some((s[i], j - i));
+                        }
+                        i = j;
+                    }
+                    best.ok_or_else(empty)?.0
+                }
+                Impute::Constant => value.ok_or_else(|| Error::spec(field, "constant impute needs value"))?,
+            });
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the JSON document
+
+fn num_field(o: &Map<String, Value>, key: &str, field: &str) -> Result<Option<f64>> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .map(Some)
+            .ok_or_else(|| Error::spec(format!("{field}.{key}"), format!("expected a finite number, got {v}"))),
+    }
+}
+
+fn str_field(o: &Map<String, Value>, key: &str, field: &str) -> Result<Option<String>> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(Error::spec(format!("{field}.{key}"), format!("expected a string, got {v}"))),
+    }
+}
+
+fn pair(o: &Map<String, Value>, a: &str, b: &str, field: &str) -> Result<Option<(f64, f64)>> {
+    match (num_field(o, a, field)?, num_field(o, b, field)?) {
+        (Some(x), Some(y)) => {
+            if y == 0.0 {
+                return Err(Error::spec(format!("{field}.{b}"), "must not be zero"));
+            }
+            Ok(Some((x, y)))
+        }
+        (None, None) => Ok(None),
+        _ => Err(Error::spec(field, format!("fitted state needs both {a} and {b}"))),
+    }
+}
+
+fn vocab_field(o: &Map<String, Value>, field: &str) -> Result<Option<Vocab>> {
+    match o.get("vocabulary") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => {
+            let cats: Vec<Cat> = a.iter().map(|v| Cat::from_json(v, &format!("{field}.vocabulary"))).collect::<Result<_>>()?;
+            let mut sorted = cats.clone();
+            sorted.sort();
+            sorted.dedup();
+            if sorted != cats {
+                return Err(Error::spec(format!("{field}.vocabulary"), "must be sorted and without duplicates"));
+            }
+            Ok(Some(Vocab::new(cats)))
+        }
+        Some(v) => Err(Error::spec(format!("{field}.vocabulary"), format!("expected a list, got {v}"))),
+    }
+}
+
+impl Transforms {
+    pub fn from_json(text: &str) -> Result<Transforms> {
+        let v: Value = serde_json::from_str(text).map_err(|e| Error::spec("document", format!("not valid JSON: {e}")))?;
+        let o = v.as_object().ok_or_else(|| Error::spec("document", "expected a JSON object"))?;
+        if let Some(f) = o.get("format") {
+            if f != FORMAT {
+                return Err(Error::spec("format", format!("expected {FORMAT:?}, got {f}")));
+            }
+        }
+        let version = o.get("version").and_then(Value::as_u64).ok_or_else(|| Error::spec("version", "is required"))?;
+        if version > VERSION {
+            return Err(Error::spec(
+                "version",
+                format!("document version {version} was written by a newer rtml (this one reads up to {VERSION}): upgrade rtml"),
+            ));
+        }
+        let steps = o.get("steps").and_then(Value::as_array).ok_or_else(|| Error::spec("steps", "is required (a list)"))?;
+        let mut out = Vec::with_capacity(steps.len());
+        for (i, s) in steps.iter().enumerate() {
+            out.push(parse_step(s, i)?);
+        }
+        if out.is_empty() {
+            return Err(Error::spec("steps", "a pipeline needs at least one step"));
+        }
+        Ok(Transforms { steps: out })
+    }
+
+    pub fn to_json(&self) -> String {
+        let steps: Vec<Value> = self.steps.iter().map(step_json).collect();
+        serde_json::to_string_pretty(&json!({"format": FORMAT, "version": VERSION, "steps": steps})).unwrap_or_default()
+    }
+}
+
+fn step_json(s: &Step) -> Value {
+    let mut m = Map::new();
+    m.insert("op".into(), json!(s.op.name()));
+    m.insert("column".into(), json!(s.column));
+    m.insert("name".into(), json!(s.name));
+    let put = |m: &mut Map<String, Value>, k: &str, v: Value| {
+        m.insert(k.into(), v);
+    };
+    match &s.op {
+        Op::Clip { lo, hi } => {
+            put(&mut m, "lo", json!(lo));
+            put(&mut m, "hi", json!(hi));
+        }
+        Op::Power { p } => put(&mut m, "p", json!(p)),
+        Op::Binary { other, on_zero, .. } => {
+            put(&mut m, "other", json!(other));
+            put(&mut m, "on_zero", json!(on_zero));
+        }
+        Op::FillNull { value } => put(&mut m, "value", json!(value)),
+        Op::HashBucket { n } => put(&mut m, "n", json!(n)),
+        Op::Time { tz, cyclical, .. } => {
+            put(&mut m, "tz", json!(tz));
+            put(&mut m, "cyclical", json!(cyclical));
+        }
+        Op::StandardScale { fitted } | Op::RobustScale { fitted } => {
+            if let Some((c, sc)) = fitted {
+                put(&mut m, "center", json!(c));
+                put(&mut m, "scale", json!(sc));
+            }
+        }
+        Op::MinMaxScale { fitted } => {
+            if let Some((lo, r)) = fitted {
+                put(&mut m, "min", json!(lo));
+                put(&mut m, "range", json!(r));
+            }
+        }
+        Op::Bucketize { boundaries } => put(&mut m, "boundaries", json!(boundaries)),
+        Op::QuantileBucketize { n, edges } => {
+            put(&mut m, "n", json!(n));
+            if let Some(e) = edges {
+                put(&mut m, "edges", json!(e));
+            }
+        }
+        Op::OneHot { min_frequency, max_categories, vocab } | Op::Ordinal { min_frequency, max_categories, vocab } => {
+            put(&mut m, "min_frequency", json!(min_frequency));
+            put(&mut m, "max_categories", json!(max_categories));
+            if let Some(v) = vocab {
+                put(&mut m, "vocabulary", Value::Array(v.cats.iter().map(Cat::to_json).collect()));
+            }
+        }
+        Op::Impute { strategy, value } => {
+            let s = match strategy {
+                Impute::Mean => "mean",
+                Impute::Median => "median",
+                Impute::MostFrequent => "most_frequent",
+                Impute::Constant => "constant",
+            };
+            put(&mut m, "strategy", json!(s));
+            put(&mut m, "value", json!(value));
+        }
+        Op::TargetEncode { target, smooth, folds, fitted } => {
+            put(&mut m, "target", json!(target));
+            put(&mut m, "smooth", json!(smooth));
+            put(&mut m, "folds", json!(folds));
+            if let Some((table, mean)) = fitted {
+                put(&mut m, "categories", Value::Array(table.iter().map(|(c, _)| c.to_json()).collect()));
+                put(&mut m, "encodings", json!(table.iter().map(|(_, v)| *v).collect::<Vec<f64>>()));
+                put(&mut m, "default", json!(mean));
+            }
+        }
+        _ => {}
+    }
+    Value::Object(m)
+}
+
+fn parse_step(v: &Value, i: usize) -> Result<Step> {
+    let base = format!("steps[{i}]");
+    let o = v.as_object().ok_or_else(|| Error::spec(&base, "expected a JSON object"))?;
+    let op_name = str_field(o, "op", &base)?.ok_or_else(|| Error::spec(format!("{base}.op"), "is required"))?;
+    let column = str_field(o, "column", &base)?.ok_or_else(|| Error::spec(format!("{base}.column"), "is required"))?;
+    let field = format!("{base} ({op_name} of '{column}')");
+    let need = |k: &str| -> Result<f64> {
+        num_field(o, k, &field)?.ok_or_else(|| Error::spec(format!("{field}.{k}"), "is required"))
+    };
+    let count = |k: &str| -> Result<Option<u64>> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().filter(|n| *n >= 1).map(Some).ok_or_else(|| {
+                Error::spec(format!("{field}.{k}"), format!("expected a positive integer, got {v}"))
+            }),
+        }
+    };
+    let op = match op_name.as_str() {
+        "log1p" => Op::Log1p,
+        "abs" => Op::Abs,
+        "clip" => {
+            let (lo, hi) = (need("lo")?, need("hi")?);
+            if lo > hi {
+                return Err(Error::spec(&field, format!("lo ({lo}) > hi ({hi})")));
+            }
+            Op::Clip { lo, hi }
+        }
+        "power" => Op::Power { p: need("p")? },
+        "add" | "sub" | "mul" | "ratio" => Op::Binary {
+            kind: match op_name.as_str() {
+                "add" => '+',
+                "sub" => '-',
+                "mul" => '*',
+                _ => '/',
+            },
+            other: str_field(o, "other", &field)?.ok_or_else(|| Error::spec(format!("{field}.other"), "is required"))?,
+            on_zero: num_field(o, "on_zero", &field)?,
+        },
+        "is_null" => Op::IsNull,
+        "fill_null" => Op::FillNull { value: need("value")? },
+        "hash_bucket" => Op::HashBucket { n: count("n")?.ok_or_else(|| Error::spec(format!("{field}.n"), "is required"))? },
+        "hour_of_day" | "day_of_week" | "day_of_month" | "month" => {
+            let tz = str_field(o, "tz", &field)?.ok_or_else(|| Error::spec(format!("{field}.tz"), "is required (e.g. 'UTC', 'America/New_York')"))?;
+            chrono_tz::Tz::from_str(&tz).map_err(|_| Error::spec(format!("{field}.tz"), format!("unknown time zone {tz:?}")))?;
+            Op::Time {
+                part: match op_name.as_str() {
+                    "hour_of_day" => TimePart::Hour,
+                    "day_of_week" => TimePart::DayOfWeek,
+                    "day_of_month" => TimePart::DayOfMonth,
+                    _ => TimePart::Month,
+                },
+                tz,
+                cyclical: o.get("cyclical").and_then(Value::as_bool).unwrap_or(false),
+            }
+        }
+        "standard_scale" => Op::StandardScale { fitted: pair(o, "center", "scale", &field)? },
+        "robust_scale" => Op::RobustScale { fitted: pair(o, "center", "scale", &field)? },
+        "min_max_scale" => Op::MinMaxScale { fitted: pair(o, "min", "range", &field)? },
+        "bucketize" => {
+            let b: Vec<f64> = match o.get("boundaries") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|x| x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| Error::spec(format!("{field}.boundaries"), "expected finite numbers")))
+                    .collect::<Result<_>>()?,
+                _ => return Err(Error::spec(format!("{field}.boundaries"), "is required (a list of numbers)")),
+            };
+            if b.windows(2).any(|w| w[0] >= w[1]) || b.is_empty() {
+                return Err(Error::spec(format!("{field}.boundaries"), "must be a non-empty, strictly increasing list"));
+            }
+            Op::Bucketize { boundaries: b }
+        }
+        "quantile_bucketize" => {
+            let n = count("n")?.ok_or_else(|| Error::spec(format!("{field}.n"), "is required"))? as usize;
+            let edges = match o.get("edges") {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(a)) => {
+                    let e: Vec<f64> = a.iter().map(|x| x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| Error::spec(format!("{field}.edges"), "expected finite numbers"))).collect::<Result<_>>()?;
+                    if e.is_empty() || e.windows(2).any(|w| w[0] >= w[1]) {
+                        return Err(Error::spec(format!("{field}.edges"), "must be a non-empty, strictly increasing list"));
+                    }
+                    Some(e)
+                }
+                Some(v) => return Err(Error::spec(format!("{field}.edges"), format!("expected a list, got {v}"))),
+            };
+            Op::QuantileBucketize { n, edges }
+        }
+        "one_hot" | "ordinal" => {
+            let min_frequency = count("min_frequency")?.unwrap_or(1);
+            let max_categories = count("max_categories")?.map(|m| m as usize);
+            let vocab = vocab_field(o, &field)?;
+            if op_name == "one_hot" {
+                Op::OneHot { min_frequency, max_categories, vocab }
+            } else {
+                Op::Ordinal { min_frequency, max_categories, vocab }
+            }
+        }
+        "impute" => {
+            let strategy = match str_field(o, "strategy", &field)?.as_deref() {
+                Some("mean") => Impute::Mean,
+                Some("median") => Impute::Median,
+                Some("most_frequent") => Impute::MostFrequent,
+                Some("constant") => Impute::Constant,
+                other => return Err(Error::spec(format!("{field}.strategy"), format!("expected mean, median, most_frequent or constant, got {other:?}"))),
+            };
+            let value = num_field(o, "value", &field)?;
+            if strategy == Impute::Constant && value.is_none() {
+                return Err(Error::spec(format!("{field}.value"), "constant impute needs value"));
+            }
+            Op::Impute { strategy, value }
+        }
+        "target_encode" => {
+            let target = str_field(o, "target", &field)?.ok_or_else(|| Error::spec(format!("{field}.target"), "is required"))?;
+            let smooth = num_field(o, "smooth", &field)?.unwrap_or(10.0);
+            if smooth < 0.0 {
+                return Err(Error::spec(format!("{field}.smooth"), "must be >= 0"));
+            }
+            let folds = count("folds")?.unwrap_or(5) as usize;
+            let fitted = match (o.get("categories"), o.get("encodings")) {
+                (Some(Value::Array(c)), Some(Value::Array(e))) => {
+                    if c.len() != e.len() {
+                        return Err(Error::spec(&field, "categories and encodings differ in length"));
+                    }
+                    let cats: Vec<Cat> = c.iter().map(|v| Cat::from_json(v, &field)).collect::<Result<_>>()?;
+                    let encs: Vec<f64> = e.iter().map(|x| x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| Error::spec(format!("{field}.encodings"), "expected finite numbers"))).collect::<Result<_>>()?;
+                    let default = need("default")?;
+                    Some((cats.into_iter().zip(encs).collect(), default))
+                }
+                (None, None) => None,
+                _ => return Err(Error::spec(&field, "fitted state needs categories and encodings")),
+            };
+            Op::TargetEncode { target, smooth, folds, fitted }
+        }
+        "passthrough" => Op::Passthrough,
+        other => return Err(Error::spec(format!("{base}.op"), format!("unknown transform {other:?}"))),
+    };
+    let name = str_field(o, "name", &field)?.unwrap_or_else(|| default_output(&op, &column));
+    if name.is_empty() {
+        return Err(Error::spec(format!("{field}.name"), "must not be empty"));
+    }
+    Ok(Step { op, column, name })
+}
+
+/// Default output name: in place for unary numeric steps, a new column otherwise.
+pub fn default_output(op: &Op, column: &str) -> String {
+    match op {
+        Op::IsNull => format!("{column}_is_null"),
+        Op::HashBucket { n } => format!("{column}_hash{n}"),
+        Op::Binary { kind, other, .. } => {
+            let w = match kind {
+                '+' => "plus",
+                '-' => "minus",
+                '*' => "times",
+                _ => "per",
+            };
+            format!("{column}_{w}_{other}")
+        }
+        Op::Time { part, cyclical: false, .. } => format!("{column}_{}", part.name()),
+        Op::TargetEncode { .. } => format!("{column}_te"),
+        _ => column.to_string(),
+    }
+}
