@@ -1,2 +1,3 @@
 //! The one Rust integration-test binary (builds once). Modules per area.
 mod engine;
+mod transforms;
