@@ -29,3 +29,8 @@ lint:
 
 fmt:
 	cargo fmt
+
+## Fast inner loop: unoptimized engine build copied into the editable install (after one `make develop`).
+quick:
+	PYO3_BUILD_EXTENSION_MODULE=1 cargo build --lib
+	cp target/debug/librtml.so python/rtml/$$($(PYTHON) -c "import sysconfig; print('_core' + sysconfig.get_config_var('EXT_SUFFIX'))")

@@ -237,6 +237,14 @@ struct Frame<'a> {
     computed: Vec<(String, Vec<f64>)>,
 }
 
+/// Null flags that also see NullArray (which has no validity buffer).
+fn null_flags(a: &ArrayRef) -> Vec<bool> {
+    match a.logical_nulls() {
+        Some(n) => (0..a.len()).map(|i| n.is_null(i)).collect(),
+        None => vec![false; a.len()],
+    }
+}
+
 fn numeric_of(a: &ArrayRef, name: &str, step: &str) -> Result<Vec<f64>> {
     let n = a.len();
     let f: Vec<f64> = match a.data_type() {
@@ -260,8 +268,9 @@ fn numeric_of(a: &ArrayRef, name: &str, step: &str) -> Result<Vec<f64>> {
         }
     };
     let mut out = f;
+    let nulls = null_flags(a);
     for (i, x) in out.iter_mut().enumerate() {
-        if a.is_null(i) {
+        if nulls[i] {
             *x = f64::NAN;
         } else if !x.is_finite() {
             return Err(Error::schema(name, format!("{step}: {x} at row {i}: NaN and infinite inputs are rejected")));
@@ -272,7 +281,8 @@ fn numeric_of(a: &ArrayRef, name: &str, step: &str) -> Result<Vec<f64>> {
 
 fn cats_of<'a>(a: &'a ArrayRef, name: &str, step: &str) -> Result<Vec<Option<CatRef<'a>>>> {
     let n = a.len();
-    let null = |i: usize| a.is_null(i);
+    let flags = null_flags(a);
+    let null = |i: usize| flags[i];
     let out: Vec<Option<CatRef<'a>>> = match a.data_type() {
         DataType::Utf8 => {
             let s = a.as_string::<i32>();
@@ -331,13 +341,20 @@ impl<'a> Frame<'a> {
     }
     fn times(&self, name: &str, step: &str) -> Result<Vec<Option<i64>>> {
         let a = self.input(name, step)?;
+        if a.data_type() == &DataType::Null {
+            return Ok(vec![None; a.len()]);
+        }
+        let with_step = |e: Error| match e {
+            Error::Schema { column, message } => Error::schema(column, format!("{step}: {message}")),
+            other => other,
+        };
         if a.null_count() == 0 {
-            return Ok(read_times(a, name, None, 0)?.into_iter().map(Some).collect());
+            return Ok(read_times(a, name, None, 0).map_err(with_step)?.into_iter().map(Some).collect());
         }
         // fill nulls with 0 for conversion, then restore them
         let valid: Vec<bool> = (0..a.len()).map(|i| a.is_valid(i)).collect();
         let filled = arrow_select_fill(a);
-        let t = read_times(&filled, name, None, 0)?;
+        let t = read_times(&filled, name, None, 0).map_err(with_step)?;
         Ok(t.into_iter().zip(valid).map(|(t, v)| v.then_some(t)).collect())
     }
     fn is_null(&self, name: &str, step: &str) -> Result<Vec<f64>> {
@@ -345,7 +362,7 @@ impl<'a> Frame<'a> {
             return Ok(v.iter().map(|x| if x.is_nan() { 1.0 } else { 0.0 }).collect());
         }
         let a = self.input(name, step)?;
-        Ok((0..a.len()).map(|i| if a.is_null(i) { 1.0 } else { 0.0 }).collect())
+        Ok(null_flags(a).into_iter().map(|n| if n { 1.0 } else { 0.0 }).collect())
     }
     fn set(&mut self, name: String, v: Vec<f64>) {
         self.computed.push((name, v));
@@ -466,7 +483,8 @@ fn vocabulary(cats: &[Option<CatRef<'_>>], min_frequency: u64, max_categories: O
         counts.into_iter().filter(|(_, n)| *n >= min_frequency).map(|(c, n)| (c.to_cat(), n)).collect();
     kept.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     if let Some(m) = max_categories {
-        kept.truncate(m.saturating_sub(1).max(1).min(kept.len()));
+        // max_categories counts the infrequent (__other__) bucket, as in scikit-learn.
+        kept.truncate(m.saturating_sub(1).min(kept.len()));
     }
     let mut cats: Vec<Cat> = kept.into_iter().map(|(c, _)| c).collect();
     cats.sort();
@@ -494,6 +512,14 @@ impl Transforms {
             }
         }
         out
+    }
+
+    /// The first step reading input column `name`, described for error messages.
+    pub fn step_reading(&self, name: &str) -> Option<String> {
+        self.steps.iter().enumerate().find_map(|(i, s)| {
+            let reads = s.column == name || matches!(&s.op, Op::Binary { other, .. } if other == name);
+            reads.then(|| s.field(i))
+        })
     }
 
     /// Input columns a request row must carry (read before any step writes them).
@@ -579,7 +605,17 @@ impl Transforms {
                         c.iter().map(|c| c.map(|c| voc.get(&c).unwrap_or(voc.cats.len()))).collect();
                     if matches!(step.op, Op::OneHot { .. }) {
                         for (k, out) in step.outputs().into_iter().enumerate() {
-                            frame.set(out, idx.iter().map(|i| if *i == Some(k) { 1.0 } else { 0.0 }).collect());
+                            // null stays null: every column of a null category is null
+                            frame.set(
+                                out,
+                                idx.iter()
+                                    .map(|i| match i {
+                                        None => f64::NAN,
+                                        Some(i) if *i == k => 1.0,
+                                        Some(_) => 0.0,
+                                    })
+                                    .collect(),
+                            );
                         }
                     } else {
                         frame.set(step.name.clone(), idx.iter().map(|i| i.map(|i| i as f64).unwrap_or(f64::NAN)).collect());

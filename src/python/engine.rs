@@ -12,6 +12,7 @@ use pyo3_arrow::{PyRecordBatch, PyTable};
 
 use super::convert::{self, PyKey};
 use super::errors::IntoPy;
+use super::transforms::PyTransforms;
 use super::{feature_columns_to_batch, PySpec};
 use crate::input::read_events;
 use crate::offline::FeatureColumn;
@@ -204,6 +205,58 @@ impl OnlineEngine {
             engine.get(k.as_ref(), t, buf).py_err()?;
         }
         self.row_dict(py, buf)
+    }
+
+    /// The model-ready vector for one request: the entity's window features at `at`, plus the
+    /// request-time `fields`, through the fitted `transforms`, in `transforms.feature_names`
+    /// order (NaN = null). One call, no Python-level loop.
+    #[pyo3(signature = (key, transforms, fields=None, at=None))]
+    fn vector<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        transforms: &Bound<'py, PyAny>,
+        fields: Option<&Bound<'py, PyAny>>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, numpy::PyArray1<f64>>> {
+        let tobj = if transforms.hasattr("_t")? { transforms.getattr("_t")? } else { transforms.clone() };
+        let tf = tobj
+            .cast::<PyTransforms>()
+            .map_err(|_| pyo3::exceptions::PyTypeError::new_err("transforms: expected an rtml.Transforms"))?;
+        let k = convert::key(key, &self.plan.spec.entity).py_err()?;
+        let t = self.at(at)?;
+        let mut buf = vec![0f64; self.plan.n_features()];
+        {
+            let engine = self.read(py);
+            if engine.would_settle(k.as_ref(), t) {
+                drop(engine);
+                let mut w = self.write(py);
+                w.settle_key(k.as_ref(), t);
+                RwLockWriteGuard::downgrade(w).get(k.as_ref(), t, &mut buf).py_err()?;
+            } else {
+                engine.get(k.as_ref(), t, &mut buf).py_err()?;
+            }
+        }
+        let preset: Vec<(String, ArrayRef)> = self
+            .plan
+            .spec
+            .features
+            .iter()
+            .zip(&self.plan.outputs)
+            .zip(&buf)
+            .map(|((f, o), &v)| {
+                let a: ArrayRef = if o.integer {
+                    Arc::new(Int64Array::from(vec![v as i64]))
+                } else {
+                    Arc::new(arrow_array::Float64Array::from(vec![(!v.is_nan()).then_some(v)]))
+                };
+                (f.name.clone(), a)
+            })
+            .collect();
+        let tr = tf.get().inner.read();
+        let batch = super::transforms::row_batch(&tr, fields, &preset)?;
+        let cols = tr.transform(&batch).py_err()?;
+        Ok(numpy::PyArray1::from_vec(py, cols.into_iter().map(|c| c[0]).collect()))
     }
 
     /// Features of many entities as a pyarrow.Table (key column first). `at` is one instant

@@ -18,7 +18,7 @@ use crate::transform::Transforms;
 
 #[pyclass(frozen, name = "Transforms", module = "rtml._core")]
 pub struct PyTransforms {
-    inner: RwLock<Transforms>,
+    pub(crate) inner: RwLock<Transforms>,
 }
 
 fn one_batch(table: PyTable) -> PyResult<RecordBatch> {
@@ -45,14 +45,27 @@ fn to_batch(names: &[String], cols: Vec<Vec<f64>>) -> PyResult<RecordBatch> {
 }
 
 /// One request row (dict) as a one-row record batch, so it runs the table code path.
-fn row_batch(t: &Transforms, row: &Bound<'_, PyAny>) -> PyResult<RecordBatch> {
-    let d = row.cast::<PyDict>().map_err(|_| pyo3::exceptions::PyTypeError::new_err("expected a dict (one request row)"))?;
+/// `preset` columns (e.g. window features from the online engine) take precedence over `row`.
+pub(crate) fn row_batch(t: &Transforms, row: Option<&Bound<'_, PyAny>>, preset: &[(String, ArrayRef)]) -> PyResult<RecordBatch> {
+    let d = match row {
+        Some(r) => Some(r.cast::<PyDict>().map_err(|_| pyo3::exceptions::PyTypeError::new_err("expected a dict (one request row)"))?.clone()),
+        None => None,
+    };
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
     for name in t.required_inputs() {
-        let Some(v) = d.get_item(&name)? else {
-            let step = t.steps.iter().find(|s| s.column == name).map(|s| s.name.clone()).unwrap_or_default();
-            return Err(super::errors::to_py(Error::schema(&name, format!("missing from the request row (needed by step '{step}')"))));
+        if let Some((_, a)) = preset.iter().find(|(n, _)| *n == name) {
+            fields.push(Field::new(&name, a.data_type().clone(), true));
+            arrays.push(Arc::clone(a));
+            continue;
+        }
+        let found = match &d {
+            Some(d) => d.get_item(&name)?,
+            None => None,
+        };
+        let Some(v) = found else {
+            let step = t.step_reading(&name).unwrap_or_default();
+            return Err(super::errors::to_py(Error::schema(&name, format!("missing from the request row (needed by {step})"))));
         };
         let a: ArrayRef = if v.is_none() {
             Arc::new(NullArray::new(1))
@@ -146,7 +159,7 @@ impl PyTransforms {
     /// One request row -> dict of outputs (None for null).
     fn transform_one<'py>(&self, py: Python<'py>, row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
         let t = self.inner.read();
-        let batch = row_batch(&t, row)?;
+        let batch = row_batch(&t, Some(row), &[])?;
         let cols = t.transform(&batch).py_err()?;
         let out = PyDict::new(py);
         for (name, c) in t.feature_names().iter().zip(cols) {
@@ -163,7 +176,7 @@ impl PyTransforms {
     /// One request row -> float64 vector in feature_names order (NaN = null).
     fn vector<'py>(&self, py: Python<'py>, row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let t = self.inner.read();
-        let batch = row_batch(&t, row)?;
+        let batch = row_batch(&t, Some(row), &[])?;
         let cols = t.transform(&batch).py_err()?;
         Ok(PyArray1::from_vec(py, cols.into_iter().map(|c| c[0]).collect()))
     }
