@@ -189,21 +189,25 @@ impl ExactSum {
         }
     }
 
-    /// Add `x * x` exactly (as the error-free pair `p + e`, `p = fl(x*x)`).
+    /// Add `x * x` exactly, for every finite `x` (the 106-bit square of the mantissa is added
+    /// in two 64-bit halves: no overflow, no underflow).
     #[inline]
     pub fn add_square(&mut self, x: f64) {
-        let p = x * x;
-        let e = x.mul_add(x, -p);
-        self.add(p);
-        self.add(e);
+        self.square_term(x, false);
     }
 
     #[inline]
     pub fn sub_square(&mut self, x: f64) {
-        let p = x * x;
-        let e = x.mul_add(x, -p);
-        self.sub(p);
-        self.sub(e);
+        self.square_term(x, true);
+    }
+
+    #[inline]
+    fn square_term(&mut self, x: f64, negative: bool) {
+        if let Some((_, m, e)) = decompose(x) {
+            let sq = m as u128 * m as u128;
+            self.add_scaled(negative, sq as u64, 2 * e);
+            self.add_scaled(negative, (sq >> 64) as u64, 2 * e + 64);
+        }
     }
 
     /// Multiply by 2^k exactly.
@@ -408,6 +412,20 @@ fn round_window(neg: bool, window: u64, scale: i64, sticky: bool) -> f64 {
         return f64::from_bits(sign | 0x7FF0_0000_0000_0000);
     }
     f64::from_bits(sign | bits)
+}
+
+/// `value / d` for an exact value and a positive divisor, in double-double arithmetic; exact
+/// values beyond the f64 range are scaled down first, so a representable quotient (e.g. the mean
+/// of values near f64::MAX) does not overflow.
+pub fn div_exact(value: &ExactSum, d: f64) -> f64 {
+    let (hi, lo) = value.to_f64_pair();
+    if hi.is_finite() {
+        return dd_div(hi, lo, d);
+    }
+    let mut scaled = value.clone();
+    scaled.scale_pow2(-256);
+    let (hi, lo) = scaled.to_f64_pair();
+    dd_div(hi, lo, d) * 2f64.powi(128) * 2f64.powi(128)
 }
 
 /// `(hi + lo) / d` in double-double arithmetic, rounded to f64.

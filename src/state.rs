@@ -23,7 +23,7 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::exact::{dd_div, ExactSum};
+use crate::exact::{div_exact, ExactSum};
 use crate::plan::{AccPlan, OutKind, Plan};
 use crate::time::floor_div;
 
@@ -725,8 +725,7 @@ fn moments_output(kind: &OutKind, n: i64, s1: &ExactSum, s2: &ExactSum) -> f64 {
             if n == 0 {
                 return f64::NAN;
             }
-            let (hi, lo) = s1.to_f64_pair();
-            dd_div(hi, lo, n as f64)
+            div_exact(s1, n as f64)
         }
         OutKind::Var(_) | OutKind::Std(_) => {
             if n < 2 {
@@ -735,8 +734,7 @@ fn moments_output(kind: &OutKind, n: i64, s1: &ExactSum, s2: &ExactSum) -> f64 {
             // var = (n * S2 - S1^2) / (n (n - 1)), numerator exact.
             let mut num = s2.mul_u64(n as u64);
             num.add_assign(&s1.square().negated());
-            let (hi, lo) = num.to_f64_pair();
-            let var = dd_div(hi, lo, n as f64 * (n - 1) as f64).max(0.0);
+            let var = div_exact(&num, n as f64 * (n - 1) as f64).max(0.0);
             if matches!(kind, OutKind::Std(_)) {
                 var.sqrt()
             } else {

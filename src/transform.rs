@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::exact::{dd_div, ExactSum};
+use crate::exact::{dd_div, div_exact, ExactSum};
 use crate::input::read_times;
 
 pub const FORMAT: &str = "rtml.Transforms";
@@ -465,12 +465,10 @@ fn moments(v: &[f64]) -> (usize, f64, f64) {
     if n == 0 {
         return (0, f64::NAN, f64::NAN);
     }
-    let (hi, lo) = s1.to_f64_pair();
-    let mean = dd_div(hi, lo, n as f64);
+    let mean = div_exact(&s1, n as f64);
     let mut num = s2.mul_u64(n as u64);
     num.add_assign(&s1.square().negated());
-    let (vh, vl) = num.to_f64_pair();
-    let var = dd_div(vh, vl, (n as f64) * (n as f64)).max(0.0);
+    let var = div_exact(&num, (n as f64) * (n as f64)).max(0.0);
     (n, mean, var)
 }
 
@@ -786,6 +784,23 @@ fn hash_bucket(c: &CatRef<'_>, n: u64) -> f64 {
 }
 
 fn fit_numeric(op: &mut Op, x: &[f64], field: &str) -> Result<()> {
+    fit_numeric_inner(op, x, field)?;
+    let finite = match op {
+        Op::StandardScale { fitted: Some((a, b)) }
+        | Op::MinMaxScale { fitted: Some((a, b)) }
+        | Op::RobustScale { fitted: Some((a, b)) } => a.is_finite() && b.is_finite(),
+        Op::QuantileBucketize { edges: Some(e), .. } => e.iter().all(|x| x.is_finite()),
+        Op::Impute { value: Some(v), .. } => v.is_finite(),
+        _ => true,
+    };
+    if !finite {
+        let col = field.to_string();
+        return Err(Error::schema(col, "fitted statistics overflow float64 (values too large): scale the column first"));
+    }
+    Ok(())
+}
+
+fn fit_numeric_inner(op: &mut Op, x: &[f64], field: &str) -> Result<()> {
     let empty = || Error::schema(field, "cannot fit on a column with no non-null values");
     match op {
         Op::StandardScale { fitted } => {
