@@ -170,6 +170,18 @@ impl Op {
             Op::Passthrough => "passthrough",
         }
     }
+    /// Forget fitted state (a new `fit` starts from scratch, as in scikit-learn).
+    fn reset(&mut self) {
+        match self {
+            Op::StandardScale { fitted } | Op::MinMaxScale { fitted } | Op::RobustScale { fitted } => *fitted = None,
+            Op::QuantileBucketize { edges, .. } => *edges = None,
+            Op::OneHot { vocab, .. } | Op::Ordinal { vocab, .. } => *vocab = None,
+            Op::Impute { strategy, value } if *strategy != Impute::Constant => *value = None,
+            Op::TargetEncode { fitted, .. } => *fitted = None,
+            _ => {}
+        }
+    }
+
     fn is_fitted(&self) -> bool {
         match self {
             Op::StandardScale { fitted } | Op::MinMaxScale { fitted } | Op::RobustScale { fitted } => fitted.is_some(),
@@ -701,9 +713,11 @@ impl Transforms {
             .collect()
     }
 
-    /// Fit every unfitted step on `batch` (steps see the outputs of the steps before them).
+    /// Fit every step on `batch`, from scratch (steps see the outputs of the steps before them).
+    /// On error `self` is unchanged.
     pub fn fit(&mut self, batch: &RecordBatch) -> Result<()> {
         let mut trial = self.clone();
+        trial.steps.iter_mut().for_each(|s| s.op.reset());
         trial.run(batch, true, false)?;
         *self = trial;
         Ok(())
@@ -712,6 +726,7 @@ impl Transforms {
     /// Fit, and return the transformed batch with out-of-fold target encodings.
     pub fn fit_transform(&mut self, batch: &RecordBatch) -> Result<Vec<Vec<f64>>> {
         let mut trial = self.clone();
+        trial.steps.iter_mut().for_each(|s| s.op.reset());
         let out = trial.run(batch, true, true)?;
         *self = trial;
         Ok(out)
