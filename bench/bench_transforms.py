@@ -71,7 +71,9 @@ def main() -> None:
     print(f"batch      rtml {args.rows / t_tr / 1e6:7.2f} M rows/s   sklearn {args.rows / s_tr / 1e6:7.2f} M rows/s   "
           f"({s_tr / t_tr:5.1f}x)")
 
-    rows = df.head(args.single).to_dict("records")
+    # request rows as a service receives them: missing values are None (rtml rejects NaN)
+    rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in df.head(args.single).to_dict("records")]
     lat = np.empty(len(rows))
     vec = tf.vector
     for i, r in enumerate(rows):

@@ -395,7 +395,13 @@ fn read_values(
                 .map(|x| x.to_f64())
                 .collect(),
         ),
-        DataType::UInt64 => Some(a.as_primitive::<UInt64Type>().values().iter().map(|&x| x as f64).collect()),
+        DataType::UInt64 => Some(
+            a.as_primitive::<UInt64Type>()
+                .values()
+                .iter()
+                .map(|&x| x as f64)
+                .collect(),
+        ),
         DataType::Boolean => {
             let b = a.as_boolean();
             Some((0..n).map(|i| if b.value(i) { 1.0 } else { 0.0 }).collect())

@@ -173,7 +173,9 @@ impl Engine {
     /// Whether a query of `key` at `t` would first correct a lagging settled point (so that
     /// settling the key with [`Engine::settle_key`] makes that query and later ones cheaper).
     pub fn would_settle(&self, key: KeyRef<'_>, t: i64) -> bool {
-        self.keys.get(&key).is_some_and(|s| s.settled < t.min(self.settle_point()))
+        self.keys
+            .get(&key)
+            .is_some_and(|s| s.settled < t.min(self.settle_point()))
     }
 
     /// Settle one key up to `min(t, watermark - allowed_lateness)`. Pure bookkeeping: no answer

@@ -516,8 +516,13 @@ impl KeyState {
                     .iter()
                     .zip(&gp.accs)
                     .map(|(acc, ap)| {
-                        let invertible =
-                            matches!(acc, Acc::NonNull(_) | Acc::Moments { .. } | Acc::Sketch { .. } | Acc::Decay(_));
+                        let invertible = matches!(
+                            acc,
+                            Acc::NonNull(_)
+                                | Acc::Moments { .. }
+                                | Acc::Sketch { .. }
+                                | Acc::Decay(_)
+                        );
                         if (r0 == r1 && a0 == a1) || !invertible {
                             return std::borrow::Cow::Borrowed(acc);
                         }

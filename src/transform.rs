@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::exact::{dd_div, div_exact, ExactSum};
+use crate::exact::{div_exact, ExactSum};
 use crate::input::read_times;
 
 pub const FORMAT: &str = "rtml.Transforms";
@@ -47,7 +47,10 @@ impl Cat {
         match v {
             Value::String(s) => Ok(Cat::Str(s.clone())),
             Value::Number(n) if n.as_i64().is_some() => Ok(Cat::Int(n.as_i64().unwrap_or(0))),
-            other => Err(Error::spec(field, format!("a category must be a string or an integer, got {other}"))),
+            other => Err(Error::spec(
+                field,
+                format!("a category must be a string or an integer, got {other}"),
+            )),
         }
     }
 }
@@ -111,7 +114,12 @@ pub struct Vocab {
 
 impl Vocab {
     fn new(cats: Vec<Cat>) -> Vocab {
-        let index = cats.iter().cloned().enumerate().map(|(i, c)| (c, i)).collect();
+        let index = cats
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, c)| (c, i))
+            .collect();
         Vocab { cats, index }
     }
     fn get(&self, c: &CatRef<'_>) -> Option<usize> {
@@ -124,22 +132,66 @@ impl Vocab {
 pub enum Op {
     Log1p,
     Abs,
-    Clip { lo: f64, hi: f64 },
-    Power { p: f64 },
-    Binary { kind: char, other: String, on_zero: Option<f64> },
+    Clip {
+        lo: f64,
+        hi: f64,
+    },
+    Power {
+        p: f64,
+    },
+    Binary {
+        kind: char,
+        other: String,
+        on_zero: Option<f64>,
+    },
     IsNull,
-    FillNull { value: f64 },
-    HashBucket { n: u64 },
-    Time { part: TimePart, tz: String, cyclical: bool },
-    StandardScale { fitted: Option<(f64, f64)> },
-    MinMaxScale { fitted: Option<(f64, f64)> },
-    RobustScale { fitted: Option<(f64, f64)> },
-    Bucketize { boundaries: Vec<f64> },
-    QuantileBucketize { n: usize, edges: Option<Vec<f64>> },
-    OneHot { min_frequency: u64, max_categories: Option<usize>, vocab: Option<Vocab> },
-    Ordinal { min_frequency: u64, max_categories: Option<usize>, vocab: Option<Vocab> },
-    Impute { strategy: Impute, value: Option<f64> },
-    TargetEncode { target: String, smooth: f64, folds: usize, fitted: Option<(Vec<(Cat, f64)>, f64)> },
+    FillNull {
+        value: f64,
+    },
+    HashBucket {
+        n: u64,
+    },
+    Time {
+        part: TimePart,
+        tz: String,
+        cyclical: bool,
+    },
+    StandardScale {
+        fitted: Option<(f64, f64)>,
+    },
+    MinMaxScale {
+        fitted: Option<(f64, f64)>,
+    },
+    RobustScale {
+        fitted: Option<(f64, f64)>,
+    },
+    Bucketize {
+        boundaries: Vec<f64>,
+    },
+    QuantileBucketize {
+        n: usize,
+        edges: Option<Vec<f64>>,
+    },
+    OneHot {
+        min_frequency: u64,
+        max_categories: Option<usize>,
+        vocab: Option<Vocab>,
+    },
+    Ordinal {
+        min_frequency: u64,
+        max_categories: Option<usize>,
+        vocab: Option<Vocab>,
+    },
+    Impute {
+        strategy: Impute,
+        value: Option<f64>,
+    },
+    TargetEncode {
+        target: String,
+        smooth: f64,
+        folds: usize,
+        fitted: Option<(Vec<(Cat, f64)>, f64)>,
+    },
     Passthrough,
 }
 
@@ -173,7 +225,9 @@ impl Op {
     /// Forget fitted state (a new `fit` starts from scratch, as in scikit-learn).
     fn reset(&mut self) {
         match self {
-            Op::StandardScale { fitted } | Op::MinMaxScale { fitted } | Op::RobustScale { fitted } => *fitted = None,
+            Op::StandardScale { fitted }
+            | Op::MinMaxScale { fitted }
+            | Op::RobustScale { fitted } => *fitted = None,
             Op::QuantileBucketize { edges, .. } => *edges = None,
             Op::OneHot { vocab, .. } | Op::Ordinal { vocab, .. } => *vocab = None,
             Op::Impute { strategy, value } if *strategy != Impute::Constant => *value = None,
@@ -184,7 +238,9 @@ impl Op {
 
     fn is_fitted(&self) -> bool {
         match self {
-            Op::StandardScale { fitted } | Op::MinMaxScale { fitted } | Op::RobustScale { fitted } => fitted.is_some(),
+            Op::StandardScale { fitted }
+            | Op::MinMaxScale { fitted }
+            | Op::RobustScale { fitted } => fitted.is_some(),
             Op::QuantileBucketize { edges, .. } => edges.is_some(),
             Op::OneHot { vocab, .. } | Op::Ordinal { vocab, .. } => vocab.is_some(),
             Op::Impute { strategy, value } => *strategy == Impute::Constant || value.is_some(),
@@ -200,11 +256,32 @@ pub struct Step {
     pub column: String,
     /// Output name (for one_hot: the prefix of `{name}={category}` columns).
     pub name: String,
+    /// `outputs()` as of the last change of fitted state (one_hot names are per category).
+    outs: Vec<String>,
 }
 
 impl Step {
+    fn new(op: Op, column: String, name: String) -> Step {
+        let mut s = Step {
+            op,
+            column,
+            name,
+            outs: Vec::new(),
+        };
+        s.outs = s.compute_outputs();
+        s
+    }
+
     /// Output column names of this step (one_hot: one per category plus `__other__`).
-    pub fn outputs(&self) -> Vec<String> {
+    pub fn outputs(&self) -> &[String] {
+        &self.outs
+    }
+
+    fn refresh(&mut self) {
+        self.outs = self.compute_outputs();
+    }
+
+    fn compute_outputs(&self) -> Vec<String> {
         match &self.op {
             Op::OneHot { vocab: Some(v), .. } => v
                 .cats
@@ -213,12 +290,23 @@ impl Step {
                 .chain(std::iter::once(format!("{}=__other__", self.name)))
                 .collect(),
             Op::OneHot { vocab: None, .. } => Vec::new(),
-            Op::Time { cyclical: true, part, .. } => {
-                vec![format!("{}_{}_sin", self.column, part.name()), format!("{}_{}_cos", self.column, part.name())]
-                    .into_iter()
-                    .map(|n| if self.name == self.column { n } else { n.replacen(&self.column, &self.name, 1) })
-                    .collect()
-            }
+            Op::Time {
+                cyclical: true,
+                part,
+                ..
+            } => vec![
+                format!("{}_{}_sin", self.column, part.name()),
+                format!("{}_{}_cos", self.column, part.name()),
+            ]
+            .into_iter()
+            .map(|n| {
+                if self.name == self.column {
+                    n
+                } else {
+                    n.replacen(&self.column, &self.name, 1)
+                }
+            })
+            .collect(),
             _ => vec![self.name.clone()],
         }
     }
@@ -261,22 +349,70 @@ fn numeric_of(a: &ArrayRef, name: &str, step: &str) -> Result<Vec<f64>> {
     let n = a.len();
     let f: Vec<f64> = match a.data_type() {
         DataType::Float64 => a.as_primitive::<Float64Type>().values().to_vec(),
-        DataType::Float32 => a.as_primitive::<Float32Type>().values().iter().map(|&x| x as f64).collect(),
-        DataType::Int64 => a.as_primitive::<Int64Type>().values().iter().map(|&x| x as f64).collect(),
-        DataType::Int32 => a.as_primitive::<Int32Type>().values().iter().map(|&x| x as f64).collect(),
-        DataType::Int16 => a.as_primitive::<Int16Type>().values().iter().map(|&x| x as f64).collect(),
-        DataType::Int8 => a.as_primitive::<Int8Type>().values().iter().map(|&x| x as f64).collect(),
-        DataType::UInt64 => a.as_primitive::<UInt64Type>().values().iter().map(|&x| x as f64).collect(),
-        DataType::UInt32 => a.as_primitive::<UInt32Type>().values().iter().map(|&x| x as f64).collect(),
-        DataType::UInt16 => a.as_primitive::<UInt16Type>().values().iter().map(|&x| x as f64).collect(),
-        DataType::UInt8 => a.as_primitive::<UInt8Type>().values().iter().map(|&x| x as f64).collect(),
+        DataType::Float32 => a
+            .as_primitive::<Float32Type>()
+            .values()
+            .iter()
+            .map(|&x| x as f64)
+            .collect(),
+        DataType::Int64 => a
+            .as_primitive::<Int64Type>()
+            .values()
+            .iter()
+            .map(|&x| x as f64)
+            .collect(),
+        DataType::Int32 => a
+            .as_primitive::<Int32Type>()
+            .values()
+            .iter()
+            .map(|&x| x as f64)
+            .collect(),
+        DataType::Int16 => a
+            .as_primitive::<Int16Type>()
+            .values()
+            .iter()
+            .map(|&x| x as f64)
+            .collect(),
+        DataType::Int8 => a
+            .as_primitive::<Int8Type>()
+            .values()
+            .iter()
+            .map(|&x| x as f64)
+            .collect(),
+        DataType::UInt64 => a
+            .as_primitive::<UInt64Type>()
+            .values()
+            .iter()
+            .map(|&x| x as f64)
+            .collect(),
+        DataType::UInt32 => a
+            .as_primitive::<UInt32Type>()
+            .values()
+            .iter()
+            .map(|&x| x as f64)
+            .collect(),
+        DataType::UInt16 => a
+            .as_primitive::<UInt16Type>()
+            .values()
+            .iter()
+            .map(|&x| x as f64)
+            .collect(),
+        DataType::UInt8 => a
+            .as_primitive::<UInt8Type>()
+            .values()
+            .iter()
+            .map(|&x| x as f64)
+            .collect(),
         DataType::Boolean => {
             let b = a.as_boolean();
             (0..n).map(|i| if b.value(i) { 1.0 } else { 0.0 }).collect()
         }
         DataType::Null => return Ok(vec![f64::NAN; n]),
         dt => {
-            return Err(Error::schema(name, format!("{step} needs a numeric column, got {dt}")));
+            return Err(Error::schema(
+                name,
+                format!("{step} needs a numeric column, got {dt}"),
+            ));
         }
     };
     let mut out = f;
@@ -285,7 +421,10 @@ fn numeric_of(a: &ArrayRef, name: &str, step: &str) -> Result<Vec<f64>> {
         if nulls[i] {
             *x = f64::NAN;
         } else if !x.is_finite() {
-            return Err(Error::schema(name, format!("{step}: {x} at row {i}: NaN and infinite inputs are rejected")));
+            return Err(Error::schema(
+                name,
+                format!("{step}: {x} at row {i}: NaN and infinite inputs are rejected"),
+            ));
         }
     }
     Ok(out)
@@ -298,29 +437,54 @@ fn cats_of<'a>(a: &'a ArrayRef, name: &str, step: &str) -> Result<Vec<Option<Cat
     let out: Vec<Option<CatRef<'a>>> = match a.data_type() {
         DataType::Utf8 => {
             let s = a.as_string::<i32>();
-            (0..n).map(|i| (!null(i)).then(|| CatRef::Str(s.value(i)))).collect()
+            (0..n)
+                .map(|i| (!null(i)).then(|| CatRef::Str(s.value(i))))
+                .collect()
         }
         DataType::LargeUtf8 => {
             let s = a.as_string::<i64>();
-            (0..n).map(|i| (!null(i)).then(|| CatRef::Str(s.value(i)))).collect()
+            (0..n)
+                .map(|i| (!null(i)).then(|| CatRef::Str(s.value(i))))
+                .collect()
         }
         DataType::Utf8View => {
             let s = a.as_string_view();
-            (0..n).map(|i| (!null(i)).then(|| CatRef::Str(s.value(i)))).collect()
+            (0..n)
+                .map(|i| (!null(i)).then(|| CatRef::Str(s.value(i))))
+                .collect()
         }
         DataType::Dictionary(_, _) => {
             let keys = crate::input::read_dictionary_strings(a).ok_or_else(|| {
-                Error::schema(name, format!("{step} needs strings or integers, got {}", a.data_type()))
+                Error::schema(
+                    name,
+                    format!("{step} needs strings or integers, got {}", a.data_type()),
+                )
             })?;
-            (0..n).map(|i| (!null(i)).then(|| CatRef::Str(keys.get(i)))).collect()
+            (0..n)
+                .map(|i| (!null(i)).then(|| CatRef::Str(keys.get(i))))
+                .collect()
         }
-        DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 | DataType::UInt32
-        | DataType::UInt16 | DataType::UInt8 | DataType::Boolean => {
+        DataType::Int64
+        | DataType::Int32
+        | DataType::Int16
+        | DataType::Int8
+        | DataType::UInt32
+        | DataType::UInt16
+        | DataType::UInt8
+        | DataType::Boolean => {
             let v = numeric_of(a, name, step)?;
-            v.iter().enumerate().map(|(i, x)| (!null(i)).then_some(CatRef::Int(*x as i64))).collect()
+            v.iter()
+                .enumerate()
+                .map(|(i, x)| (!null(i)).then_some(CatRef::Int(*x as i64)))
+                .collect()
         }
         DataType::Null => vec![None; n],
-        dt => return Err(Error::schema(name, format!("{step} needs strings or integers, got {dt}"))),
+        dt => {
+            return Err(Error::schema(
+                name,
+                format!("{step} needs strings or integers, got {dt}"),
+            ))
+        }
     };
     Ok(out)
 }
@@ -336,14 +500,21 @@ impl<'a> Frame<'a> {
                 .map(|f| f.name().clone())
                 .chain(self.computed.iter().map(|c| c.0.clone()))
                 .collect();
-            Error::schema(name, format!("{step}: column not found (available: {})", have.join(", ")))
+            Error::schema(
+                name,
+                format!("{step}: column not found (available: {})", have.join(", ")),
+            )
         })
     }
     fn num(&self, name: &str, step: &str) -> Result<std::borrow::Cow<'_, [f64]>> {
         if let Some((_, v)) = self.computed.iter().rev().find(|(n, _)| n == name) {
             return Ok(std::borrow::Cow::Borrowed(v));
         }
-        Ok(std::borrow::Cow::Owned(numeric_of(self.input(name, step)?, name, step)?))
+        Ok(std::borrow::Cow::Owned(numeric_of(
+            self.input(name, step)?,
+            name,
+            step,
+        )?))
     }
     fn cats(&self, name: &str, step: &str) -> Result<Vec<Option<CatRef<'a>>>> {
         if self.computed.iter().any(|(n, _)| n == name) {
@@ -357,24 +528,39 @@ impl<'a> Frame<'a> {
             return Ok(vec![None; a.len()]);
         }
         let with_step = |e: Error| match e {
-            Error::Schema { column, message } => Error::schema(column, format!("{step}: {message}")),
+            Error::Schema { column, message } => {
+                Error::schema(column, format!("{step}: {message}"))
+            }
             other => other,
         };
         if a.null_count() == 0 {
-            return Ok(read_times(a, name, None, 0).map_err(with_step)?.into_iter().map(Some).collect());
+            return Ok(read_times(a, name, None, 0)
+                .map_err(with_step)?
+                .into_iter()
+                .map(Some)
+                .collect());
         }
         // fill nulls with 0 for conversion, then restore them
         let valid: Vec<bool> = (0..a.len()).map(|i| a.is_valid(i)).collect();
         let filled = arrow_select_fill(a);
         let t = read_times(&filled, name, None, 0).map_err(with_step)?;
-        Ok(t.into_iter().zip(valid).map(|(t, v)| v.then_some(t)).collect())
+        Ok(t.into_iter()
+            .zip(valid)
+            .map(|(t, v)| v.then_some(t))
+            .collect())
     }
     fn is_null(&self, name: &str, step: &str) -> Result<Vec<f64>> {
         if let Some((_, v)) = self.computed.iter().rev().find(|(n, _)| n == name) {
-            return Ok(v.iter().map(|x| if x.is_nan() { 1.0 } else { 0.0 }).collect());
+            return Ok(v
+                .iter()
+                .map(|x| if x.is_nan() { 1.0 } else { 0.0 })
+                .collect());
         }
         let a = self.input(name, step)?;
-        Ok(null_flags(a).into_iter().map(|n| if n { 1.0 } else { 0.0 }).collect())
+        Ok(null_flags(a)
+            .into_iter()
+            .map(|n| if n { 1.0 } else { 0.0 })
+            .collect())
     }
     fn set(&mut self, name: String, v: Vec<f64>) {
         self.computed.push((name, v));
@@ -412,12 +598,22 @@ fn apply_num(op: &Op, x: f64) -> f64 {
         Op::Clip { lo, hi } => x.max(*lo).min(*hi),
         Op::Power { p } => libm::pow(x, *p),
         Op::FillNull { .. } | Op::Impute { .. } => x,
-        Op::StandardScale { fitted: Some((m, s)) }
-        | Op::RobustScale { fitted: Some((m, s)) } => (x - m) / s,
-        Op::MinMaxScale { fitted: Some((lo, range)) } => (x - lo) / range,
+        Op::StandardScale {
+            fitted: Some((m, s)),
+        }
+        | Op::RobustScale {
+            fitted: Some((m, s)),
+        } => (x - m) / s,
+        Op::MinMaxScale {
+            fitted: Some((lo, range)),
+        } => (x - lo) / range,
         Op::Bucketize { boundaries } => boundaries.partition_point(|b| *b <= x) as f64,
         Op::QuantileBucketize { edges: Some(e), .. } => {
-            let inner = if e.len() >= 2 { &e[1..e.len() - 1] } else { &e[0..0] };
+            let inner = if e.len() >= 2 {
+                &e[1..e.len() - 1]
+            } else {
+                &e[0..0]
+            };
             inner.partition_point(|b| *b <= x) as f64
         }
         _ => f64::NAN,
@@ -484,13 +680,20 @@ fn moments(v: &[f64]) -> (usize, f64, f64) {
     (n, mean, var)
 }
 
-fn vocabulary(cats: &[Option<CatRef<'_>>], min_frequency: u64, max_categories: Option<usize>) -> Vocab {
+fn vocabulary(
+    cats: &[Option<CatRef<'_>>],
+    min_frequency: u64,
+    max_categories: Option<usize>,
+) -> Vocab {
     let mut counts: HashMap<CatRef<'_>, u64> = HashMap::new();
     for c in cats.iter().flatten() {
         *counts.entry(*c).or_insert(0) += 1;
     }
-    let mut kept: Vec<(Cat, u64)> =
-        counts.into_iter().filter(|(_, n)| *n >= min_frequency).map(|(c, n)| (c.to_cat(), n)).collect();
+    let mut kept: Vec<(Cat, u64)> = counts
+        .into_iter()
+        .filter(|(_, n)| *n >= min_frequency)
+        .map(|(c, n)| (c.to_cat(), n))
+        .collect();
     kept.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     if let Some(m) = max_categories {
         // max_categories counts the infrequent (__other__) bucket, as in scikit-learn.
@@ -504,6 +707,7 @@ fn vocabulary(cats: &[Option<CatRef<'_>>], min_frequency: u64, max_categories: O
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Transforms {
     pub steps: Vec<Step>,
+    names: Vec<String>,
 }
 
 impl Transforms {
@@ -513,21 +717,30 @@ impl Transforms {
 
     /// Output columns, in order of first write.
     pub fn feature_names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    fn refresh(&mut self) {
+        for s in self.steps.iter_mut() {
+            s.refresh();
+        }
         let mut out: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for s in &self.steps {
             for o in s.outputs() {
-                if !out.contains(&o) {
-                    out.push(o);
+                if seen.insert(o.clone()) {
+                    out.push(o.clone());
                 }
             }
         }
-        out
+        self.names = out;
     }
 
     /// The first step reading input column `name`, described for error messages.
     pub fn step_reading(&self, name: &str) -> Option<String> {
         self.steps.iter().enumerate().find_map(|(i, s)| {
-            let reads = s.column == name || matches!(&s.op, Op::Binary { other, .. } if other == name);
+            let reads =
+                s.column == name || matches!(&s.op, Op::Binary { other, .. } if other == name);
             reads.then(|| s.field(i))
         })
     }
@@ -546,168 +759,56 @@ impl Transforms {
                     need.push(r);
                 }
             }
-            written.extend(s.outputs());
+            written.extend(s.outputs().iter().cloned());
         }
         need
     }
 
-    /// Run every step on one batch. `fit`: fit unfitted steps on this batch first.
-    /// `oof`: target encodings out of fold (fit_transform).
+    /// Run every step on one batch. `fit`: fit each unfitted step on this batch first (on the
+    /// outputs of the steps before it). `oof`: target encodings out of fold (fit_transform).
     fn run(&mut self, batch: &RecordBatch, fit: bool, oof: bool) -> Result<Vec<Vec<f64>>> {
-        if !fit && !self.is_fitted() {
-            return Err(Error::spec("transforms", "not fitted: call fit(table) first"));
+        let mut frame = Frame {
+            batch,
+            computed: Vec::new(),
+        };
+        for i in 0..self.steps.len() {
+            let replaced = if fit && !self.steps[i].op.is_fitted() {
+                let r = fit_step(&mut self.steps[i], i, &frame, oof)?;
+                self.steps[i].refresh();
+                r
+            } else {
+                None
+            };
+            apply_step(&self.steps[i], i, &mut frame, replaced)?;
         }
-        let mut frame = Frame { batch, computed: Vec::new() };
-        let n = batch.num_rows();
-        for (i, step) in self.steps.iter_mut().enumerate() {
-            let field = step.field(i);
-            let col = step.column.clone();
-            match &mut step.op {
-                Op::Passthrough => {
-                    let v = frame.num(&col, &field)?.into_owned();
-                    frame.set(step.name.clone(), v);
-                }
-                Op::IsNull => {
-                    let v = frame.is_null(&col, &field)?;
-                    frame.set(step.name.clone(), v);
-                }
-                Op::Binary { kind, other, on_zero } => {
-                    let a = frame.num(&col, &field)?.into_owned();
-                    let b = frame.num(other, &field)?;
-                    let v = a
-                        .iter()
-                        .zip(b.iter())
-                        .map(|(&x, &y)| binary(*kind, x, y, *on_zero))
-                        .collect();
-                    frame.set(step.name.clone(), v);
-                }
-                Op::HashBucket { n: buckets } => {
-                    let c = frame.cats(&col, &field)?;
-                    let v = c.iter().map(|c| c.map(|c| hash_bucket(&c, *buckets)).unwrap_or(f64::NAN)).collect();
-                    frame.set(step.name.clone(), v);
-                }
-                Op::Time { part, tz, cyclical } => {
-                    let zone = chrono_tz::Tz::from_str(tz).map_err(|_| Error::spec(&field, format!("unknown time zone {tz:?}")))?;
-                    let t = frame.times(&col, &field)?;
-                    let parts: Vec<Option<(f64, f64)>> = t
-                        .iter()
-                        .map(|t| t.map(|ns| part.of(&zone.timestamp_nanos(ns))))
-                        .collect();
-                    let off = part.offset();
-                    if *cyclical {
-                        let outs = step.outputs();
-                        let ang = |p: &Option<(f64, f64)>| p.map(|(v, per)| 2.0 * std::f64::consts::PI * (v - off) / per);
-                        let s = parts.iter().map(|p| ang(p).map(libm::sin).unwrap_or(f64::NAN)).collect();
-                        let c = parts.iter().map(|p| ang(p).map(libm::cos).unwrap_or(f64::NAN)).collect();
-                        frame.set(outs[0].clone(), s);
-                        frame.set(outs[1].clone(), c);
-                    } else {
-                        frame.set(step.name.clone(), parts.iter().map(|p| p.map(|p| p.0).unwrap_or(f64::NAN)).collect());
-                    }
-                }
-                Op::OneHot { min_frequency, max_categories, vocab } | Op::Ordinal { min_frequency, max_categories, vocab } => {
-                    let c = frame.cats(&col, &field)?;
-                    if fit && vocab.is_none() {
-                        *vocab = Some(vocabulary(&c, *min_frequency, *max_categories));
-                    }
-                    let voc = vocab.as_ref().ok_or_else(|| Error::spec(&field, "not fitted"))?;
-                    let idx: Vec<Option<usize>> =
-                        c.iter().map(|c| c.map(|c| voc.get(&c).unwrap_or(voc.cats.len()))).collect();
-                    if matches!(step.op, Op::OneHot { .. }) {
-                        for (k, out) in step.outputs().into_iter().enumerate() {
-                            // null stays null: every column of a null category is null
-                            frame.set(
-                                out,
-                                idx.iter()
-                                    .map(|i| match i {
-                                        None => f64::NAN,
-                                        Some(i) if *i == k => 1.0,
-                                        Some(_) => 0.0,
-                                    })
-                                    .collect(),
-                            );
-                        }
-                    } else {
-                        frame.set(step.name.clone(), idx.iter().map(|i| i.map(|i| i as f64).unwrap_or(f64::NAN)).collect());
-                    }
-                }
-                Op::TargetEncode { target, smooth, folds, fitted } => {
-                    let c = frame.cats(&col, &field)?;
-                    let stats = |rows: &mut dyn Iterator<Item = usize>, y: &[f64]| {
-                        let mut per: HashMap<CatRef<'_>, (ExactSum, u64)> = HashMap::new();
-                        let (mut all, mut n) = (ExactSum::new(), 0u64);
-                        for r in rows {
-                            if let (Some(cat), false) = (c[r], y[r].is_nan()) {
-                                let e = per.entry(cat).or_insert((ExactSum::new(), 0));
-                                e.0.add(y[r]);
-                                e.1 += 1;
-                                all.add(y[r]);
-                                n += 1;
-                            }
-                        }
-                        let (h, l) = all.to_f64_pair();
-                        let mean = if n == 0 { 0.0 } else { dd_div(h, l, n as f64) };
-                        let enc: HashMap<Cat, f64> = per
-                            .into_iter()
-                            .map(|(k, (s, cnt))| {
-                                let mut s = s;
-                                s.add(*smooth * mean);
-                                let (h, l) = s.to_f64_pair();
-                                (k.to_cat(), dd_div(h, l, cnt as f64 + *smooth))
-                            })
-                            .collect();
-                        (enc, mean)
-                    };
-                    let mut oof_values: Option<Vec<f64>> = None;
-                    if fit && fitted.is_none() {
-                        let y = frame.num(target, &field)?.into_owned();
-                        let (enc, mean) = stats(&mut (0..n), &y);
-                        if oof && *folds >= 2 && n >= *folds {
-                            let mut v = vec![f64::NAN; n];
-                            for f in 0..*folds {
-                                let (lo, hi) = fold_bounds(n, *folds, f);
-                                let (fe, fm) = stats(&mut (0..lo).chain(hi..n), &y);
-                                for r in lo..hi {
-                                    v[r] = c[r].map(|cat| fe.get(&cat.to_cat()).copied().unwrap_or(fm)).unwrap_or(f64::NAN);
-                                }
-                            }
-                            oof_values = Some(v);
-                        }
-                        let mut table: Vec<(Cat, f64)> = enc.into_iter().collect();
-                        table.sort_by(|a, b| a.0.cmp(&b.0));
-                        *fitted = Some((table, mean));
-                    }
-                    let (table, mean) = fitted.as_ref().ok_or_else(|| Error::spec(&field, "not fitted"))?;
-                    let lookup: HashMap<&Cat, f64> = table.iter().map(|(c, v)| (c, *v)).collect();
-                    let v = match oof_values {
-                        Some(v) => v,
-                        None => c
-                            .iter()
-                            .map(|c| c.map(|c| lookup.get(&c.to_cat()).copied().unwrap_or(*mean)).unwrap_or(f64::NAN))
-                            .collect(),
-                    };
-                    frame.set(step.name.clone(), v);
-                }
-                op => {
-                    let x = frame.num(&col, &field)?.into_owned();
-                    if fit && !op.is_fitted() {
-                        fit_numeric(op, &x, &field)?;
-                    }
-                    let v = x.iter().map(|&x| apply_num(op, x)).collect();
-                    frame.set(step.name.clone(), v);
-                }
-            }
+        self.refresh();
+        self.collect(frame)
+    }
+
+    /// Apply the fitted steps to one batch.
+    fn apply(&self, batch: &RecordBatch) -> Result<Vec<Vec<f64>>> {
+        if !self.is_fitted() {
+            return Err(Error::spec(
+                "transforms",
+                "not fitted: call fit(table) first",
+            ));
         }
-        let names = self.feature_names();
-        names
+        let mut frame = Frame {
+            batch,
+            computed: Vec::new(),
+        };
+        for (i, step) in self.steps.iter().enumerate() {
+            apply_step(step, i, &mut frame, None)?;
+        }
+        self.collect(frame)
+    }
+
+    fn collect(&self, mut frame: Frame<'_>) -> Result<Vec<Vec<f64>>> {
+        self.names
             .iter()
             .map(|name| {
-                frame
-                    .computed
-                    .iter()
-                    .rev()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, v)| v.clone())
+                let pos = frame.computed.iter().rposition(|(n, _)| n == name);
+                pos.map(|p| std::mem::take(&mut frame.computed[p].1))
                     .ok_or_else(|| Error::spec(name, "output was not computed"))
             })
             .collect()
@@ -720,6 +821,7 @@ impl Transforms {
         trial.steps.iter_mut().for_each(|s| s.op.reset());
         trial.run(batch, true, false)?;
         *self = trial;
+        self.refresh();
         Ok(())
     }
 
@@ -729,6 +831,7 @@ impl Transforms {
         trial.steps.iter_mut().for_each(|s| s.op.reset());
         let out = trial.run(batch, true, true)?;
         *self = trial;
+        self.refresh();
         Ok(out)
     }
 
@@ -755,10 +858,236 @@ impl Transforms {
     }
 
     fn clone_run(&self, batch: &RecordBatch) -> Result<Vec<Vec<f64>>> {
-        // `run` takes &mut for fitting; applying never changes fitted state.
-        let mut me = self.clone();
-        me.run(batch, false, false)
+        self.apply(batch)
     }
+}
+
+/// Fit one step on the current frame. Returns out-of-fold outputs that replace the step's
+/// normal output (target encoding in fit_transform).
+fn fit_step(step: &mut Step, i: usize, frame: &Frame<'_>, oof: bool) -> Result<Option<Vec<f64>>> {
+    let field = step.field(i);
+    let col = step.column.clone();
+    match &mut step.op {
+        Op::OneHot {
+            min_frequency,
+            max_categories,
+            vocab,
+        }
+        | Op::Ordinal {
+            min_frequency,
+            max_categories,
+            vocab,
+        } => {
+            let c = frame.cats(&col, &field)?;
+            *vocab = Some(vocabulary(&c, *min_frequency, *max_categories));
+            Ok(None)
+        }
+        Op::TargetEncode {
+            target,
+            smooth,
+            folds,
+            fitted,
+        } => {
+            let c = frame.cats(&col, &field)?;
+            let y = frame.num(target, &field)?.into_owned();
+            let n = c.len();
+            let smooth = *smooth;
+            let stats = |rows: &mut dyn Iterator<Item = usize>| {
+                let mut per: HashMap<CatRef<'_>, (ExactSum, u64)> = HashMap::new();
+                let (mut all, mut cnt) = (ExactSum::new(), 0u64);
+                for r in rows {
+                    if let (Some(cat), false) = (c[r], y[r].is_nan()) {
+                        let e = per.entry(cat).or_insert((ExactSum::new(), 0));
+                        e.0.add(y[r]);
+                        e.1 += 1;
+                        all.add(y[r]);
+                        cnt += 1;
+                    }
+                }
+                let mean = if cnt == 0 {
+                    0.0
+                } else {
+                    div_exact(&all, cnt as f64)
+                };
+                let enc: HashMap<Cat, f64> = per
+                    .into_iter()
+                    .map(|(k, (mut s, k_n))| {
+                        s.add(smooth * mean);
+                        (k.to_cat(), div_exact(&s, k_n as f64 + smooth))
+                    })
+                    .collect();
+                (enc, mean)
+            };
+            let mut replaced = None;
+            if oof {
+                if n < *folds {
+                    return Err(Error::schema(
+                        &col,
+                        format!("{field}: out-of-fold encoding needs at least folds={folds} rows, got {n}"),
+                    ));
+                }
+                let mut v = vec![f64::NAN; n];
+                for f in 0..*folds {
+                    let (lo, hi) = fold_bounds(n, *folds, f);
+                    let (fe, fm) = stats(&mut (0..lo).chain(hi..n));
+                    for r in lo..hi {
+                        v[r] = c[r]
+                            .map(|cat| fe.get(&cat.to_cat()).copied().unwrap_or(fm))
+                            .unwrap_or(f64::NAN);
+                    }
+                }
+                replaced = Some(v);
+            }
+            let (enc, mean) = stats(&mut (0..n));
+            let mut table: Vec<(Cat, f64)> = enc.into_iter().collect();
+            table.sort_by(|a, b| a.0.cmp(&b.0));
+            *fitted = Some((table, mean));
+            Ok(replaced)
+        }
+        op => {
+            let x = frame.num(&col, &field)?;
+            fit_numeric(op, &x, &field)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Apply one fitted step to the frame (`replaced`: precomputed output to use instead).
+fn apply_step(
+    step: &Step,
+    i: usize,
+    frame: &mut Frame<'_>,
+    replaced: Option<Vec<f64>>,
+) -> Result<()> {
+    let field = step.field(i);
+    let col = &step.column;
+    if let Some(v) = replaced {
+        frame.set(step.name.clone(), v);
+        return Ok(());
+    }
+    match &step.op {
+        Op::Passthrough => {
+            let v = frame.num(col, &field)?.into_owned();
+            frame.set(step.name.clone(), v);
+        }
+        Op::IsNull => {
+            let v = frame.is_null(col, &field)?;
+            frame.set(step.name.clone(), v);
+        }
+        Op::Binary {
+            kind,
+            other,
+            on_zero,
+        } => {
+            let a = frame.num(col, &field)?.into_owned();
+            let b = frame.num(other, &field)?;
+            let v = a
+                .iter()
+                .zip(b.iter())
+                .map(|(&x, &y)| binary(*kind, x, y, *on_zero))
+                .collect();
+            frame.set(step.name.clone(), v);
+        }
+        Op::HashBucket { n: buckets } => {
+            let c = frame.cats(col, &field)?;
+            let v = c
+                .iter()
+                .map(|c| c.map(|c| hash_bucket(&c, *buckets)).unwrap_or(f64::NAN))
+                .collect();
+            frame.set(step.name.clone(), v);
+        }
+        Op::Time { part, tz, cyclical } => {
+            let zone = chrono_tz::Tz::from_str(tz)
+                .map_err(|_| Error::spec(&field, format!("unknown time zone {tz:?}")))?;
+            let t = frame.times(col, &field)?;
+            let parts: Vec<Option<(f64, f64)>> = t
+                .iter()
+                .map(|t| t.map(|ns| part.of(&zone.timestamp_nanos(ns))))
+                .collect();
+            let off = part.offset();
+            if *cyclical {
+                let outs = step.outputs();
+                let ang = |p: &Option<(f64, f64)>| {
+                    p.map(|(v, per)| 2.0 * std::f64::consts::PI * (v - off) / per)
+                };
+                let s = parts
+                    .iter()
+                    .map(|p| ang(p).map(libm::sin).unwrap_or(f64::NAN))
+                    .collect();
+                let c = parts
+                    .iter()
+                    .map(|p| ang(p).map(libm::cos).unwrap_or(f64::NAN))
+                    .collect();
+                frame.set(outs[0].clone(), s);
+                frame.set(outs[1].clone(), c);
+            } else {
+                frame.set(
+                    step.name.clone(),
+                    parts
+                        .iter()
+                        .map(|p| p.map(|p| p.0).unwrap_or(f64::NAN))
+                        .collect(),
+                );
+            }
+        }
+        Op::OneHot { vocab, .. } | Op::Ordinal { vocab, .. } => {
+            let c = frame.cats(col, &field)?;
+            let voc = vocab
+                .as_ref()
+                .ok_or_else(|| Error::spec(&field, "not fitted"))?;
+            let idx: Vec<Option<usize>> = c
+                .iter()
+                .map(|c| c.map(|c| voc.get(&c).unwrap_or(voc.cats.len())))
+                .collect();
+            if matches!(step.op, Op::OneHot { .. }) {
+                for (k, out) in step.outputs().iter().enumerate() {
+                    // null stays null: every column of a null category is null
+                    let v = idx
+                        .iter()
+                        .map(|i| match i {
+                            None => f64::NAN,
+                            Some(i) if *i == k => 1.0,
+                            Some(_) => 0.0,
+                        })
+                        .collect();
+                    frame.set(out.clone(), v);
+                }
+            } else {
+                frame.set(
+                    step.name.clone(),
+                    idx.iter()
+                        .map(|i| i.map(|i| i as f64).unwrap_or(f64::NAN))
+                        .collect(),
+                );
+            }
+        }
+        Op::TargetEncode { fitted, .. } => {
+            let c = frame.cats(col, &field)?;
+            let (table, mean) = fitted
+                .as_ref()
+                .ok_or_else(|| Error::spec(&field, "not fitted"))?;
+            let v = c
+                .iter()
+                .map(|c| match c {
+                    None => f64::NAN,
+                    Some(c) => {
+                        let key = c.to_cat();
+                        match table.binary_search_by(|(k, _)| k.cmp(&key)) {
+                            Ok(p) => table[p].1,
+                            Err(_) => *mean,
+                        }
+                    }
+                })
+                .collect();
+            frame.set(step.name.clone(), v);
+        }
+        op => {
+            let x = frame.num(col, &field)?;
+            let v = x.iter().map(|&x| apply_num(op, x)).collect();
+            frame.set(step.name.clone(), v);
+        }
+    }
+    Ok(())
 }
 
 fn fold_bounds(n: usize, k: usize, f: usize) -> (usize, usize) {
@@ -801,16 +1130,25 @@ fn hash_bucket(c: &CatRef<'_>, n: u64) -> f64 {
 fn fit_numeric(op: &mut Op, x: &[f64], field: &str) -> Result<()> {
     fit_numeric_inner(op, x, field)?;
     let finite = match op {
-        Op::StandardScale { fitted: Some((a, b)) }
-        | Op::MinMaxScale { fitted: Some((a, b)) }
-        | Op::RobustScale { fitted: Some((a, b)) } => a.is_finite() && b.is_finite(),
+        Op::StandardScale {
+            fitted: Some((a, b)),
+        }
+        | Op::MinMaxScale {
+            fitted: Some((a, b)),
+        }
+        | Op::RobustScale {
+            fitted: Some((a, b)),
+        } => a.is_finite() && b.is_finite(),
         Op::QuantileBucketize { edges: Some(e), .. } => e.iter().all(|x| x.is_finite()),
         Op::Impute { value: Some(v), .. } => v.is_finite(),
         _ => true,
     };
     if !finite {
         let col = field.to_string();
-        return Err(Error::schema(col, "fitted statistics overflow float64 (values too large): scale the column first"));
+        return Err(Error::schema(
+            col,
+            "fitted statistics overflow float64 (values too large): scale the column first",
+        ));
     }
     Ok(())
 }
@@ -830,8 +1168,14 @@ fn fit_numeric_inner(op: &mut Op, x: &[f64], field: &str) -> Result<()> {
             let (lo, hi) = x
                 .par_iter()
                 .filter(|v| !v.is_nan())
-                .fold(|| (f64::INFINITY, f64::NEG_INFINITY), |a, &v| (a.0.min(v), a.1.max(v)))
-                .reduce(|| (f64::INFINITY, f64::NEG_INFINITY), |a, b| (a.0.min(b.0), a.1.max(b.1)));
+                .fold(
+                    || (f64::INFINITY, f64::NEG_INFINITY),
+                    |a, &v| (a.0.min(v), a.1.max(v)),
+                )
+                .reduce(
+                    || (f64::INFINITY, f64::NEG_INFINITY),
+                    |a, b| (a.0.min(b.0), a.1.max(b.1)),
+                );
             if lo > hi {
                 return Err(empty());
             }
@@ -851,7 +1195,9 @@ fn fit_numeric_inner(op: &mut Op, x: &[f64], field: &str) -> Result<()> {
             if s.is_empty() {
                 return Err(empty());
             }
-            let raw: Vec<f64> = (0..=*n).map(|k| percentile(&s, k as f64 / *n as f64)).collect();
+            let raw: Vec<f64> = (0..=*n)
+                .map(|k| percentile(&s, k as f64 / *n as f64))
+                .collect();
             let mut kept = vec![raw[0]];
             for &e in &raw[1..] {
                 if e - kept[kept.len() - 1] > 1e-8 {
@@ -897,7 +1243,9 @@ fn fit_numeric_inner(op: &mut Op, x: &[f64], field: &str) -> Result<()> {
                     }
                     best.ok_or_else(empty)?.0
                 }
-                Impute::Constant => value.ok_or_else(|| Error::spec(field, "constant impute needs value"))?,
+                Impute::Constant => {
+                    value.ok_or_else(|| Error::spec(field, "constant impute needs value"))?
+                }
             });
         }
         _ => {}
@@ -914,7 +1262,12 @@ fn num_field(o: &Map<String, Value>, key: &str, field: &str) -> Result<Option<f6
             .as_f64()
             .filter(|x| x.is_finite())
             .map(Some)
-            .ok_or_else(|| Error::spec(format!("{field}.{key}"), format!("expected a finite number, got {v}"))),
+            .ok_or_else(|| {
+                Error::spec(
+                    format!("{field}.{key}"),
+                    format!("expected a finite number, got {v}"),
+                )
+            }),
     }
 }
 
@@ -922,7 +1275,10 @@ fn str_field(o: &Map<String, Value>, key: &str, field: &str) -> Result<Option<St
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v) => Err(Error::spec(format!("{field}.{key}"), format!("expected a string, got {v}"))),
+        Some(v) => Err(Error::spec(
+            format!("{field}.{key}"),
+            format!("expected a string, got {v}"),
+        )),
     }
 }
 
@@ -935,7 +1291,10 @@ fn pair(o: &Map<String, Value>, a: &str, b: &str, field: &str) -> Result<Option<
             Ok(Some((x, y)))
         }
         (None, None) => Ok(None),
-        _ => Err(Error::spec(field, format!("fitted state needs both {a} and {b}"))),
+        _ => Err(Error::spec(
+            field,
+            format!("fitted state needs both {a} and {b}"),
+        )),
     }
 }
 
@@ -943,36 +1302,57 @@ fn vocab_field(o: &Map<String, Value>, field: &str) -> Result<Option<Vocab>> {
     match o.get("vocabulary") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(a)) => {
-            let cats: Vec<Cat> = a.iter().map(|v| Cat::from_json(v, &format!("{field}.vocabulary"))).collect::<Result<_>>()?;
+            let cats: Vec<Cat> = a
+                .iter()
+                .map(|v| Cat::from_json(v, &format!("{field}.vocabulary")))
+                .collect::<Result<_>>()?;
             let mut sorted = cats.clone();
             sorted.sort();
             sorted.dedup();
             if sorted != cats {
-                return Err(Error::spec(format!("{field}.vocabulary"), "must be sorted and without duplicates"));
+                return Err(Error::spec(
+                    format!("{field}.vocabulary"),
+                    "must be sorted and without duplicates",
+                ));
             }
             Ok(Some(Vocab::new(cats)))
         }
-        Some(v) => Err(Error::spec(format!("{field}.vocabulary"), format!("expected a list, got {v}"))),
+        Some(v) => Err(Error::spec(
+            format!("{field}.vocabulary"),
+            format!("expected a list, got {v}"),
+        )),
     }
 }
 
 impl Transforms {
     pub fn from_json(text: &str) -> Result<Transforms> {
-        let v: Value = serde_json::from_str(text).map_err(|e| Error::spec("document", format!("not valid JSON: {e}")))?;
-        let o = v.as_object().ok_or_else(|| Error::spec("document", "expected a JSON object"))?;
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| Error::spec("document", format!("not valid JSON: {e}")))?;
+        let o = v
+            .as_object()
+            .ok_or_else(|| Error::spec("document", "expected a JSON object"))?;
         if let Some(f) = o.get("format") {
             if f != FORMAT {
-                return Err(Error::spec("format", format!("expected {FORMAT:?}, got {f}")));
+                return Err(Error::spec(
+                    "format",
+                    format!("expected {FORMAT:?}, got {f}"),
+                ));
             }
         }
-        let version = o.get("version").and_then(Value::as_u64).ok_or_else(|| Error::spec("version", "is required"))?;
+        let version = o
+            .get("version")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| Error::spec("version", "is required"))?;
         if version > VERSION {
             return Err(Error::spec(
                 "version",
                 format!("document version {version} was written by a newer rtml (this one reads up to {VERSION}): upgrade rtml"),
             ));
         }
-        let steps = o.get("steps").and_then(Value::as_array).ok_or_else(|| Error::spec("steps", "is required (a list)"))?;
+        let steps = o
+            .get("steps")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::spec("steps", "is required (a list)"))?;
         let mut out = Vec::with_capacity(steps.len());
         for (i, s) in steps.iter().enumerate() {
             out.push(parse_step(s, i)?);
@@ -980,12 +1360,18 @@ impl Transforms {
         if out.is_empty() {
             return Err(Error::spec("steps", "a pipeline needs at least one step"));
         }
-        Ok(Transforms { steps: out })
+        let mut t = Transforms {
+            steps: out,
+            names: Vec::new(),
+        };
+        t.refresh();
+        Ok(t)
     }
 
     pub fn to_json(&self) -> String {
         let steps: Vec<Value> = self.steps.iter().map(step_json).collect();
-        serde_json::to_string_pretty(&json!({"format": FORMAT, "version": VERSION, "steps": steps})).unwrap_or_default()
+        serde_json::to_string_pretty(&json!({"format": FORMAT, "version": VERSION, "steps": steps}))
+            .unwrap_or_default()
     }
 }
 
@@ -1032,11 +1418,24 @@ fn step_json(s: &Step) -> Value {
                 put(&mut m, "edges", json!(e));
             }
         }
-        Op::OneHot { min_frequency, max_categories, vocab } | Op::Ordinal { min_frequency, max_categories, vocab } => {
+        Op::OneHot {
+            min_frequency,
+            max_categories,
+            vocab,
+        }
+        | Op::Ordinal {
+            min_frequency,
+            max_categories,
+            vocab,
+        } => {
             put(&mut m, "min_frequency", json!(min_frequency));
             put(&mut m, "max_categories", json!(max_categories));
             if let Some(v) = vocab {
-                put(&mut m, "vocabulary", Value::Array(v.cats.iter().map(Cat::to_json).collect()));
+                put(
+                    &mut m,
+                    "vocabulary",
+                    Value::Array(v.cats.iter().map(Cat::to_json).collect()),
+                );
             }
         }
         Op::Impute { strategy, value } => {
@@ -1049,13 +1448,26 @@ fn step_json(s: &Step) -> Value {
             put(&mut m, "strategy", json!(s));
             put(&mut m, "value", json!(value));
         }
-        Op::TargetEncode { target, smooth, folds, fitted } => {
+        Op::TargetEncode {
+            target,
+            smooth,
+            folds,
+            fitted,
+        } => {
             put(&mut m, "target", json!(target));
             put(&mut m, "smooth", json!(smooth));
             put(&mut m, "folds", json!(folds));
             if let Some((table, mean)) = fitted {
-                put(&mut m, "categories", Value::Array(table.iter().map(|(c, _)| c.to_json()).collect()));
-                put(&mut m, "encodings", json!(table.iter().map(|(_, v)| *v).collect::<Vec<f64>>()));
+                put(
+                    &mut m,
+                    "categories",
+                    Value::Array(table.iter().map(|(c, _)| c.to_json()).collect()),
+                );
+                put(
+                    &mut m,
+                    "encodings",
+                    json!(table.iter().map(|(_, v)| *v).collect::<Vec<f64>>()),
+                );
                 put(&mut m, "default", json!(mean));
             }
         }
@@ -1066,9 +1478,13 @@ fn step_json(s: &Step) -> Value {
 
 fn parse_step(v: &Value, i: usize) -> Result<Step> {
     let base = format!("steps[{i}]");
-    let o = v.as_object().ok_or_else(|| Error::spec(&base, "expected a JSON object"))?;
-    let op_name = str_field(o, "op", &base)?.ok_or_else(|| Error::spec(format!("{base}.op"), "is required"))?;
-    let column = str_field(o, "column", &base)?.ok_or_else(|| Error::spec(format!("{base}.column"), "is required"))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| Error::spec(&base, "expected a JSON object"))?;
+    let op_name = str_field(o, "op", &base)?
+        .ok_or_else(|| Error::spec(format!("{base}.op"), "is required"))?;
+    let column = str_field(o, "column", &base)?
+        .ok_or_else(|| Error::spec(format!("{base}.column"), "is required"))?;
     let field = format!("{base} ({op_name} of '{column}')");
     let need = |k: &str| -> Result<f64> {
         num_field(o, k, &field)?.ok_or_else(|| Error::spec(format!("{field}.{k}"), "is required"))
@@ -1077,7 +1493,10 @@ fn parse_step(v: &Value, i: usize) -> Result<Step> {
         match o.get(k) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v.as_u64().filter(|n| *n >= 1).map(Some).ok_or_else(|| {
-                Error::spec(format!("{field}.{k}"), format!("expected a positive integer, got {v}"))
+                Error::spec(
+                    format!("{field}.{k}"),
+                    format!("expected a positive integer, got {v}"),
+                )
             }),
         }
     };
@@ -1099,15 +1518,27 @@ fn parse_step(v: &Value, i: usize) -> Result<Step> {
                 "mul" => '*',
                 _ => '/',
             },
-            other: str_field(o, "other", &field)?.ok_or_else(|| Error::spec(format!("{field}.other"), "is required"))?,
+            other: str_field(o, "other", &field)?
+                .ok_or_else(|| Error::spec(format!("{field}.other"), "is required"))?,
             on_zero: num_field(o, "on_zero", &field)?,
         },
         "is_null" => Op::IsNull,
-        "fill_null" => Op::FillNull { value: need("value")? },
-        "hash_bucket" => Op::HashBucket { n: count("n")?.ok_or_else(|| Error::spec(format!("{field}.n"), "is required"))? },
+        "fill_null" => Op::FillNull {
+            value: need("value")?,
+        },
+        "hash_bucket" => Op::HashBucket {
+            n: count("n")?.ok_or_else(|| Error::spec(format!("{field}.n"), "is required"))?,
+        },
         "hour_of_day" | "day_of_week" | "day_of_month" | "month" => {
-            let tz = str_field(o, "tz", &field)?.ok_or_else(|| Error::spec(format!("{field}.tz"), "is required (e.g. 'UTC', 'America/New_York')"))?;
-            chrono_tz::Tz::from_str(&tz).map_err(|_| Error::spec(format!("{field}.tz"), format!("unknown time zone {tz:?}")))?;
+            let tz = str_field(o, "tz", &field)?.ok_or_else(|| {
+                Error::spec(
+                    format!("{field}.tz"),
+                    "is required (e.g. 'UTC', 'America/New_York')",
+                )
+            })?;
+            chrono_tz::Tz::from_str(&tz).map_err(|_| {
+                Error::spec(format!("{field}.tz"), format!("unknown time zone {tz:?}"))
+            })?;
             Op::Time {
                 part: match op_name.as_str() {
                     "hour_of_day" => TimePart::Hour,
@@ -1119,34 +1550,68 @@ fn parse_step(v: &Value, i: usize) -> Result<Step> {
                 cyclical: o.get("cyclical").and_then(Value::as_bool).unwrap_or(false),
             }
         }
-        "standard_scale" => Op::StandardScale { fitted: pair(o, "center", "scale", &field)? },
-        "robust_scale" => Op::RobustScale { fitted: pair(o, "center", "scale", &field)? },
-        "min_max_scale" => Op::MinMaxScale { fitted: pair(o, "min", "range", &field)? },
+        "standard_scale" => Op::StandardScale {
+            fitted: pair(o, "center", "scale", &field)?,
+        },
+        "robust_scale" => Op::RobustScale {
+            fitted: pair(o, "center", "scale", &field)?,
+        },
+        "min_max_scale" => Op::MinMaxScale {
+            fitted: pair(o, "min", "range", &field)?,
+        },
         "bucketize" => {
             let b: Vec<f64> = match o.get("boundaries") {
                 Some(Value::Array(a)) => a
                     .iter()
-                    .map(|x| x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| Error::spec(format!("{field}.boundaries"), "expected finite numbers")))
+                    .map(|x| {
+                        x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+                            Error::spec(format!("{field}.boundaries"), "expected finite numbers")
+                        })
+                    })
                     .collect::<Result<_>>()?,
-                _ => return Err(Error::spec(format!("{field}.boundaries"), "is required (a list of numbers)")),
+                _ => {
+                    return Err(Error::spec(
+                        format!("{field}.boundaries"),
+                        "is required (a list of numbers)",
+                    ))
+                }
             };
             if b.windows(2).any(|w| w[0] >= w[1]) || b.is_empty() {
-                return Err(Error::spec(format!("{field}.boundaries"), "must be a non-empty, strictly increasing list"));
+                return Err(Error::spec(
+                    format!("{field}.boundaries"),
+                    "must be a non-empty, strictly increasing list",
+                ));
             }
             Op::Bucketize { boundaries: b }
         }
         "quantile_bucketize" => {
-            let n = count("n")?.ok_or_else(|| Error::spec(format!("{field}.n"), "is required"))? as usize;
+            let n = count("n")?.ok_or_else(|| Error::spec(format!("{field}.n"), "is required"))?
+                as usize;
             let edges = match o.get("edges") {
                 None | Some(Value::Null) => None,
                 Some(Value::Array(a)) => {
-                    let e: Vec<f64> = a.iter().map(|x| x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| Error::spec(format!("{field}.edges"), "expected finite numbers"))).collect::<Result<_>>()?;
+                    let e: Vec<f64> = a
+                        .iter()
+                        .map(|x| {
+                            x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+                                Error::spec(format!("{field}.edges"), "expected finite numbers")
+                            })
+                        })
+                        .collect::<Result<_>>()?;
                     if e.is_empty() || e.windows(2).any(|w| w[0] >= w[1]) {
-                        return Err(Error::spec(format!("{field}.edges"), "must be a non-empty, strictly increasing list"));
+                        return Err(Error::spec(
+                            format!("{field}.edges"),
+                            "must be a non-empty, strictly increasing list",
+                        ));
                     }
                     Some(e)
                 }
-                Some(v) => return Err(Error::spec(format!("{field}.edges"), format!("expected a list, got {v}"))),
+                Some(v) => {
+                    return Err(Error::spec(
+                        format!("{field}.edges"),
+                        format!("expected a list, got {v}"),
+                    ))
+                }
             };
             Op::QuantileBucketize { n, edges }
         }
@@ -1155,9 +1620,17 @@ fn parse_step(v: &Value, i: usize) -> Result<Step> {
             let max_categories = count("max_categories")?.map(|m| m as usize);
             let vocab = vocab_field(o, &field)?;
             if op_name == "one_hot" {
-                Op::OneHot { min_frequency, max_categories, vocab }
+                Op::OneHot {
+                    min_frequency,
+                    max_categories,
+                    vocab,
+                }
             } else {
-                Op::Ordinal { min_frequency, max_categories, vocab }
+                Op::Ordinal {
+                    min_frequency,
+                    max_categories,
+                    vocab,
+                }
             }
         }
         "impute" => {
@@ -1166,44 +1639,84 @@ fn parse_step(v: &Value, i: usize) -> Result<Step> {
                 Some("median") => Impute::Median,
                 Some("most_frequent") => Impute::MostFrequent,
                 Some("constant") => Impute::Constant,
-                other => return Err(Error::spec(format!("{field}.strategy"), format!("expected mean, median, most_frequent or constant, got {other:?}"))),
+                other => {
+                    return Err(Error::spec(
+                        format!("{field}.strategy"),
+                        format!("expected mean, median, most_frequent or constant, got {other:?}"),
+                    ))
+                }
             };
             let value = num_field(o, "value", &field)?;
             if strategy == Impute::Constant && value.is_none() {
-                return Err(Error::spec(format!("{field}.value"), "constant impute needs value"));
+                return Err(Error::spec(
+                    format!("{field}.value"),
+                    "constant impute needs value",
+                ));
             }
             Op::Impute { strategy, value }
         }
         "target_encode" => {
-            let target = str_field(o, "target", &field)?.ok_or_else(|| Error::spec(format!("{field}.target"), "is required"))?;
+            let target = str_field(o, "target", &field)?
+                .ok_or_else(|| Error::spec(format!("{field}.target"), "is required"))?;
             let smooth = num_field(o, "smooth", &field)?.unwrap_or(10.0);
             if smooth < 0.0 {
                 return Err(Error::spec(format!("{field}.smooth"), "must be >= 0"));
             }
             let folds = count("folds")?.unwrap_or(5) as usize;
+            if folds < 2 {
+                return Err(Error::spec(format!("{field}.folds"), "must be at least 2"));
+            }
             let fitted = match (o.get("categories"), o.get("encodings")) {
                 (Some(Value::Array(c)), Some(Value::Array(e))) => {
                     if c.len() != e.len() {
-                        return Err(Error::spec(&field, "categories and encodings differ in length"));
+                        return Err(Error::spec(
+                            &field,
+                            "categories and encodings differ in length",
+                        ));
                     }
-                    let cats: Vec<Cat> = c.iter().map(|v| Cat::from_json(v, &field)).collect::<Result<_>>()?;
-                    let encs: Vec<f64> = e.iter().map(|x| x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| Error::spec(format!("{field}.encodings"), "expected finite numbers"))).collect::<Result<_>>()?;
+                    let cats: Vec<Cat> = c
+                        .iter()
+                        .map(|v| Cat::from_json(v, &field))
+                        .collect::<Result<_>>()?;
+                    let encs: Vec<f64> = e
+                        .iter()
+                        .map(|x| {
+                            x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| {
+                                Error::spec(format!("{field}.encodings"), "expected finite numbers")
+                            })
+                        })
+                        .collect::<Result<_>>()?;
                     let default = need("default")?;
                     Some((cats.into_iter().zip(encs).collect(), default))
                 }
                 (None, None) => None,
-                _ => return Err(Error::spec(&field, "fitted state needs categories and encodings")),
+                _ => {
+                    return Err(Error::spec(
+                        &field,
+                        "fitted state needs categories and encodings",
+                    ))
+                }
             };
-            Op::TargetEncode { target, smooth, folds, fitted }
+            Op::TargetEncode {
+                target,
+                smooth,
+                folds,
+                fitted,
+            }
         }
         "passthrough" => Op::Passthrough,
-        other => return Err(Error::spec(format!("{base}.op"), format!("unknown transform {other:?}"))),
+        other => {
+            return Err(Error::spec(
+                format!("{base}.op"),
+                format!("unknown transform {other:?}"),
+            ))
+        }
     };
     let name = str_field(o, "name", &field)?.unwrap_or_else(|| default_output(&op, &column));
     if name.is_empty() {
         return Err(Error::spec(format!("{field}.name"), "must not be empty"));
     }
-    Ok(Step { op, column, name })
+    Ok(Step::new(op, column, name))
 }
 
 /// Default output name: in place for unary numeric steps, a new column otherwise.
@@ -1220,7 +1733,11 @@ pub fn default_output(op: &Op, column: &str) -> String {
             };
             format!("{column}_{w}_{other}")
         }
-        Op::Time { part, cyclical: false, .. } => format!("{column}_{}", part.name()),
+        Op::Time {
+            part,
+            cyclical: false,
+            ..
+        } => format!("{column}_{}", part.name()),
         Op::TargetEncode { .. } => format!("{column}_te"),
         _ => column.to_string(),
     }

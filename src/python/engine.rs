@@ -200,7 +200,9 @@ impl OnlineEngine {
             drop(engine);
             let mut w = self.write(py);
             w.settle_key(k.as_ref(), t);
-            RwLockWriteGuard::downgrade(w).get(k.as_ref(), t, buf).py_err()?;
+            RwLockWriteGuard::downgrade(w)
+                .get(k.as_ref(), t, buf)
+                .py_err()?;
         } else {
             engine.get(k.as_ref(), t, buf).py_err()?;
         }
@@ -219,10 +221,14 @@ impl OnlineEngine {
         fields: Option<&Bound<'py, PyAny>>,
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, numpy::PyArray1<f64>>> {
-        let tobj = if transforms.hasattr("_t")? { transforms.getattr("_t")? } else { transforms.clone() };
-        let tf = tobj
-            .cast::<PyTransforms>()
-            .map_err(|_| pyo3::exceptions::PyTypeError::new_err("transforms: expected an rtml.Transforms"))?;
+        let tobj = if transforms.hasattr("_t")? {
+            transforms.getattr("_t")?
+        } else {
+            transforms.clone()
+        };
+        let tf = tobj.cast::<PyTransforms>().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err("transforms: expected an rtml.Transforms")
+        })?;
         let k = convert::key(key, &self.plan.spec.entity).py_err()?;
         let t = self.at(at)?;
         let mut buf = vec![0f64; self.plan.n_features()];
@@ -232,7 +238,9 @@ impl OnlineEngine {
                 drop(engine);
                 let mut w = self.write(py);
                 w.settle_key(k.as_ref(), t);
-                RwLockWriteGuard::downgrade(w).get(k.as_ref(), t, &mut buf).py_err()?;
+                RwLockWriteGuard::downgrade(w)
+                    .get(k.as_ref(), t, &mut buf)
+                    .py_err()?;
             } else {
                 engine.get(k.as_ref(), t, &mut buf).py_err()?;
             }
@@ -248,7 +256,9 @@ impl OnlineEngine {
                 let a: ArrayRef = if o.integer {
                     Arc::new(Int64Array::from(vec![v as i64]))
                 } else {
-                    Arc::new(arrow_array::Float64Array::from(vec![(!v.is_nan()).then_some(v)]))
+                    Arc::new(arrow_array::Float64Array::from(vec![
+                        (!v.is_nan()).then_some(v)
+                    ]))
                 };
                 (f.name.clone(), a)
             })
@@ -256,7 +266,10 @@ impl OnlineEngine {
         let tr = tf.get().inner.read();
         let batch = super::transforms::row_batch(&tr, fields, &preset)?;
         let cols = tr.transform(&batch).py_err()?;
-        Ok(numpy::PyArray1::from_vec(py, cols.into_iter().map(|c| c[0]).collect()))
+        Ok(numpy::PyArray1::from_vec(
+            py,
+            cols.into_iter().map(|c| c[0]).collect(),
+        ))
     }
 
     /// Features of many entities as a pyarrow.Table (key column first). `at` is one instant
@@ -300,7 +313,9 @@ impl OnlineEngine {
         {
             let stale = {
                 let engine = self.read(py);
-                keys.iter().zip(&times).any(|(k, &t)| engine.would_settle(k.as_ref(), t))
+                keys.iter()
+                    .zip(&times)
+                    .any(|(k, &t)| engine.would_settle(k.as_ref(), t))
             };
             if stale {
                 let mut w = self.write(py);

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int64Array, NullArray, RecordBatch, StringArray, TimestampNanosecondArray};
+use arrow_array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, NullArray, RecordBatch, StringArray,
+    TimestampNanosecondArray,
+};
 use arrow_buffer::{NullBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema};
 use numpy::PyArray1;
@@ -24,13 +27,20 @@ pub struct PyTransforms {
 fn one_batch(table: PyTable) -> PyResult<RecordBatch> {
     let (batches, schema) = table.into_inner();
     if batches.len() == 1 {
-        return Ok(batches.into_iter().next().unwrap_or_else(|| RecordBatch::new_empty(schema.clone())));
+        return Ok(batches
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| RecordBatch::new_empty(schema.clone())));
     }
-    arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+    arrow_select::concat::concat_batches(&schema, &batches)
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
 }
 
 fn to_batch(names: &[String], cols: Vec<Vec<f64>>) -> PyResult<RecordBatch> {
-    let fields: Vec<Field> = names.iter().map(|n| Field::new(n, DataType::Float64, true)).collect();
+    let fields: Vec<Field> = names
+        .iter()
+        .map(|n| Field::new(n, DataType::Float64, true))
+        .collect();
     let arrays: Vec<ArrayRef> = cols
         .into_iter()
         .map(|v| {
@@ -40,15 +50,29 @@ fn to_batch(names: &[String], cols: Vec<Vec<f64>>) -> PyResult<RecordBatch> {
         })
         .collect();
     let n = arrays.first().map(|a| a.len()).unwrap_or(0);
-    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &arrow_array::RecordBatchOptions::new().with_row_count(Some(n)))
-        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        arrays,
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(n)),
+    )
+    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
 }
 
 /// One request row (dict) as a one-row record batch, so it runs the table code path.
 /// `preset` columns (e.g. window features from the online engine) take precedence over `row`.
-pub(crate) fn row_batch(t: &Transforms, row: Option<&Bound<'_, PyAny>>, preset: &[(String, ArrayRef)]) -> PyResult<RecordBatch> {
+pub(crate) fn row_batch(
+    t: &Transforms,
+    row: Option<&Bound<'_, PyAny>>,
+    preset: &[(String, ArrayRef)],
+) -> PyResult<RecordBatch> {
     let d = match row {
-        Some(r) => Some(r.cast::<PyDict>().map_err(|_| pyo3::exceptions::PyTypeError::new_err("expected a dict (one request row)"))?.clone()),
+        Some(r) => Some(
+            r.cast::<PyDict>()
+                .map_err(|_| {
+                    pyo3::exceptions::PyTypeError::new_err("expected a dict (one request row)")
+                })?
+                .clone(),
+        ),
         None => None,
     };
     let mut fields = Vec::new();
@@ -65,7 +89,10 @@ pub(crate) fn row_batch(t: &Transforms, row: Option<&Bound<'_, PyAny>>, preset: 
         };
         let Some(v) = found else {
             let step = t.step_reading(&name).unwrap_or_default();
-            return Err(super::errors::to_py(Error::schema(&name, format!("missing from the request row (needed by {step})"))));
+            return Err(super::errors::to_py(Error::schema(
+                &name,
+                format!("missing from the request row (needed by {step})"),
+            )));
         };
         let a: ArrayRef = if v.is_none() {
             Arc::new(NullArray::new(1))
@@ -86,20 +113,29 @@ pub(crate) fn row_batch(t: &Transforms, row: Option<&Bound<'_, PyAny>>, preset: 
         } else if let Ok(f) = v.extract::<f64>() {
             Arc::new(Float64Array::from(vec![f]))
         } else {
-            return Err(super::errors::to_py(Error::schema(&name, format!("unsupported value of type {}", v.get_type().name()?))));
+            return Err(super::errors::to_py(Error::schema(
+                &name,
+                format!("unsupported value of type {}", v.get_type().name()?),
+            )));
         };
         fields.push(Field::new(&name, a.data_type().clone(), true));
         arrays.push(a);
     }
-    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &arrow_array::RecordBatchOptions::new().with_row_count(Some(1)))
-        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        arrays,
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(1)),
+    )
+    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
 }
 
 #[pymethods]
 impl PyTransforms {
     #[staticmethod]
     fn from_json(text: &str) -> PyResult<PyTransforms> {
-        Ok(PyTransforms { inner: RwLock::new(Transforms::from_json(text).py_err()?) })
+        Ok(PyTransforms {
+            inner: RwLock::new(Transforms::from_json(text).py_err()?),
+        })
     }
 
     fn to_json(&self) -> String {
@@ -157,7 +193,11 @@ impl PyTransforms {
     }
 
     /// One request row -> dict of outputs (None for null).
-    fn transform_one<'py>(&self, py: Python<'py>, row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+    fn transform_one<'py>(
+        &self,
+        py: Python<'py>,
+        row: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let t = self.inner.read();
         let batch = row_batch(&t, Some(row), &[])?;
         let cols = t.transform(&batch).py_err()?;
@@ -174,10 +214,17 @@ impl PyTransforms {
     }
 
     /// One request row -> float64 vector in feature_names order (NaN = null).
-    fn vector<'py>(&self, py: Python<'py>, row: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    fn vector<'py>(
+        &self,
+        py: Python<'py>,
+        row: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let t = self.inner.read();
         let batch = row_batch(&t, Some(row), &[])?;
         let cols = t.transform(&batch).py_err()?;
-        Ok(PyArray1::from_vec(py, cols.into_iter().map(|c| c[0]).collect()))
+        Ok(PyArray1::from_vec(
+            py,
+            cols.into_iter().map(|c| c[0]).collect(),
+        ))
     }
 }

@@ -345,13 +345,13 @@ def test_log1p_accuracy_for_tiny_values():
 
 
 @pytest.mark.parametrize("bad", [-1.0, -2.0, -1e300])
-def test_log1p_domain_error(bad):
-    tbl = pa.table({"x": _col([0.0, bad])})
-    with raises(rtml.SchemaError, "x", "log1p"):
-        _fit([rtml.log1p("x")], tbl).transform(tbl)
-    tf = _fit([rtml.log1p("x")], pa.table({"x": _col([0.0])}))
-    with raises(rtml.SchemaError, "x", "log1p"):
-        tf.transform_one({"x": bad})
+def test_log1p_outside_its_domain_is_null(bad):
+    # docs/transforms.md: "null for x <= -1 (outside its domain)"
+    tbl = pa.table({"x": _col([0.0, bad, -0.5])})
+    tf = _fit([rtml.log1p("x")], tbl)
+    assert_exact(tf.transform(tbl).column("x").to_pylist(), [0.0, None, math.log1p(-0.5)])
+    assert tf.transform_one({"x": bad}) == {"x": None}
+    assert np.isnan(tf.vector({"x": bad})).all()
 
 
 def test_is_null_and_fill_null():
@@ -1212,6 +1212,36 @@ def test_extreme_finite_fit_survives_json(kind, vals):
     out2 = tf2.transform(probe)
     for n in tf.feature_names:
         assert_exact(out2.column(n).to_pylist(), out.column(n).to_pylist(), n)
+
+
+def test_fit_refits_from_scratch_and_failed_fit_keeps_state():
+    a = pa.table({"x": _col([1.0, 2.0, 3.0]), "c": _col(["a", "a", "b"], pa.string())})
+    b = pa.table({"x": _col([10.0, 20.0]), "c": _col(["z", "z"], pa.string())})
+    steps = lambda: [rtml.standard_scale("x"), rtml.one_hot("c")]  # noqa: E731
+    tf = _fit(steps(), a)
+    tf.fit(b)  # from scratch: nothing of `a` remains
+    assert loads(tf.to_json()) == loads(_fit(steps(), b).to_json())
+    assert tf.feature_names == ["x", "c=z", "c=__other__"]
+    before = tf.to_json()
+    bad = b.set_column(0, "x", _col([1.0, float("nan")]))
+    with raises(rtml.SchemaError, "x"):
+        tf.fit(bad)
+    assert tf.to_json() == before
+    with raises(rtml.SchemaError, "c"):
+        tf.fit(b.drop_columns(["c"]))
+    assert tf.to_json() == before
+    assert tf.transform_one({"x": 15.0, "c": "z"}) == {"x": 0.0, "c=z": 1.0, "c=__other__": 0.0}
+
+
+def test_target_encode_fit_transform_needs_folds_rows():
+    tbl = pa.table({"c": _col(["a", "b", "a"], pa.string()), "y": _col([1.0, 2.0, 3.0])})
+    with raises(rtml.RtmlError, "target_encode"):
+        rtml.Transforms([rtml.target_encode("c", "y", folds=5)]).fit_transform(tbl)
+    out = rtml.Transforms([rtml.target_encode("c", "y", smooth=1.0, folds=3)]).fit_transform(tbl)
+    # each row encoded by the other two rows: mean_y of the other folds, counts 0 or 1
+    # row 0 (a): others b=2, a=3 -> mean 2.5, a: (3 + 2.5) / 2; row 1 (b): others 1, 3 -> unseen -> 2.0
+    # row 2 (a): others a=1, b=2 -> mean 1.5, a: (1 + 1.5) / 2
+    assert_close(out.column("c_te").to_pylist(), [2.75, 2.0, 1.25], 1e-15, 0.0, "3 folds of 1 row")
 
 
 def test_transform_before_fit_is_an_rtml_error():

@@ -206,13 +206,23 @@ fn reference_approx(evs: &[Ev], k: i64, t: i64) -> Vec<(usize, Option<f64>, f64)
         Some((n * s2 - s1 * s1) as f64 / (16 * n * (n - 1)) as f64)
     };
     let decayed = |vs: &[(i64, f64)], h: i64| -> (f64, f64) {
-        let terms: Vec<f64> = vs.iter().map(|&(ts, v)| v * 2f64.powf(-((t - ts) as f64) / h as f64)).collect();
-        (terms.iter().sum(), terms.iter().map(|x| x.abs()).sum::<f64>())
+        let terms: Vec<f64> = vs
+            .iter()
+            .map(|&(ts, v)| v * 2f64.powf(-((t - ts) as f64) / h as f64))
+            .collect();
+        (
+            terms.iter().sum(),
+            terms.iter().map(|x| x.abs()).sum::<f64>(),
+        )
     };
     let m30 = vals(Some(30 * M));
     let h1 = vals(Some(H));
     let all = vals(None);
-    let mean = if m30.is_empty() { None } else { Some(m30.iter().map(|x| x.1).sum::<f64>() / m30.len() as f64) };
+    let mean = if m30.is_empty() {
+        None
+    } else {
+        Some(m30.iter().map(|x| x.1).sum::<f64>() / m30.len() as f64)
+    };
     let mut sorted: Vec<f64> = h1.iter().map(|x| x.1).collect();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let median = if sorted.is_empty() {
@@ -228,8 +238,16 @@ fn reference_approx(evs: &[Ev], k: i64, t: i64) -> Vec<(usize, Option<f64>, f64)
         (4, var(&h1), 1e-14),
         (5, var(&all).map(f64::sqrt), 1e-14),
         (13, median, 1.0 / 256.0),
-        (14, Some(d1), 1e-12 * d1abs.max(1e-300) / d1.abs().max(1e-300)),
-        (15, Some(d2), 1e-12 * d2abs.max(1e-300) / d2.abs().max(1e-300)),
+        (
+            14,
+            Some(d1),
+            1e-12 * d1abs.max(1e-300) / d1.abs().max(1e-300),
+        ),
+        (
+            15,
+            Some(d2),
+            1e-12 * d2abs.max(1e-300) / d2.abs().max(1e-300),
+        ),
     ]
 }
 

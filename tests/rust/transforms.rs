@@ -10,12 +10,18 @@ use rtml::transform::Transforms;
 
 fn table(x: &[Option<f64>], c: &[Option<&str>], y: &[f64]) -> RecordBatch {
     let n = x.len();
-    let ts: Vec<i64> = (0..n as i64).map(|i| 1_700_000_000_000_000_000 + i * 3_600_000_000_000).collect();
+    let ts: Vec<i64> = (0..n as i64)
+        .map(|i| 1_700_000_000_000_000_000 + i * 3_600_000_000_000)
+        .collect();
     let schema = Arc::new(Schema::new(vec![
         Field::new("x", DataType::Float64, true),
         Field::new("c", DataType::Utf8, true),
         Field::new("y", DataType::Float64, true),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            true,
+        ),
     ]));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Float64Array::from(x.to_vec())),
@@ -78,7 +84,11 @@ fn json_round_trip_keeps_fitted_state() {
     assert_eq!(again.to_json(), t.to_json());
     let a = t.transform(&b).unwrap();
     let c = again.transform(&b).unwrap();
-    let bits = |v: &Vec<Vec<f64>>| -> Vec<Vec<u64>> { v.iter().map(|c| c.iter().map(|x| x.to_bits()).collect()).collect() };
+    let bits = |v: &Vec<Vec<f64>>| -> Vec<Vec<u64>> {
+        v.iter()
+            .map(|c| c.iter().map(|x| x.to_bits()).collect())
+            .collect()
+    };
     assert_eq!(bits(&a), bits(&c));
 }
 
@@ -93,7 +103,10 @@ fn rejects_bad_documents() {
         r#"{"version": 1, "steps": [{"op": "one_hot", "column": "x", "vocabulary": ["b", "a"]}]}"#,
         r#"{"version": 1, "steps": [{"op": "hour_of_day", "column": "t", "tz": "Mars/Olympus"}]}"#,
     ] {
-        assert!(matches!(Transforms::from_json(doc), Err(rtml::Error::Spec { .. })), "{doc}");
+        assert!(
+            matches!(Transforms::from_json(doc), Err(rtml::Error::Spec { .. })),
+            "{doc}"
+        );
     }
 }
 
