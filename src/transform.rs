@@ -261,6 +261,17 @@ pub struct Step {
 }
 
 impl Step {
+    /// Columns this step reads.
+    fn reads(&self) -> Vec<&str> {
+        let mut r = vec![self.column.as_str()];
+        match &self.op {
+            Op::Binary { other, .. } => r.push(other),
+            Op::TargetEncode { target, .. } => r.push(target),
+            _ => {}
+        }
+        r
+    }
+
     fn new(op: Op, column: String, name: String) -> Step {
         let mut s = Step {
             op,
@@ -334,7 +345,8 @@ impl CatRef<'_> {
 /// Columns of one batch as the pipeline sees them: inputs from the batch, outputs of steps.
 struct Frame<'a> {
     batch: &'a RecordBatch,
-    computed: Vec<(String, Vec<f64>)>,
+    /// Step outputs by name (a later write replaces an earlier one).
+    computed: HashMap<String, Vec<f64>>,
 }
 
 /// Null flags that also see NullArray (which has no validity buffer).
@@ -498,7 +510,7 @@ impl<'a> Frame<'a> {
                 .fields()
                 .iter()
                 .map(|f| f.name().clone())
-                .chain(self.computed.iter().map(|c| c.0.clone()))
+                .chain(self.computed.keys().cloned())
                 .collect();
             Error::schema(
                 name,
@@ -507,7 +519,7 @@ impl<'a> Frame<'a> {
         })
     }
     fn num(&self, name: &str, step: &str) -> Result<std::borrow::Cow<'_, [f64]>> {
-        if let Some((_, v)) = self.computed.iter().rev().find(|(n, _)| n == name) {
+        if let Some(v) = self.computed.get(name) {
             return Ok(std::borrow::Cow::Borrowed(v));
         }
         Ok(std::borrow::Cow::Owned(numeric_of(
@@ -517,7 +529,7 @@ impl<'a> Frame<'a> {
         )?))
     }
     fn cats(&self, name: &str, step: &str) -> Result<Vec<Option<CatRef<'a>>>> {
-        if self.computed.iter().any(|(n, _)| n == name) {
+        if self.computed.contains_key(name) {
             return Err(Error::schema(name, format!("{step} needs the raw categorical input, but an earlier step rewrote it as numbers")));
         }
         cats_of(self.input(name, step)?, name, step)
@@ -550,7 +562,7 @@ impl<'a> Frame<'a> {
             .collect())
     }
     fn is_null(&self, name: &str, step: &str) -> Result<Vec<f64>> {
-        if let Some((_, v)) = self.computed.iter().rev().find(|(n, _)| n == name) {
+        if let Some(v) = self.computed.get(name) {
             return Ok(v
                 .iter()
                 .map(|x| if x.is_nan() { 1.0 } else { 0.0 })
@@ -563,7 +575,7 @@ impl<'a> Frame<'a> {
             .collect())
     }
     fn set(&mut self, name: String, v: Vec<f64>) {
-        self.computed.push((name, v));
+        self.computed.insert(name, v);
     }
 }
 
@@ -766,11 +778,34 @@ impl Transforms {
 
     /// Run every step on one batch. `fit`: fit each unfitted step on this batch first (on the
     /// outputs of the steps before it). `oof`: target encodings out of fold (fit_transform).
-    fn run(&mut self, batch: &RecordBatch, fit: bool, oof: bool) -> Result<Vec<Vec<f64>>> {
+    fn run(
+        &mut self,
+        batch: &RecordBatch,
+        fit: bool,
+        oof: bool,
+        want_outputs: bool,
+    ) -> Result<Vec<Vec<f64>>> {
         let mut frame = Frame {
             batch,
-            computed: Vec::new(),
+            computed: HashMap::new(),
         };
+        // For a plain fit, a column is dropped after its last reader: memory is the input plus
+        // the columns in flight plus one step's outputs.
+        let last_read: HashMap<&str, usize> = if want_outputs {
+            HashMap::new()
+        } else {
+            let mut m = HashMap::new();
+            for (j, s) in self.steps.iter().enumerate() {
+                for r in s.reads() {
+                    m.insert(r, j);
+                }
+            }
+            m
+        };
+        let last_read: HashMap<String, usize> = last_read
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         for i in 0..self.steps.len() {
             let replaced = if fit && !self.steps[i].op.is_fitted() {
                 let r = fit_step(&mut self.steps[i], i, &frame, oof)?;
@@ -779,10 +814,21 @@ impl Transforms {
             } else {
                 None
             };
+            // Always applied, so that fit validates every step's input; outputs no later step
+            // reads are dropped right away.
             apply_step(&self.steps[i], i, &mut frame, replaced)?;
+            if !want_outputs {
+                frame
+                    .computed
+                    .retain(|n, _| last_read.get(n).is_some_and(|&j| j > i));
+            }
         }
         self.refresh();
-        self.collect(frame)
+        if want_outputs {
+            self.collect(frame)
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     /// Apply the fitted steps to one batch.
@@ -795,7 +841,7 @@ impl Transforms {
         }
         let mut frame = Frame {
             batch,
-            computed: Vec::new(),
+            computed: HashMap::new(),
         };
         for (i, step) in self.steps.iter().enumerate() {
             apply_step(step, i, &mut frame, None)?;
@@ -807,8 +853,9 @@ impl Transforms {
         self.names
             .iter()
             .map(|name| {
-                let pos = frame.computed.iter().rposition(|(n, _)| n == name);
-                pos.map(|p| std::mem::take(&mut frame.computed[p].1))
+                frame
+                    .computed
+                    .remove(name)
                     .ok_or_else(|| Error::spec(name, "output was not computed"))
             })
             .collect()
@@ -819,7 +866,7 @@ impl Transforms {
     pub fn fit(&mut self, batch: &RecordBatch) -> Result<()> {
         let mut trial = self.clone();
         trial.steps.iter_mut().for_each(|s| s.op.reset());
-        trial.run(batch, true, false)?;
+        trial.run(batch, true, false, false)?;
         *self = trial;
         self.refresh();
         Ok(())
@@ -829,7 +876,7 @@ impl Transforms {
     pub fn fit_transform(&mut self, batch: &RecordBatch) -> Result<Vec<Vec<f64>>> {
         let mut trial = self.clone();
         trial.steps.iter_mut().for_each(|s| s.op.reset());
-        let out = trial.run(batch, true, true)?;
+        let out = trial.run(batch, true, true, true)?;
         *self = trial;
         self.refresh();
         Ok(out)

@@ -23,6 +23,7 @@ from .transforms import (
     day_of_month,
     day_of_week,
     fill_null,
+    from_sklearn,
     hash_bucket,
     hour_of_day,
     impute,

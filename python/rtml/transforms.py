@@ -41,6 +41,7 @@ __all__ = [
     "impute",
     "target_encode",
     "passthrough",
+    "from_sklearn",
 ]
 
 
@@ -289,3 +290,69 @@ class TransformsEstimator:
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         return np.asarray(self.transforms_.feature_names, dtype=object)
+
+
+def from_sklearn(column_transformer: Any, *, target: Optional[str] = None) -> Transforms:
+    """Translate a scikit-learn ``ColumnTransformer`` built from supported steps into an
+    (unfitted) rtml ``Transforms``; fit it on the same training table.
+
+    Supported: ``StandardScaler``, ``MinMaxScaler`` (default range), ``RobustScaler`` (default
+    quantile range), ``SimpleImputer``, ``OneHotEncoder``, ``OrdinalEncoder``,
+    ``KBinsDiscretizer(strategy="quantile", encode="ordinal")``, ``TargetEncoder`` (pass
+    ``target=``, the label column), ``FunctionTransformer(numpy.log1p)``, ``"passthrough"``,
+    each alone or inside a ``Pipeline``. Anything else raises ``SpecError`` naming the step.
+    Outputs keep the input column names (``fare``, ``zone=z1``) instead of scikit-learn's
+    ``num__fare``.
+    """
+    steps: list[Step] = []
+    for tname, est, cols in column_transformer.transformers:
+        if isinstance(cols, str):
+            cols = [cols]
+        if est == "drop":
+            continue
+        if est == "passthrough":
+            steps += [passthrough(c) for c in cols]
+            continue
+        chain = [s for _, s in est.steps] if hasattr(est, "steps") else [est]
+        for c in cols:
+            for s in chain:
+                steps.append(_step_from_sklearn(s, c, target, tname))
+    if not steps:
+        raise SpecError("from_sklearn: no supported transformers found")
+    return Transforms(steps)
+
+
+def _step_from_sklearn(est: Any, col: str, target: Optional[str], where: str) -> Step:
+    kind = type(est).__name__
+    p = est.get_params()
+    if kind == "StandardScaler" and p.get("with_mean", True) and p.get("with_std", True):
+        return standard_scale(col)
+    if kind == "MinMaxScaler" and tuple(p.get("feature_range", (0, 1))) == (0, 1) and not p.get("clip", False):
+        return min_max_scale(col)
+    if kind == "RobustScaler" and tuple(p.get("quantile_range", (25.0, 75.0))) == (25.0, 75.0) \
+            and p.get("with_centering", True) and p.get("with_scaling", True) and not p.get("unit_variance", False):
+        return robust_scale(col)
+    if kind == "SimpleImputer":
+        strategy = p.get("strategy", "mean")
+        if strategy == "constant":
+            return impute(col, "constant", value=float(p.get("fill_value") or 0.0))
+        return impute(col, strategy)
+    if kind in ("OneHotEncoder", "OrdinalEncoder"):
+        mf = p.get("min_frequency")
+        if mf is not None and not isinstance(mf, int):
+            raise SpecError(f"from_sklearn: {where}/{kind} on '{col}': only an integer min_frequency translates")
+        ctor = one_hot if kind == "OneHotEncoder" else ordinal
+        return ctor(col, min_frequency=mf or 1, max_categories=p.get("max_categories"))
+    if kind == "KBinsDiscretizer" and p.get("strategy") == "quantile" and p.get("encode") == "ordinal":
+        return quantile_bucketize(col, int(p.get("n_bins", 5)))
+    if kind == "TargetEncoder":
+        if target is None:
+            raise SpecError(f"from_sklearn: {where}/TargetEncoder on '{col}' needs target=<label column>")
+        smooth = p.get("smooth", "auto")
+        if smooth == "auto":
+            raise SpecError(f"from_sklearn: {where}/TargetEncoder on '{col}': smooth='auto' has no rtml equivalent; pass a number")
+        cv = p.get("cv", 5)
+        return target_encode(col, target, smooth=float(smooth), folds=int(cv) if isinstance(cv, int) else 5)
+    if kind == "FunctionTransformer" and getattr(p.get("func"), "__name__", "") == "log1p":
+        return log1p(col)
+    raise SpecError(f"from_sklearn: {where}/{kind} on '{col}' (with these parameters) has no rtml equivalent")
