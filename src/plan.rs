@@ -51,7 +51,28 @@ pub enum AccPlan {
 #[derive(Clone, Debug)]
 pub struct GroupPlan {
     pub window: Option<i64>,
+    /// Tile length of a tiled window.
+    pub hop: Option<i64>,
     pub accs: Vec<AccPlan>,
+}
+
+impl GroupPlan {
+    /// Lifetime and tiled groups keep summaries (single extremes, first/last edges) rather
+    /// than per-event structures.
+    pub fn summarizing(&self) -> bool {
+        self.window.is_none() || self.hop.is_some()
+    }
+
+    /// First instant inside the window of a query at `t`.
+    pub fn start(&self, t: i64) -> i64 {
+        match (self.window, self.hop) {
+            (None, _) => i64::MIN,
+            (Some(w), None) => t.saturating_sub(w),
+            (Some(w), Some(h)) => crate::time::floor_div(t, h)
+                .saturating_mul(h)
+                .saturating_sub(w),
+        }
+    }
 }
 
 /// How one output feature is computed from its group.
@@ -112,11 +133,15 @@ impl Plan {
         let mut groups: Vec<GroupPlan> = Vec::new();
         let mut outputs = Vec::new();
         for f in &spec.features {
-            let g = match groups.iter().position(|g| g.window == f.window) {
+            let g = match groups
+                .iter()
+                .position(|g| g.window == f.window && g.hop == f.hop)
+            {
                 Some(g) => g,
                 None => {
                     groups.push(GroupPlan {
                         window: f.window,
+                        hop: f.hop,
                         accs: Vec::new(),
                     });
                     groups.len() - 1
@@ -132,7 +157,7 @@ impl Plan {
                     },
                 )
             });
-            let lifetime = f.window.is_none();
+            let lifetime = f.window.is_none() || f.hop.is_some();
             let group = &mut groups[g];
             let mut acc = |want: AccPlan| -> usize {
                 // Moments with squares also serve a request without them, and vice versa.

@@ -88,6 +88,10 @@ pub struct Feature {
     pub window: Option<i64>,
     /// The window as the user spelled it ("24h" stays "24h"), used in names and documents.
     pub window_label: Option<String>,
+    /// Tiled window: the lower edge snaps to multiples of `hop` (`floor(t/hop)*hop - W <= ts < t`),
+    /// so the state is a fixed number of per-tile summaries.
+    pub hop: Option<i64>,
+    pub hop_label: Option<String>,
 }
 
 /// How a duration is shown: a simple `<number><unit>` as written, anything else canonical.
@@ -320,7 +324,7 @@ impl Spec {
             let max_w = self
                 .features
                 .iter()
-                .filter_map(|f| f.window)
+                .filter_map(|f| f.window.map(|w| w.saturating_add(f.hop.unwrap_or(0))))
                 .max()
                 .unwrap_or(0);
             if ttl < max_w.saturating_add(self.allowed_lateness) {
@@ -349,6 +353,9 @@ impl Spec {
                     m.insert("column".into(), json!(c));
                 }
                 m.insert("window".into(), json!(f.window_label));
+                if let Some(h) = &f.hop_label {
+                    m.insert("hop".into(), json!(h));
+                }
                 match f.agg {
                     Agg::Quantile(q) => {
                         m.insert("q".into(), json!(q));
@@ -390,7 +397,7 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
         .ok_or_else(|| Error::spec(field, "expected a JSON object"))?;
     check_keys(
         obj,
-        &["agg", "column", "window", "name", "q", "half_life"],
+        &["agg", "column", "window", "hop", "name", "q", "half_life"],
         field,
     )?;
     let agg_name = req_str(obj, "agg", &format!("{field}.agg"))?;
@@ -400,6 +407,38 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
         (Some(text), Some(ns)) => Some(duration_label(&text, ns)),
         _ => None,
     };
+    let hop = get_duration(obj, "hop", &format!("{field}.hop"))?;
+    let hop_label = match (get_str(obj, "hop", "hop")?, hop) {
+        (Some(text), Some(ns)) => Some(duration_label(&text, ns)),
+        _ => None,
+    };
+    if let Some(h) = hop {
+        match window {
+            None => {
+                return Err(Error::spec(
+                    format!("{field}.hop"),
+                    "hop needs a window (a lifetime feature has no tiles)",
+                ))
+            }
+            Some(w) if w % h != 0 => {
+                return Err(Error::spec(
+                    format!("{field}.hop"),
+                    format!(
+                        "the window ({}) must be a whole number of hops ({})",
+                        format_duration(w),
+                        format_duration(h)
+                    ),
+                ))
+            }
+            Some(w) if w / h > 10_000 => {
+                return Err(Error::spec(
+                    format!("{field}.hop"),
+                    "more than 10,000 tiles per window: use a larger hop",
+                ))
+            }
+            _ => {}
+        }
+    }
     let agg = match agg_name.as_str() {
         "count" => Agg::Count,
         "sum" => Agg::Sum,
@@ -481,7 +520,13 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
             return Err(Error::spec(format!("{field}.name"), "must not be empty"))
         }
         Some(n) => n,
-        None => default_name(&agg, column.as_deref(), window_label.as_deref()),
+        None => {
+            let base = default_name(&agg, column.as_deref(), window_label.as_deref());
+            match &hop_label {
+                Some(h) => format!("{base}_hop{h}"),
+                None => base,
+            }
+        }
     };
     Ok(Feature {
         name,
@@ -489,6 +534,8 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
         column,
         window,
         window_label,
+        hop,
+        hop_label,
     })
 }
 

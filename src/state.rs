@@ -243,6 +243,85 @@ impl Acc {
         }
     }
 
+    /// Accumulators that views correct by applying rows; the others are corrected by the output code.
+    fn invertible(&self) -> bool {
+        matches!(
+            self,
+            Acc::NonNull(_) | Acc::Moments { .. } | Acc::Sketch { .. } | Acc::Decay(_)
+        )
+    }
+
+    /// Fold a summary of other events in (tiles). Extremes are single-value summaries here.
+    fn merge(&mut self, p: &AccPlan, other: &Acc) {
+        match (self, other) {
+            (Acc::NonNull(a), Acc::NonNull(b)) => *a += b,
+            (
+                Acc::Moments { n, s1, s2 },
+                Acc::Moments {
+                    n: n2,
+                    s1: t1,
+                    s2: t2,
+                },
+            ) => {
+                *n += n2;
+                s1.add_assign(t1);
+                s2.add_assign(t2);
+            }
+            (Acc::Extreme(dq), Acc::Extreme(o)) => {
+                if let Some(&(ts, v)) = o.front() {
+                    let max = matches!(p, AccPlan::Extreme { max: true, .. });
+                    let better = dq.front().is_none_or(|&(_, cur)| {
+                        let c = v.total_cmp(&cur);
+                        if max {
+                            c.is_gt()
+                        } else {
+                            c.is_lt()
+                        }
+                    });
+                    if better {
+                        dq.clear();
+                        dq.push_back((ts, v));
+                    }
+                }
+            }
+            (Acc::Distinct(m), Acc::Distinct(o)) => {
+                for (k, c) in o {
+                    *m.entry(*k).or_insert(0) += c;
+                }
+            }
+            (Acc::Sketch { n, buckets }, Acc::Sketch { n: n2, buckets: b2 }) => {
+                *n += n2;
+                for (k, c) in b2 {
+                    *buckets.entry(*k).or_insert(0) += c;
+                }
+            }
+            (Acc::Decay(cells), Acc::Decay(o)) => {
+                for (c, e) in o {
+                    cells.entry(*c).or_default().add_assign(e);
+                }
+            }
+            (
+                Acc::Edges { first, last },
+                Acc::Edges {
+                    first: f2,
+                    last: l2,
+                },
+            ) => {
+                if let Some(f) = f2 {
+                    if first.is_none_or(|cur| total_lt(*f, cur)) {
+                        *first = Some(*f);
+                    }
+                }
+                if let Some(l) = l2 {
+                    if last.is_none_or(|cur| total_lt(cur, *l)) {
+                        *last = Some(*l);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Fold one event in (`sign = 1`) or out (`sign = -1`). Extremes are expired by time.
     fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, lifetime: bool) {
         let ts = row[0] as i64;
@@ -379,6 +458,16 @@ struct Group {
     lo: u64,
     hi: u64,
     accs: Vec<Acc>,
+    /// Tiled windows: one summary per tile of settled events, oldest first, only tiles that a
+    /// query at or after the settled point can still see (`accs` is unused).
+    tiles: VecDeque<Tile>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Tile {
+    id: i64,
+    events: u64,
+    accs: Vec<Acc>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -403,6 +492,7 @@ impl KeyState {
                     lo: 0,
                     hi: 0,
                     accs: g.accs.iter().map(Acc::new).collect(),
+                    tiles: VecDeque::new(),
                 })
                 .collect(),
         }
@@ -422,6 +512,33 @@ impl KeyState {
         }
         let mut keep_from = self.buf.end();
         for (g, gp) in self.groups.iter_mut().zip(&plan.groups) {
+            if let (Some(w), Some(h)) = (gp.window, gp.hop) {
+                while g.hi < self.buf.end() && self.buf.ts(g.hi) < s {
+                    let row = self.buf.row(g.hi);
+                    let id = floor_div(row[0] as i64, h);
+                    if g.tiles.back().map(|t| t.id) != Some(id) {
+                        g.tiles.push_back(Tile {
+                            id,
+                            events: 0,
+                            accs: gp.accs.iter().map(Acc::new).collect(),
+                        });
+                    }
+                    if let Some(tile) = g.tiles.back_mut() {
+                        tile.events += 1;
+                        for (acc, ap) in tile.accs.iter_mut().zip(&gp.accs) {
+                            acc.apply(ap, row, 1, true);
+                        }
+                    }
+                    g.hi += 1;
+                }
+                g.lo = g.hi;
+                let first_needed = floor_div(s, h) - w / h;
+                while g.tiles.front().is_some_and(|t| t.id < first_needed) {
+                    g.tiles.pop_front();
+                }
+                keep_from = keep_from.min(g.hi);
+                continue;
+            }
             let lifetime = gp.window.is_none();
             while g.hi < self.buf.end() && self.buf.ts(g.hi) < s {
                 let row = self.buf.row(g.hi);
@@ -492,6 +609,11 @@ impl KeyState {
             .zip(&plan.groups)
             .map(|(g, gp)| {
                 let hi_q = buf.seek(g.hi, t);
+                if gp.hop.is_some() {
+                    // tiles cover the settled part; buffered rows from the window start on
+                    let a0 = buf.seek(g.hi, gp.start(t));
+                    return (0, 0, a0, hi_q.max(a0), a0, hi_q.max(a0));
+                }
                 match gp.window {
                     Some(w) => {
                         let start = t.saturating_sub(w);
@@ -511,19 +633,33 @@ impl KeyState {
             .zip(&plan.groups)
             .zip(&ranges)
             .map(|((g, gp), &(r0, r1, a0, a1, _, _))| {
-                let lifetime = gp.window.is_none();
+                let lifetime = gp.summarizing();
+                if let Some(h) = gp.hop {
+                    // merge the tiles inside the window, then add the buffered rows
+                    let first = floor_div(t, h) - gp.window.unwrap_or(0) / h;
+                    return gp
+                        .accs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, ap)| {
+                            let mut acc = Acc::new(ap);
+                            for tile in g.tiles.iter().filter(|tl| tl.id >= first) {
+                                acc.merge(ap, &tile.accs[i]);
+                            }
+                            if acc.invertible() {
+                                for p in a0..a1 {
+                                    acc.apply(ap, buf.row(p), 1, true);
+                                }
+                            }
+                            std::borrow::Cow::Owned(acc)
+                        })
+                        .collect();
+                }
                 g.accs
                     .iter()
                     .zip(&gp.accs)
                     .map(|(acc, ap)| {
-                        let invertible = matches!(
-                            acc,
-                            Acc::NonNull(_)
-                                | Acc::Moments { .. }
-                                | Acc::Sketch { .. }
-                                | Acc::Decay(_)
-                        );
-                        if (r0 == r1 && a0 == a1) || !invertible {
+                        if (r0 == r1 && a0 == a1) || !acc.invertible() {
                             return std::borrow::Cow::Borrowed(acc);
                         }
                         let mut acc = acc.clone();
@@ -544,13 +680,21 @@ impl KeyState {
             let (r0, r1, a0, a1, lo_q, hi_q) = ranges[o.group];
             let removed = (r0..r1).map(|p| buf.row(p));
             let added = (a0..a1).map(|p| buf.row(p));
-            let lifetime = gp.window.is_none();
             let adjusted = |i: usize| -> &Acc { views[o.group][i].as_ref() };
             *slot = match &o.kind {
                 OutKind::Count => {
                     // Absolute positions count every row ever stored, evicted ones included,
                     // so for a lifetime group `hi` is the number of settled events.
-                    if lifetime {
+                    if let Some(h) = gp.hop {
+                        let first = floor_div(t, h) - gp.window.unwrap_or(0) / h;
+                        let settled: u64 = g
+                            .tiles
+                            .iter()
+                            .filter(|tl| tl.id >= first)
+                            .map(|tl| tl.events)
+                            .sum();
+                        (settled + (a1 - a0)) as f64
+                    } else if gp.window.is_none() {
                         (g.hi + (a1 - a0)) as f64
                     } else {
                         ((g.hi - g.lo) - (r1 - r0) + (a1 - a0)) as f64
@@ -572,8 +716,13 @@ impl KeyState {
                         AccPlan::Extreme { col, .. } => *col,
                         _ => 0,
                     };
-                    let start = gp.window.map(|w| t.saturating_sub(w)).unwrap_or(i64::MIN);
-                    let mut best: Option<f64> = match &g.accs[*i] {
+                    // summaries (lifetime, tiles) are already restricted to the window
+                    let start = if gp.summarizing() {
+                        i64::MIN
+                    } else {
+                        gp.start(t)
+                    };
+                    let mut best: Option<f64> = match adjusted(*i) {
                         Acc::Extreme(dq) => {
                             let k = dq.partition_point(|&(ts, _)| ts < start);
                             dq.get(k).map(|&(_, v)| v)
@@ -600,7 +749,7 @@ impl KeyState {
                 }
                 OutKind::First { col, edges } => {
                     if let Some(e) = edges {
-                        let settled_first = match &g.accs[*e] {
+                        let settled_first = match adjusted(*e) {
                             Acc::Edges { first, .. } => *first,
                             _ => None,
                         };
@@ -621,7 +770,7 @@ impl KeyState {
                     );
                     match (v, edges) {
                         (Some((_, v)), _) => v,
-                        (None, Some(e)) => match &g.accs[*e] {
+                        (None, Some(e)) => match adjusted(*e) {
                             Acc::Edges {
                                 last: Some((_, v)), ..
                             } => *v,
@@ -635,7 +784,7 @@ impl KeyState {
                     let last_ts = if hi_q > from {
                         Some(buf.ts(hi_q - 1))
                     } else {
-                        match edges.map(|e| &g.accs[e]) {
+                        match edges.map(|e| adjusted(e)) {
                             Some(Acc::Edges {
                                 last: Some((ts, _)),
                                 ..
@@ -648,7 +797,7 @@ impl KeyState {
                         None => f64::NAN,
                     }
                 }
-                OutKind::Distinct(i) => match &g.accs[*i] {
+                OutKind::Distinct(i) => match adjusted(*i) {
                     Acc::Distinct(map) => {
                         let col = match &gp.accs[*i] {
                             AccPlan::Distinct { col } => *col,
@@ -692,7 +841,17 @@ impl KeyState {
                 && g.hi <= end
                 && (gp.window.is_none() || g.lo >= b.base)
                 && (gp.window.is_some() || g.hi >= b.base);
+            let tiles_ok = (gp.hop.is_some() || g.tiles.is_empty())
+                && g.tiles.iter().all(|t| {
+                    t.accs.len() == gp.accs.len()
+                        && t.accs.iter().zip(&gp.accs).all(|(a, p)| same_kind(a, p))
+                })
+                && g.tiles
+                    .iter()
+                    .zip(g.tiles.iter().skip(1))
+                    .all(|(a, b)| a.id < b.id);
             bounds
+                && tiles_ok
                 && g.accs.len() == gp.accs.len()
                 && g.accs.iter().zip(&gp.accs).all(|(a, p)| {
                     matches!(
@@ -717,10 +876,28 @@ impl KeyState {
                 .groups
                 .iter()
                 .map(|g| {
-                    std::mem::size_of::<Group>() + g.accs.iter().map(Acc::bytes).sum::<usize>()
+                    std::mem::size_of::<Group>()
+                        + g.accs.iter().map(Acc::bytes).sum::<usize>()
+                        + g.tiles
+                            .iter()
+                            .map(|t| 24 + t.accs.iter().map(Acc::bytes).sum::<usize>())
+                            .sum::<usize>()
                 })
                 .sum::<usize>()
     }
+}
+
+fn same_kind(a: &Acc, p: &AccPlan) -> bool {
+    matches!(
+        (a, p),
+        (Acc::NonNull(_), AccPlan::NonNull { .. })
+            | (Acc::Moments { .. }, AccPlan::Moments { .. })
+            | (Acc::Extreme(_), AccPlan::Extreme { .. })
+            | (Acc::Distinct(_), AccPlan::Distinct { .. })
+            | (Acc::Sketch { .. }, AccPlan::Sketch { .. })
+            | (Acc::Decay(_), AccPlan::Decay { .. })
+            | (Acc::Edges { .. }, AccPlan::Edges { .. })
+    )
 }
 
 fn moments_output(kind: &OutKind, n: i64, s1: &ExactSum, s2: &ExactSum) -> f64 {

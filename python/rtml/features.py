@@ -60,9 +60,12 @@ class Feature:
     name: Optional[str] = None
     q: Optional[float] = None
     half_life: Optional[str] = None
+    hop: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"agg": self.agg, "window": self.window}
+        if self.hop is not None:
+            d["hop"] = self.hop
         if self.column is not None:
             d["column"] = self.column
         if self.name is not None:
@@ -74,69 +77,78 @@ class Feature:
         return d
 
 
-def _make(agg: str, column: Optional[str], window: Duration, name: Optional[str], **extra: Any) -> Feature:
+def _make(
+    agg: str, column: Optional[str], window: Duration, name: Optional[str], hop: Duration = None, **extra: Any
+) -> Feature:
     if column is not None and not isinstance(column, str):
         raise SpecError(f"{agg}: column must be a column name (str), got {type(column).__name__}")
     if name is not None and not isinstance(name, str):
         raise SpecError(f"{agg}: name must be a str, got {type(name).__name__}")
-    return Feature(agg=agg, column=column, window=_duration(window, f"{agg}.window"), name=name, **extra)
+    return Feature(
+        agg=agg,
+        column=column,
+        window=_duration(window, f"{agg}.window"),
+        name=name,
+        hop=_duration(hop, f"{agg}.hop"),
+        **extra,
+    )
 
 
-def count(column: Optional[str] = None, *, window: Duration = None, name: Optional[str] = None) -> Feature:
+def count(column: Optional[str] = None, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
     """Number of events in the window; with a column, number of its non-null values.
 
     >>> rtml.count(window="1h").agg
     'count'
     """
-    return _make("count", column, window, name)
+    return _make("count", column, window, name, hop)
 
 
-def sum(column: str, *, window: Duration = None, name: Optional[str] = None) -> Feature:  # noqa: A001
+def sum(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:  # noqa: A001
     """Exact (correctly rounded) sum of the column's non-null values; 0.0 on an empty window."""
-    return _make("sum", column, window, name)
+    return _make("sum", column, window, name, hop)
 
 
-def mean(column: str, *, window: Duration = None, name: Optional[str] = None) -> Feature:
+def mean(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
     """Mean of non-null values; null on an empty window."""
-    return _make("mean", column, window, name)
+    return _make("mean", column, window, name, hop)
 
 
-def min(column: str, *, window: Duration = None, name: Optional[str] = None) -> Feature:  # noqa: A001
+def min(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:  # noqa: A001
     """Smallest non-null value; null on an empty window."""
-    return _make("min", column, window, name)
+    return _make("min", column, window, name, hop)
 
 
-def max(column: str, *, window: Duration = None, name: Optional[str] = None) -> Feature:  # noqa: A001
+def max(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:  # noqa: A001
     """Largest non-null value; null on an empty window."""
-    return _make("max", column, window, name)
+    return _make("max", column, window, name, hop)
 
 
-def var(column: str, *, window: Duration = None, name: Optional[str] = None) -> Feature:
+def var(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
     """Sample variance (ddof=1); null below two values."""
-    return _make("var", column, window, name)
+    return _make("var", column, window, name, hop)
 
 
-def std(column: str, *, window: Duration = None, name: Optional[str] = None) -> Feature:
+def std(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
     """Sample standard deviation (ddof=1); null below two values."""
-    return _make("std", column, window, name)
+    return _make("std", column, window, name, hop)
 
 
-def first(column: str, *, window: Duration = None, name: Optional[str] = None) -> Feature:
+def first(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
     """Value of the earliest non-null event in the window (ties: the smallest value)."""
-    return _make("first", column, window, name)
+    return _make("first", column, window, name, hop)
 
 
-def last(column: str, *, window: Duration = None, name: Optional[str] = None) -> Feature:
+def last(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
     """Value of the latest non-null event in the window (ties: the largest value)."""
-    return _make("last", column, window, name)
+    return _make("last", column, window, name, hop)
 
 
-def distinct_count(column: str, *, window: Duration = None, name: Optional[str] = None) -> Feature:
+def distinct_count(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
     """Number of distinct non-null values (numbers or strings); 0 on an empty window."""
-    return _make("distinct_count", column, window, name)
+    return _make("distinct_count", column, window, name, hop)
 
 
-def quantile(column: str, q: float, *, window: Duration = None, name: Optional[str] = None) -> Feature:
+def quantile(column: str, q: float, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
     """Nearest-rank q-quantile, within 2^-8 relative error (deterministic; see docs/semantics.md).
 
     >>> rtml.quantile("fare", 0.9, window="1h").q
@@ -144,21 +156,21 @@ def quantile(column: str, q: float, *, window: Duration = None, name: Optional[s
     """
     if isinstance(q, bool) or not isinstance(q, (int, float)):
         raise SpecError(f"quantile.q: expected a number in [0, 1], got {q!r}")
-    return _make("quantile", column, window, name, q=float(q))
+    return _make("quantile", column, window, name, hop, q=float(q))
 
 
 def decayed_sum(
-    column: str, *, half_life: Duration, window: Duration = None, name: Optional[str] = None
+    column: str, *, half_life: Duration, window: Duration = None, hop: Duration = None, name: Optional[str] = None
 ) -> Feature:
     """Sum of v * 2^(-(t - ts) / half_life) over the window."""
     if half_life is None:
         raise SpecError("decayed_sum.half_life: required, e.g. half_life='1h'")
-    return _make("decayed_sum", column, window, name, half_life=_duration(half_life, "decayed_sum.half_life"))
+    return _make("decayed_sum", column, window, name, hop, half_life=_duration(half_life, "decayed_sum.half_life"))
 
 
-def time_since_last(*, window: Duration = None, name: Optional[str] = None) -> Feature:
+def time_since_last(*, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
     """Seconds since the entity's latest event in the window (null if none)."""
-    return _make("time_since_last", None, window, name)
+    return _make("time_since_last", None, window, name, hop)
 
 
 Progress = Union[bool, None, Callable[[int, int], Any]]
@@ -260,6 +272,7 @@ class FeatureSet:
                     name=f["name"],
                     q=f.get("q"),
                     half_life=f.get("half_life"),
+                    hop=f.get("hop"),
                 )
             )
         return out

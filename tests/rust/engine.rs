@@ -36,7 +36,15 @@ fn spec(lateness: &str) -> Spec {
           {{"agg": "decayed_sum", "column": "v", "half_life": "20m"}},
           {{"agg": "time_since_last", "window": "30m"}},
           {{"agg": "time_since_last"}},
-          {{"agg": "count"}}
+          {{"agg": "count"}},
+          {{"agg": "count", "window": "1h", "hop": "15m"}},
+          {{"agg": "sum", "column": "v", "window": "1h", "hop": "15m"}},
+          {{"agg": "min", "column": "v", "window": "1h", "hop": "15m"}},
+          {{"agg": "last", "column": "v", "window": "1h", "hop": "15m"}},
+          {{"agg": "distinct_count", "column": "c", "window": "1h", "hop": "15m"}},
+          {{"agg": "time_since_last", "window": "1h", "hop": "15m"}},
+          {{"agg": "first", "column": "v", "window": "30m", "hop": "10m"}},
+          {{"agg": "max", "column": "v", "window": "30m", "hop": "10m"}}
         ]}}"#
     );
     Spec::from_json(&doc).unwrap()
@@ -138,7 +146,35 @@ fn reference(evs: &[Ev], k: i64, t: i64) -> Vec<(usize, Option<f64>)> {
     let mut distinct: Vec<&str> = h1.iter().filter_map(|e| e.c).collect();
     distinct.sort();
     distinct.dedup();
+    // tiled: floor(t / hop) * hop - W <= ts < t
+    let tiled = |w: i64, hop: i64| -> Vec<&Ev> {
+        let start = t.div_euclid(hop) * hop - w;
+        evs.iter()
+            .filter(|e| e.k == k && e.ts < t && e.ts >= start)
+            .collect()
+    };
+    let t1 = tiled(H, 15 * M);
+    let vt1 = vals(&t1);
+    let t2 = tiled(30 * M, 10 * M);
+    let vt2 = vals(&t2);
+    let mut tdistinct: Vec<&str> = t1.iter().filter_map(|e| e.c).collect();
+    tdistinct.sort();
+    tdistinct.dedup();
     vec![
+        (19, Some(t1.len() as f64)),
+        (20, Some(vt1.iter().fold(0.0, |a, x| a + x.1))),
+        (21, vt1.iter().map(|x| x.1).min_by(|a, b| a.total_cmp(b))),
+        (22, last(&vt1)),
+        (23, Some(tdistinct.len() as f64)),
+        (
+            24,
+            t1.iter()
+                .map(|e| e.ts)
+                .max()
+                .map(|ts| (t - ts) as f64 / 1e9),
+        ),
+        (25, first(&vt2)),
+        (26, vt2.iter().map(|x| x.1).max_by(|a, b| a.total_cmp(b))),
         (0, Some(h1.len() as f64)),
         (1, Some(v1.len() as f64)),
         // values are small dyadic numbers: any summation order is exact
