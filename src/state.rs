@@ -245,10 +245,7 @@ impl Acc {
 
     /// Accumulators that views correct by applying rows; the others are corrected by the output code.
     fn invertible(&self) -> bool {
-        matches!(
-            self,
-            Acc::NonNull(_) | Acc::Moments { .. } | Acc::Sketch { .. } | Acc::Decay(_)
-        )
+        matches!(self, Acc::NonNull(_) | Acc::Moments { .. })
     }
 
     /// Fold a summary of other events in (tiles). Extremes are single-value summaries here.
@@ -807,13 +804,15 @@ impl KeyState {
                     }
                     _ => f64::NAN,
                 },
-                OutKind::Quantile(i, q) => match adjusted(*i) {
-                    Acc::Sketch { n, buckets } => quantile_output(*n, buckets, *q),
+                OutKind::Quantile(i, q) => match (adjusted(*i), &gp.accs[*i]) {
+                    (Acc::Sketch { n, buckets }, AccPlan::Sketch { col }) => {
+                        quantile_output(*n, buckets, *q, removed, added, *col)
+                    }
                     _ => f64::NAN,
                 },
                 OutKind::Decayed(i) => match (adjusted(*i), &gp.accs[*i]) {
-                    (Acc::Decay(cells), AccPlan::Decay { half_life, .. }) => {
-                        decayed_output(cells, *half_life, t)
+                    (Acc::Decay(cells), AccPlan::Decay { half_life, col }) => {
+                        decayed_output(cells, *half_life, t, removed, added, *col)
                     }
                     _ => f64::NAN,
                 },
@@ -999,28 +998,91 @@ fn distinct_output<'a>(
     n as f64
 }
 
-fn quantile_output(n: i64, buckets: &BTreeMap<i32, u32>, q: f64) -> f64 {
+fn quantile_output<'a>(
+    n: i64,
+    buckets: &BTreeMap<i32, u32>,
+    q: f64,
+    removed: impl Iterator<Item = &'a [u64]>,
+    added: impl Iterator<Item = &'a [u64]>,
+    col: usize,
+) -> f64 {
+    // Corrections as a small sorted delta list, walked together with the settled buckets
+    // (no copy of the bucket map).
+    let mut delta: Vec<(i32, i64)> = Vec::new();
+    for row in removed {
+        if let Some(x) = num(row[1 + col]) {
+            delta.push((bucket(x), -1));
+        }
+    }
+    for row in added {
+        if let Some(x) = num(row[1 + col]) {
+            delta.push((bucket(x), 1));
+        }
+    }
+    delta.sort_unstable_by_key(|d| d.0);
+    let n = n + delta.iter().map(|d| d.1).sum::<i64>();
     if n <= 0 {
         return f64::NAN;
     }
     let rank = ((q * n as f64).ceil() as i64).clamp(1, n);
     let mut seen = 0i64;
-    for (&k, &c) in buckets {
-        seen += c as i64;
-        if seen >= rank {
-            return bucket_value(k);
+    let mut base = buckets.iter().peekable();
+    let mut d = 0;
+    loop {
+        let next_base = base.peek().map(|(&k, _)| k);
+        let next_delta = delta.get(d).map(|x| x.0);
+        let key = match (next_base, next_delta) {
+            (None, None) => return f64::NAN,
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (Some(a), Some(b)) => a.min(b),
+        };
+        let mut count = 0i64;
+        if next_base == Some(key) {
+            count += *base.next().map(|(_, c)| c).unwrap_or(&0) as i64;
+        }
+        while d < delta.len() && delta[d].0 == key {
+            count += delta[d].1;
+            d += 1;
+        }
+        seen += count;
+        if count > 0 && seen >= rank {
+            return bucket_value(key);
         }
     }
-    f64::NAN
 }
 
-fn decayed_output(cells: &BTreeMap<i64, ExactSum>, h: i64, t: i64) -> f64 {
+fn decayed_output<'a>(
+    cells: &BTreeMap<i64, ExactSum>,
+    h: i64,
+    t: i64,
+    removed: impl Iterator<Item = &'a [u64]>,
+    added: impl Iterator<Item = &'a [u64]>,
+    col: usize,
+) -> f64 {
     let (ct, w) = decay_cell(t, h);
     let mut total = ExactSum::new();
     for (&c, cell) in cells.range(ct - DECAY_MAX_AGE_PERIODS..) {
         let mut scaled = cell.clone();
         scaled.scale_pow2((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32);
         total.add_assign(&scaled);
+    }
+    // Corrections term by term, exactly: the same exact total as correcting the cells.
+    for (row, sign) in removed.map(|r| (r, -1)).chain(added.map(|r| (r, 1))) {
+        if let Some(x) = num(row[1 + col]) {
+            let (c, wt) = decay_cell(row[0] as i64, h);
+            if ct - c > DECAY_MAX_AGE_PERIODS {
+                continue;
+            }
+            let mut term = ExactSum::new();
+            if sign > 0 {
+                term.add(x * wt);
+            } else {
+                term.sub(x * wt);
+            }
+            term.scale_pow2((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32);
+            total.add_assign(&term);
+        }
     }
     // w = 2^((t - ct*P)/h) >= 1: dividing by it is the decay from the cell start to t.
     total.to_f64() / w
