@@ -15,6 +15,7 @@ use arrow_schema::DataType;
 use chrono::{Datelike, TimeZone, Timelike};
 use rayon::prelude::*;
 use serde_json::{json, Map, Value};
+use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::exact::{div_exact, ExactSum};
@@ -720,6 +721,31 @@ fn vocabulary(
 pub struct Transforms {
     pub steps: Vec<Step>,
     names: Vec<String>,
+    row: RowPlan,
+}
+
+/// One input value of a request row (see [`Transforms::apply_row`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowValue<'a> {
+    Null,
+    Num(f64),
+    Int(i64),
+    Bool(bool),
+    Str(&'a str),
+    /// An instant, ns since the epoch (UTC).
+    Time(i64),
+}
+
+/// Slots for the one-row driver: every column name read or written gets one.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct RowPlan {
+    inputs: Vec<String>,
+    /// Per slot: the input index, if the name is a required input.
+    slot_input: Vec<Option<usize>>,
+    /// Per step: (column slot, other slot for binary ops, output slots).
+    steps: Vec<(usize, Option<usize>, Vec<usize>)>,
+    /// Per feature name: its slot.
+    outputs: Vec<usize>,
 }
 
 impl Transforms {
@@ -746,6 +772,247 @@ impl Transforms {
             }
         }
         self.names = out;
+        self.row = self.row_plan();
+    }
+
+    fn row_plan(&self) -> RowPlan {
+        let inputs = self.required_inputs();
+        let mut slots: HashMap<String, usize> = HashMap::new();
+        let mut slot_input: Vec<Option<usize>> = Vec::new();
+        let slot = |name: &str,
+                    slots: &mut HashMap<String, usize>,
+                    slot_input: &mut Vec<Option<usize>>|
+         -> usize {
+            if let Some(&i) = slots.get(name) {
+                return i;
+            }
+            slots.insert(name.to_string(), slot_input.len());
+            slot_input.push(inputs.iter().position(|n| n == name));
+            slot_input.len() - 1
+        };
+        let steps = self
+            .steps
+            .iter()
+            .map(|st| {
+                let c = slot(&st.column, &mut slots, &mut slot_input);
+                let o = match &st.op {
+                    Op::Binary { other, .. } => Some(slot(other, &mut slots, &mut slot_input)),
+                    _ => None,
+                };
+                let outs = st
+                    .outputs()
+                    .iter()
+                    .map(|n| slot(n, &mut slots, &mut slot_input))
+                    .collect();
+                (c, o, outs)
+            })
+            .collect();
+        let outputs = self
+            .names
+            .iter()
+            .map(|n| slot(n, &mut slots, &mut slot_input))
+            .collect();
+        RowPlan {
+            inputs,
+            slot_input,
+            steps,
+            outputs,
+        }
+    }
+
+    /// The one-row driver: `inputs` holds one value per [`Transforms::required_inputs`] name, in
+    /// that order; `out` receives one value per feature name (NaN = null). Every step computes
+    /// with the same scalar functions as the table driver, and the property tests hold the two
+    /// drivers to the same bits.
+    pub fn apply_row(&self, inputs: &[RowValue<'_>], out: &mut [f64]) -> Result<()> {
+        if !self.is_fitted() {
+            return Err(Error::spec(
+                "transforms",
+                "not fitted: call fit(table) first",
+            ));
+        }
+        let plan = &self.row;
+        let mut computed: SmallVec<[Option<f64>; 64]> =
+            SmallVec::from_elem(None, plan.slot_input.len());
+        let input =
+            |slot: usize| -> Option<&RowValue<'_>> { plan.slot_input[slot].map(|i| &inputs[i]) };
+        for (i, (step, (cs, os, outs))) in self.steps.iter().zip(&plan.steps).enumerate() {
+            let field = || step.field(i);
+            let col = &step.column;
+            let num = |slot: usize, name: &str, computed: &[Option<f64>]| -> Result<f64> {
+                if let Some(v) = computed[slot] {
+                    return Ok(v);
+                }
+                match input(slot) {
+                    None => Err(Error::schema(
+                        name,
+                        format!("{}: column not found", field()),
+                    )),
+                    Some(RowValue::Null) => Ok(f64::NAN),
+                    Some(RowValue::Num(x)) if x.is_finite() => Ok(*x),
+                    Some(RowValue::Num(x)) => Err(Error::schema(
+                        name,
+                        format!(
+                            "{}: {x} at row 0: NaN and infinite inputs are rejected",
+                            field()
+                        ),
+                    )),
+                    Some(RowValue::Int(v)) => Ok(*v as f64),
+                    Some(RowValue::Bool(b)) => Ok(if *b { 1.0 } else { 0.0 }),
+                    Some(RowValue::Str(_)) => Err(Error::schema(
+                        name,
+                        format!("{} needs a numeric column, got Utf8", field()),
+                    )),
+                    Some(RowValue::Time(_)) => Err(Error::schema(
+                        name,
+                        format!("{} needs a numeric column, got Timestamp", field()),
+                    )),
+                }
+            };
+            let cat = |slot: usize, computed: &[Option<f64>]| -> Result<Option<CatRef<'_>>> {
+                if computed[slot].is_some() {
+                    return Err(Error::schema(col, format!("{} needs the raw categorical input, but an earlier step rewrote it as numbers", field())));
+                }
+                match input(slot) {
+                    None => Err(Error::schema(col, format!("{}: column not found", field()))),
+                    Some(RowValue::Null) => Ok(None),
+                    Some(RowValue::Str(s)) => Ok(Some(CatRef::Str(s))),
+                    Some(RowValue::Int(v)) => Ok(Some(CatRef::Int(*v))),
+                    Some(RowValue::Bool(b)) => Ok(Some(CatRef::Int(*b as i64))),
+                    Some(RowValue::Num(_)) => Err(Error::schema(
+                        col,
+                        format!("{} needs strings or integers, got Float64", field()),
+                    )),
+                    Some(RowValue::Time(_)) => Err(Error::schema(
+                        col,
+                        format!("{} needs strings or integers, got Timestamp", field()),
+                    )),
+                }
+            };
+            match &step.op {
+                Op::Passthrough => computed[outs[0]] = Some(num(*cs, col, &computed)?),
+                Op::IsNull => {
+                    let null = match computed[*cs] {
+                        Some(v) => v.is_nan(),
+                        None => match input(*cs) {
+                            None => {
+                                return Err(Error::schema(
+                                    col,
+                                    format!("{}: column not found", field()),
+                                ))
+                            }
+                            Some(v) => *v == RowValue::Null,
+                        },
+                    };
+                    computed[outs[0]] = Some(if null { 1.0 } else { 0.0 });
+                }
+                Op::Binary {
+                    kind,
+                    other,
+                    on_zero,
+                } => {
+                    let a = num(*cs, col, &computed)?;
+                    let b = num(os.unwrap_or(*cs), other, &computed)?;
+                    computed[outs[0]] = Some(binary(*kind, a, b, *on_zero));
+                }
+                Op::HashBucket { n } => {
+                    computed[outs[0]] = Some(
+                        cat(*cs, &computed)?
+                            .map(|c| hash_bucket(&c, *n))
+                            .unwrap_or(f64::NAN),
+                    );
+                }
+                Op::Time { part, tz, cyclical } => {
+                    let zone = chrono_tz::Tz::from_str(tz)
+                        .map_err(|_| Error::spec(field(), format!("unknown time zone {tz:?}")))?;
+                    let t = match input(*cs) {
+                        None => {
+                            return Err(Error::schema(
+                                col,
+                                format!("{}: column not found", field()),
+                            ))
+                        }
+                        Some(RowValue::Null) => None,
+                        Some(RowValue::Time(ns)) => Some(*ns),
+                        Some(RowValue::Int(_)) => {
+                            return Err(Error::schema(
+                                col,
+                                format!("{}: integer timestamps need a declared unit", field()),
+                            ))
+                        }
+                        Some(_) => {
+                            return Err(Error::schema(
+                                col,
+                                format!(
+                                    "{}: expected a timestamp, date or integer column",
+                                    field()
+                                ),
+                            ))
+                        }
+                    };
+                    let p = t.map(|ns| part.of(&zone.timestamp_nanos(ns)));
+                    if *cyclical {
+                        let ang = p
+                            .map(|(v, per)| 2.0 * std::f64::consts::PI * (v - part.offset()) / per);
+                        computed[outs[0]] = Some(ang.map(libm::sin).unwrap_or(f64::NAN));
+                        computed[outs[1]] = Some(ang.map(libm::cos).unwrap_or(f64::NAN));
+                    } else {
+                        computed[outs[0]] = Some(p.map(|p| p.0).unwrap_or(f64::NAN));
+                    }
+                }
+                Op::OneHot { vocab, .. } | Op::Ordinal { vocab, .. } => {
+                    let c = cat(*cs, &computed)?;
+                    let voc = vocab
+                        .as_ref()
+                        .ok_or_else(|| Error::spec(field(), "not fitted"))?;
+                    let idx = c.map(|c| voc.get(&c).unwrap_or(voc.cats.len()));
+                    if matches!(step.op, Op::OneHot { .. }) {
+                        for (k, &o) in outs.iter().enumerate() {
+                            computed[o] = Some(match idx {
+                                None => f64::NAN,
+                                Some(i) if i == k => 1.0,
+                                Some(_) => 0.0,
+                            });
+                        }
+                    } else {
+                        computed[outs[0]] = Some(idx.map(|i| i as f64).unwrap_or(f64::NAN));
+                    }
+                }
+                Op::TargetEncode { fitted, .. } => {
+                    let c = cat(*cs, &computed)?;
+                    let (table, mean) = fitted
+                        .as_ref()
+                        .ok_or_else(|| Error::spec(field(), "not fitted"))?;
+                    computed[outs[0]] = Some(match c {
+                        None => f64::NAN,
+                        Some(c) => {
+                            let key = c.to_cat();
+                            match table.binary_search_by(|(k, _)| k.cmp(&key)) {
+                                Ok(p) => table[p].1,
+                                Err(_) => *mean,
+                            }
+                        }
+                    });
+                }
+                op => {
+                    let x = num(*cs, col, &computed)?;
+                    computed[outs[0]] = Some(apply_num(op, x));
+                }
+            }
+        }
+        for (o, &slot) in out.iter_mut().zip(&plan.outputs) {
+            *o = computed[slot].unwrap_or(f64::NAN);
+        }
+        Ok(())
+    }
+
+    pub fn feature_names_len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Names of the inputs [`Transforms::apply_row`] expects, in order.
+    pub fn row_inputs(&self) -> &[String] {
+        &self.row.inputs
     }
 
     /// The first step reading input column `name`, described for error messages.
@@ -1410,6 +1677,7 @@ impl Transforms {
         let mut t = Transforms {
             steps: out,
             names: Vec::new(),
+            row: RowPlan::default(),
         };
         t.refresh();
         Ok(t)

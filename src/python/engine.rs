@@ -245,31 +245,18 @@ impl OnlineEngine {
                 engine.get(k.as_ref(), t, &mut buf).py_err()?;
             }
         }
-        let preset: Vec<(String, ArrayRef)> = self
+        let preset: Vec<(&str, f64, bool)> = self
             .plan
             .spec
             .features
             .iter()
             .zip(&self.plan.outputs)
             .zip(&buf)
-            .map(|((f, o), &v)| {
-                let a: ArrayRef = if o.integer {
-                    Arc::new(Int64Array::from(vec![v as i64]))
-                } else {
-                    Arc::new(arrow_array::Float64Array::from(vec![
-                        (!v.is_nan()).then_some(v)
-                    ]))
-                };
-                (f.name.clone(), a)
-            })
+            .map(|((f, o), &v)| (f.name.as_str(), v, o.integer))
             .collect();
         let tr = tf.get().inner.read();
-        let batch = super::transforms::row_batch(&tr, fields, &preset)?;
-        let cols = tr.transform(&batch).py_err()?;
-        Ok(numpy::PyArray1::from_vec(
-            py,
-            cols.into_iter().map(|c| c[0]).collect(),
-        ))
+        let out = super::transforms::apply_one(&tr, fields, &preset)?;
+        Ok(numpy::PyArray1::from_vec(py, out))
     }
 
     /// Features of many entities as a pyarrow.Table (key column first). `at` is one instant

@@ -2,10 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, NullArray, RecordBatch, StringArray,
-    TimestampNanosecondArray,
-};
+use arrow_array::{ArrayRef, Float64Array, RecordBatch};
 use arrow_buffer::{NullBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema};
 use numpy::PyArray1;
@@ -17,7 +14,7 @@ use pyo3_arrow::{PyRecordBatch, PyTable};
 use super::convert;
 use super::errors::IntoPy;
 use crate::error::Error;
-use crate::transform::Transforms;
+use crate::transform::{RowValue, Transforms};
 
 #[pyclass(frozen, name = "Transforms", module = "rtml._core")]
 pub struct PyTransforms {
@@ -58,13 +55,13 @@ fn to_batch(names: &[String], cols: Vec<Vec<f64>>) -> PyResult<RecordBatch> {
     .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
 }
 
-/// One request row (dict) as a one-row record batch, so it runs the table code path.
-/// `preset` columns (e.g. window features from the online engine) take precedence over `row`.
-pub(crate) fn row_batch(
+/// Python objects of one request row, in `Transforms::row_inputs` order. `preset` values
+/// (window features from the online engine) take precedence over `row`.
+pub(crate) fn row_objects<'py>(
     t: &Transforms,
-    row: Option<&Bound<'_, PyAny>>,
-    preset: &[(String, ArrayRef)],
-) -> PyResult<RecordBatch> {
+    row: Option<&Bound<'py, PyAny>>,
+    preset: &[(&str, f64, bool)],
+) -> PyResult<Vec<Result<Bound<'py, PyAny>, (f64, bool)>>> {
     let d = match row {
         Some(r) => Some(
             r.cast::<PyDict>()
@@ -75,58 +72,92 @@ pub(crate) fn row_batch(
         ),
         None => None,
     };
-    let mut fields = Vec::new();
-    let mut arrays: Vec<ArrayRef> = Vec::new();
-    for name in t.required_inputs() {
-        if let Some((_, a)) = preset.iter().find(|(n, _)| *n == name) {
-            fields.push(Field::new(&name, a.data_type().clone(), true));
-            arrays.push(Arc::clone(a));
+    let mut out = Vec::with_capacity(t.row_inputs().len());
+    for name in t.row_inputs() {
+        if let Some(&(_, v, integer)) = preset.iter().find(|(n, _, _)| n == name) {
+            out.push(Err((v, integer)));
             continue;
         }
         let found = match &d {
-            Some(d) => d.get_item(&name)?,
+            Some(d) => d.get_item(name)?,
             None => None,
         };
-        let Some(v) = found else {
-            let step = t.step_reading(&name).unwrap_or_default();
-            return Err(super::errors::to_py(Error::schema(
-                &name,
-                format!("missing from the request row (needed by {step})"),
-            )));
-        };
-        let a: ArrayRef = if v.is_none() {
-            Arc::new(NullArray::new(1))
-        } else if v.is_instance_of::<PyBool>() {
-            Arc::new(BooleanArray::from(vec![v.is_truthy()?]))
-        } else if v.is_instance_of::<PyInt>() {
-            match v.extract::<i64>() {
-                Ok(i) => Arc::new(Int64Array::from(vec![i])),
-                Err(_) => Arc::new(Float64Array::from(vec![v.extract::<f64>()?])),
+        match found {
+            Some(v) => out.push(Ok(v)),
+            None => {
+                let step = t.step_reading(name).unwrap_or_default();
+                return Err(super::errors::to_py(Error::schema(
+                    name,
+                    format!("missing from the request row (needed by {step})"),
+                )));
             }
-        } else if let Ok(f) = v.cast::<PyFloat>() {
-            Arc::new(Float64Array::from(vec![f.value()]))
-        } else if let Ok(s) = v.cast::<PyString>() {
-            Arc::new(StringArray::from(vec![s.to_str()?]))
-        } else if v.is_instance_of::<PyDate>() || v.get_type().name()?.to_string() == "datetime64" {
-            let ns = convert::instant(&v, None, &name).py_err()?;
-            Arc::new(TimestampNanosecondArray::from(vec![ns]))
-        } else if let Ok(f) = v.extract::<f64>() {
-            Arc::new(Float64Array::from(vec![f]))
-        } else {
-            return Err(super::errors::to_py(Error::schema(
-                &name,
-                format!("unsupported value of type {}", v.get_type().name()?),
-            )));
-        };
-        fields.push(Field::new(&name, a.data_type().clone(), true));
-        arrays.push(a);
+        }
     }
-    RecordBatch::try_new_with_options(
-        Arc::new(Schema::new(fields)),
-        arrays,
-        &arrow_array::RecordBatchOptions::new().with_row_count(Some(1)),
-    )
-    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    Ok(out)
+}
+
+/// Convert the objects to engine row values (borrowing strings from them).
+pub(crate) fn row_values<'a, 'py>(
+    t: &Transforms,
+    objs: &'a [Result<Bound<'py, PyAny>, (f64, bool)>],
+) -> PyResult<Vec<RowValue<'a>>> {
+    objs.iter()
+        .zip(t.row_inputs())
+        .map(|(o, name)| {
+            let v = match o {
+                Err((v, integer)) => {
+                    if *integer {
+                        RowValue::Int(*v as i64)
+                    } else if v.is_nan() {
+                        RowValue::Null
+                    } else {
+                        RowValue::Num(*v)
+                    }
+                }
+                Ok(v) => {
+                    if v.is_none() {
+                        RowValue::Null
+                    } else if v.is_instance_of::<PyBool>() {
+                        RowValue::Bool(v.is_truthy()?)
+                    } else if v.is_instance_of::<PyInt>() {
+                        match v.extract::<i64>() {
+                            Ok(i) => RowValue::Int(i),
+                            Err(_) => RowValue::Num(v.extract::<f64>()?),
+                        }
+                    } else if let Ok(f) = v.cast::<PyFloat>() {
+                        RowValue::Num(f.value())
+                    } else if let Ok(s) = v.cast::<PyString>() {
+                        RowValue::Str(s.to_str()?)
+                    } else if v.is_instance_of::<PyDate>()
+                        || v.get_type().name()?.to_string() == "datetime64"
+                    {
+                        RowValue::Time(convert::instant(v, None, name).py_err()?)
+                    } else if let Ok(f) = v.extract::<f64>() {
+                        RowValue::Num(f)
+                    } else {
+                        return Err(super::errors::to_py(Error::schema(
+                            name,
+                            format!("unsupported value of type {}", v.get_type().name()?),
+                        )));
+                    }
+                }
+            };
+            Ok(v)
+        })
+        .collect()
+}
+
+/// Run the one-row driver on a request row.
+pub(crate) fn apply_one(
+    t: &Transforms,
+    row: Option<&Bound<'_, PyAny>>,
+    preset: &[(&str, f64, bool)],
+) -> PyResult<Vec<f64>> {
+    let objs = row_objects(t, row, preset)?;
+    let vals = row_values(t, &objs)?;
+    let mut out = vec![0f64; t.feature_names_len()];
+    t.apply_row(&vals, &mut out).py_err()?;
+    Ok(out)
 }
 
 #[pymethods]
@@ -199,11 +230,9 @@ impl PyTransforms {
         row: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let t = self.inner.read();
-        let batch = row_batch(&t, Some(row), &[])?;
-        let cols = t.transform(&batch).py_err()?;
+        let vals = apply_one(&t, Some(row), &[])?;
         let out = PyDict::new(py);
-        for (name, c) in t.feature_names().iter().zip(cols) {
-            let v = c[0];
+        for (name, &v) in t.feature_names().iter().zip(&vals) {
             if v.is_nan() {
                 out.set_item(name, py.None())?;
             } else {
@@ -220,11 +249,6 @@ impl PyTransforms {
         row: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let t = self.inner.read();
-        let batch = row_batch(&t, Some(row), &[])?;
-        let cols = t.transform(&batch).py_err()?;
-        Ok(PyArray1::from_vec(
-            py,
-            cols.into_iter().map(|c| c[0]).collect(),
-        ))
+        Ok(PyArray1::from_vec(py, apply_one(&t, Some(row), &[])?))
     }
 }
