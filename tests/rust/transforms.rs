@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use proptest::prelude::*;
-use rtml::transform::Transforms;
+use rtml::transform::{RowValue, Transforms};
 
 fn table(x: &[Option<f64>], c: &[Option<&str>], y: &[f64]) -> RecordBatch {
     let n = x.len();
@@ -126,10 +126,26 @@ proptest! {
             return Ok(()); // e.g. every x null
         }
         let all = t.transform(&b).unwrap();
+        let mut out = vec![0.0; t.feature_names().len()];
         for i in 0..b.num_rows() {
             let one = t.transform(&b.slice(i, 1)).unwrap();
+            // the one-row driver, from plain values
+            let ts = 1_700_000_000_000_000_000 + i as i64 * 3_600_000_000_000;
+            let vals: Vec<RowValue> = t
+                .row_inputs()
+                .iter()
+                .map(|name| match name.as_str() {
+                    "x" => x[i].map(RowValue::Num).unwrap_or(RowValue::Null),
+                    "c" => c[i].map(RowValue::Str).unwrap_or(RowValue::Null),
+                    "y" => RowValue::Num(y[i]),
+                    "ts" => RowValue::Time(ts),
+                    other => panic!("unexpected input {other}"),
+                })
+                .collect();
+            t.apply_row(&vals, &mut out).unwrap();
             for (f, col) in all.iter().enumerate() {
                 prop_assert_eq!(col[i].to_bits(), one[f][0].to_bits(), "row {} feature {}", i, f);
+                prop_assert_eq!(col[i].to_bits(), out[f].to_bits(), "row driver: row {} feature {}", i, f);
             }
         }
     }
