@@ -1081,9 +1081,18 @@ impl Transforms {
             } else {
                 None
             };
-            // Always applied, so that fit validates every step's input; outputs no later step
-            // reads are dropped right away.
-            apply_step(&self.steps[i], i, &mut frame, replaced)?;
+            // A plain fit materializes only outputs that a later step reads; the other steps
+            // still read (and so validate) their inputs.
+            let needed = want_outputs
+                || self.steps[i]
+                    .outputs()
+                    .iter()
+                    .any(|o| last_read.get(o).is_some_and(|&j| j > i));
+            if needed {
+                apply_step(&self.steps[i], i, &mut frame, replaced)?;
+            } else {
+                validate_step(&self.steps[i], i, &frame)?;
+            }
             if !want_outputs {
                 frame
                     .computed
@@ -1264,6 +1273,36 @@ fn fit_step(step: &mut Step, i: usize, frame: &Frame<'_>, oof: bool) -> Result<O
             Ok(None)
         }
     }
+}
+
+/// Read (and so check) a step's inputs without computing its outputs.
+fn validate_step(step: &Step, i: usize, frame: &Frame<'_>) -> Result<()> {
+    let field = step.field(i);
+    let col = &step.column;
+    match &step.op {
+        Op::IsNull => {
+            frame.is_null(col, &field)?;
+        }
+        Op::Binary { other, .. } => {
+            frame.num(col, &field)?;
+            frame.num(other, &field)?;
+        }
+        Op::HashBucket { .. }
+        | Op::OneHot { .. }
+        | Op::Ordinal { .. }
+        | Op::TargetEncode { .. } => {
+            frame.cats(col, &field)?;
+        }
+        Op::Time { tz, .. } => {
+            chrono_tz::Tz::from_str(tz)
+                .map_err(|_| Error::spec(&field, format!("unknown time zone {tz:?}")))?;
+            frame.times(col, &field)?;
+        }
+        _ => {
+            frame.num(col, &field)?;
+        }
+    }
+    Ok(())
 }
 
 /// Apply one fitted step to the frame (`replaced`: precomputed output to use instead).
