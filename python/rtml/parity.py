@@ -1,0 +1,184 @@
+"""Production consistency check: recompute served features offline and compare them bit for bit.
+
+A model service logs every feature vector it served (key, instant, values). Given the feature-set
+document, the events and that log, `check` recomputes each served row with `FeatureSet.backfill`
+(the served (key, at) pairs are the spine) and counts, per feature, how many served values equal
+the offline value exactly (float64 bits; null equals null).
+
+The served log is a table (pyarrow / pandas / polars, or Parquet file(s) or a directory of them)
+with a key column `key`, an instant column `at`, and the served values either
+
+* wide: one column per feature, named like the feature; or
+* long: `names` (list of feature names) and `values` (list of float64), as written by
+  examples/serving/app.py; an optional `feature_set` column selects the rows of one feature set.
+
+    >>> report = rtml.parity.check(fs, events, "served_log/", feature_set="tail")  # doctest: +SKIP
+    >>> report.ok, report.rows, report.features["tail_delay_mean_6h"].mismatches  # doctest: +SKIP
+    (True, 12000, 0)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import _io
+from .exceptions import SchemaError
+from .features import FeatureSet
+
+__all__ = ["check", "ParityReport", "FeatureParity", "read_served_log"]
+
+
+@dataclass
+class FeatureParity:
+    name: str
+    matches: int = 0
+    mismatches: int = 0
+    examples: list[dict] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.matches + self.mismatches
+
+
+@dataclass
+class ParityReport:
+    rows: int
+    features: dict[str, FeatureParity]
+
+    @property
+    def ok(self) -> bool:
+        return all(f.mismatches == 0 for f in self.features.values())
+
+    @property
+    def mismatches(self) -> int:
+        return sum(f.mismatches for f in self.features.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "rows": self.rows,
+            "ok": self.ok,
+            "features": {
+                n: {"matches": f.matches, "mismatches": f.mismatches, "examples": f.examples}
+                for n, f in self.features.items()
+            },
+        }
+
+    def format(self) -> str:
+        width = max([len(n) for n in self.features] + [7])
+        lines = [f"{'feature':<{width}}  {'exact':>10}  {'mismatch':>9}  {'exact %':>8}"]
+        for n, f in self.features.items():
+            pct = 100.0 * f.matches / f.total if f.total else 100.0
+            lines.append(f"{n:<{width}}  {f.matches:>10,}  {f.mismatches:>9,}  {pct:>7.3f}%")
+        for n, f in self.features.items():
+            for ex in f.examples:
+                lines.append(f"  mismatch {n}: key={ex['key']!r} at={ex['at']} served={ex['served']!r} offline={ex['offline']!r}")
+        verdict = "all served values match exactly" if self.ok else f"{self.mismatches:,} served values differ"
+        lines.append(f"{self.rows:,} served rows: {verdict}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def read_served_log(log: Any) -> pa.Table:
+    """The served log as one table: a directory of Parquet parts, file path(s), or any table."""
+    if isinstance(log, (str, os.PathLike)) and Path(log).is_dir():
+        parts = sorted(p for p in Path(log).glob("*.parquet") if not p.name.startswith("."))
+        if not parts:
+            raise SchemaError(f"served log: no Parquet files in {log}")
+        return _io.to_table([str(p) for p in parts], "served log")
+    return _io.to_table(log, "served log")
+
+
+def _bits(v: Optional[float]) -> Optional[bytes]:
+    return None if v is None else struct.pack("<d", float(v))
+
+
+def check(
+    spec: Union[str, FeatureSet],
+    events: Any,
+    served_log: Any,
+    *,
+    feature_set: Optional[str] = None,
+    key: str = "key",
+    at: str = "at",
+    max_examples: int = 5,
+) -> ParityReport:
+    """Recompute every served row offline and compare per feature, bit for bit.
+
+    `spec`: a FeatureSet or its JSON document (text or a path to it). `events`: what
+    `FeatureSet.backfill` accepts. `served_log`: see the module docstring. `feature_set` keeps
+    only the log rows of that name (long logs holding several feature sets).
+    """
+    if isinstance(spec, FeatureSet):
+        fs = spec
+    elif isinstance(spec, (str, os.PathLike)) and not str(spec).lstrip().startswith("{"):
+        fs = FeatureSet.from_json(Path(spec).read_text())
+    else:
+        fs = FeatureSet.from_json(str(spec))
+    names = fs.feature_names
+    log = read_served_log(served_log)
+    for col in (key, at):
+        if col not in log.column_names:
+            raise SchemaError(f"served log: no column '{col}' (columns: {log.column_names})")
+    if feature_set is not None:
+        if "feature_set" not in log.column_names:
+            raise SchemaError("served log: feature_set= given but the log has no 'feature_set' column")
+        log = log.filter(pc.equal(log.column("feature_set"), feature_set))
+
+    if "names" in log.column_names and "values" in log.column_names:  # long format
+        if feature_set is None and "feature_set" in log.column_names and log.num_rows:
+            # keep the rows that carry exactly this feature set's features
+            same = [r == names for r in log.column("names").to_pylist()]
+            log = log.filter(pa.array(same, pa.bool_()))
+        served: dict[str, list] = {n: [] for n in names}
+        for i, (row_names, row_values) in enumerate(zip(log.column("names").to_pylist(), log.column("values").to_pylist())):
+            if row_names != names:
+                raise SchemaError(
+                    f"served log row {i}: features {row_names} are not this feature set's {names}; "
+                    "pass feature_set= to select its rows"
+                )
+            for n, v in zip(names, row_values):
+                served[n].append(v)
+    else:
+        missing = [n for n in names if n not in log.column_names]
+        if missing:
+            raise SchemaError(f"served log: no column for feature(s) {missing} (and no names/values lists)")
+        served = {n: log.column(n).cast(pa.float64()).to_pylist() for n in names}
+
+    ev = _io.to_table(events, "events")
+    keys = log.column(key)
+    ev_key = ev.schema.field(fs.entity).type if fs.entity in ev.column_names else None
+    if ev_key is not None and pa.types.is_integer(ev_key) and not pa.types.is_integer(keys.type):
+        keys = keys.cast(pa.int64())
+    elif ev_key is not None and not pa.types.is_integer(ev_key) and pa.types.is_integer(keys.type):
+        keys = keys.cast(pa.string())
+    spine = pa.table({"__key": keys, "__at": log.column(at)})
+    offline = fs.backfill(ev, spine, key="__key", time="__at", progress=False) if log.num_rows else None
+
+    report = ParityReport(rows=log.num_rows, features={n: FeatureParity(n) for n in names})
+    if offline is None:
+        return report
+    at_list = log.column(at).to_pylist()
+    key_list = keys.to_pylist()
+    for n in names:
+        fp = report.features[n]
+        off = offline.column(n).cast(pa.float64()).to_pylist()
+        for i, (s, o) in enumerate(zip(served[n], off)):
+            if s is not None and isinstance(s, float) and math.isnan(s):
+                s = None  # NaN is how a vector spells null
+            if _bits(s) == _bits(o):
+                fp.matches += 1
+            else:
+                fp.mismatches += 1
+                if len(fp.examples) < max_examples:
+                    fp.examples.append({"row": i, "key": key_list[i], "at": str(at_list[i]), "served": s, "offline": o})
+    return report
