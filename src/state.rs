@@ -144,7 +144,7 @@ impl Buf {
             self.data.drain(0..self.off * self.stride);
             self.off = 0;
         }
-        if self.len() == 0 && self.data.capacity() > 64 {
+        if self.is_empty() && self.data.capacity() > 64 {
             self.data.shrink_to(16 * self.stride);
         }
     }
@@ -324,10 +324,8 @@ impl Acc {
         let ts = row[0] as i64;
         let val = |c: usize| row[1 + c];
         match (self, p) {
-            (Acc::NonNull(n), AccPlan::NonNull { col }) => {
-                if val(*col) != NULL {
-                    *n += sign;
-                }
+            (Acc::NonNull(n), AccPlan::NonNull { col }) if val(*col) != NULL => {
+                *n += sign;
             }
             (Acc::Moments { n, s1, s2 }, AccPlan::Moments { col, squares }) => {
                 if let Some(x) = num(val(*col)) {
@@ -781,7 +779,7 @@ impl KeyState {
                     let last_ts = if hi_q > from {
                         Some(buf.ts(hi_q - 1))
                     } else {
-                        match edges.map(|e| adjusted(e)) {
+                        match edges.map(&adjusted) {
                             Some(Acc::Edges {
                                 last: Some((ts, _)),
                                 ..
