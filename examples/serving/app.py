@@ -445,8 +445,11 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        threadpool_limits(1)  # one-row predictions gain nothing from OpenMP threads
         svc = Service(settings or Settings.from_env())
+        # One-row predictions gain nothing from OpenMP threads, and on a busy machine their
+        # synchronisation costs milliseconds. (After loading the model: the limit only reaches
+        # libraries already loaded.)
+        threadpool_limits(1)
         state["svc"] = svc
         stop = threading.Event()
 
