@@ -370,16 +370,10 @@ pub fn check_number(x: f64, skip_nonfinite: bool, name: &str, row: usize) -> Res
     }
 }
 
-fn read_values(
-    a: &ArrayRef,
-    name: &str,
-    kind: ColKind,
-    skip: bool,
-    offset: usize,
-) -> Result<Vec<u64>> {
-    let n = a.len();
-    let mut out = Vec::with_capacity(n);
-    let floats: Option<Vec<f64>> = match a.data_type() {
+/// A numeric column (any int, float or bool type) as f64, ignoring validity; `None` for other
+/// types. Shared by events and transforms so both read numbers the same way.
+pub fn float_values(a: &dyn Array, name: &str) -> Result<Option<Vec<f64>>> {
+    Ok(match a.data_type() {
         DataType::Float64 => Some(a.as_primitive::<Float64Type>().values().to_vec()),
         DataType::Float32 => Some(
             a.as_primitive::<Float32Type>()
@@ -404,10 +398,26 @@ fn read_values(
         ),
         DataType::Boolean => {
             let b = a.as_boolean();
-            Some((0..n).map(|i| if b.value(i) { 1.0 } else { 0.0 }).collect())
+            Some(
+                (0..a.len())
+                    .map(|i| if b.value(i) { 1.0 } else { 0.0 })
+                    .collect(),
+            )
         }
-        _ => int_values(a.as_ref(), name)?.map(|v| v.into_iter().map(|x| x as f64).collect()),
-    };
+        _ => int_values(a, name)?.map(|v| v.into_iter().map(|x| x as f64).collect()),
+    })
+}
+
+fn read_values(
+    a: &ArrayRef,
+    name: &str,
+    kind: ColKind,
+    skip: bool,
+    offset: usize,
+) -> Result<Vec<u64>> {
+    let n = a.len();
+    let mut out = Vec::with_capacity(n);
+    let floats = float_values(a.as_ref(), name)?;
     if let Some(xs) = floats {
         for (i, x) in xs.into_iter().enumerate() {
             if a.is_null(i) {

@@ -9,7 +9,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::*;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use chrono::{Datelike, TimeZone, Timelike};
@@ -359,74 +358,14 @@ fn null_flags(a: &ArrayRef) -> Vec<bool> {
 }
 
 fn numeric_of(a: &ArrayRef, name: &str, step: &str) -> Result<Vec<f64>> {
-    let n = a.len();
-    let f: Vec<f64> = match a.data_type() {
-        DataType::Float64 => a.as_primitive::<Float64Type>().values().to_vec(),
-        DataType::Float32 => a
-            .as_primitive::<Float32Type>()
-            .values()
-            .iter()
-            .map(|&x| x as f64)
-            .collect(),
-        DataType::Int64 => a
-            .as_primitive::<Int64Type>()
-            .values()
-            .iter()
-            .map(|&x| x as f64)
-            .collect(),
-        DataType::Int32 => a
-            .as_primitive::<Int32Type>()
-            .values()
-            .iter()
-            .map(|&x| x as f64)
-            .collect(),
-        DataType::Int16 => a
-            .as_primitive::<Int16Type>()
-            .values()
-            .iter()
-            .map(|&x| x as f64)
-            .collect(),
-        DataType::Int8 => a
-            .as_primitive::<Int8Type>()
-            .values()
-            .iter()
-            .map(|&x| x as f64)
-            .collect(),
-        DataType::UInt64 => a
-            .as_primitive::<UInt64Type>()
-            .values()
-            .iter()
-            .map(|&x| x as f64)
-            .collect(),
-        DataType::UInt32 => a
-            .as_primitive::<UInt32Type>()
-            .values()
-            .iter()
-            .map(|&x| x as f64)
-            .collect(),
-        DataType::UInt16 => a
-            .as_primitive::<UInt16Type>()
-            .values()
-            .iter()
-            .map(|&x| x as f64)
-            .collect(),
-        DataType::UInt8 => a
-            .as_primitive::<UInt8Type>()
-            .values()
-            .iter()
-            .map(|&x| x as f64)
-            .collect(),
-        DataType::Boolean => {
-            let b = a.as_boolean();
-            (0..n).map(|i| if b.value(i) { 1.0 } else { 0.0 }).collect()
-        }
-        DataType::Null => return Ok(vec![f64::NAN; n]),
-        dt => {
-            return Err(Error::schema(
-                name,
-                format!("{step} needs a numeric column, got {dt}"),
-            ));
-        }
+    if a.data_type() == &DataType::Null {
+        return Ok(vec![f64::NAN; a.len()]);
+    }
+    let Some(f) = crate::input::float_values(a.as_ref(), name)? else {
+        return Err(Error::schema(
+            name,
+            format!("{step} needs a numeric column, got {}", a.data_type()),
+        ));
     };
     let mut out = f;
     let nulls = null_flags(a);

@@ -74,6 +74,22 @@ impl OnlineEngine {
         }
     }
 
+    /// Features of one key at `t` into `buf`. A key whose settled point lags the stream is
+    /// settled once under the write lock, then read under the (downgraded) read lock.
+    fn features_at(&self, py: Python<'_>, k: &PyKey, t: i64, buf: &mut [f64]) -> PyResult<()> {
+        let engine = self.read(py);
+        if engine.would_settle(k.as_ref(), t) {
+            drop(engine);
+            let mut w = self.write(py);
+            w.settle_key(k.as_ref(), t);
+            RwLockWriteGuard::downgrade(w)
+                .get(k.as_ref(), t, buf)
+                .py_err()
+        } else {
+            engine.get(k.as_ref(), t, buf).py_err()
+        }
+    }
+
     fn at(&self, at: Option<&Bound<'_, PyAny>>) -> PyResult<i64> {
         match at {
             None => Ok(now_ns()),
@@ -194,18 +210,7 @@ impl OnlineEngine {
             heap = vec![0f64; self.plan.n_features()];
             &mut heap
         };
-        let engine = self.read(py);
-        if engine.would_settle(k.as_ref(), t) {
-            // The key lags the stream: settle it once (write lock), then answer from it.
-            drop(engine);
-            let mut w = self.write(py);
-            w.settle_key(k.as_ref(), t);
-            RwLockWriteGuard::downgrade(w)
-                .get(k.as_ref(), t, buf)
-                .py_err()?;
-        } else {
-            engine.get(k.as_ref(), t, buf).py_err()?;
-        }
+        self.features_at(py, &k, t, buf)?;
         self.row_dict(py, buf)
     }
 
@@ -232,19 +237,7 @@ impl OnlineEngine {
         let k = convert::key(key, &self.plan.spec.entity).py_err()?;
         let t = self.at(at)?;
         let mut buf = vec![0f64; self.plan.n_features()];
-        {
-            let engine = self.read(py);
-            if engine.would_settle(k.as_ref(), t) {
-                drop(engine);
-                let mut w = self.write(py);
-                w.settle_key(k.as_ref(), t);
-                RwLockWriteGuard::downgrade(w)
-                    .get(k.as_ref(), t, &mut buf)
-                    .py_err()?;
-            } else {
-                engine.get(k.as_ref(), t, &mut buf).py_err()?;
-            }
-        }
+        self.features_at(py, &k, t, &mut buf)?;
         let preset: Vec<(&str, f64, bool)> = self
             .plan
             .spec
