@@ -34,4 +34,6 @@ fmt:
 ## Fast inner loop: unoptimized engine build copied into the editable install (after one `make develop`).
 quick:
 	PYO3_BUILD_EXTENSION_MODULE=1 cargo build --lib
-	cp target/debug/librtml.so python/rtml/$$($(PYTHON) -c "import sysconfig; print('_core' + sysconfig.get_config_var('EXT_SUFFIX'))")
+	@# copy then rename: overwriting a loaded .so in place crashes every process that has it mapped
+	cp target/debug/librtml.so python/rtml/.core.so.tmp
+	mv python/rtml/.core.so.tmp python/rtml/$$($(PYTHON) -c "import sysconfig; print('_core' + sysconfig.get_config_var('EXT_SUFFIX'))")
