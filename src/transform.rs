@@ -889,14 +889,10 @@ impl Transforms {
                             ))
                         }
                     };
-                    let p = t.map(|ns| part.of(&zone.timestamp_nanos(ns)));
+                    let (a, b) = time_part(*part, &zone, t, *cyclical);
+                    computed[outs[0]] = Some(a);
                     if *cyclical {
-                        let ang = p
-                            .map(|(v, per)| 2.0 * std::f64::consts::PI * (v - part.offset()) / per);
-                        computed[outs[0]] = Some(ang.map(libm::sin).unwrap_or(f64::NAN));
-                        computed[outs[1]] = Some(ang.map(libm::cos).unwrap_or(f64::NAN));
-                    } else {
-                        computed[outs[0]] = Some(p.map(|p| p.0).unwrap_or(f64::NAN));
+                        computed[outs[1]] = Some(b);
                     }
                 }
                 Op::OneHot { vocab, .. } | Op::Ordinal { vocab, .. } => {
@@ -907,14 +903,10 @@ impl Transforms {
                     let idx = c.map(|c| voc.get(&c).unwrap_or(voc.cats.len()));
                     if matches!(step.op, Op::OneHot { .. }) {
                         for (k, &o) in outs.iter().enumerate() {
-                            computed[o] = Some(match idx {
-                                None => f64::NAN,
-                                Some(i) if i == k => 1.0,
-                                Some(_) => 0.0,
-                            });
+                            computed[o] = Some(one_hot_cell(idx, k));
                         }
                     } else {
-                        computed[outs[0]] = Some(idx.map(|i| i as f64).unwrap_or(f64::NAN));
+                        computed[outs[0]] = Some(ordinal_value(idx));
                     }
                 }
                 Op::TargetEncode { fitted, .. } => {
@@ -922,16 +914,7 @@ impl Transforms {
                     let (table, mean) = fitted
                         .as_ref()
                         .ok_or_else(|| Error::spec(field(), "not fitted"))?;
-                    computed[outs[0]] = Some(match c {
-                        None => f64::NAN,
-                        Some(c) => {
-                            let key = c.to_cat();
-                            match table.binary_search_by(|(k, _)| k.cmp(&key)) {
-                                Ok(p) => table[p].1,
-                                Err(_) => *mean,
-                            }
-                        }
-                    });
+                    computed[outs[0]] = Some(target_value(table, *mean, c));
                 }
                 op => {
                     let x = num(*cs, col, &computed)?;
@@ -1292,34 +1275,14 @@ fn apply_step(
             let zone = chrono_tz::Tz::from_str(tz)
                 .map_err(|_| Error::spec(&field, format!("unknown time zone {tz:?}")))?;
             let t = frame.times(col, &field)?;
-            let parts: Vec<Option<(f64, f64)>> = t
+            let (a, b): (Vec<f64>, Vec<f64>) = t
                 .iter()
-                .map(|t| t.map(|ns| part.of(&zone.timestamp_nanos(ns))))
-                .collect();
-            let off = part.offset();
+                .map(|&t| time_part(*part, &zone, t, *cyclical))
+                .unzip();
+            let outs = step.outputs();
+            frame.set(outs[0].clone(), a);
             if *cyclical {
-                let outs = step.outputs();
-                let ang = |p: &Option<(f64, f64)>| {
-                    p.map(|(v, per)| 2.0 * std::f64::consts::PI * (v - off) / per)
-                };
-                let s = parts
-                    .iter()
-                    .map(|p| ang(p).map(libm::sin).unwrap_or(f64::NAN))
-                    .collect();
-                let c = parts
-                    .iter()
-                    .map(|p| ang(p).map(libm::cos).unwrap_or(f64::NAN))
-                    .collect();
-                frame.set(outs[0].clone(), s);
-                frame.set(outs[1].clone(), c);
-            } else {
-                frame.set(
-                    step.name.clone(),
-                    parts
-                        .iter()
-                        .map(|p| p.map(|p| p.0).unwrap_or(f64::NAN))
-                        .collect(),
-                );
+                frame.set(outs[1].clone(), b);
             }
         }
         Op::OneHot { vocab, .. } | Op::Ordinal { vocab, .. } => {
@@ -1334,22 +1297,13 @@ fn apply_step(
             if matches!(step.op, Op::OneHot { .. }) {
                 for (k, out) in step.outputs().iter().enumerate() {
                     // null stays null: every column of a null category is null
-                    let v = idx
-                        .iter()
-                        .map(|i| match i {
-                            None => f64::NAN,
-                            Some(i) if *i == k => 1.0,
-                            Some(_) => 0.0,
-                        })
-                        .collect();
+                    let v = idx.iter().map(|&i| one_hot_cell(i, k)).collect();
                     frame.set(out.clone(), v);
                 }
             } else {
                 frame.set(
                     step.name.clone(),
-                    idx.iter()
-                        .map(|i| i.map(|i| i as f64).unwrap_or(f64::NAN))
-                        .collect(),
+                    idx.iter().map(|&i| ordinal_value(i)).collect(),
                 );
             }
         }
@@ -1358,19 +1312,7 @@ fn apply_step(
             let (table, mean) = fitted
                 .as_ref()
                 .ok_or_else(|| Error::spec(&field, "not fitted"))?;
-            let v = c
-                .iter()
-                .map(|c| match c {
-                    None => f64::NAN,
-                    Some(c) => {
-                        let key = c.to_cat();
-                        match table.binary_search_by(|(k, _)| k.cmp(&key)) {
-                            Ok(p) => table[p].1,
-                            Err(_) => *mean,
-                        }
-                    }
-                })
-                .collect();
+            let v = c.iter().map(|&c| target_value(table, *mean, c)).collect();
             frame.set(step.name.clone(), v);
         }
         op => {
@@ -1389,6 +1331,53 @@ fn fold_bounds(n: usize, k: usize, f: usize) -> (usize, usize) {
     let lo = f * base + f.min(extra);
     let hi = lo + base + usize::from(f < extra);
     (lo, hi)
+}
+
+// ---- per-value math shared by the table driver and the one-row driver
+
+/// Cell `k` of a one-hot encoding of vocabulary index `idx` (null stays null).
+#[inline]
+fn one_hot_cell(idx: Option<usize>, k: usize) -> f64 {
+    match idx {
+        None => f64::NAN,
+        Some(i) if i == k => 1.0,
+        Some(_) => 0.0,
+    }
+}
+
+#[inline]
+fn ordinal_value(idx: Option<usize>) -> f64 {
+    idx.map(|i| i as f64).unwrap_or(f64::NAN)
+}
+
+/// Fitted encoding of a category (`mean` for unseen ones, null for null).
+#[inline]
+fn target_value(table: &[(Cat, f64)], mean: f64, c: Option<CatRef<'_>>) -> f64 {
+    match c {
+        None => f64::NAN,
+        Some(c) => {
+            let key = c.to_cat();
+            match table.binary_search_by(|(k, _)| k.cmp(&key)) {
+                Ok(p) => table[p].1,
+                Err(_) => mean,
+            }
+        }
+    }
+}
+
+/// A time part in `zone`: (value, NaN), or (sin, cos) when cyclical; nulls stay null.
+#[inline]
+fn time_part(part: TimePart, zone: &chrono_tz::Tz, t: Option<i64>, cyclical: bool) -> (f64, f64) {
+    let Some(ns) = t else {
+        return (f64::NAN, f64::NAN);
+    };
+    let (v, period) = part.of(&zone.timestamp_nanos(ns));
+    if cyclical {
+        let angle = 2.0 * std::f64::consts::PI * (v - part.offset()) / period;
+        (libm::sin(angle), libm::cos(angle))
+    } else {
+        (v, f64::NAN)
+    }
 }
 
 #[inline]
