@@ -168,10 +168,10 @@ pub fn backfill(
                 for (c, v) in vals.iter_mut().enumerate() {
                     *v = events.values[c][idx];
                 }
-                state.insert(evs[j].ts, &vals);
+                state.insert(plan, evs[j].ts, &vals);
                 j += 1;
             }
-            state.settle(plan, q.ts);
+            state.settle(plan, q.ts, 0);
             // Cannot fail: the query time equals the settled point.
             let _ = state.query(plan, q.ts, &mut row);
             for (f, v) in row.iter().enumerate() {

@@ -116,11 +116,11 @@ impl Engine {
             let state = keys
                 .entry_ref(&key)
                 .or_insert_with(|| KeyState::new(&plan, settle));
-            state.settle(&plan, settle);
+            state.settle(&plan, settle, lateness);
             for (c, v) in vals.iter_mut().enumerate() {
                 *v = events.values[c][i];
             }
-            state.insert(ts, &vals);
+            state.insert(&plan, ts, &vals);
             report.accepted += 1;
         });
         self.watermark = watermark;
@@ -184,7 +184,7 @@ impl Engine {
         let s = t.min(self.settle_point());
         let plan = Arc::clone(&self.plan);
         if let Some(state) = self.keys.get_mut(&key) {
-            state.settle(&plan, s);
+            state.settle(&plan, s, plan.spec.allowed_lateness);
         }
     }
 

@@ -19,10 +19,11 @@ use crate::input::Key;
 use crate::online::{Counters, Engine};
 use crate::plan::Plan;
 use crate::spec::Spec;
-use crate::state::KeyState;
+use crate::state::{KeyState, KeyStateV1};
 
 const MAGIC: &[u8; 8] = b"RTMLSNAP";
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// 2: per-group eager region (`e_lo`, `e_start`). 1 is read and upgraded.
+pub const SNAPSHOT_VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
 #[derive(Serialize)]
@@ -36,13 +37,13 @@ struct BodyRef<'a> {
 }
 
 #[derive(Deserialize)]
-struct Body {
+struct Body<S> {
     spec: String,
     key_is_int: Option<bool>,
     watermark: i64,
     counters: Counters,
     last_sweep: i64,
-    keys: Vec<(Key, KeyState)>,
+    keys: Vec<(Key, S)>,
 }
 
 fn options() -> impl Options {
@@ -138,24 +139,43 @@ pub fn read(path: &Path) -> Result<Engine> {
     if crc32fast::hash(payload) != crc {
         return Err(bad("checksum mismatch: the file is corrupted"));
     }
-    let body: Body = options()
+    let decode_err = |e: bincode::Error| Error::snapshot(path, format!("cannot decode: {e}"));
+    let mismatch = || bad("key state does not match the embedded feature set");
+    if version == 1 {
+        let body: Body<KeyStateV1> = options()
+            .with_limit(len)
+            .deserialize(payload)
+            .map_err(decode_err)?;
+        let mut engine = engine_from(path, &body)?;
+        for (k, s) in body.keys {
+            let s = s.upgrade(&engine.plan).ok_or_else(mismatch)?;
+            engine.keys.insert(k, s);
+        }
+        return Ok(engine);
+    }
+    let body: Body<KeyState> = options()
         .with_limit(len)
         .deserialize(payload)
-        .map_err(|e| Error::snapshot(path, format!("cannot decode: {e}")))?;
-    let spec = Spec::from_json(&body.spec)
-        .map_err(|e| Error::snapshot(path, format!("embedded feature set is invalid: {e}")))?;
-    let plan = Arc::new(Plan::new(spec));
-    let mut engine = Engine::new(plan);
-    engine.key_is_int = body.key_is_int;
-    engine.watermark = body.watermark;
-    engine.counters = body.counters;
-    engine.last_sweep = body.last_sweep;
-    engine.keys.reserve(body.keys.len());
+        .map_err(decode_err)?;
+    let mut engine = engine_from(path, &body)?;
     for (k, s) in body.keys {
         if !s.consistent_with(&engine.plan) {
-            return Err(bad("key state does not match the embedded feature set"));
+            return Err(mismatch());
         }
         engine.keys.insert(k, s);
     }
+    Ok(engine)
+}
+
+/// An empty engine with the document's feature set, watermark and counters.
+fn engine_from<S>(path: &Path, body: &Body<S>) -> Result<Engine> {
+    let spec = Spec::from_json(&body.spec)
+        .map_err(|e| Error::snapshot(path, format!("embedded feature set is invalid: {e}")))?;
+    let mut engine = Engine::new(Arc::new(Plan::new(spec)));
+    engine.key_is_int = body.key_is_int;
+    engine.watermark = body.watermark;
+    engine.counters = body.counters.clone();
+    engine.last_sweep = body.last_sweep;
+    engine.keys.reserve(body.keys.len());
     Ok(engine)
 }

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::exact::{div_exact, ExactSum};
@@ -101,7 +102,8 @@ impl Buf {
         lo
     }
     /// Insert keeping time order; a new row goes after every row with time `<= ts`.
-    fn insert(&mut self, ts: i64, values: &[u64]) {
+    /// Returns its absolute position.
+    fn insert(&mut self, ts: i64, values: &[u64]) -> u64 {
         let end = self.end();
         let mut pos = end;
         while pos > self.base && self.ts(pos - 1) > ts {
@@ -131,6 +133,7 @@ impl Buf {
                 std::iter::once(ts as u64).chain(values.iter().copied()),
             );
         }
+        pos
     }
     /// Drop live rows before absolute position `abs`.
     fn evict_before(&mut self, abs: u64) {
@@ -246,6 +249,21 @@ impl Acc {
     /// Accumulators that views correct by applying rows; the others are corrected by the output code.
     fn invertible(&self) -> bool {
         matches!(self, Acc::NonNull(_) | Acc::Moments { .. })
+    }
+
+    /// Accumulators that are functions of an event multiset with an inverse (every event can be
+    /// folded out again): folded in when an event arrives, in any order (the eager region).
+    /// The others (monotonic deques, first/last edges) need events in time order and are folded
+    /// only into the settled region.
+    fn eager(&self) -> bool {
+        matches!(
+            self,
+            Acc::NonNull(_)
+                | Acc::Moments { .. }
+                | Acc::Distinct(_)
+                | Acc::Sketch { .. }
+                | Acc::Decay(_)
+        )
     }
 
     /// Fold a summary of other events in (tiles). Extremes are single-value summaries here.
@@ -452,10 +470,27 @@ struct Group {
     /// Absolute positions: the settled region is rows `lo..hi` (lifetime: everything before `hi`).
     lo: u64,
     hi: u64,
+    /// Sliding windows: the eager region is rows `e_lo..` (every row with `ts >= e_start`,
+    /// including rows not yet settled); lifetime: every row. `e_start <= settled`.
+    e_lo: u64,
+    e_start: i64,
+    /// Eager accumulators cover the eager region, the others the settled region.
     accs: Vec<Acc>,
     /// Tiled windows: one summary per tile of settled events, oldest first, only tiles that a
     /// query at or after the settled point can still see (`accs` is unused).
     tiles: VecDeque<Tile>,
+}
+
+/// Rows (absolute position ranges `from..to`) that correct a group's state to one query window.
+struct Corr {
+    /// Buffered rows inside the window past the settled region (extremes, first/last scan them).
+    settled_add: (u64, u64),
+    /// Rows to fold out of / into the eager accumulators (tiled groups: into the tile merge).
+    rem: [(u64, u64); 2],
+    add: (u64, u64),
+    /// The query window's rows: `lo_q..hi_q` (lifetime: `hi_q` only).
+    lo_q: u64,
+    hi_q: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -486,6 +521,8 @@ impl KeyState {
                 .map(|g| Group {
                     lo: 0,
                     hi: 0,
+                    e_lo: 0,
+                    e_start: i64::MIN,
                     accs: g.accs.iter().map(Acc::new).collect(),
                     tiles: VecDeque::new(),
                 })
@@ -494,14 +531,33 @@ impl KeyState {
     }
 
     /// Add an event with `ts >= self.settled`. `values` has one word per plan column.
-    pub fn insert(&mut self, ts: i64, values: &[u64]) {
+    /// The eager accumulators of every untiled group take it in at once.
+    pub fn insert(&mut self, plan: &Plan, ts: i64, values: &[u64]) {
         debug_assert!(ts >= self.settled);
-        self.buf.insert(ts, values);
+        let pos = self.buf.insert(ts, values);
         self.last_ts = self.last_ts.max(ts);
+        let row = self.buf.row(pos);
+        for (g, gp) in self.groups.iter_mut().zip(&plan.groups) {
+            if gp.hop.is_some() {
+                continue;
+            }
+            debug_assert!(ts >= g.e_start && pos >= g.e_lo);
+            for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
+                if acc.eager() {
+                    acc.apply(ap, row, 1, false);
+                }
+            }
+        }
     }
 
     /// Move the settled point forward to `s` (no-op if `s <= settled`).
-    pub fn settle(&mut self, plan: &Plan, s: i64) {
+    ///
+    /// `lead` is how far past the settled point queries are expected (the online engine's
+    /// allowed lateness; 0 for backfill, which queries at the settled point): the eager region of
+    /// a window `W` then starts at `s - W + min(lead, W)`, so that a query at
+    /// `s + lead` needs (almost) no correction, while every event that can still arrive
+    /// (`ts >= s`) falls inside it.
+    pub fn settle(&mut self, plan: &Plan, s: i64, lead: i64) {
         if s <= self.settled {
             return;
         }
@@ -535,23 +591,20 @@ impl KeyState {
                 continue;
             }
             let lifetime = gp.window.is_none();
-            while g.hi < self.buf.end() && self.buf.ts(g.hi) < s {
+            let end = self.buf.end();
+            while g.hi < end && self.buf.ts(g.hi) < s {
                 let row = self.buf.row(g.hi);
                 for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                    acc.apply(ap, row, 1, lifetime);
+                    if !acc.eager() {
+                        acc.apply(ap, row, 1, lifetime);
+                    }
                 }
                 g.hi += 1;
             }
             match gp.window {
                 Some(w) => {
                     let start = s.saturating_sub(w);
-                    while g.lo < g.hi && self.buf.ts(g.lo) < start {
-                        let row = self.buf.row(g.lo);
-                        for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                            acc.apply(ap, row, -1, false);
-                        }
-                        g.lo += 1;
-                    }
+                    g.lo = self.buf.seek(g.lo, start).min(g.hi);
                     for acc in g.accs.iter_mut() {
                         if let Acc::Extreme(dq) = acc {
                             while dq.front().is_some_and(|&(ts, _)| ts < start) {
@@ -559,6 +612,19 @@ impl KeyState {
                             }
                         }
                     }
+                    let e_start = s
+                        .saturating_add(lead.saturating_sub(w).min(0))
+                        .max(g.e_start);
+                    while g.e_lo < end && self.buf.ts(g.e_lo) < e_start {
+                        let row = self.buf.row(g.e_lo);
+                        for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
+                            if acc.eager() {
+                                acc.apply(ap, row, -1, false);
+                            }
+                        }
+                        g.e_lo += 1;
+                    }
+                    g.e_start = e_start;
                     keep_from = keep_from.min(g.lo);
                 }
                 None => {
@@ -597,8 +663,9 @@ impl KeyState {
 
     fn fill(&self, plan: &Plan, t: i64, out: &mut [f64]) {
         let buf = &self.buf;
-        // Per group: rows to take out of the settled region, and rows to add.
-        let ranges: Vec<(u64, u64, u64, u64, u64, u64)> = self
+        let none = (0u64, 0u64);
+        // Per group, the rows that correct its accumulators to the window of a query at `t`.
+        let corrs: SmallVec<[Corr; 4]> = self
             .groups
             .iter()
             .zip(&plan.groups)
@@ -607,28 +674,52 @@ impl KeyState {
                 if gp.hop.is_some() {
                     // tiles cover the settled part; buffered rows from the window start on
                     let a0 = buf.seek(g.hi, gp.start(t));
-                    return (0, 0, a0, hi_q.max(a0), a0, hi_q.max(a0));
+                    let a1 = hi_q.max(a0);
+                    return Corr {
+                        settled_add: (a0, a1),
+                        rem: [none, none],
+                        add: (a0, a1),
+                        lo_q: a0,
+                        hi_q: a1,
+                    };
                 }
                 match gp.window {
                     Some(w) => {
                         let start = t.saturating_sub(w);
                         let lo_q = buf.seek(g.lo, start);
-                        // removed: lo..min(lo_q, hi); added: max(hi, lo_q)..hi_q
-                        (g.lo, lo_q.min(g.hi), g.hi.max(lo_q), hi_q, lo_q, hi_q)
+                        // eager region: rows from e_start on; the window: start..t
+                        let (rem0, add) = if start >= g.e_start {
+                            ((g.e_lo, lo_q), none)
+                        } else {
+                            (none, (lo_q, g.e_lo))
+                        };
+                        Corr {
+                            settled_add: (g.hi.max(lo_q), hi_q),
+                            rem: [rem0, (hi_q, buf.end())],
+                            add,
+                            lo_q,
+                            hi_q,
+                        }
                     }
-                    None => (0, 0, g.hi, hi_q, 0, hi_q),
+                    None => Corr {
+                        settled_add: (g.hi, hi_q),
+                        rem: [(hi_q, buf.end()), none],
+                        add: none,
+                        lo_q: 0,
+                        hi_q,
+                    },
                 }
             })
             .collect();
-        // Settled accumulators corrected to the query window, once per accumulator. Extremes,
-        // distinct counts and first/last read the corrections directly instead.
-        let views: Vec<Vec<std::borrow::Cow<'_, Acc>>> = self
+        let rows = move |r: (u64, u64)| (r.0..r.1).map(move |p| buf.row(p));
+        // Invertible accumulators corrected to the query window, once per accumulator. Extremes,
+        // distinct counts, quantiles, decayed sums and first/last read the corrections directly.
+        let views: SmallVec<[SmallVec<[std::borrow::Cow<'_, Acc>; 8]>; 4]> = self
             .groups
             .iter()
             .zip(&plan.groups)
-            .zip(&ranges)
-            .map(|((g, gp), &(r0, r1, a0, a1, _, _))| {
-                let lifetime = gp.summarizing();
+            .zip(&corrs)
+            .map(|((g, gp), c)| {
                 if let Some(h) = gp.hop {
                     // merge the tiles inside the window, then add the buffered rows
                     let first = floor_div(t, h) - gp.window.unwrap_or(0) / h;
@@ -642,27 +733,28 @@ impl KeyState {
                                 acc.merge(ap, &tile.accs[i]);
                             }
                             if acc.invertible() {
-                                for p in a0..a1 {
-                                    acc.apply(ap, buf.row(p), 1, true);
+                                for row in rows(c.add) {
+                                    acc.apply(ap, row, 1, true);
                                 }
                             }
                             std::borrow::Cow::Owned(acc)
                         })
                         .collect();
                 }
+                let empty = c.rem.iter().chain([&c.add]).all(|r| r.0 >= r.1);
                 g.accs
                     .iter()
                     .zip(&gp.accs)
                     .map(|(acc, ap)| {
-                        if (r0 == r1 && a0 == a1) || !acc.invertible() {
+                        if empty || !acc.invertible() {
                             return std::borrow::Cow::Borrowed(acc);
                         }
                         let mut acc = acc.clone();
-                        for p in r0..r1 {
-                            acc.apply(ap, buf.row(p), -1, lifetime);
+                        for row in rows(c.rem[0]).chain(rows(c.rem[1])) {
+                            acc.apply(ap, row, -1, false);
                         }
-                        for p in a0..a1 {
-                            acc.apply(ap, buf.row(p), 1, lifetime);
+                        for row in rows(c.add) {
+                            acc.apply(ap, row, 1, false);
                         }
                         std::borrow::Cow::Owned(acc)
                     })
@@ -672,9 +764,12 @@ impl KeyState {
         for (o, slot) in plan.outputs.iter().zip(out.iter_mut()) {
             let g = &self.groups[o.group];
             let gp = &plan.groups[o.group];
-            let (r0, r1, a0, a1, lo_q, hi_q) = ranges[o.group];
-            let removed = (r0..r1).map(|p| buf.row(p));
-            let added = (a0..a1).map(|p| buf.row(p));
+            let c = &corrs[o.group];
+            let (lo_q, hi_q) = (c.lo_q, c.hi_q);
+            let (a0, a1) = c.settled_add;
+            // corrections of the eager (or tile) accumulators
+            let removed = rows(c.rem[0]).chain(rows(c.rem[1]));
+            let added = rows(c.add);
             let adjusted = |i: usize| -> &Acc { views[o.group][i].as_ref() };
             *slot = match &o.kind {
                 OutKind::Count => {
@@ -690,9 +785,10 @@ impl KeyState {
                             .sum();
                         (settled + (a1 - a0)) as f64
                     } else if gp.window.is_none() {
-                        (g.hi + (a1 - a0)) as f64
+                        // every row before `hi_q`, evicted ones included
+                        hi_q as f64
                     } else {
-                        ((g.hi - g.lo) - (r1 - r0) + (a1 - a0)) as f64
+                        (hi_q - lo_q) as f64
                     }
                 }
                 OutKind::CountCol(i) => match adjusted(*i) {
@@ -724,7 +820,7 @@ impl KeyState {
                         }
                         _ => None,
                     };
-                    for row in added {
+                    for row in rows(c.settled_add) {
                         if let Some(x) = num(row[1 + col]) {
                             let better = best.is_none_or(|b| {
                                 let c = x.total_cmp(&b);
@@ -739,7 +835,6 @@ impl KeyState {
                             }
                         }
                     }
-                    drop(removed);
                     best.unwrap_or(f64::NAN)
                 }
                 OutKind::First { col, edges } => {
@@ -836,6 +931,7 @@ impl KeyState {
         self.groups.iter().zip(&plan.groups).all(|(g, gp)| {
             let bounds = g.lo <= g.hi
                 && g.hi <= end
+                && (gp.window.is_none() || gp.hop.is_some() || (g.lo <= g.e_lo && g.e_lo <= end))
                 && (gp.window.is_none() || g.lo >= b.base)
                 && (gp.window.is_some() || g.hi >= b.base);
             let tiles_ok = (gp.hop.is_some() || g.tiles.is_empty())
@@ -881,6 +977,71 @@ impl KeyState {
                             .sum::<usize>()
                 })
                 .sum::<usize>()
+    }
+}
+
+/// A key's state as snapshot format 1 stored it (before the eager region existed).
+#[derive(Deserialize)]
+pub(crate) struct KeyStateV1 {
+    settled: i64,
+    last_ts: i64,
+    buf: Buf,
+    groups: Vec<GroupV1>,
+}
+
+#[derive(Deserialize)]
+struct GroupV1 {
+    lo: u64,
+    hi: u64,
+    accs: Vec<Acc>,
+    tiles: VecDeque<Tile>,
+}
+
+impl KeyStateV1 {
+    /// The same state in today's layout: format 1 kept every accumulator over the settled region
+    /// only, so the eager region starts where the settled window starts and the buffered rows
+    /// past the settled point are folded in. `None` if the state does not fit `plan`.
+    pub(crate) fn upgrade(self, plan: &Plan) -> Option<KeyState> {
+        if self.groups.len() != plan.groups.len() {
+            return None;
+        }
+        let settled = self.settled;
+        let mut state = KeyState {
+            settled,
+            last_ts: self.last_ts,
+            buf: self.buf,
+            groups: self
+                .groups
+                .into_iter()
+                .zip(&plan.groups)
+                .map(|(g, gp)| Group {
+                    lo: g.lo,
+                    hi: g.hi,
+                    e_lo: g.lo,
+                    e_start: gp.window.map_or(i64::MIN, |w| settled.saturating_sub(w)),
+                    accs: g.accs,
+                    tiles: g.tiles,
+                })
+                .collect(),
+        };
+        if !state.consistent_with(plan) {
+            return None;
+        }
+        let end = state.buf.end();
+        for (g, gp) in state.groups.iter_mut().zip(&plan.groups) {
+            if gp.hop.is_some() {
+                continue;
+            }
+            for p in g.hi..end {
+                let row = state.buf.row(p);
+                for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
+                    if acc.eager() {
+                        acc.apply(ap, row, 1, false);
+                    }
+                }
+            }
+        }
+        Some(state)
     }
 }
 

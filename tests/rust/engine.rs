@@ -330,8 +330,9 @@ proptest! {
     }
 
     #[test]
-    fn online_equals_backfill(evs in ev_strategy(), jitter in prop::collection::vec(0i64..=10, 60), qmins in prop::collection::vec((0i64..3, 0i64..(5 * H / M)), 1..20)) {
-        let plan = Arc::new(Plan::new(spec("10m")));
+    fn online_equals_backfill(evs in ev_strategy(), jitter in prop::collection::vec(0i64..=10, 60), qmins in prop::collection::vec((0i64..3, 0i64..(5 * H / M)), 1..20), lateness in prop::sample::select(vec!["10m", "45m", "2h"])) {
+        // lateness shorter and longer than the windows (30m, 1h): both eager-region layouts
+        let plan = Arc::new(Plan::new(spec(lateness)));
         let mut qs: Vec<(i64, i64)> = qmins.iter().map(|&(k, m)| (k, m * M)).collect();
         for e in evs.iter().take(4) {
             qs.push((e.k, e.ts));
