@@ -129,7 +129,28 @@ impl ExactSum {
         }
     }
 
+    /// Make the top limb a redundant sign limb (0 above a non-negative limb, all ones above a
+    /// negative one), so that adding anything that fits below it cannot overflow.
+    #[inline]
+    fn ensure_headroom(&mut self) {
+        let n = self.limbs.len();
+        if n == 0 {
+            return;
+        }
+        let top = self.limbs[n - 1];
+        let redundant = n >= 2 && {
+            let below_neg = self.limbs[n - 2] >> 63 == 1;
+            (top == 0 && !below_neg) || (top == u64::MAX && below_neg)
+        };
+        if !redundant {
+            self.limbs.push(if top >> 63 == 1 { u64::MAX } else { 0 });
+        }
+    }
+
     /// Add (or subtract) `m * 2^e`.
+    ///
+    /// The hot path of every sum: no trimming (low zero limbs and redundant sign limbs stay, so
+    /// the width only changes when the data needs more), one headroom check, a short carry loop.
     fn add_scaled(&mut self, negative: bool, m: u64, e: i32) {
         if m == 0 {
             return;
@@ -142,8 +163,10 @@ impl ExactSum {
         let p = (e - self.exp) as u32;
         let at = (p / 64) as usize;
         let v = (m as u128) << (p % 64);
-        let needed = self.limbs.len().max(at + 2) + 1;
-        self.extend_to(needed);
+        // The value fits below a redundant top limb, and so does `v` (limbs at, at + 1):
+        // their sum fits in the limbs we have.
+        self.ensure_headroom();
+        self.extend_to(at + 3);
         let parts = [v as u64, (v >> 64) as u64];
         if !negative {
             let mut carry = false;
@@ -170,7 +193,10 @@ impl ExactSum {
                 borrow = b1 || b2;
             }
         }
-        self.trim();
+        // Zero is the empty representation (`is_zero`).
+        if self.limbs.iter().all(|&l| l == 0) {
+            self.limbs.clear();
+        }
     }
 
     /// Add a finite f64 exactly.

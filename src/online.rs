@@ -18,6 +18,9 @@ use crate::plan::Plan;
 use crate::spec::Spec;
 use crate::state::KeyState;
 
+/// A read settles a key first (under the write lock) only when that saves walking more rows.
+pub const SETTLE_ON_READ_ROWS: u64 = 64;
+
 /// Counters reported by [`Engine::stats`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
@@ -101,6 +104,7 @@ impl Engine {
         self.key_is_int = Some(is_int);
         let plan = Arc::clone(&self.plan);
         let lateness = plan.spec.allowed_lateness;
+        let step = lateness / 8;
         let mut report = Ingested::default();
         let mut vals: SmallVec<[u64; 8]> = SmallVec::from_elem(0, plan.columns.len());
         let keys = &mut self.keys;
@@ -116,7 +120,11 @@ impl Engine {
             let state = keys
                 .entry_ref(&key)
                 .or_insert_with(|| KeyState::new(&plan, settle));
-            state.settle(&plan, settle, lateness);
+            // Settling is bookkeeping (no answer depends on it): do it in steps of
+            // `lateness / 8` rather than on every event.
+            if settle.saturating_sub(state.settled) > step {
+                state.settle(&plan, settle, lateness);
+            }
             for (c, v) in vals.iter_mut().enumerate() {
                 *v = events.values[c][i];
             }
@@ -170,12 +178,17 @@ impl Engine {
         }
     }
 
-    /// Whether a query of `key` at `t` would first correct a lagging settled point (so that
-    /// settling the key with [`Engine::settle_key`] makes that query and later ones cheaper).
+    /// Whether a query of `key` at `t` would walk so many rows of a lagging settled point
+    /// (more than [`SETTLE_ON_READ_ROWS`]) that settling the key first with
+    /// [`Engine::settle_key`] pays off (for this query and later ones). Usually false: the
+    /// ingest path keeps keys settled, and reads then stay read-only.
     pub fn would_settle(&self, key: KeyRef<'_>, t: i64) -> bool {
-        self.keys
-            .get(&key)
-            .is_some_and(|s| s.settled < t.min(self.settle_point()))
+        let s = t.min(self.settle_point());
+        self.keys.get(&key).is_some_and(|st| {
+            st.settled < s
+                && st.settle_backlog(&self.plan, s, self.plan.spec.allowed_lateness)
+                    > SETTLE_ON_READ_ROWS
+        })
     }
 
     /// Settle one key up to `min(t, watermark - allowed_lateness)`. Pure bookkeeping: no answer

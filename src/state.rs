@@ -643,6 +643,25 @@ impl KeyState {
         self.settled = s;
     }
 
+    /// How many rows settling to `s` would fold into or out of the accumulators: the rows a
+    /// query's corrections would no longer have to walk once the key is settled.
+    pub fn settle_backlog(&self, plan: &Plan, s: i64, lead: i64) -> u64 {
+        if s <= self.settled {
+            return 0;
+        }
+        let mut n = 0;
+        for (g, gp) in self.groups.iter().zip(&plan.groups) {
+            n += self.buf.seek(g.hi, s) - g.hi;
+            if let (Some(w), None) = (gp.window, gp.hop) {
+                let e_start = s
+                    .saturating_add(lead.saturating_sub(w).min(0))
+                    .max(g.e_start);
+                n += self.buf.seek(g.e_lo, e_start) - g.e_lo;
+            }
+        }
+        n
+    }
+
     /// Feature values at instant `t` (NaN = null), in plan output order.
     pub fn query(&self, plan: &Plan, t: i64, out: &mut [f64]) -> Result<()> {
         if t < self.settled {
