@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 type Limbs = SmallVec<[u64; 3]>;
+/// Scratch magnitudes of reads (products, squares): inline up to 512 bits, no allocation.
+type Mag = SmallVec<[u64; 8]>;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExactSum {
@@ -245,9 +247,9 @@ impl ExactSum {
     }
 
     /// Sign and magnitude (little-endian, unsigned).
-    fn sign_magnitude(&self) -> (bool, Vec<u64>) {
+    fn sign_magnitude(&self) -> (bool, Mag) {
         let neg = self.is_negative();
-        let mut mag: Vec<u64> = self.limbs.to_vec();
+        let mut mag: Mag = SmallVec::from_slice(&self.limbs);
         if neg {
             let mut carry = true;
             for limb in mag.iter_mut() {
@@ -262,7 +264,7 @@ impl ExactSum {
         (neg, mag)
     }
 
-    fn from_sign_magnitude(neg: bool, mut mag: Vec<u64>, exp: i32) -> Self {
+    fn from_sign_magnitude(neg: bool, mut mag: Mag, exp: i32) -> Self {
         mag.push(0);
         if neg {
             let mut carry = true;
@@ -274,7 +276,7 @@ impl ExactSum {
         }
         let mut out = ExactSum {
             exp,
-            limbs: SmallVec::from_vec(mag),
+            limbs: SmallVec::from_slice(&mag),
         };
         out.trim();
         out
@@ -316,7 +318,7 @@ impl ExactSum {
     /// `self * n`, exactly.
     pub fn mul_u64(&self, n: u64) -> ExactSum {
         let (neg, mag) = self.sign_magnitude();
-        let mut out = Vec::with_capacity(mag.len() + 1);
+        let mut out = Mag::with_capacity(mag.len() + 1);
         let mut carry = 0u128;
         for &limb in &mag {
             let v = limb as u128 * n as u128 + carry;
@@ -330,7 +332,7 @@ impl ExactSum {
     /// `self * self`, exactly.
     pub fn square(&self) -> ExactSum {
         let (_, mag) = self.sign_magnitude();
-        let mut out = vec![0u64; 2 * mag.len() + 1];
+        let mut out: Mag = SmallVec::from_elem(0u64, 2 * mag.len() + 1);
         for (i, &a) in mag.iter().enumerate() {
             let mut carry = 0u128;
             for (j, &b) in mag.iter().enumerate() {

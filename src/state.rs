@@ -780,6 +780,7 @@ impl KeyState {
                     .collect()
             })
             .collect();
+        let mut var_cache: SmallVec<[((usize, usize), f64); 4]> = SmallVec::new();
         for (o, slot) in plan.outputs.iter().zip(out.iter_mut()) {
             let g = &self.groups[o.group];
             let gp = &plan.groups[o.group];
@@ -814,12 +815,29 @@ impl KeyState {
                     Acc::NonNull(n) => *n as f64,
                     _ => f64::NAN,
                 },
-                OutKind::Sum(i) | OutKind::Mean(i) | OutKind::Var(i) | OutKind::Std(i) => {
-                    match adjusted(*i) {
-                        Acc::Moments { n, s1, s2 } => moments_output(&o.kind, *n, s1, s2),
-                        _ => f64::NAN,
+                OutKind::Var(i) | OutKind::Std(i) => {
+                    // var and std of one column share one exact computation
+                    let var = match var_cache.iter().find(|c| c.0 == (o.group, *i)) {
+                        Some(c) => c.1,
+                        None => {
+                            let v = match adjusted(*i) {
+                                Acc::Moments { n, s1, s2 } => variance(*n, s1, s2),
+                                _ => f64::NAN,
+                            };
+                            var_cache.push(((o.group, *i), v));
+                            v
+                        }
+                    };
+                    if matches!(o.kind, OutKind::Std(_)) {
+                        var.sqrt()
+                    } else {
+                        var
                     }
                 }
+                OutKind::Sum(i) | OutKind::Mean(i) => match adjusted(*i) {
+                    Acc::Moments { n, s1, s2 } => moments_output(&o.kind, *n, s1, s2),
+                    _ => f64::NAN,
+                },
                 OutKind::Min(i) | OutKind::Max(i) => {
                     let max = matches!(o.kind, OutKind::Max(_));
                     let col = match &gp.accs[*i] {
@@ -1086,22 +1104,20 @@ fn moments_output(kind: &OutKind, n: i64, s1: &ExactSum, s2: &ExactSum) -> f64 {
             }
             div_exact(s1, n as f64)
         }
-        OutKind::Var(_) | OutKind::Std(_) => {
-            if n < 2 {
-                return f64::NAN;
-            }
-            // var = (n * S2 - S1^2) / (n (n - 1)), numerator exact.
-            let mut num = s2.mul_u64(n as u64);
-            num.add_assign(&s1.square().negated());
-            let var = div_exact(&num, n as f64 * (n - 1) as f64).max(0.0);
-            if matches!(kind, OutKind::Std(_)) {
-                var.sqrt()
-            } else {
-                var
-            }
-        }
+        OutKind::Var(_) => variance(n, s1, s2),
+        OutKind::Std(_) => variance(n, s1, s2).sqrt(),
         _ => f64::NAN,
     }
+}
+
+/// Sample variance: `(n * S2 - S1^2) / (n (n - 1))`, numerator exact.
+fn variance(n: i64, s1: &ExactSum, s2: &ExactSum) -> f64 {
+    if n < 2 {
+        return f64::NAN;
+    }
+    let mut num = s2.mul_u64(n as u64);
+    num.add_assign(&s1.square().negated());
+    div_exact(&num, n as f64 * (n - 1) as f64).max(0.0)
 }
 
 fn scan_first(buf: &Buf, from: u64, to: u64, col: usize) -> f64 {
