@@ -1,7 +1,7 @@
 //! Exact summation of f64 values.
 //!
 //! [`ExactSum`] holds `int * 2^exp` where `int` is a two's-complement integer of as many 64-bit
-//! limbs as the data needs (three inline, more on the heap). Adding or removing an f64 is exact,
+//! limbs as the data needs (four inline, more on the heap). Adding or removing an f64 is exact,
 //! so the state after any sequence of additions and removals is the exact sum of the multiset,
 //! whatever the order. Reading it rounds once (round-to-nearest-even), which is what makes the
 //! online and offline paths agree bit for bit, and makes `sum` equal to `math.fsum`.
@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-type Limbs = SmallVec<[u64; 3]>;
+type Limbs = SmallVec<[u64; 4]>;
 /// Scratch magnitudes of reads (products, squares): inline up to 512 bits, no allocation.
 type Mag = SmallVec<[u64; 8]>;
 
@@ -153,7 +153,14 @@ impl ExactSum {
     ///
     /// The hot path of every sum: no trimming (low zero limbs and redundant sign limbs stay, so
     /// the width only changes when the data needs more), one headroom check, a short carry loop.
+    #[inline]
     fn add_scaled(&mut self, negative: bool, m: u64, e: i32) {
+        self.add_scaled_wide(negative, m as u128, e)
+    }
+
+    /// Add (or subtract) `m * 2^e` for `m < 2^107` (a mantissa or the square of one).
+    fn add_scaled_wide(&mut self, negative: bool, m: u128, e: i32) {
+        debug_assert!(m >> 107 == 0);
         if m == 0 {
             return;
         }
@@ -164,17 +171,22 @@ impl ExactSum {
         }
         let p = (e - self.exp) as u32;
         let at = (p / 64) as usize;
-        let v = (m as u128) << (p % 64);
-        // The value fits below a redundant top limb, and so does `v` (limbs at, at + 1):
+        let sh = p % 64;
+        // m << sh spans at most three limbs (107 + 63 bits)
+        let parts = [
+            (m << sh) as u64,
+            ((m << sh) >> 64) as u64,
+            if sh == 0 { 0 } else { (m >> (128 - sh)) as u64 },
+        ];
+        // The value fits below a redundant top limb, and so does the addend (limbs at..at + 3):
         // their sum fits in the limbs we have.
         self.ensure_headroom();
-        self.extend_to(at + 3);
-        let parts = [v as u64, (v >> 64) as u64];
+        self.extend_to(at + 4);
         if !negative {
             let mut carry = false;
             for (i, limb) in self.limbs[at..].iter_mut().enumerate() {
-                let add = if i < 2 { parts[i] } else { 0 };
-                if i >= 2 && !carry {
+                let add = if i < 3 { parts[i] } else { 0 };
+                if i >= 3 && !carry {
                     break;
                 }
                 let (s1, c1) = limb.overflowing_add(add);
@@ -185,8 +197,8 @@ impl ExactSum {
         } else {
             let mut borrow = false;
             for (i, limb) in self.limbs[at..].iter_mut().enumerate() {
-                let sub = if i < 2 { parts[i] } else { 0 };
-                if i >= 2 && !borrow {
+                let sub = if i < 3 { parts[i] } else { 0 };
+                if i >= 3 && !borrow {
                     break;
                 }
                 let (s1, b1) = limb.overflowing_sub(sub);
@@ -232,9 +244,15 @@ impl ExactSum {
     #[inline]
     fn square_term(&mut self, x: f64, negative: bool) {
         if let Some((_, m, e)) = decompose(x) {
+            // the square of an odd mantissa is odd: its exponent is exact as is
             let sq = m as u128 * m as u128;
-            self.add_scaled(negative, sq as u64, 2 * e);
-            self.add_scaled(negative, (sq >> 64) as u64, 2 * e + 64);
+            if sq >> 64 == 0 {
+                self.add_scaled(negative, sq as u64, 2 * e);
+            } else if sq as u64 == 0 {
+                self.add_scaled(negative, (sq >> 64) as u64, 2 * e + 64);
+            } else {
+                self.add_scaled_wide(negative, sq, 2 * e);
+            }
         }
     }
 

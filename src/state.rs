@@ -733,53 +733,44 @@ impl KeyState {
         let rows = move |r: (u64, u64)| (r.0..r.1).map(move |p| buf.row(p));
         // Invertible accumulators corrected to the query window, once per accumulator. Extremes,
         // distinct counts, quantiles, decayed sums and first/last read the corrections directly.
-        let views: SmallVec<[SmallVec<[std::borrow::Cow<'_, Acc>; 8]>; 4]> = self
-            .groups
-            .iter()
-            .zip(&plan.groups)
-            .zip(&corrs)
-            .map(|((g, gp), c)| {
-                if let Some(h) = gp.hop {
-                    // merge the tiles inside the window, then add the buffered rows
-                    let first = floor_div(t, h) - gp.window.unwrap_or(0) / h;
-                    return gp
-                        .accs
-                        .iter()
-                        .enumerate()
-                        .map(|(i, ap)| {
-                            let mut acc = Acc::new(ap);
-                            for tile in g.tiles.iter().filter(|tl| tl.id >= first) {
-                                acc.merge(ap, &tile.accs[i]);
-                            }
-                            if acc.invertible() {
-                                for row in rows(c.add) {
-                                    acc.apply(ap, row, 1, true);
-                                }
-                            }
-                            std::borrow::Cow::Owned(acc)
-                        })
-                        .collect();
-                }
-                let empty = c.rem.iter().chain([&c.add]).all(|r| r.0 >= r.1);
-                g.accs
-                    .iter()
-                    .zip(&gp.accs)
-                    .map(|(acc, ap)| {
-                        if empty || !acc.invertible() {
-                            return std::borrow::Cow::Borrowed(acc);
-                        }
-                        let mut acc = acc.clone();
-                        for row in rows(c.rem[0]).chain(rows(c.rem[1])) {
-                            acc.apply(ap, row, -1, false);
-                        }
+        // Accumulators that differ from the stored ones for this query: (group, index, value).
+        // Usually none (a query at the settled point or at "now" has no corrections).
+        let mut views: SmallVec<[(usize, usize, Acc); 4]> = SmallVec::new();
+        for (gi, ((g, gp), c)) in self.groups.iter().zip(&plan.groups).zip(&corrs).enumerate() {
+            if let Some(h) = gp.hop {
+                // merge the tiles inside the window, then add the buffered rows
+                let first = floor_div(t, h) - gp.window.unwrap_or(0) / h;
+                for (i, ap) in gp.accs.iter().enumerate() {
+                    let mut acc = Acc::new(ap);
+                    for tile in g.tiles.iter().filter(|tl| tl.id >= first) {
+                        acc.merge(ap, &tile.accs[i]);
+                    }
+                    if acc.invertible() {
                         for row in rows(c.add) {
-                            acc.apply(ap, row, 1, false);
+                            acc.apply(ap, row, 1, true);
                         }
-                        std::borrow::Cow::Owned(acc)
-                    })
-                    .collect()
-            })
-            .collect();
+                    }
+                    views.push((gi, i, acc));
+                }
+                continue;
+            }
+            if c.rem.iter().chain([&c.add]).all(|r| r.0 >= r.1) {
+                continue;
+            }
+            for (i, (acc, ap)) in g.accs.iter().zip(&gp.accs).enumerate() {
+                if !acc.invertible() {
+                    continue;
+                }
+                let mut acc = acc.clone();
+                for row in rows(c.rem[0]).chain(rows(c.rem[1])) {
+                    acc.apply(ap, row, -1, false);
+                }
+                for row in rows(c.add) {
+                    acc.apply(ap, row, 1, false);
+                }
+                views.push((gi, i, acc));
+            }
+        }
         let mut var_cache: SmallVec<[((usize, usize), f64); 4]> = SmallVec::new();
         for (o, slot) in plan.outputs.iter().zip(out.iter_mut()) {
             let g = &self.groups[o.group];
@@ -790,7 +781,12 @@ impl KeyState {
             // corrections of the eager (or tile) accumulators
             let removed = rows(c.rem[0]).chain(rows(c.rem[1]));
             let added = rows(c.add);
-            let adjusted = |i: usize| -> &Acc { views[o.group][i].as_ref() };
+            let adjusted = |i: usize| -> &Acc {
+                views
+                    .iter()
+                    .find(|v| v.0 == o.group && v.1 == i)
+                    .map_or(&g.accs[i], |v| &v.2)
+            };
             *slot = match &o.kind {
                 OutKind::Count => {
                     // Absolute positions count every row ever stored, evicted ones included,
