@@ -4,11 +4,22 @@
 //! `watermark - allowed_lateness` is late and dropped (counted); every other event is applied
 //! exactly as if it had arrived in order, because each key settles only up to
 //! `watermark - allowed_lateness` and an accepted event is never older than that.
+//!
+//! Concurrency: keys live in [`SHARDS`] shards, each behind its own reader-writer lock. An
+//! ingest (serialized with other ingests by one mutex) first decides, in row order, which events
+//! are late and the settled point each one arrives at, then applies each shard's events under
+//! that shard's write lock only (in parallel for large batches). A reader locks only the shard
+//! of its key, so it waits at most for one shard's share of a batch, never for a whole ingest;
+//! and since all of one key's events of a batch are applied under one lock hold, every answer
+//! reflects a whole number of batches for that key.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
+use parking_lot::{Mutex, MutexGuard, RwLock};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
@@ -45,40 +56,170 @@ pub struct Ingested {
     pub late: u64,
 }
 
-pub struct Engine {
-    pub plan: Arc<Plan>,
+/// Number of key shards (a power of two).
+pub const SHARDS: usize = 64;
+
+/// Batches at least this large are applied shard by shard in parallel.
+const PARALLEL_INGEST_EVENTS: usize = 16_384;
+
+/// The shard of a key: a hash independent of the shard maps' own hasher.
+#[inline]
+pub fn shard_of(key: KeyRef<'_>) -> usize {
+    let h = match key {
+        KeyRef::Int(i) => {
+            // splitmix64 finalizer
+            let mut z = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        KeyRef::Str(s) => xxhash_rust::xxh3::xxh3_64(s.as_bytes()),
+    };
+    (h >> 58) as usize & (SHARDS - 1)
+}
+
+/// One shard of the key space.
+#[derive(Default)]
+pub struct Shard {
     pub(crate) keys: HashMap<Key, KeyState>,
+}
+
+impl Shard {
+    /// Features of `key` at `t` (NaN = null) into `out`; the empty-history values for an unknown
+    /// key.
+    pub fn get(&self, plan: &Plan, key: KeyRef<'_>, t: i64, out: &mut [f64]) -> Result<()> {
+        match self.keys.get(&key) {
+            Some(state) => state.query(plan, t, out),
+            None => {
+                out.copy_from_slice(&plan.empty);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether reading `key` at `t` would walk more than [`SETTLE_ON_READ_ROWS`] rows that
+    /// settling it to `s` first would save.
+    pub fn would_settle(&self, plan: &Plan, key: KeyRef<'_>, s: i64) -> bool {
+        self.keys.get(&key).is_some_and(|st| {
+            st.settled < s
+                && st.settle_backlog(plan, s, plan.spec.allowed_lateness) > SETTLE_ON_READ_ROWS
+        })
+    }
+
+    /// Settle one key to `s` (bookkeeping only: no answer changes).
+    pub fn settle_key(&mut self, plan: &Plan, key: KeyRef<'_>, s: i64) {
+        if let Some(state) = self.keys.get_mut(&key) {
+            state.settle(plan, s, plan.spec.allowed_lateness);
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let table = self.keys.capacity()
+            * (std::mem::size_of::<Key>() + std::mem::size_of::<KeyState>() + 1);
+        let keys: usize = self
+            .keys
+            .iter()
+            .map(|(k, s)| {
+                s.bytes() - std::mem::size_of::<KeyState>()
+                    + match k {
+                        Key::Str(s) => s.len(),
+                        Key::Int(_) => 0,
+                    }
+            })
+            .sum();
+        table + keys
+    }
+}
+
+/// What one ingest at a time owns: the stream position and counters.
+#[derive(Clone, Debug)]
+pub struct Meta {
     pub(crate) key_is_int: Option<bool>,
     pub(crate) watermark: i64,
     pub(crate) counters: Counters,
     pub(crate) last_sweep: i64,
 }
 
+pub struct Engine {
+    pub plan: Arc<Plan>,
+    pub(crate) shards: Box<[RwLock<Shard>]>,
+    /// Held for a whole ingest (and a snapshot): ingests apply one at a time, in call order.
+    pub(crate) meta: Mutex<Meta>,
+    /// Published copy of the watermark for readers (i64::MIN before the first event).
+    watermark: AtomicI64,
+    /// Published key kind: 0 none yet, 1 integers, 2 strings.
+    kind: AtomicU8,
+}
+
 impl Engine {
     pub fn new(plan: Arc<Plan>) -> Engine {
         Engine {
             plan,
-            keys: HashMap::new(),
-            key_is_int: None,
-            watermark: i64::MIN,
-            counters: Counters::default(),
-            last_sweep: i64::MIN,
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            meta: Mutex::new(Meta {
+                key_is_int: None,
+                watermark: i64::MIN,
+                counters: Counters::default(),
+                last_sweep: i64::MIN,
+            }),
+            watermark: AtomicI64::new(i64::MIN),
+            kind: AtomicU8::new(0),
         }
+    }
+
+    /// Make `meta`'s watermark and key kind visible to readers.
+    pub(crate) fn publish(&self, meta: &Meta) {
+        self.watermark.store(meta.watermark, Ordering::Release);
+        let kind = match meta.key_is_int {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        self.kind.store(kind, Ordering::Release);
     }
 
     pub fn spec(&self) -> &Spec {
         &self.plan.spec
     }
 
+    /// The shard lock of a key.
+    #[inline]
+    pub fn shard(&self, key: KeyRef<'_>) -> &RwLock<Shard> {
+        &self.shards[shard_of(key)]
+    }
+
+    /// The largest event time seen (i64::MIN before the first event).
+    pub fn watermark(&self) -> i64 {
+        self.watermark.load(Ordering::Acquire)
+    }
+
     /// The earliest instant every key can still be queried at.
     pub fn settle_point(&self) -> i64 {
-        self.watermark
+        self.watermark()
             .saturating_sub(self.plan.spec.allowed_lateness)
+    }
+
+    /// The ingest lock, for callers that must not block on it (see `try_ingest_lock`).
+    pub fn ingest_lock(&self) -> MutexGuard<'_, Meta> {
+        self.meta.lock()
+    }
+
+    pub fn try_ingest_lock(&self) -> Option<MutexGuard<'_, Meta>> {
+        self.meta.try_lock()
     }
 
     /// Check that a key kind matches what this engine holds.
     pub fn check_key_kind(&self, is_int: bool) -> Result<()> {
-        match self.key_is_int {
+        let held = match self.kind.load(Ordering::Acquire) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        };
+        self.check_kind(held, is_int)
+    }
+
+    fn check_kind(&self, held: Option<bool>, is_int: bool) -> Result<()> {
+        match held {
             Some(k) if k != is_int => {
                 let kind = |int: bool| if int { "integer" } else { "string" };
                 Err(Error::schema(
@@ -96,86 +237,124 @@ impl Engine {
 
     /// Apply validated events in row (arrival) order. Fails only on a key-kind mismatch,
     /// before changing anything.
-    pub fn ingest(&mut self, events: &Events<'_>) -> Result<Ingested> {
+    pub fn ingest(&self, events: &Events<'_>) -> Result<Ingested> {
+        let mut meta = self.meta.lock();
+        self.ingest_locked(&mut meta, events)
+    }
+
+    /// [`Engine::ingest`] with the ingest lock already held.
+    pub fn ingest_locked(&self, meta: &mut Meta, events: &Events<'_>) -> Result<Ingested> {
         let Some(is_int) = events.key_is_int() else {
             return Ok(Ingested::default());
         };
-        self.check_key_kind(is_int)?;
-        self.key_is_int = Some(is_int);
-        let plan = Arc::clone(&self.plan);
+        self.check_kind(meta.key_is_int, is_int)?;
+        meta.key_is_int = Some(is_int);
+        let plan = &*self.plan;
         let lateness = plan.spec.allowed_lateness;
-        let step = lateness / 8;
         let mut report = Ingested::default();
-        let mut vals: SmallVec<[u64; 8]> = SmallVec::from_elem(0, plan.columns.len());
-        let keys = &mut self.keys;
-        let mut watermark = self.watermark;
+        // Pass 1, in row order: which events are late, and the settled point each one
+        // arrives at (the running watermark - lateness); each accepted event to its shard.
+        let n = events.len();
+        let mut watermark = meta.watermark;
+        let mut settle_at: Vec<i64> = Vec::with_capacity(n);
+        let mut by_shard: Vec<Vec<(u32, KeyRef<'_>)>> = vec![Vec::new(); SHARDS];
         events.for_each_key(|i, key| {
             let ts = events.ts[i];
             if ts < watermark.saturating_sub(lateness) {
                 report.late += 1;
+                settle_at.push(i64::MIN);
                 return;
             }
             watermark = watermark.max(ts);
-            let settle = watermark.saturating_sub(lateness);
-            let state = keys
-                .entry_ref(&key)
-                .or_insert_with(|| KeyState::new(&plan, settle));
-            // Settling is bookkeeping (no answer depends on it): do it in steps of
-            // `lateness / 8` rather than on every event.
-            if settle.saturating_sub(state.settled) > step {
-                state.settle(&plan, settle, lateness);
-            }
-            for (c, v) in vals.iter_mut().enumerate() {
-                *v = events.values[c][i];
-            }
-            state.insert(&plan, ts, &vals);
+            settle_at.push(watermark.saturating_sub(lateness));
+            by_shard[shard_of(key)].push((i as u32, key));
             report.accepted += 1;
         });
-        self.watermark = watermark;
-        self.counters.events_ingested += report.accepted;
-        self.counters.late_events_dropped += report.late;
-        self.maybe_sweep();
+        // Pass 2: each shard's events in row order under that shard's lock.
+        let apply = |(shard, evs): (&RwLock<Shard>, &Vec<(u32, KeyRef<'_>)>)| {
+            if evs.is_empty() {
+                return;
+            }
+            let mut shard = shard.write();
+            let mut vals: SmallVec<[u64; 8]> = SmallVec::from_elem(0, plan.columns.len());
+            // Settling is bookkeeping (no answer depends on it): in steps of lateness / 8.
+            let step = lateness / 8;
+            for &(i, key) in evs {
+                let i = i as usize;
+                let (ts, settle) = (events.ts[i], settle_at[i]);
+                let state = shard
+                    .keys
+                    .entry_ref(&key)
+                    .or_insert_with(|| KeyState::new(plan, settle));
+                if settle.saturating_sub(state.settled) > step {
+                    state.settle(plan, settle, lateness);
+                }
+                for (c, v) in vals.iter_mut().enumerate() {
+                    *v = events.values[c][i];
+                }
+                state.insert(plan, ts, &vals);
+            }
+        };
+        if report.accepted as usize >= PARALLEL_INGEST_EVENTS {
+            self.shards
+                .par_iter()
+                .zip(by_shard.par_iter())
+                .for_each(apply);
+        } else {
+            self.shards.iter().zip(by_shard.iter()).for_each(apply);
+        }
+        meta.watermark = watermark;
+        self.publish(meta);
+        meta.counters.events_ingested += report.accepted;
+        meta.counters.late_events_dropped += report.late;
+        self.maybe_sweep(meta);
         Ok(report)
     }
 
     /// Evict keys idle for longer than the TTL (amortized: at most every ttl/4 of event time).
-    fn maybe_sweep(&mut self) {
+    fn maybe_sweep(&self, meta: &mut Meta) {
         let Some(ttl) = self.plan.spec.ttl else {
             return;
         };
-        if self.watermark == i64::MIN {
+        if meta.watermark == i64::MIN {
             return;
         }
-        if self.last_sweep != i64::MIN && self.watermark < self.last_sweep.saturating_add(ttl / 4) {
+        if meta.last_sweep != i64::MIN && meta.watermark < meta.last_sweep.saturating_add(ttl / 4) {
             return;
         }
-        self.evict_idle();
+        self.evict_locked(meta);
     }
 
     /// Evict every key whose latest event is older than `watermark - ttl`. Returns how many.
-    pub fn evict_idle(&mut self) -> usize {
+    pub fn evict_idle(&self) -> usize {
+        let mut meta = self.meta.lock();
+        self.evict_locked(&mut meta)
+    }
+
+    fn evict_locked(&self, meta: &mut Meta) -> usize {
         let Some(ttl) = self.plan.spec.ttl else {
             return 0;
         };
-        let cutoff = self.watermark.saturating_sub(ttl);
-        let before = self.keys.len();
-        self.keys.retain(|_, s| s.last_ts >= cutoff);
-        let evicted = before - self.keys.len();
-        self.counters.keys_evicted += evicted as u64;
-        self.last_sweep = self.watermark;
+        let cutoff = meta.watermark.saturating_sub(ttl);
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.write();
+            let before = shard.keys.len();
+            shard.keys.retain(|_, s| s.last_ts >= cutoff);
+            evicted += before - shard.keys.len();
+        }
+        meta.counters.keys_evicted += evicted as u64;
+        meta.last_sweep = meta.watermark;
         evicted
     }
 
     /// Features of `key` at instant `t` (NaN = null) into `out`.
     pub fn get(&self, key: KeyRef<'_>, t: i64, out: &mut [f64]) -> Result<()> {
         self.check_key_kind(key.is_int())?;
-        match self.keys.get(&key) {
-            Some(state) => state.query(&self.plan, t, out),
-            None => {
-                out.copy_from_slice(&self.plan.empty);
-                Ok(())
-            }
+        if self.would_settle(key, t) {
+            self.settle_key(key, t);
         }
+        self.shard(key).read().get(&self.plan, key, t, out)
     }
 
     /// Whether a query of `key` at `t` would walk so many rows of a lagging settled point
@@ -184,48 +363,35 @@ impl Engine {
     /// ingest path keeps keys settled, and reads then stay read-only.
     pub fn would_settle(&self, key: KeyRef<'_>, t: i64) -> bool {
         let s = t.min(self.settle_point());
-        self.keys.get(&key).is_some_and(|st| {
-            st.settled < s
-                && st.settle_backlog(&self.plan, s, self.plan.spec.allowed_lateness)
-                    > SETTLE_ON_READ_ROWS
-        })
+        self.shard(key).read().would_settle(&self.plan, key, s)
     }
 
     /// Settle one key up to `min(t, watermark - allowed_lateness)`. Pure bookkeeping: no answer
     /// that the engine promises changes.
-    pub fn settle_key(&mut self, key: KeyRef<'_>, t: i64) {
+    pub fn settle_key(&self, key: KeyRef<'_>, t: i64) {
         let s = t.min(self.settle_point());
-        let plan = Arc::clone(&self.plan);
-        if let Some(state) = self.keys.get_mut(&key) {
-            state.settle(&plan, s, plan.spec.allowed_lateness);
-        }
+        self.shard(key).write().settle_key(&self.plan, key, s);
     }
 
     pub fn stats(&self) -> Stats {
+        let meta = self.meta.lock().clone();
+        let (mut keys, mut state_bytes) = (0, 0);
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            keys += shard.keys.len();
+            state_bytes += shard.bytes();
+        }
         Stats {
-            keys: self.keys.len(),
-            counters: self.counters.clone(),
-            state_bytes: self.state_bytes(),
-            watermark: (self.watermark != i64::MIN).then_some(self.watermark),
+            keys,
+            counters: meta.counters,
+            state_bytes,
+            watermark: (meta.watermark != i64::MIN).then_some(meta.watermark),
         }
     }
 
-    /// Approximate bytes of online state: per-key state plus the hash table.
+    /// Approximate bytes of online state: per-key state plus the hash tables.
     pub fn state_bytes(&self) -> usize {
-        let table = self.keys.capacity()
-            * (std::mem::size_of::<Key>() + std::mem::size_of::<KeyState>() + 1);
-        let keys: usize = self
-            .keys
-            .iter()
-            .map(|(k, s)| {
-                s.bytes() - std::mem::size_of::<KeyState>()
-                    + match k {
-                        Key::Str(s) => s.len(),
-                        Key::Int(_) => 0,
-                    }
-            })
-            .sum();
-        table + keys
+        self.shards.iter().map(|s| s.read().bytes()).sum()
     }
 
     pub fn snapshot(&self, path: &Path) -> Result<()> {

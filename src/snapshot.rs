@@ -60,13 +60,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 pub fn write(engine: &Engine, path: &Path) -> Result<()> {
+    // A consistent cut: no ingest runs while the shards are read (readers still do).
+    let meta = engine.ingest_lock();
+    let shards: Vec<_> = engine.shards.iter().map(|s| s.read()).collect();
     let body = BodyRef {
         spec: engine.plan.spec.to_json(),
-        key_is_int: engine.key_is_int,
-        watermark: engine.watermark,
-        counters: &engine.counters,
-        last_sweep: engine.last_sweep,
-        keys: engine.keys.iter().collect(),
+        key_is_int: meta.key_is_int,
+        watermark: meta.watermark,
+        counters: &meta.counters,
+        last_sweep: meta.last_sweep,
+        keys: shards.iter().flat_map(|s| s.keys.iter()).collect(),
     };
     let payload = options()
         .serialize(&body)
@@ -146,10 +149,10 @@ pub fn read(path: &Path) -> Result<Engine> {
             .with_limit(len)
             .deserialize(payload)
             .map_err(decode_err)?;
-        let mut engine = engine_from(path, &body)?;
+        let engine = engine_from(path, &body)?;
         for (k, s) in body.keys {
             let s = s.upgrade(&engine.plan).ok_or_else(mismatch)?;
-            engine.keys.insert(k, s);
+            engine.shard(k.as_ref()).write().keys.insert(k, s);
         }
         return Ok(engine);
     }
@@ -157,12 +160,12 @@ pub fn read(path: &Path) -> Result<Engine> {
         .with_limit(len)
         .deserialize(payload)
         .map_err(decode_err)?;
-    let mut engine = engine_from(path, &body)?;
+    let engine = engine_from(path, &body)?;
     for (k, s) in body.keys {
         if !s.consistent_with(&engine.plan) {
             return Err(mismatch());
         }
-        engine.keys.insert(k, s);
+        engine.shard(k.as_ref()).write().keys.insert(k, s);
     }
     Ok(engine)
 }
@@ -171,11 +174,14 @@ pub fn read(path: &Path) -> Result<Engine> {
 fn engine_from<S>(path: &Path, body: &Body<S>) -> Result<Engine> {
     let spec = Spec::from_json(&body.spec)
         .map_err(|e| Error::snapshot(path, format!("embedded feature set is invalid: {e}")))?;
-    let mut engine = Engine::new(Arc::new(Plan::new(spec)));
-    engine.key_is_int = body.key_is_int;
-    engine.watermark = body.watermark;
-    engine.counters = body.counters.clone();
-    engine.last_sweep = body.last_sweep;
-    engine.keys.reserve(body.keys.len());
+    let engine = Engine::new(Arc::new(Plan::new(spec)));
+    {
+        let mut meta = engine.ingest_lock();
+        meta.key_is_int = body.key_is_int;
+        meta.watermark = body.watermark;
+        meta.counters = body.counters.clone();
+        meta.last_sweep = body.last_sweep;
+        engine.publish(&meta);
+    }
     Ok(engine)
 }

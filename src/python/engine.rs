@@ -1,11 +1,14 @@
-//! `rtml.OnlineEngine`: the online engine behind a reader-writer lock.
+//! `rtml.OnlineEngine`: the online engine (sharded, internally locked) and its Python calls.
+//!
+//! No lock is ever waited for while holding the GIL: every acquisition tries first and, if the
+//! lock is taken, waits with the GIL released (a writer never needs the GIL).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use pyo3_arrow::{PyRecordBatch, PyTable};
@@ -14,20 +17,20 @@ use super::convert::{self, PyKey};
 use super::errors::IntoPy;
 use super::transforms::PyTransforms;
 use super::{feature_columns_to_batch, PySpec};
-use crate::input::read_events;
+use crate::input::{read_events, KeyRef};
 use crate::offline::FeatureColumn;
-use crate::online::Engine;
+use crate::online::{Engine, Meta, Shard};
 use crate::plan::Plan;
 use crate::spec::Spec;
 
 /// The online feature engine: ingest a live event stream, read features at request time.
 ///
 /// Create one with `FeatureSet.online()`, `OnlineEngine(feature_set)` or
-/// `OnlineEngine.restore(path)`. Safe to share between threads: reads run concurrently,
-/// an ingest excludes them only while it applies its (already validated) batch.
+/// `OnlineEngine.restore(path)`. Safe to share between threads: reads run concurrently with
+/// each other and with an ingest, which locks one key shard at a time.
 #[pyclass(frozen, name = "OnlineEngine", module = "rtml")]
 pub struct OnlineEngine {
-    inner: RwLock<Engine>,
+    inner: Engine,
     plan: Arc<Plan>,
     names: Vec<Py<PyString>>,
 }
@@ -49,44 +52,59 @@ impl OnlineEngine {
             .map(|f| PyString::intern(py, &f.name).unbind())
             .collect();
         OnlineEngine {
-            inner: RwLock::new(engine),
+            inner: engine,
             plan,
             names,
         }
     }
 
-    fn read(&self, py: Python<'_>) -> RwLockReadGuard<'_, Engine> {
+    fn shard_read(&self, py: Python<'_>, key: KeyRef<'_>) -> RwLockReadGuard<'_, Shard> {
+        let lock = self.inner.shard(key);
         loop {
-            if let Some(g) = self.inner.try_read() {
+            if let Some(g) = lock.try_read() {
                 return g;
             }
             // Wait for the writer without holding the GIL.
-            py.detach(|| drop(self.inner.read()));
+            py.detach(|| drop(lock.read()));
         }
     }
 
-    fn write(&self, py: Python<'_>) -> RwLockWriteGuard<'_, Engine> {
+    fn shard_write(&self, py: Python<'_>, key: KeyRef<'_>) -> RwLockWriteGuard<'_, Shard> {
+        let lock = self.inner.shard(key);
         loop {
-            if let Some(g) = self.inner.try_write() {
+            if let Some(g) = lock.try_write() {
                 return g;
             }
-            py.detach(|| drop(self.inner.write()));
+            py.detach(|| drop(lock.write()));
         }
     }
 
-    /// Features of one key at `t` into `buf`. A key whose settled point lags the stream is
-    /// settled once under the write lock, then read under the (downgraded) read lock.
+    fn ingest_guard(&self, py: Python<'_>) -> MutexGuard<'_, Meta> {
+        loop {
+            if let Some(g) = self.inner.try_ingest_lock() {
+                return g;
+            }
+            py.detach(|| drop(self.inner.ingest_lock()));
+        }
+    }
+
+    /// Features of one key at `t` into `buf`. A key whose settled point lags far behind the
+    /// stream is settled once under its shard's write lock, then read under the read lock.
     fn features_at(&self, py: Python<'_>, k: &PyKey, t: i64, buf: &mut [f64]) -> PyResult<()> {
-        let engine = self.read(py);
-        if engine.would_settle(k.as_ref(), t) {
-            drop(engine);
-            let mut w = self.write(py);
-            w.settle_key(k.as_ref(), t);
+        let key = k.as_ref();
+        self.inner.check_key_kind(key.is_int()).py_err()?;
+        let s = t.min(self.inner.settle_point());
+        let plan = &*self.plan;
+        let shard = self.shard_read(py, key);
+        if shard.would_settle(plan, key, s) {
+            drop(shard);
+            let mut w = self.shard_write(py, key);
+            w.settle_key(plan, key, s);
             RwLockWriteGuard::downgrade(w)
-                .get(k.as_ref(), t, buf)
+                .get(plan, key, t, buf)
                 .py_err()
         } else {
-            engine.get(k.as_ref(), t, buf).py_err()
+            shard.get(plan, key, t, buf).py_err()
         }
     }
 
@@ -174,8 +192,12 @@ impl OnlineEngine {
         };
         if let Some(rows) = rows {
             let events = convert::rows(&self.plan, &rows).py_err()?;
-            let mut engine = self.write(py);
-            return Ok(engine.ingest(&events).py_err()?.accepted);
+            let mut meta = self.ingest_guard(py);
+            return Ok(self
+                .inner
+                .ingest_locked(&mut meta, &events)
+                .py_err()?
+                .accepted);
         }
         let table = py
             .import("rtml._io")?
@@ -186,8 +208,7 @@ impl OnlineEngine {
         let inner = &self.inner;
         py.detach(|| {
             let events = read_events(&plan, &batches)?;
-            let mut engine = inner.write();
-            engine.ingest(&events).map(|r| r.accepted)
+            inner.ingest(&events).map(|r| r.accepted)
         })
         .py_err()
     }
@@ -290,26 +311,11 @@ impl OnlineEngine {
         };
         let nf = self.plan.n_features();
         let mut cols = vec![Vec::with_capacity(keys.len()); nf];
-        {
-            let stale = {
-                let engine = self.read(py);
-                keys.iter()
-                    .zip(&times)
-                    .any(|(k, &t)| engine.would_settle(k.as_ref(), t))
-            };
-            if stale {
-                let mut w = self.write(py);
-                for (k, &t) in keys.iter().zip(&times) {
-                    w.settle_key(k.as_ref(), t);
-                }
-            }
-            let engine = self.read(py);
-            let mut row = vec![0f64; nf];
-            for (k, &t) in keys.iter().zip(&times) {
-                engine.get(k.as_ref(), t, &mut row).py_err()?;
-                for (c, v) in cols.iter_mut().zip(&row) {
-                    c.push(*v);
-                }
+        let mut row = vec![0f64; nf];
+        for (k, &t) in keys.iter().zip(&times) {
+            self.features_at(py, k, t, &mut row)?;
+            for (c, v) in cols.iter_mut().zip(&row) {
+                c.push(*v);
             }
         }
         let feature_cols = cols
@@ -351,9 +357,8 @@ impl OnlineEngine {
 
     /// Write the whole state to `path` atomically (temporary file, fsync, rename), checksummed.
     fn snapshot(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let engine = self.read(py);
-        let result = py.detach(|| engine.snapshot(&path));
-        result.py_err()
+        let engine = &self.inner;
+        py.detach(|| engine.snapshot(&path)).py_err()
     }
 
     /// Load an engine written by `snapshot`. Raises `rtml.SnapshotError` for a truncated,
@@ -367,7 +372,8 @@ impl OnlineEngine {
     /// Counters and sizes: keys, events_ingested, late_events_dropped, keys_evicted,
     /// state_bytes (approximate bytes of per-key state and the key table), watermark (ns or None).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.read(py).stats();
+        let engine = &self.inner;
+        let s = py.detach(|| engine.stats());
         let d = PyDict::new(py);
         d.set_item("keys", s.keys)?;
         d.set_item("events_ingested", s.counters.events_ingested)?;
@@ -380,7 +386,8 @@ impl OnlineEngine {
 
     /// Evict keys idle longer than the feature set's ttl now (it also happens during ingest).
     fn evict_idle(&self, py: Python<'_>) -> usize {
-        self.write(py).evict_idle()
+        let engine = &self.inner;
+        py.detach(|| engine.evict_idle())
     }
 
     /// Output column names, in order.
@@ -397,12 +404,14 @@ impl OnlineEngine {
 
     /// Largest event time seen, as int nanoseconds since the epoch (None before any event).
     #[getter]
-    fn watermark(&self, py: Python<'_>) -> Option<i64> {
-        self.read(py).stats().watermark
+    fn watermark(&self) -> Option<i64> {
+        let w = self.inner.watermark();
+        (w != i64::MIN).then_some(w)
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        let s = self.read(py).stats();
+        let engine = &self.inner;
+        let s = py.detach(|| engine.stats());
         format!(
             "OnlineEngine(entity={:?}, features={}, keys={}, events_ingested={})",
             self.plan.spec.entity,

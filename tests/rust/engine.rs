@@ -343,7 +343,7 @@ proptest! {
         // arrival order: by ts + jitter in [0, lateness]: never late
         let mut arrival: Vec<(i64, usize)> = evs.iter().enumerate().map(|(i, e)| (e.ts + jitter[i] * M, i)).collect();
         arrival.sort();
-        let mut eng = Engine::new(Arc::clone(&plan));
+        let eng = Engine::new(Arc::clone(&plan));
         let mut next = 0;
         let mut row = vec![0.0; plan.n_features()];
         for (qi, q) in qs.iter().enumerate() {
@@ -373,7 +373,7 @@ fn snapshot_round_trip_and_corruption() {
             c: Some(["a", "b"][(i % 2) as usize]),
         })
         .collect();
-    let mut eng = Engine::new(Arc::clone(&plan));
+    let eng = Engine::new(Arc::clone(&plan));
     let bs = [batch(&evs)];
     eng.ingest(&read_events(&plan, &bs).unwrap()).unwrap();
     let dir = std::env::temp_dir().join(format!("rtml-test-{}", std::process::id()));
@@ -412,7 +412,7 @@ fn snapshot_round_trip_and_corruption() {
 #[test]
 fn late_events_are_dropped_and_counted() {
     let plan = Arc::new(Plan::new(spec("10m")));
-    let mut eng = Engine::new(Arc::clone(&plan));
+    let eng = Engine::new(Arc::clone(&plan));
     let evs = vec![
         Ev {
             k: 1,
