@@ -37,3 +37,9 @@ quick:
 	@# copy then rename: overwriting a loaded .so in place crashes every process that has it mapped
 	cp target/debug/librtml.so python/rtml/.core.so.tmp
 	mv python/rtml/.core.so.tmp python/rtml/$$($(PYTHON) -c "import sysconfig; print('_core' + sysconfig.get_config_var('EXT_SUFFIX'))")
+
+## Long soak run of the online engine: 50M events over 30 simulated days (release build,
+## figures in docs/hardening.md). `python bench/soak.py --short` is the quick version.
+.PHONY: soak
+soak: develop
+	$(PYTHON) bench/soak.py --json bench/results/soak.json

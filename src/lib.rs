@@ -15,6 +15,7 @@ pub mod input;
 pub mod offline;
 pub mod online;
 pub mod plan;
+pub mod pool;
 pub mod snapshot;
 pub mod spec;
 pub mod state;

@@ -61,7 +61,7 @@ fn bucket(groups: &[u32], ts: &[i64], n_groups: usize) -> (Vec<usize>, Vec<Entry
         slices.push(head);
         rest = tail;
     }
-    slices.into_par_iter().for_each(|s| s.sort_by_key(|e| e.ts));
+    crate::pool::install(|| slices.into_par_iter().for_each(|s| s.sort_by_key(|e| e.ts)));
     (starts, entries)
 }
 
@@ -193,7 +193,7 @@ pub fn backfill(
             rows += sp_starts[g + 1] - sp_starts[g];
             g += 1;
         }
-        (start..g).into_par_iter().for_each(run_group);
+        crate::pool::install(|| (start..g).into_par_iter().for_each(run_group));
         done += rows;
         if !progress(done, sp_starts[n_groups]) {
             return Err(Error::Interrupted);

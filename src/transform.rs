@@ -574,7 +574,7 @@ fn apply_num(op: &Op, x: f64) -> f64 {
 
 fn sorted_values(v: &[f64]) -> Vec<f64> {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
-    s.par_sort_unstable_by(|a, b| a.total_cmp(b));
+    crate::pool::install(|| s.par_sort_unstable_by(|a, b| a.total_cmp(b)));
     s
 }
 
@@ -600,28 +600,29 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Exact mean and population variance of the non-null values (parallel, thread-count independent).
 fn moments(v: &[f64]) -> (usize, f64, f64) {
-    let (n, s1, s2) = v
-        .par_chunks(1 << 16)
-        .map(|c| {
-            let (mut s1, mut s2, mut n) = (ExactSum::new(), ExactSum::new(), 0usize);
-            for &x in c {
-                if !x.is_nan() {
-                    s1.add(x);
-                    s2.add_square(x);
-                    n += 1;
+    let (n, s1, s2) = crate::pool::install(|| {
+        v.par_chunks(1 << 16)
+            .map(|c| {
+                let (mut s1, mut s2, mut n) = (ExactSum::new(), ExactSum::new(), 0usize);
+                for &x in c {
+                    if !x.is_nan() {
+                        s1.add(x);
+                        s2.add_square(x);
+                        n += 1;
+                    }
                 }
-            }
-            (n, s1, s2)
-        })
-        .reduce(
-            || (0, ExactSum::new(), ExactSum::new()),
-            |mut a, b| {
-                a.0 += b.0;
-                a.1.add_assign(&b.1);
-                a.2.add_assign(&b.2);
-                a
-            },
-        );
+                (n, s1, s2)
+            })
+            .reduce(
+                || (0, ExactSum::new(), ExactSum::new()),
+                |mut a, b| {
+                    a.0 += b.0;
+                    a.1.add_assign(&b.1);
+                    a.2.add_assign(&b.2);
+                    a
+                },
+            )
+    });
     if n == 0 {
         return (0, f64::NAN, f64::NAN);
     }
@@ -1087,12 +1088,14 @@ impl Transforms {
         if rows <= chunk {
             return self.clone_run(batch);
         }
-        let parts: Vec<Result<Vec<Vec<f64>>>> = (0..rows)
-            .step_by(chunk)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|start| self.clone_run(&batch.slice(start, chunk.min(rows - start))))
-            .collect();
+        let parts: Vec<Result<Vec<Vec<f64>>>> = crate::pool::install(|| {
+            (0..rows)
+                .step_by(chunk)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|start| self.clone_run(&batch.slice(start, chunk.min(rows - start))))
+                .collect()
+        });
         let mut out: Vec<Vec<f64>> = vec![Vec::with_capacity(rows); self.feature_names().len()];
         for p in parts {
             for (o, c) in out.iter_mut().zip(p?) {
@@ -1446,17 +1449,18 @@ fn fit_numeric_inner(op: &mut Op, x: &[f64], field: &str) -> Result<()> {
             *fitted = Some((mean, if sd == 0.0 { 1.0 } else { sd }));
         }
         Op::MinMaxScale { fitted } => {
-            let (lo, hi) = x
-                .par_iter()
-                .filter(|v| !v.is_nan())
-                .fold(
-                    || (f64::INFINITY, f64::NEG_INFINITY),
-                    |a, &v| (a.0.min(v), a.1.max(v)),
-                )
-                .reduce(
-                    || (f64::INFINITY, f64::NEG_INFINITY),
-                    |a, b| (a.0.min(b.0), a.1.max(b.1)),
-                );
+            let (lo, hi) = crate::pool::install(|| {
+                x.par_iter()
+                    .filter(|v| !v.is_nan())
+                    .fold(
+                        || (f64::INFINITY, f64::NEG_INFINITY),
+                        |a, &v| (a.0.min(v), a.1.max(v)),
+                    )
+                    .reduce(
+                        || (f64::INFINITY, f64::NEG_INFINITY),
+                        |a, b| (a.0.min(b.0), a.1.max(b.1)),
+                    )
+            });
             if lo > hi {
                 return Err(empty());
             }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings as _warnings
 
-from ._core import OnlineEngine, __version__
+from ._core import OnlineEngine, __version__, num_threads
 from ._core import debug_build as _debug_build
 from .exceptions import QueryError, RtmlError, SchemaError, SnapshotError, SpecError
 from . import transforms as _transforms
@@ -85,6 +85,7 @@ __all__ = [
     "SchemaError",
     "QueryError",
     "SnapshotError",
+    "num_threads",
     "__version__",
 ]
 

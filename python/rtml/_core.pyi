@@ -17,6 +17,10 @@ Instant = Any  # datetime | date | pandas.Timestamp | numpy.datetime64 | ISO str
 def debug_build() -> bool:
     """Whether the extension was built without optimizations."""
 
+def num_threads() -> int:
+    """Threads of rtml's parallel pool in this process: RTML_NUM_THREADS, else
+    RAYON_NUM_THREADS, else the CPU count. Built on first use; rebuilt in a forked child."""
+
 class Spec:
     """A validated feature-set document (the engine side of rtml.FeatureSet)."""
 

@@ -170,12 +170,20 @@ fn debug_build() -> bool {
     cfg!(debug_assertions)
 }
 
+/// Threads of rtml's parallel pool in this process (`RTML_NUM_THREADS`, else
+/// `RAYON_NUM_THREADS`, else the CPU count); built on first use, rebuilt after a fork.
+#[pyfunction]
+fn num_threads(py: Python<'_>) -> usize {
+    py.detach(crate::pool::num_threads)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySpec>()?;
     m.add_class::<engine::OnlineEngine>()?;
     m.add_class::<transforms::PyTransforms>()?;
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("SNAPSHOT_VERSION", crate::snapshot::SNAPSHOT_VERSION)?;
     m.add("SPEC_VERSION", crate::spec::VERSION)?;
