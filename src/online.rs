@@ -296,10 +296,12 @@ impl Engine {
             }
         };
         if report.accepted as usize >= PARALLEL_INGEST_EVENTS {
-            self.shards
-                .par_iter()
-                .zip(by_shard.par_iter())
-                .for_each(apply);
+            crate::pool::install(|| {
+                self.shards
+                    .par_iter()
+                    .zip(by_shard.par_iter())
+                    .for_each(apply)
+            });
         } else {
             self.shards.iter().zip(by_shard.iter()).for_each(apply);
         }
