@@ -59,6 +59,9 @@ pub struct Ingested {
 /// Number of key shards (a power of two).
 pub const SHARDS: usize = 64;
 
+/// Batches at most this large are applied event by event (no partitioning by shard).
+const SMALL_INGEST_EVENTS: usize = 32;
+
 /// Batches at least this large are applied shard by shard in parallel.
 const PARALLEL_INGEST_EVENTS: usize = 16_384;
 
@@ -252,6 +255,50 @@ impl Engine {
         let plan = &*self.plan;
         let lateness = plan.spec.allowed_lateness;
         let mut report = Ingested::default();
+        // Settling is bookkeeping (no answer depends on it): in steps of lateness / 8.
+        let step = lateness / 8;
+        let apply_one = |shard: &mut Shard, vals: &mut [u64], i: usize, key: KeyRef<'_>, settle| {
+            let ts = events.ts[i];
+            let state = shard
+                .keys
+                .entry_ref(&key)
+                .or_insert_with(|| KeyState::new(plan, settle));
+            if settle.saturating_sub(state.settled) > step {
+                state.settle(plan, settle, lateness);
+            }
+            for (c, v) in vals.iter_mut().enumerate() {
+                *v = events.values[c][i];
+            }
+            state.insert(plan, ts, vals);
+        };
+        let mut vals: SmallVec<[u64; 8]> = SmallVec::from_elem(0, plan.columns.len());
+        if events.len() <= SMALL_INGEST_EVENTS {
+            // A few events (row dicts): partitioned on the stack. Each shard's events are
+            // applied in row order under one lock hold, so a reader sees all of a key's events
+            // of this batch or none.
+            let mut watermark = meta.watermark;
+            let mut todo: SmallVec<[(usize, usize, KeyRef<'_>, i64); SMALL_INGEST_EVENTS]> =
+                SmallVec::new();
+            events.for_each_key(|i, key| {
+                let ts = events.ts[i];
+                if ts < watermark.saturating_sub(lateness) {
+                    report.late += 1;
+                    return;
+                }
+                watermark = watermark.max(ts);
+                todo.push((shard_of(key), i, key, watermark.saturating_sub(lateness)));
+                report.accepted += 1;
+            });
+            todo.sort_by_key(|e| (e.0, e.1));
+            for run in todo.chunk_by(|a, b| a.0 == b.0) {
+                let mut shard = self.shards[run[0].0].write();
+                for &(_, i, key, settle) in run {
+                    apply_one(&mut shard, &mut vals, i, key, settle);
+                }
+            }
+            meta.watermark = watermark;
+            return Ok(self.finish_ingest(meta, report));
+        }
         // Pass 1, in row order: which events are late, and the settled point each one
         // arrives at (the running watermark - lateness); each accepted event to its shard.
         let n = events.len();
@@ -276,23 +323,10 @@ impl Engine {
                 return;
             }
             let mut shard = shard.write();
-            let mut vals: SmallVec<[u64; 8]> = SmallVec::from_elem(0, plan.columns.len());
-            // Settling is bookkeeping (no answer depends on it): in steps of lateness / 8.
-            let step = lateness / 8;
+            let mut vals = vals.clone();
             for &(i, key) in evs {
                 let i = i as usize;
-                let (ts, settle) = (events.ts[i], settle_at[i]);
-                let state = shard
-                    .keys
-                    .entry_ref(&key)
-                    .or_insert_with(|| KeyState::new(plan, settle));
-                if settle.saturating_sub(state.settled) > step {
-                    state.settle(plan, settle, lateness);
-                }
-                for (c, v) in vals.iter_mut().enumerate() {
-                    *v = events.values[c][i];
-                }
-                state.insert(plan, ts, &vals);
+                apply_one(&mut shard, &mut vals, i, key, settle_at[i]);
             }
         };
         if report.accepted as usize >= PARALLEL_INGEST_EVENTS {
@@ -306,11 +340,15 @@ impl Engine {
             self.shards.iter().zip(by_shard.iter()).for_each(apply);
         }
         meta.watermark = watermark;
+        Ok(self.finish_ingest(meta, report))
+    }
+
+    fn finish_ingest(&self, meta: &mut Meta, report: Ingested) -> Ingested {
         self.publish(meta);
         meta.counters.events_ingested += report.accepted;
         meta.counters.late_events_dropped += report.late;
         self.maybe_sweep(meta);
-        Ok(report)
+        report
     }
 
     /// Evict keys idle for longer than the TTL (amortized: at most every ttl/4 of event time).

@@ -126,15 +126,24 @@ def _snapshot_forever(eng, path: Path) -> None:
         os._exit(3)
 
 
-def _kill_during_snapshot(eng, path: Path, rng: random.Random, write_time: float, on_new_file: bool):
+def _kill_during_snapshot(eng, path: Path, rng: random.Random, write_time: float, mode: str):
     """Fork a child that snapshots `eng` to `path` in a loop and SIGKILL it: after a random
-    delay, or (on_new_file) as soon as a new file appears next to `path` (the snapshot being
-    written), plus up to 5 ms. Returns the names of the files the child left behind."""
+    delay ("random"), as soon as a new file appears next to `path` (the snapshot being written)
+    plus up to 5 ms ("new_file"), or once `path` has been replaced (a snapshot completed) plus a
+    random delay ("after_rename"; on a loaded machine the child may be slower than the parent's
+    timing run, so random delays alone need not reach a completed write). Returns the names of
+    the files the child left behind."""
     before = set(os.listdir(path.parent))
+    inode = path.stat().st_ino if path.exists() else None
     pid = os.fork()
     if pid == 0:
         _snapshot_forever(eng, path)
-    if on_new_file:
+    if mode == "after_rename":
+        deadline = time.monotonic() + 20 * write_time + 10
+        while time.monotonic() < deadline and (not path.exists() or path.stat().st_ino == inode):
+            time.sleep(0.0005)
+        time.sleep(rng.uniform(0, 1.5 * write_time))
+    elif mode == "new_file":
         deadline = time.monotonic() + 10 * write_time + 5
         while time.monotonic() < deadline and not (set(os.listdir(path.parent)) - before - {path.name}):
             pass
@@ -167,7 +176,8 @@ def test_sigkill_during_snapshot_keeps_previous(states, tmp_path):
         tmp = tmp_path / "a.tmp"
         tmp.write_bytes(states["a_bytes"])
         os.replace(tmp, path)
-        left = _kill_during_snapshot(states["b"], path, rng, write_time, on_new_file=i % 2 == 1)
+        mode = ("random", "new_file", "after_rename")[i % 3]
+        left = _kill_during_snapshot(states["b"], path, rng, write_time, mode)
         mid_write += bool(left)
         seen[_outcome(path, states)] += 1
     assert seen["a"] > 0 and seen["b"] > 0, (seen, write_time)
@@ -188,7 +198,7 @@ def test_sigkill_during_first_snapshot(states, tmp_path):
     write_time = time.perf_counter() - t0
     for i in range(8):
         path = tmp_path / f"first{i}.snap"
-        _kill_during_snapshot(states["b"], path, rng, write_time, on_new_file=i % 2 == 1)
+        _kill_during_snapshot(states["b"], path, rng, write_time, ("random", "new_file")[i % 2])
         if path.exists():
             assert _outcome(path, states) == "b"
 
