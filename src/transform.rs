@@ -1649,16 +1649,16 @@ impl<'a> BlockPlan<'a> {
                             let mut bad = false;
                             match f.nulls() {
                                 None => {
-                                    for (d, &x) in d.iter_mut().zip(vals) {
-                                        *d = x;
-                                        bad |= !x.is_finite();
-                                    }
+                                    d.copy_from_slice(vals);
+                                    bad = vals.iter().fold(false, |e, x| e | !x.is_finite());
                                 }
                                 Some(n) => {
-                                    for (i, (d, &x)) in d.iter_mut().zip(vals).enumerate() {
-                                        let valid = n.is_valid(r0 + i);
-                                        *d = if valid { x } else { f64::NAN };
-                                        bad |= valid & !x.is_finite();
+                                    // nulls are NaN; valid runs are copied and checked
+                                    d.fill(f64::NAN);
+                                    for (a, b) in n.inner().slice(r0, len).set_slices() {
+                                        let v = &vals[a..b];
+                                        d[a..b].copy_from_slice(v);
+                                        bad |= v.iter().fold(false, |e, x| e | !x.is_finite());
                                     }
                                 }
                             }
@@ -1796,42 +1796,95 @@ impl<'a> BlockPlan<'a> {
                 }
             }
         }
-        // SAFETY (of every `put`): i < len rows of this block, j < the matrix's columns.
+        self.emit(s, len, out, has_null);
+        Ok(())
+    }
+
+    /// Write the block's outputs. The matrix is zeroed: a one-hot step writes only the 1.0 of
+    /// a row (or the NaNs of a null category).
+    fn emit(&self, s: &Scratch, len: usize, out: OutBlock, has_null: &mut [bool]) {
         for e in &self.emits {
             match *e {
                 Emit::Num { j, src } => {
-                    let v = &s.num[src][..len];
-                    let mut null = false;
-                    for (i, &x) in v.iter().enumerate() {
-                        unsafe { out.put(i, j, x) };
-                        null |= x.is_nan();
-                    }
-                    has_null[j] |= null;
+                    has_null[j] |= s.num[src][..len].iter().fold(false, |n, x| n | x.is_nan());
                 }
                 Emit::OneHot { idx, j0, width } => {
-                    // the matrix is zeroed: write the one 1.0 of a row, or its nulls
-                    for (i, &c) in s.idx[idx][..len].iter().enumerate() {
-                        if c == NULL_IDX {
-                            for k in 0..width {
-                                unsafe { out.put(i, j0 + k, f64::NAN) };
-                            }
-                            has_null[j0..j0 + width].iter_mut().for_each(|n| *n = true);
-                        } else {
-                            debug_assert!((c as usize) < width);
-                            unsafe { out.put(i, j0 + c as usize, 1.0) };
-                        }
+                    if s.idx[idx][..len].contains(&NULL_IDX) {
+                        has_null[j0..j0 + width].iter_mut().for_each(|n| *n = true);
                     }
                 }
-                Emit::Cell { j, idx, k } => {
-                    for (i, &c) in s.idx[idx][..len].iter().enumerate() {
-                        let x = one_hot_cell(idx_opt(c), k);
-                        unsafe { out.put(i, j, x) };
-                        has_null[j] |= x.is_nan();
-                    }
+                Emit::Cell { j, idx, .. } => {
+                    has_null[j] |= s.idx[idx][..len].contains(&NULL_IDX);
                 }
             }
         }
-        Ok(())
+        // SAFETY (of every `put`): i < len rows of this block, j < the matrix's columns.
+        if out.cs == 1 {
+            // row-major: row by row, so that the writes of a row are adjacent
+            let nums: SmallVec<[(usize, &[f64]); 32]> = self
+                .emits
+                .iter()
+                .filter_map(|e| match *e {
+                    Emit::Num { j, src } => Some((j, &s.num[src][..len])),
+                    _ => None,
+                })
+                .collect();
+            let hots: SmallVec<[(usize, usize, &[u32]); 16]> = self
+                .emits
+                .iter()
+                .filter_map(|e| match *e {
+                    Emit::OneHot { idx, j0, width } => Some((j0, width, &s.idx[idx][..len])),
+                    _ => None,
+                })
+                .collect();
+            for i in 0..len {
+                for &(j, v) in &nums {
+                    unsafe { out.put(i, j, v[i]) };
+                }
+                for &(j0, width, c) in &hots {
+                    one_hot_row(out, i, j0, width, c[i]);
+                }
+            }
+        } else {
+            for e in &self.emits {
+                match *e {
+                    Emit::Num { j, src } => {
+                        for (i, &x) in s.num[src][..len].iter().enumerate() {
+                            unsafe { out.put(i, j, x) };
+                        }
+                    }
+                    Emit::OneHot { idx, j0, width } => {
+                        for (i, &c) in s.idx[idx][..len].iter().enumerate() {
+                            one_hot_row(out, i, j0, width, c);
+                        }
+                    }
+                    Emit::Cell { .. } => {}
+                }
+            }
+        }
+        for e in &self.emits {
+            if let Emit::Cell { j, idx, k } = *e {
+                for (i, &c) in s.idx[idx][..len].iter().enumerate() {
+                    unsafe { out.put(i, j, one_hot_cell(idx_opt(c), k)) };
+                }
+            }
+        }
+    }
+}
+
+/// Row `i` of a one-hot step at columns `j0 .. j0 + width` of a zeroed matrix: the 1.0 of
+/// vocabulary index `c`, or NaN in every column for a null category.
+#[inline(always)]
+fn one_hot_row(out: OutBlock, i: usize, j0: usize, width: usize, c: u32) {
+    // SAFETY: i is a row of the block; the step's columns are inside the matrix, and
+    // c < width (a vocabulary index, or `len(vocabulary)` for other).
+    if c == NULL_IDX {
+        for k in 0..width {
+            unsafe { out.put(i, j0 + k, f64::NAN) };
+        }
+    } else {
+        debug_assert!((c as usize) < width);
+        unsafe { out.put(i, j0 + c as usize, 1.0) };
     }
 }
 
