@@ -2087,11 +2087,16 @@ impl Transforms {
                 has_null,
             }),
             Err(e) => {
-                // the reference driver's error: first failing step, absolute row numbers
-                for b in batches {
-                    self.apply(b)?;
+                // the reference driver's error: the first failing step, with row numbers in
+                // the whole table
+                match batches {
+                    [] => Err(e),
+                    [b] => self.apply(b).and(Err(e)),
+                    [b, ..] => match arrow_select::concat::concat_batches(&b.schema(), batches) {
+                        Ok(all) => self.apply(&all).and(Err(e)),
+                        Err(_) => Err(e),
+                    },
                 }
-                Err(e)
             }
         }
     }

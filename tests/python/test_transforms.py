@@ -1160,9 +1160,12 @@ def test_nonfinite_error_names_the_absolute_row():
     x = np.arange(100_000, dtype=np.float64)
     x[70_001] = np.inf
     tf = _fit([rtml.standard_scale("x")], _table(x=[0.0, 1.0]))
+    table = pa.table({"x": x})
+    chunked = pa.Table.from_batches(table.to_batches(max_chunksize=30_000))
     for call in (tf.transform, tf.transform_numpy):
-        with raises(rtml.SchemaError, "at row 70001"):
-            call(pa.table({"x": x}))
+        for t in (table, chunked):
+            with raises(rtml.SchemaError, "at row 70001"):
+                call(t)
 
 
 @settings(max_examples=n_examples(50))
