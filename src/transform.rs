@@ -2115,6 +2115,9 @@ impl Transforms {
         let len = rows
             .checked_mul(cols)
             .ok_or_else(|| Error::spec("transforms", "output too large"))?;
+        if len == 0 {
+            return Ok((Vec::new(), vec![false; cols])); // (the plans checked the columns)
+        }
         // zeroed (fresh pages from the OS for a large matrix): one-hot writes only its 1.0s
         let mut values = zeroed(len);
         let out = OutMatrix {
