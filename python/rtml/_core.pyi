@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
+import numpy as np
 import pyarrow as pa
 
 __version__: str
@@ -101,5 +102,16 @@ class Transforms:
     def fit(self, table: Any) -> None: ...
     def fit_transform(self, table: Any) -> pa.RecordBatch: ...
     def transform(self, table: Any) -> pa.RecordBatch: ...
+    def transform_numpy(self, table: Any, order: str = "C") -> np.ndarray:
+        """The table driver into one 2-D float64 array (rows x feature_names, NaN = null),
+        C order (or "F"); the same bits as `transform` and, row by row, as `vector`.
+
+        >>> import rtml, pyarrow as pa
+        >>> t = rtml.Transforms([rtml.min_max_scale("x")]).fit(pa.table({"x": [0.0, 4.0]}))._t
+        >>> t.transform_numpy(pa.table({"x": [1.0, None]}))
+        array([[0.25],
+               [ nan]])
+        """
+        ...
     def transform_one(self, row: dict[str, Any]) -> dict[str, Optional[float]]: ...
     def vector(self, row: dict[str, Any]) -> Any: ...

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, RecordBatch};
-use arrow_buffer::{NullBuffer, ScalarBuffer};
+use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema};
-use numpy::PyArray1;
+use numpy::ndarray::{Array2, ShapeBuilder};
+use numpy::{IntoPyArray, PyArray1, PyArray2};
 use parking_lot::RwLock;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDate, PyDict, PyFloat, PyInt, PyString};
@@ -14,7 +15,7 @@ use pyo3_arrow::{PyRecordBatch, PyTable};
 use super::convert;
 use super::errors::IntoPy;
 use crate::error::Error;
-use crate::transform::{RowValue, Transforms};
+use crate::transform::{Dense, Layout, RowValue, Transforms};
 
 #[pyclass(frozen, name = "Transforms", module = "rtml._core")]
 pub struct PyTransforms {
@@ -31,6 +32,42 @@ fn one_batch(table: PyTable) -> PyResult<RecordBatch> {
     }
     arrow_select::concat::concat_batches(&schema, &batches)
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+}
+
+/// The record batches of a table, without concatenating them (an empty table: one empty
+/// batch, so that missing columns are still reported).
+fn batches(table: PyTable) -> Vec<RecordBatch> {
+    let (batches, schema) = table.into_inner();
+    if batches.is_empty() {
+        return vec![RecordBatch::new_empty(schema)];
+    }
+    batches
+}
+
+/// A column-major dense result as a record batch: every column a zero-copy slice of the one
+/// buffer; a validity bitmap only for the columns that hold a null (NaN).
+fn dense_to_batch(names: &[String], d: Dense) -> PyResult<RecordBatch> {
+    debug_assert_eq!(d.layout, Layout::ColumnMajor);
+    let rows = d.rows;
+    let buffer = Buffer::from_vec(d.values);
+    let fields: Vec<Field> = names
+        .iter()
+        .map(|n| Field::new(n, DataType::Float64, true))
+        .collect();
+    let arrays: Vec<ArrayRef> = (0..d.cols)
+        .map(|j| {
+            let values = ScalarBuffer::<f64>::new(buffer.clone(), j * rows, rows);
+            let nulls =
+                d.has_null[j].then(|| NullBuffer::from_iter(values.iter().map(|x| !x.is_nan())));
+            Arc::new(Float64Array::new(values, nulls)) as ArrayRef
+        })
+        .collect();
+    RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        arrays,
+        &arrow_array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
 }
 
 fn to_batch(names: &[String], cols: Vec<Vec<f64>>) -> PyResult<RecordBatch> {
@@ -204,23 +241,71 @@ impl PyTransforms {
     fn fit_transform<'py>(&self, py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyAny>> {
         let batch = one_batch(table)?;
         let current = self.inner.read().clone();
-        let (t, cols) = py
-            .detach(move || {
+        let (t, batch) = py
+            .detach(move || -> crate::error::Result<_> {
                 let mut t = current;
-                t.fit_transform(&batch).map(|c| (t, c))
+                if t.has_target_encoding() {
+                    // out-of-fold encodings: the reference driver, fitting as it goes
+                    let cols = t.fit_transform(&batch)?;
+                    Ok((t, Err(cols)))
+                } else {
+                    // without target encodings fit_transform is fit, then transform
+                    t.fit(&batch)?;
+                    let d = t.transform_dense(&[batch], Layout::ColumnMajor)?;
+                    Ok((t, Ok(d)))
+                }
             })
             .py_err()?;
         let names = t.feature_names();
         *self.inner.write() = t;
-        PyRecordBatch::new(to_batch(&names, cols)?).into_pyarrow(py)
+        let batch = match batch {
+            Ok(d) => dense_to_batch(&names, d)?,
+            Err(cols) => to_batch(&names, cols)?,
+        };
+        PyRecordBatch::new(batch).into_pyarrow(py)
     }
 
+    /// The table driver: a record batch of float64 columns (GIL released, parallel).
     fn transform<'py>(&self, py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyAny>> {
-        let batch = one_batch(table)?;
+        let batches = batches(table);
         let t = self.inner.read().clone();
         let names = t.feature_names();
-        let cols = py.detach(move || t.transform(&batch)).py_err()?;
-        PyRecordBatch::new(to_batch(&names, cols)?).into_pyarrow(py)
+        let d = py
+            .detach(move || t.transform_dense(&batches, Layout::ColumnMajor))
+            .py_err()?;
+        PyRecordBatch::new(dense_to_batch(&names, d)?).into_pyarrow(py)
+    }
+
+    /// The table driver into one 2-D float64 numpy array (rows x feature names, C order by
+    /// default, "F" for column-major), NaN = null. The array owns the buffer the driver wrote.
+    #[pyo3(signature = (table, order = "C"))]
+    fn transform_numpy<'py>(
+        &self,
+        py: Python<'py>,
+        table: PyTable,
+        order: &str,
+    ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        let layout = match order {
+            "C" => Layout::RowMajor,
+            "F" => Layout::ColumnMajor,
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "order must be 'C' or 'F', got {other:?}"
+                )))
+            }
+        };
+        let batches = batches(table);
+        let t = self.inner.read().clone();
+        let d = py
+            .detach(move || t.transform_dense(&batches, layout))
+            .py_err()?;
+        let shape = (d.rows, d.cols);
+        let a = match layout {
+            Layout::RowMajor => Array2::from_shape_vec(shape, d.values),
+            Layout::ColumnMajor => Array2::from_shape_vec(shape.f(), d.values),
+        }
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+        Ok(a.into_pyarray(py))
     }
 
     /// One request row -> dict of outputs (None for null).

@@ -924,10 +924,19 @@ def _step_groups():
         [r.passthrough("b")],
         # in-place chain; fitted on the transformed column
         [r.abs("y"), r.log1p("y"), r.standard_scale("y")],
+        # one-hot outputs rewritten by a second encoding of the same column, and read by
+        # later steps (the table driver's non-adjacent / materialized one-hot cells)
+        [
+            r.one_hot("s"),
+            r.passthrough("s=__other__", name="s_other_all"),
+            r.one_hot("s", min_frequency=3),
+            r.is_null("s=__other__", name="s_other_null"),
+            r.add("s=__other__", "x", name="s_other_plus_x"),
+        ],
     ]
 
 
-N_GROUPS = 16
+N_GROUPS = 17
 
 
 def _pipeline(mask):
@@ -935,6 +944,16 @@ def _pipeline(mask):
     assert len(groups) == N_GROUPS
     steps = [s for g, m in zip(groups, mask) if m for s in g]
     return steps or [s for s in groups[0]]
+
+
+def _numpy_outputs(tf, table):
+    """transform_numpy in both orders, and on the table cut into record batches of 3 rows."""
+    chunked = pa.Table.from_batches(table.to_batches(max_chunksize=3), schema=table.schema)
+    return {
+        "C": tf.transform_numpy(table),
+        "F": tf.transform_numpy(table, order="F"),
+        "C, batches of 3": tf.transform_numpy(chunked),
+    }
 
 
 def _check_parity(tf, table):
@@ -951,10 +970,20 @@ def _check_parity(tf, table):
             except rtml.RtmlError as e1:
                 errs.append(type(e1))
         assert type(e) in errs, f"transform raised {e!r} but no row raises it in transform_one"
+        # transform_numpy reports the same error
+        for order in ("C", "F"):
+            with pytest.raises(type(e)) as e2:
+                tf.transform_numpy(table, order=order)
+            assert str(e2.value) == str(e)
         event("transform raised")
         return None
     assert_float64_table(out, names, len(rows))
     cols = columns(out)
+    mats = _numpy_outputs(tf, table)
+    for how, m in mats.items():
+        assert isinstance(m, np.ndarray) and m.dtype == np.float64, how
+        assert m.shape == (len(rows), len(names)), (how, m.shape)
+    assert mats["C"].flags.c_contiguous and mats["F"].flags.f_contiguous
     for i, r in enumerate(rows):
         one = tf.transform_one(r)
         assert list(one) == names
@@ -968,6 +997,9 @@ def _check_parity(tf, table):
                 assert math.isnan(vec[j]), (i, n, vec[j])
             else:
                 assert bits(float(vec[j])) == bits(t), (i, n, vec[j], t)
+        # a row of transform_numpy is the vector, bit for bit (NaN payloads included)
+        for how, m in mats.items():
+            assert m[i].tobytes() == vec.tobytes(), (how, i, m[i], vec, r)
     return cols
 
 
@@ -994,6 +1026,146 @@ def test_table_row_vector_and_json_parity(tables, mask):
         for n in tf.feature_names:
             for i, (a, b) in enumerate(zip(cols[n], cols2[n])):
                 assert same_bits(a, b), (n, i, a, b)
+
+
+def _encode_strings(table, how):
+    """The same table with its string columns in another Arrow layout."""
+    if how == "string":
+        return table
+    cols = []
+    for f in table.schema:
+        c = table.column(f.name)
+        if f.type == pa.string():
+            c = c.dictionary_encode() if how == "dictionary" else c.cast(getattr(pa, how)())
+        cols.append(c)
+    return pa.table(cols, names=table.column_names)
+
+
+def _assert_numpy_rows_are_vectors(tf, table, mat):
+    names = tf.feature_names
+    rows = table.to_pylist()
+    assert mat.shape == (len(rows), len(names)) and mat.dtype == np.float64
+    for i, r in enumerate(rows):
+        vec = tf.vector(r)
+        assert mat[i].tobytes() == vec.tobytes(), (i, mat[i], vec, r)
+
+
+@settings(max_examples=n_examples(60))
+@given(
+    tables=fit_apply_tables(),
+    mask=st.lists(st.booleans(), min_size=N_GROUPS, max_size=N_GROUPS),
+    how=st.sampled_from(["string", "large_string", "string_view", "dictionary"]),
+    chunk=st.integers(1, 8),
+    order=st.sampled_from(["C", "F"]),
+)
+def test_transform_numpy_equals_vector_for_any_string_layout_and_batching(tables, mask, how, chunk, order):
+    """transform_numpy on strings as utf8 / large_utf8 / utf8_view / dictionary, and on tables
+    of several record batches: every row is the one-row driver's vector, bit for bit."""
+    fit_rows, apply_rows = tables
+    tf = rtml.Transforms(_pipeline(mask))
+    try:
+        tf.fit(rows_table(fit_rows))
+    except rtml.RtmlError as e:
+        event(f"fit raised {type(e).__name__}")
+        return
+    base = rows_table(fit_rows[:4] + apply_rows)
+    table = _encode_strings(base, how)
+    table = pa.Table.from_batches(table.to_batches(max_chunksize=chunk), schema=table.schema)
+    try:
+        mat = tf.transform_numpy(table, order=order)
+    except rtml.RtmlError as e:
+        with pytest.raises(type(e)):
+            tf.transform(base)
+        event("transform raised")
+        return
+    _assert_numpy_rows_are_vectors(tf, base, mat)
+    # and the pyarrow.Table of transform holds the same values (null <-> NaN)
+    out = tf.transform(table)
+    for j, n in enumerate(tf.feature_names):
+        got = out.column(n).to_pylist()
+        for i, v in enumerate(got):
+            if v is None:
+                assert math.isnan(mat[i, j]), (n, i)
+            else:
+                assert bits(v) == bits(float(mat[i, j])), (n, i, v, mat[i, j])
+
+
+def _random_rows(n, seed):
+    """Rows like fit_apply_tables draws them (nulls, unseen categories), but many of them."""
+    from transform_helpers import INT_CATS, STR_CATS, UNSEEN_INT, UNSEEN_STR
+
+    rng = random.Random(seed)
+
+    def maybe(v):
+        return None if rng.random() < 0.1 else v
+
+    rows = []
+    for _ in range(n):
+        rows.append({
+            "x": maybe(rng.choice([rng.uniform(-1e6, 1e6), -1.0, 0.0, 2.5, 1e300, -1e-300])),
+            "y": maybe(rng.uniform(-1e3, 1e3)),
+            "n": maybe(rng.randint(-5, 5)),
+            "b": maybe(rng.random() < 0.5),
+            "s": maybe(rng.choice(STR_CATS + UNSEEN_STR)),
+            "k": maybe(rng.choice(INT_CATS + UNSEEN_INT)),
+            "t": maybe(rng.randint(0, 4 * 10**15)),
+            "target": rng.uniform(-100, 100),
+        })
+    return rows
+
+
+@pytest.mark.parametrize("how", ["string", "dictionary"])
+def test_transform_numpy_on_many_blocks_and_uneven_batches(how):
+    """Enough rows for many parallel blocks, cut into record batches of uneven sizes (block
+    edges fall inside batches and batch edges inside blocks): rows equal the one-row driver."""
+    fit = rows_table(_random_rows(3000, 1))
+    tf = rtml.Transforms(_pipeline([True] * N_GROUPS)).fit(fit)
+    rows = _random_rows(5000, 2)
+    base = rows_table(rows)
+    table = _encode_strings(base, how)
+    cuts = [0, 700, 701, 1900, 1900, 4999, 5000]
+    batches = [b for lo, hi in zip(cuts, cuts[1:]) for b in table.slice(lo, hi - lo).to_batches()]
+    chunked = pa.Table.from_batches(batches, schema=table.schema)
+    mats = [tf.transform_numpy(chunked), tf.transform_numpy(table, order="F")]
+    for m in mats:
+        _assert_numpy_rows_are_vectors(tf, base, m)
+    out = tf.transform(chunked)
+    want = np.array(mats[0])
+    got = np.column_stack([out.column(i).to_numpy(zero_copy_only=False) for i in range(out.num_columns)])
+    assert got.shape == want.shape
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(got[~np.isnan(got)].view(np.uint64), want[~np.isnan(want)].view(np.uint64))
+    # a column without nulls has no validity bitmap; one with nulls reports them
+    for j, n in enumerate(tf.feature_names):
+        assert out.column(n).null_count == int(np.isnan(want[:, j]).sum()), n
+
+
+def test_transform_numpy_of_an_empty_table_and_errors():
+    tf = _fit([rtml.standard_scale("x"), rtml.one_hot("c")], _table(x=[1.0, 2.0], c=["a", "b"]))
+    empty = _table(x=_col([]), c=_col([], pa.string()))
+    m = tf.transform_numpy(empty)
+    assert m.shape == (0, 4) and m.dtype == np.float64
+    with raises(rtml.SchemaError, "'c'", "not found"):
+        tf.transform_numpy(_table(x=_col([])))
+    with raises(rtml.SchemaError, "NaN and infinite"):
+        tf.transform_numpy(_table(x=[1.0, float("nan")], c=["a", "b"]))
+    with raises(ValueError, "order"):
+        tf.transform_numpy(empty, order="K")
+    with raises(rtml.SpecError, "not fitted"):
+        rtml.Transforms([rtml.standard_scale("x")]).transform_numpy(empty)
+
+
+def test_nonfinite_error_names_the_absolute_row():
+    """The error of a bad value deep in a large table names its row in the whole table."""
+    x = np.arange(100_000, dtype=np.float64)
+    x[70_001] = np.inf
+    tf = _fit([rtml.standard_scale("x")], _table(x=[0.0, 1.0]))
+    table = pa.table({"x": x})
+    chunked = pa.Table.from_batches(table.to_batches(max_chunksize=30_000))
+    for call in (tf.transform, tf.transform_numpy):
+        for t in (table, chunked):
+            with raises(rtml.SchemaError, "at row 70001"):
+                call(t)
 
 
 @settings(max_examples=n_examples(50))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use proptest::prelude::*;
-use rtml::transform::{RowValue, Transforms};
+use rtml::transform::{Layout, RowValue, Transforms};
 
 fn table(x: &[Option<f64>], c: &[Option<&str>], y: &[f64]) -> RecordBatch {
     let n = x.len();
@@ -126,6 +126,15 @@ proptest! {
             return Ok(()); // e.g. every x null
         }
         let all = t.transform(&b).unwrap();
+        // the reference (column-at-a-time) driver and the dense driver in both layouts, on the
+        // table whole and cut into record batches
+        let reference = t.transform_reference(&b).unwrap();
+        let parts: Vec<RecordBatch> = (0..b.num_rows()).step_by(5).map(|r| b.slice(r, 5.min(b.num_rows() - r))).collect();
+        let dense = [
+            t.transform_dense(std::slice::from_ref(&b), Layout::RowMajor).unwrap(),
+            t.transform_dense(std::slice::from_ref(&b), Layout::ColumnMajor).unwrap(),
+            t.transform_dense(&parts, Layout::RowMajor).unwrap(),
+        ];
         let mut out = vec![0.0; t.feature_names().len()];
         for i in 0..b.num_rows() {
             let one = t.transform(&b.slice(i, 1)).unwrap();
@@ -146,6 +155,56 @@ proptest! {
             for (f, col) in all.iter().enumerate() {
                 prop_assert_eq!(col[i].to_bits(), one[f][0].to_bits(), "row {} feature {}", i, f);
                 prop_assert_eq!(col[i].to_bits(), out[f].to_bits(), "row driver: row {} feature {}", i, f);
+                prop_assert_eq!(col[i].to_bits(), reference[f][i].to_bits(), "reference: row {} feature {}", i, f);
+                for d in &dense {
+                    prop_assert_eq!(col[i].to_bits(), d.get(i, f).to_bits(), "dense {:?}: row {} feature {}", d.layout, i, f);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Tables of many blocks, whole or in uneven record batches: the dense driver equals the
+    /// reference driver bit for bit, and marks exactly the columns that hold a null.
+    #[test]
+    fn dense_equals_reference_across_blocks(
+        n in 1usize..3000,
+        seed in any::<u64>(),
+        cuts in prop::collection::vec(0usize..3000, 0..4),
+    ) {
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let cats = ["a", "b", "c", "d", "e", "f"];
+        let x: Vec<Option<f64>> = (0..n).map(|_| (next() % 10 != 0).then(|| (next() % 20_000) as f64 / 7.0 - 1000.0)).collect();
+        let c: Vec<Option<&str>> = (0..n).map(|_| (next() % 12 != 0).then(|| cats[(next() % 6) as usize])).collect();
+        let y: Vec<f64> = (0..n).map(|_| (next() % 200) as f64 - 100.0).collect();
+        let b = table(&x, &c, &y);
+        let mut t = Transforms::from_json(DOC).unwrap();
+        if t.fit(&b.slice(0, n.min(40))).is_err() {
+            return Ok(());
+        }
+        let reference = t.transform_reference(&b).unwrap();
+        let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c % (n + 1)).chain([0, n]).collect();
+        bounds.sort_unstable();
+        let parts: Vec<RecordBatch> = bounds.windows(2).map(|w| b.slice(w[0], w[1] - w[0])).collect();
+        for layout in [Layout::RowMajor, Layout::ColumnMajor] {
+            for input in [std::slice::from_ref(&b), &parts[..]] {
+                let d = t.transform_dense(input, layout).unwrap();
+                prop_assert_eq!((d.rows, d.cols), (n, reference.len()));
+                for (f, col) in reference.iter().enumerate() {
+                    for (i, v) in col.iter().enumerate() {
+                        prop_assert_eq!(v.to_bits(), d.get(i, f).to_bits(), "{:?} row {} feature {}", layout, i, f);
+                    }
+                    prop_assert_eq!(d.has_null[f], col.iter().any(|v| v.is_nan()), "has_null of feature {}", f);
+                }
             }
         }
     }
