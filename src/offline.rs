@@ -6,6 +6,8 @@
 //! Memory: the converted input columns, 16 bytes per event and per spine row for the sort,
 //! the live window of one key per worker, and the output columns.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use hashbrown::HashMap;
 use rayon::prelude::*;
 use smallvec::SmallVec;
@@ -65,22 +67,80 @@ fn bucket(groups: &[u32], ts: &[i64], n_groups: usize) -> (Vec<usize>, Vec<Entry
     (starts, entries)
 }
 
-/// Raw output pointer shared by workers that write disjoint rows.
+/// Raw pointer to a row-major output shared by workers that write disjoint rows.
 struct Out {
     ptr: *mut f64,
-    rows: usize,
+    width: usize,
 }
-// SAFETY: workers write disjoint cells only (see `set`).
+// SAFETY: workers write disjoint rows only (see `set_row`).
 unsafe impl Sync for Out {}
 unsafe impl Send for Out {}
 
 impl Out {
     /// # Safety
-    /// `feature * rows + row` is in bounds and no other thread writes the same cell.
+    /// `row` is in bounds, `values.len() == width`, and no other thread writes the same row.
     #[inline]
-    unsafe fn set(&self, feature: usize, row: usize, v: f64) {
-        unsafe { *self.ptr.add(feature * self.rows + row) = v };
+    unsafe fn set_row(&self, row: usize, values: &[f64]) {
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                self.ptr.add(row * self.width),
+                self.width,
+            )
+        };
     }
+}
+
+/// Raw pointers to output columns shared by workers that write disjoint row ranges.
+struct Cols(Vec<*mut u64>);
+// SAFETY: workers write disjoint row ranges only (see `transpose`).
+unsafe impl Sync for Cols {}
+unsafe impl Send for Cols {}
+
+/// Row-major `rows x nf` values into one column per feature (integers cast), in parallel over
+/// blocks of rows that stay in cache while every column takes its slice.
+fn transpose(plan: &Plan, out: &[f64], rows: usize) -> Vec<FeatureColumn> {
+    let nf = plan.n_features();
+    let mut cols: Vec<FeatureColumn> = plan
+        .outputs
+        .iter()
+        .map(|o| {
+            if o.integer {
+                FeatureColumn::Int(vec![0; rows])
+            } else {
+                FeatureColumn::Float(vec![0.0; rows])
+            }
+        })
+        .collect();
+    let ptrs = Cols(
+        cols.iter_mut()
+            .map(|c| match c {
+                FeatureColumn::Int(v) => v.as_mut_ptr() as *mut u64,
+                FeatureColumn::Float(v) => v.as_mut_ptr() as *mut u64,
+            })
+            .collect(),
+    );
+    const BLOCK: usize = 2048;
+    let ptrs = &ptrs;
+    crate::pool::install(|| {
+        (0..rows.div_ceil(BLOCK)).into_par_iter().for_each(|b| {
+            let (r0, r1) = (b * BLOCK, ((b + 1) * BLOCK).min(rows));
+            for (f, o) in plan.outputs.iter().enumerate() {
+                let col = ptrs.0[f];
+                for r in r0..r1 {
+                    let v = out[r * nf + f];
+                    let bits = if o.integer {
+                        (v as i64) as u64
+                    } else {
+                        v.to_bits()
+                    };
+                    // SAFETY: `r < rows` is inside every column, and blocks are disjoint.
+                    unsafe { *col.add(r) = bits };
+                }
+            }
+        })
+    });
+    cols
 }
 
 /// Compute every feature for every spine row. `progress(done, total)` is called between
@@ -136,20 +196,19 @@ pub fn backfill(
     let (sp_starts, sp) = bucket(&spine_group, &spine_ts, n_groups);
 
     let nf = plan.n_features();
+    // Row-major while computing (one spine row is one contiguous write), columns at the end.
     let mut out = vec![f64::NAN; nf * n_spine];
     // Spine rows whose key never occurs in the events get the empty-history values.
     for (row, &g) in spine_group.iter().enumerate() {
         if g == NO_GROUP {
-            for (f, v) in plan.empty.iter().enumerate() {
-                out[f * n_spine + row] = *v;
-            }
+            out[row * nf..(row + 1) * nf].copy_from_slice(&plan.empty);
         }
     }
     drop(spine_group);
     drop(spine_ts);
     let shared = Out {
         ptr: out.as_mut_ptr(),
-        rows: n_spine,
+        width: nf,
     };
 
     let run_group = |g: usize| {
@@ -174,39 +233,57 @@ pub fn backfill(
             state.settle(plan, q.ts, 0);
             // Cannot fail: the query time equals the settled point.
             let _ = state.query(plan, q.ts, &mut row);
-            for (f, v) in row.iter().enumerate() {
-                // SAFETY: each spine row belongs to exactly one group, so no two workers
-                // write the same cell; `out` outlives the parallel loop.
-                unsafe { shared.set(f, q.idx as usize, *v) };
-            }
+            // SAFETY: each spine row belongs to exactly one group, so no two workers write the
+            // same row; `out` outlives the parallel loop.
+            unsafe { shared.set_row(q.idx as usize, &row) };
         }
     };
 
-    // Chunks of groups of about 1% of the spine each, so progress and Ctrl-C stay responsive.
-    let target = (n_spine / 100).max(1024);
-    let mut g = 0;
-    let mut done = 0;
-    while g < n_groups {
-        let start = g;
-        let mut rows = 0;
-        while g < n_groups && (rows < target || g == start) {
-            rows += sp_starts[g + 1] - sp_starts[g];
-            g += 1;
-        }
-        crate::pool::install(|| (start..g).into_par_iter().for_each(run_group));
-        done += rows;
-        if !progress(done, sp_starts[n_groups]) {
-            return Err(Error::Interrupted);
-        }
-    }
-    Ok((0..nf)
-        .map(|f| {
-            let col = &out[f * n_spine..(f + 1) * n_spine];
-            if plan.outputs[f].integer {
-                FeatureColumn::Int(col.iter().map(|&v| v as i64).collect())
-            } else {
-                FeatureColumn::Float(col.to_vec())
+    // Heaviest keys first (events + spine rows), so they start at once and the rest fill in
+    // around them; no barriers. The calling thread reports progress (and can stop the work)
+    // while the pool computes.
+    let weight = |g: usize| (ev_starts[g + 1] - ev_starts[g]) + (sp_starts[g + 1] - sp_starts[g]);
+    let mut order: Vec<u32> = (0..n_groups)
+        .filter(|&g| sp_starts[g + 1] > sp_starts[g])
+        .map(|g| g as u32)
+        .collect();
+    order.sort_unstable_by_key(|&g| std::cmp::Reverse(weight(g as usize)));
+    let total = sp_starts[n_groups];
+    let done = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let caller = std::thread::current();
+    let interrupted = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            crate::pool::install(|| {
+                order.par_iter().with_max_len(64).for_each(|&g| {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let g = g as usize;
+                    run_group(g);
+                    done.fetch_add(sp_starts[g + 1] - sp_starts[g], Ordering::Relaxed);
+                })
+            });
+            caller.unpark();
+        });
+        let mut interrupted = false;
+        while !worker.is_finished() {
+            std::thread::park_timeout(std::time::Duration::from_millis(100));
+            if !interrupted
+                && !worker.is_finished()
+                && !progress(done.load(Ordering::Relaxed), total)
+            {
+                stop.store(true, Ordering::Relaxed);
+                interrupted = true;
             }
-        })
-        .collect())
+        }
+        if let Err(panic) = worker.join() {
+            std::panic::resume_unwind(panic);
+        }
+        interrupted
+    });
+    if interrupted || (total > 0 && !progress(total, total)) {
+        return Err(Error::Interrupted);
+    }
+    Ok(transpose(plan, &out, n_spine))
 }
