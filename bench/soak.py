@@ -93,6 +93,14 @@ def heap_in_use() -> int:
     return m.uordblks + m.hblkhd
 
 
+def malloc_held() -> int:
+    """Bytes glibc malloc holds from the system (in use + free in its arenas + mmapped)."""
+    if _mallinfo2 is None:
+        return -1
+    m = _mallinfo2()
+    return m.arena + m.hblkhd
+
+
 def rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -150,6 +158,8 @@ def run(cfg, sample_every: int, seed: int = 1, log=print):
                 "state_bytes": st["state_bytes"],
                 "rss": rss() - base_rss,
                 "heap": heap_in_use() - base_heap,
+                "malloc_held": malloc_held(),
+                "arrow_allocated": pa.total_allocated_bytes(),
                 "wall_s": time.perf_counter() - t_start,
             }
             samples.append(s)
