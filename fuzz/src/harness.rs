@@ -115,7 +115,16 @@ fn float(s: &mut Src) -> f64 {
     }
 }
 
-const INT_EDGES: &[i64] = &[0, 1, -1, i64::MIN, i64::MAX, i64::MIN + 1, i64::MAX - 1, 1 << 53];
+const INT_EDGES: &[i64] = &[
+    0,
+    1,
+    -1,
+    i64::MIN,
+    i64::MAX,
+    i64::MIN + 1,
+    i64::MAX - 1,
+    1 << 53,
+];
 
 /// A time: a base from a palette plus a small signed offset, so times cluster (windows see
 /// several events) and also reach the i64 edges.
@@ -189,7 +198,11 @@ fn string_array(s: &mut Src, vals: Vec<Option<String>>) -> ArrayRef {
             }
             for r in &refs {
                 match r {
-                    None => keys.push(if s.bit() || !null_value { None } else { Some(0) }),
+                    None => keys.push(if s.bit() || !null_value {
+                        None
+                    } else {
+                        Some(0)
+                    }),
                     Some(v) => {
                         let p = match dict.iter().position(|d| *d == Some(*v)) {
                             Some(p) => p,
@@ -213,9 +226,8 @@ fn string_array(s: &mut Src, vals: Vec<Option<String>>) -> ArrayRef {
                     Err(_) => Arc::new(StringArray::from(refs)),
                 }
             } else {
-                let keys = UInt16Array::from(
-                    keys.iter().map(|k| k.map(|k| k as u16)).collect::<Vec<_>>(),
-                );
+                let keys =
+                    UInt16Array::from(keys.iter().map(|k| k.map(|k| k as u16)).collect::<Vec<_>>());
                 let values: ArrayRef = Arc::new(LargeStringArray::from(dict));
                 match DictionaryArray::<UInt16Type>::try_new(keys, values) {
                     Ok(d) => Arc::new(d),
@@ -257,7 +269,9 @@ fn int_typed(s: &mut Src, v: Vec<i64>, null: Option<NullBuffer>, time_types: boo
             ScalarBuffer::from(v.iter().map(|&x| x as f64).collect::<Vec<_>>()),
             null,
         )),
-        6 => Arc::new(TimestampSecondArray::new(ScalarBuffer::from(v), null).with_timezone_opt(tz(s))),
+        6 => Arc::new(
+            TimestampSecondArray::new(ScalarBuffer::from(v), null).with_timezone_opt(tz(s)),
+        ),
         7 => Arc::new(
             TimestampMillisecondArray::new(ScalarBuffer::from(v), null).with_timezone_opt(tz(s)),
         ),
@@ -298,7 +312,13 @@ fn value_array(s: &mut Src, n: usize) -> ArrayRef {
         }
         5 => {
             let v: Vec<i64> = (0..n)
-                .map(|_| if s.bit() { int_key(s) } else { (s.u8() as i8) as i64 })
+                .map(|_| {
+                    if s.bit() {
+                        int_key(s)
+                    } else {
+                        (s.u8() as i8) as i64
+                    }
+                })
                 .collect();
             int_typed(s, v, null, false)
         }
@@ -322,7 +342,9 @@ fn key_array(s: &mut Src, n: usize, strings_: bool) -> ArrayRef {
     let null = if s.one_in(8) { nulls(s, n) } else { None };
     match s.below(16) {
         0 => Arc::new(NullArray::new(n)),
-        1 => Arc::new(BooleanArray::from((0..n).map(|_| s.bit()).collect::<Vec<_>>())),
+        1 => Arc::new(BooleanArray::from(
+            (0..n).map(|_| s.bit()).collect::<Vec<_>>(),
+        )),
         _ if strings_ => {
             let v = strings(s, n, &null);
             string_array(s, v)
@@ -503,7 +525,8 @@ fn check_parity(
         }
     }
     let spine = vec![(key_arr(&sk), st.clone())];
-    let cols = backfill(plan, &events, &spine, &mut no_progress()).expect("backfill of valid input");
+    let cols =
+        backfill(plan, &events, &spine, &mut no_progress()).expect("backfill of valid input");
     let mut row = vec![0.0; plan.n_features()];
     for (i, (k, &t)) in sk.iter().zip(&st).enumerate() {
         // the service's path: settle a lagging key first (pure bookkeeping), then read
@@ -551,17 +574,27 @@ fn check_snapshot(engine: &Engine, keys: &[Key], times: &[i64]) {
     let bytes = rtml::snapshot::encode(engine, path).expect("encode");
     let back = rtml::snapshot::decode(&bytes, path).expect("a fresh snapshot decodes");
     let (a, b) = (engine.stats(), back.stats());
-    assert_eq!((a.keys, &a.counters, a.watermark), (b.keys, &b.counters, b.watermark));
+    assert_eq!(
+        (a.keys, &a.counters, a.watermark),
+        (b.keys, &b.counters, b.watermark)
+    );
     let n = engine.plan.n_features();
     let (mut x, mut y) = (vec![0.0; n], vec![0.0; n]);
     for k in keys {
         for &t in times {
             let r1 = engine.get(k.as_ref(), t, &mut x);
             let r2 = back.get(k.as_ref(), t, &mut y);
-            assert_eq!(r1.is_ok(), r2.is_ok(), "restored engine answers differently at {t}");
+            assert_eq!(
+                r1.is_ok(),
+                r2.is_ok(),
+                "restored engine answers differently at {t}"
+            );
             if r1.is_ok() {
                 for f in 0..n {
-                    assert!(same(x[f], y[f]), "restored engine: feature {f} of {k:?} at {t}");
+                    assert!(
+                        same(x[f], y[f]),
+                        "restored engine: feature {f} of {k:?} at {t}"
+                    );
                 }
             }
         }
@@ -631,12 +664,20 @@ pub fn ingest_specs() -> Vec<String> {
         // 0: ns-scale exact, lifetime and tiled windows, in order only
         doc(
             r#", "timestamp_unit": "ns""#,
-            &[(Some("10ns"), None), (None, None), (Some("12ns"), Some("4ns"))],
+            &[
+                (Some("10ns"), None),
+                (None, None),
+                (Some("12ns"), Some("4ns")),
+            ],
         ),
         // 1: lateness, nonfinite values skipped
         doc(
             r#", "timestamp_unit": "ns", "allowed_lateness": "5ns", "on_nonfinite": "skip""#,
-            &[(Some("7ns"), None), (None, None), (Some("6ns"), Some("2ns"))],
+            &[
+                (Some("7ns"), None),
+                (None, None),
+                (Some("6ns"), Some("2ns")),
+            ],
         ),
         // 2: ttl with lateness, integer timestamps in seconds
         doc(
@@ -765,7 +806,11 @@ pub fn ingest(data: &[u8]) {
     }
     // arbitrary spine
     let n_spine = rows(&mut s);
-    let (kn, tn) = if s.one_in(4) { ("sk", "st") } else { ("k", "ts") };
+    let (kn, tn) = if s.one_in(4) {
+        ("sk", "st")
+    } else {
+        ("k", "ts")
+    };
     let spine_strings = if s.one_in(6) { !strings_ } else { strings_ };
     let spine_cols = vec![
         (kn.to_string(), key_array(&mut s, n_spine, spine_strings)),
@@ -874,7 +919,13 @@ pub fn spec(data: &[u8]) {
     engine.ingest(&events).expect("in-order ingest");
     let keys = vec![Key::Int(1), Key::Int(2)];
     check_snapshot(&engine, &keys, &[4, i64::MAX]);
-    check_parity(&plan, &mut engine, &batches, &keys, &[2, 4, 1_000_000_001, i64::MAX]);
+    check_parity(
+        &plan,
+        &mut engine,
+        &batches,
+        &keys,
+        &[2, 4, 1_000_000_001, i64::MAX],
+    );
 }
 
 /// Target `snapshot`: arbitrary bytes as a snapshot file must decode or fail with
@@ -899,7 +950,10 @@ pub fn snapshot(data: &[u8]) {
     let mut engine = match rtml::snapshot::decode(&bytes, path) {
         Ok(e) => e,
         Err(e) => {
-            assert!(matches!(e, Error::Snapshot { .. }), "non-snapshot error {e:?}");
+            assert!(
+                matches!(e, Error::Snapshot { .. }),
+                "non-snapshot error {e:?}"
+            );
             return;
         }
     };
@@ -913,10 +967,17 @@ fn exercise_restored(engine: &mut Engine) {
     let _ = engine.state_bytes();
     let wm = st.watermark.unwrap_or(0);
     let sp = engine.settle_point();
-    let times: Vec<i64> = [i64::MIN, sp, sp.saturating_add(1), wm, wm.saturating_add(10), i64::MAX]
-        .into_iter()
-        .filter(|t| !hits_tile_overflow(&plan, &[*t]))
-        .collect();
+    let times: Vec<i64> = [
+        i64::MIN,
+        sp,
+        sp.saturating_add(1),
+        wm,
+        wm.saturating_add(10),
+        i64::MAX,
+    ]
+    .into_iter()
+    .filter(|t| !hits_tile_overflow(&plan, &[*t]))
+    .collect();
     let keys = [
         Key::Int(0),
         Key::Int(1),
@@ -962,7 +1023,12 @@ fn exercise_restored(engine: &mut Engine) {
         if fields.iter().any(|f| f.name() == &c.name) {
             continue;
         }
-        let a: ArrayRef = Arc::new(Float64Array::from(vec![Some(1.0), None, Some(-3.5), Some(2.0)]));
+        let a: ArrayRef = Arc::new(Float64Array::from(vec![
+            Some(1.0),
+            None,
+            Some(-3.5),
+            Some(2.0),
+        ]));
         fields.push(Field::new(&c.name, a.data_type().clone(), true));
         arrays.push(a);
     }
@@ -1038,9 +1104,16 @@ pub fn transforms(data: &[u8]) {
     let reparsed = Transforms::from_json(&t.to_json())
         .unwrap_or_else(|e| panic!("canonical document rejected: {e}\n{}", t.to_json()));
     assert_eq!(reparsed.to_json(), t.to_json(), "to_json is not canonical");
-    let fitted = if s.bit() { t.fit(&b) } else { t.fit_transform(&b).map(|_| ()) };
+    let fitted = if s.bit() {
+        t.fit(&b)
+    } else {
+        t.fit_transform(&b).map(|_| ())
+    };
     if let Err(e) = fitted {
-        assert!(matches!(e, Error::Schema { .. } | Error::Spec { .. }), "{e:?}");
+        assert!(
+            matches!(e, Error::Schema { .. } | Error::Spec { .. }),
+            "{e:?}"
+        );
         if !t.is_fitted() {
             return;
         }
@@ -1048,7 +1121,10 @@ pub fn transforms(data: &[u8]) {
     let table = match t.transform(&b) {
         Ok(c) => c,
         Err(e) => {
-            assert!(matches!(e, Error::Schema { .. } | Error::Spec { .. }), "{e:?}");
+            assert!(
+                matches!(e, Error::Schema { .. } | Error::Spec { .. }),
+                "{e:?}"
+            );
             return;
         }
     };
@@ -1060,7 +1136,9 @@ pub fn transforms(data: &[u8]) {
     // JSON round trip of the fitted pipeline: same outputs
     let back = Transforms::from_json(&t.to_json())
         .unwrap_or_else(|e| panic!("fitted document rejected: {e}\n{}", t.to_json()));
-    let again = back.transform(&b).expect("the reloaded pipeline transforms the same table");
+    let again = back
+        .transform(&b)
+        .expect("the reloaded pipeline transforms the same table");
     for (x, y) in table.iter().zip(&again) {
         for (a, c) in x.iter().zip(y) {
             assert!(same(*a, *c), "reloaded pipeline differs: {a} vs {c}");
@@ -1071,7 +1149,10 @@ pub fn transforms(data: &[u8]) {
     let mut vals: Vec<RowValue<'_>> = Vec::new();
     let row_inputs = t.row_inputs().to_vec();
     for name in &row_inputs {
-        strs.push(b.column_by_name(name).and_then(|a| cell_string(a.as_ref(), 0)));
+        strs.push(
+            b.column_by_name(name)
+                .and_then(|a| cell_string(a.as_ref(), 0)),
+        );
     }
     for (name, st) in row_inputs.iter().zip(&strs) {
         let v = match b.column_by_name(name) {
@@ -1097,7 +1178,10 @@ pub fn transforms(data: &[u8]) {
         }
         Err(e) => {
             // the table accepted row 0, so must the row driver, unless another row failed
-            assert!(matches!(e, Error::Schema { .. } | Error::Spec { .. }), "{e:?}");
+            assert!(
+                matches!(e, Error::Schema { .. } | Error::Spec { .. }),
+                "{e:?}"
+            );
         }
     }
 }
@@ -1145,10 +1229,14 @@ fn cell<'a>(a: &dyn Array, i: usize, st: Option<&'a str>) -> Option<RowValue<'a>
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => RowValue::Str(st?),
         DataType::Timestamp(u, _) => {
             let (v, f) = match u {
-                TimeUnit::Second => (a.as_primitive::<TimestampSecondType>().value(i), 1_000_000_000),
-                TimeUnit::Millisecond => {
-                    (a.as_primitive::<TimestampMillisecondType>().value(i), 1_000_000)
-                }
+                TimeUnit::Second => (
+                    a.as_primitive::<TimestampSecondType>().value(i),
+                    1_000_000_000,
+                ),
+                TimeUnit::Millisecond => (
+                    a.as_primitive::<TimestampMillisecondType>().value(i),
+                    1_000_000,
+                ),
                 TimeUnit::Microsecond => {
                     (a.as_primitive::<TimestampMicrosecondType>().value(i), 1_000)
                 }

@@ -164,8 +164,10 @@ pub(crate) fn apply_one(
 impl PyTransforms {
     #[staticmethod]
     fn from_json(text: &str) -> PyResult<PyTransforms> {
-        Ok(PyTransforms {
-            inner: RwLock::new(Transforms::from_json(text).py_err()?),
+        super::errors::guard(|| {
+            Ok(PyTransforms {
+                inner: RwLock::new(Transforms::from_json(text).py_err()?),
+            })
         })
     }
 
@@ -190,37 +192,43 @@ impl PyTransforms {
 
     /// Fit unfitted steps on a table (in parallel, GIL released). On error nothing changes.
     fn fit(&self, py: Python<'_>, table: PyTable) -> PyResult<()> {
-        let batch = one_batch(table)?;
-        let current = self.inner.read().clone();
-        let fitted = py.detach(move || {
-            let mut t = current;
-            t.fit(&batch).map(|_| t)
-        });
-        *self.inner.write() = fitted.py_err()?;
-        Ok(())
+        super::errors::guard(|| {
+            let batch = one_batch(table)?;
+            let current = self.inner.read().clone();
+            let fitted = py.detach(move || {
+                let mut t = current;
+                t.fit(&batch).map(|_| t)
+            });
+            *self.inner.write() = fitted.py_err()?;
+            Ok(())
+        })
     }
 
     /// Fit, then return the transformed table with out-of-fold target encodings.
     fn fit_transform<'py>(&self, py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyAny>> {
-        let batch = one_batch(table)?;
-        let current = self.inner.read().clone();
-        let (t, cols) = py
-            .detach(move || {
-                let mut t = current;
-                t.fit_transform(&batch).map(|c| (t, c))
-            })
-            .py_err()?;
-        let names = t.feature_names();
-        *self.inner.write() = t;
-        PyRecordBatch::new(to_batch(&names, cols)?).into_pyarrow(py)
+        super::errors::guard(|| {
+            let batch = one_batch(table)?;
+            let current = self.inner.read().clone();
+            let (t, cols) = py
+                .detach(move || {
+                    let mut t = current;
+                    t.fit_transform(&batch).map(|c| (t, c))
+                })
+                .py_err()?;
+            let names = t.feature_names();
+            *self.inner.write() = t;
+            PyRecordBatch::new(to_batch(&names, cols)?).into_pyarrow(py)
+        })
     }
 
     fn transform<'py>(&self, py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyAny>> {
-        let batch = one_batch(table)?;
-        let t = self.inner.read().clone();
-        let names = t.feature_names();
-        let cols = py.detach(move || t.transform(&batch)).py_err()?;
-        PyRecordBatch::new(to_batch(&names, cols)?).into_pyarrow(py)
+        super::errors::guard(|| {
+            let batch = one_batch(table)?;
+            let t = self.inner.read().clone();
+            let names = t.feature_names();
+            let cols = py.detach(move || t.transform(&batch)).py_err()?;
+            PyRecordBatch::new(to_batch(&names, cols)?).into_pyarrow(py)
+        })
     }
 
     /// One request row -> dict of outputs (None for null).
@@ -229,17 +237,19 @@ impl PyTransforms {
         py: Python<'py>,
         row: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let t = self.inner.read();
-        let vals = apply_one(&t, Some(row), &[])?;
-        let out = PyDict::new(py);
-        for (name, &v) in t.feature_names().iter().zip(&vals) {
-            if v.is_nan() {
-                out.set_item(name, py.None())?;
-            } else {
-                out.set_item(name, v)?;
+        super::errors::guard(|| {
+            let t = self.inner.read();
+            let vals = apply_one(&t, Some(row), &[])?;
+            let out = PyDict::new(py);
+            for (name, &v) in t.feature_names().iter().zip(&vals) {
+                if v.is_nan() {
+                    out.set_item(name, py.None())?;
+                } else {
+                    out.set_item(name, v)?;
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// One request row -> float64 vector in feature_names order (NaN = null).
@@ -248,7 +258,9 @@ impl PyTransforms {
         py: Python<'py>,
         row: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-        let t = self.inner.read();
-        Ok(PyArray1::from_vec(py, apply_one(&t, Some(row), &[])?))
+        super::errors::guard(|| {
+            let t = self.inner.read();
+            Ok(PyArray1::from_vec(py, apply_one(&t, Some(row), &[])?))
+        })
     }
 }

@@ -32,7 +32,11 @@ fn replay_dir(dir: &str, name: &str) -> usize {
     for file in &files {
         let data = std::fs::read(file).unwrap();
         let result = std::panic::catch_unwind(|| f(&data));
-        assert!(result.is_ok(), "fuzz target {name} fails on {}", file.display());
+        assert!(
+            result.is_ok(),
+            "fuzz target {name} fails on {}",
+            file.display()
+        );
     }
     files.len()
 }
@@ -67,6 +71,158 @@ fn corpus_snapshot() {
 #[test]
 fn corpus_ingest() {
     replay("ingest");
+}
+
+// ------------------------------------------------------------------ bugs fixed
+
+mod fixed {
+    use std::sync::Arc;
+
+    use arrow_array::types::Int8Type;
+    use arrow_array::{ArrayRef, DictionaryArray, Int64Array, Int8Array, RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+    use rtml::input::{read_events, read_spine, KeyRef};
+    use rtml::transform::{RowValue, Transforms};
+    use rtml::{backfill, Engine, Error, FeatureColumn, Plan, Spec};
+
+    /// `["x", null]` as a dictionary whose second entry is a null value (pyarrow's
+    /// `dictionary_encode(null_encoding="encode")`), indices `keys`.
+    fn dict_with_null_value(keys: Vec<i8>) -> ArrayRef {
+        let values: ArrayRef = Arc::new(StringArray::from(vec![Some("x"), None]));
+        Arc::new(DictionaryArray::<Int8Type>::try_new(Int8Array::from(keys), values).unwrap())
+    }
+
+    fn batch(k: ArrayRef, ts: Vec<i64>, c: ArrayRef) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", k.data_type().clone(), true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+            Field::new("c", c.data_type().clone(), true),
+        ]));
+        let ts: ArrayRef = Arc::new(arrow_array::TimestampNanosecondArray::from(ts));
+        RecordBatch::try_new(schema, vec![k, ts, c]).unwrap()
+    }
+
+    fn plan() -> Plan {
+        Plan::new(
+            Spec::from_json(
+                r#"{"version": 1, "entity": "k", "timestamp": "ts", "features": [
+                {"agg": "count"}, {"agg": "count", "column": "c"},
+                {"agg": "distinct_count", "column": "c"}]}"#,
+            )
+            .unwrap(),
+        )
+    }
+
+    /// Found while writing the ingest harness: a null stored in a dictionary's values was read
+    /// as the empty string, so it was counted by count(col) / distinct_count(col).
+    #[test]
+    fn dictionary_null_value_is_a_null_value() {
+        let plan = plan();
+        let k: ArrayRef = Arc::new(Int64Array::from(vec![1, 1, 1]));
+        let batches = [batch(k, vec![1, 2, 3], dict_with_null_value(vec![0, 1, 1]))];
+        let events = read_events(&plan, &batches).unwrap();
+        let spine = vec![(rtml::input::KeyArr::Int(vec![1]), vec![10])];
+        let cols = backfill(&plan, &events, &spine, &mut |_, _| true).unwrap();
+        assert_eq!(cols[0], FeatureColumn::Int(vec![3]));
+        assert_eq!(
+            cols[1],
+            FeatureColumn::Int(vec![1]),
+            "count(c) counts only 'x'"
+        );
+        assert_eq!(cols[2], FeatureColumn::Int(vec![1]), "distinct_count(c)");
+        let mut engine = Engine::new(Arc::new(plan));
+        engine.ingest(&events).unwrap();
+        let mut out = [0.0; 3];
+        engine.get(KeyRef::Int(1), 10, &mut out).unwrap();
+        assert_eq!(out, [3.0, 1.0, 1.0]);
+    }
+
+    /// ... and a null dictionary value in the key column was accepted as the key "".
+    #[test]
+    fn dictionary_null_key_is_rejected() {
+        let plan = plan();
+        let c: ArrayRef = Arc::new(StringArray::from(vec!["a", "b"]));
+        let batches = [batch(dict_with_null_value(vec![0, 1]), vec![1, 2], c)];
+        match read_events(&plan, &batches) {
+            Err(Error::Schema { column, message }) => {
+                assert_eq!(column, "k");
+                assert!(message.contains("null key at row 1"), "{message}");
+            }
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("a null key was accepted"),
+        }
+        let spine = [batch(
+            dict_with_null_value(vec![1]),
+            vec![5],
+            Arc::new(StringArray::from(vec!["a"])),
+        )];
+        assert!(matches!(
+            read_spine(&plan, &spine, "k", "ts"),
+            Err(Error::Schema { .. })
+        ));
+    }
+
+    /// Found while writing the transforms harness: `quantile_bucketize` took any `n` up to
+    /// 2^64 - 1 and `fit` allocated n + 1 edges (abort on allocation failure).
+    #[test]
+    fn quantile_bucketize_huge_n_is_refused() {
+        for n in ["100001", "1000000000000", "18446744073709551615"] {
+            let doc = format!(
+                r#"{{"version": 1, "steps": [{{"op": "quantile_bucketize", "column": "x", "n": {n}}}]}}"#
+            );
+            match Transforms::from_json(&doc) {
+                Err(Error::Spec { field, .. }) => assert!(field.ends_with(".n"), "{field}"),
+                other => panic!("n = {n}: {other:?}"),
+            }
+        }
+        let ok = r#"{"version": 1, "steps": [{"op": "quantile_bucketize", "column": "x", "n": 100000}]}"#;
+        assert!(Transforms::from_json(ok).is_ok());
+    }
+
+    /// Found while writing the transforms harness: fitted target encodings loaded from a
+    /// document were looked up by binary search without being sorted, so a document whose
+    /// categories were not in order gave the default to known categories.
+    #[test]
+    fn target_encode_document_categories_in_any_order() {
+        let doc = |cats: &str, encs: &str| {
+            format!(
+                r#"{{"version": 1, "steps": [{{"op": "target_encode", "column": "c", "target": "y",
+                "categories": {cats}, "encodings": {encs}, "default": -1.0}}]}}"#
+            )
+        };
+        let t = Transforms::from_json(&doc(r#"["b", "a", 3]"#, "[2.0, 1.0, 3.0]")).unwrap();
+        let mut out = [0.0];
+        for (v, want) in [
+            (RowValue::Str("a"), 1.0),
+            (RowValue::Str("b"), 2.0),
+            (RowValue::Int(3), 3.0),
+            (RowValue::Str("z"), -1.0),
+        ] {
+            t.apply_row(&[v.clone()], &mut out).unwrap();
+            assert_eq!(out[0], want, "{v:?}");
+        }
+        assert!(matches!(
+            Transforms::from_json(&doc(r#"["a", "a"]"#, "[1.0, 2.0]")),
+            Err(Error::Spec { .. })
+        ));
+    }
+
+    /// `apply_row` indexed its inputs by position: too few panicked.
+    #[test]
+    fn apply_row_with_the_wrong_number_of_inputs_is_an_error() {
+        let t = Transforms::from_json(
+            r#"{"version": 1, "steps": [{"op": "ratio", "column": "a", "other": "b"}]}"#,
+        )
+        .unwrap();
+        let mut out = [0.0];
+        assert!(matches!(
+            t.apply_row(&[RowValue::Num(1.0)], &mut out),
+            Err(Error::Spec { .. })
+        ));
+        t.apply_row(&[RowValue::Num(1.0), RowValue::Num(4.0)], &mut out)
+            .unwrap();
+        assert_eq!(out[0], 0.25);
+    }
 }
 
 // ------------------------------------------------------------------ bugs left for the engine owner
@@ -108,7 +264,9 @@ fn known_bug_tile_id_overflow_near_i64_min() {
     let mut engine = Engine::new(Arc::clone(&plan));
     engine.ingest(&events).unwrap();
     let mut out = [0.0];
-    engine.get(rtml::input::KeyRef::Int(1), i64::MIN + 3, &mut out).unwrap();
+    engine
+        .get(rtml::input::KeyRef::Int(1), i64::MIN + 3, &mut out)
+        .unwrap();
     // the window [MIN+3 - 3, MIN+3) holds all three events
     assert_eq!(out[0], 3.0);
     // and the replay of the fuzzer's input, with the harness's guard off
@@ -261,7 +419,11 @@ mod seeds {
                 put(&corpus.join("snapshot"), &format!("seed-{i}-{j}-raw"), &raw);
                 let mut framed = vec![1u8];
                 framed.extend_from_slice(&bytes[24..]);
-                put(&corpus.join("snapshot"), &format!("seed-{i}-{j}-payload"), &framed);
+                put(
+                    &corpus.join("snapshot"),
+                    &format!("seed-{i}-{j}-payload"),
+                    &framed,
+                );
             }
         }
     }
