@@ -506,8 +506,8 @@ fn check_parity(
     times.extend(events.ts.iter().filter(|&&t| t >= sp));
     times.sort_unstable();
     times.dedup();
-    times.truncate(12);
-    let mut all_keys: Vec<Key> = keys.to_vec();
+    times.truncate(8);
+    let mut all_keys: Vec<Key> = keys.iter().take(6).cloned().collect();
     if all_keys.is_empty() {
         return;
     }
@@ -712,10 +712,15 @@ pub fn ingest_specs() -> Vec<String> {
 /// (arrival order as given, one or several ingest calls), `get` at arbitrary instants, backfill
 /// with an arbitrary spine, parity between the two, and a snapshot round trip.
 pub fn ingest(data: &[u8]) {
+    static PLANS: std::sync::OnceLock<Vec<Arc<Plan>>> = std::sync::OnceLock::new();
+    let plans = PLANS.get_or_init(|| {
+        ingest_specs()
+            .iter()
+            .map(|s| Arc::new(Plan::new(Spec::from_json(s).expect("harness specs are valid"))))
+            .collect()
+    });
     let mut s = Src::new(data);
-    let specs = ingest_specs();
-    let spec = Spec::from_json(&specs[s.below(specs.len())]).expect("harness specs are valid");
-    let plan = Arc::new(Plan::new(spec));
+    let plan = Arc::clone(&plans[s.below(plans.len())]);
     let strings_ = s.one_in(3);
     let n_batches = 1 + s.below(3);
     let mut batches = Vec::new();
@@ -836,7 +841,10 @@ pub fn ingest(data: &[u8]) {
             Err(e) => expect_schema(&e, "read_spine"),
         }
     }
-    check_snapshot(&engine, &keys, &query_times[..query_times.len().min(6)]);
+    if s.one_in(4) {
+        // (a quarter of the inputs: re-parsing the embedded document dominates the cost)
+        check_snapshot(&engine, &keys, &query_times[..query_times.len().min(6)]);
+    }
     check_parity(&plan, &mut engine, &accepted, &keys, &query_times);
 }
 

@@ -16,6 +16,7 @@ import decimal
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -64,8 +65,17 @@ class Outcome:
         return self.error is None
 
 
+# Plain ValueErrors raised by the binding layer in files this suite's author does not own,
+# reported for conversion to an rtml exception (docs/fuzzing.md, "Left open").
+KNOWN_PLAIN_VALUE_ERRORS = [
+    r"^at has \d+ instants for \d+ keys$",  # src/python/engine.rs, get_many
+]
+
+
 def allowed(e: BaseException, paths_possible: bool = False) -> bool:
     if isinstance(e, (rtml.RtmlError, TypeError)):
+        return True
+    if type(e) is ValueError and any(re.match(p, str(e)) for p in KNOWN_PLAIN_VALUE_ERRORS):
         return True
     if paths_possible and isinstance(e, OSError):
         return True
@@ -520,3 +530,84 @@ def test_transforms_documents(junk, field, value):
         back = rtml.Transforms.from_json(out.value.to_json())
         assert back.to_json() == out.value.to_json()
         check(out.value.transform_one, {"x": 1.0, "s": "a", "t": BASE, "y": 1.0})
+
+
+# ---------------------------------------------------------------------------- regressions
+# Bugs found while fuzzing (docs/fuzzing.md); the Rust side of each is in
+# tests/rust/fuzz_regressions.rs.
+
+
+def test_pandas_nat_is_not_an_instant():
+    """pandas.NaT is a datetime subclass whose `.value` is i64::MIN: it was taken as the
+    instant 1677-09-21 (an event far in the past, a query answered at i64::MIN)."""
+    fs = rtml.FeatureSet(entity="k", timestamp="ts", features=[rtml.count()])
+    eng = fs.online()
+    eng.ingest([{"k": 1, "ts": BASE}])
+    before = eng.stats()
+    with pytest.raises(rtml.SchemaError, match="NaT"):
+        eng.ingest([{"k": 1, "ts": pd.NaT}])
+    assert eng.stats() == before
+    with pytest.raises(rtml.SchemaError, match="NaT"):
+        eng.get(1, at=pd.NaT)
+    with pytest.raises(rtml.SchemaError, match="NaT"):
+        eng.get_many([1], at=[pd.NaT])
+    assert eng.get(1, at=pd.Timestamp(BASE) + pd.Timedelta("1ns")) == {"count": 1}
+
+
+def test_null_dictionary_values_are_nulls():
+    """A null stored in a dictionary's values (pyarrow null_encoding='encode') was read as
+    the empty string: counted as a value, accepted as a key."""
+    fs = rtml.FeatureSet(entity="k", timestamp="ts", features=[rtml.count(), rtml.count("c"), rtml.distinct_count("c")])
+    c = pa.array(["x", None, "y"]).dictionary_encode(null_encoding="encode")
+    assert c.dictionary.null_count == 1 and c.null_count == 0
+    ts = pa.array([1, 2, 3], pa.timestamp("s"))
+    spine = pa.table({"k": ["a"], "ts": pa.array([10], pa.timestamp("s"))})
+    out = fs.backfill(pa.table({"k": ["a", "a", "a"], "ts": ts, "c": c}), spine)
+    assert out.select(fs.feature_names).to_pylist() == [{"count": 3, "c_count": 2, "c_distinct_count": 2}]
+    eng = fs.online()
+    eng.ingest(pa.table({"k": ["a", "a", "a"], "ts": ts, "c": c}))
+    assert eng.get("a", at=dt.datetime(1970, 1, 1, 0, 0, 10)) == {"count": 3, "c_count": 2, "c_distinct_count": 2}
+    keys = pa.array(["a", None, "a"]).dictionary_encode(null_encoding="encode")
+    before = eng.stats()
+    with pytest.raises(rtml.SchemaError, match="null key at row 1"):
+        eng.ingest(pa.table({"k": keys, "ts": ts, "c": ["x", "y", "z"]}))
+    assert eng.stats() == before
+    with pytest.raises(rtml.SchemaError, match="null key"):
+        fs.backfill(pa.table({"k": keys, "ts": ts, "c": ["x", "y", "z"]}), spine)
+
+
+def test_quantile_bucketize_with_an_absurd_n_is_refused():
+    """n went unchecked to fit, which allocated n + 1 edges: 10**12 aborted the process."""
+    with pytest.raises(rtml.SpecError, match="at most 100000 buckets"):
+        rtml.Transforms([rtml.quantile_bucketize("x", 10**12)])
+    tf = rtml.Transforms([rtml.quantile_bucketize("x", 100_000)]).fit(pa.table({"x": [1.0, 2.0, 3.0]}))
+    # the largest n still fits, and both drivers agree on it
+    assert tf.transform_one({"x": 2.5})["x"] == tf.transform(pa.table({"x": [2.5]}))["x"][0].as_py() > 1
+
+
+def test_target_encoding_document_in_any_category_order():
+    """Encodings loaded from a document were binary-searched unsorted: known categories got
+    the default."""
+    doc = {"format": "rtml.Transforms", "version": 1, "steps": [
+        {"op": "target_encode", "column": "c", "target": "y", "categories": ["b", "a"], "encodings": [2.0, 1.0], "default": -1.0},
+    ]}
+    tf = rtml.Transforms.from_json(json.dumps(doc))
+    assert [tf.transform_one({"c": v})["c_te"] for v in ("a", "b", "z")] == [1.0, 2.0, -1.0]
+    doc["steps"][0]["categories"] = ["a", "a"]
+    with pytest.raises(rtml.SpecError, match="twice"):
+        rtml.Transforms.from_json(json.dumps(doc))
+
+
+@pytest.mark.xfail(strict=True, reason="known bug in src/state.rs: tile id overflow with hop=1ns near i64::MIN (docs/fuzzing.md)")
+def test_tiled_window_with_1ns_hop_near_the_time_limit():
+    """Found by the `spec` fuzz target. Debug builds panic (PanicException); release builds
+    wrap around and drop the tiles."""
+    fs = rtml.FeatureSet(entity="k", timestamp="ts", timestamp_unit="ns", features=[rtml.count(window="3ns", hop="1ns", name="n")])
+    lo = -(2**63)
+    events = pa.table({"k": [1, 1], "ts": [lo + 1, lo + 1]})
+    spine = pa.table({"k": [1], "ts": [lo + 2]})
+    try:
+        out = fs.backfill(events, spine)
+    except BaseException as e:  # noqa: BLE001 - PanicException
+        pytest.fail(f"{type(e).__name__}: {e}")
+    assert out["n"].to_pylist() == [2]
