@@ -43,3 +43,27 @@ quick:
 .PHONY: soak
 soak: develop
 	$(PYTHON) bench/soak.py --json bench/results/soak.json
+
+## Fuzzing, long form (docs/fuzzing.md): every cargo-fuzz target for FUZZ_SECONDS each (needs a
+## nightly toolchain; installs cargo-fuzz if missing), then the hypothesis API fuzz at
+## FUZZ_PY_SCALE x its CI examples, randomized. New corpus entries go to fuzz/work/ (ignored),
+## crashes to fuzz/artifacts/<target>/. CI runs the short form: the committed corpora replayed by
+## `cargo test` (tests/rust/fuzz_regressions.rs) and tests/python/test_fuzz_api.py.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= spec transforms snapshot ingest
+FUZZ_PY_SCALE ?= 20
+.PHONY: fuzz fuzz-rust fuzz-py
+fuzz: fuzz-rust fuzz-py
+
+fuzz-rust:
+	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install cargo-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t fuzz/regressions/$$t; \
+	  echo "== fuzz target $$t, $(FUZZ_SECONDS) s"; \
+	  (cd fuzz && RAYON_NUM_THREADS=1 cargo +nightly fuzz run $$t --debug-assertions work/$$t corpus/$$t regressions/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 -max_len=8192 \
+	    -dict=dict/$$t.dict -print_final_stats=1) || exit 1; \
+	done
+
+fuzz-py:
+	HYPOTHESIS_PROFILE=rtml-explore RTML_HYPOTHESIS_SCALE=$(FUZZ_PY_SCALE) $(PYTHON) -m pytest tests/python/test_fuzz_api.py -q

@@ -186,11 +186,14 @@ fn column<'a>(batch: &'a RecordBatch, name: &str, what: &str) -> Result<&'a Arra
     })
 }
 
+/// First null row, counting logical nulls: a dictionary entry that is null (pyarrow's
+/// `dictionary_encode(null_encoding="encode")`) is a null, not an empty string.
 fn first_null(a: &dyn Array) -> Option<usize> {
-    if a.null_count() == 0 {
+    let nulls = a.logical_nulls()?;
+    if nulls.null_count() == 0 {
         return None;
     }
-    (0..a.len()).find(|&i| a.is_null(i))
+    (0..a.len()).find(|&i| nulls.is_null(i))
 }
 
 macro_rules! ints_to_i64 {
@@ -417,10 +420,12 @@ fn read_values(
 ) -> Result<Vec<u64>> {
     let n = a.len();
     let mut out = Vec::with_capacity(n);
+    let nulls = a.logical_nulls();
+    let is_null = |i: usize| nulls.as_ref().is_some_and(|nb| nb.is_null(i));
     let floats = float_values(a.as_ref(), name)?;
     if let Some(xs) = floats {
         for (i, x) in xs.into_iter().enumerate() {
-            if a.is_null(i) {
+            if is_null(i) {
                 out.push(NULL);
                 continue;
             }
@@ -439,7 +444,7 @@ fn read_values(
             ));
         }
         for i in 0..n {
-            out.push(if a.is_null(i) {
+            out.push(if is_null(i) {
                 NULL
             } else {
                 string_identity(s.get(i))

@@ -59,7 +59,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-pub fn write(engine: &Engine, path: &Path) -> Result<()> {
+/// The snapshot file's bytes for `engine` (`path` only names the target in errors).
+pub fn encode(engine: &Engine, path: &Path) -> Result<Vec<u8>> {
     // A consistent cut: no ingest runs while the shards are read (readers still do).
     let meta = engine.ingest_lock();
     let shards: Vec<_> = engine.shards.iter().map(|s| s.read()).collect();
@@ -80,8 +81,11 @@ pub fn write(engine: &Engine, path: &Path) -> Result<()> {
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     bytes.extend_from_slice(&payload);
-    drop(payload);
+    Ok(bytes)
+}
 
+pub fn write(engine: &Engine, path: &Path) -> Result<()> {
+    let bytes = encode(engine, path)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -111,6 +115,12 @@ pub fn write(engine: &Engine, path: &Path) -> Result<()> {
 
 pub fn read(path: &Path) -> Result<Engine> {
     let bytes = std::fs::read(path).map_err(io(path))?;
+    decode(&bytes, path)
+}
+
+/// An engine from a snapshot file's bytes (`path` only names the source in errors). Any byte
+/// string gives an engine or [`Error::Snapshot`], never a panic (fuzzed: `fuzz/`).
+pub fn decode(bytes: &[u8], path: &Path) -> Result<Engine> {
     let bad = |m: &str| Error::snapshot(path, m);
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(bad(

@@ -583,7 +583,7 @@ impl KeyState {
                     g.hi += 1;
                 }
                 g.lo = g.hi;
-                let first_needed = floor_div(s, h) - w / h;
+                let first_needed = floor_div(s, h).saturating_sub(w / h);
                 while g.tiles.front().is_some_and(|t| t.id < first_needed) {
                     g.tiles.pop_front();
                 }
@@ -739,7 +739,7 @@ impl KeyState {
         for (gi, ((g, gp), c)) in self.groups.iter().zip(&plan.groups).zip(&corrs).enumerate() {
             if let Some(h) = gp.hop {
                 // merge the tiles inside the window, then add the buffered rows
-                let first = floor_div(t, h) - gp.window.unwrap_or(0) / h;
+                let first = floor_div(t, h).saturating_sub(gp.window.unwrap_or(0) / h);
                 for (i, ap) in gp.accs.iter().enumerate() {
                     let mut acc = Acc::new(ap);
                     for tile in g.tiles.iter().filter(|tl| tl.id >= first) {
@@ -792,7 +792,7 @@ impl KeyState {
                     // Absolute positions count every row ever stored, evicted ones included,
                     // so for a lifetime group `hi` is the number of settled events.
                     if let Some(h) = gp.hop {
-                        let first = floor_div(t, h) - gp.window.unwrap_or(0) / h;
+                        let first = floor_div(t, h).saturating_sub(gp.window.unwrap_or(0) / h);
                         let settled: u64 = g
                             .tiles
                             .iter()

@@ -21,6 +21,8 @@ use crate::exact::{div_exact, ExactSum};
 use crate::input::read_times;
 
 pub const FORMAT: &str = "rtml.Transforms";
+/// Largest `n` of `quantile_bucketize`.
+pub const MAX_QUANTILE_BUCKETS: u64 = 100_000;
 pub const VERSION: u64 = 1;
 
 /// A category value: an integer or a string.
@@ -856,6 +858,16 @@ impl Transforms {
             ));
         }
         let plan = &self.row;
+        if inputs.len() != plan.inputs.len() {
+            return Err(Error::spec(
+                "transforms",
+                format!(
+                    "apply_row: {} inputs given, {} expected (row_inputs order)",
+                    inputs.len(),
+                    plan.inputs.len()
+                ),
+            ));
+        }
         let mut computed: SmallVec<[Option<f64>; 64]> =
             SmallVec::from_elem(None, plan.slot_input.len());
         let input =
@@ -2932,8 +2944,15 @@ fn parse_step(v: &Value, i: usize) -> Result<Step> {
             Op::Bucketize { boundaries: b }
         }
         "quantile_bucketize" => {
-            let n = count("n")?.ok_or_else(|| Error::spec(format!("{field}.n"), "is required"))?
-                as usize;
+            let n = count("n")?.ok_or_else(|| Error::spec(format!("{field}.n"), "is required"))?;
+            // fit computes n + 1 quantiles: an absurd n must not allocate without bound
+            if n > MAX_QUANTILE_BUCKETS {
+                return Err(Error::spec(
+                    format!("{field}.n"),
+                    format!("at most {MAX_QUANTILE_BUCKETS} buckets, got {n}"),
+                ));
+            }
+            let n = n as usize;
             let edges = match o.get("edges") {
                 None | Some(Value::Null) => None,
                 Some(Value::Array(a)) => {
@@ -3034,7 +3053,16 @@ fn parse_step(v: &Value, i: usize) -> Result<Step> {
                         })
                         .collect::<Result<_>>()?;
                     let default = need("default")?;
-                    Some((cats.into_iter().zip(encs).collect(), default))
+                    // looked up by binary search: sorted, each category once
+                    let mut table: Vec<(Cat, f64)> = cats.into_iter().zip(encs).collect();
+                    table.sort_by(|a, b| a.0.cmp(&b.0));
+                    if table.windows(2).any(|w| w[0].0 == w[1].0) {
+                        return Err(Error::spec(
+                            format!("{field}.categories"),
+                            "a category appears twice",
+                        ));
+                    }
+                    Some((table, default))
                 }
                 (None, None) => None,
                 _ => {

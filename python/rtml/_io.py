@@ -8,25 +8,34 @@ from typing import Any
 
 import pyarrow as pa
 
+from .exceptions import SchemaError
+
 __all__ = ["to_table", "events_table"]
 
 
 def _read_path(path: str | os.PathLike[str]) -> pa.Table:
+    if not os.fspath(path):
+        # Path("") is ".": never read the working directory by accident
+        raise FileNotFoundError(2, "No such file or directory", "")
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(2, "No such file or directory", str(p))
     suffix = p.suffix.lower()
-    if suffix == ".csv":
-        import pyarrow.csv as pacsv
+    try:
+        if suffix == ".csv":
+            import pyarrow.csv as pacsv
 
-        return pacsv.read_csv(p)
-    if suffix in (".feather", ".arrow", ".ipc"):
-        import pyarrow.feather as feather
+            return pacsv.read_csv(p)
+        if suffix in (".feather", ".arrow", ".ipc"):
+            import pyarrow.feather as feather
 
-        return feather.read_table(p)
-    import pyarrow.parquet as pq
+            return feather.read_table(p)
+        import pyarrow.parquet as pq
 
-    return pq.read_table(p)
+        return pq.read_table(p)
+    except pa.ArrowException as e:
+        # a file that is not what its name says (or not a table at all)
+        raise SchemaError(f"{p}: cannot be read as a table: {e}") from e
 
 
 def to_table(data: Any, what: str = "events") -> pa.Table:
@@ -36,6 +45,16 @@ def to_table(data: Any, what: str = "events") -> pa.Table:
     (or polars LazyFrame), any object with ``__arrow_c_stream__`` (DuckDB relations, ...),
     a Parquet / CSV / Feather path or a list of them, or a dict of columns.
     """
+    try:
+        return _to_table(data, what)
+    except (pa.ArrowException, OverflowError) as e:
+        if isinstance(e, (SchemaError, TypeError, OSError)):
+            raise
+        # values pyarrow cannot hold (an int beyond 64 bits, mixed types in a column, ...)
+        raise SchemaError(f"{what}: cannot convert to Arrow: {e}") from e
+
+
+def _to_table(data: Any, what: str) -> pa.Table:
     if isinstance(data, pa.Table):
         return data
     if isinstance(data, pa.RecordBatch):
@@ -51,9 +70,10 @@ def to_table(data: Any, what: str = "events") -> pa.Table:
     if isinstance(data, (list, tuple)) and data and all(isinstance(d, dict) for d in data):
         return pa.Table.from_pylist(list(data))
     module = type(data).__module__.split(".")[0]
-    if module == "pandas":
+    # DataFrames only: a pandas Series / Timestamp / NaT is not a table (TypeError below)
+    if module == "pandas" and hasattr(data, "columns"):
         return pa.Table.from_pandas(data, preserve_index=False)
-    if module == "polars":
+    if module == "polars" and hasattr(data, "columns"):
         if hasattr(data, "collect") and not hasattr(data, "to_arrow"):
             data = data.collect()
         return data.to_arrow()

@@ -83,6 +83,10 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
         if let Ok(v) = obj.getattr("value") {
             if let Ok(ns) = v.extract::<i64>() {
                 if obj.hasattr("nanosecond").unwrap_or(false) {
+                    // pandas.NaT is a datetime too, with value i64::MIN
+                    if ns == i64::MIN {
+                        return Err(Error::schema(field, "NaT (not a time)"));
+                    }
                     return Ok(ns);
                 }
             }

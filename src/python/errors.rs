@@ -12,6 +12,7 @@ static SPEC: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static SCHEMA: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static QUERY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static SNAPSHOT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static RTML: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 fn raise(py: Python<'_>, cell: &PyOnceLock<Py<PyType>>, name: &str, message: String) -> PyErr {
     match cell.import(py, "rtml.exceptions", name) {
@@ -53,5 +54,29 @@ pub trait IntoPy<T> {
 impl<T> IntoPy<T> for Result<T, Error> {
     fn py_err(self) -> PyResult<T> {
         self.map_err(to_py)
+    }
+}
+
+/// Run `f`, turning a Rust panic (always a bug) into `rtml.RtmlError` instead of pyo3's
+/// `PanicException`, a `BaseException` that a service's `except Exception` does not catch.
+/// Only for calls whose state survives a panic unchanged (they work on a copy or only read).
+pub fn guard<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(Python::attach(|py| {
+                raise(
+                    py,
+                    &RTML,
+                    "RtmlError",
+                    format!("internal error (a bug in rtml, please report it): {what}"),
+                )
+            }))
+        }
     }
 }

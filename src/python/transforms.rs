@@ -201,8 +201,10 @@ pub(crate) fn apply_one(
 impl PyTransforms {
     #[staticmethod]
     fn from_json(text: &str) -> PyResult<PyTransforms> {
-        Ok(PyTransforms {
-            inner: RwLock::new(Transforms::from_json(text).py_err()?),
+        super::errors::guard(|| {
+            Ok(PyTransforms {
+                inner: RwLock::new(Transforms::from_json(text).py_err()?),
+            })
         })
     }
 
@@ -227,14 +229,16 @@ impl PyTransforms {
 
     /// Fit unfitted steps on a table (in parallel, GIL released). On error nothing changes.
     fn fit(&self, py: Python<'_>, table: PyTable) -> PyResult<()> {
-        let batch = one_batch(table)?;
-        let current = self.inner.read().clone();
-        let fitted = py.detach(move || {
-            let mut t = current;
-            t.fit(&batch).map(|_| t)
-        });
-        *self.inner.write() = fitted.py_err()?;
-        Ok(())
+        super::errors::guard(|| {
+            let batch = one_batch(table)?;
+            let current = self.inner.read().clone();
+            let fitted = py.detach(move || {
+                let mut t = current;
+                t.fit(&batch).map(|_| t)
+            });
+            *self.inner.write() = fitted.py_err()?;
+            Ok(())
+        })
     }
 
     /// Fit, then return the transformed table with out-of-fold target encodings.
@@ -314,17 +318,19 @@ impl PyTransforms {
         py: Python<'py>,
         row: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let t = self.inner.read();
-        let vals = apply_one(&t, Some(row), &[])?;
-        let out = PyDict::new(py);
-        for (name, &v) in t.feature_names().iter().zip(&vals) {
-            if v.is_nan() {
-                out.set_item(name, py.None())?;
-            } else {
-                out.set_item(name, v)?;
+        super::errors::guard(|| {
+            let t = self.inner.read();
+            let vals = apply_one(&t, Some(row), &[])?;
+            let out = PyDict::new(py);
+            for (name, &v) in t.feature_names().iter().zip(&vals) {
+                if v.is_nan() {
+                    out.set_item(name, py.None())?;
+                } else {
+                    out.set_item(name, v)?;
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// One request row -> float64 vector in feature_names order (NaN = null).
@@ -333,7 +339,9 @@ impl PyTransforms {
         py: Python<'py>,
         row: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-        let t = self.inner.read();
-        Ok(PyArray1::from_vec(py, apply_one(&t, Some(row), &[])?))
+        super::errors::guard(|| {
+            let t = self.inner.read();
+            Ok(PyArray1::from_vec(py, apply_one(&t, Some(row), &[])?))
+        })
     }
 }

@@ -1,4 +1,5 @@
 //! The one Rust integration-test binary (builds once). Modules per area.
 mod engine;
 mod exact;
+mod fuzz_regressions;
 mod transforms;
