@@ -57,8 +57,8 @@ fn dense_to_batch(names: &[String], d: Dense) -> PyResult<RecordBatch> {
     let arrays: Vec<ArrayRef> = (0..d.cols)
         .map(|j| {
             let values = ScalarBuffer::<f64>::new(buffer.clone(), j * rows, rows);
-            let nulls =
-                d.has_null[j].then(|| NullBuffer::from_iter(values.iter().map(|x| !x.is_nan())));
+            let has_null = d.has_null.get(j).copied().unwrap_or(true);
+            let nulls = has_null.then(|| NullBuffer::from_iter(values.iter().map(|x| !x.is_nan())));
             Arc::new(Float64Array::new(values, nulls)) as ArrayRef
         })
         .collect();
