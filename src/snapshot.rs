@@ -105,12 +105,38 @@ pub fn write(engine: &Engine, path: &Path) -> Result<()> {
         if let Ok(d) = File::open(&dir) {
             let _ = d.sync_all();
         }
+        remove_stale_temps(&dir, &name);
         Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Remove `.<name>.tmp-<pid>` files left by writers that were killed mid-snapshot (their
+/// process no longer exists). Best effort; Linux only (where a process is `/proc/<pid>`).
+fn remove_stale_temps(dir: &Path, name: &str) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 pub fn read(path: &Path) -> Result<Engine> {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import random
 import signal
 import struct
@@ -187,6 +188,10 @@ def test_sigkill_during_snapshot_keeps_previous(states, tmp_path):
     assert _outcome(path, states) == "a"
     states["b"].snapshot(path)
     assert _outcome(path, states) == "b"
+    # ... and a completed snapshot removes the temporary files of writers that died.
+    if sys.platform.startswith("linux"):
+        stale = [f for f in os.listdir(tmp_path) if f.startswith(f".{path.name}.tmp-")]
+        assert stale == [], stale
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
