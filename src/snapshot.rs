@@ -188,6 +188,9 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Engine> {
         let engine = engine_from(path, &body)?;
         for (k, s) in body.keys {
             let s = s.upgrade(&engine.plan).ok_or_else(mismatch)?;
+            if !fits_stream(&engine, &body.watermark, &s) {
+                return Err(mismatch());
+            }
             engine.shard(k.as_ref()).write().keys.insert(k, s);
         }
         return Ok(engine);
@@ -198,12 +201,20 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Engine> {
         .map_err(decode_err)?;
     let engine = engine_from(path, &body)?;
     for (k, s) in body.keys {
-        if !s.consistent_with(&engine.plan) {
+        if !s.consistent_with(&engine.plan) || !fits_stream(&engine, &body.watermark, &s) {
             return Err(mismatch());
         }
         engine.shard(k.as_ref()).write().keys.insert(k, s);
     }
     Ok(engine)
+}
+
+/// A key's state is one this engine could have written: not settled past the stream's settled
+/// point, no event after the watermark (a forged state would break ingest's invariants).
+fn fits_stream(engine: &Engine, watermark: &i64, s: &KeyState) -> bool {
+    *watermark != i64::MIN
+        && s.settled <= watermark.saturating_sub(engine.plan.spec.allowed_lateness)
+        && s.last_ts <= *watermark
 }
 
 /// An empty engine with the document's feature set, watermark and counters.
