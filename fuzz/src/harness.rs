@@ -408,7 +408,8 @@ pub fn set_skip_known_bugs(on: bool) {
 /// Known bug 1 (src/state.rs, `KeyState::settle` and `fill`): with `hop = 1ns`, the first tile
 /// id `floor_div(t, 1) - window` overflows i64 for an instant `t < i64::MIN + window`
 /// (a settle point or query instant within one window of the year-1677 limit). Regression
-/// test: `fuzz_regressions::known_bug_tile_id_overflow_near_i64_min` (ignored until fixed).
+/// test: `fuzz_regressions::known_bug_tile_id_overflow_near_i64_min` (ignored until fixed), input
+/// `fuzz/known/spec/tile-id-overflow`.
 fn hits_tile_overflow(plan: &Plan, instants: &[i64]) -> bool {
     if !SKIP_KNOWN_BUGS.with(|c| c.get()) {
         return false;
@@ -423,6 +424,18 @@ fn hits_tile_overflow(plan: &Plan, instants: &[i64]) -> bool {
 }
 
 // ------------------------------------------------------------------------------ comparisons
+
+/// How much the parity oracle compared (so a corpus run can show it is not vacuous):
+/// [online-vs-offline comparisons, of which non-null, inputs that reached a comparison].
+pub static PARITY_COUNTS: [std::sync::atomic::AtomicUsize; 3] = [
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+];
+
+fn count(i: usize) {
+    PARITY_COUNTS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
 
 fn same(a: f64, b: f64) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
@@ -525,6 +538,9 @@ fn check_parity(
         }
     }
     let spine = vec![(key_arr(&sk), st.clone())];
+    if !events.is_empty() {
+        count(2);
+    }
     let cols =
         backfill(plan, &events, &spine, &mut no_progress()).expect("backfill of valid input");
     let mut row = vec![0.0; plan.n_features()];
@@ -557,6 +573,10 @@ fn check_parity(
             } else {
                 row[f]
             };
+            count(0);
+            if !on.is_nan() {
+                count(1);
+            }
             assert!(
                 same(on, off),
                 "parity: {} for {k:?} at {t}: online {on:?} ({:#x}) offline {off:?} ({:#x})",
@@ -716,7 +736,11 @@ pub fn ingest(data: &[u8]) {
     let plans = PLANS.get_or_init(|| {
         ingest_specs()
             .iter()
-            .map(|s| Arc::new(Plan::new(Spec::from_json(s).expect("harness specs are valid"))))
+            .map(|s| {
+                Arc::new(Plan::new(
+                    Spec::from_json(s).expect("harness specs are valid"),
+                ))
+            })
             .collect()
     });
     let mut s = Src::new(data);
@@ -1178,9 +1202,11 @@ pub fn transforms(data: &[u8]) {
             for (i, name) in names.iter().enumerate() {
                 assert!(
                     same(out[i], table[i][0]),
-                    "one-row driver differs on {name}: {} vs {}",
+                    "one-row driver differs on {name}: {} vs {} (row inputs {:?}, table {:?})",
                     out[i],
-                    table[i][0]
+                    table[i][0],
+                    vals,
+                    b.schema()
                 );
             }
         }

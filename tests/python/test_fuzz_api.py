@@ -611,3 +611,16 @@ def test_tiled_window_with_1ns_hop_near_the_time_limit():
     except BaseException as e:  # noqa: BLE001 - PanicException
         pytest.fail(f"{type(e).__name__}: {e}")
     assert out["n"].to_pylist() == [2]
+
+
+def test_integer_categories_beyond_2_53_are_exact():
+    """Found by the `transforms` fuzz target: the table driver read integer categories through
+    float64, merging 2**53 and 2**53 + 1 and disagreeing with transform_one."""
+    big = 2**53
+    table = pa.table({"c": pa.array([big, big + 1, big + 1], pa.int64())})
+    tf = rtml.Transforms([rtml.ordinal("c", name="o"), rtml.hash_bucket("c", 1_000_003, name="h"), rtml.one_hot("c")]).fit(table)
+    assert tf.feature_names == ["o", "h", f"c={big}", f"c={big + 1}", "c=__other__"]
+    out = tf.transform(table).to_pylist()
+    assert [r["o"] for r in out] == [0.0, 1.0, 1.0]
+    for row, v in zip(out, [big, big + 1, big + 1]):
+        assert tf.transform_one({"c": v}) == row
