@@ -55,7 +55,7 @@ fuzz-rust:
 	  mkdir -p fuzz/work/$$t fuzz/regressions/$$t; \
 	  echo "== fuzz target $$t, $(FUZZ_SECONDS) s"; \
 	  (cd fuzz && ASAN_OPTIONS=allocator_may_return_null=1 RAYON_NUM_THREADS=1 cargo +nightly fuzz run $$t --debug-assertions work/$$t corpus/$$t regressions/$$t -- \
-	    -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 -max_len=8192 \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=65536 -max_len=8192 \
 	    -dict=dict/$$t.dict -print_final_stats=1) || exit 1; \
 	done
 
