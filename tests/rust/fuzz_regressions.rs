@@ -333,6 +333,48 @@ fn parity_coverage() {
     );
 }
 
+/// Known bug 2, found by the `snapshot` target after 160,620 executions (input
+/// `fuzz/known/snapshot/settled-beyond-settle-point`, a payload the harness frames with a valid
+/// header and CRC): `snapshot::decode` accepts a key whose `settled` (8.3e18 ns) lies beyond the
+/// engine's settle point (watermark 3e10 ns - allowed_lateness 3 s). `consistent_with` checks the
+/// buffer and group bounds but not `settled <= watermark - allowed_lateness` (nor `last_ts`
+/// against the buffer). An event accepted between the two is then inserted behind the settled
+/// region: debug builds panic (`debug_assert!(ts >= self.settled)`, src/state.rs), release
+/// builds silently leave it out of the settled accumulators. Not reachable with files rtml
+/// wrote (the CRC catches accidental damage), only with crafted ones. Fix (src/snapshot.rs /
+/// src/state.rs): refuse such a state with `Error::Snapshot`. Ignored until fixed.
+#[test]
+#[ignore = "known bug in src/snapshot.rs / src/state.rs (restored key settled beyond the watermark): see docs/fuzzing.md"]
+fn known_bug_restored_key_settled_beyond_the_watermark() {
+    let data =
+        std::fs::read(fuzz_dir().join("known/snapshot/settled-beyond-settle-point")).unwrap();
+    // frame the payload as the harness does, and expect the decoder to refuse it
+    let payload = &data[1..];
+    let mut file = b"RTMLSNAP".to_vec();
+    file.extend_from_slice(&rtml::snapshot::SNAPSHOT_VERSION.to_le_bytes());
+    file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    file.extend_from_slice(&crc32(payload).to_le_bytes());
+    file.extend_from_slice(payload);
+    let decoded = rtml::snapshot::decode(&file, Path::new("crafted.snap"));
+    assert!(
+        matches!(decoded, Err(rtml::Error::Snapshot { .. })),
+        "a key settled beyond the watermark was accepted"
+    );
+    harness::set_skip_known_bugs(false);
+    replay_file("known", "snapshot", "settled-beyond-settle-point");
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
 /// Regenerate the seed inputs of `fuzz/corpus/` (run by hand:
 /// `cargo test --no-default-features --test rust -- --ignored write_fuzz_seeds`).
 #[test]
