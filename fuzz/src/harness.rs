@@ -808,7 +808,7 @@ pub fn ingest(data: &[u8]) {
                 assert_eq!(r.accepted, mask.iter().filter(|&&m| m).count() as u64);
                 watermark = wm;
                 for k in owned_keys(&events) {
-                    if !keys.iter().any(|x| *x == k) {
+                    if !keys.contains(&k) {
                         keys.push(k);
                     }
                 }
@@ -1311,8 +1311,11 @@ fn cell<'a>(a: &dyn Array, i: usize, st: Option<&'a str>) -> Option<RowValue<'a>
     })
 }
 
+/// A fuzz target: a name and the function libFuzzer calls.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every fuzz target by name (for the corpus replay).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("spec", spec),
     ("transforms", transforms),
     ("snapshot", snapshot),

@@ -203,7 +203,7 @@ mod fixed {
             (RowValue::Int(3), 3.0),
             (RowValue::Str("z"), -1.0),
         ] {
-            t.apply_row(&[v.clone()], &mut out).unwrap();
+            t.apply_row(std::slice::from_ref(&v), &mut out).unwrap();
             assert_eq!(out[0], want, "{v:?}");
         }
         assert!(matches!(
