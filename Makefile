@@ -60,8 +60,8 @@ fuzz-rust:
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz/work/$$t fuzz/regressions/$$t; \
 	  echo "== fuzz target $$t, $(FUZZ_SECONDS) s"; \
-	  (cd fuzz && RAYON_NUM_THREADS=1 cargo +nightly fuzz run $$t --debug-assertions work/$$t corpus/$$t regressions/$$t -- \
-	    -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 -max_len=8192 \
+	  (cd fuzz && ASAN_OPTIONS=allocator_may_return_null=1 RAYON_NUM_THREADS=1 cargo +nightly fuzz run $$t --debug-assertions work/$$t corpus/$$t regressions/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=65536 -max_len=8192 \
 	    -dict=dict/$$t.dict -print_final_stats=1) || exit 1; \
 	done
 

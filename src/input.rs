@@ -78,6 +78,9 @@ pub enum StrArr<'a> {
 }
 
 impl<'a> StrArr<'a> {
+    /// The string at row `i < len`. In bounds for a dictionary too: Arrow validates every
+    /// non-null key against the values' length, and callers never read a null row (keys are
+    /// refused on a null, values check `logical_nulls` first).
     #[inline]
     pub fn get(&self, i: usize) -> &'a str {
         match self {

@@ -1252,7 +1252,9 @@ fn decayed_output<'a>(
 ) -> f64 {
     let (ct, w) = decay_cell(t, h);
     let mut total = ExactSum::new();
-    for (&c, cell) in cells.range(ct - DECAY_MAX_AGE_PERIODS..) {
+    // Cells after `ct` hold only events after `t` (the eager region of a query in the past):
+    // they and their corrections are left out whole.
+    for (&c, cell) in cells.range(ct.saturating_sub(DECAY_MAX_AGE_PERIODS)..=ct) {
         let mut scaled = cell.clone();
         scaled.scale_pow2((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32);
         total.add_assign(&scaled);
@@ -1261,7 +1263,7 @@ fn decayed_output<'a>(
     for (row, sign) in removed.map(|r| (r, -1)).chain(added.map(|r| (r, 1))) {
         if let Some(x) = num(row[1 + col]) {
             let (c, wt) = decay_cell(row[0] as i64, h);
-            if ct - c > DECAY_MAX_AGE_PERIODS {
+            if c > ct || ct - c > DECAY_MAX_AGE_PERIODS {
                 continue;
             }
             let mut term = ExactSum::new();

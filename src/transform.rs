@@ -9,6 +9,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt8Type,
+};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use chrono::{Datelike, TimeZone, Timelike};
@@ -402,6 +405,22 @@ fn numeric_of(a: &ArrayRef, name: &str, step: &str) -> Result<Vec<f64>> {
     Ok(out)
 }
 
+/// Integer categories of a primitive column, exactly.
+fn ints<'a, T>(
+    p: &arrow_array::PrimitiveArray<T>,
+    null: &impl Fn(usize) -> bool,
+) -> Vec<Option<CatRef<'a>>>
+where
+    T: arrow_array::ArrowPrimitiveType,
+    T::Native: Into<i64>,
+{
+    p.values()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (!null(i)).then(|| CatRef::Int(v.into())))
+        .collect()
+}
+
 fn cats_of<'a>(a: &'a ArrayRef, name: &str, step: &str) -> Result<Vec<Option<CatRef<'a>>>> {
     let n = a.len();
     let flags = null_flags(a);
@@ -436,18 +455,19 @@ fn cats_of<'a>(a: &'a ArrayRef, name: &str, step: &str) -> Result<Vec<Option<Cat
                 .map(|i| (!null(i)).then(|| CatRef::Str(keys.get(i))))
                 .collect()
         }
-        DataType::Int64
-        | DataType::Int32
-        | DataType::Int16
-        | DataType::Int8
-        | DataType::UInt32
-        | DataType::UInt16
-        | DataType::UInt8
-        | DataType::Boolean => {
-            let v = numeric_of(a, name, step)?;
-            v.iter()
-                .enumerate()
-                .map(|(i, x)| (!null(i)).then_some(CatRef::Int(*x as i64)))
+        // Integer categories exactly (not through f64: beyond 2^53 that would merge
+        // categories, and disagree with the one-row driver, which reads the exact integer).
+        DataType::Int64 => ints(a.as_primitive::<Int64Type>(), &null),
+        DataType::Int32 => ints(a.as_primitive::<Int32Type>(), &null),
+        DataType::Int16 => ints(a.as_primitive::<Int16Type>(), &null),
+        DataType::Int8 => ints(a.as_primitive::<Int8Type>(), &null),
+        DataType::UInt32 => ints(a.as_primitive::<UInt32Type>(), &null),
+        DataType::UInt16 => ints(a.as_primitive::<UInt16Type>(), &null),
+        DataType::UInt8 => ints(a.as_primitive::<UInt8Type>(), &null),
+        DataType::Boolean => {
+            let b = a.as_boolean();
+            (0..n)
+                .map(|i| (!null(i)).then(|| CatRef::Int(b.value(i) as i64)))
                 .collect()
         }
         DataType::Null => vec![None; n],
@@ -664,7 +684,8 @@ fn sorted_values(v: &[f64]) -> Vec<f64> {
     s
 }
 
-/// numpy's default ('linear') percentile of sorted values, q in [0, 1].
+/// numpy's default ('linear') percentile of sorted values, q in [0, 1] (callers pass constants
+/// and k/n with k <= n, so `lo <= n - 1` and the indexing is in bounds).
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     let n = sorted.len();
     if n == 0 {

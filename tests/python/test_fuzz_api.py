@@ -610,3 +610,38 @@ def test_tiled_window_with_1ns_hop_near_the_time_limit():
     except BaseException as e:  # noqa: BLE001 - PanicException
         pytest.fail(f"{type(e).__name__}: {e}")
     assert out["n"].to_pylist() == [2]
+
+
+def test_integer_categories_beyond_2_53_are_exact():
+    """Found by the `transforms` fuzz target: the table driver read integer categories through
+    float64, merging 2**53 and 2**53 + 1 and disagreeing with transform_one."""
+    big = 2**53
+    table = pa.table({"c": pa.array([big, big + 1, big + 1], pa.int64())})
+    tf = rtml.Transforms([rtml.ordinal("c", name="o"), rtml.hash_bucket("c", 1_000_003, name="h"), rtml.one_hot("c")]).fit(table)
+    assert tf.feature_names == ["o", "h", f"c={big}", f"c={big + 1}", "c=__other__"]
+    out = tf.transform(table).to_pylist()
+    assert [r["o"] for r in out] == [0.0, 1.0, 1.0]
+    for row, v in zip(out, [big, big + 1, big + 1]):
+        assert tf.transform_one({"c": v}) == row
+
+
+def test_crafted_snapshot_with_a_key_settled_beyond_the_watermark_is_refused(tmp_path):
+    """Found by the `snapshot` fuzz target: a payload with a valid header and CRC whose key
+    "b" is settled at 8.3e18 ns while the watermark is 3e10 ns. restore() accepts it; a later
+    ingest of "b" at the settle point panics (debug builds) or is silently misplaced."""
+    import struct
+    import zlib
+    from pathlib import Path
+
+    data = (Path(__file__).resolve().parents[2] / "fuzz/known/snapshot/settled-beyond-settle-point").read_bytes()
+    payload = data[1:]
+    path = tmp_path / "crafted.snap"
+    # format 1: the layout the fuzzer found it in (read and upgraded by this rtml)
+    path.write_bytes(b"RTMLSNAP" + struct.pack("<IQI", 1, len(payload), zlib.crc32(payload)) + payload)
+    out = Outcome(rtml.OnlineEngine.restore, str(path))
+    if out.ok:
+        eng = out.value
+        sp = (eng.stats()["watermark"] - 3 * NS) // NS  # timestamp_unit "s", allowed_lateness 3s
+        ingested = Outcome(eng.ingest, [{"k": "b", "ts": sp, "v": 1.0, "u": 1.0, "c": "x"}])
+        pytest.fail(f"restore accepted the file; ingest then: {ingested.error!r}")
+    assert isinstance(out.error, rtml.SnapshotError)

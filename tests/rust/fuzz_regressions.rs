@@ -46,11 +46,16 @@ fn replay(name: &str) {
     assert!(n > 0, "no committed inputs for fuzz target {name}");
 }
 
-/// One committed reproducer.
-fn regression(name: &str, file: &str) {
-    let data = std::fs::read(fuzz_dir().join("regressions").join(name).join(file))
-        .unwrap_or_else(|e| panic!("fuzz/regressions/{name}/{file}: {e}"));
+/// One committed reproducer of a fixed bug (`fuzz/regressions/`, also replayed by `corpus_*`)
+/// or of a known open one (`fuzz/known/`, replayed only by its ignored test).
+fn replay_file(dir: &str, name: &str, file: &str) {
+    let data = std::fs::read(fuzz_dir().join(dir).join(name).join(file))
+        .unwrap_or_else(|e| panic!("fuzz/{dir}/{name}/{file}: {e}"));
     target(name)(&data);
+}
+
+fn regression(name: &str, file: &str) {
+    replay_file("regressions", name, file);
 }
 
 #[test]
@@ -198,13 +203,42 @@ mod fixed {
             (RowValue::Int(3), 3.0),
             (RowValue::Str("z"), -1.0),
         ] {
-            t.apply_row(&[v.clone()], &mut out).unwrap();
+            t.apply_row(std::slice::from_ref(&v), &mut out).unwrap();
             assert_eq!(out[0], want, "{v:?}");
         }
         assert!(matches!(
             Transforms::from_json(&doc(r#"["a", "a"]"#, "[1.0, 2.0]")),
             Err(Error::Spec { .. })
         ));
+    }
+
+    /// Found by the `transforms` target (`fuzz/regressions/transforms/hash-bucket-int-category`):
+    /// the table driver read integer categories through f64, so ints beyond 2^53 were rounded
+    /// (two categories merged, and hash_bucket / one_hot / ordinal / target_encode disagreed
+    /// with the one-row driver, which reads the exact integer).
+    #[test]
+    fn integer_categories_beyond_2_53_are_exact() {
+        super::regression("transforms", "hash-bucket-int-category");
+        let big = 1i64 << 53;
+        let schema = Arc::new(Schema::new(vec![Field::new("c", DataType::Int64, true)]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![big, big + 1, big + 1])) as ArrayRef],
+        )
+        .unwrap();
+        let mut t = Transforms::from_json(
+            r#"{"version": 1, "steps": [{"op": "ordinal", "column": "c", "name": "o"},
+                {"op": "hash_bucket", "column": "c", "name": "h", "n": 1000003}]}"#,
+        )
+        .unwrap();
+        t.fit(&b).unwrap();
+        let cols = t.transform(&b).unwrap();
+        assert_eq!(cols[0], vec![0.0, 1.0, 1.0], "two categories, not one");
+        let mut out = [0.0; 2];
+        for (row, v) in [big, big + 1, big + 1].into_iter().enumerate() {
+            t.apply_row(&[RowValue::Int(v)], &mut out).unwrap();
+            assert_eq!(out, [cols[0][row], cols[1][row]], "row {row}");
+        }
     }
 
     /// `apply_row` indexed its inputs by position: too few panicked.
@@ -227,7 +261,8 @@ mod fixed {
 
 // ------------------------------------------------------------------ bugs left for the engine owner
 
-/// Known bug 1, found by the `spec` target (input `fuzz/regressions/spec/tile-id-overflow`):
+/// Known bug 1, found by the `spec` harness on its first seed corpus (input
+/// `fuzz/known/spec/tile-id-overflow`):
 /// with `hop = 1ns`, `KeyState::settle` (src/state.rs, `floor_div(s, h) - w / h`) and
 /// `KeyState::fill` (`floor_div(t, h) - window / h`) overflow i64 for an instant within one
 /// window of i64::MIN (events or queries near the year-1677 limit, or a settle point that
@@ -270,7 +305,73 @@ fn tile_id_overflow_near_i64_min() {
     assert_eq!(out[0], 3.0);
     // and the replay of the fuzzer's input, with the harness's guard off
     harness::set_skip_known_bugs(false);
-    regression("spec", "tile-id-overflow");
+    replay_file("known", "spec", "tile-id-overflow");
+}
+
+/// How much the parity oracle compares over a corpus directory (run by hand after a long fuzz
+/// run: `FUZZ_CORPUS=fuzz/work/ingest cargo test --no-default-features --test rust --
+/// --ignored --nocapture parity_coverage`).
+#[test]
+#[ignore]
+fn parity_coverage() {
+    use std::sync::atomic::Ordering;
+    let dir = std::env::var("FUZZ_CORPUS").unwrap_or_else(|_| "fuzz/corpus/ingest".into());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        harness::ingest(&std::fs::read(e.unwrap().path()).unwrap());
+        n += 1;
+    }
+    let c: Vec<usize> = harness::PARITY_COUNTS
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .collect();
+    println!(
+        "{n} inputs, {} reached a parity check with events, {} feature values compared, {} non-null",
+        c[2], c[0], c[1]
+    );
+}
+
+/// Known bug 2, found by the `snapshot` target after 160,620 executions (input
+/// `fuzz/known/snapshot/settled-beyond-settle-point`, a payload the harness frames with a valid
+/// header and CRC): `snapshot::decode` accepts a key whose `settled` (8.3e18 ns) lies beyond the
+/// engine's settle point (watermark 3e10 ns - allowed_lateness 3 s). `consistent_with` checks the
+/// buffer and group bounds but not `settled <= watermark - allowed_lateness` (nor `last_ts`
+/// against the buffer). An event accepted between the two is then inserted behind the settled
+/// region: debug builds panic (`debug_assert!(ts >= self.settled)`, src/state.rs), release
+/// builds silently leave it out of the settled accumulators. Not reachable with files rtml
+/// wrote (the CRC catches accidental damage), only with crafted ones. Fix (src/snapshot.rs /
+/// src/state.rs): refuse such a state with `Error::Snapshot`. Fixed (`fits_stream` in src/snapshot.rs).
+#[test]
+fn restored_key_settled_beyond_the_watermark() {
+    let data =
+        std::fs::read(fuzz_dir().join("known/snapshot/settled-beyond-settle-point")).unwrap();
+    // frame the payload as the harness does (format 1: the layout it was found in), and expect
+    // the decoder to refuse it
+    let payload = &data[1..];
+    let mut file = b"RTMLSNAP".to_vec();
+    file.extend_from_slice(&1u32.to_le_bytes());
+    file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    file.extend_from_slice(&crc32(payload).to_le_bytes());
+    file.extend_from_slice(payload);
+    let decoded = rtml::snapshot::decode(&file, Path::new("crafted.snap"));
+    assert!(
+        matches!(decoded, Err(rtml::Error::Snapshot { .. })),
+        "a key settled beyond the watermark was accepted"
+    );
+    harness::set_skip_known_bugs(false);
+    replay_file("known", "snapshot", "settled-beyond-settle-point");
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
 }
 
 /// Regenerate the seed inputs of `fuzz/corpus/` (run by hand:
