@@ -979,18 +979,7 @@ impl KeyState {
             bounds
                 && tiles_ok
                 && g.accs.len() == gp.accs.len()
-                && g.accs.iter().zip(&gp.accs).all(|(a, p)| {
-                    matches!(
-                        (a, p),
-                        (Acc::NonNull(_), AccPlan::NonNull { .. })
-                            | (Acc::Moments { .. }, AccPlan::Moments { .. })
-                            | (Acc::Extreme(_), AccPlan::Extreme { .. })
-                            | (Acc::Distinct(_), AccPlan::Distinct { .. })
-                            | (Acc::Sketch { .. }, AccPlan::Sketch { .. })
-                            | (Acc::Decay(_), AccPlan::Decay { .. })
-                            | (Acc::Edges { .. }, AccPlan::Edges { .. })
-                    )
-                })
+                && g.accs.iter().zip(&gp.accs).all(|(a, p)| same_kind(a, p))
         })
     }
 
