@@ -223,7 +223,7 @@ fn int_values(a: &dyn Array, name: &str) -> Result<Option<Vec<i64>>> {
         UInt8 => UInt8Type, UInt16 => UInt16Type, UInt32 => UInt32Type))
 }
 
-fn str_arr<'a>(a: &'a dyn Array, name: &str) -> Result<Option<StrArr<'a>>> {
+fn str_arr<'a>(a: &'a dyn Array) -> Result<Option<StrArr<'a>>> {
     Ok(Some(match a.data_type() {
         DataType::Utf8 => StrArr::Utf8(a.as_string::<i32>()),
         DataType::LargeUtf8 => StrArr::Large(a.as_string::<i64>()),
@@ -244,7 +244,7 @@ fn str_arr<'a>(a: &'a dyn Array, name: &str) -> Result<Option<StrArr<'a>>> {
             let (keys, values) = dict!(Int8 => Int8Type, Int16 => Int16Type, Int32 => Int32Type,
                 Int64 => Int64Type, UInt8 => UInt8Type, UInt16 => UInt16Type, UInt32 => UInt32Type,
                 UInt64 => UInt64Type);
-            let Some(values) = str_arr(values.as_ref(), name)? else {
+            let Some(values) = str_arr(values.as_ref())? else {
                 return Ok(None);
             };
             StrArr::Dict {
@@ -258,7 +258,7 @@ fn str_arr<'a>(a: &'a dyn Array, name: &str) -> Result<Option<StrArr<'a>>> {
 
 /// A dictionary-encoded string column, if `a` is one.
 pub fn read_dictionary_strings(a: &ArrayRef) -> Option<StrArr<'_>> {
-    str_arr(a.as_ref(), "").ok().flatten()
+    str_arr(a.as_ref()).ok().flatten()
 }
 
 pub fn read_keys<'a>(a: &'a ArrayRef, name: &str, offset: usize) -> Result<KeyArr<'a>> {
@@ -271,7 +271,7 @@ pub fn read_keys<'a>(a: &'a ArrayRef, name: &str, offset: usize) -> Result<KeyAr
     if let Some(v) = int_values(a.as_ref(), name)? {
         return Ok(KeyArr::Int(v));
     }
-    if let Some(s) = str_arr(a.as_ref(), name)? {
+    if let Some(s) = str_arr(a.as_ref())? {
         return Ok(KeyArr::Str(s));
     }
     Err(Error::schema(
@@ -439,7 +439,7 @@ fn read_values(
         }
         return Ok(out);
     }
-    if let Some(s) = str_arr(a.as_ref(), name)? {
+    if let Some(s) = str_arr(a.as_ref())? {
         if kind == ColKind::Numeric {
             return Err(Error::schema(
                 name,

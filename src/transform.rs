@@ -2785,12 +2785,13 @@ fn step_json(s: &Step) -> Value {
                 put(&mut m, "scale", json!(sc));
             }
         }
-        Op::MinMaxScale { fitted } => {
-            if let Some((lo, r)) = fitted {
-                put(&mut m, "min", json!(lo));
-                put(&mut m, "range", json!(r));
-            }
+        Op::MinMaxScale {
+            fitted: Some((lo, r)),
+        } => {
+            put(&mut m, "min", json!(lo));
+            put(&mut m, "range", json!(r));
         }
+        Op::MinMaxScale { fitted: None } => {}
         Op::Bucketize { boundaries } => put(&mut m, "boundaries", json!(boundaries)),
         Op::QuantileBucketize { n, edges } => {
             put(&mut m, "n", json!(n));

@@ -92,13 +92,16 @@ fn to_batch(names: &[String], cols: Vec<Vec<f64>>) -> PyResult<RecordBatch> {
     .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
 }
 
+/// One input of a request row: a Python object, or a preset (value, is integer).
+pub(crate) type RowInput<'py> = Result<Bound<'py, PyAny>, (f64, bool)>;
+
 /// Python objects of one request row, in `Transforms::row_inputs` order. `preset` values
 /// (window features from the online engine) take precedence over `row`.
 pub(crate) fn row_objects<'py>(
     t: &Transforms,
     row: Option<&Bound<'py, PyAny>>,
     preset: &[(&str, f64, bool)],
-) -> PyResult<Vec<Result<Bound<'py, PyAny>, (f64, bool)>>> {
+) -> PyResult<Vec<RowInput<'py>>> {
     let d = match row {
         Some(r) => Some(
             r.cast::<PyDict>()
@@ -165,9 +168,7 @@ pub(crate) fn row_values<'a, 'py>(
                         RowValue::Num(f.value())
                     } else if let Ok(s) = v.cast::<PyString>() {
                         RowValue::Str(s.to_str()?)
-                    } else if v.is_instance_of::<PyDate>()
-                        || v.get_type().name()?.to_string() == "datetime64"
-                    {
+                    } else if v.is_instance_of::<PyDate>() || v.get_type().name()? == "datetime64" {
                         RowValue::Time(convert::instant(v, None, name).py_err()?)
                     } else if let Ok(f) = v.extract::<f64>() {
                         RowValue::Num(f)

@@ -300,7 +300,7 @@ proptest! {
                 let got = row[i];
                 match want {
                     None => prop_assert!(got.is_nan(), "feature {} at {:?}: want null, got {}", i, q, got),
-                    Some(w) if w == 0.0 => prop_assert!(got.abs() <= tol.max(1e-12), "feature {} at {:?}: {} vs 0", i, q, got),
+                    Some(0.0) => prop_assert!(got.abs() <= tol.max(1e-12), "feature {} at {:?}: {} vs 0", i, q, got),
                     Some(w) => prop_assert!(((got - w) / w).abs() <= tol, "feature {} at {:?}: {} vs {} (tol {})", i, q, got, w, tol),
                 }
             }
