@@ -399,20 +399,8 @@ mod seeds {
     }
 
     pub const TRANSFORMS: &[&str] = &[
-        r#"{"format": "rtml.Transforms", "version": 1, "steps": [
-  {"op": "is_null", "column": "x"},
-  {"op": "impute", "column": "x", "strategy": "median"},
-  {"op": "log1p", "column": "x", "name": "lx"},
-  {"op": "standard_scale", "column": "x"},
-  {"op": "robust_scale", "column": "lx"},
-  {"op": "quantile_bucketize", "column": "y", "n": 4, "name": "yq"},
-  {"op": "ratio", "column": "x", "other": "y", "on_zero": -1.0, "name": "xy"},
-  {"op": "one_hot", "column": "c", "min_frequency": 2},
-  {"op": "ordinal", "column": "c", "name": "c_ord", "max_categories": 3},
-  {"op": "target_encode", "column": "c", "target": "y", "smooth": 2.0},
-  {"op": "hash_bucket", "column": "c", "n": 7},
-  {"op": "hour_of_day", "column": "ts", "tz": "America/New_York", "cyclical": true}
-]}"#,
+        // the full pipeline of the transforms tests
+        crate::transforms::DOC,
         r#"{"version": 1, "steps": [{"op": "min_max_scale", "column": "a"}, {"op": "clip", "column": "a", "lo": -1, "hi": 1},
   {"op": "power", "column": "a", "p": 0.5}, {"op": "abs", "column": "b"}, {"op": "add", "column": "a", "other": "b"},
   {"op": "sub", "column": "a", "other": "b"}, {"op": "mul", "column": "a", "other": "b"}, {"op": "fill_null", "column": "b", "value": 0},

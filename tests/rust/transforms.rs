@@ -32,7 +32,7 @@ fn table(x: &[Option<f64>], c: &[Option<&str>], y: &[f64]) -> RecordBatch {
     RecordBatch::try_new(schema, cols).unwrap()
 }
 
-const DOC: &str = r#"{"format": "rtml.Transforms", "version": 1, "steps": [
+pub(crate) const DOC: &str = r#"{"format": "rtml.Transforms", "version": 1, "steps": [
   {"op": "is_null", "column": "x"},
   {"op": "impute", "column": "x", "strategy": "median"},
   {"op": "log1p", "column": "x", "name": "lx"},
