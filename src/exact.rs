@@ -13,13 +13,25 @@ type Limbs = SmallVec<[u64; 4]>;
 /// Scratch magnitudes of reads (products, squares): inline up to 512 bits, no allocation.
 type Mag = SmallVec<[u64; 8]>;
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ExactSum {
     /// Weight of bit 0 of limb 0.
     exp: i32,
-    /// Little-endian two's complement; empty means zero.
+    /// Little-endian two's complement; zero is empty or all zero limbs.
     limbs: Limbs,
 }
+
+/// Equal values (whatever their width and exponent).
+impl PartialEq for ExactSum {
+    fn eq(&self, other: &Self) -> bool {
+        let (mut a, mut b) = (self.clone(), other.clone());
+        a.trim();
+        b.trim();
+        a.limbs == b.limbs && (a.limbs.is_empty() || a.exp == b.exp)
+    }
+}
+
+impl Eq for ExactSum {}
 
 /// Split a finite non-zero f64 into (negative, odd mantissa, exponent): |x| = m * 2^e.
 #[inline]
@@ -52,7 +64,7 @@ impl ExactSum {
 
     #[inline]
     pub fn is_zero(&self) -> bool {
-        self.limbs.is_empty()
+        self.limbs.iter().all(|&l| l == 0)
     }
 
     #[inline]
@@ -84,6 +96,8 @@ impl ExactSum {
             self.exp -= k as i32;
             return;
         }
+        // Trim first, so the usual small shift of a four-limb sum stays in the inline limbs.
+        self.trim_top();
         let whole = (k / 64) as usize;
         let bits = k % 64;
         if bits != 0 {
@@ -101,6 +115,16 @@ impl ExactSum {
         }
         self.exp -= k as i32;
         self.trim_top();
+        self.unspill();
+    }
+
+    /// Move the limbs back inline when they fit (a spilled vector stays spilled otherwise, and
+    /// the fast path of [`Self::add_scaled_wide`] only takes inline limbs).
+    #[inline]
+    fn unspill(&mut self) {
+        if self.limbs.spilled() && self.limbs.len() <= 4 {
+            self.limbs.shrink_to_fit();
+        }
     }
 
     /// Drop redundant sign limbs at the top.
@@ -129,6 +153,7 @@ impl ExactSum {
             self.limbs.drain(0..zeros);
             self.exp += 64 * zeros as i32;
         }
+        self.unspill();
     }
 
     /// Make the top limb a redundant sign limb (0 above a non-negative limb, all ones above a
@@ -159,15 +184,72 @@ impl ExactSum {
     }
 
     /// Add (or subtract) `m * 2^e` for `m < 2^107` (a mantissa or the square of one).
+    #[inline]
     fn add_scaled_wide(&mut self, negative: bool, m: u128, e: i32) {
         debug_assert!(m >> 107 == 0);
-        if m == 0 {
+        if m == 0 || self.try_add_inline(negative, m, e) {
             return;
         }
-        if self.limbs.is_empty() {
+        self.add_scaled_slow(negative, m, e)
+    }
+
+    /// The fast path, the steady state of a running sum: four inline limbs whose top one is a
+    /// redundant sign limb (so the value is below 2^191 in magnitude) and an addend `m << p`
+    /// below 2^191: the 256-bit sum cannot overflow. Returns false (nothing done) otherwise.
+    #[inline(always)]
+    fn try_add_inline(&mut self, negative: bool, m: u128, e: i32) -> bool {
+        let p = e.wrapping_sub(self.exp);
+        if p < 0
+            || p + (128 - m.leading_zeros() as i32) > 191
+            || self.limbs.spilled()
+            || self.limbs.len() != 4
+        {
+            return false;
+        }
+        let l: &mut [u64] = &mut self.limbs;
+        let below_neg = l[2] >> 63 == 1;
+        if !((l[3] == 0 && !below_neg) || (l[3] == u64::MAX && below_neg)) {
+            return false;
+        }
+        let lo = l[0] as u128 | (l[1] as u128) << 64;
+        let hi = l[2] as u128 | (l[3] as u128) << 64;
+        let sh = p as u32;
+        let (a_lo, a_hi) = match sh {
+            0 => (m, 0),
+            1..128 => (m << sh, m >> (128 - sh)),
+            _ => (0, m << (sh - 128)),
+        };
+        let (lo, hi) = if negative {
+            let (lo, b) = lo.overflowing_sub(a_lo);
+            (lo, hi.wrapping_sub(a_hi).wrapping_sub(b as u128))
+        } else {
+            let (lo, c) = lo.overflowing_add(a_lo);
+            (lo, hi.wrapping_add(a_hi).wrapping_add(c as u128))
+        };
+        // A sum that returns to zero keeps its limbs and exponent: a window that empties and
+        // fills again (most windows of a cold key) stays on this path.
+        l[0] = lo as u64;
+        l[1] = (lo >> 64) as u64;
+        l[2] = hi as u64;
+        l[3] = (hi >> 64) as u64;
+        true
+    }
+
+    /// [`Self::add_scaled_wide`] in general: resets a zero, lowers the exponent, widens a short
+    /// sum to the four inline limbs and retries the fast path; else any width, on the heap.
+    #[inline(never)]
+    fn add_scaled_slow(&mut self, negative: bool, m: u128, e: i32) {
+        if self.is_zero() {
+            self.limbs.clear();
             self.exp = e;
         } else if e < self.exp {
             self.lower_exp((self.exp - e) as u32);
+        }
+        if self.limbs.len() < 4 {
+            self.extend_to(4);
+            if self.try_add_inline(negative, m, e) {
+                return;
+            }
         }
         let p = (e - self.exp) as u32;
         let at = (p / 64) as usize;
@@ -207,7 +289,7 @@ impl ExactSum {
                 borrow = b1 || b2;
             }
         }
-        // Zero is the empty representation (`is_zero`).
+        // Zero: no limbs (the next addition starts afresh at its own exponent).
         if self.limbs.iter().all(|&l| l == 0) {
             self.limbs.clear();
         }
@@ -226,6 +308,14 @@ impl ExactSum {
     pub fn sub(&mut self, x: f64) {
         if let Some((neg, m, e)) = decompose(x) {
             self.add_scaled(!neg, m, e);
+        }
+    }
+
+    /// Add (or with `negative`, subtract) `x * 2^k` exactly, for every finite `x`.
+    #[inline]
+    pub fn add_pow2_scaled(&mut self, x: f64, k: i32, negative: bool) {
+        if let Some((neg, m, e)) = decompose(x) {
+            self.add_scaled(neg != negative, m, e.saturating_add(k));
         }
     }
 
@@ -259,7 +349,7 @@ impl ExactSum {
     /// Multiply by 2^k exactly.
     #[inline]
     pub fn scale_pow2(&mut self, k: i32) {
-        if !self.limbs.is_empty() {
+        if !self.is_zero() {
             self.exp += k;
         }
     }
@@ -307,6 +397,17 @@ impl ExactSum {
         }
         if self.is_zero() {
             *self = other.clone();
+            return;
+        }
+        // Narrow operands (all everyday sums): add the magnitude limb by limb through the fast
+        // path of `add_scaled_wide`, no copies of either operand.
+        if other.limbs.len() <= 4 && other.exp.unsigned_abs() < 1 << 30 {
+            let (neg, mag) = other.sign_magnitude();
+            for (i, &limb) in mag.iter().enumerate() {
+                if limb != 0 {
+                    self.add_scaled_wide(neg, limb as u128, other.exp + 64 * i as i32);
+                }
+            }
             return;
         }
         let mut o = other.clone();
@@ -369,8 +470,65 @@ impl ExactSum {
         ExactSum::from_sign_magnitude(false, out, self.exp.saturating_mul(2))
     }
 
+    /// The value as `(int, exp)` with `int` an i128, when it fits (every limb above the second
+    /// is a sign limb).
+    #[inline]
+    pub fn as_i128(&self) -> Option<(i128, i32)> {
+        let l: &[u64] = &self.limbs;
+        let v = match l.len() {
+            0 => 0,
+            1 => l[0] as i64 as i128,
+            _ => {
+                let v = (l[0] as u128 | (l[1] as u128) << 64) as i128;
+                let fill = if v < 0 { u64::MAX } else { 0 };
+                if l[2..].iter().any(|&x| x != fill) {
+                    return None;
+                }
+                v
+            }
+        };
+        Some((v, self.exp))
+    }
+
+    /// A non-negative value as `(int, exp)` with `int` below 2^192 (little-endian limbs), when
+    /// it fits.
+    #[inline]
+    pub fn as_u192(&self) -> Option<([u64; 3], i32)> {
+        let l: &[u64] = &self.limbs;
+        if self.is_negative() || l[l.len().min(3)..].iter().any(|&x| x != 0) {
+            return None;
+        }
+        let mut v = [0u64; 3];
+        for (d, &x) in v.iter_mut().zip(l) {
+            *d = x;
+        }
+        Some((v, self.exp))
+    }
+
+    /// An exact value built from a 256-bit magnitude (little-endian limbs) times `2^exp`.
+    pub fn from_u256(negative: bool, mag: [u64; 4], exp: i32) -> ExactSum {
+        let mut m: Mag = SmallVec::from_slice(&mag);
+        while m.last() == Some(&0) {
+            m.pop();
+        }
+        ExactSum::from_sign_magnitude(negative, m, exp)
+    }
+
     /// The exact value rounded to the nearest f64 (ties to even); +-inf on overflow.
+    #[inline]
     pub fn to_f64(&self) -> f64 {
+        // Fast path: an i128 at a moderate exponent. `i128 as f64` rounds to nearest even, and
+        // scaling by 2^exp is exact when the result is normal and finite (|int| >= 1 and
+        // exp >= -1000; |int| < 2^127 and exp <= 800).
+        if let Some((v, exp)) = self.as_i128() {
+            if (-1000..=800).contains(&exp) {
+                return v as f64 * f64::from_bits(((exp + 1023) as u64) << 52);
+            }
+        }
+        self.to_f64_general()
+    }
+
+    fn to_f64_general(&self) -> f64 {
         let (neg, mag) = self.sign_magnitude();
         let Some(&top_limb) = mag.last() else {
             return 0.0;

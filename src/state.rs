@@ -191,7 +191,8 @@ const DECAY_MAX_AGE_PERIODS: i64 = 40;
 fn decay_cell(ts: i64, h: i64) -> (i64, f64) {
     let p = DECAY_PERIOD_HALF_LIVES * h;
     let c = floor_div(ts, p);
-    let offset = (ts as i128 - c as i128 * p as i128) as f64;
+    // ts - c * p, in 0..p
+    let offset = ts.rem_euclid(p) as f64;
     (c, libm::exp2(offset / h as f64))
 }
 
@@ -1100,9 +1101,31 @@ fn variance(n: i64, s1: &ExactSum, s2: &ExactSum) -> f64 {
     if n < 2 {
         return f64::NAN;
     }
-    let mut num = s2.mul_u64(n as u64);
-    num.add_assign(&s1.square().negated());
+    let num = variance_numerator(n as u64, s1, s2).unwrap_or_else(|| {
+        let mut num = s2.mul_u64(n as u64);
+        num.add_assign(&s1.square().negated());
+        num
+    });
     div_exact(&num, n as f64 * (n - 1) as f64).max(0.0)
+}
+
+/// `n * S2 - S1^2` exactly in fixed-width integers when S1 fits in i128, S2 in 192 bits and the aligned
+/// terms in 256 bits (sums of everyday values: the numerator of nearly every variance); `None`
+/// otherwise. The same exact value as the general computation, so the same answer.
+fn variance_numerator(n: u64, s1: &ExactSum, s2: &ExactSum) -> Option<ExactSum> {
+    let (a, ea) = s1.as_i128()?;
+    let (b, eb) = s2.as_u192()?;
+    let a = a.unsigned_abs();
+    // x = n * b * 2^eb, y = a^2 * 2^(2 ea), aligned at the lower exponent c
+    let e2a = ea.checked_mul(2)?;
+    let c = eb.min(e2a);
+    let x = shl256(mul_u192_u64(b, n), (eb - c) as u32)?;
+    let y = shl256(mul_u128(a, a), (e2a - c) as u32)?;
+    let (num, borrow) = sub256(x, y);
+    if borrow {
+        return None;
+    }
+    Some(ExactSum::from_u256(false, num, c))
 }
 
 fn scan_first(buf: &Buf, from: u64, to: u64, col: usize) -> f64 {
@@ -1240,6 +1263,17 @@ fn decayed_output<'a>(
     col: usize,
 ) -> f64 {
     let (ct, w) = decay_cell(t, h);
+    let mut removed = removed.peekable();
+    let mut added = added.peekable();
+    let mut live = cells.range(ct.saturating_sub(DECAY_MAX_AGE_PERIODS)..=ct);
+    if let (Some((&c, cell)), None, None, None) =
+        (live.next(), live.next(), removed.peek(), added.peek())
+    {
+        // One cell and no corrections (a query at "now", or backfill): the cell is the total.
+        let mut total = cell.clone();
+        total.scale_pow2((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32);
+        return total.to_f64() / w;
+    }
     let mut total = ExactSum::new();
     // Cells after `ct` hold only events after `t` (the eager region of a query in the past):
     // they and their corrections are left out whole.
@@ -1255,16 +1289,150 @@ fn decayed_output<'a>(
             if c > ct || ct - c > DECAY_MAX_AGE_PERIODS {
                 continue;
             }
-            let mut term = ExactSum::new();
-            if sign > 0 {
-                term.add(x * wt);
-            } else {
-                term.sub(x * wt);
-            }
-            term.scale_pow2((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32);
-            total.add_assign(&term);
+            total.add_pow2_scaled(
+                x * wt,
+                (-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32,
+                sign < 0,
+            );
         }
     }
     // w = 2^((t - ct*P)/h) >= 1: dividing by it is the decay from the cell start to t.
     total.to_f64() / w
+}
+
+/// 256-bit helpers for [`variance_numerator`] (little-endian u64 limbs).
+fn mul_u128(a: u128, b: u128) -> [u64; 4] {
+    let (a0, a1) = (a as u64 as u128, (a >> 64) as u64 as u128);
+    let (b0, b1) = (b as u64 as u128, (b >> 64) as u64 as u128);
+    let p00 = a0 * b0;
+    let p01 = a0 * b1;
+    let p10 = a1 * b0;
+    let p11 = a1 * b1;
+    let mid = (p00 >> 64) + (p01 as u64 as u128) + (p10 as u64 as u128);
+    let hi = p11 + (p01 >> 64) + (p10 >> 64) + (mid >> 64);
+    [p00 as u64, mid as u64, hi as u64, (hi >> 64) as u64]
+}
+
+fn mul_u192_u64(a: [u64; 3], n: u64) -> [u64; 4] {
+    let mut out = [0u64; 4];
+    let mut carry = 0u128;
+    for (o, &x) in out.iter_mut().zip(&a) {
+        let v = x as u128 * n as u128 + carry;
+        *o = v as u64;
+        carry = v >> 64;
+    }
+    out[3] = carry as u64;
+    out
+}
+
+/// `v << k`, or `None` if bits would be lost.
+fn shl256(v: [u64; 4], k: u32) -> Option<[u64; 4]> {
+    if k == 0 {
+        return Some(v);
+    }
+    let bits = (0..4)
+        .rev()
+        .find(|&i| v[i] != 0)
+        .map_or(0, |i| 64 * i as u32 + 64 - v[i].leading_zeros());
+    if bits + k > 256 {
+        return None;
+    }
+    let (whole, sh) = ((k / 64) as usize, k % 64);
+    let mut out = [0u64; 4];
+    for i in (whole..4).rev() {
+        let src = i - whole;
+        out[i] = v[src] << sh;
+        if sh > 0 && src > 0 {
+            out[i] |= v[src - 1] >> (64 - sh);
+        }
+    }
+    Some(out)
+}
+
+fn sub256(x: [u64; 4], y: [u64; 4]) -> ([u64; 4], bool) {
+    let mut out = [0u64; 4];
+    let mut borrow = false;
+    for i in 0..4 {
+        let (d1, b1) = x[i].overflowing_sub(y[i]);
+        let (d2, b2) = d1.overflowing_sub(borrow as u64);
+        out[i] = d2;
+        borrow = b1 || b2;
+    }
+    (out, borrow)
+}
+
+#[cfg(test)]
+mod variance_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn general(n: u64, s1: &ExactSum, s2: &ExactSum) -> ExactSum {
+        let mut num = s2.mul_u64(n);
+        num.add_assign(&s1.square().negated());
+        num
+    }
+
+    #[test]
+    fn wide_products_match_u128_halves() {
+        let a = u128::MAX;
+        // (2^128 - 1)^2 = 2^256 - 2^129 + 1
+        assert_eq!(mul_u128(a, a), [1, 0, u64::MAX - 1, u64::MAX]);
+        assert_eq!(
+            mul_u192_u64([u64::MAX; 3], 2),
+            [u64::MAX - 1, u64::MAX, u64::MAX, 1]
+        );
+        assert_eq!(shl256([1, 0, 0, 0], 255), Some([0, 0, 0, 1 << 63]));
+        assert_eq!(shl256([2, 0, 0, 0], 255), None);
+        assert_eq!(shl256([u64::MAX, 1, 0, 0], 64), Some([0, u64::MAX, 1, 0]));
+        assert_eq!(
+            sub256([0, 1, 0, 0], [1, 0, 0, 0]),
+            ([u64::MAX, 0, 0, 0], false)
+        );
+        assert!(sub256([0, 0, 0, 0], [1, 0, 0, 0]).1);
+    }
+
+    proptest! {
+        // The fixed-width numerator equals the general exact one whenever it answers, over
+        // values whose exponents spread far (so both the fast and the fallback paths run).
+        #[test]
+        fn numerator_matches_general(
+            xs in prop::collection::vec((-(1i64 << 53)..(1i64 << 53), -60i32..60), 2..40),
+            removed in 0usize..10,
+        ) {
+            let (mut s1, mut s2) = (ExactSum::new(), ExactSum::new());
+            for &(m, e) in &xs {
+                let x = m as f64 * 2f64.powi(e);
+                s1.add(x);
+                s2.add_square(x);
+            }
+            let k = removed.min(xs.len() - 2);
+            for &(m, e) in &xs[..k] {
+                let x = m as f64 * 2f64.powi(e);
+                s1.sub(x);
+                s2.sub_square(x);
+            }
+            let n = (xs.len() - k) as u64;
+            let want = general(n, &s1, &s2);
+            if let Some(got) = variance_numerator(n, &s1, &s2) {
+                prop_assert_eq!(&got, &want);
+                prop_assert_eq!(got.to_f64_pair(), want.to_f64_pair());
+            }
+        }
+
+        #[test]
+        fn everyday_values_take_the_fixed_width_path(
+            cents in prop::collection::vec(1u32..1_000_000, 2..300),
+        ) {
+            let (mut s1, mut s2) = (ExactSum::new(), ExactSum::new());
+            for &c in &cents {
+                let x = c as f64 / 100.0;
+                s1.add(x);
+                s2.add_square(x);
+            }
+            let n = cents.len() as u64;
+            let got = variance_numerator(n, &s1, &s2);
+            prop_assert!(got.is_some());
+            prop_assert_eq!(got.unwrap(), general(n, &s1, &s2));
+        }
+    }
 }

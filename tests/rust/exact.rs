@@ -79,3 +79,32 @@ fn far_apart_exponents() {
     s.sub(small);
     assert!(s.is_zero());
 }
+
+#[test]
+fn running_sum_grows_past_the_inline_limbs() {
+    // Adding 2^24 squares of ~2^84 to a sum whose lowest bit is 2^0 carries the value past 2^191,
+    // where the four inline limbs run out of headroom: the width must grow, exactly.
+    let x = ((1u64 << 53) - 1) as f64 * 2f64.powi(31);
+    let n = 1u64 << 24;
+    let mut s = ExactSum::new();
+    s.add(1.0);
+    for _ in 0..n {
+        s.add_square(x);
+    }
+    // x * x rounds m^2 * 2^62 once; scaling by 2^24 is exact, and the +1 is far below the ulp
+    assert_eq!(s.to_f64(), x * x * n as f64);
+    for _ in 0..n {
+        s.sub_square(x);
+    }
+    assert_eq!(s.to_f64(), 1.0);
+    s.sub(1.0);
+    assert!(s.is_zero());
+    // and downwards through zero: negative running sums
+    for _ in 0..1000 {
+        s.sub(0.1);
+    }
+    for _ in 0..999 {
+        s.add(0.1);
+    }
+    assert_eq!(s.to_f64(), -0.1);
+}
