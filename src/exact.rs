@@ -335,13 +335,18 @@ impl ExactSum {
     fn square_term(&mut self, x: f64, negative: bool) {
         if let Some((_, m, e)) = decompose(x) {
             // the square of an odd mantissa is odd: its exponent is exact as is
-            let sq = m as u128 * m as u128;
-            if sq >> 64 == 0 {
-                self.add_scaled(negative, sq as u64, 2 * e);
-            } else if sq as u64 == 0 {
-                self.add_scaled(negative, (sq >> 64) as u64, 2 * e + 64);
-            } else {
-                self.add_scaled_wide(negative, sq, 2 * e);
+            self.add_scaled_wide(negative, m as u128 * m as u128, 2 * e);
+        }
+    }
+
+    /// Fold `x` into (or with `negative`, out of) a sum and, if given, a sum of squares,
+    /// splitting `x` once.
+    #[inline]
+    pub fn fold_moment(s1: &mut ExactSum, s2: Option<&mut ExactSum>, x: f64, negative: bool) {
+        if let Some((neg, m, e)) = decompose(x) {
+            s1.add_scaled(neg != negative, m, e);
+            if let Some(s2) = s2 {
+                s2.add_scaled_wide(negative, m as u128 * m as u128, 2 * e);
             }
         }
     }
@@ -522,7 +527,7 @@ impl ExactSum {
         // exp >= -1000; |int| < 2^127 and exp <= 800).
         if let Some((v, exp)) = self.as_i128() {
             if (-1000..=800).contains(&exp) {
-                return v as f64 * f64::from_bits(((exp + 1023) as u64) << 52);
+                return v as f64 * pow2(exp);
             }
         }
         self.to_f64_general()
@@ -563,6 +568,9 @@ impl ExactSum {
 
     /// The exact value as an unevaluated pair `hi + lo` (both correctly rounded).
     pub fn to_f64_pair(&self) -> (f64, f64) {
+        if let Some(pair) = self.as_i128().and_then(|(v, e)| i128_pair(v, e)) {
+            return pair;
+        }
         let hi = self.to_f64();
         if !hi.is_finite() {
             return (hi, 0.0);
@@ -616,6 +624,124 @@ fn round_window(neg: bool, window: u64, scale: i64, sticky: bool) -> f64 {
         return f64::from_bits(sign | 0x7FF0_0000_0000_0000);
     }
     f64::from_bits(sign | bits)
+}
+
+/// 256-bit helpers for exact variance numerators (little-endian u64 limbs).
+pub(crate) fn mul_u128(a: u128, b: u128) -> [u64; 4] {
+    let (a0, a1) = (a as u64 as u128, (a >> 64) as u64 as u128);
+    let (b0, b1) = (b as u64 as u128, (b >> 64) as u64 as u128);
+    let p00 = a0 * b0;
+    let p01 = a0 * b1;
+    let p10 = a1 * b0;
+    let p11 = a1 * b1;
+    let mid = (p00 >> 64) + (p01 as u64 as u128) + (p10 as u64 as u128);
+    let hi = p11 + (p01 >> 64) + (p10 >> 64) + (mid >> 64);
+    [p00 as u64, mid as u64, hi as u64, (hi >> 64) as u64]
+}
+
+pub(crate) fn mul_u192_u64(a: [u64; 3], n: u64) -> [u64; 4] {
+    let mut out = [0u64; 4];
+    let mut carry = 0u128;
+    for (o, &x) in out.iter_mut().zip(&a) {
+        let v = x as u128 * n as u128 + carry;
+        *o = v as u64;
+        carry = v >> 64;
+    }
+    out[3] = carry as u64;
+    out
+}
+
+/// `v << k`, or `None` if bits would be lost.
+pub(crate) fn shl256(v: [u64; 4], k: u32) -> Option<[u64; 4]> {
+    if k == 0 {
+        return Some(v);
+    }
+    let bits = (0..4)
+        .rev()
+        .find(|&i| v[i] != 0)
+        .map_or(0, |i| 64 * i as u32 + 64 - v[i].leading_zeros());
+    if bits + k > 256 {
+        return None;
+    }
+    let (whole, sh) = ((k / 64) as usize, k % 64);
+    let mut out = [0u64; 4];
+    for i in (whole..4).rev() {
+        let src = i - whole;
+        out[i] = v[src] << sh;
+        if sh > 0 && src > 0 {
+            out[i] |= v[src - 1] >> (64 - sh);
+        }
+    }
+    Some(out)
+}
+
+pub(crate) fn sub256(x: [u64; 4], y: [u64; 4]) -> ([u64; 4], bool) {
+    let mut out = [0u64; 4];
+    let mut borrow = false;
+    for i in 0..4 {
+        let (d1, b1) = x[i].overflowing_sub(y[i]);
+        let (d2, b2) = d1.overflowing_sub(borrow as u64);
+        out[i] = d2;
+        borrow = b1 || b2;
+    }
+    (out, borrow)
+}
+
+/// `2^e` for a normal exponent `e`.
+#[inline]
+fn pow2(e: i32) -> f64 {
+    f64::from_bits(((e + 1023) as u64) << 52)
+}
+
+/// [`ExactSum::to_f64_pair`] of `v * 2^exp` for an i128 at a moderate exponent (both parts
+/// normal or zero); `None` otherwise.
+#[inline]
+fn i128_pair(v: i128, exp: i32) -> Option<(f64, f64)> {
+    if !(-1000..=800).contains(&exp) {
+        return None;
+    }
+    let hi = v as f64;
+    if hi.abs() >= 2f64.powi(127) {
+        return None;
+    }
+    // |v - hi| is at most half an ulp of hi: exact in i128
+    let rest = v - hi as i128;
+    let s = pow2(exp);
+    Some((hi * s, rest as f64 * s))
+}
+
+/// [`ExactSum::to_f64_pair`] of `mag * 2^exp` for a 256-bit magnitude, without building the
+/// exact value: the high part rounds the top 64 bits with a sticky bit, the remainder is
+/// exact in i128. `None` when a part would leave the normal range or the remainder i128.
+pub(crate) fn u256_pair(mag: [u64; 4], exp: i32) -> Option<(f64, f64)> {
+    if mag[2] == 0 && mag[3] == 0 && mag[1] >> 63 == 0 {
+        return i128_pair((mag[0] as u128 | (mag[1] as u128) << 64) as i128, exp);
+    }
+    let top = (0..4).rev().find(|&i| mag[i] != 0)?;
+    let h = 64 * top as u32 + 63 - mag[top].leading_zeros(); // >= 127 here
+    if !(-1000..=800).contains(&exp) || h as i32 + exp > 1000 {
+        return None;
+    }
+    let lo_bit = h - 63;
+    let (li, lb) = ((lo_bit / 64) as usize, lo_bit % 64);
+    let window = if lb == 0 {
+        mag[li]
+    } else {
+        mag[li] >> lb | mag.get(li + 1).map_or(0, |&x| x << (64 - lb))
+    };
+    let sticky = mag[..li].iter().any(|&x| x != 0) || (lb > 0 && mag[li] << (64 - lb) != 0);
+    let hi = round_window(false, window, lo_bit as i64 + exp as i64, sticky);
+    let (_, m, e) = decompose(hi)?;
+    // hi as an integer at 2^exp (its ulp is far above 2^exp), then the exact remainder
+    let hi_int = shl256([m, 0, 0, 0], u32::try_from(e - exp).ok()?)?;
+    let (d, negative) = sub256(mag, hi_int);
+    let d = if negative { sub256([0; 4], d).0 } else { d };
+    if d[2] != 0 || d[3] != 0 || d[1] >> 63 != 0 {
+        return None;
+    }
+    let r = (d[0] as u128 | (d[1] as u128) << 64) as i128;
+    let lo = (if negative { -r } else { r }) as f64 * pow2(exp);
+    Some((hi, lo))
 }
 
 /// `value / d` for an exact value and a positive divisor, in double-double arithmetic; exact

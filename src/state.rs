@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
-use crate::exact::{div_exact, ExactSum};
+use crate::exact::{
+    dd_div, div_exact, mul_u128, mul_u192_u64, shl256, sub256, u256_pair, ExactSum,
+};
 use crate::plan::{AccPlan, OutKind, Plan};
 use crate::time::floor_div;
 
@@ -349,17 +351,7 @@ impl Acc {
             (Acc::Moments { n, s1, s2 }, AccPlan::Moments { col, squares }) => {
                 if let Some(x) = num(val(*col)) {
                     *n += sign;
-                    if sign > 0 {
-                        s1.add(x);
-                        if *squares {
-                            s2.add_square(x);
-                        }
-                    } else {
-                        s1.sub(x);
-                        if *squares {
-                            s2.sub_square(x);
-                        }
-                    }
+                    ExactSum::fold_moment(s1, squares.then_some(s2), x, sign < 0);
                 }
             }
             (Acc::Extreme(dq), AccPlan::Extreme { col, max }) => {
@@ -1101,18 +1093,27 @@ fn variance(n: i64, s1: &ExactSum, s2: &ExactSum) -> f64 {
     if n < 2 {
         return f64::NAN;
     }
-    let num = variance_numerator(n as u64, s1, s2).unwrap_or_else(|| {
-        let mut num = s2.mul_u64(n as u64);
-        num.add_assign(&s1.square().negated());
-        num
-    });
-    div_exact(&num, n as f64 * (n - 1) as f64).max(0.0)
+    let d = n as f64 * (n - 1) as f64;
+    let num = match variance_numerator(n as u64, s1, s2) {
+        Some((mag, exp)) => {
+            if let Some((hi, lo)) = u256_pair(mag, exp) {
+                return dd_div(hi, lo, d).max(0.0);
+            }
+            ExactSum::from_u256(false, mag, exp)
+        }
+        None => {
+            let mut num = s2.mul_u64(n as u64);
+            num.add_assign(&s1.square().negated());
+            num
+        }
+    };
+    div_exact(&num, d).max(0.0)
 }
 
 /// `n * S2 - S1^2` exactly in fixed-width integers when S1 fits in i128, S2 in 192 bits and the aligned
 /// terms in 256 bits (sums of everyday values: the numerator of nearly every variance); `None`
 /// otherwise. The same exact value as the general computation, so the same answer.
-fn variance_numerator(n: u64, s1: &ExactSum, s2: &ExactSum) -> Option<ExactSum> {
+fn variance_numerator(n: u64, s1: &ExactSum, s2: &ExactSum) -> Option<([u64; 4], i32)> {
     let (a, ea) = s1.as_i128()?;
     let (b, eb) = s2.as_u192()?;
     let a = a.unsigned_abs();
@@ -1125,7 +1126,7 @@ fn variance_numerator(n: u64, s1: &ExactSum, s2: &ExactSum) -> Option<ExactSum> 
     if borrow {
         return None;
     }
-    Some(ExactSum::from_u256(false, num, c))
+    Some((num, c))
 }
 
 fn scan_first(buf: &Buf, from: u64, to: u64, col: usize) -> f64 {
@@ -1300,67 +1301,6 @@ fn decayed_output<'a>(
     total.to_f64() / w
 }
 
-/// 256-bit helpers for [`variance_numerator`] (little-endian u64 limbs).
-fn mul_u128(a: u128, b: u128) -> [u64; 4] {
-    let (a0, a1) = (a as u64 as u128, (a >> 64) as u64 as u128);
-    let (b0, b1) = (b as u64 as u128, (b >> 64) as u64 as u128);
-    let p00 = a0 * b0;
-    let p01 = a0 * b1;
-    let p10 = a1 * b0;
-    let p11 = a1 * b1;
-    let mid = (p00 >> 64) + (p01 as u64 as u128) + (p10 as u64 as u128);
-    let hi = p11 + (p01 >> 64) + (p10 >> 64) + (mid >> 64);
-    [p00 as u64, mid as u64, hi as u64, (hi >> 64) as u64]
-}
-
-fn mul_u192_u64(a: [u64; 3], n: u64) -> [u64; 4] {
-    let mut out = [0u64; 4];
-    let mut carry = 0u128;
-    for (o, &x) in out.iter_mut().zip(&a) {
-        let v = x as u128 * n as u128 + carry;
-        *o = v as u64;
-        carry = v >> 64;
-    }
-    out[3] = carry as u64;
-    out
-}
-
-/// `v << k`, or `None` if bits would be lost.
-fn shl256(v: [u64; 4], k: u32) -> Option<[u64; 4]> {
-    if k == 0 {
-        return Some(v);
-    }
-    let bits = (0..4)
-        .rev()
-        .find(|&i| v[i] != 0)
-        .map_or(0, |i| 64 * i as u32 + 64 - v[i].leading_zeros());
-    if bits + k > 256 {
-        return None;
-    }
-    let (whole, sh) = ((k / 64) as usize, k % 64);
-    let mut out = [0u64; 4];
-    for i in (whole..4).rev() {
-        let src = i - whole;
-        out[i] = v[src] << sh;
-        if sh > 0 && src > 0 {
-            out[i] |= v[src - 1] >> (64 - sh);
-        }
-    }
-    Some(out)
-}
-
-fn sub256(x: [u64; 4], y: [u64; 4]) -> ([u64; 4], bool) {
-    let mut out = [0u64; 4];
-    let mut borrow = false;
-    for i in 0..4 {
-        let (d1, b1) = x[i].overflowing_sub(y[i]);
-        let (d2, b2) = d1.overflowing_sub(borrow as u64);
-        out[i] = d2;
-        borrow = b1 || b2;
-    }
-    (out, borrow)
-}
-
 #[cfg(test)]
 mod variance_tests {
     use super::*;
@@ -1413,9 +1353,12 @@ mod variance_tests {
             }
             let n = (xs.len() - k) as u64;
             let want = general(n, &s1, &s2);
-            if let Some(got) = variance_numerator(n, &s1, &s2) {
+            if let Some((mag, exp)) = variance_numerator(n, &s1, &s2) {
+                let got = ExactSum::from_u256(false, mag, exp);
                 prop_assert_eq!(&got, &want);
-                prop_assert_eq!(got.to_f64_pair(), want.to_f64_pair());
+                if let Some(pair) = u256_pair(mag, exp) {
+                    prop_assert_eq!(pair, want.to_f64_pair());
+                }
             }
         }
 
@@ -1430,9 +1373,10 @@ mod variance_tests {
                 s2.add_square(x);
             }
             let n = cents.len() as u64;
-            let got = variance_numerator(n, &s1, &s2);
-            prop_assert!(got.is_some());
-            prop_assert_eq!(got.unwrap(), general(n, &s1, &s2));
+            let (mag, exp) = variance_numerator(n, &s1, &s2).unwrap();
+            let want = general(n, &s1, &s2);
+            prop_assert_eq!(ExactSum::from_u256(false, mag, exp), want.clone());
+            prop_assert_eq!(u256_pair(mag, exp), Some(want.to_f64_pair()));
         }
     }
 }

@@ -41,6 +41,11 @@ proptest! {
         }
         let expected = want as f64 / SCALE;
         prop_assert_eq!(s.to_f64().to_bits(), expected.to_bits());
+        // the pair: the rounded value and the rounded exact remainder
+        let (hi, lo) = s.to_f64_pair();
+        prop_assert_eq!(hi.to_bits(), expected.to_bits());
+        let rest = want - (hi * SCALE) as i128;
+        prop_assert_eq!(lo.to_bits(), (rest as f64 / SCALE).to_bits());
         prop_assert_eq!(s.is_zero(), want == 0);
     }
 
