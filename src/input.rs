@@ -464,39 +464,111 @@ fn read_values(
     ))
 }
 
+/// One converted column of one event batch.
+enum Part<'a> {
+    /// An empty batch (its schema checked).
+    Empty,
+    Keys(KeyArr<'a>),
+    Times(Vec<i64>),
+    Values(Vec<u64>),
+}
+
+/// Below this many rows, conversion stays on the calling thread.
+const PARALLEL_READ_ROWS: usize = 1 << 16;
+
 /// Validate and convert event batches. Nothing is applied anywhere until all of them pass.
+///
+/// Large inputs convert their columns in parallel (each batch's keys, times and value columns
+/// are independent jobs); the first error in row order is the one reported, as if sequential.
 pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events<'a>> {
     let spec = &plan.spec;
-    let mut events = Events::empty(plan.columns.len());
-    let mut offset = 0;
+    let nc = plan.columns.len();
+    let mut offsets = Vec::with_capacity(batches.len());
+    let mut total = 0;
     for batch in batches {
+        offsets.push(total);
+        total += batch.num_rows();
+    }
+    // jobs in row order: (batch, item), item 0 = keys, 1 = times, 2.. = value columns
+    let jobs: Vec<(usize, usize)> = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(b, batch)| {
+            let items = if batch.num_rows() == 0 { 1 } else { 2 + nc };
+            (0..items).map(move |i| (b, i))
+        })
+        .collect();
+    let run = |&(b, item): &(usize, usize)| -> Result<Part<'a>> {
+        let batch = &batches[b];
+        let offset = offsets[b];
         if batch.num_rows() == 0 {
-            // still check the schema
             column(batch, &spec.entity, "events")?;
             column(batch, &spec.timestamp, "events")?;
             for c in &plan.columns {
                 column(batch, &c.name, "events")?;
             }
+            return Ok(Part::Empty);
+        }
+        Ok(match item {
+            0 => Part::Keys(read_keys(
+                column(batch, &spec.entity, "events")?,
+                &spec.entity,
+                offset,
+            )?),
+            1 => Part::Times(read_times(
+                column(batch, &spec.timestamp, "events")?,
+                &spec.timestamp,
+                spec.timestamp_unit.as_deref(),
+                offset,
+            )?),
+            _ => {
+                let c = &plan.columns[item - 2];
+                Part::Values(read_values(
+                    column(batch, &c.name, "events")?,
+                    &c.name,
+                    c.kind,
+                    spec.skip_nonfinite,
+                    offset,
+                )?)
+            }
+        })
+    };
+    let parts: Vec<Result<Part<'a>>> = if total >= PARALLEL_READ_ROWS && jobs.len() > 1 {
+        use rayon::prelude::*;
+        crate::pool::install(|| jobs.par_iter().map(run).collect())
+    } else {
+        jobs.iter().map(run).collect()
+    };
+    let mut events = Events {
+        keys: Vec::with_capacity(batches.len()),
+        starts: Vec::with_capacity(batches.len()),
+        ts: Vec::with_capacity(total),
+        values: (0..nc).map(|_| Vec::with_capacity(total)).collect(),
+    };
+    // Assemble batch by batch, exactly as a sequential pass would: the first failing column in
+    // row order, then the key type check of that batch.
+    let mut parts = parts.into_iter();
+    for batch in batches {
+        if batch.num_rows() == 0 {
+            if let Some(part) = parts.next() {
+                part?;
+            }
             continue;
         }
-        let keys = read_keys(column(batch, &spec.entity, "events")?, &spec.entity, offset)?;
-        let ts = read_times(
-            column(batch, &spec.timestamp, "events")?,
-            &spec.timestamp,
-            spec.timestamp_unit.as_deref(),
-            offset,
-        )?;
-        let mut values = Vec::with_capacity(plan.columns.len());
-        for c in &plan.columns {
-            values.push(read_values(
-                column(batch, &c.name, "events")?,
-                &c.name,
-                c.kind,
-                spec.skip_nonfinite,
-                offset,
-            )?);
+        let mut keys = None;
+        let mut ts = None;
+        let mut values = Vec::with_capacity(nc);
+        for part in parts.by_ref().take(2 + nc) {
+            match part? {
+                Part::Keys(k) => keys = Some(k),
+                Part::Times(t) => ts = Some(t),
+                Part::Values(v) => values.push(v),
+                Part::Empty => {}
+            }
         }
-        offset += batch.num_rows();
+        let (Some(keys), Some(ts)) = (keys, ts) else {
+            continue;
+        };
         if events.push(keys, ts, values).is_err() {
             return Err(Error::schema(
                 &spec.entity,

@@ -567,6 +567,45 @@ def test_failed_multi_batch_ingest_changes_nothing():
     assert _answers(eng, BASE + 20 * S) == ans0
 
 
+def test_large_input_reports_the_first_bad_row_and_changes_nothing():
+    # Over 65,536 rows, columns convert in parallel: the error is still the first one in row
+    # order (batch 1's null key, not batch 2's NaN or batch 3's null key), and nothing applies.
+    import numpy as np
+
+    eng = _fs().online()
+    eng.ingest(_events(n=10))
+    ans0 = _answers(eng, BASE + 20 * S)
+    stats0 = eng.stats()
+    n = 40_000
+    batches = []
+    for b in range(4):
+        keys = np.arange(n, dtype=np.int64) % 50
+        key_mask = np.zeros(n, dtype=bool)
+        fare = np.arange(n, dtype=np.float64) + 0.5
+        if b == 1:
+            key_mask[123] = True
+        if b == 2:
+            fare[7] = np.nan
+        if b == 3:
+            key_mask[5] = True
+        batches.append(pa.record_batch({
+            ENTITY: pa.array(keys, mask=key_mask),
+            TS: pa.array(BASE + (1000 + b * n + np.arange(n)) * S, pa.timestamp("ns")),
+            "fare": pa.array(fare),
+            "rider": pa.array([f"r{i % 3}" for i in range(n)], pa.string()),
+        }))
+    table = pa.Table.from_batches(batches)
+    with raises(rtml.SchemaError, ENTITY, f"row {n + 123}"):
+        eng.ingest(table)
+    assert eng.stats() == stats0
+    assert _answers(eng, BASE + 20 * S) == ans0
+    with raises(rtml.SchemaError, ENTITY, f"row {n + 123}"):
+        _fs().backfill(table, _spine())
+    # without batch 1, batch 2's NaN fare is the first error
+    with raises(rtml.SchemaError, "fare", f"row {n + 7}"):
+        eng.ingest(pa.Table.from_batches([batches[0], batches[2], batches[3]]))
+
+
 # --------------------------------------------------------------------------
 # queries before the settled point
 
