@@ -143,6 +143,79 @@ fn transpose(plan: &Plan, out: &[f64], rows: usize) -> Vec<FeatureColumn> {
     cols
 }
 
+/// Integer keys whose range is at most this many times the number of events (or 65,536) get a
+/// direct lookup table instead of a hash map (dense database ids, the common case): 4 bytes
+/// per slot, so at most 4 bytes per event.
+const DENSE_KEY_SPAN_PER_EVENT: u64 = 1;
+
+/// Key -> dense group id (in order of first occurrence among the events) for every event and
+/// spine row (`NO_GROUP`: a key without events), with the spine times flattened.
+fn group_ids(
+    events: &Events<'_>,
+    spine: &[(KeyArr<'_>, Vec<i64>)],
+    n_spine: usize,
+) -> (Vec<u32>, Vec<u32>, Vec<i64>, usize) {
+    let mut event_group = vec![0u32; events.len()];
+    let mut spine_group = Vec::with_capacity(n_spine);
+    let mut spine_ts = Vec::with_capacity(n_spine);
+    for (_, ts) in spine {
+        spine_ts.extend_from_slice(ts);
+    }
+    let ints: Option<Vec<&[i64]>> = events
+        .keys
+        .iter()
+        .map(|k| match k {
+            KeyArr::Int(v) => Some(v.as_slice()),
+            _ => None,
+        })
+        .collect();
+    if let Some(ints) = ints.filter(|_| !events.is_empty()) {
+        let (lo, hi) = ints
+            .iter()
+            .flat_map(|v| v.iter())
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &k| (lo.min(k), hi.max(k)));
+        let span = (hi as i128 - lo as i128 + 1) as u128;
+        if span <= (DENSE_KEY_SPAN_PER_EVENT * events.len() as u64).max(1 << 16) as u128 {
+            // direct table: slot k - lo holds the group id of key k
+            let mut table = vec![NO_GROUP; span as usize];
+            let mut next = 0u32;
+            for (g, &k) in event_group
+                .iter_mut()
+                .zip(ints.iter().flat_map(|v| v.iter()))
+            {
+                let slot = &mut table[(k - lo) as usize];
+                if *slot == NO_GROUP {
+                    *slot = next;
+                    next += 1;
+                }
+                *g = *slot;
+            }
+            for (keys, ts) in spine {
+                for i in 0..ts.len() {
+                    let g = match keys.get(i) {
+                        KeyRef::Int(k) if (lo..=hi).contains(&k) => table[(k - lo) as usize],
+                        _ => NO_GROUP,
+                    };
+                    spine_group.push(g);
+                }
+            }
+            return (event_group, spine_group, spine_ts, next as usize);
+        }
+    }
+    let mut ids: HashMap<KeyRef<'_>, u32> = HashMap::new();
+    events.for_each_key(|i, k| {
+        let next = ids.len() as u32;
+        event_group[i] = *ids.entry(k).or_insert(next);
+    });
+    for (keys, ts) in spine {
+        for i in 0..ts.len() {
+            spine_group.push(ids.get(&keys.get(i)).copied().unwrap_or(NO_GROUP));
+        }
+    }
+    let n_groups = ids.len();
+    (event_group, spine_group, spine_ts, n_groups)
+}
+
 /// Compute every feature for every spine row. `progress(done, total)` is called between
 /// chunks of work on the calling thread; returning `false` stops with [`Error::Interrupted`].
 pub fn backfill(
@@ -174,23 +247,7 @@ pub fn backfill(
             ));
         }
     }
-    // Key -> dense group id.
-    let mut ids: HashMap<KeyRef<'_>, u32> = HashMap::new();
-    let mut event_group = vec![0u32; events.len()];
-    events.for_each_key(|i, k| {
-        let next = ids.len() as u32;
-        event_group[i] = *ids.entry(k).or_insert(next);
-    });
-    let n_groups = ids.len();
-    let mut spine_group = Vec::with_capacity(n_spine);
-    let mut spine_ts = Vec::with_capacity(n_spine);
-    for (keys, ts) in spine {
-        for (i, &t) in ts.iter().enumerate() {
-            spine_group.push(ids.get(&keys.get(i)).copied().unwrap_or(NO_GROUP));
-            spine_ts.push(t);
-        }
-    }
-    drop(ids);
+    let (event_group, spine_group, spine_ts, n_groups) = group_ids(events, spine, n_spine);
     let (ev_starts, ev) = bucket(&event_group, &events.ts, n_groups);
     drop(event_group);
     let (sp_starts, sp) = bucket(&spine_group, &spine_ts, n_groups);

@@ -642,6 +642,8 @@ def test_backfill_independent_of_event_order_and_spine_order(case, rnd):
 @settings(max_examples=n_examples(60))
 @given(event_sets(key_kind="int"), st.data())
 def test_string_and_int_keys_give_identical_bits(es, data):
+    """String keys, dense integer keys (direct key table) and far-apart integer keys (hash
+    map) give the same bits."""
     key_kind, unit, step, base, keys, events = es
     feats = data.draw(feature_lists(step))
     queries = data.draw(spines(keys, events, feats, base, step, key_kind))
@@ -650,9 +652,18 @@ def test_string_and_int_keys_give_identical_bits(es, data):
     sev = [dict(e, key=str(e["key"])) for e in events]
     sq = [(str(k), t) for k, t in queries]
     b = fs.backfill(events_table(sev, "str", "ts", "ns"), spine_table(sq, "str", "ts", "ns"))
+    # integers spread far apart take the hash map instead of the dense key table
+    def far(k):  # an odd multiplier mod 2^64 is a bijection of int64
+        v = (k * 3_000_000_019) % 2**64
+        return v - 2**64 if v >= 2**63 else v
+
+    fev = [dict(e, key=far(e["key"])) for e in events]
+    fq = [(far(k), t) for k, t in queries]
+    c = fs.backfill(events_table(fev, "int", "ts", "ns"), spine_table(fq, "int", "ts", "ns"))
     for f in feats:
-        ca, cb = a.column(f.name).to_pylist(), b.column(f.name).to_pylist()
+        ca, cb, cc = (t.column(f.name).to_pylist() for t in (a, b, c))
         assert all(same_exact(x, y) for x, y in zip(ca, cb)), f.name
+        assert all(same_exact(x, y) for x, y in zip(ca, cc)), f.name
 
 
 # --------------------------------------------------------------------------
