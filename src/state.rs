@@ -204,6 +204,73 @@ fn total_lt(a: (i64, f64), b: (i64, f64)) -> bool {
 }
 
 /// One accumulator's state over the settled region.
+/// Decayed-sum cells (exact sums of `x * 2^(offset / h)`) by period, oldest first: one or two
+/// per window, so inline, where a B-tree spent a ~700-byte node per key (and per tile).
+/// Serialized as the map it replaced (the same bincode bytes: a length, then the pairs).
+#[derive(Clone, Debug, Default)]
+pub struct DecayCells(SmallVec<[(i64, ExactSum); 1]>);
+
+impl DecayCells {
+    /// The cell of period `c`, created empty if missing.
+    fn entry(&mut self, c: i64) -> &mut ExactSum {
+        let i = match self.0.binary_search_by_key(&c, |e| e.0) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (c, ExactSum::new()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn remove(&mut self, c: i64) {
+        if let Ok(i) = self.0.binary_search_by_key(&c, |e| e.0) {
+            self.0.remove(i);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(i64) -> bool) {
+        self.0.retain(|e| keep(e.0));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (i64, &ExactSum)> {
+        self.0.iter().map(|(c, e)| (*c, e))
+    }
+
+    /// Cells of periods `lo..=hi`, oldest first.
+    fn range(&self, lo: i64, hi: i64) -> impl Iterator<Item = (i64, &ExactSum)> {
+        let from = self.0.partition_point(|e| e.0 < lo);
+        let to = self.0.partition_point(|e| e.0 <= hi);
+        self.0[from..to.max(from)].iter().map(|(c, e)| (*c, e))
+    }
+
+    fn bytes(&self) -> usize {
+        let heap = if self.0.spilled() {
+            self.0.capacity() * std::mem::size_of::<(i64, ExactSum)>()
+        } else {
+            0
+        };
+        heap + self
+            .0
+            .iter()
+            .map(|(_, e)| e.bytes() - std::mem::size_of::<ExactSum>())
+            .sum::<usize>()
+    }
+}
+
+impl Serialize for DecayCells {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(c, e)| (c, e)))
+    }
+}
+
+impl<'de> Deserialize<'de> for DecayCells {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let map = BTreeMap::<i64, ExactSum>::deserialize(d)?;
+        Ok(DecayCells(map.into_iter().collect()))
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Acc {
     NonNull(i64),
@@ -219,7 +286,7 @@ pub enum Acc {
         n: i64,
         buckets: BTreeMap<i32, u32>,
     },
-    Decay(BTreeMap<i64, ExactSum>),
+    Decay(DecayCells),
     Edges {
         first: Option<(i64, f64)>,
         last: Option<(i64, f64)>,
@@ -241,7 +308,7 @@ impl Acc {
                 n: 0,
                 buckets: BTreeMap::new(),
             },
-            AccPlan::Decay { .. } => Acc::Decay(BTreeMap::new()),
+            AccPlan::Decay { .. } => Acc::Decay(DecayCells::default()),
             AccPlan::Edges { .. } => Acc::Edges {
                 first: None,
                 last: None,
@@ -314,8 +381,8 @@ impl Acc {
                 }
             }
             (Acc::Decay(cells), Acc::Decay(o)) => {
-                for (c, e) in o {
-                    cells.entry(*c).or_default().add_assign(e);
+                for (c, e) in o.iter() {
+                    cells.entry(c).add_assign(e);
                 }
             }
             (
@@ -412,13 +479,13 @@ impl Acc {
                 if let Some(x) = num(val(*col)) {
                     let (c, w) = decay_cell(ts, *half_life);
                     let term = x * w;
-                    let cell = cells.entry(c).or_default();
+                    let cell = cells.entry(c);
                     if sign > 0 {
                         cell.add(term);
                     } else {
                         cell.sub(term);
                         if cell.is_zero() {
-                            cells.remove(&c);
+                            cells.remove(c);
                         }
                     }
                 }
@@ -452,7 +519,7 @@ impl Acc {
             Acc::Extreme(dq) => dq.capacity() * 16,
             Acc::Distinct(m) => m.capacity() * 13 + 16,
             Acc::Sketch { buckets, .. } => buckets.len() * 24,
-            Acc::Decay(cells) => cells.values().map(|c| c.bytes() + 24).sum(),
+            Acc::Decay(cells) => cells.bytes(),
             Acc::Edges { .. } => 0,
         }
     }
@@ -626,7 +693,7 @@ impl KeyState {
                     for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
                         if let (Acc::Decay(cells), AccPlan::Decay { half_life, .. }) = (acc, ap) {
                             let (cs, _) = decay_cell(s, *half_life);
-                            cells.retain(|&c, _| cs - c <= DECAY_MAX_AGE_PERIODS);
+                            cells.retain(|c| cs - c <= DECAY_MAX_AGE_PERIODS);
                         }
                     }
                 }
@@ -1256,7 +1323,7 @@ fn quantile_output<'a>(
 }
 
 fn decayed_output<'a>(
-    cells: &BTreeMap<i64, ExactSum>,
+    cells: &DecayCells,
     h: i64,
     t: i64,
     removed: impl Iterator<Item = &'a [u64]>,
@@ -1266,8 +1333,8 @@ fn decayed_output<'a>(
     let (ct, w) = decay_cell(t, h);
     let mut removed = removed.peekable();
     let mut added = added.peekable();
-    let mut live = cells.range(ct.saturating_sub(DECAY_MAX_AGE_PERIODS)..=ct);
-    if let (Some((&c, cell)), None, None, None) =
+    let mut live = cells.range(ct.saturating_sub(DECAY_MAX_AGE_PERIODS), ct);
+    if let (Some((c, cell)), None, None, None) =
         (live.next(), live.next(), removed.peek(), added.peek())
     {
         // One cell and no corrections (a query at "now", or backfill): the cell is the total.
@@ -1278,7 +1345,7 @@ fn decayed_output<'a>(
     let mut total = ExactSum::new();
     // Cells after `ct` hold only events after `t` (the eager region of a query in the past):
     // they and their corrections are left out whole.
-    for (&c, cell) in cells.range(ct.saturating_sub(DECAY_MAX_AGE_PERIODS)..=ct) {
+    for (c, cell) in cells.range(ct.saturating_sub(DECAY_MAX_AGE_PERIODS), ct) {
         let mut scaled = cell.clone();
         scaled.scale_pow2((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32);
         total.add_assign(&scaled);
@@ -1310,6 +1377,32 @@ mod variance_tests {
         let mut num = s2.mul_u64(n);
         num.add_assign(&s1.square().negated());
         num
+    }
+
+    #[test]
+    fn decay_cells_encode_like_the_map_they_replaced() {
+        let mut map = BTreeMap::new();
+        let mut cells = DecayCells::default();
+        for (c, x) in [(7i64, 1.5f64), (-3, 2.25), (7, 0.1), (40, -8.0)] {
+            map.entry(c).or_insert_with(ExactSum::new).add(x);
+            cells.entry(c).add(x);
+        }
+        let opts = bincode::DefaultOptions::new();
+        use bincode::Options;
+        let a = opts.serialize(&map).unwrap();
+        let b = opts.serialize(&cells).unwrap();
+        assert_eq!(a, b);
+        let back: DecayCells = opts.deserialize(&a).unwrap();
+        let got: Vec<(i64, f64)> = back.iter().map(|(c, e)| (c, e.to_f64())).collect();
+        assert_eq!(got, vec![(-3, 2.25), (7, 1.6), (40, -8.0)]);
+        assert_eq!(
+            back.range(0, 39).map(|(c, _)| c).collect::<Vec<_>>(),
+            vec![7]
+        );
+        let mut back = back;
+        back.remove(7);
+        back.retain(|c| c > 0);
+        assert_eq!(back.iter().map(|(c, _)| c).collect::<Vec<_>>(), vec![40]);
     }
 
     #[test]
