@@ -342,15 +342,23 @@ pub fn backfill(
         width: nf,
     };
 
-    let run_group = |g: usize| {
+    // One state, output row and value scratch per worker, reset for each key (no allocations
+    // per key once a worker has seen its largest key).
+    let scratch = || {
+        (
+            KeyState::new(plan, i64::MIN),
+            vec![f64::NAN; nf],
+            SmallVec::<[u64; 8]>::from_elem(0, plan.columns.len()),
+        )
+    };
+    type Scratch = (KeyState, Vec<f64>, SmallVec<[u64; 8]>);
+    let run_group = |(state, row, vals): &mut Scratch, g: usize| {
         let evs = &ev[ev_starts[g]..ev_starts[g + 1]];
         let qs = &sp[sp_starts[g]..sp_starts[g + 1]];
         if qs.is_empty() {
             return;
         }
-        let mut state = KeyState::new(plan, i64::MIN);
-        let mut row = vec![f64::NAN; nf];
-        let mut vals: SmallVec<[u64; 8]> = SmallVec::from_elem(0, plan.columns.len());
+        state.reset(plan, i64::MIN);
         let mut j = 0;
         for q in qs {
             while j < evs.len() && evs[j].ts < q.ts {
@@ -358,15 +366,15 @@ pub fn backfill(
                 for (c, v) in vals.iter_mut().enumerate() {
                     *v = events.values[c][idx];
                 }
-                state.insert(plan, evs[j].ts, &vals);
+                state.insert(plan, evs[j].ts, vals);
                 j += 1;
             }
             state.settle(plan, q.ts, 0);
             // Cannot fail: the query time equals the settled point.
-            let _ = state.query(plan, q.ts, &mut row);
+            let _ = state.query(plan, q.ts, row);
             // SAFETY: each spine row belongs to exactly one group, so no two workers write the
             // same row; `out` outlives the parallel loop.
-            unsafe { shared.set_row(q.idx as usize, &row) };
+            unsafe { shared.set_row(q.idx as usize, row) };
         }
     };
 
@@ -386,14 +394,17 @@ pub fn backfill(
     let interrupted = std::thread::scope(|scope| {
         let worker = scope.spawn(|| {
             crate::pool::install(|| {
-                order.par_iter().with_max_len(64).for_each(|&g| {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let g = g as usize;
-                    run_group(g);
-                    done.fetch_add(sp_starts[g + 1] - sp_starts[g], Ordering::Relaxed);
-                })
+                order
+                    .par_iter()
+                    .with_max_len(64)
+                    .for_each_init(scratch, |sc, &g| {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let g = g as usize;
+                        run_group(sc, g);
+                        done.fetch_add(sp_starts[g + 1] - sp_starts[g], Ordering::Relaxed);
+                    })
             });
             caller.unpark();
         });

@@ -156,6 +156,12 @@ impl Buf {
     fn bytes(&self) -> usize {
         std::mem::size_of::<Self>() + 8 * self.data.capacity()
     }
+    /// Empty, as new, keeping the allocation.
+    fn clear(&mut self) {
+        self.data.clear();
+        self.off = 0;
+        self.base = 0;
+    }
 }
 
 /// Bucket of a value for quantiles: sign, exponent and the top 7 mantissa bits.
@@ -313,6 +319,26 @@ impl Acc {
                 first: None,
                 last: None,
             },
+        }
+    }
+
+    /// Empty, as `Acc::new(p)`, keeping allocations.
+    fn reset(&mut self, p: &AccPlan) {
+        match self {
+            Acc::NonNull(n) => *n = 0,
+            Acc::Moments { n, s1, s2 } => {
+                *n = 0;
+                *s1 = ExactSum::new();
+                *s2 = ExactSum::new();
+            }
+            Acc::Extreme(dq) => dq.clear(),
+            Acc::Distinct(m) => m.clear(),
+            Acc::Sketch { n, buckets } => {
+                *n = 0;
+                buckets.clear();
+            }
+            Acc::Decay(cells) => cells.0.clear(),
+            Acc::Edges { .. } => *self = Acc::new(p),
         }
     }
 
@@ -587,6 +613,24 @@ impl KeyState {
                     tiles: VecDeque::new(),
                 })
                 .collect(),
+        }
+    }
+
+    /// Back to `KeyState::new(plan, settled)` for another key, keeping allocations (backfill
+    /// workers reuse one state for all their keys).
+    pub fn reset(&mut self, plan: &Plan, settled: i64) {
+        self.settled = settled;
+        self.last_ts = i64::MIN;
+        self.buf.clear();
+        for (g, gp) in self.groups.iter_mut().zip(&plan.groups) {
+            g.lo = 0;
+            g.hi = 0;
+            g.e_lo = 0;
+            g.e_start = i64::MIN;
+            g.tiles.clear();
+            for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
+                acc.reset(ap);
+            }
         }
     }
 
