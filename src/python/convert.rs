@@ -1,9 +1,10 @@
 //! Python values -> engine values: keys, instants, and event rows given as dicts.
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{
-    PyBool, PyDate, PyDateAccess, PyDateTime, PyDict, PyFloat, PyInt, PyString, PyTimeAccess,
-    PyTzInfoAccess,
+    PyBool, PyDate, PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyFloat, PyInt,
+    PyString, PyTimeAccess, PyTzInfoAccess,
 };
 use smallvec::SmallVec;
 
@@ -97,10 +98,13 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
     };
     let py_err = |e: PyErr| Error::schema(field, e.to_string());
     if let Ok(dt) = obj.cast::<PyDateTime>() {
-        // pandas.Timestamp carries exact nanoseconds in `.value` (UTC for tz-aware ones).
-        if let Ok(v) = obj.getattr("value") {
+        // pandas.Timestamp carries exact nanoseconds in `.value` (UTC for tz-aware ones); a
+        // plain datetime has neither attribute (and no instance dict to hold one).
+        let py = obj.py();
+        let plain = obj.is_exact_instance_of::<PyDateTime>();
+        if let Some(Ok(v)) = (!plain).then(|| obj.getattr(intern!(py, "value"))) {
             if let Ok(ns) = v.extract::<i64>() {
-                if obj.hasattr("nanosecond").unwrap_or(false) {
+                if obj.hasattr(intern!(py, "nanosecond")).unwrap_or(false) {
                     // pandas.NaT is a datetime too, with value i64::MIN
                     if ns == i64::MIN {
                         return Err(Error::schema(field, "NaT (not a time)"));
@@ -123,14 +127,24 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
             .and_then(|v| v.checked_add(dt.get_microsecond() as i64 * NS_PER_US))
             .ok_or_else(range)?;
         if dt.get_tzinfo().is_some() {
-            let off = obj.call_method0("utcoffset").map_err(py_err)?;
+            let off = obj.call_method0(intern!(py, "utcoffset")).map_err(py_err)?;
             if !off.is_none() {
-                let total: f64 = off
-                    .call_method0("total_seconds")
-                    .map_err(py_err)?
-                    .extract()
-                    .map_err(py_err)?;
-                let us = (total * 1e6).round() as i64;
+                // Python checks that utcoffset() is a timedelta within a day: its fields give
+                // the exact microseconds (what total_seconds() * 1e6, rounded, gives too)
+                let us = match off.cast::<PyDelta>() {
+                    Ok(d) => {
+                        (d.get_days() as i64 * 86_400 + d.get_seconds() as i64) * 1_000_000
+                            + d.get_microseconds() as i64
+                    }
+                    Err(_) => {
+                        let total: f64 = off
+                            .call_method0("total_seconds")
+                            .map_err(py_err)?
+                            .extract()
+                            .map_err(py_err)?;
+                        (total * 1e6).round() as i64
+                    }
+                };
                 ns = ns.checked_sub(us * NS_PER_US).ok_or_else(range)?;
             }
         }
@@ -320,15 +334,19 @@ fn row_rest(
 
 /// One event row given as a dict, checked, handed to `f` as (key, time, one word per plan
 /// column) without copying the key. Same checks and messages as [`rows`] on a one-row list.
+/// `key_obj` is the row's key cell if the caller already looked it up (None: look it up).
 pub fn with_row<R>(
     plan: &Plan,
     names: &RowNames,
-    row: &Bound<'_, PyAny>,
+    d: &Bound<'_, PyDict>,
+    key_obj: Option<Bound<'_, PyAny>>,
     f: impl FnOnce(KeyRef<'_>, i64, &[u64]) -> R,
 ) -> Result<R> {
     let spec = &plan.spec;
-    let d = row_dict(plan, row, 0)?;
-    let kobj = cell(d, &names.entity, &spec.entity, 0)?;
+    let kobj = match key_obj {
+        Some(k) => k,
+        None => cell(d, &names.entity, &spec.entity, 0)?,
+    };
     let k = key_ref(&kobj, &spec.entity)?;
     let mut vals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, plan.columns.len());
     let ts = row_rest(plan, names, d, 0, &mut vals)?;

@@ -127,11 +127,11 @@ impl OnlineEngine {
         }
     }
 
-    /// Whether a dict given to `ingest` is one row (its key field holds a scalar) rather than
-    /// a dict of columns (its key field holds a sequence).
-    fn is_row(&self, d: &Bound<'_, PyDict>) -> bool {
-        let py = d.py();
-        match d.get_item(self.rows.entity.bind(py)).ok().flatten() {
+    /// Whether a dict given to `ingest` is one row (its key field holds a scalar, or is
+    /// missing) rather than a dict of columns (its key field holds a sequence). `key` is the
+    /// dict's key field.
+    fn is_row(key: Option<&Bound<'_, PyAny>>) -> bool {
+        match key {
             Some(v) => {
                 // the usual scalars first: none of them has a __len__
                 if v.is_exact_instance_of::<PyInt>()
@@ -141,7 +141,7 @@ impl OnlineEngine {
                 {
                     return true;
                 }
-                !v.hasattr(intern!(py, "__len__")).unwrap_or(false)
+                !v.hasattr(intern!(v.py(), "__len__")).unwrap_or(false)
             }
             None => true,
         }
@@ -221,9 +221,11 @@ impl OnlineEngine {
     /// and counted in `stats()`).
     fn ingest(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<u64> {
         let rows: Option<Vec<Bound<'_, PyAny>>> = if let Ok(d) = data.cast::<PyDict>() {
-            if self.is_row(d) {
+            // (a failed lookup reads as a row: `with_row` looks again and reports it)
+            let key = d.get_item(self.rows.entity.bind(py)).ok().flatten();
+            if Self::is_row(key.as_ref()) {
                 // One row: checked, then applied directly (no batch is built).
-                let r = convert::with_row(&self.plan, &self.rows, data, |key, ts, vals| {
+                let r = convert::with_row(&self.plan, &self.rows, d, key, |key, ts, vals| {
                     let mut meta = self.ingest_guard(py);
                     self.inner.ingest_one_locked(&mut meta, key, ts, vals)
                 })

@@ -263,3 +263,33 @@ def test_vector_argument_errors():
         eng.vector(1, tf, [1, 2], at)
     with pytest.raises(rtml.SchemaError, match="key"):
         eng.vector(None, tf, None, at)
+
+
+@settings(max_examples=n_examples(100), deadline=None)
+@given(st.datetimes(min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2200, 1, 1)),
+       st.timedeltas(min_value=-dt.timedelta(hours=23, minutes=59, seconds=59),
+                     max_value=dt.timedelta(hours=23, minutes=59, seconds=59)),
+       st.sampled_from(["aware", "naive", "pandas"]))
+def test_row_and_at_instants_are_exact(when, offset, kind):
+    """Row times and `at` of any datetime form convert to the exact nanosecond, whatever the
+    tz offset (sub-minute and negative ones too)."""
+    if kind == "aware":
+        ts = when.replace(tzinfo=dt.timezone(offset))
+    elif kind == "pandas":
+        pd = pytest.importorskip("pandas")
+        ts = pd.Timestamp(when.replace(tzinfo=dt.timezone(offset))) + pd.Timedelta(7, "ns")
+    else:
+        ts = when
+    if kind == "pandas":
+        want = ts.value
+    else:
+        aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=dt.timezone.utc)
+        want = (aware - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1) * 1000
+    fs = rtml.FeatureSet(entity="key", timestamp="ts", timestamp_unit="ns",
+                         features=[rtml.count(), rtml.time_since_last()])
+    eng = fs.online()
+    eng.ingest({"key": 1, "ts": ts})
+    assert eng.watermark == want
+    # `at` converts the same way (an event is in from the next nanosecond on)
+    assert eng.get(1, at=ts) == eng.get(1, at=want) == {"count": 0, "time_since_last": None}
+    assert eng.get(1, at=want + 1)["count"] == 1
