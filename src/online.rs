@@ -458,9 +458,15 @@ impl Engine {
     /// Features of `key` at instant `t` (NaN = null) into `out`.
     pub fn get(&self, key: KeyRef<'_>, t: i64, out: &mut [f64]) -> Result<()> {
         self.check_key_kind(key.is_int())?;
-        if self.would_settle(key, t) {
-            self.settle_key(key, t);
+        let s = t.min(self.settle_point());
+        if let Some(r) = self
+            .shard(key)
+            .read()
+            .get_unless_settle(&self.plan, key, s, t, out)
+        {
+            return r;
         }
+        self.settle_key(key, t);
         self.shard(key).read().get(&self.plan, key, t, out)
     }
 
@@ -795,6 +801,58 @@ mod tests {
                 i += 1;
             }
             prop_assert_eq!(&observe(&cut, str_keys, &queries), &want);
+        }
+    }
+
+    #[test]
+    fn a_read_that_settles_answers_like_one_that_does_not() {
+        // key 0 gets many events, then falls silent while key 1 moves the watermark on: a read
+        // of key 0 then settles it first (under the write lock), and must answer the same
+        for str_keys in [false, true] {
+            let plan = plan("5m", false);
+            let mut evs: Vec<Ev> = (0..300)
+                .map(|i| Ev {
+                    k: 0,
+                    ts: i * M / 4,
+                    v: Some((i % 9) as f64),
+                    c: Some((i % 3) as u8),
+                })
+                .collect();
+            evs.extend((0..20).map(|i| Ev {
+                k: 1,
+                ts: 80 * M + i * 3 * M,
+                v: None,
+                c: None,
+            }));
+            let a = Engine::new(Arc::clone(&plan));
+            let b = Engine::new(Arc::clone(&plan));
+            a.ingest(&events(&plan, &evs, str_keys)).unwrap();
+            b.ingest(&events(&plan, &evs, str_keys)).unwrap();
+            let name = key_name(0);
+            let key = if str_keys {
+                KeyRef::Str(&name)
+            } else {
+                KeyRef::Int(0)
+            };
+            let settled = |e: &Engine| e.shard(key).read().keys.get(&key).map(|s| s.settled);
+            let before = settled(&a);
+            let t = 140 * M + 1;
+            assert!(a.would_settle(key, t));
+            let (mut got, mut want) = (vec![0.0; plan.n_features()], vec![0.0; plan.n_features()]);
+            a.get(key, t, &mut got).unwrap();
+            b.shard(key).read().get(&plan, key, t, &mut want).unwrap();
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            assert!(settled(&a) > before, "the read settled the key");
+            assert!(!a.would_settle(key, t));
+            // and again, now without settling
+            a.get(key, t, &mut got).unwrap();
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
         }
     }
 

@@ -293,3 +293,36 @@ def test_row_and_at_instants_are_exact(when, offset, kind):
     # `at` converts the same way (an event is in from the next nanosecond on)
     assert eng.get(1, at=ts) == eng.get(1, at=want) == {"count": 0, "time_since_last": None}
     assert eng.get(1, at=want + 1)["count"] == 1
+
+
+@pytest.mark.parametrize("call", ["get", "vector", "get_many"])
+def test_a_read_that_settles_a_lagging_key_equals_backfill(call):
+    """A key with a long unsettled history (it went quiet while the stream moved on) is settled
+    by the read itself, under its shard's write lock: the answer is still backfill's."""
+    fs = _fs(lateness="5m")
+    minute = 60 * S
+    rows = [{"key": 0, "ts": ns_to_datetime(BASE + i * minute // 4), "x": float(i % 9), "c": "abc"[i % 3]}
+            for i in range(300)]
+    rows += [{"key": 1, "ts": ns_to_datetime(BASE + (80 + 3 * i) * minute), "x": None, "c": None} for i in range(20)]
+    at = BASE + 140 * minute - 1000
+    tab = pa.table({"key": [r["key"] for r in rows], "ts": pa.array([r["ts"] for r in rows], pa.timestamp("us", "UTC")),
+                    "x": [r["x"] for r in rows], "c": [r["c"] for r in rows]})
+    spine = pa.table({"key": [0], "ts": pa.array([at], pa.timestamp("ns", "UTC"))})
+    want = fs.backfill(tab, spine).to_pylist()[0]
+    del want["key"]
+    want.pop("ts", None)
+    eng = fs.online()
+    for r in rows:
+        eng.ingest(r)
+    for _ in range(2):  # settling, then settled
+        if call == "get":
+            got = eng.get(0, at=ns_to_datetime(at))
+        elif call == "get_many":
+            got = eng.get_many([0], ns_to_datetime(at)).to_pylist()[0]
+            del got["key"]
+        else:
+            tf = rtml.Transforms([rtml.passthrough(n) for n in fs.feature_names])
+            vec = eng.vector(0, tf, None, ns_to_datetime(at))
+            got = {n: (None if np.isnan(v) else v) for n, v in zip(fs.feature_names, vec.tolist())}
+            want = {n: (None if v is None else float(v)) for n, v in want.items()}
+        assert {n: _bits(v) for n, v in got.items()} == {n: _bits(v) for n, v in want.items()}
