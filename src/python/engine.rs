@@ -160,11 +160,12 @@ impl OnlineEngine {
         let n = self.plan.n_features();
         let mut out = [0f64; 32];
         let mut heap;
-        let buf: &mut [f64] = if n <= out.len() {
-            &mut out[..n]
-        } else {
-            heap = vec![0f64; n];
-            &mut heap
+        let buf: &mut [f64] = match out.get_mut(..n) {
+            Some(b) => b,
+            None => {
+                heap = vec![0f64; n];
+                &mut heap
+            }
         };
         self.features_at(py, k, t, buf)?;
         f(buf)

@@ -273,7 +273,13 @@ pub(crate) fn vector_with_features<'py>(
     for (slot, name) in slots.slots.iter().zip(t.row_inputs()) {
         let found = match slot {
             Slot::Feature(j) => {
-                objs.push(Err((feats[*j], plan.outputs[*j].integer)));
+                // `j` indexes `plan`'s features, which `feats` holds (checked, never fails)
+                let (Some(&v), Some(o)) = (feats.get(*j), plan.outputs.get(*j)) else {
+                    return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                        "vector: engine features and plan disagree",
+                    ));
+                };
+                objs.push(Err((v, o.integer)));
                 continue;
             }
             Slot::Field(key) => match d {
