@@ -207,48 +207,52 @@ pub(crate) fn row_values<'a, 'py>(
     t: &Transforms,
     objs: &'a [Result<Bound<'py, PyAny>, (f64, bool)>],
 ) -> PyResult<SmallVec<[RowValue<'a>; 16]>> {
-    objs.iter()
-        .zip(t.row_inputs())
-        .map(|(o, name)| {
-            let v = match o {
-                Err((v, integer)) => {
-                    if *integer {
-                        RowValue::Int(*v as i64)
-                    } else if v.is_nan() {
-                        RowValue::Null
-                    } else {
-                        RowValue::Num(*v)
-                    }
+    let mut out = SmallVec::with_capacity(objs.len());
+    for (o, name) in objs.iter().zip(t.row_inputs()) {
+        let v = match o {
+            Err((v, integer)) => {
+                if *integer {
+                    RowValue::Int(*v as i64)
+                } else if v.is_nan() {
+                    RowValue::Null
+                } else {
+                    RowValue::Num(*v)
                 }
-                Ok(v) => {
-                    if v.is_none() {
-                        RowValue::Null
-                    } else if v.is_instance_of::<PyBool>() {
-                        RowValue::Bool(v.is_truthy()?)
-                    } else if v.is_instance_of::<PyInt>() {
-                        match v.extract::<i64>() {
-                            Ok(i) => RowValue::Int(i),
-                            Err(_) => RowValue::Num(v.extract::<f64>()?),
-                        }
-                    } else if let Ok(f) = v.cast::<PyFloat>() {
-                        RowValue::Num(f.value())
-                    } else if let Ok(s) = v.cast::<PyString>() {
-                        RowValue::Str(s.to_str()?)
-                    } else if v.is_instance_of::<PyDate>() || v.get_type().name()? == "datetime64" {
-                        RowValue::Time(convert::instant(v, None, name).py_err()?)
-                    } else if let Ok(f) = v.extract::<f64>() {
-                        RowValue::Num(f)
-                    } else {
-                        return Err(super::errors::to_py(Error::schema(
-                            name,
-                            format!("unsupported value of type {}", v.get_type().name()?),
-                        )));
+            }
+            Ok(v) => {
+                // exact floats and strs first (neither is None, a bool or an int)
+                if v.is_exact_instance_of::<PyFloat>() {
+                    RowValue::Num(v.cast::<PyFloat>()?.value())
+                } else if v.is_exact_instance_of::<PyString>() {
+                    RowValue::Str(v.cast::<PyString>()?.to_str()?)
+                } else if v.is_none() {
+                    RowValue::Null
+                } else if v.is_instance_of::<PyBool>() {
+                    RowValue::Bool(v.is_truthy()?)
+                } else if v.is_instance_of::<PyInt>() {
+                    match v.extract::<i64>() {
+                        Ok(i) => RowValue::Int(i),
+                        Err(_) => RowValue::Num(v.extract::<f64>()?),
                     }
+                } else if let Ok(f) = v.cast::<PyFloat>() {
+                    RowValue::Num(f.value())
+                } else if let Ok(s) = v.cast::<PyString>() {
+                    RowValue::Str(s.to_str()?)
+                } else if v.is_instance_of::<PyDate>() || v.get_type().name()? == "datetime64" {
+                    RowValue::Time(convert::instant(v, None, name).py_err()?)
+                } else if let Ok(f) = v.extract::<f64>() {
+                    RowValue::Num(f)
+                } else {
+                    return Err(super::errors::to_py(Error::schema(
+                        name,
+                        format!("unsupported value of type {}", v.get_type().name()?),
+                    )));
                 }
-            };
-            Ok(v)
-        })
-        .collect()
+            }
+        };
+        out.push(v);
+    }
+    Ok(out)
 }
 
 /// `OnlineEngine.vector` after the window read: the engine's features `feats` (in `plan`
