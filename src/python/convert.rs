@@ -1,10 +1,12 @@
 //! Python values -> engine values: keys, instants, and event rows given as dicts.
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{
-    PyBool, PyDate, PyDateAccess, PyDateTime, PyDict, PyFloat, PyInt, PyString, PyTimeAccess,
-    PyTzInfoAccess,
+    PyBool, PyDate, PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyFloat, PyInt,
+    PyString, PyTimeAccess, PyTzInfoAccess,
 };
+use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::input::{check_number, string_identity, Events, KeyArr, KeyRef};
@@ -27,12 +29,17 @@ impl PyKey {
     }
 }
 
-pub fn key(obj: &Bound<'_, PyAny>, entity: &str) -> Result<PyKey> {
+/// A key borrowed from a Python int or str.
+pub fn key_ref<'a>(obj: &'a Bound<'_, PyAny>, entity: &str) -> Result<KeyRef<'a>> {
+    if obj.is_exact_instance_of::<PyInt>() {
+        if let Ok(i) = obj.extract::<i64>() {
+            return Ok(KeyRef::Int(i));
+        }
+    }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(PyKey::Str(
+        return Ok(KeyRef::Str(
             s.to_str()
-                .map_err(|e| Error::schema(entity, e.to_string()))?
-                .to_string(),
+                .map_err(|e| Error::schema(entity, e.to_string()))?,
         ));
     }
     if obj.is_instance_of::<PyBool>() || obj.is_none() {
@@ -42,12 +49,20 @@ pub fn key(obj: &Bound<'_, PyAny>, entity: &str) -> Result<PyKey> {
         ));
     }
     match obj.extract::<i64>() {
-        Ok(i) => Ok(PyKey::Int(i)),
+        Ok(i) => Ok(KeyRef::Int(i)),
         Err(_) => Err(Error::schema(
             entity,
             format!("keys must be int or str, got {}", type_name(obj)),
         )),
     }
+}
+
+/// An owned key from a Python int or str.
+pub fn key(obj: &Bound<'_, PyAny>, entity: &str) -> Result<PyKey> {
+    Ok(match key_ref(obj, entity)? {
+        KeyRef::Int(i) => PyKey::Int(i),
+        KeyRef::Str(s) => PyKey::Str(s.to_string()),
+    })
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
@@ -71,6 +86,10 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// An instant from Python: datetime / date / pandas.Timestamp / numpy.datetime64 / ISO string,
 /// or an int in the feature set's timestamp unit. Returns ns since the epoch (UTC).
 pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Result<i64> {
+    // The common case first: an exact int is neither a datetime nor a date nor a bool.
+    if obj.is_exact_instance_of::<PyInt>() {
+        return int_instant(obj, unit, field);
+    }
     let range = || {
         Error::schema(
             field,
@@ -79,10 +98,13 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
     };
     let py_err = |e: PyErr| Error::schema(field, e.to_string());
     if let Ok(dt) = obj.cast::<PyDateTime>() {
-        // pandas.Timestamp carries exact nanoseconds in `.value` (UTC for tz-aware ones).
-        if let Ok(v) = obj.getattr("value") {
+        // pandas.Timestamp carries exact nanoseconds in `.value` (UTC for tz-aware ones); a
+        // plain datetime has neither attribute (and no instance dict to hold one).
+        let py = obj.py();
+        let plain = obj.is_exact_instance_of::<PyDateTime>();
+        if let Some(Ok(v)) = (!plain).then(|| obj.getattr(intern!(py, "value"))) {
             if let Ok(ns) = v.extract::<i64>() {
-                if obj.hasattr("nanosecond").unwrap_or(false) {
+                if obj.hasattr(intern!(py, "nanosecond")).unwrap_or(false) {
                     // pandas.NaT is a datetime too, with value i64::MIN
                     if ns == i64::MIN {
                         return Err(Error::schema(field, "NaT (not a time)"));
@@ -105,14 +127,24 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
             .and_then(|v| v.checked_add(dt.get_microsecond() as i64 * NS_PER_US))
             .ok_or_else(range)?;
         if dt.get_tzinfo().is_some() {
-            let off = obj.call_method0("utcoffset").map_err(py_err)?;
+            let off = obj.call_method0(intern!(py, "utcoffset")).map_err(py_err)?;
             if !off.is_none() {
-                let total: f64 = off
-                    .call_method0("total_seconds")
-                    .map_err(py_err)?
-                    .extract()
-                    .map_err(py_err)?;
-                let us = (total * 1e6).round() as i64;
+                // Python checks that utcoffset() is a timedelta within a day: its fields give
+                // the exact microseconds (what total_seconds() * 1e6, rounded, gives too)
+                let us = match off.cast::<PyDelta>() {
+                    Ok(d) => {
+                        (d.get_days() as i64 * 86_400 + d.get_seconds() as i64) * 1_000_000
+                            + d.get_microseconds() as i64
+                    }
+                    Err(_) => {
+                        let total: f64 = off
+                            .call_method0("total_seconds")
+                            .map_err(py_err)?
+                            .extract()
+                            .map_err(py_err)?;
+                        (total * 1e6).round() as i64
+                    }
+                };
                 ns = ns.checked_sub(us * NS_PER_US).ok_or_else(range)?;
             }
         }
@@ -127,14 +159,7 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
         return days.checked_mul(86_400 * NS_PER_S).ok_or_else(range);
     }
     if obj.is_instance_of::<PyInt>() && !obj.is_instance_of::<PyBool>() {
-        let v: i64 = obj.extract().map_err(|_| range())?;
-        return match unit {
-            Some(u) => v.checked_mul(unit_factor(u, "timestamp_unit")?).ok_or_else(range),
-            None => Err(Error::schema(
-                field,
-                "an integer instant needs FeatureSet(timestamp_unit=...); pass a datetime otherwise",
-            )),
-        };
+        return int_instant(obj, unit, field);
     }
     if let Ok(s) = obj.cast::<PyString>() {
         let py = obj.py();
@@ -164,6 +189,26 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
         field,
         format!("expected a datetime, date, ISO string or integer, got {tname}"),
     ))
+}
+
+/// An int instant in the feature set's timestamp unit -> ns.
+fn int_instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Result<i64> {
+    let range = || {
+        Error::schema(
+            field,
+            "instant outside the representable range (years 1677..2262)",
+        )
+    };
+    let v: i64 = obj.extract().map_err(|_| range())?;
+    match unit {
+        Some(u) => v
+            .checked_mul(unit_factor(u, "timestamp_unit")?)
+            .ok_or_else(range),
+        None => Err(Error::schema(
+            field,
+            "an integer instant needs FeatureSet(timestamp_unit=...); pass a datetime otherwise",
+        )),
+    }
 }
 
 /// One value cell from Python.
@@ -209,32 +254,121 @@ fn value(obj: &Bound<'_, PyAny>, kind: ColKind, skip: bool, name: &str, row: usi
     })
 }
 
+/// The field names a row dict is read by, as interned Python strings (made once per engine:
+/// a lookup by an interned string hashes nothing and usually compares by pointer).
+pub struct RowNames {
+    pub entity: Py<PyString>,
+    timestamp: Py<PyString>,
+    columns: Vec<Py<PyString>>,
+}
+
+impl RowNames {
+    pub fn new(py: Python<'_>, plan: &Plan) -> RowNames {
+        let name = |s: &str| PyString::intern(py, s).unbind();
+        RowNames {
+            entity: name(&plan.spec.entity),
+            timestamp: name(&plan.spec.timestamp),
+            columns: plan.columns.iter().map(|c| name(&c.name)).collect(),
+        }
+    }
+}
+
+/// The cell `name` of row `i`, or the error naming the missing field.
+fn cell<'py>(
+    d: &Bound<'py, PyDict>,
+    key: &Py<PyString>,
+    name: &str,
+    i: usize,
+) -> Result<Bound<'py, PyAny>> {
+    d.get_item(key.bind(d.py()))
+        .map_err(|e| Error::schema(name, e.to_string()))?
+        .ok_or_else(|| {
+            Error::schema(
+                name,
+                format!("missing from row {i} (use None for a null value)"),
+            )
+        })
+}
+
+/// The dict of row `i`.
+fn row_dict<'a, 'py>(
+    plan: &Plan,
+    row: &'a Bound<'py, PyAny>,
+    i: usize,
+) -> Result<&'a Bound<'py, PyDict>> {
+    row.cast::<PyDict>().map_err(|_| {
+        Error::schema(
+            &plan.spec.entity,
+            format!("row {i}: expected a dict, got {}", type_name(row)),
+        )
+    })
+}
+
+/// Time and values of row `i` (the key is read first by the caller, so the checks run in the
+/// same order for one row and for many): the time is returned, one word per plan column is
+/// written to `vals`.
+fn row_rest(
+    plan: &Plan,
+    names: &RowNames,
+    d: &Bound<'_, PyDict>,
+    i: usize,
+    vals: &mut [u64],
+) -> Result<i64> {
+    let spec = &plan.spec;
+    let ts = instant(
+        &cell(d, &names.timestamp, &spec.timestamp, i)?,
+        spec.timestamp_unit.as_deref(),
+        &spec.timestamp,
+    )?;
+    for ((col, name), v) in plan.columns.iter().zip(&names.columns).zip(vals.iter_mut()) {
+        *v = value(
+            &cell(d, name, &col.name, i)?,
+            col.kind,
+            spec.skip_nonfinite,
+            &col.name,
+            i,
+        )?;
+    }
+    Ok(ts)
+}
+
+/// One event row given as a dict, checked, handed to `f` as (key, time, one word per plan
+/// column) without copying the key. Same checks and messages as [`rows`] on a one-row list.
+/// `key_obj` is the row's key cell if the caller already looked it up (None: look it up).
+pub fn with_row<R>(
+    plan: &Plan,
+    names: &RowNames,
+    d: &Bound<'_, PyDict>,
+    key_obj: Option<Bound<'_, PyAny>>,
+    f: impl FnOnce(KeyRef<'_>, i64, &[u64]) -> R,
+) -> Result<R> {
+    let spec = &plan.spec;
+    let kobj = match key_obj {
+        Some(k) => k,
+        None => cell(d, &names.entity, &spec.entity, 0)?,
+    };
+    let k = key_ref(&kobj, &spec.entity)?;
+    let mut vals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, plan.columns.len());
+    let ts = row_rest(plan, names, d, 0, &mut vals)?;
+    Ok(f(k, ts, &vals))
+}
+
 /// Event rows given as dicts -> engine events. All rows are checked before any is returned.
-pub fn rows<'py>(plan: &Plan, rows: &[Bound<'py, PyAny>]) -> Result<Events<'static>> {
+pub fn rows<'py>(
+    plan: &Plan,
+    names: &RowNames,
+    rows: &[Bound<'py, PyAny>],
+) -> Result<Events<'static>> {
     let spec = &plan.spec;
     let n = rows.len();
     let mut ints = Vec::new();
     let mut strs = Vec::new();
     let mut ts = Vec::with_capacity(n);
     let mut values: Vec<Vec<u64>> = vec![Vec::with_capacity(n); plan.columns.len()];
+    let mut vals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, plan.columns.len());
     for (i, row) in rows.iter().enumerate() {
-        let d = row.cast::<PyDict>().map_err(|_| {
-            Error::schema(
-                &spec.entity,
-                format!("row {i}: expected a dict, got {}", type_name(row)),
-            )
-        })?;
-        let get = |name: &str| -> Result<Bound<'py, PyAny>> {
-            d.get_item(name)
-                .map_err(|e| Error::schema(name, e.to_string()))?
-                .ok_or_else(|| {
-                    Error::schema(
-                        name,
-                        format!("missing from row {i} (use None for a null value)"),
-                    )
-                })
-        };
-        match key(&get(&spec.entity)?, &spec.entity)? {
+        let d = row_dict(plan, row, i)?;
+        match key(&cell(d, &names.entity, &spec.entity, i)?, &spec.entity)? {
             PyKey::Int(k) if strs.is_empty() => ints.push(k),
             PyKey::Str(k) if ints.is_empty() => strs.push(k),
             _ => {
@@ -244,19 +378,9 @@ pub fn rows<'py>(plan: &Plan, rows: &[Bound<'py, PyAny>]) -> Result<Events<'stat
                 ))
             }
         }
-        ts.push(instant(
-            &get(&spec.timestamp)?,
-            spec.timestamp_unit.as_deref(),
-            &spec.timestamp,
-        )?);
-        for (c, col) in plan.columns.iter().enumerate() {
-            values[c].push(value(
-                &get(&col.name)?,
-                col.kind,
-                spec.skip_nonfinite,
-                &col.name,
-                i,
-            )?);
+        ts.push(row_rest(plan, names, d, i, &mut vals)?);
+        for (col, v) in values.iter_mut().zip(&vals) {
+            col.push(*v);
         }
     }
     let mut events = Events::empty(plan.columns.len());

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use parking_lot::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
+use pyo3::exceptions::PyAttributeError;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
-use super::convert::{self, PyKey};
+use super::convert::{self, PyKey, RowNames};
 use super::errors::IntoPy;
 use super::transforms::PyTransforms;
 use super::{feature_columns_to_batch, PySpec};
@@ -33,6 +35,11 @@ pub struct OnlineEngine {
     inner: Engine,
     plan: Arc<Plan>,
     names: Vec<Py<PyString>>,
+    /// Field names of an event row dict, interned.
+    rows: RowNames,
+    /// Every feature name mapped to None, in output order: `get` copies it (one allocation,
+    /// no rehashing) and overwrites the values.
+    template: Py<PyDict>,
 }
 
 fn now_ns() -> i64 {
@@ -50,11 +57,18 @@ impl OnlineEngine {
             .features
             .iter()
             .map(|f| PyString::intern(py, &f.name).unbind())
-            .collect();
+            .collect::<Vec<_>>();
+        let template = PyDict::new(py);
+        for n in &names {
+            // cannot fail: str keys, fresh dict
+            let _ = template.set_item(n.bind(py), py.None());
+        }
         OnlineEngine {
+            rows: RowNames::new(py, &plan),
             inner: engine,
             plan,
             names,
+            template: template.unbind(),
         }
     }
 
@@ -90,22 +104,71 @@ impl OnlineEngine {
 
     /// Features of one key at `t` into `buf`. A key whose settled point lags far behind the
     /// stream is settled once under its shard's write lock, then read under the read lock.
-    fn features_at(&self, py: Python<'_>, k: &PyKey, t: i64, buf: &mut [f64]) -> PyResult<()> {
-        let key = k.as_ref();
+    fn features_at(
+        &self,
+        py: Python<'_>,
+        key: KeyRef<'_>,
+        t: i64,
+        buf: &mut [f64],
+    ) -> PyResult<()> {
         self.inner.check_key_kind(key.is_int()).py_err()?;
         let s = t.min(self.inner.settle_point());
         let plan = &*self.plan;
         let shard = self.shard_read(py, key);
-        if shard.would_settle(plan, key, s) {
+        if let Some(r) = shard.get_unless_settle(plan, key, s, t, buf) {
+            r.py_err()
+        } else {
             drop(shard);
             let mut w = self.shard_write(py, key);
             w.settle_key(plan, key, s);
             RwLockWriteGuard::downgrade(w)
                 .get(plan, key, t, buf)
                 .py_err()
-        } else {
-            shard.get(plan, key, t, buf).py_err()
         }
+    }
+
+    /// Whether a dict given to `ingest` is one row (its key field holds a scalar, or is
+    /// missing) rather than a dict of columns (its key field holds a sequence). `key` is the
+    /// dict's key field.
+    fn is_row(key: Option<&Bound<'_, PyAny>>) -> bool {
+        match key {
+            Some(v) => {
+                // the usual scalars first: none of them has a __len__
+                if v.is_exact_instance_of::<PyInt>()
+                    || v.is_instance_of::<PyString>()
+                    || v.is_exact_instance_of::<PyFloat>()
+                    || v.is_none()
+                {
+                    return true;
+                }
+                !v.hasattr(intern!(v.py(), "__len__")).unwrap_or(false)
+            }
+            None => true,
+        }
+    }
+
+    /// Features of `key` at `at` into a stack buffer (the heap only past 32 features), then `f`.
+    fn with_features<R>(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        at: Option<&Bound<'_, PyAny>>,
+        f: impl FnOnce(&[f64]) -> PyResult<R>,
+    ) -> PyResult<R> {
+        let k = convert::key_ref(key, &self.plan.spec.entity).py_err()?;
+        let t = self.at(at)?;
+        let n = self.plan.n_features();
+        let mut out = [0f64; 32];
+        let mut heap;
+        let buf: &mut [f64] = match out.get_mut(..n) {
+            Some(b) => b,
+            None => {
+                heap = vec![0f64; n];
+                &mut heap
+            }
+        };
+        self.features_at(py, k, t, buf)?;
+        f(buf)
     }
 
     fn at(&self, at: Option<&Bound<'_, PyAny>>) -> PyResult<i64> {
@@ -117,13 +180,13 @@ impl OnlineEngine {
     }
 
     fn row_dict<'py>(&self, py: Python<'py>, values: &[f64]) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
+        // A copy of the template has every key in place: each set_item below replaces a
+        // value (no insertion, no resize), and the order stays the output order.
+        let d = self.template.bind(py).copy()?;
         for ((name, out), v) in self.names.iter().zip(&self.plan.outputs).zip(values) {
             if out.integer {
                 d.set_item(name.bind(py), *v as i64)?;
-            } else if v.is_nan() {
-                d.set_item(name.bind(py), py.None())?;
-            } else {
+            } else if !v.is_nan() {
                 d.set_item(name.bind(py), *v)?;
             }
         }
@@ -158,23 +221,19 @@ impl OnlineEngine {
     /// error nothing is applied. Returns the number of events accepted (late ones are dropped
     /// and counted in `stats()`).
     fn ingest(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<u64> {
-        let is_row = |d: &Bound<'_, PyAny>| -> bool {
-            // A dict whose key field is a sequence is a dict of columns, not a row.
-            match d
-                .cast::<PyDict>()
-                .ok()
-                .and_then(|d| d.get_item(&self.plan.spec.entity).ok().flatten())
-            {
-                Some(v) => v.is_instance_of::<PyString>() || !v.hasattr("__len__").unwrap_or(false),
-                None => true,
+        let rows: Option<Vec<Bound<'_, PyAny>>> = if let Ok(d) = data.cast::<PyDict>() {
+            // (a failed lookup reads as a row: `with_row` looks again and reports it)
+            let key = d.get_item(self.rows.entity.bind(py)).ok().flatten();
+            if Self::is_row(key.as_ref()) {
+                // One row: checked, then applied directly (no batch is built).
+                let r = convert::with_row(&self.plan, &self.rows, d, key, |key, ts, vals| {
+                    let mut meta = self.ingest_guard(py);
+                    self.inner.ingest_one_locked(&mut meta, key, ts, vals)
+                })
+                .py_err()?;
+                return Ok(r.py_err()?.accepted);
             }
-        };
-        let rows: Option<Vec<Bound<'_, PyAny>>> = if data.is_instance_of::<PyDict>() {
-            if is_row(data) {
-                Some(vec![data.clone()])
-            } else {
-                None
-            }
+            None
         } else if let Ok(list) = data.cast::<PyList>() {
             if list.is_empty() || list.get_item(0)?.is_instance_of::<PyDict>() {
                 Some(list.iter().collect())
@@ -191,7 +250,7 @@ impl OnlineEngine {
             None
         };
         if let Some(rows) = rows {
-            let events = convert::rows(&self.plan, &rows).py_err()?;
+            let events = convert::rows(&self.plan, &self.rows, &rows).py_err()?;
             let mut meta = self.ingest_guard(py);
             return Ok(self
                 .inner
@@ -221,18 +280,7 @@ impl OnlineEngine {
         key: &Bound<'py, PyAny>,
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let k = convert::key(key, &self.plan.spec.entity).py_err()?;
-        let t = self.at(at)?;
-        let mut out = [0f64; 32];
-        let mut heap;
-        let buf: &mut [f64] = if self.plan.n_features() <= 32 {
-            &mut out[..self.plan.n_features()]
-        } else {
-            heap = vec![0f64; self.plan.n_features()];
-            &mut heap
-        };
-        self.features_at(py, &k, t, buf)?;
-        self.row_dict(py, buf)
+        self.with_features(py, key, at, |buf| self.row_dict(py, buf))
     }
 
     /// The model-ready vector for one request: the entity's window features at `at`, plus the
@@ -247,30 +295,27 @@ impl OnlineEngine {
         fields: Option<&Bound<'py, PyAny>>,
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, numpy::PyArray1<f64>>> {
-        let tobj = if transforms.hasattr("_t")? {
-            transforms.getattr("_t")?
-        } else {
-            transforms.clone()
+        let tobj;
+        let tf = match transforms.cast::<PyTransforms>() {
+            Ok(tf) => tf,
+            Err(_) => {
+                let type_err = || {
+                    pyo3::exceptions::PyTypeError::new_err(
+                        "transforms: expected an rtml.Transforms",
+                    )
+                };
+                // an rtml.Transforms holds its engine object in `_t`
+                tobj = match transforms.getattr(intern!(py, "_t")) {
+                    Ok(o) => o,
+                    Err(e) if e.is_instance_of::<PyAttributeError>(py) => return Err(type_err()),
+                    Err(e) => return Err(e),
+                };
+                tobj.cast::<PyTransforms>().map_err(|_| type_err())?
+            }
         };
-        let tf = tobj.cast::<PyTransforms>().map_err(|_| {
-            pyo3::exceptions::PyTypeError::new_err("transforms: expected an rtml.Transforms")
-        })?;
-        let k = convert::key(key, &self.plan.spec.entity).py_err()?;
-        let t = self.at(at)?;
-        let mut buf = vec![0f64; self.plan.n_features()];
-        self.features_at(py, &k, t, &mut buf)?;
-        let preset: Vec<(&str, f64, bool)> = self
-            .plan
-            .spec
-            .features
-            .iter()
-            .zip(&self.plan.outputs)
-            .zip(&buf)
-            .map(|((f, o), &v)| (f.name.as_str(), v, o.integer))
-            .collect();
-        let tr = tf.get().inner.read();
-        let out = super::transforms::apply_one(&tr, fields, &preset)?;
-        Ok(numpy::PyArray1::from_vec(py, out))
+        self.with_features(py, key, at, |buf| {
+            super::transforms::vector_with_features(py, tf.get(), &self.plan, fields, buf)
+        })
     }
 
     /// Features of many entities as a pyarrow.Table (key column first). `at` is one instant
@@ -313,7 +358,7 @@ impl OnlineEngine {
         let mut cols = vec![Vec::with_capacity(keys.len()); nf];
         let mut row = vec![0f64; nf];
         for (k, &t) in keys.iter().zip(&times) {
-            self.features_at(py, k, t, &mut row)?;
+            self.features_at(py, k.as_ref(), t, &mut row)?;
             for (c, v) in cols.iter_mut().zip(&row) {
                 c.push(*v);
             }

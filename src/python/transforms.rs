@@ -1,12 +1,13 @@
 //! `rtml._core.Transforms`: the fitted-transform pipeline behind a lock (fit mutates it).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, RecordBatch};
 use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema};
 use numpy::ndarray::{Array2, ShapeBuilder};
-use numpy::{IntoPyArray, PyArray1, PyArray2};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use parking_lot::RwLock;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDate, PyDict, PyFloat, PyInt, PyString};
@@ -15,11 +16,76 @@ use pyo3_arrow::{PyRecordBatch, PyTable};
 use super::convert;
 use super::errors::IntoPy;
 use crate::error::Error;
+use crate::plan::Plan;
 use crate::transform::{Dense, Layout, RowValue, Transforms};
+use smallvec::SmallVec;
 
 #[pyclass(frozen, name = "Transforms", module = "rtml._core")]
 pub struct PyTransforms {
     pub(crate) inner: RwLock<Transforms>,
+    /// Bumped, under `inner`'s write lock, whenever `inner` is replaced.
+    generation: AtomicU64,
+    /// Where each row input comes from for the online engine last seen (see [`RowSlots`]).
+    slots: RwLock<Option<Arc<RowSlots>>>,
+}
+
+impl PyTransforms {
+    fn new(t: Transforms) -> PyTransforms {
+        PyTransforms {
+            inner: RwLock::new(t),
+            generation: AtomicU64::new(0),
+            slots: RwLock::new(None),
+        }
+    }
+
+    fn replace(&self, t: Transforms) {
+        let mut w = self.inner.write();
+        *w = t;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The row-input sources for the engine plan `plan` (cached for one plan at a time).
+    /// `t` is `inner` read-locked, so the generation cannot move meanwhile.
+    fn slots_for(&self, py: Python<'_>, t: &Transforms, plan: &Arc<Plan>) -> Arc<RowSlots> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(c) = &*self.slots.read() {
+            if c.generation == generation && Arc::ptr_eq(&c.plan, plan) {
+                return Arc::clone(c);
+            }
+        }
+        let slots = t
+            .row_inputs()
+            .iter()
+            .map(
+                |name| match plan.spec.features.iter().position(|f| &f.name == name) {
+                    Some(j) => Slot::Feature(j),
+                    None => Slot::Field(PyString::intern(py, name).unbind()),
+                },
+            )
+            .collect();
+        let c = Arc::new(RowSlots {
+            generation,
+            plan: Arc::clone(plan),
+            slots,
+        });
+        *self.slots.write() = Some(Arc::clone(&c));
+        c
+    }
+}
+
+/// Where each row input (in `Transforms::row_inputs` order) of an online engine's `vector`
+/// comes from: a window feature of the engine's plan (which takes precedence, as a preset
+/// does), or the request-row dict (looked up by an interned name).
+struct RowSlots {
+    generation: u64,
+    /// Held so that the pointer compared in `slots_for` cannot be reused by another plan.
+    plan: Arc<Plan>,
+    slots: Vec<Slot>,
+}
+
+enum Slot {
+    Feature(usize),
+    Field(Py<PyString>),
 }
 
 fn one_batch(table: PyTable) -> PyResult<RecordBatch> {
@@ -140,49 +206,109 @@ pub(crate) fn row_objects<'py>(
 pub(crate) fn row_values<'a, 'py>(
     t: &Transforms,
     objs: &'a [Result<Bound<'py, PyAny>, (f64, bool)>],
-) -> PyResult<Vec<RowValue<'a>>> {
-    objs.iter()
-        .zip(t.row_inputs())
-        .map(|(o, name)| {
-            let v = match o {
-                Err((v, integer)) => {
-                    if *integer {
-                        RowValue::Int(*v as i64)
-                    } else if v.is_nan() {
-                        RowValue::Null
-                    } else {
-                        RowValue::Num(*v)
-                    }
+) -> PyResult<SmallVec<[RowValue<'a>; 16]>> {
+    let mut out = SmallVec::with_capacity(objs.len());
+    for (o, name) in objs.iter().zip(t.row_inputs()) {
+        let v = match o {
+            Err((v, integer)) => {
+                if *integer {
+                    RowValue::Int(*v as i64)
+                } else if v.is_nan() {
+                    RowValue::Null
+                } else {
+                    RowValue::Num(*v)
                 }
-                Ok(v) => {
-                    if v.is_none() {
-                        RowValue::Null
-                    } else if v.is_instance_of::<PyBool>() {
-                        RowValue::Bool(v.is_truthy()?)
-                    } else if v.is_instance_of::<PyInt>() {
-                        match v.extract::<i64>() {
-                            Ok(i) => RowValue::Int(i),
-                            Err(_) => RowValue::Num(v.extract::<f64>()?),
-                        }
-                    } else if let Ok(f) = v.cast::<PyFloat>() {
-                        RowValue::Num(f.value())
-                    } else if let Ok(s) = v.cast::<PyString>() {
-                        RowValue::Str(s.to_str()?)
-                    } else if v.is_instance_of::<PyDate>() || v.get_type().name()? == "datetime64" {
-                        RowValue::Time(convert::instant(v, None, name).py_err()?)
-                    } else if let Ok(f) = v.extract::<f64>() {
-                        RowValue::Num(f)
-                    } else {
-                        return Err(super::errors::to_py(Error::schema(
-                            name,
-                            format!("unsupported value of type {}", v.get_type().name()?),
-                        )));
+            }
+            Ok(v) => {
+                // exact floats and strs first (neither is None, a bool or an int)
+                if v.is_exact_instance_of::<PyFloat>() {
+                    RowValue::Num(v.cast::<PyFloat>()?.value())
+                } else if v.is_exact_instance_of::<PyString>() {
+                    RowValue::Str(v.cast::<PyString>()?.to_str()?)
+                } else if v.is_none() {
+                    RowValue::Null
+                } else if v.is_instance_of::<PyBool>() {
+                    RowValue::Bool(v.is_truthy()?)
+                } else if v.is_instance_of::<PyInt>() {
+                    match v.extract::<i64>() {
+                        Ok(i) => RowValue::Int(i),
+                        Err(_) => RowValue::Num(v.extract::<f64>()?),
                     }
+                } else if let Ok(f) = v.cast::<PyFloat>() {
+                    RowValue::Num(f.value())
+                } else if let Ok(s) = v.cast::<PyString>() {
+                    RowValue::Str(s.to_str()?)
+                } else if v.is_instance_of::<PyDate>() || v.get_type().name()? == "datetime64" {
+                    RowValue::Time(convert::instant(v, None, name).py_err()?)
+                } else if let Ok(f) = v.extract::<f64>() {
+                    RowValue::Num(f)
+                } else {
+                    return Err(super::errors::to_py(Error::schema(
+                        name,
+                        format!("unsupported value of type {}", v.get_type().name()?),
+                    )));
                 }
-            };
-            Ok(v)
-        })
-        .collect()
+            }
+        };
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// `OnlineEngine.vector` after the window read: the engine's features `feats` (in `plan`
+/// order) and the request row `fields` through the one-row driver, into a new numpy vector.
+/// Same checks, order and messages as [`apply_one`] with the features as presets.
+pub(crate) fn vector_with_features<'py>(
+    py: Python<'py>,
+    tf: &PyTransforms,
+    plan: &Arc<Plan>,
+    fields: Option<&Bound<'py, PyAny>>,
+    feats: &[f64],
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let t = tf.inner.read();
+    let d = match fields {
+        Some(r) => Some(r.cast::<PyDict>().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err("expected a dict (one request row)")
+        })?),
+        None => None,
+    };
+    let slots = tf.slots_for(py, &t, plan);
+    let mut objs: SmallVec<[RowInput<'py>; 16]> = SmallVec::with_capacity(slots.slots.len());
+    for (slot, name) in slots.slots.iter().zip(t.row_inputs()) {
+        let found = match slot {
+            Slot::Feature(j) => {
+                // `j` indexes `plan`'s features, which `feats` holds (checked, never fails)
+                let (Some(&v), Some(o)) = (feats.get(*j), plan.outputs.get(*j)) else {
+                    return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                        "vector: engine features and plan disagree",
+                    ));
+                };
+                objs.push(Err((v, o.integer)));
+                continue;
+            }
+            Slot::Field(key) => match d {
+                Some(d) => d.get_item(key.bind(py))?,
+                None => None,
+            },
+        };
+        match found {
+            Some(v) => objs.push(Ok(v)),
+            None => {
+                let step = t.step_reading(name).unwrap_or_default();
+                return Err(super::errors::to_py(Error::schema(
+                    name,
+                    format!("missing from the request row (needed by {step})"),
+                )));
+            }
+        }
+    }
+    let vals = row_values(&t, &objs)?;
+    let out = PyArray1::<f64>::zeros(py, t.feature_names_len(), false);
+    // SAFETY: a fresh array (contiguous), not yet visible to Python or any other borrow.
+    let slice = unsafe { out.as_slice_mut() }
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+    t.apply_row(&vals, slice).py_err()?;
+    Ok(out)
 }
 
 /// Run the one-row driver on a request row.
@@ -202,11 +328,7 @@ pub(crate) fn apply_one(
 impl PyTransforms {
     #[staticmethod]
     fn from_json(text: &str) -> PyResult<PyTransforms> {
-        super::errors::guard(|| {
-            Ok(PyTransforms {
-                inner: RwLock::new(Transforms::from_json(text).py_err()?),
-            })
-        })
+        super::errors::guard(|| Ok(PyTransforms::new(Transforms::from_json(text).py_err()?)))
     }
 
     fn to_json(&self) -> String {
@@ -237,7 +359,7 @@ impl PyTransforms {
                 let mut t = current;
                 t.fit(&batch).map(|_| t)
             });
-            *self.inner.write() = fitted.py_err()?;
+            self.replace(fitted.py_err()?);
             Ok(())
         })
     }
@@ -262,7 +384,7 @@ impl PyTransforms {
             })
             .py_err()?;
         let names = t.feature_names();
-        *self.inner.write() = t;
+        self.replace(t);
         let batch = match batch {
             Ok(d) => dense_to_batch(&names, d)?,
             Err(cols) => to_batch(&names, cols)?,
