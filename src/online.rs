@@ -91,8 +91,21 @@ impl Shard {
     /// Features of `key` at `t` (NaN = null) into `out`; the empty-history values for an unknown
     /// key.
     pub fn get(&self, plan: &Plan, key: KeyRef<'_>, t: i64, out: &mut [f64]) -> Result<()> {
+        self.get_masked(plan, key, t, out, None)
+    }
+
+    /// [`Shard::get`] of (at least) the outputs where `mask` is true (see
+    /// [`KeyState::query_masked`]; a key without state writes every output).
+    pub fn get_masked(
+        &self,
+        plan: &Plan,
+        key: KeyRef<'_>,
+        t: i64,
+        out: &mut [f64],
+        mask: Option<&[bool]>,
+    ) -> Result<()> {
         match self.keys.get(&key) {
-            Some(state) => state.query(plan, t, out),
+            Some(state) => state.query_masked(plan, t, out, mask),
             None => {
                 out.copy_from_slice(&plan.empty);
                 Ok(())
@@ -109,6 +122,7 @@ impl Shard {
         s: i64,
         t: i64,
         out: &mut [f64],
+        mask: Option<&[bool]>,
     ) -> Option<Result<()>> {
         match self.keys.get(&key) {
             Some(st) => {
@@ -117,7 +131,7 @@ impl Shard {
                 {
                     None
                 } else {
-                    Some(st.query(plan, t, out))
+                    Some(st.query_masked(plan, t, out, mask))
                 }
             }
             None => {
@@ -462,7 +476,7 @@ impl Engine {
         if let Some(r) = self
             .shard(key)
             .read()
-            .get_unless_settle(&self.plan, key, s, t, out)
+            .get_unless_settle(&self.plan, key, s, t, out, None)
         {
             return r;
         }

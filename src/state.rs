@@ -768,23 +768,45 @@ impl KeyState {
 
     /// Feature values at instant `t` (NaN = null), in plan output order.
     pub fn query(&self, plan: &Plan, t: i64, out: &mut [f64]) -> Result<()> {
+        self.query_masked(plan, t, out, None)
+    }
+
+    /// [`Self::query`] of only the outputs where `mask` is true (the others are not written):
+    /// a serving call that needs a few features computes only those.
+    pub fn query_masked(
+        &self,
+        plan: &Plan,
+        t: i64,
+        out: &mut [f64],
+        mask: Option<&[bool]>,
+    ) -> Result<()> {
         if t < self.settled {
             return Err(Error::Query(format!(
                 "cannot answer at {t} ns: this key's state is settled up to {} ns (watermark - allowed_lateness); raise allowed_lateness to query further back",
                 self.settled
             )));
         }
-        self.fill(plan, t, out);
+        self.fill(plan, t, out, mask);
         Ok(())
     }
 
     pub fn evaluate(&self, plan: &Plan, t: i64) -> Vec<f64> {
         let mut out = vec![f64::NAN; plan.n_features()];
-        self.fill(plan, t.max(self.settled), &mut out);
+        self.fill(plan, t.max(self.settled), &mut out, None);
         out
     }
 
-    fn fill(&self, plan: &Plan, t: i64, out: &mut [f64]) {
+    fn fill(&self, plan: &Plan, t: i64, out: &mut [f64], mask: Option<&[bool]>) {
+        let wanted = |i: usize| mask.is_none_or(|m| m.get(i).copied().unwrap_or(true));
+        // groups with at least one wanted output
+        let group_wanted = |gi: usize| {
+            mask.is_none()
+                || plan
+                    .outputs
+                    .iter()
+                    .enumerate()
+                    .any(|(i, o)| o.group == gi && wanted(i))
+        };
         let buf = &self.buf;
         let none = (0u64, 0u64);
         // Per group, the rows that correct its accumulators to the window of a query at `t`.
@@ -841,6 +863,9 @@ impl KeyState {
         // Usually none (a query at the settled point or at "now" has no corrections).
         let mut views: SmallVec<[(usize, usize, Acc); 4]> = SmallVec::new();
         for (gi, ((g, gp), c)) in self.groups.iter().zip(&plan.groups).zip(&corrs).enumerate() {
+            if !group_wanted(gi) {
+                continue;
+            }
             if let Some(h) = gp.hop {
                 // merge the tiles inside the window, then add the buffered rows
                 let first = floor_div(t, h).saturating_sub(gp.window.unwrap_or(0) / h);
@@ -876,7 +901,10 @@ impl KeyState {
             }
         }
         let mut var_cache: SmallVec<[((usize, usize), f64); 4]> = SmallVec::new();
-        for (o, slot) in plan.outputs.iter().zip(out.iter_mut()) {
+        for (i, (o, slot)) in plan.outputs.iter().zip(out.iter_mut()).enumerate() {
+            if !wanted(i) {
+                continue;
+            }
             let g = &self.groups[o.group];
             let gp = &plan.groups[o.group];
             let c = &corrs[o.group];

@@ -110,19 +110,20 @@ impl OnlineEngine {
         key: KeyRef<'_>,
         t: i64,
         buf: &mut [f64],
+        mask: Option<&[bool]>,
     ) -> PyResult<()> {
         self.inner.check_key_kind(key.is_int()).py_err()?;
         let s = t.min(self.inner.settle_point());
         let plan = &*self.plan;
         let shard = self.shard_read(py, key);
-        if let Some(r) = shard.get_unless_settle(plan, key, s, t, buf) {
+        if let Some(r) = shard.get_unless_settle(plan, key, s, t, buf, mask) {
             r.py_err()
         } else {
             drop(shard);
             let mut w = self.shard_write(py, key);
             w.settle_key(plan, key, s);
             RwLockWriteGuard::downgrade(w)
-                .get(plan, key, t, buf)
+                .get_masked(plan, key, t, buf, mask)
                 .py_err()
         }
     }
@@ -153,6 +154,7 @@ impl OnlineEngine {
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
         at: Option<&Bound<'_, PyAny>>,
+        mask: Option<&[bool]>,
         f: impl FnOnce(&[f64]) -> PyResult<R>,
     ) -> PyResult<R> {
         let k = convert::key_ref(key, &self.plan.spec.entity).py_err()?;
@@ -167,7 +169,7 @@ impl OnlineEngine {
                 &mut heap
             }
         };
-        self.features_at(py, k, t, buf)?;
+        self.features_at(py, k, t, buf, mask)?;
         f(buf)
     }
 
@@ -280,7 +282,7 @@ impl OnlineEngine {
         key: &Bound<'py, PyAny>,
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        self.with_features(py, key, at, |buf| self.row_dict(py, buf))
+        self.with_features(py, key, at, None, |buf| self.row_dict(py, buf))
     }
 
     /// The model-ready vector for one request: the entity's window features at `at`, plus the
@@ -313,9 +315,38 @@ impl OnlineEngine {
                 tobj.cast::<PyTransforms>().map_err(|_| type_err())?
             }
         };
-        self.with_features(py, key, at, |buf| {
-            super::transforms::vector_with_features(py, tf.get(), &self.plan, fields, buf)
-        })
+        // Read only the window features the transforms use; if the transforms were refit
+        // between taking that list and applying them (another thread), read all and retry.
+        let slots = super::transforms::row_slots(py, tf.get(), &self.plan);
+        let masked = self.with_features(py, key, at, Some(slots.mask()), |buf| {
+            super::transforms::vector_with_features(
+                py,
+                tf.get(),
+                &self.plan,
+                fields,
+                buf,
+                Some(&slots),
+            )
+        })?;
+        match masked {
+            Some(v) => Ok(v),
+            None => self
+                .with_features(py, key, at, None, |buf| {
+                    super::transforms::vector_with_features(
+                        py,
+                        tf.get(),
+                        &self.plan,
+                        fields,
+                        buf,
+                        None,
+                    )
+                })?
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyRuntimeError::new_err(
+                        "vector: transforms changed while reading",
+                    )
+                }),
+        }
     }
 
     /// Features of many entities as a pyarrow.Table (key column first). `at` is one instant
@@ -358,7 +389,7 @@ impl OnlineEngine {
         let mut cols = vec![Vec::with_capacity(keys.len()); nf];
         let mut row = vec![0f64; nf];
         for (k, &t) in keys.iter().zip(&times) {
-            self.features_at(py, k.as_ref(), t, &mut row)?;
+            self.features_at(py, k.as_ref(), t, &mut row, None)?;
             for (c, v) in cols.iter_mut().zip(&row) {
                 c.push(*v);
             }

@@ -53,7 +53,7 @@ impl PyTransforms {
                 return Arc::clone(c);
             }
         }
-        let slots = t
+        let slots: Vec<Slot> = t
             .row_inputs()
             .iter()
             .map(
@@ -63,10 +63,19 @@ impl PyTransforms {
                 },
             )
             .collect();
+        let mut mask = vec![false; plan.n_features()];
+        for slot in &slots {
+            if let Slot::Feature(j) = slot {
+                if let Some(m) = mask.get_mut(*j) {
+                    *m = true;
+                }
+            }
+        }
         let c = Arc::new(RowSlots {
             generation,
             plan: Arc::clone(plan),
             slots,
+            mask,
         });
         *self.slots.write() = Some(Arc::clone(&c));
         c
@@ -76,11 +85,25 @@ impl PyTransforms {
 /// Where each row input (in `Transforms::row_inputs` order) of an online engine's `vector`
 /// comes from: a window feature of the engine's plan (which takes precedence, as a preset
 /// does), or the request-row dict (looked up by an interned name).
-struct RowSlots {
+pub(crate) struct RowSlots {
     generation: u64,
     /// Held so that the pointer compared in `slots_for` cannot be reused by another plan.
     plan: Arc<Plan>,
     slots: Vec<Slot>,
+    /// Which of the plan's features the slots read.
+    mask: Vec<bool>,
+}
+
+impl RowSlots {
+    pub(crate) fn mask(&self) -> &[bool] {
+        &self.mask
+    }
+}
+
+/// The row slots of `tf` for an engine's `plan` (cached; see `PyTransforms::slots_for`).
+pub(crate) fn row_slots(py: Python<'_>, tf: &PyTransforms, plan: &Arc<Plan>) -> Arc<RowSlots> {
+    let t = tf.inner.read();
+    tf.slots_for(py, &t, plan)
 }
 
 enum Slot {
@@ -264,7 +287,8 @@ pub(crate) fn vector_with_features<'py>(
     plan: &Arc<Plan>,
     fields: Option<&Bound<'py, PyAny>>,
     feats: &[f64],
-) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    expect: Option<&Arc<RowSlots>>,
+) -> PyResult<Option<Bound<'py, PyArray1<f64>>>> {
     let t = tf.inner.read();
     let d = match fields {
         Some(r) => Some(r.cast::<PyDict>().map_err(|_| {
@@ -273,6 +297,10 @@ pub(crate) fn vector_with_features<'py>(
         None => None,
     };
     let slots = tf.slots_for(py, &t, plan);
+    if expect.is_some_and(|e| !Arc::ptr_eq(e, &slots)) {
+        // `feats` holds only the features of other slots: the caller reads all and retries
+        return Ok(None);
+    }
     let mut objs: SmallVec<[RowInput<'py>; 16]> = SmallVec::with_capacity(slots.slots.len());
     for (slot, name) in slots.slots.iter().zip(t.row_inputs()) {
         let found = match slot {
@@ -308,7 +336,7 @@ pub(crate) fn vector_with_features<'py>(
     let slice = unsafe { out.as_slice_mut() }
         .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
     t.apply_row(&vals, slice).py_err()?;
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// Run the one-row driver on a request row.

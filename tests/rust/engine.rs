@@ -330,7 +330,7 @@ proptest! {
     }
 
     #[test]
-    fn online_equals_backfill(evs in ev_strategy(), jitter in prop::collection::vec(0i64..=10, 60), qmins in prop::collection::vec((0i64..3, 0i64..(5 * H / M)), 1..20), lateness in prop::sample::select(vec!["10m", "45m", "2h"])) {
+    fn online_equals_backfill(evs in ev_strategy(), jitter in prop::collection::vec(0i64..=10, 60), qmins in prop::collection::vec((0i64..3, 0i64..(5 * H / M)), 1..20), lateness in prop::sample::select(vec!["10m", "45m", "2h"]), mask in prop::collection::vec(any::<bool>(), 64)) {
         // lateness shorter and longer than the windows (30m, 1h): both eager-region layouts
         let plan = Arc::new(Plan::new(spec(lateness)));
         let mut qs: Vec<(i64, i64)> = qmins.iter().map(|&(k, m)| (k, m * M)).collect();
@@ -357,6 +357,16 @@ proptest! {
             }
             eng.get(rtml::input::KeyRef::Int(q.0), q.1, &mut row).unwrap();
             prop_assert_eq!(bits(&row), bits(&want[qi]), "query {:?}", q);
+            // a masked read (what `vector` does) computes the wanted outputs only, the same bits
+            let key = rtml::input::KeyRef::Int(q.0);
+            let mut part = vec![f64::from_bits(0x7FF8_0000_0000_0BAD); plan.n_features()];
+            let m = &mask[..plan.n_features()];
+            eng.shard(key).read().get_masked(&plan, key, q.1, &mut part, Some(m)).unwrap();
+            for (i, &w) in m.iter().enumerate() {
+                if w {
+                    prop_assert_eq!(part[i].to_bits(), want[qi][i].to_bits(), "masked query {:?}, output {}", q, i);
+                }
+            }
         }
         prop_assert_eq!(eng.stats().counters.late_events_dropped, 0);
     }
