@@ -137,7 +137,12 @@ fn bucket_in(
         slices.push(head);
         rest = tail;
     }
-    crate::pool::install(|| slices.into_par_iter().for_each(|s| s.sort_by_key(|e| e.ts)));
+    // (ts, idx) is unique: an unstable sort (no scratch allocation) gives the stable order
+    crate::pool::install(|| {
+        slices
+            .into_par_iter()
+            .for_each(|s| s.sort_unstable_by_key(|e| (e.ts, e.idx)))
+    });
     (starts, entries)
 }
 
