@@ -464,13 +464,14 @@ fn read_values(
     ))
 }
 
-/// One converted column of one event batch.
-enum Part<'a> {
-    /// An empty batch (its schema checked).
-    Empty,
-    Keys(KeyArr<'a>),
-    Times(Vec<i64>),
-    Values(Vec<u64>),
+/// Where one conversion job of `read_events` writes: a batch's keys (returned), or its rows
+/// of the time column or of one value column (a disjoint slice of the output), or nothing
+/// (an empty batch: its schema is checked).
+enum Dest<'s> {
+    Check,
+    Keys,
+    Times(&'s mut [i64]),
+    Values(usize, &'s mut [u64]),
 }
 
 /// Below this many rows, conversion stays on the calling thread.
@@ -479,7 +480,8 @@ const PARALLEL_READ_ROWS: usize = 1 << 16;
 /// Validate and convert event batches. Nothing is applied anywhere until all of them pass.
 ///
 /// Large inputs convert their columns in parallel (each batch's keys, times and value columns
-/// are independent jobs); the first error in row order is the one reported, as if sequential.
+/// are independent jobs writing disjoint parts of the output columns); the first error in row
+/// order is the one reported, as if sequential.
 pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events<'a>> {
     let spec = &plan.spec;
     let nc = plan.columns.len();
@@ -489,94 +491,112 @@ pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events
         offsets.push(total);
         total += batch.num_rows();
     }
-    // jobs in row order: (batch, item), item 0 = keys, 1 = times, 2.. = value columns
-    let jobs: Vec<(usize, usize)> = batches
-        .iter()
-        .enumerate()
-        .flat_map(|(b, batch)| {
-            let items = if batch.num_rows() == 0 { 1 } else { 2 + nc };
-            (0..items).map(move |i| (b, i))
-        })
-        .collect();
-    let run = |&(b, item): &(usize, usize)| -> Result<Part<'a>> {
+    let mut ts = vec![0i64; total];
+    let mut values: Vec<Vec<u64>> = (0..nc).map(|_| vec![0u64; total]).collect();
+    // jobs in row order: per batch its keys, times, then each value column
+    let mut jobs: Vec<(usize, Dest<'_>)> = Vec::with_capacity(batches.len() * (2 + nc));
+    {
+        let mut ts_rest: &mut [i64] = &mut ts;
+        let mut val_rest: Vec<&mut [u64]> = values.iter_mut().map(|v| v.as_mut_slice()).collect();
+        for (b, batch) in batches.iter().enumerate() {
+            let n = batch.num_rows();
+            if n == 0 {
+                jobs.push((b, Dest::Check));
+                continue;
+            }
+            jobs.push((b, Dest::Keys));
+            let (head, tail) = std::mem::take(&mut ts_rest).split_at_mut(n);
+            ts_rest = tail;
+            jobs.push((b, Dest::Times(head)));
+            for (c, rest) in val_rest.iter_mut().enumerate() {
+                let (head, tail) = std::mem::take(rest).split_at_mut(n);
+                *rest = tail;
+                jobs.push((b, Dest::Values(c, head)));
+            }
+        }
+    }
+    let parallel = total >= PARALLEL_READ_ROWS && jobs.len() > 1;
+    let run = |(b, dest): (usize, Dest<'_>)| -> Result<Option<KeyArr<'a>>> {
         let batch = &batches[b];
         let offset = offsets[b];
-        if batch.num_rows() == 0 {
-            column(batch, &spec.entity, "events")?;
-            column(batch, &spec.timestamp, "events")?;
-            for c in &plan.columns {
-                column(batch, &c.name, "events")?;
+        match dest {
+            Dest::Check => {
+                column(batch, &spec.entity, "events")?;
+                column(batch, &spec.timestamp, "events")?;
+                for c in &plan.columns {
+                    column(batch, &c.name, "events")?;
+                }
+                Ok(None)
             }
-            return Ok(Part::Empty);
-        }
-        Ok(match item {
-            0 => Part::Keys(read_keys(
+            Dest::Keys => Ok(Some(read_keys(
                 column(batch, &spec.entity, "events")?,
                 &spec.entity,
                 offset,
-            )?),
-            1 => Part::Times(read_times(
-                column(batch, &spec.timestamp, "events")?,
-                &spec.timestamp,
-                spec.timestamp_unit.as_deref(),
-                offset,
-            )?),
-            _ => {
-                let c = &plan.columns[item - 2];
-                Part::Values(read_values(
-                    column(batch, &c.name, "events")?,
-                    &c.name,
-                    c.kind,
+            )?)),
+            Dest::Times(out) => {
+                let v = read_times(
+                    column(batch, &spec.timestamp, "events")?,
+                    &spec.timestamp,
+                    spec.timestamp_unit.as_deref(),
+                    offset,
+                )?;
+                out.copy_from_slice(&v);
+                Ok(None)
+            }
+            Dest::Values(c, out) => {
+                let col = &plan.columns[c];
+                let v = read_values(
+                    column(batch, &col.name, "events")?,
+                    &col.name,
+                    col.kind,
                     spec.skip_nonfinite,
                     offset,
-                )?)
+                )?;
+                out.copy_from_slice(&v);
+                Ok(None)
             }
-        })
+        }
     };
-    let parts: Vec<Result<Part<'a>>> = if total >= PARALLEL_READ_ROWS && jobs.len() > 1 {
+    let results: Vec<Result<Option<KeyArr<'a>>>> = if parallel {
         use rayon::prelude::*;
-        crate::pool::install(|| jobs.par_iter().map(run).collect())
+        crate::pool::install(|| jobs.into_par_iter().map(run).collect())
     } else {
-        jobs.iter().map(run).collect()
+        jobs.into_iter().map(run).collect()
     };
-    let mut events = Events {
-        keys: Vec::with_capacity(batches.len()),
-        starts: Vec::with_capacity(batches.len()),
-        ts: Vec::with_capacity(total),
-        values: (0..nc).map(|_| Vec::with_capacity(total)).collect(),
-    };
-    // Assemble batch by batch, exactly as a sequential pass would: the first failing column in
-    // row order, then the key type check of that batch.
-    let mut parts = parts.into_iter();
-    for batch in batches {
-        if batch.num_rows() == 0 {
-            if let Some(part) = parts.next() {
-                part?;
-            }
-            continue;
-        }
+    // Batch by batch, exactly as a sequential pass: the first failing column in row order, then
+    // the key type check of that batch.
+    let mut keys_of = Vec::with_capacity(batches.len());
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut results = results.into_iter();
+    for (b, batch) in batches.iter().enumerate() {
+        let jobs = if batch.num_rows() == 0 { 1 } else { 2 + nc };
         let mut keys = None;
-        let mut ts = None;
-        let mut values = Vec::with_capacity(nc);
-        for part in parts.by_ref().take(2 + nc) {
-            match part? {
-                Part::Keys(k) => keys = Some(k),
-                Part::Times(t) => ts = Some(t),
-                Part::Values(v) => values.push(v),
-                Part::Empty => {}
+        for r in results.by_ref().take(jobs) {
+            if let Some(k) = r? {
+                keys = Some(k);
             }
         }
-        let (Some(keys), Some(ts)) = (keys, ts) else {
+        let Some(keys) = keys else {
             continue;
         };
-        if events.push(keys, ts, values).is_err() {
+        if keys_of
+            .first()
+            .is_some_and(|k: &KeyArr<'a>| k.is_int() != keys.is_int())
+        {
             return Err(Error::schema(
                 &spec.entity,
                 "key type changes between batches (integers and strings)",
             ));
         }
+        starts.push(offsets[b]);
+        keys_of.push(keys);
     }
-    Ok(events)
+    Ok(Events {
+        keys: keys_of,
+        starts,
+        ts,
+        values,
+    })
 }
 
 /// A spine: keys and query times, one chunk per batch.
