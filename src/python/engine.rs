@@ -318,34 +318,25 @@ impl OnlineEngine {
         // Read only the window features the transforms use; if the transforms were refit
         // between taking that list and applying them (another thread), read all and retry.
         let slots = super::transforms::row_slots(py, tf.get(), &self.plan);
-        let masked = self.with_features(py, key, at, Some(slots.mask()), |buf| {
-            super::transforms::vector_with_features(
-                py,
-                tf.get(),
-                &self.plan,
-                fields,
-                buf,
-                Some(&slots),
-            )
-        })?;
-        match masked {
+        let read = |slots: Option<&Arc<super::transforms::RowSlots>>| {
+            self.with_features(py, key, at, slots.map(|s| s.mask()), |buf| {
+                super::transforms::vector_with_features(
+                    py,
+                    tf.get(),
+                    &self.plan,
+                    fields,
+                    buf,
+                    slots,
+                )
+            })
+        };
+        match read(Some(&slots))? {
             Some(v) => Ok(v),
-            None => self
-                .with_features(py, key, at, None, |buf| {
-                    super::transforms::vector_with_features(
-                        py,
-                        tf.get(),
-                        &self.plan,
-                        fields,
-                        buf,
-                        None,
-                    )
-                })?
-                .ok_or_else(|| {
-                    pyo3::exceptions::PyRuntimeError::new_err(
-                        "vector: transforms changed while reading",
-                    )
-                }),
+            None => read(None)?.ok_or_else(|| {
+                pyo3::exceptions::PyRuntimeError::new_err(
+                    "vector: transforms changed while reading",
+                )
+            }),
         }
     }
 
