@@ -110,6 +110,101 @@ fn rejects_bad_documents() {
     }
 }
 
+/// The error of a document that must be refused: a `Spec` error naming `field`.
+fn refused(doc: &str) -> (String, String) {
+    match Transforms::from_json(doc) {
+        Err(rtml::Error::Spec { field, message }) => (field, message),
+        other => panic!("{doc}: expected a Spec error, got {other:?}"),
+    }
+}
+
+#[test]
+fn refuses_unknown_fields() {
+    // a misspelt parameter is refused, not ignored, at the top level and in any step
+    let (field, message) =
+        refused(r#"{"version": 1, "stpes": [], "steps": [{"op": "abs", "column": "x"}]}"#);
+    assert_eq!(field, "document.stpes");
+    assert!(
+        message.contains("unknown field") && message.contains("steps"),
+        "{message}"
+    );
+    let (field, message) = refused(
+        r#"{"version": 1, "steps": [{"op": "clip", "column": "x", "lo": 0, "hi": 1, "high": 2}]}"#,
+    );
+    assert_eq!(field, "steps[0] (clip of 'x').high");
+    assert!(message.contains("lo, hi"), "{message}");
+    // a parameter of another op is unknown here too
+    let (field, _) = refused(
+        r#"{"version": 1, "steps": [{"op": "abs", "column": "x"}, {"op": "log1p", "column": "x", "n": 3}]}"#,
+    );
+    assert_eq!(field, "steps[1] (log1p of 'x').n");
+    // every field the writer emits is known: a fitted document of every op reads back
+    let b = table(
+        &[Some(1.0), None, Some(3.5), Some(-0.5), Some(10.0)],
+        &[Some("a"), Some("b"), None, Some("a"), Some("b")],
+        &[1.0, 0.0, 2.0, 0.0, 4.0],
+    );
+    let mut t = Transforms::from_json(DOC).unwrap();
+    t.fit(&b).unwrap();
+    let mut every_op = Transforms::from_json(
+        r#"{"version": 1, "steps": [{"op": "clip", "column": "x", "lo": 0, "hi": 1, "name": "a"},
+        {"op": "power", "column": "x", "p": 2, "name": "b"}, {"op": "add", "column": "x", "other": "y", "name": "c"},
+        {"op": "sub", "column": "x", "other": "y"}, {"op": "mul", "column": "x", "other": "y"},
+        {"op": "fill_null", "column": "x", "value": 0, "name": "d"}, {"op": "abs", "column": "y", "name": "e"},
+        {"op": "min_max_scale", "column": "y", "name": "f"}, {"op": "bucketize", "column": "y", "boundaries": [1, 2], "name": "g"},
+        {"op": "impute", "column": "x", "strategy": "constant", "value": 1, "name": "h"},
+        {"op": "passthrough", "column": "y", "name": "i"}, {"op": "day_of_week", "column": "ts", "tz": "UTC"}]}"#,
+    )
+    .unwrap();
+    every_op.fit(&b).unwrap();
+    for fitted in [t, every_op] {
+        let text = fitted.to_json();
+        assert_eq!(Transforms::from_json(&text).unwrap().to_json(), text);
+    }
+}
+
+#[test]
+fn refuses_unknown_versions() {
+    for (doc, needle) in [
+        (
+            r#"{"version": 2, "steps": [{"op": "abs", "column": "x"}]}"#,
+            "newer rtml",
+        ),
+        (
+            r#"{"version": 0, "steps": [{"op": "abs", "column": "x"}]}"#,
+            "does not exist",
+        ),
+        (
+            r#"{"version": -1, "steps": [{"op": "abs", "column": "x"}]}"#,
+            "positive integer",
+        ),
+        (
+            r#"{"version": 1.5, "steps": [{"op": "abs", "column": "x"}]}"#,
+            "positive integer",
+        ),
+        (
+            r#"{"version": "1", "steps": [{"op": "abs", "column": "x"}]}"#,
+            "an integer",
+        ),
+        (
+            r#"{"steps": [{"op": "abs", "column": "x"}]}"#,
+            "is required",
+        ),
+    ] {
+        let (field, message) = refused(doc);
+        assert_eq!(field, "version", "{doc}");
+        assert!(message.contains(needle), "{doc}: {message}");
+    }
+    let (field, _) = refused(
+        r#"{"format": "rtml.FeatureSet", "version": 1, "steps": [{"op": "abs", "column": "x"}]}"#,
+    );
+    assert_eq!(field, "format");
+    assert!(Transforms::from_json(
+        r#"{"format": "rtml.Transforms", "version": 1, "steps": [{"op": "abs", "column": "x"}]}"#
+    )
+    .is_ok());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
