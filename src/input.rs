@@ -10,8 +10,23 @@ use arrow_schema::{DataType, TimeUnit};
 
 use crate::error::{Error, Result};
 use crate::plan::{ColKind, Plan};
-use crate::state::NULL;
 use crate::time::{unit_factor, NS_PER_MS, NS_PER_S, NS_PER_US};
+pub use row::NULL;
+
+/// How an event is stored in engine state: one row of u64 words, the timestamp (ns, as i64
+/// bits) then one word per plan column: an f64's bits, a string's 64-bit identity
+/// ([`string_identity`]), or [`NULL`]. A leaf module: the accumulators (`crate::agg`) read
+/// rows through it without depending on the rest of this module.
+pub mod row {
+    /// The stored value of a null (a NaN pattern: real NaNs never reach the state).
+    pub const NULL: u64 = 0x7FF8_0000_DEAD_0001;
+
+    /// A stored numeric word as a number (`None` for null).
+    #[inline]
+    pub fn num(v: u64) -> Option<f64> {
+        (v != NULL).then(|| f64::from_bits(v))
+    }
+}
 
 /// A borrowed entity key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -152,6 +167,54 @@ impl<'a> Events<'a> {
             }
         }
     }
+    /// The order a batch applies in: by time, ties by value words (column by column), then by
+    /// row. Any permutation of a batch has the same order up to rows that are equal in all of
+    /// these, which leave the same state.
+    #[inline]
+    fn arrival_cmp(&self, i: usize, j: usize) -> std::cmp::Ordering {
+        self.ts[i].cmp(&self.ts[j]).then_with(|| {
+            for col in &self.values {
+                let o = col[i].cmp(&col[j]);
+                if o.is_ne() {
+                    return o;
+                }
+            }
+            std::cmp::Ordering::Equal
+        })
+    }
+
+    /// Whether the rows are already in arrival order ([`Events::arrival_order`]): one linear
+    /// pass (the common case: a stream in time order).
+    pub fn in_arrival_order(&self) -> bool {
+        (1..self.len()).all(|i| self.arrival_cmp(i - 1, i).is_le())
+    }
+
+    /// Row indices in arrival order: by time, ties by value words, then by row.
+    pub fn arrival_order(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            self.arrival_cmp(a as usize, b as usize)
+                .then_with(|| a.cmp(&b))
+        });
+        order
+    }
+
+    /// Visit every event's key in `order` (row order when `None`).
+    pub fn for_each_key_in<'s>(
+        &'s self,
+        order: Option<&[u32]>,
+        mut f: impl FnMut(usize, KeyRef<'s>),
+    ) {
+        let Some(order) = order else {
+            return self.for_each_key(f);
+        };
+        let mut keys: Vec<KeyRef<'s>> = Vec::with_capacity(self.len());
+        self.for_each_key(|_, k| keys.push(k));
+        for &i in order {
+            f(i as usize, keys[i as usize]);
+        }
+    }
+
     /// Append the columns of one more batch.
     pub fn push(
         &mut self,

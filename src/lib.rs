@@ -9,6 +9,7 @@
 //! feature; `cargo test --no-default-features` builds and tests the engine without Python.
 //! Semantics: `docs/semantics.md`.
 
+pub mod agg;
 pub mod error;
 pub mod exact;
 pub mod input;
@@ -16,7 +17,6 @@ pub mod offline;
 pub mod online;
 pub mod plan;
 pub mod pool;
-pub mod snapshot;
 pub mod spec;
 pub mod state;
 pub mod time;
@@ -27,6 +27,6 @@ mod python;
 
 pub use error::{Error, Result};
 pub use offline::{backfill, FeatureColumn};
-pub use online::Engine;
+pub use online::{snapshot, Engine};
 pub use plan::Plan;
 pub use spec::Spec;

@@ -1,7 +1,9 @@
 //! A [`Spec`] compiled into what the engine executes: which input columns to read, one group of
 //! accumulators per distinct window, and how each output feature reads them.
 
-use crate::spec::{Agg, Spec};
+use crate::agg::ParamValue;
+pub use crate::agg::{AccPlan, Output};
+use crate::spec::Spec;
 
 /// How an input value column is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,36 +18,6 @@ pub enum ColKind {
 pub struct ColumnPlan {
     pub name: String,
     pub kind: ColKind,
-}
-
-/// One accumulator inside a window group. `col` indexes [`Plan::columns`].
-#[derive(Clone, Debug, PartialEq)]
-pub enum AccPlan {
-    NonNull {
-        col: usize,
-    },
-    Moments {
-        col: usize,
-        squares: bool,
-    },
-    Extreme {
-        col: usize,
-        max: bool,
-    },
-    Distinct {
-        col: usize,
-    },
-    Sketch {
-        col: usize,
-    },
-    Decay {
-        col: usize,
-        half_life: i64,
-    },
-    /// Lifetime windows only: earliest and latest (ts, value) of a column, or of any event.
-    Edges {
-        col: Option<usize>,
-    },
 }
 
 #[derive(Clone, Debug)]
@@ -65,40 +37,8 @@ impl GroupPlan {
 
     /// First instant inside the window of a query at `t`.
     pub fn start(&self, t: i64) -> i64 {
-        match (self.window, self.hop) {
-            (None, _) => i64::MIN,
-            (Some(w), None) => t.saturating_sub(w),
-            (Some(w), Some(h)) => crate::time::floor_div(t, h)
-                .saturating_mul(h)
-                .saturating_sub(w),
-        }
+        crate::agg::window_start(self.window, self.hop, t)
     }
-}
-
-/// How one output feature is computed from its group.
-#[derive(Clone, Debug)]
-pub enum OutKind {
-    Count,
-    CountCol(usize),
-    Sum(usize),
-    Mean(usize),
-    Var(usize),
-    Std(usize),
-    Min(usize),
-    Max(usize),
-    First { col: usize, edges: Option<usize> },
-    Last { col: usize, edges: Option<usize> },
-    Distinct(usize),
-    Quantile(usize, f64),
-    Decayed(usize),
-    TimeSinceLast { edges: Option<usize> },
-}
-
-#[derive(Clone, Debug)]
-pub struct Output {
-    pub group: usize,
-    pub kind: OutKind,
-    pub integer: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -157,7 +97,7 @@ impl Plan {
                     },
                 )
             });
-            let lifetime = f.window.is_none() || f.hop.is_some();
+            let summarizing = f.window.is_none() || f.hop.is_some();
             let group = &mut groups[g];
             let mut acc = |want: AccPlan| -> usize {
                 // Moments with squares also serve a request without them, and vice versa.
@@ -177,55 +117,17 @@ impl Plan {
                 group.accs.push(want);
                 group.accs.len() - 1
             };
-            let kind = match (&f.agg, col) {
-                (Agg::Count, None) => OutKind::Count,
-                (Agg::Count, Some(c)) => OutKind::CountCol(acc(AccPlan::NonNull { col: c })),
-                (Agg::Sum, Some(c)) => OutKind::Sum(acc(AccPlan::Moments {
-                    col: c,
-                    squares: false,
-                })),
-                (Agg::Mean, Some(c)) => OutKind::Mean(acc(AccPlan::Moments {
-                    col: c,
-                    squares: false,
-                })),
-                (Agg::Var, Some(c)) => OutKind::Var(acc(AccPlan::Moments {
-                    col: c,
-                    squares: true,
-                })),
-                (Agg::Std, Some(c)) => OutKind::Std(acc(AccPlan::Moments {
-                    col: c,
-                    squares: true,
-                })),
-                (Agg::Min, Some(c)) => OutKind::Min(acc(AccPlan::Extreme { col: c, max: false })),
-                (Agg::Max, Some(c)) => OutKind::Max(acc(AccPlan::Extreme { col: c, max: true })),
-                (Agg::First, Some(c)) => OutKind::First {
-                    col: c,
-                    edges: lifetime.then(|| acc(AccPlan::Edges { col: Some(c) })),
-                },
-                (Agg::Last, Some(c)) => OutKind::Last {
-                    col: c,
-                    edges: lifetime.then(|| acc(AccPlan::Edges { col: Some(c) })),
-                },
-                (Agg::DistinctCount, Some(c)) => {
-                    OutKind::Distinct(acc(AccPlan::Distinct { col: c }))
-                }
-                (Agg::Quantile(q), Some(c)) => {
-                    OutKind::Quantile(acc(AccPlan::Sketch { col: c }), *q)
-                }
-                (Agg::DecayedSum(h), Some(c)) => OutKind::Decayed(acc(AccPlan::Decay {
-                    col: c,
-                    half_life: *h,
-                })),
-                (Agg::TimeSinceLast, _) => OutKind::TimeSinceLast {
-                    edges: lifetime.then(|| acc(AccPlan::Edges { col: None })),
-                },
-                // Spec validation guarantees a column for every other aggregation.
-                (_, None) => OutKind::Count,
-            };
+            let def = f.agg.def;
             outputs.push(Output {
                 group: g,
-                kind,
-                integer: f.agg.is_integer(),
+                acc: (def.acc)(col, f.agg.param, summarizing).map(&mut acc),
+                col,
+                q: match f.agg.param {
+                    ParamValue::Quantile(q) => q,
+                    _ => 0.0,
+                },
+                integer: def.integer,
+                eval: def.eval,
             });
         }
         let max_window = spec
@@ -234,16 +136,17 @@ impl Plan {
             .filter_map(|f| f.window)
             .max()
             .unwrap_or(0);
-        let mut plan = Plan {
+        // an entity with no events: each aggregation's empty value (from the table, not from
+        // evaluating a state: the plan comes before the state; `state` tests hold the two equal)
+        let empty = spec.features.iter().map(|f| f.agg.def.empty).collect();
+        Plan {
             spec,
             columns,
             groups,
             outputs,
             max_window,
-            empty: Vec::new(),
-        };
-        plan.empty = crate::state::KeyState::new(&plan, i64::MIN).evaluate(&plan, 0);
-        plan
+            empty,
+        }
     }
 
     pub fn n_features(&self) -> usize {

@@ -9,73 +9,57 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::agg::{self, AggDef, ColumnUse, Param, ParamValue};
 use crate::error::{Error, Result};
 use crate::time::{format_duration, parse_duration, unit_factor};
 
 pub const FORMAT: &str = "rtml.FeatureSet";
 pub const VERSION: u64 = 1;
 
-/// An aggregation with its parameters.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Agg {
-    Count,
-    Sum,
-    Mean,
-    Min,
-    Max,
-    Var,
-    Std,
-    First,
-    Last,
-    DistinctCount,
-    Quantile(f64),
-    DecayedSum(i64),
-    TimeSinceLast,
+/// An aggregation with its parameters: its row of [`crate::agg::AGGS`] and its parameter value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Agg {
+    pub def: &'static AggDef,
+    pub param: ParamValue,
 }
 
-pub const AGG_NAMES: &[&str] = &[
-    "count",
-    "sum",
-    "mean",
-    "min",
-    "max",
-    "var",
-    "std",
-    "first",
-    "last",
-    "distinct_count",
-    "quantile",
-    "decayed_sum",
-    "time_since_last",
-];
-
 impl Agg {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Agg::Count => "count",
-            Agg::Sum => "sum",
-            Agg::Mean => "mean",
-            Agg::Min => "min",
-            Agg::Max => "max",
-            Agg::Var => "var",
-            Agg::Std => "std",
-            Agg::First => "first",
-            Agg::Last => "last",
-            Agg::DistinctCount => "distinct_count",
-            Agg::Quantile(_) => "quantile",
-            Agg::DecayedSum(_) => "decayed_sum",
-            Agg::TimeSinceLast => "time_since_last",
+    /// Aggregation `name` without a parameter (`None` if unknown).
+    pub fn named(name: &str) -> Option<Agg> {
+        agg::lookup(name).map(|def| Agg {
+            def,
+            param: ParamValue::None,
+        })
+    }
+
+    /// `quantile(q)`.
+    pub fn quantile(q: f64) -> Agg {
+        Agg {
+            def: agg::lookup("quantile").unwrap_or(&agg::AGGS[0]),
+            param: ParamValue::Quantile(q),
         }
+    }
+
+    /// `decayed_sum(half_life)`, ns.
+    pub fn decayed_sum(half_life: i64) -> Agg {
+        Agg {
+            def: agg::lookup("decayed_sum").unwrap_or(&agg::AGGS[0]),
+            param: ParamValue::HalfLife(half_life),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.def.name
     }
 
     /// Needs a numeric column (as opposed to any column, or none).
     pub fn is_numeric(&self) -> bool {
-        !matches!(self, Agg::Count | Agg::DistinctCount | Agg::TimeSinceLast)
+        self.def.column == ColumnUse::Numeric
     }
 
     /// Output is an integer count.
     pub fn is_integer(&self) -> bool {
-        matches!(self, Agg::Count | Agg::DistinctCount)
+        self.def.integer
     }
 }
 
@@ -121,13 +105,13 @@ pub struct Spec {
 
 /// Default output name, e.g. `fare_sum_1h`, `count_1h`, `fare_p90_1h`, `fare_last`.
 pub fn default_name(agg: &Agg, column: Option<&str>, window: Option<&str>) -> String {
-    let base = match (agg, column) {
-        (Agg::Count, None) => "count".to_string(),
-        (Agg::TimeSinceLast, _) => "time_since_last".to_string(),
-        (Agg::Quantile(q), Some(c)) => format!("{c}_p{}", percent_label(*q)),
-        (Agg::DecayedSum(h), Some(c)) => format!("{c}_decayed_sum_hl{}", format_duration(*h)),
-        (a, Some(c)) => format!("{c}_{}", a.name()),
-        (a, None) => a.name().to_string(),
+    let base = match (agg.param, column) {
+        (_, None) => agg.name().to_string(),
+        (ParamValue::Quantile(q), Some(c)) => format!("{c}_p{}", percent_label(q)),
+        (ParamValue::HalfLife(h), Some(c)) => {
+            format!("{c}_{}_hl{}", agg.name(), format_duration(h))
+        }
+        (ParamValue::None, Some(c)) => format!("{c}_{}", agg.name()),
     };
     match window {
         Some(w) => format!("{base}_{w}"),
@@ -356,14 +340,14 @@ impl Spec {
                 if let Some(h) = &f.hop_label {
                     m.insert("hop".into(), json!(h));
                 }
-                match f.agg {
-                    Agg::Quantile(q) => {
+                match f.agg.param {
+                    ParamValue::Quantile(q) => {
                         m.insert("q".into(), json!(q));
                     }
-                    Agg::DecayedSum(h) => {
+                    ParamValue::HalfLife(h) => {
                         m.insert("half_life".into(), json!(format_duration(h)));
                     }
-                    _ => {}
+                    ParamValue::None => {}
                 }
                 m.insert("name".into(), json!(f.name));
                 Value::Object(m)
@@ -439,19 +423,18 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
             _ => {}
         }
     }
-    let agg = match agg_name.as_str() {
-        "count" => Agg::Count,
-        "sum" => Agg::Sum,
-        "mean" => Agg::Mean,
-        "min" => Agg::Min,
-        "max" => Agg::Max,
-        "var" => Agg::Var,
-        "std" => Agg::Std,
-        "first" => Agg::First,
-        "last" => Agg::Last,
-        "distinct_count" => Agg::DistinctCount,
-        "time_since_last" => Agg::TimeSinceLast,
-        "quantile" => {
+    let def = agg::lookup(&agg_name).ok_or_else(|| {
+        Error::spec(
+            format!("{field}.agg"),
+            format!(
+                "unknown aggregation {agg_name:?} (expected one of: {})",
+                agg::names().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })?;
+    let param = match def.param {
+        Param::None => ParamValue::None,
+        Param::Quantile => {
             let q = obj.get("q").and_then(Value::as_f64).ok_or_else(|| {
                 Error::spec(format!("{field}.q"), "quantile needs q, a number in [0, 1]")
             })?;
@@ -461,14 +444,14 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
                     format!("q must be in [0, 1], got {q}"),
                 ));
             }
-            Agg::Quantile(q)
+            ParamValue::Quantile(q)
         }
-        "decayed_sum" => {
+        Param::HalfLife => {
             let h = get_duration(obj, "half_life", &format!("{field}.half_life"))?.ok_or_else(
                 || {
                     Error::spec(
                         format!("{field}.half_life"),
-                        "decayed_sum needs half_life, e.g. '1h'",
+                        format!("{agg_name} needs half_life, e.g. '1h'"),
                     )
                 },
             )?;
@@ -478,42 +461,30 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
                     "half_life is too large",
                 ));
             }
-            Agg::DecayedSum(h)
-        }
-        other => {
-            return Err(Error::spec(
-                format!("{field}.agg"),
-                format!(
-                    "unknown aggregation {other:?} (expected one of: {})",
-                    AGG_NAMES.join(", ")
-                ),
-            ))
+            ParamValue::HalfLife(h)
         }
     };
-    if agg != Agg::Quantile(0.0)
-        && !matches!(agg, Agg::Quantile(_))
-        && obj.get("q").is_some_and(|v| !v.is_null())
-    {
+    let agg = Agg { def, param };
+    if def.param != Param::Quantile && obj.get("q").is_some_and(|v| !v.is_null()) {
         return Err(Error::spec(
             format!("{field}.q"),
             format!("q applies to quantile, not {agg_name}"),
         ));
     }
-    match (&agg, &column) {
-        (Agg::Count | Agg::TimeSinceLast, _) => {}
-        (_, None) => {
+    match (def.column, &column) {
+        (ColumnUse::Numeric | ColumnUse::Any, None) => {
             return Err(Error::spec(
                 format!("{field}.column"),
                 format!("{agg_name} needs a column"),
             ))
         }
+        (ColumnUse::None, Some(_)) => {
+            return Err(Error::spec(
+                format!("{field}.column"),
+                format!("{agg_name} takes no column"),
+            ))
+        }
         _ => {}
-    }
-    if agg == Agg::TimeSinceLast && column.is_some() {
-        return Err(Error::spec(
-            format!("{field}.column"),
-            "time_since_last takes no column",
-        ));
     }
     let name = match get_str(obj, "name", &format!("{field}.name"))? {
         Some(n) if n.is_empty() => {
@@ -546,24 +517,29 @@ mod tests {
     #[test]
     fn names() {
         let h = Some("1h");
-        assert_eq!(default_name(&Agg::Count, None, h), "count_1h");
-        assert_eq!(default_name(&Agg::Sum, Some("fare"), h), "fare_sum_1h");
+        let agg = |name: &str| Agg::named(name).unwrap();
+        assert_eq!(default_name(&agg("count"), None, h), "count_1h");
+        assert_eq!(default_name(&agg("sum"), Some("fare"), h), "fare_sum_1h");
         assert_eq!(
-            default_name(&Agg::Quantile(0.9), Some("fare"), h),
+            default_name(&Agg::quantile(0.9), Some("fare"), h),
             "fare_p90_1h"
         );
         assert_eq!(
-            default_name(&Agg::Quantile(0.999), Some("x"), None),
+            default_name(&Agg::quantile(0.999), Some("x"), None),
             "x_p99_9"
         );
-        assert_eq!(default_name(&Agg::Quantile(0.05), Some("x"), None), "x_p5");
-        assert_eq!(default_name(&Agg::Quantile(1.0), Some("x"), None), "x_p100");
+        assert_eq!(default_name(&Agg::quantile(0.05), Some("x"), None), "x_p5");
+        assert_eq!(default_name(&Agg::quantile(1.0), Some("x"), None), "x_p100");
         assert_eq!(
-            default_name(&Agg::DistinctCount, Some("driver_id"), Some("24h")),
+            default_name(&Agg::decayed_sum(3_600_000_000_000), Some("x"), None),
+            "x_decayed_sum_hl1h"
+        );
+        assert_eq!(
+            default_name(&agg("distinct_count"), Some("driver_id"), Some("24h")),
             "driver_id_distinct_count_24h"
         );
         assert_eq!(
-            default_name(&Agg::TimeSinceLast, None, None),
+            default_name(&agg("time_since_last"), None, None),
             "time_since_last"
         );
         assert_eq!(duration_label("5400000000000ns", 5_400_000_000_000), "90m");

@@ -88,11 +88,37 @@ pub fn unit_factor(unit: &str, field: &str) -> Result<i64> {
 
 /// Floor division for possibly negative instants.
 #[inline]
+/// An instant as people read it: ISO 8601 in UTC, e.g. `2013-01-01T05:00:00Z` (with 3, 6 or
+/// 9 digits of a second when it has a fraction). For error messages and reports.
+pub fn iso(ns: i64) -> String {
+    let secs = ns.div_euclid(NS_PER_S);
+    let sub = ns.rem_euclid(NS_PER_S) as u32;
+    match chrono::DateTime::from_timestamp(secs, sub) {
+        Some(d) => d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        None => format!("{ns} ns since the epoch"),
+    }
+}
+
 pub fn floor_div(a: i64, b: i64) -> i64 {
     let q = a / b;
     if (a % b != 0) && ((a < 0) != (b < 0)) {
         q - 1
     } else {
         q
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_instants() {
+        assert_eq!(iso(1_357_016_400 * NS_PER_S), "2013-01-01T05:00:00Z");
+        assert_eq!(iso(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso(-1), "1969-12-31T23:59:59.999999999Z");
+        assert_eq!(iso(1_500 * NS_PER_MS), "1970-01-01T00:00:01.500Z");
+        assert_eq!(iso(i64::MAX), "2262-04-11T23:47:16.854775807Z");
+        assert_eq!(iso(i64::MIN), "1677-09-21T00:12:43.145224192Z");
     }
 }

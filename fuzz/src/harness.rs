@@ -440,7 +440,7 @@ fn hits_settled_beyond_settle_point(engine: &Engine, keys: &[Key]) -> bool {
         return false;
     }
     let sp = engine.settle_point();
-    let mut out = vec![0.0; engine.plan.n_features()];
+    let mut out = vec![0.0; engine.plan().n_features()];
     keys.iter()
         .any(|k| matches!(engine.get(k.as_ref(), sp, &mut out), Err(Error::Query(_))))
 }
@@ -508,18 +508,16 @@ fn no_progress() -> impl FnMut(usize, usize) -> bool {
 
 /// Rows of `batches` the online engine accepts (not late), by the documented rule.
 fn accepted_mask(events: &Events<'_>, lateness: i64, watermark: &mut i64) -> Vec<bool> {
-    events
-        .ts
-        .iter()
-        .map(|&ts| {
-            if ts < watermark.saturating_sub(lateness) {
-                false
-            } else {
-                *watermark = (*watermark).max(ts);
-                true
-            }
-        })
-        .collect()
+    // One ingest call is one arrival: an event is late only if it is older than the watermark
+    // before the call minus the lateness, whatever its place in the call.
+    let cutoff = watermark.saturating_sub(lateness);
+    let mask: Vec<bool> = events.ts.iter().map(|&ts| ts >= cutoff).collect();
+    for (&ts, &ok) in events.ts.iter().zip(&mask) {
+        if ok {
+            *watermark = (*watermark).max(ts);
+        }
+    }
+    mask
 }
 
 /// Check the online engine against backfill over the accepted events, at instants the engine
@@ -620,7 +618,7 @@ fn check_snapshot(engine: &Engine, keys: &[Key], times: &[i64]) {
         (a.keys, &a.counters, a.watermark),
         (b.keys, &b.counters, b.watermark)
     );
-    let n = engine.plan.n_features();
+    let n = engine.plan().n_features();
     let (mut x, mut y) = (vec![0.0; n], vec![0.0; n]);
     for k in keys {
         for &t in times {
@@ -1022,7 +1020,7 @@ pub fn snapshot(data: &[u8]) {
 
 /// Use a restored engine the way a service does.
 fn exercise_restored(engine: &mut Engine) {
-    let plan = Arc::clone(&engine.plan);
+    let plan = Arc::clone(engine.plan());
     let st = engine.stats();
     let _ = engine.state_bytes();
     let wm = st.watermark.unwrap_or(0);

@@ -51,7 +51,7 @@ fn now_ns() -> i64 {
 
 impl OnlineEngine {
     fn from_engine(py: Python<'_>, engine: Engine) -> OnlineEngine {
-        let plan = Arc::clone(&engine.plan);
+        let plan = Arc::clone(engine.plan());
         let names = plan
             .spec
             .features

@@ -423,37 +423,67 @@ fn snapshot_round_trip_and_corruption() {
 fn late_events_are_dropped_and_counted() {
     let plan = Arc::new(Plan::new(spec("10m")));
     let eng = Engine::new(Arc::clone(&plan));
-    let evs = vec![
-        Ev {
-            k: 1,
-            ts: 60 * M,
-            v: Some(1.0),
-            c: None,
-        },
-        Ev {
-            k: 1,
-            ts: 55 * M,
-            v: Some(2.0),
-            c: None,
-        }, // 5m late: accepted
-        Ev {
-            k: 1,
-            ts: 40 * M,
-            v: Some(4.0),
-            c: None,
-        }, // 20m late: dropped
-    ];
-    let bs = [batch(&evs)];
-    let r = eng.ingest(&read_events(&plan, &bs).unwrap()).unwrap();
-    assert_eq!((r.accepted, r.late), (2, 1));
+    let ev = |ts: i64, v: f64| Ev {
+        k: 1,
+        ts,
+        v: Some(v),
+        c: None,
+    };
+    let first = [batch(&[ev(60 * M, 1.0)])];
+    let r = eng.ingest(&read_events(&plan, &first).unwrap()).unwrap();
+    assert_eq!((r.accepted, r.late), (1, 0));
+    // watermark 60m, lateness 10m: 55m is accepted, 40m (20m late) dropped
+    let second = [batch(&[ev(55 * M, 2.0), ev(40 * M, 4.0)])];
+    let r = eng.ingest(&read_events(&plan, &second).unwrap()).unwrap();
+    assert_eq!((r.accepted, r.late), (1, 1));
+    assert_eq!(eng.stats().counters.late_events_dropped, 1);
     let mut row = vec![0.0; plan.n_features()];
     eng.get(rtml::input::KeyRef::Int(1), 61 * M, &mut row)
         .unwrap();
     assert_eq!(row[0], 2.0);
     assert_eq!(row[2], 3.0);
-    // before the settled point: refused
-    assert!(matches!(
-        eng.get(rtml::input::KeyRef::Int(1), 10 * M, &mut row),
-        Err(rtml::Error::Query(_))
-    ));
+    // before the settled point: refused, with the instants in ISO 8601 (UTC)
+    match eng.get(rtml::input::KeyRef::Int(1), 10 * M, &mut row) {
+        Err(rtml::Error::Query(m)) => assert!(
+            m.contains("cannot answer at 1970-01-01T00:10:00Z")
+                && m.contains("settled up to 1970-01-01T00:50:00Z"),
+            "{m}"
+        ),
+        other => panic!("expected a QueryError, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_batch_out_of_time_order_is_one_arrival() {
+    // the same three events in one call, newest first: the watermark before the call is
+    // unset, so none is late, and the answers are those of the time-sorted batch
+    let plan = Arc::new(Plan::new(spec("10m")));
+    let ev = |ts: i64, v: f64| Ev {
+        k: 1,
+        ts,
+        v: Some(v),
+        c: None,
+    };
+    let newest_first = [batch(&[ev(60 * M, 1.0), ev(55 * M, 2.0), ev(40 * M, 4.0)])];
+    let sorted = [batch(&[ev(40 * M, 4.0), ev(55 * M, 2.0), ev(60 * M, 1.0)])];
+    let (a, b) = (
+        Engine::new(Arc::clone(&plan)),
+        Engine::new(Arc::clone(&plan)),
+    );
+    let ra = a
+        .ingest(&read_events(&plan, &newest_first).unwrap())
+        .unwrap();
+    let rb = b.ingest(&read_events(&plan, &sorted).unwrap()).unwrap();
+    assert_eq!((ra.accepted, ra.late), (3, 0));
+    assert_eq!(ra, rb);
+    assert_eq!(a.watermark(), 60 * M);
+    let (mut ya, mut yb) = (vec![0.0; plan.n_features()], vec![0.0; plan.n_features()]);
+    for t in [50 * M, 61 * M, 200 * M] {
+        a.get(rtml::input::KeyRef::Int(1), t, &mut ya).unwrap();
+        b.get(rtml::input::KeyRef::Int(1), t, &mut yb).unwrap();
+        let bits = |y: &[f64]| y.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&ya), bits(&yb), "at {t}");
+    }
+    a.get(rtml::input::KeyRef::Int(1), 61 * M, &mut ya).unwrap();
+    assert_eq!(ya[0], 3.0);
 }

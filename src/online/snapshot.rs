@@ -14,17 +14,48 @@ use std::sync::Arc;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
+use super::{Counters, Engine};
+use crate::agg::Acc;
 use crate::error::{Error, Result};
 use crate::input::Key;
-use crate::online::{Counters, Engine};
 use crate::plan::Plan;
 use crate::spec::Spec;
-use crate::state::{KeyState, KeyStateV1};
+use crate::state::{Buf, KeyState, Tile};
 
 const MAGIC: &[u8; 8] = b"RTMLSNAP";
 /// 2: per-group eager region (`e_lo`, `e_start`). 1 is read and upgraded.
 pub const SNAPSHOT_VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 4;
+
+/// A key's state as snapshot format 1 stored it (before the eager region existed).
+#[derive(Deserialize)]
+struct KeyStateV1 {
+    settled: i64,
+    last_ts: i64,
+    buf: Buf,
+    groups: Vec<GroupV1>,
+}
+
+#[derive(Deserialize)]
+struct GroupV1 {
+    lo: u64,
+    hi: u64,
+    accs: Vec<Acc>,
+    tiles: std::collections::VecDeque<Tile>,
+}
+
+impl KeyStateV1 {
+    /// The same state in today's layout (see [`KeyState::from_v1`]); `None` if it does not
+    /// fit `plan`.
+    fn upgrade(self, plan: &Plan) -> Option<KeyState> {
+        let groups = self
+            .groups
+            .into_iter()
+            .map(|g| (g.lo, g.hi, g.accs, g.tiles))
+            .collect();
+        KeyState::from_v1(plan, self.settled, self.last_ts, self.buf, groups)
+    }
+}
 
 #[derive(Serialize)]
 struct BodyRef<'a> {

@@ -1,13 +1,18 @@
 //! The online engine: per-key state fed by a live, possibly out-of-order event stream.
 //!
-//! Arrival rules: the watermark is the largest event time seen; an event older than
-//! `watermark - allowed_lateness` is late and dropped (counted); every other event is applied
-//! exactly as if it had arrived in order, because each key settles only up to
-//! `watermark - allowed_lateness` and an accepted event is never older than that.
+//! Arrival rules: the watermark is the largest event time seen; a batch (one ingest call) is
+//! one arrival, applied in time order (ties by value) whatever its row order; an event older
+//! than `watermark - allowed_lateness` (the watermark before its batch) is late and dropped
+//! (counted); every other event is applied exactly as if it had arrived in order, because each
+//! key settles only up to `watermark - allowed_lateness` and an accepted event is never older
+//! than that.
+//!
+//! Snapshots (`snapshot.rs`, with the format-1 state it upgrades) read the engine's private
+//! fields as a child module: nothing outside `online` reaches into them.
 //!
 //! Concurrency: keys live in [`SHARDS`] shards, each behind its own reader-writer lock. An
-//! ingest (serialized with other ingests by one mutex) first decides, in row order, which events
-//! are late and the settled point each one arrives at, then applies each shard's events under
+//! ingest (serialized with other ingests by one mutex) first decides, in time order, which
+//! events are late and the settled point each one arrives at, then applies each shard's events under
 //! that shard's write lock only (in parallel for large batches). A reader locks only the shard
 //! of its key, so it waits at most for one shard's share of a batch, never for a whole ingest;
 //! and since all of one key's events of a batch are applied under one lock hold, every answer
@@ -28,6 +33,8 @@ use crate::input::{Events, Key, KeyRef};
 use crate::plan::Plan;
 use crate::spec::Spec;
 use crate::state::KeyState;
+
+pub mod snapshot;
 
 /// A read settles a key first (under the write lock) only when that saves walking more rows.
 pub const SETTLE_ON_READ_ROWS: u64 = 64;
@@ -52,7 +59,10 @@ pub struct Stats {
 /// Result of one ingest call.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Ingested {
+    /// Events applied.
     pub accepted: u64,
+    /// Events dropped as late (older than the watermark before the call minus the allowed
+    /// lateness): a caller can warn when this is a large share of the call.
     pub late: u64,
 }
 
@@ -84,7 +94,7 @@ pub fn shard_of(key: KeyRef<'_>) -> usize {
 /// One shard of the key space.
 #[derive(Default)]
 pub struct Shard {
-    pub(crate) keys: HashMap<Key, KeyState>,
+    keys: HashMap<Key, KeyState>,
 }
 
 impl Shard {
@@ -195,17 +205,17 @@ impl Shard {
 /// What one ingest at a time owns: the stream position and counters.
 #[derive(Clone, Debug)]
 pub struct Meta {
-    pub(crate) key_is_int: Option<bool>,
-    pub(crate) watermark: i64,
-    pub(crate) counters: Counters,
-    pub(crate) last_sweep: i64,
+    key_is_int: Option<bool>,
+    watermark: i64,
+    counters: Counters,
+    last_sweep: i64,
 }
 
 pub struct Engine {
-    pub plan: Arc<Plan>,
-    pub(crate) shards: Box<[RwLock<Shard>]>,
+    plan: Arc<Plan>,
+    shards: Box<[RwLock<Shard>]>,
     /// Held for a whole ingest (and a snapshot): ingests apply one at a time, in call order.
-    pub(crate) meta: Mutex<Meta>,
+    meta: Mutex<Meta>,
     /// Published copy of the watermark for readers (i64::MIN before the first event).
     watermark: AtomicI64,
     /// Published key kind: 0 none yet, 1 integers, 2 strings.
@@ -228,8 +238,13 @@ impl Engine {
         }
     }
 
+    /// The compiled feature set.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
     /// Make `meta`'s watermark and key kind visible to readers.
-    pub(crate) fn publish(&self, meta: &Meta) {
+    fn publish(&self, meta: &Meta) {
         self.watermark.store(meta.watermark, Ordering::Release);
         let kind = match meta.key_is_int {
             None => 0,
@@ -296,8 +311,10 @@ impl Engine {
         }
     }
 
-    /// Apply validated events in row (arrival) order. Fails only on a key-kind mismatch,
-    /// before changing anything.
+    /// Apply a batch of validated events as one arrival: in time order (ties by value),
+    /// whatever their order in the batch; events older than the watermark before the batch minus
+    /// the allowed lateness are dropped and counted ([`Ingested::late`]). Fails only on a
+    /// key-kind mismatch, before changing anything.
     pub fn ingest(&self, events: &Events<'_>) -> Result<Ingested> {
         let mut meta = self.meta.lock();
         self.ingest_locked(&mut meta, events)
@@ -320,52 +337,65 @@ impl Engine {
             shard.apply(plan, key, events.ts[i], vals, settle);
         };
         let mut vals: SmallVec<[u64; 8]> = SmallVec::from_elem(0, plan.columns.len());
+        // A batch is one arrival: its events apply in time order (ties by value), whatever
+        // their order in the batch, so an event is late only if it is older than the watermark
+        // before the batch minus the allowed lateness, and any permutation of a batch leaves the
+        // same state. A batch already in that order (the common case) is not sorted.
+        let order = (!events.in_arrival_order()).then(|| events.arrival_order());
+        let order = order.as_deref();
         if events.len() <= SMALL_INGEST_EVENTS {
             // A few events (row dicts): partitioned on the stack. Each shard's events are
-            // applied in row order under one lock hold, so a reader sees all of a key's events
-            // of this batch or none.
+            // applied in arrival order under one lock hold, so a reader sees all of a key's
+            // events of this batch or none.
             let mut watermark = meta.watermark;
-            let mut todo: SmallVec<[(usize, usize, KeyRef<'_>, i64); SMALL_INGEST_EVENTS]> =
-                SmallVec::new();
-            events.for_each_key(|i, key| {
+            // (shard, place in arrival order, row, key, settled point it arrives at)
+            type Todo<'k> = (usize, usize, usize, KeyRef<'k>, i64);
+            let mut todo: SmallVec<[Todo<'_>; SMALL_INGEST_EVENTS]> = SmallVec::new();
+            events.for_each_key_in(order, |i, key| {
                 let ts = events.ts[i];
                 if ts < watermark.saturating_sub(lateness) {
                     report.late += 1;
                     return;
                 }
                 watermark = watermark.max(ts);
-                todo.push((shard_of(key), i, key, watermark.saturating_sub(lateness)));
+                let seq = todo.len();
+                todo.push((
+                    shard_of(key),
+                    seq,
+                    i,
+                    key,
+                    watermark.saturating_sub(lateness),
+                ));
                 report.accepted += 1;
             });
             todo.sort_by_key(|e| (e.0, e.1));
             for run in todo.chunk_by(|a, b| a.0 == b.0) {
                 let mut shard = self.shards[run[0].0].write();
-                for &(_, i, key, settle) in run {
+                for &(_, _, i, key, settle) in run {
                     apply_one(&mut shard, &mut vals, i, key, settle);
                 }
             }
             meta.watermark = watermark;
             return Ok(self.finish_ingest(meta, report));
         }
-        // Pass 1, in row order: which events are late, and the settled point each one
+        // Pass 1, in arrival order: which events are late, and the settled point each one
         // arrives at (the running watermark - lateness); each accepted event to its shard.
         let n = events.len();
         let mut watermark = meta.watermark;
-        let mut settle_at: Vec<i64> = Vec::with_capacity(n);
+        let mut settle_at: Vec<i64> = vec![i64::MIN; n];
         let mut by_shard: Vec<Vec<(u32, KeyRef<'_>)>> = vec![Vec::new(); SHARDS];
-        events.for_each_key(|i, key| {
+        events.for_each_key_in(order, |i, key| {
             let ts = events.ts[i];
             if ts < watermark.saturating_sub(lateness) {
                 report.late += 1;
-                settle_at.push(i64::MIN);
                 return;
             }
             watermark = watermark.max(ts);
-            settle_at.push(watermark.saturating_sub(lateness));
+            settle_at[i] = watermark.saturating_sub(lateness);
             by_shard[shard_of(key)].push((i as u32, key));
             report.accepted += 1;
         });
-        // Pass 2: each shard's events in row order under that shard's lock.
+        // Pass 2: each shard's events in arrival order under that shard's lock.
         let apply = |(shard, evs): (&RwLock<Shard>, &Vec<(u32, KeyRef<'_>)>)| {
             if evs.is_empty() {
                 return;
@@ -522,11 +552,11 @@ impl Engine {
     }
 
     pub fn snapshot(&self, path: &Path) -> Result<()> {
-        crate::snapshot::write(self, path)
+        snapshot::write(self, path)
     }
 
     pub fn restore(path: &Path) -> Result<Engine> {
-        crate::snapshot::read(path)
+        snapshot::read(path)
     }
 }
 
@@ -587,6 +617,13 @@ mod tests {
                 other => panic!("unexpected column {other}"),
             })
             .collect()
+    }
+
+    /// `evs` in the order one batch applies them: by time, ties by value words (stable).
+    fn arrival_sorted(plan: &Plan, evs: &[Ev]) -> Vec<Ev> {
+        let mut v = evs.to_vec();
+        v.sort_by_key(|e| (e.ts, words(plan, e)));
+        v
     }
 
     fn key_name(k: u8) -> String {
@@ -802,22 +839,131 @@ mod tests {
                 return Ok(());
             }
 
+            // A batch is one arrival: its events apply in arrival order (by time, ties by
+            // value), so a batch equals the one-event path fed that batch sorted.
+            let one_by_one = |batches: &[&[Ev]]| {
+                let eng = Engine::new(Arc::clone(&plan));
+                for b in batches {
+                    for e in arrival_sorted(&plan, b) {
+                        let name = key_name(e.k);
+                        let key = if str_keys { KeyRef::Str(&name) } else { KeyRef::Int(e.k as i64) };
+                        eng.ingest_one(key, e.ts, &words(&plan, &e)).unwrap();
+                    }
+                }
+                observe(&eng, str_keys, &queries)
+            };
+
             // the whole stream as one batch (the small path up to 32 events, else the large one)
             let all = Engine::new(Arc::clone(&plan));
             all.ingest(&events(&plan, &evs, str_keys)).unwrap();
-            prop_assert_eq!(&observe(&all, str_keys, &queries), &want);
+            prop_assert_eq!(&observe(&all, str_keys, &queries), &one_by_one(&[&evs]));
 
             // cut into batches of varied sizes (both batch paths)
             let cut = Engine::new(Arc::clone(&plan));
             let mut rest = &evs[..];
             let mut i = 0;
+            let mut parts: Vec<&[Ev]> = Vec::new();
             while !rest.is_empty() {
                 let n = cuts[i % cuts.len()].min(rest.len());
                 cut.ingest(&events(&plan, &rest[..n], str_keys)).unwrap();
+                parts.push(&rest[..n]);
                 rest = &rest[n..];
                 i += 1;
             }
-            prop_assert_eq!(&observe(&cut, str_keys, &queries), &want);
+            prop_assert_eq!(&observe(&cut, str_keys, &queries), &one_by_one(&parts));
+        }
+
+        #[test]
+        fn a_batch_is_one_arrival(
+            evs in ev_strategy(),
+            first_len in 0usize..60,
+            seed in any::<u64>(),
+            lateness in prop::sample::select(vec!["0s", "5m", "45m"]),
+            str_keys in any::<bool>(),
+        ) {
+            // a first batch, then a second one in the order of the stream, time-sorted, and
+            // shuffled: the same state and answers (bit for bit) whatever the order of a batch
+            let plan = plan(lateness, false);
+            let (first, second) = evs.split_at(first_len.min(evs.len()));
+            let mut by_time = second.to_vec();
+            by_time.sort_by_key(|e| e.ts);
+            let mut shuffled = second.to_vec();
+            let mut r = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                r ^= r << 13;
+                r ^= r >> 7;
+                r ^= r << 17;
+                shuffled.swap(i, (r % (i as u64 + 1)) as usize);
+            }
+            let run = |second: &[Ev]| {
+                let eng = Engine::new(Arc::clone(&plan));
+                let a = eng.ingest(&events(&plan, first, str_keys)).unwrap();
+                let b = eng.ingest(&events(&plan, second, str_keys)).unwrap();
+                (eng, a, b)
+            };
+            let (eng, a, b) = run(&by_time);
+            let wm = eng.watermark();
+            let lateness_ns = plan.spec.allowed_lateness;
+            let queries: Vec<i64> = [0, 1, 7, 60, 1000]
+                .iter()
+                .map(|m| wm.saturating_sub(lateness_ns).saturating_add(m * M))
+                .collect();
+            let want = observe(&eng, str_keys, &queries);
+            for order in [second, &shuffled[..]] {
+                let (other, a2, b2) = run(order);
+                prop_assert_eq!((a2, b2), (a, b));
+                prop_assert_eq!(&observe(&other, str_keys, &queries), &want);
+            }
+            // the first batch drops nothing; the second drops exactly its events older than the
+            // watermark after the first minus the lateness
+            let wm1 = first.iter().map(|e| e.ts).max().unwrap_or(i64::MIN);
+            let late: Vec<bool> =
+                second.iter().map(|e| e.ts < wm1.saturating_sub(lateness_ns)).collect();
+            prop_assert_eq!(a, Ingested { accepted: first.len() as u64, late: 0 });
+            prop_assert_eq!(b.late, late.iter().filter(|l| **l).count() as u64);
+            prop_assert_eq!(a.accepted + b.accepted + b.late, evs.len() as u64);
+
+            // and equal to backfill of the events kept, at every query instant
+            let kept: Vec<Ev> = first
+                .iter()
+                .chain(second.iter().zip(&late).filter(|(_, l)| !**l).map(|(e, _)| e))
+                .cloned()
+                .collect();
+            if kept.is_empty() {
+                return Ok(());
+            }
+            let kept_events = events(&plan, &kept, str_keys);
+            let names: Vec<String> = (0..5u8).map(key_name).collect();
+            let mut spine_keys = Vec::new();
+            let mut spine_ts = Vec::new();
+            for k in 0..5u8 {
+                for &t in &queries {
+                    spine_keys.push(k);
+                    spine_ts.push(t);
+                }
+            }
+            let keys = if str_keys {
+                KeyArr::Owned(spine_keys.iter().map(|&k| names[k as usize].clone()).collect())
+            } else {
+                KeyArr::Int(spine_keys.iter().map(|&k| k as i64).collect())
+            };
+            let spine = vec![(keys, spine_ts.clone())];
+            let cols = crate::offline::backfill(&plan, &kept_events, &spine, &mut |_, _| true).unwrap();
+            let mut out = vec![0.0; plan.n_features()];
+            for (row, (&k, &t)) in spine_keys.iter().zip(&spine_ts).enumerate() {
+                let key = if str_keys { KeyRef::Str(&names[k as usize]) } else { KeyRef::Int(k as i64) };
+                eng.get(key, t, &mut out).unwrap();
+                for (f, col) in cols.iter().enumerate() {
+                    let b = match col {
+                        crate::offline::FeatureColumn::Int(v) => v[row] as f64,
+                        crate::offline::FeatureColumn::Float(v) => v[row],
+                    };
+                    prop_assert!(
+                        out[f].to_bits() == b.to_bits() || (out[f].is_nan() && b.is_nan()),
+                        "feature {} of key {} at {}: online {} backfill {}", f, k, t, out[f], b
+                    );
+                }
+            }
         }
     }
 

@@ -1,0 +1,686 @@
+//! Aggregations: the table of them ([`AGGS`]) and their accumulators, one file per family.
+//!
+//! | file | aggregations | accumulator |
+//! |---|---|---|
+//! | `count.rs` | count | [`NonNull`] (and row positions for `count()` of events) |
+//! | `moments.rs` | sum, mean, var, std | [`Moments`]: exact sums |
+//! | `extremes.rs` | min, max | [`Extreme`]: monotonic deque |
+//! | `distinct.rs` | distinct_count | [`Distinct`]: multiset of identities |
+//! | `quantile.rs` | quantile | [`Sketch`]: log buckets |
+//! | `decay.rs` | decayed_sum | [`DecayCells`]: exact sums per period |
+//! | `edges.rs` | first, last, time_since_last | [`Edges`] (lifetime / tiles), else buffer scans |
+//!
+//! Each family file holds its accumulator's whole life ([`Family`]: reset, eager, invertible,
+//! merge, apply, bytes) and the output functions ([`Eval`]) that read it; [`Acc`] only
+//! dispatches. `state.rs` keeps the event buffer, the window groups and settling, and fills a
+//! query's answer by calling each output's [`Eval`] on a [`View`] of its group.
+//!
+//! Adding an aggregation: a row in [`AGGS`] (its name, column use, parameter, accumulator and
+//! output function) and, if no family computes it yet, a new family file with a new [`Acc`] /
+//! [`AccPlan`] variant appended last (see `docs/architecture.md`).
+
+use std::cell::RefCell;
+
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+mod count;
+mod decay;
+mod distinct;
+mod edges;
+mod extremes;
+mod moments;
+mod quantile;
+
+pub use count::NonNull;
+pub use decay::DecayCells;
+pub use distinct::Distinct;
+pub use edges::Edges;
+pub use extremes::Extreme;
+pub use moments::Moments;
+pub use quantile::Sketch;
+
+/// One accumulator's parameters inside a window group. `col` indexes the plan's columns.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AccPlan {
+    NonNull {
+        col: usize,
+    },
+    Moments {
+        col: usize,
+        squares: bool,
+    },
+    Extreme {
+        col: usize,
+        max: bool,
+    },
+    Distinct {
+        col: usize,
+    },
+    Sketch {
+        col: usize,
+    },
+    Decay {
+        col: usize,
+        half_life: i64,
+    },
+    /// Lifetime windows only: earliest and latest (ts, value) of a column, or of any event.
+    Edges {
+        col: Option<usize>,
+    },
+}
+
+/// One accumulator's state over the events it covers.
+///
+/// **The variant order is the snapshot format**: snapshots store an `Acc` as bincode, which
+/// writes the variant's index and then its fields. Never reorder, remove or insert variants,
+/// and never change a family's fields: a new family goes last. `tests::acc_encoding_is_pinned`
+/// holds the bytes of every variant to the committed ones.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Acc {
+    NonNull(NonNull),
+    Moments(Moments),
+    /// Monotonic deque of (ts, value): increasing values for min, decreasing for max.
+    Extreme(Extreme),
+    Distinct(Distinct),
+    Sketch(Sketch),
+    Decay(DecayCells),
+    Edges(Edges),
+}
+
+/// An accumulator family: every accumulator is a function of the multiset of events it covers
+/// (never of the order in which they came).
+pub trait Family: Default {
+    /// Folded in when an event arrives, in any order, and folded out again when it leaves the
+    /// window (the eager region). The others (monotonic deques, first/last edges) need events in
+    /// time order and are folded only into the settled region.
+    const EAGER: bool;
+    /// Views correct it to a query window by applying rows; the others are corrected by their
+    /// output code.
+    const INVERTIBLE: bool;
+    /// Empty, as `Default`, keeping allocations.
+    fn reset(&mut self);
+    /// Fold a summary of other events in (tiles). Extremes are single-value summaries here.
+    fn merge(&mut self, p: &AccPlan, other: &Self);
+    /// Fold one event row (`ts`, then one word per plan column) in (`sign = 1`) or out
+    /// (`sign = -1`). `lifetime`: a summarizing group (lifetime window or tile).
+    fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, lifetime: bool);
+    /// Heap bytes held (beyond the `Acc` itself).
+    fn heap_bytes(&self) -> usize;
+}
+
+/// `$body` with `$a` bound to the family inside any variant of `$acc`.
+macro_rules! each_family {
+    ($acc:expr, $a:ident => $body:expr) => {
+        match $acc {
+            Acc::NonNull($a) => $body,
+            Acc::Moments($a) => $body,
+            Acc::Extreme($a) => $body,
+            Acc::Distinct($a) => $body,
+            Acc::Sketch($a) => $body,
+            Acc::Decay($a) => $body,
+            Acc::Edges($a) => $body,
+        }
+    };
+}
+
+/// `$body` with `$F` the family type of a variant (for associated constants).
+macro_rules! family_const {
+    ($acc:expr, $c:ident) => {
+        match $acc {
+            Acc::NonNull(_) => NonNull::$c,
+            Acc::Moments(_) => Moments::$c,
+            Acc::Extreme(_) => Extreme::$c,
+            Acc::Distinct(_) => Distinct::$c,
+            Acc::Sketch(_) => Sketch::$c,
+            Acc::Decay(_) => DecayCells::$c,
+            Acc::Edges(_) => Edges::$c,
+        }
+    };
+}
+
+impl Acc {
+    pub fn new(p: &AccPlan) -> Acc {
+        match p {
+            AccPlan::NonNull { .. } => Acc::NonNull(NonNull::default()),
+            AccPlan::Moments { .. } => Acc::Moments(Moments::default()),
+            AccPlan::Extreme { .. } => Acc::Extreme(Extreme::default()),
+            AccPlan::Distinct { .. } => Acc::Distinct(Distinct::default()),
+            AccPlan::Sketch { .. } => Acc::Sketch(Sketch::default()),
+            AccPlan::Decay { .. } => Acc::Decay(DecayCells::default()),
+            AccPlan::Edges { .. } => Acc::Edges(Edges::default()),
+        }
+    }
+
+    /// Whether this accumulator is the kind `p` plans (guards deserialized state).
+    pub fn same_kind(&self, p: &AccPlan) -> bool {
+        matches!(
+            (self, p),
+            (Acc::NonNull(_), AccPlan::NonNull { .. })
+                | (Acc::Moments(_), AccPlan::Moments { .. })
+                | (Acc::Extreme(_), AccPlan::Extreme { .. })
+                | (Acc::Distinct(_), AccPlan::Distinct { .. })
+                | (Acc::Sketch(_), AccPlan::Sketch { .. })
+                | (Acc::Decay(_), AccPlan::Decay { .. })
+                | (Acc::Edges(_), AccPlan::Edges { .. })
+        )
+    }
+
+    /// Empty, as `Acc::new(p)`, keeping allocations.
+    #[inline]
+    pub fn reset(&mut self) {
+        each_family!(self, a => a.reset())
+    }
+
+    /// See [`Family::INVERTIBLE`].
+    #[inline]
+    pub fn invertible(&self) -> bool {
+        family_const!(self, INVERTIBLE)
+    }
+
+    /// See [`Family::EAGER`].
+    #[inline]
+    pub fn eager(&self) -> bool {
+        family_const!(self, EAGER)
+    }
+
+    /// See [`Family::merge`] (accumulators of different kinds do not merge).
+    pub fn merge(&mut self, p: &AccPlan, other: &Acc) {
+        match (self, other) {
+            (Acc::NonNull(a), Acc::NonNull(b)) => a.merge(p, b),
+            (Acc::Moments(a), Acc::Moments(b)) => a.merge(p, b),
+            (Acc::Extreme(a), Acc::Extreme(b)) => a.merge(p, b),
+            (Acc::Distinct(a), Acc::Distinct(b)) => a.merge(p, b),
+            (Acc::Sketch(a), Acc::Sketch(b)) => a.merge(p, b),
+            (Acc::Decay(a), Acc::Decay(b)) => a.merge(p, b),
+            (Acc::Edges(a), Acc::Edges(b)) => a.merge(p, b),
+            _ => {}
+        }
+    }
+
+    /// See [`Family::apply`].
+    #[inline]
+    pub fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, lifetime: bool) {
+        each_family!(self, a => a.apply(p, row, sign, lifetime))
+    }
+
+    /// After its group settled to `s`: a sliding window (`start`: the window's first instant)
+    /// expires extremes; a lifetime window (`start = None`) forgets decayed cells too old to
+    /// matter.
+    #[inline]
+    pub fn settled(&mut self, p: &AccPlan, s: i64, start: Option<i64>) {
+        match (self, start) {
+            (Acc::Extreme(e), Some(start)) => e.expire(start),
+            (Acc::Decay(cells), None) => cells.age(p, s),
+            _ => {}
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Acc>() + each_family!(self, a => a.heap_bytes())
+    }
+}
+
+/// Stored event rows (`ts`, then one word per plan column), addressed by absolute position:
+/// the read-only view of a key's buffer that output functions scan.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    pub data: &'a [u64],
+    pub stride: usize,
+    /// Dead rows at the front of `data`.
+    pub off: usize,
+    /// Absolute position of the first live row.
+    pub base: u64,
+}
+
+impl<'a> Rows<'a> {
+    #[inline]
+    pub fn row(&self, abs: u64) -> &'a [u64] {
+        let i = (abs - self.base) as usize + self.off;
+        &self.data[i * self.stride..(i + 1) * self.stride]
+    }
+    #[inline]
+    pub fn ts(&self, abs: u64) -> i64 {
+        self.data[((abs - self.base) as usize + self.off) * self.stride] as i64
+    }
+    /// Rows at absolute positions `r.0 .. r.1`.
+    #[inline]
+    pub fn range(self, r: (u64, u64)) -> impl DoubleEndedIterator<Item = &'a [u64]> + 'a {
+        (r.0..r.1).map(move |p| self.row(p))
+    }
+}
+
+/// Rows (absolute position ranges `from..to`) that correct a group's state to one query window.
+pub struct Corr {
+    /// Buffered rows inside the window past the settled region (extremes, first/last scan them).
+    pub settled_add: (u64, u64),
+    /// Rows to fold out of / into the eager accumulators (tiled groups: into the tile merge).
+    pub rem: [(u64, u64); 2],
+    pub add: (u64, u64),
+    /// The query window's rows: `lo_q..hi_q` (lifetime: `hi_q` only).
+    pub lo_q: u64,
+    pub hi_q: u64,
+}
+
+/// Variances computed for one query, by (group, accumulator).
+pub type VarCache = RefCell<SmallVec<[((usize, usize), f64); 4]>>;
+
+/// How an output function sees one window group at a query instant.
+pub struct View<'a> {
+    /// The query instant.
+    pub t: i64,
+    pub window: Option<i64>,
+    pub hop: Option<i64>,
+    /// The group's accumulator plans.
+    pub plans: &'a [AccPlan],
+    pub rows: Rows<'a>,
+    pub corr: &'a Corr,
+    /// Stored accumulators of the group, and those corrected for this query: (group, index, acc).
+    pub(crate) group: usize,
+    pub(crate) accs: &'a [Acc],
+    pub(crate) views: &'a [(usize, usize, Acc)],
+    /// Events of the group's settled tiles with id `>= first`.
+    pub(crate) tile_events: &'a dyn Fn(i64) -> u64,
+    /// Variances computed for this query, by (group, accumulator): var and std share one.
+    pub(crate) var_cache: &'a VarCache,
+}
+
+impl<'a> View<'a> {
+    /// Accumulator `i` of the group, corrected to the query window if it is invertible.
+    #[inline]
+    pub fn acc(&self, i: usize) -> &'a Acc {
+        self.views
+            .iter()
+            .find(|v| v.0 == self.group && v.1 == i)
+            .map_or(&self.accs[i], |v| &v.2)
+    }
+    /// Lifetime and tiled groups keep summaries rather than per-event structures.
+    pub fn summarizing(&self) -> bool {
+        self.window.is_none() || self.hop.is_some()
+    }
+    /// First instant inside the window of the query.
+    pub fn start(&self) -> i64 {
+        window_start(self.window, self.hop, self.t)
+    }
+    /// Rows to fold out of the eager accumulators for this window.
+    pub fn removed(&self) -> impl Iterator<Item = &'a [u64]> + 'a {
+        self.rows
+            .range(self.corr.rem[0])
+            .chain(self.rows.range(self.corr.rem[1]))
+    }
+    /// Rows to fold into the eager accumulators for this window.
+    pub fn added(&self) -> impl Iterator<Item = &'a [u64]> + 'a {
+        self.rows.range(self.corr.add)
+    }
+}
+
+/// First instant inside a window (`window`, tiled by `hop`) of a query at `t`.
+pub fn window_start(window: Option<i64>, hop: Option<i64>, t: i64) -> i64 {
+    match (window, hop) {
+        (None, _) => i64::MIN,
+        (Some(w), None) => t.saturating_sub(w),
+        (Some(w), Some(h)) => crate::time::floor_div(t, h)
+            .saturating_mul(h)
+            .saturating_sub(w),
+    }
+}
+
+/// How one output feature reads its group.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub group: usize,
+    /// Its accumulator in the group, if it reads one.
+    pub acc: Option<usize>,
+    /// Its value column, if any.
+    pub col: Option<usize>,
+    /// Its parameter (the quantile's q).
+    pub q: f64,
+    /// Output is an integer count.
+    pub integer: bool,
+    pub eval: Eval,
+}
+
+/// An output function: the feature's value in a group's [`View`] (NaN = null).
+pub type Eval = fn(&View<'_>, &Output) -> f64;
+
+/// How an aggregation uses a value column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnUse {
+    /// Required, read as numbers.
+    Numeric,
+    /// Required, numbers or strings (identities).
+    Any,
+    /// Optional, numbers or strings (`count`: of events, or of a column's non-null values).
+    Optional,
+    /// Takes no column.
+    None,
+}
+
+/// An aggregation's parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Param {
+    None,
+    /// `q`, a number in [0, 1].
+    Quantile,
+    /// `half_life`, a duration.
+    HalfLife,
+}
+
+/// A parsed parameter value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ParamValue {
+    None,
+    Quantile(f64),
+    /// ns
+    HalfLife(i64),
+}
+
+/// One aggregation: all the engine knows about it, in one row of [`AGGS`].
+pub struct AggDef {
+    /// Its name in the document and the Python API.
+    pub name: &'static str,
+    pub column: ColumnUse,
+    pub param: Param,
+    /// Output is an integer count.
+    pub integer: bool,
+    /// The value with no events at all (an unknown key).
+    pub empty: f64,
+    /// The accumulator it reads in a group: from its column, parameter, and whether the group
+    /// summarizes (lifetime or tiled); `None` when it reads row positions only.
+    pub acc: fn(Option<usize>, ParamValue, bool) -> Option<AccPlan>,
+    pub eval: Eval,
+}
+
+impl std::fmt::Debug for AggDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl PartialEq for AggDef {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+fn moments(col: Option<usize>, squares: bool) -> Option<AccPlan> {
+    col.map(|col| AccPlan::Moments { col, squares })
+}
+
+/// Every aggregation. The order is the order of the names in error messages.
+pub static AGGS: &[AggDef] = &[
+    AggDef {
+        name: "count",
+        column: ColumnUse::Optional,
+        param: Param::None,
+        integer: true,
+        empty: 0.0,
+        acc: |col, _, _| col.map(|col| AccPlan::NonNull { col }),
+        eval: count::eval,
+    },
+    AggDef {
+        name: "sum",
+        column: ColumnUse::Numeric,
+        param: Param::None,
+        integer: false,
+        empty: 0.0,
+        acc: |col, _, _| moments(col, false),
+        eval: moments::sum,
+    },
+    AggDef {
+        name: "mean",
+        column: ColumnUse::Numeric,
+        param: Param::None,
+        integer: false,
+        empty: f64::NAN,
+        acc: |col, _, _| moments(col, false),
+        eval: moments::mean,
+    },
+    AggDef {
+        name: "min",
+        column: ColumnUse::Numeric,
+        param: Param::None,
+        integer: false,
+        empty: f64::NAN,
+        acc: |col, _, _| col.map(|col| AccPlan::Extreme { col, max: false }),
+        eval: extremes::eval,
+    },
+    AggDef {
+        name: "max",
+        column: ColumnUse::Numeric,
+        param: Param::None,
+        integer: false,
+        empty: f64::NAN,
+        acc: |col, _, _| col.map(|col| AccPlan::Extreme { col, max: true }),
+        eval: extremes::eval,
+    },
+    AggDef {
+        name: "var",
+        column: ColumnUse::Numeric,
+        param: Param::None,
+        integer: false,
+        empty: f64::NAN,
+        acc: |col, _, _| moments(col, true),
+        eval: moments::var,
+    },
+    AggDef {
+        name: "std",
+        column: ColumnUse::Numeric,
+        param: Param::None,
+        integer: false,
+        empty: f64::NAN,
+        acc: |col, _, _| moments(col, true),
+        eval: moments::std,
+    },
+    AggDef {
+        name: "first",
+        column: ColumnUse::Numeric,
+        param: Param::None,
+        integer: false,
+        empty: f64::NAN,
+        acc: |col, _, summarizing| summarizing.then_some(AccPlan::Edges { col }),
+        eval: edges::first,
+    },
+    AggDef {
+        name: "last",
+        column: ColumnUse::Numeric,
+        param: Param::None,
+        integer: false,
+        empty: f64::NAN,
+        acc: |col, _, summarizing| summarizing.then_some(AccPlan::Edges { col }),
+        eval: edges::last,
+    },
+    AggDef {
+        name: "distinct_count",
+        column: ColumnUse::Any,
+        param: Param::None,
+        integer: true,
+        empty: 0.0,
+        acc: |col, _, _| col.map(|col| AccPlan::Distinct { col }),
+        eval: distinct::eval,
+    },
+    AggDef {
+        name: "quantile",
+        column: ColumnUse::Numeric,
+        param: Param::Quantile,
+        integer: false,
+        empty: f64::NAN,
+        acc: |col, _, _| col.map(|col| AccPlan::Sketch { col }),
+        eval: quantile::eval,
+    },
+    AggDef {
+        name: "decayed_sum",
+        column: ColumnUse::Numeric,
+        param: Param::HalfLife,
+        integer: false,
+        empty: 0.0,
+        acc: |col, p, _| match (col, p) {
+            (Some(col), ParamValue::HalfLife(half_life)) => Some(AccPlan::Decay { col, half_life }),
+            _ => None,
+        },
+        eval: decay::eval,
+    },
+    AggDef {
+        name: "time_since_last",
+        column: ColumnUse::None,
+        param: Param::None,
+        integer: false,
+        empty: f64::NAN,
+        acc: |_, _, summarizing| summarizing.then_some(AccPlan::Edges { col: None }),
+        eval: edges::time_since_last,
+    },
+];
+
+/// The row of aggregation `name`.
+pub fn lookup(name: &str) -> Option<&'static AggDef> {
+    AGGS.iter().find(|d| d.name == name)
+}
+
+/// Names of every aggregation, in table order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    AGGS.iter().map(|d| d.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exact::ExactSum;
+    use bincode::Options;
+
+    /// One accumulator of every family, with some content.
+    fn one_of_each() -> Vec<Acc> {
+        let mut s1 = ExactSum::new();
+        s1.add(1.5);
+        let mut s2 = ExactSum::new();
+        s2.add_square(1.5);
+        let mut distinct = Distinct::default();
+        distinct.0.insert(7, 2);
+        let mut sketch = Sketch {
+            n: 3,
+            ..Default::default()
+        };
+        sketch.buckets.insert(-4, 3);
+        let mut cells = DecayCells::default();
+        cells.entry(5).add(0.25);
+        vec![
+            Acc::NonNull(NonNull(3)),
+            Acc::Moments(Moments { n: 1, s1, s2 }),
+            Acc::Extreme(Extreme([(10i64, 2.5f64)].into_iter().collect())),
+            Acc::Distinct(distinct),
+            Acc::Sketch(sketch),
+            Acc::Decay(cells),
+            Acc::Edges(Edges {
+                first: Some((1, 0.5)),
+                last: None,
+            }),
+        ]
+    }
+
+    /// The accumulator enum as it was declared before the families had files of their own
+    /// (snapshot versions 1 and 2 were written with it).
+    #[derive(Serialize)]
+    enum AccBefore {
+        NonNull(i64),
+        Moments {
+            n: i64,
+            s1: ExactSum,
+            s2: ExactSum,
+        },
+        Extreme(std::collections::VecDeque<(i64, f64)>),
+        Distinct(hashbrown::HashMap<u64, u32>),
+        Sketch {
+            n: i64,
+            buckets: std::collections::BTreeMap<i32, u32>,
+        },
+        Decay(DecayCells),
+        Edges {
+            first: Option<(i64, f64)>,
+            last: Option<(i64, f64)>,
+        },
+    }
+
+    fn before(a: &Acc) -> AccBefore {
+        match a.clone() {
+            Acc::NonNull(n) => AccBefore::NonNull(n.0),
+            Acc::Moments(m) => AccBefore::Moments {
+                n: m.n,
+                s1: m.s1,
+                s2: m.s2,
+            },
+            Acc::Extreme(e) => AccBefore::Extreme(e.0),
+            Acc::Distinct(d) => AccBefore::Distinct(d.0),
+            Acc::Sketch(s) => AccBefore::Sketch {
+                n: s.n,
+                buckets: s.buckets,
+            },
+            Acc::Decay(c) => AccBefore::Decay(c),
+            Acc::Edges(e) => AccBefore::Edges {
+                first: e.first,
+                last: e.last,
+            },
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn acc_encoding_is_pinned() {
+        // The snapshot encoding (little-endian varint bincode) of one accumulator of each
+        // variant: the variant's index, then its fields. A change here breaks every snapshot
+        // written before it.
+        let opts = bincode::DefaultOptions::new()
+            .with_little_endian()
+            .with_varint_encoding();
+        let accs = one_of_each();
+        let got: Vec<String> = accs
+            .iter()
+            .map(|a| hex(&opts.serialize(a).unwrap()))
+            .collect();
+        let old: Vec<String> = accs
+            .iter()
+            .map(|a| hex(&opts.serialize(&before(a)).unwrap()))
+            .collect();
+        assert_eq!(got, old, "the encoding of the enum it replaced");
+        let want = [
+            // NonNull(3): index 0, zigzag varint 3
+            "0006",
+            // Moments { n: 1, s1, s2 }
+            "0102010403000000030409000000",
+            // Extreme([(10, 2.5)]): length 1, zigzag 10, f64 LE
+            "0201140000000000000440",
+            // Distinct({7: 2})
+            "03010702",
+            // Sketch { n: 3, buckets: {-4: 3} }
+            "0406010703",
+            // Decay({5: 0.25}): as a map
+            "05010a030401000000",
+            // Edges { first: Some((1, 0.5)), last: None }
+            "060102000000000000e03f00",
+        ];
+        assert_eq!(got, want);
+        // the variant index is the first byte, in declaration order
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(&g[..2], format!("{i:02x}"));
+        }
+        // and each decodes back to the same accumulator
+        for (a, bytes) in accs.iter().zip(&got) {
+            let raw: Vec<u8> = (0..bytes.len() / 2)
+                .map(|i| u8::from_str_radix(&bytes[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            let back: Acc = opts.deserialize(&raw).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{a:?}"));
+        }
+    }
+
+    #[test]
+    fn every_aggregation_is_in_the_table_once() {
+        let mut names: Vec<&str> = names().collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        assert!(lookup("count").is_some() && lookup("median").is_none());
+    }
+}
