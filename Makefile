@@ -46,7 +46,7 @@ typecheck:
 	$(PYTHON) -m mypy --strict python/rtml
 
 stubtest:
-	$(PYTHON) -m mypy.stubtest rtml._core
+	$(PYTHON) -m mypy.stubtest rtml._core --mypy-config-file pyproject.toml
 
 doctest:
 	$(PYTHON) -m pytest -q -p no:cacheprovider --doctest-modules --pyargs rtml

@@ -85,7 +85,7 @@ def test_row_by_row_equals_list_and_table(evs, key_kind, ts_kind):
         tab = pa.table({
             "key": pa.array([r["key"] for r in rows]),
             "ts": pa.array([BASE + (sec - back) * S + sec * 1000 for _, sec, back, _, _ in sorted(evs, key=lambda e: e[1])],
-                           pa.timestamp("ns")),
+                           pa.timestamp("ns", tz="UTC")),
             "x": pa.array([r["x"] for r in rows], pa.float64()),
             "c": pa.array([r["c"] for r in rows], pa.string()),
         })
