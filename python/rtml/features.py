@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
 
 import pyarrow as pa
 
 from . import _core, _io
 from .exceptions import SchemaError, SpecError
+
+if TYPE_CHECKING:
+    from .online import OnlineEngine
 
 __all__ = [
     "Feature",
@@ -315,10 +318,12 @@ class FeatureSet:
             out = out.append_column(field, feats.column(i))
         return out
 
-    def online(self, history: Any = None) -> "_core.OnlineEngine":
+    def online(self, history: Any = None) -> "OnlineEngine":
         """A new online engine for this feature set, optionally bootstrapped from `history`
         (events, ingested in time order)."""
-        eng = _core.OnlineEngine(self._spec)
+        from .online import OnlineEngine
+
+        eng = OnlineEngine(self)
         if history is not None:
             table = _io.to_table(history, "history")
             if table.num_rows:

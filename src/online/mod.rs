@@ -98,6 +98,11 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// Whether `key` has state in this shard.
+    pub fn contains(&self, key: KeyRef<'_>) -> bool {
+        self.keys.contains_key(&key)
+    }
+
     /// Features of `key` at `t` (NaN = null) into `out`; the empty-history values for an unknown
     /// key.
     pub fn get(&self, plan: &Plan, key: KeyRef<'_>, t: i64, out: &mut [f64]) -> Result<()> {

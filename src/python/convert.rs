@@ -83,12 +83,83 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// What kind of clock an instant was given in (docs/api.md, "Times and time zones").
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Zone {
+    /// An integer in the feature set's timestamp unit: an instant since the epoch, no zone.
+    Epoch,
+    /// A wall-clock time without a time zone (naive datetime, numpy datetime64, date, Arrow
+    /// timestamp without tz): read as UTC, and never mixed with aware times.
+    Naive,
+    /// A time with a time zone (aware datetime, tz-aware Arrow timestamp): an exact instant.
+    Aware,
+}
+
+impl Zone {
+    /// The zone of an Arrow time column (None: not a time column; the reader reports it).
+    pub fn of_arrow(dt: &arrow_schema::DataType) -> Option<Zone> {
+        use arrow_schema::DataType as D;
+        match dt {
+            D::Timestamp(_, Some(_)) => Some(Zone::Aware),
+            D::Timestamp(_, None) | D::Date32 | D::Date64 => Some(Zone::Naive),
+            d if d.is_integer() => Some(Zone::Epoch),
+            _ => None,
+        }
+    }
+
+    /// The refusal when `self` meets `other` (two different clocks, neither an epoch int).
+    pub fn clash(self, other: Zone) -> bool {
+        matches!(
+            (self, other),
+            (Zone::Naive, Zone::Aware) | (Zone::Aware, Zone::Naive)
+        )
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Zone::Epoch => "integer (epoch) times",
+            Zone::Naive => "naive times (no time zone)",
+            Zone::Aware => "tz-aware times",
+        }
+    }
+}
+
+/// The message refusing naive times mixed with aware ones: `what` (naive or aware) meets
+/// `other` (the engine's or the other input's clock, described by `against`).
+pub fn zone_clash_message(what: Zone, against: &str) -> String {
+    let (fix, this) = match what {
+        Zone::Naive => (
+            "attach the time zone they were recorded in (datetime.replace(tzinfo=...) or \
+             pandas .dt.tz_localize(...)), or pass UTC-aware times",
+            "got naive times (no time zone)",
+        ),
+        _ => (
+            "pass tz-aware times throughout, or naive times throughout (a whole pipeline of \
+             naive times is read as UTC)",
+            "got tz-aware times",
+        ),
+    };
+    format!(
+        "{this} but {against}: mixing naive and tz-aware times would silently read wall-clock \
+         times as UTC; {fix}"
+    )
+}
+
 /// An instant from Python: datetime / date / pandas.Timestamp / numpy.datetime64 / ISO string,
 /// or an int in the feature set's timestamp unit. Returns ns since the epoch (UTC).
 pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Result<i64> {
+    instant_zoned(obj, unit, field).map(|(t, _)| t)
+}
+
+/// [`instant`] and the kind of clock it was given in.
+pub fn instant_zoned(
+    obj: &Bound<'_, PyAny>,
+    unit: Option<&str>,
+    field: &str,
+) -> Result<(i64, Zone)> {
     // The common case first: an exact int is neither a datetime nor a date nor a bool.
     if obj.is_exact_instance_of::<PyInt>() {
-        return int_instant(obj, unit, field);
+        return Ok((int_instant(obj, unit, field)?, Zone::Epoch));
     }
     let range = || {
         Error::schema(
@@ -101,6 +172,11 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
         // pandas.Timestamp carries exact nanoseconds in `.value` (UTC for tz-aware ones); a
         // plain datetime has neither attribute (and no instance dict to hold one).
         let py = obj.py();
+        let zone = if dt.get_tzinfo().is_some() {
+            Zone::Aware
+        } else {
+            Zone::Naive
+        };
         let plain = obj.is_exact_instance_of::<PyDateTime>();
         if let Some(Ok(v)) = (!plain).then(|| obj.getattr(intern!(py, "value"))) {
             if let Ok(ns) = v.extract::<i64>() {
@@ -109,7 +185,7 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
                     if ns == i64::MIN {
                         return Err(Error::schema(field, "NaT (not a time)"));
                     }
-                    return Ok(ns);
+                    return Ok((ns, zone));
                 }
             }
         }
@@ -148,7 +224,7 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
                 ns = ns.checked_sub(us * NS_PER_US).ok_or_else(range)?;
             }
         }
-        return Ok(ns);
+        return Ok((ns, zone));
     }
     if let Ok(d) = obj.cast::<PyDate>() {
         let days = days_from_civil(
@@ -156,10 +232,13 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
             d.get_month() as i64,
             d.get_day() as i64,
         );
-        return days.checked_mul(86_400 * NS_PER_S).ok_or_else(range);
+        return Ok((
+            days.checked_mul(86_400 * NS_PER_S).ok_or_else(range)?,
+            Zone::Naive,
+        ));
     }
     if obj.is_instance_of::<PyInt>() && !obj.is_instance_of::<PyBool>() {
-        return int_instant(obj, unit, field);
+        return Ok((int_instant(obj, unit, field)?, Zone::Epoch));
     }
     if let Ok(s) = obj.cast::<PyString>() {
         let py = obj.py();
@@ -168,7 +247,7 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
             .and_then(|m| m.getattr("datetime"))
             .and_then(|c| c.call_method1("fromisoformat", (s,)))
             .map_err(|e| Error::schema(field, format!("cannot parse {s}: {e}")))?;
-        return instant(&parsed, unit, field);
+        return instant_zoned(&parsed, unit, field);
     }
     let tname = type_name(obj);
     if tname == "datetime64" {
@@ -180,7 +259,7 @@ pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
         if ns == i64::MIN {
             return Err(Error::schema(field, "NaT (not a time)"));
         }
-        return Ok(ns);
+        return Ok((ns, Zone::Naive));
     }
     if obj.is_none() {
         return Err(Error::schema(field, "null timestamp"));
@@ -211,10 +290,20 @@ fn int_instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Resul
     }
 }
 
-/// One value cell from Python.
-fn value(obj: &Bound<'_, PyAny>, kind: ColKind, skip: bool, name: &str, row: usize) -> Result<u64> {
+/// One value cell from Python: a word (a number's bits, a string's identity or NULL), or
+/// `Err(())` for a float NaN in a column that also takes strings when `defer_nan` is set (the
+/// caller decides: pandas' missing marker, null, in a column that holds strings; a NaN value,
+/// under `on_nonfinite`, in a column of numbers).
+fn value(
+    obj: &Bound<'_, PyAny>,
+    kind: ColKind,
+    skip: bool,
+    name: &str,
+    row: usize,
+    defer_nan: bool,
+) -> Result<std::result::Result<u64, ()>> {
     if obj.is_none() {
-        return Ok(NULL);
+        return Ok(Ok(NULL));
     }
     if let Ok(s) = obj.cast::<PyString>() {
         if kind == ColKind::Numeric {
@@ -223,9 +312,9 @@ fn value(obj: &Bound<'_, PyAny>, kind: ColKind, skip: bool, name: &str, row: usi
                 format!("row {row}: got a string, this column needs numbers"),
             ));
         }
-        return Ok(string_identity(
+        return Ok(Ok(string_identity(
             s.to_str().map_err(|e| Error::schema(name, e.to_string()))?,
-        ));
+        )));
     }
     let x: f64 = if let Ok(f) = obj.cast::<PyFloat>() {
         f.value()
@@ -239,6 +328,8 @@ fn value(obj: &Bound<'_, PyAny>, kind: ColKind, skip: bool, name: &str, row: usi
         i as f64
     } else if let Ok(f) = obj.extract::<f64>() {
         f
+    } else if is_pandas_missing(obj) {
+        return Ok(Ok(NULL));
     } else {
         return Err(Error::schema(
             name,
@@ -248,10 +339,24 @@ fn value(obj: &Bound<'_, PyAny>, kind: ColKind, skip: bool, name: &str, row: usi
             ),
         ));
     };
-    Ok(match check_number(x, skip, name, row)? {
+    if x.is_nan() && defer_nan && kind != ColKind::Numeric {
+        return Ok(Err(()));
+    }
+    Ok(Ok(match check_number(x, skip, name, row)? {
         Some(x) => x.to_bits(),
         None => NULL,
-    })
+    }))
+}
+
+/// pandas' missing-value scalars (`pd.NA`, `pd.NaT`): null in every input form.
+fn is_pandas_missing(obj: &Bound<'_, PyAny>) -> bool {
+    let t = obj.get_type();
+    let module = t.module().map(|m| m.to_string()).unwrap_or_default();
+    module.starts_with("pandas")
+        && matches!(
+            t.name().map(|n| n.to_string()).as_deref(),
+            Ok("NAType") | Ok("NaTType")
+        )
 }
 
 /// The field names a row dict is read by, as interned Python strings (made once per engine:
@@ -307,29 +412,55 @@ fn row_dict<'a, 'py>(
 /// Time and values of row `i` (the key is read first by the caller, so the checks run in the
 /// same order for one row and for many): the time is returned, one word per plan column is
 /// written to `vals`.
+/// `cols`: per plan column, whether a string was seen and the first row of a deferred NaN
+/// (None: NaN is checked at once, as in a column of numbers).
 fn row_rest(
     plan: &Plan,
     names: &RowNames,
     d: &Bound<'_, PyDict>,
     i: usize,
     vals: &mut [u64],
-) -> Result<i64> {
+    mut cols: Option<&mut [ColSeen]>,
+) -> Result<(i64, Zone)> {
     let spec = &plan.spec;
-    let ts = instant(
+    let ts = instant_zoned(
         &cell(d, &names.timestamp, &spec.timestamp, i)?,
         spec.timestamp_unit.as_deref(),
         &spec.timestamp,
     )?;
-    for ((col, name), v) in plan.columns.iter().zip(&names.columns).zip(vals.iter_mut()) {
-        *v = value(
-            &cell(d, name, &col.name, i)?,
-            col.kind,
-            spec.skip_nonfinite,
-            &col.name,
-            i,
-        )?;
+    for (j, ((col, name), v)) in plan
+        .columns
+        .iter()
+        .zip(&names.columns)
+        .zip(vals.iter_mut())
+        .enumerate()
+    {
+        let obj = cell(d, name, &col.name, i)?;
+        let seen = cols.as_deref_mut().and_then(|c| c.get_mut(j));
+        let defer = seen.is_some();
+        *v = match value(&obj, col.kind, spec.skip_nonfinite, &col.name, i, defer)? {
+            Ok(w) => {
+                if let Some(seen) = seen {
+                    seen.string |= obj.is_instance_of::<PyString>();
+                }
+                w
+            }
+            Err(()) => {
+                if let Some(seen) = seen {
+                    seen.first_nan.get_or_insert(i);
+                }
+                NULL
+            }
+        };
     }
     Ok(ts)
+}
+
+/// What [`rows`] saw in one column.
+#[derive(Clone, Copy, Default)]
+struct ColSeen {
+    string: bool,
+    first_nan: Option<usize>,
 }
 
 /// One event row given as a dict, checked, handed to `f` as (key, time, one word per plan
@@ -340,7 +471,7 @@ pub fn with_row<R>(
     names: &RowNames,
     d: &Bound<'_, PyDict>,
     key_obj: Option<Bound<'_, PyAny>>,
-    f: impl FnOnce(KeyRef<'_>, i64, &[u64]) -> R,
+    f: impl FnOnce(KeyRef<'_>, i64, Zone, &[u64]) -> R,
 ) -> Result<R> {
     let spec = &plan.spec;
     let kobj = match key_obj {
@@ -349,16 +480,18 @@ pub fn with_row<R>(
     };
     let k = key_ref(&kobj, &spec.entity)?;
     let mut vals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, plan.columns.len());
-    let ts = row_rest(plan, names, d, 0, &mut vals)?;
-    Ok(f(k, ts, &vals))
+    let (ts, zone) = row_rest(plan, names, d, 0, &mut vals, None)?;
+    Ok(f(k, ts, zone, &vals))
 }
 
-/// Event rows given as dicts -> engine events. All rows are checked before any is returned.
+/// Event rows given as dicts -> engine events and the clock their times were given in. All
+/// rows are checked before any is returned. A float NaN in a column that also holds strings is
+/// pandas' missing marker (null); in a column of numbers it is a NaN value (`on_nonfinite`).
 pub fn rows<'py>(
     plan: &Plan,
     names: &RowNames,
     rows: &[Bound<'py, PyAny>],
-) -> Result<Events<'static>> {
+) -> Result<(Events<'static>, Zone)> {
     let spec = &plan.spec;
     let n = rows.len();
     let mut ints = Vec::new();
@@ -366,6 +499,8 @@ pub fn rows<'py>(
     let mut ts = Vec::with_capacity(n);
     let mut values: Vec<Vec<u64>> = vec![Vec::with_capacity(n); plan.columns.len()];
     let mut vals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, plan.columns.len());
+    let mut seen = vec![ColSeen::default(); plan.columns.len()];
+    let mut zone: Option<Zone> = None;
     for (i, row) in rows.iter().enumerate() {
         let d = row_dict(plan, row, i)?;
         match key(&cell(d, &names.entity, &spec.entity, i)?, &spec.entity)? {
@@ -378,9 +513,29 @@ pub fn rows<'py>(
                 ))
             }
         }
-        ts.push(row_rest(plan, names, d, i, &mut vals)?);
+        let (t, z) = row_rest(plan, names, d, i, &mut vals, Some(&mut seen))?;
+        match zone {
+            Some(prev) if prev.clash(z) => {
+                return Err(Error::schema(
+                    &spec.timestamp,
+                    format!(
+                        "row {i}: {}",
+                        zone_clash_message(z, &format!("earlier rows hold {}", prev.describe()))
+                    ),
+                ))
+            }
+            Some(Zone::Epoch) | None => zone = Some(z),
+            Some(_) => {}
+        }
+        ts.push(t);
         for (col, v) in values.iter_mut().zip(&vals) {
             col.push(*v);
+        }
+    }
+    for (col, s) in plan.columns.iter().zip(&seen) {
+        if let (Some(row), false) = (s.first_nan, s.string) {
+            // no string in the column: a NaN value, as in a float column
+            check_number(f64::NAN, spec.skip_nonfinite, &col.name, row)?;
         }
     }
     let mut events = Events::empty(plan.columns.len());
@@ -392,5 +547,5 @@ pub fn rows<'py>(
         };
         let _ = events.push(keys, ts, values);
     }
-    Ok(events)
+    Ok((events, zone.unwrap_or(Zone::Epoch)))
 }

@@ -1,38 +1,46 @@
-//! `rtml.OnlineEngine`: the online engine (sharded, internally locked) and its Python calls.
+//! `rtml._core.Engine`: the online engine (sharded, internally locked) and its typed calls.
+//! `rtml.OnlineEngine` (python/rtml/online.py) wraps it: it turns whatever the user has into
+//! one of the typed inputs below (a row dict, a list of row dicts, an Arrow table, a
+//! `_core.Transforms`) and adds the Python-level conveniences.
 //!
-//! No lock is ever waited for while holding the GIL: every acquisition tries first and, if the
-//! lock is taken, waits with the GIL released (a writer never needs the GIL).
+//! Every call goes through `errors::entry` (panic guard; an engine that saw a panic is poisoned
+//! and refuses further calls). No lock is ever waited for while holding the GIL: every
+//! acquisition tries first and, if the lock is taken, waits with the GIL released (a writer
+//! never needs the GIL).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_array::{ArrayRef, Int64Array, StringArray};
+use arrow_buffer::ScalarBuffer;
 use parking_lot::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
-use pyo3::exceptions::PyAttributeError;
-use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
-use super::convert::{self, PyKey, RowNames};
-use super::errors::IntoPy;
+use super::arrow::{self, Column};
+use super::convert::{self, PyKey, RowNames, Zone};
+use super::errors::{self, detached, entry, IntoPy, Poison};
 use super::transforms::PyTransforms;
-use super::{feature_columns_to_batch, PySpec};
+use super::PySpec;
 use crate::input::{read_events, KeyRef};
-use crate::offline::FeatureColumn;
-use crate::online::{Engine, Meta, Shard};
+use crate::online::{Engine, Ingested, Meta, Shard};
 use crate::plan::Plan;
-use crate::spec::Spec;
 
-/// The online feature engine: ingest a live event stream, read features at request time.
-///
-/// Create one with `FeatureSet.online()`, `OnlineEngine(feature_set)` or
-/// `OnlineEngine.restore(path)`. Safe to share between threads: reads run concurrently with
-/// each other and with an ingest, which locks one key shard at a time.
-#[pyclass(frozen, name = "OnlineEngine", module = "rtml")]
-pub struct OnlineEngine {
+/// The clock of an engine's events, as [`Zone`] (0: none seen yet, or only epoch integers).
+const ZONE_UNKNOWN: u8 = 0;
+const ZONE_NAIVE: u8 = 1;
+const ZONE_AWARE: u8 = 2;
+
+/// The compiled online feature engine (use `rtml.OnlineEngine`, which wraps it).
+#[pyclass(frozen, name = "Engine", module = "rtml._core")]
+pub struct PyEngine {
     inner: Engine,
+    /// Set when a call panicked: every later call is refused.
+    poison: Poison,
+    /// The clock of the events ingested so far (`ZONE_*`): naive and aware times never mix.
+    zone: AtomicU8,
     plan: Arc<Plan>,
     names: Vec<Py<PyString>>,
     /// Field names of an event row dict, interned.
@@ -49,8 +57,8 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-impl OnlineEngine {
-    fn from_engine(py: Python<'_>, engine: Engine) -> OnlineEngine {
+impl PyEngine {
+    fn from_engine(py: Python<'_>, engine: Engine) -> PyEngine {
         let plan = Arc::clone(engine.plan());
         let names = plan
             .spec
@@ -63,9 +71,11 @@ impl OnlineEngine {
             // cannot fail: str keys, fresh dict
             let _ = template.set_item(n.bind(py), py.None());
         }
-        OnlineEngine {
+        PyEngine {
             rows: RowNames::new(py, &plan),
             inner: engine,
+            poison: Poison::default(),
+            zone: AtomicU8::new(ZONE_UNKNOWN),
             plan,
             names,
             template: template.unbind(),
@@ -128,24 +138,34 @@ impl OnlineEngine {
         }
     }
 
-    /// Whether a dict given to `ingest` is one row (its key field holds a scalar, or is
-    /// missing) rather than a dict of columns (its key field holds a sequence). `key` is the
-    /// dict's key field.
-    fn is_row(key: Option<&Bound<'_, PyAny>>) -> bool {
-        match key {
-            Some(v) => {
-                // the usual scalars first: none of them has a __len__
-                if v.is_exact_instance_of::<PyInt>()
-                    || v.is_instance_of::<PyString>()
-                    || v.is_exact_instance_of::<PyFloat>()
-                    || v.is_none()
-                {
-                    return true;
-                }
-                !v.hasattr(intern!(v.py(), "__len__")).unwrap_or(false)
-            }
-            None => true,
+    /// Refuse times on a clock other than the engine's events' (`what` names the column or
+    /// argument).
+    fn check_zone(&self, z: Zone, what: &str) -> PyResult<()> {
+        let cur = match self.zone.load(Ordering::Acquire) {
+            ZONE_NAIVE => Zone::Naive,
+            ZONE_AWARE => Zone::Aware,
+            _ => return Ok(()),
+        };
+        if z.clash(cur) {
+            let against = format!("this engine's events hold {}", cur.describe());
+            return Err(errors::schema_error(
+                what,
+                convert::zone_clash_message(z, &against),
+            ));
         }
+        Ok(())
+    }
+
+    /// After an ingest that applied: remember the events' clock.
+    fn note_zone(&self, z: Zone) {
+        let v = match z {
+            Zone::Naive => ZONE_NAIVE,
+            Zone::Aware => ZONE_AWARE,
+            Zone::Epoch => return,
+        };
+        let _ = self
+            .zone
+            .compare_exchange(ZONE_UNKNOWN, v, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Features of `key` at `at` into a stack buffer (the heap only past 32 features), then `f`.
@@ -177,8 +197,16 @@ impl OnlineEngine {
         match at {
             None => Ok(now_ns()),
             Some(a) if a.is_none() => Ok(now_ns()),
-            Some(a) => convert::instant(a, self.plan.spec.timestamp_unit.as_deref(), "at").py_err(),
+            Some(a) => self.instant(a, "at"),
         }
+    }
+
+    /// One instant given by the caller (`at=`), on the engine's clock.
+    fn instant(&self, a: &Bound<'_, PyAny>, what: &str) -> PyResult<i64> {
+        let (t, z) =
+            convert::instant_zoned(a, self.plan.spec.timestamp_unit.as_deref(), what).py_err()?;
+        self.check_zone(z, what)?;
+        Ok(t)
     }
 
     fn row_dict<'py>(&self, py: Python<'py>, values: &[f64]) -> PyResult<Bound<'py, PyDict>> {
@@ -196,82 +224,86 @@ impl OnlineEngine {
     }
 }
 
+fn counts(r: Ingested) -> (u64, u64) {
+    (r.accepted, r.late)
+}
+
 #[pymethods]
-impl OnlineEngine {
-    /// `OnlineEngine(feature_set)`: an empty engine for a FeatureSet, `_core.Spec` or JSON text.
+impl PyEngine {
+    /// An empty engine for a validated feature-set document.
     #[new]
-    fn new(py: Python<'_>, spec: &Bound<'_, PyAny>) -> PyResult<OnlineEngine> {
-        let spec_obj = if spec.hasattr("_spec")? {
-            spec.getattr("_spec")?
-        } else {
-            spec.clone()
-        };
-        let plan = if let Ok(s) = spec_obj.cast::<PySpec>() {
-            Arc::clone(&s.get().plan)
-        } else if let Ok(text) = spec_obj.extract::<String>() {
-            Arc::new(Plan::new(Spec::from_json(&text).py_err()?))
-        } else {
-            return Err(pyo3::exceptions::PyTypeError::new_err(
-                "OnlineEngine(spec): expected a FeatureSet or its JSON document",
-            ));
-        };
-        Ok(OnlineEngine::from_engine(py, Engine::new(plan)))
+    fn new(py: Python<'_>, spec: &Bound<'_, PySpec>) -> PyResult<PyEngine> {
+        entry(None, || {
+            Ok(PyEngine::from_engine(
+                py,
+                Engine::new(Arc::clone(&spec.get().plan)),
+            ))
+        })
     }
 
-    /// Ingest events: a row dict, a list of row dicts, or anything `FeatureSet.backfill` takes
-    /// as events (pyarrow, pandas, polars, Parquet paths). Validates the whole input first: on
-    /// error nothing is applied. Returns the number of events accepted (late ones are dropped
-    /// and counted in `stats()`).
-    fn ingest(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<u64> {
-        let rows: Option<Vec<Bound<'_, PyAny>>> = if let Ok(d) = data.cast::<PyDict>() {
-            // (a failed lookup reads as a row: `with_row` looks again and reports it)
-            let key = d.get_item(self.rows.entity.bind(py)).ok().flatten();
-            if Self::is_row(key.as_ref()) {
-                // One row: checked, then applied directly (no batch is built).
-                let r = convert::with_row(&self.plan, &self.rows, d, key, |key, ts, vals| {
-                    let mut meta = self.ingest_guard(py);
-                    self.inner.ingest_one_locked(&mut meta, key, ts, vals)
-                })
-                .py_err()?;
-                return Ok(r.py_err()?.accepted);
-            }
-            None
-        } else if let Ok(list) = data.cast::<PyList>() {
-            if list.is_empty() || list.get_item(0)?.is_instance_of::<PyDict>() {
-                Some(list.iter().collect())
-            } else {
-                None
-            }
-        } else if let Ok(t) = data.cast::<PyTuple>() {
-            if !t.is_empty() && t.get_item(0)?.is_instance_of::<PyDict>() {
-                Some(t.iter().collect())
-            } else {
-                None
-            }
-        } else {
-            None
-        };
-        if let Some(rows) = rows {
-            let events = convert::rows(&self.plan, &self.rows, &rows).py_err()?;
-            let mut meta = self.ingest_guard(py);
-            return Ok(self
-                .inner
-                .ingest_locked(&mut meta, &events)
-                .py_err()?
-                .accepted);
-        }
-        let table = py
-            .import("rtml._io")?
-            .call_method1("events_table", (data, &self.plan.spec.timestamp))?;
-        let table: PyTable = table.extract()?;
-        let (batches, _) = table.into_inner();
-        let plan = Arc::clone(&self.plan);
-        let inner = &self.inner;
-        py.detach(|| {
-            let events = read_events(&plan, &batches)?;
-            inner.ingest(&events).map(|r| r.accepted)
+    /// Ingest one event row (a dict: entity, timestamp and every value column the features
+    /// read). Checked, then applied directly. Returns (accepted, late).
+    fn ingest_row(&self, py: Python<'_>, row: &Bound<'_, PyDict>) -> PyResult<(u64, u64)> {
+        entry(Some(&self.poison), || {
+            let ts_name = &self.plan.spec.timestamp;
+            let r = convert::with_row(&self.plan, &self.rows, row, None, |key, ts, zone, vals| {
+                self.check_zone(zone, ts_name)?;
+                let mut meta = self.ingest_guard(py);
+                let r = self.inner.ingest_one_locked(&mut meta, key, ts, vals).py_err()?;
+                self.note_zone(zone);
+                Ok::<_, PyErr>(r)
+            })
+            .py_err()??;
+            Ok(counts(r))
         })
-        .py_err()
+    }
+
+    /// Ingest event rows given as a list (or tuple) of dicts. Every row is checked first: on
+    /// error nothing is applied. Returns (accepted, late).
+    fn ingest_rows(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<(u64, u64)> {
+        entry(Some(&self.poison), || {
+            let rows: Vec<Bound<'_, PyAny>> = if let Ok(l) = rows.cast::<PyList>() {
+                l.iter().collect()
+            } else if let Ok(t) = rows.cast::<PyTuple>() {
+                t.iter().collect()
+            } else {
+                return Err(pyo3::exceptions::PyTypeError::new_err(
+                    "ingest_rows: expected a list of row dicts",
+                ));
+            };
+            let (events, zone) = convert::rows(&self.plan, &self.rows, &rows).py_err()?;
+            self.check_zone(zone, &self.plan.spec.timestamp)?;
+            let mut meta = self.ingest_guard(py);
+            let r = self.inner.ingest_locked(&mut meta, &events).py_err()?;
+            self.note_zone(zone);
+            Ok(counts(r))
+        })
+    }
+
+    /// Ingest events given as an Arrow table (anything with `__arrow_c_stream__`), GIL
+    /// released. Validated first: on error nothing is applied. Returns (accepted, late).
+    fn ingest_table(&self, py: Python<'_>, table: PyTable) -> PyResult<(u64, u64)> {
+        entry(Some(&self.poison), || {
+            let (batches, schema) = table.into_inner();
+            let ts = &self.plan.spec.timestamp;
+            let zone = schema
+                .field_with_name(ts)
+                .ok()
+                .and_then(|f| Zone::of_arrow(f.data_type()));
+            if let Some(z) = zone {
+                self.check_zone(z, ts)?;
+            }
+            let plan = Arc::clone(&self.plan);
+            let inner = &self.inner;
+            let r = detached(py, || {
+                let events = read_events(&plan, &batches)?;
+                inner.ingest(&events)
+            })?;
+            if let Some(z) = zone {
+                self.note_zone(z);
+            }
+            Ok(counts(r))
+        })
     }
 
     /// Features of one entity at instant `at` (default: now, UTC) as a dict.
@@ -282,7 +314,9 @@ impl OnlineEngine {
         key: &Bound<'py, PyAny>,
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        self.with_features(py, key, at, None, |buf| self.row_dict(py, buf))
+        entry(Some(&self.poison), || {
+            self.with_features(py, key, at, None, |buf| self.row_dict(py, buf))
+        })
     }
 
     /// The model-ready vector for one request: the entity's window features at `at`, plus the
@@ -293,51 +327,31 @@ impl OnlineEngine {
         &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
-        transforms: &Bound<'py, PyAny>,
+        transforms: &Bound<'py, PyTransforms>,
         fields: Option<&Bound<'py, PyAny>>,
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, numpy::PyArray1<f64>>> {
-        let tobj;
-        let tf = match transforms.cast::<PyTransforms>() {
-            Ok(tf) => tf,
-            Err(_) => {
-                let type_err = || {
-                    pyo3::exceptions::PyTypeError::new_err(
-                        "transforms: expected an rtml.Transforms",
+        entry(Some(&self.poison), || {
+            let tf = transforms.get();
+            // Read only the window features the transforms use; if the transforms were refit
+            // between taking that list and applying them (another thread), read all and retry.
+            let slots = super::transforms::row_slots(py, tf, &self.plan);
+            let read = |slots: Option<&Arc<super::transforms::RowSlots>>| {
+                self.with_features(py, key, at, slots.map(|s| s.mask()), |buf| {
+                    super::transforms::vector_with_features(
+                        py, tf, &self.plan, fields, buf, slots,
                     )
-                };
-                // an rtml.Transforms holds its engine object in `_t`
-                tobj = match transforms.getattr(intern!(py, "_t")) {
-                    Ok(o) => o,
-                    Err(e) if e.is_instance_of::<PyAttributeError>(py) => return Err(type_err()),
-                    Err(e) => return Err(e),
-                };
-                tobj.cast::<PyTransforms>().map_err(|_| type_err())?
+                })
+            };
+            match read(Some(&slots))? {
+                Some(v) => Ok(v),
+                None => read(None)?.ok_or_else(|| {
+                    pyo3::exceptions::PyRuntimeError::new_err(
+                        "vector: transforms changed while reading",
+                    )
+                }),
             }
-        };
-        // Read only the window features the transforms use; if the transforms were refit
-        // between taking that list and applying them (another thread), read all and retry.
-        let slots = super::transforms::row_slots(py, tf.get(), &self.plan);
-        let read = |slots: Option<&Arc<super::transforms::RowSlots>>| {
-            self.with_features(py, key, at, slots.map(|s| s.mask()), |buf| {
-                super::transforms::vector_with_features(
-                    py,
-                    tf.get(),
-                    &self.plan,
-                    fields,
-                    buf,
-                    slots,
-                )
-            })
-        };
-        match read(Some(&slots))? {
-            Some(v) => Ok(v),
-            None => read(None)?.ok_or_else(|| {
-                pyo3::exceptions::PyRuntimeError::new_err(
-                    "vector: transforms changed while reading",
-                )
-            }),
-        }
+        })
     }
 
     /// Features of many entities as a pyarrow.Table (key column first). `at` is one instant
@@ -349,118 +363,145 @@ impl OnlineEngine {
         keys: &Bound<'py, PyAny>,
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let entity = &self.plan.spec.entity;
-        let keys: Vec<PyKey> = keys
-            .try_iter()?
-            .map(|k| k.and_then(|k| convert::key(&k, entity).py_err()))
-            .collect::<PyResult<_>>()?;
-        let times: Vec<i64> = match at {
-            Some(a) if a.is_instance_of::<PyList>() || a.is_instance_of::<PyTuple>() => {
-                let ts: Vec<i64> = a
-                    .try_iter()?
-                    .map(|t| {
-                        t.and_then(|t| {
-                            convert::instant(&t, self.plan.spec.timestamp_unit.as_deref(), "at")
-                                .py_err()
-                        })
-                    })
-                    .collect::<PyResult<_>>()?;
-                if ts.len() != keys.len() {
-                    return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                        "at has {} instants for {} keys",
-                        ts.len(),
-                        keys.len()
-                    )));
+        entry(Some(&self.poison), || {
+            let entity = &self.plan.spec.entity;
+            let keys: Vec<PyKey> = keys
+                .try_iter()?
+                .map(|k| k.and_then(|k| convert::key(&k, entity).py_err()))
+                .collect::<PyResult<_>>()?;
+            let times: Vec<i64> = match at {
+                Some(a) if a.is_instance_of::<PyList>() || a.is_instance_of::<PyTuple>() => {
+                    let ts: Vec<i64> = a
+                        .try_iter()?
+                        .map(|t| t.and_then(|t| self.instant(&t, "at")))
+                        .collect::<PyResult<_>>()?;
+                    if ts.len() != keys.len() {
+                        return Err(errors::query_error(format!(
+                            "at: {} instants for {} keys (give one instant, or one per key)",
+                            ts.len(),
+                            keys.len()
+                        )));
+                    }
+                    ts
                 }
-                ts
+                other => vec![self.at(other)?; keys.len()],
+            };
+            let nf = self.plan.n_features();
+            let mut cols = vec![Vec::with_capacity(keys.len()); nf];
+            let mut row = vec![0f64; nf];
+            for (k, &t) in keys.iter().zip(&times) {
+                self.features_at(py, k.as_ref(), t, &mut row, None)?;
+                for (c, v) in cols.iter_mut().zip(&row) {
+                    c.push(*v);
+                }
             }
-            other => vec![self.at(other)?; keys.len()],
-        };
-        let nf = self.plan.n_features();
-        let mut cols = vec![Vec::with_capacity(keys.len()); nf];
-        let mut row = vec![0f64; nf];
-        for (k, &t) in keys.iter().zip(&times) {
-            self.features_at(py, k.as_ref(), t, &mut row, None)?;
-            for (c, v) in cols.iter_mut().zip(&row) {
-                c.push(*v);
-            }
-        }
-        let feature_cols = cols
-            .into_iter()
-            .zip(&self.plan.outputs)
-            .map(|(c, o)| {
+            let key_array: ArrayRef = if keys.iter().all(|k| matches!(k, PyKey::Int(_))) {
+                Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| match k {
+                    PyKey::Int(i) => *i,
+                    PyKey::Str(_) => 0,
+                })))
+            } else {
+                Arc::new(StringArray::from_iter_values(keys.iter().map(
+                    |k| match k {
+                        PyKey::Str(s) => s.clone(),
+                        PyKey::Int(i) => i.to_string(),
+                    },
+                )))
+            };
+            let features = cols.into_iter().zip(&self.plan.outputs).map(|(c, o)| {
                 if o.integer {
-                    FeatureColumn::Int(c.iter().map(|&v| v as i64).collect())
+                    Column::Int(ScalarBuffer::from(
+                        c.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+                    ))
                 } else {
-                    FeatureColumn::Float(c)
+                    Column::Float(ScalarBuffer::from(c), true)
                 }
-            })
-            .collect();
-        let feats = feature_columns_to_batch(&self.plan, feature_cols)?;
-        let key_array: ArrayRef = if keys.iter().all(|k| matches!(k, PyKey::Int(_))) {
-            Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| match k {
-                PyKey::Int(i) => *i,
-                PyKey::Str(_) => 0,
-            })))
-        } else {
-            Arc::new(StringArray::from_iter_values(keys.iter().map(
-                |k| match k {
-                    PyKey::Str(s) => s.clone(),
-                    PyKey::Int(i) => i.to_string(),
-                },
-            )))
-        };
-        let mut fields = vec![Field::new(entity, key_array.data_type().clone(), false)];
-        fields.extend(feats.schema().fields().iter().map(|f| f.as_ref().clone()));
-        let mut arrays = vec![key_array];
-        arrays.extend(feats.columns().iter().cloned());
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
-            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
-        let rb = PyRecordBatch::new(batch).into_pyarrow(py)?;
-        py.import("pyarrow")?
-            .getattr("Table")?
-            .call_method1("from_batches", (vec![rb],))
+            });
+            let names = std::iter::once(entity.as_str())
+                .chain(self.plan.spec.features.iter().map(|f| f.name.as_str()));
+            let columns = names.zip(std::iter::once(Column::Array(key_array)).chain(features));
+            let batch = arrow::batch(columns, keys.len())?;
+            let rb = PyRecordBatch::new(batch).into_pyarrow(py)?;
+            py.import("pyarrow")?
+                .getattr("Table")?
+                .call_method1("from_batches", (vec![rb],))
+        })
+    }
+
+    /// Whether the engine holds state for `key` (an entity seen and not evicted).
+    fn contains(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        entry(Some(&self.poison), || {
+            let k = convert::key_ref(key, &self.plan.spec.entity).py_err()?;
+            if self.inner.check_key_kind(k.is_int()).is_err() {
+                return Ok(false);
+            }
+            Ok(self.shard_read(py, k).contains(k))
+        })
+    }
+
+    /// Number of keys with state (seen and not evicted).
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        entry(Some(&self.poison), || {
+            let engine = &self.inner;
+            Ok(py.detach(|| engine.stats()).keys)
+        })
     }
 
     /// Write the whole state to `path` atomically (temporary file, fsync, rename), checksummed.
     fn snapshot(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let engine = &self.inner;
-        py.detach(|| engine.snapshot(&path)).py_err()
+        entry(Some(&self.poison), || {
+            let engine = &self.inner;
+            detached(py, || engine.snapshot(&path))
+        })
     }
 
     /// Load an engine written by `snapshot`. Raises `rtml.SnapshotError` for a truncated,
     /// corrupted or foreign file.
     #[staticmethod]
-    fn restore(py: Python<'_>, path: PathBuf) -> PyResult<OnlineEngine> {
-        let engine = py.detach(|| Engine::restore(&path)).py_err()?;
-        Ok(OnlineEngine::from_engine(py, engine))
+    fn restore(py: Python<'_>, path: PathBuf) -> PyResult<PyEngine> {
+        entry(None, || {
+            let engine = detached(py, || Engine::restore(&path))?;
+            Ok(PyEngine::from_engine(py, engine))
+        })
     }
 
     /// Counters and sizes: keys, events_ingested, late_events_dropped, keys_evicted,
     /// state_bytes (approximate bytes of per-key state and the key table), watermark (ns or None).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let engine = &self.inner;
-        let s = py.detach(|| engine.stats());
-        let d = PyDict::new(py);
-        d.set_item("keys", s.keys)?;
-        d.set_item("events_ingested", s.counters.events_ingested)?;
-        d.set_item("late_events_dropped", s.counters.late_events_dropped)?;
-        d.set_item("keys_evicted", s.counters.keys_evicted)?;
-        d.set_item("state_bytes", s.state_bytes)?;
-        d.set_item("watermark", s.watermark)?;
-        Ok(d)
+        entry(Some(&self.poison), || {
+            let engine = &self.inner;
+            let s = py.detach(|| engine.stats());
+            let d = PyDict::new(py);
+            d.set_item("keys", s.keys)?;
+            d.set_item("events_ingested", s.counters.events_ingested)?;
+            d.set_item("late_events_dropped", s.counters.late_events_dropped)?;
+            d.set_item("keys_evicted", s.counters.keys_evicted)?;
+            d.set_item("state_bytes", s.state_bytes)?;
+            d.set_item("watermark", s.watermark)?;
+            Ok(d)
+        })
     }
 
     /// Evict keys idle longer than the feature set's ttl now (it also happens during ingest).
-    fn evict_idle(&self, py: Python<'_>) -> usize {
-        let engine = &self.inner;
-        py.detach(|| engine.evict_idle())
+    fn evict_idle(&self, py: Python<'_>) -> PyResult<usize> {
+        entry(Some(&self.poison), || {
+            let engine = &self.inner;
+            Ok(py.detach(|| engine.evict_idle()))
+        })
     }
 
     /// Output column names, in order.
     #[getter]
     fn feature_names(&self) -> Vec<String> {
         self.plan.spec.feature_names()
+    }
+
+    /// The validated feature-set document this engine computes (shares the engine's plan).
+    #[getter]
+    fn spec(&self) -> PySpec {
+        PySpec {
+            plan: Arc::clone(&self.plan),
+        }
     }
 
     /// The feature-set document this engine computes.
@@ -476,20 +517,29 @@ impl OnlineEngine {
         (w != i64::MIN).then_some(w)
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        let engine = &self.inner;
-        let s = py.detach(|| engine.stats());
-        format!(
-            "OnlineEngine(entity={:?}, features={}, keys={}, events_ingested={})",
-            self.plan.spec.entity,
-            self.plan.n_features(),
-            s.keys,
-            s.counters.events_ingested
-        )
+    /// The clock of the events ingested so far: "naive", "aware" or None (no event with a
+    /// datetime yet, or only integer times).
+    #[getter]
+    fn time_zone_kind(&self) -> Option<&'static str> {
+        match self.zone.load(Ordering::Acquire) {
+            ZONE_NAIVE => Some("naive"),
+            ZONE_AWARE => Some("aware"),
+            _ => None,
+        }
     }
-}
 
-#[allow(dead_code)]
-fn _assert_types() {
-    let _ = DataType::Int64;
+    /// Whether a call panicked (the engine then refuses every call).
+    #[getter]
+    fn poisoned(&self) -> bool {
+        self.poison.is_set()
+    }
+
+    /// Test hook (private, always compiled): panic inside the guarded entry path, as a bug in
+    /// the engine would, so the tests can check the poisoning. Never call it otherwise: it
+    /// poisons the engine.
+    fn _panic_for_test(&self) -> PyResult<()> {
+        entry(Some(&self.poison), || -> PyResult<()> {
+            panic!("deliberate panic (rtml test hook)")
+        })
+    }
 }

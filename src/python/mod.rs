@@ -1,5 +1,6 @@
 //! The pyo3 skin: the only place that knows about Python. No engine logic here.
 
+mod arrow;
 mod convert;
 mod engine;
 mod errors;
@@ -7,17 +8,15 @@ mod transforms;
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
-use arrow_buffer::{NullBuffer, ScalarBuffer};
-use arrow_schema::{DataType, Field, Schema};
 use pyo3::prelude::*;
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
 use crate::input::{read_events, read_spine};
-use crate::offline::{backfill, FeatureColumn};
+use crate::offline::backfill;
 use crate::plan::Plan;
 use crate::spec::Spec;
-use errors::IntoPy;
+use convert::Zone;
+use errors::{entry, IntoPy};
 
 /// A validated feature-set document (the engine's side of `rtml.FeatureSet`).
 #[pyclass(frozen, name = "Spec", module = "rtml._core")]
@@ -25,31 +24,28 @@ pub struct PySpec {
     pub(crate) plan: Arc<Plan>,
 }
 
-fn feature_columns_to_batch(plan: &Plan, cols: Vec<FeatureColumn>) -> PyResult<RecordBatch> {
-    let mut fields = Vec::with_capacity(cols.len());
-    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(cols.len());
-    for (f, col) in plan.spec.features.iter().zip(cols) {
-        match col {
-            FeatureColumn::Int(v) => {
-                fields.push(Field::new(&f.name, DataType::Int64, false));
-                arrays.push(Arc::new(Int64Array::new(ScalarBuffer::from(v), None)));
-            }
-            FeatureColumn::Float(v) => {
-                let nulls = NullBuffer::from_iter(v.iter().map(|x| !x.is_nan()));
-                let nulls = (nulls.null_count() > 0).then_some(nulls);
-                fields.push(Field::new(&f.name, DataType::Float64, true));
-                arrays.push(Arc::new(Float64Array::new(ScalarBuffer::from(v), nulls)));
-            }
+/// Refuse a spine whose time column is on another clock than the events' (naive vs tz-aware).
+fn check_zones(
+    events: &arrow_schema::Schema,
+    spine: &arrow_schema::Schema,
+    ev_time: &str,
+    sp_time: &str,
+) -> PyResult<()> {
+    let zone = |s: &arrow_schema::Schema, c: &str| {
+        s.field_with_name(c)
+            .ok()
+            .and_then(|f| Zone::of_arrow(f.data_type()))
+    };
+    if let (Some(e), Some(s)) = (zone(events, ev_time), zone(spine, sp_time)) {
+        if s.clash(e) {
+            let against = format!("the events' column '{ev_time}' holds {}", e.describe());
+            return Err(errors::schema_error(
+                sp_time,
+                format!("spine: {}", convert::zone_clash_message(s, &against)),
+            ));
         }
     }
-    let schema = Arc::new(Schema::new(fields));
-    let n = arrays.first().map(|a| a.len()).unwrap_or(0);
-    RecordBatch::try_new_with_options(
-        schema,
-        arrays,
-        &arrow_array::RecordBatchOptions::new().with_row_count(Some(n)),
-    )
-    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    Ok(())
 }
 
 #[pymethods]
@@ -121,8 +117,32 @@ impl PySpec {
         time: &str,
         progress: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (ev_batches, _) = events.into_inner();
-        let (sp_batches, _) = spine.into_inner();
+        entry(None, || self.backfill_inner(py, events, spine, key, time, progress))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Spec(entity={:?}, features={:?})",
+            self.plan.spec.entity,
+            self.plan.spec.feature_names()
+        )
+    }
+}
+
+impl PySpec {
+    fn backfill_inner<'py>(
+        &self,
+        py: Python<'py>,
+        events: PyTable,
+        spine: PyTable,
+        key: &str,
+        time: &str,
+        progress: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (ev_batches, ev_schema) = events.into_inner();
+        let (sp_batches, sp_schema) = spine.into_inner();
+        check_zones(&ev_schema, &sp_schema, &self.plan.spec.timestamp, time)?;
+        py.check_signals()?;
         let plan = Arc::clone(&self.plan);
         let progress = progress.map(|p| p.unbind());
         let cols = py.detach(|| {
@@ -151,16 +171,11 @@ impl PySpec {
         if let Some(e) = failed {
             return Err(e);
         }
-        let batch = feature_columns_to_batch(&self.plan, result.py_err()?)?;
+        let cols = result.py_err()?;
+        let rows = sp_batches.iter().map(|b| b.num_rows()).sum();
+        let names = self.plan.spec.features.iter().map(|f| f.name.as_str());
+        let batch = arrow::batch(names.zip(cols.into_iter().map(arrow::Column::from)), rows)?;
         PyRecordBatch::new(batch).into_pyarrow(py)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Spec(entity={:?}, features={:?})",
-            self.plan.spec.entity,
-            self.plan.spec.feature_names()
-        )
     }
 }
 
@@ -180,9 +195,10 @@ fn num_threads(py: Python<'_>) -> usize {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySpec>()?;
-    m.add_class::<engine::OnlineEngine>()?;
+    m.add_class::<engine::PyEngine>()?;
     m.add_class::<transforms::PyTransforms>()?;
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
+    m.add_function(wrap_pyfunction!(errors::_init_exceptions, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("SNAPSHOT_VERSION", crate::snapshot::SNAPSHOT_VERSION)?;

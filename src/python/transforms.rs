@@ -3,9 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Float64Array, RecordBatch};
-use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_array::RecordBatch;
+use arrow_buffer::{Buffer, ScalarBuffer};
 use numpy::ndarray::{Array2, ShapeBuilder};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use parking_lot::RwLock;
@@ -13,8 +12,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDate, PyDict, PyFloat, PyInt, PyString};
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
+use super::arrow::{self, Column};
 use super::convert;
-use super::errors::IntoPy;
+use super::errors::{detached, entry, IntoPy};
 use crate::error::Error;
 use crate::plan::Plan;
 use crate::transform::{Dense, Layout, RowValue, Transforms};
@@ -139,46 +139,24 @@ fn dense_to_batch(names: &[String], d: Dense) -> PyResult<RecordBatch> {
     debug_assert_eq!(d.layout, Layout::ColumnMajor);
     let rows = d.rows;
     let buffer = Buffer::from_vec(d.values);
-    let fields: Vec<Field> = names
-        .iter()
-        .map(|n| Field::new(n, DataType::Float64, true))
-        .collect();
-    let arrays: Vec<ArrayRef> = (0..d.cols)
-        .map(|j| {
-            let values = ScalarBuffer::<f64>::new(buffer.clone(), j * rows, rows);
-            let has_null = d.has_null.get(j).copied().unwrap_or(true);
-            let nulls = has_null.then(|| NullBuffer::from_iter(values.iter().map(|x| !x.is_nan())));
-            Arc::new(Float64Array::new(values, nulls)) as ArrayRef
-        })
-        .collect();
-    RecordBatch::try_new_with_options(
-        Arc::new(Schema::new(fields)),
-        arrays,
-        &arrow_array::RecordBatchOptions::new().with_row_count(Some(rows)),
-    )
-    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+    let cols = names.iter().enumerate().take(d.cols).map(|(j, n)| {
+        let values = ScalarBuffer::<f64>::new(buffer.clone(), j * rows, rows);
+        let may_hold_nan = d.has_null.get(j).copied().unwrap_or(true);
+        (n, Column::Float(values, may_hold_nan))
+    });
+    arrow::batch(cols, rows)
 }
 
+/// Columns of the reference driver as a record batch.
 fn to_batch(names: &[String], cols: Vec<Vec<f64>>) -> PyResult<RecordBatch> {
-    let fields: Vec<Field> = names
-        .iter()
-        .map(|n| Field::new(n, DataType::Float64, true))
-        .collect();
-    let arrays: Vec<ArrayRef> = cols
-        .into_iter()
-        .map(|v| {
-            let nulls = NullBuffer::from_iter(v.iter().map(|x| !x.is_nan()));
-            let nulls = (nulls.null_count() > 0).then_some(nulls);
-            Arc::new(Float64Array::new(ScalarBuffer::from(v), nulls)) as ArrayRef
-        })
-        .collect();
-    let n = arrays.first().map(|a| a.len()).unwrap_or(0);
-    RecordBatch::try_new_with_options(
-        Arc::new(Schema::new(fields)),
-        arrays,
-        &arrow_array::RecordBatchOptions::new().with_row_count(Some(n)),
+    let rows = cols.first().map(|c| c.len()).unwrap_or(0);
+    arrow::batch(
+        names
+            .iter()
+            .zip(cols)
+            .map(|(n, c)| (n, Column::Float(ScalarBuffer::from(c), true))),
+        rows,
     )
-    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
 }
 
 /// One input of a request row: a Python object, or a preset (value, is integer).
@@ -356,21 +334,21 @@ pub(crate) fn apply_one(
 impl PyTransforms {
     #[staticmethod]
     fn from_json(text: &str) -> PyResult<PyTransforms> {
-        super::errors::guard(|| Ok(PyTransforms::new(Transforms::from_json(text).py_err()?)))
+        entry(None, || Ok(PyTransforms::new(Transforms::from_json(text).py_err()?)))
     }
 
-    fn to_json(&self) -> String {
-        self.inner.read().to_json()
-    }
-
-    #[getter]
-    fn feature_names(&self) -> Vec<String> {
-        self.inner.read().feature_names()
+    fn to_json(&self) -> PyResult<String> {
+        entry(None, || Ok(self.inner.read().to_json()))
     }
 
     #[getter]
-    fn required_inputs(&self) -> Vec<String> {
-        self.inner.read().required_inputs()
+    fn feature_names(&self) -> PyResult<Vec<String>> {
+        entry(None, || Ok(self.inner.read().feature_names()))
+    }
+
+    #[getter]
+    fn required_inputs(&self) -> PyResult<Vec<String>> {
+        entry(None, || Ok(self.inner.read().required_inputs()))
     }
 
     #[getter]
@@ -380,24 +358,24 @@ impl PyTransforms {
 
     /// Fit unfitted steps on a table (in parallel, GIL released). On error nothing changes.
     fn fit(&self, py: Python<'_>, table: PyTable) -> PyResult<()> {
-        super::errors::guard(|| {
+        entry(None, || {
             let batch = one_batch(table)?;
             let current = self.inner.read().clone();
-            let fitted = py.detach(move || {
+            let fitted = detached(py, move || {
                 let mut t = current;
                 t.fit(&batch).map(|_| t)
-            });
-            self.replace(fitted.py_err()?);
+            })?;
+            self.replace(fitted);
             Ok(())
         })
     }
 
     /// Fit, then return the transformed table with out-of-fold target encodings.
     fn fit_transform<'py>(&self, py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyAny>> {
-        let batch = one_batch(table)?;
-        let current = self.inner.read().clone();
-        let (t, batch) = py
-            .detach(move || -> crate::error::Result<_> {
+        entry(None, || {
+            let batch = one_batch(table)?;
+            let current = self.inner.read().clone();
+            let (t, batch) = detached(py, move || -> crate::error::Result<_> {
                 let mut t = current;
                 if t.has_target_encoding() {
                     // out-of-fold encodings: the reference driver, fitting as it goes
@@ -409,26 +387,26 @@ impl PyTransforms {
                     let d = t.transform_dense(&[batch], Layout::ColumnMajor)?;
                     Ok((t, Ok(d)))
                 }
-            })
-            .py_err()?;
-        let names = t.feature_names();
-        self.replace(t);
-        let batch = match batch {
-            Ok(d) => dense_to_batch(&names, d)?,
-            Err(cols) => to_batch(&names, cols)?,
-        };
-        PyRecordBatch::new(batch).into_pyarrow(py)
+            })?;
+            let names = t.feature_names();
+            self.replace(t);
+            let batch = match batch {
+                Ok(d) => dense_to_batch(&names, d)?,
+                Err(cols) => to_batch(&names, cols)?,
+            };
+            PyRecordBatch::new(batch).into_pyarrow(py)
+        })
     }
 
     /// The table driver: a record batch of float64 columns (GIL released, parallel).
     fn transform<'py>(&self, py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyAny>> {
-        let batches = batches(table);
-        let t = self.inner.read().clone();
-        let names = t.feature_names();
-        let d = py
-            .detach(move || t.transform_dense(&batches, Layout::ColumnMajor))
-            .py_err()?;
-        PyRecordBatch::new(dense_to_batch(&names, d)?).into_pyarrow(py)
+        entry(None, || {
+            let batches = batches(table);
+            let t = self.inner.read().clone();
+            let names = t.feature_names();
+            let d = detached(py, move || t.transform_dense(&batches, Layout::ColumnMajor))?;
+            PyRecordBatch::new(dense_to_batch(&names, d)?).into_pyarrow(py)
+        })
     }
 
     /// The table driver into one 2-D float64 numpy array (rows x feature names, C order by
@@ -440,27 +418,27 @@ impl PyTransforms {
         table: PyTable,
         order: &str,
     ) -> PyResult<Bound<'py, PyArray2<f64>>> {
-        let layout = match order {
-            "C" => Layout::RowMajor,
-            "F" => Layout::ColumnMajor,
-            other => {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "order must be 'C' or 'F', got {other:?}"
-                )))
+        entry(None, || {
+            let layout = match order {
+                "C" => Layout::RowMajor,
+                "F" => Layout::ColumnMajor,
+                other => {
+                    return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                        "order must be 'C' or 'F', got {other:?}"
+                    )))
+                }
+            };
+            let batches = batches(table);
+            let t = self.inner.read().clone();
+            let d = detached(py, move || t.transform_dense(&batches, layout))?;
+            let shape = (d.rows, d.cols);
+            let a = match layout {
+                Layout::RowMajor => Array2::from_shape_vec(shape, d.values),
+                Layout::ColumnMajor => Array2::from_shape_vec(shape.f(), d.values),
             }
-        };
-        let batches = batches(table);
-        let t = self.inner.read().clone();
-        let d = py
-            .detach(move || t.transform_dense(&batches, layout))
-            .py_err()?;
-        let shape = (d.rows, d.cols);
-        let a = match layout {
-            Layout::RowMajor => Array2::from_shape_vec(shape, d.values),
-            Layout::ColumnMajor => Array2::from_shape_vec(shape.f(), d.values),
-        }
-        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
-        Ok(a.into_pyarray(py))
+            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+            Ok(a.into_pyarray(py))
+        })
     }
 
     /// One request row -> dict of outputs (None for null).
@@ -469,7 +447,7 @@ impl PyTransforms {
         py: Python<'py>,
         row: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        super::errors::guard(|| {
+        entry(None, || {
             let t = self.inner.read();
             let vals = apply_one(&t, Some(row), &[])?;
             let out = PyDict::new(py);
@@ -490,7 +468,7 @@ impl PyTransforms {
         py: Python<'py>,
         row: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-        super::errors::guard(|| {
+        entry(None, || {
             let t = self.inner.read();
             Ok(PyArray1::from_vec(py, apply_one(&t, Some(row), &[])?))
         })

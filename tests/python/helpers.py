@@ -111,7 +111,7 @@ def key_type(kind: str):
     return pa.int64() if kind == "int" else pa.string()
 
 
-def time_array(ns_values, mode: str, unit: str, tz=None):
+def time_array(ns_values, mode: str, unit: str, tz="UTC"):
     """Times as an Arrow array.
 
     mode "ts":  timestamp[unit, tz] (values are the UTC instants)
@@ -134,7 +134,7 @@ def time_scalar(ns: int, mode: str, unit: str):
 VALUE_TYPES = {"x": pa.float64(), "n": pa.int64(), "s": pa.string()}
 
 
-def events_table(events, key_kind: str, mode: str, unit: str, tz=None, key="key", ts="ts", columns=("x", "n", "s")):
+def events_table(events, key_kind: str, mode: str, unit: str, tz="UTC", key="key", ts="ts", columns=("x", "n", "s")):
     cols = {
         key: pa.array([e[key] for e in events], type=key_type(key_kind)),
         ts: time_array([e[ts] for e in events], mode, unit, tz),
@@ -155,7 +155,7 @@ def event_rows(events, mode: str, unit: str, key="key", ts="ts", columns=("x", "
     return rows
 
 
-def spine_table(queries, key_kind: str, mode: str, unit: str, tz=None, key="key", ts="ts", extra=True):
+def spine_table(queries, key_kind: str, mode: str, unit: str, tz="UTC", key="key", ts="ts", extra=True):
     cols = {
         key: pa.array([k for k, _ in queries], type=key_type(key_kind)),
         ts: time_array([t for _, t in queries], mode, unit, tz),

@@ -29,7 +29,7 @@ from helpers import (
 )
 from reference import Feat
 
-rtml = pytest.importorskip("rtml")
+import rtml  # noqa: E402  (a broken build must fail the suite, not skip it)
 
 S = NS_PER_UNIT["s"]
 BASE = 1_700_000_000 * S
@@ -477,7 +477,7 @@ def test_spine_passthrough_order_and_custom_names():
     ev = events_table(HAND_EVENTS, "int", "ts", "ns", columns=("x",))
     sp = pa.table({
         "label": pa.array([i % 2 == 0 for i in range(len(HAND_QUERIES))]),
-        "at": pa.array([t for _, t in HAND_QUERIES], pa.timestamp("ns")),
+        "at": pa.array([t for _, t in HAND_QUERIES], pa.timestamp("ns", tz="UTC")),
         "uid": pa.array([k for k, _ in HAND_QUERIES], pa.int64()),
         "note": pa.array([f"n{i}" for i in range(len(HAND_QUERIES))]),
     })
@@ -541,22 +541,25 @@ def test_integer_key_widths_are_widened():
 
 
 def test_pandas_and_polars_inputs():
-    pd = pytest.importorskip("pandas")
-    pl = pytest.importorskip("polars")
+    import pandas as pd
+    import polars as pl
     fs = make_feature_set(HAND_FEATS)
-    ev = events_table(HAND_EVENTS, "int", "ts", "ns", columns=("x",))
-    sp = spine_table(HAND_QUERIES, "int", "ts", "ns", extra=False)
+    ev = events_table(HAND_EVENTS, "int", "ts", "ns", tz=None, columns=("x",))
+    sp = spine_table(HAND_QUERIES, "int", "ts", "ns", tz=None, extra=False)
     want = _feature_columns(fs.backfill(ev, sp), HAND_FEATS)
 
-    # pandas, naive datetime64[ns] (taken as UTC); nullable Float64 keeps the null a null
+    # pandas, naive datetime64[ns] on both sides (taken as UTC); nullable Float64 keeps the
+    # null a null
     to_pd = {"types_mapper": {pa.float64(): pd.Float64Dtype()}.get}
     out = fs.backfill(ev.to_pandas(**to_pd), sp.to_pandas())
     assert isinstance(out, pa.Table)
     assert _feature_columns(out, HAND_FEATS) == want
-    # pandas, tz-aware in another zone: same instants
+    # pandas, tz-aware in another zone against a tz-aware spine: same instants
     pev = ev.to_pandas(**to_pd)
     pev["ts"] = pev["ts"].dt.tz_localize("UTC").dt.tz_convert("Asia/Tokyo")
-    assert _feature_columns(fs.backfill(pev, sp.to_pandas()), HAND_FEATS) == want
+    psp = sp.to_pandas()
+    psp["ts"] = psp["ts"].dt.tz_localize("UTC")
+    assert _feature_columns(fs.backfill(pev, psp), HAND_FEATS) == want
     # polars
     out = fs.backfill(pl.from_arrow(ev), pl.from_arrow(sp))
     assert _feature_columns(out, HAND_FEATS) == want
@@ -566,13 +569,18 @@ def test_pandas_and_polars_inputs():
 
 
 def test_naive_timestamps_are_utc_wall_time():
+    """A pipeline of naive times throughout is read as UTC; naive against aware is refused
+    (docs/api.md, "Times and time zones")."""
     fs = make_feature_set(HAND_FEATS)
     sp = spine_table(HAND_QUERIES, "int", "ts", "ns", extra=False)
-    naive = fs.backfill(events_table(HAND_EVENTS, "int", "ts", "ns", None, columns=("x",)), sp)
+    sp_naive = spine_table(HAND_QUERIES, "int", "ts", "ns", tz=None, extra=False)
+    naive = fs.backfill(events_table(HAND_EVENTS, "int", "ts", "ns", None, columns=("x",)), sp_naive)
     aware = fs.backfill(events_table(HAND_EVENTS, "int", "ts", "ns", "UTC", columns=("x",)), sp)
     other = fs.backfill(events_table(HAND_EVENTS, "int", "ts", "ns", "Pacific/Chatham", columns=("x",)), sp)
     assert _feature_columns(naive, HAND_FEATS) == _feature_columns(aware, HAND_FEATS)
     assert _feature_columns(naive, HAND_FEATS) == _feature_columns(other, HAND_FEATS)
+    with pytest.raises(rtml.SchemaError, match="column 'ts'.*naive"):
+        fs.backfill(events_table(HAND_EVENTS, "int", "ts", "ns", None, columns=("x",)), sp)
 
 
 def test_key_with_no_events_gets_empty_values():
@@ -805,7 +813,7 @@ def test_string_value_encodings_are_equivalent():
 
 
 def test_float16_and_float32_columns():
-    np = pytest.importorskip("numpy")
+    import numpy as np
     ev = pa.table({
         "key": pa.array([1, 1, 1], pa.int64()),
         "ts": pa.array([BASE, BASE + S, BASE + 2 * S], pa.timestamp("ns")),
@@ -864,10 +872,11 @@ def test_chunked_and_sliced_inputs(case, ev_sizes, sp_sizes):
     for batch in _rechunk(events_table(srt, key_kind, mode, unit, tz), ev_sizes).to_batches():
         eng.ingest(batch)
     assert eng.stats()["events_ingested"] == len(events)
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     t_ns = max([e["ts"] for e in events], default=0) + NS_PER_UNIT[unit]
     want = fs.backfill(ev, spine_table([(k, t_ns) for k in keys], key_kind, mode, unit, tz)).to_pylist()
-    at = t_ns // NS_PER_UNIT[unit] if mode == "int" else pd.Timestamp(t_ns, unit="ns")
+    # on the events' clock: naive and tz-aware times never mix (docs/api.md)
+    at = t_ns // NS_PER_UNIT[unit] if mode == "int" else pd.Timestamp(t_ns, unit="ns", tz="UTC" if tz else None)
     for k, w in zip(keys, want):
         got = eng.get(k, at=at)
         for f in feats:
@@ -890,8 +899,8 @@ def test_unused_columns_of_any_type_are_ignored():
     rows = fs.backfill(ev, sp).to_pylist()
     assert [(r["n"], r["s"], r["dk"]) for r in rows] == [(2, 3.0, 1), (1, 3.0, 1)]
     eng = fs.online(history=ev)
-    eng.ingest([{"key": 2, "ts": ns_to_datetime(BASE + S), "x": 4.0, "extra": [1, 2], "obj": object()}])
-    got = eng.get(2, at=ns_to_datetime(BASE + 2 * S))
+    eng.ingest([{"key": 2, "ts": ns_to_datetime(BASE + S, tz=None), "x": 4.0, "extra": [1, 2], "obj": object()}])
+    got = eng.get(2, at=ns_to_datetime(BASE + 2 * S, tz=None))
     assert (got["n"], got["s"], got["dk"]) == (2, 7.0, 1)
 
 
@@ -907,9 +916,9 @@ def test_uint64_values_beyond_int64_are_read_as_float64():
     want = {"s": math.fsum(float(v) for v in vals), "mx": float(2**64 - 1)}
     row = fs.backfill(ev, sp).to_pylist()[0]
     assert (row["s"], row["mx"]) == (want["s"], want["mx"])
-    at = ns_to_datetime(BASE + 10 * S)
+    at = ns_to_datetime(BASE + 10 * S, tz=None)  # naive, as the events' timestamp[ns]
     got_table = fs.online(history=ev).get(1, at=at)
     eng = fs.online()
-    eng.ingest([{"k": 1, "ts": ns_to_datetime(BASE + i * S), "v": v} for i, v in enumerate(vals)])
+    eng.ingest([{"k": 1, "ts": ns_to_datetime(BASE + i * S, tz=None), "v": v} for i, v in enumerate(vals)])
     got_rows = eng.get(1, at=at)
     assert got_table == got_rows == want

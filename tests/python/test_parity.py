@@ -29,7 +29,7 @@ from helpers import (
 )
 from reference import Feat
 
-rtml = pytest.importorskip("rtml")
+import rtml  # noqa: E402  (a broken build must fail the suite, not skip it)
 
 S = NS_PER_UNIT["s"]
 BASE = 1_700_000_000 * S
@@ -319,20 +319,28 @@ def test_online_history_equals_ingest():
         assert not _diff(e2.get(k, at=ns_to_datetime(t)), w, fs.feature_names)
 
 
-def test_at_accepts_naive_and_aware_datetimes():
+def test_at_accepts_aware_datetimes_in_any_zone_and_refuses_naive_ones():
+    """Against tz-aware events, `at` may be in any zone (same instant, same answer); a naive
+    `at` is refused (it would be read as UTC: docs/api.md, "Times and time zones"). Against
+    naive events, a naive `at` is the same UTC wall time."""
     fs = make_feature_set([Feat("count", None, 10 * S, name="n"), Feat("time_since_last", None, None, name="tsl")])
+    evs = [{"key": 1, "ts": BASE + i * S, "x": 1.0} for i in range(20)]
     eng = fs.online()
-    eng.ingest(events_table([{"key": 1, "ts": BASE + i * S, "x": 1.0} for i in range(20)], "int", "ts", "ns",
-                            columns=("x",)))
+    eng.ingest(events_table(evs, "int", "ts", "ns", columns=("x",)))
     import datetime as dt
 
     t = BASE + 25 * S + 500_000_000
     aware = ns_to_datetime(t)
     naive = ns_to_datetime(t, tz=None)
     tokyo = aware.astimezone(dt.timezone(dt.timedelta(hours=9)))
-    a, b, c = (eng.get(1, at=x) for x in (aware, naive, tokyo))
-    assert a == b == c
+    a, c = (eng.get(1, at=x) for x in (aware, tokyo))
+    assert a == c
     assert a["n"] == 4 and a["tsl"] == pytest.approx(6.5, rel=1e-12)
+    with pytest.raises(rtml.SchemaError, match="at"):
+        eng.get(1, at=naive)
+    naive_eng = fs.online()
+    naive_eng.ingest(events_table(evs, "int", "ts", "ns", tz=None, columns=("x",)))
+    assert naive_eng.get(1, at=naive) == a
 
 
 INGEST_FORMS = ["table", "batches", "reader", "pandas", "polars", "parquet", "parquet_list", "rows", "row_by_row",
@@ -343,8 +351,8 @@ INGEST_FORMS = ["table", "batches", "reader", "pandas", "polars", "parquet", "pa
 def test_ingest_forms_are_equivalent(form, tmp_path):
     """Every input form of docs/api.md ("pyarrow Table / RecordBatch(Reader), pandas, polars,
     Parquet path(s), a dict of columns, a list of row dicts, or one row dict") ingests the same."""
-    pd = pytest.importorskip("pandas")
-    pl = pytest.importorskip("polars")
+    import pandas as pd
+    import polars as pl
     import pyarrow.parquet as pq
 
     events = [{"key": i % 3, "ts": BASE + i * S, "x": float(i) if i % 4 else None} for i in range(30)]
@@ -435,8 +443,8 @@ def test_parity_with_ttl_on_windowed_features(case):
 
 def test_nanosecond_precision_of_at_and_row_times():
     """pandas / NumPy instants keep their nanoseconds, in get(at=) and in row dicts."""
-    np = pytest.importorskip("numpy")
-    pd = pytest.importorskip("pandas")
+    import numpy as np
+    import pandas as pd
     feats = [Feat("count", None, 10, name="c"), Feat("time_since_last", None, None, name="tsl"),
              Feat("sum", "x", 7, name="s7")]
     fs = make_feature_set(feats)
@@ -445,16 +453,26 @@ def test_nanosecond_precision_of_at_and_row_times():
     want = fs.backfill(events_table(events, "int", "ts", "ns", columns=("x",)),
                        spine_table([(1, t)], "int", "ts", "ns", extra=False)).to_pylist()[0]
     assert want["c"] == 3 and want["s7"] == 27.0 + 24.0
-    engines = {"table": fs.online(history=events_table(events, "int", "ts", "ns", columns=("x",)))}
+    # naive and tz-aware times never mix (docs/api.md): each engine is asked on its own clock
+    engines = {
+        "table naive": fs.online(history=events_table(events, "int", "ts", "ns", tz=None, columns=("x",))),
+        "table aware": fs.online(history=events_table(events, "int", "ts", "ns", columns=("x",))),
+    }
     for name, conv in {"pd.Timestamp": lambda ns: pd.Timestamp(ns, unit="ns"),
+                       "pd.Timestamp aware": lambda ns: pd.Timestamp(ns, unit="ns", tz="UTC"),
                        "np.datetime64": lambda ns: np.datetime64(ns, "ns")}.items():
         eng = fs.online()
         eng.ingest([{"key": 1, "ts": conv(e["ts"]), "x": e["x"]} for e in events])
         engines[name] = eng
+    naive_at = {"np": np.datetime64(t, "ns"), "pd": pd.Timestamp(t, unit="ns")}
+    aware_at = {"pd_utc": pd.Timestamp(t, unit="ns", tz="UTC")}
     for ename, eng in engines.items():
-        for aname, at in {"np": np.datetime64(t, "ns"), "pd": pd.Timestamp(t, unit="ns"),
-                          "pd_utc": pd.Timestamp(t, unit="ns", tz="UTC")}.items():
+        ats, refused = (aware_at, naive_at) if "aware" in ename else (naive_at, aware_at)
+        for aname, at in ats.items():
             assert not _diff(eng.get(1, at=at), want, fs.feature_names), (ename, aname)
+        for aname, at in refused.items():
+            with pytest.raises(rtml.SchemaError, match="at"):
+                eng.get(1, at=at)
 
 
 def test_key_kind_is_fixed_per_engine():
@@ -487,7 +505,7 @@ def test_online_history_any_order_and_form(form):
     and every answer equals backfill."""
     import random
 
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     events = [{"key": i % 4, "ts": BASE + (i * 7919 % 101) * S, "x": float(i % 13) - 6.0} for i in range(120)]
     random.Random(3).shuffle(events)
     feats = [Feat("sum", "x", 10 * S, name="s"), Feat("last", "x", None, name="l"),

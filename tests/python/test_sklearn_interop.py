@@ -8,7 +8,7 @@ import pytest
 
 import rtml
 
-sklearn = pytest.importorskip("sklearn")
+import sklearn  # noqa: E402
 from sklearn.compose import ColumnTransformer  # noqa: E402
 from sklearn.impute import SimpleImputer  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402

@@ -55,16 +55,16 @@ from transform_helpers import (
     xxh3_64_reference,
 )
 
-rtml = pytest.importorskip("rtml")
-if not hasattr(rtml, "Transforms"):
-    pytest.skip("rtml.Transforms is not implemented yet", allow_module_level=True)
+import rtml  # noqa: E402  (a broken build must fail the suite, not skip it)
 
 RTOL = 1e-12  # statistic-based outputs vs scikit-learn / numpy (see module docstring)
 ATOL = 1e-12
 
 
 def _sk():
-    return pytest.importorskip("sklearn")
+    import sklearn
+
+    return sklearn
 
 
 def _fit(steps, table):
@@ -217,10 +217,10 @@ def test_input_forms_give_identical_results(form):
         }
     )
     if form == "pandas":
-        pd = pytest.importorskip("pandas")
+        import pandas as pd
         other = pd.DataFrame(data)
     elif form == "polars":
-        pl = pytest.importorskip("polars")
+        import polars as pl
         other = pl.from_arrow(tbl)
     else:
         other = data
@@ -400,8 +400,8 @@ def test_hash_bucket_values_and_stability(n):
         assert same_bits(one[f"s_hash{n}"], cols[f"s_hash{n}"][i])
         assert same_bits(one[f"k_hash{n}"], cols[f"k_hash{n}"][i])
     h = xxh3_64_reference()
-    if h is None:
-        pytest.skip("no independent xxh3_64 implementation (pip install xxhash) to check bucket values")
+    # the check must run: `xxhash` is in the test extra (a missing one is a broken environment)
+    assert h is not None, "no independent xxh3_64 implementation: pip install xxhash (test extra)"
     for name, vals in ((f"s_hash{n}", strs), (f"k_hash{n}", ints)):
         want = [None if v is None else float(h(str(v).encode("utf-8")) % n) for v in vals]
         assert_exact(cols[name], want, name)
@@ -1510,7 +1510,5 @@ def test_hand_edited_fitted_state_of_wrong_type():
 
 def test_from_json_of_non_string_is_an_error_not_a_panic():
     for bad in (None, 5, b"\xff"):
-        try:
+        with pytest.raises(TypeError):
             rtml.Transforms.from_json(bad)
-        except (rtml.RtmlError, TypeError):
-            pass

@@ -1,0 +1,278 @@
+"""`rtml.OnlineEngine`: the online feature engine, a thin Python layer over `rtml._core.Engine`.
+
+This layer turns whatever the caller has into one of the engine's typed inputs (a row dict, a
+list of row dicts, an Arrow table, a `_core.Transforms`), and adds what belongs to Python:
+warnings, `in` / `len`, ISO 8601 times, a readable repr. The compiled engine never reads the
+package's private attributes nor calls back into it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import warnings
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+
+from . import _core, _io
+from .exceptions import LateEventsWarning, SnapshotError
+
+if TYPE_CHECKING:
+    from .features import FeatureSet
+    from .transforms import Transforms
+
+__all__ = ["OnlineEngine", "LATE_WARNING_SHARE"]
+
+#: `ingest` warns (`rtml.LateEventsWarning`, once per engine) when one call drops more than this
+#: share of its events as late.
+LATE_WARNING_SHARE = 0.10
+
+Key = Union[int, str]
+#: datetime / pandas.Timestamp / numpy.datetime64 / date / ISO 8601 str, or an int in the feature
+#: set's `timestamp_unit`. Naive and tz-aware times never mix (docs/api.md, "Times").
+Instant = Union[_dt.datetime, _dt.date, np.datetime64, str, int]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def iso_ns(ns: Optional[int]) -> Optional[str]:
+    """An int of nanoseconds since the epoch as ISO 8601 UTC text (None stays None).
+
+    >>> iso_ns(1_700_000_000_123_456_789)
+    '2023-11-14T22:13:20.123456789+00:00'
+    >>> iso_ns(0)
+    '1970-01-01T00:00:00+00:00'
+    """
+    if ns is None:
+        return None
+    seconds, rest = divmod(ns, 1_000_000_000)
+    t = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(seconds=seconds)
+    text = t.strftime("%Y-%m-%dT%H:%M:%S")
+    if rest:
+        text += f".{rest // 1000:06d}" if rest % 1000 == 0 else f".{rest:09d}"
+    return text + "+00:00"
+
+
+def _spec_of(feature_set: Any) -> _core.Spec:
+    """The typed engine document of a FeatureSet, a `_core.Spec` or a JSON document."""
+    from .features import FeatureSet
+
+    if isinstance(feature_set, FeatureSet):
+        return feature_set._spec
+    if isinstance(feature_set, _core.Spec):
+        return feature_set
+    if isinstance(feature_set, str):
+        return _core.Spec.from_json(feature_set)
+    raise TypeError(
+        "OnlineEngine(feature_set): expected an rtml.FeatureSet or its JSON document, "
+        f"got {type(feature_set).__name__}"
+    )
+
+
+def _is_scalar(value: Any) -> bool:
+    """Whether a dict's key field holds one value (a row) rather than a column."""
+    return value is None or isinstance(value, (int, str, float)) or not hasattr(value, "__len__")
+
+
+class OnlineEngine:
+    """The online feature engine: ingest a live event stream, read features at request time.
+
+    Create one with ``FeatureSet.online()``, ``OnlineEngine(feature_set)`` or
+    ``OnlineEngine.restore(path, feature_set=fs)``. Safe to share between threads: reads run
+    concurrently with each other and with an ingest.
+
+    >>> import datetime as dt, rtml
+    >>> fs = rtml.FeatureSet(entity="driver", timestamp="ts",
+    ...                      features=[rtml.count(window="1h", name="n")])
+    >>> eng = rtml.OnlineEngine(fs)
+    >>> t0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+    >>> eng.ingest({"driver": 7, "ts": t0})
+    1
+    >>> eng.get(7, at=t0 + dt.timedelta(minutes=5))
+    {'n': 1}
+    >>> 7 in eng, 8 in eng, len(eng)
+    (True, False, 1)
+    """
+
+    __slots__ = ("_engine", "_spec", "_warned_late", "__weakref__")
+
+    def __init__(self, feature_set: Union["FeatureSet", str]) -> None:
+        self._engine = _core.Engine(_spec_of(feature_set))
+        self._spec = self._engine.spec
+        self._warned_late = False
+
+    @classmethod
+    def _wrap(cls, engine: _core.Engine) -> "OnlineEngine":
+        self = cls.__new__(cls)
+        self._engine = engine
+        self._spec = engine.spec
+        self._warned_late = False
+        return self
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(self, data: Any) -> int:
+        """Ingest events; returns the number accepted.
+
+        `data`: one row dict (``{entity: key, timestamp: time, column: value, ...}``), a list of
+        row dicts, a dict of columns, or anything ``FeatureSet.backfill`` takes as events
+        (pyarrow, pandas, polars, Parquet / CSV / Feather paths). The whole input is validated
+        first: on error (``rtml.SchemaError`` naming the column) nothing is applied.
+
+        Events older than the watermark minus ``allowed_lateness`` are dropped as late and
+        counted in ``stats()["late_events_dropped"]``. When one call drops more than
+        ``LATE_WARNING_SHARE`` (10%) of its events, the first such call warns with
+        ``rtml.LateEventsWarning`` (once per engine): usually a table not in time order.
+
+        Times: naive and tz-aware times never mix; the first ingested datetimes fix the
+        engine's clock (see docs/api.md, "Times").
+
+        >>> import rtml
+        >>> fs = rtml.FeatureSet(entity="k", timestamp="ts", timestamp_unit="s",
+        ...                      features=[rtml.sum("x", window="1h")])
+        >>> eng = fs.online()
+        >>> eng.ingest([{"k": "a", "ts": 10, "x": 1.5}, {"k": "a", "ts": 20, "x": None}])
+        2
+        >>> eng.ingest({"k": ["a", "b"], "ts": [30, 40], "x": [2.0, 3.0]})
+        2
+        """
+        engine = self._engine
+        if isinstance(data, dict) and _is_scalar(data.get(self._spec.entity)):
+            accepted, late = engine.ingest_row(data)
+        elif isinstance(data, (list, tuple)) and (not data or isinstance(data[0], dict)):
+            accepted, late = engine.ingest_rows(data)
+        else:
+            accepted, late = engine.ingest_table(_io.events_table(data, self._spec.timestamp))
+        if late and not self._warned_late and late > LATE_WARNING_SHARE * (accepted + late):
+            self._warned_late = True
+            warnings.warn(
+                f"OnlineEngine.ingest dropped {late} of {accepted + late} events as late (older "
+                "than the watermark minus allowed_lateness): an input not in time order? Sort a "
+                "table by its timestamp column before ingesting it, or raise allowed_lateness. "
+                "Late events are counted in stats()['late_events_dropped']; this warning is "
+                "issued once per engine.",
+                LateEventsWarning,
+                stacklevel=2,
+            )
+        return accepted
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: Key, at: Optional[Instant] = None) -> dict[str, Any]:
+        """All features of one entity at instant `at` (default: now) as a dict (None = null).
+
+        An unknown key gets the empty-history values (0 for counts, None for a mean); tell it
+        apart from a known key with ``key in eng``. Raises ``rtml.QueryError`` for an `at` the
+        state cannot answer exactly, ``rtml.SchemaError`` for a key or `at` of the wrong kind
+        (a naive `at` against tz-aware events, or the reverse).
+        """
+        return self._engine.get(key, at)
+
+    def get_many(
+        self, keys: Iterable[Key], at: Union[Instant, Sequence[Instant], None] = None
+    ) -> pa.Table:
+        """Features of many entities as a pyarrow.Table: the key column, then the features.
+
+        `at`: one instant for all keys, or a list / tuple with one instant per key (another
+        length raises ``rtml.QueryError``).
+        """
+        return self._engine.get_many(keys, at)
+
+    def vector(
+        self,
+        key: Key,
+        transforms: Union["Transforms", _core.Transforms],
+        fields: Optional[dict[str, Any]] = None,
+        at: Optional[Instant] = None,
+    ) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """The model-ready float64 vector for one request: the entity's window features at
+        `at`, plus the request-time `fields`, through the fitted `transforms`, in
+        ``transforms.feature_names`` order (NaN = null)."""
+        core = getattr(transforms, "_t", transforms)
+        if not isinstance(core, _core.Transforms):
+            raise TypeError(f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}")
+        return self._engine.vector(key, core, fields, at)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether the engine holds state for `key` (seen, and not evicted by ttl)."""
+        return self._engine.contains(key)
+
+    def __len__(self) -> int:
+        """Number of keys with state (seen, and not evicted by ttl)."""
+        return len(self._engine)
+
+    # ------------------------------------------------------------------ state
+
+    def snapshot(self, path: PathLike) -> None:
+        """Write the whole state to `path` atomically (temporary file, fsync, rename), with a
+        checksum."""
+        self._engine.snapshot(path)
+
+    @classmethod
+    def restore(cls, path: PathLike, *, feature_set: Optional["FeatureSet"] = None) -> "OnlineEngine":
+        """Load an engine written by ``snapshot``. Raises ``rtml.SnapshotError`` for a truncated,
+        corrupted or foreign file, and, when `feature_set` is given, for a snapshot written for
+        another feature set (the message names the fields that differ).
+
+        The engine's clock (naive or tz-aware times) is not part of a snapshot: the first times
+        given after a restore fix it again.
+        """
+        engine = cls._wrap(_core.Engine.restore(path))
+        if feature_set is not None:
+            want = _spec_of(feature_set).to_json()
+            got = engine._spec.to_json()
+            if want != got:
+                a, b = json.loads(got), json.loads(want)
+                fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                raise SnapshotError(
+                    f"{os.fspath(path)}: written for another feature set (differs in: "
+                    f"{', '.join(fields)}); snapshot: {got}; expected: {want}"
+                )
+        return engine
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and sizes: ``keys``, ``events_ingested``, ``late_events_dropped``,
+        ``keys_evicted``, ``state_bytes`` (approximate), ``watermark`` (int ns since the epoch,
+        or None before any event) and ``watermark_iso`` (the same as ISO 8601 UTC text)."""
+        s: dict[str, Any] = self._engine.stats()
+        s["watermark_iso"] = iso_ns(s["watermark"])
+        return s
+
+    def evict_idle(self) -> int:
+        """Evict keys idle longer than the feature set's ttl now (it also happens during
+        ingest); returns how many."""
+        return self._engine.evict_idle()
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Output feature names, in order."""
+        return self._engine.feature_names
+
+    @property
+    def spec_json(self) -> str:
+        """The feature-set document this engine computes."""
+        return self._engine.spec_json
+
+    @property
+    def feature_set(self) -> "FeatureSet":
+        """The FeatureSet this engine computes."""
+        from .features import FeatureSet
+
+        return FeatureSet.from_json(self._engine.spec_json)
+
+    @property
+    def watermark(self) -> Optional[int]:
+        """Largest event time seen, as int nanoseconds since the epoch (None before any event)."""
+        return self._engine.watermark
+
+    def __repr__(self) -> str:
+        doc = json.loads(self._engine.spec_json)
+        s = self._engine.stats()
+        return (
+            f"OnlineEngine(entity={doc['entity']!r}, features={self._engine.feature_names!r}, "
+            f"allowed_lateness={doc.get('allowed_lateness')!r}, ttl={doc.get('ttl')!r}, "
+            f"keys={s['keys']}, events_ingested={s['events_ingested']}, "
+            f"watermark={iso_ns(s['watermark'])!r})"
+        )

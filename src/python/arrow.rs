@@ -1,0 +1,66 @@
+//! Engine output -> Arrow: the one builder of record batches handed to Python.
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, RecordBatchOptions};
+use arrow_buffer::{NullBuffer, ScalarBuffer};
+use arrow_schema::{DataType, Field, Schema};
+use pyo3::prelude::*;
+
+use crate::offline::FeatureColumn;
+
+/// One output column.
+pub(crate) enum Column {
+    /// int64, never null.
+    Int(ScalarBuffer<i64>),
+    /// float64 where NaN means null. `may_hold_nan: false` when the producer knows there is no
+    /// NaN (no scan, no validity bitmap).
+    Float(ScalarBuffer<f64>, bool),
+    /// Any ready-made array (e.g. the key column of `get_many`), never null.
+    Array(ArrayRef),
+}
+
+impl From<FeatureColumn> for Column {
+    fn from(c: FeatureColumn) -> Column {
+        match c {
+            FeatureColumn::Int(v) => Column::Int(ScalarBuffer::from(v)),
+            FeatureColumn::Float(v) => Column::Float(ScalarBuffer::from(v), true),
+        }
+    }
+}
+
+/// A record batch of `rows` rows from named columns. Float columns get a validity bitmap
+/// (null where NaN) only when they hold a NaN.
+pub(crate) fn batch<S: AsRef<str>>(
+    columns: impl IntoIterator<Item = (S, Column)>,
+    rows: usize,
+) -> PyResult<RecordBatch> {
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (name, col) in columns {
+        let name = name.as_ref();
+        match col {
+            Column::Int(v) => {
+                fields.push(Field::new(name, DataType::Int64, false));
+                arrays.push(Arc::new(Int64Array::new(v, None)));
+            }
+            Column::Float(v, may_hold_nan) => {
+                let nulls = may_hold_nan
+                    .then(|| NullBuffer::from_iter(v.iter().map(|x| !x.is_nan())))
+                    .filter(|n| n.null_count() > 0);
+                fields.push(Field::new(name, DataType::Float64, true));
+                arrays.push(Arc::new(Float64Array::new(v, nulls)));
+            }
+            Column::Array(a) => {
+                fields.push(Field::new(name, a.data_type().clone(), a.null_count() > 0));
+                arrays.push(a);
+            }
+        }
+    }
+    RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        arrays,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))
+}
