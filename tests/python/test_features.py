@@ -550,15 +550,15 @@ def test_pandas_and_polars_inputs():
 
     # pandas, naive datetime64[ns] (taken as UTC); nullable Float64 keeps the null a null
     to_pd = {"types_mapper": {pa.float64(): pd.Float64Dtype()}.get}
-    out = fs.backfill(ev.to_pandas(**to_pd), sp.to_pandas())
+    out = fs.backfill(ev.to_pandas(**to_pd), sp.to_pandas(), output="arrow")
     assert isinstance(out, pa.Table)
     assert _feature_columns(out, HAND_FEATS) == want
     # pandas, tz-aware in another zone: same instants
     pev = ev.to_pandas(**to_pd)
     pev["ts"] = pev["ts"].dt.tz_localize("UTC").dt.tz_convert("Asia/Tokyo")
-    assert _feature_columns(fs.backfill(pev, sp.to_pandas()), HAND_FEATS) == want
+    assert _feature_columns(fs.backfill(pev, sp.to_pandas(), output="arrow"), HAND_FEATS) == want
     # polars
-    out = fs.backfill(pl.from_arrow(ev), pl.from_arrow(sp))
+    out = fs.backfill(pl.from_arrow(ev), pl.from_arrow(sp), output="arrow")
     assert _feature_columns(out, HAND_FEATS) == want
     # RecordBatch
     out = fs.backfill(ev.to_batches()[0], sp.to_batches()[0])
