@@ -109,8 +109,6 @@ def _format_ns(ns: int) -> str:
 
 def _parse_duration_text(text: str, field: str) -> str:
     s = text.strip()
-    if _CANONICAL.fullmatch(s):
-        return s  # already the engine's spelling: leave the document as written
     if not s:
         raise SpecError(f"{field}: invalid duration {text!r}: empty ({_HINT})")
     if s.startswith("-"):
@@ -145,6 +143,8 @@ def _parse_duration_text(text: str, field: str) -> str:
         )
     if total <= 0:
         raise SpecError(f"{field}: invalid duration {text!r}: must be positive")
+    if _CANONICAL.fullmatch(s):
+        return s  # already the engine's spelling: leave the document as written
     return _format_ns(int(total))
 
 
@@ -499,10 +499,12 @@ def _check_time_column(table: pa.Table, column: str, what: str) -> None:
 
 
 def _decimals_to_float(table: pa.Table) -> pa.Table:
-    """Decimal columns cast to float64 (nearest double), as documented in docs/api.md."""
+    """Decimal columns as float64: each value the nearest double (correctly rounded, as
+    ``float(Decimal)``; Arrow's direct decimal cast can be an ulp off). Documented in docs/api.md."""
     for i, f in enumerate(table.schema):
         if pa.types.is_decimal(f.type):
-            table = table.set_column(i, pa.field(f.name, pa.float64()), table.column(i).cast(pa.float64()))
+            col = table.column(i).cast(pa.string()).cast(pa.float64())
+            table = table.set_column(i, pa.field(f.name, pa.float64(), f.nullable), col)
     return table
 
 

@@ -121,6 +121,9 @@ class Step:
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Step, (self.op, self.column, self.name, dict(self.params)))
+
     def to_dict(self) -> dict[str, Any]:
         """The step as it appears in a Transforms document.
 
@@ -923,7 +926,7 @@ def from_sklearn(column_transformer: Any, *, target: Optional[str] = None) -> Tr
 
     * ``StandardScaler()``, ``MinMaxScaler()`` (``feature_range=(0, 1)``, ``clip=False``),
       ``RobustScaler()`` (``quantile_range=(25, 75)``, ``unit_variance=False``);
-    * ``SimpleImputer`` with ``missing_values`` NaN / None, ``strategy`` mean / median /
+    * ``SimpleImputer`` with ``missing_values=np.nan``, ``strategy`` mean / median /
       most_frequent / constant (numeric ``fill_value``), ``add_indicator=False``;
     * ``OneHotEncoder`` with ``categories="auto"``, ``drop=None``, integer ``min_frequency``,
       ``max_categories``, any ``handle_unknown`` (see below), ``sparse_output`` (rtml's output
@@ -932,8 +935,8 @@ def from_sklearn(column_transformer: Any, *, target: Optional[str] = None) -> Tr
       ``encoded_missing_value=nan``, integer ``min_frequency``, ``max_categories``;
     * ``KBinsDiscretizer(strategy="quantile", encode="ordinal", quantile_method="linear",
       subsample=None)`` (``n_bins`` an int or one per column);
-    * ``TargetEncoder(target_type="continuous", smooth=<number>, shuffle=False)`` with an
-      integer ``cv`` or ``KFold(shuffle=False)``; pass ``target=`` (the label column);
+    * ``TargetEncoder(target_type="continuous", smooth=<number>, cv=KFold(n, shuffle=False))``
+      (or an integer ``cv`` with ``shuffle=False``); pass ``target=`` (the label column);
     * ``FunctionTransformer(numpy.log1p)``; ``"passthrough"`` and ``"drop"``;
     * ``ColumnTransformer`` with ``remainder="drop"``, or ``remainder="passthrough"`` once it
       is fitted (the remainder columns are then known), and no ``transformer_weights``.
@@ -949,7 +952,9 @@ def from_sklearn(column_transformer: Any, *, target: Optional[str] = None) -> Tr
     to 1 instead of raising (``handle_unknown="error"``) or giving all zeros (``"ignore"``); an
     unseen category under ``OrdinalEncoder(handle_unknown="error")`` gets ``len(categories)``
     instead of raising; a missing category value gives null (scikit-learn treats NaN / None as
-    a category of its own); ``log1p`` of x <= -1 is null (numpy: -inf / NaN).
+    a category of its own); ``log1p`` of x <= -1 is null (numpy: -inf / NaN); a value exactly on
+    a quantile bin edge: rtml computes the edges exactly, scikit-learn's float percentile can be
+    one ulp off (so its bin for that one value can differ).
 
     >>> import rtml
     >>> from sklearn.compose import ColumnTransformer
@@ -1057,8 +1062,7 @@ def _step_from_sklearn(est: Any, col: str, j: int, target: Optional[str], where0
         need("unit_variance", False, "use unit_variance=False")
         return robust_scale(col)
     if kind == "SimpleImputer":
-        need("missing_values", lambda v: v is None or _is_nan(v) or type(v).__name__ == "NAType",
-             "rtml imputes nulls (NaN / None)")
+        need("missing_values", _is_nan, "rtml imputes nulls (NaN in pandas): use missing_values=np.nan")
         need("add_indicator", False, "add rtml.is_null(column) before the imputer instead")
         strategy = p.get("strategy", "mean")
         if strategy not in ("mean", "median", "most_frequent", "constant"):
@@ -1103,9 +1107,11 @@ def _step_from_sklearn(est: Any, col: str, j: int, target: Optional[str], where0
         smooth = p.get("smooth", "auto")
         if isinstance(smooth, str) or isinstance(smooth, bool):
             raise _refuse(where, "smooth", smooth, "has no rtml equivalent; pass a number")
-        need("shuffle", False, "rtml's out-of-fold encoding uses contiguous folds: use shuffle=False")
         cv = p.get("cv", 5)
-        if isinstance(cv, bool) or not isinstance(cv, int):
+        if isinstance(cv, int) and not isinstance(cv, bool):
+            # an int cv folds with KFold(shuffle=shuffle); a splitter object ignores `shuffle`
+            need("shuffle", False, f"rtml's out-of-fold encoding uses contiguous folds: pass cv=KFold({cv}, shuffle=False)")
+        else:
             if type(cv).__name__ == "KFold" and not cv.shuffle:
                 cv = int(cv.n_splits)
             else:
