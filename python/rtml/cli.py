@@ -138,7 +138,12 @@ def read_table(path: str, time_columns: Sequence[str] = ()) -> pa.Table:
 
 def _read_all(paths: Sequence[str], time_columns: Sequence[str]) -> Any:
     tables = [read_table(x, time_columns) for x in paths]
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+    if len(tables) == 1:
+        return tables[0]
+    try:  # permissive: timestamps of different units, int32 with int64 ... meet in the wider type
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as e:
+        raise CliError(f"{' + '.join(paths)}: the files do not share a schema: {e}") from None
 
 
 def _backfill(args: argparse.Namespace) -> int:
