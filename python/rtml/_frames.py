@@ -13,13 +13,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import pyarrow as pa
 
 from .exceptions import SchemaError
 
-__all__ = ["Output", "TableKind", "kind_of", "prepare", "resolve_output", "deliver"]
+__all__ = ["Output", "TableKind", "deliver", "kind_of", "prepare", "resolve_output"]
 
 Output = Literal["auto", "arrow", "pandas", "polars"]
 TableKind = Literal["arrow", "pandas", "polars"]
@@ -64,7 +64,7 @@ def resolve_output(output: str, source: Any, *, allowed: tuple[str, ...], what: 
     return output
 
 
-def deliver(table: pa.Table, kind: str, source: Optional[Any] = None) -> Any:
+def deliver(table: pa.Table, kind: str, source: Any | None = None) -> Any:
     """`table` as `kind`; a pandas result takes `source`'s index when `source` is pandas."""
     if kind == "arrow":
         return table

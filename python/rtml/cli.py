@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -67,7 +68,7 @@ def write_table(table: pa.Table, path: str) -> None:
 
         pacsv.write_csv(table, path)
     else:
-        import pyarrow.feather as feather
+        from pyarrow import feather
 
         feather.write_feather(table, path)
 
@@ -109,7 +110,9 @@ def read_table(path: str, time_columns: Sequence[str] = ()) -> pa.Table:
     if not p.exists():
         raise FileNotFoundError(2, "No such file or directory", str(p))
     if p.is_dir():
-        return _io.to_table(sorted(str(q) for q in p.glob("*.parquet") if not q.name.startswith(".")))
+        return _io.to_table(
+            sorted(str(q) for q in p.glob("*.parquet") if not q.name.startswith("."))
+        )
     kind = _READERS.get(p.suffix.lower())
     if kind != "csv":
         return _io.to_table(str(p), str(p))
@@ -151,8 +154,9 @@ def _backfill(args: argparse.Namespace) -> int:
     _check_out(args.out)  # before the (possibly long) backfill
     events = _read_all(args.events, [fs.timestamp] if fs.timestamp_unit is None else [])
     spine = read_table(args.spine, [args.time or fs.timestamp] if fs.timestamp_unit is None else [])
-    table = fs.backfill(events, spine, key=args.key, time=args.time, progress=not args.quiet,
-                        output="arrow")
+    table = fs.backfill(
+        events, spine, key=args.key, time=args.time, progress=not args.quiet, output="arrow"
+    )
     write_table(table, args.out)
     if not args.quiet:
         print(f"wrote {table.num_rows:,} rows x {table.num_columns} columns to {args.out}")
@@ -170,9 +174,17 @@ def _parity(args: argparse.Namespace) -> int:
         _check_json = Path(args.json).parent
         if str(_check_json) and not _check_json.is_dir():
             raise CliError(f"--json {args.json}: directory {_check_json} does not exist")
-    report = parity.check(fs, events, read_table(args.log, [args.at]), feature_set=args.feature_set,
-                          key=args.key, at=args.at, arrival=args.arrival, served_at=args.served_at,
-                          max_examples=args.examples)
+    report = parity.check(
+        fs,
+        events,
+        read_table(args.log, [args.at]),
+        feature_set=args.feature_set,
+        key=args.key,
+        at=args.at,
+        arrival=args.arrival,
+        served_at=args.served_at,
+        max_examples=args.examples,
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, default=str))
     if not args.quiet:
@@ -199,7 +211,7 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default: ``sys.argv[1:]``); returns the exit code:
     0 success, 1 parity mismatches (or a demo parity failure), 2 bad input or usage."""
     parser = argparse.ArgumentParser(prog="rtml", description="Real-time ML features.")
@@ -211,31 +223,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     b.add_argument("--spec", required=True, help="feature-set JSON document (FeatureSet.to_json())")
     b.add_argument("--events", required=True, nargs="+", help=f"events: {files}")
     b.add_argument("--spine", required=True, help=f"spine: {files}")
-    b.add_argument("--out", required=True,
-                   help="output file; its extension picks the format: .parquet, .csv, .arrow / .feather")
+    b.add_argument(
+        "--out",
+        required=True,
+        help="output file; its extension picks the format: .parquet, .csv, .arrow / .feather",
+    )
     b.add_argument("--key", default=None, help="spine key column (default: the entity)")
     b.add_argument("--time", default=None, help="spine time column (default: the timestamp)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_backfill)
 
     p = sub.add_parser(
-        "parity", help="recompute a served-features log offline; exit 1 on any mismatch",
+        "parity",
+        help="recompute a served-features log offline; exit 1 on any mismatch",
         description="Recompute every served row offline and compare bit for bit. The log schema "
-        "is documented in docs/api.md (section 'Served log').")
+        "is documented in docs/api.md (section 'Served log').",
+    )
     p.add_argument("--spec", required=True, help="feature-set JSON document (FeatureSet.to_json())")
-    p.add_argument("--events", required=True, nargs="+",
-                   help=f"events: {files}, or directories of Parquet parts")
-    p.add_argument("--log", required=True, help="served log: a directory of Parquet parts or a file")
-    p.add_argument("--feature-set", default=None, help="keep the log rows whose feature_set is this name")
+    p.add_argument(
+        "--events",
+        required=True,
+        nargs="+",
+        help=f"events: {files}, or directories of Parquet parts",
+    )
+    p.add_argument(
+        "--log", required=True, help="served log: a directory of Parquet parts or a file"
+    )
+    p.add_argument(
+        "--feature-set", default=None, help="keep the log rows whose feature_set is this name"
+    )
     p.add_argument("--key", default="key", help="log column holding the entity key (default: key)")
     p.add_argument("--at", default="at", help="log column holding the served instant (default: at)")
-    p.add_argument("--arrival", default=None,
-                   help="events column holding when each event reached the service; with it, rows "
-                   "served before an event of their window arrived are counted as 'arrived late', "
-                   "not as mismatches")
-    p.add_argument("--served-at", default="served_at",
-                   help="log column holding when each row was served (default: served_at)")
-    p.add_argument("--examples", type=_int_in(0, 10**6), default=5, help="mismatch examples to show per feature")
+    p.add_argument(
+        "--arrival",
+        default=None,
+        help="events column holding when each event reached the service; with it, rows "
+        "served before an event of their window arrived are counted as 'arrived late', "
+        "not as mismatches",
+    )
+    p.add_argument(
+        "--served-at",
+        default="served_at",
+        help="log column holding when each row was served (default: served_at)",
+    )
+    p.add_argument(
+        "--examples",
+        type=_int_in(0, 10**6),
+        default=5,
+        help="mismatch examples to show per feature",
+    )
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_parity)

@@ -58,11 +58,13 @@ def _same(a: Any, b: Any) -> bool:
         return a is None and b is None
     if isinstance(a, float) or isinstance(b, float):
         return struct.pack("<d", float(a)) == struct.pack("<d", float(b))
-    return a == b
+    return bool(a == b)
 
 
 def run(n_events: int = 200_000, n_keys: int = 5_000, n_spine: int = 20_000, seed: int = 0) -> bool:
-    print(f"rtml {rtml.__version__} demo: {n_events:,} events, {n_keys:,} drivers, {n_spine:,} spine rows")
+    print(
+        f"rtml {rtml.__version__} demo: {n_events:,} events, {n_keys:,} drivers, {n_spine:,} spine rows"
+    )
     events = make_events(n_events, n_keys, seed)
     rng = np.random.default_rng(seed + 1)
     ts = events.column("ts").to_numpy().astype(np.int64)
@@ -113,12 +115,18 @@ def run(n_events: int = 200_000, n_keys: int = 5_000, n_spine: int = 20_000, see
             mismatches += 1
     stats = eng.stats()
     ok = mismatches == 0 and stats["late_events_dropped"] == 0
-    print(f"  backfill        {t_backfill * 1e3:8.1f} ms  ({n_events / t_backfill / 1e6:.2f} M events/s)")
-    print(f"  online ingest   {t_ingest * 1e3:8.1f} ms  ({ingested / max(t_ingest, 1e-9) / 1e6:.2f} M events/s, "
-          f"out of order within 5m)")
+    print(
+        f"  backfill        {t_backfill * 1e3:8.1f} ms  ({n_events / t_backfill / 1e6:.2f} M events/s)"
+    )
+    print(
+        f"  online ingest   {t_ingest * 1e3:8.1f} ms  ({ingested / max(t_ingest, 1e-9) / 1e6:.2f} M events/s, "
+        f"out of order within 5m)"
+    )
     print(f"  online get      {t_get / n_spine * 1e6:8.2f} us per call")
     print(f"  state           {stats['keys']:,} keys, {stats['state_bytes'] / 1e6:.1f} MB")
-    print(f"  parity          {n_spine - mismatches:,} / {n_spine:,} rows identical to the backfill, "
-          f"bit for bit ({len(names)} features)")
+    print(
+        f"  parity          {n_spine - mismatches:,} / {n_spine:,} rows identical to the backfill, "
+        f"bit for bit ({len(names)} features)"
+    )
     print("OK" if ok else "PARITY FAILURE")
     return ok

@@ -19,13 +19,15 @@ names (``fare_sum_90m``) and in the JSON document.
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import html
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import pyarrow as pa
 
@@ -39,18 +41,18 @@ __all__ = [
     "Feature",
     "FeatureSet",
     "count",
-    "sum",
-    "mean",
-    "min",
-    "max",
-    "var",
-    "std",
+    "decayed_sum",
+    "distinct_count",
     "first",
     "last",
-    "distinct_count",
+    "max",
+    "mean",
+    "min",
     "quantile",
-    "decayed_sum",
+    "std",
+    "sum",
     "time_since_last",
+    "var",
 ]
 
 Duration = Union[str, _dt.timedelta, "np.timedelta64", None]
@@ -138,9 +140,7 @@ def _parse_duration_text(text: str, field: str) -> str:
         total += Fraction(number) * _NS[_UNIT_NAMES[unit]]
         pos = m.end()
     if total.denominator != 1:
-        raise SpecError(
-            f"{field}: invalid duration {text!r}: not a whole number of nanoseconds"
-        )
+        raise SpecError(f"{field}: invalid duration {text!r}: not a whole number of nanoseconds")
     if total <= 0:
         raise SpecError(f"{field}: invalid duration {text!r}: must be positive")
     if _CANONICAL.fullmatch(s):
@@ -148,14 +148,14 @@ def _parse_duration_text(text: str, field: str) -> str:
     return _format_ns(int(total))
 
 
-def _duration(value: Any, field: str) -> Optional[str]:
+def _duration(value: Any, field: str) -> str | None:
     """The engine spelling of a duration given as a string, timedelta, pandas.Timedelta or
     numpy.timedelta64 (see the module docstring); None stays None."""
     if value is None:
         return None
     if isinstance(value, str):
         return _parse_duration_text(value, field)
-    ns: Optional[int] = None
+    ns: int | None = None
     module = type(value).__module__.split(".")[0]
     if module == "numpy" and type(value).__name__ == "timedelta64":
         import numpy as np
@@ -166,9 +166,7 @@ def _duration(value: Any, field: str) -> Optional[str]:
             raise SpecError(f"{field}: {value!r}: months and years are not a fixed length of time")
         ns = int(value.astype("timedelta64[ns]").astype("int64"))
     elif module == "pandas" and hasattr(value, "value") and isinstance(value, _dt.timedelta):
-        if value != value:  # NaT
-            raise SpecError(f"{field}: got NaT, not a duration")
-        ns = int(value.value)  # pandas.Timedelta: nanoseconds
+        ns = int(getattr(value, "value"))  # noqa: B009 (pandas.Timedelta: nanoseconds)
     elif isinstance(value, _dt.timedelta):
         ns = (value.days * 86_400 + value.seconds) * 1_000_000_000 + value.microseconds * 1_000
     if ns is None:
@@ -197,12 +195,12 @@ class Feature:
     """
 
     agg: str
-    column: Optional[str] = None
-    window: Optional[str] = None
-    name: Optional[str] = None
-    q: Optional[float] = None
-    half_life: Optional[str] = None
-    hop: Optional[str] = None
+    column: str | None = None
+    window: str | None = None
+    name: str | None = None
+    q: float | None = None
+    half_life: str | None = None
+    hop: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The feature as it appears in a FeatureSet document.
@@ -237,9 +235,9 @@ class Feature:
 
 def _make(
     agg: str,
-    column: Optional[str],
+    column: str | None,
     window: Duration,
-    name: Optional[str],
+    name: str | None,
     hop: Duration = None,
     **extra: Any,
 ) -> Feature:
@@ -268,11 +266,11 @@ _COMMON = """
 
 
 def count(
-    column: Optional[str] = None,
+    column: str | None = None,
     *,
     window: Duration = None,
     hop: Duration = None,
-    name: Optional[str] = None,
+    name: str | None = None,
 ) -> Feature:
     """Number of events in the window; with a column, the number of its non-null values.
 
@@ -283,8 +281,8 @@ def count(
     return _make("count", column, window, name, hop)
 
 
-def sum(  # noqa: A001
-    column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None
+def sum(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
     """Exact (correctly rounded) sum of the column's non-null values; 0.0 on an empty window.
 
@@ -296,7 +294,7 @@ def sum(  # noqa: A001
 
 
 def mean(
-    column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
     """Mean of the non-null values; null on an empty window.
 
@@ -307,8 +305,8 @@ def mean(
     return _make("mean", column, window, name, hop)
 
 
-def min(  # noqa: A001
-    column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None
+def min(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
     """Smallest non-null value (numbers or strings); null on an empty window.
 
@@ -319,8 +317,8 @@ def min(  # noqa: A001
     return _make("min", column, window, name, hop)
 
 
-def max(  # noqa: A001
-    column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None
+def max(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
     """Largest non-null value (numbers or strings); null on an empty window.
 
@@ -332,7 +330,7 @@ def max(  # noqa: A001
 
 
 def var(
-    column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
     """Sample variance (ddof=1); null below two values.
 
@@ -344,7 +342,7 @@ def var(
 
 
 def std(
-    column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
     """Sample standard deviation (ddof=1); null below two values.
 
@@ -356,7 +354,7 @@ def std(
 
 
 def first(
-    column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
     """Value of the earliest non-null event in the window (ties: the smallest value).
 
@@ -368,7 +366,7 @@ def first(
 
 
 def last(
-    column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
     """Value of the latest non-null event in the window (ties: the largest value).
 
@@ -380,7 +378,7 @@ def last(
 
 
 def distinct_count(
-    column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
     """Number of distinct non-null values (numbers or strings); 0 on an empty window.
 
@@ -397,7 +395,7 @@ def quantile(
     *,
     window: Duration = None,
     hop: Duration = None,
-    name: Optional[str] = None,
+    name: str | None = None,
 ) -> Feature:
     """Nearest-rank q-quantile (0 <= q <= 1), within 2^-8 relative error (deterministic; see
     docs/semantics.md). Raises SpecError for a q that is not a number.
@@ -417,7 +415,7 @@ def decayed_sum(
     half_life: Duration,
     window: Duration = None,
     hop: Duration = None,
-    name: Optional[str] = None,
+    name: str | None = None,
 ) -> Feature:
     """Sum of ``v * 2 ** (-(t - ts) / half_life)`` over the window (`half_life` required).
 
@@ -438,7 +436,7 @@ def decayed_sum(
 
 
 def time_since_last(
-    *, window: Duration = None, hop: Duration = None, name: Optional[str] = None
+    *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
     """Seconds (float) since the entity's latest event in the window (null if none).
 
@@ -458,12 +456,12 @@ time_since_last.__doc__ = (time_since_last.__doc__ or "").replace(
     "\n\n    >>>", "\n" + _COMMON + "\n    >>>", 1
 )
 
-Progress = Union[bool, None, Callable[[int, int], Any]]
+Progress = Union[bool, None, Callable[[int, int], Any]]  # noqa: UP007 (a runtime alias)
 
 
 def _progress_callback(
     progress: Progress, total_hint: int
-) -> tuple[Optional[Callable[[int, int], Any]], Any]:
+) -> tuple[Callable[[int, int], Any] | None, Any]:
     if callable(progress):
         return progress, None
     if progress is False or (progress is None and total_hint < 200_000):
@@ -548,11 +546,13 @@ class FeatureSet:
         *,
         allowed_lateness: Duration = None,
         ttl: Duration = None,
-        timestamp_unit: Optional[TimestampUnit] = None,
+        timestamp_unit: TimestampUnit | None = None,
         on_nonfinite: OnNonfinite = "error",
     ) -> None:
         if isinstance(features, Feature):
-            raise SpecError("features: expected a list of features, got one Feature; wrap it in [...]")
+            raise SpecError(
+                "features: expected a list of features, got one Feature; wrap it in [...]"
+            )
         feats = list(features)
         for i, f in enumerate(feats):
             if not isinstance(f, Feature):
@@ -617,18 +617,18 @@ class FeatureSet:
         return self._spec.timestamp
 
     @property
-    def timestamp_unit(self) -> Optional[str]:
+    def timestamp_unit(self) -> str | None:
         """Unit of integer timestamps (``"s"``, ``"ms"``, ``"us"``, ``"ns"``) or None."""
         return self._spec.timestamp_unit
 
     @property
-    def allowed_lateness(self) -> Optional[str]:
+    def allowed_lateness(self) -> str | None:
         """How late an event may arrive online and still count (e.g. ``"5m"``); None = 0."""
         v = self._doc().get("allowed_lateness")
         return None if v in (None, "0ns") else str(v)
 
     @property
-    def ttl(self) -> Optional[str]:
+    def ttl(self) -> str | None:
         """Idle time after which an entity's online state is forgotten, or None."""
         v = self._doc().get("ttl")
         return None if v is None else str(v)
@@ -666,8 +666,8 @@ class FeatureSet:
         events: Any,
         spine: Any,
         *,
-        key: Optional[str] = None,
-        time: Optional[str] = None,
+        key: str | None = None,
+        time: str | None = None,
         progress: Progress = None,
         output: _frames.Output = "auto",
     ) -> Any:
@@ -790,7 +790,7 @@ class FeatureSet:
             shown = Feature(f.agg, f.column, f.window, None, f.q, f.half_life, f.hop)
             if not _default_name(self, f):
                 shown = f
-            lines.append(f"    {str(f.name):<{w}}  {shown!r},")
+            lines.append(f"    {f.name!s:<{w}}  {shown!r},")
         lines.append("])")
         return "\n".join(lines)
 
@@ -826,10 +826,7 @@ def _extra(f: Feature) -> str:
 
 
 def _maxlen(names: list[str]) -> int:
-    n = 0
-    for s in names:
-        n = len(s) if len(s) > n else n
-    return n
+    return builtins.max((len(s) for s in names), default=0)
 
 
 def _default_name(fs: FeatureSet, f: Feature) -> bool:
@@ -862,7 +859,8 @@ def _join_features(spine_in: Any, sp: pa.Table, feats: pa.Table, kind: str) -> A
     if kind == "polars" and source == "polars":
         import polars as pl
 
-        return spine_in.hstack(pl.from_arrow(feats).get_columns())
+        pl_feats: Any = pl.from_arrow(feats)
+        return spine_in.hstack(pl_feats.get_columns())
     out = sp
     for i, field in enumerate(feats.schema):
         out = out.append_column(field, feats.column(i))

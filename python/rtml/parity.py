@@ -45,7 +45,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -54,7 +54,7 @@ from . import _io
 from .exceptions import SchemaError
 from .features import FeatureSet
 
-__all__ = ["check", "ParityReport", "FeatureParity", "read_served_log"]
+__all__ = ["FeatureParity", "ParityReport", "check", "read_served_log"]
 
 
 @dataclass
@@ -95,15 +95,21 @@ class ParityReport:
             "rows": self.rows,
             "ok": self.ok,
             "features": {
-                n: {"matches": f.matches, "arrived_late": f.arrived_late,
-                    "mismatches": f.mismatches, "examples": f.examples}
+                n: {
+                    "matches": f.matches,
+                    "arrived_late": f.arrived_late,
+                    "mismatches": f.mismatches,
+                    "examples": f.examples,
+                }
                 for n, f in self.features.items()
             },
         }
 
     def format(self) -> str:
         width = max([len(n) for n in self.features] + [7])
-        lines = [f"{'feature':<{width}}  {'exact':>10}  {'late':>8}  {'mismatch':>9}  {'exact %':>8}"]
+        lines = [
+            f"{'feature':<{width}}  {'exact':>10}  {'late':>8}  {'mismatch':>9}  {'exact %':>8}"
+        ]
         for n, f in self.features.items():
             pct = 100.0 * f.matches / f.total if f.total else 100.0
             lines.append(
@@ -111,11 +117,19 @@ class ParityReport:
             )
         for n, f in self.features.items():
             for ex in f.examples:
-                lines.append(f"  mismatch {n}: key={ex['key']!r} at={ex['at']} served={ex['served']!r} offline={ex['offline']!r}")
-        verdict = "all served values match exactly" if self.ok else f"{self.mismatches:,} served values differ"
+                lines.append(
+                    f"  mismatch {n}: key={ex['key']!r} at={ex['at']} served={ex['served']!r} offline={ex['offline']!r}"
+                )
+        verdict = (
+            "all served values match exactly"
+            if self.ok
+            else f"{self.mismatches:,} served values differ"
+        )
         if self.ok and self.arrived_late:
-            verdict = (f"no mismatches; {self.arrived_late:,} served values differ only because an "
-                       "event of their window arrived after they were served")
+            verdict = (
+                f"no mismatches; {self.arrived_late:,} served values differ only because an "
+                "event of their window arrived after they were served"
+            )
         elif self.arrived_late:
             verdict += f" ({self.arrived_late:,} more differ only because an event arrived late)"
         lines.append(f"{self.rows:,} served rows: {verdict}")
@@ -135,19 +149,19 @@ def read_served_log(log: Any) -> pa.Table:
     return _io.to_table(log, "served log")
 
 
-def _bits(v: Optional[float]) -> Optional[bytes]:
+def _bits(v: float | None) -> bytes | None:
     return None if v is None else struct.pack("<d", float(v))
 
 
 def check(
-    spec: Union[str, FeatureSet],
+    spec: str | FeatureSet,
     events: Any,
     served_log: Any,
     *,
-    feature_set: Optional[str] = None,
+    feature_set: str | None = None,
     key: str = "key",
     at: str = "at",
-    arrival: Optional[str] = None,
+    arrival: str | None = None,
     served_at: str = "served_at",
     max_examples: int = 5,
 ) -> ParityReport:
@@ -178,7 +192,9 @@ def check(
             raise SchemaError(f"served log: no column '{col}' (columns: {log.column_names})")
     if feature_set is not None:
         if "feature_set" not in log.column_names:
-            raise SchemaError("served log: feature_set= given but the log has no 'feature_set' column")
+            raise SchemaError(
+                "served log: feature_set= given but the log has no 'feature_set' column"
+            )
         log = log.filter(pc.equal(log.column("feature_set"), feature_set))
 
     if "names" in log.column_names and "values" in log.column_names:  # long format
@@ -187,7 +203,9 @@ def check(
             same = [r == names for r in log.column("names").to_pylist()]
             log = log.filter(pa.array(same, pa.bool_()))
         served: dict[str, list[Any]] = {n: [] for n in names}
-        for i, (row_names, row_values) in enumerate(zip(log.column("names").to_pylist(), log.column("values").to_pylist())):
+        for i, (row_names, row_values) in enumerate(
+            zip(log.column("names").to_pylist(), log.column("values").to_pylist())
+        ):
             if row_names != names:
                 raise SchemaError(
                     f"served log row {i}: features {row_names} are not this feature set's {names}; "
@@ -198,7 +216,9 @@ def check(
     else:
         missing = [n for n in names if n not in log.column_names]
         if missing:
-            raise SchemaError(f"served log: no column for feature(s) {missing} (and no names/values lists)")
+            raise SchemaError(
+                f"served log: no column for feature(s) {missing} (and no names/values lists)"
+            )
         served = {n: log.column(n).cast(pa.float64()).to_pylist() for n in names}
 
     ev = _io.to_table(events, "events")
@@ -248,7 +268,15 @@ def check(
             else:
                 fp.mismatches += 1
                 if len(fp.examples) < max_examples:
-                    fp.examples.append({"row": i, "key": key_list[i], "at": str(at_list[i]), "served": s, "offline": o})
+                    fp.examples.append(
+                        {
+                            "row": i,
+                            "key": key_list[i],
+                            "at": str(at_list[i]),
+                            "served": s,
+                            "offline": o,
+                        }
+                    )
     return report
 
 
@@ -274,8 +302,11 @@ def _late_rows(
     arrived = ev.column(arrival)
     if not pa.types.is_timestamp(arrived.type):
         raise SchemaError(f"events column '{arrival}': expected timestamps, got {arrived.type}")
-    arrived = arrived.cast(pa.timestamp("ns", "UTC")) if arrived.type.tz else arrived.cast(
-        pa.timestamp("ns")).cast(pa.timestamp("ns", "UTC"))
+    arrived = (
+        arrived.cast(pa.timestamp("ns", "UTC"))
+        if arrived.type.tz
+        else arrived.cast(pa.timestamp("ns")).cast(pa.timestamp("ns", "UTC"))
+    )
     ev = ev.drop_columns([arrival])
     out: dict[int, set[str]] = {}
     served_col = log.column(served_at)
@@ -287,13 +318,27 @@ def _late_rows(
             import datetime as _dt
 
             t = t.replace(tzinfo=_dt.timezone.utc)
-        known = pc.or_kleene(pc.is_null(arrived), pc.less_equal(arrived, pa.scalar(t, pa.timestamp("ns", "UTC"))))
-        sub = ev.filter(pc.and_(known, pc.equal(ev.column(fs.entity), keys[i].cast(ev.schema.field(fs.entity).type))))
-        spine = pa.table({"__key": pa.array([keys[i].as_py()], ev.schema.field(fs.entity).type),
-                          "__at": log.column(at).slice(i, 1)})
+        known = pc.or_kleene(
+            pc.is_null(arrived), pc.less_equal(arrived, pa.scalar(t, pa.timestamp("ns", "UTC")))
+        )
+        sub = ev.filter(
+            pc.and_(
+                known, pc.equal(ev.column(fs.entity), keys[i].cast(ev.schema.field(fs.entity).type))
+            )
+        )
+        spine = pa.table(
+            {
+                "__key": pa.array([keys[i].as_py()], ev.schema.field(fs.entity).type),
+                "__at": log.column(at).slice(i, 1),
+            }
+        )
         again = fs.backfill(sub, spine, key="__key", time="__at", progress=False, output="arrow")
-        same = {n for n in feats
-                if _bits(_null_nan(served[n][i])) == _bits(again.column(n).cast(pa.float64())[0].as_py())}
+        same = {
+            n
+            for n in feats
+            if _bits(_null_nan(served[n][i]))
+            == _bits(again.column(n).cast(pa.float64())[0].as_py())
+        }
         if same:
             out[i] = same
     return out

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import html
 import json
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
@@ -20,32 +22,32 @@ __all__ = [
     "Step",
     "Transforms",
     "TransformsEstimator",
-    "log1p",
     "abs",
-    "clip",
-    "power",
     "add",
-    "sub",
-    "mul",
-    "ratio",
-    "is_null",
+    "bucketize",
+    "clip",
+    "day_of_month",
+    "day_of_week",
     "fill_null",
+    "from_sklearn",
     "hash_bucket",
     "hour_of_day",
-    "day_of_week",
-    "day_of_month",
-    "month",
-    "standard_scale",
+    "impute",
+    "is_null",
+    "log1p",
     "min_max_scale",
-    "robust_scale",
-    "bucketize",
-    "quantile_bucketize",
+    "month",
+    "mul",
     "one_hot",
     "ordinal",
-    "impute",
-    "target_encode",
     "passthrough",
-    "from_sklearn",
+    "power",
+    "quantile_bucketize",
+    "ratio",
+    "robust_scale",
+    "standard_scale",
+    "sub",
+    "target_encode",
 ]
 
 
@@ -111,7 +113,7 @@ class Step:
 
     op: str
     column: str
-    name: Optional[str] = None
+    name: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -167,7 +169,7 @@ def _default_output(op: str, column: str, params: Mapping[str, Any]) -> str:
     return column
 
 
-def _step(op: str, column: str, name: Optional[str], **params: Any) -> Step:
+def _step(op: str, column: str, name: str | None, **params: Any) -> Step:
     if not isinstance(column, str):
         raise SpecError(f"{op}: column must be a column name (str), got {type(column).__name__}")
     if name is not None and not isinstance(name, str):
@@ -175,7 +177,7 @@ def _step(op: str, column: str, name: Optional[str], **params: Any) -> Step:
     return Step(op, column, name, {k: v for k, v in params.items() if v is not None})
 
 
-def log1p(column: str, *, name: Optional[str] = None) -> Step:
+def log1p(column: str, *, name: str | None = None) -> Step:
     """``log(1 + x)``; null for x <= -1 (numpy gives -inf / NaN there). In place by default.
 
     >>> import rtml, pyarrow as pa
@@ -185,7 +187,7 @@ def log1p(column: str, *, name: Optional[str] = None) -> Step:
     return _step("log1p", column, name)
 
 
-def abs(column: str, *, name: Optional[str] = None) -> Step:  # noqa: A001
+def abs(column: str, *, name: str | None = None) -> Step:
     """``|x|``. In place by default.
 
     >>> import rtml
@@ -195,7 +197,7 @@ def abs(column: str, *, name: Optional[str] = None) -> Step:  # noqa: A001
     return _step("abs", column, name)
 
 
-def clip(column: str, lo: float, hi: float, *, name: Optional[str] = None) -> Step:
+def clip(column: str, lo: float, hi: float, *, name: str | None = None) -> Step:
     """``x`` limited to ``[lo, hi]``. In place by default.
 
     >>> import rtml
@@ -205,7 +207,7 @@ def clip(column: str, lo: float, hi: float, *, name: Optional[str] = None) -> St
     return _step("clip", column, name, lo=float(lo), hi=float(hi))
 
 
-def power(column: str, p: float, *, name: Optional[str] = None) -> Step:
+def power(column: str, p: float, *, name: str | None = None) -> Step:
     """``x ** p``; null where undefined (negative base, fractional p). In place by default.
 
     >>> import rtml
@@ -215,7 +217,7 @@ def power(column: str, p: float, *, name: Optional[str] = None) -> Step:
     return _step("power", column, name, p=float(p))
 
 
-def add(a: str, b: str, *, name: Optional[str] = None) -> Step:
+def add(a: str, b: str, *, name: str | None = None) -> Step:
     """``a + b`` (null if either is null) into ``{a}_plus_{b}`` (or `name`).
 
     >>> import rtml
@@ -225,7 +227,7 @@ def add(a: str, b: str, *, name: Optional[str] = None) -> Step:
     return _step("add", a, name, other=b)
 
 
-def sub(a: str, b: str, *, name: Optional[str] = None) -> Step:
+def sub(a: str, b: str, *, name: str | None = None) -> Step:
     """``a - b`` (null if either is null) into ``{a}_minus_{b}`` (or `name`).
 
     >>> import rtml
@@ -235,7 +237,7 @@ def sub(a: str, b: str, *, name: Optional[str] = None) -> Step:
     return _step("sub", a, name, other=b)
 
 
-def mul(a: str, b: str, *, name: Optional[str] = None) -> Step:
+def mul(a: str, b: str, *, name: str | None = None) -> Step:
     """``a * b`` (null if either is null) into ``{a}_times_{b}`` (or `name`).
 
     >>> import rtml
@@ -245,7 +247,7 @@ def mul(a: str, b: str, *, name: Optional[str] = None) -> Step:
     return _step("mul", a, name, other=b)
 
 
-def ratio(a: str, b: str, *, on_zero: Optional[float] = None, name: Optional[str] = None) -> Step:
+def ratio(a: str, b: str, *, on_zero: float | None = None, name: str | None = None) -> Step:
     """``a / b`` into ``{a}_per_{b}`` (or `name`); where b == 0 the result is `on_zero`
     (default null).
 
@@ -257,7 +259,7 @@ def ratio(a: str, b: str, *, on_zero: Optional[float] = None, name: Optional[str
     return _step("ratio", a, name, other=b, on_zero=None if on_zero is None else float(on_zero))
 
 
-def is_null(column: str, *, name: Optional[str] = None) -> Step:
+def is_null(column: str, *, name: str | None = None) -> Step:
     """1.0 where the value is null, else 0.0, into ``{column}_is_null`` (or `name`).
 
     >>> import rtml
@@ -267,7 +269,7 @@ def is_null(column: str, *, name: Optional[str] = None) -> Step:
     return _step("is_null", column, name)
 
 
-def fill_null(column: str, value: float, *, name: Optional[str] = None) -> Step:
+def fill_null(column: str, value: float, *, name: str | None = None) -> Step:
     """`value` where null. In place by default.
 
     >>> import rtml
@@ -277,7 +279,7 @@ def fill_null(column: str, value: float, *, name: Optional[str] = None) -> Step:
     return _step("fill_null", column, name, value=float(value))
 
 
-def hash_bucket(column: str, n: int, *, name: Optional[str] = None) -> Step:
+def hash_bucket(column: str, n: int, *, name: str | None = None) -> Step:
     """xxh3-64 of the value's UTF-8 string form, modulo n, into ``{column}_hash{n}``: stable
     across machines and versions.
 
@@ -288,7 +290,7 @@ def hash_bucket(column: str, n: int, *, name: Optional[str] = None) -> Step:
     return _step("hash_bucket", column, name, n=int(n))
 
 
-def _time(op: str, column: str, tz: str, cyclical: bool, name: Optional[str]) -> Step:
+def _time(op: str, column: str, tz: str, cyclical: bool, name: str | None) -> Step:
     if not isinstance(tz, str) or not tz:
         raise SpecError(f"{op}: tz is required, e.g. tz='UTC' or tz='America/New_York'")
     return _step(op, column, name, tz=tz, cyclical=bool(cyclical))
@@ -301,9 +303,7 @@ _TIME_DOC = """
 """
 
 
-def hour_of_day(
-    column: str, *, tz: str, cyclical: bool = False, name: Optional[str] = None
-) -> Step:
+def hour_of_day(column: str, *, tz: str, cyclical: bool = False, name: str | None = None) -> Step:
     """Hour (0-23) in time zone `tz`, into ``{column}_hour``.
 
     >>> import rtml, datetime as dt
@@ -314,9 +314,7 @@ def hour_of_day(
     return _time("hour_of_day", column, tz, cyclical, name)
 
 
-def day_of_week(
-    column: str, *, tz: str, cyclical: bool = False, name: Optional[str] = None
-) -> Step:
+def day_of_week(column: str, *, tz: str, cyclical: bool = False, name: str | None = None) -> Step:
     """Day of the week (Monday = 0) in time zone `tz`, into ``{column}_day_of_week``.
 
     >>> import rtml, datetime as dt
@@ -327,9 +325,7 @@ def day_of_week(
     return _time("day_of_week", column, tz, cyclical, name)
 
 
-def day_of_month(
-    column: str, *, tz: str, cyclical: bool = False, name: Optional[str] = None
-) -> Step:
+def day_of_month(column: str, *, tz: str, cyclical: bool = False, name: str | None = None) -> Step:
     """Day of the month (1-31) in time zone `tz`, into ``{column}_day_of_month``.
 
     >>> import rtml, datetime as dt
@@ -340,7 +336,7 @@ def day_of_month(
     return _time("day_of_month", column, tz, cyclical, name)
 
 
-def month(column: str, *, tz: str, cyclical: bool = False, name: Optional[str] = None) -> Step:
+def month(column: str, *, tz: str, cyclical: bool = False, name: str | None = None) -> Step:
     """Month (1-12) in time zone `tz`, into ``{column}_month``.
 
     >>> import rtml, datetime as dt
@@ -355,7 +351,7 @@ for _f in (hour_of_day, day_of_week, day_of_month, month):
     _f.__doc__ = (_f.__doc__ or "").replace("\n\n    >>>", "\n" + _TIME_DOC + "\n    >>>", 1)
 
 
-def standard_scale(column: str, *, name: Optional[str] = None) -> Step:
+def standard_scale(column: str, *, name: str | None = None) -> Step:
     """``(x - mean) / std`` with the fitted mean and population std (exact sums; std 0 -> 1),
     like scikit-learn's ``StandardScaler``. In place by default.
 
@@ -367,7 +363,7 @@ def standard_scale(column: str, *, name: Optional[str] = None) -> Step:
     return _step("standard_scale", column, name)
 
 
-def min_max_scale(column: str, *, name: Optional[str] = None) -> Step:
+def min_max_scale(column: str, *, name: str | None = None) -> Step:
     """``(x - min) / (max - min)`` with the fitted min and max (range 0 -> 1), like
     ``MinMaxScaler()``. In place by default.
 
@@ -378,7 +374,7 @@ def min_max_scale(column: str, *, name: Optional[str] = None) -> Step:
     return _step("min_max_scale", column, name)
 
 
-def robust_scale(column: str, *, name: Optional[str] = None) -> Step:
+def robust_scale(column: str, *, name: str | None = None) -> Step:
     """``(x - median) / (q75 - q25)`` (linear interpolation; IQR 0 -> 1), like
     ``RobustScaler()``. In place by default.
 
@@ -390,7 +386,7 @@ def robust_scale(column: str, *, name: Optional[str] = None) -> Step:
     return _step("robust_scale", column, name)
 
 
-def bucketize(column: str, boundaries: Sequence[float], *, name: Optional[str] = None) -> Step:
+def bucketize(column: str, boundaries: Sequence[float], *, name: str | None = None) -> Step:
     """Index i with ``boundaries[i-1] <= x < boundaries[i]`` (like ``numpy.digitize``).
 
     >>> import rtml
@@ -400,7 +396,7 @@ def bucketize(column: str, boundaries: Sequence[float], *, name: Optional[str] =
     return _step("bucketize", column, name, boundaries=[float(b) for b in boundaries])
 
 
-def quantile_bucketize(column: str, n: int, *, name: Optional[str] = None) -> Step:
+def quantile_bucketize(column: str, n: int, *, name: str | None = None) -> Step:
     """n buckets with edges at the fitted quantiles (like
     ``KBinsDiscretizer(strategy="quantile", encode="ordinal", quantile_method="linear")``).
 
@@ -416,8 +412,8 @@ def one_hot(
     column: str,
     *,
     min_frequency: int = 1,
-    max_categories: Optional[int] = None,
-    name: Optional[str] = None,
+    max_categories: int | None = None,
+    name: str | None = None,
 ) -> Step:
     """One column ``{name}={value}`` per kept category (sorted), plus ``{name}=__other__`` for
     infrequent and unseen values; a null value makes every column null. The columns are known
@@ -439,8 +435,8 @@ def ordinal(
     column: str,
     *,
     min_frequency: int = 1,
-    max_categories: Optional[int] = None,
-    name: Optional[str] = None,
+    max_categories: int | None = None,
+    name: str | None = None,
 ) -> Step:
     """Index in the sorted fitted vocabulary; infrequent / unseen values get
     ``len(vocabulary)``; null stays null. In place by default.
@@ -462,8 +458,8 @@ def impute(
     column: str,
     strategy: ImputeStrategy = "mean",
     *,
-    value: Optional[float] = None,
-    name: Optional[str] = None,
+    value: float | None = None,
+    name: str | None = None,
 ) -> Step:
     """Fill nulls with the fitted mean / median / most_frequent (ties: smallest), or
     ``strategy="constant"`` with `value`. In place by default.
@@ -479,7 +475,7 @@ def impute(
 
 
 def target_encode(
-    column: str, target: str, *, smooth: float = 10.0, folds: int = 5, name: Optional[str] = None
+    column: str, target: str, *, smooth: float = 10.0, folds: int = 5, name: str | None = None
 ) -> Step:
     """Smoothed mean of `target` per category, into ``{column}_te``:
     ``(sum_y + smooth * mean_y) / (count + smooth)``; unseen categories get ``mean_y``.
@@ -497,7 +493,7 @@ def target_encode(
     )
 
 
-def passthrough(column: str, *, name: Optional[str] = None) -> Step:
+def passthrough(column: str, *, name: str | None = None) -> Step:
     """The input column unchanged (as float64) in the output.
 
     >>> import rtml
@@ -525,7 +521,7 @@ def _check_outputs(doc_steps: list[dict[str, Any]]) -> None:
         if out in written and out not in reads:
             j = written[out]
             raise SpecError(
-                f"steps[{i}].name: {doc_steps[i]['op']}('{s['column']}') writes '{out}', which "
+                f"steps[{i}].name: {s['op']}('{s['column']}') writes '{out}', which "
                 f"steps[{j}] ({doc_steps[j]['op']}('{doc_steps[j]['column']}')) already writes; "
                 "give one of them another name="
             )
@@ -638,9 +634,7 @@ class Transforms:
         if not self._t.is_fitted:
             doc = json.loads(self._t.to_json())["steps"]
             for d in doc:
-                if d["op"] == "one_hot" and not any(
-                    n.startswith(f"{d['name']}=") for n in names
-                ):
+                if d["op"] == "one_hot" and not any(n.startswith(f"{d['name']}=") for n in names):
                     raise NotFittedError(
                         f"feature_names: one_hot('{d['column']}') learns its columns in fit; "
                         "call fit(table) first"
@@ -757,7 +751,7 @@ class Transforms:
         """
         return self._t.transform_numpy(_io.to_table(_frames.prepare(table), "table"), order)
 
-    def transform_one(self, row: dict[str, Any]) -> dict[str, Optional[float]]:
+    def transform_one(self, row: dict[str, Any]) -> dict[str, float | None]:
         """Apply to one row (a dict of input values): ``{feature_name: float or None}``. Time
         values: datetime, pandas Timestamp, numpy datetime64 (naive = UTC). Raises SchemaError
         for a missing field or a wrong type.
@@ -851,10 +845,12 @@ class TransformsEstimator:
             setattr(self, k, v)
         return self
 
-    def set_output(self, *, transform: Optional[str] = None) -> TransformsEstimator:
+    def set_output(self, *, transform: str | None = None) -> TransformsEstimator:
         """scikit-learn's output API: ``"default"`` (numpy), ``"pandas"`` or ``"polars"``."""
         if transform not in (None, "default", "pandas", "polars"):
-            raise ValueError(f"set_output: transform must be 'default', 'pandas' or 'polars', got {transform!r}")
+            raise ValueError(
+                f"set_output: transform must be 'default', 'pandas' or 'polars', got {transform!r}"
+            )
         if transform is not None:
             self._output = "numpy" if transform == "default" else transform
         return self
@@ -882,7 +878,7 @@ class TransformsEstimator:
     def transform(self, X: Any) -> Any:
         """The fitted pipeline applied to X: a 2-D float64 array (or a DataFrame after
         ``set_output``)."""
-        kind = getattr(self, "_output", "numpy")
+        kind: TransformOutput = getattr(self, "_output", "numpy")
         if kind == "numpy":
             return self.transforms_.transform_numpy(X)
         return self.transforms_.transform(X, output=kind)
@@ -891,8 +887,9 @@ class TransformsEstimator:
         """Fit on X, then return X transformed with out-of-fold target encodings."""
         data = self._with_target(X, y)
         tf = Transforms(self.steps)
-        out = tf.fit_transform(data, output=getattr(self, "_output", "numpy"))
-        if getattr(self, "_output", "numpy") == "pandas" and _frames.kind_of(X) == "pandas":
+        kind: TransformOutput = getattr(self, "_output", "numpy")
+        out = tf.fit_transform(data, output=kind)
+        if kind == "pandas" and _frames.kind_of(X) == "pandas":
             out.index = X.index
         self.transforms_ = tf
         self.n_features_in_ = len(tf.required_inputs)
@@ -913,10 +910,10 @@ def _refuse(where: str, param: str, value: Any, why: str) -> SpecError:
 
 
 def _is_nan(v: Any) -> bool:
-    return isinstance(v, float) and v != v
+    return isinstance(v, float) and math.isnan(v)
 
 
-def from_sklearn(column_transformer: Any, *, target: Optional[str] = None) -> Transforms:
+def from_sklearn(column_transformer: Any, *, target: str | None = None) -> Transforms:
     """Translate a scikit-learn ``ColumnTransformer`` into an (unfitted) rtml ``Transforms`` that
     computes the same values; fit it on the same training table. What cannot be translated
     exactly raises :class:`rtml.SpecError` naming the transformer, the estimator and the
@@ -972,7 +969,9 @@ def from_sklearn(column_transformer: Any, *, target: Optional[str] = None) -> Tr
         raise SpecError(f"from_sklearn: expected a ColumnTransformer, got {kind}")
     p = column_transformer.get_params(deep=False)
     if p.get("transformer_weights") is not None:
-        raise _refuse(kind, "transformer_weights", p["transformer_weights"], "has no rtml equivalent")
+        raise _refuse(
+            kind, "transformer_weights", p["transformer_weights"], "has no rtml equivalent"
+        )
     entries: list[tuple[str, Any, list[str]]] = []
     used: dict[str, int] = {}
     for tname, est, cols in column_transformer.transformers:
@@ -1005,8 +1004,11 @@ def from_sklearn(column_transformer: Any, *, target: Optional[str] = None) -> Tr
                 "needs the remainder's columns: fit the ColumnTransformer first, or list them "
                 "in a ('rest', 'passthrough', [...]) entry",
             )
-        mentioned = {c for _, _, cols in column_transformer.transformers for c in (
-            [cols] if isinstance(cols, str) else list(cols))}
+        mentioned = {
+            c
+            for _, _, cols in column_transformer.transformers
+            for c in ([cols] if isinstance(cols, str) else list(cols))
+        }
         rest = [str(c) for c in names_in if c not in mentioned]
         if rest:
             entries.append(("remainder", "passthrough", rest))
@@ -1034,7 +1036,7 @@ def from_sklearn(column_transformer: Any, *, target: Optional[str] = None) -> Tr
     return Transforms(steps)
 
 
-def _step_from_sklearn(est: Any, col: str, j: int, target: Optional[str], where0: str) -> Step:
+def _step_from_sklearn(est: Any, col: str, j: int, target: str | None, where0: str) -> Step:
     kind = type(est).__name__
     where = f"{where0} on '{col}'"
     if not hasattr(est, "get_params"):
@@ -1058,11 +1060,19 @@ def _step_from_sklearn(est: Any, col: str, j: int, target: Optional[str], where0
     if kind == "RobustScaler":
         need("with_centering", True, "use with_centering=True")
         need("with_scaling", True, "use with_scaling=True")
-        need("quantile_range", lambda v: tuple(float(x) for x in v) == (25.0, 75.0), "use (25.0, 75.0)")
+        need(
+            "quantile_range",
+            lambda v: tuple(float(x) for x in v) == (25.0, 75.0),
+            "use (25.0, 75.0)",
+        )
         need("unit_variance", False, "use unit_variance=False")
         return robust_scale(col)
     if kind == "SimpleImputer":
-        need("missing_values", _is_nan, "rtml imputes nulls (NaN in pandas): use missing_values=np.nan")
+        need(
+            "missing_values",
+            _is_nan,
+            "rtml imputes nulls (NaN in pandas): use missing_values=np.nan",
+        )
         need("add_indicator", False, "add rtml.is_null(column) before the imputer instead")
         strategy = p.get("strategy", "mean")
         if strategy not in ("mean", "median", "most_frequent", "constant"):
@@ -1079,21 +1089,37 @@ def _step_from_sklearn(est: Any, col: str, j: int, target: Optional[str], where0
         need("categories", "auto", "rtml learns the categories in fit (categories='auto')")
         mf = p.get("min_frequency")
         if mf is not None and (isinstance(mf, bool) or not isinstance(mf, int)):
-            raise _refuse(where, "min_frequency", mf, "is not an integer (a fraction of rows has no rtml equivalent)")
+            raise _refuse(
+                where,
+                "min_frequency",
+                mf,
+                "is not an integer (a fraction of rows has no rtml equivalent)",
+            )
         if kind == "OneHotEncoder":
             drop = p.get("drop")
             if drop is not None:
                 shown = drop if isinstance(drop, str) else list(drop)
-                raise _refuse(where, "drop", shown, "has no rtml equivalent (rtml keeps every category); use drop=None")
+                raise _refuse(
+                    where,
+                    "drop",
+                    shown,
+                    "has no rtml equivalent (rtml keeps every category); use drop=None",
+                )
             return one_hot(col, min_frequency=mf or 1, max_categories=p.get("max_categories"))
-        need("handle_unknown", "error", "rtml gives unseen values len(categories); use handle_unknown='error'")
+        need(
+            "handle_unknown",
+            "error",
+            "rtml gives unseen values len(categories); use handle_unknown='error'",
+        )
         need("encoded_missing_value", _is_nan, "rtml keeps missing values null (NaN)")
         return ordinal(col, min_frequency=mf or 1, max_categories=p.get("max_categories"))
     if kind == "KBinsDiscretizer":
         need("strategy", "quantile", "rtml.quantile_bucketize is strategy='quantile'")
         need("encode", "ordinal", "use encode='ordinal' (then rtml.one_hot if needed)")
         if "quantile_method" in p:
-            need("quantile_method", lambda v: v in ("linear", "warn"), "use quantile_method='linear'")
+            need(
+                "quantile_method", lambda v: v in ("linear", "warn"), "use quantile_method='linear'"
+            )
         need("subsample", None, "rtml fits on every row: use subsample=None")
         n_bins = p.get("n_bins", 5)
         if not isinstance(n_bins, int):
@@ -1103,19 +1129,29 @@ def _step_from_sklearn(est: Any, col: str, j: int, target: Optional[str], where0
         if target is None:
             raise SpecError(f"from_sklearn: {where} needs target=<label column>")
         need("categories", "auto", "rtml learns the categories in fit")
-        need("target_type", "continuous", "rtml encodes a numeric target: use target_type='continuous'")
+        need(
+            "target_type",
+            "continuous",
+            "rtml encodes a numeric target: use target_type='continuous'",
+        )
         smooth = p.get("smooth", "auto")
-        if isinstance(smooth, str) or isinstance(smooth, bool):
+        if isinstance(smooth, (str, bool)):
             raise _refuse(where, "smooth", smooth, "has no rtml equivalent; pass a number")
         cv = p.get("cv", 5)
         if isinstance(cv, int) and not isinstance(cv, bool):
             # an int cv folds with KFold(shuffle=shuffle); a splitter object ignores `shuffle`
-            need("shuffle", False, f"rtml's out-of-fold encoding uses contiguous folds: pass cv=KFold({cv}, shuffle=False)")
+            need(
+                "shuffle",
+                False,
+                f"rtml's out-of-fold encoding uses contiguous folds: pass cv=KFold({cv}, shuffle=False)",
+            )
         else:
             if type(cv).__name__ == "KFold" and not cv.shuffle:
                 cv = int(cv.n_splits)
             else:
-                raise _refuse(where, "cv", cv, "has no rtml equivalent; use an int or KFold(shuffle=False)")
+                raise _refuse(
+                    where, "cv", cv, "has no rtml equivalent; use an int or KFold(shuffle=False)"
+                )
         return target_encode(col, target, smooth=float(smooth), folds=int(cv))
     if kind == "FunctionTransformer":
         func = p.get("func")
