@@ -15,7 +15,13 @@ MINUTE = 60 * 10**9
 
 
 def make_events(n_events: int, n_keys: int, seed: int = 0) -> pa.Table:
-    """Synthetic ride events over 7 days: Zipf-like hot keys, ~2% null fares, 20 zones."""
+    """Synthetic ride events over 7 days, in time order: Zipf-like hot keys, ~2% null fares,
+    20 zones. Returns a pyarrow.Table (driver_id int64, ts timestamp[ns], fare, zone).
+
+    >>> from rtml import demo
+    >>> demo.make_events(1_000, 10, seed=1).column_names
+    ['driver_id', 'ts', 'fare', 'zone']
+    """
     rng = np.random.default_rng(seed)
     start = np.datetime64("2024-03-01T00:00:00", "ns").astype(np.int64)
     ts = start + np.sort(rng.integers(0, 7 * 24 * 60 * MINUTE, n_events))
@@ -34,6 +40,12 @@ def make_events(n_events: int, n_keys: int, seed: int = 0) -> pa.Table:
 
 
 def feature_set() -> rtml.FeatureSet:
+    """The demo's feature set (10 features of `driver_id`, 5 minutes of allowed lateness).
+
+    >>> from rtml import demo
+    >>> demo.feature_set().feature_names[:3]
+    ['count_1h', 'fare_sum_1h', 'fare_mean_24h']
+    """
     return rtml.FeatureSet(
         entity="driver_id",
         timestamp="ts",
@@ -62,6 +74,13 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def run(n_events: int = 200_000, n_keys: int = 5_000, n_spine: int = 20_000, seed: int = 0) -> bool:
+    """Generate events, backfill a spine, replay the events online out of order (within the
+    allowed lateness), ask the engine at every spine row and compare with the backfill bit for
+    bit. Prints timings and the verdict; returns True when every row matches and no event was
+    dropped as late. Raises ValueError for counts below 1."""
+    for name, v in (("n_events", n_events), ("n_keys", n_keys), ("n_spine", n_spine)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"demo.run: {name} must be a whole number >= 1, got {v!r}")
     print(
         f"rtml {rtml.__version__} demo: {n_events:,} events, {n_keys:,} drivers, {n_spine:,} spine rows"
     )

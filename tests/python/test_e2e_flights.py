@@ -241,6 +241,8 @@ def _readme_walkthrough() -> tuple[list[tuple[str, str]], list[str]]:
     text = re.sub(r"\\\n\s*", " ", block)
     lines, cur = [], ""
     for line in text.splitlines():  # a quoted JSON body may span lines
+        if not cur and line.lstrip().startswith("#"):
+            continue
         cur = f"{cur}\n{line}" if cur else line
         if cur.count("'") % 2 == 0:
             lines.append(cur)
