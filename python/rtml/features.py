@@ -496,16 +496,6 @@ def _check_time_column(table: pa.Table, column: str, what: str) -> None:
         )
 
 
-def _decimals_to_float(table: pa.Table) -> pa.Table:
-    """Decimal columns as float64: each value the nearest double (correctly rounded, as
-    ``float(Decimal)``; Arrow's direct decimal cast can be an ulp off). Documented in docs/api.md."""
-    for i, f in enumerate(table.schema):
-        if pa.types.is_decimal(f.type):
-            col = table.column(i).cast(pa.string()).cast(pa.float64())
-            table = table.set_column(i, pa.field(f.name, pa.float64(), f.nullable), col)
-    return table
-
-
 class FeatureSet:
     """Window features of one entity, defined once and computed by one engine offline
     (`backfill`) and online (`online()`), bit for bit.
@@ -719,7 +709,7 @@ class FeatureSet:
             output, spine, allowed=("arrow", "pandas", "polars"), what="backfill"
         )
         spine_in = _frames.prepare(spine)
-        ev = _decimals_to_float(_io.to_table(_frames.prepare(events), "events"))
+        ev = _frames.decimals_to_float(_io.to_table(_frames.prepare(events), "events"))
         sp = _io.to_table(spine_in, "spine")
         key = key or self.entity
         time = time or self.timestamp
@@ -753,7 +743,7 @@ class FeatureSet:
         """
         eng = _core.OnlineEngine(self._spec)
         if history is not None:
-            table = _decimals_to_float(_io.to_table(_frames.prepare(history), "history"))
+            table = _frames.decimals_to_float(_io.to_table(_frames.prepare(history), "history"))
             if table.num_rows:
                 table = table.sort_by(self.timestamp)
             eng.ingest(table)

@@ -512,6 +512,11 @@ def _step_from_doc(d: Mapping[str, Any]) -> Step:
     return Step(op, column, name, params)
 
 
+def _table(data: Any, what: str = "table") -> pa.Table:
+    """Any table input as Arrow; Decimal columns as float64 (correctly rounded)."""
+    return _frames.decimals_to_float(_io.to_table(_frames.prepare(data), what))
+
+
 def _check_outputs(doc_steps: list[dict[str, Any]]) -> None:
     """Two steps may write the same column only when the later one reads it (in place)."""
     written: dict[str, int] = {}
@@ -670,7 +675,7 @@ class Transforms:
         >>> rtml.Transforms([rtml.standard_scale("x")]).fit({"x": [1.0, 2.0]}).is_fitted
         True
         """
-        self._t.fit(_io.to_table(_frames.prepare(table), "table"))
+        self._t.fit(_table(table))
         return self
 
     def fit_transform(self, table: Any, *, output: TransformOutput = "auto") -> Any:
@@ -690,7 +695,7 @@ class Transforms:
         kind = _frames.resolve_output(
             output, src, allowed=("arrow", "pandas", "polars", "numpy"), what="fit_transform"
         )
-        batch = self._t.fit_transform(_io.to_table(src, "table"))
+        batch = self._t.fit_transform(_table(src))
         return self._deliver(pa.Table.from_batches([batch]), kind, src)
 
     def transform(self, table: Any, *, output: TransformOutput = "auto") -> Any:
@@ -717,8 +722,8 @@ class Transforms:
             output, src, allowed=("arrow", "pandas", "polars", "numpy"), what="transform"
         )
         if kind == "numpy":
-            return self._t.transform_numpy(_io.to_table(src, "table"), "C")
-        batch = self._t.transform(_io.to_table(src, "table"))
+            return self._t.transform_numpy(_table(src), "C")
+        batch = self._t.transform(_table(src))
         return self._deliver(pa.Table.from_batches([batch]), kind, src)
 
     @staticmethod
@@ -749,7 +754,7 @@ class Transforms:
         array([[ 1.,  0.,  1.,  0.],
                [nan,  0.,  0.,  1.]])
         """
-        return self._t.transform_numpy(_io.to_table(_frames.prepare(table), "table"), order)
+        return self._t.transform_numpy(_table(table), order)
 
     def transform_one(self, row: dict[str, Any]) -> dict[str, float | None]:
         """Apply to one row (a dict of input values): ``{feature_name: float or None}``. Time
@@ -861,7 +866,7 @@ class TransformsEstimator:
         targets = [s.params["target"] for s in self.steps if s.op == "target_encode"]
         if not targets:
             return X
-        table = _io.to_table(_frames.prepare(X), "X")
+        table = _table(X, "X")
         for t in dict.fromkeys(targets):
             if t not in table.column_names:
                 import numpy as np

@@ -274,3 +274,13 @@ def test_parity_is_reachable_from_import_rtml():
     code = "import rtml; print(rtml.parity.check.__name__)"
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "check", out.stderr
+
+
+def test_transforms_read_decimal_columns_as_float64():
+    vals = ["1.10", "2.25", "3.40", None]
+    dec = pa.table({"x": pa.array([None if v is None else Decimal(v) for v in vals], pa.decimal128(6, 2))})
+    flt = pa.table({"x": [None if v is None else float(v) for v in vals]})
+    steps = [rtml.standard_scale("x"), rtml.is_null("x", name="x_missing")]
+    a = rtml.Transforms(steps).fit(dec).transform(dec)
+    b = rtml.Transforms(steps).fit(flt).transform(flt)
+    assert a.equals(b)
