@@ -284,3 +284,13 @@ def test_transforms_read_decimal_columns_as_float64():
     a = rtml.Transforms(steps).fit(dec).transform(dec)
     b = rtml.Transforms(steps).fit(flt).transform(flt)
     assert a.equals(b)
+
+
+def test_vector_request_field_named_like_a_window_feature_is_ignored_as_documented():
+    fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h")])
+    eng = fs.online(history=_events())
+    tf = rtml.Transforms([rtml.passthrough("count_1h"), rtml.passthrough("distance")])
+    at = T0 + pd.Timedelta("3h")
+    want = eng.get(3, at=at)["count_1h"]
+    got = eng.vector(3, tf, {"count_1h": want + 1000.0, "distance": 2.0}, at=at)
+    assert got.tolist() == [float(want), 2.0]  # docs/transforms.md: the window feature wins
