@@ -290,7 +290,8 @@ def test_vector_request_field_named_like_a_window_feature_is_ignored_as_document
     fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h")])
     eng = fs.online(history=_events())
     tf = rtml.Transforms([rtml.passthrough("count_1h"), rtml.passthrough("distance")])
-    at = T0 + pd.Timedelta("3h")
+    at = T0 + pd.Timedelta("6h30m")  # after the history (the state is settled up to its end)
     want = eng.get(3, at=at)["count_1h"]
+    assert want > 0
     got = eng.vector(3, tf, {"count_1h": want + 1000.0, "distance": 2.0}, at=at)
     assert got.tolist() == [float(want), 2.0]  # docs/transforms.md: the window feature wins
