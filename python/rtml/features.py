@@ -667,9 +667,10 @@ class FeatureSet:
         DataFrame, polars DataFrame or LazyFrame, Parquet / CSV / Feather path(s), a dict of
         columns); `spine`: the (key, time) rows to compute features for, in any of those forms.
         `key` / `time` name the spine's key and time columns (default: the feature set's
-        `entity` and `timestamp`). Timestamps of any unit are accepted; naive ones are read as
-        UTC. A time column of strings is refused with a hint to parse it; Decimal value columns
-        are cast to float64.
+        `entity` and `timestamp`). Timestamps of any unit are accepted, time-zone aware or naive;
+        naive ones are read as UTC wall time, and mixing naive with aware times (events vs spine)
+        is refused with a SchemaError rather than guessed. A time column of strings is refused
+        with a hint to parse it; Decimal value columns are cast to float64.
 
         Each feature of spine row (k, t) is computed from the events of entity k with
         ``t - window <= ts < t``: the instant t itself is excluded (an event at exactly t is
@@ -733,6 +734,11 @@ class FeatureSet:
         """A new online engine (:class:`rtml.OnlineEngine`) for this feature set, optionally
         bootstrapped from `history` (events in any form `backfill` takes; sorted by time and
         ingested as one batch).
+
+        Read it with ``eng.get(key, at=...)``: `at` is a ``datetime``, ``pandas.Timestamp``,
+        ``numpy.datetime64``, an ISO 8601 string, or an epoch number in the feature set's
+        `timestamp_unit`; naive instants are UTC, as everywhere in rtml. The window at `at`
+        excludes `at` itself.
 
         >>> import rtml, datetime as dt
         >>> fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h")])
