@@ -308,7 +308,7 @@ def mean(
 def min(
     column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
-    """Smallest non-null value (numbers or strings); null on an empty window.
+    """Smallest non-null value (a number column); null on an empty window.
 
     >>> import rtml
     >>> rtml.min("fare", window="30m").agg
@@ -320,7 +320,7 @@ def min(
 def max(
     column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
-    """Largest non-null value (numbers or strings); null on an empty window.
+    """Largest non-null value (a number column); null on an empty window.
 
     >>> import rtml
     >>> rtml.max("fare", window="30m").agg
@@ -356,7 +356,8 @@ def std(
 def first(
     column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
-    """Value of the earliest non-null event in the window (ties: the smallest value).
+    """Value of the earliest non-null event in the window (ties: the smallest value); a number
+    column.
 
     >>> import rtml
     >>> rtml.first("zone", window="1h")
@@ -368,7 +369,8 @@ def first(
 def last(
     column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
-    """Value of the latest non-null event in the window (ties: the largest value).
+    """Value of the latest non-null event in the window (ties: the largest value); a number
+    column.
 
     >>> import rtml
     >>> rtml.last("fare")
@@ -478,6 +480,29 @@ def _progress_callback(
         bar.refresh()
 
     return update, bar
+
+
+def _check_key_column(table: pa.Table, column: str, what: str) -> None:
+    """Refuse float keys with a hint to cast (1.0 and 1 would be different keys otherwise)."""
+    if column not in table.column_names:
+        return
+    typ = table.schema.field(column).type
+    if pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+        import pyarrow.compute as pc
+
+        col = table.column(column).drop_null()
+        whole = len(col) == 0 or bool(
+            pc.all(pc.equal(pc.floor(col.cast(pa.float64())), col.cast(pa.float64()))).as_py()
+        )
+        hint = (
+            f"every value is a whole number: cast it, e.g. df['{column}'].astype('int64')"
+            if whole
+            else f"it holds fractions: cast it to strings if they are ids, e.g. df['{column}'].astype(str)"
+        )
+        raise SchemaError(
+            f"{what} column '{column}': entity keys must be integers or strings, got {typ} "
+            f"(pandas turns an integer column with nulls into floats); {hint}"
+        )
 
 
 def _check_time_column(table: pa.Table, column: str, what: str) -> None:
@@ -716,6 +741,8 @@ class FeatureSet:
         time = time or self.timestamp
         _check_time_column(ev, self.timestamp, "events")
         _check_time_column(sp, time, "spine")
+        _check_key_column(ev, self.entity, "events")
+        _check_key_column(sp, key, "spine")
         for name in self.feature_names:
             if name in sp.column_names:
                 raise SchemaError(

@@ -295,3 +295,11 @@ def test_vector_request_field_named_like_a_window_feature_is_ignored_as_document
     assert want > 0
     got = eng.vector(3, tf, {"count_1h": want + 1000.0, "distance": 2.0}, at=at)
     assert got.tolist() == [float(want), 2.0]  # docs/transforms.md: the window feature wins
+
+
+def test_float_keys_are_refused_with_a_hint_to_cast():
+    events, spine = _events(), _spine()
+    with pytest.raises(rtml.SchemaError, match=r"events column 'driver'.*astype\('int64'\)"):
+        FS.backfill(events.assign(driver=events.driver.astype(float)), spine)
+    with pytest.raises(rtml.SchemaError, match=r"spine column 'driver'.*fractions.*astype\(str\)"):
+        FS.backfill(events, spine.assign(driver=spine.driver + 0.5))
