@@ -1027,7 +1027,7 @@ def from_sklearn(column_transformer: Any, *, target: str | None = None) -> Trans
             out = f"{tname}__{c}" if used[c] > 1 else None
             src = c
             for k, s in enumerate(chain):
-                if isinstance(s, str) and s == "passthrough":
+                if s is None or (isinstance(s, str) and s == "passthrough"):
                     step = passthrough(src, name=out if k == 0 else None)
                 else:
                     step = _step_from_sklearn(s, src, j, target, f"{tname}/{type(s).__name__}")

@@ -363,3 +363,14 @@ def test_estimator_repr_params_and_set_output():
     df.index = df.index + 1000
     out = est.set_output(transform="pandas").fit(df).transform(df)
     assert isinstance(out, pd.DataFrame) and list(out.columns) == ["x"] and out.index.equals(df.index)
+
+
+def test_pipeline_passthrough_steps_translate():
+    from sklearn.pipeline import Pipeline
+
+    df = _frame(seed=9)
+    ct = ColumnTransformer([("n", Pipeline([("p", "passthrough"), ("i", SimpleImputer()), ("s", StandardScaler()),
+                                            ("q", None)]), ["x"])])
+    want = ct.fit_transform(df)[:, 0]
+    tf = rtml.from_sklearn(ct).fit(df)
+    _close(_ours(tf, df, "x"), want, "x")
