@@ -9,14 +9,17 @@ document and one fitted transforms document per entity, model.joblib) and serves
     GET  /metrics   Prometheus text format
 
 Every served feature vector is logged (feature set, key, at, raw window features, model-ready
-vector) to Parquet part files, so `rtml parity` can later recompute them offline. The online
-state is snapshotted on shutdown and restored on start.
+vector) to Parquet part files, and every accepted event, with the time it was received, to
+events_log/departures/ and events_log/weather/, so `rtml parity` can later recompute the served
+rows offline from exactly the events the service had. The online state is snapshotted on
+shutdown and restored on start.
 
 Run:  RTML_ARTIFACTS=artifacts python examples/serving/app.py --port 8000
  or:  RTML_ARTIFACTS=artifacts uvicorn app:app --app-dir examples/serving --port 8000
 
 Environment: RTML_ARTIFACTS (default ./artifacts), RTML_STATE_DIR (default $RTML_ARTIFACTS/state),
-RTML_SERVED_LOG (default $RTML_ARTIFACTS/served_log), RTML_LOG_FLUSH_SECONDS (5),
+RTML_SERVED_LOG (default $RTML_ARTIFACTS/served_log), RTML_EVENTS_LOG (default
+$RTML_ARTIFACTS/events_log), RTML_LOG_FLUSH_SECONDS (5),
 RTML_LOG_FLUSH_ROWS (20000), RTML_MAX_BATCH (10000 events), RTML_MAX_BODY_BYTES (16 MiB).
 """
 
@@ -60,6 +63,7 @@ class Settings:
     artifacts: Path
     state_dir: Path
     log_dir: Path
+    events_log_dir: Optional[Path] = None
     flush_seconds: float = 5.0
     flush_rows: int = 20_000
     max_batch: int = 10_000
@@ -72,6 +76,7 @@ class Settings:
             artifacts=art,
             state_dir=Path(os.environ.get("RTML_STATE_DIR", art / "state")),
             log_dir=Path(os.environ.get("RTML_SERVED_LOG", art / "served_log")),
+            events_log_dir=Path(os.environ.get("RTML_EVENTS_LOG", art / "events_log")),
             flush_seconds=float(os.environ.get("RTML_LOG_FLUSH_SECONDS", 5.0)),
             flush_rows=int(os.environ.get("RTML_LOG_FLUSH_ROWS", 20_000)),
             max_batch=int(os.environ.get("RTML_MAX_BATCH", 10_000)),
@@ -213,6 +218,44 @@ class Entity:
     engine: Any
 
 
+class EventsLog:
+    """Buffered Parquet log of the accepted events, one folder per kind (departures, weather),
+    each row with `received_at`: the events `rtml parity` recomputes the served rows from."""
+
+    def __init__(self, directory: Path, flush_rows: int) -> None:
+        self.dir = directory
+        self.flush_rows = flush_rows
+        self.lock = threading.Lock()
+        self.parts: dict[str, list[pa.Table]] = {}
+        self.rows = 0
+        self.seq = 0
+        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+    def add(self, tables: dict[str, pa.Table], received_at: dt.datetime) -> None:
+        with self.lock:
+            for kind, t in tables.items():
+                if t.num_rows:
+                    stamp = pa.array([received_at] * t.num_rows, pa.timestamp("us", "UTC"))
+                    self.parts.setdefault(kind, []).append(t.append_column("received_at", stamp))
+                    self.rows += t.num_rows
+            full = self.rows >= self.flush_rows
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            parts, self.parts, self.rows = self.parts, {}, 0
+            self.seq += 1
+            seq = self.seq
+        for kind, tables in parts.items():
+            folder = self.dir / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"events-{self.run}-{seq:06d}.parquet"
+            tmp = folder / f".{name}.tmp"
+            pq.write_table(pa.concat_tables(tables), tmp)
+            os.replace(tmp, folder / name)
+
+
 class ServedLog:
     """Buffered Parquet log of served feature vectors: one part file per flush."""
 
@@ -284,6 +327,8 @@ class Service:
         self.lock = threading.Lock()  # ingest is exclusive; a prediction reads all engines at one state
         self.metrics = Metrics()
         self.log = ServedLog(settings.log_dir, settings.flush_rows)
+        self.events_log = EventsLog(settings.events_log_dir or settings.artifacts / "events_log",
+                                    settings.flush_rows)
         self.started = time.time()
 
     def _restore(self, name: str, fs: rtml.FeatureSet) -> Any:
@@ -325,6 +370,7 @@ class Service:
             for ent in self.entities:
                 t = tables[ent.events]
                 accepted[ent.name] = ent.engine.ingest(t) if t.num_rows else 0
+            self.events_log.add(tables, dt.datetime.now(dt.timezone.utc))
         with self.metrics.lock:
             for e in events:
                 self.metrics.events_received[e.type] += 1
@@ -457,6 +503,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             while not stop.wait(svc.settings.flush_seconds):
                 try:
                     svc.log.flush()
+                    svc.events_log.flush()
                 except Exception:  # keep serving; the rows stay lost only for this part
                     log.exception("served log flush failed")
 
@@ -469,6 +516,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             stop.set()
             thread.join(timeout=10)
             svc.log.flush()
+            svc.events_log.flush()
             svc.snapshot()
             log.info("flushed the served log and snapshotted the online state to %s", svc.settings.state_dir)
 

@@ -77,6 +77,7 @@ from .features import (
     time_since_last,
     var,
 )
+from . import parity  # noqa: E402  (rtml.parity.check after `import rtml`)
 
 __all__ = [
     "FeatureSet",

@@ -15,7 +15,13 @@ MINUTE = 60 * 10**9
 
 
 def make_events(n_events: int, n_keys: int, seed: int = 0) -> pa.Table:
-    """Synthetic ride events over 7 days: Zipf-like hot keys, ~2% null fares, 20 zones."""
+    """Synthetic ride events over 7 days, in time order: Zipf-like hot keys, ~2% null fares,
+    20 zones. Returns a pyarrow.Table (driver_id int64, ts timestamp[ns], fare, zone).
+
+    >>> from rtml import demo
+    >>> demo.make_events(1_000, 10, seed=1).column_names
+    ['driver_id', 'ts', 'fare', 'zone']
+    """
     rng = np.random.default_rng(seed)
     start = np.datetime64("2024-03-01T00:00:00", "ns").astype(np.int64)
     ts = start + np.sort(rng.integers(0, 7 * 24 * 60 * MINUTE, n_events))
@@ -34,6 +40,12 @@ def make_events(n_events: int, n_keys: int, seed: int = 0) -> pa.Table:
 
 
 def feature_set() -> rtml.FeatureSet:
+    """The demo's feature set (10 features of `driver_id`, 5 minutes of allowed lateness).
+
+    >>> from rtml import demo
+    >>> demo.feature_set().feature_names[:3]
+    ['count_1h', 'fare_sum_1h', 'fare_mean_24h']
+    """
     return rtml.FeatureSet(
         entity="driver_id",
         timestamp="ts",
@@ -58,11 +70,20 @@ def _same(a: Any, b: Any) -> bool:
         return a is None and b is None
     if isinstance(a, float) or isinstance(b, float):
         return struct.pack("<d", float(a)) == struct.pack("<d", float(b))
-    return a == b
+    return bool(a == b)
 
 
 def run(n_events: int = 200_000, n_keys: int = 5_000, n_spine: int = 20_000, seed: int = 0) -> bool:
-    print(f"rtml {rtml.__version__} demo: {n_events:,} events, {n_keys:,} drivers, {n_spine:,} spine rows")
+    """Generate events, backfill a spine, replay the events online out of order (within the
+    allowed lateness), ask the engine at every spine row and compare with the backfill bit for
+    bit. Prints timings and the verdict; returns True when every row matches and no event was
+    dropped as late. Raises ValueError for counts below 1."""
+    for name, v in (("n_events", n_events), ("n_keys", n_keys), ("n_spine", n_spine)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"demo.run: {name} must be a whole number >= 1, got {v!r}")
+    print(
+        f"rtml {rtml.__version__} demo: {n_events:,} events, {n_keys:,} drivers, {n_spine:,} spine rows"
+    )
     events = make_events(n_events, n_keys, seed)
     rng = np.random.default_rng(seed + 1)
     ts = events.column("ts").to_numpy().astype(np.int64)
@@ -113,12 +134,18 @@ def run(n_events: int = 200_000, n_keys: int = 5_000, n_spine: int = 20_000, see
             mismatches += 1
     stats = eng.stats()
     ok = mismatches == 0 and stats["late_events_dropped"] == 0
-    print(f"  backfill        {t_backfill * 1e3:8.1f} ms  ({n_events / t_backfill / 1e6:.2f} M events/s)")
-    print(f"  online ingest   {t_ingest * 1e3:8.1f} ms  ({ingested / max(t_ingest, 1e-9) / 1e6:.2f} M events/s, "
-          f"out of order within 5m)")
+    print(
+        f"  backfill        {t_backfill * 1e3:8.1f} ms  ({n_events / t_backfill / 1e6:.2f} M events/s)"
+    )
+    print(
+        f"  online ingest   {t_ingest * 1e3:8.1f} ms  ({ingested / max(t_ingest, 1e-9) / 1e6:.2f} M events/s, "
+        f"out of order within 5m)"
+    )
     print(f"  online get      {t_get / n_spine * 1e6:8.2f} us per call")
     print(f"  state           {stats['keys']:,} keys, {stats['state_bytes'] / 1e6:.1f} MB")
-    print(f"  parity          {n_spine - mismatches:,} / {n_spine:,} rows identical to the backfill, "
-          f"bit for bit ({len(names)} features)")
+    print(
+        f"  parity          {n_spine - mismatches:,} / {n_spine:,} rows identical to the backfill, "
+        f"bit for bit ({len(names)} features)"
+    )
     print("OK" if ok else "PARITY FAILURE")
     return ok

@@ -1,23 +1,66 @@
-"""Feature definitions: the feature constructors and FeatureSet."""
+"""Feature definitions: the feature constructors and FeatureSet.
+
+Durations (``window=``, ``hop=``, ``half_life=``, ``allowed_lateness=``, ``ttl=``) are given as
+
+* a string: a whole or decimal number and a unit, optionally repeated and separated by spaces:
+  ``"30s"``, ``"5m"``, ``"1h30m"``, ``"1 hour"``, ``"1.5h"`` (= ``"90m"``), ``"2 days"``; units
+  ``ns us ms s m h d w`` or their English names (``second(s)``, ``sec``, ``minute(s)``,
+  ``min``, ``hour(s)``, ``hr``, ``day(s)``, ``week(s)``, ``millisecond(s)`` ...). A month or
+  a year is not a fixed duration and is refused; so is a fraction that is not a whole number of
+  nanoseconds;
+* a ``datetime.timedelta``, a ``pandas.Timedelta`` or a ``numpy.timedelta64`` (any unit);
+* ``None``: no window (the entity's whole history), no lateness, no TTL.
+
+A string already in the engine's compact form (``"24h"``, ``"1h30m"``) is kept as written; any
+other accepted form is stored in its shortest exact spelling (``"1.5h"`` and ``"90 minutes"`` ->
+``"90m"``, ``timedelta(hours=24)`` -> ``"1d"``). That spelling is the one in default feature
+names (``fare_sum_90m``) and in the JSON document.
+"""
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
+import html
 import json
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Union
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import pyarrow as pa
 
-from . import _core, _io
+from . import _core, _frames, _io
 from .exceptions import SchemaError, SpecError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .online import OnlineEngine
 
 __all__ = [
     "Feature",
     "FeatureSet",
+    "count",
+    "decayed_sum",
+    "distinct_count",
+    "first",
+    "last",
+    "max",
+    "mean",
+    "min",
+    "quantile",
+    "std",
+    "sum",
+    "time_since_last",
+    "var",
+]
+
+Duration = Union[str, _dt.timedelta, "np.timedelta64", None]
+"""A duration: ``"1h"``, ``"1.5 hours"``, ``timedelta``, ``pandas.Timedelta``, ``numpy.timedelta64``."""
+
+Agg = Literal[
     "count",
     "sum",
     "mean",
@@ -32,40 +75,142 @@ __all__ = [
     "decayed_sum",
     "time_since_last",
 ]
+OnNonfinite = Literal["error", "skip"]
+TimestampUnit = Literal["s", "ms", "us", "ns"]
 
-Duration = Union[str, _dt.timedelta, None]
+_NS = {
+    "w": 7 * 86_400 * 10**9,
+    "d": 86_400 * 10**9,
+    "h": 3_600 * 10**9,
+    "m": 60 * 10**9,
+    "s": 10**9,
+    "ms": 10**6,
+    "us": 10**3,
+    "ns": 1,
+}
+_UNIT_NAMES = {
+    "w": "w", "wk": "w", "week": "w", "weeks": "w",
+    "d": "d", "day": "d", "days": "d",
+    "h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
+    "m": "m", "min": "m", "mins": "m", "minute": "m", "minutes": "m",
+    "s": "s", "sec": "s", "secs": "s", "second": "s", "seconds": "s",
+    "ms": "ms", "msec": "ms", "millisecond": "ms", "milliseconds": "ms",
+    "us": "us", "\u00b5s": "us", "usec": "us", "microsecond": "us", "microseconds": "us",
+    "ns": "ns", "nsec": "ns", "nanosecond": "ns", "nanoseconds": "ns",
+}  # fmt: skip
+_NOT_FIXED = {"mo", "mon", "month", "months", "y", "yr", "year", "years", "q", "quarter"}
+_PART = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([^\s0-9.]*)\s*")
+_CANONICAL = re.compile(r"(?:[0-9]+(?:ns|us|ms|s|m|h|d|w))+")
+_HINT = "e.g. '30s', '5m', '1h30m', '1.5h', '1 hour', '7d'"
 
 
-def _duration(value: Duration, field: str) -> Optional[str]:
+def _format_ns(ns: int) -> str:
+    for unit, factor in _NS.items():
+        if ns % factor == 0:
+            return f"{ns // factor}{unit}"
+    return f"{ns}ns"  # unreachable: every whole ns is a multiple of 1ns
+
+
+def _parse_duration_text(text: str, field: str) -> str:
+    s = text.strip()
+    if not s:
+        raise SpecError(f"{field}: invalid duration {text!r}: empty ({_HINT})")
+    if s.startswith("-"):
+        raise SpecError(f"{field}: invalid duration {text!r}: must be positive")
+    total = Fraction(0)
+    pos = 0
+    while pos < len(s):
+        m = _PART.match(s, pos)
+        if m is None or m.end() == pos:
+            raise SpecError(
+                f"{field}: invalid duration {text!r}: each part must be a number and a unit ({_HINT})"
+            )
+        number, unit = m.group(1), m.group(2).lower()
+        if not unit:
+            raise SpecError(
+                f"{field}: invalid duration {text!r}: {number} has no unit (units: ns us ms s m h d w)"
+            )
+        if unit in _NOT_FIXED:
+            raise SpecError(
+                f"{field}: invalid duration {text!r}: a {unit!r} is not a fixed length of time; "
+                "use days or weeks (e.g. '30d')"
+            )
+        if unit not in _UNIT_NAMES:
+            raise SpecError(
+                f"{field}: invalid duration {text!r}: unknown unit {unit!r} (units: ns us ms s m h d w)"
+            )
+        total += Fraction(number) * _NS[_UNIT_NAMES[unit]]
+        pos = m.end()
+    if total.denominator != 1:
+        raise SpecError(f"{field}: invalid duration {text!r}: not a whole number of nanoseconds")
+    if total <= 0:
+        raise SpecError(f"{field}: invalid duration {text!r}: must be positive")
+    if _CANONICAL.fullmatch(s):
+        return s  # already the engine's spelling: leave the document as written
+    return _format_ns(int(total))
+
+
+def _duration(value: Any, field: str) -> str | None:
+    """The engine spelling of a duration given as a string, timedelta, pandas.Timedelta or
+    numpy.timedelta64 (see the module docstring); None stays None."""
     if value is None:
         return None
-    if isinstance(value, _dt.timedelta):
-        ns = (value.days * 86_400 + value.seconds) * 1_000_000_000 + value.microseconds * 1_000
-        if ns <= 0:
-            raise SpecError(f"{field}: must be positive, got {value!r}")
-        return f"{ns}ns"
     if isinstance(value, str):
-        return value
-    raise SpecError(
-        f"{field}: expected a duration string such as '30s', '5m', '1h', '7d' or a timedelta, "
-        f"got {type(value).__name__}"
-    )
+        return _parse_duration_text(value, field)
+    ns: int | None = None
+    module = type(value).__module__.split(".")[0]
+    if module == "numpy" and type(value).__name__ == "timedelta64":
+        import numpy as np
+
+        if np.isnat(value):
+            raise SpecError(f"{field}: got NaT, not a duration")
+        if np.datetime_data(value.dtype)[0] in ("Y", "M"):
+            raise SpecError(f"{field}: {value!r}: months and years are not a fixed length of time")
+        ns = int(value.astype("timedelta64[ns]").astype("int64"))
+    elif module == "pandas" and hasattr(value, "value") and isinstance(value, _dt.timedelta):
+        ns = int(getattr(value, "value"))  # noqa: B009 (pandas.Timedelta: nanoseconds)
+    elif isinstance(value, _dt.timedelta):
+        ns = (value.days * 86_400 + value.seconds) * 1_000_000_000 + value.microseconds * 1_000
+    if ns is None:
+        raise SpecError(
+            f"{field}: expected a duration ({_HINT}, a timedelta, pandas.Timedelta or "
+            f"numpy.timedelta64), got {type(value).__name__}"
+        )
+    if ns <= 0:
+        raise SpecError(f"{field}: must be positive, got {value!r}")
+    return _format_ns(ns)
 
 
 @dataclass(frozen=True)
 class Feature:
-    """One feature: an aggregation of a column over a window. Build with the constructors
-    (`rtml.sum("fare", window="1h")`), not directly."""
+    """One feature: an aggregation of a column over a window. Build it with the constructors
+    (``rtml.sum("fare", window="1h")``), not directly.
+
+    Attributes: ``agg`` (the aggregation), ``column`` (None for ``count()`` and
+    ``time_since_last()``), ``window`` / ``hop`` / ``half_life`` (engine spelling, e.g.
+    ``"90m"``; None = lifetime / none), ``name`` (None = the default name, filled in by a
+    FeatureSet), ``q`` (``quantile`` only).
+
+    >>> import rtml
+    >>> rtml.sum("fare", window="1.5h")
+    rtml.sum('fare', window='90m')
+    """
 
     agg: str
-    column: Optional[str] = None
-    window: Optional[str] = None
-    name: Optional[str] = None
-    q: Optional[float] = None
-    half_life: Optional[str] = None
-    hop: Optional[str] = None
+    column: str | None = None
+    window: str | None = None
+    name: str | None = None
+    q: float | None = None
+    half_life: str | None = None
+    hop: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The feature as it appears in a FeatureSet document.
+
+        >>> import rtml
+        >>> rtml.count(window="1h").to_dict()
+        {'agg': 'count', 'window': '1h'}
+        """
         d: dict[str, Any] = {"agg": self.agg, "window": self.window}
         if self.hop is not None:
             d["hop"] = self.hop
@@ -79,9 +224,24 @@ class Feature:
             d["half_life"] = self.half_life
         return d
 
+    def __repr__(self) -> str:
+        args = [] if self.column is None else [repr(self.column)]
+        if self.q is not None:
+            args.append(repr(self.q))
+        for key in ("half_life", "window", "hop", "name"):
+            v = getattr(self, key)
+            if v is not None:
+                args.append(f"{key}={v!r}")
+        return f"rtml.{self.agg}({', '.join(args)})"
+
 
 def _make(
-    agg: str, column: Optional[str], window: Duration, name: Optional[str], hop: Duration = None, **extra: Any
+    agg: str,
+    column: str | None,
+    window: Duration,
+    name: str | None,
+    hop: Duration = None,
+    **extra: Any,
 ) -> Feature:
     if column is not None and not isinstance(column, str):
         raise SpecError(f"{agg}: column must be a column name (str), got {type(column).__name__}")
@@ -97,63 +257,154 @@ def _make(
     )
 
 
-def count(column: Optional[str] = None, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
-    """Number of events in the window; with a column, number of its non-null values.
+_COMMON = """
+    `window`: a duration (``"1h"``, ``"1.5 hours"``, timedelta, numpy.timedelta64) or None
+    for the entity's whole history; the window at time t holds events with
+    ``t - window <= ts < t`` (t itself excluded). `hop`: a tiled window (bounded memory):
+    ``floor(t / hop) * hop - window <= ts < t``. `name`: the output column (default
+    ``{column}_{agg}_{window}``). Returns a :class:`Feature`; raises :class:`rtml.SpecError` for
+    a malformed duration or a non-string column / name.
+"""
 
-    >>> rtml.count(window="1h").agg
-    'count'
+
+def count(
+    column: str | None = None,
+    *,
+    window: Duration = None,
+    hop: Duration = None,
+    name: str | None = None,
+) -> Feature:
+    """Number of events in the window; with a column, the number of its non-null values.
+
+    >>> import rtml
+    >>> rtml.FeatureSet("k", "ts", [rtml.count(window="1h"), rtml.count("fare")]).feature_names
+    ['count_1h', 'fare_count']
     """
     return _make("count", column, window, name, hop)
 
 
-def sum(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:  # noqa: A001
-    """Exact (correctly rounded) sum of the column's non-null values; 0.0 on an empty window."""
+def sum(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
+) -> Feature:
+    """Exact (correctly rounded) sum of the column's non-null values; 0.0 on an empty window.
+
+    >>> import rtml
+    >>> rtml.sum("fare", window="1 hour")
+    rtml.sum('fare', window='1h')
+    """
     return _make("sum", column, window, name, hop)
 
 
-def mean(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
-    """Mean of non-null values; null on an empty window."""
+def mean(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
+) -> Feature:
+    """Mean of the non-null values; null on an empty window.
+
+    >>> import rtml
+    >>> rtml.mean("fare", window="24h", name="avg_fare")
+    rtml.mean('fare', window='24h', name='avg_fare')
+    """
     return _make("mean", column, window, name, hop)
 
 
-def min(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:  # noqa: A001
-    """Smallest non-null value; null on an empty window."""
+def min(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
+) -> Feature:
+    """Smallest non-null value (a number column); null on an empty window.
+
+    >>> import rtml
+    >>> rtml.min("fare", window="30m").agg
+    'min'
+    """
     return _make("min", column, window, name, hop)
 
 
-def max(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:  # noqa: A001
-    """Largest non-null value; null on an empty window."""
+def max(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
+) -> Feature:
+    """Largest non-null value (a number column); null on an empty window.
+
+    >>> import rtml
+    >>> rtml.max("fare", window="30m").agg
+    'max'
+    """
     return _make("max", column, window, name, hop)
 
 
-def var(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
-    """Sample variance (ddof=1); null below two values."""
+def var(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
+) -> Feature:
+    """Sample variance (ddof=1); null below two values.
+
+    >>> import rtml
+    >>> rtml.var("fare", window="1d").window
+    '1d'
+    """
     return _make("var", column, window, name, hop)
 
 
-def std(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
-    """Sample standard deviation (ddof=1); null below two values."""
+def std(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
+) -> Feature:
+    """Sample standard deviation (ddof=1); null below two values.
+
+    >>> import rtml
+    >>> rtml.std("fare", window="1d").window
+    '1d'
+    """
     return _make("std", column, window, name, hop)
 
 
-def first(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
-    """Value of the earliest non-null event in the window (ties: the smallest value)."""
+def first(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
+) -> Feature:
+    """Value of the earliest non-null event in the window (ties: the smallest value); a number
+    column.
+
+    >>> import rtml
+    >>> rtml.first("zone", window="1h")
+    rtml.first('zone', window='1h')
+    """
     return _make("first", column, window, name, hop)
 
 
-def last(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
-    """Value of the latest non-null event in the window (ties: the largest value)."""
+def last(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
+) -> Feature:
+    """Value of the latest non-null event in the window (ties: the largest value); a number
+    column.
+
+    >>> import rtml
+    >>> rtml.last("fare")
+    rtml.last('fare')
+    """
     return _make("last", column, window, name, hop)
 
 
-def distinct_count(column: str, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
-    """Number of distinct non-null values (numbers or strings); 0 on an empty window."""
+def distinct_count(
+    column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
+) -> Feature:
+    """Number of distinct non-null values (numbers or strings); 0 on an empty window.
+
+    >>> import rtml
+    >>> rtml.distinct_count("zone", window="24h")
+    rtml.distinct_count('zone', window='24h')
+    """
     return _make("distinct_count", column, window, name, hop)
 
 
-def quantile(column: str, q: float, *, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
-    """Nearest-rank q-quantile, within 2^-8 relative error (deterministic; see docs/semantics.md).
+def quantile(
+    column: str,
+    q: float,
+    *,
+    window: Duration = None,
+    hop: Duration = None,
+    name: str | None = None,
+) -> Feature:
+    """Nearest-rank q-quantile (0 <= q <= 1), within 2^-8 relative error (deterministic; see
+    docs/semantics.md). Raises SpecError for a q that is not a number.
 
+    >>> import rtml
     >>> rtml.quantile("fare", 0.9, window="1h").q
     0.9
     """
@@ -163,23 +414,58 @@ def quantile(column: str, q: float, *, window: Duration = None, hop: Duration = 
 
 
 def decayed_sum(
-    column: str, *, half_life: Duration, window: Duration = None, hop: Duration = None, name: Optional[str] = None
+    column: str,
+    *,
+    half_life: Duration,
+    window: Duration = None,
+    hop: Duration = None,
+    name: str | None = None,
 ) -> Feature:
-    """Sum of v * 2^(-(t - ts) / half_life) over the window."""
+    """Sum of ``v * 2 ** (-(t - ts) / half_life)`` over the window (`half_life` required).
+
+    >>> import rtml
+    >>> rtml.decayed_sum("fare", half_life="30 minutes", window="1d")
+    rtml.decayed_sum('fare', half_life='30m', window='1d')
+    """
     if half_life is None:
         raise SpecError("decayed_sum.half_life: required, e.g. half_life='1h'")
-    return _make("decayed_sum", column, window, name, hop, half_life=_duration(half_life, "decayed_sum.half_life"))
+    return _make(
+        "decayed_sum",
+        column,
+        window,
+        name,
+        hop,
+        half_life=_duration(half_life, "decayed_sum.half_life"),
+    )
 
 
-def time_since_last(*, window: Duration = None, hop: Duration = None, name: Optional[str] = None) -> Feature:
-    """Seconds since the entity's latest event in the window (null if none)."""
+def time_since_last(
+    *, window: Duration = None, hop: Duration = None, name: str | None = None
+) -> Feature:
+    """Seconds (float) since the entity's latest event in the window (null if none).
+
+    >>> import rtml
+    >>> rtml.time_since_last()
+    rtml.time_since_last()
+    """
     return _make("time_since_last", None, window, name, hop)
 
 
-Progress = Union[bool, None, Callable[[int, int], Any]]
+for _f in (count, sum, mean, min, max, var, std, first, last, distinct_count, quantile):
+    _f.__doc__ = (_f.__doc__ or "").replace("\n\n    >>>", "\n" + _COMMON + "\n    >>>", 1)
+decayed_sum.__doc__ = (decayed_sum.__doc__ or "").replace(
+    "\n\n    >>>", "\n" + _COMMON + "\n    >>>", 1
+)
+time_since_last.__doc__ = (time_since_last.__doc__ or "").replace(
+    "\n\n    >>>", "\n" + _COMMON + "\n    >>>", 1
+)
+
+Progress = Union[bool, None, Callable[[int, int], Any]]  # noqa: UP007 (a runtime alias)
 
 
-def _progress_callback(progress: Progress, total_hint: int) -> tuple[Optional[Callable[[int, int], Any]], Any]:
+def _progress_callback(
+    progress: Progress, total_hint: int
+) -> tuple[Callable[[int, int], Any] | None, Any]:
     if callable(progress):
         return progress, None
     if progress is False or (progress is None and total_hint < 200_000):
@@ -198,16 +484,76 @@ def _progress_callback(progress: Progress, total_hint: int) -> tuple[Optional[Ca
     return update, bar
 
 
+def _check_key_column(table: pa.Table, column: str, what: str) -> None:
+    """Refuse float keys with a hint to cast (1.0 and 1 would be different keys otherwise)."""
+    if column not in table.column_names:
+        return
+    typ = table.schema.field(column).type
+    if pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+        import pyarrow.compute as pc
+
+        col = table.column(column).drop_null()
+        whole = len(col) == 0 or bool(
+            pc.all(pc.equal(pc.floor(col.cast(pa.float64())), col.cast(pa.float64()))).as_py()
+        )
+        hint = (
+            f"every value is a whole number: cast it, e.g. df['{column}'].astype('int64')"
+            if whole
+            else f"it holds fractions: cast it to strings if they are ids, e.g. df['{column}'].astype(str)"
+        )
+        raise SchemaError(
+            f"{what} column '{column}': entity keys must be integers or strings, got {typ} "
+            f"(pandas turns an integer column with nulls into floats); {hint}"
+        )
+
+
+def _check_time_column(table: pa.Table, column: str, what: str) -> None:
+    """Refuse a time column of strings with a hint to parse it (rtml never guesses formats)."""
+    if column not in table.column_names:
+        return  # the engine names the missing column
+    typ = table.schema.field(column).type
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ):
+        col = table.column(column).drop_null()
+        sample = col[0].as_py() if len(col) else None
+        raise SchemaError(
+            f"{what} column '{column}': holds strings (e.g. {sample!r}), not timestamps; rtml does "
+            "not guess date formats: parse it first, e.g. pandas.to_datetime(df['"
+            f"{column}'], utc=True), polars pl.col('{column}').str.to_datetime(time_zone='UTC'), "
+            f"or pyarrow.compute.cast(table['{column}'], pa.timestamp('ns', 'UTC'))"
+        )
+
+
 class FeatureSet:
     """Window features of one entity, defined once and computed by one engine offline
     (`backfill`) and online (`online()`), bit for bit.
 
+    Parameters: `entity` (the key column: integers or strings), `timestamp` (the event-time
+    column: timestamps of any unit, naive ones read as UTC; integers need `timestamp_unit`),
+    `features` (from the constructors: ``rtml.count``, ``rtml.sum`` ...), `allowed_lateness`
+    (how late an event may arrive online and still count; default 0), `ttl` (forget an entity
+    idle this long; must cover the longest window plus the lateness), `timestamp_unit`
+    (``"s"``, ``"ms"``, ``"us"``, ``"ns"`` for integer timestamps), `on_nonfinite` (``"error"``:
+    NaN / inf values are refused; ``"skip"``: read as null). Durations: see the module docstring.
+
+    Raises :class:`rtml.SpecError` naming the field for anything invalid (duplicate feature
+    names, a ttl shorter than a window, an unknown unit ...). Every parameter is readable back as
+    an attribute; equal definitions compare equal and pickle as their JSON document.
+
     >>> import rtml
-    >>> fs = rtml.FeatureSet(entity="driver_id", timestamp="ts",
+    >>> fs = rtml.FeatureSet(entity="driver_id", timestamp="ts", allowed_lateness="5m",
     ...                      features=[rtml.count(window="1h"), rtml.sum("fare", window="1h")])
     >>> fs.feature_names
     ['count_1h', 'fare_sum_1h']
+    >>> fs.allowed_lateness, fs.ttl
+    ('5m', None)
+    >>> fs
+    FeatureSet(entity='driver_id', timestamp='ts', allowed_lateness='5m', features=[
+        count_1h     rtml.count(window='1h'),
+        fare_sum_1h  rtml.sum('fare', window='1h'),
+    ])
     """
+
+    _spec: _core.Spec
 
     def __init__(
         self,
@@ -217,9 +563,13 @@ class FeatureSet:
         *,
         allowed_lateness: Duration = None,
         ttl: Duration = None,
-        timestamp_unit: Optional[str] = None,
-        on_nonfinite: str = "error",
+        timestamp_unit: TimestampUnit | None = None,
+        on_nonfinite: OnNonfinite = "error",
     ) -> None:
+        if isinstance(features, Feature):
+            raise SpecError(
+                "features: expected a list of features, got one Feature; wrap it in [...]"
+            )
         feats = list(features)
         for i, f in enumerate(feats):
             if not isinstance(f, Feature):
@@ -241,32 +591,80 @@ class FeatureSet:
         self._spec = _core.Spec.from_json(json.dumps(doc))
 
     @classmethod
-    def from_json(cls, text: str) -> "FeatureSet":
-        """Load a document written by `to_json` (refuses newer versions with SpecError)."""
+    def from_json(cls, text: str) -> FeatureSet:
+        """Load a document written by `to_json`. Raises SpecError for an invalid document or
+        one of a newer version (naming the field).
+
+        >>> import rtml
+        >>> fs = rtml.FeatureSet("k", "ts", [rtml.count(window="1h")])
+        >>> rtml.FeatureSet.from_json(fs.to_json()) == fs
+        True
+        """
         fs = cls.__new__(cls)
         fs._spec = _core.Spec.from_json(text)
         return fs
 
     def to_json(self) -> str:
-        """The versioned JSON document: save it in the notebook, load it in the service."""
+        """The versioned JSON document (str): save it in the notebook, load it in the service
+        with `from_json`.
+
+        >>> import rtml, json
+        >>> json.loads(rtml.FeatureSet("k", "ts", [rtml.count(window="1h")]).to_json())["entity"]
+        'k'
+        """
         return self._spec.to_json()
+
+    def _doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self._spec.to_json())
+        return doc
 
     @property
     def feature_names(self) -> list[str]:
+        """Output column names, in definition order (list of str)."""
         return list(self._spec.feature_names)
 
     @property
     def entity(self) -> str:
+        """The entity (key) column."""
         return self._spec.entity
 
     @property
     def timestamp(self) -> str:
+        """The event-time column."""
         return self._spec.timestamp
 
     @property
+    def timestamp_unit(self) -> str | None:
+        """Unit of integer timestamps (``"s"``, ``"ms"``, ``"us"``, ``"ns"``) or None."""
+        return self._spec.timestamp_unit
+
+    @property
+    def allowed_lateness(self) -> str | None:
+        """How late an event may arrive online and still count (e.g. ``"5m"``); None = 0."""
+        v = self._doc().get("allowed_lateness")
+        return None if v in (None, "0ns") else str(v)
+
+    @property
+    def ttl(self) -> str | None:
+        """Idle time after which an entity's online state is forgotten, or None."""
+        v = self._doc().get("ttl")
+        return None if v is None else str(v)
+
+    @property
+    def on_nonfinite(self) -> str:
+        """``"error"`` (NaN / inf values refused) or ``"skip"`` (read as null)."""
+        return str(self._doc().get("on_nonfinite", "error"))
+
+    @property
     def features(self) -> list[Feature]:
+        """The features, with their names filled in (list of :class:`Feature`).
+
+        >>> import rtml
+        >>> rtml.FeatureSet("k", "ts", [rtml.sum("fare", window="1h")]).features
+        [rtml.sum('fare', window='1h', name='fare_sum_1h')]
+        """
         out = []
-        for f in json.loads(self.to_json())["features"]:
+        for f in self._doc()["features"]:
             out.append(
                 Feature(
                     agg=f["agg"],
@@ -285,22 +683,68 @@ class FeatureSet:
         events: Any,
         spine: Any,
         *,
-        key: Optional[str] = None,
-        time: Optional[str] = None,
+        key: str | None = None,
+        time: str | None = None,
         progress: Progress = None,
-    ) -> pa.Table:
+        output: _frames.Output = "auto",
+    ) -> Any:
         """Point-in-time-correct features for every spine row.
 
-        Returns the spine's columns (in spine order, unchanged) followed by one column per
-        feature, each computed from the entity's events with ``time - window <= ts < time``.
+        `events`: the history (pyarrow Table / RecordBatch / RecordBatchReader / dataset, pandas
+        DataFrame, polars DataFrame or LazyFrame, Parquet / CSV / Feather path(s), a dict of
+        columns); `spine`: the (key, time) rows to compute features for, in any of those forms.
         `key` / `time` name the spine's key and time columns (default: the feature set's
-        entity and timestamp names). `progress`: None shows a bar for large spines when tqdm is
-        installed, True always, False never, or a callable ``f(done, total)``.
+        `entity` and `timestamp`). Timestamps of any unit are accepted, time-zone aware or naive;
+        naive ones are read as UTC wall time, and mixing naive with aware times (events vs spine)
+        is refused with a SchemaError rather than guessed. A time column of strings is refused
+        with a hint to parse it; Decimal value columns are cast to float64.
+
+        Each feature of spine row (k, t) is computed from the events of entity k with
+        ``t - window <= ts < t``: the instant t itself is excluded (an event at exactly t is
+        not yet known when the question is asked at t).
+
+        Returns the spine's columns (in spine order, unchanged) followed by one column per
+        feature. `output` chooses the kind: ``"auto"`` (default) follows the spine: a pandas
+        spine gives a pandas DataFrame **with the spine's index** (so ``spine["f"] = out["f"]``
+        aligns), a polars spine a polars DataFrame, anything else a pyarrow.Table; or
+        ``"arrow"``, ``"pandas"``, ``"polars"`` explicitly.
+
+        `progress`: None shows a bar for large spines when tqdm is installed, True always,
+        False never, or a callable ``f(done, total)`` (an exception it raises stops the
+        backfill and propagates; so does Ctrl-C).
+
+        Raises :class:`rtml.SchemaError` naming the column for missing columns, wrong types,
+        null keys or times, or a spine column named like a feature; TypeError for an input
+        that is not a table; ValueError for an unknown `output`.
+
+        >>> import rtml, pandas as pd
+        >>> fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h"), rtml.sum("fare", window="1h")])
+        >>> events = pd.DataFrame({"driver": [1, 1, 2],
+        ...                        "ts": pd.to_datetime(["2024-01-01 10:00", "2024-01-01 10:30",
+        ...                                              "2024-01-01 10:10"], utc=True),
+        ...                        "fare": [10.0, 5.0, 7.0]})
+        >>> spine = pd.DataFrame({"driver": [1, 1, 2],
+        ...                       "ts": pd.to_datetime(["2024-01-01 10:30", "2024-01-01 10:31",
+        ...                                             "2024-01-01 12:00"], utc=True)},
+        ...                      index=[7, 8, 9])
+        >>> fs.backfill(events, spine)
+           driver                        ts  count_1h  fare_sum_1h
+        7       1 2024-01-01 10:30:00+00:00         1         10.0
+        8       1 2024-01-01 10:31:00+00:00         2         15.0
+        9       2 2024-01-01 12:00:00+00:00         0          0.0
         """
-        ev = _io.to_table(events, "events")
-        sp = _io.to_table(spine, "spine")
+        kind = _frames.resolve_output(
+            output, spine, allowed=("arrow", "pandas", "polars"), what="backfill"
+        )
+        spine_in = _frames.prepare(spine)
+        ev = _frames.decimals_to_float(_io.to_table(_frames.prepare(events), "events"))
+        sp = _io.to_table(spine_in, "spine")
         key = key or self.entity
         time = time or self.timestamp
+        _check_time_column(ev, self.timestamp, "events")
+        _check_time_column(sp, time, "spine")
+        _check_key_column(ev, self.entity, "events")
+        _check_key_column(sp, key, "spine")
         for name in self.feature_names:
             if name in sp.column_names:
                 raise SchemaError(
@@ -309,23 +753,34 @@ class FeatureSet:
                 )
         callback, bar = _progress_callback(progress, sp.num_rows)
         try:
-            feats = self._spec.backfill(ev, sp, key, time, callback)
+            feats = pa.Table.from_batches([self._spec.backfill(ev, sp, key, time, callback)])
         finally:
             if bar is not None:
                 bar.close()
-        out = sp
-        for i, field in enumerate(feats.schema):
-            out = out.append_column(field, feats.column(i))
-        return out
+        return _join_features(spine_in, sp, feats, kind)
 
     def online(self, history: Any = None) -> "OnlineEngine":
-        """A new online engine for this feature set, optionally bootstrapped from `history`
-        (events, ingested in time order)."""
+        """A new online engine (:class:`rtml.OnlineEngine`) for this feature set, optionally
+        bootstrapped from `history` (events in any form `backfill` takes; sorted by time and
+        ingested as one batch).
+
+        Read it with ``eng.get(key, at=...)``: `at` is a ``datetime``, ``pandas.Timestamp``,
+        ``numpy.datetime64``, an ISO 8601 string, or an epoch number in the feature set's
+        `timestamp_unit`; naive instants are UTC, as everywhere in rtml. The window at `at`
+        excludes `at` itself.
+
+        >>> import rtml, datetime as dt
+        >>> fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h")])
+        >>> t = dt.datetime(2024, 1, 1, 10, tzinfo=dt.timezone.utc)
+        >>> eng = fs.online(history=[{"driver": 1, "ts": t}])
+        >>> eng.get(1, at=t + dt.timedelta(minutes=5))["count_1h"]
+        1
+        """
         from .online import OnlineEngine
 
         eng = OnlineEngine(self)
         if history is not None:
-            table = _io.to_table(history, "history")
+            table = _frames.decimals_to_float(_io.to_table(_frames.prepare(history), "history"))
             if table.num_rows:
                 table = table.sort_by(self.timestamp)
             eng.ingest(table)
@@ -343,5 +798,97 @@ class FeatureSet:
     def __setstate__(self, state: str) -> None:
         self._spec = _core.Spec.from_json(state)
 
+    def _params(self) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = [("entity", self.entity), ("timestamp", self.timestamp)]
+        for k in ("timestamp_unit", "allowed_lateness", "ttl"):
+            v = getattr(self, k)
+            if v is not None:
+                out.append((k, v))
+        if self.on_nonfinite != "error":
+            out.append(("on_nonfinite", self.on_nonfinite))
+        return out
+
     def __repr__(self) -> str:
-        return f"FeatureSet(entity={self.entity!r}, timestamp={self.timestamp!r}, features={self.feature_names!r})"
+        head = ", ".join(f"{k}={v!r}" for k, v in self._params())
+        feats = self.features
+        w = _maxlen([str(f.name) for f in feats])
+        lines = [f"FeatureSet({head}, features=["]
+        for f in feats:
+            shown = Feature(f.agg, f.column, f.window, None, f.q, f.half_life, f.hop)
+            if not _default_name(self, f):
+                shown = f
+            lines.append(f"    {f.name!s:<{w}}  {shown!r},")
+        lines.append("])")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        params = "".join(
+            f"<tr><th style='text-align:left'>{e(k)}</th><td>{e(str(v))}</td></tr>"
+            for k, v in self._params()
+        )
+        rows = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{e('' if v is None else str(v))}</td>"
+                for v in (f.name, f.agg, f.column, f.window or "lifetime", f.hop, _extra(f))
+            )
+            + "</tr>"
+            for f in self.features
+        )
+        return (
+            f"<div><b>rtml.FeatureSet</b> ({len(self.feature_names)} features)"
+            f"<table>{params}</table>"
+            "<table><thead><tr><th>name</th><th>agg</th><th>column</th><th>window</th>"
+            f"<th>hop</th><th>other</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        )
+
+
+def _extra(f: Feature) -> str:
+    if f.q is not None:
+        return f"q={f.q}"
+    if f.half_life is not None:
+        return f"half_life={f.half_life}"
+    return ""
+
+
+def _maxlen(names: list[str]) -> int:
+    return builtins.max((len(s) for s in names), default=0)
+
+
+def _default_name(fs: FeatureSet, f: Feature) -> bool:
+    """Whether `f`'s name is the one the engine gives it without `name=`."""
+    bare = Feature(f.agg, f.column, f.window, None, f.q, f.half_life, f.hop)
+    doc = {
+        "format": "rtml.FeatureSet",
+        "version": _core.SPEC_VERSION,
+        "entity": fs.entity,
+        "timestamp": fs.timestamp,
+        "timestamp_unit": fs.timestamp_unit,
+        "features": [bare.to_dict()],
+    }
+    try:
+        return _core.Spec.from_json(json.dumps(doc)).feature_names == [f.name]
+    except SpecError:
+        return False
+
+
+def _join_features(spine_in: Any, sp: pa.Table, feats: pa.Table, kind: str) -> Any:
+    """The spine followed by the feature columns, as `kind`; a pandas / polars spine's own
+    columns (dtypes, index) are kept as they were."""
+    source = _frames.kind_of(spine_in)
+    if kind == "pandas" and source == "pandas":
+        import pandas as pd
+
+        frame = feats.to_pandas()
+        frame.index = spine_in.index
+        return pd.concat([spine_in, frame], axis=1)
+    if kind == "polars" and source == "polars":
+        import polars as pl
+
+        pl_feats: Any = pl.from_arrow(feats)
+        return spine_in.hstack(pl_feats.get_columns())
+    out = sp
+    for i, field in enumerate(feats.schema):
+        out = out.append_column(field, feats.column(i))
+    return _frames.deliver(out, kind)

@@ -67,6 +67,7 @@ def test_notebook_trains_and_saves_artifacts(artifacts):
         assert tf.is_fitted and fs.feature_names
         assert (artifacts / "warm" / f"{e['name']}.snap").exists()
     for name in ["model.joblib", "departures.parquet", "weather.parquet", "test_rows.parquet",
+                 "departures_history.parquet", "weather_history.parquet",
                  "ewr_rolling_delay.png", "feature_importance.png"]:
         assert (artifacts / name).stat().st_size > 0, name
 
@@ -227,3 +228,48 @@ def test_parity_reports_mismatches(tmp_path):
     assert rtml.cli.main(["parity", "--spec", str(tmp_path / "fs.json"), "--events", str(tmp_path / "events.parquet"),
                           "--log", str(tmp_path / "log.parquet"), "--json", str(tmp_path / "r.json")]) == 1
     assert json.loads((tmp_path / "r.json").read_text())["features"]["count_1h"]["mismatches"] == 1
+
+
+def _readme_walkthrough() -> tuple[list[tuple[str, str]], list[str]]:
+    """The README's serving walkthrough: its curl posts (path, JSON body) and its `rtml parity`
+    command, as written (continuation lines joined)."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "rtml parity" in b)
+    text = re.sub(r"\\\n\s*", " ", block)
+    lines, cur = [], ""
+    for line in text.splitlines():  # a quoted JSON body may span lines
+        if not cur and line.lstrip().startswith("#"):
+            continue
+        cur = f"{cur}\n{line}" if cur else line
+        if cur.count("'") % 2 == 0:
+            lines.append(cur)
+            cur = ""
+    posts = [(m.group(1), m.group(2)) for ln in lines
+             for m in [re.search(r"curl -s localhost:\d+(/\w+) -d '(.*?)'", ln, re.S)] if m]
+    (parity,) = [shlex.split(ln.split("#")[0]) for ln in lines if ln.lstrip().startswith("rtml parity")]
+    return posts, parity
+
+
+def test_readme_serving_walkthrough_passes_as_written(artifacts, tmp_path):
+    import shutil
+
+    posts, parity = _readme_walkthrough()
+    assert [p for p, _ in posts] == ["/events", "/predict"]
+    art = tmp_path / "artifacts"  # a fresh copy: the walkthrough starts from the notebook's output
+    shutil.copytree(artifacts, art, ignore=shutil.ignore_patterns("state", "served_log", "events_log"))
+    with Server(art, art / "state", art / "served_log") as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        for path, body in posts:
+            r = c.post(path, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 200, (path, r.text)
+    assert parity[:2] == ["rtml", "parity"]
+    argv = [a.replace("artifacts/", f"{art}/") for a in parity[1:]]
+    assert rtml.cli.main(argv) == 0
+    # and the command the README used to show (all 2013 departures, not what the service saw)
+    # reports the curl-posted plane's served features as mismatches: the reason for the change
+    old = [a if not a.endswith("departures_history.parquet") else f"{art}/departures.parquet"
+           for a in argv if "events_log" not in a]
+    old = [a for a in old if a not in ("--arrival", "received_at")]
+    assert rtml.cli.main([*old, "--quiet"]) == 1

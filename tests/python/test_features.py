@@ -551,7 +551,7 @@ def test_pandas_and_polars_inputs():
     # pandas, naive datetime64[ns] on both sides (taken as UTC); nullable Float64 keeps the
     # null a null
     to_pd = {"types_mapper": {pa.float64(): pd.Float64Dtype()}.get}
-    out = fs.backfill(ev.to_pandas(**to_pd), sp.to_pandas())
+    out = fs.backfill(ev.to_pandas(**to_pd), sp.to_pandas(), output="arrow")
     assert isinstance(out, pa.Table)
     assert _feature_columns(out, HAND_FEATS) == want
     # pandas, tz-aware in another zone against a tz-aware spine: same instants
@@ -559,9 +559,9 @@ def test_pandas_and_polars_inputs():
     pev["ts"] = pev["ts"].dt.tz_localize("UTC").dt.tz_convert("Asia/Tokyo")
     psp = sp.to_pandas()
     psp["ts"] = psp["ts"].dt.tz_localize("UTC")
-    assert _feature_columns(fs.backfill(pev, psp), HAND_FEATS) == want
+    assert _feature_columns(fs.backfill(pev, psp, output="arrow"), HAND_FEATS) == want
     # polars
-    out = fs.backfill(pl.from_arrow(ev), pl.from_arrow(sp))
+    out = fs.backfill(pl.from_arrow(ev), pl.from_arrow(sp), output="arrow")
     assert _feature_columns(out, HAND_FEATS) == want
     # RecordBatch
     out = fs.backfill(ev.to_batches()[0], sp.to_batches()[0])
