@@ -146,7 +146,7 @@ def test_csv_input_empty_is_null_and_times_are_parsed(tmp_path):
         "d1,2024-03-01T10:20:00Z,z2,\n"           # fare empty = null
         "NA,2024-03-01T10:20:00Z,z2,1\n"          # 'NA' is a key, not a null
     )
-    (tmp_path / "spine.csv").write_text("driver,ts\nd1,2024-03-01 10:30:00\nNA,2024-03-01T10:30:00\n")
+    (tmp_path / "spine.csv").write_text("driver,ts\nd1,2024-03-01 10:30:00Z\nNA,2024-03-01T10:30:00+00:00\n")
     assert _run(tmp_path, "out.parquet", "events.csv", "spine.csv") == 0
     got = pq.read_table(tmp_path / "out.parquet")
     assert got.column("zone_count_1h").to_pylist() == [2, 1]           # the null zone is not counted
