@@ -16,8 +16,9 @@
 //! query's answer by calling each output's [`Eval`] on a [`View`] of its group.
 //!
 //! Adding an aggregation: a row in [`AGGS`] (its name, column use, parameter, accumulator and
-//! output function) and, if no family computes it yet, a new family file with a new [`Acc`] /
-//! [`AccPlan`] variant appended last (see `docs/architecture.md`).
+//! output function) and, if no family computes it yet, a new family file, its [`AccPlan`]
+//! variant and one line appended last in the `families!` list that declares [`Acc`] (see
+//! `docs/architecture.md`).
 
 use std::cell::RefCell;
 
