@@ -31,6 +31,7 @@ pub struct DecayCells(SmallVec<[(i64, ExactSum); 1]>);
 
 impl DecayCells {
     /// The cell of period `c`, created empty if missing.
+    #[inline]
     pub fn entry(&mut self, c: i64) -> &mut ExactSum {
         let i = match self.0.binary_search_by_key(&c, |e| e.0) {
             Ok(i) => i,
@@ -42,6 +43,7 @@ impl DecayCells {
         &mut self.0[i].1
     }
 
+    #[inline]
     fn remove(&mut self, c: i64) {
         if let Ok(i) = self.0.binary_search_by_key(&c, |e| e.0) {
             self.0.remove(i);

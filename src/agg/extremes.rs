@@ -17,6 +17,7 @@ fn is_max(p: &AccPlan) -> bool {
 
 impl Extreme {
     /// Drop entries older than `start` (the settled window moved on).
+    #[inline]
     pub fn expire(&mut self, start: i64) {
         while self.0.front().is_some_and(|&(ts, _)| ts < start) {
             self.0.pop_front();

@@ -16,8 +16,9 @@
 //! query's answer by calling each output's [`Eval`] on a [`View`] of its group.
 //!
 //! Adding an aggregation: a row in [`AGGS`] (its name, column use, parameter, accumulator and
-//! output function) and, if no family computes it yet, a new family file with a new [`Acc`] /
-//! [`AccPlan`] variant appended last (see `docs/architecture.md`).
+//! output function) and, if no family computes it yet, a new family file, its [`AccPlan`]
+//! variant and one line appended last in the `families!` list that declares [`Acc`] (see
+//! `docs/architecture.md`).
 
 use std::cell::RefCell;
 
@@ -70,24 +71,6 @@ pub enum AccPlan {
     },
 }
 
-/// One accumulator's state over the events it covers.
-///
-/// **The variant order is the snapshot format**: snapshots store an `Acc` as bincode, which
-/// writes the variant's index and then its fields. Never reorder, remove or insert variants,
-/// and never change a family's fields: a new family goes last. `tests::acc_encoding_is_pinned`
-/// holds the bytes of every variant to the committed ones.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Acc {
-    NonNull(NonNull),
-    Moments(Moments),
-    /// Monotonic deque of (ts, value): increasing values for min, decreasing for max.
-    Extreme(Extreme),
-    Distinct(Distinct),
-    Sketch(Sketch),
-    Decay(DecayCells),
-    Edges(Edges),
-}
-
 /// An accumulator family: every accumulator is a function of the multiset of events it covers
 /// (never of the order in which they came).
 pub trait Family: Default {
@@ -109,101 +92,103 @@ pub trait Family: Default {
     fn heap_bytes(&self) -> usize;
 }
 
-/// `$body` with `$a` bound to the family inside any variant of `$acc`.
-macro_rules! each_family {
-    ($acc:expr, $a:ident => $body:expr) => {
-        match $acc {
-            Acc::NonNull($a) => $body,
-            Acc::Moments($a) => $body,
-            Acc::Extreme($a) => $body,
-            Acc::Distinct($a) => $body,
-            Acc::Sketch($a) => $body,
-            Acc::Decay($a) => $body,
-            Acc::Edges($a) => $body,
+/// Declares [`Acc`], one variant per family (in this order: the snapshot format), and its
+/// dispatch to the families: adding a family is one line here (plus its [`AccPlan`] variant,
+/// of the same name).
+macro_rules! families {
+    ($(#[$meta:meta])* pub enum Acc { $($(#[$vmeta:meta])* $var:ident($ty:ty),)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Serialize, Deserialize)]
+        pub enum Acc {
+            $($(#[$vmeta])* $var($ty),)*
+        }
+
+        impl Acc {
+            pub fn new(p: &AccPlan) -> Acc {
+                match p {
+                    $(AccPlan::$var { .. } => Acc::$var(<$ty>::default()),)*
+                }
+            }
+
+            /// Whether this accumulator is the kind `p` plans (guards deserialized state).
+            pub fn same_kind(&self, p: &AccPlan) -> bool {
+                match (self, p) {
+                    $((Acc::$var(_), AccPlan::$var { .. }) => true,)*
+                    #[allow(unreachable_patterns)]
+                    _ => false,
+                }
+            }
+
+            /// Empty, as `Acc::new(p)`, keeping allocations.
+            #[inline]
+            pub fn reset(&mut self) {
+                match self {
+                    $(Acc::$var(a) => a.reset(),)*
+                }
+            }
+
+            /// See [`Family::INVERTIBLE`].
+            #[inline]
+            pub fn invertible(&self) -> bool {
+                match self {
+                    $(Acc::$var(_) => <$ty as Family>::INVERTIBLE,)*
+                }
+            }
+
+            /// See [`Family::EAGER`].
+            #[inline]
+            pub fn eager(&self) -> bool {
+                match self {
+                    $(Acc::$var(_) => <$ty as Family>::EAGER,)*
+                }
+            }
+
+            /// See [`Family::merge`] (accumulators of different kinds do not merge).
+            pub fn merge(&mut self, p: &AccPlan, other: &Acc) {
+                match (self, other) {
+                    $((Acc::$var(a), Acc::$var(b)) => a.merge(p, b),)*
+                    #[allow(unreachable_patterns)]
+                    _ => {}
+                }
+            }
+
+            /// See [`Family::apply`].
+            #[inline]
+            pub fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, lifetime: bool) {
+                match self {
+                    $(Acc::$var(a) => a.apply(p, row, sign, lifetime),)*
+                }
+            }
+
+            fn heap_bytes(&self) -> usize {
+                match self {
+                    $(Acc::$var(a) => a.heap_bytes(),)*
+                }
+            }
         }
     };
 }
 
-/// `$body` with `$F` the family type of a variant (for associated constants).
-macro_rules! family_const {
-    ($acc:expr, $c:ident) => {
-        match $acc {
-            Acc::NonNull(_) => NonNull::$c,
-            Acc::Moments(_) => Moments::$c,
-            Acc::Extreme(_) => Extreme::$c,
-            Acc::Distinct(_) => Distinct::$c,
-            Acc::Sketch(_) => Sketch::$c,
-            Acc::Decay(_) => DecayCells::$c,
-            Acc::Edges(_) => Edges::$c,
-        }
-    };
+families! {
+    /// One accumulator's state over the events it covers.
+    ///
+    /// **The variant order is the snapshot format**: snapshots store an `Acc` as bincode, which
+    /// writes the variant's index and then its fields. Never reorder, remove or insert variants,
+    /// and never change a family's fields: a new family goes last. `tests::acc_encoding_is_pinned`
+    /// holds the bytes of every variant to the committed ones.
+    pub enum Acc {
+        NonNull(NonNull),
+        Moments(Moments),
+        /// Monotonic deque of (ts, value): increasing values for min, decreasing for max.
+        Extreme(Extreme),
+        Distinct(Distinct),
+        Sketch(Sketch),
+        Decay(DecayCells),
+        Edges(Edges),
+    }
 }
 
 impl Acc {
-    pub fn new(p: &AccPlan) -> Acc {
-        match p {
-            AccPlan::NonNull { .. } => Acc::NonNull(NonNull::default()),
-            AccPlan::Moments { .. } => Acc::Moments(Moments::default()),
-            AccPlan::Extreme { .. } => Acc::Extreme(Extreme::default()),
-            AccPlan::Distinct { .. } => Acc::Distinct(Distinct::default()),
-            AccPlan::Sketch { .. } => Acc::Sketch(Sketch::default()),
-            AccPlan::Decay { .. } => Acc::Decay(DecayCells::default()),
-            AccPlan::Edges { .. } => Acc::Edges(Edges::default()),
-        }
-    }
-
-    /// Whether this accumulator is the kind `p` plans (guards deserialized state).
-    pub fn same_kind(&self, p: &AccPlan) -> bool {
-        matches!(
-            (self, p),
-            (Acc::NonNull(_), AccPlan::NonNull { .. })
-                | (Acc::Moments(_), AccPlan::Moments { .. })
-                | (Acc::Extreme(_), AccPlan::Extreme { .. })
-                | (Acc::Distinct(_), AccPlan::Distinct { .. })
-                | (Acc::Sketch(_), AccPlan::Sketch { .. })
-                | (Acc::Decay(_), AccPlan::Decay { .. })
-                | (Acc::Edges(_), AccPlan::Edges { .. })
-        )
-    }
-
-    /// Empty, as `Acc::new(p)`, keeping allocations.
-    #[inline]
-    pub fn reset(&mut self) {
-        each_family!(self, a => a.reset())
-    }
-
-    /// See [`Family::INVERTIBLE`].
-    #[inline]
-    pub fn invertible(&self) -> bool {
-        family_const!(self, INVERTIBLE)
-    }
-
-    /// See [`Family::EAGER`].
-    #[inline]
-    pub fn eager(&self) -> bool {
-        family_const!(self, EAGER)
-    }
-
-    /// See [`Family::merge`] (accumulators of different kinds do not merge).
-    pub fn merge(&mut self, p: &AccPlan, other: &Acc) {
-        match (self, other) {
-            (Acc::NonNull(a), Acc::NonNull(b)) => a.merge(p, b),
-            (Acc::Moments(a), Acc::Moments(b)) => a.merge(p, b),
-            (Acc::Extreme(a), Acc::Extreme(b)) => a.merge(p, b),
-            (Acc::Distinct(a), Acc::Distinct(b)) => a.merge(p, b),
-            (Acc::Sketch(a), Acc::Sketch(b)) => a.merge(p, b),
-            (Acc::Decay(a), Acc::Decay(b)) => a.merge(p, b),
-            (Acc::Edges(a), Acc::Edges(b)) => a.merge(p, b),
-            _ => {}
-        }
-    }
-
-    /// See [`Family::apply`].
-    #[inline]
-    pub fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, lifetime: bool) {
-        each_family!(self, a => a.apply(p, row, sign, lifetime))
-    }
-
     /// After its group settled to `s`: a sliding window (`start`: the window's first instant)
     /// expires extremes; a lifetime window (`start = None`) forgets decayed cells too old to
     /// matter.
@@ -217,7 +202,7 @@ impl Acc {
     }
 
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Acc>() + each_family!(self, a => a.heap_bytes())
+        std::mem::size_of::<Acc>() + self.heap_bytes()
     }
 }
 

@@ -38,12 +38,12 @@ pub struct Step {
     /// Output name (for one_hot: the prefix of `{name}={category}` columns).
     pub name: String,
     /// `outputs()` as of the last change of fitted state (one_hot names are per category).
-    pub(super) outs: Vec<String>,
+    outs: Vec<String>,
 }
 
 impl Step {
     /// Columns this step reads.
-    pub(super) fn reads(&self) -> Vec<&str> {
+    fn reads(&self) -> Vec<&str> {
         let mut r = vec![self.column.as_str()];
         match &self.op {
             Op::Binary { other, .. } => r.push(other),
@@ -53,7 +53,7 @@ impl Step {
         r
     }
 
-    pub(super) fn new(op: Op, column: String, name: String) -> Step {
+    fn new(op: Op, column: String, name: String) -> Step {
         let mut s = Step {
             op,
             column,
@@ -69,11 +69,11 @@ impl Step {
         &self.outs
     }
 
-    pub(super) fn refresh(&mut self) {
+    fn refresh(&mut self) {
         self.outs = self.compute_outputs();
     }
 
-    pub(super) fn compute_outputs(&self) -> Vec<String> {
+    fn compute_outputs(&self) -> Vec<String> {
         match &self.op {
             Op::OneHot { vocab: Some(v), .. } => v
                 .cats
@@ -102,7 +102,7 @@ impl Step {
             _ => vec![self.name.clone()],
         }
     }
-    pub(super) fn field(&self, i: usize) -> String {
+    fn field(&self, i: usize) -> String {
         format!("steps[{i}] ({} of '{}')", self.op.name(), self.column)
     }
 }
@@ -110,8 +110,8 @@ impl Step {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Transforms {
     pub steps: Vec<Step>,
-    pub(super) names: Vec<String>,
-    pub(super) row: RowPlan,
+    names: Vec<String>,
+    row: RowPlan,
 }
 
 /// One input value of a request row (see [`Transforms::apply_row`]).
@@ -136,7 +136,7 @@ impl Transforms {
         self.names.clone()
     }
 
-    pub(super) fn refresh(&mut self) {
+    fn refresh(&mut self) {
         for s in self.steps.iter_mut() {
             s.refresh();
         }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 
 /// Slots for the one-row driver: every column name read or written gets one.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct RowPlan {
+pub(super) struct RowPlan {
     pub(super) inputs: Vec<String>,
     /// Per slot: the input index, if the name is a required input.
     pub(super) slot_input: Vec<Option<usize>>,
