@@ -9,6 +9,7 @@
 //! feature; `cargo test --no-default-features` builds and tests the engine without Python.
 //! Semantics: `docs/semantics.md`.
 
+pub mod decode;
 pub mod error;
 pub mod exact;
 pub mod input;

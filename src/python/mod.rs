@@ -1,6 +1,7 @@
 //! The pyo3 skin: the only place that knows about Python. No engine logic here.
 
 mod convert;
+mod decode;
 mod engine;
 mod errors;
 mod transforms;
@@ -182,6 +183,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySpec>()?;
     m.add_class::<engine::OnlineEngine>()?;
     m.add_class::<transforms::PyTransforms>()?;
+    m.add_class::<decode::PyJsonDecoder>()?;
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
