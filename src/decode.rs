@@ -11,7 +11,7 @@
 //!   by the first accepted message unless given up front;
 //! * timestamp: an RFC 3339 string (`2024-05-01T12:00:00Z`, `...+02:00`, fractional seconds
 //!   up to nanoseconds) or an epoch number in the stated unit (`s`, `ms`, `us`, `ns`; integers
-//!   exact, fractions rounded to the nearest nanosecond);
+//!   exact; a fraction is rounded to the nearest nanosecond);
 //! * numeric value columns: a JSON number or boolean (1 / 0); null or absent is a null value;
 //! * string value columns: a JSON string; null or absent is a null value.
 
@@ -219,13 +219,16 @@ fn time_of(v: &Val<'_>, factor: Option<i64>) -> std::result::Result<i64, String>
             .ok_or_else(|| if factor.is_none() { need_unit() } else { range() }),
         Val::Float(x) => {
             let f = factor.ok_or_else(need_unit)?;
-            let ns = (x * f as f64).round();
-            // i64::MAX as f64 rounds up to 2^63, which does not fit
-            if ns.is_finite() && ns >= -9.223_372_036_854_775_808e18 && ns < 9.223_372_036_854_775_808e18 {
-                Ok(ns as i64)
-            } else {
-                Err(range())
+            // whole units exactly, then the fraction (exact in f64: x - trunc(x)) rounded to ns
+            let whole = x.trunc();
+            if !(whole.is_finite() && whole.abs() < 9.0e15) {
+                return Err(range());
             }
+            let frac = ((x - whole) * f as f64).round() as i64;
+            (whole as i64)
+                .checked_mul(f)
+                .and_then(|w| w.checked_add(frac))
+                .ok_or_else(range)
         }
         other => Err(format!("expected an RFC 3339 string or an epoch number, got {}", other.kind())),
     }

@@ -104,9 +104,42 @@ def _atomic_write(path: Path, chunks: list[bytes]) -> None:
     _fsync_dir(path.parent)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(d: Path, only_rtml: bool) -> None:
+    """Temp files of runners killed mid-write (`...rtml-snap-<pid>-...`, `.<file>.tmp-<pid>`)."""
+    import re
+
+    pat = re.compile(r"(?:rtml-(?:snap|restore)-(\d+)-|\.tmp-(\d+)$)")
+    try:
+        entries = list(d.iterdir())
+    except OSError:
+        return
+    for f in entries:
+        if not f.name.startswith(".") or (only_rtml and "rtml-" not in f.name):
+            continue
+        m = pat.search(f.name)
+        if m is None:
+            continue
+        pid = int(m.group(1) or m.group(2))
+        if pid != os.getpid() and not _pid_alive(pid):
+            try:
+                f.unlink()
+            except OSError:
+                pass
+
+
 def _engine_bytes(engine: Any, scratch: Path) -> bytes:
     """The engine's snapshot file bytes (staged through a scratch file: see docs/streaming.md)."""
-    fd, name = tempfile.mkstemp(prefix=".rtml-snap-", dir=scratch)
+    fd, name = tempfile.mkstemp(prefix=f".rtml-snap-{os.getpid()}-", dir=scratch)
     os.close(fd)
     try:
         engine.snapshot(name)
@@ -120,7 +153,7 @@ def _engine_bytes(engine: Any, scratch: Path) -> bytes:
 
 
 def _engine_from_bytes(data: bytes, scratch: Path) -> Any:
-    fd, name = tempfile.mkstemp(prefix=".rtml-restore-", dir=scratch)
+    fd, name = tempfile.mkstemp(prefix=f".rtml-restore-{os.getpid()}-", dir=scratch)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -258,6 +291,8 @@ class Runner:
         self._spec_json = feature_set.to_json()
         self._hash = _spec_hash(self._spec_json)
         self._scratch = _scratch_dir(self.dir)
+        _remove_stale_temps(self.dir, only_rtml=False)
+        _remove_stale_temps(self._scratch, only_rtml=True)
         self._parts: dict[int, _Partition] = {}
         self._lock = threading.RLock()
         self._opened = False

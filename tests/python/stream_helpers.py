@@ -145,3 +145,53 @@ def rfc3339(ns: int) -> str:
 
 def f64_bits(x: float) -> bytes:
     return struct.pack("<d", x)
+
+
+def checkpointed_total(ckpt, partitions) -> int:
+    """Events covered by the checkpoints in `ckpt` (0 when none)."""
+    from rtml.runner import CheckpointError, read_checkpoint
+
+    total = 0
+    for p in partitions:
+        f = ckpt / f"partition-{p}.ckpt"
+        try:
+            total += read_checkpoint(f, p)[0]["events_in"]
+        except (FileNotFoundError, CheckpointError):
+            pass
+    return total
+
+
+def kill_and_restart(spawn, ckpt, partitions, kills: int, rnd, max_wait: float = 120.0):
+    """Start the runner process with `spawn()`; `kills` times, wait until its checkpoints have
+    advanced past the previous kill's, let it run a random 0-50 ms more (mid-ingest or
+    mid-checkpoint: it checkpoints after every poll) and SIGKILL it; then let the last process
+    drain and exit. Returns the checkpointed event counts seen at each kill."""
+    import signal
+    import subprocess
+    import time
+
+    seen = []
+    last = -1
+    while len(seen) < kills:
+        proc = spawn()
+        deadline = time.monotonic() + max_wait
+        while proc.poll() is None and checkpointed_total(ckpt, partitions) <= last:
+            assert time.monotonic() < deadline, "the runner made no progress"
+            time.sleep(0.005)
+        time.sleep(rnd.uniform(0.0, 0.05))
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            assert proc.returncode == 0, err.decode()[-3000:]
+            break  # finished before the kill: the remaining kills are moot
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        last = checkpointed_total(ckpt, partitions)
+        seen.append(last)
+    proc = spawn()
+    try:
+        _, err = proc.communicate(timeout=max_wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return seen

@@ -25,6 +25,7 @@ from stream_helpers import (
     LATENESS_S,
     NS,
     answers,
+    kill_and_restart,
     assert_matches_backfill,
     assert_same_answers,
     feature_set,
@@ -200,7 +201,7 @@ def test_background_thread_with_concurrent_reads(tmp_path):
 def _spawn(spec: Path, source: str, ckpt: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "rtml.runner", "--spec", str(spec), "--source", source, "--checkpoint", str(ckpt),
-         "--until-idle", "--checkpoint-every", "0s", "--max-batch", "400", "--progress", "never"],
+         "--until-idle", "--checkpoint-every", "0s", "--max-batch", "250", "--progress", "never"],
         env=env_with_rtml(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
 
@@ -217,30 +218,9 @@ def test_sigkill_at_random_points_then_restart_is_exact(tmp_path):
     spec.write_text(fs.to_json())
     source = f"{path}?partitions=3&max_delay=300s&seed=11"
     ckpt = tmp_path / "ckpt"
-    rnd = random.Random(1234)
-    kills = 0
-    positions_seen = []
-    for attempt in range(40):
-        proc = _spawn(spec, source, ckpt)
-        if kills < 5:
-            time.sleep(rnd.uniform(0.8, 2.5))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                pos = {}
-                for p in range(3):
-                    f = ckpt / f"partition-{p}.ckpt"
-                    if f.exists():
-                        pos[p] = read_checkpoint(f, p)[0]["position"]
-                positions_seen.append(pos)
-                continue
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()[-2000:]
-        break
-    assert kills >= 3, "the runner finished before it could be killed: make the workload larger"
-    # the kills landed at different points of the stream
-    assert len({tuple(sorted(p.items())) for p in positions_seen}) >= 2
+    seen = kill_and_restart(lambda: _spawn(spec, source, ckpt), ckpt, range(3), kills=5, rnd=random.Random(1234))
+    assert len(seen) == 5, seen
+    assert len(set(seen)) >= 3 and max(seen) < events.num_rows  # killed at different points
     restored = Runner(fs, rtml.sources.replay(path, partitions=3, max_delay="300s", seed=11), ckpt)
     restored._open()
     assert restored.metrics()["events_in"] == events.num_rows
