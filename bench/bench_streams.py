@@ -114,7 +114,8 @@ def bench_kafka(msgs: list[bytes], keys: list[int], batch: int) -> dict:
     try:
         bootstrap = f"127.0.0.1:{svc.port}"
         topic = f"bench-{uuid.uuid4().hex[:8]}"
-        AdminClient({"bootstrap.servers": bootstrap}).create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
         p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
                       "queue.buffering.max.messages": 2_000_000})
         t0 = time.perf_counter()

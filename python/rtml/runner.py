@@ -240,14 +240,16 @@ def _pos_name(pos: Position) -> str:
 class _Partition:
     """One partition's engine, position and counters."""
 
-    __slots__ = ("engine", "position", "events_in", "malformed", "key_is_int", "dead", "dirty", "checkpointed")
+    __slots__ = ("engine", "position", "events_in", "malformed", "skipped", "key_is_int", "dead", "dirty",
+                 "checkpointed")
 
     def __init__(self, engine: Any, position: Optional[Position], events_in: int = 0, malformed: int = 0,
-                 key_is_int: Optional[bool] = None) -> None:
+                 key_is_int: Optional[bool] = None, skipped: int = 0) -> None:
         self.engine = engine
         self.position = position
         self.events_in = events_in
         self.malformed = malformed
+        self.skipped = skipped
         self.key_is_int = key_is_int
         self.dead: list[tuple[str, str, Optional[bytes]]] = []
         self.dirty = False
@@ -334,7 +336,7 @@ class Runner:
         if engine.spec_json != self._spec_json:
             raise CheckpointError(p, path, "embedded engine state is of another feature set")
         part = _Partition(engine, meta.get("position"), int(meta.get("events_in", 0)),
-                          int(meta.get("malformed", 0)), meta.get("key_is_int"))
+                          int(meta.get("malformed", 0)), meta.get("key_is_int"), int(meta.get("skipped", 0)))
         self._drop_uncommitted_dead_letters(p, part.position)
         return part
 
@@ -396,6 +398,9 @@ class Runner:
                 events = events.slice(start)
         if not positions:
             return 0
+        if isinstance(batch.end, int) and isinstance(part.position, int):
+            # offsets the source jumped over (Kafka: compaction, transaction markers)
+            part.skipped += batch.end - part.position - len(positions)
         rejected: list[tuple[int, str]] = []
         if payloads is not None:
             events, rejected, accepted_idx = self._decode(part, payloads)
@@ -488,6 +493,7 @@ class Runner:
             "spec_sha256": self._hash,
             "events_in": part.events_in,
             "malformed": part.malformed,
+            "skipped": part.skipped,
             "key_is_int": part.key_is_int,
             "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "rtml_version": _core.__version__,
@@ -641,6 +647,7 @@ class Runner:
                 "events_in": part.events_in,
                 "late": st["late_events_dropped"],
                 "malformed": part.malformed,
+                "skipped_offsets": part.skipped,
                 "keys": st["keys"],
                 "lag": lag.get(p),
                 "position": part.position,
@@ -678,6 +685,8 @@ class Runner:
                [(f'{{partition="{p}"}}', v["late"]) for p, v in per.items()])
         metric("malformed_events_total", "counter", "Events sent to the dead-letter file.",
                [(f'{{partition="{p}"}}', v["malformed"]) for p, v in per.items()])
+        metric("skipped_offsets_total", "counter", "Offsets the source jumped over (compaction, markers).",
+               [(f'{{partition="{p}"}}', v["skipped_offsets"]) for p, v in per.items()])
         metric("lag_events", "gauge", "Events available on the source but not yet read.",
                [(f'{{partition="{p}"}}', v["lag"]) for p, v in per.items()])
         metric("keys", "gauge", "Keys held in the partition's engine.",

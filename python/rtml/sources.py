@@ -17,6 +17,7 @@ informational only). docs/streaming.md describes the contract.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import time
 import zlib
 from dataclasses import dataclass
@@ -465,11 +466,22 @@ class KafkaSource(Source):
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
             "topic.metadata.refresh.interval.ms": 5_000,
+            # transport errors (broker down, ...) are retried by librdkafka with backoff; count them
+            "error_cb": self._on_error,
+            "logger": logging.getLogger("rtml.sources.kafka"),
         }
         conf.update(self._config)
         self._consumer = Consumer(conf)
         self._consumer.subscribe([self.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb,
                                  on_lost=self._revoke_cb)
+
+    def _on_error(self, err: Any) -> None:
+        self._errors["broker_errors"] += 1
+        try:
+            if err.fatal():
+                self._fatal = SourceError(f"kafka: fatal error: {err.str()}")
+        except AttributeError:
+            pass
 
     def _assign_cb(self, consumer: Any, tps: list[Any]) -> None:
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -477,6 +489,16 @@ class KafkaSource(Source):
         try:
             parts = [tp.partition for tp in tps]
             start = self._on_assign(parts) if self._on_assign else {}
+            for p in parts:
+                pos = start.get(p)
+                if pos is None:
+                    continue
+                lo, _hi = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10.0)
+                if int(pos) < lo:
+                    raise SourceError(
+                        f"partition {p} of topic {self.topic!r}: the checkpoint's offset {pos} is older than the "
+                        f"broker's retention (first offset {lo}): events in between are gone"
+                    )
             out = []
             for p in parts:
                 pos = start.get(p)
