@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from . import _core
 from .exceptions import RtmlError, SnapshotError, SpecError
-from .sources import Batch, Position, Source, SourceError, _decoder_config, _duration_ns
+from .sources import Batch, Position, RedisStreamSource, Source, SourceError, _decoder_config, _duration_ns
 
 __all__ = ["Runner", "CheckpointError", "read_checkpoint", "load_checkpoints", "CHECKPOINT_VERSION", "main_run"]
 
@@ -373,7 +373,11 @@ class Runner:
 
     def _open(self) -> None:
         if not self._opened:
-            self.source.open(self._on_assign, self._on_revoke)
+            if isinstance(self.source, RedisStreamSource):
+                # entries read so far per partition (the trimming check counts them)
+                self.source.open(self._on_assign, self._on_revoke, lambda p: self._parts[p].events_in)
+            else:
+                self.source.open(self._on_assign, self._on_revoke)
             self._opened = True
 
     # ---- ingest ----------------------------------------------------------------------

@@ -715,7 +715,7 @@ class RedisStreamSource(Source):
         self._idle: dict[int, bool] = {}
         self._errors = {"broker_errors": 0, "retries": 0}
 
-    def open(self, on_assign: AssignFn, on_revoke: RevokeFn) -> None:
+    def open(self, on_assign: AssignFn, on_revoke: RevokeFn, consumed: Optional[Callable[[int], int]] = None) -> None:
         import redis
 
         self._client = redis.Redis.from_url(self.url, socket_timeout=self._timeout)
@@ -724,24 +724,31 @@ class RedisStreamSource(Source):
             pos = start.get(p)
             self._last[p] = str(pos) if pos is not None else "0-0"
             self._idle[p] = False
-            self._check_retention(p)
+            self._check_retention(p, consumed(p) if consumed is not None else 0)
 
-    def _check_retention(self, p: int) -> None:
-        """A checkpoint position older than the stream's first entry means trimmed events."""
+    def _check_retention(self, p: int, consumed: int) -> None:
+        """Refuse a checkpoint position whose successors are gone. Trimming (XTRIM, MAXLEN)
+        removes the oldest entries: if the first entry left is after the position, the entries
+        removed (entries-added - length) must all be ones this partition had read (`consumed`,
+        counted from the stream's start); XDEL after the position is seen in
+        max-deleted-entry-id."""
         last = self._last[p]
         if last == "0-0":
             return
         info = self._call(lambda: self._client.xinfo_stream(self.streams[p]), p, missing_ok=True)
         if not info:
             raise SourceError(f"partition {p}: stream {self.streams[p]!r} does not exist but the checkpoint is at {last}")
+        dec = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+        lost = 0
+        first = info.get("first-entry")
+        if first is not None and _id_tuple(dec(first[0])) > _id_tuple(last):
+            lost = int(info.get("entries-added", 0)) - int(info.get("length", 0)) - consumed
         mdel = info.get("max-deleted-entry-id")
-        if mdel is not None:
-            mdel = mdel.decode() if isinstance(mdel, bytes) else str(mdel)
-            if _id_tuple(mdel) > _id_tuple(last):
-                raise SourceError(
-                    f"partition {p}: stream {self.streams[p]!r} lost entries after the checkpoint's position "
-                    f"{last} (trimmed or deleted up to {mdel}): the checkpoint cannot be resumed exactly"
-                )
+        if lost > 0 or (mdel is not None and _id_tuple(dec(mdel)) > _id_tuple(last)):
+            raise SourceError(
+                f"partition {p}: stream {self.streams[p]!r} lost entries after the checkpoint's position "
+                f"{last} (trimmed or deleted): the checkpoint cannot be resumed exactly"
+            )
 
     def _call(self, f: Callable[[], Any], p: Optional[int] = None, missing_ok: bool = False) -> Any:
         import redis

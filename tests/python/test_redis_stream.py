@@ -142,7 +142,12 @@ def test_trimmed_past_the_checkpoint_is_a_typed_error(redis_server, tmp_path):
     r.checkpoint()
     pos = r.positions[0]
     c = redis.Redis.from_url(url)
-    c.xtrim(streams[0], maxlen=10, approximate=False)
+    c.xtrim(streams[0], maxlen=200 - 50, approximate=False)  # only entries already read: fine
+    ok = Runner(fs, rtml.sources.redis_stream(url, streams), tmp_path)
+    ok._open()
+    assert ok.positions[0] == pos
+    ok.source.close()
+    c.xtrim(streams[0], maxlen=10, approximate=False)  # unread entries gone
     c.close()
     before = (tmp_path / "partition-0.ckpt").read_bytes()
     r2 = Runner(fs, rtml.sources.redis_stream(url, streams), tmp_path)
