@@ -188,7 +188,10 @@ impl<'de> DeserializeSeed<'de> for ValSeed {
     }
 }
 
-fn parse_row<'de>(bytes: &'de [u8], fields: &[&str]) -> std::result::Result<Vec<Option<Val<'de>>>, String> {
+fn parse_row<'de>(
+    bytes: &'de [u8],
+    fields: &[&str],
+) -> std::result::Result<Vec<Option<Val<'de>>>, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let row = match Row(fields).deserialize(&mut de) {
         Ok(r) => r,
@@ -208,15 +211,25 @@ pub fn parse_rfc3339(s: &str) -> std::result::Result<i64, String> {
 }
 
 fn time_of(v: &Val<'_>, factor: Option<i64>) -> std::result::Result<i64, String> {
-    let need_unit = || "a numeric timestamp needs a stated unit (timestamp_unit='s'|'ms'|'us'|'ns')".to_string();
+    let need_unit = || {
+        "a numeric timestamp needs a stated unit (timestamp_unit='s'|'ms'|'us'|'ns')".to_string()
+    };
     let range = || "time out of range (years 1677-2262)".to_string();
     match v {
         Val::Str(s) => parse_rfc3339(s),
-        Val::Int(i) => i.checked_mul(factor.ok_or_else(need_unit)?).ok_or_else(range),
+        Val::Int(i) => i
+            .checked_mul(factor.ok_or_else(need_unit)?)
+            .ok_or_else(range),
         Val::UInt(u) => i64::try_from(*u)
             .ok()
             .and_then(|i| i.checked_mul(factor?))
-            .ok_or_else(|| if factor.is_none() { need_unit() } else { range() }),
+            .ok_or_else(|| {
+                if factor.is_none() {
+                    need_unit()
+                } else {
+                    range()
+                }
+            }),
         Val::Float(x) => {
             let f = factor.ok_or_else(need_unit)?;
             // whole units exactly, then the fraction (exact in f64: x - trunc(x)) rounded to ns
@@ -230,7 +243,10 @@ fn time_of(v: &Val<'_>, factor: Option<i64>) -> std::result::Result<i64, String>
                 .and_then(|w| w.checked_add(frac))
                 .ok_or_else(range)
         }
-        other => Err(format!("expected an RFC 3339 string or an epoch number, got {}", other.kind())),
+        other => Err(format!(
+            "expected an RFC 3339 string or an epoch number, got {}",
+            other.kind()
+        )),
     }
 }
 
@@ -297,11 +313,18 @@ pub fn decode_json<B: AsRef<[u8]>>(
         };
         let checked = (|| -> std::result::Result<(i64, K<'_>, Vec<V<'_>>), String> {
             let key = match &row[0] {
-                None | Some(Val::Null) => return Err(format!("missing field '{}' (the entity)", mapping.entity.1)),
+                None | Some(Val::Null) => {
+                    return Err(format!("missing field '{}' (the entity)", mapping.entity.1))
+                }
                 Some(Val::Int(k)) => K::Int(*k),
                 Some(Val::UInt(k)) => match i64::try_from(*k) {
                     Ok(k) => K::Int(k),
-                    Err(_) => return Err(format!("field '{}': integer key out of the int64 range", mapping.entity.1)),
+                    Err(_) => {
+                        return Err(format!(
+                            "field '{}': integer key out of the int64 range",
+                            mapping.entity.1
+                        ))
+                    }
                 },
                 Some(Val::Str(s)) => K::Str(s.as_ref()),
                 Some(other) => {
@@ -313,8 +336,14 @@ pub fn decode_json<B: AsRef<[u8]>>(
                 }
             };
             let t = match &row[1] {
-                None | Some(Val::Null) => return Err(format!("missing field '{}' (the timestamp)", mapping.timestamp.1)),
-                Some(v) => time_of(v, mapping.ts_factor).map_err(|m| format!("field '{}': {m}", mapping.timestamp.1))?,
+                None | Some(Val::Null) => {
+                    return Err(format!(
+                        "missing field '{}' (the timestamp)",
+                        mapping.timestamp.1
+                    ))
+                }
+                Some(v) => time_of(v, mapping.ts_factor)
+                    .map_err(|m| format!("field '{}': {m}", mapping.timestamp.1))?,
             };
             let mut vals = Vec::with_capacity(mapping.values.len());
             for (c, v) in mapping.values.iter().zip(&row[2..]) {
@@ -322,7 +351,11 @@ pub fn decode_json<B: AsRef<[u8]>>(
                     Err(format!(
                         "field '{}': expected {}, got {}",
                         c.field,
-                        if c.kind == ValueType::Float { "a number" } else { "a string" },
+                        if c.kind == ValueType::Float {
+                            "a number"
+                        } else {
+                            "a string"
+                        },
                         v.kind()
                     ))
                 };
@@ -332,7 +365,9 @@ pub fn decode_json<B: AsRef<[u8]>>(
                     (ValueType::Float, Some(Val::Int(x))) => V::F(Some(*x as f64)),
                     (ValueType::Float, Some(Val::UInt(x))) => V::F(Some(*x as f64)),
                     (ValueType::Float, Some(Val::Float(x))) => V::F(Some(*x)),
-                    (ValueType::Float, Some(Val::Bool(b))) => V::F(Some(if *b { 1.0 } else { 0.0 })),
+                    (ValueType::Float, Some(Val::Bool(b))) => {
+                        V::F(Some(if *b { 1.0 } else { 0.0 }))
+                    }
                     (ValueType::Str, Some(Val::Str(s))) => V::S(Some(s.as_ref())),
                     (_, Some(v)) => return bad(v),
                 });
@@ -417,10 +452,114 @@ pub fn decode_json<B: AsRef<[u8]>>(
         arrays,
         &RecordBatchOptions::new().with_row_count(Some(rows)),
     )
-    .map_err(|e| Error::schema(&mapping.entity.0, format!("cannot build the decoded batch: {e}")))?;
+    .map_err(|e| {
+        Error::schema(
+            &mapping.entity.0,
+            format!("cannot build the decoded batch: {e}"),
+        )
+    })?;
     Ok(Decoded {
         batch,
         rejected,
         key_is_int,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    use arrow_array::types::{Float64Type, Int64Type, TimestampNanosecondType};
+
+    fn mapping(unit: Option<&str>) -> JsonMapping {
+        JsonMapping {
+            entity: ("user".into(), "u".into()),
+            timestamp: ("ts".into(), "t".into()),
+            ts_factor: unit.map(|u| unit_factor(u).unwrap()),
+            values: vec![
+                ColumnMap {
+                    column: "x".into(),
+                    field: "x".into(),
+                    kind: ValueType::Float,
+                },
+                ColumnMap {
+                    column: "s".into(),
+                    field: "s".into(),
+                    kind: ValueType::Str,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn decodes_fields_and_skips_the_rest() {
+        let msgs: Vec<&[u8]> = vec![
+            br#"{"u": 7, "t": "1970-01-01T00:00:01.5Z", "x": 2.5, "s": "a", "z": {"deep": [1, 2, {"q": null}]}}"#,
+            br#"{"t": 3, "u": 8, "x": null}"#,
+            br#"{"u": 9, "t": 4, "x": 1e308, "x": -0.0, "s": "caf\u00e9"}"#,
+        ];
+        let d = decode_json(&mapping(Some("s")), &msgs, None).unwrap();
+        assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+        assert_eq!(d.key_is_int, Some(true));
+        let b = &d.batch;
+        assert_eq!(
+            b.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            vec![7, 8, 9]
+        );
+        assert_eq!(
+            b.column(1)
+                .as_primitive::<TimestampNanosecondType>()
+                .values()
+                .to_vec(),
+            vec![1_500_000_000, 3_000_000_000, 4_000_000_000]
+        );
+        let x = b.column(2).as_primitive::<Float64Type>();
+        assert_eq!(x.value(0), 2.5);
+        assert!(x.is_null(1));
+        assert_eq!(x.value(2).to_bits(), (-0.0f64).to_bits()); // last duplicate wins
+        let s = b.column(3).as_string::<i32>();
+        assert_eq!(s.value(0), "a");
+        assert!(s.is_null(1));
+        assert_eq!(s.value(2), "café");
+    }
+
+    #[test]
+    fn rejects_never_fail_the_batch() {
+        let msgs: Vec<&[u8]> = vec![
+            b"",
+            b"{",
+            b"null",
+            b"{\"u\": 1.5, \"t\": 1}",
+            b"{\"u\": 18446744073709551615, \"t\": 1}",
+            b"{\"u\": 1, \"t\": 1e300}",
+            b"{\"u\": \"k\", \"t\": 1}",
+        ];
+        let d = decode_json(&mapping(Some("ms")), &msgs, None).unwrap();
+        let idx: Vec<usize> = d.rejected.iter().map(|r| r.0).collect();
+        assert_eq!(idx, vec![0, 1, 2, 3, 4, 5]);
+        assert!(d.rejected[5].1.contains("out of range"));
+        assert_eq!(d.key_is_int, Some(false));
+        assert_eq!(d.batch.num_rows(), 1);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = br#"{}[]":,0123456789.eE+-truefalsnl utx\"#;
+        for _ in 0..5000 {
+            let n = (next() % 40) as usize;
+            let m: Vec<u8> = (0..n)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let d = decode_json(&mapping(Some("ns")), &[m.as_slice()], None).unwrap();
+            assert_eq!(d.batch.num_rows() + d.rejected.len(), 1);
+        }
+    }
 }

@@ -37,7 +37,11 @@ impl PyJsonDecoder {
                     .map(|(column, field, numeric)| ColumnMap {
                         column,
                         field,
-                        kind: if numeric { ValueType::Float } else { ValueType::Str },
+                        kind: if numeric {
+                            ValueType::Float
+                        } else {
+                            ValueType::Str
+                        },
                     })
                     .collect(),
             },
@@ -69,7 +73,10 @@ impl PyJsonDecoder {
             }
         }
         let mapping = &self.mapping;
-        let decoded = guard(|| py.detach(|| decode_json(mapping, &slices, key_is_int)).py_err())?;
+        let decoded = guard(|| {
+            py.detach(|| decode_json(mapping, &slices, key_is_int))
+                .py_err()
+        })?;
         let batch = PyRecordBatch::new(decoded.batch).into_pyarrow(py)?;
         Ok((batch, decoded.rejected, decoded.key_is_int))
     }
