@@ -8,8 +8,8 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import pytest
 
 import rtml
 import rtml.sources
-from rtml.runner import CheckpointError, Runner, read_checkpoint
+from rtml.runner import CheckpointError, Runner, load_checkpoints, read_checkpoint
 
 from stream_helpers import (
     LATENESS_S,
@@ -62,7 +62,7 @@ def test_runner_matches_backfill_per_partition(tmp_path):
     at = np.datetime64(max(e.watermark for e in r.engines.values()) + NS, "ns")
     assert r.get(k, at=at)["count_1h"] == r.engines[p].get(k, at=at)["count_1h"]
     with pytest.raises(rtml.RtmlError, match="3 partitions"):
-        r.engine
+        _ = r.engine
 
 
 def test_restart_from_checkpoint_equals_uninterrupted(tmp_path):
@@ -233,3 +233,41 @@ def test_sigkill_at_random_points_then_restart_is_exact(tmp_path):
         a, b = whole.engines[p].stats(), restored.engines[p].stats()
         assert (a["events_ingested"], a["keys"], a["watermark"]) == (b["events_ingested"], b["keys"], b["watermark"])
     assert_matches_backfill(fs, events, restored.engines, 3, n_instants=4)
+
+
+def test_cli_serves_prometheus_and_stops_cleanly_on_sigterm(tmp_path):
+    from services import free_port, wait_port
+
+    fs = feature_set()
+    events = workload(3000, 50, seed=9)
+    path = tmp_path / "events.parquet"
+    pq.write_table(events, path)
+    spec = tmp_path / "features.json"
+    spec.write_text(fs.to_json())
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtml.runner", "--spec", str(spec), "--source", f"{path}?partitions=2",
+         "--checkpoint", str(tmp_path / "ckpt"), "--metrics-port", str(port), "--progress", "always"],
+        env=env_with_rtml(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_port(port, proc, 30, "rtml run")
+        deadline = time.monotonic() + 30
+        while True:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            done = [ln for ln in text.splitlines() if ln.startswith("rtml_runner_events_in_total")]
+            if sum(int(ln.rsplit(" ", 1)[1]) for ln in done) == events.num_rows:
+                break
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+        assert 'rtml_runner_lag_events{partition="0"} 0' in text
+        time.sleep(1.2)  # one progress line
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert f"{events.num_rows:,} events" in err.decode()
+    engines = {p: e for p, (e, _) in load_checkpoints(fs, tmp_path / "ckpt").items()}
+    assert sum(e.stats()["events_ingested"] for e in engines.values()) == events.num_rows
