@@ -9,9 +9,11 @@ informational only). docs/streaming.md describes the contract.
 >>> import rtml, rtml.sources, pyarrow as pa
 >>> events = pa.table({"user": [1, 2, 1], "ts": pa.array([3, 1, 2], pa.timestamp("s")),
 ...                    "amount": [1.0, 2.0, 3.0]})
->>> src = rtml.sources.replay(events, "ts", partitions=2, key="user")
->>> [rtml.sources.partition_of(k, 2) for k in (1, 2)]
-[1, 0]
+>>> src = rtml.sources.replay(events, "ts", partitions=3, key="user")
+>>> [rtml.sources.partition_of(k, 3) for k in (1, 2)]
+[2, 1]
+>>> [o.tolist() for o in src.arrival_order()]   # row indices per partition, in arrival order
+[[], [1], [2, 0]]
 """
 
 from __future__ import annotations
@@ -319,7 +321,7 @@ def replay(
     >>> import rtml, rtml.sources, pyarrow as pa
     >>> t = pa.table({"k": [1, 1, 1], "ts": pa.array([0, 10, 20], pa.timestamp("s"))})
     >>> src = rtml.sources.replay(t, "ts", key="k", max_delay="15s", seed=1)
-    >>> [list(o) for o in src.arrival_order()]
+    >>> [o.tolist() for o in src.arrival_order()]
     [[0, 2, 1]]
     """
     return ReplaySource(data, timestamp, arrival, partitions, key, seed, max_delay, timestamp_unit, name)

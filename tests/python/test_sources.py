@@ -232,3 +232,13 @@ def test_python_decode_hook_is_the_slow_path(tmp_path):
 def test_rfc3339_helper_matches_pandas():
     for ns in (T0, T0 + 1, T0 + 999_999_999):
         assert pd.Timestamp(rfc3339(ns)).value == ns
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import rtml.runner
+
+    for mod in (rtml.sources, rtml.runner):
+        res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert res.failed == 0 and res.attempted > 0, mod.__name__
