@@ -242,3 +242,65 @@ def test_docstring_examples_run():
     for mod in (rtml.sources, rtml.runner):
         res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert res.failed == 0 and res.attempted > 0, mod.__name__
+
+
+def _fmt_time(ns: int, style: str, offset_min: int) -> object:
+    import datetime as dt
+
+    if style == "ms":
+        return ns // 1_000_000  # generated on whole ms for this style
+    s, frac = divmod(ns, NS)
+    tz = dt.timezone(dt.timedelta(minutes=offset_min))
+    base = dt.datetime.fromtimestamp(s, tz).strftime("%Y-%m-%dT%H:%M:%S")
+    off = "Z" if offset_min == 0 else dt.datetime.fromtimestamp(s, tz).strftime("%z")
+    if off != "Z":
+        off = off[:3] + ":" + off[3:]
+    return f"{base}.{frac:09d}{off}" if frac else f"{base}{off}"
+
+
+def test_decoder_property_against_python_json():
+    """Random events, random field order, extra fields, time styles: the Rust decoder gives
+    exactly what json.loads + an independent conversion gives."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    event = st.fixed_dictionaries({
+        "user": st.integers(-(2**63), 2**63 - 1),
+        "ns": st.integers(-(2**62), 2**62),
+        "style": st.sampled_from(["rfc", "ms"]),
+        "offset": st.sampled_from([0, 60, -330, 840]),
+        "amount": st.none() | st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53),
+        "shop": st.none() | st.text(max_size=5),
+        "extra": st.dictionaries(st.text(max_size=3).filter(lambda k: k not in ("user", "ts", "amount", "shop")),
+                                 st.none() | st.integers() | st.lists(st.integers(), max_size=2), max_size=2),
+        "order": st.randoms(use_true_random=False),
+    })
+
+    dec = decoder(unit="ms")
+
+    @given(st.lists(event, min_size=1, max_size=20))
+    def check(evs):
+        msgs, want = [], []
+        for e in evs:
+            ns = e["ns"] - e["ns"] % 1_000_000 if e["style"] == "ms" else e["ns"]
+            if e["style"] == "rfc" and not (-62135596800 * NS < ns < 253402300799 * NS):
+                continue
+            d = {"user": e["user"], "ts": _fmt_time(ns, e["style"], e["offset"]), **e["extra"]}
+            if e["amount"] is not None:
+                d["amount"] = e["amount"]
+            if e["shop"] is not None:
+                d["shop"] = e["shop"]
+            items = list(d.items())
+            e["order"].shuffle(items)
+            msgs.append(json.dumps(dict(items)).encode())
+            want.append((e["user"], ns, None if e["amount"] is None else float(e["amount"]), e["shop"]))
+        batch, rejected, _ = dec.decode(msgs, True)
+        assert rejected == []
+        got = list(zip(batch.column(0).to_pylist(), batch.column(1).cast(pa.int64()).to_pylist(),
+                       batch.column(2).to_pylist(), batch.column(3).to_pylist()))
+        for g, w in zip(got, want):
+            assert g[:2] == w[:2] and g[3] == w[3]
+            assert (g[2] is None and w[2] is None) or json.dumps(g[2]) == json.dumps(w[2])
+        assert len(got) == len(want)
+
+    check()
