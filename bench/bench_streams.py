@@ -102,6 +102,33 @@ def bench_no_broker(msgs: list[bytes], keys: list[int], batch: int) -> dict:
     return out
 
 
+def bench_checkpoint(key_counts: list[int]) -> list[dict]:
+    """Checkpoint write and restore time against live state (keys), stream length fixed per
+    key (4 events per key): the cost follows the state, not how long the stream ran."""
+    import rtml.sources
+    from rtml.runner import Runner
+
+    fs = common.feature_set()
+    out = []
+    for keys in key_counts:
+        ev = common.make_events(4 * keys, keys, seed=1)
+        with tempfile.TemporaryDirectory() as d:
+            r = Runner(fs, rtml.sources.replay(ev, arrival=None), d, checkpoint_every="1h", max_batch=100_000)
+            r.run_until_idle()
+            r._parts[0].dirty = True
+            t0 = time.perf_counter()
+            r.checkpoint()
+            write = time.perf_counter() - t0
+            size = (Path(d) / "partition-0.ckpt").stat().st_size
+            t0 = time.perf_counter()
+            r2 = Runner(fs, rtml.sources.replay(ev), d)
+            r2._open()
+            restore = time.perf_counter() - t0
+            out.append({"keys": r.engine.stats()["keys"], "events": ev.num_rows, "checkpoint_s": write,
+                        "restore_s": restore, "checkpoint_bytes": size})
+    return out
+
+
 def bench_kafka(msgs: list[bytes], keys: list[int], batch: int) -> dict:
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -235,6 +262,8 @@ def main() -> None:
     msgs, keys = messages(args.events, args.keys)
     res = {"build": build, "machine": common.machine(), "no_broker": bench_no_broker(msgs, keys, args.batch)}
     print(json.dumps(res["no_broker"], indent=1), flush=True)
+    res["checkpoint"] = bench_checkpoint([10_000, 100_000, 1_000_000 if args.events >= 1_000_000 else 200_000])
+    print(json.dumps(res["checkpoint"], indent=1), flush=True)
     if not args.no_kafka:
         res["kafka"] = bench_kafka(msgs, keys, args.batch)
         print(json.dumps(res["kafka"], indent=1), flush=True)
