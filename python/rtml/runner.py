@@ -294,6 +294,7 @@ class Runner:
         self._hash = _spec_hash(self._spec_json)
         self._scratch = _scratch_dir(self.dir)
         _remove_stale_temps(self.dir, only_rtml=False)
+        _remove_stale_temps(self.dead_letter_dir, only_rtml=False)
         _remove_stale_temps(self._scratch, only_rtml=True)
         self._parts: dict[int, _Partition] = {}
         self._lock = threading.RLock()
