@@ -469,8 +469,8 @@ pub fn decode_json<B: AsRef<[u8]>>(
 mod tests {
     use super::*;
     use arrow_array::cast::AsArray;
-    use arrow_array::Array;
     use arrow_array::types::{Float64Type, Int64Type, TimestampNanosecondType};
+    use arrow_array::Array;
 
     fn mapping(unit: Option<&str>) -> JsonMapping {
         JsonMapping {

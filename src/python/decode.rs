@@ -11,6 +11,9 @@ use crate::decode::{decode_json, unit_factor, ColumnMap, JsonMapping, ValueType}
 ///
 /// `entity` / `timestamp`: (event column, JSON field); `values`: (event column, JSON field,
 /// numeric); `timestamp_unit`: unit of numeric timestamps (None: only RFC 3339 strings).
+/// (accepted events as a pyarrow.RecordBatch, [(index, reason)] rejected, key kind)
+type DecodeResult<'py> = (Bound<'py, PyAny>, Vec<(usize, String)>, Option<bool>);
+
 #[pyclass(frozen, name = "JsonDecoder", module = "rtml._core")]
 pub struct PyJsonDecoder {
     mapping: JsonMapping,
@@ -57,7 +60,7 @@ impl PyJsonDecoder {
         py: Python<'py>,
         messages: &Bound<'py, PyList>,
         key_is_int: Option<bool>,
-    ) -> PyResult<(Bound<'py, PyAny>, Vec<(usize, String)>, Option<bool>)> {
+    ) -> PyResult<DecodeResult<'py>> {
         let items: Vec<Bound<'py, PyAny>> = messages.iter().collect();
         let mut slices: Vec<&[u8]> = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
