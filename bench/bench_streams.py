@@ -173,11 +173,11 @@ def bench_kafka(msgs: list[bytes], keys: list[int], batch: int) -> dict:
             c.close()
             return rate(n, dt)
 
-        def runner() -> float:
+        def runner(pipeline: bool = True) -> float:
             with tempfile.TemporaryDirectory() as d:
                 fs = common.feature_set()
                 r = Runner(fs, rtml.sources.kafka(bootstrap, topic, f"rtml-{uuid.uuid4().hex[:6]}",
-                                                  timestamp_unit="ms"), d, max_batch=batch)
+                                                  timestamp_unit="ms"), d, max_batch=batch, pipeline=pipeline)
                 r._open()
                 while not r.engines:  # the group join, not counted (as for raw: from the first batch)
                     r.step()
@@ -189,14 +189,16 @@ def bench_kafka(msgs: list[bytes], keys: list[int], batch: int) -> dict:
                 return rate(len(msgs), dt)
 
         # interleaved, best of two each (same broker, same run)
-        raws, runs = [], []
+        raws, runs, serial = [], [], []
         for _ in range(2):
             raws.append(raw())
             runs.append(runner())
+            serial.append(runner(pipeline=False))
         out["raw_consume_per_s"] = max(raws)
         out["runner_per_s"] = max(runs)
         out["runner_vs_raw"] = out["runner_per_s"] / out["raw_consume_per_s"]
-        out["all_raw"], out["all_runner"] = raws, runs
+        out["runner_no_pipeline_per_s"] = max(serial)
+        out["all_raw"], out["all_runner"], out["all_runner_no_pipeline"] = raws, runs, serial
         return out
     finally:
         svc.stop()
@@ -233,7 +235,7 @@ def bench_redis(msgs: list[bytes], keys: list[int], batch: int) -> dict:
         raw = rate(n, time.perf_counter() - t0)
         with tempfile.TemporaryDirectory() as d:
             r = Runner(common.feature_set(), rtml.sources.redis_stream(url, streams, timestamp_unit="ms"), d,
-                       max_batch=batch, poll_timeout=0.05)
+                       max_batch=batch, poll_timeout=0.05)  # (pipelined: XREAD overlaps decode + ingest)
             t0 = time.perf_counter()
             r.run_until_idle()
             run = rate(len(msgs), time.perf_counter() - t0)

@@ -277,6 +277,7 @@ class Runner:
         *,
         max_batch: int = 10_000,
         poll_timeout: float = 0.2,
+        pipeline: bool = True,
     ) -> None:
         if not hasattr(feature_set, "_spec"):
             raise SpecError(f"Runner.feature_set: expected an rtml.FeatureSet, got {type(feature_set).__name__}")
@@ -298,6 +299,12 @@ class Runner:
         _remove_stale_temps(self._scratch, only_rtml=True)
         self._parts: dict[int, _Partition] = {}
         self._lock = threading.RLock()
+        # pipelining: a batch is decoded and ingested by one worker thread while the runner's
+        # thread polls the next one (both release the GIL for their heavy parts); every
+        # checkpoint, assignment and revocation first waits for the batch in flight
+        self.pipeline = bool(pipeline)
+        self._pool: Any = None
+        self._inflight: Any = None
         self._opened = False
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -355,7 +362,17 @@ class Runner:
             if position is None or _pos_key(first_pos) >= _pos_key(position):
                 f.unlink(missing_ok=True)
 
+    def _drain(self) -> None:
+        """Wait for the batch in flight (re-raising its error)."""
+        f, self._inflight = self._inflight, None
+        if f is not None:
+            f.result()
+
+    def _apply_all(self, batches: list[Batch]) -> int:
+        return sum(self._apply(b) for b in batches)
+
     def _on_assign(self, parts: list[int]) -> dict[int, Optional[Position]]:
+        self._drain()
         out: dict[int, Optional[Position]] = {}
         loaded = {p: self._load(p) for p in parts}  # all or nothing
         with self._lock:
@@ -365,6 +382,7 @@ class Runner:
         return out
 
     def _on_revoke(self, parts: list[int]) -> None:
+        self._drain()
         for p in parts:
             if p in self._parts:
                 self._checkpoint_partition(p)
@@ -509,6 +527,7 @@ class Runner:
 
     def checkpoint(self) -> None:
         """Checkpoint every partition with new events now (also done every `checkpoint_every`)."""
+        self._drain()
         t0 = time.monotonic()
         with self._lock:
             parts = list(self._parts)
@@ -527,9 +546,18 @@ class Runner:
     def step(self) -> int:
         """One poll of the source: apply what came, checkpoint if due. Returns events read."""
         self._open()
-        n = 0
-        for b in self.source.poll(self.max_batch, self.poll_timeout):
-            n += self._apply(b)
+        batches = self.source.poll(self.max_batch, self.poll_timeout)
+        n = sum(len(b) for b in batches)
+        if batches:
+            if self.pipeline:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._drain()
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="rtml-ingest")
+                self._inflight = self._pool.submit(self._apply_all, batches)
+            else:
+                self._apply_all(batches)
         if time.monotonic() - self._last_ckpt_mono >= self.checkpoint_every:
             self.checkpoint()
         return n
@@ -593,8 +621,14 @@ class Runner:
         try:
             self.stop()
         finally:
-            self.source.close()
-            self._opened = False
+            try:
+                self._drain()
+            finally:
+                self.source.close()
+                self._opened = False
+                if self._pool is not None:
+                    self._pool.shutdown()
+                    self._pool = None
 
     def __enter__(self) -> "Runner":
         return self

@@ -17,6 +17,18 @@ T0 = 1_700_000_000 * NS
 LATENESS_S = 600
 
 
+def env_with_rtml() -> dict:
+    """The environment of a child process that imports this checkout's rtml."""
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ)
+    repo = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join([str(repo / "python"), env.get("PYTHONPATH", "")])
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    return env
+
+
 def feature_set() -> rtml.FeatureSet:
     return rtml.FeatureSet(
         entity="user",

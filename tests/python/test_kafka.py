@@ -21,6 +21,7 @@ from services import tansu  # noqa: F401 (fixture)
 from stream_helpers import (
     LATENESS_S,
     answers,
+    env_with_rtml,
     assert_matches_backfill,
     assert_same_answers,
     feature_set,
@@ -30,7 +31,6 @@ from stream_helpers import (
     to_json_messages,
     workload,
 )
-from test_runner import env_with_rtml
 
 def create_topic(bootstrap: str, partitions: int) -> str:
     from confluent_kafka.admin import AdminClient, NewTopic

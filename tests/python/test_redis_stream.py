@@ -22,6 +22,7 @@ from services import free_port, redis_server  # noqa: F401 (fixture)
 from stream_helpers import (
     LATENESS_S,
     answers,
+    env_with_rtml,
     assert_matches_backfill,
     assert_same_answers,
     feature_set,
@@ -30,7 +31,6 @@ from stream_helpers import (
     to_json_messages,
     workload,
 )
-from test_runner import env_with_rtml
 
 BAD = [b"{oops", b'{"user": 5, "ts": 12}', b'{"ts": "2023-11-14T22:13:20Z"}']
 

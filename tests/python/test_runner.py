@@ -25,6 +25,7 @@ from stream_helpers import (
     LATENESS_S,
     NS,
     answers,
+    env_with_rtml,
     kill_and_restart,
     assert_matches_backfill,
     assert_same_answers,
@@ -34,14 +35,6 @@ from stream_helpers import (
     workload,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def env_with_rtml() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), env.get("PYTHONPATH", "")])
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    return env
 
 
 def test_runner_matches_backfill_per_partition(tmp_path):
