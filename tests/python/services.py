@@ -32,6 +32,19 @@ def unavailable(reason: str):
     pytest.skip(reason)
 
 
+def require_module(name: str):
+    """Import a client library; missing: fail under CI=true, else skip with the reason."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        reason = f"python package {name!r} is not installed ({e}); pip install confluent-kafka redis"
+        if in_ci():
+            pytest.fail(f"CI=true: {reason} (run .ci/setup-services)", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import rtml
 import rtml.sources
 from rtml.runner import CheckpointError, Runner, load_checkpoints
 
-from services import tansu  # noqa: F401 (fixture)
+from services import require_module, tansu  # noqa: F401 (fixture)
 from stream_helpers import (
     LATENESS_S,
     answers,
@@ -31,6 +31,8 @@ from stream_helpers import (
     to_json_messages,
     workload,
 )
+
+require_module("confluent_kafka")
 
 def create_topic(bootstrap: str, partitions: int) -> str:
     from confluent_kafka.admin import AdminClient, NewTopic

@@ -18,7 +18,7 @@ import rtml
 import rtml.sources
 from rtml.runner import Runner, load_checkpoints
 
-from services import free_port, redis_server  # noqa: F401 (fixture)
+from services import free_port, redis_server, require_module  # noqa: F401 (fixture)
 from stream_helpers import (
     LATENESS_S,
     answers,
@@ -31,6 +31,8 @@ from stream_helpers import (
     to_json_messages,
     workload,
 )
+
+require_module("redis")
 
 BAD = [b"{oops", b'{"user": 5, "ts": 12}', b'{"ts": "2023-11-14T22:13:20Z"}']
 
