@@ -430,15 +430,17 @@ class Runner:
         else:
             accepted_idx = list(range(len(positions)))
         assert events is not None
+        bad_input = (RtmlError, TypeError, ValueError, OverflowError)
         try:
             part.engine.ingest(events)
-        except RtmlError:
+        except bad_input:
             # one bad event: find it (each event alone gives the same state as the batch)
-            for j in range(events.num_rows):
+            one = (lambda j: events[j]) if isinstance(events, list) else (lambda j: events.slice(j, 1))
+            for j in range(len(events) if isinstance(events, list) else events.num_rows):
                 try:
-                    part.engine.ingest(events.slice(j, 1))
-                except RtmlError as e:
-                    rejected.append((accepted_idx[j], str(e)))
+                    part.engine.ingest(one(j))
+                except bad_input as e:
+                    rejected.append((accepted_idx[j], f"{type(e).__name__}: {e}"))
         for i, reason in sorted(rejected):
             payload = payloads[i] if payloads is not None else None
             part.dead.append((str(positions[i]), reason, payload))
@@ -464,9 +466,8 @@ class Runner:
                     rows.append(row)
                 except Exception as e:  # the user's hook: any failure marks the message
                     rejected.append((i, f"decode: {type(e).__name__}: {e}"))
-            table = pa.Table.from_pylist(rows) if rows else pa.table({})
-            if not rows:
-                table = self._empty_events()
+            # row dicts go to the engine as such (no Arrow type inference per batch)
+            table = rows if rows else self._empty_events()  # type: ignore[assignment]
         bad = {i for i, _ in rejected}
         accepted_idx = [i for i in range(len(payloads)) if i not in bad]
         return table, rejected, accepted_idx

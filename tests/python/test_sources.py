@@ -17,7 +17,7 @@ import rtml.sources
 from rtml import _core
 from rtml.runner import Runner
 
-from stream_helpers import NS, T0, feature_set, rfc3339, to_json_messages, workload
+from stream_helpers import NS, T0, assert_matches_backfill, feature_set, rfc3339, to_json_messages, workload
 
 
 def delivered(src):
@@ -216,6 +216,8 @@ def test_python_decode_hook_is_the_slow_path(tmp_path):
     payloads = [repr((r["user"], events.column("ts")[i].cast(pa.int64()).as_py(), r["amount"], r["shop"])).encode()
                 for i, r in enumerate(rows)]
     payloads[5] = b"garbage"
+    u, t, _, sh = eval(payloads[9].decode(), {})  # noqa: S307
+    payloads[9] = repr((u, t, "not a number", sh)).encode()  # decodes, but the engine refuses it
 
     def decode(raw):
         u, t, a, s = eval(raw.decode(), {})  # noqa: S307 (test data)
@@ -223,10 +225,13 @@ def test_python_decode_hook_is_the_slow_path(tmp_path):
 
     r = Runner(fs, Fake(payloads, decode), tmp_path, max_batch=64)
     r.run_until_idle()
-    assert r.metrics()["malformed"] == 1
-    dl = pq.read_table(tmp_path / "dead_letters")
-    assert dl.column("offset").to_pylist() == ["5"] and dl.column("payload").to_pylist() == [b"garbage"]
-    assert r.engine.stats()["events_ingested"] == events.num_rows - 1
+    assert r.metrics()["malformed"] == 2
+    dl = pq.read_table(tmp_path / "dead_letters").sort_by("offset")
+    assert dl.column("offset").to_pylist() == ["5", "9"] and dl.column("payload").to_pylist()[0] == b"garbage"
+    assert "amount" in dl.column("reason").to_pylist()[1]
+    assert r.engine.stats()["events_ingested"] == events.num_rows - 2
+    good = events.filter(pa.array([i not in (5, 9) for i in range(events.num_rows)]))
+    assert_matches_backfill(fs, good, r.engines, 1, n_instants=3)
 
 
 def test_rfc3339_helper_matches_pandas():
