@@ -328,6 +328,8 @@ class Runner:
     def _load(self, p: int) -> _Partition:
         path = self.checkpoint_path(p)
         if not path.exists():
+            # dead letters written before a first checkpoint that never landed are read again
+            self._drop_uncommitted_dead_letters(p, None)
             return _Partition(self.feature_set.online(), None)
         meta, snap = read_checkpoint(path, p)
         if meta.get("partition") != p:

@@ -266,3 +266,52 @@ def test_cli_serves_prometheus_and_stops_cleanly_on_sigterm(tmp_path):
     assert f"{events.num_rows:,} events" in err.decode()
     engines = {p: e for p, (e, _) in load_checkpoints(fs, tmp_path / "ckpt").items()}
     assert sum(e.stats()["events_ingested"] for e in engines.values()) == events.num_rows
+
+
+def test_dead_letters_of_an_interval_whose_checkpoint_never_landed_are_not_duplicated(tmp_path, monkeypatch):
+    """A crash after the dead-letter file of an interval is written but before its checkpoint
+    renames into place: the restarted runner reads the interval again; each bad event ends up
+    in the dead-letter files exactly once."""
+    import rtml.runner as rr
+
+    fs = feature_set()
+    events = workload(2000, 30, seed=10)
+    amount = events.column("amount").to_pylist()
+    bad = [3, 700, 1500, 1999]
+    for i in bad:
+        amount[i] = float("inf")
+    events = events.set_column(2, "amount", pa.array(amount, pa.float64()))
+    mk = lambda: rtml.sources.replay(events, partitions=2)  # noqa: E731
+    # (steps before each checkpoint, batch size, which checkpoint write crashes): partition 1
+    # holds bad events at its positions 2, 395 and 816; write 1 is partition 0's, 2 partition 1's
+    scenarios = {
+        "first checkpoint ever": ([3], 300, 2),  # p1's file 2--816 written, its checkpoint not
+        "a later checkpoint": ([1, 6], 150, 4),  # p1 committed at 150, file 395--816 not
+    }
+    for name, (steps, batch, crash_call) in scenarios.items():
+        d = tmp_path / name.replace(" ", "_")
+        r = Runner(fs, mk(), d, checkpoint_every="1h", max_batch=batch)
+        r._open()
+        calls = {"n": 0}
+        real = rr._atomic_write
+
+        def crashing(path, chunks, real=real, calls=calls, crash_call=crash_call):
+            calls["n"] += 1
+            if calls["n"] == crash_call:
+                raise RuntimeError("crash before the rename")
+            return real(path, chunks)
+
+        monkeypatch.setattr(rr, "_atomic_write", crashing)
+        with pytest.raises(RuntimeError, match="crash"):
+            for k in steps:
+                for _ in range(k):
+                    r.step()
+                r.checkpoint()
+        monkeypatch.setattr(rr, "_atomic_write", real)
+        assert list((d / "dead_letters").glob("*.parquet"))  # the interval's file was written
+        r2 = Runner(fs, mk(), d, checkpoint_every="0s", max_batch=50)  # other intervals, other file names
+        r2.run_until_idle()
+        dl = pq.read_table(d / "dead_letters")
+        rows = sorted(zip(dl.column("partition").to_pylist(), dl.column("offset").to_pylist()))
+        assert len(rows) == len(set(rows)) == len(bad), rows
+        assert r2.metrics()["malformed"] == len(bad)
