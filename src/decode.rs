@@ -407,7 +407,9 @@ pub fn decode_json<B: AsRef<[u8]>>(
             match (col, v) {
                 (ValCol::F(b), V::F(x)) => b.append_option(x),
                 (ValCol::S(b), V::S(x)) => b.append_option(x),
-                _ => unreachable!("value kinds are checked above"),
+                // (kinds always match: both follow `mapping.values`; total without a panic)
+                (ValCol::F(b), V::S(_)) => b.append_null(),
+                (ValCol::S(b), V::F(_)) => b.append_null(),
             }
         }
     }
