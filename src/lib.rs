@@ -10,6 +10,7 @@
 //! Semantics: `docs/semantics.md`.
 
 pub mod agg;
+pub mod decode;
 pub mod error;
 pub mod exact;
 pub mod input;

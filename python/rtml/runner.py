@@ -1,0 +1,856 @@
+"""`rtml.Runner`: a source's partitions into online engines, checkpointed exactly once.
+
+Each partition has its own `OnlineEngine` (its own watermark) and its own checkpoint file,
+``<checkpoint_dir>/partition-<p>.ckpt``, holding the engine's state *and* the partition's source
+position together, written atomically (temp file, fsync, rename, directory fsync) and
+checksummed. On start (and when a rebalance hands it a partition) the runner loads the file and
+resumes the source from the position inside it. docs/streaming.md has the format and the
+exactly-once argument.
+
+>>> import rtml, rtml.sources, pyarrow as pa, tempfile
+>>> from rtml.runner import Runner
+>>> fs = rtml.FeatureSet(entity="user", timestamp="ts", features=[rtml.count(window="1h")])
+>>> events = pa.table({"user": [1, 2, 1], "ts": pa.array([1, 2, 3], pa.timestamp("s"))})
+>>> r = Runner(fs, rtml.sources.replay(events), tempfile.mkdtemp())
+>>> r.run_until_idle()
+3
+>>> r.get(1, at="1970-01-01T00:00:04Z")["count_1h"]
+2
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import struct
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import pyarrow as pa
+
+from . import _core
+from .exceptions import RtmlError, SnapshotError, SpecError
+from .sources import Batch, Position, RedisStreamSource, Source, SourceError, _decoder_config, _duration_ns
+
+__all__ = ["Runner", "CheckpointError", "read_checkpoint", "load_checkpoints", "CHECKPOINT_VERSION", "main_run"]
+
+MAGIC = b"RTMLCKPT"
+#: checkpoint container format version (the embedded engine snapshot has its own)
+CHECKPOINT_VERSION = 1
+_HEADER = struct.Struct("<8sIIQI")  # magic, version, meta length, snapshot length, CRC-32
+
+
+class CheckpointError(SnapshotError):
+    """A checkpoint file that is truncated, corrupted, of an unknown version, or written for
+    another feature set, stream or partition. Names the partition and the file; the runner
+    stops without writing anything."""
+
+    def __init__(self, partition: Optional[int], path: Union[str, os.PathLike[str]], message: str) -> None:
+        self.partition = partition
+        self.path = os.fspath(path)
+        super().__init__(f"checkpoint of partition {partition} ({self.path}): {message}")
+
+
+def _spec_hash(spec_json: str) -> str:
+    return hashlib.sha256(spec_json.encode()).hexdigest()
+
+
+def _scratch_dir(fallback: Path) -> Path:
+    """Where engine snapshots are staged before being wrapped (memory-backed if possible)."""
+    env = os.environ.get("RTML_SCRATCH")
+    if env:
+        return Path(env)
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    return fallback
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, chunks: list[bytes]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            for c in chunks:
+                f.write(c)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(d: Path, only_rtml: bool) -> None:
+    """Temp files of runners killed mid-write (`...rtml-snap-<pid>-...`, `.<file>.tmp-<pid>`)."""
+    import re
+
+    pat = re.compile(r"(?:rtml-(?:snap|restore)-(\d+)-|\.tmp-(\d+)$)")
+    try:
+        entries = list(d.iterdir())
+    except OSError:
+        return
+    for f in entries:
+        if not f.name.startswith(".") or (only_rtml and "rtml-" not in f.name):
+            continue
+        m = pat.search(f.name)
+        if m is None:
+            continue
+        pid = int(m.group(1) or m.group(2))
+        if pid != os.getpid() and not _pid_alive(pid):
+            try:
+                f.unlink()
+            except OSError:
+                pass
+
+
+def _engine_bytes(engine: Any, scratch: Path) -> bytes:
+    """The engine's snapshot file bytes (staged through a scratch file: see docs/streaming.md)."""
+    fd, name = tempfile.mkstemp(prefix=f".rtml-snap-{os.getpid()}-", dir=scratch)
+    os.close(fd)
+    try:
+        engine.snapshot(name)
+        with open(name, "rb") as f:
+            return f.read()
+    finally:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+
+
+def _engine_from_bytes(data: bytes, scratch: Path) -> Any:
+    fd, name = tempfile.mkstemp(prefix=f".rtml-restore-{os.getpid()}-", dir=scratch)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return _core.OnlineEngine.restore(name)
+    finally:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+
+
+def encode_checkpoint(meta: dict[str, Any], snapshot: bytes) -> list[bytes]:
+    m = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    crc = zlib.crc32(snapshot, zlib.crc32(m))
+    return [_HEADER.pack(MAGIC, CHECKPOINT_VERSION, len(m), len(snapshot), crc), m, snapshot]
+
+
+def read_checkpoint(path: Union[str, os.PathLike[str]], partition: Optional[int] = None) -> tuple[dict[str, Any], bytes]:
+    """(metadata, engine snapshot bytes) of a checkpoint file, verified (CheckpointError)."""
+    p = Path(path)
+    data = p.read_bytes()
+    bad = lambda m: CheckpointError(partition, p, m)  # noqa: E731
+    if len(data) < _HEADER.size or data[:8] != MAGIC:
+        raise bad("not an rtml checkpoint (bad magic bytes or file too short)")
+    _, version, mlen, slen, crc = _HEADER.unpack_from(data)
+    if version > CHECKPOINT_VERSION:
+        raise bad(f"format version {version} was written by a newer rtml (this one reads up to {CHECKPOINT_VERSION})")
+    if version == 0:
+        raise bad("format version 0 does not exist")
+    if _HEADER.size + mlen + slen != len(data):
+        raise bad(f"truncated or extended: header says {_HEADER.size + mlen + slen} bytes, file has {len(data)}")
+    m = data[_HEADER.size : _HEADER.size + mlen]
+    snap = data[_HEADER.size + mlen :]
+    if zlib.crc32(snap, zlib.crc32(m)) != crc:
+        raise bad("checksum mismatch: the file is corrupted")
+    try:
+        meta = json.loads(m)
+    except ValueError as e:
+        raise bad(f"metadata is not JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise bad("metadata is not a JSON object")
+    return meta, snap
+
+
+def load_checkpoints(feature_set: Any, checkpoint_dir: Union[str, os.PathLike[str]]) -> dict[int, tuple[Any, dict[str, Any]]]:
+    """Every partition's (engine, checkpoint metadata) from a checkpoint directory, verified
+    against `feature_set` (CheckpointError otherwise): read-only, e.g. for a serving process.
+
+    >>> engines = {p: e for p, (e, meta) in load_checkpoints(fs, "ckpt").items()}  # doctest: +SKIP
+    """
+    d = Path(checkpoint_dir)
+    spec_json = feature_set.to_json()
+    out = {}
+    for f in sorted(d.glob("partition-*.ckpt")):
+        try:
+            p = int(f.stem.split("-", 1)[1])
+        except ValueError:
+            continue
+        meta, snap = read_checkpoint(f, p)
+        if meta.get("partition") != p:
+            raise CheckpointError(p, f, f"written for partition {meta.get('partition')}")
+        if meta.get("spec_sha256") != _spec_hash(spec_json):
+            raise CheckpointError(p, f, "written by another feature set (its spec hash differs)")
+        try:
+            engine = _engine_from_bytes(snap, _scratch_dir(d))
+        except SnapshotError as e:
+            raise CheckpointError(p, f, f"embedded engine state: {e}") from None
+        out[p] = (engine, meta)
+    return out
+
+
+def _pos_key(pos: Position) -> Any:
+    """Order of positions (ints, or Redis 'ms-seq' IDs)."""
+    if isinstance(pos, int):
+        return pos
+    a, _, b = str(pos).partition("-")
+    return (int(a), int(b or 0))
+
+
+def _pos_name(pos: Position) -> str:
+    return f"{pos:020d}" if isinstance(pos, int) else str(pos)
+
+
+class _Partition:
+    """One partition's engine, position and counters."""
+
+    __slots__ = ("engine", "position", "events_in", "malformed", "skipped", "key_is_int", "dead", "dirty",
+                 "checkpointed")
+
+    def __init__(self, engine: Any, position: Optional[Position], events_in: int = 0, malformed: int = 0,
+                 key_is_int: Optional[bool] = None, skipped: int = 0) -> None:
+        self.engine = engine
+        self.position = position
+        self.events_in = events_in
+        self.malformed = malformed
+        self.skipped = skipped
+        self.key_is_int = key_is_int
+        self.dead: list[tuple[str, str, Optional[bytes]]] = []
+        self.dirty = False
+        self.checkpointed = position
+
+
+class Runner:
+    """Feeds a source's partitions into online engines, with exactly-once checkpoints.
+
+    `feature_set`: an `rtml.FeatureSet`. `source`: from `rtml.sources`. `checkpoint_dir`: one
+    ``partition-<p>.ckpt`` per partition (shared by every runner of the group) and the
+    dead-letter files (``dead_letters/``). `checkpoint_every`: a duration ('5s', '500ms', a
+    timedelta, seconds); '0s' checkpoints after every poll. `max_batch`: events per poll.
+
+    Read the features with `get(key, at)` (it finds the partition holding the key), the
+    per-partition engines with `engines`, or `engine` when there is one partition.
+    """
+
+    def __init__(
+        self,
+        feature_set: Any,
+        source: Source,
+        checkpoint_dir: Union[str, os.PathLike[str]],
+        checkpoint_every: Any = "5s",
+        *,
+        max_batch: int = 10_000,
+        poll_timeout: float = 0.2,
+        pipeline: bool = True,
+    ) -> None:
+        if not hasattr(feature_set, "_spec"):
+            raise SpecError(f"Runner.feature_set: expected an rtml.FeatureSet, got {type(feature_set).__name__}")
+        if not isinstance(source, Source):
+            raise SpecError(f"Runner.source: expected a source from rtml.sources, got {type(source).__name__}")
+        self.feature_set = feature_set
+        self.source = source
+        self.dir = Path(checkpoint_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dead_letter_dir = self.dir / "dead_letters"
+        self.checkpoint_every = _duration_ns(checkpoint_every, "Runner.checkpoint_every") / 1e9
+        self.max_batch = int(max_batch)
+        self.poll_timeout = float(poll_timeout)
+        self._spec_json = feature_set.to_json()
+        self._hash = _spec_hash(self._spec_json)
+        self._scratch = _scratch_dir(self.dir)
+        _remove_stale_temps(self.dir, only_rtml=False)
+        _remove_stale_temps(self.dead_letter_dir, only_rtml=False)
+        _remove_stale_temps(self._scratch, only_rtml=True)
+        self._parts: dict[int, _Partition] = {}
+        self._lock = threading.RLock()
+        # pipelining: a batch is decoded and ingested by one worker thread while the runner's
+        # thread polls the next one (both release the GIL for their heavy parts); every
+        # checkpoint, assignment and revocation first waits for the batch in flight
+        self.pipeline = bool(pipeline)
+        self._pool: Any = None
+        self._inflight: Any = None
+        self._opened = False
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._last_ckpt_wall: Optional[float] = None
+        self._last_ckpt_mono = time.monotonic()
+        self._last_ckpt_duration: Optional[float] = None
+        self._checkpoints = 0
+        self._started = time.monotonic()
+        source.bind(feature_set)
+        self._decoder: Any = None
+        if source.raw and getattr(source, "decode", None) is None:
+            ent, ts, vals, unit = _decoder_config(source, feature_set)
+            self._decoder = _core.JsonDecoder(ent, ts, vals, unit)
+
+    # ---- partitions ------------------------------------------------------------------
+
+    def checkpoint_path(self, partition: int) -> Path:
+        return self.dir / f"partition-{partition}.ckpt"
+
+    def _load(self, p: int) -> _Partition:
+        path = self.checkpoint_path(p)
+        if not path.exists():
+            # dead letters written before a first checkpoint that never landed are read again
+            self._drop_uncommitted_dead_letters(p, None)
+            return _Partition(self.feature_set.online(), None)
+        meta, snap = read_checkpoint(path, p)
+        if meta.get("partition") != p:
+            raise CheckpointError(p, path, f"written for partition {meta.get('partition')}")
+        if meta.get("spec_sha256") != self._hash:
+            raise CheckpointError(p, path, "written by another feature set (its spec hash differs); "
+                                           "use a new checkpoint directory for a new feature set")
+        if meta.get("source") != self.source.name:
+            raise CheckpointError(p, path, f"written for source {meta.get('source')!r}, not {self.source.name!r}")
+        try:
+            engine = _engine_from_bytes(snap, self._scratch)
+        except SnapshotError as e:
+            raise CheckpointError(p, path, f"embedded engine state: {e}") from None
+        if engine.spec_json != self._spec_json:
+            raise CheckpointError(p, path, "embedded engine state is of another feature set")
+        part = _Partition(engine, meta.get("position"), int(meta.get("events_in", 0)),
+                          int(meta.get("malformed", 0)), meta.get("key_is_int"), int(meta.get("skipped", 0)))
+        self._drop_uncommitted_dead_letters(p, part.position)
+        return part
+
+    def _drop_uncommitted_dead_letters(self, p: int, position: Optional[Position]) -> None:
+        """Dead-letter files written after the last checkpoint that landed: their events will be
+        read again, so the files would be duplicates."""
+        if not self.dead_letter_dir.is_dir():
+            return
+        for f in self.dead_letter_dir.glob(f"partition-{p}-*.parquet"):
+            first = f.stem.split("-", 2)[2].rsplit("--", 1)[0]
+            try:
+                first_pos: Position = int(first)
+            except ValueError:
+                first_pos = first
+            if position is None or _pos_key(first_pos) >= _pos_key(position):
+                f.unlink(missing_ok=True)
+
+    def _drain(self) -> None:
+        """Wait for the batch in flight (re-raising its error)."""
+        f, self._inflight = self._inflight, None
+        if f is not None:
+            f.result()
+
+    def _apply_all(self, batches: list[Batch]) -> int:
+        return sum(self._apply(b) for b in batches)
+
+    def _on_assign(self, parts: list[int]) -> dict[int, Optional[Position]]:
+        self._drain()
+        out: dict[int, Optional[Position]] = {}
+        loaded = {p: self._load(p) for p in parts}  # all or nothing
+        with self._lock:
+            for p, part in loaded.items():
+                self._parts[p] = part
+                out[p] = part.position
+        return out
+
+    def _on_revoke(self, parts: list[int]) -> None:
+        self._drain()
+        for p in parts:
+            if p in self._parts:
+                self._checkpoint_partition(p)
+        with self._lock:
+            for p in parts:
+                self._parts.pop(p, None)
+
+    def _open(self) -> None:
+        if not self._opened:
+            if isinstance(self.source, RedisStreamSource):
+                # entries read so far per partition (the trimming check counts them)
+                self.source.open(self._on_assign, self._on_revoke, lambda p: self._parts[p].events_in)
+            else:
+                self.source.open(self._on_assign, self._on_revoke)
+            self._opened = True
+
+    # ---- ingest ----------------------------------------------------------------------
+
+    def _apply(self, batch: Batch) -> int:
+        part = self._parts.get(batch.partition)
+        if part is None or not len(batch):
+            return 0
+        positions = batch.positions
+        payloads = batch.payloads
+        events = batch.events
+        start = 0
+        if part.position is not None:
+            cur = _pos_key(part.position)
+            while start < len(positions) and _pos_key(positions[start]) < cur:
+                start += 1  # delivered again (a broker re-delivery): applied already
+        if start:
+            positions = positions[start:]
+            if payloads is not None:
+                payloads = payloads[start:]
+            if events is not None:
+                events = events.slice(start)
+        if not positions:
+            return 0
+        if isinstance(batch.end, int) and isinstance(part.position, int):
+            # offsets the source jumped over (Kafka: compaction, transaction markers)
+            part.skipped += batch.end - part.position - len(positions)
+        rejected: list[tuple[int, str]] = []
+        if payloads is not None:
+            events, rejected, accepted_idx = self._decode(part, payloads)
+        else:
+            accepted_idx = list(range(len(positions)))
+        assert events is not None
+        bad_input = (RtmlError, TypeError, ValueError, OverflowError)
+        try:
+            part.engine.ingest(events)
+        except bad_input:
+            # one bad event: find it (each event alone gives the same state as the batch)
+            one = (lambda j: events[j]) if isinstance(events, list) else (lambda j: events.slice(j, 1))
+            for j in range(len(events) if isinstance(events, list) else events.num_rows):
+                try:
+                    part.engine.ingest(one(j))
+                except bad_input as e:
+                    rejected.append((accepted_idx[j], f"{type(e).__name__}: {e}"))
+        for i, reason in sorted(rejected):
+            payload = payloads[i] if payloads is not None else None
+            part.dead.append((str(positions[i]), reason, payload))
+        part.malformed += len(rejected)
+        part.events_in += len(positions)
+        part.position = batch.end
+        part.dirty = True
+        return len(positions)
+
+    def _decode(self, part: _Partition, payloads: list[Optional[bytes]]) -> tuple[pa.Table, list[tuple[int, str]], list[int]]:
+        if self._decoder is not None:
+            batch, rejected, kind = self._decoder.decode(payloads, part.key_is_int)
+            part.key_is_int = kind
+            table = pa.Table.from_batches([batch])
+        else:
+            decode = self.source.decode  # type: ignore[attr-defined]
+            rows, rejected = [], []
+            for i, raw in enumerate(payloads):
+                try:
+                    row = decode(raw)
+                    if not isinstance(row, dict):
+                        raise TypeError(f"decode returned {type(row).__name__}, not a dict")
+                    rows.append(row)
+                except Exception as e:  # the user's hook: any failure marks the message
+                    rejected.append((i, f"decode: {type(e).__name__}: {e}"))
+            # row dicts go to the engine as such (no Arrow type inference per batch)
+            table = rows if rows else self._empty_events()  # type: ignore[assignment]
+        bad = {i for i, _ in rejected}
+        accepted_idx = [i for i in range(len(payloads)) if i not in bad]
+        return table, rejected, accepted_idx
+
+    def _empty_events(self) -> pa.Table:
+        spec = self.feature_set._spec
+        cols = {spec.entity: pa.array([], pa.int64()), spec.timestamp: pa.array([], pa.timestamp("ns", "UTC"))}
+        for c, _ in spec.value_columns:
+            cols[c] = pa.array([], pa.float64())
+        return pa.table(cols)
+
+    # ---- checkpoints -----------------------------------------------------------------
+
+    def _flush_dead_letters(self, p: int, part: _Partition) -> None:
+        if not part.dead:
+            return
+        import pyarrow.parquet as pq
+
+        self.dead_letter_dir.mkdir(exist_ok=True)
+        first, last = part.dead[0][0], part.dead[-1][0]
+        fmt = lambda s: _pos_name(int(s)) if s.isdigit() else s  # noqa: E731
+        path = self.dead_letter_dir / f"partition-{p}-{fmt(first)}--{fmt(last)}.parquet"
+        table = pa.table({
+            "partition": pa.array([p] * len(part.dead), pa.int32()),
+            "offset": pa.array([d[0] for d in part.dead], pa.string()),
+            "reason": pa.array([d[1] for d in part.dead], pa.string()),
+            "payload": pa.array([d[2] for d in part.dead], pa.binary()),
+        })
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        part.dead = []
+
+    def _checkpoint_partition(self, p: int) -> None:
+        part = self._parts[p]
+        if not part.dirty and self.checkpoint_path(p).exists():
+            return
+        self._flush_dead_letters(p, part)
+        snap = _engine_bytes(part.engine, self._scratch)
+        meta = {
+            "format": "rtml.Checkpoint",
+            "partition": p,
+            "position": part.position,
+            "source": self.source.name,
+            "spec_sha256": self._hash,
+            "events_in": part.events_in,
+            "malformed": part.malformed,
+            "skipped": part.skipped,
+            "key_is_int": part.key_is_int,
+            "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "rtml_version": _core.__version__,
+        }
+        _atomic_write(self.checkpoint_path(p), encode_checkpoint(meta, snap))
+        part.dirty = False
+        part.checkpointed = part.position
+
+    def checkpoint(self) -> None:
+        """Checkpoint every partition with new events now (also done every `checkpoint_every`)."""
+        self._drain()
+        t0 = time.monotonic()
+        with self._lock:
+            parts = list(self._parts)
+        for p in parts:
+            if p in self._parts:
+                self._checkpoint_partition(p)
+        done: dict[int, Position] = {p: part.position for p, part in self._parts.items() if part.position is not None}
+        self.source.commit(done)
+        self._last_ckpt_duration = time.monotonic() - t0
+        self._last_ckpt_mono = time.monotonic()
+        self._last_ckpt_wall = time.time()
+        self._checkpoints += 1
+
+    # ---- loops -----------------------------------------------------------------------
+
+    def step(self) -> int:
+        """One poll of the source: apply what came, checkpoint if due. Returns events read."""
+        self._open()
+        batches = self.source.poll(self.max_batch, self.poll_timeout)
+        n = sum(len(b) for b in batches)
+        if batches:
+            if self.pipeline:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._drain()
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="rtml-ingest")
+                self._inflight = self._pool.submit(self._apply_all, batches)
+            else:
+                self._apply_all(batches)
+        if time.monotonic() - self._last_ckpt_mono >= self.checkpoint_every:
+            self.checkpoint()
+        return n
+
+    def run_until_idle(self, timeout: Optional[float] = None) -> int:
+        """Drain what the source has now, then checkpoint. Returns events read.
+        `timeout` (seconds) bounds the wait for a broker (SourceError when exceeded)."""
+        self._open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        total = 0
+        while True:
+            n = self.step()
+            total += n
+            if n == 0 and self.source.idle():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise SourceError(f"run_until_idle: the source was not drained within {timeout}s "
+                                  f"(lag {self.source.lag()})")
+        self.checkpoint()
+        return total
+
+    def run(self) -> None:
+        """Read until `stop()` (from another thread) or a signal; checkpoint on the way out."""
+        self._open()
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            if self._opened:
+                self.checkpoint()
+
+    def start(self) -> "Runner":
+        """Run in a background thread (`stop()` ends it; reads work meanwhile)."""
+        if self._thread is not None:
+            raise RtmlError("Runner.start: already running")
+        self._stop.clear()
+        self._error = None
+
+        def body() -> None:
+            try:
+                self.run()
+            except BaseException as e:  # handed to stop()
+                self._error = e
+
+        self._thread = threading.Thread(target=body, name="rtml-runner", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop the background thread (after a final checkpoint); re-raises its error."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise e
+
+    def close(self) -> None:
+        """Stop, then close the source (a Kafka consumer leaves its group)."""
+        try:
+            self.stop()
+        finally:
+            try:
+                self._drain()
+            finally:
+                self.source.close()
+                self._opened = False
+                if self._pool is not None:
+                    self._pool.shutdown()
+                    self._pool = None
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- reads -----------------------------------------------------------------------
+
+    @property
+    def engines(self) -> dict[int, Any]:
+        """The engine of every partition this runner holds."""
+        with self._lock:
+            return {p: part.engine for p, part in sorted(self._parts.items())}
+
+    @property
+    def positions(self) -> dict[int, Optional[Position]]:
+        with self._lock:
+            return {p: part.position for p, part in sorted(self._parts.items())}
+
+    @property
+    def engine(self) -> Any:
+        """The engine, when the runner holds exactly one partition."""
+        engines = self.engines
+        if len(engines) != 1:
+            raise RtmlError(f"Runner.engine: the runner holds {len(engines)} partitions; use engines[p], "
+                            "engine_for(key) or get(key, at)")
+        return next(iter(engines.values()))
+
+    def engine_for(self, key: Any) -> Any:
+        """The engine holding `key` (found from the source's partitioning, no scan)."""
+        p = self.source.partition_of(key)
+        if p is None:
+            raise RtmlError("Runner.engine_for: the source does not know which partition holds a key; "
+                            "give it partitioner=")
+        with self._lock:
+            part = self._parts.get(p)
+        if part is None:
+            raise RtmlError(f"Runner.engine_for({key!r}): partition {p} is held by another runner of the group")
+        return part.engine
+
+    def get(self, key: Any, at: Any = None) -> dict[str, Any]:
+        """Features of one entity at `at`, from the engine of its partition."""
+        return self.engine_for(key).get(key, at)
+
+    def metrics(self) -> dict[str, Any]:
+        """events_in, late, malformed, per-partition lag / position / watermark, checkpoints."""
+        with self._lock:
+            parts = dict(self._parts)
+        lag = self.source.lag() if self._opened else {}
+        per = {}
+        for p, part in sorted(parts.items()):
+            st = part.engine.stats()
+            per[p] = {
+                "events_in": part.events_in,
+                "late": st["late_events_dropped"],
+                "malformed": part.malformed,
+                "skipped_offsets": part.skipped,
+                "keys": st["keys"],
+                "lag": lag.get(p),
+                "position": part.position,
+                "watermark": st["watermark"],
+            }
+        age = None if self._last_ckpt_wall is None else time.time() - self._last_ckpt_wall
+        return {
+            "events_in": sum(v["events_in"] for v in per.values()),
+            "late": sum(v["late"] for v in per.values()),
+            "malformed": sum(v["malformed"] for v in per.values()),
+            "partitions": per,
+            "lag": {p: v["lag"] for p, v in per.items()},
+            "checkpoints": self._checkpoints,
+            "last_checkpoint_age_s": age,
+            "last_checkpoint_duration_s": self._last_ckpt_duration,
+            "source_errors": self.source.errors(),
+        }
+
+    def prometheus(self) -> str:
+        """`metrics()` in the Prometheus text format."""
+        m = self.metrics()
+        lines = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, Any]]) -> None:
+            lines.append(f"# HELP rtml_runner_{name} {help_}")
+            lines.append(f"# TYPE rtml_runner_{name} {kind}")
+            for labels, v in samples:
+                if v is not None:
+                    lines.append(f"rtml_runner_{name}{labels} {v}")
+
+        per = m["partitions"]
+        metric("events_in_total", "counter", "Events read from the source (incl. late and malformed).",
+               [(f'{{partition="{p}"}}', v["events_in"]) for p, v in per.items()])
+        metric("late_events_total", "counter", "Events dropped as later than allowed_lateness.",
+               [(f'{{partition="{p}"}}', v["late"]) for p, v in per.items()])
+        metric("malformed_events_total", "counter", "Events sent to the dead-letter file.",
+               [(f'{{partition="{p}"}}', v["malformed"]) for p, v in per.items()])
+        metric("skipped_offsets_total", "counter", "Offsets the source jumped over (compaction, markers).",
+               [(f'{{partition="{p}"}}', v["skipped_offsets"]) for p, v in per.items()])
+        metric("lag_events", "gauge", "Events available on the source but not yet read.",
+               [(f'{{partition="{p}"}}', v["lag"]) for p, v in per.items()])
+        metric("keys", "gauge", "Keys held in the partition's engine.",
+               [(f'{{partition="{p}"}}', v["keys"]) for p, v in per.items()])
+        metric("checkpoints_total", "counter", "Checkpoints written.", [("", m["checkpoints"])])
+        metric("last_checkpoint_age_seconds", "gauge", "Seconds since the last checkpoint.",
+               [("", m["last_checkpoint_age_s"])])
+        metric("last_checkpoint_duration_seconds", "gauge", "Duration of the last checkpoint.",
+               [("", m["last_checkpoint_duration_s"])])
+        metric("source_errors_total", "counter", "Transient source errors (retried).",
+               [(f'{{kind="{k}"}}', v) for k, v in m["source_errors"].items()])
+        return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# CLI: rtml run
+
+
+def source_from_url(url: str) -> Source:
+    """kafka://host:port/topic?group=g, redis://host:port/db?streams=a,b&group=g, or a path
+    (Parquet / CSV / Feather; ?partitions=N&max_delay=5s&seed=0&arrival=col)."""
+    from urllib.parse import parse_qs, urlparse
+
+    from . import sources
+
+    u = urlparse(url)
+    q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+    if u.scheme == "kafka":
+        topic = u.path.lstrip("/")
+        if not topic or "group" not in q:
+            raise SpecError(f"--source {url!r}: expected kafka://host:port/topic?group=NAME")
+        return sources.kafka(u.netloc, topic, q["group"], timestamp_unit=q.get("timestamp_unit"))
+    if u.scheme in ("redis", "rediss"):
+        streams = q.get("streams", "")
+        if not streams:
+            raise SpecError(f"--source {url!r}: expected redis://host:port/db?streams=s1,s2[&group=NAME]")
+        base = f"{u.scheme}://{u.netloc}{u.path}"
+        assign = [int(x) for x in q["assign"].split(",")] if "assign" in q else None
+        return sources.redis_stream(base, streams.split(","), q.get("group"), field=q.get("field", "data"),
+                                    timestamp_unit=q.get("timestamp_unit"), assign=assign)
+    path = u.path if u.scheme == "file" else url.split("?", 1)[0]
+    return sources.replay(path, arrival=q.get("arrival"), partitions=int(q.get("partitions", 1)),
+                          seed=int(q.get("seed", 0)), max_delay=q.get("max_delay"))
+
+
+def _serve_metrics(runner: Runner, port: int) -> Any:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = runner.prometheus().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main_run(argv: list[str]) -> int:
+    """`rtml run --spec features.json --source URL --checkpoint DIR [--metrics-port N]
+    [--checkpoint-every 5s] [--until-idle]`."""
+    import argparse
+    import signal
+
+    from .features import FeatureSet
+
+    ap = argparse.ArgumentParser(prog="rtml run", description="Follow a stream into checkpointed online engines.")
+    ap.add_argument("--spec", required=True, help="feature-set JSON document (FeatureSet.to_json())")
+    ap.add_argument("--source", required=True,
+                    help="kafka://host:port/topic?group=g | redis://host:port/0?streams=a,b | a Parquet path")
+    ap.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    ap.add_argument("--checkpoint-every", default="5s")
+    ap.add_argument("--max-batch", type=int, default=10_000)
+    ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus text on 127.0.0.1:PORT")
+    ap.add_argument("--until-idle", action="store_true", help="drain what is there, checkpoint, exit")
+    ap.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
+    args = ap.parse_args(argv)
+    fs = FeatureSet.from_json(Path(args.spec).read_text())
+    runner = Runner(fs, source_from_url(args.source), args.checkpoint, args.checkpoint_every,
+                    max_batch=args.max_batch)
+    server = _serve_metrics(runner, args.metrics_port) if args.metrics_port is not None else None
+    show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    last_t, last_n = time.monotonic(), 0
+    try:
+        runner._open()
+        while not stop.is_set():
+            n = runner.step()
+            if show and time.monotonic() - last_t >= 1.0:
+                m = runner.metrics()
+                now = time.monotonic()
+                rate = (m["events_in"] - last_n) / (now - last_t)
+                lag = sum(v or 0 for v in m["lag"].values())
+                sys.stderr.write(f"\r{m['events_in']:,} events  {rate:,.0f}/s  lag {lag:,}  "
+                                 f"late {m['late']:,}  malformed {m['malformed']:,}  "
+                                 f"partitions {sorted(m['partitions'])}   ")
+                sys.stderr.flush()
+                last_t, last_n = now, m["events_in"]
+            if args.until_idle and n == 0 and runner.source.idle():
+                break
+        runner.checkpoint()
+    finally:
+        if show:
+            sys.stderr.write("\n")
+        runner.source.close()
+        if server is not None:
+            server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_run(sys.argv[1:]))

@@ -1,0 +1,567 @@
+//! Message payloads (JSON objects, one per message) -> the feature set's event columns.
+//!
+//! The stream runner hands the raw bytes of a batch of messages here; each message is parsed
+//! straight into the entity / timestamp / value columns (no intermediate `serde_json::Value`,
+//! fields the feature set does not read are skipped unparsed). A message that does not parse,
+//! lacks the entity or the timestamp, or has a value of the wrong type is *rejected* with its
+//! index in the batch and a reason; it never fails the batch.
+//!
+//! Mapping (docs/streaming.md):
+//! * entity: a JSON integer (int64 key) or a string (string key); one kind per decoder, fixed
+//!   by the first accepted message unless given up front;
+//! * timestamp: an RFC 3339 string (`2024-05-01T12:00:00Z`, `...+02:00`, fractional seconds
+//!   up to nanoseconds) or an epoch number in the stated unit (`s`, `ms`, `us`, `ns`; integers
+//!   exact; a fraction is rounded to the nearest nanosecond);
+//! * numeric value columns: a JSON number or boolean (1 / 0); null or absent is a null value;
+//! * string value columns: a JSON string; null or absent is a null value.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions, TimestampNanosecondArray};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use crate::error::{Error, Result};
+
+/// How a value column is read from JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueType {
+    /// A JSON number or boolean, to float64.
+    Float,
+    /// A JSON string.
+    Str,
+}
+
+/// One output column: its name in the event table and the JSON field it comes from.
+#[derive(Clone, Debug)]
+pub struct ColumnMap {
+    pub column: String,
+    pub field: String,
+    pub kind: ValueType,
+}
+
+/// The decoder's configuration: which JSON fields feed which event columns.
+#[derive(Clone, Debug)]
+pub struct JsonMapping {
+    /// (event column name, JSON field) of the entity.
+    pub entity: (String, String),
+    /// (event column name, JSON field) of the timestamp.
+    pub timestamp: (String, String),
+    /// Nanoseconds per unit of a numeric timestamp; `None`: numeric timestamps are rejected.
+    pub ts_factor: Option<i64>,
+    pub values: Vec<ColumnMap>,
+}
+
+/// Decoded events of one batch plus the rejected messages.
+pub struct Decoded {
+    /// Entity, timestamp (ns, UTC) and value columns, in [`JsonMapping`] order.
+    pub batch: RecordBatch,
+    /// (message index in the batch, reason).
+    pub rejected: Vec<(usize, String)>,
+    /// Whether the keys are integers (`None`: no message accepted yet and no kind given).
+    pub key_is_int: Option<bool>,
+}
+
+/// A field value as read, borrowed from the message where possible.
+enum Val<'de> {
+    Null,
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+    Str(std::borrow::Cow<'de, str>),
+    Other(&'static str),
+}
+
+impl Val<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Val::Null => "null",
+            Val::Int(_) | Val::UInt(_) | Val::Float(_) => "a number",
+            Val::Bool(_) => "a boolean",
+            Val::Str(_) => "a string",
+            Val::Other(k) => k,
+        }
+    }
+}
+
+struct ValVisitor;
+
+impl<'de> Visitor<'de> for ValVisitor {
+    type Value = Val<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Val<'de>, E> {
+        Ok(Val::Null)
+    }
+    fn visit_none<E>(self) -> Result<Val<'de>, E> {
+        Ok(Val::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Val<'de>, E> {
+        Ok(Val::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Val<'de>, E> {
+        Ok(Val::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Val<'de>, E> {
+        Ok(Val::UInt(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Val<'de>, E> {
+        Ok(Val::Float(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Val<'de>, E> {
+        Ok(Val::Str(std::borrow::Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Val<'de>, E> {
+        Ok(Val::Str(std::borrow::Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Val<'de>, E> {
+        Ok(Val::Str(std::borrow::Cow::Owned(v)))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Val<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Val::Other("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Val::Other("an object"))
+    }
+}
+
+/// Finds a key's slot among the wanted fields (`None`: skip the value).
+struct KeySeed<'m>(&'m [&'m str]);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|w| *w == v))
+    }
+}
+
+/// One message: every wanted field's value (last occurrence wins, as in JavaScript).
+struct Row<'m>(&'m [&'m str]);
+
+impl<'de> DeserializeSeed<'de> for Row<'_> {
+    type Value = Vec<Option<Val<'de>>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Row<'_> {
+    type Value = Vec<Option<Val<'de>>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out: Vec<Option<Val<'de>>> = (0..self.0.len()).map(|_| None).collect();
+        while let Some(slot) = map.next_key_seed(KeySeed(self.0))? {
+            match slot {
+                Some(i) => out[i] = Some(map.next_value_seed(ValSeed)?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct ValSeed;
+
+impl<'de> DeserializeSeed<'de> for ValSeed {
+    type Value = Val<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Val<'de>, D::Error> {
+        d.deserialize_any(ValVisitor)
+    }
+}
+
+fn parse_row<'de>(
+    bytes: &'de [u8],
+    fields: &[&str],
+) -> std::result::Result<Vec<Option<Val<'de>>>, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let row = match Row(fields).deserialize(&mut de) {
+        Ok(r) => r,
+        Err(e) if e.is_data() => return Err("not a JSON object".to_string()),
+        Err(e) => return Err(format!("invalid JSON: {e}")),
+    };
+    de.end().map_err(|e| format!("invalid JSON: {e}"))?;
+    Ok(row)
+}
+
+/// Nanoseconds since the epoch from an RFC 3339 string.
+pub fn parse_rfc3339(s: &str) -> std::result::Result<i64, String> {
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .map_err(|e| format!("not an RFC 3339 time ({e}): {s:?}"))?;
+    t.timestamp_nanos_opt()
+        .ok_or_else(|| format!("time out of range (years 1677-2262): {s:?}"))
+}
+
+fn time_of(v: &Val<'_>, factor: Option<i64>) -> std::result::Result<i64, String> {
+    let need_unit = || {
+        "a numeric timestamp needs a stated unit (timestamp_unit='s'|'ms'|'us'|'ns')".to_string()
+    };
+    let range = || "time out of range (years 1677-2262)".to_string();
+    match v {
+        Val::Str(s) => parse_rfc3339(s),
+        Val::Int(i) => i
+            .checked_mul(factor.ok_or_else(need_unit)?)
+            .ok_or_else(range),
+        Val::UInt(u) => i64::try_from(*u)
+            .ok()
+            .and_then(|i| i.checked_mul(factor?))
+            .ok_or_else(|| {
+                if factor.is_none() {
+                    need_unit()
+                } else {
+                    range()
+                }
+            }),
+        Val::Float(x) => {
+            let f = factor.ok_or_else(need_unit)?;
+            // whole units exactly, then the fraction (exact in f64: x - trunc(x)) rounded to ns
+            let whole = x.trunc();
+            if !(whole.is_finite() && whole.abs() < 9.0e15) {
+                return Err(range());
+            }
+            let frac = ((x - whole) * f as f64).round() as i64;
+            (whole as i64)
+                .checked_mul(f)
+                .and_then(|w| w.checked_add(frac))
+                .ok_or_else(range)
+        }
+        other => Err(format!(
+            "expected an RFC 3339 string or an epoch number, got {}",
+            other.kind()
+        )),
+    }
+}
+
+/// Nanoseconds per unit name (`s`, `ms`, `us`, `ns`).
+pub fn unit_factor(unit: &str) -> Result<i64> {
+    crate::time::unit_factor(unit, "timestamp_unit")
+}
+
+enum KeyCol {
+    Unknown,
+    Int(Int64Builder),
+    Str(StringBuilder),
+}
+
+/// Decode a batch of messages. `key_is_int` fixes the entity kind (`None`: the first accepted
+/// message decides and the result reports it).
+pub fn decode_json<B: AsRef<[u8]>>(
+    mapping: &JsonMapping,
+    messages: &[B],
+    key_is_int: Option<bool>,
+) -> Result<Decoded> {
+    let mut names: Vec<&str> = Vec::with_capacity(2 + mapping.values.len());
+    names.push(&mapping.entity.1);
+    names.push(&mapping.timestamp.1);
+    for c in &mapping.values {
+        names.push(&c.field);
+    }
+    let n = messages.len();
+    let mut keys = match key_is_int {
+        None => KeyCol::Unknown,
+        Some(true) => KeyCol::Int(Int64Builder::with_capacity(n)),
+        Some(false) => KeyCol::Str(StringBuilder::with_capacity(n, n * 8)),
+    };
+    let mut ts: Vec<i64> = Vec::with_capacity(n);
+    enum ValCol {
+        F(Float64Builder),
+        S(StringBuilder),
+    }
+    let mut cols: Vec<ValCol> = mapping
+        .values
+        .iter()
+        .map(|c| match c.kind {
+            ValueType::Float => ValCol::F(Float64Builder::with_capacity(n)),
+            ValueType::Str => ValCol::S(StringBuilder::with_capacity(n, n * 8)),
+        })
+        .collect();
+    let mut rejected = Vec::new();
+    // Values of one message, checked before anything is appended.
+    enum V<'a> {
+        F(Option<f64>),
+        S(Option<&'a str>),
+    }
+    enum K<'a> {
+        Int(i64),
+        Str(&'a str),
+    }
+    for (i, msg) in messages.iter().enumerate() {
+        let row = match parse_row(msg.as_ref(), &names) {
+            Ok(r) => r,
+            Err(reason) => {
+                rejected.push((i, reason));
+                continue;
+            }
+        };
+        let checked = (|| -> std::result::Result<(i64, K<'_>, Vec<V<'_>>), String> {
+            let key = match &row[0] {
+                None | Some(Val::Null) => {
+                    return Err(format!("missing field '{}' (the entity)", mapping.entity.1))
+                }
+                Some(Val::Int(k)) => K::Int(*k),
+                Some(Val::UInt(k)) => match i64::try_from(*k) {
+                    Ok(k) => K::Int(k),
+                    Err(_) => {
+                        return Err(format!(
+                            "field '{}': integer key out of the int64 range",
+                            mapping.entity.1
+                        ))
+                    }
+                },
+                Some(Val::Str(s)) => K::Str(s.as_ref()),
+                Some(other) => {
+                    return Err(format!(
+                        "field '{}': the entity must be an integer or a string, got {}",
+                        mapping.entity.1,
+                        other.kind()
+                    ))
+                }
+            };
+            let t = match &row[1] {
+                None | Some(Val::Null) => {
+                    return Err(format!(
+                        "missing field '{}' (the timestamp)",
+                        mapping.timestamp.1
+                    ))
+                }
+                Some(v) => time_of(v, mapping.ts_factor)
+                    .map_err(|m| format!("field '{}': {m}", mapping.timestamp.1))?,
+            };
+            let mut vals = Vec::with_capacity(mapping.values.len());
+            for (c, v) in mapping.values.iter().zip(&row[2..]) {
+                let bad = |v: &Val<'_>| {
+                    Err(format!(
+                        "field '{}': expected {}, got {}",
+                        c.field,
+                        if c.kind == ValueType::Float {
+                            "a number"
+                        } else {
+                            "a string"
+                        },
+                        v.kind()
+                    ))
+                };
+                vals.push(match (c.kind, v) {
+                    (ValueType::Float, None | Some(Val::Null)) => V::F(None),
+                    (ValueType::Str, None | Some(Val::Null)) => V::S(None),
+                    (ValueType::Float, Some(Val::Int(x))) => V::F(Some(*x as f64)),
+                    (ValueType::Float, Some(Val::UInt(x))) => V::F(Some(*x as f64)),
+                    (ValueType::Float, Some(Val::Float(x))) => V::F(Some(*x)),
+                    (ValueType::Float, Some(Val::Bool(b))) => {
+                        V::F(Some(if *b { 1.0 } else { 0.0 }))
+                    }
+                    (ValueType::Str, Some(Val::Str(s))) => V::S(Some(s.as_ref())),
+                    (_, Some(v)) => return bad(v),
+                });
+            }
+            Ok((t, key, vals))
+        })();
+        let (t, key, vals) = match checked {
+            Ok(x) => x,
+            Err(reason) => {
+                rejected.push((i, reason));
+                continue;
+            }
+        };
+        // The key kind: fixed, or decided by the first accepted message.
+        let is_int = matches!(key, K::Int(_));
+        if let KeyCol::Unknown = keys {
+            keys = if is_int {
+                KeyCol::Int(Int64Builder::with_capacity(n))
+            } else {
+                KeyCol::Str(StringBuilder::with_capacity(n, n * 8))
+            };
+        }
+        match (&mut keys, &key) {
+            (KeyCol::Int(b), K::Int(k)) => b.append_value(*k),
+            (KeyCol::Str(b), K::Str(s)) => b.append_value(s),
+            (KeyCol::Int(_), _) => {
+                rejected.push((i, format!("field '{}': expected an integer key like the rest of the partition, got a string", mapping.entity.1)));
+                continue;
+            }
+            _ => {
+                rejected.push((i, format!("field '{}': expected a string key like the rest of the partition, got an integer", mapping.entity.1)));
+                continue;
+            }
+        }
+        ts.push(t);
+        for (col, v) in cols.iter_mut().zip(vals) {
+            match (col, v) {
+                (ValCol::F(b), V::F(x)) => b.append_option(x),
+                (ValCol::S(b), V::S(x)) => b.append_option(x),
+                // (kinds always match: both follow `mapping.values`; total without a panic)
+                (ValCol::F(b), V::S(_)) => b.append_null(),
+                (ValCol::S(b), V::F(_)) => b.append_null(),
+            }
+        }
+    }
+    let key_is_int = match &keys {
+        KeyCol::Unknown => None,
+        KeyCol::Int(_) => Some(true),
+        KeyCol::Str(_) => Some(false),
+    };
+    let rows = ts.len();
+    let (key_type, key_arr): (DataType, ArrayRef) = match keys {
+        KeyCol::Int(mut b) => (DataType::Int64, Arc::new(b.finish())),
+        KeyCol::Str(mut b) => (DataType::Utf8, Arc::new(b.finish())),
+        // nothing accepted: an empty int column (an empty batch is no evidence of the kind)
+        KeyCol::Unknown => (DataType::Int64, Arc::new(Int64Builder::new().finish())),
+    };
+    let mut fields = vec![
+        Field::new(&mapping.entity.0, key_type, false),
+        Field::new(
+            &mapping.timestamp.0,
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            false,
+        ),
+    ];
+    let mut arrays: Vec<ArrayRef> = vec![
+        key_arr,
+        Arc::new(TimestampNanosecondArray::from(ts).with_timezone("UTC")),
+    ];
+    for (c, col) in mapping.values.iter().zip(cols) {
+        match col {
+            ValCol::F(mut b) => {
+                fields.push(Field::new(&c.column, DataType::Float64, true));
+                arrays.push(Arc::new(b.finish()));
+            }
+            ValCol::S(mut b) => {
+                fields.push(Field::new(&c.column, DataType::Utf8, true));
+                arrays.push(Arc::new(b.finish()));
+            }
+        }
+    }
+    let batch = RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        arrays,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| {
+        Error::schema(
+            &mapping.entity.0,
+            format!("cannot build the decoded batch: {e}"),
+        )
+    })?;
+    Ok(Decoded {
+        batch,
+        rejected,
+        key_is_int,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type, TimestampNanosecondType};
+    use arrow_array::Array;
+
+    fn mapping(unit: Option<&str>) -> JsonMapping {
+        JsonMapping {
+            entity: ("user".into(), "u".into()),
+            timestamp: ("ts".into(), "t".into()),
+            ts_factor: unit.map(|u| unit_factor(u).unwrap()),
+            values: vec![
+                ColumnMap {
+                    column: "x".into(),
+                    field: "x".into(),
+                    kind: ValueType::Float,
+                },
+                ColumnMap {
+                    column: "s".into(),
+                    field: "s".into(),
+                    kind: ValueType::Str,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn decodes_fields_and_skips_the_rest() {
+        let msgs: Vec<&[u8]> = vec![
+            br#"{"u": 7, "t": "1970-01-01T00:00:01.5Z", "x": 2.5, "s": "a", "z": {"deep": [1, 2, {"q": null}]}}"#,
+            br#"{"t": 3, "u": 8, "x": null}"#,
+            br#"{"u": 9, "t": 4, "x": 1e308, "x": -0.0, "s": "caf\u00e9"}"#,
+        ];
+        let d = decode_json(&mapping(Some("s")), &msgs, None).unwrap();
+        assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+        assert_eq!(d.key_is_int, Some(true));
+        let b = &d.batch;
+        assert_eq!(
+            b.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            vec![7, 8, 9]
+        );
+        assert_eq!(
+            b.column(1)
+                .as_primitive::<TimestampNanosecondType>()
+                .values()
+                .to_vec(),
+            vec![1_500_000_000, 3_000_000_000, 4_000_000_000]
+        );
+        let x = b.column(2).as_primitive::<Float64Type>();
+        assert_eq!(x.value(0), 2.5);
+        assert!(x.is_null(1));
+        assert_eq!(x.value(2).to_bits(), (-0.0f64).to_bits()); // last duplicate wins
+        let s = b.column(3).as_string::<i32>();
+        assert_eq!(s.value(0), "a");
+        assert!(s.is_null(1));
+        assert_eq!(s.value(2), "café");
+    }
+
+    #[test]
+    fn rejects_never_fail_the_batch() {
+        let msgs: Vec<&[u8]> = vec![
+            b"",
+            b"{",
+            b"null",
+            b"{\"u\": 1.5, \"t\": 1}",
+            b"{\"u\": 18446744073709551615, \"t\": 1}",
+            b"{\"u\": 1, \"t\": 1e300}",
+            b"{\"u\": \"k\", \"t\": 1}",
+        ];
+        let d = decode_json(&mapping(Some("ms")), &msgs, None).unwrap();
+        let idx: Vec<usize> = d.rejected.iter().map(|r| r.0).collect();
+        assert_eq!(idx, vec![0, 1, 2, 3, 4, 5]);
+        assert!(d.rejected[5].1.contains("out of range"));
+        assert_eq!(d.key_is_int, Some(false));
+        assert_eq!(d.batch.num_rows(), 1);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = br#"{}[]":,0123456789.eE+-truefalsnl utx\"#;
+        for _ in 0..5000 {
+            let n = (next() % 40) as usize;
+            let m: Vec<u8> = (0..n)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let d = decode_json(&mapping(Some("ns")), &[m.as_slice()], None).unwrap();
+            assert_eq!(d.batch.num_rows() + d.rejected.len(), 1);
+        }
+    }
+}

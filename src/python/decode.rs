@@ -1,0 +1,86 @@
+//! `rtml._core.JsonDecoder`: message payloads -> an Arrow batch of events (see `src/decode.rs`).
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use pyo3_arrow::PyRecordBatch;
+
+use super::errors::{guard, IntoPy};
+use crate::decode::{decode_json, unit_factor, ColumnMap, JsonMapping, ValueType};
+
+/// Parses JSON message payloads straight into the feature set's event columns.
+///
+/// `entity` / `timestamp`: (event column, JSON field); `values`: (event column, JSON field,
+/// numeric); `timestamp_unit`: unit of numeric timestamps (None: only RFC 3339 strings).
+/// (accepted events as a pyarrow.RecordBatch, [(index, reason)] rejected, key kind)
+type DecodeResult<'py> = (Bound<'py, PyAny>, Vec<(usize, String)>, Option<bool>);
+
+#[pyclass(frozen, name = "JsonDecoder", module = "rtml._core")]
+pub struct PyJsonDecoder {
+    mapping: JsonMapping,
+}
+
+#[pymethods]
+impl PyJsonDecoder {
+    #[new]
+    #[pyo3(signature = (entity, timestamp, values, timestamp_unit=None))]
+    fn new(
+        entity: (String, String),
+        timestamp: (String, String),
+        values: Vec<(String, String, bool)>,
+        timestamp_unit: Option<&str>,
+    ) -> PyResult<PyJsonDecoder> {
+        let ts_factor = timestamp_unit.map(unit_factor).transpose().py_err()?;
+        Ok(PyJsonDecoder {
+            mapping: JsonMapping {
+                entity,
+                timestamp,
+                ts_factor,
+                values: values
+                    .into_iter()
+                    .map(|(column, field, numeric)| ColumnMap {
+                        column,
+                        field,
+                        kind: if numeric {
+                            ValueType::Float
+                        } else {
+                            ValueType::Str
+                        },
+                    })
+                    .collect(),
+            },
+        })
+    }
+
+    /// Decode a list of payloads (bytes; None reads as an empty, rejected message). Returns
+    /// (pyarrow.RecordBatch of the accepted events in message order, [(index, reason)] of the
+    /// rejected ones, whether keys are integers or None if still undecided).
+    #[pyo3(signature = (messages, key_is_int=None))]
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        messages: &Bound<'py, PyList>,
+        key_is_int: Option<bool>,
+    ) -> PyResult<DecodeResult<'py>> {
+        let items: Vec<Bound<'py, PyAny>> = messages.iter().collect();
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            if item.is_none() {
+                slices.push(b"");
+            } else if let Ok(b) = item.cast::<PyBytes>() {
+                slices.push(b.as_bytes());
+            } else {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "messages[{i}]: expected bytes, got {}",
+                    item.get_type().name()?
+                )));
+            }
+        }
+        let mapping = &self.mapping;
+        let decoded = guard(|| {
+            py.detach(|| decode_json(mapping, &slices, key_is_int))
+                .py_err()
+        })?;
+        let batch = PyRecordBatch::new(decoded.batch).into_pyarrow(py)?;
+        Ok((batch, decoded.rejected, decoded.key_is_int))
+    }
+}

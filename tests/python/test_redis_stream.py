@@ -1,0 +1,169 @@
+"""rtml.sources.redis_stream + Runner against a real redis-server: N streams as N partitions,
+SIGKILL and restart, dead letters, trimmed streams, scale-out by assignment, outages."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import rtml
+import rtml.sources
+from rtml.runner import Runner, load_checkpoints
+
+from services import free_port, redis_server, require_module  # noqa: F401 (fixture)
+from stream_helpers import (
+    LATENESS_S,
+    answers,
+    env_with_rtml,
+    assert_matches_backfill,
+    assert_same_answers,
+    feature_set,
+    instants,
+    partition_keys,
+    to_json_messages,
+    workload,
+)
+
+require_module("redis")
+
+BAD = [b"{oops", b'{"user": 5, "ts": 12}', b'{"ts": "2023-11-14T22:13:20Z"}']
+
+
+def fill(url: str, n_streams: int, events: pa.Table, seed: int, bad_every: int = 0):
+    """XADD every event (arrival order within the lateness) to the stream of its key.
+    Returns (stream names, ordered good events, [(partition, entry id)] of malformed ones)."""
+    import redis
+
+    c = redis.Redis.from_url(url)
+    base = f"ev-{uuid.uuid4().hex[:8]}"
+    streams = [f"{base}:{i}" for i in range(n_streams)]
+    order = rtml.sources.replay(events, "ts", key="user", max_delay=f"{LATENESS_S // 2}s", seed=seed).arrival_order()[0]
+    ordered = events.take(pa.array(order))
+    rnd = random.Random(seed)
+    bad = []
+    pipe = c.pipeline(transaction=False)
+    for i, (k, m) in enumerate(zip(ordered.column("user").to_pylist(), to_json_messages(ordered))):
+        p = rtml.sources.partition_of(k, n_streams)
+        pipe.xadd(streams[p], {"data": m})
+        if bad_every and i % bad_every == bad_every - 1:
+            pipe.execute()
+            eid = c.xadd(streams[p], {"data": rnd.choice(BAD)})
+            bad.append((p, eid.decode()))
+        if i % 2000 == 0:
+            pipe.execute()
+    pipe.execute()
+    c.close()
+    return streams, ordered, bad
+
+
+def test_redis_streams_kill_restart_exact(redis_server, tmp_path):
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    fs = feature_set()
+    events = workload(30_000, 1000, seed=1)
+    streams, good, bad = fill(url, 3, events, seed=1, bad_every=499)
+    spec = tmp_path / "features.json"
+    spec.write_text(fs.to_json())
+    ckpt = tmp_path / "ckpt"
+    rnd = random.Random(3)
+    kills = 0
+    for _ in range(30):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rtml.runner", "--spec", str(spec), "--source",
+             f"{url}?streams={','.join(streams)}&group=rtml", "--checkpoint", str(ckpt), "--until-idle",
+             "--checkpoint-every", "0s", "--max-batch", "400", "--progress", "never"],
+            env=env_with_rtml(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        if kills < 3:
+            time.sleep(rnd.uniform(1.0, 3.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                continue
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()[-3000:]
+        break
+    assert kills >= 2
+    loaded = load_checkpoints(fs, ckpt)
+    engines = {p: e for p, (e, _) in loaded.items()}
+    assert sorted(engines) == [0, 1, 2]
+    assert sum(e.stats()["events_ingested"] for e in engines.values()) == events.num_rows
+    assert_matches_backfill(fs, good, engines, 3, n_instants=5)
+    whole = Runner(fs, rtml.sources.redis_stream(url, streams), tmp_path / "whole", max_batch=5000)
+    whole.run_until_idle()
+    keys = partition_keys(events, 3)
+    ats = instants(whole.engines, 5)
+    assert_same_answers(answers(whole.engines, keys, ats), answers(engines, keys, ats), fs.feature_names)
+    dl = pq.read_table(ckpt / "dead_letters")
+    assert sorted(zip(dl.column("partition").to_pylist(), dl.column("offset").to_pylist())) == sorted(bad)
+    # the consumer group's last-delivered id follows the checkpoints (informational)
+    import redis
+
+    c = redis.Redis.from_url(url)
+    for p, s in enumerate(streams):
+        g = {x["name"].decode(): x for x in c.xinfo_groups(s)}["rtml"]
+        assert g["last-delivered-id"].decode() == loaded[p][1]["position"]
+    c.close()
+
+
+def test_scale_out_by_assignment_shares_one_checkpoint_dir(redis_server, tmp_path):
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    fs = feature_set()
+    events = workload(6000, 300, seed=2)
+    streams, good, _ = fill(url, 3, events, seed=2)
+    a = Runner(fs, rtml.sources.redis_stream(url, streams, assign=[0, 1]), tmp_path)
+    b = Runner(fs, rtml.sources.redis_stream(url, streams, assign=[2]), tmp_path)
+    a.run_until_idle()
+    b.run_until_idle()
+    assert sorted(a.engines) == [0, 1] and sorted(b.engines) == [2]
+    k = next(k for k in events.column("user").to_pylist() if rtml.sources.partition_of(k, 3) == 2)
+    assert b.engine_for(k) is b.engines[2]
+    with pytest.raises(rtml.RtmlError, match="held by another runner"):
+        a.engine_for(k)
+    engines = {p: e for p, (e, _) in load_checkpoints(fs, tmp_path).items()}
+    assert_matches_backfill(fs, good, engines, 3, n_instants=4)
+
+
+def test_trimmed_past_the_checkpoint_is_a_typed_error(redis_server, tmp_path):
+    import redis
+
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    fs = feature_set()
+    streams, _, _ = fill(url, 1, workload(200, 5, seed=3), seed=3)
+    r = Runner(fs, rtml.sources.redis_stream(url, streams), tmp_path, max_batch=50)
+    r._open()
+    r.step()
+    r.checkpoint()
+    pos = r.positions[0]
+    c = redis.Redis.from_url(url)
+    c.xtrim(streams[0], maxlen=200 - 50, approximate=False)  # only entries already read: fine
+    ok = Runner(fs, rtml.sources.redis_stream(url, streams), tmp_path)
+    ok._open()
+    assert ok.positions[0] == pos
+    ok.source.close()
+    c.xtrim(streams[0], maxlen=10, approximate=False)  # unread entries gone
+    c.close()
+    before = (tmp_path / "partition-0.ckpt").read_bytes()
+    r2 = Runner(fs, rtml.sources.redis_stream(url, streams), tmp_path)
+    with pytest.raises(rtml.sources.SourceError, match=f"partition 0.*{pos}"):
+        r2.run_until_idle()
+    assert (tmp_path / "partition-0.ckpt").read_bytes() == before
+
+
+def test_redis_unavailable_is_retried_then_a_typed_error(tmp_path):
+    src = rtml.sources.redis_stream(f"redis://127.0.0.1:{free_port()}/0", ["s"], socket_timeout=0.2)
+    r = Runner(feature_set(), src, tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(rtml.sources.SourceError, match="unavailable after retries"):
+        r.run_until_idle()
+    assert time.monotonic() - t0 < 30
+    assert src.errors()["retries"] >= 3
+    assert not list(tmp_path.glob("partition-*.ckpt"))
