@@ -192,7 +192,9 @@ class OnlineEngine:
         ``transforms.feature_names`` order (NaN = null)."""
         core = getattr(transforms, "_t", transforms)
         if not isinstance(core, _core.Transforms):
-            raise TypeError(f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}")
+            raise TypeError(
+                f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}"
+            )
         return self._engine.vector(key, core, fields, at)
 
     def __contains__(self, key: object) -> bool:
@@ -211,7 +213,9 @@ class OnlineEngine:
         self._engine.snapshot(path)
 
     @classmethod
-    def restore(cls, path: PathLike, *, feature_set: Optional["FeatureSet"] = None) -> "OnlineEngine":
+    def restore(
+        cls, path: PathLike, *, feature_set: Optional["FeatureSet"] = None
+    ) -> "OnlineEngine":
         """Load an engine written by ``snapshot``. Raises ``rtml.SnapshotError`` for a truncated,
         corrupted or foreign file, and, when `feature_set` is given, for a snapshot written for
         another feature set (the message names the fields that differ).

@@ -334,7 +334,9 @@ pub(crate) fn apply_one(
 impl PyTransforms {
     #[staticmethod]
     fn from_json(text: &str) -> PyResult<PyTransforms> {
-        entry(None, || Ok(PyTransforms::new(Transforms::from_json(text).py_err()?)))
+        entry(None, || {
+            Ok(PyTransforms::new(Transforms::from_json(text).py_err()?))
+        })
     }
 
     fn to_json(&self) -> PyResult<String> {
