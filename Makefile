@@ -33,7 +33,7 @@ bench: develop
 check: lint typecheck stubtest doctest
 
 ## Python files under ruff (the package; the test suite joins once it is formatted)
-RUFF_PATHS ?= python/rtml tests/python/test_boundary.py
+RUFF_PATHS ?= python/rtml tests/python/test_boundary.py tests/doctest_namespace.py
 
 lint:
 	cargo fmt --check
@@ -49,7 +49,8 @@ stubtest:
 	$(PYTHON) -m mypy.stubtest rtml._core --mypy-config-file pyproject.toml
 
 doctest:
-	$(PYTHON) -m pytest -q -p no:cacheprovider --doctest-modules --pyargs rtml
+	PYTHONPATH=tests$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m pytest -q -p no:cacheprovider \
+	  -p doctest_namespace --doctest-modules --pyargs rtml
 
 fmt:
 	cargo fmt

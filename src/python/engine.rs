@@ -341,7 +341,11 @@ impl PyEngine {
             let slots = super::transforms::row_slots(py, tf, &self.plan);
             let read = |slots: Option<&Arc<super::transforms::RowSlots>>| {
                 self.with_features(py, key, at, slots.map(|s| s.mask()), |buf| {
-                    super::transforms::vector_with_features(py, tf, &self.plan, fields, buf, slots)
+                    // a request time is on the engine's clock too
+                    let clock = |name: &str, z: Zone| self.check_zone(z, name);
+                    super::transforms::vector_with_features(
+                        py, tf, &self.plan, fields, buf, slots, &clock,
+                    )
                 })
             };
             match read(Some(&slots))? {

@@ -471,3 +471,35 @@ def test_repr_shows_what_the_engine_is():
     ):
         assert part in r, (part, r)
     assert json.loads(eng.spec_json)["entity"] == "driver"
+
+
+def test_request_times_must_be_on_the_clock_of_the_fit_table_and_of_the_engine():
+    """A time part (hour_of_day, ...) of a request row: a naive time against a pipeline fit on
+    tz-aware times (or an engine of tz-aware events) is refused, naming the field."""
+    fit = pa.table({"t": pa.array([T0, T0 + 60 * MIN], pa.timestamp("us", tz="UTC"))})
+    tf = rtml.Transforms([rtml.hour_of_day("t", tz="America/New_York")])
+    tf.fit(fit)
+    assert tf.transform_one({"t": T0}) == {"t_hour": 8.0}  # 12:00 UTC = 08:00 EDT
+    naive = T0.replace(tzinfo=None)
+    with pytest.raises(rtml.SchemaError, match="column 't'.*transforms were fit on tz-aware"):
+        tf.transform_one({"t": naive})
+    with pytest.raises(rtml.SchemaError, match="column 't'"):
+        tf.vector({"t": np.datetime64(naive)})
+    naive_table = pa.table({"t": pa.array([naive], pa.timestamp("us"))})
+    with pytest.raises(rtml.SchemaError, match="column 't'"):
+        tf.transform(naive_table)
+    with pytest.raises(rtml.SchemaError, match="column 't'"):
+        tf.transform_numpy(naive_table)
+    # a pipeline fit on naive times takes naive request times
+    tf_naive = rtml.Transforms([rtml.hour_of_day("t", tz="UTC")])
+    tf_naive.fit(naive_table)
+    assert tf_naive.transform_one({"t": naive}) == {"t_hour": 12.0}
+    # in OnlineEngine.vector the request time must also be on the engine's clock
+    eng = _fs().online()
+    eng.ingest(_rows())
+    at = T0 + 10 * MIN
+    assert eng.vector(0, tf, {"t": T0}, at=at).tolist() == [8.0]
+    with pytest.raises(rtml.SchemaError, match="column 't'"):
+        eng.vector(0, tf, {"t": naive}, at=at)
+    with pytest.raises(rtml.SchemaError, match="column 't'.*engine's events hold tz-aware"):
+        eng.vector(0, tf_naive, {"t": naive}, at=at)
