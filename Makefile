@@ -6,7 +6,7 @@ PYTHON ?= python3
 ## Build the extension (release) and install rtml with its test dependencies, editable.
 develop:
 	$(PYTHON) -m pip install --quiet 'maturin>=1.9.4,<2'
-	$(PYTHON) -m pip install --quiet 'setuptools>=61' wheel
+	$(PYTHON) -m pip install --quiet 'setuptools>=61,<81' wheel
 	$(PYTHON) -m pip install --quiet --no-build-isolation -e '.[test,e2e,lint]'
 
 ## Everything CI runs: Rust engine tests (no Python needed) and the Python suite.
