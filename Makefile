@@ -6,7 +6,7 @@ PYTHON ?= python3
 ## Build the extension (release) and install rtml with its test dependencies, editable.
 develop:
 	$(PYTHON) -m pip install --quiet 'maturin>=1.9.4,<2'
-	$(PYTHON) -m pip install --quiet 'setuptools>=61' wheel
+	$(PYTHON) -m pip install --quiet 'setuptools>=61,<81' wheel
 	$(PYTHON) -m pip install --quiet --no-build-isolation -e '.[test,e2e,lint]'
 
 ## Everything CI runs: Rust engine tests (no Python needed) and the Python suite.
@@ -33,7 +33,7 @@ bench: develop
 check: lint typecheck stubtest doctest
 
 ## Python files under ruff (the package; the test suite joins once it is formatted)
-RUFF_PATHS ?= python/rtml tests/python/test_boundary.py
+RUFF_PATHS ?= python/rtml tests/python/test_boundary.py tests/doctest_namespace.py
 
 lint:
 	cargo fmt --check
@@ -49,7 +49,8 @@ stubtest:
 	$(PYTHON) -m mypy.stubtest rtml._core --mypy-config-file pyproject.toml
 
 doctest:
-	$(PYTHON) -m pytest -q -p no:cacheprovider --doctest-modules --pyargs rtml
+	PYTHONPATH=tests$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m pytest -q -p no:cacheprovider \
+	  -p doctest_namespace --doctest-modules --pyargs rtml
 
 fmt:
 	cargo fmt

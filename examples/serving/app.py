@@ -387,9 +387,9 @@ class Service:
         if f.dest not in self.airports:
             raise BadRequest(422, f"dest: unknown airport {f.dest!r}")
         at_ns = _ns(f.at or f.sched_dep)
-        at = np.datetime64(at_ns, "ns")
+        at = f.at or f.sched_dep  # tz-aware, as the engine's events: naive and aware times never mix
         row = {"tailnum": f.tailnum, "origin": f.origin, "carrier": f.carrier, "dest": f.dest,
-               "distance": f.distance, "sched_dep": np.datetime64(_ns(f.sched_dep), "ns")}
+               "distance": f.distance, "sched_dep": f.sched_dep}  # tz-aware too
         parts, logged = [], []
         request_id = uuid.uuid4().hex
         with self.lock:

@@ -27,12 +27,30 @@ from .exceptions import (
 # never imports the package).
 _core._init_exceptions(RtmlError, SpecError, SchemaError, QueryError, SnapshotError, PoisonedError)
 
-from .online import LATE_WARNING_SHARE, OnlineEngine  # noqa: E402
 from . import transforms as _transforms
+from .features import (
+    Feature,
+    FeatureSet,
+    count,
+    decayed_sum,
+    distinct_count,
+    first,
+    last,
+    max,
+    mean,
+    min,
+    quantile,
+    std,
+    sum,
+    time_since_last,
+    var,
+)
+from .online import LATE_WARNING_SHARE, OnlineEngine  # noqa: E402
 from .transforms import (
     Step,
     Transforms,
     TransformsEstimator,
+    abs,  # noqa: A004
     add,
     bucketize,
     clip,
@@ -58,24 +76,6 @@ from .transforms import (
     standard_scale,
     sub,
     target_encode,
-)
-from .transforms import abs  # noqa: A004
-from .features import (
-    Feature,
-    FeatureSet,
-    count,
-    decayed_sum,
-    distinct_count,
-    first,
-    last,
-    max,
-    mean,
-    min,
-    quantile,
-    std,
-    sum,
-    time_since_last,
-    var,
 )
 from . import parity  # noqa: E402  (rtml.parity.check after `import rtml`)
 

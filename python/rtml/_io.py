@@ -63,7 +63,11 @@ def _to_table(data: Any, what: str) -> pa.Table:
         return data.read_all()
     if isinstance(data, (str, os.PathLike)):
         return _read_path(data)
-    if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
+    if (
+        isinstance(data, (list, tuple))
+        and data
+        and all(isinstance(d, (str, os.PathLike)) for d in data)
+    ):
         return pa.concat_tables([_read_path(d) for d in data], promote_options="default")
     if isinstance(data, dict):
         return _columns_table(data, what)

@@ -71,6 +71,9 @@ def _spec_of(feature_set: Any) -> _core.Spec:
     )
 
 
+_SCALAR_TYPES = (int, str, float, type(None))
+
+
 def _is_scalar(value: Any) -> bool:
     """Whether a dict's key field holds one value (a row) rather than a column."""
     return value is None or isinstance(value, (int, str, float)) or not hasattr(value, "__len__")
@@ -96,20 +99,24 @@ class OnlineEngine:
     (True, False, 1)
     """
 
-    __slots__ = ("_engine", "_spec", "_warned_late", "__weakref__")
+    __slots__ = ("_engine", "_spec", "_entity", "_timestamp", "_warned_late", "__weakref__")
 
     def __init__(self, feature_set: Union["FeatureSet", str]) -> None:
-        self._engine = _core.Engine(_spec_of(feature_set))
-        self._spec = self._engine.spec
-        self._warned_late = False
+        self._attach(_core.Engine(_spec_of(feature_set)))
 
     @classmethod
     def _wrap(cls, engine: _core.Engine) -> "OnlineEngine":
         self = cls.__new__(cls)
+        self._attach(engine)
+        return self
+
+    def _attach(self, engine: _core.Engine) -> None:
         self._engine = engine
         self._spec = engine.spec
+        # plain str attributes: `ingest` reads them on every call
+        self._entity = self._spec.entity
+        self._timestamp = self._spec.timestamp
         self._warned_late = False
-        return self
 
     # ------------------------------------------------------------------ ingest
 
@@ -139,12 +146,15 @@ class OnlineEngine:
         2
         """
         engine = self._engine
-        if isinstance(data, dict) and _is_scalar(data.get(self._spec.entity)):
+        # one row: the common case first (an exact dict whose key is a plain scalar)
+        if type(data) is dict and type(data.get(self._entity)) in _SCALAR_TYPES:
+            accepted, late = engine.ingest_row(data)
+        elif isinstance(data, dict) and _is_scalar(data.get(self._entity)):
             accepted, late = engine.ingest_row(data)
         elif isinstance(data, (list, tuple)) and (not data or isinstance(data[0], dict)):
             accepted, late = engine.ingest_rows(data)
         else:
-            accepted, late = engine.ingest_table(_io.events_table(data, self._spec.timestamp))
+            accepted, late = engine.ingest_table(_io.events_table(data, self._timestamp))
         if late and not self._warned_late and late > LATE_WARNING_SHARE * (accepted + late):
             self._warned_late = True
             warnings.warn(
@@ -192,7 +202,9 @@ class OnlineEngine:
         ``transforms.feature_names`` order (NaN = null)."""
         core = getattr(transforms, "_t", transforms)
         if not isinstance(core, _core.Transforms):
-            raise TypeError(f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}")
+            raise TypeError(
+                f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}"
+            )
         return self._engine.vector(key, core, fields, at)
 
     def __contains__(self, key: object) -> bool:
@@ -211,7 +223,9 @@ class OnlineEngine:
         self._engine.snapshot(path)
 
     @classmethod
-    def restore(cls, path: PathLike, *, feature_set: Optional["FeatureSet"] = None) -> "OnlineEngine":
+    def restore(
+        cls, path: PathLike, *, feature_set: Optional["FeatureSet"] = None
+    ) -> "OnlineEngine":
         """Load an engine written by ``snapshot``. Raises ``rtml.SnapshotError`` for a truncated,
         corrupted or foreign file, and, when `feature_set` is given, for a snapshot written for
         another feature set (the message names the fields that differ).

@@ -146,12 +146,8 @@ pub fn zone_clash_message(what: Zone, against: &str) -> String {
 }
 
 /// An instant from Python: datetime / date / pandas.Timestamp / numpy.datetime64 / ISO string,
-/// or an int in the feature set's timestamp unit. Returns ns since the epoch (UTC).
-pub fn instant(obj: &Bound<'_, PyAny>, unit: Option<&str>, field: &str) -> Result<i64> {
-    instant_zoned(obj, unit, field).map(|(t, _)| t)
-}
-
-/// [`instant`] and the kind of clock it was given in.
+/// or an int in the feature set's timestamp unit, as ns since the epoch (UTC), and the kind of
+/// clock it was given in.
 pub fn instant_zoned(
     obj: &Bound<'_, PyAny>,
     unit: Option<&str>,

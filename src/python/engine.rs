@@ -249,7 +249,10 @@ impl PyEngine {
             let r = convert::with_row(&self.plan, &self.rows, row, None, |key, ts, zone, vals| {
                 self.check_zone(zone, ts_name)?;
                 let mut meta = self.ingest_guard(py);
-                let r = self.inner.ingest_one_locked(&mut meta, key, ts, vals).py_err()?;
+                let r = self
+                    .inner
+                    .ingest_one_locked(&mut meta, key, ts, vals)
+                    .py_err()?;
                 self.note_zone(zone);
                 Ok::<_, PyErr>(r)
             })
@@ -338,8 +341,10 @@ impl PyEngine {
             let slots = super::transforms::row_slots(py, tf, &self.plan);
             let read = |slots: Option<&Arc<super::transforms::RowSlots>>| {
                 self.with_features(py, key, at, slots.map(|s| s.mask()), |buf| {
+                    // a request time is on the engine's clock too
+                    let clock = |name: &str, z: Zone| self.check_zone(z, name);
                     super::transforms::vector_with_features(
-                        py, tf, &self.plan, fields, buf, slots,
+                        py, tf, &self.plan, fields, buf, slots, &clock,
                     )
                 })
             };

@@ -118,7 +118,9 @@ impl PySpec {
         time: &str,
         progress: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        entry(None, || self.backfill_inner(py, events, spine, key, time, progress))
+        entry(None, || {
+            self.backfill_inner(py, events, spine, key, time, progress)
+        })
     }
 
     fn __repr__(&self) -> String {

@@ -13,7 +13,7 @@ use pyo3::types::{PyBool, PyDate, PyDict, PyFloat, PyInt, PyString};
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
 use super::arrow::{self, Column};
-use super::convert;
+use super::convert::{self, Zone};
 use super::errors::{detached, entry, IntoPy};
 use crate::error::Error;
 use crate::plan::Plan;
@@ -27,6 +27,10 @@ pub struct PyTransforms {
     generation: AtomicU64,
     /// Where each row input comes from for the online engine last seen (see [`RowSlots`]).
     slots: RwLock<Option<Arc<RowSlots>>>,
+    /// The clock (naive or tz-aware) of each time column of the last fit table: a later table
+    /// or request row may not give that column on the other clock. Not part of the JSON
+    /// document (a loaded pipeline learns nothing until it is fit again).
+    fit_zones: RwLock<Vec<(String, Zone)>>,
 }
 
 impl PyTransforms {
@@ -35,7 +39,45 @@ impl PyTransforms {
             inner: RwLock::new(t),
             generation: AtomicU64::new(0),
             slots: RwLock::new(None),
+            fit_zones: RwLock::new(Vec::new()),
         }
+    }
+
+    /// Remember the clock of the fit table's time columns.
+    fn note_fit_zones(&self, schema: &arrow_schema::Schema) {
+        *self.fit_zones.write() = schema
+            .fields()
+            .iter()
+            .filter_map(|f| match Zone::of_arrow(f.data_type()) {
+                Some(z @ (Zone::Naive | Zone::Aware)) => Some((f.name().clone(), z)),
+                _ => None,
+            })
+            .collect();
+    }
+
+    /// Refuse a time of column `name` on the other clock than the fit table's.
+    pub(crate) fn check_zone(&self, name: &str, z: Zone) -> PyResult<()> {
+        let zones = self.fit_zones.read();
+        if let Some((_, fit)) = zones.iter().find(|(n, _)| n == name) {
+            if z.clash(*fit) {
+                let against = format!("the transforms were fit on {}", fit.describe());
+                return Err(super::errors::schema_error(
+                    name,
+                    convert::zone_clash_message(z, &against),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_zone`] for every time column of a table.
+    fn check_table_zones(&self, schema: &arrow_schema::Schema) -> PyResult<()> {
+        for f in schema.fields() {
+            if let Some(z) = Zone::of_arrow(f.data_type()) {
+                self.check_zone(f.name(), z)?;
+            }
+        }
+        Ok(())
     }
 
     fn replace(&self, t: Transforms) {
@@ -112,6 +154,7 @@ enum Slot {
 }
 
 fn one_batch(table: PyTable) -> PyResult<RecordBatch> {
+    // (every batch of a table has the table's schema)
     let (batches, schema) = table.into_inner();
     if batches.len() == 1 {
         return Ok(batches
@@ -204,9 +247,11 @@ pub(crate) fn row_objects<'py>(
 }
 
 /// Convert the objects to engine row values (borrowing strings from them).
+/// `check` refuses a time given on the wrong clock (naive vs tz-aware) for its input.
 pub(crate) fn row_values<'a, 'py>(
     t: &Transforms,
     objs: &'a [Result<Bound<'py, PyAny>, (f64, bool)>],
+    check: &dyn Fn(&str, Zone) -> PyResult<()>,
 ) -> PyResult<SmallVec<[RowValue<'a>; 16]>> {
     let mut out = SmallVec::with_capacity(objs.len());
     for (o, name) in objs.iter().zip(t.row_inputs()) {
@@ -240,7 +285,9 @@ pub(crate) fn row_values<'a, 'py>(
                 } else if let Ok(s) = v.cast::<PyString>() {
                     RowValue::Str(s.to_str()?)
                 } else if v.is_instance_of::<PyDate>() || v.get_type().name()? == "datetime64" {
-                    RowValue::Time(convert::instant(v, None, name).py_err()?)
+                    let (t, z) = convert::instant_zoned(v, None, name).py_err()?;
+                    check(name, z)?;
+                    RowValue::Time(t)
                 } else if let Ok(f) = v.extract::<f64>() {
                     RowValue::Num(f)
                 } else {
@@ -266,6 +313,7 @@ pub(crate) fn vector_with_features<'py>(
     fields: Option<&Bound<'py, PyAny>>,
     feats: &[f64],
     expect: Option<&Arc<RowSlots>>,
+    clock: &dyn Fn(&str, Zone) -> PyResult<()>,
 ) -> PyResult<Option<Bound<'py, PyArray1<f64>>>> {
     let t = tf.inner.read();
     let d = match fields {
@@ -308,7 +356,11 @@ pub(crate) fn vector_with_features<'py>(
             }
         }
     }
-    let vals = row_values(&t, &objs)?;
+    let check = |name: &str, z: Zone| {
+        clock(name, z)?;
+        tf.check_zone(name, z)
+    };
+    let vals = row_values(&t, &objs, &check)?;
     let out = PyArray1::<f64>::zeros(py, t.feature_names_len(), false);
     // SAFETY: a fresh array (contiguous), not yet visible to Python or any other borrow.
     let slice = unsafe { out.as_slice_mut() }
@@ -319,12 +371,13 @@ pub(crate) fn vector_with_features<'py>(
 
 /// Run the one-row driver on a request row.
 pub(crate) fn apply_one(
+    tf: &PyTransforms,
     t: &Transforms,
     row: Option<&Bound<'_, PyAny>>,
     preset: &[(&str, f64, bool)],
 ) -> PyResult<Vec<f64>> {
     let objs = row_objects(t, row, preset)?;
-    let vals = row_values(t, &objs)?;
+    let vals = row_values(t, &objs, &|name, z| tf.check_zone(name, z))?;
     let mut out = vec![0f64; t.feature_names_len()];
     t.apply_row(&vals, &mut out).py_err()?;
     Ok(out)
@@ -334,7 +387,9 @@ pub(crate) fn apply_one(
 impl PyTransforms {
     #[staticmethod]
     fn from_json(text: &str) -> PyResult<PyTransforms> {
-        entry(None, || Ok(PyTransforms::new(Transforms::from_json(text).py_err()?)))
+        entry(None, || {
+            Ok(PyTransforms::new(Transforms::from_json(text).py_err()?))
+        })
     }
 
     fn to_json(&self) -> PyResult<String> {
@@ -360,12 +415,14 @@ impl PyTransforms {
     fn fit(&self, py: Python<'_>, table: PyTable) -> PyResult<()> {
         entry(None, || {
             let batch = one_batch(table)?;
+            let schema = batch.schema();
             let current = self.inner.read().clone();
             let fitted = detached(py, move || {
                 let mut t = current;
                 t.fit(&batch).map(|_| t)
             })?;
             self.replace(fitted);
+            self.note_fit_zones(&schema);
             Ok(())
         })
     }
@@ -374,6 +431,7 @@ impl PyTransforms {
     fn fit_transform<'py>(&self, py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyAny>> {
         entry(None, || {
             let batch = one_batch(table)?;
+            let schema = batch.schema();
             let current = self.inner.read().clone();
             let (t, batch) = detached(py, move || -> crate::error::Result<_> {
                 let mut t = current;
@@ -390,6 +448,7 @@ impl PyTransforms {
             })?;
             let names = t.feature_names();
             self.replace(t);
+            self.note_fit_zones(&schema);
             let batch = match batch {
                 Ok(d) => dense_to_batch(&names, d)?,
                 Err(cols) => to_batch(&names, cols)?,
@@ -402,6 +461,9 @@ impl PyTransforms {
     fn transform<'py>(&self, py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyAny>> {
         entry(None, || {
             let batches = batches(table);
+            if let Some(b) = batches.first() {
+                self.check_table_zones(&b.schema())?;
+            }
             let t = self.inner.read().clone();
             let names = t.feature_names();
             let d = detached(py, move || t.transform_dense(&batches, Layout::ColumnMajor))?;
@@ -429,6 +491,9 @@ impl PyTransforms {
                 }
             };
             let batches = batches(table);
+            if let Some(b) = batches.first() {
+                self.check_table_zones(&b.schema())?;
+            }
             let t = self.inner.read().clone();
             let d = detached(py, move || t.transform_dense(&batches, layout))?;
             let shape = (d.rows, d.cols);
@@ -449,7 +514,7 @@ impl PyTransforms {
     ) -> PyResult<Bound<'py, PyDict>> {
         entry(None, || {
             let t = self.inner.read();
-            let vals = apply_one(&t, Some(row), &[])?;
+            let vals = apply_one(self, &t, Some(row), &[])?;
             let out = PyDict::new(py);
             for (name, &v) in t.feature_names().iter().zip(&vals) {
                 if v.is_nan() {
@@ -470,7 +535,7 @@ impl PyTransforms {
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         entry(None, || {
             let t = self.inner.read();
-            Ok(PyArray1::from_vec(py, apply_one(&t, Some(row), &[])?))
+            Ok(PyArray1::from_vec(py, apply_one(self, &t, Some(row), &[])?))
         })
     }
 }

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import pathlib
 import re
-import tomllib
 import warnings
 
 import numpy as np
@@ -16,6 +15,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
+import tomllib
 
 import rtml
 from rtml import _core
@@ -88,7 +88,7 @@ def test_compiled_layer_does_not_reach_into_the_package():
     """No read of the package's privates and no import of its modules from src/python: the
     exception classes are handed down once by rtml/__init__.py."""
     src = "\n".join(p.read_text() for p in (ROOT / "src" / "python").glob("*.rs"))
-    for needle in ('"_spec"', '"_t"', "rtml._io", 'import("rtml', "rtml.exceptions\","):
+    for needle in ('"_spec"', '"_t"', "rtml._io", 'import("rtml', 'rtml.exceptions",'):
         assert needle not in src, needle
     assert not re.search(r"\bimport\(\s*\"rtml", src)
 
@@ -196,10 +196,10 @@ def test_ingest_refuses_a_clock_other_than_the_engines():
         stats = eng.stats()
         bad = _rows(tz=second)
         forms = {
-            "row": lambda: eng.ingest(bad[0]),
-            "rows": lambda: eng.ingest(bad),
-            "table": lambda: eng.ingest(pa.Table.from_pylist(bad)),
-            "pandas": lambda: eng.ingest(pd.DataFrame(bad)),
+            "row": lambda eng=eng, bad=bad: eng.ingest(bad[0]),
+            "rows": lambda eng=eng, bad=bad: eng.ingest(bad),
+            "table": lambda eng=eng, bad=bad: eng.ingest(pa.Table.from_pylist(bad)),
+            "pandas": lambda eng=eng, bad=bad: eng.ingest(pd.DataFrame(bad)),
         }
         for name, call in forms.items():
             with pytest.raises(rtml.SchemaError, match="column 'ts'") as e:
@@ -229,10 +229,10 @@ def test_at_must_be_on_the_engines_clock():
         want = eng.get(0, at=good)
         assert want["n"] == 3
         for call in (
-            lambda at: eng.get(0, at=at),
-            lambda at: eng.get_many([0], at=at),
-            lambda at: eng.get_many([0], at=[at]),
-            lambda at: eng.vector(0, tf, {}, at=at),
+            lambda at, eng=eng: eng.get(0, at=at),
+            lambda at, eng=eng: eng.get_many([0], at=at),
+            lambda at, eng=eng: eng.get_many([0], at=[at]),
+            lambda at, eng=eng: eng.vector(0, tf, {}, at=at),
         ):
             call(good)
             with pytest.raises(rtml.SchemaError, match="column 'at'"):
@@ -386,9 +386,7 @@ def test_no_warning_at_or_below_the_stated_share():
     eng = _fs().online()
     eng.ingest(_rows(20))
     late_one = [{"driver": 0, "ts": T0, "fare": 1.0, "zone": "a"}]
-    fresh = [
-        {"driver": 0, "ts": T0 + (30 + i) * MIN, "fare": 1.0, "zone": "a"} for i in range(9)
-    ]
+    fresh = [{"driver": 0, "ts": T0 + (30 + i) * MIN, "fare": 1.0, "zone": "a"} for i in range(9)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert eng.ingest(fresh + late_one) == 9  # 1 of 10 dropped: exactly 10%, no warning
@@ -431,7 +429,9 @@ def test_restore_checks_the_snapshot_against_the_callers_feature_set(tmp_path):
     assert ok.get(0, at=T0 + 10 * MIN) == eng.get(0, at=T0 + 10 * MIN)
     assert ok.feature_set == fs
     other = _fs(allowed_lateness="5m")
-    with pytest.raises(rtml.SnapshotError, match=r"another feature set \(differs in: allowed_lateness\)"):
+    with pytest.raises(
+        rtml.SnapshotError, match=r"another feature set \(differs in: allowed_lateness\)"
+    ):
         rtml.OnlineEngine.restore(path, feature_set=other)
     renamed = rtml.FeatureSet(entity="driver", timestamp="ts", features=[rtml.count(window="1h")])
     with pytest.raises(rtml.SnapshotError, match="features"):
@@ -444,7 +444,14 @@ def test_stats_show_the_watermark_as_iso_8601_too():
     s = eng.stats()
     assert s["watermark"] is None and s["watermark_iso"] is None
     t = dt.datetime(2024, 5, 1, 12, 34, 56, 789012, tzinfo=UTC)
-    eng.ingest({"driver": 1, "ts": pd.Timestamp(t) + pd.Timedelta(nanoseconds=345), "fare": 1.0, "zone": "a"})
+    eng.ingest(
+        {
+            "driver": 1,
+            "ts": pd.Timestamp(t) + pd.Timedelta(nanoseconds=345),
+            "fare": 1.0,
+            "zone": "a",
+        }
+    )
     s = eng.stats()
     assert s["watermark"] == pd.Timestamp(t).value + 345
     assert s["watermark_iso"] == "2024-05-01T12:34:56.789012345+00:00"
@@ -469,3 +476,35 @@ def test_repr_shows_what_the_engine_is():
     ):
         assert part in r, (part, r)
     assert json.loads(eng.spec_json)["entity"] == "driver"
+
+
+def test_request_times_must_be_on_the_clock_of_the_fit_table_and_of_the_engine():
+    """A time part (hour_of_day, ...) of a request row: a naive time against a pipeline fit on
+    tz-aware times (or an engine of tz-aware events) is refused, naming the field."""
+    fit = pa.table({"t": pa.array([T0, T0 + 60 * MIN], pa.timestamp("us", tz="UTC"))})
+    tf = rtml.Transforms([rtml.hour_of_day("t", tz="America/New_York")])
+    tf.fit(fit)
+    assert tf.transform_one({"t": T0}) == {"t_hour": 8.0}  # 12:00 UTC = 08:00 EDT
+    naive = T0.replace(tzinfo=None)
+    with pytest.raises(rtml.SchemaError, match="column 't'.*transforms were fit on tz-aware"):
+        tf.transform_one({"t": naive})
+    with pytest.raises(rtml.SchemaError, match="column 't'"):
+        tf.vector({"t": np.datetime64(naive)})
+    naive_table = pa.table({"t": pa.array([naive], pa.timestamp("us"))})
+    with pytest.raises(rtml.SchemaError, match="column 't'"):
+        tf.transform(naive_table)
+    with pytest.raises(rtml.SchemaError, match="column 't'"):
+        tf.transform_numpy(naive_table)
+    # a pipeline fit on naive times takes naive request times
+    tf_naive = rtml.Transforms([rtml.hour_of_day("t", tz="UTC")])
+    tf_naive.fit(naive_table)
+    assert tf_naive.transform_one({"t": naive}) == {"t_hour": 12.0}
+    # in OnlineEngine.vector the request time must also be on the engine's clock
+    eng = _fs().online()
+    eng.ingest(_rows())
+    at = T0 + 10 * MIN
+    assert eng.vector(0, tf, {"t": T0}, at=at).tolist() == [8.0]
+    with pytest.raises(rtml.SchemaError, match="column 't'"):
+        eng.vector(0, tf, {"t": naive}, at=at)
+    with pytest.raises(rtml.SchemaError, match="column 't'.*engine's events hold tz-aware"):
+        eng.vector(0, tf_naive, {"t": naive}, at=at)

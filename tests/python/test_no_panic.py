@@ -26,6 +26,14 @@ INDEXING_ALLOWED: dict = {
 }
 
 
+# Deliberate panics in src/python, by the exact code on the line, and why.
+PANIC_ALLOWED: dict = {
+    # the test hook `_core.Engine._panic_for_test` (tests/python/test_boundary.py checks that a
+    # panic inside the guarded path poisons the engine); reachable only through that private name
+    'panic!("deliberate panic (rtml test hook)")': "test hook of the panic guard",
+}
+
+
 def code_lines(path: Path):
     """(line number, code) without comments, doc comments, attributes and #[cfg(test)] modules."""
     lines = path.read_text().splitlines()
@@ -70,9 +78,13 @@ def test_binding_layer_has_no_panicking_calls():
     found = []
     for f in files:
         for no, code in code_lines(f):
-            if PANICKING.search(strip_strings(code)):
+            if PANICKING.search(strip_strings(code)) and code.strip() not in PANIC_ALLOWED:
                 found.append(f"{f.relative_to(ROOT)}:{no}: {code.strip()}")
     assert not found, "panicking calls in the pyo3 layer:\n" + "\n".join(found)
+    # each allowed panic is still there (an entry that matches nothing is stale)
+    src = "\n".join(f.read_text() for f in files)
+    for code in PANIC_ALLOWED:
+        assert src.count(code) == 1, code
 
 
 def test_binding_layer_indexes_only_where_allowed():
