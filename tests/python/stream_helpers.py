@@ -183,7 +183,7 @@ def kill_and_restart(spawn, ckpt, partitions, kills: int, rnd, max_wait: float =
     import time
 
     seen = []
-    last = -1
+    last = 0  # every kill after some progress (the first: after a first checkpoint with events)
     while len(seen) < kills:
         proc = spawn()
         deadline = time.monotonic() + max_wait

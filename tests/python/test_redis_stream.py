@@ -4,7 +4,6 @@ SIGKILL and restart, dead letters, trimmed streams, scale-out by assignment, out
 from __future__ import annotations
 
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from stream_helpers import (
     assert_same_answers,
     feature_set,
     instants,
+    kill_and_restart,
     partition_keys,
     to_json_messages,
     workload,
@@ -72,26 +72,16 @@ def test_redis_streams_kill_restart_exact(redis_server, tmp_path):
     spec = tmp_path / "features.json"
     spec.write_text(fs.to_json())
     ckpt = tmp_path / "ckpt"
-    rnd = random.Random(3)
-    kills = 0
-    for _ in range(30):
-        proc = subprocess.Popen(
+    seen = kill_and_restart(
+        lambda: subprocess.Popen(
             [sys.executable, "-m", "rtml.runner", "--spec", str(spec), "--source",
              f"{url}?streams={','.join(streams)}&group=rtml", "--checkpoint", str(ckpt), "--until-idle",
              "--checkpoint-every", "0s", "--max-batch", "400", "--progress", "never"],
             env=env_with_rtml(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        if kills < 3:
-            time.sleep(rnd.uniform(1.0, 3.0))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                continue
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err.decode()[-3000:]
-        break
-    assert kills >= 2
+        ),
+        ckpt, range(3), kills=3, rnd=random.Random(3),
+    )
+    assert len(seen) == 3 and len(set(seen)) == 3, seen
     loaded = load_checkpoints(fs, ckpt)
     engines = {p: e for p, (e, _) in loaded.items()}
     assert sorted(engines) == [0, 1, 2]
