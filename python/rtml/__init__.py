@@ -78,9 +78,15 @@ from .transforms import (
     target_encode,
 )
 from . import parity  # noqa: E402  (rtml.parity.check after `import rtml`)
+from . import sources  # noqa: E402
+from .runner import CheckpointError, Runner  # noqa: E402
 
 __all__ = [
     "FeatureSet",
+    "Runner",
+    "CheckpointError",
+    "sources",
+    "parity",
     "Feature",
     "OnlineEngine",
     "count",

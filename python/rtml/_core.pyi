@@ -154,3 +154,18 @@ class Transforms:
         """
     def transform_one(self, row: dict[str, Any]) -> dict[str, float | None]: ...
     def vector(self, row: dict[str, Any]) -> npt.NDArray[np.float64]: ...
+
+@final
+class JsonDecoder:
+    """Parses JSON message payloads straight into a feature set's event columns (src/decode.rs)."""
+
+    def __new__(
+        cls,
+        entity: tuple[str, str],
+        timestamp: tuple[str, str],
+        values: list[tuple[str, str, bool]],
+        timestamp_unit: str | None = None,
+    ) -> JsonDecoder: ...
+    def decode(
+        self, messages: list[bytes | None], key_is_int: bool | None = None
+    ) -> tuple[pa.RecordBatch, list[tuple[int, str]], bool | None]: ...

@@ -214,9 +214,17 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default: ``sys.argv[1:]``); returns the exit code:
     0 success, 1 parity mismatches (or a demo parity failure), 2 bad input or usage."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["run"]:
+        from .runner import main_run
+
+        return main_run(args_list[1:])
     parser = argparse.ArgumentParser(prog="rtml", description="Real-time ML features.")
     parser.add_argument("--version", action="version", version=f"rtml {rtml.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "run", help="follow a stream into checkpointed online engines (rtml run --help)"
+    )
 
     files = "Parquet / CSV / Arrow (Feather) file(s)"
     b = sub.add_parser("backfill", help="point-in-time-correct features for a spine")

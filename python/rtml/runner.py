@@ -157,7 +157,9 @@ def _engine_from_bytes(data: bytes, scratch: Path) -> Any:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return _core.OnlineEngine.restore(name)
+        from .online import OnlineEngine
+
+        return OnlineEngine.restore(name)
     finally:
         try:
             os.unlink(name)

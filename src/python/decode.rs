@@ -4,7 +4,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use pyo3_arrow::PyRecordBatch;
 
-use super::errors::{guard, IntoPy};
+use super::errors::{detached, entry, IntoPy};
 use crate::decode::{decode_json, unit_factor, ColumnMap, JsonMapping, ValueType};
 
 /// Parses JSON message payloads straight into the feature set's event columns.
@@ -76,10 +76,7 @@ impl PyJsonDecoder {
             }
         }
         let mapping = &self.mapping;
-        let decoded = guard(|| {
-            py.detach(|| decode_json(mapping, &slices, key_is_int))
-                .py_err()
-        })?;
+        let decoded = entry(None, || detached(py, || decode_json(mapping, &slices, key_is_int)))?;
         let batch = PyRecordBatch::new(decoded.batch).into_pyarrow(py)?;
         Ok((batch, decoded.rejected, decoded.key_is_int))
     }
