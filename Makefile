@@ -1,7 +1,7 @@
 # The only entry points: CI (.ci/run) and people use the same targets.
 PYTHON ?= python3
 
-.PHONY: develop test rust-test py-test demo bench lint fmt check typecheck stubtest doctest
+.PHONY: develop test test-local rust-test py-test demo bench lint fmt check typecheck stubtest doctest
 
 ## Build the extension (release) and install rtml with its test dependencies, editable.
 develop:
@@ -9,8 +9,13 @@ develop:
 	$(PYTHON) -m pip install --quiet 'setuptools>=61,<81' wheel
 	$(PYTHON) -m pip install --quiet --no-build-isolation -e '.[test,e2e,lint]'
 
-## Everything CI runs: Rust engine tests (no Python needed) and the Python suite.
-test: develop rust-test py-test
+## Everything CI runs (.ci/run): a fresh venv, one release wheel, Rust + Python suites, services,
+## the wheel check without Rust, and `make check`.
+test:
+	bash .ci/run
+
+## The same suites against an editable install in the current environment (faster inner loop).
+test-local: develop rust-test py-test
 
 rust-test:
 	cargo test --no-default-features
