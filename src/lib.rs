@@ -13,6 +13,7 @@ pub mod agg;
 pub mod error;
 pub mod exact;
 pub mod input;
+pub mod learn;
 pub mod offline;
 pub mod online;
 pub mod plan;

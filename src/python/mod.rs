@@ -4,6 +4,7 @@ mod arrow;
 mod convert;
 mod engine;
 mod errors;
+mod learn;
 mod transforms;
 
 use std::sync::Arc;
@@ -197,6 +198,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySpec>()?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<transforms::PyTransforms>()?;
+    learn::register(m)?;
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_init_exceptions, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
