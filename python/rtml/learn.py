@@ -310,9 +310,10 @@ class Logistic(_Linear):
     >>> m = rl.Logistic(2, "ftrl", alpha=0.5)
     >>> m.predict_one([1.0, 0.0])
     0.5
-    >>> m.learn_many([[1.0, 0.0], [0.0, 1.0]], [1, 0]).tolist()
-    [0.5, 0.5]
-    >>> m.predict_one([1.0, 0.0]) > 0.5
+    >>> p = m.learn_many([[1.0, 0.0], [0.0, 1.0]], [1, 0])  # scores before each update
+    >>> float(p[0]), bool(p[1] > 0.5)  # the intercept learned from the first example
+    (0.5, True)
+    >>> m.predict_one([1.0, 0.0]) > 0.5 > m.predict_one([0.0, 1.0])
     True
     """
 

@@ -412,9 +412,13 @@ impl Linear {
     /// `learn_one`. The whole batch is checked first: on error nothing is learned. Returns the
     /// predictions made before each update.
     pub fn learn_many(&mut self, xs: &[f64], ys: &[f64]) -> Result<Vec<f64>> {
-        let rows = ys.len();
-        self.check_batch(xs, rows, Some(ys))?;
         let k = self.n_features;
+        let rows = if k > 0 && xs.len() % k == 0 {
+            xs.len() / k
+        } else {
+            ys.len()
+        };
+        self.check_batch(xs, rows, Some(ys))?;
         Ok((0..rows)
             .map(|r| self.update(&xs[r * k..(r + 1) * k], ys[r]))
             .collect())

@@ -17,9 +17,11 @@ use crate::learn::{LabelJoin, Linear, Loss, OnTimeout, Optimizer, Progressive, R
 
 /// Lock without waiting while holding the GIL.
 fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
-    match m.try_lock() {
-        Some(g) => g,
-        None => py.detach(|| m.lock()),
+    loop {
+        if let Some(g) = m.try_lock() {
+            return g;
+        }
+        py.detach(|| drop(m.lock()));
     }
 }
 

@@ -84,7 +84,8 @@ def _live(fs, tf, events, requests, labels, learner, **join_kw):
             served.append(x)
             join.serve(row["request_id"], at, x)
         else:
-            join.label(row["request_id"], row["at"], row["label"])
+            # labels come from a stream: a label past its row's wait is counted, not raised
+            join.labels([row["request_id"]], [row["at"]], [row["label"]])
             ex = join.drain()
             for i in range(len(ex)):  # one example at a time, as a service would
                 preds.append(
