@@ -25,7 +25,7 @@ import os
 import re
 import threading
 import weakref
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Literal, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -212,7 +212,7 @@ class _Linear:
     """Shared by :class:`Logistic` and :class:`LinearRegression`."""
 
     __slots__ = ("_m",)
-    _loss = ""
+    _loss: Literal["logistic", "squared"] = "logistic"
 
     def __init__(
         self,
@@ -318,7 +318,7 @@ class Logistic(_Linear):
     """
 
     __slots__ = ()
-    _loss = "logistic"
+    _loss: Literal["logistic", "squared"] = "logistic"
 
 
 class LinearRegression(_Linear):
@@ -332,7 +332,7 @@ class LinearRegression(_Linear):
     """
 
     __slots__ = ()
-    _loss = "squared"
+    _loss: Literal["logistic", "squared"] = "squared"
 
 
 def load_model(text: str) -> Union[Logistic, LinearRegression]:
@@ -340,7 +340,10 @@ def load_model(text: str) -> Union[Logistic, LinearRegression]:
     versions with ``rtml.SpecError``."""
     m = _core.Linear.from_json(text)
     loss = json.loads(text).get("loss")
-    return (Logistic if loss == "logistic" else LinearRegression)._wrap(m)
+    model: Union[Logistic, LinearRegression] = (
+        Logistic if loss == "logistic" else LinearRegression
+    )._wrap(m)
+    return model
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -417,7 +420,7 @@ class Examples(NamedTuple):
     y: np.ndarray
     timed_out: np.ndarray
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return len(self.request_id)
 
 

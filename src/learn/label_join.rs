@@ -175,7 +175,10 @@ impl LabelJoin {
         }
         if let OnTimeout::Label(v) = on_timeout {
             if !v.is_finite() {
-                return Err(Error::spec("on_timeout", format!("a default label must be finite, got {v}")));
+                return Err(Error::spec(
+                    "on_timeout",
+                    format!("a default label must be finite, got {v}"),
+                ));
             }
         }
         Ok(LabelJoin {
@@ -227,7 +230,10 @@ impl LabelJoin {
         }
         if self.pending.len() >= self.max_pending {
             if let Some((_, victim)) = self.queue.pop_first() {
-                let row = self.pending.remove(&victim).expect("queue and pending agree");
+                let row = self
+                    .pending
+                    .remove(&victim)
+                    .expect("queue and pending agree");
                 self.stats.evicted += 1;
                 self.remember(victim, row.at, Gone::Evicted);
             }
@@ -301,7 +307,10 @@ impl LabelJoin {
                         "is unknown (never served, or forgotten after its wait)"
                     }
                 };
-                return Err(Error::schema("request_id", format!("label for request id {id}: it {what}")));
+                return Err(Error::schema(
+                    "request_id",
+                    format!("label for request id {id}: it {what}"),
+                ));
             }
         };
         self.stats.labels += 1;
@@ -402,12 +411,27 @@ mod tests {
         assert_eq!((ex[0].id.clone(), ex[0].release, ex[0].y), (id(2), 50, 1.0));
         j.advance(106); // S = 101 > 0 + 100
         let ex = j.drain();
-        assert_eq!((ex[0].id.clone(), ex[0].release, ex[0].timed_out), (id(1), 100, true));
+        assert_eq!(
+            (ex[0].id.clone(), ex[0].release, ex[0].timed_out),
+            (id(1), 100, true)
+        );
         // bad input: typed errors, counted
-        assert!(j.label(&id(2), 105, 1.0).unwrap_err().to_string().contains("already released"));
+        assert!(j
+            .label(&id(2), 105, 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("already released"));
         // id 1 timed out and, with S = 101 past its at + wait = 100, is forgotten
-        assert!(j.label(&id(1), 105, 1.0).unwrap_err().to_string().contains("unknown"));
-        assert!(j.label(&id(9), 101, 1.0).unwrap_err().to_string().contains("unknown"));
+        assert!(j
+            .label(&id(1), 105, 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
+        assert!(j
+            .label(&id(9), 101, 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
         assert!(j.serve(id(2), 200, vec![]).is_err());
         assert_eq!(j.stats().labels_for_released, 1);
         assert_eq!(j.stats().unknown_labels, 2);

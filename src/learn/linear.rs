@@ -54,9 +54,18 @@ pub enum Schedule {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Optimizer {
     /// FTRL-Proximal with per-coordinate learning rates.
-    Ftrl { alpha: f64, beta: f64, l1: f64, l2: f64 },
+    Ftrl {
+        alpha: f64,
+        beta: f64,
+        l1: f64,
+        l2: f64,
+    },
     /// Plain SGD with L2 (weight decay) and L1 (soft threshold) penalties.
-    Sgd { schedule: Schedule, l1: f64, l2: f64 },
+    Sgd {
+        schedule: Schedule,
+        l1: f64,
+        l2: f64,
+    },
 }
 
 impl Optimizer {
@@ -66,18 +75,29 @@ impl Optimizer {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(Error::spec(name, format!("must be a finite number > 0, got {v}")))
+                Err(Error::spec(
+                    name,
+                    format!("must be a finite number > 0, got {v}"),
+                ))
             }
         };
         let nonneg = |name: &str, v: f64| {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(Error::spec(name, format!("must be a finite number >= 0, got {v}")))
+                Err(Error::spec(
+                    name,
+                    format!("must be a finite number >= 0, got {v}"),
+                ))
             }
         };
         match *self {
-            Optimizer::Ftrl { alpha, beta, l1, l2 } => {
+            Optimizer::Ftrl {
+                alpha,
+                beta,
+                l1,
+                l2,
+            } => {
                 pos("alpha", alpha)?;
                 nonneg("beta", beta)?;
                 nonneg("l1", l1)?;
@@ -199,7 +219,12 @@ impl Linear {
     pub fn weights(&self) -> Vec<f64> {
         match self.opt {
             Optimizer::Sgd { .. } => self.a.clone(),
-            Optimizer::Ftrl { alpha, beta, l1, l2 } => {
+            Optimizer::Ftrl {
+                alpha,
+                beta,
+                l1,
+                l2,
+            } => {
                 let k = self.n_features;
                 (0..=k)
                     .map(|i| {
@@ -242,12 +267,17 @@ impl Linear {
             None => what,
         };
         if !y.is_finite() {
-            return Err(Error::schema("y", at(format!("labels must be finite, got {y}"))));
+            return Err(Error::schema(
+                "y",
+                at(format!("labels must be finite, got {y}")),
+            ));
         }
         if self.loss == Loss::Logistic && y != 0.0 && y != 1.0 {
             return Err(Error::schema(
                 "y",
-                at(format!("logistic regression labels must be 0 or 1, got {y}")),
+                at(format!(
+                    "logistic regression labels must be 0 or 1, got {y}"
+                )),
             ));
         }
         Ok(())
@@ -265,7 +295,12 @@ impl Linear {
                 }
                 m + self.a[k]
             }
-            Optimizer::Ftrl { alpha, beta, l1, l2 } => {
+            Optimizer::Ftrl {
+                alpha,
+                beta,
+                l1,
+                l2,
+            } => {
                 let mut m = 0.0;
                 for i in 0..k {
                     let wi = ftrl_weight(self.a[i], self.b[i], alpha, beta, l1, l2);
@@ -290,7 +325,12 @@ impl Linear {
                 }
                 m + self.a[k]
             }
-            Optimizer::Ftrl { alpha, beta, l1, l2 } => {
+            Optimizer::Ftrl {
+                alpha,
+                beta,
+                l1,
+                l2,
+            } => {
                 let mut m = 0.0;
                 for i in 0..k {
                     m += ftrl_weight(self.a[i], self.b[i], alpha, beta, l1, l2) * x[i];
@@ -507,7 +547,10 @@ impl Linear {
                 m.a = take("z", doc.z)?;
                 m.b = take("n", doc.n)?;
                 if m.b.iter().any(|v| *v < 0.0) {
-                    return Err(Error::spec("n", "sums of squared gradients cannot be negative"));
+                    return Err(Error::spec(
+                        "n",
+                        "sums of squared gradients cannot be negative",
+                    ));
                 }
             }
             Optimizer::Sgd { .. } => {
@@ -543,7 +586,9 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("x[1]"), "{err}");
         assert_eq!(m, before);
-        let err = m.learn_many(&[1.0, 2.0, 3.0, 4.0], &[0.0, 0.5]).unwrap_err();
+        let err = m
+            .learn_many(&[1.0, 2.0, 3.0, 4.0], &[0.0, 0.5])
+            .unwrap_err();
         assert!(err.to_string().contains("row 1"), "{err}");
         assert_eq!(m, before);
     }
@@ -555,8 +600,14 @@ mod tests {
         let text = m.to_json();
         assert_eq!(Linear::from_json(&text).unwrap(), m);
         let newer = text.replace("\"version\":1", "\"version\":2");
-        assert!(Linear::from_json(&newer).unwrap_err().to_string().contains("newer"));
+        assert!(Linear::from_json(&newer)
+            .unwrap_err()
+            .to_string()
+            .contains("newer"));
         let unknown = text.replacen('{', "{\"extra\":1,", 1);
-        assert!(Linear::from_json(&unknown).unwrap_err().to_string().contains("extra"));
+        assert!(Linear::from_json(&unknown)
+            .unwrap_err()
+            .to_string()
+            .contains("extra"));
     }
 }

@@ -156,8 +156,16 @@ impl Progressive {
                 lo: b as f64 / bins as f64,
                 hi: (b + 1) as f64 / bins as f64,
                 count: n[b],
-                mean_prediction: if n[b] > 0 { sp[b] / n[b] as f64 } else { f64::NAN },
-                mean_label: if n[b] > 0 { sy[b] / n[b] as f64 } else { f64::NAN },
+                mean_prediction: if n[b] > 0 {
+                    sp[b] / n[b] as f64
+                } else {
+                    f64::NAN
+                },
+                mean_label: if n[b] > 0 {
+                    sy[b] / n[b] as f64
+                } else {
+                    f64::NAN
+                },
             })
             .collect())
     }

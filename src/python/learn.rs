@@ -5,7 +5,9 @@
 //! `errors::entry` (panic guard, poisoning).
 
 use numpy::ndarray::Array2;
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt, PyList, PyString};
@@ -52,7 +54,10 @@ fn request_id(obj: &Bound<'_, PyAny>) -> PyResult<RequestId> {
         "request_id",
         format!(
             "request ids must be int (64-bit) or str, got {}",
-            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ),
     ))
 }
@@ -141,7 +146,9 @@ impl PyLinear {
     /// Learn one example; returns the prediction made before the update.
     fn learn_one(&self, py: Python<'_>, x: PyReadonlyArray1<'_, f64>, y: f64) -> PyResult<f64> {
         entry(Some(&self.poison), || {
-            lock(py, &self.inner).learn_one(slice1(&x, "x")?, y).py_err()
+            lock(py, &self.inner)
+                .learn_one(slice1(&x, "x")?, y)
+                .py_err()
         })
     }
 
@@ -178,7 +185,11 @@ impl PyLinear {
             if ts.len() != ys.len() {
                 return Err(schema_error(
                     "t",
-                    format!("expected {} times (one per row), got {}", ys.len(), ts.len()),
+                    format!(
+                        "expected {} times (one per row), got {}",
+                        ys.len(),
+                        ts.len()
+                    ),
                 ));
             }
             let mut m = lock(py, &self.inner);
@@ -254,8 +265,15 @@ impl PyMetrics {
                 return Err(schema_error("p", "t, p and y must have the same length"));
             }
             if let Some(i) = ps.iter().chain(ys).position(|v| !v.is_finite()) {
-                let (col, row) = if i < ps.len() { ("p", i) } else { ("y", i - ps.len()) };
-                return Err(schema_error(col, format!("row {row}: values must be finite")));
+                let (col, row) = if i < ps.len() {
+                    ("p", i)
+                } else {
+                    ("y", i - ps.len())
+                };
+                return Err(schema_error(
+                    col,
+                    format!("row {row}: values must be finite"),
+                ));
             }
             let mut g = lock(py, &self.inner);
             for ((&t, &p), &y) in ts.iter().zip(ps).zip(ys) {
@@ -337,7 +355,9 @@ impl PyLabelJoin {
         entry(None, || {
             let on = on_timeout.map_or(OnTimeout::Drop, OnTimeout::Label);
             Ok(PyLabelJoin {
-                inner: Mutex::new(LabelJoin::new(wait, on, max_pending, allowed_lateness).py_err()?),
+                inner: Mutex::new(
+                    LabelJoin::new(wait, on, max_pending, allowed_lateness).py_err()?,
+                ),
                 poison: Poison::default(),
             })
         })
@@ -385,7 +405,10 @@ impl PyLabelJoin {
             let mut j = lock(py, &self.inner);
             let (mut acc, mut late) = (0, 0);
             for (r, id) in ids.into_iter().enumerate() {
-                match j.serve(id, ats[r], s[r * cols..(r + 1) * cols].to_vec()).py_err()? {
+                match j
+                    .serve(id, ats[r], s[r * cols..(r + 1) * cols].to_vec())
+                    .py_err()?
+                {
                     Outcome::Accepted => acc += 1,
                     _ => late += 1,
                 }

@@ -8,13 +8,28 @@ use rtml::learn::{Linear, Loss, Optimizer, Schedule};
 
 fn optimizers() -> impl Strategy<Value = Optimizer> {
     prop_oneof![
-        (0.01f64..1.0, 0.0f64..2.0, 0.0f64..0.5, 0.0f64..0.5)
-            .prop_map(|(alpha, beta, l1, l2)| Optimizer::Ftrl { alpha, beta, l1, l2 }),
-        (0.001f64..0.5, 0.0f64..0.1, 0.0f64..0.1)
-            .prop_map(|(eta0, l1, l2)| Optimizer::Sgd { schedule: Schedule::Constant { eta0 }, l1, l2 }),
-        (0.001f64..0.5, 0.0f64..1.0, 0.0f64..0.1, 0.0f64..0.1).prop_map(|(eta0, power_t, l1, l2)| {
-            Optimizer::Sgd { schedule: Schedule::InvScaling { eta0, power_t }, l1, l2 }
+        (0.01f64..1.0, 0.0f64..2.0, 0.0f64..0.5, 0.0f64..0.5).prop_map(|(alpha, beta, l1, l2)| {
+            Optimizer::Ftrl {
+                alpha,
+                beta,
+                l1,
+                l2,
+            }
         }),
+        (0.001f64..0.5, 0.0f64..0.1, 0.0f64..0.1).prop_map(|(eta0, l1, l2)| Optimizer::Sgd {
+            schedule: Schedule::Constant { eta0 },
+            l1,
+            l2
+        }),
+        (0.001f64..0.5, 0.0f64..1.0, 0.0f64..0.1, 0.0f64..0.1).prop_map(
+            |(eta0, power_t, l1, l2)| {
+                Optimizer::Sgd {
+                    schedule: Schedule::InvScaling { eta0, power_t },
+                    l1,
+                    l2,
+                }
+            }
+        ),
     ]
 }
 
@@ -94,9 +109,18 @@ struct Case {
 
 fn cases() -> impl Strategy<Value = Vec<Case>> {
     prop::collection::vec(
-        (0i64..1000, prop::option::weighted(0.8, 0i64..150), 0i64..50, prop::bool::ANY).prop_map(
-            |(at, label_delay, arrival_delay, y)| Case { at, label_delay, arrival_delay, y },
-        ),
+        (
+            0i64..1000,
+            prop::option::weighted(0.8, 0i64..150),
+            0i64..50,
+            prop::bool::ANY,
+        )
+            .prop_map(|(at, label_delay, arrival_delay, y)| Case {
+                at,
+                label_delay,
+                arrival_delay,
+                y,
+            }),
         1..60,
     )
 }
@@ -186,11 +210,23 @@ fn max_pending_evicts_the_first_release_and_counts_it() {
     assert!(j.label(&RequestId::Int(1), 30, f64::NAN).is_err());
     assert!(j.serve(RequestId::Int(1), 40, vec![]).is_err());
     j.label(&RequestId::Int(1), 30, 1.0).unwrap();
-    assert!(j.label(&RequestId::Int(1), 31, 0.0).unwrap_err().to_string().contains("already has"));
+    assert!(j
+        .label(&RequestId::Int(1), 31, 0.0)
+        .unwrap_err()
+        .to_string()
+        .contains("already has"));
     j.flush();
     let ex = j.drain();
     assert_eq!(ex.len(), 1); // id 3 timed out and was dropped
     assert_eq!((ex[0].id.clone(), ex[0].release), (RequestId::Int(1), 30));
     let s = j.stats();
-    assert_eq!((s.timeouts_dropped, s.bad_labels, s.reused_ids, s.duplicate_labels), (1, 1, 1, 1));
+    assert_eq!(
+        (
+            s.timeouts_dropped,
+            s.bad_labels,
+            s.reused_ids,
+            s.duplicate_labels
+        ),
+        (1, 1, 1, 1)
+    );
 }
