@@ -376,7 +376,8 @@ impl LabelJoin {
             }
         }
         while let Some((until, _)) = self.forget.first() {
-            if !(*until < s) || all {
+            if *until >= s || all {
+                // (a flush keeps the memory: a later label is "already released")
                 break;
             }
             let (_, id) = self.forget.pop_first().expect("non-empty");

@@ -182,6 +182,9 @@ fn ftrl_weight(z: f64, n: f64, alpha: f64, beta: f64, l1: f64, l2: f64) -> f64 {
     }
 }
 
+// Indexed loops on purpose: they spell the per-coordinate equations in the order the reference
+// (tests/python/learn_reference.py) follows.
+#[allow(clippy::needless_range_loop)]
 impl Linear {
     /// A fresh model (all weights zero) for vectors of `n_features` values.
     pub fn new(loss: Loss, opt: Optimizer, n_features: usize) -> Result<Linear> {
