@@ -252,6 +252,37 @@ impl LabelJoin {
         Ok(Outcome::Accepted)
     }
 
+    /// Serve rows in order, all or nothing: a request id already used (or twice in `rows`)
+    /// refuses the whole batch (counted once). Returns (accepted, late).
+    pub fn serve_many(&mut self, rows: Vec<(RequestId, i64, Vec<f64>)>) -> Result<(u64, u64)> {
+        let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        for (id, _, _) in &rows {
+            if self.pending.contains_key(id) || self.gone.contains_key(id) || !seen.insert(id) {
+                self.stats.reused_ids += 1;
+                return Err(Error::schema(
+                    "request_id",
+                    format!(
+                        "request id {id} was already served: a request id names one prediction \
+                         (nothing in this batch was served)"
+                    ),
+                ));
+            }
+        }
+        let (mut accepted, mut late) = (0, 0);
+        for (id, at, x) in rows {
+            match self.serve(id, at, x)? {
+                Outcome::Accepted => accepted += 1,
+                _ => late += 1,
+            }
+        }
+        Ok((accepted, late))
+    }
+
+    /// The examples released and not yet drained.
+    pub fn released(&self) -> &[Example] {
+        &self.out
+    }
+
     fn remember(&mut self, id: RequestId, at: i64, how: Gone) {
         let until = at.saturating_add(self.wait);
         self.forget.insert((until, id.clone()));

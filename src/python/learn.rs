@@ -377,8 +377,8 @@ impl PyLabelJoin {
         })
     }
 
-    /// Serve rows in order; returns the outcome counts (accepted, late). A refused row (a
-    /// reused request id) raises after the rows before it were served.
+    /// Serve rows in order, all or nothing; returns the outcome counts (accepted, late). A
+    /// reused request id refuses the whole batch.
     fn serve_many(
         &self,
         py: Python<'_>,
@@ -402,18 +402,12 @@ impl PyLabelJoin {
                     ),
                 ));
             }
-            let mut j = lock(py, &self.inner);
-            let (mut acc, mut late) = (0, 0);
-            for (r, id) in ids.into_iter().enumerate() {
-                match j
-                    .serve(id, ats[r], s[r * cols..(r + 1) * cols].to_vec())
-                    .py_err()?
-                {
-                    Outcome::Accepted => acc += 1,
-                    _ => late += 1,
-                }
-            }
-            Ok((acc, late))
+            let rows = ids
+                .into_iter()
+                .enumerate()
+                .map(|(r, id)| (id, ats[r], s[r * cols..(r + 1) * cols].to_vec()))
+                .collect();
+            lock(py, &self.inner).serve_many(rows).py_err()
         })
     }
 
@@ -480,25 +474,24 @@ impl PyLabelJoin {
     /// The released examples, as (request ids, at, release, X, y, timed_out).
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Drained<'py>> {
         entry(Some(&self.poison), || {
-            let (ex, k): (Vec<Example>, Option<usize>) = {
+            let ex: Vec<Example> = {
                 let mut j = lock(py, &self.inner);
-                let ex = j.drain();
-                let k = ex.first().map(|e| e.x.len());
-                (ex, k)
+                let k = j.released().first().map_or(0, |e| e.x.len());
+                if let Some(e) = j.released().iter().find(|e| e.x.len() != k) {
+                    // rows of different lengths cannot form one matrix: refuse, drain nothing
+                    return Err(schema_error(
+                        "x",
+                        format!(
+                            "request id {}: served vectors differ in length ({} vs {k}); \
+                             serve vectors of one length per join",
+                            e.id,
+                            e.x.len()
+                        ),
+                    ));
+                }
+                j.drain()
             };
-            let k = k.unwrap_or(0);
-            if let Some(e) = ex.iter().find(|e| e.x.len() != k) {
-                // rows of different lengths cannot form one matrix; they are lost otherwise
-                return Err(schema_error(
-                    "x",
-                    format!(
-                        "request id {}: served vectors differ in length ({} vs {k}); \
-                         serve vectors of one length per join",
-                        e.id,
-                        e.x.len()
-                    ),
-                ));
-            }
+            let k = ex.first().map_or(0, |e| e.x.len());
             let ids = PyList::empty(py);
             let mut at = Vec::with_capacity(ex.len());
             let mut rel = Vec::with_capacity(ex.len());

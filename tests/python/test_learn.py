@@ -338,3 +338,25 @@ def test_label_join_times_and_durations():
         rl.LabelJoin(wait="soon")
     with pytest.raises(rtml.SpecError, match="on_timeout"):
         rl.LabelJoin(wait=1, on_timeout="keep")
+
+
+def test_label_join_batches_are_all_or_nothing():
+    j = rl.LabelJoin(wait=100)
+    j.serve(5, 0, [1.0])
+    with pytest.raises(rtml.SchemaError, match="request id 5 was already served"):
+        j.serve_many(
+            np.array([1, 2, 5], dtype=np.int64),
+            np.array([1, 2, 3], dtype=np.int64),
+            np.ones((3, 1)),
+        )
+    with pytest.raises(rtml.SchemaError, match="request id 7 was already served"):
+        j.serve_many([7, 7], [1, 2], np.ones((2, 1)))
+    assert j.pending == 1 and j.stats()["reused_ids"] == 2
+    # the compiled join refuses to drain vectors of different lengths, and keeps them
+    core = rtml._core.LabelJoin(10, 0.0, 10, 0)
+    core.serve(1, 0, np.ones(2))
+    core.serve(2, 0, np.ones(3))
+    core.flush()
+    with pytest.raises(rtml.SchemaError, match="differ in length"):
+        core.drain()
+    assert core.stats()["ready"] == 2
