@@ -5,6 +5,8 @@ SGDClassifier.partial_fit (one row per call) on the same data.
 
     python3 bench/bench_learn.py [--rows 500000] [--features 8]
 
+(with the rtml to measure importable, e.g. PYTHONPATH pointing at a release build).
+
 Run on a release build (`maturin develop --release` or `pip install .`): a debug build warns
 and is many times slower. Timing is wall clock, best of 3 for the rtml parts.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
@@ -22,9 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
-import rtml  # noqa: E402
-import rtml.learn as rl  # noqa: E402
+import rtml
+import rtml.learn as rl
 
 
 def best(f, repeat=3):
