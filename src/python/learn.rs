@@ -33,8 +33,10 @@ fn slice1<'a>(a: &'a PyReadonlyArray1<'_, f64>, what: &str) -> PyResult<&'a [f64
 }
 
 fn slice2<'a>(a: &'a PyReadonlyArray2<'_, f64>, what: &str) -> PyResult<(&'a [f64], usize, usize)> {
-    let shape = a.shape();
-    let (rows, cols) = (shape[0], shape[1]);
+    let (rows, cols) = match a.shape() {
+        [r, c] => (*r, *c),
+        _ => return Err(schema_error(what, "expected a 2-D float64 array")),
+    };
     let s = a
         .as_slice()
         .map_err(|_| schema_error(what, "expected a C-contiguous 2-D float64 array"))?;
@@ -402,10 +404,15 @@ impl PyLabelJoin {
                     ),
                 ));
             }
+            // lengths checked above: every row's slice is in bounds
             let rows = ids
                 .into_iter()
+                .zip(ats.iter().copied())
                 .enumerate()
-                .map(|(r, id)| (id, ats[r], s[r * cols..(r + 1) * cols].to_vec()))
+                .map(|(r, (id, at))| {
+                    let x = s.get(r * cols..(r + 1) * cols).unwrap_or_default();
+                    (id, at, x.to_vec())
+                })
                 .collect();
             lock(py, &self.inner).serve_many(rows).py_err()
         })
@@ -448,8 +455,8 @@ impl PyLabelJoin {
             }
             let mut j = lock(py, &self.inner);
             let mut n = 0;
-            for (r, id) in ids.iter().enumerate() {
-                if let Ok(Outcome::Accepted) = j.label(id, ts[r], ys[r]) {
+            for ((id, &t), &y) in ids.iter().zip(ts).zip(ys) {
+                if let Ok(Outcome::Accepted) = j.label(id, t, y) {
                     n += 1;
                 }
             }
