@@ -1,8 +1,9 @@
 //! `rtml._core.Linear`, `rtml._core.Metrics`, `rtml._core.LabelJoin`: the pyo3 skin of
 //! `crate::learn` (issue 15). `python/rtml/learn.py` wraps them: it turns times into epoch
 //! nanoseconds, vectors into contiguous float64 arrays and hyper-parameters into the
-//! optimizer document; this layer only converts and calls. Every method goes through
-//! `errors::entry` (panic guard, poisoning).
+//! optimizer document; this layer only converts and calls. Every call that does work goes
+//! through `errors::entry` (panic guard; a learner or join that saw a panic is poisoned); the
+//! plain getters only read a counter under the lock.
 
 use numpy::ndarray::Array2;
 use numpy::{
