@@ -79,6 +79,7 @@ from .transforms import (
 )
 from . import parity  # noqa: E402  (rtml.parity.check after `import rtml`)
 from . import sources  # noqa: E402
+from . import learn  # noqa: E402
 from .runner import CheckpointError, Runner  # noqa: E402
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "Runner",
     "CheckpointError",
     "sources",
+    "learn",
     "parity",
     "Feature",
     "OnlineEngine",

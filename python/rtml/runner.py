@@ -10,7 +10,7 @@ exactly-once argument.
 >>> import rtml, rtml.sources, pyarrow as pa, tempfile
 >>> from rtml.runner import Runner
 >>> fs = rtml.FeatureSet(entity="user", timestamp="ts", features=[rtml.count(window="1h")])
->>> events = pa.table({"user": [1, 2, 1], "ts": pa.array([1, 2, 3], pa.timestamp("s"))})
+>>> events = pa.table({"user": [1, 2, 1], "ts": pa.array([1, 2, 3], pa.timestamp("s", tz="UTC"))})
 >>> r = Runner(fs, rtml.sources.replay(events), tempfile.mkdtemp())
 >>> r.run_until_idle()
 3

@@ -5,6 +5,7 @@ mod convert;
 mod decode;
 mod engine;
 mod errors;
+mod learn;
 mod transforms;
 
 use std::sync::Arc;
@@ -201,6 +202,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<transforms::PyTransforms>()?;
     m.add_class::<decode::PyJsonDecoder>()?;
+    learn::register(m)?;
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_init_exceptions, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;

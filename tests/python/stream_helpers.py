@@ -102,7 +102,7 @@ def answers(engines: dict, keys_of: dict[int, list], ats: list[int]) -> dict:
         if not keys:
             continue
         for t in ats:
-            out[(p, t)] = eng.get_many(keys, at=np.datetime64(t, "ns"))
+            out[(p, t)] = eng.get_many(keys, at=pd.Timestamp(t, unit="ns", tz="UTC"))
     return out
 
 
@@ -128,7 +128,7 @@ def assert_matches_backfill(fs, events: pa.Table, engines: dict, partitions: int
             "ts": pa.array([t for t in ats for _ in keys], pa.timestamp("ns", "UTC")),
         })
         off = fs.backfill(events, spine, progress=False)
-        on = eng.get_many(spine.column("user").to_pylist(), at=[np.datetime64(t, "ns") for t in ats for _ in keys])
+        on = eng.get_many(spine.column("user").to_pylist(), at=[pd.Timestamp(t, unit="ns", tz="UTC") for t in ats for _ in keys])
         for name in fs.feature_names:
             assert bits_equal(on.column(name), off.column(name)), (p, name)
         compared += spine.num_rows

@@ -52,7 +52,7 @@ def test_runner_matches_backfill_per_partition(tmp_path):
     k = events.column("user")[0].as_py()
     p = rtml.sources.partition_of(k, 3)
     assert r.engine_for(k) is r.engines[p]
-    at = np.datetime64(max(e.watermark for e in r.engines.values()) + NS, "ns")
+    at = pd.Timestamp(max(e.watermark for e in r.engines.values()) + NS, unit="ns", tz="UTC")
     assert r.get(k, at=at)["count_1h"] == r.engines[p].get(k, at=at)["count_1h"]
     with pytest.raises(rtml.RtmlError, match="3 partitions"):
         _ = r.engine

@@ -2,4 +2,5 @@
 mod engine;
 mod exact;
 mod fuzz_regressions;
+mod learn;
 mod transforms;

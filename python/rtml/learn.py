@@ -1,0 +1,891 @@
+"""`rtml.learn`: real-time learning (docs/learning.md).
+
+* Online learners in Rust, deterministic: :class:`Logistic` and :class:`LinearRegression`,
+  trained with FTRL-Proximal or plain SGD. ``learn_many`` is the loop of ``learn_one`` bit for
+  bit; ``to_json`` / :func:`load_model` / pickle carry the exact state.
+* :class:`LabelJoin`: served rows wait for their labels by event time and are released as
+  training examples in (release time, request id) order.
+* :class:`Metrics`: progressive validation (test-then-train) by event time: log loss, AUC,
+  MSE, calibration.
+* :class:`ServedLog`: what each prediction used, buffered and written to Parquet.
+* :func:`replay`: reproduce offline what a service served, joined and learned.
+* :func:`to_river` / :func:`to_sklearn`: feed joined examples to your own learner (outside the
+  bit-exact promise).
+
+Times are epoch nanoseconds (int) or datetime / pandas.Timestamp / numpy.datetime64; naive
+datetimes are read as UTC wall-clock times, and one object never mixes naive and tz-aware ones.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as _dt
+import json
+import os
+import re
+import threading
+import weakref
+from typing import Any, Literal, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+
+from . import _core
+from .exceptions import SchemaError, SpecError
+
+__all__ = [
+    "Logistic",
+    "LinearRegression",
+    "load_model",
+    "Metrics",
+    "LabelJoin",
+    "Examples",
+    "ServedLog",
+    "replay",
+    "Replay",
+    "to_river",
+    "to_sklearn",
+    "MODEL_VERSION",
+]
+
+#: Version of the model document this rtml writes (newer ones are refused).
+MODEL_VERSION: int = _core.MODEL_VERSION
+
+Instant = Union[int, _dt.datetime, np.datetime64, str]
+Duration = Union[int, str, _dt.timedelta]
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_UNITS = {
+    "ns": 1,
+    "us": 1_000,
+    "ms": 1_000_000,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+    "d": 86400 * 10**9,
+}
+
+
+def _duration_ns(value: Duration, field: str) -> int:
+    """A duration as nanoseconds: an int (ns), a timedelta, or text such as '90s', '15m', '1h'.
+
+    >>> _duration_ns("1h", "wait"), _duration_ns(_dt.timedelta(seconds=2), "wait"), _duration_ns(5, "wait")
+    (3600000000000, 2000000000, 5)
+    """
+    if isinstance(value, bool):
+        raise SpecError(f"{field}: expected a duration, got bool")
+    if isinstance(value, (int, np.integer)):
+        ns = int(value)
+    elif isinstance(value, _dt.timedelta):
+        ns = (value.days * 86_400 + value.seconds) * 1_000_000_000 + value.microseconds * 1_000
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*(ns|us|ms|s|m|h|d)\s*", value)
+        if not m:
+            raise SpecError(
+                f"{field}: expected a duration such as '30s', '15m', '1h', '7d', got {value!r}"
+            )
+        ns = int(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise SpecError(
+            f"{field}: expected a duration (int ns, str, timedelta), got {type(value).__name__}"
+        )
+    if ns < 0:
+        raise SpecError(f"{field}: must be >= 0, got {value!r}")
+    return ns
+
+
+class _Clock:
+    """Times -> epoch ns, refusing to mix naive and tz-aware datetimes within one object."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self) -> None:
+        self.kind: Optional[str] = None
+
+    def _note(self, kind: str, field: str) -> None:
+        if self.kind is None:
+            self.kind = kind
+        elif self.kind != kind:
+            raise SchemaError(
+                f"column '{field}': a {kind} time after {self.kind} ones: naive and tz-aware times never mix"
+            )
+
+    def ns(self, t: Any, field: str) -> int:
+        if isinstance(t, bool):
+            raise SchemaError(f"column '{field}': expected a time, got bool")
+        if isinstance(t, (int, np.integer)):
+            return int(t)
+        value = getattr(t, "value", None)  # pandas.Timestamp
+        if isinstance(t, _dt.datetime) and isinstance(value, (int, np.integer)):
+            self._note("aware" if t.tzinfo is not None else "naive", field)
+            return int(value)
+        if isinstance(t, _dt.datetime):
+            self._note("aware" if t.tzinfo is not None else "naive", field)
+            d = t if t.tzinfo is not None else t.replace(tzinfo=_dt.timezone.utc)
+            delta = d - _EPOCH
+            return (
+                delta.days * 86_400 + delta.seconds
+            ) * 1_000_000_000 + delta.microseconds * 1_000
+        if isinstance(t, np.datetime64):
+            self._note("naive", field)
+            return int(t.astype("datetime64[ns]").astype(np.int64))
+        if isinstance(t, str):
+            return self.ns(_dt.datetime.fromisoformat(t), field)
+        raise SchemaError(
+            f"column '{field}': expected a time (int ns, datetime, datetime64), got {type(t).__name__}"
+        )
+
+    def many(self, ts: Any, field: str) -> np.ndarray:
+        """A column of times as a contiguous int64 ns array."""
+        if isinstance(ts, (pa.Array, pa.ChunkedArray)):
+            typ = ts.type
+            if pa.types.is_timestamp(typ):
+                self._note("aware" if typ.tz is not None else "naive", field)
+                ts = ts.cast(pa.timestamp("ns", tz=typ.tz))
+                arr = (
+                    ts.to_numpy(zero_copy_only=False) if isinstance(ts, pa.Array) else ts.to_numpy()
+                )
+                return np.ascontiguousarray(arr.astype("datetime64[ns]").astype(np.int64))
+            if pa.types.is_integer(typ):
+                return np.ascontiguousarray(np.asarray(ts, dtype=np.int64))
+            raise SchemaError(f"column '{field}': expected timestamps or int64 ns, got {typ}")
+        arr = np.asarray(ts)
+        if arr.dtype.kind == "M":
+            self._note("naive", field)
+            return np.ascontiguousarray(arr.astype("datetime64[ns]").astype(np.int64))
+        if arr.dtype.kind in "iu":
+            return np.ascontiguousarray(arr.astype(np.int64))
+        return np.fromiter((self.ns(t, field) for t in ts), dtype=np.int64)
+
+
+def _vec(x: Any) -> np.ndarray:
+    a = np.ascontiguousarray(x, dtype=np.float64)
+    if a.ndim != 1:
+        raise SchemaError(f"column 'x': expected one feature vector (1-D), got shape {a.shape}")
+    return a
+
+
+def _mat(X: Any, k: Optional[int] = None) -> np.ndarray:
+    a = np.ascontiguousarray(X, dtype=np.float64)
+    if a.ndim == 1 and k is not None and a.size == 0:
+        a = a.reshape(0, k)
+    if a.ndim != 2:
+        raise SchemaError(
+            f"column 'x': expected a 2-D array (rows x features), got shape {a.shape}"
+        )
+    return a
+
+
+# ---------------------------------------------------------------------------------- learners
+
+
+def _optimizer(
+    optimizer: str,
+    alpha: float,
+    beta: float,
+    l1: float,
+    l2: float,
+    eta0: float,
+    schedule: str,
+    power_t: float,
+) -> str:
+    if optimizer == "ftrl":
+        doc: dict[str, Any] = {"kind": "ftrl", "alpha": alpha, "beta": beta, "l1": l1, "l2": l2}
+    elif optimizer == "sgd":
+        if schedule == "constant":
+            sched: dict[str, Any] = {"kind": "constant", "eta0": eta0}
+        elif schedule in ("inv_scaling", "invscaling"):
+            sched = {"kind": "inv_scaling", "eta0": eta0, "power_t": power_t}
+        else:
+            raise SpecError(f"schedule: expected 'constant' or 'inv_scaling', got {schedule!r}")
+        doc = {"kind": "sgd", "schedule": sched, "l1": l1, "l2": l2}
+    else:
+        raise SpecError(f"optimizer: expected 'ftrl' or 'sgd', got {optimizer!r}")
+    for name in ("alpha", "beta", "l1", "l2", "eta0", "power_t"):
+        v = locals()[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SpecError(f"{name}: expected a number, got {type(v).__name__}")
+    return json.dumps(doc)
+
+
+class _Linear:
+    """Shared by :class:`Logistic` and :class:`LinearRegression`."""
+
+    __slots__ = ("_m",)
+    _loss: Literal["logistic", "squared"] = "logistic"
+
+    def __init__(
+        self,
+        n_features: int,
+        optimizer: str = "ftrl",
+        *,
+        alpha: float = 0.1,
+        beta: float = 1.0,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        eta0: float = 0.01,
+        schedule: str = "constant",
+        power_t: float = 0.5,
+    ) -> None:
+        if (
+            isinstance(n_features, bool)
+            or not isinstance(n_features, (int, np.integer))
+            or n_features < 0
+        ):
+            raise SpecError(f"n_features: expected an int >= 0, got {n_features!r}")
+        doc = _optimizer(optimizer, alpha, beta, l1, l2, eta0, schedule, power_t)
+        self._m = _core.Linear(self._loss, doc, int(n_features))
+
+    @classmethod
+    def _wrap(cls, m: _core.Linear) -> Any:
+        self = cls.__new__(cls)
+        self._m = m
+        return self
+
+    @property
+    def n_features(self) -> int:
+        return self._m.n_features
+
+    @property
+    def updates(self) -> int:
+        """Examples learned so far."""
+        return self._m.updates
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The weights, the intercept last."""
+        return self._m.weights()
+
+    def predict_one(self, x: Any) -> float:
+        return self._m.predict_one(_vec(x))
+
+    def predict_many(self, X: Any) -> np.ndarray:
+        return self._m.predict_many(_mat(X, self.n_features))
+
+    def learn_one(self, x: Any, y: float) -> float:
+        """Learn one example; returns the prediction made before the update. Bad input (wrong
+        length, NaN / inf, a logistic label other than 0 / 1) raises ``rtml.SchemaError`` and
+        leaves the model unchanged."""
+        return self._m.learn_one(_vec(x), float(y))
+
+    def learn_many(self, X: Any, y: Any) -> np.ndarray:
+        """Learn the rows in order: bit for bit the loop of ``learn_one``. The whole batch is
+        checked first (on error nothing is learned). Returns the predictions made before each
+        update."""
+        return self._m.learn_many(
+            _mat(X, self.n_features), np.ascontiguousarray(y, dtype=np.float64)
+        )
+
+    def progressive(self, X: Any, y: Any, t: Any, metrics: "Metrics") -> np.ndarray:
+        """Test-then-train: score each row, record (t, score, y) in `metrics`, then learn it
+        (the same model as ``learn_many``)."""
+        ts = metrics._clock.many(t, "t")
+        return self._m.progressive(
+            _mat(X, self.n_features), np.ascontiguousarray(y, dtype=np.float64), ts, metrics._m
+        )
+
+    def to_json(self) -> str:
+        """The versioned model document (the saved artifact and the pickle state)."""
+        return self._m.to_json()
+
+    def same_state(self, other: "_Linear") -> bool:
+        """Whether two models hold the same state, bit for bit."""
+        return self._m.same_state(other._m)
+
+    def __getstate__(self) -> str:
+        return self._m.to_json()
+
+    def __setstate__(self, state: str) -> None:
+        self._m = _core.Linear.from_json(state)
+
+    def __repr__(self) -> str:
+        opt = json.loads(self._m.to_json())["optimizer"]
+        return f"{type(self).__name__}(n_features={self.n_features}, optimizer={opt}, updates={self.updates})"
+
+
+class Logistic(_Linear):
+    """Online logistic regression (labels 0 / 1; predictions are P(y = 1)).
+
+    >>> import rtml.learn as rl
+    >>> m = rl.Logistic(2, "ftrl", alpha=0.5)
+    >>> m.predict_one([1.0, 0.0])
+    0.5
+    >>> p = m.learn_many([[1.0, 0.0], [0.0, 1.0]], [1, 0])  # scores before each update
+    >>> float(p[0]), bool(p[1] > 0.5)  # the intercept learned from the first example
+    (0.5, True)
+    >>> m.predict_one([1.0, 0.0]) > 0.5 > m.predict_one([0.0, 1.0])
+    True
+    """
+
+    __slots__ = ()
+    _loss: Literal["logistic", "squared"] = "logistic"
+
+
+class LinearRegression(_Linear):
+    """Online linear regression (squared loss).
+
+    >>> import rtml.learn as rl
+    >>> m = rl.LinearRegression(1, "sgd", eta0=0.1)
+    >>> _ = m.learn_many([[1.0]] * 50, [2.0] * 50)
+    >>> round(m.predict_one([1.0]), 3)
+    2.0
+    """
+
+    __slots__ = ()
+    _loss: Literal["logistic", "squared"] = "squared"
+
+
+def load_model(text: str) -> Union[Logistic, LinearRegression]:
+    """A model from its document (``to_json``). Refuses unknown fields, other formats and newer
+    versions with ``rtml.SpecError``."""
+    m = _core.Linear.from_json(text)
+    loss = json.loads(text).get("loss")
+    model: Union[Logistic, LinearRegression] = (
+        Logistic if loss == "logistic" else LinearRegression
+    )._wrap(m)
+    return model
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """Progressive-validation metrics over a rolling event-time window (None: everything).
+
+    >>> import rtml.learn as rl
+    >>> m = rl.Metrics()
+    >>> m.add_many([1, 2, 3, 4], [0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    >>> m.auc(), m.count
+    (0.75, 4)
+    """
+
+    __slots__ = ("_m", "_clock")
+
+    def __init__(self, window: Optional[Duration] = None) -> None:
+        self._m = _core.Metrics(None if window is None else _duration_ns(window, "window"))
+        self._clock = _Clock()
+
+    def add(self, t: Instant, p: float, y: float) -> None:
+        self.add_many([self._clock.ns(t, "t")], [p], [y])
+
+    def add_many(self, t: Any, p: Any, y: Any) -> None:
+        self._m.add_many(
+            self._clock.many(t, "t"),
+            np.ascontiguousarray(p, dtype=np.float64),
+            np.ascontiguousarray(y, dtype=np.float64),
+        )
+
+    def log_loss(self) -> Optional[float]:
+        return self._m.log_loss()
+
+    def auc(self) -> Optional[float]:
+        return self._m.auc()
+
+    def mse(self) -> Optional[float]:
+        return self._m.mse()
+
+    def calibration(self, bins: int = 10) -> list[dict[str, float]]:
+        return self._m.calibration(bins)
+
+    @property
+    def count(self) -> int:
+        """Rows in the window."""
+        return self._m.count
+
+    @property
+    def seen(self) -> int:
+        """Rows ever recorded."""
+        return self._m.seen
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "seen": self.seen,
+            "log_loss": self.log_loss(),
+            "auc": self.auc(),
+            "mse": self.mse(),
+        }
+
+
+# ---------------------------------------------------------------------------------- label join
+
+
+class Examples(NamedTuple):
+    """Released training examples, in (release, request_id) order."""
+
+    request_id: list[Any]
+    at: np.ndarray
+    release: np.ndarray
+    X: np.ndarray
+    y: np.ndarray
+    timed_out: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.request_id)
+
+
+class LabelJoin:
+    """Served rows wait for their labels (docs/learning.md, "The label join").
+
+    `wait`: how long a served row waits for its label (event time). `on_timeout`: "drop", or a
+    default label for rows whose label did not come. `max_pending`: rows held at most (serving
+    more evicts the row due first; counted). `allowed_lateness`: how far label times may go
+    back behind the label watermark.
+
+    >>> import rtml.learn as rl
+    >>> j = rl.LabelJoin(wait=100, on_timeout=0.0)
+    >>> j.serve("r1", at=0, x=[1.0, 2.0]); j.serve("r2", at=5, x=[3.0, 4.0])
+    'accepted'
+    'accepted'
+    >>> j.label("r2", at=40, y=1.0)
+    'accepted'
+    >>> j.advance(200)
+    >>> ex = j.drain()
+    >>> ex.request_id, ex.release.tolist(), ex.y.tolist(), ex.timed_out.tolist()
+    (['r2', 'r1'], [40, 100], [1.0, 0.0], [False, True])
+    """
+
+    __slots__ = ("_j", "_clock", "_n_features")
+
+    def __init__(
+        self,
+        wait: Duration,
+        on_timeout: Union[str, float] = "drop",
+        max_pending: int = 1_000_000,
+        allowed_lateness: Duration = 0,
+    ) -> None:
+        if on_timeout == "drop":
+            default: Optional[float] = None
+        elif isinstance(on_timeout, (int, float)) and not isinstance(on_timeout, bool):
+            default = float(on_timeout)
+        else:
+            raise SpecError(
+                f"on_timeout: expected 'drop' or a default label (number), got {on_timeout!r}"
+            )
+        if (
+            isinstance(max_pending, bool)
+            or not isinstance(max_pending, (int, np.integer))
+            or max_pending < 1
+        ):
+            raise SpecError(f"max_pending: expected an int >= 1, got {max_pending!r}")
+        self._j = _core.LabelJoin(
+            _duration_ns(wait, "wait"),
+            default,
+            int(max_pending),
+            _duration_ns(allowed_lateness, "allowed_lateness"),
+        )
+        self._clock = _Clock()
+        self._n_features: Optional[int] = None
+
+    def _check_len(self, k: int) -> None:
+        if self._n_features is None:
+            self._n_features = k
+        elif k != self._n_features:
+            raise SchemaError(
+                f"column 'x': expected vectors of {self._n_features} features, got {k}"
+            )
+
+    def serve(self, request_id: Union[int, str], at: Instant, x: Any) -> str:
+        """A served row; returns "accepted" or "late" (decided already; counted). A reused
+        request id raises ``rtml.SchemaError``."""
+        v = _vec(x)
+        self._check_len(v.size)
+        return self._j.serve(request_id, self._clock.ns(at, "at"), v)
+
+    def serve_many(self, request_ids: Any, at: Any, X: Any) -> tuple[int, int]:
+        """Rows in order; returns (accepted, late)."""
+        m = _mat(X)
+        self._check_len(m.shape[1])
+        ids = (
+            request_ids
+            if isinstance(request_ids, np.ndarray) and request_ids.dtype == np.int64
+            else list(request_ids)
+        )
+        return self._j.serve_many(ids, self._clock.many(at, "at"), m)
+
+    def label(self, request_id: Union[int, str], at: Instant, y: float) -> str:
+        """One label known at event time `at`; returns "accepted", "late" or "after_wait"
+        (counted). Bad input (unknown or already released id, second label, NaN) raises
+        ``rtml.SchemaError`` naming the request id, is counted, and changes nothing else."""
+        if not isinstance(y, (int, float, np.floating, np.integer)):  # bool is an int: 0 / 1
+            try:  # counted by the join as a bad label, like a NaN
+                self._j.label(request_id, 0, float("nan"))
+            except SchemaError:
+                pass
+            raise SchemaError(
+                f"column 'label': request id {request_id!r}: expected a number, got {type(y).__name__}"
+            )
+        return self._j.label(request_id, self._clock.ns(at, "at"), float(y))
+
+    def labels(self, request_ids: Any, at: Any, y: Any) -> int:
+        """Labels from a stream, in order: bad ones are counted in ``stats()``, not raised.
+        Returns how many were taken."""
+        ids = (
+            request_ids
+            if isinstance(request_ids, np.ndarray) and request_ids.dtype == np.int64
+            else list(request_ids)
+        )
+        return self._j.labels(
+            ids, self._clock.many(at, "at"), np.ascontiguousarray(y, dtype=np.float64)
+        )
+
+    def advance(self, t: Instant) -> None:
+        """Move the label watermark to `t` (e.g. "now" in a service whose labels are quiet)."""
+        self._j.advance(self._clock.ns(t, "t"))
+
+    def flush(self) -> None:
+        """End of stream: release everything pending (unlabeled rows as timeouts)."""
+        self._j.flush()
+
+    def drain(self) -> Examples:
+        """The examples released so far, in (release time, request id) order."""
+        ids, at, rel, X, y, to = self._j.drain()
+        if X.shape[0] == 0 and self._n_features:
+            X = X.reshape(0, self._n_features)
+        return Examples(ids, at, rel, X, y, to)
+
+    def stats(self) -> dict[str, Any]:
+        return self._j.stats()
+
+    @property
+    def pending(self) -> int:
+        return self._j.pending
+
+    @property
+    def watermark(self) -> Optional[int]:
+        return self._j.watermark
+
+
+# ---------------------------------------------------------------------------------- served log
+
+_OPEN_LOGS: "weakref.WeakSet[ServedLog]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_logs() -> None:  # nothing buffered is lost on a clean interpreter exit
+    for log in list(_OPEN_LOGS):
+        log.close()
+
+
+class ServedLog:
+    """What each prediction used, written to Parquet: one file per flush in `path` (a
+    directory), columns ``request_id`` (str), one column per entity key, ``at``, ``x``
+    (list<float64>), ``model_version`` (str) and ``prediction`` (float64).
+
+    The buffer holds at most `max_rows` rows (a full buffer is written before the call
+    returns: nothing is dropped); a background thread writes it every `flush_interval`
+    seconds; ``close()`` (also a ``with`` block's end, and interpreter exit) writes the rest.
+    Read it back with ``ServedLog.read(path)``.
+
+    >>> import tempfile, rtml.learn as rl
+    >>> d = tempfile.mkdtemp()
+    >>> with rl.ServedLog(d) as log:
+    ...     log.log("r1", {"driver": 7}, 1_700_000_000_000_000_000, [0.5, 1.0], "v1", 0.73)
+    >>> rl.ServedLog.read(d).to_pylist()[0]["x"]
+    [0.5, 1.0]
+    """
+
+    def __init__(
+        self,
+        path: Union[str, "os.PathLike[str]"],
+        *,
+        max_rows: int = 10_000,
+        flush_interval: Optional[float] = 5.0,
+    ) -> None:
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise SpecError(f"max_rows: expected an int >= 1, got {max_rows!r}")
+        if flush_interval is not None and not flush_interval > 0:
+            raise SpecError(f"flush_interval: expected seconds > 0 or None, got {flush_interval!r}")
+        self.path = os.fspath(path)
+        os.makedirs(self.path, exist_ok=True)
+        self.max_rows = max_rows
+        self.flush_interval = flush_interval
+        self._lock = threading.Lock()
+        self._rows: list[tuple[Any, ...]] = []
+        self._keys: Optional[tuple[str, ...]] = None
+        self._clock = _Clock()
+        self._aware: Optional[bool] = None
+        existing = [
+            f for f in os.listdir(self.path) if f.startswith("part-") and f.endswith(".parquet")
+        ]
+        self._seq = len(existing)
+        self._closed = False
+        self.rows_written = 0
+        self.files_written = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        if flush_interval is not None:
+            self._thread = threading.Thread(target=self._tick, name="rtml-served-log", daemon=True)
+            self._thread.start()
+        _OPEN_LOGS.add(self)
+
+    def _tick(self) -> None:
+        assert self.flush_interval is not None
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+
+    def log(
+        self,
+        request_id: Union[int, str],
+        keys: dict[str, Any],
+        at: Instant,
+        x: Any,
+        model_version: str,
+        prediction: float,
+    ) -> None:
+        """Record one served prediction."""
+        if self._closed:
+            raise SchemaError("ServedLog: the log is closed")
+        if not isinstance(request_id, (int, str)) or isinstance(request_id, bool):
+            raise SchemaError(
+                f"column 'request_id': expected int or str, got {type(request_id).__name__}"
+            )
+        if not isinstance(keys, dict):
+            raise SchemaError(
+                f"column 'keys': expected a dict of entity keys, got {type(keys).__name__}"
+            )
+        names = tuple(keys)
+        if self._keys is None:
+            self._keys = names
+        elif names != self._keys:
+            raise SchemaError(
+                f"column 'keys': expected the keys {list(self._keys)}, got {list(names)}"
+            )
+        ns = self._clock.ns(at, "at")
+        vec = _vec(x).tolist()
+        row = (
+            str(request_id),
+            tuple(keys.values()),
+            ns,
+            vec,
+            str(model_version),
+            float(prediction),
+        )
+        with self._lock:
+            self._rows.append(row)
+            full = len(self._rows) >= self.max_rows
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows (one Parquet file) now."""
+        import pyarrow.parquet as pq
+
+        with self._lock:
+            rows, self._rows = self._rows, []
+            if not rows:
+                return
+            cols: dict[str, Any] = {"request_id": pa.array([r[0] for r in rows], pa.string())}
+            for i, name in enumerate(self._keys or ()):
+                cols[name] = pa.array([r[1][i] for r in rows])
+            tz = "UTC" if self._clock.kind == "aware" else None
+            cols["at"] = pa.array([r[2] for r in rows], pa.int64()).cast(pa.timestamp("ns", tz=tz))
+            cols["x"] = pa.array([r[3] for r in rows], pa.list_(pa.float64()))
+            cols["model_version"] = pa.array([r[4] for r in rows], pa.string())
+            cols["prediction"] = pa.array([r[5] for r in rows], pa.float64())
+            table = pa.table(cols)
+            name = os.path.join(self.path, f"part-{self._seq:06d}.parquet")
+            tmp = name + ".tmp"
+            try:
+                pq.write_table(table, tmp)
+                os.replace(tmp, name)
+            except BaseException:
+                self._rows[:0] = rows  # keep them for the next flush
+                raise
+            self._seq += 1
+            self.rows_written += len(rows)
+            self.files_written += 1
+
+    @property
+    def buffered(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+    def close(self) -> None:
+        """Write what is buffered and stop the flush thread (idempotent)."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self.flush()
+        self._closed = True
+        _OPEN_LOGS.discard(self)
+
+    def __enter__(self) -> "ServedLog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @staticmethod
+    def read(path: Union[str, "os.PathLike[str]"]) -> pa.Table:
+        """Every row logged in `path`, in the order written."""
+        import pyarrow.parquet as pq
+
+        files = sorted(
+            f for f in os.listdir(path) if f.startswith("part-") and f.endswith(".parquet")
+        )
+        tables = [pq.read_table(os.path.join(path, f)) for f in files]
+        return pa.concat_tables(tables) if tables else pa.table({})
+
+
+# ---------------------------------------------------------------------------------- replay
+
+
+class Replay(NamedTuple):
+    """What :func:`replay` reproduced."""
+
+    model: Any
+    examples: Examples
+    predictions: np.ndarray  # the progressive (test-then-train) score of each example
+    metrics: Metrics
+    join_stats: dict[str, Any]
+    served: np.ndarray  # the served vectors, one row per request, in request order
+
+
+def _concat_examples(parts: list[Examples], k: int) -> Examples:
+    if not parts:
+        return Examples(
+            [],
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros((0, k)),
+            np.zeros(0),
+            np.zeros(0, bool),
+        )
+    return Examples(
+        [i for p in parts for i in p.request_id],
+        np.concatenate([p.at for p in parts]),
+        np.concatenate([p.release for p in parts]),
+        np.concatenate([p.X.reshape(-1, k) for p in parts]),
+        np.concatenate([p.y for p in parts]),
+        np.concatenate([p.timed_out for p in parts]),
+    )
+
+
+def replay(
+    feature_set: Any,
+    transforms: Any,
+    events: Any,
+    requests: Any,
+    labels: Any,
+    learner: Any,
+    *,
+    wait: Duration,
+    on_timeout: Union[str, float] = "drop",
+    allowed_lateness: Duration = 0,
+    max_pending: int = 1_000_000,
+    metrics_window: Optional[Duration] = None,
+    request_id: str = "request_id",
+    at: str = "at",
+    label_time: str = "at",
+    label: str = "label",
+) -> Replay:
+    """Reproduce offline what a service served, joined and learned.
+
+    `requests`: one row per prediction (`request_id`, the entity key column, `at`, and any
+    request-time fields the `transforms` read). `labels`: `request_id`, `label_time`, `label`.
+    The served vectors are ``transforms`` applied to ``feature_set.backfill(events, requests)``
+    (the features as of each request's `at`: what an online engine that had ingested the
+    events in time order served). Requests and labels then go through a :class:`LabelJoin` in
+    time order (requests first on ties), and the released examples train `learner` (a
+    :class:`Logistic` / :class:`LinearRegression`, changed in place) test-then-train.
+
+    The examples, their order, the progressive scores and the final model are bit for bit
+    those of a live service fed the same stream (see docs/learning.md).
+    """
+    from . import _io
+
+    t = getattr(transforms, "_t", transforms)
+    req = _io.to_table(requests, "requests")
+    feats = feature_set.backfill(events, req, time=at, progress=False)
+    if not isinstance(t, _core.Transforms):
+        raise TypeError(f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}")
+    X = np.ascontiguousarray(t.transform_numpy(feats), dtype=np.float64)
+    lab = _io.to_table(labels, "labels")
+    join = LabelJoin(
+        wait, on_timeout=on_timeout, max_pending=max_pending, allowed_lateness=allowed_lateness
+    )
+    metrics = Metrics(metrics_window)
+    req_t = join._clock.many(req.column(at), at)
+    lab_t = join._clock.many(lab.column(label_time), label_time)
+    req_ids = req.column(request_id).to_pylist()
+    lab_ids = lab.column(request_id).to_pylist()
+    lab_y = np.ascontiguousarray(lab.column(label).to_numpy(zero_copy_only=False), dtype=np.float64)
+    # time order, requests before labels at the same instant, each stream's own order kept
+    order = np.lexsort(
+        (
+            np.r_[np.arange(len(req_t)), np.arange(len(lab_t))],
+            np.r_[np.zeros(len(req_t)), np.ones(len(lab_t))],
+            np.r_[req_t, lab_t],
+        )
+    )
+    is_label = order >= len(req_t)
+    idx = np.where(is_label, order - len(req_t), order)
+    parts: list[Examples] = []
+    preds: list[np.ndarray] = []
+    # runs of consecutive requests / labels go through the join in one call each
+    bounds = np.flatnonzero(np.diff(is_label.astype(np.int8))) + 1
+    for run in np.split(np.arange(len(order)), bounds):
+        if not len(run):
+            continue
+        rows = idx[run]
+        if is_label[run[0]]:
+            join.labels([lab_ids[i] for i in rows], lab_t[rows], lab_y[rows])
+            ex = join.drain()
+            if len(ex):
+                preds.append(learner.progressive(ex.X, ex.y, ex.release, metrics))
+                parts.append(ex)
+        else:
+            join.serve_many([req_ids[i] for i in rows], req_t[rows], X[rows])
+    join.flush()
+    ex = join.drain()
+    if len(ex):
+        preds.append(learner.progressive(ex.X, ex.y, ex.release, metrics))
+        parts.append(ex)
+    k = X.shape[1]
+    return Replay(
+        learner,
+        _concat_examples(parts, k),
+        np.concatenate(preds) if preds else np.zeros(0),
+        metrics,
+        join.stats(),
+        X,
+    )
+
+
+# ---------------------------------------------------------------------------------- adapters
+
+
+def to_river(model: Any, examples: Examples, feature_names: Optional[Sequence[str]] = None) -> Any:
+    """Feed joined examples to a River model (``learn_one(dict, y)``), in order. Outside the
+    bit-exact promise (River's arithmetic is its own). Returns the model."""
+    names = (
+        list(feature_names)
+        if feature_names is not None
+        else [f"x{i}" for i in range(examples.X.shape[1])]
+    )
+    for row, y in zip(examples.X.tolist(), examples.y.tolist(), strict=False):
+        model.learn_one(dict(zip(names, row, strict=False)), y)
+    return model
+
+
+def to_sklearn(
+    model: Any,
+    examples: Examples,
+    classes: Optional[Sequence[Any]] = (0.0, 1.0),
+    batch_size: Optional[int] = None,
+) -> Any:
+    """Feed joined examples to a scikit-learn estimator's ``partial_fit``, in order (all at
+    once, or in batches of `batch_size`). `classes` is passed to classifiers (None for
+    regressors). Outside the bit-exact promise. Returns the model."""
+    n = len(examples.y)
+    step = batch_size or max(n, 1)
+    for s in range(0, n, step):
+        X, y = examples.X[s : s + step], examples.y[s : s + step]
+        if classes is not None:
+            model.partial_fit(X, y, classes=np.asarray(classes))
+        else:
+            model.partial_fit(X, y)
+    return model

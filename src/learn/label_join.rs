@@ -1,0 +1,472 @@
+//! The label join: served rows (request id, `at`, feature vector) wait for their label.
+//!
+//! Labels are events with their own event time `t`. The label stream has a watermark `W` (the
+//! largest label time accepted, or a time given to [`LabelJoin::advance`]) and an allowed
+//! lateness `L`; the *settled point* is `S = W - L`.
+//!
+//! * A label with `t < S` is late: counted, ignored. A label for a pending row with
+//!   `t <= at + wait` attaches to it: the row's release time is `max(t, at)`. A label with
+//!   `t > at + wait` comes after the wait: counted, ignored (the row times out).
+//! * A row without a label times out at release time `at + wait`: it is dropped (counted) or
+//!   released with the default label, per [`OnTimeout`].
+//! * Rows are released, as [`Example`]s, once their release time is `< S`, in
+//!   (release time, request id) order. Every label accepted later has `t >= S`, so the whole
+//!   sequence of examples is sorted by (release time, request id): it does not depend on the
+//!   arrival order of rows and labels as long as nothing arrives later than the lateness allows.
+//! * A served row with `at + wait < S` is late (its fate is already decided): counted, ignored.
+//! * At most `max_pending` rows wait; serving one more evicts the row that would be released
+//!   first (counted as evicted, never released).
+//!
+//! Bad input (a label for an unknown or already released request id, a second label for a row,
+//! a NaN / inf label, a request id served twice) is refused with a typed error naming the
+//! request id, counted, and changes nothing else. Released, timed-out and evicted ids are
+//! remembered until `S` passes `at + wait` (afterwards no label could attach anyway), so a label
+//! for them is told apart from one for an id never served; after that it counts as unknown.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// A request id: an integer or a string (integers order before strings).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestId {
+    Int(i64),
+    Str(String),
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestId::Int(i) => write!(f, "{i}"),
+            RequestId::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// What happens to a served row whose label did not come within `wait`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OnTimeout {
+    /// Not released (counted as `timeouts_dropped`).
+    Drop,
+    /// Released with this label (`timed_out = true`).
+    Label(f64),
+}
+
+/// A released training example.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    pub id: RequestId,
+    /// When the row was served (its features are as of `at`).
+    pub at: i64,
+    /// Release time: the label's time (at least `at`), or `at + wait` for a timeout.
+    pub release: i64,
+    pub x: Vec<f64>,
+    pub y: f64,
+    pub timed_out: bool,
+}
+
+/// What a served row or a label did (the refusals are errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Taken into the join.
+    Accepted,
+    /// Older than the settled point: ignored (counted).
+    Late,
+    /// A label later than its row's `at + wait`: ignored (counted); the row times out.
+    AfterWait,
+}
+pub type LabelOutcome = Outcome;
+
+/// The join's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub served: u64,
+    pub labels: u64,
+    pub released_labeled: u64,
+    pub released_timeout: u64,
+    pub timeouts_dropped: u64,
+    pub late_served: u64,
+    pub late_labels: u64,
+    pub labels_after_wait: u64,
+    pub unknown_labels: u64,
+    pub labels_for_released: u64,
+    pub duplicate_labels: u64,
+    pub bad_labels: u64,
+    pub reused_ids: u64,
+    pub evicted: u64,
+}
+
+impl Stats {
+    /// (name, value) pairs, in a fixed order.
+    pub fn items(&self) -> [(&'static str, u64); 14] {
+        [
+            ("served", self.served),
+            ("labels", self.labels),
+            ("released_labeled", self.released_labeled),
+            ("released_timeout", self.released_timeout),
+            ("timeouts_dropped", self.timeouts_dropped),
+            ("late_served", self.late_served),
+            ("late_labels", self.late_labels),
+            ("labels_after_wait", self.labels_after_wait),
+            ("unknown_labels", self.unknown_labels),
+            ("labels_for_released", self.labels_for_released),
+            ("duplicate_labels", self.duplicate_labels),
+            ("bad_labels", self.bad_labels),
+            ("reused_ids", self.reused_ids),
+            ("evicted", self.evicted),
+        ]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gone {
+    Released,
+    TimedOut,
+    Evicted,
+}
+
+#[derive(Debug)]
+struct Row {
+    at: i64,
+    x: Vec<f64>,
+    label: Option<f64>,
+    /// The row's key in `queue`.
+    release: i64,
+}
+
+/// The label join (see the module documentation).
+#[derive(Debug)]
+pub struct LabelJoin {
+    wait: i64,
+    on_timeout: OnTimeout,
+    max_pending: usize,
+    lateness: i64,
+    pending: HashMap<RequestId, Row>,
+    /// (release time, id) of every pending row.
+    queue: BTreeSet<(i64, RequestId)>,
+    /// Ids no longer pending, until the settled point passes their `at + wait`.
+    gone: HashMap<RequestId, (i64, Gone)>,
+    forget: BTreeSet<(i64, RequestId)>,
+    watermark: Option<i64>,
+    out: Vec<Example>,
+    stats: Stats,
+}
+
+impl LabelJoin {
+    /// `wait` and `allowed_lateness` in nanoseconds (>= 0), `max_pending` >= 1.
+    pub fn new(
+        wait: i64,
+        on_timeout: OnTimeout,
+        max_pending: usize,
+        allowed_lateness: i64,
+    ) -> Result<LabelJoin> {
+        if wait < 0 {
+            return Err(Error::spec("wait", format!("must be >= 0, got {wait} ns")));
+        }
+        if allowed_lateness < 0 {
+            return Err(Error::spec(
+                "allowed_lateness",
+                format!("must be >= 0, got {allowed_lateness} ns"),
+            ));
+        }
+        if max_pending == 0 {
+            return Err(Error::spec("max_pending", "must be >= 1"));
+        }
+        if let OnTimeout::Label(v) = on_timeout {
+            if !v.is_finite() {
+                return Err(Error::spec(
+                    "on_timeout",
+                    format!("a default label must be finite, got {v}"),
+                ));
+            }
+        }
+        Ok(LabelJoin {
+            wait,
+            on_timeout,
+            max_pending,
+            lateness: allowed_lateness,
+            pending: HashMap::new(),
+            queue: BTreeSet::new(),
+            gone: HashMap::new(),
+            forget: BTreeSet::new(),
+            watermark: None,
+            out: Vec::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+    /// Examples released and not yet drained.
+    pub fn ready(&self) -> usize {
+        self.out.len()
+    }
+
+    fn settled(&self) -> Option<i64> {
+        self.watermark.map(|w| w.saturating_sub(self.lateness))
+    }
+
+    /// A row served at `at` with feature vector `x`.
+    pub fn serve(&mut self, id: RequestId, at: i64, x: Vec<f64>) -> Result<Outcome> {
+        if self.pending.contains_key(&id) || self.gone.contains_key(&id) {
+            self.stats.reused_ids += 1;
+            return Err(Error::schema(
+                "request_id",
+                format!("request id {id} was already served: a request id names one prediction"),
+            ));
+        }
+        let deadline = at.saturating_add(self.wait);
+        if self.settled().is_some_and(|s| deadline < s) {
+            self.stats.late_served += 1;
+            return Ok(Outcome::Late);
+        }
+        if self.pending.len() >= self.max_pending {
+            if let Some((_, victim)) = self.queue.pop_first() {
+                let row = self
+                    .pending
+                    .remove(&victim)
+                    .expect("queue and pending agree");
+                self.stats.evicted += 1;
+                self.remember(victim, row.at, Gone::Evicted);
+            }
+        }
+        self.stats.served += 1;
+        self.queue.insert((deadline, id.clone()));
+        self.pending.insert(
+            id,
+            Row {
+                at,
+                x,
+                label: None,
+                release: deadline,
+            },
+        );
+        Ok(Outcome::Accepted)
+    }
+
+    /// Serve rows in order, all or nothing: a request id already used (or twice in `rows`)
+    /// refuses the whole batch (counted once). Returns (accepted, late).
+    pub fn serve_many(&mut self, rows: Vec<(RequestId, i64, Vec<f64>)>) -> Result<(u64, u64)> {
+        let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        for (id, _, _) in &rows {
+            if self.pending.contains_key(id) || self.gone.contains_key(id) || !seen.insert(id) {
+                self.stats.reused_ids += 1;
+                return Err(Error::schema(
+                    "request_id",
+                    format!(
+                        "request id {id} was already served: a request id names one prediction \
+                         (nothing in this batch was served)"
+                    ),
+                ));
+            }
+        }
+        let (mut accepted, mut late) = (0, 0);
+        for (id, at, x) in rows {
+            match self.serve(id, at, x)? {
+                Outcome::Accepted => accepted += 1,
+                _ => late += 1,
+            }
+        }
+        Ok((accepted, late))
+    }
+
+    /// The examples released and not yet drained.
+    pub fn released(&self) -> &[Example] {
+        &self.out
+    }
+
+    fn remember(&mut self, id: RequestId, at: i64, how: Gone) {
+        let until = at.saturating_add(self.wait);
+        self.forget.insert((until, id.clone()));
+        self.gone.insert(id, (until, how));
+    }
+
+    /// The label `y` of request `id`, known at event time `t`.
+    pub fn label(&mut self, id: &RequestId, t: i64, y: f64) -> Result<Outcome> {
+        if !y.is_finite() {
+            self.stats.bad_labels += 1;
+            return Err(Error::schema(
+                "label",
+                format!("request id {id}: labels must be finite, got {y}"),
+            ));
+        }
+        if self.settled().is_some_and(|s| t < s) {
+            self.stats.late_labels += 1;
+            return Ok(Outcome::Late);
+        }
+        let outcome = match self.pending.get_mut(id) {
+            Some(row) if row.label.is_some() => {
+                self.stats.duplicate_labels += 1;
+                return Err(Error::schema(
+                    "request_id",
+                    format!("request id {id} already has a label"),
+                ));
+            }
+            Some(row) if t > row.at.saturating_add(self.wait) => {
+                self.stats.labels_after_wait += 1;
+                Outcome::AfterWait
+            }
+            Some(row) => {
+                let release = t.max(row.at);
+                let old = row.release;
+                row.label = Some(y);
+                row.release = release;
+                self.queue.remove(&(old, id.clone()));
+                self.queue.insert((release, id.clone()));
+                Outcome::Accepted
+            }
+            None => {
+                let what = match self.gone.get(id).map(|g| g.1) {
+                    Some(how) => {
+                        self.stats.labels_for_released += 1;
+                        match how {
+                            Gone::Released => "was already released with its label",
+                            Gone::TimedOut => "was already released as timed out",
+                            Gone::Evicted => "was evicted (max_pending reached)",
+                        }
+                    }
+                    None => {
+                        self.stats.unknown_labels += 1;
+                        "is unknown (never served, or forgotten after its wait)"
+                    }
+                };
+                return Err(Error::schema(
+                    "request_id",
+                    format!("label for request id {id}: it {what}"),
+                ));
+            }
+        };
+        self.stats.labels += 1;
+        self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
+        self.release();
+        Ok(outcome)
+    }
+
+    /// Move the label watermark to `t` (never backwards): "no label older than `t` is coming
+    /// except within the allowed lateness". Releases what that settles.
+    pub fn advance(&mut self, t: i64) {
+        self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
+        self.release();
+    }
+
+    /// End of stream: release every pending row (labeled ones, the rest as timeouts).
+    pub fn flush(&mut self) {
+        self.watermark = Some(i64::MAX);
+        let lateness = std::mem::replace(&mut self.lateness, 0);
+        self.release();
+        self.lateness = lateness;
+    }
+
+    fn release(&mut self) {
+        let Some(s) = self.settled() else { return };
+        // a flush settles everything, including rows released at i64::MAX
+        let all = s == i64::MAX;
+        while let Some((r, _)) = self.queue.first() {
+            if !(*r < s || all) {
+                break;
+            }
+            let (release, id) = self.queue.pop_first().expect("non-empty");
+            let row = self.pending.remove(&id).expect("queue and pending agree");
+            match (row.label, self.on_timeout) {
+                (Some(y), _) => {
+                    self.stats.released_labeled += 1;
+                    self.out.push(Example {
+                        id: id.clone(),
+                        at: row.at,
+                        release,
+                        x: row.x,
+                        y,
+                        timed_out: false,
+                    });
+                    self.remember(id, row.at, Gone::Released);
+                }
+                (None, OnTimeout::Label(y)) => {
+                    self.stats.released_timeout += 1;
+                    self.out.push(Example {
+                        id: id.clone(),
+                        at: row.at,
+                        release,
+                        x: row.x,
+                        y,
+                        timed_out: true,
+                    });
+                    self.remember(id, row.at, Gone::TimedOut);
+                }
+                (None, OnTimeout::Drop) => {
+                    self.stats.timeouts_dropped += 1;
+                    self.remember(id, row.at, Gone::TimedOut);
+                }
+            }
+        }
+        while let Some((until, _)) = self.forget.first() {
+            if *until >= s || all {
+                // (a flush keeps the memory: a later label is "already released")
+                break;
+            }
+            let (_, id) = self.forget.pop_first().expect("non-empty");
+            self.gone.remove(&id);
+        }
+    }
+
+    /// Take the examples released so far, in release order.
+    pub fn drain(&mut self) -> Vec<Example> {
+        std::mem::take(&mut self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: i64) -> RequestId {
+        RequestId::Int(i)
+    }
+
+    #[test]
+    fn label_releases_after_the_settled_point_and_timeouts_use_the_default() {
+        let mut j = LabelJoin::new(100, OnTimeout::Label(0.0), 10, 5).unwrap();
+        j.serve(id(1), 0, vec![1.0]).unwrap();
+        j.serve(id(2), 10, vec![2.0]).unwrap();
+        assert_eq!(j.label(&id(2), 50, 1.0).unwrap(), Outcome::Accepted);
+        assert!(j.drain().is_empty()); // S = 45 < 50
+        j.advance(56); // S = 51 > 50
+        let ex = j.drain();
+        assert_eq!(ex.len(), 1);
+        assert_eq!((ex[0].id.clone(), ex[0].release, ex[0].y), (id(2), 50, 1.0));
+        j.advance(106); // S = 101 > 0 + 100
+        let ex = j.drain();
+        assert_eq!(
+            (ex[0].id.clone(), ex[0].release, ex[0].timed_out),
+            (id(1), 100, true)
+        );
+        // bad input: typed errors, counted
+        assert!(j
+            .label(&id(2), 105, 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("already released"));
+        // id 1 timed out and, with S = 101 past its at + wait = 100, is forgotten
+        assert!(j
+            .label(&id(1), 105, 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
+        assert!(j
+            .label(&id(9), 101, 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
+        assert!(j.serve(id(2), 200, vec![]).is_err());
+        assert_eq!(j.stats().labels_for_released, 1);
+        assert_eq!(j.stats().unknown_labels, 2);
+        assert_eq!(j.stats().reused_ids, 1);
+    }
+}

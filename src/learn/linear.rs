@@ -1,0 +1,616 @@
+//! Online linear models: logistic regression (log loss) and linear regression (squared loss),
+//! trained with FTRL-Proximal (McMahan et al. 2013, "Ad Click Prediction: a View from the
+//! Trenches", Algorithm 1, per-coordinate learning rates) or with plain SGD.
+//!
+//! Determinism: every update is a fixed sequence of IEEE operations in coordinate order (no
+//! fused multiply-add, no parallelism), so `learn_many` is the loop of `learn_one` bit for bit
+//! and a slow reference written with the same operation order (tests/python/learn_reference.py)
+//! gives the same bits.
+//!
+//! The update equations, for one example `(x, y)` with `x` of length `k` and an intercept kept
+//! as coordinate `k` with input 1 (the intercept is never regularized):
+//!
+//! * margin `m = (((0 + w0*x0) + w1*x1) + ...) + wk`; prediction `p = 1 / (1 + exp(-m))`
+//!   (logistic, `m` clamped to [-35, 35]) or `p = m` (squared); gradient `g = p - y`.
+//! * FTRL: `w_i = 0` if `|z_i| <= l1`, else `-(z_i - sign(z_i) l1) / ((beta + sqrt(n_i)) / alpha + l2)`;
+//!   then `g_i = g x_i`, `s = (sqrt(n_i + g_i g_i) - sqrt(n_i)) / alpha`,
+//!   `z_i += g_i - s w_i`, `n_i += g_i g_i`.
+//! * SGD: `eta = eta0` (constant) or `eta0 / (t + 1)^power_t` (inverse scaling, `t` = updates so
+//!   far); `w_i = w_i - eta (g x_i + l2 w_i)`, then the L1 step `w_i = sign(w_i) max(0, |w_i| - eta l1)`;
+//!   intercept `w_k = w_k - eta g`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The model document's `format` value.
+pub const MODEL_FORMAT: &str = "rtml.linear";
+/// The model document's version (documents of a newer version are refused).
+pub const MODEL_VERSION: u32 = 1;
+
+/// Margin clamp of the logistic link (exp stays finite, p stays strictly inside (0, 1)).
+const MARGIN_CLAMP: f64 = 35.0;
+
+/// The loss, i.e. the model: logistic regression or linear (least-squares) regression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    Logistic,
+    Squared,
+}
+
+/// The SGD learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    /// `eta = eta0`.
+    Constant { eta0: f64 },
+    /// `eta = eta0 / (t + 1)^power_t`, `t` the number of updates so far.
+    InvScaling { eta0: f64, power_t: f64 },
+}
+
+/// How the weights are updated.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Optimizer {
+    /// FTRL-Proximal with per-coordinate learning rates.
+    Ftrl {
+        alpha: f64,
+        beta: f64,
+        l1: f64,
+        l2: f64,
+    },
+    /// Plain SGD with L2 (weight decay) and L1 (soft threshold) penalties.
+    Sgd {
+        schedule: Schedule,
+        l1: f64,
+        l2: f64,
+    },
+}
+
+impl Optimizer {
+    /// Check the hyper-parameters (finite; alpha, eta0 > 0; the rest >= 0).
+    pub fn validate(&self) -> Result<()> {
+        let pos = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::spec(
+                    name,
+                    format!("must be a finite number > 0, got {v}"),
+                ))
+            }
+        };
+        let nonneg = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(Error::spec(
+                    name,
+                    format!("must be a finite number >= 0, got {v}"),
+                ))
+            }
+        };
+        match *self {
+            Optimizer::Ftrl {
+                alpha,
+                beta,
+                l1,
+                l2,
+            } => {
+                pos("alpha", alpha)?;
+                nonneg("beta", beta)?;
+                nonneg("l1", l1)?;
+                nonneg("l2", l2)
+            }
+            Optimizer::Sgd { schedule, l1, l2 } => {
+                match schedule {
+                    Schedule::Constant { eta0 } => pos("eta0", eta0)?,
+                    Schedule::InvScaling { eta0, power_t } => {
+                        pos("eta0", eta0)?;
+                        nonneg("power_t", power_t)?
+                    }
+                }
+                nonneg("l1", l1)?;
+                nonneg("l2", l2)
+            }
+        }
+    }
+}
+
+/// An online linear model over dense feature vectors of a fixed length.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    loss: Loss,
+    opt: Optimizer,
+    n_features: usize,
+    /// Updates applied so far.
+    updates: u64,
+    /// FTRL: `z` (length `n_features + 1`, the intercept last). SGD: the weights `w`.
+    a: Vec<f64>,
+    /// FTRL: `n`, the sums of squared gradients. SGD: empty.
+    b: Vec<f64>,
+    /// FTRL scratch: the weights of the current example (not state).
+    w: Vec<f64>,
+}
+
+impl PartialEq for Linear {
+    /// Bit-for-bit equality of the model state (not of the scratch space).
+    fn eq(&self, o: &Linear) -> bool {
+        let bits = |a: &[f64], b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        };
+        self.loss == o.loss
+            && self.opt == o.opt
+            && self.n_features == o.n_features
+            && self.updates == o.updates
+            && bits(&self.a, &o.a)
+            && bits(&self.b, &o.b)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    format: String,
+    version: u32,
+    loss: Loss,
+    optimizer: Optimizer,
+    n_features: usize,
+    updates: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    z: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    w: Option<Vec<f64>>,
+}
+
+#[inline]
+fn sigmoid(m: f64) -> f64 {
+    let m = m.clamp(-MARGIN_CLAMP, MARGIN_CLAMP);
+    1.0 / (1.0 + (-m).exp())
+}
+
+#[inline]
+fn ftrl_weight(z: f64, n: f64, alpha: f64, beta: f64, l1: f64, l2: f64) -> f64 {
+    if z.abs() <= l1 {
+        0.0
+    } else {
+        let sign = if z > 0.0 { 1.0 } else { -1.0 };
+        -(z - sign * l1) / ((beta + n.sqrt()) / alpha + l2)
+    }
+}
+
+// Indexed loops on purpose: they spell the per-coordinate equations in the order the reference
+// (tests/python/learn_reference.py) follows.
+#[allow(clippy::needless_range_loop)]
+impl Linear {
+    /// A fresh model (all weights zero) for vectors of `n_features` values.
+    pub fn new(loss: Loss, opt: Optimizer, n_features: usize) -> Result<Linear> {
+        opt.validate()?;
+        let (b, w) = match opt {
+            Optimizer::Ftrl { .. } => (vec![0.0; n_features + 1], vec![0.0; n_features + 1]),
+            Optimizer::Sgd { .. } => (Vec::new(), Vec::new()),
+        };
+        Ok(Linear {
+            loss,
+            opt,
+            n_features,
+            updates: 0,
+            a: vec![0.0; n_features + 1],
+            b,
+            w,
+        })
+    }
+
+    pub fn loss(&self) -> Loss {
+        self.loss
+    }
+    pub fn optimizer(&self) -> Optimizer {
+        self.opt
+    }
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+    /// Number of examples learned.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// The current weights (the intercept last).
+    pub fn weights(&self) -> Vec<f64> {
+        match self.opt {
+            Optimizer::Sgd { .. } => self.a.clone(),
+            Optimizer::Ftrl {
+                alpha,
+                beta,
+                l1,
+                l2,
+            } => {
+                let k = self.n_features;
+                (0..=k)
+                    .map(|i| {
+                        let (l1, l2) = if i == k { (0.0, 0.0) } else { (l1, l2) };
+                        ftrl_weight(self.a[i], self.b[i], alpha, beta, l1, l2)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Check one feature vector (length, finite values). `row`: the row index in a batch.
+    fn check_x(&self, x: &[f64], row: Option<usize>) -> Result<()> {
+        let at = |what: String| match row {
+            Some(r) => format!("row {r}: {what}"),
+            None => what,
+        };
+        if x.len() != self.n_features {
+            return Err(Error::schema(
+                "x",
+                at(format!(
+                    "expected a vector of {} features, got {}",
+                    self.n_features,
+                    x.len()
+                )),
+            ));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Error::schema(
+                format!("x[{i}]"),
+                at(format!("feature values must be finite, got {}", x[i])),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_y(&self, y: f64, row: Option<usize>) -> Result<()> {
+        let at = |what: String| match row {
+            Some(r) => format!("row {r}: {what}"),
+            None => what,
+        };
+        if !y.is_finite() {
+            return Err(Error::schema(
+                "y",
+                at(format!("labels must be finite, got {y}")),
+            ));
+        }
+        if self.loss == Loss::Logistic && y != 0.0 && y != 1.0 {
+            return Err(Error::schema(
+                "y",
+                at(format!(
+                    "logistic regression labels must be 0 or 1, got {y}"
+                )),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fill the scratch weights (FTRL) and return the margin for `x` (already checked).
+    #[inline]
+    fn margin(&mut self, x: &[f64]) -> f64 {
+        let k = self.n_features;
+        match self.opt {
+            Optimizer::Sgd { .. } => {
+                let mut m = 0.0;
+                for i in 0..k {
+                    m += self.a[i] * x[i];
+                }
+                m + self.a[k]
+            }
+            Optimizer::Ftrl {
+                alpha,
+                beta,
+                l1,
+                l2,
+            } => {
+                let mut m = 0.0;
+                for i in 0..k {
+                    let wi = ftrl_weight(self.a[i], self.b[i], alpha, beta, l1, l2);
+                    self.w[i] = wi;
+                    m += wi * x[i];
+                }
+                let wb = ftrl_weight(self.a[k], self.b[k], alpha, beta, 0.0, 0.0);
+                self.w[k] = wb;
+                m + wb
+            }
+        }
+    }
+
+    /// The margin without touching the scratch space (a read for `predict_one`).
+    fn margin_ro(&self, x: &[f64]) -> f64 {
+        let k = self.n_features;
+        match self.opt {
+            Optimizer::Sgd { .. } => {
+                let mut m = 0.0;
+                for i in 0..k {
+                    m += self.a[i] * x[i];
+                }
+                m + self.a[k]
+            }
+            Optimizer::Ftrl {
+                alpha,
+                beta,
+                l1,
+                l2,
+            } => {
+                let mut m = 0.0;
+                for i in 0..k {
+                    m += ftrl_weight(self.a[i], self.b[i], alpha, beta, l1, l2) * x[i];
+                }
+                m + ftrl_weight(self.a[k], self.b[k], alpha, beta, 0.0, 0.0)
+            }
+        }
+    }
+
+    #[inline]
+    fn link(&self, m: f64) -> f64 {
+        match self.loss {
+            Loss::Logistic => sigmoid(m),
+            Loss::Squared => m,
+        }
+    }
+
+    /// The prediction for `x`: P(y = 1) (logistic) or the regression value (squared).
+    pub fn predict_one(&self, x: &[f64]) -> Result<f64> {
+        self.check_x(x, None)?;
+        Ok(self.link(self.margin_ro(x)))
+    }
+
+    /// Predictions for `rows` vectors laid out row after row in `xs`.
+    pub fn predict_many(&self, xs: &[f64], rows: usize) -> Result<Vec<f64>> {
+        self.check_batch(xs, rows, None)?;
+        let k = self.n_features;
+        Ok((0..rows)
+            .map(|r| self.link(self.margin_ro(&xs[r * k..(r + 1) * k])))
+            .collect())
+    }
+
+    /// One update on checked input; returns the prediction made before the update.
+    #[inline]
+    fn update(&mut self, x: &[f64], y: f64) -> f64 {
+        let p = {
+            let m = self.margin(x);
+            self.link(m)
+        };
+        let g = p - y;
+        let k = self.n_features;
+        match self.opt {
+            Optimizer::Ftrl { alpha, .. } => {
+                for i in 0..=k {
+                    let xi = if i == k { 1.0 } else { x[i] };
+                    let gi = g * xi;
+                    let gg = gi * gi;
+                    let ni = self.b[i];
+                    let s = ((ni + gg).sqrt() - ni.sqrt()) / alpha;
+                    self.a[i] += gi - s * self.w[i];
+                    self.b[i] = ni + gg;
+                }
+            }
+            Optimizer::Sgd { schedule, l1, l2 } => {
+                let eta = match schedule {
+                    Schedule::Constant { eta0 } => eta0,
+                    Schedule::InvScaling { eta0, power_t } => {
+                        eta0 / ((self.updates + 1) as f64).powf(power_t)
+                    }
+                };
+                let shrink = eta * l1;
+                for i in 0..k {
+                    let wi = self.a[i];
+                    let wi = wi - eta * (g * x[i] + l2 * wi);
+                    self.a[i] = if wi > shrink {
+                        wi - shrink
+                    } else if wi < -shrink {
+                        wi + shrink
+                    } else {
+                        0.0
+                    };
+                }
+                self.a[k] -= eta * g;
+            }
+        }
+        self.updates += 1;
+        p
+    }
+
+    /// Learn one example. On bad input (wrong length, NaN / inf, a logistic label other than
+    /// 0 / 1) a typed error and the model is unchanged. Returns the prediction made before the
+    /// update (progressive validation scores it).
+    pub fn learn_one(&mut self, x: &[f64], y: f64) -> Result<f64> {
+        self.check_x(x, None)?;
+        self.check_y(y, None)?;
+        Ok(self.update(x, y))
+    }
+
+    fn check_batch(&self, xs: &[f64], rows: usize, ys: Option<&[f64]>) -> Result<()> {
+        let k = self.n_features;
+        if xs.len() != rows * k {
+            return Err(Error::schema(
+                "x",
+                format!(
+                    "expected {rows} rows of {k} features ({} values), got {} values",
+                    rows * k,
+                    xs.len()
+                ),
+            ));
+        }
+        if let Some(ys) = ys {
+            if ys.len() != rows {
+                return Err(Error::schema(
+                    "y",
+                    format!("expected {rows} labels (one per row), got {}", ys.len()),
+                ));
+            }
+        }
+        for r in 0..rows {
+            self.check_x(&xs[r * k..(r + 1) * k], Some(r))?;
+            if let Some(ys) = ys {
+                self.check_y(ys[r], Some(r))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Learn `rows` examples (vectors row after row in `xs`), in order: exactly the loop of
+    /// `learn_one`. The whole batch is checked first: on error nothing is learned. Returns the
+    /// predictions made before each update.
+    pub fn learn_many(&mut self, xs: &[f64], ys: &[f64]) -> Result<Vec<f64>> {
+        let k = self.n_features;
+        let rows = if k > 0 && xs.len() % k == 0 {
+            xs.len() / k
+        } else {
+            ys.len()
+        };
+        self.check_batch(xs, rows, Some(ys))?;
+        Ok((0..rows)
+            .map(|r| self.update(&xs[r * k..(r + 1) * k], ys[r]))
+            .collect())
+    }
+
+    /// The versioned JSON document of the model (the saved artifact and the pickle state).
+    pub fn to_json(&self) -> String {
+        let (z, n, w) = match self.opt {
+            Optimizer::Ftrl { .. } => (Some(self.a.clone()), Some(self.b.clone()), None),
+            Optimizer::Sgd { .. } => (None, None, Some(self.a.clone())),
+        };
+        let doc = Doc {
+            format: MODEL_FORMAT.to_string(),
+            version: MODEL_VERSION,
+            loss: self.loss,
+            optimizer: self.opt,
+            n_features: self.n_features,
+            updates: self.updates,
+            z,
+            n,
+            w,
+        };
+        serde_json::to_string(&doc).expect("a model document always serializes")
+    }
+
+    /// Read a model document. Refused (`Error::Spec` naming the field): another format, a newer
+    /// version, unknown fields, missing or mis-sized state, non-finite state.
+    pub fn from_json(text: &str) -> Result<Linear> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::spec("model document", format!("not JSON: {e}")))?;
+        match value.get("format").and_then(|f| f.as_str()) {
+            Some(MODEL_FORMAT) => {}
+            other => {
+                return Err(Error::spec(
+                    "format",
+                    format!("expected {MODEL_FORMAT:?}, got {other:?}"),
+                ))
+            }
+        }
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v > MODEL_VERSION as u64 => {
+                return Err(Error::spec(
+                    "version",
+                    format!(
+                        "model document version {v} is newer than this rtml reads \
+                         ({MODEL_VERSION}): upgrade rtml"
+                    ),
+                ))
+            }
+            Some(v) if v >= 1 => {}
+            other => {
+                return Err(Error::spec(
+                    "version",
+                    format!("expected a version number 1..={MODEL_VERSION}, got {other:?}"),
+                ))
+            }
+        }
+        let doc: Doc = serde_json::from_value(value)
+            .map_err(|e| Error::spec("model document", e.to_string()))?;
+        let mut m = Linear::new(doc.loss, doc.optimizer, doc.n_features)?;
+        m.updates = doc.updates;
+        let len = doc.n_features + 1;
+        let take = |name: &str, v: Option<Vec<f64>>| -> Result<Vec<f64>> {
+            let v = v.ok_or_else(|| Error::spec(name, "missing for this optimizer"))?;
+            if v.len() != len {
+                return Err(Error::spec(
+                    name,
+                    format!("expected {len} values (n_features + 1), got {}", v.len()),
+                ));
+            }
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(Error::spec(name, "holds a non-finite value"));
+            }
+            Ok(v)
+        };
+        let extra = |name: &str, v: &Option<Vec<f64>>| {
+            if v.is_some() {
+                Err(Error::spec(name, "not a field of this optimizer's state"))
+            } else {
+                Ok(())
+            }
+        };
+        match doc.optimizer {
+            Optimizer::Ftrl { .. } => {
+                extra("w", &doc.w)?;
+                m.a = take("z", doc.z)?;
+                m.b = take("n", doc.n)?;
+                if m.b.iter().any(|v| *v < 0.0) {
+                    return Err(Error::spec(
+                        "n",
+                        "sums of squared gradients cannot be negative",
+                    ));
+                }
+            }
+            Optimizer::Sgd { .. } => {
+                extra("z", &doc.z)?;
+                extra("n", &doc.n)?;
+                m.a = take("w", doc.w)?;
+            }
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ftrl() -> Optimizer {
+        Optimizer::Ftrl {
+            alpha: 0.1,
+            beta: 1.0,
+            l1: 0.01,
+            l2: 0.1,
+        }
+    }
+
+    #[test]
+    fn a_failed_learn_many_changes_nothing() {
+        let mut m = Linear::new(Loss::Logistic, ftrl(), 2).unwrap();
+        m.learn_one(&[1.0, 2.0], 1.0).unwrap();
+        let before = m.clone();
+        let err = m
+            .learn_many(&[1.0, 2.0, 3.0, f64::NAN], &[0.0, 1.0])
+            .unwrap_err();
+        assert!(err.to_string().contains("x[1]"), "{err}");
+        assert_eq!(m, before);
+        let err = m
+            .learn_many(&[1.0, 2.0, 3.0, 4.0], &[0.0, 0.5])
+            .unwrap_err();
+        assert!(err.to_string().contains("row 1"), "{err}");
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn document_round_trips_and_refuses_newer_and_unknown() {
+        let mut m = Linear::new(Loss::Squared, ftrl(), 3).unwrap();
+        m.learn_one(&[0.1, -0.2, 3.0], 0.7).unwrap();
+        let text = m.to_json();
+        assert_eq!(Linear::from_json(&text).unwrap(), m);
+        let newer = text.replace("\"version\":1", "\"version\":2");
+        assert!(Linear::from_json(&newer)
+            .unwrap_err()
+            .to_string()
+            .contains("newer"));
+        let unknown = text.replacen('{', "{\"extra\":1,", 1);
+        assert!(Linear::from_json(&unknown)
+            .unwrap_err()
+            .to_string()
+            .contains("extra"));
+    }
+}

@@ -1,0 +1,18 @@
+//! Real-time learning (issue 15), plain Rust:
+//!
+//! * [`linear`]: online logistic and linear regression trained with FTRL-Proximal or plain SGD,
+//!   deterministic (`learn_many` is the loop of `learn_one`, bit for bit), with a versioned JSON
+//!   document of the model state;
+//! * [`label_join`]: served rows wait for their (late) labels by event time and are released as
+//!   training examples in (release time, request id) order;
+//! * [`metrics`]: progressive validation (test-then-train) metrics by event time.
+//!
+//! Nothing here knows Python; `src/python/learn.rs` is the skin. See `docs/learning.md`.
+
+pub mod label_join;
+pub mod linear;
+pub mod metrics;
+
+pub use label_join::{Example, LabelJoin, LabelOutcome, OnTimeout, RequestId};
+pub use linear::{Linear, Loss, Optimizer, Schedule};
+pub use metrics::Progressive;

@@ -1,0 +1,578 @@
+//! `rtml._core.Linear`, `rtml._core.Metrics`, `rtml._core.LabelJoin`: the pyo3 skin of
+//! `crate::learn` (issue 15). `python/rtml/learn.py` wraps them: it turns times into epoch
+//! nanoseconds, vectors into contiguous float64 arrays and hyper-parameters into the
+//! optimizer document; this layer only converts and calls. Every call that does work goes
+//! through `errors::entry` (panic guard; a learner or join that saw a panic is poisoned); the
+//! plain getters only read a counter under the lock.
+
+use numpy::ndarray::Array2;
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+};
+use parking_lot::{Mutex, MutexGuard};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyInt, PyList, PyString};
+
+use super::errors::{entry, schema_error, IntoPy, Poison};
+use crate::error::Error;
+use crate::learn::label_join::{Example, Outcome};
+use crate::learn::{LabelJoin, Linear, Loss, OnTimeout, Optimizer, Progressive, RequestId};
+
+/// Lock without waiting while holding the GIL.
+fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    loop {
+        if let Some(g) = m.try_lock() {
+            return g;
+        }
+        py.detach(|| drop(m.lock()));
+    }
+}
+
+fn slice1<'a>(a: &'a PyReadonlyArray1<'_, f64>, what: &str) -> PyResult<&'a [f64]> {
+    a.as_slice()
+        .map_err(|_| schema_error(what, "expected a contiguous float64 array"))
+}
+
+fn slice2<'a>(a: &'a PyReadonlyArray2<'_, f64>, what: &str) -> PyResult<(&'a [f64], usize, usize)> {
+    let (rows, cols) = match a.shape() {
+        [r, c] => (*r, *c),
+        _ => return Err(schema_error(what, "expected a 2-D float64 array")),
+    };
+    let s = a
+        .as_slice()
+        .map_err(|_| schema_error(what, "expected a C-contiguous 2-D float64 array"))?;
+    Ok((s, rows, cols))
+}
+
+fn request_id(obj: &Bound<'_, PyAny>) -> PyResult<RequestId> {
+    if obj.is_exact_instance_of::<PyInt>() {
+        if let Ok(i) = obj.extract::<i64>() {
+            return Ok(RequestId::Int(i));
+        }
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(RequestId::Str(s.to_str()?.to_string()));
+    }
+    Err(schema_error(
+        "request_id",
+        format!(
+            "request ids must be int (64-bit) or str, got {}",
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ),
+    ))
+}
+
+fn id_to_py<'py>(py: Python<'py>, id: &RequestId) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match id {
+        RequestId::Int(i) => i.into_pyobject(py)?.into_any(),
+        RequestId::Str(s) => PyString::new(py, s).into_any(),
+    })
+}
+
+fn outcome(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Accepted => "accepted",
+        Outcome::Late => "late",
+        Outcome::AfterWait => "after_wait",
+    }
+}
+
+/// An online linear model (use `rtml.learn.Logistic` / `rtml.learn.LinearRegression`).
+#[pyclass(frozen, name = "Linear", module = "rtml._core")]
+pub struct PyLinear {
+    inner: Mutex<Linear>,
+    poison: Poison,
+}
+
+#[pymethods]
+impl PyLinear {
+    /// `loss`: "logistic" | "squared"; `optimizer`: the optimizer document (JSON).
+    #[new]
+    fn new(loss: &str, optimizer: &str, n_features: usize) -> PyResult<PyLinear> {
+        entry(None, || {
+            let loss = match loss {
+                "logistic" => Loss::Logistic,
+                "squared" => Loss::Squared,
+                other => {
+                    return Err(Error::spec(
+                        "loss",
+                        format!("expected \"logistic\" or \"squared\", got {other:?}"),
+                    ))
+                    .py_err()
+                }
+            };
+            let opt: Optimizer = serde_json::from_str(optimizer)
+                .map_err(|e| Error::spec("optimizer", e.to_string()))
+                .py_err()?;
+            Ok(PyLinear {
+                inner: Mutex::new(Linear::new(loss, opt, n_features).py_err()?),
+                poison: Poison::default(),
+            })
+        })
+    }
+
+    #[staticmethod]
+    fn from_json(text: &str) -> PyResult<PyLinear> {
+        entry(None, || {
+            Ok(PyLinear {
+                inner: Mutex::new(Linear::from_json(text).py_err()?),
+                poison: Poison::default(),
+            })
+        })
+    }
+
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        entry(Some(&self.poison), || Ok(lock(py, &self.inner).to_json()))
+    }
+
+    fn predict_one(&self, py: Python<'_>, x: PyReadonlyArray1<'_, f64>) -> PyResult<f64> {
+        entry(Some(&self.poison), || {
+            lock(py, &self.inner).predict_one(slice1(&x, "x")?).py_err()
+        })
+    }
+
+    fn predict_many<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        entry(Some(&self.poison), || {
+            let (s, rows, _) = slice2(&x, "x")?;
+            let m = lock(py, &self.inner);
+            Ok(m.predict_many(s, rows).py_err()?.into_pyarray(py))
+        })
+    }
+
+    /// Learn one example; returns the prediction made before the update.
+    fn learn_one(&self, py: Python<'_>, x: PyReadonlyArray1<'_, f64>, y: f64) -> PyResult<f64> {
+        entry(Some(&self.poison), || {
+            lock(py, &self.inner)
+                .learn_one(slice1(&x, "x")?, y)
+                .py_err()
+        })
+    }
+
+    /// Learn the rows in order (the loop of learn_one); the batch is checked first.
+    fn learn_many<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+        y: PyReadonlyArray1<'py, f64>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        entry(Some(&self.poison), || {
+            let (s, _, _) = slice2(&x, "x")?;
+            let ys = slice1(&y, "y")?;
+            let mut m = lock(py, &self.inner);
+            Ok(m.learn_many(s, ys).py_err()?.into_pyarray(py))
+        })
+    }
+
+    /// Test-then-train: score each row, record (t, score, y) in `metrics`, learn it.
+    fn progressive<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+        y: PyReadonlyArray1<'py, f64>,
+        t: PyReadonlyArray1<'py, i64>,
+        metrics: &PyMetrics,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        entry(Some(&self.poison), || {
+            let (s, _, _) = slice2(&x, "x")?;
+            let ys = slice1(&y, "y")?;
+            let ts = t
+                .as_slice()
+                .map_err(|_| schema_error("t", "expected a contiguous int64 array"))?;
+            if ts.len() != ys.len() {
+                return Err(schema_error(
+                    "t",
+                    format!(
+                        "expected {} times (one per row), got {}",
+                        ys.len(),
+                        ts.len()
+                    ),
+                ));
+            }
+            let mut m = lock(py, &self.inner);
+            let preds = m.learn_many(s, ys).py_err()?;
+            let mut g = lock(py, &metrics.inner);
+            for ((&t, &p), &y) in ts.iter().zip(&preds).zip(ys) {
+                g.add(t, p, y);
+            }
+            Ok(preds.into_pyarray(py))
+        })
+    }
+
+    /// The weights, the intercept last.
+    fn weights<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        entry(Some(&self.poison), || {
+            Ok(lock(py, &self.inner).weights().into_pyarray(py))
+        })
+    }
+
+    #[getter]
+    fn n_features(&self, py: Python<'_>) -> usize {
+        lock(py, &self.inner).n_features()
+    }
+
+    #[getter]
+    fn updates(&self, py: Python<'_>) -> u64 {
+        lock(py, &self.inner).updates()
+    }
+
+    /// Bit-for-bit equality of the model state.
+    fn same_state(&self, py: Python<'_>, other: &PyLinear) -> bool {
+        if std::ptr::eq(self, other) {
+            return true;
+        }
+        let a = lock(py, &self.inner).clone();
+        let b = lock(py, &other.inner);
+        a == *b
+    }
+}
+
+/// Rolling progressive-validation metrics by event time (use `rtml.learn.Metrics`).
+#[pyclass(frozen, name = "Metrics", module = "rtml._core")]
+pub struct PyMetrics {
+    inner: Mutex<Progressive>,
+}
+
+#[pymethods]
+impl PyMetrics {
+    #[new]
+    #[pyo3(signature = (window=None))]
+    fn new(window: Option<i64>) -> PyResult<PyMetrics> {
+        entry(None, || {
+            Ok(PyMetrics {
+                inner: Mutex::new(Progressive::new(window).py_err()?),
+            })
+        })
+    }
+
+    fn add_many(
+        &self,
+        py: Python<'_>,
+        t: PyReadonlyArray1<'_, i64>,
+        p: PyReadonlyArray1<'_, f64>,
+        y: PyReadonlyArray1<'_, f64>,
+    ) -> PyResult<()> {
+        entry(None, || {
+            let ts = t
+                .as_slice()
+                .map_err(|_| schema_error("t", "expected a contiguous int64 array"))?;
+            let ps = slice1(&p, "p")?;
+            let ys = slice1(&y, "y")?;
+            if ts.len() != ps.len() || ps.len() != ys.len() {
+                return Err(schema_error("p", "t, p and y must have the same length"));
+            }
+            if let Some(i) = ps.iter().chain(ys).position(|v| !v.is_finite()) {
+                let (col, row) = if i < ps.len() {
+                    ("p", i)
+                } else {
+                    ("y", i - ps.len())
+                };
+                return Err(schema_error(
+                    col,
+                    format!("row {row}: values must be finite"),
+                ));
+            }
+            let mut g = lock(py, &self.inner);
+            for ((&t, &p), &y) in ts.iter().zip(ps).zip(ys) {
+                g.add(t, p, y);
+            }
+            Ok(())
+        })
+    }
+
+    fn log_loss(&self, py: Python<'_>) -> Option<f64> {
+        lock(py, &self.inner).log_loss()
+    }
+    fn auc(&self, py: Python<'_>) -> Option<f64> {
+        lock(py, &self.inner).auc()
+    }
+    fn mse(&self, py: Python<'_>) -> Option<f64> {
+        lock(py, &self.inner).mse()
+    }
+    #[getter]
+    fn count(&self, py: Python<'_>) -> usize {
+        lock(py, &self.inner).count()
+    }
+    #[getter]
+    fn seen(&self, py: Python<'_>) -> u64 {
+        lock(py, &self.inner).seen()
+    }
+    #[getter]
+    fn last_time(&self, py: Python<'_>) -> Option<i64> {
+        lock(py, &self.inner).last_time()
+    }
+
+    /// Calibration table: a list of dicts (lo, hi, count, mean_prediction, mean_label).
+    #[pyo3(signature = (bins=10))]
+    fn calibration<'py>(&self, py: Python<'py>, bins: usize) -> PyResult<Bound<'py, PyList>> {
+        entry(None, || {
+            let table = lock(py, &self.inner).calibration(bins).py_err()?;
+            let out = PyList::empty(py);
+            for b in table {
+                let d = PyDict::new(py);
+                d.set_item("lo", b.lo)?;
+                d.set_item("hi", b.hi)?;
+                d.set_item("count", b.count)?;
+                d.set_item("mean_prediction", b.mean_prediction)?;
+                d.set_item("mean_label", b.mean_label)?;
+                out.append(d)?;
+            }
+            Ok(out)
+        })
+    }
+}
+
+type Drained<'py> = (
+    Bound<'py, PyList>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray2<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<bool>>,
+);
+
+/// The label join (use `rtml.learn.LabelJoin`). Times are epoch nanoseconds.
+#[pyclass(frozen, name = "LabelJoin", module = "rtml._core")]
+pub struct PyLabelJoin {
+    inner: Mutex<LabelJoin>,
+    poison: Poison,
+}
+
+#[pymethods]
+impl PyLabelJoin {
+    /// `on_timeout`: None drops timed-out rows, a float releases them with that label.
+    #[new]
+    #[pyo3(signature = (wait, on_timeout, max_pending, allowed_lateness))]
+    fn new(
+        wait: i64,
+        on_timeout: Option<f64>,
+        max_pending: usize,
+        allowed_lateness: i64,
+    ) -> PyResult<PyLabelJoin> {
+        entry(None, || {
+            let on = on_timeout.map_or(OnTimeout::Drop, OnTimeout::Label);
+            Ok(PyLabelJoin {
+                inner: Mutex::new(
+                    LabelJoin::new(wait, on, max_pending, allowed_lateness).py_err()?,
+                ),
+                poison: Poison::default(),
+            })
+        })
+    }
+
+    fn serve(
+        &self,
+        py: Python<'_>,
+        request_id: &Bound<'_, PyAny>,
+        at: i64,
+        x: PyReadonlyArray1<'_, f64>,
+    ) -> PyResult<&'static str> {
+        entry(Some(&self.poison), || {
+            let id = request_id_checked(request_id)?;
+            let v = slice1(&x, "x")?.to_vec();
+            Ok(outcome(lock(py, &self.inner).serve(id, at, v).py_err()?))
+        })
+    }
+
+    /// Serve rows in order, all or nothing; returns the outcome counts (accepted, late). A
+    /// reused request id refuses the whole batch.
+    fn serve_many(
+        &self,
+        py: Python<'_>,
+        request_ids: &Bound<'_, PyAny>,
+        at: PyReadonlyArray1<'_, i64>,
+        x: PyReadonlyArray2<'_, f64>,
+    ) -> PyResult<(u64, u64)> {
+        entry(Some(&self.poison), || {
+            let ids = ids_of(request_ids)?;
+            let ats = at
+                .as_slice()
+                .map_err(|_| schema_error("at", "expected a contiguous int64 array"))?;
+            let (s, rows, cols) = slice2(&x, "x")?;
+            if ids.len() != rows || ats.len() != rows {
+                return Err(schema_error(
+                    "request_id",
+                    format!(
+                        "request ids ({}), times ({}) and vectors ({rows}) differ in length",
+                        ids.len(),
+                        ats.len()
+                    ),
+                ));
+            }
+            // lengths checked above: every row's slice is in bounds
+            let rows = ids
+                .into_iter()
+                .zip(ats.iter().copied())
+                .enumerate()
+                .map(|(r, (id, at))| {
+                    let x = s.get(r * cols..(r + 1) * cols).unwrap_or_default();
+                    (id, at, x.to_vec())
+                })
+                .collect();
+            lock(py, &self.inner).serve_many(rows).py_err()
+        })
+    }
+
+    /// One label; bad input raises (a typed rtml error), and is counted.
+    fn label(
+        &self,
+        py: Python<'_>,
+        request_id: &Bound<'_, PyAny>,
+        t: i64,
+        y: f64,
+    ) -> PyResult<&'static str> {
+        entry(Some(&self.poison), || {
+            let id = request_id_checked(request_id)?;
+            Ok(outcome(lock(py, &self.inner).label(&id, t, y).py_err()?))
+        })
+    }
+
+    /// Labels from a stream, in order: bad ones are counted in stats(), not raised. Returns
+    /// the number taken into the join.
+    fn labels(
+        &self,
+        py: Python<'_>,
+        request_ids: &Bound<'_, PyAny>,
+        t: PyReadonlyArray1<'_, i64>,
+        y: PyReadonlyArray1<'_, f64>,
+    ) -> PyResult<u64> {
+        entry(Some(&self.poison), || {
+            let ids = ids_of(request_ids)?;
+            let ts = t
+                .as_slice()
+                .map_err(|_| schema_error("t", "expected a contiguous int64 array"))?;
+            let ys = slice1(&y, "y")?;
+            if ids.len() != ts.len() || ts.len() != ys.len() {
+                return Err(schema_error(
+                    "request_id",
+                    "request ids, times and labels differ in length",
+                ));
+            }
+            let mut j = lock(py, &self.inner);
+            let mut n = 0;
+            for ((id, &t), &y) in ids.iter().zip(ts).zip(ys) {
+                if let Ok(Outcome::Accepted) = j.label(id, t, y) {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    fn advance(&self, py: Python<'_>, t: i64) -> PyResult<()> {
+        entry(Some(&self.poison), || {
+            lock(py, &self.inner).advance(t);
+            Ok(())
+        })
+    }
+
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        entry(Some(&self.poison), || {
+            lock(py, &self.inner).flush();
+            Ok(())
+        })
+    }
+
+    /// The released examples, as (request ids, at, release, X, y, timed_out).
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Drained<'py>> {
+        entry(Some(&self.poison), || {
+            let ex: Vec<Example> = {
+                let mut j = lock(py, &self.inner);
+                let k = j.released().first().map_or(0, |e| e.x.len());
+                if let Some(e) = j.released().iter().find(|e| e.x.len() != k) {
+                    // rows of different lengths cannot form one matrix: refuse, drain nothing
+                    return Err(schema_error(
+                        "x",
+                        format!(
+                            "request id {}: served vectors differ in length ({} vs {k}); \
+                             serve vectors of one length per join",
+                            e.id,
+                            e.x.len()
+                        ),
+                    ));
+                }
+                j.drain()
+            };
+            let k = ex.first().map_or(0, |e| e.x.len());
+            let ids = PyList::empty(py);
+            let mut at = Vec::with_capacity(ex.len());
+            let mut rel = Vec::with_capacity(ex.len());
+            let mut xs = Vec::with_capacity(ex.len() * k);
+            let mut ys = Vec::with_capacity(ex.len());
+            let mut to = Vec::with_capacity(ex.len());
+            for e in &ex {
+                ids.append(id_to_py(py, &e.id)?)?;
+                at.push(e.at);
+                rel.push(e.release);
+                xs.extend_from_slice(&e.x);
+                ys.push(e.y);
+                to.push(e.timed_out);
+            }
+            let x = Array2::from_shape_vec((ex.len(), k), xs)
+                .map_err(|e| schema_error("x", e.to_string()))?;
+            Ok((
+                ids,
+                at.into_pyarray(py),
+                rel.into_pyarray(py),
+                x.into_pyarray(py),
+                ys.into_pyarray(py),
+                to.into_pyarray(py),
+            ))
+        })
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        entry(Some(&self.poison), || {
+            let j = lock(py, &self.inner);
+            let d = PyDict::new(py);
+            for (k, v) in j.stats().items() {
+                d.set_item(k, v)?;
+            }
+            d.set_item("pending", j.pending())?;
+            d.set_item("ready", j.ready())?;
+            d.set_item("watermark", j.watermark())?;
+            Ok(d)
+        })
+    }
+
+    #[getter]
+    fn pending(&self, py: Python<'_>) -> usize {
+        lock(py, &self.inner).pending()
+    }
+
+    #[getter]
+    fn watermark(&self, py: Python<'_>) -> Option<i64> {
+        lock(py, &self.inner).watermark()
+    }
+}
+
+fn request_id_checked(obj: &Bound<'_, PyAny>) -> PyResult<RequestId> {
+    request_id(obj)
+}
+
+/// Request ids from an int64 numpy array or any sequence of int / str.
+fn ids_of(obj: &Bound<'_, PyAny>) -> PyResult<Vec<RequestId>> {
+    if let Ok(a) = obj.extract::<PyReadonlyArray1<'_, i64>>() {
+        return Ok(a.as_array().iter().map(|&i| RequestId::Int(i)).collect());
+    }
+    let mut out = Vec::new();
+    for item in obj.try_iter()? {
+        out.push(request_id(&item?)?);
+    }
+    Ok(out)
+}
+
+/// Add the learning classes to `rtml._core` (the one line in `src/python/mod.rs`).
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyLinear>()?;
+    m.add_class::<PyMetrics>()?;
+    m.add_class::<PyLabelJoin>()?;
+    m.add("MODEL_VERSION", crate::learn::linear::MODEL_VERSION)?;
+    Ok(())
+}
