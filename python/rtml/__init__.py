@@ -27,6 +27,11 @@ from .exceptions import (
 # never imports the package).
 _core._init_exceptions(RtmlError, SpecError, SchemaError, QueryError, SnapshotError, PoisonedError)
 
+from . import (
+    learn,  # noqa: E402
+    parity,  # noqa: E402  (rtml.parity.check after `import rtml`)
+    sources,  # noqa: E402
+)
 from . import transforms as _transforms
 from .features import (
     Feature,
@@ -46,6 +51,7 @@ from .features import (
     var,
 )
 from .online import LATE_WARNING_SHARE, OnlineEngine  # noqa: E402
+from .runner import CheckpointError, Runner  # noqa: E402
 from .transforms import (
     Step,
     Transforms,
@@ -77,10 +83,6 @@ from .transforms import (
     sub,
     target_encode,
 )
-from . import parity  # noqa: E402  (rtml.parity.check after `import rtml`)
-from . import sources  # noqa: E402
-from . import learn  # noqa: E402
-from .runner import CheckpointError, Runner  # noqa: E402
 
 __all__ = [
     "FeatureSet",

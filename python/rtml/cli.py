@@ -222,9 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rtml", description="Real-time ML features.")
     parser.add_argument("--version", action="version", version=f"rtml {rtml.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser(
-        "run", help="follow a stream into checkpointed online engines (rtml run --help)"
-    )
+    sub.add_parser("run", help="follow a stream into checkpointed online engines (rtml run --help)")
 
     files = "Parquet / CSV / Arrow (Feather) file(s)"
     b = sub.add_parser("backfill", help="point-in-time-correct features for a spine")

@@ -37,9 +37,24 @@ import pyarrow as pa
 
 from . import _core
 from .exceptions import RtmlError, SnapshotError, SpecError
-from .sources import Batch, Position, RedisStreamSource, Source, SourceError, _decoder_config, _duration_ns
+from .sources import (
+    Batch,
+    Position,
+    RedisStreamSource,
+    Source,
+    SourceError,
+    _decoder_config,
+    _duration_ns,
+)
 
-__all__ = ["Runner", "CheckpointError", "read_checkpoint", "load_checkpoints", "CHECKPOINT_VERSION", "main_run"]
+__all__ = [
+    "Runner",
+    "CheckpointError",
+    "read_checkpoint",
+    "load_checkpoints",
+    "CHECKPOINT_VERSION",
+    "main_run",
+]
 
 MAGIC = b"RTMLCKPT"
 #: checkpoint container format version (the embedded engine snapshot has its own)
@@ -52,7 +67,9 @@ class CheckpointError(SnapshotError):
     another feature set, stream or partition. Names the partition and the file; the runner
     stops without writing anything."""
 
-    def __init__(self, partition: Optional[int], path: Union[str, os.PathLike[str]], message: str) -> None:
+    def __init__(
+        self, partition: Optional[int], path: Union[str, os.PathLike[str]], message: str
+    ) -> None:
         self.partition = partition
         self.path = os.fspath(path)
         super().__init__(f"checkpoint of partition {partition} ({self.path}): {message}")
@@ -152,6 +169,24 @@ def _engine_bytes(engine: Any, scratch: Path) -> bytes:
             pass
 
 
+def _time_order(events: Any, ts: str, n: int) -> list[int]:
+    """Indices of `events` (an Arrow table or a list of row dicts) in event-time order (stable);
+    the given order where the times cannot be ordered."""
+    import pyarrow.compute as pc
+
+    try:
+        if isinstance(events, list):
+            times = pa.array([row.get(ts) if isinstance(row, dict) else None for row in events])
+        else:
+            times = events.column(ts)
+        if times.null_count:
+            return list(range(n))
+        idx: list[int] = pc.sort_indices(times, options=None).to_pylist()
+        return idx
+    except (pa.ArrowException, TypeError, ValueError, KeyError, OverflowError):
+        return list(range(n))
+
+
 def _engine_from_bytes(data: bytes, scratch: Path) -> Any:
     fd, name = tempfile.mkstemp(prefix=f".rtml-restore-{os.getpid()}-", dir=scratch)
     try:
@@ -173,20 +208,29 @@ def encode_checkpoint(meta: dict[str, Any], snapshot: bytes) -> list[bytes]:
     return [_HEADER.pack(MAGIC, CHECKPOINT_VERSION, len(m), len(snapshot), crc), m, snapshot]
 
 
-def read_checkpoint(path: Union[str, os.PathLike[str]], partition: Optional[int] = None) -> tuple[dict[str, Any], bytes]:
+def read_checkpoint(
+    path: Union[str, os.PathLike[str]], partition: Optional[int] = None
+) -> tuple[dict[str, Any], bytes]:
     """(metadata, engine snapshot bytes) of a checkpoint file, verified (CheckpointError)."""
     p = Path(path)
     data = p.read_bytes()
-    bad = lambda m: CheckpointError(partition, p, m)  # noqa: E731
+
+    def bad(m: str) -> CheckpointError:
+        return CheckpointError(partition, p, m)
+
     if len(data) < _HEADER.size or data[:8] != MAGIC:
         raise bad("not an rtml checkpoint (bad magic bytes or file too short)")
     _, version, mlen, slen, crc = _HEADER.unpack_from(data)
     if version > CHECKPOINT_VERSION:
-        raise bad(f"format version {version} was written by a newer rtml (this one reads up to {CHECKPOINT_VERSION})")
+        raise bad(
+            f"format version {version} was written by a newer rtml (this one reads up to {CHECKPOINT_VERSION})"
+        )
     if version == 0:
         raise bad("format version 0 does not exist")
     if _HEADER.size + mlen + slen != len(data):
-        raise bad(f"truncated or extended: header says {_HEADER.size + mlen + slen} bytes, file has {len(data)}")
+        raise bad(
+            f"truncated or extended: header says {_HEADER.size + mlen + slen} bytes, file has {len(data)}"
+        )
     m = data[_HEADER.size : _HEADER.size + mlen]
     snap = data[_HEADER.size + mlen :]
     if zlib.crc32(snap, zlib.crc32(m)) != crc:
@@ -200,7 +244,9 @@ def read_checkpoint(path: Union[str, os.PathLike[str]], partition: Optional[int]
     return meta, snap
 
 
-def load_checkpoints(feature_set: Any, checkpoint_dir: Union[str, os.PathLike[str]]) -> dict[int, tuple[Any, dict[str, Any]]]:
+def load_checkpoints(
+    feature_set: Any, checkpoint_dir: Union[str, os.PathLike[str]]
+) -> dict[int, tuple[Any, dict[str, Any]]]:
     """Every partition's (engine, checkpoint metadata) from a checkpoint directory, verified
     against `feature_set` (CheckpointError otherwise): read-only, e.g. for a serving process.
 
@@ -242,11 +288,27 @@ def _pos_name(pos: Position) -> str:
 class _Partition:
     """One partition's engine, position and counters."""
 
-    __slots__ = ("engine", "position", "events_in", "malformed", "skipped", "key_is_int", "dead", "dirty",
-                 "checkpointed")
+    __slots__ = (
+        "engine",
+        "position",
+        "events_in",
+        "malformed",
+        "skipped",
+        "key_is_int",
+        "dead",
+        "dirty",
+        "checkpointed",
+    )
 
-    def __init__(self, engine: Any, position: Optional[Position], events_in: int = 0, malformed: int = 0,
-                 key_is_int: Optional[bool] = None, skipped: int = 0) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        position: Optional[Position],
+        events_in: int = 0,
+        malformed: int = 0,
+        key_is_int: Optional[bool] = None,
+        skipped: int = 0,
+    ) -> None:
         self.engine = engine
         self.position = position
         self.events_in = events_in
@@ -282,9 +344,13 @@ class Runner:
         pipeline: bool = True,
     ) -> None:
         if not hasattr(feature_set, "_spec"):
-            raise SpecError(f"Runner.feature_set: expected an rtml.FeatureSet, got {type(feature_set).__name__}")
+            raise SpecError(
+                f"Runner.feature_set: expected an rtml.FeatureSet, got {type(feature_set).__name__}"
+            )
         if not isinstance(source, Source):
-            raise SpecError(f"Runner.source: expected a source from rtml.sources, got {type(source).__name__}")
+            raise SpecError(
+                f"Runner.source: expected a source from rtml.sources, got {type(source).__name__}"
+            )
         self.feature_set = feature_set
         self.source = source
         self.dir = Path(checkpoint_dir)
@@ -337,18 +403,30 @@ class Runner:
         if meta.get("partition") != p:
             raise CheckpointError(p, path, f"written for partition {meta.get('partition')}")
         if meta.get("spec_sha256") != self._hash:
-            raise CheckpointError(p, path, "written by another feature set (its spec hash differs); "
-                                           "use a new checkpoint directory for a new feature set")
+            raise CheckpointError(
+                p,
+                path,
+                "written by another feature set (its spec hash differs); "
+                "use a new checkpoint directory for a new feature set",
+            )
         if meta.get("source") != self.source.name:
-            raise CheckpointError(p, path, f"written for source {meta.get('source')!r}, not {self.source.name!r}")
+            raise CheckpointError(
+                p, path, f"written for source {meta.get('source')!r}, not {self.source.name!r}"
+            )
         try:
             engine = _engine_from_bytes(snap, self._scratch)
         except SnapshotError as e:
             raise CheckpointError(p, path, f"embedded engine state: {e}") from None
         if engine.spec_json != self._spec_json:
             raise CheckpointError(p, path, "embedded engine state is of another feature set")
-        part = _Partition(engine, meta.get("position"), int(meta.get("events_in", 0)),
-                          int(meta.get("malformed", 0)), meta.get("key_is_int"), int(meta.get("skipped", 0)))
+        part = _Partition(
+            engine,
+            meta.get("position"),
+            int(meta.get("events_in", 0)),
+            int(meta.get("malformed", 0)),
+            meta.get("key_is_int"),
+            int(meta.get("skipped", 0)),
+        )
         self._drop_uncommitted_dead_letters(p, part.position)
         return part
 
@@ -398,7 +476,9 @@ class Runner:
         if not self._opened:
             if isinstance(self.source, RedisStreamSource):
                 # entries read so far per partition (the trimming check counts them)
-                self.source.open(self._on_assign, self._on_revoke, lambda p: self._parts[p].events_in)
+                self.source.open(
+                    self._on_assign, self._on_revoke, lambda p: self._parts[p].events_in
+                )
             else:
                 self.source.open(self._on_assign, self._on_revoke)
             self._opened = True
@@ -438,11 +518,16 @@ class Runner:
         try:
             part.engine.ingest(events)
         except bad_input:
-            # one bad event: find it (each event alone gives the same state as the batch)
-            one = (lambda j: events[j]) if isinstance(events, list) else (lambda j: events.slice(j, 1))
-            for j in range(len(events) if isinstance(events, list) else events.num_rows):
+            # one bad event: find it. A batch is one arrival (applied in event-time order, late
+            # against the watermark before it), so the events go one by one in time order, which
+            # gives the same state as the batch. Rows from a `decode=` hook that cannot be
+            # ordered (a bad time) go in their given order (docs/streaming.md).
+            n = len(events) if isinstance(events, list) else events.num_rows
+            order = _time_order(events, self.feature_set.timestamp, n)
+            for j in order:
                 try:
-                    part.engine.ingest(one(j))
+                    one = events[j] if isinstance(events, list) else events.slice(j, 1)
+                    part.engine.ingest(one)
                 except bad_input as e:
                     rejected.append((accepted_idx[j], f"{type(e).__name__}: {e}"))
         for i, reason in sorted(rejected):
@@ -454,7 +539,9 @@ class Runner:
         part.dirty = True
         return len(positions)
 
-    def _decode(self, part: _Partition, payloads: list[Optional[bytes]]) -> tuple[pa.Table, list[tuple[int, str]], list[int]]:
+    def _decode(
+        self, part: _Partition, payloads: list[Optional[bytes]]
+    ) -> tuple[pa.Table, list[tuple[int, str]], list[int]]:
         if self._decoder is not None:
             batch, rejected, kind = self._decoder.decode(payloads, part.key_is_int)
             part.key_is_int = kind
@@ -471,14 +558,17 @@ class Runner:
                 except Exception as e:  # the user's hook: any failure marks the message
                     rejected.append((i, f"decode: {type(e).__name__}: {e}"))
             # row dicts go to the engine as such (no Arrow type inference per batch)
-            table = rows if rows else self._empty_events()  # type: ignore[assignment]
+            table = rows if rows else self._empty_events()
         bad = {i for i, _ in rejected}
         accepted_idx = [i for i in range(len(payloads)) if i not in bad]
         return table, rejected, accepted_idx
 
     def _empty_events(self) -> pa.Table:
         spec = self.feature_set._spec
-        cols = {spec.entity: pa.array([], pa.int64()), spec.timestamp: pa.array([], pa.timestamp("ns", "UTC"))}
+        cols = {
+            spec.entity: pa.array([], pa.int64()),
+            spec.timestamp: pa.array([], pa.timestamp("ns", "UTC")),
+        }
         for c, _ in spec.value_columns:
             cols[c] = pa.array([], pa.float64())
         return pa.table(cols)
@@ -492,14 +582,19 @@ class Runner:
 
         self.dead_letter_dir.mkdir(exist_ok=True)
         first, last = part.dead[0][0], part.dead[-1][0]
-        fmt = lambda s: _pos_name(int(s)) if s.isdigit() else s  # noqa: E731
+
+        def fmt(s: str) -> str:
+            return _pos_name(int(s)) if s.isdigit() else s
+
         path = self.dead_letter_dir / f"partition-{p}-{fmt(first)}--{fmt(last)}.parquet"
-        table = pa.table({
-            "partition": pa.array([p] * len(part.dead), pa.int32()),
-            "offset": pa.array([d[0] for d in part.dead], pa.string()),
-            "reason": pa.array([d[1] for d in part.dead], pa.string()),
-            "payload": pa.array([d[2] for d in part.dead], pa.binary()),
-        })
+        table = pa.table(
+            {
+                "partition": pa.array([p] * len(part.dead), pa.int32()),
+                "offset": pa.array([d[0] for d in part.dead], pa.string()),
+                "reason": pa.array([d[1] for d in part.dead], pa.string()),
+                "payload": pa.array([d[2] for d in part.dead], pa.binary()),
+            }
+        )
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         pq.write_table(table, tmp)
         with open(tmp, "rb+") as f:
@@ -539,7 +634,9 @@ class Runner:
         for p in parts:
             if p in self._parts:
                 self._checkpoint_partition(p)
-        done: dict[int, Position] = {p: part.position for p, part in self._parts.items() if part.position is not None}
+        done: dict[int, Position] = {
+            p: part.position for p, part in self._parts.items() if part.position is not None
+        }
         self.source.commit(done)
         self._last_ckpt_duration = time.monotonic() - t0
         self._last_ckpt_mono = time.monotonic()
@@ -579,8 +676,10 @@ class Runner:
             if n == 0 and self.source.idle():
                 break
             if deadline is not None and time.monotonic() > deadline:
-                raise SourceError(f"run_until_idle: the source was not drained within {timeout}s "
-                                  f"(lag {self.source.lag()})")
+                raise SourceError(
+                    f"run_until_idle: the source was not drained within {timeout}s "
+                    f"(lag {self.source.lag()})"
+                )
         self.checkpoint()
         return total
 
@@ -659,25 +758,32 @@ class Runner:
         """The engine, when the runner holds exactly one partition."""
         engines = self.engines
         if len(engines) != 1:
-            raise RtmlError(f"Runner.engine: the runner holds {len(engines)} partitions; use engines[p], "
-                            "engine_for(key) or get(key, at)")
+            raise RtmlError(
+                f"Runner.engine: the runner holds {len(engines)} partitions; use engines[p], "
+                "engine_for(key) or get(key, at)"
+            )
         return next(iter(engines.values()))
 
     def engine_for(self, key: Any) -> Any:
         """The engine holding `key` (found from the source's partitioning, no scan)."""
         p = self.source.partition_of(key)
         if p is None:
-            raise RtmlError("Runner.engine_for: the source does not know which partition holds a key; "
-                            "give it partitioner=")
+            raise RtmlError(
+                "Runner.engine_for: the source does not know which partition holds a key; "
+                "give it partitioner="
+            )
         with self._lock:
             part = self._parts.get(p)
         if part is None:
-            raise RtmlError(f"Runner.engine_for({key!r}): partition {p} is held by another runner of the group")
+            raise RtmlError(
+                f"Runner.engine_for({key!r}): partition {p} is held by another runner of the group"
+            )
         return part.engine
 
     def get(self, key: Any, at: Any = None) -> dict[str, Any]:
         """Features of one entity at `at`, from the engine of its partition."""
-        return self.engine_for(key).get(key, at)
+        result: dict[str, Any] = self.engine_for(key).get(key, at)
+        return result
 
     def metrics(self) -> dict[str, Any]:
         """events_in, late, malformed, per-partition lag / position / watermark, checkpoints."""
@@ -723,25 +829,61 @@ class Runner:
                     lines.append(f"rtml_runner_{name}{labels} {v}")
 
         per = m["partitions"]
-        metric("events_in_total", "counter", "Events read from the source (incl. late and malformed).",
-               [(f'{{partition="{p}"}}', v["events_in"]) for p, v in per.items()])
-        metric("late_events_total", "counter", "Events dropped as later than allowed_lateness.",
-               [(f'{{partition="{p}"}}', v["late"]) for p, v in per.items()])
-        metric("malformed_events_total", "counter", "Events sent to the dead-letter file.",
-               [(f'{{partition="{p}"}}', v["malformed"]) for p, v in per.items()])
-        metric("skipped_offsets_total", "counter", "Offsets the source jumped over (compaction, markers).",
-               [(f'{{partition="{p}"}}', v["skipped_offsets"]) for p, v in per.items()])
-        metric("lag_events", "gauge", "Events available on the source but not yet read.",
-               [(f'{{partition="{p}"}}', v["lag"]) for p, v in per.items()])
-        metric("keys", "gauge", "Keys held in the partition's engine.",
-               [(f'{{partition="{p}"}}', v["keys"]) for p, v in per.items()])
+        metric(
+            "events_in_total",
+            "counter",
+            "Events read from the source (incl. late and malformed).",
+            [(f'{{partition="{p}"}}', v["events_in"]) for p, v in per.items()],
+        )
+        metric(
+            "late_events_total",
+            "counter",
+            "Events dropped as later than allowed_lateness.",
+            [(f'{{partition="{p}"}}', v["late"]) for p, v in per.items()],
+        )
+        metric(
+            "malformed_events_total",
+            "counter",
+            "Events sent to the dead-letter file.",
+            [(f'{{partition="{p}"}}', v["malformed"]) for p, v in per.items()],
+        )
+        metric(
+            "skipped_offsets_total",
+            "counter",
+            "Offsets the source jumped over (compaction, markers).",
+            [(f'{{partition="{p}"}}', v["skipped_offsets"]) for p, v in per.items()],
+        )
+        metric(
+            "lag_events",
+            "gauge",
+            "Events available on the source but not yet read.",
+            [(f'{{partition="{p}"}}', v["lag"]) for p, v in per.items()],
+        )
+        metric(
+            "keys",
+            "gauge",
+            "Keys held in the partition's engine.",
+            [(f'{{partition="{p}"}}', v["keys"]) for p, v in per.items()],
+        )
         metric("checkpoints_total", "counter", "Checkpoints written.", [("", m["checkpoints"])])
-        metric("last_checkpoint_age_seconds", "gauge", "Seconds since the last checkpoint.",
-               [("", m["last_checkpoint_age_s"])])
-        metric("last_checkpoint_duration_seconds", "gauge", "Duration of the last checkpoint.",
-               [("", m["last_checkpoint_duration_s"])])
-        metric("source_errors_total", "counter", "Transient source errors (retried).",
-               [(f'{{kind="{k}"}}', v) for k, v in m["source_errors"].items()])
+        metric(
+            "last_checkpoint_age_seconds",
+            "gauge",
+            "Seconds since the last checkpoint.",
+            [("", m["last_checkpoint_age_s"])],
+        )
+        metric(
+            "last_checkpoint_duration_seconds",
+            "gauge",
+            "Duration of the last checkpoint.",
+            [("", m["last_checkpoint_duration_s"])],
+        )
+        metric(
+            "source_errors_total",
+            "counter",
+            "Transient source errors (retried).",
+            [(f'{{kind="{k}"}}', v) for k, v in m["source_errors"].items()],
+        )
         return "\n".join(lines) + "\n"
 
 
@@ -766,14 +908,27 @@ def source_from_url(url: str) -> Source:
     if u.scheme in ("redis", "rediss"):
         streams = q.get("streams", "")
         if not streams:
-            raise SpecError(f"--source {url!r}: expected redis://host:port/db?streams=s1,s2[&group=NAME]")
+            raise SpecError(
+                f"--source {url!r}: expected redis://host:port/db?streams=s1,s2[&group=NAME]"
+            )
         base = f"{u.scheme}://{u.netloc}{u.path}"
         assign = [int(x) for x in q["assign"].split(",")] if "assign" in q else None
-        return sources.redis_stream(base, streams.split(","), q.get("group"), field=q.get("field", "data"),
-                                    timestamp_unit=q.get("timestamp_unit"), assign=assign)
+        return sources.redis_stream(
+            base,
+            streams.split(","),
+            q.get("group"),
+            field=q.get("field", "data"),
+            timestamp_unit=q.get("timestamp_unit"),
+            assign=assign,
+        )
     path = u.path if u.scheme == "file" else url.split("?", 1)[0]
-    return sources.replay(path, arrival=q.get("arrival"), partitions=int(q.get("partitions", 1)),
-                          seed=int(q.get("seed", 0)), max_delay=q.get("max_delay"))
+    return sources.replay(
+        path,
+        arrival=q.get("arrival"),
+        partitions=int(q.get("partitions", 1)),
+        seed=int(q.get("seed", 0)),
+        max_delay=q.get("max_delay"),
+    )
 
 
 def _serve_metrics(runner: Runner, port: int) -> Any:
@@ -804,20 +959,36 @@ def main_run(argv: list[str]) -> int:
 
     from .features import FeatureSet
 
-    ap = argparse.ArgumentParser(prog="rtml run", description="Follow a stream into checkpointed online engines.")
-    ap.add_argument("--spec", required=True, help="feature-set JSON document (FeatureSet.to_json())")
-    ap.add_argument("--source", required=True,
-                    help="kafka://host:port/topic?group=g | redis://host:port/0?streams=a,b | a Parquet path")
+    ap = argparse.ArgumentParser(
+        prog="rtml run", description="Follow a stream into checkpointed online engines."
+    )
+    ap.add_argument(
+        "--spec", required=True, help="feature-set JSON document (FeatureSet.to_json())"
+    )
+    ap.add_argument(
+        "--source",
+        required=True,
+        help="kafka://host:port/topic?group=g | redis://host:port/0?streams=a,b | a Parquet path",
+    )
     ap.add_argument("--checkpoint", required=True, help="checkpoint directory")
     ap.add_argument("--checkpoint-every", default="5s")
     ap.add_argument("--max-batch", type=int, default=10_000)
-    ap.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus text on 127.0.0.1:PORT")
-    ap.add_argument("--until-idle", action="store_true", help="drain what is there, checkpoint, exit")
+    ap.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus text on 127.0.0.1:PORT"
+    )
+    ap.add_argument(
+        "--until-idle", action="store_true", help="drain what is there, checkpoint, exit"
+    )
     ap.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
     args = ap.parse_args(argv)
     fs = FeatureSet.from_json(Path(args.spec).read_text())
-    runner = Runner(fs, source_from_url(args.source), args.checkpoint, args.checkpoint_every,
-                    max_batch=args.max_batch)
+    runner = Runner(
+        fs,
+        source_from_url(args.source),
+        args.checkpoint,
+        args.checkpoint_every,
+        max_batch=args.max_batch,
+    )
     server = _serve_metrics(runner, args.metrics_port) if args.metrics_port is not None else None
     show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     stop = threading.Event()
@@ -837,9 +1008,11 @@ def main_run(argv: list[str]) -> int:
                 now = time.monotonic()
                 rate = (m["events_in"] - last_n) / (now - last_t)
                 lag = sum(v or 0 for v in m["lag"].values())
-                sys.stderr.write(f"\r{m['events_in']:,} events  {rate:,.0f}/s  lag {lag:,}  "
-                                 f"late {m['late']:,}  malformed {m['malformed']:,}  "
-                                 f"partitions {sorted(m['partitions'])}   ")
+                sys.stderr.write(
+                    f"\r{m['events_in']:,} events  {rate:,.0f}/s  lag {lag:,}  "
+                    f"late {m['late']:,}  malformed {m['malformed']:,}  "
+                    f"partitions {sorted(m['partitions'])}   "
+                )
                 sys.stderr.flush()
                 last_t, last_n = now, m["events_in"]
             if args.until_idle and n == 0 and runner.source.idle():

@@ -151,14 +151,19 @@ def _ns_of(table: pa.Table, column: str, unit: Optional[str]) -> np.ndarray:
         factor = 1_000_000
     elif pa.types.is_integer(t):
         if unit is None:
-            raise SchemaError(f"column '{column}': integer times need a unit (timestamp_unit='s'|'ms'|'us'|'ns')")
+            raise SchemaError(
+                f"column '{column}': integer times need a unit (timestamp_unit='s'|'ms'|'us'|'ns')"
+            )
         factor = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}[unit]
         v = pc.cast(col, pa.int64())
     else:
-        raise SchemaError(f"column '{column}': expected a timestamp, date or integer column, got {t}")
+        raise SchemaError(
+            f"column '{column}': expected a timestamp, date or integer column, got {t}"
+        )
     if v.null_count:
         raise SchemaError(f"column '{column}': null times cannot be ordered for replay")
-    return v.to_numpy() * np.int64(factor)
+    out: np.ndarray = v.to_numpy() * np.int64(factor)
+    return out
 
 
 def _duration_ns(value: Any, what: str) -> int:
@@ -173,8 +178,15 @@ def _duration_ns(value: Any, what: str) -> int:
         return int(round(value * 1e9))
     if isinstance(value, str):
         s = value.strip()
-        for suffix, mult in (("ms", 1_000_000), ("us", 1_000), ("ns", 1), ("s", 10**9), ("m", 60 * 10**9),
-                             ("h", 3600 * 10**9), ("d", 86400 * 10**9)):
+        for suffix, mult in (
+            ("ms", 1_000_000),
+            ("us", 1_000),
+            ("ns", 1),
+            ("s", 10**9),
+            ("m", 60 * 10**9),
+            ("h", 3600 * 10**9),
+            ("d", 86400 * 10**9),
+        ):
             if s.endswith(suffix):
                 num = s[: -len(suffix)]
                 try:
@@ -184,7 +196,9 @@ def _duration_ns(value: Any, what: str) -> int:
                 if x < 0:
                     break
                 return int(round(x * mult))
-    raise SpecError(f"{what}: expected a duration such as '500ms', '5s', '1m' or a timedelta, got {value!r}")
+    raise SpecError(
+        f"{what}: expected a duration such as '500ms', '5s', '1m' or a timedelta, got {value!r}"
+    )
 
 
 class ReplaySource(Source):
@@ -207,7 +221,9 @@ class ReplaySource(Source):
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise SpecError(f"replay.partitions: expected a positive int, got {partitions!r}")
         if arrival is not None and max_delay is not None:
-            raise SpecError("replay: give either arrival= (a column) or max_delay= (a random delay), not both")
+            raise SpecError(
+                "replay: give either arrival= (a column) or max_delay= (a random delay), not both"
+            )
         self._table = _io.to_table(data, "replay")
         self._timestamp = timestamp
         self._arrival = arrival
@@ -234,7 +250,9 @@ class ReplaySource(Source):
         if self._order is not None:
             return self._order
         if self._timestamp is None or self._key is None:
-            raise SpecError("replay: name the timestamp and key columns (or give the source to a Runner)")
+            raise SpecError(
+                "replay: name the timestamp and key columns (or give the source to a Runner)"
+            )
         t = self._table
         n = t.num_rows
         if self._arrival is not None:
@@ -243,16 +261,22 @@ class ReplaySource(Source):
             when = _ns_of(t, self._timestamp, self._unit)
             if self._max_delay:
                 rng = np.random.default_rng(self._seed)
-                when = when + rng.integers(0, self._max_delay, size=n, endpoint=True, dtype=np.int64)
+                when = when + rng.integers(
+                    0, self._max_delay, size=n, endpoint=True, dtype=np.int64
+                )
         order = np.argsort(when, kind="stable")
         if self._key not in t.column_names:
-            raise SchemaError(f"column '{self._key}': not in the events (columns: {t.column_names})")
+            raise SchemaError(
+                f"column '{self._key}': not in the events (columns: {t.column_names})"
+            )
         if self.partitions == 1:
             parts = np.zeros(n, dtype=np.int64)
         else:
             enc = pc.dictionary_encode(t.column(self._key)).combine_chunks()
             uniq = enc.dictionary.to_pylist()
-            part_of_uniq = np.array([partition_of(k, self.partitions) for k in uniq], dtype=np.int64)
+            part_of_uniq = np.array(
+                [partition_of(k, self.partitions) for k in uniq], dtype=np.int64
+            )
             idx = enc.indices
             if idx.null_count:
                 raise SchemaError(f"column '{self._key}': null keys cannot be partitioned")
@@ -286,7 +310,9 @@ class ReplaySource(Source):
         return out
 
     def idle(self) -> bool:
-        return self._order is not None and all(self._pos[p] >= len(o) for p, o in enumerate(self._order))
+        return self._order is not None and all(
+            self._pos[p] >= len(o) for p, o in enumerate(self._order)
+        )
 
     def lag(self) -> dict[int, Optional[int]]:
         if self._order is None:
@@ -324,7 +350,9 @@ def replay(
     >>> [o.tolist() for o in src.arrival_order()]
     [[0, 2, 1]]
     """
-    return ReplaySource(data, timestamp, arrival, partitions, key, seed, max_delay, timestamp_unit, name)
+    return ReplaySource(
+        data, timestamp, arrival, partitions, key, seed, max_delay, timestamp_unit, name
+    )
 
 
 class MessageReplaySource(Source):
@@ -332,11 +360,21 @@ class MessageReplaySource(Source):
 
     raw = True
 
-    def __init__(self, payloads: Sequence[Optional[bytes]], keys: Optional[Sequence[Any]], partitions: int,
-                 fields: Optional[dict[str, str]], decode: Optional[Callable[[bytes], dict[str, Any]]],
-                 timestamp_unit: Optional[str], types: Optional[dict[str, str]], name: Optional[str]) -> None:
+    def __init__(
+        self,
+        payloads: Sequence[Optional[bytes]],
+        keys: Optional[Sequence[Any]],
+        partitions: int,
+        fields: Optional[dict[str, str]],
+        decode: Optional[Callable[[bytes], dict[str, Any]]],
+        timestamp_unit: Optional[str],
+        types: Optional[dict[str, str]],
+        name: Optional[str],
+    ) -> None:
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
-            raise SpecError(f"replay_messages.partitions: expected a positive int, got {partitions!r}")
+            raise SpecError(
+                f"replay_messages.partitions: expected a positive int, got {partitions!r}"
+            )
         if keys is not None and len(keys) != len(payloads):
             raise SpecError(f"replay_messages.keys: {len(keys)} keys for {len(payloads)} payloads")
         if keys is None and partitions > 1:
@@ -404,7 +442,9 @@ def replay_messages(
     >>> src.lag()
     {0: 1}
     """
-    return MessageReplaySource(payloads, keys, partitions, fields, decode, timestamp_unit, types, name)
+    return MessageReplaySource(
+        payloads, keys, partitions, fields, decode, timestamp_unit, types, name
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -431,7 +471,9 @@ class KafkaSource(Source):
         retry_backoff: float,
     ) -> None:
         if format != "json" and decode is None:
-            raise SpecError(f"kafka.format: only 'json' is decoded natively; give decode= for {format!r}")
+            raise SpecError(
+                f"kafka.format: only 'json' is decoded natively; give decode= for {format!r}"
+            )
         self.bootstrap = bootstrap
         self.topic = topic
         self.group = group
@@ -474,8 +516,12 @@ class KafkaSource(Source):
         }
         conf.update(self._config)
         self._consumer = Consumer(conf)
-        self._consumer.subscribe([self.topic], on_assign=self._assign_cb, on_revoke=self._revoke_cb,
-                                 on_lost=self._revoke_cb)
+        self._consumer.subscribe(
+            [self.topic],
+            on_assign=self._assign_cb,
+            on_revoke=self._revoke_cb,
+            on_lost=self._revoke_cb,
+        )
 
     def _on_error(self, err: Any) -> None:
         self._errors["broker_errors"] += 1
@@ -495,7 +541,9 @@ class KafkaSource(Source):
                 pos = start.get(p)
                 if pos is None:
                     continue
-                lo, _hi = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10.0)
+                lo, _hi = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=10.0
+                )
                 if int(pos) < lo:
                     raise SourceError(
                         f"partition {p} of topic {self.topic!r}: the checkpoint's offset {pos} is older than the "
@@ -510,9 +558,13 @@ class KafkaSource(Source):
                     self._next[p] = int(pos)
                 else:
                     self._next.pop(p, None)
-                out.append(TopicPartition(self.topic, p, OFFSET_BEGINNING if pos is None else int(pos)))
+                out.append(
+                    TopicPartition(self.topic, p, OFFSET_BEGINNING if pos is None else int(pos))
+                )
             consumer.assign(out)
-        except BaseException as e:  # surfaced by the next poll (callbacks cannot raise through librdkafka)
+        except (
+            BaseException
+        ) as e:  # surfaced by the next poll (callbacks cannot raise through librdkafka)
             self._fatal = e
             consumer.assign([])
 
@@ -543,7 +595,7 @@ class KafkaSource(Source):
         eof_after: dict[int, int] = {}  # partition -> index of its last EOF event in `msgs`
         if not all(e is None for e in errs):  # (not errs.count(None): KafkaError == None raises)
             good = []
-            for i, (m, err) in enumerate(zip(msgs, errs)):
+            for m, err in zip(msgs, errs):
                 if err is None:
                     good.append(m)
                     continue
@@ -576,12 +628,12 @@ class KafkaSource(Source):
                 offs = [offsets[i] for i in idx]
                 vals = [values[i] for i in idx]
                 last_at[p] = idx[-1]
-            out.append(Batch(p, offs, int(offs[-1]) + 1, payloads=vals))  # type: ignore[arg-type]
+            out.append(Batch(p, offs, int(offs[-1]) + 1, payloads=vals))
             self._next[p] = int(offs[-1]) + 1
         # at the end of a partition iff its last event here is an EOF after its last message
         for p in last_at:
             self._eof[p] = p in eof_after and eof_after[p] > last_at[p]
-        for p, at in eof_after.items():
+        for p in eof_after:
             if p in self._eof and p not in last_at:
                 self._eof[p] = True
         if not msgs:
@@ -600,7 +652,9 @@ class KafkaSource(Source):
         out: dict[int, Optional[int]] = {}
         for p in list(self._assigned):
             try:
-                lo, hi = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=1.0, cached=False)
+                lo, hi = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=1.0, cached=False
+                )
                 nxt = self._next.get(p, lo)
                 out[p] = max(0, hi - max(nxt, lo))
             except Exception:
@@ -610,7 +664,11 @@ class KafkaSource(Source):
     def commit(self, positions: dict[int, Position]) -> None:
         from confluent_kafka import TopicPartition
 
-        tps = [TopicPartition(self.topic, p, int(pos)) for p, pos in positions.items() if p in self._assigned]
+        tps = [
+            TopicPartition(self.topic, p, int(pos))
+            for p, pos in positions.items()
+            if p in self._assigned
+        ]
         if not tps:
             return
         try:
@@ -680,8 +738,19 @@ def kafka(
     ``key=str(entity)``; a callable ``f(key, n_partitions)``; ``"unknown"``), used by
     `Runner.get` to find the engine of a key. `config`: extra confluent-kafka settings.
     """
-    return KafkaSource(bootstrap, topic, group, format, fields, decode, timestamp_unit, types, config,
-                       partitioner, retry_backoff)
+    return KafkaSource(
+        bootstrap,
+        topic,
+        group,
+        format,
+        fields,
+        decode,
+        timestamp_unit,
+        types,
+        config,
+        partitioner,
+        retry_backoff,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -728,7 +797,9 @@ class RedisStreamSource(Source):
         self._assign = sorted(set(assign)) if assign is not None else list(range(len(self.streams)))
         for p in self._assign:
             if not 0 <= p < len(self.streams):
-                raise SpecError(f"redis_stream.assign: partition {p} does not exist ({len(self.streams)} streams)")
+                raise SpecError(
+                    f"redis_stream.assign: partition {p} does not exist ({len(self.streams)} streams)"
+                )
         self._partitioner = partitioner
         self._timeout = socket_timeout
         self._client: Any = None
@@ -736,7 +807,12 @@ class RedisStreamSource(Source):
         self._idle: dict[int, bool] = {}
         self._errors = {"broker_errors": 0, "retries": 0}
 
-    def open(self, on_assign: AssignFn, on_revoke: RevokeFn, consumed: Optional[Callable[[int], int]] = None) -> None:
+    def open(
+        self,
+        on_assign: AssignFn,
+        on_revoke: RevokeFn,
+        consumed: Optional[Callable[[int], int]] = None,
+    ) -> None:
         import redis
 
         self._client = redis.Redis.from_url(self.url, socket_timeout=self._timeout)
@@ -758,8 +834,13 @@ class RedisStreamSource(Source):
             return
         info = self._call(lambda: self._client.xinfo_stream(self.streams[p]), p, missing_ok=True)
         if not info:
-            raise SourceError(f"partition {p}: stream {self.streams[p]!r} does not exist but the checkpoint is at {last}")
-        dec = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+            raise SourceError(
+                f"partition {p}: stream {self.streams[p]!r} does not exist but the checkpoint is at {last}"
+            )
+
+        def dec(v: Any) -> str:
+            return v.decode() if isinstance(v, bytes) else str(v)
+
         lost = 0
         first = info.get("first-entry")
         if first is not None and _id_tuple(dec(first[0])) > _id_tuple(last):
@@ -829,7 +910,9 @@ class RedisStreamSource(Source):
         out: dict[int, Optional[int]] = {}
         for p in self._assign:
             try:
-                n = self._client.xrange(self.streams[p], min="(" + self._last[p], max="+", count=10_000)
+                n = self._client.xrange(
+                    self.streams[p], min="(" + self._last[p], max="+", count=10_000
+                )
                 out[p] = len(n)
             except Exception:
                 out[p] = None
@@ -847,7 +930,9 @@ class RedisStreamSource(Source):
                 try:
                     self._client.xgroup_setid(self.streams[p], self.group, str(pos))
                 except redis.ResponseError:
-                    self._client.xgroup_create(self.streams[p], self.group, id=str(pos), mkstream=True)
+                    self._client.xgroup_create(
+                        self.streams[p], self.group, id=str(pos), mkstream=True
+                    )
             except Exception:
                 self._errors["broker_errors"] += 1
 
@@ -891,18 +976,33 @@ def redis_stream(
     consumer group's last-delivered ID is set after each checkpoint (informational). Scale
     out by giving each runner its own `assign=[partitions]`.
     """
-    return RedisStreamSource(url, streams, group, field, fields, decode, timestamp_unit, types, assign,
-                             partitioner, socket_timeout)
+    return RedisStreamSource(
+        url,
+        streams,
+        group,
+        field,
+        fields,
+        decode,
+        timestamp_unit,
+        types,
+        assign,
+        partitioner,
+        socket_timeout,
+    )
 
 
-def _decoder_config(source: Any, feature_set: Any) -> tuple[tuple[str, str], tuple[str, str], list[tuple[str, str, bool]], Optional[str]]:
+def _decoder_config(
+    source: Any, feature_set: Any
+) -> tuple[tuple[str, str], tuple[str, str], list[tuple[str, str, bool]], Optional[str]]:
     """(entity, timestamp, values, unit) for `_core.JsonDecoder` from a raw source's options."""
     spec = feature_set._spec
     f = source.fields
     known = {spec.entity, spec.timestamp, *(c for c, _ in spec.value_columns)}
     for name in f:
         if name not in known:
-            raise SpecError(f"fields: {name!r} is not a column of the feature set (columns: {sorted(known)})")
+            raise SpecError(
+                f"fields: {name!r} is not a column of the feature set (columns: {sorted(known)})"
+            )
     values = []
     for col, numeric in spec.value_columns:
         t = source.types.get(col)
@@ -912,5 +1012,9 @@ def _decoder_config(source: Any, feature_set: Any) -> tuple[tuple[str, str], tup
             raise SpecError(f"types[{col!r}]: the feature set reads {col!r} as numbers")
         values.append((col, f.get(col, col), bool(numeric or t == "float")))
     unit = source.timestamp_unit or spec.timestamp_unit
-    return (spec.entity, f.get(spec.entity, spec.entity)), (spec.timestamp, f.get(spec.timestamp, spec.timestamp)), values, unit
-
+    return (
+        (spec.entity, f.get(spec.entity, spec.entity)),
+        (spec.timestamp, f.get(spec.timestamp, spec.timestamp)),
+        values,
+        unit,
+    )
