@@ -7,6 +7,7 @@ import json
 import struct
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 import rtml

@@ -152,7 +152,7 @@ def test_csv_input_empty_is_null_and_times_are_parsed(tmp_path):
     assert got.column("zone_count_1h").to_pylist() == [2, 1]           # the null zone is not counted
     assert got.column("zone_distinct_count_1h").to_pylist() == [2, 1]  # and is not a category ""
     assert got.column("fare_sum_1h").to_pylist() == [15.0, 1.0]
-    assert got.column("ts").type == pa.timestamp("ns")                 # naive spine stays naive (UTC)
+    assert got.column("ts").type == pa.timestamp("ns", tz="UTC")       # an aware spine stays aware
 
 
 def test_csv_times_mixing_zones_or_not_iso_are_refused_with_a_hint(tmp_path, capsys):
