@@ -76,7 +76,9 @@ impl PyJsonDecoder {
             }
         }
         let mapping = &self.mapping;
-        let decoded = entry(None, || detached(py, || decode_json(mapping, &slices, key_is_int)))?;
+        let decoded = entry(None, || {
+            detached(py, || decode_json(mapping, &slices, key_is_int))
+        })?;
         let batch = PyRecordBatch::new(decoded.batch).into_pyarrow(py)?;
         Ok((batch, decoded.rejected, decoded.key_is_int))
     }
