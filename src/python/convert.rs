@@ -247,13 +247,35 @@ pub fn instant_zoned(
     }
     let tname = type_name(obj);
     if tname == "datetime64" {
-        let ns = obj
+        let as_ns = obj
             .call_method1("astype", ("datetime64[ns]",))
-            .and_then(|v| v.call_method1("astype", ("int64",)))
+            .map_err(py_err)?;
+        let ns = as_ns
+            .call_method1("astype", ("int64",))
             .and_then(|v| v.extract::<i64>())
             .map_err(py_err)?;
         if ns == i64::MIN {
             return Err(Error::schema(field, "NaT (not a time)"));
+        }
+        // numpy wraps silently when a coarser unit ('s', 'us', 'D', ...) overflows int64 ns
+        // (year 1600 in 'us' becomes 2184): converting back must give the same instant.
+        // Units finer than ns span less than int64 ns, so cannot overflow (ns truncates them).
+        let dtype = obj.getattr("dtype").map_err(py_err)?;
+        let unit: String = obj
+            .py()
+            .import("numpy")
+            .and_then(|np| np.call_method1("datetime_data", (&dtype,)))
+            .and_then(|d| d.get_item(0))
+            .and_then(|u| u.extract())
+            .map_err(py_err)?;
+        if !matches!(unit.as_str(), "ns" | "ps" | "fs" | "as") {
+            let same: bool = as_ns
+                .call_method1("astype", (&dtype,))
+                .and_then(|back| back.eq(obj))
+                .map_err(py_err)?;
+            if !same {
+                return Err(range());
+            }
         }
         return Ok((ns, Zone::Naive));
     }
