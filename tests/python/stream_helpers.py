@@ -19,13 +19,14 @@ LATENESS_S = 600
 
 
 def env_with_rtml() -> dict:
-    """The environment of a child process that imports this checkout's rtml."""
+    """The environment of a child process that imports the rtml this test process imported (an
+    installed wheel in CI, a source tree with a built extension on PYTHONPATH locally)."""
     import os
     from pathlib import Path
 
     env = dict(os.environ)
-    repo = Path(__file__).resolve().parents[2]
-    env["PYTHONPATH"] = os.pathsep.join([str(repo / "python"), env.get("PYTHONPATH", "")])
+    home = Path(rtml.__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(home), env.get("PYTHONPATH", "")])
     env.setdefault("PYTHONWARNINGS", "ignore")
     return env
 
