@@ -135,5 +135,9 @@ def _columns_table(columns: dict[Any, Any], what: str) -> pa.Table:
 
 
 def events_table(data: Any, timestamp: str) -> pa.Table:
-    """Events for OnlineEngine.ingest given as a table (not as row dicts)."""
-    return to_table(data, "events")
+    """Events for OnlineEngine.ingest given as a table (not as row dicts): read as backfill
+    reads them (a polars LazyFrame collected without a warning, a pyarrow dataset read, Decimal
+    columns correctly rounded to float64)."""
+    from . import _frames
+
+    return _frames.decimals_to_float(to_table(_frames.prepare(data), "events"))

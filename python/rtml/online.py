@@ -159,8 +159,9 @@ class OnlineEngine:
             self._warned_late = True
             warnings.warn(
                 f"OnlineEngine.ingest dropped {late} of {accepted + late} events as late (older "
-                "than the watermark minus allowed_lateness): an input not in time order? Sort a "
-                "table by its timestamp column before ingesting it, or raise allowed_lateness. "
+                "than the watermark before this call minus allowed_lateness): events re-sent or "
+                "replayed, or a source behind the engine? Within one call order does not matter "
+                "(a call is one arrival); raise allowed_lateness if such delays are expected. "
                 "Late events are counted in stats()['late_events_dropped']; this warning is "
                 "issued once per engine.",
                 LateEventsWarning,

@@ -303,3 +303,27 @@ def test_float_keys_are_refused_with_a_hint_to_cast():
         FS.backfill(events.assign(driver=events.driver.astype(float)), spine)
     with pytest.raises(rtml.SchemaError, match=r"spine column 'driver'.*fractions.*astype\(str\)"):
         FS.backfill(events, spine.assign(driver=spine.driver + 0.5))
+
+
+def test_ingest_reads_tables_as_backfill_does_decimal_lazyframe_dataset():
+    import warnings
+
+    import polars as pl
+    import pyarrow.dataset as ds
+
+    events, spine = _events(), _spine()
+    plain = pa.Table.from_pandas(events, preserve_index=False)
+    dec = plain.set_column(2, "fare", pa.array([Decimal(str(v)) for v in events.fare], pa.decimal128(12, 2)))
+    key, at = int(spine.driver[0]), T0 + pd.Timedelta("7h")
+    want = FS.online(history=events).get(key, at=at)
+    inputs = {
+        "decimal table": dec,
+        "polars LazyFrame": pl.from_arrow(plain).lazy(),
+        "pyarrow dataset": ds.dataset(plain),
+    }
+    for what, data in inputs.items():
+        eng = FS.online()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no polars PerformanceWarning, nothing else
+            assert eng.ingest(data) == plain.num_rows, what
+        assert eng.get(key, at=at) == want, what
