@@ -14,6 +14,7 @@ from ._core import __version__, num_threads
 from ._core import debug_build as _debug_build
 from .exceptions import (
     LateEventsWarning,
+    NotFittedError,
     PoisonedError,
     QueryError,
     RtmlError,
@@ -109,6 +110,7 @@ __all__ = [
     *_transforms.__all__,
     "RtmlError",
     "SpecError",
+    "NotFittedError",
     "SchemaError",
     "QueryError",
     "SnapshotError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "RtmlError",
     "SpecError",
+    "NotFittedError",
     "SchemaError",
     "QueryError",
     "SnapshotError",
@@ -20,6 +21,12 @@ class RtmlError(Exception):
 
 class SpecError(RtmlError, ValueError):
     """An invalid feature-set definition or document (names the field)."""
+
+
+class NotFittedError(SpecError, AttributeError):
+    """Something asked of a Transforms that only its `fit` can tell (e.g. the output names of
+    a ``one_hot`` step). A :class:`rtml.SpecError` (and an ``AttributeError``, as
+    scikit-learn's ``NotFittedError`` is, so ``hasattr`` answers False)."""
 
 
 class SchemaError(RtmlError, ValueError):

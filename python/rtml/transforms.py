@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 
 from . import _core, _frames, _io
-from .exceptions import SpecError
+from .exceptions import NotFittedError, SpecError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -533,12 +533,6 @@ def _check_outputs(doc_steps: list[dict[str, Any]]) -> None:
         written.setdefault(out, i)
 
 
-class NotFittedError(SpecError, AttributeError):
-    """Something asked of a Transforms that only its `fit` can tell (e.g. the output names of
-    a ``one_hot`` step). A :class:`rtml.SpecError` (and an ``AttributeError``, as
-    scikit-learn's ``NotFittedError`` is)."""
-
-
 class Transforms:
     """An ordered transform pipeline, fitted on a table and applied identically to a table
     (`transform`) and to one request row (`transform_one`, `vector`).
@@ -633,7 +627,7 @@ class Transforms:
         >>> rtml.Transforms([rtml.one_hot("c")]).feature_names
         Traceback (most recent call last):
             ...
-        rtml.transforms.NotFittedError: feature_names: one_hot('c') learns its columns in fit; call fit(table) first
+        rtml.exceptions.NotFittedError: feature_names: one_hot('c') learns its columns in fit; call fit(table) first
         """
         names = list(self._t.feature_names)
         if not self._t.is_fitted:

@@ -327,6 +327,23 @@ pub(crate) fn vector_with_features<'py>(
         // `feats` holds only the features of other slots: the caller reads all and retries
         return Ok(None);
     }
+    if let Some(d) = d {
+        // A request field named like a window feature would be silently ignored (the engine's
+        // value is what the model was trained on): refuse it. Only a dict holding more keys than
+        // the request fields the Transforms reads can hold one, so the common call skips this.
+        let n_fields = slots.slots.iter().filter(|s| matches!(s, Slot::Field(_))).count();
+        if d.len() > n_fields {
+            for (slot, name) in slots.slots.iter().zip(t.row_inputs()) {
+                if matches!(slot, Slot::Feature(_)) && d.contains(name)? {
+                    return Err(super::errors::to_py(Error::schema(
+                        name,
+                        "is a window feature the engine computes; the request row must not \
+                         carry it too (drop it from the fields, or rename the feature)",
+                    )));
+                }
+            }
+        }
+    }
     let mut objs: SmallVec<[RowInput<'py>; 16]> = SmallVec::with_capacity(slots.slots.len());
     for (slot, name) in slots.slots.iter().zip(t.row_inputs()) {
         let found = match slot {

@@ -286,15 +286,27 @@ def test_transforms_read_decimal_columns_as_float64():
     assert a.equals(b)
 
 
-def test_vector_request_field_named_like_a_window_feature_is_ignored_as_documented():
+def test_vector_request_field_named_like_a_window_feature_is_refused():
     fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h")])
     eng = fs.online(history=_events())
     tf = rtml.Transforms([rtml.passthrough("count_1h"), rtml.passthrough("distance")])
     at = T0 + pd.Timedelta("6h30m")  # after the history (the state is settled up to its end)
     want = eng.get(3, at=at)["count_1h"]
     assert want > 0
-    got = eng.vector(3, tf, {"count_1h": want + 1000.0, "distance": 2.0}, at=at)
-    assert got.tolist() == [float(want), 2.0]  # docs/transforms.md: the window feature wins
+    with pytest.raises(rtml.SchemaError, match="column 'count_1h'.*window feature"):
+        eng.vector(3, tf, {"count_1h": want + 1000.0, "distance": 2.0}, at=at)
+    # extra fields that are not features are fine, and the answer is the engine's value
+    got = eng.vector(3, tf, {"distance": 2.0, "unused": "x"}, at=at)
+    assert got.tolist() == [float(want), 2.0]
+
+
+def test_not_fitted_error_is_exported_at_the_top_level():
+    tf = rtml.Transforms([rtml.one_hot("c")])
+    with pytest.raises(rtml.NotFittedError):
+        tf.feature_names
+    assert issubclass(rtml.NotFittedError, rtml.SpecError)
+    assert rtml.transforms.NotFittedError is rtml.NotFittedError
+    assert "NotFittedError" in rtml.__all__
 
 
 def test_float_keys_are_refused_with_a_hint_to_cast():
