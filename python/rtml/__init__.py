@@ -15,6 +15,7 @@ from ._core import debug_build as _debug_build
 from .exceptions import (
     LateEventsWarning,
     NotFittedError,
+    NullKeysWarning,
     PoisonedError,
     QueryError,
     RtmlError,
@@ -117,6 +118,7 @@ __all__ = [
     "PoisonedError",
     "RtmlWarning",
     "LateEventsWarning",
+    "NullKeysWarning",
     "LATE_WARNING_SHARE",
     "num_threads",
     "__version__",

@@ -12,6 +12,7 @@ __all__ = [
     "PoisonedError",
     "RtmlWarning",
     "LateEventsWarning",
+    "NullKeysWarning",
 ]
 
 
@@ -54,3 +55,8 @@ class RtmlWarning(UserWarning):
 class LateEventsWarning(RtmlWarning):
     """One `OnlineEngine.ingest` call dropped more than `LATE_WARNING_SHARE` of its events as late
     (older than the watermark minus `allowed_lateness`). Issued once per engine."""
+
+
+class NullKeysWarning(RtmlWarning):
+    """``FeatureSet.backfill(..., null_keys="skip")`` left out events with a null entity key or
+    gave spine rows with a null key null features: the message has both counts."""

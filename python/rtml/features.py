@@ -24,6 +24,7 @@ import datetime as _dt
 import html
 import json
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -31,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import pyarrow as pa
 
-from . import _core, _frames, _io
-from .exceptions import SchemaError, SpecError
+from . import _core, _frames, _io, _nullkeys
+from .exceptions import NullKeysWarning, SchemaError, SpecError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -687,6 +688,7 @@ class FeatureSet:
         time: str | None = None,
         progress: Progress = None,
         output: _frames.Output = "auto",
+        null_keys: str = "error",
     ) -> Any:
         """Point-in-time-correct features for every spine row.
 
@@ -713,9 +715,14 @@ class FeatureSet:
         False never, or a callable ``f(done, total)`` (an exception it raises stops the
         backfill and propagates; so does Ctrl-C).
 
+        `null_keys`: ``"error"`` (default) refuses null entity keys (None, NaN, Arrow null) in
+        events or spine; ``"skip"`` leaves such events out, gives such spine rows null features
+        (no entity, no history: null even for counts), and reports both numbers in one
+        :class:`rtml.NullKeysWarning`.
+
         Raises :class:`rtml.SchemaError` naming the column for missing columns, wrong types,
         null keys or times, or a spine column named like a feature; TypeError for an input
-        that is not a table; ValueError for an unknown `output`.
+        that is not a table; ValueError for an unknown `output` or `null_keys`.
 
         >>> import rtml, pandas as pd
         >>> fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h"), rtml.sum("fare", window="1h")])
@@ -736,11 +743,14 @@ class FeatureSet:
         kind = _frames.resolve_output(
             output, spine, allowed=("arrow", "pandas", "polars"), what="backfill"
         )
+        skip_null_keys = _nullkeys.skips(null_keys, "backfill")
         spine_in = _frames.prepare(spine)
         ev = _frames.decimals_to_float(_io.to_table(_frames.prepare(events), "events"))
         sp = _io.to_table(spine_in, "spine")
         key = key or self.entity
         time = time or self.timestamp
+        if skip_null_keys:
+            return self._backfill_skipping_null_keys(ev, sp, spine_in, key, time, progress, kind)
         _check_time_column(ev, self.timestamp, "events")
         _check_time_column(sp, time, "spine")
         _check_key_column(ev, self.entity, "events")
@@ -751,12 +761,56 @@ class FeatureSet:
                     f"column '{name}': the spine already has a column named like this feature; "
                     "rename one of them (feature name=...)"
                 )
+        return _join_features(spine_in, sp, self._features_for(ev, sp, key, time, progress), kind)
+
+    def _features_for(
+        self, ev: pa.Table, sp: pa.Table, key: str, time: str, progress: Progress
+    ) -> pa.Table:
+        """The feature columns (only) for every row of `sp`."""
         callback, bar = _progress_callback(progress, sp.num_rows)
         try:
-            feats = pa.Table.from_batches([self._spec.backfill(ev, sp, key, time, callback)])
+            return pa.Table.from_batches([self._spec.backfill(ev, sp, key, time, callback)])
         finally:
             if bar is not None:
                 bar.close()
+
+    def _backfill_skipping_null_keys(
+        self,
+        ev: pa.Table,
+        sp: pa.Table,
+        spine_in: Any,
+        key: str,
+        time: str,
+        progress: Progress,
+        kind: str,
+    ) -> Any:
+        """`backfill(..., null_keys="skip")`: null-key events left out, null-key spine rows
+        answered with null features, both counted in one NullKeysWarning."""
+        ev, skipped_events = _nullkeys.drop_from_table(ev, self.entity)
+        import numpy as np
+
+        n = sp.num_rows
+        if key in sp.column_names:
+            valid = _nullkeys.valid_mask(sp[key]).to_numpy(zero_copy_only=False)
+        else:
+            valid = np.ones(n, dtype=bool)  # the backfill names the missing column
+        kept = np.flatnonzero(valid)
+        null_rows = n - len(kept)
+        feats = self._features_for(ev, sp.take(kept) if null_rows else sp, key, time, progress)
+        if null_rows:
+            # spine row i takes feature row where[i] (its place among the kept rows), or a null
+            # row: pyarrow's take gives one for a null index
+            where = np.zeros(n, dtype=np.int64)
+            where[kept] = np.arange(len(kept), dtype=np.int64)
+            feats = feats.take(pa.array(where, mask=~valid))
+        if skipped_events or null_rows:
+            warnings.warn(
+                f"backfill(null_keys='skip'): left out {skipped_events} event(s) with a null "
+                f"'{self.entity}' and gave {null_rows} spine row(s) with a null '{key}' null "
+                "features",
+                NullKeysWarning,
+                stacklevel=3,
+            )
         return _join_features(spine_in, sp, feats, kind)
 
     def online(self, history: Any = None) -> "OnlineEngine":

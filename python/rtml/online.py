@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 import numpy as np
 import pyarrow as pa
 
-from . import _core, _io
+from . import _core, _io, _nullkeys
 from .exceptions import LateEventsWarning, SnapshotError
 
 if TYPE_CHECKING:
@@ -99,7 +99,15 @@ class OnlineEngine:
     (True, False, 1)
     """
 
-    __slots__ = ("_engine", "_spec", "_entity", "_timestamp", "_warned_late", "__weakref__")
+    __slots__ = (
+        "_engine",
+        "_spec",
+        "_entity",
+        "_timestamp",
+        "_warned_late",
+        "_null_keys_skipped",
+        "__weakref__",
+    )
 
     def __init__(self, feature_set: Union["FeatureSet", str]) -> None:
         self._attach(_core.Engine(_spec_of(feature_set)))
@@ -117,10 +125,11 @@ class OnlineEngine:
         self._entity = self._spec.entity
         self._timestamp = self._spec.timestamp
         self._warned_late = False
+        self._null_keys_skipped = 0
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, data: Any) -> int:
+    def ingest(self, data: Any, *, null_keys: str = "error") -> int:
         """Ingest events; returns the number accepted.
 
         `data`: one row dict (``{entity: key, timestamp: time, column: value, ...}``), a list of
@@ -136,6 +145,10 @@ class OnlineEngine:
         Times: naive and tz-aware times never mix; the first ingested datetimes fix the
         engine's clock (see docs/api.md, "Times").
 
+        `null_keys`: ``"error"`` (default) refuses an input holding a null entity key (None,
+        NaN or an Arrow null) with ``rtml.SchemaError``; ``"skip"`` leaves those events out and
+        counts them in ``stats()["null_keys_skipped"]``.
+
         >>> import rtml
         >>> fs = rtml.FeatureSet(entity="k", timestamp="ts", timestamp_unit="s",
         ...                      features=[rtml.sum("x", window="1h")])
@@ -146,6 +159,10 @@ class OnlineEngine:
         2
         """
         engine = self._engine
+        if _nullkeys.skips(null_keys, "ingest"):
+            data = self._drop_null_keys(data)
+            if data is None:
+                return 0
         # one row: the common case first (an exact dict whose key is a plain scalar)
         if type(data) is dict and type(data.get(self._entity)) in _SCALAR_TYPES:
             accepted, late = engine.ingest_row(data)
@@ -168,6 +185,21 @@ class OnlineEngine:
                 stacklevel=2,
             )
         return accepted
+
+    def _drop_null_keys(self, data: Any) -> Any:
+        """`data` without its null-key events (counted); None when nothing is left of one row."""
+        entity = self._entity
+        if isinstance(data, dict) and _is_scalar(data.get(entity)):
+            if entity in data and _nullkeys.is_null_key(data[entity]):
+                self._null_keys_skipped += 1
+                return None
+            return data
+        if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], dict)):
+            rows, n = _nullkeys.drop_from_rows(data, entity)
+        else:
+            rows, n = _nullkeys.drop_from_table(_io.events_table(data, self._timestamp), entity)
+        self._null_keys_skipped += n
+        return rows
 
     # ------------------------------------------------------------------ reads
 
@@ -250,8 +282,11 @@ class OnlineEngine:
     def stats(self) -> dict[str, Any]:
         """Counters and sizes: ``keys``, ``events_ingested``, ``late_events_dropped``,
         ``keys_evicted``, ``state_bytes`` (approximate), ``watermark`` (int ns since the epoch,
-        or None before any event) and ``watermark_iso`` (the same as ISO 8601 UTC text)."""
+        or None before any event), ``watermark_iso`` (the same as ISO 8601 UTC text) and
+        ``null_keys_skipped`` (events left out by ``ingest(..., null_keys="skip")`` through
+        this object)."""
         s: dict[str, Any] = self._engine.stats()
+        s["null_keys_skipped"] = self._null_keys_skipped
         s["watermark_iso"] = iso_ns(s["watermark"])
         return s
 

@@ -339,3 +339,92 @@ def test_ingest_reads_tables_as_backfill_does_decimal_lazyframe_dataset():
             warnings.simplefilter("error")  # no polars PerformanceWarning, nothing else
             assert eng.ingest(data) == plain.num_rows, what
         assert eng.get(key, at=at) == want, what
+
+
+# ---------------------------------------------------------------- null keys: refuse or skip
+
+
+def _with_null_keys(df, rows, column="driver"):
+    out = df.copy()
+    out[column] = out[column].astype(object)
+    out.loc[rows, column] = None
+    return out
+
+
+def test_backfill_skips_null_key_events_and_answers_null_key_spine_rows_with_nulls():
+    events, spine = _events(), _spine()
+    bad_events = _with_null_keys(events, [3, 50, 51, 299])
+    bad_spine = _with_null_keys(spine, [0, 10, 279])
+    with pytest.raises(rtml.SchemaError, match="driver"):
+        FS.backfill(bad_events, spine)
+    with pytest.raises(ValueError, match="null_keys"):
+        FS.backfill(events, spine, null_keys="drop")
+    with pytest.warns(rtml.NullKeysWarning, match=r"left out 4 event.*gave 3 spine row"):
+        got = FS.backfill(bad_events, bad_spine, null_keys="skip")
+    # independent expectation: the clean events without those rows, the spine without those rows
+    clean_events = events.drop(index=[3, 50, 51, 299])
+    keep = [i for i in spine.index if i not in (0, 10, 279)]
+    want = FS.backfill(clean_events, spine.loc[keep])
+    assert list(got.index) == list(spine.index)  # the spine's rows and index, all of them
+    for name in FS.feature_names:
+        # (a count column holds nulls now, so compare as float64; NaN == NaN here)
+        np.testing.assert_array_equal(got.loc[keep, name].to_numpy(dtype=float),
+                                      want[name].to_numpy(dtype=float))
+        assert got.loc[[0, 10, 279], name].isna().all()
+
+
+def test_backfill_null_keys_skip_with_nothing_null_is_the_plain_backfill(recwarn):
+    events, spine = _events(), _spine()
+    got = FS.backfill(events, spine, null_keys="skip", output="arrow")
+    assert got.equals(FS.backfill(events, spine, output="arrow"))
+    assert not [w for w in recwarn if issubclass(w.category, rtml.NullKeysWarning)]
+
+
+@pytest.mark.parametrize("form", ["pandas", "arrow", "polars", "dict_of_lists", "records", "one_row"])
+def test_ingest_skips_null_keys_in_every_input_form(form):
+    events = _events(n=40)
+    bad = _with_null_keys(events, [5, 6, 20])
+    clean = events.drop(index=[5, 6, 20])
+
+    def as_form(df):
+        if form == "pandas":
+            return [df]
+        if form == "arrow":
+            return [pa.Table.from_pandas(df, preserve_index=False)]
+        if form == "polars":
+            return [pl.from_pandas(df)]
+        if form == "dict_of_lists":
+            return [df.to_dict("list")]
+        if form == "records":
+            return [df.to_dict("records")]
+        return [r for r in df.to_dict("records")]  # one call per row
+
+    eng = FS.online()
+    with pytest.raises(rtml.SchemaError, match="driver"):
+        for part in as_form(bad):
+            eng.ingest(part)
+    eng, ref = FS.online(), FS.online()
+    accepted = sum(eng.ingest(part, null_keys="skip") for part in as_form(bad))
+    for part in as_form(clean):
+        ref.ingest(part)
+    assert accepted == len(clean)
+    assert eng.stats()["null_keys_skipped"] == 3
+    assert ref.stats()["null_keys_skipped"] == 0
+    at = T0 + pd.Timedelta("7h")
+    for k in range(12):
+        assert eng.get(k, at=at) == ref.get(k, at=at)
+
+
+def test_ingest_null_keys_policy_is_checked():
+    with pytest.raises(ValueError, match="null_keys"):
+        FS.online().ingest({"driver": 1, "ts": T0, "fare": 1.0}, null_keys="ignore")
+
+
+def test_null_key_in_dictionary_values_is_skipped_too():
+    keys = pa.array(["a", None, "b"]).dictionary_encode(null_encoding="encode")
+    assert keys.null_count == 0  # the null is in the dictionary's values, not in the indices
+    fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h")])
+    ts = pa.array([T0.value, T0.value + 1, T0.value + 2], pa.timestamp("ns", tz="UTC"))
+    eng = fs.online()
+    assert eng.ingest(pa.table({"driver": keys, "ts": ts}), null_keys="skip") == 2
+    assert eng.stats()["null_keys_skipped"] == 1

@@ -1,0 +1,71 @@
+"""The ``null_keys="skip"`` option of `FeatureSet.backfill` and `OnlineEngine.ingest`: rows whose
+entity key is null are left out and counted, instead of refusing the whole input.
+
+One rule for every input form: a key is null when it is None, a float NaN (pandas' missing value
+in an object column) or an Arrow null (including a null stored in a dictionary's values).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["POLICIES", "skips", "is_null_key", "valid_mask", "drop_from_table", "drop_from_rows"]
+
+#: the accepted values of ``null_keys=``
+POLICIES = ("error", "skip")
+
+
+def skips(null_keys: Any, what: str) -> bool:
+    """Whether `null_keys` asks to skip (True) or to refuse (False) rows with null keys.
+
+    >>> skips("skip", "ingest"), skips("error", "ingest")
+    (True, False)
+    """
+    if null_keys == "skip":
+        return True
+    if null_keys == "error":
+        return False
+    raise ValueError(f"{what}: null_keys must be one of {POLICIES}, got {null_keys!r}")
+
+
+def is_null_key(value: Any) -> bool:
+    """None or a float NaN.
+
+    >>> is_null_key(None), is_null_key(float("nan")), is_null_key(0), is_null_key("")
+    (True, True, False, False)
+    """
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def valid_mask(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where a key column holds a key (not null, not NaN)."""
+    if pa.types.is_dictionary(column.type):
+        # a null may sit in the dictionary's values rather than in its indices
+        column = column.cast(column.type.value_type)
+    mask = pc.is_valid(column)
+    if pa.types.is_floating(column.type):
+        mask = pc.and_(mask, pc.invert(pc.is_nan(column)))
+    return mask
+
+
+def drop_from_table(table: pa.Table, column: str) -> tuple[pa.Table, int]:
+    """`table` without its rows whose `column` is a null key, and how many were dropped. A
+    missing column is left for the caller's validation to name."""
+    if column not in table.column_names:
+        return table, 0
+    mask = valid_mask(table[column])
+    kept = pc.sum(mask).as_py() or 0
+    if kept == table.num_rows:
+        return table, 0
+    return table.filter(mask), table.num_rows - kept
+
+
+def drop_from_rows(rows: Any, column: str) -> tuple[list[Any], int]:
+    """Row dicts without those whose `column` is a null key (or is missing: the caller's
+    validation names it), and how many null-key rows were dropped."""
+    kept = [r for r in rows if not (isinstance(r, dict) and column in r and is_null_key(r[column]))]
+    return kept, len(rows) - len(kept)
