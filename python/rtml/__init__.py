@@ -52,6 +52,7 @@ from .features import (
     time_since_last,
     var,
 )
+from .join import backfill  # noqa: E402
 from .online import LATE_WARNING_SHARE, OnlineEngine  # noqa: E402
 from .runner import CheckpointError, Runner  # noqa: E402
 from .transforms import (
@@ -88,6 +89,7 @@ from .transforms import (
 
 __all__ = [
     "FeatureSet",
+    "backfill",
     "Runner",
     "CheckpointError",
     "sources",

@@ -428,3 +428,66 @@ def test_null_key_in_dictionary_values_is_skipped_too():
     eng = fs.online()
     assert eng.ingest(pa.table({"driver": keys, "ts": ts}), null_keys="skip") == 2
     assert eng.stats()["null_keys_skipped"] == 1
+
+
+# ---------------------------------------------------------------- several feature sets, one spine
+
+
+def _trips(n=400, seed=3):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "driver": rng.integers(0, 9, n),
+        "zone": rng.choice(["a", "b", "c", "d"], n),
+        "ts": T0 + pd.to_timedelta(np.sort(rng.integers(0, 6 * 3600, n)), unit="s"),
+        "fare": np.round(rng.gamma(2.0, 5.0, n), 2),
+    })
+
+
+BY_DRIVER = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h"), rtml.mean("fare", window="2h")])
+BY_ZONE = rtml.FeatureSet("zone", "ts", [rtml.count(window="1h"), rtml.sum("fare", window="30m")])
+
+
+def test_several_feature_sets_in_one_backfill_equal_each_backfill_with_prefixes():
+    trips = _trips()
+    rng = np.random.default_rng(4)
+    spine = pd.DataFrame({
+        "driver": rng.integers(0, 9, 150), "pickup_zone": rng.choice(["a", "b", "c", "e"], 150),
+        "ts": T0 + pd.to_timedelta(rng.integers(0, 7 * 3600, 150), unit="s"),
+        "label": rng.integers(0, 2, 150)}, index=np.arange(1000, 1150))
+    got = rtml.backfill(spine, {"drv": (BY_DRIVER, trips), "zone": (BY_ZONE, trips)},
+                        keys={"zone": "pickup_zone"})
+    assert list(got.columns) == ["driver", "pickup_zone", "ts", "label", "drv__count_1h",
+                                 "drv__fare_mean_2h", "zone__count_1h", "zone__fare_sum_30m"]
+    assert list(got.index) == list(spine.index)
+    one = BY_DRIVER.backfill(trips, spine)
+    two = BY_ZONE.backfill(trips, spine, key="pickup_zone")
+    for name in BY_DRIVER.feature_names:
+        np.testing.assert_array_equal(got[f"drv__{name}"].to_numpy(), one[name].to_numpy())
+    for name in BY_ZONE.feature_names:
+        np.testing.assert_array_equal(got[f"zone__{name}"].to_numpy(), two[name].to_numpy())
+
+
+def test_several_feature_sets_without_prefixes_refuse_colliding_names():
+    trips = _trips()
+    spine = trips[["driver", "zone", "ts"]].iloc[::7]
+    with pytest.raises(rtml.SchemaError, match="column 'count_1h'.*set 'zone'.*set 'drv'"):
+        rtml.backfill(spine, {"drv": (BY_DRIVER, trips), "zone": (BY_ZONE, trips)}, prefix=False)
+    other = rtml.FeatureSet("zone", "ts", [rtml.max("fare", window="1h")])
+    got = rtml.backfill(spine, {"drv": (BY_DRIVER, trips), "zone": (other, trips)}, prefix=False,
+                        output="polars")
+    assert isinstance(got, pl.DataFrame)
+    assert got.columns == ["driver", "zone", "ts", "count_1h", "fare_mean_2h", "fare_max_1h"]
+
+
+def test_several_feature_sets_name_what_is_missing():
+    trips = _trips()
+    spine = trips[["driver", "ts"]]
+    with pytest.raises(rtml.SchemaError, match="column 'zone'.*set 'zone'"):
+        rtml.backfill(spine, {"drv": (BY_DRIVER, trips), "zone": (BY_ZONE, trips)})
+    with pytest.raises(rtml.SchemaError, match="keys"):
+        rtml.backfill(spine, {"drv": (BY_DRIVER, trips)}, keys={"zone": "zone"})
+    other_time = rtml.FeatureSet("driver", "event_time", [rtml.count(window="1h")])
+    with pytest.raises(rtml.SchemaError, match="time="):
+        rtml.backfill(spine, {"a": (BY_DRIVER, trips), "b": (other_time, trips)})
+    with pytest.raises(TypeError, match="FeatureSet, events"):
+        rtml.backfill(spine, {"a": BY_DRIVER})
