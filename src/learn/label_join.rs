@@ -23,8 +23,11 @@
 //! remembered until `S` passes `at + wait` (afterwards no label could attach anyway), so a label
 //! for them is told apart from one for an id never served; after that it counts as unknown.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt;
+
+use hashbrown::HashMap;
 
 use crate::error::{Error, Result};
 
@@ -143,11 +146,15 @@ pub struct LabelJoin {
     max_pending: usize,
     lateness: i64,
     pending: HashMap<RequestId, Row>,
-    /// (release time, id) of every pending row.
-    queue: BTreeSet<(i64, RequestId)>,
+    /// (release time, id) of every pending row, smallest first, with lazy deletion: a row
+    /// whose release time moved (a label attached) leaves its old entry behind, skipped when
+    /// popped because it no longer matches the row ([`LabelJoin::pop_live`]). A min-heap
+    /// instead of an ordered set: rows and labels arrive nearly in time order, so a push is
+    /// O(1) on average, and nothing is ever searched for or removed from the middle.
+    queue: BinaryHeap<Reverse<(i64, RequestId)>>,
     /// Ids no longer pending, until the settled point passes their `at + wait`.
     gone: HashMap<RequestId, (i64, Gone)>,
-    forget: BTreeSet<(i64, RequestId)>,
+    forget: BinaryHeap<Reverse<(i64, RequestId)>>,
     watermark: Option<i64>,
     out: Vec<Example>,
     stats: Stats,
@@ -187,9 +194,9 @@ impl LabelJoin {
             max_pending,
             lateness: allowed_lateness,
             pending: HashMap::new(),
-            queue: BTreeSet::new(),
+            queue: BinaryHeap::new(),
             gone: HashMap::new(),
-            forget: BTreeSet::new(),
+            forget: BinaryHeap::new(),
             watermark: None,
             out: Vec::new(),
             stats: Stats::default(),
@@ -229,17 +236,13 @@ impl LabelJoin {
             return Ok(Outcome::Late);
         }
         if self.pending.len() >= self.max_pending {
-            if let Some((_, victim)) = self.queue.pop_first() {
-                let row = self
-                    .pending
-                    .remove(&victim)
-                    .expect("queue and pending agree");
+            if let Some((_, victim, row)) = self.pop_live(None) {
                 self.stats.evicted += 1;
                 self.remember(victim, row.at, Gone::Evicted);
             }
         }
         self.stats.served += 1;
-        self.queue.insert((deadline, id.clone()));
+        self.queue.push(Reverse((deadline, id.clone())));
         self.pending.insert(
             id,
             Row {
@@ -255,7 +258,7 @@ impl LabelJoin {
     /// Serve rows in order, all or nothing: a request id already used (or twice in `rows`)
     /// refuses the whole batch (counted once). Returns (accepted, late).
     pub fn serve_many(&mut self, rows: Vec<(RequestId, i64, Vec<f64>)>) -> Result<(u64, u64)> {
-        let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        let mut seen = hashbrown::HashSet::with_capacity(rows.len());
         for (id, _, _) in &rows {
             if self.pending.contains_key(id) || self.gone.contains_key(id) || !seen.insert(id) {
                 self.stats.reused_ids += 1;
@@ -268,6 +271,7 @@ impl LabelJoin {
                 ));
             }
         }
+        drop(seen);
         let (mut accepted, mut late) = (0, 0);
         for (id, at, x) in rows {
             match self.serve(id, at, x)? {
@@ -285,8 +289,28 @@ impl LabelJoin {
 
     fn remember(&mut self, id: RequestId, at: i64, how: Gone) {
         let until = at.saturating_add(self.wait);
-        self.forget.insert((until, id.clone()));
+        self.forget.push(Reverse((until, id.clone())));
         self.gone.insert(id, (until, how));
+    }
+
+    /// Remove and return the pending row released first (smallest (release time, id)), if
+    /// there is one and, with `before = Some(s)`, its release time is `< s`. Stale queue
+    /// entries met on the way are dropped.
+    fn pop_live(&mut self, before: Option<i64>) -> Option<(i64, RequestId, Row)> {
+        loop {
+            let Reverse((r, id)) = self.queue.peek()?;
+            let live = self.pending.get(id).is_some_and(|row| row.release == *r);
+            if !live {
+                self.queue.pop();
+                continue;
+            }
+            if before.is_some_and(|s| *r >= s) {
+                return None;
+            }
+            let Reverse((r, id)) = self.queue.pop().expect("peeked");
+            let row = self.pending.remove(&id).expect("live entry has a row");
+            return Some((r, id, row));
+        }
     }
 
     /// The label `y` of request `id`, known at event time `t`.
@@ -316,11 +340,13 @@ impl LabelJoin {
             }
             Some(row) => {
                 let release = t.max(row.at);
-                let old = row.release;
+                let moved = release != row.release;
                 row.label = Some(y);
                 row.release = release;
-                self.queue.remove(&(old, id.clone()));
-                self.queue.insert((release, id.clone()));
+                if moved {
+                    // the old entry stays behind, stale (pop_live skips it)
+                    self.queue.push(Reverse((release, id.clone())));
+                }
                 Outcome::Accepted
             }
             None => {
@@ -369,12 +395,7 @@ impl LabelJoin {
         let Some(s) = self.settled() else { return };
         // a flush settles everything, including rows released at i64::MAX
         let all = s == i64::MAX;
-        while let Some((r, _)) = self.queue.first() {
-            if !(*r < s || all) {
-                break;
-            }
-            let (release, id) = self.queue.pop_first().expect("non-empty");
-            let row = self.pending.remove(&id).expect("queue and pending agree");
+        while let Some((release, id, row)) = self.pop_live((!all).then_some(s)) {
             match (row.label, self.on_timeout) {
                 (Some(y), _) => {
                     self.stats.released_labeled += 1;
@@ -406,12 +427,12 @@ impl LabelJoin {
                 }
             }
         }
-        while let Some((until, _)) = self.forget.first() {
+        while let Some(Reverse((until, _))) = self.forget.peek() {
             if *until >= s || all {
                 // (a flush keeps the memory: a later label is "already released")
                 break;
             }
-            let (_, id) = self.forget.pop_first().expect("non-empty");
+            let Reverse((_, id)) = self.forget.pop().expect("peeked");
             self.gone.remove(&id);
         }
     }

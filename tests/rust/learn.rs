@@ -3,7 +3,7 @@
 //! on arrival order within the allowed lateness.
 
 use proptest::prelude::*;
-use rtml::learn::label_join::{LabelJoin, OnTimeout, RequestId};
+use rtml::learn::label_join::{LabelJoin, OnTimeout, Outcome, RequestId};
 use rtml::learn::{Linear, Loss, Optimizer, Schedule};
 
 fn optimizers() -> impl Strategy<Value = Optimizer> {
@@ -229,4 +229,157 @@ fn max_pending_evicts_the_first_release_and_counts_it() {
         ),
         (1, 1, 1, 1)
     );
+}
+
+/// A slow, obviously correct label join (linear scans, no heaps, no lazy deletion) for
+/// in-order streams with any `max_pending`, id reuse after forgetting, and evictions.
+struct RefJoin {
+    wait: i64,
+    max_pending: usize,
+    default: Option<f64>,
+    w: Option<i64>,
+    /// id -> (at, label, release, x)
+    pending: Vec<(i64, i64, Option<f64>, i64)>,
+    /// id -> until
+    gone: Vec<(i64, i64)>,
+    out: Vec<(i64, i64, i64, u64, bool)>,
+    evicted: u64,
+}
+
+impl RefJoin {
+    fn release(&mut self, all: bool) {
+        let Some(s) = self.w else { return };
+        loop {
+            let first = self
+                .pending
+                .iter()
+                .filter(|p| all || p.3 < s)
+                .map(|p| (p.3, p.0))
+                .min();
+            let Some((r, id)) = first else { break };
+            let i = self.pending.iter().position(|p| p.0 == id).unwrap();
+            let (_, at, label, _) = self.pending.remove(i);
+            match (label, self.default) {
+                (Some(y), _) => self.out.push((id, at, r, y.to_bits(), false)),
+                (None, Some(d)) => self.out.push((id, at, r, d.to_bits(), true)),
+                (None, None) => {}
+            }
+            self.gone.push((id, at + self.wait));
+        }
+        if !all {
+            self.gone.retain(|g| g.1 >= s);
+        }
+    }
+    fn serve(&mut self, id: i64, at: i64) -> &'static str {
+        if self.pending.iter().any(|p| p.0 == id) || self.gone.iter().any(|g| g.0 == id) {
+            return "reused";
+        }
+        if self.w.is_some_and(|s| at + self.wait < s) {
+            return "late";
+        }
+        if self.pending.len() >= self.max_pending {
+            let (_, victim) = self.pending.iter().map(|p| (p.3, p.0)).min().unwrap();
+            let i = self.pending.iter().position(|p| p.0 == victim).unwrap();
+            let (_, vat, _, _) = self.pending.remove(i);
+            self.gone.push((victim, vat + self.wait));
+            self.evicted += 1;
+        }
+        self.pending.push((id, at, None, at + self.wait));
+        "ok"
+    }
+    fn label(&mut self, id: i64, t: i64, y: f64) -> &'static str {
+        if self.w.is_some_and(|s| t < s) {
+            return "late";
+        }
+        let wait = self.wait;
+        let outcome = match self.pending.iter_mut().find(|p| p.0 == id) {
+            Some(p) if p.2.is_some() => return "duplicate",
+            Some(p) if t > p.1 + wait => "after_wait",
+            Some(p) => {
+                p.2 = Some(y);
+                p.3 = t.max(p.1);
+                "ok"
+            }
+            None => return "not_pending",
+        };
+        self.w = Some(self.w.map_or(t, |w| w.max(t)));
+        self.release(false);
+        outcome
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Serve(i64, i64),
+    Label(i64, i64, bool),
+    Advance(i64),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    // times move forward in small steps (an in-order stream); ids come from a small set, so
+    // they are reused once forgotten, and a small max_pending evicts
+    prop::collection::vec((0u8..3, 0i64..8, 0i64..30, prop::bool::ANY), 1..120).prop_map(|v| {
+        let mut t = 0;
+        v.into_iter()
+            .map(|(kind, id, dt, y)| {
+                t += dt;
+                match kind {
+                    0 => Op::Serve(id, t),
+                    1 => Op::Label(id, t, y),
+                    _ => Op::Advance(t),
+                }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn label_join_equals_a_slow_reference(ops in ops(), max_pending in 1usize..6, drop in prop::bool::ANY) {
+        let default = if drop { None } else { Some(0.5) };
+        let on_timeout = default.map_or(OnTimeout::Drop, OnTimeout::Label);
+        let mut j = LabelJoin::new(50, on_timeout, max_pending, 0).unwrap();
+        let mut r = RefJoin { wait: 50, max_pending, default, w: None, pending: vec![],
+                              gone: vec![], out: vec![], evicted: 0 };
+        for op in &ops {
+            match *op {
+                Op::Serve(id, at) => {
+                    let got = match j.serve(RequestId::Int(id), at, vec![id as f64]) {
+                        Ok(Outcome::Accepted) => "ok",
+                        Ok(_) => "late",
+                        Err(_) => "reused",
+                    };
+                    prop_assert_eq!(got, r.serve(id, at), "{:?}", op);
+                }
+                Op::Label(id, t, y) => {
+                    let y = y as u8 as f64;
+                    let got = match j.label(&RequestId::Int(id), t, y) {
+                        Ok(Outcome::Accepted) => "ok",
+                        Ok(Outcome::Late) => "late",
+                        Ok(Outcome::AfterWait) => "after_wait",
+                        Err(e) if e.to_string().contains("already has") => "duplicate",
+                        Err(_) => "not_pending",
+                    };
+                    prop_assert_eq!(got, r.label(id, t, y), "{:?}", op);
+                }
+                Op::Advance(t) => {
+                    j.advance(t);
+                    r.w = Some(r.w.map_or(t, |w| w.max(t)));
+                    r.release(false);
+                }
+            }
+            prop_assert_eq!(j.pending(), r.pending.len());
+        }
+        j.flush();
+        r.w = Some(i64::MAX);
+        r.release(true);
+        let got: Vec<_> = j.drain().into_iter().map(|e| {
+            let RequestId::Int(i) = e.id else { unreachable!() };
+            (i, e.at, e.release, e.y.to_bits(), e.timed_out)
+        }).collect();
+        prop_assert_eq!(got, r.out);
+        prop_assert_eq!(j.stats().evicted, r.evicted);
+    }
 }
