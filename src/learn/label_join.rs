@@ -29,6 +29,8 @@ use std::fmt;
 
 use hashbrown::HashMap;
 
+use super::release_queue::{ReleaseQueue, Run};
+
 use crate::error::{Error, Result};
 
 /// A request id: an integer or a string (integers order before strings).
@@ -148,10 +150,10 @@ pub struct LabelJoin {
     pending: HashMap<RequestId, Row>,
     /// (release time, id) of every pending row, smallest first, with lazy deletion: a row
     /// whose release time moved (a label attached) leaves its old entry behind, skipped when
-    /// popped because it no longer matches the row ([`LabelJoin::pop_live`]). A min-heap
-    /// instead of an ordered set: rows and labels arrive nearly in time order, so a push is
-    /// O(1) on average, and nothing is ever searched for or removed from the middle.
-    queue: BinaryHeap<Reverse<(i64, RequestId)>>,
+    /// popped because it no longer matches the row ([`LabelJoin::pop_live`]). Nothing is ever
+    /// searched for or removed from the middle, and for rows and labels arriving nearly in
+    /// time order a push and a pop are O(1) ([`ReleaseQueue`]).
+    queue: ReleaseQueue<(i64, RequestId)>,
     /// Ids no longer pending, until the settled point passes their `at + wait`.
     gone: HashMap<RequestId, (i64, Gone)>,
     forget: BinaryHeap<Reverse<(i64, RequestId)>>,
@@ -194,7 +196,7 @@ impl LabelJoin {
             max_pending,
             lateness: allowed_lateness,
             pending: HashMap::new(),
-            queue: BinaryHeap::new(),
+            queue: ReleaseQueue::default(),
             gone: HashMap::new(),
             forget: BinaryHeap::new(),
             watermark: None,
@@ -242,7 +244,7 @@ impl LabelJoin {
             }
         }
         self.stats.served += 1;
-        self.queue.push(Reverse((deadline, id.clone())));
+        self.queue.push(Run::Deadline, (deadline, id.clone()));
         self.pending.insert(
             id,
             Row {
@@ -298,7 +300,7 @@ impl LabelJoin {
     /// entries met on the way are dropped.
     fn pop_live(&mut self, before: Option<i64>) -> Option<(i64, RequestId, Row)> {
         loop {
-            let Reverse((r, id)) = self.queue.peek()?;
+            let (r, id) = self.queue.peek()?;
             let live = self.pending.get(id).is_some_and(|row| row.release == *r);
             if !live {
                 self.queue.pop();
@@ -307,7 +309,7 @@ impl LabelJoin {
             if before.is_some_and(|s| *r >= s) {
                 return None;
             }
-            let Reverse((r, id)) = self.queue.pop().expect("peeked");
+            let (r, id) = self.queue.pop().expect("peeked");
             let row = self.pending.remove(&id).expect("live entry has a row");
             return Some((r, id, row));
         }
@@ -345,7 +347,7 @@ impl LabelJoin {
                 row.release = release;
                 if moved {
                     // the old entry stays behind, stale (pop_live skips it)
-                    self.queue.push(Reverse((release, id.clone())));
+                    self.queue.push(Run::Label, (release, id.clone()));
                 }
                 Outcome::Accepted
             }

@@ -5,6 +5,7 @@
 //!   document of the model state;
 //! * [`label_join`]: served rows wait for their (late) labels by event time and are released as
 //!   training examples in (release time, request id) order;
+//! * [`release_queue`]: the join's min-queue for nearly-in-order streams;
 //! * [`metrics`]: progressive validation (test-then-train) metrics by event time.
 //!
 //! Nothing here knows Python; `src/python/learn.rs` is the skin. See `docs/learning.md`.
@@ -12,6 +13,7 @@
 pub mod label_join;
 pub mod linear;
 pub mod metrics;
+pub mod release_queue;
 
 pub use label_join::{Example, LabelJoin, LabelOutcome, OnTimeout, RequestId};
 pub use linear::{Linear, Loss, Optimizer, Schedule};

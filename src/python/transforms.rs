@@ -331,7 +331,11 @@ pub(crate) fn vector_with_features<'py>(
         // A request field named like a window feature would be silently ignored (the engine's
         // value is what the model was trained on): refuse it. Only a dict holding more keys than
         // the request fields the Transforms reads can hold one, so the common call skips this.
-        let n_fields = slots.slots.iter().filter(|s| matches!(s, Slot::Field(_))).count();
+        let n_fields = slots
+            .slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Field(_)))
+            .count();
         if d.len() > n_fields {
             for (slot, name) in slots.slots.iter().zip(t.row_inputs()) {
                 if matches!(slot, Slot::Feature(_)) && d.contains(name)? {
