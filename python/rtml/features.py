@@ -533,7 +533,13 @@ class FeatureSet:
     (how late an event may arrive online and still count; default 0), `ttl` (forget an entity
     idle this long; must cover the longest window plus the lateness), `timestamp_unit`
     (``"s"``, ``"ms"``, ``"us"``, ``"ns"`` for integer timestamps), `on_nonfinite` (``"error"``:
-    NaN / inf values are refused; ``"skip"``: read as null). Durations: see the module docstring.
+    NaN / inf values are refused; ``"skip"``: read as null), `max_ahead` (the watermark guard:
+    an event further ahead of the watermark than this is not applied online, never moves the
+    watermark, and is counted and reported; default ``"auto"``:
+    ``max(2 * longest window, 1 day) + allowed_lateness``; None disables it), `dedupe_on` (a
+    column of event ids, integers or strings: an event whose id was already applied is dropped,
+    first arrival wins; online and in `backfill`). See docs/semantics.md, "Guards". Durations:
+    see the module docstring.
 
     Raises :class:`rtml.SpecError` naming the field for anything invalid (duplicate feature
     names, a ttl shorter than a window, an unknown unit ...). Every parameter is readable back as
@@ -565,6 +571,8 @@ class FeatureSet:
         ttl: Duration = None,
         timestamp_unit: TimestampUnit | None = None,
         on_nonfinite: OnNonfinite = "error",
+        max_ahead: Duration | Literal["auto"] = "auto",
+        dedupe_on: str | None = None,
     ) -> None:
         if isinstance(features, Feature):
             raise SpecError(
@@ -588,6 +596,15 @@ class FeatureSet:
             "on_nonfinite": on_nonfinite,
             "features": [f.to_dict() for f in feats],
         }
+        # stated only when set: a document without them (and its hash) stays as it was
+        if not (isinstance(max_ahead, str) and max_ahead == "auto"):
+            doc["max_ahead"] = _duration(max_ahead, "max_ahead")
+        if dedupe_on is not None:
+            if not isinstance(dedupe_on, str):
+                raise SpecError(
+                    f"dedupe_on: expected a column name (str), got {type(dedupe_on).__name__}"
+                )
+            doc["dedupe_on"] = dedupe_on
         self._spec = _core.Spec.from_json(json.dumps(doc))
 
     @classmethod
@@ -651,6 +668,28 @@ class FeatureSet:
         return None if v is None else str(v)
 
     @property
+    def max_ahead(self) -> str | None:
+        """The watermark guard's bound in force (e.g. ``"1d"``; the default ``"auto"`` shows
+        its value), or None when the guard is off.
+
+        >>> import rtml
+        >>> rtml.FeatureSet("k", "ts", [rtml.count(window="30d")]).max_ahead
+        '60d'
+        >>> rtml.FeatureSet("k", "ts", [rtml.count(window="1h")], max_ahead="6h").max_ahead
+        '6h'
+        >>> rtml.FeatureSet("k", "ts", [rtml.count(window="1h")], max_ahead=None).max_ahead is None
+        True
+        """
+        ns = self._spec.max_ahead_ns
+        return None if ns is None else _format_ns(ns)
+
+    @property
+    def dedupe_on(self) -> str | None:
+        """The event-id column duplicates are dropped by, or None."""
+        v = self._doc().get("dedupe_on")
+        return None if v is None else str(v)
+
+    @property
     def on_nonfinite(self) -> str:
         """``"error"`` (NaN / inf values refused) or ``"skip"`` (read as null)."""
         return str(self._doc().get("on_nonfinite", "error"))
@@ -687,6 +726,7 @@ class FeatureSet:
         time: str | None = None,
         progress: Progress = None,
         output: _frames.Output = "auto",
+        arrival: str | None = None,
     ) -> Any:
         """Point-in-time-correct features for every spine row.
 
@@ -708,6 +748,13 @@ class FeatureSet:
         spine gives a pandas DataFrame **with the spine's index** (so ``spine["f"] = out["f"]``
         aligns), a polars spine a polars DataFrame, anything else a pyarrow.Table; or
         ``"arrow"``, ``"pandas"``, ``"polars"`` explicitly.
+
+        With ``dedupe_on``, events whose id occurs earlier are dropped first (one table has no
+        arrival order: the first in time order is kept, ties by value). `arrival`: an integer
+        events column numbering the batches the events arrived in online (one
+        ``OnlineEngine.ingest`` call each, in ascending order): the events an online engine fed
+        those batches would drop (late, ahead of the watermark, duplicates) are dropped here
+        too, so the result equals that engine's answers (`verdicts` lists them).
 
         `progress`: None shows a bar for large spines when tqdm is installed, True always,
         False never, or a callable ``f(done, total)`` (an exception it raises stops the
@@ -753,11 +800,32 @@ class FeatureSet:
                 )
         callback, bar = _progress_callback(progress, sp.num_rows)
         try:
-            feats = pa.Table.from_batches([self._spec.backfill(ev, sp, key, time, callback)])
+            feats = pa.Table.from_batches(
+                [self._spec.backfill(ev, sp, key, time, callback, arrival)]
+            )
         finally:
             if bar is not None:
                 bar.close()
         return _join_features(spine_in, sp, feats, kind)
+
+    def verdicts(self, events: Any, *, arrival: str | None = None) -> list[str]:
+        """What an online engine does with each event, in event row order: ``"applied"``,
+        ``"late"``, ``"ahead"`` (beyond ``max_ahead``) or ``"duplicate"`` (``dedupe_on``), when
+        the events arrive in the batches numbered by the integer column `arrival` (ascending;
+        a new engine). Without `arrival` the events are one table with no arrival order: only
+        duplicates are dropped. The same rule as ``backfill(..., arrival=...)``: the parity
+        report of a stream.
+
+        >>> import rtml
+        >>> fs = rtml.FeatureSet("k", "ts", [rtml.count()], timestamp_unit="s", dedupe_on="id")
+        >>> fs.verdicts({"k": [1, 1, 1, 1], "ts": [10, 10, 4_000_000_000, 20],
+        ...              "id": ["a", "a", "b", "c"], "batch": [0, 0, 1, 1]}, arrival="batch")
+        ['applied', 'duplicate', 'ahead', 'applied']
+        """
+        ev = _frames.decimals_to_float(_io.to_table(_frames.prepare(events), "events"))
+        _check_time_column(ev, self.timestamp, "events")
+        _check_key_column(ev, self.entity, "events")
+        return list(self._spec.verdicts(ev, arrival))
 
     def online(self, history: Any = None) -> "OnlineEngine":
         """A new online engine (:class:`rtml.OnlineEngine`) for this feature set, optionally
@@ -806,6 +874,11 @@ class FeatureSet:
                 out.append((k, v))
         if self.on_nonfinite != "error":
             out.append(("on_nonfinite", self.on_nonfinite))
+        doc = self._doc()
+        if "max_ahead" in doc:
+            out.append(("max_ahead", doc["max_ahead"]))
+        if self.dedupe_on is not None:
+            out.append(("dedupe_on", self.dedupe_on))
         return out
 
     def __repr__(self) -> str:

@@ -12,7 +12,7 @@ import datetime as _dt
 import json
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple, Optional, Sequence, Union, overload
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .features import FeatureSet
     from .transforms import Transforms
 
-__all__ = ["OnlineEngine", "LATE_WARNING_SHARE"]
+__all__ = ["OnlineEngine", "IngestReport", "LATE_WARNING_SHARE"]
 
 #: `ingest` warns (`rtml.LateEventsWarning`, once per engine) when one call drops more than this
 #: share of its events as late.
@@ -35,6 +35,22 @@ Key = Union[int, str]
 #: set's `timestamp_unit`. Naive and tz-aware times never mix (docs/api.md, "Times").
 Instant = Union[_dt.datetime, _dt.date, np.datetime64, str, int]
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+class IngestReport(NamedTuple):
+    """What one ``OnlineEngine.ingest(data, report=True)`` call did.
+
+    `accepted`: events applied; `late`: dropped as late; `ahead`: rejected as too far ahead of
+    the watermark (``max_ahead``); `duplicates`: dropped because their id was applied before
+    (``dedupe_on``); `rejected`: the input rows (0-based positions in `data`) rejected as
+    ahead, ascending: send them to a dead-letter store.
+    """
+
+    accepted: int
+    late: int
+    ahead: int
+    duplicates: int
+    rejected: list[int]
 
 
 def iso_ns(ns: Optional[int]) -> Optional[str]:
@@ -120,8 +136,15 @@ class OnlineEngine:
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, data: Any) -> int:
-        """Ingest events; returns the number accepted.
+    @overload
+    def ingest(self, data: Any, *, report: Literal[False] = ...) -> int: ...
+
+    @overload
+    def ingest(self, data: Any, *, report: Literal[True]) -> IngestReport: ...
+
+    def ingest(self, data: Any, *, report: bool = False) -> Union[int, IngestReport]:
+        """Ingest events; returns the number accepted (with ``report=True``, an
+        :class:`IngestReport`: accepted, late, ahead, duplicates and the rows rejected as ahead).
 
         `data`: one row dict (``{entity: key, timestamp: time, column: value, ...}``), a list of
         row dicts, a dict of columns, or anything ``FeatureSet.backfill`` takes as events
@@ -132,6 +155,12 @@ class OnlineEngine:
         counted in ``stats()["late_events_dropped"]``. When one call drops more than
         ``LATE_WARNING_SHARE`` (10%) of its events, the first such call warns with
         ``rtml.LateEventsWarning`` (once per engine): usually a table not in time order.
+
+        Events further ahead of the watermark than the feature set's ``max_ahead`` are not
+        applied (they never move the watermark), counted in ``stats()["ahead_events_rejected"]``
+        and listed in the report's `rejected`; with ``dedupe_on``, an event whose id was already
+        applied is dropped and counted in ``stats()["duplicates_dropped"]`` (docs/semantics.md,
+        "Guards").
 
         Times: naive and tz-aware times never mix; the first ingested datetimes fix the
         engine's clock (see docs/api.md, "Times").
@@ -144,17 +173,22 @@ class OnlineEngine:
         2
         >>> eng.ingest({"k": ["a", "b"], "ts": [30, 40], "x": [2.0, 3.0]})
         2
+        >>> eng.ingest([{"k": "a", "ts": 50, "x": 1.0}, {"k": "a", "ts": 4_000_000_000, "x": 9.0}],
+        ...            report=True)
+        IngestReport(accepted=1, late=0, ahead=1, duplicates=0, rejected=[1])
         """
         engine = self._engine
         # one row: the common case first (an exact dict whose key is a plain scalar)
         if type(data) is dict and type(data.get(self._entity)) in _SCALAR_TYPES:
-            accepted, late = engine.ingest_row(data)
+            accepted, late, ahead, dups, rejected = engine.ingest_row(data)
         elif isinstance(data, dict) and _is_scalar(data.get(self._entity)):
-            accepted, late = engine.ingest_row(data)
+            accepted, late, ahead, dups, rejected = engine.ingest_row(data)
         elif isinstance(data, (list, tuple)) and (not data or isinstance(data[0], dict)):
-            accepted, late = engine.ingest_rows(data)
+            accepted, late, ahead, dups, rejected = engine.ingest_rows(data)
         else:
-            accepted, late = engine.ingest_table(_io.events_table(data, self._timestamp))
+            accepted, late, ahead, dups, rejected = engine.ingest_table(
+                _io.events_table(data, self._timestamp)
+            )
         if late and not self._warned_late and late > LATE_WARNING_SHARE * (accepted + late):
             self._warned_late = True
             warnings.warn(
@@ -167,7 +201,26 @@ class OnlineEngine:
                 LateEventsWarning,
                 stacklevel=2,
             )
+        if report:
+            return IngestReport(accepted, late, ahead, dups, rejected)
         return accepted
+
+    def advance_watermark(self, t: Instant) -> int:
+        """Move the watermark forward to `t` (no change if it is already later); returns the
+        watermark (int ns). The explicit way to tell the watermark guard where the stream is:
+        seed a new engine with the wall clock before its first event (so a lone far-future
+        first event is rejected), or follow a stream that jumped ahead at once. Events older
+        than ``t - allowed_lateness`` are late from then on.
+
+        >>> import rtml
+        >>> fs = rtml.FeatureSet("k", "ts", [rtml.count()], timestamp_unit="s")
+        >>> eng = fs.online()
+        >>> eng.advance_watermark(1_000)
+        1000000000000
+        >>> eng.ingest({"k": 1, "ts": 10**9}, report=True).ahead
+        1
+        """
+        return int(self._engine.advance_watermark(t))
 
     # ------------------------------------------------------------------ reads
 
@@ -249,7 +302,8 @@ class OnlineEngine:
 
     def stats(self) -> dict[str, Any]:
         """Counters and sizes: ``keys``, ``events_ingested``, ``late_events_dropped``,
-        ``keys_evicted``, ``state_bytes`` (approximate), ``watermark`` (int ns since the epoch,
+        ``keys_evicted``, ``ahead_events_rejected`` (``max_ahead``), ``duplicates_dropped``
+        (``dedupe_on``), ``state_bytes`` (approximate), ``watermark`` (int ns since the epoch,
         or None before any event) and ``watermark_iso`` (the same as ISO 8601 UTC text)."""
         s: dict[str, Any] = self._engine.stats()
         s["watermark_iso"] = iso_ns(s["watermark"])

@@ -29,12 +29,15 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
-use crate::input::{Events, Key, KeyRef};
+use crate::input::{EventId, Events, Key, KeyRef};
 use crate::plan::Plan;
 use crate::spec::Spec;
 use crate::state::KeyState;
 
+pub mod guard;
 pub mod snapshot;
+
+pub use guard::{Guard, Verdict, AHEAD_CONFIRM};
 
 /// A read settles a key first (under the write lock) only when that saves walking more rows.
 pub const SETTLE_ON_READ_ROWS: u64 = 64;
@@ -45,6 +48,10 @@ pub struct Counters {
     pub events_ingested: u64,
     pub late_events_dropped: u64,
     pub keys_evicted: u64,
+    /// Events not applied because they were too far ahead of the watermark (`max_ahead`).
+    pub ahead_events_rejected: u64,
+    /// Events dropped because their id was applied before (`dedupe_on`).
+    pub duplicates_dropped: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -57,13 +64,38 @@ pub struct Stats {
 }
 
 /// Result of one ingest call.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ingested {
     /// Events applied.
     pub accepted: u64,
     /// Events dropped as late (older than the watermark before the call minus the allowed
     /// lateness): a caller can warn when this is a large share of the call.
     pub late: u64,
+    /// Events rejected as too far ahead of the watermark (`max_ahead`).
+    pub ahead: u64,
+    /// Events dropped as duplicates of an applied id (`dedupe_on`).
+    pub duplicates: u64,
+    /// The rows (indices into the batch) rejected as ahead, ascending: a caller routes them
+    /// to its dead letters.
+    pub rejected: Vec<u32>,
+}
+
+impl Ingested {
+    fn count(&mut self, v: Verdict, row: usize) -> bool {
+        match v {
+            Verdict::Apply => {
+                self.accepted += 1;
+                return true;
+            }
+            Verdict::Late => self.late += 1,
+            Verdict::Duplicate => self.duplicates += 1,
+            Verdict::Ahead => {
+                self.ahead += 1;
+                self.rejected.push(row as u32);
+            }
+        }
+        false
+    }
 }
 
 /// Number of key shards (a power of two).
@@ -214,6 +246,7 @@ pub struct Meta {
     watermark: i64,
     counters: Counters,
     last_sweep: i64,
+    guard: Guard,
 }
 
 pub struct Engine {
@@ -237,6 +270,7 @@ impl Engine {
                 watermark: i64::MIN,
                 counters: Counters::default(),
                 last_sweep: i64::MIN,
+                guard: Guard::default(),
             }),
             watermark: AtomicI64::new(i64::MIN),
             kind: AtomicU8::new(0),
@@ -348,6 +382,13 @@ impl Engine {
         // same state. A batch already in that order (the common case) is not sorted.
         let order = (!events.in_arrival_order()).then(|| events.arrival_order());
         let order = order.as_deref();
+        let spec = &plan.spec;
+        let n = events.len();
+        let mid = n.saturating_sub(1) / 2;
+        let median_row = order.map_or(mid, |o| o[mid] as usize);
+        let mut reference = guard::reference(meta.watermark, events.ts[median_row]);
+        meta.guard.start_batch(spec, reference);
+        let gate = &mut meta.guard;
         if events.len() <= SMALL_INGEST_EVENTS {
             // A few events (row dicts): partitioned on the stack. Each shard's events are
             // applied in arrival order under one lock hold, so a reader sees all of a key's
@@ -358,11 +399,10 @@ impl Engine {
             let mut todo: SmallVec<[Todo<'_>; SMALL_INGEST_EVENTS]> = SmallVec::new();
             events.for_each_key_in(order, |i, key| {
                 let ts = events.ts[i];
-                if ts < watermark.saturating_sub(lateness) {
-                    report.late += 1;
+                let v = gate.judge(spec, &mut watermark, &mut reference, ts, events.id(i));
+                if !report.count(v, i) {
                     return;
                 }
-                watermark = watermark.max(ts);
                 let seq = todo.len();
                 todo.push((
                     shard_of(key),
@@ -371,7 +411,6 @@ impl Engine {
                     key,
                     watermark.saturating_sub(lateness),
                 ));
-                report.accepted += 1;
             });
             todo.sort_by_key(|e| (e.0, e.1));
             for run in todo.chunk_by(|a, b| a.0 == b.0) {
@@ -385,20 +424,17 @@ impl Engine {
         }
         // Pass 1, in arrival order: which events are late, and the settled point each one
         // arrives at (the running watermark - lateness); each accepted event to its shard.
-        let n = events.len();
         let mut watermark = meta.watermark;
         let mut settle_at: Vec<i64> = vec![i64::MIN; n];
         let mut by_shard: Vec<Vec<(u32, KeyRef<'_>)>> = vec![Vec::new(); SHARDS];
         events.for_each_key_in(order, |i, key| {
             let ts = events.ts[i];
-            if ts < watermark.saturating_sub(lateness) {
-                report.late += 1;
+            let v = gate.judge(spec, &mut watermark, &mut reference, ts, events.id(i));
+            if !report.count(v, i) {
                 return;
             }
-            watermark = watermark.max(ts);
             settle_at[i] = watermark.saturating_sub(lateness);
             by_shard[shard_of(key)].push((i as u32, key));
-            report.accepted += 1;
         });
         // Pass 2: each shard's events in arrival order under that shard's lock.
         let apply = |(shard, evs): (&RwLock<Shard>, &Vec<(u32, KeyRef<'_>)>)| {
@@ -434,6 +470,7 @@ impl Engine {
         key: KeyRef<'_>,
         ts: i64,
         vals: &[u64],
+        id: Option<EventId>,
     ) -> Result<Ingested> {
         debug_assert_eq!(vals.len(), self.plan.columns.len());
         self.check_kind(meta.key_is_int, key.is_int())?;
@@ -441,30 +478,57 @@ impl Engine {
         let plan = &*self.plan;
         let lateness = plan.spec.allowed_lateness;
         let mut report = Ingested::default();
-        if ts < meta.watermark.saturating_sub(lateness) {
-            report.late = 1;
-        } else {
-            let watermark = meta.watermark.max(ts);
+        let mut reference = guard::reference(meta.watermark, ts);
+        meta.guard.start_batch(&plan.spec, reference);
+        let mut watermark = meta.watermark;
+        let v = meta
+            .guard
+            .judge(&plan.spec, &mut watermark, &mut reference, ts, id);
+        if report.count(v, 0) {
             let settle = watermark.saturating_sub(lateness);
             self.shard(key).write().apply(plan, key, ts, vals, settle);
             meta.watermark = watermark;
-            report.accepted = 1;
         }
         Ok(self.finish_ingest(meta, report))
     }
 
     /// [`Engine::ingest_one_locked`], taking the ingest lock.
-    pub fn ingest_one(&self, key: KeyRef<'_>, ts: i64, vals: &[u64]) -> Result<Ingested> {
+    pub fn ingest_one(
+        &self,
+        key: KeyRef<'_>,
+        ts: i64,
+        vals: &[u64],
+        id: Option<EventId>,
+    ) -> Result<Ingested> {
         let mut meta = self.meta.lock();
-        self.ingest_one_locked(&mut meta, key, ts, vals)
+        self.ingest_one_locked(&mut meta, key, ts, vals, id)
     }
 
     fn finish_ingest(&self, meta: &mut Meta, report: Ingested) -> Ingested {
         self.publish(meta);
         meta.counters.events_ingested += report.accepted;
         meta.counters.late_events_dropped += report.late;
+        meta.counters.ahead_events_rejected += report.ahead;
+        meta.counters.duplicates_dropped += report.duplicates;
+        meta.guard.end_batch(&self.plan.spec, meta.watermark);
         self.maybe_sweep(meta);
         report
+    }
+
+    /// Move the watermark forward to `t` (no change if it is already there): the explicit
+    /// way to tell the guard where the stream is, e.g. to seed an empty engine with the wall
+    /// clock before the first event, or to follow a stream that jumped ahead at once. Events
+    /// older than `t - allowed_lateness` are late from then on. Returns the watermark.
+    pub fn advance_watermark(&self, t: i64) -> i64 {
+        let mut meta = self.meta.lock();
+        if t > meta.watermark {
+            meta.watermark = t;
+            meta.guard.start_batch(&self.plan.spec, t);
+            meta.guard.end_batch(&self.plan.spec, t);
+            self.publish(&meta);
+            self.maybe_sweep(&mut meta);
+        }
+        meta.watermark
     }
 
     /// Evict keys idle for longer than the TTL (amortized: at most every ttl/4 of event time).
@@ -543,6 +607,7 @@ impl Engine {
             keys += shard.keys.len();
             state_bytes += shard.bytes();
         }
+        state_bytes += meta.guard.bytes();
         Stats {
             keys,
             counters: meta.counters,
@@ -828,7 +893,7 @@ mod tests {
             for e in &evs {
                 let name = key_name(e.k);
                 let key = if str_keys { KeyRef::Str(&name) } else { KeyRef::Int(e.k as i64) };
-                one.ingest_one(key, e.ts, &words(&plan, e)).unwrap();
+                one.ingest_one(key, e.ts, &words(&plan, e), None).unwrap();
             }
             let want = observe(&one, str_keys, &queries);
 
@@ -852,7 +917,7 @@ mod tests {
                     for e in arrival_sorted(&plan, b) {
                         let name = key_name(e.k);
                         let key = if str_keys { KeyRef::Str(&name) } else { KeyRef::Int(e.k as i64) };
-                        eng.ingest_one(key, e.ts, &words(&plan, &e)).unwrap();
+                        eng.ingest_one(key, e.ts, &words(&plan, &e), None).unwrap();
                     }
                 }
                 observe(&eng, str_keys, &queries)
@@ -916,7 +981,7 @@ mod tests {
             let want = observe(&eng, str_keys, &queries);
             for order in [second, &shuffled[..]] {
                 let (other, a2, b2) = run(order);
-                prop_assert_eq!((a2, b2), (a, b));
+                prop_assert_eq!((&a2, &b2), (&a, &b));
                 prop_assert_eq!(&observe(&other, str_keys, &queries), &want);
             }
             // the first batch drops nothing; the second drops exactly its events older than the
@@ -924,7 +989,7 @@ mod tests {
             let wm1 = first.iter().map(|e| e.ts).max().unwrap_or(i64::MIN);
             let late: Vec<bool> =
                 second.iter().map(|e| e.ts < wm1.saturating_sub(lateness_ns)).collect();
-            prop_assert_eq!(a, Ingested { accepted: first.len() as u64, late: 0 });
+            prop_assert_eq!(&a, &Ingested { accepted: first.len() as u64, ..Ingested::default() });
             prop_assert_eq!(b.late, late.iter().filter(|l| **l).count() as u64);
             prop_assert_eq!(a.accepted + b.accepted + b.late, evs.len() as u64);
 
@@ -1034,23 +1099,23 @@ mod tests {
             v: Some(1.0),
             c: None,
         };
-        eng.ingest_one(KeyRef::Int(1), e.ts, &words(&plan, &e))
+        eng.ingest_one(KeyRef::Int(1), e.ts, &words(&plan, &e), None)
             .unwrap();
         let before = observe(&eng, false, &[20 * M]);
         let err = eng
-            .ingest_one(KeyRef::Str("a"), e.ts, &words(&plan, &e))
+            .ingest_one(KeyRef::Str("a"), e.ts, &words(&plan, &e), None)
             .unwrap_err();
         assert!(err.to_string().contains("integer keys"), "{err}");
         assert_eq!(observe(&eng, false, &[20 * M]), before);
         // a late event is counted, not applied
         let late = eng
-            .ingest_one(KeyRef::Int(2), 0, &words(&plan, &e))
+            .ingest_one(KeyRef::Int(2), 0, &words(&plan, &e), None)
             .unwrap();
         assert_eq!(
             late,
             Ingested {
-                accepted: 0,
-                late: 1
+                late: 1,
+                ..Ingested::default()
             }
         );
     }
