@@ -50,7 +50,7 @@ from .features import (
     time_since_last,
     var,
 )
-from .online import LATE_WARNING_SHARE, OnlineEngine  # noqa: E402
+from .online import LATE_WARNING_SHARE, IngestReport, OnlineEngine  # noqa: E402
 from .runner import CheckpointError, Runner  # noqa: E402
 from .transforms import (
     Step,
@@ -93,6 +93,7 @@ __all__ = [
     "parity",
     "Feature",
     "OnlineEngine",
+    "IngestReport",
     "count",
     "sum",
     "mean",

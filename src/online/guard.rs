@@ -5,13 +5,16 @@
 //! every event: applied, late, ahead of the watermark, or a duplicate.
 //!
 //! * **Late**: older than the watermark before the batch minus the allowed lateness.
-//! * **Ahead**: later than the batch's *reference* plus `max_ahead`. The reference is the
-//!   watermark before the batch (an engine without one yet: the batch's lower median time), so
-//!   neither a far-future event nor a chain of them moves it. An event ahead is not applied and
-//!   never moves the watermark; its time is remembered (at most [`AHEAD_CONFIRM`]` - 1` of
-//!   them). When [`AHEAD_CONFIRM`] events ahead (the newest one included) lie within `max_ahead`
-//!   of each other's time, the stream really jumped: that event is applied, the reference
-//!   moves to it, and the remembered times are forgotten.
+//! * **Ahead**: later than the *reference* plus `max_ahead`. The reference is the latest time
+//!   applied before the event in arrival order: the watermark before the batch, then each
+//!   event of the batch applied before it (an engine without a watermark starts from the
+//!   batch's lower median time). So a batch that covers a long stretch densely (a catch-up, a
+//!   replay in chunks) is applied whole, while an event separated from everything before it by
+//!   a gap wider than `max_ahead` is not. An event ahead is not applied and never moves the
+//!   watermark; its time is remembered (at most [`AHEAD_CONFIRM`]` - 1` of them). When
+//!   [`AHEAD_CONFIRM`] events ahead (the newest one included) lie within `max_ahead` of each
+//!   other's time, the stream really jumped: that event is applied, the reference moves to it,
+//!   and the remembered times are forgotten.
 //! * **Duplicate**: its id was applied before and is still within the horizon (its first copy's
 //!   time is at least the watermark minus the allowed lateness: an older copy is late anyway).
 //!   First arrival wins.
@@ -76,8 +79,8 @@ impl Guard {
         }
     }
 
-    /// Judge one event (in arrival order). `watermark` is the running watermark (moved on
-    /// [`Verdict::Apply`]); `reference` moves on a confirmed jump.
+    /// Judge one event (in arrival order). `watermark` is the running watermark and
+    /// `reference` the running reference; both move on [`Verdict::Apply`].
     #[inline]
     pub fn judge(
         &mut self,
@@ -118,6 +121,7 @@ impl Guard {
             }
         }
         *watermark = (*watermark).max(ts);
+        *reference = (*reference).max(ts);
         Verdict::Apply
     }
 
