@@ -731,22 +731,31 @@ pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events
     })
 }
 
-/// The arrival column of event batches: one integer per event (no nulls), the arrival
-/// batch it belongs to.
+/// The arrival column of event batches: per event (no nulls) the number of the ingest call it
+/// arrived in, or its arrival time (ns); equal values arrived together.
 pub fn read_arrival(batches: &[RecordBatch], name: &str) -> Result<Vec<i64>> {
     let mut out = Vec::new();
     let mut offset = 0;
     for batch in batches {
         let a = column(batch, name, "events")?;
         if let Some(i) = first_null(a.as_ref()) {
-            return Err(Error::schema(name, format!("null arrival at row {}", offset + i)));
+            return Err(Error::schema(
+                name,
+                format!("null arrival at row {}", offset + i),
+            ));
         }
         match int_values(a.as_ref(), name)? {
             Some(v) => out.extend(v),
+            None if matches!(a.data_type(), DataType::Timestamp(..)) => {
+                out.extend(read_times(a, name, None, offset)?)
+            }
             None => {
                 return Err(Error::schema(
                     name,
-                    format!("the arrival column must hold integers, got {}", a.data_type()),
+                    format!(
+                        "the arrival column must hold integers (batch numbers) or timestamps (arrival times), got {}",
+                        a.data_type()
+                    ),
                 ))
             }
         }
@@ -760,7 +769,10 @@ pub fn read_ids(a: &ArrayRef, name: &str, offset: usize, out: &mut Vec<EventId>)
     if let Some(i) = first_null(a.as_ref()) {
         return Err(Error::schema(
             name,
-            format!("null event id at row {} (dedupe_on needs an id on every event)", offset + i),
+            format!(
+                "null event id at row {} (dedupe_on needs an id on every event)",
+                offset + i
+            ),
         ));
     }
     if let Some(v) = int_values(a.as_ref(), name)? {
@@ -773,7 +785,10 @@ pub fn read_ids(a: &ArrayRef, name: &str, offset: usize, out: &mut Vec<EventId>)
     }
     Err(Error::schema(
         name,
-        format!("event ids (dedupe_on) must be integers or strings, got {}", a.data_type()),
+        format!(
+            "event ids (dedupe_on) must be integers or strings, got {}",
+            a.data_type()
+        ),
     ))
 }
 

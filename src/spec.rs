@@ -294,13 +294,16 @@ impl Spec {
             None => MaxAhead::Auto,
             Some(Value::Null) => MaxAhead::Off,
             Some(Value::String(s)) if s == "auto" => MaxAhead::Auto,
-            Some(_) => MaxAhead::Bound(
-                get_duration(obj, "max_ahead", "max_ahead")?.unwrap_or(i64::MAX),
-            ),
+            Some(_) => {
+                MaxAhead::Bound(get_duration(obj, "max_ahead", "max_ahead")?.unwrap_or(i64::MAX))
+            }
         };
         let dedupe_on = get_str(obj, "dedupe_on", "dedupe_on")?;
         if dedupe_on.as_deref() == Some("") {
-            return Err(Error::spec("dedupe_on", "must be a column name (not empty)"));
+            return Err(Error::spec(
+                "dedupe_on",
+                "must be a column name (not empty)",
+            ));
         }
         let spec = Spec {
             entity,

@@ -750,11 +750,11 @@ class FeatureSet:
         ``"arrow"``, ``"pandas"``, ``"polars"`` explicitly.
 
         With ``dedupe_on``, events whose id occurs earlier are dropped first (one table has no
-        arrival order: the first in time order is kept, ties by value). `arrival`: an integer
-        events column numbering the batches the events arrived in online (one
-        ``OnlineEngine.ingest`` call each, in ascending order): the events an online engine fed
-        those batches would drop (late, ahead of the watermark, duplicates) are dropped here
-        too, so the result equals that engine's answers (`verdicts` lists them).
+        arrival order: the first in time order is kept, ties by value). `arrival`: an events
+        column numbering the ``OnlineEngine.ingest`` calls the events arrived in (integers, or
+        arrival timestamps; equal values: one call; calls in ascending order): the events an
+        online engine fed those calls would drop (late, ahead of the watermark, duplicates) are
+        dropped here too, so the result equals that engine's answers (`verdicts` lists them).
 
         `progress`: None shows a bar for large spines when tqdm is installed, True always,
         False never, or a callable ``f(done, total)`` (an exception it raises stops the
@@ -811,8 +811,8 @@ class FeatureSet:
     def verdicts(self, events: Any, *, arrival: str | None = None) -> list[str]:
         """What an online engine does with each event, in event row order: ``"applied"``,
         ``"late"``, ``"ahead"`` (beyond ``max_ahead``) or ``"duplicate"`` (``dedupe_on``), when
-        the events arrive in the batches numbered by the integer column `arrival` (ascending;
-        a new engine). Without `arrival` the events are one table with no arrival order: only
+        the events arrive in the ``ingest`` calls numbered by the column `arrival` (integers or
+        arrival timestamps, ascending; equal values: one call; a new engine). Without `arrival` the events are one table with no arrival order: only
         duplicates are dropped. The same rule as ``backfill(..., arrival=...)``: the parity
         report of a stream.
 

@@ -12,7 +12,17 @@ import datetime as _dt
 import json
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple, Optional, Sequence, Union, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Iterable,
+    Literal,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Union,
+    overload,
+)
 
 import numpy as np
 import pyarrow as pa

@@ -1171,12 +1171,20 @@ mod tests {
             let one = Engine::new(Arc::clone(&plan));
             one.ingest(&events(&plan, &base, str_keys)).unwrap();
             let name = key_name(1);
-            let key = if str_keys { KeyRef::Str(&name) } else { KeyRef::Int(1) };
+            let key = if str_keys {
+                KeyRef::Str(&name)
+            } else {
+                KeyRef::Int(1)
+            };
             let e = ev(1, far, 1.0);
             let r = one.ingest_one(key, e.ts, &words(&plan, &e), None).unwrap();
             assert_eq!(
                 r,
-                Ingested { ahead: 1, rejected: vec![0], ..Ingested::default() }
+                Ingested {
+                    ahead: 1,
+                    rejected: vec![0],
+                    ..Ingested::default()
+                }
             );
             assert_eq!(one.watermark(), 9 * M, "the watermark did not move");
             // a normal event afterwards is applied, not late
@@ -1227,11 +1235,15 @@ mod tests {
         // seeds a reference first)
         let eng = Engine::new(Arc::clone(&plan));
         let e = ev(0, far, 1.0);
-        let r = eng.ingest_one(KeyRef::Int(0), far, &words(&plan, &e), None).unwrap();
+        let r = eng
+            .ingest_one(KeyRef::Int(0), far, &words(&plan, &e), None)
+            .unwrap();
         assert_eq!(r.accepted, 1);
         let seeded = Engine::new(Arc::clone(&plan));
         assert_eq!(seeded.advance_watermark(M), M);
-        let r = seeded.ingest_one(KeyRef::Int(0), far, &words(&plan, &e), None).unwrap();
+        let r = seeded
+            .ingest_one(KeyRef::Int(0), far, &words(&plan, &e), None)
+            .unwrap();
         assert_eq!(r.ahead, 1);
         assert_eq!(seeded.advance_watermark(0), M, "advance never goes back");
         assert_eq!(seeded.watermark(), M);
@@ -1249,7 +1261,9 @@ mod tests {
             let mut total = Ingested::default();
             for i in 0..(2 * AHEAD_CONFIRM as i64) {
                 let e = ev(0, jump + i * 2 * DAY, 1.0);
-                let r = eng.ingest_one(KeyRef::Int(0), e.ts, &words(&plan, &e), None).unwrap();
+                let r = eng
+                    .ingest_one(KeyRef::Int(0), e.ts, &words(&plan, &e), None)
+                    .unwrap();
                 total.ahead += r.ahead;
             }
             assert_eq!(total.ahead, 2 * AHEAD_CONFIRM as u64);
@@ -1276,7 +1290,9 @@ mod tests {
             assert_eq!(eng.watermark(), 500 * DAY + (AHEAD_CONFIRM as i64 - 1) * M);
             // and the stream goes on from there
             let e = ev(0, 500 * DAY + 20 * M, 1.0);
-            let r = eng.ingest_one(KeyRef::Int(0), e.ts, &words(&plan, &e), None).unwrap();
+            let r = eng
+                .ingest_one(KeyRef::Int(0), e.ts, &words(&plan, &e), None)
+                .unwrap();
             assert_eq!(r.accepted, 1);
         }
     }
@@ -1296,7 +1312,11 @@ mod tests {
         let eng = Engine::new(Arc::clone(&two));
         eng.ingest(&events(&two, &[ev(0, 0, 1.0)], false)).unwrap();
         let r = eng
-            .ingest(&events(&two, &[ev(0, 120 * M, 1.0), ev(1, 240 * M + 1, 1.0)], false))
+            .ingest(&events(
+                &two,
+                &[ev(0, 120 * M, 1.0), ev(1, 240 * M + 1, 1.0)],
+                false,
+            ))
             .unwrap();
         assert_eq!((r.accepted, r.ahead, r.rejected.clone()), (1, 1, vec![1]));
         // the bound is measured from the latest time applied before each event (in time
@@ -1323,18 +1343,32 @@ mod tests {
         let eng = Engine::new(Arc::clone(&plan));
         // within one batch: the first in arrival order (time, ties by value) wins
         let b1 = vec![ev(0, M, 9.0), ev(0, M, 1.0), ev(1, 2 * M, 3.0)];
-        let r = eng.ingest(&events_ids(&plan, &b1, &[7, 7, 8], false)).unwrap();
+        let r = eng
+            .ingest(&events_ids(&plan, &b1, &[7, 7, 8], false))
+            .unwrap();
         assert_eq!((r.accepted, r.duplicates), (2, 1));
         let want = Engine::new(Arc::clone(&plan));
-        want.ingest(&events_ids(&plan, &[ev(0, M, 1.0), ev(1, 2 * M, 3.0)], &[7, 8], false))
-            .unwrap();
+        want.ingest(&events_ids(
+            &plan,
+            &[ev(0, M, 1.0), ev(1, 2 * M, 3.0)],
+            &[7, 8],
+            false,
+        ))
+        .unwrap();
         assert_eq!(answers(&eng, false), answers(&want, false));
         // across batches and paths, a retried batch
-        let r = eng.ingest(&events_ids(&plan, &b1, &[7, 7, 8], false)).unwrap();
+        let r = eng
+            .ingest(&events_ids(&plan, &b1, &[7, 7, 8], false))
+            .unwrap();
         assert_eq!((r.accepted, r.duplicates, r.late), (0, 3, 0));
         let e = ev(1, 2 * M, 3.0);
         let r = eng
-            .ingest_one(KeyRef::Int(1), e.ts, &words(&plan, &e), Some(EventId::Int(8)))
+            .ingest_one(
+                KeyRef::Int(1),
+                e.ts,
+                &words(&plan, &e),
+                Some(EventId::Int(8)),
+            )
             .unwrap();
         assert_eq!(r.duplicates, 1);
         assert_eq!(answers(&eng, false), answers(&want, false));
@@ -1342,15 +1376,28 @@ mod tests {
         // ids are remembered for the lateness only: memory stays bounded
         for i in 0..2000i64 {
             let e = ev((i % 5) as u8, 3 * M + i * M, 1.0);
-            eng.ingest_one(KeyRef::Int(e.k as i64), e.ts, &words(&plan, &e), Some(EventId::Int(100 + i)))
-                .unwrap();
+            eng.ingest_one(
+                KeyRef::Int(e.k as i64),
+                e.ts,
+                &words(&plan, &e),
+                Some(EventId::Int(100 + i)),
+            )
+            .unwrap();
         }
         let seen = eng.meta.lock().guard.seen.len();
-        assert!(seen <= 5 + 5 / 4 + 2, "{seen} ids kept for a 5 minute lateness");
+        assert!(
+            seen <= 5 + 5 / 4 + 2,
+            "{seen} ids kept for a 5 minute lateness"
+        );
         // a copy of a forgotten id is late anyway
         let e = ev(0, M, 9.0);
         let r = eng
-            .ingest_one(KeyRef::Int(0), e.ts, &words(&plan, &e), Some(EventId::Int(7)))
+            .ingest_one(
+                KeyRef::Int(0),
+                e.ts,
+                &words(&plan, &e),
+                Some(EventId::Int(7)),
+            )
             .unwrap();
         assert_eq!(r.late, 1);
     }
@@ -1359,10 +1406,20 @@ mod tests {
     fn the_guard_state_survives_a_snapshot() {
         let plan = plan_with("5m", false, r#", "dedupe_on": "id""#);
         let eng = Engine::new(Arc::clone(&plan));
-        eng.ingest(&events_ids(&plan, &[ev(0, M, 1.0), ev(1, 2 * M, 1.0)], &[1, 2], false))
-            .unwrap();
+        eng.ingest(&events_ids(
+            &plan,
+            &[ev(0, M, 1.0), ev(1, 2 * M, 1.0)],
+            &[1, 2],
+            false,
+        ))
+        .unwrap();
         let r = eng
-            .ingest(&events_ids(&plan, &[ev(0, 90 * DAY, 1.0), ev(1, 2 * M, 1.0)], &[3, 2], false))
+            .ingest(&events_ids(
+                &plan,
+                &[ev(0, 90 * DAY, 1.0), ev(1, 2 * M, 1.0)],
+                &[3, 2],
+                false,
+            ))
             .unwrap();
         assert_eq!((r.ahead, r.duplicates), (1, 1));
         let dir = std::env::temp_dir().join(format!("rtml-guard-{}", std::process::id()));
@@ -1396,8 +1453,11 @@ mod tests {
         )
             .prop_map(|(evs, cuts, noise)| {
                 let mut clean: Vec<Vec<(Ev, i64)>> = Vec::new();
-                let mut rest: Vec<(Ev, i64)> =
-                    evs.into_iter().enumerate().map(|(i, e)| (e, i as i64)).collect();
+                let mut rest: Vec<(Ev, i64)> = evs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| (e, i as i64))
+                    .collect();
                 let mut i = 0;
                 while !rest.is_empty() {
                     let n = cuts[i % cuts.len()].min(rest.len());
@@ -1417,7 +1477,10 @@ mod tests {
                         0 if far + 1 < AHEAD_CONFIRM as u64 => {
                             // far ahead: 40 years plus up to a year (ids never seen)
                             let ts = 40 * 365 * DAY + (n as i64) * 11 * DAY;
-                            dirty[b].insert(pos, (ev((n % 5) as u8, ts, n as f64), 1_000_000 + n as i64));
+                            dirty[b].insert(
+                                pos,
+                                (ev((n % 5) as u8, ts, n as f64), 1_000_000 + n as i64),
+                            );
                             far += 1;
                         }
                         1 if !dirty[b].is_empty() => {
@@ -1435,13 +1498,21 @@ mod tests {
                 retries.sort();
                 retries.dedup();
                 for b in retries.into_iter().rev() {
-                    let again: Vec<(Ev, i64)> =
-                        dirty[b].iter().filter(|(_, id)| *id < 1_000_000).cloned().collect();
+                    let again: Vec<(Ev, i64)> = dirty[b]
+                        .iter()
+                        .filter(|(_, id)| *id < 1_000_000)
+                        .cloned()
+                        .collect();
                     copies += again.len() as u64;
                     let at = (b + 2).min(dirty.len());
                     dirty.insert(at, again);
                 }
-                Polluted { clean, dirty, far, copies }
+                Polluted {
+                    clean,
+                    dirty,
+                    far,
+                    copies,
+                }
             })
     }
 

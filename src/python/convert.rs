@@ -478,7 +478,12 @@ fn row_rest(
 }
 
 /// The event id of row `i` (`dedupe_on`): an int or a str, never null.
-fn row_id(plan: &Plan, names: &RowNames, d: &Bound<'_, PyDict>, i: usize) -> Result<Option<EventId>> {
+fn row_id(
+    plan: &Plan,
+    names: &RowNames,
+    d: &Bound<'_, PyDict>,
+    i: usize,
+) -> Result<Option<EventId>> {
     let (Some(key), Some(col)) = (&names.id, &plan.spec.dedupe_on) else {
         return Ok(None);
     };
@@ -486,7 +491,10 @@ fn row_id(plan: &Plan, names: &RowNames, d: &Bound<'_, PyDict>, i: usize) -> Res
     if obj.is_instance_of::<PyBool>() || obj.is_none() {
         return Err(Error::schema(
             col,
-            format!("row {i}: event ids (dedupe_on) must be int or str, got {}", type_name(&obj)),
+            format!(
+                "row {i}: event ids (dedupe_on) must be int or str, got {}",
+                type_name(&obj)
+            ),
         ));
     }
     if let Ok(s) = obj.cast::<PyString>() {
@@ -499,7 +507,10 @@ fn row_id(plan: &Plan, names: &RowNames, d: &Bound<'_, PyDict>, i: usize) -> Res
         }
         _ => Err(Error::schema(
             col,
-            format!("row {i}: event ids (dedupe_on) must be int or str, got {}", type_name(&obj)),
+            format!(
+                "row {i}: event ids (dedupe_on) must be int or str, got {}",
+                type_name(&obj)
+            ),
         )),
     }
 }

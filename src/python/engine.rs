@@ -249,16 +249,22 @@ impl PyEngine {
     fn ingest_row(&self, py: Python<'_>, row: &Bound<'_, PyDict>) -> PyResult<Counts> {
         entry(Some(&self.poison), || {
             let ts_name = &self.plan.spec.timestamp;
-            let r = convert::with_row(&self.plan, &self.rows, row, None, |key, ts, zone, vals, id| {
-                self.check_zone(zone, ts_name)?;
-                let mut meta = self.ingest_guard(py);
-                let r = self
-                    .inner
-                    .ingest_one_locked(&mut meta, key, ts, vals, id)
-                    .py_err()?;
-                self.note_zone(zone);
-                Ok::<_, PyErr>(r)
-            })
+            let r = convert::with_row(
+                &self.plan,
+                &self.rows,
+                row,
+                None,
+                |key, ts, zone, vals, id| {
+                    self.check_zone(zone, ts_name)?;
+                    let mut meta = self.ingest_guard(py);
+                    let r = self
+                        .inner
+                        .ingest_one_locked(&mut meta, key, ts, vals, id)
+                        .py_err()?;
+                    self.note_zone(zone);
+                    Ok::<_, PyErr>(r)
+                },
+            )
             .py_err()??;
             Ok(counts(r))
         })

@@ -14,8 +14,8 @@ use pyo3::prelude::*;
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
 use crate::input::{read_arrival, read_events, read_spine};
-use crate::online::guard::{verdicts, Verdict};
 use crate::offline::backfill;
+use crate::online::guard::{verdicts, Verdict};
 use crate::plan::Plan;
 use crate::spec::Spec;
 use convert::Zone;
@@ -174,6 +174,7 @@ impl PySpec {
 }
 
 impl PySpec {
+    #[allow(clippy::too_many_arguments)]
     fn backfill_inner<'py>(
         &self,
         py: Python<'py>,

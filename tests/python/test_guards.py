@@ -18,9 +18,8 @@ from hypothesis import strategies as st
 
 import rtml
 import rtml.sources
-from rtml.runner import AHEAD_REASON, Runner
-
 from helpers import n_examples
+from rtml.runner import AHEAD_REASON, Runner
 
 UTC = dt.timezone.utc
 S = 10**9
