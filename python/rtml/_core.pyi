@@ -182,7 +182,10 @@ class JsonDecoder:
         timestamp: tuple[str, str],
         values: list[tuple[str, str, bool]],
         timestamp_unit: str | None = None,
-    ) -> JsonDecoder: ...
+        event_id: tuple[str, str] | None = None,
+    ) -> JsonDecoder:
+        """`event_id`: (column, JSON field) of the `dedupe_on` ids: a string or an integer (read
+        as its decimal text); a message without one is rejected."""
     def decode(
         self, messages: list[bytes | None], key_is_int: bool | None = None
     ) -> tuple[pa.RecordBatch, list[tuple[int, str]], bool | None]: ...

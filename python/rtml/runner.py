@@ -388,7 +388,12 @@ class Runner:
         self._decoder: Any = None
         if source.raw and getattr(source, "decode", None) is None:
             ent, ts, vals, unit = _decoder_config(source, feature_set)
-            self._decoder = _core.JsonDecoder(ent, ts, vals, unit)
+            ids = feature_set.dedupe_on  # the event-id column (int or str ids in the JSON)
+            if ids is not None and ids not in (c for c, _, _ in vals):
+                event_id = (ids, dict(getattr(source, "fields", None) or {}).get(ids, ids))
+                self._decoder = _core.JsonDecoder(ent, ts, vals, unit, event_id)
+            else:
+                self._decoder = _core.JsonDecoder(ent, ts, vals, unit)
 
     # ---- partitions ------------------------------------------------------------------
 

@@ -50,6 +50,23 @@ impl Default for Guard {
     }
 }
 
+/// The bounds a batch is judged by, resolved once per batch from the feature set.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// `max_ahead` in force, ns (`None`: no guard).
+    pub max_ahead: Option<i64>,
+    pub lateness: i64,
+}
+
+impl Rules {
+    pub fn of(spec: &Spec) -> Rules {
+        Rules {
+            max_ahead: spec.max_ahead_ns(),
+            lateness: spec.allowed_lateness,
+        }
+    }
+}
+
 /// What happens to one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -72,8 +89,8 @@ pub fn reference(watermark: i64, lower_median: i64) -> i64 {
 
 impl Guard {
     /// Before a batch guarded from `reference`: forget remembered times no longer ahead.
-    pub fn start_batch(&mut self, spec: &Spec, reference: i64) {
-        if let Some(m) = spec.max_ahead_ns() {
+    pub fn start_batch(&mut self, rules: Rules, reference: i64) {
+        if let Some(m) = rules.max_ahead {
             let bound = reference.saturating_add(m);
             self.pending.retain(|&t| t > bound);
         }
@@ -84,16 +101,16 @@ impl Guard {
     #[inline]
     pub fn judge(
         &mut self,
-        spec: &Spec,
+        rules: Rules,
         watermark: &mut i64,
         reference: &mut i64,
         ts: i64,
         id: Option<EventId>,
     ) -> Verdict {
-        if ts < watermark.saturating_sub(spec.allowed_lateness) {
+        if ts < watermark.saturating_sub(rules.lateness) {
             return Verdict::Late;
         }
-        if let Some(m) = spec.max_ahead_ns() {
+        if let Some(m) = rules.max_ahead {
             if ts > reference.saturating_add(m) {
                 let agree = self
                     .pending
@@ -127,12 +144,12 @@ impl Guard {
 
     /// After a batch: forget ids older than the horizon (amortized: when the watermark moved
     /// a quarter of the lateness since the last sweep, or at all with no lateness).
-    pub fn end_batch(&mut self, spec: &Spec, watermark: i64) {
+    pub fn end_batch(&mut self, rules: Rules, watermark: i64) {
         if self.seen.is_empty() || watermark == i64::MIN {
             self.swept = watermark;
             return;
         }
-        let lateness = spec.allowed_lateness;
+        let lateness = rules.lateness;
         if self.swept != i64::MIN && watermark <= self.swept.saturating_add(lateness / 4) {
             return;
         }
@@ -169,21 +186,22 @@ pub fn replay(
             .then(a.cmp(&b))
     });
     let mut out = vec![Verdict::Apply; n];
+    let rules = Rules::of(spec);
     let mut guard = Guard::default();
     let mut watermark = i64::MIN;
     for batch in order.chunk_by(|&a, &b| arrival[a] == arrival[b]) {
         let mut reference = reference(watermark, ts[batch[(batch.len() - 1) / 2]]);
-        guard.start_batch(spec, reference);
+        guard.start_batch(rules, reference);
         for &i in batch {
             out[i] = guard.judge(
-                spec,
+                rules,
                 &mut watermark,
                 &mut reference,
                 ts[i],
                 ids.get(i).copied(),
             );
         }
-        guard.end_batch(spec, watermark);
+        guard.end_batch(rules, watermark);
     }
     out
 }

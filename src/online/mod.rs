@@ -37,7 +37,7 @@ use crate::state::KeyState;
 pub mod guard;
 pub mod snapshot;
 
-pub use guard::{Guard, Verdict, AHEAD_CONFIRM};
+pub use guard::{Guard, Rules, Verdict, AHEAD_CONFIRM};
 
 /// A read settles a key first (under the write lock) only when that saves walking more rows.
 pub const SETTLE_ON_READ_ROWS: u64 = 64;
@@ -251,6 +251,8 @@ pub struct Meta {
 
 pub struct Engine {
     plan: Arc<Plan>,
+    /// The guard's bounds (from the plan's feature set).
+    rules: Rules,
     shards: Box<[RwLock<Shard>]>,
     /// Held for a whole ingest (and a snapshot): ingests apply one at a time, in call order.
     meta: Mutex<Meta>,
@@ -263,6 +265,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(plan: Arc<Plan>) -> Engine {
         Engine {
+            rules: Rules::of(&plan.spec),
             plan,
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             meta: Mutex::new(Meta {
@@ -382,12 +385,12 @@ impl Engine {
         // same state. A batch already in that order (the common case) is not sorted.
         let order = (!events.in_arrival_order()).then(|| events.arrival_order());
         let order = order.as_deref();
-        let spec = &plan.spec;
+        let rules = self.rules;
         let n = events.len();
         let mid = n.saturating_sub(1) / 2;
         let median_row = order.map_or(mid, |o| o[mid] as usize);
         let mut reference = guard::reference(meta.watermark, events.ts[median_row]);
-        meta.guard.start_batch(spec, reference);
+        meta.guard.start_batch(rules, reference);
         let gate = &mut meta.guard;
         if events.len() <= SMALL_INGEST_EVENTS {
             // A few events (row dicts): partitioned on the stack. Each shard's events are
@@ -399,7 +402,7 @@ impl Engine {
             let mut todo: SmallVec<[Todo<'_>; SMALL_INGEST_EVENTS]> = SmallVec::new();
             events.for_each_key_in(order, |i, key| {
                 let ts = events.ts[i];
-                let v = gate.judge(spec, &mut watermark, &mut reference, ts, events.id(i));
+                let v = gate.judge(rules, &mut watermark, &mut reference, ts, events.id(i));
                 if !report.count(v, i) {
                     return;
                 }
@@ -429,7 +432,7 @@ impl Engine {
         let mut by_shard: Vec<Vec<(u32, KeyRef<'_>)>> = vec![Vec::new(); SHARDS];
         events.for_each_key_in(order, |i, key| {
             let ts = events.ts[i];
-            let v = gate.judge(spec, &mut watermark, &mut reference, ts, events.id(i));
+            let v = gate.judge(rules, &mut watermark, &mut reference, ts, events.id(i));
             if !report.count(v, i) {
                 return;
             }
@@ -478,12 +481,13 @@ impl Engine {
         let plan = &*self.plan;
         let lateness = plan.spec.allowed_lateness;
         let mut report = Ingested::default();
+        let rules = self.rules;
         let mut reference = guard::reference(meta.watermark, ts);
-        meta.guard.start_batch(&plan.spec, reference);
+        meta.guard.start_batch(rules, reference);
         let mut watermark = meta.watermark;
         let v = meta
             .guard
-            .judge(&plan.spec, &mut watermark, &mut reference, ts, id);
+            .judge(rules, &mut watermark, &mut reference, ts, id);
         if report.count(v, 0) {
             let settle = watermark.saturating_sub(lateness);
             self.shard(key).write().apply(plan, key, ts, vals, settle);
@@ -511,7 +515,7 @@ impl Engine {
         meta.counters.late_events_dropped += report.late;
         meta.counters.ahead_events_rejected += report.ahead;
         meta.counters.duplicates_dropped += report.duplicates;
-        meta.guard.end_batch(&self.plan.spec, meta.watermark);
+        meta.guard.end_batch(self.rules, meta.watermark);
         self.maybe_sweep(meta);
         report
     }
@@ -524,8 +528,9 @@ impl Engine {
         let mut meta = self.meta.lock();
         if t > meta.watermark {
             meta.watermark = t;
-            meta.guard.start_batch(&self.plan.spec, t);
-            meta.guard.end_batch(&self.plan.spec, t);
+            let rules = self.rules;
+            meta.guard.start_batch(rules, t);
+            meta.guard.end_batch(rules, t);
             self.publish(&meta);
             self.maybe_sweep(&mut meta);
         }
