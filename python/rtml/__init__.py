@@ -13,6 +13,7 @@ from . import _core
 from ._core import __version__, num_threads
 from ._core import debug_build as _debug_build
 from .exceptions import (
+    AheadEventsWarning,
     LateEventsWarning,
     PoisonedError,
     QueryError,
@@ -116,6 +117,7 @@ __all__ = [
     "PoisonedError",
     "RtmlWarning",
     "LateEventsWarning",
+    "AheadEventsWarning",
     "LATE_WARNING_SHARE",
     "num_threads",
     "__version__",

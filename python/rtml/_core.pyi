@@ -103,9 +103,9 @@ class Engine:
     def ingest_rows(self, rows: Sequence[dict[str, Any]]) -> _Counts:
         """A list of event rows, all checked first; returns (accepted, late, ahead,
         duplicates, rows rejected as ahead)."""
-    def ingest_table(self, table: _ArrowStream) -> _Counts:
+    def ingest_table(self, table: _ArrowStream, trusted: bool = False) -> _Counts:
         """Events as an Arrow table, all checked first; returns (accepted, late, ahead,
-        duplicates, rows rejected as ahead)."""
+        duplicates, rows rejected as ahead). `trusted`: no watermark guard (a history)."""
     def advance_watermark(self, t: _Instant) -> int:
         """Move the watermark forward to `t`; returns the watermark (ns)."""
     def get(self, key: _Key, at: _Instant | None = None) -> dict[str, Any]: ...

@@ -830,7 +830,8 @@ class FeatureSet:
     def online(self, history: Any = None) -> "OnlineEngine":
         """A new online engine (:class:`rtml.OnlineEngine`) for this feature set, optionally
         bootstrapped from `history` (events in any form `backfill` takes; sorted by time and
-        ingested as one batch).
+        ingested as one batch, trusted: the watermark guard does not apply to it, so a gap
+        wider than ``max_ahead`` in the history is kept, as backfill keeps it).
 
         Read it with ``eng.get(key, at=...)``: `at` is a ``datetime``, ``pandas.Timestamp``,
         ``numpy.datetime64``, an ISO 8601 string, or an epoch number in the feature set's
@@ -851,7 +852,9 @@ class FeatureSet:
             table = _frames.decimals_to_float(_io.to_table(_frames.prepare(history), "history"))
             if table.num_rows:
                 table = table.sort_by(self.timestamp)
-            eng.ingest(table)
+            # history is trusted: no watermark guard (as backfill applies none), lateness and
+            # dedupe_on as usual
+            eng._engine.ingest_table(_io.events_table(table, self.timestamp), trusted=True)
         return eng
 
     def __eq__(self, other: object) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import _core, _io
-from .exceptions import LateEventsWarning, SnapshotError
+from .exceptions import AheadEventsWarning, LateEventsWarning, SnapshotError
 
 if TYPE_CHECKING:
     from .features import FeatureSet
@@ -125,7 +125,15 @@ class OnlineEngine:
     (True, False, 1)
     """
 
-    __slots__ = ("_engine", "_spec", "_entity", "_timestamp", "_warned_late", "__weakref__")
+    __slots__ = (
+        "_engine",
+        "_spec",
+        "_entity",
+        "_timestamp",
+        "_warned_late",
+        "_warned_ahead",
+        "__weakref__",
+    )
 
     def __init__(self, feature_set: Union["FeatureSet", str]) -> None:
         self._attach(_core.Engine(_spec_of(feature_set)))
@@ -143,6 +151,7 @@ class OnlineEngine:
         self._entity = self._spec.entity
         self._timestamp = self._spec.timestamp
         self._warned_late = False
+        self._warned_ahead = False
 
     # ------------------------------------------------------------------ ingest
 
@@ -209,6 +218,19 @@ class OnlineEngine:
                 "Late events are counted in stats()['late_events_dropped']; this warning is "
                 "issued once per engine.",
                 LateEventsWarning,
+                stacklevel=2,
+            )
+        if ahead and not self._warned_ahead:
+            self._warned_ahead = True
+            warnings.warn(
+                f"OnlineEngine.ingest rejected {ahead} event(s) further ahead of the watermark "
+                f"than max_ahead ({self.feature_set.max_ahead}): not applied, the watermark did "
+                "not move. Counted in stats()['ahead_events_rejected']; ingest(data, "
+                "report=True).rejected names them. A stream that really jumped is followed once "
+                "16 such events agree, or at once with advance_watermark(t); history to "
+                "bootstrap from goes through FeatureSet.online(history=...), which trusts it. "
+                "This warning is issued once per engine.",
+                AheadEventsWarning,
                 stacklevel=2,
             )
         if report:

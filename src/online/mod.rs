@@ -364,6 +364,22 @@ impl Engine {
 
     /// [`Engine::ingest`] with the ingest lock already held.
     pub fn ingest_locked(&self, meta: &mut Meta, events: &Events<'_>) -> Result<Ingested> {
+        self.ingest_with(meta, events, self.rules)
+    }
+
+    /// [`Engine::ingest`] of trusted events (a history to bootstrap from): no watermark guard
+    /// (as backfill, which has none without an arrival order); lateness and deduplication
+    /// apply as usual.
+    pub fn ingest_trusted(&self, events: &Events<'_>) -> Result<Ingested> {
+        let mut meta = self.meta.lock();
+        let rules = Rules {
+            max_ahead: None,
+            ..self.rules
+        };
+        self.ingest_with(&mut meta, events, rules)
+    }
+
+    fn ingest_with(&self, meta: &mut Meta, events: &Events<'_>, rules: Rules) -> Result<Ingested> {
         let Some(is_int) = events.key_is_int() else {
             return Ok(Ingested::default());
         };
@@ -385,11 +401,13 @@ impl Engine {
         // same state. A batch already in that order (the common case) is not sorted.
         let order = (!events.in_arrival_order()).then(|| events.arrival_order());
         let order = order.as_deref();
-        let rules = self.rules;
         let n = events.len();
         let mid = n.saturating_sub(1) / 2;
         let median_row = order.map_or(mid, |o| o[mid] as usize);
-        let mut reference = guard::reference(meta.watermark, events.ts[median_row]);
+        let mut reference = guard::reference(
+            meta.watermark,
+            events.ts.get(median_row).copied().unwrap_or(i64::MIN),
+        );
         meta.guard.start_batch(rules, reference);
         let gate = &mut meta.guard;
         if events.len() <= SMALL_INGEST_EVENTS {
@@ -1340,6 +1358,31 @@ mod tests {
             assert_eq!(r.rejected, vec![if rev { 0 } else { 39 }]);
             assert_eq!(eng.watermark(), 3900 * M);
         }
+    }
+
+    #[test]
+    fn a_trusted_history_is_not_guarded() {
+        let plan = plan("5m", false);
+        let evs = vec![
+            ev(0, 0, 1.0),
+            ev(1, M, 1.0),
+            ev(0, 3 * DAY, 2.0),
+            ev(1, 3 * DAY + M, 2.0),
+        ];
+        let eng = Engine::new(Arc::clone(&plan));
+        let r = eng.ingest_trusted(&events(&plan, &evs, false)).unwrap();
+        assert_eq!((r.accepted, r.ahead), (4, 0));
+        let live = Engine::new(Arc::clone(&plan));
+        let r = live.ingest(&events(&plan, &evs, false)).unwrap();
+        assert_eq!(
+            (r.accepted, r.ahead, r.rejected.clone()),
+            (2, 2, vec![2, 3])
+        );
+        // after the history the live rules hold again
+        let r = eng
+            .ingest(&events(&plan, &[ev(0, 30 * DAY, 1.0)], false))
+            .unwrap();
+        assert_eq!(r.ahead, 1);
     }
 
     #[test]

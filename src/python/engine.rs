@@ -294,7 +294,8 @@ impl PyEngine {
 
     /// Ingest events given as an Arrow table (anything with `__arrow_c_stream__`), GIL
     /// released. Validated first: on error nothing is applied. Returns (accepted, late).
-    fn ingest_table(&self, py: Python<'_>, table: PyTable) -> PyResult<Counts> {
+    #[pyo3(signature = (table, trusted=false))]
+    fn ingest_table(&self, py: Python<'_>, table: PyTable, trusted: bool) -> PyResult<Counts> {
         entry(Some(&self.poison), || {
             let (batches, schema) = table.into_inner();
             let ts = &self.plan.spec.timestamp;
@@ -309,7 +310,11 @@ impl PyEngine {
             let inner = &self.inner;
             let r = detached(py, || {
                 let events = read_events(&plan, &batches)?;
-                inner.ingest(&events)
+                if trusted {
+                    inner.ingest_trusted(&events)
+                } else {
+                    inner.ingest(&events)
+                }
             })?;
             if let Some(z) = zone {
                 self.note_zone(z);

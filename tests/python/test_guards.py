@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import warnings
 import random
 
 import pyarrow as pa
@@ -480,3 +481,25 @@ def test_backfill_arrival_may_be_arrival_times():
     by_time = fs.verdicts(table, arrival="arrived")
     numbered = fs.verdicts(table.append_column("n", pa.array([i // 4 for i in range(len(rows))])), arrival="n")
     assert by_time == numbered and by_time[-1] == "ahead" and by_time.count("applied") == 10
+
+
+def test_history_is_trusted_and_a_reject_warns_once():
+    """`fs.online(history=...)` applies a history with a gap wider than max_ahead whole, as
+    backfill does (the guard is for the live stream); the first call that rejects events warns
+    once per engine."""
+    fs = _fs()
+    rows = [_row("a", T0 + i * MIN, 1.0) for i in range(5)] + [_row("a", T0 + 3 * DAY + i * MIN, 2.0) for i in range(5)]
+    eng = fs.online(history=_table(rows))
+    assert eng.stats()["events_ingested"] == 10 and eng.stats()["ahead_events_rejected"] == 0
+    at = T0 + 3 * DAY + 10 * MIN
+    spine = pa.table({"tail": ["a"], "ts": [at]})
+    off = fs.backfill(_table(rows), spine, output="arrow").to_pylist()[0]
+    assert eng.get("a", at=at) == {n: off[n] for n in fs.feature_names}
+    # the same events live, in one call: the events after the 3-day gap are ahead
+    live = fs.online()
+    with pytest.warns(rtml.AheadEventsWarning, match="max_ahead"):
+        assert live.ingest(_table(rows)) == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert live.ingest(_row("a", FAR, 1.0)) == 0  # once per engine
+    assert live.stats()["ahead_events_rejected"] == 6
