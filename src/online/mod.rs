@@ -5,7 +5,8 @@
 //! than `watermark - allowed_lateness` (the watermark before its batch) is late and dropped
 //! (counted); every other event is applied exactly as if it had arrived in order, because each
 //! key settles only up to `watermark - allowed_lateness` and an accepted event is never older
-//! than that.
+//! than that. The guard (`guard.rs`) also rejects an event too far ahead of the
+//! watermark (`max_ahead`) and drops one whose id was applied before (`dedupe_on`).
 //!
 //! Snapshots (`snapshot.rs`, with the format-1 state it upgrades) read the engine's private
 //! fields as a child module: nothing outside `online` reaches into them.
