@@ -31,6 +31,9 @@ pub enum ValueType {
     Float,
     /// A JSON string.
     Str,
+    /// An event id (`dedupe_on`): a JSON string, or an integer (read as its decimal text);
+    /// required (a message without one is rejected).
+    Id,
 }
 
 /// One output column: its name in the event table and the JSON field it comes from.
@@ -290,14 +293,14 @@ pub fn decode_json<B: AsRef<[u8]>>(
         .iter()
         .map(|c| match c.kind {
             ValueType::Float => ValCol::F(Float64Builder::with_capacity(n)),
-            ValueType::Str => ValCol::S(StringBuilder::with_capacity(n, n * 8)),
+            ValueType::Str | ValueType::Id => ValCol::S(StringBuilder::with_capacity(n, n * 8)),
         })
         .collect();
     let mut rejected = Vec::new();
     // Values of one message, checked before anything is appended.
     enum V<'a> {
         F(Option<f64>),
-        S(Option<&'a str>),
+        S(Option<std::borrow::Cow<'a, str>>),
     }
     enum K<'a> {
         Int(i64),
@@ -351,10 +354,10 @@ pub fn decode_json<B: AsRef<[u8]>>(
                     Err(format!(
                         "field '{}': expected {}, got {}",
                         c.field,
-                        if c.kind == ValueType::Float {
-                            "a number"
-                        } else {
-                            "a string"
+                        match c.kind {
+                            ValueType::Float => "a number",
+                            ValueType::Str => "a string",
+                            ValueType::Id => "an event id (a string or an integer)",
                         },
                         v.kind()
                     ))
@@ -368,7 +371,14 @@ pub fn decode_json<B: AsRef<[u8]>>(
                     (ValueType::Float, Some(Val::Bool(b))) => {
                         V::F(Some(if *b { 1.0 } else { 0.0 }))
                     }
-                    (ValueType::Str, Some(Val::Str(s))) => V::S(Some(s.as_ref())),
+                    (ValueType::Str | ValueType::Id, Some(Val::Str(s))) => {
+                        V::S(Some(std::borrow::Cow::Borrowed(s.as_ref())))
+                    }
+                    (ValueType::Id, Some(Val::Int(x))) => V::S(Some(x.to_string().into())),
+                    (ValueType::Id, Some(Val::UInt(x))) => V::S(Some(x.to_string().into())),
+                    (ValueType::Id, None | Some(Val::Null)) => {
+                        return Err(format!("missing field '{}' (the event id)", c.field))
+                    }
                     (_, Some(v)) => return bad(v),
                 });
             }
@@ -406,7 +416,7 @@ pub fn decode_json<B: AsRef<[u8]>>(
         for (col, v) in cols.iter_mut().zip(vals) {
             match (col, v) {
                 (ValCol::F(b), V::F(x)) => b.append_option(x),
-                (ValCol::S(b), V::S(x)) => b.append_option(x),
+                (ValCol::S(b), V::S(x)) => b.append_option(x.as_deref()),
                 // (kinds always match: both follow `mapping.values`; total without a panic)
                 (ValCol::F(b), V::S(_)) => b.append_null(),
                 (ValCol::S(b), V::F(_)) => b.append_null(),
@@ -524,6 +534,36 @@ mod tests {
         assert_eq!(s.value(0), "a");
         assert!(s.is_null(1));
         assert_eq!(s.value(2), "café");
+    }
+
+    #[test]
+    fn event_ids_are_strings_or_integers_and_required() {
+        let mut m = mapping(Some("s"));
+        m.values.push(ColumnMap {
+            column: "id".into(),
+            field: "eid".into(),
+            kind: ValueType::Id,
+        });
+        let msgs: Vec<&[u8]> = vec![
+            br#"{"u": 1, "t": 1, "eid": "a-1"}"#,
+            br#"{"u": 1, "t": 2, "eid": 42}"#,
+            br#"{"u": 1, "t": 3, "eid": 18446744073709551615}"#,
+            br#"{"u": 1, "t": 4}"#,
+            br#"{"u": 1, "t": 5, "eid": null}"#,
+            br#"{"u": 1, "t": 6, "eid": 1.5}"#,
+        ];
+        let d = decode_json(&m, &msgs, None).unwrap();
+        let ids = d.batch.column(4).as_string::<i32>();
+        assert_eq!(
+            (0..ids.len()).map(|i| ids.value(i)).collect::<Vec<_>>(),
+            ["a-1", "42", "18446744073709551615"]
+        );
+        let reasons: Vec<(usize, bool)> = d
+            .rejected
+            .iter()
+            .map(|(i, r)| (*i, r.contains("'eid'")))
+            .collect();
+        assert_eq!(reasons, [(3, true), (4, true), (5, true)]);
     }
 
     #[test]

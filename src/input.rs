@@ -81,6 +81,20 @@ impl KeyRef<'_> {
     }
 }
 
+/// An event id (the `dedupe_on` column): an integer, or a string by its 128-bit xxh3 hash
+/// (a collision among n distinct ids has a chance of about n^2 / 2^129).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum EventId {
+    Int(i64),
+    Str(u128),
+}
+
+impl EventId {
+    pub fn of_str(s: &str) -> EventId {
+        EventId::Str(xxhash_rust::xxh3::xxh3_128(s.as_bytes()))
+    }
+}
+
 /// A string column of any Arrow layout.
 pub enum StrArr<'a> {
     Utf8(&'a StringArray),
@@ -136,6 +150,8 @@ pub struct Events<'a> {
     pub ts: Vec<i64>,
     /// One vector per plan column: f64 bits, string identity, or [`NULL`].
     pub values: Vec<Vec<u64>>,
+    /// The event ids (`dedupe_on`), one per event; empty without deduplication.
+    pub ids: Vec<EventId>,
 }
 
 impl<'a> Events<'a> {
@@ -145,7 +161,50 @@ impl<'a> Events<'a> {
             starts: Vec::new(),
             ts: Vec::new(),
             values: vec![Vec::new(); n_columns],
+            ids: Vec::new(),
         }
+    }
+
+    /// The id of event `i`, if the events carry ids.
+    #[inline]
+    pub fn id(&self, i: usize) -> Option<EventId> {
+        self.ids.get(i).copied()
+    }
+
+    /// The events where `keep` is true (keys owned), in row order.
+    pub fn filtered(&self, keep: &[bool]) -> Events<'static> {
+        let mut out = Events::empty(self.values.len());
+        let n = keep.iter().filter(|k| **k).count();
+        if n == 0 {
+            return out;
+        }
+        let mut ints = Vec::new();
+        let mut strs = Vec::new();
+        let mut ts = Vec::with_capacity(n);
+        let mut values: Vec<Vec<u64>> = vec![Vec::with_capacity(n); self.values.len()];
+        self.for_each_key(|i, k| {
+            if !keep[i] {
+                return;
+            }
+            match k {
+                KeyRef::Int(v) => ints.push(v),
+                KeyRef::Str(s) => strs.push(s.to_string()),
+            }
+            ts.push(self.ts[i]);
+            for (dst, src) in values.iter_mut().zip(&self.values) {
+                dst.push(src[i]);
+            }
+            if let Some(id) = self.id(i) {
+                out.ids.push(id);
+            }
+        });
+        let keys = if self.key_is_int() == Some(true) {
+            KeyArr::Int(ints)
+        } else {
+            KeyArr::Owned(strs)
+        };
+        let _ = out.push(keys, ts, values);
+        out
     }
     pub fn len(&self) -> usize {
         self.ts.len()
@@ -654,12 +713,83 @@ pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events
         starts.push(offsets[b]);
         keys_of.push(keys);
     }
+    let mut ids = Vec::new();
+    if let Some(col) = &spec.dedupe_on {
+        ids.reserve(total);
+        for (b, batch) in batches.iter().enumerate() {
+            if batch.num_rows() > 0 {
+                read_ids(column(batch, col, "events")?, col, offsets[b], &mut ids)?;
+            }
+        }
+    }
     Ok(Events {
         keys: keys_of,
         starts,
         ts,
         values,
+        ids,
     })
+}
+
+/// The arrival column of event batches: per event (no nulls) the number of the ingest call it
+/// arrived in, or its arrival time (ns); equal values arrived together.
+pub fn read_arrival(batches: &[RecordBatch], name: &str) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for batch in batches {
+        let a = column(batch, name, "events")?;
+        if let Some(i) = first_null(a.as_ref()) {
+            return Err(Error::schema(
+                name,
+                format!("null arrival at row {}", offset + i),
+            ));
+        }
+        match int_values(a.as_ref(), name)? {
+            Some(v) => out.extend(v),
+            None if matches!(a.data_type(), DataType::Timestamp(..)) => {
+                out.extend(read_times(a, name, None, offset)?)
+            }
+            None => {
+                return Err(Error::schema(
+                    name,
+                    format!(
+                        "the arrival column must hold integers (batch numbers) or timestamps (arrival times), got {}",
+                        a.data_type()
+                    ),
+                ))
+            }
+        }
+        offset += batch.num_rows();
+    }
+    Ok(out)
+}
+
+/// Append the event ids of an id column (integers or strings, no nulls) to `out`.
+pub fn read_ids(a: &ArrayRef, name: &str, offset: usize, out: &mut Vec<EventId>) -> Result<()> {
+    if let Some(i) = first_null(a.as_ref()) {
+        return Err(Error::schema(
+            name,
+            format!(
+                "null event id at row {} (dedupe_on needs an id on every event)",
+                offset + i
+            ),
+        ));
+    }
+    if let Some(v) = int_values(a.as_ref(), name)? {
+        out.extend(v.into_iter().map(EventId::Int));
+        return Ok(());
+    }
+    if let Some(s) = str_arr(a.as_ref())? {
+        out.extend((0..a.len()).map(|i| EventId::of_str(s.get(i))));
+        return Ok(());
+    }
+    Err(Error::schema(
+        name,
+        format!(
+            "event ids (dedupe_on) must be integers or strings, got {}",
+            a.data_type()
+        ),
+    ))
 }
 
 /// A spine: keys and query times, one chunk per batch.

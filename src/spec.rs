@@ -16,6 +16,8 @@ use crate::time::{format_duration, parse_duration, unit_factor};
 pub const FORMAT: &str = "rtml.FeatureSet";
 pub const VERSION: u64 = 1;
 
+const DAY_NS: i64 = 86_400_000_000_000;
+
 /// An aggregation with its parameters: its row of [`crate::agg::AGGS`] and its parameter value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Agg {
@@ -101,6 +103,23 @@ pub struct Spec {
     /// NaN / inf values are treated as null instead of being rejected.
     pub skip_nonfinite: bool,
     pub features: Vec<Feature>,
+    /// The watermark guard: how far ahead of the watermark an event may be (see
+    /// [`Spec::max_ahead_ns`]).
+    pub max_ahead: MaxAhead,
+    /// Column holding an event id: events whose id was already applied are dropped.
+    pub dedupe_on: Option<String>,
+}
+
+/// The watermark guard's bound as the document states it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MaxAhead {
+    /// Not stated: [`Spec::default_max_ahead`].
+    #[default]
+    Auto,
+    /// `"max_ahead": null`: no guard.
+    Off,
+    /// A duration, ns.
+    Bound(i64),
 }
 
 /// Default output name, e.g. `fare_sum_1h`, `count_1h`, `fare_p90_1h`, `fare_last`.
@@ -231,6 +250,8 @@ impl Spec {
                 "on_nonfinite",
                 "features",
                 "metadata",
+                "max_ahead",
+                "dedupe_on",
             ],
             "document",
         )?;
@@ -269,6 +290,21 @@ impl Spec {
         for (i, f) in feats.iter().enumerate() {
             features.push(parse_feature(f, &format!("features[{i}]"))?);
         }
+        let max_ahead = match obj.get("max_ahead") {
+            None => MaxAhead::Auto,
+            Some(Value::Null) => MaxAhead::Off,
+            Some(Value::String(s)) if s == "auto" => MaxAhead::Auto,
+            Some(_) => {
+                MaxAhead::Bound(get_duration(obj, "max_ahead", "max_ahead")?.unwrap_or(i64::MAX))
+            }
+        };
+        let dedupe_on = get_str(obj, "dedupe_on", "dedupe_on")?;
+        if dedupe_on.as_deref() == Some("") {
+            return Err(Error::spec(
+                "dedupe_on",
+                "must be a column name (not empty)",
+            ));
+        }
         let spec = Spec {
             entity,
             timestamp,
@@ -277,12 +313,51 @@ impl Spec {
             ttl,
             skip_nonfinite,
             features,
+            max_ahead,
+            dedupe_on,
         };
         spec.validate()?;
         Ok(spec)
     }
 
+    /// The longest window (its hop added for a tiled one); 0 for lifetime features only.
+    pub fn longest_window(&self) -> i64 {
+        self.features
+            .iter()
+            .filter_map(|f| f.window.map(|w| w.saturating_add(f.hop.unwrap_or(0))))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The default watermark guard: `max(2 * longest window, 1 day) + allowed_lateness`.
+    /// Twice the longest window: an event that far ahead would move every window past all
+    /// the history it holds; at least a day: a quiet night (or a stream whose windows are
+    /// short) is not a jump; plus the lateness, since the stream is that disordered anyway.
+    pub fn default_max_ahead(&self) -> i64 {
+        self.longest_window()
+            .saturating_mul(2)
+            .max(DAY_NS)
+            .saturating_add(self.allowed_lateness)
+    }
+
+    /// The guard's bound in ns (`None`: no guard).
+    pub fn max_ahead_ns(&self) -> Option<i64> {
+        match self.max_ahead {
+            MaxAhead::Auto => Some(self.default_max_ahead()),
+            MaxAhead::Off => None,
+            MaxAhead::Bound(b) => Some(b),
+        }
+    }
+
     fn validate(&self) -> Result<()> {
+        if let Some(col) = &self.dedupe_on {
+            if col == &self.entity || col == &self.timestamp {
+                return Err(Error::spec(
+                    "dedupe_on",
+                    format!("{col:?} is the entity or timestamp column, not an event id"),
+                ));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, f) in self.features.iter().enumerate() {
             if !seen.insert(f.name.as_str()) {
@@ -353,7 +428,7 @@ impl Spec {
                 Value::Object(m)
             })
             .collect();
-        json!({
+        let mut doc = json!({
             "format": FORMAT,
             "version": VERSION,
             "entity": self.entity,
@@ -363,7 +438,23 @@ impl Spec {
             "ttl": self.ttl.map(format_duration),
             "on_nonfinite": if self.skip_nonfinite { "skip" } else { "error" },
             "features": features,
-        })
+        });
+        // Stated only when set, so a document without them (and its hash) stays as it was.
+        if let Value::Object(m) = &mut doc {
+            match self.max_ahead {
+                MaxAhead::Auto => {}
+                MaxAhead::Off => {
+                    m.insert("max_ahead".into(), Value::Null);
+                }
+                MaxAhead::Bound(b) => {
+                    m.insert("max_ahead".into(), json!(format_duration(b)));
+                }
+            }
+            if let Some(c) = &self.dedupe_on {
+                m.insert("dedupe_on".into(), json!(c));
+            }
+        }
+        doc
     }
 
     pub fn to_json(&self) -> String {

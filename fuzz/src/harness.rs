@@ -695,8 +695,11 @@ pub fn ingest_specs() -> Vec<String> {
             .enumerate()
             .map(|(i, (w, h))| every_agg(*w, *h, &format!("_{i}")))
             .collect();
+        // The watermark guard off (`max_ahead: null`): this target's model of what an ingest
+        // accepts is the lateness rule alone (the guard has its own tests: src/online, and
+        // tests/python/test_guards.py).
         format!(
-            r#"{{"version": 1, "entity": "k", "timestamp": "ts"{extra}, "features": [{}]}}"#,
+            r#"{{"version": 1, "entity": "k", "timestamp": "ts", "max_ahead": null{extra}, "features": [{}]}}"#,
             feats.join(",\n")
         )
     };

@@ -13,6 +13,7 @@ from . import _core
 from ._core import __version__, num_threads
 from ._core import debug_build as _debug_build
 from .exceptions import (
+    AheadEventsWarning,
     LateEventsWarning,
     NotFittedError,
     NullKeysWarning,
@@ -53,7 +54,7 @@ from .features import (
     var,
 )
 from .join import backfill  # noqa: E402
-from .online import LATE_WARNING_SHARE, OnlineEngine  # noqa: E402
+from .online import LATE_WARNING_SHARE, IngestReport, OnlineEngine  # noqa: E402
 from .runner import CheckpointError, Runner  # noqa: E402
 from .transforms import (
     Step,
@@ -97,6 +98,7 @@ __all__ = [
     "parity",
     "Feature",
     "OnlineEngine",
+    "IngestReport",
     "count",
     "sum",
     "mean",
@@ -121,6 +123,7 @@ __all__ = [
     "RtmlWarning",
     "LateEventsWarning",
     "NullKeysWarning",
+    "AheadEventsWarning",
     "LATE_WARNING_SHARE",
     "num_threads",
     "__version__",

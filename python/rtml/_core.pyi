@@ -79,19 +79,35 @@ class Spec:
         key: str,
         time: str,
         progress: Callable[[int, int], object] | None = None,
-    ) -> pa.RecordBatch: ...
+        arrival: str | None = None,
+    ) -> pa.RecordBatch:
+        """`arrival`: an integer events column numbering the online arrival batches: the events
+        an online engine fed those batches drops (late, ahead, duplicate) are dropped here."""
+    def verdicts(
+        self, events: _ArrowStream, arrival: str | None = None
+    ) -> list[Literal["applied", "late", "ahead", "duplicate"]]:
+        """Per event (row order), what an online engine fed the `arrival` batches does."""
+    @property
+    def max_ahead_ns(self) -> int | None:
+        """The watermark guard's bound in force, ns (None: off)."""
+
+_Counts = tuple[int, int, int, int, list[int]]
 
 @final
 class Engine:
     """The online engine (the engine side of rtml.OnlineEngine)."""
 
     def __new__(cls, spec: Spec) -> Engine: ...
-    def ingest_row(self, row: dict[str, Any]) -> tuple[int, int]:
-        """One event row; returns (accepted, late)."""
-    def ingest_rows(self, rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
-        """A list of event rows, all checked first; returns (accepted, late)."""
-    def ingest_table(self, table: _ArrowStream) -> tuple[int, int]:
-        """Events as an Arrow table, all checked first; returns (accepted, late)."""
+    def ingest_row(self, row: dict[str, Any]) -> _Counts:
+        """One event row; returns (accepted, late, ahead, duplicates, rows rejected as ahead)."""
+    def ingest_rows(self, rows: Sequence[dict[str, Any]]) -> _Counts:
+        """A list of event rows, all checked first; returns (accepted, late, ahead,
+        duplicates, rows rejected as ahead)."""
+    def ingest_table(self, table: _ArrowStream, trusted: bool = False) -> _Counts:
+        """Events as an Arrow table, all checked first; returns (accepted, late, ahead,
+        duplicates, rows rejected as ahead). `trusted`: no watermark guard (a history)."""
+    def advance_watermark(self, t: _Instant) -> int:
+        """Move the watermark forward to `t`; returns the watermark (ns)."""
     def get(self, key: _Key, at: _Instant | None = None) -> dict[str, Any]: ...
     def get_many(
         self, keys: Iterable[_Key], at: _Instant | Sequence[_Instant] | None = None
@@ -166,7 +182,10 @@ class JsonDecoder:
         timestamp: tuple[str, str],
         values: list[tuple[str, str, bool]],
         timestamp_unit: str | None = None,
-    ) -> JsonDecoder: ...
+        event_id: tuple[str, str] | None = None,
+    ) -> JsonDecoder:
+        """`event_id`: (column, JSON field) of the `dedupe_on` ids: a string or an integer (read
+        as its decimal text); a message without one is rejected."""
     def decode(
         self, messages: list[bytes | None], key_is_int: bool | None = None
     ) -> tuple[pa.RecordBatch, list[tuple[int, str]], bool | None]: ...

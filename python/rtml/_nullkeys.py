@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["POLICIES", "skips", "is_null_key", "valid_mask", "drop_from_table", "drop_from_rows"]
+__all__ = ["POLICIES", "skips", "is_null_key", "valid_mask", "drop_from_table"]
 
 #: the accepted values of ``null_keys=``
 POLICIES = ("error", "skip")
@@ -62,10 +62,3 @@ def drop_from_table(table: pa.Table, column: str) -> tuple[pa.Table, int]:
     if kept == table.num_rows:
         return table, 0
     return table.filter(mask), table.num_rows - kept
-
-
-def drop_from_rows(rows: Any, column: str) -> tuple[list[Any], int]:
-    """Row dicts without those whose `column` is a null key (or is missing: the caller's
-    validation names it), and how many null-key rows were dropped."""
-    kept = [r for r in rows if not (isinstance(r, dict) and column in r and is_null_key(r[column]))]
-    return kept, len(rows) - len(kept)

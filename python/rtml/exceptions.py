@@ -13,6 +13,7 @@ __all__ = [
     "RtmlWarning",
     "LateEventsWarning",
     "NullKeysWarning",
+    "AheadEventsWarning",
 ]
 
 
@@ -50,6 +51,12 @@ class PoisonedError(RtmlError):
 
 class RtmlWarning(UserWarning):
     """Base class of the warnings rtml issues."""
+
+
+class AheadEventsWarning(RtmlWarning):
+    """An `OnlineEngine.ingest` call rejected events further ahead of the watermark than the
+    feature set's `max_ahead` (not applied; counted in ``stats()["ahead_events_rejected"]``,
+    named by ``ingest(..., report=True).rejected``). Issued once per engine."""
 
 
 class LateEventsWarning(RtmlWarning):

@@ -534,7 +534,13 @@ class FeatureSet:
     (how late an event may arrive online and still count; default 0), `ttl` (forget an entity
     idle this long; must cover the longest window plus the lateness), `timestamp_unit`
     (``"s"``, ``"ms"``, ``"us"``, ``"ns"`` for integer timestamps), `on_nonfinite` (``"error"``:
-    NaN / inf values are refused; ``"skip"``: read as null). Durations: see the module docstring.
+    NaN / inf values are refused; ``"skip"``: read as null), `max_ahead` (the watermark guard:
+    an event further ahead of the watermark than this is not applied online, never moves the
+    watermark, and is counted and reported; default ``"auto"``:
+    ``max(2 * longest window, 1 day) + allowed_lateness``; None disables it), `dedupe_on` (a
+    column of event ids, integers or strings: an event whose id was already applied is dropped,
+    first arrival wins; online and in `backfill`). See docs/semantics.md, "Guards". Durations:
+    see the module docstring.
 
     Raises :class:`rtml.SpecError` naming the field for anything invalid (duplicate feature
     names, a ttl shorter than a window, an unknown unit ...). Every parameter is readable back as
@@ -566,6 +572,8 @@ class FeatureSet:
         ttl: Duration = None,
         timestamp_unit: TimestampUnit | None = None,
         on_nonfinite: OnNonfinite = "error",
+        max_ahead: Duration | Literal["auto"] = "auto",
+        dedupe_on: str | None = None,
     ) -> None:
         if isinstance(features, Feature):
             raise SpecError(
@@ -589,6 +597,15 @@ class FeatureSet:
             "on_nonfinite": on_nonfinite,
             "features": [f.to_dict() for f in feats],
         }
+        # stated only when set: a document without them (and its hash) stays as it was
+        if not (isinstance(max_ahead, str) and max_ahead == "auto"):
+            doc["max_ahead"] = _duration(max_ahead, "max_ahead")
+        if dedupe_on is not None:
+            if not isinstance(dedupe_on, str):
+                raise SpecError(
+                    f"dedupe_on: expected a column name (str), got {type(dedupe_on).__name__}"
+                )
+            doc["dedupe_on"] = dedupe_on
         self._spec = _core.Spec.from_json(json.dumps(doc))
 
     @classmethod
@@ -652,6 +669,28 @@ class FeatureSet:
         return None if v is None else str(v)
 
     @property
+    def max_ahead(self) -> str | None:
+        """The watermark guard's bound in force (e.g. ``"1d"``; the default ``"auto"`` shows
+        its value), or None when the guard is off.
+
+        >>> import rtml
+        >>> rtml.FeatureSet("k", "ts", [rtml.count(window="30d")]).max_ahead
+        '60d'
+        >>> rtml.FeatureSet("k", "ts", [rtml.count(window="1h")], max_ahead="6h").max_ahead
+        '6h'
+        >>> rtml.FeatureSet("k", "ts", [rtml.count(window="1h")], max_ahead=None).max_ahead is None
+        True
+        """
+        ns = self._spec.max_ahead_ns
+        return None if ns is None else _format_ns(ns)
+
+    @property
+    def dedupe_on(self) -> str | None:
+        """The event-id column duplicates are dropped by, or None."""
+        v = self._doc().get("dedupe_on")
+        return None if v is None else str(v)
+
+    @property
     def on_nonfinite(self) -> str:
         """``"error"`` (NaN / inf values refused) or ``"skip"`` (read as null)."""
         return str(self._doc().get("on_nonfinite", "error"))
@@ -688,6 +727,7 @@ class FeatureSet:
         time: str | None = None,
         progress: Progress = None,
         output: _frames.Output = "auto",
+        arrival: str | None = None,
         null_keys: str = "error",
     ) -> Any:
         """Point-in-time-correct features for every spine row.
@@ -710,6 +750,13 @@ class FeatureSet:
         spine gives a pandas DataFrame **with the spine's index** (so ``spine["f"] = out["f"]``
         aligns), a polars spine a polars DataFrame, anything else a pyarrow.Table; or
         ``"arrow"``, ``"pandas"``, ``"polars"`` explicitly.
+
+        With ``dedupe_on``, events whose id occurs earlier are dropped first (one table has no
+        arrival order: the first in time order is kept, ties by value). `arrival`: an events
+        column numbering the ``OnlineEngine.ingest`` calls the events arrived in (integers, or
+        arrival timestamps; equal values: one call; calls in ascending order): the events an
+        online engine fed those calls would drop (late, ahead of the watermark, duplicates) are
+        dropped here too, so the result equals that engine's answers (`verdicts` lists them).
 
         `progress`: None shows a bar for large spines when tqdm is installed, True always,
         False never, or a callable ``f(done, total)`` (an exception it raises stops the
@@ -750,7 +797,9 @@ class FeatureSet:
         key = key or self.entity
         time = time or self.timestamp
         if skip_null_keys:
-            return self._backfill_skipping_null_keys(ev, sp, spine_in, key, time, progress, kind)
+            return self._backfill_skipping_null_keys(
+                ev, sp, spine_in, key, time, progress, kind, arrival
+            )
         _check_time_column(ev, self.timestamp, "events")
         _check_time_column(sp, time, "spine")
         _check_key_column(ev, self.entity, "events")
@@ -761,15 +810,24 @@ class FeatureSet:
                     f"column '{name}': the spine already has a column named like this feature; "
                     "rename one of them (feature name=...)"
                 )
-        return _join_features(spine_in, sp, self._features_for(ev, sp, key, time, progress), kind)
+        feats = self._features_for(ev, sp, key, time, progress, arrival)
+        return _join_features(spine_in, sp, feats, kind)
 
     def _features_for(
-        self, ev: pa.Table, sp: pa.Table, key: str, time: str, progress: Progress
+        self,
+        ev: pa.Table,
+        sp: pa.Table,
+        key: str,
+        time: str,
+        progress: Progress,
+        arrival: str | None,
     ) -> pa.Table:
         """The feature columns (only) for every row of `sp`."""
         callback, bar = _progress_callback(progress, sp.num_rows)
         try:
-            return pa.Table.from_batches([self._spec.backfill(ev, sp, key, time, callback)])
+            return pa.Table.from_batches(
+                [self._spec.backfill(ev, sp, key, time, callback, arrival)]
+            )
         finally:
             if bar is not None:
                 bar.close()
@@ -783,6 +841,7 @@ class FeatureSet:
         time: str,
         progress: Progress,
         kind: str,
+        arrival: str | None,
     ) -> Any:
         """`backfill(..., null_keys="skip")`: null-key events left out, null-key spine rows
         answered with null features, both counted in one NullKeysWarning."""
@@ -796,7 +855,9 @@ class FeatureSet:
             valid = np.ones(n, dtype=bool)  # the backfill names the missing column
         kept = np.flatnonzero(valid)
         null_rows = n - len(kept)
-        feats = self._features_for(ev, sp.take(kept) if null_rows else sp, key, time, progress)
+        feats = self._features_for(
+            ev, sp.take(kept) if null_rows else sp, key, time, progress, arrival
+        )
         if null_rows:
             # spine row i takes feature row where[i] (its place among the kept rows), or a null
             # row: pyarrow's take gives one for a null index
@@ -813,10 +874,30 @@ class FeatureSet:
             )
         return _join_features(spine_in, sp, feats, kind)
 
+    def verdicts(self, events: Any, *, arrival: str | None = None) -> list[str]:
+        """What an online engine does with each event, in event row order: ``"applied"``,
+        ``"late"``, ``"ahead"`` (beyond ``max_ahead``) or ``"duplicate"`` (``dedupe_on``), when
+        the events arrive in the ``ingest`` calls numbered by the column `arrival` (integers or
+        arrival timestamps, ascending; equal values: one call; a new engine). Without `arrival` the events are one table with no arrival order: only
+        duplicates are dropped. The same rule as ``backfill(..., arrival=...)``: the parity
+        report of a stream.
+
+        >>> import rtml
+        >>> fs = rtml.FeatureSet("k", "ts", [rtml.count()], timestamp_unit="s", dedupe_on="id")
+        >>> fs.verdicts({"k": [1, 1, 1, 1], "ts": [10, 10, 4_000_000_000, 20],
+        ...              "id": ["a", "a", "b", "c"], "batch": [0, 0, 1, 1]}, arrival="batch")
+        ['applied', 'duplicate', 'ahead', 'applied']
+        """
+        ev = _frames.decimals_to_float(_io.to_table(_frames.prepare(events), "events"))
+        _check_time_column(ev, self.timestamp, "events")
+        _check_key_column(ev, self.entity, "events")
+        return list(self._spec.verdicts(ev, arrival))
+
     def online(self, history: Any = None) -> "OnlineEngine":
         """A new online engine (:class:`rtml.OnlineEngine`) for this feature set, optionally
         bootstrapped from `history` (events in any form `backfill` takes; sorted by time and
-        ingested as one batch).
+        ingested as one batch, trusted: the watermark guard does not apply to it, so a gap
+        wider than ``max_ahead`` in the history is kept, as backfill keeps it).
 
         Read it with ``eng.get(key, at=...)``: `at` is a ``datetime``, ``pandas.Timestamp``,
         ``numpy.datetime64``, an ISO 8601 string, or an epoch number in the feature set's
@@ -837,7 +918,9 @@ class FeatureSet:
             table = _frames.decimals_to_float(_io.to_table(_frames.prepare(history), "history"))
             if table.num_rows:
                 table = table.sort_by(self.timestamp)
-            eng.ingest(table)
+            # history is trusted: no watermark guard (as backfill applies none), lateness and
+            # dedupe_on as usual
+            eng._engine.ingest_table(_io.events_table(table, self.timestamp), trusted=True)
         return eng
 
     def __eq__(self, other: object) -> bool:
@@ -860,6 +943,11 @@ class FeatureSet:
                 out.append((k, v))
         if self.on_nonfinite != "error":
             out.append(("on_nonfinite", self.on_nonfinite))
+        doc = self._doc()
+        if "max_ahead" in doc:
+            out.append(("max_ahead", doc["max_ahead"]))
+        if self.dedupe_on is not None:
+            out.append(("dedupe_on", self.dedupe_on))
         return out
 
     def __repr__(self) -> str:

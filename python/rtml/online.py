@@ -12,19 +12,29 @@ import datetime as _dt
 import json
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Iterable,
+    Literal,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Union,
+    overload,
+)
 
 import numpy as np
 import pyarrow as pa
 
 from . import _core, _io, _nullkeys
-from .exceptions import LateEventsWarning, SnapshotError
+from .exceptions import AheadEventsWarning, LateEventsWarning, SnapshotError
 
 if TYPE_CHECKING:
     from .features import FeatureSet
     from .transforms import Transforms
 
-__all__ = ["OnlineEngine", "LATE_WARNING_SHARE"]
+__all__ = ["OnlineEngine", "IngestReport", "LATE_WARNING_SHARE"]
 
 #: `ingest` warns (`rtml.LateEventsWarning`, once per engine) when one call drops more than this
 #: share of its events as late.
@@ -35,6 +45,22 @@ Key = Union[int, str]
 #: set's `timestamp_unit`. Naive and tz-aware times never mix (docs/api.md, "Times").
 Instant = Union[_dt.datetime, _dt.date, np.datetime64, str, int]
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+class IngestReport(NamedTuple):
+    """What one ``OnlineEngine.ingest(data, report=True)`` call did.
+
+    `accepted`: events applied; `late`: dropped as late; `ahead`: rejected as too far ahead of
+    the watermark (``max_ahead``); `duplicates`: dropped because their id was applied before
+    (``dedupe_on``); `rejected`: the input rows (0-based positions in `data`) rejected as
+    ahead, ascending: send them to a dead-letter store.
+    """
+
+    accepted: int
+    late: int
+    ahead: int
+    duplicates: int
+    rejected: list[int]
 
 
 def iso_ns(ns: Optional[int]) -> Optional[str]:
@@ -106,6 +132,7 @@ class OnlineEngine:
         "_timestamp",
         "_warned_late",
         "_null_keys_skipped",
+        "_warned_ahead",
         "__weakref__",
     )
 
@@ -126,11 +153,21 @@ class OnlineEngine:
         self._timestamp = self._spec.timestamp
         self._warned_late = False
         self._null_keys_skipped = 0
+        self._warned_ahead = False
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, data: Any, *, null_keys: str = "error") -> int:
-        """Ingest events; returns the number accepted.
+    @overload
+    def ingest(self, data: Any, *, report: Literal[False] = ..., null_keys: str = ...) -> int: ...
+
+    @overload
+    def ingest(self, data: Any, *, report: Literal[True], null_keys: str = ...) -> IngestReport: ...
+
+    def ingest(
+        self, data: Any, *, report: bool = False, null_keys: str = "error"
+    ) -> Union[int, IngestReport]:
+        """Ingest events; returns the number accepted (with ``report=True``, an
+        :class:`IngestReport`: accepted, late, ahead, duplicates and the rows rejected as ahead).
 
         `data`: one row dict (``{entity: key, timestamp: time, column: value, ...}``), a list of
         row dicts, a dict of columns, or anything ``FeatureSet.backfill`` takes as events
@@ -141,6 +178,12 @@ class OnlineEngine:
         counted in ``stats()["late_events_dropped"]``. When one call drops more than
         ``LATE_WARNING_SHARE`` (10%) of its events, the first such call warns with
         ``rtml.LateEventsWarning`` (once per engine): usually a table not in time order.
+
+        Events further ahead of the watermark than the feature set's ``max_ahead`` are not
+        applied (they never move the watermark), counted in ``stats()["ahead_events_rejected"]``
+        and listed in the report's `rejected`; with ``dedupe_on``, an event whose id was already
+        applied is dropped and counted in ``stats()["duplicates_dropped"]`` (docs/semantics.md,
+        "Guards").
 
         Times: naive and tz-aware times never mix; the first ingested datetimes fix the
         engine's clock (see docs/api.md, "Times").
@@ -157,21 +200,27 @@ class OnlineEngine:
         2
         >>> eng.ingest({"k": ["a", "b"], "ts": [30, 40], "x": [2.0, 3.0]})
         2
+        >>> eng.ingest([{"k": "a", "ts": 50, "x": 1.0}, {"k": "a", "ts": 4_000_000_000, "x": 9.0}],
+        ...            report=True)
+        IngestReport(accepted=1, late=0, ahead=1, duplicates=0, rejected=[1])
         """
         engine = self._engine
+        kept: Any = None
         if _nullkeys.skips(null_keys, "ingest"):
-            data = self._drop_null_keys(data)
+            data, kept = self._drop_null_keys(data)
             if data is None:
-                return 0
+                return IngestReport(0, 0, 0, 0, []) if report else 0
         # one row: the common case first (an exact dict whose key is a plain scalar)
         if type(data) is dict and type(data.get(self._entity)) in _SCALAR_TYPES:
-            accepted, late = engine.ingest_row(data)
+            accepted, late, ahead, dups, rejected = engine.ingest_row(data)
         elif isinstance(data, dict) and _is_scalar(data.get(self._entity)):
-            accepted, late = engine.ingest_row(data)
+            accepted, late, ahead, dups, rejected = engine.ingest_row(data)
         elif isinstance(data, (list, tuple)) and (not data or isinstance(data[0], dict)):
-            accepted, late = engine.ingest_rows(data)
+            accepted, late, ahead, dups, rejected = engine.ingest_rows(data)
         else:
-            accepted, late = engine.ingest_table(_io.events_table(data, self._timestamp))
+            accepted, late, ahead, dups, rejected = engine.ingest_table(
+                _io.events_table(data, self._timestamp)
+            )
         if late and not self._warned_late and late > LATE_WARNING_SHARE * (accepted + late):
             self._warned_late = True
             warnings.warn(
@@ -184,22 +233,71 @@ class OnlineEngine:
                 LateEventsWarning,
                 stacklevel=2,
             )
+        if ahead and not self._warned_ahead:
+            self._warned_ahead = True
+            warnings.warn(
+                f"OnlineEngine.ingest rejected {ahead} event(s) further ahead of the watermark "
+                f"than max_ahead ({self.feature_set.max_ahead}): not applied, the watermark did "
+                "not move. Counted in stats()['ahead_events_rejected']; ingest(data, "
+                "report=True).rejected names them. A stream that really jumped is followed once "
+                "16 such events agree, or at once with advance_watermark(t); history to "
+                "bootstrap from goes through FeatureSet.online(history=...), which trusts it. "
+                "This warning is issued once per engine.",
+                AheadEventsWarning,
+                stacklevel=2,
+            )
+        if report:
+            if kept is not None:
+                # rows are numbered as the caller passed them, null-key rows included
+                rejected = [int(kept[i]) for i in rejected]
+            return IngestReport(accepted, late, ahead, dups, rejected)
         return accepted
 
-    def _drop_null_keys(self, data: Any) -> Any:
-        """`data` without its null-key events (counted); None when nothing is left of one row."""
+    def _drop_null_keys(self, data: Any) -> tuple[Any, Any]:
+        """`data` without its null-key events (counted; None when nothing is left of one row),
+        and the caller's row number of each row kept (None when nothing was dropped)."""
         entity = self._entity
         if isinstance(data, dict) and _is_scalar(data.get(entity)):
             if entity in data and _nullkeys.is_null_key(data[entity]):
                 self._null_keys_skipped += 1
-                return None
-            return data
+                return None, None
+            return data, None
         if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], dict)):
-            rows, n = _nullkeys.drop_from_rows(data, entity)
+            kept = [
+                i
+                for i, r in enumerate(data)
+                if not (isinstance(r, dict) and entity in r and _nullkeys.is_null_key(r[entity]))
+            ]
+            rows: Any = [data[i] for i in kept]
+            n = len(data) - len(kept)
         else:
-            rows, n = _nullkeys.drop_from_table(_io.events_table(data, self._timestamp), entity)
+            table = _io.events_table(data, self._timestamp)
+            if entity not in table.column_names:
+                return table, None  # the engine names the missing column
+            kept = np.flatnonzero(
+                _nullkeys.valid_mask(table[entity]).to_numpy(zero_copy_only=False)
+            )
+            n = table.num_rows - len(kept)
+            rows = table.take(kept) if n else table
         self._null_keys_skipped += n
-        return rows
+        return rows, (kept if n else None)
+
+    def advance_watermark(self, t: Instant) -> int:
+        """Move the watermark forward to `t` (no change if it is already later); returns the
+        watermark (int ns). The explicit way to tell the watermark guard where the stream is:
+        seed a new engine with the wall clock before its first event (so a lone far-future
+        first event is rejected), or follow a stream that jumped ahead at once. Events older
+        than ``t - allowed_lateness`` are late from then on.
+
+        >>> import rtml
+        >>> fs = rtml.FeatureSet("k", "ts", [rtml.count()], timestamp_unit="s")
+        >>> eng = fs.online()
+        >>> eng.advance_watermark(1_000)
+        1000000000000
+        >>> eng.ingest({"k": 1, "ts": 10**9}, report=True).ahead
+        1
+        """
+        return int(self._engine.advance_watermark(t))
 
     # ------------------------------------------------------------------ reads
 
@@ -281,7 +379,8 @@ class OnlineEngine:
 
     def stats(self) -> dict[str, Any]:
         """Counters and sizes: ``keys``, ``events_ingested``, ``late_events_dropped``,
-        ``keys_evicted``, ``state_bytes`` (approximate), ``watermark`` (int ns since the epoch,
+        ``keys_evicted``, ``ahead_events_rejected`` (``max_ahead``), ``duplicates_dropped``
+        (``dedupe_on``), ``state_bytes`` (approximate), ``watermark`` (int ns since the epoch,
         or None before any event), ``watermark_iso`` (the same as ISO 8601 UTC text) and
         ``null_keys_skipped`` (events left out by ``ingest(..., null_keys="skip")`` through
         this object)."""

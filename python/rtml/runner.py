@@ -59,6 +59,8 @@ __all__ = [
 MAGIC = b"RTMLCKPT"
 #: checkpoint container format version (the embedded engine snapshot has its own)
 CHECKPOINT_VERSION = 1
+#: The dead-letter reason of an event the engine's watermark guard rejected (`max_ahead`).
+AHEAD_REASON = "ahead of watermark"
 _HEADER = struct.Struct("<8sIIQI")  # magic, version, meta length, snapshot length, CRC-32
 
 
@@ -386,7 +388,12 @@ class Runner:
         self._decoder: Any = None
         if source.raw and getattr(source, "decode", None) is None:
             ent, ts, vals, unit = _decoder_config(source, feature_set)
-            self._decoder = _core.JsonDecoder(ent, ts, vals, unit)
+            ids = feature_set.dedupe_on  # the event-id column (int or str ids in the JSON)
+            if ids is not None and ids not in (c for c, _, _ in vals):
+                event_id = (ids, dict(getattr(source, "fields", None) or {}).get(ids, ids))
+                self._decoder = _core.JsonDecoder(ent, ts, vals, unit, event_id)
+            else:
+                self._decoder = _core.JsonDecoder(ent, ts, vals, unit)
 
     # ---- partitions ------------------------------------------------------------------
 
@@ -516,7 +523,9 @@ class Runner:
         assert events is not None
         bad_input = (RtmlError, TypeError, ValueError, OverflowError)
         try:
-            part.engine.ingest(events)
+            report = part.engine.ingest(events, report=True)
+            # events too far ahead of the watermark (max_ahead): not applied, dead letters
+            rejected.extend((accepted_idx[j], AHEAD_REASON) for j in report.rejected)
         except bad_input:
             # one bad event: find it. A batch is one arrival (applied in event-time order, late
             # against the watermark before it), so the events go one by one in time order, which
@@ -527,13 +536,14 @@ class Runner:
             for j in order:
                 try:
                     one = events[j] if isinstance(events, list) else events.slice(j, 1)
-                    part.engine.ingest(one)
+                    if part.engine.ingest(one, report=True).ahead:
+                        rejected.append((accepted_idx[j], AHEAD_REASON))
                 except bad_input as e:
                     rejected.append((accepted_idx[j], f"{type(e).__name__}: {e}"))
         for i, reason in sorted(rejected):
             payload = payloads[i] if payloads is not None else None
             part.dead.append((str(positions[i]), reason, payload))
-        part.malformed += len(rejected)
+        part.malformed += sum(1 for _, reason in rejected if reason != AHEAD_REASON)
         part.events_in += len(positions)
         part.position = batch.end
         part.dirty = True
@@ -796,6 +806,8 @@ class Runner:
             per[p] = {
                 "events_in": part.events_in,
                 "late": st["late_events_dropped"],
+                "ahead": st["ahead_events_rejected"],
+                "duplicates": st["duplicates_dropped"],
                 "malformed": part.malformed,
                 "skipped_offsets": part.skipped,
                 "keys": st["keys"],
@@ -807,6 +819,8 @@ class Runner:
         return {
             "events_in": sum(v["events_in"] for v in per.values()),
             "late": sum(v["late"] for v in per.values()),
+            "ahead": sum(v["ahead"] for v in per.values()),
+            "duplicates": sum(v["duplicates"] for v in per.values()),
             "malformed": sum(v["malformed"] for v in per.values()),
             "partitions": per,
             "lag": {p: v["lag"] for p, v in per.items()},
@@ -842,9 +856,22 @@ class Runner:
             [(f'{{partition="{p}"}}', v["late"]) for p, v in per.items()],
         )
         metric(
+            "ahead_events_total",
+            "counter",
+            "Events too far ahead of the watermark (max_ahead): not applied, sent to the "
+            "dead-letter file.",
+            [(f'{{partition="{p}"}}', v["ahead"]) for p, v in per.items()],
+        )
+        metric(
+            "duplicate_events_total",
+            "counter",
+            "Events dropped as duplicates of an applied event id (dedupe_on).",
+            [(f'{{partition="{p}"}}', v["duplicates"]) for p, v in per.items()],
+        )
+        metric(
             "malformed_events_total",
             "counter",
-            "Events sent to the dead-letter file.",
+            "Malformed events (bad input) sent to the dead-letter file.",
             [(f'{{partition="{p}"}}', v["malformed"]) for p, v in per.items()],
         )
         metric(

@@ -998,6 +998,7 @@ def _decoder_config(
     spec = feature_set._spec
     f = source.fields
     known = {spec.entity, spec.timestamp, *(c for c, _ in spec.value_columns)}
+    known |= {feature_set.dedupe_on} - {None}  # the event-id column (dedupe_on)
     for name in f:
         if name not in known:
             raise SpecError(

@@ -5,7 +5,8 @@
 //! than `watermark - allowed_lateness` (the watermark before its batch) is late and dropped
 //! (counted); every other event is applied exactly as if it had arrived in order, because each
 //! key settles only up to `watermark - allowed_lateness` and an accepted event is never older
-//! than that.
+//! than that. The guard (`guard.rs`) also rejects an event too far ahead of the
+//! watermark (`max_ahead`) and drops one whose id was applied before (`dedupe_on`).
 //!
 //! Snapshots (`snapshot.rs`, with the format-1 state it upgrades) read the engine's private
 //! fields as a child module: nothing outside `online` reaches into them.
@@ -29,12 +30,15 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
-use crate::input::{Events, Key, KeyRef};
+use crate::input::{EventId, Events, Key, KeyRef};
 use crate::plan::Plan;
 use crate::spec::Spec;
 use crate::state::KeyState;
 
+pub mod guard;
 pub mod snapshot;
+
+pub use guard::{Guard, Rules, Verdict, AHEAD_CONFIRM};
 
 /// A read settles a key first (under the write lock) only when that saves walking more rows.
 pub const SETTLE_ON_READ_ROWS: u64 = 64;
@@ -45,6 +49,10 @@ pub struct Counters {
     pub events_ingested: u64,
     pub late_events_dropped: u64,
     pub keys_evicted: u64,
+    /// Events not applied because they were too far ahead of the watermark (`max_ahead`).
+    pub ahead_events_rejected: u64,
+    /// Events dropped because their id was applied before (`dedupe_on`).
+    pub duplicates_dropped: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -57,13 +65,38 @@ pub struct Stats {
 }
 
 /// Result of one ingest call.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ingested {
     /// Events applied.
     pub accepted: u64,
     /// Events dropped as late (older than the watermark before the call minus the allowed
     /// lateness): a caller can warn when this is a large share of the call.
     pub late: u64,
+    /// Events rejected as too far ahead of the watermark (`max_ahead`).
+    pub ahead: u64,
+    /// Events dropped as duplicates of an applied id (`dedupe_on`).
+    pub duplicates: u64,
+    /// The rows (indices into the batch) rejected as ahead, ascending: a caller routes them
+    /// to its dead letters.
+    pub rejected: Vec<u32>,
+}
+
+impl Ingested {
+    fn count(&mut self, v: Verdict, row: usize) -> bool {
+        match v {
+            Verdict::Apply => {
+                self.accepted += 1;
+                return true;
+            }
+            Verdict::Late => self.late += 1,
+            Verdict::Duplicate => self.duplicates += 1,
+            Verdict::Ahead => {
+                self.ahead += 1;
+                self.rejected.push(row as u32);
+            }
+        }
+        false
+    }
 }
 
 /// Number of key shards (a power of two).
@@ -214,10 +247,13 @@ pub struct Meta {
     watermark: i64,
     counters: Counters,
     last_sweep: i64,
+    guard: Guard,
 }
 
 pub struct Engine {
     plan: Arc<Plan>,
+    /// The guard's bounds (from the plan's feature set).
+    rules: Rules,
     shards: Box<[RwLock<Shard>]>,
     /// Held for a whole ingest (and a snapshot): ingests apply one at a time, in call order.
     meta: Mutex<Meta>,
@@ -230,6 +266,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(plan: Arc<Plan>) -> Engine {
         Engine {
+            rules: Rules::of(&plan.spec),
             plan,
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             meta: Mutex::new(Meta {
@@ -237,6 +274,7 @@ impl Engine {
                 watermark: i64::MIN,
                 counters: Counters::default(),
                 last_sweep: i64::MIN,
+                guard: Guard::default(),
             }),
             watermark: AtomicI64::new(i64::MIN),
             kind: AtomicU8::new(0),
@@ -327,6 +365,22 @@ impl Engine {
 
     /// [`Engine::ingest`] with the ingest lock already held.
     pub fn ingest_locked(&self, meta: &mut Meta, events: &Events<'_>) -> Result<Ingested> {
+        self.ingest_with(meta, events, self.rules)
+    }
+
+    /// [`Engine::ingest`] of trusted events (a history to bootstrap from): no watermark guard
+    /// (as backfill, which has none without an arrival order); lateness and deduplication
+    /// apply as usual.
+    pub fn ingest_trusted(&self, events: &Events<'_>) -> Result<Ingested> {
+        let mut meta = self.meta.lock();
+        let rules = Rules {
+            max_ahead: None,
+            ..self.rules
+        };
+        self.ingest_with(&mut meta, events, rules)
+    }
+
+    fn ingest_with(&self, meta: &mut Meta, events: &Events<'_>, rules: Rules) -> Result<Ingested> {
         let Some(is_int) = events.key_is_int() else {
             return Ok(Ingested::default());
         };
@@ -348,6 +402,15 @@ impl Engine {
         // same state. A batch already in that order (the common case) is not sorted.
         let order = (!events.in_arrival_order()).then(|| events.arrival_order());
         let order = order.as_deref();
+        let n = events.len();
+        let mid = n.saturating_sub(1) / 2;
+        let median_row = order.map_or(mid, |o| o[mid] as usize);
+        let mut reference = guard::reference(
+            meta.watermark,
+            events.ts.get(median_row).copied().unwrap_or(i64::MIN),
+        );
+        meta.guard.start_batch(rules, reference);
+        let gate = &mut meta.guard;
         if events.len() <= SMALL_INGEST_EVENTS {
             // A few events (row dicts): partitioned on the stack. Each shard's events are
             // applied in arrival order under one lock hold, so a reader sees all of a key's
@@ -358,11 +421,10 @@ impl Engine {
             let mut todo: SmallVec<[Todo<'_>; SMALL_INGEST_EVENTS]> = SmallVec::new();
             events.for_each_key_in(order, |i, key| {
                 let ts = events.ts[i];
-                if ts < watermark.saturating_sub(lateness) {
-                    report.late += 1;
+                let v = gate.judge(rules, &mut watermark, &mut reference, ts, events.id(i));
+                if !report.count(v, i) {
                     return;
                 }
-                watermark = watermark.max(ts);
                 let seq = todo.len();
                 todo.push((
                     shard_of(key),
@@ -371,7 +433,6 @@ impl Engine {
                     key,
                     watermark.saturating_sub(lateness),
                 ));
-                report.accepted += 1;
             });
             todo.sort_by_key(|e| (e.0, e.1));
             for run in todo.chunk_by(|a, b| a.0 == b.0) {
@@ -385,20 +446,17 @@ impl Engine {
         }
         // Pass 1, in arrival order: which events are late, and the settled point each one
         // arrives at (the running watermark - lateness); each accepted event to its shard.
-        let n = events.len();
         let mut watermark = meta.watermark;
         let mut settle_at: Vec<i64> = vec![i64::MIN; n];
         let mut by_shard: Vec<Vec<(u32, KeyRef<'_>)>> = vec![Vec::new(); SHARDS];
         events.for_each_key_in(order, |i, key| {
             let ts = events.ts[i];
-            if ts < watermark.saturating_sub(lateness) {
-                report.late += 1;
+            let v = gate.judge(rules, &mut watermark, &mut reference, ts, events.id(i));
+            if !report.count(v, i) {
                 return;
             }
-            watermark = watermark.max(ts);
             settle_at[i] = watermark.saturating_sub(lateness);
             by_shard[shard_of(key)].push((i as u32, key));
-            report.accepted += 1;
         });
         // Pass 2: each shard's events in arrival order under that shard's lock.
         let apply = |(shard, evs): (&RwLock<Shard>, &Vec<(u32, KeyRef<'_>)>)| {
@@ -434,6 +492,7 @@ impl Engine {
         key: KeyRef<'_>,
         ts: i64,
         vals: &[u64],
+        id: Option<EventId>,
     ) -> Result<Ingested> {
         debug_assert_eq!(vals.len(), self.plan.columns.len());
         self.check_kind(meta.key_is_int, key.is_int())?;
@@ -441,30 +500,60 @@ impl Engine {
         let plan = &*self.plan;
         let lateness = plan.spec.allowed_lateness;
         let mut report = Ingested::default();
-        if ts < meta.watermark.saturating_sub(lateness) {
-            report.late = 1;
-        } else {
-            let watermark = meta.watermark.max(ts);
+        let rules = self.rules;
+        let mut reference = guard::reference(meta.watermark, ts);
+        meta.guard.start_batch(rules, reference);
+        let mut watermark = meta.watermark;
+        let v = meta
+            .guard
+            .judge(rules, &mut watermark, &mut reference, ts, id);
+        if report.count(v, 0) {
             let settle = watermark.saturating_sub(lateness);
             self.shard(key).write().apply(plan, key, ts, vals, settle);
             meta.watermark = watermark;
-            report.accepted = 1;
         }
         Ok(self.finish_ingest(meta, report))
     }
 
     /// [`Engine::ingest_one_locked`], taking the ingest lock.
-    pub fn ingest_one(&self, key: KeyRef<'_>, ts: i64, vals: &[u64]) -> Result<Ingested> {
+    pub fn ingest_one(
+        &self,
+        key: KeyRef<'_>,
+        ts: i64,
+        vals: &[u64],
+        id: Option<EventId>,
+    ) -> Result<Ingested> {
         let mut meta = self.meta.lock();
-        self.ingest_one_locked(&mut meta, key, ts, vals)
+        self.ingest_one_locked(&mut meta, key, ts, vals, id)
     }
 
-    fn finish_ingest(&self, meta: &mut Meta, report: Ingested) -> Ingested {
+    fn finish_ingest(&self, meta: &mut Meta, mut report: Ingested) -> Ingested {
+        report.rejected.sort_unstable();
         self.publish(meta);
         meta.counters.events_ingested += report.accepted;
         meta.counters.late_events_dropped += report.late;
+        meta.counters.ahead_events_rejected += report.ahead;
+        meta.counters.duplicates_dropped += report.duplicates;
+        meta.guard.end_batch(self.rules, meta.watermark);
         self.maybe_sweep(meta);
         report
+    }
+
+    /// Move the watermark forward to `t` (no change if it is already there): the explicit
+    /// way to tell the guard where the stream is, e.g. to seed an empty engine with the wall
+    /// clock before the first event, or to follow a stream that jumped ahead at once. Events
+    /// older than `t - allowed_lateness` are late from then on. Returns the watermark.
+    pub fn advance_watermark(&self, t: i64) -> i64 {
+        let mut meta = self.meta.lock();
+        if t > meta.watermark {
+            meta.watermark = t;
+            let rules = self.rules;
+            meta.guard.start_batch(rules, t);
+            meta.guard.end_batch(rules, t);
+            self.publish(&meta);
+            self.maybe_sweep(&mut meta);
+        }
+        meta.watermark
     }
 
     /// Evict keys idle for longer than the TTL (amortized: at most every ttl/4 of event time).
@@ -543,6 +632,7 @@ impl Engine {
             keys += shard.keys.len();
             state_bytes += shard.bytes();
         }
+        state_bytes += meta.guard.bytes();
         Stats {
             keys,
             counters: meta.counters,
@@ -580,10 +670,15 @@ mod tests {
     const M: i64 = 60_000_000_000;
 
     fn plan(lateness: &str, ttl: bool) -> Arc<Plan> {
+        plan_with(lateness, ttl, "")
+    }
+
+    /// [`plan`] with more document fields (`extra`: `, "max_ahead": "2h"` ...).
+    fn plan_with(lateness: &str, ttl: bool, extra: &str) -> Arc<Plan> {
         let ttl = if ttl { r#""3h""# } else { "null" };
         let doc = format!(
             r#"{{"version": 1, "entity": "k", "timestamp": "ts", "allowed_lateness": "{lateness}",
-            "ttl": {ttl}, "features": [
+            "ttl": {ttl}{extra}, "features": [
               {{"agg": "count", "window": "1h"}},
               {{"agg": "sum", "column": "v", "window": "1h"}},
               {{"agg": "mean", "column": "v", "window": "30m"}},
@@ -828,7 +923,7 @@ mod tests {
             for e in &evs {
                 let name = key_name(e.k);
                 let key = if str_keys { KeyRef::Str(&name) } else { KeyRef::Int(e.k as i64) };
-                one.ingest_one(key, e.ts, &words(&plan, e)).unwrap();
+                one.ingest_one(key, e.ts, &words(&plan, e), None).unwrap();
             }
             let want = observe(&one, str_keys, &queries);
 
@@ -852,7 +947,7 @@ mod tests {
                     for e in arrival_sorted(&plan, b) {
                         let name = key_name(e.k);
                         let key = if str_keys { KeyRef::Str(&name) } else { KeyRef::Int(e.k as i64) };
-                        eng.ingest_one(key, e.ts, &words(&plan, &e)).unwrap();
+                        eng.ingest_one(key, e.ts, &words(&plan, &e), None).unwrap();
                     }
                 }
                 observe(&eng, str_keys, &queries)
@@ -916,7 +1011,7 @@ mod tests {
             let want = observe(&eng, str_keys, &queries);
             for order in [second, &shuffled[..]] {
                 let (other, a2, b2) = run(order);
-                prop_assert_eq!((a2, b2), (a, b));
+                prop_assert_eq!((&a2, &b2), (&a, &b));
                 prop_assert_eq!(&observe(&other, str_keys, &queries), &want);
             }
             // the first batch drops nothing; the second drops exactly its events older than the
@@ -924,7 +1019,7 @@ mod tests {
             let wm1 = first.iter().map(|e| e.ts).max().unwrap_or(i64::MIN);
             let late: Vec<bool> =
                 second.iter().map(|e| e.ts < wm1.saturating_sub(lateness_ns)).collect();
-            prop_assert_eq!(a, Ingested { accepted: first.len() as u64, late: 0 });
+            prop_assert_eq!(&a, &Ingested { accepted: first.len() as u64, ..Ingested::default() });
             prop_assert_eq!(b.late, late.iter().filter(|l| **l).count() as u64);
             prop_assert_eq!(a.accepted + b.accepted + b.late, evs.len() as u64);
 
@@ -1034,24 +1129,519 @@ mod tests {
             v: Some(1.0),
             c: None,
         };
-        eng.ingest_one(KeyRef::Int(1), e.ts, &words(&plan, &e))
+        eng.ingest_one(KeyRef::Int(1), e.ts, &words(&plan, &e), None)
             .unwrap();
         let before = observe(&eng, false, &[20 * M]);
         let err = eng
-            .ingest_one(KeyRef::Str("a"), e.ts, &words(&plan, &e))
+            .ingest_one(KeyRef::Str("a"), e.ts, &words(&plan, &e), None)
             .unwrap_err();
         assert!(err.to_string().contains("integer keys"), "{err}");
         assert_eq!(observe(&eng, false, &[20 * M]), before);
         // a late event is counted, not applied
         let late = eng
-            .ingest_one(KeyRef::Int(2), 0, &words(&plan, &e))
+            .ingest_one(KeyRef::Int(2), 0, &words(&plan, &e), None)
             .unwrap();
         assert_eq!(
             late,
             Ingested {
-                accepted: 0,
-                late: 1
+                late: 1,
+                ..Ingested::default()
             }
         );
+    }
+
+    // ------------------------------------------------------------------ guards
+
+    const DAY: i64 = 24 * 60 * M;
+
+    /// `evs` with ids (event i of `ids` is the id of `evs[i]`).
+    fn events_ids<'a>(plan: &Plan, evs: &[Ev], ids: &[i64], str_keys: bool) -> Events<'a> {
+        let mut e = events(plan, evs, str_keys);
+        if !evs.is_empty() {
+            e.ids = ids.iter().map(|&i| EventId::Int(i)).collect();
+        }
+        e
+    }
+
+    /// Answers and per-key state (not the counters) of an engine.
+    fn answers(eng: &Engine, str_keys: bool) -> (Vec<String>, Vec<u64>) {
+        let wm = eng.watermark();
+        let late = eng.plan.spec.allowed_lateness;
+        let queries: Vec<i64> = [0i64, 1, 7, 60, 1000]
+            .iter()
+            .map(|m| wm.saturating_sub(late).saturating_add(m * M))
+            .collect();
+        let (states, _, answers) = observe(eng, str_keys, &queries);
+        (states, answers)
+    }
+
+    fn ev(k: u8, ts: i64, v: f64) -> Ev {
+        Ev {
+            k,
+            ts,
+            v: Some(v),
+            c: Some(k % 4),
+        }
+    }
+
+    #[test]
+    fn a_far_future_event_is_rejected_on_every_path() {
+        let plan = plan("5m", false);
+        assert_eq!(plan.spec.max_ahead_ns(), Some(DAY + 5 * M));
+        let far = 100 * 365 * DAY;
+        let base: Vec<Ev> = (0..10).map(|i| ev(i as u8 % 5, i * M, i as f64)).collect();
+        for str_keys in [false, true] {
+            // one event per call
+            let one = Engine::new(Arc::clone(&plan));
+            one.ingest(&events(&plan, &base, str_keys)).unwrap();
+            let name = key_name(1);
+            let key = if str_keys {
+                KeyRef::Str(&name)
+            } else {
+                KeyRef::Int(1)
+            };
+            let e = ev(1, far, 1.0);
+            let r = one.ingest_one(key, e.ts, &words(&plan, &e), None).unwrap();
+            assert_eq!(
+                r,
+                Ingested {
+                    ahead: 1,
+                    rejected: vec![0],
+                    ..Ingested::default()
+                }
+            );
+            assert_eq!(one.watermark(), 9 * M, "the watermark did not move");
+            // a normal event afterwards is applied, not late
+            let e = ev(1, 10 * M, 2.0);
+            let r = one.ingest_one(key, e.ts, &words(&plan, &e), None).unwrap();
+            assert_eq!(r.accepted, 1);
+            assert_eq!(one.stats().counters.ahead_events_rejected, 1);
+
+            // the small batch path and the large one: rows named, the rest applied
+            for n in [6usize, 200] {
+                let eng = Engine::new(Arc::clone(&plan));
+                eng.ingest(&events(&plan, &base, str_keys)).unwrap();
+                let mut batch: Vec<Ev> = (0..n as i64)
+                    .map(|i| ev((i % 5) as u8, 10 * M + i * M / 8, i as f64))
+                    .collect();
+                let clean = batch.clone();
+                batch.insert(1, ev(2, far, 5.0));
+                batch.insert(4, ev(3, far + 7 * DAY, 6.0));
+                let r = eng.ingest(&events(&plan, &batch, str_keys)).unwrap();
+                assert_eq!(r.ahead, 2);
+                assert_eq!(r.rejected, vec![1, 4]);
+                assert_eq!(r.accepted, n as u64);
+                let want = Engine::new(Arc::clone(&plan));
+                want.ingest(&events(&plan, &base, str_keys)).unwrap();
+                want.ingest(&events(&plan, &clean, str_keys)).unwrap();
+                assert_eq!(eng.watermark(), want.watermark());
+                assert_eq!(answers(&eng, str_keys), answers(&want, str_keys));
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_engine_guards_from_the_batch_lower_median() {
+        let plan = plan("0s", false);
+        let far = 50 * 365 * DAY;
+        let eng = Engine::new(Arc::clone(&plan));
+        let batch = vec![ev(0, far, 1.0), ev(1, M, 1.0), ev(2, 2 * M, 1.0)];
+        let r = eng.ingest(&events(&plan, &batch, false)).unwrap();
+        assert_eq!((r.accepted, r.ahead, r.rejected.clone()), (2, 1, vec![0]));
+        assert_eq!(eng.watermark(), 2 * M);
+        // two events: the lower median is the earlier one
+        let eng = Engine::new(Arc::clone(&plan));
+        let r = eng
+            .ingest(&events(&plan, &[ev(0, far, 1.0), ev(1, M, 1.0)], false))
+            .unwrap();
+        assert_eq!(r.rejected, vec![0]);
+        // a lone first event has nothing to be compared with: applied (advance_watermark
+        // seeds a reference first)
+        let eng = Engine::new(Arc::clone(&plan));
+        let e = ev(0, far, 1.0);
+        let r = eng
+            .ingest_one(KeyRef::Int(0), far, &words(&plan, &e), None)
+            .unwrap();
+        assert_eq!(r.accepted, 1);
+        let seeded = Engine::new(Arc::clone(&plan));
+        assert_eq!(seeded.advance_watermark(M), M);
+        let r = seeded
+            .ingest_one(KeyRef::Int(0), far, &words(&plan, &e), None)
+            .unwrap();
+        assert_eq!(r.ahead, 1);
+        assert_eq!(seeded.advance_watermark(0), M, "advance never goes back");
+        assert_eq!(seeded.watermark(), M);
+    }
+
+    #[test]
+    fn a_stream_that_jumps_is_followed_after_agreeing_events() {
+        let plan = plan("5m", false);
+        let jump = 30 * DAY;
+        for batched in [false, true] {
+            let eng = Engine::new(Arc::clone(&plan));
+            eng.ingest(&events(&plan, &[ev(0, 0, 1.0), ev(1, M, 1.0)], false))
+                .unwrap();
+            // far events that do not agree (more than max_ahead apart) never confirm
+            let mut total = Ingested::default();
+            for i in 0..(2 * AHEAD_CONFIRM as i64) {
+                let e = ev(0, jump + i * 2 * DAY, 1.0);
+                let r = eng
+                    .ingest_one(KeyRef::Int(0), e.ts, &words(&plan, &e), None)
+                    .unwrap();
+                total.ahead += r.ahead;
+            }
+            assert_eq!(total.ahead, 2 * AHEAD_CONFIRM as u64);
+            assert_eq!(eng.watermark(), M);
+            // AHEAD_CONFIRM events within max_ahead of each other: the last one leads
+            let agreeing: Vec<Ev> = (0..AHEAD_CONFIRM as i64)
+                .map(|i| ev((i % 5) as u8, 500 * DAY + i * M, i as f64))
+                .collect();
+            let r = if batched {
+                eng.ingest(&events(&plan, &agreeing, false)).unwrap()
+            } else {
+                let mut r = Ingested::default();
+                for e in &agreeing {
+                    let one = eng
+                        .ingest_one(KeyRef::Int(e.k as i64), e.ts, &words(&plan, e), None)
+                        .unwrap();
+                    r.accepted += one.accepted;
+                    r.ahead += one.ahead;
+                }
+                r
+            };
+            assert_eq!(r.ahead, AHEAD_CONFIRM as u64 - 1);
+            assert_eq!(r.accepted, 1);
+            assert_eq!(eng.watermark(), 500 * DAY + (AHEAD_CONFIRM as i64 - 1) * M);
+            // and the stream goes on from there
+            let e = ev(0, 500 * DAY + 20 * M, 1.0);
+            let r = eng
+                .ingest_one(KeyRef::Int(0), e.ts, &words(&plan, &e), None)
+                .unwrap();
+            assert_eq!(r.accepted, 1);
+        }
+    }
+
+    #[test]
+    fn max_ahead_null_disables_the_guard_and_a_bound_is_kept() {
+        let off = plan_with("0s", false, r#", "max_ahead": null"#);
+        assert_eq!(off.spec.max_ahead_ns(), None);
+        let eng = Engine::new(Arc::clone(&off));
+        eng.ingest(&events(&off, &[ev(0, 0, 1.0)], false)).unwrap();
+        let r = eng
+            .ingest(&events(&off, &[ev(0, 100 * 365 * DAY, 1.0)], false))
+            .unwrap();
+        assert_eq!(r.accepted, 1);
+        let two = plan_with("0s", false, r#", "max_ahead": "2h""#);
+        assert_eq!(two.spec.max_ahead_ns(), Some(120 * M));
+        let eng = Engine::new(Arc::clone(&two));
+        eng.ingest(&events(&two, &[ev(0, 0, 1.0)], false)).unwrap();
+        let r = eng
+            .ingest(&events(
+                &two,
+                &[ev(0, 120 * M, 1.0), ev(1, 240 * M + 1, 1.0)],
+                false,
+            ))
+            .unwrap();
+        assert_eq!((r.accepted, r.ahead, r.rejected.clone()), (1, 1, vec![1]));
+        // the bound is measured from the latest time applied before each event (in time
+        // order): a batch covering a long stretch densely is applied whole, in any row order;
+        // an event after a gap wider than the bound is not
+        for rev in [false, true] {
+            let eng = Engine::new(Arc::clone(&two));
+            eng.ingest(&events(&two, &[ev(0, 0, 1.0)], false)).unwrap();
+            let mut chain: Vec<Ev> = (1..40).map(|i| ev(0, i * 100 * M, 1.0)).collect();
+            chain.push(ev(1, 39 * 100 * M + 121 * M, 1.0));
+            if rev {
+                chain.reverse();
+            }
+            let r = eng.ingest(&events(&two, &chain, false)).unwrap();
+            assert_eq!((r.accepted, r.ahead), (39, 1));
+            assert_eq!(r.rejected, vec![if rev { 0 } else { 39 }]);
+            assert_eq!(eng.watermark(), 3900 * M);
+        }
+    }
+
+    #[test]
+    fn a_trusted_history_is_not_guarded() {
+        let plan = plan("5m", false);
+        let evs = vec![
+            ev(0, 0, 1.0),
+            ev(1, M, 1.0),
+            ev(0, 3 * DAY, 2.0),
+            ev(1, 3 * DAY + M, 2.0),
+        ];
+        let eng = Engine::new(Arc::clone(&plan));
+        let r = eng.ingest_trusted(&events(&plan, &evs, false)).unwrap();
+        assert_eq!((r.accepted, r.ahead), (4, 0));
+        let live = Engine::new(Arc::clone(&plan));
+        let r = live.ingest(&events(&plan, &evs, false)).unwrap();
+        assert_eq!(
+            (r.accepted, r.ahead, r.rejected.clone()),
+            (2, 2, vec![2, 3])
+        );
+        // after the history the live rules hold again
+        let r = eng
+            .ingest(&events(&plan, &[ev(0, 30 * DAY, 1.0)], false))
+            .unwrap();
+        assert_eq!(r.ahead, 1);
+    }
+
+    #[test]
+    fn duplicates_are_dropped_first_arrival_wins_and_ids_are_forgotten() {
+        let plan = plan_with("5m", false, r#", "dedupe_on": "id""#);
+        let eng = Engine::new(Arc::clone(&plan));
+        // within one batch: the first in arrival order (time, ties by value) wins
+        let b1 = vec![ev(0, M, 9.0), ev(0, M, 1.0), ev(1, 2 * M, 3.0)];
+        let r = eng
+            .ingest(&events_ids(&plan, &b1, &[7, 7, 8], false))
+            .unwrap();
+        assert_eq!((r.accepted, r.duplicates), (2, 1));
+        let want = Engine::new(Arc::clone(&plan));
+        want.ingest(&events_ids(
+            &plan,
+            &[ev(0, M, 1.0), ev(1, 2 * M, 3.0)],
+            &[7, 8],
+            false,
+        ))
+        .unwrap();
+        assert_eq!(answers(&eng, false), answers(&want, false));
+        // across batches and paths, a retried batch
+        let r = eng
+            .ingest(&events_ids(&plan, &b1, &[7, 7, 8], false))
+            .unwrap();
+        assert_eq!((r.accepted, r.duplicates, r.late), (0, 3, 0));
+        let e = ev(1, 2 * M, 3.0);
+        let r = eng
+            .ingest_one(
+                KeyRef::Int(1),
+                e.ts,
+                &words(&plan, &e),
+                Some(EventId::Int(8)),
+            )
+            .unwrap();
+        assert_eq!(r.duplicates, 1);
+        assert_eq!(answers(&eng, false), answers(&want, false));
+        assert_eq!(eng.stats().counters.duplicates_dropped, 5);
+        // ids are remembered for the lateness only: memory stays bounded
+        for i in 0..2000i64 {
+            let e = ev((i % 5) as u8, 3 * M + i * M, 1.0);
+            eng.ingest_one(
+                KeyRef::Int(e.k as i64),
+                e.ts,
+                &words(&plan, &e),
+                Some(EventId::Int(100 + i)),
+            )
+            .unwrap();
+        }
+        let seen = eng.meta.lock().guard.seen.len();
+        assert!(
+            seen <= 5 + 5 / 4 + 2,
+            "{seen} ids kept for a 5 minute lateness"
+        );
+        // a copy of a forgotten id is late anyway
+        let e = ev(0, M, 9.0);
+        let r = eng
+            .ingest_one(
+                KeyRef::Int(0),
+                e.ts,
+                &words(&plan, &e),
+                Some(EventId::Int(7)),
+            )
+            .unwrap();
+        assert_eq!(r.late, 1);
+    }
+
+    #[test]
+    fn the_guard_state_survives_a_snapshot() {
+        let plan = plan_with("5m", false, r#", "dedupe_on": "id""#);
+        let eng = Engine::new(Arc::clone(&plan));
+        eng.ingest(&events_ids(
+            &plan,
+            &[ev(0, M, 1.0), ev(1, 2 * M, 1.0)],
+            &[1, 2],
+            false,
+        ))
+        .unwrap();
+        let r = eng
+            .ingest(&events_ids(
+                &plan,
+                &[ev(0, 90 * DAY, 1.0), ev(1, 2 * M, 1.0)],
+                &[3, 2],
+                false,
+            ))
+            .unwrap();
+        assert_eq!((r.ahead, r.duplicates), (1, 1));
+        let dir = std::env::temp_dir().join(format!("rtml-guard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("g.snap");
+        eng.snapshot(&path).unwrap();
+        let back = Engine::restore(&path).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(back.stats().counters, eng.stats().counters);
+        assert_eq!(back.meta.lock().guard, eng.meta.lock().guard);
+        let again = events_ids(&plan, &[ev(0, M, 1.0)], &[1], false);
+        assert_eq!(back.ingest(&again).unwrap().duplicates, 1);
+        assert_eq!(answers(&back, false), answers(&eng, false));
+    }
+
+    /// A clean stream cut into batches, then polluted: far-future events in some batches (never
+    /// the first), copies of events within their batch, and retried batches.
+    #[derive(Clone, Debug)]
+    struct Polluted {
+        clean: Vec<Vec<(Ev, i64)>>,
+        dirty: Vec<Vec<(Ev, i64)>>,
+        far: u64,
+        copies: u64,
+    }
+
+    fn polluted() -> impl Strategy<Value = Polluted> {
+        (
+            ev_strategy(),
+            prop::collection::vec(1usize..40, 1..20),
+            prop::collection::vec((0usize..8, 0usize..64, 0u8..4), 0..24),
+        )
+            .prop_map(|(evs, cuts, noise)| {
+                let mut clean: Vec<Vec<(Ev, i64)>> = Vec::new();
+                let mut rest: Vec<(Ev, i64)> = evs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| (e, i as i64))
+                    .collect();
+                let mut i = 0;
+                while !rest.is_empty() {
+                    let n = cuts[i % cuts.len()].min(rest.len());
+                    clean.push(rest.drain(..n).collect());
+                    i += 1;
+                }
+                let mut dirty = clean.clone();
+                let (mut far, mut copies) = (0u64, 0u64);
+                let mut retries = Vec::new();
+                for (n, (b, pos, kind)) in noise.into_iter().enumerate() {
+                    if dirty.len() < 2 {
+                        break;
+                    }
+                    let b = 1 + b % (dirty.len() - 1);
+                    let pos = pos % (dirty[b].len() + 1);
+                    match kind {
+                        0 if far + 1 < AHEAD_CONFIRM as u64 => {
+                            // far ahead: 40 years plus up to a year (ids never seen)
+                            let ts = 40 * 365 * DAY + (n as i64) * 11 * DAY;
+                            dirty[b].insert(
+                                pos,
+                                (ev((n % 5) as u8, ts, n as f64), 1_000_000 + n as i64),
+                            );
+                            far += 1;
+                        }
+                        1 if !dirty[b].is_empty() => {
+                            let j = pos % dirty[b].len();
+                            let copy = dirty[b][j].clone();
+                            if copy.1 < 1_000_000 {
+                                dirty[b].insert(pos, copy);
+                                copies += 1;
+                            }
+                        }
+                        _ => retries.push(b),
+                    }
+                }
+                // a retried batch is sent again after the batch that followed it
+                retries.sort();
+                retries.dedup();
+                for b in retries.into_iter().rev() {
+                    let again: Vec<(Ev, i64)> = dirty[b]
+                        .iter()
+                        .filter(|(_, id)| *id < 1_000_000)
+                        .cloned()
+                        .collect();
+                    copies += again.len() as u64;
+                    let at = (b + 2).min(dirty.len());
+                    dirty.insert(at, again);
+                }
+                Polluted {
+                    clean,
+                    dirty,
+                    far,
+                    copies,
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_polluted_stream_answers_like_the_clean_one(
+            p in polluted(),
+            lateness in prop::sample::select(vec!["0s", "5m", "45m"]),
+            str_keys in any::<bool>(),
+            one_by_one in any::<bool>(),
+        ) {
+            let plan = plan_with(lateness, false, r#", "dedupe_on": "id""#);
+            let feed = |batches: &[Vec<(Ev, i64)>]| {
+                let eng = Engine::new(Arc::clone(&plan));
+                let mut total = Ingested::default();
+                for b in batches {
+                    let evs: Vec<Ev> = b.iter().map(|(e, _)| e.clone()).collect();
+                    let ids: Vec<i64> = b.iter().map(|(_, i)| *i).collect();
+                    let r = if one_by_one {
+                        // the same arrival: in time order, one call each (ties by value)
+                        let mut idx: Vec<usize> = (0..evs.len()).collect();
+                        idx.sort_by_key(|&i| (evs[i].ts, words(&plan, &evs[i])));
+                        let mut r = Ingested::default();
+                        for i in idx {
+                            let e = &evs[i];
+                            let name = key_name(e.k);
+                            let key = if str_keys { KeyRef::Str(&name) } else { KeyRef::Int(e.k as i64) };
+                            let one = eng.ingest_one(key, e.ts, &words(&plan, e), Some(EventId::Int(ids[i]))).unwrap();
+                            r.accepted += one.accepted;
+                            r.late += one.late;
+                            r.ahead += one.ahead;
+                            r.duplicates += one.duplicates;
+                            if one.ahead == 1 {
+                                r.rejected.push(i as u32);
+                            }
+                        }
+                        r.rejected.sort();
+                        r
+                    } else {
+                        eng.ingest(&events_ids(&plan, &evs, &ids, str_keys)).unwrap()
+                    };
+                    // the rows named are exactly the far ones
+                    let far_rows: Vec<u32> = ids.iter().enumerate()
+                        .filter(|(_, id)| **id >= 1_000_000).map(|(i, _)| i as u32).collect();
+                    prop_assert_eq!(&r.rejected, &far_rows);
+                    total.accepted += r.accepted;
+                    total.late += r.late;
+                    total.ahead += r.ahead;
+                    total.duplicates += r.duplicates;
+                }
+                Ok((eng, total))
+            };
+            let (clean, c) = feed(&p.clean)?;
+            let (dirty, d) = feed(&p.dirty)?;
+            prop_assert_eq!(answers(&dirty, str_keys), answers(&clean, str_keys));
+            prop_assert_eq!(dirty.watermark(), clean.watermark());
+            prop_assert_eq!(d.accepted, c.accepted);
+            prop_assert_eq!((c.ahead, c.duplicates), (0, 0));
+            prop_assert_eq!(d.ahead, p.far);
+            prop_assert_eq!(d.late + d.duplicates, c.late + p.copies);
+
+            // the backfill's replay of the arrivals judges every event as the engine did
+            let flat: Vec<(Ev, i64, i64)> = p.dirty.iter().enumerate()
+                .flat_map(|(a, b)| b.iter().map(move |(e, id)| (e.clone(), *id, a as i64)))
+                .collect();
+            let evs: Vec<Ev> = flat.iter().map(|f| f.0.clone()).collect();
+            let ids: Vec<i64> = flat.iter().map(|f| f.1).collect();
+            let arrival: Vec<i64> = flat.iter().map(|f| f.2).collect();
+            let all = events_ids(&plan, &evs, &ids, str_keys);
+            let v = guard::verdicts(&plan.spec, &all, Some(&arrival)).unwrap();
+            let count = |x: Verdict| v.iter().filter(|y| **y == x).count() as u64;
+            prop_assert_eq!(
+                (count(Verdict::Apply), count(Verdict::Late), count(Verdict::Ahead), count(Verdict::Duplicate)),
+                (d.accepted, d.late, d.ahead, d.duplicates)
+            );
+            for (i, verdict) in v.iter().enumerate() {
+                prop_assert_eq!(*verdict == Verdict::Ahead, ids[i] >= 1_000_000);
+            }
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, Engine};
+use super::{Counters, Engine, Guard};
 use crate::agg::Acc;
 use crate::error::{Error, Result};
 use crate::input::Key;
@@ -23,8 +23,9 @@ use crate::spec::Spec;
 use crate::state::{Buf, KeyState, Tile};
 
 const MAGIC: &[u8; 8] = b"RTMLSNAP";
-/// 2: per-group eager region (`e_lo`, `e_start`). 1 is read and upgraded.
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// 3: the guard's state (ids seen, times ahead) and its counters after the body.
+/// 2: per-group eager region (`e_lo`, `e_start`). 1 and 2 are read and upgraded.
+pub const SNAPSHOT_VERSION: u32 = 3;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
 /// A key's state as snapshot format 1 stored it (before the eager region existed).
@@ -57,14 +58,38 @@ impl KeyStateV1 {
     }
 }
 
+/// The counters of formats 1 and 2.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct CountersV2 {
+    events_ingested: u64,
+    late_events_dropped: u64,
+    keys_evicted: u64,
+}
+
 #[derive(Serialize)]
 struct BodyRef<'a> {
     spec: String,
     key_is_int: Option<bool>,
     watermark: i64,
-    counters: &'a Counters,
+    counters: CountersV2,
     last_sweep: i64,
     keys: Vec<(&'a Key, &'a KeyState)>,
+    /// Format 3 on.
+    extra: ExtraRef<'a>,
+}
+
+#[derive(Serialize)]
+struct ExtraRef<'a> {
+    ahead_events_rejected: u64,
+    duplicates_dropped: u64,
+    guard: &'a Guard,
+}
+
+#[derive(Deserialize)]
+struct Extra {
+    ahead_events_rejected: u64,
+    duplicates_dropped: u64,
+    guard: Guard,
 }
 
 #[derive(Deserialize)]
@@ -72,9 +97,20 @@ struct Body<S> {
     spec: String,
     key_is_int: Option<bool>,
     watermark: i64,
-    counters: Counters,
+    counters: CountersV2,
     last_sweep: i64,
     keys: Vec<(Key, S)>,
+}
+
+#[derive(Deserialize)]
+struct BodyV3 {
+    spec: String,
+    key_is_int: Option<bool>,
+    watermark: i64,
+    counters: CountersV2,
+    last_sweep: i64,
+    keys: Vec<(Key, KeyState)>,
+    extra: Extra,
 }
 
 fn options() -> impl Options {
@@ -99,9 +135,18 @@ pub fn encode(engine: &Engine, path: &Path) -> Result<Vec<u8>> {
         spec: engine.plan.spec.to_json(),
         key_is_int: meta.key_is_int,
         watermark: meta.watermark,
-        counters: &meta.counters,
+        counters: CountersV2 {
+            events_ingested: meta.counters.events_ingested,
+            late_events_dropped: meta.counters.late_events_dropped,
+            keys_evicted: meta.counters.keys_evicted,
+        },
         last_sweep: meta.last_sweep,
         keys: shards.iter().flat_map(|s| s.keys.iter()).collect(),
+        extra: ExtraRef {
+            ahead_events_rejected: meta.counters.ahead_events_rejected,
+            duplicates_dropped: meta.counters.duplicates_dropped,
+            guard: &meta.guard,
+        },
     };
     let payload = options()
         .serialize(&body)
@@ -226,11 +271,39 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Engine> {
         }
         return Ok(engine);
     }
-    let body: Body<KeyState> = options()
-        .with_limit(len)
-        .deserialize(payload)
-        .map_err(decode_err)?;
+    let (body, extra) = if version == 2 {
+        let body: Body<KeyState> = options()
+            .with_limit(len)
+            .deserialize(payload)
+            .map_err(decode_err)?;
+        (body, None)
+    } else {
+        let b: BodyV3 = options()
+            .with_limit(len)
+            .deserialize(payload)
+            .map_err(decode_err)?;
+        let body = Body {
+            spec: b.spec,
+            key_is_int: b.key_is_int,
+            watermark: b.watermark,
+            counters: b.counters,
+            last_sweep: b.last_sweep,
+            keys: b.keys,
+        };
+        (body, Some(b.extra))
+    };
     let engine = engine_from(path, &body)?;
+    if let Some(extra) = extra {
+        let mut meta = engine.ingest_lock();
+        if extra.guard.pending.len() >= super::AHEAD_CONFIRM
+            || extra.guard.seen.values().any(|&t| t > body.watermark)
+        {
+            return Err(bad("guard state does not fit the stream"));
+        }
+        meta.counters.ahead_events_rejected = extra.ahead_events_rejected;
+        meta.counters.duplicates_dropped = extra.duplicates_dropped;
+        meta.guard = extra.guard;
+    }
     for (k, s) in body.keys {
         if !s.consistent_with(&engine.plan) || !fits_stream(&engine, &body.watermark, &s) {
             return Err(mismatch());
@@ -257,7 +330,12 @@ fn engine_from<S>(path: &Path, body: &Body<S>) -> Result<Engine> {
         let mut meta = engine.ingest_lock();
         meta.key_is_int = body.key_is_int;
         meta.watermark = body.watermark;
-        meta.counters = body.counters.clone();
+        meta.counters = Counters {
+            events_ingested: body.counters.events_ingested,
+            late_events_dropped: body.counters.late_events_dropped,
+            keys_evicted: body.counters.keys_evicted,
+            ..Counters::default()
+        };
         meta.last_sweep = body.last_sweep;
         engine.publish(&meta);
     }

@@ -9,7 +9,7 @@ use pyo3::types::{
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
-use crate::input::{check_number, string_identity, Events, KeyArr, KeyRef};
+use crate::input::{check_number, string_identity, EventId, Events, KeyArr, KeyRef};
 use crate::plan::{ColKind, Plan};
 use crate::state::NULL;
 use crate::time::{unit_factor, NS_PER_S, NS_PER_US};
@@ -383,6 +383,8 @@ pub struct RowNames {
     pub entity: Py<PyString>,
     timestamp: Py<PyString>,
     columns: Vec<Py<PyString>>,
+    /// The event-id column (`dedupe_on`).
+    id: Option<Py<PyString>>,
 }
 
 impl RowNames {
@@ -392,6 +394,7 @@ impl RowNames {
             entity: name(&plan.spec.entity),
             timestamp: name(&plan.spec.timestamp),
             columns: plan.columns.iter().map(|c| name(&c.name)).collect(),
+            id: plan.spec.dedupe_on.as_deref().map(name),
         }
     }
 }
@@ -474,6 +477,44 @@ fn row_rest(
     Ok(ts)
 }
 
+/// The event id of row `i` (`dedupe_on`): an int or a str, never null.
+fn row_id(
+    plan: &Plan,
+    names: &RowNames,
+    d: &Bound<'_, PyDict>,
+    i: usize,
+) -> Result<Option<EventId>> {
+    let (Some(key), Some(col)) = (&names.id, &plan.spec.dedupe_on) else {
+        return Ok(None);
+    };
+    let obj = cell(d, key, col, i)?;
+    if obj.is_instance_of::<PyBool>() || obj.is_none() {
+        return Err(Error::schema(
+            col,
+            format!(
+                "row {i}: event ids (dedupe_on) must be int or str, got {}",
+                type_name(&obj)
+            ),
+        ));
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        let s = s.to_str().map_err(|e| Error::schema(col, e.to_string()))?;
+        return Ok(Some(EventId::of_str(s)));
+    }
+    match obj.extract::<i64>() {
+        Ok(v) if obj.is_instance_of::<PyInt>() || !obj.is_instance_of::<PyFloat>() => {
+            Ok(Some(EventId::Int(v)))
+        }
+        _ => Err(Error::schema(
+            col,
+            format!(
+                "row {i}: event ids (dedupe_on) must be int or str, got {}",
+                type_name(&obj)
+            ),
+        )),
+    }
+}
+
 /// What [`rows`] saw in one column.
 #[derive(Clone, Copy, Default)]
 struct ColSeen {
@@ -489,7 +530,7 @@ pub fn with_row<R>(
     names: &RowNames,
     d: &Bound<'_, PyDict>,
     key_obj: Option<Bound<'_, PyAny>>,
-    f: impl FnOnce(KeyRef<'_>, i64, Zone, &[u64]) -> R,
+    f: impl FnOnce(KeyRef<'_>, i64, Zone, &[u64], Option<EventId>) -> R,
 ) -> Result<R> {
     let spec = &plan.spec;
     let kobj = match key_obj {
@@ -499,7 +540,8 @@ pub fn with_row<R>(
     let k = key_ref(&kobj, &spec.entity)?;
     let mut vals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, plan.columns.len());
     let (ts, zone) = row_rest(plan, names, d, 0, &mut vals, None)?;
-    Ok(f(k, ts, zone, &vals))
+    let id = row_id(plan, names, d, 0)?;
+    Ok(f(k, ts, zone, &vals, id))
 }
 
 /// Event rows given as dicts -> engine events and the clock their times were given in. All
@@ -519,6 +561,7 @@ pub fn rows<'py>(
     let mut vals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, plan.columns.len());
     let mut seen = vec![ColSeen::default(); plan.columns.len()];
     let mut zone: Option<Zone> = None;
+    let mut ids = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let d = row_dict(plan, row, i)?;
         match key(&cell(d, &names.entity, &spec.entity, i)?, &spec.entity)? {
@@ -545,6 +588,9 @@ pub fn rows<'py>(
             Some(Zone::Epoch) | None => zone = Some(z),
             Some(_) => {}
         }
+        if let Some(id) = row_id(plan, names, d, i)? {
+            ids.push(id);
+        }
         ts.push(t);
         for (col, v) in values.iter_mut().zip(&vals) {
             col.push(*v);
@@ -564,6 +610,7 @@ pub fn rows<'py>(
             KeyArr::Int(ints)
         };
         let _ = events.push(keys, ts, values);
+        events.ids = ids;
     }
     Ok((events, zone.unwrap_or(Zone::Epoch)))
 }

@@ -22,14 +22,20 @@ pub struct PyJsonDecoder {
 #[pymethods]
 impl PyJsonDecoder {
     #[new]
-    #[pyo3(signature = (entity, timestamp, values, timestamp_unit=None))]
+    #[pyo3(signature = (entity, timestamp, values, timestamp_unit=None, event_id=None))]
     fn new(
         entity: (String, String),
         timestamp: (String, String),
         values: Vec<(String, String, bool)>,
         timestamp_unit: Option<&str>,
+        event_id: Option<(String, String)>,
     ) -> PyResult<PyJsonDecoder> {
         let ts_factor = timestamp_unit.map(unit_factor).transpose().py_err()?;
+        let ids = event_id.map(|(column, field)| ColumnMap {
+            column,
+            field,
+            kind: ValueType::Id,
+        });
         Ok(PyJsonDecoder {
             mapping: JsonMapping {
                 entity,
@@ -46,6 +52,7 @@ impl PyJsonDecoder {
                             ValueType::Str
                         },
                     })
+                    .chain(ids)
                     .collect(),
             },
         })

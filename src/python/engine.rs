@@ -224,8 +224,11 @@ impl PyEngine {
     }
 }
 
-fn counts(r: Ingested) -> (u64, u64) {
-    (r.accepted, r.late)
+/// (accepted, late, ahead, duplicates, rows rejected as ahead).
+type Counts = (u64, u64, u64, u64, Vec<u32>);
+
+fn counts(r: Ingested) -> Counts {
+    (r.accepted, r.late, r.ahead, r.duplicates, r.rejected)
 }
 
 #[pymethods]
@@ -243,19 +246,25 @@ impl PyEngine {
 
     /// Ingest one event row (a dict: entity, timestamp and every value column the features
     /// read). Checked, then applied directly. Returns (accepted, late).
-    fn ingest_row(&self, py: Python<'_>, row: &Bound<'_, PyDict>) -> PyResult<(u64, u64)> {
+    fn ingest_row(&self, py: Python<'_>, row: &Bound<'_, PyDict>) -> PyResult<Counts> {
         entry(Some(&self.poison), || {
             let ts_name = &self.plan.spec.timestamp;
-            let r = convert::with_row(&self.plan, &self.rows, row, None, |key, ts, zone, vals| {
-                self.check_zone(zone, ts_name)?;
-                let mut meta = self.ingest_guard(py);
-                let r = self
-                    .inner
-                    .ingest_one_locked(&mut meta, key, ts, vals)
-                    .py_err()?;
-                self.note_zone(zone);
-                Ok::<_, PyErr>(r)
-            })
+            let r = convert::with_row(
+                &self.plan,
+                &self.rows,
+                row,
+                None,
+                |key, ts, zone, vals, id| {
+                    self.check_zone(zone, ts_name)?;
+                    let mut meta = self.ingest_guard(py);
+                    let r = self
+                        .inner
+                        .ingest_one_locked(&mut meta, key, ts, vals, id)
+                        .py_err()?;
+                    self.note_zone(zone);
+                    Ok::<_, PyErr>(r)
+                },
+            )
             .py_err()??;
             Ok(counts(r))
         })
@@ -263,7 +272,7 @@ impl PyEngine {
 
     /// Ingest event rows given as a list (or tuple) of dicts. Every row is checked first: on
     /// error nothing is applied. Returns (accepted, late).
-    fn ingest_rows(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<(u64, u64)> {
+    fn ingest_rows(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<Counts> {
         entry(Some(&self.poison), || {
             let rows: Vec<Bound<'_, PyAny>> = if let Ok(l) = rows.cast::<PyList>() {
                 l.iter().collect()
@@ -285,7 +294,8 @@ impl PyEngine {
 
     /// Ingest events given as an Arrow table (anything with `__arrow_c_stream__`), GIL
     /// released. Validated first: on error nothing is applied. Returns (accepted, late).
-    fn ingest_table(&self, py: Python<'_>, table: PyTable) -> PyResult<(u64, u64)> {
+    #[pyo3(signature = (table, trusted=false))]
+    fn ingest_table(&self, py: Python<'_>, table: PyTable, trusted: bool) -> PyResult<Counts> {
         entry(Some(&self.poison), || {
             let (batches, schema) = table.into_inner();
             let ts = &self.plan.spec.timestamp;
@@ -300,7 +310,11 @@ impl PyEngine {
             let inner = &self.inner;
             let r = detached(py, || {
                 let events = read_events(&plan, &batches)?;
-                inner.ingest(&events)
+                if trusted {
+                    inner.ingest_trusted(&events)
+                } else {
+                    inner.ingest(&events)
+                }
             })?;
             if let Some(z) = zone {
                 self.note_zone(z);
@@ -481,9 +495,21 @@ impl PyEngine {
             d.set_item("events_ingested", s.counters.events_ingested)?;
             d.set_item("late_events_dropped", s.counters.late_events_dropped)?;
             d.set_item("keys_evicted", s.counters.keys_evicted)?;
+            d.set_item("ahead_events_rejected", s.counters.ahead_events_rejected)?;
+            d.set_item("duplicates_dropped", s.counters.duplicates_dropped)?;
             d.set_item("state_bytes", s.state_bytes)?;
             d.set_item("watermark", s.watermark)?;
             Ok(d)
+        })
+    }
+
+    /// Move the watermark forward to `t` (ns); returns the watermark (see
+    /// `OnlineEngine.advance_watermark`).
+    fn advance_watermark(&self, py: Python<'_>, t: &Bound<'_, PyAny>) -> PyResult<i64> {
+        entry(Some(&self.poison), || {
+            let t = self.instant(t, "t")?;
+            let engine = &self.inner;
+            Ok(py.detach(|| engine.advance_watermark(t)))
         })
     }
 

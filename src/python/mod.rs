@@ -13,8 +13,9 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
-use crate::input::{read_events, read_spine};
+use crate::input::{read_arrival, read_events, read_spine};
 use crate::offline::backfill;
+use crate::online::guard::{verdicts, Verdict};
 use crate::plan::Plan;
 use crate::spec::Spec;
 use convert::Zone;
@@ -91,6 +92,12 @@ impl PySpec {
         self.plan.spec.timestamp.clone()
     }
 
+    /// The watermark guard's bound in force, ns (None: off).
+    #[getter]
+    fn max_ahead_ns(&self) -> Option<i64> {
+        self.plan.spec.max_ahead_ns()
+    }
+
     #[getter]
     fn timestamp_unit(&self) -> Option<String> {
         self.plan.spec.timestamp_unit.clone()
@@ -109,7 +116,10 @@ impl PySpec {
     /// Compute features for every spine row. `events` and `spine` provide
     /// `__arrow_c_stream__`; returns a pyarrow.RecordBatch of feature columns in spine order.
     /// `progress(done, total)` is called between chunks; Ctrl-C stops the work.
-    #[pyo3(signature = (events, spine, key, time, progress=None))]
+    /// `arrival`: an events column of integers, the arrival batch of each event (the online
+    /// guard, lateness and deduplication applied as a stream in that order would).
+    #[pyo3(signature = (events, spine, key, time, progress=None, arrival=None))]
+    #[allow(clippy::too_many_arguments)]
     fn backfill<'py>(
         &self,
         py: Python<'py>,
@@ -118,9 +128,39 @@ impl PySpec {
         key: &str,
         time: &str,
         progress: Option<Bound<'py, PyAny>>,
+        arrival: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         entry(None, || {
-            self.backfill_inner(py, events, spine, key, time, progress)
+            self.backfill_inner(py, events, spine, key, time, progress, arrival)
+        })
+    }
+
+    /// What an online engine does with each event ("applied", "late", "ahead",
+    /// "duplicate") when the events arrive in the batches of the integer column `arrival`
+    /// (None: one table without arrival order: only duplicates are dropped).
+    #[pyo3(signature = (events, arrival=None))]
+    fn verdicts(
+        &self,
+        py: Python<'_>,
+        events: PyTable,
+        arrival: Option<String>,
+    ) -> PyResult<Vec<&'static str>> {
+        entry(None, || {
+            let (batches, _) = events.into_inner();
+            let plan = Arc::clone(&self.plan);
+            let out = py.detach(|| {
+                let events = read_events(&plan, &batches)?;
+                let arrival = match &arrival {
+                    Some(c) => Some(read_arrival(&batches, c)?),
+                    None => None,
+                };
+                let v = verdicts(&plan.spec, &events, arrival.as_deref());
+                Ok::<_, crate::Error>(match v {
+                    Some(v) => v.into_iter().map(verdict_name).collect(),
+                    None => vec!["applied"; events.len()],
+                })
+            });
+            out.py_err()
         })
     }
 
@@ -134,6 +174,7 @@ impl PySpec {
 }
 
 impl PySpec {
+    #[allow(clippy::too_many_arguments)]
     fn backfill_inner<'py>(
         &self,
         py: Python<'py>,
@@ -142,6 +183,7 @@ impl PySpec {
         key: &str,
         time: &str,
         progress: Option<Bound<'py, PyAny>>,
+        arrival: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (ev_batches, ev_schema) = events.into_inner();
         let (sp_batches, sp_schema) = spine.into_inner();
@@ -151,6 +193,18 @@ impl PySpec {
         let progress = progress.map(|p| p.unbind());
         let cols = py.detach(|| {
             let events = read_events(&plan, &ev_batches)?;
+            let arrival = match &arrival {
+                Some(c) => Some(read_arrival(&ev_batches, c)?),
+                None => None,
+            };
+            let kept = verdicts(&plan.spec, &events, arrival.as_deref()).map(|v| {
+                let keep: Vec<bool> = v.iter().map(|v| *v == Verdict::Apply).collect();
+                events.filtered(&keep)
+            });
+            let events = match &kept {
+                Some(k) => k,
+                None => &events,
+            };
             let spine = read_spine(&plan, &sp_batches, key, time)?;
             let mut failed: Option<PyErr> = None;
             let mut tick = |done: usize, total: usize| -> bool {
@@ -168,7 +222,7 @@ impl PySpec {
                     true
                 })
             };
-            let result = backfill(&plan, &events, &spine, &mut tick);
+            let result = backfill(&plan, events, &spine, &mut tick);
             Ok::<_, crate::Error>((result, failed))
         });
         let (result, failed) = cols.py_err()?;
@@ -180,6 +234,15 @@ impl PySpec {
         let names = self.plan.spec.features.iter().map(|f| f.name.as_str());
         let batch = arrow::batch(names.zip(cols.into_iter().map(arrow::Column::from)), rows)?;
         PyRecordBatch::new(batch).into_pyarrow(py)
+    }
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Apply => "applied",
+        Verdict::Late => "late",
+        Verdict::Ahead => "ahead",
+        Verdict::Duplicate => "duplicate",
     }
 }
 

@@ -491,3 +491,20 @@ def test_several_feature_sets_name_what_is_missing():
         rtml.backfill(spine, {"a": (BY_DRIVER, trips), "b": (other_time, trips)})
     with pytest.raises(TypeError, match="FeatureSet, events"):
         rtml.backfill(spine, {"a": BY_DRIVER})
+
+
+@pytest.mark.parametrize("form", ["records", "arrow"])
+def test_ingest_report_numbers_rows_as_passed_when_null_keys_are_skipped(form):
+    fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h")], max_ahead="2h")
+    eng = fs.online()
+    eng.ingest({"driver": 1, "ts": T0})
+    rows = [
+        {"driver": None, "ts": T0 + pd.Timedelta("1m")},
+        {"driver": 2, "ts": T0 + pd.Timedelta("2m")},
+        {"driver": None, "ts": T0 + pd.Timedelta("3m")},
+        {"driver": 3, "ts": T0 + pd.Timedelta("30h")},  # ahead of the watermark: rejected
+    ]
+    data = rows if form == "records" else pa.Table.from_pylist(rows)
+    got = eng.ingest(data, report=True, null_keys="skip")
+    assert (got.accepted, got.ahead, got.rejected) == (1, 1, [3])  # row 3 as passed, not 1
+    assert eng.stats()["null_keys_skipped"] == 2
