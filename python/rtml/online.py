@@ -262,6 +262,7 @@ class OnlineEngine:
                 self._null_keys_skipped += 1
                 return None, None
             return data, None
+        kept: Any
         if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], dict)):
             kept = [
                 i
