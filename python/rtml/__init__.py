@@ -52,6 +52,7 @@ from .features import (
 )
 from .online import LATE_WARNING_SHARE, OnlineEngine  # noqa: E402
 from .runner import CheckpointError, Runner  # noqa: E402
+from .wal import Wal  # noqa: E402
 from .transforms import (
     Step,
     Transforms,
@@ -87,6 +88,7 @@ from .transforms import (
 __all__ = [
     "FeatureSet",
     "Runner",
+    "Wal",
     "CheckpointError",
     "sources",
     "learn",
