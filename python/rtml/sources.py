@@ -1023,6 +1023,9 @@ class WalSource(Source):
         #: read no record at or after this position (None: up to the durable end)
         self.limit: Optional[int] = None
         self.skipped_records = 0
+        #: kind and rows of the last record read (whether delivered or skipped)
+        self.last_kind: Optional[str] = None
+        self.last_rows = 0
         self.log._register(self)
 
     def open(self, on_assign: AssignFn, on_revoke: RevokeFn) -> None:
@@ -1068,6 +1071,7 @@ class WalSource(Source):
                 if pos >= stop:
                     break
                 table, kind = decode_batch(payload)
+                self.last_kind, self.last_rows = kind, table.num_rows
                 if (self.kind is not None and kind != self.kind) or table.num_rows == 0:
                     # another kind's record: the position moves over it, nothing is applied
                     out.append(Batch(0, [], nxt, events=None))
