@@ -554,7 +554,9 @@ class Service:
             primary.setdefault(ent.events, ent)
         while True:
             pos = self.entities[0].runner.positions.get(0)
-            if pos is None or pos > last:
+            if pos is None:  # nothing applied yet and no checkpoint: the log's start
+                pos = self.wal.first_position
+            if pos > last:
                 return
             late_before = {k: e.engine.stats()["late_events_dropped"] for k, e in primary.items()}
             for ent in self.entities:
