@@ -40,7 +40,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import math
 import os
 import re
 import threading

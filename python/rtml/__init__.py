@@ -52,7 +52,6 @@ from .features import (
 )
 from .online import LATE_WARNING_SHARE, OnlineEngine  # noqa: E402
 from .runner import CheckpointError, Runner  # noqa: E402
-from .wal import Wal  # noqa: E402
 from .transforms import (
     Step,
     Transforms,
@@ -84,6 +83,7 @@ from .transforms import (
     sub,
     target_encode,
 )
+from .wal import Wal  # noqa: E402
 
 __all__ = [
     "FeatureSet",

@@ -20,8 +20,15 @@ import rtml
 import rtml.sources
 from rtml.runner import Runner, read_checkpoint
 from rtml.sources import SourceError
-
-from stream_helpers import LATENESS_S, NS, answers, assert_same_answers, env_with_rtml, feature_set, workload
+from stream_helpers import (
+    LATENESS_S,
+    NS,
+    answers,
+    assert_same_answers,
+    env_with_rtml,
+    feature_set,
+    workload,
+)
 
 
 def _batches(events: pa.Table, size: int, seed: int) -> list[pa.Table]:
