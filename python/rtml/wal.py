@@ -49,7 +49,8 @@ def encode_batch(data: Any, kind: Optional[str] = None) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
-    return sink.getvalue().to_pybytes()
+    out: bytes = sink.getvalue().to_pybytes()
+    return out
 
 
 def decode_batch(payload: bytes) -> tuple[pa.Table, Optional[str]]:
@@ -133,7 +134,8 @@ class Wal:
     ) -> list[tuple[int, int, pa.Table]]:
         """Durable batches from `position`: [(position, next position, table)]."""
         return [
-            (p, n, decode_batch(b)[0]) for p, n, b in self.read_raw(position, max_records, max_bytes)
+            (p, n, decode_batch(b)[0])
+            for p, n, b in self.read_raw(position, max_records, max_bytes)
         ]
 
     @property
