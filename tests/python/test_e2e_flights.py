@@ -402,7 +402,7 @@ def _serving_module():
 
 
 def test_sigkill_during_replay_loses_no_acknowledged_event_and_applies_none_twice(artifacts, tmp_path):
-    """A client replays October through POST /events in batches of 1 to 1,000 events while the
+    """A client replays four days of October through POST /events in batches of 1 to 1,000 events while the
     service is SIGKILLed at random points (mid-request, mid-checkpoint: it checkpoints every
     3,000 events into a log of 256 KiB segments) and restarted. A batch whose response was lost
     is re-sent only if the restarted service's durable position shows it is not in the log. At
@@ -410,7 +410,7 @@ def test_sigkill_during_replay_loses_no_acknowledged_event_and_applies_none_twic
     manifest = json.loads((artifacts / "manifest.json").read_text())
     split_ns = int(np.datetime64(manifest["split"].replace("+00:00", ""), "ns").astype(np.int64))
     ev_ts, events = replay_events(split_ns)
-    events = events[: int(np.searchsorted(ev_ts, split_ns + 6 * 86400 * 10**9))]  # the first 6 days
+    events = events[: int(np.searchsorted(ev_ts, split_ns + 4 * 86400 * 10**9))]  # the first 4 days
     rnd = np.random.default_rng(2026)
     batches, i = [], 0
     while i < len(events):

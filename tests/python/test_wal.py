@@ -216,7 +216,7 @@ def test_sigkill_at_random_points_every_acknowledged_batch_applied_exactly_once(
     after the last batch the log holds. No acknowledged batch is missing, none applied twice:
     the state equals one engine fed every batch once."""
     fs = feature_set()
-    events = workload(12_000, 300, seed=6)
+    events = workload(8_000, 300, seed=6)
     batches = _batches(events, 100, seed=6)
     (tmp_path / "fs.json").write_text(fs.to_json())
     import pyarrow.parquet as pq
@@ -228,10 +228,10 @@ def test_sigkill_at_random_points_every_acknowledged_batch_applied_exactly_once(
     rnd = random.Random(77)
     acked = -1
     resumes = []
-    for attempt in range(6):
+    for attempt in range(5):
         proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(rnd.choice([150, 300, 700]))],
                                 env=env_with_rtml(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        kill_after = rnd.randint(3, 25) if attempt < 5 else None
+        kill_after = rnd.randint(3, 20) if attempt < 4 else None
         seen = 0
         for line in proc.stdout:
             word, *rest = line.split()
@@ -256,7 +256,7 @@ def test_sigkill_at_random_points_every_acknowledged_batch_applied_exactly_once(
             assert proc.returncode == 0, proc.stderr.read()[-3000:]
             break
         assert proc.returncode == -signal.SIGKILL
-    assert len(resumes) >= 4 and resumes[0] == 0 and resumes == sorted(resumes)
+    assert len(resumes) >= 3 and resumes[0] == 0 and resumes == sorted(resumes)
     log = rtml.Wal(tmp_path / "wal", segment_bytes=16_384)
     r = Runner(fs, rtml.sources.wal(log), tmp_path / "ckpt", pipeline=False)
     assert r.run_until_idle() == 0  # the final checkpoint covers the whole log
