@@ -994,8 +994,9 @@ class Runner:
 
 
 def source_from_url(url: str) -> Source:
-    """kafka://host:port/topic?group=g, redis://host:port/db?streams=a,b&group=g, or a path
-    (Parquet / CSV / Feather; ?partitions=N&max_delay=5s&seed=0&arrival=col)."""
+    """kafka://host:port/topic?group=g, redis://host:port/db?streams=a,b&group=g,
+    wal:DIR[?kind=K] (an embedded write-ahead log), or a path (Parquet / CSV / Feather;
+    ?partitions=N&max_delay=5s&seed=0&arrival=col)."""
     from urllib.parse import parse_qs, urlparse
 
     from . import sources
@@ -1023,6 +1024,10 @@ def source_from_url(url: str) -> Source:
             timestamp_unit=q.get("timestamp_unit"),
             assign=assign,
         )
+    if u.scheme == "wal":
+        # wal:///abs/dir or wal:rel/dir, ?kind=K: an embedded write-ahead log directory
+        path = (u.netloc + u.path) or url[len("wal:") :].split("?", 1)[0]
+        return sources.wal(path, kind=q.get("kind"))
     path = u.path if u.scheme == "file" else url.split("?", 1)[0]
     return sources.replay(
         path,
@@ -1070,7 +1075,7 @@ def main_run(argv: list[str]) -> int:
     ap.add_argument(
         "--source",
         required=True,
-        help="kafka://host:port/topic?group=g | redis://host:port/0?streams=a,b | a Parquet path",
+        help="kafka://host:port/topic?group=g | redis://host:port/0?streams=a,b | wal:DIR | a Parquet path",
     )
     ap.add_argument("--checkpoint", required=True, help="checkpoint directory")
     ap.add_argument("--checkpoint-every", default="5s")

@@ -128,6 +128,31 @@ def test_runner_embedded_default_checkpoints_the_log_position(tmp_path):
     r.source.log.close()
 
 
+def test_background_runner_follows_appends_and_cli_url(tmp_path):
+    import time
+
+    from rtml.runner import source_from_url
+
+    fs = feature_set()
+    events = workload(1_000, 20, seed=9)
+    batches = _batches(events, 100, seed=9)
+    r = Runner(fs, checkpoint_dir=tmp_path / "ckpt", checkpoint_every="50ms").start()
+    try:
+        last = [r.append(b) for b in batches][-1]
+        deadline = time.monotonic() + 30
+        while (r.positions.get(0) or 0) <= last:
+            assert time.monotonic() < deadline, "the background runner did not follow the log"
+            time.sleep(0.01)
+    finally:
+        r.stop()
+    assert r.metrics()["checkpoints"] >= 1
+    _same_state(fs, r.engine, _reference(fs, batches), events)
+    r.source.log.close()
+    src = source_from_url(f"wal:{tmp_path / 'ckpt' / 'wal'}?kind=x")
+    assert isinstance(src, rtml.sources.WalSource) and src.kind == "x" and src.name == "wal:x"
+    src.log.close()
+
+
 def test_periodic_checkpoints_truncate_covered_segments_and_restart_resumes(tmp_path):
     fs = feature_set()
     events = workload(6_000, 80, seed=4)
