@@ -32,6 +32,11 @@ N_PREDICT = 800  # test flights asked for, spread over Oct-Dec
 def artifacts(tmp_path_factory) -> Path:
     """Execute the notebook top to bottom (it asserts its own results) into a fresh folder."""
     out = tmp_path_factory.mktemp("flights") / "artifacts"
+    # what a previous run of the notebook and the service leaves behind: the new artifacts must
+    # not be served from it (issue 12: the next start restored the old service state)
+    for stale in ("state/tail", "state/wal", "served_log", "events_log/departures"):
+        (out / stale).mkdir(parents=True)
+        (out / stale / "left-by-a-previous-run").write_bytes(b"stale")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     old = os.environ.get("RTML_ARTIFACTS")
     os.environ["RTML_ARTIFACTS"] = str(out)  # the kernel inherits the environment
@@ -57,6 +62,7 @@ def _stdout(nb_path: Path) -> str:
 
 def test_notebook_trains_and_saves_artifacts(artifacts):
     text = _stdout(artifacts.parent / "executed.ipynb")
+    assert not list(artifacts.rglob("left-by-a-previous-run"))  # the service starts from clean state
     assert "0 mismatches" in text
     manifest = json.loads((artifacts / "manifest.json").read_text())
     assert manifest["test_auc"] > 0.70
