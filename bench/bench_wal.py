@@ -3,6 +3,8 @@ group commit, from 1 to N concurrent appenders, for a few batch sizes. Not a tes
 
     python bench/bench_wal.py [--seconds 3] [--dir /path/on/the/disk/to/measure] [--json out.json]
 
+(the rtml it imports: the installed one, or PYTHONPATH=python after a release build)
+
 Each configuration appends for `--seconds` (after a short warm-up) into a fresh log and reports
 batches/s (= acknowledgements/s), events/s, MB/s of log, fsyncs and the group-commit factor
 (appends per fsync). The batch is encoded once per append (Arrow IPC), as the serving example
@@ -25,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-import rtml  # noqa: E402
+import rtml
 
 
 def batch(n: int, seed: int = 0) -> pa.Table:

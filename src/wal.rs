@@ -141,6 +141,26 @@ fn wal_err(path: &Path, offset: u64, message: impl Into<String>) -> Error {
     }
 }
 
+/// An exclusive, non-blocking flock(2) on the LOCK file: one open log per directory. The kernel
+/// releases it when the file is closed (the `Wal` dropped) or the process dies.
+fn lock_exclusive(file: &File, lock_path: &Path, dir: &Path) -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        return Err(wal_err(
+            dir,
+            0,
+            "the log is open in another process or object (LOCK is held)",
+        ));
+    }
+    Err(io(lock_path, e))
+}
+
 fn record_crc(position: u64, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&position.to_le_bytes());
@@ -257,17 +277,7 @@ impl Wal {
             .write(true)
             .open(&lock_path)
             .map_err(|e| io(&lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(wal_err(
-                    &dir,
-                    0,
-                    "the log is open in another process or object (LOCK is held)",
-                ))
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path, e)),
-        }
+        lock_exclusive(&lock, &lock_path, &dir)?;
         let mut segments = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
             let entry = entry.map_err(|e| io(&dir, e))?;
