@@ -323,13 +323,26 @@ class _Partition:
 class Runner:
     """Feeds a source's partitions into online engines, with exactly-once checkpoints.
 
-    `feature_set`: an `rtml.FeatureSet`. `source`: from `rtml.sources`. `checkpoint_dir`: one
-    ``partition-<p>.ckpt`` per partition (shared by every runner of the group) and the
-    dead-letter files (``dead_letters/``). `checkpoint_every`: a duration ('5s', '500ms', a
-    timedelta, seconds); '0s' checkpoints after every poll. `max_batch`: events per poll.
+    `feature_set`: an `rtml.FeatureSet`. `source`: from `rtml.sources`; None (the default):
+    the embedded write-ahead log ``<checkpoint_dir>/wal`` (`rtml.sources.wal`), fed with
+    `append`. `checkpoint_dir`: one ``partition-<p>.ckpt`` per partition (shared by every
+    runner of the group) and the dead-letter files (``dead_letters/``). `checkpoint_every`: a
+    duration ('5s', '500ms', a timedelta, seconds); '0s' checkpoints after every poll.
+    `checkpoint_events`: also checkpoint as soon as this many events were read since the last
+    checkpoint. `initial`: the engine of a partition without a checkpoint (a snapshot path or
+    ``f(partition) -> OnlineEngine``; default empty). `max_batch`: events per poll.
 
     Read the features with `get(key, at)` (it finds the partition holding the key), the
     per-partition engines with `engines`, or `engine` when there is one partition.
+
+    >>> import rtml, pyarrow as pa, tempfile
+    >>> fs = rtml.FeatureSet(entity="user", timestamp="ts", features=[rtml.count(window="1h")])
+    >>> r = Runner(fs, checkpoint_dir=tempfile.mkdtemp(), checkpoint_events=1000)
+    >>> pos = r.append(pa.table({"user": [7], "ts": pa.array([5], pa.timestamp("s", tz="UTC"))}))
+    >>> r.step_until(pos)      # durable first, then applied
+    1
+    >>> r.get(7, at="1970-01-01T00:00:06Z")["count_1h"]
+    1
     """
 
     def __init__(

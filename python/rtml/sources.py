@@ -1008,10 +1008,12 @@ class WalSource(Source):
     ) -> None:
         from .wal import Wal
 
+        self._owns = False  # opened here (from a path): closed with the source
         if isinstance(log, Wal):
             self.log = log
         elif isinstance(log, (str, bytes)) or hasattr(log, "__fspath__"):
             self.log = Wal(log)
+            self._owns = True
         else:
             raise SpecError(f"wal: expected a path or an rtml.Wal, got {type(log).__name__}")
         if kind is not None and (not isinstance(kind, str) or not kind):
@@ -1106,6 +1108,11 @@ class WalSource(Source):
 
     def partition_of(self, key: Any) -> Optional[int]:
         return 0
+
+    def close(self) -> None:
+        """Release the log if this source opened it (from a path); a shared `Wal` stays open."""
+        if self._owns:
+            self.log.close()
 
 
 def wal(log: Any, *, kind: Optional[str] = None, name: Optional[str] = None) -> WalSource:

@@ -189,6 +189,7 @@ class Wal:
     def close(self) -> None:
         """Release the log (its lock); the object is unusable afterwards."""
         self._w = None
+        self._readers = weakref.WeakSet()
 
     def __repr__(self) -> str:
         if self._w is None:

@@ -124,8 +124,10 @@ def test_runner_embedded_default_checkpoints_the_log_position(tmp_path):
     meta, _ = read_checkpoint(tmp_path / "ckpt" / "partition-0.ckpt", 0)
     assert meta["position"] == end and meta["source"] == "wal" and meta["events_in"] == events.num_rows
     _same_state(fs, r.engine, _reference(fs, batches), events)
-    r.close()
-    r.source.log.close()
+    r.close()  # releases the log it opened: a new runner on the directory resumes at its end
+    again = Runner(fs, checkpoint_dir=tmp_path / "ckpt")
+    assert again.run_until_idle() == 0 and again.positions[0] == end
+    again.close()
 
 
 def test_background_runner_follows_appends_and_cli_url(tmp_path):
@@ -147,7 +149,7 @@ def test_background_runner_follows_appends_and_cli_url(tmp_path):
         r.stop()
     assert r.metrics()["checkpoints"] >= 1
     _same_state(fs, r.engine, _reference(fs, batches), events)
-    r.source.log.close()
+    r.close()
     src = source_from_url(f"wal:{tmp_path / 'ckpt' / 'wal'}?kind=x")
     assert isinstance(src, rtml.sources.WalSource) and src.kind == "x" and src.name == "wal:x"
     src.log.close()
