@@ -102,6 +102,9 @@ struct Segment {
 
 struct Inner {
     segments: Vec<Segment>,
+    /// Base position and path of the active (last) segment.
+    active_base: u64,
+    active_path: PathBuf,
     /// The active (last) segment, open for appending.
     file: File,
     /// Position after the last record written (maybe not yet synced).
@@ -161,6 +164,23 @@ fn lock_exclusive(file: &File, lock_path: &Path, dir: &Path) -> Result<()> {
     Err(io(lock_path, e))
 }
 
+/// Little-endian integers at `at` (callers checked the length; a short slice reads as 0).
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
 fn record_crc(position: u64, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&position.to_le_bytes());
@@ -195,7 +215,7 @@ fn check_header(path: &Path, h: &[u8], base: u64) -> Result<()> {
             "not a write-ahead log segment (bad magic bytes)",
         ));
     }
-    let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
+    let version = u32_at(h, 8);
     if version != SEGMENT_VERSION {
         return Err(wal_err(
             path,
@@ -203,7 +223,7 @@ fn check_header(path: &Path, h: &[u8], base: u64) -> Result<()> {
             format!("segment format version {version} (this rtml reads {SEGMENT_VERSION})"),
         ));
     }
-    let b = u64::from_le_bytes(h[16..24].try_into().unwrap());
+    let b = u64_at(h, 16);
     if b != base {
         return Err(wal_err(
             path,
@@ -230,8 +250,8 @@ fn parse_at(data: &[u8], off: u64, position: u64) -> Parsed {
     if data.len() < off + RECORD_HEADER as usize {
         return Parsed::Short;
     }
-    let len = u32::from_le_bytes(data[off..off + 4].try_into().unwrap()) as u64;
-    let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().unwrap());
+    let len = u32_at(data, off) as u64;
+    let crc = u32_at(data, off + 4);
     if len > MAX_RECORD {
         return Parsed::Bad(format!("record length {len} exceeds the limit"));
     }
@@ -309,11 +329,17 @@ impl Wal {
             });
             (file, 0)
         };
+        let (active_base, active_path) = segments
+            .last()
+            .map(|s| (s.base, s.path.clone()))
+            .unwrap_or_default();
         Ok(Wal {
             dir,
             opts,
             inner: Mutex::new(Inner {
                 segments,
+                active_base,
+                active_path,
                 file,
                 written: end,
                 durable: end,
@@ -454,7 +480,7 @@ impl Wal {
             ));
         }
         // roll first when the active segment is full (never leave a record half in two files)
-        let active_len = g.written - g.segments.last().unwrap().base;
+        let active_len = g.written - g.active_base;
         if active_len > 0 && SEGMENT_HEADER + active_len >= self.opts.segment_bytes {
             self.roll_locked(&mut g)?;
         }
@@ -473,10 +499,10 @@ impl Wal {
             buf.extend_from_slice(p);
             pos += RECORD_HEADER + p.len() as u64;
         }
-        let seg_path = g.segments.last().unwrap().path.clone();
+        let seg_path = g.active_path.clone();
         if let Err(e) = g.file.write_all(&buf) {
             // a partial write: cut it off again so the next append starts on a record boundary
-            let base = g.segments.last().unwrap().base;
+            let base = g.active_base;
             let keep = SEGMENT_HEADER + g.written - base;
             let _ = g.file.set_len(keep);
             let _ = g.file.seek(SeekFrom::Start(keep));
@@ -544,7 +570,7 @@ impl Wal {
         while g.syncing {
             self.synced.wait(g);
         }
-        let path = g.segments.last().unwrap().path.clone();
+        let path = g.active_path.clone();
         if self.opts.fsync {
             g.file.sync_data().map_err(|e| io(&path, e))?;
         }
@@ -555,13 +581,15 @@ impl Wal {
             base,
             path: self.dir.join(segment_name(base)),
         });
+        g.active_base = base;
+        g.active_path = self.dir.join(segment_name(base));
         Ok(())
     }
 
     /// Start a new segment now (so that a following `truncate_before` can drop all before it).
     pub fn roll(&self) -> Result<()> {
         let mut g = self.inner.lock();
-        if g.written == g.segments.last().unwrap().base {
+        if g.written == g.active_base {
             return Ok(()); // the active segment is empty
         }
         self.roll_locked(&mut g)
@@ -678,8 +706,8 @@ impl Wal {
                     format!("record header at position {pos} unreadable: {e}"),
                 )
             })?;
-            let len = u32::from_le_bytes(h[..4].try_into().unwrap()) as u64;
-            let crc = u32::from_le_bytes(h[4..].try_into().unwrap());
+            let len = u32_at(&h, 0) as u64;
+            let crc = u32_at(&h, 4);
             if len > MAX_RECORD || pos + RECORD_HEADER + len > seg_end {
                 return Err(wal_err(
                     &path,
