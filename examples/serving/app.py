@@ -668,6 +668,12 @@ class Service:
                [("", pos["durable_position"])])
         metric("serving_wal_checkpointed_position", "gauge", "Log position every checkpoint covers.",
                [("", pos["checkpointed_position"] or 0)])
+        wal = self.wal.counters()
+        metric("serving_wal_appends_total", "counter", "Batches appended to the write-ahead log since start.",
+               [("", wal["appends"])])
+        metric("serving_wal_fsyncs_total", "counter",
+               "fsyncs of the write-ahead log since start (appends / fsyncs: the group-commit factor).",
+               [("", wal["fsyncs"])])
         return "\n".join(out) + "\n"
 
 

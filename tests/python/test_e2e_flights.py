@@ -395,6 +395,41 @@ def test_keys_duplicates_and_metrics_names(service):
     assert after["serving_wal_durable_position"] == body["durable_position"] == c.get("/health").json()["durable_position"]
 
 
+def test_concurrent_posts_are_each_durable_and_counted_once(service):
+    """Six clients post at once (their appends share fsyncs): every response names its own log
+    position, counts its own events (accepted + late = received), and the counters add up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = service
+    before = _counters(c)
+    planes = ["N14228", "N24211", "N619AA", "N804JB", "N668DN", "N39463"]
+
+    def client(plane: str) -> list[dict]:
+        out = []
+        with httpx.Client(base_url=c.base_url, timeout=60) as cc:
+            for k in range(5):
+                batch = [{**GOOD_DEP, "tailnum": plane, "sched_dep": f"2013-10-01T{10 + k}:{m:02d}:00Z"}
+                         for m in range(0, 60, 6)]
+                r = _post(cc, "/events", {"events": batch})
+                assert r.status_code == 200, r.text
+                out.append(r.json())
+        return out
+
+    with ThreadPoolExecutor(6) as pool:
+        results = [r for rs in pool.map(client, planes) for r in rs]
+    positions = sorted(r["position"] for r in results)
+    assert len(set(positions)) == 30
+    for r in results:
+        assert r["received"] == 10 and r["durable_position"] > r["position"]
+        assert r["accepted"]["tail"] + r["late"]["departure"] == 10
+    after = _counters(c)
+    d = {k: after[k] - before.get(k, 0) for k in after}
+    assert d['serving_events_received_total{type="departure"}'] == 300
+    assert (d['serving_events_applied_total{type="departure"}'] + d['serving_events_late_dropped_total{type="departure"}']
+            == 300 == sum(r["accepted"]["tail"] + r["late"]["departure"] for r in results))
+    assert d["serving_wal_appends_total"] == 30 and 1 <= d["serving_wal_fsyncs_total"] <= 30
+
+
 def _serving_module():
     import importlib.util
 
