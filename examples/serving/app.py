@@ -501,7 +501,7 @@ class Service:
             self._apply_through(positions[-1])
             done = {pos: self.outcomes.pop(pos) for pos in positions}
             self.events_log.add(tables, dt.datetime.now(dt.timezone.utc))
-        late = {TYPE_OF[k]: 0 for k, _ in [(k, 0) for _, k in items]}
+        late = {TYPE_OF[k]: 0 for _, k in items}
         for typ, _n, lt in done.values():
             late[typ] = late.get(typ, 0) + lt
         accepted = {ent.name: tables[ent.events].num_rows - late.get(TYPE_OF[ent.events], 0)
