@@ -30,6 +30,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A write-ahead log file is damaged (a corrupt record before valid ones, a bad header, a
+    /// position that is not in the log): names the file and the byte offset in it.
+    #[error("write-ahead log '{}' at offset {offset}: {message}", path.display())]
+    Wal {
+        path: PathBuf,
+        offset: u64,
+        message: String,
+    },
+
     /// The caller asked to stop (e.g. Ctrl-C during a backfill).
     #[error("interrupted")]
     Interrupted,

@@ -23,6 +23,7 @@ pub mod spec;
 pub mod state;
 pub mod time;
 pub mod transform;
+pub mod wal;
 
 #[cfg(feature = "python")]
 mod python;

@@ -8,11 +8,19 @@ document and one fitted transforms document per entity, model.joblib) and serves
     GET  /health    liveness + what is loaded
     GET  /metrics   Prometheus text format
 
+Durability: `POST /events` appends the validated batch to an embedded write-ahead log
+(`rtml.Wal`, $RTML_STATE_DIR/wal) and answers 200 only once the batch is on disk (fsync), with
+its log position; the batch is then applied, in log order, by one `rtml.Runner` per feature set
+reading that log (`rtml.sources.wal`), before the response (so a prediction after it sees it).
+The runners checkpoint (engine state + log position, one atomic file each) every
+RTML_CHECKPOINT_SECONDS or RTML_CHECKPOINT_EVENTS and on shutdown; the log drops the segments
+every checkpoint covers. A restart, even after SIGKILL, restores the checkpoints and replays the
+log from their positions: no acknowledged event lost, none applied twice (docs/hardening.md).
+
 Every served feature vector is logged (feature set, key, at, raw window features, model-ready
 vector) to Parquet part files, and every accepted event, with the time it was received, to
 events_log/departures/ and events_log/weather/, so `rtml parity` can later recompute the served
-rows offline from exactly the events the service had. The online state is snapshotted on
-shutdown and restored on start.
+rows offline from exactly the events the service had.
 
 Run:  RTML_ARTIFACTS=artifacts python examples/serving/app.py --port 8000
  or:  RTML_ARTIFACTS=artifacts uvicorn app:app --app-dir examples/serving --port 8000
@@ -20,7 +28,9 @@ Run:  RTML_ARTIFACTS=artifacts python examples/serving/app.py --port 8000
 Environment: RTML_ARTIFACTS (default ./artifacts), RTML_STATE_DIR (default $RTML_ARTIFACTS/state),
 RTML_SERVED_LOG (default $RTML_ARTIFACTS/served_log), RTML_EVENTS_LOG (default
 $RTML_ARTIFACTS/events_log), RTML_LOG_FLUSH_SECONDS (5),
-RTML_LOG_FLUSH_ROWS (20000), RTML_MAX_BATCH (10000 events), RTML_MAX_BODY_BYTES (16 MiB).
+RTML_LOG_FLUSH_ROWS (20000), RTML_MAX_BATCH (10000 events), RTML_MAX_BODY_BYTES (16 MiB),
+RTML_CHECKPOINT_SECONDS (30), RTML_CHECKPOINT_EVENTS (100000), RTML_WAL_SEGMENT_BYTES (64 MiB),
+RTML_MAX_AHEAD_HOURS (168: an event further ahead of the service's watermark is refused).
 """
 
 from __future__ import annotations
@@ -30,8 +40,8 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -43,7 +53,7 @@ import joblib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from threadpoolctl import threadpool_limits
@@ -68,6 +78,10 @@ class Settings:
     flush_rows: int = 20_000
     max_batch: int = 10_000
     max_body_bytes: int = 16 * 2**20
+    checkpoint_seconds: float = 30.0
+    checkpoint_events: int = 100_000
+    wal_segment_bytes: int = 64 * 2**20
+    max_ahead_hours: float = 168.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -81,6 +95,10 @@ class Settings:
             flush_rows=int(os.environ.get("RTML_LOG_FLUSH_ROWS", 20_000)),
             max_batch=int(os.environ.get("RTML_MAX_BATCH", 10_000)),
             max_body_bytes=int(os.environ.get("RTML_MAX_BODY_BYTES", 16 * 2**20)),
+            checkpoint_seconds=float(os.environ.get("RTML_CHECKPOINT_SECONDS", 30.0)),
+            checkpoint_events=int(os.environ.get("RTML_CHECKPOINT_EVENTS", 100_000)),
+            wal_segment_bytes=int(os.environ.get("RTML_WAL_SEGMENT_BYTES", 64 * 2**20)),
+            max_ahead_hours=float(os.environ.get("RTML_MAX_AHEAD_HOURS", 168.0)),
         )
 
 
@@ -144,6 +162,41 @@ def _ns(t: dt.datetime) -> int:
     return (d.days * 86_400 + d.seconds) * 10**9 + d.microseconds * 1_000
 
 
+# what int64 nanoseconds since 1970 (the engine's clock) can hold
+NS_MIN, NS_MAX = -(2**63) + 1, 2**63 - 1
+# a departure's delay in minutes: from a day early to a week late
+DELAY_MIN, DELAY_MAX = -1440.0, 10080.0
+# registration marks: upper-case letters and digits, 2 to 7 (N14228, N0EGMQ, D942DN)
+TAILNUM = re.compile(r"[A-Z0-9]{2,7}")
+
+
+def _time_in_range(t: dt.datetime, field: str) -> int:
+    ns = _ns(t)
+    if not NS_MIN <= ns <= NS_MAX:
+        raise BadRequest(422, f"{field}: {t.isoformat()} is outside the representable range "
+                              "(1677-09-21 to 2262-04-11 UTC)")
+    return ns
+
+
+def _check_tailnum(value: str, field: str) -> None:
+    if not TAILNUM.fullmatch(value):
+        raise BadRequest(422, f"{field}: {json.dumps(value)} is not a tail number "
+                              "(2 to 7 upper-case letters and digits, e.g. N14228)")
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    seen: dict = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _DuplicateKey(k)
+        seen[k] = v
+    return seen
+
+
 def _explain(e: ValidationError, prefix: str) -> str:
     parts = []
     for err in e.errors()[:10]:
@@ -164,7 +217,10 @@ def _parse_json(body: bytes, settings: Settings) -> Any:
     if len(body) > settings.max_body_bytes:
         raise BadRequest(413, f"request body of {len(body):,} bytes exceeds the limit of {settings.max_body_bytes:,}")
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
+        # json.loads would keep the last one silently: a client bug worth telling
+        raise BadRequest(422, f"duplicate key {json.dumps(str(e))} in a JSON object") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRequest(400, f"malformed JSON: {e}") from None
 
@@ -194,7 +250,13 @@ class Metrics:
         self.lock = threading.Lock()
         self.requests: dict[tuple[str, int], int] = {}
         self.latency: dict[str, Histogram] = {}
+        # events of acknowledged requests (durable in the log), by type
         self.events_received: dict[str, int] = {"departure": 0, "weather": 0}
+        # events applied to the online state / dropped as later than allowed_lateness, by type
+        self.events_applied: dict[str, int] = {"departure": 0, "weather": 0}
+        self.events_late: dict[str, int] = {"departure": 0, "weather": 0}
+        # events of refused requests (4xx), by the field that refused them
+        self.events_rejected: dict[str, int] = {}
         self.predictions = 0
         self.log_rows_written = 0
 
@@ -215,7 +277,14 @@ class Entity:
     key: str
     fields: list[str]
     events: str
-    engine: Any
+    runner: Any
+
+    @property
+    def engine(self) -> Any:
+        return self.runner.engine
+
+
+TYPE_OF = {"departures": "departure", "weather": "weather"}
 
 
 class EventsLog:
@@ -314,38 +383,87 @@ class Service:
         self.model = joblib.load(art / self.manifest["model"])
         self.origins = set(self.manifest["origins"])
         self.airports = set(self.manifest["airports"])
+        self.carriers = set(self.manifest.get("carriers", []))
         self.entities: list[Entity] = []
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        stale = sorted(p.name for p in settings.state_dir.glob("*.snap"))
+        if stale:
+            log.warning("%s: ignoring %s (state of an older version of this service; the state is "
+                        "now the runners' checkpoints plus the write-ahead log)", settings.state_dir, stale)
+        # the write-ahead log: every acknowledged batch, until every checkpoint covers it
+        self.wal = rtml.Wal(settings.state_dir / "wal", segment_bytes=settings.wal_segment_bytes)
+        recovery = self.wal.recovery()
+        if recovery["truncated_bytes"]:
+            log.warning("write-ahead log: cut a torn tail of %d bytes at position %s (never acknowledged)",
+                        recovery["truncated_bytes"], recovery["truncated_at"])
         for e in self.manifest["feature_sets"]:
             fs = rtml.FeatureSet.from_json((art / e["spec"]).read_text())
             tf = rtml.Transforms.from_json((art / e["transforms"]).read_text())
-            engine = self._restore(e["name"], fs)
-            self.entities.append(Entity(e["name"], fs, tf, e["key"], e["fields"], e["events"], engine))
+            runner = rtml.Runner(
+                fs, rtml.sources.wal(self.wal, kind=e["events"]), settings.state_dir / e["name"],
+                checkpoint_every=settings.checkpoint_seconds, checkpoint_events=settings.checkpoint_events,
+                initial=self._warm_start(e["name"], fs), pipeline=False, poll_timeout=0.0)
+            self.entities.append(Entity(e["name"], fs, tf, e["key"], e["fields"], e["events"], runner))
         columns = [c for ent in self.entities for c in ent.tf.feature_names]
         if columns != self.manifest["columns"]:
             raise SystemExit("manifest.json: the transforms' columns do not match the model's columns")
         self.lock = threading.Lock()  # ingest is exclusive; a prediction reads all engines at one state
+        # restore every checkpoint and replay the log after it (what was acknowledged before a crash)
+        t0 = time.perf_counter()
+        replayed = {ent.name: ent.runner.run_until_idle() for ent in self.entities}
+        log.info("restored checkpoints and replayed the log up to position %d in %.2fs: %s",
+                 self.wal.durable_position, time.perf_counter() - t0, replayed)
         self.metrics = Metrics()
         self.log = ServedLog(settings.log_dir, settings.flush_rows)
         self.events_log = EventsLog(settings.events_log_dir or settings.artifacts / "events_log",
                                     settings.flush_rows)
+        # per log position: (type, events, late) of records applied, until their request reads it
+        self.outcomes: dict[int, tuple[str, int, int]] = {}
+        self.max_ahead_ns = int(settings.max_ahead_hours * 3600 * 10**9)
         self.started = time.time()
 
-    def _restore(self, name: str, fs: rtml.FeatureSet) -> Any:
-        for path in (self.settings.state_dir / f"{name}.snap", self.settings.artifacts / "warm" / f"{name}.snap"):
-            if path.exists():
-                engine = rtml.OnlineEngine.restore(str(path))
-                if json.loads(engine.spec_json) != json.loads(fs.to_json()):
-                    raise SystemExit(f"{path}: snapshot of another feature-set document than {name}'s; remove it")
-                log.info("restored %s from %s (%s)", name, path, engine.stats())
-                return engine
-        log.info("%s: no snapshot, starting empty", name)
-        return fs.online()
+    def _warm_start(self, name: str, fs: rtml.FeatureSet) -> Any:
+        """A feature set without a checkpoint starts from the notebook's warm snapshot (or empty)."""
+        path = self.settings.artifacts / "warm" / f"{name}.snap"
 
-    def snapshot(self) -> None:
+        def initial(partition: int) -> Any:
+            if not path.exists():
+                log.info("%s: no checkpoint and no warm snapshot, starting empty", name)
+                return fs.online()
+            engine = rtml.OnlineEngine.restore(str(path))
+            if json.loads(engine.spec_json) != json.loads(fs.to_json()):
+                raise SystemExit(f"{path}: snapshot of another feature-set document than {name}'s; remove it")
+            log.info("%s: no checkpoint, warm start from %s", name, path)
+            return engine
+
+        return initial
+
+    def checkpoint(self) -> None:
         with self.lock:
             for ent in self.entities:
-                ent.engine.snapshot(str(self.settings.state_dir / f"{ent.name}.snap"))
+                ent.runner.checkpoint()
+
+    def close(self) -> None:
+        self.checkpoint()
+        with self.lock:
+            for ent in self.entities:
+                ent.runner.close()
+            self.wal.close()
+
+    def positions(self) -> dict:
+        """The last durable log position and what the checkpoints cover."""
+        ck = {ent.name: ent.runner.checkpointed_positions.get(0) for ent in self.entities}
+        covered = [v for v in ck.values() if v is not None]
+        return {"durable_position": self.wal.durable_position,
+                "checkpointed_position": min(covered) if len(covered) == len(ck) else None,
+                "checkpointed_positions": ck,
+                "log_first_position": self.wal.first_position,
+                "log_segments": len(self.wal.segments())}
+
+    def _reject(self, status: int, detail: str, field: str, n: int) -> BadRequest:
+        with self.metrics.lock:
+            self.metrics.events_rejected[field] = self.metrics.events_rejected.get(field, 0) + n
+        return BadRequest(status, detail)
 
     # -- POST /events
     def ingest(self, payload: Any) -> dict:
@@ -355,26 +473,102 @@ class Service:
             raise BadRequest(422, f"unknown field(s) {sorted(extra)}; expected only 'events'")
         n = len(payload["events"])
         if n > self.settings.max_batch:
-            raise BadRequest(413, f"batch of {n:,} events exceeds the limit of {self.settings.max_batch:,}; split it")
+            raise self._reject(413, f"batch of {n:,} events exceeds the limit of {self.settings.max_batch:,}; split it",
+                               "events", n)
         try:
             events = EVENTS.validate_python(payload["events"])
         except ValidationError as e:
-            raise BadRequest(422, _explain(e, "events")) from None
-        for i, ev in enumerate(events):
-            if ev.origin not in self.origins:
-                raise BadRequest(422, f"events[{i}].origin: unknown airport {ev.origin!r} (served: {sorted(self.origins)})")
-        tables = {"departures": _departures([e for e in events if e.type == "departure"]),
-                  "weather": _weather([e for e in events if e.type == "weather"])}
-        accepted = {}
-        with self.lock:
-            for ent in self.entities:
-                t = tables[ent.events]
-                accepted[ent.name] = ent.engine.ingest(t) if t.num_rows else 0
-            self.events_log.add(tables, dt.datetime.now(dt.timezone.utc))
+            field = _explain(e, "events").split(":", 1)[0]
+            raise self._reject(422, _explain(e, "events"), re.sub(r"\[\d+\]", "", field), n) from None
+        try:
+            self._validate(events)
+        except BadRequest as e:
+            field = re.sub(r"\[\d+\]", "", e.detail.split(":", 1)[0])
+            raise self._reject(e.status, e.detail, field, n) from None
+        deps = [e for e in events if e.type == "departure"]
+        wx = [e for e in events if e.type == "weather"]
+        tables = {"departures": _departures(deps), "weather": _weather(wx)}
+        items = [(tables[k], k) for k in ("departures", "weather") if tables[k].num_rows]
+        if not items:
+            return {"received": 0, "accepted": {ent.name: 0 for ent in self.entities}, "late": {},
+                    "position": None, **self.positions()}
+        # durable first (group-committed with concurrent requests), then applied in log order
+        positions = self.wal.append_many(items)
         with self.metrics.lock:
             for e in events:
                 self.metrics.events_received[e.type] += 1
-        return {"received": n, "accepted": accepted}
+        with self.lock:
+            self._apply_through(positions[-1])
+            done = {pos: self.outcomes.pop(pos) for pos in positions}
+            self.events_log.add(tables, dt.datetime.now(dt.timezone.utc))
+        late = {TYPE_OF[k]: 0 for _, k in items}
+        for typ, _n, lt in done.values():
+            late[typ] = late.get(typ, 0) + lt
+        accepted = {ent.name: tables[ent.events].num_rows - late.get(TYPE_OF[ent.events], 0)
+                    for ent in self.entities}
+        return {"received": n, "accepted": accepted, "late": late, "position": positions[0], **self.positions()}
+
+    def _validate(self, events: list) -> None:
+        """Keys the model knows, times the engine can hold, no event twice in one batch, no
+        event further ahead of the watermark than RTML_MAX_AHEAD_HOURS (one such event would
+        move the watermark and make every later real event late)."""
+        marks = {k: max((ent.engine.watermark for ent in self.entities
+                         if ent.events == k and ent.engine.watermark is not None), default=None)
+                 for k in ("departures", "weather")}
+        seen: dict[tuple, int] = {}
+        for i, ev in enumerate(events):
+            if ev.origin not in self.origins:
+                raise BadRequest(422, f"events[{i}].origin: unknown airport {ev.origin!r} (served: {sorted(self.origins)})")
+            if ev.type == "departure":
+                _check_tailnum(ev.tailnum, f"events[{i}].tailnum")
+                if self.carriers and ev.carrier not in self.carriers:
+                    raise BadRequest(422, f"events[{i}].carrier: unknown carrier {ev.carrier!r} "
+                                          f"(known: {sorted(self.carriers)})")
+                if not DELAY_MIN <= ev.dep_delay <= DELAY_MAX:
+                    raise BadRequest(422, f"events[{i}].dep_delay: {ev.dep_delay} minutes is out of range "
+                                          f"({DELAY_MIN:g} to {DELAY_MAX:g})")
+                sched = _time_in_range(ev.sched_dep, f"events[{i}].sched_dep")
+                t, field, mark = sched + int(max(ev.dep_delay, 0.0) * MINUTE_NS), f"events[{i}].sched_dep", marks["departures"]
+                key = (ev.type, ev.tailnum, ev.origin, ev.carrier, sched, ev.dep_delay)
+            else:
+                t, field, mark = _time_in_range(ev.ts, f"events[{i}].ts"), f"events[{i}].ts", marks["weather"]
+                key = (ev.type, ev.origin, t, *(getattr(ev, c) for c in WEATHER_COLUMNS))
+            if not NS_MIN <= t <= NS_MAX:
+                raise BadRequest(422, f"{field}: the departure time (scheduled + delay) is outside the representable range")
+            if mark is not None and t > mark + self.max_ahead_ns:
+                raise BadRequest(422, f"{field}: event time {_iso(t)} is more than {self.settings.max_ahead_hours:g}h "
+                                      f"ahead of the service's latest event ({_iso(mark)}); refused so that it "
+                                      "cannot make every later event late")
+            if key in seen:
+                raise BadRequest(422, f"events[{i}]: duplicates events[{seen[key]}] (the same event twice in one "
+                                      "batch would be counted twice)")
+            seen[key] = i
+
+    def _apply_through(self, last: int) -> None:
+        """Apply the log, one record at a time and in log order, up to the record at `last`
+        (records of concurrent requests before it included); each record's outcome is kept
+        for its request. Under self.lock."""
+        primary = {}
+        for ent in self.entities:
+            primary.setdefault(ent.events, ent)
+        while True:
+            pos = self.entities[0].runner.positions.get(0)
+            if pos is None:  # nothing applied yet and no checkpoint: the log's start
+                pos = self.wal.first_position
+            if pos > last:
+                return
+            late_before = {k: e.engine.stats()["late_events_dropped"] for k, e in primary.items()}
+            for ent in self.entities:
+                ent.runner.step_until(pos)
+            src = self.entities[0].runner.source  # reads every record (skips other kinds)
+            kind, rows = src.last_kind, src.last_rows
+            if kind not in primary:
+                continue
+            late = primary[kind].engine.stats()["late_events_dropped"] - late_before[kind]
+            self.outcomes[pos] = (TYPE_OF[kind], rows, late)
+            with self.metrics.lock:
+                self.metrics.events_applied[TYPE_OF[kind]] += rows - late
+                self.metrics.events_late[TYPE_OF[kind]] += late
 
     # -- POST /predict
     def predict(self, payload: Any) -> dict:
@@ -386,6 +580,12 @@ class Service:
             raise BadRequest(422, f"origin: unknown airport {f.origin!r} (served: {sorted(self.origins)})")
         if f.dest not in self.airports:
             raise BadRequest(422, f"dest: unknown airport {f.dest!r}")
+        _check_tailnum(f.tailnum, "tailnum")
+        if self.carriers and f.carrier not in self.carriers:
+            raise BadRequest(422, f"carrier: unknown carrier {f.carrier!r} (known: {sorted(self.carriers)})")
+        _time_in_range(f.sched_dep, "sched_dep")
+        if f.at is not None:
+            _time_in_range(f.at, "at")
         at_ns = _ns(f.at or f.sched_dep)
         at = f.at or f.sched_dep  # tz-aware, as the engine's events: naive and aware times never mix
         row = {"tailnum": f.tailnum, "origin": f.origin, "carrier": f.carrier, "dest": f.dest,
@@ -400,7 +600,7 @@ class Service:
                     raw = ent.engine.get(key, at=at)
                     parts.append(vec)
                     logged.append((ent, key, raw, vec))
-            except rtml.QueryError as e:
+            except (rtml.QueryError, OverflowError) as e:
                 raise BadRequest(422, f"at: {e}") from None
         x = np.concatenate(parts).reshape(1, -1)
         p = float(self.model.predict_proba(x)[0, 1])
@@ -436,8 +636,18 @@ class Service:
                [(fsl(n), (s["watermark"] or 0) / 1e9) for n, s in stats.items()])
         with self.metrics.lock:
             m = self.metrics
-            metric("serving_events_received_total", "counter", "Events accepted by POST /events, by type.",
+            metric("serving_events_received_total", "counter",
+                   "Events of acknowledged POST /events requests (durable in the write-ahead log), by type.",
                    [(f'{{type="{k}"}}', v) for k, v in m.events_received.items()])
+            metric("serving_events_applied_total", "counter",
+                   "Events applied to the online state (not late), by type.",
+                   [(f'{{type="{k}"}}', v) for k, v in m.events_applied.items()])
+            metric("serving_events_late_dropped_total", "counter",
+                   "Events dropped as later than allowed_lateness, by type.",
+                   [(f'{{type="{k}"}}', v) for k, v in m.events_late.items()])
+            metric("serving_events_rejected_total", "counter",
+                   "Events of POST /events requests refused with 4xx, by the field that refused them.",
+                   [(f'{{field="{k}"}}', v) for k, v in sorted(m.events_rejected.items())])
             metric("serving_predictions_total", "counter", "Predictions served.", [("", m.predictions)])
             metric("serving_served_log_rows_total", "counter", "Feature vectors written to the served log.",
                    [("", self.log.written)])
@@ -453,7 +663,22 @@ class Service:
                 out.append(f'serving_request_duration_seconds_bucket{{path="{path}",le="+Inf"}} {h.n}')
                 out.append(f'serving_request_duration_seconds_sum{{path="{path}"}} {h.total}')
                 out.append(f'serving_request_duration_seconds_count{{path="{path}"}} {h.n}')
+        pos = self.positions()
+        metric("serving_wal_durable_position", "gauge", "Log position after the last durable (acknowledged) batch.",
+               [("", pos["durable_position"])])
+        metric("serving_wal_checkpointed_position", "gauge", "Log position every checkpoint covers.",
+               [("", pos["checkpointed_position"] or 0)])
+        wal = self.wal.counters()
+        metric("serving_wal_appends_total", "counter", "Batches appended to the write-ahead log since start.",
+               [("", wal["appends"])])
+        metric("serving_wal_fsyncs_total", "counter",
+               "fsyncs of the write-ahead log since start (appends / fsyncs: the group-commit factor).",
+               [("", wal["fsyncs"])])
         return "\n".join(out) + "\n"
+
+
+def _iso(ns: int) -> str:
+    return (EPOCH + dt.timedelta(microseconds=ns // 1000)).isoformat()
 
 
 def _departures(evs: list[Departure]) -> pa.Table:
@@ -484,6 +709,10 @@ def _weather(evs: list[Weather]) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------- app
+
+
+async def _body(request: Request) -> bytes:
+    return await request.body()
 
 
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
@@ -517,8 +746,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             thread.join(timeout=10)
             svc.log.flush()
             svc.events_log.flush()
-            svc.snapshot()
-            log.info("flushed the served log and snapshotted the online state to %s", svc.settings.state_dir)
+            svc.close()
+            log.info("flushed the served log and checkpointed the online state to %s", svc.settings.state_dir)
 
     app = FastAPI(title="rtml flight-delay service", lifespan=lifespan)
 
@@ -542,9 +771,16 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     async def bad_request(request: Request, e: BadRequest):
         return JSONResponse({"detail": e.detail}, status_code=e.status)
 
+    @app.exception_handler(OverflowError)
+    async def overflow(request: Request, e: OverflowError):
+        # a safety net: a number too large for the engine's columns is the client's, never a 500
+        return JSONResponse({"detail": f"a value is out of range: {e}"}, status_code=422)
+
     @app.post("/events")
-    async def events(request: Request):
-        payload = _parse_json(await request.body(), svc().settings)
+    def events(body: bytes = Depends(_body)):
+        # a plain def: FastAPI runs it in its thread pool, so concurrent requests wait for the
+        # log's fsync together (group commit) instead of blocking the event loop
+        payload = _parse_json(body, svc().settings)
         return svc().ingest(payload)
 
     @app.post("/predict")
@@ -559,7 +795,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         s = svc()
         return {"status": "ok", "feature_sets": [e.name for e in s.entities], "columns": len(s.manifest["columns"]),
                 "uptime_s": round(time.time() - s.started, 3),
-                "watermarks": {e.name: e.engine.watermark for e in s.entities}}
+                "watermarks": {e.name: e.engine.watermark for e in s.entities}, **s.positions()}
 
     @app.get("/metrics")
     async def metrics():

@@ -87,11 +87,13 @@ from .transforms import (
     sub,
     target_encode,
 )
+from .wal import Wal  # noqa: E402
 
 __all__ = [
     "FeatureSet",
     "backfill",
     "Runner",
+    "Wal",
     "CheckpointError",
     "sources",
     "learn",

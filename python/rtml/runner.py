@@ -325,22 +325,37 @@ class _Partition:
 class Runner:
     """Feeds a source's partitions into online engines, with exactly-once checkpoints.
 
-    `feature_set`: an `rtml.FeatureSet`. `source`: from `rtml.sources`. `checkpoint_dir`: one
-    ``partition-<p>.ckpt`` per partition (shared by every runner of the group) and the
-    dead-letter files (``dead_letters/``). `checkpoint_every`: a duration ('5s', '500ms', a
-    timedelta, seconds); '0s' checkpoints after every poll. `max_batch`: events per poll.
+    `feature_set`: an `rtml.FeatureSet`. `source`: from `rtml.sources`; None (the default):
+    the embedded write-ahead log ``<checkpoint_dir>/wal`` (`rtml.sources.wal`), fed with
+    `append`. `checkpoint_dir`: one ``partition-<p>.ckpt`` per partition (shared by every
+    runner of the group) and the dead-letter files (``dead_letters/``). `checkpoint_every`: a
+    duration ('5s', '500ms', a timedelta, seconds); '0s' checkpoints after every poll.
+    `checkpoint_events`: also checkpoint as soon as this many events were read since the last
+    checkpoint. `initial`: the engine of a partition without a checkpoint (a snapshot path or
+    ``f(partition) -> OnlineEngine``; default empty). `max_batch`: events per poll.
 
     Read the features with `get(key, at)` (it finds the partition holding the key), the
     per-partition engines with `engines`, or `engine` when there is one partition.
+
+    >>> import rtml, pyarrow as pa, tempfile
+    >>> fs = rtml.FeatureSet(entity="user", timestamp="ts", features=[rtml.count(window="1h")])
+    >>> r = Runner(fs, checkpoint_dir=tempfile.mkdtemp(), checkpoint_events=1000)
+    >>> pos = r.append(pa.table({"user": [7], "ts": pa.array([5], pa.timestamp("s", tz="UTC"))}))
+    >>> r.step_until(pos)      # durable first, then applied
+    1
+    >>> r.get(7, at="1970-01-01T00:00:06Z")["count_1h"]
+    1
     """
 
     def __init__(
         self,
         feature_set: Any,
-        source: Source,
-        checkpoint_dir: Union[str, os.PathLike[str]],
+        source: Optional[Source] = None,
+        checkpoint_dir: Optional[Union[str, os.PathLike[str]]] = None,
         checkpoint_every: Any = "5s",
         *,
+        checkpoint_events: Optional[int] = None,
+        initial: Any = None,
         max_batch: int = 10_000,
         poll_timeout: float = 0.2,
         pipeline: bool = True,
@@ -348,6 +363,22 @@ class Runner:
         if not hasattr(feature_set, "_spec"):
             raise SpecError(
                 f"Runner.feature_set: expected an rtml.FeatureSet, got {type(feature_set).__name__}"
+            )
+        if checkpoint_dir is None:
+            raise SpecError("Runner.checkpoint_dir: required (where checkpoints are written)")
+        if source is None:
+            # the embedded default: a write-ahead log next to the checkpoints (Runner.append)
+            from .sources import wal as _wal_source
+
+            Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            source = _wal_source(Path(checkpoint_dir) / "wal")
+        if checkpoint_events is not None and (
+            not isinstance(checkpoint_events, int)
+            or isinstance(checkpoint_events, bool)
+            or checkpoint_events < 1
+        ):
+            raise SpecError(
+                f"Runner.checkpoint_events: expected a positive int, got {checkpoint_events!r}"
             )
         if not isinstance(source, Source):
             raise SpecError(
@@ -359,6 +390,9 @@ class Runner:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dead_letter_dir = self.dir / "dead_letters"
         self.checkpoint_every = _duration_ns(checkpoint_every, "Runner.checkpoint_every") / 1e9
+        self.checkpoint_events = checkpoint_events
+        self._since_ckpt = 0
+        self._initial = initial
         self.max_batch = int(max_batch)
         self.poll_timeout = float(poll_timeout)
         self._spec_json = feature_set.to_json()
@@ -405,7 +439,7 @@ class Runner:
         if not path.exists():
             # dead letters written before a first checkpoint that never landed are read again
             self._drop_uncommitted_dead_letters(p, None)
-            return _Partition(self.feature_set.online(), None)
+            return _Partition(self._initial_engine(p), None)
         meta, snap = read_checkpoint(path, p)
         if meta.get("partition") != p:
             raise CheckpointError(p, path, f"written for partition {meta.get('partition')}")
@@ -436,6 +470,24 @@ class Runner:
         )
         self._drop_uncommitted_dead_letters(p, part.position)
         return part
+
+    def _initial_engine(self, p: int) -> Any:
+        """The engine of a partition without a checkpoint: empty, or `initial` (a snapshot path,
+        or a callable `f(partition)` returning an engine), e.g. a warm start."""
+        init = self._initial
+        if init is None:
+            return self.feature_set.online()
+        if callable(init):
+            engine = init(p)
+        else:
+            from .online import OnlineEngine
+
+            engine = OnlineEngine.restore(os.fspath(init))
+        if engine.spec_json != self._spec_json:
+            raise CheckpointError(
+                p, self.checkpoint_path(p), "Runner.initial: an engine of another feature set"
+            )
+        return engine
 
     def _drop_uncommitted_dead_letters(self, p: int, position: Optional[Position]) -> None:
         """Dead-letter files written after the last checkpoint that landed: their events will be
@@ -494,7 +546,16 @@ class Runner:
 
     def _apply(self, batch: Batch) -> int:
         part = self._parts.get(batch.partition)
-        if part is None or not len(batch):
+        if part is None:
+            return 0
+        if not len(batch):
+            # nothing to apply, but the source moved past something (a WAL record of another
+            # kind): the position follows, so checkpoints and truncation do too
+            if batch.end is not None and (
+                part.position is None or _pos_key(batch.end) > _pos_key(part.position)
+            ):
+                part.position = batch.end
+                part.dirty = True
             return 0
         positions = batch.positions
         payloads = batch.payloads
@@ -651,6 +712,7 @@ class Runner:
         self._last_ckpt_duration = time.monotonic() - t0
         self._last_ckpt_mono = time.monotonic()
         self._last_ckpt_wall = time.time()
+        self._since_ckpt = 0
         self._checkpoints += 1
 
     # ---- loops -----------------------------------------------------------------------
@@ -670,9 +732,56 @@ class Runner:
                 self._inflight = self._pool.submit(self._apply_all, batches)
             else:
                 self._apply_all(batches)
-        if time.monotonic() - self._last_ckpt_mono >= self.checkpoint_every:
+        self._since_ckpt += n
+        if time.monotonic() - self._last_ckpt_mono >= self.checkpoint_every or (
+            self.checkpoint_events is not None and self._since_ckpt >= self.checkpoint_events
+        ):
             self.checkpoint()
         return n
+
+    # ---- the embedded write-ahead log ----------------------------------------------------
+
+    def _wal_source(self) -> Any:
+        from .sources import WalSource
+
+        if not isinstance(self.source, WalSource):
+            raise RtmlError(
+                f"Runner.append: the runner reads {self.source.name!r}, not a write-ahead log "
+                "(give no source, or rtml.sources.wal(...))"
+            )
+        return self.source
+
+    def append(self, events: Any, kind: Optional[str] = None) -> int:
+        """Append a batch of events to the runner's write-ahead log; its position, returned once
+        it is on disk. The runner applies it when it reads that far (`step_until(position)`,
+        or its background thread)."""
+        pos: int = self._wal_source().log.append(events, kind)
+        return pos
+
+    def step_until(self, position: int) -> int:
+        """Apply the write-ahead log up to and including the record at `position` (not the
+        records appended after it), in log order; returns the events read. For a runner that
+        is not running in the background (`start()`)."""
+        src = self._wal_source()
+        self._open()
+        total = 0
+        src.limit = int(position) + 1
+        try:
+            while True:
+                cur = self.positions.get(0)
+                if cur is not None and _pos_key(cur) > position:
+                    break
+                if src.idle():
+                    raise RtmlError(
+                        f"Runner.step_until({position}): no record at that position "
+                        f"(the log's durable end is {src.log.durable_position})"
+                    )
+                total += self.step()
+                self._drain()
+        finally:
+            src.limit = None
+        self._drain()
+        return total
 
     def run_until_idle(self, timeout: Optional[float] = None) -> int:
         """Drain what the source has now, then checkpoint. Returns events read.
@@ -762,6 +871,12 @@ class Runner:
     def positions(self) -> dict[int, Optional[Position]]:
         with self._lock:
             return {p: part.position for p, part in sorted(self._parts.items())}
+
+    @property
+    def checkpointed_positions(self) -> dict[int, Optional[Position]]:
+        """`{partition: position}` of the last checkpoint written (or loaded)."""
+        with self._lock:
+            return {p: part.checkpointed for p, part in sorted(self._parts.items())}
 
     @property
     def engine(self) -> Any:
@@ -919,8 +1034,9 @@ class Runner:
 
 
 def source_from_url(url: str) -> Source:
-    """kafka://host:port/topic?group=g, redis://host:port/db?streams=a,b&group=g, or a path
-    (Parquet / CSV / Feather; ?partitions=N&max_delay=5s&seed=0&arrival=col)."""
+    """kafka://host:port/topic?group=g, redis://host:port/db?streams=a,b&group=g,
+    wal:DIR[?kind=K] (an embedded write-ahead log), or a path (Parquet / CSV / Feather;
+    ?partitions=N&max_delay=5s&seed=0&arrival=col)."""
     from urllib.parse import parse_qs, urlparse
 
     from . import sources
@@ -948,6 +1064,10 @@ def source_from_url(url: str) -> Source:
             timestamp_unit=q.get("timestamp_unit"),
             assign=assign,
         )
+    if u.scheme == "wal":
+        # wal:///abs/dir or wal:rel/dir, ?kind=K: an embedded write-ahead log directory
+        path = (u.netloc + u.path) or url[len("wal:") :].split("?", 1)[0]
+        return sources.wal(path, kind=q.get("kind"))
     path = u.path if u.scheme == "file" else url.split("?", 1)[0]
     return sources.replay(
         path,
@@ -995,7 +1115,7 @@ def main_run(argv: list[str]) -> int:
     ap.add_argument(
         "--source",
         required=True,
-        help="kafka://host:port/topic?group=g | redis://host:port/0?streams=a,b | a Parquet path",
+        help="kafka://host:port/topic?group=g | redis://host:port/0?streams=a,b | wal:DIR | a Parquet path",
     )
     ap.add_argument("--checkpoint", required=True, help="checkpoint directory")
     ap.add_argument("--checkpoint-every", default="5s")

@@ -44,6 +44,8 @@ __all__ = [
     "ReplaySource",
     "KafkaSource",
     "RedisStreamSource",
+    "wal",
+    "WalSource",
 ]
 
 Position = Union[int, str]
@@ -989,6 +991,150 @@ def redis_stream(
         partitioner,
         socket_timeout,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# the embedded write-ahead log
+
+
+class WalSource(Source):
+    """An `rtml.Wal` as a source (see `wal`): one partition, positions are log offsets."""
+
+    raw = False
+    partitions = 1
+
+    def __init__(
+        self, log: Any, kind: Optional[str], name: Optional[str], create: bool = True
+    ) -> None:
+        from .wal import Wal
+
+        self._owns = False  # opened here (from a path): closed with the source
+        if isinstance(log, Wal):
+            self.log = log
+        elif isinstance(log, (str, bytes)) or hasattr(log, "__fspath__"):
+            self.log = Wal(log)
+            self._owns = True
+        else:
+            raise SpecError(f"wal: expected a path or an rtml.Wal, got {type(log).__name__}")
+        if kind is not None and (not isinstance(kind, str) or not kind):
+            raise SpecError(f"wal.kind: expected a non-empty string, got {kind!r}")
+        self.kind = kind
+        self.name = name or ("wal" if kind is None else f"wal:{kind}")
+        self._pos: Optional[int] = None
+        self._committed: Optional[int] = None
+        #: read no record at or after this position (None: up to the durable end)
+        self.limit: Optional[int] = None
+        self.skipped_records = 0
+        #: kind and rows of the last record read (whether delivered or skipped)
+        self.last_kind: Optional[str] = None
+        self.last_rows = 0
+        self.log._register(self)
+
+    def open(self, on_assign: AssignFn, on_revoke: RevokeFn) -> None:
+        start = on_assign([0]).get(0)
+        first, end = self.log.first_position, self.log.durable_position
+        if start is None:
+            if first != 0:
+                raise SourceError(
+                    f"partition 0: the log {self.log.path} starts at position {first} (older "
+                    "segments were truncated after a checkpoint) but there is no checkpoint: "
+                    "the checkpoint directory is not the one this log was checkpointed with"
+                )
+            start = 0
+        start = int(start)
+        if start < first:
+            raise SourceError(
+                f"partition 0: the checkpoint's position {start} was truncated away from the log "
+                f"{self.log.path} (it starts at {first})"
+            )
+        if start > end:
+            raise SourceError(
+                f"partition 0: the checkpoint's position {start} is beyond the end of the log "
+                f"{self.log.path} ({end}): acknowledged records are missing, or this is another log"
+            )
+        self._pos = self._committed = start
+
+    def poll(self, max_records: int, timeout: float) -> list[Batch]:
+        assert self._pos is not None, "open() first"
+        from .wal import decode_batch
+
+        if self._available() <= self._pos and timeout > 0:
+            self.log.wait(self._pos, timeout)
+        out: list[Batch] = []
+        events = 0
+        while events < max_records:
+            stop = self._available()
+            if self._pos >= stop:
+                break
+            recs = self.log.read_raw(self._pos, max_records=256)
+            if not recs:
+                break
+            for pos, nxt, payload in recs:
+                if pos >= stop:
+                    break
+                table, kind = decode_batch(payload)
+                self.last_kind, self.last_rows = kind, table.num_rows
+                if (self.kind is not None and kind != self.kind) or table.num_rows == 0:
+                    # another kind's record: the position moves over it, nothing is applied
+                    out.append(Batch(0, [], nxt, events=None))
+                    self.skipped_records += 1
+                else:
+                    # one record = one arrival: one batch, every event at the record's position
+                    out.append(Batch(0, [pos] * table.num_rows, nxt, events=table))
+                    events += table.num_rows
+                self._pos = nxt
+                if events >= max_records:
+                    break
+        return out
+
+    def _available(self) -> int:
+        end = self.log.durable_position
+        return end if self.limit is None else min(end, self.limit)
+
+    def idle(self) -> bool:
+        return self._pos is not None and self._pos >= self._available()
+
+    def lag(self) -> dict[int, Optional[int]]:
+        if self._pos is None:
+            return {}
+        return {0: 0 if self.idle() else None}
+
+    def commit(self, positions: dict[int, Position]) -> None:
+        """The runner checkpointed up to `positions[0]`: truncate what every reader covers."""
+        pos = positions.get(0)
+        if pos is not None:
+            self._committed = int(pos)
+            self.log._truncate_covered()
+
+    def partition_of(self, key: Any) -> Optional[int]:
+        return 0
+
+    def close(self) -> None:
+        """Release the log if this source opened it (from a path); a shared `Wal` stays open."""
+        if self._owns:
+            self.log.close()
+
+
+def wal(log: Any, *, kind: Optional[str] = None, name: Optional[str] = None) -> WalSource:
+    """An embedded write-ahead log (`rtml.Wal`, or the path of one) as a source.
+
+    One partition; a position is a byte offset in the log; each record (one `Wal.append`) is
+    delivered as one batch, so the runner applies exactly the arrivals the writers appended.
+    `kind`: deliver only records appended with that `kind` (several runners, one per feature
+    set, can follow one log). Only durable records are read. After each checkpoint the log
+    deletes the segments that every source opened on it has checkpointed past.
+
+    >>> import rtml, rtml.sources, pyarrow as pa, tempfile
+    >>> fs = rtml.FeatureSet(entity="user", timestamp="ts", features=[rtml.count(window="1h")])
+    >>> log = rtml.Wal(tempfile.mkdtemp())
+    >>> pos = log.append(pa.table({"user": [1, 1], "ts": pa.array([1, 2], pa.timestamp("s", tz="UTC"))}))
+    >>> r = rtml.Runner(fs, rtml.sources.wal(log), tempfile.mkdtemp())
+    >>> r.run_until_idle()
+    2
+    >>> r.positions[0] == log.durable_position
+    True
+    """
+    return WalSource(log, kind, name)
 
 
 def _decoder_config(

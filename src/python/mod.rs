@@ -7,6 +7,7 @@ mod engine;
 mod errors;
 mod learn;
 mod transforms;
+mod wal;
 
 use std::sync::Arc;
 
@@ -265,6 +266,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<transforms::PyTransforms>()?;
     m.add_class::<decode::PyJsonDecoder>()?;
+    m.add_class::<wal::PyWal>()?;
     learn::register(m)?;
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_init_exceptions, m)?)?;

