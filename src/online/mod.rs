@@ -34,6 +34,7 @@ use crate::plan::Plan;
 use crate::spec::Spec;
 use crate::state::KeyState;
 
+pub mod keystate;
 pub mod snapshot;
 
 /// A read settles a key first (under the write lock) only when that saves walking more rows.
@@ -95,6 +96,8 @@ pub fn shard_of(key: KeyRef<'_>) -> usize {
 #[derive(Default)]
 pub struct Shard {
     keys: HashMap<Key, KeyState>,
+    /// Keys changed since the last publish, when change tracking is on (`keystate.rs`).
+    changed: Option<hashbrown::HashSet<Key>>,
 }
 
 impl Shard {
@@ -119,13 +122,7 @@ impl Shard {
         out: &mut [f64],
         mask: Option<&[bool]>,
     ) -> Result<()> {
-        match self.keys.get(&key) {
-            Some(state) => state.query_masked(plan, t, out, mask),
-            None => {
-                out.copy_from_slice(&plan.empty);
-                Ok(())
-            }
-        }
+        keystate::answer(plan, self.keys.get(&key), t, out, mask)
     }
 
     /// [`Shard::get`], unless [`Shard::would_settle`] holds for `s`: then `None` and `out` is
@@ -180,6 +177,7 @@ impl Shard {
             state.settle(plan, settle, lateness);
         }
         state.insert(plan, ts, vals);
+        self.note_changed(key);
     }
 
     /// Settle one key to `s` (bookkeeping only: no answer changes).

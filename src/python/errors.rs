@@ -71,6 +71,7 @@ pub fn to_py(e: Error) -> PyErr {
             Error::Schema { .. } => raise(py, |c| &c.schema, message),
             Error::Query(_) => raise(py, |c| &c.query, message),
             Error::Snapshot { .. } => raise(py, |c| &c.snapshot, message),
+            Error::KeyState { .. } => raise(py, |c| &c.snapshot, message),
             Error::Io { path, source } => {
                 let args = (
                     source.raw_os_error().unwrap_or(0),
