@@ -14,8 +14,11 @@ from ._core import __version__, num_threads
 from ._core import debug_build as _debug_build
 from .exceptions import (
     LateEventsWarning,
+    KeyStateError,
     PoisonedError,
     QueryError,
+    RemoteError,
+    RemoteUnavailableError,
     RtmlError,
     RtmlWarning,
     SchemaError,
@@ -52,6 +55,7 @@ from .features import (
 )
 from .online import LATE_WARNING_SHARE, OnlineEngine  # noqa: E402
 from .runner import CheckpointError, Runner  # noqa: E402
+from .remote import RedisPublisher, RemoteEngine  # noqa: E402
 from .transforms import (
     Step,
     Transforms,
@@ -93,6 +97,8 @@ __all__ = [
     "parity",
     "Feature",
     "OnlineEngine",
+    "RemoteEngine",
+    "RedisPublisher",
     "count",
     "sum",
     "mean",
@@ -113,6 +119,9 @@ __all__ = [
     "QueryError",
     "SnapshotError",
     "PoisonedError",
+    "RemoteError",
+    "RemoteUnavailableError",
+    "KeyStateError",
     "RtmlWarning",
     "LateEventsWarning",
     "LATE_WARNING_SHARE",

@@ -342,6 +342,7 @@ class Runner:
         max_batch: int = 10_000,
         poll_timeout: float = 0.2,
         pipeline: bool = True,
+        publish: Any = None,
     ) -> None:
         if not hasattr(feature_set, "_spec"):
             raise SpecError(
@@ -383,6 +384,11 @@ class Runner:
         self._checkpoints = 0
         self._started = time.monotonic()
         source.bind(feature_set)
+        # shared state (docs/shared-state.md): an rtml.RedisPublisher, or None
+        self.publisher = publish
+        self._last_publish = time.monotonic()
+        if publish is not None:
+            publish.bind(feature_set)
         self._decoder: Any = None
         if source.raw and getattr(source, "decode", None) is None:
             ent, ts, vals, unit = _decoder_config(source, feature_set)
@@ -461,6 +467,9 @@ class Runner:
             for p, part in loaded.items():
                 self._parts[p] = part
                 out[p] = part.position
+        if self.publisher is not None:
+            for p, part in loaded.items():
+                self.publisher.attach(p, part.engine)
         return out
 
     def _on_revoke(self, parts: list[int]) -> None:
@@ -468,6 +477,7 @@ class Runner:
         for p in parts:
             if p in self._parts:
                 self._checkpoint_partition(p)
+        self._publish(parts)
         with self._lock:
             for p in parts:
                 self._parts.pop(p, None)
@@ -642,6 +652,24 @@ class Runner:
         self._last_ckpt_mono = time.monotonic()
         self._last_ckpt_wall = time.time()
         self._checkpoints += 1
+        self._publish()
+
+    def _publish(self, parts: Optional[list[int]] = None) -> None:
+        """Publish the changed keys of `parts` (default: every partition held) to the shared
+        store. A failure is counted (``metrics()["publish"]``), never raised: the partition is
+        published in full at the next attempt."""
+        if self.publisher is None:
+            return
+        from .exceptions import RemoteUnavailableError
+
+        self._last_publish = time.monotonic()
+        with self._lock:
+            held = [(p, self._parts[p]) for p in (parts or list(self._parts)) if p in self._parts]
+        for p, part in held:
+            try:
+                self.publisher.publish(p, part.engine, part.position)
+            except RemoteUnavailableError:
+                pass
 
     # ---- loops -----------------------------------------------------------------------
 
@@ -662,6 +690,11 @@ class Runner:
                 self._apply_all(batches)
         if time.monotonic() - self._last_ckpt_mono >= self.checkpoint_every:
             self.checkpoint()
+        elif (
+            self.publisher is not None
+            and time.monotonic() - self._last_publish >= self.publisher.publish_every
+        ):
+            self._publish()
         return n
 
     def run_until_idle(self, timeout: Optional[float] = None) -> int:
@@ -814,6 +847,7 @@ class Runner:
             "last_checkpoint_age_s": age,
             "last_checkpoint_duration_s": self._last_ckpt_duration,
             "source_errors": self.source.errors(),
+            "publish": None if self.publisher is None else self.publisher.metrics(),
         }
 
     def prometheus(self) -> str:

@@ -6,6 +6,7 @@ mod decode;
 mod engine;
 mod errors;
 mod learn;
+mod remote;
 mod transforms;
 
 use std::sync::Arc;
@@ -202,6 +203,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<transforms::PyTransforms>()?;
     m.add_class::<decode::PyJsonDecoder>()?;
+    m.add_class::<remote::PyRemoteReader>()?;
+    m.add_function(wrap_pyfunction!(remote::track_changes, m)?)?;
+    m.add_function(wrap_pyfunction!(remote::changed_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(remote::publish_changes, m)?)?;
+    m.add("KEYSTATE_VERSION", crate::online::keystate::KEYSTATE_VERSION)?;
     learn::register(m)?;
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_init_exceptions, m)?)?;
