@@ -77,6 +77,29 @@ def _client(url: str, timeout: float) -> Any:
     )
 
 
+def _rust_conn(url: str, timeout: float) -> Optional[Any]:
+    """A `_core.RedisConn` (the Rust client) for a plain ``redis://`` URL; None for what it
+    does not speak (TLS ``rediss://``, unix sockets): redis-py serves those."""
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(url)
+    if u.scheme != "redis" or not u.hostname:
+        return None
+    path = u.path.strip("/")
+    try:
+        db = int(path) if path else 0
+    except ValueError:
+        raise SpecError(f"url: {url!r}: the path must be a database number") from None
+    return _core.RedisConn(
+        u.hostname,
+        u.port or 6379,
+        db,
+        unquote(u.username) if u.username else None,
+        unquote(u.password) if u.password else None,
+        timeout,
+    )
+
+
 def _duration_s(value: Any, what: str) -> float:
     from .sources import _duration_ns
 
@@ -121,7 +144,12 @@ class RedisPublisher:
         if self.batch < 1:
             raise SpecError("RedisPublisher.batch: must be at least 1")
         self.timeout = float(timeout)
-        self._client = client if client is not None else _client(url or "", self.timeout)
+        # the Rust client for redis:// URLs (pipelines encoded and sent without the GIL);
+        # redis-py for a given client= or other schemes
+        self._conn = _rust_conn(url, self.timeout) if client is None and url else None
+        self._client = client
+        if self._conn is None and client is None:
+            self._client = _client(url or "", self.timeout)
         self.ns: Optional[str] = None
         self.spec_id = 0
         self._ttl_ns: Optional[int] = None
@@ -160,8 +188,10 @@ class RedisPublisher:
         Returns the values written. Raises `RemoteUnavailableError` (the next call is full)."""
         if self.ns is None:
             raise SpecError("RedisPublisher: not bound to a feature set (give it to a Runner)")
-        c = self._client
         field = f"p{partition}"
+        if self._conn is not None:
+            return self._publish_rust(partition, engine, position, field)
+        c = self._client
         try:
             full = self._full.get(partition, True)
             if not full and partition in self._seen and not c.hexists(self.meta_key, field):
@@ -213,6 +243,36 @@ class RedisPublisher:
         self.publishes += 1
         return len(items)
 
+    def _publish_rust(self, partition: int, engine: Any, position: Any, field: str) -> int:
+        full = self._full.get(partition, True)
+        self._full[partition] = True  # until this publish has landed
+        try:
+            values, nbytes, _ = _core.publish_redis(
+                self._conn,
+                engine._engine,
+                self.ns,
+                self.spec_id,
+                field,
+                json.dumps(position),
+                time.time_ns() // 1_000_000,
+                self._ttl_ns,
+                full,
+                partition in self._seen,
+                self.batch,
+            )
+        except _core.RedisIoError as e:
+            self.errors += 1
+            self.last_error = str(e)
+            raise RemoteUnavailableError(
+                f"publishing partition {partition} to {self._where()}: {e}"
+            ) from None
+        self._full[partition] = False
+        self._seen.add(partition)
+        self.published_values += values
+        self.published_bytes += nbytes
+        self.publishes += 1
+        return int(values)
+
     def _where(self) -> str:
         return f"redis {self.url}" if self.url else "redis"
 
@@ -230,8 +290,10 @@ class RemoteEngine:
     """Reads the shared state a `RedisPublisher` writes, with `OnlineEngine`'s read API.
 
     `feature_set`: the FeatureSet the writers compute (its spec hash picks the namespace).
-    `url`: ``redis://host:port/db`` (or `client=`: a redis-py client, e.g. a
-    ``redis.cluster.RedisCluster``, whose ``mget_nonatomic`` splits a batch by slot).
+    `url`: ``redis://[user:password@]host:port/db``, served by rtml's Rust client (one call =
+    round trip + decode + evaluation, the GIL released while waiting); or `client=`: a redis-py
+    client (``rediss://`` TLS, a ``redis.cluster.RedisCluster`` whose ``mget_nonatomic`` splits
+    a batch by slot, ...).
     `timeout`: seconds for connecting and for each reply (default 50 ms): past it, or when Redis
     refuses the connection, calls raise `rtml.RemoteUnavailableError`, never a stale or partial
     answer. `fallback`: an object with the same read API (e.g. an `OnlineEngine` the replica
@@ -261,8 +323,15 @@ class RemoteEngine:
         self.url = url
         self.timeout = float(timeout)
         self._reader = _core.RemoteReader(spec, self.ns, self.spec_id)
-        self._client = client if client is not None else _client(url or "", self.timeout)
-        self._mget = getattr(self._client, "mget_nonatomic", None) or self._client.mget
+        # the Rust client for redis:// URLs (round trip, decode and evaluation in one call);
+        # redis-py for a given client= (e.g. a RedisCluster) or other schemes
+        self._conn = _rust_conn(url, self.timeout) if client is None and url else None
+        self._client = client
+        if self._conn is None and client is None:
+            self._client = _client(url or "", self.timeout)
+        self._mget = None
+        if self._client is not None:
+            self._mget = getattr(self._client, "mget_nonatomic", None) or self._client.mget
         self._info_key = f"{self.ns}:info".encode()
         self._info_known = False
         self._spec = spec
@@ -308,9 +377,16 @@ class RemoteEngine:
         """All features of one entity at `at` (default: now) as a dict, like
         `OnlineEngine.get`; with ``with_watermark=True``, ``(dict, watermark ns or None)``."""
         try:
-            name, t, z = self._reader.prepare(key, at)
-            (value,) = self._fetch([name])
-            row, wm = self._reader.get(key, t, z, value)
+            if self._conn is not None:
+                row, wm = self._reader.fetch_get(self._conn, key, at)
+            else:
+                name, t, z = self._reader.prepare(key, at)
+                (value,) = self._fetch([name])
+                row, wm = self._reader.get(key, t, z, value)
+        except _core.RedisIoError as e:
+            if self.fallback is None:
+                raise self._unavailable(e) from None
+            row, wm = self.fallback.get(key, at), None
         except RemoteUnavailableError:
             if self.fallback is None:
                 raise
@@ -330,9 +406,16 @@ class RemoteEngine:
         (MGET); with ``with_watermark=True``, ``(table, [watermark or None per key])``."""
         keys = list(keys)
         try:
-            names, times, zones = self._reader.prepare_many(keys, at)
-            values = self._fetch(names) if names else []
-            table, wms = self._reader.get_many(keys, times, zones, values)
+            if self._conn is not None:
+                table, wms = self._reader.fetch_get_many(self._conn, keys, at)
+            else:
+                names, times, zones = self._reader.prepare_many(keys, at)
+                values = self._fetch(names) if names else []
+                table, wms = self._reader.get_many(keys, times, zones, values)
+        except _core.RedisIoError as e:
+            if self.fallback is None:
+                raise self._unavailable(e) from None
+            table, wms = self.fallback.get_many(keys, at), [None] * len(keys)
         except RemoteUnavailableError:
             if self.fallback is None:
                 raise
@@ -358,9 +441,16 @@ class RemoteEngine:
                 f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}"
             )
         try:
-            name, t, z = self._reader.prepare(key, at)
-            (value,) = self._fetch([name])
-            vec, wm = self._reader.vector(key, t, z, value, core, fields)
+            if self._conn is not None:
+                vec, wm = self._reader.fetch_vector(self._conn, key, core, fields, at)
+            else:
+                name, t, z = self._reader.prepare(key, at)
+                (value,) = self._fetch([name])
+                vec, wm = self._reader.vector(key, t, z, value, core, fields)
+        except _core.RedisIoError as e:
+            if self.fallback is None:
+                raise self._unavailable(e) from None
+            vec, wm = self.fallback.vector(key, transforms, fields, at), None
         except RemoteUnavailableError:
             if self.fallback is None:
                 raise
@@ -372,9 +462,13 @@ class RemoteEngine:
 
     def __contains__(self, key: object) -> bool:
         """Whether the store holds a value for `key`."""
-        name = self._reader.store_key(key)
         try:
+            if self._conn is not None:
+                return bool(self._reader.fetch_exists(self._conn, key))
+            name = self._reader.store_key(key)
             return bool(self._client.exists(name))
+        except _core.RedisIoError as e:
+            raise self._unavailable(e) from None
         except self._errors as e:
             raise self._unavailable(e) from None
 
@@ -384,7 +478,13 @@ class RemoteEngine:
         ``watermark`` (the smallest partition watermark: every partition has published at
         least up to it), ``watermark_iso``, ``namespace``."""
         try:
-            raw = self._client.hgetall(f"{self.ns}:meta")
+            if self._conn is not None:
+                flat = self._conn.command("HGETALL", f"{self.ns}:meta")
+                raw = dict(zip(flat[::2], flat[1::2]))
+            else:
+                raw = self._client.hgetall(f"{self.ns}:meta")
+        except _core.RedisIoError as e:
+            raise self._unavailable(e) from None
         except self._errors as e:
             raise self._unavailable(e) from None
         parts = {}
@@ -410,8 +510,11 @@ class RemoteEngine:
         return names
 
     def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
         try:
-            self._client.close()
+            if self._client is not None:
+                self._client.close()
         except Exception:  # closing a broken connection is best effort
             pass
 

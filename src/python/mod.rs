@@ -204,6 +204,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transforms::PyTransforms>()?;
     m.add_class::<decode::PyJsonDecoder>()?;
     m.add_class::<remote::PyRemoteReader>()?;
+    m.add_class::<remote::PyRedisConn>()?;
+    m.add_function(wrap_pyfunction!(remote::publish_redis, m)?)?;
+    m.add("RedisIoError", m.py().get_type::<remote::RedisIoError>())?;
     m.add_function(wrap_pyfunction!(remote::track_changes, m)?)?;
     m.add_function(wrap_pyfunction!(remote::changed_keys, m)?)?;
     m.add_function(wrap_pyfunction!(remote::publish_changes, m)?)?;

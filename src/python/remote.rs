@@ -5,6 +5,9 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
@@ -18,6 +21,14 @@ use crate::error::Error;
 use crate::input::KeyRef;
 use crate::online::keystate::{self, answer};
 use crate::plan::Plan;
+use crate::resp::{self, Conn, Reply, Target};
+
+pyo3::create_exception!(
+    _core,
+    RedisIoError,
+    pyo3::exceptions::PyConnectionError,
+    "Redis did not answer within the timeout, refused the connection, or answered an error (rtml.RemoteEngine raises rtml.RemoteUnavailableError for it)."
+);
 
 fn zone_code(z: Zone) -> u8 {
     match z {
@@ -448,4 +459,448 @@ impl PyRemoteReader {
     fn feature_names(&self) -> Vec<String> {
         self.plan.spec.feature_names()
     }
+
+    /// `get` through the Rust client: one round trip, then decode and evaluate.
+    #[pyo3(signature = (conn, key, at=None))]
+    fn fetch_get<'py>(
+        &self,
+        py: Python<'py>,
+        conn: &Bound<'py, PyRedisConn>,
+        key: &Bound<'py, PyAny>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyDict>, Option<i64>)> {
+        entry(None, || {
+            let k = self.key_ref(key)?;
+            let (t, z) = self.instant(at)?;
+            let name = keystate::store_key(&self.ns, k);
+            let values = self.fetch(py, conn.get(), vec![name])?;
+            let k = self.key_ref(key)?; // against the key kind just learned
+            let mut out = vec![0f64; self.plan.n_features()];
+            let wm = self.evaluate(k, t, z, values[0].as_deref(), &mut out, None)?;
+            Ok((self.row_dict(py, &out)?, wm))
+        })
+    }
+
+    /// `get_many` through the Rust client: one MGET.
+    #[pyo3(signature = (conn, keys, at=None))]
+    fn fetch_get_many<'py>(
+        &self,
+        py: Python<'py>,
+        conn: &Bound<'py, PyRedisConn>,
+        keys: &Bound<'py, PyAny>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyAny>, Vec<Option<i64>>)> {
+        entry(None, || {
+            let (names, times, zones) = self.prepare_many(py, keys, at)?;
+            let keys: Vec<PyKey> = keys
+                .try_iter()?
+                .map(|k| k.and_then(|k| convert::key(&k, &self.plan.spec.entity).py_err()))
+                .collect::<PyResult<_>>()?;
+            let names: Vec<Vec<u8>> = names
+                .iter()
+                .map(|n| Ok::<_, PyErr>(n.cast::<PyBytes>()?.as_bytes().to_vec()))
+                .collect::<PyResult<_>>()?;
+            let values = if names.is_empty() {
+                Vec::new()
+            } else {
+                self.fetch(py, conn.get(), names)?
+            };
+            let nf = self.plan.n_features();
+            let mut cols = vec![Vec::with_capacity(keys.len()); nf];
+            let mut row = vec![0f64; nf];
+            let mut wms = Vec::with_capacity(keys.len());
+            for (i, k) in keys.iter().enumerate() {
+                self.check_kind(k.as_ref().is_int())?;
+                wms.push(self.evaluate(k.as_ref(), times[i], zones[i], values[i].as_deref(), &mut row, None)?);
+                for (c, v) in cols.iter_mut().zip(&row) {
+                    c.push(*v);
+                }
+            }
+            Ok((engine::features_table(py, &self.plan, &keys, cols)?, wms))
+        })
+    }
+
+    /// `vector` through the Rust client.
+    #[pyo3(signature = (conn, key, transforms, fields=None, at=None))]
+    fn fetch_vector<'py>(
+        &self,
+        py: Python<'py>,
+        conn: &Bound<'py, PyRedisConn>,
+        key: &Bound<'py, PyAny>,
+        transforms: &Bound<'py, PyTransforms>,
+        fields: Option<&Bound<'py, PyAny>>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, numpy::PyArray1<f64>>, Option<i64>)> {
+        entry(None, || {
+            let k = self.key_ref(key)?;
+            let (t, z) = self.instant(at)?;
+            let name = keystate::store_key(&self.ns, k);
+            let mut values = self.fetch(py, conn.get(), vec![name])?;
+            let value = values.pop().flatten().map(|v| PyBytes::new(py, &v).into_any());
+            self.vector(py, key, t, z, value, transforms, fields)
+        })
+    }
+
+    /// Whether the store holds a value for `key`.
+    fn fetch_exists(&self, py: Python<'_>, conn: &Bound<'_, PyRedisConn>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        entry(None, || {
+            let k = convert::key_ref(key, &self.plan.spec.entity).py_err()?;
+            let name = keystate::store_key(&self.ns, k);
+            match conn.get().command(py, &[b"EXISTS", &name])? {
+                Reply::Int(n) => Ok(n > 0),
+                _ => Err(RedisIoError::new_err("redis: unexpected reply to EXISTS")),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Rust client path (`crate::resp`): one call = the round trip (GIL released) + decode +
+// evaluation.
+// ---------------------------------------------------------------------------------------------
+
+/// Connections to one Redis through the Rust client, every call bounded by `timeout`.
+#[pyclass(frozen, name = "RedisConn", module = "rtml._core")]
+pub struct PyRedisConn {
+    target: Target,
+    timeout: Duration,
+    /// Idle connections (a call takes one, or connects, and puts it back after success).
+    pool: Mutex<Vec<Conn>>,
+}
+
+impl PyRedisConn {
+    /// `f` on a pooled connection, without the GIL, within the timeout; an I/O error drops the
+    /// connection and raises `RedisIoError`.
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl Fn(&mut Conn, Instant) -> std::io::Result<T> + Send + Sync,
+    ) -> PyResult<T> {
+        let r = py.detach(|| {
+            let deadline = Instant::now() + self.timeout;
+            let pooled = self.pool.lock().pop();
+            let out = match pooled {
+                Some(mut conn) => match f(&mut conn, deadline) {
+                    Ok(out) => Ok((conn, out)),
+                    // an idle connection the server closed (restart, idle timeout): once more
+                    // on a new one, within the same deadline (every command sent is idempotent)
+                    Err(e) if e.kind() != std::io::ErrorKind::TimedOut => {
+                        drop(conn);
+                        self.pool.lock().clear();
+                        let mut conn = Conn::connect(&self.target, deadline)?;
+                        f(&mut conn, deadline).map(|out| (conn, out))
+                    }
+                    Err(e) => Err(e),
+                },
+                None => {
+                    let mut conn = Conn::connect(&self.target, deadline)?;
+                    f(&mut conn, deadline).map(|out| (conn, out))
+                }
+            };
+            let (conn, out) = out?;
+            self.pool.lock().push(conn);
+            Ok::<T, std::io::Error>(out)
+        });
+        r.map_err(|e| {
+            RedisIoError::new_err(format!(
+                "redis {}:{}: {e} (timeout {}s)",
+                self.target.host,
+                self.target.port,
+                self.timeout.as_secs_f64()
+            ))
+        })
+    }
+
+    fn command(&self, py: Python<'_>, args: &[&[u8]]) -> PyResult<Reply> {
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+        let reply = self.with(py, move |c, d| {
+            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+            c.command(&refs, d)
+        })?;
+        if let Reply::Error(e) = &reply {
+            return Err(RedisIoError::new_err(format!(
+                "redis {}:{} answered an error: {e}",
+                self.target.host, self.target.port
+            )));
+        }
+        Ok(reply)
+    }
+}
+
+fn reply_to_py<'py>(py: Python<'py>, r: &Reply) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match r {
+        Reply::Nil => py.None().into_bound(py),
+        Reply::Status(s) | Reply::Error(s) => PyString::new(py, s).into_any(),
+        Reply::Int(i) => i.into_pyobject(py)?.into_any(),
+        Reply::Bulk(b) => PyBytes::new(py, b).into_any(),
+        Reply::Array(items) => {
+            let l = PyList::empty(py);
+            for i in items {
+                l.append(reply_to_py(py, i)?)?;
+            }
+            l.into_any()
+        }
+    })
+}
+
+#[pymethods]
+impl PyRedisConn {
+    #[new]
+    #[pyo3(signature = (host, port, db=0, username=None, password=None, timeout=0.05))]
+    fn new(
+        host: String,
+        port: u16,
+        db: i64,
+        username: Option<String>,
+        password: Option<String>,
+        timeout: f64,
+    ) -> PyResult<Self> {
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(errors::to_py(Error::spec("timeout", "must be a positive number of seconds")));
+        }
+        Ok(PyRedisConn {
+            target: Target {
+                host,
+                port,
+                db,
+                username,
+                password,
+            },
+            timeout: Duration::from_secs_f64(timeout),
+            pool: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// One command (arguments as bytes or str), its reply as Python values.
+    #[pyo3(name = "command", signature = (*args))]
+    fn py_command<'py>(
+        &self,
+        py: Python<'py>,
+        args: Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut owned: Vec<Vec<u8>> = Vec::with_capacity(args.len());
+        for a in &args {
+            if let Ok(b) = a.cast::<PyBytes>() {
+                owned.push(b.as_bytes().to_vec());
+            } else {
+                owned.push(a.str()?.to_str()?.as_bytes().to_vec());
+            }
+        }
+        let refs: Vec<&[u8]> = owned.iter().map(|a| a.as_slice()).collect();
+        let r = self.command(py, &refs)?;
+        reply_to_py(py, &r)
+    }
+
+    /// Drop the idle connections.
+    fn close(&self) {
+        self.pool.lock().clear();
+    }
+
+    #[getter]
+    fn timeout(&self) -> f64 {
+        self.timeout.as_secs_f64()
+    }
+}
+
+/// The values of an MGET (or GET) reply.
+fn values_of(r: Reply, n: usize) -> PyResult<Vec<Option<Vec<u8>>>> {
+    let bad = || RedisIoError::new_err("redis: unexpected reply to GET / MGET");
+    match r {
+        Reply::Nil if n == 1 => Ok(vec![None]),
+        Reply::Bulk(b) if n == 1 => Ok(vec![Some(b)]),
+        Reply::Array(items) if items.len() == n => items
+            .into_iter()
+            .map(|i| match i {
+                Reply::Nil => Ok(None),
+                Reply::Bulk(b) => Ok(Some(b)),
+                _ => Err(bad()),
+            })
+            .collect(),
+        Reply::Error(e) => Err(RedisIoError::new_err(format!("redis answered an error: {e}"))),
+        _ => Err(bad()),
+    }
+}
+
+impl PyRemoteReader {
+    fn info_key(&self) -> Vec<u8> {
+        format!("{}:info", self.ns).into_bytes()
+    }
+
+    /// The stored values of `names`, one round trip (with the info record while the writers'
+    /// key kind is unknown, which is then learned).
+    fn fetch(&self, py: Python<'_>, conn: &PyRedisConn, names: Vec<Vec<u8>>) -> PyResult<Vec<Option<Vec<u8>>>> {
+        let with_info = self.kind.load(Ordering::Acquire) == 0;
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(names.len() + 2);
+        if with_info || names.len() != 1 {
+            args.push(b"MGET".to_vec());
+        } else {
+            args.push(b"GET".to_vec());
+        }
+        if with_info {
+            args.push(self.info_key());
+        }
+        let n = names.len() + with_info as usize;
+        args.extend(names);
+        let reply = conn.with(py, move |c, d| {
+            let mut out = Vec::new();
+            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+            resp::pack(&mut out, &refs);
+            c.send(&out, d)?;
+            c.read(d)
+        })?;
+        let mut values = values_of(reply, n)?;
+        if with_info {
+            let info = values.remove(0);
+            if let Some(info) = info {
+                self.learn(&info)?;
+            }
+        }
+        Ok(values)
+    }
+
+    fn learn(&self, info: &[u8]) -> PyResult<()> {
+        let bad = || {
+            errors::to_py(Error::KeyState {
+                key: format!("{}:info", self.ns),
+                message: "not an rtml info record".into(),
+            })
+        };
+        let v: serde_json::Value = serde_json::from_slice(info).map_err(|_| bad())?;
+        let kind = match v.get("key_is_int") {
+            Some(serde_json::Value::Bool(true)) => 1,
+            Some(serde_json::Value::Bool(false)) => 2,
+            Some(serde_json::Value::Null) | None => 0,
+            _ => return Err(bad()),
+        };
+        let zone = match v.get("zone").and_then(|z| z.as_str()) {
+            Some("naive") => ZONE_NAIVE,
+            Some("aware") => ZONE_AWARE,
+            _ => ZONE_UNKNOWN,
+        };
+        self.kind.store(kind, Ordering::Release);
+        self.zone.store(zone, Ordering::Release);
+        Ok(())
+    }
+}
+
+
+/// Publish `engine`'s changed keys (every key with `all`, or when `check_meta` and the
+/// partition's meta record is missing) through the Rust client: `SET name value [PXAT at]`
+/// (or `DEL` when already expired) pipelined `batch` commands per round trip, then the meta
+/// record (`HSET <ns>:meta <field> <json>`) and the info record. The values are encoded under
+/// the engine's ingest lock; the network I/O happens after it is released, without the GIL.
+/// Returns `(values, bytes, wrote_all)`. Raises `RedisIoError`.
+#[pyfunction]
+#[pyo3(signature = (conn, engine, ns, spec_id, field, position_json, now_ms, ttl_ns=None, all=false, check_meta=false, batch=2000))]
+#[allow(clippy::too_many_arguments)]
+pub fn publish_redis(
+    py: Python<'_>,
+    conn: &Bound<'_, PyRedisConn>,
+    engine: &Bound<'_, PyEngine>,
+    ns: &str,
+    spec_id: u64,
+    field: &str,
+    position_json: &str,
+    now_ms: i64,
+    ttl_ns: Option<i64>,
+    all: bool,
+    check_meta: bool,
+    batch: usize,
+) -> PyResult<(usize, usize, bool)> {
+    let e = engine.get();
+    let conn = conn.get();
+    let position: serde_json::Value = serde_json::from_str(position_json)
+        .map_err(|err| errors::to_py(Error::spec("position", err.to_string())))?;
+    entry(Some(&e.poison), || {
+        let meta_key = format!("{ns}:meta");
+        let mut all = all;
+        if !all && check_meta {
+            match conn.command(py, &[b"HEXISTS", meta_key.as_bytes(), field.as_bytes()])? {
+                Reply::Int(0) => all = true,
+                Reply::Int(_) => {}
+                _ => return Err(RedisIoError::new_err("redis: unexpected reply to HEXISTS")),
+            }
+        }
+        let zone = e.zone.load(Ordering::Acquire);
+        let inner = &e.inner;
+        let key_is_int = match (inner.check_key_kind(true), inner.check_key_kind(false)) {
+            (Ok(()), Err(_)) => Some(true),
+            (Err(_), Ok(())) => Some(false),
+            _ => None,
+        };
+        let batch = batch.max(1);
+        // encode (ingest lock held, GIL released): the commands and where each batch ends
+        let (published, buf, cuts) = detached(py, || {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut cuts: Vec<(usize, usize)> = Vec::new(); // (end offset, commands)
+            let mut n = 0usize;
+            let p = inner.publish_changed(all, spec_id, zone, |k, st, v| {
+                let name = keystate::store_key(ns, k.as_ref());
+                match ttl_ns {
+                    None => resp::pack(&mut buf, &[b"SET", &name, v]),
+                    Some(ttl) => {
+                        let wm = i64::from_le_bytes(v[16..24].try_into().unwrap_or([0; 8]));
+                        let left = st.last_ts.saturating_add(ttl).saturating_sub(wm);
+                        let at = now_ms.saturating_add(crate::time::floor_div(left, 1_000_000));
+                        if at <= now_ms {
+                            resp::pack(&mut buf, &[b"DEL", &name]);
+                        } else {
+                            resp::pack(&mut buf, &[b"SET", &name, v, b"PXAT", at.to_string().as_bytes()]);
+                        }
+                    }
+                }
+                n += 1;
+                if n % batch == 0 {
+                    cuts.push((buf.len(), batch));
+                }
+            })?;
+            if n % batch != 0 {
+                cuts.push((buf.len(), n % batch));
+            }
+            Ok((p, buf, cuts))
+        })?;
+        let record = serde_json::json!({
+            "watermark": published.watermark,
+            "settle_point": published.settle_point,
+            "keys": published.keys,
+            "key_is_int": key_is_int,
+            "position": position,
+            "published_at_ms": now_ms,
+            "keystate_version": keystate::KEYSTATE_VERSION,
+        })
+        .to_string();
+        let zone_name = match zone {
+            ZONE_NAIVE => serde_json::Value::from("naive"),
+            ZONE_AWARE => serde_json::Value::from("aware"),
+            _ => serde_json::Value::Null,
+        };
+        let info = serde_json::json!({"key_is_int": key_is_int, "zone": zone_name}).to_string();
+        let mut tail = Vec::new();
+        resp::pack(&mut tail, &[b"HSET", meta_key.as_bytes(), field.as_bytes(), record.as_bytes()]);
+        resp::pack(&mut tail, &[b"SET", format!("{ns}:info").as_bytes(), info.as_bytes()]);
+        // send (GIL released): each batch, then its replies; the first error reply fails it
+        let failed = conn.with(py, move |c, d| {
+            let mut start = 0;
+            let mut first_error: Option<String> = None;
+            let mut send = |c: &mut Conn, chunk: &[u8], n: usize| -> std::io::Result<()> {
+                c.send(chunk, d)?;
+                for _ in 0..n {
+                    if let Reply::Error(m) = c.read(d)? {
+                        first_error.get_or_insert(m);
+                    }
+                }
+                Ok(())
+            };
+            for &(end, n) in &cuts {
+                send(c, &buf[start..end], n)?;
+                start = end;
+            }
+            send(c, &tail, 2)?;
+            Ok(first_error)
+        })?;
+        if let Some(m) = failed {
+            return Err(RedisIoError::new_err(format!("redis answered an error: {m}")));
+        }
+        Ok((published.values, published.bytes, all))
+    })
 }

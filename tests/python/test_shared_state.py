@@ -132,14 +132,28 @@ def test_two_reader_processes_match_the_engine_and_backfill(redis_server, tmp_pa
         assert got["counts"]["unavailable"] == 0, got["counts"]
 
 
-def test_reads_report_watermarks_and_refuse_what_the_engine_refuses(redis_server, tmp_path):
+def clients(url: str, path: str) -> dict:
+    """How the writer and the reader reach Redis: rtml's Rust client (a redis:// URL) or a
+    redis-py client given as client= (TLS, cluster, ...)."""
+    if path == "rust":
+        return {"url": url}
+    from rtml.remote import _client
+
+    return {"client": _client(url, 0.05)}
+
+
+@pytest.mark.parametrize("path", ["rust", "redis-py"])
+def test_reads_report_watermarks_and_refuse_what_the_engine_refuses(redis_server, tmp_path, path):
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     prefix = f"t{uuid.uuid4().hex[:8]}"
     fs = feature_set()
     events = workload(5_000, 50, seed=3)
-    runner = Runner(fs, replay(events), tmp_path, publish=rtml.RedisPublisher(url, prefix=prefix))
+    pub = rtml.RedisPublisher(prefix=prefix, **clients(url, path))
+    assert (pub._conn is not None) == (path == "rust")
+    runner = Runner(fs, replay(events), tmp_path, publish=pub)
     runner.run_until_idle()
-    remote = fs.remote(url, prefix=prefix)
+    remote = rtml.RemoteEngine(fs, prefix=prefix, **clients(url, path))
+    assert (remote._conn is not None) == (path == "rust")
     eng = runner.engine_for(0)
     wm = eng.watermark
     # freshness: the watermark of the partition when the key's value was published
@@ -202,6 +216,7 @@ def test_redis_killed_paused_and_restarted(tmp_path):
     runner = Runner(fs, replay(events, partitions=1), tmp_path, checkpoint_every="1h",
                     max_batch=400, publish=pub, pipeline=False)
     remote = rtml.RemoteEngine(fs, url, timeout=0.05)
+    remote_py = rtml.RemoteEngine(fs, **clients(url, "redis-py"))
     local = rtml.OnlineEngine(fs)
     fallback = rtml.RemoteEngine(fs, url, timeout=0.05, fallback=local)
     try:
@@ -220,7 +235,9 @@ def test_redis_killed_paused_and_restarted(tmp_path):
                 remote.get(0, at=ts(wm))
             with pytest.raises(rtml.RemoteUnavailableError):
                 remote.get_many([0, 1], at=ts(wm))
-            # a generous bound (not a benchmark): two calls at 50 ms each, far below a second
+            with pytest.raises(rtml.RemoteUnavailableError):
+                remote_py.get(0, at=ts(wm))
+            # a generous bound (not a benchmark): three calls at 50 ms each, far below a second
             assert time.monotonic() - t0 < 1.0
             # the documented fallback answers instead, only when asked for
             assert fallback.get(0, at=ts(wm)) == local.get(0, at=ts(wm))
@@ -228,6 +245,7 @@ def test_redis_killed_paused_and_restarted(tmp_path):
             os.kill(server.proc.pid, signal.SIGCONT)
         # a paused request may leave its reply in the socket: the next call must not read it
         assert remote.get(0, at=ts(wm)) == before
+        assert remote_py.get(0, at=ts(wm)) == before
         assert remote.get(1, at=ts(wm)) == runner.get(1, at=ts(wm))
 
         # killed: readers error; the writer keeps ingesting, counts its failed publishes
@@ -235,6 +253,8 @@ def test_redis_killed_paused_and_restarted(tmp_path):
         server.proc.wait()
         with pytest.raises(rtml.RemoteUnavailableError):
             remote.get(0, at=ts(wm))
+        with pytest.raises(rtml.RemoteUnavailableError):
+            remote_py.get(0, at=ts(wm))
         for _ in range(5):
             runner.step()
         assert pub.errors >= 1
@@ -247,6 +267,7 @@ def test_redis_killed_paused_and_restarted(tmp_path):
         keys = sorted(set(events.column("user").to_pylist()))
         table = remote.get_many(keys, at=ts(wm))
         assert table.equals(runner.engine.get_many(keys, at=ts(wm)))
+        assert remote_py.get_many(keys, at=ts(wm)).equals(table)
         assert remote.stats()["keys"] == len(keys)
         # a restart while the writer was idle (no failed publish): the lost meta record is
         # noticed at the next publish, which writes everything again
@@ -294,7 +315,8 @@ def test_keys_expire_after_the_ttl_from_their_last_event(redis_server, tmp_path)
     assert ns in k1.decode()
 
 
-def test_values_that_must_be_refused_name_the_key(redis_server, tmp_path):
+@pytest.mark.parametrize("path", ["rust", "redis-py"])
+def test_values_that_must_be_refused_name_the_key(redis_server, tmp_path, path):
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     prefix = f"t{uuid.uuid4().hex[:8]}"
     fs = feature_set()
@@ -305,7 +327,7 @@ def test_values_that_must_be_refused_name_the_key(redis_server, tmp_path):
     for f, d in [(fs, "a"), (other, "b")]:
         Runner(f, replay(events), tmp_path / d,
                publish=rtml.RedisPublisher(url, prefix=prefix)).run_until_idle()
-    remote = fs.remote(url, prefix=prefix)
+    remote = rtml.RemoteEngine(fs, prefix=prefix, **clients(url, path))
     remote_other = other.remote(url, prefix=prefix)
     assert remote.ns != remote_other.ns  # two feature sets never share a namespace
     c = redis.Redis.from_url(url)
