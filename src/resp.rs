@@ -97,7 +97,10 @@ pub fn parse(b: &[u8]) -> io::Result<Option<(Reply, usize)>> {
             if &b[used + n..used + n + 2] != b"\r\n" {
                 return Err(protocol("bulk string without CRLF"));
             }
-            Ok(Some((Reply::Bulk(b[used..used + n].to_vec()), used + n + 2)))
+            Ok(Some((
+                Reply::Bulk(b[used..used + n].to_vec()),
+                used + n + 2,
+            )))
         }
         b'*' => {
             let n = int(head)?;
@@ -117,7 +120,9 @@ pub fn parse(b: &[u8]) -> io::Result<Option<(Reply, usize)>> {
             }
             Ok(Some((Reply::Array(items), at)))
         }
-        other => Err(protocol(&format!("unexpected reply type byte {other:#04x}"))),
+        other => Err(protocol(&format!(
+            "unexpected reply type byte {other:#04x}"
+        ))),
     }
 }
 
@@ -238,7 +243,8 @@ mod tests {
         let mut b = Vec::new();
         pack(&mut b, &[b"SET", b"k", b"v\r\n"]);
         assert_eq!(b, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n");
-        let replies = b"+OK\r\n-ERR no\r\n:42\r\n$-1\r\n$3\r\na\r\n\r\n*3\r\n$1\r\nx\r\n$-1\r\n:7\r\n*0\r\n";
+        let replies =
+            b"+OK\r\n-ERR no\r\n:42\r\n$-1\r\n$3\r\na\r\n\r\n*3\r\n$1\r\nx\r\n$-1\r\n:7\r\n*0\r\n";
         let want = [
             Reply::Status("OK".into()),
             Reply::Error("ERR no".into()),

@@ -13,8 +13,8 @@ from . import _core
 from ._core import __version__, num_threads
 from ._core import debug_build as _debug_build
 from .exceptions import (
-    LateEventsWarning,
     KeyStateError,
+    LateEventsWarning,
     PoisonedError,
     QueryError,
     RemoteError,
@@ -54,8 +54,8 @@ from .features import (
     var,
 )
 from .online import LATE_WARNING_SHARE, OnlineEngine  # noqa: E402
-from .runner import CheckpointError, Runner  # noqa: E402
 from .remote import RedisPublisher, RemoteEngine  # noqa: E402
+from .runner import CheckpointError, Runner  # noqa: E402
 from .transforms import (
     Step,
     Transforms,

@@ -275,6 +275,9 @@ class LabelJoin:
 
 __all__ += [
     "RemoteReader",
+    "RedisConn",
+    "RedisIoError",
+    "publish_redis",
     "track_changes",
     "changed_keys",
     "publish_changes",
@@ -326,7 +329,65 @@ class RemoteReader:
         transforms: Transforms,
         fields: dict[str, Any] | None = None,
     ) -> tuple[npt.NDArray[np.float64], int | None]: ...
+    def fetch_get(
+        self, conn: RedisConn, key: object, at: _Instant | None = None
+    ) -> tuple[dict[str, Any], int | None]:
+        """`get` through the Rust client: one round trip (GIL released), decode, evaluate."""
+    def fetch_get_many(
+        self,
+        conn: RedisConn,
+        keys: Iterable[object],
+        at: _Instant | Sequence[_Instant] | None = None,
+    ) -> tuple[pa.Table, list[int | None]]: ...
+    def fetch_vector(
+        self,
+        conn: RedisConn,
+        key: object,
+        transforms: Transforms,
+        fields: dict[str, Any] | None = None,
+        at: _Instant | None = None,
+    ) -> tuple[npt.NDArray[np.float64], int | None]: ...
+    def fetch_exists(self, conn: RedisConn, key: object) -> bool: ...
     @property
     def ns(self) -> str: ...
     @property
     def feature_names(self) -> list[str]: ...
+
+class RedisIoError(ConnectionError):
+    """Redis did not answer within the timeout, refused the connection, or answered an error."""
+
+@final
+class RedisConn:
+    """Pooled connections to one Redis through rtml's Rust client (src/resp.rs); every call is
+    bounded by `timeout` seconds."""
+
+    def __new__(
+        cls,
+        host: str,
+        port: int,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 0.05,
+    ) -> RedisConn: ...
+    def command(self, *args: bytes | str) -> Any:
+        """One command; its reply as Python values (bytes, int, str, None, lists)."""
+    def close(self) -> None: ...
+    @property
+    def timeout(self) -> float: ...
+
+def publish_redis(
+    conn: RedisConn,
+    engine: Engine,
+    ns: str,
+    spec_id: int,
+    field: str,
+    position_json: str,
+    now_ms: int,
+    ttl_ns: int | None = None,
+    all: bool = False,
+    check_meta: bool = False,
+    batch: int = 2000,
+) -> tuple[int, int, bool]:
+    """Publish `engine`'s changed keys (all of them with `all`, or when `check_meta` finds the
+    partition's meta record missing) through the Rust client: (values, bytes, wrote_all)."""

@@ -160,6 +160,7 @@ class RedisPublisher:
         self.published_values = 0
         self.published_bytes = 0
         self.publishes = 0
+        self.seconds = 0.0
 
     def bind(self, feature_set: Any) -> None:
         """Bind to a feature set (the runner does it): its namespace, spec id and ttl."""
@@ -189,9 +190,17 @@ class RedisPublisher:
         if self.ns is None:
             raise SpecError("RedisPublisher: not bound to a feature set (give it to a Runner)")
         field = f"p{partition}"
-        if self._conn is not None:
-            return self._publish_rust(partition, engine, position, field)
+        t0 = time.perf_counter()
+        try:
+            if self._conn is not None:
+                return self._publish_rust(partition, engine, position, field)
+            return self._publish_py(partition, engine, position, field)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _publish_py(self, partition: int, engine: Any, position: Any, field: str) -> int:
         c = self._client
+        assert self.ns is not None
         try:
             full = self._full.get(partition, True)
             if not full and partition in self._seen and not c.hexists(self.meta_key, field):
@@ -244,6 +253,7 @@ class RedisPublisher:
         return len(items)
 
     def _publish_rust(self, partition: int, engine: Any, position: Any, field: str) -> int:
+        assert self._conn is not None and self.ns is not None
         full = self._full.get(partition, True)
         self._full[partition] = True  # until this publish has landed
         try:
@@ -283,6 +293,7 @@ class RedisPublisher:
             "bytes": self.published_bytes,
             "errors": self.errors,
             "last_error": self.last_error,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -329,7 +340,7 @@ class RemoteEngine:
         self._client = client
         if self._conn is None and client is None:
             self._client = _client(url or "", self.timeout)
-        self._mget = None
+        self._mget: Any = None
         if self._client is not None:
             self._mget = getattr(self._client, "mget_nonatomic", None) or self._client.mget
         self._info_key = f"{self.ns}:info".encode()
@@ -371,9 +382,7 @@ class RemoteEngine:
 
     # ---- reads -------------------------------------------------------------------------
 
-    def get(
-        self, key: Key, at: Optional[Instant] = None, *, with_watermark: bool = False
-    ) -> Any:
+    def get(self, key: Key, at: Optional[Instant] = None, *, with_watermark: bool = False) -> Any:
         """All features of one entity at `at` (default: now) as a dict, like
         `OnlineEngine.get`; with ``with_watermark=True``, ``(dict, watermark ns or None)``."""
         try:

@@ -288,15 +288,19 @@ impl Engine {
         let meta = self.ingest_lock();
         let mut out = Published {
             watermark: (meta.watermark != i64::MIN).then_some(meta.watermark),
-            settle_point: (meta.watermark != i64::MIN)
-                .then(|| meta.watermark.saturating_sub(self.plan.spec.allowed_lateness)),
+            settle_point: (meta.watermark != i64::MIN).then(|| {
+                meta.watermark
+                    .saturating_sub(self.plan.spec.allowed_lateness)
+            }),
             ..Published::default()
         };
         let header = Header {
             zone,
             spec_id,
             watermark: meta.watermark,
-            settle_point: meta.watermark.saturating_sub(self.plan.spec.allowed_lateness),
+            settle_point: meta
+                .watermark
+                .saturating_sub(self.plan.spec.allowed_lateness),
         };
         let mut buf = Vec::new();
         let mut one = |key: &Key, state: &KeyState, out: &mut Published| -> Result<()> {
@@ -490,7 +494,10 @@ mod tests {
         let name = key_text(key);
         // another feature set (spec id)
         let m = err(v, &plan, 8, key);
-        assert!(m.contains(&name) && m.contains("another feature set"), "{m}");
+        assert!(
+            m.contains(&name) && m.contains("another feature set"),
+            "{m}"
+        );
         // corrupted: every single-byte flip in the payload is caught
         for i in (HEADER..v.len()).step_by(7) {
             let mut c = v.clone();
@@ -501,8 +508,13 @@ mod tests {
         // truncated, empty, foreign bytes
         assert!(err(&v[..v.len() - 1], &plan, 7, key).contains("truncated"));
         assert!(err(b"", &plan, 7, key).contains("not an rtml key state"));
-        assert!(err(b"{\"json\": 1} and more bytes than forty, surely", &plan, 7, key)
-            .contains("not an rtml key state"));
+        assert!(err(
+            b"{\"json\": 1} and more bytes than forty, surely",
+            &plan,
+            7,
+            key
+        )
+        .contains("not an rtml key state"));
         // a newer format
         let mut newer = v.clone();
         newer[4..6].copy_from_slice(&(KEYSTATE_VERSION + 1).to_le_bytes());
@@ -510,11 +522,17 @@ mod tests {
         // the value of another key stored under this one
         let other = KeyRef::Int(12345);
         let m = err(v, &plan, 7, other);
-        assert!(m.contains("12345") && m.contains("holds the state of key"), "{m}");
+        assert!(
+            m.contains("12345") && m.contains("holds the state of key"),
+            "{m}"
+        );
         // a state of another shape (a plan with other features, same spec id claimed)
         let small = plan_small();
         let m = err(v, &small, 7, key);
-        assert!(m.contains("does not match") || m.contains("cannot decode"), "{m}");
+        assert!(
+            m.contains("does not match") || m.contains("cannot decode"),
+            "{m}"
+        );
         // random garbage with a valid header and checksum never panics
         let mut r: u64 = 1;
         for len in [0usize, 1, 5, 40, 200] {

@@ -254,8 +254,8 @@ pub(super) fn features_table<'py>(
             Column::Float(ScalarBuffer::from(c), true)
         }
     });
-    let names = std::iter::once(entity.as_str())
-        .chain(plan.spec.features.iter().map(|f| f.name.as_str()));
+    let names =
+        std::iter::once(entity.as_str()).chain(plan.spec.features.iter().map(|f| f.name.as_str()));
     let columns = names.zip(std::iter::once(Column::Array(key_array)).chain(features));
     let batch = arrow::batch(columns, keys.len())?;
     let rb = PyRecordBatch::new(batch).into_pyarrow(py)?;

@@ -210,7 +210,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(remote::track_changes, m)?)?;
     m.add_function(wrap_pyfunction!(remote::changed_keys, m)?)?;
     m.add_function(wrap_pyfunction!(remote::publish_changes, m)?)?;
-    m.add("KEYSTATE_VERSION", crate::online::keystate::KEYSTATE_VERSION)?;
+    m.add(
+        "KEYSTATE_VERSION",
+        crate::online::keystate::KEYSTATE_VERSION,
+    )?;
     learn::register(m)?;
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_init_exceptions, m)?)?;

@@ -171,8 +171,9 @@ impl PyRemoteReader {
     fn instant(&self, at: Option<&Bound<'_, PyAny>>) -> PyResult<(i64, u8)> {
         match at {
             Some(a) if !a.is_none() => {
-                let (t, z) = convert::instant_zoned(a, self.plan.spec.timestamp_unit.as_deref(), "at")
-                    .py_err()?;
+                let (t, z) =
+                    convert::instant_zoned(a, self.plan.spec.timestamp_unit.as_deref(), "at")
+                        .py_err()?;
                 self.check_zone(z, self.zone.load(Ordering::Acquire), "at")?;
                 Ok((t, zone_code(z)))
             }
@@ -274,7 +275,11 @@ impl PyRemoteReader {
     }
 
     /// The store key of `key` (checks the key like the engine's `get`).
-    fn store_key<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    fn store_key<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         entry(None, || {
             let k = self.key_ref(key)?;
             Ok(PyBytes::new(py, &keystate::store_key(&self.ns, k)))
@@ -440,7 +445,9 @@ impl PyRemoteReader {
                         py, tf, &self.plan, fields, &buf, None, &clock,
                     )?
                     .ok_or_else(|| {
-                        errors::to_py(Error::Query("vector: transforms changed while reading".into()))
+                        errors::to_py(Error::Query(
+                            "vector: transforms changed while reading".into(),
+                        ))
                     })?
                 }
             };
@@ -511,7 +518,14 @@ impl PyRemoteReader {
             let mut wms = Vec::with_capacity(keys.len());
             for (i, k) in keys.iter().enumerate() {
                 self.check_kind(k.as_ref().is_int())?;
-                wms.push(self.evaluate(k.as_ref(), times[i], zones[i], values[i].as_deref(), &mut row, None)?);
+                wms.push(self.evaluate(
+                    k.as_ref(),
+                    times[i],
+                    zones[i],
+                    values[i].as_deref(),
+                    &mut row,
+                    None,
+                )?);
                 for (c, v) in cols.iter_mut().zip(&row) {
                     c.push(*v);
                 }
@@ -536,13 +550,21 @@ impl PyRemoteReader {
             let (t, z) = self.instant(at)?;
             let name = keystate::store_key(&self.ns, k);
             let mut values = self.fetch(py, conn.get(), vec![name])?;
-            let value = values.pop().flatten().map(|v| PyBytes::new(py, &v).into_any());
+            let value = values
+                .pop()
+                .flatten()
+                .map(|v| PyBytes::new(py, &v).into_any());
             self.vector(py, key, t, z, value, transforms, fields)
         })
     }
 
     /// Whether the store holds a value for `key`.
-    fn fetch_exists(&self, py: Python<'_>, conn: &Bound<'_, PyRedisConn>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn fetch_exists(
+        &self,
+        py: Python<'_>,
+        conn: &Bound<'_, PyRedisConn>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
         entry(None, || {
             let k = convert::key_ref(key, &self.plan.spec.entity).py_err()?;
             let name = keystate::store_key(&self.ns, k);
@@ -656,7 +678,10 @@ impl PyRedisConn {
         timeout: f64,
     ) -> PyResult<Self> {
         if !(timeout.is_finite() && timeout > 0.0) {
-            return Err(errors::to_py(Error::spec("timeout", "must be a positive number of seconds")));
+            return Err(errors::to_py(Error::spec(
+                "timeout",
+                "must be a positive number of seconds",
+            )));
         }
         Ok(PyRedisConn {
             target: Target {
@@ -716,7 +741,9 @@ fn values_of(r: Reply, n: usize) -> PyResult<Vec<Option<Vec<u8>>>> {
                 _ => Err(bad()),
             })
             .collect(),
-        Reply::Error(e) => Err(RedisIoError::new_err(format!("redis answered an error: {e}"))),
+        Reply::Error(e) => Err(RedisIoError::new_err(format!(
+            "redis answered an error: {e}"
+        ))),
         _ => Err(bad()),
     }
 }
@@ -728,7 +755,12 @@ impl PyRemoteReader {
 
     /// The stored values of `names`, one round trip (with the info record while the writers'
     /// key kind is unknown, which is then learned).
-    fn fetch(&self, py: Python<'_>, conn: &PyRedisConn, names: Vec<Vec<u8>>) -> PyResult<Vec<Option<Vec<u8>>>> {
+    fn fetch(
+        &self,
+        py: Python<'_>,
+        conn: &PyRedisConn,
+        names: Vec<Vec<u8>>,
+    ) -> PyResult<Vec<Option<Vec<u8>>>> {
         let with_info = self.kind.load(Ordering::Acquire) == 0;
         let mut args: Vec<Vec<u8>> = Vec::with_capacity(names.len() + 2);
         if with_info || names.len() != 1 {
@@ -782,7 +814,6 @@ impl PyRemoteReader {
         Ok(())
     }
 }
-
 
 /// Publish `engine`'s changed keys (every key with `all`, or when `check_meta` and the
 /// partition's meta record is missing) through the Rust client: `SET name value [PXAT at]`
@@ -845,7 +876,10 @@ pub fn publish_redis(
                         if at <= now_ms {
                             resp::pack(&mut buf, &[b"DEL", &name]);
                         } else {
-                            resp::pack(&mut buf, &[b"SET", &name, v, b"PXAT", at.to_string().as_bytes()]);
+                            resp::pack(
+                                &mut buf,
+                                &[b"SET", &name, v, b"PXAT", at.to_string().as_bytes()],
+                            );
                         }
                     }
                 }
@@ -876,8 +910,19 @@ pub fn publish_redis(
         };
         let info = serde_json::json!({"key_is_int": key_is_int, "zone": zone_name}).to_string();
         let mut tail = Vec::new();
-        resp::pack(&mut tail, &[b"HSET", meta_key.as_bytes(), field.as_bytes(), record.as_bytes()]);
-        resp::pack(&mut tail, &[b"SET", format!("{ns}:info").as_bytes(), info.as_bytes()]);
+        resp::pack(
+            &mut tail,
+            &[
+                b"HSET",
+                meta_key.as_bytes(),
+                field.as_bytes(),
+                record.as_bytes(),
+            ],
+        );
+        resp::pack(
+            &mut tail,
+            &[b"SET", format!("{ns}:info").as_bytes(), info.as_bytes()],
+        );
         // send (GIL released): each batch, then its replies; the first error reply fails it
         let failed = conn.with(py, move |c, d| {
             let mut start = 0;
@@ -899,7 +944,9 @@ pub fn publish_redis(
             Ok(first_error)
         })?;
         if let Some(m) = failed {
-            return Err(RedisIoError::new_err(format!("redis answered an error: {m}")));
+            return Err(RedisIoError::new_err(format!(
+                "redis answered an error: {m}"
+            )));
         }
         Ok((published.values, published.bytes, all))
     })
