@@ -395,9 +395,10 @@ impl PyRemoteReader {
             let mut cols = vec![Vec::with_capacity(keys.len()); nf];
             let mut row = vec![0f64; nf];
             let mut wms = Vec::with_capacity(keys.len());
-            for (i, k) in keys.iter().enumerate() {
-                let v = bytes_of(&values[i])?;
-                wms.push(self.evaluate(k.as_ref(), times[i], zones[i], v, &mut row, None)?);
+            // (lengths checked above)
+            for (((k, &t), &z), v) in keys.iter().zip(&times).zip(&zones).zip(&values) {
+                let v = bytes_of(v)?;
+                wms.push(self.evaluate(k.as_ref(), t, z, v, &mut row, None)?);
                 for (c, v) in cols.iter_mut().zip(&row) {
                     c.push(*v);
                 }
@@ -483,7 +484,8 @@ impl PyRemoteReader {
             let values = self.fetch(py, conn.get(), vec![name])?;
             let k = self.key_ref(key)?; // against the key kind just learned
             let mut out = vec![0f64; self.plan.n_features()];
-            let wm = self.evaluate(k, t, z, values[0].as_deref(), &mut out, None)?;
+            let value = values.into_iter().next().flatten();
+            let wm = self.evaluate(k, t, z, value.as_deref(), &mut out, None)?;
             Ok((self.row_dict(py, &out)?, wm))
         })
     }
@@ -516,16 +518,13 @@ impl PyRemoteReader {
             let mut cols = vec![Vec::with_capacity(keys.len()); nf];
             let mut row = vec![0f64; nf];
             let mut wms = Vec::with_capacity(keys.len());
-            for (i, k) in keys.iter().enumerate() {
+            if values.len() != keys.len() || times.len() != keys.len() || zones.len() != keys.len()
+            {
+                return Err(RedisIoError::new_err("redis: a reply of the wrong length"));
+            }
+            for (((k, &t), &z), v) in keys.iter().zip(&times).zip(&zones).zip(&values) {
                 self.check_kind(k.as_ref().is_int())?;
-                wms.push(self.evaluate(
-                    k.as_ref(),
-                    times[i],
-                    zones[i],
-                    values[i].as_deref(),
-                    &mut row,
-                    None,
-                )?);
+                wms.push(self.evaluate(k.as_ref(), t, z, v.as_deref(), &mut row, None)?);
                 for (c, v) in cols.iter_mut().zip(&row) {
                     c.push(*v);
                 }
@@ -870,7 +869,10 @@ pub fn publish_redis(
                 match ttl_ns {
                     None => resp::pack(&mut buf, &[b"SET", &name, v]),
                     Some(ttl) => {
-                        let wm = i64::from_le_bytes(v[16..24].try_into().unwrap_or([0; 8]));
+                        let wm = v
+                            .get(16..24)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(i64::MIN, i64::from_le_bytes);
                         let left = st.last_ts.saturating_add(ttl).saturating_sub(wm);
                         let at = now_ms.saturating_add(crate::time::floor_div(left, 1_000_000));
                         if at <= now_ms {
@@ -937,7 +939,7 @@ pub fn publish_redis(
                 Ok(())
             };
             for &(end, n) in &cuts {
-                send(c, &buf[start..end], n)?;
+                send(c, buf.get(start..end).unwrap_or_default(), n)?;
                 start = end;
             }
             send(c, &tail, 2)?;

@@ -360,3 +360,74 @@ def test_values_that_must_be_refused_name_the_key(redis_server, tmp_path, path):
     # restored, the key answers again
     c.set(k0, v0)
     assert remote.get(0, at=at) == good
+
+
+def start_cluster(d: Path, n: int = 3) -> tuple[list[int], list[subprocess.Popen]]:
+    """A Redis Cluster of `n` masters on free ports (redis-server + redis-cli --cluster create)."""
+    import shutil
+    import socket
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        unavailable("redis-server / redis-cli not found on PATH (apt-get install redis-server)")
+    ports: list[int] = []
+    procs: list[subprocess.Popen] = []
+    while len(ports) < n:
+        p = free_port()
+        try:  # the cluster bus listens on port + 10000
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 10000))
+        except OSError:
+            continue
+        nd = d / str(p)
+        nd.mkdir()
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", str(nd / "nodes.conf"), "--save", "", "--appendonly", "no",
+             "--dir", str(nd), "--logfile", str(nd / "log")],
+            stdout=subprocess.DEVNULL,
+        ))
+        ports.append(p)
+    for p, proc in zip(ports, procs):
+        wait_port(p, proc, 10, "redis-server (cluster node)")
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True,
+                   stdout=subprocess.DEVNULL, timeout=30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        info = subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "info"],
+                              capture_output=True, text=True).stdout
+        if "cluster_state:ok" in info:
+            return ports, procs
+        time.sleep(0.1)
+    raise RuntimeError("the cluster did not reach cluster_state:ok")
+
+
+def test_redis_cluster_through_hash_tags(tmp_path):
+    """A 3-node Redis Cluster: the writer (a redis-py cluster pipeline) and a reader
+    (RedisCluster.mget_nonatomic splits each get_many by the slots of the hash tags)."""
+    from redis.cluster import RedisCluster
+
+    ports, procs = start_cluster(Path(tempfile.mkdtemp(prefix="rtml-cluster-")))
+    try:
+        fs = feature_set()
+        events = workload(4_000, 200, seed=8)
+        client = RedisCluster(host="127.0.0.1", port=ports[0])
+        pub = rtml.RedisPublisher(client=client)
+        runner = Runner(fs, replay(events), tmp_path, publish=pub)
+        runner.run_until_idle()
+        assert pub.errors == 0
+        remote = rtml.RemoteEngine(fs, client=RedisCluster(host="127.0.0.1", port=ports[-1]))
+        keys = sorted(set(events.column("user").to_pylist())) + [10**9]
+        wm = max(e.watermark for e in runner.engines.values())
+        table = remote.get_many(keys, at=ts(wm))
+        want = pa.concat_tables([runner.engine_for(k).get_many([k], at=ts(wm)) for k in keys])
+        assert table.equals(want)
+        assert remote.get(keys[0], at=ts(wm)) == runner.get(keys[0], at=ts(wm))
+        # the keys are spread over every node (the hash tags pick the slots)
+        sizes = [redis.Redis(port=p).dbsize() for p in ports]
+        assert all(s > 0 for s in sizes) and sum(sizes) >= len(keys) - 1, sizes
+        assert remote.stats()["keys"] == len(keys) - 1
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
