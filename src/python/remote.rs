@@ -208,6 +208,67 @@ impl PyRemoteReader {
         }
     }
 
+    /// Decode and evaluate a batch without the GIL (across the pool's threads from 32 keys),
+    /// then check, in key order, what [`Self::evaluate`] checks: the features as one column
+    /// per feature and each key's watermark.
+    fn evaluate_many(
+        &self,
+        py: Python<'_>,
+        keys: &[PyKey],
+        times: &[i64],
+        zones: &[u8],
+        values: &[Option<&[u8]>],
+    ) -> PyResult<(Vec<Vec<f64>>, Vec<Option<i64>>)> {
+        type One = crate::error::Result<(Option<i64>, u8, crate::error::Result<()>)>;
+        let nf = self.plan.n_features().max(1);
+        let plan = &*self.plan;
+        let spec_id = self.spec_id;
+        let one = |k: &PyKey, t: i64, v: &Option<&[u8]>, out: &mut [f64]| -> One {
+            match v {
+                None => Ok((None, ZONE_UNKNOWN, answer(plan, None, t, out, None))),
+                Some(b) => {
+                    let d = keystate::decode(b, plan, spec_id, k.as_ref())?;
+                    let r = answer(plan, Some(&d.state), t, out, None);
+                    Ok((Some(d.header.watermark), d.header.zone, r))
+                }
+            }
+        };
+        let (flat, results) = py.detach(|| {
+            use rayon::prelude::*;
+            let mut flat = vec![0f64; keys.len() * nf];
+            let results: Vec<One> = if keys.len() >= 32 {
+                crate::pool::install(|| {
+                    flat.par_chunks_mut(nf)
+                        .zip(keys.par_iter().zip(times.par_iter().zip(values.par_iter())))
+                        .map(|(out, (k, (&t, v)))| one(k, t, v, out))
+                        .collect()
+                })
+            } else {
+                flat.chunks_mut(nf)
+                    .zip(keys.iter().zip(times.iter().zip(values.iter())))
+                    .map(|(out, (k, (&t, v)))| one(k, t, v, out))
+                    .collect()
+            };
+            (flat, results)
+        });
+        let mut wms = Vec::with_capacity(keys.len());
+        for (r, &at_zone) in results.into_iter().zip(zones) {
+            let (wm, stored, answered) = r.py_err()?;
+            if let (Some(z), Some(_)) = (zone_of(at_zone), wm) {
+                self.check_zone(z, stored, "at")?;
+            }
+            answered.py_err()?;
+            wms.push(wm);
+        }
+        let mut cols = vec![Vec::with_capacity(keys.len()); nf];
+        for row in flat.chunks(nf) {
+            for (c, v) in cols.iter_mut().zip(row) {
+                c.push(*v);
+            }
+        }
+        Ok((cols, wms))
+    }
+
     fn row_dict<'py>(&self, py: Python<'py>, values: &[f64]) -> PyResult<Bound<'py, PyDict>> {
         let d = self.template.bind(py).copy()?;
         for ((name, out), v) in self.names.iter().zip(&self.plan.outputs).zip(values) {
@@ -391,18 +452,9 @@ impl PyRemoteReader {
                     values.len()
                 )));
             }
-            let nf = self.plan.n_features();
-            let mut cols = vec![Vec::with_capacity(keys.len()); nf];
-            let mut row = vec![0f64; nf];
-            let mut wms = Vec::with_capacity(keys.len());
-            // (lengths checked above)
-            for (((k, &t), &z), v) in keys.iter().zip(&times).zip(&zones).zip(&values) {
-                let v = bytes_of(v)?;
-                wms.push(self.evaluate(k.as_ref(), t, z, v, &mut row, None)?);
-                for (c, v) in cols.iter_mut().zip(&row) {
-                    c.push(*v);
-                }
-            }
+            let values: Vec<Option<&[u8]>> =
+                values.iter().map(bytes_of).collect::<PyResult<_>>()?;
+            let (cols, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
             Ok((engine::features_table(py, &self.plan, &keys, cols)?, wms))
         })
     }
@@ -514,21 +566,15 @@ impl PyRemoteReader {
             } else {
                 self.fetch(py, conn.get(), names)?
             };
-            let nf = self.plan.n_features();
-            let mut cols = vec![Vec::with_capacity(keys.len()); nf];
-            let mut row = vec![0f64; nf];
-            let mut wms = Vec::with_capacity(keys.len());
             if values.len() != keys.len() || times.len() != keys.len() || zones.len() != keys.len()
             {
                 return Err(RedisIoError::new_err("redis: a reply of the wrong length"));
             }
-            for (((k, &t), &z), v) in keys.iter().zip(&times).zip(&zones).zip(&values) {
-                self.check_kind(k.as_ref().is_int())?;
-                wms.push(self.evaluate(k.as_ref(), t, z, v.as_deref(), &mut row, None)?);
-                for (c, v) in cols.iter_mut().zip(&row) {
-                    c.push(*v);
-                }
+            for k in &keys {
+                self.check_kind(k.as_ref().is_int())?; // against the key kind just learned
             }
+            let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+            let (cols, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
             Ok((engine::features_table(py, &self.plan, &keys, cols)?, wms))
         })
     }
