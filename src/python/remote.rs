@@ -112,6 +112,9 @@ pub fn publish_changes<'py>(
     })
 }
 
+/// Features as one column per feature, and each key's watermark (None: no stored value).
+type Evaluated = (Vec<Vec<f64>>, Vec<Option<i64>>);
+
 /// Decodes the values a store holds for one feature set and answers queries over them with
 /// the in-process engine's code (use `rtml.RemoteEngine`, which wraps it).
 #[pyclass(frozen, name = "RemoteReader", module = "rtml._core")]
@@ -218,7 +221,7 @@ impl PyRemoteReader {
         times: &[i64],
         zones: &[u8],
         values: &[Option<&[u8]>],
-    ) -> PyResult<(Vec<Vec<f64>>, Vec<Option<i64>>)> {
+    ) -> PyResult<Evaluated> {
         type One = crate::error::Result<(Option<i64>, u8, crate::error::Result<()>)>;
         let nf = self.plan.n_features().max(1);
         let plan = &*self.plan;
