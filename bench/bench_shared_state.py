@@ -144,8 +144,7 @@ def main() -> int:
             rtml.passthrough(f"{common.VAL}_mean_24h"),
             rtml.passthrough("time_since_last"),
         ])
-        batches = [q[i * 100 % len(q):][:100] for i in range(max(1, args.queries // 20))]
-        batches = [b for b in batches if len(b) == 100] or [q[:100]]
+        batches = [[keys[i] for i in rng.integers(0, len(keys), 100)] for _ in range(1000)]
         res["rtml_remote"] = {
             "get": lat(lambda i: remote.get(q[i], at=at), len(q)),
             "get_many_100": lat(lambda i: remote.get_many(batches[i], at=at), len(batches)),
@@ -153,8 +152,19 @@ def main() -> int:
         }
         engines = runner.engines
         of = {k: engines[rtml.sources.partition_of(k, args.partitions)] for k in set(q)}
+        by_part = [
+            {p: [k for k in b if rtml.sources.partition_of(k, args.partitions) == p]
+             for p in engines}
+            for b in batches
+        ]
         res["rtml_in_process"] = {
             "get": lat(lambda i: of[q[i]].get(q[i], at=at), len(q)),
+            # the same batches, one get_many per partition's engine (the noise floor of the
+            # machine for get_many: no network, no decoding)
+            "get_many_100": lat(
+                lambda i: [engines[p].get_many(ks, at=at) for p, ks in by_part[i].items() if ks],
+                len(batches),
+            ),
             "vector": lat(lambda i: of[q[i]].vector(q[i], tf, None, at=at), len(q)),
         }
         print("rtml remote", json.dumps(res["rtml_remote"]))
