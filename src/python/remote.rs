@@ -636,6 +636,9 @@ pub struct PyRedisConn {
     timeout: Duration,
     /// Idle connections (a call takes one, or connects, and puts it back after success).
     pool: Mutex<Vec<Conn>>,
+    /// The process the pooled connections belong to: a forked child (gunicorn, multiprocessing)
+    /// must not share its parent's sockets, whose replies would interleave.
+    pid: std::sync::atomic::AtomicU32,
 }
 
 impl PyRedisConn {
@@ -648,6 +651,12 @@ impl PyRedisConn {
     ) -> PyResult<T> {
         let r = py.detach(|| {
             let deadline = Instant::now() + self.timeout;
+            let me = std::process::id();
+            if self.pid.swap(me, Ordering::AcqRel) != me {
+                // forked: forget the parent's connections (closing our copies of the file
+                // descriptors leaves the parent's sockets open)
+                self.pool.lock().clear();
+            }
             let pooled = self.pool.lock().pop();
             let out = match pooled {
                 Some(mut conn) => match f(&mut conn, deadline) {
@@ -741,6 +750,7 @@ impl PyRedisConn {
             },
             timeout: Duration::from_secs_f64(timeout),
             pool: Mutex::new(Vec::new()),
+            pid: std::sync::atomic::AtomicU32::new(std::process::id()),
         })
     }
 

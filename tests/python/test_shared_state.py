@@ -431,3 +431,38 @@ def test_redis_cluster_through_hash_tags(tmp_path):
         for p in procs:
             p.kill()
             p.wait()
+
+
+def _child_answers(remote, keys, at, q):
+    q.put([enc(remote.get(k, at=at)) for k in keys])
+
+
+def test_a_forked_reader_does_not_share_its_parents_connections(redis_server, tmp_path):
+    """A RemoteEngine made before a fork (gunicorn, multiprocessing) answers correctly in the
+    children and in the parent, all reading at once: no process reads another's replies."""
+    import multiprocessing as mp
+
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    fs = feature_set()
+    events = workload(3_000, 40, seed=9)
+    runner = Runner(fs, replay(events), tmp_path,
+                    publish=rtml.RedisPublisher(url, prefix=prefix))
+    runner.run_until_idle()
+    remote = rtml.RemoteEngine(fs, url, prefix=prefix, timeout=1.0)
+    wm = max(e.watermark for e in runner.engines.values())
+    keys = sorted(set(events.column("user").to_pylist())) * 5
+    want = [enc(runner.get(k, at=ts(wm))) for k in keys]
+    assert [enc(remote.get(k, at=ts(wm))) for k in keys[:3]] == want[:3]  # a pooled connection
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    kids = [ctx.Process(target=_child_answers, args=(remote, keys, ts(wm), q)) for _ in range(3)]
+    for k in kids:
+        k.start()
+    mine = [enc(remote.get(k, at=ts(wm))) for k in keys]
+    got = [q.get(timeout=60) for _ in kids]
+    for k in kids:
+        k.join(60)
+        assert k.exitcode == 0
+    assert mine == want
+    assert all(g == want for g in got)
