@@ -551,6 +551,54 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+        /// Whatever the stream and whenever the publishes happen, every published value
+        /// answers like the engine at every instant (errors included), and the values of the
+        /// last publish of each key are the state the engine holds.
+        #[test]
+        fn published_values_answer_like_the_engine(
+            seed in 0i64..10_000,
+            n in 1i64..300,
+            cut in 1i64..300,
+            str_keys in proptest::prelude::any::<bool>(),
+            offsets in proptest::collection::vec(-120i64..240, 1..12),
+        ) {
+            let plan = full_plan();
+            let eng = Engine::new(Arc::clone(&plan));
+            eng.track_changes(true);
+            let mut latest: hashbrown::HashMap<Key, Vec<u8>> = hashbrown::HashMap::new();
+            let mut from = seed;
+            let mut left = n;
+            while left > 0 {
+                let step = cut.min(left);
+                feed(&eng, str_keys, from, step);
+                for (k, v) in published(&eng, false) {
+                    latest.insert(k, v);
+                }
+                from += step;
+                left -= step;
+            }
+            let wm = eng.watermark();
+            let nf = plan.n_features();
+            for (k, v) in &latest {
+                let d = decode(v, &plan, 7, k.as_ref()).unwrap();
+                for &m in &offsets {
+                    let t = wm.saturating_add(m * M);
+                    let (mut got, mut want) = (vec![0.0; nf], vec![0.0; nf]);
+                    let a = answer(&plan, Some(&d.state), t, &mut got, None);
+                    let b = eng.get(k.as_ref(), t, &mut want);
+                    match (a, b) {
+                        (Ok(()), Ok(())) => proptest::prop_assert_eq!(bits(&got), bits(&want)),
+                        (Err(a), Err(b)) => proptest::prop_assert_eq!(a.to_string(), b.to_string()),
+                        (a, b) => proptest::prop_assert!(false, "{:?} at {}: {:?} vs {:?}", k, m, a, b),
+                    }
+                }
+            }
+        }
+    }
+
     fn plan_small() -> Arc<Plan> {
         plan(r#"{"agg": "count", "window": "1h"}"#)
     }
