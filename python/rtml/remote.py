@@ -354,7 +354,7 @@ class RemoteEngine:
     def _unavailable(self, e: BaseException) -> RemoteUnavailableError:
         where = f"redis {self.url}" if self.url else "redis"
         return RemoteUnavailableError(
-            f"{where} did not answer within {self.timeout}s: {type(e).__name__}: {e}"
+            f"{where} unavailable (timeout {self.timeout}s): {type(e).__name__}: {e}"
         )
 
     def _learn(self, raw: Optional[bytes]) -> None:
