@@ -987,11 +987,12 @@ def _serve_metrics(runner: Runner, port: int) -> Any:
 
 def main_run(argv: list[str]) -> int:
     """`rtml run --spec features.json --source URL --checkpoint DIR [--metrics-port N]
-    [--checkpoint-every 5s] [--until-idle]`."""
+    [--checkpoint-every 5s] [--until-idle] [--publish redis://host:port/db]`."""
     import argparse
     import signal
 
     from .features import FeatureSet
+    from .remote import RedisPublisher
 
     ap = argparse.ArgumentParser(
         prog="rtml run", description="Follow a stream into checkpointed online engines."
@@ -1014,6 +1015,14 @@ def main_run(argv: list[str]) -> int:
         "--until-idle", action="store_true", help="drain what is there, checkpoint, exit"
     )
     ap.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
+    ap.add_argument(
+        "--publish",
+        default=None,
+        help="redis://host:port/db: publish every changed key's state for rtml.RemoteEngine "
+        "readers (docs/shared-state.md)",
+    )
+    ap.add_argument("--publish-every", default="100ms")
+    ap.add_argument("--publish-prefix", default="rtml")
     args = ap.parse_args(argv)
     fs = FeatureSet.from_json(Path(args.spec).read_text())
     runner = Runner(
@@ -1022,6 +1031,11 @@ def main_run(argv: list[str]) -> int:
         args.checkpoint,
         args.checkpoint_every,
         max_batch=args.max_batch,
+        publish=None
+        if args.publish is None
+        else RedisPublisher(
+            args.publish, prefix=args.publish_prefix, publish_every=args.publish_every
+        ),
     )
     server = _serve_metrics(runner, args.metrics_port) if args.metrics_port is not None else None
     show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())

@@ -466,3 +466,56 @@ def test_a_forked_reader_does_not_share_its_parents_connections(redis_server, tm
         assert k.exitcode == 0
     assert mine == want
     assert all(g == want for g in got)
+
+
+def test_writer_killed_at_random_points_republishes_exactly(redis_server, tmp_path):
+    """`rtml run --publish`: SIGKILL the writer (it checkpoints and publishes after every poll)
+    several times, restart it, drain; every stored key state then answers like the engines of
+    the checkpoints and like backfill, bit for bit."""
+    import pyarrow.parquet as pq
+
+    from rtml.runner import load_checkpoints
+    from stream_helpers import kill_and_restart
+
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    fs = feature_set()
+    events = workload(20_000, 400, seed=12)
+    path = tmp_path / "events.parquet"
+    pq.write_table(events, path)
+    spec = tmp_path / "features.json"
+    spec.write_text(fs.to_json())
+    ckpt = tmp_path / "ckpt"
+
+    def spawn() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rtml.runner", "--spec", str(spec), "--source",
+             f"{path}?partitions=2&max_delay=300s&seed=4", "--checkpoint", str(ckpt),
+             "--until-idle", "--checkpoint-every", "0s", "--max-batch", "400", "--progress",
+             "never", "--publish", url, "--publish-every", "0s", "--publish-prefix", prefix],
+            env=env_with_rtml(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+
+    kill_and_restart(spawn, ckpt, range(2), kills=3, rnd=random.Random(77))
+    engines = {p: e for p, (e, _) in load_checkpoints(fs, ckpt).items()}
+    remote = rtml.RemoteEngine(fs, url, prefix=prefix, timeout=1.0)
+    keys = sorted(set(events.column("user").to_pylist()))
+    wm = max(e.watermark for e in engines.values())
+    ats = [wm - (LATENESS_S - 1) * NS, wm, wm + 3600 * NS]
+    spine = pa.table({
+        "user": pa.array([k for t in ats for k in keys], pa.int64()),
+        "ts": pa.array([t for t in ats for _ in keys], pa.timestamp("ns", "UTC")),
+    })
+    off = fs.backfill(events, spine, progress=False)
+    for i, t in enumerate(ats):
+        got = remote.get_many(keys, at=ts(t))
+        want = pa.concat_tables([
+            engines[rtml.sources.partition_of(k, 2)].get_many([k], at=ts(t)) for k in keys
+        ])
+        assert got.equals(want), t
+        rows = off.slice(i * len(keys), len(keys)).select(fs.feature_names).to_pylist()
+        assert [enc(r) for r in got.select(fs.feature_names).to_pylist()] == [enc(r) for r in rows]
+    st = remote.stats()
+    assert {p: v["watermark"] for p, v in st["partitions"].items()} == {
+        p: e.watermark for p, e in engines.items()
+    }
