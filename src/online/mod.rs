@@ -136,21 +136,14 @@ impl Shard {
         out: &mut [f64],
         mask: Option<&[bool]>,
     ) -> Option<Result<()>> {
-        match self.keys.get(&key) {
-            Some(st) => {
-                if st.settled < s
-                    && st.settle_backlog(plan, s, plan.spec.allowed_lateness) > SETTLE_ON_READ_ROWS
-                {
-                    None
-                } else {
-                    Some(st.query_masked(plan, t, out, mask))
-                }
-            }
-            None => {
-                out.copy_from_slice(&plan.empty);
-                Some(Ok(()))
-            }
+        let state = self.keys.get(&key);
+        if state.is_some_and(|st| {
+            st.settled < s
+                && st.settle_backlog(plan, s, plan.spec.allowed_lateness) > SETTLE_ON_READ_ROWS
+        }) {
+            return None;
         }
+        Some(keystate::answer(plan, state, t, out, mask))
     }
 
     /// Whether reading `key` at `t` would walk more than [`SETTLE_ON_READ_ROWS`] rows that
