@@ -373,6 +373,8 @@ def start_cluster(d: Path, n: int = 3) -> tuple[list[int], list[subprocess.Popen
     procs: list[subprocess.Popen] = []
     while len(ports) < n:
         p = free_port()
+        if p + 10000 > 65535:
+            continue
         try:  # the cluster bus listens on port + 10000
             with socket.socket() as s:
                 s.bind(("127.0.0.1", p + 10000))
