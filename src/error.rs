@@ -22,6 +22,11 @@ pub enum Error {
     #[error("snapshot '{}': {message}", path.display())]
     Snapshot { path: PathBuf, message: String },
 
+    /// One key's stored state (a shared-store value, `online::keystate`) is unreadable,
+    /// corrupted, of a newer format or of another feature set.
+    #[error("stored state of key {key}: {message}")]
+    KeyState { key: String, message: String },
+
     /// An operating-system error while reading or writing a file.
     #[error("{}: {source}", path.display())]
     Io {

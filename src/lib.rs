@@ -19,6 +19,7 @@ pub mod offline;
 pub mod online;
 pub mod plan;
 pub mod pool;
+pub mod resp;
 pub mod spec;
 pub mod state;
 pub mod time;

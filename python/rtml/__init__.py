@@ -14,11 +14,14 @@ from ._core import __version__, num_threads
 from ._core import debug_build as _debug_build
 from .exceptions import (
     AheadEventsWarning,
+    KeyStateError,
     LateEventsWarning,
     NotFittedError,
     NullKeysWarning,
     PoisonedError,
     QueryError,
+    RemoteError,
+    RemoteUnavailableError,
     RtmlError,
     RtmlWarning,
     SchemaError,
@@ -55,6 +58,7 @@ from .features import (
 )
 from .join import backfill  # noqa: E402
 from .online import LATE_WARNING_SHARE, IngestReport, OnlineEngine  # noqa: E402
+from .remote import RedisPublisher, RemoteEngine  # noqa: E402
 from .runner import CheckpointError, Runner  # noqa: E402
 from .transforms import (
     Step,
@@ -101,6 +105,8 @@ __all__ = [
     "Feature",
     "OnlineEngine",
     "IngestReport",
+    "RemoteEngine",
+    "RedisPublisher",
     "count",
     "sum",
     "mean",
@@ -122,6 +128,9 @@ __all__ = [
     "QueryError",
     "SnapshotError",
     "PoisonedError",
+    "RemoteError",
+    "RemoteUnavailableError",
+    "KeyStateError",
     "RtmlWarning",
     "LateEventsWarning",
     "NullKeysWarning",

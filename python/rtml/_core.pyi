@@ -322,3 +322,127 @@ class LabelJoin:
     def pending(self) -> int: ...
     @property
     def watermark(self) -> int | None: ...
+
+# ---------------------------------------------------------------------------------------------
+# Shared online state (issue 14): src/python/remote.rs. Wrapped by python/rtml/remote.py
+# (rtml.RedisPublisher, rtml.RemoteEngine); docs/shared-state.md.
+# ---------------------------------------------------------------------------------------------
+
+__all__ += [
+    "RemoteReader",
+    "RedisConn",
+    "RedisIoError",
+    "publish_redis",
+    "track_changes",
+    "changed_keys",
+    "publish_changes",
+    "KEYSTATE_VERSION",
+]
+
+KEYSTATE_VERSION: int
+
+def track_changes(engine: Engine, on: bool) -> None:
+    """Start (or stop) tracking the keys `engine` changes; starting counts every held key."""
+
+def changed_keys(engine: Engine) -> int:
+    """Keys changed since the last publish (0 when not tracking)."""
+
+def publish_changes(
+    engine: Engine, ns: str, spec_id: int, all: bool = False
+) -> tuple[int | None, int | None, int, int, bool | None, list[tuple[bytes, bytes, int]]]:
+    """(watermark, settle_point, keys held, bytes, key_is_int, [(store key, value, last event
+    time ns)]) for every key changed since the last call (every key with `all`)."""
+
+@final
+class RemoteReader:
+    """Decodes stored key states of one feature set and answers queries over them with the
+    in-process engine's code (the engine side of rtml.RemoteEngine)."""
+
+    def __new__(cls, spec: Spec, ns: str, spec_id: int) -> RemoteReader: ...
+    def set_info(self, key_is_int: bool | None, zone: str | None) -> None: ...
+    def store_key(self, key: object) -> bytes: ...
+    def prepare(self, key: object, at: _Instant | None = None) -> tuple[bytes, int, int]: ...
+    def prepare_many(
+        self, keys: Iterable[object], at: _Instant | Sequence[_Instant] | None = None
+    ) -> tuple[list[bytes], list[int], list[int]]: ...
+    def get(
+        self, key: object, t: int, zone: int, value: bytes | None
+    ) -> tuple[dict[str, Any], int | None]: ...
+    def get_many(
+        self,
+        keys: Iterable[object],
+        times: Sequence[int],
+        zones: Sequence[int],
+        values: Sequence[bytes | None],
+    ) -> tuple[pa.Table, list[int | None]]: ...
+    def vector(
+        self,
+        key: object,
+        t: int,
+        zone: int,
+        value: bytes | None,
+        transforms: Transforms,
+        fields: dict[str, Any] | None = None,
+    ) -> tuple[npt.NDArray[np.float64], int | None]: ...
+    def fetch_get(
+        self, conn: RedisConn, key: object, at: _Instant | None = None
+    ) -> tuple[dict[str, Any], int | None]:
+        """`get` through the Rust client: one round trip (GIL released), decode, evaluate."""
+    def fetch_get_many(
+        self,
+        conn: RedisConn,
+        keys: Iterable[object],
+        at: _Instant | Sequence[_Instant] | None = None,
+    ) -> tuple[pa.Table, list[int | None]]: ...
+    def fetch_vector(
+        self,
+        conn: RedisConn,
+        key: object,
+        transforms: Transforms,
+        fields: dict[str, Any] | None = None,
+        at: _Instant | None = None,
+    ) -> tuple[npt.NDArray[np.float64], int | None]: ...
+    def fetch_exists(self, conn: RedisConn, key: object) -> bool: ...
+    @property
+    def ns(self) -> str: ...
+    @property
+    def feature_names(self) -> list[str]: ...
+
+class RedisIoError(ConnectionError):
+    """Redis did not answer within the timeout, refused the connection, or answered an error."""
+
+@final
+class RedisConn:
+    """Pooled connections to one Redis through rtml's Rust client (src/resp.rs); every call is
+    bounded by `timeout` seconds."""
+
+    def __new__(
+        cls,
+        host: str,
+        port: int,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 0.05,
+    ) -> RedisConn: ...
+    def command(self, *args: bytes | str) -> Any:
+        """One command; its reply as Python values (bytes, int, str, None, lists)."""
+    def close(self) -> None: ...
+    @property
+    def timeout(self) -> float: ...
+
+def publish_redis(
+    conn: RedisConn,
+    engine: Engine,
+    ns: str,
+    spec_id: int,
+    field: str,
+    position_json: str,
+    now_ms: int,
+    ttl_ns: int | None = None,
+    all: bool = False,
+    check_meta: bool = False,
+    batch: int = 2000,
+) -> tuple[int, int, bool]:
+    """Publish `engine`'s changed keys (all of them with `all`, or when `check_meta` finds the
+    partition's meta record missing) through the Rust client: (values, bytes, wrote_all)."""

@@ -10,6 +10,9 @@ __all__ = [
     "QueryError",
     "SnapshotError",
     "PoisonedError",
+    "RemoteError",
+    "RemoteUnavailableError",
+    "KeyStateError",
     "RtmlWarning",
     "LateEventsWarning",
     "NullKeysWarning",
@@ -47,6 +50,21 @@ class SnapshotError(RtmlError):
 class PoisonedError(RtmlError):
     """An engine that hit an internal error (a bug in rtml) refuses every later call: its state
     may be half-updated. Restore it from a snapshot or rebuild it from its events."""
+
+
+class RemoteError(RtmlError):
+    """Base class of the errors of shared online state (`rtml.RemoteEngine`,
+    `rtml.RedisPublisher`; docs/shared-state.md)."""
+
+
+class RemoteUnavailableError(RemoteError):
+    """The state store (Redis) did not answer within the timeout, or refused the connection:
+    no answer is given rather than a stale or partial one."""
+
+
+class KeyStateError(RemoteError, SnapshotError):
+    """A stored key state that cannot be used: another feature set's, corrupted, truncated, of a
+    newer format, or the state of another key. The message names the key."""
 
 
 class RtmlWarning(UserWarning):

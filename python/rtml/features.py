@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .online import OnlineEngine
+    from .remote import RemoteEngine
 
 __all__ = [
     "Feature",
@@ -922,6 +923,13 @@ class FeatureSet:
             # dedupe_on as usual
             eng._engine.ingest_table(_io.events_table(table, self.timestamp), trusted=True)
         return eng
+
+    def remote(self, url: "str | None" = None, **options: Any) -> "RemoteEngine":
+        """A reader of this feature set's shared state in Redis (:class:`rtml.RemoteEngine`;
+        `options`: ``prefix``, ``timeout``, ``client``, ``fallback``). See docs/shared-state.md."""
+        from .remote import RemoteEngine
+
+        return RemoteEngine(self, url, **options)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FeatureSet) and other.to_json() == self.to_json()

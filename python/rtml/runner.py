@@ -359,6 +359,7 @@ class Runner:
         max_batch: int = 10_000,
         poll_timeout: float = 0.2,
         pipeline: bool = True,
+        publish: Any = None,
     ) -> None:
         if not hasattr(feature_set, "_spec"):
             raise SpecError(
@@ -419,6 +420,11 @@ class Runner:
         self._checkpoints = 0
         self._started = time.monotonic()
         source.bind(feature_set)
+        # shared state (docs/shared-state.md): an rtml.RedisPublisher, or None
+        self.publisher = publish
+        self._last_publish = time.monotonic()
+        if publish is not None:
+            publish.bind(feature_set)
         self._decoder: Any = None
         if source.raw and getattr(source, "decode", None) is None:
             ent, ts, vals, unit = _decoder_config(source, feature_set)
@@ -520,6 +526,9 @@ class Runner:
             for p, part in loaded.items():
                 self._parts[p] = part
                 out[p] = part.position
+        if self.publisher is not None:
+            for p, part in loaded.items():
+                self.publisher.attach(p, part.engine)
         return out
 
     def _on_revoke(self, parts: list[int]) -> None:
@@ -527,6 +536,7 @@ class Runner:
         for p in parts:
             if p in self._parts:
                 self._checkpoint_partition(p)
+        self._publish(parts)
         with self._lock:
             for p in parts:
                 self._parts.pop(p, None)
@@ -714,6 +724,24 @@ class Runner:
         self._last_ckpt_wall = time.time()
         self._since_ckpt = 0
         self._checkpoints += 1
+        self._publish()
+
+    def _publish(self, parts: Optional[list[int]] = None) -> None:
+        """Publish the changed keys of `parts` (default: every partition held) to the shared
+        store. A failure is counted (``metrics()["publish"]``), never raised: the partition is
+        published in full at the next attempt."""
+        if self.publisher is None:
+            return
+        from .exceptions import RemoteUnavailableError
+
+        self._last_publish = time.monotonic()
+        with self._lock:
+            held = [(p, self._parts[p]) for p in (parts or list(self._parts)) if p in self._parts]
+        for p, part in held:
+            try:
+                self.publisher.publish(p, part.engine, part.position)
+            except RemoteUnavailableError:
+                pass
 
     # ---- loops -----------------------------------------------------------------------
 
@@ -737,6 +765,11 @@ class Runner:
             self.checkpoint_events is not None and self._since_ckpt >= self.checkpoint_events
         ):
             self.checkpoint()
+        elif (
+            self.publisher is not None
+            and time.monotonic() - self._last_publish >= self.publisher.publish_every
+        ):
+            self._publish()
         return n
 
     # ---- the embedded write-ahead log ----------------------------------------------------
@@ -943,6 +976,7 @@ class Runner:
             "last_checkpoint_age_s": age,
             "last_checkpoint_duration_s": self._last_ckpt_duration,
             "source_errors": self.source.errors(),
+            "publish": None if self.publisher is None else self.publisher.metrics(),
         }
 
     def prometheus(self) -> str:
@@ -1100,11 +1134,12 @@ def _serve_metrics(runner: Runner, port: int) -> Any:
 
 def main_run(argv: list[str]) -> int:
     """`rtml run --spec features.json --source URL --checkpoint DIR [--metrics-port N]
-    [--checkpoint-every 5s] [--until-idle]`."""
+    [--checkpoint-every 5s] [--until-idle] [--publish redis://host:port/db]`."""
     import argparse
     import signal
 
     from .features import FeatureSet
+    from .remote import RedisPublisher
 
     ap = argparse.ArgumentParser(
         prog="rtml run", description="Follow a stream into checkpointed online engines."
@@ -1127,6 +1162,14 @@ def main_run(argv: list[str]) -> int:
         "--until-idle", action="store_true", help="drain what is there, checkpoint, exit"
     )
     ap.add_argument("--progress", choices=["auto", "always", "never"], default="auto")
+    ap.add_argument(
+        "--publish",
+        default=None,
+        help="redis://host:port/db: publish every changed key's state for rtml.RemoteEngine "
+        "readers (docs/shared-state.md)",
+    )
+    ap.add_argument("--publish-every", default="100ms")
+    ap.add_argument("--publish-prefix", default="rtml")
     args = ap.parse_args(argv)
     fs = FeatureSet.from_json(Path(args.spec).read_text())
     runner = Runner(
@@ -1135,6 +1178,11 @@ def main_run(argv: list[str]) -> int:
         args.checkpoint,
         args.checkpoint_every,
         max_batch=args.max_batch,
+        publish=None
+        if args.publish is None
+        else RedisPublisher(
+            args.publish, prefix=args.publish_prefix, publish_every=args.publish_every
+        ),
     )
     server = _serve_metrics(runner, args.metrics_port) if args.metrics_port is not None else None
     show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())

@@ -36,6 +36,7 @@ use crate::spec::Spec;
 use crate::state::KeyState;
 
 pub mod guard;
+pub mod keystate;
 pub mod snapshot;
 
 pub use guard::{Guard, Rules, Verdict, AHEAD_CONFIRM};
@@ -128,6 +129,8 @@ pub fn shard_of(key: KeyRef<'_>) -> usize {
 #[derive(Default)]
 pub struct Shard {
     keys: HashMap<Key, KeyState>,
+    /// Keys changed since the last publish, when change tracking is on (`keystate.rs`).
+    changed: Option<hashbrown::HashSet<Key>>,
 }
 
 impl Shard {
@@ -152,13 +155,7 @@ impl Shard {
         out: &mut [f64],
         mask: Option<&[bool]>,
     ) -> Result<()> {
-        match self.keys.get(&key) {
-            Some(state) => state.query_masked(plan, t, out, mask),
-            None => {
-                out.copy_from_slice(&plan.empty);
-                Ok(())
-            }
-        }
+        keystate::answer(plan, self.keys.get(&key), t, out, mask)
     }
 
     /// [`Shard::get`], unless [`Shard::would_settle`] holds for `s`: then `None` and `out` is
@@ -172,21 +169,14 @@ impl Shard {
         out: &mut [f64],
         mask: Option<&[bool]>,
     ) -> Option<Result<()>> {
-        match self.keys.get(&key) {
-            Some(st) => {
-                if st.settled < s
-                    && st.settle_backlog(plan, s, plan.spec.allowed_lateness) > SETTLE_ON_READ_ROWS
-                {
-                    None
-                } else {
-                    Some(st.query_masked(plan, t, out, mask))
-                }
-            }
-            None => {
-                out.copy_from_slice(&plan.empty);
-                Some(Ok(()))
-            }
+        let state = self.keys.get(&key);
+        if state.is_some_and(|st| {
+            st.settled < s
+                && st.settle_backlog(plan, s, plan.spec.allowed_lateness) > SETTLE_ON_READ_ROWS
+        }) {
+            return None;
         }
+        Some(keystate::answer(plan, state, t, out, mask))
     }
 
     /// Whether reading `key` at `t` would walk more than [`SETTLE_ON_READ_ROWS`] rows that
@@ -213,6 +203,7 @@ impl Shard {
             state.settle(plan, settle, lateness);
         }
         state.insert(plan, ts, vals);
+        self.note_changed(key);
     }
 
     /// Settle one key to `s` (bookkeeping only: no answer changes).

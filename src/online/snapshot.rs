@@ -113,7 +113,7 @@ struct BodyV3 {
     extra: Extra,
 }
 
-fn options() -> impl Options {
+pub(super) fn options() -> impl Options {
     bincode::DefaultOptions::new()
         .with_little_endian()
         .with_varint_encoding()
@@ -315,10 +315,14 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Engine> {
 
 /// A key's state is one this engine could have written: not settled past the stream's settled
 /// point, no event after the watermark (a forged state would break ingest's invariants).
+pub(super) fn fits_stream_at(allowed_lateness: i64, watermark: i64, s: &KeyState) -> bool {
+    watermark != i64::MIN
+        && s.settled <= watermark.saturating_sub(allowed_lateness)
+        && s.last_ts <= watermark
+}
+
 fn fits_stream(engine: &Engine, watermark: &i64, s: &KeyState) -> bool {
-    *watermark != i64::MIN
-        && s.settled <= watermark.saturating_sub(engine.plan.spec.allowed_lateness)
-        && s.last_ts <= *watermark
+    fits_stream_at(engine.plan.spec.allowed_lateness, *watermark, s)
 }
 
 /// An empty engine with the document's feature set, watermark and counters.

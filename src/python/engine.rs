@@ -29,18 +29,18 @@ use crate::online::{Engine, Ingested, Meta, Shard};
 use crate::plan::Plan;
 
 /// The clock of an engine's events, as [`Zone`] (0: none seen yet, or only epoch integers).
-const ZONE_UNKNOWN: u8 = 0;
-const ZONE_NAIVE: u8 = 1;
-const ZONE_AWARE: u8 = 2;
+pub(super) const ZONE_UNKNOWN: u8 = 0;
+pub(super) const ZONE_NAIVE: u8 = 1;
+pub(super) const ZONE_AWARE: u8 = 2;
 
 /// The compiled online feature engine (use `rtml.OnlineEngine`, which wraps it).
 #[pyclass(frozen, name = "Engine", module = "rtml._core")]
 pub struct PyEngine {
-    inner: Engine,
+    pub(super) inner: Engine,
     /// Set when a call panicked: every later call is refused.
-    poison: Poison,
+    pub(super) poison: Poison,
     /// The clock of the events ingested so far (`ZONE_*`): naive and aware times never mix.
-    zone: AtomicU8,
+    pub(super) zone: AtomicU8,
     plan: Arc<Plan>,
     names: Vec<Py<PyString>>,
     /// Field names of an event row dict, interned.
@@ -50,7 +50,7 @@ pub struct PyEngine {
     template: Py<PyDict>,
 }
 
-fn now_ns() -> i64 {
+pub(super) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -222,6 +222,46 @@ impl PyEngine {
         }
         Ok(d)
     }
+}
+
+/// The `get_many` result: the key column, then one column per feature (`cols`, NaN = null).
+pub(super) fn features_table<'py>(
+    py: Python<'py>,
+    plan: &Plan,
+    keys: &[PyKey],
+    cols: Vec<Vec<f64>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let entity = &plan.spec.entity;
+    let key_array: ArrayRef = if keys.iter().all(|k| matches!(k, PyKey::Int(_))) {
+        Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| match k {
+            PyKey::Int(i) => *i,
+            PyKey::Str(_) => 0,
+        })))
+    } else {
+        Arc::new(StringArray::from_iter_values(keys.iter().map(
+            |k| match k {
+                PyKey::Str(s) => s.clone(),
+                PyKey::Int(i) => i.to_string(),
+            },
+        )))
+    };
+    let features = cols.into_iter().zip(&plan.outputs).map(|(c, o)| {
+        if o.integer {
+            Column::Int(ScalarBuffer::from(
+                c.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+            ))
+        } else {
+            Column::Float(ScalarBuffer::from(c), true)
+        }
+    });
+    let names =
+        std::iter::once(entity.as_str()).chain(plan.spec.features.iter().map(|f| f.name.as_str()));
+    let columns = names.zip(std::iter::once(Column::Array(key_array)).chain(features));
+    let batch = arrow::batch(columns, keys.len())?;
+    let rb = PyRecordBatch::new(batch).into_pyarrow(py)?;
+    py.import("pyarrow")?
+        .getattr("Table")?
+        .call_method1("from_batches", (vec![rb],))
 }
 
 /// (accepted, late, ahead, duplicates, rows rejected as ahead).
@@ -414,36 +454,7 @@ impl PyEngine {
                     c.push(*v);
                 }
             }
-            let key_array: ArrayRef = if keys.iter().all(|k| matches!(k, PyKey::Int(_))) {
-                Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| match k {
-                    PyKey::Int(i) => *i,
-                    PyKey::Str(_) => 0,
-                })))
-            } else {
-                Arc::new(StringArray::from_iter_values(keys.iter().map(
-                    |k| match k {
-                        PyKey::Str(s) => s.clone(),
-                        PyKey::Int(i) => i.to_string(),
-                    },
-                )))
-            };
-            let features = cols.into_iter().zip(&self.plan.outputs).map(|(c, o)| {
-                if o.integer {
-                    Column::Int(ScalarBuffer::from(
-                        c.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-                    ))
-                } else {
-                    Column::Float(ScalarBuffer::from(c), true)
-                }
-            });
-            let names = std::iter::once(entity.as_str())
-                .chain(self.plan.spec.features.iter().map(|f| f.name.as_str()));
-            let columns = names.zip(std::iter::once(Column::Array(key_array)).chain(features));
-            let batch = arrow::batch(columns, keys.len())?;
-            let rb = PyRecordBatch::new(batch).into_pyarrow(py)?;
-            py.import("pyarrow")?
-                .getattr("Table")?
-                .call_method1("from_batches", (vec![rb],))
+            features_table(py, &self.plan, &keys, cols)
         })
     }
 

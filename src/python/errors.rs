@@ -73,6 +73,7 @@ pub fn to_py(e: Error) -> PyErr {
             Error::Snapshot { .. } => raise(py, |c| &c.snapshot, message),
             // a damaged log file is refused like a damaged snapshot (rtml.SnapshotError)
             Error::Wal { .. } => raise(py, |c| &c.snapshot, message),
+            Error::KeyState { .. } => raise(py, |c| &c.snapshot, message),
             Error::Io { path, source } => {
                 let args = (
                     source.raw_os_error().unwrap_or(0),

@@ -6,6 +6,7 @@ mod decode;
 mod engine;
 mod errors;
 mod learn;
+mod remote;
 mod transforms;
 mod wal;
 
@@ -267,6 +268,17 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transforms::PyTransforms>()?;
     m.add_class::<decode::PyJsonDecoder>()?;
     m.add_class::<wal::PyWal>()?;
+    m.add_class::<remote::PyRemoteReader>()?;
+    m.add_class::<remote::PyRedisConn>()?;
+    m.add_function(wrap_pyfunction!(remote::publish_redis, m)?)?;
+    m.add("RedisIoError", m.py().get_type::<remote::RedisIoError>())?;
+    m.add_function(wrap_pyfunction!(remote::track_changes, m)?)?;
+    m.add_function(wrap_pyfunction!(remote::changed_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(remote::publish_changes, m)?)?;
+    m.add(
+        "KEYSTATE_VERSION",
+        crate::online::keystate::KEYSTATE_VERSION,
+    )?;
     learn::register(m)?;
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_init_exceptions, m)?)?;

@@ -1,0 +1,1014 @@
+//! Shared online state (docs/shared-state.md): the writer's side (`publish_changes`: every
+//! changed key of an engine as a store key and a value, `online::keystate`) and the reader's
+//! (`RemoteReader`: the values a store returned, decoded and evaluated with the function the
+//! in-process engine's `get` runs). No network here: python/rtml/remote.py talks to Redis.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use super::convert::{self, PyKey, Zone};
+use super::engine::{self, PyEngine, ZONE_AWARE, ZONE_NAIVE, ZONE_UNKNOWN};
+use super::errors::{self, detached, entry, IntoPy};
+use super::transforms::PyTransforms;
+use super::PySpec;
+use crate::error::Error;
+use crate::input::KeyRef;
+use crate::online::keystate::{self, answer};
+use crate::plan::Plan;
+use crate::resp::{self, Conn, Reply, Target};
+
+pyo3::create_exception!(
+    _core,
+    RedisIoError,
+    pyo3::exceptions::PyConnectionError,
+    "Redis did not answer within the timeout, refused the connection, or answered an error (rtml.RemoteEngine raises rtml.RemoteUnavailableError for it)."
+);
+
+fn zone_code(z: Zone) -> u8 {
+    match z {
+        Zone::Epoch => ZONE_UNKNOWN,
+        Zone::Naive => ZONE_NAIVE,
+        Zone::Aware => ZONE_AWARE,
+    }
+}
+
+fn zone_of(code: u8) -> Option<Zone> {
+    match code {
+        ZONE_NAIVE => Some(Zone::Naive),
+        ZONE_AWARE => Some(Zone::Aware),
+        _ => None,
+    }
+}
+
+/// Start (or stop) tracking the keys an engine changes (`publish_changes` lists them).
+#[pyfunction]
+pub fn track_changes(py: Python<'_>, engine: &Bound<'_, PyEngine>, on: bool) -> PyResult<()> {
+    let e = engine.get();
+    entry(Some(&e.poison), || {
+        let inner = &e.inner;
+        py.detach(|| inner.track_changes(on));
+        Ok(())
+    })
+}
+
+/// Keys changed since the last publish (0 when not tracking).
+#[pyfunction]
+pub fn changed_keys(py: Python<'_>, engine: &Bound<'_, PyEngine>) -> PyResult<usize> {
+    let e = engine.get();
+    entry(Some(&e.poison), || {
+        let inner = &e.inner;
+        Ok(py.detach(|| inner.changed_keys()))
+    })
+}
+
+/// Encode every key of `engine` changed since the last call (every key with `all`):
+/// `(watermark, settle_point, keys, bytes, key_is_int, [(store key, value, last event time), ...])`,
+/// the watermark and settled point None before any event, `key_is_int` None before any key.
+/// Clears the changed set.
+#[pyfunction]
+#[pyo3(signature = (engine, ns, spec_id, all=false))]
+pub fn publish_changes<'py>(
+    py: Python<'py>,
+    engine: &Bound<'py, PyEngine>,
+    ns: &str,
+    spec_id: u64,
+    all: bool,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let e = engine.get();
+    entry(Some(&e.poison), || {
+        let zone = e.zone.load(Ordering::Acquire);
+        let inner = &e.inner;
+        let (published, items) = detached(py, || {
+            let mut items: Vec<(Vec<u8>, Vec<u8>, i64)> = Vec::new();
+            let p = inner.publish_changed(all, spec_id, zone, |k, st, v| {
+                items.push((keystate::store_key(ns, k.as_ref()), v.to_vec(), st.last_ts))
+            })?;
+            Ok((p, items))
+        })?;
+        let key_is_int = match (inner.check_key_kind(true), inner.check_key_kind(false)) {
+            (Ok(()), Err(_)) => Some(true),
+            (Err(_), Ok(())) => Some(false),
+            _ => None,
+        };
+        let list = PyList::empty(py);
+        for (name, value, last) in items {
+            list.append((PyBytes::new(py, &name), PyBytes::new(py, &value), last))?;
+        }
+        (
+            published.watermark,
+            published.settle_point,
+            published.keys,
+            published.bytes,
+            key_is_int,
+            list,
+        )
+            .into_pyobject(py)
+    })
+}
+
+/// Features as one column per feature, and each key's watermark (None: no stored value).
+type Evaluated = (Vec<Vec<f64>>, Vec<Option<i64>>);
+
+/// Decodes the values a store holds for one feature set and answers queries over them with
+/// the in-process engine's code (use `rtml.RemoteEngine`, which wraps it).
+#[pyclass(frozen, name = "RemoteReader", module = "rtml._core")]
+pub struct PyRemoteReader {
+    plan: Arc<Plan>,
+    ns: String,
+    spec_id: u64,
+    /// The writers' key kind (0 unknown, 1 integers, 2 strings) and clock (`ZONE_*`), as the
+    /// store's info record says.
+    kind: AtomicU8,
+    zone: AtomicU8,
+    names: Vec<Py<PyString>>,
+    template: Py<PyDict>,
+}
+
+impl PyRemoteReader {
+    fn key_ref<'a>(&self, key: &'a Bound<'_, PyAny>) -> PyResult<KeyRef<'a>> {
+        let k = convert::key_ref(key, &self.plan.spec.entity).py_err()?;
+        self.check_kind(k.is_int())?;
+        Ok(k)
+    }
+
+    /// The in-process engine's key-kind check, against the writers' kind.
+    fn check_kind(&self, is_int: bool) -> PyResult<()> {
+        let held = match self.kind.load(Ordering::Acquire) {
+            1 => true,
+            2 => false,
+            _ => return Ok(()),
+        };
+        if held != is_int {
+            let kind = |int: bool| if int { "integer" } else { "string" };
+            return Err(errors::schema_error(
+                &self.plan.spec.entity,
+                format!(
+                    "this engine holds {} keys, got {} keys",
+                    kind(held),
+                    kind(is_int)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_zone(&self, z: Zone, held: u8, what: &str) -> PyResult<()> {
+        if let Some(cur) = zone_of(held) {
+            if z.clash(cur) {
+                let against = format!("this engine's events hold {}", cur.describe());
+                return Err(errors::schema_error(
+                    what,
+                    convert::zone_clash_message(z, &against),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn instant(&self, at: Option<&Bound<'_, PyAny>>) -> PyResult<(i64, u8)> {
+        match at {
+            Some(a) if !a.is_none() => {
+                let (t, z) =
+                    convert::instant_zoned(a, self.plan.spec.timestamp_unit.as_deref(), "at")
+                        .py_err()?;
+                self.check_zone(z, self.zone.load(Ordering::Acquire), "at")?;
+                Ok((t, zone_code(z)))
+            }
+            _ => Ok((engine::now_ns(), ZONE_UNKNOWN)),
+        }
+    }
+
+    /// Features of `key` at `t` from its stored value (None: no value) into `out`; the
+    /// watermark the value was written at.
+    fn evaluate(
+        &self,
+        key: KeyRef<'_>,
+        t: i64,
+        at_zone: u8,
+        value: Option<&[u8]>,
+        out: &mut [f64],
+        mask: Option<&[bool]>,
+    ) -> PyResult<Option<i64>> {
+        match value {
+            None => {
+                answer(&self.plan, None, t, out, mask).py_err()?;
+                Ok(None)
+            }
+            Some(bytes) => {
+                let d = keystate::decode(bytes, &self.plan, self.spec_id, key).py_err()?;
+                if let Some(z) = zone_of(at_zone) {
+                    self.check_zone(z, d.header.zone, "at")?;
+                }
+                answer(&self.plan, Some(&d.state), t, out, mask).py_err()?;
+                Ok(Some(d.header.watermark))
+            }
+        }
+    }
+
+    /// Decode and evaluate a batch without the GIL (across the pool's threads from 32 keys),
+    /// then check, in key order, what [`Self::evaluate`] checks: the features as one column
+    /// per feature and each key's watermark.
+    fn evaluate_many(
+        &self,
+        py: Python<'_>,
+        keys: &[PyKey],
+        times: &[i64],
+        zones: &[u8],
+        values: &[Option<&[u8]>],
+    ) -> PyResult<Evaluated> {
+        type One = crate::error::Result<(Option<i64>, u8, crate::error::Result<()>)>;
+        let nf = self.plan.n_features().max(1);
+        let plan = &*self.plan;
+        let spec_id = self.spec_id;
+        let one = |k: &PyKey, t: i64, v: &Option<&[u8]>, out: &mut [f64]| -> One {
+            match v {
+                None => Ok((None, ZONE_UNKNOWN, answer(plan, None, t, out, None))),
+                Some(b) => {
+                    let d = keystate::decode(b, plan, spec_id, k.as_ref())?;
+                    let r = answer(plan, Some(&d.state), t, out, None);
+                    Ok((Some(d.header.watermark), d.header.zone, r))
+                }
+            }
+        };
+        let (flat, results) = py.detach(|| {
+            use rayon::prelude::*;
+            let mut flat = vec![0f64; keys.len() * nf];
+            let results: Vec<One> = if keys.len() >= 32 {
+                crate::pool::install(|| {
+                    flat.par_chunks_mut(nf)
+                        .zip(keys.par_iter().zip(times.par_iter().zip(values.par_iter())))
+                        .map(|(out, (k, (&t, v)))| one(k, t, v, out))
+                        .collect()
+                })
+            } else {
+                flat.chunks_mut(nf)
+                    .zip(keys.iter().zip(times.iter().zip(values.iter())))
+                    .map(|(out, (k, (&t, v)))| one(k, t, v, out))
+                    .collect()
+            };
+            (flat, results)
+        });
+        let mut wms = Vec::with_capacity(keys.len());
+        for (r, &at_zone) in results.into_iter().zip(zones) {
+            let (wm, stored, answered) = r.py_err()?;
+            if let (Some(z), Some(_)) = (zone_of(at_zone), wm) {
+                self.check_zone(z, stored, "at")?;
+            }
+            answered.py_err()?;
+            wms.push(wm);
+        }
+        let mut cols = vec![Vec::with_capacity(keys.len()); nf];
+        for row in flat.chunks(nf) {
+            for (c, v) in cols.iter_mut().zip(row) {
+                c.push(*v);
+            }
+        }
+        Ok((cols, wms))
+    }
+
+    fn row_dict<'py>(&self, py: Python<'py>, values: &[f64]) -> PyResult<Bound<'py, PyDict>> {
+        let d = self.template.bind(py).copy()?;
+        for ((name, out), v) in self.names.iter().zip(&self.plan.outputs).zip(values) {
+            if out.integer {
+                d.set_item(name.bind(py), *v as i64)?;
+            } else if !v.is_nan() {
+                d.set_item(name.bind(py), *v)?;
+            }
+        }
+        Ok(d)
+    }
+}
+
+fn bytes_of<'a>(v: &'a Option<Bound<'_, PyAny>>) -> PyResult<Option<&'a [u8]>> {
+    match v {
+        None => Ok(None),
+        Some(v) if v.is_none() => Ok(None),
+        Some(v) => Ok(Some(v.cast::<PyBytes>()?.as_bytes())),
+    }
+}
+
+#[pymethods]
+impl PyRemoteReader {
+    /// A reader of the values published under namespace `ns` for `spec` (`spec_id`: the first
+    /// 8 bytes of the SHA-256 of the spec's JSON, big-endian).
+    #[new]
+    fn new(py: Python<'_>, spec: &Bound<'_, PySpec>, ns: String, spec_id: u64) -> PyResult<Self> {
+        let plan = Arc::clone(&spec.get().plan);
+        let names: Vec<Py<PyString>> = plan
+            .spec
+            .features
+            .iter()
+            .map(|f| PyString::intern(py, &f.name).unbind())
+            .collect();
+        let template = PyDict::new(py);
+        for n in &names {
+            template.set_item(n.bind(py), py.None())?;
+        }
+        Ok(PyRemoteReader {
+            plan,
+            ns,
+            spec_id,
+            kind: AtomicU8::new(0),
+            zone: AtomicU8::new(ZONE_UNKNOWN),
+            names,
+            template: template.unbind(),
+        })
+    }
+
+    /// Record the writers' key kind (True: integers) and clock ("naive" / "aware" / None).
+    #[pyo3(signature = (key_is_int, zone))]
+    fn set_info(&self, key_is_int: Option<bool>, zone: Option<&str>) {
+        let k = match key_is_int {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        self.kind.store(k, Ordering::Release);
+        let z = match zone {
+            Some("naive") => ZONE_NAIVE,
+            Some("aware") => ZONE_AWARE,
+            _ => ZONE_UNKNOWN,
+        };
+        self.zone.store(z, Ordering::Release);
+    }
+
+    /// The store key of `key` (checks the key like the engine's `get`).
+    fn store_key<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        entry(None, || {
+            let k = self.key_ref(key)?;
+            Ok(PyBytes::new(py, &keystate::store_key(&self.ns, k)))
+        })
+    }
+
+    /// Check a query before any network call: `(store key, t ns, clock of at)`.
+    #[pyo3(signature = (key, at=None))]
+    fn prepare<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyBytes>, i64, u8)> {
+        entry(None, || {
+            let k = self.key_ref(key)?;
+            let (t, z) = self.instant(at)?;
+            Ok((PyBytes::new(py, &keystate::store_key(&self.ns, k)), t, z))
+        })
+    }
+
+    /// `prepare` of many keys: `(store keys, instants, clocks)`; `at` is one instant or one per
+    /// key.
+    #[pyo3(signature = (keys, at=None))]
+    fn prepare_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyList>, Vec<i64>, Vec<u8>)> {
+        entry(None, || {
+            let entity = &self.plan.spec.entity;
+            let keys: Vec<PyKey> = keys
+                .try_iter()?
+                .map(|k| k.and_then(|k| convert::key(&k, entity).py_err()))
+                .collect::<PyResult<_>>()?;
+            for k in &keys {
+                self.check_kind(k.as_ref().is_int())?;
+            }
+            let (times, zones): (Vec<i64>, Vec<u8>) = match at {
+                Some(a) if a.is_instance_of::<PyList>() || a.is_instance_of::<PyTuple>() => {
+                    let ts: Vec<(i64, u8)> = a
+                        .try_iter()?
+                        .map(|t| t.and_then(|t| self.instant(Some(&t))))
+                        .collect::<PyResult<_>>()?;
+                    if ts.len() != keys.len() {
+                        return Err(errors::query_error(format!(
+                            "at: {} instants for {} keys (give one instant, or one per key)",
+                            ts.len(),
+                            keys.len()
+                        )));
+                    }
+                    ts.into_iter().unzip()
+                }
+                other => {
+                    let (t, z) = self.instant(other)?;
+                    (vec![t; keys.len()], vec![z; keys.len()])
+                }
+            };
+            let names = PyList::empty(py);
+            for k in &keys {
+                names.append(PyBytes::new(py, &keystate::store_key(&self.ns, k.as_ref())))?;
+            }
+            Ok((names, times, zones))
+        })
+    }
+
+    /// Features of `key` at `t` (from `prepare`) given its stored value (bytes, or None when
+    /// the store has none): `(dict, watermark of the value or None)`.
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        t: i64,
+        zone: u8,
+        value: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyDict>, Option<i64>)> {
+        entry(None, || {
+            let k = self.key_ref(key)?;
+            let v = bytes_of(&value)?;
+            let mut out = vec![0f64; self.plan.n_features()];
+            let wm = self.evaluate(k, t, zone, v, &mut out, None)?;
+            Ok((self.row_dict(py, &out)?, wm))
+        })
+    }
+
+    /// `get` of many keys (`times`, `zones` from `prepare_many`, `values` as the store returned
+    /// them): `(pyarrow.Table, [watermark or None per key])`.
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        times: Vec<i64>,
+        zones: Vec<u8>,
+        values: Vec<Option<Bound<'py, PyAny>>>,
+    ) -> PyResult<(Bound<'py, PyAny>, Vec<Option<i64>>)> {
+        entry(None, || {
+            let entity = &self.plan.spec.entity;
+            let keys: Vec<PyKey> = keys
+                .try_iter()?
+                .map(|k| k.and_then(|k| convert::key(&k, entity).py_err()))
+                .collect::<PyResult<_>>()?;
+            if times.len() != keys.len() || values.len() != keys.len() || zones.len() != keys.len()
+            {
+                return Err(errors::query_error(format!(
+                    "get_many: {} keys, {} instants, {} values",
+                    keys.len(),
+                    times.len(),
+                    values.len()
+                )));
+            }
+            let values: Vec<Option<&[u8]>> =
+                values.iter().map(bytes_of).collect::<PyResult<_>>()?;
+            let (cols, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
+            Ok((engine::features_table(py, &self.plan, &keys, cols)?, wms))
+        })
+    }
+
+    /// `OnlineEngine.vector` over a stored value: `(vector, watermark of the value or None)`.
+    #[pyo3(signature = (key, t, zone, value, transforms, fields=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn vector<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        t: i64,
+        zone: u8,
+        value: Option<Bound<'py, PyAny>>,
+        transforms: &Bound<'py, PyTransforms>,
+        fields: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, numpy::PyArray1<f64>>, Option<i64>)> {
+        entry(None, || {
+            let k = self.key_ref(key)?;
+            let v = bytes_of(&value)?;
+            let tf = transforms.get();
+            let held = self.zone.load(Ordering::Acquire);
+            let clock = |name: &str, z: Zone| self.check_zone(z, held, name);
+            let slots = super::transforms::row_slots(py, tf, &self.plan);
+            let mut buf = vec![0f64; self.plan.n_features()];
+            let wm = self.evaluate(k, t, zone, v, &mut buf, Some(slots.mask()))?;
+            let vec = match super::transforms::vector_with_features(
+                py,
+                tf,
+                &self.plan,
+                fields,
+                &buf,
+                Some(&slots),
+                &clock,
+            )? {
+                Some(v) => v,
+                None => {
+                    // the transforms were refit meanwhile: every feature, then apply
+                    self.evaluate(k, t, zone, v, &mut buf, None)?;
+                    super::transforms::vector_with_features(
+                        py, tf, &self.plan, fields, &buf, None, &clock,
+                    )?
+                    .ok_or_else(|| {
+                        errors::to_py(Error::Query(
+                            "vector: transforms changed while reading".into(),
+                        ))
+                    })?
+                }
+            };
+            Ok((vec, wm))
+        })
+    }
+
+    /// The namespace this reader reads.
+    #[getter]
+    fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    /// Output feature names, in order.
+    #[getter]
+    fn feature_names(&self) -> Vec<String> {
+        self.plan.spec.feature_names()
+    }
+
+    /// `get` through the Rust client: one round trip, then decode and evaluate.
+    #[pyo3(signature = (conn, key, at=None))]
+    fn fetch_get<'py>(
+        &self,
+        py: Python<'py>,
+        conn: &Bound<'py, PyRedisConn>,
+        key: &Bound<'py, PyAny>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyDict>, Option<i64>)> {
+        entry(None, || {
+            let k = self.key_ref(key)?;
+            let (t, z) = self.instant(at)?;
+            let name = keystate::store_key(&self.ns, k);
+            let values = self.fetch(py, conn.get(), vec![name])?;
+            let k = self.key_ref(key)?; // against the key kind just learned
+            let mut out = vec![0f64; self.plan.n_features()];
+            let value = values.into_iter().next().flatten();
+            let wm = self.evaluate(k, t, z, value.as_deref(), &mut out, None)?;
+            Ok((self.row_dict(py, &out)?, wm))
+        })
+    }
+
+    /// `get_many` through the Rust client: one MGET.
+    #[pyo3(signature = (conn, keys, at=None))]
+    fn fetch_get_many<'py>(
+        &self,
+        py: Python<'py>,
+        conn: &Bound<'py, PyRedisConn>,
+        keys: &Bound<'py, PyAny>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyAny>, Vec<Option<i64>>)> {
+        entry(None, || {
+            let (names, times, zones) = self.prepare_many(py, keys, at)?;
+            let keys: Vec<PyKey> = keys
+                .try_iter()?
+                .map(|k| k.and_then(|k| convert::key(&k, &self.plan.spec.entity).py_err()))
+                .collect::<PyResult<_>>()?;
+            let names: Vec<Vec<u8>> = names
+                .iter()
+                .map(|n| Ok::<_, PyErr>(n.cast::<PyBytes>()?.as_bytes().to_vec()))
+                .collect::<PyResult<_>>()?;
+            let values = if names.is_empty() {
+                Vec::new()
+            } else {
+                self.fetch(py, conn.get(), names)?
+            };
+            if values.len() != keys.len() || times.len() != keys.len() || zones.len() != keys.len()
+            {
+                return Err(RedisIoError::new_err("redis: a reply of the wrong length"));
+            }
+            for k in &keys {
+                self.check_kind(k.as_ref().is_int())?; // against the key kind just learned
+            }
+            let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
+            let (cols, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
+            Ok((engine::features_table(py, &self.plan, &keys, cols)?, wms))
+        })
+    }
+
+    /// `vector` through the Rust client.
+    #[pyo3(signature = (conn, key, transforms, fields=None, at=None))]
+    fn fetch_vector<'py>(
+        &self,
+        py: Python<'py>,
+        conn: &Bound<'py, PyRedisConn>,
+        key: &Bound<'py, PyAny>,
+        transforms: &Bound<'py, PyTransforms>,
+        fields: Option<&Bound<'py, PyAny>>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, numpy::PyArray1<f64>>, Option<i64>)> {
+        entry(None, || {
+            let k = self.key_ref(key)?;
+            let (t, z) = self.instant(at)?;
+            let name = keystate::store_key(&self.ns, k);
+            let mut values = self.fetch(py, conn.get(), vec![name])?;
+            let value = values
+                .pop()
+                .flatten()
+                .map(|v| PyBytes::new(py, &v).into_any());
+            self.vector(py, key, t, z, value, transforms, fields)
+        })
+    }
+
+    /// Whether the store holds a value for `key`.
+    fn fetch_exists(
+        &self,
+        py: Python<'_>,
+        conn: &Bound<'_, PyRedisConn>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        entry(None, || {
+            let k = convert::key_ref(key, &self.plan.spec.entity).py_err()?;
+            let name = keystate::store_key(&self.ns, k);
+            match conn.get().command(py, &[b"EXISTS", &name])? {
+                Reply::Int(n) => Ok(n > 0),
+                _ => Err(RedisIoError::new_err("redis: unexpected reply to EXISTS")),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Rust client path (`crate::resp`): one call = the round trip (GIL released) + decode +
+// evaluation.
+// ---------------------------------------------------------------------------------------------
+
+/// Connections to one Redis through the Rust client, every call bounded by `timeout`.
+#[pyclass(frozen, name = "RedisConn", module = "rtml._core")]
+pub struct PyRedisConn {
+    target: Target,
+    timeout: Duration,
+    /// Idle connections (a call takes one, or connects, and puts it back after success).
+    pool: Mutex<Vec<Conn>>,
+    /// The process the pooled connections belong to: a forked child (gunicorn, multiprocessing)
+    /// must not share its parent's sockets, whose replies would interleave.
+    pid: std::sync::atomic::AtomicU32,
+}
+
+impl PyRedisConn {
+    /// `f` on a pooled connection, without the GIL, within the timeout; an I/O error drops the
+    /// connection and raises `RedisIoError`.
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl Fn(&mut Conn, Instant) -> std::io::Result<T> + Send + Sync,
+    ) -> PyResult<T> {
+        let r = py.detach(|| {
+            let deadline = Instant::now() + self.timeout;
+            let me = std::process::id();
+            if self.pid.swap(me, Ordering::AcqRel) != me {
+                // forked: forget the parent's connections (closing our copies of the file
+                // descriptors leaves the parent's sockets open)
+                self.pool.lock().clear();
+            }
+            let pooled = self.pool.lock().pop();
+            let out = match pooled {
+                Some(mut conn) => match f(&mut conn, deadline) {
+                    Ok(out) => Ok((conn, out)),
+                    // an idle connection the server closed (restart, idle timeout): once more
+                    // on a new one, within the same deadline (every command sent is idempotent)
+                    Err(e) if e.kind() != std::io::ErrorKind::TimedOut => {
+                        drop(conn);
+                        self.pool.lock().clear();
+                        let mut conn = Conn::connect(&self.target, deadline)?;
+                        f(&mut conn, deadline).map(|out| (conn, out))
+                    }
+                    Err(e) => Err(e),
+                },
+                None => {
+                    let mut conn = Conn::connect(&self.target, deadline)?;
+                    f(&mut conn, deadline).map(|out| (conn, out))
+                }
+            };
+            let (conn, out) = out?;
+            self.pool.lock().push(conn);
+            Ok::<T, std::io::Error>(out)
+        });
+        r.map_err(|e| {
+            RedisIoError::new_err(format!(
+                "redis {}:{}: {e} (timeout {}s)",
+                self.target.host,
+                self.target.port,
+                self.timeout.as_secs_f64()
+            ))
+        })
+    }
+
+    fn command(&self, py: Python<'_>, args: &[&[u8]]) -> PyResult<Reply> {
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+        let reply = self.with(py, move |c, d| {
+            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+            c.command(&refs, d)
+        })?;
+        if let Reply::Error(e) = &reply {
+            return Err(RedisIoError::new_err(format!(
+                "redis {}:{} answered an error: {e}",
+                self.target.host, self.target.port
+            )));
+        }
+        Ok(reply)
+    }
+}
+
+fn reply_to_py<'py>(py: Python<'py>, r: &Reply) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match r {
+        Reply::Nil => py.None().into_bound(py),
+        Reply::Status(s) | Reply::Error(s) => PyString::new(py, s).into_any(),
+        Reply::Int(i) => i.into_pyobject(py)?.into_any(),
+        Reply::Bulk(b) => PyBytes::new(py, b).into_any(),
+        Reply::Array(items) => {
+            let l = PyList::empty(py);
+            for i in items {
+                l.append(reply_to_py(py, i)?)?;
+            }
+            l.into_any()
+        }
+    })
+}
+
+#[pymethods]
+impl PyRedisConn {
+    #[new]
+    #[pyo3(signature = (host, port, db=0, username=None, password=None, timeout=0.05))]
+    fn new(
+        host: String,
+        port: u16,
+        db: i64,
+        username: Option<String>,
+        password: Option<String>,
+        timeout: f64,
+    ) -> PyResult<Self> {
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(errors::to_py(Error::spec(
+                "timeout",
+                "must be a positive number of seconds",
+            )));
+        }
+        Ok(PyRedisConn {
+            target: Target {
+                host,
+                port,
+                db,
+                username,
+                password,
+            },
+            timeout: Duration::from_secs_f64(timeout),
+            pool: Mutex::new(Vec::new()),
+            pid: std::sync::atomic::AtomicU32::new(std::process::id()),
+        })
+    }
+
+    /// One command (arguments as bytes or str), its reply as Python values.
+    #[pyo3(name = "command", signature = (*args))]
+    fn py_command<'py>(
+        &self,
+        py: Python<'py>,
+        args: Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut owned: Vec<Vec<u8>> = Vec::with_capacity(args.len());
+        for a in &args {
+            if let Ok(b) = a.cast::<PyBytes>() {
+                owned.push(b.as_bytes().to_vec());
+            } else {
+                owned.push(a.str()?.to_str()?.as_bytes().to_vec());
+            }
+        }
+        let refs: Vec<&[u8]> = owned.iter().map(|a| a.as_slice()).collect();
+        let r = self.command(py, &refs)?;
+        reply_to_py(py, &r)
+    }
+
+    /// Drop the idle connections.
+    fn close(&self) {
+        self.pool.lock().clear();
+    }
+
+    #[getter]
+    fn timeout(&self) -> f64 {
+        self.timeout.as_secs_f64()
+    }
+}
+
+/// The values of an MGET (or GET) reply.
+fn values_of(r: Reply, n: usize) -> PyResult<Vec<Option<Vec<u8>>>> {
+    let bad = || RedisIoError::new_err("redis: unexpected reply to GET / MGET");
+    match r {
+        Reply::Nil if n == 1 => Ok(vec![None]),
+        Reply::Bulk(b) if n == 1 => Ok(vec![Some(b)]),
+        Reply::Array(items) if items.len() == n => items
+            .into_iter()
+            .map(|i| match i {
+                Reply::Nil => Ok(None),
+                Reply::Bulk(b) => Ok(Some(b)),
+                _ => Err(bad()),
+            })
+            .collect(),
+        Reply::Error(e) => Err(RedisIoError::new_err(format!(
+            "redis answered an error: {e}"
+        ))),
+        _ => Err(bad()),
+    }
+}
+
+impl PyRemoteReader {
+    fn info_key(&self) -> Vec<u8> {
+        format!("{}:info", self.ns).into_bytes()
+    }
+
+    /// The stored values of `names`, one round trip (with the info record while the writers'
+    /// key kind is unknown, which is then learned).
+    fn fetch(
+        &self,
+        py: Python<'_>,
+        conn: &PyRedisConn,
+        names: Vec<Vec<u8>>,
+    ) -> PyResult<Vec<Option<Vec<u8>>>> {
+        let with_info = self.kind.load(Ordering::Acquire) == 0;
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(names.len() + 2);
+        if with_info || names.len() != 1 {
+            args.push(b"MGET".to_vec());
+        } else {
+            args.push(b"GET".to_vec());
+        }
+        if with_info {
+            args.push(self.info_key());
+        }
+        let n = names.len() + with_info as usize;
+        args.extend(names);
+        let reply = conn.with(py, move |c, d| {
+            let mut out = Vec::new();
+            let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+            resp::pack(&mut out, &refs);
+            c.send(&out, d)?;
+            c.read(d)
+        })?;
+        let mut values = values_of(reply, n)?;
+        if with_info {
+            let info = values.remove(0);
+            if let Some(info) = info {
+                self.learn(&info)?;
+            }
+        }
+        Ok(values)
+    }
+
+    fn learn(&self, info: &[u8]) -> PyResult<()> {
+        let bad = || {
+            errors::to_py(Error::KeyState {
+                key: format!("{}:info", self.ns),
+                message: "not an rtml info record".into(),
+            })
+        };
+        let v: serde_json::Value = serde_json::from_slice(info).map_err(|_| bad())?;
+        let kind = match v.get("key_is_int") {
+            Some(serde_json::Value::Bool(true)) => 1,
+            Some(serde_json::Value::Bool(false)) => 2,
+            Some(serde_json::Value::Null) | None => 0,
+            _ => return Err(bad()),
+        };
+        let zone = match v.get("zone").and_then(|z| z.as_str()) {
+            Some("naive") => ZONE_NAIVE,
+            Some("aware") => ZONE_AWARE,
+            _ => ZONE_UNKNOWN,
+        };
+        self.kind.store(kind, Ordering::Release);
+        self.zone.store(zone, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Publish `engine`'s changed keys (every key with `all`, or when `check_meta` and the
+/// partition's meta record is missing) through the Rust client: `SET name value [PXAT at]`
+/// (or `DEL` when already expired) pipelined `batch` commands per round trip, then the meta
+/// record (`HSET <ns>:meta <field> <json>`) and the info record. The values are encoded under
+/// the engine's ingest lock; the network I/O happens after it is released, without the GIL.
+/// Returns `(values, bytes, wrote_all)`. Raises `RedisIoError`.
+#[pyfunction]
+#[pyo3(signature = (conn, engine, ns, spec_id, field, position_json, now_ms, ttl_ns=None, all=false, check_meta=false, batch=2000))]
+#[allow(clippy::too_many_arguments)]
+pub fn publish_redis(
+    py: Python<'_>,
+    conn: &Bound<'_, PyRedisConn>,
+    engine: &Bound<'_, PyEngine>,
+    ns: &str,
+    spec_id: u64,
+    field: &str,
+    position_json: &str,
+    now_ms: i64,
+    ttl_ns: Option<i64>,
+    all: bool,
+    check_meta: bool,
+    batch: usize,
+) -> PyResult<(usize, usize, bool)> {
+    let e = engine.get();
+    let conn = conn.get();
+    let position: serde_json::Value = serde_json::from_str(position_json)
+        .map_err(|err| errors::to_py(Error::spec("position", err.to_string())))?;
+    entry(Some(&e.poison), || {
+        let meta_key = format!("{ns}:meta");
+        let mut all = all;
+        if !all && check_meta {
+            match conn.command(py, &[b"HEXISTS", meta_key.as_bytes(), field.as_bytes()])? {
+                Reply::Int(0) => all = true,
+                Reply::Int(_) => {}
+                _ => return Err(RedisIoError::new_err("redis: unexpected reply to HEXISTS")),
+            }
+        }
+        let zone = e.zone.load(Ordering::Acquire);
+        let inner = &e.inner;
+        let key_is_int = match (inner.check_key_kind(true), inner.check_key_kind(false)) {
+            (Ok(()), Err(_)) => Some(true),
+            (Err(_), Ok(())) => Some(false),
+            _ => None,
+        };
+        let batch = batch.max(1);
+        // encode (ingest lock held, GIL released): the commands and where each batch ends
+        let (published, buf, cuts) = detached(py, || {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut cuts: Vec<(usize, usize)> = Vec::new(); // (end offset, commands)
+            let mut n = 0usize;
+            let p = inner.publish_changed(all, spec_id, zone, |k, st, v| {
+                let name = keystate::store_key(ns, k.as_ref());
+                match ttl_ns {
+                    None => resp::pack(&mut buf, &[b"SET", &name, v]),
+                    Some(ttl) => {
+                        let wm = v
+                            .get(16..24)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(i64::MIN, i64::from_le_bytes);
+                        let left = st.last_ts.saturating_add(ttl).saturating_sub(wm);
+                        let at = now_ms.saturating_add(crate::time::floor_div(left, 1_000_000));
+                        if at <= now_ms {
+                            resp::pack(&mut buf, &[b"DEL", &name]);
+                        } else {
+                            resp::pack(
+                                &mut buf,
+                                &[b"SET", &name, v, b"PXAT", at.to_string().as_bytes()],
+                            );
+                        }
+                    }
+                }
+                n += 1;
+                if n % batch == 0 {
+                    cuts.push((buf.len(), batch));
+                }
+            })?;
+            if n % batch != 0 {
+                cuts.push((buf.len(), n % batch));
+            }
+            Ok((p, buf, cuts))
+        })?;
+        let record = serde_json::json!({
+            "watermark": published.watermark,
+            "settle_point": published.settle_point,
+            "keys": published.keys,
+            "key_is_int": key_is_int,
+            "position": position,
+            "published_at_ms": now_ms,
+            "keystate_version": keystate::KEYSTATE_VERSION,
+        })
+        .to_string();
+        let zone_name = match zone {
+            ZONE_NAIVE => serde_json::Value::from("naive"),
+            ZONE_AWARE => serde_json::Value::from("aware"),
+            _ => serde_json::Value::Null,
+        };
+        let info = serde_json::json!({"key_is_int": key_is_int, "zone": zone_name}).to_string();
+        let mut tail = Vec::new();
+        resp::pack(
+            &mut tail,
+            &[
+                b"HSET",
+                meta_key.as_bytes(),
+                field.as_bytes(),
+                record.as_bytes(),
+            ],
+        );
+        resp::pack(
+            &mut tail,
+            &[b"SET", format!("{ns}:info").as_bytes(), info.as_bytes()],
+        );
+        // send (GIL released): each batch, then its replies; the first error reply fails it
+        let failed = conn.with(py, move |c, d| {
+            let mut start = 0;
+            let mut first_error: Option<String> = None;
+            let mut send = |c: &mut Conn, chunk: &[u8], n: usize| -> std::io::Result<()> {
+                c.send(chunk, d)?;
+                for _ in 0..n {
+                    if let Reply::Error(m) = c.read(d)? {
+                        first_error.get_or_insert(m);
+                    }
+                }
+                Ok(())
+            };
+            for &(end, n) in &cuts {
+                send(c, buf.get(start..end).unwrap_or_default(), n)?;
+                start = end;
+            }
+            send(c, &tail, 2)?;
+            Ok(first_error)
+        })?;
+        if let Some(m) = failed {
+            return Err(RedisIoError::new_err(format!(
+                "redis answered an error: {m}"
+            )));
+        }
+        Ok((published.values, published.bytes, all))
+    })
+}

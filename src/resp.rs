@@ -1,0 +1,273 @@
+//! A minimal Redis client: RESP2 over TCP, blocking, every call bounded by a deadline. What
+//! shared online state needs (docs/shared-state.md): `GET` / `MGET` / `EXISTS` / `HGETALL` for
+//! readers and pipelined `SET ... PXAT` for writers, without a Python-level client in the hot
+//! path (redis-py costs about 80 us per command on top of the ~20 us loopback round trip:
+//! bench/bench_shared_state.py). No TLS, no cluster redirections, no pub/sub: those go through
+//! redis-py (`RemoteEngine(client=...)`).
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// One reply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    Nil,
+    Status(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Array(Vec<Reply>),
+    /// An error reply (`-ERR ...`): the command failed, the connection is fine.
+    Error(String),
+}
+
+/// Where to connect.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub db: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// Append one command (an array of bulk strings) to `out`.
+pub fn pack(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.push(b'*');
+    out.extend_from_slice(args.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for a in args {
+        out.push(b'$');
+        out.extend_from_slice(a.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn protocol(m: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("redis protocol: {m}"))
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "timed out")
+}
+
+fn remaining(deadline: Instant) -> io::Result<Duration> {
+    let now = Instant::now();
+    if now >= deadline {
+        return Err(timed_out());
+    }
+    Ok(deadline - now)
+}
+
+/// Parse one reply from the front of `b`: `Ok(None)` when `b` holds only part of it.
+pub fn parse(b: &[u8]) -> io::Result<Option<(Reply, usize)>> {
+    fn line(b: &[u8]) -> Option<(&[u8], usize)> {
+        let i = b.windows(2).position(|w| w == b"\r\n")?;
+        Some((&b[..i], i + 2))
+    }
+    fn int(s: &[u8]) -> io::Result<i64> {
+        std::str::from_utf8(s)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| protocol("bad integer"))
+    }
+    let Some(&kind) = b.first() else {
+        return Ok(None);
+    };
+    let Some((head, used)) = line(&b[1..]) else {
+        return Ok(None);
+    };
+    let used = used + 1;
+    let text = || String::from_utf8_lossy(head).into_owned();
+    match kind {
+        b'+' => Ok(Some((Reply::Status(text()), used))),
+        b'-' => Ok(Some((Reply::Error(text()), used))),
+        b':' => Ok(Some((Reply::Int(int(head)?), used))),
+        b'$' => {
+            let n = int(head)?;
+            if n < 0 {
+                return Ok(Some((Reply::Nil, used)));
+            }
+            let n = n as usize;
+            if b.len() < used + n + 2 {
+                return Ok(None);
+            }
+            if &b[used + n..used + n + 2] != b"\r\n" {
+                return Err(protocol("bulk string without CRLF"));
+            }
+            Ok(Some((
+                Reply::Bulk(b[used..used + n].to_vec()),
+                used + n + 2,
+            )))
+        }
+        b'*' => {
+            let n = int(head)?;
+            if n < 0 {
+                return Ok(Some((Reply::Nil, used)));
+            }
+            let mut items = Vec::with_capacity((n as usize).min(1 << 16));
+            let mut at = used;
+            for _ in 0..n {
+                match parse(&b[at..])? {
+                    Some((r, k)) => {
+                        items.push(r);
+                        at += k;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((Reply::Array(items), at)))
+        }
+        other => Err(protocol(&format!(
+            "unexpected reply type byte {other:#04x}"
+        ))),
+    }
+}
+
+/// One connection. Any I/O error leaves it unusable: drop it and connect again.
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Conn {
+    /// Connect, authenticate and select the database, all before `deadline`.
+    pub fn connect(t: &Target, deadline: Instant) -> io::Result<Conn> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        let mut stream = None;
+        for addr in (t.host.as_str(), t.port).to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, remaining(deadline)?) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let stream = stream.ok_or(last)?;
+        stream.set_nodelay(true)?;
+        let mut c = Conn {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+            start: 0,
+        };
+        let mut setup = Vec::new();
+        let mut n = 0;
+        if let Some(pw) = &t.password {
+            match &t.username {
+                Some(u) => pack(&mut setup, &[b"AUTH", u.as_bytes(), pw.as_bytes()]),
+                None => pack(&mut setup, &[b"AUTH", pw.as_bytes()]),
+            }
+            n += 1;
+        }
+        if t.db != 0 {
+            pack(&mut setup, &[b"SELECT", t.db.to_string().as_bytes()]);
+            n += 1;
+        }
+        if n > 0 {
+            c.send(&setup, deadline)?;
+            for _ in 0..n {
+                if let Reply::Error(e) = c.read(deadline)? {
+                    return Err(io::Error::new(io::ErrorKind::PermissionDenied, e));
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn send(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+        self.stream.set_write_timeout(Some(remaining(deadline)?))?;
+        self.stream.write_all(bytes).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => timed_out(),
+            _ => e,
+        })
+    }
+
+    /// The next reply.
+    pub fn read(&mut self, deadline: Instant) -> io::Result<Reply> {
+        loop {
+            if let Some((r, used)) = parse(&self.buf[self.start..])? {
+                self.start += used;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                return Ok(r);
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            self.stream.set_read_timeout(Some(remaining(deadline)?))?;
+            let len = self.buf.len();
+            self.buf.resize(len + 64 * 1024, 0);
+            let got = self.stream.read(&mut self.buf[len..]);
+            match got {
+                Ok(0) => {
+                    self.buf.truncate(len);
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "connection closed by the server",
+                    ));
+                }
+                Ok(k) => self.buf.truncate(len + k),
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return Err(match e.kind() {
+                        io::ErrorKind::WouldBlock => timed_out(),
+                        _ => e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// One command, one reply.
+    pub fn command(&mut self, args: &[&[u8]], deadline: Instant) -> io::Result<Reply> {
+        let mut out = Vec::with_capacity(64);
+        pack(&mut out, args);
+        self.send(&out, deadline)?;
+        self.read(deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_and_parse_round_trip() {
+        let mut b = Vec::new();
+        pack(&mut b, &[b"SET", b"k", b"v\r\n"]);
+        assert_eq!(b, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n");
+        let replies =
+            b"+OK\r\n-ERR no\r\n:42\r\n$-1\r\n$3\r\na\r\n\r\n*3\r\n$1\r\nx\r\n$-1\r\n:7\r\n*0\r\n";
+        let want = [
+            Reply::Status("OK".into()),
+            Reply::Error("ERR no".into()),
+            Reply::Int(42),
+            Reply::Nil,
+            Reply::Bulk(b"a\r\n".to_vec()),
+            Reply::Array(vec![Reply::Bulk(b"x".to_vec()), Reply::Nil, Reply::Int(7)]),
+            Reply::Array(vec![]),
+        ];
+        let mut at = 0;
+        for w in &want {
+            let (r, used) = parse(&replies[at..]).unwrap().unwrap();
+            assert_eq!(&r, w);
+            at += used;
+        }
+        assert_eq!(at, replies.len());
+        // every strict prefix of a reply is incomplete, never an error or a wrong reply
+        let one = b"*2\r\n$5\r\nhello\r\n:12\r\n";
+        for cut in 0..one.len() {
+            assert_eq!(parse(&one[..cut]).unwrap(), None, "{cut}");
+        }
+        assert!(parse(b"?what\r\n").is_err());
+        assert!(parse(b"$3\r\nabcXY").is_err());
+        assert!(parse(b":12a\r\n").is_err());
+    }
+}
