@@ -13,6 +13,7 @@ from . import _core
 from ._core import __version__, num_threads
 from ._core import debug_build as _debug_build
 from .exceptions import (
+    HotKeyWarning,
     LateEventsWarning,
     PoisonedError,
     QueryError,
@@ -29,6 +30,7 @@ _core._init_exceptions(RtmlError, SpecError, SchemaError, QueryError, SnapshotEr
 
 from . import (
     learn,  # noqa: E402
+    outofcore,  # noqa: E402  (rtml.outofcore.backfill; rtml.spark is imported on use)
     parity,  # noqa: E402  (rtml.parity.check after `import rtml`)
     sources,  # noqa: E402
 )
@@ -115,6 +117,8 @@ __all__ = [
     "PoisonedError",
     "RtmlWarning",
     "LateEventsWarning",
+    "HotKeyWarning",
+    "outofcore",
     "LATE_WARNING_SHARE",
     "num_threads",
     "__version__",

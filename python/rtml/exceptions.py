@@ -11,6 +11,7 @@ __all__ = [
     "PoisonedError",
     "RtmlWarning",
     "LateEventsWarning",
+    "HotKeyWarning",
 ]
 
 
@@ -47,3 +48,9 @@ class RtmlWarning(UserWarning):
 class LateEventsWarning(RtmlWarning):
     """One `OnlineEngine.ingest` call dropped more than `LATE_WARNING_SHARE` of its events as late
     (older than the watermark minus `allowed_lateness`). Issued once per engine."""
+
+
+class HotKeyWarning(RtmlWarning):
+    """One entity holds more events than a partition of a scaled-out backfill can take: out of
+    core, more than the memory budget (`rtml.outofcore.backfill`); on Spark, more than an average
+    bucket (`rtml.spark.backfill`). The message names the key and its event count."""
