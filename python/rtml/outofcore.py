@@ -152,13 +152,14 @@ class _Source:
     schema: pa.Schema
     batches: Callable[[list[str] | None], Iterator[pa.RecordBatch]]
     rows: int | None  # None: unknown before reading (a RecordBatchReader)
-    first: pa.Table | None | bool = False  # the first row, when known without reading (False)
+    first: pa.Table | None = None  # the first row, when `known` without reading
+    known: bool = False
 
     def head(self, columns: list[str] | None) -> pa.Table | None:
         """The first row (for the schema checks), or None for an empty input."""
-        if self.first is not False:
+        if self.known:
             if self.first is None or columns is None:
-                return self.first if self.first is not True else None
+                return self.first
             return self.first.select([c for c in columns if c in self.first.column_names])
         for b in self.batches(columns):
             if b.num_rows:
@@ -254,7 +255,7 @@ def _open(data: Any, what: str) -> _Source:
         head = (
             pa.Table.from_batches([first[-1].slice(0, 1)]) if first and first[-1].num_rows else None
         )
-        return _Source(data.schema, read_once, None, head)
+        return _Source(data.schema, read_once, None, head, known=True)
     table = _io.to_table(_frames.prepare(data), what)
 
     def table_batches(columns: list[str] | None) -> Iterator[pa.RecordBatch]:
