@@ -74,7 +74,10 @@ __all__ = ["backfill", "OutOfCoreResult", "parse_memory", "MEMORY_MODEL"]
 # per output feature value. Measured by bench/bench_outofcore.py --calibrate (see
 # docs/backfill-at-scale.md); rounded up.
 MEMORY_MODEL = {"per_input_byte": 3.0, "per_feature_value": 24.0}
-_SLACK = 0.15  # share of the budget kept free: allocator fragmentation, pyarrow pool slack
+_SLACK = 0.15  # share of the limit kept free: allocator fragmentation, pyarrow pool slack
+# what reading Parquet costs beyond its libraries: the scanner's buffers (read-ahead of one
+# batch and one file) and the pages pyarrow's allocator keeps; measured 45-65 MB with mimalloc
+_READER_RESERVE = 48 << 20
 _MAX_PARTITIONS = 4096
 _UNITS = {
     "": 1,
@@ -161,16 +164,26 @@ class _Source:
             if self.first is None or columns is None:
                 return self.first
             return self.first.select([c for c in columns if c in self.first.column_names])
-        for b in self.batches(columns):
-            if b.num_rows:
-                return pa.Table.from_batches([b.slice(0, 1)])
+        it = self.batches(columns)
+        try:
+            for b in it:
+                if b.num_rows:
+                    return pa.Table.from_batches([b.slice(0, 1)]).combine_chunks()
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
         return None
 
 
 def _dataset_source(dataset: Any) -> _Source:
     def batches(columns: list[str] | None) -> Iterator[pa.RecordBatch]:
         cols = None if columns is None else [c for c in columns if c in dataset.schema.names]
-        yield from dataset.to_batches(columns=cols, batch_size=1 << 16)
+        # little read-ahead: the scanner's defaults (16 batches, 4 files) would hold hundreds
+        # of MB of a wide dataset in memory
+        yield from dataset.to_batches(
+            columns=cols, batch_size=1 << 16, batch_readahead=1, fragment_readahead=1
+        )
 
     try:
         rows = int(dataset.count_rows())
@@ -335,10 +348,10 @@ class _Spill:
     def read(self, p: int, schema: pa.Schema) -> pa.Table:
         if self.rows[p] == 0:
             return schema.empty_table()
-        with pa.memory_map(self.path(p)) as src:
-            t = pa.ipc.open_stream(src).read_all()
-        # copy out of the mapping so the file can be deleted now
-        return pa.concat_tables([t]).combine_chunks() if t.num_rows else t
+        # read (not memory-mapped: mapped pages would count as resident twice, once mapped and
+        # once as the engine's copy); the engine takes the chunks as they are
+        with pa.OSFile(self.path(p), "rb") as src:
+            return pa.ipc.open_stream(src).read_all()
 
     def batches(self, p: int) -> Iterator[pa.RecordBatch]:
         if self.rows[p] == 0:
@@ -446,6 +459,10 @@ def backfill(
     from .features import _check_key_column, _check_time_column, _progress_callback
 
     limit = parse_memory(memory_limit)
+    import pyarrow.dataset  # noqa: F401  (its libraries are part of the base, not the budget)
+    import pyarrow.parquet  # noqa: F401
+
+    base = _rss()
     key = key or fs.entity
     time = time or fs.timestamp
     out_path = os.fspath(out)
@@ -503,12 +520,13 @@ def backfill(
                 f"'{fs.entity}' is {ev_key_type}: both must be integers or both strings"
             )
 
-    base = _rss()
-    budget = int(limit * (1 - _SLACK)) - base
+    pa.default_memory_pool().release_unused()
+    budget = int(limit * (1 - _SLACK)) - base - _READER_RESERVE
     if budget < (1 << 20):
         raise SpecError(
             f"memory_limit: {limit:,} bytes leaves {max(budget, 0):,} for the backfill: this "
-            f"process already uses {base:,} bytes; give a larger limit"
+            f"process already uses {base:,} bytes (and reading takes about {_READER_RESERVE:,}); "
+            "give a larger limit"
         )
 
     total_ev = ev_src.rows
@@ -811,4 +829,4 @@ def _cat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
         return schema.empty_table()
     if len(tables) == 1:
         return tables[0]
-    return pa.concat_tables(tables).combine_chunks()
+    return pa.concat_tables(tables)
