@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -30,7 +29,6 @@ sys.path.insert(0, str(HERE))
 
 def generate(n: int) -> Path:
     import pyarrow.parquet as pq
-
     from common import DATA_DIR, make_events, make_spine
 
     root = DATA_DIR / f"ooc_e{n}"
