@@ -115,24 +115,30 @@ def check_same(memory_out: str, ooc_out: str) -> dict:
 
 
 def calibrate() -> None:
-    """Peak RSS of in-memory backfills over their Arrow input bytes (the MEMORY_MODEL)."""
+    """How far the in-memory backfill rises above its starting RSS, for slices of the 1M-event
+    data (all spine rows of the slice's keys): the MEMORY_MODEL constants."""
+    root = generate(1_000_000)
     code = r"""
-import resource, sys, json
+import json, resource, sys
 sys.path.insert(0, sys.argv[1])
-from common import dataset, feature_set, rss_bytes
-ev, sp = dataset(sys.argv[2])
-import rtml, pyarrow as pa
+import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
+from common import feature_set
+import rtml
+n = int(sys.argv[3])
+ev = pq.read_table(sys.argv[2] + "/events").slice(0, n).combine_chunks()
+sp = pq.read_table(sys.argv[2] + "/spine")
+sp = sp.filter(pc.is_in(sp.column("key"), ev.column("key").unique())).combine_chunks()
 fs = feature_set()
-base = rss_bytes()
-inputs = ev.nbytes + sp.nbytes
+pa.default_memory_pool().release_unused()
+base = int(open("/proc/self/statm").read().split()[1]) * 4096
 out = fs.backfill(ev, sp, output="arrow", progress=False)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"data": sys.argv[2], "input_bytes": inputs, "spine_rows": sp.num_rows,
-                  "features": len(fs.feature_names), "base_rss": base, "peak_rss": peak,
-                  "extra_over_input": (peak - base) / inputs}))
+print(json.dumps({"events": n, "event_bytes": ev.nbytes, "spine_rows": sp.num_rows,
+                  "spine_bytes": sp.nbytes, "features": len(fs.feature_names),
+                  "rise_MB": round((peak - base) / 1e6, 1)}))
 """
-    for name in ("e1000000", "e4000000"):
-        subprocess.run([sys.executable, "-c", code, str(HERE), name], check=True)
+    for n in (125_000, 250_000, 500_000, 1_000_000):
+        subprocess.run([sys.executable, "-c", code, str(HERE), str(root), str(n)], check=True)
 
 
 def main() -> None:
