@@ -3,6 +3,7 @@
 
     python bench/bench_spark.py --data 1m            # 1M events / 100k keys / 100k spine rows
     python bench/bench_spark.py --data small --compare-only
+    python bench/bench_spark.py --data 1m --no-compare         # timings only
 
 What runs, on the same data (bench/common.py, cached Parquet with microsecond timestamps so Spark
 reads them exactly), with Spark in local mode (local[2], the 2-core machine):
@@ -148,6 +149,7 @@ def main() -> None:
     ap.add_argument("--data", default="1m")
     ap.add_argument("--partitions", type=int, default=16)
     ap.add_argument("--compare-only", action="store_true", help="no timing, only the answers")
+    ap.add_argument("--no-compare", action="store_true", help="timings only (no answer check)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
