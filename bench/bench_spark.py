@@ -150,6 +150,12 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=16)
     ap.add_argument("--compare-only", action="store_true", help="no timing, only the answers")
     ap.add_argument("--no-compare", action="store_true", help="timings only (no answer check)")
+    ap.add_argument(
+        "--sql-timeout",
+        type=float,
+        default=900,
+        help="cancel the Spark SQL run after this many seconds (reported as a lower bound)",
+    )
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
@@ -218,10 +224,14 @@ def main() -> None:
     if not args.compare_only:
         import warnings
 
-        t = time.perf_counter()
-        on_spark = rtml.spark.backfill(fs, ev_df, sp_df, partitions=args.partitions, check=False)
-        timed_noop(on_spark)
-        results["rtml_on_spark_s"] = time.perf_counter() - t
+        # twice: the first run also starts the Python workers and imports rtml in them
+        for label in ("rtml_on_spark_first_s", "rtml_on_spark_s"):
+            t = time.perf_counter()
+            on_spark = rtml.spark.backfill(
+                fs, ev_df, sp_df, partitions=args.partitions, check=False
+            )
+            timed_noop(on_spark)
+            results[label] = time.perf_counter() - t
         t = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", rtml.HotKeyWarning)
@@ -229,8 +239,41 @@ def main() -> None:
         timed_noop(checked)
         results["rtml_on_spark_with_check_s"] = time.perf_counter() - t
         results["hot_key_warnings"] = [str(w.message) for w in caught]
-        results["spark_sql_s"] = timed_noop(sql_exact)
-        results["spark_sql_speedup"] = results["spark_sql_s"] / results["rtml_on_spark_s"]
+        print(
+            json.dumps(
+                {
+                    k: results[k]
+                    for k in (
+                        "local_rtml_s",
+                        "rtml_on_spark_first_s",
+                        "rtml_on_spark_s",
+                        "rtml_on_spark_with_check_s",
+                    )
+                }
+            ),
+            flush=True,
+        )
+        import threading
+
+        sc = spark.sparkContext
+        sc.setJobGroup("rtml-bench-sql", "Spark SQL windows")
+        timer = threading.Timer(args.sql_timeout, lambda: sc.cancelJobGroup("rtml-bench-sql"))
+        timer.start()
+        t = time.perf_counter()
+        try:
+            timed_noop(sql_exact)
+            results["spark_sql_s"] = time.perf_counter() - t
+            results["spark_sql_speedup"] = results["spark_sql_s"] / results["rtml_on_spark_s"]
+        except Exception as e:  # cancelled: report the lower bound
+            results["spark_sql_s"] = None
+            results["spark_sql_cancelled_after_s"] = time.perf_counter() - t
+            results["spark_sql_speedup_at_least"] = (time.perf_counter() - t) / results[
+                "rtml_on_spark_s"
+            ]
+            print(f"Spark SQL cancelled: {type(e).__name__}", file=sys.stderr)
+        finally:
+            timer.cancel()
+            sc.setJobGroup("rtml-bench", "")
         results["spark_overhead_per_event_us"] = (
             (results["rtml_on_spark_s"] - results["local_rtml_s"]) / events.num_rows * 1e6
         )
