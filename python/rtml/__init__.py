@@ -15,6 +15,7 @@ from ._core import debug_build as _debug_build
 from .exceptions import (
     AheadEventsWarning,
     KeyStateError,
+    HotKeyWarning,
     LateEventsWarning,
     NotFittedError,
     NullKeysWarning,
@@ -35,6 +36,7 @@ _core._init_exceptions(RtmlError, SpecError, SchemaError, QueryError, SnapshotEr
 
 from . import (
     learn,  # noqa: E402
+    outofcore,  # noqa: E402  (rtml.outofcore.backfill; rtml.spark is imported on use)
     parity,  # noqa: E402  (rtml.parity.check after `import rtml`)
     sources,  # noqa: E402
 )
@@ -135,6 +137,8 @@ __all__ = [
     "LateEventsWarning",
     "NullKeysWarning",
     "AheadEventsWarning",
+    "HotKeyWarning",
+    "outofcore",
     "LATE_WARNING_SHARE",
     "num_threads",
     "__version__",

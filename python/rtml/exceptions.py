@@ -17,6 +17,7 @@ __all__ = [
     "LateEventsWarning",
     "NullKeysWarning",
     "AheadEventsWarning",
+    "HotKeyWarning",
 ]
 
 
@@ -85,3 +86,9 @@ class LateEventsWarning(RtmlWarning):
 class NullKeysWarning(RtmlWarning):
     """``FeatureSet.backfill(..., null_keys="skip")`` left out events with a null entity key or
     gave spine rows with a null key null features: the message has both counts."""
+
+
+class HotKeyWarning(RtmlWarning):
+    """One entity holds more events than a partition of a scaled-out backfill can take: out of
+    core, more than the memory budget (`rtml.outofcore.backfill`); on Spark, more than an average
+    bucket (`rtml.spark.backfill`). The message names the key and its event count."""

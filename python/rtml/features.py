@@ -23,6 +23,7 @@ import builtins
 import datetime as _dt
 import html
 import json
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterable
@@ -730,6 +731,8 @@ class FeatureSet:
         output: _frames.Output = "auto",
         arrival: str | None = None,
         null_keys: str = "error",
+        out: str | os.PathLike[str] | None = None,
+        memory_limit: int | str | None = None,
     ) -> Any:
         """Point-in-time-correct features for every spine row.
 
@@ -768,6 +771,13 @@ class FeatureSet:
         (no entity, no history: null even for counts), and reports both numbers in one
         :class:`rtml.NullKeysWarning`.
 
+        `out` / `memory_limit`: beyond memory. With `out` (a ``.parquet`` path or a directory),
+        the inputs are streamed (Parquet datasets: a directory, a glob, hive partitions),
+        partitioned by entity on disk and backfilled partition by partition within
+        `memory_limit` (default ``"4GB"``), and the rows are written to `out` with a
+        ``spine_row`` column; returns an :class:`rtml.outofcore.OutOfCoreResult`. Same bits as
+        the in-memory call; see :func:`rtml.outofcore.backfill` and docs/backfill-at-scale.md.
+
         Raises :class:`rtml.SchemaError` naming the column for missing columns, wrong types,
         null keys or times, or a spine column named like a feature; TypeError for an input
         that is not a table; ValueError for an unknown `output` or `null_keys`.
@@ -788,6 +798,23 @@ class FeatureSet:
         8       1 2024-01-01 10:31:00+00:00         2         15.0
         9       2 2024-01-01 12:00:00+00:00         0          0.0
         """
+        if out is not None or memory_limit is not None:
+            if out is None:
+                raise ValueError(
+                    "backfill: memory_limit= needs out= (a .parquet path or a directory): a "
+                    "result beyond memory is written to disk, not returned"
+                )
+            if arrival is not None or null_keys != "error":
+                raise ValueError(
+                    "backfill: out= (beyond memory) does not take arrival= or "
+                    "null_keys='skip' yet; filter the inputs first"
+                )
+            from . import outofcore
+
+            return outofcore.backfill(
+                self, events, spine, out, memory_limit=memory_limit or "4GB",
+                key=key, time=time, progress=progress,
+            )  # fmt: skip
         kind = _frames.resolve_output(
             output, spine, allowed=("arrow", "pandas", "polars"), what="backfill"
         )

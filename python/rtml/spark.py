@@ -1,0 +1,291 @@
+"""Backfill on Spark: the same Rust engine, inside the executors, the same bits as on a laptop.
+
+``rtml.spark.backfill(fs, events_df, spine_df, partitions=N)`` returns a Spark DataFrame: the
+spine's columns followed by one column per feature, equal (float bits included) to
+``fs.backfill(events, spine)`` on the same rows. How:
+
+1. on the driver, before any Spark job: the schemas are checked as the local backfill checks
+   its inputs (a missing column, a time column of strings, float keys, a spine key of another
+   kind than the events', naive times against tz-aware ones: the same :class:`rtml.SchemaError`);
+2. with ``check=True`` (the default), one aggregation job per input: null keys or times are
+   refused (:class:`rtml.SchemaError`, with the number of such rows) and the entity with the
+   most events is reported with :class:`rtml.HotKeyWarning` when it holds more events than an
+   average bucket (its bucket, one task, runs longer than the others and must fit one
+   executor's memory);
+3. both inputs get a bucket column ``pmod(xxhash64(key), N)`` (integer keys cast to bigint
+   first, so an int spine key meets bigint events: Spark's hash of an int differs from its hash
+   of the same long), are repartitioned by it, and ``cogroup(...).applyInArrow`` hands each
+   bucket's events and spine rows, as Arrow tables, to ``FeatureSet.backfill`` in a Python worker.
+
+An entity's events and spine rows share one bucket, and an entity's features depend on its
+events only: each row is the local answer. Spark has no row order; the result has the spine's
+columns, so keep an id column in the spine to join on.
+
+pyspark is not a dependency of rtml (``pip install 'rtml[spark]'``); rtml itself must be
+installed on every executor (the engine is a compiled extension): docs/backfill-at-scale.md.
+
+>>> import rtml, rtml.spark
+>>> from pyspark.sql import SparkSession                                  # doctest: +SKIP
+>>> spark = SparkSession.builder.master("local[2]").getOrCreate()         # doctest: +SKIP
+>>> fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h")])
+>>> events = spark.read.parquet("events/")                                # doctest: +SKIP
+>>> spine = spark.read.parquet("spine/")                                  # doctest: +SKIP
+>>> train = rtml.spark.backfill(fs, events, spine, partitions=64)         # doctest: +SKIP
+>>> train.write.parquet("train/")                                         # doctest: +SKIP
+
+(The examples that need a SparkSession are skipped by the doctest run; tests/python/test_spark.py
+runs them on a local session.)
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from . import _frames
+from .exceptions import HotKeyWarning, SchemaError, SpecError
+
+if TYPE_CHECKING:
+    from .features import FeatureSet
+
+__all__ = ["backfill", "bucket_column", "BUCKET"]
+
+BUCKET = "__rtml_bucket"
+"""The name of the bucket column added (and dropped again) by `backfill`."""
+
+
+def _require_pyspark() -> Any:
+    try:
+        import pyspark.sql.functions as F
+    except ImportError as e:  # pragma: no cover (the test extra installs pyspark)
+        raise ImportError(
+            "rtml.spark needs pyspark: pip install 'rtml[spark]' (and rtml on every executor)"
+        ) from e
+    return F
+
+
+def _arrow_schema(schema: Any, timezone: str) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    try:
+        return to_arrow_schema(schema, timezone=timezone)
+    except TypeError:  # pragma: no cover (older pyspark: no timezone argument)
+        return to_arrow_schema(schema)
+
+
+def _probe(schema: pa.Schema) -> pa.Table:
+    """A one-row table of `schema` (zeros, empty strings; null where no zero exists): what the
+    local checks need to see the columns' types."""
+    cols = []
+    for f in schema:
+        t = f.type
+        value: Any = None
+        if pa.types.is_integer(t) or pa.types.is_timestamp(t) or pa.types.is_date(t):
+            value = 0
+        elif pa.types.is_floating(t):
+            value = 0.0
+        elif pa.types.is_boolean(t):
+            value = False
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            value = ""
+        elif pa.types.is_decimal(t):
+            import decimal
+
+            value = decimal.Decimal(0)
+        try:
+            cols.append(pa.array([value], t))
+        except (pa.ArrowException, TypeError):
+            cols.append(pa.nulls(1, t))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def bucket_column(df: Any, column: str, partitions: int) -> Any:
+    """The bucket of each row of `df`: ``pmod(xxhash64(key), partitions)``, the key cast to
+    bigint when it is an integer (so every integer width hashes alike). Spark's xxhash64 is
+    seeded (42) and deterministic: the same key gives the same bucket on every executor, run
+    and Spark version (it is part of Spark's SQL function set)."""
+    F = _require_pyspark()
+    from pyspark.sql import types as T
+
+    typ = df.schema[column].dataType
+    col = F.col(column)
+    if isinstance(typ, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
+        col = col.cast("long")
+    return F.pmod(F.xxhash64(col), F.lit(partitions))
+
+
+def backfill(
+    fs: FeatureSet,
+    events_df: Any,
+    spine_df: Any,
+    *,
+    partitions: int | None = None,
+    key: str | None = None,
+    time: str | None = None,
+    check: bool = True,
+    hot_key_events: int | None = None,
+) -> Any:
+    """Point-in-time-correct features of `fs` for every row of `spine_df`, computed by rtml's
+    engine inside Spark's executors. Returns a Spark DataFrame (lazy): the spine's columns, then
+    one column per feature (bigint for counts, double otherwise), bit for bit what
+    ``fs.backfill`` gives locally on the same rows.
+
+    `events_df`, `spine_df`: Spark DataFrames; only the entity, time and value columns of the
+    events are shuffled. `key` / `time`: the spine's key and time columns (default: the feature
+    set's). `partitions`: the number of buckets (default: Spark's default parallelism times 4);
+    each bucket's events and spine rows are one Arrow table in one Python worker, so choose it
+    so that a bucket fits an executor's memory. `check`: run the null and skew checks (one
+    aggregation job per input) before returning; `hot_key_events`: warn (:class:`rtml.HotKeyWarning`,
+    with the key and its event count) when one entity has more events than this (default: the
+    number of events divided by `partitions`, an average bucket).
+
+    Raises :class:`rtml.SchemaError` before any Spark job for a schema the local backfill
+    refuses (missing column, wrong type, key kinds that differ, naive vs tz-aware times, a spine
+    column named like a feature), and with ``check=True`` for null keys or times (row counts
+    given: Spark rows have no stable number). Errors found inside an executor (a NaN value with
+    ``on_nonfinite="error"``) surface as Spark's ``PythonException``, whose message holds
+    rtml's exception and message.
+
+    >>> import rtml, rtml.spark
+    >>> fs = rtml.FeatureSet("k", "ts", [rtml.sum("v", window="1h")])
+    >>> out = rtml.spark.backfill(fs, events_df, spine_df, partitions=8)  # doctest: +SKIP
+    >>> out.columns                                                        # doctest: +SKIP
+    ['k', 'ts', 'label', 'v_sum_1h']
+    """
+    _require_pyspark()
+    from pyspark.sql import types as T
+
+    from .features import _check_key_column, _check_time_column
+
+    key = key or fs.entity
+    time = time or fs.timestamp
+    spark = spine_df.sparkSession
+    if partitions is None:
+        partitions = 4 * int(spark.sparkContext.defaultParallelism)
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise SpecError(f"partitions: expected a positive int, got {partitions!r}")
+    names = fs.feature_names
+    for name in [*names, BUCKET]:
+        if name in spine_df.columns:
+            raise SchemaError(
+                f"column '{name}': the spine already has a column named like this "
+                + (
+                    "feature; rename one of them (feature name=...)"
+                    if name in names
+                    else "internal column"
+                )
+            )
+
+    # 1. the local checks, on one synthetic row of each schema (no Spark job)
+    tz = str(spark.conf.get("spark.sql.session.timeZone") or "UTC")
+    ev_arrow = _arrow_schema(events_df.schema, tz)
+    sp_arrow = _arrow_schema(spine_df.schema, tz)
+    ev_probe = _frames.decimals_to_float(_probe(ev_arrow))
+    sp_probe = _probe(sp_arrow)
+    _check_time_column(ev_probe, fs.timestamp, "events")
+    _check_time_column(sp_probe, time, "spine")
+    _check_key_column(ev_probe, fs.entity, "events")
+    _check_key_column(sp_probe, key, "spine")
+    fs._spec.backfill(ev_probe, sp_probe, key, time, None)
+
+    value_cols = [c for c, _ in fs._spec.value_columns]
+    ev_cols = list(dict.fromkeys([fs.entity, fs.timestamp, *value_cols]))
+
+    # 2. nulls and hot keys: one aggregation job per input
+    if check:
+        _check_data(fs, events_df, spine_df, key, time, partitions, hot_key_events)
+
+    # 3. bucket, shuffle, the engine per bucket
+    ev = events_df.select(*ev_cols)
+    ev = ev.withColumn(BUCKET, bucket_column(ev, fs.entity, partitions)).repartition(
+        partitions, BUCKET
+    )
+    sp = spine_df.withColumn(BUCKET, bucket_column(spine_df, key, partitions)).repartition(
+        partitions, BUCKET
+    )
+    out_fields = list(spine_df.schema.fields)
+    for name, dtype in zip(names, fs._spec.feature_dtypes):
+        out_fields.append(
+            T.StructField(name, T.LongType() if dtype == "int64" else T.DoubleType(), True)
+        )
+    out_schema = T.StructType(out_fields)
+    out_arrow = _arrow_schema(out_schema, "UTC")
+    run = _bucket_backfill(fs.to_json(), key, time, out_arrow)
+    return ev.groupBy(BUCKET).cogroup(sp.groupBy(BUCKET)).applyInArrow(run, out_schema)
+
+
+def _bucket_backfill(doc: str, key: str, time: str, out_schema: pa.Schema) -> Any:
+    """The function each Python worker runs on one bucket: (events, spine) -> spine + features.
+    A plain function of two arguments (Spark reads its signature); the feature set travels as
+    its JSON document."""
+
+    def run(events: pa.Table, spine: pa.Table) -> pa.Table:
+        if spine.num_rows == 0:
+            return out_schema.empty_table()
+        from .features import FeatureSet
+
+        fs = FeatureSet.from_json(doc)
+        out = fs.backfill(
+            events.drop_columns([BUCKET]),
+            spine.drop_columns([BUCKET]),
+            key=key,
+            time=time,
+            output="arrow",
+            progress=False,
+        )
+        # Spark wants its own Arrow types back (e.g. timestamps in UTC, nullable fields)
+        return out.replace_schema_metadata(None).cast(out_schema)
+
+    return run
+
+
+def _check_data(
+    fs: FeatureSet,
+    events_df: Any,
+    spine_df: Any,
+    key: str,
+    time: str,
+    partitions: int,
+    hot_key_events: int | None,
+) -> None:
+    F = _require_pyspark()
+    ent, ts = fs.entity, fs.timestamp
+    per_key = events_df.groupBy(ent).agg(
+        F.count(F.lit(1)).alias("n"), F.count(F.col(ts)).alias("n_ts")
+    )
+    row = per_key.agg(
+        F.sum("n").alias("events"),
+        F.sum(F.col("n") - F.col("n_ts")).alias("null_ts"),
+        F.sum(F.when(F.col(ent).isNull(), F.col("n")).otherwise(0)).alias("null_keys"),
+        F.max_by(F.col(ent), F.when(F.col(ent).isNotNull(), F.col("n"))).alias("top_key"),
+        F.max(F.when(F.col(ent).isNotNull(), F.col("n"))).alias("top"),
+    ).first()
+    n = int(row["events"] or 0)
+    if row["null_keys"]:
+        raise SchemaError(f"column '{ent}': null key in {int(row['null_keys']):,} event rows")
+    if row["null_ts"]:
+        raise SchemaError(f"column '{ts}': null timestamp in {int(row['null_ts']):,} event rows")
+    sp_row = spine_df.agg(
+        F.sum(F.when(F.col(key).isNull(), 1).otherwise(0)).alias("null_keys"),
+        F.sum(F.when(F.col(time).isNull(), 1).otherwise(0)).alias("null_ts"),
+    ).first()
+    if sp_row["null_keys"]:
+        raise SchemaError(f"column '{key}': null key in {int(sp_row['null_keys']):,} spine rows")
+    if sp_row["null_ts"]:
+        raise SchemaError(
+            f"column '{time}': null timestamp in {int(sp_row['null_ts']):,} spine rows"
+        )
+    threshold = hot_key_events if hot_key_events is not None else n // partitions
+    top = int(row["top"] or 0)
+    if n and top > threshold:
+        warnings.warn(
+            HotKeyWarning(
+                f"entity {row['top_key']!r} of column '{ent}' has {top:,} events, more than "
+                f"{threshold:,} ({'hot_key_events' if hot_key_events is not None else 'an average bucket: events / partitions'}): "
+                "its bucket is one task that runs longer than the others and must fit one "
+                "executor's memory"
+            ),
+            stacklevel=3,
+        )

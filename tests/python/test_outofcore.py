@@ -1,0 +1,460 @@
+"""Out-of-core backfill (rtml.outofcore, issue 17): the same bits as the in-memory backfill for
+every partition count, input form and data shape; errors as the in-memory call raises them; the
+spill directory removed on success, on error and on Ctrl-C; hot entities reported."""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import os
+import random
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rtml
+from helpers import n_examples
+from rtml import outofcore
+from rtml.outofcore import _READER_RESERVE, _rss
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def feature_set(entity: str = "k") -> rtml.FeatureSet:
+    return rtml.FeatureSet(
+        entity,
+        "ts",
+        [
+            rtml.count(window="1h"),
+            rtml.count("v", window="1h"),
+            rtml.sum("v", window="1h"),
+            rtml.mean("v", window="24h"),
+            rtml.min("v", window="1h"),
+            rtml.max("v", window="1h"),
+            rtml.var("v", window="24h"),
+            rtml.std("v", window="1h", hop="10m"),
+            rtml.first("v", window="1h"),
+            rtml.last("v"),
+            rtml.distinct_count("cat", window="24h"),
+            rtml.quantile("v", 0.9, window="24h"),
+            rtml.decayed_sum("v", half_life="30m", window="1d"),
+            rtml.time_since_last(),
+        ],
+    )
+
+
+def assert_bits_equal(got: pa.Table, want: pa.Table) -> None:
+    """Same column names, types, nulls and values; float64 compared as bit patterns."""
+    assert got.column_names == want.column_names
+    assert got.num_rows == want.num_rows
+    for name in want.column_names:
+        g, w = got.column(name), want.column(name)
+        if pa.types.is_timestamp(w.type) and w.type.unit == "s":
+            # Parquet has no seconds unit: such a column is written (and read back) in ms
+            w = w.cast(pa.timestamp("ms", w.type.tz))
+        assert g.type == w.type, name
+        assert g.is_null().to_pylist() == w.is_null().to_pylist(), name
+        if pa.types.is_floating(w.type):
+            gb = g.fill_null(0.0).to_numpy().view(np.uint64)
+            wb = w.fill_null(0.0).to_numpy().view(np.uint64)
+            assert np.array_equal(gb, wb), name
+        else:
+            assert g.to_pylist() == w.to_pylist(), name
+
+
+def read_sorted(path: str, row_index: str = "spine_row") -> pa.Table:
+    t = pq.read_table(path).sort_by(row_index)
+    assert t.column(row_index).to_pylist() == list(range(t.num_rows))
+    return t.drop_columns([row_index])
+
+
+def in_memory(fs: rtml.FeatureSet, events, spine, **kw) -> pa.Table:
+    t = fs.backfill(events, spine, output="arrow", progress=False, **kw)
+    return t.replace_schema_metadata(None)
+
+
+# ------------------------------------------------------------------ generated data
+
+
+@st.composite
+def cases(draw):
+    string_keys = draw(st.booleans())
+    n_keys = draw(st.integers(1, 12))
+    if string_keys:
+        pool = draw(
+            st.lists(
+                st.text(alphabet="ab\u00e9\u4e2dZ ", min_size=0, max_size=4),
+                min_size=n_keys,
+                max_size=n_keys,
+                unique=True,
+            )
+        )
+    else:
+        pool = draw(
+            st.lists(st.integers(-(2**40), 2**40), min_size=n_keys, max_size=n_keys, unique=True)
+        )
+    n_events = draw(st.integers(0, 120))
+    rnd = random.Random(draw(st.integers(0, 2**32)))
+    hot = pool[0]
+    keys = [hot if rnd.random() < 0.4 else rnd.choice(pool) for _ in range(n_events)]
+    secs = [rnd.randrange(0, 6 * 3600, rnd.choice([1, 60, 600])) for _ in range(n_events)]
+    vals = [
+        None if rnd.random() < 0.1 else rnd.choice([-0.0, 0.0, 1.5, rnd.uniform(-1e3, 1e3)])
+        for _ in range(n_events)
+    ]
+    cats = [None if rnd.random() < 0.1 else rnd.choice("xyz") for _ in range(n_events)]
+    n_spine = draw(st.integers(1, 60))
+    extra = pool[-1] + ("?" if string_keys else 1)  # a key with no events
+    sp_keys = [rnd.choice([*pool, extra]) for _ in range(n_spine)]
+    sp_secs = [
+        rnd.choice([*secs, rnd.randrange(0, 8 * 3600)] if secs else [0]) for _ in range(n_spine)
+    ]
+    key_type = pa.string() if string_keys else pa.int64()
+    ts = pa.timestamp("us", "UTC")
+    t0 = int(T0.timestamp())
+    events = pa.table(
+        {
+            "k": pa.array(keys, key_type),
+            "ts": pa.array([(t0 + s) * 10**6 for s in secs], ts),
+            "v": pa.array(vals, pa.float64()),
+            "cat": pa.array(cats, pa.string()),
+            "unused": pa.array(list(range(n_events)), pa.int64()),
+        }
+    )
+    sp_key_type = (
+        pa.large_string() if string_keys else draw(st.sampled_from([pa.int64(), pa.int32()]))
+    )
+    if not string_keys:
+        sp_keys = [
+            max(min(k, 2**31 - 1), -(2**31)) if sp_key_type == pa.int32() else k for k in sp_keys
+        ]
+    spine = pa.table(
+        {
+            "k": pa.array(sp_keys, sp_key_type),
+            "ts": pa.array([(t0 + s) * 10**6 for s in sp_secs], ts),
+            "label": pa.array([rnd.random() < 0.5 for _ in range(n_spine)]),
+            "note": pa.array([None if rnd.random() < 0.2 else f"r{i}" for i in range(n_spine)]),
+        }
+    )
+    return events, spine, draw(st.integers(1, 9)), draw(st.sampled_from(["table", "files", "hive"]))
+
+
+def _write_parts(table: pa.Table, root: str, parts: int, hive: bool) -> str:
+    os.makedirs(root)
+    if hive:
+        # hive-partitioned by hour of the time column, as a date-partitioned lake would be
+        hour = pa.compute.hour(table.column("ts")).cast(pa.int32())
+        table = table.append_column("hr", hour)
+        import pyarrow.dataset as ds
+
+        ds.write_dataset(
+            table,
+            root,
+            format="parquet",
+            partitioning=ds.partitioning(pa.schema([("hr", pa.int32())]), flavor="hive"),
+            max_rows_per_group=7,
+            max_rows_per_file=20,
+            min_rows_per_group=0,
+        )
+        return root
+    n = table.num_rows
+    step = max(1, -(-n // parts))
+    for i in range(0, max(n, 1), step):
+        pq.write_table(
+            table.slice(i, step),
+            os.path.join(root, f"part-{i // step:04d}.parquet"),
+            row_group_size=5,
+        )
+    return root
+
+
+@settings(max_examples=n_examples(40))
+@given(case=cases())
+def test_same_bits_as_in_memory(case, tmp_path_factory):
+    events, spine, n_parts, form = case
+    fs = feature_set()
+    tmp = tmp_path_factory.mktemp("ooc")
+    if form == "table":
+        ev_in, sp_in = events, spine
+    else:
+        ev_in = _write_parts(events, str(tmp / "events"), n_parts, form == "hive")
+        sp_in = _write_parts(spine, str(tmp / "spine"), 3, False)
+    want = in_memory(fs, ev_in, sp_in)
+    out = str(tmp / "out.parquet")
+    res = outofcore.backfill(
+        fs, ev_in, sp_in, out, memory_limit="8GB", partitions=n_parts, progress=False
+    )
+    assert res.rows == spine.num_rows and res.events == events.num_rows
+    assert res.partitions == n_parts
+    assert_bits_equal(read_sorted(out), want)
+    # nothing left behind but the output
+    assert sorted(os.listdir(tmp)) == sorted(
+        ["out.parquet"] + ([] if form == "table" else ["events", "spine"])
+    )
+
+
+def test_small_memory_limit_forces_many_partitions_and_splits(tmp_path):
+    """A limit just above what the process uses: many partitions, partitions split again, and
+    still the in-memory bits (integer keys, late-ordered rows)."""
+    rnd = np.random.default_rng(7)
+    n = 200_000
+    keys = rnd.integers(0, 20_000, n)
+    secs = rnd.integers(0, 7 * 86400, n)
+    order = rnd.permutation(n)  # not in time order
+    events = pa.table(
+        {
+            "k": pa.array(keys[order]),
+            "ts": pa.array((1_700_000_000 + secs[order]) * 10**6, pa.timestamp("us", "UTC")),
+            "v": pa.array(np.round(rnd.lognormal(2, 1, n), 2)[order]),
+            "cat": pa.array(rnd.choice(list("abcdefgh"), n)),
+        }
+    )
+    sp_idx = rnd.integers(0, n, 20_000)
+    spine = pa.table(
+        {"k": events["k"].take(pa.array(sp_idx)), "ts": events["ts"].take(pa.array(sp_idx))}
+    )
+    fs = feature_set()
+    want = in_memory(fs, events, spine)
+    limit = int((_rss() + _READER_RESERVE + 6_000_000) / 0.85)  # a budget of about 6 MB
+    out = str(tmp_path / "out")
+    res = outofcore.backfill(fs, events, spine, out, memory_limit=limit, progress=False)
+    assert res.partitions >= 8, res
+    assert res.units >= 4, res
+    assert res.hot_keys == []
+    assert len(glob.glob(os.path.join(out, "part-*.parquet"))) == res.units
+    assert_bits_equal(read_sorted(out), want)
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_hot_entity_is_reported_not_a_crash(tmp_path):
+    rnd = np.random.default_rng(3)
+    n_hot, n_cold = 120_000, 5_000
+    keys = np.concatenate([np.full(n_hot, 424242), rnd.integers(0, 1000, n_cold)])
+    secs = rnd.integers(0, 86400, n_hot + n_cold)
+    events = pa.table(
+        {
+            "k": pa.array(keys),
+            "ts": pa.array((1_700_000_000 + secs) * 10**6, pa.timestamp("us", "UTC")),
+            "v": pa.array(rnd.normal(size=n_hot + n_cold)),
+            "cat": pa.array(rnd.choice(list("ab"), n_hot + n_cold)),
+        }
+    )
+    spine = events.select(["k", "ts"]).take(pa.array(rnd.integers(0, n_hot + n_cold, 3000)))
+    fs = feature_set()
+    want = in_memory(fs, events, spine)
+    limit = int(
+        (_rss() + _READER_RESERVE + 3_000_000) / 0.85
+    )  # about 3 MB: the hot entity alone is larger
+    out = str(tmp_path / "out.parquet")
+    with pytest.warns(rtml.HotKeyWarning, match=r"entity 424242 of column 'k' has 120,000 events"):
+        res = outofcore.backfill(fs, events, spine, out, memory_limit=limit, progress=False)
+    assert res.hot_keys == [(424242, n_hot)]
+    assert_bits_equal(read_sorted(out), want)
+
+
+def test_fs_backfill_out_delegates_and_progress_covers_both_passes(tmp_path):
+    events = pa.table(
+        {
+            "k": ["a", "b", "a", "c"],
+            "ts": pa.array([1, 2, 3, 4], pa.timestamp("s", "UTC")),
+            "v": [1.0, 2.0, 3.0, None],
+            "cat": ["x", "y", "x", None],
+        }
+    )
+    spine = pa.table({"k": ["a", "c", "zz"], "ts": pa.array([4, 5, 6], pa.timestamp("s", "UTC"))})
+    fs = feature_set()
+    seen = []
+    out = str(tmp_path / "o.parquet")
+    res = fs.backfill(
+        events, spine, out=out, memory_limit="2GB", progress=lambda d, t: seen.append((d, t))
+    )
+    assert isinstance(res, outofcore.OutOfCoreResult)
+    assert_bits_equal(read_sorted(out), in_memory(fs, events, spine))
+    # events + spine read (pass 1), then spine rows backfilled (pass 2): 4 + 3 + 3
+    assert seen[-1] == (10, 10)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert all(t == 10 for _, t in seen)
+    with pytest.raises(ValueError, match="memory_limit= needs out="):
+        fs.backfill(events, spine, memory_limit="1GB")
+
+
+def test_glob_and_pandas_spine_and_no_row_index(tmp_path):
+    import pandas as pd
+
+    rnd = np.random.default_rng(1)
+    n = 3000
+    ev = pa.table(
+        {
+            "k": pa.array(rnd.integers(0, 50, n)),
+            "ts": pa.array(rnd.integers(0, 10**6, n) * 10**9, pa.timestamp("ns")),
+            "v": pa.array(rnd.normal(size=n)),
+            "cat": pa.array(rnd.choice(list("ab"), n)),
+        }
+    )
+    for i in range(3):
+        pq.write_table(ev.slice(i * 1000, 1000), tmp_path / f"ev-{i}.parquet")
+    spine = pd.DataFrame(
+        {"k": rnd.integers(0, 60, 500), "ts": pd.to_datetime(rnd.integers(0, 10**6, 500), unit="s")}
+    )
+    fs = feature_set()
+    want = in_memory(fs, ev, spine)
+    out = str(tmp_path / "out.parquet")
+    outofcore.backfill(fs, str(tmp_path / "ev-*.parquet"), spine, out, partitions=4, progress=False)
+    assert_bits_equal(read_sorted(out), want)
+    out2 = str(tmp_path / "out2.parquet")
+    outofcore.backfill(fs, ev, spine, out2, partitions=1, row_index=None, progress=False)
+    # one partition: spine order itself
+    assert_bits_equal(pq.read_table(out2), want)
+
+
+# ------------------------------------------------------------------ errors and cleanup
+
+
+def _small():
+    events = pa.table(
+        {
+            "k": pa.array([1, 2, 1], pa.int64()),
+            "ts": pa.array([1, 2, 3], pa.timestamp("s", "UTC")),
+            "v": [1.0, 2.0, 3.0],
+            "cat": ["a", "b", "c"],
+        }
+    )
+    spine = pa.table(
+        {"k": pa.array([1, 2], pa.int64()), "ts": pa.array([5, 6], pa.timestamp("s", "UTC"))}
+    )
+    return events, spine
+
+
+def _same_error(fs, events, spine, tmp_path, exc=rtml.SchemaError):
+    with pytest.raises(exc) as mem:
+        fs.backfill(events, spine, progress=False)
+    with pytest.raises(exc) as ooc:
+        outofcore.backfill(
+            fs, events, spine, str(tmp_path / "o.parquet"), partitions=3, progress=False
+        )
+    assert str(ooc.value) == str(mem.value)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["null_key", "null_ts", "nan", "late_null_key", "spine_null_ts"],
+)
+def test_value_errors_match_in_memory(change, tmp_path):
+    events, spine = _small()
+    big = pa.concat_tables([events] * 50_000)  # several pass-1 chunks
+    fs = feature_set()
+    if change == "null_key":
+        events = events.set_column(0, "k", pa.array([1, None, 1], pa.int64()))
+    elif change == "null_ts":
+        events = events.set_column(1, "ts", pa.array([1, 2, None], pa.timestamp("s", "UTC")))
+    elif change == "nan":
+        events = events.set_column(2, "v", pa.array([1.0, float("nan"), 3.0]))
+    elif change == "late_null_key":
+        keys = big.column("k").to_pylist()
+        keys[123_457] = None
+        events = big.set_column(0, "k", pa.array(keys, pa.int64()))
+    else:
+        spine = spine.set_column(1, "ts", pa.array([5, None], pa.timestamp("s", "UTC")))
+    _same_error(fs, events, spine, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "missing_event_col",
+        "missing_value_col",
+        "key_kinds",
+        "string_time",
+        "float_key",
+        "naive_spine",
+    ],
+)
+def test_schema_errors_before_any_spill(change, tmp_path):
+    events, spine = _small()
+    fs = feature_set()
+    if change == "missing_event_col":
+        events = events.rename_columns(["kk", "ts", "v", "cat"])
+    elif change == "missing_value_col":
+        events = events.drop_columns(["v"])
+    elif change == "key_kinds":
+        spine = spine.set_column(0, "k", pa.array(["1", "2"]))
+    elif change == "string_time":
+        spine = spine.set_column(1, "ts", pa.array(["2024-01-01", "2024-01-02"]))
+    elif change == "float_key":
+        events = events.set_column(0, "k", pa.array([1.0, 2.0, 1.0]))
+    else:
+        spine = spine.set_column(1, "ts", pa.array([5, 6], pa.timestamp("s")))
+    _same_error(fs, events, spine, tmp_path)
+
+
+def test_bad_arguments(tmp_path):
+    events, spine = _small()
+    fs = feature_set()
+    with pytest.raises(rtml.SpecError, match="memory_limit"):
+        outofcore.backfill(
+            fs, events, spine, str(tmp_path / "o.parquet"), memory_limit="4 lightyears"
+        )
+    with pytest.raises(rtml.SpecError, match="already uses"):
+        outofcore.backfill(fs, events, spine, str(tmp_path / "o.parquet"), memory_limit="1MB")
+    (tmp_path / "exists.parquet").write_bytes(b"x")
+    with pytest.raises(FileExistsError):
+        outofcore.backfill(fs, events, spine, str(tmp_path / "exists.parquet"))
+    with pytest.raises(FileNotFoundError):
+        outofcore.backfill(fs, str(tmp_path / "nope-*.parquet"), spine, str(tmp_path / "o.parquet"))
+    (tmp_path / "e.csv").write_text("k,ts\n1,2\n")
+    with pytest.raises(rtml.SchemaError, match="CSV"):
+        outofcore.backfill(fs, str(tmp_path / "e.csv"), spine, str(tmp_path / "o.parquet"))
+    with pytest.raises(rtml.SchemaError, match="spine_row"):
+        outofcore.backfill(
+            fs,
+            events,
+            spine.append_column("spine_row", pa.array([0, 1])),
+            str(tmp_path / "o.parquet"),
+        )
+    assert sorted(os.listdir(tmp_path)) == ["e.csv", "exists.parquet"]
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("when", ["partition", "backfill"])
+def test_interrupt_removes_spill_and_partial_output(exc, when, tmp_path):
+    """Ctrl-C (KeyboardInterrupt, as Python delivers it) or an error from the progress callback
+    during either pass: the spill directory is gone, nothing is at `out`, and the exception
+    propagates unchanged."""
+    events, spine = _small()
+    events = pa.concat_tables([events] * 100_000)
+    spine = pa.concat_tables([spine] * 20_000)
+    fs = feature_set()
+    n_read = events.num_rows + spine.num_rows
+
+    def cb(done, total):
+        if (when == "partition" and done > 1000) or (when == "backfill" and done > n_read):
+            raise exc("stop")
+
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    with pytest.raises(exc, match="stop"):
+        outofcore.backfill(
+            fs, events, spine, str(tmp_path / "out"), partitions=4, progress=cb, spill_dir=spill
+        )
+    assert os.listdir(spill) == []
+    assert os.listdir(tmp_path) == ["spill"]
+
+
+def test_reader_input_is_streamed(tmp_path):
+    events, spine = _small()
+    big = pa.concat_tables([events] * 1000)
+    fs = feature_set()
+    reader = pa.RecordBatchReader.from_batches(big.schema, big.to_batches(max_chunksize=100))
+    out = str(tmp_path / "o.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = outofcore.backfill(fs, reader, spine, out, partitions=2, progress=False)
+    assert res.events == big.num_rows
+    assert_bits_equal(read_sorted(out), in_memory(fs, big, spine))
