@@ -14,8 +14,8 @@ from ._core import __version__, num_threads
 from ._core import debug_build as _debug_build
 from .exceptions import (
     AheadEventsWarning,
-    KeyStateError,
     HotKeyWarning,
+    KeyStateError,
     LateEventsWarning,
     NotFittedError,
     NullKeysWarning,
