@@ -86,12 +86,14 @@ impl KeyRef<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum EventId {
     Int(i64),
-    Str(u128),
+    /// The two halves of the 128-bit hash (8-byte aligned: 24 bytes an id, not 32).
+    Str([u64; 2]),
 }
 
 impl EventId {
     pub fn of_str(s: &str) -> EventId {
-        EventId::Str(xxhash_rust::xxh3::xxh3_128(s.as_bytes()))
+        let h = xxhash_rust::xxh3::xxh3_128(s.as_bytes());
+        EventId::Str([h as u64, (h >> 64) as u64])
     }
 }
 
