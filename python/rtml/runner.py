@@ -1073,7 +1073,7 @@ def _serve_metrics(runner: Runner, port: int) -> Any:
 
 def main_run(argv: list[str]) -> int:
     """`rtml run --spec features.json --source URL --checkpoint DIR [--metrics-port N]
-    [--checkpoint-every 5s] [--until-idle]`."""
+    [--checkpoint-every 5s] [--checkpoint-events N] [--until-idle]`."""
     import argparse
     import signal
 
@@ -1092,6 +1092,12 @@ def main_run(argv: list[str]) -> int:
     )
     ap.add_argument("--checkpoint", required=True, help="checkpoint directory")
     ap.add_argument("--checkpoint-every", default="5s")
+    ap.add_argument(
+        "--checkpoint-events",
+        type=int,
+        default=None,
+        help="also checkpoint after this many events since the last checkpoint",
+    )
     ap.add_argument("--max-batch", type=int, default=10_000)
     ap.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus text on 127.0.0.1:PORT"
@@ -1107,6 +1113,7 @@ def main_run(argv: list[str]) -> int:
         source_from_url(args.source),
         args.checkpoint,
         args.checkpoint_every,
+        checkpoint_events=args.checkpoint_events,
         max_batch=args.max_batch,
     )
     server = _serve_metrics(runner, args.metrics_port) if args.metrics_port is not None else None
