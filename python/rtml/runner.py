@@ -1134,7 +1134,8 @@ def _serve_metrics(runner: Runner, port: int) -> Any:
 
 def main_run(argv: list[str]) -> int:
     """`rtml run --spec features.json --source URL --checkpoint DIR [--metrics-port N]
-    [--checkpoint-every 5s] [--until-idle] [--publish redis://host:port/db]`."""
+    [--checkpoint-every 5s] [--checkpoint-events N] [--until-idle]
+    [--publish redis://host:port/db]`."""
     import argparse
     import signal
 
@@ -1154,6 +1155,12 @@ def main_run(argv: list[str]) -> int:
     )
     ap.add_argument("--checkpoint", required=True, help="checkpoint directory")
     ap.add_argument("--checkpoint-every", default="5s")
+    ap.add_argument(
+        "--checkpoint-events",
+        type=int,
+        default=None,
+        help="also checkpoint after this many events since the last checkpoint",
+    )
     ap.add_argument("--max-batch", type=int, default=10_000)
     ap.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus text on 127.0.0.1:PORT"
@@ -1177,6 +1184,7 @@ def main_run(argv: list[str]) -> int:
         source_from_url(args.source),
         args.checkpoint,
         args.checkpoint_every,
+        checkpoint_events=args.checkpoint_events,
         max_batch=args.max_batch,
         publish=None
         if args.publish is None

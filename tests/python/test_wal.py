@@ -155,6 +155,25 @@ def test_background_runner_follows_appends_and_cli_url(tmp_path):
     src.log.close()
 
 
+def test_cli_runs_a_wal_source(tmp_path):
+    from rtml.runner import main_run
+
+    fs = feature_set()
+    events = workload(600, 10, seed=13)
+    batches = _batches(events, 200, seed=13)
+    log = rtml.Wal(tmp_path / "wal")
+    for b in batches:
+        log.append(b)
+    end = log.durable_position
+    log.close()
+    (tmp_path / "fs.json").write_text(fs.to_json())
+    argv = ["--spec", str(tmp_path / "fs.json"), "--source", f"wal:{tmp_path / 'wal'}", "--checkpoint",
+            str(tmp_path / "ckpt"), "--checkpoint-events", "200", "--until-idle", "--progress", "never"]
+    assert main_run(argv) == 0
+    meta, _ = read_checkpoint(tmp_path / "ckpt" / "partition-0.ckpt", 0)
+    assert meta["position"] == end and meta["events_in"] == 600 and meta["source"] == "wal"
+
+
 def test_periodic_checkpoints_truncate_covered_segments_and_restart_resumes(tmp_path):
     fs = feature_set()
     events = workload(6_000, 80, seed=4)
