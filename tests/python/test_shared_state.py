@@ -521,3 +521,28 @@ def test_writer_killed_at_random_points_republishes_exactly(redis_server, tmp_pa
     assert {p: v["watermark"] for p, v in st["partitions"].items()} == {
         p: e.watermark for p, e in engines.items()
     }
+
+
+def test_one_reader_shared_by_threads(redis_server, tmp_path):
+    """Threads sharing one RemoteEngine (its pooled connections) all get the engine's answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    fs = feature_set()
+    events = workload(3_000, 60, seed=13)
+    runner = Runner(fs, replay(events), tmp_path, publish=rtml.RedisPublisher(url, prefix=prefix))
+    runner.run_until_idle()
+    remote = rtml.RemoteEngine(fs, url, prefix=prefix, timeout=1.0)
+    wm = max(e.watermark for e in runner.engines.values())
+    keys = sorted(set(events.column("user").to_pylist()))
+    want = [enc(runner.get(k, at=ts(wm))) for k in keys]
+    want_many = pa.concat_tables([runner.engine_for(k).get_many([k], at=ts(wm)) for k in keys])
+
+    def work(i: int) -> bool:
+        if i % 2:
+            return [enc(remote.get(k, at=ts(wm))) for k in keys] == want
+        return remote.get_many(keys, at=ts(wm)).equals(want_many)
+
+    with ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(work, range(24)))
