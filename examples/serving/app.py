@@ -30,7 +30,8 @@ RTML_SERVED_LOG (default $RTML_ARTIFACTS/served_log), RTML_EVENTS_LOG (default
 $RTML_ARTIFACTS/events_log), RTML_LOG_FLUSH_SECONDS (5),
 RTML_LOG_FLUSH_ROWS (20000), RTML_MAX_BATCH (10000 events), RTML_MAX_BODY_BYTES (16 MiB),
 RTML_CHECKPOINT_SECONDS (30), RTML_CHECKPOINT_EVENTS (100000), RTML_WAL_SEGMENT_BYTES (64 MiB),
-RTML_MAX_AHEAD_HOURS (168: an event further ahead of the service's watermark is refused).
+RTML_MAX_AHEAD_HOURS (168: an event further ahead of the service's watermark is refused; the
+feature sets' own max_ahead, when smaller, wins: an acknowledged event is never guarded away).
 """
 
 from __future__ import annotations
@@ -176,6 +177,16 @@ def _time_in_range(t: dt.datetime, field: str) -> int:
         raise BadRequest(422, f"{field}: {t.isoformat()} is outside the representable range "
                               "(1677-09-21 to 2262-04-11 UTC)")
     return ns
+
+
+def _duration_ns(text: str) -> int:
+    """A feature set's duration text ("1450m", "2d", "90s", ...) in nanoseconds."""
+    m = re.fullmatch(r"(\d+)(ns|us|ms|s|m|h|d|w)", text)
+    if m is None:
+        raise ValueError(f"unexpected duration {text!r}")
+    unit = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
+            "d": 86400 * 10**9, "w": 7 * 86400 * 10**9}[m.group(2)]
+    return int(m.group(1)) * unit
 
 
 def _check_tailnum(value: str, field: str) -> None:
@@ -419,7 +430,10 @@ class Service:
                                     settings.flush_rows)
         # per log position: (type, events, late) of records applied, until their request reads it
         self.outcomes: dict[int, tuple[str, int, int]] = {}
-        self.max_ahead_ns = int(settings.max_ahead_hours * 3600 * 10**9)
+        # refuse at the door what an engine's watermark guard (FeatureSet.max_ahead) would not
+        # apply: an acknowledged event must never be dropped behind the client's back
+        bounds = [_duration_ns(ent.fs.max_ahead) for ent in self.entities if ent.fs.max_ahead]
+        self.max_ahead_ns = min([int(settings.max_ahead_hours * 3600 * 10**9), *bounds])
         self.started = time.time()
 
     def _warm_start(self, name: str, fs: rtml.FeatureSet) -> Any:
@@ -536,7 +550,7 @@ class Service:
             if not NS_MIN <= t <= NS_MAX:
                 raise BadRequest(422, f"{field}: the departure time (scheduled + delay) is outside the representable range")
             if mark is not None and t > mark + self.max_ahead_ns:
-                raise BadRequest(422, f"{field}: event time {_iso(t)} is more than {self.settings.max_ahead_hours:g}h "
+                raise BadRequest(422, f"{field}: event time {_iso(t)} is more than {self.max_ahead_ns / 3.6e12:g}h "
                                       f"ahead of the service's latest event ({_iso(mark)}); refused so that it "
                                       "cannot make every later event late")
             if key in seen:
