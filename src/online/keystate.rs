@@ -388,7 +388,7 @@ mod tests {
             } else {
                 KeyRef::Int(k)
             };
-            eng.ingest_one(key, ts, &[v]).unwrap();
+            eng.ingest_one(key, ts, &[v], None).unwrap();
         }
     }
 
@@ -452,7 +452,7 @@ mod tests {
         let plan = plan(r#"{"agg": "count", "window": "1h"}"#);
         let eng = Engine::new(Arc::clone(&plan));
         // before tracking: nothing listed
-        eng.ingest_one(KeyRef::Int(1), M, &[]).unwrap();
+        eng.ingest_one(KeyRef::Int(1), M, &[], None).unwrap();
         assert!(!eng.tracks_changes());
         assert!(published(&eng, false).is_empty());
         // starting counts every held key once
@@ -461,19 +461,19 @@ mod tests {
         assert_eq!(published(&eng, false).len(), 1);
         assert_eq!(eng.changed_keys(), 0);
         assert!(published(&eng, false).is_empty());
-        eng.ingest_one(KeyRef::Int(2), 2 * M, &[]).unwrap();
-        eng.ingest_one(KeyRef::Int(2), 3 * M, &[]).unwrap();
-        eng.ingest_one(KeyRef::Int(3), 3 * M, &[]).unwrap();
+        eng.ingest_one(KeyRef::Int(2), 2 * M, &[], None).unwrap();
+        eng.ingest_one(KeyRef::Int(2), 3 * M, &[], None).unwrap();
+        eng.ingest_one(KeyRef::Int(3), 3 * M, &[], None).unwrap();
         let mut keys: Vec<Key> = published(&eng, false).into_iter().map(|p| p.0).collect();
         keys.sort_by_key(|k| format!("{k:?}"));
         assert_eq!(keys, vec![Key::Int(2), Key::Int(3)]);
         // a late event changes nothing
-        eng.ingest_one(KeyRef::Int(4), -100 * M, &[]).unwrap();
+        eng.ingest_one(KeyRef::Int(4), -100 * M, &[], None).unwrap();
         assert!(published(&eng, false).is_empty());
         // all: every key, whatever changed
         assert_eq!(published(&eng, true).len(), 3);
         eng.track_changes(false);
-        eng.ingest_one(KeyRef::Int(5), 4 * M, &[]).unwrap();
+        eng.ingest_one(KeyRef::Int(5), 4 * M, &[], None).unwrap();
         assert!(published(&eng, false).is_empty());
     }
 
