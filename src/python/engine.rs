@@ -210,18 +210,31 @@ impl PyEngine {
     }
 
     fn row_dict<'py>(&self, py: Python<'py>, values: &[f64]) -> PyResult<Bound<'py, PyDict>> {
-        // A copy of the template has every key in place: each set_item below replaces a
-        // value (no insertion, no resize), and the order stays the output order.
-        let d = self.template.bind(py).copy()?;
-        for ((name, out), v) in self.names.iter().zip(&self.plan.outputs).zip(values) {
-            if out.integer {
-                d.set_item(name.bind(py), *v as i64)?;
-            } else if !v.is_nan() {
-                d.set_item(name.bind(py), *v)?;
-            }
-        }
-        Ok(d)
+        row_dict(py, &self.template, &self.names, &self.plan, values)
     }
+}
+
+/// The `get` answer as a dict (None = null) from the feature values in `plan` order: the
+/// in-process engine's and the remote reader's one builder. `template` holds every name with
+/// None; `names` are the interned feature names.
+pub(super) fn row_dict<'py>(
+    py: Python<'py>,
+    template: &Py<PyDict>,
+    names: &[Py<PyString>],
+    plan: &Plan,
+    values: &[f64],
+) -> PyResult<Bound<'py, PyDict>> {
+    // A copy of the template has every key in place: each set_item below replaces a value (no
+    // insertion, no resize), and the order stays the output order.
+    let d = template.bind(py).copy()?;
+    for ((name, out), v) in names.iter().zip(&plan.outputs).zip(values) {
+        if out.integer {
+            d.set_item(name.bind(py), *v as i64)?;
+        } else if !v.is_nan() {
+            d.set_item(name.bind(py), *v)?;
+        }
+    }
+    Ok(d)
 }
 
 /// The `get_many` result: the key column, then one column per feature (`cols`, NaN = null).

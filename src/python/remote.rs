@@ -273,15 +273,7 @@ impl PyRemoteReader {
     }
 
     fn row_dict<'py>(&self, py: Python<'py>, values: &[f64]) -> PyResult<Bound<'py, PyDict>> {
-        let d = self.template.bind(py).copy()?;
-        for ((name, out), v) in self.names.iter().zip(&self.plan.outputs).zip(values) {
-            if out.integer {
-                d.set_item(name.bind(py), *v as i64)?;
-            } else if !v.is_nan() {
-                d.set_item(name.bind(py), *v)?;
-            }
-        }
-        Ok(d)
+        super::engine::row_dict(py, &self.template, &self.names, &self.plan, values)
     }
 }
 
