@@ -283,6 +283,11 @@ def main() -> None:
             json.dumps({k: v for k, v in results.items() if k != "spark_sql_exact_query"}, indent=1)
         )
 
+    if args.no_compare:
+        spark.stop()
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return
     got_rtml = (
         rtml.spark.backfill(fs, ev_df, sp_df, partitions=args.partitions, check=False)
         .select("id", *names)
