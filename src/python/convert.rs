@@ -243,7 +243,10 @@ pub fn instant_zoned(
             .and_then(|m| m.getattr("datetime"))
             .and_then(|c| c.call_method1("fromisoformat", (s,)))
             .map_err(|e| Error::schema(field, format!("cannot parse {s}: {e}")))?;
-        return instant_zoned(&parsed, unit, field);
+        let (t, z) = instant_zoned(&parsed, unit, field)?;
+        // datetime keeps microseconds: the digits after the sixth are added back here
+        let extra = s.to_str().map(sub_microsecond_ns).unwrap_or(0);
+        return Ok((t.checked_add(extra).ok_or_else(range)?, z));
     }
     let tname = type_name(obj);
     if tname == "datetime64" {
@@ -613,4 +616,31 @@ pub fn rows<'py>(
         events.ids = ids;
     }
     Ok((events, zone.unwrap_or(Zone::Epoch)))
+}
+
+/// The nanoseconds an ISO 8601 time's fraction of a second carries beyond microseconds
+/// (`"...:05.123456789"` -> 789), which `datetime.fromisoformat` drops; digits beyond the ninth
+/// are below a nanosecond and ignored, as for any other input.
+fn sub_microsecond_ns(text: &str) -> i64 {
+    let b = text.as_bytes();
+    // the time part: "HH:MM:SS" after the date's "T" or " " (position 10 in "YYYY-MM-DDT...")
+    let Some(sec_end) =
+        (b.len() > 18 && (b[10] == b'T' || b[10] == b't' || b[10] == b' ')).then_some(19)
+    else {
+        return 0;
+    };
+    if !matches!(b.get(sec_end), Some(b'.') | Some(b',')) {
+        return 0;
+    }
+    let digits: Vec<u8> = b[sec_end + 1..]
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .copied()
+        .collect();
+    if digits.len() <= 6 {
+        return 0;
+    }
+    (6..9).fold(0i64, |acc, i| {
+        acc * 10 + digits.get(i).map_or(0, |d| i64::from(d - b'0'))
+    })
 }

@@ -508,3 +508,15 @@ def test_ingest_report_numbers_rows_as_passed_when_null_keys_are_skipped(form):
     got = eng.ingest(data, report=True, null_keys="skip")
     assert (got.accepted, got.ahead, got.rejected) == (1, 1, [3])  # row 3 as passed, not 1
     assert eng.stats()["null_keys_skipped"] == 2
+
+
+def test_iso_string_instants_keep_their_nanoseconds():
+    fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h")])
+    eng = fs.online()
+    t = pd.Timestamp("2024-03-01 08:00:00.123456789", tz="UTC")
+    eng.ingest({"driver": 1, "ts": t})
+    # the instant itself is excluded: one nanosecond later the event counts
+    assert eng.get(1, at="2024-03-01T08:00:00.123456789+00:00")["count_1h"] == 0
+    assert eng.get(1, at="2024-03-01T08:00:00.123456790+00:00")["count_1h"] == 1
+    assert eng.get(1, at="2024-03-01 08:00:00,1234567901+00:00")["count_1h"] == 1
+    assert eng.get(1, at=t + pd.Timedelta(1, "ns"))["count_1h"] == 1
