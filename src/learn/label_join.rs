@@ -28,13 +28,14 @@ use std::collections::BinaryHeap;
 use std::fmt;
 
 use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
 
 use super::release_queue::{ReleaseQueue, Run};
 
 use crate::error::{Error, Result};
 
 /// A request id: an integer or a string (integers order before strings).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RequestId {
     Int(i64),
     Str(String),
@@ -50,7 +51,7 @@ impl fmt::Display for RequestId {
 }
 
 /// What happens to a served row whose label did not come within `wait`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum OnTimeout {
     /// Not released (counted as `timeouts_dropped`).
     Drop,
@@ -59,7 +60,7 @@ pub enum OnTimeout {
 }
 
 /// A released training example.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Example {
     pub id: RequestId,
     /// When the row was served (its features are as of `at`).
@@ -84,7 +85,7 @@ pub enum Outcome {
 pub type LabelOutcome = Outcome;
 
 /// The join's counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub served: u64,
     pub labels: u64,
@@ -124,14 +125,14 @@ impl Stats {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Gone {
     Released,
     TimedOut,
     Evicted,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Row {
     at: i64,
     x: Vec<f64>,
@@ -141,7 +142,7 @@ struct Row {
 }
 
 /// The label join (see the module documentation).
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LabelJoin {
     wait: i64,
     on_timeout: OnTimeout,
@@ -443,7 +444,71 @@ impl LabelJoin {
     pub fn drain(&mut self) -> Vec<Example> {
         std::mem::take(&mut self.out)
     }
+
+    /// The whole join (pending rows, remembered ids, released examples not yet drained,
+    /// counters) as bytes: `RTLJ`, format version (u32 LE), CRC-32 of the body (u32 LE), body
+    /// length (u64 LE), body (bincode). [`LabelJoin::from_bytes`] gives back an equal join: a
+    /// service can checkpoint the rows still waiting for their labels.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let body = bincode::serialize(self).map_err(|e| snapshot_error(format!("{e}")))?;
+        let mut out = Vec::with_capacity(body.len() + 20);
+        out.extend_from_slice(JOIN_MAGIC);
+        out.extend_from_slice(&JOIN_VERSION.to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// A join from [`LabelJoin::to_bytes`]; anything else (another format, a newer version,
+    /// truncated or corrupted bytes) is a typed error, never a partial join.
+    pub fn from_bytes(bytes: &[u8]) -> Result<LabelJoin> {
+        let bad = snapshot_error;
+        if bytes.len() < 20 || &bytes[..4] != JOIN_MAGIC {
+            return Err(bad("not a label join snapshot".into()));
+        }
+        let word =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let version = word(4);
+        if version != JOIN_VERSION {
+            return Err(bad(format!(
+                "format version {version}; this build reads {JOIN_VERSION}{}",
+                if version > JOIN_VERSION {
+                    ": upgrade rtml"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let crc = word(8);
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[12..20]);
+        let body = &bytes[20..];
+        if u64::from_le_bytes(len) != body.len() as u64 || crc32fast::hash(body) != crc {
+            return Err(bad(
+                "truncated or corrupted (length or checksum mismatch)".into()
+            ));
+        }
+        let j: LabelJoin =
+            bincode::deserialize(body).map_err(|e| bad(format!("cannot decode: {e}")))?;
+        if j.wait < 0 || j.lateness < 0 || j.max_pending == 0 {
+            return Err(bad("invalid parameters".into()));
+        }
+        Ok(j)
+    }
 }
+
+const JOIN_MAGIC: &[u8; 4] = b"RTLJ";
+
+/// Snapshot bytes that are not a label join's (a `SnapshotError` in Python).
+fn snapshot_error(message: String) -> Error {
+    Error::Snapshot {
+        path: "<label join bytes>".into(),
+        message,
+    }
+}
+/// The label join snapshot's format version.
+pub const JOIN_VERSION: u32 = 1;
 
 #[cfg(test)]
 mod tests {

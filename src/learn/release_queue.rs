@@ -8,6 +8,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 /// Which in-order run a key belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Run {
@@ -15,7 +17,8 @@ pub enum Run {
     Label = 1,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "K: Serialize", deserialize = "K: Deserialize<'de>"))]
 pub struct ReleaseQueue<K: Ord> {
     runs: [VecDeque<K>; 2],
     heap: BinaryHeap<Reverse<K>>,

@@ -11,7 +11,7 @@ use numpy::{
 };
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString};
 
 use super::errors::{entry, schema_error, IntoPy, Poison};
 use crate::error::Error;
@@ -524,6 +524,25 @@ impl PyLabelJoin {
                 ys.into_pyarray(py),
                 to.into_pyarray(py),
             ))
+        })
+    }
+
+    /// The whole join as bytes (`LabelJoin::to_bytes`).
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        entry(Some(&self.poison), || {
+            let bytes = lock(py, &self.inner).to_bytes().py_err()?;
+            Ok(PyBytes::new(py, &bytes))
+        })
+    }
+
+    /// A join from `to_bytes` (rtml.SnapshotError for anything else).
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<PyLabelJoin> {
+        entry(None, || {
+            Ok(PyLabelJoin {
+                inner: Mutex::new(LabelJoin::from_bytes(data).py_err()?),
+                poison: Poison::default(),
+            })
         })
     }
 
