@@ -74,7 +74,9 @@ __all__ = ["backfill", "OutOfCoreResult", "parse_memory", "MEMORY_MODEL"]
 # per output feature value. Measured by bench/bench_outofcore.py --calibrate (see
 # docs/backfill-at-scale.md); rounded up.
 MEMORY_MODEL = {"per_input_byte": 3.0, "per_feature_value": 24.0}
-_SLACK = 0.15  # share of the limit kept free: allocator fragmentation, pyarrow pool slack
+_SLACK = 0.2  # share of the limit kept free: allocator fragmentation, pyarrow pool slack, and
+# large units costing more than MEMORY_MODEL says (0.15 let a 30M-event run at
+# memory_limit="1GB" peak at 1.015 GB; 0.2: 0.995 GB; bench/bench_outofcore.py)
 # what reading Parquet costs beyond its libraries: the scanner's buffers (read-ahead of one
 # batch and one file) and the pages pyarrow's allocator keeps; measured 45-65 MB with mimalloc
 _READER_RESERVE = 48 << 20

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import rtml
 from helpers import n_examples
 from rtml import outofcore
-from rtml.outofcore import _READER_RESERVE, _rss
+from rtml.outofcore import _READER_RESERVE, _SLACK, _rss
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 3, 1, tzinfo=UTC)
@@ -221,7 +221,7 @@ def test_small_memory_limit_forces_many_partitions_and_splits(tmp_path):
     )
     fs = feature_set()
     want = in_memory(fs, events, spine)
-    limit = int((_rss() + _READER_RESERVE + 6_000_000) / 0.85)  # a budget of about 6 MB
+    limit = int((_rss() + _READER_RESERVE + 6_000_000) / (1 - _SLACK))  # a budget of about 6 MB
     out = str(tmp_path / "out")
     res = outofcore.backfill(fs, events, spine, out, memory_limit=limit, progress=False)
     assert res.partitions >= 8, res
@@ -249,7 +249,7 @@ def test_hot_entity_is_reported_not_a_crash(tmp_path):
     fs = feature_set()
     want = in_memory(fs, events, spine)
     limit = int(
-        (_rss() + _READER_RESERVE + 3_000_000) / 0.85
+        (_rss() + _READER_RESERVE + 3_000_000) / (1 - _SLACK)
     )  # about 3 MB: the hot entity alone is larger
     out = str(tmp_path / "out.parquet")
     with pytest.warns(rtml.HotKeyWarning, match=r"entity 424242 of column 'k' has 120,000 events"):
