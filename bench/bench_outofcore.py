@@ -1,6 +1,6 @@
 """Out-of-core backfill (issue 17): time and peak RSS of `rtml.outofcore.backfill` on Parquet
 input larger than its memory limit, against the in-memory backfill of the same data, and the
-check that both give the same bits. Not a test (timings); docs/backfill-at-scale.md has results.
+check that both give the same bits. Not a test (timings); docs/scale.md has results.
 
     python bench/bench_outofcore.py --events 10000000 --memory-limit 300MB
     python bench/bench_outofcore.py --events 10000000 --memory-limit 300MB --skip-memory

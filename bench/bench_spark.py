@@ -1,5 +1,5 @@
 """rtml on Spark against the same features written as Spark SQL window functions, and local rtml
-(issue 17). Not a test (timings); the results and the command go to docs/backfill-at-scale.md.
+(issue 17). Not a test (timings); the results and the command go to docs/scale.md.
 
     python bench/bench_spark.py --data 1m            # 1M events / 100k keys / 100k spine rows
     python bench/bench_spark.py --data small --compare-only

@@ -776,7 +776,7 @@ class FeatureSet:
         partitioned by entity on disk and backfilled partition by partition within
         `memory_limit` (default ``"4GB"``), and the rows are written to `out` with a
         ``spine_row`` column; returns an :class:`rtml.outofcore.OutOfCoreResult`. Same bits as
-        the in-memory call; see :func:`rtml.outofcore.backfill` and docs/backfill-at-scale.md.
+        the in-memory call; see :func:`rtml.outofcore.backfill` and docs/scale.md.
 
         Raises :class:`rtml.SchemaError` naming the column for missing columns, wrong types,
         null keys or times, or a spine column named like a feature; TypeError for an input

@@ -19,7 +19,7 @@
 The temporary directory is removed at the end, on error, and on Ctrl-C; the output appears only
 when the call succeeded (written under a temporary name, then renamed).
 
-Memory model and measurements: docs/backfill-at-scale.md.
+Memory model and measurements: docs/scale.md.
 
 >>> import rtml, pandas as pd, pyarrow.parquet as pq, tempfile, os
 >>> fs = rtml.FeatureSet("driver", "ts", [rtml.count(window="1h"), rtml.sum("fare", window="1h")])
@@ -72,7 +72,7 @@ __all__ = ["backfill", "OutOfCoreResult", "parse_memory", "MEMORY_MODEL"]
 # Bytes of process memory the in-memory backfill of a unit needs, per byte of its input as Arrow
 # data (events + spine, the engine's converted columns, sort and group indices, the output), and
 # per output feature value. Measured by bench/bench_outofcore.py --calibrate (see
-# docs/backfill-at-scale.md); rounded up.
+# docs/scale.md); rounded up.
 MEMORY_MODEL = {"per_input_byte": 3.0, "per_feature_value": 24.0}
 _SLACK = 0.2  # share of the limit kept free: allocator fragmentation, pyarrow pool slack, and
 # large units costing more than MEMORY_MODEL says (0.15 let a 30M-event run at

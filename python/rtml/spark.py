@@ -22,7 +22,7 @@ events only: each row is the local answer. Spark has no row order; the result ha
 columns, so keep an id column in the spine to join on.
 
 pyspark is not a dependency of rtml (``pip install 'rtml[spark]'``); rtml itself must be
-installed on every executor (the engine is a compiled extension): docs/backfill-at-scale.md.
+installed on every executor (the engine is a compiled extension): docs/scale.md.
 
 >>> import rtml, rtml.spark
 >>> from pyspark.sql import SparkSession                                  # doctest: +SKIP
