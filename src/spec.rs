@@ -556,6 +556,12 @@ fn parse_feature(value: &Value, field: &str) -> Result<Feature> {
         }
     };
     let agg = Agg { def, param };
+    if def.param != Param::HalfLife && obj.get("half_life").is_some_and(|v| !v.is_null()) {
+        return Err(Error::spec(
+            format!("{field}.half_life"),
+            format!("half_life applies to decayed_sum, not {agg_name}"),
+        ));
+    }
     if def.param != Param::Quantile && obj.get("q").is_some_and(|v| !v.is_null()) {
         return Err(Error::spec(
             format!("{field}.q"),
@@ -663,6 +669,9 @@ mod tests {
             r#"{"version": 1, "entity": "k", "timestamp": "t", "features": [{"agg": "count"}, {"agg": "count"}]}"#,
             r#"{"version": 1, "entity": "k", "timestamp": "t", "features": []}"#,
             r#"{"version": 1, "entity": "k", "timestamp": "t", "features": [{"agg": "quantile", "column": "v", "q": 1.5}]}"#,
+            // a parameter another aggregation takes is refused, not ignored
+            r#"{"version": 1, "entity": "k", "timestamp": "t", "features": [{"agg": "sum", "column": "v", "half_life": "1h"}]}"#,
+            r#"{"version": 1, "entity": "k", "timestamp": "t", "features": [{"agg": "count", "q": 0.5}]}"#,
         ];
         for doc in bad {
             assert!(

@@ -662,7 +662,8 @@ class FeatureSet:
     def allowed_lateness(self) -> str | None:
         """How late an event may arrive online and still count (e.g. ``"5m"``); None = 0."""
         v = self._doc().get("allowed_lateness")
-        return None if v in (None, "0ns") else str(v)
+        # the engine writes a zero duration in its largest unit ("0s"): zero is None
+        return None if v is None or re.fullmatch(r"0+[a-z]+", str(v)) else str(v)
 
     @property
     def ttl(self) -> str | None:

@@ -4,6 +4,7 @@ errors instead of silently different results, and reprs that show what a thing i
 from __future__ import annotations
 
 import datetime as dt
+import json
 import pickle
 from decimal import Decimal
 
@@ -520,3 +521,18 @@ def test_iso_string_instants_keep_their_nanoseconds():
     assert eng.get(1, at="2024-03-01T08:00:00.123456790+00:00")["count_1h"] == 1
     assert eng.get(1, at="2024-03-01 08:00:00,1234567901+00:00")["count_1h"] == 1
     assert eng.get(1, at=t + pd.Timedelta(1, "ns"))["count_1h"] == 1
+
+
+def test_a_parameter_of_another_aggregation_is_refused_not_ignored():
+    doc = json.loads(FS.to_json())
+    doc["features"][0]["half_life"] = "1h"  # count_1h: half_life means nothing there
+    with pytest.raises(rtml.SpecError, match=r"features\[0\]\.half_life.*decayed_sum, not count"):
+        rtml.FeatureSet.from_json(json.dumps(doc))
+
+
+def test_no_lateness_reads_as_none_and_stays_out_of_the_repr():
+    fs = rtml.FeatureSet("k", "ts", [rtml.count()])
+    assert fs.allowed_lateness is None
+    assert "allowed_lateness" not in repr(fs)
+    late = rtml.FeatureSet("k", "ts", [rtml.count()], allowed_lateness="5m")
+    assert late.allowed_lateness == "5m" and "allowed_lateness='5m'" in repr(late)
