@@ -366,17 +366,44 @@ class OnlineEngine:
         given after a restore fix it again.
         """
         engine = cls._wrap(_core.Engine.restore(path))
-        if feature_set is not None:
-            want = _spec_of(feature_set).to_json()
-            got = engine._spec.to_json()
-            if want != got:
-                a, b = json.loads(got), json.loads(want)
-                fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-                raise SnapshotError(
-                    f"{os.fspath(path)}: written for another feature set (differs in: "
-                    f"{', '.join(fields)}); snapshot: {got}; expected: {want}"
-                )
+        engine._check_written_for(feature_set, os.fspath(path))
         return engine
+
+    def to_bytes(self) -> bytes:
+        """The snapshot's bytes without a file (the same checksummed format as ``snapshot``):
+        for a checkpoint that stores state next to other data, or a process that sends it.
+
+        >>> import rtml
+        >>> fs = rtml.FeatureSet("k", "ts", [rtml.count(window="1h")], timestamp_unit="s")
+        >>> eng = fs.online()
+        >>> eng.ingest({"k": 1, "ts": 10})
+        1
+        >>> rtml.OnlineEngine.from_bytes(eng.to_bytes(), feature_set=fs).get(1, at=20)
+        {'count_1h': 1}
+        """
+        return bytes(self._engine.to_bytes())
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, *, feature_set: Optional["FeatureSet"] = None
+    ) -> "OnlineEngine":
+        """An engine from ``to_bytes`` (or a snapshot file's bytes); errors as ``restore``."""
+        engine = cls._wrap(_core.Engine.from_bytes(data))
+        engine._check_written_for(feature_set, "snapshot bytes")
+        return engine
+
+    def _check_written_for(self, feature_set: Optional["FeatureSet"], where: str) -> None:
+        if feature_set is None:
+            return
+        want = _spec_of(feature_set).to_json()
+        got = self._spec.to_json()
+        if want != got:
+            a, b = json.loads(got), json.loads(want)
+            fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise SnapshotError(
+                f"{where}: written for another feature set (differs in: "
+                f"{', '.join(fields)}); snapshot: {got}; expected: {want}"
+            )
 
     def stats(self) -> dict[str, Any]:
         """Counters and sizes: ``keys``, ``events_ingested``, ``late_events_dropped``,

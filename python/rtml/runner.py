@@ -26,7 +26,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -37,6 +36,7 @@ import pyarrow as pa
 
 from . import _core
 from .exceptions import RtmlError, SnapshotError, SpecError
+from .online import OnlineEngine
 from .sources import (
     Batch,
     Position,
@@ -79,17 +79,6 @@ class CheckpointError(SnapshotError):
 
 def _spec_hash(spec_json: str) -> str:
     return hashlib.sha256(spec_json.encode()).hexdigest()
-
-
-def _scratch_dir(fallback: Path) -> Path:
-    """Where engine snapshots are staged before being wrapped (memory-backed if possible)."""
-    env = os.environ.get("RTML_SCRATCH")
-    if env:
-        return Path(env)
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    return fallback
 
 
 def _fsync_dir(d: Path) -> None:
@@ -156,21 +145,6 @@ def _remove_stale_temps(d: Path, only_rtml: bool) -> None:
                 pass
 
 
-def _engine_bytes(engine: Any, scratch: Path) -> bytes:
-    """The engine's snapshot file bytes (staged through a scratch file: see docs/streaming.md)."""
-    fd, name = tempfile.mkstemp(prefix=f".rtml-snap-{os.getpid()}-", dir=scratch)
-    os.close(fd)
-    try:
-        engine.snapshot(name)
-        with open(name, "rb") as f:
-            return f.read()
-    finally:
-        try:
-            os.unlink(name)
-        except OSError:
-            pass
-
-
 def _time_order(events: Any, ts: str, n: int) -> list[int]:
     """Indices of `events` (an Arrow table or a list of row dicts) in event-time order (stable);
     the given order where the times cannot be ordered."""
@@ -187,21 +161,6 @@ def _time_order(events: Any, ts: str, n: int) -> list[int]:
         return idx
     except (pa.ArrowException, TypeError, ValueError, KeyError, OverflowError):
         return list(range(n))
-
-
-def _engine_from_bytes(data: bytes, scratch: Path) -> Any:
-    fd, name = tempfile.mkstemp(prefix=f".rtml-restore-{os.getpid()}-", dir=scratch)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        from .online import OnlineEngine
-
-        return OnlineEngine.restore(name)
-    finally:
-        try:
-            os.unlink(name)
-        except OSError:
-            pass
 
 
 def encode_checkpoint(meta: dict[str, Any], snapshot: bytes) -> list[bytes]:
@@ -268,7 +227,7 @@ def load_checkpoints(
         if meta.get("spec_sha256") != _spec_hash(spec_json):
             raise CheckpointError(p, f, "written by another feature set (its spec hash differs)")
         try:
-            engine = _engine_from_bytes(snap, _scratch_dir(d))
+            engine = OnlineEngine.from_bytes(snap)
         except SnapshotError as e:
             raise CheckpointError(p, f, f"embedded engine state: {e}") from None
         out[p] = (engine, meta)
@@ -398,10 +357,8 @@ class Runner:
         self.poll_timeout = float(poll_timeout)
         self._spec_json = feature_set.to_json()
         self._hash = _spec_hash(self._spec_json)
-        self._scratch = _scratch_dir(self.dir)
         _remove_stale_temps(self.dir, only_rtml=False)
         _remove_stale_temps(self.dead_letter_dir, only_rtml=False)
-        _remove_stale_temps(self._scratch, only_rtml=True)
         self._parts: dict[int, _Partition] = {}
         self._lock = threading.RLock()
         # pipelining: a batch is decoded and ingested by one worker thread while the runner's
@@ -461,7 +418,7 @@ class Runner:
                 p, path, f"written for source {meta.get('source')!r}, not {self.source.name!r}"
             )
         try:
-            engine = _engine_from_bytes(snap, self._scratch)
+            engine = OnlineEngine.from_bytes(snap)
         except SnapshotError as e:
             raise CheckpointError(p, path, f"embedded engine state: {e}") from None
         if engine.spec_json != self._spec_json:
@@ -486,8 +443,6 @@ class Runner:
         if callable(init):
             engine = init(p)
         else:
-            from .online import OnlineEngine
-
             engine = OnlineEngine.restore(os.fspath(init))
         if engine.spec_json != self._spec_json:
             raise CheckpointError(
@@ -688,7 +643,7 @@ class Runner:
         if not part.dirty and self.checkpoint_path(p).exists():
             return
         self._flush_dead_letters(p, part)
-        snap = _engine_bytes(part.engine, self._scratch)
+        snap = part.engine.to_bytes()
         meta = {
             "format": "rtml.Checkpoint",
             "partition": p,

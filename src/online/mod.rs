@@ -641,6 +641,16 @@ impl Engine {
         snapshot::write(self, path)
     }
 
+    /// The snapshot file's bytes, in memory (a consistent cut, as [`Engine::snapshot`]).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        snapshot::encode(self, Path::new("<bytes>"))
+    }
+
+    /// An engine from [`Engine::to_bytes`] (or a snapshot file's bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Engine> {
+        snapshot::decode(bytes, Path::new("<bytes>"))
+    }
+
     pub fn restore(path: &Path) -> Result<Engine> {
         snapshot::read(path)
     }

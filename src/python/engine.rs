@@ -16,7 +16,7 @@ use arrow_array::{ArrayRef, Int64Array, StringArray};
 use arrow_buffer::ScalarBuffer;
 use parking_lot::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
 use super::arrow::{self, Column};
@@ -495,6 +495,25 @@ impl PyEngine {
         entry(Some(&self.poison), || {
             let engine = &self.inner;
             detached(py, || engine.snapshot(&path))
+        })
+    }
+
+    /// The snapshot's bytes, without a file (`OnlineEngine.to_bytes`).
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        entry(Some(&self.poison), || {
+            let engine = &self.inner;
+            let bytes = detached(py, || engine.to_bytes())?;
+            Ok(PyBytes::new(py, &bytes))
+        })
+    }
+
+    /// An engine from `to_bytes` (or a snapshot file's bytes). Raises `rtml.SnapshotError` for
+    /// truncated, corrupted or foreign bytes.
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<PyEngine> {
+        entry(None, || {
+            let engine = detached(py, || Engine::from_bytes(data))?;
+            Ok(PyEngine::from_engine(py, engine))
         })
     }
 

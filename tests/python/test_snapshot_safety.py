@@ -378,3 +378,23 @@ def test_committed_snapshot_loads_and_answers(doc_path, tmp_path):
     got_after = [[_clean(eng.get(k, at=t)) for t in doc["instants_after"]] for k in keys]
     assert got_after == doc["answers_after"]
     assert {k: v for k, v in eng.stats().items() if k not in skip} == doc["stats_after"]
+
+
+def test_snapshot_bytes_without_a_file(tmp_path):
+    fs = rtml.FeatureSet("k", "ts", [rtml.count(window="1h"), rtml.sum("v", window="1h")],
+                         timestamp_unit="s", allowed_lateness="1m")
+    eng = fs.online()
+    eng.ingest({"k": [1, 2, 1], "ts": [10, 20, 30], "v": [1.5, 2.0, None]})
+    data = eng.to_bytes()
+    eng.snapshot(tmp_path / "s.snap")
+    assert data == (tmp_path / "s.snap").read_bytes()  # the file's exact format
+    back = rtml.OnlineEngine.from_bytes(data, feature_set=fs)
+    for k in (1, 2, 3):
+        assert back.get(k, at=100) == eng.get(k, at=100)
+    assert back.stats()["events_ingested"] == 3
+    other = rtml.FeatureSet("k", "ts", [rtml.count(window="2h")], timestamp_unit="s")
+    with pytest.raises(rtml.SnapshotError, match="another feature set"):
+        rtml.OnlineEngine.from_bytes(data, feature_set=other)
+    for bad in (data[:-1], data[:30] + bytes([data[30] ^ 1]) + data[31:], b"", b"not a snapshot"):
+        with pytest.raises(rtml.SnapshotError):
+            rtml.OnlineEngine.from_bytes(bad)
