@@ -108,8 +108,47 @@ pub fn floor_div(a: i64, b: i64) -> i64 {
     }
 }
 
+/// The nanoseconds an ISO 8601 time's fraction of a second carries beyond microseconds
+/// (`"...:05.123456789"` -> 789): what `datetime.fromisoformat` drops. Digits beyond the ninth
+/// are below a nanosecond and ignored, as for every other input; anything that is not
+/// `YYYY-MM-DD[T ]HH:MM:SS[.,]digits...` carries none.
+pub fn sub_microsecond_ns(text: &str) -> i64 {
+    let b = text.as_bytes();
+    let time_sep = matches!(b.get(10), Some(b'T' | b't' | b' '));
+    if !time_sep || !matches!(b.get(19), Some(b'.' | b',')) {
+        return 0;
+    }
+    let digits = b.get(20..).unwrap_or_default();
+    let n = digits.iter().take_while(|c| c.is_ascii_digit()).count();
+    if n <= 6 {
+        return 0;
+    }
+    // digits 7 to 9 (padded with zeros): the nanoseconds below the microsecond
+    (6..9).fold(0i64, |acc, i| {
+        let d = if i < n {
+            digits.get(i).copied().unwrap_or(b'0')
+        } else {
+            b'0'
+        };
+        acc * 10 + i64::from(d - b'0')
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sub_microsecond_digits() {
+        use super::sub_microsecond_ns as f;
+        assert_eq!(f("2024-03-01T08:00:00.123456789+00:00"), 789);
+        assert_eq!(f("2024-03-01 08:00:00,1234567+00:00"), 700);
+        assert_eq!(f("2024-03-01T08:00:00.1234567891Z"), 789);
+        assert_eq!(f("2024-03-01T08:00:00.123456+00:00"), 0);
+        assert_eq!(f("2024-03-01T08:00:00+00:00"), 0);
+        assert_eq!(f("2024-03-01"), 0);
+        assert_eq!(f(""), 0);
+        assert_eq!(f("2024-03-01T08:00:00.1234567x9"), 700);
+    }
+
     use super::*;
 
     #[test]

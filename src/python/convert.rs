@@ -245,7 +245,7 @@ pub fn instant_zoned(
             .map_err(|e| Error::schema(field, format!("cannot parse {s}: {e}")))?;
         let (t, z) = instant_zoned(&parsed, unit, field)?;
         // datetime keeps microseconds: the digits after the sixth are added back here
-        let extra = s.to_str().map(sub_microsecond_ns).unwrap_or(0);
+        let extra = s.to_str().map(crate::time::sub_microsecond_ns).unwrap_or(0);
         return Ok((t.checked_add(extra).ok_or_else(range)?, z));
     }
     let tname = type_name(obj);
@@ -616,31 +616,4 @@ pub fn rows<'py>(
         events.ids = ids;
     }
     Ok((events, zone.unwrap_or(Zone::Epoch)))
-}
-
-/// The nanoseconds an ISO 8601 time's fraction of a second carries beyond microseconds
-/// (`"...:05.123456789"` -> 789), which `datetime.fromisoformat` drops; digits beyond the ninth
-/// are below a nanosecond and ignored, as for any other input.
-fn sub_microsecond_ns(text: &str) -> i64 {
-    let b = text.as_bytes();
-    // the time part: "HH:MM:SS" after the date's "T" or " " (position 10 in "YYYY-MM-DDT...")
-    let Some(sec_end) =
-        (b.len() > 18 && (b[10] == b'T' || b[10] == b't' || b[10] == b' ')).then_some(19)
-    else {
-        return 0;
-    };
-    if !matches!(b.get(sec_end), Some(b'.') | Some(b',')) {
-        return 0;
-    }
-    let digits: Vec<u8> = b[sec_end + 1..]
-        .iter()
-        .take_while(|c| c.is_ascii_digit())
-        .copied()
-        .collect();
-    if digits.len() <= 6 {
-        return 0;
-    }
-    (6..9).fold(0i64, |acc, i| {
-        acc * 10 + digits.get(i).map_or(0, |d| i64::from(d - b'0'))
-    })
 }
