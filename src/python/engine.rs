@@ -141,28 +141,15 @@ impl PyEngine {
     /// Refuse times on a clock other than the engine's events' (`what` names the column or
     /// argument).
     fn check_zone(&self, z: Zone, what: &str) -> PyResult<()> {
-        let cur = match self.zone.load(Ordering::Acquire) {
-            ZONE_NAIVE => Zone::Naive,
-            ZONE_AWARE => Zone::Aware,
-            _ => return Ok(()),
-        };
-        if z.clash(cur) {
-            let against = format!("this engine's events hold {}", cur.describe());
-            return Err(errors::schema_error(
-                what,
-                convert::zone_clash_message(z, &against),
-            ));
-        }
-        Ok(())
+        check_clock(self.zone.load(Ordering::Acquire), z, what)
     }
 
     /// After an ingest that applied: remember the events' clock.
     fn note_zone(&self, z: Zone) {
-        let v = match z {
-            Zone::Naive => ZONE_NAIVE,
-            Zone::Aware => ZONE_AWARE,
-            Zone::Epoch => return,
-        };
+        let v = zone_code(z);
+        if v == ZONE_UNKNOWN {
+            return;
+        }
         let _ = self
             .zone
             .compare_exchange(ZONE_UNKNOWN, v, Ordering::AcqRel, Ordering::Acquire);
@@ -616,4 +603,38 @@ impl PyEngine {
             panic!("deliberate panic (rtml test hook)")
         })
     }
+}
+
+/// A clock as stored in an engine's (or a remote reader's) atomic: `ZONE_UNKNOWN` for epoch
+/// integers, which fix no clock.
+pub(super) fn zone_code(z: Zone) -> u8 {
+    match z {
+        Zone::Epoch => ZONE_UNKNOWN,
+        Zone::Naive => ZONE_NAIVE,
+        Zone::Aware => ZONE_AWARE,
+    }
+}
+
+/// The clock a stored code names, if any.
+pub(super) fn zone_of(code: u8) -> Option<Zone> {
+    match code {
+        ZONE_NAIVE => Some(Zone::Naive),
+        ZONE_AWARE => Some(Zone::Aware),
+        _ => None,
+    }
+}
+
+/// Refuse a time `z` on another clock than the events' (`held`, a stored code); `what` names
+/// the column or argument. The in-process engine's and the remote reader's one check.
+pub(super) fn check_clock(held: u8, z: Zone, what: &str) -> PyResult<()> {
+    if let Some(cur) = zone_of(held) {
+        if z.clash(cur) {
+            let against = format!("this engine's events hold {}", cur.describe());
+            return Err(errors::schema_error(
+                what,
+                convert::zone_clash_message(z, &against),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::convert::{self, PyKey, Zone};
-use super::engine::{self, PyEngine, ZONE_AWARE, ZONE_NAIVE, ZONE_UNKNOWN};
+use super::engine::{self, zone_code, zone_of, PyEngine, ZONE_AWARE, ZONE_NAIVE, ZONE_UNKNOWN};
 use super::errors::{self, detached, entry, IntoPy};
 use super::transforms::PyTransforms;
 use super::PySpec;
@@ -29,22 +29,6 @@ pyo3::create_exception!(
     pyo3::exceptions::PyConnectionError,
     "Redis did not answer within the timeout, refused the connection, or answered an error (rtml.RemoteEngine raises rtml.RemoteUnavailableError for it)."
 );
-
-fn zone_code(z: Zone) -> u8 {
-    match z {
-        Zone::Epoch => ZONE_UNKNOWN,
-        Zone::Naive => ZONE_NAIVE,
-        Zone::Aware => ZONE_AWARE,
-    }
-}
-
-fn zone_of(code: u8) -> Option<Zone> {
-    match code {
-        ZONE_NAIVE => Some(Zone::Naive),
-        ZONE_AWARE => Some(Zone::Aware),
-        _ => None,
-    }
-}
 
 /// Start (or stop) tracking the keys an engine changes (`publish_changes` lists them).
 #[pyfunction]
@@ -159,16 +143,7 @@ impl PyRemoteReader {
     }
 
     fn check_zone(&self, z: Zone, held: u8, what: &str) -> PyResult<()> {
-        if let Some(cur) = zone_of(held) {
-            if z.clash(cur) {
-                let against = format!("this engine's events hold {}", cur.describe());
-                return Err(errors::schema_error(
-                    what,
-                    convert::zone_clash_message(z, &against),
-                ));
-            }
-        }
-        Ok(())
+        engine::check_clock(held, z, what)
     }
 
     fn instant(&self, at: Option<&Bound<'_, PyAny>>) -> PyResult<(i64, u8)> {
