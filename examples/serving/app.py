@@ -4,7 +4,10 @@ Loads the artifacts written by notebooks/flight_delays.ipynb (manifest.json, one
 document and one fitted transforms document per entity, model.joblib) and serves
 
     POST /events    a batch of departure / weather events -> the online engines
-    POST /predict   a flight -> probability that it leaves more than 15 minutes late
+    POST /predict   a flight -> probability that it leaves more than 15 minutes late (the batch
+                    model; and the online model's, with learning on)
+    GET  /learning  the online model, the label join's counters, progressive metrics
+    POST /learning/advance   move the label clock ({"to": time})
     GET  /health    liveness + what is loaded
     GET  /metrics   Prometheus text format
 
@@ -17,10 +20,21 @@ RTML_CHECKPOINT_SECONDS or RTML_CHECKPOINT_EVENTS and on shutdown; the log drops
 every checkpoint covers. A restart, even after SIGKILL, restores the checkpoints and replays the
 log from their positions: no acknowledged event lost, none applied twice (docs/hardening.md).
 
-Every served feature vector is logged (feature set, key, at, raw window features, model-ready
-vector) to Parquet part files, and every accepted event, with the time it was received, to
-events_log/departures/ and events_log/weather/, so `rtml parity` can later recompute the served
-rows offline from exactly the events the service had.
+Every prediction is appended to the same log (kind "served": feature set, key, at, raw window
+features, model-ready vector, probabilities) before it is answered. A follower reads the log in
+order behind the runners and writes two Parquet projections of it: the served log (one row per
+feature set per prediction) and the events log (events_log/departures/, events_log/weather/,
+every accepted event with the time it was received), so `rtml parity` can later recompute the
+served rows offline from exactly the events the service had. Neither loses a row to a crash:
+parts after the follower's checkpoint (state/follower.json) are written again from the log.
+
+Online learning (when the manifest has an "online" section, written by the notebook): every
+flight asked about waits in an `rtml.learn.LabelJoin` for its departure (the label: more than
+late_minutes late), and an online logistic regression learns, test-then-train, on exactly the
+vector that was served. The join and the model are part of the follower's checkpoint; the log
+replays the rest, so the learned model is the notebook's `rtml.learn.replay` of the same stream,
+bit for bit. GET /learning shows the model and the join; POST /learning/advance {"to": time}
+moves the label clock on a quiet stream (also through the log).
 
 Run:  RTML_ARTIFACTS=artifacts python examples/serving/app.py --port 8000
  or:  RTML_ARTIFACTS=artifacts uvicorn app:app --app-dir examples/serving --port 8000
@@ -37,6 +51,7 @@ feature sets' own max_ahead, when smaller, wins: an acknowledged event is never 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -60,6 +75,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, V
 from threadpoolctl import threadpool_limits
 
 import rtml
+import rtml.learn as rl
 
 log = logging.getLogger("rtml.serving")
 
@@ -266,6 +282,8 @@ class Metrics:
         # events applied to the online state / dropped as later than allowed_lateness, by type
         self.events_applied: dict[str, int] = {"departure": 0, "weather": 0}
         self.events_late: dict[str, int] = {"departure": 0, "weather": 0}
+        # events dropped because an event with the same id was applied before (a retried batch)
+        self.events_duplicate: dict[str, int] = {"departure": 0, "weather": 0}
         # events of refused requests (4xx), by the field that refused them
         self.events_rejected: dict[str, int] = {}
         self.predictions = 0
@@ -298,89 +316,220 @@ class Entity:
 TYPE_OF = {"departures": "departure", "weather": "weather"}
 
 
-class EventsLog:
-    """Buffered Parquet log of the accepted events, one folder per kind (departures, weather),
-    each row with `received_at`: the events `rtml parity` recomputes the served rows from."""
+SERVED_SCHEMA = pa.schema([
+    ("request_id", pa.string()),
+    ("feature_set", pa.string()),
+    ("key", pa.string()),
+    ("at", pa.timestamp("ns", "UTC")),
+    ("names", pa.list_(pa.string())),
+    ("values", pa.list_(pa.float64())),
+    ("vector", pa.list_(pa.float64())),
+    ("probability", pa.float64()),
+    ("served_at", pa.timestamp("us", "UTC")),
+    ("flight", pa.string()),  # <tailnum>@<scheduled departure, ns>: the label join's request id
+    ("online_probability", pa.float64()),  # the online learner's prediction (null: learning off)
+])
 
-    def __init__(self, directory: Path, flush_rows: int) -> None:
+
+class PartLog:
+    """A Parquet projection of some of the write-ahead log's records (the served rows, or one
+    kind of event), written by the log follower in log order.
+
+    Rows are buffered and written as part files named by the log positions of their first and
+    last record (``<prefix>-<first>-<last>.parquet``, written to a temporary name, then
+    renamed). A row is in the log before its request is answered, so a crash loses none: on
+    start, the parts at or after the follower's checkpoint are deleted (`drop_from`) and the
+    follower writes them again from the log. Every checkpoint flushes first, so no part
+    straddles one: nothing is written twice either."""
+
+    def __init__(self, directory: Path, prefix: str, flush_rows: int) -> None:
         self.dir = directory
+        self.prefix = prefix
         self.flush_rows = flush_rows
         self.lock = threading.Lock()
-        self.parts: dict[str, list[pa.Table]] = {}
+        self.parts: list[pa.Table] = []
+        self.first: Optional[int] = None
+        self.last: Optional[int] = None
         self.rows = 0
-        self.seq = 0
-        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-    def add(self, tables: dict[str, pa.Table], received_at: dt.datetime) -> None:
-        with self.lock:
-            for kind, t in tables.items():
-                if t.num_rows:
-                    stamp = pa.array([received_at] * t.num_rows, pa.timestamp("us", "UTC"))
-                    self.parts.setdefault(kind, []).append(t.append_column("received_at", stamp))
-                    self.rows += t.num_rows
-            full = self.rows >= self.flush_rows
-        if full:
-            self.flush()
-
-    def flush(self) -> None:
-        with self.lock:
-            parts, self.parts, self.rows = self.parts, {}, 0
-            self.seq += 1
-            seq = self.seq
-        for kind, tables in parts.items():
-            folder = self.dir / kind
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"events-{self.run}-{seq:06d}.parquet"
-            tmp = folder / f".{name}.tmp"
-            pq.write_table(pa.concat_tables(tables), tmp)
-            os.replace(tmp, folder / name)
-
-
-class ServedLog:
-    """Buffered Parquet log of served feature vectors: one part file per flush."""
-
-    SCHEMA = pa.schema([
-        ("request_id", pa.string()),
-        ("feature_set", pa.string()),
-        ("key", pa.string()),
-        ("at", pa.timestamp("ns", "UTC")),
-        ("names", pa.list_(pa.string())),
-        ("values", pa.list_(pa.float64())),
-        ("vector", pa.list_(pa.float64())),
-        ("probability", pa.float64()),
-        ("served_at", pa.timestamp("us", "UTC")),
-    ])
-
-    def __init__(self, directory: Path, flush_rows: int) -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.flush_rows = flush_rows
-        self.lock = threading.Lock()
-        self.rows: list[dict] = []
-        self.seq = 0
-        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.written = 0
 
-    def add(self, rows: list[dict]) -> None:
+    def add(self, table: pa.Table, position: int) -> None:
         with self.lock:
-            self.rows.extend(rows)
-            full = len(self.rows) >= self.flush_rows
+            if self.first is None:
+                self.first = position
+            self.last = position
+            self.parts.append(table)
+            self.rows += table.num_rows
+            full = self.rows >= self.flush_rows
         if full:
             self.flush()
 
     def flush(self) -> int:
         with self.lock:
-            rows, self.rows = self.rows, []
-            if not rows:
+            parts, first, last = self.parts, self.first, self.last
+            self.parts, self.first, self.last, self.rows = [], None, None, 0
+            if not parts:
                 return 0
-            self.seq += 1
-            name = f"served-{self.run}-{self.seq:06d}.parquet"
-            table = pa.Table.from_pylist(rows, schema=self.SCHEMA)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            name = f"{self.prefix}-{first:016d}-{last:016d}.parquet"
             tmp = self.dir / f".{name}.tmp"
+            table = pa.concat_tables(parts, promote_options="permissive")
             pq.write_table(table, tmp)
             os.replace(tmp, self.dir / name)  # readers never see a half-written part
-            self.written += len(rows)
-            return len(rows)
+            self.written += table.num_rows
+            return table.num_rows
+
+    def drop_from(self, position: int) -> list[str]:
+        """Delete the parts whose first record is at or after `position` (the follower writes
+        them again from the log), and parts of an older version of this service."""
+        gone = []
+        for p in sorted(self.dir.glob("*.parquet")) if self.dir.exists() else []:
+            m = re.fullmatch(rf"{self.prefix}-(\d{{16}})-(\d{{16}})\.parquet", p.name)
+            if m is None or int(m.group(1)) >= position:
+                p.unlink()
+                gone.append(p.name)
+        return gone
+
+
+class Learning:
+    """Online learning on the served vectors (rtml.learn): every served flight waits in a
+    label join for its departure (the label: left more than `late_minutes` late, known when the
+    plane leaves) and the learner trains, test-then-train, on exactly the vector that was
+    served, in the join's (release time, flight) order. A flight is one example: its request id
+    is ``<tailnum>@<scheduled departure, ns>``, so a second prediction for the same flight (a
+    retry) is served but not learned twice (counted). The notebook replays the same stream
+    offline (`rtml.learn.replay`) and gets the same model, bit for bit."""
+
+    def __init__(self, artifacts: Path, manifest: dict, state: Optional[dict]) -> None:
+        cfg = manifest["online"]
+        self.config = cfg
+        self.late_minutes = float(manifest["late_minutes"])
+        if state is not None:
+            self.model = rl.load_model(state["model"])
+            self.join = rl.LabelJoin.from_bytes(base64.b64decode(state["join"]))
+            self.counters = dict(state["counters"])
+        else:
+            self.model = rl.load_model((artifacts / cfg["model"]).read_text())
+            self.join = rl.LabelJoin(cfg["wait"], on_timeout=cfg["on_timeout"], max_pending=cfg["max_pending"],
+                                     allowed_lateness=cfg["allowed_lateness"])
+            self.counters = {"served": 0, "served_again": 0, "examples": 0}
+        # progressive validation since this process started (not part of the checkpoint)
+        self.metrics = rl.Metrics(window=cfg.get("metrics_window", "7d"))
+
+    def finite(self, x: np.ndarray) -> np.ndarray:
+        """The learner takes finite vectors: a missing feature (null, after scaling) counts as
+        its training mean, as in the notebook."""
+        return np.nan_to_num(x, nan=float(self.config.get("nan_as", 0.0)))
+
+    def state(self) -> dict:
+        return {"model": self.model.to_json(), "join": base64.b64encode(self.join.to_bytes()).decode(),
+                "counters": self.counters}
+
+    def served(self, table: pa.Table) -> None:
+        """One served record (one row per feature set, vectors in the manifest's order)."""
+        flight = table.column("flight")[0].as_py()
+        at = table.column("at").cast(pa.int64())[0].as_py()
+        x = self.finite(np.concatenate([np.asarray(v, dtype=np.float64) for v in table.column("vector").to_pylist()]))
+        try:
+            self.join.serve(flight, at, x)
+            self.counters["served"] += 1
+        except rtml.SchemaError:  # the same flight asked again: served, not learned twice
+            self.counters["served_again"] += 1
+
+    def departures(self, table: pa.Table) -> None:
+        ids = [f"{t}@{s}" for t, s in zip(table.column("tailnum").to_pylist(),
+                                          table.column("sched_dep").cast(pa.int64()).to_pylist())]
+        ts = table.column("ts").cast(pa.int64()).to_numpy()
+        y = (table.column("dep_delay").to_numpy() > self.late_minutes).astype(np.float64)
+        self.join.labels(ids, ts, y)  # departures of flights never asked about: unknown_labels
+        self.advance(int(ts.max()))  # those departures move the label clock too
+
+    def advance(self, t: int) -> None:
+        """Move the label clock to `t` and learn what that releases."""
+        self.join.advance(t)
+        ex = self.join.drain()
+        if len(ex):
+            self.model.progressive(ex.X, ex.y, ex.release, self.metrics)
+            self.counters["examples"] += len(ex)
+
+
+class Follower:
+    """Follows the write-ahead log in log order, after the feature runners: writes the served
+    log and the events log (Parquet projections of the log) and, with online learning on,
+    feeds the label join and the learner. Its checkpoint (log position, learner state) is one
+    atomic file, state/follower.json; the log keeps every record until this checkpoint (and
+    the runners') covers it."""
+
+    def __init__(self, wal: Any, state_dir: Path, served_log: PartLog, events_logs: dict[str, PartLog],
+                 learning_factory: Any, checkpoint_seconds: float) -> None:
+        self.path = state_dir / "follower.json"
+        state = json.loads(self.path.read_text()) if self.path.exists() else None
+        self.learning: Optional[Learning] = learning_factory(state.get("learning") if state else None)
+        self.served_log, self.events_logs = served_log, events_logs
+        self.checkpoint_seconds = checkpoint_seconds
+        self.source = rtml.sources.wal(wal, name="follower")
+        start = None if state is None else int(state["position"])
+        self.source.open(lambda parts: {0: start}, lambda parts: None)
+        self.position = 0 if start is None else start  # (the log starts at 0 without a checkpoint)
+        self.committed: Optional[int] = start  # the position the last checkpoint covers
+        for part in (served_log, *events_logs.values()):
+            gone = part.drop_from(self.position)
+            if gone:
+                log.info("%s: %d part(s) at or after log position %d are written again from the log",
+                         part.dir, len(gone), self.position)
+        self.last_checkpoint = time.monotonic()
+
+    def step(self) -> int:
+        """Apply every durable record not applied yet; the number of records. Under the service lock."""
+        n = 0
+        while True:
+            batches = self.source.poll(10_000, 0.0)
+            if not batches:
+                break
+            for b in batches:
+                self.position = b.end
+                if b.events is None or not b.positions:
+                    continue
+                n += 1
+                kind = (b.events.schema.metadata or {}).get(b"rtml.kind", b"").decode()
+                pos = int(b.positions[0])
+                if kind == "served":
+                    self.served_log.add(b.events.replace_schema_metadata(None), pos)
+                    if self.learning is not None:
+                        self.learning.served(b.events)
+                elif kind == "label_clock":
+                    if self.learning is not None:
+                        self.learning.advance(int(b.events.column("t").cast(pa.int64())[0].as_py()))
+                elif kind in self.events_logs:
+                    self.events_logs[kind].add(b.events.replace_schema_metadata(None), pos)
+                    if kind == "departures" and self.learning is not None:
+                        self.learning.departures(b.events)
+        if time.monotonic() - self.last_checkpoint >= self.checkpoint_seconds:
+            self.checkpoint()
+        return n
+
+    def checkpoint(self) -> None:
+        """Flush the Parquet logs, then write the checkpoint (atomically), then let the log drop
+        what it covers."""
+        self.served_log.flush()
+        for part in self.events_logs.values():
+            part.flush()
+        state = {"format": "rtml.example.follower", "version": 1, "position": self.position,
+                 "learning": self.learning.state() if self.learning is not None else None}
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self.source.commit({0: self.position})
+        self.committed = self.position
+        self.last_checkpoint = time.monotonic()
 
 
 class Service:
@@ -425,9 +574,20 @@ class Service:
         log.info("restored checkpoints and replayed the log up to position %d in %.2fs: %s",
                  self.wal.durable_position, time.perf_counter() - t0, replayed)
         self.metrics = Metrics()
-        self.log = ServedLog(settings.log_dir, settings.flush_rows)
-        self.events_log = EventsLog(settings.events_log_dir or settings.artifacts / "events_log",
-                                    settings.flush_rows)
+        # the served log and the events log: Parquet projections of the write-ahead log, written
+        # by the follower (a row is durable in the log before its request is answered)
+        self.log = PartLog(settings.log_dir, "served", settings.flush_rows)
+        events_dir = settings.events_log_dir or settings.artifacts / "events_log"
+        self.events_logs = {k: PartLog(events_dir / k, "events", settings.flush_rows) for k in ("departures", "weather")}
+        self.columns = columns
+        learning = (lambda state: Learning(art, self.manifest, state)) if "online" in self.manifest else (lambda state: None)
+        self.follower = Follower(self.wal, settings.state_dir, self.log, self.events_logs, learning,
+                                 settings.checkpoint_seconds)
+        with self.lock:
+            t0 = time.perf_counter()
+            n = self.follower.step()
+            log.info("follower: applied %d log records after its checkpoint in %.2fs (online learning %s)",
+                     n, time.perf_counter() - t0, "on" if self.follower.learning else "off")
         # per log position: (type, events, late) of records applied, until their request reads it
         self.outcomes: dict[int, tuple[str, int, int]] = {}
         # refuse at the door what an engine's watermark guard (FeatureSet.max_ahead) would not
@@ -456,6 +616,8 @@ class Service:
         with self.lock:
             for ent in self.entities:
                 ent.runner.checkpoint()
+            self.follower.step()
+            self.follower.checkpoint()
 
     def close(self) -> None:
         self.checkpoint()
@@ -467,6 +629,8 @@ class Service:
     def positions(self) -> dict:
         """The last durable log position and what the checkpoints cover."""
         ck = {ent.name: ent.runner.checkpointed_positions.get(0) for ent in self.entities}
+        covered = [v for v in ck.values() if v is not None]
+        ck["follower"] = self.follower.committed if hasattr(self, "follower") else None
         covered = [v for v in ck.values() if v is not None]
         return {"durable_position": self.wal.durable_position,
                 "checkpointed_position": min(covered) if len(covered) == len(ck) else None,
@@ -501,7 +665,8 @@ class Service:
             raise self._reject(e.status, e.detail, field, n) from None
         deps = [e for e in events if e.type == "departure"]
         wx = [e for e in events if e.type == "weather"]
-        tables = {"departures": _departures(deps), "weather": _weather(wx)}
+        received_at = dt.datetime.now(dt.timezone.utc)
+        tables = {"departures": _departures(deps, received_at), "weather": _weather(wx, received_at)}
         items = [(tables[k], k) for k in ("departures", "weather") if tables[k].num_rows]
         if not items:
             return {"received": 0, "accepted": {ent.name: 0 for ent in self.entities}, "late": {},
@@ -514,13 +679,16 @@ class Service:
         with self.lock:
             self._apply_through(positions[-1])
             done = {pos: self.outcomes.pop(pos) for pos in positions}
-            self.events_log.add(tables, dt.datetime.now(dt.timezone.utc))
+            self.follower.step()
         late = {TYPE_OF[k]: 0 for _, k in items}
-        for typ, _n, lt in done.values():
-            late[typ] = late.get(typ, 0) + lt
+        duplicates = {TYPE_OF[k]: 0 for _, k in items}
+        for typ, _n, lt, dup in done.values():
+            late[typ] += lt
+            duplicates[typ] += dup
         accepted = {ent.name: tables[ent.events].num_rows - late.get(TYPE_OF[ent.events], 0)
-                    for ent in self.entities}
-        return {"received": n, "accepted": accepted, "late": late, "position": positions[0], **self.positions()}
+                    - duplicates.get(TYPE_OF[ent.events], 0) for ent in self.entities}
+        return {"received": n, "accepted": accepted, "late": late, "duplicates": duplicates,
+                "position": positions[0], **self.positions()}
 
     def _validate(self, events: list) -> None:
         """Keys the model knows, times the engine can hold, no event twice in one batch, no
@@ -571,18 +739,21 @@ class Service:
                 pos = self.wal.first_position
             if pos > last:
                 return
-            late_before = {k: e.engine.stats()["late_events_dropped"] for k, e in primary.items()}
+            before = {k: e.engine.stats() for k, e in primary.items()}
             for ent in self.entities:
                 ent.runner.step_until(pos)
             src = self.entities[0].runner.source  # reads every record (skips other kinds)
             kind, rows = src.last_kind, src.last_rows
             if kind not in primary:
                 continue
-            late = primary[kind].engine.stats()["late_events_dropped"] - late_before[kind]
-            self.outcomes[pos] = (TYPE_OF[kind], rows, late)
+            after = primary[kind].engine.stats()
+            late = after["late_events_dropped"] - before[kind]["late_events_dropped"]
+            dup = after["duplicates_dropped"] - before[kind]["duplicates_dropped"]
+            self.outcomes[pos] = (TYPE_OF[kind], rows, late, dup)
             with self.metrics.lock:
-                self.metrics.events_applied[TYPE_OF[kind]] += rows - late
+                self.metrics.events_applied[TYPE_OF[kind]] += rows - late - dup
                 self.metrics.events_late[TYPE_OF[kind]] += late
+                self.metrics.events_duplicate[TYPE_OF[kind]] += dup
 
     # -- POST /predict
     def predict(self, payload: Any) -> dict:
@@ -618,15 +789,59 @@ class Service:
                 raise BadRequest(422, f"at: {e}") from None
         x = np.concatenate(parts).reshape(1, -1)
         p = float(self.model.predict_proba(x)[0, 1])
+        learning = self.follower.learning
+        p_online = None
+        if learning is not None:
+            with self.lock:  # the follower learns under this lock
+                p_online = learning.model.predict_one(learning.finite(x[0]))
+        flight = f"{f.tailnum}@{_ns(f.sched_dep)}"
         now = dt.datetime.now(dt.timezone.utc)
-        self.log.add([{
+        served = pa.Table.from_pylist([{
             "request_id": request_id, "feature_set": ent.name, "key": key, "at": at_ns,
             "names": ent.fs.feature_names, "values": [None if raw[n] is None else float(raw[n]) for n in ent.fs.feature_names],
             "vector": [float(v) for v in vec], "probability": p, "served_at": now,
-        } for ent, key, raw, vec in logged])
+            "flight": flight, "online_probability": p_online,
+        } for ent, key, raw, vec in logged], schema=SERVED_SCHEMA)
+        # durable before the answer (group-committed with concurrent requests): the served log
+        # and the learner are written from the log, so a crash loses no served row
+        self.wal.append_many([(served, "served")])
+        with self.lock:
+            self.follower.step()
         with self.metrics.lock:
             self.metrics.predictions += 1
-        return {"probability": p, "late": p >= 0.5, "at": (f.at or f.sched_dep).isoformat(), "request_id": request_id}
+        out = {"probability": p, "late": p >= 0.5, "at": (f.at or f.sched_dep).isoformat(), "request_id": request_id,
+               "flight": flight}
+        if p_online is not None:
+            out["online_probability"] = p_online
+        return out
+
+    # -- GET /learning, POST /learning/advance
+    def learning_state(self) -> dict:
+        learning = self.follower.learning
+        if learning is None:
+            raise BadRequest(404, "online learning is off (the manifest has no 'online' section)")
+        with self.lock:
+            return {"model": json.loads(learning.model.to_json()), "updates": learning.model.updates,
+                    "pending": learning.join.pending, "join": learning.join.stats(), "counters": dict(learning.counters),
+                    "progressive": learning.metrics.summary(), "position": self.follower.position}
+
+    def advance_labels(self, payload: Any) -> dict:
+        """Move the label clock (no label older than `to`, minus the allowed lateness, is coming):
+        rows whose wait has passed time out, labeled rows are learned. Written to the log like
+        any event, so a restart replays it at the same point of the stream."""
+        if self.follower.learning is None:
+            raise BadRequest(404, "online learning is off (the manifest has no 'online' section)")
+        if not isinstance(payload, dict) or set(payload) != {"to"}:
+            raise BadRequest(422, 'expected a JSON object {"to": "<ISO 8601 time with a timezone>"}')
+        try:
+            to = TypeAdapter(AwareDatetime).validate_python(payload["to"])
+        except ValidationError as e:
+            raise BadRequest(422, _explain(e, "to")) from None
+        t = _time_in_range(to, "to")
+        pos = self.wal.append_many([(pa.table({"t": pa.array([t], pa.timestamp("ns", "UTC"))}), "label_clock")])[0]
+        with self.lock:
+            self.follower.step()
+        return {"position": pos, **self.learning_state()}
 
     # -- GET /metrics
     def prometheus(self) -> str:
@@ -659,6 +874,9 @@ class Service:
             metric("serving_events_late_dropped_total", "counter",
                    "Events dropped as later than allowed_lateness, by type.",
                    [(f'{{type="{k}"}}', v) for k, v in m.events_late.items()])
+            metric("serving_events_duplicate_dropped_total", "counter",
+                   "Events dropped because an event with the same id was applied before (a retried batch), by type.",
+                   [(f'{{type="{k}"}}', v) for k, v in m.events_duplicate.items()])
             metric("serving_events_rejected_total", "counter",
                    "Events of POST /events requests refused with 4xx, by the field that refused them.",
                    [(f'{{field="{k}"}}', v) for k, v in sorted(m.events_rejected.items())])
@@ -677,6 +895,26 @@ class Service:
                 out.append(f'serving_request_duration_seconds_bucket{{path="{path}",le="+Inf"}} {h.n}')
                 out.append(f'serving_request_duration_seconds_sum{{path="{path}"}} {h.total}')
                 out.append(f'serving_request_duration_seconds_count{{path="{path}"}} {h.n}')
+        learning = self.follower.learning
+        if learning is not None:
+            with self.lock:
+                js, c, summary = learning.join.stats(), dict(learning.counters), learning.metrics.summary()
+                updates, pending = learning.model.updates, learning.join.pending
+            metric("serving_learning_examples_total", "counter",
+                   "Served flights joined with their departure and learned (test-then-train).", [("", c["examples"])])
+            metric("serving_learning_model_updates", "gauge", "Updates of the online model (since its start in the notebook).",
+                   [("", updates)])
+            metric("serving_learning_pending", "gauge", "Served flights waiting for their departure.", [("", pending)])
+            metric("serving_learning_served_again_total", "counter",
+                   "Predictions for a flight already served to the learner (not learned twice).", [("", c["served_again"])])
+            metric("serving_learning_join_total", "counter", "Label-join outcomes (rtml.learn.LabelJoin.stats()).",
+                   [(f'{{outcome="{k}"}}', v) for k, v in sorted(js.items()) if isinstance(v, (int, float))])
+            for name in ("auc", "log_loss"):
+                value = summary.get(name)
+                metric(f"serving_learning_progressive_{name}", "gauge",
+                       f"Progressive (test-then-train) {name} of the online model over the last "
+                       f"{learning.config.get('metrics_window', '7d')} of event time, since this process started.",
+                       [("", float("nan") if value is None else value)])
         pos = self.positions()
         metric("serving_wal_durable_position", "gauge", "Log position after the last durable (acknowledged) batch.",
                [("", pos["durable_position"])])
@@ -695,7 +933,7 @@ def _iso(ns: int) -> str:
     return (EPOCH + dt.timedelta(microseconds=ns // 1000)).isoformat()
 
 
-def _departures(evs: list[Departure]) -> pa.Table:
+def _departures(evs: list[Departure], received_at: dt.datetime) -> pa.Table:
     # The same event-time rule as the notebook: the delay is known when the plane leaves, and an
     # early departure is stamped at its scheduled time (the flight never sees its own outcome).
     sched = [_ns(e.sched_dep) for e in evs]
@@ -706,19 +944,25 @@ def _departures(evs: list[Departure]) -> pa.Table:
         "carrier": pa.array([e.carrier for e in evs], pa.string()),
         "dep_delay": pa.array([float(e.dep_delay) for e in evs], pa.float64()),
         "late": pa.array([1.0 if e.dep_delay > 15 else 0.0 for e in evs], pa.float64()),
+        "sched_dep": pa.array(sched, pa.timestamp("ns", "UTC")),  # the flight: the label's request id
+        # the event's id (the flight): a re-sent event is a duplicate (FeatureSet dedupe_on)
+        "event_id": pa.array([f"{e.tailnum}@{s}" for s, e in zip(sched, evs)], pa.string()),
+        "received_at": pa.array([received_at] * len(evs), pa.timestamp("us", "UTC")),
     })
 
 
 WEATHER_COLUMNS = ("temp", "humid", "wind_speed", "precip", "visib", "pressure")
 
 
-def _weather(evs: list[Weather]) -> pa.Table:
+def _weather(evs: list[Weather], received_at: dt.datetime) -> pa.Table:
     cols: dict[str, pa.Array] = {
         "ts": pa.array([_ns(e.ts) for e in evs], pa.timestamp("ns", "UTC")),
         "origin": pa.array([e.origin for e in evs], pa.string()),
     }
     for c in WEATHER_COLUMNS:
         cols[c] = pa.array([None if getattr(e, c) is None else float(getattr(e, c)) for e in evs], pa.float64())
+    cols["event_id"] = pa.array([f"{e.origin}@{_ns(e.ts)}" for e in evs], pa.string())  # one observation per hour
+    cols["received_at"] = pa.array([received_at] * len(evs), pa.timestamp("us", "UTC"))
     return pa.table(cols)
 
 
@@ -746,8 +990,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             while not stop.wait(svc.settings.flush_seconds):
                 try:
                     svc.log.flush()
-                    svc.events_log.flush()
-                except Exception:  # keep serving; the rows stay lost only for this part
+                    for part in svc.events_logs.values():
+                        part.flush()
+                except Exception:  # keep serving; the rows are in the log, written again on restart
                     log.exception("served log flush failed")
 
         thread = threading.Thread(target=flusher, name="served-log-flusher", daemon=True)
@@ -758,9 +1003,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         finally:
             stop.set()
             thread.join(timeout=10)
-            svc.log.flush()
-            svc.events_log.flush()
-            svc.close()
+            svc.close()  # flushes the Parquet logs at the follower's checkpoint
             log.info("flushed the served log and checkpointed the online state to %s", svc.settings.state_dir)
 
     app = FastAPI(title="rtml flight-delay service", lifespan=lifespan)
@@ -798,11 +1041,20 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         return svc().ingest(payload)
 
     @app.post("/predict")
-    async def predict(request: Request):
-        payload = _parse_json(await request.body(), svc().settings)
+    def predict(body: bytes = Depends(_body)):
+        # a plain def too: the served row is made durable in the log before the answer
+        payload = _parse_json(body, svc().settings)
         if not isinstance(payload, dict):
             raise BadRequest(422, "expected a JSON object describing one flight")
         return svc().predict(payload)
+
+    @app.get("/learning")
+    def learning():
+        return svc().learning_state()
+
+    @app.post("/learning/advance")
+    def learning_advance(body: bytes = Depends(_body)):
+        return svc().advance_labels(_parse_json(body, svc().settings))
 
     @app.get("/health")
     async def health():

@@ -821,6 +821,7 @@ def replay(
     labels: Any,
     learner: Any,
     *,
+    vectors: Any = None,
     wait: Duration,
     on_timeout: Union[str, float] = "drop",
     allowed_lateness: Duration = 0,
@@ -843,15 +844,34 @@ def replay(
 
     The examples, their order, the progressive scores and the final model are bit for bit
     those of a live service fed the same stream (see docs/learning.md).
+
+    `vectors`: the served vectors themselves (one row per request, in the requests' order),
+    instead of `feature_set` / `transforms` / `events` (pass None for those three): for a
+    service whose vector concatenates several feature sets' vectors, computed offline the same
+    way (backfill, then each set's transforms), as the flights notebook does.
     """
     from . import _io
 
-    t = getattr(transforms, "_t", transforms)
     req = _io.to_table(requests, "requests")
-    feats = feature_set.backfill(events, req, time=at, progress=False)
-    if not isinstance(t, _core.Transforms):
-        raise TypeError(f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}")
-    X = np.ascontiguousarray(t.transform_numpy(feats), dtype=np.float64)
+    if vectors is not None:
+        if feature_set is not None or transforms is not None or events is not None:
+            raise SpecError(
+                "replay: give either vectors= or feature_set / transforms / events, not both"
+            )
+        X = np.ascontiguousarray(vectors, dtype=np.float64)
+        if X.ndim != 2 or X.shape[0] != req.num_rows:
+            raise SchemaError(
+                f"vectors: expected a 2-d array with one row per request ({req.num_rows}), "
+                f"got shape {X.shape}"
+            )
+    else:
+        t = getattr(transforms, "_t", transforms)
+        feats = feature_set.backfill(events, req, time=at, progress=False)
+        if not isinstance(t, _core.Transforms):
+            raise TypeError(
+                f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}"
+            )
+        X = np.ascontiguousarray(t.transform_numpy(feats), dtype=np.float64)
     lab = _io.to_table(labels, "labels")
     join = LabelJoin(
         wait, on_timeout=on_timeout, max_pending=max_pending, allowed_lateness=allowed_lateness

@@ -33,7 +33,9 @@ class Server:
 
     def __init__(self, artifacts: Path, state_dir: Path, log_dir: Path, **env: str) -> None:
         self.env = {**os.environ, "RTML_ARTIFACTS": str(artifacts), "RTML_STATE_DIR": str(state_dir),
-                    "RTML_SERVED_LOG": str(log_dir), "RTML_LOG_FLUSH_SECONDS": "1", **env}
+                    "RTML_SERVED_LOG": str(log_dir), "RTML_LOG_FLUSH_SECONDS": "1",
+                    # the events log beside the served log (not in the shared artifacts folder)
+                    "RTML_EVENTS_LOG": str(log_dir.parent / "events_log"), **env}
         self.proc: Optional[subprocess.Popen] = None
         self.port = 0
         self.out = state_dir.parent / f"server-{state_dir.name}.log"

@@ -24,6 +24,7 @@ from nbclient import NotebookClient
 
 import rtml
 import rtml.cli
+import rtml.learn as rl
 import rtml.parity
 from e2e_service import NOTEBOOK, Server, engine_metrics, iso, replay_events
 
@@ -168,7 +169,8 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
                 probe = _flight(rows[i], at)
                 assert srv.stop(), srv.output()[-5000:]
                 # one runner checkpoint per feature set, and the write-ahead log
-                assert sorted(p.name for p in state.iterdir()) == sorted([e["name"] for e in manifest["feature_sets"]] + ["wal"])
+                assert sorted(p.name for p in state.iterdir()) == sorted(
+                    [e["name"] for e in manifest["feature_sets"]] + ["wal", "follower.json"])
                 for e in manifest["feature_sets"]:
                     assert (state / e["name"] / "partition-0.ckpt").exists()
                 srv.start()
@@ -178,6 +180,14 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
                 assert again["probability"] == served[int(i)]
                 row_of_request[again["request_id"]] = int(i)
                 restarted = True
+        while cursor < len(events):  # the rest of December: the departures of the last flights asked about
+            batch = events[cursor:cursor + 5000]
+            assert client.post("/events", json={"events": batch}).status_code == 200
+            cursor += len(batch)
+        # the label clock past every departure: labeled flights are learned, the rest time out
+        r = client.post("/learning/advance", json={"to": "2014-01-03T00:00:00+00:00"})
+        assert r.status_code == 200, r.text
+        learned = r.json()
         metrics = engine_metrics(client)
     finally:
         client.close()
@@ -216,6 +226,32 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
         assert parts["tail"]["probability"] == served[i]
         checked += 1
     assert checked == N_PREDICT + 1
+
+    # online learning: the model the service learned (through a restart) is the notebook's
+    # offline replay of the same stream (rtml.learn.replay on the offline vectors), bit for bit
+    cfg = manifest["online"]
+    flights, first_rows = [], []
+    for i in picks:
+        f = f"{rows[i]['tailnum']}@{int(at_all[i])}"
+        if f not in flights:
+            flights.append(f)
+            first_rows.append(int(i))
+    requests = pa.table({"request_id": flights, "at": at_all[first_rows]})
+    deps = [(e, t) for e, t in zip(events, ev_ts) if e["type"] == "departure"]
+    sched = pd.to_datetime([e["sched_dep"] for e, _ in deps], utc=True).as_unit("ns").asi8
+    labels = pa.table({"request_id": [f"{e['tailnum']}@{s}" for (e, _), s in zip(deps, sched)],
+                       "at": np.array([t for _, t in deps], dtype=np.int64),
+                       "label": [float(e["dep_delay"] > manifest["late_minutes"]) for e, _ in deps]})
+    start = rl.load_model((artifacts / cfg["model"]).read_text())
+    replayed = rl.replay(None, None, None, requests, labels, start,
+                         vectors=np.nan_to_num(offline_x[first_rows], nan=cfg["nan_as"]), wait=cfg["wait"],
+                         on_timeout=cfg["on_timeout"], allowed_lateness=cfg["allowed_lateness"],
+                         max_pending=cfg["max_pending"])
+    assert learned["counters"] == {"served": len(flights), "served_again": N_PREDICT + 1 - len(flights),
+                                   "examples": len(replayed.examples)}
+    assert len(replayed.examples) > 0.9 * len(flights)  # nearly every flight asked about left within the wait
+    assert learned["model"] == json.loads(replayed.model.to_json())  # every float, bit for bit
+    assert learned["model"]["updates"] == len(replayed.examples) + json.loads(start.to_json())["updates"]
 
 
 def test_parity_reports_mismatches(tmp_path):
@@ -376,10 +412,12 @@ def test_keys_duplicates_and_metrics_names(service):
     # accepted vs late vs rejected: one on-time departure, one late one, a weather event
     late_dep = {**GOOD_DEP, "sched_dep": "2013-09-01T12:00:00Z"}
     wx = {"type": "weather", "origin": "JFK", "ts": "2013-10-01T13:00:00Z", "temp": 50.0}
-    r = _post(c, "/events", {"events": [GOOD_DEP, late_dep, wx]})
+    dep = {**GOOD_DEP, "sched_dep": "2013-10-01T12:30:00Z"}  # (GOOD_DEP itself was applied already)
+    r = _post(c, "/events", {"events": [dep, late_dep, wx]})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["late"] == {"departure": 1, "weather": 0}
+    assert body["duplicates"] == {"departure": 0, "weather": 0}
     assert body["accepted"] == {"tail": 1, "origin": 1, "carrier": 1, "weather": 1}
     assert isinstance(body["position"], int) and body["durable_position"] > body["position"]
     after = _counters(c)
@@ -389,6 +427,8 @@ def test_keys_duplicates_and_metrics_names(service):
         'serving_events_received_total{type="departure"}': 2, 'serving_events_received_total{type="weather"}': 1,
         'serving_events_applied_total{type="departure"}': 1, 'serving_events_applied_total{type="weather"}': 1,
         'serving_events_late_dropped_total{type="departure"}': 1, 'serving_events_late_dropped_total{type="weather"}': 0,
+        'serving_events_duplicate_dropped_total{type="departure"}': 0,
+        'serving_events_duplicate_dropped_total{type="weather"}': 0,
         'serving_events_rejected_total{field="events.tailnum"}': 3, 'serving_events_rejected_total{field="events.carrier"}': 1,
         'serving_events_rejected_total{field="events.origin"}': 2, 'serving_events_rejected_total{field="events"}': 3,
     }
@@ -421,13 +461,40 @@ def test_concurrent_posts_are_each_durable_and_counted_once(service):
     assert len(set(positions)) == 30
     for r in results:
         assert r["received"] == 10 and r["durable_position"] > r["position"]
-        assert r["accepted"]["tail"] + r["late"]["departure"] == 10
+        assert r["accepted"]["tail"] + r["late"]["departure"] + r["duplicates"]["departure"] == 10
     after = _counters(c)
     d = {k: after[k] - before.get(k, 0) for k in after}
     assert d['serving_events_received_total{type="departure"}'] == 300
     assert (d['serving_events_applied_total{type="departure"}'] + d['serving_events_late_dropped_total{type="departure"}']
-            == 300 == sum(r["accepted"]["tail"] + r["late"]["departure"] for r in results))
+            + d['serving_events_duplicate_dropped_total{type="departure"}']
+            == 300 == sum(r["accepted"]["tail"] + r["late"]["departure"] + r["duplicates"]["departure"] for r in results))
     assert d["serving_wal_appends_total"] == 30 and 1 <= d["serving_wal_fsyncs_total"] <= 30
+
+
+def test_a_retried_batch_is_applied_once(service):
+    """A client whose response was lost sends the batch again: the events carry their ids
+    (the flight, the airport's hour) and the engines drop the copies (FeatureSet dedupe_on):
+    acknowledged twice, counted once. The issue's finding: a retrying producer silently
+    corrupted counts and sums."""
+    c = service
+    batch = [{**GOOD_DEP, "tailnum": "N3DRAA", "sched_dep": f"2013-10-01T16:{m:02d}:00Z", "dep_delay": float(m)}
+             for m in range(0, 60, 5)]
+    batch.append({"type": "weather", "origin": "LGA", "ts": "2013-10-01T16:00:00Z", "temp": 61.0, "humid": 40.0})
+    probe = {**FLIGHT, "tailnum": "N3DRAA", "sched_dep": "2013-10-01T17:30:00Z", "origin": "EWR"}
+    first = _post(c, "/events", {"events": batch}).json()
+    assert first["accepted"] == {"tail": 12, "origin": 12, "carrier": 12, "weather": 1}, first
+    p1 = _post(c, "/predict", probe).json()["probability"]
+    m1 = engine_metrics(c)
+    again = _post(c, "/events", {"events": batch})
+    assert again.status_code == 200  # durable again, applied never
+    body = again.json()
+    assert body["accepted"] == {"tail": 0, "origin": 0, "carrier": 0, "weather": 0}
+    assert body["duplicates"] == {"departure": 12, "weather": 1}
+    assert _post(c, "/predict", probe).json()["probability"] == p1
+    m2 = engine_metrics(c)
+    assert {k: v for k, v in m2.items() if k.startswith(("rtml_events_ingested", "rtml_keys"))} == \
+        {k: v for k, v in m1.items() if k.startswith(("rtml_events_ingested", "rtml_keys"))}
+    assert _counters(c)['serving_events_duplicate_dropped_total{type="departure"}'] >= 12
 
 
 def _serving_module():
@@ -465,6 +532,7 @@ def test_sigkill_during_replay_loses_no_acknowledged_event_and_applies_none_twic
     srv = Server(artifacts, state, tmp_path / "log", **env).start()
     kills = sorted(rnd.choice(np.arange(3, len(batches) - 3), size=3, replace=False).tolist())
     sent, durable, killed = 0, 0, 0
+    predicted: list[str] = []  # request ids of acknowledged predictions
     import threading
 
     try:
@@ -500,6 +568,16 @@ def test_sigkill_during_replay_loses_no_acknowledged_event_and_applies_none_twic
             assert r.json()["position"] == durable  # one client: its batch is next in the log
             durable = r.json()["durable_position"]
             sent += 1
+            nxt = [x for b in batches[sent:sent + 1] for x in b if x["type"] == "departure"]
+            if sent % 4 == 0 and nxt:  # ask about a flight whose departure comes next
+                flight = {k: nxt[0][k] for k in ("tailnum", "origin", "carrier", "sched_dep")}
+                r = client.post("/predict", json={**flight, "dest": "IAH", "distance": 1400})
+                assert r.status_code == 200, r.text
+                predicted.append(r.json()["request_id"])
+                durable = r.json().get("durable_position", client.get("/health").json()["durable_position"])
+        r = client.post("/learning/advance", json={"to": "2014-01-03T00:00:00+00:00"})
+        assert r.status_code == 200, r.text
+        learned = r.json()
         client.close()
     finally:
         assert srv.stop(), srv.output()[-5000:]
@@ -512,8 +590,9 @@ def test_sigkill_during_replay_loses_no_acknowledged_event_and_applies_none_twic
         ref[e["name"]] = (rtml.OnlineEngine.restore(str(artifacts / "warm" / f"{e['name']}.snap")), e)
     for b in batches:
         evs = app.EVENTS.validate_python(b)
-        tables = {"departures": app._departures([x for x in evs if x.type == "departure"]),
-                  "weather": app._weather([x for x in evs if x.type == "weather"])}
+        now = pd.Timestamp.now(tz="UTC").to_pydatetime()
+        tables = {"departures": app._departures([x for x in evs if x.type == "departure"], now),
+                  "weather": app._weather([x for x in evs if x.type == "weather"], now)}
         for eng, e in ref.values():
             if tables[e["events"]].num_rows:
                 eng.ingest(tables[e["events"]])
@@ -535,3 +614,39 @@ def test_sigkill_during_replay_loses_no_acknowledged_event_and_applies_none_twic
                 va = ta.column(col).to_numpy(zero_copy_only=False).astype("float64").tobytes()
                 vb = tb.column(col).to_numpy(zero_copy_only=False).astype("float64").tobytes()
                 assert va == vb, (name, col)
+
+    # the logs written from the write-ahead log: every acknowledged prediction exactly once in
+    # the served log, every event of every batch exactly once in the events log
+    served = rtml.parity.read_served_log(tmp_path / "log")
+    assert len(predicted) > 20
+    assert sorted(served.column("request_id").to_pylist()) == sorted(predicted * len(manifest["feature_sets"]))
+    for kind, typ in (("departures", "departure"), ("weather", "weather")):
+        got_rows = pq.read_table(tmp_path / "events_log" / kind).num_rows
+        assert got_rows == sum(1 for b in batches for x in b if x["type"] == typ), kind
+    # and the model learned through three SIGKILLs is the offline replay of what was served
+    cfg = manifest["online"]
+    order = [e["name"] for e in manifest["feature_sets"]]
+    rows_of: dict[str, dict] = {}
+    for r in served.select(["request_id", "feature_set", "vector", "flight", "at"]).to_pylist():
+        rows_of.setdefault(r["request_id"], {})[r["feature_set"]] = r
+    flights, ats, xs = [], [], []
+    for rid in predicted:  # in the order they were served
+        parts = rows_of[rid]
+        if parts[order[0]]["flight"] in flights:
+            continue
+        flights.append(parts[order[0]]["flight"])
+        ats.append(parts[order[0]]["at"])
+        xs.append(np.concatenate([np.asarray(parts[n]["vector"], dtype="float64") for n in order]))
+    deps = [x for b in batches for x in b if x["type"] == "departure"]
+    sched = pd.to_datetime([x["sched_dep"] for x in deps], utc=True).as_unit("ns").asi8
+    delay = np.array([x["dep_delay"] for x in deps])
+    labels = pa.table({"request_id": [f"{x['tailnum']}@{s}" for x, s in zip(deps, sched)],
+                       "at": sched + np.maximum(delay, 0).astype("int64") * 60 * 10**9,
+                       "label": (delay > manifest["late_minutes"]).astype("float64")})
+    replayed = rl.replay(None, None, None, pa.table({"request_id": flights, "at": pa.array(ats, pa.timestamp("ns", "UTC"))}),
+                         labels, rl.load_model((artifacts / cfg["model"]).read_text()),
+                         vectors=np.nan_to_num(np.array(xs), nan=cfg["nan_as"]), wait=cfg["wait"],
+                         on_timeout=cfg["on_timeout"], allowed_lateness=cfg["allowed_lateness"],
+                         max_pending=cfg["max_pending"])
+    assert learned["counters"]["examples"] == len(replayed.examples) > 0
+    assert learned["model"] == json.loads(replayed.model.to_json())

@@ -139,6 +139,34 @@ def test_replay_equals_the_live_service_bit_for_bit(on_timeout):
     assert live_stats["labels_after_wait"] > 0  # some labels came after the 10-minute wait
 
 
+
+def test_replay_of_given_vectors_equals_the_live_service():
+    """`vectors=`: the served vectors given directly (a service whose vector joins several
+    feature sets) gives the live service's model too; bad shapes and mixed arguments refused."""
+    events, requests, labels = _stream(seed=3)
+    fs = _feature_set()
+    tf = _transforms(fs, events, requests)
+    kw = dict(wait="10m", on_timeout="drop", allowed_lateness="0s")
+    live_model = rl.Logistic(3, "sgd", eta0=0.05, l2=0.01)
+    live_ex, live_p, _, live_served, live_stats = _live(
+        fs, tf, events, requests, labels, live_model, **kw
+    )
+    # the vectors computed independently of replay: the live engine's answers
+    r = rl.replay(
+        None, None, None, requests, labels, rl.Logistic(3, "sgd", eta0=0.05, l2=0.01),
+        vectors=live_served, **kw,
+    )
+    assert [(i, int(t)) for i, t in zip(r.examples.request_id, r.examples.release)] == [
+        (e[0], e[1]) for e in live_ex
+    ]
+    assert r.predictions.tolist() == live_p
+    assert r.model.to_json() == live_model.to_json()
+    assert r.join_stats == live_stats
+    with pytest.raises(rtml.SchemaError, match="one row per request"):
+        rl.replay(None, None, None, requests, labels, rl.Logistic(3), vectors=live_served[1:], **kw)
+    with pytest.raises(rtml.SpecError, match="not both"):
+        rl.replay(fs, tf, events, requests, labels, rl.Logistic(3), vectors=live_served, **kw)
+
 def test_served_log_writes_everything_on_close_and_by_size(tmp_path):
     log = rl.ServedLog(tmp_path / "a", max_rows=4, flush_interval=None)
     for i in range(10):
