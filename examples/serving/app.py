@@ -469,6 +469,11 @@ class Follower:
         self.checkpoint_seconds = checkpoint_seconds
         self.source = rtml.sources.wal(wal, name="follower")
         start = None if state is None else int(state["position"])
+        if start is None and wal.first_position != 0:
+            # state of a version of this service without a follower: its logs start here
+            log.warning("follower: no checkpoint and the log starts at %d: following from there",
+                        wal.first_position)
+            start = wal.first_position
         self.source.open(lambda parts: {0: start}, lambda parts: None)
         self.position = 0 if start is None else start  # (the log starts at 0 without a checkpoint)
         self.committed: Optional[int] = start  # the position the last checkpoint covers
