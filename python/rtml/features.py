@@ -865,7 +865,7 @@ class FeatureSet:
 
             return outofcore.backfill(
                 self, events, spine, out, memory_limit=memory_limit or "4GB",
-                key=key, time=time, progress=progress,
+                key=self._spine_key(key)[0], time=time, progress=progress,
             )  # fmt: skip
         kind = _frames.resolve_output(
             output, spine, allowed=("arrow", "pandas", "polars"), what="backfill"
