@@ -369,3 +369,39 @@ def test_numpy_and_pandas_scalars_in_a_key_tuple():
         assert eng.get((row.d, row.z), at=9) == {"count": 1}
     assert eng.get(("a", np.int64(1)), at=9) == {"count": 1}
     assert eng.get(["a", 1], at=9) == {"count": 1}
+
+
+def test_arrival_and_dedupe_replay_the_stream_with_composite_keys():
+    # backfill(arrival=...) drops what an engine fed the same calls drops (late, duplicate):
+    # the filtered events keep their composite keys
+    fs = rtml.FeatureSet(["d", "z"], "ts", [rtml.count(), rtml.sum("x")], timestamp_unit="s",
+                         dedupe_on="id", max_ahead=None)
+    ev = {"d": ["a", "a", "b", "a", "a"], "z": [1, 1, 1, 2, 1], "ts": [10, 20, 20, 5, 30],
+          "x": [1.0, 2.0, 3.0, 4.0, 5.0], "id": ["e1", "e2", "e3", "e4", "e1"],
+          "batch": [0, 0, 0, 1, 1]}
+    eng = fs.online()
+    for b in (0, 1):
+        rows = [i for i, v in enumerate(ev["batch"]) if v == b]
+        eng.ingest({c: [ev[c][i] for i in rows] for c in ev})
+    keys = [("a", 1), ("b", 1), ("a", 2)]
+    want = eng.get_many(keys, at=40)
+    assert want["count"].to_pylist()[2] == 0  # e4 arrived late
+    sp = {"d": [k[0] for k in keys], "z": [k[1] for k in keys], "ts": [40, 40, 40]}
+    out = fs.backfill(ev, sp, arrival="batch")
+    assert out.select(["count", "x_sum"]).equals(want.select(["count", "x_sum"]))
+    v = fs.verdicts(ev, arrival="batch")
+    assert v[3] == "late" and v.count("applied") == eng.stats()["events_ingested"]
+    # ids: a duplicate within one call is dropped, online and in the replay
+    ev2 = dict(ev, id=["e1", "e1", "e3", "e4", "e5"])
+    assert fs.verdicts(ev2, arrival="batch")[:2] == ["applied", "duplicate"]
+
+
+def test_paths_without_composite_support_refuse():
+    fs = rtml.FeatureSet(["d", "z"], "ts", [rtml.count()], timestamp_unit="s")
+    ev = {"d": ["a"], "z": [1], "ts": [1]}
+    with pytest.raises(rtml.SpecError, match="composite"):
+        rtml.backfill({"d": ["a"], "z": [1], "ts": [2]}, {"s": (fs, ev)})
+    with pytest.raises(rtml.SpecError, match="composite"):
+        rtml.RemoteEngine(fs, client=object())
+    with pytest.raises(rtml.SpecError, match="composite"):
+        rtml.parity.check(fs, ev, pa.table({"key": ["a"], "at": pa.array([2], pa.int64())}))
