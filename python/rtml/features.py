@@ -562,7 +562,9 @@ class FeatureSet:
     """Window features of one entity, defined once and computed by one engine offline
     (`backfill`) and online (`online()`), bit for bit.
 
-    Parameters: `entity` (the key column: integers or strings), `timestamp` (the event-time
+    Parameters: `entity` (the key column: integers or strings; or a list of such columns, a
+    composite key such as ``["driver_id", "zone"]``: rows with equal values in every one of them
+    are one entity, and ``get`` takes a tuple; see docs/api.md, "Composite keys"), `timestamp` (the event-time
     column: timestamps of any unit, naive ones read as UTC; integers need `timestamp_unit`),
     `features` (from the constructors: ``rtml.count``, ``rtml.sum`` ...), `allowed_lateness`
     (how late an event may arrive online and still count; default 0), `ttl` (forget an entity

@@ -313,6 +313,14 @@ class OnlineEngine:
         column, in key order (``eng.get(("d7", 3))``; a tuple of another length, or a part of
         another type, raises ``rtml.SchemaError``).
 
+        >>> import rtml
+        >>> fs = rtml.FeatureSet(["driver", "zone"], "ts", [rtml.count()], timestamp_unit="s")
+        >>> eng = fs.online({"driver": ["d7", "d7", "d7"], "zone": [3, 4, 3], "ts": [1, 2, 3]})
+        >>> eng.get(("d7", 3), at=10)
+        {'count': 2}
+        >>> eng.get_many([("d7", 3), ("d7", 4)], at=10).to_pydict()
+        {'driver': ['d7', 'd7'], 'zone': [3, 4], 'count': [2, 1]}
+
         An unknown key gets the empty-history values (0 for counts, None for a mean); tell it
         apart from a known key with ``key in eng``. Raises ``rtml.QueryError`` for an `at` the
         state cannot answer exactly, ``rtml.SchemaError`` for a key or `at` of the wrong kind
