@@ -921,7 +921,11 @@ pub fn spec(data: &[u8]) {
     let ts: Vec<i64> = vec![-5, 0, 0, 1, 3, 1_000_000_000];
     let key: ArrayRef = Arc::new(Int64Array::from(vec![1, 1, 2, 1, 2, 1]));
     let mut fields = vec![
-        Field::new(plan.spec.entity.label(), arrow_schema::DataType::Int64, false),
+        Field::new(
+            plan.spec.entity.label(),
+            arrow_schema::DataType::Int64,
+            false,
+        ),
         Field::new(
             &plan.spec.timestamp,
             arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Nanosecond, None),

@@ -619,18 +619,21 @@ pub fn with_row<R>(
     f: impl FnOnce(KeyRef<'_>, i64, Zone, &[u64], Option<EventId>) -> R,
 ) -> Result<R> {
     let spec = &plan.spec;
-    let (Some(single), [entity]) = (spec.entity.single(), names.entity.as_slice()) else {
-        let (k, _) = row_composite_key(plan, names, d, 0)?;
-        let mut vals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, plan.columns.len());
-        let (ts, zone) = row_rest(plan, names, d, 0, &mut vals, None)?;
-        let id = row_id(plan, names, d, 0)?;
-        return Ok(f(KeyRef::Str(&k), ts, zone, &vals, id));
+    let kobj;
+    let composite;
+    let k = match (spec.entity.single(), names.entity.as_slice()) {
+        (Some(single), [entity]) => {
+            kobj = match key_obj {
+                Some(k) => k,
+                None => cell(d, entity, single, 0)?,
+            };
+            key_ref(&kobj, single)?
+        }
+        _ => {
+            composite = row_composite_key(plan, names, d, 0)?.0;
+            KeyRef::Str(&composite)
+        }
     };
-    let kobj = match key_obj {
-        Some(k) => k,
-        None => cell(d, entity, single, 0)?,
-    };
-    let k = key_ref(&kobj, single)?;
     let mut vals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, plan.columns.len());
     let (ts, zone) = row_rest(plan, names, d, 0, &mut vals, None)?;
     let id = row_id(plan, names, d, 0)?;
@@ -662,10 +665,20 @@ pub fn rows<'py>(
     let mut composite_kind: Option<u64> = None;
     for (i, row) in rows.iter().enumerate() {
         let d = row_dict(plan, row, i)?;
-        let Some((col, name)) = single else {
-            let (k, kind) = row_composite_key(plan, names, d, i)?;
-            match composite_kind {
-                Some(prev) if prev != kind => {
+        match single {
+            Some((col, name)) => match key(&cell(d, name, col, i)?, col)? {
+                PyKey::Int(k) if strs.is_empty() => ints.push(k),
+                PyKey::Str(k) if ints.is_empty() => strs.push(k),
+                _ => {
+                    return Err(Error::schema(
+                        &spec.entity,
+                        format!("row {i}: mixes integer and string keys"),
+                    ))
+                }
+            },
+            None => {
+                let (k, kind) = row_composite_key(plan, names, d, i)?;
+                if let Some(prev) = composite_kind.filter(|&prev| prev != kind) {
                     return Err(Error::schema(
                         &spec.entity,
                         format!(
@@ -673,30 +686,10 @@ pub fn rows<'py>(
                             spec.entity.describe_kind(kind),
                             spec.entity.describe_kind(prev)
                         ),
-                    ))
+                    ));
                 }
-                _ => composite_kind = Some(kind),
-            }
-            strs.push(k);
-            let (t, z) = row_rest(plan, names, d, i, &mut vals, Some(&mut seen))?;
-            zone = check_row_zone(spec, zone, z, i)?;
-            if let Some(id) = row_id(plan, names, d, i)? {
-                ids.push(id);
-            }
-            ts.push(t);
-            for (col, v) in values.iter_mut().zip(&vals) {
-                col.push(*v);
-            }
-            continue;
-        };
-        match key(&cell(d, name, col, i)?, col)? {
-            PyKey::Int(k) if strs.is_empty() => ints.push(k),
-            PyKey::Str(k) if ints.is_empty() => strs.push(k),
-            _ => {
-                return Err(Error::schema(
-                    &spec.entity,
-                    format!("row {i}: mixes integer and string keys"),
-                ))
+                composite_kind = Some(kind);
+                strs.push(k);
             }
         }
         let (t, z) = row_rest(plan, names, d, i, &mut vals, Some(&mut seen))?;
