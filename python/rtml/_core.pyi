@@ -28,7 +28,7 @@ __version__: str
 SNAPSHOT_VERSION: int
 SPEC_VERSION: int
 
-_Key = int | str
+_Key = int | str | tuple[int | str, ...] | list[int | str]
 #: An instant: a datetime (naive or tz-aware; pandas.Timestamp is one), a date, a
 #: numpy.datetime64, an ISO 8601 string, or an int in the feature set's timestamp_unit.
 _Instant = datetime.datetime | datetime.date | np.datetime64 | str | int
@@ -65,7 +65,9 @@ class Spec:
     @property
     def feature_dtypes(self) -> list[Literal["int64", "float64"]]: ...
     @property
-    def entity(self) -> str: ...
+    def entity(self) -> str | list[str]: ...
+    @property
+    def entity_columns(self) -> list[str]: ...
     @property
     def timestamp(self) -> str: ...
     @property
@@ -76,7 +78,7 @@ class Spec:
         self,
         events: _ArrowStream,
         spine: _ArrowStream,
-        key: str,
+        key: list[str],
         time: str,
         progress: Callable[[int, int], object] | None = None,
         arrival: str | None = None,
