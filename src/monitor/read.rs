@@ -33,6 +33,9 @@ fn is_string(dt: &DataType) -> bool {
 
 /// A numeric column as f64 with NaN for null.
 fn numbers(a: &ArrayRef, name: &str) -> Result<Vec<f64>> {
+    if a.data_type() == &DataType::Null {
+        return Ok(vec![f64::NAN; a.len()]);
+    }
     let Some(mut v) = float_values(a.as_ref(), name)? else {
         return Err(Error::schema(
             name,
@@ -130,6 +133,9 @@ fn fit_column(
     let mut kind = None;
     for b in batches {
         let a = column(b, name)?;
+        if a.data_type() == &DataType::Null {
+            continue;
+        }
         let k = monitorable(a.data_type()).ok_or_else(|| {
             Error::schema(
                 name,
@@ -149,8 +155,14 @@ fn fit_column(
         ColumnRef::fit_numeric(name, &v, bins)
     } else {
         let mut arrays = Vec::new();
+        let mut null_rows = 0usize;
         for b in batches {
-            arrays.push(strings(column(b, name)?, name)?);
+            let a = column(b, name)?;
+            if a.data_type() == &DataType::Null {
+                null_rows += a.len();
+            } else {
+                arrays.push(strings(a, name)?);
+            }
         }
         let values = arrays.iter().flat_map(|(s, nulls)| {
             let n = nulls.as_ref().map_or(usize::MAX, |nb| nb.len());
@@ -168,6 +180,7 @@ fn fit_column(
                 }
             })
         });
+        let values = values.chain(std::iter::repeat_n(None, null_rows));
         ColumnRef::fit_categorical(name, values, max_categories)
     }
 }
@@ -191,6 +204,11 @@ fn code_column(col: &ColumnRef, batches: &[RecordBatch]) -> Result<Vec<u32>> {
     let mut out = Vec::with_capacity(rows);
     for b in batches {
         let a = column(b, name)?;
+        if a.data_type() == &DataType::Null {
+            // a column of nulls only (e.g. built from Python Nones): null whatever the kind
+            out.extend(std::iter::repeat_n(NULL_CODE, a.len()));
+            continue;
+        }
         match col {
             ColumnRef::Numeric {
                 edges, min, max, ..
