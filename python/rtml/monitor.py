@@ -263,7 +263,9 @@ def report(
     ([0, 86400000000000], [0.0, 1.0])
     """
     if not isinstance(reference, Reference):
-        raise SpecError(f"reference: expected a rtml.monitor.Reference, got {type(reference).__name__}")
+        raise SpecError(
+            f"reference: expected a rtml.monitor.Reference, got {type(reference).__name__}"
+        )
     t = _table(table, "table")
     if (by is None) != (timestamp is None):
         raise SpecError("by: a report by period needs both by= and timestamp= (the time column)")
@@ -389,7 +391,14 @@ class Trigger:
 
     def _stats(self) -> dict[str, Any]:
         if self._monitor is None:
-            return {"evaluated": 0, "skipped": 0, "entered": 0, "left": 0, "suppressed": 0, "alerting": False}
+            return {
+                "evaluated": 0,
+                "skipped": 0,
+                "entered": 0,
+                "left": 0,
+                "suppressed": 0,
+                "alerting": False,
+            }
         return self._monitor._m.trigger_stats(self._index)
 
     @property
@@ -457,7 +466,9 @@ class Monitor:
             )
         w = _duration_ns(window, "window")
         s = w if step is None else _duration_ns(step, "step")
-        self._m = _core.Monitor(reference._r, w, s, _duration_ns(allowed_lateness, "allowed_lateness"))
+        self._m = _core.Monitor(
+            reference._r, w, s, _duration_ns(allowed_lateness, "allowed_lateness")
+        )
         self.reference = reference
         self.window = w
         self.step = s
@@ -470,7 +481,9 @@ class Monitor:
     def add_trigger(self, trigger: Trigger) -> Trigger:
         """Attach a trigger (one monitor per trigger)."""
         if not isinstance(trigger, Trigger):
-            raise SpecError(f"trigger: expected a rtml.monitor.Trigger, got {type(trigger).__name__}")
+            raise SpecError(
+                f"trigger: expected a rtml.monitor.Trigger, got {type(trigger).__name__}"
+            )
         if trigger._monitor is not None:
             raise SpecError("trigger: already attached to a monitor")
         trigger._index = self._m.add_trigger(
@@ -562,4 +575,3 @@ class Monitor:
             f"Monitor(window={self.window}, step={self.step}, columns={self.reference.columns}, "
             f"triggers={len(self.triggers)})"
         )
-

@@ -16,11 +16,11 @@ use crate::input::{float_values, read_dictionary_strings, read_times, StrArr};
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| {
-            Error::schema(
-                name,
-                "missing from the table (the reference monitors it)".to_string(),
-            )
-        })
+        Error::schema(
+            name,
+            "missing from the table (the reference monitors it)".to_string(),
+        )
+    })
 }
 
 fn is_string(dt: &DataType) -> bool {
@@ -69,9 +69,8 @@ fn strings<'a>(a: &'a ArrayRef, name: &str) -> Result<Strings<'a>> {
             ),
         ));
     }
-    let s = read_dictionary_strings(a).ok_or_else(|| {
-        Error::schema(name, format!("unsupported string type {}", a.data_type()))
-    })?;
+    let s = read_dictionary_strings(a)
+        .ok_or_else(|| Error::schema(name, format!("unsupported string type {}", a.data_type())))?;
     Ok((s, a.logical_nulls()))
 }
 
@@ -139,11 +138,17 @@ fn fit_column(
         let k = monitorable(a.data_type()).ok_or_else(|| {
             Error::schema(
                 name,
-                format!("cannot be monitored: expected numbers or strings, got {}", a.data_type()),
+                format!(
+                    "cannot be monitored: expected numbers or strings, got {}",
+                    a.data_type()
+                ),
             )
         })?;
         if kind.is_some_and(|prev| prev != k) {
-            return Err(Error::schema(name, "numbers in one batch, strings in another"));
+            return Err(Error::schema(
+                name,
+                "numbers in one batch, strings in another",
+            ));
         }
         kind = Some(k);
     }

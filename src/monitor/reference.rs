@@ -120,7 +120,10 @@ impl ColumnRef {
             _ => (None, None),
         };
         let mut counts = Counts::new(edges.len() + 1);
-        let (lo, hi) = (min.unwrap_or(f64::NEG_INFINITY), max.unwrap_or(f64::INFINITY));
+        let (lo, hi) = (
+            min.unwrap_or(f64::NEG_INFINITY),
+            max.unwrap_or(f64::INFINITY),
+        );
         for &x in &v {
             counts.add(numeric_code(&edges, lo, hi, x));
         }
@@ -204,8 +207,7 @@ impl ColumnRef {
                 max,
                 ..
             } => {
-                if edges.iter().any(|e| !e.is_finite()) || edges.windows(2).any(|w| w[0] >= w[1])
-                {
+                if edges.iter().any(|e| !e.is_finite()) || edges.windows(2).any(|w| w[0] >= w[1]) {
                     return bad("edges must be finite and strictly increasing".into());
                 }
                 if counts.len() != edges.len() + 1 {
@@ -359,7 +361,11 @@ mod tests {
         let v: Vec<f64> = (0..100).map(|i| (i / 10) as f64).collect();
         let c = ColumnRef::fit_numeric("x", &v, 20).unwrap();
         let ColumnRef::Numeric {
-            edges, counts, min, max, ..
+            edges,
+            counts,
+            min,
+            max,
+            ..
         } = &c
         else {
             panic!()

@@ -56,7 +56,13 @@ fn periods(times: &[i64], period: i64) -> (Vec<i64>, Vec<u32>) {
     }
     let sorted: Vec<i64> = order
         .iter()
-        .map(|&s| starts.get(s as usize).copied().unwrap_or(0).saturating_mul(period))
+        .map(|&s| {
+            starts
+                .get(s as usize)
+                .copied()
+                .unwrap_or(0)
+                .saturating_mul(period)
+        })
         .collect();
     (sorted, slots)
 }

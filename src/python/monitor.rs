@@ -14,7 +14,9 @@ use crate::error::Error;
 use crate::monitor::metrics::Metric;
 use crate::monitor::read::{codes, fit, times};
 use crate::monitor::trigger::TriggerCounters;
-use crate::monitor::{report, ColumnRef, Fired, Metrics, Monitor, Reference, Transition, TriggerSpec};
+use crate::monitor::{
+    report, ColumnRef, Fired, Metrics, Monitor, Reference, Transition, TriggerSpec,
+};
 
 /// Lock without waiting while holding the GIL.
 fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
@@ -79,7 +81,9 @@ impl PyReference {
     ) -> PyResult<PyReference> {
         entry(None, || {
             let (batches, _) = table.into_inner();
-            let inner = detached(py, || fit(&batches, &columns, bins, max_categories, feature_set))?;
+            let inner = detached(py, || {
+                fit(&batches, &columns, bins, max_categories, feature_set)
+            })?;
             Ok(PyReference { inner })
         })
     }
@@ -132,7 +136,9 @@ impl PyReference {
         d.set_item("counts", col.counts().to_vec())?;
         d.set_item("nulls", col.nulls())?;
         match col {
-            ColumnRef::Numeric { edges, min, max, .. } => {
+            ColumnRef::Numeric {
+                edges, min, max, ..
+            } => {
                 d.set_item("edges", edges.clone())?;
                 d.set_item("min", *min)?;
                 d.set_item("max", *max)?;
@@ -232,7 +238,8 @@ impl PyMonitor {
         allowed_lateness: i64,
     ) -> PyResult<PyMonitor> {
         entry(None, || {
-            let m = Monitor::new(reference.inner.clone(), window, step, allowed_lateness).py_err()?;
+            let m =
+                Monitor::new(reference.inner.clone(), window, step, allowed_lateness).py_err()?;
             Ok(PyMonitor {
                 inner: Mutex::new(m),
                 poison: Poison::default(),
@@ -268,7 +275,10 @@ impl PyMonitor {
                 .reference()
                 .column_index(column)
                 .ok_or_else(|| {
-                    Error::spec("column", format!("'{column}' is not a column of the reference"))
+                    Error::spec(
+                        "column",
+                        format!("'{column}' is not a column of the reference"),
+                    )
                 })
                 .py_err()?;
             m.add_trigger(TriggerSpec {
@@ -297,7 +307,9 @@ impl PyMonitor {
             let mut m = lock(py, &self.inner);
             let fired = {
                 let r = m.reference();
-                let (c, t) = detached(py, || Ok((codes(r, &batches)?, times(&batches, timestamp)?)))?;
+                let (c, t) = detached(py, || {
+                    Ok((codes(r, &batches)?, times(&batches, timestamp)?))
+                })?;
                 m.update(&c, &t).py_err()?
             };
             fired_list(py, fired)

@@ -156,7 +156,13 @@ def test_reference_bad_input_is_typed() -> None:
 
 @pytest.mark.parametrize(
     "shift, scale, n_cur, seed",
-    [(0.0, 1.0, 4000, 1), (0.3, 1.0, 2000, 2), (1.5, 2.0, 3000, 3), (0.0, 0.2, 500, 4), (-4, 1, 300, 5)],
+    [
+        (0.0, 1.0, 4000, 1),
+        (0.3, 1.0, 2000, 2),
+        (1.5, 2.0, 3000, 3),
+        (0.0, 0.2, 500, 4),
+        (-4, 1, 300, 5),
+    ],
 )
 def test_numeric_metrics_against_scipy_and_psi_by_hand(
     shift: float, scale: float, n_cur: int, seed: int
@@ -198,7 +204,9 @@ def test_categorical_metrics_against_scipy() -> None:
     m = ref.compare(pa.table({"c": cc}))["c"]
 
     def cnt(v: np.ndarray) -> np.ndarray:
-        return np.array([*(float((v == c).sum()) for c in vocab), float((~np.isin(v, vocab)).sum())])
+        return np.array(
+            [*(float((v == c).sum()) for c in vocab), float((~np.isin(v, vocab)).sum())]
+        )
 
     p, q = cnt(cr), cnt(cc)
     assert m["unseen_rate"] == (cc == "new").mean()
@@ -270,7 +278,9 @@ def test_plot_heatmap() -> None:
 
 
 def _eq(a: object, b: object) -> bool:
-    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    return a == b or (
+        isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -308,7 +318,9 @@ def test_online_equals_report_in_any_order_within_lateness(
             }
         )
 
-    def run(order: list[tuple[int, float | None, str | None]], late: int) -> tuple[rm.Monitor, list[tuple[str, int, float]]]:
+    def run(
+        order: list[tuple[int, float | None, str | None]], late: int
+    ) -> tuple[rm.Monitor, list[tuple[str, int, float]]]:
         trig = rm.Trigger("psi", "x", above=0.5, below=0.2)
         mon = rm.Monitor(ref, window=window, allowed_lateness=late, timestamp="t", triggers=[trig])
         events = []
@@ -353,8 +365,19 @@ def _replay(shift_at: int | None, n_steps: int = 600) -> tuple[list[rm.TriggerEv
     rng = np.random.default_rng(5)
     ref = rm.Reference.fit(pa.table({"x": rng.normal(size=50_000)}))
     calls: list[rm.TriggerEvent] = []
-    trig = rm.Trigger("psi", "x", above=0.25, below=0.1, for_="10m", cooldown="1h", min_samples=200, callback=calls.append)
-    mon = rm.Monitor(ref, window="30m", step="5m", allowed_lateness="1m", timestamp="t", triggers=[trig])
+    trig = rm.Trigger(
+        "psi",
+        "x",
+        above=0.25,
+        below=0.1,
+        for_="10m",
+        cooldown="1h",
+        min_samples=200,
+        callback=calls.append,
+    )
+    mon = rm.Monitor(
+        ref, window="30m", step="5m", allowed_lateness="1m", timestamp="t", triggers=[trig]
+    )
     t0 = pd.Timestamp("2024-01-01", tz="UTC")
     events = []
     for k in range(n_steps):  # one arrival per minute, 100 rows
@@ -384,7 +407,9 @@ def test_trigger_fires_once_on_a_shift_and_never_on_a_stable_replay() -> None:
 def test_trigger_leaves_once_and_null_windows_never_reach_it() -> None:
     ref = rm.Reference.fit(pa.table({"x": np.arange(100.0)}))
     seen: list[tuple[str, int]] = []
-    trig = rm.Trigger("out_of_range_rate", "x", above=0.5, callback=lambda e: seen.append((e.kind, e.window_end)))
+    trig = rm.Trigger(
+        "out_of_range_rate", "x", above=0.5, callback=lambda e: seen.append((e.kind, e.window_end))
+    )
     mon = rm.Monitor(ref, window=10, timestamp="t", triggers=[trig])
     mon.update({"t": [0, 1], "x": [500.0, 600.0]})  # window [0, 10): all out of range
     mon.update({"t": [10, 11], "x": [None, None]})  # [10, 20): only nulls: a null metric

@@ -24,12 +24,22 @@ fn reference(n: usize) -> Reference {
     let x: Vec<f64> = (0..n).map(|_| r() * 10.0).collect();
     let cat = ["a", "b", "c", "a", "a", "b"];
     let c = ColumnRef::fit_categorical("c", (0..n).map(|i| Some(cat[i % cat.len()])), 10).unwrap();
-    Reference::new(None, n as u64, vec![ColumnRef::fit_numeric("x", &x, 20).unwrap(), c]).unwrap()
+    Reference::new(
+        None,
+        n as u64,
+        vec![ColumnRef::fit_numeric("x", &x, 20).unwrap(), c],
+    )
+    .unwrap()
 }
 
 /// Codes `[column][row]` of rows (x, category index or None).
 fn codes(r: &Reference, rows: &[(i64, f64, Option<&str>)]) -> Vec<Vec<u32>> {
-    let ColumnRef::Numeric { edges, min, max, .. } = &r.columns[0] else { panic!() };
+    let ColumnRef::Numeric {
+        edges, min, max, ..
+    } = &r.columns[0]
+    else {
+        panic!()
+    };
     let x = rows
         .iter()
         .map(|&(_, v, _)| numeric_code(edges, min.unwrap(), max.unwrap(), v))
@@ -121,7 +131,10 @@ fn state_stays_bounded_over_a_long_replay() {
         max_panes = max_panes.max(m.stats().panes);
     }
     // (W + lateness) / step + 2 panes at most, whatever the number of rows
-    assert!(max_panes <= ((window + lateness) / step + 2) as usize, "{max_panes}");
+    assert!(
+        max_panes <= ((window + lateness) / step + 2) as usize,
+        "{max_panes}"
+    );
     assert_eq!(m.stats().rows_applied + m.stats().rows_late, 400_000);
 }
 
@@ -145,7 +158,17 @@ fn a_shift_fires_once_and_a_stable_replay_never() {
         for t in 0..3000i64 {
             let shifted = shift_at.is_some_and(|s| t >= s);
             let rows: Vec<(i64, f64, Option<&str>)> = (0..20)
-                .map(|_| (t, if shifted { 5.0 + g() * 10.0 } else { g() * 10.0 }, Some("a")))
+                .map(|_| {
+                    (
+                        t,
+                        if shifted {
+                            5.0 + g() * 10.0
+                        } else {
+                            g() * 10.0
+                        },
+                        Some("a"),
+                    )
+                })
                 .collect();
             fired.extend(m.update(&codes(&r, &rows), &vec![t; 20]).unwrap());
         }
