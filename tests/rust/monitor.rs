@@ -170,7 +170,7 @@ fn a_shift_fires_once_and_a_stable_replay_never() {
                     )
                 })
                 .collect();
-            fired.extend(m.update(&codes(&r, &rows), &vec![t; 20]).unwrap());
+            fired.extend(m.update(&codes(&r, &rows), &[t; 20]).unwrap());
         }
         fired.extend(m.advance(1_000_000));
         (fired, m.triggers()[0].counters.clone())
