@@ -25,6 +25,9 @@ use super::trigger::{Transition, Trigger, TriggerSpec};
 use crate::error::{Error, Result};
 use crate::time::{floor_div, format_duration, iso};
 
+/// The most steps a window may hold (`window / step`).
+pub const MAX_STEPS_PER_WINDOW: i64 = 10_000;
+
 /// A trigger that fired.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Fired {
@@ -75,6 +78,18 @@ impl Monitor {
                 format!(
                     "the window ({}) must be a whole number of steps ({})",
                     format_duration(window),
+                    format_duration(step)
+                ),
+            ));
+        }
+        if window / step > MAX_STEPS_PER_WINDOW {
+            return Err(Error::spec(
+                "step",
+                format!(
+                    "a window of {} holds {} steps of {}: at most {MAX_STEPS_PER_WINDOW} \
+                     (each closed window sums its steps' counts)",
+                    format_duration(window),
+                    window / step,
                     format_duration(step)
                 ),
             ));

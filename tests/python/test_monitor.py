@@ -430,6 +430,8 @@ def test_monitor_bad_input_is_typed_and_changes_nothing() -> None:
         mon.add_trigger(rm.Trigger("psi", "y", above=1))
     with pytest.raises(rtml.SpecError, match="step"):
         rm.Monitor(ref, window="1h", step="7m")
+    with pytest.raises(rtml.SpecError, match="at most 10000"):
+        rm.Monitor(ref, window="1d", step="1s")
     with pytest.raises(rtml.SchemaError, match="'x'"):
         mon.update({"t": [dt.datetime(2024, 1, 1)], "y": [1.0]})
     assert mon.stats()["rows_applied"] == 0 and mon.watermark is None
