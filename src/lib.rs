@@ -16,6 +16,7 @@ pub mod exact;
 pub mod input;
 pub mod key;
 pub mod learn;
+pub mod monitor;
 pub mod offline;
 pub mod online;
 pub mod plan;
