@@ -87,6 +87,9 @@ pub trait Family: Default {
     fn merge(&mut self, p: &AccPlan, other: &Self);
     /// Fold one event row (`ts`, then one word per plan column) in (`sign = 1`) or out
     /// (`sign = -1`). `lifetime`: a summarizing group (lifetime window or tile).
+    /// Every family marks it `#[inline(always)]`: [`Acc::apply`] and [`Acc::apply_rows`] both
+    /// inline it (with two call sites the compiler otherwise calls it, ~10% more instructions
+    /// per ingested event, measured).
     fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, lifetime: bool);
     /// Heap bytes held (beyond the `Acc` itself).
     fn heap_bytes(&self) -> usize;
