@@ -25,9 +25,7 @@ fn cmp_values(values: &[Vec<u64>], i: usize, j: usize) -> Ordering {
 /// Rows `i` and `j` in arrival order, rows aside: by time, then by value words.
 #[inline]
 pub fn cmp(ts: &[i64], values: &[Vec<u64>], i: usize, j: usize) -> Ordering {
-    ts[i]
-        .cmp(&ts[j])
-        .then_with(|| cmp_values(values, i, j))
+    ts[i].cmp(&ts[j]).then_with(|| cmp_values(values, i, j))
 }
 
 /// Row indices (fewer than 2^32 rows) in arrival order: by time, ties by value words, then by
@@ -101,7 +99,15 @@ mod tests {
     fn time() -> impl Strategy<Value = i64> {
         prop_oneof![
             (-3i64..3),
-            prop::sample::select(vec![i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX]),
+            prop::sample::select(vec![
+                i64::MIN,
+                i64::MIN + 1,
+                -1,
+                0,
+                1,
+                i64::MAX - 1,
+                i64::MAX
+            ]),
             any::<i64>(),
         ]
     }
