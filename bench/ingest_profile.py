@@ -54,7 +54,8 @@ def main() -> None:
     fs = common.feature_set()
     ev_ns = events.set_column(1, TS, events.column(TS).cast(pa.int64()))
     fs_ns = rtml.FeatureSet.from_json(
-        fs.to_json().replace('"timestamp_unit": null', '"timestamp_unit": "ns"'))
+        fs.to_json().replace('"timestamp_unit": null', '"timestamp_unit": "ns"')
+    )
     if mode == "prep":
         print("prep only")
         return
