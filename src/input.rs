@@ -243,15 +243,7 @@ impl<'a> Events<'a> {
     /// these, which leave the same state.
     #[inline]
     fn arrival_cmp(&self, i: usize, j: usize) -> std::cmp::Ordering {
-        self.ts[i].cmp(&self.ts[j]).then_with(|| {
-            for col in &self.values {
-                let o = col[i].cmp(&col[j]);
-                if o.is_ne() {
-                    return o;
-                }
-            }
-            std::cmp::Ordering::Equal
-        })
+        crate::arrival::cmp(&self.ts, &self.values, i, j)
     }
 
     /// Whether the rows are already in arrival order ([`Events::arrival_order`]): one linear
@@ -262,12 +254,7 @@ impl<'a> Events<'a> {
 
     /// Row indices in arrival order: by time, ties by value words, then by row.
     pub fn arrival_order(&self) -> Vec<u32> {
-        let mut order: Vec<u32> = (0..self.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            self.arrival_cmp(a as usize, b as usize)
-                .then_with(|| a.cmp(&b))
-        });
-        order
+        crate::arrival::order(&self.ts, &self.values)
     }
 
     /// Visit every event's key in `order` (row order when `None`).

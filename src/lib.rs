@@ -10,6 +10,7 @@
 //! Semantics: `docs/semantics.md`.
 
 pub mod agg;
+pub mod arrival;
 pub mod decode;
 pub mod error;
 pub mod exact;

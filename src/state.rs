@@ -301,14 +301,19 @@ impl KeyState {
             }
             let lifetime = gp.window.is_none();
             let end = self.buf.end();
+            // Rows `hi..` before `s` enter the settled region: each accumulator takes the run
+            // in time order (accumulators are independent: the same state as row by row).
+            let from = g.hi;
             while g.hi < end && self.buf.ts(g.hi) < s {
-                let row = self.buf.row(g.hi);
+                g.hi += 1;
+            }
+            if g.hi > from {
+                let rows = self.buf.rows();
                 for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
                     if !acc.eager() {
-                        acc.apply(ap, row, 1, lifetime);
+                        acc.apply_rows(ap, rows.run((from, g.hi)), 1, lifetime);
                     }
                 }
-                g.hi += 1;
             }
             match gp.window {
                 Some(w) => {
@@ -320,14 +325,18 @@ impl KeyState {
                     let e_start = s
                         .saturating_add(lead.saturating_sub(w).min(0))
                         .max(g.e_start);
+                    // rows before `e_start` leave the eager region, as one run per accumulator
+                    let from = g.e_lo;
                     while g.e_lo < end && self.buf.ts(g.e_lo) < e_start {
-                        let row = self.buf.row(g.e_lo);
+                        g.e_lo += 1;
+                    }
+                    if g.e_lo > from {
+                        let rows = self.buf.rows();
                         for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
                             if acc.eager() {
-                                acc.apply(ap, row, -1, false);
+                                acc.apply_rows(ap, rows.run((from, g.e_lo)), -1, false);
                             }
                         }
-                        g.e_lo += 1;
                     }
                     g.e_start = e_start;
                     keep_from = keep_from.min(g.lo);

@@ -22,7 +22,7 @@ impl Family for NonNull {
         self.0 += other.0;
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, _lifetime: bool) {
         if let AccPlan::NonNull { col } = p {
             if row[1 + col] != NULL {

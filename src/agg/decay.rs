@@ -101,7 +101,7 @@ impl Family for DecayCells {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, _lifetime: bool) {
         let AccPlan::Decay { col, half_life } = p else {
             return;

@@ -34,7 +34,7 @@ impl Family for Distinct {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, _lifetime: bool) {
         let AccPlan::Distinct { col } = p else {
             return;

@@ -42,7 +42,7 @@ impl Family for Edges {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(&mut self, p: &AccPlan, row: &[u64], _sign: i64, _lifetime: bool) {
         let AccPlan::Edges { col } = p else {
             return;

@@ -53,7 +53,7 @@ impl Family for Extreme {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, lifetime: bool) {
         let AccPlan::Extreme { col, max } = p else {
             return;

@@ -32,7 +32,7 @@ impl Family for Moments {
         self.s2.add_assign(&other.s2);
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, _lifetime: bool) {
         if let AccPlan::Moments { col, squares } = p {
             if let Some(x) = num(row[1 + col]) {

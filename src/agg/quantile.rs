@@ -58,7 +58,7 @@ impl Family for Sketch {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(&mut self, p: &AccPlan, row: &[u64], sign: i64, _lifetime: bool) {
         let AccPlan::Sketch { col } = p else {
             return;
