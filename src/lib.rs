@@ -15,6 +15,7 @@ pub mod error;
 pub mod exact;
 pub mod input;
 pub mod learn;
+pub mod monitor;
 pub mod offline;
 pub mod online;
 pub mod plan;

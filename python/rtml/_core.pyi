@@ -452,3 +452,71 @@ def publish_redis(
 ) -> tuple[int, int, bool]:
     """Publish `engine`'s changed keys (all of them with `all`, or when `check_meta` finds the
     partition's meta record missing) through the Rust client: (values, bytes, wrote_all)."""
+
+# ---------------------------------------------------------------------------------------------
+# rtml.monitor (issue 16): src/python/monitor.rs. Wrapped by python/rtml/monitor.py. Times and
+# durations are epoch nanoseconds.
+# ---------------------------------------------------------------------------------------------
+
+__all__ += ["Reference", "Monitor", "monitor_report", "REFERENCE_VERSION"]
+
+REFERENCE_VERSION: int
+
+@final
+class Reference:
+    """A fitted reference distribution (rtml.monitor.Reference wraps it)."""
+
+    @staticmethod
+    def fit(
+        table: _ArrowStream,
+        columns: list[str],
+        bins: int = 20,
+        max_categories: int = 1000,
+        feature_set: str | None = None,
+    ) -> Reference: ...
+    @staticmethod
+    def from_json(text: str) -> Reference: ...
+    def to_json(self) -> str: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def feature_set(self) -> str | None: ...
+    @property
+    def columns(self) -> list[tuple[str, str]]: ...
+    def column(self, name: str) -> dict[str, Any]: ...
+    def compare(self, table: _ArrowStream) -> dict[str, dict[str, Any]]: ...
+
+def monitor_report(
+    reference: Reference,
+    table: _ArrowStream,
+    timestamp: str | None = None,
+    period: int | None = None,
+) -> dict[str, Any]:
+    """The batch report as a dict of columns (metrics: float64 arrays, NaN for null)."""
+
+@final
+class Monitor:
+    """The online drift monitor (rtml.monitor.Monitor wraps it)."""
+
+    def __new__(
+        cls, reference: Reference, window: int, step: int, allowed_lateness: int
+    ) -> Monitor: ...
+    def add_trigger(
+        self,
+        metric: str,
+        column: str,
+        above: float,
+        below: float,
+        for_: int,
+        cooldown: int,
+        min_samples: int,
+    ) -> int: ...
+    def update(self, table: _ArrowStream, timestamp: str) -> list[tuple[int, str, int, float]]: ...
+    def advance(self, t: int) -> list[tuple[int, str, int, float]]: ...
+    def values(self, at: int) -> dict[str, dict[str, Any]]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def trigger_stats(self, i: int) -> dict[str, Any]: ...
+    @property
+    def watermark(self) -> int | None: ...
+    @property
+    def closed_until(self) -> int | None: ...

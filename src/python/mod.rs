@@ -6,6 +6,7 @@ mod decode;
 mod engine;
 mod errors;
 mod learn;
+mod monitor;
 mod remote;
 mod transforms;
 mod wal;
@@ -280,6 +281,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::online::keystate::KEYSTATE_VERSION,
     )?;
     learn::register(m)?;
+    monitor::register(m)?;
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_init_exceptions, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;

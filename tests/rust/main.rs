@@ -3,5 +3,6 @@ mod engine;
 mod exact;
 mod fuzz_regressions;
 mod learn;
+mod monitor;
 mod transforms;
 mod wal;

@@ -1,0 +1,91 @@
+"""Benchmark of rtml.monitor (issue 16): fitting a reference, the batch report of N rows x 12
+columns (10 numeric, 2 categorical) against an N-row reference, by day and as one period, and
+the online monitor's update cost per column per row.
+
+    python3 bench/bench_monitor.py [--rows 1000000]
+
+(with the rtml to measure importable, e.g. PYTHONPATH pointing at a release build). A debug
+build warns and is many times slower. Timing is wall clock, best of 3; peak RSS of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+import pyarrow as pa
+
+import rtml
+import rtml.monitor as rm
+
+DAY = 86_400 * 10**9
+
+
+def table(n: int, seed: int, shift: float) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    cols: dict[str, object] = {
+        "ts": pa.array(
+            np.sort(rng.integers(0, 30 * DAY, size=n)).astype("datetime64[ns]"),
+            type=pa.timestamp("ns"),
+        )
+    }
+    for i in range(10):
+        cols[f"x{i}"] = rng.normal(shift * (i % 3), 1.0 + i / 10, size=n)
+    cats = np.array([f"c{i}" for i in range(20)])
+    for i in range(2):
+        codes = rng.zipf(1.5 + shift, size=n) % 20
+        cols[f"k{i}"] = pa.array(cats[codes]).dictionary_encode()
+    return pa.table(cols)
+
+
+def best(f, repeat: int = 3) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = f()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    args = ap.parse_args()
+    n = args.rows
+    if rtml._debug_build():
+        print("WARNING: debug build of rtml: numbers are not representative")
+    train, live = table(n, 1, 0.0), table(n, 2, 0.2)
+    cols = [c for c in train.column_names if c != "ts"]
+    t_fit, ref = best(lambda: rm.Reference.fit(train, cols))
+    t_day, rep = best(lambda: rm.report(ref, live, by="1d", timestamp="ts"))
+    t_one, _ = best(lambda: rm.report(ref, live))
+    # online: arrivals of 1000 rows, 1 h windows
+    mon = rm.Monitor(ref, window="1h", allowed_lateness="5m", timestamp="ts")
+    chunk = 1000
+    parts = [live.slice(i, chunk) for i in range(0, min(n, 200_000), chunk)]
+    t0 = time.perf_counter()
+    for p in parts:
+        mon.update(p)
+    t_online = time.perf_counter() - t0
+    online_rows = sum(p.num_rows for p in parts)
+    out = {
+        "rows": n,
+        "columns": len(cols),
+        "fit_s": round(t_fit, 3),
+        "report_by_day_s": round(t_day, 3),
+        "report_rows": rep.num_rows,  # type: ignore[union-attr]
+        "report_one_period_s": round(t_one, 3),
+        "online_us_per_row_per_column": round(t_online / online_rows / len(cols) * 1e6, 4),
+        "online_rows": online_rows,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "debug_build": rtml._debug_build(),
+        "threads": rtml.num_threads(),
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,577 @@
+"""`rtml.monitor`: drift monitors and triggers (docs/monitoring.md).
+
+* :class:`Reference`: a training table's distribution per column, fitted once (numeric
+  columns: quantile bins, exact min / max, null rate; string columns: category frequencies
+  with an "other / unseen" bucket), saved as versioned JSON.
+* :func:`report`: every drift metric of every column per period of a table (a notebook's
+  batch report), and :func:`plot` (a heatmap of one metric by column and period).
+* :class:`Monitor`: the same metrics online, over event-time windows ``[t - W, t)`` with
+  allowed lateness, in O(bins) memory per column per window, with :class:`Trigger` s that fire
+  Python callbacks once on entering and once on leaving an alert state.
+
+Both paths run one Rust implementation on binned counts: for the same rows, the online
+monitor's window and the report's period hold the same numbers, bit for bit.
+
+Metrics (per column, ``None`` / null when they cannot be computed, e.g. an empty window):
+``psi``, ``js`` (Jensen-Shannon distance, base 2), ``wasserstein`` (on the bins), ``ks`` and
+``ks_pvalue`` (on the bins), ``chi2`` and ``chi2_pvalue``, ``null_rate``, ``out_of_range_rate``
+(numeric), ``unseen_rate`` (categorical).
+
+>>> import pyarrow as pa, rtml.monitor as rm
+>>> ref = rm.Reference.fit(pa.table({"x": [float(i) for i in range(100)]}), bins=4)
+>>> ref.column("x")["edges"]
+[25.0, 50.0, 75.0]
+>>> m = ref.compare(pa.table({"x": [float(i) for i in range(50, 150)]}))["x"]
+>>> round(m["ks"], 2), m["out_of_range_rate"]
+(0.5, 0.5)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+
+from . import _core
+from .exceptions import QueryError, SchemaError, SpecError
+from .learn import Duration, Instant, _Clock, _duration_ns
+from .transforms import _table
+
+__all__ = [
+    "Reference",
+    "report",
+    "plot",
+    "Monitor",
+    "Trigger",
+    "TriggerEvent",
+    "METRICS",
+    "REFERENCE_VERSION",
+]
+
+#: Version of the reference document this rtml writes (newer ones are refused).
+REFERENCE_VERSION: int = _core.REFERENCE_VERSION
+
+#: Every metric name, in report order.
+METRICS: tuple[str, ...] = (
+    "psi",
+    "js",
+    "wasserstein",
+    "ks",
+    "ks_pvalue",
+    "chi2",
+    "chi2_pvalue",
+    "null_rate",
+    "out_of_range_rate",
+    "unseen_rate",
+)
+
+
+def _feature_set_id(feature_set: Any) -> Optional[str]:
+    """A feature set's identity: the hash of its JSON document (a str is taken as given)."""
+    if feature_set is None:
+        return None
+    if isinstance(feature_set, str):
+        return feature_set
+    to_json = getattr(feature_set, "to_json", None)
+    if not callable(to_json):
+        raise SpecError(
+            f"feature_set: expected a FeatureSet (or its id), got {type(feature_set).__name__}"
+        )
+    return "sha256:" + hashlib.sha256(str(to_json()).encode()).hexdigest()[:16]
+
+
+def _is_string(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _is_string(t.value_type)
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))
+
+
+class Reference:
+    """A fitted reference distribution: what a monitor compares live rows with.
+
+    Fit it with :meth:`fit` on the training table; save it with :meth:`to_json` / :meth:`save`
+    next to the feature set and transforms documents.
+    """
+
+    __slots__ = ("_r",)
+
+    def __init__(self) -> None:
+        raise TypeError("use Reference.fit(table, ...) or Reference.from_json(text)")
+
+    @classmethod
+    def _wrap(cls, r: _core.Reference) -> "Reference":
+        self = object.__new__(cls)
+        self._r = r
+        return self
+
+    @classmethod
+    def fit(
+        cls,
+        table: Any,
+        columns: Optional[Sequence[str]] = None,
+        *,
+        bins: int = 20,
+        max_categories: int = 1000,
+        exclude: Sequence[str] = (),
+        feature_set: Any = None,
+    ) -> "Reference":
+        """Fit on `table` (pyarrow / pandas / polars / dict of columns / Parquet path).
+
+        `columns`: the columns to monitor (default: every numeric and string column not in
+        `exclude`). Numeric columns (int, float, bool): `bins` quantile bins, the edges being
+        values of the data (fewer bins remain on discrete data); NaN counts as null; an
+        infinite value raises ``rtml.SchemaError``. String columns: the `max_categories` most
+        frequent categories, the rest in an "other" bucket. `feature_set`: the
+        ``rtml.FeatureSet`` the reference belongs to (checked by :meth:`from_json`).
+        """
+        t = _table(table, "reference table")
+        if columns is None:
+            skip = set(exclude)
+            columns = [
+                f.name
+                for f in t.schema
+                if f.name not in skip and (_is_number(f.type) or _is_string(f.type))
+            ]
+        else:
+            if isinstance(columns, str):
+                columns = [columns]
+            columns = list(columns)
+        for name in columns:
+            if not isinstance(name, str):
+                raise SpecError(f"columns: expected column names, got {name!r}")
+        for name, value in (("bins", bins), ("max_categories", max_categories)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecError(f"{name}: expected an int >= 1, got {value!r}")
+        return cls._wrap(
+            _core.Reference.fit(
+                t, list(columns), int(bins), int(max_categories), _feature_set_id(feature_set)
+            )
+        )
+
+    @classmethod
+    def from_json(cls, text: str, *, feature_set: Any = None) -> "Reference":
+        """A reference from :meth:`to_json`. A newer version, a malformed document, or (with
+        `feature_set`) the reference of another feature set raises ``rtml.SpecError``."""
+        r = cls._wrap(_core.Reference.from_json(text))
+        want = _feature_set_id(feature_set)
+        if want is not None and r.feature_set != want:
+            raise SpecError(
+                f"feature_set: this reference was fitted for feature set {r.feature_set!r}, "
+                f"not the given one ({want!r})"
+            )
+        return r
+
+    def to_json(self) -> str:
+        """The versioned JSON document."""
+        return self._r.to_json()
+
+    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, path: Union[str, "os.PathLike[str]"], *, feature_set: Any = None) -> "Reference":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read(), feature_set=feature_set)
+
+    @property
+    def rows(self) -> int:
+        """Rows of the reference table."""
+        return self._r.rows
+
+    @property
+    def feature_set(self) -> Optional[str]:
+        """Identity of the feature set it was fitted for (None: any)."""
+        return self._r.feature_set
+
+    @property
+    def columns(self) -> list[str]:
+        return [name for name, _ in self._r.columns]
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """``{column: "numeric" | "categorical"}``."""
+        return dict(self._r.columns)
+
+    def column(self, name: str) -> dict[str, Any]:
+        """One column's summary: kind, counts, nulls, and edges / min / max (numeric) or
+        categories (categorical; the counts end with the "other" bucket)."""
+        return self._r.column(name)
+
+    def compare(self, table: Any) -> dict[str, dict[str, Any]]:
+        """Every metric of `table`'s rows (one period) against the reference: ``{column:
+        {metric: value}}`` plus ``rows`` and ``non_null``."""
+        return self._r.compare(_table(table, "table"))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reference) and self.to_json() == other.to_json()
+
+    def __hash__(self) -> int:
+        return hash(self.to_json())
+
+    def __getstate__(self) -> str:
+        return self.to_json()
+
+    def __setstate__(self, state: str) -> None:
+        self._r = _core.Reference.from_json(state)
+
+    def __repr__(self) -> str:
+        return f"Reference(rows={self.rows}, columns={self.kinds})"
+
+
+def _period_type(t: pa.Table, timestamp: str) -> pa.DataType:
+    if timestamp not in t.column_names:
+        raise SchemaError(f"column '{timestamp}': missing from the table (the time column)")
+    typ = t.schema.field(timestamp).type
+    if pa.types.is_timestamp(typ):
+        return pa.timestamp("ns", tz=typ.tz)
+    if pa.types.is_date(typ):
+        return pa.timestamp("ns")
+    return pa.int64()
+
+
+def report(
+    reference: Reference,
+    table: Any,
+    by: Optional[Duration] = None,
+    timestamp: Optional[str] = None,
+) -> pa.Table:
+    """Every metric of every reference column per period of `table`, as a pyarrow Table
+    (``.to_pandas()`` for pandas).
+
+    `by`: the period (``"1d"``, ``"1h"``, ...; periods ``[k * by, (k + 1) * by)`` since the
+    epoch, the windows of ``Monitor(window=by)``), with `timestamp` the time column (timestamps,
+    dates or int64 ns). Without `by`: one row per column over all rows. Periods without rows
+    are left out. Columns: ``period_start`` (the time column's type; int64 for integer times),
+    ``column``, ``kind``, ``rows``, ``non_null``, then every metric of :data:`METRICS` (null
+    where it cannot be computed).
+
+    >>> import pyarrow as pa, rtml.monitor as rm
+    >>> ref = rm.Reference.fit(pa.table({"x": [1.0, 2.0, 3.0, 4.0]}))
+    >>> day = 86_400 * 10**9
+    >>> r = rm.report(ref, pa.table({"x": [1.0, 2.0, 9.0], "t": [0, 1, day]}), by="1d", timestamp="t")
+    >>> r.column("period_start").to_pylist(), r.column("out_of_range_rate").to_pylist()
+    ([0, 86400000000000], [0.0, 1.0])
+    """
+    if not isinstance(reference, Reference):
+        raise SpecError(
+            f"reference: expected a rtml.monitor.Reference, got {type(reference).__name__}"
+        )
+    t = _table(table, "table")
+    if (by is None) != (timestamp is None):
+        raise SpecError("by: a report by period needs both by= and timestamp= (the time column)")
+    period = None if by is None else _duration_ns(by, "by")
+    if period == 0:
+        raise SpecError("by: must be > 0")
+    ptype = pa.int64() if timestamp is None else _period_type(t, timestamp)
+    cols = _core.monitor_report(reference._r, t, timestamp, period)
+    arrays: dict[str, Any] = {
+        "period_start": pa.array(cols["period_start"], type=pa.int64()).cast(ptype),
+        "column": pa.array(cols["column"], type=pa.string()),
+        "kind": pa.array(cols["kind"], type=pa.string()),
+        "rows": pa.array(cols["rows"], type=pa.int64()),
+        "non_null": pa.array(cols["non_null"], type=pa.int64()),
+    }
+    for m in METRICS:
+        arrays[m] = pa.array(cols[m], type=pa.float64(), from_pandas=True)
+    return pa.table(arrays)
+
+
+def plot(report_table: Any, metric: str = "psi", ax: Any = None) -> Any:
+    """A heatmap of one metric of a :func:`report` by column (rows) and period (columns), with
+    matplotlib (the ``e2e`` extra). Returns the matplotlib Axes."""
+    if metric not in METRICS:
+        raise SpecError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+    import matplotlib.pyplot as plt
+
+    t = _table(report_table, "report")
+    periods = t.column("period_start").to_pylist()
+    names = t.column("column").to_pylist()
+    values = t.column(metric).to_pylist()
+    ps = sorted(set(periods), key=lambda p: (p is None, p))
+    cs = list(dict.fromkeys(names))
+    grid = np.full((len(cs), len(ps)), np.nan)
+    pi = {p: i for i, p in enumerate(ps)}
+    ci = {c: i for i, c in enumerate(cs)}
+    for p, c, v in zip(periods, names, values):
+        if v is not None:
+            grid[ci[c], pi[p]] = v
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(ps) + 2), max(2.0, 0.4 * len(cs) + 1)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(cs)), labels=cs)
+    labels = [str(p)[:10] if p is not None else "all" for p in ps]
+    step = max(1, len(ps) // 12)
+    ax.set_xticks(range(0, len(ps), step), labels=labels[::step], rotation=45, ha="right")
+    ax.set_title(f"{metric} by column and period")
+    ax.figure.colorbar(im, ax=ax)
+    return ax
+
+
+class TriggerEvent(NamedTuple):
+    """What a :class:`Trigger` passes to its callback."""
+
+    trigger: "Trigger"
+    #: "enter" (the alert state starts) or "leave" (it ends)
+    kind: str
+    column: str
+    metric: str
+    value: float
+    #: the window ``[window_start, window_end)``, epoch ns
+    window_start: int
+    window_end: int
+
+
+class Trigger:
+    """Fire a callback when `metric` of `column` goes above `above` (once on entering the
+    alert state) and when it comes back to `below` or under (once on leaving).
+
+    `for_`: the condition must hold on every closed window for at least this much event time
+    (from the end of the first window of the run); `cooldown`: no second "enter" within this
+    time of the previous one; `min_samples`: windows with fewer non-null values are not
+    evaluated (nor are windows whose metric is null). `callback(event)` receives a
+    :class:`TriggerEvent`. Durations: ``"10m"``, ``"1h"``, int ns or timedelta.
+    """
+
+    __slots__ = (
+        "metric",
+        "column",
+        "above",
+        "below",
+        "for_",
+        "cooldown",
+        "min_samples",
+        "callback",
+        "_monitor",
+        "_index",
+    )
+
+    def __init__(
+        self,
+        metric: str,
+        column: str,
+        *,
+        above: float,
+        below: Optional[float] = None,
+        for_: Duration = 0,
+        cooldown: Duration = 0,
+        min_samples: int = 1,
+        callback: Optional[Callable[[TriggerEvent], Any]] = None,
+    ) -> None:
+        if metric not in METRICS:
+            raise SpecError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+        for name, v in (("above", above), ("below", below)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise SpecError(f"{name}: expected a number, got {type(v).__name__}")
+        if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 0:
+            raise SpecError(f"min_samples: expected an int >= 0, got {min_samples!r}")
+        if callback is not None and not callable(callback):
+            raise SpecError("callback: expected a callable")
+        self.metric = metric
+        self.column = column
+        self.above = float(above)
+        self.below = self.above if below is None else float(below)
+        if not (math.isfinite(self.above) and math.isfinite(self.below)) or self.below > self.above:
+            raise SpecError(f"below: expected finite numbers with below <= above, got {below!r}")
+        self.for_ = _duration_ns(for_, "for_")
+        self.cooldown = _duration_ns(cooldown, "cooldown")
+        self.min_samples = int(min_samples)
+        self.callback = callback
+        self._monitor: Optional[Monitor] = None
+        self._index = -1
+
+    def _stats(self) -> dict[str, Any]:
+        if self._monitor is None:
+            return {
+                "evaluated": 0,
+                "skipped": 0,
+                "entered": 0,
+                "left": 0,
+                "suppressed": 0,
+                "alerting": False,
+            }
+        return self._monitor._m.trigger_stats(self._index)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Windows ``evaluated``, ``skipped`` (null metric or too few samples), times
+        ``entered`` and ``left``, windows ``suppressed`` by the cooldown."""
+        s = self._stats()
+        return {k: int(v) for k, v in s.items() if k != "alerting"}
+
+    @property
+    def alerting(self) -> bool:
+        """Whether the trigger is in the alert state."""
+        return bool(self._stats()["alerting"])
+
+    def __repr__(self) -> str:
+        return (
+            f"Trigger({self.metric!r}, {self.column!r}, above={self.above}, below={self.below}, "
+            f"for_={self.for_}, cooldown={self.cooldown}, min_samples={self.min_samples})"
+        )
+
+
+def _rows_table(rows: Any) -> pa.Table:
+    if isinstance(rows, Mapping) and not any(
+        isinstance(v, (list, tuple, np.ndarray, pa.Array, pa.ChunkedArray)) for v in rows.values()
+    ):
+        rows = [dict(rows)]
+    return _table(rows, "rows")
+
+
+class Monitor:
+    """The online drift monitor: rows in any order, metrics over event-time windows
+    ``[t - window, t)`` with `t` a multiple of `step` since the epoch (default: `step` =
+    `window`, tumbling windows: the periods of ``report(by=window)``).
+
+    Rows older than the watermark (the largest time applied, moved once per :meth:`update`)
+    minus `allowed_lateness` are dropped and counted. A window is closed once its end is at or
+    before ``watermark - allowed_lateness``; triggers see closed windows only, in order.
+
+    >>> import pyarrow as pa, rtml.monitor as rm
+    >>> ref = rm.Reference.fit(pa.table({"x": [float(i % 10) for i in range(1000)]}))
+    >>> fired = []
+    >>> mon = rm.Monitor(ref, window=10, timestamp="t",
+    ...                  triggers=[rm.Trigger("out_of_range_rate", "x", above=0.5, callback=fired.append)])
+    >>> mon.update({"x": [50.0] * 5, "t": [0, 1, 2, 3, 4]})
+    []
+    >>> [(e.kind, e.window_end, e.value) for e in mon.update({"x": [1.0], "t": [25]})]
+    [('enter', 10, 1.0)]
+    >>> mon.values(at=30)["x"]["rows"]
+    1
+    """
+
+    def __init__(
+        self,
+        reference: Reference,
+        window: Duration = "1h",
+        *,
+        step: Optional[Duration] = None,
+        allowed_lateness: Duration = 0,
+        timestamp: str = "timestamp",
+        triggers: Sequence[Trigger] = (),
+    ) -> None:
+        if not isinstance(reference, Reference):
+            raise SpecError(
+                f"reference: expected a rtml.monitor.Reference, got {type(reference).__name__}"
+            )
+        w = _duration_ns(window, "window")
+        s = w if step is None else _duration_ns(step, "step")
+        self._m = _core.Monitor(
+            reference._r, w, s, _duration_ns(allowed_lateness, "allowed_lateness")
+        )
+        self.reference = reference
+        self.window = w
+        self.step = s
+        self.timestamp = timestamp
+        self.triggers: list[Trigger] = []
+        self._clock = _Clock()
+        for t in triggers:
+            self.add_trigger(t)
+
+    def add_trigger(self, trigger: Trigger) -> Trigger:
+        """Attach a trigger (one monitor per trigger)."""
+        if not isinstance(trigger, Trigger):
+            raise SpecError(
+                f"trigger: expected a rtml.monitor.Trigger, got {type(trigger).__name__}"
+            )
+        if trigger._monitor is not None:
+            raise SpecError("trigger: already attached to a monitor")
+        trigger._index = self._m.add_trigger(
+            trigger.metric,
+            trigger.column,
+            trigger.above,
+            trigger.below,
+            trigger.for_,
+            trigger.cooldown,
+            trigger.min_samples,
+        )
+        trigger._monitor = self
+        self.triggers.append(trigger)
+        return trigger
+
+    def _clock_kind(self, t: pa.Table) -> Optional[str]:
+        """The rows' clock ("naive" / "aware" / None for integer times), checked against the
+        monitor's (recorded only once the update succeeded)."""
+        if self.timestamp not in t.column_names:
+            raise SchemaError(f"column '{self.timestamp}': missing from the rows (the time column)")
+        typ = t.schema.field(self.timestamp).type
+        if not pa.types.is_timestamp(typ):
+            return None
+        kind = "aware" if typ.tz is not None else "naive"
+        probe = _Clock()
+        probe.kind = self._clock.kind
+        probe._note(kind, self.timestamp)
+        return kind
+
+    def _fire(self, fired: list[tuple[int, str, int, float]]) -> list[TriggerEvent]:
+        events = []
+        for i, kind, end, value in fired:
+            trig = self.triggers[i]
+            events.append(
+                TriggerEvent(trig, kind, trig.column, trig.metric, value, end - self.window, end)
+            )
+        first: Optional[BaseException] = None
+        for e in events:
+            if e.trigger.callback is not None:
+                try:
+                    e.trigger.callback(e)
+                except Exception as exc:  # every callback runs; the first error is raised after
+                    first = first or exc
+        if first is not None:
+            raise first
+        return events
+
+    def update(self, rows: Any) -> list[TriggerEvent]:
+        """Apply one arrival of rows (a table, a dict of columns, a list of row dicts or one row
+        dict) holding every reference column and the time column. Returns the trigger events
+        of the windows it closed (their callbacks already called). Bad input raises
+        ``rtml.SchemaError`` and changes nothing."""
+        t = _rows_table(rows)
+        kind = self._clock_kind(t)
+        fired = self._m.update(t, self.timestamp)
+        if kind is not None:
+            self._clock._note(kind, self.timestamp)
+        return self._fire(fired)
+
+    def advance(self, t: Instant) -> list[TriggerEvent]:
+        """Move the watermark forward to `t` (e.g. the wall clock in a quiet period): closes
+        the windows ending by ``t - allowed_lateness`` and fires their triggers."""
+        return self._fire(self._m.advance(self._clock.ns(t, "t")))
+
+    def values(self, at: Optional[Instant] = None) -> dict[str, dict[str, Any]]:
+        """``{column: {metric: value}}`` (plus ``rows``, ``non_null``) over the window
+        ``[at - window, at)``; `at` a multiple of `step` since the epoch (default: the last
+        closed window). A window not yet closed can still change with late rows."""
+        if at is None:
+            end = self._m.closed_until
+            if end is None:
+                raise QueryError("values: no window is closed yet; pass at=")
+        else:
+            end = self._clock.ns(at, "at")
+        return self._m.values(end)
+
+    @property
+    def watermark(self) -> Optional[int]:
+        """The largest event time applied (epoch ns)."""
+        return self._m.watermark
+
+    def stats(self) -> dict[str, Any]:
+        """``rows_applied``, ``rows_late``, ``windows_closed``, ``panes`` (held in memory),
+        ``watermark``, ``closed_until``."""
+        return self._m.stats()
+
+    def __repr__(self) -> str:
+        return (
+            f"Monitor(window={self.window}, step={self.step}, columns={self.reference.columns}, "
+            f"triggers={len(self.triggers)})"
+        )

@@ -1,0 +1,379 @@
+//! The reference: a training table's distribution, per column, as binned counts.
+//!
+//! * A numeric column: quantile bin edges (default [`DEFAULT_BINS`] bins; the edges are values
+//!   of the data, so ties never split across bins and fewer bins remain on discrete data), the
+//!   reference's count per bin, its exact minimum and maximum, and its nulls (NaN counts as
+//!   null). Bins are `(-inf, e0)`, `[e0, e1)`, ..., `[e_last, +inf)`.
+//! * A categorical (string) column: the categories (the `max_categories` most frequent, ties by
+//!   name), their counts, and one last "other" bucket: categories beyond the kept ones (in the
+//!   reference) or never seen (in monitored rows).
+//!
+//! The document is versioned JSON: a newer version, an unknown field, counts that do not fit
+//! the bins, or (checked by the caller) another feature set's reference is refused.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::counts::{numeric_code, Counts, NULL_CODE, OUT_OF_RANGE};
+use crate::error::{Error, Result};
+
+/// The reference document's version (documents of a newer version are refused).
+pub const REFERENCE_VERSION: u32 = 1;
+/// Quantile bins of a numeric column unless told otherwise.
+pub const DEFAULT_BINS: usize = 20;
+/// Categories kept per categorical column unless told otherwise (the rest: "other").
+pub const DEFAULT_MAX_CATEGORIES: usize = 1000;
+
+/// One column of the reference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ColumnRef {
+    Numeric {
+        name: String,
+        /// Strictly increasing, finite; `edges.len() + 1` bins.
+        edges: Vec<f64>,
+        counts: Vec<u64>,
+        nulls: u64,
+        /// Exact extremes of the reference's values (None: no value).
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    Categorical {
+        name: String,
+        categories: Vec<String>,
+        /// One per category, then the "other" bucket.
+        counts: Vec<u64>,
+        nulls: u64,
+        #[serde(skip)]
+        index: HashMap<String, u32>,
+    },
+}
+
+impl ColumnRef {
+    pub fn name(&self) -> &str {
+        match self {
+            ColumnRef::Numeric { name, .. } | ColumnRef::Categorical { name, .. } => name,
+        }
+    }
+    pub fn is_numeric(&self) -> bool {
+        matches!(self, ColumnRef::Numeric { .. })
+    }
+    pub fn kind(&self) -> &'static str {
+        if self.is_numeric() {
+            "numeric"
+        } else {
+            "categorical"
+        }
+    }
+    /// The reference's counts per bin (the "other" bucket last for a categorical column).
+    pub fn counts(&self) -> &[u64] {
+        match self {
+            ColumnRef::Numeric { counts, .. } | ColumnRef::Categorical { counts, .. } => counts,
+        }
+    }
+    pub fn n_bins(&self) -> usize {
+        self.counts().len()
+    }
+    pub fn nulls(&self) -> u64 {
+        match self {
+            ColumnRef::Numeric { nulls, .. } | ColumnRef::Categorical { nulls, .. } => *nulls,
+        }
+    }
+    /// The reference's own counts as [`Counts`] (out-of-range: the "other" bucket of a
+    /// categorical column; none for a numeric one).
+    pub fn as_counts(&self) -> Counts {
+        let bins = self.counts().to_vec();
+        let out_of_range = match self {
+            ColumnRef::Numeric { .. } => 0,
+            ColumnRef::Categorical { counts, .. } => counts.last().copied().unwrap_or(0),
+        };
+        Counts {
+            bins,
+            nulls: self.nulls(),
+            out_of_range,
+        }
+    }
+
+    /// Fit a numeric column: `values` with NaN for null. Infinite values are refused.
+    pub fn fit_numeric(name: &str, values: &[f64], bins: usize) -> Result<ColumnRef> {
+        if bins == 0 {
+            return Err(Error::spec("bins", "must be >= 1"));
+        }
+        let mut v: Vec<f64> = Vec::with_capacity(values.len());
+        for (i, &x) in values.iter().enumerate() {
+            if x.is_infinite() {
+                return Err(Error::schema(
+                    name,
+                    format!("{x} at row {i}: a reference needs finite values (NaN counts as null)"),
+                ));
+            }
+            if !x.is_nan() {
+                v.push(x);
+            }
+        }
+        let nulls = (values.len() - v.len()) as u64;
+        let n = v.len();
+        let edges = quantile_edges(&mut v, bins);
+        let (min, max) = match (v.first(), v.last()) {
+            (Some(&a), Some(&b)) if n > 0 => (Some(a), Some(b)),
+            _ => (None, None),
+        };
+        let mut counts = Counts::new(edges.len() + 1);
+        let (lo, hi) = (
+            min.unwrap_or(f64::NEG_INFINITY),
+            max.unwrap_or(f64::INFINITY),
+        );
+        for &x in &v {
+            counts.add(numeric_code(&edges, lo, hi, x));
+        }
+        Ok(ColumnRef::Numeric {
+            name: name.to_string(),
+            edges,
+            counts: counts.bins,
+            nulls,
+            min,
+            max,
+        })
+    }
+
+    /// Fit a categorical column from its values (None: null).
+    pub fn fit_categorical<'a>(
+        name: &str,
+        values: impl Iterator<Item = Option<&'a str>>,
+        max_categories: usize,
+    ) -> Result<ColumnRef> {
+        let mut freq: HashMap<&'a str, u64> = HashMap::new();
+        let mut nulls = 0u64;
+        for v in values {
+            match v {
+                Some(s) => *freq.entry(s).or_insert(0) += 1,
+                None => nulls += 1,
+            }
+        }
+        let mut cats: Vec<(&str, u64)> = freq.into_iter().collect();
+        cats.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let other: u64 = cats.iter().skip(max_categories).map(|c| c.1).sum();
+        cats.truncate(max_categories);
+        let mut counts: Vec<u64> = cats.iter().map(|c| c.1).collect();
+        counts.push(other);
+        let categories: Vec<String> = cats.iter().map(|c| c.0.to_string()).collect();
+        let mut col = ColumnRef::Categorical {
+            name: name.to_string(),
+            categories,
+            counts,
+            nulls,
+            index: HashMap::new(),
+        };
+        col.build_index();
+        Ok(col)
+    }
+
+    fn build_index(&mut self) {
+        if let ColumnRef::Categorical {
+            categories, index, ..
+        } = self
+        {
+            *index = categories
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.clone(), i as u32))
+                .collect();
+        }
+    }
+
+    /// The code of a category (not in the vocabulary: the "other" bucket, flagged out of
+    /// range). Only for a categorical column; a numeric one answers null.
+    #[inline]
+    pub fn category_code(&self, value: &str) -> u32 {
+        match self {
+            ColumnRef::Categorical {
+                index, categories, ..
+            } => match index.get(value) {
+                Some(&i) => i,
+                None => categories.len() as u32 | OUT_OF_RANGE,
+            },
+            ColumnRef::Numeric { .. } => NULL_CODE,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::spec(format!("columns.{}", self.name()), msg));
+        match self {
+            ColumnRef::Numeric {
+                edges,
+                counts,
+                min,
+                max,
+                ..
+            } => {
+                if edges.iter().any(|e| !e.is_finite()) || edges.windows(2).any(|w| w[0] >= w[1]) {
+                    return bad("edges must be finite and strictly increasing".into());
+                }
+                if counts.len() != edges.len() + 1 {
+                    return bad(format!(
+                        "expected {} counts (edges + 1), got {}",
+                        edges.len() + 1,
+                        counts.len()
+                    ));
+                }
+                match (min, max) {
+                    (Some(a), Some(b)) if a.is_finite() && b.is_finite() && a <= b => {}
+                    (None, None) if counts.iter().all(|&c| c == 0) => {}
+                    _ => return bad("min and max must be finite numbers with min <= max (or both null without values)".into()),
+                }
+            }
+            ColumnRef::Categorical {
+                categories, counts, ..
+            } => {
+                if counts.len() != categories.len() + 1 {
+                    return bad(format!(
+                        "expected {} counts (categories + other), got {}",
+                        categories.len() + 1,
+                        counts.len()
+                    ));
+                }
+                let mut seen = std::collections::HashSet::new();
+                if let Some(c) = categories.iter().find(|c| !seen.insert(c.as_str())) {
+                    return bad(format!("category {c:?} is listed twice"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Quantile edges of `v` (sorted in place): the values at ranks `floor(i * n / bins)` for
+/// `i = 1..bins`, above the minimum, without repeats.
+fn quantile_edges(v: &mut [f64], bins: usize) -> Vec<f64> {
+    v.sort_unstable_by(f64::total_cmp);
+    let n = v.len();
+    let mut edges: Vec<f64> = Vec::with_capacity(bins.saturating_sub(1));
+    let Some(&lo) = v.first() else {
+        return edges;
+    };
+    for i in 1..bins {
+        let r = ((i as u128 * n as u128) / bins as u128) as usize;
+        let Some(&e) = v.get(r) else { break };
+        // -0.0 and 0.0 are one edge
+        let e = if e == 0.0 { 0.0 } else { e };
+        if e > lo && edges.last().is_none_or(|&l| e > l) {
+            edges.push(e);
+        }
+    }
+    edges
+}
+
+/// A fitted reference: every monitored column, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    pub version: u32,
+    /// Identity of the feature set the reference was fitted for (None: any).
+    pub feature_set: Option<String>,
+    /// Rows of the reference table.
+    pub rows: u64,
+    pub columns: Vec<ColumnRef>,
+}
+
+impl Reference {
+    pub fn new(feature_set: Option<String>, rows: u64, columns: Vec<ColumnRef>) -> Result<Self> {
+        let r = Reference {
+            version: REFERENCE_VERSION,
+            feature_set,
+            rows,
+            columns,
+        };
+        r.validate()?;
+        Ok(r)
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name() == name)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.columns {
+            if !seen.insert(c.name()) {
+                return Err(Error::spec(
+                    "columns",
+                    format!("column '{}' is listed twice", c.name()),
+                ));
+            }
+            c.validate()?;
+            let total: u64 = c.counts().iter().sum::<u64>() + c.nulls();
+            if total != self.rows {
+                return Err(Error::spec(
+                    format!("columns.{}", c.name()),
+                    format!(
+                        "counts and nulls add up to {total} rows, the reference has {}",
+                        self.rows
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Read a document; refuses a newer version, unknown fields and inconsistent counts.
+    pub fn from_json(text: &str) -> Result<Reference> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::spec("reference", e.to_string()))?;
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v > REFERENCE_VERSION as u64 => {
+                return Err(Error::spec(
+                    "version",
+                    format!(
+                        "reference document version {v} is newer than this rtml reads \
+                         ({REFERENCE_VERSION}): upgrade rtml"
+                    ),
+                ))
+            }
+            Some(v) if v >= 1 => {}
+            other => {
+                return Err(Error::spec(
+                    "version",
+                    format!("expected a version number 1..={REFERENCE_VERSION}, got {other:?}"),
+                ))
+            }
+        }
+        let mut r: Reference =
+            serde_json::from_value(value).map_err(|e| Error::spec("reference", e.to_string()))?;
+        for c in &mut r.columns {
+            c.build_index();
+        }
+        r.validate()?;
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edges_are_data_values_without_repeats() {
+        let v: Vec<f64> = (0..100).map(|i| (i / 10) as f64).collect();
+        let c = ColumnRef::fit_numeric("x", &v, 20).unwrap();
+        let ColumnRef::Numeric {
+            edges,
+            counts,
+            min,
+            max,
+            ..
+        } = &c
+        else {
+            panic!()
+        };
+        assert_eq!(edges, &(1..10).map(|i| i as f64).collect::<Vec<_>>());
+        assert_eq!(counts, &vec![10; 10]);
+        assert_eq!((*min, *max), (Some(0.0), Some(9.0)));
+        let r = Reference::new(None, 100, vec![c]).unwrap();
+        assert_eq!(Reference::from_json(&r.to_json()).unwrap(), r);
+    }
+}
