@@ -50,6 +50,36 @@ def best(f, repeat: int = 3) -> tuple[float, object]:
     return min(times), out
 
 
+def false_alarms(windows: int = 2000, per_window: int = 1000) -> dict:
+    """A long stable replay: `windows` windows of `per_window` rows drawn from the reference's
+    own distribution (column x0 ~ N(0, 1)); how often each usual trigger would enter."""
+    rng = np.random.default_rng(42)
+    triggers = {
+        "psi>0.1": rm.Trigger("psi", "x0", above=0.1),
+        "psi>0.2": rm.Trigger("psi", "x0", above=0.2),
+        "js>0.1": rm.Trigger("js", "x0", above=0.1),
+        "ks>0.1": rm.Trigger("ks", "x0", above=0.1),
+    }
+    one = rm.Reference.fit(pa.table({"x0": rng.normal(size=1_000_000)}))
+    mon = rm.Monitor(one, window=1000, timestamp="t", triggers=list(triggers.values()))
+    psis, pvals = [], []
+    for w in range(windows):
+        t = w * 1000 + np.arange(per_window) * (1000 // per_window)
+        mon.update({"t": t, "x0": rng.normal(size=per_window)})
+        if w:
+            v = mon.values(at=w * 1000)["x0"]
+            psis.append(v["psi"])
+            pvals.append(v["ks_pvalue"])
+    mon.advance(windows * 1000 + 1000)
+    return {
+        "windows": windows,
+        "rows_per_window": per_window,
+        "entered": {k: t.counters["entered"] for k, t in triggers.items()},
+        "psi_p50_p99_max": [round(float(np.quantile(psis, q)), 4) for q in (0.5, 0.99, 1.0)],
+        "share_ks_pvalue_below_0.05": round(float(np.mean(np.array(pvals) < 0.05)), 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -71,6 +101,7 @@ def main() -> None:
         mon.update(p)
     t_online = time.perf_counter() - t0
     online_rows = sum(p.num_rows for p in parts)
+    alarms = false_alarms()
     out = {
         "rows": n,
         "columns": len(cols),
@@ -81,6 +112,7 @@ def main() -> None:
         "online_us_per_row_per_column": round(t_online / online_rows / len(cols) * 1e6, 4),
         "online_rows": online_rows,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "stable_replay": alarms,
         "debug_build": rtml._debug_build(),
         "threads": rtml.num_threads(),
     }

@@ -128,6 +128,8 @@ pub enum KeyArr<'a> {
     Int(Vec<i64>),
     Str(StrArr<'a>),
     Owned(Vec<String>),
+    /// Composite keys ([`crate::key`] encodings), all of one kind (the second field).
+    Composite(Vec<String>, u64),
 }
 
 impl KeyArr<'_> {
@@ -136,11 +138,19 @@ impl KeyArr<'_> {
         match self {
             KeyArr::Int(v) => KeyRef::Int(v[i]),
             KeyArr::Str(s) => KeyRef::Str(s.get(i)),
-            KeyArr::Owned(v) => KeyRef::Str(&v[i]),
+            KeyArr::Owned(v) | KeyArr::Composite(v, _) => KeyRef::Str(&v[i]),
         }
     }
     pub fn is_int(&self) -> bool {
         matches!(self, KeyArr::Int(_))
+    }
+    /// The kind of every key in the column ([`crate::key`]).
+    pub fn kind(&self) -> u64 {
+        match self {
+            KeyArr::Int(_) => crate::key::KIND_INT,
+            KeyArr::Str(_) | KeyArr::Owned(_) => crate::key::KIND_STR,
+            KeyArr::Composite(_, k) => *k,
+        }
     }
 }
 
@@ -200,10 +210,10 @@ impl<'a> Events<'a> {
                 out.ids.push(id);
             }
         });
-        let keys = if self.key_is_int() == Some(true) {
-            KeyArr::Int(ints)
-        } else {
-            KeyArr::Owned(strs)
+        let keys = match self.key_kind() {
+            Some(crate::key::KIND_INT) => KeyArr::Int(ints),
+            Some(crate::key::KIND_STR) | None => KeyArr::Owned(strs),
+            Some(kind) => KeyArr::Composite(strs, kind),
         };
         let _ = out.push(keys, ts, values);
         out
@@ -214,9 +224,9 @@ impl<'a> Events<'a> {
     pub fn is_empty(&self) -> bool {
         self.ts.is_empty()
     }
-    /// Whether keys are integers (`None` when there are no events).
-    pub fn key_is_int(&self) -> Option<bool> {
-        self.keys.first().map(KeyArr::is_int)
+    /// The kind of the keys ([`crate::key`]; `None` when there are no events).
+    pub fn key_kind(&self) -> Option<u64> {
+        self.keys.first().map(KeyArr::kind)
     }
     /// Visit every event's key in row order.
     pub fn for_each_key<'s>(&'s self, mut f: impl FnMut(usize, KeyRef<'s>)) {
@@ -283,8 +293,8 @@ impl<'a> Events<'a> {
         ts: Vec<i64>,
         values: Vec<Vec<u64>>,
     ) -> Result<(), KeyArr<'a>> {
-        if let Some(k) = self.key_is_int() {
-            if k != keys.is_int() {
+        if let Some(k) = self.key_kind() {
+            if k != keys.kind() {
                 return Err(keys);
             }
         }
@@ -405,6 +415,34 @@ pub fn read_keys<'a>(a: &'a ArrayRef, name: &str, offset: usize) -> Result<KeyAr
             a.data_type()
         ),
     ))
+}
+
+/// The entity keys of a batch: the one key column, or the composite key of the part columns
+/// (`columns`; each part's nulls and type checked and named as a key column's).
+pub fn read_entity<'a>(
+    batch: &'a RecordBatch,
+    columns: &[String],
+    what: &str,
+    offset: usize,
+) -> Result<KeyArr<'a>> {
+    if let [one] = columns {
+        return read_keys(column(batch, one, what)?, one, offset);
+    }
+    let mut parts = Vec::with_capacity(columns.len());
+    for name in columns {
+        parts.push(read_keys(column(batch, name, what)?, name, offset)?);
+    }
+    let kind = crate::key::kind_of_parts(parts.iter().map(KeyArr::is_int));
+    let keys = (0..batch.num_rows())
+        .map(|i| {
+            let mut out = String::new();
+            for p in &parts {
+                crate::key::push_part(&mut out, p.get(i));
+            }
+            out
+        })
+        .collect();
+    Ok(KeyArr::Composite(keys, kind))
 }
 
 fn scale(v: &[i64], factor: i64, name: &str, offset: usize) -> Result<Vec<i64>> {
@@ -645,16 +683,19 @@ pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events
         let offset = offsets[b];
         match dest {
             Dest::Check => {
-                column(batch, &spec.entity, "events")?;
+                for c in spec.entity.columns() {
+                    column(batch, c, "events")?;
+                }
                 column(batch, &spec.timestamp, "events")?;
                 for c in &plan.columns {
                     column(batch, &c.name, "events")?;
                 }
                 Ok(None)
             }
-            Dest::Keys => Ok(Some(read_keys(
-                column(batch, &spec.entity, "events")?,
-                &spec.entity,
+            Dest::Keys => Ok(Some(read_entity(
+                batch,
+                spec.entity.columns(),
+                "events",
                 offset,
             )?)),
             Dest::Times(out) => {
@@ -703,14 +744,17 @@ pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events
         let Some(keys) = keys else {
             continue;
         };
-        if keys_of
-            .first()
-            .is_some_and(|k: &KeyArr<'a>| k.is_int() != keys.is_int())
-        {
-            return Err(Error::schema(
-                &spec.entity,
-                "key type changes between batches (integers and strings)",
-            ));
+        if let Some(first) = keys_of.first().map(|k: &KeyArr<'a>| k.kind()) {
+            if first != keys.kind() {
+                return Err(Error::schema(
+                    &spec.entity,
+                    format!(
+                        "key type changes between batches ({} then {})",
+                        spec.entity.describe_kind(first),
+                        spec.entity.describe_kind(keys.kind())
+                    ),
+                ));
+            }
         }
         starts.push(offsets[b]);
         keys_of.push(keys);
@@ -794,17 +838,29 @@ pub fn read_ids(a: &ArrayRef, name: &str, offset: usize, out: &mut Vec<EventId>)
     ))
 }
 
-/// A spine: keys and query times, one chunk per batch.
+/// A spine: keys and query times, one chunk per batch. `key`: the key column(s), in the
+/// entity's part order.
 pub fn read_spine<'a>(
     plan: &Plan,
     batches: &'a [RecordBatch],
-    key: &str,
+    key: &[String],
     time: &str,
 ) -> Result<Vec<(KeyArr<'a>, Vec<i64>)>> {
+    let parts = plan.spec.entity.parts();
+    if key.len() != parts {
+        return Err(Error::schema(
+            key.join(", "),
+            format!(
+                "the spine key names {} column(s) but the entity {} has {parts}",
+                key.len(),
+                plan.spec.entity
+            ),
+        ));
+    }
     let mut out = Vec::with_capacity(batches.len());
     let mut offset = 0;
     for batch in batches {
-        let k = read_keys(column(batch, key, "spine")?, key, offset)?;
+        let k = read_entity(batch, key, "spine", offset)?;
         let t = read_times(
             column(batch, time, "spine")?,
             time,

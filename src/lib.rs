@@ -14,6 +14,7 @@ pub mod decode;
 pub mod error;
 pub mod exact;
 pub mod input;
+pub mod key;
 pub mod learn;
 pub mod monitor;
 pub mod offline;

@@ -310,17 +310,21 @@ pub fn backfill(
             "more than 4 billion rows in one backfill: split it",
         ));
     }
-    if let (Some(ek), Some((sk, _))) = (
-        events.key_is_int(),
-        spine.iter().find(|(_, t)| !t.is_empty()),
-    ) {
-        if ek != sk.is_int() {
-            let kind = |int: bool| if int { "integers" } else { "strings" };
+    if let (Some(ek), Some((sk, _))) =
+        (events.key_kind(), spine.iter().find(|(_, t)| !t.is_empty()))
+    {
+        if ek != sk.kind() {
+            let entity = &plan.spec.entity;
+            let kind = |k: u64| match k {
+                crate::key::KIND_INT => "integers".to_string(),
+                crate::key::KIND_STR => "strings".to_string(),
+                k => entity.describe_kind(k),
+            };
             return Err(Error::schema(
-                &plan.spec.entity,
+                entity,
                 format!(
                     "spine keys are {} but event keys are {}",
-                    kind(sk.is_int()),
+                    kind(sk.kind()),
                     kind(ek)
                 ),
             ));

@@ -92,9 +92,126 @@ pub fn duration_label(text: &str, ns: i64) -> String {
     }
 }
 
+/// The entity key: one column (`"entity": "driver_id"`) or several (`"entity": ["driver_id",
+/// "zone"]`, a composite key, encoded by [`crate::key`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entity {
+    columns: Vec<String>,
+    /// The column name, or `(a, b)` for a composite key: how errors name the key.
+    label: String,
+}
+
+impl Entity {
+    /// A key of one column, or of several (a list of one column is that column).
+    pub fn new(columns: Vec<String>) -> Entity {
+        let label = match columns.as_slice() {
+            [one] => one.clone(),
+            many => format!("({})", many.join(", ")),
+        };
+        Entity { columns, label }
+    }
+
+    /// The key columns, in key order.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The one key column of a single key (`None`: a composite key).
+    pub fn single(&self) -> Option<&str> {
+        match self.columns.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    pub fn is_composite(&self) -> bool {
+        self.columns.len() > 1
+    }
+
+    /// How many parts a key has (1: a single key).
+    pub fn parts(&self) -> usize {
+        self.columns.len()
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn contains(&self, column: &str) -> bool {
+        self.columns.iter().any(|c| c == column)
+    }
+
+    /// A key kind ([`crate::key`]) as people read it.
+    pub fn describe_kind(&self, kind: u64) -> String {
+        crate::key::describe_kind(kind, &self.columns)
+    }
+
+    fn to_value(&self) -> Value {
+        match self.single() {
+            Some(one) => json!(one),
+            None => json!(self.columns),
+        }
+    }
+}
+
+impl From<&Entity> for String {
+    fn from(e: &Entity) -> String {
+        e.label.clone()
+    }
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+fn parse_entity(obj: &Map<String, Value>) -> Result<Entity> {
+    let Some(Value::Array(items)) = obj.get("entity") else {
+        return Ok(Entity::new(vec![req_str(obj, "entity", "entity")?]));
+    };
+    let mut columns: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Value::String(s) if !s.is_empty() => {
+                if columns.contains(s) {
+                    return Err(Error::spec(
+                        format!("entity[{i}]"),
+                        format!("column {s:?} is named twice"),
+                    ));
+                }
+                columns.push(s.clone());
+            }
+            other => {
+                return Err(Error::spec(
+                    format!("entity[{i}]"),
+                    format!("expected a column name (a non-empty string), got {other}"),
+                ))
+            }
+        }
+    }
+    if columns.is_empty() {
+        return Err(Error::spec(
+            "entity",
+            "is required (a column name, or a non-empty list of them)",
+        ));
+    }
+    if columns.len() > crate::key::MAX_PARTS {
+        return Err(Error::spec(
+            "entity",
+            format!(
+                "a composite key has at most {} columns, got {}",
+                crate::key::MAX_PARTS,
+                columns.len()
+            ),
+        ));
+    }
+    Ok(Entity::new(columns))
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Spec {
-    pub entity: String,
+    pub entity: Entity,
     pub timestamp: String,
     /// Unit of integer timestamps ("s", "ms", "us", "ns"), if declared.
     pub timestamp_unit: Option<String>,
@@ -255,7 +372,7 @@ impl Spec {
             ],
             "document",
         )?;
-        let entity = req_str(obj, "entity", "entity")?;
+        let entity = parse_entity(obj)?;
         let timestamp = req_str(obj, "timestamp", "timestamp")?;
         let timestamp_unit = get_str(obj, "timestamp_unit", "timestamp_unit")?;
         if let Some(u) = &timestamp_unit {
@@ -351,7 +468,7 @@ impl Spec {
 
     fn validate(&self) -> Result<()> {
         if let Some(col) = &self.dedupe_on {
-            if col == &self.entity || col == &self.timestamp {
+            if self.entity.contains(col) || col == &self.timestamp {
                 return Err(Error::spec(
                     "dedupe_on",
                     format!("{col:?} is the entity or timestamp column, not an event id"),
@@ -369,7 +486,7 @@ impl Spec {
                     ),
                 ));
             }
-            if f.name == self.entity || f.name == self.timestamp {
+            if self.entity.contains(&f.name) || f.name == self.timestamp {
                 return Err(Error::spec(
                     format!("features[{i}].name"),
                     format!(
@@ -431,7 +548,7 @@ impl Spec {
         let mut doc = json!({
             "format": FORMAT,
             "version": VERSION,
-            "entity": self.entity,
+            "entity": self.entity.to_value(),
             "timestamp": self.timestamp,
             "timestamp_unit": self.timestamp_unit,
             "allowed_lateness": if self.allowed_lateness == 0 { "0s".to_string() } else { format_duration(self.allowed_lateness) },
@@ -657,6 +774,37 @@ mod tests {
         );
         let again = Spec::from_json(&spec.to_json()).unwrap();
         assert_eq!(spec, again);
+    }
+
+    #[test]
+    fn composite_entity() {
+        let doc = r#"{"version": 1, "entity": ["driver_id", "zone"], "timestamp": "ts",
+            "features": [{"agg": "count"}]}"#;
+        let spec = Spec::from_json(doc).unwrap();
+        assert_eq!(spec.entity.columns(), ["driver_id", "zone"]);
+        assert_eq!(spec.entity.label(), "(driver_id, zone)");
+        assert!(spec.entity.is_composite());
+        assert_eq!(spec.to_value()["entity"], json!(["driver_id", "zone"]));
+        assert_eq!(Spec::from_json(&spec.to_json()).unwrap(), spec);
+        // a list of one column is that column, written back as a string
+        let one =
+            r#"{"version": 1, "entity": ["k"], "timestamp": "ts", "features": [{"agg": "count"}]}"#;
+        let spec = Spec::from_json(one).unwrap();
+        assert_eq!(spec.entity.single(), Some("k"));
+        assert_eq!(spec.to_value()["entity"], json!("k"));
+        for bad in [
+            r#"{"version": 1, "entity": [], "timestamp": "t", "features": [{"agg": "count"}]}"#,
+            r#"{"version": 1, "entity": ["a", "a"], "timestamp": "t", "features": [{"agg": "count"}]}"#,
+            r#"{"version": 1, "entity": ["a", 1], "timestamp": "t", "features": [{"agg": "count"}]}"#,
+            r#"{"version": 1, "entity": ["a", ""], "timestamp": "t", "features": [{"agg": "count"}]}"#,
+            r#"{"version": 1, "entity": ["a", "b"], "timestamp": "t", "features": [{"agg": "count", "name": "b"}]}"#,
+            r#"{"version": 1, "entity": ["a", "b"], "timestamp": "t", "dedupe_on": "b", "features": [{"agg": "count"}]}"#,
+        ] {
+            assert!(
+                matches!(Spec::from_json(bad), Err(Error::Spec { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

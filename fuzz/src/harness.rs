@@ -870,7 +870,7 @@ pub fn ingest(data: &[u8]) {
     ];
     let spine_batches = vec![batch(&mut s, n_spine, spine_cols)];
     if let Ok(all) = read_events(&plan, &batches) {
-        match read_spine(&plan, &spine_batches, kn, tn) {
+        match read_spine(&plan, &spine_batches, &[kn.to_string()], tn) {
             Ok(spine) if spine.iter().any(|(_, t)| hits_tile_overflow(&plan, t)) => {}
             Ok(spine) => match backfill(&plan, &all, &spine, &mut no_progress()) {
                 Ok(cols) => {
@@ -921,7 +921,11 @@ pub fn spec(data: &[u8]) {
     let ts: Vec<i64> = vec![-5, 0, 0, 1, 3, 1_000_000_000];
     let key: ArrayRef = Arc::new(Int64Array::from(vec![1, 1, 2, 1, 2, 1]));
     let mut fields = vec![
-        Field::new(&plan.spec.entity, arrow_schema::DataType::Int64, false),
+        Field::new(
+            plan.spec.entity.label(),
+            arrow_schema::DataType::Int64,
+            false,
+        ),
         Field::new(
             &plan.spec.timestamp,
             arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Nanosecond, None),
@@ -1060,7 +1064,7 @@ fn exercise_restored(engine: &mut Engine) {
         }
     }
     // ingest a few events with every column the plan reads, keys of the engine's kind
-    let is_int = engine.check_key_kind(true).is_ok();
+    let is_int = engine.check_key_kind(rtml::key::KIND_INT).is_ok();
     let n = 4;
     let key: ArrayRef = if is_int {
         Arc::new(Int64Array::from(vec![0, 1, 2, 1]))
@@ -1072,7 +1076,7 @@ fn exercise_restored(engine: &mut Engine) {
         return;
     }
     let mut fields = vec![
-        Field::new(&plan.spec.entity, key.data_type().clone(), false),
+        Field::new(plan.spec.entity.label(), key.data_type().clone(), false),
         Field::new(
             &plan.spec.timestamp,
             arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Nanosecond, None),

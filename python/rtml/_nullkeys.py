@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["POLICIES", "skips", "is_null_key", "valid_mask", "drop_from_table"]
+__all__ = ["POLICIES", "skips", "is_null_key", "valid_mask", "valid_rows", "drop_from_table"]
 
 #: the accepted values of ``null_keys=``
 POLICIES = ("error", "skip")
@@ -52,12 +52,31 @@ def valid_mask(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return mask
 
 
-def drop_from_table(table: pa.Table, column: str) -> tuple[pa.Table, int]:
-    """`table` without its rows whose `column` is a null key, and how many were dropped. A
-    missing column is left for the caller's validation to name."""
-    if column not in table.column_names:
+def valid_rows(table: pa.Table, columns: str | list[str]) -> Any:
+    """A NumPy bool array, True where every key column present in `table` holds a key (a
+    composite key is null when any part is); missing columns are left for the caller's
+    validation to name."""
+    import numpy as np
+
+    cols = [columns] if isinstance(columns, str) else columns
+    valid = np.ones(table.num_rows, dtype=bool)
+    for c in cols:
+        if c in table.column_names:
+            valid &= valid_mask(table[c]).to_numpy(zero_copy_only=False)
+    return valid
+
+
+def drop_from_table(table: pa.Table, columns: str | list[str]) -> tuple[pa.Table, int]:
+    """`table` without its rows whose key (the column, or any of the columns of a composite
+    key) is null, and how many were dropped. A missing column is left for the caller's
+    validation to name."""
+    cols = [columns] if isinstance(columns, str) else columns
+    present = [c for c in cols if c in table.column_names]
+    if not present:
         return table, 0
-    mask = valid_mask(table[column])
+    mask = valid_mask(table[present[0]])
+    for c in present[1:]:
+        mask = pc.and_(mask, valid_mask(table[c]))
     kept = pc.sum(mask).as_py() or 0
     if kept == table.num_rows:
         return table, 0

@@ -26,7 +26,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -487,6 +487,38 @@ def _progress_callback(
     return update, bar
 
 
+def _entity_doc(entity: Any) -> Any:
+    """The document's `entity`: a str, or the list of a composite key's columns."""
+    if isinstance(entity, (list, tuple)):
+        for i, c in enumerate(entity):
+            if not isinstance(c, str):
+                raise SpecError(
+                    f"entity[{i}]: expected a column name (str), got {type(c).__name__}"
+                )
+        return list(entity)
+    if not isinstance(entity, str):
+        raise SpecError(
+            "entity: expected a column name (str) or a list of them (a composite key), "
+            f"got {type(entity).__name__}"
+        )
+    return entity
+
+
+def _names(columns: list[str]) -> str:
+    """Key columns as messages show them: `k`, or `a, b` for a composite key."""
+    return ", ".join(columns)
+
+
+def _require_single_key(fs: "FeatureSet", what: str) -> None:
+    """Refuse a composite-key feature set where composite keys are not supported yet."""
+    if fs.is_composite:
+        raise SpecError(
+            f"entity: {what} does not support composite keys ({fs.entity!r}) yet; use "
+            "FeatureSet.backfill in memory and OnlineEngine, or key by one column (for example "
+            "a column joining the parts)"
+        )
+
+
 def _check_key_column(table: pa.Table, column: str, what: str) -> None:
     """Refuse float keys with a hint to cast (1.0 and 1 would be different keys otherwise)."""
     if column not in table.column_names:
@@ -530,7 +562,9 @@ class FeatureSet:
     """Window features of one entity, defined once and computed by one engine offline
     (`backfill`) and online (`online()`), bit for bit.
 
-    Parameters: `entity` (the key column: integers or strings), `timestamp` (the event-time
+    Parameters: `entity` (the key column: integers or strings; or a list of such columns, a
+    composite key such as ``["driver_id", "zone"]``: rows with equal values in every one of them
+    are one entity, and ``get`` takes a tuple; see docs/api.md, "Composite keys"), `timestamp` (the event-time
     column: timestamps of any unit, naive ones read as UTC; integers need `timestamp_unit`),
     `features` (from the constructors: ``rtml.count``, ``rtml.sum`` ...), `allowed_lateness`
     (how late an event may arrive online and still count; default 0), `ttl` (forget an entity
@@ -566,7 +600,7 @@ class FeatureSet:
 
     def __init__(
         self,
-        entity: str,
+        entity: str | Sequence[str],
         timestamp: str,
         features: Iterable[Feature],
         *,
@@ -591,7 +625,7 @@ class FeatureSet:
         doc = {
             "format": "rtml.FeatureSet",
             "version": _core.SPEC_VERSION,
-            "entity": entity,
+            "entity": _entity_doc(entity),
             "timestamp": timestamp,
             "timestamp_unit": timestamp_unit,
             "allowed_lateness": _duration(allowed_lateness, "allowed_lateness"),
@@ -644,9 +678,26 @@ class FeatureSet:
         return list(self._spec.feature_names)
 
     @property
-    def entity(self) -> str:
-        """The entity (key) column."""
-        return self._spec.entity
+    def entity(self) -> str | list[str]:
+        """The entity (key) column (a str), or the columns of a composite key (a list of str,
+        in key order)."""
+        entity: str | list[str] = self._spec.entity
+        return entity
+
+    @property
+    def entity_columns(self) -> list[str]:
+        """The key columns, in key order: ``[entity]`` for a single key.
+
+        >>> import rtml
+        >>> rtml.FeatureSet(["driver_id", "zone"], "ts", [rtml.count()]).entity_columns
+        ['driver_id', 'zone']
+        """
+        return list(self._spec.entity_columns)
+
+    @property
+    def is_composite(self) -> bool:
+        """Whether the key has several columns (``entity=["driver_id", "zone"]``)."""
+        return len(self._spec.entity_columns) > 1
 
     @property
     def timestamp(self) -> str:
@@ -726,7 +777,7 @@ class FeatureSet:
         events: Any,
         spine: Any,
         *,
-        key: str | None = None,
+        key: str | Sequence[str] | None = None,
         time: str | None = None,
         progress: Progress = None,
         output: _frames.Output = "auto",
@@ -741,7 +792,8 @@ class FeatureSet:
         DataFrame, polars DataFrame or LazyFrame, Parquet / CSV / Feather path(s), a dict of
         columns); `spine`: the (key, time) rows to compute features for, in any of those forms.
         `key` / `time` name the spine's key and time columns (default: the feature set's
-        `entity` and `timestamp`). Timestamps of any unit are accepted, time-zone aware or naive;
+        `entity` and `timestamp`; for a composite entity `key` is a list naming one spine column
+        per key column, in key order). Timestamps of any unit are accepted, time-zone aware or naive;
         naive ones are read as UTC wall time, and mixing naive with aware times (events vs spine)
         is refused with a SchemaError rather than guessed. A time column of strings is refused
         with a hint to parse it; Decimal value columns are cast to float64.
@@ -805,6 +857,7 @@ class FeatureSet:
                     "backfill: memory_limit= needs out= (a .parquet path or a directory): a "
                     "result beyond memory is written to disk, not returned"
                 )
+            _require_single_key(self, "backfill(out=...) (beyond memory)")
             if arrival is not None or null_keys != "error":
                 raise ValueError(
                     "backfill: out= (beyond memory) does not take arrival= or "
@@ -814,7 +867,7 @@ class FeatureSet:
 
             return outofcore.backfill(
                 self, events, spine, out, memory_limit=memory_limit or "4GB",
-                key=key, time=time, progress=progress,
+                key=self._spine_key(key)[0], time=time, progress=progress,
             )  # fmt: skip
         kind = _frames.resolve_output(
             output, spine, allowed=("arrow", "pandas", "polars"), what="backfill"
@@ -823,30 +876,45 @@ class FeatureSet:
         spine_in = _frames.prepare(spine)
         ev = _frames.decimals_to_float(_io.to_table(_frames.prepare(events), "events"))
         sp = _io.to_table(spine_in, "spine")
-        key = key or self.entity
+        keys = self._spine_key(key)
         time = time or self.timestamp
         if skip_null_keys:
             return self._backfill_skipping_null_keys(
-                ev, sp, spine_in, key, time, progress, kind, arrival
+                ev, sp, spine_in, keys, time, progress, kind, arrival
             )
         _check_time_column(ev, self.timestamp, "events")
         _check_time_column(sp, time, "spine")
-        _check_key_column(ev, self.entity, "events")
-        _check_key_column(sp, key, "spine")
+        for c in self.entity_columns:
+            _check_key_column(ev, c, "events")
+        for c in keys:
+            _check_key_column(sp, c, "spine")
         for name in self.feature_names:
             if name in sp.column_names:
                 raise SchemaError(
                     f"column '{name}': the spine already has a column named like this feature; "
                     "rename one of them (feature name=...)"
                 )
-        feats = self._features_for(ev, sp, key, time, progress, arrival)
+        feats = self._features_for(ev, sp, keys, time, progress, arrival)
         return _join_features(spine_in, sp, feats, kind)
+
+    def _spine_key(self, key: str | Sequence[str] | None) -> list[str]:
+        """The spine's key column(s), one per key column of the entity."""
+        if key is None:
+            return self.entity_columns
+        keys = [key] if isinstance(key, str) else list(key)
+        n = len(self.entity_columns)
+        if len(keys) != n or not all(isinstance(k, str) for k in keys):
+            raise SchemaError(
+                f"column '{key}': key= names the spine's key column(s), one str per key column "
+                f"of the entity {self.entity!r} ({n}), got {key!r}"
+            )
+        return keys
 
     def _features_for(
         self,
         ev: pa.Table,
         sp: pa.Table,
-        key: str,
+        key: list[str],
         time: str,
         progress: Progress,
         arrival: str | None,
@@ -866,22 +934,20 @@ class FeatureSet:
         ev: pa.Table,
         sp: pa.Table,
         spine_in: Any,
-        key: str,
+        key: list[str],
         time: str,
         progress: Progress,
         kind: str,
         arrival: str | None,
     ) -> Any:
         """`backfill(..., null_keys="skip")`: null-key events left out, null-key spine rows
-        answered with null features, both counted in one NullKeysWarning."""
-        ev, skipped_events = _nullkeys.drop_from_table(ev, self.entity)
+        answered with null features, both counted in one NullKeysWarning. A composite key is
+        null when any of its parts is."""
+        ev, skipped_events = _nullkeys.drop_from_table(ev, self.entity_columns)
         import numpy as np
 
         n = sp.num_rows
-        if key in sp.column_names:
-            valid = _nullkeys.valid_mask(sp[key]).to_numpy(zero_copy_only=False)
-        else:
-            valid = np.ones(n, dtype=bool)  # the backfill names the missing column
+        valid = _nullkeys.valid_rows(sp, key)
         kept = np.flatnonzero(valid)
         null_rows = n - len(kept)
         feats = self._features_for(
@@ -896,8 +962,8 @@ class FeatureSet:
         if skipped_events or null_rows:
             warnings.warn(
                 f"backfill(null_keys='skip'): left out {skipped_events} event(s) with a null "
-                f"'{self.entity}' and gave {null_rows} spine row(s) with a null '{key}' null "
-                "features",
+                f"'{_names(self.entity_columns)}' and gave {null_rows} spine row(s) with a null "
+                f"'{_names(key)}' null features",
                 NullKeysWarning,
                 stacklevel=3,
             )
@@ -919,7 +985,8 @@ class FeatureSet:
         """
         ev = _frames.decimals_to_float(_io.to_table(_frames.prepare(events), "events"))
         _check_time_column(ev, self.timestamp, "events")
-        _check_key_column(ev, self.entity, "events")
+        for c in self.entity_columns:
+            _check_key_column(ev, c, "events")
         return list(self._spec.verdicts(ev, arrival))
 
     def online(self, history: Any = None) -> "OnlineEngine":

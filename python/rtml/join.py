@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import pyarrow as pa
 
 from . import _frames, _io
-from .exceptions import SchemaError
+from .exceptions import SchemaError, SpecError
 
 if TYPE_CHECKING:
     from .features import FeatureSet, Progress
@@ -87,7 +87,11 @@ def backfill(
     names: dict[str, str] = {c: "the spine" for c in sp.column_names}
     columns: list[tuple[str, pa.ChunkedArray]] = []
     for name, (fs, events) in sets.items():
-        key = keys.get(name, fs.entity)
+        if fs.is_composite:
+            raise SpecError(
+                f"sets['{name}']: rtml.join does not support composite keys ({fs.entity!r}) yet"
+            )
+        key = keys.get(name, fs.entity_columns[0])
         for col in (key, time):
             if col not in sp.column_names:
                 raise SchemaError(f"column '{col}': not in the spine (needed by set '{name}')")

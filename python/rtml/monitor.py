@@ -29,6 +29,7 @@ Metrics (per column, ``None`` / null when they cannot be computed, e.g. an empty
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import _core
-from .exceptions import QueryError, SchemaError, SpecError
+from .exceptions import QueryError, SchemaError, SnapshotError, SpecError
 from .learn import Duration, Instant, _Clock, _duration_ns
 from .transforms import _table
 
@@ -428,6 +429,9 @@ def _rows_table(rows: Any) -> pa.Table:
     return _table(rows, "rows")
 
 
+_MONITOR_MAGIC = b"rtml.Monitor/1\n"
+
+
 class Monitor:
     """The online drift monitor: rows in any order, metrics over event-time windows
     ``[t - window, t)`` with `t` a multiple of `step` since the epoch (default: `step` =
@@ -564,6 +568,72 @@ class Monitor:
     def watermark(self) -> Optional[int]:
         """The largest event time applied (epoch ns)."""
         return self._m.watermark
+
+    def to_bytes(self) -> bytes:
+        """The whole monitor (reference, the held windows' counts, watermark, triggers with
+        their state and counters) as bytes, for a service's checkpoint: :meth:`from_bytes`
+        continues exactly as this one would. Callbacks are code, not state: set each restored
+        trigger's ``callback`` again.
+
+        >>> import pyarrow as pa, rtml.monitor as rm
+        >>> ref = rm.Reference.fit(pa.table({"x": [1.0, 2.0, 3.0]}))
+        >>> mon = rm.Monitor(ref, window=10, timestamp="t", triggers=[rm.Trigger("psi", "x", above=1)])
+        >>> _ = mon.update({"x": [1.0], "t": [5]})
+        >>> again = rm.Monitor.from_bytes(mon.to_bytes())
+        >>> again.watermark, again.triggers[0].metric
+        (5, 'psi')
+        """
+        head = json.dumps({"clock": self._clock.kind, "timestamp": self.timestamp})
+        return _MONITOR_MAGIC + head.encode() + b"\n" + self._m.to_json().encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Monitor":
+        """A monitor from :meth:`to_bytes`; anything else (truncated, corrupted, another format,
+        a newer version) raises ``rtml.SnapshotError``."""
+        data = bytes(data)
+        if not data.startswith(_MONITOR_MAGIC) or b"\n" not in data[len(_MONITOR_MAGIC) :]:
+            raise SnapshotError("monitor: not the bytes of Monitor.to_bytes")
+        head, core = data[len(_MONITOR_MAGIC) :].split(b"\n", 1)
+        try:
+            meta = json.loads(head)
+            clock, timestamp = meta["clock"], meta["timestamp"]
+            if clock not in (None, "naive", "aware") or not isinstance(timestamp, str):
+                raise ValueError(meta)
+            text = core.decode()
+        except (ValueError, KeyError, TypeError) as e:
+            raise SnapshotError(f"monitor: unreadable header ({e})") from None
+        m = _core.Monitor.from_json(text)
+        self = cls.__new__(cls)
+        self._m = m
+        self.reference = Reference._wrap(_core.Reference.from_json(m.reference_json()))
+        self.timestamp = timestamp
+        self._clock = _Clock()
+        self._clock.kind = clock
+        self.triggers = []
+        doc = json.loads(text)["monitor"]
+        self.window, self.step = int(doc["window"]), int(doc["step"])
+        for i, (metric, column, above, below, for_, cooldown, min_samples) in enumerate(
+            m.trigger_specs()
+        ):
+            trig = Trigger(
+                metric,
+                column,
+                above=above,
+                below=below,
+                for_=for_,
+                cooldown=cooldown,
+                min_samples=min_samples,
+            )
+            trig._monitor, trig._index = self, i
+            self.triggers.append(trig)
+        return self
+
+    def __getstate__(self) -> bytes:
+        return self.to_bytes()
+
+    def __setstate__(self, state: bytes) -> None:
+        other = Monitor.from_bytes(state)
+        self.__dict__.update(other.__dict__)
 
     def stats(self) -> dict[str, Any]:
         """``rows_applied``, ``rows_late``, ``windows_closed``, ``panes`` (held in memory),

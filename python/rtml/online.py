@@ -40,7 +40,9 @@ __all__ = ["OnlineEngine", "IngestReport", "LATE_WARNING_SHARE"]
 #: share of its events as late.
 LATE_WARNING_SHARE = 0.10
 
-Key = Union[int, str]
+#: an entity key: an int or a str, or for a composite entity (``entity=["driver_id", "zone"]``) a
+#: tuple with one int or str per key column, in key order
+Key = Union[int, str, tuple[Union[int, str], ...]]
 #: datetime / pandas.Timestamp / numpy.datetime64 / date / ISO 8601 str, or an int in the feature
 #: set's `timestamp_unit`. Naive and tz-aware times never mix (docs/api.md, "Times").
 Instant = Union[_dt.datetime, _dt.date, np.datetime64, str, int]
@@ -129,6 +131,7 @@ class OnlineEngine:
         "_engine",
         "_spec",
         "_entity",
+        "_key_columns",
         "_timestamp",
         "_warned_late",
         "_null_keys_skipped",
@@ -148,8 +151,10 @@ class OnlineEngine:
     def _attach(self, engine: _core.Engine) -> None:
         self._engine = engine
         self._spec = engine.spec
-        # plain str attributes: `ingest` reads them on every call
-        self._entity = self._spec.entity
+        # plain str attributes: `ingest` reads them on every call (`_entity`: the first key
+        # column, which tells one row dict from a dict of columns)
+        self._key_columns = list(self._spec.entity_columns)
+        self._entity = self._key_columns[0]
         self._timestamp = self._spec.timestamp
         self._warned_late = False
         self._null_keys_skipped = 0
@@ -256,28 +261,27 @@ class OnlineEngine:
     def _drop_null_keys(self, data: Any) -> tuple[Any, Any]:
         """`data` without its null-key events (counted; None when nothing is left of one row),
         and the caller's row number of each row kept (None when nothing was dropped)."""
-        entity = self._entity
-        if isinstance(data, dict) and _is_scalar(data.get(entity)):
-            if entity in data and _nullkeys.is_null_key(data[entity]):
+        cols = self._key_columns
+
+        def null_row(r: Any) -> bool:
+            # a composite key is null when any of its parts is
+            return isinstance(r, dict) and any(c in r and _nullkeys.is_null_key(r[c]) for c in cols)
+
+        if isinstance(data, dict) and _is_scalar(data.get(self._entity)):
+            if null_row(data):
                 self._null_keys_skipped += 1
                 return None, None
             return data, None
         kept: Any
         if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], dict)):
-            kept = [
-                i
-                for i, r in enumerate(data)
-                if not (isinstance(r, dict) and entity in r and _nullkeys.is_null_key(r[entity]))
-            ]
+            kept = [i for i, r in enumerate(data) if not null_row(r)]
             rows: Any = [data[i] for i in kept]
             n = len(data) - len(kept)
         else:
             table = _io.events_table(data, self._timestamp)
-            if entity not in table.column_names:
+            if not any(c in table.column_names for c in cols):
                 return table, None  # the engine names the missing column
-            kept = np.flatnonzero(
-                _nullkeys.valid_mask(table[entity]).to_numpy(zero_copy_only=False)
-            )
+            kept = np.flatnonzero(_nullkeys.valid_rows(table, cols))
             n = table.num_rows - len(kept)
             rows = table.take(kept) if n else table
         self._null_keys_skipped += n
@@ -305,6 +309,18 @@ class OnlineEngine:
     def get(self, key: Key, at: Optional[Instant] = None) -> dict[str, Any]:
         """All features of one entity at instant `at` (default: now) as a dict (None = null).
 
+        `key`: an int or str; for a composite entity a tuple with one int or str per key
+        column, in key order (``eng.get(("d7", 3))``; a tuple of another length, or a part of
+        another type, raises ``rtml.SchemaError``).
+
+        >>> import rtml
+        >>> fs = rtml.FeatureSet(["driver", "zone"], "ts", [rtml.count()], timestamp_unit="s")
+        >>> eng = fs.online({"driver": ["d7", "d7", "d7"], "zone": [3, 4, 3], "ts": [1, 2, 3]})
+        >>> eng.get(("d7", 3), at=10)
+        {'count': 2}
+        >>> eng.get_many([("d7", 3), ("d7", 4)], at=10).to_pydict()
+        {'driver': ['d7', 'd7'], 'zone': [3, 4], 'count': [2, 1]}
+
         An unknown key gets the empty-history values (0 for counts, None for a mean); tell it
         apart from a known key with ``key in eng``. Raises ``rtml.QueryError`` for an `at` the
         state cannot answer exactly, ``rtml.SchemaError`` for a key or `at` of the wrong kind
@@ -316,6 +332,8 @@ class OnlineEngine:
         self, keys: Iterable[Key], at: Union[Instant, Sequence[Instant], None] = None
     ) -> pa.Table:
         """Features of many entities as a pyarrow.Table: the key column, then the features.
+        For a composite entity `keys` is a list of tuples and the table starts with one column
+        per key column, named as in the feature set.
 
         `at`: one instant for all keys, or a list / tuple with one instant per key (another
         length raises ``rtml.QueryError``).

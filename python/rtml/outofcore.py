@@ -458,14 +458,20 @@ def backfill(
     FileExistsError when `out` exists, FileNotFoundError for a missing input. Nothing is
     written at `out` unless the call succeeds; the spill directory is removed in every case.
     """
-    from .features import _check_key_column, _check_time_column, _progress_callback
+    from .features import (
+        _check_key_column,
+        _check_time_column,
+        _progress_callback,
+        _require_single_key,
+    )
 
     limit = parse_memory(memory_limit)
     import pyarrow.dataset  # noqa: F401  (its libraries are part of the base, not the budget)
     import pyarrow.parquet  # noqa: F401
 
     base = _rss()
-    key = key or fs.entity
+    _require_single_key(fs, "out-of-core backfill")
+    key = key or fs.entity_columns[0]
     time = time or fs.timestamp
     out_path = os.fspath(out)
     if not out_path:
@@ -484,7 +490,7 @@ def backfill(
     ev_src = _open(events, "events")
     sp_src = _open(spine, "spine")
     value_cols = [c for c, _ in fs._spec.value_columns]
-    ev_cols = list(dict.fromkeys([fs.entity, fs.timestamp, *value_cols]))
+    ev_cols = list(dict.fromkeys([fs.entity_columns[0], fs.timestamp, *value_cols]))
 
     # the same checks, with the same errors, as the in-memory call: run it on the first rows
     names = fs.feature_names
@@ -506,20 +512,24 @@ def backfill(
         )
         _check_time_column(ev_probe, fs.timestamp, "events")
         _check_time_column(sp_head, time, "spine")
-        _check_key_column(ev_probe, fs.entity, "events")
+        _check_key_column(ev_probe, fs.entity_columns[0], "events")
         _check_key_column(sp_head, key, "spine")
         if ev_head is not None:
-            fs._spec.backfill(ev_probe, sp_head, key, time, None)
-    for src, col, what in ((ev_src, fs.entity, "events"), (sp_src, key, "spine")):
+            fs._spec.backfill(ev_probe, sp_head, [key], time, None)
+    for src, col, what in ((ev_src, fs.entity_columns[0], "events"), (sp_src, key, "spine")):
         if col not in src.schema.names and (what == "spine" or ev_head is not None):
             raise SchemaError(f"column '{col}': not in the {what} (columns: {src.schema.names})")
-    ev_key_type = ev_src.schema.field(fs.entity).type if fs.entity in ev_src.schema.names else None
+    ev_key_type = (
+        ev_src.schema.field(fs.entity_columns[0]).type
+        if fs.entity_columns[0] in ev_src.schema.names
+        else None
+    )
     sp_key_type = sp_src.schema.field(key).type if key in sp_src.schema.names else None
     if ev_key_type is not None and sp_key_type is not None:
         if _keyhash.is_string_key(ev_key_type) != _keyhash.is_string_key(sp_key_type):
             raise SchemaError(
                 f"column '{key}': the spine's key is {sp_key_type} but the events' key "
-                f"'{fs.entity}' is {ev_key_type}: both must be integers or both strings"
+                f"'{fs.entity_columns[0]}' is {ev_key_type}: both must be integers or both strings"
             )
 
     pa.default_memory_pool().release_unused()
@@ -578,11 +588,11 @@ def backfill(
         try:
             for b in _chunks(ev_src.batches(ev_cols), max(1, chunk_bytes // ev_width)):
                 b = _frames.decimals_to_float(pa.Table.from_batches([b])).to_batches()[0]
-                _check_nulls(b, fs.entity, "key", offset)
+                _check_nulls(b, fs.entity_columns[0], "key", offset)
                 _check_nulls(b, fs.timestamp, "timestamp", offset)
                 if fs.on_nonfinite == "error":
                     _check_finite(b, value_cols, offset)
-                _scatter(b, _keyhash.partition_of(b.column(fs.entity), n), ev_spill)
+                _scatter(b, _keyhash.partition_of(b.column(fs.entity_columns[0]), n), ev_spill)
                 offset += b.num_rows
                 tick(b.num_rows)
         finally:
@@ -628,7 +638,9 @@ def backfill(
                     if callback is not None:
                         callback(done[0], max(total, done[0]))
 
-                feats = pa.Table.from_batches([fs._spec.backfill(ev, sp, key, time, unit_progress)])
+                feats = pa.Table.from_batches(
+                    [fs._spec.backfill(ev, sp, [key], time, unit_progress)]
+                )
                 done[0] = base_done + sp.num_rows
                 if callback is not None:
                     callback(done[0], max(total, done[0]))
@@ -746,7 +758,7 @@ def _load_unit(
     another hash into parts that fit, and an entity that cannot fit is reported."""
     if len(unit) == 1 and ctx.cost(ev, sp, unit[0]) > ctx.budget:
         q = unit[0]
-        k, count = _top_key(ev, q, ctx.fs.entity)
+        k, count = _top_key(ev, q, ctx.fs.entity_columns[0])
         per_event = ev.bytes[q] / max(ev.rows[q], 1)
         if depth >= 3 or MEMORY_MODEL["per_input_byte"] * count * per_event > ctx.budget:
             # one entity alone is over the budget: it cannot be split; backfill it anyway
@@ -772,7 +784,9 @@ def _split(
     sub_sp = _Spill(sp.root, "spine", k, level)
     try:
         for b in ev.batches(p):
-            _scatter(b, _keyhash.partition_of(b.column(ctx.fs.entity), k, seed=depth), sub_ev)
+            _scatter(
+                b, _keyhash.partition_of(b.column(ctx.fs.entity_columns[0]), k, seed=depth), sub_ev
+            )
     finally:
         sub_ev.close()
     try:
@@ -803,7 +817,7 @@ class _Ctx:
         self.hot.append((k, count))
         warnings.warn(
             HotKeyWarning(
-                f"entity {k!r} of column '{self.fs.entity}' has {count:,} events: its "
+                f"entity {k!r} of column '{self.fs.entity_columns[0]}' has {count:,} events: its "
                 f"partition needs about {int(cost):,} bytes, more than the budget of "
                 f"{self.budget:,} bytes (memory_limit minus what the process used at the "
                 "start); it is backfilled in one piece, above the limit"

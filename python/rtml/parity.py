@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import _io
-from .exceptions import SchemaError
+from .exceptions import SchemaError, SpecError
 from .features import FeatureSet
 
 __all__ = ["FeatureParity", "ParityReport", "check", "read_served_log"]
@@ -185,6 +185,8 @@ def check(
         fs = FeatureSet.from_json(Path(spec).read_text())
     else:
         fs = FeatureSet.from_json(str(spec))
+    if fs.is_composite:
+        raise SpecError(f"entity: parity.check does not support composite keys ({fs.entity!r}) yet")
     names = fs.feature_names
     log = read_served_log(served_log)
     for col in (key, at):

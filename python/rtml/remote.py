@@ -330,6 +330,10 @@ class RemoteEngine:
         if client is None and url is None:
             raise SpecError("RemoteEngine: give url= or client=")
         spec = _spec_of(feature_set)
+        if len(spec.entity_columns) > 1:
+            raise SpecError(
+                f"entity: RemoteEngine does not support composite keys ({spec.entity!r}) yet"
+            )
         self.ns, self.spec_id = namespace_of(spec, prefix)
         self.url = url
         self.timeout = float(timeout)

@@ -324,6 +324,10 @@ class Runner:
             raise SpecError(
                 f"Runner.feature_set: expected an rtml.FeatureSet, got {type(feature_set).__name__}"
             )
+        if len(feature_set._spec.entity_columns) > 1:
+            raise SpecError(
+                f"entity: Runner does not support composite keys ({feature_set.entity!r}) yet"
+            )
         if checkpoint_dir is None:
             raise SpecError("Runner.checkpoint_dir: required (where checkpoints are written)")
         if source is None:
@@ -602,7 +606,7 @@ class Runner:
     def _empty_events(self) -> pa.Table:
         spec = self.feature_set._spec
         cols = {
-            spec.entity: pa.array([], pa.int64()),
+            spec.entity_columns[0]: pa.array([], pa.int64()),
             spec.timestamp: pa.array([], pa.timestamp("ns", "UTC")),
         }
         for c, _ in spec.value_columns:

@@ -1142,8 +1142,10 @@ def _decoder_config(
 ) -> tuple[tuple[str, str], tuple[str, str], list[tuple[str, str, bool]], Optional[str]]:
     """(entity, timestamp, values, unit) for `_core.JsonDecoder` from a raw source's options."""
     spec = feature_set._spec
+    if len(spec.entity_columns) > 1:
+        raise SpecError(f"entity: JSON sources do not support composite keys ({spec.entity!r}) yet")
     f = source.fields
-    known = {spec.entity, spec.timestamp, *(c for c, _ in spec.value_columns)}
+    known = {spec.entity_columns[0], spec.timestamp, *(c for c, _ in spec.value_columns)}
     known |= {feature_set.dedupe_on} - {None}  # the event-id column (dedupe_on)
     for name in f:
         if name not in known:
@@ -1160,7 +1162,7 @@ def _decoder_config(
         values.append((col, f.get(col, col), bool(numeric or t == "float")))
     unit = source.timestamp_unit or spec.timestamp_unit
     return (
-        (spec.entity, f.get(spec.entity, spec.entity)),
+        (spec.entity_columns[0], f.get(spec.entity_columns[0], spec.entity_columns[0])),
         (spec.timestamp, f.get(spec.timestamp, spec.timestamp)),
         values,
         unit,

@@ -157,9 +157,10 @@ def backfill(
     _require_pyspark()
     from pyspark.sql import types as T
 
-    from .features import _check_key_column, _check_time_column
+    from .features import _check_key_column, _check_time_column, _require_single_key
 
-    key = key or fs.entity
+    _require_single_key(fs, "rtml.spark.backfill")
+    key = key or fs.entity_columns[0]
     time = time or fs.timestamp
     spark = spine_df.sparkSession
     if partitions is None:
@@ -186,12 +187,12 @@ def backfill(
     sp_probe = _probe(sp_arrow)
     _check_time_column(ev_probe, fs.timestamp, "events")
     _check_time_column(sp_probe, time, "spine")
-    _check_key_column(ev_probe, fs.entity, "events")
+    _check_key_column(ev_probe, fs.entity_columns[0], "events")
     _check_key_column(sp_probe, key, "spine")
-    fs._spec.backfill(ev_probe, sp_probe, key, time, None)
+    fs._spec.backfill(ev_probe, sp_probe, [key], time, None)
 
     value_cols = [c for c, _ in fs._spec.value_columns]
-    ev_cols = list(dict.fromkeys([fs.entity, fs.timestamp, *value_cols]))
+    ev_cols = list(dict.fromkeys([fs.entity_columns[0], fs.timestamp, *value_cols]))
 
     # 2. nulls and hot keys: one aggregation job per input
     if check:
@@ -199,7 +200,7 @@ def backfill(
 
     # 3. bucket, shuffle, the engine per bucket
     ev = events_df.select(*ev_cols)
-    ev = ev.withColumn(BUCKET, bucket_column(ev, fs.entity, partitions)).repartition(
+    ev = ev.withColumn(BUCKET, bucket_column(ev, fs.entity_columns[0], partitions)).repartition(
         partitions, BUCKET
     )
     sp = spine_df.withColumn(BUCKET, bucket_column(spine_df, key, partitions)).repartition(
@@ -251,7 +252,7 @@ def _check_data(
     hot_key_events: int | None,
 ) -> None:
     F = _require_pyspark()
-    ent, ts = fs.entity, fs.timestamp
+    ent, ts = fs.entity_columns[0], fs.timestamp
     per_key = events_df.groupBy(ent).agg(
         F.count(F.lit(1)).alias("n"), F.count(F.col(ts)).alias("n_ts")
     )

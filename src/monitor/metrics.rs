@@ -25,7 +25,7 @@
 //! without rows, the distribution metrics of a window without non-null values (or of a
 //! reference column without any), and the numeric-only metrics of a categorical column.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::counts::Counts;
 use super::reference::ColumnRef;
@@ -35,7 +35,7 @@ use super::stats::{chi2_sf, kolmogorov_sf};
 pub const PSI_EPSILON: f64 = 1e-4;
 
 /// A metric's name, as triggers and reports spell it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     Psi,

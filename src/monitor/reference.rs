@@ -115,9 +115,13 @@ impl ColumnRef {
         let nulls = (values.len() - v.len()) as u64;
         let n = v.len();
         let edges = quantile_edges(&mut v, bins);
-        let (min, max) = match (v.first(), v.last()) {
-            (Some(&a), Some(&b)) if n > 0 => (Some(a), Some(b)),
-            _ => (None, None),
+        let (min, max) = if n > 0 {
+            (
+                Some(v.iter().copied().fold(f64::INFINITY, f64::min)),
+                Some(v.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+            )
+        } else {
+            (None, None)
         };
         let mut counts = Counts::new(edges.len() + 1);
         let (lo, hi) = (
@@ -243,17 +247,23 @@ impl ColumnRef {
     }
 }
 
-/// Quantile edges of `v` (sorted in place): the values at ranks `floor(i * n / bins)` for
-/// `i = 1..bins`, above the minimum, without repeats.
+/// Quantile edges of `v` (reordered in place): the values at ranks `floor(i * n / bins)` for
+/// `i = 1..bins` in sorted order, above the minimum, without repeats. The order statistics are
+/// found by recursive selection (O(n log bins)), not a full sort.
 fn quantile_edges(v: &mut [f64], bins: usize) -> Vec<f64> {
-    v.sort_unstable_by(f64::total_cmp);
     let n = v.len();
     let mut edges: Vec<f64> = Vec::with_capacity(bins.saturating_sub(1));
-    let Some(&lo) = v.first() else {
+    if n == 0 {
         return edges;
-    };
-    for i in 1..bins {
-        let r = ((i as u128 * n as u128) / bins as u128) as usize;
+    }
+    let mut ranks: Vec<usize> = (1..bins)
+        .map(|i| ((i as u128 * n as u128) / bins as u128) as usize)
+        .filter(|&r| r < n)
+        .collect();
+    ranks.dedup();
+    select_ranks(v, &ranks);
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    for &r in &ranks {
         let Some(&e) = v.get(r) else { break };
         // -0.0 and 0.0 are one edge
         let e = if e == 0.0 { 0.0 } else { e };
@@ -262,6 +272,28 @@ fn quantile_edges(v: &mut [f64], bins: usize) -> Vec<f64> {
         }
     }
     edges
+}
+
+/// Reorder `v` so that `v[r]` is its `r`-th smallest value for every `r` in `ranks` (sorted).
+fn select_ranks(v: &mut [f64], ranks: &[usize]) {
+    let Some(&mid) = ranks.get(ranks.len() / 2) else {
+        return;
+    };
+    if mid >= v.len() {
+        return;
+    }
+    v.select_nth_unstable_by(mid, f64::total_cmp);
+    let (left, right) = v.split_at_mut(mid);
+    let below: Vec<usize> = ranks.iter().copied().filter(|&r| r < mid).collect();
+    let above: Vec<usize> = ranks
+        .iter()
+        .filter(|&&r| r > mid)
+        .map(|&r| r - mid - 1)
+        .collect();
+    select_ranks(left, &below);
+    if let Some(rest) = right.get_mut(1..) {
+        select_ranks(rest, &above);
+    }
 }
 
 /// A fitted reference: every monitored column, in order.
@@ -375,5 +407,33 @@ mod tests {
         assert_eq!((*min, *max), (Some(0.0), Some(9.0)));
         let r = Reference::new(None, 100, vec![c]).unwrap();
         assert_eq!(Reference::from_json(&r.to_json()).unwrap(), r);
+    }
+
+    #[test]
+    fn selection_finds_the_sorted_ranks() {
+        let mut s = 12345u64;
+        for n in [1usize, 2, 3, 19, 20, 21, 100, 997] {
+            for bins in [1usize, 2, 7, 20, 50] {
+                let v: Vec<f64> = (0..n)
+                    .map(|_| {
+                        s = s
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ((s >> 33) % 13) as f64 - 6.0
+                    })
+                    .collect();
+                let mut sorted = v.clone();
+                sorted.sort_by(f64::total_cmp);
+                let mut want: Vec<f64> = Vec::new();
+                for i in 1..bins {
+                    let e = sorted[i * n / bins];
+                    if e > sorted[0] && want.last().is_none_or(|&l| e > l) {
+                        want.push(e);
+                    }
+                }
+                let mut w = v.clone();
+                assert_eq!(quantile_edges(&mut w, bins), want, "n={n} bins={bins}");
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ use super::metrics::Metric;
 use crate::error::{Error, Result};
 
 /// What a trigger watches and when it fires.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TriggerSpec {
     pub metric: Metric,
     /// Index of the reference column.
@@ -71,7 +71,7 @@ pub struct TriggerCounters {
 }
 
 /// A trigger's state machine.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Trigger {
     pub spec: TriggerSpec,
     pub alerting: bool,

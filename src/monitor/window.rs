@@ -18,12 +18,17 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use super::counts::Counts;
 use super::metrics::{compute, Metrics};
 use super::reference::Reference;
 use super::trigger::{Transition, Trigger, TriggerSpec};
 use crate::error::{Error, Result};
 use crate::time::{floor_div, format_duration, iso};
+
+/// The most steps a window may hold (`window / step`).
+pub const MAX_STEPS_PER_WINDOW: i64 = 10_000;
 
 /// A trigger that fired.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,7 +42,7 @@ pub struct Fired {
 }
 
 /// Counters of the monitor.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonitorStats {
     pub rows_applied: u64,
     pub rows_late: u64,
@@ -45,9 +50,13 @@ pub struct MonitorStats {
     pub panes: usize,
 }
 
+/// The version of the monitor state document (`Monitor::to_json`).
+pub const MONITOR_STATE_VERSION: u32 = 1;
+
 /// The online drift monitor.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Monitor {
+    #[serde(skip, default = "empty_reference")]
     reference: Reference,
     window: i64,
     step: i64,
@@ -63,7 +72,75 @@ pub struct Monitor {
     stats: MonitorStats,
 }
 
+fn empty_reference() -> Reference {
+    Reference {
+        version: super::reference::REFERENCE_VERSION,
+        feature_set: None,
+        rows: 0,
+        columns: Vec::new(),
+    }
+}
+
+/// The state document: the reference's own document, then the monitor's state.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateDoc {
+    version: u32,
+    reference: String,
+    monitor: Monitor,
+}
+
 impl Monitor {
+    /// The whole state (reference, windows' counts, watermark, triggers and their state,
+    /// counters) as a versioned JSON document: [`Monitor::from_json`] continues exactly.
+    pub fn to_json(&self) -> String {
+        let doc = StateDoc {
+            version: MONITOR_STATE_VERSION,
+            reference: self.reference.to_json(),
+            monitor: self.clone(),
+        };
+        serde_json::to_string(&doc).unwrap_or_default()
+    }
+
+    /// A monitor from [`Monitor::to_json`]; anything else (corrupted, truncated, newer) is a
+    /// snapshot error.
+    pub fn from_json(text: &str) -> Result<Monitor> {
+        let bad = |m: String| Error::snapshot("monitor state", m);
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v > MONITOR_STATE_VERSION as u64 => {
+                return Err(bad(format!(
+                "version {v} is newer than this rtml reads ({MONITOR_STATE_VERSION}): upgrade rtml"
+            )))
+            }
+            Some(1) => {}
+            other => return Err(bad(format!("unknown version {other:?}"))),
+        }
+        let doc: StateDoc = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        let reference = Reference::from_json(&doc.reference).map_err(|e| bad(e.to_string()))?;
+        let mut m = doc.monitor;
+        let fresh = Monitor::new(reference, m.window, m.step, m.lateness)
+            .map_err(|e| bad(e.to_string()))?;
+        let bins: Vec<usize> = fresh.reference.columns.iter().map(|c| c.n_bins()).collect();
+        let fits = |cs: &Vec<Counts>| {
+            cs.len() == bins.len() && cs.iter().zip(&bins).all(|(c, &b)| c.bins.len() == b)
+        };
+        if !m.panes.values().all(fits) {
+            return Err(bad("window counts do not fit the reference's bins".into()));
+        }
+        for t in &m.triggers {
+            t.spec.check().map_err(|e| bad(e.to_string()))?;
+            if t.spec.column >= bins.len() {
+                return Err(bad(
+                    "a trigger watches a column the reference does not have".into(),
+                ));
+            }
+        }
+        m.reference = fresh.reference;
+        Ok(m)
+    }
+
     /// `window`, `step`, `lateness`: ns; `window` a positive multiple of `step`.
     pub fn new(reference: Reference, window: i64, step: i64, lateness: i64) -> Result<Monitor> {
         if step <= 0 || window <= 0 {
@@ -75,6 +152,18 @@ impl Monitor {
                 format!(
                     "the window ({}) must be a whole number of steps ({})",
                     format_duration(window),
+                    format_duration(step)
+                ),
+            ));
+        }
+        if window / step > MAX_STEPS_PER_WINDOW {
+            return Err(Error::spec(
+                "step",
+                format!(
+                    "a window of {} holds {} steps of {}: at most {MAX_STEPS_PER_WINDOW} \
+                     (each closed window sums its steps' counts)",
+                    format_duration(window),
+                    window / step,
                     format_duration(step)
                 ),
             ));

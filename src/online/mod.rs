@@ -20,7 +20,7 @@
 //! reflects a whole number of batches for that key.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -234,7 +234,8 @@ impl Shard {
 /// What one ingest at a time owns: the stream position and counters.
 #[derive(Clone, Debug)]
 pub struct Meta {
-    key_is_int: Option<bool>,
+    /// The kind of the keys held ([`crate::key`]), fixed by the first key.
+    key_kind: Option<u64>,
     watermark: i64,
     counters: Counters,
     last_sweep: i64,
@@ -250,8 +251,8 @@ pub struct Engine {
     meta: Mutex<Meta>,
     /// Published copy of the watermark for readers (i64::MIN before the first event).
     watermark: AtomicI64,
-    /// Published key kind: 0 none yet, 1 integers, 2 strings.
-    kind: AtomicU8,
+    /// Published key kind ([`crate::key`]): 0 none yet.
+    kind: AtomicU64,
 }
 
 impl Engine {
@@ -261,14 +262,14 @@ impl Engine {
             plan,
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             meta: Mutex::new(Meta {
-                key_is_int: None,
+                key_kind: None,
                 watermark: i64::MIN,
                 counters: Counters::default(),
                 last_sweep: i64::MIN,
                 guard: Guard::default(),
             }),
             watermark: AtomicI64::new(i64::MIN),
-            kind: AtomicU8::new(0),
+            kind: AtomicU64::new(0),
         }
     }
 
@@ -280,12 +281,8 @@ impl Engine {
     /// Make `meta`'s watermark and key kind visible to readers.
     fn publish(&self, meta: &Meta) {
         self.watermark.store(meta.watermark, Ordering::Release);
-        let kind = match meta.key_is_int {
-            None => 0,
-            Some(true) => 1,
-            Some(false) => 2,
-        };
-        self.kind.store(kind, Ordering::Release);
+        self.kind
+            .store(meta.key_kind.unwrap_or(0), Ordering::Release);
     }
 
     pub fn spec(&self) -> &Spec {
@@ -318,26 +315,44 @@ impl Engine {
         self.meta.try_lock()
     }
 
-    /// Check that a key kind matches what this engine holds.
-    pub fn check_key_kind(&self, is_int: bool) -> Result<()> {
-        let held = match self.kind.load(Ordering::Acquire) {
-            1 => Some(true),
-            2 => Some(false),
-            _ => None,
-        };
-        self.check_kind(held, is_int)
+    /// The kind of a key ([`crate::key`]) for this engine's entity.
+    #[inline]
+    pub fn kind_of(&self, key: KeyRef<'_>) -> u64 {
+        crate::key::kind_of(key, self.plan.spec.entity.parts())
     }
 
-    fn check_kind(&self, held: Option<bool>, is_int: bool) -> Result<()> {
+    /// Check that a key kind ([`crate::key`]) matches what this engine holds.
+    pub fn check_key_kind(&self, kind: u64) -> Result<()> {
+        let held = match self.kind.load(Ordering::Acquire) {
+            0 => None,
+            k => Some(k),
+        };
+        self.check_kind(held, kind)
+    }
+
+    /// Check that `key` is of the kind this engine holds.
+    pub fn check_key(&self, key: KeyRef<'_>) -> Result<()> {
+        self.check_key_kind(self.kind_of(key))
+    }
+
+    /// The kind of the keys held (`None` before the first key).
+    pub fn key_kind(&self) -> Option<u64> {
+        match self.kind.load(Ordering::Acquire) {
+            0 => None,
+            k => Some(k),
+        }
+    }
+
+    fn check_kind(&self, held: Option<u64>, kind: u64) -> Result<()> {
         match held {
-            Some(k) if k != is_int => {
-                let kind = |int: bool| if int { "integer" } else { "string" };
+            Some(k) if k != kind => {
+                let entity = &self.plan.spec.entity;
                 Err(Error::schema(
-                    &self.plan.spec.entity,
+                    entity,
                     format!(
                         "this engine holds {} keys, got {} keys",
-                        kind(k),
-                        kind(is_int)
+                        entity.describe_kind(k),
+                        entity.describe_kind(kind)
                     ),
                 ))
             }
@@ -372,11 +387,11 @@ impl Engine {
     }
 
     fn ingest_with(&self, meta: &mut Meta, events: &Events<'_>, rules: Rules) -> Result<Ingested> {
-        let Some(is_int) = events.key_is_int() else {
+        let Some(kind) = events.key_kind() else {
             return Ok(Ingested::default());
         };
-        self.check_kind(meta.key_is_int, is_int)?;
-        meta.key_is_int = Some(is_int);
+        self.check_kind(meta.key_kind, kind)?;
+        meta.key_kind = Some(kind);
         let plan = &*self.plan;
         let lateness = plan.spec.allowed_lateness;
         let mut report = Ingested::default();
@@ -486,8 +501,9 @@ impl Engine {
         id: Option<EventId>,
     ) -> Result<Ingested> {
         debug_assert_eq!(vals.len(), self.plan.columns.len());
-        self.check_kind(meta.key_is_int, key.is_int())?;
-        meta.key_is_int = Some(key.is_int());
+        let kind = self.kind_of(key);
+        self.check_kind(meta.key_kind, kind)?;
+        meta.key_kind = Some(kind);
         let plan = &*self.plan;
         let lateness = plan.spec.allowed_lateness;
         let mut report = Ingested::default();
@@ -586,7 +602,7 @@ impl Engine {
 
     /// Features of `key` at instant `t` (NaN = null) into `out`.
     pub fn get(&self, key: KeyRef<'_>, t: i64, out: &mut [f64]) -> Result<()> {
-        self.check_key_kind(key.is_int())?;
+        self.check_key(key)?;
         let s = t.min(self.settle_point());
         if let Some(r) = self
             .shard(key)

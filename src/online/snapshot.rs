@@ -133,7 +133,9 @@ pub fn encode(engine: &Engine, path: &Path) -> Result<Vec<u8>> {
     let shards: Vec<_> = engine.shards.iter().map(|s| s.read()).collect();
     let body = BodyRef {
         spec: engine.plan.spec.to_json(),
-        key_is_int: meta.key_is_int,
+        // A composite key's kind is read back from the keys themselves (their encoding holds
+        // it): the format stays as it was.
+        key_is_int: meta.key_kind.map(|k| k == crate::key::KIND_INT),
         watermark: meta.watermark,
         counters: CountersV2 {
             events_ingested: meta.counters.events_ingested,
@@ -269,6 +271,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Engine> {
             }
             engine.shard(k.as_ref()).write().keys.insert(k, s);
         }
+        composite_kind(&engine, path)?;
         return Ok(engine);
     }
     let (body, extra) = if version == 2 {
@@ -310,7 +313,38 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Engine> {
         }
         engine.shard(k.as_ref()).write().keys.insert(k, s);
     }
+    composite_kind(&engine, path)?;
     Ok(engine)
+}
+
+/// A composite-key engine's key kind, from its keys (each a valid encoding of the entity's
+/// parts, all of one kind); nothing for a single-key engine.
+fn composite_kind(engine: &Engine, path: &Path) -> Result<()> {
+    let entity = &engine.plan.spec.entity;
+    if !entity.is_composite() {
+        return Ok(());
+    }
+    let mut kind = None;
+    for shard in engine.shards.iter() {
+        for k in shard.read().keys.keys() {
+            let ok = match k {
+                Key::Str(s) => crate::key::decode(s).is_some_and(|p| p.len() == entity.parts()),
+                Key::Int(_) => false,
+            };
+            let this = engine.kind_of(k.as_ref());
+            if !ok || kind.is_some_and(|prev| prev != this) {
+                return Err(Error::snapshot(
+                    path,
+                    format!("a stored key does not fit the composite entity {entity}"),
+                ));
+            }
+            kind = Some(this);
+        }
+    }
+    let mut meta = engine.ingest_lock();
+    meta.key_kind = kind;
+    engine.publish(&meta);
+    Ok(())
 }
 
 /// A key's state is one this engine could have written: not settled past the stream's settled
@@ -332,7 +366,11 @@ fn engine_from<S>(path: &Path, body: &Body<S>) -> Result<Engine> {
     let engine = Engine::new(Arc::new(Plan::new(spec)));
     {
         let mut meta = engine.ingest_lock();
-        meta.key_is_int = body.key_is_int;
+        meta.key_kind = match (engine.plan.spec.entity.is_composite(), body.key_is_int) {
+            (true, _) | (false, None) => None,
+            (false, Some(true)) => Some(crate::key::KIND_INT),
+            (false, Some(false)) => Some(crate::key::KIND_STR),
+        };
         meta.watermark = body.watermark;
         meta.counters = Counters {
             events_ingested: body.counters.events_ingested,

@@ -186,7 +186,7 @@ fn observe(eng: &Engine, str_keys: bool, queries: &[i64]) -> (Vec<String>, Strin
     let meta = eng.meta.lock().clone();
     let head = format!(
         "{:?} {} {:?} {} {}",
-        meta.key_is_int,
+        meta.key_kind,
         meta.watermark,
         meta.counters,
         meta.last_sweep,

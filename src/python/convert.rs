@@ -4,13 +4,14 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{
     PyBool, PyDate, PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyFloat, PyInt,
-    PyString, PyTimeAccess, PyTzInfoAccess,
+    PyList, PyString, PyTimeAccess, PyTuple, PyTzInfoAccess,
 };
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::input::{check_number, string_identity, EventId, Events, KeyArr, KeyRef};
 use crate::plan::{ColKind, Plan};
+use crate::spec::Entity;
 use crate::state::NULL;
 use crate::time::{unit_factor, NS_PER_S, NS_PER_US};
 
@@ -63,6 +64,69 @@ pub fn key(obj: &Bound<'_, PyAny>, entity: &str) -> Result<PyKey> {
         KeyRef::Int(i) => PyKey::Int(i),
         KeyRef::Str(s) => PyKey::Str(s.to_string()),
     })
+}
+
+/// The encoded composite key ([`crate::key`]) of a Python tuple (or list) with one int or str
+/// per part of `entity`, and its kind.
+fn composite_key(obj: &Bound<'_, PyAny>, entity: &Entity) -> Result<(String, u64)> {
+    let cols = entity.columns();
+    let items: Vec<Bound<'_, PyAny>> = if let Ok(t) = obj.cast::<PyTuple>() {
+        t.iter().collect()
+    } else if let Ok(l) = obj.cast::<PyList>() {
+        l.iter().collect()
+    } else {
+        return Err(Error::schema(
+            entity,
+            format!(
+                "a composite key is a tuple with one int or str per column {}, got {}",
+                entity,
+                type_name(obj)
+            ),
+        ));
+    };
+    if items.len() != cols.len() {
+        return Err(Error::schema(
+            entity,
+            format!(
+                "a composite key is a tuple of {} parts {}, got {} part(s)",
+                cols.len(),
+                entity,
+                items.len()
+            ),
+        ));
+    }
+    let mut out = String::new();
+    let mut ints = SmallVec::<[bool; 4]>::new();
+    for (item, col) in items.iter().zip(cols) {
+        let k = key_ref(item, col)?;
+        ints.push(k.is_int());
+        crate::key::push_part(&mut out, k);
+    }
+    Ok((out, crate::key::kind_of_parts(ints)))
+}
+
+/// The key of `entity` from Python: an int or str for a single key; for a composite key, a
+/// tuple (or list) with one int or str per part, encoded ([`crate::key`]).
+pub fn entity_key(obj: &Bound<'_, PyAny>, entity: &Entity) -> Result<PyKey> {
+    match entity.single() {
+        Some(name) => key(obj, name),
+        None => Ok(PyKey::Str(composite_key(obj, entity)?.0)),
+    }
+}
+
+/// [`entity_key`] handed to `f` without copying a single key.
+pub fn with_entity_key<R>(
+    obj: &Bound<'_, PyAny>,
+    entity: &Entity,
+    f: impl FnOnce(KeyRef<'_>) -> R,
+) -> Result<R> {
+    match entity.single() {
+        Some(name) => Ok(f(key_ref(obj, name)?)),
+        None => {
+            let (k, _) = composite_key(obj, entity)?;
+            Ok(f(KeyRef::Str(&k)))
+        }
+    }
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
@@ -383,7 +447,8 @@ fn is_pandas_missing(obj: &Bound<'_, PyAny>) -> bool {
 /// The field names a row dict is read by, as interned Python strings (made once per engine:
 /// a lookup by an interned string hashes nothing and usually compares by pointer).
 pub struct RowNames {
-    pub entity: Py<PyString>,
+    /// The key column(s).
+    pub entity: Vec<Py<PyString>>,
     timestamp: Py<PyString>,
     columns: Vec<Py<PyString>>,
     /// The event-id column (`dedupe_on`).
@@ -394,7 +459,7 @@ impl RowNames {
     pub fn new(py: Python<'_>, plan: &Plan) -> RowNames {
         let name = |s: &str| PyString::intern(py, s).unbind();
         RowNames {
-            entity: name(&plan.spec.entity),
+            entity: plan.spec.entity.columns().iter().map(|c| name(c)).collect(),
             timestamp: name(&plan.spec.timestamp),
             columns: plan.columns.iter().map(|c| name(&c.name)).collect(),
             id: plan.spec.dedupe_on.as_deref().map(name),
@@ -525,6 +590,24 @@ struct ColSeen {
     first_nan: Option<usize>,
 }
 
+/// The key of row `i` of a composite entity: encoded, with its kind.
+fn row_composite_key(
+    plan: &Plan,
+    names: &RowNames,
+    d: &Bound<'_, PyDict>,
+    i: usize,
+) -> Result<(String, u64)> {
+    let mut out = String::new();
+    let mut ints = SmallVec::<[bool; 4]>::new();
+    for (col, name) in plan.spec.entity.columns().iter().zip(&names.entity) {
+        let obj = cell(d, name, col, i)?;
+        let k = key_ref(&obj, col)?;
+        ints.push(k.is_int());
+        crate::key::push_part(&mut out, k);
+    }
+    Ok((out, crate::key::kind_of_parts(ints)))
+}
+
 /// One event row given as a dict, checked, handed to `f` as (key, time, one word per plan
 /// column) without copying the key. Same checks and messages as [`rows`] on a one-row list.
 /// `key_obj` is the row's key cell if the caller already looked it up (None: look it up).
@@ -536,11 +619,21 @@ pub fn with_row<R>(
     f: impl FnOnce(KeyRef<'_>, i64, Zone, &[u64], Option<EventId>) -> R,
 ) -> Result<R> {
     let spec = &plan.spec;
-    let kobj = match key_obj {
-        Some(k) => k,
-        None => cell(d, &names.entity, &spec.entity, 0)?,
+    let kobj;
+    let composite;
+    let k = match (spec.entity.single(), names.entity.as_slice()) {
+        (Some(single), [entity]) => {
+            kobj = match key_obj {
+                Some(k) => k,
+                None => cell(d, entity, single, 0)?,
+            };
+            key_ref(&kobj, single)?
+        }
+        _ => {
+            composite = row_composite_key(plan, names, d, 0)?.0;
+            KeyRef::Str(&composite)
+        }
     };
-    let k = key_ref(&kobj, &spec.entity)?;
     let mut vals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, plan.columns.len());
     let (ts, zone) = row_rest(plan, names, d, 0, &mut vals, None)?;
     let id = row_id(plan, names, d, 0)?;
@@ -565,32 +658,42 @@ pub fn rows<'py>(
     let mut seen = vec![ColSeen::default(); plan.columns.len()];
     let mut zone: Option<Zone> = None;
     let mut ids = Vec::new();
+    let single = match (spec.entity.single(), names.entity.as_slice()) {
+        (Some(col), [name]) => Some((col, name)),
+        _ => None,
+    };
+    let mut composite_kind: Option<u64> = None;
     for (i, row) in rows.iter().enumerate() {
         let d = row_dict(plan, row, i)?;
-        match key(&cell(d, &names.entity, &spec.entity, i)?, &spec.entity)? {
-            PyKey::Int(k) if strs.is_empty() => ints.push(k),
-            PyKey::Str(k) if ints.is_empty() => strs.push(k),
-            _ => {
-                return Err(Error::schema(
-                    &spec.entity,
-                    format!("row {i}: mixes integer and string keys"),
-                ))
+        match single {
+            Some((col, name)) => match key(&cell(d, name, col, i)?, col)? {
+                PyKey::Int(k) if strs.is_empty() => ints.push(k),
+                PyKey::Str(k) if ints.is_empty() => strs.push(k),
+                _ => {
+                    return Err(Error::schema(
+                        &spec.entity,
+                        format!("row {i}: mixes integer and string keys"),
+                    ))
+                }
+            },
+            None => {
+                let (k, kind) = row_composite_key(plan, names, d, i)?;
+                if let Some(prev) = composite_kind.filter(|&prev| prev != kind) {
+                    return Err(Error::schema(
+                        &spec.entity,
+                        format!(
+                            "row {i}: key parts {} differ from earlier rows' {}",
+                            spec.entity.describe_kind(kind),
+                            spec.entity.describe_kind(prev)
+                        ),
+                    ));
+                }
+                composite_kind = Some(kind);
+                strs.push(k);
             }
         }
         let (t, z) = row_rest(plan, names, d, i, &mut vals, Some(&mut seen))?;
-        match zone {
-            Some(prev) if prev.clash(z) => {
-                return Err(Error::schema(
-                    &spec.timestamp,
-                    format!(
-                        "row {i}: {}",
-                        zone_clash_message(z, &format!("earlier rows hold {}", prev.describe()))
-                    ),
-                ))
-            }
-            Some(Zone::Epoch) | None => zone = Some(z),
-            Some(_) => {}
-        }
+        zone = check_row_zone(spec, zone, z, i)?;
         if let Some(id) = row_id(plan, names, d, i)? {
             ids.push(id);
         }
@@ -607,13 +710,33 @@ pub fn rows<'py>(
     }
     let mut events = Events::empty(plan.columns.len());
     if n > 0 {
-        let keys = if ints.is_empty() {
-            KeyArr::Owned(strs)
-        } else {
-            KeyArr::Int(ints)
+        let keys = match composite_kind {
+            Some(kind) => KeyArr::Composite(strs, kind),
+            None if ints.is_empty() => KeyArr::Owned(strs),
+            None => KeyArr::Int(ints),
         };
         let _ = events.push(keys, ts, values);
         events.ids = ids;
     }
     Ok((events, zone.unwrap_or(Zone::Epoch)))
+}
+
+/// The clock of the rows so far after row `i` (on clock `z`): naive and aware never mix.
+fn check_row_zone(
+    spec: &crate::spec::Spec,
+    zone: Option<Zone>,
+    z: Zone,
+    i: usize,
+) -> Result<Option<Zone>> {
+    match zone {
+        Some(prev) if prev.clash(z) => Err(Error::schema(
+            &spec.timestamp,
+            format!(
+                "row {i}: {}",
+                zone_clash_message(z, &format!("earlier rows hold {}", prev.describe()))
+            ),
+        )),
+        Some(Zone::Epoch) | None => Ok(Some(z)),
+        Some(prev) => Ok(Some(prev)),
+    }
 }

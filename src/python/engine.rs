@@ -122,7 +122,7 @@ impl PyEngine {
         buf: &mut [f64],
         mask: Option<&[bool]>,
     ) -> PyResult<()> {
-        self.inner.check_key_kind(key.is_int()).py_err()?;
+        self.inner.check_key(key).py_err()?;
         let s = t.min(self.inner.settle_point());
         let plan = &*self.plan;
         let shard = self.shard_read(py, key);
@@ -164,20 +164,22 @@ impl PyEngine {
         mask: Option<&[bool]>,
         f: impl FnOnce(&[f64]) -> PyResult<R>,
     ) -> PyResult<R> {
-        let k = convert::key_ref(key, &self.plan.spec.entity).py_err()?;
-        let t = self.at(at)?;
-        let n = self.plan.n_features();
-        let mut out = [0f64; 32];
-        let mut heap;
-        let buf: &mut [f64] = match out.get_mut(..n) {
-            Some(b) => b,
-            None => {
-                heap = vec![0f64; n];
-                &mut heap
-            }
-        };
-        self.features_at(py, k, t, buf, mask)?;
-        f(buf)
+        convert::with_entity_key(key, &self.plan.spec.entity, |k| {
+            let t = self.at(at)?;
+            let n = self.plan.n_features();
+            let mut out = [0f64; 32];
+            let mut heap;
+            let buf: &mut [f64] = match out.get_mut(..n) {
+                Some(b) => b,
+                None => {
+                    heap = vec![0f64; n];
+                    &mut heap
+                }
+            };
+            self.features_at(py, k, t, buf, mask)?;
+            f(buf)
+        })
+        .py_err()?
     }
 
     fn at(&self, at: Option<&Bound<'_, PyAny>>) -> PyResult<i64> {
@@ -224,7 +226,23 @@ pub(super) fn row_dict<'py>(
     Ok(d)
 }
 
-/// The `get_many` result: the key column, then one column per feature (`cols`, NaN = null).
+/// A key column: int64 if every key is an integer, else strings.
+fn key_column<'k>(keys: impl Iterator<Item = KeyRef<'k>> + Clone) -> ArrayRef {
+    if keys.clone().all(|k| k.is_int()) {
+        Arc::new(Int64Array::from_iter_values(keys.map(|k| match k {
+            KeyRef::Int(i) => i,
+            KeyRef::Str(_) => 0,
+        })))
+    } else {
+        Arc::new(StringArray::from_iter_values(keys.map(|k| match k {
+            KeyRef::Str(s) => s.to_string(),
+            KeyRef::Int(i) => i.to_string(),
+        })))
+    }
+}
+
+/// The `get_many` result: the key column(s), then one column per feature (`cols`, NaN = null).
+/// A composite key gives one column per part, named as the entity's columns.
 pub(super) fn features_table<'py>(
     py: Python<'py>,
     plan: &Plan,
@@ -232,18 +250,25 @@ pub(super) fn features_table<'py>(
     cols: Vec<Vec<f64>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let entity = &plan.spec.entity;
-    let key_array: ArrayRef = if keys.iter().all(|k| matches!(k, PyKey::Int(_))) {
-        Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| match k {
-            PyKey::Int(i) => *i,
-            PyKey::Str(_) => 0,
-        })))
+    let key_arrays: Vec<ArrayRef> = if entity.is_composite() {
+        let decoded: Vec<smallvec::SmallVec<[KeyRef<'_>; 4]>> = keys
+            .iter()
+            .map(|k| match k.as_ref() {
+                KeyRef::Str(s) => crate::key::decode(s).unwrap_or_default(),
+                KeyRef::Int(_) => smallvec::SmallVec::new(),
+            })
+            .collect();
+        (0..entity.parts())
+            .map(|j| {
+                key_column(
+                    decoded
+                        .iter()
+                        .map(move |p| p.get(j).copied().unwrap_or(KeyRef::Str(""))),
+                )
+            })
+            .collect()
     } else {
-        Arc::new(StringArray::from_iter_values(keys.iter().map(
-            |k| match k {
-                PyKey::Str(s) => s.clone(),
-                PyKey::Int(i) => i.to_string(),
-            },
-        )))
+        vec![key_column(keys.iter().map(PyKey::as_ref))]
     };
     let features = cols.into_iter().zip(&plan.outputs).map(|(c, o)| {
         if o.integer {
@@ -254,9 +279,12 @@ pub(super) fn features_table<'py>(
             Column::Float(ScalarBuffer::from(c), true)
         }
     });
-    let names =
-        std::iter::once(entity.as_str()).chain(plan.spec.features.iter().map(|f| f.name.as_str()));
-    let columns = names.zip(std::iter::once(Column::Array(key_array)).chain(features));
+    let names = entity
+        .columns()
+        .iter()
+        .map(String::as_str)
+        .chain(plan.spec.features.iter().map(|f| f.name.as_str()));
+    let columns = names.zip(key_arrays.into_iter().map(Column::Array).chain(features));
     let batch = arrow::batch(columns, keys.len())?;
     let rb = PyRecordBatch::new(batch).into_pyarrow(py)?;
     py.import("pyarrow")?
@@ -426,7 +454,7 @@ impl PyEngine {
             let entity = &self.plan.spec.entity;
             let keys: Vec<PyKey> = keys
                 .try_iter()?
-                .map(|k| k.and_then(|k| convert::key(&k, entity).py_err()))
+                .map(|k| k.and_then(|k| convert::entity_key(&k, entity).py_err()))
                 .collect::<PyResult<_>>()?;
             let times: Vec<i64> = match at {
                 Some(a) if a.is_instance_of::<PyList>() || a.is_instance_of::<PyTuple>() => {
@@ -461,11 +489,13 @@ impl PyEngine {
     /// Whether the engine holds state for `key` (an entity seen and not evicted).
     fn contains(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         entry(Some(&self.poison), || {
-            let k = convert::key_ref(key, &self.plan.spec.entity).py_err()?;
-            if self.inner.check_key_kind(k.is_int()).is_err() {
-                return Ok(false);
-            }
-            Ok(self.shard_read(py, k).contains(k))
+            convert::with_entity_key(key, &self.plan.spec.entity, |k| {
+                if self.inner.check_key(k).is_err() {
+                    return false;
+                }
+                self.shard_read(py, k).contains(k)
+            })
+            .py_err()
         })
     }
 

@@ -85,9 +85,20 @@ impl PySpec {
             .collect()
     }
 
+    /// The key column (a str), or the key columns of a composite key (a list of str).
     #[getter]
-    fn entity(&self) -> String {
-        self.plan.spec.entity.clone()
+    fn entity<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let e = &self.plan.spec.entity;
+        Ok(match e.single() {
+            Some(one) => one.into_pyobject(py)?.into_any(),
+            None => e.columns().into_pyobject(py)?.into_any(),
+        })
+    }
+
+    /// The key columns, in key order (one for a single key).
+    #[getter]
+    fn entity_columns(&self) -> Vec<String> {
+        self.plan.spec.entity.columns().to_vec()
     }
 
     #[getter]
@@ -128,13 +139,13 @@ impl PySpec {
         py: Python<'py>,
         events: PyTable,
         spine: PyTable,
-        key: &str,
+        key: Vec<String>,
         time: &str,
         progress: Option<Bound<'py, PyAny>>,
         arrival: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         entry(None, || {
-            self.backfill_inner(py, events, spine, key, time, progress, arrival)
+            self.backfill_inner(py, events, spine, &key, time, progress, arrival)
         })
     }
 
@@ -170,7 +181,7 @@ impl PySpec {
     fn __repr__(&self) -> String {
         format!(
             "Spec(entity={:?}, features={:?})",
-            self.plan.spec.entity,
+            self.plan.spec.entity.label(),
             self.plan.spec.feature_names()
         )
     }
@@ -183,7 +194,7 @@ impl PySpec {
         py: Python<'py>,
         events: PyTable,
         spine: PyTable,
-        key: &str,
+        key: &[String],
         time: &str,
         progress: Option<Bound<'py, PyAny>>,
         arrival: Option<String>,

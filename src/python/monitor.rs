@@ -363,6 +363,55 @@ impl PyMonitor {
         Ok(d)
     }
 
+    /// The whole state as a versioned JSON document.
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        entry(Some(&self.poison), || Ok(lock(py, &self.inner).to_json()))
+    }
+
+    #[staticmethod]
+    fn from_json(text: &str) -> PyResult<PyMonitor> {
+        entry(None, || {
+            Ok(PyMonitor {
+                inner: Mutex::new(Monitor::from_json(text).py_err()?),
+                poison: Poison::default(),
+            })
+        })
+    }
+
+    /// (metric, column, above, below, for_, cooldown, min_samples) per trigger.
+    #[allow(clippy::type_complexity)]
+    fn trigger_specs(
+        &self,
+        py: Python<'_>,
+    ) -> Vec<(&'static str, String, f64, f64, i64, i64, u64)> {
+        let m = lock(py, &self.inner);
+        m.triggers()
+            .iter()
+            .map(|t| {
+                let s = &t.spec;
+                let col = m
+                    .reference()
+                    .columns
+                    .get(s.column)
+                    .map_or(String::new(), |c| c.name().to_string());
+                (
+                    s.metric.name(),
+                    col,
+                    s.above,
+                    s.below,
+                    s.for_,
+                    s.cooldown,
+                    s.min_samples,
+                )
+            })
+            .collect()
+    }
+
+    /// The reference's document.
+    fn reference_json(&self, py: Python<'_>) -> String {
+        lock(py, &self.inner).reference().to_json()
+    }
+
     #[getter]
     fn watermark(&self, py: Python<'_>) -> Option<i64> {
         lock(py, &self.inner).watermark()

@@ -75,11 +75,7 @@ pub fn publish_changes<'py>(
             })?;
             Ok((p, items))
         })?;
-        let key_is_int = match (inner.check_key_kind(true), inner.check_key_kind(false)) {
-            (Ok(()), Err(_)) => Some(true),
-            (Err(_), Ok(())) => Some(false),
-            _ => None,
-        };
+        let key_is_int = inner.key_kind().map(|k| k == crate::key::KIND_INT);
         let list = PyList::empty(py);
         for (name, value, last) in items {
             list.append((PyBytes::new(py, &name), PyBytes::new(py, &value), last))?;
@@ -116,7 +112,7 @@ pub struct PyRemoteReader {
 
 impl PyRemoteReader {
     fn key_ref<'a>(&self, key: &'a Bound<'_, PyAny>) -> PyResult<KeyRef<'a>> {
-        let k = convert::key_ref(key, &self.plan.spec.entity).py_err()?;
+        let k = convert::key_ref(key, self.plan.spec.entity.label()).py_err()?;
         self.check_kind(k.is_int())?;
         Ok(k)
     }
@@ -131,7 +127,7 @@ impl PyRemoteReader {
         if held != is_int {
             let kind = |int: bool| if int { "integer" } else { "string" };
             return Err(errors::schema_error(
-                &self.plan.spec.entity,
+                self.plan.spec.entity.label(),
                 format!(
                     "this engine holds {} keys, got {} keys",
                     kind(held),
@@ -345,7 +341,7 @@ impl PyRemoteReader {
             let entity = &self.plan.spec.entity;
             let keys: Vec<PyKey> = keys
                 .try_iter()?
-                .map(|k| k.and_then(|k| convert::key(&k, entity).py_err()))
+                .map(|k| k.and_then(|k| convert::key(&k, entity.label()).py_err()))
                 .collect::<PyResult<_>>()?;
             for k in &keys {
                 self.check_kind(k.as_ref().is_int())?;
@@ -411,7 +407,7 @@ impl PyRemoteReader {
             let entity = &self.plan.spec.entity;
             let keys: Vec<PyKey> = keys
                 .try_iter()?
-                .map(|k| k.and_then(|k| convert::key(&k, entity).py_err()))
+                .map(|k| k.and_then(|k| convert::key(&k, entity.label()).py_err()))
                 .collect::<PyResult<_>>()?;
             if times.len() != keys.len() || values.len() != keys.len() || zones.len() != keys.len()
             {
@@ -525,7 +521,7 @@ impl PyRemoteReader {
             let (names, times, zones) = self.prepare_many(py, keys, at)?;
             let keys: Vec<PyKey> = keys
                 .try_iter()?
-                .map(|k| k.and_then(|k| convert::key(&k, &self.plan.spec.entity).py_err()))
+                .map(|k| k.and_then(|k| convert::key(&k, self.plan.spec.entity.label()).py_err()))
                 .collect::<PyResult<_>>()?;
             let names: Vec<Vec<u8>> = names
                 .iter()
@@ -581,7 +577,7 @@ impl PyRemoteReader {
         key: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         entry(None, || {
-            let k = convert::key_ref(key, &self.plan.spec.entity).py_err()?;
+            let k = convert::key_ref(key, self.plan.spec.entity.label()).py_err()?;
             let name = keystate::store_key(&self.ns, k);
             match conn.get().command(py, &[b"EXISTS", &name])? {
                 Reply::Int(n) => Ok(n > 0),
@@ -879,11 +875,7 @@ pub fn publish_redis(
         }
         let zone = e.zone.load(Ordering::Acquire);
         let inner = &e.inner;
-        let key_is_int = match (inner.check_key_kind(true), inner.check_key_kind(false)) {
-            (Ok(()), Err(_)) => Some(true),
-            (Err(_), Ok(())) => Some(false),
-            _ => None,
-        };
+        let key_is_int = inner.key_kind().map(|k| k == crate::key::KIND_INT);
         let batch = batch.max(1);
         // encode (ingest lock held, GIL released): the commands and where each batch ends
         let (published, buf, cuts) = detached(py, || {

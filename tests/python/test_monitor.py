@@ -430,6 +430,8 @@ def test_monitor_bad_input_is_typed_and_changes_nothing() -> None:
         mon.add_trigger(rm.Trigger("psi", "y", above=1))
     with pytest.raises(rtml.SpecError, match="step"):
         rm.Monitor(ref, window="1h", step="7m")
+    with pytest.raises(rtml.SpecError, match="at most 10000"):
+        rm.Monitor(ref, window="1d", step="1s")
     with pytest.raises(rtml.SchemaError, match="'x'"):
         mon.update({"t": [dt.datetime(2024, 1, 1)], "y": [1.0]})
     assert mon.stats()["rows_applied"] == 0 and mon.watermark is None
@@ -439,3 +441,55 @@ def test_monitor_bad_input_is_typed_and_changes_nothing() -> None:
     with pytest.raises(rtml.QueryError, match="multiples"):
         mon.values(at=dt.datetime(2024, 1, 1, 0, 30))
     assert mon.values(at=dt.datetime(2024, 1, 1, 1))["x"]["rows"] == 1
+
+
+def test_checkpoint_continues_exactly_and_refuses_foreign_bytes() -> None:
+    rng = np.random.default_rng(8)
+    ref = rm.Reference.fit(
+        pa.table({"x": rng.normal(size=5000), "c": rng.choice(["a", "b"], size=5000)})
+    )
+
+    def monitor() -> rm.Monitor:
+        trig = rm.Trigger("psi", "x", above=0.3, below=0.1, for_=20, cooldown=100, min_samples=20)
+        return rm.Monitor(
+            ref, window=40, step=10, allowed_lateness=15, timestamp="t", triggers=[trig]
+        )
+
+    batches = []
+    for k in range(60):
+        shift = 2.0 if 20 <= k < 40 else 0.0
+        t = pa.array(k * 5 + rng.integers(0, 12, size=50), type=pa.timestamp("ns", tz="UTC"))
+        batches.append(
+            pa.table(
+                {
+                    "t": t,
+                    "x": rng.normal(shift, 1, size=50),
+                    "c": rng.choice(["a", "b", "z"], size=50),
+                }
+            )
+        )
+    a = monitor()
+    for b in batches[:30]:
+        a.update(b)
+    b_ = rm.Monitor.from_bytes(a.to_bytes())
+    c = pickle.loads(pickle.dumps(a))
+    assert (
+        b_.triggers[0].counters == a.triggers[0].counters
+        and b_.triggers[0].alerting == a.triggers[0].alerting
+    )
+    got = {"a": [], "b": [], "c": []}
+    for b in batches[30:]:
+        for name, m in (("a", a), ("b", b_), ("c", c)):
+            got[name] += [(e.kind, e.window_end, e.value) for e in m.update(b)]
+    assert got["a"] == got["b"] == got["c"]
+    assert [k for k, _, _ in got["a"]] == ["leave"]  # entered before the checkpoint
+    assert a.stats() == b_.stats() == c.stats()
+    end = a.stats()["closed_until"]
+    assert a.values(at=end) == b_.values(at=end)
+    assert b_.triggers[0].counters == a.triggers[0].counters
+    with pytest.raises(rtml.SchemaError, match="naive and tz-aware"):  # the clock is restored
+        b_.update({"t": [dt.datetime(2024, 1, 1)], "x": [1.0], "c": ["a"]})
+    data = a.to_bytes()
+    for bad in (b"", data[:-5], data.replace(b'"version":1', b'"version":9'), b"x" + data):
+        with pytest.raises(rtml.SnapshotError):
+            rm.Monitor.from_bytes(bad)

@@ -95,7 +95,7 @@ fn offline(plan: &Plan, evs: &[Ev], qs: &[(i64, i64)]) -> Vec<Vec<f64>> {
     let eb = [batch(evs)];
     let sb = [spine(qs)];
     let events = read_events(plan, &eb).unwrap();
-    let sp = read_spine(plan, &sb, "k", "ts").unwrap();
+    let sp = read_spine(plan, &sb, &["k".to_string()], "ts").unwrap();
     let cols = backfill(plan, &events, &sp, &mut |_, _| true).unwrap();
     (0..qs.len())
         .map(|r| {

@@ -162,7 +162,7 @@ mod fixed {
             Arc::new(StringArray::from(vec!["a"])),
         )];
         assert!(matches!(
-            read_spine(&plan, &spine, "k", "ts"),
+            read_spine(&plan, &spine, &["k".to_string()], "ts"),
             Err(Error::Schema { .. })
         ));
     }

@@ -199,3 +199,44 @@ fn the_document_refuses_newer_versions_and_bad_counts() {
     let e = Reference::from_json(&wrong).unwrap_err().to_string();
     assert!(e.contains("101"), "{e}");
 }
+
+#[test]
+fn the_state_document_continues_exactly() {
+    let r = reference(1000);
+    let spec = TriggerSpec {
+        metric: Metric::OutOfRangeRate,
+        column: 0,
+        above: 0.3,
+        below: 0.3,
+        for_: 0,
+        cooldown: 0,
+        min_samples: 1,
+    };
+    let mut a = Monitor::new(r.clone(), 20, 10, 5).unwrap();
+    a.add_trigger(spec).unwrap();
+    let mut g = rng(5);
+    let mut batches = Vec::new();
+    for k in 0..100i64 {
+        let rows: Vec<(i64, f64, Option<&str>)> = (0..10)
+            .map(|_| (k * 3 + (g() * 4.0) as i64, g() * 14.0, Some("b")))
+            .collect();
+        batches.push(rows);
+    }
+    for rows in &batches[..50] {
+        let t: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        a.update(&codes(&r, rows), &t).unwrap();
+    }
+    let mut b = Monitor::from_json(&a.to_json()).unwrap();
+    for rows in &batches[50..] {
+        let t: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let fa = a.update(&codes(&r, rows), &t).unwrap();
+        assert_eq!(fa, b.update(&codes(&r, rows), &t).unwrap());
+    }
+    assert_eq!(a.to_json(), b.to_json());
+    assert!(a.triggers()[0].counters.entered > 0);
+    let newer = a.to_json().replacen("\"version\":1", "\"version\":2", 1);
+    assert!(Monitor::from_json(&newer)
+        .unwrap_err()
+        .to_string()
+        .contains("newer"));
+}
