@@ -461,17 +461,25 @@ class Monitoring:
     (PSI above a bound for a while, with hysteresis) log a warning and are counted. Fed in log
     order by the follower, so its numbers are `rtml.monitor.report` of the served log."""
 
-    def __init__(self, artifacts: Path, manifest: dict) -> None:
+    def __init__(self, artifacts: Path, manifest: dict, state: Optional[str]) -> None:
         cfg = manifest["monitor"]
         self.config = cfg
         self.reference = rm.Reference.load(artifacts / cfg["reference"])
         self.fired: list[dict] = []
-        triggers = [rm.Trigger(t["metric"], t["column"], above=t["above"], below=t.get("below"),
-                               for_=t.get("for_", 0), cooldown=t.get("cooldown", 0),
-                               min_samples=t.get("min_samples", 1), callback=self._fire)
-                    for t in cfg.get("triggers", [])]
-        self.monitor = rm.Monitor(self.reference, window=cfg["window"], timestamp="at",
-                                  allowed_lateness=cfg.get("allowed_lateness", 0), triggers=triggers)
+        if state is not None:  # the follower's checkpoint: windows, watermark, trigger states
+            self.monitor = rm.Monitor.from_bytes(base64.b64decode(state))
+            for t in self.monitor.triggers:
+                t.callback = self._fire
+        else:
+            triggers = [rm.Trigger(t["metric"], t["column"], above=t["above"], below=t.get("below"),
+                                   for_=t.get("for_", 0), cooldown=t.get("cooldown", 0),
+                                   min_samples=t.get("min_samples", 1), callback=self._fire)
+                        for t in cfg.get("triggers", [])]
+            self.monitor = rm.Monitor(self.reference, window=cfg["window"], timestamp="at",
+                                      allowed_lateness=cfg.get("allowed_lateness", 0), triggers=triggers)
+
+    def checkpoint(self) -> str:
+        return base64.b64encode(self.monitor.to_bytes()).decode()
 
     def _fire(self, e: Any) -> None:
         event = {"kind": e.kind, "column": e.column, "metric": e.metric, "value": e.value,
@@ -509,13 +517,13 @@ class Follower:
     the runners') covers it."""
 
     def __init__(self, wal: Any, state_dir: Path, served_log: PartLog, events_logs: dict[str, PartLog],
-                 learning_factory: Any, checkpoint_seconds: float, monitoring: Optional[Monitoring] = None) -> None:
+                 learning_factory: Any, checkpoint_seconds: float, monitoring_factory: Any = None) -> None:
         self.path = state_dir / "follower.json"
         state = json.loads(self.path.read_text()) if self.path.exists() else None
         self.learning: Optional[Learning] = learning_factory(state.get("learning") if state else None)
         self.served_log, self.events_logs = served_log, events_logs
-        # (not checkpointed: after a restart it sees the served rows from the follower's checkpoint on)
-        self.monitoring = monitoring
+        self.monitoring: Optional[Monitoring] = (
+            monitoring_factory(state.get("monitor") if state else None) if monitoring_factory else None)
         self.checkpoint_seconds = checkpoint_seconds
         self.source = rtml.sources.wal(wal, name="follower")
         start = None if state is None else int(state["position"])
@@ -572,7 +580,8 @@ class Follower:
         for part in self.events_logs.values():
             part.flush()
         state = {"format": "rtml.example.follower", "version": 1, "position": self.position,
-                 "learning": self.learning.state() if self.learning is not None else None}
+                 "learning": self.learning.state() if self.learning is not None else None,
+                 "monitor": self.monitoring.checkpoint() if self.monitoring is not None else None}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w") as f:
             json.dump(state, f)
@@ -638,7 +647,7 @@ class Service:
         self.events_logs = {k: PartLog(events_dir / k, "events", settings.flush_rows) for k in ("departures", "weather")}
         self.columns = columns
         learning = (lambda state: Learning(art, self.manifest, state)) if "online" in self.manifest else (lambda state: None)
-        monitoring = Monitoring(art, self.manifest) if "monitor" in self.manifest else None
+        monitoring = (lambda state: Monitoring(art, self.manifest, state)) if "monitor" in self.manifest else None
         self.follower = Follower(self.wal, settings.state_dir, self.log, self.events_logs, learning,
                                  settings.checkpoint_seconds, monitoring)
         with self.lock:
