@@ -988,7 +988,7 @@ class Service:
                 metric(f"serving_learning_progressive_{name}", "gauge",
                        f"Progressive (test-then-train) {name} of the online model over the last "
                        f"{learning.config.get('metrics_window', '7d')} of event time, since this process started.",
-                       [("", float("nan") if value is None else value)])
+                       [("", value)] if value is not None else [])
         if self.follower.monitoring is not None:
             mon = self.monitor_state()
             values = mon["values"] or {}
@@ -996,8 +996,8 @@ class Service:
                                 ("null_rate", "Share of null values"), ("out_of_range_rate", "Share of values outside the reference's range")):
                 metric(f"rtml_monitor_{name}", "gauge", f"{help_} of a served feature over the last closed monitor window "
                        "against the notebook's reference.",
-                       [(f'{{column="{c}"}}', float("nan") if v.get(name) is None else v[name])
-                        for c, v in sorted(values.items())])
+                       [(f'{{column="{c}"}}', v[name]) for c, v in sorted(values.items())
+                        if v.get(name) is not None])  # a null metric (no rows) has no sample
             metric("rtml_monitor_trigger_entered_total", "counter", "Drift triggers that fired (entered the alert state).",
                    [(f'{{column="{t["column"]}",metric="{t["metric"]}"}}', t["entered"]) for t in mon["triggers"]])
             metric("rtml_monitor_trigger_alerting", "gauge", "Drift triggers in the alert state.",
