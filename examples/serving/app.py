@@ -7,6 +7,7 @@ document and one fitted transforms document per entity, model.joblib) and serves
     POST /predict   a flight -> probability that it leaves more than 15 minutes late (the batch
                     model; and the online model's, with learning on)
     GET  /learning  the online model, the label join's counters, progressive metrics
+    GET  /monitor   drift of the served features against the training reference, triggers
     POST /learning/advance   move the label clock ({"to": time})
     GET  /health    liveness + what is loaded
     GET  /metrics   Prometheus text format
@@ -76,6 +77,7 @@ from threadpoolctl import threadpool_limits
 
 import rtml
 import rtml.learn as rl
+import rtml.monitor as rm
 
 log = logging.getLogger("rtml.serving")
 
@@ -453,6 +455,60 @@ class Learning:
             self.counters["examples"] += len(ex)
 
 
+class Monitoring:
+    """Drift of the served features against the notebook's reference (rtml.monitor): every
+    served row's window features, over event-time windows of the manifest's `window`; triggers
+    (PSI above a bound for a while, with hysteresis) log a warning and are counted. Fed in log
+    order by the follower, so its numbers are `rtml.monitor.report` of the served log."""
+
+    def __init__(self, artifacts: Path, manifest: dict, state: Optional[str]) -> None:
+        cfg = manifest["monitor"]
+        self.config = cfg
+        self.reference = rm.Reference.load(artifacts / cfg["reference"])
+        self.fired: list[dict] = []
+        if state is not None:  # the follower's checkpoint: windows, watermark, trigger states
+            self.monitor = rm.Monitor.from_bytes(base64.b64decode(state))
+            for t in self.monitor.triggers:
+                t.callback = self._fire
+        else:
+            triggers = [rm.Trigger(t["metric"], t["column"], above=t["above"], below=t.get("below"),
+                                   for_=t.get("for_", 0), cooldown=t.get("cooldown", 0),
+                                   min_samples=t.get("min_samples", 1), callback=self._fire)
+                        for t in cfg.get("triggers", [])]
+            self.monitor = rm.Monitor(self.reference, window=cfg["window"], timestamp="at",
+                                      allowed_lateness=cfg.get("allowed_lateness", 0), triggers=triggers)
+
+    def checkpoint(self) -> str:
+        return base64.b64encode(self.monitor.to_bytes()).decode()
+
+    def _fire(self, e: Any) -> None:
+        event = {"kind": e.kind, "column": e.column, "metric": e.metric, "value": e.value,
+                 "window_start": _iso(e.window_start), "window_end": _iso(e.window_end)}
+        self.fired.append(event)
+        del self.fired[:-100]
+        log.warning("drift trigger: %s", event)
+
+    def served(self, table: pa.Table) -> None:
+        row: dict[str, Any] = {}
+        for names, values in zip(table.column("names").to_pylist(), table.column("values").to_pylist()):
+            row.update(zip(names, values))
+        cols = {c: pa.array([row.get(c)], pa.float64()) for c in self.reference.columns}
+        cols["at"] = table.column("at").slice(0, 1).combine_chunks()  # timestamp[ns, UTC]
+        self.monitor.update(pa.table(cols))
+
+    def state(self) -> dict:
+        try:
+            closed = self.monitor.values()
+            end = self.monitor.stats()["closed_until"]
+        except rtml.QueryError:  # no window closed yet
+            closed, end = None, None
+        return {"window": self.config["window"], "last_closed_window_end": None if end is None else _iso(end),
+                "values": closed, "stats": self.monitor.stats(),
+                "triggers": [{"metric": t.metric, "column": t.column, "above": t.above, "below": t.below,
+                              "alerting": t.alerting, **t.counters} for t in self.monitor.triggers],
+                "fired": list(self.fired)}
+
+
 class Follower:
     """Follows the write-ahead log in log order, after the feature runners: writes the served
     log and the events log (Parquet projections of the log) and, with online learning on,
@@ -461,11 +517,13 @@ class Follower:
     the runners') covers it."""
 
     def __init__(self, wal: Any, state_dir: Path, served_log: PartLog, events_logs: dict[str, PartLog],
-                 learning_factory: Any, checkpoint_seconds: float) -> None:
+                 learning_factory: Any, checkpoint_seconds: float, monitoring_factory: Any = None) -> None:
         self.path = state_dir / "follower.json"
         state = json.loads(self.path.read_text()) if self.path.exists() else None
         self.learning: Optional[Learning] = learning_factory(state.get("learning") if state else None)
         self.served_log, self.events_logs = served_log, events_logs
+        self.monitoring: Optional[Monitoring] = (
+            monitoring_factory(state.get("monitor") if state else None) if monitoring_factory else None)
         self.checkpoint_seconds = checkpoint_seconds
         self.source = rtml.sources.wal(wal, name="follower")
         start = None if state is None else int(state["position"])
@@ -502,6 +560,8 @@ class Follower:
                     self.served_log.add(b.events.replace_schema_metadata(None), pos)
                     if self.learning is not None:
                         self.learning.served(b.events)
+                    if self.monitoring is not None:
+                        self.monitoring.served(b.events)
                 elif kind == "label_clock":
                     if self.learning is not None:
                         self.learning.advance(int(b.events.column("t").cast(pa.int64())[0].as_py()))
@@ -520,7 +580,8 @@ class Follower:
         for part in self.events_logs.values():
             part.flush()
         state = {"format": "rtml.example.follower", "version": 1, "position": self.position,
-                 "learning": self.learning.state() if self.learning is not None else None}
+                 "learning": self.learning.state() if self.learning is not None else None,
+                 "monitor": self.monitoring.checkpoint() if self.monitoring is not None else None}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w") as f:
             json.dump(state, f)
@@ -586,8 +647,9 @@ class Service:
         self.events_logs = {k: PartLog(events_dir / k, "events", settings.flush_rows) for k in ("departures", "weather")}
         self.columns = columns
         learning = (lambda state: Learning(art, self.manifest, state)) if "online" in self.manifest else (lambda state: None)
+        monitoring = (lambda state: Monitoring(art, self.manifest, state)) if "monitor" in self.manifest else None
         self.follower = Follower(self.wal, settings.state_dir, self.log, self.events_logs, learning,
-                                 settings.checkpoint_seconds)
+                                 settings.checkpoint_seconds, monitoring)
         with self.lock:
             t0 = time.perf_counter()
             n = self.follower.step()
@@ -848,6 +910,13 @@ class Service:
             self.follower.step()
         return {"position": pos, **self.learning_state()}
 
+    # -- GET /monitor
+    def monitor_state(self) -> dict:
+        if self.follower.monitoring is None:
+            raise BadRequest(404, "drift monitoring is off (the manifest has no 'monitor' section)")
+        with self.lock:
+            return self.follower.monitoring.state()
+
     # -- GET /metrics
     def prometheus(self) -> str:
         out: list[str] = []
@@ -919,7 +988,20 @@ class Service:
                 metric(f"serving_learning_progressive_{name}", "gauge",
                        f"Progressive (test-then-train) {name} of the online model over the last "
                        f"{learning.config.get('metrics_window', '7d')} of event time, since this process started.",
-                       [("", float("nan") if value is None else value)])
+                       [("", value)] if value is not None else [])
+        if self.follower.monitoring is not None:
+            mon = self.monitor_state()
+            values = mon["values"] or {}
+            for name, help_ in (("psi", "Population stability index"), ("js", "Jensen-Shannon distance"),
+                                ("null_rate", "Share of null values"), ("out_of_range_rate", "Share of values outside the reference's range")):
+                metric(f"rtml_monitor_{name}", "gauge", f"{help_} of a served feature over the last closed monitor window "
+                       "against the notebook's reference.",
+                       [(f'{{column="{c}"}}', v[name]) for c, v in sorted(values.items())
+                        if v.get(name) is not None])  # a null metric (no rows) has no sample
+            metric("rtml_monitor_trigger_entered_total", "counter", "Drift triggers that fired (entered the alert state).",
+                   [(f'{{column="{t["column"]}",metric="{t["metric"]}"}}', t["entered"]) for t in mon["triggers"]])
+            metric("rtml_monitor_trigger_alerting", "gauge", "Drift triggers in the alert state.",
+                   [(f'{{column="{t["column"]}",metric="{t["metric"]}"}}', int(t["alerting"])) for t in mon["triggers"]])
         pos = self.positions()
         metric("serving_wal_durable_position", "gauge", "Log position after the last durable (acknowledged) batch.",
                [("", pos["durable_position"])])
@@ -1060,6 +1142,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @app.post("/learning/advance")
     def learning_advance(body: bytes = Depends(_body)):
         return svc().advance_labels(_parse_json(body, svc().settings))
+
+    @app.get("/monitor")
+    def monitor():
+        return svc().monitor_state()
 
     @app.get("/health")
     async def health():

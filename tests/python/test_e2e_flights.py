@@ -188,6 +188,7 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
         r = client.post("/learning/advance", json={"to": "2014-01-03T00:00:00+00:00"})
         assert r.status_code == 200, r.text
         learned = r.json()
+        monitor = client.get("/monitor").json()
         metrics = engine_metrics(client)
     finally:
         client.close()
@@ -217,6 +218,7 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
     by_request: dict[str, dict] = {}
     for r in logt.select(["request_id", "feature_set", "vector", "probability"]).to_pylist():
         by_request.setdefault(r["request_id"], {})[r["feature_set"]] = r
+    logt_rows = {(r["request_id"], r["feature_set"]): r for r in logt.select(["request_id", "feature_set", "names", "values", "at"]).to_pylist()}
     assert set(by_request) == set(row_of_request)
     checked = 0
     for request_id, parts in by_request.items():
@@ -253,6 +255,32 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
     assert len(replayed.examples) > 0.9 * len(flights)  # nearly every flight asked about left within the wait
     assert learned["model"] == json.loads(replayed.model.to_json())  # every float, bit for bit
     assert learned["model"]["updates"] == len(replayed.examples) + start_updates
+
+    # drift: the service's monitor over its last closed day equals rtml.monitor.report of the
+    # served log for that day (the same rows, the same Rust code), every metric bit for bit
+    import rtml.monitor as rm
+
+    reference = rm.Reference.load(artifacts / manifest["monitor"]["reference"])
+    wide: dict[str, list] = {c: [] for c in reference.columns}
+    wide["at"] = []
+    for rid in by_request:
+        row = {}
+        for e in manifest["feature_sets"]:
+            part = logt_rows[(rid, e["name"])]
+            row.update(zip(part["names"], part["values"]))
+        for c in reference.columns:
+            wide[c].append(row[c])
+        wide["at"].append(logt_rows[(rid, "tail")]["at"])
+    offline = rm.report(reference, pa.table({**{c: pa.array(v, pa.float64()) for c, v in wide.items() if c != "at"},
+                                             "at": pa.array(wide["at"], pa.timestamp("ns", "UTC"))}),
+                        by=manifest["monitor"]["window"], timestamp="at").to_pylist()
+    end = pd.Timestamp(monitor["last_closed_window_end"])
+    day = [r for r in offline if pd.Timestamp(r["period_start"]) == end - pd.Timedelta(manifest["monitor"]["window"])]
+    assert len(day) == len(reference.columns) and day[0]["rows"] >= 3
+    for r in day:
+        got = monitor["values"][r["column"]]
+        for k in ("rows", "non_null", *rm.METRICS):
+            assert got[k] == r[k], (r["column"], k, got[k], r[k])
 
 
 def test_parity_reports_mismatches(tmp_path):
