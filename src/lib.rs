@@ -12,6 +12,7 @@
 pub mod agg;
 pub mod arrival;
 pub mod decode;
+pub mod doc_version;
 pub mod error;
 pub mod exact;
 pub mod input;

@@ -501,24 +501,8 @@ impl Linear {
                 ))
             }
         }
-        match value.get("version").and_then(|v| v.as_u64()) {
-            Some(v) if v > MODEL_VERSION as u64 => {
-                return Err(Error::spec(
-                    "version",
-                    format!(
-                        "model document version {v} is newer than this rtml reads \
-                         ({MODEL_VERSION}): upgrade rtml"
-                    ),
-                ))
-            }
-            Some(v) if v >= 1 => {}
-            other => {
-                return Err(Error::spec(
-                    "version",
-                    format!("expected a version number 1..={MODEL_VERSION}, got {other:?}"),
-                ))
-            }
-        }
+        crate::doc_version::check(&value, "model document", MODEL_VERSION)
+            .map_err(|m| Error::spec("version", m))?;
         let doc: Doc = serde_json::from_value(value)
             .map_err(|e| Error::spec("model document", e.to_string()))?;
         let mut m = Linear::new(doc.loss, doc.optimizer, doc.n_features)?;

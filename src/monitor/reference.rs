@@ -356,24 +356,8 @@ impl Reference {
     pub fn from_json(text: &str) -> Result<Reference> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| Error::spec("reference", e.to_string()))?;
-        match value.get("version").and_then(|v| v.as_u64()) {
-            Some(v) if v > REFERENCE_VERSION as u64 => {
-                return Err(Error::spec(
-                    "version",
-                    format!(
-                        "reference document version {v} is newer than this rtml reads \
-                         ({REFERENCE_VERSION}): upgrade rtml"
-                    ),
-                ))
-            }
-            Some(v) if v >= 1 => {}
-            other => {
-                return Err(Error::spec(
-                    "version",
-                    format!("expected a version number 1..={REFERENCE_VERSION}, got {other:?}"),
-                ))
-            }
-        }
+        crate::doc_version::check(&value, "reference document", REFERENCE_VERSION)
+            .map_err(|m| Error::spec("version", m))?;
         let mut r: Reference =
             serde_json::from_value(value).map_err(|e| Error::spec("reference", e.to_string()))?;
         for c in &mut r.columns {

@@ -108,15 +108,7 @@ impl Monitor {
         let bad = |m: String| Error::snapshot("monitor state", m);
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        match value.get("version").and_then(|v| v.as_u64()) {
-            Some(v) if v > MONITOR_STATE_VERSION as u64 => {
-                return Err(bad(format!(
-                "version {v} is newer than this rtml reads ({MONITOR_STATE_VERSION}): upgrade rtml"
-            )))
-            }
-            Some(1) => {}
-            other => return Err(bad(format!("unknown version {other:?}"))),
-        }
+        crate::doc_version::check(&value, "monitor state", MONITOR_STATE_VERSION).map_err(bad)?;
         let doc: StateDoc = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
         let reference = Reference::from_json(&doc.reference).map_err(|e| bad(e.to_string()))?;
         let mut m = doc.monitor;
