@@ -92,6 +92,9 @@ class Spec:
     @property
     def max_ahead_ns(self) -> int | None:
         """The watermark guard's bound in force, ns (None: off)."""
+    @property
+    def dedupe_horizon_ns(self) -> int | None:
+        """How far behind the watermark an applied event id is remembered, ns (None: no dedupe_on)."""
 
 _Counts = tuple[int, int, int, int, list[int]]
 

@@ -745,6 +745,22 @@ class FeatureSet:
         return None if v is None else str(v)
 
     @property
+    def dedupe_horizon(self) -> str | None:
+        """How far behind the watermark an applied event id is remembered (``dedupe_on``):
+        the allowed lateness plus the longest window (its hop added for a tiled window), the
+        span in which a copy could still change an answer. None without ``dedupe_on``.
+
+        >>> import rtml
+        >>> rtml.FeatureSet("k", "ts", [rtml.count(window="1h")], allowed_lateness="10m",
+        ...                 dedupe_on="id").dedupe_horizon
+        '70m'
+        >>> rtml.FeatureSet("k", "ts", [rtml.count(window="1h")]).dedupe_horizon is None
+        True
+        """
+        ns = self._spec.dedupe_horizon_ns
+        return None if ns is None else _format_ns(ns)
+
+    @property
     def on_nonfinite(self) -> str:
         """``"error"`` (NaN / inf values refused) or ``"skip"`` (read as null)."""
         return str(self._doc().get("on_nonfinite", "error"))

@@ -15,9 +15,11 @@
 //!   [`AHEAD_CONFIRM`] events ahead (the newest one included) lie within `max_ahead` of each
 //!   other's time, the stream really jumped: that event is applied, the reference moves to it,
 //!   and the remembered times are forgotten.
-//! * **Duplicate**: its id was applied before and is still within the horizon (its first copy's
-//!   time is at least the watermark minus the allowed lateness: an older copy is late anyway).
-//!   First arrival wins.
+//! * **Duplicate**: its id was applied before and is still within the horizon: its first copy's
+//!   time is at least the watermark minus the allowed lateness minus the longest window. Within
+//!   that horizon a copy could still change an answer: an identical copy is late only once its
+//!   time is older than the lateness, but a copy re-stamped with a later time would land in a
+//!   window that still holds the first copy, for up to the longest window. First arrival wins.
 
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
@@ -56,6 +58,9 @@ pub struct Rules {
     /// `max_ahead` in force, ns (`None`: no guard).
     pub max_ahead: Option<i64>,
     pub lateness: i64,
+    /// How far behind the watermark an applied id is remembered: the allowed lateness plus
+    /// the longest window (its hop added for a tiled one).
+    pub horizon: i64,
 }
 
 impl Rules {
@@ -63,6 +68,7 @@ impl Rules {
         Rules {
             max_ahead: spec.max_ahead_ns(),
             lateness: spec.allowed_lateness,
+            horizon: spec.allowed_lateness.saturating_add(spec.longest_window()),
         }
     }
 }
@@ -143,17 +149,17 @@ impl Guard {
     }
 
     /// After a batch: forget ids older than the horizon (amortized: when the watermark moved
-    /// a quarter of the lateness since the last sweep, or at all with no lateness).
+    /// a quarter of the horizon since the last sweep, or at all with a zero horizon).
     pub fn end_batch(&mut self, rules: Rules, watermark: i64) {
         if self.seen.is_empty() || watermark == i64::MIN {
             self.swept = watermark;
             return;
         }
-        let lateness = rules.lateness;
-        if self.swept != i64::MIN && watermark <= self.swept.saturating_add(lateness / 4) {
+        let horizon = rules.horizon;
+        if self.swept != i64::MIN && watermark <= self.swept.saturating_add(horizon / 4) {
             return;
         }
-        let cutoff = watermark.saturating_sub(lateness);
+        let cutoff = watermark.saturating_sub(horizon);
         self.seen.retain(|_, t| *t >= cutoff);
         self.swept = watermark;
     }

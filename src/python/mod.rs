@@ -112,6 +112,16 @@ impl PySpec {
         self.plan.spec.max_ahead_ns()
     }
 
+    /// How far behind the watermark an applied event id is remembered, ns (None: no
+    /// `dedupe_on`).
+    #[getter]
+    fn dedupe_horizon_ns(&self) -> Option<i64> {
+        let spec = &self.plan.spec;
+        spec.dedupe_on
+            .as_ref()
+            .map(|_| crate::online::guard::Rules::of(spec).horizon)
+    }
+
     #[getter]
     fn timestamp_unit(&self) -> Option<String> {
         self.plan.spec.timestamp_unit.clone()

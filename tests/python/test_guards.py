@@ -247,19 +247,60 @@ def test_the_dedupe_set_is_bounded_and_survives_a_snapshot(tmp_path):
     eng = fs.online()
     for b in range(50):
         eng.ingest(_table([_row("a", T0 + (b * 20 + i) * MIN, 1.0, id=b * 20 + i) for i in range(20)]))
-    # only the ids within the lateness (10 minutes: about 10 events, plus the sweep step and
-    # one batch) stay: a table of a few dozen entries, not 1,000 ids (48 bytes each)
+    # only the ids within the horizon stay (lateness 10m + longest window 2h30m = 160 events,
+    # plus the sweep step of a quarter of it and one batch: at most 220 ids, a table of at most
+    # 512 slots), not 1,000 ids (at least 33 bytes each)
+    assert fs.dedupe_horizon == "160m"
     small = eng.stats()["state_bytes"]
     eng2 = _fs().online()
     for b in range(50):
         eng2.ingest(_table([_row("a", T0 + (b * 20 + i) * MIN, 1.0) for i in range(20)]))
-    assert small - eng2.stats()["state_bytes"] < 100 * 49
+    assert small - eng2.stats()["state_bytes"] <= 512 * 49 < 1000 * 33
     last = [_row("a", T0 + 999 * MIN, 1.0, id=999)]
     eng.snapshot(tmp_path / "s.snap")
     back = rtml.OnlineEngine.restore(tmp_path / "s.snap", feature_set=fs)
     assert back.stats()["duplicates_dropped"] == eng.stats()["duplicates_dropped"]
     assert back.ingest(_table(last), report=True).duplicates == 1
     assert eng.ingest(_table(last), report=True).duplicates == 1
+
+
+def test_a_restamped_copy_is_dropped_while_a_window_could_hold_both_copies():
+    """The dedupe horizon is the lateness plus the longest window: a copy re-stamped with a later
+    time (not late) is recognised while some window still holds the first copy, so no window
+    counts one event twice; past the horizon it is an event of its own. Backfill with the same
+    arrival order drops exactly the same copies."""
+    fs = _fs(dedupe_on="id")  # lateness 10m, longest window 2h + hop 30m
+    horizon = 160 * MIN
+    assert fs.dedupe_horizon == "160m"
+    rows = [_row("a", T0, 5.0, id="x")]
+    rows += [_row("b", T0 + i * MIN, 1.0, id=f"f{i}") for i in range(1, 101)]  # watermark T0+100m
+    rows.append(_row("a", T0 + 100 * MIN, 5.0, id="x"))  # re-stamped, past the lateness
+    rows += [_row("b", T0 + i * MIN, 1.0, id=f"f{i}") for i in range(101, 221)]  # watermark T0+220m
+    rows.append(_row("a", T0 + 220 * MIN, 5.0, id="x"))  # past the horizon (and its sweep step)
+    for i, r in enumerate(rows):
+        r["batch"] = i // 10
+    spine = pa.table({"tail": ["a", "a", "a"], "ts": [T0 + 101 * MIN, T0 + 219 * MIN, T0 + 221 * MIN]})
+    ask = {10: 0, 21: 1, 22: 2}  # after batch b, ask spine row i (answerable then)
+    eng = fs.online()
+    dup, on = [], {}
+    for b in range(rows[-1]["batch"] + 1):
+        part = [r for r in rows if r["batch"] == b]
+        dup.append(eng.ingest(_table(part), report=True).duplicates)
+        if b in ask:
+            on[ask[b]] = eng.get("a", at=spine.column("ts")[ask[b]].as_py())
+    assert sum(dup) == 1 and eng.stats()["duplicates_dropped"] == 1
+    verdicts = fs.verdicts(_table(rows), arrival="batch")
+    assert [i for i, v in enumerate(verdicts) if v != "applied"] == [101]
+    assert verdicts[101] == "duplicate"
+    # the 1h window at T0 + 101m would hold the copy at T0 + 100m: dropped, so it is empty
+    off = fs.backfill(_table(rows), spine, arrival="batch", output="arrow").to_pylist()
+    assert [r["count_1h"] for r in off] == [0, 0, 1]
+    assert [r["delay_sum_1h"] for r in off] == [0.0, 0.0, 5.0]
+    for i, r in enumerate(off):
+        assert {n: r[n] for n in fs.feature_names} == on[i]
+    # the first copy is past the horizon when the last copy arrives: the watermark passed
+    # T0 + horizon + a quarter of it before the last copy's batch
+    assert T0 + 220 * MIN - T0 > horizon + horizon // 4
 
 
 def test_bad_event_ids_are_typed_errors_naming_the_column_and_change_nothing():
