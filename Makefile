@@ -80,7 +80,7 @@ soak: develop
 ## crashes to fuzz/artifacts/<target>/. CI runs the short form: the committed corpora replayed by
 ## `cargo test` (tests/rust/fuzz_regressions.rs) and tests/python/test_fuzz_api.py.
 FUZZ_SECONDS ?= 300
-FUZZ_TARGETS ?= spec transforms snapshot ingest
+FUZZ_TARGETS ?= spec transforms snapshot ingest guard
 FUZZ_PY_SCALE ?= 20
 .PHONY: fuzz fuzz-rust fuzz-py
 fuzz: fuzz-rust fuzz-py

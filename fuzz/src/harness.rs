@@ -455,6 +455,14 @@ pub static PARITY_COUNTS: [std::sync::atomic::AtomicUsize; 3] = [
     std::sync::atomic::AtomicUsize::new(0),
 ];
 
+/// Events the `guard` target saw judged: [applied, late, ahead, duplicate].
+pub static GUARD_COUNTS: [std::sync::atomic::AtomicUsize; 4] = [
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+];
+
 fn count(i: usize) {
     PARITY_COUNTS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
@@ -893,6 +901,213 @@ pub fn ingest(data: &[u8]) {
         check_snapshot(&engine, &keys, &query_times[..query_times.len().min(6)]);
     }
     check_parity(&plan, &mut engine, &accepted, &keys, &query_times);
+}
+
+/// Feature sets for the `guard` target: the watermark guard on (small `max_ahead` bounds, so
+/// arbitrary times jump often) and deduplication by an `id` column.
+pub fn guard_specs() -> Vec<String> {
+    let doc = |extra: &str, groups: &[(Option<&str>, Option<&str>)]| {
+        let feats: Vec<String> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, (w, h))| every_agg(*w, *h, &format!("_{i}")))
+            .collect();
+        format!(
+            r#"{{"version": 1, "entity": "k", "timestamp": "ts"{extra}, "features": [{}]}}"#,
+            feats.join(",\n")
+        )
+    };
+    vec![
+        // 0: ns scale, the guard and dedupe both on
+        doc(
+            r#", "timestamp_unit": "ns", "allowed_lateness": "5ns", "max_ahead": "40ns", "dedupe_on": "id""#,
+            &[
+                (Some("10ns"), None),
+                (None, None),
+                (Some("12ns"), Some("4ns")),
+            ],
+        ),
+        // 1: dedupe only (no guard), no lateness
+        doc(
+            r#", "timestamp_unit": "ns", "max_ahead": null, "dedupe_on": "id""#,
+            &[(Some("7ns"), None), (Some("6ns"), Some("2ns"))],
+        ),
+        // 2: the guard only, its default bound (at least a day), microsecond timestamps
+        doc(
+            r#", "timestamp_unit": "us", "allowed_lateness": "3us""#,
+            &[(Some("1h"), None), (None, None)],
+        ),
+        // 3: a 1 ns guard with a huge lateness and ttl
+        doc(
+            r#", "timestamp_unit": "ns", "allowed_lateness": "1000000ns", "max_ahead": "1ns", "ttl": "2000000ns", "dedupe_on": "id""#,
+            &[(Some("20ns"), None), (None, None)],
+        ),
+    ]
+}
+
+fn id_array(s: &mut Src, n: usize) -> ArrayRef {
+    let null = if s.one_in(32) { nulls(s, n) } else { None };
+    match s.below(8) {
+        0 => Arc::new(Float64Array::from(vec![1.5; n])), // a wrong type
+        1..=3 => {
+            let v: Vec<Option<String>> = (0..n)
+                .map(|i| {
+                    if null.as_ref().is_some_and(|b| b.is_null(i)) {
+                        None
+                    } else {
+                        Some(format!("e{}", s.below(6)))
+                    }
+                })
+                .collect();
+            string_array(s, v)
+        }
+        _ => {
+            let v: Vec<i64> = (0..n).map(|_| s.below(6) as i64).collect();
+            int_typed(s, v, null, false)
+        }
+    }
+}
+
+/// Target `guard`: arbitrary arrivals through the watermark guard and deduplication. Every
+/// ingest call is judged as the backfill's replay of the same arrivals judges it
+/// (`guard::verdicts` with the call number as arrival): the counts of applied, late, ahead and
+/// duplicate events per call and the rows named as ahead; a failed call changes nothing; the
+/// online answers equal the backfill of exactly the applied events (parity); and a snapshot
+/// round trip keeps the guard's memory (a later call is judged the same by the restored
+/// engine).
+pub fn guard(data: &[u8]) {
+    use rtml::online::guard::{verdicts, Verdict};
+    static PLANS: std::sync::OnceLock<Vec<Arc<Plan>>> = std::sync::OnceLock::new();
+    let plans = PLANS.get_or_init(|| {
+        guard_specs()
+            .iter()
+            .map(|s| {
+                Arc::new(Plan::new(
+                    Spec::from_json(s).expect("harness specs are valid"),
+                ))
+            })
+            .collect()
+    });
+    let mut s = Src::new(data);
+    let plan = Arc::clone(&plans[s.below(plans.len())]);
+    let strings_ = s.one_in(3);
+    let n_calls = 1 + s.below(6);
+    let mut engine = Engine::new(Arc::clone(&plan));
+    // the calls that succeeded, their rows and the running record of what was applied
+    let mut ok_calls: Vec<RecordBatch> = Vec::new();
+    let mut arrival: Vec<i64> = Vec::new();
+    let mut reports = Vec::new();
+    let mut keys: Vec<Key> = Vec::new();
+    let mut query_times: Vec<i64> = Vec::new();
+    let mut last_events: Option<RecordBatch> = None;
+    for call in 0..n_calls {
+        let n = if s.one_in(4) {
+            s.below(40)
+        } else {
+            rows(&mut s)
+        };
+        let mut cols = vec![
+            ("k".to_string(), key_array(&mut s, n, strings_)),
+            ("ts".to_string(), time_array(&mut s, n)),
+        ];
+        for c in ["v", "u", "c"] {
+            cols.push((c.to_string(), value_array(&mut s, n)));
+        }
+        cols.push(("id".to_string(), id_array(&mut s, n)));
+        let b = batch(&mut s, n, cols);
+        let before = engine.stats();
+        let events = match read_events(&plan, std::slice::from_ref(&b)) {
+            Ok(e) => e,
+            Err(e) => {
+                expect_schema(&e, "read_events");
+                continue;
+            }
+        };
+        match engine.ingest(&events) {
+            Ok(r) => {
+                assert_eq!(
+                    r.accepted + r.late + r.ahead + r.duplicates,
+                    events.len() as u64,
+                    "every event has one verdict"
+                );
+                for k in owned_keys(&events) {
+                    if !keys.contains(&k) {
+                        keys.push(k);
+                    }
+                }
+                query_times.extend(events.ts.iter().copied());
+                arrival.extend(std::iter::repeat_n(call as i64, b.num_rows()));
+                last_events = Some(b.clone());
+                ok_calls.push(b);
+                reports.push(r);
+            }
+            Err(e) => {
+                expect_schema(&e, "ingest");
+                assert_eq!(before, engine.stats(), "a failed ingest changed the engine");
+            }
+        }
+    }
+    if ok_calls.is_empty() {
+        return;
+    }
+    // the backfill's replay of the same arrivals judges every event as the engine did
+    let all = read_events(&plan, &ok_calls).expect("rows of calls that succeeded read again");
+    let v = verdicts(&plan.spec, &all, Some(&arrival)).expect("guarded plans replay");
+    let mut at = 0;
+    let mut applied = Vec::new();
+    for (b, r) in ok_calls.iter().zip(&reports) {
+        let n = b.num_rows();
+        let part = &v[at..at + n];
+        let count = |x: Verdict| part.iter().filter(|y| **y == x).count() as u64;
+        assert_eq!(
+            (r.accepted, r.late, r.ahead, r.duplicates),
+            (
+                count(Verdict::Apply),
+                count(Verdict::Late),
+                count(Verdict::Ahead),
+                count(Verdict::Duplicate)
+            ),
+            "ingest and the backfill's replay judge a call differently"
+        );
+        let ahead: Vec<u32> = (0..n as u32)
+            .filter(|&i| part[i as usize] == Verdict::Ahead)
+            .collect();
+        assert_eq!(r.rejected, ahead, "rows named as ahead");
+        for (i, c) in [r.accepted, r.late, r.ahead, r.duplicates]
+            .into_iter()
+            .enumerate()
+        {
+            GUARD_COUNTS[i].fetch_add(c as usize, std::sync::atomic::Ordering::Relaxed);
+        }
+        let keep: Vec<bool> = part.iter().map(|x| *x == Verdict::Apply).collect();
+        applied.push(
+            arrow_select::filter::filter_record_batch(b, &BooleanArray::from(keep))
+                .expect("filter"),
+        );
+        at += n;
+    }
+    if !applied.is_empty() {
+        count(2);
+    }
+    let snap = s.one_in(2);
+    check_parity(&plan, &mut engine, &applied, &keys, &query_times);
+    // the guard's memory survives a snapshot: the last call again, judged by both engines
+    if let (true, Some(b)) = (snap, &last_events) {
+        let path = Path::new("fuzz.snap");
+        let bytes = rtml::snapshot::encode(&engine, path).expect("encode");
+        let back = rtml::snapshot::decode(&bytes, path).expect("a fresh snapshot decodes");
+        assert_eq!(engine.stats().counters, back.stats().counters);
+        let events = read_events(&plan, std::slice::from_ref(b)).expect("read again");
+        match (engine.ingest(&events), back.ingest(&events)) {
+            (Ok(a), Ok(b)) => assert_eq!(
+                (a.accepted, a.late, a.ahead, a.duplicates, a.rejected),
+                (b.accepted, b.late, b.ahead, b.duplicates, b.rejected),
+                "the restored engine judges a call differently"
+            ),
+            (a, b) => assert_eq!(a.is_ok(), b.is_ok()),
+        }
+        assert_eq!(engine.stats().counters, back.stats().counters);
+    }
 }
 
 /// Target `spec`: arbitrary text as a feature-set document. A valid one must round-trip through
@@ -1336,6 +1551,7 @@ pub const TARGETS: &[Target] = &[
     ("transforms", transforms),
     ("snapshot", snapshot),
     ("ingest", ingest),
+    ("guard", guard),
 ];
 
 /// Ignore unused imports in one of the two builds.

@@ -78,6 +78,11 @@ fn corpus_ingest() {
     replay("ingest");
 }
 
+#[test]
+fn corpus_guard() {
+    replay("guard");
+}
+
 // ------------------------------------------------------------------ bugs fixed
 
 mod fixed {
@@ -308,27 +313,35 @@ fn tile_id_overflow_near_i64_min() {
     replay_file("known", "spec", "tile-id-overflow");
 }
 
-/// How much the parity oracle compares over a corpus directory (run by hand after a long fuzz
-/// run: `FUZZ_CORPUS=fuzz/work/ingest cargo test --no-default-features --test rust --
-/// --ignored --nocapture parity_coverage`).
+/// How much the parity oracle compares over a corpus directory, and (target `guard`) how many
+/// events each verdict judged (run by hand after a long fuzz run: `FUZZ_TARGET=guard
+/// FUZZ_CORPUS=fuzz/work/guard cargo test --no-default-features --test rust -- --ignored
+/// --nocapture parity_coverage`; the defaults are the committed `ingest` corpus).
 #[test]
 #[ignore]
 fn parity_coverage() {
     use std::sync::atomic::Ordering;
-    let dir = std::env::var("FUZZ_CORPUS").unwrap_or_else(|_| "fuzz/corpus/ingest".into());
+    let name = std::env::var("FUZZ_TARGET").unwrap_or_else(|_| "ingest".into());
+    let dir = std::env::var("FUZZ_CORPUS").unwrap_or_else(|_| format!("fuzz/corpus/{name}"));
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let f = target(&name);
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap() {
-        harness::ingest(&std::fs::read(e.unwrap().path()).unwrap());
+        f(&std::fs::read(e.unwrap().path()).unwrap());
         n += 1;
     }
-    let c: Vec<usize> = harness::PARITY_COUNTS
-        .iter()
-        .map(|a| a.load(Ordering::Relaxed))
-        .collect();
+    let load = |a: &[std::sync::atomic::AtomicUsize]| -> Vec<usize> {
+        a.iter().map(|x| x.load(Ordering::Relaxed)).collect()
+    };
+    let c = load(&harness::PARITY_COUNTS);
     println!(
         "{n} inputs, {} reached a parity check with events, {} feature values compared, {} non-null",
         c[2], c[0], c[1]
+    );
+    let g = load(&harness::GUARD_COUNTS);
+    println!(
+        "verdicts: {} applied, {} late, {} ahead, {} duplicate",
+        g[0], g[1], g[2], g[3]
     );
 }
 
@@ -457,9 +470,28 @@ mod seeds {
             d[0] = i as u8 % 6;
             put(&corpus.join("ingest"), &format!("seed-{i}"), &d);
         }
+        // guard: pseudo-random byte strings, a few per guarded spec
+        for i in 0..32 {
+            let len = [32, 128, 512, 2048][i % 4];
+            let mut d: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            d[0] = (i % harness::guard_specs().len()) as u8;
+            put(&corpus.join("guard"), &format!("seed-{i}"), &d);
+        }
         // snapshot: real snapshots of engines of every ingest spec, raw (first byte 0) and as a
         // payload framed by the harness (first byte 1)
-        for (i, s) in harness::ingest_specs().iter().enumerate() {
+        // (the guarded specs too: their snapshots hold the guard's remembered ids and times)
+        let specs: Vec<String> = harness::ingest_specs()
+            .into_iter()
+            .chain(harness::guard_specs())
+            .collect();
+        for (i, s) in specs.iter().enumerate() {
             let plan = Arc::new(Plan::new(Spec::from_json(s).unwrap()));
             for (j, strings) in [false, true].into_iter().enumerate() {
                 let engine = Engine::new(Arc::clone(&plan));
@@ -494,8 +526,10 @@ mod seeds {
                     Field::new("v", DataType::Float64, true),
                     Field::new("u", DataType::Float64, true),
                     Field::new("c", DataType::Utf8, true),
+                    Field::new("id", DataType::Int64, false),
                 ]));
-                let b = RecordBatch::try_new(schema, vec![key, ts, v.clone(), v, c]).unwrap();
+                let id: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 1, 3, 4, 1, 5]));
+                let b = RecordBatch::try_new(schema, vec![key, ts, v.clone(), v, c, id]).unwrap();
                 assert_eq!(b.num_rows(), n);
                 let batches = [b];
                 if let Ok(events) = read_events(&plan, &batches) {
