@@ -23,8 +23,6 @@
 //! remembered until `S` passes `at + wait` (afterwards no label could attach anyway), so a label
 //! for them is told apart from one for an id never served; after that it counts as unknown.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fmt;
 
 use hashbrown::HashMap;
@@ -157,7 +155,11 @@ pub struct LabelJoin {
     queue: ReleaseQueue<(i64, RequestId)>,
     /// Ids no longer pending, until the settled point passes their `at + wait`.
     gone: HashMap<RequestId, (i64, Gone)>,
-    forget: BinaryHeap<Reverse<(i64, RequestId)>>,
+    /// (until, id) of every id in `gone`, smallest first (pushed nearly in order: rows are
+    /// released in time order). Serialized as a sorted sequence, the bytes of the binary heap
+    /// it replaced (format version 1 unchanged).
+    #[serde(with = "super::release_queue::as_sequence")]
+    forget: ReleaseQueue<(i64, RequestId)>,
     watermark: Option<i64>,
     out: Vec<Example>,
     stats: Stats,
@@ -199,7 +201,7 @@ impl LabelJoin {
             pending: HashMap::new(),
             queue: ReleaseQueue::default(),
             gone: HashMap::new(),
-            forget: BinaryHeap::new(),
+            forget: ReleaseQueue::default(),
             watermark: None,
             out: Vec::new(),
             stats: Stats::default(),
@@ -292,7 +294,7 @@ impl LabelJoin {
 
     fn remember(&mut self, id: RequestId, at: i64, how: Gone) {
         let until = at.saturating_add(self.wait);
-        self.forget.push(Reverse((until, id.clone())));
+        self.forget.push(Run::Deadline, (until, id.clone()));
         self.gone.insert(id, (until, how));
     }
 
@@ -301,18 +303,21 @@ impl LabelJoin {
     /// entries met on the way are dropped.
     fn pop_live(&mut self, before: Option<i64>) -> Option<(i64, RequestId, Row)> {
         loop {
-            let (r, id) = self.queue.peek()?;
-            let live = self.pending.get(id).is_some_and(|row| row.release == *r);
-            if !live {
-                self.queue.pop();
-                continue;
-            }
+            let (r, _) = self.queue.peek()?;
             if before.is_some_and(|s| *r >= s) {
+                // every entry from here on is later: live or stale, nothing to release
                 return None;
             }
-            let (r, id) = self.queue.pop().expect("peeked");
-            let row = self.pending.remove(&id).expect("live entry has a row");
-            return Some((r, id, row));
+            let (r, id) = self.queue.pop()?;
+            // one lookup: a live entry's row is taken; a stale one (the row was released, or
+            // its release time moved when a label attached) finds no row or another time
+            match self.pending.remove_entry(&id) {
+                Some((k, row)) if row.release == r => return Some((r, k, row)),
+                Some((k, row)) => {
+                    self.pending.insert(k, row);
+                }
+                None => {}
+            }
         }
     }
 
@@ -430,12 +435,14 @@ impl LabelJoin {
                 }
             }
         }
-        while let Some(Reverse((until, _))) = self.forget.peek() {
+        while let Some((until, _)) = self.forget.peek() {
             if *until >= s || all {
                 // (a flush keeps the memory: a later label is "already released")
                 break;
             }
-            let Reverse((_, id)) = self.forget.pop().expect("peeked");
+            let Some((_, id)) = self.forget.pop() else {
+                break;
+            };
             self.gone.remove(&id);
         }
     }

@@ -82,6 +82,44 @@ impl<K: Ord> ReleaseQueue<K> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Every key, smallest first.
+    fn sorted(&self) -> Vec<&K> {
+        let mut all: Vec<&K> = self.runs[0]
+            .iter()
+            .chain(self.runs[1].iter())
+            .chain(self.heap.iter().map(|r| &r.0))
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+/// Serde for a queue as the plain sequence of its keys, smallest first (the bytes of a
+/// `BinaryHeap<Reverse<K>>` holding the same keys in some order, so it reads what one wrote).
+/// The sequence is canonical: equal queues give equal bytes whatever their history, and
+/// reading it back puts every key on one run.
+pub mod as_sequence {
+    use super::{ReleaseQueue, Run};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Ord + Serialize, S: Serializer>(
+        q: &ReleaseQueue<K>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        q.sorted().serialize(s)
+    }
+
+    pub fn deserialize<'de, K: Ord + Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<ReleaseQueue<K>, D::Error> {
+        let keys = Vec::<K>::deserialize(d)?;
+        let mut q = ReleaseQueue::default();
+        for k in keys {
+            q.push(Run::Deadline, k);
+        }
+        Ok(q)
+    }
 }
 
 #[cfg(test)]
