@@ -857,7 +857,6 @@ class FeatureSet:
                     "backfill: memory_limit= needs out= (a .parquet path or a directory): a "
                     "result beyond memory is written to disk, not returned"
                 )
-            _require_single_key(self, "backfill(out=...) (beyond memory)")
             if arrival is not None or null_keys != "error":
                 raise ValueError(
                     "backfill: out= (beyond memory) does not take arrival= or "
@@ -867,7 +866,7 @@ class FeatureSet:
 
             return outofcore.backfill(
                 self, events, spine, out, memory_limit=memory_limit or "4GB",
-                key=self._spine_key(key)[0], time=time, progress=progress,
+                key=self._spine_key(key), time=time, progress=progress,
             )  # fmt: skip
         kind = _frames.resolve_output(
             output, spine, allowed=("arrow", "pandas", "polars"), what="backfill"

@@ -315,6 +315,11 @@ class RemoteEngine:
     stored value. A key without a stored value answers like an unknown key of `OnlineEngine`
     (the empty-history values); an `at` the stored state cannot answer exactly raises the same
     `rtml.QueryError`; a value that does not decode raises `rtml.KeyStateError` naming the key.
+
+    Keys are given as to `OnlineEngine`: an int or str, or for a composite entity
+    (``entity=["driver_id", "zone"]``) a tuple with one int or str per key column; the store's
+    key names come from the engine's encoding of the tuple (src/key.rs), the one the writers'
+    engines hold, and `get_many` returns one column per key column.
     """
 
     def __init__(
@@ -330,10 +335,6 @@ class RemoteEngine:
         if client is None and url is None:
             raise SpecError("RemoteEngine: give url= or client=")
         spec = _spec_of(feature_set)
-        if len(spec.entity_columns) > 1:
-            raise SpecError(
-                f"entity: RemoteEngine does not support composite keys ({spec.entity!r}) yet"
-            )
         self.ns, self.spec_id = namespace_of(spec, prefix)
         self.url = url
         self.timeout = float(timeout)

@@ -111,9 +111,11 @@ pub struct PyRemoteReader {
 }
 
 impl PyRemoteReader {
-    fn key_ref<'a>(&self, key: &'a Bound<'_, PyAny>) -> PyResult<KeyRef<'a>> {
-        let k = convert::key_ref(key, self.plan.spec.entity.label()).py_err()?;
-        self.check_kind(k.is_int())?;
+    /// The engine's key of `key` (a tuple for a composite entity, encoded as the writers'
+    /// engines encode it), checked against the writers' kind.
+    fn key(&self, key: &Bound<'_, PyAny>) -> PyResult<PyKey> {
+        let k = convert::entity_key(key, &self.plan.spec.entity).py_err()?;
+        self.check_kind(k.as_ref().is_int())?;
         Ok(k)
     }
 
@@ -308,7 +310,8 @@ impl PyRemoteReader {
         key: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             Ok(PyBytes::new(py, &keystate::store_key(&self.ns, k)))
         })
     }
@@ -322,7 +325,8 @@ impl PyRemoteReader {
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyBytes>, i64, u8)> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             let (t, z) = self.instant(at)?;
             Ok((PyBytes::new(py, &keystate::store_key(&self.ns, k)), t, z))
         })
@@ -341,7 +345,7 @@ impl PyRemoteReader {
             let entity = &self.plan.spec.entity;
             let keys: Vec<PyKey> = keys
                 .try_iter()?
-                .map(|k| k.and_then(|k| convert::key(&k, entity.label()).py_err()))
+                .map(|k| k.and_then(|k| convert::entity_key(&k, entity).py_err()))
                 .collect::<PyResult<_>>()?;
             for k in &keys {
                 self.check_kind(k.as_ref().is_int())?;
@@ -385,7 +389,8 @@ impl PyRemoteReader {
         value: Option<Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyDict>, Option<i64>)> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             let v = bytes_of(&value)?;
             let mut out = vec![0f64; self.plan.n_features()];
             let wm = self.evaluate(k, t, zone, v, &mut out, None)?;
@@ -407,7 +412,7 @@ impl PyRemoteReader {
             let entity = &self.plan.spec.entity;
             let keys: Vec<PyKey> = keys
                 .try_iter()?
-                .map(|k| k.and_then(|k| convert::key(&k, entity.label()).py_err()))
+                .map(|k| k.and_then(|k| convert::entity_key(&k, entity).py_err()))
                 .collect::<PyResult<_>>()?;
             if times.len() != keys.len() || values.len() != keys.len() || zones.len() != keys.len()
             {
@@ -439,7 +444,8 @@ impl PyRemoteReader {
         fields: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, numpy::PyArray1<f64>>, Option<i64>)> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             let v = bytes_of(&value)?;
             let tf = transforms.get();
             let held = self.zone.load(Ordering::Acquire);
@@ -496,11 +502,13 @@ impl PyRemoteReader {
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyDict>, Option<i64>)> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             let (t, z) = self.instant(at)?;
             let name = keystate::store_key(&self.ns, k);
             let values = self.fetch(py, conn.get(), vec![name])?;
-            let k = self.key_ref(key)?; // against the key kind just learned
+            let k = self.key(key)?; // against the key kind just learned
+            let k = k.as_ref();
             let mut out = vec![0f64; self.plan.n_features()];
             let value = values.into_iter().next().flatten();
             let wm = self.evaluate(k, t, z, value.as_deref(), &mut out, None)?;
@@ -521,7 +529,7 @@ impl PyRemoteReader {
             let (names, times, zones) = self.prepare_many(py, keys, at)?;
             let keys: Vec<PyKey> = keys
                 .try_iter()?
-                .map(|k| k.and_then(|k| convert::key(&k, self.plan.spec.entity.label()).py_err()))
+                .map(|k| k.and_then(|k| convert::entity_key(&k, &self.plan.spec.entity).py_err()))
                 .collect::<PyResult<_>>()?;
             let names: Vec<Vec<u8>> = names
                 .iter()
@@ -557,7 +565,8 @@ impl PyRemoteReader {
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, numpy::PyArray1<f64>>, Option<i64>)> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             let (t, z) = self.instant(at)?;
             let name = keystate::store_key(&self.ns, k);
             let mut values = self.fetch(py, conn.get(), vec![name])?;
@@ -577,8 +586,8 @@ impl PyRemoteReader {
         key: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         entry(None, || {
-            let k = convert::key_ref(key, self.plan.spec.entity.label()).py_err()?;
-            let name = keystate::store_key(&self.ns, k);
+            let k = convert::entity_key(key, &self.plan.spec.entity).py_err()?;
+            let name = keystate::store_key(&self.ns, k.as_ref());
             match conn.get().command(py, &[b"EXISTS", &name])? {
                 Reply::Int(n) => Ok(n > 0),
                 _ => Err(RedisIoError::new_err("redis: unexpected reply to EXISTS")),

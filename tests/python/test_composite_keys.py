@@ -324,9 +324,6 @@ def test_errors():
             rtml.FeatureSet(bad, "ts", [rtml.count()])
     with pytest.raises(rtml.SpecError, match="collides"):
         rtml.FeatureSet(["a", "count"], "ts", [rtml.count()])
-    # what does not take composite keys yet says so
-    with pytest.raises(rtml.SpecError, match="composite"):
-        fs.backfill(ev, {"driver": ["a"], "zone": [1], "ts": [2]}, out="x.parquet")
 
 
 def test_null_parts_follow_null_keys():
@@ -394,14 +391,3 @@ def test_arrival_and_dedupe_replay_the_stream_with_composite_keys():
     # ids: a duplicate within one call is dropped, online and in the replay
     ev2 = dict(ev, id=["e1", "e1", "e3", "e4", "e5"])
     assert fs.verdicts(ev2, arrival="batch")[:2] == ["applied", "duplicate"]
-
-
-def test_paths_without_composite_support_refuse():
-    fs = rtml.FeatureSet(["d", "z"], "ts", [rtml.count()], timestamp_unit="s")
-    ev = {"d": ["a"], "z": [1], "ts": [1]}
-    with pytest.raises(rtml.SpecError, match="composite"):
-        rtml.backfill({"d": ["a"], "z": [1], "ts": [2]}, {"s": (fs, ev)})
-    with pytest.raises(rtml.SpecError, match="composite"):
-        rtml.RemoteEngine(fs, client=object())
-    with pytest.raises(rtml.SpecError, match="composite"):
-        rtml.parity.check(fs, ev, pa.table({"key": ["a"], "at": pa.array([2], pa.int64())}))
