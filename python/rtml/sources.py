@@ -299,7 +299,9 @@ class ReplaySource(Source):
             from ._keyhash import entity_keys
 
             # a composite key is partitioned by its encoding: message_key of the tuple
-            enc = pc.dictionary_encode(entity_keys(t, cols)).combine_chunks()
+            enc = pc.dictionary_encode(entity_keys(t, cols))
+            if isinstance(enc, pa.ChunkedArray):
+                enc = enc.combine_chunks()
             uniq = enc.dictionary.to_pylist()
             part_of_uniq = np.array(
                 [partition_of(k, self.partitions) for k in uniq], dtype=np.int64
