@@ -365,9 +365,12 @@ def changed_keys(engine: Engine) -> int:
 
 def publish_changes(
     engine: Engine, ns: str, spec_id: int, all: bool = False
-) -> tuple[int | None, int | None, int, int, bool | None, list[tuple[bytes, bytes, int]]]:
+) -> tuple[
+    int | None, int | None, int, int, bool | None, list[tuple[bytes, bytes, int]], int | None
+]:
     """(watermark, settle_point, keys held, bytes, key_is_int, [(store key, value, last event
-    time ns)]) for every key changed since the last call (every key with `all`)."""
+    time ns)], key_kind) for every key changed since the last call (every key with `all`);
+    `key_kind`: the exact key kind (src/key.rs; a composite key's part kinds)."""
 
 @final
 class RemoteReader:
@@ -375,7 +378,9 @@ class RemoteReader:
     in-process engine's code (the engine side of rtml.RemoteEngine)."""
 
     def __new__(cls, spec: Spec, ns: str, spec_id: int) -> RemoteReader: ...
-    def set_info(self, key_is_int: bool | None, zone: str | None) -> None: ...
+    def set_info(
+        self, key_is_int: bool | None, zone: str | None, key_kind: int | None = None
+    ) -> None: ...
     def store_key(self, key: object) -> bytes: ...
     def prepare(self, key: object, at: _Instant | None = None) -> tuple[bytes, int, int]: ...
     def prepare_many(

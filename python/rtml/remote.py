@@ -205,7 +205,7 @@ class RedisPublisher:
             full = self._full.get(partition, True)
             if not full and partition in self._seen and not c.hexists(self.meta_key, field):
                 full = True  # Redis restarted (or the record was deleted): write everything
-            wm, settled, keys, nbytes, key_is_int, items = _core.publish_changes(
+            wm, settled, keys, nbytes, key_is_int, items, key_kind = _core.publish_changes(
                 engine._engine, self.ns, self.spec_id, full
             )
             # a failure from here on loses the changed set taken above: the next call is full
@@ -231,13 +231,15 @@ class RedisPublisher:
                 "settle_point": settled,
                 "keys": keys,
                 "key_is_int": key_is_int,
+                "key_kind": key_kind,
                 "position": position,
                 "published_at_ms": now_ms,
                 "keystate_version": KEYSTATE_VERSION,
             }
             pipe.hset(self.meta_key, field, json.dumps(record))
             zone = engine._engine.time_zone_kind
-            pipe.set(self.info_key, json.dumps({"key_is_int": key_is_int, "zone": zone}))
+            info = {"key_is_int": key_is_int, "key_kind": key_kind, "zone": zone}
+            pipe.set(self.info_key, json.dumps(info))
             pipe.execute()
         except _redis_errors() as e:
             self.errors += 1
@@ -367,7 +369,7 @@ class RemoteEngine:
             return
         try:
             info = json.loads(raw)
-            self._reader.set_info(info.get("key_is_int"), info.get("zone"))
+            self._reader.set_info(info.get("key_is_int"), info.get("zone"), info.get("key_kind"))
             self._info_known = info.get("key_is_int") is not None
         except (ValueError, AttributeError, TypeError):
             raise KeyStateError(f"{self._info_key.decode()}: not an rtml info record") from None

@@ -467,7 +467,7 @@ def test_encoded_keys_are_the_engines_keys():
     eng.ingest(_stream_events(50, seed=1))
     _core.track_changes(eng._engine, True)
     ns, sid = namespace_of(fs)
-    *_, items = _core.publish_changes(eng._engine, ns, sid, True)
+    items = _core.publish_changes(eng._engine, ns, sid, True)[5]
     names = sorted(bytes(n) for n, _, _ in items)
     reader = _core.RemoteReader(fs._spec, ns, sid)
     assert names == sorted(bytes(reader.store_key(t)) for t in _tuples(_stream_events(50, seed=1)))
