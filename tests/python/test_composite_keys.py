@@ -653,3 +653,21 @@ def test_json_messages_map_one_field_per_key_part(tmp_path):
                 tmp_path / "ckpt", checkpoint_every="0s")
     r2.run_until_idle()
     assert r2.get(tuples[0], at=pd.Timestamp(wm + 60 * NS, unit="ns", tz="UTC")) == on[0]
+
+
+def test_encode_keys_nulls_dictionaries_and_widths():
+    """A null part gives a null key; dictionary-encoded string parts and every integer width
+    encode as their values; a float part is refused naming the column."""
+    from rtml import _core
+
+    t = pa.table({
+        "d": pa.array(["b", None, "b", "ü"]).dictionary_encode(),
+        "z": pa.array([3, 4, None, -1], pa.int8()),
+        "u": pa.array([1, 2, 3, 2**32], pa.uint64()),
+    })
+    got = _core.encode_keys(t, ["d", "z", "u"]).column(0).to_pylist()
+    assert got == ["s1:bi3;i1;", None, None, "s2:üi-1;i4294967296;"]
+    with raises(rtml.SchemaError, "'x'", "integers or strings"):
+        _core.encode_keys(pa.table({"x": [1.5], "d": ["a"]}), ["d", "x"])
+    with raises(rtml.SchemaError, "'nope'"):
+        _core.encode_keys(t, ["d", "nope"])
