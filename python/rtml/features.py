@@ -509,16 +509,6 @@ def _names(columns: list[str]) -> str:
     return ", ".join(columns)
 
 
-def _require_single_key(fs: "FeatureSet", what: str) -> None:
-    """Refuse a composite-key feature set where composite keys are not supported yet."""
-    if fs.is_composite:
-        raise SpecError(
-            f"entity: {what} does not support composite keys ({fs.entity!r}) yet; use "
-            "FeatureSet.backfill in memory and OnlineEngine, or key by one column (for example "
-            "a column joining the parts)"
-        )
-
-
 def _check_key_column(table: pa.Table, column: str, what: str) -> None:
     """Refuse float keys with a hint to cast (1.0 and 1 would be different keys otherwise)."""
     if column not in table.column_names:
