@@ -671,3 +671,24 @@ def test_encode_keys_nulls_dictionaries_and_widths():
         _core.encode_keys(pa.table({"x": [1.5], "d": ["a"]}), ["d", "x"])
     with raises(rtml.SchemaError, "'nope'"):
         _core.encode_keys(t, ["d", "nope"])
+
+
+def test_parity_arrived_late_with_composite_keys():
+    """parity.check(arrival=...) recomputes a differing row from the events of its tuple that
+    had arrived by served_at: ("a", 1) served before its second event arrived is 'arrived
+    late'; ("a1", 2), whose parts join to the same text as ("a", 12), is a true mismatch."""
+    import rtml.parity
+
+    fs = rtml.FeatureSet(["d", "z"], "ts", [rtml.count(), rtml.sum("x")])
+    t = lambda s: pa.array(s, pa.timestamp("s", "UTC"))  # noqa: E731
+    ev = pa.table({"d": ["a", "a", "a", "a1"], "z": [1, 1, 12, 2], "ts": t([10, 20, 15, 15]),
+                   "x": [1.0, 2.0, 4.0, 8.0], "received_at": t([11, 100, 16, 16])})
+    log = pa.table({"d": ["a", "a1", "a"], "z": [1, 2, 12], "at": t([30, 30, 30]),
+                    "served_at": t([50, 200, 50]),
+                    "count": [1.0, 2.0, 1.0], "x_sum": [1.0, 8.0, 4.0]})
+    report = rtml.parity.check(fs, ev, log, key=["d", "z"], arrival="received_at")
+    assert report.features["count"].arrived_late == 1
+    assert report.features["count"].mismatches == 1
+    assert report.features["count"].examples[0]["key"] == ("a1", 2)
+    assert report.features["x_sum"].arrived_late == 1 and report.features["x_sum"].mismatches == 0
+    assert report.features["x_sum"].matches == 2
