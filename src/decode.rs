@@ -8,7 +8,9 @@
 //!
 //! Mapping (docs/streaming.md):
 //! * entity: a JSON integer (int64 key) or a string (string key); one kind per decoder, fixed
-//!   by the first accepted message unless given up front;
+//!   by the first accepted message unless given up front. A composite entity maps one JSON
+//!   field per key column, each an integer or a string with its own fixed kind; the batch has
+//!   one column per part (the engine encodes the key, `crate::key`);
 //! * timestamp: an RFC 3339 string (`2024-05-01T12:00:00Z`, `...+02:00`, fractional seconds
 //!   up to nanoseconds) or an epoch number in the stated unit (`s`, `ms`, `us`, `ns`; integers
 //!   exact; a fraction is rounded to the nearest nanosecond);
@@ -47,8 +49,9 @@ pub struct ColumnMap {
 /// The decoder's configuration: which JSON fields feed which event columns.
 #[derive(Clone, Debug)]
 pub struct JsonMapping {
-    /// (event column name, JSON field) of the entity.
-    pub entity: (String, String),
+    /// (event column name, JSON field) of the entity: one pair, or one per part of a
+    /// composite key, in key order.
+    pub entity: Vec<(String, String)>,
     /// (event column name, JSON field) of the timestamp.
     pub timestamp: (String, String),
     /// Nanoseconds per unit of a numeric timestamp; `None`: numeric timestamps are rejected.
@@ -62,8 +65,9 @@ pub struct Decoded {
     pub batch: RecordBatch,
     /// (message index in the batch, reason).
     pub rejected: Vec<(usize, String)>,
-    /// Whether the keys are integers (`None`: no message accepted yet and no kind given).
-    pub key_is_int: Option<bool>,
+    /// Whether each key part is an integer (one entry per entity column; `None`: no message
+    /// accepted yet and no kind given).
+    pub key_is_int: Option<Vec<bool>>,
 }
 
 /// A field value as read, borrowed from the message where possible.
@@ -264,24 +268,44 @@ enum KeyCol {
     Str(StringBuilder),
 }
 
-/// Decode a batch of messages. `key_is_int` fixes the entity kind (`None`: the first accepted
-/// message decides and the result reports it).
+fn key_col(is_int: bool, n: usize) -> KeyCol {
+    if is_int {
+        KeyCol::Int(Int64Builder::with_capacity(n))
+    } else {
+        KeyCol::Str(StringBuilder::with_capacity(n, n * 8))
+    }
+}
+
+/// Decode a batch of messages. `key_is_int` fixes the kind of each entity part (`None`: the
+/// first accepted message decides and the result reports it).
 pub fn decode_json<B: AsRef<[u8]>>(
     mapping: &JsonMapping,
     messages: &[B],
-    key_is_int: Option<bool>,
+    key_is_int: Option<&[bool]>,
 ) -> Result<Decoded> {
-    let mut names: Vec<&str> = Vec::with_capacity(2 + mapping.values.len());
-    names.push(&mapping.entity.1);
+    let parts = mapping.entity.len();
+    if parts == 0 || key_is_int.is_some_and(|k| k.len() != parts) {
+        return Err(Error::spec(
+            "entity",
+            format!(
+                "the JSON mapping has {parts} entity field(s) but the key kind names {}",
+                key_is_int.map_or(0, |k| k.len())
+            ),
+        ));
+    }
+    let composite = parts > 1;
+    let mut names: Vec<&str> = Vec::with_capacity(parts + 1 + mapping.values.len());
+    for (_, field) in &mapping.entity {
+        names.push(field);
+    }
     names.push(&mapping.timestamp.1);
     for c in &mapping.values {
         names.push(&c.field);
     }
     let n = messages.len();
-    let mut keys = match key_is_int {
-        None => KeyCol::Unknown,
-        Some(true) => KeyCol::Int(Int64Builder::with_capacity(n)),
-        Some(false) => KeyCol::Str(StringBuilder::with_capacity(n, n * 8)),
+    let mut keys: Vec<KeyCol> = match key_is_int {
+        None => (0..parts).map(|_| KeyCol::Unknown).collect(),
+        Some(kinds) => kinds.iter().map(|&k| key_col(k, n)).collect(),
     };
     let mut ts: Vec<i64> = Vec::with_capacity(n);
     enum ValCol {
@@ -314,31 +338,42 @@ pub fn decode_json<B: AsRef<[u8]>>(
                 continue;
             }
         };
-        let checked = (|| -> std::result::Result<(i64, K<'_>, Vec<V<'_>>), String> {
-            let key = match &row[0] {
-                None | Some(Val::Null) => {
-                    return Err(format!("missing field '{}' (the entity)", mapping.entity.1))
-                }
-                Some(Val::Int(k)) => K::Int(*k),
-                Some(Val::UInt(k)) => match i64::try_from(*k) {
-                    Ok(k) => K::Int(k),
-                    Err(_) => {
+        let checked = (|| -> std::result::Result<(i64, Vec<K<'_>>, Vec<V<'_>>), String> {
+            let mut key = Vec::with_capacity(parts);
+            for (j, ((column, field), v)) in mapping.entity.iter().zip(&row).enumerate() {
+                let what = if composite {
+                    format!("part {} of the entity, column '{column}'", j + 1)
+                } else {
+                    "the entity".to_string()
+                };
+                key.push(match v {
+                    None | Some(Val::Null) => {
+                        return Err(format!("missing field '{field}' ({what})"))
+                    }
+                    Some(Val::Int(k)) => K::Int(*k),
+                    Some(Val::UInt(k)) => match i64::try_from(*k) {
+                        Ok(k) => K::Int(k),
+                        Err(_) => {
+                            return Err(format!(
+                                "field '{field}': integer key out of the int64 range"
+                            ))
+                        }
+                    },
+                    Some(Val::Str(s)) => K::Str(s.as_ref()),
+                    Some(other) => {
                         return Err(format!(
-                            "field '{}': integer key out of the int64 range",
-                            mapping.entity.1
+                            "field '{field}': {} must be an integer or a string, got {}",
+                            if composite {
+                                "a key part"
+                            } else {
+                                "the entity"
+                            },
+                            other.kind()
                         ))
                     }
-                },
-                Some(Val::Str(s)) => K::Str(s.as_ref()),
-                Some(other) => {
-                    return Err(format!(
-                        "field '{}': the entity must be an integer or a string, got {}",
-                        mapping.entity.1,
-                        other.kind()
-                    ))
-                }
-            };
-            let t = match &row[1] {
+                });
+            }
+            let t = match &row[parts] {
                 None | Some(Val::Null) => {
                     return Err(format!(
                         "missing field '{}' (the timestamp)",
@@ -349,7 +384,7 @@ pub fn decode_json<B: AsRef<[u8]>>(
                     .map_err(|m| format!("field '{}': {m}", mapping.timestamp.1))?,
             };
             let mut vals = Vec::with_capacity(mapping.values.len());
-            for (c, v) in mapping.values.iter().zip(&row[2..]) {
+            for (c, v) in mapping.values.iter().zip(row.iter().skip(parts + 1)) {
                 let bad = |v: &Val<'_>| {
                     Err(format!(
                         "field '{}': expected {}, got {}",
@@ -391,25 +426,30 @@ pub fn decode_json<B: AsRef<[u8]>>(
                 continue;
             }
         };
-        // The key kind: fixed, or decided by the first accepted message.
-        let is_int = matches!(key, K::Int(_));
-        if let KeyCol::Unknown = keys {
-            keys = if is_int {
-                KeyCol::Int(Int64Builder::with_capacity(n))
-            } else {
-                KeyCol::Str(StringBuilder::with_capacity(n, n * 8))
-            };
-        }
-        match (&mut keys, &key) {
-            (KeyCol::Int(b), K::Int(k)) => b.append_value(*k),
-            (KeyCol::Str(b), K::Str(s)) => b.append_value(s),
-            (KeyCol::Int(_), _) => {
-                rejected.push((i, format!("field '{}': expected an integer key like the rest of the partition, got a string", mapping.entity.1)));
-                continue;
+        // The key kinds: fixed, or decided by the first accepted message; every part is
+        // checked before any is appended.
+        let mismatch = keys.iter().zip(&key).zip(&mapping.entity).find_map(|((col, k), (_, field))| {
+            match (col, k) {
+                (KeyCol::Int(_), K::Str(_)) => Some(format!("field '{field}': expected an integer key like the rest of the partition, got a string")),
+                (KeyCol::Str(_), K::Int(_)) => Some(format!("field '{field}': expected a string key like the rest of the partition, got an integer")),
+                _ => None,
             }
-            _ => {
-                rejected.push((i, format!("field '{}': expected a string key like the rest of the partition, got an integer", mapping.entity.1)));
-                continue;
+        });
+        if let Some(reason) = mismatch {
+            rejected.push((i, reason));
+            continue;
+        }
+        for (col, k) in keys.iter_mut().zip(&key) {
+            if let KeyCol::Unknown = col {
+                *col = key_col(matches!(k, K::Int(_)), n);
+            }
+            match (col, k) {
+                (KeyCol::Int(b), K::Int(k)) => b.append_value(*k),
+                (KeyCol::Str(b), K::Str(s)) => b.append_value(s),
+                // (kinds checked above; total without a panic)
+                (KeyCol::Int(b), _) => b.append_null(),
+                (KeyCol::Str(b), _) => b.append_null(),
+                (KeyCol::Unknown, _) => {}
             }
         }
         ts.push(t);
@@ -423,30 +463,35 @@ pub fn decode_json<B: AsRef<[u8]>>(
             }
         }
     }
-    let key_is_int = match &keys {
-        KeyCol::Unknown => None,
-        KeyCol::Int(_) => Some(true),
-        KeyCol::Str(_) => Some(false),
-    };
+    let key_is_int: Option<Vec<bool>> = keys
+        .iter()
+        .map(|k| match k {
+            KeyCol::Unknown => None,
+            KeyCol::Int(_) => Some(true),
+            KeyCol::Str(_) => Some(false),
+        })
+        .collect();
     let rows = ts.len();
-    let (key_type, key_arr): (DataType, ArrayRef) = match keys {
-        KeyCol::Int(mut b) => (DataType::Int64, Arc::new(b.finish())),
-        KeyCol::Str(mut b) => (DataType::Utf8, Arc::new(b.finish())),
-        // nothing accepted: an empty int column (an empty batch is no evidence of the kind)
-        KeyCol::Unknown => (DataType::Int64, Arc::new(Int64Builder::new().finish())),
-    };
-    let mut fields = vec![
-        Field::new(&mapping.entity.0, key_type, false),
-        Field::new(
-            &mapping.timestamp.0,
-            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
-            false,
-        ),
-    ];
-    let mut arrays: Vec<ArrayRef> = vec![
-        key_arr,
-        Arc::new(TimestampNanosecondArray::from(ts).with_timezone("UTC")),
-    ];
+    let mut fields = Vec::with_capacity(parts + 1 + mapping.values.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(fields.capacity());
+    for ((column, _), k) in mapping.entity.iter().zip(keys) {
+        let (key_type, key_arr): (DataType, ArrayRef) = match k {
+            KeyCol::Int(mut b) => (DataType::Int64, Arc::new(b.finish())),
+            KeyCol::Str(mut b) => (DataType::Utf8, Arc::new(b.finish())),
+            // nothing accepted: an empty int column (an empty batch is no evidence of the kind)
+            KeyCol::Unknown => (DataType::Int64, Arc::new(Int64Builder::new().finish())),
+        };
+        fields.push(Field::new(column, key_type, false));
+        arrays.push(key_arr);
+    }
+    fields.push(Field::new(
+        &mapping.timestamp.0,
+        DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+        false,
+    ));
+    arrays.push(Arc::new(
+        TimestampNanosecondArray::from(ts).with_timezone("UTC"),
+    ));
     for (c, col) in mapping.values.iter().zip(cols) {
         match col {
             ValCol::F(mut b) => {
@@ -466,7 +511,7 @@ pub fn decode_json<B: AsRef<[u8]>>(
     )
     .map_err(|e| {
         Error::schema(
-            &mapping.entity.0,
+            &mapping.timestamp.0,
             format!("cannot build the decoded batch: {e}"),
         )
     })?;
@@ -486,7 +531,7 @@ mod tests {
 
     fn mapping(unit: Option<&str>) -> JsonMapping {
         JsonMapping {
-            entity: ("user".into(), "u".into()),
+            entity: vec![("user".into(), "u".into())],
             timestamp: ("ts".into(), "t".into()),
             ts_factor: unit.map(|u| unit_factor(u).unwrap()),
             values: vec![
@@ -513,7 +558,7 @@ mod tests {
         ];
         let d = decode_json(&mapping(Some("s")), &msgs, None).unwrap();
         assert!(d.rejected.is_empty(), "{:?}", d.rejected);
-        assert_eq!(d.key_is_int, Some(true));
+        assert_eq!(d.key_is_int, Some(vec![true]));
         let b = &d.batch;
         assert_eq!(
             b.column(0).as_primitive::<Int64Type>().values().to_vec(),
@@ -581,8 +626,51 @@ mod tests {
         let idx: Vec<usize> = d.rejected.iter().map(|r| r.0).collect();
         assert_eq!(idx, vec![0, 1, 2, 3, 4, 5]);
         assert!(d.rejected[5].1.contains("out of range"));
-        assert_eq!(d.key_is_int, Some(false));
+        assert_eq!(d.key_is_int, Some(vec![false]));
         assert_eq!(d.batch.num_rows(), 1);
+    }
+
+    #[test]
+    fn composite_entity_one_column_per_part() {
+        let mut m = mapping(Some("s"));
+        m.entity = vec![("driver".into(), "d".into()), ("zone".into(), "z".into())];
+        let msgs: Vec<&[u8]> = vec![
+            br#"{"d": "a", "z": 1, "t": 1, "x": 1.0}"#,
+            br#"{"d": "b", "t": 2}"#,
+            br#"{"d": "b", "z": "1", "t": 3}"#,
+            br#"{"d": 7, "z": 2, "t": 4}"#,
+            br#"{"d": "c", "z": [1], "t": 5}"#,
+            br#"{"d": "c", "z": null, "t": 6}"#,
+            br#"{"d": "c", "z": 3, "t": 7}"#,
+        ];
+        let d = decode_json(&m, &msgs, None).unwrap();
+        assert_eq!(d.key_is_int, Some(vec![false, true]));
+        let b = &d.batch;
+        assert_eq!(b.schema().field(0).name(), "driver");
+        assert_eq!(b.schema().field(1).name(), "zone");
+        assert_eq!(b.schema().field(2).name(), "ts");
+        let dr = b.column(0).as_string::<i32>();
+        assert_eq!(
+            (0..dr.len()).map(|i| dr.value(i)).collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        assert_eq!(
+            b.column(1).as_primitive::<Int64Type>().values().to_vec(),
+            vec![1, 3]
+        );
+        let why: Vec<(usize, &str)> = d.rejected.iter().map(|(i, r)| (*i, r.as_str())).collect();
+        assert_eq!(why.len(), 5, "{why:?}");
+        assert!(
+            why[0].0 == 1 && why[0].1.contains("missing field 'z'") && why[0].1.contains("zone")
+        );
+        assert!(why[1].0 == 2 && why[1].1.contains("field 'z'") && why[1].1.contains("integer"));
+        assert!(why[2].0 == 3 && why[2].1.contains("field 'd'") && why[2].1.contains("string"));
+        assert!(why[3].0 == 4 && why[3].1.contains("field 'z'") && why[3].1.contains("an array"));
+        assert!(why[4].0 == 5 && why[4].1.contains("missing field 'z'"));
+        // kinds given up front; a wrong count of kinds is an error, not a panic
+        let d = decode_json(&m, &msgs, Some(&[false, false])).unwrap();
+        assert_eq!(d.batch.num_rows(), 1); // only {"d": "b", "z": "1"}
+        assert!(decode_json(&m, &msgs, Some(&[true])).is_err());
     }
 
     #[test]

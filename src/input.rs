@@ -432,6 +432,50 @@ pub fn read_entity<'a>(
     Ok(KeyArr::Composite(keys, kind))
 }
 
+/// The composite-key encoding ([`crate::key`]) of the parts in `columns` for every row of
+/// `batch`, `None` where any part is null: the keys an engine of a composite entity with these
+/// columns holds, for code outside the engine that must agree with it (partitioning a backfill
+/// by key, the shared store's key names, joining rows by key). Each part column must be
+/// integers or strings, as an entity's.
+pub fn encode_parts(
+    batch: &RecordBatch,
+    columns: &[String],
+    what: &str,
+) -> Result<Vec<Option<String>>> {
+    let mut parts = Vec::with_capacity(columns.len());
+    let mut nulls = Vec::with_capacity(columns.len());
+    for name in columns {
+        let a = column(batch, name, what)?;
+        nulls.push(a.logical_nulls());
+        let k = if let Some(v) = int_values(a.as_ref(), name)? {
+            KeyArr::Int(v)
+        } else if let Some(s) = str_arr(a.as_ref())? {
+            KeyArr::Str(s)
+        } else {
+            return Err(Error::schema(
+                name,
+                format!(
+                    "entity keys must be integers or strings, got {}",
+                    a.data_type()
+                ),
+            ));
+        };
+        parts.push(k);
+    }
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            if nulls.iter().flatten().any(|n| n.is_null(i)) {
+                return None;
+            }
+            let mut out = String::new();
+            for p in &parts {
+                crate::key::push_part(&mut out, p.get(i));
+            }
+            Some(out)
+        })
+        .collect())
+}
+
 fn scale(v: &[i64], factor: i64, name: &str, offset: usize) -> Result<Vec<i64>> {
     if factor == 1 {
         return Ok(v.to_vec());

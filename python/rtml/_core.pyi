@@ -18,6 +18,7 @@ __all__ = [
     "JsonDecoder",
     "debug_build",
     "num_threads",
+    "encode_keys",
     "_init_exceptions",
     "__version__",
     "SNAPSHOT_VERSION",
@@ -42,6 +43,11 @@ def debug_build() -> bool:
 def num_threads() -> int:
     """Threads of rtml's parallel pool in this process: RTML_NUM_THREADS, else
     RAYON_NUM_THREADS, else the CPU count. Built on first use; rebuilt in a forked child."""
+
+def encode_keys(table: _ArrowStream, columns: list[str]) -> pa.RecordBatch:
+    """The composite-key encoding (src/key.rs) of the parts in `columns` for every row of
+    `table`: a one-column batch (`key`, large_string, null where a part is null); the bytes an
+    engine of a composite entity with these columns holds as its key."""
 
 def _init_exceptions(
     rtml: type[Exception],
@@ -186,17 +192,19 @@ class JsonDecoder:
 
     def __new__(
         cls,
-        entity: tuple[str, str],
+        entity: tuple[str, str] | list[tuple[str, str]],
         timestamp: tuple[str, str],
         values: list[tuple[str, str, bool]],
         timestamp_unit: str | None = None,
         event_id: tuple[str, str] | None = None,
     ) -> JsonDecoder:
-        """`event_id`: (column, JSON field) of the `dedupe_on` ids: a string or an integer (read
-        as its decimal text); a message without one is rejected."""
+        """`entity`: (column, JSON field), or a list of them (one per key column) for a
+        composite key. `event_id`: (column, JSON field) of the `dedupe_on` ids: a string or an
+        integer (read as its decimal text); a message without one is rejected."""
     def decode(
-        self, messages: list[bytes | None], key_is_int: bool | None = None
-    ) -> tuple[pa.RecordBatch, list[tuple[int, str]], bool | None]: ...
+        self, messages: list[bytes | None], key_is_int: bool | list[bool] | None = None
+    ) -> tuple[pa.RecordBatch, list[tuple[int, str]], bool | list[bool] | None]:
+        """`key_is_int`: the key kind (a list of bools, one per part, for a composite key)."""
 
 # ---------------------------------------------------------------------------------------------
 # The write-ahead log (issue 12): src/python/wal.rs over src/wal.rs. Wrapped by python/rtml/wal.py
@@ -360,9 +368,12 @@ def changed_keys(engine: Engine) -> int:
 
 def publish_changes(
     engine: Engine, ns: str, spec_id: int, all: bool = False
-) -> tuple[int | None, int | None, int, int, bool | None, list[tuple[bytes, bytes, int]]]:
+) -> tuple[
+    int | None, int | None, int, int, bool | None, list[tuple[bytes, bytes, int]], int | None
+]:
     """(watermark, settle_point, keys held, bytes, key_is_int, [(store key, value, last event
-    time ns)]) for every key changed since the last call (every key with `all`)."""
+    time ns)], key_kind) for every key changed since the last call (every key with `all`);
+    `key_kind`: the exact key kind (src/key.rs; a composite key's part kinds)."""
 
 @final
 class RemoteReader:
@@ -370,7 +381,9 @@ class RemoteReader:
     in-process engine's code (the engine side of rtml.RemoteEngine)."""
 
     def __new__(cls, spec: Spec, ns: str, spec_id: int) -> RemoteReader: ...
-    def set_info(self, key_is_int: bool | None, zone: str | None) -> None: ...
+    def set_info(
+        self, key_is_int: bool | None, zone: str | None, key_kind: int | None = None
+    ) -> None: ...
     def store_key(self, key: object) -> bytes: ...
     def prepare(self, key: object, at: _Instant | None = None) -> tuple[bytes, int, int]: ...
     def prepare_many(

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["hash_keys", "partition_of", "is_string_key"]
+__all__ = ["hash_keys", "partition_of", "is_string_key", "entity_keys", "encode_key"]
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -116,3 +116,43 @@ def partition_of(keys: pa.Array | pa.ChunkedArray, n: int, seed: int = 0) -> Any
     if n <= 1:
         return np.zeros(len(keys), dtype=np.int64)
     return (hash_keys(keys, seed) % np.uint64(n)).astype(np.int64)
+
+
+def entity_keys(table: pa.Table | pa.RecordBatch, columns: list[str]) -> pa.Array | pa.ChunkedArray:
+    """The entity key of every row of `table` as the engine holds it: the key column itself for
+    a single key, or for a composite key (several `columns`) the engine's encoding of the parts
+    (``rtml._core.encode_keys``, the one encoder in src/key.rs; null where a part is null).
+    Equal tuples give equal keys, so hashing these puts all rows of a composite key in one
+    partition.
+
+    >>> import pyarrow as pa
+    >>> t = pa.table({"d": ["d7", "d7"], "z": [3, 4]})
+    >>> entity_keys(t, ["d", "z"]).to_pylist()
+    ['s2:d7i3;', 's2:d7i4;']
+    """
+    if len(columns) == 1:
+        return table.column(columns[0])
+    from . import _core
+
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    out: pa.Array = _core.encode_keys(table, columns).column(0)
+    return out
+
+
+def encode_key(parts: Any) -> str:
+    """The engine's encoding of one composite key given as a tuple (or list) of int / str parts
+    (``rtml._core.encode_keys`` on a one-row table: the one encoder in src/key.rs).
+
+    >>> encode_key(("d7", 3))
+    's2:d7i3;'
+    """
+    cols = {}
+    for j, v in enumerate(parts):
+        if isinstance(v, bool) or not isinstance(v, (int, str, np.integer)):
+            raise TypeError(
+                f"a composite key part is an int or a str, got {type(v).__name__} at part {j}"
+            )
+        cols[f"p{j}"] = pa.array([int(v) if isinstance(v, np.integer) else v])
+    out = entity_keys(pa.table(cols), list(cols)).to_pylist()
+    return str(out[0])

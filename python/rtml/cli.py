@@ -258,7 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--feature-set", default=None, help="keep the log rows whose feature_set is this name"
     )
-    p.add_argument("--key", default="key", help="log column holding the entity key (default: key)")
+    p.add_argument(
+        "--key",
+        default=None,
+        nargs="+",
+        help="log column(s) holding the entity key: one, or one per key column of a composite "
+        "entity, in key order (default: key; for a composite entity, its column names)",
+    )
     p.add_argument("--at", default="at", help="log column holding the served instant (default: at)")
     p.add_argument(
         "--arrival",

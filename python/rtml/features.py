@@ -509,16 +509,6 @@ def _names(columns: list[str]) -> str:
     return ", ".join(columns)
 
 
-def _require_single_key(fs: "FeatureSet", what: str) -> None:
-    """Refuse a composite-key feature set where composite keys are not supported yet."""
-    if fs.is_composite:
-        raise SpecError(
-            f"entity: {what} does not support composite keys ({fs.entity!r}) yet; use "
-            "FeatureSet.backfill in memory and OnlineEngine, or key by one column (for example "
-            "a column joining the parts)"
-        )
-
-
 def _check_key_column(table: pa.Table, column: str, what: str) -> None:
     """Refuse float keys with a hint to cast (1.0 and 1 would be different keys otherwise)."""
     if column not in table.column_names:
@@ -873,7 +863,6 @@ class FeatureSet:
                     "backfill: memory_limit= needs out= (a .parquet path or a directory): a "
                     "result beyond memory is written to disk, not returned"
                 )
-            _require_single_key(self, "backfill(out=...) (beyond memory)")
             if arrival is not None or null_keys != "error":
                 raise ValueError(
                     "backfill: out= (beyond memory) does not take arrival= or "
@@ -883,7 +872,7 @@ class FeatureSet:
 
             return outofcore.backfill(
                 self, events, spine, out, memory_limit=memory_limit or "4GB",
-                key=self._spine_key(key)[0], time=time, progress=progress,
+                key=self._spine_key(key), time=time, progress=progress,
             )  # fmt: skip
         kind = _frames.resolve_output(
             output, spine, allowed=("arrow", "pandas", "polars"), what="backfill"

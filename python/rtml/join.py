@@ -8,13 +8,13 @@ point-in-time correctly onto one spine, with each set's columns named ``<set>__<
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
 
 from . import _frames, _io
-from .exceptions import SchemaError, SpecError
+from .exceptions import SchemaError
 
 if TYPE_CHECKING:
     from .features import FeatureSet, Progress
@@ -26,7 +26,7 @@ def backfill(
     spine: Any,
     sets: Mapping[str, tuple["FeatureSet", Any]],
     *,
-    keys: Optional[Mapping[str, str]] = None,
+    keys: Optional[Mapping[str, str | Sequence[str]]] = None,
     time: Optional[str] = None,
     prefix: bool = True,
     progress: "Progress" = None,
@@ -38,7 +38,8 @@ def backfill(
     `sets` maps a name to ``(feature_set, events)``; each set is backfilled exactly as
     ``feature_set.backfill(events, spine)`` would (same bits), its columns appended in the
     mapping's order. The spine's key column for a set is ``keys[name]`` if given, else the
-    set's `entity`; the spine's time column is `time`, else the timestamp name the sets share
+    set's `entity`; for a set with a composite entity (``entity=["driver_id", "zone"]``) it is
+    a list of spine columns, one per key column. The spine's time column is `time`, else the timestamp name the sets share
     (sets with different timestamp names need `time=`).
 
     Column names: ``<name>__<feature>`` (`prefix=True`, the default), or the plain feature
@@ -87,18 +88,14 @@ def backfill(
     names: dict[str, str] = {c: "the spine" for c in sp.column_names}
     columns: list[tuple[str, pa.ChunkedArray]] = []
     for name, (fs, events) in sets.items():
-        if fs.is_composite:
-            raise SpecError(
-                f"sets['{name}']: rtml.join does not support composite keys ({fs.entity!r}) yet"
-            )
-        key = keys.get(name, fs.entity_columns[0])
-        for col in (key, time):
+        key = fs._spine_key(keys.get(name))
+        for col in (*key, time):
             if col not in sp.column_names:
                 raise SchemaError(f"column '{col}': not in the spine (needed by set '{name}')")
         # only the key and time columns go in: the set's feature names never meet the spine's
         got = fs.backfill(
             events,
-            sp.select([key, time]) if key != time else sp.select([key]),
+            sp.select(list(dict.fromkeys([*key, time]))),
             key=key,
             time=time,
             progress=progress,

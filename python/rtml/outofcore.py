@@ -52,7 +52,7 @@ import shutil
 import tempfile
 import time as _time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -419,7 +419,7 @@ def backfill(
     out: str | os.PathLike[str],
     *,
     memory_limit: int | str = "4GB",
-    key: str | None = None,
+    key: str | Sequence[str] | None = None,
     time: str | None = None,
     row_index: str | None = "spine_row",
     progress: Progress = None,
@@ -432,7 +432,10 @@ def backfill(
     such as ``"events/*.parquet"`` or a list of files), Arrow IPC / Feather files, a
     ``pyarrow.dataset.Dataset`` / ``Scanner`` / ``RecordBatchReader``, or any table
     ``FeatureSet.backfill`` takes. Only the entity, timestamp and value columns of the events
-    are read. `key` / `time`: the spine's key and time columns (default: the feature set's).
+    are read. `key` / `time`: the spine's key and time columns (default: the feature set's; for
+    a composite entity `key` is a list with one spine column per key column). Rows are
+    partitioned by a stable hash of the entity key (for a composite key, of the engine's
+    encoding of its parts), so every row of one key lands in one partition.
 
     `out`: a path ending in ``.parquet`` (one file) or a directory (created; one
     ``part-NNNNN.parquet`` per unit); it must not exist yet. Columns: the spine's, then the
@@ -458,20 +461,15 @@ def backfill(
     FileExistsError when `out` exists, FileNotFoundError for a missing input. Nothing is
     written at `out` unless the call succeeds; the spill directory is removed in every case.
     """
-    from .features import (
-        _check_key_column,
-        _check_time_column,
-        _progress_callback,
-        _require_single_key,
-    )
+    from .features import _check_key_column, _check_time_column, _progress_callback
 
     limit = parse_memory(memory_limit)
     import pyarrow.dataset  # noqa: F401  (its libraries are part of the base, not the budget)
     import pyarrow.parquet  # noqa: F401
 
     base = _rss()
-    _require_single_key(fs, "out-of-core backfill")
-    key = key or fs.entity_columns[0]
+    ent = fs.entity_columns
+    keys = fs._spine_key(key)
     time = time or fs.timestamp
     out_path = os.fspath(out)
     if not out_path:
@@ -490,7 +488,7 @@ def backfill(
     ev_src = _open(events, "events")
     sp_src = _open(spine, "spine")
     value_cols = [c for c, _ in fs._spec.value_columns]
-    ev_cols = list(dict.fromkeys([fs.entity_columns[0], fs.timestamp, *value_cols]))
+    ev_cols = list(dict.fromkeys([*ent, fs.timestamp, *value_cols]))
 
     # the same checks, with the same errors, as the in-memory call: run it on the first rows
     names = fs.feature_names
@@ -512,25 +510,27 @@ def backfill(
         )
         _check_time_column(ev_probe, fs.timestamp, "events")
         _check_time_column(sp_head, time, "spine")
-        _check_key_column(ev_probe, fs.entity_columns[0], "events")
-        _check_key_column(sp_head, key, "spine")
+        for c in ent:
+            _check_key_column(ev_probe, c, "events")
+        for c in keys:
+            _check_key_column(sp_head, c, "spine")
         if ev_head is not None:
-            fs._spec.backfill(ev_probe, sp_head, [key], time, None)
-    for src, col, what in ((ev_src, fs.entity_columns[0], "events"), (sp_src, key, "spine")):
-        if col not in src.schema.names and (what == "spine" or ev_head is not None):
-            raise SchemaError(f"column '{col}': not in the {what} (columns: {src.schema.names})")
-    ev_key_type = (
-        ev_src.schema.field(fs.entity_columns[0]).type
-        if fs.entity_columns[0] in ev_src.schema.names
-        else None
-    )
-    sp_key_type = sp_src.schema.field(key).type if key in sp_src.schema.names else None
-    if ev_key_type is not None and sp_key_type is not None:
-        if _keyhash.is_string_key(ev_key_type) != _keyhash.is_string_key(sp_key_type):
-            raise SchemaError(
-                f"column '{key}': the spine's key is {sp_key_type} but the events' key "
-                f"'{fs.entity_columns[0]}' is {ev_key_type}: both must be integers or both strings"
-            )
+            fs._spec.backfill(ev_probe, sp_head, keys, time, None)
+    for src, cols, what in ((ev_src, ent, "events"), (sp_src, keys, "spine")):
+        for col in cols:
+            if col not in src.schema.names and (what == "spine" or ev_head is not None):
+                raise SchemaError(
+                    f"column '{col}': not in the {what} (columns: {src.schema.names})"
+                )
+    for e_col, key in zip(ent, keys):
+        ev_key_type = ev_src.schema.field(e_col).type if e_col in ev_src.schema.names else None
+        sp_key_type = sp_src.schema.field(key).type if key in sp_src.schema.names else None
+        if ev_key_type is not None and sp_key_type is not None:
+            if _keyhash.is_string_key(ev_key_type) != _keyhash.is_string_key(sp_key_type):
+                raise SchemaError(
+                    f"column '{key}': the spine's key is {sp_key_type} but the events' key "
+                    f"'{e_col}' is {ev_key_type}: both must be integers or both strings"
+                )
 
     pa.default_memory_pool().release_unused()
     budget = int(limit * (1 - _SLACK)) - base - _READER_RESERVE
@@ -588,11 +588,12 @@ def backfill(
         try:
             for b in _chunks(ev_src.batches(ev_cols), max(1, chunk_bytes // ev_width)):
                 b = _frames.decimals_to_float(pa.Table.from_batches([b])).to_batches()[0]
-                _check_nulls(b, fs.entity_columns[0], "key", offset)
+                for c in ent:
+                    _check_nulls(b, c, "key", offset)
                 _check_nulls(b, fs.timestamp, "timestamp", offset)
                 if fs.on_nonfinite == "error":
                     _check_finite(b, value_cols, offset)
-                _scatter(b, _keyhash.partition_of(b.column(fs.entity_columns[0]), n), ev_spill)
+                _scatter(b, _keyhash.partition_of(_keyhash.entity_keys(b, ent), n), ev_spill)
                 offset += b.num_rows
                 tick(b.num_rows)
         finally:
@@ -602,13 +603,14 @@ def backfill(
         try:
             for b in _chunks(sp_src.batches(None), max(1, chunk_bytes // sp_width)):
                 b = b.replace_schema_metadata(None)
-                _check_nulls(b, key, "key", offset)
+                for c in keys:
+                    _check_nulls(b, c, "key", offset)
                 _check_nulls(b, time, "timestamp", offset)
                 if row_index:
                     b = b.append_column(
                         row_index, pa.array(np.arange(offset, offset + b.num_rows, dtype=np.int64))
                     )
-                _scatter(b, _keyhash.partition_of(b.column(key), n), sp_spill)
+                _scatter(b, _keyhash.partition_of(_keyhash.entity_keys(b, keys), n), sp_spill)
                 offset += b.num_rows
                 tick(b.num_rows)
         finally:
@@ -623,7 +625,7 @@ def backfill(
         ev_schema = _spill_schema(ev_src.schema, ev_cols)
         sp_schema = _spine_schema(sp_src.schema, row_index)
         units = _plan(ev_spill, sp_spill, len(names), budget)
-        ctx = _Ctx(fs, key, ev_schema, sp_schema, budget, len(names))
+        ctx = _Ctx(fs, keys, ev_schema, sp_schema, budget, len(names))
         if not single_file:
             os.mkdir(out_tmp)
         part_no = 0
@@ -639,7 +641,7 @@ def backfill(
                         callback(done[0], max(total, done[0]))
 
                 feats = pa.Table.from_batches(
-                    [fs._spec.backfill(ev, sp, [key], time, unit_progress)]
+                    [fs._spec.backfill(ev, sp, keys, time, unit_progress)]
                 )
                 done[0] = base_done + sp.num_rows
                 if callback is not None:
@@ -758,7 +760,7 @@ def _load_unit(
     another hash into parts that fit, and an entity that cannot fit is reported."""
     if len(unit) == 1 and ctx.cost(ev, sp, unit[0]) > ctx.budget:
         q = unit[0]
-        k, count = _top_key(ev, q, ctx.fs.entity_columns[0])
+        k, count = _top_key(ev, q, ctx.fs.entity_columns)
         per_event = ev.bytes[q] / max(ev.rows[q], 1)
         if depth >= 3 or MEMORY_MODEL["per_input_byte"] * count * per_event > ctx.budget:
             # one entity alone is over the budget: it cannot be split; backfill it anyway
@@ -784,14 +786,14 @@ def _split(
     sub_sp = _Spill(sp.root, "spine", k, level)
     try:
         for b in ev.batches(p):
-            _scatter(
-                b, _keyhash.partition_of(b.column(ctx.fs.entity_columns[0]), k, seed=depth), sub_ev
-            )
+            keys = _keyhash.entity_keys(b, ctx.fs.entity_columns)
+            _scatter(b, _keyhash.partition_of(keys, k, seed=depth), sub_ev)
     finally:
         sub_ev.close()
     try:
         for b in sp.batches(p):
-            _scatter(b, _keyhash.partition_of(b.column(ctx.key), k, seed=depth), sub_sp)
+            keys = _keyhash.entity_keys(b, ctx.key)
+            _scatter(b, _keyhash.partition_of(keys, k, seed=depth), sub_sp)
     finally:
         sub_sp.close()
     ev.remove(p)
@@ -803,7 +805,7 @@ def _split(
 @dataclass
 class _Ctx:
     fs: FeatureSet
-    key: str
+    key: list[str]
     ev_schema: pa.Schema
     sp_schema: pa.Schema
     budget: int
@@ -817,7 +819,7 @@ class _Ctx:
         self.hot.append((k, count))
         warnings.warn(
             HotKeyWarning(
-                f"entity {k!r} of column '{self.fs.entity_columns[0]}' has {count:,} events: its "
+                f"entity {k!r} of {_columns(self.fs.entity_columns)} has {count:,} events: its "
                 f"partition needs about {int(cost):,} bytes, more than the budget of "
                 f"{self.budget:,} bytes (memory_limit minus what the process used at the "
                 "start); it is backfilled in one piece, above the limit"
@@ -826,12 +828,26 @@ class _Ctx:
         )
 
 
-def _top_key(spill: _Spill, p: int, column: str) -> tuple[Any, int]:
-    """The entity with the most rows in partition `p` of `spill`, and its row count."""
+def _columns(columns: list[str]) -> str:
+    """Key columns as a warning names them: ``column 'k'`` or ``columns ('d', 'z')``."""
+    if len(columns) == 1:
+        return f"column '{columns[0]}'"
+    return f"columns {tuple(columns)!r}"
+
+
+def _top_key(spill: _Spill, p: int, columns: list[str]) -> tuple[Any, int]:
+    """The entity with the most rows in partition `p` of `spill`, and its row count; a
+    composite key as the tuple of its parts."""
     counts: dict[Any, int] = {}
     for b in spill.batches(p):
-        vc = pc.value_counts(b.column(b.schema.get_field_index(column)))
-        for v, c in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
+        if len(columns) == 1:
+            vc = pc.value_counts(b.column(b.schema.get_field_index(columns[0])))
+            pairs = zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())
+        else:
+            g = pa.Table.from_batches([b]).group_by(columns).aggregate([([], "count_all")])
+            parts = [g.column(c).to_pylist() for c in columns]
+            pairs = zip(zip(*parts), g.column("count_all").to_pylist())
+        for v, c in pairs:
             counts[v] = counts.get(v, 0) + c
     if not counts:
         return None, 0

@@ -12,6 +12,8 @@ with these columns (names of `key`, `at`, `served_at` configurable):
 column          type                             meaning
 =============== ================================ ===============================================
 ``key``         int64 or string                  the entity key the features were read for
+                                                 (a composite entity: one column per key
+                                                 column, named like them by default)
 ``at``          timestamp (any unit / zone)      the instant the features were read at
                                                  (``engine.get(key, at=...)``)
 ``names``       list<string>  (long form)        the feature names, in the feature set's order
@@ -43,6 +45,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import _io
-from .exceptions import SchemaError, SpecError
+from .exceptions import SchemaError
 from .features import FeatureSet
 
 __all__ = ["FeatureParity", "ParityReport", "check", "read_served_log"]
@@ -159,7 +162,7 @@ def check(
     served_log: Any,
     *,
     feature_set: str | None = None,
-    key: str = "key",
+    key: str | Sequence[str] | None = None,
     at: str = "at",
     arrival: str | None = None,
     served_at: str = "served_at",
@@ -170,7 +173,9 @@ def check(
     `spec`: a FeatureSet or its JSON document (text or a path to it). `events`: what
     `FeatureSet.backfill` accepts. `served_log`: see the module docstring. `feature_set` keeps
     only the log rows of that name (long logs holding several feature sets). `key` / `at` /
-    `served_at`: the log's column names. `arrival`: the events' arrival-time column (null =
+    `served_at`: the log's column names; `key` defaults to ``"key"``, and for a composite
+    entity (``entity=["driver_id", "zone"]``) it is a list of log columns, one per key column
+    (default: the entity's column names); examples then show the key as a tuple. `arrival`: the events' arrival-time column (null =
     known from the start); with it, values that differ only because an event arrived after the
     row was served are counted in ``arrived_late``, not as mismatches.
 
@@ -185,11 +190,19 @@ def check(
         fs = FeatureSet.from_json(Path(spec).read_text())
     else:
         fs = FeatureSet.from_json(str(spec))
-    if fs.is_composite:
-        raise SpecError(f"entity: parity.check does not support composite keys ({fs.entity!r}) yet")
+    ent = fs.entity_columns
+    if key is None:
+        key_cols = ent if fs.is_composite else ["key"]
+    else:
+        key_cols = [key] if isinstance(key, str) else list(key)
+    if len(key_cols) != len(ent) or not all(isinstance(c, str) for c in key_cols):
+        raise SchemaError(
+            f"key: name one served-log column per key column of the entity {fs.entity!r} "
+            f"({len(ent)}), got {key!r}"
+        )
     names = fs.feature_names
     log = read_served_log(served_log)
-    for col in (key, at):
+    for col in (*key_cols, at):
         if col not in log.column_names:
             raise SchemaError(f"served log: no column '{col}' (columns: {log.column_names})")
     if feature_set is not None:
@@ -224,15 +237,27 @@ def check(
         served = {n: log.column(n).cast(pa.float64()).to_pylist() for n in names}
 
     ev = _io.to_table(events, "events")
-    keys = log.column(key)
-    ev_key = ev.schema.field(fs.entity).type if fs.entity in ev.column_names else None
-    if ev_key is not None and pa.types.is_integer(ev_key) and not pa.types.is_integer(keys.type):
-        keys = keys.cast(pa.int64())
-    elif ev_key is not None and not pa.types.is_integer(ev_key) and pa.types.is_integer(keys.type):
-        keys = keys.cast(pa.string())
-    spine = pa.table({"__key": keys, "__at": log.column(at)})
+    keys: list[pa.ChunkedArray] = []
+    for e_col, k_col in zip(ent, key_cols):
+        part = log.column(k_col)
+        ev_key = ev.schema.field(e_col).type if e_col in ev.column_names else None
+        if (
+            ev_key is not None
+            and pa.types.is_integer(ev_key)
+            and not pa.types.is_integer(part.type)
+        ):
+            part = part.cast(pa.int64())
+        elif (
+            ev_key is not None
+            and not pa.types.is_integer(ev_key)
+            and pa.types.is_integer(part.type)
+        ):
+            part = part.cast(pa.string())
+        keys.append(part)
+    spine_keys = [f"__key{j}" for j in range(len(ent))]
+    spine = pa.table({**dict(zip(spine_keys, keys)), "__at": log.column(at)})
     offline = (
-        fs.backfill(ev, spine, key="__key", time="__at", progress=False, output="arrow")
+        fs.backfill(ev, spine, key=spine_keys, time="__at", progress=False, output="arrow")
         if log.num_rows
         else None
     )
@@ -248,7 +273,9 @@ def check(
                 f"served log: no column '{served_at}' (needed with arrival=; columns: {log.column_names})"
             )
     at_list = log.column(at).to_pylist()
-    key_list = keys.to_pylist()
+    key_list: list[Any] = (
+        keys[0].to_pylist() if len(keys) == 1 else list(zip(*[k.to_pylist() for k in keys]))
+    )
     differ: dict[int, list[str]] = {}
     for n in names:
         off = offline.column(n).cast(pa.float64()).to_pylist()
@@ -294,7 +321,7 @@ def _late_rows(
     arrival: str,
     log: pa.Table,
     served_at: str,
-    keys: pa.ChunkedArray,
+    keys: list[pa.ChunkedArray],
     at: str,
     differ: dict[int, list[str]],
     served: dict[str, list[Any]],
@@ -320,21 +347,19 @@ def _late_rows(
             import datetime as _dt
 
             t = t.replace(tzinfo=_dt.timezone.utc)
-        known = pc.or_kleene(
+        keep = pc.or_kleene(
             pc.is_null(arrived), pc.less_equal(arrived, pa.scalar(t, pa.timestamp("ns", "UTC")))
         )
-        sub = ev.filter(
-            pc.and_(
-                known, pc.equal(ev.column(fs.entity), keys[i].cast(ev.schema.field(fs.entity).type))
-            )
+        spine_cols: dict[str, Any] = {}
+        for j, (e_col, part) in enumerate(zip(fs.entity_columns, keys)):
+            typ = ev.schema.field(e_col).type
+            keep = pc.and_(keep, pc.equal(ev.column(e_col), part[i].cast(typ)))
+            spine_cols[f"__key{j}"] = pa.array([part[i].as_py()], typ)
+        sub = ev.filter(keep)
+        spine = pa.table({**spine_cols, "__at": log.column(at).slice(i, 1)})
+        again = fs.backfill(
+            sub, spine, key=list(spine_cols), time="__at", progress=False, output="arrow"
         )
-        spine = pa.table(
-            {
-                "__key": pa.array([keys[i].as_py()], ev.schema.field(fs.entity).type),
-                "__at": log.column(at).slice(i, 1),
-            }
-        )
-        again = fs.backfill(sub, spine, key="__key", time="__at", progress=False, output="arrow")
         same = {
             n
             for n in feats

@@ -205,7 +205,7 @@ class RedisPublisher:
             full = self._full.get(partition, True)
             if not full and partition in self._seen and not c.hexists(self.meta_key, field):
                 full = True  # Redis restarted (or the record was deleted): write everything
-            wm, settled, keys, nbytes, key_is_int, items = _core.publish_changes(
+            wm, settled, keys, nbytes, key_is_int, items, key_kind = _core.publish_changes(
                 engine._engine, self.ns, self.spec_id, full
             )
             # a failure from here on loses the changed set taken above: the next call is full
@@ -231,13 +231,15 @@ class RedisPublisher:
                 "settle_point": settled,
                 "keys": keys,
                 "key_is_int": key_is_int,
+                "key_kind": key_kind,
                 "position": position,
                 "published_at_ms": now_ms,
                 "keystate_version": KEYSTATE_VERSION,
             }
             pipe.hset(self.meta_key, field, json.dumps(record))
             zone = engine._engine.time_zone_kind
-            pipe.set(self.info_key, json.dumps({"key_is_int": key_is_int, "zone": zone}))
+            info = {"key_is_int": key_is_int, "key_kind": key_kind, "zone": zone}
+            pipe.set(self.info_key, json.dumps(info))
             pipe.execute()
         except _redis_errors() as e:
             self.errors += 1
@@ -315,6 +317,11 @@ class RemoteEngine:
     stored value. A key without a stored value answers like an unknown key of `OnlineEngine`
     (the empty-history values); an `at` the stored state cannot answer exactly raises the same
     `rtml.QueryError`; a value that does not decode raises `rtml.KeyStateError` naming the key.
+
+    Keys are given as to `OnlineEngine`: an int or str, or for a composite entity
+    (``entity=["driver_id", "zone"]``) a tuple with one int or str per key column; the store's
+    key names come from the engine's encoding of the tuple (src/key.rs), the one the writers'
+    engines hold, and `get_many` returns one column per key column.
     """
 
     def __init__(
@@ -330,10 +337,6 @@ class RemoteEngine:
         if client is None and url is None:
             raise SpecError("RemoteEngine: give url= or client=")
         spec = _spec_of(feature_set)
-        if len(spec.entity_columns) > 1:
-            raise SpecError(
-                f"entity: RemoteEngine does not support composite keys ({spec.entity!r}) yet"
-            )
         self.ns, self.spec_id = namespace_of(spec, prefix)
         self.url = url
         self.timeout = float(timeout)
@@ -366,7 +369,7 @@ class RemoteEngine:
             return
         try:
             info = json.loads(raw)
-            self._reader.set_info(info.get("key_is_int"), info.get("zone"))
+            self._reader.set_info(info.get("key_is_int"), info.get("zone"), info.get("key_kind"))
             self._info_known = info.get("key_is_int") is not None
         except (ValueError, AttributeError, TypeError):
             raise KeyStateError(f"{self._info_key.decode()}: not an rtml info record") from None

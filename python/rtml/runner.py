@@ -267,7 +267,7 @@ class _Partition:
         position: Optional[Position],
         events_in: int = 0,
         malformed: int = 0,
-        key_is_int: Optional[bool] = None,
+        key_is_int: Optional[Union[bool, list[bool]]] = None,
         skipped: int = 0,
     ) -> None:
         self.engine = engine
@@ -294,7 +294,11 @@ class Runner:
     ``f(partition) -> OnlineEngine``; default empty). `max_batch`: events per poll.
 
     Read the features with `get(key, at)` (it finds the partition holding the key), the
-    per-partition engines with `engines`, or `engine` when there is one partition.
+    per-partition engines with `engines`, or `engine` when there is one partition. For a
+    composite entity (``entity=["driver_id", "zone"]``) a key is a tuple with one int or str
+    per key column; its partition is ``rtml.sources.partition_of`` of the tuple (the CRC-32 of
+    its encoding, ``rtml.sources.message_key``), and a JSON source maps one field per key
+    column (`fields=`), each part's kind checked like the table path.
 
     >>> import rtml, pyarrow as pa, tempfile
     >>> fs = rtml.FeatureSet(entity="user", timestamp="ts", features=[rtml.count(window="1h")])
@@ -323,10 +327,6 @@ class Runner:
         if not hasattr(feature_set, "_spec"):
             raise SpecError(
                 f"Runner.feature_set: expected an rtml.FeatureSet, got {type(feature_set).__name__}"
-            )
-        if len(feature_set._spec.entity_columns) > 1:
-            raise SpecError(
-                f"entity: Runner does not support composite keys ({feature_set.entity!r}) yet"
             )
         if checkpoint_dir is None:
             raise SpecError("Runner.checkpoint_dir: required (where checkpoints are written)")
@@ -605,10 +605,8 @@ class Runner:
 
     def _empty_events(self) -> pa.Table:
         spec = self.feature_set._spec
-        cols = {
-            spec.entity_columns[0]: pa.array([], pa.int64()),
-            spec.timestamp: pa.array([], pa.timestamp("ns", "UTC")),
-        }
+        cols = {c: pa.array([], pa.int64()) for c in spec.entity_columns}
+        cols[spec.timestamp] = pa.array([], pa.timestamp("ns", "UTC"))
         for c, _ in spec.value_columns:
             cols[c] = pa.array([], pa.float64())
         return pa.table(cols)

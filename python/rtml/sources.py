@@ -41,6 +41,7 @@ __all__ = [
     "kafka",
     "redis_stream",
     "partition_of",
+    "message_key",
     "ReplaySource",
     "KafkaSource",
     "RedisStreamSource",
@@ -56,19 +57,37 @@ class SourceError(RtmlError):
     the broker's retention, a stream that does not exist (names the partition)."""
 
 
+def message_key(key: Any) -> bytes:
+    """The message key a producer gives an event of entity `key` so that it lands where
+    `partition_of` (and so `replay`, `Runner.get`) expects it: ``str(key)`` in UTF-8 for an int
+    or str key; for a composite key (a tuple with one int or str per key column, as
+    ``entity=["driver_id", "zone"]`` takes) the engine's encoding of the tuple (src/key.rs,
+    through ``rtml._core.encode_keys``).
+
+    >>> message_key("driver-7"), message_key(("d7", 3))
+    (b'driver-7', b's2:d7i3;')
+    """
+    if isinstance(key, (tuple, list)):
+        from ._keyhash import encode_key
+
+        return encode_key(key).encode("utf-8")
+    return str(key).encode("utf-8")
+
+
 def partition_of(key: Any, partitions: int) -> int:
-    """The partition of an entity key: CRC-32 of ``str(key)`` in UTF-8, modulo `partitions`.
+    """The partition of an entity key: CRC-32 of ``message_key(key)`` (``str(key)`` in UTF-8;
+    a composite key's encoding for a tuple), modulo `partitions`.
 
     This is librdkafka's default ("consistent_random") partitioner for a message whose key
-    is ``str(key).encode()``, so producers using confluent-kafka / librdkafka with the entity
-    as the message key put each entity where `replay` and `Runner.get` expect it.
+    is ``message_key(key)``, so producers using confluent-kafka / librdkafka with that message
+    key put each entity where `replay` and `Runner.get` expect it.
 
     >>> partition_of("driver-7", 4) == partition_of("driver-7", 4)
     True
     """
     if partitions <= 1:
         return 0
-    return zlib.crc32(str(key).encode("utf-8")) % partitions
+    return zlib.crc32(message_key(key)) % partitions
 
 
 @dataclass
@@ -214,7 +233,7 @@ class ReplaySource(Source):
         timestamp: Optional[str],
         arrival: Optional[str],
         partitions: int,
-        key: Optional[str],
+        key: Union[str, Sequence[str], None],
         seed: int,
         max_delay: Any,
         timestamp_unit: Optional[str],
@@ -267,14 +286,22 @@ class ReplaySource(Source):
                     0, self._max_delay, size=n, endpoint=True, dtype=np.int64
                 )
         order = np.argsort(when, kind="stable")
-        if self._key not in t.column_names:
-            raise SchemaError(
-                f"column '{self._key}': not in the events (columns: {t.column_names})"
-            )
+        cols = [self._key] if isinstance(self._key, str) else list(self._key)
+        for c in cols:
+            if c not in t.column_names:
+                raise SchemaError(f"column '{c}': not in the events (columns: {t.column_names})")
         if self.partitions == 1:
             parts = np.zeros(n, dtype=np.int64)
         else:
-            enc = pc.dictionary_encode(t.column(self._key)).combine_chunks()
+            for c in cols:
+                if t.column(c).null_count:
+                    raise SchemaError(f"column '{c}': null keys cannot be partitioned")
+            from ._keyhash import entity_keys
+
+            # a composite key is partitioned by its encoding: message_key of the tuple
+            enc = pc.dictionary_encode(entity_keys(t, cols))
+            if isinstance(enc, pa.ChunkedArray):
+                enc = enc.combine_chunks()
             uniq = enc.dictionary.to_pylist()
             part_of_uniq = np.array(
                 [partition_of(k, self.partitions) for k in uniq], dtype=np.int64
@@ -331,7 +358,7 @@ def replay(
     arrival: Optional[str] = None,
     partitions: int = 1,
     *,
-    key: Optional[str] = None,
+    key: Union[str, Sequence[str], None] = None,
     seed: int = 0,
     max_delay: Any = None,
     timestamp_unit: Optional[str] = None,
@@ -344,7 +371,8 @@ def replay(
     most `max_delay`, deterministically); else by event time. Ties keep the input order.
     Each event goes to partition ``partition_of(key, partitions)``; a partition's position is
     the number of its events delivered so far. `key` / `timestamp` default to the runner's
-    feature set's entity and timestamp.
+    feature set's entity and timestamp (`key`: a list of columns for a composite entity, whose
+    rows are partitioned by the encoded key, as ``partition_of`` of the tuple).
 
     >>> import rtml, rtml.sources, pyarrow as pa
     >>> t = pa.table({"k": [1, 1, 1], "ts": pa.array([0, 10, 20], pa.timestamp("s"))})
@@ -1139,13 +1167,19 @@ def wal(log: Any, *, kind: Optional[str] = None, name: Optional[str] = None) -> 
 
 def _decoder_config(
     source: Any, feature_set: Any
-) -> tuple[tuple[str, str], tuple[str, str], list[tuple[str, str, bool]], Optional[str]]:
-    """(entity, timestamp, values, unit) for `_core.JsonDecoder` from a raw source's options."""
+) -> tuple[
+    Union[tuple[str, str], list[tuple[str, str]]],
+    tuple[str, str],
+    list[tuple[str, str, bool]],
+    Optional[str],
+]:
+    """(entity, timestamp, values, unit) for `_core.JsonDecoder` from a raw source's options;
+    `entity` is one (column, JSON field) pair, or a list of them (one per key column) for a
+    composite entity."""
     spec = feature_set._spec
-    if len(spec.entity_columns) > 1:
-        raise SpecError(f"entity: JSON sources do not support composite keys ({spec.entity!r}) yet")
+    ent: list[str] = list(spec.entity_columns)
     f = source.fields
-    known = {spec.entity_columns[0], spec.timestamp, *(c for c, _ in spec.value_columns)}
+    known = {*ent, spec.timestamp, *(c for c, _ in spec.value_columns)}
     known |= {feature_set.dedupe_on} - {None}  # the event-id column (dedupe_on)
     for name in f:
         if name not in known:
@@ -1161,8 +1195,9 @@ def _decoder_config(
             raise SpecError(f"types[{col!r}]: the feature set reads {col!r} as numbers")
         values.append((col, f.get(col, col), bool(numeric or t == "float")))
     unit = source.timestamp_unit or spec.timestamp_unit
+    pairs = [(c, f.get(c, c)) for c in ent]
     return (
-        (spec.entity_columns[0], f.get(spec.entity_columns[0], spec.entity_columns[0])),
+        pairs[0] if len(pairs) == 1 else pairs,
         (spec.timestamp, f.get(spec.timestamp, spec.timestamp)),
         values,
         unit,

@@ -14,8 +14,10 @@ spine's columns followed by one column per feature, equal (float bits included) 
    executor's memory);
 3. both inputs get a bucket column ``pmod(xxhash64(key), N)`` (integer keys cast to bigint
    first, so an int spine key meets bigint events: Spark's hash of an int differs from its hash
-   of the same long), are repartitioned by it, and ``cogroup(...).applyInArrow`` hands each
-   bucket's events and spine rows, as Arrow tables, to ``FeatureSet.backfill`` in a Python worker.
+   of the same long; a composite key, ``entity=["driver_id", "zone"]``, is hashed as the
+   engine's encoding of its parts, built by Spark SQL: `encoded_key_column`), are repartitioned
+   by it, and ``cogroup(...).applyInArrow`` hands each bucket's events and spine rows, as Arrow
+   tables, to ``FeatureSet.backfill`` in a Python worker.
 
 An entity's events and spine rows share one bucket, and an entity's features depend on its
 events only: each row is the local answer. Spark has no row order; the result has the spine's
@@ -40,6 +42,7 @@ runs them on a local session.)
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -50,7 +53,7 @@ from .exceptions import HotKeyWarning, SchemaError, SpecError
 if TYPE_CHECKING:
     from .features import FeatureSet
 
-__all__ = ["backfill", "bucket_column", "BUCKET"]
+__all__ = ["backfill", "bucket_column", "encoded_key_column", "BUCKET"]
 
 BUCKET = "__rtml_bucket"
 """The name of the bucket column added (and dropped again) by `backfill`."""
@@ -101,17 +104,44 @@ def _probe(schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def bucket_column(df: Any, column: str, partitions: int) -> Any:
-    """The bucket of each row of `df`: ``pmod(xxhash64(key), partitions)``, the key cast to
-    bigint when it is an integer (so every integer width hashes alike). Spark's xxhash64 is
-    seeded (42) and deterministic: the same key gives the same bucket on every executor, run
-    and Spark version (it is part of Spark's SQL function set)."""
-    F = _require_pyspark()
+def _is_integral(df: Any, column: str) -> bool:
     from pyspark.sql import types as T
 
     typ = df.schema[column].dataType
-    col = F.col(column)
-    if isinstance(typ, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
+    return isinstance(typ, (T.ByteType, T.ShortType, T.IntegerType, T.LongType))
+
+
+def encoded_key_column(df: Any, columns: list[str]) -> Any:
+    """A Spark column holding the engine's encoding of the composite key made of `columns`
+    (src/key.rs: an integer part is ``i<decimal>;``, a string part ``s<UTF-8 byte length>:<bytes>``),
+    built with Spark SQL functions so that no Python runs per row. The same bytes as
+    ``rtml._core.encode_keys`` (tests/python/test_spark.py checks it on every kind of part);
+    null when a part is null."""
+    F = _require_pyspark()
+    parts = []
+    for c in columns:
+        if _is_integral(df, c):
+            parts.append(F.concat(F.lit("i"), F.col(c).cast("long").cast("string"), F.lit(";")))
+        else:
+            parts.append(
+                F.concat(F.lit("s"), F.octet_length(F.col(c)).cast("string"), F.lit(":"), F.col(c))
+            )
+    return F.concat(*parts)
+
+
+def bucket_column(df: Any, column: str | list[str], partitions: int) -> Any:
+    """The bucket of each row of `df`: ``pmod(xxhash64(key), partitions)``, the key cast to
+    bigint when it is an integer (so every integer width hashes alike); for a composite key
+    (a list of columns) the hash of its encoding (`encoded_key_column`), so every row of one
+    tuple of parts lands in one bucket. Spark's xxhash64 is seeded (42) and deterministic: the
+    same key gives the same bucket on every executor, run and Spark version (it is part of
+    Spark's SQL function set)."""
+    F = _require_pyspark()
+    columns = [column] if isinstance(column, str) else list(column)
+    if len(columns) > 1:
+        return F.pmod(F.xxhash64(encoded_key_column(df, columns)), F.lit(partitions))
+    col = F.col(columns[0])
+    if _is_integral(df, columns[0]):
         col = col.cast("long")
     return F.pmod(F.xxhash64(col), F.lit(partitions))
 
@@ -122,7 +152,7 @@ def backfill(
     spine_df: Any,
     *,
     partitions: int | None = None,
-    key: str | None = None,
+    key: str | Sequence[str] | None = None,
     time: str | None = None,
     check: bool = True,
     hot_key_events: int | None = None,
@@ -134,11 +164,13 @@ def backfill(
 
     `events_df`, `spine_df`: Spark DataFrames; only the entity, time and value columns of the
     events are shuffled. `key` / `time`: the spine's key and time columns (default: the feature
-    set's). `partitions`: the number of buckets (default: Spark's default parallelism times 4);
+    set's; for a composite entity `key` is a list with one spine column per key column).
+    `partitions`: the number of buckets (default: Spark's default parallelism times 4);
     each bucket's events and spine rows are one Arrow table in one Python worker, so choose it
     so that a bucket fits an executor's memory. `check`: run the null and skew checks (one
     aggregation job per input) before returning; `hot_key_events`: warn (:class:`rtml.HotKeyWarning`,
-    with the key and its event count) when one entity has more events than this (default: the
+    with the key, a tuple of its parts for a composite key, and its event count) when one entity
+    has more events than this (default: the
     number of events divided by `partitions`, an average bucket).
 
     Raises :class:`rtml.SchemaError` before any Spark job for a schema the local backfill
@@ -157,10 +189,10 @@ def backfill(
     _require_pyspark()
     from pyspark.sql import types as T
 
-    from .features import _check_key_column, _check_time_column, _require_single_key
+    from .features import _check_key_column, _check_time_column
 
-    _require_single_key(fs, "rtml.spark.backfill")
-    key = key or fs.entity_columns[0]
+    ent = fs.entity_columns
+    keys = fs._spine_key(key)
     time = time or fs.timestamp
     spark = spine_df.sparkSession
     if partitions is None:
@@ -187,23 +219,23 @@ def backfill(
     sp_probe = _probe(sp_arrow)
     _check_time_column(ev_probe, fs.timestamp, "events")
     _check_time_column(sp_probe, time, "spine")
-    _check_key_column(ev_probe, fs.entity_columns[0], "events")
-    _check_key_column(sp_probe, key, "spine")
-    fs._spec.backfill(ev_probe, sp_probe, [key], time, None)
+    for c in ent:
+        _check_key_column(ev_probe, c, "events")
+    for c in keys:
+        _check_key_column(sp_probe, c, "spine")
+    fs._spec.backfill(ev_probe, sp_probe, keys, time, None)
 
     value_cols = [c for c, _ in fs._spec.value_columns]
-    ev_cols = list(dict.fromkeys([fs.entity_columns[0], fs.timestamp, *value_cols]))
+    ev_cols = list(dict.fromkeys([*ent, fs.timestamp, *value_cols]))
 
     # 2. nulls and hot keys: one aggregation job per input
     if check:
-        _check_data(fs, events_df, spine_df, key, time, partitions, hot_key_events)
+        _check_data(fs, events_df, spine_df, keys, time, partitions, hot_key_events)
 
     # 3. bucket, shuffle, the engine per bucket
     ev = events_df.select(*ev_cols)
-    ev = ev.withColumn(BUCKET, bucket_column(ev, fs.entity_columns[0], partitions)).repartition(
-        partitions, BUCKET
-    )
-    sp = spine_df.withColumn(BUCKET, bucket_column(spine_df, key, partitions)).repartition(
+    ev = ev.withColumn(BUCKET, bucket_column(ev, ent, partitions)).repartition(partitions, BUCKET)
+    sp = spine_df.withColumn(BUCKET, bucket_column(spine_df, keys, partitions)).repartition(
         partitions, BUCKET
     )
     out_fields = list(spine_df.schema.fields)
@@ -213,11 +245,11 @@ def backfill(
         )
     out_schema = T.StructType(out_fields)
     out_arrow = _arrow_schema(out_schema, "UTC")
-    run = _bucket_backfill(fs.to_json(), key, time, out_arrow)
+    run = _bucket_backfill(fs.to_json(), keys, time, out_arrow)
     return ev.groupBy(BUCKET).cogroup(sp.groupBy(BUCKET)).applyInArrow(run, out_schema)
 
 
-def _bucket_backfill(doc: str, key: str, time: str, out_schema: pa.Schema) -> Any:
+def _bucket_backfill(doc: str, key: list[str], time: str, out_schema: pa.Schema) -> Any:
     """The function each Python worker runs on one bucket: (events, spine) -> spine + features.
     A plain function of two arguments (Spark reads its signature); the feature set travels as
     its JSON document."""
@@ -246,34 +278,50 @@ def _check_data(
     fs: FeatureSet,
     events_df: Any,
     spine_df: Any,
-    key: str,
+    keys: list[str],
     time: str,
     partitions: int,
     hot_key_events: int | None,
 ) -> None:
     F = _require_pyspark()
-    ent, ts = fs.entity_columns[0], fs.timestamp
-    per_key = events_df.groupBy(ent).agg(
+    ent, ts = fs.entity_columns, fs.timestamp
+    per_key = events_df.groupBy(*ent).agg(
         F.count(F.lit(1)).alias("n"), F.count(F.col(ts)).alias("n_ts")
     )
+    # a composite key is null when any part is; the hot key of a composite entity is the tuple
+    # of its parts (a struct)
+    any_null = F.lit(False)
+    for c in ent:
+        any_null = any_null | F.col(c).isNull()
+    top_key = F.col(ent[0]) if len(ent) == 1 else F.struct(*[F.col(c) for c in ent])
     row = per_key.agg(
         F.sum("n").alias("events"),
         F.sum(F.col("n") - F.col("n_ts")).alias("null_ts"),
-        F.sum(F.when(F.col(ent).isNull(), F.col("n")).otherwise(0)).alias("null_keys"),
-        F.max_by(F.col(ent), F.when(F.col(ent).isNotNull(), F.col("n"))).alias("top_key"),
-        F.max(F.when(F.col(ent).isNotNull(), F.col("n"))).alias("top"),
+        *[
+            F.sum(F.when(F.col(c).isNull(), F.col("n")).otherwise(0)).alias(f"null_key_{i}")
+            for i, c in enumerate(ent)
+        ],
+        F.max_by(top_key, F.when(~any_null, F.col("n"))).alias("top_key"),
+        F.max(F.when(~any_null, F.col("n"))).alias("top"),
     ).first()
     n = int(row["events"] or 0)
-    if row["null_keys"]:
-        raise SchemaError(f"column '{ent}': null key in {int(row['null_keys']):,} event rows")
+    for i, c in enumerate(ent):
+        if row[f"null_key_{i}"]:
+            raise SchemaError(f"column '{c}': null key in {int(row[f'null_key_{i}']):,} event rows")
     if row["null_ts"]:
         raise SchemaError(f"column '{ts}': null timestamp in {int(row['null_ts']):,} event rows")
     sp_row = spine_df.agg(
-        F.sum(F.when(F.col(key).isNull(), 1).otherwise(0)).alias("null_keys"),
+        *[
+            F.sum(F.when(F.col(c).isNull(), 1).otherwise(0)).alias(f"null_key_{i}")
+            for i, c in enumerate(keys)
+        ],
         F.sum(F.when(F.col(time).isNull(), 1).otherwise(0)).alias("null_ts"),
     ).first()
-    if sp_row["null_keys"]:
-        raise SchemaError(f"column '{key}': null key in {int(sp_row['null_keys']):,} spine rows")
+    for i, c in enumerate(keys):
+        if sp_row[f"null_key_{i}"]:
+            raise SchemaError(
+                f"column '{c}': null key in {int(sp_row[f'null_key_{i}']):,} spine rows"
+            )
     if sp_row["null_ts"]:
         raise SchemaError(
             f"column '{time}': null timestamp in {int(sp_row['null_ts']):,} spine rows"
@@ -281,9 +329,12 @@ def _check_data(
     threshold = hot_key_events if hot_key_events is not None else n // partitions
     top = int(row["top"] or 0)
     if n and top > threshold:
+        hot = row["top_key"]
+        hot = tuple(hot) if len(ent) > 1 and hot is not None else hot
+        where = f"column '{ent[0]}'" if len(ent) == 1 else f"columns {tuple(ent)!r}"
         warnings.warn(
             HotKeyWarning(
-                f"entity {row['top_key']!r} of column '{ent}' has {top:,} events, more than "
+                f"entity {hot!r} of {where} has {top:,} events, more than "
                 f"{threshold:,} ({'hot_key_events' if hot_key_events is not None else 'an average bucket: events / partitions'}): "
                 "its bucket is one task that runs longer than the others and must fit one "
                 "executor's memory"

@@ -283,6 +283,39 @@ fn num_threads(py: Python<'_>) -> usize {
     py.detach(crate::pool::num_threads)
 }
 
+/// The composite-key encoding (`src/key.rs`) of the parts in `columns` for every row of
+/// `table`: a one-column pyarrow.RecordBatch (`key`, large_string, null where a part is null).
+/// The same bytes an engine of a composite entity with these columns holds as its key.
+#[pyfunction]
+fn encode_keys<'py>(
+    py: Python<'py>,
+    table: PyTable,
+    columns: Vec<String>,
+) -> PyResult<Bound<'py, PyAny>> {
+    entry(None, || {
+        let (batches, _) = table.into_inner();
+        let keys = py.detach(|| {
+            let mut out = arrow_array::builder::LargeStringBuilder::new();
+            for b in &batches {
+                for k in crate::input::encode_parts(b, &columns, "the table")? {
+                    out.append_option(k);
+                }
+            }
+            Ok::<_, crate::Error>(out.finish())
+        });
+        let keys: arrow_array::ArrayRef = Arc::new(keys.py_err()?);
+        let schema = arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            "key",
+            arrow_schema::DataType::LargeUtf8,
+            true,
+        )]);
+        let batch = arrow_array::RecordBatch::try_new(Arc::new(schema), vec![keys])
+            .map_err(|e| crate::Error::schema("key", e.to_string()))
+            .py_err()?;
+        PyRecordBatch::new(batch).into_pyarrow(py)
+    })
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySpec>()?;
@@ -306,6 +339,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(debug_build, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_init_exceptions, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_keys, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("SNAPSHOT_VERSION", crate::snapshot::SNAPSHOT_VERSION)?;
     m.add("SPEC_VERSION", crate::spec::VERSION)?;

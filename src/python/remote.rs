@@ -3,7 +3,7 @@
 //! (`RemoteReader`: the values a store returned, decoded and evaluated with the function the
 //! in-process engine's `get` runs). No network here: python/rtml/remote.py talks to Redis.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,8 +52,9 @@ pub fn changed_keys(py: Python<'_>, engine: &Bound<'_, PyEngine>) -> PyResult<us
 }
 
 /// Encode every key of `engine` changed since the last call (every key with `all`):
-/// `(watermark, settle_point, keys, bytes, key_is_int, [(store key, value, last event time), ...])`,
-/// the watermark and settled point None before any event, `key_is_int` None before any key.
+/// `(watermark, settle_point, keys, bytes, key_is_int, [(store key, value, last event time), ...],
+/// key_kind)`, the watermark and settled point None before any event, `key_is_int` and
+/// `key_kind` (the exact [`crate::key`] kind: a composite key's part kinds) None before any key.
 /// Clears the changed set.
 #[pyfunction]
 #[pyo3(signature = (engine, ns, spec_id, all=false))]
@@ -75,7 +76,8 @@ pub fn publish_changes<'py>(
             })?;
             Ok((p, items))
         })?;
-        let key_is_int = inner.key_kind().map(|k| k == crate::key::KIND_INT);
+        let key_kind = inner.key_kind();
+        let key_is_int = key_kind.map(|k| k == crate::key::KIND_INT);
         let list = PyList::empty(py);
         for (name, value, last) in items {
             list.append((PyBytes::new(py, &name), PyBytes::new(py, &value), last))?;
@@ -87,6 +89,7 @@ pub fn publish_changes<'py>(
             published.bytes,
             key_is_int,
             list,
+            key_kind,
         )
             .into_pyobject(py)
     })
@@ -102,36 +105,40 @@ pub struct PyRemoteReader {
     plan: Arc<Plan>,
     ns: String,
     spec_id: u64,
-    /// The writers' key kind (0 unknown, 1 integers, 2 strings) and clock (`ZONE_*`), as the
-    /// store's info record says.
-    kind: AtomicU8,
+    /// The writers' key kind (0 unknown, else a [`crate::key`] kind: 1 integers, 2 strings, a
+    /// composite key's part kinds) and clock (`ZONE_*`), as the store's info record says.
+    kind: AtomicU64,
     zone: AtomicU8,
     names: Vec<Py<PyString>>,
     template: Py<PyDict>,
 }
 
 impl PyRemoteReader {
-    fn key_ref<'a>(&self, key: &'a Bound<'_, PyAny>) -> PyResult<KeyRef<'a>> {
-        let k = convert::key_ref(key, self.plan.spec.entity.label()).py_err()?;
-        self.check_kind(k.is_int())?;
+    /// The engine's key of `key` (a tuple for a composite entity, encoded as the writers'
+    /// engines encode it), checked against the writers' kind.
+    fn key(&self, key: &Bound<'_, PyAny>) -> PyResult<PyKey> {
+        let k = convert::entity_key(key, &self.plan.spec.entity).py_err()?;
+        self.check_kind(self.kind_of(k.as_ref()))?;
         Ok(k)
     }
 
     /// The in-process engine's key-kind check, against the writers' kind.
-    fn check_kind(&self, is_int: bool) -> PyResult<()> {
-        let held = match self.kind.load(Ordering::Acquire) {
-            1 => true,
-            2 => false,
-            _ => return Ok(()),
-        };
-        if held != is_int {
-            let kind = |int: bool| if int { "integer" } else { "string" };
+    /// The kind ([`crate::key`]) of an engine key of this entity.
+    fn kind_of(&self, k: KeyRef<'_>) -> u64 {
+        crate::key::kind_of(k, self.plan.spec.entity.parts())
+    }
+
+    /// The in-process engine's key-kind check (same message), against the writers' kind.
+    fn check_kind(&self, kind: u64) -> PyResult<()> {
+        let held = self.kind.load(Ordering::Acquire);
+        if held != 0 && held != kind {
+            let entity = &self.plan.spec.entity;
             return Err(errors::schema_error(
-                self.plan.spec.entity.label(),
+                entity.label(),
                 format!(
                     "this engine holds {} keys, got {} keys",
-                    kind(held),
-                    kind(is_int)
+                    entity.describe_kind(held),
+                    entity.describe_kind(kind)
                 ),
             ));
         }
@@ -277,20 +284,23 @@ impl PyRemoteReader {
             plan,
             ns,
             spec_id,
-            kind: AtomicU8::new(0),
+            kind: AtomicU64::new(0),
             zone: AtomicU8::new(ZONE_UNKNOWN),
             names,
             template: template.unbind(),
         })
     }
 
-    /// Record the writers' key kind (True: integers) and clock ("naive" / "aware" / None).
-    #[pyo3(signature = (key_is_int, zone))]
-    fn set_info(&self, key_is_int: Option<bool>, zone: Option<&str>) {
-        let k = match key_is_int {
-            None => 0,
-            Some(true) => 1,
-            Some(false) => 2,
+    /// Record the writers' key kind (True: integers; `key_kind`, when the info record has it,
+    /// the exact kind, a composite key's part kinds included) and clock ("naive" / "aware" /
+    /// None).
+    #[pyo3(signature = (key_is_int, zone, key_kind=None))]
+    fn set_info(&self, key_is_int: Option<bool>, zone: Option<&str>, key_kind: Option<u64>) {
+        let k = match (key_kind, key_is_int) {
+            (Some(k), _) => k,
+            (None, None) => 0,
+            (None, Some(true)) => crate::key::KIND_INT,
+            (None, Some(false)) => crate::key::KIND_STR,
         };
         self.kind.store(k, Ordering::Release);
         let z = match zone {
@@ -308,7 +318,8 @@ impl PyRemoteReader {
         key: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             Ok(PyBytes::new(py, &keystate::store_key(&self.ns, k)))
         })
     }
@@ -322,7 +333,8 @@ impl PyRemoteReader {
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyBytes>, i64, u8)> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             let (t, z) = self.instant(at)?;
             Ok((PyBytes::new(py, &keystate::store_key(&self.ns, k)), t, z))
         })
@@ -341,10 +353,10 @@ impl PyRemoteReader {
             let entity = &self.plan.spec.entity;
             let keys: Vec<PyKey> = keys
                 .try_iter()?
-                .map(|k| k.and_then(|k| convert::key(&k, entity.label()).py_err()))
+                .map(|k| k.and_then(|k| convert::entity_key(&k, entity).py_err()))
                 .collect::<PyResult<_>>()?;
             for k in &keys {
-                self.check_kind(k.as_ref().is_int())?;
+                self.check_kind(self.kind_of(k.as_ref()))?;
             }
             let (times, zones): (Vec<i64>, Vec<u8>) = match at {
                 Some(a) if a.is_instance_of::<PyList>() || a.is_instance_of::<PyTuple>() => {
@@ -385,7 +397,8 @@ impl PyRemoteReader {
         value: Option<Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyDict>, Option<i64>)> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             let v = bytes_of(&value)?;
             let mut out = vec![0f64; self.plan.n_features()];
             let wm = self.evaluate(k, t, zone, v, &mut out, None)?;
@@ -407,7 +420,7 @@ impl PyRemoteReader {
             let entity = &self.plan.spec.entity;
             let keys: Vec<PyKey> = keys
                 .try_iter()?
-                .map(|k| k.and_then(|k| convert::key(&k, entity.label()).py_err()))
+                .map(|k| k.and_then(|k| convert::entity_key(&k, entity).py_err()))
                 .collect::<PyResult<_>>()?;
             if times.len() != keys.len() || values.len() != keys.len() || zones.len() != keys.len()
             {
@@ -439,7 +452,8 @@ impl PyRemoteReader {
         fields: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, numpy::PyArray1<f64>>, Option<i64>)> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             let v = bytes_of(&value)?;
             let tf = transforms.get();
             let held = self.zone.load(Ordering::Acquire);
@@ -496,11 +510,13 @@ impl PyRemoteReader {
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyDict>, Option<i64>)> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             let (t, z) = self.instant(at)?;
             let name = keystate::store_key(&self.ns, k);
             let values = self.fetch(py, conn.get(), vec![name])?;
-            let k = self.key_ref(key)?; // against the key kind just learned
+            let k = self.key(key)?; // against the key kind just learned
+            let k = k.as_ref();
             let mut out = vec![0f64; self.plan.n_features()];
             let value = values.into_iter().next().flatten();
             let wm = self.evaluate(k, t, z, value.as_deref(), &mut out, None)?;
@@ -521,7 +537,7 @@ impl PyRemoteReader {
             let (names, times, zones) = self.prepare_many(py, keys, at)?;
             let keys: Vec<PyKey> = keys
                 .try_iter()?
-                .map(|k| k.and_then(|k| convert::key(&k, self.plan.spec.entity.label()).py_err()))
+                .map(|k| k.and_then(|k| convert::entity_key(&k, &self.plan.spec.entity).py_err()))
                 .collect::<PyResult<_>>()?;
             let names: Vec<Vec<u8>> = names
                 .iter()
@@ -537,7 +553,7 @@ impl PyRemoteReader {
                 return Err(RedisIoError::new_err("redis: a reply of the wrong length"));
             }
             for k in &keys {
-                self.check_kind(k.as_ref().is_int())?; // against the key kind just learned
+                self.check_kind(self.kind_of(k.as_ref()))?; // against the key kind just learned
             }
             let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
             let (cols, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
@@ -557,7 +573,8 @@ impl PyRemoteReader {
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, numpy::PyArray1<f64>>, Option<i64>)> {
         entry(None, || {
-            let k = self.key_ref(key)?;
+            let k = self.key(key)?;
+            let k = k.as_ref();
             let (t, z) = self.instant(at)?;
             let name = keystate::store_key(&self.ns, k);
             let mut values = self.fetch(py, conn.get(), vec![name])?;
@@ -577,8 +594,8 @@ impl PyRemoteReader {
         key: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         entry(None, || {
-            let k = convert::key_ref(key, self.plan.spec.entity.label()).py_err()?;
-            let name = keystate::store_key(&self.ns, k);
+            let k = convert::entity_key(key, &self.plan.spec.entity).py_err()?;
+            let name = keystate::store_key(&self.ns, k.as_ref());
             match conn.get().command(py, &[b"EXISTS", &name])? {
                 Reply::Int(n) => Ok(n > 0),
                 _ => Err(RedisIoError::new_err("redis: unexpected reply to EXISTS")),
@@ -819,10 +836,15 @@ impl PyRemoteReader {
             })
         };
         let v: serde_json::Value = serde_json::from_slice(info).map_err(|_| bad())?;
-        let kind = match v.get("key_is_int") {
-            Some(serde_json::Value::Bool(true)) => 1,
-            Some(serde_json::Value::Bool(false)) => 2,
-            Some(serde_json::Value::Null) | None => 0,
+        let kind = match (v.get("key_kind"), v.get("key_is_int")) {
+            (Some(serde_json::Value::Number(n)), _) => n.as_u64().ok_or_else(bad)?,
+            (Some(serde_json::Value::Null) | None, Some(serde_json::Value::Bool(true))) => {
+                crate::key::KIND_INT
+            }
+            (Some(serde_json::Value::Null) | None, Some(serde_json::Value::Bool(false))) => {
+                crate::key::KIND_STR
+            }
+            (Some(serde_json::Value::Null) | None, Some(serde_json::Value::Null) | None) => 0,
             _ => return Err(bad()),
         };
         let zone = match v.get("zone").and_then(|z| z.as_str()) {
@@ -875,7 +897,8 @@ pub fn publish_redis(
         }
         let zone = e.zone.load(Ordering::Acquire);
         let inner = &e.inner;
-        let key_is_int = inner.key_kind().map(|k| k == crate::key::KIND_INT);
+        let key_kind = inner.key_kind();
+        let key_is_int = key_kind.map(|k| k == crate::key::KIND_INT);
         let batch = batch.max(1);
         // encode (ingest lock held, GIL released): the commands and where each batch ends
         let (published, buf, cuts) = detached(py, || {
@@ -918,6 +941,7 @@ pub fn publish_redis(
             "settle_point": published.settle_point,
             "keys": published.keys,
             "key_is_int": key_is_int,
+            "key_kind": key_kind,
             "position": position,
             "published_at_ms": now_ms,
             "keystate_version": keystate::KEYSTATE_VERSION,
@@ -928,7 +952,9 @@ pub fn publish_redis(
             ZONE_AWARE => serde_json::Value::from("aware"),
             _ => serde_json::Value::Null,
         };
-        let info = serde_json::json!({"key_is_int": key_is_int, "zone": zone_name}).to_string();
+        let info =
+            serde_json::json!({"key_is_int": key_is_int, "key_kind": key_kind, "zone": zone_name})
+                .to_string();
         let mut tail = Vec::new();
         resp::pack(
             &mut tail,

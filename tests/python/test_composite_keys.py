@@ -324,9 +324,6 @@ def test_errors():
             rtml.FeatureSet(bad, "ts", [rtml.count()])
     with pytest.raises(rtml.SpecError, match="collides"):
         rtml.FeatureSet(["a", "count"], "ts", [rtml.count()])
-    # what does not take composite keys yet says so
-    with pytest.raises(rtml.SpecError, match="composite"):
-        fs.backfill(ev, {"driver": ["a"], "zone": [1], "ts": [2]}, out="x.parquet")
 
 
 def test_null_parts_follow_null_keys():
@@ -396,12 +393,302 @@ def test_arrival_and_dedupe_replay_the_stream_with_composite_keys():
     assert fs.verdicts(ev2, arrival="batch")[:2] == ["applied", "duplicate"]
 
 
-def test_paths_without_composite_support_refuse():
-    fs = rtml.FeatureSet(["d", "z"], "ts", [rtml.count()], timestamp_unit="s")
-    ev = {"d": ["a"], "z": [1], "ts": [1]}
-    with pytest.raises(rtml.SpecError, match="composite"):
-        rtml.backfill({"d": ["a"], "z": [1], "ts": [2]}, {"s": (fs, ev)})
-    with pytest.raises(rtml.SpecError, match="composite"):
-        rtml.RemoteEngine(fs, client=object())
-    with pytest.raises(rtml.SpecError, match="composite"):
-        rtml.parity.check(fs, ev, pa.table({"key": ["a"], "at": pa.array([2], pa.int64())}))
+# ------------------------------------------------------------------ the other paths
+# Each compared with an independent expectation: the in-memory backfill on the composite key
+# (itself equal to a backfill on a joined single-key column, above), or that joined column
+# through the same path.
+
+NS = 1_000_000_000
+T0 = 1_700_000_000 * NS
+
+
+def _stream_fs(entity=("driver", "zone")):
+    return rtml.FeatureSet(
+        list(entity) if not isinstance(entity, str) else entity, "ts",
+        [rtml.count(window="1h"), rtml.sum("amount", window="1h"), rtml.mean("amount", window="30m"),
+         rtml.last("amount"), rtml.distinct_count("shop", window="1h"), rtml.time_since_last()],
+        allowed_lateness="600s",
+    )
+
+
+def _stream_events(n: int, seed: int) -> pa.Table:
+    """Events in time order keyed by (driver: str, zone: int); parts that collide when joined
+    without a separator; awkward float bits."""
+    rng = np.random.default_rng(seed)
+    drivers = np.array(["a", "a1", "b", "bc", "ü", "d7"], dtype=object)
+    return pa.table({
+        "driver": pa.array(rng.choice(drivers, n).tolist()),
+        "zone": pa.array(rng.choice([1, 2, 12, -3], n), pa.int64()),
+        "ts": pa.array(np.sort(T0 + rng.integers(0, 4 * 3600 * NS, n)), pa.timestamp("ns", "UTC")),
+        "amount": pa.array(np.round(rng.lognormal(2.0, 1.0, n), 3) * (1 + 1e-9 * rng.standard_normal(n))),
+        "shop": pa.array([f"s{x}" for x in rng.integers(0, 9, n)]),
+    })
+
+
+def _tuples(events: pa.Table) -> list:
+    return sorted(set(zip(events["driver"].to_pylist(), events["zone"].to_pylist())), key=str)
+
+
+def _bits_equal(a, b) -> bool:
+    a = a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+    b = b.combine_chunks() if isinstance(b, pa.ChunkedArray) else b
+    if a.type != b.type or not a.is_null().equals(b.is_null()):
+        return False
+    if pa.types.is_floating(a.type):
+        return bool((a.fill_null(0.0).to_numpy().view(np.uint64)
+                     == b.fill_null(0.0).to_numpy().view(np.uint64)).all())
+    return a.equals(b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(-2**63, 2**63 - 1), st.text(max_size=6)), min_size=2, max_size=5))
+def test_the_python_side_encoder_is_the_rust_one(parts):
+    """`_core.encode_keys` (tables), `_keyhash.encode_key` and `sources.message_key` (tuples)
+    give the documented bytes, computed here by the slow obvious rule, for any parts."""
+    from rtml import _core, _keyhash
+    import rtml.sources
+
+    want = "".join(f"i{p};" if isinstance(p, int) else f"s{len(p.encode())}:{p}" for p in parts)
+    table = pa.table({f"c{j}": pa.array([p], pa.int64() if isinstance(p, int) else pa.string())
+                      for j, p in enumerate(parts)})
+    assert _core.encode_keys(table, table.column_names).column(0).to_pylist() == [want]
+    assert _keyhash.encode_key(tuple(parts)) == want
+    assert rtml.sources.message_key(tuple(parts)) == want.encode()
+
+
+def test_encoded_keys_are_the_engines_keys():
+    """The store key an engine's writer publishes for a composite key ends in the encoding of
+    its tuple: the shared store, the partitioning and the engine agree."""
+    from rtml import _core, _keyhash
+    from rtml.remote import namespace_of
+
+    fs = _stream_fs()
+    eng = fs.online()
+    eng.ingest(_stream_events(50, seed=1))
+    _core.track_changes(eng._engine, True)
+    ns, sid = namespace_of(fs)
+    items = _core.publish_changes(eng._engine, ns, sid, True)[5]
+    names = sorted(bytes(n) for n, _, _ in items)
+    reader = _core.RemoteReader(fs._spec, ns, sid)
+    assert names == sorted(bytes(reader.store_key(t)) for t in _tuples(_stream_events(50, seed=1)))
+    assert all(n.endswith(_keyhash.encode_key(t).encode()) for n, t in
+               zip(sorted(bytes(reader.store_key(t)) for t in [("d7", 3)]), [("d7", 3)]))
+    with pytest.raises(rtml.SchemaError, match="2 parts"):
+        reader.store_key(("d7",))
+    with pytest.raises(rtml.SchemaError, match="tuple"):
+        reader.store_key("d7")
+
+
+def test_join_several_sets_with_a_composite_one():
+    """rtml.backfill: a composite set next to a single-key set, its key columns named by
+    keys=[...]; each set's columns equal its own backfill, and the composite set's equal a
+    single-key set on a joined column."""
+    ev = _stream_events(2000, seed=3)
+    rng = random.Random(3)
+    tuples = _tuples(ev) + [("zz", 1)]
+    picks = [rng.choice(tuples) for _ in range(300)]
+    at = pa.array([T0 + rng.randrange(0, 5 * 3600) * NS for _ in picks], pa.timestamp("ns", "UTC"))
+    spine = pa.table({"drv": [p[0] for p in picks], "zn": pa.array([p[1] for p in picks], pa.int64()),
+                      "ts": at, "id": list(range(len(picks)))})
+    by_pair, by_driver = _stream_fs(), _stream_fs("driver")
+    out = rtml.backfill(spine, {"pair": (by_pair, ev), "driver": (by_driver, ev)},
+                        keys={"pair": ["drv", "zn"], "driver": "drv"}, output="arrow")
+    own = by_pair.backfill(ev, spine, key=["drv", "zn"], output="arrow")
+    joined_ev = ev.append_column("dz", pa.array([f"{d}|{z}" for d, z in zip(ev["driver"].to_pylist(), ev["zone"].to_pylist())]))
+    joined_sp = pa.table({"dz": [f"{d}|{z}" for d, z in picks], "ts": at})
+    single = _stream_fs("dz").backfill(joined_ev, joined_sp, output="arrow")
+    driver = by_driver.backfill(ev, spine, key="drv", output="arrow")
+    for n in by_pair.feature_names:
+        assert _bits_equal(out[f"pair__{n}"], own[n]), n
+        assert _bits_equal(out[f"pair__{n}"], single[n]), n
+        assert _bits_equal(out[f"driver__{n}"], driver[n]), n
+    with raises(rtml.SchemaError, "key="):
+        rtml.backfill(spine, {"pair": (by_pair, ev)}, keys={"pair": "drv"})
+    # by default the set's own column names
+    sp2 = spine.rename_columns(["driver", "zone", "ts", "id"])
+    out2 = rtml.backfill(sp2, {"pair": (by_pair, ev)}, output="arrow")
+    assert all(_bits_equal(out2[f"pair__{n}"], own[n]) for n in by_pair.feature_names)
+
+
+def _served_log(eng, ev: pa.Table, rng: random.Random, n: int):
+    tuples = _tuples(ev) + [("zz", 2)]
+    keys = [rng.choice(tuples) for _ in range(n)]
+    ats = [eng.watermark - 599 * NS + rng.randrange(0, 3600) * NS for _ in keys]
+    rows = eng.get_many(keys, at=[pa.scalar(t, pa.timestamp("ns", "UTC")).as_py() for t in ats])
+    return keys, ats, rows
+
+
+def test_parity_check_with_composite_keys(tmp_path):
+    """parity.check keyed by the part columns: an engine's answers match; a changed value is a
+    mismatch whose example names the tuple; the CLI's --key takes several columns."""
+    import rtml.parity
+
+    fs = _stream_fs()
+    ev = _stream_events(3000, seed=5)
+    eng = fs.online(ev)
+    rng = random.Random(5)
+    keys, ats, rows = _served_log(eng, ev, rng, 200)
+    log = pa.table({
+        "drv": [k[0] for k in keys], "zn": pa.array([k[1] for k in keys], pa.int64()),
+        "at": pa.array(ats, pa.timestamp("ns", "UTC")),
+        **{n: rows[n] for n in fs.feature_names},
+    })
+    report = rtml.parity.check(fs, ev, log, key=["drv", "zn"])
+    assert report.ok and report.rows == 200
+    assert all(f.matches == 200 for f in report.features.values())
+    # a tampered value: one mismatch, the example keyed by the tuple
+    sums = log["amount_sum_1h"].to_pylist()
+    sums[7] = (sums[7] or 0.0) + 1.0
+    bad = log.set_column(log.column_names.index("amount_sum_1h"), "amount_sum_1h", pa.array(sums))
+    report = rtml.parity.check(fs, ev, bad, key=["drv", "zn"])
+    f = report.features["amount_sum_1h"]
+    assert f.mismatches == 1 and f.examples[0]["key"] == keys[7]
+    # the default: the entity's column names
+    report = rtml.parity.check(fs, ev, log.rename_columns(["driver", "zone", *log.column_names[2:]]))
+    assert report.ok
+    with raises(rtml.SchemaError, "one served-log column per key column"):
+        rtml.parity.check(fs, ev, log, key="drv")
+    # the CLI
+    import pyarrow.parquet as pq
+    from rtml.cli import main
+
+    (tmp_path / "spec.json").write_text(fs.to_json())
+    pq.write_table(ev, tmp_path / "events.parquet")
+    pq.write_table(log, tmp_path / "log.parquet")
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    args = ["parity", "--spec", str(tmp_path / "spec.json"), "--events", str(tmp_path / "events.parquet"),
+            "--key", "drv", "zn", "--quiet", "--log"]
+    assert main([*args, str(tmp_path / "log.parquet")]) == 0
+    assert main([*args, str(tmp_path / "bad.parquet")]) == 1
+
+
+def test_runner_replay_partitions_by_the_encoded_key_and_matches_backfill(tmp_path):
+    """A Runner over a 3-partition replay: every tuple's events in the partition
+    partition_of(tuple) names (CRC-32 of its encoding), runner.get(tuple) equals the backfill
+    bit for bit."""
+    import pandas as pd
+    import rtml.sources
+    from rtml.runner import Runner
+
+    fs = _stream_fs()
+    ev = _stream_events(4000, seed=8)
+    src = rtml.sources.replay(ev, partitions=3, max_delay="300s", seed=8)
+    r = Runner(fs, src, tmp_path / "ckpt", checkpoint_every="0s", max_batch=300)
+    r.run_until_idle()
+    tuples = _tuples(ev)
+    order = src.arrival_order()
+    for p, rows in enumerate(order):
+        held = set(zip(ev["driver"].take(pa.array(rows)).to_pylist(), ev["zone"].take(pa.array(rows)).to_pylist()))
+        assert held == {t for t in tuples if rtml.sources.partition_of(t, 3) == p}
+        assert all((t in r.engines[p]) == (t in held) for t in tuples)
+    assert len({rtml.sources.partition_of(t, 3) for t in tuples}) > 1
+    wm = max(e.watermark for e in r.engines.values() if e.watermark is not None)
+    ats = [wm + i * 600 * NS for i in range(3)]
+    spine = pa.table({"driver": [t[0] for t in tuples for _ in ats],
+                      "zone": pa.array([t[1] for t in tuples for _ in ats], pa.int64()),
+                      "ts": pa.array([a for _ in tuples for a in ats], pa.timestamp("ns", "UTC"))})
+    off = fs.backfill(ev, spine, output="arrow")
+    on = [r.get(t, at=pd.Timestamp(a, unit="ns", tz="UTC")) for t in tuples for a in ats]
+    for n in fs.feature_names:
+        assert _bits_equal(pa.array([x[n] for x in on], off[n].type), off[n]), n
+    assert r.engine_for(tuples[0]) is r.engines[rtml.sources.partition_of(tuples[0], 3)]
+
+
+def test_json_messages_map_one_field_per_key_part(tmp_path):
+    """The JSON decoder with a composite entity: one JSON field per key column (renamed by
+    fields=), each part's kind fixed like the table path; a missing or wrong-typed part is a
+    dead letter naming the field; the state equals the backfill of the good events."""
+    import json
+    import pyarrow.parquet as pq
+    import rtml.sources
+    from rtml.runner import Runner, load_checkpoints  # noqa: F401
+
+    fs = _stream_fs()
+    ev = _stream_events(1500, seed=9)
+    msgs, keys = [], []
+    for row in ev.to_pylist():
+        t = row["ts"]
+        msgs.append(json.dumps({"drv": row["driver"], "zn": row["zone"],
+                                "ts": t.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z",
+                                "amount": row["amount"], "shop": row["shop"]}).encode())
+        keys.append((row["driver"], row["zone"]))
+    bad = [
+        (b'{"drv": "a", "ts": "2023-11-14T22:13:20Z"}', "'zn'"),
+        (b'{"drv": "a", "zn": "1", "ts": "2023-11-14T22:13:20Z"}', "'zn'"),
+        (b'{"drv": 5, "zn": 1, "ts": "2023-11-14T22:13:20Z"}', "'drv'"),
+        (b'{"drv": "a", "zn": [1], "ts": "2023-11-14T22:13:20Z"}', "'zn'"),
+        (b'{"drv": null, "zn": 1, "ts": "2023-11-14T22:13:20Z"}', "'drv'"),
+    ]
+    where = [100, 500, 501, 900, 1400]
+    for (m, _), i in zip(bad, where):
+        msgs.insert(i, m)
+        keys.insert(i, ("a", 1))
+    src = rtml.sources.replay_messages(msgs, keys=keys, partitions=2,
+                                       fields={"driver": "drv", "zone": "zn"})
+    r = Runner(fs, src, tmp_path / "ckpt", checkpoint_every="0s", max_batch=200)
+    r.run_until_idle()
+    m = r.metrics()
+    assert m["malformed"] == len(bad), m
+    dl = pq.read_table(tmp_path / "ckpt" / "dead_letters").to_pylist()
+    reasons = {bytes(d["payload"]): d["reason"] for d in dl}
+    for msg, word in bad:
+        assert word in reasons[msg], (msg, reasons[msg])
+    # the checkpointed key kind is a list of part kinds, and the state equals the backfill
+    # (microsecond times: the JSON above carries microseconds)
+    us = ev["ts"].cast(pa.int64()).to_numpy() // 1000 * 1000
+    ev_us = ev.set_column(2, "ts", pa.array(us, pa.timestamp("ns", "UTC")))
+    tuples = _tuples(ev)
+    wm = max(e.watermark for e in r.engines.values() if e.watermark is not None)
+    spine = pa.table({"driver": [t[0] for t in tuples], "zone": pa.array([t[1] for t in tuples]),
+                      "ts": pa.array([wm + 60 * NS] * len(tuples), pa.timestamp("ns", "UTC"))})
+    off = fs.backfill(ev_us, spine, output="arrow")
+    import pandas as pd
+
+    on = [r.get(t, at=pd.Timestamp(wm + 60 * NS, unit="ns", tz="UTC")) for t in tuples]
+    for n in fs.feature_names:
+        assert _bits_equal(pa.array([x[n] for x in on], off[n].type), off[n]), n
+    # restart from the checkpoints: the part kinds come back with them
+    r2 = Runner(fs, rtml.sources.replay_messages(msgs, keys=keys, partitions=2,
+                                                 fields={"driver": "drv", "zone": "zn"}),
+                tmp_path / "ckpt", checkpoint_every="0s")
+    r2.run_until_idle()
+    assert r2.get(tuples[0], at=pd.Timestamp(wm + 60 * NS, unit="ns", tz="UTC")) == on[0]
+
+
+def test_encode_keys_nulls_dictionaries_and_widths():
+    """A null part gives a null key; dictionary-encoded string parts and every integer width
+    encode as their values; a float part is refused naming the column."""
+    from rtml import _core
+
+    t = pa.table({
+        "d": pa.array(["b", None, "b", "ü"]).dictionary_encode(),
+        "z": pa.array([3, 4, None, -1], pa.int8()),
+        "u": pa.array([1, 2, 3, 2**32], pa.uint64()),
+    })
+    got = _core.encode_keys(t, ["d", "z", "u"]).column(0).to_pylist()
+    assert got == ["s1:bi3;i1;", None, None, "s2:üi-1;i4294967296;"]
+    with raises(rtml.SchemaError, "'x'", "integers or strings"):
+        _core.encode_keys(pa.table({"x": [1.5], "d": ["a"]}), ["d", "x"])
+    with raises(rtml.SchemaError, "'nope'"):
+        _core.encode_keys(t, ["d", "nope"])
+
+
+def test_parity_arrived_late_with_composite_keys():
+    """parity.check(arrival=...) recomputes a differing row from the events of its tuple that
+    had arrived by served_at: ("a", 1) served before its second event arrived is 'arrived
+    late'; ("a1", 2), whose parts join to the same text as ("a", 12), is a true mismatch."""
+    import rtml.parity
+
+    fs = rtml.FeatureSet(["d", "z"], "ts", [rtml.count(), rtml.sum("x")])
+    t = lambda s: pa.array(s, pa.timestamp("s", "UTC"))  # noqa: E731
+    ev = pa.table({"d": ["a", "a", "a", "a1"], "z": [1, 1, 12, 2], "ts": t([10, 20, 15, 15]),
+                   "x": [1.0, 2.0, 4.0, 8.0], "received_at": t([11, 100, 16, 16])})
+    log = pa.table({"d": ["a", "a1", "a"], "z": [1, 2, 12], "at": t([30, 30, 30]),
+                    "served_at": t([50, 200, 50]),
+                    "count": [1.0, 2.0, 1.0], "x_sum": [1.0, 8.0, 4.0]})
+    report = rtml.parity.check(fs, ev, log, key=["d", "z"], arrival="received_at")
+    assert report.features["count"].arrived_late == 1
+    assert report.features["count"].mismatches == 1
+    assert report.features["count"].examples[0]["key"] == ("a1", 2)
+    assert report.features["x_sum"].arrived_late == 1 and report.features["x_sum"].mismatches == 0
+    assert report.features["x_sum"].matches == 2

@@ -313,6 +313,136 @@ def test_glob_and_pandas_spine_and_no_row_index(tmp_path):
     assert_bits_equal(pq.read_table(out2), want)
 
 
+def _composite_data(n: int, n_spine: int, seed: int, hot: bool = False):
+    """Events keyed by (d: string, z: int) whose parts collide when joined without a separator
+    (("a", 12) and ("a1", 2)), a spine over known and unknown tuples, and the same keys as one
+    joined column `dz` ("a|12") for the independent expectation."""
+    rnd = np.random.default_rng(seed)
+    drivers = np.array(["a", "a1", "b", "bc", "ü", ""], dtype=object)
+    d = rnd.choice(drivers, n)
+    z = rnd.choice([1, 2, 12, -3], n)
+    if hot:
+        d[: n * 3 // 4] = "hot"
+        z[: n * 3 // 4] = 7
+    secs = rnd.integers(0, 2 * 86400, n)
+    order = rnd.permutation(n)  # not in time order
+    events = pa.table(
+        {
+            "d": pa.array(d[order]),
+            "z": pa.array(z[order], pa.int32()),  # an int32 part against int64 spine parts
+            "ts": pa.array((1_700_000_000 + secs[order]) * 10**6, pa.timestamp("us", "UTC")),
+            "v": pa.array(np.round(rnd.lognormal(2, 1, n), 2)),
+            "cat": pa.array(rnd.choice(list("abcdefgh"), n)),
+        }
+    )
+    pick = rnd.integers(0, n, n_spine)
+    sd = events["d"].take(pa.array(pick)).to_pylist()
+    sz = events["z"].take(pa.array(pick)).to_pylist()
+    sd[:5] = ["zz"] * 5  # no events
+    spine = pa.table(
+        {
+            "driver": pa.array(sd),
+            "zone": pa.array(sz, pa.int64()),
+            "ts": events["ts"].take(pa.array(pick)),
+        }
+    )
+    joined = lambda ds, zs: pa.array([f"{a}|{b}" for a, b in zip(ds, zs)])  # noqa: E731
+    ev_joined = events.append_column("dz", joined(events["d"].to_pylist(), events["z"].to_pylist()))
+    sp_joined = pa.table({"dz": joined(sd, sz), "ts": spine["ts"]})
+    return events, spine, ev_joined, sp_joined
+
+
+def composite_feature_set(entity=("d", "z")) -> rtml.FeatureSet:
+    base = feature_set()
+    return rtml.FeatureSet(
+        list(entity) if not isinstance(entity, str) else entity, "ts", base.features
+    )
+
+
+def test_composite_keys_same_bits_as_in_memory_and_as_a_joined_key(tmp_path):
+    """A composite key (entity=["d", "z"], spine columns named otherwise): many partitions,
+    partitions split again, and the in-memory bits; the features equal those of a single key
+    column joining the parts, backfilled in memory (an independent grouping)."""
+    events, spine, ev_joined, sp_joined = _composite_data(60_000, 8_000, seed=4)
+    fs = composite_feature_set()
+    key = ["driver", "zone"]
+    want = in_memory(fs, events, spine, key=key)
+    single = in_memory(composite_feature_set("dz"), ev_joined, sp_joined)
+    for name in fs.feature_names:
+        assert_bits_equal(want.select([name]), single.select([name]))
+    limit = int((_rss() + _READER_RESERVE + 4_000_000) / (1 - _SLACK))  # a budget of about 4 MB
+    out = str(tmp_path / "out")
+    res = outofcore.backfill(fs, events, spine, out, memory_limit=limit, key=key, progress=False)
+    assert res.partitions >= 4 and res.units >= 2, res
+    assert res.hot_keys == []
+    assert_bits_equal(read_sorted(out), want)
+    # FeatureSet.backfill(out=...) takes the composite key too, and a forced partition count
+    out2 = str(tmp_path / "out2.parquet")
+    fs.backfill(events, spine, key=key, out=out2, memory_limit="2GB")
+    assert_bits_equal(read_sorted(out2), want)
+    out3 = str(tmp_path / "out3.parquet")
+    outofcore.backfill(fs, events, spine, out3, key=key, partitions=7, progress=False)
+    assert_bits_equal(read_sorted(out3), want)
+
+
+def test_composite_rows_of_one_key_share_a_partition():
+    """The partition of a row is a function of its tuple of parts (whatever the integer width),
+    and equals the partition of the encoded key (what the engine holds) as a string column."""
+    from rtml import _keyhash
+
+    events, spine, _, _ = _composite_data(5_000, 2_000, seed=9)
+    ev_keys = _keyhash.entity_keys(events, ["d", "z"])
+    sp_keys = _keyhash.entity_keys(spine, ["driver", "zone"])
+    p_ev = _keyhash.partition_of(ev_keys, 13)
+    p_sp = _keyhash.partition_of(sp_keys, 13)
+    where = {}
+    for t, p in zip(zip(events["d"].to_pylist(), events["z"].to_pylist()), p_ev.tolist()):
+        assert where.setdefault(t, p) == p
+    for t, p in zip(zip(spine["driver"].to_pylist(), spine["zone"].to_pylist()), p_sp.tolist()):
+        assert where.setdefault(t, p) == p
+    # the encoded column is the engine's key text (src/key.rs), hashed as any string key
+    want = [f"s{len(a.encode())}:{a}i{b};" for a, b in zip(events["d"].to_pylist(), events["z"].to_pylist())]
+    assert ev_keys.to_pylist() == want
+    assert p_ev.tolist() == _keyhash.partition_of(pa.array(want), 13).tolist()
+
+
+def test_composite_hot_key_named_as_a_tuple(tmp_path):
+    events, spine, _, _ = _composite_data(160_000, 3_000, seed=2, hot=True)
+    fs = composite_feature_set()
+    key = ["driver", "zone"]
+    want = in_memory(fs, events, spine, key=key)
+    limit = int((_rss() + _READER_RESERVE + 3_000_000) / (1 - _SLACK))
+    out = str(tmp_path / "out.parquet")
+    with pytest.warns(
+        rtml.HotKeyWarning, match=r"entity \('hot', 7\) of columns \('d', 'z'\) has 120,000 events"
+    ):
+        res = outofcore.backfill(fs, events, spine, out, memory_limit=limit, key=key, progress=False)
+    assert res.hot_keys == [(("hot", 7), 120_000)]
+    assert_bits_equal(read_sorted(out), want)
+
+
+def test_composite_errors_match_in_memory(tmp_path):
+    events, spine, _, _ = _composite_data(200, 50, seed=1)
+    fs = composite_feature_set()
+    key = ["driver", "zone"]
+    cases = [
+        (events.drop_columns(["z"]), spine, rtml.SchemaError, "'z'"),
+        (events, spine.drop_columns(["zone"]), rtml.SchemaError, "'zone'"),
+        (events, spine.set_column(1, "zone", pa.array([str(x) for x in spine["zone"].to_pylist()])),
+         rtml.SchemaError, "spine"),
+        (events, spine.set_column(1, "zone", pa.array([None] + spine["zone"].to_pylist()[1:], pa.int64())),
+         rtml.SchemaError, "null key"),
+    ]
+    for i, (ev, sp, exc, word) in enumerate(cases):
+        with pytest.raises(exc, match=word):
+            fs.backfill(ev, sp, key=key, output="arrow", progress=False)
+        with pytest.raises(exc, match=word):
+            outofcore.backfill(fs, ev, sp, str(tmp_path / f"o{i}.parquet"), key=key, progress=False)
+        assert not os.path.exists(tmp_path / f"o{i}.parquet")
+    with pytest.raises(rtml.SchemaError, match="key="):
+        outofcore.backfill(fs, events, spine, str(tmp_path / "x.parquet"), key="driver")
+
+
 # ------------------------------------------------------------------ errors and cleanup
 
 

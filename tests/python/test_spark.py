@@ -238,3 +238,109 @@ def test_null_key_refused_by_the_check_job(spark):
         rtml.spark.backfill(
             feature_set(), spark.createDataFrame(events), spark.createDataFrame(spine), partitions=2
         )
+
+
+def composite_generated(n_events: int = 20_000, n_spine: int = 2_000, seed: int = 8):
+    """Events keyed by (d: string, z: int) whose parts collide when joined without a separator
+    (("a", 12) / ("a1", 2)), a hot tuple ("hot", 7), rows out of time order; the spine's parts
+    named otherwise (an int zone against bigint events)."""
+    rng = np.random.default_rng(seed)
+    drivers = np.array(["a", "a1", "b", "bc", "ü", ""], dtype=object)
+    d = rng.choice(drivers, n_events)
+    z = rng.choice([1, 2, 12, -3], n_events)
+    hot = rng.random(n_events) < 0.3
+    d[hot] = "hot"
+    z[hot] = 7
+    secs = rng.integers(0, 2 * 86400, n_events)
+    order = rng.permutation(n_events)
+    t0 = 1_709_251_200
+    events = pa.table(
+        {
+            "d": pa.array(d[order].tolist()),
+            "z": pa.array(z[order], pa.int64()),
+            "ts": pa.array((t0 + secs[order]) * 10**6, pa.timestamp("us", "UTC")),
+            "v": pa.array(np.round(rng.lognormal(2, 1, n_events), 2)),
+            "cat": pa.array(rng.choice(list("abcdefg"), n_events)),
+        }
+    )
+    pick = rng.integers(0, n_events, n_spine)
+    sd = events.column("d").take(pa.array(pick)).to_pylist()
+    sz = events.column("z").take(pa.array(pick)).to_pylist()
+    sd[:10] = ["zz"] * 10  # no events
+    spine = pa.table(
+        {
+            "id": pa.array(np.arange(n_spine)),
+            "driver": pa.array(sd),
+            "zone": pa.array(sz, pa.int32()),
+            "ts": pa.array(
+                events.column("ts").cast(pa.int64()).to_numpy()[pick]
+                + rng.integers(0, 1800, n_spine) * 10**6,
+                pa.timestamp("us", "UTC"),
+            ),
+        }
+    )
+    return events, spine
+
+
+def test_composite_keys_bit_identical_with_the_hot_tuple_named(spark):
+    """entity=["d", "z"] on Spark: bit for bit the local backfill (itself equal to a joined
+    single key, test_composite_keys.py), buckets by the hash of the encoded key, the hot-key
+    warning names the tuple."""
+    events, spine = composite_generated()
+    fs = rtml.FeatureSet(["d", "z"], "ts", feature_set().features)
+    key = ["driver", "zone"]
+    local = fs.backfill(events, spine, key=key, output="arrow", progress=False)
+    joined = rtml.FeatureSet("dz", "ts", feature_set().features).backfill(
+        events.append_column(
+            "dz", pa.array([f"{a}|{b}" for a, b in zip(events["d"].to_pylist(), events["z"].to_pylist())])
+        ),
+        pa.table({"id": spine["id"], "dz": [f"{a}|{b}" for a, b in zip(spine["driver"].to_pylist(), spine["zone"].to_pylist())], "ts": spine["ts"]}),
+        output="arrow", progress=False,
+    )
+    assert_features_equal(joined, local, fs.feature_names)
+    ev_df = spark.createDataFrame(events)
+    sp_df = spark.createDataFrame(spine)
+    assert dict(sp_df.dtypes)["zone"] == "int"
+    n_hot = int(sum(1 for a, b in zip(events["d"].to_pylist(), events["z"].to_pylist()) if (a, b) == ("hot", 7)))
+    with pytest.warns(
+        rtml.HotKeyWarning, match=rf"entity \('hot', 7\) of columns \('d', 'z'\) has {n_hot:,} events"
+    ):
+        out = rtml.spark.backfill(fs, ev_df, sp_df, key=key, partitions=5)
+    assert out.columns == [*spine.column_names, *fs.feature_names]
+    assert_features_equal(out.toArrow(), local, fs.feature_names)
+    # a null part is refused by the check job, naming the part column
+    zs = spine["zone"].to_pylist()
+    zs[3] = None
+    bad = spine.set_column(2, "zone", pa.array(zs, pa.int32()))
+    with pytest.raises(rtml.SchemaError, match=r"column 'zone': null key in 1 spine rows"):
+        rtml.spark.backfill(fs, ev_df, spark.createDataFrame(bad), key=key, partitions=2)
+
+
+def test_spark_encoded_key_is_the_engines_encoding(spark):
+    """The bucket hashes the composite key's encoding built by Spark SQL: byte-equal to the
+    Rust encoder's (rtml._core.encode_keys) for string (empty, non-ASCII, separator-like) and
+    integer (every width, negative, extreme) parts; equal tuples share a bucket."""
+    from rtml import _core
+
+    strs = ["", "a", "s1:x", "i3;", "ünï 🚗", "a:b;c"]
+    ints = [0, -1, 12, -(2**63), 2**63 - 1]
+    rows = [(s, i, i % 100, s) for s in strs for i in ints]
+    t = pa.table(
+        {
+            "s": pa.array([r[0] for r in rows]),
+            "i": pa.array([r[1] for r in rows], pa.int64()),
+            "small": pa.array([r[2] for r in rows], pa.int8()),
+            "s2": pa.array([r[3] for r in rows]),
+        }
+    )
+    df = spark.createDataFrame(t)
+    cols = ["s", "i", "small", "s2"]
+    got = df.select(rtml.spark.encoded_key_column(df, cols).alias("e")).toArrow()["e"].to_pylist()
+    want = _core.encode_keys(t, cols).column(0).to_pylist()
+    assert got == want
+    buckets = (
+        df.select(*cols, rtml.spark.bucket_column(df, cols, 7).alias("b")).toArrow().to_pylist()
+    )
+    seen = {}
+    for r in buckets:
+        assert seen.setdefault((r["s"], r["i"], r["small"], r["s2"]), r["b"]) == r["b"]
