@@ -218,6 +218,17 @@ pub fn parse_rfc3339(s: &str) -> std::result::Result<i64, String> {
 }
 
 fn time_of(v: &Val<'_>, factor: Option<i64>) -> std::result::Result<i64, String> {
+    // i64::MIN ns is NaT's bit pattern, never an instant (crate::input::NOT_A_TIME)
+    time_value(v, factor).and_then(|t| {
+        if t == crate::input::NOT_A_TIME {
+            Err("time out of range (years 1677-2262): -9223372036854775808 ns is NaT".to_string())
+        } else {
+            Ok(t)
+        }
+    })
+}
+
+fn time_value(v: &Val<'_>, factor: Option<i64>) -> std::result::Result<i64, String> {
     let need_unit = || {
         "a numeric timestamp needs a stated unit (timestamp_unit='s'|'ms'|'us'|'ns')".to_string()
     };

@@ -476,22 +476,38 @@ pub fn encode_parts(
         .collect())
 }
 
+/// `i64::MIN` ns is not an instant: it is the bit pattern of a missing time (numpy / pandas
+/// `NaT`, which a cast to int64 turns into it), and the engine's "no watermark yet". Refused
+/// like a time out of range, so that a NaT that lost its null mask never becomes an event.
+pub const NOT_A_TIME: i64 = i64::MIN;
+
+fn out_of_range(name: &str, row: usize, value: i64) -> Error {
+    let what = if value == NOT_A_TIME {
+        " (-9223372036854775808 ns is NaT, a missing time: drop the row or pass it as a null)"
+    } else {
+        ""
+    };
+    Error::schema(
+        name,
+        format!(
+            "timestamp at row {row} is outside the representable range (years 1677..2262){what}"
+        ),
+    )
+}
+
 fn scale(v: &[i64], factor: i64, name: &str, offset: usize) -> Result<Vec<i64>> {
     if factor == 1 {
+        if let Some(i) = v.iter().position(|&x| x == NOT_A_TIME) {
+            return Err(out_of_range(name, offset + i, NOT_A_TIME));
+        }
         return Ok(v.to_vec());
     }
     v.iter()
         .enumerate()
         .map(|(i, &x)| {
-            x.checked_mul(factor).ok_or_else(|| {
-                Error::schema(
-                    name,
-                    format!(
-                        "timestamp at row {} is outside the representable range (years 1677..2262)",
-                        offset + i
-                    ),
-                )
-            })
+            x.checked_mul(factor)
+                .filter(|&t| t != NOT_A_TIME)
+                .ok_or_else(|| out_of_range(name, offset + i, x))
         })
         .collect()
 }

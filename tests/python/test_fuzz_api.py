@@ -554,6 +554,34 @@ def test_pandas_nat_is_not_an_instant():
     assert eng.get(1, at=pd.Timestamp(BASE) + pd.Timedelta("1ns")) == {"count": 1}
 
 
+def test_the_nat_bit_pattern_is_not_an_instant_in_columns_either(tmp_path):
+    """Found by the `guard` fuzz target: an int64 / timestamp[ns] column holding i64::MIN (what
+    pandas NaT becomes once its null mask is lost, e.g. `astype("int64")`) was accepted as an
+    event at 1677-09-21T00:12:43.145224192; the watermark stayed "none" (i64::MIN is its
+    sentinel) and the engine's snapshot could not be read back. Now a SchemaError naming the
+    column and the row, on ingest, backfill and the JSON decoder; nothing changes."""
+    nat, b = -(2**63), 1_700_000_000 * 10**9
+    fs = rtml.FeatureSet(entity="k", timestamp="ts", features=[rtml.count()], timestamp_unit="ns")
+    eng = fs.online()
+    eng.ingest([{"k": 1, "ts": b}])
+    before = eng.stats()
+    for col in [pa.array([nat], pa.int64()), pa.array([nat], pa.timestamp("ns", tz="UTC"))]:
+        with pytest.raises(rtml.SchemaError, match=r"'ts'.*row 0.*NaT"):
+            eng.ingest(pa.table({"k": [1], "ts": col}))
+        assert eng.stats() == before
+    with pytest.raises(rtml.SchemaError, match=r"'ts'.*row 1.*NaT"):
+        fs.backfill(pa.table({"k": [1, 1], "ts": pa.array([b, nat], pa.int64())}),
+                    pa.table({"k": [1], "ts": pa.array([b + 1], pa.int64())}))
+    # one nanosecond later is the earliest instant, and an engine holding it snapshots and
+    # restores
+    early = rtml.FeatureSet(entity="k", timestamp="ts", features=[rtml.count()], timestamp_unit="ns")
+    first = early.online()
+    first.ingest(pa.table({"k": [1], "ts": pa.array([nat + 1], pa.int64())}))
+    first.snapshot(tmp_path / "early.snap")
+    back = rtml.OnlineEngine.restore(tmp_path / "early.snap", feature_set=early)
+    assert back.get(1, at=nat + 2) == first.get(1, at=nat + 2) == {"count": 1}
+
+
 def test_null_dictionary_values_are_nulls():
     """A null stored in a dictionary's values (pyarrow null_encoding='encode') was read as
     the empty string: counted as a value, accepted as a key."""

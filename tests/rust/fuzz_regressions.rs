@@ -86,6 +86,7 @@ fn corpus_guard() {
 // ------------------------------------------------------------------ bugs fixed
 
 mod fixed {
+    use std::path::Path;
     use std::sync::Arc;
 
     use arrow_array::types::Int8Type;
@@ -215,6 +216,48 @@ mod fixed {
             Transforms::from_json(&doc(r#"["a", "a"]"#, "[1.0, 2.0]")),
             Err(Error::Spec { .. })
         ));
+    }
+
+    /// Found by the `guard` target after about 1,000 executions
+    /// (`fuzz/regressions/guard/fresh-snapshot-does-not-decode`): an event at exactly
+    /// i64::MIN ns (NaT's bit pattern) was applied, the watermark stayed i64::MIN (its "none"
+    /// sentinel), and the engine's own snapshot did not decode ("key state does not match").
+    /// Now a SchemaError naming the column; the earliest instant is i64::MIN + 1.
+    #[test]
+    fn the_nat_bit_pattern_is_refused_as_a_time() {
+        super::regression("guard", "fresh-snapshot-does-not-decode");
+        let plan = Arc::new(Plan::new(
+            Spec::from_json(
+                r#"{"version": 1, "entity": "k", "timestamp": "ts", "timestamp_unit": "ns",
+                    "features": [{"agg": "count", "window": "10ns"}]}"#,
+            )
+            .unwrap(),
+        ));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("ts", DataType::Int64, false),
+        ]));
+        let batch = |t: i64| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from(vec![1])) as ArrayRef,
+                    Arc::new(Int64Array::from(vec![t])) as ArrayRef,
+                ],
+            )
+            .unwrap()
+        };
+        let err = read_events(&plan, &[batch(i64::MIN)]).err().unwrap();
+        assert!(matches!(&err, Error::Schema { .. }), "{err:?}");
+        assert!(format!("{err}").contains("NaT"), "{err}");
+        // the earliest instant is an event like any other, and its engine restores
+        let engine = Engine::new(Arc::clone(&plan));
+        engine
+            .ingest(&read_events(&plan, &[batch(i64::MIN + 1)]).unwrap())
+            .unwrap();
+        let bytes = rtml::snapshot::encode(&engine, Path::new("x")).unwrap();
+        let back = rtml::snapshot::decode(&bytes, Path::new("x")).unwrap();
+        assert_eq!(back.stats().watermark, Some(i64::MIN + 1));
     }
 
     /// Found by the `transforms` target (`fuzz/regressions/transforms/hash-bucket-int-category`):
