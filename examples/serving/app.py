@@ -37,6 +37,17 @@ replays the rest, so the learned model is the notebook's `rtml.learn.replay` of 
 bit for bit. GET /learning shows the model and the join; POST /learning/advance {"to": time}
 moves the label clock on a quiet stream (also through the log).
 
+Topic mode (docs/streaming.md, "The serving example in topic mode"): with a stream per event kind
+(--source-departures / --source-weather, or RTML_SOURCE_DEPARTURES / RTML_SOURCE_WEATHER:
+kafka://host:port/topic?group=g or redis://host:port/db?streams=s, one partition each), the
+engines follow the streams through one rtml.Runner per feature set (consumer group <g>.<name>,
+checkpoints in $RTML_STATE_DIR/<name>/, resumed exactly once after a restart, SIGKILL included)
+instead of POST /events, which answers 409. /predict reads the runners' engines; /health
+("topics") and /metrics (rtml_runner_*{feature_set}) report their lag, events in, late,
+malformed and last checkpoint age. Online learning is off in this mode (its label join reads the
+departures from the log). RTML_SOURCE_TIMEOUT (60 s: wait at start for the partitions),
+RTML_DEAD_LETTERS (a topic / stream for malformed events; default Parquet files in the state dir).
+
 Run:  RTML_ARTIFACTS=artifacts python examples/serving/app.py --port 8000
  or:  RTML_ARTIFACTS=artifacts uvicorn app:app --app-dir examples/serving --port 8000
 
@@ -110,6 +121,7 @@ class Settings:
     # rtml source URL, kafka://host:port/topic?group=g or redis://host:port/db?streams=s)
     sources: dict[str, str] = field(default_factory=dict)
     source_timeout: float = 60.0
+    dead_letters: Optional[str] = None  # topic mode: kafka://host:port/topic or redis://...?stream=s
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -129,6 +141,7 @@ class Settings:
             max_ahead_hours=float(os.environ.get("RTML_MAX_AHEAD_HOURS", 168.0)),
             sources={kind: os.environ[var] for kind, var in SOURCE_VARS.items() if os.environ.get(var)},
             source_timeout=float(os.environ.get("RTML_SOURCE_TIMEOUT", 60.0)),
+            dead_letters=os.environ.get("RTML_DEAD_LETTERS") or None,
         )
 
 
@@ -648,7 +661,7 @@ class Service:
                 runner = rtml.Runner(
                     fs, _topic_source(settings.sources[e["events"]], e["name"]), settings.state_dir / e["name"],
                     checkpoint_every=settings.checkpoint_seconds, checkpoint_events=settings.checkpoint_events,
-                    initial=self._warm_start(e["name"], fs))
+                    initial=self._warm_start(e["name"], fs), dead_letters=settings.dead_letters)
             else:
                 runner = rtml.Runner(
                     fs, rtml.sources.wal(self.wal, kind=e["events"]), settings.state_dir / e["name"],
