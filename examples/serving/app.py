@@ -1336,7 +1336,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         return svc().monitor_state()
 
     @app.get("/health")
-    def health():
+    async def health():  # (topic mode too: nothing in it waits for a broker, the lag is refreshed apart)
         s = svc()
         if s.topic_mode:
             # the runners' streams: positions, lag, counters, checkpoint age; 503 once a runner failed
@@ -1352,7 +1352,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                 "watermarks": {e.name: e.engine.watermark for e in s.entities}, **s.positions()}
 
     @app.get("/metrics")
-    def metrics():  # (a plain def: in topic mode it asks the broker for the lag)
+    async def metrics():
         return PlainTextResponse(svc().prometheus(), media_type="text/plain; version=0.0.4")
 
     return app

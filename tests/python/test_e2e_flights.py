@@ -584,7 +584,7 @@ def test_topic_mode_follows_kafka_exactly_once(artifacts, tansu, tmp_path):
     for lo, hi in ((split.value + hour, split.value + 12 * hour), (split.value + 36 * hour, end.value)):
         inside = np.flatnonzero((at_all >= lo) & (at_all < hi))
         inside = inside[np.argsort(at_all[inside], kind="stable")]
-        picks.append(inside[np.linspace(0, len(inside) - 1, 8).astype(int)])
+        picks.append(inside[np.linspace(0, len(inside) - 1, 6).astype(int)])
     kill_at = len(picks[0])  # the first flight of the second day and a half: a day of events before it
     picks = np.concatenate(picks)
     flights = test_rows.select(["tailnum", "origin", "carrier", "dest", "distance"]).to_pylist()
@@ -642,6 +642,10 @@ def test_topic_mode_follows_kafka_exactly_once(artifacts, tansu, tmp_path):
                 produce_until(at)
                 killed = (pos, produced["departures"])
                 client.close()
+                # a new consumer group per start, as in test_kafka.py: the positions come from the
+                # checkpoints, and tansu 0.6 sometimes keeps a new member of a group waiting for
+                # minutes after another member of it was SIGKILLed
+                srv.env.update({k: v.replace("group=svc", "group=svc-restarted") for k, v in env.items()})
                 srv.start()
                 client = httpx.Client(base_url=srv.url, timeout=60)
             _wait_drained(client, produced, kinds)
