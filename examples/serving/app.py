@@ -750,6 +750,14 @@ class Service:
         partitions) and wait until each holds its stream's partition; catching up is left to
         the threads (GET /health shows the lag)."""
         t0 = time.monotonic()
+        for ent in self.entities:  # before any runner starts (and writes a checkpoint)
+            n = _partition_count(ent.runner.source, self.settings.source_timeout)
+            if n is not None and n != 1:
+                # the departures feed three feature sets keyed by tail, origin and carrier:
+                # no producer key keeps each of those entities in one partition
+                raise SystemExit(f"topic mode: {ent.runner.source.name} has {n} partitions; the example "
+                                 "needs one partition per stream (its feature sets key one stream by "
+                                 "several entities)")
         for ent in self.entities:
             ent.runner.start()
         try:
@@ -767,12 +775,9 @@ class Service:
                 time.sleep(0.05)
             for ent in self.entities:
                 n = len(ent.runner.engines)
-                if n != 1:
-                    # the departures feed three feature sets keyed by tail, origin and carrier:
-                    # no producer key keeps each of those entities in one partition
+                if n != 1:  # (partitions added since the check above)
                     raise SystemExit(f"topic mode: {ent.runner.source.name} has {n} partitions; the example "
-                                     "needs one partition per stream (its feature sets key one stream by "
-                                     "several entities)")
+                                     "needs one partition per stream")
         except SystemExit:
             for ent in self.entities:
                 with contextlib.suppress(Exception):
@@ -1177,6 +1182,23 @@ class Service:
         out.extend(f'rtml_runner_up{{feature_set="{n}"}} {int(t["running"] and t["error"] is None)}'
                    for n, t in topics.items())
         return out
+
+
+def _partition_count(source: Any, timeout: float) -> Optional[int]:
+    """The number of partitions of a stream (a Kafka topic's from the broker's metadata, the
+    number of Redis streams); None when unknown (a topic that does not exist yet)."""
+    if isinstance(source, rtml.sources.RedisStreamSource):
+        return len(source.streams)
+    if isinstance(source, rtml.sources.KafkaSource):
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            md = AdminClient({"bootstrap.servers": source.bootstrap}).list_topics(source.topic, timeout=timeout)
+        except Exception as e:  # (KafkaException: the broker did not answer)
+            raise SystemExit(f"topic mode: {source.name}: no metadata from {source.bootstrap}: {e}") from None
+        topic = md.topics.get(source.topic)
+        return None if topic is None or topic.error is not None else len(topic.partitions)
+    return None
 
 
 def _topic_source(url: str, name: str) -> Any:

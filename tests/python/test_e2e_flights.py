@@ -705,6 +705,31 @@ def test_topic_mode_follows_kafka_exactly_once(artifacts, tansu, tmp_path):
                 assert va == vb, (e["name"], col)
 
 
+def test_topic_mode_refuses_a_multi_partition_topic_and_a_missing_stream(artifacts, tansu, tmp_path):
+    """The departures feed feature sets keyed by three entities: a topic of two partitions would
+    split an origin's or a carrier's events over two engines, so the service does not start;
+    nor without a stream for every event kind the feature sets read."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    bootstrap = f"127.0.0.1:{tansu.port}"
+    run = uuid.uuid4().hex[:8]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for name, n in ((f"dep2-{run}", 2), (f"wx1-{run}", 1)):
+        admin.create_topics([NewTopic(name, n, 1)])[name].result(timeout=20)
+    srv = Server(artifacts, tmp_path / "state", tmp_path / "log",
+                 RTML_SOURCE_DEPARTURES=f"kafka://{bootstrap}/dep2-{run}?group=g",
+                 RTML_SOURCE_WEATHER=f"kafka://{bootstrap}/wx1-{run}?group=g")
+    with pytest.raises(RuntimeError, match="service exited") as ei:
+        srv.start()
+    assert f"kafka:dep2-{run} has 2 partitions" in str(ei.value)
+    assert not list((tmp_path / "state").rglob("partition-*.ckpt"))  # nothing checkpointed
+    srv = Server(artifacts, tmp_path / "state2", tmp_path / "log2",
+                 RTML_SOURCE_DEPARTURES=f"kafka://{bootstrap}/wx1-{run}?group=g")
+    with pytest.raises(RuntimeError, match="service exited") as ei:
+        srv.start()
+    assert "no stream for the ['weather'] events" in str(ei.value) and "RTML_SOURCE_WEATHER" in str(ei.value)
+
+
 def _serving_module():
     import importlib.util
 
