@@ -37,6 +37,17 @@ replays the rest, so the learned model is the notebook's `rtml.learn.replay` of 
 bit for bit. GET /learning shows the model and the join; POST /learning/advance {"to": time}
 moves the label clock on a quiet stream (also through the log).
 
+Topic mode (docs/streaming.md, "The serving example in topic mode"): with a stream per event kind
+(--source-departures / --source-weather, or RTML_SOURCE_DEPARTURES / RTML_SOURCE_WEATHER:
+kafka://host:port/topic?group=g or redis://host:port/db?streams=s, one partition each), the
+engines follow the streams through one rtml.Runner per feature set (consumer group <g>.<name>,
+checkpoints in $RTML_STATE_DIR/<name>/, resumed exactly once after a restart, SIGKILL included)
+instead of POST /events, which answers 409. /predict reads the runners' engines; /health
+("topics") and /metrics (rtml_runner_*{feature_set}) report their lag, events in, late,
+malformed and last checkpoint age. Online learning is off in this mode (its label join reads the
+departures from the log). RTML_SOURCE_TIMEOUT (60 s: wait at start for the partitions),
+RTML_DEAD_LETTERS (a topic / stream for malformed events; default Parquet files in the state dir).
+
 Run:  RTML_ARTIFACTS=artifacts python examples/serving/app.py --port 8000
  or:  RTML_ARTIFACTS=artifacts uvicorn app:app --app-dir examples/serving --port 8000
 
@@ -71,6 +82,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from threadpoolctl import threadpool_limits
@@ -78,6 +90,7 @@ from threadpoolctl import threadpool_limits
 import rtml
 import rtml.learn as rl
 import rtml.monitor as rm
+import rtml.runner
 
 log = logging.getLogger("rtml.serving")
 
@@ -85,6 +98,9 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 MINUTE_NS = 60 * 10**9
 
 # ---------------------------------------------------------------------------------- settings
+
+# topic mode: the environment variable naming each event kind's stream
+SOURCE_VARS = {"departures": "RTML_SOURCE_DEPARTURES", "weather": "RTML_SOURCE_WEATHER"}
 
 
 @dataclass
@@ -101,6 +117,11 @@ class Settings:
     checkpoint_events: int = 100_000
     wal_segment_bytes: int = 64 * 2**20
     max_ahead_hours: float = 168.0
+    # topic mode: event kind ("departures", "weather") -> the stream the engines follow (an
+    # rtml source URL, kafka://host:port/topic?group=g or redis://host:port/db?streams=s)
+    sources: dict[str, str] = field(default_factory=dict)
+    source_timeout: float = 60.0
+    dead_letters: Optional[str] = None  # topic mode: kafka://host:port/topic or redis://...?stream=s
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -118,6 +139,9 @@ class Settings:
             checkpoint_events=int(os.environ.get("RTML_CHECKPOINT_EVENTS", 100_000)),
             wal_segment_bytes=int(os.environ.get("RTML_WAL_SEGMENT_BYTES", 64 * 2**20)),
             max_ahead_hours=float(os.environ.get("RTML_MAX_AHEAD_HOURS", 168.0)),
+            sources={kind: os.environ[var] for kind, var in SOURCE_VARS.items() if os.environ.get(var)},
+            source_timeout=float(os.environ.get("RTML_SOURCE_TIMEOUT", 60.0)),
+            dead_letters=os.environ.get("RTML_DEAD_LETTERS") or None,
         )
 
 
@@ -622,23 +646,41 @@ class Service:
         if recovery["truncated_bytes"]:
             log.warning("write-ahead log: cut a torn tail of %d bytes at position %s (never acknowledged)",
                         recovery["truncated_bytes"], recovery["truncated_at"])
+        # topic mode: the engines follow streams (one rtml.Runner per feature set, in the
+        # background) instead of POST /events; the log then holds only what the follower reads
+        self.topic_mode = bool(settings.sources)
+        if self.topic_mode:
+            missing = sorted({e["events"] for e in self.manifest["feature_sets"]} - set(settings.sources))
+            if missing:
+                raise SystemExit(f"topic mode: no stream for the {missing} events the feature sets read "
+                                 f"(set {', '.join(SOURCE_VARS[k] for k in missing)})")
         for e in self.manifest["feature_sets"]:
             fs = rtml.FeatureSet.from_json((art / e["spec"]).read_text())
             tf = rtml.Transforms.from_json((art / e["transforms"]).read_text())
-            runner = rtml.Runner(
-                fs, rtml.sources.wal(self.wal, kind=e["events"]), settings.state_dir / e["name"],
-                checkpoint_every=settings.checkpoint_seconds, checkpoint_events=settings.checkpoint_events,
-                initial=self._warm_start(e["name"], fs), pipeline=False, poll_timeout=0.0)
+            if self.topic_mode:
+                runner = rtml.Runner(
+                    fs, _topic_source(settings.sources[e["events"]], e["name"]), settings.state_dir / e["name"],
+                    checkpoint_every=settings.checkpoint_seconds, checkpoint_events=settings.checkpoint_events,
+                    initial=self._warm_start(e["name"], fs), dead_letters=settings.dead_letters)
+            else:
+                runner = rtml.Runner(
+                    fs, rtml.sources.wal(self.wal, kind=e["events"]), settings.state_dir / e["name"],
+                    checkpoint_every=settings.checkpoint_seconds, checkpoint_events=settings.checkpoint_events,
+                    initial=self._warm_start(e["name"], fs), pipeline=False, poll_timeout=0.0)
             self.entities.append(Entity(e["name"], fs, tf, e["key"], e["fields"], e["events"], runner))
         columns = [c for ent in self.entities for c in ent.tf.feature_names]
         if columns != self.manifest["columns"]:
             raise SystemExit("manifest.json: the transforms' columns do not match the model's columns")
         self.lock = threading.Lock()  # ingest is exclusive; a prediction reads all engines at one state
-        # restore every checkpoint and replay the log after it (what was acknowledged before a crash)
-        t0 = time.perf_counter()
-        replayed = {ent.name: ent.runner.run_until_idle() for ent in self.entities}
-        log.info("restored checkpoints and replayed the log up to position %d in %.2fs: %s",
-                 self.wal.durable_position, time.perf_counter() - t0, replayed)
+        if self.topic_mode:
+            # restore every checkpoint and follow the streams from the positions inside them
+            self._follow_topics()
+        else:
+            # restore every checkpoint and replay the log after it (what was acknowledged before a crash)
+            t0 = time.perf_counter()
+            replayed = {ent.name: ent.runner.run_until_idle() for ent in self.entities}
+            log.info("restored checkpoints and replayed the log up to position %d in %.2fs: %s",
+                     self.wal.durable_position, time.perf_counter() - t0, replayed)
         self.metrics = Metrics()
         # the served log and the events log: Parquet projections of the write-ahead log, written
         # by the follower (a row is durable in the log before its request is answered)
@@ -646,7 +688,10 @@ class Service:
         events_dir = settings.events_log_dir or settings.artifacts / "events_log"
         self.events_logs = {k: PartLog(events_dir / k, "events", settings.flush_rows) for k in ("departures", "weather")}
         self.columns = columns
-        learning = (lambda state: Learning(art, self.manifest, state)) if "online" in self.manifest else (lambda state: None)
+        # (topic mode: no online learning; the label join needs the departures in the log, in
+        # order with the predictions, and in topic mode they are in the topic)
+        learning = ((lambda state: Learning(art, self.manifest, state)) if "online" in self.manifest
+                    and not self.topic_mode else (lambda state: None))
         monitoring = (lambda state: Monitoring(art, self.manifest, state)) if "monitor" in self.manifest else None
         self.follower = Follower(self.wal, settings.state_dir, self.log, self.events_logs, learning,
                                  settings.checkpoint_seconds, monitoring)
@@ -681,21 +726,105 @@ class Service:
 
     def checkpoint(self) -> None:
         with self.lock:
-            for ent in self.entities:
-                ent.runner.checkpoint()
+            if not self.topic_mode:  # (topic mode: each runner's thread checkpoints its engine)
+                for ent in self.entities:
+                    ent.runner.checkpoint()
             self.follower.step()
             self.follower.checkpoint()
 
     def close(self) -> None:
+        if self.topic_mode:
+            self._lag_stop.set()
         self.checkpoint()
         with self.lock:
             for ent in self.entities:
-                ent.runner.close()
+                try:
+                    ent.runner.close()  # topic mode: stops its thread after a final checkpoint
+                except Exception:
+                    log.exception("%s: the runner failed", ent.name)
             self.wal.close()
+
+    # -- topic mode
+    def _follow_topics(self) -> None:
+        """Start every runner's thread (it restores its checkpoints as the broker assigns the
+        partitions) and wait until each holds its stream's partition; catching up is left to
+        the threads (GET /health shows the lag)."""
+        t0 = time.monotonic()
+        for ent in self.entities:  # before any runner starts (and writes a checkpoint)
+            n = _partition_count(ent.runner.source, self.settings.source_timeout)
+            if n is not None and n != 1:
+                # the departures feed three feature sets keyed by tail, origin and carrier:
+                # no producer key keeps each of those entities in one partition
+                raise SystemExit(f"topic mode: {ent.runner.source.name} has {n} partitions; the example "
+                                 "needs one partition per stream (its feature sets key one stream by "
+                                 "several entities)")
+        for ent in self.entities:
+            ent.runner.start()
+        try:
+            while True:
+                failed = {ent.name: ent.runner.error for ent in self.entities if ent.runner.error is not None}
+                if failed:
+                    raise SystemExit("topic mode: " + "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in failed.items()))
+                if all(ent.runner.engines for ent in self.entities):
+                    break
+                if time.monotonic() - t0 > self.settings.source_timeout:
+                    waiting = [ent.runner.source.name for ent in self.entities if not ent.runner.engines]
+                    raise SystemExit(f"topic mode: no partition of {waiting} assigned within "
+                                     f"{self.settings.source_timeout:g}s (RTML_SOURCE_TIMEOUT): is the broker "
+                                     "up and does the topic exist?")
+                time.sleep(0.05)
+            for ent in self.entities:
+                n = len(ent.runner.engines)
+                if n != 1:  # (partitions added since the check above)
+                    raise SystemExit(f"topic mode: {ent.runner.source.name} has {n} partitions; the example "
+                                     "needs one partition per stream")
+        except SystemExit:
+            for ent in self.entities:
+                with contextlib.suppress(Exception):
+                    ent.runner.close()
+            raise
+        self._lag: dict[str, tuple[dict, float]] = {}
+        self._lag_stop = threading.Event()
+        threading.Thread(target=self._watch_lag, name="topic-lag", daemon=True).start()
+        log.info("topic mode: following %s from %s in %.2fs",
+                 {ent.name: ent.runner.source.name for ent in self.entities},
+                 {ent.name: ent.runner.positions for ent in self.entities}, time.monotonic() - t0)
+
+    def _watch_lag(self) -> None:
+        """Topic mode: ask the brokers for each stream's lag every second, off the request path
+        (on Kafka a lag query waits behind the consumer's fetch in flight)."""
+        while not self._lag_stop.wait(1.0):
+            for ent in self.entities:
+                try:
+                    self._lag[ent.name] = (ent.runner.source.lag(), time.monotonic())
+                except Exception:  # unknown until the next attempt
+                    self._lag.pop(ent.name, None)
+
+    def topics(self) -> dict:
+        """Per feature set: the runner's stream, positions, counters, lag (refreshed every
+        second, `lag_age_s` old) and checkpoint age."""
+        out = {}
+        for ent in self.entities:
+            r = ent.runner
+            m = r.metrics(lag=False)
+            lag, lag_at = self._lag.get(ent.name, ({p: None for p in r.engines}, None))
+            err = r.error
+            out[ent.name] = {
+                "source": r.source.name, "running": r.running,
+                "error": None if err is None else f"{type(err).__name__}: {err}",
+                "events_in": m["events_in"], "late": m["late"], "malformed": m["malformed"],
+                "duplicates": m["duplicates"], "ahead": m["ahead"],
+                "lag": lag, "lag_age_s": None if lag_at is None else round(time.monotonic() - lag_at, 3),
+                "positions": r.positions, "checkpointed_positions": r.checkpointed_positions,
+                "checkpoints": m["checkpoints"], "last_checkpoint_age_s": m["last_checkpoint_age_s"],
+                "source_errors": m["source_errors"],
+            }
+        return out
 
     def positions(self) -> dict:
         """The last durable log position and what the checkpoints cover."""
-        ck = {ent.name: ent.runner.checkpointed_positions.get(0) for ent in self.entities}
+        # (topic mode: the runners' positions are in their streams, not in the log: GET /health "topics")
+        ck = {ent.name: ent.runner.checkpointed_positions.get(0) for ent in self.entities if not self.topic_mode}
         covered = [v for v in ck.values() if v is not None]
         ck["follower"] = self.follower.committed if hasattr(self, "follower") else None
         covered = [v for v in ck.values() if v is not None]
@@ -712,6 +841,10 @@ class Service:
 
     # -- POST /events
     def ingest(self, payload: Any) -> dict:
+        if self.topic_mode:
+            raise BadRequest(409, "this service follows streams (topic mode: "
+                                  + ", ".join(f"{k} from {v}" for k, v in sorted(self.settings.sources.items()))
+                                  + "); produce the events there. POST /events is off in this mode")
         if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
             raise BadRequest(422, 'expected a JSON object {"events": [ ... ]}')
         if extra := set(payload) - {"events"}:
@@ -848,8 +981,10 @@ class Service:
             try:
                 for ent in self.entities:
                     key = row[ent.key]
-                    vec = ent.engine.vector(key, ent.tf, {c: row[c] for c in ent.fields}, at=at)
-                    raw = ent.engine.get(key, at=at)
+                    # (topic mode: the engine of the key's partition, from the runner)
+                    eng = ent.runner.engine_for(key) if self.topic_mode else ent.engine
+                    vec = eng.vector(key, ent.tf, {c: row[c] for c in ent.fields}, at=at)
+                    raw = eng.get(key, at=at)
                     parts.append(vec)
                     logged.append((ent, key, raw, vec))
             except (rtml.QueryError, OverflowError) as e:
@@ -1013,7 +1148,75 @@ class Service:
         metric("serving_wal_fsyncs_total", "counter",
                "fsyncs of the write-ahead log since start (appends / fsyncs: the group-commit factor).",
                [("", wal["fsyncs"])])
+        if self.topic_mode:
+            out.extend(self._topic_metrics())
         return "\n".join(out) + "\n"
+
+    def _topic_metrics(self) -> list[str]:
+        """Topic mode: each runner's metrics (Runner.metrics()), labelled by feature set."""
+        out: list[str] = []
+        topics = self.topics()
+
+        def metric(name: str, kind: str, help_: str, key: str) -> None:
+            out.append(f"# HELP rtml_runner_{name} {help_}")
+            out.append(f"# TYPE rtml_runner_{name} {kind}")
+            for n, t in topics.items():
+                if t[key] is not None:
+                    out.append(f'rtml_runner_{name}{{feature_set="{n}"}} {t[key]}')
+
+        metric("events_in_total", "counter", "Events read from the stream (incl. late and malformed).", "events_in")
+        metric("late_events_total", "counter", "Events dropped as later than allowed_lateness.", "late")
+        metric("malformed_events_total", "counter", "Malformed events sent to the dead-letter sink.", "malformed")
+        metric("duplicate_events_total", "counter", "Events dropped as duplicates of an applied event id.", "duplicates")
+        metric("ahead_events_total", "counter", "Events too far ahead of the watermark, sent to the dead-letter sink.",
+               "ahead")
+        metric("checkpoints_total", "counter", "Checkpoints written since start.", "checkpoints")
+        metric("last_checkpoint_age_seconds", "gauge", "Seconds since the last checkpoint.", "last_checkpoint_age_s")
+        out.append("# HELP rtml_runner_lag_events Events on the stream not yet read (None: unknown).")
+        out.append("# TYPE rtml_runner_lag_events gauge")
+        for n, t in topics.items():
+            out.extend(f'rtml_runner_lag_events{{feature_set="{n}",partition="{p}"}} {v}'
+                       for p, v in sorted(t["lag"].items()) if v is not None)
+        out.append("# HELP rtml_runner_up Whether the feature set's runner thread is running (0: failed, see /health).")
+        out.append("# TYPE rtml_runner_up gauge")
+        out.extend(f'rtml_runner_up{{feature_set="{n}"}} {int(t["running"] and t["error"] is None)}'
+                   for n, t in topics.items())
+        return out
+
+
+def _partition_count(source: Any, timeout: float) -> Optional[int]:
+    """The number of partitions of a stream (a Kafka topic's from the broker's metadata, the
+    number of Redis streams); None when unknown (a topic that does not exist yet)."""
+    if isinstance(source, rtml.sources.RedisStreamSource):
+        return len(source.streams)
+    if isinstance(source, rtml.sources.KafkaSource):
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            md = AdminClient({"bootstrap.servers": source.bootstrap}).list_topics(source.topic, timeout=timeout)
+        except Exception as e:  # (KafkaException: the broker did not answer)
+            raise SystemExit(f"topic mode: {source.name}: no metadata from {source.bootstrap}: {e}") from None
+        topic = md.topics.get(source.topic)
+        return None if topic is None or topic.error is not None else len(topic.partitions)
+    return None
+
+
+def _topic_source(url: str, name: str) -> Any:
+    """Topic mode: the stream of feature set `name`, from an `rtml run --source` URL
+    (kafka://host:port/topic?group=g, redis://host:port/db?streams=s[&group=g]). The consumer
+    group is made the feature set's own (``<g>.<name>``): the feature sets reading one topic
+    each read all of it."""
+    from urllib.parse import parse_qsl, urlencode, urlparse
+
+    u = urlparse(url)
+    if u.scheme not in ("kafka", "redis", "rediss"):
+        raise SystemExit(f"topic mode: {url!r}: expected kafka://host:port/topic?group=NAME "
+                         "or redis://host:port/db?streams=NAME")
+    query = urlencode([(k, f"{v}.{name}" if k == "group" else v) for k, v in parse_qsl(u.query)])
+    try:
+        return rtml.runner.source_from_url(u._replace(query=query).geturl())
+    except rtml.RtmlError as e:
+        raise SystemExit(f"topic mode: {e}") from None
 
 
 def _iso(ns: int) -> str:
@@ -1135,12 +1338,19 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             raise BadRequest(422, "expected a JSON object describing one flight")
         return svc().predict(payload)
 
+    def no_learning_in_topic_mode() -> None:
+        if svc().topic_mode:
+            raise BadRequest(404, "online learning is off in topic mode (its label join reads the departures "
+                                  "from the service's log, and in topic mode they are in the topic)")
+
     @app.get("/learning")
     def learning():
+        no_learning_in_topic_mode()
         return svc().learning_state()
 
     @app.post("/learning/advance")
     def learning_advance(body: bytes = Depends(_body)):
+        no_learning_in_topic_mode()
         return svc().advance_labels(_parse_json(body, svc().settings))
 
     @app.get("/monitor")
@@ -1148,8 +1358,17 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         return svc().monitor_state()
 
     @app.get("/health")
-    async def health():
+    async def health():  # (topic mode too: nothing in it waits for a broker, the lag is refreshed apart)
         s = svc()
+        if s.topic_mode:
+            # the runners' streams: positions, lag, counters, checkpoint age; 503 once a runner failed
+            topics = s.topics()
+            failed = any(t["error"] is not None or not t["running"] for t in topics.values())
+            body = {"status": "error" if failed else "ok", "mode": "topic", "feature_sets": [e.name for e in s.entities],
+                    "columns": len(s.manifest["columns"]), "uptime_s": round(time.time() - s.started, 3),
+                    "watermarks": {e.name: {p: eng.watermark for p, eng in e.runner.engines.items()} for e in s.entities},
+                    "topics": topics, **s.positions()}
+            return JSONResponse(jsonable_encoder(body), status_code=503 if failed else 200)
         return {"status": "ok", "feature_sets": [e.name for e in s.entities], "columns": len(s.manifest["columns"]),
                 "uptime_s": round(time.time() - s.started, 3),
                 "watermarks": {e.name: e.engine.watermark for e in s.entities}, **s.positions()}
@@ -1171,7 +1390,14 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--access-log", action="store_true", help="log every request (slower)")
+    for kind, var in SOURCE_VARS.items():
+        ap.add_argument(f"--source-{kind}", default=None, metavar="URL",
+                        help=f"topic mode: follow the {kind} from this stream instead of POST /events "
+                             f"(kafka://host:port/topic?group=g or redis://host:port/db?streams=s; sets {var})")
     args = ap.parse_args()
+    for kind, var in SOURCE_VARS.items():
+        if getattr(args, f"source_{kind}") is not None:
+            os.environ[var] = getattr(args, f"source_{kind}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
 

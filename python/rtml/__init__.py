@@ -35,6 +35,7 @@ from .exceptions import (
 _core._init_exceptions(RtmlError, SpecError, SchemaError, QueryError, SnapshotError, PoisonedError)
 
 from . import (
+    dead_letters,  # noqa: E402  (rtml.dead_letters: Runner(dead_letters=...) sinks)
     learn,  # noqa: E402
     outofcore,  # noqa: E402  (rtml.outofcore.backfill; rtml.spark is imported on use)
     parity,  # noqa: E402  (rtml.parity.check after `import rtml`)
@@ -102,6 +103,7 @@ __all__ = [
     "Wal",
     "CheckpointError",
     "sources",
+    "dead_letters",
     "learn",
     "parity",
     "Feature",

@@ -41,6 +41,7 @@ from .sources import (
     Batch,
     Position,
     RedisStreamSource,
+    RetentionError,
     Source,
     SourceError,
     _decoder_config,
@@ -292,6 +293,10 @@ class Runner:
     `checkpoint_events`: also checkpoint as soon as this many events were read since the last
     checkpoint. `initial`: the engine of a partition without a checkpoint (a snapshot path or
     ``f(partition) -> OnlineEngine``; default empty). `max_batch`: events per poll.
+    `dead_letters`: where malformed events go: None (Parquet files in ``dead_letters/``), or a
+    topic / stream, ``kafka://host:port/topic`` or ``redis://host:port/db?stream=NAME``
+    (`rtml.dead_letters`: sent and acknowledged before each checkpoint; re-sent after a crash,
+    with the idempotency key ``<partition>:<offset>``).
 
     Read the features with `get(key, at)` (it finds the partition holding the key), the
     per-partition engines with `engines`, or `engine` when there is one partition. For a
@@ -323,6 +328,7 @@ class Runner:
         poll_timeout: float = 0.2,
         pipeline: bool = True,
         publish: Any = None,
+        dead_letters: Any = None,
     ) -> None:
         if not hasattr(feature_set, "_spec"):
             raise SpecError(
@@ -386,6 +392,21 @@ class Runner:
         self._last_publish = time.monotonic()
         if publish is not None:
             publish.bind(feature_set)
+        # dead letters: Parquet files in dead_letters/ (None), or a topic / stream
+        # (rtml.dead_letters: a URL or a DeadLetterSink), sent before each checkpoint
+        from .dead_letters import DeadLetterSink, dead_letter_sink
+
+        if dead_letters is not None and not isinstance(dead_letters, DeadLetterSink):
+            if not isinstance(dead_letters, str):
+                raise SpecError(
+                    "Runner.dead_letters: expected None, a URL (kafka://host:port/topic, "
+                    "redis://host:port/db?stream=NAME) or an rtml.dead_letters.DeadLetterSink, "
+                    f"got {type(dead_letters).__name__}"
+                )
+            dead_letters = dead_letter_sink(dead_letters)
+        self.dead_letters: Optional[DeadLetterSink] = dead_letters
+        if dead_letters is not None:
+            dead_letters.bind(source.name, self._hash)
         self._decoder: Any = None
         if source.raw and getattr(source, "decode", None) is None:
             ent, ts, vals, unit = _decoder_config(source, feature_set)
@@ -436,6 +457,13 @@ class Runner:
             int(meta.get("skipped", 0)),
         )
         self._drop_uncommitted_dead_letters(p, part.position)
+        # the age of the state after a restart: the checkpoint's, until a new one is written
+        try:
+            written = _dt.datetime.fromisoformat(str(meta["written_at"])).timestamp()
+        except (KeyError, ValueError):
+            written = None
+        if written is not None and (self._last_ckpt_wall is None or written < self._last_ckpt_wall):
+            self._last_ckpt_wall = written
         return part
 
     def _initial_engine(self, p: int) -> Any:
@@ -502,14 +530,21 @@ class Runner:
 
     def _open(self) -> None:
         if not self._opened:
-            if isinstance(self.source, RedisStreamSource):
-                # entries read so far per partition (the trimming check counts them)
-                self.source.open(
-                    self._on_assign, self._on_revoke, lambda p: self._parts[p].events_in
-                )
-            else:
-                self.source.open(self._on_assign, self._on_revoke)
+            try:
+                if isinstance(self.source, RedisStreamSource):
+                    # entries read so far per partition (the trimming check counts them)
+                    self.source.open(
+                        self._on_assign, self._on_revoke, lambda p: self._parts[p].events_in
+                    )
+                else:
+                    self.source.open(self._on_assign, self._on_revoke)
+            except RetentionError as e:
+                raise self._retention(e) from None
             self._opened = True
+
+    def _retention(self, e: RetentionError) -> RetentionError:
+        """A retention error naming the checkpoint file its position came from."""
+        return e if e.path is not None else e.with_path(self.checkpoint_path(e.partition))
 
     # ---- ingest ----------------------------------------------------------------------
 
@@ -616,6 +651,11 @@ class Runner:
     def _flush_dead_letters(self, p: int, part: _Partition) -> None:
         if not part.dead:
             return
+        if self.dead_letters is not None:
+            # acknowledged by the broker before the checkpoint covering them is written
+            self.dead_letters.send(p, part.dead)
+            part.dead = []
+            return
         import pyarrow.parquet as pq
 
         self.dead_letter_dir.mkdir(exist_ok=True)
@@ -705,7 +745,10 @@ class Runner:
     def step(self) -> int:
         """One poll of the source: apply what came, checkpoint if due. Returns events read."""
         self._open()
-        batches = self.source.poll(self.max_batch, self.poll_timeout)
+        try:
+            batches = self.source.poll(self.max_batch, self.poll_timeout)
+        except RetentionError as e:  # (Kafka: found at assignment, or by the fetch)
+            raise self._retention(e) from None
         n = sum(len(b) for b in batches)
         if batches:
             if self.pipeline:
@@ -829,6 +872,22 @@ class Runner:
             e, self._error = self._error, None
             raise e
 
+    @property
+    def running(self) -> bool:
+        """Whether the background thread (`start()`) is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        """The exception that ended the background thread, else None (`stop()` re-raises it).
+
+        >>> import rtml, tempfile
+        >>> fs = rtml.FeatureSet(entity="user", timestamp="ts", features=[rtml.count(window="1h")])
+        >>> Runner(fs, checkpoint_dir=tempfile.mkdtemp()).error is None
+        True
+        """
+        return self._error
+
     def close(self) -> None:
         """Stop, then close the source (a Kafka consumer leaves its group)."""
         try:
@@ -838,6 +897,8 @@ class Runner:
                 self._drain()
             finally:
                 self.source.close()
+                if self.dead_letters is not None:
+                    self.dead_letters.close()
                 self._opened = False
                 if self._pool is not None:
                     self._pool.shutdown()
@@ -900,11 +961,14 @@ class Runner:
         result: dict[str, Any] = self.engine_for(key).get(key, at)
         return result
 
-    def metrics(self) -> dict[str, Any]:
-        """events_in, late, malformed, per-partition lag / position / watermark, checkpoints."""
+    def metrics(self, *, lag: bool = True) -> dict[str, Any]:
+        """events_in, late, malformed, per-partition lag / position / watermark, checkpoints.
+
+        `lag=False` leaves the lag out (None): asking a Kafka broker for it is a round trip,
+        which waits behind the consumer's fetch in flight (up to ``fetch.wait.max.ms``)."""
         with self._lock:
             parts = dict(self._parts)
-        lag = self.source.lag() if self._opened else {}
+        lag_of = self.source.lag() if self._opened and lag else {}
         per = {}
         for p, part in sorted(parts.items()):
             st = part.engine.stats()
@@ -916,7 +980,7 @@ class Runner:
                 "malformed": part.malformed,
                 "skipped_offsets": part.skipped,
                 "keys": st["keys"],
-                "lag": lag.get(p),
+                "lag": lag_of.get(p),
                 "position": part.position,
                 "watermark": st["watermark"],
             }
@@ -1092,7 +1156,7 @@ def _serve_metrics(runner: Runner, port: int) -> Any:
 def main_run(argv: list[str]) -> int:
     """`rtml run --spec features.json --source URL --checkpoint DIR [--metrics-port N]
     [--checkpoint-every 5s] [--checkpoint-events N] [--until-idle]
-    [--publish redis://host:port/db]`."""
+    [--publish redis://host:port/db] [--dead-letters URL]`."""
     import argparse
     import signal
 
@@ -1133,6 +1197,12 @@ def main_run(argv: list[str]) -> int:
         "readers (docs/shared-state.md)",
     )
     ap.add_argument("--publish-every", default="100ms")
+    ap.add_argument(
+        "--dead-letters",
+        default=None,
+        help="kafka://host:port/topic | redis://host:port/db?stream=NAME: send malformed events "
+        "there (default: Parquet files in the checkpoint directory)",
+    )
     ap.add_argument("--publish-prefix", default="rtml")
     args = ap.parse_args(argv)
     fs = FeatureSet.from_json(Path(args.spec).read_text())
@@ -1143,6 +1213,7 @@ def main_run(argv: list[str]) -> int:
         args.checkpoint_every,
         checkpoint_events=args.checkpoint_events,
         max_batch=args.max_batch,
+        dead_letters=args.dead_letters,
         publish=None
         if args.publish is None
         else RedisPublisher(
@@ -1182,6 +1253,8 @@ def main_run(argv: list[str]) -> int:
         if show:
             sys.stderr.write("\n")
         runner.source.close()
+        if runner.dead_letters is not None:
+            runner.dead_letters.close()
         if server is not None:
             server.shutdown()
     return 0

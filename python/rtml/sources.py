@@ -36,6 +36,7 @@ __all__ = [
     "Batch",
     "Source",
     "SourceError",
+    "RetentionError",
     "replay",
     "replay_messages",
     "kafka",
@@ -72,6 +73,36 @@ def message_key(key: Any) -> bytes:
 
         return encode_key(key).encode("utf-8")
     return str(key).encode("utf-8")
+
+
+class RetentionError(SourceError):
+    """A checkpoint's position that the stream no longer holds: the events after it were
+    deleted (Kafka retention, a trimmed Redis stream, a truncated write-ahead log), so the
+    checkpoint cannot be resumed exactly. Names the partition, the position and (once the
+    runner adds it) the checkpoint file; nothing is written.
+
+    >>> e = RetentionError("partition 2: stream 'ev' lost entries", 2, "17-0")
+    >>> e.with_path("ckpt/partition-2.ckpt").path
+    'ckpt/partition-2.ckpt'
+    """
+
+    def __init__(
+        self,
+        message: str,
+        partition: int,
+        position: Optional[Position],
+        path: Optional[str] = None,
+    ) -> None:
+        self.message = message
+        self.partition = partition
+        self.position = position
+        self.path = path
+        where = "" if path is None else f" (checkpoint {path}; nothing was written)"
+        super().__init__(message + where)
+
+    def with_path(self, path: Any) -> "RetentionError":
+        """The same error naming the checkpoint file."""
+        return RetentionError(self.message, self.partition, self.position, str(path))
 
 
 def partition_of(key: Any, partitions: int) -> int:
@@ -575,9 +606,11 @@ class KafkaSource(Source):
                     TopicPartition(self.topic, p), timeout=10.0
                 )
                 if int(pos) < lo:
-                    raise SourceError(
+                    raise RetentionError(
                         f"partition {p} of topic {self.topic!r}: the checkpoint's offset {pos} is older than the "
-                        f"broker's retention (first offset {lo}): events in between are gone"
+                        f"broker's retention (first offset {lo}): events in between are gone",
+                        p,
+                        pos,
                     )
             out = []
             for p in parts:
@@ -633,9 +666,11 @@ class KafkaSource(Source):
                     eof_after[m.partition()] = len(good)
                     continue
                 if err.code() in (KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET):
-                    raise SourceError(
+                    raise RetentionError(
                         f"partition {m.partition()} of topic {self.topic!r}: the checkpoint's offset is no longer "
-                        f"on the broker (older than its retention): {err.str()}"
+                        f"on the broker (older than its retention): {err.str()}",
+                        m.partition(),
+                        self._next.get(m.partition()),
                     )
                 if err.fatal():
                     raise SourceError(f"kafka: fatal error: {err.str()}")
@@ -864,8 +899,10 @@ class RedisStreamSource(Source):
             return
         info = self._call(lambda: self._client.xinfo_stream(self.streams[p]), p, missing_ok=True)
         if not info:
-            raise SourceError(
-                f"partition {p}: stream {self.streams[p]!r} does not exist but the checkpoint is at {last}"
+            raise RetentionError(
+                f"partition {p}: stream {self.streams[p]!r} does not exist but the checkpoint is at {last}",
+                p,
+                last,
             )
 
         def dec(v: Any) -> str:
@@ -877,9 +914,11 @@ class RedisStreamSource(Source):
             lost = int(info.get("entries-added", 0)) - int(info.get("length", 0)) - consumed
         mdel = info.get("max-deleted-entry-id")
         if lost > 0 or (mdel is not None and _id_tuple(dec(mdel)) > _id_tuple(last)):
-            raise SourceError(
+            raise RetentionError(
                 f"partition {p}: stream {self.streams[p]!r} lost entries after the checkpoint's position "
-                f"{last} (trimmed or deleted): the checkpoint cannot be resumed exactly"
+                f"{last} (trimmed or deleted): the checkpoint cannot be resumed exactly",
+                p,
+                last,
             )
 
     def _call(self, f: Callable[[], Any], p: Optional[int] = None, missing_ok: bool = False) -> Any:
@@ -1071,9 +1110,11 @@ class WalSource(Source):
             start = 0
         start = int(start)
         if start < first:
-            raise SourceError(
+            raise RetentionError(
                 f"partition 0: the checkpoint's position {start} was truncated away from the log "
-                f"{self.log.path} (it starts at {first})"
+                f"{self.log.path} (it starts at {first})",
+                0,
+                start,
             )
         if start > end:
             raise SourceError(

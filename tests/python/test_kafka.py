@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import rtml
+import rtml.dead_letters
 import rtml.sources
 from rtml.runner import CheckpointError, Runner, load_checkpoints
 
@@ -280,3 +281,85 @@ def struct_bits(v):
     import struct
 
     return struct.pack("<d", float(v)) if isinstance(v, float) else v
+
+
+def _crash_checkpoint_writes(monkeypatch) -> dict:
+    """A crash after the dead letters were acknowledged and before the checkpoint landed:
+    while ``state["crash"]`` is true, every checkpoint file write raises (nothing is written)."""
+    import rtml.runner as rr
+
+    real, state = rr._atomic_write, {"crash": True}
+
+    def write(path, chunks):
+        if state["crash"]:
+            raise OSError("simulated crash before the checkpoint write")
+        return real(path, chunks)
+
+    monkeypatch.setattr(rr, "_atomic_write", write)
+    return state
+
+
+def _read_topic(bootstrap: str, topic: str) -> list:
+    from confluent_kafka import Consumer, KafkaError
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    n = len(c.list_topics(topic, timeout=10).topics[topic].partitions)
+    c.subscribe([topic])
+    out, at_end, deadline = [], set(), time.monotonic() + 60
+    while len(at_end) < n:
+        assert time.monotonic() < deadline, f"{topic}: no end of partitions {set(range(n)) - at_end}"
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        if m.error() is not None:
+            if m.error().code() == KafkaError._PARTITION_EOF:
+                at_end.add(m.partition())
+                continue
+            raise AssertionError(m.error())
+        out.append(m)
+    c.close()
+    return out
+
+
+def test_dead_letters_to_a_topic_are_acknowledged_before_the_checkpoint(tansu, tmp_path, monkeypatch):
+    """dead_letters="kafka://host:port/topic": each malformed message goes to the dead-letter
+    topic with its payload, partition, offset and reason; a crash between the (acknowledged)
+    dead letters and the checkpoint re-sends them after the restart, under the same
+    idempotency key <partition>:<offset>: deduplicated on it, the topic holds each malformed
+    message exactly once. No Parquet dead-letter files are written."""
+    bootstrap = f"127.0.0.1:{tansu.port}"
+    topic, dl_topic = create_topic(bootstrap, 2), create_topic(bootstrap, 1)
+    fs = feature_set()
+    good, bad, _ = produce(bootstrap, topic, workload(3000, 100, seed=11), seed=11, bad_every=97)
+    payload_of = {(m.partition(), m.offset()): m.value() for m in _read_topic(bootstrap, topic)}
+    sink = f"kafka://{bootstrap}/{dl_topic}"
+    ckpt = tmp_path / "ckpt"
+    crash = _crash_checkpoint_writes(monkeypatch)
+    r = Runner(fs, rtml.sources.kafka(bootstrap, topic, "dl-1"), ckpt, checkpoint_every="1h", dead_letters=sink)
+    with pytest.raises(OSError, match="simulated crash"):
+        r.run_until_idle(timeout=60)
+    r.close()  # (its revocation's checkpoint fails too)
+    crash["crash"] = False
+    assert not list(ckpt.glob("partition-*.ckpt"))
+    sent_before_crash = len(_read_topic(bootstrap, dl_topic))
+    assert sent_before_crash > 0  # (the first partition's, acknowledged before its checkpoint failed)
+    again = Runner(fs, rtml.sources.kafka(bootstrap, topic, "dl-2"), ckpt, checkpoint_every="1h", dead_letters=sink)
+    again.run_until_idle(timeout=60)
+    again.close()
+    letters = _read_topic(bootstrap, dl_topic)
+    assert len(letters) == sent_before_crash + len(bad)  # re-sent after the crash: at least once
+    by_key: dict[bytes, list] = {}
+    for m in letters:
+        h = {k: v.decode() for k, v in m.headers()}
+        p, o = int(h["rtml.partition"]), int(h["rtml.offset"])
+        assert m.key().decode() == rtml.dead_letters.idempotency_key(p, str(o)) == f"{p}:{o}"
+        assert m.value() == payload_of[(p, o)] and h["rtml.reason"]
+        assert h["rtml.source"] == f"kafka:{topic}" and len(h["rtml.spec_sha256"]) == 64
+        by_key.setdefault(m.key(), []).append((m.value(), h["rtml.reason"]))
+    # deduplicated on the key: every malformed message once; copies are identical
+    assert sorted(by_key) == sorted(f"{p}:{o}".encode() for p, o, _ in bad)
+    assert all(len(set(copies)) == 1 for copies in by_key.values())
+    assert not (ckpt / "dead_letters").exists()
+    engines = {p: e for p, (e, _) in load_checkpoints(fs, ckpt).items()}
+    assert_matches_backfill(fs, good, engines, 2, n_instants=3)

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import rtml
+import rtml.dead_letters
 import rtml.sources
 from rtml.runner import Runner, load_checkpoints
 
@@ -143,9 +144,13 @@ def test_trimmed_past_the_checkpoint_is_a_typed_error(redis_server, tmp_path):
     c.close()
     before = (tmp_path / "partition-0.ckpt").read_bytes()
     r2 = Runner(fs, rtml.sources.redis_stream(url, streams), tmp_path)
-    with pytest.raises(rtml.sources.SourceError, match=f"partition 0.*{pos}"):
+    with pytest.raises(rtml.sources.RetentionError, match=f"partition 0.*{pos}.*partition-0.ckpt") as ei:
         r2.run_until_idle()
+    assert isinstance(ei.value, rtml.sources.SourceError)
+    assert (ei.value.partition, ei.value.position) == (0, pos)
+    assert ei.value.path == str(tmp_path / "partition-0.ckpt")
     assert (tmp_path / "partition-0.ckpt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["partition-0.ckpt"]  # nothing else written
 
 
 def test_redis_unavailable_is_retried_then_a_typed_error(tmp_path):
@@ -157,3 +162,59 @@ def test_redis_unavailable_is_retried_then_a_typed_error(tmp_path):
     assert time.monotonic() - t0 < 30
     assert src.errors()["retries"] >= 3
     assert not list(tmp_path.glob("partition-*.ckpt"))
+
+
+def test_dead_letters_to_a_stream_are_acknowledged_before_the_checkpoint(redis_server, tmp_path, monkeypatch):
+    """dead_letters="redis://host:port/db?stream=NAME": each malformed entry goes to the stream
+    with its payload, partition, entry ID and reason; a crash between the (acknowledged) dead
+    letters and the checkpoint re-sends them after the restart under the same idempotency key
+    <partition>:<entry id>: deduplicated on it, each malformed entry is there exactly once."""
+    import redis
+
+    import rtml.runner as rr
+
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    fs = feature_set()
+    streams, good, bad = fill(url, 2, workload(2000, 60, seed=12), seed=12, bad_every=89)
+    dl = f"dead-{uuid.uuid4().hex[:8]}"
+    real, crash = rr._atomic_write, {"on": True}
+
+    def write(path, chunks):  # a crash after the dead letters, before the checkpoint file
+        if crash["on"]:
+            raise OSError("simulated crash before the checkpoint write")
+        return real(path, chunks)
+
+    monkeypatch.setattr(rr, "_atomic_write", write)
+    ckpt = tmp_path / "ckpt"
+    sink = f"{url}?stream={dl}"
+    r = Runner(fs, rtml.sources.redis_stream(url, streams), ckpt, checkpoint_every="1h", dead_letters=sink)
+    with pytest.raises(OSError, match="simulated crash"):
+        r.run_until_idle()
+    r.close()
+    crash["on"] = False
+    c = redis.Redis.from_url(url)
+    sent_before_crash = c.xlen(dl)
+    assert sent_before_crash > 0 and not list(ckpt.glob("partition-*.ckpt"))
+    again = Runner(fs, rtml.sources.redis_stream(url, streams), ckpt, checkpoint_every="1h", dead_letters=sink)
+    again.run_until_idle()
+    again.close()
+    entries = c.xrange(dl)
+    assert len(entries) == sent_before_crash + len(bad)  # re-sent after the crash: at least once
+    payload_of = {}
+    for p, s in enumerate(streams):
+        for eid, fields in c.xrange(s):
+            payload_of[(p, eid.decode())] = fields[b"data"]
+    c.close()
+    by_key: dict[str, set] = {}
+    for _, f in entries:
+        f = {k.decode(): v for k, v in f.items()}
+        p, off = int(f["partition"]), f["offset"].decode()
+        assert f["key"].decode() == rtml.dead_letters.idempotency_key(p, off) == f"{p}:{off}"
+        assert f["payload"] == payload_of[(p, off)] and f["reason"]
+        assert f["source"].decode() == "redis:" + ",".join(streams) and len(f["spec_sha256"]) == 64
+        by_key.setdefault(f["key"].decode(), set()).add((f["payload"], f["reason"]))
+    assert sorted(by_key) == sorted(f"{p}:{e}" for p, e in bad)
+    assert all(len(copies) == 1 for copies in by_key.values())
+    assert not (ckpt / "dead_letters").exists()
+    engines = {p: e for p, (e, _) in load_checkpoints(fs, ckpt).items()}
+    assert_matches_backfill(fs, good, engines, 2, n_instants=3)

@@ -316,3 +316,23 @@ def test_dead_letters_of_an_interval_whose_checkpoint_never_landed_are_not_dupli
         rows = sorted(zip(dl.column("partition").to_pylist(), dl.column("offset").to_pylist()))
         assert len(rows) == len(set(rows)) == len(bad), rows
         assert r2.metrics()["malformed"] == len(bad)
+
+
+def test_dead_letters_argument_is_checked(tmp_path):
+    """`dead_letters`: None (Parquet), a kafka:// or redis://...?stream= URL, or a sink; anything
+    else is a SpecError naming the forms. Building a sink connects to nothing."""
+    import rtml.dead_letters as dl
+
+    fs = feature_set()
+    src = rtml.sources.replay(workload(10, 3, seed=0), "ts", key="user")
+    for bad in (123, "ftp://host/x", "kafka://host:9092/", "redis://host:6379/0"):
+        with pytest.raises(rtml.SpecError, match="dead_letters"):
+            Runner(fs, src, tmp_path / "a", dead_letters=bad)
+    r = Runner(fs, src, tmp_path / "b", dead_letters="kafka://127.0.0.1:9/bad")
+    assert isinstance(r.dead_letters, dl.KafkaDeadLetters) and r.dead_letters.topic == "bad"
+    assert r.dead_letters.source == src.name and r.dead_letters.spec_sha256 == r._hash
+    sink = dl.dead_letter_sink("redis://127.0.0.1:9/2?stream=bad", timeout="2s")
+    assert isinstance(sink, dl.RedisDeadLetters) and (sink.url, sink.stream, sink.timeout) == (
+        "redis://127.0.0.1:9/2", "bad", 2.0)
+    assert Runner(fs, src, tmp_path / "c", dead_letters=sink).dead_letters is sink
+    assert dl.idempotency_key(1, "42") == "1:42"
