@@ -312,6 +312,7 @@ pub(crate) fn vector_with_features<'py>(
     plan: &Arc<Plan>,
     fields: Option<&Bound<'py, PyAny>>,
     feats: &[f64],
+    texts: &[Option<String>],
     expect: Option<&Arc<RowSlots>>,
     clock: &dyn Fn(&str, Zone) -> PyResult<()>,
 ) -> PyResult<Option<Bound<'py, PyArray1<f64>>>> {
@@ -358,6 +359,20 @@ pub(crate) fn vector_with_features<'py>(
                         "vector: engine features and plan disagree",
                     ));
                 };
+                if o.text {
+                    // a string feature enters as a str (or None), as a request field would
+                    let k = plan
+                        .outputs
+                        .iter()
+                        .take(*j)
+                        .filter(|o| o.text)
+                        .count();
+                    match texts.get(k) {
+                        Some(Some(s)) => objs.push(Ok(PyString::new(py, s).into_any())),
+                        _ => objs.push(Ok(py.None().into_bound(py))),
+                    }
+                    continue;
+                }
                 objs.push(Err((v, o.integer)));
                 continue;
             }
