@@ -98,7 +98,9 @@ impl Texts {
         if a == b {
             return Ordering::Equal;
         }
-        self.get(a).map(str::as_bytes).cmp(&self.get(b).map(str::as_bytes))
+        self.get(a)
+            .map(str::as_bytes)
+            .cmp(&self.get(b).map(str::as_bytes))
     }
 
     /// Heap bytes held (approximate: entries and string bytes).

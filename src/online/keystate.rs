@@ -66,12 +66,7 @@ pub fn answer(
 
 /// The strings of the string outputs (`Output::text`) of an [`answer`] `out` from `state`,
 /// one per string output in output order (`None`: null), into `into` (cleared first).
-pub fn texts(
-    plan: &Plan,
-    state: Option<&KeyState>,
-    out: &[f64],
-    into: &mut Vec<Option<String>>,
-) {
+pub fn texts(plan: &Plan, state: Option<&KeyState>, out: &[f64], into: &mut Vec<Option<String>>) {
     into.clear();
     for (o, v) in plan.outputs.iter().zip(out) {
         if o.text {

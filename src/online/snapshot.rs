@@ -131,7 +131,11 @@ impl<S> BodyV3<S> {
 
 /// Key states of formats 2 and 3 in today's layout.
 fn upgrade_keys<T>(body: Body<KeyStateV3>, extra: T) -> (Body<KeyState>, T) {
-    let keys = body.keys.into_iter().map(|(k, s)| (k, s.upgrade())).collect();
+    let keys = body
+        .keys
+        .into_iter()
+        .map(|(k, s)| (k, s.upgrade()))
+        .collect();
     let body = Body {
         spec: body.spec,
         key_is_int: body.key_is_int,

@@ -10,10 +10,10 @@ use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::input::{check_number, string_identity, EventId, Events, KeyArr, KeyRef};
-use crate::text::Texts;
 use crate::plan::{ColKind, Plan};
 use crate::spec::Entity;
 use crate::state::NULL;
+use crate::text::Texts;
 use crate::time::{unit_factor, NS_PER_S, NS_PER_US};
 
 /// An owned key extracted from Python.
@@ -550,7 +550,9 @@ fn row_rest(
                 }
                 if col.kind == ColKind::Text {
                     if let Ok(s) = obj.cast::<PyString>() {
-                        let s = s.to_str().map_err(|e| Error::schema(&col.name, e.to_string()))?;
+                        let s = s
+                            .to_str()
+                            .map_err(|e| Error::schema(&col.name, e.to_string()))?;
                         texts.note(w, s, &col.name)?;
                     }
                 }

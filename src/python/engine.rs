@@ -503,8 +503,7 @@ impl PyEngine {
             let nf = self.plan.n_features();
             let nt = self.plan.outputs.iter().filter(|o| o.text).count();
             let mut cols = vec![Vec::with_capacity(keys.len()); nf];
-            let mut text_cols: Vec<Vec<Option<String>>> =
-                vec![Vec::with_capacity(keys.len()); nt];
+            let mut text_cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(keys.len()); nt];
             let mut row = vec![0f64; nf];
             let mut texts = Vec::new();
             for (k, &t) in keys.iter().zip(&times) {

@@ -433,7 +433,10 @@ impl PyRemoteReader {
             let values: Vec<Option<&[u8]>> =
                 values.iter().map(bytes_of).collect::<PyResult<_>>()?;
             let (cols, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
-            Ok((engine::features_table(py, &self.plan, &keys, cols, Vec::new())?, wms))
+            Ok((
+                engine::features_table(py, &self.plan, &keys, cols, Vec::new())?,
+                wms,
+            ))
         })
     }
 
@@ -474,7 +477,14 @@ impl PyRemoteReader {
                     // the transforms were refit meanwhile: every feature, then apply
                     self.evaluate(k, t, zone, v, &mut buf, None)?;
                     super::transforms::vector_with_features(
-                        py, tf, &self.plan, fields, &buf, &[], None, &clock,
+                        py,
+                        tf,
+                        &self.plan,
+                        fields,
+                        &buf,
+                        &[],
+                        None,
+                        &clock,
                     )?
                     .ok_or_else(|| {
                         errors::to_py(Error::Query(
@@ -554,7 +564,10 @@ impl PyRemoteReader {
             }
             let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
             let (cols, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
-            Ok((engine::features_table(py, &self.plan, &keys, cols, Vec::new())?, wms))
+            Ok((
+                engine::features_table(py, &self.plan, &keys, cols, Vec::new())?,
+                wms,
+            ))
         })
     }
 

@@ -361,12 +361,7 @@ pub(crate) fn vector_with_features<'py>(
                 };
                 if o.text {
                     // a string feature enters as a str (or None), as a request field would
-                    let k = plan
-                        .outputs
-                        .iter()
-                        .take(*j)
-                        .filter(|o| o.text)
-                        .count();
+                    let k = plan.outputs.iter().take(*j).filter(|o| o.text).count();
                     match texts.get(k) {
                         Some(Some(s)) => objs.push(Ok(PyString::new(py, s).into_any())),
                         _ => objs.push(Ok(py.None().into_bound(py))),

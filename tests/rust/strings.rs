@@ -144,10 +144,16 @@ fn reference(evs: &[Ev], k: i64, t: i64) -> Vec<(usize, Option<String>)> {
                 "min" => win.iter().map(|p| p.1).min_by(by_bytes),
                 "max" => win.iter().map(|p| p.1).max_by(by_bytes),
                 "first" => win.iter().map(|p| p.0).min().and_then(|t0| {
-                    win.iter().filter(|p| p.0 == t0).map(|p| p.1).min_by(by_bytes)
+                    win.iter()
+                        .filter(|p| p.0 == t0)
+                        .map(|p| p.1)
+                        .min_by(by_bytes)
                 }),
                 _ => win.iter().map(|p| p.0).max().and_then(|t1| {
-                    win.iter().filter(|p| p.0 == t1).map(|p| p.1).max_by(by_bytes)
+                    win.iter()
+                        .filter(|p| p.0 == t1)
+                        .map(|p| p.1)
+                        .max_by(by_bytes)
                 }),
             };
             (i, v.map(str::to_string))
@@ -251,7 +257,10 @@ fn string_columns_are_refused_where_they_cannot_work() {
         )
     };
     for (feat, want) in [
-        (r#"{"agg": "sum", "column": "s", "window": "1h"}"#, "string column"),
+        (
+            r#"{"agg": "sum", "column": "s", "window": "1h"}"#,
+            "string column",
+        ),
         (r#"{"agg": "min", "column": "s"}"#, "sliding window"),
         (
             r#"{"agg": "last", "column": "s", "window": "1h", "hop": "10m"}"#,
@@ -277,7 +286,9 @@ fn string_columns_are_refused_where_they_cannot_work() {
     let plan = Plan::new(spec);
     assert!(!plan.outputs[0].text);
     // a declared string column that holds numbers is a schema error naming it
-    let plan = Plan::new(Spec::from_json(&doc(r#"{"agg": "min", "column": "s", "window": "1h"}"#, "")).unwrap());
+    let plan = Plan::new(
+        Spec::from_json(&doc(r#"{"agg": "min", "column": "s", "window": "1h"}"#, "")).unwrap(),
+    );
     let schema = Arc::new(Schema::new(vec![
         Field::new("k", DataType::Int64, false),
         Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
@@ -307,7 +318,11 @@ fn a_keys_strings_are_swept_as_its_rows_leave() {
             .map(|i| Ev {
                 k: 1,
                 ts: i * M,
-                s: Some(if same { "s0".to_string() } else { format!("s{i}") }),
+                s: Some(if same {
+                    "s0".to_string()
+                } else {
+                    format!("s{i}")
+                }),
             })
             .collect();
         for chunk in evs.chunks(10) {
