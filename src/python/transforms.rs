@@ -304,8 +304,10 @@ pub(crate) fn row_values<'a, 'py>(
 }
 
 /// `OnlineEngine.vector` after the window read: the engine's features `feats` (in `plan`
-/// order) and the request row `fields` through the one-row driver, into a new numpy vector.
+/// order; `texts`: the strings of its string features, in their order: each enters as a str,
+/// or None) and the request row `fields` through the one-row driver, into a new numpy vector.
 /// Same checks, order and messages as [`apply_one`] with the features as presets.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn vector_with_features<'py>(
     py: Python<'py>,
     tf: &PyTransforms,

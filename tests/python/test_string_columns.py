@@ -249,6 +249,9 @@ def test_refusals_are_typed_and_name_the_column():
     # a pandas NaN in the string column is null, as in every other string column
     eng.ingest({"key": 1, "ts": ns_to_datetime(BASE), "s": float("nan"), "x": 1.0})
     assert eng.get(1, at=ns_to_datetime(BASE + S))["s_last"] is None
+    # a remote reader does not serve string features yet: refused, naming the feature
+    with raises(rtml.SpecError, "s_min", "remote reader"):
+        rtml.RemoteEngine(fs, client=object())
     assert fs.string_columns == ["s"]
     assert "string_columns=['s']" in repr(fs)
     assert rtml.FeatureSet.from_json(fs.to_json()) == fs
