@@ -10,6 +10,7 @@ use arrow_schema::{DataType, TimeUnit};
 
 use crate::error::{Error, Result};
 use crate::plan::{ColKind, Plan};
+use crate::text::Texts;
 use crate::time::{unit_factor, NS_PER_MS, NS_PER_S, NS_PER_US};
 pub use row::NULL;
 
@@ -164,6 +165,8 @@ pub struct Events<'a> {
     pub values: Vec<Vec<u64>>,
     /// The event ids (`dedupe_on`), one per event; empty without deduplication.
     pub ids: Vec<EventId>,
+    /// The strings of the words of `string_columns` columns.
+    pub texts: Texts,
 }
 
 impl<'a> Events<'a> {
@@ -174,6 +177,7 @@ impl<'a> Events<'a> {
             ts: Vec::new(),
             values: vec![Vec::new(); n_columns],
             ids: Vec::new(),
+            texts: Texts::default(),
         }
     }
 
@@ -216,6 +220,7 @@ impl<'a> Events<'a> {
             Some(kind) => KeyArr::Composite(strs, kind),
         };
         let _ = out.push(keys, ts, values);
+        out.texts = self.texts.clone();
         out
     }
     pub fn len(&self) -> usize {
@@ -629,11 +634,15 @@ fn read_values(
     kind: ColKind,
     skip: bool,
     offset: usize,
+    texts: Option<&mut Texts>,
 ) -> Result<Vec<u64>> {
     let n = a.len();
     let mut out = Vec::with_capacity(n);
     let nulls = a.logical_nulls();
     let is_null = |i: usize| nulls.as_ref().is_some_and(|nb| nb.is_null(i));
+    if kind == ColKind::Text {
+        return read_text_values(a, name, &is_null, texts);
+    }
     let floats = float_values(a.as_ref(), name)?;
     if let Some(xs) = floats {
         for (i, x) in xs.into_iter().enumerate() {
@@ -652,7 +661,7 @@ fn read_values(
         if kind == ColKind::Numeric {
             return Err(Error::schema(
                 name,
-                format!("is a string column ({}); sum/mean/min/max/var/std/first/last/quantile/decayed_sum need numbers", a.data_type()),
+                format!("is a string column ({}); sum/mean/min/max/var/std/first/last/quantile/decayed_sum need numbers (for min/max/first/last of strings, declare it: FeatureSet(..., string_columns=[{name:?}]))", a.data_type()),
             ));
         }
         for i in 0..n {
@@ -671,6 +680,42 @@ fn read_values(
         name,
         format!("unsupported value type {}", a.data_type()),
     ))
+}
+
+/// A column declared in `string_columns`: identity words, the strings noted in `texts`.
+fn read_text_values(
+    a: &ArrayRef,
+    name: &str,
+    is_null: &dyn Fn(usize) -> bool,
+    texts: Option<&mut Texts>,
+) -> Result<Vec<u64>> {
+    let n = a.len();
+    if matches!(a.data_type(), DataType::Null) {
+        return Ok(vec![NULL; n]);
+    }
+    let Some(s) = str_arr(a.as_ref())? else {
+        return Err(Error::schema(
+            name,
+            format!(
+                "is declared in string_columns but holds {}: give strings (utf8, large_utf8, string_view or dictionary-encoded strings)",
+                a.data_type()
+            ),
+        ));
+    };
+    let mut scratch = Texts::default();
+    let texts = texts.unwrap_or(&mut scratch);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if is_null(i) {
+            out.push(NULL);
+            continue;
+        }
+        let v = s.get(i);
+        let w = string_identity(v);
+        texts.note(w, v, name)?;
+        out.push(w);
+    }
+    Ok(out)
 }
 
 /// Where one conversion job of `read_events` writes: a batch's keys (returned), or its rows
@@ -725,7 +770,7 @@ pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events
         }
     }
     let parallel = total >= PARALLEL_READ_ROWS && jobs.len() > 1;
-    let run = |(b, dest): (usize, Dest<'_>)| -> Result<Option<KeyArr<'a>>> {
+    let run = |(b, dest): (usize, Dest<'_>)| -> Result<(Option<KeyArr<'a>>, Texts)> {
         let batch = &batches[b];
         let offset = offsets[b];
         match dest {
@@ -737,14 +782,12 @@ pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events
                 for c in &plan.columns {
                     column(batch, &c.name, "events")?;
                 }
-                Ok(None)
+                Ok((None, Texts::default()))
             }
-            Dest::Keys => Ok(Some(read_entity(
-                batch,
-                spec.entity.columns(),
-                "events",
-                offset,
-            )?)),
+            Dest::Keys => Ok((
+                Some(read_entity(batch, spec.entity.columns(), "events", offset)?),
+                Texts::default(),
+            )),
             Dest::Times(out) => {
                 let v = read_times(
                     column(batch, &spec.timestamp, "events")?,
@@ -753,23 +796,25 @@ pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events
                     offset,
                 )?;
                 out.copy_from_slice(&v);
-                Ok(None)
+                Ok((None, Texts::default()))
             }
             Dest::Values(c, out) => {
                 let col = &plan.columns[c];
+                let mut texts = Texts::default();
                 let v = read_values(
                     column(batch, &col.name, "events")?,
                     &col.name,
                     col.kind,
                     spec.skip_nonfinite,
                     offset,
+                    Some(&mut texts),
                 )?;
                 out.copy_from_slice(&v);
-                Ok(None)
+                Ok((None, texts))
             }
         }
     };
-    let results: Vec<Result<Option<KeyArr<'a>>>> = if parallel {
+    let results: Vec<Result<(Option<KeyArr<'a>>, Texts)>> = if parallel {
         use rayon::prelude::*;
         crate::pool::install(|| jobs.into_par_iter().map(run).collect())
     } else {
@@ -780,12 +825,17 @@ pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events
     let mut keys_of = Vec::with_capacity(batches.len());
     let mut starts = Vec::with_capacity(batches.len());
     let mut results = results.into_iter();
+    let mut texts = Texts::default();
     for (b, batch) in batches.iter().enumerate() {
         let jobs = if batch.num_rows() == 0 { 1 } else { 2 + nc };
         let mut keys = None;
         for r in results.by_ref().take(jobs) {
-            if let Some(k) = r? {
+            let (k, t) = r?;
+            if let Some(k) = k {
                 keys = Some(k);
+            }
+            if !t.is_empty() {
+                texts.extend(t, "string_columns")?;
             }
         }
         let Some(keys) = keys else {
@@ -821,6 +871,7 @@ pub fn read_events<'a>(plan: &Plan, batches: &'a [RecordBatch]) -> Result<Events
         ts,
         values,
         ids,
+        texts,
     })
 }
 

@@ -26,6 +26,7 @@ pub mod pool;
 pub mod resp;
 pub mod spec;
 pub mod state;
+pub mod text;
 pub mod time;
 pub mod transform;
 pub mod wal;

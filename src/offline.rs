@@ -23,6 +23,8 @@ pub enum FeatureColumn {
     Int(Vec<i64>),
     /// NaN marks null.
     Float(Vec<f64>),
+    /// A string output (`min` / `max` / `first` / `last` of a `string_columns` column).
+    Text(Vec<Option<String>>),
 }
 
 #[derive(Clone, Copy)]
@@ -196,6 +198,8 @@ fn transpose(plan: &Plan, out: &[f64], rows: usize) -> Vec<FeatureColumn> {
             .map(|c| match c {
                 FeatureColumn::Int(v) => v.as_mut_ptr() as *mut u64,
                 FeatureColumn::Float(v) => v.as_mut_ptr() as *mut u64,
+                // never built here
+                FeatureColumn::Text(_) => std::ptr::null_mut(),
             })
             .collect(),
     );
@@ -361,6 +365,7 @@ pub fn backfill(
         )
     };
     type Scratch = (KeyState, Vec<f64>, SmallVec<[u64; 8]>);
+    let has_texts = plan.has_text_columns();
     let run_group = |(state, row, vals): &mut Scratch, g: usize| {
         let evs = &ev[ev_starts[g]..ev_starts[g + 1]];
         let qs = &sp[sp_starts[g]..sp_starts[g + 1]];
@@ -375,7 +380,11 @@ pub fn backfill(
                 for (c, v) in vals.iter_mut().enumerate() {
                     *v = events.values[c][idx];
                 }
-                state.insert(plan, evs[j].ts, vals);
+                if has_texts {
+                    state.insert_with_texts(plan, evs[j].ts, vals, &events.texts);
+                } else {
+                    state.insert(plan, evs[j].ts, vals);
+                }
                 j += 1;
             }
             state.settle(plan, q.ts, 0);
@@ -436,7 +445,22 @@ pub fn backfill(
     if interrupted || (total > 0 && !progress(total, total)) {
         return Err(Error::Interrupted);
     }
-    Ok(transpose(plan, &out, n_spine))
+    let mut cols = transpose(plan, &out, n_spine);
+    // string outputs: identity words -> the input's strings
+    for (c, o) in cols.iter_mut().zip(&plan.outputs) {
+        if let (true, FeatureColumn::Float(v)) = (o.text, &*c) {
+            *c = FeatureColumn::Text(
+                v.iter()
+                    .map(|&x| {
+                        crate::agg::text_word(x)
+                            .and_then(|w| events.texts.get(w))
+                            .map(str::to_string)
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(cols)
 }
 
 #[cfg(test)]

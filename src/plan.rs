@@ -12,6 +12,9 @@ pub enum ColKind {
     Numeric,
     /// Only counted or distinct-counted: numbers or strings.
     Any,
+    /// Declared in `string_columns`: strings (or nulls) only, and the input keeps their bytes
+    /// ([`crate::text::Texts`]).
+    Text,
 }
 
 #[derive(Clone, Debug)]
@@ -51,12 +54,19 @@ pub struct Plan {
     pub max_window: i64,
     /// Feature values of an entity with no events (independent of the query time).
     pub empty: Vec<f64>,
+    /// Some column is a `string_columns` column ([`ColKind::Text`]).
+    text_columns: bool,
 }
 
 impl Plan {
     pub fn new(spec: Spec) -> Plan {
         let mut columns: Vec<ColumnPlan> = Vec::new();
         let mut col_index = |name: &str, kind: ColKind| -> usize {
+            let kind = if spec.is_string_column(name) {
+                ColKind::Text
+            } else {
+                kind
+            };
             if let Some(i) = columns.iter().position(|c| c.name == name) {
                 if kind == ColKind::Numeric {
                     columns[i].kind = ColKind::Numeric;
@@ -118,16 +128,25 @@ impl Plan {
                 group.accs.len() - 1
             };
             let def = f.agg.def;
+            // a string output (validated: sliding windows only) scans the buffered rows
+            let text = match (f.column.as_deref(), def.text) {
+                (Some(c), Some(eval)) if spec.is_string_column(c) => Some(eval),
+                _ => None,
+            };
             outputs.push(Output {
                 group: g,
-                acc: (def.acc)(col, f.agg.param, summarizing).map(&mut acc),
+                acc: match text {
+                    Some(_) => None,
+                    None => (def.acc)(col, f.agg.param, summarizing).map(&mut acc),
+                },
                 col,
                 q: match f.agg.param {
                     ParamValue::Quantile(q) => q,
                     _ => 0.0,
                 },
                 integer: def.integer,
-                eval: def.eval,
+                text: text.is_some(),
+                eval: text.unwrap_or(def.eval),
             });
         }
         let max_window = spec
@@ -138,8 +157,21 @@ impl Plan {
             .unwrap_or(0);
         // an entity with no events: each aggregation's empty value (from the table, not from
         // evaluating a state: the plan comes before the state; `state` tests hold the two equal)
-        let empty = spec.features.iter().map(|f| f.agg.def.empty).collect();
+        let empty = spec
+            .features
+            .iter()
+            .zip(&outputs)
+            .map(|(f, o)| {
+                if o.text {
+                    crate::agg::text_answer(None)
+                } else {
+                    f.agg.def.empty
+                }
+            })
+            .collect();
+        let text_columns = columns.iter().any(|c| c.kind == ColKind::Text);
         Plan {
+            text_columns,
             spec,
             columns,
             groups,
@@ -147,6 +179,17 @@ impl Plan {
             max_window,
             empty,
         }
+    }
+
+    /// Whether any output is a string (`Output::text`).
+    pub fn has_text(&self) -> bool {
+        self.outputs.iter().any(|o| o.text)
+    }
+
+    /// Whether any column holds strings whose bytes the state keeps.
+    #[inline]
+    pub fn has_text_columns(&self) -> bool {
+        self.text_columns
     }
 
     pub fn n_features(&self) -> usize {

@@ -225,6 +225,9 @@ pub struct Spec {
     pub max_ahead: MaxAhead,
     /// Column holding an event id: events whose id was already applied are dropped.
     pub dedupe_on: Option<String>,
+    /// Value columns declared to hold strings: `min` / `max` / `first` / `last` of them are
+    /// strings (`count` / `distinct_count` as of any column).
+    pub string_columns: Vec<String>,
 }
 
 /// The watermark guard's bound as the document states it.
@@ -237,6 +240,41 @@ pub enum MaxAhead {
     Off,
     /// A duration, ns.
     Bound(i64),
+}
+
+/// `string_columns`: a list of distinct column names (absent: none).
+fn parse_string_columns(obj: &Map<String, Value>) -> Result<Vec<String>> {
+    let list = match obj.get("string_columns") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(other) => {
+            return Err(Error::spec(
+                "string_columns",
+                format!("expected a list of column names, got {other}"),
+            ))
+        }
+    };
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for v in list {
+        match v {
+            Value::String(s) if !s.is_empty() => {
+                if out.contains(s) {
+                    return Err(Error::spec(
+                        "string_columns",
+                        format!("{s:?} is listed twice"),
+                    ));
+                }
+                out.push(s.clone());
+            }
+            other => {
+                return Err(Error::spec(
+                    "string_columns",
+                    format!("expected a column name (a non-empty string), got {other}"),
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Default output name, e.g. `fare_sum_1h`, `count_1h`, `fare_p90_1h`, `fare_last`.
@@ -369,6 +407,7 @@ impl Spec {
                 "metadata",
                 "max_ahead",
                 "dedupe_on",
+                "string_columns",
             ],
             "document",
         )?;
@@ -422,6 +461,7 @@ impl Spec {
                 "must be a column name (not empty)",
             ));
         }
+        let string_columns = parse_string_columns(obj)?;
         let spec = Spec {
             entity,
             timestamp,
@@ -432,6 +472,7 @@ impl Spec {
             features,
             max_ahead,
             dedupe_on,
+            string_columns,
         };
         spec.validate()?;
         Ok(spec)
@@ -467,6 +508,42 @@ impl Spec {
     }
 
     fn validate(&self) -> Result<()> {
+        for c in &self.string_columns {
+            if self.entity.contains(c) || c == &self.timestamp {
+                return Err(Error::spec(
+                    "string_columns",
+                    format!("{c:?} is the entity or timestamp column, not a value column"),
+                ));
+            }
+        }
+        for (i, f) in self.features.iter().enumerate() {
+            let Some(col) = f.column.as_deref() else {
+                continue;
+            };
+            if !self.is_string_column(col) {
+                continue;
+            }
+            let def = f.agg.def;
+            let field = format!("features[{i}]");
+            if def.text.is_none() && def.column == ColumnUse::Numeric {
+                return Err(Error::spec(
+                    field,
+                    format!(
+                        "{} of {col:?}: a string column (string_columns) takes count, distinct_count, min, max, first and last",
+                        def.name
+                    ),
+                ));
+            }
+            if def.text.is_some() && (f.window.is_none() || f.hop.is_some()) {
+                return Err(Error::spec(
+                    field,
+                    format!(
+                        "{} of the string column {col:?} needs a sliding window (window=... without hop): lifetime and tiled windows of strings are not supported yet",
+                        def.name
+                    ),
+                ));
+            }
+        }
         if let Some(col) = &self.dedupe_on {
             if self.entity.contains(col) || col == &self.timestamp {
                 return Err(Error::spec(
@@ -570,8 +647,16 @@ impl Spec {
             if let Some(c) = &self.dedupe_on {
                 m.insert("dedupe_on".into(), json!(c));
             }
+            if !self.string_columns.is_empty() {
+                m.insert("string_columns".into(), json!(self.string_columns));
+            }
         }
         doc
+    }
+
+    /// Whether `column` is declared to hold strings.
+    pub fn is_string_column(&self, column: &str) -> bool {
+        self.string_columns.iter().any(|c| c == column)
     }
 
     pub fn to_json(&self) -> String {

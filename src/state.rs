@@ -25,7 +25,8 @@ use smallvec::SmallVec;
 
 use crate::agg::{Acc, Corr, Rows, View};
 use crate::error::{Error, Result};
-use crate::plan::Plan;
+use crate::plan::{ColKind, Plan};
+use crate::text::Texts;
 use crate::time::floor_div;
 
 /// The stored value of a null (defined with the row encoding in [`crate::input::row`]).
@@ -198,11 +199,38 @@ pub struct KeyState {
     pub last_ts: i64,
     buf: Buf,
     groups: Vec<Group>,
+    /// The strings of the words of `string_columns` columns in `buf` (and maybe a few more,
+    /// until the next sweep). Snapshot format 4 on.
+    texts: Texts,
+}
+
+/// A key's state as snapshot format 3 (and published values of version 1) stored it: before
+/// string columns kept their strings.
+#[derive(Deserialize)]
+pub(crate) struct KeyStateV3 {
+    settled: i64,
+    last_ts: i64,
+    buf: Buf,
+    groups: Vec<Group>,
+}
+
+impl KeyStateV3 {
+    /// The same state today (no strings: format 3 had no string columns).
+    pub(crate) fn upgrade(self) -> KeyState {
+        KeyState {
+            settled: self.settled,
+            last_ts: self.last_ts,
+            buf: self.buf,
+            groups: self.groups,
+            texts: Texts::default(),
+        }
+    }
 }
 
 impl KeyState {
     pub fn new(plan: &Plan, settled: i64) -> KeyState {
         KeyState {
+            texts: Texts::default(),
             settled,
             last_ts: i64::MIN,
             buf: Buf::new(1 + plan.columns.len()),
@@ -227,6 +255,7 @@ impl KeyState {
         self.settled = settled;
         self.last_ts = i64::MIN;
         self.buf.clear();
+        self.texts.clear();
         for g in self.groups.iter_mut() {
             g.lo = 0;
             g.hi = 0;
@@ -237,6 +266,47 @@ impl KeyState {
                 acc.reset();
             }
         }
+    }
+
+    /// [`Self::insert`] of an event whose string-column words have their strings in `texts`
+    /// (the input's): the state keeps the strings of the rows it stores.
+    pub fn insert_with_texts(&mut self, plan: &Plan, ts: i64, values: &[u64], texts: &Texts) {
+        for (c, v) in plan.columns.iter().zip(values) {
+            if c.kind == ColKind::Text {
+                self.texts.take_from(*v, texts);
+            }
+        }
+        self.insert(plan, ts, values);
+    }
+
+    /// The string of a string output's answer (`Output::text`; `None`: null).
+    pub fn text(&self, answer: f64) -> Option<&str> {
+        crate::agg::text_word(answer).and_then(|w| self.texts.get(w))
+    }
+
+    /// Forget the strings no buffered row holds, once they are more than twice the words the
+    /// buffer can hold (amortized O(1) per stored string).
+    fn sweep_texts(&mut self, plan: &Plan) {
+        let text_cols: SmallVec<[usize; 4]> = plan
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.kind == ColKind::Text)
+            .map(|(i, _)| i)
+            .collect();
+        let bound = self.buf.len() * text_cols.len();
+        if self.texts.len() <= 16 + 2 * bound {
+            return;
+        }
+        let mut live = hashbrown::HashSet::with_capacity(bound);
+        let b = &self.buf;
+        for p in b.base..b.end() {
+            let row = b.row(p);
+            for &c in &text_cols {
+                live.insert(row[1 + c]);
+            }
+        }
+        self.texts.retain(|w| live.contains(&w));
     }
 
     /// Add an event with `ts >= self.settled`. `values` has one word per plan column.
@@ -352,6 +422,9 @@ impl KeyState {
         }
         self.buf.evict_before(keep_from);
         self.settled = s;
+        if !self.texts.is_empty() {
+            self.sweep_texts(plan);
+        }
     }
 
     /// How many rows settling to `s` would fold into or out of the accumulators: the rows a
@@ -535,6 +608,7 @@ impl KeyState {
                 views: &views,
                 tile_events: &tile_events,
                 var_cache: &var_cache,
+                texts: &self.texts,
             };
             *slot = (o.eval)(&view, o);
         }
@@ -553,6 +627,17 @@ impl KeyState {
         let end = b.end();
         let sorted = (b.base + 1..end).all(|p| b.ts(p - 1) <= b.ts(p));
         if !sorted || self.groups.len() != plan.groups.len() {
+            return false;
+        }
+        // every string word stored has its string
+        let texts_ok = plan.columns.iter().enumerate().all(|(c, cp)| {
+            cp.kind != ColKind::Text
+                || (b.base..end).all(|p| {
+                    let w = b.row(p)[1 + c];
+                    w == NULL || self.texts.get(w).is_some()
+                })
+        });
+        if !texts_ok {
             return false;
         }
         self.groups.iter().zip(&plan.groups).all(|(g, gp)| {
@@ -581,6 +666,7 @@ impl KeyState {
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.buf.bytes()
+            + self.texts.bytes()
             + self
                 .groups
                 .iter()
@@ -613,6 +699,7 @@ impl KeyState {
             return None;
         }
         let mut state = KeyState {
+            texts: Texts::default(),
             settled,
             last_ts,
             buf,

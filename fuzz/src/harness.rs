@@ -475,6 +475,10 @@ fn column_value(c: &FeatureColumn, row: usize) -> f64 {
     match c {
         FeatureColumn::Int(v) => v[row] as f64,
         FeatureColumn::Float(v) => v[row],
+        // a string answer as the online engine's word (its identity; null: the NULL word)
+        FeatureColumn::Text(v) => {
+            rtml::agg::text_answer(v[row].as_deref().map(rtml::input::string_identity))
+        }
     }
 }
 
@@ -887,6 +891,7 @@ pub fn ingest(data: &[u8]) {
                         let len = match c {
                             FeatureColumn::Int(v) => v.len(),
                             FeatureColumn::Float(v) => v.len(),
+                            FeatureColumn::Text(v) => v.len(),
                         };
                         assert_eq!(len, n_spine);
                     }
@@ -1161,14 +1166,16 @@ pub fn spec(data: &[u8]) {
                 Some(0.0),
                 Some(3.0),
             ])),
-            rtml::plan::ColKind::Any => Arc::new(StringArray::from(vec![
-                Some("a"),
-                Some("b"),
-                None,
-                Some("a"),
-                Some(""),
-                Some("c"),
-            ])),
+            rtml::plan::ColKind::Any | rtml::plan::ColKind::Text => {
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    Some("b"),
+                    None,
+                    Some("a"),
+                    Some(""),
+                    Some("c"),
+                ]))
+            }
         };
         fields.push(Field::new(&c.name, a.data_type().clone(), true));
         arrays.push(a);

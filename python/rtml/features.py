@@ -313,7 +313,9 @@ def mean(
 def min(
     column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
-    """Smallest non-null value (a number column); null on an empty window.
+    """Smallest non-null value; null on an empty window. The column: a number column, or a string column declared in
+    ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
+    sliding windows only).
 
     >>> import rtml
     >>> rtml.min("fare", window="30m").agg
@@ -325,7 +327,9 @@ def min(
 def max(
     column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
-    """Largest non-null value (a number column); null on an empty window.
+    """Largest non-null value; null on an empty window. The column: a number column, or a string column declared in
+    ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
+    sliding windows only).
 
     >>> import rtml
     >>> rtml.max("fare", window="30m").agg
@@ -361,8 +365,10 @@ def std(
 def first(
     column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
-    """Value of the earliest non-null event in the window (ties: the smallest value); a number
-    column.
+    """Value of the earliest non-null event in the window (ties: the smallest value); null on an
+    empty window. The column: a number column, or a string column declared in
+    ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
+    sliding windows only).
 
     >>> import rtml
     >>> rtml.first("zone", window="1h")
@@ -374,8 +380,10 @@ def first(
 def last(
     column: str, *, window: Duration = None, hop: Duration = None, name: str | None = None
 ) -> Feature:
-    """Value of the latest non-null event in the window (ties: the largest value); a number
-    column.
+    """Value of the latest non-null event in the window (ties: the largest value); null on an
+    empty window. The column: a number column, or a string column declared in
+    ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
+    sliding windows only).
 
     >>> import rtml
     >>> rtml.last("fare")
@@ -565,8 +573,10 @@ class FeatureSet:
     watermark, and is counted and reported; default ``"auto"``:
     ``max(2 * longest window, 1 day) + allowed_lateness``; None disables it), `dedupe_on` (a
     column of event ids, integers or strings: an event whose id was already applied is dropped,
-    first arrival wins; online and in `backfill`). See docs/semantics.md, "Guards". Durations:
-    see the module docstring.
+    first arrival wins; online and in `backfill`). See docs/semantics.md, "Guards".
+    `string_columns` (value columns that hold strings: ``min`` / ``max`` / ``first`` / ``last``
+    of them are strings, compared by their UTF-8 bytes; sliding windows only for now; see
+    docs/semantics.md, "String columns"). Durations: see the module docstring.
 
     Raises :class:`rtml.SpecError` naming the field for anything invalid (duplicate feature
     names, a ttl shorter than a window, an unknown unit ...). Every parameter is readable back as
@@ -600,6 +610,7 @@ class FeatureSet:
         on_nonfinite: OnNonfinite = "error",
         max_ahead: Duration | Literal["auto"] = "auto",
         dedupe_on: str | None = None,
+        string_columns: Sequence[str] | None = None,
     ) -> None:
         if isinstance(features, Feature):
             raise SpecError(
@@ -632,6 +643,12 @@ class FeatureSet:
                     f"dedupe_on: expected a column name (str), got {type(dedupe_on).__name__}"
                 )
             doc["dedupe_on"] = dedupe_on
+        if string_columns:
+            if isinstance(string_columns, str):
+                raise SpecError(
+                    "string_columns: expected a list of column names, got one str; wrap it in [...]"
+                )
+            doc["string_columns"] = list(string_columns)
         self._spec = _core.Spec.from_json(json.dumps(doc))
 
     @classmethod
@@ -749,6 +766,17 @@ class FeatureSet:
         """
         ns = self._spec.dedupe_horizon_ns
         return None if ns is None else _format_ns(ns)
+
+    @property
+    def string_columns(self) -> list[str]:
+        """The value columns declared to hold strings (list of str; empty by default).
+
+        >>> import rtml
+        >>> rtml.FeatureSet("k", "ts", [rtml.last("status", window="1h")],
+        ...                 string_columns=["status"]).string_columns
+        ['status']
+        """
+        return [str(c) for c in self._doc().get("string_columns", [])]
 
     @property
     def on_nonfinite(self) -> str:
@@ -1056,6 +1084,8 @@ class FeatureSet:
             out.append(("max_ahead", doc["max_ahead"]))
         if self.dedupe_on is not None:
             out.append(("dedupe_on", self.dedupe_on))
+        if self.string_columns:
+            out.append(("string_columns", self.string_columns))
         return out
 
     def __repr__(self) -> str:

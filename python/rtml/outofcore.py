@@ -724,7 +724,8 @@ def _spine_schema(schema: pa.Schema, row_index: str | None) -> pa.Schema:
 def _output_schema(sp_schema: pa.Schema, fs: FeatureSet, row_index: str | None) -> pa.Schema:
     fields = [f for f in sp_schema if f.name != row_index]
     for name, dtype in zip(fs.feature_names, fs._spec.feature_dtypes):
-        fields.append(pa.field(name, pa.int64() if dtype == "int64" else pa.float64()))
+        t = {"int64": pa.int64(), "string": pa.string()}.get(dtype, pa.float64())
+        fields.append(pa.field(name, t))
     if row_index:
         fields.append(pa.field(row_index, pa.int64()))
     return pa.schema(fields)

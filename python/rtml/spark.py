@@ -240,9 +240,8 @@ def backfill(
     )
     out_fields = list(spine_df.schema.fields)
     for name, dtype in zip(names, fs._spec.feature_dtypes):
-        out_fields.append(
-            T.StructField(name, T.LongType() if dtype == "int64" else T.DoubleType(), True)
-        )
+        t = {"int64": T.LongType(), "string": T.StringType()}.get(dtype, T.DoubleType())
+        out_fields.append(T.StructField(name, t, True))
     out_schema = T.StructType(out_fields)
     out_arrow = _arrow_schema(out_schema, "UTC")
     run = _bucket_backfill(fs.to_json(), keys, time, out_arrow)

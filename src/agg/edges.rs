@@ -164,3 +164,52 @@ pub fn time_since_last(v: &View<'_>, o: &Output) -> f64 {
         None => f64::NAN,
     }
 }
+
+/// `first` of a string column (sliding windows): the earliest non-null string in the window;
+/// among events at the same earliest time, the smallest string (by UTF-8 bytes), as numbers
+/// take the smallest value.
+pub fn text_first(v: &View<'_>, o: &Output) -> f64 {
+    let Some(col) = o.col else {
+        return super::text_answer(None);
+    };
+    let c = v.corr;
+    let mut best: Option<(i64, u64)> = None;
+    for row in v.rows.range((c.lo_q, c.hi_q)) {
+        let ts = row[0] as i64;
+        if best.is_some_and(|(bts, _)| ts > bts) {
+            break;
+        }
+        let w = row[1 + col];
+        if w == crate::input::row::NULL {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| v.texts.cmp(w, b).is_lt()) {
+            best = Some((ts, w));
+        }
+    }
+    super::text_answer(best.map(|b| b.1))
+}
+
+/// `last` of a string column (sliding windows): the latest non-null string in the window;
+/// among events at the same latest time, the largest string.
+pub fn text_last(v: &View<'_>, o: &Output) -> f64 {
+    let Some(col) = o.col else {
+        return super::text_answer(None);
+    };
+    let c = v.corr;
+    let mut best: Option<(i64, u64)> = None;
+    for row in v.rows.range((c.lo_q, c.hi_q)).rev() {
+        let ts = row[0] as i64;
+        if best.is_some_and(|(bts, _)| ts < bts) {
+            break;
+        }
+        let w = row[1 + col];
+        if w == crate::input::row::NULL {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| v.texts.cmp(w, b).is_gt()) {
+            best = Some((ts, w));
+        }
+    }
+    super::text_answer(best.map(|b| b.1))
+}

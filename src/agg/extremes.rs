@@ -127,3 +127,39 @@ pub fn eval(v: &View<'_>, o: &Output) -> f64 {
     }
     best.unwrap_or(f64::NAN)
 }
+
+/// `min` / `max` of a string column (sliding windows): a scan of the window's buffered rows,
+/// strings compared by their UTF-8 bytes. The answer is a string word ([`super::text_answer`]).
+fn text_extreme(v: &View<'_>, o: &Output, max: bool) -> f64 {
+    let Some(col) = o.col else {
+        return super::text_answer(None);
+    };
+    let c = v.corr;
+    let mut best: Option<u64> = None;
+    for row in v.rows.range((c.lo_q, c.hi_q)) {
+        let w = row[1 + col];
+        if w == crate::input::row::NULL {
+            continue;
+        }
+        let better = best.is_none_or(|b| {
+            let ord = v.texts.cmp(w, b);
+            if max {
+                ord.is_gt()
+            } else {
+                ord.is_lt()
+            }
+        });
+        if better {
+            best = Some(w);
+        }
+    }
+    super::text_answer(best)
+}
+
+pub fn text_min(v: &View<'_>, o: &Output) -> f64 {
+    text_extreme(v, o, false)
+}
+
+pub fn text_max(v: &View<'_>, o: &Output) -> f64 {
+    text_extreme(v, o, true)
+}

@@ -299,6 +299,8 @@ pub struct View<'a> {
     pub(crate) tile_events: &'a dyn Fn(i64) -> u64,
     /// Variances computed for this query, by (group, accumulator): var and std share one.
     pub(crate) var_cache: &'a VarCache,
+    /// The strings of the key's string-column words.
+    pub texts: &'a crate::text::Texts,
 }
 
 impl<'a> View<'a> {
@@ -353,7 +355,24 @@ pub struct Output {
     pub q: f64,
     /// Output is an integer count.
     pub integer: bool,
+    /// Output is a string: `eval` answers the identity word of a string of the key's
+    /// [`crate::text::Texts`] as `f64::from_bits(word)`, or `f64::from_bits(NULL)` for null
+    /// ([`text_word`]); the caller turns it into the string.
+    pub text: bool,
     pub eval: Eval,
+}
+
+/// The identity word a string output (`Output::text`) answered (`None`: null).
+#[inline]
+pub fn text_word(v: f64) -> Option<u64> {
+    let w = v.to_bits();
+    (w != crate::input::row::NULL).then_some(w)
+}
+
+/// The answer of a string output for `word` (`None`: null).
+#[inline]
+pub fn text_answer(word: Option<u64>) -> f64 {
+    f64::from_bits(word.unwrap_or(crate::input::row::NULL))
 }
 
 /// An output function: the feature's value in a group's [`View`] (NaN = null).
@@ -405,6 +424,10 @@ pub struct AggDef {
     /// summarizes (lifetime or tiled); `None` when it reads row positions only.
     pub acc: fn(Option<usize>, ParamValue, bool) -> Option<AccPlan>,
     pub eval: Eval,
+    /// Over a string column (`string_columns`): the output function, whose answer is a
+    /// string (see [`Output::text`]); `None`: the aggregation gives a number of any column
+    /// (`count`, `distinct_count`) or takes numbers only.
+    pub text: Option<Eval>,
 }
 
 impl std::fmt::Debug for AggDef {
@@ -433,6 +456,7 @@ pub static AGGS: &[AggDef] = &[
         empty: 0.0,
         acc: |col, _, _| col.map(|col| AccPlan::NonNull { col }),
         eval: count::eval,
+        text: None,
     },
     AggDef {
         name: "sum",
@@ -442,6 +466,7 @@ pub static AGGS: &[AggDef] = &[
         empty: 0.0,
         acc: |col, _, _| moments(col, false),
         eval: moments::sum,
+        text: None,
     },
     AggDef {
         name: "mean",
@@ -451,6 +476,7 @@ pub static AGGS: &[AggDef] = &[
         empty: f64::NAN,
         acc: |col, _, _| moments(col, false),
         eval: moments::mean,
+        text: None,
     },
     AggDef {
         name: "min",
@@ -460,6 +486,7 @@ pub static AGGS: &[AggDef] = &[
         empty: f64::NAN,
         acc: |col, _, _| col.map(|col| AccPlan::Extreme { col, max: false }),
         eval: extremes::eval,
+        text: Some(extremes::text_min),
     },
     AggDef {
         name: "max",
@@ -469,6 +496,7 @@ pub static AGGS: &[AggDef] = &[
         empty: f64::NAN,
         acc: |col, _, _| col.map(|col| AccPlan::Extreme { col, max: true }),
         eval: extremes::eval,
+        text: Some(extremes::text_max),
     },
     AggDef {
         name: "var",
@@ -478,6 +506,7 @@ pub static AGGS: &[AggDef] = &[
         empty: f64::NAN,
         acc: |col, _, _| moments(col, true),
         eval: moments::var,
+        text: None,
     },
     AggDef {
         name: "std",
@@ -487,6 +516,7 @@ pub static AGGS: &[AggDef] = &[
         empty: f64::NAN,
         acc: |col, _, _| moments(col, true),
         eval: moments::std,
+        text: None,
     },
     AggDef {
         name: "first",
@@ -496,6 +526,7 @@ pub static AGGS: &[AggDef] = &[
         empty: f64::NAN,
         acc: |col, _, summarizing| summarizing.then_some(AccPlan::Edges { col }),
         eval: edges::first,
+        text: Some(edges::text_first),
     },
     AggDef {
         name: "last",
@@ -505,6 +536,7 @@ pub static AGGS: &[AggDef] = &[
         empty: f64::NAN,
         acc: |col, _, summarizing| summarizing.then_some(AccPlan::Edges { col }),
         eval: edges::last,
+        text: Some(edges::text_last),
     },
     AggDef {
         name: "distinct_count",
@@ -514,6 +546,7 @@ pub static AGGS: &[AggDef] = &[
         empty: 0.0,
         acc: |col, _, _| col.map(|col| AccPlan::Distinct { col }),
         eval: distinct::eval,
+        text: None,
     },
     AggDef {
         name: "quantile",
@@ -523,6 +556,7 @@ pub static AGGS: &[AggDef] = &[
         empty: f64::NAN,
         acc: |col, _, _| col.map(|col| AccPlan::Sketch { col }),
         eval: quantile::eval,
+        text: None,
     },
     AggDef {
         name: "decayed_sum",
@@ -535,6 +569,7 @@ pub static AGGS: &[AggDef] = &[
             _ => None,
         },
         eval: decay::eval,
+        text: None,
     },
     AggDef {
         name: "time_since_last",
@@ -544,6 +579,7 @@ pub static AGGS: &[AggDef] = &[
         empty: f64::NAN,
         acc: |_, _, summarizing| summarizing.then_some(AccPlan::Edges { col: None }),
         eval: edges::time_since_last,
+        text: None,
     },
 ];
 

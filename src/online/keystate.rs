@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! offset 0   4 bytes  magic "RTKS"
-//!        4   u16 LE   format version (1: the key state of snapshot format 2)
+//!        4   u16 LE   format version (2: the key state of snapshot format 4, with its strings;
+//!                     1: of snapshot formats 2 and 3, still read)
 //!        6   u8       clock of the writer's events: 0 unknown / epoch integers, 1 naive, 2 aware
 //!        7   u8       0 (reserved)
 //!        8   u64 LE   spec id: the first 8 bytes (big-endian) of the SHA-256 of the feature set's
@@ -33,11 +34,12 @@ use super::{Engine, Shard};
 use crate::error::{Error, Result};
 use crate::input::{Key, KeyRef};
 use crate::plan::Plan;
-use crate::state::KeyState;
+use crate::state::{KeyState, KeyStateV3};
 
 pub const MAGIC: &[u8; 4] = b"RTKS";
-/// Format version of a published key state (1: the per-key encoding of snapshot format 2).
-pub const KEYSTATE_VERSION: u16 = 1;
+/// Format version of a published key state (2: the per-key encoding of snapshot format 4, with
+/// the key's strings; 1: of snapshot formats 2 and 3, read and upgraded).
+pub const KEYSTATE_VERSION: u16 = 2;
 /// Bytes before the payload.
 pub const HEADER: usize = 40;
 /// Number of hash-tag buckets of the store's key layout (see [`store_key`]).
@@ -58,6 +60,17 @@ pub fn answer(
         None => {
             out.copy_from_slice(&plan.empty);
             Ok(())
+        }
+    }
+}
+
+/// The strings of the string outputs (`Output::text`) of an [`answer`] `out` from `state`,
+/// one per string output in output order (`None`: null), into `into` (cleared first).
+pub fn texts(plan: &Plan, state: Option<&KeyState>, out: &[f64], into: &mut Vec<Option<String>>) {
+    into.clear();
+    for (o, v) in plan.outputs.iter().zip(out) {
+        if o.text {
+            into.push(state.and_then(|s| s.text(*v)).map(str::to_string));
         }
     }
 }
@@ -168,10 +181,19 @@ pub fn decode(bytes: &[u8], plan: &Plan, spec_id: u64, key: KeyRef<'_>) -> Resul
     if crc32fast::hash(payload) != crc {
         return Err(bad("checksum mismatch: the value is corrupted".into()));
     }
-    let (stored, state): (Key, KeyState) = options()
-        .with_limit(len as u64)
-        .deserialize(payload)
-        .map_err(|e| bad(format!("cannot decode: {e}")))?;
+    let (stored, state): (Key, KeyState) = if version >= 2 {
+        options()
+            .with_limit(len as u64)
+            .deserialize(payload)
+            .map_err(|e| bad(format!("cannot decode: {e}")))?
+    } else {
+        // version 1: the key state of snapshot format 3 (no strings)
+        let (k, s): (Key, KeyStateV3) = options()
+            .with_limit(len as u64)
+            .deserialize(payload)
+            .map_err(|e| bad(format!("cannot decode: {e}")))?;
+        (k, s.upgrade())
+    };
     if stored.as_ref() != key {
         return Err(bad(format!(
             "the value holds the state of key {}",
@@ -401,6 +423,34 @@ mod tests {
         eng.publish_changed(all, 7, 2, |k, _, v| out.push((k.clone(), v.to_vec())))
             .unwrap();
         out
+    }
+
+    #[test]
+    fn version_1_values_are_still_read() {
+        // A value of version 1 (written before key states kept strings) is today's value without
+        // the trailing empty string table (one varint byte 0): built from a version 2 value of
+        // a plan without strings, it decodes to the same state.
+        let plan = full_plan();
+        let eng = Engine::new(Arc::clone(&plan));
+        eng.track_changes(true);
+        feed(&eng, false, 0, 300);
+        for (k, v) in published(&eng, true) {
+            assert_eq!(u16::from_le_bytes([v[4], v[5]]), 2);
+            assert_eq!(v.last(), Some(&0u8), "an empty string table");
+            let mut old = v[..v.len() - 1].to_vec();
+            old[4..6].copy_from_slice(&1u16.to_le_bytes());
+            let payload_len = (old.len() - HEADER) as u32;
+            let crc = crc32fast::hash(&old[HEADER..]);
+            old[32..36].copy_from_slice(&payload_len.to_le_bytes());
+            old[36..40].copy_from_slice(&crc.to_le_bytes());
+            let new = decode(&v, &plan, 7, k.as_ref()).unwrap();
+            let was = decode(&old, &plan, 7, k.as_ref()).unwrap();
+            assert_eq!(format!("{:?}", was.state), format!("{:?}", new.state));
+            // version 2 bytes are not read as version 1 (a trailing byte), nor the reverse
+            let mut v2_as_1 = v.clone();
+            v2_as_1[4..6].copy_from_slice(&1u16.to_le_bytes());
+            assert!(decode(&v2_as_1, &plan, 7, k.as_ref()).is_err());
+        }
     }
 
     #[test]

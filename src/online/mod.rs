@@ -34,6 +34,7 @@ use crate::input::{EventId, Events, Key, KeyRef};
 use crate::plan::Plan;
 use crate::spec::Spec;
 use crate::state::KeyState;
+use crate::text::Texts;
 
 pub mod guard;
 pub mod keystate;
@@ -191,7 +192,15 @@ impl Shard {
     /// Apply one accepted event of `key` (time `ts`, one word per plan column) that arrives
     /// when the settled point is `settle`: the one place both ingest paths change state.
     #[inline]
-    fn apply(&mut self, plan: &Plan, key: KeyRef<'_>, ts: i64, vals: &[u64], settle: i64) {
+    fn apply(
+        &mut self,
+        plan: &Plan,
+        key: KeyRef<'_>,
+        ts: i64,
+        vals: &[u64],
+        settle: i64,
+        texts: &Texts,
+    ) {
         let lateness = plan.spec.allowed_lateness;
         // Settling is bookkeeping (no answer depends on it): in steps of lateness / 8.
         let step = lateness / 8;
@@ -202,8 +211,18 @@ impl Shard {
         if settle.saturating_sub(state.settled) > step {
             state.settle(plan, settle, lateness);
         }
-        state.insert(plan, ts, vals);
+        if plan.has_text_columns() {
+            state.insert_with_texts(plan, ts, vals, texts);
+        } else {
+            state.insert(plan, ts, vals);
+        }
         self.note_changed(key);
+    }
+
+    /// The strings of `key`'s string outputs in `out` (an answer of [`Self::get`] under the
+    /// same lock), into `into`: see [`keystate::texts`].
+    pub fn texts(&self, plan: &Plan, key: KeyRef<'_>, out: &[f64], into: &mut Vec<Option<String>>) {
+        keystate::texts(plan, self.keys.get(&key), out, into)
     }
 
     /// Settle one key to `s` (bookkeeping only: no answer changes).
@@ -399,7 +418,7 @@ impl Engine {
             for (c, v) in vals.iter_mut().enumerate() {
                 *v = events.values[c][i];
             }
-            shard.apply(plan, key, events.ts[i], vals, settle);
+            shard.apply(plan, key, events.ts[i], vals, settle, &events.texts);
         };
         let mut vals: SmallVec<[u64; 8]> = SmallVec::from_elem(0, plan.columns.len());
         // A batch is one arrival: its events apply in time order (ties by value), whatever
@@ -500,6 +519,20 @@ impl Engine {
         vals: &[u64],
         id: Option<EventId>,
     ) -> Result<Ingested> {
+        self.ingest_one_with_texts(meta, key, ts, vals, id, &Texts::default())
+    }
+
+    /// [`Engine::ingest_one_locked`] of an event whose string-column words have their strings
+    /// in `texts`.
+    pub fn ingest_one_with_texts(
+        &self,
+        meta: &mut Meta,
+        key: KeyRef<'_>,
+        ts: i64,
+        vals: &[u64],
+        id: Option<EventId>,
+        texts: &Texts,
+    ) -> Result<Ingested> {
         debug_assert_eq!(vals.len(), self.plan.columns.len());
         let kind = self.kind_of(key);
         self.check_kind(meta.key_kind, kind)?;
@@ -516,7 +549,9 @@ impl Engine {
             .judge(rules, &mut watermark, &mut reference, ts, id);
         if report.count(v, 0) {
             let settle = watermark.saturating_sub(lateness);
-            self.shard(key).write().apply(plan, key, ts, vals, settle);
+            self.shard(key)
+                .write()
+                .apply(plan, key, ts, vals, settle, texts);
             meta.watermark = watermark;
         }
         Ok(self.finish_ingest(meta, report))

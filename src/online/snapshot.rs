@@ -20,12 +20,13 @@ use crate::error::{Error, Result};
 use crate::input::Key;
 use crate::plan::Plan;
 use crate::spec::Spec;
-use crate::state::{Buf, KeyState, Tile};
+use crate::state::{Buf, KeyState, KeyStateV3, Tile};
 
 const MAGIC: &[u8; 8] = b"RTMLSNAP";
+/// 4: each key's state ends with its strings (`string_columns`).
 /// 3: the guard's state (ids seen, times ahead) and its counters after the body.
-/// 2: per-group eager region (`e_lo`, `e_start`). 1 and 2 are read and upgraded.
-pub const SNAPSHOT_VERSION: u32 = 3;
+/// 2: per-group eager region (`e_lo`, `e_start`). 1, 2 and 3 are read and upgraded.
+pub const SNAPSHOT_VERSION: u32 = 4;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
 /// A key's state as snapshot format 1 stored it (before the eager region existed).
@@ -102,15 +103,48 @@ struct Body<S> {
     keys: Vec<(Key, S)>,
 }
 
+/// Formats 3 (`S`: [`KeyStateV3`]) and 4 ([`KeyState`]).
 #[derive(Deserialize)]
-struct BodyV3 {
+struct BodyV3<S> {
     spec: String,
     key_is_int: Option<bool>,
     watermark: i64,
     counters: CountersV2,
     last_sweep: i64,
-    keys: Vec<(Key, KeyState)>,
+    keys: Vec<(Key, S)>,
     extra: Extra,
+}
+
+impl<S> BodyV3<S> {
+    fn split(self) -> (Body<S>, Extra) {
+        let body = Body {
+            spec: self.spec,
+            key_is_int: self.key_is_int,
+            watermark: self.watermark,
+            counters: self.counters,
+            last_sweep: self.last_sweep,
+            keys: self.keys,
+        };
+        (body, self.extra)
+    }
+}
+
+/// Key states of formats 2 and 3 in today's layout.
+fn upgrade_keys<T>(body: Body<KeyStateV3>, extra: T) -> (Body<KeyState>, T) {
+    let keys = body
+        .keys
+        .into_iter()
+        .map(|(k, s)| (k, s.upgrade()))
+        .collect();
+    let body = Body {
+        spec: body.spec,
+        key_is_int: body.key_is_int,
+        watermark: body.watermark,
+        counters: body.counters,
+        last_sweep: body.last_sweep,
+        keys,
+    };
+    (body, extra)
 }
 
 pub(super) fn options() -> impl Options {
@@ -274,26 +308,30 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Engine> {
         composite_kind(&engine, path)?;
         return Ok(engine);
     }
-    let (body, extra) = if version == 2 {
-        let body: Body<KeyState> = options()
-            .with_limit(len)
-            .deserialize(payload)
-            .map_err(decode_err)?;
-        (body, None)
-    } else {
-        let b: BodyV3 = options()
-            .with_limit(len)
-            .deserialize(payload)
-            .map_err(decode_err)?;
-        let body = Body {
-            spec: b.spec,
-            key_is_int: b.key_is_int,
-            watermark: b.watermark,
-            counters: b.counters,
-            last_sweep: b.last_sweep,
-            keys: b.keys,
-        };
-        (body, Some(b.extra))
+    let (body, extra) = match version {
+        2 => {
+            let body: Body<KeyStateV3> = options()
+                .with_limit(len)
+                .deserialize(payload)
+                .map_err(decode_err)?;
+            upgrade_keys(body, None)
+        }
+        3 => {
+            let b: BodyV3<KeyStateV3> = options()
+                .with_limit(len)
+                .deserialize(payload)
+                .map_err(decode_err)?;
+            let (body, extra) = b.split();
+            upgrade_keys(body, Some(extra))
+        }
+        _ => {
+            let b: BodyV3<KeyState> = options()
+                .with_limit(len)
+                .deserialize(payload)
+                .map_err(decode_err)?;
+            let (body, extra) = b.split();
+            (body, Some(extra))
+        }
     };
     let engine = engine_from(path, &body)?;
     if let Some(extra) = extra {

@@ -400,6 +400,7 @@ proptest! {
                 let b = match col {
                     crate::offline::FeatureColumn::Int(v) => v[row] as f64,
                     crate::offline::FeatureColumn::Float(v) => v[row],
+                    crate::offline::FeatureColumn::Text(_) => f64::NAN,
                 };
                 prop_assert!(
                     out[f].to_bits() == b.to_bits() || (out[f].is_nan() && b.is_nan()),

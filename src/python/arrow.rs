@@ -18,6 +18,8 @@ pub(crate) enum Column {
     Float(ScalarBuffer<f64>, bool),
     /// Any ready-made array (e.g. the key column of `get_many`), never null.
     Array(ArrayRef),
+    /// A string feature (utf8, nullable).
+    Text(Vec<Option<String>>),
 }
 
 impl From<FeatureColumn> for Column {
@@ -25,6 +27,7 @@ impl From<FeatureColumn> for Column {
         match c {
             FeatureColumn::Int(v) => Column::Int(ScalarBuffer::from(v)),
             FeatureColumn::Float(v) => Column::Float(ScalarBuffer::from(v), true),
+            FeatureColumn::Text(v) => Column::Text(v),
         }
     }
 }
@@ -54,6 +57,10 @@ pub(crate) fn batch<S: AsRef<str>>(
             Column::Array(a) => {
                 fields.push(Field::new(name, a.data_type().clone(), a.null_count() > 0));
                 arrays.push(a);
+            }
+            Column::Text(v) => {
+                fields.push(Field::new(name, DataType::Utf8, true));
+                arrays.push(Arc::new(arrow_array::StringArray::from(v)));
             }
         }
     }

@@ -13,6 +13,7 @@ use crate::input::{check_number, string_identity, EventId, Events, KeyArr, KeyRe
 use crate::plan::{ColKind, Plan};
 use crate::spec::Entity;
 use crate::state::NULL;
+use crate::text::Texts;
 use crate::time::{unit_factor, NS_PER_S, NS_PER_US};
 
 /// An owned key extracted from Python.
@@ -401,6 +402,20 @@ fn value(
             s.to_str().map_err(|e| Error::schema(name, e.to_string()))?,
         )));
     }
+    if kind == ColKind::Text {
+        // a column of strings: None, pandas' missing markers and a float NaN are null
+        let nan = obj.cast::<PyFloat>().is_ok_and(|f| f.value().is_nan());
+        if nan || is_pandas_missing(obj) {
+            return Ok(Ok(NULL));
+        }
+        return Err(Error::schema(
+            name,
+            format!(
+                "row {row}: got {}, this column is declared in string_columns (strings or None)",
+                type_name(obj)
+            ),
+        ));
+    }
     let x: f64 = if let Ok(f) = obj.cast::<PyFloat>() {
         f.value()
     } else if obj.is_instance_of::<PyBool>() {
@@ -510,6 +525,7 @@ fn row_rest(
     i: usize,
     vals: &mut [u64],
     mut cols: Option<&mut [ColSeen]>,
+    texts: &mut Texts,
 ) -> Result<(i64, Zone)> {
     let spec = &plan.spec;
     let ts = instant_zoned(
@@ -531,6 +547,14 @@ fn row_rest(
             Ok(w) => {
                 if let Some(seen) = seen {
                     seen.string |= obj.is_instance_of::<PyString>();
+                }
+                if col.kind == ColKind::Text {
+                    if let Ok(s) = obj.cast::<PyString>() {
+                        let s = s
+                            .to_str()
+                            .map_err(|e| Error::schema(&col.name, e.to_string()))?;
+                        texts.note(w, s, &col.name)?;
+                    }
                 }
                 w
             }
@@ -616,7 +640,7 @@ pub fn with_row<R>(
     names: &RowNames,
     d: &Bound<'_, PyDict>,
     key_obj: Option<Bound<'_, PyAny>>,
-    f: impl FnOnce(KeyRef<'_>, i64, Zone, &[u64], Option<EventId>) -> R,
+    f: impl FnOnce(KeyRef<'_>, i64, Zone, &[u64], Option<EventId>, &Texts) -> R,
 ) -> Result<R> {
     let spec = &plan.spec;
     let kobj;
@@ -635,9 +659,10 @@ pub fn with_row<R>(
         }
     };
     let mut vals: SmallVec<[u64; 16]> = SmallVec::from_elem(0, plan.columns.len());
-    let (ts, zone) = row_rest(plan, names, d, 0, &mut vals, None)?;
+    let mut texts = Texts::default();
+    let (ts, zone) = row_rest(plan, names, d, 0, &mut vals, None, &mut texts)?;
     let id = row_id(plan, names, d, 0)?;
-    Ok(f(k, ts, zone, &vals, id))
+    Ok(f(k, ts, zone, &vals, id, &texts))
 }
 
 /// Event rows given as dicts -> engine events and the clock their times were given in. All
@@ -663,6 +688,7 @@ pub fn rows<'py>(
         _ => None,
     };
     let mut composite_kind: Option<u64> = None;
+    let mut texts = Texts::default();
     for (i, row) in rows.iter().enumerate() {
         let d = row_dict(plan, row, i)?;
         match single {
@@ -692,7 +718,7 @@ pub fn rows<'py>(
                 strs.push(k);
             }
         }
-        let (t, z) = row_rest(plan, names, d, i, &mut vals, Some(&mut seen))?;
+        let (t, z) = row_rest(plan, names, d, i, &mut vals, Some(&mut seen), &mut texts)?;
         zone = check_row_zone(spec, zone, z, i)?;
         if let Some(id) = row_id(plan, names, d, i)? {
             ids.push(id);
@@ -717,6 +743,7 @@ pub fn rows<'py>(
         };
         let _ = events.push(keys, ts, values);
         events.ids = ids;
+        events.texts = texts;
     }
     Ok((events, zone.unwrap_or(Zone::Epoch)))
 }

@@ -121,20 +121,28 @@ impl PyEngine {
         t: i64,
         buf: &mut [f64],
         mask: Option<&[bool]>,
+        texts: &mut Vec<Option<String>>,
     ) -> PyResult<()> {
         self.inner.check_key(key).py_err()?;
         let s = t.min(self.inner.settle_point());
         let plan = &*self.plan;
         let shard = self.shard_read(py, key);
         if let Some(r) = shard.get_unless_settle(plan, key, s, t, buf, mask) {
-            r.py_err()
+            r.py_err()?;
+            if plan.has_text() {
+                shard.texts(plan, key, buf, texts);
+            }
+            Ok(())
         } else {
             drop(shard);
             let mut w = self.shard_write(py, key);
             w.settle_key(plan, key, s);
-            RwLockWriteGuard::downgrade(w)
-                .get_masked(plan, key, t, buf, mask)
-                .py_err()
+            let r = RwLockWriteGuard::downgrade(w);
+            r.get_masked(plan, key, t, buf, mask).py_err()?;
+            if plan.has_text() {
+                r.texts(plan, key, buf, texts);
+            }
+            Ok(())
         }
     }
 
@@ -162,7 +170,7 @@ impl PyEngine {
         key: &Bound<'_, PyAny>,
         at: Option<&Bound<'_, PyAny>>,
         mask: Option<&[bool]>,
-        f: impl FnOnce(&[f64]) -> PyResult<R>,
+        f: impl FnOnce(&[f64], &[Option<String>]) -> PyResult<R>,
     ) -> PyResult<R> {
         convert::with_entity_key(key, &self.plan.spec.entity, |k| {
             let t = self.at(at)?;
@@ -176,8 +184,9 @@ impl PyEngine {
                     &mut heap
                 }
             };
-            self.features_at(py, k, t, buf, mask)?;
-            f(buf)
+            let mut texts = Vec::new();
+            self.features_at(py, k, t, buf, mask, &mut texts)?;
+            f(buf, &texts)
         })
         .py_err()?
     }
@@ -198,26 +207,38 @@ impl PyEngine {
         Ok(t)
     }
 
-    fn row_dict<'py>(&self, py: Python<'py>, values: &[f64]) -> PyResult<Bound<'py, PyDict>> {
-        row_dict(py, &self.template, &self.names, &self.plan, values)
+    fn row_dict<'py>(
+        &self,
+        py: Python<'py>,
+        values: &[f64],
+        texts: &[Option<String>],
+    ) -> PyResult<Bound<'py, PyDict>> {
+        row_dict(py, &self.template, &self.names, &self.plan, values, texts)
     }
 }
 
 /// The `get` answer as a dict (None = null) from the feature values in `plan` order: the
 /// in-process engine's and the remote reader's one builder. `template` holds every name with
-/// None; `names` are the interned feature names.
+/// None; `names` are the interned feature names; `texts` the string outputs' strings, in
+/// output order.
 pub(super) fn row_dict<'py>(
     py: Python<'py>,
     template: &Py<PyDict>,
     names: &[Py<PyString>],
     plan: &Plan,
     values: &[f64],
+    texts: &[Option<String>],
 ) -> PyResult<Bound<'py, PyDict>> {
     // A copy of the template has every key in place: each set_item below replaces a value (no
     // insertion, no resize), and the order stays the output order.
     let d = template.bind(py).copy()?;
+    let mut texts = texts.iter();
     for ((name, out), v) in names.iter().zip(&plan.outputs).zip(values) {
-        if out.integer {
+        if out.text {
+            if let Some(Some(s)) = texts.next() {
+                d.set_item(name.bind(py), s)?;
+            }
+        } else if out.integer {
             d.set_item(name.bind(py), *v as i64)?;
         } else if !v.is_nan() {
             d.set_item(name.bind(py), *v)?;
@@ -248,6 +269,7 @@ pub(super) fn features_table<'py>(
     plan: &Plan,
     keys: &[PyKey],
     cols: Vec<Vec<f64>>,
+    texts: Vec<Vec<Option<String>>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let entity = &plan.spec.entity;
     let key_arrays: Vec<ArrayRef> = if entity.is_composite() {
@@ -270,8 +292,11 @@ pub(super) fn features_table<'py>(
     } else {
         vec![key_column(keys.iter().map(PyKey::as_ref))]
     };
+    let mut texts = texts.into_iter();
     let features = cols.into_iter().zip(&plan.outputs).map(|(c, o)| {
-        if o.integer {
+        if o.text {
+            Column::Text(texts.next().unwrap_or_default())
+        } else if o.integer {
             Column::Int(ScalarBuffer::from(
                 c.iter().map(|&v| v as i64).collect::<Vec<_>>(),
             ))
@@ -322,12 +347,12 @@ impl PyEngine {
                 &self.rows,
                 row,
                 None,
-                |key, ts, zone, vals, id| {
+                |key, ts, zone, vals, id, texts| {
                     self.check_zone(zone, ts_name)?;
                     let mut meta = self.ingest_guard(py);
                     let r = self
                         .inner
-                        .ingest_one_locked(&mut meta, key, ts, vals, id)
+                        .ingest_one_with_texts(&mut meta, key, ts, vals, id, texts)
                         .py_err()?;
                     self.note_zone(zone);
                     Ok::<_, PyErr>(r)
@@ -400,7 +425,9 @@ impl PyEngine {
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         entry(Some(&self.poison), || {
-            self.with_features(py, key, at, None, |buf| self.row_dict(py, buf))
+            self.with_features(py, key, at, None, |buf, texts| {
+                self.row_dict(py, buf, texts)
+            })
         })
     }
 
@@ -422,11 +449,11 @@ impl PyEngine {
             // between taking that list and applying them (another thread), read all and retry.
             let slots = super::transforms::row_slots(py, tf, &self.plan);
             let read = |slots: Option<&Arc<super::transforms::RowSlots>>| {
-                self.with_features(py, key, at, slots.map(|s| s.mask()), |buf| {
+                self.with_features(py, key, at, slots.map(|s| s.mask()), |buf, texts| {
                     // a request time is on the engine's clock too
                     let clock = |name: &str, z: Zone| self.check_zone(z, name);
                     super::transforms::vector_with_features(
-                        py, tf, &self.plan, fields, buf, slots, &clock,
+                        py, tf, &self.plan, fields, buf, texts, slots, &clock,
                     )
                 })
             };
@@ -474,15 +501,21 @@ impl PyEngine {
                 other => vec![self.at(other)?; keys.len()],
             };
             let nf = self.plan.n_features();
+            let nt = self.plan.outputs.iter().filter(|o| o.text).count();
             let mut cols = vec![Vec::with_capacity(keys.len()); nf];
+            let mut text_cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(keys.len()); nt];
             let mut row = vec![0f64; nf];
+            let mut texts = Vec::new();
             for (k, &t) in keys.iter().zip(&times) {
-                self.features_at(py, k.as_ref(), t, &mut row, None)?;
+                self.features_at(py, k.as_ref(), t, &mut row, None, &mut texts)?;
                 for (c, v) in cols.iter_mut().zip(&row) {
                     c.push(*v);
                 }
+                for (c, s) in text_cols.iter_mut().zip(texts.drain(..)) {
+                    c.push(s);
+                }
             }
-            features_table(py, &self.plan, &keys, cols)
+            features_table(py, &self.plan, &keys, cols, text_cols)
         })
     }
 

@@ -75,13 +75,21 @@ impl PySpec {
         self.plan.spec.feature_names()
     }
 
-    /// "int64" or "float64" per feature.
+    /// "int64", "float64" or "string" (a string feature) per feature.
     #[getter]
     fn feature_dtypes(&self) -> Vec<&'static str> {
         self.plan
             .outputs
             .iter()
-            .map(|o| if o.integer { "int64" } else { "float64" })
+            .map(|o| {
+                if o.text {
+                    "string"
+                } else if o.integer {
+                    "int64"
+                } else {
+                    "float64"
+                }
+            })
             .collect()
     }
 

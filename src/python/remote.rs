@@ -251,7 +251,7 @@ impl PyRemoteReader {
     }
 
     fn row_dict<'py>(&self, py: Python<'py>, values: &[f64]) -> PyResult<Bound<'py, PyDict>> {
-        super::engine::row_dict(py, &self.template, &self.names, &self.plan, values)
+        super::engine::row_dict(py, &self.template, &self.names, &self.plan, values, &[])
     }
 }
 
@@ -270,6 +270,18 @@ impl PyRemoteReader {
     #[new]
     fn new(py: Python<'_>, spec: &Bound<'_, PySpec>, ns: String, spec_id: u64) -> PyResult<Self> {
         let plan = Arc::clone(&spec.get().plan);
+        if let Some(f) = plan
+            .spec
+            .features
+            .iter()
+            .zip(&plan.outputs)
+            .find(|(_, o)| o.text)
+        {
+            return Err(errors::to_py(Error::spec(
+                &f.0.name,
+                "is a string feature (min/max/first/last of a string_columns column): a remote reader does not serve string features yet; read it from the engine",
+            )));
+        }
         let names: Vec<Py<PyString>> = plan
             .spec
             .features
@@ -434,7 +446,10 @@ impl PyRemoteReader {
             let values: Vec<Option<&[u8]>> =
                 values.iter().map(bytes_of).collect::<PyResult<_>>()?;
             let (cols, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
-            Ok((engine::features_table(py, &self.plan, &keys, cols)?, wms))
+            Ok((
+                engine::features_table(py, &self.plan, &keys, cols, Vec::new())?,
+                wms,
+            ))
         })
     }
 
@@ -467,6 +482,7 @@ impl PyRemoteReader {
                 &self.plan,
                 fields,
                 &buf,
+                &[],
                 Some(&slots),
                 &clock,
             )? {
@@ -475,7 +491,14 @@ impl PyRemoteReader {
                     // the transforms were refit meanwhile: every feature, then apply
                     self.evaluate(k, t, zone, v, &mut buf, None)?;
                     super::transforms::vector_with_features(
-                        py, tf, &self.plan, fields, &buf, None, &clock,
+                        py,
+                        tf,
+                        &self.plan,
+                        fields,
+                        &buf,
+                        &[],
+                        None,
+                        &clock,
                     )?
                     .ok_or_else(|| {
                         errors::to_py(Error::Query(
@@ -557,7 +580,10 @@ impl PyRemoteReader {
             }
             let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
             let (cols, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
-            Ok((engine::features_table(py, &self.plan, &keys, cols)?, wms))
+            Ok((
+                engine::features_table(py, &self.plan, &keys, cols, Vec::new())?,
+                wms,
+            ))
         })
     }
 

@@ -304,14 +304,17 @@ pub(crate) fn row_values<'a, 'py>(
 }
 
 /// `OnlineEngine.vector` after the window read: the engine's features `feats` (in `plan`
-/// order) and the request row `fields` through the one-row driver, into a new numpy vector.
+/// order; `texts`: the strings of its string features, in their order: each enters as a str,
+/// or None) and the request row `fields` through the one-row driver, into a new numpy vector.
 /// Same checks, order and messages as [`apply_one`] with the features as presets.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn vector_with_features<'py>(
     py: Python<'py>,
     tf: &PyTransforms,
     plan: &Arc<Plan>,
     fields: Option<&Bound<'py, PyAny>>,
     feats: &[f64],
+    texts: &[Option<String>],
     expect: Option<&Arc<RowSlots>>,
     clock: &dyn Fn(&str, Zone) -> PyResult<()>,
 ) -> PyResult<Option<Bound<'py, PyArray1<f64>>>> {
@@ -358,6 +361,15 @@ pub(crate) fn vector_with_features<'py>(
                         "vector: engine features and plan disagree",
                     ));
                 };
+                if o.text {
+                    // a string feature enters as a str (or None), as a request field would
+                    let k = plan.outputs.iter().take(*j).filter(|o| o.text).count();
+                    match texts.get(k) {
+                        Some(Some(s)) => objs.push(Ok(PyString::new(py, s).into_any())),
+                        _ => objs.push(Ok(py.None().into_bound(py))),
+                    }
+                    continue;
+                }
                 objs.push(Err((v, o.integer)));
                 continue;
             }

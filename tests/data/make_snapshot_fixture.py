@@ -57,7 +57,12 @@ def feature_set():
             rtml.quantile("amount", 0.5, window="2h", hop="15m"),
             rtml.distinct_count("merchant", window="2h", hop="15m"),
             rtml.last("amount", window="2h", hop="15m"),
+            # format 4 on: strings (a key's state keeps the strings of its rows)
+            rtml.last("merchant", window="6h"),
+            rtml.min("merchant", window="24h"),
+            rtml.first("merchant", window="1h"),
         ],
+        string_columns=["merchant"],
     )
 
 
@@ -69,7 +74,7 @@ def events(rng: random.Random, n: int, t0: int, t1: int, n_keys: int):
                 "user": rng.randrange(n_keys),
                 "ts": rng.randrange(t0, t1),
                 "amount": None if rng.random() < 0.1 else round(rng.uniform(-20, 500), 2),
-                "merchant": f"m{rng.randrange(12)}",
+                "merchant": None if rng.random() < 0.05 else f"m{rng.randrange(12)}",
             }
         )
     return rows
@@ -178,8 +183,8 @@ def main() -> None:
     print(f"wrote {snap} ({os.path.getsize(snap)} bytes) and its JSON", file=sys.stderr)
 
 
-# stats that are not counters: an estimate, and the watermark again as text
-DERIVED = ("state_bytes", "watermark_iso")
+# stats that are not snapshot state: an estimate, the watermark again as text, a per-object count
+DERIVED = ("state_bytes", "watermark_iso", "null_keys_skipped")
 
 
 def _stats_before(snap):

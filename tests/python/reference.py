@@ -19,6 +19,9 @@ answer with the reference answer using the tolerances of the test contract:
 * sum: exact (== math.fsum of the window's values)
 * min / max: exact, float bits included (IEEE total order, -0.0 < 0.0)
 * first / last: exact (==)
+* min / max / first / last of a string column (``Feat(text=True)``): the same str; strings
+  compare by their UTF-8 bytes (Unicode code point order), first / last ties: the smallest /
+  largest string
 * mean / var / std: relative error <= 1e-12
 * quantile: relative error <= 2**-8 of the nearest-rank value, exact when it is 0;
   for a subnormal value, absolute error <= 2**-1030 with the right sign
@@ -75,6 +78,7 @@ class Feat:
     q          quantile level (quantile only)
     half_life  half-life in ns (decayed_sum only)
     name       output column name
+    text       min / max / first / last of a string column (FeatureSet string_columns)
     """
 
     agg: str
@@ -83,6 +87,7 @@ class Feat:
     q: Optional[float] = None
     half_life: Optional[int] = None
     name: str = ""
+    text: bool = False
 
     @property
     def is_int(self) -> bool:
@@ -165,6 +170,9 @@ def aggregate(feat: Feat, events: Sequence[dict], t: int, ts_field: str = "ts"):
                 out.add(("f", as_float(v)))
         return len(out)
 
+    if feat.text and agg in ("min", "max", "first", "last"):
+        return _text_aggregate(feat, events, ts_field)
+
     if agg == "first" or agg == "last":
         pairs = [(e[ts_field], as_float(e[feat.col])) for e in events if not is_null(e.get(feat.col))]
         if not pairs:
@@ -212,6 +220,28 @@ def aggregate(feat: Feat, events: Sequence[dict], t: int, ts_field: str = "ts"):
         return ys[quantile_rank(feat.q, n) - 1]
 
     raise ValueError(f"unknown aggregation {agg!r}")
+
+
+def utf8_key(s: str) -> bytes:
+    """Strings order by their UTF-8 bytes (= Unicode code point order)."""
+    return s.encode("utf-8")
+
+
+def _text_aggregate(feat: Feat, events: Sequence[dict], ts_field: str):
+    pairs = [(e[ts_field], e[feat.col]) for e in events if not is_null(e.get(feat.col))]
+    for _, v in pairs:
+        assert isinstance(v, str), v
+    if not pairs:
+        return None
+    if feat.agg == "min":
+        return min((v for _, v in pairs), key=utf8_key)
+    if feat.agg == "max":
+        return max((v for _, v in pairs), key=utf8_key)
+    if feat.agg == "first":
+        t0 = min(p[0] for p in pairs)
+        return min((v for ts, v in pairs if ts == t0), key=utf8_key)
+    t1 = max(p[0] for p in pairs)
+    return max((v for ts, v in pairs if ts == t1), key=utf8_key)
 
 
 def _sqrt_fraction(v: Fraction) -> float:
@@ -327,6 +357,10 @@ def check_value(feat: Feat, got, want, scale: float = 0.0):
         return f"expected {want!r}, got null"
 
     agg = feat.agg
+    if feat.text:
+        if not isinstance(got, str):
+            return f"expected a str, got {type(got).__name__} {got!r}"
+        return None if got == want else f"expected {want!r}, got {got!r}"
     if feat.is_int:
         if isinstance(got, bool) or not isinstance(got, int):
             return f"expected an int, got {type(got).__name__} {got!r}"

@@ -103,6 +103,7 @@ fn offline(plan: &Plan, evs: &[Ev], qs: &[(i64, i64)]) -> Vec<Vec<f64>> {
                 .map(|c| match c {
                     FeatureColumn::Int(v) => v[r] as f64,
                     FeatureColumn::Float(v) => v[r],
+                    FeatureColumn::Text(_) => f64::NAN,
                 })
                 .collect()
         })

@@ -4,5 +4,6 @@ mod exact;
 mod fuzz_regressions;
 mod learn;
 mod monitor;
+mod strings;
 mod transforms;
 mod wal;
