@@ -36,6 +36,7 @@ _core._init_exceptions(RtmlError, SpecError, SchemaError, QueryError, SnapshotEr
 
 from . import (
     learn,  # noqa: E402
+    monitor,  # noqa: E402  (rtml.monitor after `import rtml`: about 7 ms of the import)
     outofcore,  # noqa: E402  (rtml.outofcore.backfill; rtml.spark is imported on use)
     parity,  # noqa: E402  (rtml.parity.check after `import rtml`)
     sources,  # noqa: E402
@@ -104,6 +105,7 @@ __all__ = [
     "sources",
     "learn",
     "parity",
+    "monitor",
     "Feature",
     "OnlineEngine",
     "IngestReport",

@@ -81,7 +81,7 @@ proptest! {
         let arrived: Vec<_> = keyed.iter().map(|&(_, i)| rows[i]).collect();
 
         let spec = TriggerSpec { metric: Metric::Psi, column: 0, above: 0.5, below: 0.2,
-            for_: 0, cooldown: 0, min_samples: 1 };
+            for_: 0, cooldown: 0, min_samples: 1, low: false };
         let run = |order: &[(i64, f64, Option<&str>)]| {
             let mut m = Monitor::new(r.clone(), STEP, STEP, lateness).unwrap();
             m.add_trigger(spec.clone()).unwrap();
@@ -149,6 +149,7 @@ fn a_shift_fires_once_and_a_stable_replay_never() {
         for_: 30,
         cooldown: 1000,
         min_samples: 100,
+        low: false,
     };
     let replay = |shift_at: Option<i64>| {
         let mut m = Monitor::new(r.clone(), 60, 10, 5).unwrap();
@@ -211,6 +212,7 @@ fn the_state_document_continues_exactly() {
         for_: 0,
         cooldown: 0,
         min_samples: 1,
+        low: false,
     };
     let mut a = Monitor::new(r.clone(), 20, 10, 5).unwrap();
     a.add_trigger(spec).unwrap();
