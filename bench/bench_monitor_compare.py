@@ -3,6 +3,7 @@ categorical) against an N-row reference, with rtml.monitor, Evidently, NannyML a
 same data; wall time and peak memory of each, one child process per tool.
 
     python3 bench/bench_monitor_compare.py [--rows 1000000] [--tools rtml,evidently,nannyml,whylogs]
+        [--python evidently=/path/to/venv/bin/python ...]
 
 (with the rtml to measure importable, e.g. PYTHONPATH pointing at a release build; the other
 tools from the `bench` extra). The data is the one of bench/bench_monitor.py (reference: seed 1,
@@ -86,9 +87,17 @@ def run_rtml(ref_path: str, cur_path: str) -> dict[str, Any]:
     cols = NUMERIC + CATEGORICAL
 
     def report() -> Any:
+        t0 = time.perf_counter()
         ref = rm.Reference.fit(ref_t, cols)
+        t1 = time.perf_counter()
         rep = rm.report(ref, cur_t)
-        return {"rows": rep.num_rows, "psi_x0": round(rep.column("psi")[0].as_py(), 4)}
+        t2 = time.perf_counter()
+        return {
+            "fit_s": round(t1 - t0, 3),
+            "report_s": round(t2 - t1, 3),
+            "rows": rep.num_rows,
+            "psi_x0": round(rep.column("psi")[0].as_py(), 4),
+        }
 
     out = measured(report)
     out["version"] = rtml.__version__ + (" (debug build)" if rtml._debug_build() else "")
@@ -177,7 +186,12 @@ def run_whylogs(ref_path: str, cur_path: str) -> dict[str, Any]:
     return out
 
 
-TOOLS = {"rtml": run_rtml, "evidently": run_evidently, "nannyml": run_nannyml, "whylogs": run_whylogs}
+TOOLS = {
+    "rtml": run_rtml,
+    "evidently": run_evidently,
+    "nannyml": run_nannyml,
+    "whylogs": run_whylogs,
+}
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -202,6 +216,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="TOOL=PATH",
+        help="run TOOL's child with another interpreter (e.g. a venv where it imports)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--ref", help=argparse.SUPPRESS)
     ap.add_argument("--cur", help=argparse.SUPPRESS)
@@ -209,12 +230,22 @@ def main() -> None:
     if args.child:
         print(json.dumps(TOOLS[args.child](args.ref, args.cur)))
         return
+    pythons = dict(x.split("=", 1) for x in args.python)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d:
         ref, cur = write_data(args.rows, Path(d))
         for tool in args.tools.split(","):
             p = subprocess.run(
-                [sys.executable, __file__, "--child", tool, "--ref", ref, "--cur", cur],
+                [
+                    pythons.get(tool, sys.executable),
+                    __file__,
+                    "--child",
+                    tool,
+                    "--ref",
+                    ref,
+                    "--cur",
+                    cur,
+                ],
                 capture_output=True,
                 text=True,
                 env={**os.environ, "PYTHONWARNINGS": "ignore"},
@@ -226,7 +257,9 @@ def main() -> None:
             print(tool, json.dumps(results[tool]), flush=True)
     print()
     print(f"{args.rows:,} rows x 12 columns against a {args.rows:,}-row reference")
-    print("| tool | version | time (s) | RSS with both tables (MB) | peak RSS (MB) | peak added by the report (MB) |")
+    print(
+        "| tool | version | time (s) | RSS with both tables (MB) | peak RSS (MB) | peak added by the report (MB) |"
+    )
     print("|---|---|---|---|---|---|")
     for tool, r in results.items():
         if "error" in r:

@@ -200,6 +200,13 @@ class Skew:
                 raise SchemaError(f"column '{f}': expected numbers ({e})") from None
         take = sampled(keys, self.rate)
         key_list = keys.to_pylist()
+        if key_list:
+            # the engine refuses a key of the wrong type or an instant of the other clock kind
+            # (naive / tz-aware): ask it once now, before anything changes
+            try:
+                self.engine.get(key_list[0], at=self._arg(ns[0], clock))
+            except QueryError:
+                pass  # a valid query the state can no longer answer
         # everything checked: now change state
         if clock is not None:
             self._clock = clock
@@ -208,7 +215,9 @@ class Skew:
         for i in np.flatnonzero(take).tolist():
             self._seq += 1
             row = {f: values[f][i] for f in feats}
-            heapq.heappush(self._pending, (ns[i], self._seq, key_list[i], self._arg(ns[i]), row))
+            heapq.heappush(
+                self._pending, (ns[i], self._seq, key_list[i], self._arg(ns[i], clock), row)
+            )
             n += 1
         self.rows_sampled += n
         while len(self._pending) > self.max_pending:
@@ -238,11 +247,11 @@ class Skew:
             return [int(v) * self._unit_ns for v in col.to_pylist()], None
         raise SchemaError(f"column '{self.at}': expected timestamps or integers, got {typ}")
 
-    def _arg(self, ns: int) -> Any:
+    def _arg(self, ns: int, clock: Optional[str]) -> Any:
         """The instant as the engine reads it (exact ns; the clock kind of the served rows)."""
-        if self._clock == "aware":
+        if clock == "aware":
             return str(np.datetime_as_string(np.datetime64(ns, "ns"), unit="ns")) + "+00:00"
-        if self._clock == "naive":
+        if clock == "naive":
             return np.datetime64(ns, "ns")
         return ns // (self._unit_ns or 1)
 

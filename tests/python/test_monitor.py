@@ -926,4 +926,10 @@ def test_skew_bad_input_is_typed() -> None:
         skew.observe({"key": 1, "at": at, "x": 1.0})
     with pytest.raises(rtml.SchemaError, match="'s'"):
         skew.observe({"key": 1, "at": at, "s": "text"})
+    eng.ingest({"k": [1], "ts": [at], "v": [1.0]})
+    with pytest.raises(rtml.SchemaError, match="naive"):  # the engine's clock is tz-aware
+        skew.observe({"key": 1, "at": dt.datetime(2024, 1, 1), "s": 1.0})
+    with pytest.raises(rtml.SchemaError):  # a string key for an integer entity
+        skew.observe({"key": "one", "at": at, "s": 1.0})
     assert skew.stats()["rows_seen"] == 0 and skew.pending == 0
+    assert skew.observe({"key": 1, "at": at + pd.Timedelta("1s"), "s": 1.0}) == 1
