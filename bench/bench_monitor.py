@@ -59,6 +59,9 @@ def false_alarms(windows: int = 2000, per_window: int = 1000) -> dict:
         "psi>0.2": rm.Trigger("psi", "x0", above=0.2),
         "js>0.1": rm.Trigger("js", "x0", above=0.1),
         "ks>0.1": rm.Trigger("ks", "x0", above=0.1),
+        "ks_pvalue<0.05": rm.Trigger("ks_pvalue", "x0", below=0.05),
+        "ks_pvalue<0.001": rm.Trigger("ks_pvalue", "x0", below=0.001),
+        "ks_pvalue<1e-6": rm.Trigger("ks_pvalue", "x0", below=1e-6),
     }
     one = rm.Reference.fit(pa.table({"x0": rng.normal(size=1_000_000)}))
     mon = rm.Monitor(one, window=1000, timestamp="t", triggers=list(triggers.values()))

@@ -495,8 +495,10 @@ class Monitoring:
             for t in self.monitor.triggers:
                 t.callback = self._fire
         else:
-            triggers = [rm.Trigger(t["metric"], t["column"], above=t["above"], below=t.get("below"),
-                                   for_=t.get("for_", 0), cooldown=t.get("cooldown", 0),
+            # "above" (high is bad, leaving at "below" / "clear") or "below" alone (low is bad:
+            # p-values, leaving at "clear")
+            triggers = [rm.Trigger(t["metric"], t["column"], above=t.get("above"), below=t.get("below"),
+                                   clear=t.get("clear"), for_=t.get("for_", 0), cooldown=t.get("cooldown", 0),
                                    min_samples=t.get("min_samples", 1), callback=self._fire)
                         for t in cfg.get("triggers", [])]
             self.monitor = rm.Monitor(self.reference, window=cfg["window"], timestamp="at",
@@ -528,8 +530,8 @@ class Monitoring:
             closed, end = None, None
         return {"window": self.config["window"], "last_closed_window_end": None if end is None else _iso(end),
                 "values": closed, "stats": self.monitor.stats(),
-                "triggers": [{"metric": t.metric, "column": t.column, "above": t.above, "below": t.below,
-                              "alerting": t.alerting, **t.counters} for t in self.monitor.triggers],
+                "triggers": [{"metric": t.metric, "column": t.column, "direction": t.direction, "above": t.above,
+                              "below": t.below, "alerting": t.alerting, **t.counters} for t in self.monitor.triggers],
                 "fired": list(self.fired)}
 
 

@@ -7,7 +7,10 @@
   batch report), and :func:`plot` (a heatmap of one metric by column and period).
 * :class:`Monitor`: the same metrics online, over event-time windows ``[t - W, t)`` with
   allowed lateness, in O(bins) memory per column per window, with :class:`Trigger` s that fire
-  Python callbacks once on entering and once on leaving an alert state.
+  Python callbacks once on entering and once on leaving an alert state (high-is-bad metrics
+  with ``above=``, p-values with ``below=``).
+* :class:`Skew`: the sampled continuous train/serve skew check (served vectors recomputed from
+  the event stream by an online engine, compared bit for bit).
 
 Both paths run one Rust implementation on binned counts: for the same rows, the online
 monitor's window and the report's period hold the same numbers, bit for bit.
@@ -39,12 +42,16 @@ import numpy as np
 import pyarrow as pa
 
 from . import _core
-from .exceptions import QueryError, SchemaError, SnapshotError, SpecError
+from ._skew import Skew, SkewMismatch, sampled
+from .exceptions import NotFittedError, QueryError, SchemaError, SnapshotError, SpecError
 from .learn import Duration, Instant, _Clock, _duration_ns
 from .transforms import _table
 
 __all__ = [
     "Reference",
+    "Skew",
+    "SkewMismatch",
+    "sampled",
     "report",
     "plot",
     "Monitor",
@@ -96,6 +103,33 @@ def _is_number(t: pa.DataType) -> bool:
     return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t))
 
 
+def _vocabularies(transforms: Any, columns: Sequence[str]) -> dict[str, list[str]]:
+    """``{input column: vocabulary}`` of the fitted one_hot / ordinal steps of `transforms`
+    that encode one of `columns`."""
+    if transforms is None:
+        return {}
+    from .transforms import Transforms
+
+    if not isinstance(transforms, Transforms):
+        raise SpecError(f"transforms: expected a rtml.Transforms, got {type(transforms).__name__}")
+    if not transforms.is_fitted:
+        raise NotFittedError("transforms: not fitted: call fit(table) first")
+    wanted = set(columns)
+    out: dict[str, list[str]] = {}
+    for step in json.loads(transforms.to_json())["steps"]:
+        if step.get("op") not in ("one_hot", "ordinal") or step.get("column") not in wanted:
+            continue
+        vocab = [str(v) for v in step["vocabulary"]]
+        col = step["column"]
+        if col in out and out[col] != vocab:
+            raise SpecError(
+                f"transforms: column '{col}' is encoded by two steps with different "
+                "vocabularies; monitor one of them (fit a reference per encoder)"
+            )
+        out[col] = vocab
+    return out
+
+
 class Reference:
     """A fitted reference distribution: what a monitor compares live rows with.
 
@@ -124,6 +158,7 @@ class Reference:
         max_categories: int = 1000,
         exclude: Sequence[str] = (),
         feature_set: Any = None,
+        transforms: Any = None,
     ) -> "Reference":
         """Fit on `table` (pyarrow / pandas / polars / dict of columns / Parquet path).
 
@@ -133,6 +168,21 @@ class Reference:
         infinite value raises ``rtml.SchemaError``. String columns: the `max_categories` most
         frequent categories, the rest in an "other" bucket. `feature_set`: the
         ``rtml.FeatureSet`` the reference belongs to (checked by :meth:`from_json`).
+
+        `transforms`: a fitted ``rtml.Transforms``. Each monitored column that a ``one_hot`` or
+        ``ordinal`` step encodes takes that step's fitted vocabulary as its categories (in the
+        vocabulary's order, `max_categories` not applied), so ``unseen_rate`` is the share of
+        values the model's encoder has never seen (they fall in its ``__other__`` / last
+        index). Two steps with different vocabularies on one column raise ``rtml.SpecError``.
+
+        >>> import rtml, rtml.monitor as rm
+        >>> train = {"c": ["a", "a", "b", "rare"]}
+        >>> tf = rtml.Transforms([rtml.one_hot("c", min_frequency=2)]).fit(train)
+        >>> ref = rm.Reference.fit(train, transforms=tf)
+        >>> ref.column("c")["categories"], ref.column("c")["counts"]
+        (['a'], [2, 2])
+        >>> ref.compare({"c": ["a", "b", "b", "z"]})["c"]["unseen_rate"]
+        0.75
         """
         t = _table(table, "reference table")
         if columns is None:
@@ -152,9 +202,15 @@ class Reference:
         for name, value in (("bins", bins), ("max_categories", max_categories)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(f"{name}: expected an int >= 1, got {value!r}")
+        vocabularies = _vocabularies(transforms, columns)
         return cls._wrap(
             _core.Reference.fit(
-                t, list(columns), int(bins), int(max_categories), _feature_set_id(feature_set)
+                t,
+                list(columns),
+                int(bins),
+                int(max_categories),
+                _feature_set_id(feature_set),
+                vocabularies,
             )
         )
 
@@ -333,14 +389,41 @@ class TriggerEvent(NamedTuple):
 
 
 class Trigger:
-    """Fire a callback when `metric` of `column` goes above `above` (once on entering the
-    alert state) and when it comes back to `below` or under (once on leaving).
+    """Fire a callback once on entering an alert state and once on leaving it, on the closed
+    windows of a :class:`Monitor`.
+
+    Two directions:
+
+    * **High is bad** (``above=``; drift statistics such as ``psi``, ``js``, ``ks``): a window
+      breaches when its value is ``> above`` and clears when it is ``<= clear`` (`clear`
+      defaults to `above`; a lower one is a hysteresis band). ``above=a, below=b`` is the same
+      as ``above=a, clear=b`` (the band's two edges).
+    * **Low is bad** (``below=`` alone; p-values such as ``ks_pvalue``, ``chi2_pvalue``): a
+      window breaches when its value is ``< below`` and clears when it is ``>= clear`` (`clear`
+      defaults to `below`; a higher one is the band).
 
     `for_`: the condition must hold on every closed window for at least this much event time
     (from the end of the first window of the run); `cooldown`: no second "enter" within this
     time of the previous one; `min_samples`: windows with fewer non-null values are not
-    evaluated (nor are windows whose metric is null). `callback(event)` receives a
-    :class:`TriggerEvent`. Durations: ``"10m"``, ``"1h"``, int ns or timedelta.
+    evaluated, nor are windows whose metric is null (an empty window never fires a p-value
+    trigger). `callback(event)` receives a :class:`TriggerEvent`. Durations: ``"10m"``,
+    ``"1h"``, int ns or timedelta.
+
+    Attributes: `direction` (``"above"`` or ``"below"``), and the band's edges `above` (the
+    larger) and `below` (the smaller): high is bad enters above `above` and leaves at `below`
+    or under; low is bad enters under `below` and leaves at `above` or over.
+
+    >>> import pyarrow as pa, rtml.monitor as rm
+    >>> ref = rm.Reference.fit(pa.table({"x": [float(i % 10) for i in range(1000)]}))
+    >>> t = rm.Trigger("ks_pvalue", "x", below=0.001, clear=0.01)
+    >>> t.direction, t.below, t.above
+    ('below', 0.001, 0.01)
+    >>> mon = rm.Monitor(ref, window=10, timestamp="t", triggers=[t])
+    >>> _ = mon.update({"x": [9.0] * 10, "t": list(range(50, 60))})  # nothing before t=50
+    >>> [(e.kind, e.window_end) for e in mon.update({"x": [1.0], "t": [70]})]
+    [('enter', 60)]
+    >>> t.counters["evaluated"]  # the empty windows [0, 50) were never compared
+    1
     """
 
     __slots__ = (
@@ -348,6 +431,7 @@ class Trigger:
         "column",
         "above",
         "below",
+        "direction",
         "for_",
         "cooldown",
         "min_samples",
@@ -361,8 +445,9 @@ class Trigger:
         metric: str,
         column: str,
         *,
-        above: float,
+        above: Optional[float] = None,
         below: Optional[float] = None,
+        clear: Optional[float] = None,
         for_: Duration = 0,
         cooldown: Duration = 0,
         min_samples: int = 1,
@@ -370,19 +455,42 @@ class Trigger:
     ) -> None:
         if metric not in METRICS:
             raise SpecError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
-        for name, v in (("above", above), ("below", below)):
+        for name, v in (("above", above), ("below", below), ("clear", clear)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise SpecError(f"{name}: expected a number, got {type(v).__name__}")
+            if v is not None and not math.isfinite(v):
+                raise SpecError(f"{name}: expected a finite number, got {v!r}")
         if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 0:
             raise SpecError(f"min_samples: expected an int >= 0, got {min_samples!r}")
         if callback is not None and not callable(callback):
             raise SpecError("callback: expected a callable")
         self.metric = metric
         self.column = column
-        self.above = float(above)
-        self.below = self.above if below is None else float(below)
-        if not (math.isfinite(self.above) and math.isfinite(self.below)) or self.below > self.above:
-            raise SpecError(f"below: expected finite numbers with below <= above, got {below!r}")
+        if above is not None:
+            if below is not None and clear is not None:
+                raise SpecError("clear: give below= or clear= with above=, not both")
+            leave = below if below is not None else clear
+            self.direction = "above"
+            self.above = float(above)
+            self.below = self.above if leave is None else float(leave)
+            if self.below > self.above:
+                raise SpecError(
+                    f"clear: a high-is-bad trigger leaves at or under a value <= above "
+                    f"({self.above}), got {self.below}"
+                )
+        elif below is not None:
+            self.direction = "below"
+            self.below = float(below)
+            self.above = self.below if clear is None else float(clear)
+            if self.above < self.below:
+                raise SpecError(
+                    f"clear: a low-is-bad trigger leaves at or over a value >= below "
+                    f"({self.below}), got {self.above}"
+                )
+        else:
+            raise SpecError(
+                "above / below: give above= (high is bad) or below= (low is bad, p-values)"
+            )
         self.for_ = _duration_ns(for_, "for_")
         self.cooldown = _duration_ns(cooldown, "cooldown")
         self.min_samples = int(min_samples)
@@ -415,8 +523,12 @@ class Trigger:
         return bool(self._stats()["alerting"])
 
     def __repr__(self) -> str:
+        if self.direction == "above":
+            band = f"above={self.above}, clear={self.below}"
+        else:
+            band = f"below={self.below}, clear={self.above}"
         return (
-            f"Trigger({self.metric!r}, {self.column!r}, above={self.above}, below={self.below}, "
+            f"Trigger({self.metric!r}, {self.column!r}, {band}, "
             f"for_={self.for_}, cooldown={self.cooldown}, min_samples={self.min_samples})"
         )
 
@@ -498,6 +610,7 @@ class Monitor:
             trigger.for_,
             trigger.cooldown,
             trigger.min_samples,
+            trigger.direction == "below",
         )
         trigger._monitor = self
         self.triggers.append(trigger)
@@ -612,14 +725,15 @@ class Monitor:
         self.triggers = []
         doc = json.loads(text)["monitor"]
         self.window, self.step = int(doc["window"]), int(doc["step"])
-        for i, (metric, column, above, below, for_, cooldown, min_samples) in enumerate(
+        for i, (metric, column, above, below, for_, cooldown, min_samples, low) in enumerate(
             m.trigger_specs()
         ):
             trig = Trigger(
                 metric,
                 column,
-                above=above,
-                below=below,
+                above=None if low else above,
+                below=below if low else None,
+                clear=above if low else below,
                 for_=for_,
                 cooldown=cooldown,
                 min_samples=min_samples,

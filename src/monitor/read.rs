@@ -5,6 +5,8 @@
 //! infinities are values outside any reference's range). Categorical columns: strings (utf8,
 //! large, view or dictionary-encoded). The time column: timestamps, dates or int64 ns.
 
+use std::collections::HashMap;
+
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use rayon::prelude::*;
@@ -98,13 +100,16 @@ pub fn monitorable(dt: &DataType) -> Option<bool> {
 }
 
 /// Fit a reference on `batches` for the named columns (each: numeric or categorical by its
-/// Arrow type). Columns are fitted in parallel.
+/// Arrow type). Columns are fitted in parallel. A column named in `vocabularies` (a fitted
+/// encoder's categories) must be categorical: its known categories are that vocabulary
+/// instead of its most frequent values.
 pub fn fit(
     batches: &[RecordBatch],
     columns: &[String],
     bins: usize,
     max_categories: usize,
     feature_set: Option<String>,
+    vocabularies: &HashMap<String, Vec<String>>,
 ) -> Result<Reference> {
     if bins == 0 {
         return Err(Error::spec("bins", "must be >= 1"));
@@ -116,7 +121,7 @@ pub fn fit(
     let fitted: Vec<Result<ColumnRef>> = crate::pool::install(|| {
         columns
             .par_iter()
-            .map(|name| fit_column(batches, name, bins, max_categories))
+            .map(|name| fit_column(batches, name, bins, max_categories, vocabularies.get(name)))
             .collect()
     });
     let cols = fitted.into_iter().collect::<Result<Vec<_>>>()?;
@@ -128,6 +133,7 @@ fn fit_column(
     name: &str,
     bins: usize,
     max_categories: usize,
+    vocabulary: Option<&Vec<String>>,
 ) -> Result<ColumnRef> {
     let mut kind = None;
     for b in batches {
@@ -152,7 +158,13 @@ fn fit_column(
         }
         kind = Some(k);
     }
-    if kind.unwrap_or(true) {
+    if vocabulary.is_some() && kind == Some(true) {
+        return Err(Error::schema(
+            name,
+            "has an encoder vocabulary (one_hot / ordinal) but holds numbers: expected strings",
+        ));
+    }
+    if kind.unwrap_or(vocabulary.is_none()) {
         let mut v = Vec::new();
         for b in batches {
             v.extend(numbers(column(b, name)?, name)?);
@@ -186,7 +198,10 @@ fn fit_column(
             })
         });
         let values = values.chain(std::iter::repeat_n(None, null_rows));
-        ColumnRef::fit_categorical(name, values, max_categories)
+        match vocabulary {
+            Some(known) => ColumnRef::fit_categorical_known(name, values, known),
+            None => ColumnRef::fit_categorical(name, values, max_categories),
+        }
     }
 }
 

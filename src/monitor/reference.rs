@@ -173,6 +173,43 @@ impl ColumnRef {
         Ok(col)
     }
 
+    /// Fit a categorical column whose known categories are given (a fitted encoder's
+    /// vocabulary, in its order): the counts of each in `values`, every other value in the
+    /// "other" bucket (so the unseen rate counts values the encoder has never seen).
+    pub fn fit_categorical_known<'a>(
+        name: &str,
+        values: impl Iterator<Item = Option<&'a str>>,
+        known: &[String],
+    ) -> Result<ColumnRef> {
+        let mut col = ColumnRef::Categorical {
+            name: name.to_string(),
+            categories: known.to_vec(),
+            counts: vec![0; known.len() + 1],
+            nulls: 0,
+            index: HashMap::new(),
+        };
+        col.validate()?;
+        col.build_index();
+        let mut codes = vec![0u64; known.len() + 1];
+        let mut null_count = 0u64;
+        for v in values {
+            match v {
+                Some(s) => {
+                    let c = (col.category_code(s) & !OUT_OF_RANGE) as usize;
+                    if let Some(slot) = codes.get_mut(c) {
+                        *slot += 1;
+                    }
+                }
+                None => null_count += 1,
+            }
+        }
+        if let ColumnRef::Categorical { counts, nulls, .. } = &mut col {
+            *counts = codes;
+            *nulls = null_count;
+        }
+        Ok(col)
+    }
+
     fn build_index(&mut self) {
         if let ColumnRef::Categorical {
             categories, index, ..

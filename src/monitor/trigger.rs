@@ -4,6 +4,8 @@
 //!
 //! * A window **breaches** when its value is `> above`; it **clears** when its value is
 //!   `<= below` (`below` defaults to `above`; a lower `below` is a hysteresis band).
+//! * With `low` (metrics where low is bad: p-values) the band is read the other way: a window
+//!   breaches when its value is `< below` and clears when it is `>= above`.
 //! * Entering: the trigger fires `Enter` at the window ending at `t` when every evaluated
 //!   window from the first breaching one of the current run (ending at `t0`) to `t` breached
 //!   and `t - t0 >= for_` (`for_ = 0`: the first breaching window fires), unless the previous
@@ -33,6 +35,13 @@ pub struct TriggerSpec {
     /// ns
     pub cooldown: i64,
     pub min_samples: u64,
+    /// Low is bad: breach when `value < below`, clear when `value >= above`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub low: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl TriggerSpec {
@@ -104,10 +113,11 @@ impl Trigger {
             return None;
         }
         self.counters.evaluated += 1;
-        let toward = if self.alerting {
-            v <= self.spec.below
-        } else {
-            v > self.spec.above
+        let toward = match (self.alerting, self.spec.low) {
+            (false, false) => v > self.spec.above,
+            (true, false) => v <= self.spec.below,
+            (false, true) => v < self.spec.below,
+            (true, true) => v >= self.spec.above,
         };
         if !toward {
             self.run_since = None;
@@ -151,6 +161,7 @@ mod tests {
             for_,
             cooldown,
             min_samples: 10,
+            low: false,
         }
     }
 
@@ -178,5 +189,28 @@ mod tests {
                 suppressed: 1
             }
         );
+    }
+
+    #[test]
+    fn low_is_bad_mirrors_the_band() {
+        // p-value trigger: enter under 0.01, leave at 0.05 or more
+        let mut t = Trigger::new(TriggerSpec {
+            metric: Metric::KsPvalue,
+            column: 0,
+            above: 0.05,
+            below: 0.01,
+            for_: 0,
+            cooldown: 0,
+            min_samples: 1,
+            low: true,
+        })
+        .unwrap();
+        assert_eq!(t.observe(10, Some(0.5), 50), None);
+        assert_eq!(t.observe(20, None, 0), None); // empty window: skipped, never 0
+        assert_eq!(t.observe(30, Some(0.01), 50), None); // not < 0.01
+        assert_eq!(t.observe(40, Some(0.001), 50), Some(Transition::Enter));
+        assert_eq!(t.observe(50, Some(0.03), 50), None); // inside the band
+        assert_eq!(t.observe(60, Some(0.05), 50), Some(Transition::Leave));
+        assert_eq!(t.counters.skipped, 1);
     }
 }

@@ -51,7 +51,8 @@ pub struct MonitorStats {
 }
 
 /// The version of the monitor state document (`Monitor::to_json`).
-pub const MONITOR_STATE_VERSION: u32 = 1;
+/// 2: a trigger may be `low` (low is bad); version 1 documents are read (no low triggers).
+pub const MONITOR_STATE_VERSION: u32 = 2;
 
 /// The online drift monitor.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -3,6 +3,8 @@
 //! Arrow, durations into nanoseconds and the report into a table, and calls the triggers'
 //! callbacks; this layer only converts and calls.
 
+use std::collections::HashMap;
+
 use numpy::IntoPyArray;
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::prelude::*;
@@ -68,9 +70,10 @@ pub struct PyReference {
 
 #[pymethods]
 impl PyReference {
-    /// Fit on `table` for `columns` (numeric: quantile bins; string: categories).
+    /// Fit on `table` for `columns` (numeric: quantile bins; string: categories, or the given
+    /// encoder `vocabularies` per column).
     #[staticmethod]
-    #[pyo3(signature = (table, columns, bins=20, max_categories=1000, feature_set=None))]
+    #[pyo3(signature = (table, columns, bins=20, max_categories=1000, feature_set=None, vocabularies=None))]
     fn fit(
         py: Python<'_>,
         table: PyTable,
@@ -78,11 +81,20 @@ impl PyReference {
         bins: usize,
         max_categories: usize,
         feature_set: Option<String>,
+        vocabularies: Option<HashMap<String, Vec<String>>>,
     ) -> PyResult<PyReference> {
         entry(None, || {
             let (batches, _) = table.into_inner();
+            let vocabularies = vocabularies.unwrap_or_default();
             let inner = detached(py, || {
-                fit(&batches, &columns, bins, max_categories, feature_set)
+                fit(
+                    &batches,
+                    &columns,
+                    bins,
+                    max_categories,
+                    feature_set,
+                    &vocabularies,
+                )
             })?;
             Ok(PyReference { inner })
         })
@@ -247,8 +259,9 @@ impl PyMonitor {
         })
     }
 
-    /// Add a trigger; returns its index.
+    /// Add a trigger; returns its index. `low`: low is bad (breach `< below`, clear `>= above`).
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (metric, column, above, below, for_, cooldown, min_samples, low=false))]
     fn add_trigger(
         &self,
         py: Python<'_>,
@@ -259,6 +272,7 @@ impl PyMonitor {
         for_: i64,
         cooldown: i64,
         min_samples: u64,
+        low: bool,
     ) -> PyResult<usize> {
         entry(Some(&self.poison), || {
             let mut m = lock(py, &self.inner);
@@ -289,6 +303,7 @@ impl PyMonitor {
                 for_,
                 cooldown,
                 min_samples,
+                low,
             })
             .py_err()
         })
@@ -378,12 +393,12 @@ impl PyMonitor {
         })
     }
 
-    /// (metric, column, above, below, for_, cooldown, min_samples) per trigger.
+    /// (metric, column, above, below, for_, cooldown, min_samples, low) per trigger.
     #[allow(clippy::type_complexity)]
     fn trigger_specs(
         &self,
         py: Python<'_>,
-    ) -> Vec<(&'static str, String, f64, f64, i64, i64, u64)> {
+    ) -> Vec<(&'static str, String, f64, f64, i64, i64, u64, bool)> {
         let m = lock(py, &self.inner);
         m.triggers()
             .iter()
@@ -402,6 +417,7 @@ impl PyMonitor {
                     s.for_,
                     s.cooldown,
                     s.min_samples,
+                    s.low,
                 )
             })
             .collect()

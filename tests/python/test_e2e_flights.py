@@ -885,3 +885,82 @@ def test_sigkill_during_replay_loses_no_acknowledged_event_and_applies_none_twic
                          max_pending=cfg["max_pending"])
     assert learned["counters"]["examples"] == len(replayed.examples) > 0
     assert learned["model"] == json.loads(replayed.model.to_json())
+
+
+def _monitor_replay(art: Path, tmp: Path, shift_from: int | None) -> tuple[dict, dict]:
+    """Oct 1-10 through the service: every event in event-time order and 25 predictions a day;
+    weather observations from `shift_from` on (if given) come 150 F hotter (an injected shift of
+    wx_temp, every airport). Returns GET /monitor and the rtml_* lines of /metrics."""
+    manifest = json.loads((art / "manifest.json").read_text())
+    split_ns = int(np.datetime64(manifest["split"].replace("+00:00", ""), "ns").astype(np.int64))
+    end_ns = split_ns + 10 * 86_400 * 10**9
+    ev_ts, events = replay_events(split_ns)
+    keep = ev_ts < end_ns
+    ev_ts, events = ev_ts[keep], [e for e, k in zip(events, keep) if k]
+    if shift_from is not None:
+        events = [{**e, "temp": e["temp"] + 150.0} if e["type"] == "weather" and t >= shift_from
+                  and e["temp"] is not None else e for e, t in zip(events, ev_ts)]
+    test_rows = pq.read_table(art / "test_rows.parquet")
+    at_all = test_rows.column("sched_dep").cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_numpy()
+    order = np.argsort(at_all, kind="stable")
+    order = order[at_all[order] < end_ns]
+    picks = order[np.linspace(0, len(order) - 1, 250).astype(int)]
+    rows = test_rows.select(["tailnum", "origin", "carrier", "dest", "distance"]).to_pylist()
+    name = "shifted" if shift_from is not None else "stable"
+    (tmp / name).mkdir()
+    with Server(art, tmp / name / "state", tmp / name / "log") as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as client:
+        cursor = 0
+        for i in picks:
+            at = int(at_all[i])
+            upto = int(np.searchsorted(ev_ts, at, side="left"))
+            while cursor < upto:
+                batch = events[cursor:min(upto, cursor + 5000)]
+                r = client.post("/events", json={"events": batch})
+                assert r.status_code == 200, r.text
+                cursor += len(batch)
+            r = client.post("/predict", json=_flight(rows[i], at))
+            assert r.status_code == 200, r.text
+        # the follower (which feeds the monitor) catches up with the log
+        r = client.post("/learning/advance", json={"to": iso(int(at_all[picks[-1]]))})
+        assert r.status_code == 200, r.text
+        return client.get("/monitor").json(), engine_metrics(client)
+
+
+def test_drift_trigger_fires_once_through_the_service_and_never_on_a_stable_replay(artifacts, tmp_path):
+    """Issue 16 at the HTTP level. The manifest's own triggers (PSI above 0.25 for 2 days, at least
+    20 rows a day) need weeks of dense traffic; this test uses a copy of the artifacts whose
+    manifest keeps the real window (1d) and lateness and has one trigger: the share of wx_temp
+    values outside the training range above 0.5 (leaving at 0.2), at least 5 rows a window."""
+    import shutil
+
+    art = tmp_path / "artifacts"
+    shutil.copytree(artifacts, art, ignore=shutil.ignore_patterns("state", "served_log", "events_log"))
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["monitor"]["window"] == "1d"
+    manifest["monitor"]["triggers"] = [{"metric": "out_of_range_rate", "column": "wx_temp", "above": 0.5,
+                                        "clear": 0.2, "min_samples": 5}]
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    day = 86_400 * 10**9
+    split_ns = int(np.datetime64(manifest["split"].replace("+00:00", ""), "ns").astype(np.int64))
+    shift_from = (split_ns // day + 5) * day  # a UTC midnight: the window [shift_from, +1d) is all shifted
+
+    stable, stable_metrics = _monitor_replay(art, tmp_path, None)
+    shifted, shifted_metrics = _monitor_replay(art, tmp_path, shift_from)
+    series = 'rtml_monitor_trigger_entered_total{column="wx_temp",metric="out_of_range_rate"}'
+    alerting = 'rtml_monitor_trigger_alerting{column="wx_temp",metric="out_of_range_rate"}'
+
+    # both replays served the same rows and closed the same windows; the trigger was evaluated
+    assert stable["stats"]["rows_applied"] == shifted["stats"]["rows_applied"] == 250
+    (s,), (t,) = stable["triggers"], shifted["triggers"]
+    assert s["evaluated"] == t["evaluated"] >= 8
+    # the stable replay never fires
+    assert s["entered"] == 0 and not s["alerting"] and stable["fired"] == []
+    assert stable_metrics[series] == 0 and stable_metrics[alerting] == 0
+    # the shifted one fires once, at the first window of shifted rows, and stays in alert
+    assert t["entered"] == 1 and t["left"] == 0 and t["alerting"] and t["direction"] == "above"
+    assert [(e["kind"], e["column"], e["metric"]) for e in shifted["fired"]] == [
+        ("enter", "wx_temp", "out_of_range_rate")]
+    assert pd.Timestamp(shifted["fired"][0]["window_end"]).value == shift_from + day
+    assert shifted["fired"][0]["value"] > 0.5
+    assert shifted_metrics[series] == 1 and shifted_metrics[alerting] == 1

@@ -490,6 +490,446 @@ def test_checkpoint_continues_exactly_and_refuses_foreign_bytes() -> None:
     with pytest.raises(rtml.SchemaError, match="naive and tz-aware"):  # the clock is restored
         b_.update({"t": [dt.datetime(2024, 1, 1)], "x": [1.0], "c": ["a"]})
     data = a.to_bytes()
-    for bad in (b"", data[:-5], data.replace(b'"version":1', b'"version":9'), b"x" + data):
+    for bad in (b"", data[:-5], data.replace(b'"version":2', b'"version":9'), b"x" + data):
         with pytest.raises(rtml.SnapshotError):
             rm.Monitor.from_bytes(bad)
+
+
+# ------------------------------------------------------------------ triggers, both directions
+
+
+def expected_events(
+    windows: list[tuple[int, float | None, int]],
+    direction: str,
+    enter: float,
+    leave: float,
+    for_: int,
+    cooldown: int,
+    min_samples: int,
+) -> list[tuple[str, int, float]]:
+    """The documented trigger rule, written out slowly: `windows` are (end, value, non_null) of
+    the windows with rows, in end order."""
+    alerting, run, last, out = False, None, None, []
+    for end, v, nn in windows:
+        if v is None or nn < min_samples:
+            continue  # a null never reaches the comparison
+        if direction == "above":
+            toward = v <= leave if alerting else v > enter
+        else:
+            toward = v >= leave if alerting else v < enter
+        if not toward:
+            run = None
+            continue
+        if run is None:
+            run = end
+        if end - run < for_:
+            continue
+        if alerting:
+            alerting, run = False, None
+            out.append(("leave", end, v))
+        elif last is not None and end - last < cooldown:
+            continue
+        else:
+            alerting, run, last = True, None, end
+            out.append(("enter", end, v))
+    return out
+
+
+def _regime_rows(seed: int, n_windows: int, width: int) -> pa.Table:
+    """Windows of rows from N(mu, 1) with mu switching between regimes; some windows empty,
+    some all null, some with few rows."""
+    rng = np.random.default_rng(seed)
+    ts, xs, cs = [], [], []
+    mu = 0.0
+    for k in range(n_windows):
+        if rng.random() < 0.15:
+            mu = float(rng.choice([0.0, 0.3, 0.8]))
+        kind = rng.random()
+        if kind < 0.08:
+            continue  # no rows at all
+        n = int(rng.integers(5, 15)) if kind < 0.15 else int(rng.integers(200, 400))
+        x = rng.normal(mu, 1.0, size=n)
+        if 0.15 <= kind < 0.2:
+            x[:] = np.nan  # every value null: every metric but null_rate is null
+        ts += (k * width + rng.integers(0, width, size=n)).tolist()
+        xs += x.tolist()
+        cs += rng.choice(["a", "b", "c"] if mu == 0.0 else ["a", "c", "c", "z"], size=n).tolist()
+    return pa.table({"t": pa.array(ts, pa.int64()), "x": xs, "c": cs})
+
+
+@pytest.mark.parametrize(
+    "metric,column,direction,enter,leave",
+    [
+        ("ks_pvalue", "x", "below", 1e-3, 0.05),
+        ("chi2_pvalue", "c", "below", 1e-4, 1e-2),
+        ("psi", "x", "above", 0.3, 0.15),
+    ],
+)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_triggers_both_directions_match_the_documented_rule(
+    metric: str, column: str, direction: str, enter: float, leave: float, seed: int
+) -> None:
+    rng = np.random.default_rng(100)
+    ref = rm.Reference.fit(
+        pa.table({"x": rng.normal(size=5000), "c": rng.choice(["a", "b", "c"], size=5000)})
+    )
+    width, for_, cooldown, min_samples = 10, 20, 60, 20
+    rows = _regime_rows(seed, 300, width)
+    band = {direction: enter, "clear": leave}
+    trig = rm.Trigger(metric, column, **band, for_=for_, cooldown=cooldown, min_samples=min_samples)
+    assert (trig.direction, trig.below, trig.above) == (
+        direction,
+        min(enter, leave),
+        max(enter, leave),
+    )
+    mon = rm.Monitor(ref, window=width, allowed_lateness=width, timestamp="t", triggers=[trig])
+    got = []
+    for k in range(0, rows.num_rows, 97):  # arrivals of 97 rows, in time order
+        got += mon.update(rows.slice(k, 97))
+    got += mon.advance(300 * width + 100)
+    rep = rm.report(ref, rows, by=width, timestamp="t").filter(
+        pa.compute.equal(pa.compute.field("column"), column)
+    )
+    windows = [
+        (start + width, v, nn)
+        for start, v, nn in zip(
+            rep.column("period_start").to_pylist(),
+            rep.column(metric).to_pylist(),
+            rep.column("non_null").to_pylist(),
+        )
+    ]
+    want = expected_events(windows, direction, enter, leave, for_, cooldown, min_samples)
+    assert [(e.kind, e.window_end, e.value) for e in got] == want
+    kinds = [k for k, _, _ in want]
+    assert "enter" in kinds and "leave" in kinds, "the data must cross the band both ways"
+    assert all(e.column == column and e.metric == metric for e in got)
+    # windows with too few values or a null metric (all null: column x) were not evaluated
+    not_evaluated = sum(1 for _, v, nn in windows if v is None or nn < min_samples)
+    assert not_evaluated > 0 and trig.counters["skipped"] >= not_evaluated
+    if column == "x":
+        assert any(v is None for _, v, _ in windows)
+
+
+def _pvalue_replay(shift_at: int | None) -> tuple[list[rm.TriggerEvent], rm.Trigger]:
+    rng = np.random.default_rng(21)
+    ref = rm.Reference.fit(pa.table({"x": rng.normal(size=20_000)}))
+    trig = rm.Trigger(
+        "ks_pvalue", "x", below=1e-6, clear=0.01, for_="10m", cooldown="1h", min_samples=200
+    )
+    mon = rm.Monitor(ref, window="10m", timestamp="t", triggers=[trig])
+    t0 = pd.Timestamp("2024-01-01", tz="UTC")
+    events = []
+    for k in range(600):  # one arrival per minute, 100 rows
+        shifted = shift_at is not None and k >= shift_at
+        x = rng.normal(0.5 if shifted else 0.0, size=100)
+        ts = t0 + pd.Timedelta(minutes=k) + pd.to_timedelta(np.arange(100) * 600, unit="ms")
+        events += mon.update(pd.DataFrame({"t": ts, "x": x}))
+    events += mon.advance(t0 + pd.Timedelta(days=1))
+    return events, trig
+
+
+def test_pvalue_trigger_fires_once_on_a_shift_and_never_on_a_stable_replay() -> None:
+    stable, trig = _pvalue_replay(None)
+    assert stable == [] and trig.counters["evaluated"] == 60
+    shifted, trig = _pvalue_replay(300)
+    assert [e.kind for e in shifted] == ["enter"]
+    e = shifted[0]
+    start = pd.Timestamp("2024-01-01", tz="UTC").value + 300 * 60 * 10**9
+    # the first shifted window ends 10 minutes after the shift; for_ asks for 10 more
+    assert e.window_end == start + 20 * 60 * 10**9
+    assert e.value < 1e-6 and trig.alerting and trig.counters["entered"] == 1
+
+
+def test_null_pvalues_never_reach_a_low_is_bad_trigger() -> None:
+    ref = rm.Reference.fit(pa.table({"x": np.arange(100.0), "c": ["a", "b"] * 50}))
+    seen: list[tuple[str, str, int]] = []
+    trigs = [
+        rm.Trigger(
+            m, c, below=0.01, callback=lambda e: seen.append((e.metric, e.kind, e.window_end))
+        )
+        for m, c in (("ks_pvalue", "x"), ("chi2_pvalue", "c"), ("ks_pvalue", "c"))
+    ]
+    mon = rm.Monitor(ref, window=10, timestamp="t", triggers=trigs)
+    mon.update({"t": [0, 1], "x": [None, float("nan")], "c": [None, None]})  # all null
+    mon.update({"t": [10], "x": [None], "c": [None]})  # closes [0, 10); all null again
+    v = mon.values(at=10)
+    assert v["x"]["ks_pvalue"] is None and v["c"]["chi2_pvalue"] is None
+    assert v["x"]["null_rate"] == 1.0
+    mon.update({"t": [45], "x": [50.0], "c": ["a"]})  # [20, 40) empty
+    mon.advance(100)
+    # a null read as 0 would have entered at once; a p-value of a categorical column (ks) is
+    # always null, so that trigger never evaluates anything
+    assert seen == []
+    assert [t.counters["evaluated"] for t in trigs] == [1, 1, 0]
+    assert trigs[0].counters["skipped"] == 2 and trigs[2].counters["skipped"] == 3
+    assert not any(t.alerting for t in trigs)
+
+
+def test_trigger_direction_spec_errors_and_checkpoint() -> None:
+    with pytest.raises(rtml.SpecError, match="above= .*below="):
+        rm.Trigger("psi", "x")
+    with pytest.raises(rtml.SpecError, match="clear"):
+        rm.Trigger("ks_pvalue", "x", below=0.05, clear=0.01)
+    with pytest.raises(rtml.SpecError, match="clear"):
+        rm.Trigger("psi", "x", above=0.1, clear=0.2)
+    with pytest.raises(rtml.SpecError, match="not both"):
+        rm.Trigger("psi", "x", above=0.3, below=0.1, clear=0.2)
+    with pytest.raises(rtml.SpecError, match="finite"):
+        rm.Trigger("ks_pvalue", "x", below=float("nan"))
+    legacy = rm.Trigger("psi", "x", above=0.3, below=0.1)
+    assert (legacy.direction, legacy.above, legacy.below) == ("above", 0.3, 0.1)
+    ref = rm.Reference.fit(pa.table({"x": np.arange(100.0)}))
+    low = rm.Trigger("ks_pvalue", "x", below=0.01, clear=0.05, for_=5, min_samples=3)
+    mon = rm.Monitor(ref, window=10, timestamp="t", triggers=[low, legacy])
+    mon.update({"t": list(range(10)), "x": [99.0] * 10})
+    again = rm.Monitor.from_bytes(mon.to_bytes())
+    assert [(t.direction, t.above, t.below, t.for_, t.min_samples) for t in again.triggers] == [
+        ("below", 0.05, 0.01, 5, 3),
+        ("above", 0.3, 0.1, 0, 1),
+    ]
+    assert json.loads(mon.to_bytes().split(b"\n", 2)[2])["version"] == 2
+
+
+# ------------------------------------------------------------------ vocabularies of the transforms
+
+
+def test_unseen_rate_uses_the_transforms_vocabularies() -> None:
+    rng = np.random.default_rng(5)
+    train = pa.table(
+        {
+            "c": rng.choice(
+                ["a", "b", "c", "rare1", "rare2"], p=[0.4, 0.3, 0.29, 0.005, 0.005], size=2000
+            ),
+            "d": rng.choice(["x", "y", None], size=2000),
+            "e": rng.choice(["p", "q"], size=2000),
+            "v": rng.normal(size=2000),
+        }
+    )
+    tf = rtml.Transforms(
+        [rtml.one_hot("c", min_frequency=20), rtml.ordinal("d"), rtml.standard_scale("v")]
+    ).fit(train)
+    ref = rm.Reference.fit(train, transforms=tf)
+    vocab_c = json.loads(tf.to_json())["steps"][0]["vocabulary"]
+    assert vocab_c == ["a", "b", "c"]  # the rare ones are the encoder's __other__
+    col = ref.column("c")
+    assert col["categories"] == vocab_c
+    train_c = train.column("c").to_pylist()
+    assert col["counts"] == [train_c.count(v) for v in vocab_c] + [
+        sum(1 for v in train_c if v not in vocab_c)
+    ]
+    assert ref.column("d")["categories"] == ["x", "y"]
+    assert ref.column("d")["nulls"] == train.column("d").null_count
+    # a column no encoder sees keeps its own frequencies
+    assert ref.column("e")["categories"] == ["p", "q"] or ref.column("e")["categories"] == [
+        "q",
+        "p",
+    ]
+
+    live = {
+        "c": ["a", "rare1", "z", "b", None, "rare2", "c", "new", "a", "a"],
+        "d": ["x", "w", None, "y", "y", "x", "w", "w", "x", None],
+        "e": ["p"] * 10,
+        "v": [0.0] * 10,
+    }
+    got = ref.compare(live)
+    # by hand
+    unseen_c = [v for v in live["c"] if v is not None and v not in vocab_c]
+    nn_c = [v for v in live["c"] if v is not None]
+    assert got["c"]["unseen_rate"] == len(unseen_c) / len(nn_c) == 4 / 9
+    unseen_d = [v for v in live["d"] if v is not None and v not in ("x", "y")]
+    assert got["d"]["unseen_rate"] == len(unseen_d) / sum(v is not None for v in live["d"])
+    # and as the encoder sees it: the share of rows in one_hot's __other__ column / ordinal's
+    # last index, among the non-null ones
+    enc = tf.transform(pa.table(live)).to_pydict()
+    other = [x for x in enc["c=__other__"] if x is not None]
+    assert got["c"]["unseen_rate"] == sum(other) / len(other)
+    ords = [x for x in enc["d"] if x is not None]
+    assert got["d"]["unseen_rate"] == sum(1 for x in ords if x == 2.0) / len(ords)
+
+    # refusals
+    with pytest.raises(rtml.NotFittedError):
+        rm.Reference.fit(train, transforms=rtml.Transforms([rtml.one_hot("c")]))
+    two = rtml.Transforms(
+        [rtml.one_hot("c", min_frequency=20), rtml.ordinal("c", name="c_idx")]
+    ).fit(train)
+    with pytest.raises(rtml.SpecError, match="'c'.*two steps"):
+        rm.Reference.fit(train, transforms=two)
+    assert rm.Reference.fit(train, columns=["e", "v"], transforms=two).columns == ["e", "v"]
+    with pytest.raises(rtml.SpecError, match="transforms"):
+        rm.Reference.fit(train, transforms="not transforms")
+
+
+# ------------------------------------------------------------------ the skew monitor
+
+MASK64 = 2**64 - 1
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix64(x: int) -> int:
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def key_in_sample(key: int | str, rate: int) -> bool:
+    """The documented sampling rule, in plain Python integers: hash(key) % 100 < rate, the
+    splitmix64-based key hash of rtml._keyhash (seed 0)."""
+    seed = _mix64(GOLDEN)
+    if isinstance(key, str):
+        b = key.encode()
+        h = sum((byte + 1) * _mix64(((i + 1) * GOLDEN) & MASK64) for i, byte in enumerate(b))
+        h = (h & MASK64) ^ ((len(b) * GOLDEN) & MASK64)
+    else:
+        h = key & MASK64
+    return _mix64(h ^ seed) % 100 < rate
+
+
+def _skew_setup(keys: list, lateness: str = "5m") -> tuple[rtml.FeatureSet, rtml.FeatureSet]:
+    def fs(allowed: str) -> rtml.FeatureSet:
+        return rtml.FeatureSet(
+            entity="k",
+            timestamp="ts",
+            allowed_lateness=allowed,
+            features=[
+                rtml.sum("v", window="1h", name="s"),
+                rtml.count(window="30m", name="n"),
+                rtml.mean("v", window="10m", name="m"),
+            ],
+        )
+
+    # the service's engine, and the skew monitor's: the same features, a longer lateness so
+    # that the monitor can still read `at` once the service's lateness has passed
+    return fs(lateness), fs("2h")
+
+
+def _skew_replay(
+    keys: list, seed: int, skew: rm.Skew, serve: rtml.OnlineEngine, corrupt: float = 0.0
+) -> list[tuple[object, int, str]]:
+    """Events in time order, arrivals of 10; after each, 3 requests served by `serve` (some
+    corrupted on feature "s"); the skew engine follows the same arrivals. Returns the corrupted
+    (key, at ns, feature)."""
+    rng = np.random.default_rng(seed)
+    t0 = pd.Timestamp("2024-03-01", tz="UTC")
+    n = 2000
+    ts = t0 + pd.to_timedelta(np.sort(rng.choice(10 * 3600, size=n, replace=False)), unit="s")
+    events = pd.DataFrame(
+        {
+            "k": [keys[i] for i in rng.integers(0, len(keys), size=n)],
+            "ts": ts,
+            "v": rng.normal(size=n),
+        }
+    )
+    corrupted = []
+    for i in range(0, n, 10):
+        batch = events.iloc[i : i + 10]
+        serve.ingest(batch)
+        skew.engine.ingest(batch)
+        skew.poll()
+        at = batch["ts"].iloc[-1] + pd.Timedelta(1, "ns")
+        rows = []
+        for k in rng.choice(keys, size=3):
+            k = k.item() if hasattr(k, "item") else k
+            row = {"key": k, "at": at, **serve.get(k, at=at)}
+            if row["m"] is None:
+                row["m"] = float("nan")  # NaN and null are one value
+            if rng.random() < corrupt:
+                row["s"] = float(np.nextafter(row["s"], np.inf))  # one ulp
+                corrupted.append((k, at.value, "s"))
+            rows.append(row)
+        table = pa.Table.from_pylist(rows)  # (infers microseconds for `at`: exact ns below)
+        ats = pa.array([at.value] * len(rows), pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
+        skew.observe(table.set_column(table.column_names.index("at"), "at", ats))
+    end = events["ts"].iloc[-1] + pd.Timedelta("1h")
+    skew.engine.advance_watermark(end)
+    skew.poll()
+    return corrupted
+
+
+def test_skew_clean_replay_has_no_mismatch() -> None:
+    keys = list(range(40))
+    served_fs, skew_fs = _skew_setup(keys)
+    skew = rm.Skew(skew_fs.online(), rate=100, lateness="5m")
+    assert skew.lateness == 5 * 60 * 10**9
+    _skew_replay(keys, 1, skew, served_fs.online())
+    st = skew.stats()
+    assert st["rows_seen"] == st["rows_sampled"] == st["rows_checked"] == 600
+    assert st["rows_expired"] == 0 and st["pending"] == 0
+    assert st["features"] == {f: {"checked": 600, "mismatched": 0} for f in ("s", "n", "m")}
+    assert list(skew.mismatches) == []
+    text = skew.prometheus()
+    assert 'rtml_skew_rows_total{state="checked"} 600' in text
+    assert 'rtml_skew_mismatched_total{feature="s"} 0' in text
+
+
+def test_skew_counts_an_injected_corruption_on_exactly_that_feature() -> None:
+    keys = list(range(40))
+    served_fs, skew_fs = _skew_setup(keys)
+    skew = rm.Skew(skew_fs.online(), rate=100, lateness="5m", sample_size=1000)
+    corrupted = _skew_replay(keys, 2, skew, served_fs.online(), corrupt=0.1)
+    assert 30 < len(corrupted) < 100
+    f = skew.stats()["features"]
+    assert f["s"] == {"checked": 600, "mismatched": len(corrupted)}
+    assert f["n"]["mismatched"] == 0 and f["m"]["mismatched"] == 0
+    assert sorted((m.key, m.at, *m.features) for m in skew.mismatches) == sorted(corrupted)
+    for m in skew.mismatches:
+        served, again = m.features["s"]
+        assert served == float(np.nextafter(again, np.inf))
+    # a bounded sample: the latest ones
+    small = rm.Skew(skew_fs.online(), rate=100, lateness="5m", sample_size=5)
+    _skew_replay(keys, 2, small, served_fs.online(), corrupt=0.1)
+    assert len(small.mismatches) == 5 and small.mismatched == len(corrupted)
+
+
+def test_skew_samples_whole_keys_by_the_stable_hash() -> None:
+    keys = [f"driver-{i}" for i in range(120)] + ["", "é", "a much longer key than the others"]
+    served_fs, skew_fs = _skew_setup(keys)
+    skew = rm.Skew(skew_fs.online(), rate=37, lateness="5m", sample_size=10_000)
+    served: list[object] = []
+    real_observe = skew.observe
+
+    def observe(rows: pa.Table) -> int:
+        served.extend(rows.column("key").to_pylist())
+        return real_observe(rows)
+
+    skew.observe = observe  # type: ignore[method-assign]
+    # every served row corrupted: the mismatching rows are exactly the sampled ones
+    _skew_replay(keys, 3, skew, served_fs.online(), corrupt=1.0)
+    want = [k for k in served if key_in_sample(k, 37)]
+    assert 0 < len(want) < len(served)
+    assert skew.rows_sampled == skew.rows_checked == len(want)
+    assert sorted(m.key for m in skew.mismatches) == sorted(want)
+    # the vectorised rule on ints of any width equals the plain one
+    ints = [-(2**63), -5, -1, 0, 1, 2, 99, 12345678901, 2**63 - 1]
+    for typ in (pa.int64(), pa.int32(), pa.int8()):
+        small = [k for k in ints if pa.array([k]).cast(typ, safe=False).to_pylist() == [k]]
+        got = rm.sampled(pa.array(small, typ), 50).tolist()
+        assert got == [key_in_sample(k, 50) for k in small]
+    assert rm.sampled(keys, 50).tolist() == [key_in_sample(k, 50) for k in keys]
+
+
+def test_skew_bad_input_is_typed() -> None:
+    _, skew_fs = _skew_setup([1])
+    eng = skew_fs.online()
+    with pytest.raises(rtml.SpecError, match="rate"):
+        rm.Skew(eng, rate=101)
+    with pytest.raises(rtml.SpecError, match="features"):
+        rm.Skew(eng, features=["nope"])
+    with pytest.raises(rtml.SpecError, match="engine"):
+        rm.Skew("engine")  # type: ignore[arg-type]
+    skew = rm.Skew(eng, rate=100)
+    at = pd.Timestamp("2024-01-01", tz="UTC")
+    with pytest.raises(rtml.SchemaError, match="'key'"):
+        skew.observe({"at": at, "s": 1.0})
+    with pytest.raises(rtml.SchemaError, match="no served feature"):
+        skew.observe({"key": 1, "at": at, "x": 1.0})
+    with pytest.raises(rtml.SchemaError, match="'s'"):
+        skew.observe({"key": 1, "at": at, "s": "text"})
+    eng.ingest({"k": [1], "ts": [at], "v": [1.0]})
+    with pytest.raises(rtml.SchemaError, match="naive"):  # the engine's clock is tz-aware
+        skew.observe({"key": 1, "at": dt.datetime(2024, 1, 1), "s": 1.0})
+    with pytest.raises(rtml.SchemaError):  # a string key for an integer entity
+        skew.observe({"key": "one", "at": at, "s": 1.0})
+    assert skew.stats()["rows_seen"] == 0 and skew.pending == 0
+    assert skew.observe({"key": 1, "at": at + pd.Timedelta("1s"), "s": 1.0}) == 1

@@ -81,7 +81,7 @@ proptest! {
         let arrived: Vec<_> = keyed.iter().map(|&(_, i)| rows[i]).collect();
 
         let spec = TriggerSpec { metric: Metric::Psi, column: 0, above: 0.5, below: 0.2,
-            for_: 0, cooldown: 0, min_samples: 1 };
+            for_: 0, cooldown: 0, min_samples: 1, low: false };
         let run = |order: &[(i64, f64, Option<&str>)]| {
             let mut m = Monitor::new(r.clone(), STEP, STEP, lateness).unwrap();
             m.add_trigger(spec.clone()).unwrap();
@@ -149,6 +149,7 @@ fn a_shift_fires_once_and_a_stable_replay_never() {
         for_: 30,
         cooldown: 1000,
         min_samples: 100,
+        low: false,
     };
     let replay = |shift_at: Option<i64>| {
         let mut m = Monitor::new(r.clone(), 60, 10, 5).unwrap();
@@ -211,6 +212,7 @@ fn the_state_document_continues_exactly() {
         for_: 0,
         cooldown: 0,
         min_samples: 1,
+        low: false,
     };
     let mut a = Monitor::new(r.clone(), 20, 10, 5).unwrap();
     a.add_trigger(spec).unwrap();
@@ -234,9 +236,36 @@ fn the_state_document_continues_exactly() {
     }
     assert_eq!(a.to_json(), b.to_json());
     assert!(a.triggers()[0].counters.entered > 0);
-    let newer = a.to_json().replacen("\"version\":1", "\"version\":2", 1);
+    let newer = a.to_json().replacen("\"version\":2", "\"version\":3", 1);
     assert!(Monitor::from_json(&newer)
         .unwrap_err()
         .to_string()
         .contains("newer"));
+}
+
+#[test]
+fn a_version_1_state_document_is_still_read() {
+    // version 1 (before low-is-bad triggers): no `low` field, every trigger high-is-bad
+    let r = reference(1000);
+    let spec = TriggerSpec {
+        metric: Metric::Psi,
+        column: 0,
+        above: 0.3,
+        below: 0.1,
+        for_: 0,
+        cooldown: 0,
+        min_samples: 1,
+        low: false,
+    };
+    let mut a = Monitor::new(r, 20, 10, 5).unwrap();
+    a.add_trigger(spec).unwrap();
+    let v2 = a.to_json();
+    assert!(
+        !v2.contains("\"low\""),
+        "a high-is-bad trigger writes no `low` field"
+    );
+    let v1 = v2.replacen("\"version\":2", "\"version\":1", 1);
+    let b = Monitor::from_json(&v1).unwrap();
+    assert_eq!(b.to_json(), v2);
+    assert!(!b.triggers()[0].spec.low);
 }
