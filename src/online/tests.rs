@@ -766,7 +766,8 @@ fn duplicates_are_dropped_first_arrival_wins_and_ids_are_forgotten() {
     assert_eq!(r.duplicates, 1);
     assert_eq!(answers(&eng, false), answers(&want, false));
     assert_eq!(eng.stats().counters.duplicates_dropped, 5);
-    // ids are remembered for the lateness only: memory stays bounded
+    // ids are remembered for the horizon (lateness 5m + longest window 1h15m) only: memory
+    // stays bounded
     for i in 0..2000i64 {
         let e = ev((i % 5) as u8, 3 * M + i * M, 1.0);
         eng.ingest_one(
@@ -777,10 +778,12 @@ fn duplicates_are_dropped_first_arrival_wins_and_ids_are_forgotten() {
         )
         .unwrap();
     }
-    let seen = eng.meta.lock().guard.seen.len();
+    let seen = eng.meta.lock().guard.seen.len() as i64;
+    let horizon = guard::Rules::of(&plan.spec).horizon / M;
+    assert_eq!(horizon, 80);
     assert!(
-        seen <= 5 + 5 / 4 + 2,
-        "{seen} ids kept for a 5 minute lateness"
+        seen <= horizon + horizon / 4 + 2,
+        "{seen} ids kept for an 80 minute horizon"
     );
     // a copy of a forgotten id is late anyway
     let e = ev(0, M, 9.0);
