@@ -315,7 +315,7 @@ def min(
 ) -> Feature:
     """Smallest non-null value; null on an empty window. The column: a number column, or a string column declared in
     ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
-    sliding windows only).
+    sliding or lifetime windows, not tiled).
 
     >>> import rtml
     >>> rtml.min("fare", window="30m").agg
@@ -329,7 +329,7 @@ def max(
 ) -> Feature:
     """Largest non-null value; null on an empty window. The column: a number column, or a string column declared in
     ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
-    sliding windows only).
+    sliding or lifetime windows, not tiled).
 
     >>> import rtml
     >>> rtml.max("fare", window="30m").agg
@@ -368,7 +368,7 @@ def first(
     """Value of the earliest non-null event in the window (ties: the smallest value); null on an
     empty window. The column: a number column, or a string column declared in
     ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
-    sliding windows only).
+    sliding or lifetime windows, not tiled).
 
     >>> import rtml
     >>> rtml.first("zone", window="1h")
@@ -383,7 +383,7 @@ def last(
     """Value of the latest non-null event in the window (ties: the largest value); null on an
     empty window. The column: a number column, or a string column declared in
     ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
-    sliding windows only).
+    sliding or lifetime windows, not tiled).
 
     >>> import rtml
     >>> rtml.last("fare")
@@ -575,7 +575,7 @@ class FeatureSet:
     column of event ids, integers or strings: an event whose id was already applied is dropped,
     first arrival wins; online and in `backfill`). See docs/semantics.md, "Guards".
     `string_columns` (value columns that hold strings: ``min`` / ``max`` / ``first`` / ``last``
-    of them are strings, compared by their UTF-8 bytes; sliding windows only for now; see
+    of them are strings, compared by their UTF-8 bytes; sliding or lifetime windows, not tiled; see
     docs/semantics.md, "String columns"). Durations: see the module docstring.
 
     Raises :class:`rtml.SpecError` naming the field for anything invalid (duplicate feature
