@@ -388,6 +388,20 @@ def last(
     >>> import rtml
     >>> rtml.last("fare")
     rtml.last('fare')
+
+    A driver's latest status (a lifetime string feature):
+
+    >>> from datetime import datetime, timezone
+    >>> def at(minute):
+    ...     return datetime(2026, 1, 1, 8, minute, tzinfo=timezone.utc)
+    >>> fs = rtml.FeatureSet("driver", "ts", [rtml.last("status", name="status")],
+    ...                      string_columns=["status"])
+    >>> eng = fs.online()
+    >>> eng.ingest([{"driver": 7, "ts": at(0), "status": "idle"},
+    ...             {"driver": 7, "ts": at(1), "status": "busy"}])  # events accepted
+    2
+    >>> eng.get(7, at=at(2))["status"]
+    'busy'
     """
     return _make("last", column, window, name, hop)
 
