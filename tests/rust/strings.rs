@@ -380,3 +380,50 @@ fn a_keys_strings_are_swept_as_its_rows_leave() {
     // holds a single string; about 70 are live (an hour and the lateness)
     assert!(extra < 200 * 44, "{extra} bytes more");
 }
+
+#[test]
+fn ttl_eviction_drops_a_keys_lifetime_strings() {
+    // key 1 holds a lifetime pick; once it is idle past the ttl it is evicted with its strings
+    // (an unknown key again: null), while key 2, still active, keeps its own
+    let doc = r#"{"version": 1, "entity": "k", "timestamp": "ts", "allowed_lateness": "10m",
+        "max_ahead": null, "ttl": "2h", "string_columns": ["s"],
+        "features": [{"agg": "last", "column": "s"}, {"agg": "min", "column": "s"}]}"#;
+    let plan = Arc::new(Plan::new(Spec::from_json(doc).unwrap()));
+    let eng = Engine::new(Arc::clone(&plan));
+    let ev = |k, minute: i64, s: &str| Ev {
+        k,
+        ts: minute * M,
+        s: Some(s.to_string()),
+    };
+    let first = [ev(1, 0, "a long status string of key one"), ev(2, 0, "b")];
+    eng.ingest(&read_events(&plan, &[batch(&first.iter().collect::<Vec<_>>())]).unwrap())
+        .unwrap();
+    let t = M;
+    assert_eq!(
+        online_answer(&eng, &plan, 1, t),
+        vec![
+            A::S(Some("a long status string of key one".into())),
+            A::S(Some("a long status string of key one".into()))
+        ]
+    );
+    // key 2 goes on for 4 hours (new strings each minute); key 1 is idle
+    for chunk in (1..240).collect::<Vec<i64>>().chunks(30) {
+        let evs: Vec<Ev> = chunk.iter().map(|&m| ev(2, m, &format!("s{m}"))).collect();
+        eng.ingest(&read_events(&plan, &[batch(&evs.iter().collect::<Vec<_>>())]).unwrap())
+            .unwrap();
+    }
+    assert!(eng.evict_idle() + eng.stats().counters.keys_evicted as usize >= 1);
+    let t = eng.watermark() + 1;
+    assert_eq!(
+        online_answer(&eng, &plan, 1, t),
+        vec![A::S(None), A::S(None)]
+    );
+    assert_eq!(
+        online_answer(&eng, &plan, 2, t),
+        vec![A::S(Some("s239".into())), A::S(Some("b".into()))]
+    );
+    // the evicted key's string is gone from the engine's state (its snapshot too)
+    let bytes = eng.to_bytes().unwrap();
+    let needle = b"a long status string of key one";
+    assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+}
