@@ -128,16 +128,20 @@ impl Plan {
                 group.accs.len() - 1
             };
             let def = f.agg.def;
-            // a string output (validated: sliding windows only) scans the buffered rows
+            // a string output (validated: no tiles): sliding windows scan the buffered rows, a
+            // lifetime window keeps its pick of the settled region (`TextPick`)
             let text = match (f.column.as_deref(), def.text) {
-                (Some(c), Some(eval)) if spec.is_string_column(c) => Some(eval),
+                (Some(c), Some(t)) if spec.is_string_column(c) => Some(t),
                 _ => None,
             };
             outputs.push(Output {
                 group: g,
-                acc: match text {
-                    Some(_) => None,
-                    None => (def.acc)(col, f.agg.param, summarizing).map(&mut acc),
+                acc: match (text, col) {
+                    (Some((_, pick)), Some(col)) if f.window.is_none() => {
+                        Some(acc(AccPlan::TextPick { col, pick }))
+                    }
+                    (Some(_), _) => None,
+                    (None, _) => (def.acc)(col, f.agg.param, summarizing).map(&mut acc),
                 },
                 col,
                 q: match f.agg.param {
@@ -146,7 +150,7 @@ impl Plan {
                 },
                 integer: def.integer,
                 text: text.is_some(),
-                eval: text.unwrap_or(def.eval),
+                eval: text.map_or(def.eval, |t| t.0),
             });
         }
         let max_window = spec

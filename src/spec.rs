@@ -534,11 +534,11 @@ impl Spec {
                     ),
                 ));
             }
-            if def.text.is_some() && (f.window.is_none() || f.hop.is_some()) {
+            if def.text.is_some() && f.hop.is_some() {
                 return Err(Error::spec(
                     field,
                     format!(
-                        "{} of the string column {col:?} needs a sliding window (window=... without hop): lifetime and tiled windows of strings are not supported yet",
+                        "{} of the string column {col:?} needs a sliding window (window=... without hop) or no window (lifetime): tiled windows of strings are not supported yet",
                         def.name
                     ),
                 ));

@@ -284,8 +284,16 @@ impl KeyState {
         crate::agg::text_word(answer).and_then(|w| self.texts.get(w))
     }
 
-    /// Forget the strings no buffered row holds, once they are more than twice the words the
-    /// buffer can hold (amortized O(1) per stored string).
+    /// The string words the accumulators hold (lifetime picks, [`crate::agg::TextPick`]).
+    fn acc_words(&self) -> impl Iterator<Item = u64> + '_ {
+        self.groups
+            .iter()
+            .flat_map(|g| g.accs.iter().chain(g.tiles.iter().flat_map(|t| &t.accs)))
+            .filter_map(Acc::text_word)
+    }
+
+    /// Forget the strings no buffered row and no accumulator holds, once they are more than
+    /// twice the words those can hold (amortized O(1) per stored string).
     fn sweep_texts(&mut self, plan: &Plan) {
         let text_cols: SmallVec<[usize; 4]> = plan
             .columns
@@ -294,11 +302,18 @@ impl KeyState {
             .filter(|(_, c)| c.kind == ColKind::Text)
             .map(|(i, _)| i)
             .collect();
-        let bound = self.buf.len() * text_cols.len();
+        let picks = plan
+            .groups
+            .iter()
+            .flat_map(|g| &g.accs)
+            .filter(|a| matches!(a, crate::agg::AccPlan::TextPick { .. }))
+            .count();
+        let bound = self.buf.len() * text_cols.len() + picks;
         if self.texts.len() <= 16 + 2 * bound {
             return;
         }
-        let mut live = hashbrown::HashSet::with_capacity(bound);
+        let mut live: hashbrown::HashSet<u64> = self.acc_words().collect();
+        live.reserve(bound);
         let b = &self.buf;
         for p in b.base..b.end() {
             let row = b.row(p);
@@ -382,6 +397,12 @@ impl KeyState {
                 for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
                     if !acc.eager() {
                         acc.apply_rows(ap, rows.run((from, g.hi)), 1, lifetime);
+                    }
+                }
+                // lifetime picks of strings compare the strings (numeric-only plans skip this)
+                if lifetime && plan.has_text_columns() {
+                    for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
+                        acc.fold_texts(ap, rows.run((from, g.hi)), &self.texts);
                     }
                 }
             }
@@ -637,7 +658,7 @@ impl KeyState {
                     w == NULL || self.texts.get(w).is_some()
                 })
         });
-        if !texts_ok {
+        if !texts_ok || self.acc_words().any(|w| self.texts.get(w).is_none()) {
             return false;
         }
         self.groups.iter().zip(&plan.groups).all(|(g, gp)| {

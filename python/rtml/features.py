@@ -315,7 +315,7 @@ def min(
 ) -> Feature:
     """Smallest non-null value; null on an empty window. The column: a number column, or a string column declared in
     ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
-    sliding windows only).
+    sliding or lifetime windows, not tiled).
 
     >>> import rtml
     >>> rtml.min("fare", window="30m").agg
@@ -329,7 +329,7 @@ def max(
 ) -> Feature:
     """Largest non-null value; null on an empty window. The column: a number column, or a string column declared in
     ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
-    sliding windows only).
+    sliding or lifetime windows, not tiled).
 
     >>> import rtml
     >>> rtml.max("fare", window="30m").agg
@@ -368,7 +368,7 @@ def first(
     """Value of the earliest non-null event in the window (ties: the smallest value); null on an
     empty window. The column: a number column, or a string column declared in
     ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
-    sliding windows only).
+    sliding or lifetime windows, not tiled).
 
     >>> import rtml
     >>> rtml.first("zone", window="1h")
@@ -383,11 +383,25 @@ def last(
     """Value of the latest non-null event in the window (ties: the largest value); null on an
     empty window. The column: a number column, or a string column declared in
     ``FeatureSet(string_columns=[...])`` (then a string, strings compared by their UTF-8 bytes;
-    sliding windows only).
+    sliding or lifetime windows, not tiled).
 
     >>> import rtml
     >>> rtml.last("fare")
     rtml.last('fare')
+
+    A driver's latest status (a lifetime string feature):
+
+    >>> from datetime import datetime, timezone
+    >>> def at(minute):
+    ...     return datetime(2026, 1, 1, 8, minute, tzinfo=timezone.utc)
+    >>> fs = rtml.FeatureSet("driver", "ts", [rtml.last("status", name="status")],
+    ...                      string_columns=["status"])
+    >>> eng = fs.online()
+    >>> eng.ingest([{"driver": 7, "ts": at(0), "status": "idle"},
+    ...             {"driver": 7, "ts": at(1), "status": "busy"}])  # events accepted
+    2
+    >>> eng.get(7, at=at(2))["status"]
+    'busy'
     """
     return _make("last", column, window, name, hop)
 
@@ -575,7 +589,7 @@ class FeatureSet:
     column of event ids, integers or strings: an event whose id was already applied is dropped,
     first arrival wins; online and in `backfill`). See docs/semantics.md, "Guards".
     `string_columns` (value columns that hold strings: ``min`` / ``max`` / ``first`` / ``last``
-    of them are strings, compared by their UTF-8 bytes; sliding windows only for now; see
+    of them are strings, compared by their UTF-8 bytes; sliding or lifetime windows, not tiled; see
     docs/semantics.md, "String columns"). Durations: see the module docstring.
 
     Raises :class:`rtml.SpecError` naming the field for anything invalid (duplicate feature

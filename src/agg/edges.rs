@@ -165,10 +165,13 @@ pub fn time_since_last(v: &View<'_>, o: &Output) -> f64 {
     }
 }
 
-/// `first` of a string column (sliding windows): the earliest non-null string in the window;
+/// `first` of a string column (lifetime: [`super::strings::eval`]): the earliest non-null string in the window;
 /// among events at the same earliest time, the smallest string (by UTF-8 bytes), as numbers
 /// take the smallest value.
 pub fn text_first(v: &View<'_>, o: &Output) -> f64 {
+    if let Some(i) = o.acc {
+        return super::strings::eval(v, o, i, super::Pick::First);
+    }
     let Some(col) = o.col else {
         return super::text_answer(None);
     };
@@ -190,9 +193,12 @@ pub fn text_first(v: &View<'_>, o: &Output) -> f64 {
     super::text_answer(best.map(|b| b.1))
 }
 
-/// `last` of a string column (sliding windows): the latest non-null string in the window;
+/// `last` of a string column (lifetime: [`super::strings::eval`]): the latest non-null string in the window;
 /// among events at the same latest time, the largest string.
 pub fn text_last(v: &View<'_>, o: &Output) -> f64 {
+    if let Some(i) = o.acc {
+        return super::strings::eval(v, o, i, super::Pick::Last);
+    }
     let Some(col) = o.col else {
         return super::text_answer(None);
     };

@@ -128,9 +128,17 @@ pub fn eval(v: &View<'_>, o: &Output) -> f64 {
     best.unwrap_or(f64::NAN)
 }
 
-/// `min` / `max` of a string column (sliding windows): a scan of the window's buffered rows,
+/// `min` / `max` of a string column (lifetime: [`super::strings::eval`]); sliding: a scan of the window's buffered rows,
 /// strings compared by their UTF-8 bytes. The answer is a string word ([`super::text_answer`]).
 fn text_extreme(v: &View<'_>, o: &Output, max: bool) -> f64 {
+    if let Some(i) = o.acc {
+        let pick = if max {
+            super::Pick::Max
+        } else {
+            super::Pick::Min
+        };
+        return super::strings::eval(v, o, i, pick);
+    }
     let Some(col) = o.col else {
         return super::text_answer(None);
     };

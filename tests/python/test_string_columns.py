@@ -1,7 +1,8 @@
 """min / max / first / last of string columns (FeatureSet(string_columns=...)): backfill and the
 online engine against the slow reference (tests/python/reference.py: strings ordered by their
 UTF-8 bytes), in every batch form, over arrival orders within the allowed lateness, through a
-snapshot round trip; the refusals; a string window feature in `vector`."""
+snapshot round trip; sliding and lifetime (no window) features; a long stream whose strings are
+swept; the refusals; a string window feature in `vector`."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ FEATS = [
     Feat("distinct_count", "s", 60 * MIN, name="s_d"),
     Feat("sum", "x", 60 * MIN, name="x_sum"),
     Feat("last", "x", 30 * MIN, name="x_last"),
+    # lifetime (no window): a pick of the settled events plus the buffered ones
+    Feat("min", "s", None, name="s_min_all", text=True),
+    Feat("max", "s", None, name="s_max_all", text=True),
+    Feat("first", "s", None, name="s_first_all", text=True),
+    Feat("last", "s", None, name="s_last_all", text=True),
 ]
 
 FORMS = ["table", "pandas", "polars", "dict_of_lists", "rows", "row_by_row"]
@@ -41,7 +47,8 @@ FORMS = ["table", "pandas", "polars", "dict_of_lists", "rows", "row_by_row"]
 def feature_set():
     def make(f):
         ctor = getattr(rtml, f.agg)
-        return ctor(f.col, window=f"{f.window // MIN}m", name=f.name)
+        window = None if f.window is None else f"{f.window // MIN}m"
+        return ctor(f.col, window=window, name=f.name)
 
     return rtml.FeatureSet(
         "key",
@@ -228,9 +235,11 @@ def test_ties_at_equal_times_follow_the_number_rule():
 def test_refusals_are_typed_and_name_the_column():
     with raises(rtml.SpecError, "sum", "string column"):
         rtml.FeatureSet("key", "ts", [rtml.sum("s", window="1h")], string_columns=["s"])
-    for f in (rtml.last("s"), rtml.min("s", window="1h", hop="10m")):
-        with raises(rtml.SpecError, "sliding window"):
+    for f in (rtml.min("s", window="1h", hop="10m"), rtml.last("s", window="2h", hop="1h")):
+        with raises(rtml.SpecError, "tiled windows"):
             rtml.FeatureSet("key", "ts", [f], string_columns=["s"])
+    # lifetime (no window) is accepted
+    assert rtml.FeatureSet("key", "ts", [rtml.last("s")], string_columns=["s"]).string_columns == ["s"]
     with raises(rtml.SpecError, "string_columns"):
         rtml.FeatureSet("key", "ts", [rtml.last("s", window="1h")], string_columns="s")
     # not declared: the old refusal, with the hint
@@ -275,3 +284,40 @@ def test_a_string_window_feature_feeds_one_hot_in_vector():
         got = eng.vector(k, tf, at=ns_to_datetime(t))
         exp = [want.column(n)[row].as_py() for n in names]
         assert [None if v != v else v for v in got.tolist()] == exp, k
+
+
+def test_a_long_stream_keeps_its_lifetime_strings_while_its_table_stays_bounded():
+    # one key, a new string every minute for 20 hours: the sliding features need about an hour
+    # of rows, the lifetime picks one string each; rows (and their strings) leave the state as
+    # the key settles, the picks' strings stay. Ten-hours-in snapshot, restored, continues alike.
+    fs = feature_set()
+    n = 1200
+    words = [f"w{(i * 7919) % n}" for i in range(n)]  # a permutation of w0 .. w1199
+    events = [{"key": 1, "ts": BASE + i * MIN, "s": w, "x": None} for i, w in enumerate(words)]
+    eng = fs.online()
+    same = fs.online()  # the same stream with one repeated string: the baseline state size
+    restored = None
+    for i in range(0, n, 20):
+        if i == n // 2:
+            restored = rtml.OnlineEngine.from_bytes(eng.to_bytes())
+        eng.ingest(table(events[i : i + 20]))
+        same.ingest(table([dict(e, s="w0") for e in events[i : i + 20]]))
+        if restored is not None:
+            restored.ingest(table(events[i : i + 20]))
+    t = BASE + n * MIN
+    q = [(1, t)]
+    want = ref.evaluate(FEATS, events, q)[0]
+    got = eng.get(1, at=ns_to_datetime(t))
+    by_bytes = sorted(words, key=ref.utf8_key)
+    assert (got["s_first_all"], got["s_last_all"]) == (words[0], words[-1])
+    assert (got["s_min_all"], got["s_max_all"]) == (by_bytes[0], by_bytes[-1])
+    for f in FEATS:
+        assert ref.check_value(f, got[f.name], want[f.name]) is None, f.name
+    assert restored is not None
+    check_rows([restored.get(1, at=ns_to_datetime(t))], [got], fs.feature_names, q)
+    bf = fs.backfill(table(events), spine(q)).to_pylist()
+    check_rows(bf, [got], fs.feature_names, q)
+    # bounded: a table that kept all 1200 strings would hold ~1200 * 44 bytes more than one
+    # string; about 75 are live (an hour of rows, the lateness, the picks)
+    extra = eng.stats()["state_bytes"] - same.stats()["state_bytes"]
+    assert extra < 250 * 44, extra

@@ -1,7 +1,8 @@
 //! `min` / `max` / `first` / `last` of a string column (`string_columns`): backfill and the
 //! online engine against a brute-force reference (strings ordered by their UTF-8 bytes; ties
 //! at equal times: the smallest string first, the largest last), over random arrival orders
-//! within the allowed lateness, and through a snapshot round trip.
+//! within the allowed lateness, and through a snapshot round trip; sliding and lifetime (no
+//! window) features.
 
 use std::sync::Arc;
 
@@ -25,18 +26,29 @@ fn plan() -> Arc<Plan> {
           {"agg": "last", "column": "s", "window": "5m"},
           {"agg": "count", "column": "s", "window": "1h"},
           {"agg": "distinct_count", "column": "s", "window": "1h"},
-          {"agg": "count", "window": "30m"}
+          {"agg": "count", "window": "30m"},
+          {"agg": "min", "column": "s"},
+          {"agg": "max", "column": "s"},
+          {"agg": "first", "column": "s"},
+          {"agg": "last", "column": "s"}
         ]}"#;
     Arc::new(Plan::new(Spec::from_json(doc).unwrap()))
 }
 
+/// No window (lifetime).
+const LIFETIME: i64 = i64::MAX;
+
 /// (feature index, aggregation, window) of the string features above.
-const TEXT: [(usize, &str, i64); 5] = [
+const TEXT: [(usize, &str, i64); 9] = [
     (0, "min", 30 * M),
     (1, "max", 60 * M),
     (2, "first", 30 * M),
     (3, "last", 60 * M),
     (4, "last", 5 * M),
+    (8, "min", LIFETIME),
+    (9, "max", LIFETIME),
+    (10, "first", LIFETIME),
+    (11, "last", LIFETIME),
 ];
 
 #[derive(Clone, Debug)]
@@ -136,7 +148,7 @@ fn reference(evs: &[Ev], k: i64, t: i64) -> Vec<(usize, Option<String>)> {
         .map(|&(i, agg, w)| {
             let win: Vec<(i64, &str)> = evs
                 .iter()
-                .filter(|e| e.k == k && e.ts < t && e.ts >= t - w)
+                .filter(|e| e.k == k && e.ts < t && e.ts >= t.saturating_sub(w))
                 .filter_map(|e| e.s.as_deref().map(|s| (e.ts, s)))
                 .collect();
             let by_bytes = |a: &&str, b: &&str| a.as_bytes().cmp(b.as_bytes());
@@ -261,7 +273,6 @@ fn string_columns_are_refused_where_they_cannot_work() {
             r#"{"agg": "sum", "column": "s", "window": "1h"}"#,
             "string column",
         ),
-        (r#"{"agg": "min", "column": "s"}"#, "sliding window"),
         (
             r#"{"agg": "last", "column": "s", "window": "1h", "hop": "10m"}"#,
             "sliding window",
@@ -269,6 +280,15 @@ fn string_columns_are_refused_where_they_cannot_work() {
     ] {
         let e = Spec::from_json(&doc(feat, "")).unwrap_err().to_string();
         assert!(e.contains(want), "{feat}: {e}");
+    }
+    // lifetime (no window) string features are accepted: a pick of the settled events
+    for agg in ["min", "max", "first", "last"] {
+        let feat = format!(r#"{{"agg": "{agg}", "column": "s"}}"#);
+        let plan = Plan::new(Spec::from_json(&doc(&feat, "")).unwrap());
+        assert!(
+            plan.outputs[0].text && plan.outputs[0].acc.is_some(),
+            "{agg}"
+        );
     }
     let e = Spec::from_json(
         r#"{"version": 1, "entity": "k", "timestamp": "ts", "string_columns": ["k"],
@@ -310,7 +330,7 @@ fn string_columns_are_refused_where_they_cannot_work() {
 #[test]
 fn a_keys_strings_are_swept_as_its_rows_leave() {
     // one key, a new string every minute over 10 hours, windows of at most 1 hour: the state
-    // holds the strings of about an hour of rows, not all 600
+    // holds the strings of about an hour of rows (and the lifetime picks), not all 600
     let plan = plan();
     let feed = |same: bool| {
         let eng = Engine::new(Arc::clone(&plan));
@@ -339,9 +359,71 @@ fn a_keys_strings_are_swept_as_its_rows_leave() {
     assert_eq!(got[3], A::S(Some("s599".into())));
     // s540 .. s599 are in the last hour; by bytes "s540" < ... < "s599"
     assert_eq!(got[1], A::S(Some("s599".into())));
+    // lifetime: by bytes "s0" is the smallest and "s99" the largest of s0 .. s599; both rows
+    // left the buffer hours ago, their strings survive the sweeps as the picks' words
+    assert_eq!(got[8], A::S(Some("s0".into())));
+    assert_eq!(got[9], A::S(Some("s99".into())));
+    assert_eq!(got[10], A::S(Some("s0".into())));
+    assert_eq!(got[11], A::S(Some("s599".into())));
+    // and backfill agrees
+    let evs: Vec<Ev> = (0..600)
+        .map(|i| Ev {
+            k: 1,
+            ts: i * M,
+            s: Some(format!("s{i}")),
+        })
+        .collect();
+    assert_eq!(offline(&plan, &evs, &[(1, t)])[0], got);
     let restored = Engine::from_bytes(&eng.to_bytes().unwrap()).unwrap();
     assert_eq!(online_answer(&restored, &plan, 1, t), got);
     // a state that kept all 600 strings would hold about 600 * 44 bytes more than one that
     // holds a single string; about 70 are live (an hour and the lateness)
     assert!(extra < 200 * 44, "{extra} bytes more");
+}
+
+#[test]
+fn ttl_eviction_drops_a_keys_lifetime_strings() {
+    // key 1 holds a lifetime pick; once it is idle past the ttl it is evicted with its strings
+    // (an unknown key again: null), while key 2, still active, keeps its own
+    let doc = r#"{"version": 1, "entity": "k", "timestamp": "ts", "allowed_lateness": "10m",
+        "max_ahead": null, "ttl": "2h", "string_columns": ["s"],
+        "features": [{"agg": "last", "column": "s"}, {"agg": "min", "column": "s"}]}"#;
+    let plan = Arc::new(Plan::new(Spec::from_json(doc).unwrap()));
+    let eng = Engine::new(Arc::clone(&plan));
+    let ev = |k, minute: i64, s: &str| Ev {
+        k,
+        ts: minute * M,
+        s: Some(s.to_string()),
+    };
+    let first = [ev(1, 0, "a long status string of key one"), ev(2, 0, "b")];
+    eng.ingest(&read_events(&plan, &[batch(&first.iter().collect::<Vec<_>>())]).unwrap())
+        .unwrap();
+    let t = M;
+    assert_eq!(
+        online_answer(&eng, &plan, 1, t),
+        vec![
+            A::S(Some("a long status string of key one".into())),
+            A::S(Some("a long status string of key one".into()))
+        ]
+    );
+    // key 2 goes on for 4 hours (new strings each minute); key 1 is idle
+    for chunk in (1..240).collect::<Vec<i64>>().chunks(30) {
+        let evs: Vec<Ev> = chunk.iter().map(|&m| ev(2, m, &format!("s{m}"))).collect();
+        eng.ingest(&read_events(&plan, &[batch(&evs.iter().collect::<Vec<_>>())]).unwrap())
+            .unwrap();
+    }
+    assert!(eng.evict_idle() + eng.stats().counters.keys_evicted as usize >= 1);
+    let t = eng.watermark() + 1;
+    assert_eq!(
+        online_answer(&eng, &plan, 1, t),
+        vec![A::S(None), A::S(None)]
+    );
+    assert_eq!(
+        online_answer(&eng, &plan, 2, t),
+        vec![A::S(Some("s239".into())), A::S(Some("b".into()))]
+    );
+    // the evicted key's string is gone from the engine's state (its snapshot too)
+    let bytes = eng.to_bytes().unwrap();
+    let needle = b"a long status string of key one";
+    assert!(!bytes.windows(needle.len()).any(|w| w == needle));
 }
