@@ -763,13 +763,13 @@ pub fn ingest_specs() -> Vec<String> {
 
 // ------------------------------------------------------------------------------ targets
 
-/// Target `ingest`: arbitrary Arrow batches through input validation, the online engine
-/// (arrival order as given, one or several ingest calls), `get` at arbitrary instants, backfill
-/// with an arbitrary spine, parity between the two, and a snapshot round trip.
-pub fn ingest(data: &[u8]) {
-    static PLANS: std::sync::OnceLock<Vec<Arc<Plan>>> = std::sync::OnceLock::new();
-    let plans = PLANS.get_or_init(|| {
-        ingest_specs()
+/// A target's compiled feature sets, built once per process.
+type Plans = std::sync::OnceLock<Vec<Arc<Plan>>>;
+
+/// One of a target's feature sets, chosen by the next input byte.
+fn pick_plan(plans: &'static Plans, specs: fn() -> Vec<String>, s: &mut Src) -> Arc<Plan> {
+    let plans = plans.get_or_init(|| {
+        specs()
             .iter()
             .map(|s| {
                 Arc::new(Plan::new(
@@ -778,8 +778,16 @@ pub fn ingest(data: &[u8]) {
             })
             .collect()
     });
+    Arc::clone(&plans[s.below(plans.len())])
+}
+
+/// Target `ingest`: arbitrary Arrow batches through input validation, the online engine
+/// (arrival order as given, one or several ingest calls), `get` at arbitrary instants, backfill
+/// with an arbitrary spine, parity between the two, and a snapshot round trip.
+pub fn ingest(data: &[u8]) {
+    static PLANS: Plans = std::sync::OnceLock::new();
     let mut s = Src::new(data);
-    let plan = Arc::clone(&plans[s.below(plans.len())]);
+    let plan = pick_plan(&PLANS, ingest_specs, &mut s);
     let strings_ = s.one_in(3);
     let n_batches = 1 + s.below(3);
     let mut batches = Vec::new();
@@ -982,19 +990,9 @@ fn id_array(s: &mut Src, n: usize) -> ArrayRef {
 /// engine).
 pub fn guard(data: &[u8]) {
     use rtml::online::guard::{verdicts, Verdict};
-    static PLANS: std::sync::OnceLock<Vec<Arc<Plan>>> = std::sync::OnceLock::new();
-    let plans = PLANS.get_or_init(|| {
-        guard_specs()
-            .iter()
-            .map(|s| {
-                Arc::new(Plan::new(
-                    Spec::from_json(s).expect("harness specs are valid"),
-                ))
-            })
-            .collect()
-    });
+    static PLANS: Plans = std::sync::OnceLock::new();
     let mut s = Src::new(data);
-    let plan = Arc::clone(&plans[s.below(plans.len())]);
+    let plan = pick_plan(&PLANS, guard_specs, &mut s);
     let strings_ = s.one_in(3);
     let n_calls = 1 + s.below(6);
     let mut engine = Engine::new(Arc::clone(&plan));

@@ -498,34 +498,31 @@ mod seeds {
                 put(&corpus.join("transforms"), &format!("seed-{i}-{j}"), &d);
             }
         }
-        // ingest: pseudo-random byte strings (xorshift) of a few lengths, per spec
+        // ingest and guard: pseudo-random byte strings (xorshift) of a few lengths, the first
+        // byte choosing the feature set
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        for i in 0..24 {
-            let len = [16, 64, 256, 1024][i % 4];
-            let mut d: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            d[0] = i as u8 % 6;
-            put(&corpus.join("ingest"), &format!("seed-{i}"), &d);
-        }
-        // guard: pseudo-random byte strings, a few per guarded spec
-        for i in 0..32 {
-            let len = [32, 128, 512, 2048][i % 4];
-            let mut d: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            d[0] = (i % harness::guard_specs().len()) as u8;
-            put(&corpus.join("guard"), &format!("seed-{i}"), &d);
+        let targets = [
+            ("ingest", 24, [16, 64, 256, 1024], 6),
+            (
+                "guard",
+                32,
+                [32, 128, 512, 2048],
+                harness::guard_specs().len(),
+            ),
+        ];
+        for (target, n, lens, n_specs) in targets {
+            for i in 0..n {
+                let mut d: Vec<u8> = (0..lens[i % 4])
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                d[0] = (i % n_specs) as u8;
+                put(&corpus.join(target), &format!("seed-{i}"), &d);
+            }
         }
         // snapshot: real snapshots of engines of every ingest spec, raw (first byte 0) and as a
         // payload framed by the harness (first byte 1)
