@@ -62,13 +62,21 @@ feature sets' own max_ahead, when smaller, wins: an acknowledged event is never 
 
 from __future__ import annotations
 
+import os
+
+# One-row predictions gain nothing from OpenMP threads, and on a 2-core machine their spinning
+# competes with the event loop (py-spy: the model's predict_proba took most of a request). Set
+# before scikit-learn loads libgomp: OpenMP reads it once per process, and it then holds in every
+# thread. (threadpoolctl's `threadpool_limits(1)` after loading reaches only the calling thread's
+# OpenMP settings, not the worker threads that run the handlers.) An explicit setting wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import base64
 import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -85,7 +93,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from threadpoolctl import threadpool_limits
 
 import rtml
 import rtml.learn as rl
@@ -1271,10 +1278,6 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         svc = Service(settings or Settings.from_env())
-        # One-row predictions gain nothing from OpenMP threads, and on a busy machine their
-        # synchronisation costs milliseconds. (After loading the model: the limit only reaches
-        # libraries already loaded.)
-        threadpool_limits(1)
         state["svc"] = svc
         stop = threading.Event()
 
