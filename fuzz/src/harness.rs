@@ -700,20 +700,26 @@ fn every_agg(window: Option<&str>, hop: Option<&str>, suffix: &str) -> String {
         .join(",\n")
 }
 
+/// A feature-set document on entity `k`, time `ts`: every aggregation per (window, hop)
+/// group, `extra` fields spliced in after the timestamp.
+fn spec_doc(extra: &str, groups: &[(Option<&str>, Option<&str>)]) -> String {
+    let feats: Vec<String> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, (w, h))| every_agg(*w, *h, &format!("_{i}")))
+        .collect();
+    format!(
+        r#"{{"version": 1, "entity": "k", "timestamp": "ts"{extra}, "features": [{}]}}"#,
+        feats.join(",\n")
+    )
+}
+
 pub fn ingest_specs() -> Vec<String> {
+    // The watermark guard off (`max_ahead: null`): this target's model of what an ingest
+    // accepts is the lateness rule alone (the guard has its own target, `guard`, and tests:
+    // src/online, tests/python/test_guards.py).
     let doc = |extra: &str, groups: &[(Option<&str>, Option<&str>)]| {
-        let feats: Vec<String> = groups
-            .iter()
-            .enumerate()
-            .map(|(i, (w, h))| every_agg(*w, *h, &format!("_{i}")))
-            .collect();
-        // The watermark guard off (`max_ahead: null`): this target's model of what an ingest
-        // accepts is the lateness rule alone (the guard has its own tests: src/online, and
-        // tests/python/test_guards.py).
-        format!(
-            r#"{{"version": 1, "entity": "k", "timestamp": "ts", "max_ahead": null{extra}, "features": [{}]}}"#,
-            feats.join(",\n")
-        )
+        spec_doc(&format!(r#", "max_ahead": null{extra}"#), groups)
     };
     vec![
         // 0: ns-scale exact, lifetime and tiled windows, in order only
@@ -919,17 +925,7 @@ pub fn ingest(data: &[u8]) {
 /// Feature sets for the `guard` target: the watermark guard on (small `max_ahead` bounds, so
 /// arbitrary times jump often) and deduplication by an `id` column.
 pub fn guard_specs() -> Vec<String> {
-    let doc = |extra: &str, groups: &[(Option<&str>, Option<&str>)]| {
-        let feats: Vec<String> = groups
-            .iter()
-            .enumerate()
-            .map(|(i, (w, h))| every_agg(*w, *h, &format!("_{i}")))
-            .collect();
-        format!(
-            r#"{{"version": 1, "entity": "k", "timestamp": "ts"{extra}, "features": [{}]}}"#,
-            feats.join(",\n")
-        )
-    };
+    let doc = spec_doc;
     vec![
         // 0: ns scale, the guard and dedupe both on
         doc(

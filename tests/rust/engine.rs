@@ -76,7 +76,8 @@ fn batch(evs: &[Ev]) -> RecordBatch {
     RecordBatch::try_new(schema, cols).unwrap()
 }
 
-fn spine(qs: &[(i64, i64)]) -> RecordBatch {
+/// A spine of (key, time in ns) rows (shared with the string tests).
+pub(crate) fn spine(qs: &[(i64, i64)]) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("k", DataType::Int64, false),
         Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),

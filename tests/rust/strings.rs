@@ -74,19 +74,7 @@ fn batch(evs: &[&Ev]) -> RecordBatch {
     RecordBatch::try_new(schema, cols).unwrap()
 }
 
-fn spine(qs: &[(i64, i64)]) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("k", DataType::Int64, false),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
-    ]));
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values(qs.iter().map(|q| q.0))),
-        Arc::new(TimestampNanosecondArray::from_iter_values(
-            qs.iter().map(|q| q.1),
-        )),
-    ];
-    RecordBatch::try_new(schema, cols).unwrap()
-}
+use crate::engine::spine;
 
 /// One answer: a number (NaN = null, by bits) or a string (None = null).
 #[derive(Clone, Debug, PartialEq)]
