@@ -4,6 +4,7 @@ check that both give the same bits. Not a test (timings); docs/scale.md has resu
 
     python bench/bench_outofcore.py --events 10000000 --memory-limit 300MB
     python bench/bench_outofcore.py --events 10000000 --memory-limit 300MB --skip-memory
+    python bench/bench_outofcore.py --events 100000000 --memory-limit 4GB --skip-memory
     python bench/bench_outofcore.py --calibrate            # the MEMORY_MODEL constants
 
 Data (generated once, cached under bench/.data/ooc_e{N}/, generation not timed): N events with
@@ -49,8 +50,9 @@ def generate(n: int) -> Path:
     return root
 
 
-def run_one(mode: str, root: str, out: str, limit: str) -> None:
+def run_one(mode: str, root: str, out: str, limit: str, workers: str) -> None:
     """One measured run (in its own process): prints a JSON line."""
+    import os
     import warnings
 
     from common import feature_set
@@ -58,6 +60,7 @@ def run_one(mode: str, root: str, out: str, limit: str) -> None:
     import rtml
 
     fs = feature_set()
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     hot: list = []
     with warnings.catch_warnings(record=True) as caught:
@@ -70,10 +73,17 @@ def run_one(mode: str, root: str, out: str, limit: str) -> None:
             rows, extra = table.num_rows, {}
         else:
             res = rtml.outofcore.backfill(
-                fs, f"{root}/events", f"{root}/spine", out, memory_limit=limit, progress=False
+                fs,
+                f"{root}/events",
+                f"{root}/spine",
+                out,
+                memory_limit=limit,
+                progress=False,
+                workers=int(workers),
             )
             rows = res.rows
             extra = {
+                "workers": int(workers),
                 "partitions": res.partitions,
                 "units": res.units,
                 "budget": res.budget,
@@ -83,9 +93,19 @@ def run_one(mode: str, root: str, out: str, limit: str) -> None:
         hot = [str(w.message) for w in caught if issubclass(w.category, rtml.HotKeyWarning)]
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    load_after = os.getloadavg()
     print(
         json.dumps(
-            {"mode": mode, "wall_s": wall, "peak_rss": peak, "rows": rows, "warnings": hot, **extra}
+            {
+                "mode": mode,
+                "wall_s": wall,
+                "peak_rss": peak,
+                "rows": rows,
+                "warnings": hot,
+                "loadavg_before": load_before,
+                "loadavg_after": load_after,
+                **extra,
+            }
         )
     )
 
@@ -148,9 +168,14 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--memory-limit", default="300MB")
     ap.add_argument("--skip-memory", action="store_true", help="no in-memory run (nor check)")
+    ap.add_argument(
+        "--workers",
+        default="2",
+        help="out-of-core units run at once; a comma list runs one out-of-core run per value",
+    )
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--json", help="append the results to this JSON-lines file")
-    ap.add_argument("--_run", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--_run", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._run:
         run_one(*args._run)
@@ -165,26 +190,31 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ooc-bench-", dir=root))
     results = []
     try:
-        modes = ["ooc"] if args.skip_memory else ["memory", "ooc"]
-        outs = {"memory": str(work / "memory.parquet"), "ooc": str(work / "ooc")}
-        for mode in modes:
+        workers = [w.strip() for w in args.workers.split(",")]
+        modes = ([] if args.skip_memory else [("memory", "1")]) + [("ooc", w) for w in workers]
+        outs = {"memory": str(work / "memory.parquet")}
+        for mode, w in modes:
+            out = outs["memory"] if mode == "memory" else str(work / f"ooc-w{w}")
             cmd = [
                 sys.executable,
                 __file__,
                 "--_run",
                 mode,
                 str(root),
-                outs[mode],
+                out,
                 args.memory_limit,
+                w,
             ]
             p = subprocess.run(cmd, check=True, capture_output=True, text=True)
             r = json.loads(p.stdout.strip().splitlines()[-1])
             r.update(events=args.events, memory_limit=args.memory_limit)
+            r["us_per_event"] = r["wall_s"] / args.events * 1e6
             results.append(r)
-            print(json.dumps(r))
-        if not args.skip_memory:
-            c = check_same(outs["memory"], outs["ooc"])
-            print(json.dumps({"check": c}))
+            print(json.dumps(r), flush=True)
+            if mode == "ooc" and not args.skip_memory:
+                c = check_same(outs["memory"], out)
+                print(json.dumps({"check": c, "workers": w}), flush=True)
+                shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

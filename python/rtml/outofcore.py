@@ -50,9 +50,11 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time as _time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -425,6 +427,7 @@ def backfill(
     progress: Progress = None,
     spill_dir: str | os.PathLike[str] | None = None,
     partitions: int | None = None,
+    workers: int | None = None,
 ) -> OutOfCoreResult:
     """The backfill of `fs` for every spine row, written to Parquet at `out`, in bounded memory.
 
@@ -450,10 +453,15 @@ def backfill(
 
     `spill_dir`: where the temporary spill directory goes (default: beside `out`, on the same
     disk; not /tmp, which may be memory). `partitions`: force the number of spill partitions
-    (default: from the input size and the budget). `progress`: as in ``FeatureSet.backfill``
+    (default: from the input size and the budget). `workers`: how many units are backfilled at
+    once (default: 2, or 1 on a one-core machine); their estimated costs together stay within
+    the budget (units are packed to ``budget / workers`` each), and the output is the same,
+    row for row, whatever `workers` is (units are written in their order; only the
+    ``part-NNNNN`` boundaries of a directory output move). `progress`: as in ``FeatureSet.backfill``
     (None: a bar for large inputs when tqdm is installed, True, False, or ``f(done, total)``);
     one bar over both passes, counted in rows: events + spine rows read, then spine rows
-    backfilled.
+    backfilled (with ``workers > 1`` a callable may be called from a worker thread, one call
+    at a time).
 
     Raises what ``FeatureSet.backfill`` raises for the same input (:class:`rtml.SchemaError`
     naming the column for missing columns, wrong types, null keys or times, row numbers counted
@@ -484,6 +492,10 @@ def backfill(
         isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
     ):
         raise SpecError(f"partitions: expected a positive int, got {partitions!r}")
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SpecError(f"workers: expected a positive int, got {workers!r}")
 
     ev_src = _open(events, "events")
     sp_src = _open(spine, "spine")
@@ -624,50 +636,98 @@ def backfill(
             bar.set_description("backfill: computing")
         ev_schema = _spill_schema(ev_src.schema, ev_cols)
         sp_schema = _spine_schema(sp_src.schema, row_index)
-        units = _plan(ev_spill, sp_spill, len(names), budget)
-        ctx = _Ctx(fs, keys, ev_schema, sp_schema, budget, len(names))
+        ctx = _Ctx(fs, keys, ev_schema, sp_schema, budget, len(names), budget // workers)
+        units = _plan(ev_spill, sp_spill, len(names), ctx.unit_budget)
         if not single_file:
             os.mkdir(out_tmp)
+        lock = threading.Lock()
+        cancel = threading.Event()
+        partial: dict[int, int] = {}  # spine rows done so far by each running unit
+        finished = [done[0]]
+
+        def report() -> None:  # under `lock`: monotone, one call at a time
+            done[0] = max(done[0], finished[0] + sum(partial.values()))
+            if callback is not None:
+                callback(done[0], max(total, done[0]))
+
+        def compute(idx: int, load: Callable[[], tuple[pa.Table, pa.Table]]) -> pa.Table | None:
+            """One unit: read its spill files, backfill, the output table (None: no spine)."""
+            if cancel.is_set():
+                raise _Cancelled
+            ev, sp = load()
+            if sp.num_rows == 0:
+                return None
+
+            def unit_progress(d: int, _t: int) -> None:
+                if cancel.is_set():
+                    raise _Cancelled  # another unit failed or Ctrl-C: stop the engine
+                with lock:
+                    partial[idx] = d
+                    report()
+
+            feats = pa.Table.from_batches([fs._spec.backfill(ev, sp, keys, time, unit_progress)])
+            with lock:
+                partial.pop(idx, None)
+                finished[0] += sp.num_rows
+                report()
+            table = sp
+            if row_index:
+                table = table.drop_columns([row_index])
+            for i, f in enumerate(feats.schema):
+                table = table.append_column(f, feats.column(i))
+            if row_index:
+                table = table.append_column(row_index, sp.column(row_index))
+            return table
+
         part_no = 0
-        for unit in units:
-            for ev, sp in _load_unit(unit, ev_spill, sp_spill, ctx):
-                if sp.num_rows == 0:
+
+        def emit(table: pa.Table | None) -> None:
+            nonlocal writer, part_no
+            if table is None:
+                return
+            import pyarrow.parquet as pq
+
+            if single_file:
+                if writer is None:
+                    writer = pq.ParquetWriter(out_tmp, table.schema)
+                writer.write_table(table)
+            else:
+                pq.write_table(table, os.path.join(out_tmp, f"part-{part_no:05d}.parquet"))
+                part_no += 1
+            result.rows += table.num_rows
+            result.units += 1
+
+        # units run `workers` at a time while their estimated costs together fit the budget
+        # (a unit over the budget, a hot entity, runs alone); outputs are written in unit order,
+        # a finished unit keeping its share of the budget until it is written
+        pool = (
+            ThreadPoolExecutor(workers, thread_name_prefix="rtml-backfill") if workers > 1 else None
+        )
+        queue: list[tuple[Future[pa.Table | None], float]] = []
+        inflight = 0.0
+        try:
+            for idx, (cost, load) in enumerate(_all_pieces(units, ev_spill, sp_spill, ctx)):
+                if pool is None:
+                    emit(compute(idx, load))
+                    pa.default_memory_pool().release_unused()
                     continue
-                base_done = done[0]
-
-                def unit_progress(d: int, _t: int, _base: int = base_done) -> None:
-                    done[0] = _base + d
-                    if callback is not None:
-                        callback(done[0], max(total, done[0]))
-
-                feats = pa.Table.from_batches(
-                    [fs._spec.backfill(ev, sp, keys, time, unit_progress)]
-                )
-                done[0] = base_done + sp.num_rows
-                if callback is not None:
-                    callback(done[0], max(total, done[0]))
-                table = sp
-                if row_index:
-                    table = table.drop_columns([row_index])
-                for i, f in enumerate(feats.schema):
-                    table = table.append_column(f, feats.column(i))
-                if row_index:
-                    table = table.append_column(row_index, sp.column(row_index))
-                if single_file:
-                    if writer is None:
-                        import pyarrow.parquet as pq
-
-                        writer = pq.ParquetWriter(out_tmp, table.schema)
-                    writer.write_table(table)
-                else:
-                    import pyarrow.parquet as pq
-
-                    pq.write_table(table, os.path.join(out_tmp, f"part-{part_no:05d}.parquet"))
-                    part_no += 1
-                result.rows += table.num_rows
-                result.units += 1
-                del table, feats, ev, sp
-                pa.default_memory_pool().release_unused()
+                while queue and inflight + cost > budget:
+                    fut, held = queue.pop(0)
+                    emit(fut.result())
+                    inflight -= held
+                    pa.default_memory_pool().release_unused()
+                queue.append((pool.submit(compute, idx, load), cost))
+                inflight += cost
+            while queue:
+                fut, held = queue.pop(0)
+                emit(fut.result())
+                inflight -= held
+        except BaseException:
+            cancel.set()
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         if single_file:
             if writer is None:
                 import pyarrow.parquet as pq
@@ -750,15 +810,28 @@ def _plan(ev: _Spill, sp: _Spill, n_features: int, budget: int) -> list[list[int
     return units
 
 
-def _load_unit(
+class _Cancelled(Exception):
+    """Stops a unit that is still running when another one failed (or on Ctrl-C)."""
+
+
+_Piece = tuple[float, Callable[[], tuple[pa.Table, pa.Table]]]
+
+
+def _all_pieces(units: list[list[int]], ev: _Spill, sp: _Spill, ctx: _Ctx) -> Iterator[_Piece]:
+    for unit in units:
+        yield from _pieces(unit, ev, sp, ctx)
+
+
+def _pieces(
     unit: list[int],
     ev: _Spill,
     sp: _Spill,
     ctx: _Ctx,
     depth: int = 0,
-) -> Iterator[tuple[pa.Table, pa.Table]]:
-    """The (events, spine) tables of a unit; a partition over the budget is split again by
-    another hash into parts that fit, and an entity that cannot fit is reported."""
+) -> Iterator[_Piece]:
+    """A unit as (estimated cost, a function reading its (events, spine) tables); a partition
+    over the budget is split again by another hash into parts that fit, and an entity that
+    cannot fit is reported. The reading happens when the function is called (in a worker)."""
     if len(unit) == 1 and ctx.cost(ev, sp, unit[0]) > ctx.budget:
         q = unit[0]
         k, count = _top_key(ev, q, ctx.fs.entity_columns)
@@ -769,17 +842,19 @@ def _load_unit(
         else:
             yield from _split(q, ev, sp, ctx, depth + 1)
             return
-    evs = [ev.read(p, ctx.ev_schema) for p in unit]
-    sps = [sp.read(p, ctx.sp_schema) for p in unit]
-    for p in unit:
-        ev.remove(p)
-        sp.remove(p)
-    yield _cat(evs, ctx.ev_schema), _cat(sps, ctx.sp_schema)
+
+    def load() -> tuple[pa.Table, pa.Table]:
+        evs = [ev.read(p, ctx.ev_schema) for p in unit]
+        sps = [sp.read(p, ctx.sp_schema) for p in unit]
+        for p in unit:
+            ev.remove(p)
+            sp.remove(p)
+        return _cat(evs, ctx.ev_schema), _cat(sps, ctx.sp_schema)
+
+    yield sum(ctx.cost(ev, sp, p) for p in unit), load
 
 
-def _split(
-    p: int, ev: _Spill, sp: _Spill, ctx: _Ctx, depth: int
-) -> Iterator[tuple[pa.Table, pa.Table]]:
+def _split(p: int, ev: _Spill, sp: _Spill, ctx: _Ctx, depth: int) -> Iterator[_Piece]:
     """Partition `p` re-hashed (seed `depth`) into parts that fit the budget."""
     k = min(_MAX_PARTITIONS, max(2, math.ceil(2 * ctx.cost(ev, sp, p) / ctx.budget)))
     level = f"{ev.level}.{p}"
@@ -799,8 +874,8 @@ def _split(
         sub_sp.close()
     ev.remove(p)
     sp.remove(p)
-    for unit in _plan(sub_ev, sub_sp, ctx.n_features, ctx.budget):
-        yield from _load_unit(unit, sub_ev, sub_sp, ctx, depth)
+    for unit in _plan(sub_ev, sub_sp, ctx.n_features, ctx.unit_budget):
+        yield from _pieces(unit, sub_ev, sub_sp, ctx, depth)
 
 
 @dataclass
@@ -811,6 +886,7 @@ class _Ctx:
     sp_schema: pa.Schema
     budget: int
     n_features: int
+    unit_budget: int  # what `_plan` packs a unit to: budget / workers
     hot: list[tuple[Any, int]] = field(default_factory=list)
 
     def cost(self, ev: _Spill, sp: _Spill, p: int) -> float:

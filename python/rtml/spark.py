@@ -41,19 +41,29 @@ runs them on a local session.)
 
 from __future__ import annotations
 
+import contextlib
+import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from . import _frames
-from .exceptions import HotKeyWarning, SchemaError, SpecError
+from . import exceptions as _exceptions
+from .exceptions import HotKeyWarning, RtmlError, SchemaError, SpecError
 
 if TYPE_CHECKING:
     from .features import FeatureSet
 
-__all__ = ["backfill", "bucket_column", "encoded_key_column", "BUCKET"]
+__all__ = [
+    "backfill",
+    "bucket_column",
+    "encoded_key_column",
+    "typed_errors",
+    "from_spark_error",
+    "BUCKET",
+]
 
 BUCKET = "__rtml_bucket"
 """The name of the bucket column added (and dropped again) by `backfill`."""
@@ -176,9 +186,10 @@ def backfill(
     Raises :class:`rtml.SchemaError` before any Spark job for a schema the local backfill
     refuses (missing column, wrong type, key kinds that differ, naive vs tz-aware times, a spine
     column named like a feature), and with ``check=True`` for null keys or times (row counts
-    given: Spark rows have no stable number). Errors found inside an executor (a NaN value with
-    ``on_nonfinite="error"``) surface as Spark's ``PythonException``, whose message holds
-    rtml's exception and message.
+    given: Spark rows have no stable number). An rtml error raised inside an executor (a NaN
+    value with ``on_nonfinite="error"``, a null key with ``check=False``) fails the Spark
+    action; run the action inside :func:`typed_errors` to get it back on the driver as the same
+    rtml exception (naming the column, and the bucket) instead of Spark's ``PythonException``.
 
     >>> import rtml, rtml.spark
     >>> fs = rtml.FeatureSet("k", "ts", [rtml.sum("v", window="1h")])
@@ -244,14 +255,17 @@ def backfill(
         out_fields.append(T.StructField(name, t, True))
     out_schema = T.StructType(out_fields)
     out_arrow = _arrow_schema(out_schema, "UTC")
-    run = _bucket_backfill(fs.to_json(), keys, time, out_arrow)
+    run = _bucket_backfill(fs.to_json(), keys, time, out_arrow, partitions)
     return ev.groupBy(BUCKET).cogroup(sp.groupBy(BUCKET)).applyInArrow(run, out_schema)
 
 
-def _bucket_backfill(doc: str, key: list[str], time: str, out_schema: pa.Schema) -> Any:
+def _bucket_backfill(
+    doc: str, key: list[str], time: str, out_schema: pa.Schema, partitions: int
+) -> Any:
     """The function each Python worker runs on one bucket: (events, spine) -> spine + features.
     A plain function of two arguments (Spark reads its signature); the feature set travels as
-    its JSON document."""
+    its JSON document. An rtml error is raised again with its class, message and bucket
+    encoded in its message (`_MARK`), for `from_spark_error` on the driver."""
 
     def run(events: pa.Table, spine: pa.Table) -> pa.Table:
         if spine.num_rows == 0:
@@ -259,14 +273,18 @@ def _bucket_backfill(doc: str, key: list[str], time: str, out_schema: pa.Schema)
         from .features import FeatureSet
 
         fs = FeatureSet.from_json(doc)
-        out = fs.backfill(
-            events.drop_columns([BUCKET]),
-            spine.drop_columns([BUCKET]),
-            key=key,
-            time=time,
-            output="arrow",
-            progress=False,
-        )
+        try:
+            out = fs.backfill(
+                events.drop_columns([BUCKET]),
+                spine.drop_columns([BUCKET]),
+                key=key,
+                time=time,
+                output="arrow",
+                progress=False,
+            )
+        except RtmlError as e:
+            bucket = spine.column(BUCKET)[0].as_py()
+            raise _marked(e, bucket, partitions) from None
         # Spark wants its own Arrow types back (e.g. timestamps in UTC, nullable fields)
         return out.replace_schema_metadata(None).cast(out_schema)
 
@@ -340,3 +358,120 @@ def _check_data(
             ),
             stacklevel=3,
         )
+
+
+# ----------------------------------------------------------------------------- errors
+
+_MARK = "rtml-error:"
+"""Starts the one-line JSON record of an rtml error raised in an executor (in the message of
+the exception the worker raises, which Spark's PythonException quotes on the driver)."""
+
+
+def _marked(e: RtmlError, bucket: Any, partitions: int) -> RtmlError:
+    record = {
+        "type": type(e).__name__,
+        "message": str(e),
+        "bucket": bucket,
+        "partitions": partitions,
+    }
+    text = _MARK + json.dumps(record, ensure_ascii=True)
+    try:
+        return type(e)(text)
+    except Exception:  # pragma: no cover (an rtml error class with another constructor)
+        return RtmlError(text)
+
+
+def from_spark_error(error: BaseException) -> RtmlError | None:
+    """The rtml exception that an executor raised, rebuilt from the Spark exception that the
+    failed action raised on the driver (``PythonException``, ``Py4JJavaError``, or one wrapping
+    them); None when the failure did not come from rtml.
+
+    Its class is the executor's (``rtml.SchemaError`` ...), its message the executor's followed
+    by the bucket, ``(in Spark bucket 3 of 8: rtml.spark.backfill's partitions; row numbers
+    count the rows of that bucket)``; ``.spark_error`` holds the Spark exception.
+
+    >>> import json
+    >>> from rtml.spark import from_spark_error
+    >>> record = {"type": "SchemaError", "message": "column 'v': NaN at row 3",
+    ...           "bucket": 2, "partitions": 8}
+    >>> spark_error = RuntimeError("Traceback ... rtml.exceptions.SchemaError: rtml-error:"
+    ...                            + json.dumps(record))
+    >>> err = from_spark_error(spark_error)
+    >>> type(err).__name__, err.spark_error is spark_error
+    ('SchemaError', True)
+    >>> print(err)  # doctest: +NORMALIZE_WHITESPACE
+    column 'v': NaN at row 3 (in Spark bucket 2 of 8: rtml.spark.backfill's partitions;
+    row numbers count the rows of that bucket)
+    >>> from_spark_error(RuntimeError("Java heap space")) is None
+    True
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        texts = [str(e)]
+        java = getattr(e, "java_exception", None)  # py4j's Py4JJavaError
+        if java is not None:
+            with contextlib.suppress(Exception):
+                texts.append(str(java.toString()))
+        for text in texts:
+            record = _find_record(text)
+            if record is not None:
+                typed = _rebuild(record)
+                typed.spark_error = error  # type: ignore[attr-defined]
+                return typed
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return None
+
+
+def _find_record(text: str) -> dict[str, Any] | None:
+    decoder = json.JSONDecoder()
+    start = text.find(_MARK)
+    while start >= 0:
+        try:
+            record, _ = decoder.raw_decode(text, start + len(_MARK))
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("type"), str):
+            return record
+        start = text.find(_MARK, start + 1)
+    return None
+
+
+def _rebuild(record: dict[str, Any]) -> RtmlError:
+    cls = getattr(_exceptions, str(record["type"]), None)
+    if not (isinstance(cls, type) and issubclass(cls, RtmlError)):
+        cls = RtmlError
+    message = str(record.get("message", ""))
+    where = (
+        f"in Spark bucket {record.get('bucket')} of {record.get('partitions')}: "
+        "rtml.spark.backfill's partitions"
+    )
+    if "row" in message:
+        where += "; row numbers count the rows of that bucket"
+    try:
+        return cls(f"{message} ({where})")
+    except Exception:  # pragma: no cover (an rtml error class with another constructor)
+        return RtmlError(f"{message} ({where})")
+
+
+@contextlib.contextmanager
+def typed_errors() -> Iterator[None]:
+    """Spark actions on `backfill`'s result, with rtml's errors: an rtml exception raised in
+    an executor is raised again on the driver as the same rtml exception (see
+    `from_spark_error`), not as Spark's ``PythonException``; other errors pass unchanged.
+
+    >>> import rtml.spark
+    >>> with rtml.spark.typed_errors():                                   # doctest: +SKIP
+    ...     rtml.spark.backfill(fs, events_df, spine_df).write.parquet("train/")
+    """
+    try:
+        yield
+    except Exception as e:
+        typed = from_spark_error(e)
+        if typed is None:
+            raise
+        raise typed from None

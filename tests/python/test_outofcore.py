@@ -8,10 +8,12 @@ import datetime as dt
 import glob
 import os
 import random
+import threading
 import warnings
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset  # noqa: F401  (backfill loads it before measuring its base RSS)
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -258,6 +260,191 @@ def test_hot_entity_is_reported_not_a_crash(tmp_path):
     assert_bits_equal(read_sorted(out), want)
 
 
+def test_hot_entity_unit_runs_alone_with_workers(tmp_path, monkeypatch):
+    """A unit over the budget (a hot entity) never runs beside another unit, with 4 workers."""
+    rnd = np.random.default_rng(4)
+    n_hot, n_cold = 100_000, 60_000
+    keys = np.concatenate([np.full(n_hot, 5), rnd.integers(100, 6000, n_cold)])
+    order = rnd.permutation(n_hot + n_cold)
+    secs = rnd.integers(0, 86400, n_hot + n_cold)
+    events = pa.table(
+        {
+            "k": pa.array(keys[order]),
+            "ts": pa.array((1_700_000_000 + secs) * 10**6, pa.timestamp("us", "UTC")),
+            "v": pa.array(rnd.normal(size=n_hot + n_cold)),
+            "cat": pa.array(rnd.choice(list("ab"), n_hot + n_cold)),
+        }
+    )
+    spine = events.select(["k", "ts"]).take(pa.array(rnd.integers(0, n_hot + n_cold, 8000)))
+    fs = feature_set()
+    want = in_memory(fs, events, spine)
+    limit = int((_rss() + _READER_RESERVE + 4_000_000) / (1 - _SLACK))
+    rec = _Recorder(fs._spec, len(fs.feature_names), watch=5)
+    monkeypatch.setattr(fs, "_spec", rec)
+    out = str(tmp_path / "out.parquet")
+    with pytest.warns(rtml.HotKeyWarning, match=r"entity 5 of column 'k' has 100,000 events"):
+        res = outofcore.backfill(
+            fs, events, spine, out, memory_limit=limit, workers=4, progress=False
+        )
+    assert res.hot_keys == [(5, n_hot)]
+    assert res.units >= 3
+    assert rec.calls == res.units
+    assert len(rec.watched) == 1
+    assert rec.overlapped[rec.watched[0]] is False
+    assert sum(rec.overlapped.values()) >= 1  # the cold units did overlap
+    assert_bits_equal(read_sorted(out), want)
+
+
+class _Recorder:
+    """Stands in for `fs._spec`: forwards everything, and watches the engine calls of the
+    backfill pass (those with a progress function) as they run: how many at once, the sum of
+    their costs under MEMORY_MODEL computed from the tables each call gets, and which calls had
+    another one running beside them. The first `meet` calls wait for each other (a barrier), so
+    a scheduler that never overlaps two units fails instead of passing by luck."""
+
+    def __init__(self, spec, n_features: int, meet: int = 0, watch=None) -> None:
+        self._spec = spec
+        self._watch = watch  # a key: the calls whose spine holds it are listed in `watched`
+        self.watched: list[int] = []
+        self._n = n_features
+        self._lock = threading.Lock()
+        self._active: dict[int, float] = {}
+        self._barrier = threading.Barrier(meet, timeout=120) if meet else None
+        self._meet = meet
+        self.calls = 0
+        self.max_active = 0
+        self.max_cost = 0.0
+        self.overlapped: dict[int, bool] = {}
+
+    def __getattr__(self, name):
+        return getattr(self._spec, name)
+
+    def backfill(self, ev, sp, key, time, progress):
+        if progress is None:  # the schema probe on the first rows, before any spill
+            return self._spec.backfill(ev, sp, key, time, progress)
+        cost = outofcore._unit_cost(ev.nbytes, sp.nbytes, sp.num_rows, self._n)
+        with self._lock:
+            me = self.calls
+            self.calls += 1
+            self.overlapped[me] = bool(self._active)
+            for other in self._active:
+                self.overlapped[other] = True
+            self._active[me] = cost
+            if self._watch is not None and self._watch in sp.column(key[0]).to_pylist():
+                self.watched.append(me)
+            self.max_active = max(self.max_active, len(self._active))
+            self.max_cost = max(self.max_cost, sum(self._active.values()))
+        try:
+            if self._barrier is not None and me < self._meet:
+                self._barrier.wait()
+            return self._spec.backfill(ev, sp, key, time, progress)
+        finally:
+            with self._lock:
+                del self._active[me]
+
+
+def _limit(budget: int) -> int:
+    """A memory_limit leaving about `budget` bytes of budget to a call made now."""
+    pa.default_memory_pool().release_unused()
+    return int((_rss() + _READER_RESERVE + budget) / (1 - _SLACK))
+
+
+def _units_data(n: int = 120_000, n_keys: int = 12_000, seed: int = 11):
+    rnd = np.random.default_rng(seed)
+    keys = rnd.integers(0, n_keys, n)
+    secs = rnd.integers(0, 3 * 86400, n)
+    order = rnd.permutation(n)
+    events = pa.table(
+        {
+            "k": pa.array(keys[order]),
+            "ts": pa.array((1_700_000_000 + secs[order]) * 10**6, pa.timestamp("us", "UTC")),
+            "v": pa.array(np.round(rnd.lognormal(2, 1, n), 2)[order], mask=rnd.random(n) < 0.05),
+            "cat": pa.array(rnd.choice(list("abcdefgh"), n)),
+        }
+    )
+    idx = rnd.integers(0, n, n // 10)
+    spine = pa.table(
+        {
+            "k": events["k"].take(pa.array(idx)),
+            "ts": pa.array(
+                events["ts"].take(pa.array(idx)).to_numpy().astype("int64") // 1000
+                + rnd.integers(0, 1800, n // 10) * 10**6,
+                pa.timestamp("us", "UTC"),
+            ),
+        }
+    )
+    return events, spine
+
+
+def test_parallel_units_same_rows_in_the_same_order_within_the_budget(tmp_path, monkeypatch):
+    """workers=3: units overlap (two at least: the barrier), the estimated costs of the units
+    running at once never sum above the budget, and the output is the workers=1 output row for
+    row (same order, for the same partitions), which sorted by spine_row is the in-memory
+    result bit for bit."""
+    events, spine = _units_data()
+    fs = feature_set()
+    want = in_memory(fs, events, spine)
+    one = str(tmp_path / "one.parquet")
+    r1 = outofcore.backfill(
+        fs,
+        events,
+        spine,
+        one,
+        memory_limit=_limit(4_000_000),
+        partitions=32,
+        workers=1,
+        progress=False,
+    )
+    rec = _Recorder(fs._spec, len(fs.feature_names), meet=2)
+    monkeypatch.setattr(fs, "_spec", rec)
+    seen = []
+    many = str(tmp_path / "many.parquet")
+    r3 = outofcore.backfill(
+        fs,
+        events,
+        spine,
+        many,
+        memory_limit=_limit(4_000_000),
+        partitions=32,
+        workers=3,
+        progress=lambda d, t: seen.append(d),
+    )
+    assert r3.units >= 4 and r1.units >= 3, (r1, r3)
+    assert rec.calls == r3.units
+    assert rec.max_active >= 2
+    assert rec.max_cost <= r3.budget, (rec.max_cost, r3.budget)
+    assert r3.hot_keys == [] and r1.hot_keys == []
+    got_many, got_one = pq.read_table(many), pq.read_table(one)
+    assert got_many.column("spine_row").to_pylist() == got_one.column("spine_row").to_pylist()
+    assert_bits_equal(got_many, got_one)
+    assert_bits_equal(read_sorted(many), want)
+    # progress from the worker threads: monotone, ending at events + 2 x spine rows
+    assert seen == sorted(seen) and seen[-1] == events.num_rows + 2 * spine.num_rows
+    assert not [t for t in threading.enumerate() if t.name.startswith("rtml-backfill")]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_directory_output_same_rows_whatever_the_workers(workers, tmp_path):
+    """A directory output: one part per unit (more, smaller units with more workers), the
+    parts read in name order give the same rows in the same order (the order is fixed by the
+    partitions, given here: the default count depends on the budget, hence on the RSS)."""
+    events, spine = _units_data(n=60_000, n_keys=6_000, seed=workers)
+    fs = feature_set()
+    ref = str(tmp_path / "ref.parquet")
+    kw = dict(partitions=24, progress=False)
+    outofcore.backfill(fs, events, spine, ref, memory_limit=_limit(3_000_000), workers=1, **kw)
+    out = str(tmp_path / "dir")
+    res = outofcore.backfill(
+        fs, events, spine, out, memory_limit=_limit(3_000_000), workers=workers, **kw
+    )
+    assert res.units >= 3
+    parts = sorted(glob.glob(os.path.join(out, "part-*.parquet")))
+    assert len(parts) == res.units
+    got = pa.concat_tables([pq.read_table(p) for p in parts])
+    assert_bits_equal(got, pq.read_table(ref))
+    assert_bits_equal(read_sorted(out), in_memory(fs, events, spine))
+
+
 def test_fs_backfill_out_delegates_and_progress_covers_both_passes(tmp_path):
     events = pa.table(
         {
@@ -401,7 +588,10 @@ def test_composite_rows_of_one_key_share_a_partition():
     for t, p in zip(zip(spine["driver"].to_pylist(), spine["zone"].to_pylist()), p_sp.tolist()):
         assert where.setdefault(t, p) == p
     # the encoded column is the engine's key text (src/key.rs), hashed as any string key
-    want = [f"s{len(a.encode())}:{a}i{b};" for a, b in zip(events["d"].to_pylist(), events["z"].to_pylist())]
+    want = [
+        f"s{len(a.encode())}:{a}i{b};"
+        for a, b in zip(events["d"].to_pylist(), events["z"].to_pylist())
+    ]
     assert ev_keys.to_pylist() == want
     assert p_ev.tolist() == _keyhash.partition_of(pa.array(want), 13).tolist()
 
@@ -416,7 +606,9 @@ def test_composite_hot_key_named_as_a_tuple(tmp_path):
     with pytest.warns(
         rtml.HotKeyWarning, match=r"entity \('hot', 7\) of columns \('d', 'z'\) has 120,000 events"
     ):
-        res = outofcore.backfill(fs, events, spine, out, memory_limit=limit, key=key, progress=False)
+        res = outofcore.backfill(
+            fs, events, spine, out, memory_limit=limit, key=key, progress=False
+        )
     assert res.hot_keys == [(("hot", 7), 120_000)]
     assert_bits_equal(read_sorted(out), want)
 
@@ -428,10 +620,20 @@ def test_composite_errors_match_in_memory(tmp_path):
     cases = [
         (events.drop_columns(["z"]), spine, rtml.SchemaError, "'z'"),
         (events, spine.drop_columns(["zone"]), rtml.SchemaError, "'zone'"),
-        (events, spine.set_column(1, "zone", pa.array([str(x) for x in spine["zone"].to_pylist()])),
-         rtml.SchemaError, "spine"),
-        (events, spine.set_column(1, "zone", pa.array([None] + spine["zone"].to_pylist()[1:], pa.int64())),
-         rtml.SchemaError, "null key"),
+        (
+            events,
+            spine.set_column(1, "zone", pa.array([str(x) for x in spine["zone"].to_pylist()])),
+            rtml.SchemaError,
+            "spine",
+        ),
+        (
+            events,
+            spine.set_column(
+                1, "zone", pa.array([None] + spine["zone"].to_pylist()[1:], pa.int64())
+            ),
+            rtml.SchemaError,
+            "null key",
+        ),
     ]
     for i, (ev, sp, exc, word) in enumerate(cases):
         with pytest.raises(exc, match=word):
@@ -533,6 +735,9 @@ def test_bad_arguments(tmp_path):
         )
     with pytest.raises(rtml.SpecError, match="already uses"):
         outofcore.backfill(fs, events, spine, str(tmp_path / "o.parquet"), memory_limit="1MB")
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(rtml.SpecError, match="workers: expected a positive int"):
+            outofcore.backfill(fs, events, spine, str(tmp_path / "o.parquet"), workers=bad)
     (tmp_path / "exists.parquet").write_bytes(b"x")
     with pytest.raises(FileExistsError):
         outofcore.backfill(fs, events, spine, str(tmp_path / "exists.parquet"))
@@ -553,10 +758,12 @@ def test_bad_arguments(tmp_path):
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 @pytest.mark.parametrize("when", ["partition", "backfill"])
-def test_interrupt_removes_spill_and_partial_output(exc, when, tmp_path):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_interrupt_removes_spill_and_partial_output(exc, when, workers, tmp_path):
     """Ctrl-C (KeyboardInterrupt, as Python delivers it) or an error from the progress callback
-    during either pass: the spill directory is gone, nothing is at `out`, and the exception
-    propagates unchanged."""
+    during either pass: the spill directory is gone, nothing is at `out`, the exception
+    propagates unchanged, and no worker thread is left running (with workers, the callback
+    raises in a worker thread while other units run)."""
     events, spine = _small()
     events = pa.concat_tables([events] * 100_000)
     spine = pa.concat_tables([spine] * 20_000)
@@ -571,10 +778,18 @@ def test_interrupt_removes_spill_and_partial_output(exc, when, tmp_path):
     spill.mkdir()
     with pytest.raises(exc, match="stop"):
         outofcore.backfill(
-            fs, events, spine, str(tmp_path / "out"), partitions=4, progress=cb, spill_dir=spill
+            fs,
+            events,
+            spine,
+            str(tmp_path / "out"),
+            partitions=4,
+            progress=cb,
+            spill_dir=spill,
+            workers=workers,
         )
     assert os.listdir(spill) == []
     assert os.listdir(tmp_path) == ["spill"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("rtml-backfill")]
 
 
 def test_reader_input_is_streamed(tmp_path):

@@ -292,18 +292,38 @@ def test_composite_keys_bit_identical_with_the_hot_tuple_named(spark):
     local = fs.backfill(events, spine, key=key, output="arrow", progress=False)
     joined = rtml.FeatureSet("dz", "ts", feature_set().features).backfill(
         events.append_column(
-            "dz", pa.array([f"{a}|{b}" for a, b in zip(events["d"].to_pylist(), events["z"].to_pylist())])
+            "dz",
+            pa.array(
+                [f"{a}|{b}" for a, b in zip(events["d"].to_pylist(), events["z"].to_pylist())]
+            ),
         ),
-        pa.table({"id": spine["id"], "dz": [f"{a}|{b}" for a, b in zip(spine["driver"].to_pylist(), spine["zone"].to_pylist())], "ts": spine["ts"]}),
-        output="arrow", progress=False,
+        pa.table(
+            {
+                "id": spine["id"],
+                "dz": [
+                    f"{a}|{b}"
+                    for a, b in zip(spine["driver"].to_pylist(), spine["zone"].to_pylist())
+                ],
+                "ts": spine["ts"],
+            }
+        ),
+        output="arrow",
+        progress=False,
     )
     assert_features_equal(joined, local, fs.feature_names)
     ev_df = spark.createDataFrame(events)
     sp_df = spark.createDataFrame(spine)
     assert dict(sp_df.dtypes)["zone"] == "int"
-    n_hot = int(sum(1 for a, b in zip(events["d"].to_pylist(), events["z"].to_pylist()) if (a, b) == ("hot", 7)))
+    n_hot = int(
+        sum(
+            1
+            for a, b in zip(events["d"].to_pylist(), events["z"].to_pylist())
+            if (a, b) == ("hot", 7)
+        )
+    )
     with pytest.warns(
-        rtml.HotKeyWarning, match=rf"entity \('hot', 7\) of columns \('d', 'z'\) has {n_hot:,} events"
+        rtml.HotKeyWarning,
+        match=rf"entity \('hot', 7\) of columns \('d', 'z'\) has {n_hot:,} events",
     ):
         out = rtml.spark.backfill(fs, ev_df, sp_df, key=key, partitions=5)
     assert out.columns == [*spine.column_names, *fs.feature_names]
@@ -344,3 +364,85 @@ def test_spark_encoded_key_is_the_engines_encoding(spark):
     seen = {}
     for r in buckets:
         assert seen.setdefault((r["s"], r["i"], r["small"], r["s2"]), r["b"]) == r["b"]
+
+
+def _local_error(fs, events, spine, **kw) -> str:
+    with pytest.raises(rtml.RtmlError) as e:
+        fs.backfill(events, spine, output="arrow", progress=False, **kw)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("case", ["nan_value", "null_event_key", "null_spine_time"])
+def test_executor_error_reaches_the_driver_typed(spark, case):
+    """An rtml error raised in an executor (the checks that would catch it earlier skipped or
+    not covering it) comes back from the action inside `typed_errors` as the local path's
+    exception: same class, same message up to the row number (rows are counted within the
+    bucket), naming the bucket that Spark SQL's own hash gives the bad row's key."""
+    from pyspark.errors import PythonException
+    from pyspark.sql import functions as F
+
+    events, spine = generated(400, 12, 40, seed=3)
+    fs = feature_set()
+    bad_key = events.column("k")[5].as_py()
+    check = True
+    if case == "nan_value":
+        v = events.column("v").to_pylist()
+        v[5] = float("nan")
+        events = events.set_column(events.schema.get_field_index("v"), "v", pa.array(v))
+    elif case == "null_event_key":
+        k = events.column("k").to_pylist()
+        k[5] = None
+        events = events.set_column(0, "k", pa.array(k, pa.int64()))
+        bad_key = None  # a null key's bucket: Spark's hash of NULL
+        check = False
+    else:
+        ts = spine.column("ts").to_pylist()
+        ts[2] = None
+        bad_key = spine.column("k")[2].as_py()
+        spine = spine.set_column(
+            spine.schema.get_field_index("ts"), "ts", pa.array(ts, pa.timestamp("us", "UTC"))
+        )
+        check = False
+    want = _local_error(fs, events, spine)
+    head, tail = re.split(r"at row \d+", want, maxsplit=1)
+    out = rtml.spark.backfill(
+        fs, spark.createDataFrame(events), spark.createDataFrame(spine), partitions=4, check=check
+    )
+    if case == "nan_value":  # without typed_errors: Spark's own exception
+        with pytest.raises(PythonException) as raw:
+            out.toArrow()
+        assert not isinstance(raw.value, rtml.RtmlError)
+    with pytest.raises(rtml.RtmlError) as got:
+        with rtml.spark.typed_errors():
+            out.toArrow()
+    assert type(got.value) is rtml.SchemaError
+    msg = str(got.value)
+    assert "PythonException" not in msg and "Traceback" not in msg
+    m = re.fullmatch(
+        re.escape(head)
+        + r"at row \d+"
+        + re.escape(tail)
+        + r" \(in Spark bucket (\d+) of 4: rtml\.spark\.backfill's partitions; row numbers "
+        r"count the rows of that bucket\)",
+        msg,
+    )
+    assert m is not None, (msg, want)
+    # the bucket of the bad row's key, by Spark SQL's hash (integer keys as bigint)
+    literal = "NULL" if bad_key is None else str(int(bad_key))
+    want_bucket = (
+        spark.range(1)
+        .select(F.expr(f"pmod(xxhash64(CAST({literal} AS BIGINT)), 4)").alias("b"))
+        .first()["b"]
+    )
+    assert int(m.group(1)) == want_bucket
+    assert isinstance(got.value.spark_error, PythonException)
+    assert got.value.__cause__ is None and got.value.__suppress_context__
+
+
+def test_typed_errors_passes_other_errors_unchanged(spark):
+    from pyspark.errors import AnalysisException
+
+    with pytest.raises(AnalysisException):
+        with rtml.spark.typed_errors():
+            spark.sql("SELECT no_such_column FROM range(1)").collect()
+    assert rtml.spark.from_spark_error(ValueError("rtml-error:{not json")) is None
