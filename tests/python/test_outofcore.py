@@ -423,6 +423,35 @@ def test_parallel_units_same_rows_in_the_same_order_within_the_budget(tmp_path, 
     assert not [t for t in threading.enumerate() if t.name.startswith("rtml-backfill")]
 
 
+def test_units_larger_than_a_workers_share_run_fewer_at_once(tmp_path, monkeypatch):
+    """Six partitions of about 0.42 x the budget each (a fixed budget: the process's RSS is
+    pinned for the call): with 3 workers only two fit the budget together, so at most two
+    engine calls run at once (and two do: the barrier), their costs within the budget."""
+    events, spine = _units_data()
+    fs = feature_set()
+    n_feat = len(fs.feature_names)
+    # the whole input's cost under MEMORY_MODEL (the spine carries its int64 spine_row)
+    total = outofcore._unit_cost(
+        events.nbytes, spine.nbytes + 8 * spine.num_rows, spine.num_rows, n_feat
+    )
+    budget = total / 2.5
+    base = 100_000_000
+    monkeypatch.setattr(outofcore, "_rss", lambda: base)
+    limit = int((base + _READER_RESERVE + budget) / (1 - _SLACK)) + 1
+    rec = _Recorder(fs._spec, n_feat, meet=2)
+    monkeypatch.setattr(fs, "_spec", rec)
+    out = str(tmp_path / "out.parquet")
+    res = outofcore.backfill(
+        fs, events, spine, out, memory_limit=limit, partitions=6, workers=3, progress=False
+    )
+    assert abs(res.budget - budget) < 16, (res.budget, budget)
+    assert res.units == 6 and rec.calls == 6
+    assert rec.max_active == 2
+    assert rec.max_cost <= res.budget, (rec.max_cost, res.budget)
+    monkeypatch.undo()
+    assert_bits_equal(read_sorted(out), in_memory(fs, events, spine))
+
+
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_directory_output_same_rows_whatever_the_workers(workers, tmp_path):
     """A directory output: one part per unit (more, smaller units with more workers), the
