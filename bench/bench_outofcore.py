@@ -170,7 +170,7 @@ def main() -> None:
     ap.add_argument("--skip-memory", action="store_true", help="no in-memory run (nor check)")
     ap.add_argument(
         "--workers",
-        default="2",
+        default="1",
         help="out-of-core units run at once; a comma list runs one out-of-core run per value",
     )
     ap.add_argument("--calibrate", action="store_true")
@@ -193,8 +193,8 @@ def main() -> None:
         workers = [w.strip() for w in args.workers.split(",")]
         modes = ([] if args.skip_memory else [("memory", "1")]) + [("ooc", w) for w in workers]
         outs = {"memory": str(work / "memory.parquet")}
-        for mode, w in modes:
-            out = outs["memory"] if mode == "memory" else str(work / f"ooc-w{w}")
+        for i, (mode, w) in enumerate(modes):
+            out = outs["memory"] if mode == "memory" else str(work / f"ooc-{i}-w{w}")
             cmd = [
                 sys.executable,
                 __file__,
@@ -214,6 +214,7 @@ def main() -> None:
             if mode == "ooc" and not args.skip_memory:
                 c = check_same(outs["memory"], out)
                 print(json.dumps({"check": c, "workers": w}), flush=True)
+            if mode == "ooc":
                 shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

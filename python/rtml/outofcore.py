@@ -12,9 +12,10 @@
    carries its position in the spine (the `row_index` column).
 2. **Backfill pass.** The spill partitions are grouped into units that fit the memory budget and
    each unit is backfilled by the in-memory engine (parallel across entities on rtml's thread
-   pool), its rows written to the Parquet output as they are done. An entity's features only
-   depend on its own events, and each entity's events and spine rows are all in one partition, so
-   every row equals the in-memory answer.
+   pool), its rows written to the Parquet output as they are done; with ``workers=N``, up to N
+   units at once while their estimated costs together fit the budget, written in unit order.
+   An entity's features only depend on its own events, and each entity's events and spine rows
+   are all in one partition, so every row equals the in-memory answer.
 
 The temporary directory is removed at the end, on error, and on Ctrl-C; the output appears only
 when the call succeeded (written under a temporary name, then renamed).
@@ -427,7 +428,7 @@ def backfill(
     progress: Progress = None,
     spill_dir: str | os.PathLike[str] | None = None,
     partitions: int | None = None,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> OutOfCoreResult:
     """The backfill of `fs` for every spine row, written to Parquet at `out`, in bounded memory.
 
@@ -454,9 +455,10 @@ def backfill(
     `spill_dir`: where the temporary spill directory goes (default: beside `out`, on the same
     disk; not /tmp, which may be memory). `partitions`: force the number of spill partitions
     (default: from the input size and the budget). `workers`: how many units are backfilled at
-    once (default: 2, or 1 on a one-core machine); their estimated costs together stay within
-    the budget (units are packed to ``budget / workers`` each), and the output is the same,
-    row for row, whatever `workers` is (units are written in their order; only the
+    once (default 1: the engine already uses every core within a unit, and on the 2-core
+    benchmark machine 2 workers were not faster, docs/scale.md); their estimated costs together
+    stay within the budget (units are packed to ``budget / workers`` each), and the output is
+    the same, row for row, whatever `workers` is (units are written in their order; only the
     ``part-NNNNN`` boundaries of a directory output move). `progress`: as in ``FeatureSet.backfill``
     (None: a bar for large inputs when tqdm is installed, True, False, or ``f(done, total)``);
     one bar over both passes, counted in rows: events + spine rows read, then spine rows
@@ -492,8 +494,6 @@ def backfill(
         isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
     ):
         raise SpecError(f"partitions: expected a positive int, got {partitions!r}")
-    if workers is None:
-        workers = min(2, os.cpu_count() or 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise SpecError(f"workers: expected a positive int, got {workers!r}")
 
