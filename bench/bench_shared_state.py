@@ -48,8 +48,12 @@ def writer(fs, events, url: str, partitions: int, publish_every: str) -> dict:
     out = {}
     for label, pub in [
         ("no_publish", None),
+        # delta segments appended (the default)
         ("publish", rtml.RedisPublisher(url, prefix=f"w{uuid.uuid4().hex[:6]}",
                                         publish_every=publish_every)),
+        # every changed key's whole state each time (deltas=False)
+        ("publish_whole", rtml.RedisPublisher(url, prefix=f"w{uuid.uuid4().hex[:6]}",
+                                              publish_every=publish_every, deltas=False)),
     ]:
         src = rtml.sources.replay(events, partitions=partitions)
         with tempfile.TemporaryDirectory() as d:

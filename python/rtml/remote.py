@@ -111,9 +111,12 @@ class RedisPublisher:
 
     `url`: ``redis://host:port/db``. `prefix`: the namespace prefix (the namespace is
     ``<prefix>:<spec hash>``). `publish_every`: how often the runner publishes (at least; also
-    at each checkpoint). `batch`: commands per pipelined round trip. `timeout`: socket timeout
+    at each checkpoint). `batch`: keys per pipelined round trip. `timeout`: socket timeout
     of the writer's connection (seconds). `client`: an existing redis-py client instead of
-    `url`.
+    `url`. `deltas`: through the Rust client (a ``redis://`` URL), a key whose stored value the
+    writer knows gets only the events applied since its last publish, appended to the value
+    (``APPEND``, a delta segment), until the segments would outgrow the value's base, which is
+    then rewritten whole; False writes every value whole (a redis-py `client` always does).
 
     Values expire (``PXAT``) after the feature set's ``ttl`` past their key's last event, on the
     wall clock: ``now + (last_event + ttl - watermark)`` (docs/shared-state.md). A failed publish
@@ -134,9 +137,11 @@ class RedisPublisher:
         batch: int = 2000,
         timeout: float = 2.0,
         client: Any = None,
+        deltas: bool = True,
     ) -> None:
         if client is None and url is None:
             raise SpecError("RedisPublisher: give url= or client=")
+        self.deltas = bool(deltas)
         self.url = url
         self.prefix = prefix
         self.publish_every = _duration_s(publish_every, "RedisPublisher.publish_every")
@@ -158,6 +163,8 @@ class RedisPublisher:
         self.errors = 0
         self.last_error: Optional[str] = None
         self.published_values = 0
+        self.published_deltas = 0
+        self.rewrites = 0
         self.published_bytes = 0
         self.publishes = 0
         self.seconds = 0.0
@@ -259,7 +266,7 @@ class RedisPublisher:
         full = self._full.get(partition, True)
         self._full[partition] = True  # until this publish has landed
         try:
-            values, nbytes, _ = _core.publish_redis(
+            values, nbytes, _, deltas, rewrites = _core.publish_redis(
                 self._conn,
                 engine._engine,
                 self.ns,
@@ -271,6 +278,7 @@ class RedisPublisher:
                 full,
                 partition in self._seen,
                 self.batch,
+                self.deltas,
             )
         except _core.RedisIoError as e:
             self.errors += 1
@@ -281,6 +289,8 @@ class RedisPublisher:
         self._full[partition] = False
         self._seen.add(partition)
         self.published_values += values
+        self.published_deltas += deltas
+        self.rewrites += rewrites
         self.published_bytes += nbytes
         self.publishes += 1
         return int(values)
@@ -292,6 +302,8 @@ class RedisPublisher:
         return {
             "publishes": self.publishes,
             "values": self.published_values,
+            "deltas": self.published_deltas,
+            "rewrites": self.rewrites,
             "bytes": self.published_bytes,
             "errors": self.errors,
             "last_error": self.last_error,

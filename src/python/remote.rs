@@ -18,7 +18,7 @@ use super::errors::{self, detached, entry, IntoPy};
 use super::transforms::PyTransforms;
 use super::PySpec;
 use crate::error::Error;
-use crate::input::KeyRef;
+use crate::input::{Key, KeyRef};
 use crate::online::keystate::{self, answer};
 use crate::plan::Plan;
 use crate::resp::{self, Conn, Reply, Target};
@@ -71,8 +71,12 @@ pub fn publish_changes<'py>(
         let inner = &e.inner;
         let (published, items) = detached(py, || {
             let mut items: Vec<(Vec<u8>, Vec<u8>, i64)> = Vec::new();
-            let p = inner.publish_changed(all, spec_id, zone, |k, st, v| {
-                items.push((keystate::store_key(ns, k.as_ref()), v.to_vec(), st.last_ts))
+            // redis-py writes whole values (SET): no delta segments on this path
+            let p = inner.publish_changed(all, false, spec_id, zone, |k, st, v| {
+                if let keystate::Value::Full(v) = v {
+                    items.push((keystate::store_key(ns, k.as_ref()), v.to_vec(), st.last_ts));
+                }
+                true
             })?;
             Ok((p, items))
         })?;
@@ -179,7 +183,13 @@ impl PyRemoteReader {
                 Ok(None)
             }
             Some(bytes) => {
-                let d = keystate::decode(bytes, &self.plan, self.spec_id, key).py_err()?;
+                let Some(d) =
+                    keystate::decode_value(bytes, &self.plan, self.spec_id, key).py_err()?
+                else {
+                    // only delta segments (the base expired): no stored state
+                    answer(&self.plan, None, t, out, mask).py_err()?;
+                    return Ok(None);
+                };
                 if let Some(z) = zone_of(at_zone) {
                     self.check_zone(z, d.header.zone, "at")?;
                 }
@@ -207,11 +217,14 @@ impl PyRemoteReader {
         let one = |k: &PyKey, t: i64, v: &Option<&[u8]>, out: &mut [f64]| -> One {
             match v {
                 None => Ok((None, ZONE_UNKNOWN, answer(plan, None, t, out, None))),
-                Some(b) => {
-                    let d = keystate::decode(b, plan, spec_id, k.as_ref())?;
-                    let r = answer(plan, Some(&d.state), t, out, None);
-                    Ok((Some(d.header.watermark), d.header.zone, r))
-                }
+                Some(b) => match keystate::decode_value(b, plan, spec_id, k.as_ref())? {
+                    Some(d) => {
+                        let r = answer(plan, Some(&d.state), t, out, None);
+                        Ok((Some(d.header.watermark), d.header.zone, r))
+                    }
+                    // only delta segments (the base expired): no stored state
+                    None => Ok((None, ZONE_UNKNOWN, answer(plan, None, t, out, None))),
+                },
             }
         };
         let (flat, results) = py.detach(|| {
@@ -635,6 +648,13 @@ impl PyRemoteReader {
 // evaluation.
 // ---------------------------------------------------------------------------------------------
 
+/// An `APPEND` of a publish: its place among the commands, the length it must answer, its key.
+struct Append {
+    command: usize,
+    len: usize,
+    key: Key,
+}
+
 /// Connections to one Redis through the Rust client, every call bounded by `timeout`.
 #[pyclass(frozen, name = "RedisConn", module = "rtml._core")]
 pub struct PyRedisConn {
@@ -885,13 +905,18 @@ impl PyRemoteReader {
 }
 
 /// Publish `engine`'s changed keys (every key with `all`, or when `check_meta` and the
-/// partition's meta record is missing) through the Rust client: `SET name value [PXAT at]`
-/// (or `DEL` when already expired) pipelined `batch` commands per round trip, then the meta
-/// record (`HSET <ns>:meta <field> <json>`) and the info record. The values are encoded under
-/// the engine's ingest lock; the network I/O happens after it is released, without the GIL.
-/// Returns `(values, bytes, wrote_all)`. Raises `RedisIoError`.
+/// partition's meta record is missing) through the Rust client: a key whose stored value the
+/// writer knows gets `APPEND name <delta segment>` (then `PEXPIREAT name at` with a ttl), the
+/// others `SET name value [PXAT at]` (or `DEL` when already expired), pipelined `batch` keys per
+/// round trip, then the meta record (`HSET <ns>:meta <field> <json>`) and the info record. An
+/// `APPEND` answering another length than the writer expects (the value expired or was
+/// deleted meanwhile) marks the key to be written whole at the next publish. The values are
+/// encoded under the engine's ingest lock; the network I/O happens after it is released,
+/// without the GIL. `deltas=False` writes every value whole.
+/// Returns `(values, bytes, wrote_all, deltas, rewrites)` (`rewrites`: keys whose append found
+/// another length). Raises `RedisIoError`.
 #[pyfunction]
-#[pyo3(signature = (conn, engine, ns, spec_id, field, position_json, now_ms, ttl_ns=None, all=false, check_meta=false, batch=2000))]
+#[pyo3(signature = (conn, engine, ns, spec_id, field, position_json, now_ms, ttl_ns=None, all=false, check_meta=false, batch=2000, deltas=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn publish_redis(
     py: Python<'_>,
@@ -906,7 +931,8 @@ pub fn publish_redis(
     all: bool,
     check_meta: bool,
     batch: usize,
-) -> PyResult<(usize, usize, bool)> {
+    deltas: bool,
+) -> PyResult<(usize, usize, bool, usize, usize)> {
     let e = engine.get();
     let conn = conn.get();
     let position: serde_json::Value = serde_json::from_str(position_json)
@@ -926,41 +952,68 @@ pub fn publish_redis(
         let key_kind = inner.key_kind();
         let key_is_int = key_kind.map(|k| k == crate::key::KIND_INT);
         let batch = batch.max(1);
-        // encode (ingest lock held, GIL released): the commands and where each batch ends
-        let (published, buf, cuts) = detached(py, || {
+        // encode (ingest lock held, GIL released): the commands, where each batch ends, and
+        // the length each APPEND must answer
+        let (published, buf, cuts, appends) = detached(py, || {
             let mut buf: Vec<u8> = Vec::new();
             let mut cuts: Vec<(usize, usize)> = Vec::new(); // (end offset, commands)
-            let mut n = 0usize;
-            let p = inner.publish_changed(all, spec_id, zone, |k, st, v| {
+            let mut appends: Vec<Append> = Vec::new();
+            let (mut n, mut cmds) = (0usize, 0usize);
+            let mut digits = [0u8; 20];
+            let p = inner.publish_changed(all, deltas, spec_id, zone, |k, st, v| {
                 let name = keystate::store_key(ns, k.as_ref());
-                match ttl_ns {
-                    None => resp::pack(&mut buf, &[b"SET", &name, v]),
-                    Some(ttl) => {
-                        let wm = v
-                            .get(16..24)
-                            .and_then(|b| b.try_into().ok())
-                            .map_or(i64::MIN, i64::from_le_bytes);
-                        let left = st.last_ts.saturating_add(ttl).saturating_sub(wm);
-                        let at = now_ms.saturating_add(crate::time::floor_div(left, 1_000_000));
-                        if at <= now_ms {
-                            resp::pack(&mut buf, &[b"DEL", &name]);
-                        } else {
-                            resp::pack(
-                                &mut buf,
-                                &[b"SET", &name, v, b"PXAT", at.to_string().as_bytes()],
-                            );
-                        }
+                let at = ttl_ns.map(|ttl| {
+                    let left = st
+                        .last_ts
+                        .saturating_add(ttl)
+                        .saturating_sub(keystate::watermark_of(v));
+                    now_ms.saturating_add(crate::time::floor_div(left, 1_000_000))
+                });
+                let kept = match (v, at) {
+                    (_, Some(at)) if at <= now_ms => {
+                        resp::pack(&mut buf, &[b"DEL", &name]);
+                        cmds += 1;
+                        false
                     }
-                }
+                    (keystate::Value::Full(v), None) => {
+                        resp::pack(&mut buf, &[b"SET", &name, v]);
+                        cmds += 1;
+                        true
+                    }
+                    (keystate::Value::Full(v), Some(at)) => {
+                        let at = resp::int_bytes(&mut digits, at);
+                        resp::pack(&mut buf, &[b"SET", &name, v, b"PXAT", at]);
+                        cmds += 1;
+                        true
+                    }
+                    (keystate::Value::Delta { bytes, len }, at) => {
+                        resp::pack(&mut buf, &[b"APPEND", &name, bytes]);
+                        appends.push(Append {
+                            command: cmds,
+                            len,
+                            key: k.clone(),
+                        });
+                        cmds += 1;
+                        if let Some(at) = at {
+                            let at = resp::int_bytes(&mut digits, at);
+                            resp::pack(&mut buf, &[b"PEXPIREAT", &name, at]);
+                            cmds += 1;
+                        }
+                        true
+                    }
+                };
                 n += 1;
                 if n % batch == 0 {
-                    cuts.push((buf.len(), batch));
+                    let done: usize = cuts.iter().map(|c| c.1).sum();
+                    cuts.push((buf.len(), cmds - done));
                 }
+                kept
             })?;
-            if n % batch != 0 {
-                cuts.push((buf.len(), n % batch));
+            let done: usize = cuts.iter().map(|c| c.1).sum();
+            if cmds > done {
+                cuts.push((buf.len(), cmds - done));
             }
-            Ok((p, buf, cuts))
+            Ok((p, buf, cuts, appends))
         })?;
         let record = serde_json::json!({
             "watermark": published.watermark,
@@ -995,16 +1048,27 @@ pub fn publish_redis(
             &mut tail,
             &[b"SET", format!("{ns}:info").as_bytes(), info.as_bytes()],
         );
-        // send (GIL released): each batch, then its replies; the first error reply fails it
-        let failed = conn.with(py, move |c, d| {
+        // send (GIL released): each batch, then its replies; the first error reply fails it;
+        // an APPEND answering another length than expected: that key is rewritten next time
+        let (failed, stale) = conn.with(py, move |c, d| {
             let mut start = 0;
             let mut first_error: Option<String> = None;
+            let mut stale: Vec<Key> = Vec::new();
+            let mut next = appends.iter().peekable();
+            let mut command = 0usize;
             let mut send = |c: &mut Conn, chunk: &[u8], n: usize| -> std::io::Result<()> {
                 c.send(chunk, d)?;
                 for _ in 0..n {
-                    if let Reply::Error(m) = c.read(d)? {
+                    let reply = c.read(d)?;
+                    if let Some(a) = next.next_if(|a| a.command == command) {
+                        if reply != Reply::Int(a.len as i64) {
+                            stale.push(a.key.clone());
+                        }
+                    }
+                    if let Reply::Error(m) = reply {
                         first_error.get_or_insert(m);
                     }
+                    command += 1;
                 }
                 Ok(())
             };
@@ -1013,13 +1077,23 @@ pub fn publish_redis(
                 start = end;
             }
             send(c, &tail, 2)?;
-            Ok(first_error)
+            Ok((first_error, stale))
         })?;
         if let Some(m) = failed {
             return Err(RedisIoError::new_err(format!(
                 "redis answered an error: {m}"
             )));
         }
-        Ok((published.values, published.bytes, all))
+        let rewrites = stale.len();
+        if rewrites > 0 {
+            py.detach(|| inner.mark_full(&stale));
+        }
+        Ok((
+            published.values,
+            published.bytes,
+            all,
+            published.deltas,
+            rewrites,
+        ))
     })
 }
