@@ -191,9 +191,10 @@ class RedisPublisher:
         return f"{self.ns}:info"
 
     def publish(self, partition: int, engine: Any, position: Any = None) -> int:
-        """Write every key of `engine` changed since its last publish (every key after a failure
-        or when Redis lost the partition's meta record), then the partition's meta record.
-        Returns the values written. Raises `RemoteUnavailableError` (the next call is full)."""
+        """Write every key of `engine` changed since its last publish (every key after a failure,
+        or after a publish that found Redis had lost the partition's meta record), then the
+        partition's meta record. Returns the values written. Raises `RemoteUnavailableError`
+        (the next call is full)."""
         if self.ns is None:
             raise SpecError("RedisPublisher: not bound to a feature set (give it to a Runner)")
         field = f"p{partition}"
@@ -265,35 +266,42 @@ class RedisPublisher:
         assert self._conn is not None and self.ns is not None
         full = self._full.get(partition, True)
         self._full[partition] = True  # until this publish has landed
-        try:
-            values, nbytes, _, deltas, rewrites = _core.publish_redis(
-                self._conn,
-                engine._engine,
-                self.ns,
-                self.spec_id,
-                field,
-                json.dumps(position),
-                time.time_ns() // 1_000_000,
-                self._ttl_ns,
-                full,
-                partition in self._seen,
-                self.batch,
-                self.deltas,
-            )
-        except _core.RedisIoError as e:
-            self.errors += 1
-            self.last_error = str(e)
-            raise RemoteUnavailableError(
-                f"publishing partition {partition} to {self._where()}: {e}"
-            ) from None
+        total = 0
+        # one pass, one round trip (up to `batch` keys); a second, writing every key, when the
+        # first found that Redis had lost the partition's meta record (restarted empty)
+        for check in (partition in self._seen and not full, False):
+            try:
+                values, nbytes, meta_lost, deltas, rewrites = _core.publish_redis(
+                    self._conn,
+                    engine._engine,
+                    self.ns,
+                    self.spec_id,
+                    field,
+                    json.dumps(position),
+                    time.time_ns() // 1_000_000,
+                    self._ttl_ns,
+                    full or not check,
+                    check,
+                    self.batch,
+                    self.deltas,
+                )
+            except _core.RedisIoError as e:
+                self.errors += 1
+                self.last_error = str(e)
+                raise RemoteUnavailableError(
+                    f"publishing partition {partition} to {self._where()}: {e}"
+                ) from None
+            self.published_values += values
+            self.published_deltas += deltas
+            self.rewrites += rewrites
+            self.published_bytes += nbytes
+            total += values
+            if not meta_lost:
+                break
         self._full[partition] = False
         self._seen.add(partition)
-        self.published_values += values
-        self.published_deltas += deltas
-        self.rewrites += rewrites
-        self.published_bytes += nbytes
         self.publishes += 1
-        return int(values)
+        return total
 
     def _where(self) -> str:
         return f"redis {self.url}" if self.url else "redis"

@@ -74,6 +74,8 @@ pub const DELTA_HEADER: usize = 36;
 /// Words a key's pending event log may hold before the key is marked for a full rewrite
 /// instead (a writer that cannot publish must not grow without bound).
 pub const LOG_CAP_WORDS: usize = 1 << 16;
+/// A key's log keeps its allocation across publishes up to this many words.
+const KEEP_LOG_WORDS: usize = 64;
 /// Number of hash-tag buckets of the store's key layout (see [`store_key`]).
 pub const BUCKETS: u64 = 1024;
 
@@ -660,7 +662,8 @@ impl Engine {
             }
             t.full = false;
             t.dirty = false;
-            if t.log.capacity() > 4096 {
+            // a quiet key keeps a small log's allocation; a burst's is given back
+            if t.log.capacity() > KEEP_LOG_WORDS {
                 t.log = Vec::new();
             } else {
                 t.log.clear();

@@ -904,16 +904,18 @@ impl PyRemoteReader {
     }
 }
 
-/// Publish `engine`'s changed keys (every key with `all`, or when `check_meta` and the
-/// partition's meta record is missing) through the Rust client: a key whose stored value the
-/// writer knows gets `APPEND name <delta segment>` (then `PEXPIREAT name at` with a ttl), the
-/// others `SET name value [PXAT at]` (or `DEL` when already expired), pipelined `batch` keys per
-/// round trip, then the meta record (`HSET <ns>:meta <field> <json>`) and the info record. An
-/// `APPEND` answering another length than the writer expects (the value expired or was
-/// deleted meanwhile) marks the key to be written whole at the next publish. The values are
-/// encoded under the engine's ingest lock; the network I/O happens after it is released,
-/// without the GIL. `deltas=False` writes every value whole.
-/// Returns `(values, bytes, wrote_all, deltas, rewrites)` (`rewrites`: keys whose append found
+/// Publish `engine`'s changed keys (every key with `all`) through the Rust client: a key whose
+/// stored value the writer knows gets `APPEND name <delta segment>` (then `PEXPIREAT name at`
+/// with a ttl), the others `SET name value [PXAT at]` (or `DEL` when already expired),
+/// pipelined `batch` keys per round trip, the last batch with the meta record
+/// (`HSET <ns>:meta <field> <json>`) and the info record: one round trip for a publish of at
+/// most `batch` keys. An `APPEND` answering another length than the writer expects (the value
+/// expired or was deleted meanwhile) marks the key to be written whole at the next publish.
+/// With `check_meta` (the partition published before), an `HSET` that creates the meta field
+/// means Redis lost it (restarted empty, flushed): `meta_lost`, and the caller publishes every
+/// key next time. The values are encoded under the engine's ingest lock; the network I/O
+/// happens after it is released, without the GIL. `deltas=False` writes every value whole.
+/// Returns `(values, bytes, meta_lost, deltas, rewrites)` (`rewrites`: keys whose append found
 /// another length). Raises `RedisIoError`.
 #[pyfunction]
 #[pyo3(signature = (conn, engine, ns, spec_id, field, position_json, now_ms, ttl_ns=None, all=false, check_meta=false, batch=2000, deltas=true))]
@@ -939,14 +941,6 @@ pub fn publish_redis(
         .map_err(|err| errors::to_py(Error::spec("position", err.to_string())))?;
     entry(Some(&e.poison), || {
         let meta_key = format!("{ns}:meta");
-        let mut all = all;
-        if !all && check_meta {
-            match conn.command(py, &[b"HEXISTS", meta_key.as_bytes(), field.as_bytes()])? {
-                Reply::Int(0) => all = true,
-                Reply::Int(_) => {}
-                _ => return Err(RedisIoError::new_err("redis: unexpected reply to HEXISTS")),
-            }
-        }
         let zone = e.zone.load(Ordering::Acquire);
         let inner = &e.inner;
         let key_kind = inner.key_kind();
@@ -1034,9 +1028,11 @@ pub fn publish_redis(
         let info =
             serde_json::json!({"key_is_int": key_is_int, "key_kind": key_kind, "zone": zone_name})
                 .to_string();
-        let mut tail = Vec::new();
+        // the meta and info records go with the last batch
+        let (mut buf, mut cuts) = (buf, cuts);
+        let hset_at: usize = cuts.iter().map(|c| c.1).sum();
         resp::pack(
-            &mut tail,
+            &mut buf,
             &[
                 b"HSET",
                 meta_key.as_bytes(),
@@ -1045,19 +1041,25 @@ pub fn publish_redis(
             ],
         );
         resp::pack(
-            &mut tail,
+            &mut buf,
             &[b"SET", format!("{ns}:info").as_bytes(), info.as_bytes()],
         );
+        match cuts.last_mut() {
+            Some(last) => *last = (buf.len(), last.1 + 2),
+            None => cuts.push((buf.len(), 2)),
+        }
         // send (GIL released): each batch, then its replies; the first error reply fails it;
         // an APPEND answering another length than expected: that key is rewritten next time
-        let (failed, stale) = conn.with(py, move |c, d| {
+        let (failed, stale, created) = conn.with(py, move |c, d| {
             let mut start = 0;
             let mut first_error: Option<String> = None;
             let mut stale: Vec<Key> = Vec::new();
+            let mut created = false;
             let mut next = appends.iter().peekable();
             let mut command = 0usize;
-            let mut send = |c: &mut Conn, chunk: &[u8], n: usize| -> std::io::Result<()> {
-                c.send(chunk, d)?;
+            for &(end, n) in &cuts {
+                c.send(buf.get(start..end).unwrap_or_default(), d)?;
+                start = end;
                 for _ in 0..n {
                     let reply = c.read(d)?;
                     if let Some(a) = next.next_if(|a| a.command == command) {
@@ -1065,19 +1067,16 @@ pub fn publish_redis(
                             stale.push(a.key.clone());
                         }
                     }
+                    if command == hset_at {
+                        created = reply == Reply::Int(1);
+                    }
                     if let Reply::Error(m) = reply {
                         first_error.get_or_insert(m);
                     }
                     command += 1;
                 }
-                Ok(())
-            };
-            for &(end, n) in &cuts {
-                send(c, buf.get(start..end).unwrap_or_default(), n)?;
-                start = end;
             }
-            send(c, &tail, 2)?;
-            Ok((first_error, stale))
+            Ok((first_error, stale, created))
         })?;
         if let Some(m) = failed {
             return Err(RedisIoError::new_err(format!(
@@ -1088,10 +1087,11 @@ pub fn publish_redis(
         if rewrites > 0 {
             py.detach(|| inner.mark_full(&stale));
         }
+        let meta_lost = check_meta && created;
         Ok((
             published.values,
             published.bytes,
-            all,
+            meta_lost,
             published.deltas,
             rewrites,
         ))

@@ -17,7 +17,6 @@ import pytest
 
 import rtml
 from rtml.remote import namespace_of
-
 from services import redis_server, require_module  # noqa: F401
 from stream_helpers import LATENESS_S, NS, feature_set, workload
 
