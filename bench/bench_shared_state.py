@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
 import sys
 import tempfile
@@ -48,8 +49,12 @@ def writer(fs, events, url: str, partitions: int, publish_every: str) -> dict:
     out = {}
     for label, pub in [
         ("no_publish", None),
+        # delta segments appended (the default)
         ("publish", rtml.RedisPublisher(url, prefix=f"w{uuid.uuid4().hex[:6]}",
                                         publish_every=publish_every)),
+        # every changed key's whole state each time (deltas=False)
+        ("publish_whole", rtml.RedisPublisher(url, prefix=f"w{uuid.uuid4().hex[:6]}",
+                                              publish_every=publish_every, deltas=False)),
     ]:
         src = rtml.sources.replay(events, partitions=partitions)
         with tempfile.TemporaryDirectory() as d:
@@ -73,6 +78,9 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=5000)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--allow-debug", action="store_true")
+    ap.add_argument("--read-timeout", type=float, default=0.05,
+                    help="RemoteEngine timeout (s); raise it on a loaded machine, where a "
+                         "preempted read can pass 50 ms")
     args = ap.parse_args()
 
     import redis
@@ -89,7 +97,8 @@ def main() -> int:
     svc = start_redis()
     url = f"redis://127.0.0.1:{svc.port}/0"
     res: dict = {"build": build, "machine": common.machine(), "events": args.events,
-                 "keys": args.keys, "redis_py": redis.__version__}
+                 "keys": args.keys, "redis_py": redis.__version__,
+                 "read_timeout_s": args.read_timeout}
     try:
         import hiredis  # noqa: F401
 
@@ -101,7 +110,9 @@ def main() -> int:
         events = common.make_events(args.events, args.keys, seed=0)
 
         # ---- writer throughput -----------------------------------------------------------
+        res["loadavg_before_writer"] = [round(x, 2) for x in os.getloadavg()]
         res["writer"] = writer(fs, events, url, args.partitions, "100ms")
+        res["loadavg_after_writer"] = [round(x, 2) for x in os.getloadavg()]
         print("writer", json.dumps(res["writer"]))
 
         # ---- state for the readers: one runner that publishes ----------------------------
@@ -111,7 +122,7 @@ def main() -> int:
                         checkpoint_every="1h", publish=pub)
         runner.run_until_idle()
         c = redis.Redis.from_url(url)
-        remote = rtml.RemoteEngine(fs, url, prefix="bench", timeout=0.05)
+        remote = rtml.RemoteEngine(fs, url, prefix="bench", timeout=args.read_timeout)
         keys = sorted(set(events.column(common.KEY).to_pylist()))
         wm = min(e.watermark for e in runner.engines.values())
         at = np.datetime64(wm, "ns")
@@ -210,6 +221,7 @@ def main() -> int:
             "redis_memory_usage_mean": round(float(np.mean(fmem))),
         }
         print("feast-style", json.dumps(res["feast_style"]))
+        res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         svc.stop()
     if args.json:

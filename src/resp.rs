@@ -31,14 +31,35 @@ pub struct Target {
     pub password: Option<String>,
 }
 
+/// The decimal digits of `v` in `buf` (no allocation: the writer formats a number per key).
+pub fn int_bytes(buf: &mut [u8; 20], v: i64) -> &[u8] {
+    let mut n = v.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        // i64::MIN has 19 digits: a sign still fits
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
+}
+
 /// Append one command (an array of bulk strings) to `out`.
 pub fn pack(out: &mut Vec<u8>, args: &[&[u8]]) {
+    let mut digits = [0u8; 20];
     out.push(b'*');
-    out.extend_from_slice(args.len().to_string().as_bytes());
+    out.extend_from_slice(int_bytes(&mut digits, args.len() as i64));
     out.extend_from_slice(b"\r\n");
     for a in args {
         out.push(b'$');
-        out.extend_from_slice(a.len().to_string().as_bytes());
+        out.extend_from_slice(int_bytes(&mut digits, a.len() as i64));
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
@@ -214,6 +235,8 @@ impl Conn {
                     ));
                 }
                 Ok(k) => self.buf.truncate(len + k),
+                // a signal interrupted the wait (a profiler, SIGCHLD, ...): wait again
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.buf.truncate(len),
                 Err(e) => {
                     self.buf.truncate(len);
                     return Err(match e.kind() {
@@ -267,6 +290,10 @@ mod tests {
             assert_eq!(parse(&one[..cut]).unwrap(), None, "{cut}");
         }
         assert!(parse(b"?what\r\n").is_err());
+        for v in [0i64, 7, -7, 10, 99, 1_000_000_007, i64::MAX, i64::MIN] {
+            let mut d = [0u8; 20];
+            assert_eq!(int_bytes(&mut d, v), v.to_string().as_bytes());
+        }
         assert!(parse(b"$3\r\nabcXY").is_err());
         assert!(parse(b":12a\r\n").is_err());
     }

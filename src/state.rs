@@ -324,6 +324,20 @@ impl KeyState {
         self.texts.retain(|w| live.contains(&w));
     }
 
+    /// How the online engine applies one accepted event (no strings) that arrives when the
+    /// stream's settled point is `settle`: settle first, in steps of `allowed_lateness / 8`
+    /// (bookkeeping: no answer depends on it), then insert. The one function behind both the
+    /// engine's ingest and a remote reader's replay of a published delta
+    /// (`online::keystate`), so both hold the same state.
+    #[inline]
+    pub fn apply_event(&mut self, plan: &Plan, ts: i64, values: &[u64], settle: i64) {
+        let lateness = plan.spec.allowed_lateness;
+        if settle.saturating_sub(self.settled) > lateness / 8 {
+            self.settle(plan, settle, lateness);
+        }
+        self.insert(plan, ts, values);
+    }
+
     /// Add an event with `ts >= self.settled`. `values` has one word per plan column.
     /// The eager accumulators of every untiled group take it in at once.
     pub fn insert(&mut self, plan: &Plan, ts: i64, values: &[u64]) {

@@ -467,9 +467,13 @@ def publish_redis(
     all: bool = False,
     check_meta: bool = False,
     batch: int = 2000,
-) -> tuple[int, int, bool]:
-    """Publish `engine`'s changed keys (all of them with `all`, or when `check_meta` finds the
-    partition's meta record missing) through the Rust client: (values, bytes, wrote_all)."""
+    deltas: bool = True,
+) -> tuple[int, int, bool, int, int]:
+    """Publish `engine`'s changed keys (all of them with `all`) through the Rust client, a key
+    whose stored value the writer knows as an appended delta segment (with `deltas`), the meta
+    and info records with the last batch: (values, bytes, meta_lost (with `check_meta`: the
+    partition's meta record was gone, publish every key next time), delta segments, keys whose
+    append found another length, rewritten at the next publish)."""
 
 # ---------------------------------------------------------------------------------------------
 # rtml.monitor (issue 16): src/python/monitor.rs. Wrapped by python/rtml/monitor.py. Times and

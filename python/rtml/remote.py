@@ -111,9 +111,12 @@ class RedisPublisher:
 
     `url`: ``redis://host:port/db``. `prefix`: the namespace prefix (the namespace is
     ``<prefix>:<spec hash>``). `publish_every`: how often the runner publishes (at least; also
-    at each checkpoint). `batch`: commands per pipelined round trip. `timeout`: socket timeout
+    at each checkpoint). `batch`: keys per pipelined round trip. `timeout`: socket timeout
     of the writer's connection (seconds). `client`: an existing redis-py client instead of
-    `url`.
+    `url`. `deltas`: through the Rust client (a ``redis://`` URL), a key whose stored value the
+    writer knows gets only the events applied since its last publish, appended to the value
+    (``APPEND``, a delta segment), until the segments would outgrow the value's base, which is
+    then rewritten whole; False writes every value whole (a redis-py `client` always does).
 
     Values expire (``PXAT``) after the feature set's ``ttl`` past their key's last event, on the
     wall clock: ``now + (last_event + ttl - watermark)`` (docs/shared-state.md). A failed publish
@@ -134,9 +137,11 @@ class RedisPublisher:
         batch: int = 2000,
         timeout: float = 2.0,
         client: Any = None,
+        deltas: bool = True,
     ) -> None:
         if client is None and url is None:
             raise SpecError("RedisPublisher: give url= or client=")
+        self.deltas = bool(deltas)
         self.url = url
         self.prefix = prefix
         self.publish_every = _duration_s(publish_every, "RedisPublisher.publish_every")
@@ -158,6 +163,8 @@ class RedisPublisher:
         self.errors = 0
         self.last_error: Optional[str] = None
         self.published_values = 0
+        self.published_deltas = 0
+        self.rewrites = 0
         self.published_bytes = 0
         self.publishes = 0
         self.seconds = 0.0
@@ -184,9 +191,10 @@ class RedisPublisher:
         return f"{self.ns}:info"
 
     def publish(self, partition: int, engine: Any, position: Any = None) -> int:
-        """Write every key of `engine` changed since its last publish (every key after a failure
-        or when Redis lost the partition's meta record), then the partition's meta record.
-        Returns the values written. Raises `RemoteUnavailableError` (the next call is full)."""
+        """Write every key of `engine` changed since its last publish (every key after a failure,
+        or after a publish that found Redis had lost the partition's meta record), then the
+        partition's meta record. Returns the values written. Raises `RemoteUnavailableError`
+        (the next call is full)."""
         if self.ns is None:
             raise SpecError("RedisPublisher: not bound to a feature set (give it to a Runner)")
         field = f"p{partition}"
@@ -258,32 +266,42 @@ class RedisPublisher:
         assert self._conn is not None and self.ns is not None
         full = self._full.get(partition, True)
         self._full[partition] = True  # until this publish has landed
-        try:
-            values, nbytes, _ = _core.publish_redis(
-                self._conn,
-                engine._engine,
-                self.ns,
-                self.spec_id,
-                field,
-                json.dumps(position),
-                time.time_ns() // 1_000_000,
-                self._ttl_ns,
-                full,
-                partition in self._seen,
-                self.batch,
-            )
-        except _core.RedisIoError as e:
-            self.errors += 1
-            self.last_error = str(e)
-            raise RemoteUnavailableError(
-                f"publishing partition {partition} to {self._where()}: {e}"
-            ) from None
+        total = 0
+        # one pass, one round trip (up to `batch` keys); a second, writing every key, when the
+        # first found that Redis had lost the partition's meta record (restarted empty)
+        for check in (partition in self._seen and not full, False):
+            try:
+                values, nbytes, meta_lost, deltas, rewrites = _core.publish_redis(
+                    self._conn,
+                    engine._engine,
+                    self.ns,
+                    self.spec_id,
+                    field,
+                    json.dumps(position),
+                    time.time_ns() // 1_000_000,
+                    self._ttl_ns,
+                    full or not check,
+                    check,
+                    self.batch,
+                    self.deltas,
+                )
+            except _core.RedisIoError as e:
+                self.errors += 1
+                self.last_error = str(e)
+                raise RemoteUnavailableError(
+                    f"publishing partition {partition} to {self._where()}: {e}"
+                ) from None
+            self.published_values += values
+            self.published_deltas += deltas
+            self.rewrites += rewrites
+            self.published_bytes += nbytes
+            total += values
+            if not meta_lost:
+                break
         self._full[partition] = False
         self._seen.add(partition)
-        self.published_values += values
-        self.published_bytes += nbytes
         self.publishes += 1
-        return int(values)
+        return total
 
     def _where(self) -> str:
         return f"redis {self.url}" if self.url else "redis"
@@ -292,6 +310,8 @@ class RedisPublisher:
         return {
             "publishes": self.publishes,
             "values": self.published_values,
+            "deltas": self.published_deltas,
+            "rewrites": self.rewrites,
             "bytes": self.published_bytes,
             "errors": self.errors,
             "last_error": self.last_error,

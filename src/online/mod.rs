@@ -130,8 +130,9 @@ pub fn shard_of(key: KeyRef<'_>) -> usize {
 #[derive(Default)]
 pub struct Shard {
     keys: HashMap<Key, KeyState>,
-    /// Keys changed since the last publish, when change tracking is on (`keystate.rs`).
-    changed: Option<hashbrown::HashSet<Key>>,
+    /// When change tracking is on (`keystate.rs`): the keys changed since the last publish,
+    /// the events applied to each since, and what the store holds for each.
+    changed: Option<keystate::Tracking>,
 }
 
 impl Shard {
@@ -204,19 +205,21 @@ impl Shard {
         let lateness = plan.spec.allowed_lateness;
         // Settling is bookkeeping (no answer depends on it): in steps of lateness / 8.
         let step = lateness / 8;
-        let state = self
-            .keys
-            .entry_ref(&key)
-            .or_insert_with(|| KeyState::new(plan, settle));
-        if settle.saturating_sub(state.settled) > step {
-            state.settle(plan, settle, lateness);
-        }
+        let mut created = false;
+        let state = self.keys.entry_ref(&key).or_insert_with(|| {
+            created = true;
+            KeyState::new(plan, settle)
+        });
         if plan.has_text_columns() {
+            if settle.saturating_sub(state.settled) > step {
+                state.settle(plan, settle, lateness);
+            }
             state.insert_with_texts(plan, ts, vals, texts);
         } else {
-            state.insert(plan, ts, vals);
+            // the function a remote reader replays a published delta with (`keystate.rs`)
+            state.apply_event(plan, ts, vals, settle);
         }
-        self.note_changed(key);
+        self.note_changed(key, created, plan, ts, vals, settle);
     }
 
     /// The strings of `key`'s string outputs in `out` (an answer of [`Self::get`] under the
@@ -629,6 +632,7 @@ impl Engine {
             let before = shard.keys.len();
             shard.keys.retain(|_, s| s.last_ts >= cutoff);
             evicted += before - shard.keys.len();
+            shard.forget_evicted();
         }
         meta.counters.keys_evicted += evicted as u64;
         meta.last_sweep = meta.watermark;

@@ -18,7 +18,7 @@ use super::errors::{self, detached, entry, IntoPy};
 use super::transforms::PyTransforms;
 use super::PySpec;
 use crate::error::Error;
-use crate::input::KeyRef;
+use crate::input::{Key, KeyRef};
 use crate::online::keystate::{self, answer};
 use crate::plan::Plan;
 use crate::resp::{self, Conn, Reply, Target};
@@ -71,8 +71,12 @@ pub fn publish_changes<'py>(
         let inner = &e.inner;
         let (published, items) = detached(py, || {
             let mut items: Vec<(Vec<u8>, Vec<u8>, i64)> = Vec::new();
-            let p = inner.publish_changed(all, spec_id, zone, |k, st, v| {
-                items.push((keystate::store_key(ns, k.as_ref()), v.to_vec(), st.last_ts))
+            // redis-py writes whole values (SET): no delta segments on this path
+            let p = inner.publish_changed(all, false, spec_id, zone, |k, st, v| {
+                if let keystate::Value::Full(v) = v {
+                    items.push((keystate::store_key(ns, k.as_ref()), v.to_vec(), st.last_ts));
+                }
+                true
             })?;
             Ok((p, items))
         })?;
@@ -179,7 +183,13 @@ impl PyRemoteReader {
                 Ok(None)
             }
             Some(bytes) => {
-                let d = keystate::decode(bytes, &self.plan, self.spec_id, key).py_err()?;
+                let Some(d) =
+                    keystate::decode_value(bytes, &self.plan, self.spec_id, key).py_err()?
+                else {
+                    // only delta segments (the base expired): no stored state
+                    answer(&self.plan, None, t, out, mask).py_err()?;
+                    return Ok(None);
+                };
                 if let Some(z) = zone_of(at_zone) {
                     self.check_zone(z, d.header.zone, "at")?;
                 }
@@ -207,11 +217,14 @@ impl PyRemoteReader {
         let one = |k: &PyKey, t: i64, v: &Option<&[u8]>, out: &mut [f64]| -> One {
             match v {
                 None => Ok((None, ZONE_UNKNOWN, answer(plan, None, t, out, None))),
-                Some(b) => {
-                    let d = keystate::decode(b, plan, spec_id, k.as_ref())?;
-                    let r = answer(plan, Some(&d.state), t, out, None);
-                    Ok((Some(d.header.watermark), d.header.zone, r))
-                }
+                Some(b) => match keystate::decode_value(b, plan, spec_id, k.as_ref())? {
+                    Some(d) => {
+                        let r = answer(plan, Some(&d.state), t, out, None);
+                        Ok((Some(d.header.watermark), d.header.zone, r))
+                    }
+                    // only delta segments (the base expired): no stored state
+                    None => Ok((None, ZONE_UNKNOWN, answer(plan, None, t, out, None))),
+                },
             }
         };
         let (flat, results) = py.detach(|| {
@@ -635,6 +648,13 @@ impl PyRemoteReader {
 // evaluation.
 // ---------------------------------------------------------------------------------------------
 
+/// An `APPEND` of a publish: its place among the commands, the length it must answer, its key.
+struct Append {
+    command: usize,
+    len: usize,
+    key: Key,
+}
+
 /// Connections to one Redis through the Rust client, every call bounded by `timeout`.
 #[pyclass(frozen, name = "RedisConn", module = "rtml._core")]
 pub struct PyRedisConn {
@@ -884,14 +904,21 @@ impl PyRemoteReader {
     }
 }
 
-/// Publish `engine`'s changed keys (every key with `all`, or when `check_meta` and the
-/// partition's meta record is missing) through the Rust client: `SET name value [PXAT at]`
-/// (or `DEL` when already expired) pipelined `batch` commands per round trip, then the meta
-/// record (`HSET <ns>:meta <field> <json>`) and the info record. The values are encoded under
-/// the engine's ingest lock; the network I/O happens after it is released, without the GIL.
-/// Returns `(values, bytes, wrote_all)`. Raises `RedisIoError`.
+/// Publish `engine`'s changed keys (every key with `all`) through the Rust client: a key whose
+/// stored value the writer knows gets `APPEND name <delta segment>` (then `PEXPIREAT name at`
+/// with a ttl), the others `SET name value [PXAT at]` (or `DEL` when already expired),
+/// pipelined `batch` keys per round trip, the last batch with the meta record
+/// (`HSET <ns>:meta <field> <json>`) and the info record: one round trip for a publish of at
+/// most `batch` keys. An `APPEND` answering another length than the writer expects (the value
+/// expired or was deleted meanwhile) marks the key to be written whole at the next publish.
+/// With `check_meta` (the partition published before), an `HSET` that creates the meta field
+/// means Redis lost it (restarted empty, flushed): `meta_lost`, and the caller publishes every
+/// key next time. The values are encoded under the engine's ingest lock; the network I/O
+/// happens after it is released, without the GIL. `deltas=False` writes every value whole.
+/// Returns `(values, bytes, meta_lost, deltas, rewrites)` (`rewrites`: keys whose append found
+/// another length). Raises `RedisIoError`.
 #[pyfunction]
-#[pyo3(signature = (conn, engine, ns, spec_id, field, position_json, now_ms, ttl_ns=None, all=false, check_meta=false, batch=2000))]
+#[pyo3(signature = (conn, engine, ns, spec_id, field, position_json, now_ms, ttl_ns=None, all=false, check_meta=false, batch=2000, deltas=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn publish_redis(
     py: Python<'_>,
@@ -906,61 +933,81 @@ pub fn publish_redis(
     all: bool,
     check_meta: bool,
     batch: usize,
-) -> PyResult<(usize, usize, bool)> {
+    deltas: bool,
+) -> PyResult<(usize, usize, bool, usize, usize)> {
     let e = engine.get();
     let conn = conn.get();
     let position: serde_json::Value = serde_json::from_str(position_json)
         .map_err(|err| errors::to_py(Error::spec("position", err.to_string())))?;
     entry(Some(&e.poison), || {
         let meta_key = format!("{ns}:meta");
-        let mut all = all;
-        if !all && check_meta {
-            match conn.command(py, &[b"HEXISTS", meta_key.as_bytes(), field.as_bytes()])? {
-                Reply::Int(0) => all = true,
-                Reply::Int(_) => {}
-                _ => return Err(RedisIoError::new_err("redis: unexpected reply to HEXISTS")),
-            }
-        }
         let zone = e.zone.load(Ordering::Acquire);
         let inner = &e.inner;
         let key_kind = inner.key_kind();
         let key_is_int = key_kind.map(|k| k == crate::key::KIND_INT);
         let batch = batch.max(1);
-        // encode (ingest lock held, GIL released): the commands and where each batch ends
-        let (published, buf, cuts) = detached(py, || {
+        // encode (ingest lock held, GIL released): the commands, where each batch ends, and
+        // the length each APPEND must answer
+        let (published, buf, cuts, appends) = detached(py, || {
             let mut buf: Vec<u8> = Vec::new();
             let mut cuts: Vec<(usize, usize)> = Vec::new(); // (end offset, commands)
-            let mut n = 0usize;
-            let p = inner.publish_changed(all, spec_id, zone, |k, st, v| {
+            let mut appends: Vec<Append> = Vec::new();
+            let (mut n, mut cmds) = (0usize, 0usize);
+            let mut digits = [0u8; 20];
+            let p = inner.publish_changed(all, deltas, spec_id, zone, |k, st, v| {
                 let name = keystate::store_key(ns, k.as_ref());
-                match ttl_ns {
-                    None => resp::pack(&mut buf, &[b"SET", &name, v]),
-                    Some(ttl) => {
-                        let wm = v
-                            .get(16..24)
-                            .and_then(|b| b.try_into().ok())
-                            .map_or(i64::MIN, i64::from_le_bytes);
-                        let left = st.last_ts.saturating_add(ttl).saturating_sub(wm);
-                        let at = now_ms.saturating_add(crate::time::floor_div(left, 1_000_000));
-                        if at <= now_ms {
-                            resp::pack(&mut buf, &[b"DEL", &name]);
-                        } else {
-                            resp::pack(
-                                &mut buf,
-                                &[b"SET", &name, v, b"PXAT", at.to_string().as_bytes()],
-                            );
-                        }
+                let at = ttl_ns.map(|ttl| {
+                    let left = st
+                        .last_ts
+                        .saturating_add(ttl)
+                        .saturating_sub(keystate::watermark_of(v));
+                    now_ms.saturating_add(crate::time::floor_div(left, 1_000_000))
+                });
+                let kept = match (v, at) {
+                    (_, Some(at)) if at <= now_ms => {
+                        resp::pack(&mut buf, &[b"DEL", &name]);
+                        cmds += 1;
+                        false
                     }
-                }
+                    (keystate::Value::Full(v), None) => {
+                        resp::pack(&mut buf, &[b"SET", &name, v]);
+                        cmds += 1;
+                        true
+                    }
+                    (keystate::Value::Full(v), Some(at)) => {
+                        let at = resp::int_bytes(&mut digits, at);
+                        resp::pack(&mut buf, &[b"SET", &name, v, b"PXAT", at]);
+                        cmds += 1;
+                        true
+                    }
+                    (keystate::Value::Delta { bytes, len }, at) => {
+                        resp::pack(&mut buf, &[b"APPEND", &name, bytes]);
+                        appends.push(Append {
+                            command: cmds,
+                            len,
+                            key: k.clone(),
+                        });
+                        cmds += 1;
+                        if let Some(at) = at {
+                            let at = resp::int_bytes(&mut digits, at);
+                            resp::pack(&mut buf, &[b"PEXPIREAT", &name, at]);
+                            cmds += 1;
+                        }
+                        true
+                    }
+                };
                 n += 1;
                 if n % batch == 0 {
-                    cuts.push((buf.len(), batch));
+                    let done: usize = cuts.iter().map(|c| c.1).sum();
+                    cuts.push((buf.len(), cmds - done));
                 }
+                kept
             })?;
-            if n % batch != 0 {
-                cuts.push((buf.len(), n % batch));
+            let done: usize = cuts.iter().map(|c| c.1).sum();
+            if cmds > done {
+                cuts.push((buf.len(), cmds - done));
             }
-            Ok((p, buf, cuts))
+            Ok((p, buf, cuts, appends))
         })?;
         let record = serde_json::json!({
             "watermark": published.watermark,
@@ -981,9 +1028,11 @@ pub fn publish_redis(
         let info =
             serde_json::json!({"key_is_int": key_is_int, "key_kind": key_kind, "zone": zone_name})
                 .to_string();
-        let mut tail = Vec::new();
+        // the meta and info records go with the last batch
+        let (mut buf, mut cuts) = (buf, cuts);
+        let hset_at: usize = cuts.iter().map(|c| c.1).sum();
         resp::pack(
-            &mut tail,
+            &mut buf,
             &[
                 b"HSET",
                 meta_key.as_bytes(),
@@ -992,34 +1041,59 @@ pub fn publish_redis(
             ],
         );
         resp::pack(
-            &mut tail,
+            &mut buf,
             &[b"SET", format!("{ns}:info").as_bytes(), info.as_bytes()],
         );
-        // send (GIL released): each batch, then its replies; the first error reply fails it
-        let failed = conn.with(py, move |c, d| {
+        match cuts.last_mut() {
+            Some(last) => *last = (buf.len(), last.1 + 2),
+            None => cuts.push((buf.len(), 2)),
+        }
+        // send (GIL released): each batch, then its replies; the first error reply fails it;
+        // an APPEND answering another length than expected: that key is rewritten next time
+        let (failed, stale, created) = conn.with(py, move |c, d| {
             let mut start = 0;
             let mut first_error: Option<String> = None;
-            let mut send = |c: &mut Conn, chunk: &[u8], n: usize| -> std::io::Result<()> {
-                c.send(chunk, d)?;
+            let mut stale: Vec<Key> = Vec::new();
+            let mut created = false;
+            let mut next = appends.iter().peekable();
+            let mut command = 0usize;
+            for &(end, n) in &cuts {
+                c.send(buf.get(start..end).unwrap_or_default(), d)?;
+                start = end;
                 for _ in 0..n {
-                    if let Reply::Error(m) = c.read(d)? {
+                    let reply = c.read(d)?;
+                    if let Some(a) = next.next_if(|a| a.command == command) {
+                        if reply != Reply::Int(a.len as i64) {
+                            stale.push(a.key.clone());
+                        }
+                    }
+                    if command == hset_at {
+                        created = reply == Reply::Int(1);
+                    }
+                    if let Reply::Error(m) = reply {
                         first_error.get_or_insert(m);
                     }
+                    command += 1;
                 }
-                Ok(())
-            };
-            for &(end, n) in &cuts {
-                send(c, buf.get(start..end).unwrap_or_default(), n)?;
-                start = end;
             }
-            send(c, &tail, 2)?;
-            Ok(first_error)
+            Ok((first_error, stale, created))
         })?;
         if let Some(m) = failed {
             return Err(RedisIoError::new_err(format!(
                 "redis answered an error: {m}"
             )));
         }
-        Ok((published.values, published.bytes, all))
+        let rewrites = stale.len();
+        if rewrites > 0 {
+            py.detach(|| inner.mark_full(&stale));
+        }
+        let meta_lost = check_meta && created;
+        Ok((
+            published.values,
+            published.bytes,
+            meta_lost,
+            published.deltas,
+            rewrites,
+        ))
     })
 }
