@@ -78,14 +78,17 @@ fn check_window(window: Option<i64>) -> Result<()> {
     Ok(())
 }
 
-/// Push `row` (time first) and cut the window at the largest time seen.
+/// Push `row` (time first) and cut the window at the largest time seen. `in_order`: the rows
+/// are known to be in time order (false is always safe: it costs one scan of the window).
 fn push_row<R>(
     rows: &mut VecDeque<(i64, R)>,
     last: &mut Option<i64>,
+    in_order: &mut bool,
     window: Option<i64>,
     t: i64,
     row: R,
 ) {
+    *in_order = *in_order && rows.back().is_none_or(|b| b.0 <= t);
     rows.push_back((t, row));
     let l = last.map_or(t, |l| l.max(t));
     *last = Some(l);
@@ -94,9 +97,16 @@ fn push_row<R>(
         while rows.front().is_some_and(|r| r.0 <= cut) {
             rows.pop_front();
         }
-        // rows that arrived out of time order and fell out of the window
-        if rows.iter().any(|r| r.0 <= cut) {
-            rows.retain(|r| r.0 > cut);
+        if !*in_order {
+            // rows that arrived out of time order and fell out of the window (in time order,
+            // the loop above removed every one)
+            if rows.iter().any(|r| r.0 <= cut) {
+                rows.retain(|r| r.0 > cut);
+            }
+            *in_order = rows
+                .iter()
+                .zip(rows.iter().skip(1))
+                .all(|(a, b)| a.0 <= b.0);
         }
     }
 }
@@ -121,6 +131,9 @@ pub struct Progressive {
     rows: VecDeque<(i64, (f64, f64))>,
     last: Option<i64>,
     seen: u64,
+    /// The rows are known to be in time order (not state: false after a restore).
+    #[serde(skip)]
+    in_order: bool,
 }
 
 impl Progressive {
@@ -132,6 +145,7 @@ impl Progressive {
             rows: VecDeque::new(),
             last: None,
             seen: 0,
+            in_order: true,
         })
     }
 
@@ -139,7 +153,14 @@ impl Progressive {
     /// Times may go backwards (the window is cut at the largest time seen).
     pub fn add(&mut self, t: i64, p: f64, y: f64) {
         self.seen += 1;
-        push_row(&mut self.rows, &mut self.last, self.window, t, (p, y));
+        push_row(
+            &mut self.rows,
+            &mut self.last,
+            &mut self.in_order,
+            self.window,
+            t,
+            (p, y),
+        );
     }
 
     /// Rows in the window.
@@ -280,6 +301,9 @@ pub struct ProgressiveMulticlass {
     rows: VecDeque<(i64, (f64, bool))>,
     last: Option<i64>,
     seen: u64,
+    /// The rows are known to be in time order (not state: false after a restore).
+    #[serde(skip)]
+    in_order: bool,
 }
 
 impl ProgressiveMulticlass {
@@ -291,6 +315,7 @@ impl ProgressiveMulticlass {
             rows: VecDeque::new(),
             last: None,
             seen: 0,
+            in_order: true,
         })
     }
 
@@ -304,6 +329,7 @@ impl ProgressiveMulticlass {
         push_row(
             &mut self.rows,
             &mut self.last,
+            &mut self.in_order,
             self.window,
             t,
             (pt, correct),
@@ -382,6 +408,33 @@ mod tests {
             m.rows().collect::<Vec<_>>()
         );
         assert_eq!((back.seen(), back.last_time()), (m.seen(), m.last_time()));
+    }
+
+    #[test]
+    fn the_window_is_the_rows_after_the_cut_whatever_the_time_order() {
+        // a deterministic mix of in-order runs and late rows, through a restore midway
+        let mut m = Progressive::new(Some(50)).unwrap();
+        let mut all = Vec::new();
+        let mut x: u64 = 7;
+        for i in 0..2000i64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let late = if (x >> 33) % 10 == 0 {
+                ((x >> 40) % 80) as i64
+            } else {
+                0
+            };
+            let t = i - late;
+            m.add(t, (i % 7) as f64 / 7.0, (i % 2) as f64);
+            all.push((t, (i % 7) as f64 / 7.0, (i % 2) as f64));
+            if i == 1000 {
+                m = Progressive::from_bytes(&m.to_bytes().unwrap()).unwrap();
+            }
+            let cut = m.last_time().unwrap() - 50;
+            let want: Vec<_> = all.iter().copied().filter(|r| r.0 > cut).collect();
+            assert_eq!(m.rows().collect::<Vec<_>>(), want, "after row {i}");
+        }
     }
 
     #[test]
