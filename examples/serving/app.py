@@ -446,8 +446,12 @@ class Learning:
             self.join = rl.LabelJoin(cfg["wait"], on_timeout=cfg["on_timeout"], max_pending=cfg["max_pending"],
                                      allowed_lateness=cfg["allowed_lateness"])
             self.counters = {"served": 0, "served_again": 0, "examples": 0}
-        # progressive validation since this process started (not part of the checkpoint)
-        self.metrics = rl.Metrics(window=cfg.get("metrics_window", "7d"))
+        # progressive validation: part of the checkpoint, so a restart continues the same window
+        # (a checkpoint written before the metrics were in it starts them again)
+        if state is not None and state.get("metrics") is not None:
+            self.metrics = rl.Metrics.from_bytes(base64.b64decode(state["metrics"]))
+        else:
+            self.metrics = rl.Metrics(window=cfg.get("metrics_window", "7d"))
 
     def finite(self, x: np.ndarray) -> np.ndarray:
         """The learner takes finite vectors: a missing feature (null, after scaling) counts as
@@ -456,7 +460,7 @@ class Learning:
 
     def state(self) -> dict:
         return {"model": self.model.to_json(), "join": base64.b64encode(self.join.to_bytes()).decode(),
-                "counters": self.counters}
+                "counters": self.counters, "metrics": base64.b64encode(self.metrics.to_bytes()).decode()}
 
     def served(self, table: pa.Table) -> None:
         """One served record (one row per feature set, vectors in the manifest's order)."""
@@ -1131,7 +1135,7 @@ class Service:
                 value = summary.get(name)
                 metric(f"serving_learning_progressive_{name}", "gauge",
                        f"Progressive (test-then-train) {name} of the online model over the last "
-                       f"{learning.config.get('metrics_window', '7d')} of event time, since this process started.",
+                       f"{learning.config.get('metrics_window', '7d')} of event time (kept across restarts: part of the checkpoint).",
                        [("", value)] if value is not None else [])
         if self.follower.monitoring is not None:
             mon = self.monitor_state()

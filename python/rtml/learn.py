@@ -1,12 +1,13 @@
 """`rtml.learn`: real-time learning (docs/learning.md).
 
-* Online learners in Rust, deterministic: :class:`Logistic` and :class:`LinearRegression`,
-  trained with FTRL-Proximal or plain SGD. ``learn_many`` is the loop of ``learn_one`` bit for
+* Online learners in Rust, deterministic: :class:`Logistic`, :class:`LinearRegression` and
+  :class:`Softmax` (multiclass), trained with FTRL-Proximal or plain SGD. ``learn_many`` is the loop of ``learn_one`` bit for
   bit; ``to_json`` / :func:`load_model` / pickle carry the exact state.
 * :class:`LabelJoin`: served rows wait for their labels by event time and are released as
   training examples in (release time, request id) order.
 * :class:`Metrics`: progressive validation (test-then-train) by event time: log loss, AUC,
-  MSE, calibration.
+  MSE, calibration; :class:`MulticlassMetrics`: log loss and accuracy. Both checkpoint
+  (``to_bytes`` / pickle), so metrics survive restarts.
 * :class:`ServedLog`: what each prediction used, buffered and written to Parquet.
 * :func:`replay`: reproduce offline what a service served, joined and learned.
 * :func:`to_river` / :func:`to_sklearn`: feed joined examples to your own learner (outside the
@@ -36,8 +37,10 @@ from .exceptions import SchemaError, SnapshotError, SpecError
 __all__ = [
     "Logistic",
     "LinearRegression",
+    "Softmax",
     "load_model",
     "Metrics",
+    "MulticlassMetrics",
     "LabelJoin",
     "Examples",
     "ServedLog",
@@ -46,10 +49,13 @@ __all__ = [
     "to_river",
     "to_sklearn",
     "MODEL_VERSION",
+    "SOFTMAX_VERSION",
 ]
 
 #: Version of the model document this rtml writes (newer ones are refused).
 MODEL_VERSION: int = _core.MODEL_VERSION
+#: Version of the softmax model document this rtml writes (newer ones are refused).
+SOFTMAX_VERSION: int = _core.SOFTMAX_VERSION
 
 Instant = Union[int, _dt.datetime, np.datetime64, str]
 Duration = Union[int, str, _dt.timedelta]
@@ -335,15 +341,220 @@ class LinearRegression(_Linear):
     _loss: Literal["logistic", "squared"] = "squared"
 
 
-def load_model(text: str) -> Union[Logistic, LinearRegression]:
-    """A model from its document (``to_json``). Refuses unknown fields, other formats and newer
-    versions with ``rtml.SpecError``."""
+class Softmax:
+    """Online multiclass logistic (softmax) regression: predictions are the probabilities of
+    `classes` (ints or strs, in that order), labels are class labels.
+
+    Same optimizers and parameters as :class:`Logistic`, same promises: ``learn_many`` is the
+    loop of ``learn_one`` bit for bit, ``to_json`` / :func:`load_model` / pickle carry the exact
+    state, bad input (an unknown class, a NaN feature, a wrong length) raises
+    ``rtml.SchemaError`` and changes nothing.
+
+    >>> import rtml.learn as rl
+    >>> m = rl.Softmax(2, ["cat", "dog", "fish"], "ftrl", alpha=0.5)
+    >>> m.predict_one([1.0, 0.0]).round(4).tolist()
+    [0.3333, 0.3333, 0.3333]
+    >>> _ = m.learn_many([[1.0, 0.0], [0.0, 1.0]] * 20, ["dog", "fish"] * 20)
+    >>> m.predict_class([[1.0, 0.0], [0.0, 1.0]])
+    ['dog', 'fish']
+    """
+
+    __slots__ = ("_m", "_classes", "_index", "_range")
+
+    def __init__(
+        self,
+        n_features: int,
+        classes: Union[int, Sequence[Union[int, str]]],
+        optimizer: str = "ftrl",
+        *,
+        alpha: float = 0.1,
+        beta: float = 1.0,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        eta0: float = 0.01,
+        schedule: str = "constant",
+        power_t: float = 0.5,
+    ) -> None:
+        if (
+            isinstance(n_features, bool)
+            or not isinstance(n_features, (int, np.integer))
+            or n_features < 0
+        ):
+            raise SpecError(f"n_features: expected an int >= 0, got {n_features!r}")
+        if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool):
+            labels: list[Union[int, str]] = list(range(int(classes)))
+        elif isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+            raise SpecError(
+                f"classes: expected a number of classes or a list of ints / strs, got {classes!r}"
+            )
+        else:
+            labels = []
+            for c in classes:
+                if isinstance(c, bool) or not isinstance(c, (int, np.integer, str)):
+                    raise SpecError(f"classes: expected ints or strs, got {c!r}")
+                labels.append(int(c) if isinstance(c, (int, np.integer)) else str(c))
+        doc = _optimizer(optimizer, alpha, beta, l1, l2, eta0, schedule, power_t)
+        self._set(_core.Softmax(json.dumps(labels), doc, int(n_features)))
+
+    def _set(self, m: _core.Softmax) -> None:
+        self._m = m
+        self._classes: list[Union[int, str]] = json.loads(m.classes_json())
+        self._index = {c: i for i, c in enumerate(self._classes)}
+        self._range = self._classes == list(range(len(self._classes)))
+
+    @classmethod
+    def _wrap(cls, m: _core.Softmax) -> "Softmax":
+        self = cls.__new__(cls)
+        self._set(m)
+        return self
+
+    @property
+    def n_features(self) -> int:
+        return self._m.n_features
+
+    @property
+    def classes(self) -> list[Union[int, str]]:
+        """The class labels, in the order of the probabilities."""
+        return list(self._classes)
+
+    @property
+    def updates(self) -> int:
+        """Examples learned so far."""
+        return self._m.updates
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The weights, one row per class, each class's intercept last."""
+        return self._m.weights()
+
+    def _label(self, y: Any, row: Optional[int]) -> int:
+        i = None if isinstance(y, (bool, np.bool_)) else self._index.get(y)
+        if i is None:
+            at = f"row {row}: " if row is not None else ""
+            raise SchemaError(f"column 'y': {at}unknown class {y!r} (classes: {self._classes})")
+        return i
+
+    def _labels(self, y: Any) -> np.ndarray:
+        """Class labels -> class indices (int64); an unknown class raises, naming the row."""
+        if isinstance(y, np.ndarray):
+            a = y
+            if a.ndim != 1:
+                raise SchemaError(
+                    f"column 'y': expected one label per row (1-D), got shape {a.shape}"
+                )
+            if a.dtype.kind == "b" and len(a):
+                self._label(bool(a[0]), 0)  # a bool is never a class label (raises)
+        else:
+            items = list(y)
+            for r, v in enumerate(items):
+                if isinstance(v, (bool, np.bool_)):
+                    self._label(v, r)  # raises
+            if not self._range:
+                return np.fromiter(
+                    (self._label(v, r) for r, v in enumerate(items)),
+                    dtype=np.int64,
+                    count=len(items),
+                )
+            a = np.asarray(items) if items else np.zeros(0, np.int64)
+        if self._range and a.dtype.kind in "iu":
+            return np.ascontiguousarray(a, dtype=np.int64)  # class i is index i (range: Rust)
+        if self._range and a.dtype.kind == "f":
+            bad = ~np.isfinite(a) | (a != np.round(a)) | (a < 0) | (a >= len(self._classes))
+            if bad.any():
+                r = int(np.flatnonzero(bad)[0])
+                self._label(float(a[r]), r)
+            return np.ascontiguousarray(a, dtype=np.int64)
+        return np.fromiter(
+            (self._label(v, r) for r, v in enumerate(a.tolist())), dtype=np.int64, count=len(a)
+        )
+
+    def predict_one(self, x: Any) -> np.ndarray:
+        """The class probabilities for `x` (in the order of :attr:`classes`)."""
+        return self._m.predict_one(_vec(x))
+
+    def predict_many(self, X: Any) -> np.ndarray:
+        """Probabilities, one row per vector."""
+        return self._m.predict_many(_mat(X, self.n_features))
+
+    def predict_class(self, X: Any) -> list[Union[int, str]]:
+        """The most probable class of each row (the first in :attr:`classes` on ties)."""
+        p = self.predict_many(X)
+        return [self._classes[int(i)] for i in np.argmax(p, axis=1)] if len(p) else []
+
+    def learn_one(self, x: Any, y: Any) -> np.ndarray:
+        """Learn one example (`y`: a class label); returns the probabilities before the update.
+        Bad input raises ``rtml.SchemaError`` and leaves the model unchanged."""
+        return self._m.learn_one(_vec(x), self._label(y, None))
+
+    def learn_many(self, X: Any, y: Any) -> np.ndarray:
+        """Learn the rows in order: bit for bit the loop of ``learn_one``. The whole batch is
+        checked first (on error nothing is learned). Returns the probabilities before each
+        update (rows x classes)."""
+        return self._m.learn_many(_mat(X, self.n_features), self._labels(y))
+
+    def progressive(self, X: Any, y: Any, t: Any, metrics: "MulticlassMetrics") -> np.ndarray:
+        """Test-then-train: score each row, record it in `metrics`, then learn it (the same
+        model as ``learn_many``)."""
+        ts = metrics._clock.many(t, "t")
+        return self._m.progressive(_mat(X, self.n_features), self._labels(y), ts, metrics._m)
+
+    def to_json(self) -> str:
+        """The versioned model document (``{"format": "rtml.softmax", ...}``)."""
+        return self._m.to_json()
+
+    def same_state(self, other: "Softmax") -> bool:
+        """Whether two models hold the same state, bit for bit."""
+        return self._m.same_state(other._m)
+
+    def __getstate__(self) -> str:
+        return self._m.to_json()
+
+    def __setstate__(self, state: str) -> None:
+        self._set(_core.Softmax.from_json(state))
+
+    def __repr__(self) -> str:
+        opt = json.loads(self._m.to_json())["optimizer"]
+        return (
+            f"Softmax(n_features={self.n_features}, classes={self._classes}, optimizer={opt}, "
+            f"updates={self.updates})"
+        )
+
+
+def load_model(text: str) -> Union[Logistic, LinearRegression, Softmax]:
+    """A model from its document (``to_json``): :class:`Logistic`, :class:`LinearRegression`
+    or :class:`Softmax`. Refuses unknown fields, other formats and newer versions with
+    ``rtml.SpecError``."""
+    try:
+        doc = json.loads(text)
+        fmt = doc.get("format") if isinstance(doc, dict) else None
+    except ValueError:
+        fmt = None
+    if fmt == "rtml.softmax":
+        return Softmax._wrap(_core.Softmax.from_json(text))
     m = _core.Linear.from_json(text)
     loss = json.loads(text).get("loss")
     model: Union[Logistic, LinearRegression] = (
         Logistic if loss == "logistic" else LinearRegression
     )._wrap(m)
     return model
+
+
+def _metrics_bytes(magic: bytes, clock: _Clock, core: bytes) -> bytes:
+    return magic + json.dumps({"clock": clock.kind}).encode() + b"\n" + core
+
+
+def _metrics_parts(magic: bytes, data: Any, what: str) -> tuple[Optional[str], bytes]:
+    data = bytes(data)
+    if not data.startswith(magic) or b"\n" not in data[len(magic) :]:
+        raise SnapshotError(f"{what}: not the bytes of {what}.to_bytes")
+    head, core = data[len(magic) :].split(b"\n", 1)
+    try:
+        clock = json.loads(head)["clock"]
+        if clock not in (None, "naive", "aware"):
+            raise ValueError(clock)
+    except (ValueError, KeyError, TypeError) as e:
+        raise SnapshotError(f"{what}: unreadable header ({e})") from None
+    return clock, core
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -405,6 +616,107 @@ class Metrics:
             "auc": self.auc(),
             "mse": self.mse(),
         }
+
+    def to_bytes(self) -> bytes:
+        """The whole state (the window's rows, the clock, the counts): a restored
+        :class:`Metrics` continues exactly as the uninterrupted one, bit for bit."""
+        return _metrics_bytes(_METRICS_MAGIC, self._clock, self._m.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Metrics":
+        """Metrics from :meth:`to_bytes`; anything else (truncated, corrupted, another format, a
+        newer version) raises ``rtml.SnapshotError``."""
+        clock, core = _metrics_parts(_METRICS_MAGIC, data, "Metrics")
+        self = cls.__new__(cls)
+        self._m = _core.Metrics.from_bytes(core)
+        self._clock = _Clock()
+        self._clock.kind = clock
+        return self
+
+    def __getstate__(self) -> bytes:
+        return self.to_bytes()
+
+    def __setstate__(self, state: bytes) -> None:
+        other = Metrics.from_bytes(state)
+        self._m, self._clock = other._m, other._clock
+
+
+_METRICS_MAGIC = b"rtml.Metrics/1\n"
+_MULTICLASS_MAGIC = b"rtml.MulticlassMetrics/1\n"
+
+
+class MulticlassMetrics:
+    """Progressive-validation metrics of a :class:`Softmax` over a rolling event-time window
+    (None: everything): log loss (``-ln`` of the probability given to the true class) and
+    accuracy (the most probable class, the first on ties, is the true one).
+
+    >>> import rtml.learn as rl
+    >>> m = rl.MulticlassMetrics()
+    >>> m.add_many([1, 2], [[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]], [0, 2])
+    >>> m.accuracy(), round(m.log_loss(), 4)
+    (0.5, 0.8715)
+    """
+
+    __slots__ = ("_m", "_clock")
+
+    def __init__(self, window: Optional[Duration] = None) -> None:
+        self._m = _core.MulticlassMetrics(
+            None if window is None else _duration_ns(window, "window")
+        )
+        self._clock = _Clock()
+
+    def add_many(self, t: Any, p: Any, y: Any) -> None:
+        """`p`: class probabilities (rows x classes); `y`: true class indices."""
+        self._m.add_many(
+            self._clock.many(t, "t"),
+            np.ascontiguousarray(p, dtype=np.float64),
+            np.ascontiguousarray(y, dtype=np.int64),
+        )
+
+    def log_loss(self) -> Optional[float]:
+        return self._m.log_loss()
+
+    def accuracy(self) -> Optional[float]:
+        return self._m.accuracy()
+
+    @property
+    def count(self) -> int:
+        """Rows in the window."""
+        return self._m.count
+
+    @property
+    def seen(self) -> int:
+        """Rows ever recorded."""
+        return self._m.seen
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "seen": self.seen,
+            "log_loss": self.log_loss(),
+            "accuracy": self.accuracy(),
+        }
+
+    def to_bytes(self) -> bytes:
+        """The whole state; a restored object continues exactly as the uninterrupted one."""
+        return _metrics_bytes(_MULTICLASS_MAGIC, self._clock, self._m.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "MulticlassMetrics":
+        """From :meth:`to_bytes`; anything else raises ``rtml.SnapshotError``."""
+        clock, core = _metrics_parts(_MULTICLASS_MAGIC, data, "MulticlassMetrics")
+        self = cls.__new__(cls)
+        self._m = _core.MulticlassMetrics.from_bytes(core)
+        self._clock = _Clock()
+        self._clock.kind = clock
+        return self
+
+    def __getstate__(self) -> bytes:
+        return self.to_bytes()
+
+    def __setstate__(self, state: bytes) -> None:
+        other = MulticlassMetrics.from_bytes(state)
+        self._m, self._clock = other._m, other._clock
 
 
 # ---------------------------------------------------------------------------------- label join

@@ -130,6 +130,19 @@ enum Gone {
     Evicted,
 }
 
+/// What the join knows of a request id: its row while it waits, then (until the settled point
+/// passes its `at + wait`) how it left. One map for both, so serving, releasing and forgetting
+/// an id each touch one hash table entry.
+#[derive(Debug, Serialize, Deserialize)]
+enum Slot {
+    Pending(Row),
+    /// No longer pending; remembered until `until` (its `at + wait`).
+    Gone {
+        until: i64,
+        how: Gone,
+    },
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Row {
     at: i64,
@@ -146,18 +159,19 @@ pub struct LabelJoin {
     on_timeout: OnTimeout,
     max_pending: usize,
     lateness: i64,
-    pending: HashMap<RequestId, Row>,
+    /// Every id the join knows: pending rows and remembered ("gone") ids.
+    ids: HashMap<RequestId, Slot>,
+    /// How many of `ids` are pending (not serialized: counted again when read).
+    #[serde(skip)]
+    n_pending: usize,
     /// (release time, id) of every pending row, smallest first, with lazy deletion: a row
     /// whose release time moved (a label attached) leaves its old entry behind, skipped when
     /// popped because it no longer matches the row ([`LabelJoin::pop_live`]). Nothing is ever
     /// searched for or removed from the middle, and for rows and labels arriving nearly in
     /// time order a push and a pop are O(1) ([`ReleaseQueue`]).
     queue: ReleaseQueue<(i64, RequestId)>,
-    /// Ids no longer pending, until the settled point passes their `at + wait`.
-    gone: HashMap<RequestId, (i64, Gone)>,
-    /// (until, id) of every id in `gone`, smallest first (pushed nearly in order: rows are
-    /// released in time order). Serialized as a sorted sequence, the bytes of the binary heap
-    /// it replaced (format version 1 unchanged).
+    /// (until, id) of every gone id, smallest first (pushed nearly in order: rows are
+    /// released in time order). Serialized as a sorted sequence.
     #[serde(with = "super::release_queue::as_sequence")]
     forget: ReleaseQueue<(i64, RequestId)>,
     watermark: Option<i64>,
@@ -198,9 +212,9 @@ impl LabelJoin {
             on_timeout,
             max_pending,
             lateness: allowed_lateness,
-            pending: HashMap::new(),
+            ids: HashMap::new(),
+            n_pending: 0,
             queue: ReleaseQueue::default(),
-            gone: HashMap::new(),
             forget: ReleaseQueue::default(),
             watermark: None,
             out: Vec::new(),
@@ -212,7 +226,7 @@ impl LabelJoin {
         &self.stats
     }
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.n_pending
     }
     pub fn watermark(&self) -> Option<i64> {
         self.watermark
@@ -228,36 +242,39 @@ impl LabelJoin {
 
     /// A row served at `at` with feature vector `x`.
     pub fn serve(&mut self, id: RequestId, at: i64, x: Vec<f64>) -> Result<Outcome> {
-        if self.pending.contains_key(&id) || self.gone.contains_key(&id) {
+        if self.ids.contains_key(&id) {
             self.stats.reused_ids += 1;
             return Err(Error::schema(
                 "request_id",
                 format!("request id {id} was already served: a request id names one prediction"),
             ));
         }
+        Ok(self.serve_new(id, at, x))
+    }
+
+    /// [`LabelJoin::serve`] for an id known to be new.
+    fn serve_new(&mut self, id: RequestId, at: i64, x: Vec<f64>) -> Outcome {
         let deadline = at.saturating_add(self.wait);
         if self.settled().is_some_and(|s| deadline < s) {
             self.stats.late_served += 1;
-            return Ok(Outcome::Late);
+            return Outcome::Late;
         }
-        if self.pending.len() >= self.max_pending {
-            if let Some((_, victim, row)) = self.pop_live(None) {
-                self.stats.evicted += 1;
-                self.remember(victim, row.at, Gone::Evicted);
-            }
+        if self.n_pending >= self.max_pending && self.pop_live(None, true).is_some() {
+            self.stats.evicted += 1;
         }
         self.stats.served += 1;
         self.queue.push(Run::Deadline, (deadline, id.clone()));
-        self.pending.insert(
+        self.n_pending += 1;
+        self.ids.insert(
             id,
-            Row {
+            Slot::Pending(Row {
                 at,
                 x,
                 label: None,
                 release: deadline,
-            },
+            }),
         );
-        Ok(Outcome::Accepted)
+        Outcome::Accepted
     }
 
     /// Serve rows in order, all or nothing: a request id already used (or twice in `rows`)
@@ -265,7 +282,7 @@ impl LabelJoin {
     pub fn serve_many(&mut self, rows: Vec<(RequestId, i64, Vec<f64>)>) -> Result<(u64, u64)> {
         let mut seen = hashbrown::HashSet::with_capacity(rows.len());
         for (id, _, _) in &rows {
-            if self.pending.contains_key(id) || self.gone.contains_key(id) || !seen.insert(id) {
+            if self.ids.contains_key(id) || !seen.insert(id) {
                 self.stats.reused_ids += 1;
                 return Err(Error::schema(
                     "request_id",
@@ -278,8 +295,9 @@ impl LabelJoin {
         }
         drop(seen);
         let (mut accepted, mut late) = (0, 0);
+        // every id checked new above (an eviction only turns a pending id gone)
         for (id, at, x) in rows {
-            match self.serve(id, at, x)? {
+            match self.serve_new(id, at, x) {
                 Outcome::Accepted => accepted += 1,
                 _ => late += 1,
             }
@@ -292,32 +310,41 @@ impl LabelJoin {
         &self.out
     }
 
-    fn remember(&mut self, id: RequestId, at: i64, how: Gone) {
-        let until = at.saturating_add(self.wait);
-        self.forget.push(Run::Deadline, (until, id.clone()));
-        self.gone.insert(id, (until, how));
-    }
-
     /// Remove and return the pending row released first (smallest (release time, id)), if
-    /// there is one and, with `before = Some(s)`, its release time is `< s`. Stale queue
-    /// entries met on the way are dropped.
-    fn pop_live(&mut self, before: Option<i64>) -> Option<(i64, RequestId, Row)> {
+    /// there is one and, with `before = Some(s)`, its release time is `< s`. Its id stays in
+    /// `ids` as gone (evicted with `evict`, else released or timed out per its label) and is
+    /// queued to be forgotten at its `at + wait`. Stale queue entries met on the way are
+    /// dropped. Returns (release time, id, row).
+    fn pop_live(&mut self, before: Option<i64>, evict: bool) -> Option<(i64, RequestId, Row)> {
         loop {
-            let (r, _) = self.queue.peek()?;
-            if before.is_some_and(|s| *r >= s) {
-                // every entry from here on is later: live or stale, nothing to release
-                return None;
-            }
-            let (r, id) = self.queue.pop()?;
-            // one lookup: a live entry's row is taken; a stale one (the row was released, or
-            // its release time moved when a label attached) finds no row or another time
-            match self.pending.remove_entry(&id) {
-                Some((k, row)) if row.release == r => return Some((r, k, row)),
-                Some((k, row)) => {
-                    self.pending.insert(k, row);
-                }
-                None => {}
-            }
+            // an entry at or after `before`: every entry from there on is later, live or
+            // stale, nothing to release
+            let (r, id) = self.queue.pop_if(|(r, _)| before.is_none_or(|s| *r < s))?;
+            // one lookup: a live entry's row is taken and its slot turns gone; a stale one
+            // (the row was released, or its release time moved when a label attached) finds
+            // a gone slot, no slot, or another time
+            let Some(slot) = self.ids.get_mut(&id) else {
+                continue;
+            };
+            let (until, how) = match slot {
+                Slot::Pending(row) if row.release == r => (
+                    row.at.saturating_add(self.wait),
+                    if evict {
+                        Gone::Evicted
+                    } else if row.label.is_some() {
+                        Gone::Released
+                    } else {
+                        Gone::TimedOut
+                    },
+                ),
+                _ => continue,
+            };
+            let Slot::Pending(row) = std::mem::replace(slot, Slot::Gone { until, how }) else {
+                continue; // (matched Pending just above)
+            };
+            self.n_pending -= 1;
+            self.forget.push(Run::Deadline, (until, id.clone()));
+            return Some((r, id, row));
         }
     }
 
@@ -334,19 +361,19 @@ impl LabelJoin {
             self.stats.late_labels += 1;
             return Ok(Outcome::Late);
         }
-        let outcome = match self.pending.get_mut(id) {
-            Some(row) if row.label.is_some() => {
+        let outcome = match self.ids.get_mut(id) {
+            Some(Slot::Pending(row)) if row.label.is_some() => {
                 self.stats.duplicate_labels += 1;
                 return Err(Error::schema(
                     "request_id",
                     format!("request id {id} already has a label"),
                 ));
             }
-            Some(row) if t > row.at.saturating_add(self.wait) => {
+            Some(Slot::Pending(row)) if t > row.at.saturating_add(self.wait) => {
                 self.stats.labels_after_wait += 1;
                 Outcome::AfterWait
             }
-            Some(row) => {
+            Some(Slot::Pending(row)) => {
                 let release = t.max(row.at);
                 let moved = release != row.release;
                 row.label = Some(y);
@@ -357,9 +384,9 @@ impl LabelJoin {
                 }
                 Outcome::Accepted
             }
-            None => {
-                let what = match self.gone.get(id).map(|g| g.1) {
-                    Some(how) => {
+            slot => {
+                let what = match slot {
+                    Some(Slot::Gone { how, .. }) => {
                         self.stats.labels_for_released += 1;
                         match how {
                             Gone::Released => "was already released with its label",
@@ -367,7 +394,7 @@ impl LabelJoin {
                             Gone::Evicted => "was evicted (max_pending reached)",
                         }
                     }
-                    None => {
+                    _ => {
                         self.stats.unknown_labels += 1;
                         "is unknown (never served, or forgotten after its wait)"
                     }
@@ -403,47 +430,43 @@ impl LabelJoin {
         let Some(s) = self.settled() else { return };
         // a flush settles everything, including rows released at i64::MAX
         let all = s == i64::MAX;
-        while let Some((release, id, row)) = self.pop_live((!all).then_some(s)) {
+        while let Some((release, id, row)) = self.pop_live((!all).then_some(s), false) {
             match (row.label, self.on_timeout) {
                 (Some(y), _) => {
                     self.stats.released_labeled += 1;
                     self.out.push(Example {
-                        id: id.clone(),
+                        id,
                         at: row.at,
                         release,
                         x: row.x,
                         y,
                         timed_out: false,
                     });
-                    self.remember(id, row.at, Gone::Released);
                 }
                 (None, OnTimeout::Label(y)) => {
                     self.stats.released_timeout += 1;
                     self.out.push(Example {
-                        id: id.clone(),
+                        id,
                         at: row.at,
                         release,
                         x: row.x,
                         y,
                         timed_out: true,
                     });
-                    self.remember(id, row.at, Gone::TimedOut);
                 }
                 (None, OnTimeout::Drop) => {
                     self.stats.timeouts_dropped += 1;
-                    self.remember(id, row.at, Gone::TimedOut);
                 }
             }
         }
-        while let Some((until, _)) = self.forget.peek() {
-            if *until >= s || all {
-                // (a flush keeps the memory: a later label is "already released")
-                break;
+        // (a flush keeps the memory: a later label is "already released")
+        while let Some((_, id)) = self.forget.pop_if(|(until, _)| *until < s && !all) {
+            // an id has one forget entry while it is gone, and is gone until that entry is
+            // popped: the slot removed is that gone slot (a pending one, from damaged
+            // snapshot bytes only, is put back)
+            if let Some((id, Slot::Pending(row))) = self.ids.remove_entry(&id) {
+                self.ids.insert(id, Slot::Pending(row));
             }
-            let Some((_, id)) = self.forget.pop() else {
-                break;
-            };
-            self.gone.remove(&id);
         }
     }
 
@@ -477,7 +500,7 @@ impl LabelJoin {
         let word =
             |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let version = word(4);
-        if version != JOIN_VERSION {
+        if version == 0 || version > JOIN_VERSION {
             return Err(bad(format!(
                 "format version {version}; this build reads {JOIN_VERSION}{}",
                 if version > JOIN_VERSION {
@@ -496,11 +519,23 @@ impl LabelJoin {
                 "truncated or corrupted (length or checksum mismatch)".into()
             ));
         }
-        let j: LabelJoin =
-            bincode::deserialize(body).map_err(|e| bad(format!("cannot decode: {e}")))?;
+        let decode = |e: bincode::Error| bad(format!("cannot decode: {e}"));
+        let mut j: LabelJoin = if version == 1 {
+            bincode::deserialize::<LabelJoinV1>(body)
+                .map_err(decode)?
+                .upgrade()
+                .ok_or_else(|| bad("an id both pending and gone".into()))?
+        } else {
+            bincode::deserialize(body).map_err(decode)?
+        };
         if j.wait < 0 || j.lateness < 0 || j.max_pending == 0 {
             return Err(bad("invalid parameters".into()));
         }
+        j.n_pending = j
+            .ids
+            .values()
+            .filter(|s| matches!(s, Slot::Pending(_)))
+            .count();
         Ok(j)
     }
 }
@@ -514,8 +549,54 @@ fn snapshot_error(message: String) -> Error {
         message,
     }
 }
-/// The label join snapshot's format version.
-pub const JOIN_VERSION: u32 = 1;
+/// The label join snapshot's format version: 2 since session 8 (one map for pending and gone
+/// ids); version 1 snapshots (two maps) are still read.
+pub const JOIN_VERSION: u32 = 2;
+
+/// The body of a version 1 snapshot: pending and gone ids in two maps.
+#[derive(Serialize, Deserialize)]
+struct LabelJoinV1 {
+    wait: i64,
+    on_timeout: OnTimeout,
+    max_pending: usize,
+    lateness: i64,
+    pending: HashMap<RequestId, Row>,
+    queue: ReleaseQueue<(i64, RequestId)>,
+    gone: HashMap<RequestId, (i64, Gone)>,
+    #[serde(with = "super::release_queue::as_sequence")]
+    forget: ReleaseQueue<(i64, RequestId)>,
+    watermark: Option<i64>,
+    out: Vec<Example>,
+    stats: Stats,
+}
+
+impl LabelJoinV1 {
+    /// The same join in today's layout (None if an id is both pending and gone).
+    fn upgrade(self) -> Option<LabelJoin> {
+        let mut ids = HashMap::with_capacity(self.pending.len() + self.gone.len());
+        for (id, row) in self.pending {
+            ids.insert(id, Slot::Pending(row));
+        }
+        for (id, (until, how)) in self.gone {
+            if ids.insert(id, Slot::Gone { until, how }).is_some() {
+                return None;
+            }
+        }
+        Some(LabelJoin {
+            wait: self.wait,
+            on_timeout: self.on_timeout,
+            max_pending: self.max_pending,
+            lateness: self.lateness,
+            ids,
+            n_pending: 0,
+            queue: self.queue,
+            forget: self.forget,
+            watermark: self.watermark,
+            out: self.out,
+            stats: self.stats,
+        })
+    }
+}
 
 #[cfg(test)]
 mod tests {

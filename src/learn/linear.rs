@@ -173,7 +173,7 @@ fn sigmoid(m: f64) -> f64 {
 }
 
 #[inline]
-fn ftrl_weight(z: f64, n: f64, alpha: f64, beta: f64, l1: f64, l2: f64) -> f64 {
+pub(crate) fn ftrl_weight(z: f64, n: f64, alpha: f64, beta: f64, l1: f64, l2: f64) -> f64 {
     if z.abs() <= l1 {
         0.0
     } else {

@@ -4,10 +4,112 @@
 //! `Progressive` keeps the scored rows of a rolling window `(t_last - window, t_last]` (or of
 //! the whole stream when `window` is `None`) and computes, on demand, log loss, ROC AUC (ties
 //! counted half, as scikit-learn's `roc_auc_score`), mean squared error and a calibration table.
+//! `ProgressiveMulticlass` does the same for a multiclass model: log loss and accuracy.
+//!
+//! Both survive restarts: `to_bytes` / `from_bytes` carry the whole state (the window's rows,
+//! the largest time, the count), so a restored run's metrics equal an uninterrupted run's bit
+//! for bit. Format: magic (`RTPM` binary, `RTPC` multiclass), version, CRC-32, length, bincode.
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
+
+/// The metrics snapshot's format version.
+pub const METRICS_VERSION: u32 = 1;
+
+fn snapshot_error(message: String) -> Error {
+    Error::Snapshot {
+        path: "<metrics bytes>".into(),
+        message,
+    }
+}
+
+fn seal<T: Serialize>(magic: &[u8; 4], v: &T) -> Result<Vec<u8>> {
+    let body = bincode::serialize(v).map_err(|e| snapshot_error(format!("{e}")))?;
+    let mut out = Vec::with_capacity(body.len() + 20);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&METRICS_VERSION.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn open<T: for<'de> Deserialize<'de>>(magic: &[u8; 4], bytes: &[u8]) -> Result<T> {
+    let bad = snapshot_error;
+    if bytes.len() < 20 || &bytes[..4] != magic {
+        return Err(bad(format!(
+            "not a {} metrics snapshot",
+            String::from_utf8_lossy(magic)
+        )));
+    }
+    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let version = word(4);
+    if version != METRICS_VERSION {
+        return Err(bad(format!(
+            "format version {version}; this build reads {METRICS_VERSION}{}",
+            if version > METRICS_VERSION {
+                ": upgrade rtml"
+            } else {
+                ""
+            }
+        )));
+    }
+    let crc = word(8);
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[12..20]);
+    let body = &bytes[20..];
+    if u64::from_le_bytes(len) != body.len() as u64 || crc32fast::hash(body) != crc {
+        return Err(bad(
+            "truncated or corrupted (length or checksum mismatch)".into()
+        ));
+    }
+    bincode::deserialize(body).map_err(|e| bad(format!("cannot decode: {e}")))
+}
+
+fn check_window(window: Option<i64>) -> Result<()> {
+    if let Some(w) = window {
+        if w <= 0 {
+            return Err(Error::spec("window", format!("must be > 0, got {w} ns")));
+        }
+    }
+    Ok(())
+}
+
+/// Push `row` (time first) and cut the window at the largest time seen. `in_order`: the rows
+/// are known to be in time order (false is always safe: it costs one scan of the window).
+fn push_row<R>(
+    rows: &mut VecDeque<(i64, R)>,
+    last: &mut Option<i64>,
+    in_order: &mut bool,
+    window: Option<i64>,
+    t: i64,
+    row: R,
+) {
+    *in_order = *in_order && rows.back().is_none_or(|b| b.0 <= t);
+    rows.push_back((t, row));
+    let l = last.map_or(t, |l| l.max(t));
+    *last = Some(l);
+    if let Some(w) = window {
+        let cut = l.saturating_sub(w);
+        while rows.front().is_some_and(|r| r.0 <= cut) {
+            rows.pop_front();
+        }
+        if !*in_order {
+            // rows that arrived out of time order and fell out of the window (in time order,
+            // the loop above removed every one)
+            if rows.iter().any(|r| r.0 <= cut) {
+                rows.retain(|r| r.0 > cut);
+            }
+            *in_order = rows
+                .iter()
+                .zip(rows.iter().skip(1))
+                .all(|(a, b)| a.0 <= b.0);
+        }
+    }
+}
 
 /// Predictions are clipped to `[EPS, 1 - EPS]` in the log loss (scikit-learn's rule for float64).
 pub const EPS: f64 = f64::EPSILON;
@@ -23,27 +125,27 @@ pub struct Bin {
 }
 
 /// Rolling progressive-validation metrics by event time.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Progressive {
     window: Option<i64>,
-    rows: VecDeque<(i64, f64, f64)>,
+    rows: VecDeque<(i64, (f64, f64))>,
     last: Option<i64>,
     seen: u64,
+    /// The rows are known to be in time order (not state: false after a restore).
+    #[serde(skip)]
+    in_order: bool,
 }
 
 impl Progressive {
     /// `window`: nanoseconds of event time kept (None: the whole stream).
     pub fn new(window: Option<i64>) -> Result<Progressive> {
-        if let Some(w) = window {
-            if w <= 0 {
-                return Err(Error::spec("window", format!("must be > 0, got {w} ns")));
-            }
-        }
+        check_window(window)?;
         Ok(Progressive {
             window,
             rows: VecDeque::new(),
             last: None,
             seen: 0,
+            in_order: true,
         })
     }
 
@@ -51,19 +153,14 @@ impl Progressive {
     /// Times may go backwards (the window is cut at the largest time seen).
     pub fn add(&mut self, t: i64, p: f64, y: f64) {
         self.seen += 1;
-        self.rows.push_back((t, p, y));
-        let last = self.last.map_or(t, |l| l.max(t));
-        self.last = Some(last);
-        if let Some(w) = self.window {
-            let cut = last.saturating_sub(w);
-            while self.rows.front().is_some_and(|r| r.0 <= cut) {
-                self.rows.pop_front();
-            }
-            // rows that arrived out of time order and fell out of the window
-            if self.rows.iter().any(|r| r.0 <= cut) {
-                self.rows.retain(|r| r.0 > cut);
-            }
-        }
+        push_row(
+            &mut self.rows,
+            &mut self.last,
+            &mut self.in_order,
+            self.window,
+            t,
+            (p, y),
+        );
     }
 
     /// Rows in the window.
@@ -80,8 +177,8 @@ impl Progressive {
     }
 
     /// The window's rows as (time, prediction, label), in the order recorded.
-    pub fn rows(&self) -> impl Iterator<Item = &(i64, f64, f64)> {
-        self.rows.iter()
+    pub fn rows(&self) -> impl Iterator<Item = (i64, f64, f64)> + '_ {
+        self.rows.iter().map(|&(t, (p, y))| (t, p, y))
     }
 
     /// Mean log loss over the window (predictions clipped to `[EPS, 1 - EPS]`); None when empty.
@@ -90,7 +187,7 @@ impl Progressive {
             return None;
         }
         let mut s = 0.0;
-        for &(_, p, y) in &self.rows {
+        for &(_, (p, y)) in &self.rows {
             let p = p.clamp(EPS, 1.0 - EPS);
             s -= y * p.ln() + (1.0 - y) * (1.0 - p).ln();
         }
@@ -103,7 +200,7 @@ impl Progressive {
             return None;
         }
         let mut s = 0.0;
-        for &(_, p, y) in &self.rows {
+        for &(_, (p, y)) in &self.rows {
             s += (p - y) * (p - y);
         }
         Some(s / self.rows.len() as f64)
@@ -112,7 +209,7 @@ impl Progressive {
     /// ROC AUC over the window (label > 0.5 is positive; tied predictions count half); None
     /// unless both classes are present.
     pub fn auc(&self) -> Option<f64> {
-        let mut v: Vec<(f64, bool)> = self.rows.iter().map(|&(_, p, y)| (p, y > 0.5)).collect();
+        let mut v: Vec<(f64, bool)> = self.rows.iter().map(|&(_, (p, y))| (p, y > 0.5)).collect();
         let pos = v.iter().filter(|r| r.1).count();
         let neg = v.len() - pos;
         if pos == 0 || neg == 0 {
@@ -145,7 +242,7 @@ impl Progressive {
         let mut n = vec![0u64; bins];
         let mut sp = vec![0.0; bins];
         let mut sy = vec![0.0; bins];
-        for &(_, p, y) in &self.rows {
+        for &(_, (p, y)) in &self.rows {
             let b = ((p * bins as f64).floor().max(0.0) as usize).min(bins - 1);
             n[b] += 1;
             sp[b] += p;
@@ -171,6 +268,125 @@ impl Progressive {
     }
 }
 
+impl Progressive {
+    /// The whole state as bytes (see the module doc).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        seal(MAGIC_BINARY, self)
+    }
+
+    /// Metrics from [`Progressive::to_bytes`]; anything else is a typed error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Progressive> {
+        let m: Progressive = open(MAGIC_BINARY, bytes)?;
+        check_window(m.window).map_err(|e| snapshot_error(e.to_string()))?;
+        if m.rows
+            .iter()
+            .any(|r| !r.1 .0.is_finite() || !r.1 .1.is_finite())
+            || (m.seen as usize) < m.rows.len()
+        {
+            return Err(snapshot_error("invalid rows".into()));
+        }
+        Ok(m)
+    }
+}
+
+const MAGIC_BINARY: &[u8; 4] = b"RTPM";
+const MAGIC_MULTICLASS: &[u8; 4] = b"RTPC";
+
+/// Rolling progressive-validation metrics of a multiclass model by event time: each row keeps
+/// the probability given to the true class and whether the most probable class (the first on
+/// ties) was the true one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProgressiveMulticlass {
+    window: Option<i64>,
+    rows: VecDeque<(i64, (f64, bool))>,
+    last: Option<i64>,
+    seen: u64,
+    /// The rows are known to be in time order (not state: false after a restore).
+    #[serde(skip)]
+    in_order: bool,
+}
+
+impl ProgressiveMulticlass {
+    /// `window`: nanoseconds of event time kept (None: the whole stream).
+    pub fn new(window: Option<i64>) -> Result<ProgressiveMulticlass> {
+        check_window(window)?;
+        Ok(ProgressiveMulticlass {
+            window,
+            rows: VecDeque::new(),
+            last: None,
+            seen: 0,
+            in_order: true,
+        })
+    }
+
+    /// Record one scored example: event time `t`, the class probabilities `p`, the true class
+    /// index `y` (`y < p.len()`, checked by the caller; an index out of range counts as a
+    /// wrong answer with probability 0).
+    pub fn add(&mut self, t: i64, p: &[f64], y: usize) {
+        self.seen += 1;
+        let pt = p.get(y).copied().unwrap_or(0.0);
+        let correct = y < p.len() && crate::learn::softmax::argmax(p) == y;
+        push_row(
+            &mut self.rows,
+            &mut self.last,
+            &mut self.in_order,
+            self.window,
+            t,
+            (pt, correct),
+        );
+    }
+
+    /// Rows in the window.
+    pub fn count(&self) -> usize {
+        self.rows.len()
+    }
+    /// Rows ever recorded.
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+    /// The largest event time recorded.
+    pub fn last_time(&self) -> Option<i64> {
+        self.last
+    }
+
+    /// Mean log loss `-ln p(true class)` over the window (probabilities clipped to
+    /// `[EPS, 1 - EPS]`); None when empty.
+    pub fn log_loss(&self) -> Option<f64> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let mut s = 0.0;
+        for &(_, (p, _)) in &self.rows {
+            s -= p.clamp(EPS, 1.0 - EPS).ln();
+        }
+        Some(s / self.rows.len() as f64)
+    }
+
+    /// Share of the window's rows whose most probable class was the true one; None when empty.
+    pub fn accuracy(&self) -> Option<f64> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let hits = self.rows.iter().filter(|r| r.1 .1).count();
+        Some(hits as f64 / self.rows.len() as f64)
+    }
+
+    /// The whole state as bytes (see the module doc).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        seal(MAGIC_MULTICLASS, self)
+    }
+
+    /// Metrics from [`ProgressiveMulticlass::to_bytes`]; anything else is a typed error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<ProgressiveMulticlass> {
+        let m: ProgressiveMulticlass = open(MAGIC_MULTICLASS, bytes)?;
+        check_window(m.window).map_err(|e| snapshot_error(e.to_string()))?;
+        if m.rows.iter().any(|r| !r.1 .0.is_finite()) || (m.seen as usize) < m.rows.len() {
+            return Err(snapshot_error("invalid rows".into()));
+        }
+        Ok(m)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +402,64 @@ mod tests {
         assert_eq!(m.count(), 4);
         // pairs (pos, neg): (0.5,0.2)=1, (0.5,0.5)=0.5, (0.8,0.2)=1, (0.8,0.5)=1 -> 3.5 / 4
         assert_eq!(m.auc(), Some(3.5 / 4.0));
+        let back = Progressive::from_bytes(&m.to_bytes().unwrap()).unwrap();
+        assert_eq!(
+            back.rows().collect::<Vec<_>>(),
+            m.rows().collect::<Vec<_>>()
+        );
+        assert_eq!((back.seen(), back.last_time()), (m.seen(), m.last_time()));
+    }
+
+    #[test]
+    fn the_window_is_the_rows_after_the_cut_whatever_the_time_order() {
+        // a deterministic mix of in-order runs and late rows, through a restore midway
+        let mut m = Progressive::new(Some(50)).unwrap();
+        let mut all = Vec::new();
+        let mut x: u64 = 7;
+        for i in 0..2000i64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let late = if (x >> 33) % 10 == 0 {
+                ((x >> 40) % 80) as i64
+            } else {
+                0
+            };
+            let t = i - late;
+            m.add(t, (i % 7) as f64 / 7.0, (i % 2) as f64);
+            all.push((t, (i % 7) as f64 / 7.0, (i % 2) as f64));
+            if i == 1000 {
+                m = Progressive::from_bytes(&m.to_bytes().unwrap()).unwrap();
+            }
+            let cut = m.last_time().unwrap() - 50;
+            let want: Vec<_> = all.iter().copied().filter(|r| r.0 > cut).collect();
+            assert_eq!(m.rows().collect::<Vec<_>>(), want, "after row {i}");
+        }
+    }
+
+    #[test]
+    fn snapshots_refuse_damage_and_the_other_kind() {
+        let mut m = ProgressiveMulticlass::new(None).unwrap();
+        m.add(1, &[0.2, 0.5, 0.3], 1);
+        m.add(2, &[0.6, 0.1, 0.3], 2);
+        assert_eq!(m.accuracy(), Some(0.5));
+        let bytes = m.to_bytes().unwrap();
+        let back = ProgressiveMulticlass::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            back.log_loss().map(f64::to_bits),
+            m.log_loss().map(f64::to_bits)
+        );
+        assert!(Progressive::from_bytes(&bytes).is_err());
+        for cut in [0, 10, 19, 20, bytes.len() - 1] {
+            assert!(ProgressiveMulticlass::from_bytes(&bytes[..cut]).is_err());
+        }
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(ProgressiveMulticlass::from_bytes(&flipped).is_err());
+        let mut newer = bytes;
+        newer[4] = 2;
+        let e = ProgressiveMulticlass::from_bytes(&newer).unwrap_err();
+        assert!(e.to_string().contains("upgrade"), "{e}");
     }
 }

@@ -3,6 +3,8 @@
 //! * [`linear`]: online logistic and linear regression trained with FTRL-Proximal or plain SGD,
 //!   deterministic (`learn_many` is the loop of `learn_one`, bit for bit), with a versioned JSON
 //!   document of the model state;
+//! * [`softmax`]: online multiclass logistic (softmax) regression with the same optimizers and
+//!   the same determinism;
 //! * [`label_join`]: served rows wait for their (late) labels by event time and are released as
 //!   training examples in (release time, request id) order;
 //! * [`release_queue`]: the join's min-queue for nearly-in-order streams;
@@ -14,7 +16,9 @@ pub mod label_join;
 pub mod linear;
 pub mod metrics;
 pub mod release_queue;
+pub mod softmax;
 
 pub use label_join::{Example, LabelJoin, LabelOutcome, OnTimeout, RequestId};
 pub use linear::{Linear, Loss, Optimizer, Schedule};
-pub use metrics::Progressive;
+pub use metrics::{Progressive, ProgressiveMulticlass};
+pub use softmax::{ClassLabel, Softmax};

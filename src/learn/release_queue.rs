@@ -75,6 +75,27 @@ impl<K: Ord> ReleaseQueue<K> {
         }
     }
 
+    /// Pop the smallest key if `take(key)` says so (one search for the minimum, not two).
+    #[inline]
+    pub fn pop_if(&mut self, take: impl FnOnce(&K) -> bool) -> Option<K> {
+        match self.min_source()? {
+            2 => {
+                if take(&self.heap.peek()?.0) {
+                    self.heap.pop().map(|r| r.0)
+                } else {
+                    None
+                }
+            }
+            i => {
+                if take(self.runs[i].front()?) {
+                    self.runs[i].pop_front()
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.runs[0].len() + self.runs[1].len() + self.heap.len()
     }

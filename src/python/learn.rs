@@ -1,4 +1,5 @@
-//! `rtml._core.Linear`, `rtml._core.Metrics`, `rtml._core.LabelJoin`: the pyo3 skin of
+//! `rtml._core.Linear`, `rtml._core.Softmax`, `rtml._core.Metrics`,
+//! `rtml._core.MulticlassMetrics`, `rtml._core.LabelJoin`: the pyo3 skin of
 //! `crate::learn` (issue 15). `python/rtml/learn.py` wraps them: it turns times into epoch
 //! nanoseconds, vectors into contiguous float64 arrays and hyper-parameters into the
 //! optimizer document; this layer only converts and calls. Every call that does work goes
@@ -16,7 +17,10 @@ use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString};
 use super::errors::{entry, schema_error, IntoPy, Poison};
 use crate::error::Error;
 use crate::learn::label_join::{Example, Outcome};
-use crate::learn::{LabelJoin, Linear, Loss, OnTimeout, Optimizer, Progressive, RequestId};
+use crate::learn::{
+    ClassLabel, LabelJoin, Linear, Loss, OnTimeout, Optimizer, Progressive, ProgressiveMulticlass,
+    RequestId, Softmax,
+};
 
 /// Lock without waiting while holding the GIL.
 fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
@@ -289,6 +293,25 @@ impl PyMetrics {
     fn log_loss(&self, py: Python<'_>) -> Option<f64> {
         lock(py, &self.inner).log_loss()
     }
+
+    /// The whole state as bytes (`Progressive::to_bytes`).
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        entry(None, || {
+            let bytes = lock(py, &self.inner).to_bytes().py_err()?;
+            Ok(PyBytes::new(py, &bytes))
+        })
+    }
+
+    /// Metrics from `to_bytes` (rtml.SnapshotError for anything else).
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<PyMetrics> {
+        entry(None, || {
+            Ok(PyMetrics {
+                inner: Mutex::new(Progressive::from_bytes(data).py_err()?),
+            })
+        })
+    }
+
     fn auc(&self, py: Python<'_>) -> Option<f64> {
         lock(py, &self.inner).auc()
     }
@@ -324,6 +347,288 @@ impl PyMetrics {
                 out.append(d)?;
             }
             Ok(out)
+        })
+    }
+}
+
+fn matrix<'py>(py: Python<'py>, v: Vec<f64>, cols: usize) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    let rows = v.len().checked_div(cols).unwrap_or(0);
+    let a =
+        Array2::from_shape_vec((rows, cols), v).map_err(|e| schema_error("x", e.to_string()))?;
+    Ok(a.into_pyarray(py))
+}
+
+fn labels_i64<'a>(a: &'a PyReadonlyArray1<'_, i64>) -> PyResult<&'a [i64]> {
+    a.as_slice()
+        .map_err(|_| schema_error("y", "expected a contiguous int64 array"))
+}
+
+/// An online softmax (multiclass logistic) model (use `rtml.learn.Softmax`). Labels here are
+/// class indices; the wrapper maps class labels to them.
+#[pyclass(frozen, name = "Softmax", module = "rtml._core")]
+pub struct PySoftmax {
+    inner: Mutex<Softmax>,
+    poison: Poison,
+}
+
+#[pymethods]
+impl PySoftmax {
+    /// `classes`: a JSON list of ints / strs; `optimizer`: the optimizer document (JSON).
+    #[new]
+    fn new(classes: &str, optimizer: &str, n_features: usize) -> PyResult<PySoftmax> {
+        entry(None, || {
+            let classes: Vec<ClassLabel> = serde_json::from_str(classes)
+                .map_err(|e| Error::spec("classes", format!("expected ints or strs: {e}")))
+                .py_err()?;
+            let opt: Optimizer = serde_json::from_str(optimizer)
+                .map_err(|e| Error::spec("optimizer", e.to_string()))
+                .py_err()?;
+            Ok(PySoftmax {
+                inner: Mutex::new(Softmax::new(classes, opt, n_features).py_err()?),
+                poison: Poison::default(),
+            })
+        })
+    }
+
+    #[staticmethod]
+    fn from_json(text: &str) -> PyResult<PySoftmax> {
+        entry(None, || {
+            Ok(PySoftmax {
+                inner: Mutex::new(Softmax::from_json(text).py_err()?),
+                poison: Poison::default(),
+            })
+        })
+    }
+
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        entry(Some(&self.poison), || Ok(lock(py, &self.inner).to_json()))
+    }
+
+    /// The class labels as a JSON list.
+    fn classes_json(&self, py: Python<'_>) -> PyResult<String> {
+        entry(Some(&self.poison), || {
+            serde_json::to_string(lock(py, &self.inner).classes())
+                .map_err(|e| Error::spec("classes", e.to_string()))
+                .py_err()
+        })
+    }
+
+    fn predict_one<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray1<'py, f64>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        entry(Some(&self.poison), || {
+            let p = lock(py, &self.inner)
+                .predict_one(slice1(&x, "x")?)
+                .py_err()?;
+            Ok(p.into_pyarray(py))
+        })
+    }
+
+    fn predict_many<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+    ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        entry(Some(&self.poison), || {
+            let (s, rows, _) = slice2(&x, "x")?;
+            let m = lock(py, &self.inner);
+            let c = m.n_classes();
+            matrix(py, m.predict_many(s, rows).py_err()?, c)
+        })
+    }
+
+    /// Learn one example (`y`: class index); returns the probabilities before the update.
+    fn learn_one<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray1<'py, f64>,
+        y: i64,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        entry(Some(&self.poison), || {
+            let p = lock(py, &self.inner)
+                .learn_one(slice1(&x, "x")?, y)
+                .py_err()?;
+            Ok(p.into_pyarray(py))
+        })
+    }
+
+    /// Learn the rows in order (the loop of learn_one); the batch is checked first.
+    fn learn_many<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+        y: PyReadonlyArray1<'py, i64>,
+    ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        entry(Some(&self.poison), || {
+            let (s, _, _) = slice2(&x, "x")?;
+            let ys = labels_i64(&y)?;
+            let mut m = lock(py, &self.inner);
+            let c = m.n_classes();
+            matrix(py, m.learn_many(s, ys).py_err()?, c)
+        })
+    }
+
+    /// Test-then-train: score each row, record it in `metrics`, learn it.
+    fn progressive<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+        y: PyReadonlyArray1<'py, i64>,
+        t: PyReadonlyArray1<'py, i64>,
+        metrics: &PyMulticlassMetrics,
+    ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        entry(Some(&self.poison), || {
+            let (s, _, _) = slice2(&x, "x")?;
+            let ys = labels_i64(&y)?;
+            let ts = t
+                .as_slice()
+                .map_err(|_| schema_error("t", "expected a contiguous int64 array"))?;
+            if ts.len() != ys.len() {
+                return Err(schema_error(
+                    "t",
+                    format!(
+                        "expected {} times (one per row), got {}",
+                        ys.len(),
+                        ts.len()
+                    ),
+                ));
+            }
+            let mut m = lock(py, &self.inner);
+            let c = m.n_classes();
+            let probs = m.learn_many(s, ys).py_err()?;
+            let mut g = lock(py, &metrics.inner);
+            for ((&t, &y), p) in ts.iter().zip(ys).zip(probs.chunks(c.max(1))) {
+                // learn_many checked every label: a class index
+                g.add(t, p, usize::try_from(y).unwrap_or(usize::MAX));
+            }
+            matrix(py, probs, c)
+        })
+    }
+
+    /// The weights, one row per class, each class's intercept last.
+    fn weights<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        entry(Some(&self.poison), || {
+            let m = lock(py, &self.inner);
+            matrix(py, m.weights(), m.n_features() + 1)
+        })
+    }
+
+    #[getter]
+    fn n_features(&self, py: Python<'_>) -> usize {
+        lock(py, &self.inner).n_features()
+    }
+
+    #[getter]
+    fn n_classes(&self, py: Python<'_>) -> usize {
+        lock(py, &self.inner).n_classes()
+    }
+
+    #[getter]
+    fn updates(&self, py: Python<'_>) -> u64 {
+        lock(py, &self.inner).updates()
+    }
+
+    /// Bit-for-bit equality of the model state.
+    fn same_state(&self, py: Python<'_>, other: &PySoftmax) -> bool {
+        if std::ptr::eq(self, other) {
+            return true;
+        }
+        let a = lock(py, &self.inner).clone();
+        let b = lock(py, &other.inner);
+        a == *b
+    }
+}
+
+/// Rolling progressive-validation metrics of a multiclass model (use
+/// `rtml.learn.MulticlassMetrics`).
+#[pyclass(frozen, name = "MulticlassMetrics", module = "rtml._core")]
+pub struct PyMulticlassMetrics {
+    inner: Mutex<ProgressiveMulticlass>,
+}
+
+#[pymethods]
+impl PyMulticlassMetrics {
+    #[new]
+    #[pyo3(signature = (window=None))]
+    fn new(window: Option<i64>) -> PyResult<PyMulticlassMetrics> {
+        entry(None, || {
+            Ok(PyMulticlassMetrics {
+                inner: Mutex::new(ProgressiveMulticlass::new(window).py_err()?),
+            })
+        })
+    }
+
+    /// Rows of class probabilities `p` (rows x classes), true class indices `y`.
+    fn add_many(
+        &self,
+        py: Python<'_>,
+        t: PyReadonlyArray1<'_, i64>,
+        p: PyReadonlyArray2<'_, f64>,
+        y: PyReadonlyArray1<'_, i64>,
+    ) -> PyResult<()> {
+        entry(None, || {
+            let ts = t
+                .as_slice()
+                .map_err(|_| schema_error("t", "expected a contiguous int64 array"))?;
+            let (ps, rows, cols) = slice2(&p, "p")?;
+            let ys = labels_i64(&y)?;
+            if ts.len() != rows || ys.len() != rows {
+                return Err(schema_error("p", "t, p and y must have the same length"));
+            }
+            if let Some(i) = ps.iter().position(|v| !v.is_finite()) {
+                return Err(schema_error(
+                    "p",
+                    format!("row {}: values must be finite", i / cols.max(1)),
+                ));
+            }
+            if let Some(r) = ys.iter().position(|&y| y < 0 || y as usize >= cols) {
+                return Err(schema_error(
+                    "y",
+                    format!("row {r}: class index out of range (0..{cols})"),
+                ));
+            }
+            let mut g = lock(py, &self.inner);
+            for ((&t, &y), p) in ts.iter().zip(ys).zip(ps.chunks(cols.max(1))) {
+                g.add(t, p, y as usize);
+            }
+            Ok(())
+        })
+    }
+
+    fn log_loss(&self, py: Python<'_>) -> Option<f64> {
+        lock(py, &self.inner).log_loss()
+    }
+    fn accuracy(&self, py: Python<'_>) -> Option<f64> {
+        lock(py, &self.inner).accuracy()
+    }
+    #[getter]
+    fn count(&self, py: Python<'_>) -> usize {
+        lock(py, &self.inner).count()
+    }
+    #[getter]
+    fn seen(&self, py: Python<'_>) -> u64 {
+        lock(py, &self.inner).seen()
+    }
+    #[getter]
+    fn last_time(&self, py: Python<'_>) -> Option<i64> {
+        lock(py, &self.inner).last_time()
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        entry(None, || {
+            let bytes = lock(py, &self.inner).to_bytes().py_err()?;
+            Ok(PyBytes::new(py, &bytes))
+        })
+    }
+
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<PyMulticlassMetrics> {
+        entry(None, || {
+            Ok(PyMulticlassMetrics {
+                inner: Mutex::new(ProgressiveMulticlass::from_bytes(data).py_err()?),
+            })
         })
     }
 }
@@ -591,6 +896,9 @@ fn ids_of(obj: &Bound<'_, PyAny>) -> PyResult<Vec<RequestId>> {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLinear>()?;
     m.add_class::<PyMetrics>()?;
+    m.add_class::<PySoftmax>()?;
+    m.add_class::<PyMulticlassMetrics>()?;
+    m.add("SOFTMAX_VERSION", crate::learn::softmax::SOFTMAX_VERSION)?;
     m.add_class::<PyLabelJoin>()?;
     m.add("MODEL_VERSION", crate::learn::linear::MODEL_VERSION)?;
     Ok(())

@@ -50,9 +50,14 @@ class RefLinear:
         return _sigmoid(m) if self.loss == "logistic" else m
 
     def learn(self, x: list[float], y: float) -> float:
-        w = self._weights()
         p = self.predict(x)
-        g = p - y
+        self.step(x, p - y)
+        self.t += 1
+        return p
+
+    def step(self, x: list[float], g: float) -> None:
+        """One update with gradient `g` of the margin (the weights before it, `t` updates so far)."""
+        w = self._weights()
         o = self.opt
         if o["kind"] == "ftrl":
             for i in range(self.k + 1):
@@ -81,5 +86,52 @@ class RefLinear:
                     wi = 0.0
                 self.w[i] = wi
             self.w[self.k] -= eta * g
+
+
+class RefSoftmax:
+    """Softmax regression from docs/learning.md's equations, same operation order as
+    src/learn/softmax.rs: margins class by class, the largest margin subtracted before exp, the
+    probabilities' sum in class order, then each class's coordinates updated as RefLinear's."""
+
+    def __init__(self, n_classes: int, k: int, opt: dict) -> None:
+        self.c, self.k, self.opt = n_classes, k, opt
+        self.t = 0
+        self.lin = [RefLinear("squared", k, opt) for _ in range(n_classes)]
+
+    def _margin(self, c: int, x: list[float]) -> float:
+        lin = self.lin[c]
+        w = lin._weights()
+        m = 0.0
+        for i in range(self.k):
+            m += w[i] * x[i]
+        return m + w[self.k]
+
+    def predict(self, x: list[float]) -> list[float]:
+        m = [self._margin(c, x) for c in range(self.c)]
+        mx = m[0]
+        for v in m[1:]:
+            if v > mx:
+                mx = v
+        e = [math.exp(v - mx) for v in m]
+        s = 0.0
+        for v in e:
+            s += v
+        return [v / s for v in e]
+
+    def learn(self, x: list[float], y: int) -> list[float]:
+        p = self.predict(x)
+        for c in range(self.c):
+            g = p[c] - (1.0 if c == y else 0.0)
+            self.lin[c].t = self.t  # one schedule for every class: updates so far
+            self.lin[c].step(x, g)
         self.t += 1
         return p
+
+    def state(self) -> dict:
+        """The document's state arrays, class after class."""
+        if self.opt["kind"] == "ftrl":
+            return {
+                "z": [v for lin in self.lin for v in lin.z],
+                "n": [v for lin in self.lin for v in lin.n],
+            }
+        return {"w": [v for lin in self.lin for v in lin.w]}

@@ -253,12 +253,14 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
     replayed = rl.replay(None, None, None, requests, labels, start,
                          vectors=np.nan_to_num(offline_x[first_rows], nan=cfg["nan_as"]), wait=cfg["wait"],
                          on_timeout=cfg["on_timeout"], allowed_lateness=cfg["allowed_lateness"],
-                         max_pending=cfg["max_pending"])
+                         max_pending=cfg["max_pending"], metrics_window=cfg.get("metrics_window", "7d"))
     assert learned["counters"] == {"served": len(flights), "served_again": N_PREDICT + 1 - len(flights),
                                    "examples": len(replayed.examples)}
     assert len(replayed.examples) > 0.9 * len(flights)  # nearly every flight asked about left within the wait
     assert learned["model"] == json.loads(replayed.model.to_json())  # every float, bit for bit
     assert learned["model"]["updates"] == len(replayed.examples) + start_updates
+    # the progressive metrics are part of the checkpoint: through the restart, the same floats
+    assert learned["progressive"] == replayed.metrics.summary()
 
     # drift: the service's monitor over its last closed day equals rtml.monitor.report of the
     # served log for that day (the same rows, the same Rust code), every metric bit for bit
@@ -882,9 +884,10 @@ def test_sigkill_during_replay_loses_no_acknowledged_event_and_applies_none_twic
                          labels, rl.load_model((artifacts / cfg["model"]).read_text()),
                          vectors=np.nan_to_num(np.array(xs), nan=cfg["nan_as"]), wait=cfg["wait"],
                          on_timeout=cfg["on_timeout"], allowed_lateness=cfg["allowed_lateness"],
-                         max_pending=cfg["max_pending"])
+                         max_pending=cfg["max_pending"], metrics_window=cfg.get("metrics_window", "7d"))
     assert learned["counters"]["examples"] == len(replayed.examples) > 0
     assert learned["model"] == json.loads(replayed.model.to_json())
+    assert learned["progressive"] == replayed.metrics.summary()  # through three SIGKILLs
 
 
 def _monitor_replay(art: Path, tmp: Path, shift_from: int | None) -> tuple[dict, dict]:

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use rtml::learn::label_join::{LabelJoin, OnTimeout, Outcome, RequestId};
-use rtml::learn::{Linear, Loss, Optimizer, Schedule};
+use rtml::learn::{ClassLabel, Linear, Loss, Optimizer, Schedule, Softmax};
 
 fn optimizers() -> impl Strategy<Value = Optimizer> {
     prop_oneof![
@@ -92,6 +92,78 @@ proptest! {
             0 => xs[r * 2] = f64::NAN,
             1 => xs[r * 2 + 1] = f64::INFINITY,
             _ => ys[r] = 0.5,
+        }
+        prop_assert!(m.learn_many(&xs, &ys).is_err());
+        prop_assert!(m == before);
+    }
+}
+
+fn softmax_data(k: usize, c: i64) -> impl Strategy<Value = (Vec<f64>, Vec<i64>)> {
+    (1usize..40).prop_flat_map(move |rows| {
+        (
+            prop::collection::vec(-3.0f64..3.0, rows * k),
+            prop::collection::vec(0..c, rows),
+        )
+    })
+}
+
+fn bits(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Softmax: learn_many over any split of the stream is the loop of learn_one, bit for bit;
+    /// predict_one is what learn_one scores; the document continues identically.
+    #[test]
+    fn softmax_learn_many_is_the_loop_of_learn_one_across_splits(
+        opt in optimizers(),
+        n_classes in 2i64..5,
+        (xs, ys) in softmax_data(3, 2),
+        cut in 0usize..1000,
+    ) {
+        let classes: Vec<ClassLabel> = (0..n_classes).map(ClassLabel::Int).collect();
+        let ys: Vec<i64> = ys.iter().enumerate().map(|(i, &y)| (y + i as i64) % n_classes).collect();
+        let mut a = Softmax::new(classes, opt, 3).unwrap();
+        let mut b = a.clone();
+        let mut c = a.clone();
+        let pa = a.learn_many(&xs, &ys).unwrap();
+        let mut pb = Vec::new();
+        for (r, &y) in ys.iter().enumerate() {
+            let x = &xs[r * 3..r * 3 + 3];
+            let p = b.predict_one(x).unwrap();
+            let q = b.learn_one(x, y).unwrap();
+            prop_assert_eq!(bits(&p), bits(&q));
+            pb.extend(q);
+        }
+        let r = cut % (ys.len() + 1);
+        let mut pc = c.learn_many(&xs[..r * 3], &ys[..r]).unwrap();
+        let mut c = Softmax::from_json(&c.to_json()).unwrap();
+        pc.extend(c.learn_many(&xs[r * 3..], &ys[r..]).unwrap());
+        prop_assert!(a == b);
+        prop_assert!(a == c);
+        prop_assert_eq!(bits(&pa), bits(&pb));
+        prop_assert_eq!(bits(&pa), bits(&pc));
+    }
+
+    #[test]
+    fn softmax_a_bad_row_anywhere_leaves_the_model_unchanged(
+        (xs, ys) in softmax_data(2, 3),
+        bad in 0usize..1000,
+        what in 0usize..4,
+    ) {
+        let classes: Vec<ClassLabel> = (0..3).map(ClassLabel::Int).collect();
+        let mut m = Softmax::new(classes, Optimizer::Ftrl { alpha: 0.1, beta: 1.0, l1: 0.0, l2: 0.0 }, 2).unwrap();
+        m.learn_one(&[0.5, -0.5], 1).unwrap();
+        let before = m.clone();
+        let (mut xs, mut ys) = (xs, ys);
+        let r = bad % ys.len();
+        match what {
+            0 => xs[r * 2] = f64::NAN,
+            1 => xs[r * 2 + 1] = f64::NEG_INFINITY,
+            2 => ys[r] = 3,
+            _ => ys[r] = -1,
         }
         prop_assert!(m.learn_many(&xs, &ys).is_err());
         prop_assert!(m == before);
