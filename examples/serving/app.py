@@ -8,6 +8,8 @@ document and one fitted transforms document per entity, model.joblib) and serves
                     model; and the online model's, with learning on)
     GET  /learning  the online model, the label join's counters, progressive metrics
     GET  /monitor   drift of the served features against the training reference, triggers
+    GET  /monitor/skew   train/serve skew: sampled served rows recomputed from the event stream
+                    (skew_check.py; --skew-rate / RTML_SKEW_RATE percent of keys, default 10, 0: off)
     POST /learning/advance   move the label clock ({"to": time})
     GET  /health    liveness + what is loaded
     GET  /metrics   Prometheus text format
