@@ -63,6 +63,7 @@ class _Check:
     def __init__(self, name: str, events: str, engine: rtml.OnlineEngine, skew: rm.Skew) -> None:
         self.name, self.events, self.engine, self.skew = name, events, engine, skew
         self.ingest_errors = 0
+        self.observe_errors = 0  # (counts of this process, not checkpointed)
 
 
 class SkewCheck:
@@ -126,7 +127,7 @@ class SkewCheck:
                 continue
             try:
                 c.engine.ingest(table)
-            except rtml.RtmlError:  # (the serving engine refused it too; never stop the follower)
+            except rtml.RtmlError:  # (never stop the follower; counted, this process only)
                 c.ingest_errors += 1
                 log.exception("skew check %s: ingest failed", c.name)
             c.skew.poll()
@@ -141,8 +142,12 @@ class SkewCheck:
             if c is None:
                 continue
             before = c.skew.mismatched
-            c.skew.observe(pa.table({"key": pa.array([key], pa.string()), "at": ats.slice(i, 1),
-                                     **{n: pa.array([v], pa.float64()) for n, v in zip(names, values)}}))
+            try:
+                c.skew.observe(pa.table({"key": pa.array([key], pa.string()), "at": ats.slice(i, 1),
+                                         **{n: pa.array([v], pa.float64()) for n, v in zip(names, values)}}))
+            except rtml.RtmlError:  # (a row the check cannot read; never stop the follower)
+                c.observe_errors += 1
+                log.exception("skew check %s: a served row could not be checked", c.name)
             self._warn(c, before)
 
     def _warn(self, c: _Check, before: int) -> None:
@@ -162,6 +167,7 @@ class SkewCheck:
             s = c.skew.stats()
             s["mismatched"] = c.skew.mismatched
             s["ingest_errors"] = c.ingest_errors
+            s["observe_errors"] = c.observe_errors
             s["watermark"] = c.engine.watermark
             s["mismatches"] = [{"key": m.key, "at": m.at, "features": m.features} for m in c.skew.mismatches]
             out["feature_sets"][name] = s

@@ -1083,7 +1083,7 @@ def test_skew_check_of_a_clean_replay_checks_every_sampled_row_and_finds_no_mism
         sampled = _sampled_rows(run, name).num_rows
         # every served row seen, the sampled ones (whole keys, the hash rule) all checked: final
         assert (s["rows_seen"], s["rows_sampled"], s["rows_checked"]) == (n_served, sampled, sampled), name
-        assert s["rows_expired"] == s["rows_dropped"] == s["pending"] == s["ingest_errors"] == 0, name
+        assert s["rows_expired"] == s["rows_dropped"] == s["pending"] == s["ingest_errors"] == s["observe_errors"] == 0, name
         assert s["mismatched"] == 0 and s["mismatches"] == [], name
         if sampled:
             assert s["features"] == want[name], name
