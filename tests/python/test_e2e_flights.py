@@ -194,6 +194,7 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
         assert r.status_code == 200, r.text
         learned = r.json()
         monitor = client.get("/monitor").json()
+        skew = client.get("/monitor/skew").json()  # (the default rate, 10% of the keys)
         metrics = engine_metrics(client)
     finally:
         client.close()
@@ -216,6 +217,24 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
         # the same through the command line
         assert rtml.cli.main(["parity", "--spec", str(artifacts / e["spec"]), "--events", str(events_file),
                               "--log", str(log), "--feature-set", e["name"], "--quiet"]) == 0
+
+    # the skew check (through the restart): every served row seen, every row of a sampled key
+    # checked once final (its instant + 30 min behind the last event of its kind; the flights
+    # asked about last, late on 31 December, wait), none differs
+    import rtml.monitor as rm
+
+    assert skew["rate"] == 10 and skew["mismatched"] == 0 and skew["checked"] > 0
+    last = {"departures": max(t for e, t in zip(events, ev_ts) if e["type"] == "departure"),
+            "weather": max(t for e, t in zip(events, ev_ts) if e["type"] == "weather")}
+    for e in manifest["feature_sets"]:
+        s = skew["feature_sets"][e["name"]]
+        part = logt.filter(pc.equal(logt.column("feature_set"), e["name"]))
+        sampled = rm.sampled(part.column("key"), 10)
+        final = part.column("at").cast(pa.int64()).to_numpy() + 30 * 60 * 10**9 <= last[e["events"]]
+        assert (s["rows_seen"], s["rows_sampled"], s["rows_checked"], s["pending"]) == (
+            N_PREDICT + 1, int(sampled.sum()), int((sampled & final).sum()), int((sampled & ~final).sum())), e["name"]
+        assert s["rows_expired"] == s["rows_dropped"] == s["mismatched"] == 0, e["name"]
+    assert sum(s["pending"] for s in skew["feature_sets"].values()) <= 4
 
     # and the model-ready vectors equal tf.transform(backfill) row for row
     tfs = [rtml.Transforms.from_json((artifacts / e["transforms"]).read_text()) for e in manifest["feature_sets"]]
@@ -263,8 +282,6 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
 
     # drift: the service's monitor over its last closed day equals rtml.monitor.report of the
     # served log for that day (the same rows, the same Rust code), every metric bit for bit
-    import rtml.monitor as rm
-
     reference = rm.Reference.load(artifacts / manifest["monitor"]["reference"])
     wide: dict[str, list] = {c: [] for c in reference.columns}
     wide["at"] = []
