@@ -8,6 +8,8 @@ document and one fitted transforms document per entity, model.joblib) and serves
                     model; and the online model's, with learning on)
     GET  /learning  the online model, the label join's counters, progressive metrics
     GET  /monitor   drift of the served features against the training reference, triggers
+    GET  /monitor/skew   train/serve skew: sampled served rows recomputed from the event stream
+                    (skew_check.py; --skew-rate / RTML_SKEW_RATE percent of keys, default 10, 0: off)
     POST /learning/advance   move the label clock ({"to": time})
     GET  /health    liveness + what is loaded
     GET  /metrics   Prometheus text format
@@ -78,6 +80,7 @@ import datetime as dt
 import json
 import logging
 import re
+import sys
 import threading
 import time
 import uuid
@@ -98,6 +101,9 @@ import rtml
 import rtml.learn as rl
 import rtml.monitor as rm
 import rtml.runner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # skew_check.py, beside this file
+import skew_check  # noqa: E402
 
 log = logging.getLogger("rtml.serving")
 
@@ -129,6 +135,7 @@ class Settings:
     sources: dict[str, str] = field(default_factory=dict)
     source_timeout: float = 60.0
     dead_letters: Optional[str] = None  # topic mode: kafka://host:port/topic or redis://...?stream=s
+    skew_rate: int = 10  # percent of keys whose served rows the skew check recomputes (0: off)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -149,6 +156,7 @@ class Settings:
             sources={kind: os.environ[var] for kind, var in SOURCE_VARS.items() if os.environ.get(var)},
             source_timeout=float(os.environ.get("RTML_SOURCE_TIMEOUT", 60.0)),
             dead_letters=os.environ.get("RTML_DEAD_LETTERS") or None,
+            skew_rate=int(os.environ.get("RTML_SKEW_RATE", 10)),
         )
 
 
@@ -554,13 +562,15 @@ class Follower:
     the runners') covers it."""
 
     def __init__(self, wal: Any, state_dir: Path, served_log: PartLog, events_logs: dict[str, PartLog],
-                 learning_factory: Any, checkpoint_seconds: float, monitoring_factory: Any = None) -> None:
+                 learning_factory: Any, checkpoint_seconds: float, monitoring_factory: Any = None,
+                 skew_factory: Any = None) -> None:
         self.path = state_dir / "follower.json"
         state = json.loads(self.path.read_text()) if self.path.exists() else None
         self.learning: Optional[Learning] = learning_factory(state.get("learning") if state else None)
         self.served_log, self.events_logs = served_log, events_logs
         self.monitoring: Optional[Monitoring] = (
             monitoring_factory(state.get("monitor") if state else None) if monitoring_factory else None)
+        self.skew: Optional[skew_check.SkewCheck] = skew_factory(state) if skew_factory else None
         self.checkpoint_seconds = checkpoint_seconds
         self.source = rtml.sources.wal(wal, name="follower")
         start = None if state is None else int(state["position"])
@@ -599,6 +609,8 @@ class Follower:
                         self.learning.served(b.events)
                     if self.monitoring is not None:
                         self.monitoring.served(b.events)
+                    if self.skew is not None:
+                        self.skew.served(b.events)
                 elif kind == "label_clock":
                     if self.learning is not None:
                         self.learning.advance(int(b.events.column("t").cast(pa.int64())[0].as_py()))
@@ -606,6 +618,8 @@ class Follower:
                     self.events_logs[kind].add(b.events.replace_schema_metadata(None), pos)
                     if kind == "departures" and self.learning is not None:
                         self.learning.departures(b.events)
+                    if self.skew is not None:
+                        self.skew.events(kind, b.events.replace_schema_metadata(None))
         if time.monotonic() - self.last_checkpoint >= self.checkpoint_seconds:
             self.checkpoint()
         return n
@@ -618,7 +632,8 @@ class Follower:
             part.flush()
         state = {"format": "rtml.example.follower", "version": 1, "position": self.position,
                  "learning": self.learning.state() if self.learning is not None else None,
-                 "monitor": self.monitoring.checkpoint() if self.monitoring is not None else None}
+                 "monitor": self.monitoring.checkpoint() if self.monitoring is not None else None,
+                 "skew": self.skew.checkpoint() if self.skew is not None else None}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w") as f:
             json.dump(state, f)
@@ -706,8 +721,15 @@ class Service:
         learning = ((lambda state: Learning(art, self.manifest, state)) if "online" in self.manifest
                     and not self.topic_mode else (lambda state: None))
         monitoring = (lambda state: Monitoring(art, self.manifest, state)) if "monitor" in self.manifest else None
+        # refuse at the door what an engine's watermark guard (FeatureSet.max_ahead) would not
+        # apply: an acknowledged event must never be dropped behind the client's back
+        bounds = [_duration_ns(ent.fs.max_ahead) for ent in self.entities if ent.fs.max_ahead]
+        self.max_ahead_ns = min([int(settings.max_ahead_hours * 3600 * 10**9), *bounds])
+        # the skew check (skew_check.py; topic mode: off, the follower reads no events there)
+        skew = None if self.topic_mode else skew_check.factory(
+            art, [(e.name, e.fs, e.events) for e in self.entities], settings.skew_rate, self.max_ahead_ns)
         self.follower = Follower(self.wal, settings.state_dir, self.log, self.events_logs, learning,
-                                 settings.checkpoint_seconds, monitoring)
+                                 settings.checkpoint_seconds, monitoring, skew)
         with self.lock:
             t0 = time.perf_counter()
             n = self.follower.step()
@@ -715,10 +737,6 @@ class Service:
                      n, time.perf_counter() - t0, "on" if self.follower.learning else "off")
         # per log position: (type, events, late) of records applied, until their request reads it
         self.outcomes: dict[int, tuple[str, int, int]] = {}
-        # refuse at the door what an engine's watermark guard (FeatureSet.max_ahead) would not
-        # apply: an acknowledged event must never be dropped behind the client's back
-        bounds = [_duration_ns(ent.fs.max_ahead) for ent in self.entities if ent.fs.max_ahead]
-        self.max_ahead_ns = min([int(settings.max_ahead_hours * 3600 * 10**9), *bounds])
         self.started = time.time()
 
     def _warm_start(self, name: str, fs: rtml.FeatureSet) -> Any:
@@ -997,7 +1015,7 @@ class Service:
                     # (topic mode: the engine of the key's partition, from the runner)
                     eng = ent.runner.engine_for(key) if self.topic_mode else ent.engine
                     vec = eng.vector(key, ent.tf, {c: row[c] for c in ent.fields}, at=at)
-                    raw = eng.get(key, at=at)
+                    raw = skew_check.perturb(eng.get(key, at=at))  # (unchanged unless a test asks)
                     parts.append(vec)
                     logged.append((ent, key, raw, vec))
             except (rtml.QueryError, OverflowError) as e:
@@ -1064,6 +1082,14 @@ class Service:
             raise BadRequest(404, "drift monitoring is off (the manifest has no 'monitor' section)")
         with self.lock:
             return self.follower.monitoring.state()
+
+    # -- GET /monitor/skew
+    def skew_state(self) -> dict:
+        if self.follower.skew is None:
+            raise BadRequest(404, "the skew check is off (--skew-rate 0, topic mode, or a state directory "
+                                  "checkpointed without it)")
+        with self.lock:
+            return self.follower.skew.summary()
 
     # -- GET /metrics
     def prometheus(self) -> str:
@@ -1150,6 +1176,9 @@ class Service:
                    [(f'{{column="{t["column"]}",metric="{t["metric"]}"}}', t["entered"]) for t in mon["triggers"]])
             metric("rtml_monitor_trigger_alerting", "gauge", "Drift triggers in the alert state.",
                    [(f'{{column="{t["column"]}",metric="{t["metric"]}"}}', int(t["alerting"])) for t in mon["triggers"]])
+        if self.follower.skew is not None:
+            with self.lock:
+                out.extend(self.follower.skew.prometheus())
         pos = self.positions()
         metric("serving_wal_durable_position", "gauge", "Log position after the last durable (acknowledged) batch.",
                [("", pos["durable_position"])])
@@ -1366,6 +1395,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     def monitor():
         return svc().monitor_state()
 
+    @app.get("/monitor/skew")
+    def monitor_skew():
+        return svc().skew_state()
+
     @app.get("/health")
     async def health():  # (topic mode too: nothing in it waits for a broker, the lag is refreshed apart)
         s = svc()
@@ -1403,7 +1436,12 @@ def main() -> None:
         ap.add_argument(f"--source-{kind}", default=None, metavar="URL",
                         help=f"topic mode: follow the {kind} from this stream instead of POST /events "
                              f"(kafka://host:port/topic?group=g or redis://host:port/db?streams=s; sets {var})")
+    ap.add_argument("--skew-rate", type=int, default=None, metavar="PERCENT",
+                    help="percent of keys whose served rows are recomputed from the event stream and "
+                         "compared (0: off; default 10; sets RTML_SKEW_RATE)")
     args = ap.parse_args()
+    if args.skew_rate is not None:
+        os.environ["RTML_SKEW_RATE"] = str(args.skew_rate)
     for kind, var in SOURCE_VARS.items():
         if getattr(args, f"source_{kind}") is not None:
             os.environ[var] = getattr(args, f"source_{kind}")

@@ -335,6 +335,93 @@ class Skew:
                 lines.append(f'{prefix}_{what}_total{{feature="{label}"}} {c[what]}')
         return "\n".join(lines) + "\n"
 
+    # ------------------------------------------------------------------ state
+
+    def to_state(self) -> dict[str, Any]:
+        """The monitor's state as plain JSON-able data (settings, counters, the pending rows,
+        the sample of mismatches), for a checkpoint written next to the engine's
+        (``engine.to_bytes()``); :meth:`from_state` restores it. Served values are kept as
+        floats (JSON round-trips them exactly) and NaN as None, the value it compares as.
+
+        >>> import json, rtml, rtml.monitor as rm
+        >>> fs = rtml.FeatureSet("k", "ts", [rtml.sum("v", window="10s", name="s")], timestamp_unit="s")
+        >>> eng = fs.online()
+        >>> skew = rm.Skew(eng, rate=100)
+        >>> _ = eng.ingest({"k": [1], "ts": [1], "v": [1.0]})
+        >>> skew.observe({"key": [1], "at": [3], "s": [1.0]})  # pending: the watermark is 1
+        1
+        >>> again = rm.Skew.from_state(rtml.OnlineEngine.from_bytes(eng.to_bytes()),
+        ...                            json.loads(json.dumps(skew.to_state())))
+        >>> _ = again.engine.ingest({"k": [2], "ts": [9], "v": [0.0]}); again.poll(), again.features
+        (1, {'s': {'checked': 1, 'mismatched': 0}})
+        """
+        return {
+            "format": "rtml.monitor.Skew",
+            "version": 1,
+            "rate": self.rate,
+            "lateness": self.lateness,
+            "key": self.key,
+            "at": self.at,
+            "features": self.checked_features,
+            "sample_size": self.sample_size,
+            "max_pending": self.max_pending,
+            "clock": self._clock,
+            "seq": self._seq,
+            "pending": [
+                [ns, seq, key, {f: _plain(v) for f, v in row.items()}]
+                for ns, seq, key, _, row in sorted(self._pending)
+            ],
+            "counters": {
+                "rows_seen": self.rows_seen,
+                "rows_sampled": self.rows_sampled,
+                "rows_checked": self.rows_checked,
+                "rows_expired": self.rows_expired,
+                "rows_dropped": self.rows_dropped,
+            },
+            "per_feature": {f: dict(c) for f, c in self.features.items()},
+            "mismatches": [
+                [m.key, m.at, {f: list(v) for f, v in m.features.items()}] for m in self.mismatches
+            ],
+        }
+
+    @classmethod
+    def from_state(cls, engine: OnlineEngine, state: Mapping[str, Any]) -> "Skew":
+        """A monitor from :meth:`to_state` over `engine` (the engine restored from the same
+        checkpoint). Raises ``rtml.SpecError`` for another format or version."""
+        if not isinstance(state, Mapping) or state.get("format") != "rtml.monitor.Skew":
+            raise SpecError("state: not a rtml.monitor.Skew state (to_state())")
+        if state.get("version") != 1:
+            raise SpecError(f"state: version {state.get('version')!r} of a newer rtml; expected 1")
+        skew = cls(
+            engine,
+            rate=int(state["rate"]),
+            lateness=int(state["lateness"]),
+            key=str(state["key"]),
+            at=str(state["at"]),
+            features=state["features"],
+            sample_size=int(state["sample_size"]),
+            max_pending=int(state["max_pending"]),
+        )
+        clock = state["clock"]
+        skew._clock = clock
+        skew._seq = int(state["seq"])
+        skew._pending = [
+            (int(ns), int(seq), key, skew._arg(int(ns), clock), dict(row))
+            for ns, seq, key, row in state["pending"]
+        ]
+        heapq.heapify(skew._pending)
+        for name, v in state["counters"].items():
+            setattr(skew, name, int(v))
+        skew.features = {
+            f: {"checked": int(c["checked"]), "mismatched": int(c["mismatched"])}
+            for f, c in state["per_feature"].items()
+        }
+        for key, at, feats in state["mismatches"]:
+            skew.mismatches.append(
+                SkewMismatch(key, int(at), {f: (v[0], v[1]) for f, v in feats.items()})
+            )
+        return skew
+
     def __repr__(self) -> str:
         return (
             f"Skew(rate={self.rate}, lateness={self.lateness}, checked={self.rows_checked}, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import threading
 import time
@@ -193,6 +194,7 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
         assert r.status_code == 200, r.text
         learned = r.json()
         monitor = client.get("/monitor").json()
+        skew = client.get("/monitor/skew").json()  # (the default rate, 10% of the keys)
         metrics = engine_metrics(client)
     finally:
         client.close()
@@ -215,6 +217,24 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
         # the same through the command line
         assert rtml.cli.main(["parity", "--spec", str(artifacts / e["spec"]), "--events", str(events_file),
                               "--log", str(log), "--feature-set", e["name"], "--quiet"]) == 0
+
+    # the skew check (through the restart): every served row seen, every row of a sampled key
+    # checked once final (its instant + 30 min behind the last event of its kind; the flights
+    # asked about last, late on 31 December, wait), none differs
+    import rtml.monitor as rm
+
+    assert skew["rate"] == 10 and skew["mismatched"] == 0 and skew["checked"] > 0
+    last = {"departures": max(t for e, t in zip(events, ev_ts) if e["type"] == "departure"),
+            "weather": max(t for e, t in zip(events, ev_ts) if e["type"] == "weather")}
+    for e in manifest["feature_sets"]:
+        s = skew["feature_sets"][e["name"]]
+        part = logt.filter(pc.equal(logt.column("feature_set"), e["name"]))
+        sampled = rm.sampled(part.column("key"), 10)
+        final = part.column("at").cast(pa.int64()).to_numpy() + 30 * 60 * 10**9 <= last[e["events"]]
+        assert (s["rows_seen"], s["rows_sampled"], s["rows_checked"], s["pending"]) == (
+            N_PREDICT + 1, int(sampled.sum()), int((sampled & final).sum()), int((sampled & ~final).sum())), e["name"]
+        assert s["rows_expired"] == s["rows_dropped"] == s["mismatched"] == 0, e["name"]
+    assert sum(s["pending"] for s in skew["feature_sets"].values()) <= 4
 
     # and the model-ready vectors equal tf.transform(backfill) row for row
     tfs = [rtml.Transforms.from_json((artifacts / e["transforms"]).read_text()) for e in manifest["feature_sets"]]
@@ -264,8 +284,6 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
 
     # drift: the service's monitor over its last closed day equals rtml.monitor.report of the
     # served log for that day (the same rows, the same Rust code), every metric bit for bit
-    import rtml.monitor as rm
-
     reference = rm.Reference.load(artifacts / manifest["monitor"]["reference"])
     wide: dict[str, list] = {c: [] for c in reference.columns}
     wide["at"] = []
@@ -967,3 +985,200 @@ def test_drift_trigger_fires_once_through_the_service_and_never_on_a_stable_repl
     assert pd.Timestamp(shifted["fired"][0]["window_end"]).value == shift_from + day
     assert shifted["fired"][0]["value"] > 0.5
     assert shifted_metrics[series] == 1 and shifted_metrics[alerting] == 1
+
+
+# ---------------------------------------------------------------------------------- skew check
+
+SKEW_RATE = 50  # percent of keys the tests' services check (the default is 10)
+
+
+def _skew_replay(art: Path, tmp: Path, *, env: dict | None = None, stop_at: tuple[int, ...] = (),
+                 kill_at: tuple[int, ...] = ()) -> dict:
+    """Oct 1-6 through the service: every event in event-time order and 120 predictions spread
+    over Oct 1-5 (each asked once every event before it is in), then the rest of the events,
+    so every served row is final (its `at` + 30 min of lateness is behind the watermark).
+    After the predictions numbered in `stop_at` the service is stopped (SIGTERM: a checkpoint)
+    and started again, after those in `kill_at` SIGKILLed (no checkpoint: it replays the log
+    after the last one) and started again. Returns GET /monitor/skew, the rtml_skew_* lines of
+    /metrics, the served log and the restarts' outputs."""
+    manifest = json.loads((art / "manifest.json").read_text())
+    split_ns = int(np.datetime64(manifest["split"].replace("+00:00", ""), "ns").astype(np.int64))
+    day = 86_400 * 10**9
+    ev_ts, events = replay_events(split_ns)
+    keep = ev_ts < split_ns + 6 * day
+    ev_ts, events = ev_ts[keep], [e for e, k in zip(events, keep) if k]
+    test_rows = pq.read_table(art / "test_rows.parquet")
+    at_all = test_rows.column("sched_dep").cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_numpy()
+    order = np.argsort(at_all, kind="stable")
+    order = order[at_all[order] < split_ns + 5 * day]
+    picks = order[np.linspace(0, len(order) - 1, 120).astype(int)]
+    rows = test_rows.select(["tailnum", "origin", "carrier", "dest", "distance"]).to_pylist()
+    tmp.mkdir()
+    # (checkpoints only on a graceful stop: a SIGKILL then always replays the log after one)
+    srv = Server(art, tmp / "state", tmp / "log", RTML_SKEW_RATE=str(SKEW_RATE), RTML_CHECKPOINT_SECONDS="3600",
+                 **(env or {})).start()
+    client = httpx.Client(base_url=srv.url, timeout=60)
+    restarts: list[dict] = []
+    try:
+        cursor = 0
+        for n, i in enumerate(picks):
+            at = int(at_all[i])
+            upto = int(np.searchsorted(ev_ts, at, side="left"))
+            while cursor < upto:
+                batch = events[cursor:min(upto, cursor + 500)]
+                r = client.post("/events", json={"events": batch})
+                assert r.status_code == 200, r.text
+                cursor += len(batch)
+            r = client.post("/predict", json=_flight(rows[i], at))
+            assert r.status_code == 200, r.text
+            if n in stop_at or n in kill_at:
+                before = client.get("/monitor/skew").json()
+                client.close()
+                if n in stop_at:
+                    assert srv.stop(), srv.output()[-5000:]
+                else:
+                    srv.kill()
+                mark = len(srv.output())
+                srv.start()
+                client = httpx.Client(base_url=srv.url, timeout=60)
+                restarts.append({"kind": "stop" if n in stop_at else "kill", "before": before,
+                                 "after": client.get("/monitor/skew").json(), "output": srv.output()[mark:]})
+        while cursor < len(events):
+            r = client.post("/events", json={"events": events[cursor:cursor + 500]})
+            assert r.status_code == 200, r.text
+            cursor += 500
+        skew = client.get("/monitor/skew").json()
+        metrics = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                   for line in client.get("/metrics").text.splitlines() if line.startswith("rtml_skew_")}
+    finally:
+        client.close()
+        assert srv.stop(), srv.output()[-5000:]
+    return {"skew": skew, "metrics": metrics, "log": rtml.parity.read_served_log(tmp / "log"),
+            "restarts": restarts, "manifest": manifest}
+
+
+def _sampled_rows(run: dict, name: str) -> pa.Table:
+    """The served log's rows of feature set `name` whose key is in the skew sample."""
+    import rtml.monitor as rm
+
+    t = run["log"].filter(pc.equal(run["log"].column("feature_set"), name))
+    return t.filter(pa.array(rm.sampled(t.column("key"), SKEW_RATE)))
+
+
+def _skew_expectation(art: Path, run: dict) -> dict[str, dict[str, dict[str, int]]]:
+    """Independent of the service's skew check: each feature set's sampled served rows
+    recomputed offline (`rtml parity`: a backfill of the notebook's events files at each row's
+    instant), per feature {checked: rows, mismatched: rows whose served value differs}."""
+    out = {}
+    for e in run["manifest"]["feature_sets"]:
+        rows = _sampled_rows(run, e["name"])
+        events_file = art / ("departures.parquet" if e["events"] == "departures" else "weather.parquet")
+        fs = rtml.FeatureSet.from_json((art / e["spec"]).read_text())
+        if rows.num_rows == 0:
+            out[e["name"]] = {f: {"checked": 0, "mismatched": 0} for f in fs.feature_names}
+            continue
+        report = rtml.parity.check(fs, events_file, rows)
+        assert report.rows == rows.num_rows
+        out[e["name"]] = {f: {"checked": rows.num_rows, "mismatched": p.mismatches + p.arrived_late}
+                          for f, p in report.features.items()}
+    return out
+
+
+def _skew_counts(skew: dict) -> dict[str, dict[str, dict[str, int]]]:
+    return {name: {f: c for f, c in s["features"].items()} for name, s in skew["feature_sets"].items()}
+
+
+@pytest.fixture(scope="module")
+def skew_clean(artifacts, tmp_path_factory) -> dict:
+    return _skew_replay(artifacts, tmp_path_factory.mktemp("skew") / "clean")
+
+
+def test_skew_check_of_a_clean_replay_checks_every_sampled_row_and_finds_no_mismatch(artifacts, skew_clean):
+    run, skew = skew_clean, skew_clean["skew"]
+    assert skew["rate"] == SKEW_RATE and skew["restored_pending"] is None
+    n_served = run["log"].num_rows // 4
+    assert n_served == 120
+    want = _skew_expectation(artifacts, run)
+    for name, s in skew["feature_sets"].items():
+        sampled = _sampled_rows(run, name).num_rows
+        # every served row seen, the sampled ones (whole keys, the hash rule) all checked: final
+        assert (s["rows_seen"], s["rows_sampled"], s["rows_checked"]) == (n_served, sampled, sampled), name
+        assert s["rows_expired"] == s["rows_dropped"] == s["pending"] == s["ingest_errors"] == s["observe_errors"] == 0, name
+        assert s["mismatched"] == 0 and s["mismatches"] == [], name
+        if sampled:
+            assert s["features"] == want[name], name
+    # some keys of every kind are in the sample and some are not (50%: 120 flights, ~100 planes)
+    assert 0 < skew["feature_sets"]["tail"]["rows_sampled"] < n_served
+    assert skew["checked"] == sum(s["rows_checked"] for s in skew["feature_sets"].values()) > 60
+    assert skew["mismatched"] == 0
+    # /metrics: the same counters, every feature with a sample (0 before its first check)
+    m = run["metrics"]
+    for name, s in skew["feature_sets"].items():
+        fs = rtml.FeatureSet.from_json((artifacts / f"{name}.features.json").read_text())
+        assert m[f'rtml_skew_rows_total{{feature_set="{name}",state="checked"}}'] == s["rows_checked"]
+        assert m[f'rtml_skew_rows_total{{feature_set="{name}",state="dropped"}}'] == 0
+        assert m[f'rtml_skew_pending{{feature_set="{name}"}}'] == 0
+        for f in fs.feature_names:
+            assert m[f'rtml_skew_checked_total{{feature_set="{name}",feature="{f}"}}'] == s["rows_checked"]
+            assert m[f'rtml_skew_mismatched_total{{feature_set="{name}",feature="{f}"}}'] == 0
+
+
+def test_skew_check_counts_a_skewed_serving_path_on_exactly_that_feature(artifacts, skew_clean, tmp_path):
+    """A serving path that answers tail_delay_mean_24h one ulp above the definition (the test-only
+    RTML_TEST_PERTURB_FEATURE switch): the check counts a mismatch for every sampled row where
+    that feature is not null, on that feature only, as `rtml parity` of the served log does."""
+    feature = "tail_delay_mean_24h"
+    run = _skew_replay(artifacts, tmp_path / "skewed", env={"RTML_TEST_PERTURB_FEATURE": feature})
+    skew = run["skew"]
+    tail = _sampled_rows(run, "tail")
+    served = [dict(zip(n, v))[feature] for n, v in zip(tail.column("names").to_pylist(),
+                                                         tail.column("values").to_pylist())]
+    non_null = sum(v is not None for v in served)
+    assert 10 < non_null < len(served)  # (a null is served as null: no mismatch)
+    assert _skew_counts(skew) == _skew_expectation(artifacts, run)
+    for name, feats in _skew_counts(skew).items():
+        for f, c in feats.items():
+            assert c["mismatched"] == (non_null if (name, f) == ("tail", feature) else 0), (name, f)
+            assert c["checked"] == skew["feature_sets"][name]["rows_checked"]
+    assert skew["mismatched"] == non_null
+    # the same rows were served and checked as in the clean replay (the perturbation is in the
+    # served values only), and the sample of mismatches shows the served and recomputed values
+    assert {n: s["rows_checked"] for n, s in skew["feature_sets"].items()} == \
+        {n: s["rows_checked"] for n, s in skew_clean["skew"]["feature_sets"].items()}
+    sample = skew["feature_sets"]["tail"]["mismatches"]
+    assert 0 < len(sample) <= 20
+    for m in sample:
+        (f, (s, r)), = m["features"].items()
+        assert f == feature and s == np.nextafter(r, np.inf)
+    assert run["metrics"][f'rtml_skew_mismatched_total{{feature_set="tail",feature="{feature}"}}'] == non_null
+    assert run["metrics"]['rtml_skew_mismatched_total{feature_set="tail",feature="tail_delay_mean_6h"}'] == 0
+
+
+def test_skew_check_survives_sigterm_and_sigkill_mid_replay_counting_each_row_once(artifacts, skew_clean, tmp_path):
+    """The same replay, stopped (SIGTERM: the follower checkpoints its skew engines and pending
+    rows) after the 40th prediction and SIGKILLed after the 80th (no checkpoint since the
+    restart: the restarted service restores the checkpoint, pending rows included, and replays
+    the log after it): every counter equals the uninterrupted run's."""
+    run = _skew_replay(artifacts, tmp_path / "restarts", stop_at=(40,), kill_at=(80,))
+    stop, kill = run["restarts"]
+    assert (stop["kind"], kill["kind"]) == ("stop", "kill")
+    pending = sum(s["pending"] for s in stop["before"]["feature_sets"].values())
+    assert pending > 0  # rows waiting for the watermark went through the checkpoint
+    assert stop["after"]["restored_pending"] == pending
+    assert _skew_counts(stop["after"]) == _skew_counts(stop["before"])
+    # the kill: back to the checkpoint of the stop, then the log after it replayed
+    assert kill["after"]["restored_pending"] == pending
+    assert _skew_counts(kill["after"]) == _skew_counts(kill["before"])
+    assert {n: s["rows_seen"] for n, s in kill["after"]["feature_sets"].items()} == \
+        {n: s["rows_seen"] for n, s in kill["before"]["feature_sets"].items()}
+    applied = re.search(r"follower: applied (\d+) log records after its checkpoint", kill["output"])
+    assert applied and int(applied.group(1)) > 40, kill["output"][-3000:]
+    # totals: the uninterrupted run's
+    clean = skew_clean["skew"]
+    for key in ("checked", "mismatched"):
+        assert run["skew"][key] == clean[key]
+    for name, s in run["skew"]["feature_sets"].items():
+        c = clean["feature_sets"][name]
+        for k in ("rows_seen", "rows_sampled", "rows_checked", "rows_expired", "rows_dropped", "pending", "features"):
+            assert s[k] == c[k], (name, k)
+    assert run["metrics"] == skew_clean["metrics"]
