@@ -730,6 +730,200 @@ def test_topic_mode_refuses_a_multi_partition_topic_and_a_missing_stream(artifac
     assert "no stream for the ['weather'] events" in str(ei.value) and "RTML_SOURCE_WEATHER" in str(ei.value)
 
 
+def _wait_published(client: httpx.Client, produced: dict[str, int], kinds: dict[str, str],
+                    timeout: float = 60.0) -> dict:
+    """Replica mode: poll GET /health until every feature set's published stream position (the
+    writer's meta record in Redis) is the end of its topic: the state holds every event."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get("/health")
+        h = r.json()
+        if r.status_code == 200 and all((s["positions"].get("0") or 0) == produced[kinds[n]]
+                                       for n, s in h["state"].items()):
+            return h
+        assert time.monotonic() < deadline, (produced, h)
+        time.sleep(0.05)
+
+
+def test_replicas_read_the_writers_state_from_redis_bit_for_bit(artifacts, tansu, tmp_path):
+    """Many replicas, one truth (issue 14): one service in topic mode follows the departures and
+    weather topics on a real Kafka-protocol broker (tansu) and publishes its runners' key states to
+    a real redis-server (--publish-state); two replica processes (--state-url) keep no engine and
+    answer /predict from Redis. For flights asked once everything before their departure is read
+    and published, both replicas' probabilities equal the writer's and the notebook's bit for bit,
+    and their served rows (window features and vectors) the writer's. Redis is then frozen
+    (SIGSTOP: replies never come) and killed: the replicas answer 503 with the typed error within
+    their timeout while the writer keeps serving from its engines; a new redis-server on the same
+    port starts empty, the writer republishes every key, and the replicas answer again with the
+    same bits, never with an answer from a half-published state."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from services import start_redis
+
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    kinds = {e["name"]: e["events"] for e in manifest["feature_sets"]}
+    split = pd.Timestamp(manifest["split"])
+    end = split + pd.Timedelta("2D")
+
+    def window(name: str) -> pa.Table:
+        t = pq.read_table(artifacts / f"{name}.parquet")
+        ts = t.column("ts")
+        return t.filter(pc.and_(pc.greater_equal(ts, pa.scalar(split.to_pydatetime(), ts.type)),
+                                pc.less(ts, pa.scalar(end.to_pydatetime(), ts.type))))
+
+    rows = {"departures": window("departures"), "weather": window("weather")}
+    ev_ts = {k: t.column("ts").cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_numpy() for k, t in rows.items()}
+    msgs = {k: [_event_json(r) for r in t.to_pylist()] for k, t in rows.items()}
+    test_rows = pq.read_table(artifacts / "test_rows.parquet")
+    at_all = test_rows.column("sched_dep").cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_numpy()
+    hour = 3600 * 10**9
+    picks = []
+    for lo, hi in ((split.value + hour, split.value + 12 * hour), (split.value + 30 * hour, end.value)):
+        inside = np.flatnonzero((at_all >= lo) & (at_all < hi))
+        inside = inside[np.argsort(at_all[inside], kind="stable")]
+        picks.append(inside[np.linspace(0, len(inside) - 1, 4).astype(int)])
+    outage_at = len(picks[0])  # Redis fails before the first flight of the second day
+    picks = np.concatenate(picks)
+    flights = test_rows.select(["tailnum", "origin", "carrier", "dest", "distance"]).to_pylist()
+    p_offline = test_rows.column("p").to_numpy()
+
+    bootstrap = f"127.0.0.1:{tansu.port}"
+    run = uuid.uuid4().hex[:8]
+    topics = {k: f"{k}-replicas-{run}" for k in rows}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for t in topics.values():
+        admin.create_topics([NewTopic(t, 1, 1)])[t].result(timeout=20)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "batch.num.messages": 1, "acks": "all"})
+    produced = {k: 0 for k in rows}
+    cursor = {k: 0 for k in rows}
+
+    def produce_until(at: int) -> None:
+        for k in rows:
+            upto = int(np.searchsorted(ev_ts[k], at, side="left"))
+            for m in msgs[k][cursor[k]:upto]:
+                producer.produce(topics[k], m)
+                produced[k] += 1
+            cursor[k] = upto
+        assert producer.flush(30) == 0
+
+    redis = start_redis()
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    timeout = 0.5  # RTML_STATE_TIMEOUT (0.05 by default; more room for a debug build on a busy CI machine)
+    writer = Server(artifacts, tmp_path / "writer" / "state", tmp_path / "writer" / "log",
+                    RTML_PUBLISH_STATE=url, RTML_PUBLISH_EVERY="50ms",
+                    **{f"RTML_SOURCE_{k.upper()}": f"kafka://{bootstrap}/{t}?group=writer" for k, t in topics.items()})
+    replicas = [Server(artifacts, tmp_path / f"replica{i}" / "state", tmp_path / f"replica{i}" / "log",
+                       RTML_STATE_URL=url, RTML_STATE_TIMEOUT=str(timeout), RTML_WRITER="http://writer:8000")
+                for i in range(2)]
+    servers = [writer, *replicas]
+    for s in servers:
+        s.out.parent.mkdir(parents=True)
+    clients: list[httpx.Client] = []
+    served: dict[int, list[float]] = {}
+    outage: dict = {}
+    try:
+        with ThreadPoolExecutor(3) as ex:  # (a replica is up once the writer has published)
+            list(ex.map(lambda s: s.start(), servers))
+        wc, *rcs = clients = [httpx.Client(base_url=s.url, timeout=30) for s in servers]
+        r = rcs[0].post("/events", json={"events": []})
+        assert r.status_code == 409 and "replica" in r.json()["detail"] and "http://writer:8000" in r.json()["detail"]
+        assert rcs[0].get("/learning").status_code == 404
+        for n, i in enumerate(picks):
+            at = int(at_all[i])
+            flight = _flight(flights[i], at)
+            if n == outage_at:
+                # Redis freezes (SIGSTOP: connections stay open, replies never come), then dies
+                redis.proc.send_signal(signal.SIGSTOP)
+                for what in ("frozen", "killed"):
+                    for c in rcs:
+                        t0 = time.monotonic()
+                        r = c.post("/predict", json=flight)
+                        elapsed = time.monotonic() - t0
+                        assert r.status_code == 503 and "RemoteUnavailableError" in r.json()["detail"], r.text
+                        assert f"timeout {timeout}s" in r.json()["detail"], r.text
+                        # bounded by the reader's timeout (one Redis call), not by the client's 30 s
+                        assert elapsed < timeout + 5, (what, elapsed)
+                        outage.setdefault(what, []).append(round(elapsed, 3))
+                        h = c.get("/health")
+                        assert h.status_code == 503 and h.json()["mode"] == "replica", h.text
+                        assert all("RemoteUnavailableError" in p for p in h.json()["problems"]), h.text
+                    if what == "frozen":
+                        redis.proc.send_signal(signal.SIGKILL)
+                        redis.proc.wait()
+                # the writer keeps reading and serving while Redis is down; its publishes fail
+                produce_until(at)
+                _wait_drained(wc, produced, kinds)
+                deadline = time.monotonic() + 30
+                while not all(t["publish"]["errors"] > 0 for t in wc.get("/health").json()["topics"].values()):
+                    assert time.monotonic() < deadline, wc.get("/health").json()["topics"]
+                    time.sleep(0.05)
+                r = wc.post("/predict", json=flight)
+                assert r.status_code == 200, r.text
+                outage["writer_during_outage"] = r.json()["probability"]
+                # a new, empty Redis on the same port: until the writer has republished every key
+                # (and the meta record, written last), a replica answers 503, never a wrong 200
+                redis = start_redis(redis.port)
+                answers = []
+                deadline = time.monotonic() + 60
+                while True:
+                    r = rcs[0].post("/predict", json=flight)
+                    answers.append(r.status_code)
+                    if r.status_code == 200:
+                        break
+                    assert r.status_code == 503, r.text
+                    assert time.monotonic() < deadline, r.text
+                    time.sleep(0.01)
+                assert _bits(r.json()["probability"]) == _bits(float(p_offline[i])), (r.json(), p_offline[i])
+                outage["answers_after_restart"] = answers
+            else:
+                produce_until(at)
+            _wait_drained(wc, produced, kinds)
+            for c in rcs:
+                _wait_published(c, produced, kinds)
+            got = []
+            for c in clients:
+                r = c.post("/predict", json=flight)
+                assert r.status_code == 200, r.text
+                got.append(r.json()["probability"])
+                if c is not wc:  # what the answer was computed from: the writer's published state
+                    assert set(r.json()["state"]) == set(kinds), r.json()
+            served[int(i)] = got
+        print("503 answers (s):", outage)
+        # every key republished: the replicas see the writer's keys and watermarks
+        h = rcs[1].get("/health").json()
+        metrics = wc.get("/metrics").text
+        for name, s in h["state"].items():
+            assert f'rtml_keys{{feature_set="{name}"}} {s["keys"]}' in metrics, (name, s)
+            assert f'rtml_watermark_seconds{{feature_set="{name}"}} {s["watermark"] / 1e9}' in metrics, (name, s)
+        assert 'rtml_remote_up{feature_set="tail"} 1' in rcs[1].get("/metrics").text
+    finally:
+        for c in clients:
+            c.close()
+        stopped = [s.stop() for s in servers]
+        redis.stop()
+    assert all(stopped), [s.output()[-3000:] for s in servers]
+
+    # the writer, both replicas and the notebook: the same probability, bit for bit
+    diffs = [(i, ps, float(p_offline[i])) for i, ps in served.items()
+             if len({_bits(p) for p in ps} | {_bits(float(p_offline[i]))}) != 1]
+    assert len(served) == len(picks) and not diffs, diffs[:5]
+    assert _bits(outage["writer_during_outage"]) == _bits(float(p_offline[picks[outage_at]]))
+
+    # the served rows (window features, model vectors) of each replica are the writer's
+    def rows_of(s: Server) -> dict:
+        t = pq.read_table(s.env["RTML_SERVED_LOG"]).to_pylist()
+        return {(r["flight"], r["feature_set"]): (np.asarray(r["values"], dtype=np.float64).tobytes(),
+                                                  np.asarray(r["vector"], dtype=np.float64).tobytes()) for r in t}
+    want = rows_of(writer)
+    assert len(want) == (len(picks)) * len(kinds)
+    for rep in replicas:
+        assert rows_of(rep) == want
+
+
 def _serving_module():
     import importlib.util
 
