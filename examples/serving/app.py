@@ -1312,11 +1312,15 @@ class Service:
         a feature set whose state cannot be read has rtml_remote_up 0 and no other sample."""
         up, wm, keys, age = [], [], [], []
         now_ms = time.time() * 1000
+        down = False  # (one Redis: once unreachable, the others are not asked)
         for ent in self.entities:
             lbl = f'{{feature_set="{ent.name}"}}'
             try:
+                if down:
+                    raise rtml.RemoteUnavailableError("not asked")
                 st = ent.remote.stats()
-            except rtml.RemoteError:
+            except rtml.RemoteError as e:
+                down = down or isinstance(e, rtml.RemoteUnavailableError)
                 up.append(f"rtml_remote_up{lbl} 0")
                 continue
             parts = st["partitions"]

@@ -871,7 +871,7 @@ def test_replicas_read_the_writers_state_from_redis_bit_for_bit(artifacts, tansu
                 deadline = time.monotonic() + 60
                 while True:
                     r = rcs[0].post("/predict", json=flight)
-                    answers.append(r.status_code)
+                    answers.append(r.status_code if r.status_code == 200 else r.json()["detail"][:60])
                     if r.status_code == 200:
                         break
                     assert r.status_code == 503, r.text
