@@ -49,6 +49,22 @@ instead of POST /events, which answers 409. /predict reads the runners' engines;
 malformed and last checkpoint age. Online learning is off in this mode (its label join reads the
 departures from the log). RTML_SOURCE_TIMEOUT (60 s: wait at start for the partitions),
 RTML_DEAD_LETTERS (a topic / stream for malformed events; default Parquet files in the state dir).
+With --publish-state redis://host:port/db (RTML_PUBLISH_STATE; RTML_PUBLISH_EVERY, default
+100ms) each runner also publishes its keys' exact window state to Redis (rtml.RedisPublisher,
+one namespace per feature set: docs/shared-state.md): this service is then the writer.
+
+Replica mode (docs/shared-state.md, "The serving example: one writer, N replicas"): with
+--state-url redis://host:port/db (RTML_STATE_URL) the service keeps no engine and follows no
+stream; /predict reads each feature set's key state from Redis (rtml.RemoteEngine) and
+evaluates it with the engine's own code (the same bits as the writer's engines), POST /events
+answers 409 naming the writer (RTML_WRITER), online learning is off (404), /health ("state")
+reports each feature set's published watermark, stream positions, keys and publish age. Redis
+unreachable or slower than RTML_STATE_TIMEOUT (0.05 s), or holding no state of a feature set
+(restarted, the writer has not republished yet): /predict and /health answer 503 with the
+typed error (rtml.RemoteUnavailableError), never a stale or partial answer, and recover by
+themselves. Each replica keeps its own log (RTML_STATE_DIR: one per replica, locked) of the
+predictions it served: its served log (default $RTML_STATE_DIR/served_log) and drift monitor
+cover its own predictions only; its events log stays empty (it reads no events).
 
 Run:  RTML_ARTIFACTS=artifacts python examples/serving/app.py --port 8000
  or:  RTML_ARTIFACTS=artifacts uvicorn app:app --app-dir examples/serving --port 8000
@@ -96,6 +112,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 import rtml
 import rtml.learn as rl
@@ -136,15 +153,28 @@ class Settings:
     source_timeout: float = 60.0
     dead_letters: Optional[str] = None  # topic mode: kafka://host:port/topic or redis://...?stream=s
     skew_rate: int = 10  # percent of keys whose served rows the skew check recomputes (0: off)
+    # topic mode: publish each runner's key states to this Redis (redis://host:port/db) for
+    # replicas (rtml.RedisPublisher, one namespace per feature set), every publish_every
+    publish_state: Optional[str] = None
+    publish_every: str = "100ms"
+    # replica mode: read every feature set's state from this Redis (rtml.RemoteEngine) instead
+    # of keeping engines; no stream followed, no POST /events
+    state_url: Optional[str] = None
+    state_timeout: float = 0.05  # seconds: a Redis read slower than this answers 503
+    writer: Optional[str] = None  # replica mode: where the writer is (named by POST /events' 409)
 
     @classmethod
     def from_env(cls) -> "Settings":
         art = Path(os.environ.get("RTML_ARTIFACTS", "artifacts"))
+        state_dir = Path(os.environ.get("RTML_STATE_DIR", art / "state"))
+        # a replica's logs default to its own state directory: a log directory shared with the
+        # writer or another replica would have its parts rewritten from the wrong log
+        logs = state_dir if os.environ.get("RTML_STATE_URL") else art
         return cls(
             artifacts=art,
-            state_dir=Path(os.environ.get("RTML_STATE_DIR", art / "state")),
-            log_dir=Path(os.environ.get("RTML_SERVED_LOG", art / "served_log")),
-            events_log_dir=Path(os.environ.get("RTML_EVENTS_LOG", art / "events_log")),
+            state_dir=state_dir,
+            log_dir=Path(os.environ.get("RTML_SERVED_LOG", logs / "served_log")),
+            events_log_dir=Path(os.environ.get("RTML_EVENTS_LOG", logs / "events_log")),
             flush_seconds=float(os.environ.get("RTML_LOG_FLUSH_SECONDS", 5.0)),
             flush_rows=int(os.environ.get("RTML_LOG_FLUSH_ROWS", 20_000)),
             max_batch=int(os.environ.get("RTML_MAX_BATCH", 10_000)),
@@ -157,6 +187,11 @@ class Settings:
             source_timeout=float(os.environ.get("RTML_SOURCE_TIMEOUT", 60.0)),
             dead_letters=os.environ.get("RTML_DEAD_LETTERS") or None,
             skew_rate=int(os.environ.get("RTML_SKEW_RATE", 10)),
+            publish_state=os.environ.get("RTML_PUBLISH_STATE") or None,
+            publish_every=os.environ.get("RTML_PUBLISH_EVERY") or "100ms",
+            state_url=os.environ.get("RTML_STATE_URL") or None,
+            state_timeout=float(os.environ.get("RTML_STATE_TIMEOUT", 0.05)),
+            writer=os.environ.get("RTML_WRITER") or None,
         )
 
 
@@ -347,7 +382,8 @@ class Entity:
     key: str
     fields: list[str]
     events: str
-    runner: Any
+    runner: Any  # None in replica mode
+    remote: Any = None  # replica mode: the feature set's rtml.RemoteEngine
 
     @property
     def engine(self) -> Any:
@@ -677,6 +713,16 @@ class Service:
         # topic mode: the engines follow streams (one rtml.Runner per feature set, in the
         # background) instead of POST /events; the log then holds only what the follower reads
         self.topic_mode = bool(settings.sources)
+        # replica mode: no engines, no stream; every read goes to the shared state in Redis
+        # that a topic-mode service (the writer, --publish-state) publishes
+        self.replica_mode = settings.state_url is not None
+        self.mode = "replica" if self.replica_mode else "topic" if self.topic_mode else "wal"
+        if self.replica_mode and self.topic_mode:
+            raise SystemExit("replica mode (RTML_STATE_URL) reads the shared state the writer publishes and follows "
+                             "no stream: drop RTML_SOURCE_* (the writer is the topic-mode service)")
+        if settings.publish_state and not self.topic_mode:
+            raise SystemExit("RTML_PUBLISH_STATE publishes the state of topic mode's runners: give the streams too "
+                             f"({', '.join(SOURCE_VARS.values())})")
         if self.topic_mode:
             missing = sorted({e["events"] for e in self.manifest["feature_sets"]} - set(settings.sources))
             if missing:
@@ -685,17 +731,22 @@ class Service:
         for e in self.manifest["feature_sets"]:
             fs = rtml.FeatureSet.from_json((art / e["spec"]).read_text())
             tf = rtml.Transforms.from_json((art / e["transforms"]).read_text())
-            if self.topic_mode:
+            remote = None
+            if self.replica_mode:
+                runner = None
+                remote = _remote(fs, e["name"], settings)
+            elif self.topic_mode:
                 runner = rtml.Runner(
                     fs, _topic_source(settings.sources[e["events"]], e["name"]), settings.state_dir / e["name"],
                     checkpoint_every=settings.checkpoint_seconds, checkpoint_events=settings.checkpoint_events,
-                    initial=self._warm_start(e["name"], fs), dead_letters=settings.dead_letters)
+                    initial=self._warm_start(e["name"], fs), dead_letters=settings.dead_letters,
+                    publish=_publisher(settings, e["name"]))
             else:
                 runner = rtml.Runner(
                     fs, rtml.sources.wal(self.wal, kind=e["events"]), settings.state_dir / e["name"],
                     checkpoint_every=settings.checkpoint_seconds, checkpoint_events=settings.checkpoint_events,
                     initial=self._warm_start(e["name"], fs), pipeline=False, poll_timeout=0.0)
-            self.entities.append(Entity(e["name"], fs, tf, e["key"], e["fields"], e["events"], runner))
+            self.entities.append(Entity(e["name"], fs, tf, e["key"], e["fields"], e["events"], runner, remote))
         columns = [c for ent in self.entities for c in ent.tf.feature_names]
         if columns != self.manifest["columns"]:
             raise SystemExit("manifest.json: the transforms' columns do not match the model's columns")
@@ -703,6 +754,9 @@ class Service:
         if self.topic_mode:
             # restore every checkpoint and follow the streams from the positions inside them
             self._follow_topics()
+        elif self.replica_mode:
+            log.info("replica mode: reading %s from %s (timeout %gs)",
+                     {ent.name: ent.remote.ns for ent in self.entities}, settings.state_url, settings.state_timeout)
         else:
             # restore every checkpoint and replay the log after it (what was acknowledged before a crash)
             t0 = time.perf_counter()
@@ -719,14 +773,14 @@ class Service:
         # (topic mode: no online learning; the label join needs the departures in the log, in
         # order with the predictions, and in topic mode they are in the topic)
         learning = ((lambda state: Learning(art, self.manifest, state)) if "online" in self.manifest
-                    and not self.topic_mode else (lambda state: None))
+                    and self.mode == "wal" else (lambda state: None))
         monitoring = (lambda state: Monitoring(art, self.manifest, state)) if "monitor" in self.manifest else None
         # refuse at the door what an engine's watermark guard (FeatureSet.max_ahead) would not
         # apply: an acknowledged event must never be dropped behind the client's back
         bounds = [_duration_ns(ent.fs.max_ahead) for ent in self.entities if ent.fs.max_ahead]
         self.max_ahead_ns = min([int(settings.max_ahead_hours * 3600 * 10**9), *bounds])
-        # the skew check (skew_check.py; topic mode: off, the follower reads no events there)
-        skew = None if self.topic_mode else skew_check.factory(
+        # the skew check (skew_check.py; topic and replica modes: off, the follower reads no events there)
+        skew = None if self.mode != "wal" else skew_check.factory(
             art, [(e.name, e.fs, e.events) for e in self.entities], settings.skew_rate, self.max_ahead_ns)
         self.follower = Follower(self.wal, settings.state_dir, self.log, self.events_logs, learning,
                                  settings.checkpoint_seconds, monitoring, skew)
@@ -757,7 +811,7 @@ class Service:
 
     def checkpoint(self) -> None:
         with self.lock:
-            if not self.topic_mode:  # (topic mode: each runner's thread checkpoints its engine)
+            if self.mode == "wal":  # (topic mode: each runner's thread checkpoints its engine)
                 for ent in self.entities:
                     ent.runner.checkpoint()
             self.follower.step()
@@ -770,7 +824,10 @@ class Service:
         with self.lock:
             for ent in self.entities:
                 try:
-                    ent.runner.close()  # topic mode: stops its thread after a final checkpoint
+                    if ent.runner is not None:
+                        ent.runner.close()  # topic mode: stops its thread after a final checkpoint
+                    if ent.remote is not None:
+                        ent.remote.close()
                 except Exception:
                     log.exception("%s: the runner failed", ent.name)
             self.wal.close()
@@ -849,13 +906,16 @@ class Service:
                 "positions": r.positions, "checkpointed_positions": r.checkpointed_positions,
                 "checkpoints": m["checkpoints"], "last_checkpoint_age_s": m["last_checkpoint_age_s"],
                 "source_errors": m["source_errors"],
+                # --publish-state: publishes, values, bytes, errors, last_error (None: not publishing)
+                "publish": m.get("publish"),
             }
         return out
 
     def positions(self) -> dict:
         """The last durable log position and what the checkpoints cover."""
         # (topic mode: the runners' positions are in their streams, not in the log: GET /health "topics")
-        ck = {ent.name: ent.runner.checkpointed_positions.get(0) for ent in self.entities if not self.topic_mode}
+        # (replica mode: no runners; its log holds only the served rows)
+        ck = {ent.name: ent.runner.checkpointed_positions.get(0) for ent in self.entities if self.mode == "wal"}
         covered = [v for v in ck.values() if v is not None]
         ck["follower"] = self.follower.committed if hasattr(self, "follower") else None
         covered = [v for v in ck.values() if v is not None]
@@ -872,6 +932,11 @@ class Service:
 
     # -- POST /events
     def ingest(self, payload: Any) -> dict:
+        if self.replica_mode:
+            writer = f"the writer at {self.settings.writer}" if self.settings.writer else "the writer"
+            raise BadRequest(409, f"this service is a replica: it reads the shared state {writer} publishes to "
+                                  f"{self.settings.state_url} (the topic-mode service started with --publish-state); "
+                                  "produce the events to the writer's streams. POST /events is off in this mode")
         if self.topic_mode:
             raise BadRequest(409, "this service follows streams (topic mode: "
                                   + ", ".join(f"{k} from {v}" for k, v in sorted(self.settings.sources.items()))
@@ -1008,18 +1073,22 @@ class Service:
                "distance": f.distance, "sched_dep": f.sched_dep}  # tz-aware too
         parts, logged = [], []
         request_id = uuid.uuid4().hex
-        with self.lock:
-            try:
-                for ent in self.entities:
-                    key = row[ent.key]
-                    # (topic mode: the engine of the key's partition, from the runner)
-                    eng = ent.runner.engine_for(key) if self.topic_mode else ent.engine
-                    vec = eng.vector(key, ent.tf, {c: row[c] for c in ent.fields}, at=at)
-                    raw = skew_check.perturb(eng.get(key, at=at))  # (unchanged unless a test asks)
-                    parts.append(vec)
-                    logged.append((ent, key, raw, vec))
-            except (rtml.QueryError, OverflowError) as e:
-                raise BadRequest(422, f"at: {e}") from None
+        state: Optional[dict] = None
+        if self.replica_mode:
+            parts, logged, state = self._read_remote(row, at)
+        else:
+            with self.lock:
+                try:
+                    for ent in self.entities:
+                        key = row[ent.key]
+                        # (topic mode: the engine of the key's partition, from the runner)
+                        eng = ent.runner.engine_for(key) if self.topic_mode else ent.engine
+                        vec = eng.vector(key, ent.tf, {c: row[c] for c in ent.fields}, at=at)
+                        raw = skew_check.perturb(eng.get(key, at=at))  # (unchanged unless a test asks)
+                        parts.append(vec)
+                        logged.append((ent, key, raw, vec))
+                except (rtml.QueryError, OverflowError) as e:
+                    raise BadRequest(422, f"at: {e}") from None
         x = np.concatenate(parts).reshape(1, -1)
         p = float(self.model.predict_proba(x)[0, 1])
         learning = self.follower.learning
@@ -1046,7 +1115,82 @@ class Service:
                "flight": flight}
         if p_online is not None:
             out["online_probability"] = p_online
+        if state is not None:
+            out["state"] = state
         return out
+
+    def _read_remote(self, row: dict, at: dt.datetime) -> tuple[list, list, dict]:
+        """Replica mode: each feature set's vector and window features from the shared state
+        (rtml.RemoteEngine: the stored key state, evaluated at `at` by the engine's own code, so
+        the same bits as the writer's engine). 503 when Redis is unreachable or slower than
+        RTML_STATE_TIMEOUT, or holds no state of a feature set (the writer has not published
+        since Redis started): never a stale or partial answer."""
+        parts, logged, state = [], [], {}
+        for ent in self.entities:
+            key = row[ent.key]
+            fields = {c: row[c] for c in ent.fields}
+            try:
+                # the vector (the model's input) and the raw features (the served log) are two
+                # reads; a publish between them would show as two watermarks: read again
+                for _ in range(3):
+                    vec, wm = ent.remote.vector(key, ent.tf, fields, at=at, with_watermark=True)
+                    raw, wm_raw = ent.remote.get(key, at=at, with_watermark=True)
+                    if wm == wm_raw:
+                        break
+                # after the key reads: a Redis restarted empty answers every key as unknown
+                # until the writer republishes, and the partition's record is written last
+                published = ent.remote.stats()["partitions"]
+            except rtml.RemoteUnavailableError as e:
+                raise BadRequest(503, f"{ent.name}: {type(e).__name__}: {e}") from None
+            except rtml.KeyStateError as e:
+                raise BadRequest(502, f"{ent.name}: {type(e).__name__}: {e}") from None
+            except (rtml.QueryError, OverflowError) as e:
+                raise BadRequest(422, f"at: {e}") from None
+            if not published:
+                raise BadRequest(503, f"{ent.name}: no state published in {ent.remote.ns} at "
+                                      f"{self.settings.state_url} (the writer has not published since Redis started)")
+            parts.append(vec)
+            logged.append((ent, key, raw, vec))
+            state[ent.name] = {"watermark": None if wm is None else _iso(wm),
+                               "published_at": max(_iso(p["published_at_ms"] * 10**6) for p in published.values())}
+        return parts, logged, state
+
+    def replica_health(self) -> tuple[dict, int]:
+        """Replica mode, GET /health: per feature set what the writer last published (watermark,
+        stream positions, keys, age of the last publish); 503 while Redis is unreachable or holds
+        no state of a feature set."""
+        out: dict[str, Any] = {}
+        problems = []
+        now_ms = time.time() * 1000
+        down: Optional[str] = None  # (one Redis: once unreachable, the others are not asked)
+        for ent in self.entities:
+            try:
+                if down is not None:
+                    raise rtml.RemoteUnavailableError(down)
+                st = ent.remote.stats()
+            except rtml.RemoteError as e:
+                if isinstance(e, rtml.RemoteUnavailableError):
+                    down = str(e)
+                msg = f"{type(e).__name__}: {e}"
+                problems.append(f"{ent.name}: {msg}")
+                out[ent.name] = {"namespace": ent.remote.ns, "error": msg}
+                continue
+            parts = st["partitions"]
+            if not parts:
+                problems.append(f"{ent.name}: no state published in {ent.remote.ns} yet")
+            out[ent.name] = {
+                "namespace": st["namespace"], "watermark": st["watermark"], "watermark_iso": st["watermark_iso"],
+                "keys": st["keys"], "positions": {p: v.get("position") for p, v in parts.items()},
+                "published_age_s": (round((now_ms - max(v["published_at_ms"] for v in parts.values())) / 1000, 3)
+                                    if parts else None),
+                "error": None if parts else "no state published yet",
+            }
+        body = {"status": "error" if problems else "ok", "mode": "replica", "state_url": self.settings.state_url,
+                "writer": self.settings.writer, "timeout_s": self.settings.state_timeout,
+                "feature_sets": [e.name for e in self.entities], "columns": len(self.manifest["columns"]),
+                "uptime_s": round(time.time() - self.started, 3), "state": out, "problems": problems,
+                **self.positions()}
+        return body, 503 if problems else 200
 
     # -- GET /learning, POST /learning/advance
     def learning_state(self) -> dict:
@@ -1100,8 +1244,10 @@ class Service:
             out.append(f"# TYPE {name} {kind}")
             out.extend(f"{name}{labels} {value}" for labels, value in samples)
 
-        stats = {ent.name: ent.engine.stats() for ent in self.entities}
+        stats = {ent.name: ent.engine.stats() for ent in self.entities} if not self.replica_mode else {}
         fsl = lambda n: f'{{feature_set="{n}"}}'  # noqa: E731
+        if self.replica_mode:
+            out.extend(self._replica_metrics())
         metric("rtml_events_ingested_total", "counter", "Events applied to the online state.",
                [(fsl(n), s["events_ingested"]) for n, s in stats.items()])
         metric("rtml_late_events_dropped_total", "counter", "Events dropped as later than allowed_lateness.",
@@ -1194,6 +1340,40 @@ class Service:
             out.extend(self._topic_metrics())
         return "\n".join(out) + "\n"
 
+    def _replica_metrics(self) -> list[str]:
+        """Replica mode: what the writer last published, per feature set (RemoteEngine.stats());
+        a feature set whose state cannot be read has rtml_remote_up 0 and no other sample."""
+        up, wm, keys, age = [], [], [], []
+        now_ms = time.time() * 1000
+        down = False  # (one Redis: once unreachable, the others are not asked)
+        for ent in self.entities:
+            lbl = f'{{feature_set="{ent.name}"}}'
+            try:
+                if down:
+                    raise rtml.RemoteUnavailableError("not asked")
+                st = ent.remote.stats()
+            except rtml.RemoteError as e:
+                down = down or isinstance(e, rtml.RemoteUnavailableError)
+                up.append(f"rtml_remote_up{lbl} 0")
+                continue
+            parts = st["partitions"]
+            up.append(f"rtml_remote_up{lbl} {int(bool(parts))}")
+            if parts:
+                wm.append(f"rtml_remote_watermark_seconds{lbl} {(st['watermark'] or 0) / 1e9}")
+                keys.append(f"rtml_remote_keys{lbl} {st['keys']}")
+                last = max(v["published_at_ms"] for v in parts.values())
+                age.append(f"rtml_remote_publish_age_seconds{lbl} {round((now_ms - last) / 1000, 3)}")
+        return [
+            "# HELP rtml_remote_up Whether the shared state of the feature set is readable and published (replica mode).",
+            "# TYPE rtml_remote_up gauge", *up,
+            "# HELP rtml_remote_watermark_seconds Watermark of the published state (Unix seconds; smallest partition's).",
+            "# TYPE rtml_remote_watermark_seconds gauge", *wm,
+            "# HELP rtml_remote_keys Keys in the published state.",
+            "# TYPE rtml_remote_keys gauge", *keys,
+            "# HELP rtml_remote_publish_age_seconds Seconds since the writer last published the feature set.",
+            "# TYPE rtml_remote_publish_age_seconds gauge", *age,
+        ]
+
     def _topic_metrics(self) -> list[str]:
         """Topic mode: each runner's metrics (Runner.metrics()), labelled by feature set."""
         out: list[str] = []
@@ -1213,6 +1393,14 @@ class Service:
         metric("ahead_events_total", "counter", "Events too far ahead of the watermark, sent to the dead-letter sink.",
                "ahead")
         metric("checkpoints_total", "counter", "Checkpoints written since start.", "checkpoints")
+        if self.settings.publish_state:
+            for name, key, help_ in (("publishes_total", "publishes", "Publishes of the state to Redis (--publish-state)."),
+                                     ("publish_errors_total", "errors", "Publishes that failed (Redis unreachable); "
+                                      "the next one writes every key.")):
+                out.append(f"# HELP rtml_runner_{name} {help_}")
+                out.append(f"# TYPE rtml_runner_{name} counter")
+                out.extend(f'rtml_runner_{name}{{feature_set="{n}"}} {t["publish"][key]}'
+                           for n, t in topics.items() if t["publish"] is not None)
         metric("last_checkpoint_age_seconds", "gauge", "Seconds since the last checkpoint.", "last_checkpoint_age_s")
         out.append("# HELP rtml_runner_lag_events Events on the stream not yet read (None: unknown).")
         out.append("# TYPE rtml_runner_lag_events gauge")
@@ -1224,6 +1412,25 @@ class Service:
         out.extend(f'rtml_runner_up{{feature_set="{n}"}} {int(t["running"] and t["error"] is None)}'
                    for n, t in topics.items())
         return out
+
+
+def _publisher(settings: Settings, name: str) -> Any:
+    """Topic mode with --publish-state: the feature set's rtml.RedisPublisher (its namespace is
+    ``rtml:<hash of the feature set's document>``: one per feature set), or None."""
+    if not settings.publish_state:
+        return None
+    try:
+        return rtml.RedisPublisher(settings.publish_state, publish_every=settings.publish_every)
+    except rtml.RtmlError as e:
+        raise SystemExit(f"RTML_PUBLISH_STATE: {name}: {e}") from None
+
+
+def _remote(fs: rtml.FeatureSet, name: str, settings: Settings) -> Any:
+    """Replica mode: the feature set's reader of the shared state (rtml.RemoteEngine)."""
+    try:
+        return fs.remote(settings.state_url, timeout=settings.state_timeout)
+    except rtml.RtmlError as e:
+        raise SystemExit(f"RTML_STATE_URL: {name}: {e}") from None
 
 
 def _partition_count(source: Any, timeout: float) -> Optional[int]:
@@ -1377,6 +1584,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         return svc().predict(payload)
 
     def no_learning_in_topic_mode() -> None:
+        if svc().replica_mode:
+            raise BadRequest(404, "online learning is off in replica mode (its label join reads the departures "
+                                  "from the service's log; a replica reads no events)")
         if svc().topic_mode:
             raise BadRequest(404, "online learning is off in topic mode (its label join reads the departures "
                                   "from the service's log, and in topic mode they are in the topic)")
@@ -1402,6 +1612,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @app.get("/health")
     async def health():  # (topic mode too: nothing in it waits for a broker, the lag is refreshed apart)
         s = svc()
+        if s.replica_mode:
+            # what the writer last published (reads Redis: off the event loop)
+            body, status = await run_in_threadpool(s.replica_health)
+            return JSONResponse(jsonable_encoder(body), status_code=status)
         if s.topic_mode:
             # the runners' streams: positions, lag, counters, checkpoint age; 503 once a runner failed
             topics = s.topics()
@@ -1416,7 +1630,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                 "watermarks": {e.name: e.engine.watermark for e in s.entities}, **s.positions()}
 
     @app.get("/metrics")
-    async def metrics():
+    def metrics():  # (a plain def: in replica mode it reads Redis)
         return PlainTextResponse(svc().prometheus(), media_type="text/plain; version=0.0.4")
 
     return app
@@ -1439,12 +1653,28 @@ def main() -> None:
     ap.add_argument("--skew-rate", type=int, default=None, metavar="PERCENT",
                     help="percent of keys whose served rows are recomputed from the event stream and "
                          "compared (0: off; default 10; sets RTML_SKEW_RATE)")
+    ap.add_argument("--publish-state", default=None, metavar="URL",
+                    help="topic mode: publish every key's state to this Redis for replicas "
+                         "(redis://host:port/db; sets RTML_PUBLISH_STATE)")
+    ap.add_argument("--publish-every", default=None, metavar="DURATION",
+                    help="topic mode: how often the state is published (default 100ms; sets RTML_PUBLISH_EVERY)")
+    ap.add_argument("--state-url", default=None, metavar="URL",
+                    help="replica mode: read the state a writer publishes to this Redis instead of keeping "
+                         "engines (redis://host:port/db; sets RTML_STATE_URL)")
+    ap.add_argument("--state-timeout", default=None, metavar="SECONDS",
+                    help="replica mode: a Redis read slower than this answers 503 (default 0.05; sets RTML_STATE_TIMEOUT)")
+    ap.add_argument("--writer", default=None, metavar="URL",
+                    help="replica mode: the writer's address, named by POST /events' 409 (sets RTML_WRITER)")
     args = ap.parse_args()
     if args.skew_rate is not None:
         os.environ["RTML_SKEW_RATE"] = str(args.skew_rate)
     for kind, var in SOURCE_VARS.items():
         if getattr(args, f"source_{kind}") is not None:
             os.environ[var] = getattr(args, f"source_{kind}")
+    for opt, var in (("publish_state", "RTML_PUBLISH_STATE"), ("publish_every", "RTML_PUBLISH_EVERY"),
+                     ("state_url", "RTML_STATE_URL"), ("state_timeout", "RTML_STATE_TIMEOUT"), ("writer", "RTML_WRITER")):
+        if getattr(args, opt) is not None:
+            os.environ[var] = getattr(args, opt)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
 

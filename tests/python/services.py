@@ -114,11 +114,13 @@ def start_tansu() -> Service:
     return Service(proc, port, log)
 
 
-def start_redis() -> Service:
+def start_redis(port: int | None = None) -> Service:
+    """A fresh, empty redis-server (no persistence) on `port` (default: a free one); a test
+    that kills it can start another on the same port."""
     binary = shutil.which("redis-server")
     if binary is None:
         unavailable("redis-server not found on PATH (apt-get install redis-server)")
-    port = free_port()
+    port = free_port() if port is None else port
     d = Path(tempfile.mkdtemp(prefix="rtml-redis-"))
     log = d / "redis.log"
     proc = subprocess.Popen(

@@ -570,6 +570,82 @@ def _wait_drained(client: httpx.Client, produced: dict[str, int], kinds: dict[st
         time.sleep(0.05)
 
 
+class _TopicFeed:
+    """Two days of October (from the split) of the notebook's departures.parquet / weather.parquet
+    as the JSON messages the topics carry, produced in event-time order on demand (`produce_until`)
+    to one single-partition topic per event kind on the broker; and the test flights to ask about:
+    `per_window` flights spread over each window of `windows` (hours after the split; None: the
+    end of the two days), in time order, with the notebook's probabilities (`p_offline`)."""
+
+    def __init__(self, artifacts: Path, bootstrap: str, tag: str, windows: list[tuple[int, int | None]],
+                 per_window: int, bad: tuple[bytes, ...] = ()) -> None:
+        from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        manifest = json.loads((artifacts / "manifest.json").read_text())
+        self.kinds = {e["name"]: e["events"] for e in manifest["feature_sets"]}
+        self.split = split = pd.Timestamp(manifest["split"])
+        self.end = end = split + pd.Timedelta("2D")
+
+        def window(name: str) -> pa.Table:
+            t = pq.read_table(artifacts / f"{name}.parquet")
+            ts = t.column("ts")
+            return t.filter(pc.and_(pc.greater_equal(ts, pa.scalar(split.to_pydatetime(), ts.type)),
+                                    pc.less(ts, pa.scalar(end.to_pydatetime(), ts.type))))
+
+        self.rows = {"departures": window("departures"), "weather": window("weather")}
+        self.ev_ts = {k: t.column("ts").cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_numpy()
+                      for k, t in self.rows.items()}
+        self.msgs = {k: [_event_json(r) for r in t.to_pylist()] for k, t in self.rows.items()}
+        test_rows = pq.read_table(artifacts / "test_rows.parquet")
+        self.at_all = test_rows.column("sched_dep").cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_numpy()
+        hour = 3600 * 10**9
+        picks = []
+        for lo, hi in windows:
+            lo_ns, hi_ns = split.value + lo * hour, end.value if hi is None else split.value + hi * hour
+            inside = np.flatnonzero((self.at_all >= lo_ns) & (self.at_all < hi_ns))
+            inside = inside[np.argsort(self.at_all[inside], kind="stable")]
+            picks.append(inside[np.linspace(0, len(inside) - 1, per_window).astype(int)])
+        self.picks = np.concatenate(picks)
+        self.flights = test_rows.select(["tailnum", "origin", "carrier", "dest", "distance"]).to_pylist()
+        self.p_offline = test_rows.column("p").to_numpy()
+
+        self.bootstrap = bootstrap
+        self.run = uuid.uuid4().hex[:8]
+        self.topics = {k: f"{k}-{tag}{self.run}" for k in self.rows}
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for t in self.topics.values():
+            admin.create_topics([NewTopic(t, 1, 1)])[t].result(timeout=20)
+        # one message per record batch (tansu 0.6 answers a fetch inside a batch from the next one:
+        # docs/streaming.md)
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "batch.num.messages": 1,
+                                  "acks": "all"})
+        self.produced = {k: 0 for k in self.rows}
+        self.cursor = {k: 0 for k in self.rows}
+        self.bad = list(bad)
+
+    def env(self, group: str) -> dict[str, str]:
+        """The service's topic-mode environment."""
+        return {f"RTML_SOURCE_{k.upper()}": f"kafka://{self.bootstrap}/{t}?group={group}" for k, t in self.topics.items()}
+
+    def flight(self, i: int) -> dict:
+        return _flight(self.flights[i], int(self.at_all[i]))
+
+    def produce_until(self, at: int) -> None:
+        """Every event before `at` (in event-time order), and the malformed messages `bad` once
+        (after 200 departures)."""
+        for k in self.rows:
+            upto = int(np.searchsorted(self.ev_ts[k], at, side="left"))
+            for m in self.msgs[k][self.cursor[k]:upto]:
+                self.producer.produce(self.topics[k], m)
+                self.produced[k] += 1
+            self.cursor[k] = upto
+            if k == "departures" and self.bad and self.produced[k] > 200:
+                self.producer.produce(self.topics[k], self.bad.pop())
+                self.produced[k] += 1
+        assert self.producer.flush(30) == 0
+
+
 def test_topic_mode_follows_kafka_exactly_once(artifacts, tansu, tmp_path):
     """Topic mode of the service: the engines follow a departures topic and a weather topic on a
     real Kafka-protocol broker (tansu) through rtml Runners instead of POST /events. Two days of
@@ -578,66 +654,20 @@ def test_topic_mode_follows_kafka_exactly_once(artifacts, tansu, tmp_path):
     bit. The service is SIGKILLed once while it reads, restarted (it resumes from its
     checkpoints), and at the end every feature set's state equals an uninterrupted run of the same
     topics, bit for bit; malformed messages are counted and dead-lettered, not applied."""
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
-
     from rtml.runner import Runner, load_checkpoints
 
-    manifest = json.loads((artifacts / "manifest.json").read_text())
-    kinds = {e["name"]: e["events"] for e in manifest["feature_sets"]}
-    split = pd.Timestamp(manifest["split"])
-    end = split + pd.Timedelta("2D")
-
-    def window(name: str) -> pa.Table:
-        t = pq.read_table(artifacts / f"{name}.parquet")
-        ts = t.column("ts")
-        return t.filter(pc.and_(pc.greater_equal(ts, pa.scalar(split.to_pydatetime(), ts.type)),
-                                pc.less(ts, pa.scalar(end.to_pydatetime(), ts.type))))
-
-    rows = {"departures": window("departures"), "weather": window("weather")}
-    ev_ts = {k: t.column("ts").cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_numpy() for k, t in rows.items()}
-    msgs = {k: [_event_json(r) for r in t.to_pylist()] for k, t in rows.items()}
-    test_rows = pq.read_table(artifacts / "test_rows.parquet")
-    at_all = test_rows.column("sched_dep").cast(pa.timestamp("ns", "UTC")).cast(pa.int64()).to_numpy()
-    hour = 3600 * 10**9
-    picks = []
-    for lo, hi in ((split.value + hour, split.value + 12 * hour), (split.value + 36 * hour, end.value)):
-        inside = np.flatnonzero((at_all >= lo) & (at_all < hi))
-        inside = inside[np.argsort(at_all[inside], kind="stable")]
-        picks.append(inside[np.linspace(0, len(inside) - 1, 6).astype(int)])
-    kill_at = len(picks[0])  # the first flight of the second day and a half: a day of events before it
-    picks = np.concatenate(picks)
-    flights = test_rows.select(["tailnum", "origin", "carrier", "dest", "distance"]).to_pylist()
-    p_offline = test_rows.column("p").to_numpy()
-
     bootstrap = f"127.0.0.1:{tansu.port}"
-    run = uuid.uuid4().hex[:8]
-    topics = {k: f"{k}-{run}" for k in rows}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for t in topics.values():
-        admin.create_topics([NewTopic(t, 1, 1)])[t].result(timeout=20)
-    # one message per record batch (tansu 0.6 answers a fetch inside a batch from the next one:
-    # docs/streaming.md)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "batch.num.messages": 1, "acks": "all"})
-    produced = {k: 0 for k in rows}
-    cursor = {k: 0 for k in rows}
-    bad = [b"{not json", b'{"tailnum": "N14228"}']
-
-    def produce_until(at: int) -> None:
-        """Every event before `at` (in event-time order), and a malformed message once."""
-        for k in rows:
-            upto = int(np.searchsorted(ev_ts[k], at, side="left"))
-            for m in msgs[k][cursor[k]:upto]:
-                producer.produce(topics[k], m)
-                produced[k] += 1
-            cursor[k] = upto
-            if k == "departures" and bad and produced[k] > 200:
-                producer.produce(topics[k], bad.pop())
-                produced[k] += 1
-        assert producer.flush(30) == 0
+    # the first flight of the second day and a half (kill_at) has a day of events before it
+    feed = _TopicFeed(artifacts, bootstrap, "", [(1, 12), (36, None)], 6,
+                      bad=(b"{not json", b'{"tailnum": "N14228"}'))
+    kinds, picks, at_all, p_offline = feed.kinds, feed.picks, feed.at_all, feed.p_offline
+    kill_at = 6
+    rows, ev_ts, produced, cursor, topics = feed.rows, feed.ev_ts, feed.produced, feed.cursor, feed.topics
+    produce_until, run, end = feed.produce_until, feed.run, feed.end
+    manifest = json.loads((artifacts / "manifest.json").read_text())
 
     state = tmp_path / "state"
-    env = {f"RTML_SOURCE_{k.upper()}": f"kafka://{bootstrap}/{t}?group=svc" for k, t in topics.items()}
+    env = feed.env("svc")
     srv = Server(artifacts, state, tmp_path / "log", RTML_CHECKPOINT_EVENTS="100", **env).start()
     client = httpx.Client(base_url=srv.url, timeout=60)
     served, killed = {}, None
@@ -669,7 +699,7 @@ def test_topic_mode_follows_kafka_exactly_once(artifacts, tansu, tmp_path):
                 srv.start()
                 client = httpx.Client(base_url=srv.url, timeout=60)
             _wait_drained(client, produced, kinds)
-            r = client.post("/predict", json=_flight(flights[i], at))
+            r = client.post("/predict", json=feed.flight(i))
             assert r.status_code == 200, r.text
             served[int(i)] = r.json()["probability"]
         produce_until(end.value)  # the rest of the two days
@@ -748,6 +778,165 @@ def test_topic_mode_refuses_a_multi_partition_topic_and_a_missing_stream(artifac
     with pytest.raises(RuntimeError, match="service exited") as ei:
         srv.start()
     assert "no stream for the ['weather'] events" in str(ei.value) and "RTML_SOURCE_WEATHER" in str(ei.value)
+
+
+def _wait_published(client: httpx.Client, produced: dict[str, int], kinds: dict[str, str],
+                    timeout: float = 60.0) -> dict:
+    """Replica mode: poll GET /health until every feature set's published stream position (the
+    writer's meta record in Redis) is the end of its topic: the state holds every event."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get("/health")
+        h = r.json()
+        if r.status_code == 200 and all((s["positions"].get("0") or 0) == produced[kinds[n]]
+                                       for n, s in h["state"].items()):
+            return h
+        assert time.monotonic() < deadline, (produced, h)
+        time.sleep(0.05)
+
+
+def test_replicas_read_the_writers_state_from_redis_bit_for_bit(artifacts, tansu, tmp_path):
+    """Many replicas, one truth (issue 14): one service in topic mode follows the departures and
+    weather topics on a real Kafka-protocol broker (tansu) and publishes its runners' key states to
+    a real redis-server (--publish-state); two replica processes (--state-url) keep no engine and
+    answer /predict from Redis. For flights asked once everything before their departure is read
+    and published, both replicas' probabilities equal the writer's and the notebook's bit for bit,
+    and their served rows (window features and vectors) the writer's. Redis is then frozen
+    (SIGSTOP: replies never come) and killed: the replicas answer 503 with the typed error within
+    their timeout while the writer keeps serving from its engines; a new redis-server on the same
+    port starts empty, the writer republishes every key, and the replicas answer again with the
+    same bits, never with an answer from a half-published state."""
+    import collections
+    import re
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services import start_redis
+
+    bootstrap = f"127.0.0.1:{tansu.port}"
+    feed = _TopicFeed(artifacts, bootstrap, "replicas-", [(1, 12), (30, None)], 4)
+    outage_at = 4  # Redis fails before the first flight of the second window
+    kinds, picks, at_all, p_offline, produced = feed.kinds, feed.picks, feed.at_all, feed.p_offline, feed.produced
+
+    redis = start_redis()
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    timeout = 0.5  # RTML_STATE_TIMEOUT (0.05 by default; more room for a debug build on a busy CI machine)
+    writer = Server(artifacts, tmp_path / "writer" / "state", tmp_path / "writer" / "log",
+                    RTML_PUBLISH_STATE=url, RTML_PUBLISH_EVERY="50ms", **feed.env("writer"))
+    replicas = [Server(artifacts, tmp_path / f"replica{i}" / "state", tmp_path / f"replica{i}" / "log",
+                       RTML_STATE_URL=url, RTML_STATE_TIMEOUT=str(timeout), RTML_WRITER="http://writer:8000")
+                for i in range(2)]
+    servers = [writer, *replicas]
+    for s in servers:
+        s.out.parent.mkdir(parents=True)
+    clients: list[httpx.Client] = []
+    served: dict[int, list[float]] = {}
+    outage: dict = {}
+    try:
+        with ThreadPoolExecutor(3) as ex:  # (a replica is up once the writer has published)
+            list(ex.map(lambda s: s.start(), servers))
+        wc, *rcs = clients = [httpx.Client(base_url=s.url, timeout=30) for s in servers]
+        r = rcs[0].post("/events", json={"events": []})
+        assert r.status_code == 409 and "replica" in r.json()["detail"] and "http://writer:8000" in r.json()["detail"]
+        assert rcs[0].get("/learning").status_code == 404
+        for n, i in enumerate(picks):
+            at = int(at_all[i])
+            flight = feed.flight(i)
+            if n == outage_at:
+                # Redis freezes (SIGSTOP: connections stay open, replies never come), then dies
+                redis.proc.send_signal(signal.SIGSTOP)
+                for what in ("frozen", "killed"):
+                    for c in rcs:
+                        t0 = time.monotonic()
+                        r = c.post("/predict", json=flight)
+                        elapsed = time.monotonic() - t0
+                        assert r.status_code == 503 and "RemoteUnavailableError" in r.json()["detail"], r.text
+                        assert f"timeout {timeout}s" in r.json()["detail"], r.text
+                        # bounded by the reader's timeout (one Redis call), not by the client's 30 s
+                        assert elapsed < timeout + 5, (what, elapsed)
+                        outage.setdefault(what, []).append(round(elapsed, 3))
+                        h = c.get("/health")
+                        assert h.status_code == 503 and h.json()["mode"] == "replica", h.text
+                        assert all("RemoteUnavailableError" in p for p in h.json()["problems"]), h.text
+                    if what == "frozen":
+                        redis.proc.send_signal(signal.SIGKILL)
+                        redis.proc.wait()
+                # the writer keeps reading and serving while Redis is down; its publishes fail
+                feed.produce_until(at)
+                _wait_drained(wc, produced, kinds)
+                deadline = time.monotonic() + 30
+                while not all(t["publish"]["errors"] > 0 for t in wc.get("/health").json()["topics"].values()):
+                    assert time.monotonic() < deadline, wc.get("/health").json()["topics"]
+                    time.sleep(0.05)
+                r = wc.post("/predict", json=flight)
+                assert r.status_code == 200, r.text
+                outage["writer_during_outage"] = r.json()["probability"]
+                # a new, empty Redis on the same port: until the writer has republished every key
+                # (and the meta record, written last), a replica answers 503, never a wrong 200
+                redis = start_redis(redis.port)
+                answers = []
+                deadline = time.monotonic() + 60
+                while True:
+                    r = rcs[0].post("/predict", json=flight)
+                    if r.status_code == 200:
+                        break
+                    # (seen: "tail: no state published" then "carrier: ...": the feature sets are
+                    # republished one by one, and one not yet republished answers unknown keys)
+                    assert r.status_code == 503, r.text
+                    reason = re.match(r"(\w+): (no state published|RemoteUnavailableError)", r.json()["detail"])
+                    assert reason is not None, r.text
+                    answers.append(" ".join(reason.groups()))
+                    assert time.monotonic() < deadline, r.text
+                    time.sleep(0.01)
+                assert _bits(r.json()["probability"]) == _bits(float(p_offline[i])), (r.json(), p_offline[i])
+                outage["503s_after_restart"] = dict(collections.Counter(answers))
+            else:
+                feed.produce_until(at)
+            _wait_drained(wc, produced, kinds)
+            for c in rcs:
+                _wait_published(c, produced, kinds)
+            got = []
+            for c in clients:
+                r = c.post("/predict", json=flight)
+                assert r.status_code == 200, r.text
+                got.append(r.json()["probability"])
+                if c is not wc:  # what the answer was computed from: the writer's published state
+                    assert set(r.json()["state"]) == set(kinds), r.json()
+            served[int(i)] = got
+        print("503 answers (s):", outage)
+        # every key republished: the replicas see the writer's keys and watermarks
+        metrics = wc.get("/metrics").text
+        for c in rcs:
+            h = c.get("/health").json()
+            assert h["status"] == "ok" and h["mode"] == "replica" and set(h["state"]) == set(kinds), h
+            for name, s in h["state"].items():
+                assert f'rtml_keys{{feature_set="{name}"}} {s["keys"]}' in metrics, (name, s)
+                assert f'rtml_watermark_seconds{{feature_set="{name}"}} {s["watermark"] / 1e9}' in metrics, (name, s)
+                assert s["published_age_s"] is not None and s["error"] is None, (name, s)
+            replica_metrics = c.get("/metrics").text
+            assert all(f'rtml_remote_up{{feature_set="{name}"}} 1' in replica_metrics for name in kinds)
+    finally:
+        for c in clients:
+            c.close()
+        stopped = [s.stop() for s in servers]
+        redis.stop()
+    assert all(stopped), [s.output()[-3000:] for s in servers]
+
+    # the writer, both replicas and the notebook: the same probability, bit for bit
+    diffs = [(i, ps, float(p_offline[i])) for i, ps in served.items()
+             if len({_bits(p) for p in ps} | {_bits(float(p_offline[i]))}) != 1]
+    assert len(served) == len(picks) and not diffs, diffs[:5]
+    assert _bits(outage["writer_during_outage"]) == _bits(float(p_offline[picks[outage_at]]))
+
+    # the served rows (window features, model vectors) of each replica are the writer's
+    def rows_of(s: Server) -> dict:
+        t = pq.read_table(s.env["RTML_SERVED_LOG"]).to_pylist()
+        return {(r["flight"], r["feature_set"]): (np.asarray(r["values"], dtype=np.float64).tobytes(),
+                                                  np.asarray(r["vector"], dtype=np.float64).tobytes()) for r in t}
+    want = rows_of(writer)
+    assert len(want) == (len(picks)) * len(kinds)
+    for rep in replicas:
+        assert rows_of(rep) == want
 
 
 def _serving_module():
