@@ -22,6 +22,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::learn::rows;
 
 /// The model document's `format` value.
 pub const MODEL_FORMAT: &str = "rtml.linear";
@@ -241,27 +242,7 @@ impl Linear {
 
     /// Check one feature vector (length, finite values). `row`: the row index in a batch.
     fn check_x(&self, x: &[f64], row: Option<usize>) -> Result<()> {
-        let at = |what: String| match row {
-            Some(r) => format!("row {r}: {what}"),
-            None => what,
-        };
-        if x.len() != self.n_features {
-            return Err(Error::schema(
-                "x",
-                at(format!(
-                    "expected a vector of {} features, got {}",
-                    self.n_features,
-                    x.len()
-                )),
-            ));
-        }
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Error::schema(
-                format!("x[{i}]"),
-                at(format!("feature values must be finite, got {}", x[i])),
-            ));
-        }
-        Ok(())
+        rows::check_x(self.n_features, x, row)
     }
 
     fn check_y(&self, y: f64, row: Option<usize>) -> Result<()> {
@@ -423,32 +404,7 @@ impl Linear {
     }
 
     fn check_batch(&self, xs: &[f64], rows: usize, ys: Option<&[f64]>) -> Result<()> {
-        let k = self.n_features;
-        if xs.len() != rows * k {
-            return Err(Error::schema(
-                "x",
-                format!(
-                    "expected {rows} rows of {k} features ({} values), got {} values",
-                    rows * k,
-                    xs.len()
-                ),
-            ));
-        }
-        if let Some(ys) = ys {
-            if ys.len() != rows {
-                return Err(Error::schema(
-                    "y",
-                    format!("expected {rows} labels (one per row), got {}", ys.len()),
-                ));
-            }
-        }
-        for r in 0..rows {
-            self.check_x(&xs[r * k..(r + 1) * k], Some(r))?;
-            if let Some(ys) = ys {
-                self.check_y(ys[r], Some(r))?;
-            }
-        }
-        Ok(())
+        rows::check_batch(self.n_features, xs, rows, ys, |y, r| self.check_y(y, r))
     }
 
     /// Learn `rows` examples (vectors row after row in `xs`), in order: exactly the loop of
@@ -456,11 +412,7 @@ impl Linear {
     /// predictions made before each update.
     pub fn learn_many(&mut self, xs: &[f64], ys: &[f64]) -> Result<Vec<f64>> {
         let k = self.n_features;
-        let rows = if k > 0 && xs.len() % k == 0 {
-            xs.len() / k
-        } else {
-            ys.len()
-        };
+        let rows = rows::batch_rows(k, xs, ys.len());
         self.check_batch(xs, rows, Some(ys))?;
         Ok((0..rows)
             .map(|r| self.update(&xs[r * k..(r + 1) * k], ys[r]))

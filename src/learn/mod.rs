@@ -16,6 +16,7 @@ pub mod label_join;
 pub mod linear;
 pub mod metrics;
 pub mod release_queue;
+mod rows;
 pub mod softmax;
 
 pub use label_join::{Example, LabelJoin, LabelOutcome, OnTimeout, RequestId};

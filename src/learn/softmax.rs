@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::learn::linear::{ftrl_weight, Optimizer, Schedule};
+use crate::learn::rows;
 
 /// The softmax document's `format` value.
 pub const SOFTMAX_FORMAT: &str = "rtml.softmax";
@@ -195,34 +196,8 @@ impl Softmax {
         }
     }
 
-    fn at(row: Option<usize>, what: String) -> String {
-        match row {
-            Some(r) => format!("row {r}: {what}"),
-            None => what,
-        }
-    }
-
     fn check_x(&self, x: &[f64], row: Option<usize>) -> Result<()> {
-        if x.len() != self.n_features {
-            return Err(Error::schema(
-                "x",
-                Self::at(
-                    row,
-                    format!(
-                        "expected a vector of {} features, got {}",
-                        self.n_features,
-                        x.len()
-                    ),
-                ),
-            ));
-        }
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Error::schema(
-                format!("x[{i}]"),
-                Self::at(row, format!("feature values must be finite, got {}", x[i])),
-            ));
-        }
-        Ok(())
+        rows::check_x(self.n_features, x, row)
     }
 
     fn check_y(&self, y: i64, row: Option<usize>) -> Result<usize> {
@@ -230,7 +205,7 @@ impl Softmax {
             Ok(c) if c < self.classes.len() => Ok(c),
             _ => Err(Error::schema(
                 "y",
-                Self::at(
+                rows::at(
                     row,
                     format!(
                         "class index {y} out of range: the model has {} classes (0..{})",
@@ -374,32 +349,9 @@ impl Softmax {
     }
 
     fn check_batch(&self, xs: &[f64], rows: usize, ys: Option<&[i64]>) -> Result<()> {
-        let k = self.n_features;
-        if xs.len() != rows * k {
-            return Err(Error::schema(
-                "x",
-                format!(
-                    "expected {rows} rows of {k} features ({} values), got {} values",
-                    rows * k,
-                    xs.len()
-                ),
-            ));
-        }
-        if let Some(ys) = ys {
-            if ys.len() != rows {
-                return Err(Error::schema(
-                    "y",
-                    format!("expected {rows} labels (one per row), got {}", ys.len()),
-                ));
-            }
-        }
-        for r in 0..rows {
-            self.check_x(&xs[r * k..(r + 1) * k], Some(r))?;
-            if let Some(ys) = ys {
-                self.check_y(ys[r], Some(r))?;
-            }
-        }
-        Ok(())
+        rows::check_batch(self.n_features, xs, rows, ys, |y, r| {
+            self.check_y(y, r).map(|_| ())
+        })
     }
 
     /// Learn `rows` examples in order: exactly the loop of `learn_one`. The whole batch is
@@ -407,11 +359,7 @@ impl Softmax {
     /// update, `rows * C` values.
     pub fn learn_many(&mut self, xs: &[f64], ys: &[i64]) -> Result<Vec<f64>> {
         let k = self.n_features;
-        let rows = if k > 0 && xs.len() % k == 0 {
-            xs.len() / k
-        } else {
-            ys.len()
-        };
+        let rows = rows::batch_rows(k, xs, ys.len());
         self.check_batch(xs, rows, Some(ys))?;
         let nc = self.classes.len();
         let mut out = vec![0.0; rows * nc];
