@@ -28,6 +28,7 @@ use std::fmt;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
+use super::frame;
 use super::release_queue::{ReleaseQueue, Run};
 
 use crate::error::{Error, Result};
@@ -480,45 +481,15 @@ impl LabelJoin {
     /// length (u64 LE), body (bincode). [`LabelJoin::from_bytes`] gives back an equal join: a
     /// service can checkpoint the rows still waiting for their labels.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let body = bincode::serialize(self).map_err(|e| snapshot_error(format!("{e}")))?;
-        let mut out = Vec::with_capacity(body.len() + 20);
-        out.extend_from_slice(JOIN_MAGIC);
-        out.extend_from_slice(&JOIN_VERSION.to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&body);
-        Ok(out)
+        frame::seal(JOIN_MAGIC, JOIN_VERSION, self, snapshot_error)
     }
 
     /// A join from [`LabelJoin::to_bytes`]; anything else (another format, a newer version,
     /// truncated or corrupted bytes) is a typed error, never a partial join.
     pub fn from_bytes(bytes: &[u8]) -> Result<LabelJoin> {
         let bad = snapshot_error;
-        if bytes.len() < 20 || &bytes[..4] != JOIN_MAGIC {
-            return Err(bad("not a label join snapshot".into()));
-        }
-        let word =
-            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        let version = word(4);
-        if version == 0 || version > JOIN_VERSION {
-            return Err(bad(format!(
-                "format version {version}; this build reads {JOIN_VERSION}{}",
-                if version > JOIN_VERSION {
-                    ": upgrade rtml"
-                } else {
-                    ""
-                }
-            )));
-        }
-        let crc = word(8);
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&bytes[12..20]);
-        let body = &bytes[20..];
-        if u64::from_le_bytes(len) != body.len() as u64 || crc32fast::hash(body) != crc {
-            return Err(bad(
-                "truncated or corrupted (length or checksum mismatch)".into()
-            ));
-        }
+        let span = (1, JOIN_VERSION);
+        let (version, body) = frame::unseal(JOIN_MAGIC, bytes, span, "a label join snapshot", bad)?;
         let decode = |e: bincode::Error| bad(format!("cannot decode: {e}"));
         let mut j: LabelJoin = if version == 1 {
             bincode::deserialize::<LabelJoinV1>(body)

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::frame;
 use crate::error::{Error, Result};
 
 /// The metrics snapshot's format version.
@@ -27,46 +28,14 @@ fn snapshot_error(message: String) -> Error {
 }
 
 fn seal<T: Serialize>(magic: &[u8; 4], v: &T) -> Result<Vec<u8>> {
-    let body = bincode::serialize(v).map_err(|e| snapshot_error(format!("{e}")))?;
-    let mut out = Vec::with_capacity(body.len() + 20);
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&METRICS_VERSION.to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    frame::seal(magic, METRICS_VERSION, v, snapshot_error)
 }
 
 fn open<T: for<'de> Deserialize<'de>>(magic: &[u8; 4], bytes: &[u8]) -> Result<T> {
-    let bad = snapshot_error;
-    if bytes.len() < 20 || &bytes[..4] != magic {
-        return Err(bad(format!(
-            "not a {} metrics snapshot",
-            String::from_utf8_lossy(magic)
-        )));
-    }
-    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    let version = word(4);
-    if version != METRICS_VERSION {
-        return Err(bad(format!(
-            "format version {version}; this build reads {METRICS_VERSION}{}",
-            if version > METRICS_VERSION {
-                ": upgrade rtml"
-            } else {
-                ""
-            }
-        )));
-    }
-    let crc = word(8);
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&bytes[12..20]);
-    let body = &bytes[20..];
-    if u64::from_le_bytes(len) != body.len() as u64 || crc32fast::hash(body) != crc {
-        return Err(bad(
-            "truncated or corrupted (length or checksum mismatch)".into()
-        ));
-    }
-    bincode::deserialize(body).map_err(|e| bad(format!("cannot decode: {e}")))
+    let what = format!("a {} metrics snapshot", String::from_utf8_lossy(magic));
+    let span = (METRICS_VERSION, METRICS_VERSION);
+    let (_, body) = frame::unseal(magic, bytes, span, &what, snapshot_error)?;
+    bincode::deserialize(body).map_err(|e| snapshot_error(format!("cannot decode: {e}")))
 }
 
 fn check_window(window: Option<i64>) -> Result<()> {

@@ -12,6 +12,7 @@
 //!
 //! Nothing here knows Python; `src/python/learn.rs` is the skin. See `docs/learning.md`.
 
+mod frame;
 pub mod label_join;
 pub mod linear;
 pub mod metrics;
