@@ -185,6 +185,13 @@ def _mat(X: Any, k: Optional[int] = None) -> np.ndarray:
 # ---------------------------------------------------------------------------------- learners
 
 
+def _n_features(n: Any) -> int:
+    """A learner's feature count, checked: an int >= 0 (not a bool)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise SpecError(f"n_features: expected an int >= 0, got {n!r}")
+    return int(n)
+
+
 def _optimizer(
     optimizer: str,
     alpha: float,
@@ -233,12 +240,7 @@ class _Linear:
         schedule: str = "constant",
         power_t: float = 0.5,
     ) -> None:
-        if (
-            isinstance(n_features, bool)
-            or not isinstance(n_features, (int, np.integer))
-            or n_features < 0
-        ):
-            raise SpecError(f"n_features: expected an int >= 0, got {n_features!r}")
+        n_features = _n_features(n_features)
         doc = _optimizer(optimizer, alpha, beta, l1, l2, eta0, schedule, power_t)
         self._m = _core.Linear(self._loss, doc, int(n_features))
 
@@ -375,12 +377,7 @@ class Softmax:
         schedule: str = "constant",
         power_t: float = 0.5,
     ) -> None:
-        if (
-            isinstance(n_features, bool)
-            or not isinstance(n_features, (int, np.integer))
-            or n_features < 0
-        ):
-            raise SpecError(f"n_features: expected an int >= 0, got {n_features!r}")
+        n_features = _n_features(n_features)
         if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool):
             labels: list[Union[int, str]] = list(range(int(classes)))
         elif isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
