@@ -833,6 +833,7 @@ class FeatureSet:
         null_keys: str = "error",
         out: str | os.PathLike[str] | None = None,
         memory_limit: int | str | None = None,
+        workers: int = 1,
     ) -> Any:
         """Point-in-time-correct features for every spine row.
 
@@ -877,7 +878,8 @@ class FeatureSet:
         partitioned by entity on disk and backfilled partition by partition within
         `memory_limit` (default ``"4GB"``), and the rows are written to `out` with a
         ``spine_row`` column; returns an :class:`rtml.outofcore.OutOfCoreResult`. Same bits as
-        the in-memory call; see :func:`rtml.outofcore.backfill` and docs/scale.md.
+        the in-memory call; see :func:`rtml.outofcore.backfill` and docs/scale.md. `workers`:
+        how many partitions run at once within `memory_limit` (default 1; with `out` only).
 
         Raises :class:`rtml.SchemaError` naming the column for missing columns, wrong types,
         null keys or times, or a spine column named like a feature; TypeError for an input
@@ -899,10 +901,11 @@ class FeatureSet:
         8       1 2024-01-01 10:31:00+00:00         2         15.0
         9       2 2024-01-01 12:00:00+00:00         0          0.0
         """
-        if out is not None or memory_limit is not None:
+        if out is not None or memory_limit is not None or workers != 1:
             if out is None:
+                what = "memory_limit=" if memory_limit is not None else "workers="
                 raise ValueError(
-                    "backfill: memory_limit= needs out= (a .parquet path or a directory): a "
+                    f"backfill: {what} needs out= (a .parquet path or a directory): a "
                     "result beyond memory is written to disk, not returned"
                 )
             if arrival is not None or null_keys != "error":
@@ -914,7 +917,7 @@ class FeatureSet:
 
             return outofcore.backfill(
                 self, events, spine, out, memory_limit=memory_limit or "4GB",
-                key=self._spine_key(key), time=time, progress=progress,
+                key=self._spine_key(key), time=time, progress=progress, workers=workers,
             )  # fmt: skip
         kind = _frames.resolve_output(
             output, spine, allowed=("arrow", "pandas", "polars"), what="backfill"

@@ -603,6 +603,14 @@ def test_composite_keys_same_bits_as_in_memory_and_as_a_joined_key(tmp_path):
     out2 = str(tmp_path / "out2.parquet")
     fs.backfill(events, spine, key=key, out=out2, memory_limit="2GB")
     assert_bits_equal(read_sorted(out2), want)
+    # ... and passes workers= through (checked by outofcore.backfill itself)
+    out2w = str(tmp_path / "out2w.parquet")
+    fs.backfill(events, spine, key=key, out=out2w, memory_limit="2GB", workers=2, progress=False)
+    assert_bits_equal(read_sorted(out2w), want)
+    with pytest.raises(ValueError, match="workers"):
+        fs.backfill(events, spine, key=key, out=str(tmp_path / "bad.parquet"), workers=0)
+    with pytest.raises(ValueError, match="workers= needs out="):
+        fs.backfill(events, spine, key=key, workers=2)
     out3 = str(tmp_path / "out3.parquet")
     outofcore.backfill(fs, events, spine, out3, key=key, partitions=7, progress=False)
     assert_bits_equal(read_sorted(out3), want)
