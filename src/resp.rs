@@ -82,18 +82,59 @@ fn remaining(deadline: Instant) -> io::Result<Duration> {
     Ok(deadline - now)
 }
 
+/// The line at the front of `b` (without its CRLF) and the bytes it takes.
+fn line(b: &[u8]) -> Option<(&[u8], usize)> {
+    let i = b.windows(2).position(|w| w == b"\r\n")?;
+    Some((&b[..i], i + 2))
+}
+
+fn int(s: &[u8]) -> io::Result<i64> {
+    std::str::from_utf8(s)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| protocol("bad integer"))
+}
+
+/// The length of the reply at the front of `b`, without building it: `Ok(None)` when `b`
+/// holds only part of it. Skips bulk strings by their length, so checking a large reply that
+/// arrives in many reads costs its headers per read, not its bytes (and no copies).
+pub fn reply_len(b: &[u8]) -> io::Result<Option<usize>> {
+    let Some(&kind) = b.first() else {
+        return Ok(None);
+    };
+    let Some((head, used)) = line(&b[1..]) else {
+        return Ok(None);
+    };
+    let used = used + 1;
+    match kind {
+        b'+' | b'-' | b':' => Ok(Some(used)),
+        b'$' => {
+            let n = int(head)?;
+            if n < 0 {
+                return Ok(Some(used));
+            }
+            let end = used.saturating_add(n as usize).saturating_add(2);
+            Ok((b.len() >= end).then_some(end))
+        }
+        b'*' => {
+            let n = int(head)?;
+            let mut at = used;
+            for _ in 0..n.max(0) {
+                match reply_len(&b[at..])? {
+                    Some(k) => at += k,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(at))
+        }
+        other => Err(protocol(&format!(
+            "unexpected reply type byte {other:#04x}"
+        ))),
+    }
+}
+
 /// Parse one reply from the front of `b`: `Ok(None)` when `b` holds only part of it.
 pub fn parse(b: &[u8]) -> io::Result<Option<(Reply, usize)>> {
-    fn line(b: &[u8]) -> Option<(&[u8], usize)> {
-        let i = b.windows(2).position(|w| w == b"\r\n")?;
-        Some((&b[..i], i + 2))
-    }
-    fn int(s: &[u8]) -> io::Result<i64> {
-        std::str::from_utf8(s)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| protocol("bad integer"))
-    }
     let Some(&kind) = b.first() else {
         return Ok(None);
     };
@@ -112,7 +153,7 @@ pub fn parse(b: &[u8]) -> io::Result<Option<(Reply, usize)>> {
                 return Ok(Some((Reply::Nil, used)));
             }
             let n = n as usize;
-            if b.len() < used + n + 2 {
+            if b.len() < used.saturating_add(n).saturating_add(2) {
                 return Ok(None);
             }
             if &b[used + n..used + n + 2] != b"\r\n" {
@@ -210,7 +251,11 @@ impl Conn {
     /// The next reply.
     pub fn read(&mut self, deadline: Instant) -> io::Result<Reply> {
         loop {
-            if let Some((r, used)) = parse(&self.buf[self.start..])? {
+            // parse only a complete reply: a partial one would be parsed (and its bulk
+            // strings copied) again after every read
+            let pending = &self.buf[self.start..];
+            let complete = reply_len(pending)?.is_some();
+            if let Some((r, used)) = if complete { parse(pending)? } else { None } {
                 self.start += used;
                 if self.start == self.buf.len() {
                     self.buf.clear();
@@ -289,6 +334,23 @@ mod tests {
         for cut in 0..one.len() {
             assert_eq!(parse(&one[..cut]).unwrap(), None, "{cut}");
         }
+        // reply_len agrees with parse on every reply and every prefix
+        for cut in 0..=replies.len() {
+            let b = &replies[..cut];
+            assert_eq!(
+                reply_len(b).unwrap(),
+                parse(b).unwrap().map(|(_, n)| n),
+                "{cut}"
+            );
+        }
+        for cut in 0..one.len() {
+            assert_eq!(reply_len(&one[..cut]).unwrap(), None, "{cut}");
+        }
+        assert_eq!(reply_len(one).unwrap(), Some(one.len()));
+        assert!(reply_len(b"?what\r\n").is_err());
+        assert!(reply_len(b"$99999999999999999999\r\n").is_err());
+        assert_eq!(reply_len(b"$9223372036854775807\r\n").unwrap(), None);
+        assert_eq!(parse(b"$9223372036854775807\r\n").unwrap(), None);
         assert!(parse(b"?what\r\n").is_err());
         for v in [0i64, 7, -7, 10, 99, 1_000_000_007, i64::MAX, i64::MIN] {
             let mut d = [0u8; 20];

@@ -1130,13 +1130,10 @@ class Service:
             key = row[ent.key]
             fields = {c: row[c] for c in ent.fields}
             try:
-                # the vector (the model's input) and the raw features (the served log) are two
-                # reads; a publish between them would show as two watermarks: read again
-                for _ in range(3):
-                    vec, wm = ent.remote.vector(key, ent.tf, fields, at=at, with_watermark=True)
-                    raw, wm_raw = ent.remote.get(key, at=at, with_watermark=True)
-                    if wm == wm_raw:
-                        break
+                # the vector (the model's input) and the raw features (the served log) from one
+                # fetched value: one round trip, one state, so they always agree
+                vec, raw, wm = ent.remote.vector(key, ent.tf, fields, at=at, with_features=True,
+                                                 with_watermark=True)
                 # after the key reads: a Redis restarted empty answers every key as unknown
                 # until the writer republishes, and the partition's record is written last
                 published = ent.remote.stats()["partitions"]

@@ -130,6 +130,14 @@ class Engine:
         fields: dict[str, Any] | None = None,
         at: _Instant | None = None,
     ) -> npt.NDArray[np.float64]: ...
+    def vector_get(
+        self,
+        key: _Key,
+        transforms: Transforms,
+        fields: dict[str, Any] | None = None,
+        at: _Instant | None = None,
+    ) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
+        """`vector` and `get` from one read of the key's state."""
     def contains(self, key: object) -> bool: ...
     def __len__(self) -> int: ...
     def to_bytes(self) -> bytes: ...
@@ -470,7 +478,8 @@ class RemoteReader:
         value: bytes | None,
         transforms: Transforms,
         fields: dict[str, Any] | None = None,
-    ) -> tuple[npt.NDArray[np.float64], int | None]: ...
+        with_features: bool = False,
+    ) -> tuple[npt.NDArray[np.float64], dict[str, Any] | None, int | None]: ...
     def fetch_get(
         self, conn: RedisConn, key: object, at: _Instant | None = None
     ) -> tuple[dict[str, Any], int | None]:
@@ -488,7 +497,10 @@ class RemoteReader:
         transforms: Transforms,
         fields: dict[str, Any] | None = None,
         at: _Instant | None = None,
-    ) -> tuple[npt.NDArray[np.float64], int | None]: ...
+        with_features: bool = False,
+    ) -> tuple[npt.NDArray[np.float64], dict[str, Any] | None, int | None]:
+        """`vector` through the Rust client: one round trip, the value decoded once; with
+        `with_features` the features dict from the same state."""
     def fetch_exists(self, conn: RedisConn, key: object) -> bool: ...
     @property
     def ns(self) -> str: ...

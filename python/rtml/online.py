@@ -340,21 +340,62 @@ class OnlineEngine:
         """
         return self._engine.get_many(keys, at)
 
+    @overload
+    def vector(
+        self,
+        key: Key,
+        transforms: Union["Transforms", _core.Transforms],
+        fields: Optional[dict[str, Any]] = ...,
+        at: Optional[Instant] = ...,
+        *,
+        with_features: Literal[False] = ...,
+    ) -> np.ndarray[Any, np.dtype[np.float64]]: ...
+
+    @overload
+    def vector(
+        self,
+        key: Key,
+        transforms: Union["Transforms", _core.Transforms],
+        fields: Optional[dict[str, Any]] = ...,
+        at: Optional[Instant] = ...,
+        *,
+        with_features: Literal[True],
+    ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], dict[str, Any]]: ...
+
     def vector(
         self,
         key: Key,
         transforms: Union["Transforms", _core.Transforms],
         fields: Optional[dict[str, Any]] = None,
         at: Optional[Instant] = None,
-    ) -> np.ndarray[Any, np.dtype[np.float64]]:
+        *,
+        with_features: bool = False,
+    ) -> Any:
         """The model-ready float64 vector for one request: the entity's window features at
         `at`, plus the request-time `fields`, through the fitted `transforms`, in
-        ``transforms.feature_names`` order (NaN = null)."""
+        ``transforms.feature_names`` order (NaN = null).
+
+        ``with_features=True`` answers ``(vector, features)``: the vector and `get`'s dict
+        from one read of the key's state (one lock, the same instant: an ingest running in
+        another thread cannot fall between them, as it can between two calls).
+
+        >>> import rtml
+        >>> fs = rtml.FeatureSet("u", "ts", [rtml.count(), rtml.sum("x")], timestamp_unit="s")
+        >>> eng = fs.online({"u": [1, 1], "ts": [1, 2], "x": [2.0, 3.0]})
+        >>> tf = rtml.Transforms([rtml.log1p("x_sum"), rtml.passthrough("count")])
+        >>> vec, row = eng.vector(1, tf, {}, at=10, with_features=True)
+        >>> row
+        {'count': 2, 'x_sum': 5.0}
+        >>> vec.tobytes() == eng.vector(1, tf, {}, at=10).tobytes()
+        True
+        """
         core = getattr(transforms, "_t", transforms)
         if not isinstance(core, _core.Transforms):
             raise TypeError(
                 f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}"
             )
+        if with_features:
+            return self._engine.vector_get(key, core, fields, at)
         return self._engine.vector(key, core, fields, at)
 
     def __contains__(self, key: object) -> bool:

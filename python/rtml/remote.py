@@ -467,33 +467,48 @@ class RemoteEngine:
         fields: Optional[dict[str, Any]] = None,
         at: Optional[Instant] = None,
         *,
+        with_features: bool = False,
         with_watermark: bool = False,
     ) -> Any:
-        """The model-ready float64 vector, like `OnlineEngine.vector`; with
-        ``with_watermark=True``, ``(vector, watermark or None)``."""
+        """The model-ready float64 vector, like `OnlineEngine.vector`.
+
+        ``with_features=True`` also answers `get` (the features dict) from the same fetched
+        value: ``(vector, features)``, one round trip and one decode for both, so the two are
+        always of one state (two calls could straddle a publish). ``with_watermark=True``
+        appends the value's watermark: ``(vector, watermark)`` or
+        ``(vector, features, watermark)``.
+
+        >>> vec, row, wm = remote.vector(42, tf, {"hour": 13}, at=now,  # doctest: +SKIP
+        ...                              with_features=True, with_watermark=True)
+        """
         core = getattr(transforms, "_t", transforms)
         if not isinstance(core, _core.Transforms):
             raise TypeError(
                 f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}"
             )
+        feats: Optional[dict[str, Any]]
         try:
             if self._conn is not None:
-                vec, wm = self._reader.fetch_vector(self._conn, key, core, fields, at)
+                vec, feats, wm = self._reader.fetch_vector(
+                    self._conn, key, core, fields, at, with_features
+                )
             else:
                 name, t, z = self._reader.prepare(key, at)
                 (value,) = self._fetch([name])
-                vec, wm = self._reader.vector(key, t, z, value, core, fields)
-        except _core.RedisIoError as e:
+                vec, feats, wm = self._reader.vector(key, t, z, value, core, fields, with_features)
+        except (_core.RedisIoError, RemoteUnavailableError) as e:
             if self.fallback is None:
+                if isinstance(e, RemoteUnavailableError):
+                    raise
                 raise self._unavailable(e) from None
-            vec, wm = self.fallback.vector(key, transforms, fields, at), None
-        except RemoteUnavailableError:
-            if self.fallback is None:
-                raise
-            vec, wm = self.fallback.vector(key, transforms, fields, at), None
+            vec = self.fallback.vector(key, transforms, fields, at)
+            feats = self.fallback.get(key, at) if with_features else None
+            wm = None
         except SnapshotError as e:
             raise KeyStateError(str(e)) from None
         out: np.ndarray[Any, np.dtype[np.float64]] = vec
+        if with_features:
+            return (out, feats, wm) if with_watermark else (out, feats)
         return (out, wm) if with_watermark else out
 
     def __contains__(self, key: object) -> bool:

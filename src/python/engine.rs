@@ -468,6 +468,35 @@ impl PyEngine {
         })
     }
 
+    /// `vector` and `get` of one entity from one read of its state (the same instant, one
+    /// shard lock, so a concurrent ingest cannot fall between them): `(vector, features dict)`.
+    #[pyo3(signature = (key, transforms, fields=None, at=None))]
+    fn vector_get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        transforms: &Bound<'py, PyTransforms>,
+        fields: Option<&Bound<'py, PyAny>>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, numpy::PyArray1<f64>>, Bound<'py, PyDict>)> {
+        entry(Some(&self.poison), || {
+            let tf = transforms.get();
+            // every feature (the dict needs them all), so the transforms' slots need no check
+            self.with_features(py, key, at, None, |buf, texts| {
+                let clock = |name: &str, z: Zone| self.check_zone(z, name);
+                let vec = super::transforms::vector_with_features(
+                    py, tf, &self.plan, fields, buf, texts, None, &clock,
+                )?
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyRuntimeError::new_err(
+                        "vector: transforms changed while reading",
+                    )
+                })?;
+                Ok((vec, self.row_dict(py, buf, texts)?))
+            })
+        })
+    }
+
     /// Features of many entities as a pyarrow.Table (key column first). `at` is one instant
     /// for all keys, or a list with one instant per key.
     #[pyo3(signature = (keys, at=None))]

@@ -99,8 +99,9 @@ pub fn publish_changes<'py>(
     })
 }
 
-/// Features as one column per feature, and each key's watermark (None: no stored value).
-type Evaluated = (Vec<Vec<f64>>, Vec<Option<i64>>);
+/// Features as one column per feature, the string features' strings as one column per string
+/// feature, and each key's watermark (None: no stored value).
+type Evaluated = (Vec<Vec<f64>>, Vec<Vec<Option<String>>>, Vec<Option<i64>>);
 
 /// Decodes the values a store holds for one feature set and answers queries over them with
 /// the in-process engine's code (use `rtml.RemoteEngine`, which wraps it).
@@ -166,42 +167,47 @@ impl PyRemoteReader {
         }
     }
 
-    /// Features of `key` at `t` from its stored value (None: no value) into `out`; the
-    /// watermark the value was written at.
-    fn evaluate(
+    /// The state a stored value holds for `key` (None: no value, or only delta segments whose
+    /// base expired), checked against the clock of the query's `at`.
+    fn state_of(
         &self,
         key: KeyRef<'_>,
-        t: i64,
         at_zone: u8,
         value: Option<&[u8]>,
+    ) -> PyResult<Option<keystate::Decoded>> {
+        let Some(bytes) = value else {
+            return Ok(None);
+        };
+        let d = keystate::decode_value(bytes, &self.plan, self.spec_id, key).py_err()?;
+        if let (Some(d), Some(z)) = (&d, zone_of(at_zone)) {
+            self.check_zone(z, d.header.zone, "at")?;
+        }
+        Ok(d)
+    }
+
+    /// Features of a decoded state (None: no stored state) at `t` into `out`, the strings of
+    /// its string features into `texts`: the in-process engine's `get` code
+    /// ([`answer`], [`keystate::texts`]). The watermark the value was written at.
+    fn evaluate(
+        &self,
+        d: Option<&keystate::Decoded>,
+        t: i64,
         out: &mut [f64],
         mask: Option<&[bool]>,
+        texts: &mut Vec<Option<String>>,
     ) -> PyResult<Option<i64>> {
-        match value {
-            None => {
-                answer(&self.plan, None, t, out, mask).py_err()?;
-                Ok(None)
-            }
-            Some(bytes) => {
-                let Some(d) =
-                    keystate::decode_value(bytes, &self.plan, self.spec_id, key).py_err()?
-                else {
-                    // only delta segments (the base expired): no stored state
-                    answer(&self.plan, None, t, out, mask).py_err()?;
-                    return Ok(None);
-                };
-                if let Some(z) = zone_of(at_zone) {
-                    self.check_zone(z, d.header.zone, "at")?;
-                }
-                answer(&self.plan, Some(&d.state), t, out, mask).py_err()?;
-                Ok(Some(d.header.watermark))
-            }
+        let state = d.map(|d| &d.state);
+        answer(&self.plan, state, t, out, mask).py_err()?;
+        if self.plan.has_text() {
+            keystate::texts(&self.plan, state, out, texts);
         }
+        Ok(d.map(|d| d.header.watermark))
     }
 
     /// Decode and evaluate a batch without the GIL (across the pool's threads from 32 keys),
-    /// then check, in key order, what [`Self::evaluate`] checks: the features as one column
-    /// per feature and each key's watermark.
+    /// then check, in key order, what [`Self::state_of`] and [`Self::evaluate`] check: the
+    /// features as one column per feature, the string features' columns, and each key's
+    /// watermark.
     fn evaluate_many(
         &self,
         py: Python<'_>,
@@ -210,22 +216,33 @@ impl PyRemoteReader {
         zones: &[u8],
         values: &[Option<&[u8]>],
     ) -> PyResult<Evaluated> {
-        type One = crate::error::Result<(Option<i64>, u8, crate::error::Result<()>)>;
+        /// (watermark, clock of the stored events, the answer, its strings)
+        type One = crate::error::Result<(
+            Option<i64>,
+            u8,
+            crate::error::Result<()>,
+            Vec<Option<String>>,
+        )>;
         let nf = self.plan.n_features().max(1);
         let plan = &*self.plan;
         let spec_id = self.spec_id;
+        let has_text = plan.has_text();
         let one = |k: &PyKey, t: i64, v: &Option<&[u8]>, out: &mut [f64]| -> One {
-            match v {
-                None => Ok((None, ZONE_UNKNOWN, answer(plan, None, t, out, None))),
-                Some(b) => match keystate::decode_value(b, plan, spec_id, k.as_ref())? {
-                    Some(d) => {
-                        let r = answer(plan, Some(&d.state), t, out, None);
-                        Ok((Some(d.header.watermark), d.header.zone, r))
-                    }
-                    // only delta segments (the base expired): no stored state
-                    None => Ok((None, ZONE_UNKNOWN, answer(plan, None, t, out, None))),
-                },
+            let d = match v {
+                None => None,
+                // None again for only delta segments (the base expired): no stored state
+                Some(b) => keystate::decode_value(b, plan, spec_id, k.as_ref())?,
+            };
+            let state = d.as_ref().map(|d| &d.state);
+            let answered = answer(plan, state, t, out, None);
+            let mut texts = Vec::new();
+            if has_text && answered.is_ok() {
+                keystate::texts(plan, state, out, &mut texts);
             }
+            let (wm, zone) = d.as_ref().map_or((None, ZONE_UNKNOWN), |d| {
+                (Some(d.header.watermark), d.header.zone)
+            });
+            Ok((wm, zone, answered, texts))
         };
         let (flat, results) = py.detach(|| {
             use rayon::prelude::*;
@@ -245,13 +262,18 @@ impl PyRemoteReader {
             };
             (flat, results)
         });
+        let nt = self.plan.outputs.iter().filter(|o| o.text).count();
+        let mut text_cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(keys.len()); nt];
         let mut wms = Vec::with_capacity(keys.len());
         for (r, &at_zone) in results.into_iter().zip(zones) {
-            let (wm, stored, answered) = r.py_err()?;
+            let (wm, stored, answered, texts) = r.py_err()?;
             if let (Some(z), Some(_)) = (zone_of(at_zone), wm) {
                 self.check_zone(z, stored, "at")?;
             }
             answered.py_err()?;
+            for (c, s) in text_cols.iter_mut().zip(texts) {
+                c.push(s);
+            }
             wms.push(wm);
         }
         let mut cols = vec![Vec::with_capacity(keys.len()); nf];
@@ -260,13 +282,145 @@ impl PyRemoteReader {
                 c.push(*v);
             }
         }
-        Ok((cols, wms))
+        Ok((cols, text_cols, wms))
     }
 
-    fn row_dict<'py>(&self, py: Python<'py>, values: &[f64]) -> PyResult<Bound<'py, PyDict>> {
-        super::engine::row_dict(py, &self.template, &self.names, &self.plan, values, &[])
+    fn row_dict<'py>(
+        &self,
+        py: Python<'py>,
+        values: &[f64],
+        texts: &[Option<String>],
+    ) -> PyResult<Bound<'py, PyDict>> {
+        super::engine::row_dict(py, &self.template, &self.names, &self.plan, values, texts)
+    }
+
+    /// `get` of `key` at `t` from its stored value: `(dict, watermark)`.
+    fn get_of<'py>(
+        &self,
+        py: Python<'py>,
+        k: KeyRef<'_>,
+        t: i64,
+        zone: u8,
+        value: Option<&[u8]>,
+    ) -> PyResult<(Bound<'py, PyDict>, Option<i64>)> {
+        let d = self.state_of(k, zone, value)?;
+        let mut out = vec![0f64; self.plan.n_features()];
+        let mut texts = Vec::new();
+        let wm = self.evaluate(d.as_ref(), t, &mut out, None, &mut texts)?;
+        Ok((self.row_dict(py, &out, &texts)?, wm))
+    }
+
+    /// `vector` of `key` at `t` from its stored value, decoded once: `(vector, the `get` dict
+    /// with `with_features`, watermark)`, both answers from the same state.
+    #[allow(clippy::too_many_arguments)]
+    fn vector_of<'py>(
+        &self,
+        py: Python<'py>,
+        k: KeyRef<'_>,
+        t: i64,
+        zone: u8,
+        value: Option<&[u8]>,
+        transforms: &Bound<'py, PyTransforms>,
+        fields: Option<&Bound<'py, PyAny>>,
+        with_features: bool,
+    ) -> PyResult<VectorAnswer<'py>> {
+        let d = self.state_of(k, zone, value)?;
+        let d = d.as_ref();
+        let tf = transforms.get();
+        let held = self.zone.load(Ordering::Acquire);
+        let clock = |name: &str, z: Zone| self.check_zone(z, held, name);
+        let mut buf = vec![0f64; self.plan.n_features()];
+        let mut texts = Vec::new();
+        let changed = || {
+            errors::to_py(Error::Query(
+                "vector: transforms changed while reading".into(),
+            ))
+        };
+        let (vec, wm) = if with_features {
+            // every feature (the dict needs them all): no slot check needed
+            let wm = self.evaluate(d, t, &mut buf, None, &mut texts)?;
+            let vec = super::transforms::vector_with_features(
+                py, tf, &self.plan, fields, &buf, &texts, None, &clock,
+            )?
+            .ok_or_else(changed)?;
+            (vec, wm)
+        } else {
+            let slots = super::transforms::row_slots(py, tf, &self.plan);
+            let wm = self.evaluate(d, t, &mut buf, Some(slots.mask()), &mut texts)?;
+            let vec = match super::transforms::vector_with_features(
+                py,
+                tf,
+                &self.plan,
+                fields,
+                &buf,
+                &texts,
+                Some(&slots),
+                &clock,
+            )? {
+                Some(v) => v,
+                None => {
+                    // the transforms were refit meanwhile: every feature, then apply
+                    self.evaluate(d, t, &mut buf, None, &mut texts)?;
+                    super::transforms::vector_with_features(
+                        py, tf, &self.plan, fields, &buf, &texts, None, &clock,
+                    )?
+                    .ok_or_else(changed)?
+                }
+            };
+            (vec, wm)
+        };
+        let feats = if with_features {
+            Some(self.row_dict(py, &buf, &texts)?)
+        } else {
+            None
+        };
+        Ok((vec, feats, wm))
+    }
+
+    /// The engine keys, instants and clocks of a `get_many` (checked like the engine's).
+    fn keys_and_times(
+        &self,
+        keys: &Bound<'_, PyAny>,
+        at: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(Vec<PyKey>, Vec<i64>, Vec<u8>)> {
+        let entity = &self.plan.spec.entity;
+        let keys: Vec<PyKey> = keys
+            .try_iter()?
+            .map(|k| k.and_then(|k| convert::entity_key(&k, entity).py_err()))
+            .collect::<PyResult<_>>()?;
+        for k in &keys {
+            self.check_kind(self.kind_of(k.as_ref()))?;
+        }
+        let (times, zones): (Vec<i64>, Vec<u8>) = match at {
+            Some(a) if a.is_instance_of::<PyList>() || a.is_instance_of::<PyTuple>() => {
+                let ts: Vec<(i64, u8)> = a
+                    .try_iter()?
+                    .map(|t| t.and_then(|t| self.instant(Some(&t))))
+                    .collect::<PyResult<_>>()?;
+                if ts.len() != keys.len() {
+                    return Err(errors::query_error(format!(
+                        "at: {} instants for {} keys (give one instant, or one per key)",
+                        ts.len(),
+                        keys.len()
+                    )));
+                }
+                ts.into_iter().unzip()
+            }
+            other => {
+                let (t, z) = self.instant(other)?;
+                (vec![t; keys.len()], vec![z; keys.len()])
+            }
+        };
+        Ok((keys, times, zones))
     }
 }
+
+/// A `vector` answer: the vector, the features dict (when asked for), the watermark.
+type VectorAnswer<'py> = (
+    Bound<'py, numpy::PyArray1<f64>>,
+    Option<Bound<'py, PyDict>>,
+    Option<i64>,
+);
 
 fn bytes_of<'a>(v: &'a Option<Bound<'_, PyAny>>) -> PyResult<Option<&'a [u8]>> {
     match v {
@@ -283,18 +437,6 @@ impl PyRemoteReader {
     #[new]
     fn new(py: Python<'_>, spec: &Bound<'_, PySpec>, ns: String, spec_id: u64) -> PyResult<Self> {
         let plan = Arc::clone(&spec.get().plan);
-        if let Some(f) = plan
-            .spec
-            .features
-            .iter()
-            .zip(&plan.outputs)
-            .find(|(_, o)| o.text)
-        {
-            return Err(errors::to_py(Error::spec(
-                &f.0.name,
-                "is a string feature (min/max/first/last of a string_columns column): a remote reader does not serve string features yet; read it from the engine",
-            )));
-        }
         let names: Vec<Py<PyString>> = plan
             .spec
             .features
@@ -375,34 +517,7 @@ impl PyRemoteReader {
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyList>, Vec<i64>, Vec<u8>)> {
         entry(None, || {
-            let entity = &self.plan.spec.entity;
-            let keys: Vec<PyKey> = keys
-                .try_iter()?
-                .map(|k| k.and_then(|k| convert::entity_key(&k, entity).py_err()))
-                .collect::<PyResult<_>>()?;
-            for k in &keys {
-                self.check_kind(self.kind_of(k.as_ref()))?;
-            }
-            let (times, zones): (Vec<i64>, Vec<u8>) = match at {
-                Some(a) if a.is_instance_of::<PyList>() || a.is_instance_of::<PyTuple>() => {
-                    let ts: Vec<(i64, u8)> = a
-                        .try_iter()?
-                        .map(|t| t.and_then(|t| self.instant(Some(&t))))
-                        .collect::<PyResult<_>>()?;
-                    if ts.len() != keys.len() {
-                        return Err(errors::query_error(format!(
-                            "at: {} instants for {} keys (give one instant, or one per key)",
-                            ts.len(),
-                            keys.len()
-                        )));
-                    }
-                    ts.into_iter().unzip()
-                }
-                other => {
-                    let (t, z) = self.instant(other)?;
-                    (vec![t; keys.len()], vec![z; keys.len()])
-                }
-            };
+            let (keys, times, zones) = self.keys_and_times(keys, at)?;
             let names = PyList::empty(py);
             for k in &keys {
                 names.append(PyBytes::new(py, &keystate::store_key(&self.ns, k.as_ref())))?;
@@ -423,11 +538,7 @@ impl PyRemoteReader {
     ) -> PyResult<(Bound<'py, PyDict>, Option<i64>)> {
         entry(None, || {
             let k = self.key(key)?;
-            let k = k.as_ref();
-            let v = bytes_of(&value)?;
-            let mut out = vec![0f64; self.plan.n_features()];
-            let wm = self.evaluate(k, t, zone, v, &mut out, None)?;
-            Ok((self.row_dict(py, &out)?, wm))
+            self.get_of(py, k.as_ref(), t, zone, bytes_of(&value)?)
         })
     }
 
@@ -458,16 +569,17 @@ impl PyRemoteReader {
             }
             let values: Vec<Option<&[u8]>> =
                 values.iter().map(bytes_of).collect::<PyResult<_>>()?;
-            let (cols, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
+            let (cols, texts, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
             Ok((
-                engine::features_table(py, &self.plan, &keys, cols, Vec::new())?,
+                engine::features_table(py, &self.plan, &keys, cols, texts)?,
                 wms,
             ))
         })
     }
 
-    /// `OnlineEngine.vector` over a stored value: `(vector, watermark of the value or None)`.
-    #[pyo3(signature = (key, t, zone, value, transforms, fields=None))]
+    /// `OnlineEngine.vector` over a stored value: `(vector, the features dict with
+    /// with_features else None, watermark of the value or None)`, decoded once.
+    #[pyo3(signature = (key, t, zone, value, transforms, fields=None, with_features=false))]
     #[allow(clippy::too_many_arguments)]
     fn vector<'py>(
         &self,
@@ -478,49 +590,21 @@ impl PyRemoteReader {
         value: Option<Bound<'py, PyAny>>,
         transforms: &Bound<'py, PyTransforms>,
         fields: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<(Bound<'py, numpy::PyArray1<f64>>, Option<i64>)> {
+        with_features: bool,
+    ) -> PyResult<VectorAnswer<'py>> {
         entry(None, || {
             let k = self.key(key)?;
-            let k = k.as_ref();
             let v = bytes_of(&value)?;
-            let tf = transforms.get();
-            let held = self.zone.load(Ordering::Acquire);
-            let clock = |name: &str, z: Zone| self.check_zone(z, held, name);
-            let slots = super::transforms::row_slots(py, tf, &self.plan);
-            let mut buf = vec![0f64; self.plan.n_features()];
-            let wm = self.evaluate(k, t, zone, v, &mut buf, Some(slots.mask()))?;
-            let vec = match super::transforms::vector_with_features(
+            self.vector_of(
                 py,
-                tf,
-                &self.plan,
+                k.as_ref(),
+                t,
+                zone,
+                v,
+                transforms,
                 fields,
-                &buf,
-                &[],
-                Some(&slots),
-                &clock,
-            )? {
-                Some(v) => v,
-                None => {
-                    // the transforms were refit meanwhile: every feature, then apply
-                    self.evaluate(k, t, zone, v, &mut buf, None)?;
-                    super::transforms::vector_with_features(
-                        py,
-                        tf,
-                        &self.plan,
-                        fields,
-                        &buf,
-                        &[],
-                        None,
-                        &clock,
-                    )?
-                    .ok_or_else(|| {
-                        errors::to_py(Error::Query(
-                            "vector: transforms changed while reading".into(),
-                        ))
-                    })?
-                }
-            };
-            Ok((vec, wm))
+                with_features,
+            )
         })
     }
 
@@ -547,20 +631,17 @@ impl PyRemoteReader {
     ) -> PyResult<(Bound<'py, PyDict>, Option<i64>)> {
         entry(None, || {
             let k = self.key(key)?;
-            let k = k.as_ref();
             let (t, z) = self.instant(at)?;
-            let name = keystate::store_key(&self.ns, k);
+            let name = keystate::store_key(&self.ns, k.as_ref());
             let values = self.fetch(py, conn.get(), vec![name])?;
-            let k = self.key(key)?; // against the key kind just learned
-            let k = k.as_ref();
-            let mut out = vec![0f64; self.plan.n_features()];
+            self.check_kind(self.kind_of(k.as_ref()))?; // against the key kind just learned
             let value = values.into_iter().next().flatten();
-            let wm = self.evaluate(k, t, z, value.as_deref(), &mut out, None)?;
-            Ok((self.row_dict(py, &out)?, wm))
+            self.get_of(py, k.as_ref(), t, z, value.as_deref())
         })
     }
 
-    /// `get_many` through the Rust client: one MGET.
+    /// `get_many` through the Rust client: one MGET, no Python object per key before the
+    /// answer's table.
     #[pyo3(signature = (conn, keys, at=None))]
     fn fetch_get_many<'py>(
         &self,
@@ -570,38 +651,35 @@ impl PyRemoteReader {
         at: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyAny>, Vec<Option<i64>>)> {
         entry(None, || {
-            let (names, times, zones) = self.prepare_many(py, keys, at)?;
-            let keys: Vec<PyKey> = keys
-                .try_iter()?
-                .map(|k| k.and_then(|k| convert::entity_key(&k, &self.plan.spec.entity).py_err()))
-                .collect::<PyResult<_>>()?;
-            let names: Vec<Vec<u8>> = names
+            let (keys, times, zones) = self.keys_and_times(keys, at)?;
+            let names: Vec<Vec<u8>> = keys
                 .iter()
-                .map(|n| Ok::<_, PyErr>(n.cast::<PyBytes>()?.as_bytes().to_vec()))
-                .collect::<PyResult<_>>()?;
+                .map(|k| keystate::store_key(&self.ns, k.as_ref()))
+                .collect();
             let values = if names.is_empty() {
                 Vec::new()
             } else {
                 self.fetch(py, conn.get(), names)?
             };
-            if values.len() != keys.len() || times.len() != keys.len() || zones.len() != keys.len()
-            {
+            if values.len() != keys.len() {
                 return Err(RedisIoError::new_err("redis: a reply of the wrong length"));
             }
             for k in &keys {
                 self.check_kind(self.kind_of(k.as_ref()))?; // against the key kind just learned
             }
             let values: Vec<Option<&[u8]>> = values.iter().map(|v| v.as_deref()).collect();
-            let (cols, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
+            let (cols, texts, wms) = self.evaluate_many(py, &keys, &times, &zones, &values)?;
             Ok((
-                engine::features_table(py, &self.plan, &keys, cols, Vec::new())?,
+                engine::features_table(py, &self.plan, &keys, cols, texts)?,
                 wms,
             ))
         })
     }
 
-    /// `vector` through the Rust client.
-    #[pyo3(signature = (conn, key, transforms, fields=None, at=None))]
+    /// `vector` through the Rust client: one round trip (GET), the value decoded once;
+    /// `(vector, the features dict with with_features else None, watermark)`.
+    #[pyo3(signature = (conn, key, transforms, fields=None, at=None, with_features=false))]
+    #[allow(clippy::too_many_arguments)]
     fn fetch_vector<'py>(
         &self,
         py: Python<'py>,
@@ -610,18 +688,26 @@ impl PyRemoteReader {
         transforms: &Bound<'py, PyTransforms>,
         fields: Option<&Bound<'py, PyAny>>,
         at: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<(Bound<'py, numpy::PyArray1<f64>>, Option<i64>)> {
+        with_features: bool,
+    ) -> PyResult<VectorAnswer<'py>> {
         entry(None, || {
             let k = self.key(key)?;
-            let k = k.as_ref();
             let (t, z) = self.instant(at)?;
-            let name = keystate::store_key(&self.ns, k);
-            let mut values = self.fetch(py, conn.get(), vec![name])?;
-            let value = values
-                .pop()
-                .flatten()
-                .map(|v| PyBytes::new(py, &v).into_any());
-            self.vector(py, key, t, z, value, transforms, fields)
+            let name = keystate::store_key(&self.ns, k.as_ref());
+            let values = self.fetch(py, conn.get(), vec![name])?;
+            self.check_kind(self.kind_of(k.as_ref()))?; // against the key kind just learned
+            let value = values.into_iter().next().flatten();
+            let k = k.as_ref();
+            self.vector_of(
+                py,
+                k,
+                t,
+                z,
+                value.as_deref(),
+                transforms,
+                fields,
+                with_features,
+            )
         })
     }
 

@@ -7,6 +7,7 @@ swept; the refusals; a string window feature in `vector`."""
 from __future__ import annotations
 
 import random
+import types
 
 import pyarrow as pa
 import pytest
@@ -258,9 +259,11 @@ def test_refusals_are_typed_and_name_the_column():
     # a pandas NaN in the string column is null, as in every other string column
     eng.ingest({"key": 1, "ts": ns_to_datetime(BASE), "s": float("nan"), "x": 1.0})
     assert eng.get(1, at=ns_to_datetime(BASE + S))["s_last"] is None
-    # a remote reader does not serve string features yet: refused, naming the feature
-    with raises(rtml.SpecError, "s_min", "remote reader"):
-        rtml.RemoteEngine(fs, client=object())
+    # a remote reader serves string features too (through Redis:
+    # tests/python/test_shared_state_reads.py); a store holding nothing answers unknown keys
+    empty = types.SimpleNamespace(mget=lambda names: [None] * len(names), get=lambda name: None)
+    at = ns_to_datetime(BASE + S)
+    assert rtml.RemoteEngine(fs, client=empty).get(2, at=at) == fs.online().get(2, at=at)
     assert fs.string_columns == ["s"]
     assert "string_columns=['s']" in repr(fs)
     assert rtml.FeatureSet.from_json(fs.to_json()) == fs
