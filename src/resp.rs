@@ -191,9 +191,15 @@ pub fn parse(b: &[u8]) -> io::Result<Option<(Reply, usize)>> {
 /// One connection. Any I/O error leaves it unusable: drop it and connect again.
 pub struct Conn {
     stream: TcpStream,
+    /// Received bytes at `start..end`; the rest is room for the next read (zeroed once when
+    /// the buffer grows, not before every read).
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
+
+/// Room a read asks the socket to fill at least.
+const READ_ROOM: usize = 64 * 1024;
 
 impl Conn {
     /// Connect, authenticate and select the database, all before `deadline`.
@@ -213,8 +219,9 @@ impl Conn {
         stream.set_nodelay(true)?;
         let mut c = Conn {
             stream,
-            buf: Vec::with_capacity(16 * 1024),
+            buf: Vec::new(),
             start: 0,
+            end: 0,
         };
         let mut setup = Vec::new();
         let mut n = 0;
@@ -253,37 +260,36 @@ impl Conn {
         loop {
             // parse only a complete reply: a partial one would be parsed (and its bulk
             // strings copied) again after every read
-            let pending = &self.buf[self.start..];
+            let pending = self.buf.get(self.start..self.end).unwrap_or_default();
             let complete = reply_len(pending)?.is_some();
             if let Some((r, used)) = if complete { parse(pending)? } else { None } {
                 self.start += used;
-                if self.start == self.buf.len() {
-                    self.buf.clear();
+                if self.start == self.end {
                     self.start = 0;
+                    self.end = 0;
                 }
                 return Ok(r);
             }
             if self.start > 0 {
-                self.buf.drain(..self.start);
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
                 self.start = 0;
             }
+            if self.buf.len() - self.end < READ_ROOM {
+                self.buf.resize(self.end + READ_ROOM.max(self.end), 0);
+            }
             self.stream.set_read_timeout(Some(remaining(deadline)?))?;
-            let len = self.buf.len();
-            self.buf.resize(len + 64 * 1024, 0);
-            let got = self.stream.read(&mut self.buf[len..]);
-            match got {
+            match self.stream.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
-                    self.buf.truncate(len);
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
                         "connection closed by the server",
                     ));
                 }
-                Ok(k) => self.buf.truncate(len + k),
+                Ok(k) => self.end += k,
                 // a signal interrupted the wait (a profiler, SIGCHLD, ...): wait again
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.buf.truncate(len),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.buf.truncate(len);
                     return Err(match e.kind() {
                         io::ErrorKind::WouldBlock => timed_out(),
                         _ => e,
