@@ -17,7 +17,7 @@ import rtml
 import rtml.sources
 from rtml.runner import Runner
 
-from services import redis_server, require_module  # noqa: F401
+from services import free_port, redis_server, require_module  # noqa: F401
 from stream_helpers import LATENESS_S, NS, T0, feature_set, workload
 
 redis = require_module("redis")
@@ -126,6 +126,24 @@ def test_vector_with_features_is_one_fetch_equal_to_get_vector_and_the_engine(
             remote.vector(key, tf, fl, at=at, with_features=True)
         assert str(rem.value) == str(local.value)
     remote.close()
+
+
+def test_vector_with_features_falls_back_like_vector_and_get():
+    # Redis unreachable: without a fallback the typed error; with one, the fallback's vector
+    # and features, watermark None
+    fs = feature_set()
+    events = workload(500, 10, seed=2)
+    eng = fs.online(events)
+    tf = rtml.Transforms([rtml.log1p("amount_sum_1h"), rtml.passthrough("count_1h")])
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    at = ts(eng.watermark + NS)
+    with pytest.raises(rtml.RemoteUnavailableError):
+        rtml.RemoteEngine(fs, url).vector(0, tf, {}, at=at, with_features=True)
+    remote = rtml.RemoteEngine(fs, url, fallback=eng)
+    vec, row, w = remote.vector(0, tf, {}, at=at, with_features=True, with_watermark=True)
+    assert w is None
+    assert vec.tobytes() == eng.vector(0, tf, {}, at=at).tobytes()
+    assert enc(row) == enc(eng.get(0, at=at))
 
 
 def string_feature_set() -> rtml.FeatureSet:
