@@ -160,6 +160,9 @@ def main() -> int:
             "get": lat(lambda i: remote.get(q[i], at=at), len(q)),
             "get_many_100": lat(lambda i: remote.get_many(batches[i], at=at), len(batches)),
             "vector": lat(lambda i: remote.vector(q[i], tf, None, at=at), len(q)),
+            # the vector and get's dict from one fetched value (a replica's /predict)
+            "vector_with_features": lat(
+                lambda i: remote.vector(q[i], tf, None, at=at, with_features=True), len(q)),
         }
         engines = runner.engines
         of = {k: engines[rtml.sources.partition_of(k, args.partitions)] for k in set(q)}

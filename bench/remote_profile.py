@@ -3,14 +3,19 @@ batch read, independent of the machine's load). Two steps against a redis-server
 
     redis-server --port 6399 --save '' --daemonize yes
     python bench/remote_profile.py --port 6399 --setup            # a runner publishes the state
-    valgrind --tool=callgrind --collect-atstart=no \
-        --toggle-collect='*__pymethod_fetch_get_many__*' \
-        python bench/remote_profile.py --port 6399 --loops 50      # only the reads are counted
+    PY=$(python -c 'import sys; print(sys.executable)')            # not a pyenv shim: valgrind
+    # the whole process (every thread), as the difference of two runs, per get_many:
+    #   (Ir(--loops 100) - Ir(--loops 0)) / 100
+    RTML_NUM_THREADS=1 valgrind --tool=callgrind $PY bench/remote_profile.py --port 6399 --loops 100
+    RTML_NUM_THREADS=1 valgrind --tool=callgrind $PY bench/remote_profile.py --port 6399 --loops 0
+    # the calling thread only (round trip, reply parsing, keys, the table; the values are
+    # decoded and evaluated on the pool's threads from 32 keys), over loops + 1 calls:
+    RTML_NUM_THREADS=1 valgrind --tool=callgrind --collect-atstart=no \
+        --toggle-collect='*__pymethod_fetch_get_many__*' $PY bench/remote_profile.py --port 6399
 
-The setup publishes the benchmark workload (bench/common.py: the 18-feature set) under the
-prefix ``prof``; the read step runs `--loops` batches of 100 random keys (seeded), after one
-batch not counted (the connection and the info record). Divide the counted instructions
-(``callgrind_annotate``'s total) by `--loops` for the cost of one get_many(100).
+The setup publishes the benchmark workload (bench/common.py: the 18-feature set, 200k events
+over 20k keys) under the prefix ``prof``; the read step runs `--loops` batches of 100 random
+keys (seeded) after one more batch (the connection and the info record).
 """
 
 from __future__ import annotations

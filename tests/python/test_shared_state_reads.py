@@ -16,7 +16,6 @@ import pytest
 import rtml
 import rtml.sources
 from rtml.runner import Runner
-
 from services import free_port, redis_server, require_module  # noqa: F401
 from stream_helpers import LATENESS_S, NS, T0, feature_set, workload
 
