@@ -365,4 +365,63 @@ mod tests {
         assert!(parse(b"$3\r\nabcXY").is_err());
         assert!(parse(b":12a\r\n").is_err());
     }
+
+    /// Replies cut at every kind of place across socket reads (a byte at a time, two replies in
+    /// one write, a bulk string larger than the read buffer) read back as sent, in order.
+    #[test]
+    fn replies_across_reads_and_buffer_growth() {
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = Vec::new();
+        wire.extend_from_slice(b":1\r\n+OK\r\n");
+        let mut expect = vec![Reply::Int(1), Reply::Status("OK".into())];
+        let mut arr = Vec::new();
+        pack(&mut arr, &[b"a", &big[..5000], b"", &big]);
+        wire.extend_from_slice(&arr);
+        expect.push(Reply::Array(vec![
+            Reply::Bulk(b"a".to_vec()),
+            Reply::Bulk(big[..5000].to_vec()),
+            Reply::Bulk(Vec::new()),
+            Reply::Bulk(big.clone()),
+        ]));
+        wire.extend_from_slice(b"$-1\r\n:7\r\n");
+        expect.extend([Reply::Nil, Reply::Int(7)]);
+        let sender = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            // the first 64 bytes one at a time, then growing pieces
+            let mut at = 0;
+            let mut step = 1;
+            while at < wire.len() {
+                let end = (at + step).min(wire.len());
+                s.write_all(&wire[at..end]).unwrap();
+                s.flush().unwrap();
+                at = end;
+                if at >= 64 {
+                    step = (step * 3).min(40_000);
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            // hold the connection open until the reader is done
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b);
+        });
+        let target = Target {
+            host: "127.0.0.1".into(),
+            port,
+            db: 0,
+            username: None,
+            password: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut c = Conn::connect(&target, deadline).unwrap();
+        for want in &expect {
+            assert_eq!(&c.read(deadline).unwrap(), want);
+        }
+        assert_eq!((c.start, c.end), (0, 0));
+        drop(c);
+        sender.join().unwrap();
+    }
 }
