@@ -941,7 +941,7 @@ class LabelJoin:
                 if all(isinstance(c, int) for c in self._classes)
                 else np.array(self._classes, dtype=object)
             )
-            y = labels[y.astype(np.int64)]
+            return Examples(ids, at, rel, X, labels[y.astype(np.int64)], to)
         return Examples(ids, at, rel, X, y, to)
 
     def stats(self) -> dict[str, Any]:

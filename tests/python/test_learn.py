@@ -618,9 +618,8 @@ def test_label_join_reads_version_2_snapshots():
     assert ids == [3, "s4", 9, 12, 8, 10, 11, 13]
     assert release == [40, 45, 160, 197, 228, 230, 231, 233]
     assert y == [1.0, 0.0, 0.0, 1.0, -1.0, -1.0, -1.0, -1.0]
-    released, unknown = "was already released with its label", (
-        "is unknown (never served, or forgotten after its wait)"
-    )
+    released = "was already released with its label"
+    unknown = "is unknown (never served, or forgotten after its wait)"
     assert told == [
         "was evicted (max_pending reached)",
         "accepted",
