@@ -651,8 +651,9 @@ _MULTICLASS_MAGIC = b"rtml.MulticlassMetrics/1\n"
 
 class MulticlassMetrics:
     """Progressive-validation metrics of a :class:`Softmax` over a rolling event-time window
-    (None: everything): log loss (``-ln`` of the probability given to the true class) and
-    accuracy (the most probable class, the first on ties, is the true one).
+    (None: everything): log loss (``-ln`` of the probability given to the true class),
+    accuracy (the most probable class, the first on ties, is the true one) and the one-vs-rest
+    macro AUC (:meth:`auc`).
 
     >>> import rtml.learn as rl
     >>> m = rl.MulticlassMetrics()
@@ -683,6 +684,21 @@ class MulticlassMetrics:
     def accuracy(self) -> Optional[float]:
         return self._m.accuracy()
 
+    def auc(self) -> Optional[float]:
+        """One-vs-rest macro ROC AUC over the window (ties count half), as scikit-learn's
+        ``roc_auc_score(y, p, multi_class="ovr", average="macro")``; None unless every class
+        occurs in the window (or while rows restored from a snapshot written before session 9,
+        which lacks the probabilities, are in it).
+
+        >>> import rtml.learn as rl
+        >>> m = rl.MulticlassMetrics()
+        >>> p = [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [0.5, 0.2, 0.3]]
+        >>> m.add_many([1, 2, 3, 4], p, [0, 1, 2, 1])
+        >>> round(m.auc(), 4)
+        0.8333
+        """
+        return self._m.auc()
+
     @property
     def count(self) -> int:
         """Rows in the window."""
@@ -699,6 +715,7 @@ class MulticlassMetrics:
             "seen": self.seen,
             "log_loss": self.log_loss(),
             "accuracy": self.accuracy(),
+            "auc": self.auc(),
         }
 
     def to_bytes(self) -> bytes:

@@ -603,6 +603,9 @@ impl PyMulticlassMetrics {
     fn accuracy(&self, py: Python<'_>) -> Option<f64> {
         lock(py, &self.inner).accuracy()
     }
+    fn auc(&self, py: Python<'_>) -> Option<f64> {
+        lock(py, &self.inner).auc()
+    }
     #[getter]
     fn count(&self, py: Python<'_>) -> usize {
         lock(py, &self.inner).count()
