@@ -504,6 +504,50 @@ mod tests {
     }
 
     #[test]
+    fn multiclass_auc_is_the_mean_of_the_one_vs_rest_pair_counts() {
+        // the obvious definition: for class k, the share of (positive, negative) pairs the
+        // positive outscores on p_k, ties half; averaged over the classes
+        let rows: Vec<(i64, [f64; 3], usize)> = (0..40)
+            .map(|i: i64| {
+                let a = ((i * 7) % 5) as f64 / 10.0; // coarse: many ties
+                let b = ((i * 3) % 4) as f64 / 10.0;
+                (i, [a, b, 1.0 - a - b], ((i * 5 + i / 3) % 3) as usize)
+            })
+            .collect();
+        let pairs = |rows: &[(i64, [f64; 3], usize)]| {
+            let mut sum = 0.0;
+            for k in 0..3 {
+                let (mut wins, mut n) = (0.0, 0.0);
+                for p in rows.iter().filter(|r| r.2 == k) {
+                    for q in rows.iter().filter(|r| r.2 != k) {
+                        n += 1.0;
+                        wins += match p.1[k].partial_cmp(&q.1[k]).unwrap() {
+                            std::cmp::Ordering::Greater => 1.0,
+                            std::cmp::Ordering::Equal => 0.5,
+                            std::cmp::Ordering::Less => 0.0,
+                        };
+                    }
+                }
+                sum += wins / n;
+            }
+            sum / 3.0
+        };
+        let mut all = ProgressiveMulticlass::new(None).unwrap();
+        let mut windowed = ProgressiveMulticlass::new(Some(15)).unwrap();
+        for (t, p, y) in &rows {
+            all.add(*t, p, *y);
+            windowed.add(*t, p, *y);
+        }
+        assert!((all.auc().unwrap() - pairs(&rows)).abs() < 1e-12);
+        assert!((windowed.auc().unwrap() - pairs(&rows[25..])).abs() < 1e-12);
+        // a class missing from the window: None
+        let mut two = ProgressiveMulticlass::new(None).unwrap();
+        two.add(1, &[0.5, 0.3, 0.2], 0);
+        two.add(2, &[0.2, 0.5, 0.3], 1);
+        assert_eq!(two.auc(), None);
+    }
+
+    #[test]
     fn snapshots_refuse_damage_and_the_other_kind() {
         let mut m = ProgressiveMulticlass::new(None).unwrap();
         m.add(1, &[0.2, 0.5, 0.3], 1);
