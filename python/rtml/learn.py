@@ -343,6 +343,24 @@ class LinearRegression(_Linear):
     _loss: Literal["logistic", "squared"] = "squared"
 
 
+def _class_labels(classes: Any) -> list[Union[int, str]]:
+    """`classes` as :class:`Softmax` takes them (a number of classes, or a list of ints /
+    strs) -> the list of class labels; anything else raises ``rtml.SpecError``. (Distinct and
+    at least 2: checked by the Rust model.)"""
+    if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool):
+        return list(range(int(classes)))
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise SpecError(
+            f"classes: expected a number of classes or a list of ints / strs, got {classes!r}"
+        )
+    labels: list[Union[int, str]] = []
+    for c in classes:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer, str)):
+            raise SpecError(f"classes: expected ints or strs, got {c!r}")
+        labels.append(int(c) if isinstance(c, (int, np.integer)) else str(c))
+    return labels
+
+
 class Softmax:
     """Online multiclass logistic (softmax) regression: predictions are the probabilities of
     `classes` (ints or strs, in that order), labels are class labels.
@@ -378,18 +396,7 @@ class Softmax:
         power_t: float = 0.5,
     ) -> None:
         n_features = _n_features(n_features)
-        if isinstance(classes, (int, np.integer)) and not isinstance(classes, bool):
-            labels: list[Union[int, str]] = list(range(int(classes)))
-        elif isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
-            raise SpecError(
-                f"classes: expected a number of classes or a list of ints / strs, got {classes!r}"
-            )
-        else:
-            labels = []
-            for c in classes:
-                if isinstance(c, bool) or not isinstance(c, (int, np.integer, str)):
-                    raise SpecError(f"classes: expected ints or strs, got {c!r}")
-                labels.append(int(c) if isinstance(c, (int, np.integer)) else str(c))
+        labels = _class_labels(classes)
         doc = _optimizer(optimizer, alpha, beta, l1, l2, eta0, schedule, power_t)
         self._set(_core.Softmax(json.dumps(labels), doc, int(n_features)))
 
@@ -644,8 +651,9 @@ _MULTICLASS_MAGIC = b"rtml.MulticlassMetrics/1\n"
 
 class MulticlassMetrics:
     """Progressive-validation metrics of a :class:`Softmax` over a rolling event-time window
-    (None: everything): log loss (``-ln`` of the probability given to the true class) and
-    accuracy (the most probable class, the first on ties, is the true one).
+    (None: everything): log loss (``-ln`` of the probability given to the true class),
+    accuracy (the most probable class, the first on ties, is the true one) and the one-vs-rest
+    macro AUC (:meth:`auc`).
 
     >>> import rtml.learn as rl
     >>> m = rl.MulticlassMetrics()
@@ -676,6 +684,21 @@ class MulticlassMetrics:
     def accuracy(self) -> Optional[float]:
         return self._m.accuracy()
 
+    def auc(self) -> Optional[float]:
+        """One-vs-rest macro ROC AUC over the window (ties count half), as scikit-learn's
+        ``roc_auc_score(y, p, multi_class="ovr", average="macro")``; None unless every class
+        occurs in the window (or while rows restored from a snapshot written before session 9,
+        which lacks the probabilities, are in it).
+
+        >>> import rtml.learn as rl
+        >>> m = rl.MulticlassMetrics()
+        >>> p = [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [0.5, 0.2, 0.3]]
+        >>> m.add_many([1, 2, 3, 4], p, [0, 1, 2, 1])
+        >>> round(m.auc(), 4)
+        0.8333
+        """
+        return self._m.auc()
+
     @property
     def count(self) -> int:
         """Rows in the window."""
@@ -692,6 +715,7 @@ class MulticlassMetrics:
             "seen": self.seen,
             "log_loss": self.log_loss(),
             "accuracy": self.accuracy(),
+            "auc": self.auc(),
         }
 
     def to_bytes(self) -> bytes:
@@ -752,24 +776,50 @@ class LabelJoin:
     >>> ex = j.drain()
     >>> ex.request_id, ex.release.tolist(), ex.y.tolist(), ex.timed_out.tolist()
     (['r2', 'r1'], [40, 100], [1.0, 0.0], [False, True])
+
+    `classes` (as :class:`Softmax` takes them: a number of classes or a list of ints / strs)
+    makes a multiclass join: labels are class labels, `on_timeout` is "drop" or one of the
+    classes, and drained examples carry class labels (int64 when every class is an int, else
+    an object array), ready for ``Softmax.learn_many``. A label not among the classes is a bad
+    label: ``label`` raises ``rtml.SchemaError`` naming it, ``labels`` counts it.
+
+    >>> j = rl.LabelJoin(wait=100, on_timeout="other", classes=["cat", "dog", "other"])
+    >>> _ = j.serve_many(["r1", "r2"], [0, 5], [[1.0, 0.0], [0.0, 1.0]])
+    >>> j.label("r2", at=40, y="dog")
+    'accepted'
+    >>> j.advance(200)
+    >>> j.drain().y.tolist()
+    ['dog', 'other']
     """
 
-    __slots__ = ("_j", "_clock", "_n_features")
+    __slots__ = ("_j", "_clock", "_n_features", "_classes", "_index")
 
     def __init__(
         self,
         wait: Duration,
-        on_timeout: Union[str, float] = "drop",
+        on_timeout: Union[str, float, int] = "drop",
         max_pending: int = 1_000_000,
         allowed_lateness: Duration = 0,
+        *,
+        classes: Union[None, int, Sequence[Union[int, str]]] = None,
     ) -> None:
-        if on_timeout == "drop":
+        self._set_classes(None if classes is None else _class_labels(classes))
+        if isinstance(on_timeout, str) and on_timeout == "drop":  # (even if a class is "drop")
             default: Optional[float] = None
+        elif self._classes is not None:
+            i = self._class_index(on_timeout)
+            if i is None:
+                raise SpecError(
+                    f"on_timeout: expected 'drop' or one of the classes {self._classes}, "
+                    f"got {on_timeout!r}"
+                )
+            default = float(i)
         elif isinstance(on_timeout, (int, float)) and not isinstance(on_timeout, bool):
             default = float(on_timeout)
         else:
             raise SpecError(
-                f"on_timeout: expected 'drop' or a default label (number), got {on_timeout!r}"
+                f"on_timeout: expected 'drop' or a default label (number; a class label needs "
+                f"classes=...), got {on_timeout!r}"
             )
         if (
             isinstance(max_pending, bool)
@@ -785,6 +835,32 @@ class LabelJoin:
         )
         self._clock = _Clock()
         self._n_features: Optional[int] = None
+
+    def _set_classes(self, classes: Optional[list[Union[int, str]]]) -> None:
+        if classes is not None:
+            if len(classes) < 2:
+                raise SpecError(f"classes: expected at least 2 classes, got {len(classes)}")
+            if len(set(classes)) != len(classes):
+                twice = next(c for i, c in enumerate(classes) if c in classes[:i])
+                raise SpecError(f"classes: class {twice!r} is listed twice")
+        self._classes = classes
+        self._index = None if classes is None else {c: i for i, c in enumerate(classes)}
+
+    def _class_index(self, y: Any) -> Optional[int]:
+        """The index of class label `y` (None: not a class; a bool never is one)."""
+        if self._index is None or isinstance(y, (bool, np.bool_)):
+            return None
+        if isinstance(y, np.integer):
+            y = int(y)
+        try:
+            return self._index.get(y)
+        except TypeError:  # unhashable
+            return None
+
+    @property
+    def classes(self) -> Optional[list[Union[int, str]]]:
+        """The class labels of a multiclass join (None: labels are numbers)."""
+        return None if self._classes is None else list(self._classes)
 
     def _check_len(self, k: int) -> None:
         if self._n_features is None:
@@ -812,10 +888,23 @@ class LabelJoin:
         )
         return self._j.serve_many(ids, self._clock.many(at, "at"), m)
 
-    def label(self, request_id: Union[int, str], at: Instant, y: float) -> str:
+    def label(self, request_id: Union[int, str], at: Instant, y: Any) -> str:
         """One label known at event time `at`; returns "accepted", "late" or "after_wait"
-        (counted). Bad input (unknown or already released id, second label, NaN) raises
-        ``rtml.SchemaError`` naming the request id, is counted, and changes nothing else."""
+        (counted). Bad input (unknown or already released id, second label, NaN, a class not
+        among `classes`) raises ``rtml.SchemaError`` naming the request id, is counted, and
+        changes nothing else."""
+        if self._classes is not None:
+            i = self._class_index(y)
+            if i is None:
+                try:  # counted by the join as a bad label
+                    self._j.label(request_id, 0, float("nan"))
+                except SchemaError:
+                    pass
+                raise SchemaError(
+                    f"column 'label': request id {request_id!r}: unknown class {y!r} "
+                    f"(classes: {self._classes})"
+                )
+            return self._j.label(request_id, self._clock.ns(at, "at"), float(i))
         if not isinstance(y, (int, float, np.floating, np.integer)):  # bool is an int: 0 / 1
             try:  # counted by the join as a bad label, like a NaN
                 self._j.label(request_id, 0, float("nan"))
@@ -834,9 +923,21 @@ class LabelJoin:
             if isinstance(request_ids, np.ndarray) and request_ids.dtype == np.int64
             else list(request_ids)
         )
+        ys = self._class_indices(y) if self._classes is not None else y
         return self._j.labels(
-            ids, self._clock.many(at, "at"), np.ascontiguousarray(y, dtype=np.float64)
+            ids, self._clock.many(at, "at"), np.ascontiguousarray(ys, dtype=np.float64)
         )
+
+    def _class_indices(self, y: Any) -> np.ndarray:
+        """Class labels -> their indices as floats, NaN for a label not among the classes (the
+        join counts it as a bad label)."""
+        assert self._classes is not None
+        a = y if isinstance(y, np.ndarray) else np.asarray(list(y), dtype=object)
+        n = len(self._classes)
+        if a.dtype.kind in "iu" and self._classes == list(range(n)):
+            return np.where((a >= 0) & (a < n), a, np.nan).astype(np.float64)
+        idx = [self._class_index(v) for v in a.tolist()]
+        return np.array([np.nan if i is None else i for i in idx], dtype=np.float64)
 
     def advance(self, t: Instant) -> None:
         """Move the label watermark to `t` (e.g. "now" in a service whose labels are quiet)."""
@@ -851,6 +952,13 @@ class LabelJoin:
         ids, at, rel, X, y, to = self._j.drain()
         if X.shape[0] == 0 and self._n_features:
             X = X.reshape(0, self._n_features)
+        if self._classes is not None:
+            labels = (
+                np.array(self._classes, dtype=np.int64)
+                if all(isinstance(c, int) for c in self._classes)
+                else np.array(self._classes, dtype=object)
+            )
+            return Examples(ids, at, rel, X, labels[y.astype(np.int64)], to)
         return Examples(ids, at, rel, X, y, to)
 
     def stats(self) -> dict[str, Any]:
@@ -878,7 +986,10 @@ class LabelJoin:
         >>> k.label("r2", at=40, y=1.0), k.pending
         ('accepted', 2)
         """
-        head = json.dumps({"clock": self._clock.kind, "n_features": self._n_features})
+        meta: dict[str, Any] = {"clock": self._clock.kind, "n_features": self._n_features}
+        if self._classes is not None:
+            meta["classes"] = self._classes
+        head = json.dumps(meta)
         return _JOIN_MAGIC + head.encode() + b"\n" + bytes(self._j.to_bytes())
 
     @classmethod
@@ -892,11 +1003,21 @@ class LabelJoin:
         try:
             meta = json.loads(head)
             clock, n = meta["clock"], meta["n_features"]
+            classes = meta.get("classes")  # (absent before session 9, and when None)
             if clock not in (None, "naive", "aware") or not (n is None or isinstance(n, int)):
+                raise ValueError(meta)
+            if classes is not None and not (
+                isinstance(classes, list)
+                and all(isinstance(c, (int, str)) and not isinstance(c, bool) for c in classes)
+            ):
                 raise ValueError(meta)
         except (ValueError, KeyError, TypeError) as e:
             raise SnapshotError(f"label join: unreadable header ({e})") from None
         self = cls.__new__(cls)
+        try:
+            self._set_classes(classes)
+        except SpecError as e:
+            raise SnapshotError(f"label join: unreadable header ({e})") from None
         self._j = _core.LabelJoin.from_bytes(core)
         self._clock = _Clock()
         self._clock.kind = clock
@@ -909,6 +1030,7 @@ class LabelJoin:
     def __setstate__(self, state: bytes) -> None:
         other = LabelJoin.from_bytes(state)
         self._j, self._clock, self._n_features = other._j, other._clock, other._n_features
+        self._classes, self._index = other._classes, other._index
 
 
 _JOIN_MAGIC = b"rtml.LabelJoin/1\n"

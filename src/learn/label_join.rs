@@ -25,6 +25,9 @@
 
 use std::fmt;
 
+use std::hash::{Hash, Hasher};
+
+use hashbrown::hash_map::EntryRef;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
@@ -34,10 +37,22 @@ use super::release_queue::{ReleaseQueue, Run};
 use crate::error::{Error, Result};
 
 /// A request id: an integer or a string (integers order before strings).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RequestId {
     Int(i64),
     Str(String),
+}
+
+/// One write per id (the derived `Hash` also hashes the variant): an int and a string may
+/// collide, which costs a comparison, never a wrong match (`Eq` tells them apart).
+impl Hash for RequestId {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            RequestId::Int(i) => state.write_i64(*i),
+            RequestId::Str(s) => s.as_str().hash(state),
+        }
+    }
 }
 
 impl fmt::Display for RequestId {
@@ -171,8 +186,9 @@ pub struct LabelJoin {
     /// searched for or removed from the middle, and for rows and labels arriving nearly in
     /// time order a push and a pop are O(1) ([`ReleaseQueue`]).
     queue: ReleaseQueue<(i64, RequestId)>,
-    /// (until, id) of every gone id, smallest first (pushed nearly in order: rows are
-    /// released in time order). Serialized as a sorted sequence.
+    /// (until, id) of the gone ids whose deadline entry is no longer in `queue` (for the
+    /// others, that stale entry forgets them: [`LabelJoin::pop_live`]), smallest first.
+    /// Serialized as a sorted sequence.
     #[serde(with = "super::release_queue::as_sequence")]
     forget: ReleaseQueue<(i64, RequestId)>,
     watermark: Option<i64>,
@@ -313,39 +329,65 @@ impl LabelJoin {
 
     /// Remove and return the pending row released first (smallest (release time, id)), if
     /// there is one and, with `before = Some(s)`, its release time is `< s`. Its id stays in
-    /// `ids` as gone (evicted with `evict`, else released or timed out per its label) and is
-    /// queued to be forgotten at its `at + wait`. Stale queue entries met on the way are
-    /// dropped. Returns (release time, id, row).
+    /// `ids` as gone (evicted with `evict`, else released or timed out per its label) until
+    /// the settled point passes its `at + wait` (`until`). Returns (release time, id, row).
+    ///
+    /// Stale queue entries met on the way are dropped, with one exception that saves a
+    /// second queue per id: a row released at its label's time `< until` leaves its deadline
+    /// entry `(until, id)` in the queue, and that entry, when popped, *is* the id's forget
+    /// entry: it forgets the id at once when popped by a release (`before = Some(s)`, so
+    /// `until < s`), else (an eviction or a flush) it moves to `forget`. Only a row whose
+    /// live entry was its deadline entry (a timeout, or a label at `until`) is queued in
+    /// `forget` when it leaves.
     fn pop_live(&mut self, before: Option<i64>, evict: bool) -> Option<(i64, RequestId, Row)> {
+        enum Met {
+            Live { until: i64, how: Gone },
+            ForgetEntry,
+            Stale,
+        }
         loop {
             // an entry at or after `before`: every entry from there on is later, live or
             // stale, nothing to release
             let (r, id) = self.queue.pop_if(|(r, _)| before.is_none_or(|s| *r < s))?;
-            // one lookup: a live entry's row is taken and its slot turns gone; a stale one
-            // (the row was released, or its release time moved when a label attached) finds
-            // a gone slot, no slot, or another time
-            let Some(slot) = self.ids.get_mut(&id) else {
-                continue;
+            // one hash of the id: the entry found is read, turned gone or removed in place
+            let EntryRef::Occupied(mut slot) = self.ids.entry_ref(&id) else {
+                continue; // stale: the id was forgotten
             };
-            let (until, how) = match slot {
-                Slot::Pending(row) if row.release == r => (
-                    row.at.saturating_add(self.wait),
-                    if evict {
+            let met = match slot.get() {
+                Slot::Pending(row) if row.release == r => Met::Live {
+                    until: row.at.saturating_add(self.wait),
+                    how: if evict {
                         Gone::Evicted
                     } else if row.label.is_some() {
                         Gone::Released
                     } else {
                         Gone::TimedOut
                     },
-                ),
-                _ => continue,
+                },
+                // (a label entry never has r == until: a label at `until` pushes none)
+                Slot::Gone { until, .. } if *until == r => Met::ForgetEntry,
+                _ => Met::Stale,
             };
-            let Slot::Pending(row) = std::mem::replace(slot, Slot::Gone { until, how }) else {
-                continue; // (matched Pending just above)
-            };
-            self.n_pending -= 1;
-            self.forget.push(Run::Deadline, (until, id.clone()));
-            return Some((r, id, row));
+            match met {
+                Met::Live { until, how } => {
+                    let Slot::Pending(row) =
+                        std::mem::replace(slot.get_mut(), Slot::Gone { until, how })
+                    else {
+                        continue; // (matched Pending just above)
+                    };
+                    self.n_pending -= 1;
+                    if r == until {
+                        // its deadline entry, just popped: nothing else would forget it
+                        self.forget.push(Run::Deadline, (until, id.clone()));
+                    }
+                    return Some((r, id, row));
+                }
+                Met::ForgetEntry if before.is_some() => {
+                    slot.remove();
+                }
+                Met::ForgetEntry => self.forget.push(Run::Deadline, (r, id)),
+                Met::Stale => {}
+            }
         }
     }
 
@@ -412,6 +454,21 @@ impl LabelJoin {
         Ok(outcome)
     }
 
+    /// Labels from a stream, in order, each as by [`LabelJoin::label`]; the refused ones are
+    /// counted in [`LabelJoin::stats`], not returned. Returns how many were accepted.
+    pub fn labels(&mut self, labels: impl IntoIterator<Item = (RequestId, i64, f64)>) -> u64 {
+        let labels = labels.into_iter();
+        // each accepted label releases one example, sooner or later
+        self.out.reserve(labels.size_hint().0);
+        let mut n = 0;
+        for (id, t, y) in labels {
+            if let Ok(Outcome::Accepted) = self.label(&id, t, y) {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Move the label watermark to `t` (never backwards): "no label older than `t` is coming
     /// except within the allowed lateness". Releases what that settles.
     pub fn advance(&mut self, t: i64) {
@@ -461,12 +518,14 @@ impl LabelJoin {
             }
         }
         // (a flush keeps the memory: a later label is "already released")
-        while let Some((_, id)) = self.forget.pop_if(|(until, _)| *until < s && !all) {
-            // an id has one forget entry while it is gone, and is gone until that entry is
-            // popped: the slot removed is that gone slot (a pending one, from damaged
-            // snapshot bytes only, is put back)
-            if let Some((id, Slot::Pending(row))) = self.ids.remove_entry(&id) {
-                self.ids.insert(id, Slot::Pending(row));
+        while let Some((until, id)) = self.forget.pop_if(|(until, _)| *until < s && !all) {
+            // the slot removed is the gone slot this entry was queued for (not a pending
+            // one, nor one already forgotten: a version 1 or 2 snapshot queues a labeled
+            // row's forget entry here and keeps its stale deadline entry too)
+            if let EntryRef::Occupied(slot) = self.ids.entry_ref(&id) {
+                if matches!(slot.get(), Slot::Gone { until: u, .. } if *u == until) {
+                    slot.remove();
+                }
             }
         }
     }
@@ -474,6 +533,12 @@ impl LabelJoin {
     /// Take the examples released so far, in release order.
     pub fn drain(&mut self) -> Vec<Example> {
         std::mem::take(&mut self.out)
+    }
+
+    /// Drop the examples released so far (after reading them with [`LabelJoin::released`]),
+    /// keeping their vector's capacity for the next ones.
+    pub fn clear_released(&mut self) {
+        self.out.clear();
     }
 
     /// The whole join (pending rows, remembered ids, released examples not yet drained,
@@ -520,9 +585,11 @@ fn snapshot_error(message: String) -> Error {
         message,
     }
 }
-/// The label join snapshot's format version: 2 since session 8 (one map for pending and gone
-/// ids); version 1 snapshots (two maps) are still read.
-pub const JOIN_VERSION: u32 = 2;
+/// The label join snapshot's format version: 3 since session 9 (the body is laid out as in
+/// version 2, but a labeled row's stale deadline entry stands for its forget entry, see
+/// [`LabelJoin::pop_live`]: a version 2 reader would never forget those ids). Version 2 (one
+/// map for pending and gone ids, session 8) and version 1 (two maps) are still read.
+pub const JOIN_VERSION: u32 = 3;
 
 /// The body of a version 1 snapshot: pending and gone ids in two maps.
 #[derive(Serialize, Deserialize)]

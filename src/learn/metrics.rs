@@ -4,7 +4,8 @@
 //! `Progressive` keeps the scored rows of a rolling window `(t_last - window, t_last]` (or of
 //! the whole stream when `window` is `None`) and computes, on demand, log loss, ROC AUC (ties
 //! counted half, as scikit-learn's `roc_auc_score`), mean squared error and a calibration table.
-//! `ProgressiveMulticlass` does the same for a multiclass model: log loss and accuracy.
+//! `ProgressiveMulticlass` does the same for a multiclass model: log loss, accuracy and the
+//! one-vs-rest macro ROC AUC (as scikit-learn's `roc_auc_score(multi_class="ovr")`).
 //!
 //! Both survive restarts: `to_bytes` / `from_bytes` carry the whole state (the window's rows,
 //! the largest time, the count), so a restored run's metrics equal an uninterrupted run's bit
@@ -17,8 +18,12 @@ use serde::{Deserialize, Serialize};
 use super::frame;
 use crate::error::{Error, Result};
 
-/// The metrics snapshot's format version.
+/// The binary metrics snapshot's format version.
 pub const METRICS_VERSION: u32 = 1;
+/// The multiclass metrics snapshot's format version: 2 since session 9 (each row keeps every
+/// class's probability and the true class, for the AUC); version 1 (the true class's
+/// probability and the hit only) is still read, its rows without the probabilities.
+pub const MULTICLASS_VERSION: u32 = 2;
 
 fn snapshot_error(message: String) -> Error {
     Error::Snapshot {
@@ -27,14 +32,17 @@ fn snapshot_error(message: String) -> Error {
     }
 }
 
-fn seal<T: Serialize>(magic: &[u8; 4], v: &T) -> Result<Vec<u8>> {
-    frame::seal(magic, METRICS_VERSION, v, snapshot_error)
+fn seal<T: Serialize>(magic: &[u8; 4], version: u32, v: &T) -> Result<Vec<u8>> {
+    frame::seal(magic, version, v, snapshot_error)
 }
 
-fn open<T: for<'de> Deserialize<'de>>(magic: &[u8; 4], bytes: &[u8]) -> Result<T> {
+/// The version and body of a snapshot under `magic` with a version in `span`.
+fn open<'a>(magic: &[u8; 4], bytes: &'a [u8], span: (u32, u32)) -> Result<(u32, &'a [u8])> {
     let what = format!("a {} metrics snapshot", String::from_utf8_lossy(magic));
-    let span = (METRICS_VERSION, METRICS_VERSION);
-    let (_, body) = frame::unseal(magic, bytes, span, &what, snapshot_error)?;
+    frame::unseal(magic, bytes, span, &what, snapshot_error)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T> {
     bincode::deserialize(body).map_err(|e| snapshot_error(format!("cannot decode: {e}")))
 }
 
@@ -179,27 +187,7 @@ impl Progressive {
     /// unless both classes are present.
     pub fn auc(&self) -> Option<f64> {
         let mut v: Vec<(f64, bool)> = self.rows.iter().map(|&(_, (p, y))| (p, y > 0.5)).collect();
-        let pos = v.iter().filter(|r| r.1).count();
-        let neg = v.len() - pos;
-        if pos == 0 || neg == 0 {
-            return None;
-        }
-        v.sort_by(|a, b| a.0.total_cmp(&b.0));
-        // sum of the positives' ranks, ties given their average rank
-        let mut rank_sum = 0.0;
-        let mut i = 0;
-        while i < v.len() {
-            let mut j = i;
-            while j < v.len() && v[j].0 == v[i].0 {
-                j += 1;
-            }
-            let avg = (i + 1 + j) as f64 / 2.0;
-            let p = v[i..j].iter().filter(|r| r.1).count();
-            rank_sum += avg * p as f64;
-            i = j;
-        }
-        let (pos, neg) = (pos as f64, neg as f64);
-        Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
+        binary_auc(&mut v)
     }
 
     /// Calibration table: `bins` equal-width bins of the prediction over [0, 1] (predictions
@@ -240,12 +228,13 @@ impl Progressive {
 impl Progressive {
     /// The whole state as bytes (see the module doc).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        seal(MAGIC_BINARY, self)
+        seal(MAGIC_BINARY, METRICS_VERSION, self)
     }
 
     /// Metrics from [`Progressive::to_bytes`]; anything else is a typed error.
     pub fn from_bytes(bytes: &[u8]) -> Result<Progressive> {
-        let m: Progressive = open(MAGIC_BINARY, bytes)?;
+        let span = (METRICS_VERSION, METRICS_VERSION);
+        let m: Progressive = decode(open(MAGIC_BINARY, bytes, span)?.1)?;
         check_window(m.window).map_err(|e| snapshot_error(e.to_string()))?;
         if m.rows
             .iter()
@@ -258,16 +247,55 @@ impl Progressive {
     }
 }
 
+/// ROC AUC of (score, positive) pairs (sorted in place); ties count half; None unless both
+/// classes are present.
+fn binary_auc(v: &mut [(f64, bool)]) -> Option<f64> {
+    let pos = v.iter().filter(|r| r.1).count();
+    let neg = v.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // sum of the positives' ranks, ties given their average rank
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j < v.len() && v[j].0 == v[i].0 {
+            j += 1;
+        }
+        let avg = (i + 1 + j) as f64 / 2.0;
+        let p = v[i..j].iter().filter(|r| r.1).count();
+        rank_sum += avg * p as f64;
+        i = j;
+    }
+    let (pos, neg) = (pos as f64, neg as f64);
+    Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
+}
+
 const MAGIC_BINARY: &[u8; 4] = b"RTPM";
 const MAGIC_MULTICLASS: &[u8; 4] = b"RTPC";
 
-/// Rolling progressive-validation metrics of a multiclass model by event time: each row keeps
-/// the probability given to the true class and whether the most probable class (the first on
-/// ties) was the true one.
+/// One scored row of a multiclass model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ClassRow {
+    /// The probability given to the true class.
+    pt: f64,
+    /// Whether the most probable class (the first on ties) was the true one.
+    hit: bool,
+    /// The true class index.
+    y: u32,
+    /// Every class's probability; empty for a row read from a version 1 snapshot (which did
+    /// not keep them: no AUC while such a row is in the window).
+    p: Box<[f64]>,
+}
+
+/// Rolling progressive-validation metrics of a multiclass model by event time (one
+/// [`ClassRow`] per scored example).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProgressiveMulticlass {
     window: Option<i64>,
-    rows: VecDeque<(i64, (f64, bool))>,
+    rows: VecDeque<(i64, ClassRow)>,
     last: Option<i64>,
     seen: u64,
     /// The rows are known to be in time order (not state: false after a restore).
@@ -294,14 +322,20 @@ impl ProgressiveMulticlass {
     pub fn add(&mut self, t: i64, p: &[f64], y: usize) {
         self.seen += 1;
         let pt = p.get(y).copied().unwrap_or(0.0);
-        let correct = y < p.len() && crate::learn::softmax::argmax(p) == y;
+        let hit = y < p.len() && crate::learn::softmax::argmax(p) == y;
+        let row = ClassRow {
+            pt,
+            hit,
+            y: u32::try_from(y).unwrap_or(u32::MAX),
+            p: p.into(),
+        };
         push_row(
             &mut self.rows,
             &mut self.last,
             &mut self.in_order,
             self.window,
             t,
-            (pt, correct),
+            row,
         );
     }
 
@@ -325,8 +359,8 @@ impl ProgressiveMulticlass {
             return None;
         }
         let mut s = 0.0;
-        for &(_, (p, _)) in &self.rows {
-            s -= p.clamp(EPS, 1.0 - EPS).ln();
+        for (_, r) in &self.rows {
+            s -= r.pt.clamp(EPS, 1.0 - EPS).ln();
         }
         Some(s / self.rows.len() as f64)
     }
@@ -336,23 +370,86 @@ impl ProgressiveMulticlass {
         if self.rows.is_empty() {
             return None;
         }
-        let hits = self.rows.iter().filter(|r| r.1 .1).count();
+        let hits = self.rows.iter().filter(|r| r.1.hit).count();
         Some(hits as f64 / self.rows.len() as f64)
+    }
+
+    /// One-vs-rest macro ROC AUC over the window: the mean over classes `c` of the AUC of
+    /// `p_c` for "the true class is `c`" (ties count half), as scikit-learn's
+    /// `roc_auc_score(y, P, multi_class="ovr", average="macro")`. None unless every class
+    /// occurs in the window (scikit-learn raises then), or while a row read from a version 1
+    /// snapshot (without its probabilities) is in it.
+    pub fn auc(&self) -> Option<f64> {
+        let c = self.rows.front()?.1.p.len();
+        if c < 2 || self.rows.iter().any(|r| r.1.p.len() != c) {
+            return None;
+        }
+        let mut present = vec![false; c];
+        for (_, r) in &self.rows {
+            *present.get_mut(r.y as usize)? = true;
+        }
+        if !present.iter().all(|&b| b) {
+            return None;
+        }
+        let mut v = Vec::with_capacity(self.rows.len());
+        let mut sum = 0.0;
+        for k in 0..c {
+            v.clear();
+            v.extend(self.rows.iter().map(|(_, r)| (r.p[k], r.y as usize == k)));
+            sum += binary_auc(&mut v)?;
+        }
+        Some(sum / c as f64)
     }
 
     /// The whole state as bytes (see the module doc).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        seal(MAGIC_MULTICLASS, self)
+        seal(MAGIC_MULTICLASS, MULTICLASS_VERSION, self)
     }
 
     /// Metrics from [`ProgressiveMulticlass::to_bytes`]; anything else is a typed error.
     pub fn from_bytes(bytes: &[u8]) -> Result<ProgressiveMulticlass> {
-        let m: ProgressiveMulticlass = open(MAGIC_MULTICLASS, bytes)?;
+        let (version, body) = open(MAGIC_MULTICLASS, bytes, (1, MULTICLASS_VERSION))?;
+        let m: ProgressiveMulticlass = if version == 1 {
+            decode::<MulticlassV1>(body)?.upgrade()
+        } else {
+            decode(body)?
+        };
         check_window(m.window).map_err(|e| snapshot_error(e.to_string()))?;
-        if m.rows.iter().any(|r| !r.1 .0.is_finite()) || (m.seen as usize) < m.rows.len() {
+        let bad_row = |r: &ClassRow| {
+            !r.pt.is_finite()
+                || r.p.iter().any(|v| !v.is_finite())
+                || (!r.p.is_empty() && r.y as usize >= r.p.len())
+        };
+        if m.rows.iter().any(|r| bad_row(&r.1)) || (m.seen as usize) < m.rows.len() {
             return Err(snapshot_error("invalid rows".into()));
         }
         Ok(m)
+    }
+}
+
+/// The body of a version 1 multiclass snapshot: each row (probability of the true class,
+/// hit), without the class probabilities.
+#[derive(Deserialize)]
+struct MulticlassV1 {
+    window: Option<i64>,
+    rows: VecDeque<(i64, (f64, bool))>,
+    last: Option<i64>,
+    seen: u64,
+}
+
+impl MulticlassV1 {
+    fn upgrade(self) -> ProgressiveMulticlass {
+        let rows = self.rows.into_iter().map(|(t, (pt, hit))| {
+            let p = Box::default(); // (unknown: no AUC while this row is in the window)
+            (t, ClassRow { pt, hit, y: 0, p })
+        });
+        ProgressiveMulticlass {
+            window: self.window,
+            rows: rows.collect(),
+            last: self.last,
+            seen: self.seen,
+            in_order: false,
+        }
     }
 }
 
@@ -407,6 +504,50 @@ mod tests {
     }
 
     #[test]
+    fn multiclass_auc_is_the_mean_of_the_one_vs_rest_pair_counts() {
+        // the obvious definition: for class k, the share of (positive, negative) pairs the
+        // positive outscores on p_k, ties half; averaged over the classes
+        let rows: Vec<(i64, [f64; 3], usize)> = (0..40)
+            .map(|i: i64| {
+                let a = ((i * 7) % 5) as f64 / 10.0; // coarse: many ties
+                let b = ((i * 3) % 4) as f64 / 10.0;
+                (i, [a, b, 1.0 - a - b], ((i * 5 + i / 3) % 3) as usize)
+            })
+            .collect();
+        let pairs = |rows: &[(i64, [f64; 3], usize)]| {
+            let mut sum = 0.0;
+            for k in 0..3 {
+                let (mut wins, mut n) = (0.0, 0.0);
+                for p in rows.iter().filter(|r| r.2 == k) {
+                    for q in rows.iter().filter(|r| r.2 != k) {
+                        n += 1.0;
+                        wins += match p.1[k].partial_cmp(&q.1[k]).unwrap() {
+                            std::cmp::Ordering::Greater => 1.0,
+                            std::cmp::Ordering::Equal => 0.5,
+                            std::cmp::Ordering::Less => 0.0,
+                        };
+                    }
+                }
+                sum += wins / n;
+            }
+            sum / 3.0
+        };
+        let mut all = ProgressiveMulticlass::new(None).unwrap();
+        let mut windowed = ProgressiveMulticlass::new(Some(15)).unwrap();
+        for (t, p, y) in &rows {
+            all.add(*t, p, *y);
+            windowed.add(*t, p, *y);
+        }
+        assert!((all.auc().unwrap() - pairs(&rows)).abs() < 1e-12);
+        assert!((windowed.auc().unwrap() - pairs(&rows[25..])).abs() < 1e-12);
+        // a class missing from the window: None
+        let mut two = ProgressiveMulticlass::new(None).unwrap();
+        two.add(1, &[0.5, 0.3, 0.2], 0);
+        two.add(2, &[0.2, 0.5, 0.3], 1);
+        assert_eq!(two.auc(), None);
+    }
+
+    #[test]
     fn snapshots_refuse_damage_and_the_other_kind() {
         let mut m = ProgressiveMulticlass::new(None).unwrap();
         m.add(1, &[0.2, 0.5, 0.3], 1);
@@ -427,7 +568,7 @@ mod tests {
         flipped[last] ^= 1;
         assert!(ProgressiveMulticlass::from_bytes(&flipped).is_err());
         let mut newer = bytes;
-        newer[4] = 2;
+        newer[4] = 3;
         let e = ProgressiveMulticlass::from_bytes(&newer).unwrap_err();
         assert!(e.to_string().contains("upgrade"), "{e}");
     }

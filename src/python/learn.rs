@@ -603,6 +603,9 @@ impl PyMulticlassMetrics {
     fn accuracy(&self, py: Python<'_>) -> Option<f64> {
         lock(py, &self.inner).accuracy()
     }
+    fn auc(&self, py: Python<'_>) -> Option<f64> {
+        lock(py, &self.inner).auc()
+    }
     #[getter]
     fn count(&self, py: Python<'_>) -> usize {
         lock(py, &self.inner).count()
@@ -759,14 +762,12 @@ impl PyLabelJoin {
                     "request ids, times and labels differ in length",
                 ));
             }
-            let mut j = lock(py, &self.inner);
-            let mut n = 0;
-            for ((id, &t), &y) in ids.iter().zip(ts).zip(ys) {
-                if let Ok(Outcome::Accepted) = j.label(id, t, y) {
-                    n += 1;
-                }
-            }
-            Ok(n)
+            let labels = ids
+                .into_iter()
+                .zip(ts.iter().copied())
+                .zip(ys.iter().copied())
+                .map(|((id, t), y)| (id, t, y));
+            Ok(lock(py, &self.inner).labels(labels))
         })
     }
 
@@ -784,35 +785,32 @@ impl PyLabelJoin {
         })
     }
 
-    /// The released examples, as (request ids, at, release, X, y, timed_out).
+    /// The released examples, as (request ids, at, release, X, y, timed_out). They are read
+    /// in place and then cleared (the join keeps the vector's capacity for the next ones).
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Drained<'py>> {
         entry(Some(&self.poison), || {
-            let ex: Vec<Example> = {
-                let mut j = lock(py, &self.inner);
-                let k = j.released().first().map_or(0, |e| e.x.len());
-                if let Some(e) = j.released().iter().find(|e| e.x.len() != k) {
-                    // rows of different lengths cannot form one matrix: refuse, drain nothing
-                    return Err(schema_error(
-                        "x",
-                        format!(
-                            "request id {}: served vectors differ in length ({} vs {k}); \
-                             serve vectors of one length per join",
-                            e.id,
-                            e.x.len()
-                        ),
-                    ));
-                }
-                j.drain()
-            };
+            let mut j = lock(py, &self.inner);
+            let ex = j.released();
             let k = ex.first().map_or(0, |e| e.x.len());
-            let ids = PyList::empty(py);
+            if let Some(e) = ex.iter().find(|e| e.x.len() != k) {
+                // rows of different lengths cannot form one matrix: refuse, drain nothing
+                return Err(schema_error(
+                    "x",
+                    format!(
+                        "request id {}: served vectors differ in length ({} vs {k}); \
+                         serve vectors of one length per join",
+                        e.id,
+                        e.x.len()
+                    ),
+                ));
+            }
+            let ids = ids_to_list(py, ex)?;
             let mut at = Vec::with_capacity(ex.len());
             let mut rel = Vec::with_capacity(ex.len());
             let mut xs = Vec::with_capacity(ex.len() * k);
             let mut ys = Vec::with_capacity(ex.len());
             let mut to = Vec::with_capacity(ex.len());
-            for e in &ex {
-                ids.append(id_to_py(py, &e.id)?)?;
+            for e in ex {
                 at.push(e.at);
                 rel.push(e.release);
                 xs.extend_from_slice(&e.x);
@@ -821,6 +819,9 @@ impl PyLabelJoin {
             }
             let x = Array2::from_shape_vec((ex.len(), k), xs)
                 .map_err(|e| schema_error("x", e.to_string()))?;
+            // everything built: only now are the examples gone from the join
+            j.clear_released();
+            drop(j);
             Ok((
                 ids,
                 at.into_pyarray(py),
@@ -878,6 +879,23 @@ impl PyLabelJoin {
 
 fn request_id_checked(obj: &Bound<'_, PyAny>) -> PyResult<RequestId> {
     request_id(obj)
+}
+
+/// The examples' request ids as a Python list, made in one allocation (ints, the common
+/// case, without a temporary object per id beyond the int itself).
+fn ids_to_list<'py>(py: Python<'py>, ex: &[Example]) -> PyResult<Bound<'py, PyList>> {
+    if ex.iter().all(|e| matches!(e.id, RequestId::Int(_))) {
+        let ints = ex.iter().map(|e| match e.id {
+            RequestId::Int(i) => i,
+            RequestId::Str(_) => 0, // (none: checked just above)
+        });
+        return PyList::new(py, ints);
+    }
+    let ids = ex
+        .iter()
+        .map(|e| id_to_py(py, &e.id))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, ids)
 }
 
 /// Request ids from an int64 numpy array or any sequence of int / str.
