@@ -148,6 +148,26 @@ fn bucket_in(
     (starts, entries)
 }
 
+/// How many events ahead the per-key pass prefetches an event's values.
+const PREFETCH_AHEAD: usize = 8;
+
+/// A hint to load `col[i]` into the cache (no effect on results; nothing if `i` is out of range).
+#[inline(always)]
+fn prefetch(col: &[u64], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = col.get(i) {
+        // SAFETY: a prefetch is a hint: it reads nothing into the program and cannot fault.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(
+                (v as *const u64).cast::<i8>(),
+                std::arch::x86_64::_MM_HINT_T0,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (col, i);
+}
+
 /// Raw pointer to a row-major output shared by workers that write disjoint rows.
 struct Out {
     ptr: *mut f64,
@@ -376,6 +396,13 @@ pub fn backfill(
         let mut j = 0;
         for q in qs {
             while j < evs.len() && evs[j].ts < q.ts {
+                // The values sit at random rows of the input: ask for a later event's values
+                // now, so their cache misses overlap this event's state update.
+                if let Some(ahead) = evs.get(j + PREFETCH_AHEAD) {
+                    for col in events.values.iter() {
+                        prefetch(col, ahead.idx as usize);
+                    }
+                }
                 let idx = evs[j].idx as usize;
                 for (c, v) in vals.iter_mut().enumerate() {
                     *v = events.values[c][idx];
