@@ -69,7 +69,11 @@ fn bucket_in(
     // counts[c][g]: rows of group g in chunk c
     let count = |chunk: &&[u32]| {
         let mut n = vec![0usize; n_groups];
-        for &g in chunk.iter() {
+        for (j, &g) in chunk.iter().enumerate() {
+            // groups are random: load a later row's counter while this one is counted
+            if let Some(&ahead) = chunk.get(j + PREFETCH_AHEAD) {
+                prefetch(&n, ahead as usize);
+            }
             if g != NO_GROUP {
                 n[g as usize] += 1;
             }
@@ -92,12 +96,23 @@ fn bucket_in(
         }
         starts[g + 1] = at;
     }
-    let mut entries = vec![Entry { ts: 0, idx: 0 }; starts[n_groups]];
+    let total = starts[n_groups];
+    let mut entries = vec![Entry { ts: 0, idx: 0 }; total];
     let slots = Slots(entries.as_mut_ptr());
     let slots = &slots;
     let scatter = |(c, (chunk, fill)): (usize, (&[u32], &mut Vec<usize>))| {
         let base = c * chunk_len;
         for (j, &g) in chunk.iter().enumerate() {
+            // Two stages ahead: a later row's fill counter, then the slot a nearer row will
+            // write (its counter is cached by now; the slot is a hint, exact or not).
+            if let Some(&far) = chunk.get(j + 2 * PREFETCH_AHEAD) {
+                prefetch(fill, far as usize);
+            }
+            if let Some(&near) = chunk.get(j + PREFETCH_AHEAD) {
+                if let Some(&slot) = fill.get(near as usize) {
+                    prefetch_slot(slots, slot, total);
+                }
+            }
             if g != NO_GROUP {
                 let i = base + j;
                 let at = &mut fill[g as usize];
@@ -146,6 +161,44 @@ fn bucket_in(
             .for_each(|s| s.sort_unstable_by_key(|e| (e.ts, e.idx)))
     });
     (starts, entries)
+}
+
+/// How many events ahead the per-key pass prefetches an event's values.
+const PREFETCH_AHEAD: usize = 8;
+
+/// A hint to load `col[i]` into the cache (no effect on results; nothing if `i` is out of range).
+#[inline(always)]
+fn prefetch<T>(col: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = col.get(i) {
+        // SAFETY: a prefetch is a hint: it reads nothing into the program and cannot fault.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(
+                (v as *const T).cast::<i8>(),
+                std::arch::x86_64::_MM_HINT_T0,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (col, i);
+}
+
+/// A hint to load slot `at` of the bucketed entries (nothing if `at >= len`).
+#[inline(always)]
+fn prefetch_slot(slots: &Slots, at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < len {
+        // SAFETY: `at < len`, the entries' length, so the address is inside the allocation;
+        // a prefetch reads nothing into the program and cannot fault.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(
+                slots.0.add(at).cast::<i8>().cast_const(),
+                std::arch::x86_64::_MM_HINT_T0,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slots, at, len);
 }
 
 /// Raw pointer to a row-major output shared by workers that write disjoint rows.
@@ -376,6 +429,13 @@ pub fn backfill(
         let mut j = 0;
         for q in qs {
             while j < evs.len() && evs[j].ts < q.ts {
+                // The values sit at random rows of the input: ask for a later event's values
+                // now, so their cache misses overlap this event's state update.
+                if let Some(ahead) = evs.get(j + PREFETCH_AHEAD) {
+                    for col in events.values.iter() {
+                        prefetch(col, ahead.idx as usize);
+                    }
+                }
                 let idx = evs[j].idx as usize;
                 for (c, v) in vals.iter_mut().enumerate() {
                     *v = events.values[c][idx];
