@@ -5,7 +5,14 @@ consume rate of confluent-kafka; decode + ingest >= 1M events/s on two cores.
 
     python bench/bench_streams.py                      # 1M events, no broker + tansu + redis
     python bench/bench_streams.py --events 300000 --no-redis
+    python bench/bench_streams.py --no-broker          # the no-broker rows and checkpoints only
     python bench/bench_streams.py --json bench/results/streams.json
+
+JSON keys of "no_broker": decode_only_per_s, decode_ingest_per_s (decode then ingest, one
+thread), decode_ingest_overlap_per_s (chunk n+1 decoded while chunk n is ingested on a second
+thread, as the Runner does), runner_{1,2}p_per_s (Runner.run_until_idle over
+sources.replay_messages, its final checkpoint included), runner_{1,2}p_drain_per_s (the same
+runner until the last batch is applied, no checkpoint), runner_{1,2}p_checkpoint_s.
 
 The workload: bench/common.py's events (Zipf keys, out of order within the 5 min lateness) as
 ~50-byte JSON messages `{"key":123,"ts":1709251200000,"v":12.34,"cat":"c07"}` (epoch ms), and
@@ -78,6 +85,24 @@ def bench_no_broker(msgs: list[bytes], keys: list[int], batch: int) -> dict:
         eng.ingest(pa.Table.from_batches([b]))
     out["decode_ingest_per_s"] = rate(len(msgs), time.perf_counter() - t0)
 
+    # the same, overlapped as the Runner does it: chunk n+1 decoded while chunk n is ingested
+    # on another thread (both release the GIL)
+    from concurrent.futures import ThreadPoolExecutor
+
+    eng = fs.online()
+    with ThreadPoolExecutor(1) as pool:
+        t0 = time.perf_counter()
+        inflight = None
+        for c in chunks:
+            b, _, _ = dec.decode(c, True)
+            table = pa.Table.from_batches([b])
+            if inflight is not None:
+                inflight.result()
+            inflight = pool.submit(eng.ingest, table)
+        if inflight is not None:
+            inflight.result()
+        out["decode_ingest_overlap_per_s"] = rate(len(msgs), time.perf_counter() - t0)
+
     t0 = time.perf_counter()
     for c in chunks[: max(1, len(chunks) // 10)]:
         for m in c:
@@ -92,6 +117,18 @@ def bench_no_broker(msgs: list[bytes], keys: list[int], batch: int) -> dict:
             t0 = time.perf_counter()
             r.run_until_idle()
             out[f"runner_{parts}p_per_s"] = rate(len(msgs), time.perf_counter() - t0)
+            # until the last batch is applied, without run_until_idle's final checkpoint (its
+            # cost follows the keys held, not the stream: runner_{p}p_checkpoint_s below)
+            r2 = Runner(fs, rtml.sources.replay_messages(msgs, keys, parts, timestamp_unit="ms"),
+                        tempfile.mkdtemp(dir=d), checkpoint_every="1h", max_batch=batch)
+            r2._open()
+            t0 = time.perf_counter()
+            while r2.step() or not r2.source.idle():
+                pass
+            r2._drain()
+            out[f"runner_{parts}p_drain_per_s"] = rate(len(msgs), time.perf_counter() - t0)
+            assert r2.metrics(lag=False)["events_in"] == len(msgs)
+            r2.close()
             t0 = time.perf_counter()
             r.checkpoint()  # nothing new: no partition is written
             r._parts[0].dirty = True
@@ -253,9 +290,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--no-kafka", action="store_true")
     ap.add_argument("--no-redis", action="store_true")
+    ap.add_argument("--no-broker", action="store_true", help="neither Kafka nor Redis")
     ap.add_argument("--allow-debug", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.no_broker:
+        args.no_kafka = args.no_redis = True
     import rtml
 
     build = "debug" if rtml._debug_build() else "release"

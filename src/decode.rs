@@ -23,6 +23,7 @@ use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions, TimestampNanosecondArray};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 
@@ -157,23 +158,26 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 }
 
+/// Every wanted field's value of one message (inline: no allocation for up to 8 fields).
+type Fields<'de> = SmallVec<[Option<Val<'de>>; 8]>;
+
 /// One message: every wanted field's value (last occurrence wins, as in JavaScript).
 struct Row<'m>(&'m [&'m str]);
 
 impl<'de> DeserializeSeed<'de> for Row<'_> {
-    type Value = Vec<Option<Val<'de>>>;
+    type Value = Fields<'de>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Row<'_> {
-    type Value = Vec<Option<Val<'de>>>;
+    type Value = Fields<'de>;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out: Vec<Option<Val<'de>>> = (0..self.0.len()).map(|_| None).collect();
+        let mut out: Fields<'de> = (0..self.0.len()).map(|_| None).collect();
         while let Some(slot) = map.next_key_seed(KeySeed(self.0))? {
             match slot {
                 Some(i) => out[i] = Some(map.next_value_seed(ValSeed)?),
@@ -195,10 +199,7 @@ impl<'de> DeserializeSeed<'de> for ValSeed {
     }
 }
 
-fn parse_row<'de>(
-    bytes: &'de [u8],
-    fields: &[&str],
-) -> std::result::Result<Vec<Option<Val<'de>>>, String> {
+fn parse_row<'de>(bytes: &'de [u8], fields: &[&str]) -> std::result::Result<Fields<'de>, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let row = match Row(fields).deserialize(&mut de) {
         Ok(r) => r,
@@ -349,17 +350,21 @@ pub fn decode_json<B: AsRef<[u8]>>(
                 continue;
             }
         };
-        let checked = (|| -> std::result::Result<(i64, Vec<K<'_>>, Vec<V<'_>>), String> {
-            let mut key = Vec::with_capacity(parts);
+        // (inline vectors: no allocation per message for up to 2 key parts and 8 values)
+        type Checked<'a> = (i64, SmallVec<[K<'a>; 2]>, SmallVec<[V<'a>; 8]>);
+        let checked = (|| -> std::result::Result<Checked<'_>, String> {
+            let mut key = SmallVec::new();
             for (j, ((column, field), v)) in mapping.entity.iter().zip(&row).enumerate() {
-                let what = if composite {
-                    format!("part {} of the entity, column '{column}'", j + 1)
-                } else {
-                    "the entity".to_string()
+                let what = || {
+                    if composite {
+                        format!("part {} of the entity, column '{column}'", j + 1)
+                    } else {
+                        "the entity".to_string()
+                    }
                 };
                 key.push(match v {
                     None | Some(Val::Null) => {
-                        return Err(format!("missing field '{field}' ({what})"))
+                        return Err(format!("missing field '{field}' ({})", what()))
                     }
                     Some(Val::Int(k)) => K::Int(*k),
                     Some(Val::UInt(k)) => match i64::try_from(*k) {
@@ -394,7 +399,7 @@ pub fn decode_json<B: AsRef<[u8]>>(
                 Some(v) => time_of(v, mapping.ts_factor)
                     .map_err(|m| format!("field '{}': {m}", mapping.timestamp.1))?,
             };
-            let mut vals = Vec::with_capacity(mapping.values.len());
+            let mut vals = SmallVec::new();
             for (c, v) in mapping.values.iter().zip(row.iter().skip(parts + 1)) {
                 let bad = |v: &Val<'_>| {
                     Err(format!(

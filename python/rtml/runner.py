@@ -30,7 +30,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import pyarrow as pa
 
@@ -282,6 +282,23 @@ class _Partition:
         self.checkpointed = position
 
 
+class _Predecoded(NamedTuple):
+    """A batch's payloads decoded ahead of its ingest (`Runner._predecode`)."""
+
+    kinds: Any  # the partition's key kinds given to the decoder
+    table: pa.Table
+    rejected: list[tuple[int, str]]
+    kind: Any  # the key kinds after the batch
+
+
+def _accepted(n: int, rejected: list[tuple[int, str]]) -> Optional[list[int]]:
+    """Index in the batch of each decoded event row (None: every message was accepted)."""
+    if not rejected:
+        return None
+    bad = {i for i, _ in rejected}
+    return [i for i in range(n) if i not in bad]
+
+
 class Runner:
     """Feeds a source's partitions into online engines, with exactly-once checkpoints.
 
@@ -371,11 +388,13 @@ class Runner:
         _remove_stale_temps(self.dead_letter_dir, only_rtml=False)
         self._parts: dict[int, _Partition] = {}
         self._lock = threading.RLock()
-        # pipelining: a batch is decoded and ingested by one worker thread while the runner's
-        # thread polls the next one (both release the GIL for their heavy parts); every
-        # checkpoint, assignment and revocation first waits for the batch in flight
+        # pipelining, three stages: the runner's thread polls batch n+2 while a decode thread
+        # parses the payloads of batch n+1 and an ingest thread applies batch n (decode and
+        # ingest release the GIL for their heavy parts); every checkpoint, assignment and
+        # revocation first waits for the batch in flight
         self.pipeline = bool(pipeline)
         self._pool: Any = None
+        self._decode_pool: Any = None
         self._inflight: Any = None
         self._opened = False
         self._thread: Optional[threading.Thread] = None
@@ -502,8 +521,37 @@ class Runner:
         if f is not None:
             f.result()
 
-    def _apply_all(self, batches: list[Batch]) -> int:
-        return sum(self._apply(b) for b in batches)
+    def _apply_all(self, batches: list[Batch], ahead: Any = None) -> int:
+        """Apply `batches` in order; `ahead`: a future of their payloads decoded ahead of time
+        (`_decode_ahead`), used where still valid."""
+        pre: list[Optional[_Predecoded]] = [None] * len(batches)
+        if ahead is not None:
+            try:
+                pre = ahead.result()
+            except Exception:  # decoded again below, where the error belongs to a batch
+                pass
+        return sum(self._apply(b, d) for b, d in zip(batches, pre))
+
+    def _decode_ahead(self, batches: list[Batch]) -> Any:
+        """A future of `_predecode` of `batches` on the decode thread (None: nothing to decode)."""
+        if self._decoder is None or not any(b.payloads for b in batches):
+            return None
+        if self._decode_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._decode_pool = ThreadPoolExecutor(1, thread_name_prefix="rtml-decode")
+        return self._decode_pool.submit(lambda: [self._predecode(b) for b in batches])
+
+    def _predecode(self, batch: Batch) -> Optional["_Predecoded"]:
+        """A batch's payloads decoded with its partition's key kinds as they are now: `_apply`
+        uses the result only if those kinds are still the partition's then and no payload was
+        delivered already (else it decodes again: the result is the same as decoding there)."""
+        part = self._parts.get(batch.partition)
+        if part is None or not batch.payloads:
+            return None
+        kinds = part.key_is_int
+        batch_, rejected, kind = self._decoder.decode(batch.payloads, kinds)
+        return _Predecoded(kinds, pa.Table.from_batches([batch_]), rejected, kind)
 
     def _on_assign(self, parts: list[int]) -> dict[int, Optional[Position]]:
         self._drain()
@@ -548,7 +596,7 @@ class Runner:
 
     # ---- ingest ----------------------------------------------------------------------
 
-    def _apply(self, batch: Batch) -> int:
+    def _apply(self, batch: Batch, pre: Optional["_Predecoded"] = None) -> int:
         part = self._parts.get(batch.partition)
         if part is None:
             return 0
@@ -581,16 +629,25 @@ class Runner:
             # offsets the source jumped over (Kafka: compaction, transaction markers)
             part.skipped += batch.end - part.position - len(positions)
         rejected: list[tuple[int, str]] = []
+        # (row of the events -> index in the batch; None: the same)
+        accepted_idx: Optional[list[int]] = None
         if payloads is not None:
-            events, rejected, accepted_idx = self._decode(part, payloads)
-        else:
-            accepted_idx = list(range(len(positions)))
+            if pre is not None and not start and pre.kinds == part.key_is_int:
+                part.key_is_int = pre.kind
+                events, rejected = pre.table, list(pre.rejected)
+                accepted_idx = _accepted(len(payloads), rejected)
+            else:
+                events, rejected, accepted_idx = self._decode(part, payloads)
         assert events is not None
+
+        def index(j: int) -> int:
+            return j if accepted_idx is None else accepted_idx[j]
+
         bad_input = (RtmlError, TypeError, ValueError, OverflowError)
         try:
             report = part.engine.ingest(events, report=True)
             # events too far ahead of the watermark (max_ahead): not applied, dead letters
-            rejected.extend((accepted_idx[j], AHEAD_REASON) for j in report.rejected)
+            rejected.extend((index(j), AHEAD_REASON) for j in report.rejected)
         except bad_input:
             # one bad event: find it. A batch is one arrival (applied in event-time order, late
             # against the watermark before it), so the events go one by one in time order, which
@@ -602,9 +659,9 @@ class Runner:
                 try:
                     one = events[j] if isinstance(events, list) else events.slice(j, 1)
                     if part.engine.ingest(one, report=True).ahead:
-                        rejected.append((accepted_idx[j], AHEAD_REASON))
+                        rejected.append((index(j), AHEAD_REASON))
                 except bad_input as e:
-                    rejected.append((accepted_idx[j], f"{type(e).__name__}: {e}"))
+                    rejected.append((index(j), f"{type(e).__name__}: {e}"))
         for i, reason in sorted(rejected):
             payload = payloads[i] if payloads is not None else None
             part.dead.append((str(positions[i]), reason, payload))
@@ -616,7 +673,7 @@ class Runner:
 
     def _decode(
         self, part: _Partition, payloads: list[Optional[bytes]]
-    ) -> tuple[pa.Table, list[tuple[int, str]], list[int]]:
+    ) -> tuple[Any, list[tuple[int, str]], Optional[list[int]]]:
         if self._decoder is not None:
             batch, rejected, kind = self._decoder.decode(payloads, part.key_is_int)
             part.key_is_int = kind
@@ -634,9 +691,7 @@ class Runner:
                     rejected.append((i, f"decode: {type(e).__name__}: {e}"))
             # row dicts go to the engine as such (no Arrow type inference per batch)
             table = rows if rows else self._empty_events()
-        bad = {i for i, _ in rejected}
-        accepted_idx = [i for i in range(len(payloads)) if i not in bad]
-        return table, rejected, accepted_idx
+        return table, rejected, _accepted(len(payloads), rejected)
 
     def _empty_events(self) -> pa.Table:
         spec = self.feature_set._spec
@@ -754,10 +809,11 @@ class Runner:
             if self.pipeline:
                 from concurrent.futures import ThreadPoolExecutor
 
+                ahead = self._decode_ahead(batches)  # overlaps the batch in flight
                 self._drain()
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(1, thread_name_prefix="rtml-ingest")
-                self._inflight = self._pool.submit(self._apply_all, batches)
+                self._inflight = self._pool.submit(self._apply_all, batches, ahead)
             else:
                 self._apply_all(batches)
         self._since_ckpt += n
@@ -900,9 +956,10 @@ class Runner:
                 if self.dead_letters is not None:
                     self.dead_letters.close()
                 self._opened = False
-                if self._pool is not None:
-                    self._pool.shutdown()
-                    self._pool = None
+                for pool in (self._pool, self._decode_pool):
+                    if pool is not None:
+                        pool.shutdown()
+                self._pool = self._decode_pool = None
 
     def __enter__(self) -> "Runner":
         return self

@@ -20,7 +20,7 @@
 //! reflects a whole number of batches for that key.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -107,8 +107,12 @@ pub const SHARDS: usize = 64;
 /// Batches at most this large are applied event by event (no partitioning by shard).
 const SMALL_INGEST_EVENTS: usize = 32;
 
-/// Batches at least this large are applied shard by shard in parallel.
-const PARALLEL_INGEST_EVENTS: usize = 16_384;
+/// Batches of at least this many accepted events are applied shard by shard in parallel (on
+/// rtml's pool, `crate::pool`). Each shard's events are applied under its own lock
+/// in arrival order whichever thread does it, so both paths leave the same state bit for bit
+/// (`tests.rs`: `parallel_ingest_equals_sequential`). Measured (docs/benchmarks.md, "Streams
+/// in", session 9): a 1,000-event batch of the 18-feature workload already gains on two cores.
+pub const PARALLEL_INGEST_EVENTS: usize = 1_024;
 
 /// The shard of a key: a hash independent of the shard maps' own hasher.
 #[inline]
@@ -275,6 +279,9 @@ pub struct Engine {
     watermark: AtomicI64,
     /// Published key kind ([`crate::key`]): 0 none yet.
     kind: AtomicU64,
+    /// Accepted events from which a batch is applied in parallel ([`PARALLEL_INGEST_EVENTS`];
+    /// tests move it to compare both paths).
+    parallel_from: AtomicUsize,
 }
 
 impl Engine {
@@ -292,7 +299,16 @@ impl Engine {
             }),
             watermark: AtomicI64::new(i64::MIN),
             kind: AtomicU64::new(0),
+            parallel_from: AtomicUsize::new(PARALLEL_INGEST_EVENTS),
         }
+    }
+
+    /// Apply batches of at least `events` accepted events shard by shard in parallel (default
+    /// [`PARALLEL_INGEST_EVENTS`]; `usize::MAX`: never). The state is the same either way: this
+    /// exists to test exactly that, and to measure.
+    #[doc(hidden)]
+    pub fn set_parallel_ingest_events(&self, events: usize) {
+        self.parallel_from.store(events, Ordering::Relaxed);
     }
 
     /// The compiled feature set.
@@ -498,7 +514,7 @@ impl Engine {
                 apply_one(&mut shard, &mut vals, i, key, settle_at[i]);
             }
         };
-        if report.accepted as usize >= PARALLEL_INGEST_EVENTS {
+        if report.accepted as usize >= self.parallel_from.load(Ordering::Relaxed) {
             crate::pool::install(|| {
                 self.shards
                     .par_iter()

@@ -989,3 +989,75 @@ proptest! {
         }
     }
 }
+
+/// A stream over up to 256 keys, long enough to cross the parallel threshold, a little out
+/// of order (some events late), a few far ahead (for the guard, or moving the watermark).
+fn long_stream() -> impl Strategy<Value = Vec<Ev>> {
+    prop::collection::vec(
+        (
+            any::<u8>(),
+            0i64..2_000,
+            prop::option::weighted(0.05, -300i64..300),
+            prop::option::weighted(0.85, -64i32..64),
+            prop::option::weighted(0.9, 0u8..4),
+        ),
+        0..3_000,
+    )
+    .prop_map(|raw| {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, (k, jitter, back, v, c))| Ev {
+                k,
+                // roughly increasing: one minute per 8 events, jittered, sometimes far behind
+                // (late) or ahead (negative `back`: up to 5 hours)
+                ts: (i as i64 / 8) * M + jitter * 1_000_000_000 - back.unwrap_or(0) * M,
+                v: v.map(|v| v as f64 / 4.0),
+                c,
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// The parallel apply (shard by shard on the pool) leaves the state, counters, reports and
+    /// answers of the sequential one, bit for bit, for batches on both sides of the threshold.
+    #[test]
+    fn parallel_ingest_equals_sequential(
+        evs in long_stream(),
+        cuts in prop::collection::vec(
+            prop::sample::select(vec![1usize, 33, 500, 1_023, 1_024, 1_025, 2_048, 3_000]),
+            1..8,
+        ),
+        threshold in prop::sample::select(vec![33usize, 1_000, PARALLEL_INGEST_EVENTS]),
+        lateness in prop::sample::select(vec!["0s", "5m", "45m"]),
+        ttl in any::<bool>(),
+        str_keys in any::<bool>(),
+        guarded in any::<bool>(),
+    ) {
+        let plan = plan_with(lateness, ttl, if guarded { r#", "max_ahead": "2h""# } else { "" });
+        let sequential = Engine::new(Arc::clone(&plan));
+        sequential.set_parallel_ingest_events(usize::MAX);
+        let parallel = Engine::new(Arc::clone(&plan));
+        parallel.set_parallel_ingest_events(threshold);
+        let mut rest = &evs[..];
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = cuts[i % cuts.len()].min(rest.len());
+            let batch = events(&plan, &rest[..n], str_keys);
+            let a = sequential.ingest(&batch).unwrap();
+            let b = parallel.ingest(&batch).unwrap();
+            prop_assert_eq!(a, b);
+            rest = &rest[n..];
+            i += 1;
+        }
+        let wm = sequential.watermark();
+        let queries: Vec<i64> = [0i64, 1, 7, 60, 1000]
+            .iter()
+            .map(|m| wm.saturating_sub(plan.spec.allowed_lateness).saturating_add(m * M))
+            .collect();
+        let want = observe(&sequential, str_keys, &queries);
+        prop_assert_eq!(&observe(&parallel, str_keys, &queries), &want);
+    }
+}
