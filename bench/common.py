@@ -263,4 +263,11 @@ def versions() -> dict[str, str]:
             out[p] = md.version(p)
         except md.PackageNotFoundError:
             out[p] = "not installed"
+    if out["rtml"] == "not installed":  # a build on PYTHONPATH (no package metadata)
+        try:
+            import rtml
+
+            out["rtml"] = f"{rtml.__version__} (from {Path(rtml.__file__).parent})"
+        except ImportError:
+            pass
     return out
