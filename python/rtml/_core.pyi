@@ -138,6 +138,15 @@ class Engine:
         at: _Instant | None = None,
     ) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
         """`vector` and `get` from one read of the key's state."""
+    def predict(
+        self,
+        key: _Key,
+        transforms: Transforms,
+        model: Linear | Softmax,
+        fields: dict[str, Any] | None = None,
+        at: _Instant | None = None,
+    ) -> Any:
+        """`model.predict_one(vector(...))` in one call."""
     def contains(self, key: object) -> bool: ...
     def __len__(self) -> int: ...
     def to_bytes(self) -> bytes: ...

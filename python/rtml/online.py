@@ -398,6 +398,46 @@ class OnlineEngine:
             return self._engine.vector_get(key, core, fields, at)
         return self._engine.vector(key, core, fields, at)
 
+    def predict(
+        self,
+        key: Key,
+        transforms: Union["Transforms", _core.Transforms],
+        model: Any,
+        fields: Optional[dict[str, Any]] = None,
+        at: Optional[Instant] = None,
+    ) -> Any:
+        """The model's prediction for one request, from the entity's features in one call:
+        ``model.predict_one(engine.vector(key, transforms, fields, at))``, bit for bit, with the
+        vector handed from the engine to the model inside rtml (no Python round trip). `model`
+        is an ``rtml.learn`` model: ``Logistic`` / ``LinearRegression`` answer a float,
+        ``Softmax`` the class probabilities. The errors are those of `vector` and of
+        ``predict_one`` (a model whose ``n_features`` differs from the vector's length raises
+        ``rtml.SchemaError``); another kind of model raises ``TypeError``.
+
+        >>> import rtml
+        >>> import rtml.learn as rl
+        >>> fs = rtml.FeatureSet("u", "ts", [rtml.count(), rtml.sum("x")], timestamp_unit="s")
+        >>> eng = fs.online({"u": [1, 1], "ts": [1, 2], "x": [2.0, 3.0]})
+        >>> tf = rtml.Transforms([rtml.log1p("x_sum"), rtml.passthrough("count")])
+        >>> model = rl.Logistic(n_features=2)
+        >>> _ = model.learn_one([1.0, 2.0], 1)
+        >>> p = eng.predict(1, tf, model, at=10)
+        >>> p == model.predict_one(eng.vector(1, tf, at=10))
+        True
+        """
+        core = getattr(transforms, "_t", transforms)
+        if not isinstance(core, _core.Transforms):
+            raise TypeError(
+                f"transforms: expected an rtml.Transforms, got {type(transforms).__name__}"
+            )
+        m = getattr(model, "_m", model)
+        if not isinstance(m, (_core.Linear, _core.Softmax)):
+            raise TypeError(
+                "model: expected an rtml.learn model (Logistic, LinearRegression, Softmax), "
+                f"got {type(model).__name__}"
+            )
+        return self._engine.predict(key, core, m, fields, at)
+
     def __contains__(self, key: object) -> bool:
         """Whether the engine holds state for `key` (seen, and not evicted by ttl)."""
         return self._engine.contains(key)

@@ -468,6 +468,41 @@ impl PyEngine {
         })
     }
 
+    /// `model.predict_one(self.vector(key, transforms, fields, at))` in one call: the vector
+    /// goes from the engine to the model without a Python round trip. A float for a linear
+    /// model, the class probabilities for a softmax.
+    #[pyo3(signature = (key, transforms, model, fields=None, at=None))]
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        transforms: &Bound<'py, PyTransforms>,
+        model: &Bound<'py, PyAny>,
+        fields: Option<&Bound<'py, PyAny>>,
+        at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let linear = model.cast::<super::learn::PyLinear>().ok();
+        let softmax = model.cast::<super::learn::PySoftmax>().ok();
+        if linear.is_none() && softmax.is_none() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "model: expected an rtml.learn model (Logistic, LinearRegression, Softmax), got {}",
+                model.get_type().name()?
+            )));
+        }
+        let vec = self.vector(py, key, transforms, fields, at)?;
+        let ro = numpy::PyArrayMethods::readonly(&vec);
+        let x = ro.as_slice().map_err(|_| {
+            pyo3::exceptions::PyRuntimeError::new_err("predict: the vector is not contiguous")
+        })?;
+        match (linear, softmax) {
+            (Some(m), _) => {
+                Ok(pyo3::types::PyFloat::new(py, m.get().predict_values(py, x)?).into_any())
+            }
+            (_, Some(m)) => Ok(m.get().predict_values(py, x)?.into_any()),
+            (None, None) => Err(pyo3::exceptions::PyTypeError::new_err("model: unsupported")),
+        }
+    }
+
     /// `vector` and `get` of one entity from one read of its state (the same instant, one
     /// shard lock, so a concurrent ingest cannot fall between them): `(vector, features dict)`.
     #[pyo3(signature = (key, transforms, fields=None, at=None))]

@@ -363,6 +363,29 @@ fn labels_i64<'a>(a: &'a PyReadonlyArray1<'_, i64>) -> PyResult<&'a [i64]> {
         .map_err(|_| schema_error("y", "expected a contiguous int64 array"))
 }
 
+impl PyLinear {
+    /// `predict_one` of a vector the engine computed in Rust (`OnlineEngine.predict`).
+    pub(crate) fn predict_values(&self, py: Python<'_>, x: &[f64]) -> PyResult<f64> {
+        entry(Some(&self.poison), || {
+            lock(py, &self.inner).predict_one(x).py_err()
+        })
+    }
+}
+
+impl PySoftmax {
+    /// `predict_one` of a vector the engine computed in Rust (`OnlineEngine.predict`).
+    pub(crate) fn predict_values<'py>(
+        &self,
+        py: Python<'py>,
+        x: &[f64],
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        entry(Some(&self.poison), || {
+            let p = lock(py, &self.inner).predict_one(x).py_err()?;
+            Ok(p.into_pyarray(py))
+        })
+    }
+}
+
 /// An online softmax (multiclass logistic) model (use `rtml.learn.Softmax`). Labels here are
 /// class indices; the wrapper maps class labels to them.
 #[pyclass(frozen, name = "Softmax", module = "rtml._core")]
