@@ -225,3 +225,40 @@ def test_string_features_read_through_redis_equal_the_engine(redis_server, tmp_p
         vec, row = remote.vector(k, tf, {}, at=at, with_features=True)
         assert vec.tobytes() == want.tobytes() and enc(row) == enc(eng.get(k, at=at))
     remote.close()
+
+
+@pytest.mark.parametrize("path", ["rust", "redis-py"])
+def test_get_many_is_one_round_trip_equal_to_the_engines(redis_server, tmp_path, path):
+    # docs/shared-state.md, "Reader": get_many of many keys is ONE Redis command (an MGET),
+    # counted by the server's INFO commandstats; its rows equal each key's in-process engine
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    fs = feature_set()
+    events = workload(4_000, 60, seed=5)
+    pub = rtml.RedisPublisher(url, prefix=prefix)
+    runner = Runner(
+        fs,
+        rtml.sources.replay(events, partitions=2, max_delay=f"{LATENESS_S // 2}s", seed=3),
+        tmp_path,
+        publish=pub,
+    )
+    runner.run_until_idle()
+    assert pub.metrics()["errors"] == 0
+    remote = rtml.RemoteEngine(fs, prefix=prefix, **clients(url, path))
+    wm = max(e.watermark for e in runner.engines.values())
+    keys = sorted(set(events.column("user").to_pylist()))[:50] + [987654, 987655]
+    at = ts(wm + 60 * NS)
+    remote.get(keys[0], at=at)  # the first read also learns the info record
+    r = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    r.config_resetstat()
+    table, wms = remote.get_many(keys, at=at, with_watermark=True)
+    assert commands(r) == 1, "get_many of 52 keys is one Redis command"
+    assert table.num_rows == len(keys)
+    assert table.column("user").to_pylist() == keys
+    rows = table.to_pylist()
+    for k, row, w in zip(keys, rows, wms):
+        want = runner.engine_for(k).get(k, at=at)
+        got = {name: v for name, v in row.items() if name != "user"}
+        assert enc(got) == enc(want), k
+        assert (w is None) == (k >= 987654)
+    remote.close()
