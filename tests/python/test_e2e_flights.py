@@ -72,6 +72,9 @@ def test_notebook_trains_and_saves_artifacts(artifacts):
     text = _stdout(artifacts.parent / "executed.ipynb")
     assert not list(artifacts.rglob("left-by-a-previous-run"))  # the service starts from clean state
     assert "0 mismatches" in text
+    # the service's learning loop run in the notebook and rl.replay learn the same model
+    assert ("service loop vs rl.replay: model documents identical: True; progressive scores identical: True; "
+            "metrics identical: True") in text
     manifest = json.loads((artifacts / "manifest.json").read_text())
     assert manifest["test_auc"] > 0.70
     assert [e["name"] for e in manifest["feature_sets"]] == ["tail", "origin", "carrier", "weather"]
