@@ -30,6 +30,14 @@ feature set per prediction) and the events log (events_log/departures/, events_l
 every accepted event with the time it was received), so `rtml parity` can later recompute the
 served rows offline from exactly the events the service had. Neither loses a row to a crash:
 parts after the follower's checkpoint (state/follower.json) are written again from the log.
+Why not `rtml.learn.ServedLog` (issue 15 first asked the example to switch to it): a ServedLog
+buffers rows in memory and writes them every flush interval, so a SIGKILL or a power cut loses
+the rows of the last interval (issue 12 measured it on the example's earlier buffered served
+log: 232 rows lost to one SIGKILL), and the label join and the learner would then miss examples
+the notebook's replay has. Through the log, a prediction is durable before it is answered (it
+waits for a group-committed fsync) and the Parquet projection, the join and the learner resume
+from the log after any crash. A service that can accept losing the last flush interval on a
+crash can use `rl.ServedLog` instead (docs/learning.md, "The served log").
 
 Online learning (when the manifest has an "online" section, written by the notebook): every
 flight asked about waits in an `rtml.learn.LabelJoin` for its departure (the label: more than
@@ -37,7 +45,14 @@ late_minutes late), and an online logistic regression learns, test-then-train, o
 vector that was served. The join and the model are part of the follower's checkpoint; the log
 replays the rest, so the learned model is the notebook's `rtml.learn.replay` of the same stream,
 bit for bit. GET /learning shows the model and the join; POST /learning/advance {"to": time}
-moves the label clock on a quiet stream (also through the log).
+moves the label clock on a quiet stream (also through the log). Progressive (test-then-train)
+metrics over the manifest's metrics_window of event time (7d): GET /learning "progressive"
+(rl.Metrics.summary(): count, seen, log_loss, auc, mse) and "calibration"
+(rl.Metrics.calibration(): the mean predicted probability and the observed late rate over the
+window, and per prediction bin, 10 equal-width bins or the manifest's online.calibration_bins;
+null for an empty bin); /metrics has them as serving_learning_progressive_{auc,log_loss,
+mean_prediction,observed_rate} and serving_learning_calibration_{examples,mean_prediction,
+observed_rate}{bin="0.2-0.3"}.
 
 Topic mode (docs/streaming.md, "The serving example in topic mode"): with a stream per event kind
 (--source-departures / --source-weather, or RTML_SOURCE_DEPARTURES / RTML_SOURCE_WEATHER:
@@ -496,6 +511,18 @@ class Learning:
             self.metrics = rl.Metrics.from_bytes(base64.b64decode(state["metrics"]))
         else:
             self.metrics = rl.Metrics(window=cfg.get("metrics_window", "7d"))
+        self.calibration_bins = int(cfg.get("calibration_bins", 10))
+
+    def calibration(self) -> dict:
+        """Calibration of the online model over the progressive window (`rl.Metrics.calibration`):
+        the mean predicted probability against the observed late rate (the mean label), over the
+        whole window (one bin) and per equal-width prediction bin. An empty bin's means are None
+        (the library's NaN: no rows), so the answer is plain JSON."""
+        def bin_(b: dict) -> dict:
+            return {**b, **{k: (None if b[k] != b[k] else b[k]) for k in ("mean_prediction", "mean_label")}}
+        (whole,) = self.metrics.calibration(1)
+        return {"count": whole["count"], "mean_prediction": bin_(whole)["mean_prediction"],
+                "mean_label": bin_(whole)["mean_label"], "bins": [bin_(b) for b in self.metrics.calibration(self.calibration_bins)]}
 
     def finite(self, x: np.ndarray) -> np.ndarray:
         """The learner takes finite vectors: a missing feature (null, after scaling) counts as
@@ -1197,7 +1224,8 @@ class Service:
         with self.lock:
             return {"model": json.loads(learning.model.to_json()), "updates": learning.model.updates,
                     "pending": learning.join.pending, "join": learning.join.stats(), "counters": dict(learning.counters),
-                    "progressive": learning.metrics.summary(), "position": self.follower.position}
+                    "progressive": learning.metrics.summary(), "calibration": learning.calibration(),
+                    "position": self.follower.position}
 
     def advance_labels(self, payload: Any) -> dict:
         """Move the label clock (no label older than `to`, minus the allowed lateness, is coming):
@@ -1290,7 +1318,7 @@ class Service:
         if learning is not None:
             with self.lock:
                 js, c, summary = learning.join.stats(), dict(learning.counters), learning.metrics.summary()
-                updates, pending = learning.model.updates, learning.join.pending
+                updates, pending, cal = learning.model.updates, learning.join.pending, learning.calibration()
             metric("serving_learning_examples_total", "counter",
                    "Served flights joined with their departure and learned (test-then-train).", [("", c["examples"])])
             metric("serving_learning_model_updates", "gauge", "Updates of the online model (since its start in the notebook).",
@@ -1306,6 +1334,25 @@ class Service:
                        f"Progressive (test-then-train) {name} of the online model over the last "
                        f"{learning.config.get('metrics_window', '7d')} of event time (kept across restarts: part of the checkpoint).",
                        [("", value)] if value is not None else [])
+            # calibration over the same window: mean predicted probability vs observed late rate,
+            # overall and per prediction bin (GET /learning "calibration"); no rows, no sample
+            window = learning.config.get("metrics_window", "7d")
+            means = (("mean_prediction", "mean_prediction", "Mean predicted probability (scored before learning)"),
+                     ("observed_rate", "mean_label", "Share that left late (the mean label)"))
+            for name, key, help_ in means:
+                metric(f"serving_learning_progressive_{name}", "gauge",
+                       f"{help_} of the online model's progressive examples over the last {window} of event time "
+                       "(its calibration over the whole window).",
+                       [("", cal[key])] if cal[key] is not None else [])
+            binl = lambda b: f'{{bin="{b["lo"]:g}-{b["hi"]:g}"}}'  # noqa: E731
+            metric("serving_learning_calibration_examples", "gauge",
+                   f"Progressive examples over the last {window} of event time whose prediction falls in the bin.",
+                   [(binl(b), b["count"]) for b in cal["bins"]])
+            for name, key, help_ in means:
+                metric(f"serving_learning_calibration_{name}", "gauge",
+                       f"{help_} of the progressive examples whose prediction falls in the bin, over the last "
+                       f"{window} of event time (no sample for an empty bin).",
+                       [(binl(b), b[key]) for b in cal["bins"] if b[key] is not None])
         if self.follower.monitoring is not None:
             mon = self.monitor_state()
             values = mon["values"] or {}

@@ -72,6 +72,9 @@ def test_notebook_trains_and_saves_artifacts(artifacts):
     text = _stdout(artifacts.parent / "executed.ipynb")
     assert not list(artifacts.rglob("left-by-a-previous-run"))  # the service starts from clean state
     assert "0 mismatches" in text
+    # the service's learning loop run in the notebook and rl.replay learn the same model
+    assert ("service loop vs rl.replay: model documents identical: True; progressive scores identical: True; "
+            "metrics identical: True") in text
     manifest = json.loads((artifacts / "manifest.json").read_text())
     assert manifest["test_auc"] > 0.70
     assert [e["name"] for e in manifest["feature_sets"]] == ["tail", "origin", "carrier", "weather"]
@@ -196,6 +199,10 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
         monitor = client.get("/monitor").json()
         skew = client.get("/monitor/skew").json()  # (the default rate, 10% of the keys)
         metrics = engine_metrics(client)
+        # the stream is over: /learning, /monitor and the Prometheus series answer the same state
+        learning_now = client.get("/learning").json()
+        series = _series(client.get("/metrics").text, ("serving_learning_", "rtml_monitor_"))
+        assert client.get("/monitor").json() == monitor
     finally:
         client.close()
         assert srv.stop(), srv.output()[-5000:]
@@ -281,6 +288,43 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
     assert learned["model"]["updates"] == len(replayed.examples) + start_updates
     # the progressive metrics are part of the checkpoint: through the restart, the same floats
     assert learned["progressive"] == replayed.metrics.summary()
+    # their calibration too: the whole window (one bin) and 10 prediction bins, empty bins' means null
+    def plain(b: dict) -> dict:
+        return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in b.items()}
+    (whole,) = [plain(b) for b in replayed.metrics.calibration(1)]
+    bins = [plain(b) for b in replayed.metrics.calibration(10)]
+    assert whole["count"] == replayed.metrics.count > 0 and sum(b["count"] for b in bins) == whole["count"]
+    assert learned["calibration"] == {"count": whole["count"], "mean_prediction": whole["mean_prediction"],
+                                      "mean_label": whole["mean_label"], "bins": bins}
+    assert {k: v for k, v in learning_now.items() if k != "position"} == {
+        k: v for k, v in learned.items() if k != "position"}  # (nothing learned since the advance)
+
+    # /metrics: the serving_learning_* series are the same numbers as /learning's (and so the
+    # replay's), every float equal (a null metric or an empty bin's mean has no sample)
+    assert learning_now["pending"] == 0  # the label clock passed every wait
+    binl = lambda b: f'{{bin="{b["lo"]:g}-{b["hi"]:g}"}}'  # noqa: E731
+    want = {
+        "serving_learning_examples_total": len(replayed.examples),
+        "serving_learning_model_updates": len(replayed.examples) + start_updates,
+        "serving_learning_pending": 0,
+        "serving_learning_served_again_total": N_PREDICT + 1 - len(flights),
+        **{f'serving_learning_join_total{{outcome="{k}"}}': v for k, v in sorted(learning_now["join"].items())
+           if isinstance(v, (int, float))},
+        "serving_learning_progressive_auc": replayed.metrics.auc(),
+        "serving_learning_progressive_log_loss": replayed.metrics.log_loss(),
+        "serving_learning_progressive_mean_prediction": whole["mean_prediction"],
+        "serving_learning_progressive_observed_rate": whole["mean_label"],
+        **{f"serving_learning_calibration_examples{binl(b)}": b["count"] for b in bins},
+        **{f"serving_learning_calibration_mean_prediction{binl(b)}": b["mean_prediction"] for b in bins
+           if b["count"]},
+        **{f"serving_learning_calibration_observed_rate{binl(b)}": b["mean_label"] for b in bins if b["count"]},
+    }
+    got = {k: v for k, v in series.items() if k.startswith("serving_learning_")}
+    assert got == want, sorted(set(got.items()) ^ set(want.items()))
+    assert got["serving_learning_examples_total"] == learning_now["counters"]["examples"]
+    assert got["serving_learning_progressive_auc"] == learning_now["progressive"]["auc"]
+    assert got["serving_learning_progressive_log_loss"] == learning_now["progressive"]["log_loss"]
+    assert got['serving_learning_join_total{outcome="released_labeled"}'] == len(replayed.examples)
 
     # drift: the service's monitor over its last closed day equals rtml.monitor.report of the
     # served log for that day (the same rows, the same Rust code), every metric bit for bit
@@ -305,6 +349,26 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
         got = monitor["values"][r["column"]]
         for k in ("rows", "non_null", *rm.METRICS):
             assert got[k] == r[k], (r["column"], k, got[k], r[k])
+    # /metrics: the monitor gauges are /monitor's values for that day, so rm.report's, bit for bit;
+    # one sample per column with a value (a null metric has none)
+    gauges = {k: v for k, v in series.items()
+              if k.startswith(("rtml_monitor_psi{", "rtml_monitor_js{", "rtml_monitor_null_rate{",
+                               "rtml_monitor_out_of_range_rate{"))}
+    for source in (monitor["values"], {r["column"]: r for r in day}):
+        assert gauges == {f'rtml_monitor_{m}{{column="{c}"}}': v[m] for c, v in source.items()
+                          for m in ("psi", "js", "null_rate", "out_of_range_rate") if v[m] is not None}
+    assert all(f'rtml_monitor_null_rate{{column="{c}"}}' in gauges for c in reference.columns)  # (rows >= 3)
+
+
+def _series(text: str, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """The samples of /metrics whose names start with one of `prefixes`, as {"name{labels}": value}."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(prefixes):
+            name, value = line.rsplit(" ", 1)
+            assert name not in out, name  # one sample per series
+            out[name] = float(value)
+    return out
 
 
 def test_parity_reports_mismatches(tmp_path):
