@@ -881,7 +881,9 @@ class Runner:
         while True:
             n = self.step()
             total += n
-            if n == 0 and self.source.idle():
+            # (idle after a poll that read events: they were the last ones, no need to poll
+            # again to find out)
+            if self.source.idle():
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise SourceError(
@@ -1290,7 +1292,7 @@ def main_run(argv: list[str]) -> int:
     try:
         runner._open()
         while not stop.is_set():
-            n = runner.step()
+            runner.step()
             if show and time.monotonic() - last_t >= 1.0:
                 m = runner.metrics()
                 now = time.monotonic()
@@ -1303,7 +1305,7 @@ def main_run(argv: list[str]) -> int:
                 )
                 sys.stderr.flush()
                 last_t, last_n = now, m["events_in"]
-            if args.until_idle and n == 0 and runner.source.idle():
+            if args.until_idle and runner.source.idle():
                 break
         runner.checkpoint()
     finally:

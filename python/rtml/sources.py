@@ -512,6 +512,11 @@ def replay_messages(
 # Kafka
 
 
+#: The longest single wait of `KafkaSource.poll` on the consumer (seconds): a poll with a longer
+#: timeout waits in slices of this, returning early once every partition is at its end.
+_CONSUME_SLICE = 0.02
+
+
 class KafkaSource(Source):
     """Kafka topic partitions through confluent-kafka (see `kafka`)."""
 
@@ -555,6 +560,8 @@ class KafkaSource(Source):
         self._on_assign: Optional[AssignFn] = None
         self._on_revoke: Optional[RevokeFn] = None
         self._fatal: Optional[BaseException] = None
+        # partitions revoked during the current `_consume` call (their messages held are stale)
+        self._revoked: set[int] = set()
 
     def open(self, on_assign: AssignFn, on_revoke: RevokeFn) -> None:
         from confluent_kafka import Consumer
@@ -571,6 +578,15 @@ class KafkaSource(Source):
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
             "topic.metadata.refresh.interval.ms": 5_000,
+            # While the runner is slower than the fetcher (catching up on a backlog), the
+            # prefetch queue passes queued.min.messages and librdkafka postpones the partition's
+            # next fetch by fetch.queue.backoff.ms: 1 s by default, long enough for the queue to
+            # run dry (measured: 0.4 s stalls every ~240k events, docs/benchmarks.md, session 10)
+            "fetch.queue.backoff.ms": 20,
+            # a partition's end (EOF: `idle()`) is known when a fetch at the end answers, which
+            # the broker may hold up to fetch.wait.max.ms (500 ms by default); new events are
+            # answered at once either way
+            "fetch.wait.max.ms": 100,
             # transport errors (broker down, ...) are retried by librdkafka with backoff; count them
             "error_cb": self._on_error,
             "logger": logging.getLogger("rtml.sources.kafka"),
@@ -632,6 +648,7 @@ class KafkaSource(Source):
             consumer.assign([])
 
     def _revoke_cb(self, consumer: Any, tps: list[Any]) -> None:
+        self._revoked.update(tp.partition for tp in tps)
         try:
             parts = [tp.partition for tp in tps if tp.partition in self._assigned]
             if parts and self._on_revoke:
@@ -645,10 +662,59 @@ class KafkaSource(Source):
                 self._next.pop(tp.partition, None)
             consumer.unassign()
 
+    def _consume(self, max_records: int, timeout: float) -> list[Any]:
+        """Up to `max_records` messages (and EOF / error events) within `timeout` seconds, as
+        one ``consume(max_records, timeout)`` call, but returning as soon as every assigned
+        partition is at its end: librdkafka's batch consume waits out the whole timeout for a
+        batch it cannot fill, so the last batch of a backlog (and every batch of a quiet
+        stream) would wait out `timeout` after its last event. With nothing new it waits
+        `timeout`, as before."""
+        consume = self._consumer.consume
+        if timeout <= _CONSUME_SLICE:
+            msgs: list[Any] = consume(num_messages=max_records, timeout=timeout)
+            return msgs
+        deadline = time.monotonic() + timeout
+        self._revoked.clear()
+        msgs = consume(num_messages=max_records, timeout=_CONSUME_SLICE)
+        while len(msgs) < max_records and self._fatal is None:
+            # Something came and its last event is an EOF or an error: every partition may be
+            # at its end (else the last event is a message, whose partition is not).
+            if msgs and msgs[-1].error() is not None and self._at_end(msgs):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._revoked.clear()
+            chunk = consume(num_messages=max_records - len(msgs), timeout=min(left, _CONSUME_SLICE))
+            if self._revoked:
+                # a rebalance inside that call: the messages held of a revoked partition are
+                # read again from its checkpoint by whoever holds it now (us, from `chunk` on)
+                msgs = [m for m in msgs if m.partition() not in self._revoked]
+            msgs = msgs + chunk if msgs else chunk
+        return msgs
+
+    def _at_end(self, msgs: list[Any]) -> bool:
+        """Whether every assigned partition is at its end after `msgs` (its last event there is
+        an EOF, or it has nothing there and was at its end before)."""
+        from confluent_kafka import KafkaError
+
+        if not self._assigned:
+            return False
+        end = {p: self._eof.get(p, False) for p in self._assigned}
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                end[m.partition()] = False
+            elif err.code() == KafkaError._PARTITION_EOF:
+                end[m.partition()] = True
+            else:
+                return True  # an error: poll() handles it now
+        return all(end.get(p, False) for p in self._assigned)
+
     def poll(self, max_records: int, timeout: float) -> list[Batch]:
         from confluent_kafka import KafkaError
 
-        msgs = self._consumer.consume(num_messages=max_records, timeout=timeout)
+        msgs = self._consume(max_records, timeout)
         if self._fatal is not None:
             e, self._fatal = self._fatal, None
             raise e
