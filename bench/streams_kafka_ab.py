@@ -94,6 +94,10 @@ def child(mode: str, bootstrap: str, topic: str, n: int, batch: int) -> None:
         r._open()
         while not r.engines:  # the group join, not counted
             r.step()
+        if os.environ.get("AB_GC_FREEZE"):  # (an experiment: the objects so far out of the GC's way)
+            import gc
+
+            gc.freeze()
         t_assign = time.perf_counter()
         while not r.step():
             pass

@@ -136,16 +136,22 @@ class Clock:
         self.now += s
 
 
+class Waiting(ScriptedConsumer):
+    """A scripted consumer that waits out each call's timeout on `clock`."""
+
+    def __init__(self, clock, chunks, hooks=None):
+        super().__init__(chunks, hooks)
+        self.clock = clock
+
+    def consume(self, num_messages, timeout):
+        self.clock.now += timeout
+        return super().consume(num_messages, timeout)
+
+
 def test_poll_with_nothing_new_waits_its_timeout_and_answers_nothing(monkeypatch):
     clock = Clock()
     monkeypatch.setattr(rtml.sources, "time", clock)
-
-    class Waiting(ScriptedConsumer):
-        def consume(self, num_messages, timeout):
-            clock.now += timeout
-            return super().consume(num_messages, timeout)
-
-    c = Waiting([])
+    c = Waiting(clock, [])
     src = source(c, at_end=True)
     assert src.poll(100, 0.05) == []
     # (every partition was at its end already: nothing new is no reason to answer early)
@@ -153,20 +159,42 @@ def test_poll_with_nothing_new_waits_its_timeout_and_answers_nothing(monkeypatch
     assert src.idle()
 
 
-def test_poll_short_timeout_is_one_consume_call():
-    c = ScriptedConsumer([[msg(0, 0)]])
+def test_poll_short_timeout_is_one_consume_call(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(rtml.sources, "time", clock)
+    c = Waiting(clock, [[msg(0, 0)]])
     src = source(c, partitions=(0,))
     got = src.poll(100, 0.01)
     assert c.calls == [(100, 0.01)]
     assert contents(got) == expected([msg(0, 0)])
 
 
+def test_poll_reads_in_chunks_that_add_up_to_one_batch(monkeypatch):
+    """At most _CONSUME_CHUNK messages per consume call (their Message objects dropped before
+    the next), the batch the same as one call's: max_records in all, in order."""
+    monkeypatch.setattr(rtml.sources, "_CONSUME_CHUNK", 4)
+    stream = [msg(i % 2, i // 2) for i in range(9)] + [eof(0, 5), msg(1, 4), eof(1, 5)]
+    c = ScriptedConsumer([stream[0:4], stream[4:8], stream[8:12]])
+    src = source(c)
+    got = src.poll(100, 600.0)
+    assert [n for n, _ in c.calls] == [4, 4, 4]
+    assert contents(got) == expected(stream)
+    assert src.idle()
+    c = ScriptedConsumer([stream[0:4], stream[4:6], stream[6:10]])
+    src = source(c)
+    got = src.poll(6, 600.0)  # max_records: the second call asks for 2
+    assert [n for n, _ in c.calls] == [4, 2]
+    assert contents(got) == expected(stream[:4] + stream[4:6])
+    assert not src.idle()
+
+
 def test_poll_rebalance_between_waits_drops_what_it_held_of_a_revoked_partition():
     """Partition 0 is revoked and handed back (from its checkpoint, offset 0) inside the second
     consume call: the messages of partition 0 held from the first call come again after it and
-    must be in the batch once; partition 1's are kept."""
-    first = [msg(0, 0), msg(1, 0), msg(0, 1)]
-    second = [msg(0, 0), msg(0, 1), msg(0, 2), msg(1, 1), eof(0, 3), eof(1, 2)]
+    must be in the batch once; partition 1's are kept, and so is its EOF event (held from the
+    first call: partition 1 is at its end)."""
+    first = [msg(0, 0), msg(1, 0), msg(1, 1), eof(1, 2), msg(0, 1)]
+    second = [msg(0, 0), msg(0, 1), msg(0, 2), eof(0, 3)]
     revoked, assigned = [], []
     src = rtml.sources.kafka("127.0.0.1:1", TOPIC, "g")
 
