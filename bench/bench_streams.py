@@ -12,7 +12,11 @@ JSON keys of "no_broker": decode_only_per_s, decode_ingest_per_s (decode then in
 thread), decode_ingest_overlap_per_s (chunk n+1 decoded while chunk n is ingested on a second
 thread, as the Runner does), runner_{1,2}p_per_s (Runner.run_until_idle over
 sources.replay_messages, its final checkpoint included), runner_{1,2}p_drain_per_s (the same
-runner until the last batch is applied, no checkpoint), runner_{1,2}p_checkpoint_s.
+runner until the last batch is applied, no checkpoint), runner_{1,2}p_checkpoint_s. Of
+"kafka": raw_consume_per_s (confluent-kafka's batched consume, the client's defaults),
+raw_consume_fetch_config_per_s (the same with rtml.sources.kafka's fetch settings,
+RUNNER_FETCH_CONFIG), runner_per_s (Runner.run_until_idle, final checkpoint included),
+runner_vs_raw (against the faster raw); every clock starts when the first batch is in.
 
 The workload: bench/common.py's events (Zipf keys, out of order within the 5 min lateness) as
 ~50-byte JSON messages `{"key":123,"ts":1709251200000,"v":12.34,"cat":"c07"}` (epoch ms), and
