@@ -63,6 +63,8 @@ CHECKPOINT_VERSION = 1
 #: The dead-letter reason of an event the engine's watermark guard rejected (`max_ahead`).
 AHEAD_REASON = "ahead of watermark"
 _HEADER = struct.Struct("<8sIIQI")  # magic, version, meta length, snapshot length, CRC-32
+#: Partitions checkpointed at the same time (each holds its snapshot in memory meanwhile).
+_CHECKPOINT_THREADS = 4
 
 
 class CheckpointError(SnapshotError):
@@ -568,9 +570,7 @@ class Runner:
 
     def _on_revoke(self, parts: list[int]) -> None:
         self._drain()
-        for p in parts:
-            if p in self._parts:
-                self._checkpoint_partition(p)
+        self._checkpoint_partitions(parts)
         self._publish(parts)
         with self._lock:
             for p in parts:
@@ -735,11 +735,31 @@ class Runner:
         os.replace(tmp, path)
         part.dead = []
 
-    def _checkpoint_partition(self, p: int) -> None:
-        part = self._parts[p]
-        if not part.dirty and self.checkpoint_path(p).exists():
+    def _checkpoint_partitions(self, parts: list[int]) -> None:
+        """Checkpoint each of `parts` that has new events (or no checkpoint yet). Several are
+        written in parallel (up to `_CHECKPOINT_THREADS` at a time: the snapshot and the write
+        release the GIL), after the dead letters of every one of them are durable."""
+        due = [
+            p
+            for p in parts
+            if p in self._parts and (self._parts[p].dirty or not self.checkpoint_path(p).exists())
+        ]
+        for p in due:
+            self._flush_dead_letters(p, self._parts[p])
+        workers = min(len(due), os.cpu_count() or 1, _CHECKPOINT_THREADS)
+        if workers < 2:
+            for p in due:
+                self._write_checkpoint(p)
             return
-        self._flush_dead_letters(p, part)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="rtml-checkpoint") as pool:
+            done = [pool.submit(self._write_checkpoint, p) for p in due]
+        for f in done:
+            f.result()  # (the first error, once every write has finished)
+
+    def _write_checkpoint(self, p: int) -> None:
+        part = self._parts[p]
         snap = part.engine.to_bytes()
         meta = {
             "format": "rtml.Checkpoint",
@@ -764,9 +784,7 @@ class Runner:
         t0 = time.monotonic()
         with self._lock:
             parts = list(self._parts)
-        for p in parts:
-            if p in self._parts:
-                self._checkpoint_partition(p)
+        self._checkpoint_partitions(parts)
         done: dict[int, Position] = {
             p: part.position for p, part in self._parts.items() if part.position is not None
         }
@@ -881,7 +899,9 @@ class Runner:
         while True:
             n = self.step()
             total += n
-            if n == 0 and self.source.idle():
+            # (idle after a poll that read events: they were the last ones, no need to poll
+            # again to find out)
+            if self.source.idle():
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise SourceError(
@@ -1290,7 +1310,7 @@ def main_run(argv: list[str]) -> int:
     try:
         runner._open()
         while not stop.is_set():
-            n = runner.step()
+            runner.step()
             if show and time.monotonic() - last_t >= 1.0:
                 m = runner.metrics()
                 now = time.monotonic()
@@ -1303,7 +1323,7 @@ def main_run(argv: list[str]) -> int:
                 )
                 sys.stderr.flush()
                 last_t, last_n = now, m["events_in"]
-            if args.until_idle and n == 0 and runner.source.idle():
+            if args.until_idle and runner.source.idle():
                 break
         runner.checkpoint()
     finally:

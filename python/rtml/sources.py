@@ -18,8 +18,11 @@ informational only). docs/streaming.md describes the contract.
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
+import itertools
 import logging
+import operator
 import time
 import zlib
 from dataclasses import dataclass
@@ -512,6 +515,51 @@ def replay_messages(
 # Kafka
 
 
+#: The longest single wait of `KafkaSource.poll` on the consumer (seconds): a poll with a longer
+#: timeout waits in slices of this, returning early once every partition is at its end.
+_CONSUME_SLICE = 0.02
+#: Messages per consume call of `KafkaSource.poll`: fewer than the garbage collector's
+#: first threshold (700 allocations), so the Message objects of one call are gone before a
+#: collection could find them alive (`KafkaSource._consume`).
+_CONSUME_CHUNK = 500
+
+
+class _Columns:
+    """The messages of one `KafkaSource.poll`, column-wise: partition, offset and payload of
+    each message (errors and EOF events left out), and where EOF events came."""
+
+    __slots__ = ("parts", "offsets", "values", "eof_after", "read", "ends_with_event")
+
+    def __init__(self) -> None:
+        self.parts: list[int] = []
+        self.offsets: list[Position] = []  # (ints)
+        self.values: list[Optional[bytes]] = []
+        #: partition -> messages before its last EOF event (an index into the columns)
+        self.eof_after: dict[int, int] = {}
+        self.read = 0  # messages and events consumed
+        self.ends_with_event = False  # the last thing consumed was an EOF or error event
+
+    def last_at(self) -> dict[int, int]:
+        """partition -> index of its last message."""
+        return {p: i for i, p in enumerate(self.parts)}
+
+    def drop(self, partitions: set[int]) -> None:
+        """Forget the messages and EOF events of `partitions`."""
+        keep = [i for i, p in enumerate(self.parts) if p not in partitions]
+        if len(keep) == len(self.parts):
+            for p in partitions:
+                self.eof_after.pop(p, None)
+            return
+        # an EOF event after n messages comes after those of them that are kept
+        eof = {
+            p: bisect.bisect_left(keep, n) for p, n in self.eof_after.items() if p not in partitions
+        }
+        self.parts = [self.parts[i] for i in keep]
+        self.offsets = [self.offsets[i] for i in keep]
+        self.values = [self.values[i] for i in keep]
+        self.eof_after = eof
+
+
 class KafkaSource(Source):
     """Kafka topic partitions through confluent-kafka (see `kafka`)."""
 
@@ -555,6 +603,8 @@ class KafkaSource(Source):
         self._on_assign: Optional[AssignFn] = None
         self._on_revoke: Optional[RevokeFn] = None
         self._fatal: Optional[BaseException] = None
+        # partitions revoked during the current `_consume` call (their messages held are stale)
+        self._revoked: set[int] = set()
 
     def open(self, on_assign: AssignFn, on_revoke: RevokeFn) -> None:
         from confluent_kafka import Consumer
@@ -571,6 +621,15 @@ class KafkaSource(Source):
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
             "topic.metadata.refresh.interval.ms": 5_000,
+            # While the runner is slower than the fetcher (catching up on a backlog), the
+            # prefetch queue passes queued.min.messages and librdkafka postpones the partition's
+            # next fetch by fetch.queue.backoff.ms: 1 s by default, long enough for the queue to
+            # run dry (measured: 0.4 s stalls every ~240k events, docs/benchmarks.md, session 10)
+            "fetch.queue.backoff.ms": 20,
+            # a partition's end (EOF: `idle()`) is known when a fetch at the end answers, which
+            # the broker may hold up to fetch.wait.max.ms (500 ms by default); new events are
+            # answered at once either way
+            "fetch.wait.max.ms": 100,
             # transport errors (broker down, ...) are retried by librdkafka with backoff; count them
             "error_cb": self._on_error,
             "logger": logging.getLogger("rtml.sources.kafka"),
@@ -632,6 +691,7 @@ class KafkaSource(Source):
             consumer.assign([])
 
     def _revoke_cb(self, consumer: Any, tps: list[Any]) -> None:
+        self._revoked.update(tp.partition for tp in tps)
         try:
             parts = [tp.partition for tp in tps if tp.partition in self._assigned]
             if parts and self._on_revoke:
@@ -645,40 +705,106 @@ class KafkaSource(Source):
                 self._next.pop(tp.partition, None)
             consumer.unassign()
 
-    def poll(self, max_records: int, timeout: float) -> list[Batch]:
+    def _take(self, chunk: list[Any], cols: "_Columns") -> None:
+        """Append the messages of `chunk` to `cols` (partition, offset, payload), noting EOF
+        events and raising for errors that stop the runner. Column-wise with list
+        comprehensions: a few method calls per message, no per-message branching in Python on
+        the common path."""
         from confluent_kafka import KafkaError
 
-        msgs = self._consumer.consume(num_messages=max_records, timeout=timeout)
-        if self._fatal is not None:
-            e, self._fatal = self._fatal, None
-            raise e
-        # Column-wise with list comprehensions (a few method calls per message, no per-message
-        # branching in Python on the common path).
-        errs = [m.error() for m in msgs]
-        eof_after: dict[int, int] = {}  # partition -> index of its last EOF event in `msgs`
-        if not all(e is None for e in errs):  # (not errs.count(None): KafkaError == None raises)
+        errs = [m.error() for m in chunk]
+        if any(map(operator.is_not, errs, itertools.repeat(None))):
+            # (not errs.count(None): KafkaError == None raises)
             good = []
-            for m, err in zip(msgs, errs):
+            for m, err in zip(chunk, errs):
                 if err is None:
                     good.append(m)
                     continue
+                p = m.partition()
                 if err.code() == KafkaError._PARTITION_EOF:
-                    eof_after[m.partition()] = len(good)
+                    cols.eof_after[p] = len(cols.parts) + len(good)
                     continue
                 if err.code() in (KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET):
                     raise RetentionError(
-                        f"partition {m.partition()} of topic {self.topic!r}: the checkpoint's offset is no longer "
+                        f"partition {p} of topic {self.topic!r}: the checkpoint's offset is no longer "
                         f"on the broker (older than its retention): {err.str()}",
-                        m.partition(),
-                        self._next.get(m.partition()),
+                        p,
+                        self._next.get(p),
                     )
                 if err.fatal():
                     raise SourceError(f"kafka: fatal error: {err.str()}")
                 self._errors["broker_errors"] += 1
-            msgs = good
-        parts = [m.partition() for m in msgs]
-        offsets = [m.offset() for m in msgs]
-        values = [m.value() for m in msgs]
+            chunk = good
+            cols.ends_with_event = errs[-1] is not None
+        else:
+            cols.ends_with_event = False
+        cols.parts += [m.partition() for m in chunk]
+        cols.offsets += [m.offset() for m in chunk]
+        cols.values += [m.value() for m in chunk]
+
+    def _consume(self, max_records: int, timeout: float) -> "_Columns":
+        """Up to `max_records` messages within `timeout` seconds, as one
+        ``consume(max_records, timeout)`` would read them, in two ways cheaper:
+
+        * in chunks of at most `_CONSUME_CHUNK` messages, each taken apart into columns and
+          dropped before the next: confluent-kafka's Message objects are tracked by Python's
+          garbage collector, and 10,000 of them alive at once set off collections of every
+          generation (the full ones scan every object of the process);
+        * returning as soon as every assigned partition is at its end: librdkafka's batch
+          consume waits out the whole timeout for a batch it cannot fill, so the last batch
+          of a backlog (and every batch of a quiet stream) would wait `timeout` after its
+          last event. With nothing new it waits `timeout`, as before.
+
+        A rebalance inside a later consume call drops what the poll held of a partition it
+        revoked (whoever holds that partition now reads it again from its checkpoint)."""
+        consume = self._consumer.consume
+        deadline = time.monotonic() + timeout
+        cols = _Columns()
+        wait = min(timeout, _CONSUME_SLICE)
+        while True:
+            self._revoked.clear()
+            want = max_records - cols.read
+            chunk = consume(num_messages=min(want, _CONSUME_CHUNK), timeout=wait)
+            if self._revoked and cols.parts:
+                cols.drop(self._revoked)
+            if self._fatal is not None:
+                break
+            cols.read += len(chunk)
+            self._take(chunk, cols)
+            del chunk
+            if cols.read >= max_records:
+                break
+            # Something came and its last event is an EOF or an error: every partition may be
+            # at its end (else the last event is a message, whose partition is not).
+            if cols.ends_with_event and self._at_end(cols):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            wait = min(left, _CONSUME_SLICE)
+        return cols
+
+    def _at_end(self, cols: "_Columns") -> bool:
+        """Whether every assigned partition is at its end after `cols` (its last event there
+        is an EOF, or it has nothing there and was at its end before)."""
+        if not self._assigned:
+            return False
+        last = cols.last_at()
+        for p in self._assigned:
+            e = cols.eof_after.get(p)
+            if p in last:
+                if e is None or e <= last[p]:
+                    return False
+            elif e is None and not self._eof.get(p, False):
+                return False
+        return True
+
+    def poll(self, max_records: int, timeout: float) -> list[Batch]:
+        cols = self._consume(max_records, timeout)
+        if self._fatal is not None:
+            e, self._fatal = self._fatal, None
+            raise e
+        parts, offsets, values, eof_after = cols.parts, cols.offsets, cols.values, cols.eof_after
         out = []
         distinct = set(parts)
         last_at: dict[int, int] = {}
@@ -701,7 +827,7 @@ class KafkaSource(Source):
         for p in eof_after:
             if p in self._eof and p not in last_at:
                 self._eof[p] = True
-        if not msgs:
+        if not parts:
             time.sleep(0)  # let rebalance callbacks of other threads run
         return out
 

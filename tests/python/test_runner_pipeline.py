@@ -140,3 +140,41 @@ def test_the_decode_ahead_is_used(monkeypatch):
         _, m, _ = run(payloads, [100], [0], True, Path(d))
     assert m["events_in"] == 1000
     assert calls["ahead"] == 10 and calls["again"] <= 2, calls
+
+
+def test_partitions_checkpointed_in_parallel_hold_what_sequential_ones_do(monkeypatch, tmp_path):
+    """Several partitions are checkpointed at once (session 10): each file holds its own
+    partition's snapshot, position and counters, the same answers as checkpointing one at a
+    time, and the dead letters of each are on disk."""
+    import rtml.runner
+    from rtml.online import OnlineEngine
+    from rtml.runner import read_checkpoint
+
+    fs = feature_set()
+    ev = workload(4_000, 300, seed=11)
+    payloads = to_json_messages(ev)
+    payloads[17] = b"{not json"
+    payloads[2_001] = b'{"user": 1}'
+    keys = ev.column("user").to_pylist()
+    restored, metas, dead = {}, {}, {}
+    for name, threads in (("sequential", 1), ("parallel", 4)):
+        monkeypatch.setattr(rtml.runner, "_CHECKPOINT_THREADS", threads)
+        d = tmp_path / name
+        r = Runner(fs, rtml.sources.replay_messages(payloads, keys, 3), d, max_batch=700)
+        r.run_until_idle()
+        assert sorted(r.engines) == [0, 1, 2]
+        restored[name], metas[name] = {}, {}
+        for p in r.engines:
+            meta, snap = read_checkpoint(r.checkpoint_path(p), p)
+            assert meta["position"] == r.positions[p]
+            restored[name][p] = OnlineEngine.from_bytes(snap)
+            metas[name][p] = {k: v for k, v in meta.items() if k != "written_at"}
+        dead[name] = sorted(f.name for f in (d / "dead_letters").glob("*.parquet"))
+    assert metas["parallel"] == metas["sequential"]
+    assert dead["parallel"] == dead["sequential"] and len(dead["parallel"]) == 2
+    engines = restored["parallel"]
+    assert_same_answers(
+        answers(engines, partition_keys(ev, 3), instants(engines)),
+        answers(restored["sequential"], partition_keys(ev, 3), instants(engines)),
+        [f.name for f in fs.features],
+    )
