@@ -42,12 +42,12 @@ HERE = Path(__file__).resolve().parent
 
 def state():
     sys.path.insert(0, str(HERE))
+    import common
     import numpy as np
     import pyarrow as pa
-
-    import common
-    import rtml
     from common import KEY, TS, VAL
+
+    import rtml
 
     events, _ = common.dataset("1m")
     events = events.set_column(1, TS, events.column(TS).cast(pa.int64()))
@@ -67,12 +67,18 @@ def state():
     fit_tab = fit_tab.append_column(
         "channel", pa.array(rng.choice(["web", "app", "pos"], feats.num_rows))
     )
-    tf = rtml.Transforms([
-        rtml.ratio(f"{VAL}_sum_1h", "count_1h", name="avg_1h"),
-        rtml.impute(f"{VAL}_mean_24h", "median"), rtml.standard_scale(f"{VAL}_mean_24h"),
-        rtml.fill_null(f"{VAL}_std_24h", 0.0), rtml.log1p("amount"), rtml.standard_scale("amount"),
-        rtml.one_hot("channel"), rtml.passthrough("count_24h"),
-    ]).fit(fit_tab)
+    tf = rtml.Transforms(
+        [
+            rtml.ratio(f"{VAL}_sum_1h", "count_1h", name="avg_1h"),
+            rtml.impute(f"{VAL}_mean_24h", "median"),
+            rtml.standard_scale(f"{VAL}_mean_24h"),
+            rtml.fill_null(f"{VAL}_std_24h", 0.0),
+            rtml.log1p("amount"),
+            rtml.standard_scale("amount"),
+            rtml.one_hot("channel"),
+            rtml.passthrough("count_24h"),
+        ]
+    ).fit(fit_tab)
     fields = {"amount": 12.5, "channel": "app"}
     return eng, at, keys, tf, fields
 
@@ -96,10 +102,14 @@ def latency(call: str, calls: int) -> dict:
     clock = time.perf_counter_ns
     if call == "get":
         for i, k in enumerate(keys):
-            t0 = clock(); get(k, at); lat[i] = clock() - t0  # noqa: E702
+            t0 = clock()
+            get(k, at)
+            lat[i] = clock() - t0  # noqa: E702
     else:
         for i, k in enumerate(keys):
-            t0 = clock(); vec(k, tf, fields, at); lat[i] = clock() - t0  # noqa: E702
+            t0 = clock()
+            vec(k, tf, fields, at)
+            lat[i] = clock() - t0  # noqa: E702
     p = np.percentile(lat, [50, 99, 99.9]) / 1000
     return {"p50": float(p[0]), "p99": float(p[1]), "p999": float(p[2])}
 
@@ -148,18 +158,26 @@ def ab(args) -> None:
                 env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()))
                 out = subprocess.run(
                     [sys.executable, __file__, "child", call, str(args.calls)],
-                    env=env, capture_output=True, text=True, check=True,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
                 ).stdout
                 r = json.loads(out)
                 r["load1"] = os.getloadavg()[0]
                 results.setdefault((name, call), []).append(r)
-                print(f"rep {rep} {call:6s} {name:4s} p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  "
-                      f"p99.9 {r['p999']:.2f} us  (load1 {r['load1']:.2f})", flush=True)
+                print(
+                    f"rep {rep} {call:6s} {name:4s} p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  "
+                    f"p99.9 {r['p999']:.2f} us  (load1 {r['load1']:.2f})",
+                    flush=True,
+                )
     print("median over runs:")
     for (name, call), rs in results.items():
         med = {q: statistics.median(r[q] for r in rs) for q in ("p50", "p99", "p999")}
-        print(f"  {call:6s} {name:4s} p50 {med['p50']:.2f}  p99 {med['p99']:.2f}  "
-              f"p99.9 {med['p999']:.2f} us")
+        print(
+            f"  {call:6s} {name:4s} p50 {med['p50']:.2f}  p99 {med['p99']:.2f}  "
+            f"p99.9 {med['p999']:.2f} us"
+        )
 
 
 def main() -> None:
