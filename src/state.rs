@@ -617,6 +617,7 @@ impl KeyState {
             }
         }
         let var_cache = RefCell::new(SmallVec::new());
+        let extremes_cache = RefCell::new(SmallVec::new());
         let rows = buf.rows();
         for (i, (o, slot)) in plan.outputs.iter().zip(out.iter_mut()).enumerate() {
             if !wanted(i) {
@@ -643,6 +644,7 @@ impl KeyState {
                 views: &views,
                 tile_events: &tile_events,
                 var_cache: &var_cache,
+                extremes_cache: &extremes_cache,
                 texts: &self.texts,
             };
             *slot = (o.eval)(&view, o);

@@ -103,29 +103,74 @@ pub fn eval(v: &View<'_>, o: &Output) -> f64 {
     };
     // summaries (lifetime, tiles) are already restricted to the window
     let start = if v.summarizing() { i64::MIN } else { v.start() };
-    let mut best: Option<f64> = match v.acc(i) {
+    let best: Option<f64> = match v.acc(i) {
         Acc::Extreme(Extreme(dq)) => {
             let k = dq.partition_point(|&(ts, _)| ts < start);
             dq.get(k).map(|&(_, v)| v)
         }
         _ => None,
     };
-    for row in v.rows.range(v.corr.settled_add) {
+    // The extreme of a set under `total_cmp` (a total order: equal only for the same bits) is
+    // one value whatever the order it is scanned in, so the deque's front against the rows'
+    // extreme is the answer of a scan that starts from the front.
+    pick(best, row_extremes(v, col), max).unwrap_or(f64::NAN)
+}
+
+/// The better of the deque's front `best` and the rows' extremes `rows` (min or max).
+#[inline]
+fn pick(best: Option<f64>, rows: Option<(f64, f64)>, max: bool) -> Option<f64> {
+    let Some((lo, hi)) = rows else {
+        return best;
+    };
+    let x = if max { hi } else { lo };
+    let better = best.is_none_or(|b| {
+        let c = x.total_cmp(&b);
+        if max {
+            c.is_gt()
+        } else {
+            c.is_lt()
+        }
+    });
+    if better {
+        Some(x)
+    } else {
+        best
+    }
+}
+
+/// The least and greatest non-null value of column `col` over the buffered rows past the
+/// settled region of the view (`None`: no such value), scanned once per query for all the
+/// min / max outputs that read the same rows ([`super::ExtremesCache`]).
+fn row_extremes(v: &View<'_>, col: usize) -> Option<(f64, f64)> {
+    let r = v.corr.settled_add;
+    if r.0 >= r.1 {
+        return None;
+    }
+    let key = (r.0, r.1, col);
+    if let Some(c) = v.extremes_cache.borrow().iter().find(|c| c.0 == key) {
+        return c.1;
+    }
+    let ext = scan_extremes(v.rows.run(r), col);
+    v.extremes_cache.borrow_mut().push((key, ext));
+    ext
+}
+
+/// The least and greatest non-null value (`total_cmp`) of column `col` over `rows`.
+#[inline]
+fn scan_extremes<'a>(rows: impl Iterator<Item = &'a [u64]>, col: usize) -> Option<(f64, f64)> {
+    let mut ext: Option<(f64, f64)> = None;
+    for row in rows {
         if let Some(x) = num(row[1 + col]) {
-            let better = best.is_none_or(|b| {
-                let c = x.total_cmp(&b);
-                if max {
-                    c.is_gt()
-                } else {
-                    c.is_lt()
-                }
+            ext = Some(match ext {
+                None => (x, x),
+                Some((lo, hi)) => (
+                    if x.total_cmp(&lo).is_lt() { x } else { lo },
+                    if x.total_cmp(&hi).is_gt() { x } else { hi },
+                ),
             });
-            if better {
-                best = Some(x);
-            }
         }
     }
-    best.unwrap_or(f64::NAN)
+    ext
 }
 
 /// `min` / `max` of a string column (lifetime: [`super::strings::eval`]); sliding: a scan of the window's buffered rows,
@@ -170,4 +215,59 @@ pub fn text_min(v: &View<'_>, o: &Output) -> f64 {
 
 pub fn text_max(v: &View<'_>, o: &Output) -> f64 {
     text_extreme(v, o, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::row::NULL;
+    use proptest::prelude::*;
+
+    /// The general path: the deque's front (`best`), then every row in order, kept when strictly
+    /// better (the scan `eval` did per output before the shared one).
+    fn sequential(best: Option<f64>, words: &[u64], max: bool) -> Option<f64> {
+        let mut best = best;
+        for &w in words {
+            if let Some(x) = num(w) {
+                let c = x.total_cmp(&best.unwrap_or(x));
+                if best.is_none() || (max && c.is_gt()) || (!max && c.is_lt()) {
+                    best = Some(x);
+                }
+            }
+        }
+        best
+    }
+
+    fn word() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(NULL),
+            Just(0f64.to_bits()),
+            Just((-0f64).to_bits()),
+            Just(f64::NAN.to_bits()),
+            Just((-f64::NAN).to_bits()),
+            Just(f64::INFINITY.to_bits()),
+            Just(f64::NEG_INFINITY.to_bits()),
+            (-1000i32..1000).prop_map(|c| (c as f64 / 8.0).to_bits()),
+            any::<u64>().prop_filter("not the null word", |w| *w != NULL),
+        ]
+    }
+
+    proptest! {
+        // One scan for min and max, combined with the deque's front, answers what the scan per
+        // output answered, bit for bit (signed zeros, NaNs of both signs, nulls, infinities).
+        #[test]
+        fn shared_scan_matches_sequential(
+            words in prop::collection::vec(word(), 0..40),
+            front in prop::option::of(word().prop_filter("a value", |w| *w != NULL)),
+        ) {
+            let rows: Vec<u64> = words.iter().flat_map(|&w| [0u64, w]).collect();
+            let ext = scan_extremes(rows.chunks_exact(2), 0);
+            let front = front.map(f64::from_bits);
+            for max in [false, true] {
+                let want = sequential(front, &words, max).map(f64::to_bits);
+                let got = pick(front, ext, max).map(f64::to_bits);
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
 }

@@ -315,6 +315,12 @@ pub struct Corr {
 /// Variances computed for one query, by (group, accumulator).
 pub type VarCache = RefCell<SmallVec<[((usize, usize), f64); 4]>>;
 
+/// The least and greatest non-null value (in `f64::total_cmp` order) of a column over a run of
+/// buffered rows, computed once per query and keyed by (rows from, rows to, column): the min
+/// and max outputs of a column, across its windows, share one scan of the rows past the
+/// settled region.
+pub type ExtremesCache = RefCell<SmallVec<[((u64, u64, usize), Option<(f64, f64)>); 4]>>;
+
 /// How an output function sees one window group at a query instant.
 pub struct View<'a> {
     /// The query instant.
@@ -333,6 +339,8 @@ pub struct View<'a> {
     pub(crate) tile_events: &'a dyn Fn(i64) -> u64,
     /// Variances computed for this query, by (group, accumulator): var and std share one.
     pub(crate) var_cache: &'a VarCache,
+    /// Row extremes computed for this query (see [`ExtremesCache`]).
+    pub(crate) extremes_cache: &'a ExtremesCache,
     /// The strings of the key's string-column words.
     pub texts: &'a crate::text::Texts,
 }

@@ -16,7 +16,7 @@ use arrow_array::{ArrayRef, Int64Array, StringArray};
 use arrow_buffer::ScalarBuffer;
 use parking_lot::{MutexGuard, RwLockReadGuard, RwLockWriteGuard};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
 use super::arrow::{self, Column};
@@ -229,19 +229,29 @@ pub(super) fn row_dict<'py>(
     values: &[f64],
     texts: &[Option<String>],
 ) -> PyResult<Bound<'py, PyDict>> {
-    // A copy of the template has every key in place: each set_item below replaces a value (no
+    // A copy of the template has every key in place: each insertion below replaces a value (no
     // insertion, no resize), and the order stays the output order.
     let d = template.bind(py).copy()?;
     let mut texts = texts.iter();
     for ((name, out), v) in names.iter().zip(&plan.outputs).zip(values) {
-        if out.text {
-            if let Some(Some(s)) = texts.next() {
-                d.set_item(name.bind(py), s)?;
+        let value = if out.text {
+            match texts.next() {
+                Some(Some(s)) => PyString::new(py, s).into_any(),
+                _ => continue,
             }
         } else if out.integer {
-            d.set_item(name.bind(py), *v as i64)?;
-        } else if !v.is_nan() {
-            d.set_item(name.bind(py), *v)?;
+            (*v as i64).into_pyobject(py)?.into_any()
+        } else if v.is_nan() {
+            continue;
+        } else {
+            PyFloat::new(py, *v).into_any()
+        };
+        // The interned name and the value straight into the dict (`set_item` would convert the
+        // key again and take an extra reference per item).
+        // SAFETY: `d`, `name` and `value` are live objects while the GIL is held;
+        // PyDict_SetItem takes its own references to both (it steals none).
+        if unsafe { pyo3::ffi::PyDict_SetItem(d.as_ptr(), name.as_ptr(), value.as_ptr()) } < 0 {
+            return Err(PyErr::fetch(py));
         }
     }
     Ok(d)
