@@ -175,9 +175,29 @@ def bench_checkpoint(key_counts: list[int]) -> list[dict]:
 RUNNER_FETCH_CONFIG = {"fetch.queue.backoff.ms": 20, "fetch.wait.max.ms": 100}
 
 
-def bench_kafka(msgs: list[bytes], keys: list[int], batch: int) -> dict:
-    from confluent_kafka import Consumer, Producer
+def produce_topic(bootstrap: str, msgs: list[bytes], keys: list[int], prefix: str) -> str:
+    """A new 2-partition topic on `bootstrap` holding `msgs` (keyed by `keys`); its name."""
+    from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 2_000_000})
+    for m, k in zip(msgs, keys):
+        while True:
+            try:
+                p.produce(topic, m, key=str(k).encode())
+                break
+            except BufferError:
+                p.poll(0.05)
+    p.flush(120)
+    return topic
+
+
+def bench_kafka(msgs: list[bytes], keys: list[int], batch: int) -> dict:
+    from confluent_kafka import Consumer
 
     import rtml.sources
     from rtml.runner import Runner
@@ -186,20 +206,8 @@ def bench_kafka(msgs: list[bytes], keys: list[int], batch: int) -> dict:
     svc = start_tansu()
     try:
         bootstrap = f"127.0.0.1:{svc.port}"
-        topic = f"bench-{uuid.uuid4().hex[:8]}"
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
-        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
-                      "queue.buffering.max.messages": 2_000_000})
         t0 = time.perf_counter()
-        for i, (m, k) in enumerate(zip(msgs, keys)):
-            while True:
-                try:
-                    p.produce(topic, m, key=str(k).encode())
-                    break
-                except BufferError:
-                    p.poll(0.05)
-        p.flush(120)
+        topic = produce_topic(bootstrap, msgs, keys, "bench")
         out = {"events": len(msgs), "partitions": 2, "produce_per_s": rate(len(msgs), time.perf_counter() - t0)}
 
         def raw(extra: dict | None = None) -> float:

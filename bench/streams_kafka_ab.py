@@ -129,8 +129,6 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent / "tests" / "python"))
     import bench_streams
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
 
     from services import start_tansu
 
@@ -140,19 +138,7 @@ def main() -> None:
     rounds = []
     try:
         bootstrap = f"127.0.0.1:{svc.port}"
-        topic = f"ab-{uuid.uuid4().hex[:8]}"
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
-        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
-                      "queue.buffering.max.messages": 2_000_000})
-        for m, k in zip(msgs, keys):
-            while True:
-                try:
-                    p.produce(topic, m, key=str(k).encode())
-                    break
-                except BufferError:
-                    p.poll(0.05)
-        p.flush(120)
+        topic = bench_streams.produce_topic(bootstrap, msgs, keys, "ab")
         del msgs, keys
 
         def run(mode: str, path: str | None) -> dict:

@@ -49,24 +49,30 @@ def commands(r) -> int:
     )
 
 
-@pytest.mark.parametrize("path", ["rust", "redis-py"])
-def test_vector_with_features_is_one_fetch_equal_to_get_vector_and_the_engine(
-    redis_server, tmp_path, path
-):
+def published(redis_server, tmp_path, fs, events, path, seed):
+    """`events` run through a 2-partition runner that publishes to the test's Redis under a
+    fresh prefix; returns (runner, publisher metrics, a RemoteEngine over that prefix)."""
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    fs = feature_set()
-    events = workload(4_000, 40, seed=11)
-    pub = rtml.RedisPublisher(url, prefix=prefix)  # delta segments on: values with segments
+    pub = rtml.RedisPublisher(url, prefix=prefix)  # delta segments on (the default)
     runner = Runner(
         fs,
-        rtml.sources.replay(events, partitions=2, max_delay=f"{LATENESS_S // 2}s", seed=1),
+        rtml.sources.replay(events, partitions=2, max_delay=f"{LATENESS_S // 2}s", seed=seed),
         tmp_path,
         publish=pub,
     )
     runner.run_until_idle()
-    assert pub.metrics()["errors"] == 0
-    remote = rtml.RemoteEngine(fs, prefix=prefix, **clients(url, path))
+    return runner, pub.metrics(), rtml.RemoteEngine(fs, prefix=prefix, **clients(url, path))
+
+
+@pytest.mark.parametrize("path", ["rust", "redis-py"])
+def test_vector_with_features_is_one_fetch_equal_to_get_vector_and_the_engine(
+    redis_server, tmp_path, path
+):
+    fs = feature_set()
+    events = workload(4_000, 40, seed=11)
+    runner, m, remote = published(redis_server, tmp_path, fs, events, path, seed=1)
+    assert m["errors"] == 0
     tf = rtml.Transforms([
         rtml.log1p("amount_sum_1h"),
         rtml.passthrough("count_1h"),
@@ -178,21 +184,10 @@ def string_workload(n: int, keys: int, seed: int) -> pa.Table:
 
 @pytest.mark.parametrize("path", ["rust", "redis-py"])
 def test_string_features_read_through_redis_equal_the_engine(redis_server, tmp_path, path):
-    url = f"redis://127.0.0.1:{redis_server.port}/0"
-    prefix = f"t{uuid.uuid4().hex[:8]}"
     fs = string_feature_set()
     events = string_workload(3_000, 30, seed=5)
-    pub = rtml.RedisPublisher(url, prefix=prefix)
-    runner = Runner(
-        fs,
-        rtml.sources.replay(events, partitions=2, max_delay=f"{LATENESS_S // 2}s", seed=2),
-        tmp_path,
-        publish=pub,
-    )
-    runner.run_until_idle()
-    m = pub.metrics()
+    runner, m, remote = published(redis_server, tmp_path, fs, events, path, seed=2)
     assert m["errors"] == 0 and m["values"] > 0 and m["deltas"] == 0  # whole values only
-    remote = rtml.RemoteEngine(fs, prefix=prefix, **clients(url, path))
     wm = max(e.watermark for e in runner.engines.values())
     keys = sorted(set(events.column("user").to_pylist())) + [987654]
     ats = [ts(wm - NS), ts(wm + 20 * 60 * NS), ts(wm + 90 * 60 * NS), ts(wm + 5 * 3600 * NS)]
@@ -231,20 +226,10 @@ def test_string_features_read_through_redis_equal_the_engine(redis_server, tmp_p
 def test_get_many_is_one_round_trip_equal_to_the_engines(redis_server, tmp_path, path):
     # docs/shared-state.md, "Reader": get_many of many keys is ONE Redis command (an MGET),
     # counted by the server's INFO commandstats; its rows equal each key's in-process engine
-    url = f"redis://127.0.0.1:{redis_server.port}/0"
-    prefix = f"t{uuid.uuid4().hex[:8]}"
     fs = feature_set()
     events = workload(4_000, 60, seed=5)
-    pub = rtml.RedisPublisher(url, prefix=prefix)
-    runner = Runner(
-        fs,
-        rtml.sources.replay(events, partitions=2, max_delay=f"{LATENESS_S // 2}s", seed=3),
-        tmp_path,
-        publish=pub,
-    )
-    runner.run_until_idle()
-    assert pub.metrics()["errors"] == 0
-    remote = rtml.RemoteEngine(fs, prefix=prefix, **clients(url, path))
+    runner, m, remote = published(redis_server, tmp_path, fs, events, path, seed=3)
+    assert m["errors"] == 0
     wm = max(e.watermark for e in runner.engines.values())
     keys = sorted(set(events.column("user").to_pylist()))[:50] + [987654, 987655]
     at = ts(wm + 60 * NS)
