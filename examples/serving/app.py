@@ -7,7 +7,7 @@ document and one fitted transforms document per entity, model.joblib) and serves
     POST /predict   a flight -> probability that it leaves more than 15 minutes late (the batch
                     model; and the online model's, with learning on)
     GET  /learning  the online model, the label join's counters, progressive metrics
-    GET  /monitor   drift of the served features against the training reference, triggers
+    GET  /monitor   drift of the served features and prediction against the training reference, triggers
     GET  /monitor/skew   train/serve skew: sampled served rows recomputed from the event stream
                     (skew_check.py; --skew-rate / RTML_SKEW_RATE percent of keys, default 10, 0: off)
     POST /learning/advance   move the label clock ({"to": time})
@@ -562,10 +562,13 @@ class Learning:
 
 
 class Monitoring:
-    """Drift of the served features against the notebook's reference (rtml.monitor): every
-    served row's window features, over event-time windows of the manifest's `window`; triggers
-    (PSI above a bound for a while, with hysteresis) log a warning and are counted. Fed in log
-    order by the follower, so its numbers are `rtml.monitor.report` of the served log."""
+    """Drift of the served features and of the served prediction against the notebook's
+    reference (rtml.monitor): every served row's window features and, when the reference records
+    the model's prediction (fitted on the model's predictions for the training rows), the
+    probability answered (the column "prediction"), over event-time windows of the manifest's
+    `window`; triggers (PSI above a bound for a while, with hysteresis) log a warning and are
+    counted. Fed in log order by the follower, so its numbers are `rtml.monitor.report` of the
+    served log (with prediction="probability")."""
 
     def __init__(self, artifacts: Path, manifest: dict, state: Optional[str]) -> None:
         cfg = manifest["monitor"]
@@ -583,8 +586,10 @@ class Monitoring:
                                    clear=t.get("clear"), for_=t.get("for_", 0), cooldown=t.get("cooldown", 0),
                                    min_samples=t.get("min_samples", 1), callback=self._fire)
                         for t in cfg.get("triggers", [])]
+            # the served log's "probability" is the prediction the reference's "prediction" describes
+            pred = {"prediction": "probability"} if self.reference.has_prediction else {}
             self.monitor = rm.Monitor(self.reference, window=cfg["window"], timestamp="at",
-                                      allowed_lateness=cfg.get("allowed_lateness", 0), triggers=triggers)
+                                      allowed_lateness=cfg.get("allowed_lateness", 0), triggers=triggers, **pred)
 
     def checkpoint(self) -> str:
         return base64.b64encode(self.monitor.to_bytes()).decode()
@@ -600,7 +605,11 @@ class Monitoring:
         row: dict[str, Any] = {}
         for names, values in zip(table.column("names").to_pylist(), table.column("values").to_pylist()):
             row.update(zip(names, values))
-        cols = {c: pa.array([row.get(c)], pa.float64()) for c in self.reference.columns}
+        ref = self.monitor.reference  # (a restored monitor's own)
+        cols = {c: pa.array([row.get(c)], pa.float64()) for c in ref.columns
+                if not (ref.has_prediction and c == rm.PREDICTION)}
+        if ref.has_prediction:  # the probability answered (one per request, on each feature set's row)
+            cols[self.monitor.prediction] = table.column("probability").slice(0, 1).combine_chunks()
         cols["at"] = table.column("at").slice(0, 1).combine_chunks()  # timestamp[ns, UTC]
         self.monitor.update(pa.table(cols))
 
@@ -1358,8 +1367,8 @@ class Service:
             values = mon["values"] or {}
             for name, help_ in (("psi", "Population stability index"), ("js", "Jensen-Shannon distance"),
                                 ("null_rate", "Share of null values"), ("out_of_range_rate", "Share of values outside the reference's range")):
-                metric(f"rtml_monitor_{name}", "gauge", f"{help_} of a served feature over the last closed monitor window "
-                       "against the notebook's reference.",
+                metric(f"rtml_monitor_{name}", "gauge", f"{help_} of a served feature (or of the served prediction, "
+                       'column="prediction") over the last closed monitor window against the notebook\'s reference.',
                        [(f'{{column="{c}"}}', v[name]) for c, v in sorted(values.items())
                         if v.get(name) is not None])  # a null metric (no rows) has no sample
             metric("rtml_monitor_trigger_entered_total", "counter", "Drift triggers that fired (entered the alert state).",

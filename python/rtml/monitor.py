@@ -2,7 +2,9 @@
 
 * :class:`Reference`: a training table's distribution per column, fitted once (numeric
   columns: quantile bins, exact min / max, null rate; string columns: category frequencies
-  with an "other / unseen" bucket), saved as versioned JSON.
+  with an "other / unseen" bucket), and optionally the model's prediction on those rows
+  (recorded and reported as the column ``"prediction"``, :data:`PREDICTION`), saved as
+  versioned JSON.
 * :func:`report`: every drift metric of every column per period of a table (a notebook's
   batch report), and :func:`plot` (a heatmap of one metric by column and period).
 * :class:`Monitor`: the same metrics online, over event-time windows ``[t - W, t)`` with
@@ -58,11 +60,16 @@ __all__ = [
     "Trigger",
     "TriggerEvent",
     "METRICS",
+    "PREDICTION",
     "REFERENCE_VERSION",
 ]
 
 #: Version of the reference document this rtml writes (newer ones are refused).
 REFERENCE_VERSION: int = _core.REFERENCE_VERSION
+
+#: The name under which a reference records the model's prediction: its column in
+#: :meth:`Reference.column`, :func:`report`, :meth:`Monitor.values` and :class:`Trigger`.
+PREDICTION: str = "prediction"
 
 #: Every metric name, in report order.
 METRICS: tuple[str, ...] = (
@@ -130,6 +137,57 @@ def _vocabularies(transforms: Any, columns: Sequence[str]) -> dict[str, list[str
     return out
 
 
+def _prediction_values(t: pa.Table, prediction: Any, what: str) -> tuple[Optional[str], pa.Array]:
+    """The prediction given as a column name of `t` or as an array of `t`'s length: (its column
+    name or None, its values as a numeric Arrow array). A missing column, a wrong length or
+    values that are not numbers raise ``rtml.SchemaError`` naming it."""
+    if isinstance(prediction, str):
+        if prediction not in t.column_names:
+            raise SchemaError(f"column '{prediction}' (the prediction): missing from the {what}")
+        col: Any = t.column(prediction)
+        name: Optional[str] = prediction
+        label = f"column '{prediction}' (the prediction)"
+    else:
+        name, label = None, "prediction"
+        if isinstance(prediction, (pa.Array, pa.ChunkedArray)):
+            col = prediction
+        else:
+            try:
+                arr = np.asarray(prediction)
+                col = pa.array(arr, from_pandas=True) if arr.ndim == 1 else None
+            except (pa.ArrowException, TypeError, ValueError) as e:
+                raise SchemaError(f"prediction: expected numbers, got {e}") from None
+            if col is None:
+                raise SchemaError(f"prediction: expected one value per row, got shape {arr.shape}")
+        if len(col) != t.num_rows:
+            raise SchemaError(
+                f"prediction: {len(col)} values for the {t.num_rows} rows of the {what}"
+            )
+    if not (_is_number(col.type) or pa.types.is_null(col.type)):
+        raise SchemaError(f"{label}: expected numbers, got {col.type}")
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return name, col
+
+
+def _with_prediction(reference: "Reference", t: pa.Table, prediction: Any, what: str) -> pa.Table:
+    """`t` with the prediction (a column name of `t` or an array) as the column
+    :data:`PREDICTION`, when `reference` records one; `t` unchanged otherwise."""
+    if not reference.has_prediction:
+        if not (isinstance(prediction, str) and prediction == PREDICTION):
+            raise SpecError(
+                "prediction: this reference records no prediction (fit it with prediction=)"
+            )
+        return t
+    if isinstance(prediction, str) and prediction == PREDICTION:
+        _prediction_values(t, prediction, what)  # present and numeric
+        return t
+    _, col = _prediction_values(t, prediction, what)
+    if PREDICTION in t.column_names:
+        t = t.drop_columns([PREDICTION])
+    return t.append_column(PREDICTION, col)
+
+
 class Reference:
     """A fitted reference distribution: what a monitor compares live rows with.
 
@@ -159,6 +217,8 @@ class Reference:
         exclude: Sequence[str] = (),
         feature_set: Any = None,
         transforms: Any = None,
+        prediction: Any = None,
+        prediction_range: Optional[tuple[float, float]] = None,
     ) -> "Reference":
         """Fit on `table` (pyarrow / pandas / polars / dict of columns / Parquet path).
 
@@ -174,6 +234,22 @@ class Reference:
         vocabulary's order, `max_categories` not applied), so ``unseen_rate`` is the share of
         values the model's encoder has never seen (they fall in its ``__other__`` / last
         index). Two steps with different vocabularies on one column raise ``rtml.SpecError``.
+
+        `prediction`: the model's predictions on the same rows, as the name of a numeric column
+        of `table` or as an array with one number per row. The reference records their
+        distribution as the numeric column :data:`PREDICTION` (``"prediction"``, placed last;
+        the source column is not monitored a second time): `bins` quantile bins, or with
+        `prediction_range=(lo, hi)` `bins` equal-width bins over ``[lo, hi]`` (``(0.0, 1.0)``
+        for a probability; a value outside it raises ``rtml.SchemaError``). Min / max and the
+        out-of-range rate are the data's own, as for any numeric column. A missing or non-numeric
+        prediction raises ``rtml.SchemaError`` naming it; a monitored column named
+        ``"prediction"`` next to a prediction raises ``rtml.SpecError``.
+
+        >>> import pyarrow as pa, rtml.monitor as rm
+        >>> t = pa.table({"x": [1.0, 2.0, 3.0, 4.0], "p": [0.1, 0.2, 0.3, 0.9]})
+        >>> ref = rm.Reference.fit(t, prediction="p", bins=2, prediction_range=(0.0, 1.0))
+        >>> ref.columns, ref.column("prediction")["edges"], ref.column("prediction")["counts"]
+        (['x', 'prediction'], [0.5], [3, 1])
 
         >>> import rtml, rtml.monitor as rm
         >>> train = {"c": ["a", "a", "b", "rare"]}
@@ -202,6 +278,33 @@ class Reference:
         for name, value in (("bins", bins), ("max_categories", max_categories)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(f"{name}: expected an int >= 1, got {value!r}")
+        pred: Optional[tuple[Optional[str], Optional[tuple[float, float]]]] = None
+        if prediction is None:
+            if prediction_range is not None:
+                raise SpecError("prediction_range: given without prediction=")
+        else:
+            source, values = _prediction_values(t, prediction, "reference table")
+            columns = [c for c in columns if c != source]
+            if PREDICTION in columns:
+                raise SpecError(
+                    f"columns: '{PREDICTION}' names the model's prediction in a reference; "
+                    "rename that column or leave it out"
+                )
+            if PREDICTION in t.column_names:
+                t = t.drop_columns([PREDICTION])
+            t = t.append_column(PREDICTION, values)
+            rng = None
+            if prediction_range is not None:
+                try:
+                    lo, hi = (float(v) for v in prediction_range)
+                except (TypeError, ValueError):
+                    raise SpecError(
+                        f"prediction_range: expected (lo, hi), got {prediction_range!r}"
+                    ) from None
+                if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                    raise SpecError(f"prediction_range: expected finite lo < hi, got {(lo, hi)}")
+                rng = (lo, hi)
+            pred = (source, rng)
         vocabularies = _vocabularies(transforms, columns)
         return cls._wrap(
             _core.Reference.fit(
@@ -211,6 +314,7 @@ class Reference:
                 int(max_categories),
                 _feature_set_id(feature_set),
                 vocabularies,
+                pred,
             )
         )
 
@@ -251,7 +355,19 @@ class Reference:
         return self._r.feature_set
 
     @property
+    def version(self) -> int:
+        """The document's version (1: written before references recorded a prediction)."""
+        return self._r.version
+
+    @property
+    def has_prediction(self) -> bool:
+        """Whether the reference records the model's prediction (as the column
+        :data:`PREDICTION`; its summary's ``source`` and ``range`` say how it was fitted)."""
+        return self._r.prediction is not None
+
+    @property
     def columns(self) -> list[str]:
+        """The monitored columns, in order (:data:`PREDICTION` last when recorded)."""
         return [name for name, _ in self._r.columns]
 
     @property
@@ -261,13 +377,18 @@ class Reference:
 
     def column(self, name: str) -> dict[str, Any]:
         """One column's summary: kind, counts, nulls, and edges / min / max (numeric) or
-        categories (categorical; the counts end with the "other" bucket)."""
+        categories (categorical; the counts end with the "other" bucket). The prediction's
+        also has ``source`` (the column it was fitted from, None for an array) and ``range``
+        (``(lo, hi)`` of equal-width bins, None for quantile bins)."""
         return self._r.column(name)
 
-    def compare(self, table: Any) -> dict[str, dict[str, Any]]:
+    def compare(self, table: Any, *, prediction: Any = PREDICTION) -> dict[str, dict[str, Any]]:
         """Every metric of `table`'s rows (one period) against the reference: ``{column:
-        {metric: value}}`` plus ``rows`` and ``non_null``."""
-        return self._r.compare(_table(table, "table"))
+        {metric: value}}`` plus ``rows`` and ``non_null``. `prediction` (a reference with a
+        prediction): the column of `table` holding the model's prediction, or an array with
+        one per row; reported as ``"prediction"``."""
+        t = _table(table, "table")
+        return self._r.compare(_with_prediction(self, t, prediction, "table"))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Reference) and self.to_json() == other.to_json()
@@ -301,6 +422,8 @@ def report(
     table: Any,
     by: Optional[Duration] = None,
     timestamp: Optional[str] = None,
+    *,
+    prediction: Any = PREDICTION,
 ) -> pa.Table:
     """Every metric of every reference column per period of `table`, as a pyarrow Table
     (``.to_pandas()`` for pandas).
@@ -311,6 +434,10 @@ def report(
     are left out. Columns: ``period_start`` (the time column's type; int64 for integer times),
     ``column``, ``kind``, ``rows``, ``non_null``, then every metric of :data:`METRICS` (null
     where it cannot be computed).
+
+    `prediction` (a reference with a prediction): the column of `table` holding the model's
+    prediction (default ``"prediction"``), or an array with one per row; its rows have
+    ``column == "prediction"``. A missing or non-numeric one raises ``rtml.SchemaError``.
 
     >>> import pyarrow as pa, rtml.monitor as rm
     >>> ref = rm.Reference.fit(pa.table({"x": [1.0, 2.0, 3.0, 4.0]}))
@@ -323,7 +450,7 @@ def report(
         raise SpecError(
             f"reference: expected a rtml.monitor.Reference, got {type(reference).__name__}"
         )
-    t = _table(table, "table")
+    t = _with_prediction(reference, _table(table, "table"), prediction, "table")
     if (by is None) != (timestamp is None):
         raise SpecError("by: a report by period needs both by= and timestamp= (the time column)")
     period = None if by is None else _duration_ns(by, "by")
@@ -553,6 +680,10 @@ class Monitor:
     minus `allowed_lateness` are dropped and counted. A window is closed once its end is at or
     before ``watermark - allowed_lateness``; triggers see closed windows only, in order.
 
+    For a reference with a prediction, each update's rows hold it in the column `prediction`
+    (default ``"prediction"``; e.g. ``prediction="probability"``); it is monitored, valued and
+    watched by triggers as the column ``"prediction"``.
+
     >>> import pyarrow as pa, rtml.monitor as rm
     >>> ref = rm.Reference.fit(pa.table({"x": [float(i % 10) for i in range(1000)]}))
     >>> fired = []
@@ -575,10 +706,19 @@ class Monitor:
         allowed_lateness: Duration = 0,
         timestamp: str = "timestamp",
         triggers: Sequence[Trigger] = (),
+        prediction: str = PREDICTION,
     ) -> None:
         if not isinstance(reference, Reference):
             raise SpecError(
                 f"reference: expected a rtml.monitor.Reference, got {type(reference).__name__}"
+            )
+        if not isinstance(prediction, str):
+            raise SpecError(
+                f"prediction: expected the rows' column name, got {type(prediction).__name__}"
+            )
+        if prediction != PREDICTION and not reference.has_prediction:
+            raise SpecError(
+                "prediction: this reference records no prediction (fit it with prediction=)"
             )
         w = _duration_ns(window, "window")
         s = w if step is None else _duration_ns(step, "step")
@@ -589,6 +729,7 @@ class Monitor:
         self.window = w
         self.step = s
         self.timestamp = timestamp
+        self.prediction = prediction
         self.triggers: list[Trigger] = []
         self._clock = _Clock()
         for t in triggers:
@@ -650,10 +791,11 @@ class Monitor:
 
     def update(self, rows: Any) -> list[TriggerEvent]:
         """Apply one arrival of rows (a table, a dict of columns, a list of row dicts or one row
-        dict) holding every reference column and the time column. Returns the trigger events
-        of the windows it closed (their callbacks already called). Bad input raises
+        dict) holding every reference column and the time column (and, for a reference with
+        a prediction, the monitor's `prediction` column). Returns the trigger events of the
+        windows it closed (their callbacks already called). Bad input raises
         ``rtml.SchemaError`` and changes nothing."""
-        t = _rows_table(rows)
+        t = _with_prediction(self.reference, _rows_table(rows), self.prediction, "rows")
         kind = self._clock_kind(t)
         fired = self._m.update(t, self.timestamp)
         if kind is not None:
@@ -696,7 +838,9 @@ class Monitor:
         >>> again.watermark, again.triggers[0].metric
         (5, 'psi')
         """
-        head = json.dumps({"clock": self._clock.kind, "timestamp": self.timestamp})
+        head = json.dumps(
+            {"clock": self._clock.kind, "timestamp": self.timestamp, "prediction": self.prediction}
+        )
         return _MONITOR_MAGIC + head.encode() + b"\n" + self._m.to_json().encode()
 
     @classmethod
@@ -710,7 +854,12 @@ class Monitor:
         try:
             meta = json.loads(head)
             clock, timestamp = meta["clock"], meta["timestamp"]
-            if clock not in (None, "naive", "aware") or not isinstance(timestamp, str):
+            prediction = meta.get("prediction", PREDICTION)  # (absent before the prediction)
+            if (
+                clock not in (None, "naive", "aware")
+                or not isinstance(timestamp, str)
+                or not isinstance(prediction, str)
+            ):
                 raise ValueError(meta)
             text = core.decode()
         except (ValueError, KeyError, TypeError) as e:
@@ -720,6 +869,7 @@ class Monitor:
         self._m = m
         self.reference = Reference._wrap(_core.Reference.from_json(m.reference_json()))
         self.timestamp = timestamp
+        self.prediction = prediction
         self._clock = _Clock()
         self._clock.kind = clock
         self.triggers = []

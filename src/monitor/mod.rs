@@ -27,7 +27,7 @@ pub mod window;
 
 pub use counts::Counts;
 pub use metrics::{Metric, Metrics};
-pub use reference::{ColumnRef, Reference, REFERENCE_VERSION};
+pub use reference::{ColumnRef, PredictionRef, Reference, PREDICTION, REFERENCE_VERSION};
 pub use report::{report, ReportRow};
 pub use trigger::{Transition, Trigger, TriggerSpec};
 pub use window::{Fired, Monitor};

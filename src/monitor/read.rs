@@ -12,7 +12,7 @@ use arrow_schema::DataType;
 use rayon::prelude::*;
 
 use super::counts::{numeric_code, NULL_CODE};
-use super::reference::{ColumnRef, Reference};
+use super::reference::{ColumnRef, PredictionRef, Reference, PREDICTION};
 use crate::error::{Error, Result};
 use crate::input::{float_values, read_dictionary_strings, read_times, StrArr};
 
@@ -102,7 +102,9 @@ pub fn monitorable(dt: &DataType) -> Option<bool> {
 /// Fit a reference on `batches` for the named columns (each: numeric or categorical by its
 /// Arrow type). Columns are fitted in parallel. A column named in `vocabularies` (a fitted
 /// encoder's categories) must be categorical: its known categories are that vocabulary
-/// instead of its most frequent values.
+/// instead of its most frequent values. With `prediction`, the batches' column named
+/// [`PREDICTION`] (numbers) is fitted last as the model's prediction (equal-width bins over
+/// its `range` when given, else quantile bins); `columns` must not name it.
 pub fn fit(
     batches: &[RecordBatch],
     columns: &[String],
@@ -110,6 +112,7 @@ pub fn fit(
     max_categories: usize,
     feature_set: Option<String>,
     vocabularies: &HashMap<String, Vec<String>>,
+    prediction: Option<PredictionRef>,
 ) -> Result<Reference> {
     if bins == 0 {
         return Err(Error::spec("bins", "must be >= 1"));
@@ -124,8 +127,32 @@ pub fn fit(
             .map(|name| fit_column(batches, name, bins, max_categories, vocabularies.get(name)))
             .collect()
     });
-    let cols = fitted.into_iter().collect::<Result<Vec<_>>>()?;
-    Reference::new(feature_set, rows as u64, cols)
+    let mut cols = fitted.into_iter().collect::<Result<Vec<_>>>()?;
+    let Some(p) = prediction else {
+        return Reference::new(feature_set, rows as u64, cols);
+    };
+    if columns.iter().any(|c| c == PREDICTION) {
+        return Err(Error::spec(
+            "columns",
+            format!("'{PREDICTION}' is the name of the model's prediction: rename that column"),
+        ));
+    }
+    let mut v = Vec::with_capacity(rows);
+    for b in batches {
+        let a = column(b, PREDICTION)?;
+        if a.data_type() != &DataType::Null && monitorable(a.data_type()) != Some(true) {
+            return Err(Error::schema(
+                PREDICTION,
+                format!("the prediction must be numbers, got {}", a.data_type()),
+            ));
+        }
+        v.extend(numbers(a, PREDICTION)?);
+    }
+    cols.push(match p.range {
+        Some([lo, hi]) => ColumnRef::fit_numeric_range(PREDICTION, &v, bins, lo, hi)?,
+        None => ColumnRef::fit_numeric(PREDICTION, &v, bins)?,
+    });
+    Reference::new(feature_set, rows as u64, cols)?.with_prediction(p)
 }
 
 fn fit_column(

@@ -8,8 +8,15 @@
 //!   name), their counts, and one last "other" bucket: categories beyond the kept ones (in the
 //!   reference) or never seen (in monitored rows).
 //!
+//! * The model's prediction (optional): a numeric column named [`PREDICTION`], fitted from the
+//!   model's predictions on the training rows (quantile bins, or `bins` equal-width bins over a
+//!   given range such as `[0, 1]` for a probability), monitored like any numeric column. The
+//!   document's `prediction` field says that this column is the prediction (and where it came
+//!   from); without it a column named "prediction" is an ordinary column.
+//!
 //! The document is versioned JSON: a newer version, an unknown field, counts that do not fit
-//! the bins, or (checked by the caller) another feature set's reference is refused.
+//! the bins, or (checked by the caller) another feature set's reference is refused. Version 2
+//! added the `prediction` field; version 1 documents (no prediction) are still read.
 
 use std::collections::HashMap;
 
@@ -19,7 +26,9 @@ use super::counts::{numeric_code, Counts, NULL_CODE, OUT_OF_RANGE};
 use crate::error::{Error, Result};
 
 /// The reference document's version (documents of a newer version are refused).
-pub const REFERENCE_VERSION: u32 = 1;
+pub const REFERENCE_VERSION: u32 = 2;
+/// The name under which the model's prediction is recorded, reported and watched by triggers.
+pub const PREDICTION: &str = "prediction";
 /// Quantile bins of a numeric column unless told otherwise.
 pub const DEFAULT_BINS: usize = 20;
 /// Categories kept per categorical column unless told otherwise (the rest: "other").
@@ -139,6 +148,64 @@ impl ColumnRef {
             min,
             max,
         })
+    }
+
+    /// Fit a numeric column on `bins` equal-width bins over `[lo, hi]` (edges `lo + (hi - lo)
+    /// * i / bins`, `i = 1..bins`): for a probability, `[0, 1]`. `values` with NaN for null; a
+    /// value outside `[lo, hi]` (or infinite) is refused. Min and max stay the data's own.
+    pub fn fit_numeric_range(
+        name: &str,
+        values: &[f64],
+        bins: usize,
+        lo: f64,
+        hi: f64,
+    ) -> Result<ColumnRef> {
+        if bins == 0 {
+            return Err(Error::spec("bins", "must be >= 1"));
+        }
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return Err(Error::spec(
+                "prediction_range",
+                format!("expected finite lo < hi, got ({lo}, {hi})"),
+            ));
+        }
+        if let Some((i, x)) = values
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !x.is_nan() && !(lo..=hi).contains(*x))
+        {
+            return Err(Error::schema(
+                name,
+                format!("{x} at row {i} is outside the prediction range [{lo}, {hi}]"),
+            ));
+        }
+        let edges: Vec<f64> = (1..bins)
+            .map(|i| lo + (hi - lo) * (i as f64) / (bins as f64))
+            .collect();
+        let mut col = ColumnRef::fit_numeric(name, values, 1)?;
+        let ColumnRef::Numeric {
+            edges: e,
+            counts,
+            min,
+            max,
+            ..
+        } = &mut col
+        else {
+            unreachable!("fit_numeric makes a numeric column")
+        };
+        let (a, b) = (
+            min.unwrap_or(f64::NEG_INFINITY),
+            max.unwrap_or(f64::INFINITY),
+        );
+        let mut c = Counts::new(edges.len() + 1);
+        for &x in values {
+            if !x.is_nan() {
+                c.add(numeric_code(&edges, a, b, x));
+            }
+        }
+        *e = edges;
+        *counts = c.bins;
+        Ok(col)
     }
 
     /// Fit a categorical column from its values (None: null).
@@ -333,6 +400,17 @@ fn select_ranks(v: &mut [f64], ranks: &[usize]) {
     }
 }
 
+/// The reference's record of the model's prediction (its distribution is the numeric column
+/// named [`PREDICTION`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictionRef {
+    /// The training table's column the predictions were read from (None: given as an array).
+    pub source: Option<String>,
+    /// `[lo, hi]` of equal-width bins (None: quantile bins).
+    pub range: Option<[f64; 2]>,
+}
+
 /// A fitted reference: every monitored column, in order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,6 +420,9 @@ pub struct Reference {
     pub feature_set: Option<String>,
     /// Rows of the reference table.
     pub rows: u64,
+    /// Present when the column named [`PREDICTION`] is the model's prediction (version >= 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<PredictionRef>,
     pub columns: Vec<ColumnRef>,
 }
 
@@ -351,10 +432,18 @@ impl Reference {
             version: REFERENCE_VERSION,
             feature_set,
             rows,
+            prediction: None,
             columns,
         };
         r.validate()?;
         Ok(r)
+    }
+
+    /// Mark the column named [`PREDICTION`] as the model's prediction.
+    pub fn with_prediction(mut self, prediction: PredictionRef) -> Result<Self> {
+        self.prediction = Some(prediction);
+        self.validate()?;
+        Ok(self)
     }
 
     pub fn column_index(&self, name: &str) -> Option<usize> {
@@ -371,6 +460,12 @@ impl Reference {
                 ));
             }
             c.validate()?;
+            if c.name() == PREDICTION && self.prediction.is_some() && !c.is_numeric() {
+                return Err(Error::spec(
+                    "prediction",
+                    "the prediction's column must be numeric",
+                ));
+            }
             let total: u64 = c.counts().iter().sum::<u64>() + c.nulls();
             if total != self.rows {
                 return Err(Error::spec(
@@ -380,6 +475,22 @@ impl Reference {
                         self.rows
                     ),
                 ));
+            }
+        }
+        if let Some(p) = &self.prediction {
+            if self.column_index(PREDICTION).is_none() {
+                return Err(Error::spec(
+                    "prediction",
+                    format!("the document has a prediction but no column '{PREDICTION}'"),
+                ));
+            }
+            if let Some([lo, hi]) = p.range {
+                if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                    return Err(Error::spec(
+                        "prediction.range",
+                        format!("expected finite lo < hi, got [{lo}, {hi}]"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -393,8 +504,14 @@ impl Reference {
     pub fn from_json(text: &str) -> Result<Reference> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| Error::spec("reference", e.to_string()))?;
-        crate::doc_version::check(&value, "reference document", REFERENCE_VERSION)
+        let version = crate::doc_version::check(&value, "reference document", REFERENCE_VERSION)
             .map_err(|m| Error::spec("version", m))?;
+        if version < 2 && value.get("prediction").is_some() {
+            return Err(Error::spec(
+                "prediction",
+                format!("a version {version} reference document has no prediction field"),
+            ));
+        }
         let mut r: Reference =
             serde_json::from_value(value).map_err(|e| Error::spec("reference", e.to_string()))?;
         for c in &mut r.columns {
@@ -456,5 +573,50 @@ mod tests {
                 assert_eq!(quantile_edges(&mut w, bins), want, "n={n} bins={bins}");
             }
         }
+    }
+
+    #[test]
+    fn a_prediction_on_range_bins_round_trips_and_version_1_still_reads() {
+        let p: Vec<f64> = vec![0.05, 0.1, 0.12, 0.5, f64::NAN, 0.99];
+        let c = ColumnRef::fit_numeric_range(PREDICTION, &p, 4, 0.0, 1.0).unwrap();
+        let ColumnRef::Numeric {
+            edges,
+            counts,
+            nulls,
+            min,
+            max,
+            ..
+        } = &c
+        else {
+            panic!()
+        };
+        assert_eq!(edges, &vec![0.25, 0.5, 0.75]);
+        assert_eq!(counts, &vec![3, 0, 1, 1]);
+        assert_eq!((*nulls, *min, *max), (1, Some(0.05), Some(0.99)));
+        let r = Reference::new(None, 6, vec![c])
+            .unwrap()
+            .with_prediction(PredictionRef {
+                source: Some("p_late".into()),
+                range: Some([0.0, 1.0]),
+            })
+            .unwrap();
+        let text = r.to_json();
+        assert!(text.contains(r#""version":2"#), "{text}");
+        assert_eq!(Reference::from_json(&text).unwrap(), r);
+        // outside the range: refused, naming the column
+        let e = ColumnRef::fit_numeric_range(PREDICTION, &[0.5, 1.5], 4, 0.0, 1.0).unwrap_err();
+        assert!(e.to_string().contains("1.5 at row 1"), "{e}");
+        // a version 1 document (no prediction field) still reads; one with the field does not
+        let v1 = r#"{"version":1,"feature_set":null,"rows":2,"columns":[{"kind":"numeric","name":"prediction","edges":[],"counts":[2],"nulls":0,"min":0.0,"max":1.0}]}"#;
+        let old = Reference::from_json(v1).unwrap();
+        assert_eq!((old.version, old.prediction.is_none()), (1, true));
+        let bad = v1.replace(
+            r#""rows":2,"#,
+            r#""rows":2,"prediction":{"source":null,"range":null},"#,
+        );
+        assert!(Reference::from_json(&bad).is_err());
+        // a prediction without its column is refused
+        let lost = text.replace(r#""name":"prediction""#, r#""name":"p""#);
+        assert!(Reference::from_json(&lost).is_err());
     }
 }

@@ -78,6 +78,7 @@ fn empty_reference() -> Reference {
         version: super::reference::REFERENCE_VERSION,
         feature_set: None,
         rows: 0,
+        prediction: None,
         columns: Vec::new(),
     }
 }

@@ -17,7 +17,8 @@ use crate::monitor::metrics::Metric;
 use crate::monitor::read::{codes, fit, times};
 use crate::monitor::trigger::TriggerCounters;
 use crate::monitor::{
-    report, ColumnRef, Fired, Metrics, Monitor, Reference, Transition, TriggerSpec,
+    report, ColumnRef, Fired, Metrics, Monitor, PredictionRef, Reference, Transition, TriggerSpec,
+    PREDICTION,
 };
 
 /// Lock without waiting while holding the GIL.
@@ -62,6 +63,9 @@ fn counters_dict<'py>(py: Python<'py>, c: &TriggerCounters) -> PyResult<Bound<'p
     Ok(d)
 }
 
+/// The prediction's record across the boundary: (source column, (lo, hi) of equal-width bins).
+type PredictionArg = (Option<String>, Option<(f64, f64)>);
+
 /// A fitted reference distribution (use `rtml.monitor.Reference`).
 #[pyclass(frozen, name = "Reference", module = "rtml._core")]
 pub struct PyReference {
@@ -71,9 +75,12 @@ pub struct PyReference {
 #[pymethods]
 impl PyReference {
     /// Fit on `table` for `columns` (numeric: quantile bins; string: categories, or the given
-    /// encoder `vocabularies` per column).
+    /// encoder `vocabularies` per column). `prediction=(source, range)`: the table's column
+    /// "prediction" is the model's prediction (read from `source`; equal-width bins over
+    /// `range` when given).
     #[staticmethod]
-    #[pyo3(signature = (table, columns, bins=20, max_categories=1000, feature_set=None, vocabularies=None))]
+    #[pyo3(signature = (table, columns, bins=20, max_categories=1000, feature_set=None, vocabularies=None, prediction=None))]
+    #[allow(clippy::too_many_arguments)]
     fn fit(
         py: Python<'_>,
         table: PyTable,
@@ -82,10 +89,15 @@ impl PyReference {
         max_categories: usize,
         feature_set: Option<String>,
         vocabularies: Option<HashMap<String, Vec<String>>>,
+        prediction: Option<PredictionArg>,
     ) -> PyResult<PyReference> {
         entry(None, || {
             let (batches, _) = table.into_inner();
             let vocabularies = vocabularies.unwrap_or_default();
+            let prediction = prediction.map(|(source, range)| PredictionRef {
+                source,
+                range: range.map(|(lo, hi)| [lo, hi]),
+            });
             let inner = detached(py, || {
                 fit(
                     &batches,
@@ -94,6 +106,7 @@ impl PyReference {
                     max_categories,
                     feature_set,
                     &vocabularies,
+                    prediction,
                 )
             })?;
             Ok(PyReference { inner })
@@ -121,6 +134,20 @@ impl PyReference {
     #[getter]
     fn feature_set(&self) -> Option<String> {
         self.inner.feature_set.clone()
+    }
+
+    #[getter]
+    fn version(&self) -> u32 {
+        self.inner.version
+    }
+
+    /// The prediction's record: None, or (source column or None, (lo, hi) or None).
+    #[getter]
+    fn prediction(&self) -> Option<PredictionArg> {
+        self.inner
+            .prediction
+            .as_ref()
+            .map(|p| (p.source.clone(), p.range.map(|[lo, hi]| (lo, hi))))
     }
 
     /// (name, "numeric" | "categorical") per column.
@@ -154,6 +181,10 @@ impl PyReference {
                 d.set_item("edges", edges.clone())?;
                 d.set_item("min", *min)?;
                 d.set_item("max", *max)?;
+                if let (PREDICTION, Some(p)) = (name, &self.inner.prediction) {
+                    d.set_item("source", p.source.clone())?;
+                    d.set_item("range", p.range.map(|[lo, hi]| (lo, hi)))?;
+                }
             }
             ColumnRef::Categorical { categories, .. } => {
                 d.set_item("categories", categories.clone())?;

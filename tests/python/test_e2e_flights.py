@@ -249,7 +249,8 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
     by_request: dict[str, dict] = {}
     for r in logt.select(["request_id", "feature_set", "vector", "probability"]).to_pylist():
         by_request.setdefault(r["request_id"], {})[r["feature_set"]] = r
-    logt_rows = {(r["request_id"], r["feature_set"]): r for r in logt.select(["request_id", "feature_set", "names", "values", "at"]).to_pylist()}
+    logt_rows = {(r["request_id"], r["feature_set"]): r
+                 for r in logt.select(["request_id", "feature_set", "names", "values", "at", "probability"]).to_pylist()}
     assert set(by_request) == set(row_of_request)
     checked = 0
     for request_id, parts in by_request.items():
@@ -327,21 +328,29 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
     assert got['serving_learning_join_total{outcome="released_labeled"}'] == len(replayed.examples)
 
     # drift: the service's monitor over its last closed day equals rtml.monitor.report of the
-    # served log for that day (the same rows, the same Rust code), every metric bit for bit
+    # served log for that day (the same rows, the same Rust code), every metric bit for bit; the
+    # reference records the model's prediction, monitored on the probability each request answered
     reference = rm.Reference.load(artifacts / manifest["monitor"]["reference"])
-    wide: dict[str, list] = {c: [] for c in reference.columns}
-    wide["at"] = []
+    assert reference.has_prediction and reference.columns[-1] == rm.PREDICTION
+    assert reference.column(rm.PREDICTION)["range"] == (0.0, 1.0)
+    features = reference.columns[:-1]
+    wide: dict[str, list] = {c: [] for c in features}
+    wide["at"], answered = [], []
     for rid in by_request:
         row = {}
         for e in manifest["feature_sets"]:
             part = logt_rows[(rid, e["name"])]
             row.update(zip(part["names"], part["values"]))
-        for c in reference.columns:
+            # every feature set's row of a request logs the probability its answer held
+            assert _bits(part["probability"]) == _bits(served[row_of_request[rid]])
+        for c in features:
             wide[c].append(row[c])
         wide["at"].append(logt_rows[(rid, "tail")]["at"])
+        answered.append(logt_rows[(rid, "tail")]["probability"])
     offline = rm.report(reference, pa.table({**{c: pa.array(v, pa.float64()) for c, v in wide.items() if c != "at"},
                                              "at": pa.array(wide["at"], pa.timestamp("ns", "UTC"))}),
-                        by=manifest["monitor"]["window"], timestamp="at").to_pylist()
+                        by=manifest["monitor"]["window"], timestamp="at",
+                        prediction=np.array(answered)).to_pylist()
     end = pd.Timestamp(monitor["last_closed_window_end"])
     day = [r for r in offline if pd.Timestamp(r["period_start"]) == end - pd.Timedelta(manifest["monitor"]["window"])]
     assert len(day) == len(reference.columns) and day[0]["rows"] >= 3
@@ -358,6 +367,10 @@ def test_service_replay_parity_and_restart(artifacts, tmp_path):
         assert gauges == {f'rtml_monitor_{m}{{column="{c}"}}': v[m] for c, v in source.items()
                           for m in ("psi", "js", "null_rate", "out_of_range_rate") if v[m] is not None}
     assert all(f'rtml_monitor_null_rate{{column="{c}"}}' in gauges for c in reference.columns)  # (rows >= 3)
+    # the served prediction: on /monitor, on the gauges and in the report like the columns
+    assert {"prediction", *features} == set(monitor["values"]) == {r["column"] for r in day}
+    assert all(f'rtml_monitor_{m}{{column="prediction"}}' in gauges for m in ("psi", "js", "null_rate"))
+    assert monitor["values"]["prediction"]["null_rate"] == 0.0 and monitor["values"]["prediction"]["psi"] >= 0
 
 
 def _series(text: str, prefixes: tuple[str, ...]) -> dict[str, float]:

@@ -117,12 +117,12 @@ def test_reference_document_round_trip_and_refusals() -> None:
     ref = rm.Reference.fit(pa.table({"x": [1.0, 2.0, 3.0], "c": ["a", "b", "a"]}), feature_set=fs)
     text = ref.to_json()
     doc = json.loads(text)
-    assert doc["version"] == rm.REFERENCE_VERSION == 1
+    assert doc["version"] == rm.REFERENCE_VERSION == 2
     assert rm.Reference.from_json(text, feature_set=fs) == ref
     assert pickle.loads(pickle.dumps(ref)) == ref
     with pytest.raises(rtml.SpecError, match="feature_set"):
         rm.Reference.from_json(text, feature_set=other)
-    doc["version"] = 2
+    doc["version"] = 3
     with pytest.raises(rtml.SpecError, match="newer"):
         rm.Reference.from_json(json.dumps(doc))
     doc["version"] = 1
@@ -1038,3 +1038,162 @@ def test_skew_bad_input_is_typed() -> None:
         skew.observe({"key": "one", "at": at, "s": 1.0})
     assert skew.stats()["rows_seen"] == 0 and skew.pending == 0
     assert skew.observe({"key": 1, "at": at + pd.Timedelta("1s"), "s": 1.0}) == 1
+
+
+# ------------------------------------------------------------------ the model's prediction
+
+
+def _pred_tables(seed: int = 21) -> tuple[pa.Table, pa.Table, np.ndarray]:
+    """A training table with a probability column, and served rows whose probability moved."""
+    rng = np.random.default_rng(seed)
+    n = 5000
+    x = rng.normal(size=n)
+    p_train = 1 / (1 + np.exp(-(x - 1.0)))  # a probability in (0, 1)
+    train = pa.table({"x": x, "p_late": p_train})
+    xs = rng.normal(0.6, 1, size=1200)
+    ps = 1 / (1 + np.exp(-(xs - 1.0)))
+    ps[::11] = np.nan  # nulls
+    t = (np.arange(1200) * (3 * DAY // 1200)).astype(np.int64)
+    served = pa.table({"x": xs, "probability": ps, "t": t})
+    return train, served, p_train
+
+
+def test_prediction_is_recorded_and_its_metrics_match_a_slow_numpy_reference() -> None:
+    train, served, p_train = _pred_tables()
+    for kw, edges in (
+        ({}, ref_edges(p_train, 20)),  # quantile bins, the rule of every numeric column
+        ({"prediction_range": (0.0, 1.0)}, np.arange(1, 20) / 20),  # equal width over [0, 1]
+    ):
+        ref = rm.Reference.fit(train, prediction="p_late", **kw)
+        # the source column is the prediction, not a second monitored column
+        assert ref.columns == ["x", rm.PREDICTION] and ref.has_prediction
+        col = ref.column("prediction")
+        assert col["kind"] == "numeric" and col["source"] == "p_late"
+        assert col["range"] == kw.get("prediction_range")
+        assert col["edges"] == edges.tolist()
+        assert col["counts"] == counts_of(edges, p_train).astype(int).tolist()
+        assert (col["min"], col["max"]) == (p_train.min(), p_train.max())
+        # an array of the same predictions: the same distribution, no source
+        by_array = rm.Reference.fit(train.select(["x"]), prediction=p_train, **kw)
+        assert by_array.column("prediction") == {**col, "source": None}
+        # PSI / JS / KS of the served prediction equal the slow computation on the same bins
+        m = ref.compare(served, prediction="probability")["prediction"]
+        ps = served.column("probability").to_numpy(zero_copy_only=False)
+        p, q = counts_of(edges, p_train), counts_of(edges, ps)
+        assert m["rows"] == served.num_rows and m["non_null"] == q.sum()
+        assert m["null_rate"] == np.isnan(ps).sum() / len(ps)
+        assert close(m["psi"], psi_by_hand(p, q))
+        assert close(m["js"], float(jensenshannon(p, q, base=2)), atol=1e-7)
+        ks = stats.ks_2samp(binned(edges, p_train), binned(edges, ps))
+        assert close(m["ks"], float(ks.statistic))
+        assert m["psi"] > 0.1  # the served probabilities moved
+        # the same rows with the column already named "prediction", or as an array
+        renamed = served.rename_columns(["x", "prediction", "t"])
+        assert ref.compare(renamed)["prediction"] == m
+        assert ref.compare(served, prediction=ps)["prediction"] == m
+
+
+def test_prediction_report_equals_online_monitor_and_triggers_watch_it() -> None:
+    train, served, _ = _pred_tables()
+    ref = rm.Reference.fit(train, prediction="p_late", prediction_range=(0.0, 1.0))
+    rep = rm.report(ref, served, by=DAY, timestamp="t", prediction="probability")
+    rows = [r for r in rep.to_pylist() if r["column"] == "prediction"]
+    assert [r["period_start"] for r in rows] == [0, DAY, 2 * DAY] and rows[0]["kind"] == "numeric"
+    trig = rm.Trigger("psi", "prediction", above=0.1)
+    mon = rm.Monitor(
+        ref, window=DAY, allowed_lateness=DAY, timestamp="t", prediction="probability", triggers=[trig]
+    )
+    ts = served.column("t").to_numpy()
+    order = np.random.default_rng(3).permutation(served.num_rows)  # any order within the window
+    for day, r in enumerate(rows):
+        idx = order[(ts[order] >= day * DAY) & (ts[order] < (day + 1) * DAY)]
+        for chunk in np.array_split(idx, 7):
+            mon.update(served.take(chunk))
+        mon.advance((day + 2) * DAY)  # closes the day (lateness: one day)
+        online = mon.values()["prediction"]
+        assert all(_eq(online[k], r[k]) for k in (*rm.METRICS, "rows", "non_null")), (online, r)
+    assert mon.stats()["rows_late"] == 0
+    assert trig.counters["entered"] == 1 and trig.alerting  # psi > 0.1 from the first day on
+    # a checkpoint keeps the prediction's column name
+    again = rm.Monitor.from_bytes(mon.to_bytes())
+    assert again.prediction == "probability" and again.reference == ref
+    again.update(served.slice(0, 3).set_column(2, "t", pa.array([4 * DAY] * 3)))
+    assert again.stats()["rows_applied"] == mon.stats()["rows_applied"] + 3
+
+
+def test_prediction_bad_input_is_typed_and_names_it() -> None:
+    train, served, p_train = _pred_tables()
+    with pytest.raises(rtml.SchemaError, match="'p_lat' \\(the prediction\\): missing"):
+        rm.Reference.fit(train, prediction="p_lat")
+    strings = train.append_column("s", pa.array(["a"] * train.num_rows))
+    with pytest.raises(rtml.SchemaError, match="'s' \\(the prediction\\): expected numbers"):
+        rm.Reference.fit(strings, ["x"], prediction="s")
+    with pytest.raises(rtml.SchemaError, match="prediction: 3 values for the 5000 rows"):
+        rm.Reference.fit(train, prediction=[0.1, 0.2, 0.3])
+    with pytest.raises(rtml.SchemaError, match="prediction: expected numbers"):
+        rm.Reference.fit(train, prediction=["a"] * train.num_rows)
+    with pytest.raises(rtml.SchemaError, match="'prediction'.*outside the prediction range"):
+        rm.Reference.fit(train, prediction=p_train * 2, prediction_range=(0.0, 1.0))
+    with pytest.raises(rtml.SchemaError, match="'prediction'.*finite"):
+        rm.Reference.fit(train, prediction=np.where(p_train > 0.5, np.inf, p_train))
+    with pytest.raises(rtml.SpecError, match="prediction_range"):
+        rm.Reference.fit(train, prediction="p_late", prediction_range=(1.0, 0.0))
+    with pytest.raises(rtml.SpecError, match="prediction_range: given without"):
+        rm.Reference.fit(train, prediction_range=(0.0, 1.0))
+    clash = train.append_column("prediction", pa.array(p_train))
+    with pytest.raises(rtml.SpecError, match="'prediction' names the model's prediction"):
+        rm.Reference.fit(clash, ["x", "prediction"], prediction="p_late")
+    ref = rm.Reference.fit(train, prediction="p_late")
+    # served rows without it / with strings: typed, naming the column, the monitor unchanged
+    with pytest.raises(rtml.SchemaError, match="'prediction' \\(the prediction\\): missing"):
+        ref.compare(served)
+    with pytest.raises(rtml.SchemaError, match="'probability' \\(the prediction\\): missing"):
+        rm.report(ref, served.drop_columns(["probability"]), prediction="probability")
+    mon = rm.Monitor(ref, window=DAY, timestamp="t", prediction="probability")
+    bad = served.set_column(1, "probability", pa.array(["x"] * served.num_rows))
+    with pytest.raises(rtml.SchemaError, match="'probability' \\(the prediction\\): expected numbers"):
+        mon.update(bad)
+    assert mon.stats()["rows_applied"] == 0 and mon.watermark is None
+    # a reference without a prediction refuses prediction=
+    plain = rm.Reference.fit(train, ["x"])
+    with pytest.raises(rtml.SpecError, match="records no prediction"):
+        rm.Monitor(plain, window=DAY, timestamp="t", prediction="probability")
+    with pytest.raises(rtml.SpecError, match="records no prediction"):
+        plain.compare(served, prediction="probability")
+
+
+def test_a_version_1_reference_document_still_reads() -> None:
+    """A document written before references recorded a prediction (version 1, its exact
+    shape): it reads, monitors and round-trips unchanged; a column named "prediction" in it
+    is an ordinary column."""
+    v1 = json.dumps(
+        {
+            "version": 1,
+            "feature_set": None,
+            "rows": 4,
+            "columns": [
+                {
+                    "kind": "numeric",
+                    "name": "prediction",
+                    "edges": [0.5],
+                    "counts": [2, 2],
+                    "nulls": 0,
+                    "min": 0.1,
+                    "max": 0.9,
+                },
+                {"kind": "categorical", "name": "c", "categories": ["a"], "counts": [3, 1], "nulls": 0},
+            ],
+        },
+        separators=(",", ":"),
+    )
+    ref = rm.Reference.from_json(v1)
+    assert ref.version == 1 and not ref.has_prediction and ref.to_json() == v1
+    assert ref.columns == ["prediction", "c"] and "source" not in ref.column("prediction")
+    m = ref.compare({"prediction": [0.2, 0.7, 0.95], "c": ["a", "a", "z"]})
+    assert m["prediction"]["out_of_range_rate"] == pytest.approx(1 / 3)
+    assert m["c"]["unseen_rate"] == pytest.approx(1 / 3)
+    # a version 1 document cannot hold the prediction field
+    doc = json.loads(v1)
+    doc["prediction"] = {"source": None, "range": None}
+    with pytest.raises(rtml.SpecError, match="version 1"):
+        rm.Reference.from_json(json.dumps(doc))
