@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use rtml::monitor::counts::numeric_code;
-use rtml::monitor::reference::ColumnRef;
+use rtml::monitor::reference::{ColumnRef, REFERENCE_VERSION};
 use rtml::monitor::{report, Metric, Monitor, Reference, Transition, TriggerSpec};
 
 /// A deterministic pseudo-random stream (splitmix64).
@@ -191,7 +191,9 @@ fn the_document_refuses_newer_versions_and_bad_counts() {
     let r = reference(100);
     let text = r.to_json();
     assert_eq!(Reference::from_json(&text).unwrap(), r);
-    let newer = text.replace("\"version\":1", "\"version\":2");
+    let current = format!("\"version\":{REFERENCE_VERSION}");
+    assert!(text.contains(&current), "{text}");
+    let newer = text.replace(&current, &format!("\"version\":{}", REFERENCE_VERSION + 1));
     let e = Reference::from_json(&newer).unwrap_err().to_string();
     assert!(e.contains("newer"), "{e}");
     let extra = text.replacen("\"rows\":100", "\"rows\":100,\"surprise\":1", 1);
