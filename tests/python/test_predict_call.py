@@ -4,33 +4,17 @@ bit for bit to `model.predict_one(engine.vector(...))` and to the batch path
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
-import pyarrow as pa
 import pytest
 
 import rtml
 import rtml.learn as rl
-from rtml.demo import make_events
-
-MINUTE = 60 * 10**9
-
-
-def _bits(x: float) -> bytes:
-    return struct.pack("<d", x)
+from serving_helpers import bits as _bits
+from serving_helpers import events_and_requests
 
 
 def _setup(seed: int):
-    events = make_events(3_000, 40, seed=seed)
-    rng = np.random.default_rng(seed)
-    ts = events.column("ts").to_numpy().astype(np.int64)
-    pick = rng.integers(0, events.num_rows, 200)
-    spine = pa.table({
-        "driver_id": events.column("driver_id").take(pa.array(pick)),
-        "ts": pa.array(ts[pick] + rng.integers(0, 20, 200) * MINUTE, pa.timestamp("ns")),
-        "distance": pa.array(rng.gamma(2.0, 3.0, 200)),
-    })
+    events, spine = events_and_requests(seed, 3_000, 40, 200)
     fs = rtml.FeatureSet(
         entity="driver_id", timestamp="ts",
         features=[rtml.count(window="1h"), rtml.sum("fare", window="1h"),

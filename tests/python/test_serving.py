@@ -3,34 +3,16 @@ bit-identical to backfill followed by Transforms.transform."""
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
-import pyarrow as pa
 import pytest
 
 import rtml
-from rtml.demo import make_events
-
-MINUTE = 60 * 10**9
-
-
-def _bits(x: float) -> bytes:
-    return struct.pack("<d", x)
+from serving_helpers import bits as _bits
+from serving_helpers import events_and_requests
 
 
 def _setup(seed: int):
-    events = make_events(4_000, 60, seed=seed)
-    rng = np.random.default_rng(seed)
-    ts = events.column("ts").to_numpy().astype(np.int64)
-    pick = rng.integers(0, events.num_rows, 300)
-    spine = pa.table({
-        "driver_id": events.column("driver_id").take(pa.array(pick)),
-        "ts": pa.array(ts[pick] + rng.integers(0, 20, 300) * MINUTE, pa.timestamp("ns")),
-        "distance": pa.array(np.where(rng.random(300) < 0.1, np.nan, rng.gamma(2.0, 3.0, 300)),
-                             from_pandas=True),
-        "surge": pa.array(rng.choice(["none", "low", "high", "extreme"], 300)),
-    })
+    events, spine = events_and_requests(seed, 4_000, 60, 300, distance_null_rate=0.1, surge=True)
     fs = rtml.FeatureSet(
         entity="driver_id", timestamp="ts",
         features=[rtml.count(window="1h"), rtml.sum("fare", window="1h"), rtml.mean("fare", window="24h"),
