@@ -2,11 +2,17 @@
 
     python bench/run_all.py            # everything (1M, 10M, flights, online, transforms, memory, scaling)
     python bench/run_all.py --quick    # 1M + flights only, smaller memory / scaling runs (~5 min)
+    python bench/run_all.py --no-instructions   # skip the callgrind counts (~10 min)
     make bench                         # = the first line
 
 Each measurement runs in its own subprocess (bench/worker.py) so its peak RSS is its own; the
 exact command of every row is written next to it. Results: bench/results/results.json; the
 block between the `results:start` / `results:end` markers of docs/benchmarks.md is replaced.
+
+Instruction counts (issue 18: progress visible through the noise of a shared machine) come from
+callgrind (`valgrind --tool=callgrind`, when installed): each profile script runs once in a
+`prep` mode that builds the same data and stops, and once per operation; the operation's
+instructions are the difference of the two totals, divided by its events or calls.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +63,59 @@ def run(cmd: list[str], threads: int | None = None, log=None) -> tuple[dict | No
     return res, shown
 
 
+# (label, script, mode, N, unit): instructions of `mode` minus `prep`, per N
+INSTRUCTIONS = [
+    ("batched ingest, Arrow batches of 100k, shuffled within 5m", "bench/ingest_profile.py", "ingest",
+     200_000, "event"),
+    ("backfill, 1 thread (spine: N/10 rows)", "bench/ingest_profile.py", "backfill", 200_000, "event"),
+    ("`get` (18 features), keys drawn from the events", "bench/get_ab.py", "get", 20_000, "call"),
+    ("`vector` (18 features + 2 fields -> 9 outputs, 8 steps)", "bench/get_ab.py", "vector", 20_000, "call"),
+]
+
+
+def callgrind(script: str, mode: str, n: int) -> tuple[int | None, str]:
+    """Total instructions (`Ir`) of one run of `script mode n` under callgrind, one thread."""
+    shown = (f"RTML_NUM_THREADS=1 PYTHONHASHSEED=0 valgrind --tool=callgrind python {script} {mode} {n}")
+    out = OUT / f"cg.{Path(script).stem}.{mode}.out"
+    env = dict(os.environ, RTML_NUM_THREADS="1", RAYON_NUM_THREADS="1", PYTHONHASHSEED="0")
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                            sys.executable, script, mode, str(n)],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT * 2)
+    except subprocess.TimeoutExpired:
+        print(f"  TIMEOUT {shown}", flush=True)
+        return None, shown
+    if p.returncode != 0:
+        print(f"  FAILED {shown}\n{p.stderr[-2000:]}", flush=True)
+        return None, shown
+    total = None
+    for line in out.read_text(errors="replace").splitlines():
+        m = re.match(r"(?:summary|totals):\s+(\d+)", line)
+        if m:
+            total = int(m.group(1))
+    out.unlink(missing_ok=True)
+    print(f"  {time.perf_counter() - t0:6.1f} s  {shown}: {total:,} instructions", flush=True)
+    return total, shown
+
+
+def instructions() -> dict:
+    """Instructions per event / per call of each INSTRUCTIONS row ({label: row} or {})."""
+    if shutil.which("valgrind") is None:
+        print("  valgrind is not installed: no instruction counts", flush=True)
+        return {}
+    preps: dict = {}
+    rows = {}
+    for label, script, mode, n, unit in INSTRUCTIONS:
+        if script not in preps:
+            preps[script] = callgrind(script, "prep", n)[0]
+        total, shown = callgrind(script, mode, n)
+        base = preps[script]
+        per = (total - base) / n if total is not None and base is not None else None
+        rows[label] = {"per": per, "unit": unit, "n": n, "total": total, "prep": base, "cmd": shown}
+    return rows
+
+
 def fmt_s(x): return "n/a" if x is None else f"{x:.2f} s"
 def fmt_mb(x): return "n/a" if x is None else f"{x / 2**20:,.0f} MiB"
 def fmt_meps(x): return "n/a" if x is None else f"{x / 1e6:.2f} M/s"
@@ -66,6 +127,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument("--no-instructions", action="store_true", help="skip the callgrind counts")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     t_start = time.perf_counter()
@@ -117,6 +179,11 @@ def main() -> None:
         for per_key in (80, 800):
             R[f"memory/10000/{per_key}/{hop}"] = run(
                 ["bench/worker.py", "memory", "--keys", "10000", "--per-key", str(per_key), *h])
+
+    # ---------------------------------------------------------------- instructions
+    if not args.no_instructions:
+        print("instructions (callgrind)", flush=True)
+        results["instructions"] = instructions()
 
     results["total_s"] = time.perf_counter() - t_start
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
@@ -219,6 +286,16 @@ def render(res: dict) -> str:
         L.append(f"| one row p50 / p99 (us) | {r1['p50_us']:.1f} / {r1['p99_us']:.1f} | "
                  f"{s1['p50_us']:.0f} / {s1['p99_us']:.0f} | {s1['p50_us'] / r1['p50_us']:.0f}x at p50 |")
     L.append("")
+    ins = res.get("instructions") or {}
+    if ins:
+        L.append("### Instructions (callgrind, 1 thread; the operation minus its script's `prep` run)")
+        L.append("")
+        L.append("| what | instructions | per | N | command |")
+        L.append("|---|---|---|---|---|")
+        for lab, r in ins.items():
+            per = "n/a" if r["per"] is None else f"{r['per']:,.0f}"
+            L.append(f"| {lab} | {per} | {r['unit']} | {r['n']:,} | `{r['cmd']}` (minus `prep`) |")
+        L.append("")
     L.append("### Online state memory (steady state: events spread over 48h, 24h windows full)")
     L.append("")
     L.append("| keys | events per key in 24h | windows | state_bytes / key | RSS growth / key | raw event bytes in 24h / key | command |")
