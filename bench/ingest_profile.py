@@ -1,11 +1,11 @@
 """Batched ingest and backfill alone, for instruction counts (noisy machines: compare callgrind
 totals, not wall times).
 
-    python bench/ingest_profile.py prep|ingest|ingest-digest|backfill [N]
+    python bench/ingest_profile.py prep|ingest|ingest-digest|backfill [N] [BATCH]
 
 N events (default 200,000) of the benchmark workload (`common.make_events`: N/10 keys, 7 days,
 arrival order = shuffled within the 5m lateness, the 18-feature set of issue 4), ingested in
-Arrow batches of 100,000 (`ingest`), or backfilled against N/10 spine rows (`backfill`, one
+Arrow batches of BATCH events (default 100,000; `ingest`), or backfilled against N/10 spine rows (`backfill`, one
 thread: set RTML_NUM_THREADS=1). `prep` builds the same data and stops: the instructions of a
 mode minus those of `prep` are the operation's own. Per event:
 
@@ -47,6 +47,7 @@ def _digest(table: pa.Table) -> str:
 def main() -> None:
     mode = sys.argv[1]
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 200_000
+    batch = int(sys.argv[3]) if len(sys.argv) > 3 else 100_000
     import rtml
 
     events = common.make_events(n, n // 10)
@@ -66,8 +67,8 @@ def main() -> None:
     events, fs = ev_ns, fs_ns
     assert mode in ("ingest", "ingest-digest"), mode
     eng = fs.online()
-    for start in range(0, n, 100_000):
-        eng.ingest(events.slice(start, 100_000))
+    for start in range(0, n, batch):
+        eng.ingest(events.slice(start, batch))
     assert eng.stats()["late_events_dropped"] == 0
     if mode == "ingest":
         print(f"ingest {n} events")

@@ -29,6 +29,9 @@ pub struct GroupPlan {
     /// Tile length of a tiled window.
     pub hop: Option<i64>,
     pub accs: Vec<AccPlan>,
+    /// Per accumulator: `Some((group, acc))` when another group's stored accumulator answers
+    /// for it and its own is left empty (see [`share_extremes`]); `None`: its own.
+    pub shared: Vec<Option<(usize, usize)>>,
 }
 
 impl GroupPlan {
@@ -56,6 +59,45 @@ pub struct Plan {
     pub empty: Vec<f64>,
     /// Some column is a `string_columns` column ([`ColKind::Text`]).
     text_columns: bool,
+}
+
+/// One min / max deque per (column, min | max) for all the sliding windows of that column: a
+/// sliding window's deque is the suffix (entries at or after its start) of the deque of any
+/// longer sliding window of the same column, since whether an entry stays in a monotonic deque
+/// depends only on the events after it (both fold the same rows in the same order), and expiry
+/// only drops entries older than the window. So every sliding (untiled) group's `Extreme`
+/// accumulator reads the longest such window's deque (`GroupPlan::shared`), and only that one
+/// is folded into: with 1h and 24h windows, two deques per column instead of four.
+fn share_extremes(groups: &mut [GroupPlan]) {
+    let sliding = |g: &GroupPlan| g.hop.is_none() && g.window.is_some();
+    let mut shared: Vec<Vec<Option<(usize, usize)>>> = Vec::with_capacity(groups.len());
+    for g in groups.iter() {
+        let mut row = vec![None; g.accs.len()];
+        if sliding(g) {
+            for (i, a) in g.accs.iter().enumerate() {
+                if !matches!(a, AccPlan::Extreme { .. }) {
+                    continue;
+                }
+                // the longest other sliding window holding the same deque
+                row[i] = groups
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| sliding(o) && o.window > g.window)
+                    .filter_map(|(gj, o)| {
+                        o.accs
+                            .iter()
+                            .position(|b| b == a)
+                            .map(|j| (gj, j, o.window))
+                    })
+                    .max_by_key(|&(_, _, w)| w)
+                    .map(|(gj, j, _)| (gj, j));
+            }
+        }
+        shared.push(row);
+    }
+    for (g, s) in groups.iter_mut().zip(shared) {
+        g.shared = s;
+    }
 }
 
 impl Plan {
@@ -93,6 +135,7 @@ impl Plan {
                         window: f.window,
                         hop: f.hop,
                         accs: Vec::new(),
+                        shared: Vec::new(),
                     });
                     groups.len() - 1
                 }
@@ -153,6 +196,7 @@ impl Plan {
                 eval: text.map_or(def.eval, |t| t.0),
             });
         }
+        share_extremes(&mut groups);
         let max_window = spec
             .features
             .iter()

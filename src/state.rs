@@ -408,8 +408,9 @@ impl KeyState {
             }
             if g.hi > from {
                 let rows = self.buf.rows();
-                for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                    if !acc.eager() {
+                // (a deque another group's answers for is left empty: `GroupPlan::shared`)
+                for ((acc, ap), sh) in g.accs.iter_mut().zip(&gp.accs).zip(&gp.shared) {
+                    if !acc.eager() && sh.is_none() {
                         acc.apply_rows(ap, rows.run((from, g.hi)), 1, lifetime);
                     }
                 }
@@ -618,6 +619,7 @@ impl KeyState {
         }
         let var_cache = RefCell::new(SmallVec::new());
         let extremes_cache = RefCell::new(SmallVec::new());
+        let stored: SmallVec<[&[Acc]; 4]> = self.groups.iter().map(|g| g.accs.as_slice()).collect();
         let rows = buf.rows();
         for (i, (o, slot)) in plan.outputs.iter().zip(out.iter_mut()).enumerate() {
             if !wanted(i) {
@@ -641,6 +643,8 @@ impl KeyState {
                 corr: &corrs[o.group],
                 group: o.group,
                 accs: &g.accs,
+                shared: &gp.shared,
+                stored: &stored,
                 views: &views,
                 tile_events: &tile_events,
                 var_cache: &var_cache,

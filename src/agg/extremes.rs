@@ -103,7 +103,9 @@ pub fn eval(v: &View<'_>, o: &Output) -> f64 {
     };
     // summaries (lifetime, tiles) are already restricted to the window
     let start = if v.summarizing() { i64::MIN } else { v.start() };
-    let best: Option<f64> = match v.acc(i) {
+    // (a sliding window's deque may be a longer window's: its entries from `start` on are this
+    // window's deque, `GroupPlan::shared`)
+    let best: Option<f64> = match v.stored_acc(i) {
         Acc::Extreme(Extreme(dq)) => {
             let k = dq.partition_point(|&(ts, _)| ts < start);
             dq.get(k).map(|&(_, v)| v)
@@ -250,6 +252,121 @@ mod tests {
             (-1000i32..1000).prop_map(|c| (c as f64 / 8.0).to_bits()),
             any::<u64>().prop_filter("not the null word", |w| *w != NULL),
         ]
+    }
+
+    /// A feature set with min and max of one column over nested sliding windows (whose deques
+    /// `Plan::new` shares), of a second column over one window (nothing to share), tiled and
+    /// lifetime ones (never shared), and a sum (an eager accumulator beside them).
+    fn nested_plan() -> crate::plan::Plan {
+        let mut feats = Vec::new();
+        for (w, extra) in [
+            ("\"10m\"", ""),
+            ("\"1h\"", ""),
+            ("\"24h\"", ""),
+            ("\"1h\"", r#", "hop": "15m""#),
+            ("null", ""),
+        ] {
+            for a in ["min", "max"] {
+                feats.push(format!(
+                    r#"{{"agg": "{a}", "column": "v", "window": {w}{extra}, "name": "f{}"}}"#,
+                    feats.len()
+                ));
+            }
+        }
+        for f in [
+            r#"{"agg": "max", "column": "u", "window": "1h", "name": "u_max"}"#,
+            r#"{"agg": "sum", "column": "v", "window": "1h", "name": "v_sum"}"#,
+        ] {
+            feats.push(f.to_string());
+        }
+        let doc = format!(
+            r#"{{"version": 1, "entity": "k", "timestamp": "ts", "allowed_lateness": "5m", "features": [{}]}}"#,
+            feats.join(", ")
+        );
+        crate::plan::Plan::new(crate::spec::Spec::from_json(&doc).unwrap())
+    }
+
+    #[test]
+    fn nested_sliding_windows_share_the_longest_deque() {
+        let plan = nested_plan();
+        let window = |g: &crate::plan::GroupPlan| (g.window, g.hop);
+        let longest = plan
+            .groups
+            .iter()
+            .position(|g| g.window == Some(24 * 3_600_000_000_000) && g.hop.is_none())
+            .unwrap();
+        let mut shared = 0;
+        for g in &plan.groups {
+            for (a, sh) in g.accs.iter().zip(&g.shared) {
+                let nested_v = matches!(a, AccPlan::Extreme { col: 0, .. })
+                    && g.hop.is_none()
+                    && g.window.is_some_and(|w| w < 24 * 3_600_000_000_000);
+                if nested_v {
+                    let (gj, j) = sh.expect("a shorter sliding window's deque is shared");
+                    assert_eq!(gj, longest);
+                    assert_eq!(&plan.groups[gj].accs[j], a);
+                    shared += 1;
+                } else {
+                    assert_eq!(*sh, None, "{:?} {:?}", window(g), a);
+                }
+            }
+        }
+        assert_eq!(shared, 4); // min and max over 10m and 1h
+    }
+
+    proptest! {
+        // The shared deques (the general path: each window its own deque, `shared` cleared)
+        // answer the same bits after any arrivals, settles and queries.
+        #[test]
+        fn shared_deques_answer_as_own_deques(
+            steps in prop::collection::vec(
+                (
+                    prop_oneof![0i64..120, 0i64..900, 0i64..30_000],
+                    0i64..300,
+                    word(),
+                    word(),
+                    any::<bool>(),
+                    0i64..8_000,
+                ),
+                1..120,
+            ),
+        ) {
+            use crate::state::KeyState;
+            const S: i64 = 1_000_000_000;
+            let plan = nested_plan();
+            let mut general = plan.clone();
+            for g in general.groups.iter_mut() {
+                g.shared.iter_mut().for_each(|s| *s = None);
+            }
+            let lateness = 300 * S;
+            let t0 = 1_700_000_000 * S;
+            let mut fast = KeyState::new(&plan, i64::MIN);
+            let mut slow = KeyState::new(&general, i64::MIN);
+            let (mut now, mut watermark) = (t0, i64::MIN);
+            let n = plan.n_features();
+            let (mut a, mut b) = (vec![0.0; n], vec![0.0; n]);
+            for (advance, back, v, u, settle, ahead) in steps {
+                now += advance * S;
+                let ts = now - back * S;
+                if ts >= fast.settled {
+                    // columns in plan order: v, u
+                    let vals = [v, u];
+                    fast.insert(&plan, ts, &vals);
+                    slow.insert(&general, ts, &vals);
+                    watermark = watermark.max(ts);
+                }
+                if settle {
+                    let s = watermark.saturating_sub(lateness);
+                    fast.settle(&plan, s, lateness);
+                    slow.settle(&general, s, lateness);
+                }
+                let t = fast.settled.max(t0) + ahead * S;
+                fast.query(&plan, t, &mut a).unwrap();
+                slow.query(&general, t, &mut b).unwrap();
+                let bits = |x: &[f64]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                prop_assert_eq!(bits(&a), bits(&b));
+            }
+        }
     }
 
     proptest! {

@@ -334,6 +334,9 @@ pub struct View<'a> {
     /// Stored accumulators of the group, and those corrected for this query: (group, index, acc).
     pub(crate) group: usize,
     pub(crate) accs: &'a [Acc],
+    /// The plan's `GroupPlan::shared` of the group, and every group's stored accumulators.
+    pub(crate) shared: &'a [Option<(usize, usize)>],
+    pub(crate) stored: &'a [&'a [Acc]],
     pub(crate) views: &'a [(usize, usize, Acc)],
     /// Events of the group's settled tiles with id `>= first`.
     pub(crate) tile_events: &'a dyn Fn(i64) -> u64,
@@ -353,6 +356,15 @@ impl<'a> View<'a> {
             .iter()
             .find(|v| v.0 == self.group && v.1 == i)
             .map_or(&self.accs[i], |v| &v.2)
+    }
+    /// Accumulator `i` of the group as stored, or the stored accumulator of another group that
+    /// answers for it (`GroupPlan::shared`: a longer window's min / max deque).
+    #[inline]
+    pub fn stored_acc(&self, i: usize) -> &'a Acc {
+        match self.shared.get(i).copied().flatten() {
+            Some((g, j)) => &self.stored[g][j],
+            None => self.acc(i),
+        }
     }
     /// Lifetime and tiled groups keep summaries rather than per-event structures.
     pub fn summarizing(&self) -> bool {

@@ -14,8 +14,10 @@
 //! ```text
 //! base
 //! offset 0   4 bytes  magic "RTKS"
-//!        4   u16 LE   format version (3: base + delta segments; 2: the key state of snapshot
-//!                     format 4, with its strings, no segments; 1: of snapshot formats 2 and 3)
+//!        4   u16 LE   format version (4: the key state of snapshot format 5, base + delta
+//!                     segments; 3: of snapshot format 4, base + delta segments; 2: the key
+//!                     state of snapshot format 4, with its strings, no segments; 1: of snapshot
+//!                     formats 2 and 3)
 //!        6   u8       clock of the writer's events: 0 unknown / epoch integers, 1 naive, 2 aware
 //!        7   u8       0 (reserved)
 //!        8   u64 LE   spec id: the first 8 bytes (big-endian) of the SHA-256 of the feature set's
@@ -27,7 +29,7 @@
 //!       40   P bytes  payload: bincode of (key, key state)
 //! delta segment (format 3), any number after the base
 //!        0   4 bytes  magic "RTKD"
-//!        4   u16 LE   format version (3)
+//!        4   u16 LE   format version (3 on)
 //!        6   u16 LE   0 (reserved)
 //!        8   u32 LE   offset: the stored value's length before this segment, where it must
 //!                     stand (a segment found elsewhere, an append repeated by a retried
@@ -63,10 +65,12 @@ use crate::state::{KeyState, KeyStateV3};
 pub const MAGIC: &[u8; 4] = b"RTKS";
 /// Magic bytes of a delta segment.
 pub const DELTA_MAGIC: &[u8; 4] = b"RTKD";
-/// Format version of a published key state (3: a base and delta segments; 2: the per-key
+/// Format version of a published key state (4: the per-key encoding of snapshot format 5, whose
+/// shorter sliding windows leave their min / max deques empty, read by older builds wrongly, so
+/// refused by them; 3: a base and delta segments; 2: the per-key
 /// encoding of snapshot format 4, with the key's strings; 1: of snapshot formats 2 and 3, read
 /// and upgraded).
-pub const KEYSTATE_VERSION: u16 = 3;
+pub const KEYSTATE_VERSION: u16 = 4;
 /// Bytes before the payload.
 pub const HEADER: usize = 40;
 /// Bytes before a delta segment's payload.
@@ -981,7 +985,7 @@ mod tests {
         eng.track_changes(true);
         feed(&eng, false, 0, 300);
         for (k, v) in published(&eng, true) {
-            assert_eq!(u16::from_le_bytes([v[4], v[5]]), 3);
+            assert_eq!(u16::from_le_bytes([v[4], v[5]]), KEYSTATE_VERSION);
             // a base without segments is the version 2 value with another version number
             let mut v2 = v.clone();
             v2[4..6].copy_from_slice(&2u16.to_le_bytes());

@@ -23,10 +23,13 @@ use crate::spec::Spec;
 use crate::state::{Buf, KeyState, KeyStateV3, Tile};
 
 const MAGIC: &[u8; 8] = b"RTMLSNAP";
+/// 5: a sliding window's min / max deque is left empty when a longer sliding window of the same
+/// column holds one (`plan::share_extremes`; format 4 states, every deque filled, read as they
+/// are: the longer window's deque answers, the other one is only expired).
 /// 4: each key's state ends with its strings (`string_columns`).
 /// 3: the guard's state (ids seen, times ahead) and its counters after the body.
 /// 2: per-group eager region (`e_lo`, `e_start`). 1, 2 and 3 are read and upgraded.
-pub const SNAPSHOT_VERSION: u32 = 4;
+pub const SNAPSHOT_VERSION: u32 = 5;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
 /// A key's state as snapshot format 1 stored it (before the eager region existed).

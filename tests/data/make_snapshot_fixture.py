@@ -9,7 +9,9 @@ query instants, the answers of the engine that wrote the file, its counters, and
 ingest after the restore with the answers expected then (this exercises state that was not
 settled yet when the snapshot was taken: events within allowed_lateness, tiles, pending
 cells). Run once per format version and commit both files; never regenerate an old
-version's fixture: it is what proves that old snapshots still load."""
+version's fixture: it is what proves that old snapshots still load. An argument is a suffix
+of the file names (`snapshot_v4b`: a second fixture of format 4, with a later feature set,
+written by the last build of that format)."""
 
 from __future__ import annotations
 
@@ -61,6 +63,10 @@ def feature_set():
             rtml.last("merchant", window="6h"),
             rtml.min("merchant", window="24h"),
             rtml.first("merchant", window="1h"),
+            # format 5 on: a sliding window's min / max deque is the longest window's of the
+            # same column (nested windows: min over 1h and 6h, max over 6h and 24h)
+            rtml.min("amount", window="1h"),
+            rtml.max("amount", window="24h"),
         ],
         string_columns=["merchant"],
     )
@@ -120,7 +126,8 @@ def main() -> None:
     before = answers(eng, keys, instants)
 
     version = rtml._core.SNAPSHOT_VERSION
-    snap = os.path.join(HERE, f"snapshot_v{version}.snap")
+    name = f"snapshot_v{version}{sys.argv[1] if len(sys.argv) > 1 else ''}"
+    snap = os.path.join(HERE, f"{name}.snap")
     eng.snapshot(snap)
 
     # events after the restore: late ones (dropped), ones inside the allowed lateness, new ones
@@ -177,7 +184,7 @@ def main() -> None:
         "answers_after": after,
         "stats_after": {k: v for k, v in stats.items() if k not in DERIVED},
     }
-    with open(os.path.join(HERE, f"snapshot_v{version}.json"), "w") as f:
+    with open(os.path.join(HERE, f"{name}.json"), "w") as f:
         json.dump(doc, f, sort_keys=True, separators=(",", ":"))
         f.write("\n")
     print(f"wrote {snap} ({os.path.getsize(snap)} bytes) and its JSON", file=sys.stderr)
