@@ -120,19 +120,6 @@ fn variance_numerator(n: u64, s1: &ExactSum, s2: &ExactSum) -> Option<([u64; 4],
     // x = n * b * 2^eb, y = a^2 * 2^(2 ea), aligned at the lower exponent c
     let e2a = ea.checked_mul(2)?;
     let c = eb.min(e2a);
-    // Narrow sums (whole numbers, short windows): the same integers in 128 bits, when x and y
-    // fit there and x >= y; anything else takes the 256-bit path below.
-    if b[2] == 0 && a >> 64 == 0 {
-        let shl = |v: u128, k: i32| (k < 128 && v.leading_zeros() as i32 >= k).then(|| v << k);
-        let b = b[0] as u128 | (b[1] as u128) << 64;
-        let x = b.checked_mul(n as u128).and_then(|x| shl(x, eb - c));
-        if let (Some(x), Some(y)) = (x, shl(a * a, e2a - c)) {
-            if x >= y {
-                let d = x - y;
-                return Some(([d as u64, (d >> 64) as u64, 0, 0], c));
-            }
-        }
-    }
     let x = shl256(mul_u192_u64(b, n), (eb - c) as u32)?;
     let y = shl256(mul_u128(a, a), (e2a - c) as u32)?;
     let (num, borrow) = sub256(x, y);
