@@ -527,10 +527,27 @@ impl ExactSum {
         // exp >= -1000; |int| < 2^127 and exp <= 800).
         if let Some((v, exp)) = self.as_i128() {
             if (-1000..=800).contains(&exp) {
-                return v as f64 * pow2(exp);
+                return i128_to_f64(v) * pow2(exp);
             }
         }
         self.to_f64_general()
+    }
+
+    /// `self * 2^k` rounded to the nearest f64: the same as `to_f64` of a scaled copy
+    /// ([`Self::scale_pow2`]), without the copy when the value is an i128 at a moderate
+    /// exponent.
+    #[inline]
+    pub fn to_f64_scaled(&self, k: i32) -> f64 {
+        if let Some((v, exp)) = self.as_i128() {
+            // a zero keeps its exponent when scaled (and reads 0 either way)
+            let exp = if v == 0 { exp } else { exp + k };
+            if (-1000..=800).contains(&exp) {
+                return i128_to_f64(v) * pow2(exp);
+            }
+        }
+        let mut scaled = self.clone();
+        scaled.scale_pow2(k);
+        scaled.to_f64()
     }
 
     fn to_f64_general(&self) -> f64 {
@@ -687,6 +704,28 @@ pub(crate) fn sub256(x: [u64; 4], y: [u64; 4]) -> ([u64; 4], bool) {
     (out, borrow)
 }
 
+/// `v as f64` (round to nearest, ties to even) without the generic 128-bit conversion routine
+/// (`__floattidf`, ~35 instructions, called by every read of a sum): an i64 converts in one
+/// instruction; a wider value keeps its top 63 bits with a sticky bit below the rounding point,
+/// which rounds the same, then scales by a power of two (exact).
+#[inline]
+pub(crate) fn i128_to_f64(v: i128) -> f64 {
+    if v as i64 as i128 == v {
+        return v as i64 as f64;
+    }
+    let m = v.unsigned_abs();
+    // m >= 2^63: keep bits (sh .. sh + 63) of m, the top one at bit 62 of an i64
+    let sh = 65 - m.leading_zeros();
+    let top = (m >> sh) as u64;
+    let sticky = (m << (128 - sh)) != 0;
+    let x = (top | sticky as u64) as i64 as f64 * pow2(sh as i32);
+    if v < 0 {
+        -x
+    } else {
+        x
+    }
+}
+
 /// `2^e` for a normal exponent `e`.
 #[inline]
 fn pow2(e: i32) -> f64 {
@@ -700,14 +739,14 @@ fn i128_pair(v: i128, exp: i32) -> Option<(f64, f64)> {
     if !(-1000..=800).contains(&exp) {
         return None;
     }
-    let hi = v as f64;
+    let hi = i128_to_f64(v);
     if hi.abs() >= 2f64.powi(127) {
         return None;
     }
     // |v - hi| is at most half an ulp of hi: exact in i128
     let rest = v - hi as i128;
     let s = pow2(exp);
-    Some((hi * s, rest as f64 * s))
+    Some((hi * s, i128_to_f64(rest) * s))
 }
 
 /// [`ExactSum::to_f64_pair`] of `mag * 2^exp` for a 256-bit magnitude, without building the
@@ -740,7 +779,7 @@ pub(crate) fn u256_pair(mag: [u64; 4], exp: i32) -> Option<(f64, f64)> {
         return None;
     }
     let r = (d[0] as u128 | (d[1] as u128) << 64) as i128;
-    let lo = (if negative { -r } else { r }) as f64 * pow2(exp);
+    let lo = i128_to_f64(if negative { -r } else { r }) * pow2(exp);
     Some((hi, lo))
 }
 
@@ -842,5 +881,72 @@ mod tests {
         s.add(1.0);
         s.add(1e-30);
         assert_eq!(s.to_f64_pair(), (1.0, 1e-30));
+    }
+
+    #[test]
+    fn i128_conversion_edges() {
+        for v in [
+            0i128,
+            1,
+            -1,
+            i64::MAX as i128,
+            i64::MIN as i128,
+            i64::MAX as i128 + 1,
+            i64::MIN as i128 - 1,
+            i128::MAX,
+            i128::MIN,
+            i128::MIN + 1,
+            // ties at and near the rounding point of a 64-bit and a 128-bit value
+            (1i128 << 64) + (1 << 11),
+            (1i128 << 64) + (1 << 11) + 1,
+            (1i128 << 64) + (3 << 11),
+            (1i128 << 100) + (1 << 47),
+            (1i128 << 100) + (1 << 47) + 1,
+            -((1i128 << 100) + (3 << 47)),
+        ] {
+            assert_eq!(i128_to_f64(v).to_bits(), (v as f64).to_bits(), "{v}");
+        }
+    }
+
+    proptest::proptest! {
+        // The shortcut conversion is the language's `as f64` (round to nearest even) for
+        // every width of value, ties included.
+        #[test]
+        fn i128_conversion_is_as_f64(
+            bits in proptest::prelude::any::<i128>(),
+            width in 0u32..128,
+            tie in proptest::prelude::any::<bool>(),
+        ) {
+            let mut v = bits >> width;
+            if tie {
+                // a value whose dropped bits are exactly half an ulp (or just below)
+                // (an f64 keeps 53 of the value's 128 - lz bits)
+                let lz = v.unsigned_abs().leading_zeros();
+                if lz < 74 {
+                    let drop = 75 - lz;
+                    v = (v >> drop << drop) | (1i128 << (drop - 1));
+                }
+            }
+            proptest::prop_assert_eq!(i128_to_f64(v).to_bits(), (v as f64).to_bits(), "{}", v);
+        }
+
+        // `to_f64_scaled` is `to_f64` of a scaled copy (the general path), for sums of any
+        // width and scalings that leave or enter the fast path's exponent range.
+        #[test]
+        fn scaled_read_is_read_of_scaled_copy(
+            xs in proptest::collection::vec((-(1i64 << 53)..(1i64 << 53), -1100i32..1000), 0..12),
+            k in proptest::prop_oneof![-64i32..64, -2000i32..2000],
+        ) {
+            let mut s = ExactSum::new();
+            for &(m, e) in &xs {
+                let x = m as f64 * 2f64.powi(e);
+                if x.is_finite() {
+                    s.add(x);
+                }
+            }
+            let mut copy = s.clone();
+            copy.scale_pow2(k);
+            proptest::prop_assert_eq!(s.to_f64_scaled(k).to_bits(), copy.to_f64().to_bits());
+        }
     }
 }

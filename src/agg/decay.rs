@@ -153,9 +153,7 @@ pub fn eval(v: &View<'_>, o: &Output) -> f64 {
         (live.next(), live.next(), removed.peek(), added.peek())
     {
         // One cell and no corrections (a query at "now", or backfill): the cell is the total.
-        let mut total = cell.clone();
-        total.scale_pow2((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32);
-        return total.to_f64() / w;
+        return cell.to_f64_scaled((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32) / w;
     }
     let mut total = ExactSum::new();
     // Cells after `ct` hold only events after `t` (the eager region of a query in the past):

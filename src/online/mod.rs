@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -42,8 +42,30 @@ pub mod snapshot;
 
 pub use guard::{Guard, Rules, Verdict, AHEAD_CONFIRM};
 
-/// A read settles a key first (under the write lock) only when that saves walking more rows.
+/// A read settles a key first (under the write lock, waiting for it) only when that saves
+/// walking more rows.
 pub const SETTLE_ON_READ_ROWS: u64 = 64;
+
+/// A read whose key has at least this many rows to fold out of its eager accumulators
+/// (rows that left its windows since it last settled) folds them out first when its shard's
+/// write lock is free at once ([`KeyState::advance_eager`]: the settled point stays, so every
+/// instant answerable before still is): the key's later reads then walk no fold-outs. A key
+/// whose settled point lags the stream (no recent event) otherwise redoes the same
+/// corrections on every read: the slowest `get` calls (docs/benchmarks.md, "Session 10: get").
+pub const ADVANCE_ON_READ_ROWS: u64 = 1;
+
+/// What [`Shard::get_unless_settle`] did.
+#[derive(Debug)]
+pub enum Read {
+    /// Answered (`out` written).
+    Done(Result<()>),
+    /// Not answered: more than [`SETTLE_ON_READ_ROWS`] rows to settle: settle the key first
+    /// ([`Shard::settle_key`]), waiting for the write lock if need be.
+    Settle,
+    /// Not answered: at least [`ADVANCE_ON_READ_ROWS`] rows to fold out: fold them out first
+    /// ([`Shard::advance_key`]) if the write lock is free at once, else answer as is.
+    Advance,
+}
 
 /// Counters reported by [`Engine::stats`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -164,8 +186,10 @@ impl Shard {
         keystate::answer(plan, self.keys.get(&key), t, out, mask)
     }
 
-    /// [`Shard::get`], unless [`Shard::would_settle`] holds for `s`: then `None` and `out` is
-    /// untouched (one hash lookup for both questions).
+    /// [`Shard::get`], unless settling the key to `s` first, or folding out its rows that
+    /// left its windows ([`KeyState::advance_eager`]), saves walking rows: then
+    /// [`Read::Settle`] or [`Read::Advance`], and `out` is untouched (one hash lookup for
+    /// both questions).
     pub fn get_unless_settle(
         &self,
         plan: &Plan,
@@ -174,15 +198,18 @@ impl Shard {
         t: i64,
         out: &mut [f64],
         mask: Option<&[bool]>,
-    ) -> Option<Result<()>> {
+    ) -> Read {
         let state = self.keys.get(&key);
-        if state.is_some_and(|st| {
-            st.settled < s
-                && st.settle_backlog(plan, s, plan.spec.allowed_lateness) > SETTLE_ON_READ_ROWS
-        }) {
-            return None;
+        if let Some(st) = state.filter(|st| st.settled < s) {
+            let (all, eager) = st.backlogs(plan, s, plan.spec.allowed_lateness);
+            if all > SETTLE_ON_READ_ROWS {
+                return Read::Settle;
+            }
+            if eager >= ADVANCE_ON_READ_ROWS {
+                return Read::Advance;
+            }
         }
-        Some(keystate::answer(plan, state, t, out, mask))
+        Read::Done(keystate::answer(plan, state, t, out, mask))
     }
 
     /// Whether reading `key` at `t` would walk more than [`SETTLE_ON_READ_ROWS`] rows that
@@ -236,6 +263,15 @@ impl Shard {
     pub fn settle_key(&mut self, plan: &Plan, key: KeyRef<'_>, s: i64) {
         if let Some(state) = self.keys.get_mut(&key) {
             state.settle(plan, s, plan.spec.allowed_lateness);
+        }
+    }
+
+    /// Fold out the rows that left one key's windows as settling to `s` would, without
+    /// settling it ([`KeyState::advance_eager`]; bookkeeping only: no answer changes, and
+    /// every instant answerable before still is).
+    pub fn advance_key(&mut self, plan: &Plan, key: KeyRef<'_>, s: i64) {
+        if let Some(state) = self.keys.get_mut(&key) {
+            state.advance_eager(plan, s, plan.spec.allowed_lateness);
         }
     }
 
@@ -659,15 +695,33 @@ impl Engine {
     pub fn get(&self, key: KeyRef<'_>, t: i64, out: &mut [f64]) -> Result<()> {
         self.check_key(key)?;
         let s = t.min(self.settle_point());
-        if let Some(r) = self
-            .shard(key)
+        let lock = self.shard(key);
+        let settle = match lock
             .read()
             .get_unless_settle(&self.plan, key, s, t, out, None)
         {
-            return r;
+            Read::Done(r) => return r,
+            Read::Settle => true,
+            Read::Advance => false,
+        };
+        // settle under the write lock (waiting for it), or fold out under it if it is free at
+        // once; then read under the same hold, downgraded
+        let w = if settle {
+            Some(lock.write())
+        } else {
+            lock.try_write()
+        };
+        match w {
+            Some(mut w) => {
+                if settle {
+                    w.settle_key(&self.plan, key, s);
+                } else {
+                    w.advance_key(&self.plan, key, s);
+                }
+                RwLockWriteGuard::downgrade(w).get(&self.plan, key, t, out)
+            }
+            None => lock.read().get(&self.plan, key, t, out),
         }
-        self.settle_key(key, t);
-        self.shard(key).read().get(&self.plan, key, t, out)
     }
 
     /// Whether a query of `key` at `t` would walk so many rows of a lagging settled point

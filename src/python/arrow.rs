@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, RecordBatchOptions};
-use arrow_buffer::{NullBuffer, ScalarBuffer};
+use arrow_buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema};
 use pyo3::prelude::*;
 
@@ -48,8 +48,12 @@ pub(crate) fn batch<S: AsRef<str>>(
                 arrays.push(Arc::new(Int64Array::new(v, None)));
             }
             Column::Float(v, may_hold_nan) => {
+                // packed 64 values per word (a bit-by-bit builder cost ~20 instructions per
+                // value, a sixth of a backfill's serial output phase)
                 let nulls = may_hold_nan
-                    .then(|| NullBuffer::from_iter(v.iter().map(|x| !x.is_nan())))
+                    .then(|| {
+                        NullBuffer::new(BooleanBuffer::collect_bool(v.len(), |i| !v[i].is_nan()))
+                    })
                     .filter(|n| n.null_count() > 0);
                 fields.push(Field::new(name, DataType::Float64, true));
                 arrays.push(Arc::new(Float64Array::new(v, nulls)));

@@ -25,7 +25,7 @@ use super::errors::{self, detached, entry, IntoPy, Poison};
 use super::transforms::PyTransforms;
 use super::PySpec;
 use crate::input::{read_events, KeyRef};
-use crate::online::{Engine, Ingested, Meta, Shard};
+use crate::online::{Engine, Ingested, Meta, Read, Shard};
 use crate::plan::Plan;
 
 /// The clock of an engine's events, as [`Zone`] (0: none seen yet, or only epoch integers).
@@ -127,23 +127,41 @@ impl PyEngine {
         let s = t.min(self.inner.settle_point());
         let plan = &*self.plan;
         let shard = self.shard_read(py, key);
-        if let Some(r) = shard.get_unless_settle(plan, key, s, t, buf, mask) {
-            r.py_err()?;
-            if plan.has_text() {
-                shard.texts(plan, key, buf, texts);
+        let settle = match shard.get_unless_settle(plan, key, s, t, buf, mask) {
+            Read::Done(r) => {
+                r.py_err()?;
+                if plan.has_text() {
+                    shard.texts(plan, key, buf, texts);
+                }
+                return Ok(());
             }
-            Ok(())
+            Read::Settle => true,
+            Read::Advance => false,
+        };
+        drop(shard);
+        // A long backlog: settle, waiting for the write lock. Rows to fold out: fold them out
+        // only if the lock is free at once (no other reader), else read with the corrections.
+        let w = if settle {
+            Some(self.shard_write(py, key))
         } else {
-            drop(shard);
-            let mut w = self.shard_write(py, key);
-            w.settle_key(plan, key, s);
-            let r = RwLockWriteGuard::downgrade(w);
-            r.get_masked(plan, key, t, buf, mask).py_err()?;
-            if plan.has_text() {
-                r.texts(plan, key, buf, texts);
+            self.inner.shard(key).try_write()
+        };
+        let r = match w {
+            Some(mut w) => {
+                if settle {
+                    w.settle_key(plan, key, s);
+                } else {
+                    w.advance_key(plan, key, s);
+                }
+                RwLockWriteGuard::downgrade(w)
             }
-            Ok(())
+            None => self.shard_read(py, key),
+        };
+        r.get_masked(plan, key, t, buf, mask).py_err()?;
+        if plan.has_text() {
+            r.texts(plan, key, buf, texts);
         }
+        Ok(())
     }
 
     /// Refuse times on a clock other than the engine's events' (`what` names the column or
