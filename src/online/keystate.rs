@@ -1230,6 +1230,152 @@ mod tests {
         }
     }
 
+    /// The feature set of the tiled-state fixtures: every aggregation a tiled window takes, over
+    /// two tilings, next to a sliding and a lifetime feature.
+    const TILES_FIXTURE_FEATURES: &str = r#"{"agg": "count", "window": "1h", "hop": "15m"},
+        {"agg": "count", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "sum", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "mean", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "var", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "min", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "max", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "first", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "last", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "time_since_last", "window": "1h", "hop": "15m"},
+        {"agg": "distinct_count", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "quantile", "column": "v", "q": 0.5, "window": "1h", "hop": "15m"},
+        {"agg": "decayed_sum", "column": "v", "half_life": "10m", "window": "1h", "hop": "15m"},
+        {"agg": "sum", "column": "v", "window": "3h", "hop": "30m"},
+        {"agg": "min", "column": "v", "window": "3h", "hop": "30m"},
+        {"agg": "count", "window": "3h", "hop": "30m"},
+        {"agg": "sum", "column": "v", "window": "1h"},
+        {"agg": "last", "column": "v"}"#;
+
+    /// Offsets (minutes) from a value's watermark at which the fixtures record answers.
+    const TILES_FIXTURE_OFFSETS: [i64; 7] = [0, 1, 5, 20, 50, 125, 300];
+
+    /// Events applied to a decoded fixture state after its watermark: (settled point, ts, v),
+    /// a little out of order.
+    fn tiles_fixture_after(wm: i64) -> Vec<(i64, i64, u64)> {
+        let mut out = Vec::new();
+        let mut top = wm;
+        for i in 1..40i64 {
+            let ts = wm + i * 7 * M - (i % 3) * 2 * M;
+            top = top.max(ts);
+            let v = if i % 9 == 0 {
+                NULL
+            } else {
+                ((i * 37 % 101) as f64 / 4.0).to_bits()
+            };
+            out.push((top - 10 * M, ts, v));
+        }
+        out
+    }
+
+    fn tiles_fixture_answers(plan: &Plan, state: &KeyState, wm: i64) -> Vec<Vec<u64>> {
+        TILES_FIXTURE_OFFSETS
+            .iter()
+            .map(|m| {
+                let mut out = vec![0.0; plan.n_features()];
+                answer(plan, Some(state), wm + m * M, &mut out, None).unwrap();
+                bits(&out)
+            })
+            .collect()
+    }
+
+    fn fixture_path(version: u16) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/data/keystate_v{version}_tiles.json"))
+    }
+
+    /// Writes `tests/data/keystate_v<N>_tiles.json` (N: this build's format): published values
+    /// of keys with tiled windows, and their answers before and after more events. Run once
+    /// per format version (`cargo test --no-default-features --lib write_tiles_fixture --
+    /// --ignored`) and commit the file; never regenerate an old version's file: it is what
+    /// proves that old values still load.
+    #[test]
+    #[ignore]
+    fn write_tiles_fixture() {
+        let plan = plan(TILES_FIXTURE_FEATURES);
+        let eng = Engine::new(Arc::clone(&plan));
+        eng.track_changes(true);
+        feed(&eng, false, 0, 700);
+        let wm = eng.watermark();
+        let mut values = Vec::new();
+        for (k, v) in published(&eng, true) {
+            let mut d = decode(&v, &plan, 7, k.as_ref()).unwrap();
+            let before = tiles_fixture_answers(&plan, &d.state, wm);
+            let after = tiles_fixture_after(wm);
+            for &(settle, ts, x) in &after {
+                d.state.apply_event(&plan, ts, &[x], settle);
+            }
+            let wm2 = after.iter().map(|e| e.1).max().unwrap();
+            let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
+            values.push(serde_json::json!({
+                "key": match k { Key::Int(i) => i, _ => unreachable!() },
+                "value": hex,
+                "before": before,
+                "after": tiles_fixture_answers(&plan, &d.state, wm2),
+            }));
+        }
+        let doc = serde_json::json!({
+            "version": KEYSTATE_VERSION,
+            "features": TILES_FIXTURE_FEATURES,
+            "watermark": wm,
+            "values": values,
+        });
+        std::fs::write(
+            fixture_path(KEYSTATE_VERSION),
+            serde_json::to_string_pretty(&doc).unwrap() + "\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn tiles_fixtures_of_every_version_are_read() {
+        // Published values written by each format version's rtml (its own tiles: summaries up
+        // to version 3, compact from version 4) decode here, answer what that rtml answered,
+        // and take more events answering what it answered after them too.
+        let mut seen = 0;
+        for version in 1..=KEYSTATE_VERSION {
+            let Ok(text) = std::fs::read_to_string(fixture_path(version)) else {
+                continue;
+            };
+            seen += 1;
+            let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let plan = plan(doc["features"].as_str().unwrap());
+            let wm = doc["watermark"].as_i64().unwrap();
+            let want = |v: &serde_json::Value| -> Vec<Vec<u64>> {
+                serde_json::from_value(v.clone()).unwrap()
+            };
+            for entry in doc["values"].as_array().unwrap() {
+                let key = Key::Int(entry["key"].as_i64().unwrap());
+                let hex = entry["value"].as_str().unwrap();
+                let bytes: Vec<u8> = (0..hex.len() / 2)
+                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                    .collect();
+                assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), version);
+                let mut d = decode(&bytes, &plan, 7, key.as_ref()).unwrap();
+                assert_eq!(
+                    tiles_fixture_answers(&plan, &d.state, wm),
+                    want(&entry["before"]),
+                    "version {version}, {key:?}"
+                );
+                let after = tiles_fixture_after(wm);
+                for &(settle, ts, x) in &after {
+                    d.state.apply_event(&plan, ts, &[x], settle);
+                }
+                let wm2 = after.iter().map(|e| e.1).max().unwrap();
+                assert_eq!(
+                    tiles_fixture_answers(&plan, &d.state, wm2),
+                    want(&entry["after"]),
+                    "version {version}, {key:?}, after more events"
+                );
+            }
+        }
+        assert!(seen >= 1, "the fixture of format 3 at least");
+    }
+
     fn plan_small() -> Arc<Plan> {
         plan(r#"{"agg": "count", "window": "1h"}"#)
     }
