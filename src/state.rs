@@ -1160,21 +1160,27 @@ type RowExtremes = ((i64, f64), (i64, f64));
 
 /// The least and greatest (ts, non-null value) of column `col` over `rows` (`f64::total_cmp`:
 /// one value whatever the order of the scan, as a per-tile extreme merged over the tiles).
+/// Compares the values' `total_cmp` keys as integers (the same order).
 fn row_extremes<'a>(rows: impl Iterator<Item = &'a [u64]>, col: usize) -> Option<RowExtremes> {
-    let mut ext: Option<RowExtremes> = None;
+    // f64::total_cmp's key: an involution, so it also maps a key back to the value's bits
+    let key = |w: u64| (w ^ (((w as i64) >> 63) as u64 >> 1)) as i64;
+    let mut rows = rows.filter(|row| row[1 + col] != NULL);
+    let first = rows.next()?;
+    let (mut lo, mut hi) = (
+        (key(first[1 + col]), first[0]),
+        (key(first[1 + col]), first[0]),
+    );
     for row in rows {
-        if let Some(x) = crate::input::row::num(row[1 + col]) {
-            let e = (row[0] as i64, x);
-            ext = Some(match ext {
-                None => (e, e),
-                Some((lo, hi)) => (
-                    if x.total_cmp(&lo.1).is_lt() { e } else { lo },
-                    if x.total_cmp(&hi.1).is_gt() { e } else { hi },
-                ),
-            });
+        let k = key(row[1 + col]);
+        if k < lo.0 {
+            lo = (k, row[0]);
+        }
+        if k > hi.0 {
+            hi = (k, row[0]);
         }
     }
-    ext
+    let value = |k: i64| f64::from_bits(key(k as u64) as u64);
+    Some(((lo.1 as i64, value(lo.0)), (hi.1 as i64, value(hi.0))))
 }
 
 /// First / last edges of rows `from..to` of `tr` (time order): what folding every row into an
@@ -1481,6 +1487,35 @@ mod tests {
             }
             let t = st.settled + 300 * SEC;
             assert_eq!(answers(&plan, &st, t), answers(&plan, &summaries, t));
+        }
+    }
+
+    proptest::proptest! {
+        // The integer-key scan finds the extremes `f64::total_cmp` orders (NaNs of both signs,
+        // signed zeros, infinities, nulls skipped), the first of equal ones.
+        #[test]
+        fn row_extremes_follow_total_cmp(
+            words in proptest::collection::vec(
+                proptest::prop_oneof![value_word(), proptest::prelude::any::<u64>()], 0..40),
+        ) {
+            let rows: Vec<u64> = words.iter().enumerate().flat_map(|(i, &w)| [i as u64, w]).collect();
+            let got = row_extremes(rows.chunks_exact(2), 0);
+            let mut want: Option<RowExtremes> = None;
+            for (i, &w) in words.iter().enumerate() {
+                if w == NULL {
+                    continue;
+                }
+                let e = (i as i64, f64::from_bits(w));
+                want = Some(match want {
+                    None => (e, e),
+                    Some((lo, hi)) => (
+                        if e.1.total_cmp(&lo.1).is_lt() { e } else { lo },
+                        if e.1.total_cmp(&hi.1).is_gt() { e } else { hi },
+                    ),
+                });
+            }
+            let bits = |x: Option<RowExtremes>| x.map(|((a, b), (c, d))| (a, b.to_bits(), c, d.to_bits()));
+            proptest::prop_assert_eq!(bits(got), bits(want));
         }
     }
 
