@@ -19,7 +19,8 @@ Instructions per call (callgrind; `prep` builds the same state and stops, so
         --callgrind-out-file=tg.$m.cg python bench/tiles_get_ab.py $m 2000
     done
 
-`--hop none` (prep / get): the same features over exact (sliding) windows, for comparison.
+`--hop none` (child / prep / get): the same features over exact (sliding) windows, for
+comparison (`python bench/tiles_get_ab.py child --hop none`: one latency run, JSON).
 
 `digest` prints a hash of the answers of 2,000 keys at several instants (two builds must
 print the same).
@@ -80,7 +81,7 @@ def latency(args) -> dict:
 
     import numpy as np
 
-    eng, at, q = state(args.keys, args.per_key)
+    eng, at, q = state(args.keys, args.per_key, None if args.hop == "none" else args.hop)
     at += args.ahead * 10**9
     q = (q * (args.calls // len(q) + 1))[: args.calls]
     get = eng.get

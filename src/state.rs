@@ -712,8 +712,21 @@ impl KeyState {
             .filter(|gp| gp.hop.is_some())
             .map(|gp| 24 + std::mem::size_of::<Acc>() * gp.accs.len())
             .sum();
-        let mut a = self.tile_rows.seek(from, stride);
-        let mut end = self.tile_rows.seek(to, stride);
+        // the rows of `from..to` are the newest (rows join in time order): found from the end,
+        // so a quiet key pays for its few rows, not for a search of its window
+        let n = self.tile_rows.len(stride);
+        let mut end = n;
+        while end > 0 && self.tile_rows.ts(end - 1, stride) >= to {
+            end -= 1;
+        }
+        let mut a = end;
+        while a > 0 && self.tile_rows.ts(a - 1, stride) >= from {
+            a -= 1;
+        }
+        let summaries = self.groups.iter().any(|g| !g.tiles.is_empty());
+        if (end - a) * 8 * stride <= least && !summaries && !summarize_all() {
+            return;
+        }
         while a < end {
             let k = floor_div(self.tile_rows.ts(a, stride), big);
             let b = self
