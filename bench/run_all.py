@@ -2,7 +2,9 @@
 
     python bench/run_all.py            # everything (1M, 10M, flights, online, transforms, memory, scaling)
     python bench/run_all.py --quick    # 1M + flights only, smaller memory / scaling runs (~5 min)
-    python bench/run_all.py --no-instructions   # skip the callgrind counts (~10 min)
+    python bench/run_all.py --no-instructions   # skip the callgrind counts (~15 min)
+    python bench/run_all.py --instructions-only # only the counts -> bench/results/instructions.json
+    python bench/run_all.py --instructions-from bench/results/instructions.json   # reuse them
     make bench                         # = the first line
 
 Each measurement runs in its own subprocess (bench/worker.py) so its peak RSS is its own; the
@@ -128,8 +130,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     ap.add_argument("--no-instructions", action="store_true", help="skip the callgrind counts")
+    ap.add_argument("--instructions-only", action="store_true",
+                    help="only the callgrind counts (deterministic: they may run while the machine is busy)")
+    ap.add_argument("--instructions-from", type=Path, default=None,
+                    help="take the counts from an --instructions-only run of the same build")
     args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
+    if args.instructions_only:
+        counts = {"started": datetime.datetime.now().isoformat(timespec="seconds"),
+                  "rtml_build": common.rtml_build(), "instructions": instructions()}
+        (OUT / "instructions.json").write_text(json.dumps(counts, indent=1))
+        print("bench/results/instructions.json", flush=True)
+        return
     t_start = time.perf_counter()
     results: dict = {"started": datetime.datetime.now().isoformat(timespec="seconds"),
                      "machine": common.machine(), "versions": common.versions(),
@@ -181,7 +193,12 @@ def main() -> None:
                 ["bench/worker.py", "memory", "--keys", "10000", "--per-key", str(per_key), *h])
 
     # ---------------------------------------------------------------- instructions
-    if not args.no_instructions:
+    if args.instructions_from is not None:
+        counts = json.loads(args.instructions_from.read_text())
+        results["instructions"] = counts["instructions"]
+        results["instructions_note"] = (f"from `python bench/run_all.py --instructions-only` of "
+                                        f"{counts['started']} (the same build)")
+    elif not args.no_instructions:
         print("instructions (callgrind)", flush=True)
         results["instructions"] = instructions()
 
@@ -290,6 +307,9 @@ def render(res: dict) -> str:
     if ins:
         L.append("### Instructions (callgrind, 1 thread; the operation minus its script's `prep` run)")
         L.append("")
+        if res.get("instructions_note"):
+            L.append(f"Counts {res['instructions_note']}.")
+            L.append("")
         L.append("| what | instructions | per | N | command |")
         L.append("|---|---|---|---|---|")
         for lab, r in ins.items():

@@ -14,10 +14,10 @@
 //! ```text
 //! base
 //! offset 0   4 bytes  magic "RTKS"
-//!        4   u16 LE   format version (4: the key state of snapshot format 5, base + delta
-//!                     segments; 3: of snapshot format 4, base + delta segments; 2: the key
-//!                     state of snapshot format 4, with its strings, no segments; 1: of snapshot
-//!                     formats 2 and 3)
+//!        4   u16 LE   format version (4: the key state of snapshot format 5, tiles as rows,
+//!                     shared min / max deques; 3: of snapshot format 4, base + delta segments;
+//!                     2: the key state of snapshot format 4, with its strings, no segments; 1:
+//!                     of snapshot formats 2 and 3)
 //!        6   u8       clock of the writer's events: 0 unknown / epoch integers, 1 naive, 2 aware
 //!        7   u8       0 (reserved)
 //!        8   u64 LE   spec id: the first 8 bytes (big-endian) of the SHA-256 of the feature set's
@@ -29,7 +29,7 @@
 //!       40   P bytes  payload: bincode of (key, key state)
 //! delta segment (format 3), any number after the base
 //!        0   4 bytes  magic "RTKD"
-//!        4   u16 LE   format version (3 on)
+//!        4   u16 LE   format version (3 or 4: the writer's; the same layout)
 //!        6   u16 LE   0 (reserved)
 //!        8   u32 LE   offset: the stored value's length before this segment, where it must
 //!                     stand (a segment found elsewhere, an append repeated by a retried
@@ -60,16 +60,16 @@ use super::{Engine, Shard};
 use crate::error::{Error, Result};
 use crate::input::{Key, KeyRef};
 use crate::plan::Plan;
-use crate::state::{KeyState, KeyStateV3};
+use crate::state::{KeyState, KeyStateV3, KeyStateV4};
 
 pub const MAGIC: &[u8; 4] = b"RTKS";
 /// Magic bytes of a delta segment.
 pub const DELTA_MAGIC: &[u8; 4] = b"RTKD";
-/// Format version of a published key state (4: the per-key encoding of snapshot format 5, whose
-/// shorter sliding windows leave their min / max deques empty, read by older builds wrongly, so
-/// refused by them; 3: a base and delta segments; 2: the per-key
-/// encoding of snapshot format 4, with the key's strings; 1: of snapshot formats 2 and 3, read
-/// and upgraded).
+/// Format version of a published key state (4: the per-key encoding of snapshot format 5:
+/// tiled windows as rows, and shorter sliding windows leave their min / max deques empty, read
+/// by older builds wrongly, so refused by them; 3: a base and delta segments; 2: the per-key
+/// encoding of snapshot format 4, with the key's strings; 1: of snapshot formats 2 and 3; 1 to 3
+/// are read and upgraded).
 pub const KEYSTATE_VERSION: u16 = 4;
 /// Bytes before the payload.
 pub const HEADER: usize = 40;
@@ -306,11 +306,18 @@ pub fn decode(bytes: &[u8], plan: &Plan, spec_id: u64, key: KeyRef<'_>) -> Resul
     if crc32fast::hash(payload) != crc {
         return Err(bad("checksum mismatch: the value is corrupted".into()));
     }
-    let (stored, mut state): (Key, KeyState) = if version >= 2 {
+    let (stored, mut state): (Key, KeyState) = if version >= 4 {
         options()
             .with_limit(len as u64)
             .deserialize(payload)
             .map_err(|e| bad(format!("cannot decode: {e}")))?
+    } else if version >= 2 {
+        // versions 2 and 3: the key state of snapshot format 4 (a summary per tile)
+        let (k, s): (Key, KeyStateV4) = options()
+            .with_limit(len as u64)
+            .deserialize(payload)
+            .map_err(|e| bad(format!("cannot decode: {e}")))?;
+        (k, s.upgrade())
     } else {
         // version 1: the key state of snapshot format 3 (no strings)
         let (k, s): (Key, KeyStateV3) = options()
@@ -976,38 +983,64 @@ mod tests {
     }
 
     #[test]
-    fn version_1_values_are_still_read() {
-        // A value of version 1 (written before key states kept strings) is today's value without
-        // the trailing empty string table (one varint byte 0): built from a version 2 value of
-        // a plan without strings, it decodes to the same state.
+    fn older_versions_are_still_read() {
+        // Values of versions 1 to 3 hold the key state of snapshot format 4 (a summary per
+        // tile; version 1 also without the trailing string table, one varint byte 0): built
+        // from today's state in that form, they decode to a state that answers like the engine,
+        // bit for bit, and the same state as each other.
         let plan = full_plan();
         let eng = Engine::new(Arc::clone(&plan));
         eng.track_changes(true);
         feed(&eng, false, 0, 300);
+        let wm = eng.watermark();
+        let n = plan.n_features();
         for (k, v) in published(&eng, true) {
             assert_eq!(u16::from_le_bytes([v[4], v[5]]), KEYSTATE_VERSION);
-            // a base without segments is the version 2 value with another version number
-            let mut v2 = v.clone();
-            v2[4..6].copy_from_slice(&2u16.to_le_bytes());
-            let (a, b) = (
-                decode(&v, &plan, 7, k.as_ref()).unwrap(),
-                decode(&v2, &plan, 7, k.as_ref()).unwrap(),
-            );
-            assert_eq!(format!("{:?}", a.state), format!("{:?}", b.state));
-            assert_eq!(v.last(), Some(&0u8), "an empty string table");
-            let mut old = v[..v.len() - 1].to_vec();
-            old[4..6].copy_from_slice(&1u16.to_le_bytes());
-            let payload_len = (old.len() - HEADER) as u32;
-            let crc = crc32fast::hash(&old[HEADER..]);
-            old[32..36].copy_from_slice(&payload_len.to_le_bytes());
-            old[36..40].copy_from_slice(&crc.to_le_bytes());
-            let new = decode(&v, &plan, 7, k.as_ref()).unwrap();
-            let was = decode(&old, &plan, 7, k.as_ref()).unwrap();
-            assert_eq!(format!("{:?}", was.state), format!("{:?}", new.state));
-            // version 2 bytes are not read as version 1 (a trailing byte), nor the reverse
-            let mut v2_as_1 = v.clone();
-            v2_as_1[4..6].copy_from_slice(&1u16.to_le_bytes());
-            assert!(decode(&v2_as_1, &plan, 7, k.as_ref()).is_err());
+            let d = decode(&v, &plan, 7, k.as_ref()).unwrap();
+            let old = d.state.with_summary_tiles(&plan).to_v4();
+            let h = Header {
+                zone: 2,
+                spec_id: 7,
+                watermark: d.header.watermark,
+                settle_point: d.header.settle_point,
+            };
+            let mut v3 = Vec::new();
+            options().serialize_into(&mut v3, &(&k, &old)).unwrap();
+            let payload = v3.clone();
+            let value = |version: u16, payload: &[u8]| {
+                let mut out = Vec::new();
+                out.extend_from_slice(MAGIC);
+                out.extend_from_slice(&version.to_le_bytes());
+                out.extend_from_slice(&[h.zone, 0]);
+                out.extend_from_slice(&h.spec_id.to_le_bytes());
+                out.extend_from_slice(&h.watermark.to_le_bytes());
+                out.extend_from_slice(&h.settle_point.to_le_bytes());
+                out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+                out.extend_from_slice(payload);
+                out
+            };
+            assert_eq!(payload.last(), Some(&0u8), "an empty string table");
+            let states: Vec<KeyState> = [
+                value(3, &payload),
+                value(2, &payload),
+                value(1, &payload[..payload.len() - 1]),
+            ]
+            .iter()
+            .map(|v| decode(v, &plan, 7, k.as_ref()).unwrap().state)
+            .collect();
+            for st in &states {
+                assert_eq!(format!("{st:?}"), format!("{:?}", states[0]));
+                for dt in [-10 * M, 0, M, 37 * M, 3 * 60 * M] {
+                    let (mut got, mut want) = (vec![0.0; n], vec![0.0; n]);
+                    answer(&plan, Some(st), wm + dt, &mut got, None).unwrap();
+                    eng.get(k.as_ref(), wm + dt, &mut want).unwrap();
+                    assert_eq!(bits(&got), bits(&want), "{k:?} at {dt}");
+                }
+            }
+            // a version 2 payload is not read as version 1 (a trailing byte), nor as version 4
+            assert!(decode(&value(1, &payload), &plan, 7, k.as_ref()).is_err());
+            assert!(decode(&value(4, &payload), &plan, 7, k.as_ref()).is_err());
         }
     }
 
@@ -1232,6 +1265,152 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The feature set of the tiled-state fixtures: every aggregation a tiled window takes, over
+    /// two tilings, next to a sliding and a lifetime feature.
+    const TILES_FIXTURE_FEATURES: &str = r#"{"agg": "count", "window": "1h", "hop": "15m"},
+        {"agg": "count", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "sum", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "mean", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "var", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "min", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "max", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "first", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "last", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "time_since_last", "window": "1h", "hop": "15m"},
+        {"agg": "distinct_count", "column": "v", "window": "1h", "hop": "15m"},
+        {"agg": "quantile", "column": "v", "q": 0.5, "window": "1h", "hop": "15m"},
+        {"agg": "decayed_sum", "column": "v", "half_life": "10m", "window": "1h", "hop": "15m"},
+        {"agg": "sum", "column": "v", "window": "3h", "hop": "30m"},
+        {"agg": "min", "column": "v", "window": "3h", "hop": "30m"},
+        {"agg": "count", "window": "3h", "hop": "30m"},
+        {"agg": "sum", "column": "v", "window": "1h"},
+        {"agg": "last", "column": "v"}"#;
+
+    /// Offsets (minutes) from a value's watermark at which the fixtures record answers.
+    const TILES_FIXTURE_OFFSETS: [i64; 7] = [0, 1, 5, 20, 50, 125, 300];
+
+    /// Events applied to a decoded fixture state after its watermark: (settled point, ts, v),
+    /// a little out of order.
+    fn tiles_fixture_after(wm: i64) -> Vec<(i64, i64, u64)> {
+        let mut out = Vec::new();
+        let mut top = wm;
+        for i in 1..40i64 {
+            let ts = wm + i * 7 * M - (i % 3) * 2 * M;
+            top = top.max(ts);
+            let v = if i % 9 == 0 {
+                NULL
+            } else {
+                ((i * 37 % 101) as f64 / 4.0).to_bits()
+            };
+            out.push((top - 10 * M, ts, v));
+        }
+        out
+    }
+
+    fn tiles_fixture_answers(plan: &Plan, state: &KeyState, wm: i64) -> Vec<Vec<u64>> {
+        TILES_FIXTURE_OFFSETS
+            .iter()
+            .map(|m| {
+                let mut out = vec![0.0; plan.n_features()];
+                answer(plan, Some(state), wm + m * M, &mut out, None).unwrap();
+                bits(&out)
+            })
+            .collect()
+    }
+
+    fn fixture_path(version: u16) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/data/keystate_v{version}_tiles.json"))
+    }
+
+    /// Writes `tests/data/keystate_v<N>_tiles.json` (N: this build's format): published values
+    /// of keys with tiled windows, and their answers before and after more events. Run once
+    /// per format version (`cargo test --no-default-features --lib write_tiles_fixture --
+    /// --ignored`) and commit the file; never regenerate an old version's file: it is what
+    /// proves that old values still load.
+    #[test]
+    #[ignore]
+    fn write_tiles_fixture() {
+        let plan = plan(TILES_FIXTURE_FEATURES);
+        let eng = Engine::new(Arc::clone(&plan));
+        eng.track_changes(true);
+        feed(&eng, false, 0, 700);
+        let wm = eng.watermark();
+        let mut values = Vec::new();
+        for (k, v) in published(&eng, true) {
+            let mut d = decode(&v, &plan, 7, k.as_ref()).unwrap();
+            let before = tiles_fixture_answers(&plan, &d.state, wm);
+            let after = tiles_fixture_after(wm);
+            for &(settle, ts, x) in &after {
+                d.state.apply_event(&plan, ts, &[x], settle);
+            }
+            let wm2 = after.iter().map(|e| e.1).max().unwrap();
+            let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
+            values.push(serde_json::json!({
+                "key": match k { Key::Int(i) => i, _ => unreachable!() },
+                "value": hex,
+                "before": before,
+                "after": tiles_fixture_answers(&plan, &d.state, wm2),
+            }));
+        }
+        let doc = serde_json::json!({
+            "version": KEYSTATE_VERSION,
+            "features": TILES_FIXTURE_FEATURES,
+            "watermark": wm,
+            "values": values,
+        });
+        std::fs::write(
+            fixture_path(KEYSTATE_VERSION),
+            serde_json::to_string_pretty(&doc).unwrap() + "\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn tiles_fixtures_of_every_version_are_read() {
+        // Published values written by each format version's rtml (its own tiles: summaries up
+        // to version 3, compact from version 4) decode here, answer what that rtml answered,
+        // and take more events answering what it answered after them too.
+        let mut seen = 0;
+        for version in 1..=KEYSTATE_VERSION {
+            let Ok(text) = std::fs::read_to_string(fixture_path(version)) else {
+                continue;
+            };
+            seen += 1;
+            let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let plan = plan(doc["features"].as_str().unwrap());
+            let wm = doc["watermark"].as_i64().unwrap();
+            let want = |v: &serde_json::Value| -> Vec<Vec<u64>> {
+                serde_json::from_value(v.clone()).unwrap()
+            };
+            for entry in doc["values"].as_array().unwrap() {
+                let key = Key::Int(entry["key"].as_i64().unwrap());
+                let hex = entry["value"].as_str().unwrap();
+                let bytes: Vec<u8> = (0..hex.len() / 2)
+                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                    .collect();
+                assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), version);
+                let mut d = decode(&bytes, &plan, 7, key.as_ref()).unwrap();
+                assert_eq!(
+                    tiles_fixture_answers(&plan, &d.state, wm),
+                    want(&entry["before"]),
+                    "version {version}, {key:?}"
+                );
+                let after = tiles_fixture_after(wm);
+                for &(settle, ts, x) in &after {
+                    d.state.apply_event(&plan, ts, &[x], settle);
+                }
+                let wm2 = after.iter().map(|e| e.1).max().unwrap();
+                assert_eq!(
+                    tiles_fixture_answers(&plan, &d.state, wm2),
+                    want(&entry["after"]),
+                    "version {version}, {key:?}, after more events"
+                );
+            }
+        }
+        assert!(seen >= 1, "the fixture of format 3 at least");
     }
 
     fn plan_small() -> Arc<Plan> {

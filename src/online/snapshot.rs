@@ -20,15 +20,16 @@ use crate::error::{Error, Result};
 use crate::input::Key;
 use crate::plan::Plan;
 use crate::spec::Spec;
-use crate::state::{Buf, KeyState, KeyStateV3, Tile};
+use crate::state::{Buf, KeyState, KeyStateV3, KeyStateV4, Tile};
 
 const MAGIC: &[u8; 8] = b"RTMLSNAP";
-/// 5: a sliding window's min / max deque is left empty when a longer sliding window of the same
+/// 5: tiled windows keep their settled events' rows (`TileRows`) instead of a summary per tile;
+/// a sliding window's min / max deque is left empty when a longer sliding window of the same
 /// column holds one (`plan::share_extremes`; format 4 states, every deque filled, read as they
 /// are: the longer window's deque answers, the other one is only expired).
 /// 4: each key's state ends with its strings (`string_columns`).
 /// 3: the guard's state (ids seen, times ahead) and its counters after the body.
-/// 2: per-group eager region (`e_lo`, `e_start`). 1, 2 and 3 are read and upgraded.
+/// 2: per-group eager region (`e_lo`, `e_start`). 1 to 4 are read and upgraded.
 pub const SNAPSHOT_VERSION: u32 = 5;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
@@ -106,7 +107,7 @@ struct Body<S> {
     keys: Vec<(Key, S)>,
 }
 
-/// Formats 3 (`S`: [`KeyStateV3`]) and 4 ([`KeyState`]).
+/// Formats 3 (`S`: [`KeyStateV3`]), 4 ([`KeyStateV4`]) and 5 ([`KeyState`]).
 #[derive(Deserialize)]
 struct BodyV3<S> {
     spec: String,
@@ -132,12 +133,16 @@ impl<S> BodyV3<S> {
     }
 }
 
-/// Key states of formats 2 and 3 in today's layout.
-fn upgrade_keys<T>(body: Body<KeyStateV3>, extra: T) -> (Body<KeyState>, T) {
+/// Key states of formats 2 to 4 in today's layout.
+fn upgrade_keys<S, T>(
+    body: Body<S>,
+    extra: T,
+    upgrade: impl Fn(S) -> KeyState,
+) -> (Body<KeyState>, T) {
     let keys = body
         .keys
         .into_iter()
-        .map(|(k, s)| (k, s.upgrade()))
+        .map(|(k, s)| (k, upgrade(s)))
         .collect();
     let body = Body {
         spec: body.spec,
@@ -317,7 +322,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Engine> {
                 .with_limit(len)
                 .deserialize(payload)
                 .map_err(decode_err)?;
-            upgrade_keys(body, None)
+            upgrade_keys(body, None, KeyStateV3::upgrade)
         }
         3 => {
             let b: BodyV3<KeyStateV3> = options()
@@ -325,7 +330,15 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Engine> {
                 .deserialize(payload)
                 .map_err(decode_err)?;
             let (body, extra) = b.split();
-            upgrade_keys(body, Some(extra))
+            upgrade_keys(body, Some(extra), KeyStateV3::upgrade)
+        }
+        4 => {
+            let b: BodyV3<KeyStateV4> = options()
+                .with_limit(len)
+                .deserialize(payload)
+                .map_err(decode_err)?;
+            let (body, extra) = b.split();
+            upgrade_keys(body, Some(extra), KeyStateV4::upgrade)
         }
         _ => {
             let b: BodyV3<KeyState> = options()
