@@ -52,7 +52,9 @@ pub(crate) fn batch<S: AsRef<str>>(
                 // value, a sixth of a backfill's serial output phase)
                 let nulls = may_hold_nan
                     .then(|| {
-                        NullBuffer::new(BooleanBuffer::collect_bool(v.len(), |i| !v[i].is_nan()))
+                        NullBuffer::new(BooleanBuffer::collect_bool(v.len(), |i| {
+                            v.get(i).is_some_and(|x| !x.is_nan())
+                        }))
                     })
                     .filter(|n| n.null_count() > 0);
                 fields.push(Field::new(name, DataType::Float64, true));
