@@ -133,8 +133,10 @@ const SMALL_INGEST_EVENTS: usize = 32;
 /// rtml's pool, `crate::pool`). Each shard's events are applied under its own lock
 /// in arrival order whichever thread does it, so both paths leave the same state bit for bit
 /// (`tests.rs`: `parallel_ingest_equals_sequential`). Measured (docs/benchmarks.md, "Streams
-/// in", session 9): a 1,000-event batch of the 18-feature workload already gains on two cores.
-pub const PARALLEL_INGEST_EVENTS: usize = 1_024;
+/// in", session 9): a 1,000-event batch of the 18-feature workload already gains on two cores;
+/// at 1,024 such batches stayed on one core (session 11, `worker.py online` at rest: batches of
+/// 1k 0.63-0.71 M/s at 1,024, 1.04-1.23 M/s at 512).
+pub const PARALLEL_INGEST_EVENTS: usize = 512;
 
 /// The shard of a key: a hash independent of the shard maps' own hasher.
 #[inline]
