@@ -26,7 +26,7 @@ import os
 import re
 import threading
 import weakref
-from typing import Any, Literal, NamedTuple, Optional, Sequence, Union
+from typing import Any, Literal, NamedTuple, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import pyarrow as pa
@@ -564,7 +564,60 @@ def _metrics_parts(magic: bytes, data: Any, what: str) -> tuple[Optional[str], b
 # ---------------------------------------------------------------------------------- metrics
 
 
-class Metrics:
+_M = TypeVar("_M", bound="_WindowMetrics")
+
+
+class _WindowMetrics:
+    """What both metrics classes share: the core object over a rolling event-time window, the
+    event-time clock, the counts, and the snapshot (a magic line, the clock, the core's bytes).
+    """
+
+    __slots__ = ("_m", "_clock")
+    _MAGIC: bytes
+    _CORE: Any
+
+    def __init__(self, window: Optional[Duration] = None) -> None:
+        self._m = self._CORE(None if window is None else _duration_ns(window, "window"))
+        self._clock = _Clock()
+
+    def log_loss(self) -> Optional[float]:
+        return self._m.log_loss()  # type: ignore[no-any-return]
+
+    @property
+    def count(self) -> int:
+        """Rows in the window."""
+        return self._m.count  # type: ignore[no-any-return]
+
+    @property
+    def seen(self) -> int:
+        """Rows ever recorded."""
+        return self._m.seen  # type: ignore[no-any-return]
+
+    def to_bytes(self) -> bytes:
+        """The whole state (the window's rows, the clock, the counts): a restored object
+        continues exactly as the uninterrupted one, bit for bit."""
+        return _metrics_bytes(self._MAGIC, self._clock, self._m.to_bytes())
+
+    @classmethod
+    def from_bytes(cls: type[_M], data: bytes) -> _M:
+        """From :meth:`to_bytes`; anything else (truncated, corrupted, another format, a newer
+        version) raises ``rtml.SnapshotError``."""
+        clock, core = _metrics_parts(cls._MAGIC, data, cls.__name__)
+        self = cls.__new__(cls)
+        self._m = cls._CORE.from_bytes(core)
+        self._clock = _Clock()
+        self._clock.kind = clock
+        return self
+
+    def __getstate__(self) -> bytes:
+        return self.to_bytes()
+
+    def __setstate__(self, state: bytes) -> None:
+        other = type(self).from_bytes(state)
+        self._m, self._clock = other._m, other._clock
+
+
+class Metrics(_WindowMetrics):
     """Progressive-validation metrics over a rolling event-time window (None: everything).
 
     >>> import rtml.learn as rl
@@ -574,11 +627,9 @@ class Metrics:
     (0.75, 4)
     """
 
-    __slots__ = ("_m", "_clock")
-
-    def __init__(self, window: Optional[Duration] = None) -> None:
-        self._m = _core.Metrics(None if window is None else _duration_ns(window, "window"))
-        self._clock = _Clock()
+    __slots__ = ()
+    _MAGIC = b"rtml.Metrics/1\n"
+    _CORE = _core.Metrics
 
     def add(self, t: Instant, p: float, y: float) -> None:
         self.add_many([self._clock.ns(t, "t")], [p], [y])
@@ -590,27 +641,14 @@ class Metrics:
             np.ascontiguousarray(y, dtype=np.float64),
         )
 
-    def log_loss(self) -> Optional[float]:
-        return self._m.log_loss()
-
     def auc(self) -> Optional[float]:
-        return self._m.auc()
+        return self._m.auc()  # type: ignore[no-any-return]
 
     def mse(self) -> Optional[float]:
-        return self._m.mse()
+        return self._m.mse()  # type: ignore[no-any-return]
 
     def calibration(self, bins: int = 10) -> list[dict[str, float]]:
-        return self._m.calibration(bins)
-
-    @property
-    def count(self) -> int:
-        """Rows in the window."""
-        return self._m.count
-
-    @property
-    def seen(self) -> int:
-        """Rows ever recorded."""
-        return self._m.seen
+        return self._m.calibration(bins)  # type: ignore[no-any-return]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -621,35 +659,8 @@ class Metrics:
             "mse": self.mse(),
         }
 
-    def to_bytes(self) -> bytes:
-        """The whole state (the window's rows, the clock, the counts): a restored
-        :class:`Metrics` continues exactly as the uninterrupted one, bit for bit."""
-        return _metrics_bytes(_METRICS_MAGIC, self._clock, self._m.to_bytes())
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "Metrics":
-        """Metrics from :meth:`to_bytes`; anything else (truncated, corrupted, another format, a
-        newer version) raises ``rtml.SnapshotError``."""
-        clock, core = _metrics_parts(_METRICS_MAGIC, data, "Metrics")
-        self = cls.__new__(cls)
-        self._m = _core.Metrics.from_bytes(core)
-        self._clock = _Clock()
-        self._clock.kind = clock
-        return self
-
-    def __getstate__(self) -> bytes:
-        return self.to_bytes()
-
-    def __setstate__(self, state: bytes) -> None:
-        other = Metrics.from_bytes(state)
-        self._m, self._clock = other._m, other._clock
-
-
-_METRICS_MAGIC = b"rtml.Metrics/1\n"
-_MULTICLASS_MAGIC = b"rtml.MulticlassMetrics/1\n"
-
-
-class MulticlassMetrics:
+class MulticlassMetrics(_WindowMetrics):
     """Progressive-validation metrics of a :class:`Softmax` over a rolling event-time window
     (None: everything): log loss (``-ln`` of the probability given to the true class),
     accuracy (the most probable class, the first on ties, is the true one) and the one-vs-rest
@@ -662,13 +673,9 @@ class MulticlassMetrics:
     (0.5, 0.8715)
     """
 
-    __slots__ = ("_m", "_clock")
-
-    def __init__(self, window: Optional[Duration] = None) -> None:
-        self._m = _core.MulticlassMetrics(
-            None if window is None else _duration_ns(window, "window")
-        )
-        self._clock = _Clock()
+    __slots__ = ()
+    _MAGIC = b"rtml.MulticlassMetrics/1\n"
+    _CORE = _core.MulticlassMetrics
 
     def add_many(self, t: Any, p: Any, y: Any) -> None:
         """`p`: class probabilities (rows x classes); `y`: true class indices."""
@@ -678,11 +685,8 @@ class MulticlassMetrics:
             np.ascontiguousarray(y, dtype=np.int64),
         )
 
-    def log_loss(self) -> Optional[float]:
-        return self._m.log_loss()
-
     def accuracy(self) -> Optional[float]:
-        return self._m.accuracy()
+        return self._m.accuracy()  # type: ignore[no-any-return]
 
     def auc(self) -> Optional[float]:
         """One-vs-rest macro ROC AUC over the window (ties count half), as scikit-learn's
@@ -697,17 +701,7 @@ class MulticlassMetrics:
         >>> round(m.auc(), 4)
         0.8333
         """
-        return self._m.auc()
-
-    @property
-    def count(self) -> int:
-        """Rows in the window."""
-        return self._m.count
-
-    @property
-    def seen(self) -> int:
-        """Rows ever recorded."""
-        return self._m.seen
+        return self._m.auc()  # type: ignore[no-any-return]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -717,27 +711,6 @@ class MulticlassMetrics:
             "accuracy": self.accuracy(),
             "auc": self.auc(),
         }
-
-    def to_bytes(self) -> bytes:
-        """The whole state; a restored object continues exactly as the uninterrupted one."""
-        return _metrics_bytes(_MULTICLASS_MAGIC, self._clock, self._m.to_bytes())
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "MulticlassMetrics":
-        """From :meth:`to_bytes`; anything else raises ``rtml.SnapshotError``."""
-        clock, core = _metrics_parts(_MULTICLASS_MAGIC, data, "MulticlassMetrics")
-        self = cls.__new__(cls)
-        self._m = _core.MulticlassMetrics.from_bytes(core)
-        self._clock = _Clock()
-        self._clock.kind = clock
-        return self
-
-    def __getstate__(self) -> bytes:
-        return self.to_bytes()
-
-    def __setstate__(self, state: bytes) -> None:
-        other = MulticlassMetrics.from_bytes(state)
-        self._m, self._clock = other._m, other._clock
 
 
 # ---------------------------------------------------------------------------------- label join

@@ -22,6 +22,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::learn::optimizer::Coefs;
+pub use crate::learn::optimizer::{Optimizer, Schedule};
 use crate::learn::rows;
 
 /// The model document's `format` value.
@@ -40,113 +42,24 @@ pub enum Loss {
     Squared,
 }
 
-/// The SGD learning-rate schedule.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Schedule {
-    /// `eta = eta0`.
-    Constant { eta0: f64 },
-    /// `eta = eta0 / (t + 1)^power_t`, `t` the number of updates so far.
-    InvScaling { eta0: f64, power_t: f64 },
-}
-
-/// How the weights are updated.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Optimizer {
-    /// FTRL-Proximal with per-coordinate learning rates.
-    Ftrl {
-        alpha: f64,
-        beta: f64,
-        l1: f64,
-        l2: f64,
-    },
-    /// Plain SGD with L2 (weight decay) and L1 (soft threshold) penalties.
-    Sgd {
-        schedule: Schedule,
-        l1: f64,
-        l2: f64,
-    },
-}
-
-impl Optimizer {
-    /// Check the hyper-parameters (finite; alpha, eta0 > 0; the rest >= 0).
-    pub fn validate(&self) -> Result<()> {
-        let pos = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(Error::spec(
-                    name,
-                    format!("must be a finite number > 0, got {v}"),
-                ))
-            }
-        };
-        let nonneg = |name: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(())
-            } else {
-                Err(Error::spec(
-                    name,
-                    format!("must be a finite number >= 0, got {v}"),
-                ))
-            }
-        };
-        match *self {
-            Optimizer::Ftrl {
-                alpha,
-                beta,
-                l1,
-                l2,
-            } => {
-                pos("alpha", alpha)?;
-                nonneg("beta", beta)?;
-                nonneg("l1", l1)?;
-                nonneg("l2", l2)
-            }
-            Optimizer::Sgd { schedule, l1, l2 } => {
-                match schedule {
-                    Schedule::Constant { eta0 } => pos("eta0", eta0)?,
-                    Schedule::InvScaling { eta0, power_t } => {
-                        pos("eta0", eta0)?;
-                        nonneg("power_t", power_t)?
-                    }
-                }
-                nonneg("l1", l1)?;
-                nonneg("l2", l2)
-            }
-        }
-    }
-}
-
 /// An online linear model over dense feature vectors of a fixed length.
 #[derive(Clone, Debug)]
 pub struct Linear {
     loss: Loss,
-    opt: Optimizer,
     n_features: usize,
     /// Updates applied so far.
     updates: u64,
-    /// FTRL: `z` (length `n_features + 1`, the intercept last). SGD: the weights `w`.
-    a: Vec<f64>,
-    /// FTRL: `n`, the sums of squared gradients. SGD: empty.
-    b: Vec<f64>,
-    /// FTRL scratch: the weights of the current example (not state).
-    w: Vec<f64>,
+    /// One block of `n_features + 1` coefficients, the intercept last.
+    c: Coefs,
 }
 
 impl PartialEq for Linear {
     /// Bit-for-bit equality of the model state (not of the scratch space).
     fn eq(&self, o: &Linear) -> bool {
-        let bits = |a: &[f64], b: &[f64]| {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-        };
         self.loss == o.loss
-            && self.opt == o.opt
             && self.n_features == o.n_features
             && self.updates == o.updates
-            && bits(&self.a, &o.a)
-            && bits(&self.b, &o.b)
+            && self.c.same_bits(&o.c)
     }
 }
 
@@ -173,16 +86,6 @@ fn sigmoid(m: f64) -> f64 {
     1.0 / (1.0 + (-m).exp())
 }
 
-#[inline]
-pub(crate) fn ftrl_weight(z: f64, n: f64, alpha: f64, beta: f64, l1: f64, l2: f64) -> f64 {
-    if z.abs() <= l1 {
-        0.0
-    } else {
-        let sign = if z > 0.0 { 1.0 } else { -1.0 };
-        -(z - sign * l1) / ((beta + n.sqrt()) / alpha + l2)
-    }
-}
-
 // Indexed loops on purpose: they spell the per-coordinate equations in the order the reference
 // (tests/python/learn_reference.py) follows.
 #[allow(clippy::needless_range_loop)]
@@ -190,18 +93,11 @@ impl Linear {
     /// A fresh model (all weights zero) for vectors of `n_features` values.
     pub fn new(loss: Loss, opt: Optimizer, n_features: usize) -> Result<Linear> {
         opt.validate()?;
-        let (b, w) = match opt {
-            Optimizer::Ftrl { .. } => (vec![0.0; n_features + 1], vec![0.0; n_features + 1]),
-            Optimizer::Sgd { .. } => (Vec::new(), Vec::new()),
-        };
         Ok(Linear {
             loss,
-            opt,
             n_features,
             updates: 0,
-            a: vec![0.0; n_features + 1],
-            b,
-            w,
+            c: Coefs::new(opt, n_features, n_features + 1),
         })
     }
 
@@ -209,7 +105,7 @@ impl Linear {
         self.loss
     }
     pub fn optimizer(&self) -> Optimizer {
-        self.opt
+        self.c.optimizer()
     }
     pub fn n_features(&self) -> usize {
         self.n_features
@@ -221,23 +117,7 @@ impl Linear {
 
     /// The current weights (the intercept last).
     pub fn weights(&self) -> Vec<f64> {
-        match self.opt {
-            Optimizer::Sgd { .. } => self.a.clone(),
-            Optimizer::Ftrl {
-                alpha,
-                beta,
-                l1,
-                l2,
-            } => {
-                let k = self.n_features;
-                (0..=k)
-                    .map(|i| {
-                        let (l1, l2) = if i == k { (0.0, 0.0) } else { (l1, l2) };
-                        ftrl_weight(self.a[i], self.b[i], alpha, beta, l1, l2)
-                    })
-                    .collect()
-            }
-        }
+        self.c.weights()
     }
 
     /// Check one feature vector (length, finite values). `row`: the row index in a batch.
@@ -246,10 +126,7 @@ impl Linear {
     }
 
     fn check_y(&self, y: f64, row: Option<usize>) -> Result<()> {
-        let at = |what: String| match row {
-            Some(r) => format!("row {r}: {what}"),
-            None => what,
-        };
+        let at = |what: String| rows::at(row, what);
         if !y.is_finite() {
             return Err(Error::schema(
                 "y",
@@ -267,63 +144,6 @@ impl Linear {
         Ok(())
     }
 
-    /// Fill the scratch weights (FTRL) and return the margin for `x` (already checked).
-    #[inline]
-    fn margin(&mut self, x: &[f64]) -> f64 {
-        let k = self.n_features;
-        match self.opt {
-            Optimizer::Sgd { .. } => {
-                let mut m = 0.0;
-                for i in 0..k {
-                    m += self.a[i] * x[i];
-                }
-                m + self.a[k]
-            }
-            Optimizer::Ftrl {
-                alpha,
-                beta,
-                l1,
-                l2,
-            } => {
-                let mut m = 0.0;
-                for i in 0..k {
-                    let wi = ftrl_weight(self.a[i], self.b[i], alpha, beta, l1, l2);
-                    self.w[i] = wi;
-                    m += wi * x[i];
-                }
-                let wb = ftrl_weight(self.a[k], self.b[k], alpha, beta, 0.0, 0.0);
-                self.w[k] = wb;
-                m + wb
-            }
-        }
-    }
-
-    /// The margin without touching the scratch space (a read for `predict_one`).
-    fn margin_ro(&self, x: &[f64]) -> f64 {
-        let k = self.n_features;
-        match self.opt {
-            Optimizer::Sgd { .. } => {
-                let mut m = 0.0;
-                for i in 0..k {
-                    m += self.a[i] * x[i];
-                }
-                m + self.a[k]
-            }
-            Optimizer::Ftrl {
-                alpha,
-                beta,
-                l1,
-                l2,
-            } => {
-                let mut m = 0.0;
-                for i in 0..k {
-                    m += ftrl_weight(self.a[i], self.b[i], alpha, beta, l1, l2) * x[i];
-                }
-                m + ftrl_weight(self.a[k], self.b[k], alpha, beta, 0.0, 0.0)
-            }
-        }
-    }
-
     #[inline]
     fn link(&self, m: f64) -> f64 {
         match self.loss {
@@ -335,7 +155,7 @@ impl Linear {
     /// The prediction for `x`: P(y = 1) (logistic) or the regression value (squared).
     pub fn predict_one(&self, x: &[f64]) -> Result<f64> {
         self.check_x(x, None)?;
-        Ok(self.link(self.margin_ro(x)))
+        Ok(self.link(self.c.margin(0, x)))
     }
 
     /// Predictions for `rows` vectors laid out row after row in `xs`.
@@ -343,7 +163,7 @@ impl Linear {
         self.check_batch(xs, rows, None)?;
         let k = self.n_features;
         Ok((0..rows)
-            .map(|r| self.link(self.margin_ro(&xs[r * k..(r + 1) * k])))
+            .map(|r| self.link(self.c.margin(0, &xs[r * k..(r + 1) * k])))
             .collect())
     }
 
@@ -351,45 +171,11 @@ impl Linear {
     #[inline]
     fn update(&mut self, x: &[f64], y: f64) -> f64 {
         let p = {
-            let m = self.margin(x);
+            let m = self.c.margin_keep(0, x);
             self.link(m)
         };
-        let g = p - y;
-        let k = self.n_features;
-        match self.opt {
-            Optimizer::Ftrl { alpha, .. } => {
-                for i in 0..=k {
-                    let xi = if i == k { 1.0 } else { x[i] };
-                    let gi = g * xi;
-                    let gg = gi * gi;
-                    let ni = self.b[i];
-                    let s = ((ni + gg).sqrt() - ni.sqrt()) / alpha;
-                    self.a[i] += gi - s * self.w[i];
-                    self.b[i] = ni + gg;
-                }
-            }
-            Optimizer::Sgd { schedule, l1, l2 } => {
-                let eta = match schedule {
-                    Schedule::Constant { eta0 } => eta0,
-                    Schedule::InvScaling { eta0, power_t } => {
-                        eta0 / ((self.updates + 1) as f64).powf(power_t)
-                    }
-                };
-                let shrink = eta * l1;
-                for i in 0..k {
-                    let wi = self.a[i];
-                    let wi = wi - eta * (g * x[i] + l2 * wi);
-                    self.a[i] = if wi > shrink {
-                        wi - shrink
-                    } else if wi < -shrink {
-                        wi + shrink
-                    } else {
-                        0.0
-                    };
-                }
-                self.a[k] -= eta * g;
-            }
-        }
+        let eta = self.c.eta(self.updates);
+        self.c.step(0, x, p - y, eta);
         self.updates += 1;
         p
     }
@@ -421,15 +207,12 @@ impl Linear {
 
     /// The versioned JSON document of the model (the saved artifact and the pickle state).
     pub fn to_json(&self) -> String {
-        let (z, n, w) = match self.opt {
-            Optimizer::Ftrl { .. } => (Some(self.a.clone()), Some(self.b.clone()), None),
-            Optimizer::Sgd { .. } => (None, None, Some(self.a.clone())),
-        };
+        let (z, n, w) = self.c.to_doc();
         let doc = Doc {
             format: MODEL_FORMAT.to_string(),
             version: MODEL_VERSION,
             loss: self.loss,
-            optimizer: self.opt,
+            optimizer: self.c.optimizer(),
             n_features: self.n_features,
             updates: self.updates,
             z,
@@ -459,45 +242,14 @@ impl Linear {
             .map_err(|e| Error::spec("model document", e.to_string()))?;
         let mut m = Linear::new(doc.loss, doc.optimizer, doc.n_features)?;
         m.updates = doc.updates;
-        let len = doc.n_features + 1;
-        let take = |name: &str, v: Option<Vec<f64>>| -> Result<Vec<f64>> {
-            let v = v.ok_or_else(|| Error::spec(name, "missing for this optimizer"))?;
-            if v.len() != len {
-                return Err(Error::spec(
-                    name,
-                    format!("expected {len} values (n_features + 1), got {}", v.len()),
-                ));
-            }
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(Error::spec(name, "holds a non-finite value"));
-            }
-            Ok(v)
-        };
-        let extra = |name: &str, v: &Option<Vec<f64>>| {
-            if v.is_some() {
-                Err(Error::spec(name, "not a field of this optimizer's state"))
-            } else {
-                Ok(())
-            }
-        };
-        match doc.optimizer {
-            Optimizer::Ftrl { .. } => {
-                extra("w", &doc.w)?;
-                m.a = take("z", doc.z)?;
-                m.b = take("n", doc.n)?;
-                if m.b.iter().any(|v| *v < 0.0) {
-                    return Err(Error::spec(
-                        "n",
-                        "sums of squared gradients cannot be negative",
-                    ));
-                }
-            }
-            Optimizer::Sgd { .. } => {
-                extra("z", &doc.z)?;
-                extra("n", &doc.n)?;
-                m.a = take("w", doc.w)?;
-            }
-        }
+        let k = doc.n_features;
+        m.c = Coefs::from_doc(
+            doc.optimizer,
+            k,
+            k + 1,
+            "n_features + 1",
+            (doc.z, doc.n, doc.w),
+        )?;
         Ok(m)
     }
 }

@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::learn::linear::{ftrl_weight, Optimizer, Schedule};
+use crate::learn::optimizer::{Coefs, Optimizer};
 use crate::learn::rows;
 
 /// The softmax document's `format` value.
@@ -37,16 +37,11 @@ pub enum ClassLabel {
 /// An online softmax regression over dense feature vectors of a fixed length.
 #[derive(Clone, Debug)]
 pub struct Softmax {
-    opt: Optimizer,
     n_features: usize,
     classes: Vec<ClassLabel>,
     updates: u64,
-    /// FTRL: `z`; SGD: the weights. `classes.len() * (n_features + 1)` values, class after class.
-    a: Vec<f64>,
-    /// FTRL: `n`; SGD: empty.
-    b: Vec<f64>,
-    /// Scratch (not state): FTRL weights of the current example.
-    w: Vec<f64>,
+    /// One block of `n_features + 1` coefficients per class, class after class.
+    c: Coefs,
     /// Scratch (not state): margins, then probabilities.
     p: Vec<f64>,
 }
@@ -54,15 +49,10 @@ pub struct Softmax {
 impl PartialEq for Softmax {
     /// Bit-for-bit equality of the model state (not of the scratch space).
     fn eq(&self, o: &Softmax) -> bool {
-        let bits = |a: &[f64], b: &[f64]| {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-        };
-        self.opt == o.opt
-            && self.n_features == o.n_features
+        self.n_features == o.n_features
             && self.classes == o.classes
             && self.updates == o.updates
-            && bits(&self.a, &o.a)
-            && bits(&self.b, &o.b)
+            && self.c.same_bits(&o.c)
     }
 }
 
@@ -138,24 +128,17 @@ impl Softmax {
             .len()
             .checked_mul(n_features + 1)
             .ok_or_else(|| Error::spec("n_features", "too many weights"))?;
-        let b = match opt {
-            Optimizer::Ftrl { .. } => vec![0.0; len],
-            Optimizer::Sgd { .. } => Vec::new(),
-        };
         Ok(Softmax {
-            opt,
             n_features,
             updates: 0,
-            a: vec![0.0; len],
-            w: vec![0.0; if b.is_empty() { 0 } else { len }],
-            b,
+            c: Coefs::new(opt, n_features, len),
             p: vec![0.0; classes.len()],
             classes,
         })
     }
 
     pub fn optimizer(&self) -> Optimizer {
-        self.opt
+        self.c.optimizer()
     }
     pub fn n_features(&self) -> usize {
         self.n_features
@@ -173,27 +156,7 @@ impl Softmax {
 
     /// The weights, class after class, each class's intercept last (`C * (k + 1)` values).
     pub fn weights(&self) -> Vec<f64> {
-        match self.opt {
-            Optimizer::Sgd { .. } => self.a.clone(),
-            Optimizer::Ftrl {
-                alpha,
-                beta,
-                l1,
-                l2,
-            } => {
-                let k1 = self.n_features + 1;
-                (0..self.a.len())
-                    .map(|j| {
-                        let (l1, l2) = if j % k1 == k1 - 1 {
-                            (0.0, 0.0)
-                        } else {
-                            (l1, l2)
-                        };
-                        ftrl_weight(self.a[j], self.b[j], alpha, beta, l1, l2)
-                    })
-                    .collect()
-            }
-        }
+        self.c.weights()
     }
 
     fn check_x(&self, x: &[f64], row: Option<usize>) -> Result<()> {
@@ -217,51 +180,12 @@ impl Softmax {
         }
     }
 
-    /// Margins of `x` into `out` (FTRL: from weights computed into `w` when given).
-    #[inline]
-    fn margins(&self, x: &[f64], out: &mut [f64], mut w: Option<&mut [f64]>) {
-        let k = self.n_features;
-        let k1 = k + 1;
-        for (c, mc) in out.iter_mut().enumerate() {
-            let base = c * k1;
-            let mut m = 0.0;
-            match self.opt {
-                Optimizer::Sgd { .. } => {
-                    for i in 0..k {
-                        m += self.a[base + i] * x[i];
-                    }
-                    m += self.a[base + k];
-                }
-                Optimizer::Ftrl {
-                    alpha,
-                    beta,
-                    l1,
-                    l2,
-                } => {
-                    for i in 0..=k {
-                        let (l1, l2) = if i == k { (0.0, 0.0) } else { (l1, l2) };
-                        let wi =
-                            ftrl_weight(self.a[base + i], self.b[base + i], alpha, beta, l1, l2);
-                        if let Some(w) = w.as_deref_mut() {
-                            w[base + i] = wi;
-                        }
-                        if i == k {
-                            m += wi;
-                        } else {
-                            m += wi * x[i];
-                        }
-                    }
-                }
-            }
-            *mc = m;
-        }
-    }
-
     /// Class probabilities for `x` (in the order of `classes`).
     pub fn predict_one(&self, x: &[f64]) -> Result<Vec<f64>> {
         self.check_x(x, None)?;
-        let mut p = vec![0.0; self.classes.len()];
-        self.margins(x, &mut p, None);
+        let mut p: Vec<f64> = (0..self.classes.len())
+            .map(|c| self.c.margin(c, x))
+            .collect();
         softmax_in_place(&mut p);
         Ok(p)
     }
@@ -272,8 +196,10 @@ impl Softmax {
         let (k, nc) = (self.n_features, self.classes.len());
         let mut out = vec![0.0; rows * nc];
         for r in 0..rows {
-            let p = &mut out[r * nc..(r + 1) * nc];
-            self.margins(&xs[r * k..(r + 1) * k], p, None);
+            let (x, p) = (&xs[r * k..(r + 1) * k], &mut out[r * nc..(r + 1) * nc]);
+            for (c, pc) in p.iter_mut().enumerate() {
+                *pc = self.c.margin(c, x);
+            }
             softmax_in_place(p);
         }
         Ok(out)
@@ -283,57 +209,16 @@ impl Softmax {
     #[inline]
     fn update(&mut self, x: &[f64], y: usize, out: &mut [f64]) {
         let mut p = std::mem::take(&mut self.p);
-        let mut w = std::mem::take(&mut self.w);
-        let ftrl = matches!(self.opt, Optimizer::Ftrl { .. });
-        self.margins(x, &mut p, if ftrl { Some(w.as_mut_slice()) } else { None });
+        for (c, pc) in p.iter_mut().enumerate() {
+            *pc = self.c.margin_keep(c, x);
+        }
         softmax_in_place(&mut p);
-        let k = self.n_features;
-        let k1 = k + 1;
-        match self.opt {
-            Optimizer::Ftrl { alpha, .. } => {
-                for (c, &pc) in p.iter().enumerate() {
-                    let g = pc - if c == y { 1.0 } else { 0.0 };
-                    let base = c * k1;
-                    for i in 0..=k {
-                        let xi = if i == k { 1.0 } else { x[i] };
-                        let gi = g * xi;
-                        let gg = gi * gi;
-                        let ni = self.b[base + i];
-                        let s = ((ni + gg).sqrt() - ni.sqrt()) / alpha;
-                        self.a[base + i] += gi - s * w[base + i];
-                        self.b[base + i] = ni + gg;
-                    }
-                }
-            }
-            Optimizer::Sgd { schedule, l1, l2 } => {
-                let eta = match schedule {
-                    Schedule::Constant { eta0 } => eta0,
-                    Schedule::InvScaling { eta0, power_t } => {
-                        eta0 / ((self.updates + 1) as f64).powf(power_t)
-                    }
-                };
-                let shrink = eta * l1;
-                for (c, &pc) in p.iter().enumerate() {
-                    let g = pc - if c == y { 1.0 } else { 0.0 };
-                    let base = c * k1;
-                    for i in 0..k {
-                        let wi = self.a[base + i];
-                        let wi = wi - eta * (g * x[i] + l2 * wi);
-                        self.a[base + i] = if wi > shrink {
-                            wi - shrink
-                        } else if wi < -shrink {
-                            wi + shrink
-                        } else {
-                            0.0
-                        };
-                    }
-                    self.a[base + k] -= eta * g;
-                }
-            }
+        let eta = self.c.eta(self.updates);
+        for (c, &pc) in p.iter().enumerate() {
+            self.c.step(c, x, pc - if c == y { 1.0 } else { 0.0 }, eta);
         }
         out.copy_from_slice(&p);
         self.p = p;
-        self.w = w;
         self.updates += 1;
     }
 
@@ -373,15 +258,12 @@ impl Softmax {
 
     /// The versioned JSON document of the model.
     pub fn to_json(&self) -> String {
-        let (z, n, w) = match self.opt {
-            Optimizer::Ftrl { .. } => (Some(self.a.clone()), Some(self.b.clone()), None),
-            Optimizer::Sgd { .. } => (None, None, Some(self.a.clone())),
-        };
+        let (z, n, w) = self.c.to_doc();
         let doc = Doc {
             format: SOFTMAX_FORMAT.to_string(),
             version: SOFTMAX_VERSION,
             classes: self.classes.clone(),
-            optimizer: self.opt,
+            optimizer: self.c.optimizer(),
             n_features: self.n_features,
             updates: self.updates,
             z,
@@ -411,48 +293,14 @@ impl Softmax {
             .map_err(|e| Error::spec("model document", e.to_string()))?;
         let mut m = Softmax::new(doc.classes, doc.optimizer, doc.n_features)?;
         m.updates = doc.updates;
-        let len = m.a.len();
-        let take = |name: &str, v: Option<Vec<f64>>| -> Result<Vec<f64>> {
-            let v = v.ok_or_else(|| Error::spec(name, "missing for this optimizer"))?;
-            if v.len() != len {
-                return Err(Error::spec(
-                    name,
-                    format!(
-                        "expected {len} values (classes x (n_features + 1)), got {}",
-                        v.len()
-                    ),
-                ));
-            }
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(Error::spec(name, "holds a non-finite value"));
-            }
-            Ok(v)
-        };
-        let extra = |name: &str, v: &Option<Vec<f64>>| {
-            if v.is_some() {
-                Err(Error::spec(name, "not a field of this optimizer's state"))
-            } else {
-                Ok(())
-            }
-        };
-        match doc.optimizer {
-            Optimizer::Ftrl { .. } => {
-                extra("w", &doc.w)?;
-                m.a = take("z", doc.z)?;
-                m.b = take("n", doc.n)?;
-                if m.b.iter().any(|v| *v < 0.0) {
-                    return Err(Error::spec(
-                        "n",
-                        "sums of squared gradients cannot be negative",
-                    ));
-                }
-            }
-            Optimizer::Sgd { .. } => {
-                extra("z", &doc.z)?;
-                extra("n", &doc.n)?;
-                m.a = take("w", doc.w)?;
-            }
-        }
+        let len = m.classes.len() * (doc.n_features + 1);
+        m.c = Coefs::from_doc(
+            doc.optimizer,
+            doc.n_features,
+            len,
+            "classes x (n_features + 1)",
+            (doc.z, doc.n, doc.w),
+        )?;
         Ok(m)
     }
 }
