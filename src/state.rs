@@ -97,6 +97,18 @@ impl Buf {
         }
         lo
     }
+    /// [`Self::seek`] by a walk row by row: the same position (rows are sorted), cheaper when
+    /// it moves a few rows (a settle's runs).
+    #[inline]
+    fn scan(&self, from: u64, t: i64) -> u64 {
+        let i = (from - self.base) as usize + self.off;
+        let moved = self.data[i * self.stride..]
+            .iter()
+            .step_by(self.stride)
+            .take_while(|&&ts| (ts as i64) < t)
+            .count();
+        from + moved as u64
+    }
     /// Insert keeping time order; a new row goes after every row with time `<= ts`.
     /// Returns its absolute position.
     fn insert(&mut self, ts: i64, values: &[u64]) -> u64 {
@@ -139,9 +151,17 @@ impl Buf {
         let n = (abs - self.base) as usize;
         self.off += n;
         self.base = abs;
-        if self.off > 32 && self.off * 2 >= self.data.len() / self.stride {
+        // Dead rows go once they are half as many as the live ones (each live row is moved
+        // about twice per window it stays in); then capacity beyond 2.5x the live rows goes
+        // back, down to 1.75x: room for the dead rows to come, so a key in a steady state
+        // neither grows nor shrinks again (hysteresis).
+        if self.off > 32 && self.off * 2 >= self.len() {
             self.data.drain(0..self.off * self.stride);
             self.off = 0;
+            let len = self.data.len();
+            if self.data.capacity() > len * 5 / 2 {
+                self.data.shrink_to(len * 7 / 4);
+            }
         }
         if self.is_empty() && self.data.capacity() > 64 {
             self.data.shrink_to(16 * self.stride);
@@ -165,6 +185,64 @@ impl Buf {
         self.data.clear();
         self.off = 0;
         self.base = 0;
+    }
+}
+
+#[cfg(test)]
+mod buf_tests {
+    use super::Buf;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `scan` (the walk settling uses) lands where `seek` (the gallop) does, from every
+        /// live position, for times before, between, at and after the rows'.
+        #[test]
+        fn scan_is_seek(
+            times in proptest::collection::vec(0i64..50, 0..60),
+            evict in 0usize..70,
+            probes in proptest::collection::vec((0usize..70, -2i64..53), 1..20),
+        ) {
+            let mut b = Buf::new(2);
+            for (i, &t) in times.iter().enumerate() {
+                b.insert(t, &[i as u64]);
+            }
+            b.evict_before(b.base + evict.min(b.len()) as u64);
+            for (from, t) in probes {
+                let from = b.base + from.min(b.len()) as u64;
+                prop_assert_eq!(b.scan(from, t), b.seek(from, t));
+            }
+        }
+
+        /// Whatever the evictions, the live rows are those of a plain list of them, and after a
+        /// drain the capacity stays within 2.5x of the live rows (past a small floor).
+        #[test]
+        fn evictions_keep_the_rows_and_give_back_capacity(
+            steps in proptest::collection::vec((0i64..1_000, 0usize..8, 0usize..4), 1..400),
+        ) {
+            let mut b = Buf::new(2);
+            let mut model: Vec<(i64, u64)> = Vec::new();
+            let mut base = 0u64;
+            for (i, (t, inserts, evicts)) in steps.into_iter().enumerate() {
+                for k in 0..inserts {
+                    let v = (i * 8 + k) as u64;
+                    let pos = b.insert(t, &[v]);
+                    let at = model.partition_point(|r| r.0 <= t);
+                    prop_assert_eq!(pos, base + at as u64);
+                    model.insert(at, (t, v));
+                }
+                let n = evicts.min(model.len());
+                b.evict_before(base + n as u64);
+                model.drain(..n);
+                base += n as u64;
+                prop_assert_eq!(b.len(), model.len());
+                let rows: Vec<(i64, u64)> =
+                    (base..b.end()).map(|p| (b.ts(p), b.row(p)[1])).collect();
+                prop_assert_eq!(&rows, &model);
+                if b.off == 0 && b.data.len() > 64 * b.stride {
+                    prop_assert!(b.data.capacity() <= b.data.len() * 5 / 2);
+                }
+            }
+        }
     }
 }
 
@@ -548,9 +626,7 @@ impl KeyState {
             }
             debug_assert!(ts >= g.e_start && pos >= g.e_lo);
             for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                if acc.eager() {
-                    acc.apply(ap, row, 1, false);
-                }
+                acc.apply_if_eager(ap, row, 1);
             }
         }
     }
@@ -624,13 +700,10 @@ impl KeyState {
                 continue;
             }
             let lifetime = gp.window.is_none();
-            let end = self.buf.end();
             // Rows `hi..` before `s` enter the settled region: each accumulator takes the run
             // in time order (accumulators are independent: the same state as row by row).
             let from = g.hi;
-            while g.hi < end && self.buf.ts(g.hi) < s {
-                g.hi += 1;
-            }
+            g.hi = self.buf.scan(from, s);
             if g.hi > from {
                 let rows = self.buf.rows();
                 // (a deque another group's answers for is left empty: `GroupPlan::shared`)
@@ -649,27 +722,11 @@ impl KeyState {
             match gp.window {
                 Some(w) => {
                     let start = s.saturating_sub(w);
-                    g.lo = self.buf.seek(g.lo, start).min(g.hi);
+                    g.lo = self.buf.scan(g.lo, start).min(g.hi);
                     for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
                         acc.settled(ap, s, Some(start));
                     }
-                    let e_start = s
-                        .saturating_add(lead.saturating_sub(w).min(0))
-                        .max(g.e_start);
-                    // rows before `e_start` leave the eager region, as one run per accumulator
-                    let from = g.e_lo;
-                    while g.e_lo < end && self.buf.ts(g.e_lo) < e_start {
-                        g.e_lo += 1;
-                    }
-                    if g.e_lo > from {
-                        let rows = self.buf.rows();
-                        for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                            if acc.eager() {
-                                acc.apply_rows(ap, rows.run((from, g.e_lo)), -1, false);
-                            }
-                        }
-                    }
-                    g.e_start = e_start;
+                    Self::fold_out_eager(&self.buf, g, gp, Self::eager_start(g, w, s, lead));
                     keep_from = keep_from.min(g.lo);
                 }
                 None => {
@@ -867,26 +924,30 @@ impl KeyState {
         if s <= self.settled {
             return;
         }
-        let end = self.buf.end();
         for (g, gp) in self.groups.iter_mut().zip(&plan.groups) {
             let (Some(w), None) = (gp.window, gp.hop) else {
                 continue;
             };
-            let e_start = Self::eager_start(g, w, s, lead);
-            let from = g.e_lo;
-            while g.e_lo < end && self.buf.ts(g.e_lo) < e_start {
-                g.e_lo += 1;
-            }
-            if g.e_lo > from {
-                let rows = self.buf.rows();
-                for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                    if acc.eager() {
-                        acc.apply_rows(ap, rows.run((from, g.e_lo)), -1, false);
-                    }
+            Self::fold_out_eager(&self.buf, g, gp, Self::eager_start(g, w, s, lead));
+        }
+    }
+
+    /// A sliding group's eager region starts at `e_start` from now on: its rows before that
+    /// leave the eager accumulators, as one run per accumulator ([`Self::settle`] and
+    /// [`Self::advance_eager`] both move it this way).
+    #[inline]
+    fn fold_out_eager(buf: &Buf, g: &mut Group, gp: &crate::plan::GroupPlan, e_start: i64) {
+        let from = g.e_lo;
+        g.e_lo = buf.scan(from, e_start);
+        if g.e_lo > from {
+            let rows = buf.rows();
+            for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
+                if acc.eager() {
+                    acc.apply_rows(ap, rows.run((from, g.e_lo)), -1, false);
                 }
             }
-            g.e_start = e_start;
         }
+        g.e_start = e_start;
     }
 
     /// Feature values at instant `t` (NaN = null), in plan output order.

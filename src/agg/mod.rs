@@ -171,6 +171,20 @@ macro_rules! families {
                 }
             }
 
+            /// `if self.eager() { self.apply(p, row, sign, false) }` with one dispatch, inlined
+            /// at its call site (an insert's eager accumulators: the other families' arms are
+            /// compiled out).
+            #[inline(always)]
+            pub fn apply_if_eager(&mut self, p: &AccPlan, row: &[u64], sign: i64) {
+                match self {
+                    $(Acc::$var(a) => {
+                        if <$ty as Family>::EAGER {
+                            a.apply(p, row, sign, false)
+                        }
+                    })*
+                }
+            }
+
             /// [`Family::apply`] of each of `rows`, in order, with one dispatch for the run
             /// (the family's `apply` inlined in the loop): the same state as one
             /// [`Acc::apply`] per row.
@@ -856,9 +870,20 @@ mod tests {
                     a.apply(p, row, 1, lifetime);
                 }
                 b.apply_rows(p, rows_view.run((0, n)), 1, lifetime);
+                // `apply_if_eager` (an insert's one dispatch) is `apply` of sliding windows'
+                // eager accumulators, and nothing for the others
+                let (mut c, mut d) = (Acc::new(p), Acc::new(p));
+                for row in rows_view.range((0, n)) {
+                    c.apply_if_eager(p, row, 1);
+                    if d.eager() {
+                        d.apply(p, row, 1, false);
+                    }
+                }
                 if a.eager() {
                     for row in rows_view.range((0, k)) {
                         a.apply(p, row, -1, lifetime);
+                        c.apply_if_eager(p, row, -1);
+                        d.apply(p, row, -1, false);
                     }
                     b.apply_rows(p, rows_view.run((0, k)), -1, lifetime);
                 }
@@ -872,6 +897,7 @@ mod tests {
                     _ => hex(&opts.serialize(acc).unwrap()),
                 };
                 proptest::prop_assert_eq!(canon(&a), canon(&b), "{:?}", p);
+                proptest::prop_assert_eq!(canon(&c), canon(&d), "{:?}", p);
             }
         }
     }
