@@ -207,8 +207,7 @@ impl Shard {
     ) -> Read {
         let state = self.keys.get(&key);
         if let Some(st) = state.filter(|st| st.settled < s) {
-            let (_, eager) = st.backlogs(plan, s, plan.spec.allowed_lateness);
-            if eager >= ADVANCE_ON_READ_ROWS {
+            if st.eager_backlog(plan, s, plan.spec.allowed_lateness) >= ADVANCE_ON_READ_ROWS {
                 return Read::Advance;
             }
         }

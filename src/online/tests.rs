@@ -1157,6 +1157,12 @@ proptest! {
                 let name = key_name(k);
                 let key = if str_keys { KeyRef::Str(&name) } else { KeyRef::Int(k as i64) };
                 let t = s.saturating_add(dt * M / 8);
+                // the read's own count of rows to fold out is the general one's
+                if let Some(st) = read.shard(key).read().keys.get(&key) {
+                    let s = t.min(read.settle_point());
+                    let lead = plan.spec.allowed_lateness;
+                    prop_assert_eq!(st.eager_backlog(&plan, s, lead), st.backlogs(&plan, s, lead).1);
+                }
                 let (mut got, mut want) = (vec![0.0; n], vec![0.0; n]);
                 let a = read.get(key, t, &mut got);
                 let b = quiet.shard(key).read().get(&plan, key, t, &mut want);
