@@ -950,6 +950,27 @@ impl KeyState {
         g.e_start = e_start;
     }
 
+    /// The rows [`Self::advance_eager`] to `s` would fold out of the eager accumulators (the
+    /// second count of [`Self::backlogs`], without its first: what a read asks).
+    #[inline]
+    pub fn eager_backlog(&self, plan: &Plan, s: i64, lead: i64) -> u64 {
+        if s <= self.settled {
+            return 0;
+        }
+        let mut eager = 0;
+        for (g, gp) in self.groups.iter().zip(&plan.groups) {
+            if let (Some(w), None) = (gp.window, gp.hop) {
+                let e_start = Self::eager_start(g, w, s, lead);
+                // the first probe inline: usually nothing to fold out
+                let b = &self.buf;
+                if g.e_lo < b.end() && b.ts(g.e_lo) < e_start {
+                    eager += b.seek(g.e_lo, e_start) - g.e_lo;
+                }
+            }
+        }
+        eager
+    }
+
     /// Feature values at instant `t` (NaN = null), in plan output order.
     pub fn query(&self, plan: &Plan, t: i64, out: &mut [f64]) -> Result<()> {
         self.query_masked(plan, t, out, None)

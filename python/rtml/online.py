@@ -137,6 +137,8 @@ class OnlineEngine:
         "_null_keys_skipped",
         "_warned_ahead",
         "__weakref__",
+        # holds `get` bound to the compiled engine (`_attach`)
+        "__dict__",
     )
 
     def __init__(self, feature_set: Union["FeatureSet", str]) -> None:
@@ -159,6 +161,13 @@ class OnlineEngine:
         self._warned_late = False
         self._null_keys_skipped = 0
         self._warned_ahead = False
+        # `get` below only forwards its arguments (the engine's method takes the same ones and
+        # makes the same checks): the instance holds the engine's bound method, which shadows
+        # it, so a read runs no Python frame (~1,400 instructions of a `get`'s ~14,000,
+        # docs/benchmarks.md "Session 12, the call path"). Not for a subclass that overrides
+        # it. (`vector` unwraps an rtml.Transforms first, which the compiled layer never does.)
+        if type(self).get is OnlineEngine.get:
+            self.__dict__["get"] = engine.get
 
     # ------------------------------------------------------------------ ingest
 

@@ -42,8 +42,9 @@ pub mod snapshot;
 
 pub use guard::{Guard, Rules, Verdict, AHEAD_CONFIRM};
 
-/// A read settles a key first (under the write lock, waiting for it) only when that saves
-/// walking more rows.
+/// [`Engine::would_settle`]: settling a key pays off when it saves walking more rows than
+/// this. Reads never settle (that would take away the answers at the instants between the
+/// key's settled point and the settle point: see [`Read`]); only [`Engine::settle_key`] does.
 pub const SETTLE_ON_READ_ROWS: u64 = 64;
 
 /// A read whose key has at least this many rows to fold out of its eager accumulators
@@ -54,14 +55,18 @@ pub const SETTLE_ON_READ_ROWS: u64 = 64;
 /// corrections on every read: the slowest `get` calls (docs/benchmarks.md, "Session 10: get").
 pub const ADVANCE_ON_READ_ROWS: u64 = 1;
 
-/// What [`Shard::get_unless_settle`] did.
+/// What [`Shard::get_unless_advance`] did.
+///
+/// A read never settles its key: settling to `s` makes the key refuse every instant before
+/// `s`, so a read at `t` would take away the answers at the instants between the key's
+/// settled point and `s` that the same engine, unread, gives (and backfill, and a remote
+/// reader replaying the published events). Session 12 removed the settle that a read did
+/// past [`SETTLE_ON_READ_ROWS`] rows of backlog for exactly that (`online::tests`,
+/// `a_read_takes_away_no_answer`).
 #[derive(Debug)]
 pub enum Read {
     /// Answered (`out` written).
     Done(Result<()>),
-    /// Not answered: more than [`SETTLE_ON_READ_ROWS`] rows to settle: settle the key first
-    /// ([`Shard::settle_key`]), waiting for the write lock if need be.
-    Settle,
     /// Not answered: at least [`ADVANCE_ON_READ_ROWS`] rows to fold out: fold them out first
     /// ([`Shard::advance_key`]) if the write lock is free at once, else answer as is.
     Advance,
@@ -188,11 +193,10 @@ impl Shard {
         keystate::answer(plan, self.keys.get(&key), t, out, mask)
     }
 
-    /// [`Shard::get`], unless settling the key to `s` first, or folding out its rows that
-    /// left its windows ([`KeyState::advance_eager`]), saves walking rows: then
-    /// [`Read::Settle`] or [`Read::Advance`], and `out` is untouched (one hash lookup for
-    /// both questions).
-    pub fn get_unless_settle(
+    /// [`Shard::get`], unless folding out the key's rows that left its windows as settling to
+    /// `s` would ([`KeyState::advance_eager`]) saves walking rows: then [`Read::Advance`],
+    /// and `out` is untouched (one hash lookup for both).
+    pub fn get_unless_advance(
         &self,
         plan: &Plan,
         key: KeyRef<'_>,
@@ -203,11 +207,7 @@ impl Shard {
     ) -> Read {
         let state = self.keys.get(&key);
         if let Some(st) = state.filter(|st| st.settled < s) {
-            let (all, eager) = st.backlogs(plan, s, plan.spec.allowed_lateness);
-            if all > SETTLE_ON_READ_ROWS {
-                return Read::Settle;
-            }
-            if eager >= ADVANCE_ON_READ_ROWS {
+            if st.eager_backlog(plan, s, plan.spec.allowed_lateness) >= ADVANCE_ON_READ_ROWS {
                 return Read::Advance;
             }
         }
@@ -698,28 +698,18 @@ impl Engine {
         self.check_key(key)?;
         let s = t.min(self.settle_point());
         let lock = self.shard(key);
-        let settle = match lock
+        match lock
             .read()
-            .get_unless_settle(&self.plan, key, s, t, out, None)
+            .get_unless_advance(&self.plan, key, s, t, out, None)
         {
             Read::Done(r) => return r,
-            Read::Settle => true,
-            Read::Advance => false,
-        };
-        // settle under the write lock (waiting for it), or fold out under it if it is free at
-        // once; then read under the same hold, downgraded
-        let w = if settle {
-            Some(lock.write())
-        } else {
-            lock.try_write()
-        };
-        match w {
+            Read::Advance => {}
+        }
+        // fold out under the write lock if it is free at once, then read under the same
+        // hold, downgraded
+        match lock.try_write() {
             Some(mut w) => {
-                if settle {
-                    w.settle_key(&self.plan, key, s);
-                } else {
-                    w.advance_key(&self.plan, key, s);
-                }
+                w.advance_key(&self.plan, key, s);
                 RwLockWriteGuard::downgrade(w).get(&self.plan, key, t, out)
             }
             None => lock.read().get(&self.plan, key, t, out),
@@ -729,14 +719,15 @@ impl Engine {
     /// Whether a query of `key` at `t` would walk so many rows of a lagging settled point
     /// (more than [`SETTLE_ON_READ_ROWS`]) that settling the key first with
     /// [`Engine::settle_key`] pays off (for this query and later ones). Usually false: the
-    /// ingest path keeps keys settled, and reads then stay read-only.
+    /// ingest path keeps keys settled.
     pub fn would_settle(&self, key: KeyRef<'_>, t: i64) -> bool {
         let s = t.min(self.settle_point());
         self.shard(key).read().would_settle(&self.plan, key, s)
     }
 
-    /// Settle one key up to `min(t, watermark - allowed_lateness)`. Pure bookkeeping: no answer
-    /// that the engine promises changes.
+    /// Settle one key up to `min(t, watermark - allowed_lateness)`. Bookkeeping: no answer at
+    /// or after that point changes, but the key refuses every instant before it from then on
+    /// (an unread key answers back to its own settled point): reads never call this.
     pub fn settle_key(&self, key: KeyRef<'_>, t: i64) {
         let s = t.min(self.settle_point());
         self.shard(key).write().settle_key(&self.plan, key, s);

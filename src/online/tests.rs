@@ -411,10 +411,45 @@ proptest! {
     }
 }
 
+/// Backfill's answers for key `k` at each of `times` (NaN = null), from `evs` (none late).
+fn backfill_answers(
+    plan: &Plan,
+    evs: &[Ev],
+    k: u8,
+    times: &[i64],
+    str_keys: bool,
+) -> Vec<Vec<f64>> {
+    let name = key_name(k);
+    let keys = if str_keys {
+        KeyArr::Owned(vec![name; times.len()])
+    } else {
+        KeyArr::Int(vec![k as i64; times.len()])
+    };
+    let spine = vec![(keys, times.to_vec())];
+    let cols =
+        crate::offline::backfill(plan, &events(plan, evs, str_keys), &spine, &mut |_, _| true)
+            .unwrap();
+    (0..times.len())
+        .map(|row| {
+            cols.iter()
+                .map(|col| match col {
+                    crate::offline::FeatureColumn::Int(v) => v[row] as f64,
+                    crate::offline::FeatureColumn::Float(v) => v[row],
+                    crate::offline::FeatureColumn::Text(_) => f64::NAN,
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[test]
-fn a_read_that_settles_answers_like_one_that_does_not() {
-    // key 0 gets many events, then falls silent while key 1 moves the watermark on: a read
-    // of key 0 then settles it first (under the write lock), and must answer the same
+fn a_read_takes_away_no_answer() {
+    // Key 0 gets 300 events over 75 minutes, then falls silent while key 1 moves the
+    // watermark on to 137 min (lateness 5m): key 0 stays settled near 69 min with ~250 rows
+    // between its settled point and the settle point (132 min), more than
+    // SETTLE_ON_READ_ROWS. Reads at the watermark (and one at 100 min) must leave every
+    // instant from the key's settled point on answered, and answered as backfill of the same
+    // events answers (a read that settled the key took those instants away).
     for str_keys in [false, true] {
         let plan = plan("5m", false);
         let mut evs: Vec<Ev> = (0..300)
@@ -431,35 +466,58 @@ fn a_read_that_settles_answers_like_one_that_does_not() {
             v: None,
             c: None,
         }));
-        let a = Engine::new(Arc::clone(&plan));
-        let b = Engine::new(Arc::clone(&plan));
-        a.ingest(&events(&plan, &evs, str_keys)).unwrap();
-        b.ingest(&events(&plan, &evs, str_keys)).unwrap();
         let name = key_name(0);
         let key = if str_keys {
             KeyRef::Str(&name)
         } else {
             KeyRef::Int(0)
         };
-        let settled = |e: &Engine| e.shard(key).read().keys.get(&key).map(|s| s.settled);
-        let before = settled(&a);
-        let t = 140 * M + 1;
-        assert!(a.would_settle(key, t));
-        let (mut got, mut want) = (vec![0.0; plan.n_features()], vec![0.0; plan.n_features()]);
-        a.get(key, t, &mut got).unwrap();
-        b.shard(key).read().get(&plan, key, t, &mut want).unwrap();
-        assert_eq!(
-            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        let eng = Engine::new(Arc::clone(&plan));
+        eng.ingest(&events(&plan, &evs, str_keys)).unwrap();
+        let settled = eng.shard(key).read().keys.get(&key).unwrap().settled;
+        let sp = eng.settle_point();
+        assert!(
+            settled < 70 * M && sp == 132 * M,
+            "settled {settled}, settle point {sp}"
         );
-        assert!(settled(&a) > before, "the read settled the key");
-        assert!(!a.would_settle(key, t));
-        // and again, now without settling
-        a.get(key, t, &mut got).unwrap();
-        assert_eq!(
-            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        assert!(
+            eng.would_settle(key, 140 * M),
+            "more than SETTLE_ON_READ_ROWS rows of backlog"
         );
+        // every minute (and a few odd instants) from the key's settled point to past the
+        // watermark
+        let times: Vec<i64> = (0..90)
+            .map(|m| settled + m * M + (m % 7) * 1_000)
+            .chain([sp - 1, sp, sp + 1, 140 * M + 1])
+            .collect();
+        let want = backfill_answers(&plan, &evs, 0, &times, str_keys);
+        let n = plan.n_features();
+        let check = |eng: &Engine, what: &str| {
+            let mut out = vec![0.0; n];
+            for (t, w) in times.iter().zip(&want) {
+                eng.get(key, *t, &mut out)
+                    .unwrap_or_else(|e| panic!("{what}: no answer at {t}: {e}"));
+                for (f, (a, b)) in out.iter().zip(w).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                        "{what}: feature {f} at {t}: online {a} backfill {b}"
+                    );
+                }
+            }
+        };
+        let mut out = vec![0.0; n];
+        eng.get(key, 140 * M + 1, &mut out).unwrap();
+        eng.get(key, 100 * M, &mut out).unwrap();
+        check(&eng, "after reads at 140 and 100 min");
+        // and again (the reads of `check` itself changed nothing either)
+        check(&eng, "read twice");
+        assert_eq!(
+            eng.shard(key).read().keys.get(&key).unwrap().settled,
+            settled
+        );
+        // settling on request does take them away (the reason reads never do)
+        eng.settle_key(key, 140 * M);
+        assert!(eng.get(key, settled + M, &mut out).is_err());
     }
 }
 
@@ -1099,6 +1157,12 @@ proptest! {
                 let name = key_name(k);
                 let key = if str_keys { KeyRef::Str(&name) } else { KeyRef::Int(k as i64) };
                 let t = s.saturating_add(dt * M / 8);
+                // the read's own count of rows to fold out is the general one's
+                if let Some(st) = read.shard(key).read().keys.get(&key) {
+                    let s = t.min(read.settle_point());
+                    let lead = plan.spec.allowed_lateness;
+                    prop_assert_eq!(st.eager_backlog(&plan, s, lead), st.backlogs(&plan, s, lead).1);
+                }
                 let (mut got, mut want) = (vec![0.0; n], vec![0.0; n]);
                 let a = read.get(key, t, &mut got);
                 let b = quiet.shard(key).read().get(&plan, key, t, &mut want);

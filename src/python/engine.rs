@@ -93,16 +93,6 @@ impl PyEngine {
         }
     }
 
-    fn shard_write(&self, py: Python<'_>, key: KeyRef<'_>) -> RwLockWriteGuard<'_, Shard> {
-        let lock = self.inner.shard(key);
-        loop {
-            if let Some(g) = lock.try_write() {
-                return g;
-            }
-            py.detach(|| drop(lock.write()));
-        }
-    }
-
     fn ingest_guard(&self, py: Python<'_>) -> MutexGuard<'_, Meta> {
         loop {
             if let Some(g) = self.inner.try_ingest_lock() {
@@ -112,8 +102,9 @@ impl PyEngine {
         }
     }
 
-    /// Features of one key at `t` into `buf`. A key whose settled point lags far behind the
-    /// stream is settled once under its shard's write lock, then read under the read lock.
+    /// Features of one key at `t` into `buf`. A key with rows that left its windows since it
+    /// last settled has them folded out first when its shard's write lock is free at once
+    /// (`Shard::advance_key`), then is read under the same hold, downgraded.
     fn features_at(
         &self,
         py: Python<'_>,
@@ -127,7 +118,7 @@ impl PyEngine {
         let s = t.min(self.inner.settle_point());
         let plan = &*self.plan;
         let shard = self.shard_read(py, key);
-        let settle = match shard.get_unless_settle(plan, key, s, t, buf, mask) {
+        match shard.get_unless_advance(plan, key, s, t, buf, mask) {
             Read::Done(r) => {
                 r.py_err()?;
                 if plan.has_text() {
@@ -135,24 +126,14 @@ impl PyEngine {
                 }
                 return Ok(());
             }
-            Read::Settle => true,
-            Read::Advance => false,
-        };
+            Read::Advance => {}
+        }
         drop(shard);
-        // A long backlog: settle, waiting for the write lock. Rows to fold out: fold them out
-        // only if the lock is free at once (no other reader), else read with the corrections.
-        let w = if settle {
-            Some(self.shard_write(py, key))
-        } else {
-            self.inner.shard(key).try_write()
-        };
-        let r = match w {
+        // Rows to fold out: fold them out only if the lock is free at once (no other reader),
+        // else read with the corrections. A read never settles the key (`online::Read`).
+        let r = match self.inner.shard(key).try_write() {
             Some(mut w) => {
-                if settle {
-                    w.settle_key(plan, key, s);
-                } else {
-                    w.advance_key(plan, key, s);
-                }
+                w.advance_key(plan, key, s);
                 RwLockWriteGuard::downgrade(w)
             }
             None => self.shard_read(py, key),
