@@ -30,12 +30,164 @@ pub struct Tile {
 /// them by the rows of the few tiles between `run_from` and its own first tile, and reads
 /// extremes and first / last from the rows of its window. Every accumulator is a function of
 /// the multiset of events it covers, so this answers what merging per-tile summaries answered,
-/// bit for bit. Serialized as its live words (a sequence of u64).
+/// bit for bit. Serialized as its live words (a sequence of u64); the [`RowIndex`] is
+/// derived, not serialized (rebuilt at the next settle).
 #[derive(Clone, Debug, Default)]
 pub struct TileRows {
     data: Vec<u64>,
     /// Dead words at the front of `data`.
     off: usize,
+    /// Min / max of the rows from any row on, once the rows are many ([`INDEX_FROM`]).
+    index: Option<Box<RowIndex>>,
+}
+
+/// Rows from which a key's tile rows keep a [`RowIndex`] (fewer: a read scans them; a quiet
+/// key's state stays as small as its rows).
+const INDEX_FROM: usize = 64;
+
+/// The extremes of the tile rows from any time on (a query's window is the rows from its first
+/// tile on), per column some tiled window takes the min or max of: monotonic deques of (time,
+/// value), kept as rows join (in time order) and leave (from the front; a busy span's rows
+/// leaving for summaries rebuild it). A read finds the extremes of its window with a binary
+/// search instead of a scan. Derived from the rows: not serialized.
+#[derive(Clone, Debug)]
+struct RowIndex {
+    stride: usize,
+    cols: SmallVec<[ColIndex; 1]>,
+}
+
+#[derive(Clone, Debug)]
+struct ColIndex {
+    col: usize,
+    /// The rows with a non-null value of `col` that no later row undercuts (`lo`: values
+    /// ascending, by `f64::total_cmp`) or exceeds (`hi`: descending); equal values are all
+    /// kept, so the first one at or after a time is the first least (greatest) value from
+    /// there on, the one [`row_extremes`] finds.
+    lo: Mono,
+    hi: Mono,
+}
+
+/// A monotonic deque of (time, `order_key` of the value), oldest first: a vector popped at
+/// the back, with a moving front.
+#[derive(Clone, Debug, Default)]
+struct Mono {
+    v: Vec<(i64, i64)>,
+    head: usize,
+}
+
+impl Mono {
+    /// A row (time order) joins: the entries it `beats` (a later row with a value at least as
+    /// good) leave.
+    #[inline]
+    fn push(&mut self, ts: i64, k: i64, beats: impl Fn(i64) -> bool) {
+        while self.v.len() > self.head && self.v.last().is_some_and(|e| beats(e.1)) {
+            self.v.pop();
+        }
+        self.v.push((ts, k));
+    }
+    /// The entries before time `t` leave.
+    fn drop_before(&mut self, t: i64) {
+        while self.v.get(self.head).is_some_and(|e| e.0 < t) {
+            self.head += 1;
+        }
+        if self.head > 8 && 2 * self.head > self.v.len() {
+            self.v.drain(..self.head);
+            self.head = 0;
+            if self.v.capacity() > 4 * self.v.len() + 16 {
+                self.v.shrink_to(2 * self.v.len());
+            }
+        }
+    }
+    /// The first entry at or after time `t`.
+    #[inline]
+    fn first_from(&self, t: i64) -> Option<(i64, i64)> {
+        let live = &self.v[self.head..];
+        live.get(live.partition_point(|e| e.0 < t)).copied()
+    }
+    fn clear(&mut self) {
+        self.v.clear();
+        self.head = 0;
+    }
+    #[cfg(test)]
+    fn live(&self) -> &[(i64, i64)] {
+        &self.v[self.head..]
+    }
+}
+
+/// `f64::total_cmp`'s key of a value word, as an integer (an involution, see [`row_extremes`]).
+#[inline]
+fn order_key(w: u64) -> i64 {
+    (w ^ (((w as i64) >> 63) as u64 >> 1)) as i64
+}
+
+impl RowIndex {
+    /// The index of `rows` (all the tile rows) for the min / max columns `cols`.
+    fn new(rows: &[u64], stride: usize, cols: &[usize]) -> RowIndex {
+        let mut ix = RowIndex {
+            stride,
+            cols: cols
+                .iter()
+                .map(|&col| ColIndex {
+                    col,
+                    lo: Mono::default(),
+                    hi: Mono::default(),
+                })
+                .collect(),
+        };
+        ix.rebuild(rows);
+        ix
+    }
+    /// The deques of `rows` (all the tile rows).
+    fn rebuild(&mut self, rows: &[u64]) {
+        for c in self.cols.iter_mut() {
+            c.lo.clear();
+            c.hi.clear();
+        }
+        for row in rows.chunks_exact(self.stride) {
+            self.push(row);
+        }
+    }
+    /// A row joins (time order).
+    #[inline]
+    fn push(&mut self, row: &[u64]) {
+        let ts = row[0] as i64;
+        for c in self.cols.iter_mut() {
+            let w = row[1 + c.col];
+            if w == NULL {
+                continue;
+            }
+            let k = order_key(w);
+            c.lo.push(ts, k, |old| old > k);
+            c.hi.push(ts, k, |old| old < k);
+        }
+    }
+    /// The rows before time `t` left.
+    fn drop_before(&mut self, t: i64) {
+        for c in self.cols.iter_mut() {
+            c.lo.drop_before(t);
+            c.hi.drop_before(t);
+        }
+    }
+    /// [`row_extremes`] of column `col` over the rows from time `t` on; `None`: no deques for
+    /// `col`.
+    #[inline]
+    fn extremes(&self, t: i64, col: usize) -> Option<Option<RowExtremes>> {
+        let c = self.cols.iter().find(|c| c.col == col)?;
+        let value = |(ts, k): (i64, i64)| (ts, f64::from_bits(order_key(k as u64) as u64));
+        Some(
+            c.lo.first_from(t)
+                .map(value)
+                .zip(c.hi.first_from(t).map(value)),
+        )
+    }
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .cols
+                .iter()
+                .map(|c| 16 * (c.lo.v.capacity() + c.hi.v.capacity()))
+                .sum::<usize>()
+    }
 }
 
 impl TileRows {
@@ -88,6 +240,9 @@ impl TileRows {
             }
         }
         self.data.extend_from_slice(row);
+        if let Some(ix) = self.index.as_deref_mut() {
+            ix.push(row);
+        }
     }
     /// Drop the rows before time `t`.
     pub(super) fn drop_before(&mut self, t: i64, stride: usize) {
@@ -96,6 +251,9 @@ impl TileRows {
             return;
         }
         self.off += k * stride;
+        if let Some(ix) = self.index.as_deref_mut() {
+            ix.drop_before(t);
+        }
         if self.off == self.data.len() {
             self.data.clear();
             self.off = 0;
@@ -107,6 +265,9 @@ impl TileRows {
         self.data
             .drain(self.off + from * stride..self.off + to * stride);
         self.fit(stride);
+        if let Some(ix) = self.index.as_deref_mut() {
+            ix.rebuild(&self.data[self.off..]);
+        }
     }
     /// Give back memory once fewer than half the words held are live.
     pub(super) fn fit(&mut self, stride: usize) {
@@ -120,9 +281,49 @@ impl TileRows {
     pub(super) fn clear(&mut self) {
         self.data.clear();
         self.off = 0;
+        self.index = None;
     }
     pub(super) fn heap_bytes(&self) -> usize {
-        8 * self.data.capacity()
+        8 * self.data.capacity() + self.index.as_ref().map_or(0, |ix| ix.heap_bytes())
+    }
+    /// Keep a [`RowIndex`] of the tiled windows' min / max columns while the rows are many
+    /// ([`INDEX_FROM`]; dropped again below a quarter of that).
+    fn index_for(&mut self, plan: &Plan, stride: usize) {
+        let n = self.len(stride);
+        if self.index.is_some() {
+            if n < INDEX_FROM / 4 && !index_all() {
+                self.index = None;
+            }
+            return;
+        }
+        if n < INDEX_FROM && !index_all() {
+            return;
+        }
+        let mut cols: SmallVec<[usize; 2]> = SmallVec::new();
+        for gp in plan.groups.iter().filter(|gp| gp.hop.is_some()) {
+            for ap in &gp.accs {
+                if let AccPlan::Extreme { col, .. } = ap {
+                    if !cols.contains(col) {
+                        cols.push(*col);
+                    }
+                }
+            }
+        }
+        if !cols.is_empty() {
+            self.index = Some(Box::new(RowIndex::new(
+                &self.data[self.off..],
+                stride,
+                &cols,
+            )));
+        }
+    }
+    /// [`row_extremes`] of column `col` over the rows from time `t` on (`from`: the first).
+    #[inline]
+    fn extremes_from(&self, t: i64, from: usize, col: usize, stride: usize) -> Option<RowExtremes> {
+        match self.index.as_deref().and_then(|ix| ix.extremes(t, col)) {
+            Some(x) => x,
+            None => row_extremes(self.run(from, self.len(stride), stride), col),
+        }
     }
 }
 
@@ -130,6 +331,20 @@ impl TileRows {
 #[cfg(test)]
 thread_local! {
     pub(crate) static SUMMARIZE_ALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+// Tests: keep a row index whatever the number of rows (`TileRows::index_for`).
+#[cfg(test)]
+thread_local! {
+    pub(crate) static INDEX_ALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[inline]
+fn index_all() -> bool {
+    #[cfg(test)]
+    return INDEX_ALL.with(|c| c.get());
+    #[cfg(not(test))]
+    false
 }
 
 #[inline]
@@ -151,6 +366,7 @@ impl<'de> Deserialize<'de> for TileRows {
         Ok(TileRows {
             data: Vec::<u64>::deserialize(d)?,
             off: 0,
+            index: None,
         })
     }
 }
@@ -162,7 +378,8 @@ impl KeyState {
     /// the group's last summary when it is of the same tile (a span still filling): a busy key
     /// keeps about a summary per tile, as before, plus rows worth less than a tile's summary,
     /// a quiet one its few rows. The rows leave the tile rows and the running accumulators;
-    /// reads merge the summaries.
+    /// reads merge the summaries. (Called after every settle of tiled windows, with the rows
+    /// that joined: it also starts or drops the row index of min / max, `TileRows::index_for`.)
     pub(super) fn summarize_busy_spans(
         &mut self,
         plan: &Plan,
@@ -172,6 +389,8 @@ impl KeyState {
         big: i64,
     ) {
         let stride = self.buf.stride;
+        // (the rows that joined: the row index of min / max starts once they are many)
+        self.tile_rows.index_for(plan, stride);
         // fewer row bytes than one tile per group cannot pay
         let least: usize = plan
             .groups
@@ -335,7 +554,7 @@ impl KeyState {
                         let ext = match extremes.iter().find(|x| x.0 == *col) {
                             Some(x) => x.1,
                             None => {
-                                let x = row_extremes(tr.run(i0, end, stride), *col);
+                                let x = tr.extremes_from(first.saturating_mul(h), i0, *col, stride);
                                 extremes.push((*col, x));
                                 x
                             }
@@ -472,6 +691,7 @@ impl KeyState {
 mod tests {
     use super::*;
     use crate::spec::Spec;
+    use proptest::strategy::Strategy as _;
 
     const SEC: i64 = 1_000_000_000;
 
@@ -603,6 +823,77 @@ mod tests {
     }
 
     proptest::proptest! {
+        // The row index's extremes from every time on are the scan's (`row_extremes`: value
+        // bits and the time of the first least / greatest), through rows joining in time order
+        // (ties of time and value), leaving from the front, a busy span's leaving from the
+        // middle, and clearing; and an index started late (rows first, then the index) is the
+        // same as one kept from the start.
+        #[test]
+        fn row_index_answers_like_the_scan(
+            ops in proptest::collection::vec(
+                proptest::prop_oneof![
+                    6 => (0i64..4, value_word(), value_word()).prop_map(|(g, a, b)| (0u8, g, a, b)),
+                    1 => (0i64..30).prop_map(|g| (1u8, g, 0, 0)),
+                    1 => (0i64..40, 0i64..40).prop_map(|(a, b)| (2u8, a, b as u64, 0)),
+                    1 => proptest::strategy::Just((3u8, 0i64, 0u64, 0u64)),
+                ],
+                0..200),
+            start_at in 0usize..200,
+        ) {
+            use proptest::prop_assert_eq;
+            let stride = 3;
+            let cols = [0usize, 1];
+            let mut tr = TileRows::default();
+            let mut t = 0i64;
+            for (i, &(op, g, a, b)) in ops.iter().enumerate() {
+                if i == start_at || (i == 0 && start_at >= ops.len()) {
+                    tr.index = Some(Box::new(RowIndex::new(tr.words(), stride, &cols)));
+                }
+                let n = tr.len(stride);
+                match op {
+                    0 => {
+                        t += g;
+                        tr.push(&[t as u64, a, b]);
+                    }
+                    1 => tr.drop_before(t - g, stride),
+                    2 => {
+                        let (x, y) = ((g as usize).min(n), (a as usize).min(n));
+                        tr.remove(x.min(y), x.max(y), stride);
+                    }
+                    _ => {
+                        let indexed = tr.index.is_some();
+                        tr.clear();
+                        if indexed {
+                            tr.index = Some(Box::new(RowIndex::new(tr.words(), stride, &cols)));
+                        }
+                    }
+                }
+                let Some(ix) = tr.index.as_deref() else { continue };
+                let n = tr.len(stride);
+                for from in (-1..=t + 1).rev() {
+                    let k = tr.seek(from, stride);
+                    for &col in &cols {
+                        let got = ix.extremes(from, col).expect("indexed column");
+                        let want = row_extremes(tr.run(k, n, stride), col);
+                        let bits = |x: Option<RowExtremes>| {
+                            x.map(|((a, b), (c, d))| (a, b.to_bits(), c, d.to_bits()))
+                        };
+                        prop_assert_eq!(bits(got), bits(want), "op {} from {} col {}", i, from, col);
+                    }
+                    if k == 0 {
+                        break;
+                    }
+                }
+                let fresh = RowIndex::new(tr.words(), stride, &cols);
+                for (c, f) in ix.cols.iter().zip(&fresh.cols) {
+                    prop_assert_eq!(c.lo.live(), f.lo.live());
+                    prop_assert_eq!(c.hi.live(), f.hi.live());
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
         // Tiles as rows (with the running sums from `run_from`) answer what the summary per
         // tile answered (the form of snapshot format 4 and before), bit for bit, at every
         // query instant a state takes: few and many events per tile (event gaps of ~0.02 to ~5
@@ -621,8 +912,10 @@ mod tests {
             shuffle in proptest::bool::ANY,
             switch_at in 0usize..90,
             summarize_all in proptest::bool::ANY,
+            index_all in proptest::bool::ANY,
         ) {
             SUMMARIZE_ALL.with(|c| c.set(summarize_all));
+            INDEX_ALL.with(|c| c.set(index_all));
             let plan = tiles_plan(hop);
             let lateness = 300 * SEC;
             let lead = lateness * lead_x;
