@@ -279,6 +279,10 @@ def render(res: dict) -> str:
         L.append("|---|---|")
         L.append(f"| rtml `get` (18 features) | {fmt_us(o['rtml_get'])} |")
         L.append(f"| rtml `vector` (18 features + 2 request fields -> {o['rtml_vector_outputs']} outputs, 8 steps) | {fmt_us(o['rtml_vector'])} |")
+        if "rtml_get_hot" in o:
+            L.append(f"| rtml `get`, the same reads over 100 keys (their state in the caches) | {fmt_us(o['rtml_get_hot'])} |")
+            L.append(f"| rtml `vector`, the same over 100 keys | {fmt_us(o['rtml_vector_hot'])} |")
+            L.append(f"| the timing loop alone (a Python no-op with the same arguments) | {fmt_us(o['loop_floor'])} |")
         L.append(f"| dict of deques `get` (count/sum/mean 1h) | {fmt_us(o['deque_get'])} |")
         L.append(f"| River `transform_one` x3 (stale: no eviction at read) | {fmt_us(o['river_get'])} |")
     L.append("")
