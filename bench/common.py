@@ -271,3 +271,33 @@ def versions() -> dict[str, str]:
         except ImportError:
             pass
     return out
+
+
+def ab_latency(script: str, sides: list[str], reps: int, variants: list[tuple[str, list[str]]]) -> None:
+    """Latency of builds side by side, alternating: for each rep, each variant (a label and the
+    child's arguments) and each side (`name=path`, a `python/rtml` tree), run
+    `python SCRIPT child ARGS...` with `PYTHONPATH` at the side's tree; the child prints
+    `{"p50": .., "p99": .., "p999": ..}` in microseconds. Prints every run (with the load
+    average) and the medians over runs."""
+    import json
+    import statistics
+    import subprocess
+
+    pairs = [s.split("=", 1) for s in sides]
+    results: dict = {}
+    for rep in range(reps):
+        for label, argv in variants:
+            for name, path in pairs:
+                env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()))
+                out = subprocess.run([sys.executable, script, "child", *argv], env=env,
+                                     capture_output=True, text=True, check=True).stdout
+                r = json.loads(out)
+                r["load1"] = os.getloadavg()[0]
+                results.setdefault((name, label), []).append(r)
+                print(f"rep {rep} {label:6s} {name:4s} p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  "
+                      f"p99.9 {r['p999']:.2f} us  (load1 {r['load1']:.2f})", flush=True)
+    print("median over runs:")
+    for (name, label), rs in results.items():
+        med = {q: statistics.median(r[q] for r in rs) for q in ("p50", "p99", "p999")}
+        print(f"  {label:6s} {name:4s} p50 {med['p50']:.2f}  p99 {med['p99']:.2f}  "
+              f"p99.9 {med['p999']:.2f} us")

@@ -31,9 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -150,34 +147,11 @@ def digest() -> None:
 
 
 def ab(args) -> None:
-    sides = [s.split("=", 1) for s in args.side]
-    results: dict = {}
-    for rep in range(args.reps):
-        for call in args.call:
-            for name, path in sides:
-                env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()))
-                out = subprocess.run(
-                    [sys.executable, __file__, "child", call, str(args.calls)],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                r = json.loads(out)
-                r["load1"] = os.getloadavg()[0]
-                results.setdefault((name, call), []).append(r)
-                print(
-                    f"rep {rep} {call:6s} {name:4s} p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  "
-                    f"p99.9 {r['p999']:.2f} us  (load1 {r['load1']:.2f})",
-                    flush=True,
-                )
-    print("median over runs:")
-    for (name, call), rs in results.items():
-        med = {q: statistics.median(r[q] for r in rs) for q in ("p50", "p99", "p999")}
-        print(
-            f"  {call:6s} {name:4s} p50 {med['p50']:.2f}  p99 {med['p99']:.2f}  "
-            f"p99.9 {med['p999']:.2f} us"
-        )
+    sys.path.insert(0, str(HERE))
+    import common
+
+    common.ab_latency(__file__, args.side, args.reps,
+                      [(call, [call, str(args.calls)]) for call in args.call])
 
 
 def main() -> None:

@@ -31,9 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -116,42 +113,12 @@ def digest(args) -> None:
 
 
 def ab(args) -> None:
-    sides = [s.split("=", 1) for s in args.side]
-    results: dict = {}
-    for rep in range(args.reps):
-        for name, path in sides:
-            env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()))
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "child",
-                    "--keys",
-                    str(args.keys),
-                    "--per-key",
-                    str(args.per_key),
-                    "--ahead",
-                    str(args.ahead),
-                    "--calls",
-                    str(args.calls),
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            r = json.loads(out)
-            r["load1"] = os.getloadavg()[0]
-            results.setdefault(name, []).append(r)
-            print(
-                f"rep {rep} {name:4s} p50 {r['p50']:.2f}  p99 {r['p99']:.2f}  "
-                f"p99.9 {r['p999']:.2f} us  (load1 {r['load1']:.2f})",
-                flush=True,
-            )
-    print("median over runs:")
-    for name, rs in results.items():
-        med = {q: statistics.median(r[q] for r in rs) for q in ("p50", "p99", "p999")}
-        print(f"  {name:4s} p50 {med['p50']:.2f}  p99 {med['p99']:.2f}  p99.9 {med['p999']:.2f} us")
+    sys.path.insert(0, str(HERE))
+    import common
+
+    child = ["--keys", str(args.keys), "--per-key", str(args.per_key), "--ahead", str(args.ahead),
+             "--calls", str(args.calls), "--hop", args.hop]
+    common.ab_latency(__file__, args.side, args.reps, [("get", child)])
 
 
 def main() -> None:
