@@ -1,6 +1,6 @@
 //! The optimizers the online learners share ([`super::linear::Linear`],
 //! [`super::softmax::Softmax`]): their hyper-parameters ([`Optimizer`], [`Schedule`]) and the
-//! coefficients they train ([`Coefs`]).
+//! coefficients they train (`Coefs`).
 //!
 //! The coefficients are laid out in blocks of `k + 1` values, `k` feature weights and then the
 //! intercept (never regularized): one block for a binary or regression model, one per class for

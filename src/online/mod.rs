@@ -38,6 +38,7 @@ use crate::text::Texts;
 
 pub mod guard;
 pub mod keystate;
+pub mod publish;
 pub mod snapshot;
 
 pub use guard::{Guard, Rules, Verdict, AHEAD_CONFIRM};
@@ -163,9 +164,9 @@ pub fn shard_of(key: KeyRef<'_>) -> usize {
 #[derive(Default)]
 pub struct Shard {
     keys: HashMap<Key, KeyState>,
-    /// When change tracking is on (`keystate.rs`): the keys changed since the last publish,
+    /// When change tracking is on (`publish.rs`): the keys changed since the last publish,
     /// the events applied to each since, and what the store holds for each.
-    changed: Option<keystate::Tracking>,
+    changed: Option<publish::Tracking>,
 }
 
 impl Shard {
