@@ -144,6 +144,13 @@ class OnlineEngine:
     def __init__(self, feature_set: Union["FeatureSet", str]) -> None:
         self._attach(_core.Engine(_spec_of(feature_set)))
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # the `__dict__` above is for the bound `get` only: a misspelled attribute stays an
+        # error, as with the slots alone (a subclass keeps Python's usual rules)
+        if type(self) is OnlineEngine and name not in OnlineEngine.__slots__:
+            raise AttributeError(f"'OnlineEngine' object has no attribute {name!r}")
+        object.__setattr__(self, name, value)
+
     @classmethod
     def _wrap(cls, engine: _core.Engine) -> "OnlineEngine":
         self = cls.__new__(cls)

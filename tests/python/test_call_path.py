@@ -151,3 +151,19 @@ def test_a_read_takes_away_no_earlier_answer():
     for t, b, w in zip(times, before, want):
         got = eng.get(0, t)
         assert got == b == {k: v for k, v in w.items() if k not in ("k", "ts")}, t
+
+
+def test_an_unknown_attribute_is_still_refused():
+    # OnlineEngine has a __dict__ only to hold the bound `get`: a typo must not pass silently
+    fs = rtml.FeatureSet("k", "ts", [rtml.count()], timestamp_unit="s")
+    eng = fs.online()
+    with pytest.raises(AttributeError, match="watermak"):
+        eng.watermak = 5  # type: ignore[attr-defined]
+    assert "watermak" not in eng.__dict__
+
+    class Sub(rtml.OnlineEngine):
+        pass
+
+    sub = Sub(fs)
+    sub.note = "a subclass may add attributes"
+    assert sub.note == "a subclass may add attributes"
