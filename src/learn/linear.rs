@@ -225,21 +225,7 @@ impl Linear {
     /// Read a model document. Refused (`Error::Spec` naming the field): another format, a newer
     /// version, unknown fields, missing or mis-sized state, non-finite state.
     pub fn from_json(text: &str) -> Result<Linear> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| Error::spec("model document", format!("not JSON: {e}")))?;
-        match value.get("format").and_then(|f| f.as_str()) {
-            Some(MODEL_FORMAT) => {}
-            other => {
-                return Err(Error::spec(
-                    "format",
-                    format!("expected {MODEL_FORMAT:?}, got {other:?}"),
-                ))
-            }
-        }
-        crate::doc_version::check(&value, "model document", MODEL_VERSION)
-            .map_err(|m| Error::spec("version", m))?;
-        let doc: Doc = serde_json::from_value(value)
-            .map_err(|e| Error::spec("model document", e.to_string()))?;
+        let doc: Doc = crate::learn::optimizer::read_doc(text, MODEL_FORMAT, MODEL_VERSION)?;
         let mut m = Linear::new(doc.loss, doc.optimizer, doc.n_features)?;
         m.updates = doc.updates;
         let k = doc.n_features;

@@ -101,6 +101,30 @@ pub(crate) fn ftrl_weight(z: f64, n: f64, alpha: f64, beta: f64, l1: f64, l2: f6
     }
 }
 
+/// A model document `text` of `format` (its "format" field) as `T`, refused with `Error::Spec`
+/// naming the field: not JSON, another format, a version newer than `version` (or none), or
+/// fields `T` does not read. The one reader of every model document (`Linear`, `Softmax`).
+pub(crate) fn read_doc<T: serde::de::DeserializeOwned>(
+    text: &str,
+    format: &str,
+    version: u32,
+) -> Result<T> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::spec("model document", format!("not JSON: {e}")))?;
+    match value.get("format").and_then(|f| f.as_str()) {
+        Some(f) if f == format => {}
+        other => {
+            return Err(Error::spec(
+                "format",
+                format!("expected {format:?}, got {other:?}"),
+            ))
+        }
+    }
+    crate::doc_version::check(&value, "model document", version)
+        .map_err(|m| Error::spec("version", m))?;
+    serde_json::from_value(value).map_err(|e| Error::spec("model document", e.to_string()))
+}
+
 /// A model document's optimizer state fields `(z, n, w)`: FTRL writes `z` and `n`, SGD `w`.
 pub(crate) type DocState = (Option<Vec<f64>>, Option<Vec<f64>>, Option<Vec<f64>>);
 

@@ -276,21 +276,7 @@ impl Softmax {
     /// Read a softmax document. Refused (`Error::Spec` naming the field): another format, a
     /// newer version, unknown fields, missing or mis-sized state, non-finite state.
     pub fn from_json(text: &str) -> Result<Softmax> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| Error::spec("model document", format!("not JSON: {e}")))?;
-        match value.get("format").and_then(|f| f.as_str()) {
-            Some(SOFTMAX_FORMAT) => {}
-            other => {
-                return Err(Error::spec(
-                    "format",
-                    format!("expected {SOFTMAX_FORMAT:?}, got {other:?}"),
-                ))
-            }
-        }
-        crate::doc_version::check(&value, "model document", SOFTMAX_VERSION)
-            .map_err(|m| Error::spec("version", m))?;
-        let doc: Doc = serde_json::from_value(value)
-            .map_err(|e| Error::spec("model document", e.to_string()))?;
+        let doc: Doc = crate::learn::optimizer::read_doc(text, SOFTMAX_FORMAT, SOFTMAX_VERSION)?;
         let mut m = Softmax::new(doc.classes, doc.optimizer, doc.n_features)?;
         m.updates = doc.updates;
         let len = m.classes.len() * (doc.n_features + 1);
