@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings as _warnings
 
 from . import _core
+from . import exceptions as _exceptions
 from ._core import __version__, num_threads
 from ._core import debug_build as _debug_build
 from .exceptions import (
@@ -127,21 +128,7 @@ __all__ = [
     "decayed_sum",
     "time_since_last",
     *_transforms.__all__,
-    "RtmlError",
-    "SpecError",
-    "NotFittedError",
-    "SchemaError",
-    "QueryError",
-    "SnapshotError",
-    "PoisonedError",
-    "RemoteError",
-    "RemoteUnavailableError",
-    "KeyStateError",
-    "RtmlWarning",
-    "LateEventsWarning",
-    "NullKeysWarning",
-    "AheadEventsWarning",
-    "HotKeyWarning",
+    *_exceptions.__all__,
     "outofcore",
     "LATE_WARNING_SHARE",
     "num_threads",
