@@ -315,6 +315,7 @@ impl<'a> Rows<'a> {
 }
 
 /// Rows (absolute position ranges `from..to`) that correct a group's state to one query window.
+#[derive(Clone, Copy, Debug)]
 pub struct Corr {
     /// Buffered rows inside the window past the settled region (extremes, first/last scan them).
     pub settled_add: (u64, u64),
@@ -324,6 +325,20 @@ pub struct Corr {
     /// The query window's rows: `lo_q..hi_q` (lifetime: `hi_q` only).
     pub lo_q: u64,
     pub hi_q: u64,
+}
+
+impl Corr {
+    /// No rows to fold in or out, and none past the settled region in the window: the stored
+    /// accumulators are the window's (a read at the settled point).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.settled_add.0 >= self.settled_add.1 && !self.corrects()
+    }
+    /// Some rows to fold out of or into the eager accumulators.
+    #[inline]
+    pub fn corrects(&self) -> bool {
+        self.rem[0].0 < self.rem[0].1 || self.rem[1].0 < self.rem[1].1 || self.add.0 < self.add.1
+    }
 }
 
 /// Variances computed for one query, by (group, accumulator).
@@ -352,8 +367,8 @@ pub struct View<'a> {
     pub(crate) shared: &'a [Option<(usize, usize)>],
     pub(crate) stored: &'a [&'a [Acc]],
     pub(crate) views: &'a [(usize, usize, Acc)],
-    /// Events of the group's settled tiles with id `>= first`.
-    pub(crate) tile_events: &'a dyn Fn(i64) -> u64,
+    /// Events of group `g`'s settled tiles with id `>= first`: `tile_events(g, first)`.
+    pub(crate) tile_events: &'a dyn Fn(usize, i64) -> u64,
     /// Variances computed for this query, by (group, accumulator): var and std share one.
     pub(crate) var_cache: &'a VarCache,
     /// Row extremes computed for this query (see [`ExtremesCache`]).
