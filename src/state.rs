@@ -849,7 +849,7 @@ impl KeyState {
                 }
             }
         }
-        let var_cache = RefCell::new(SmallVec::new());
+        let var_cache = crate::agg::VarCache::default();
         let extremes_cache = RefCell::new(SmallVec::new());
         let mut stored: SmallVec<[&[Acc]; 4]> = SmallVec::new();
         for g in &self.groups {

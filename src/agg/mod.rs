@@ -21,7 +21,7 @@
 //! variant and one line appended last in the `families!` list that declares [`Acc`] (see
 //! `docs/architecture.md`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -341,8 +341,41 @@ impl Corr {
     }
 }
 
-/// Variances computed for one query, by (group, accumulator).
-pub type VarCache = RefCell<SmallVec<[((usize, usize), f64); 4]>>;
+/// Variances computed for one query, by (group, accumulator): var and std of a column share
+/// one. A few slots, reused in turn (a plan reading more variances recomputes some: the same
+/// answers); cheaper to ask than a growing list behind a `RefCell`.
+pub struct VarCache {
+    slots: [Cell<(usize, usize, f64)>; 4],
+    next: Cell<usize>,
+}
+
+impl Default for VarCache {
+    fn default() -> Self {
+        VarCache {
+            slots: [const { Cell::new((usize::MAX, usize::MAX, 0.0)) }; 4],
+            next: Cell::new(0),
+        }
+    }
+}
+
+impl VarCache {
+    /// The variance of accumulator `key` (group, index), if computed for this query.
+    #[inline]
+    pub fn get(&self, key: (usize, usize)) -> Option<f64> {
+        self.slots
+            .iter()
+            .map(Cell::get)
+            .find(|s| (s.0, s.1) == key)
+            .map(|s| s.2)
+    }
+    /// Remember the variance of accumulator `key` for this query.
+    #[inline]
+    pub fn put(&self, key: (usize, usize), var: f64) {
+        let n = self.next.get();
+        self.slots[n % 4].set((key.0, key.1, var));
+        self.next.set(n.wrapping_add(1));
+    }
+}
 
 /// The least and greatest non-null value (in `f64::total_cmp` order) of a column over a run of
 /// buffered rows, computed once per query and keyed by (rows from, rows to, column): the min
