@@ -50,7 +50,7 @@ pub fn eval(v: &View<'_>, o: &Output) -> f64 {
     if let Some(h) = v.hop {
         let first = crate::time::floor_div(v.t, h).saturating_sub(v.window.unwrap_or(0) / h);
         let (a0, a1) = c.settled_add;
-        ((v.tile_events)(first) + (a1 - a0)) as f64
+        ((v.tile_events)(v.group, first) + (a1 - a0)) as f64
     } else if v.window.is_none() {
         // every row before `hi_q`, evicted ones included
         c.hi_q as f64

@@ -146,19 +146,23 @@ pub fn eval(v: &View<'_>, o: &Output) -> f64 {
     };
     let (h, col, t) = (*half_life, *col, v.t);
     let (ct, w) = decay_cell(t, h);
-    let mut removed = v.removed().peekable();
-    let mut added = v.added().peekable();
-    let mut live = cells.range(ct.saturating_sub(DECAY_MAX_AGE_PERIODS), ct);
-    if let (Some((c, cell)), None, None, None) =
-        (live.next(), live.next(), removed.peek(), added.peek())
-    {
-        // One cell and no corrections (a query at "now", or backfill): the cell is the total.
-        return cell.to_f64_scaled((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32) / w;
+    let lo = ct.saturating_sub(DECAY_MAX_AGE_PERIODS);
+    if !v.corr.corrects() {
+        // No corrections (a query at "now", or backfill): one cell is the total; several (a
+        // window across a period boundary) add up in an i128 when they fit.
+        let mut live = cells.range(lo, ct);
+        if let (Some((c, cell)), None) = (live.next(), live.next()) {
+            return cell.to_f64_scaled((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32) / w;
+        }
+        if let Some(total) = cells_i128(cells.range(lo, ct), ct) {
+            return total / w;
+        }
     }
+    let (removed, added) = (v.removed(), v.added());
     let mut total = ExactSum::new();
     // Cells after `ct` hold only events after `t` (the eager region of a query in the past):
     // they and their corrections are left out whole.
-    for (c, cell) in cells.range(ct.saturating_sub(DECAY_MAX_AGE_PERIODS), ct) {
+    for (c, cell) in cells.range(lo, ct) {
         let mut scaled = cell.clone();
         scaled.scale_pow2((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32);
         total.add_assign(&scaled);
@@ -179,6 +183,49 @@ pub fn eval(v: &View<'_>, o: &Output) -> f64 {
     }
     // w = 2^((t - ct*P)/h) >= 1: dividing by it is the decay from the cell start to t.
     total.to_f64() / w
+}
+
+/// `2^e` for a normal exponent `e`.
+#[inline]
+fn pow2(e: i32) -> f64 {
+    f64::from_bits(((e + 1023) as u64) << 52)
+}
+
+/// The exact total of `cells`, each scaled to the period `ct` (`2^(-P (ct - c))`), rounded to
+/// the nearest f64: the same value as `to_f64` of their [`ExactSum`] total, computed in an i128
+/// at the cells' lowest exponent. `None` when a cell or the total leaves the i128, or the
+/// exponent the range where `i128 * 2^exp` rounds in one step (the general path answers).
+#[inline]
+fn cells_i128<'a>(cells: impl Iterator<Item = (i64, &'a ExactSum)>, ct: i64) -> Option<f64> {
+    let mut parts: SmallVec<[(i128, i64); 2]> = SmallVec::new();
+    for (c, cell) in cells {
+        let (v, e) = cell.as_i128()?;
+        if v != 0 {
+            parts.push((v, e as i64 - (ct - c) * DECAY_PERIOD_HALF_LIVES));
+        }
+    }
+    let Some(low) = parts.iter().map(|p| p.1).min() else {
+        return Some(0.0);
+    };
+    let mut total: i128 = 0;
+    for (v, e) in parts {
+        let sh = (e - low) as u32;
+        if sh >= 127 {
+            return None;
+        }
+        let shifted = v << sh;
+        if shifted >> sh != v {
+            return None;
+        }
+        total = total.checked_add(shifted)?;
+    }
+    if total == 0 {
+        return Some(0.0);
+    }
+    if !(-1000..=800).contains(&low) {
+        return None;
+    }
+    Some(crate::exact::i128_to_f64(total) * pow2(low as i32))
 }
 
 #[cfg(test)]
@@ -209,5 +256,40 @@ mod tests {
         back.remove(7);
         back.retain(|c| c > 0);
         assert_eq!(back.iter().map(|(c, _)| c).collect::<Vec<_>>(), vec![40]);
+    }
+
+    proptest::proptest! {
+        // The i128 total of several cells (a read with no corrections) is the general path's:
+        // `to_f64` of the cells' exact total, each scaled to the query's period, whenever it
+        // answers; everyday cells (values times weights up to 2^32) always take it.
+        #[test]
+        fn cells_i128_is_the_exact_total(
+            cells in proptest::collection::vec(
+                (0i64..4, proptest::collection::vec((-(1i64 << 40)..(1i64 << 40), -60i32..60), 1..6)),
+                0..4,
+            ),
+            ct in 0i64..5,
+        ) {
+            let mut dc = DecayCells::default();
+            for (c, xs) in &cells {
+                for &(m, e) in xs {
+                    dc.entry(*c).add(m as f64 * 2f64.powi(e));
+                }
+            }
+            let mut total = ExactSum::new();
+            for (c, cell) in dc.range(ct - DECAY_MAX_AGE_PERIODS, ct) {
+                let mut scaled = cell.clone();
+                scaled.scale_pow2((-(ct - c) * DECAY_PERIOD_HALF_LIVES) as i32);
+                total.add_assign(&scaled);
+            }
+            let got = cells_i128(dc.range(ct - DECAY_MAX_AGE_PERIODS, ct), ct);
+            if let Some(x) = got {
+                proptest::prop_assert_eq!(x.to_bits(), total.to_f64().to_bits());
+            }
+            let everyday = cells.iter().all(|(_, xs)| xs.iter().all(|&(_, e)| (-20..20).contains(&e)));
+            if everyday && cells.iter().all(|(c, _)| ct - c <= 1) {
+                proptest::prop_assert!(got.is_some());
+            }
+        }
     }
 }

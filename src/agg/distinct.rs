@@ -67,6 +67,9 @@ pub fn eval(v: &View<'_>, o: &Output) -> f64 {
     let (Acc::Distinct(Distinct(map)), AccPlan::Distinct { col }) = (v.acc(i), &v.plans[i]) else {
         return f64::NAN;
     };
+    if !v.corr.corrects() {
+        return map.len() as f64;
+    }
     let col = *col;
     let mut delta: HashMap<u64, i64> = HashMap::new();
     for row in v.removed() {

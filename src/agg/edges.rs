@@ -160,7 +160,11 @@ pub fn time_since_last(v: &View<'_>, o: &Output) -> f64 {
         edges(v, o).and_then(|e| e.last).map(|(ts, _)| ts)
     };
     match last_ts {
-        Some(ts) => (v.t as i128 - ts as i128) as f64 / 1e9,
+        // an i64 difference converts as its i128 does (both round to nearest), in one instruction
+        Some(ts) => match v.t.checked_sub(ts) {
+            Some(d) => d as f64 / 1e9,
+            None => (v.t as i128 - ts as i128) as f64 / 1e9,
+        },
         None => f64::NAN,
     }
 }

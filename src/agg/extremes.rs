@@ -106,10 +106,15 @@ pub fn eval(v: &View<'_>, o: &Output) -> f64 {
     // (a sliding window's deque may be a longer window's: its entries from `start` on are this
     // window's deque, `GroupPlan::shared`)
     let best: Option<f64> = match v.stored_acc(i) {
-        Acc::Extreme(Extreme(dq)) => {
-            let k = dq.partition_point(|&(ts, _)| ts < start);
-            dq.get(k).map(|&(_, v)| v)
-        }
+        Acc::Extreme(Extreme(dq)) => match dq.front() {
+            // the usual deque: its own window's, expired to the settled window's start
+            Some(&(ts, x)) if ts >= start => Some(x),
+            None => None,
+            Some(_) => {
+                let k = dq.partition_point(|&(ts, _)| ts < start);
+                dq.get(k).map(|&(_, v)| v)
+            }
+        },
         _ => None,
     };
     // The extreme of a set under `total_cmp` (a total order: equal only for the same bits) is
@@ -143,11 +148,19 @@ fn pick(best: Option<f64>, rows: Option<(f64, f64)>, max: bool) -> Option<f64> {
 /// The least and greatest non-null value of column `col` over the buffered rows past the
 /// settled region of the view (`None`: no such value), scanned once per query for all the
 /// min / max outputs that read the same rows ([`super::ExtremesCache`]).
+#[inline]
 fn row_extremes(v: &View<'_>, col: usize) -> Option<(f64, f64)> {
     let r = v.corr.settled_add;
     if r.0 >= r.1 {
         return None;
     }
+    row_extremes_cached(v, r, col)
+}
+
+/// [`row_extremes`] of a non-empty run of rows `r`: out of line (most reads have no rows past
+/// the settled region; `eval` then needs no stack frame for the scan).
+#[inline(never)]
+fn row_extremes_cached(v: &View<'_>, r: (u64, u64), col: usize) -> Option<(f64, f64)> {
     let key = (r.0, r.1, col);
     if let Some(c) = v.extremes_cache.borrow().iter().find(|c| c.0 == key) {
         return c.1;

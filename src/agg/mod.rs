@@ -21,7 +21,7 @@
 //! variant and one line appended last in the `families!` list that declares [`Acc`] (see
 //! `docs/architecture.md`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -315,6 +315,7 @@ impl<'a> Rows<'a> {
 }
 
 /// Rows (absolute position ranges `from..to`) that correct a group's state to one query window.
+#[derive(Clone, Copy, Debug)]
 pub struct Corr {
     /// Buffered rows inside the window past the settled region (extremes, first/last scan them).
     pub settled_add: (u64, u64),
@@ -326,8 +327,55 @@ pub struct Corr {
     pub hi_q: u64,
 }
 
-/// Variances computed for one query, by (group, accumulator).
-pub type VarCache = RefCell<SmallVec<[((usize, usize), f64); 4]>>;
+impl Corr {
+    /// No rows to fold in or out, and none past the settled region in the window: the stored
+    /// accumulators are the window's (a read at the settled point).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.settled_add.0 >= self.settled_add.1 && !self.corrects()
+    }
+    /// Some rows to fold out of or into the eager accumulators.
+    #[inline]
+    pub fn corrects(&self) -> bool {
+        self.rem[0].0 < self.rem[0].1 || self.rem[1].0 < self.rem[1].1 || self.add.0 < self.add.1
+    }
+}
+
+/// Variances computed for one query, by (group, accumulator): var and std of a column share
+/// one. A few slots, reused in turn (a plan reading more variances recomputes some: the same
+/// answers); cheaper to ask than a growing list behind a `RefCell`.
+pub struct VarCache {
+    slots: [Cell<(usize, usize, f64)>; 4],
+    next: Cell<usize>,
+}
+
+impl Default for VarCache {
+    fn default() -> Self {
+        VarCache {
+            slots: [const { Cell::new((usize::MAX, usize::MAX, 0.0)) }; 4],
+            next: Cell::new(0),
+        }
+    }
+}
+
+impl VarCache {
+    /// The variance of accumulator `key` (group, index), if computed for this query.
+    #[inline]
+    pub fn get(&self, key: (usize, usize)) -> Option<f64> {
+        self.slots
+            .iter()
+            .map(Cell::get)
+            .find(|s| (s.0, s.1) == key)
+            .map(|s| s.2)
+    }
+    /// Remember the variance of accumulator `key` for this query.
+    #[inline]
+    pub fn put(&self, key: (usize, usize), var: f64) {
+        let n = self.next.get();
+        self.slots[n % 4].set((key.0, key.1, var));
+        self.next.set(n.wrapping_add(1));
+    }
+}
 
 /// The least and greatest non-null value (in `f64::total_cmp` order) of a column over a run of
 /// buffered rows, computed once per query and keyed by (rows from, rows to, column): the min
@@ -352,8 +400,8 @@ pub struct View<'a> {
     pub(crate) shared: &'a [Option<(usize, usize)>],
     pub(crate) stored: &'a [&'a [Acc]],
     pub(crate) views: &'a [(usize, usize, Acc)],
-    /// Events of the group's settled tiles with id `>= first`.
-    pub(crate) tile_events: &'a dyn Fn(i64) -> u64,
+    /// Events of group `g`'s settled tiles with id `>= first`: `tile_events(g, first)`.
+    pub(crate) tile_events: &'a dyn Fn(usize, i64) -> u64,
     /// Variances computed for this query, by (group, accumulator): var and std share one.
     pub(crate) var_cache: &'a VarCache,
     /// Row extremes computed for this query (see [`ExtremesCache`]).

@@ -72,11 +72,11 @@ fn cached_var(v: &View<'_>, o: &Output) -> f64 {
         return f64::NAN;
     };
     let key = (v.group, i);
-    if let Some(c) = v.var_cache.borrow().iter().find(|c| c.0 == key) {
-        return c.1;
+    if let Some(var) = v.var_cache.get(key) {
+        return var;
     }
     let var = moments(v, o).map_or(f64::NAN, |m| variance(m.n, &m.s1, &m.s2));
-    v.var_cache.borrow_mut().push((key, var));
+    v.var_cache.put(key, var);
     var
 }
 
