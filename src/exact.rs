@@ -985,7 +985,7 @@ mod tests {
             let mut added: Vec<(bool, u128, i32)> = Vec::new();
             for (mant, e, square, undo) in ops {
                 let m = mant.unsigned_abs() as u128;
-                let m = if square { m * m >> 1 } else { m };
+                let m = if square { (m * m) >> 1 } else { m };
                 let op = (mant < 0, m, e);
                 a.add_scaled_wide(op.0, op.1, op.2);
                 general(&mut b, op.0, op.1, op.2);
