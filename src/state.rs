@@ -595,16 +595,17 @@ impl KeyState {
             g.hi = self.buf.scan(from, s);
             if g.hi > from {
                 let rows = self.buf.rows();
-                // (a deque another group's answers for is left empty: `GroupPlan::shared`)
-                for ((acc, ap), sh) in g.accs.iter_mut().zip(&gp.accs).zip(&gp.shared) {
-                    if !acc.eager() && sh.is_none() {
-                        acc.apply_rows(ap, rows.run((from, g.hi)), 1, lifetime);
+                // the non-eager accumulators (a deque another group's answers for is left
+                // empty: `GroupPlan::shared`)
+                for &i in &gp.steps.settle {
+                    if gp.shared[i].is_none() {
+                        g.accs[i].apply_rows(&gp.accs[i], rows.run((from, g.hi)), 1, lifetime);
                     }
                 }
-                // lifetime picks of strings compare the strings (numeric-only plans skip this)
-                if lifetime && plan.has_text_columns() {
-                    for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                        acc.fold_texts(ap, rows.run((from, g.hi)), &self.texts);
+                // lifetime picks of strings compare the strings
+                if lifetime {
+                    for &i in &gp.steps.texts {
+                        g.accs[i].fold_texts(&gp.accs[i], rows.run((from, g.hi)), &self.texts);
                     }
                 }
             }
@@ -612,8 +613,8 @@ impl KeyState {
                 Some(w) => {
                     let start = s.saturating_sub(w);
                     g.lo = self.buf.scan(g.lo, start).min(g.hi);
-                    for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                        acc.settled(ap, s, Some(start));
+                    for &i in &gp.steps.after {
+                        g.accs[i].settled(&gp.accs[i], s, Some(start));
                     }
                     Self::fold_out_eager(&self.buf, g, gp, Self::eager_start(g, w, s, lead));
                     keep_from = keep_from.min(g.lo);
@@ -621,8 +622,8 @@ impl KeyState {
                 None => {
                     g.lo = g.hi;
                     keep_from = keep_from.min(g.hi);
-                    for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                        acc.settled(ap, s, None);
+                    for &i in &gp.steps.after {
+                        g.accs[i].settled(&gp.accs[i], s, None);
                     }
                 }
             }
@@ -704,10 +705,8 @@ impl KeyState {
         g.e_lo = buf.scan(from, e_start);
         if g.e_lo > from {
             let rows = buf.rows();
-            for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                if acc.eager() {
-                    acc.apply_rows(ap, rows.run((from, g.e_lo)), -1, false);
-                }
+            for &i in &gp.steps.eager {
+                g.accs[i].apply_rows(&gp.accs[i], rows.run((from, g.e_lo)), -1, false);
             }
         }
         g.e_start = e_start;
