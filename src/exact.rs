@@ -239,6 +239,21 @@ impl ExactSum {
     /// sum to the four inline limbs and retries the fast path; else any width, on the heap.
     #[inline(never)]
     fn add_scaled_slow(&mut self, negative: bool, m: u128, e: i32) {
+        if !self.limbs.spilled() && self.is_zero() {
+            // A zero in inline limbs (a new sum, a window that emptied): the state that
+            // clearing and widening it in `add_scaled_general` reaches (four zero limbs at
+            // `e`), in one step.
+            self.limbs = SmallVec::from_buf([0; 4]);
+            self.exp = e;
+            if self.try_add_inline(negative, m, e) {
+                return;
+            }
+        }
+        self.add_scaled_general(negative, m, e)
+    }
+
+    /// [`Self::add_scaled_slow`] without its shortcut for a zero: any state, any addend.
+    fn add_scaled_general(&mut self, negative: bool, m: u128, e: i32) {
         if self.is_zero() {
             self.limbs.clear();
             self.exp = e;
@@ -947,6 +962,43 @@ mod tests {
             let mut copy = s.clone();
             copy.scale_pow2(k);
             proptest::prop_assert_eq!(s.to_f64_scaled(k).to_bits(), copy.to_f64().to_bits());
+        }
+
+        // The slow path's shortcut for a zero (a new sum, or one that returned to zero) leaves
+        // the state the general path leaves, limb for limb, across additions and removals
+        // that empty the sum and restart it at higher and lower exponents (and sums, squares,
+        // wide and spilled ones, which take the general path).
+        #[test]
+        fn zero_shortcut_is_the_general_path(
+            ops in proptest::collection::vec(
+                (proptest::prop_oneof![-8i64..8, -(1i64 << 53)..(1i64 << 53)],
+                 proptest::prop_oneof![-4i32..4, -300i32..300],
+                 proptest::bool::ANY, 0usize..3),
+                1..40),
+        ) {
+            let general = |s: &mut ExactSum, neg: bool, m: u128, e: i32| {
+                if m != 0 && !s.try_add_inline(neg, m, e) {
+                    s.add_scaled_general(neg, m, e);
+                }
+            };
+            let (mut a, mut b) = (ExactSum::new(), ExactSum::new());
+            let mut added: Vec<(bool, u128, i32)> = Vec::new();
+            for (mant, e, square, undo) in ops {
+                let m = mant.unsigned_abs() as u128;
+                let m = if square { (m * m) >> 1 } else { m };
+                let op = (mant < 0, m, e);
+                a.add_scaled_wide(op.0, op.1, op.2);
+                general(&mut b, op.0, op.1, op.2);
+                added.push(op);
+                proptest::prop_assert_eq!(format!("{a:?}"), format!("{b:?}"));
+                // take some back out, oldest first (the sum returns to zero when all leave)
+                for _ in 0..undo.min(added.len()) {
+                    let (neg, m, e) = added.remove(0);
+                    a.add_scaled_wide(!neg, m, e);
+                    general(&mut b, !neg, m, e);
+                    proptest::prop_assert_eq!(format!("{a:?}"), format!("{b:?}"));
+                }
+            }
         }
     }
 }

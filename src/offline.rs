@@ -425,7 +425,7 @@ pub fn backfill(
         if qs.is_empty() {
             return;
         }
-        state.reset(i64::MIN);
+        state.reset(i64::MIN, evs.len());
         let mut j = 0;
         for q in qs {
             while j < evs.len() && evs[j].ts < q.ts {

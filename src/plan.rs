@@ -32,6 +32,51 @@ pub struct GroupPlan {
     /// Per accumulator: `Some((group, acc))` when another group's stored accumulator answers
     /// for it and its own is left empty (see [`share_extremes`]); `None`: its own.
     pub shared: Vec<Option<(usize, usize)>>,
+    /// Which accumulators each step of settling touches (derived from `accs`, `window` and
+    /// `hop`).
+    pub steps: Steps,
+}
+
+/// The accumulators (indices into [`GroupPlan::accs`]) that each step of settling a group
+/// touches, so that settling walks only those (`state.rs`).
+#[derive(Clone, Debug, Default)]
+pub struct Steps {
+    /// Not eager: folded into the settled region as rows settle (but for deques another
+    /// group's answer for, [`GroupPlan::shared`]).
+    pub settle: Vec<usize>,
+    /// Eager: folded out as rows leave the eager region.
+    pub eager: Vec<usize>,
+    /// Those whose `Acc::settled` does something: extremes of sliding windows, decayed sums of
+    /// lifetime windows.
+    pub after: Vec<usize>,
+    /// String picks (lifetime windows).
+    pub texts: Vec<usize>,
+}
+
+impl Steps {
+    fn of(g: &GroupPlan) -> Steps {
+        let mut s = Steps::default();
+        let sliding = g.window.is_some() && g.hop.is_none();
+        for (i, a) in g.accs.iter().enumerate() {
+            if crate::agg::Acc::new(a).eager() {
+                s.eager.push(i);
+            } else {
+                s.settle.push(i);
+            }
+            let after = match a {
+                AccPlan::Extreme { .. } => sliding,
+                AccPlan::Decay { .. } => g.window.is_none(),
+                _ => false,
+            };
+            if after {
+                s.after.push(i);
+            }
+            if matches!(a, AccPlan::TextPick { .. }) {
+                s.texts.push(i);
+            }
+        }
+        s
+    }
 }
 
 impl GroupPlan {
@@ -97,6 +142,7 @@ fn share_extremes(groups: &mut [GroupPlan]) {
     }
     for (g, s) in groups.iter_mut().zip(shared) {
         g.shared = s;
+        g.steps = Steps::of(g);
     }
 }
 
@@ -136,6 +182,7 @@ impl Plan {
                         hop: f.hop,
                         accs: Vec::new(),
                         shared: Vec::new(),
+                        steps: Steps::default(),
                     });
                     groups.len() - 1
                 }
@@ -242,5 +289,112 @@ impl Plan {
 
     pub fn n_features(&self) -> usize {
         self.outputs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settling_steps_list_the_accumulators_each_step_touches() {
+        // the benchmark's feature set: 1h and 24h windows (min / max of 1h read the 24h
+        // deques), a string column, lifetime last / time_since_last / decayed sum / first of
+        // a string, and a tiled window
+        let f = |agg: &str, extra: &str| format!(r#"{{"agg": "{agg}"{extra}}}"#);
+        let mut feats = Vec::new();
+        for w in ["1h", "24h"] {
+            for a in ["count", "sum", "mean", "min", "max", "var", "std"] {
+                let col = if a == "count" {
+                    ""
+                } else {
+                    r#", "column": "v""#
+                };
+                feats.push(f(a, &format!(r#", "window": "{w}"{col}"#)));
+            }
+        }
+        feats.push(f("distinct_count", r#", "window": "24h", "column": "c""#));
+        feats.push(f(
+            "decayed_sum",
+            r#", "window": "24h", "column": "v", "half_life": "1h""#,
+        ));
+        feats.push(f("last", r#", "column": "v""#));
+        feats.push(f("time_since_last", ""));
+        feats.push(f("decayed_sum", r#", "column": "v", "half_life": "1h""#));
+        feats.push(f("first", r#", "column": "c""#));
+        feats.push(f("max", r#", "window": "1h", "hop": "15m", "column": "v""#));
+        let feats: Vec<String> = feats
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| format!(r#"{}, "name": "f{i}"}}"#, &s[..s.len() - 1]))
+            .collect();
+        let doc = format!(
+            r#"{{"version": 1, "entity": "k", "timestamp": "ts", "string_columns": ["c"], "features": [{}]}}"#,
+            feats.join(", ")
+        );
+        let plan = Plan::new(Spec::from_json(&doc).unwrap());
+        // settle, eager, after, texts
+        type Lists<'a> = (&'a [usize], &'a [usize], &'a [usize], &'a [usize]);
+        let steps: Vec<Lists<'_>> = plan
+            .groups
+            .iter()
+            .map(|g| {
+                let s = &g.steps;
+                (&s.settle[..], &s.eager[..], &s.after[..], &s.texts[..])
+            })
+            .collect();
+        let accs: Vec<&[AccPlan]> = plan.groups.iter().map(|g| &g.accs[..]).collect();
+        use AccPlan as A;
+        let (v, c) = (0, 1);
+        let m = A::Moments {
+            col: v,
+            squares: true,
+        };
+        let (lo, hi) = (
+            A::Extreme { col: v, max: false },
+            A::Extreme { col: v, max: true },
+        );
+        assert_eq!(
+            accs,
+            [
+                &[m.clone(), lo.clone(), hi.clone()][..],
+                &[
+                    m,
+                    lo,
+                    hi.clone(),
+                    A::Distinct { col: c },
+                    A::Decay {
+                        col: v,
+                        half_life: 3_600_000_000_000
+                    }
+                ],
+                &[
+                    A::Edges { col: Some(v) },
+                    A::Edges { col: None },
+                    A::Decay {
+                        col: v,
+                        half_life: 3_600_000_000_000
+                    },
+                    A::TextPick {
+                        col: c,
+                        pick: crate::agg::Pick::First
+                    },
+                ],
+                &[hi],
+            ]
+        );
+        let none: &[usize] = &[];
+        assert_eq!(
+            steps,
+            [
+                // 1h: its deques are the 24h ones (`shared`: settling skips them)
+                (&[1, 2][..], &[0][..], &[1, 2][..], none),
+                (&[1, 2][..], &[0, 3, 4][..], &[1, 2][..], none),
+                // lifetime: edges fold in, the decayed sum ages, the pick folds its strings
+                (&[0, 1, 3][..], &[2][..], &[2][..], &[3][..]),
+                // tiled: extremes are read from the rows; nothing expires
+                (&[0][..], none, none, none),
+            ]
+        );
     }
 }

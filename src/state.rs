@@ -44,6 +44,11 @@ pub struct Buf {
     off: usize,
     /// Absolute position of the first live row.
     base: u64,
+    /// Keep the allocation when rows leave (backfill: one state serves a worker's keys one
+    /// after another, so capacity given back is asked for again by the next key). Not
+    /// stored: a loaded state gives capacity back.
+    #[serde(skip)]
+    keep_capacity: bool,
 }
 
 impl Buf {
@@ -53,6 +58,7 @@ impl Buf {
             data: Vec::new(),
             off: 0,
             base: 0,
+            keep_capacity: false,
         }
     }
     #[inline]
@@ -162,11 +168,11 @@ impl Buf {
             self.data.drain(0..self.off * self.stride);
             self.off = 0;
             let len = self.data.len();
-            if self.data.capacity() > len * 5 / 2 {
+            if !self.keep_capacity && self.data.capacity() > len * 5 / 2 {
                 self.data.shrink_to(len * 7 / 4);
             }
         }
-        if self.is_empty() && self.data.capacity() > 64 {
+        if !self.keep_capacity && self.is_empty() && self.data.capacity() > 64 {
             self.data.shrink_to(16 * self.stride);
         }
     }
@@ -183,12 +189,17 @@ impl Buf {
     fn bytes(&self) -> usize {
         std::mem::size_of::<Self>() + 8 * self.data.capacity()
     }
-    /// Empty, as new, keeping the allocation.
-    fn clear(&mut self) {
+    /// Empty, as new, keeping the allocation, with room for `rows` rows (at most
+    /// [`Self::MAX_RESERVE`]); from now on the allocation is kept (`keep_capacity`).
+    fn clear_for(&mut self, rows: usize) {
         self.data.clear();
         self.off = 0;
         self.base = 0;
+        self.keep_capacity = true;
+        self.data.reserve(rows.min(Self::MAX_RESERVE) * self.stride);
     }
+    /// Rows [`Self::clear_for`] reserves at most (a large key grows as it needs).
+    const MAX_RESERVE: usize = 4096;
 }
 
 #[cfg(test)]
@@ -221,8 +232,16 @@ mod buf_tests {
         #[test]
         fn evictions_keep_the_rows_and_give_back_capacity(
             steps in proptest::collection::vec((0i64..1_000, 0usize..8, 0usize..4), 1..400),
+            keep in proptest::option::of(0usize..100),
         ) {
             let mut b = Buf::new(2);
+            // backfill's buffer (`clear_for`): room for some rows, and capacity kept
+            if let Some(rows) = keep {
+                b.insert(5, &[1]);
+                b.clear_for(rows);
+                prop_assert!(b.is_empty() && b.data.capacity() >= 2 * rows);
+            }
+            let mut cap = b.data.capacity();
             let mut model: Vec<(i64, u64)> = Vec::new();
             let mut base = 0u64;
             for (i, (t, inserts, evicts)) in steps.into_iter().enumerate() {
@@ -241,7 +260,10 @@ mod buf_tests {
                 let rows: Vec<(i64, u64)> =
                     (base..b.end()).map(|p| (b.ts(p), b.row(p)[1])).collect();
                 prop_assert_eq!(&rows, &model);
-                if b.off == 0 && b.data.len() > 64 * b.stride {
+                if keep.is_some() {
+                    prop_assert!(b.data.capacity() >= cap);
+                    cap = b.data.capacity();
+                } else if b.off == 0 && b.data.len() > 64 * b.stride {
                     prop_assert!(b.data.capacity() <= b.data.len() * 5 / 2);
                 }
             }
@@ -388,11 +410,13 @@ impl KeyState {
     }
 
     /// Back to `KeyState::new(plan, settled)` (same plan) for another key, keeping allocations (backfill
-    /// workers reuse one state for all their keys).
-    pub fn reset(&mut self, settled: i64) {
+    /// workers reuse one state for all their keys), with buffer room for `events` events (the
+    /// key's event count, when known: no reallocation as they arrive). From then on the buffer
+    /// keeps its allocation as rows leave (the next key will need it again).
+    pub fn reset(&mut self, settled: i64, events: usize) {
         self.settled = settled;
         self.last_ts = i64::MIN;
-        self.buf.clear();
+        self.buf.clear_for(events);
         self.texts.clear();
         self.tile_rows.clear();
         for g in self.groups.iter_mut() {
@@ -571,16 +595,17 @@ impl KeyState {
             g.hi = self.buf.scan(from, s);
             if g.hi > from {
                 let rows = self.buf.rows();
-                // (a deque another group's answers for is left empty: `GroupPlan::shared`)
-                for ((acc, ap), sh) in g.accs.iter_mut().zip(&gp.accs).zip(&gp.shared) {
-                    if !acc.eager() && sh.is_none() {
-                        acc.apply_rows(ap, rows.run((from, g.hi)), 1, lifetime);
+                // the non-eager accumulators (a deque another group's answers for is left
+                // empty: `GroupPlan::shared`)
+                for &i in &gp.steps.settle {
+                    if gp.shared[i].is_none() {
+                        g.accs[i].apply_rows(&gp.accs[i], rows.run((from, g.hi)), 1, lifetime);
                     }
                 }
-                // lifetime picks of strings compare the strings (numeric-only plans skip this)
-                if lifetime && plan.has_text_columns() {
-                    for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                        acc.fold_texts(ap, rows.run((from, g.hi)), &self.texts);
+                // lifetime picks of strings compare the strings
+                if lifetime {
+                    for &i in &gp.steps.texts {
+                        g.accs[i].fold_texts(&gp.accs[i], rows.run((from, g.hi)), &self.texts);
                     }
                 }
             }
@@ -588,8 +613,8 @@ impl KeyState {
                 Some(w) => {
                     let start = s.saturating_sub(w);
                     g.lo = self.buf.scan(g.lo, start).min(g.hi);
-                    for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                        acc.settled(ap, s, Some(start));
+                    for &i in &gp.steps.after {
+                        g.accs[i].settled(&gp.accs[i], s, Some(start));
                     }
                     Self::fold_out_eager(&self.buf, g, gp, Self::eager_start(g, w, s, lead));
                     keep_from = keep_from.min(g.lo);
@@ -597,8 +622,8 @@ impl KeyState {
                 None => {
                     g.lo = g.hi;
                     keep_from = keep_from.min(g.hi);
-                    for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                        acc.settled(ap, s, None);
+                    for &i in &gp.steps.after {
+                        g.accs[i].settled(&gp.accs[i], s, None);
                     }
                 }
             }
@@ -680,10 +705,8 @@ impl KeyState {
         g.e_lo = buf.scan(from, e_start);
         if g.e_lo > from {
             let rows = buf.rows();
-            for (acc, ap) in g.accs.iter_mut().zip(&gp.accs) {
-                if acc.eager() {
-                    acc.apply_rows(ap, rows.run((from, g.e_lo)), -1, false);
-                }
+            for &i in &gp.steps.eager {
+                g.accs[i].apply_rows(&gp.accs[i], rows.run((from, g.e_lo)), -1, false);
             }
         }
         g.e_start = e_start;
