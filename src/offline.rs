@@ -240,10 +240,12 @@ fn transpose(plan: &Plan, out: &[f64], rows: usize) -> Vec<FeatureColumn> {
         .outputs
         .iter()
         .map(|o| {
+            // capacity only: every row of every column is written below (no serial zeroing of
+            // the output on the calling thread; the pages are first touched by the pool)
             if o.integer {
-                FeatureColumn::Int(vec![0; rows])
+                FeatureColumn::Int(Vec::with_capacity(rows))
             } else {
-                FeatureColumn::Float(vec![0.0; rows])
+                FeatureColumn::Float(Vec::with_capacity(rows))
             }
         })
         .collect();
@@ -271,12 +273,21 @@ fn transpose(plan: &Plan, out: &[f64], rows: usize) -> Vec<FeatureColumn> {
                     } else {
                         v.to_bits()
                     };
-                    // SAFETY: `r < rows` is inside every column, and blocks are disjoint.
-                    unsafe { *col.add(r) = bits };
+                    // SAFETY: `r < rows` is inside every column's capacity, and blocks are
+                    // disjoint.
+                    unsafe { col.add(r).write(bits) };
                 }
             }
         })
     });
+    for c in cols.iter_mut() {
+        // SAFETY: the blocks above cover rows 0..rows, and each wrote every column's row.
+        match c {
+            FeatureColumn::Int(v) => unsafe { v.set_len(rows) },
+            FeatureColumn::Float(v) => unsafe { v.set_len(rows) },
+            FeatureColumn::Text(_) => {}
+        }
+    }
     cols
 }
 
