@@ -41,16 +41,17 @@ struct Slots(*mut Entry);
 unsafe impl Sync for Slots {}
 unsafe impl Send for Slots {}
 
-/// From this many rows on, `bucket` counts and scatters with one chunk of rows per thread (a
-/// count per group per chunk: 8 bytes x groups x threads).
-const BUCKET_PARALLEL_ROWS: usize = 1 << 21;
+/// From this many rows on (and at least half as many rows as groups), `bucket` counts and
+/// scatters with one chunk of rows per thread (a count per group per chunk: 8 bytes x groups x
+/// threads, so not for inputs with far more groups than rows).
+const BUCKET_PARALLEL_ROWS: usize = 1 << 16;
 
 /// Bucket `(group, ts, idx)` rows by group (counting sort), then sort each bucket by time.
 /// Large inputs count and scatter in parallel: chunk `c` of the rows writes, inside each
 /// bucket, after the rows of chunks `0..c`, so the result is the same as a sequential pass.
 fn bucket(groups: &[u32], ts: &[i64], n_groups: usize) -> (Vec<usize>, Vec<Entry>) {
     let threads = crate::pool::num_threads();
-    let n_chunks = if groups.len() >= BUCKET_PARALLEL_ROWS {
+    let n_chunks = if groups.len() >= BUCKET_PARALLEL_ROWS && 2 * groups.len() >= n_groups {
         threads
     } else {
         1
@@ -239,10 +240,12 @@ fn transpose(plan: &Plan, out: &[f64], rows: usize) -> Vec<FeatureColumn> {
         .outputs
         .iter()
         .map(|o| {
+            // capacity only: every row of every column is written below (no serial zeroing of
+            // the output on the calling thread; the pages are first touched by the pool)
             if o.integer {
-                FeatureColumn::Int(vec![0; rows])
+                FeatureColumn::Int(Vec::with_capacity(rows))
             } else {
-                FeatureColumn::Float(vec![0.0; rows])
+                FeatureColumn::Float(Vec::with_capacity(rows))
             }
         })
         .collect();
@@ -270,13 +273,51 @@ fn transpose(plan: &Plan, out: &[f64], rows: usize) -> Vec<FeatureColumn> {
                     } else {
                         v.to_bits()
                     };
-                    // SAFETY: `r < rows` is inside every column, and blocks are disjoint.
-                    unsafe { *col.add(r) = bits };
+                    // SAFETY: `r < rows` is inside every column's capacity, and blocks are
+                    // disjoint.
+                    unsafe { col.add(r).write(bits) };
                 }
             }
         })
     });
+    for c in cols.iter_mut() {
+        // SAFETY: the blocks above cover rows 0..rows, and each wrote every column's row.
+        match c {
+            FeatureColumn::Int(v) => unsafe { v.set_len(rows) },
+            FeatureColumn::Float(v) => unsafe { v.set_len(rows) },
+            FeatureColumn::Text(_) => {}
+        }
+    }
     cols
+}
+
+/// Spine rows per task in the parallel empty-history fill.
+const FILL_ROWS: usize = 1 << 14;
+
+/// Spine rows whose key never occurs in the events (`NO_GROUP`) get the empty-history values
+/// (`empty`, one row of `out`, which is row-major with `empty.len()` columns); other rows are
+/// left as they are. In parallel over blocks of rows.
+fn fill_empty(out: &mut [f64], spine_group: &[u32], empty: &[f64]) {
+    let nf = empty.len();
+    if nf == 0 || spine_group.is_empty() {
+        return;
+    }
+    let fill = |(rows, groups): (&mut [f64], &[u32])| {
+        for (row, &g) in rows.chunks_exact_mut(nf).zip(groups) {
+            if g == NO_GROUP {
+                row.copy_from_slice(empty);
+            }
+        }
+    };
+    if spine_group.len() >= 2 * FILL_ROWS {
+        crate::pool::install(|| {
+            out.par_chunks_mut(nf * FILL_ROWS)
+                .zip(spine_group.par_chunks(FILL_ROWS))
+                .for_each(fill)
+        });
+    } else {
+        fill((out, spine_group));
+    }
 }
 
 /// Integer keys whose range is at most this many times the number of events (or 65,536) get a
@@ -290,6 +331,18 @@ fn group_ids(
     events: &Events<'_>,
     spine: &[(KeyArr<'_>, Vec<i64>)],
     n_spine: usize,
+) -> (Vec<u32>, Vec<u32>, Vec<i64>, usize) {
+    group_ids_in(events, spine, n_spine, crate::pool::num_threads())
+}
+
+/// [`group_ids`] numbering the events' keys in up to `threads` chunks of rows: each chunk
+/// numbers its keys on its own (in parallel), then the chunks' keys are merged in row order, so
+/// the ids are the same as one sequential pass's.
+fn group_ids_in(
+    events: &Events<'_>,
+    spine: &[(KeyArr<'_>, Vec<i64>)],
+    n_spine: usize,
+    threads: usize,
 ) -> (Vec<u32>, Vec<u32>, Vec<i64>, usize) {
     let mut event_group = vec![0u32; events.len()];
     let mut spine_group = Vec::with_capacity(n_spine);
@@ -305,6 +358,13 @@ fn group_ids(
             _ => None,
         })
         .collect();
+    let n_chunks = |per_chunk: usize| -> usize {
+        if events.len() < NUMBER_PARALLEL_ROWS {
+            1
+        } else {
+            threads.min(events.len() / per_chunk.max(1)).max(1)
+        }
+    };
     if let Some(ints) = ints.filter(|_| !events.is_empty()) {
         let (lo, hi) = ints
             .iter()
@@ -312,44 +372,193 @@ fn group_ids(
             .fold((i64::MAX, i64::MIN), |(lo, hi), &k| (lo.min(k), hi.max(k)));
         let span = (hi as i128 - lo as i128 + 1) as u128;
         if span <= (DENSE_KEY_SPAN_PER_EVENT * events.len() as u64).max(1 << 16) as u128 {
-            // direct table: slot k - lo holds the group id of key k
-            let mut table = vec![NO_GROUP; span as usize];
+            // direct table: slot k - lo holds the group id of key k. Numbered in chunks (a
+            // table per chunk: at most as many chunks as the events are times the span).
+            let span = span as usize;
+            let chunks = n_chunks(span);
+            let firsts = number_chunks(events, &mut event_group, chunks, |a, b, ids| {
+                // local id + 1 (0: not seen in this chunk)
+                let mut local = vec![0u32; span];
+                let mut firsts = Vec::new();
+                keys_in(events, a, b, |j, k| {
+                    let KeyRef::Int(k) = k else { unreachable!() };
+                    let slot = &mut local[(k - lo) as usize];
+                    if *slot == 0 {
+                        firsts.push(k);
+                        *slot = firsts.len() as u32;
+                    }
+                    ids[j] = *slot - 1;
+                });
+                firsts
+            });
+            let mut table = vec![NO_GROUP; span];
             let mut next = 0u32;
-            for (g, &k) in event_group
-                .iter_mut()
-                .zip(ints.iter().flat_map(|v| v.iter()))
-            {
-                let slot = &mut table[(k - lo) as usize];
-                if *slot == NO_GROUP {
-                    *slot = next;
-                    next += 1;
-                }
-                *g = *slot;
-            }
-            for (keys, ts) in spine {
-                for i in 0..ts.len() {
-                    let g = match keys.get(i) {
-                        KeyRef::Int(k) if (lo..=hi).contains(&k) => table[(k - lo) as usize],
-                        _ => NO_GROUP,
-                    };
-                    spine_group.push(g);
-                }
-            }
+            let trans: Vec<Vec<u32>> = firsts
+                .iter()
+                .map(|f| {
+                    f.iter()
+                        .map(|&k| {
+                            let slot = &mut table[(k - lo) as usize];
+                            if *slot == NO_GROUP {
+                                *slot = next;
+                                next += 1;
+                            }
+                            *slot
+                        })
+                        .collect()
+                })
+                .collect();
+            translate(&mut event_group, events.len(), chunks, &trans);
+            let table = &table;
+            map_spine(spine, n_spine, &mut spine_group, |k| match k {
+                KeyRef::Int(k) if (lo..=hi).contains(&k) => table[(k - lo) as usize],
+                _ => NO_GROUP,
+            });
             return (event_group, spine_group, spine_ts, next as usize);
         }
     }
-    let mut ids: HashMap<KeyRef<'_>, u32> = HashMap::new();
-    events.for_each_key(|i, k| {
-        let next = ids.len() as u32;
-        event_group[i] = *ids.entry(k).or_insert(next);
+    // Numbered in chunks: a map per chunk, merged in row order.
+    let chunks = n_chunks(1);
+    let firsts = number_chunks(events, &mut event_group, chunks, |a, b, ids| {
+        let mut local: HashMap<KeyRef<'_>, u32> = HashMap::new();
+        let mut firsts = Vec::new();
+        keys_in(events, a, b, |j, k| {
+            ids[j] = *local.entry(k).or_insert_with(|| {
+                firsts.push(k);
+                firsts.len() as u32 - 1
+            });
+        });
+        firsts
     });
-    for (keys, ts) in spine {
-        for i in 0..ts.len() {
-            spine_group.push(ids.get(&keys.get(i)).copied().unwrap_or(NO_GROUP));
-        }
-    }
+    let mut ids: HashMap<KeyRef<'_>, u32> = HashMap::new();
+    let trans: Vec<Vec<u32>> = firsts
+        .iter()
+        .map(|f| {
+            f.iter()
+                .map(|&k| {
+                    let next = ids.len() as u32;
+                    *ids.entry(k).or_insert(next)
+                })
+                .collect()
+        })
+        .collect();
+    translate(&mut event_group, events.len(), chunks, &trans);
+    let ids = &ids;
+    map_spine(spine, n_spine, &mut spine_group, |k| {
+        ids.get(&k).copied().unwrap_or(NO_GROUP)
+    });
     let n_groups = ids.len();
     (event_group, spine_group, spine_ts, n_groups)
+}
+
+/// From this many events on, `group_ids` numbers the keys in one chunk of rows per thread.
+const NUMBER_PARALLEL_ROWS: usize = 1 << 16;
+
+/// Rows `a..b` of chunk `c` of `n` rows in `n_chunks` chunks.
+fn chunk_range(n: usize, n_chunks: usize, c: usize) -> (usize, usize) {
+    let len = n.div_ceil(n_chunks.max(1));
+    ((c * len).min(n), ((c + 1) * len).min(n))
+}
+
+/// Visit the keys of events `a..b` in row order: `f(i - a, key of event i)`.
+fn keys_in<'s>(events: &'s Events<'_>, a: usize, b: usize, mut f: impl FnMut(usize, KeyRef<'s>)) {
+    for (batch, keys) in events.keys.iter().enumerate() {
+        let start = events.starts[batch];
+        let end = events
+            .starts
+            .get(batch + 1)
+            .copied()
+            .unwrap_or(events.len());
+        for i in start.max(a)..end.min(b) {
+            f(i - a, keys.get(i - start));
+        }
+    }
+}
+
+/// Number the keys of every chunk of the events on its own: `number(a, b, ids)` writes
+/// each event's id local to its chunk (rows `a..b`, `ids[i - a]`, in order of first occurrence
+/// inside the chunk) and returns the chunk's keys in that order. In parallel when there are
+/// several chunks.
+fn number_chunks<K: Send>(
+    events: &Events<'_>,
+    event_group: &mut [u32],
+    n_chunks: usize,
+    number: impl Fn(usize, usize, &mut [u32]) -> Vec<K> + Sync,
+) -> Vec<Vec<K>> {
+    let n = events.len();
+    let mut parts: Vec<(usize, &mut [u32])> = Vec::with_capacity(n_chunks);
+    let mut rest: &mut [u32] = event_group;
+    for c in 0..n_chunks {
+        let (a, b) = chunk_range(n, n_chunks, c);
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(b - a);
+        rest = tail;
+        parts.push((c, head));
+    }
+    let run = |(c, ids): (usize, &mut [u32])| {
+        let (a, b) = chunk_range(n, n_chunks, c);
+        number(a, b, ids)
+    };
+    if n_chunks > 1 {
+        crate::pool::install(|| parts.into_par_iter().map(run).collect())
+    } else {
+        parts.into_iter().map(run).collect()
+    }
+}
+
+/// Chunk-local ids into global ones: event `i` of chunk `c` gets `trans[c][local id]`.
+fn translate(event_group: &mut [u32], n: usize, n_chunks: usize, trans: &[Vec<u32>]) {
+    if n_chunks <= 1 {
+        // one chunk: local ids are the global ones (first occurrence over all the rows)
+        return;
+    }
+    let len = n.div_ceil(n_chunks);
+    crate::pool::install(|| {
+        event_group
+            .par_chunks_mut(len)
+            .zip(trans.par_iter())
+            .for_each(|(ids, t)| {
+                for g in ids {
+                    *g = t[*g as usize];
+                }
+            })
+    });
+}
+
+/// Spine rows per task when `map_spine` looks keys up in parallel.
+const MAP_ROWS: usize = 1 << 14;
+
+/// The group of every spine row (`lookup` of its key), in spine order, appended to `out` (empty,
+/// with capacity for `n_spine`). Large spines look up in parallel over blocks of rows.
+fn map_spine<'k>(
+    spine: &'k [(KeyArr<'_>, Vec<i64>)],
+    n_spine: usize,
+    out: &mut Vec<u32>,
+    lookup: impl Fn(KeyRef<'k>) -> u32 + Sync,
+) {
+    if n_spine < 2 * MAP_ROWS {
+        for (keys, ts) in spine {
+            out.extend((0..ts.len()).map(|i| lookup(keys.get(i))));
+        }
+        return;
+    }
+    out.resize(n_spine, 0);
+    let mut rest: &mut [u32] = out;
+    let mut jobs: Vec<(&KeyArr<'_>, usize, &mut [u32])> = Vec::new();
+    for (keys, ts) in spine {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(ts.len());
+        rest = tail;
+        for (b, block) in head.chunks_mut(MAP_ROWS).enumerate() {
+            jobs.push((keys, b * MAP_ROWS, block));
+        }
+    }
+    let lookup = &lookup;
+    crate::pool::install(|| {
+        jobs.into_par_iter().for_each(|(keys, at, block)| {
+            for (j, g) in block.iter_mut().enumerate() {
+                *g = lookup(keys.get(at + j));
+            }
+        })
+    });
 }
 
 /// Compute every feature for every spine row. `progress(done, total)` is called between
@@ -394,13 +603,10 @@ pub fn backfill(
 
     let nf = plan.n_features();
     // Row-major while computing (one spine row is one contiguous write), columns at the end.
-    let mut out = vec![f64::NAN; nf * n_spine];
-    // Spine rows whose key never occurs in the events get the empty-history values.
-    for (row, &g) in spine_group.iter().enumerate() {
-        if g == NO_GROUP {
-            out[row * nf..(row + 1) * nf].copy_from_slice(&plan.empty);
-        }
-    }
+    // Zeroed (fresh pages from the allocator, not touched here): every row is written below,
+    // by the empty-history fill or by its key's task, so the pages are first touched in parallel.
+    let mut out = vec![0.0f64; nf * n_spine];
+    fill_empty(&mut out, &spine_group, &plan.empty);
     drop(spine_group);
     drop(spine_ts);
     let shared = Out {
@@ -526,7 +732,175 @@ pub fn backfill(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::Key;
     use proptest::prelude::*;
+
+    /// A small deterministic generator (the tests need inputs above the parallel thresholds).
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    /// Group ids the slow way: numbered by first occurrence among the events, `NO_GROUP` for a
+    /// spine key without events.
+    fn reference_groups(event_keys: &[Key], spine_keys: &[Key]) -> (Vec<u32>, Vec<u32>, usize) {
+        let mut ids: std::collections::HashMap<Key, u32> = std::collections::HashMap::new();
+        let ev: Vec<u32> = event_keys
+            .iter()
+            .map(|k| {
+                let next = ids.len() as u32;
+                *ids.entry(k.clone()).or_insert(next)
+            })
+            .collect();
+        let sp = spine_keys
+            .iter()
+            .map(|k| ids.get(k).copied().unwrap_or(NO_GROUP))
+            .collect();
+        (ev, sp, ids.len())
+    }
+
+    fn arr(keys: &[Key]) -> KeyArr<'static> {
+        match keys.first() {
+            Some(Key::Str(_)) => KeyArr::Owned(
+                keys.iter()
+                    .map(|k| match k {
+                        Key::Str(s) => s.to_string(),
+                        Key::Int(_) => unreachable!(),
+                    })
+                    .collect(),
+            ),
+            _ => KeyArr::Int(
+                keys.iter()
+                    .map(|k| match k {
+                        Key::Int(v) => *v,
+                        Key::Str(_) => unreachable!(),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    // The parallel spine lookup (and the whole of `group_ids`) against the slow reference:
+    // integer keys on the direct table and on the hash map, string keys, spine keys absent
+    // from the events, several spine batches, empty events or spine, one key.
+    #[test]
+    fn group_ids_equal_reference() {
+        let mut seed = 7u64;
+        // (events, spine rows, spine batches, distinct keys, key kind)
+        for &(n_ev, n_sp, batches, n_keys, kind) in &[
+            (NUMBER_PARALLEL_ROWS + 7, 70_000usize, 3usize, 500u64, 0u8),
+            (NUMBER_PARALLEL_ROWS * 3, 70_000, 1, 500, 1),
+            (NUMBER_PARALLEL_ROWS * 2 + 1, 40_000, 4, 3000, 2),
+            (
+                NUMBER_PARALLEL_ROWS * 2,
+                40_000,
+                2,
+                NUMBER_PARALLEL_ROWS as u64,
+                0,
+            ),
+            (NUMBER_PARALLEL_ROWS, 1_000, 2, 1, 2),
+            (1_000, 3 * MAP_ROWS + 5, 2, 1, 0),
+            (1_000, 3 * MAP_ROWS + 5, 2, 1, 2),
+            (0, 2 * MAP_ROWS + 1, 1, 10, 0),
+            (0, 2 * MAP_ROWS + 1, 1, 10, 2),
+            (5_000, 0, 1, 50, 0),
+            (300, 200, 2, 20, 1),
+        ] {
+            let key = |seed: &mut u64, absent: bool| -> Key {
+                let r = lcg(seed) % n_keys + if absent { n_keys } else { 0 };
+                match kind {
+                    0 => Key::Int(r as i64 - 3),
+                    1 => Key::Int((r as i64).wrapping_mul(1 << 40)),
+                    _ => Key::Str(format!("k{r}").into()),
+                }
+            };
+            let event_keys: Vec<Key> = (0..n_ev).map(|_| key(&mut seed, false)).collect();
+            let spine_keys: Vec<Key> = (0..n_sp)
+                .map(|_| {
+                    let absent = n_ev == 0 || lcg(&mut seed) % 10 == 0;
+                    key(&mut seed, absent)
+                })
+                .collect();
+            // events in several batches too (a chunk of rows can span batches)
+            let mut events = Events::empty(0);
+            for part in event_keys.chunks(n_ev.div_ceil(3).max(1)) {
+                let _ = events.push(arr(part), vec![0; part.len()], Vec::new());
+            }
+            let mut spine = Vec::new();
+            let per = n_sp.div_ceil(batches).max(1);
+            for part in spine_keys.chunks(per) {
+                let ts: Vec<i64> = (0..part.len() as i64).collect();
+                spine.push((arr(part), ts));
+            }
+            let (want_ev, want_sp, want_n) = reference_groups(&event_keys, &spine_keys);
+            let want_ts: Vec<i64> = spine.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+            for threads in 1..=4 {
+                let (ev, sp, sp_ts, n) = group_ids_in(&events, &spine, n_sp, threads);
+                let what = format!("events {n_ev} spine {n_sp} kind {kind} threads {threads}");
+                assert_eq!(ev, want_ev, "{what}");
+                assert_eq!(sp, want_sp, "{what}");
+                assert_eq!(n, want_n, "{what}");
+                assert_eq!(sp_ts, want_ts, "{what}");
+            }
+        }
+    }
+
+    // The parallel empty-history fill writes exactly the rows without events and leaves the
+    // others as they were, at every size (and with no features at all).
+    #[test]
+    fn fill_empty_equals_sequential() {
+        let mut seed = 3u64;
+        for &(rows, nf) in &[
+            (0usize, 3usize),
+            (10, 3),
+            (2 * FILL_ROWS + 17, 5),
+            (3 * FILL_ROWS, 1),
+            (100, 0),
+        ] {
+            let groups: Vec<u32> = (0..rows)
+                .map(|_| if lcg(&mut seed) % 4 == 0 { NO_GROUP } else { 1 })
+                .collect();
+            let empty: Vec<f64> = (0..nf).map(|f| f as f64 + 0.5).collect();
+            let mut out = vec![-1.0; rows * nf];
+            fill_empty(&mut out, &groups, &empty);
+            for (r, &g) in groups.iter().enumerate() {
+                for f in 0..nf {
+                    let want = if g == NO_GROUP { empty[f] } else { -1.0 };
+                    assert_eq!(out[r * nf + f].to_bits(), want.to_bits(), "row {r} col {f}");
+                }
+            }
+        }
+    }
+
+    // `bucket` (chunked from BUCKET_PARALLEL_ROWS rows on) gives the sequential result.
+    #[test]
+    fn bucket_equals_sequential_above_threshold() {
+        let mut seed = 11u64;
+        for &(rows, n_groups) in &[
+            (BUCKET_PARALLEL_ROWS + 3, 1000usize),
+            (BUCKET_PARALLEL_ROWS * 2, 1),
+            (BUCKET_PARALLEL_ROWS, 4 * BUCKET_PARALLEL_ROWS),
+        ] {
+            let groups: Vec<u32> = (0..rows)
+                .map(|_| {
+                    let r = lcg(&mut seed);
+                    if r % 17 == 0 {
+                        NO_GROUP
+                    } else {
+                        (r % n_groups as u64) as u32
+                    }
+                })
+                .collect();
+            let ts: Vec<i64> = (0..rows).map(|_| (lcg(&mut seed) % 1000) as i64).collect();
+            let (s1, e1) = bucket_in(&groups, &ts, n_groups, 1);
+            let (s2, e2) = bucket(&groups, &ts, n_groups);
+            assert_eq!(s1, s2);
+            let key = |e: &Vec<Entry>| e.iter().map(|x| (x.ts, x.idx)).collect::<Vec<_>>();
+            assert_eq!(key(&e1), key(&e2));
+        }
+    }
 
     proptest! {
         // The parallel count-and-scatter gives exactly the sequential result (bucket order,

@@ -32,31 +32,48 @@ impl From<FeatureColumn> for Column {
     }
 }
 
+/// From this many rows on, `batch` builds the float columns' validity bitmaps in parallel.
+const PARALLEL_NULLS_ROWS: usize = 1 << 16;
+
+/// Null where NaN, packed 64 values per word (a bit-by-bit builder cost ~20 instructions per
+/// value, a sixth of a backfill's serial output phase); `None` when nothing is NaN.
+fn nan_nulls(v: &ScalarBuffer<f64>) -> Option<NullBuffer> {
+    Some(NullBuffer::new(BooleanBuffer::collect_bool(v.len(), |i| {
+        v.get(i).is_some_and(|x| !x.is_nan())
+    })))
+    .filter(|n| n.null_count() > 0)
+}
+
 /// A record batch of `rows` rows from named columns. Float columns get a validity bitmap
 /// (null where NaN) only when they hold a NaN.
 pub(crate) fn batch<S: AsRef<str>>(
     columns: impl IntoIterator<Item = (S, Column)>,
     rows: usize,
 ) -> PyResult<RecordBatch> {
+    let columns: Vec<(S, Column)> = columns.into_iter().collect();
+    // The validity bitmaps of float columns (null where NaN): one column per task on rtml's
+    // pool for large batches (a backfill's output), on the calling thread otherwise.
+    let nulls_of = |col: &Column| match col {
+        Column::Float(v, true) => nan_nulls(v),
+        _ => None,
+    };
+    let nulls: Vec<Option<NullBuffer>> = if rows >= PARALLEL_NULLS_ROWS && columns.len() > 1 {
+        use rayon::prelude::*;
+        let cols: Vec<&Column> = columns.iter().map(|(_, c)| c).collect();
+        crate::pool::install(|| cols.par_iter().map(|c| nulls_of(c)).collect())
+    } else {
+        columns.iter().map(|(_, c)| nulls_of(c)).collect()
+    };
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
-    for (name, col) in columns {
+    for ((name, col), nulls) in columns.into_iter().zip(nulls) {
         let name = name.as_ref();
         match col {
             Column::Int(v) => {
                 fields.push(Field::new(name, DataType::Int64, false));
                 arrays.push(Arc::new(Int64Array::new(v, None)));
             }
-            Column::Float(v, may_hold_nan) => {
-                // packed 64 values per word (a bit-by-bit builder cost ~20 instructions per
-                // value, a sixth of a backfill's serial output phase)
-                let nulls = may_hold_nan
-                    .then(|| {
-                        NullBuffer::new(BooleanBuffer::collect_bool(v.len(), |i| {
-                            v.get(i).is_some_and(|x| !x.is_nan())
-                        }))
-                    })
-                    .filter(|n| n.null_count() > 0);
+            Column::Float(v, _) => {
                 fields.push(Field::new(name, DataType::Float64, true));
                 arrays.push(Arc::new(Float64Array::new(v, nulls)));
             }
