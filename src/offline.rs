@@ -380,15 +380,21 @@ fn group_ids_in(
                 // local id + 1 (0: not seen in this chunk)
                 let mut local = vec![0u32; span];
                 let mut firsts = Vec::new();
-                keys_in(events, a, b, |j, k| {
-                    let KeyRef::Int(k) = k else { unreachable!() };
-                    let slot = &mut local[(k - lo) as usize];
-                    if *slot == 0 {
-                        firsts.push(k);
-                        *slot = firsts.len() as u32;
-                    }
-                    ids[j] = *slot - 1;
-                });
+                rows_in(
+                    events,
+                    &ints,
+                    |v, i| v[i],
+                    a,
+                    b,
+                    |j, k| {
+                        let slot = &mut local[(k - lo) as usize];
+                        if *slot == 0 {
+                            firsts.push(k);
+                            *slot = firsts.len() as u32;
+                        }
+                        ids[j] = *slot - 1;
+                    },
+                );
                 firsts
             });
             let mut table = vec![NO_GROUP; span];
@@ -461,8 +467,21 @@ fn chunk_range(n: usize, n_chunks: usize, c: usize) -> (usize, usize) {
 }
 
 /// Visit the keys of events `a..b` in row order: `f(i - a, key of event i)`.
-fn keys_in<'s>(events: &'s Events<'_>, a: usize, b: usize, mut f: impl FnMut(usize, KeyRef<'s>)) {
-    for (batch, keys) in events.keys.iter().enumerate() {
+fn keys_in<'s>(events: &'s Events<'_>, a: usize, b: usize, f: impl FnMut(usize, KeyRef<'s>)) {
+    rows_in(events, &events.keys, |keys, i| keys.get(i), a, b, f);
+}
+
+/// Visit rows `a..b` of per-batch columns `cols` (one per input batch, as the events' key
+/// columns) in row order: `f(i - a, get(batch's column, row in the batch))`.
+fn rows_in<'s, C, T>(
+    events: &Events<'_>,
+    cols: &'s [C],
+    get: impl Fn(&'s C, usize) -> T,
+    a: usize,
+    b: usize,
+    mut f: impl FnMut(usize, T),
+) {
+    for (batch, col) in cols.iter().enumerate() {
         let start = events.starts[batch];
         let end = events
             .starts
@@ -470,7 +489,7 @@ fn keys_in<'s>(events: &'s Events<'_>, a: usize, b: usize, mut f: impl FnMut(usi
             .copied()
             .unwrap_or(events.len());
         for i in start.max(a)..end.min(b) {
-            f(i - a, keys.get(i - start));
+            f(i - a, get(col, i - start));
         }
     }
 }

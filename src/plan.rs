@@ -301,37 +301,33 @@ mod tests {
         // the benchmark's feature set: 1h and 24h windows (min / max of 1h read the 24h
         // deques), a string column, lifetime last / time_since_last / decayed sum / first of
         // a string, and a tiled window
-        let f = |agg: &str, extra: &str| format!(r#"{{"agg": "{agg}"{extra}}}"#);
-        let mut feats = Vec::new();
+        use serde_json::{json, Value};
+        let mut feats: Vec<Value> = Vec::new();
         for w in ["1h", "24h"] {
             for a in ["count", "sum", "mean", "min", "max", "var", "std"] {
-                let col = if a == "count" {
-                    ""
-                } else {
-                    r#", "column": "v""#
-                };
-                feats.push(f(a, &format!(r#", "window": "{w}"{col}"#)));
+                let mut f = json!({"agg": a, "window": w});
+                if a != "count" {
+                    f["column"] = json!("v");
+                }
+                feats.push(f);
             }
         }
-        feats.push(f("distinct_count", r#", "window": "24h", "column": "c""#));
-        feats.push(f(
-            "decayed_sum",
-            r#", "window": "24h", "column": "v", "half_life": "1h""#,
-        ));
-        feats.push(f("last", r#", "column": "v""#));
-        feats.push(f("time_since_last", ""));
-        feats.push(f("decayed_sum", r#", "column": "v", "half_life": "1h""#));
-        feats.push(f("first", r#", "column": "c""#));
-        feats.push(f("max", r#", "window": "1h", "hop": "15m", "column": "v""#));
-        let feats: Vec<String> = feats
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| format!(r#"{}, "name": "f{i}"}}"#, &s[..s.len() - 1]))
-            .collect();
-        let doc = format!(
-            r#"{{"version": 1, "entity": "k", "timestamp": "ts", "string_columns": ["c"], "features": [{}]}}"#,
-            feats.join(", ")
-        );
+        feats.push(json!({"agg": "distinct_count", "window": "24h", "column": "c"}));
+        feats
+            .push(json!({"agg": "decayed_sum", "window": "24h", "column": "v", "half_life": "1h"}));
+        feats.push(json!({"agg": "last", "column": "v"}));
+        feats.push(json!({"agg": "time_since_last"}));
+        feats.push(json!({"agg": "decayed_sum", "column": "v", "half_life": "1h"}));
+        feats.push(json!({"agg": "first", "column": "c"}));
+        feats.push(json!({"agg": "max", "window": "1h", "hop": "15m", "column": "v"}));
+        for (i, f) in feats.iter_mut().enumerate() {
+            f["name"] = json!(format!("f{i}"));
+        }
+        let doc = json!({
+            "version": 1, "entity": "k", "timestamp": "ts", "string_columns": ["c"],
+            "features": feats,
+        })
+        .to_string();
         let plan = Plan::new(Spec::from_json(&doc).unwrap());
         // settle, eager, after, texts
         type Lists<'a> = (&'a [usize], &'a [usize], &'a [usize], &'a [usize]);
