@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings as _warnings
 
 from . import _core
-from . import exceptions as _exceptions
 from ._core import __version__, num_threads
 from ._core import debug_build as _debug_build
 from .exceptions import (
@@ -43,7 +42,6 @@ from . import (
     parity,  # noqa: E402  (rtml.parity.check after `import rtml`)
     sources,  # noqa: E402
 )
-from . import transforms as _transforms
 from .features import (
     Feature,
     FeatureSet,
@@ -98,6 +96,8 @@ from .transforms import (
 )
 from .wal import Wal  # noqa: E402
 
+# A literal list: type checkers (mypy, pyright) read __all__ without running code, so a `*` of another
+# module's __all__ hides those names from them (tests/python/test_boundary.py checks the lists agree).
 __all__ = [
     "FeatureSet",
     "backfill",
@@ -127,8 +127,52 @@ __all__ = [
     "quantile",
     "decayed_sum",
     "time_since_last",
-    *_transforms.__all__,
-    *_exceptions.__all__,
+    # transforms (rtml.transforms.__all__)
+    "Step",
+    "Transforms",
+    "TransformsEstimator",
+    "abs",
+    "add",
+    "bucketize",
+    "clip",
+    "day_of_month",
+    "day_of_week",
+    "fill_null",
+    "from_sklearn",
+    "hash_bucket",
+    "hour_of_day",
+    "impute",
+    "is_null",
+    "log1p",
+    "min_max_scale",
+    "month",
+    "mul",
+    "one_hot",
+    "ordinal",
+    "passthrough",
+    "power",
+    "quantile_bucketize",
+    "ratio",
+    "robust_scale",
+    "standard_scale",
+    "sub",
+    "target_encode",
+    # exceptions (rtml.exceptions.__all__)
+    "RtmlError",
+    "SpecError",
+    "NotFittedError",
+    "SchemaError",
+    "QueryError",
+    "SnapshotError",
+    "PoisonedError",
+    "RemoteError",
+    "RemoteUnavailableError",
+    "KeyStateError",
+    "RtmlWarning",
+    "LateEventsWarning",
+    "NullKeysWarning",
+    "AheadEventsWarning",
+    "HotKeyWarning",
     "outofcore",
     "LATE_WARNING_SHARE",
     "num_threads",

@@ -155,6 +155,41 @@ def test_get_many_with_wrong_length_at_raises_query_error_and_changes_nothing():
     assert t.column("n").to_pylist() == [3, 3]
 
 
+def test_public_names_are_a_literal_list_type_checkers_can_read():
+    """rtml.__all__ is written out: mypy and pyright read it without running code, so a `*` of
+    rtml.exceptions.__all__ inside it hid every exception from `mypy --strict` users (`rtml.RtmlError`
+    "not explicitly exported"). Every name of the submodules' lists is in it and resolves."""
+    import ast
+
+    import rtml.exceptions
+    import rtml.transforms
+
+    tree = ast.parse(pathlib.Path(rtml.__file__).read_text())
+    lists = [
+        n.value
+        for n in tree.body
+        if isinstance(n, (ast.Assign, ast.AugAssign))
+        and any(
+            isinstance(t, ast.Name) and t.id == "__all__"
+            for t in getattr(n, "targets", [getattr(n, "target", None)])
+        )
+    ]
+    assert len(lists) == 1 and isinstance(lists[0], ast.List), (
+        "rtml.__all__ must be one literal list"
+    )
+    written = [e.value for e in lists[0].elts if isinstance(e, ast.Constant)]
+    assert len(written) == len(lists[0].elts), "every entry of rtml.__all__ is a string literal"
+    assert written == list(rtml.__all__)
+    assert len(set(written)) == len(written)
+    for sub in (rtml.exceptions, rtml.transforms):
+        missing = sorted(set(sub.__all__) - set(written))
+        assert not missing, f"{sub.__name__}.__all__ names missing from rtml.__all__: {missing}"
+        for name in sub.__all__:
+            assert getattr(rtml, name) is getattr(sub, name)
+    for name in written:
+        assert hasattr(rtml, name), name
+
+
 def test_version_is_written_once_in_cargo_toml():
     cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())
