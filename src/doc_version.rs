@@ -18,6 +18,14 @@ pub fn check(doc: &serde_json::Value, what: &str, max: u32) -> Result<u32, Strin
     }
 }
 
+/// `doc` as JSON text (`what` names the document in the error). The documents are derived
+/// structs of numbers, strings and lists, which serde_json always writes; were one refused, the
+/// caller gets a typed error naming it, never an empty or partial document.
+pub fn write<T: serde::Serialize>(doc: &T, what: &str) -> crate::error::Result<String> {
+    serde_json::to_string(doc)
+        .map_err(|e| crate::error::Error::spec(what, format!("cannot be written as JSON: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::check;

@@ -206,7 +206,7 @@ impl Linear {
     }
 
     /// The versioned JSON document of the model (the saved artifact and the pickle state).
-    pub fn to_json(&self) -> String {
+    pub fn to_json(&self) -> Result<String> {
         let (z, n, w) = self.c.to_doc();
         let doc = Doc {
             format: MODEL_FORMAT.to_string(),
@@ -219,7 +219,7 @@ impl Linear {
             n,
             w,
         };
-        serde_json::to_string(&doc).expect("a model document always serializes")
+        crate::doc_version::write(&doc, "model document")
     }
 
     /// Read a model document. Refused (`Error::Spec` naming the field): another format, a newer
@@ -274,7 +274,7 @@ mod tests {
     fn document_round_trips_and_refuses_newer_and_unknown() {
         let mut m = Linear::new(Loss::Squared, ftrl(), 3).unwrap();
         m.learn_one(&[0.1, -0.2, 3.0], 0.7).unwrap();
-        let text = m.to_json();
+        let text = m.to_json().unwrap();
         assert_eq!(Linear::from_json(&text).unwrap(), m);
         let newer = text.replace("\"version\":1", "\"version\":2");
         assert!(Linear::from_json(&newer)

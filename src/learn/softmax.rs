@@ -257,7 +257,7 @@ impl Softmax {
     }
 
     /// The versioned JSON document of the model.
-    pub fn to_json(&self) -> String {
+    pub fn to_json(&self) -> Result<String> {
         let (z, n, w) = self.c.to_doc();
         let doc = Doc {
             format: SOFTMAX_FORMAT.to_string(),
@@ -270,7 +270,7 @@ impl Softmax {
             n,
             w,
         };
-        serde_json::to_string(&doc).expect("a model document always serializes")
+        crate::doc_version::write(&doc, "model document")
     }
 
     /// Read a softmax document. Refused (`Error::Spec` naming the field): another format, a
@@ -346,7 +346,7 @@ mod tests {
         )
         .unwrap();
         m.learn_one(&[0.5, -1.0], 1).unwrap();
-        let text = m.to_json();
+        let text = m.to_json().unwrap();
         assert_eq!(Softmax::from_json(&text).unwrap(), m);
         let newer = text.replace("\"version\":1", "\"version\":2");
         assert!(Softmax::from_json(&newer)

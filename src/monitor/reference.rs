@@ -109,45 +109,7 @@ impl ColumnRef {
         if bins == 0 {
             return Err(Error::spec("bins", "must be >= 1"));
         }
-        let mut v: Vec<f64> = Vec::with_capacity(values.len());
-        for (i, &x) in values.iter().enumerate() {
-            if x.is_infinite() {
-                return Err(Error::schema(
-                    name,
-                    format!("{x} at row {i}: a reference needs finite values (NaN counts as null)"),
-                ));
-            }
-            if !x.is_nan() {
-                v.push(x);
-            }
-        }
-        let nulls = (values.len() - v.len()) as u64;
-        let n = v.len();
-        let edges = quantile_edges(&mut v, bins);
-        let (min, max) = if n > 0 {
-            (
-                Some(v.iter().copied().fold(f64::INFINITY, f64::min)),
-                Some(v.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
-            )
-        } else {
-            (None, None)
-        };
-        let mut counts = Counts::new(edges.len() + 1);
-        let (lo, hi) = (
-            min.unwrap_or(f64::NEG_INFINITY),
-            max.unwrap_or(f64::INFINITY),
-        );
-        for &x in &v {
-            counts.add(numeric_code(&edges, lo, hi, x));
-        }
-        Ok(ColumnRef::Numeric {
-            name: name.to_string(),
-            edges,
-            counts: counts.bins,
-            nulls,
-            min,
-            max,
-        })
+        ColumnRef::numeric(name, values, |v| quantile_edges(v, bins))
     }
 
     /// Fit a numeric column on `bins` equal-width bins over `[lo, hi]` (edges `lo + (hi - lo)
@@ -179,33 +141,58 @@ impl ColumnRef {
                 format!("{x} at row {i} is outside the prediction range [{lo}, {hi}]"),
             ));
         }
-        let edges: Vec<f64> = (1..bins)
-            .map(|i| lo + (hi - lo) * (i as f64) / (bins as f64))
-            .collect();
-        let mut col = ColumnRef::fit_numeric(name, values, 1)?;
-        let ColumnRef::Numeric {
-            edges: e,
-            counts,
-            min,
-            max,
-            ..
-        } = &mut col
-        else {
-            unreachable!("fit_numeric makes a numeric column")
+        ColumnRef::numeric(name, values, |_| {
+            (1..bins)
+                .map(|i| lo + (hi - lo) * (i as f64) / (bins as f64))
+                .collect()
+        })
+    }
+
+    /// A numeric column on the bin edges `edges` makes of its non-null values (NaN is null,
+    /// infinite is refused); min and max are the data's.
+    fn numeric(
+        name: &str,
+        values: &[f64],
+        edges: impl FnOnce(&mut Vec<f64>) -> Vec<f64>,
+    ) -> Result<ColumnRef> {
+        let mut v: Vec<f64> = Vec::with_capacity(values.len());
+        for (i, &x) in values.iter().enumerate() {
+            if x.is_infinite() {
+                return Err(Error::schema(
+                    name,
+                    format!("{x} at row {i}: a reference needs finite values (NaN counts as null)"),
+                ));
+            }
+            if !x.is_nan() {
+                v.push(x);
+            }
+        }
+        let nulls = (values.len() - v.len()) as u64;
+        let edges = edges(&mut v);
+        let (min, max) = if v.is_empty() {
+            (None, None)
+        } else {
+            (
+                Some(v.iter().copied().fold(f64::INFINITY, f64::min)),
+                Some(v.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+            )
         };
-        let (a, b) = (
+        let mut counts = Counts::new(edges.len() + 1);
+        let (lo, hi) = (
             min.unwrap_or(f64::NEG_INFINITY),
             max.unwrap_or(f64::INFINITY),
         );
-        let mut c = Counts::new(edges.len() + 1);
-        for &x in values {
-            if !x.is_nan() {
-                c.add(numeric_code(&edges, a, b, x));
-            }
+        for &x in &v {
+            counts.add(numeric_code(&edges, lo, hi, x));
         }
-        *e = edges;
-        *counts = c.bins;
-        Ok(col)
+        Ok(ColumnRef::Numeric {
+            name: name.to_string(),
+            edges,
+            counts: counts.bins,
+            nulls,
+            min,
+            max,
+        })
     }
 
     /// Fit a categorical column from its values (None: null).
@@ -496,8 +483,8 @@ impl Reference {
         Ok(())
     }
 
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+    pub fn to_json(&self) -> Result<String> {
+        crate::doc_version::write(self, "monitor reference")
     }
 
     /// Read a document; refuses a newer version, unknown fields and inconsistent counts.
@@ -544,7 +531,7 @@ mod tests {
         assert_eq!(counts, &vec![10; 10]);
         assert_eq!((*min, *max), (Some(0.0), Some(9.0)));
         let r = Reference::new(None, 100, vec![c]).unwrap();
-        assert_eq!(Reference::from_json(&r.to_json()).unwrap(), r);
+        assert_eq!(Reference::from_json(&r.to_json().unwrap()).unwrap(), r);
     }
 
     #[test]
@@ -600,7 +587,7 @@ mod tests {
                 range: Some([0.0, 1.0]),
             })
             .unwrap();
-        let text = r.to_json();
+        let text = r.to_json().unwrap();
         assert!(text.contains(r#""version":2"#), "{text}");
         assert_eq!(Reference::from_json(&text).unwrap(), r);
         // outside the range: refused, naming the column

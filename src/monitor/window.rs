@@ -95,13 +95,13 @@ struct StateDoc {
 impl Monitor {
     /// The whole state (reference, windows' counts, watermark, triggers and their state,
     /// counters) as a versioned JSON document: [`Monitor::from_json`] continues exactly.
-    pub fn to_json(&self) -> String {
+    pub fn to_json(&self) -> Result<String> {
         let doc = StateDoc {
             version: MONITOR_STATE_VERSION,
-            reference: self.reference.to_json(),
+            reference: self.reference.to_json()?,
             monitor: self.clone(),
         };
-        serde_json::to_string(&doc).unwrap_or_default()
+        crate::doc_version::write(&doc, "monitor state")
     }
 
     /// A monitor from [`Monitor::to_json`]; anything else (corrupted, truncated, newer) is a

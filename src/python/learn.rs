@@ -129,7 +129,9 @@ impl PyLinear {
     }
 
     fn to_json(&self, py: Python<'_>) -> PyResult<String> {
-        entry(Some(&self.poison), || Ok(lock(py, &self.inner).to_json()))
+        entry(Some(&self.poison), || {
+            lock(py, &self.inner).to_json().py_err()
+        })
     }
 
     fn predict_one(&self, py: Python<'_>, x: PyReadonlyArray1<'_, f64>) -> PyResult<f64> {
@@ -424,7 +426,9 @@ impl PySoftmax {
     }
 
     fn to_json(&self, py: Python<'_>) -> PyResult<String> {
-        entry(Some(&self.poison), || Ok(lock(py, &self.inner).to_json()))
+        entry(Some(&self.poison), || {
+            lock(py, &self.inner).to_json().py_err()
+        })
     }
 
     /// The class labels as a JSON list.

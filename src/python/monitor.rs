@@ -122,8 +122,8 @@ impl PyReference {
         })
     }
 
-    fn to_json(&self) -> String {
-        self.inner.to_json()
+    fn to_json(&self) -> PyResult<String> {
+        self.inner.to_json().py_err()
     }
 
     #[getter]
@@ -411,7 +411,9 @@ impl PyMonitor {
 
     /// The whole state as a versioned JSON document.
     fn to_json(&self, py: Python<'_>) -> PyResult<String> {
-        entry(Some(&self.poison), || Ok(lock(py, &self.inner).to_json()))
+        entry(Some(&self.poison), || {
+            lock(py, &self.inner).to_json().py_err()
+        })
     }
 
     #[staticmethod]
@@ -455,8 +457,8 @@ impl PyMonitor {
     }
 
     /// The reference's document.
-    fn reference_json(&self, py: Python<'_>) -> String {
-        lock(py, &self.inner).reference().to_json()
+    fn reference_json(&self, py: Python<'_>) -> PyResult<String> {
+        lock(py, &self.inner).reference().to_json().py_err()
     }
 
     #[getter]

@@ -70,7 +70,7 @@ proptest! {
         let q = a.clone().learn_one(x, ys[0]).unwrap();
         prop_assert_eq!(p.to_bits(), q.to_bits());
         // the document holds the exact state, and learning continues identically from it
-        let mut c = Linear::from_json(&a.to_json()).unwrap();
+        let mut c = Linear::from_json(&a.to_json().unwrap()).unwrap();
         prop_assert!(c == a);
         c.learn_many(&xs, &ys).unwrap();
         a.learn_many(&xs, &ys).unwrap();
@@ -139,7 +139,7 @@ proptest! {
         }
         let r = cut % (ys.len() + 1);
         let mut pc = c.learn_many(&xs[..r * 3], &ys[..r]).unwrap();
-        let mut c = Softmax::from_json(&c.to_json()).unwrap();
+        let mut c = Softmax::from_json(&c.to_json().unwrap()).unwrap();
         pc.extend(c.learn_many(&xs[r * 3..], &ys[r..]).unwrap());
         prop_assert!(a == b);
         prop_assert!(a == c);

@@ -189,7 +189,7 @@ fn a_shift_fires_once_and_a_stable_replay_never() {
 #[test]
 fn the_document_refuses_newer_versions_and_bad_counts() {
     let r = reference(100);
-    let text = r.to_json();
+    let text = r.to_json().unwrap();
     assert_eq!(Reference::from_json(&text).unwrap(), r);
     let current = format!("\"version\":{REFERENCE_VERSION}");
     assert!(text.contains(&current), "{text}");
@@ -230,15 +230,15 @@ fn the_state_document_continues_exactly() {
         let t: Vec<i64> = rows.iter().map(|r| r.0).collect();
         a.update(&codes(&r, rows), &t).unwrap();
     }
-    let mut b = Monitor::from_json(&a.to_json()).unwrap();
+    let mut b = Monitor::from_json(&a.to_json().unwrap()).unwrap();
     for rows in &batches[50..] {
         let t: Vec<i64> = rows.iter().map(|r| r.0).collect();
         let fa = a.update(&codes(&r, rows), &t).unwrap();
         assert_eq!(fa, b.update(&codes(&r, rows), &t).unwrap());
     }
-    assert_eq!(a.to_json(), b.to_json());
+    assert_eq!(a.to_json().unwrap(), b.to_json().unwrap());
     assert!(a.triggers()[0].counters.entered > 0);
-    let newer = a.to_json().replacen("\"version\":2", "\"version\":3", 1);
+    let newer = a.to_json().unwrap().replacen("\"version\":2", "\"version\":3", 1);
     assert!(Monitor::from_json(&newer)
         .unwrap_err()
         .to_string()
@@ -261,13 +261,13 @@ fn a_version_1_state_document_is_still_read() {
     };
     let mut a = Monitor::new(r, 20, 10, 5).unwrap();
     a.add_trigger(spec).unwrap();
-    let v2 = a.to_json();
+    let v2 = a.to_json().unwrap();
     assert!(
         !v2.contains("\"low\""),
         "a high-is-bad trigger writes no `low` field"
     );
     let v1 = v2.replacen("\"version\":2", "\"version\":1", 1);
     let b = Monitor::from_json(&v1).unwrap();
-    assert_eq!(b.to_json(), v2);
+    assert_eq!(b.to_json().unwrap(), v2);
     assert!(!b.triggers()[0].spec.low);
 }
