@@ -101,7 +101,9 @@ fn bucket_in(
         starts[g + 1] = at;
     }
     let total = starts[n_groups];
-    let mut entries = vec![Entry { ts: 0, idx: 0 }; total];
+    // Not zeroed: the scatter writes every slot once (176 MB for the 10M tier's events, which
+    // one thread zeroed ~50 ms before the parallel scatter touched them again).
+    let mut entries: Vec<Entry> = Vec::with_capacity(total);
     let slots = Slots(entries.as_mut_ptr());
     let slots = &slots;
     let scatter = |(c, (chunk, fill)): (usize, (&[u32], &mut Vec<usize>))| {
@@ -123,10 +125,10 @@ fn bucket_in(
                 // SAFETY: `*at` runs over this chunk's own slots of bucket g, which no other
                 // chunk writes, and stays below `starts[g + 1] <= entries.len()`.
                 unsafe {
-                    *slots.0.add(*at) = Entry {
+                    slots.0.add(*at).write(Entry {
                         ts: ts[i],
                         idx: i as u32,
-                    }
+                    })
                 };
                 *at += 1;
             }
@@ -150,6 +152,10 @@ fn bucket_in(
             .for_each(scatter);
     }
     drop(counts);
+    // SAFETY: every slot of 0..total is written above, exactly once: bucket g's slots
+    // starts[g]..starts[g + 1] take its rows, chunk by chunk, and their number is its count
+    // (rows of no group are skipped in both passes). `Entry` is plain data (no drop).
+    unsafe { entries.set_len(total) };
     // Sort every bucket by time, in parallel.
     let mut slices: Vec<&mut [Entry]> = Vec::with_capacity(n_groups);
     let mut rest: &mut [Entry] = &mut entries;
