@@ -238,7 +238,10 @@ fn the_state_document_continues_exactly() {
     }
     assert_eq!(a.to_json().unwrap(), b.to_json().unwrap());
     assert!(a.triggers()[0].counters.entered > 0);
-    let newer = a.to_json().unwrap().replacen("\"version\":2", "\"version\":3", 1);
+    let newer = a
+        .to_json()
+        .unwrap()
+        .replacen("\"version\":2", "\"version\":3", 1);
     assert!(Monitor::from_json(&newer)
         .unwrap_err()
         .to_string()
