@@ -123,7 +123,8 @@ fn bucket_in(
                 let i = base + j;
                 let at = &mut fill[g as usize];
                 // SAFETY: `*at` runs over this chunk's own slots of bucket g, which no other
-                // chunk writes, and stays below `starts[g + 1] <= entries.len()`.
+                // chunk writes, and stays below `starts[g + 1] <= total`, the capacity reserved
+                // above; `write` stores into the uninitialised slot without reading it.
                 unsafe {
                     slots.0.add(*at).write(Entry {
                         ts: ts[i],
